@@ -1,0 +1,161 @@
+"""The public Python API: the small set of calls a user strings together.
+
+    model = mixq.zoo.load("cnv", pretrained=True)
+    plan = mixq.api.default_plan("cnv", model, calib)          # or mixq.plan.load_plan(...)
+    qmodel = mixq.api.quantize(model, plan, calib)             # BN fold, swap, calibrate
+    acc = mixq.api.evaluate(qmodel, images, labels)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from mixq.errors import MixqError
+from mixq.formats import FixedPoint, NumberFormat
+from mixq.graph.bnfold import fold_bn
+from mixq.graph.convert import calibrate, compute_layer_names, to_quantized
+from mixq.nn import QConv2d, QLinear
+from mixq.plan import LayerPlan, QuantPlan, uniform_plan
+
+W8 = FixedPoint(bits=8, signed=True, narrow=True)
+A8 = FixedPoint(bits=8, signed=False, narrow=False)
+
+
+def batches(x: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
+    for i in range(0, x.shape[0], batch_size):
+        yield x[i : i + batch_size]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Logits of ``model`` (eval mode) on ``x``, computed in batches."""
+    was = model.training
+    model.eval()
+    out = torch.cat([model(b) for b in batches(x, batch_size)])
+    model.train(was)
+    return out
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy in percent."""
+    if x.shape[0] != labels.shape[0]:
+        raise MixqError(f"evaluate: {x.shape[0]} inputs but {labels.shape[0]} labels")
+    pred = predict(model, x, batch_size).argmax(dim=1)
+    return 100.0 * float((pred == labels).float().mean())
+
+
+@torch.no_grad()
+def signed_inputs(model: nn.Module, sample: torch.Tensor) -> set[str]:
+    """Compute layers whose input takes negative values on ``sample`` (they need a signed activation format)."""
+    names = compute_layer_names(model)
+    mods = dict(model.named_modules())
+    found: set[str] = set()
+    hooks = []
+    for name in names:
+        def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], name: str = name) -> None:
+            if float(inp[0].min()) < 0:
+                found.add(name)
+        hooks.append(mods[name].register_forward_pre_hook(hook))
+    try:
+        was = model.training
+        model.eval()
+        model(sample)
+        model.train(was)
+    finally:
+        for h in hooks:
+            h.remove()
+    return found
+
+
+def default_plan(model_name: str, model: nn.Module, sample: torch.Tensor,
+                 weight: NumberFormat = W8, act: NumberFormat = A8,
+                 weight_alt: NumberFormat | None = None, alt_ratio: float = 0.0,
+                 first_last: LayerPlan | None = None) -> QuantPlan:
+    """A uniform per-channel plan for every Conv2d/Linear; signed activations where the data needs them.
+
+    ``first_last`` (e.g. W8A8) replaces the plan of the first and last compute layer.
+    """
+    names = list(compute_layer_names(model))
+    if not names:
+        raise MixqError(f"model {model_name!r} has no Conv2d or Linear layer to quantize")
+    overrides = {names[0]: first_last, names[-1]: first_last} if first_last is not None else None
+    return uniform_plan(model_name, names, weight, act, signed_inputs=signed_inputs(model, sample),
+                        overrides=overrides, weight_alt=weight_alt, alt_ratio=alt_ratio)
+
+
+def quantize(model: nn.Module, plan: QuantPlan, calib: torch.Tensor, batch_size: int = 256,
+             fold: bool = True) -> nn.Module:
+    """Post-training quantization with the plan as written: fold BN, swap layers, calibrate activations.
+
+    The input model is not modified.
+    """
+    m = fold_bn(model) if fold else model
+    q = to_quantized(m, plan)
+    calibrate(q, batches(calib, batch_size))
+    q.eval()
+    return q
+
+
+def quant_layers(model: nn.Module) -> list[tuple[str, QConv2d | QLinear]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, QConv2d | QLinear)]
+
+
+def model_size_bytes(model: nn.Module, plan: QuantPlan | None = None) -> int:
+    """Storage of the model's parameters.
+
+    Float parameters count 4 bytes; a quantized layer's weights count their
+    format's storage bits, plus a 32-bit scale per row and format, a bit per row
+    for the scheme mask when two formats are mixed, and its bias at 32 bits.
+    """
+    total_bits = 0
+    quantized: set[str] = set()
+    for name, m in quant_layers(model):
+        rows = m.weight.shape[0]
+        per_row = m.weight[0].numel()
+        fmts = m.row_formats()
+        if m.formats:
+            total_bits += sum(f.storage_bits for f in fmts) * per_row
+            total_bits += 32 * rows * len(m.formats) + (rows if len(m.formats) > 1 else 0)
+        else:
+            total_bits += 32 * m.weight.numel()
+        if m.bias is not None:
+            total_bits += 32 * m.bias.numel()
+        quantized.update({f"{name}.weight", f"{name}.bias"})
+    for pname, p in model.named_parameters():
+        if pname not in quantized:
+            total_bits += 32 * p.numel()
+    return (total_bits + 7) // 8
+
+
+def layer_formats(model: nn.Module) -> list[dict[str, object]]:
+    """Per quantized layer: its weight formats (with row counts) and input activation format."""
+    out: list[dict[str, object]] = []
+    for name, m in quant_layers(model):
+        fmts = m.row_formats()
+        counts: dict[str, int] = {}
+        for f in fmts:
+            counts[_fmt_label(f)] = counts.get(_fmt_label(f), 0) + 1
+        act = m.input_quant.fmt if m.input_quant is not None else None
+        out.append({
+            "name": name,
+            "type": type(m).__name__.removeprefix("Q"),
+            "weight_shape": list(m.weight.shape),
+            "weight": counts if fmts else "float",
+            "act": _fmt_label(act) if act is not None else "float",
+        })
+    return out
+
+
+def _fmt_label(f: NumberFormat) -> str:
+    d = f.to_dict()
+    kind = d.pop("kind")
+    bits = d.pop("bits", None)
+    rest = ",".join(f"{k}={v}" for k, v in d.items() if v not in (None, False))
+    return f"{kind}{bits if bits is not None else ''}" + (f"({rest})" if rest else "")
+
+
+def as_tensor_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(list(images))

@@ -1,0 +1,5 @@
+"""Quantized layers: float op + weight and activation quantizers from a `LayerPlan`."""
+
+from mixq.nn.modules import QUANT_LAYERS, QAct, QConv2d, QLinear, quantized_layer
+
+__all__ = ["QUANT_LAYERS", "QAct", "QConv2d", "QLinear", "quantized_layer"]

@@ -1,0 +1,169 @@
+"""Quantized layers built from a float layer and a `LayerPlan`.
+
+`QConv2d` and `QLinear` are the float op plus a weight quantizer (one or two
+row formats, per-row or per-tensor scales) and an input-activation quantizer
+(`QAct`). They hold state only; the math is in :mod:`mixq.quant`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mixq.formats import NumberFormat
+from mixq.plan import LayerPlan
+from mixq.quant import ActObserver, compute_scale, fake_quant
+
+
+class QAct(nn.Module):
+    """Fake-quantizes activations with a scale found by calibration.
+
+    Modes: ``observe`` (collect statistics, pass the input through unchanged),
+    ``quant`` (fake-quantize with the frozen scale), ``float`` (identity).
+    """
+
+    def __init__(self, fmt: NumberFormat, observer: str = "minmax") -> None:
+        super().__init__()
+        self.fmt = fmt
+        self.observer_kind = observer
+        self.observer: ActObserver | None = None
+        self.mode = "float"
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.calibrated = False
+
+    def start_observing(self) -> None:
+        self.observer = ActObserver(method=self.observer_kind)
+        self.mode = "observe"
+
+    def freeze(self) -> None:
+        """End calibration: fix the scale from the collected statistics and start quantizing."""
+        if self.observer is None or not self.observer.seen:
+            raise RuntimeError("QAct.freeze() before any calibration batch was observed")
+        self.scale = torch.as_tensor(self.observer.scale(self.fmt), dtype=torch.float32).reshape(())
+        self.observer = None
+        self.calibrated = True
+        self.mode = "quant"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "observe":
+            assert self.observer is not None
+            self.observer.update(x.detach())
+            return x
+        if self.mode == "quant":
+            return fake_quant(x, self.fmt, self.scale)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"fmt={self.fmt}, mode={self.mode}"
+
+
+class _QWeightMixin:
+    """Weight quantization shared by `QConv2d` and `QLinear`."""
+
+    weight: nn.Parameter
+    plan: LayerPlan
+    formats: tuple[NumberFormat, ...]
+    row_scheme: torch.Tensor
+    w_scales: torch.Tensor
+
+    def _init_quant(self, plan: LayerPlan) -> None:
+        assert plan.weight is not None or plan.act is not None
+        self.plan = plan
+        formats: list[NumberFormat] = []
+        if plan.weight is not None:
+            formats.append(plan.weight)
+        if plan.weight_alt is not None:
+            formats.append(plan.weight_alt)
+        self.formats = tuple(formats)
+        rows = self.weight.shape[0]
+        scheme = torch.tensor(plan.row_scheme(rows), dtype=torch.long)
+        self.register_buffer("row_scheme", scheme)  # type: ignore[attr-defined]
+        self.register_buffer("w_scales", torch.ones(len(self.formats), *self._scale_shape()))  # type: ignore[attr-defined]
+        self.input_quant = QAct(plan.act, plan.act_observer) if plan.act is not None else None
+        self.refresh_weight_scales()
+
+    def _scale_shape(self) -> tuple[int, ...]:
+        rows = self.weight.shape[0]
+        return (rows,) + (1,) * (self.weight.dim() - 1)
+
+    @torch.no_grad()
+    def refresh_weight_scales(self) -> None:
+        """(Re)compute the weight scales from the current weights, one set per row format."""
+        w = self.weight.detach()
+        scales = []
+        for fmt in self.formats:
+            s = compute_scale(w, fmt, granularity=self.plan.weight_granularity,
+                              observer=self.plan.weight_observer, axis=0, group_size=self.plan.weight_group)
+            scales.append(torch.broadcast_to(torch.as_tensor(s, dtype=w.dtype), self._scale_shape()))
+        if scales:
+            self.w_scales = torch.stack(scales).to(w.dtype)
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The fake-quantized weight (float, with straight-through gradients)."""
+        w = self.weight
+        if not self.formats:
+            return w
+        out = fake_quant(w, self.formats[0], self.w_scales[0])
+        if len(self.formats) > 1:
+            alt = fake_quant(w, self.formats[1], self.w_scales[1])
+            mask = (self.row_scheme == 1).reshape(self._scale_shape())
+            out = torch.where(mask, alt, out)
+        return out
+
+    def row_formats(self) -> list[NumberFormat]:
+        """The format of every weight row."""
+        return [self.formats[int(i)] for i in self.row_scheme.tolist()]
+
+
+class QConv2d(nn.Conv2d, _QWeightMixin):
+    """`nn.Conv2d` with fake-quantized weights (per-row formats) and input activations."""
+
+    def __init__(self, conv: nn.Conv2d, plan: LayerPlan) -> None:
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size,  # type: ignore[arg-type]
+                         stride=conv.stride, padding=conv.padding, dilation=conv.dilation,  # type: ignore[arg-type]
+                         groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+        with torch.no_grad():
+            self.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                assert self.bias is not None
+                self.bias.copy_(conv.bias)
+        self._init_quant(plan)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        return self._conv_forward(x, self.quantized_weight(), self.bias)
+
+
+class QLinear(nn.Linear, _QWeightMixin):
+    """`nn.Linear` with fake-quantized weights (per-row formats) and input activations."""
+
+    def __init__(self, linear: nn.Linear, plan: LayerPlan) -> None:
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        with torch.no_grad():
+            self.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                assert self.bias is not None
+                self.bias.copy_(linear.bias)
+        self._init_quant(plan)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        return F.linear(x, self.quantized_weight(), self.bias)
+
+
+QUANT_LAYERS: dict[type[nn.Module], Any] = {nn.Conv2d: QConv2d, nn.Linear: QLinear}
+
+
+def quantized_layer(module: nn.Module, plan: LayerPlan) -> nn.Module:
+    """The quantized counterpart of a float ``module`` (an exact-type lookup, no subclass guessing)."""
+    cls = QUANT_LAYERS.get(type(module))
+    if cls is None:
+        from mixq.errors import ModelError
+
+        raise ModelError(f"no quantized version of {type(module).__name__}")
+    return cls(module, plan)  # type: ignore[no-any-return]

@@ -1,0 +1,163 @@
+"""`mixq run`: the main job on the bundled default, end to end.
+
+Load the CNV model (shipped Fashion-MNIST weights) and the shipped Fashion-MNIST
+test subset, evaluate FP32, build the default plan, quantize (BN fold, layer
+swap, activation calibration on training images), evaluate, and write
+``summary.json``, ``plan.json`` and a self-contained ``report.html``.
+Each stage that has landed adds its part to the summary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mixq import api, data, zoo
+from mixq.errors import MixqError
+from mixq.formats import parse_format
+from mixq.graph.bnfold import fold_bn
+from mixq.graph.capture import capture
+from mixq.io import atomic_write_json
+from mixq.plan import QuantPlan, save_plan
+from mixq.report import Report
+from mixq.report.plots import weight_histogram
+
+
+# 1000 Fashion-MNIST *training* images (the first 1000 of the train split) for
+# activation calibration, so the shipped test subset stays unseen.
+CALIB_PATH = Path(data.__file__).parent / "assets" / "fmnist_train_calib.npz"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What `mixq run` does. Formats use the short grammar of `mixq.formats.parse_format`."""
+
+    model: str = "cnv"
+    dataset: str = "fmnist-subset"
+    target_part: str = "xc7z020"
+    weight: str = "fixed8"
+    act: str = "ufixed8"
+    calib_images: int = 512
+    seed: int = 0
+
+
+Step = Callable[[str], None]
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Step]:
+    if not enabled:
+        yield lambda _msg: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]mixq run[/]"), BarColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), transient=False) as prog:
+        task = prog.add_task("start", total=7)
+
+        def step(msg: str) -> None:
+            prog.update(task, advance=1, description=msg)
+
+        yield step
+
+
+def _load_eval_data(cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(eval images, eval labels, calibration images), normalised."""
+    if cfg.model != "cnv":
+        raise MixqError(f"mixq run: model {cfg.model!r} is not supported by the demo job (use 'cnv')")
+    if cfg.dataset == "fmnist-subset":
+        x, y = data.load_fmnist_subset()
+    elif cfg.dataset == "fmnist":
+        x, y = data.load_fashion_mnist("test")
+    else:
+        raise MixqError(f"mixq run: dataset {cfg.dataset!r} is unknown (fmnist-subset, fmnist)")
+    calib, _ = data.load_fmnist_subset(CALIB_PATH)
+    if not 0 < cfg.calib_images <= calib.shape[0]:
+        raise MixqError(f"calib_images: must be in 1..{calib.shape[0]}, got {cfg.calib_images}")
+    calib = calib[: cfg.calib_images]
+    return data.normalize_gray(x), torch.as_tensor(y), data.normalize_gray(calib)
+
+
+def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run the main job; returns the summary (also written to ``out/summary.json``)."""
+    cfg = cfg or RunConfig()
+    out = Path(out)
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    with _progress(progress) as step:
+        step("loading model and data")
+        model = zoo.load(cfg.model, pretrained=True)
+        x, y, calib = _load_eval_data(cfg)
+        step("evaluating FP32")
+        fp32_acc = api.evaluate(model, x, y)
+        step("capturing the graph")
+        folded = fold_bn(model)
+        specs = capture(folded, tuple(x.shape[1:]))
+        step("building the plan")
+        plan = api.default_plan(cfg.model, folded, calib[:64], weight=parse_format(cfg.weight),
+                                act=parse_format(cfg.act))
+        step("quantizing (calibration)")
+        qmodel = api.quantize(folded, plan, calib, fold=False)
+        step("evaluating the quantized model")
+        q_acc = api.evaluate(qmodel, x, y)
+        step("writing the report")
+        summary: dict[str, Any] = {
+            "model": cfg.model,
+            "dataset": cfg.dataset,
+            "eval_images": int(x.shape[0]),
+            "target_part": cfg.target_part,
+            "fp32_accuracy": round(fp32_acc, 3),
+            "quant_accuracy": round(q_acc, 3),
+            "accuracy_drop": round(fp32_acc - q_acc, 3),
+            "size_bytes_fp32": api.model_size_bytes(model),
+            "size_bytes_quant": api.model_size_bytes(qmodel),
+            "macs_per_image": sum(s.macs for s in specs),
+            "layers": api.layer_formats(qmodel),
+            "config": asdict(cfg),
+        }
+        summary["compression"] = round(summary["size_bytes_fp32"] / summary["size_bytes_quant"], 2)
+        summary["wall_time_s"] = round(time.perf_counter() - t0, 2)
+        out.mkdir(parents=True, exist_ok=True)
+        save_plan(plan, out / "plan.json")
+        _report(summary, folded, qmodel, plan).write(out / "report.html")
+        atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _report(summary: dict[str, Any], folded: nn.Module, qmodel: nn.Module, plan: QuantPlan) -> Report:
+    rep = Report(f"mixq — {summary['model']} on {summary['dataset']}")
+    rep.add_table("Accuracy", ["model", "top-1 (%)", "size (bytes)"], [
+        ["FP32", summary["fp32_accuracy"], summary["size_bytes_fp32"]],
+        ["quantized", summary["quant_accuracy"], summary["size_bytes_quant"]],
+    ], note=f"{summary['eval_images']} images; compression {summary['compression']}×")
+    rep.add_table("Per-layer formats", ["layer", "type", "weight shape", "weight rows by format", "input act"], [
+        [d["name"], d["type"], "×".join(map(str, d["weight_shape"])), _counts(d["weight"]), d["act"]]  # type: ignore[arg-type]
+        for d in summary["layers"]
+    ])
+    float_mods = dict(folded.named_modules())
+    images = []
+    for name, m in api.quant_layers(qmodel):
+        w = float_mods[name].weight.detach().numpy()  # type: ignore[union-attr]
+        levels, labels = [], []
+        for i, fmt in enumerate(m.formats):
+            scale = float(np.median(m.w_scales[i].reshape(-1).numpy()))
+            levels.append(np.asarray(fmt.levels()) * scale)
+            labels.append(f"{fmt.kind}{fmt.storage_bits} levels (median row scale)")
+        images.append((name, weight_histogram(name, w, levels, labels)))
+    rep.add_images("Per-layer weight histograms", images)
+    rep.add_json("Summary", summary)
+    return rep
+
+
+def _counts(w: object) -> str:
+    if isinstance(w, dict):
+        return ", ".join(f"{k}: {v}" for k, v in w.items())
+    return str(w)
