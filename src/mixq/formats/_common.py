@@ -1,0 +1,149 @@
+"""Shared machinery of the level-table formats (internal).
+
+Every format except :class:`~mixq.formats.FixedPoint` quantizes by looking the
+value up in its sorted level table: the nearest level is found with
+``torch.bucketize`` on the midpoints between neighbouring levels, so the cost
+is ``O(n log L)`` and fully vectorized.
+
+Tie rule (a value exactly half-way between two levels): the level of *smaller
+magnitude* wins (ties go toward zero); a tie exactly at zero (e.g. Binary's
+levels ``{-1, +1}``) goes to the positive level. This keeps every table format
+monotone and sign-symmetric (``q(-x) == -q(x)`` when the levels are).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from mixq.errors import FormatError
+
+INT64_SAFE = 2**62
+
+
+def check_int(name: str, value: Any, lo: int, hi: int | None = None, fmt: str = "format") -> int:
+    """Validate an integer field of a format, raising :class:`FormatError` naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise FormatError(f"{fmt}.{name}: expected an integer, got {value!r}")
+    v = int(value)
+    if v < lo or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise FormatError(f"{fmt}.{name}: must be {rng}, got {v}")
+    return v
+
+
+def check_bool(name: str, value: Any, fmt: str = "format") -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise FormatError(f"{fmt}.{name}: expected true/false, got {value!r}")
+    return bool(value)
+
+
+def dyadic_ints(levels: np.ndarray, frac_bits: int, where: str) -> np.ndarray:
+    """``levels * 2**frac_bits`` as exact int64, or :class:`FormatError` if not dyadic/in range."""
+    scaled = np.asarray(levels, dtype=np.float64) * (2.0**frac_bits)
+    q = np.rint(scaled)
+    if not np.array_equal(q, scaled):
+        raise FormatError(f"{where}: levels are not multiples of 2**-{frac_bits}")
+    if q.size and np.max(np.abs(q)) >= INT64_SAFE:
+        raise FormatError(f"{where}: integer levels exceed 2**62; choose fewer bits / a smaller range")
+    return q.astype(np.int64)
+
+
+def scale_tensor(scale: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """``scale`` as a floating tensor on ``like``'s device (keeps its dtype if floating)."""
+    if isinstance(scale, torch.Tensor):
+        if not scale.is_floating_point():
+            scale = scale.to(torch.get_default_dtype())
+        return scale.to(like.device)
+    return torch.tensor(float(scale), device=like.device, dtype=torch.float64)
+
+
+def out_dtype(scale: torch.Tensor | float) -> torch.dtype:
+    if isinstance(scale, torch.Tensor) and scale.is_floating_point():
+        return scale.dtype
+    return torch.get_default_dtype()
+
+
+@functools.lru_cache(maxsize=512)
+def _torch_table(fmt: Any, dtype: torch.dtype, device: str
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sorted levels, midpoints, int levels) as tensors; cached per format/dtype/device."""
+    lv = np.asarray(fmt.levels(), dtype=np.float64)
+    mids = (lv[1:] + lv[:-1]) / 2.0
+    return (
+        torch.as_tensor(lv, dtype=dtype, device=device),
+        torch.as_tensor(mids, dtype=dtype, device=device),
+        torch.as_tensor(np.asarray(fmt.int_levels(), dtype=np.int64), device=device),
+    )
+
+
+def nearest_index(fmt: Any, y: torch.Tensor) -> torch.Tensor:
+    """Index into ``fmt.levels()`` of the level nearest to unit-scale values ``y`` (tie rule above)."""
+    dtype = y.dtype if y.is_floating_point() else torch.get_default_dtype()
+    y = y.to(dtype).contiguous()
+    _, mids, _ = _torch_table(fmt, dtype, str(y.device))
+    if mids.numel() == 0:
+        return torch.zeros_like(y, dtype=torch.long)
+    idx = torch.bucketize(y, mids, right=False)  # mids[idx-1] < y <= mids[idx]
+    # y exactly on a midpoint takes the lower level; for y <= 0 the upper one is the smaller magnitude.
+    on_mid = (y <= 0) & (mids[idx.clamp(max=mids.numel() - 1)] == y)
+    return idx + on_mid.long()
+
+
+class TableFormat:
+    """Mixin: quantize/dequantize through the sorted level table.
+
+    Subclasses (frozen dataclasses) implement ``int_levels()`` and ``frac_bits``.
+    """
+
+    @property
+    def frac_bits(self) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def int_levels(self) -> np.ndarray:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def levels(self) -> np.ndarray:
+        """Sorted unit-scale levels (float64): ``int_levels() * 2**-frac_bits``."""
+        return np.asarray(self.int_levels(), dtype=np.float64) * (2.0 ** -self.frac_bits)
+
+    @property
+    def unit_max(self) -> float:
+        """Unit-scale magnitude that an observed ``max|x|`` is mapped to by min-max scaling."""
+        return float(np.max(np.abs(self.levels())))
+
+    @property
+    def signed(self) -> bool:
+        """True when the format has negative levels."""
+        return bool(self.levels()[0] < 0)
+
+    def quantize(self, x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+        """Integer levels ``q`` (int64) of the nearest level to ``x / scale``."""
+        s = scale_tensor(scale, x)
+        y = x / s
+        _, _, ints = _torch_table(self, y.dtype, str(y.device))
+        return ints[nearest_index(self, y)]
+
+    def dequantize(self, q: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+        """``q * 2**-frac_bits * scale`` as a float tensor (dtype of ``scale`` if it is a float tensor)."""
+        dt = out_dtype(scale)
+        s = scale_tensor(scale, q).to(dt)
+        return q.to(dt) * (2.0 ** -self.frac_bits) * s
+
+    def snap(self, x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+        """Fake-quantized value (nearest level times scale) in ``x``'s dtype, without the int round-trip."""
+        s = scale_tensor(scale, x).to(x.dtype)
+        y = x / s
+        lv, _, _ = _torch_table(self, y.dtype, str(y.device))
+        return lv[nearest_index(self, y)] * s
+
+
+def is_pow2(v: float) -> bool:
+    if v <= 0:
+        return False
+    m, _ = math.frexp(v)
+    return m == 0.5
