@@ -51,6 +51,11 @@ def _pos_ints(exp_bits: int, man_bits: int, special: str) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
+@functools.lru_cache(maxsize=64)
+def _pos_set(exp_bits: int, man_bits: int, special: str) -> frozenset[int]:
+    return frozenset(_pos_ints(exp_bits, man_bits, special))
+
+
 @dataclass(frozen=True)
 class MiniFloat(TableFormat):
     """Sign + ``exp_bits`` + ``man_bits``; ``bias`` defaults to ``2^(exp_bits-1) - 1``."""
@@ -93,7 +98,7 @@ class MiniFloat(TableFormat):
         return np.concatenate([-pos[:0:-1], pos])
 
     def decompose(self, q: int) -> tuple[tuple[int, int], ...]:
-        if abs(int(q)) not in set(_pos_ints(self.exp_bits, self.man_bits, self.special)):
+        if abs(int(q)) not in _pos_set(self.exp_bits, self.man_bits, self.special):
             raise FormatError(f"{self}: {q} is not a level of this format")
         return csd(int(q))
 

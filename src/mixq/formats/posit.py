@@ -74,6 +74,11 @@ def _pos_ints(bits: int, es: int) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+@functools.lru_cache(maxsize=64)
+def _pos_set(bits: int, es: int) -> frozenset[int]:
+    return frozenset(_pos_ints(bits, es))
+
+
 @dataclass(frozen=True)
 class Posit(TableFormat):
     """``bits`` in [2, 16], ``es`` in [0, 3]; integer levels must fit int64 (e.g. posit16_2 does not)."""
@@ -102,7 +107,7 @@ class Posit(TableFormat):
         return np.concatenate([-pos[:0:-1], pos])
 
     def decompose(self, q: int) -> tuple[tuple[int, int], ...]:
-        if int(q) != 0 and abs(int(q)) not in set(_pos_ints(self.bits, self.es)):
+        if int(q) != 0 and abs(int(q)) not in _pos_set(self.bits, self.es):
             raise FormatError(f"{self}: {q} is not a level of this format")
         return csd(int(q))
 
