@@ -19,7 +19,7 @@ LAYER = {
     "hw": 4, "engine": 4,
     "algorithms": 5,
     "export": 6, "rtl": 6,
-    "report": 7, "api": 7, "cli": 7, "__init__": 7, "__main__": 7,
+    "report": 7, "api": 7, "run": 7, "cli": 7, "__init__": 7, "__main__": 7,
 }
 # Extra rules beyond the layer numbers.
 FORBIDDEN = {

@@ -150,11 +150,8 @@ def layer_formats(model: nn.Module) -> list[dict[str, object]]:
 
 
 def _fmt_label(f: NumberFormat) -> str:
-    d = f.to_dict()
-    kind = d.pop("kind")
-    bits = d.pop("bits", None)
-    rest = ",".join(f"{k}={v}" for k, v in d.items() if v not in (None, False))
-    return f"{kind}{bits if bits is not None else ''}" + (f"({rest})" if rest else "")
+    """The format's short name (the grammar of `mixq.formats.parse_format`)."""
+    return str(f)
 
 
 def as_tensor_images(images: Sequence[torch.Tensor]) -> torch.Tensor:

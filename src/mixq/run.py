@@ -150,7 +150,7 @@ def _report(summary: dict[str, Any], folded: nn.Module, qmodel: nn.Module, plan:
         for i, fmt in enumerate(m.formats):
             scale = float(np.median(m.w_scales[i].reshape(-1).numpy()))
             levels.append(np.asarray(fmt.levels()) * scale)
-            labels.append(f"{fmt.kind}{fmt.storage_bits} levels (median row scale)")
+            labels.append(f"{fmt} levels (median row scale)")
         images.append((name, weight_histogram(name, w, levels, labels)))
     rep.add_images("Per-layer weight histograms", images)
     rep.add_json("Summary", summary)

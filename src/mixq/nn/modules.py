@@ -113,6 +113,11 @@ class _QWeightMixin:
             out = torch.where(mask, alt, out)
         return out
 
+    def row_scale(self) -> torch.Tensor:
+        """The scale each row actually uses (its own format's), shaped ``(rows, 1, ...)``."""
+        idx = self.row_scheme.reshape(1, *self._scale_shape())
+        return torch.gather(self.w_scales, 0, idx).squeeze(0)
+
     def row_formats(self) -> list[NumberFormat]:
         """The format of every weight row."""
         return [self.formats[int(i)] for i in self.row_scheme.tolist()]

@@ -27,6 +27,8 @@ def weight_histogram(name: str, weights: np.ndarray, levels: Sequence[np.ndarray
     ax.hist(w, bins=80, color="#4477aa", alpha=0.85)
     colors = ["#cc3311", "#009988", "#ee7733"]
     for i, lv in enumerate(levels):
+        if np.asarray(lv).size > 64:  # too dense to draw: 7-bit and wider formats
+            continue
         lab = labels[i] if i < len(labels) else None
         for j, v in enumerate(np.asarray(lv).ravel()):
             ax.axvline(float(v), color=colors[i % len(colors)], lw=0.6, alpha=0.7, label=lab if j == 0 else None)

@@ -1,0 +1,52 @@
+"""End to end: `mixq run` on the bundled default, through the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mixq.cli import main
+from mixq.plan import load_plan
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["run", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_run_writes_summary_plan_report(demo: Path) -> None:
+    s = json.loads((demo / "summary.json").read_text())
+    for key in ("model", "dataset", "target_part", "fp32_accuracy", "quant_accuracy", "layers",
+                "size_bytes_fp32", "size_bytes_quant"):
+        assert key in s, key
+    assert s["model"] == "cnv" and s["dataset"] == "fmnist-subset" and s["target_part"] == "xc7z020"
+    assert s["eval_images"] == 2000
+    assert s["fp32_accuracy"] >= 91.0
+    assert abs(s["fp32_accuracy"] - s["quant_accuracy"]) <= 0.3  # W8A8 per channel
+    assert len(s["layers"]) == 6
+    assert all(layer["weight"] == {"fixed8": layer["weight_shape"][0]} for layer in s["layers"])
+    assert s["layers"][0]["act"] == "fixed8" and s["layers"][1]["act"] == "ufixed8"
+    # 8-bit weights: ~4x smaller than fp32 (plus per-row scales and float biases)
+    assert 3.5 < s["size_bytes_fp32"] / s["size_bytes_quant"] < 4.0
+    assert s["macs_per_image"] == 18_691_840
+
+
+def test_run_plan_round_trips_and_report_is_self_contained(demo: Path) -> None:
+    plan = load_plan(demo / "plan.json")
+    assert plan.model == "cnv" and len(plan) == 6
+    html = (demo / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 6  # one weight histogram per layer
+    assert "features.10" in html and "<table>" in html
+    assert 'src="http' not in html and "<link" not in html
+
+
+def test_bad_input_gives_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--out", str(tmp_path), "--weight", "fixed99", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "mixq: error:" in err and "Traceback" not in err
+    assert main(["run", "--out", str(tmp_path), "--dataset", "cifar", "--quiet"]) == 2
+    assert "cifar" in capsys.readouterr().err
