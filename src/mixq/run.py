@@ -30,7 +30,6 @@ from mixq.plan import QuantPlan, save_plan
 from mixq.report import Report
 from mixq.report.plots import weight_histogram
 
-
 # 1000 Fashion-MNIST *training* images (the first 1000 of the train split) for
 # activation calibration, so the shipped test subset stays unseen.
 CALIB_PATH = Path(data.__file__).parent / "assets" / "fmnist_train_calib.npz"
@@ -91,6 +90,7 @@ def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None, progress: b
     cfg = cfg or RunConfig()
     out = Path(out)
     t0 = time.perf_counter()
+    weight_fmt, act_fmt = parse_format(cfg.weight), parse_format(cfg.act)  # fail fast on a bad format
     torch.manual_seed(cfg.seed)
     with _progress(progress) as step:
         step("loading model and data")
@@ -102,8 +102,7 @@ def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None, progress: b
         folded = fold_bn(model)
         specs = capture(folded, tuple(x.shape[1:]))
         step("building the plan")
-        plan = api.default_plan(cfg.model, folded, calib[:64], weight=parse_format(cfg.weight),
-                                act=parse_format(cfg.act))
+        plan = api.default_plan(cfg.model, folded, calib[:64], weight=weight_fmt, act=act_fmt)
         step("quantizing (calibration)")
         qmodel = api.quantize(folded, plan, calib, fold=False)
         step("evaluating the quantized model")

@@ -7,7 +7,7 @@ row formats, per-row or per-tensor scales) and an input-activation quantizer
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -61,9 +61,12 @@ class QAct(nn.Module):
 
 
 class _QWeightMixin:
-    """Weight quantization shared by `QConv2d` and `QLinear`."""
+    """Weight quantization shared by `QConv2d` and `QLinear` (which provide ``weight``)."""
 
-    weight: nn.Parameter
+    if TYPE_CHECKING:
+        @property
+        def weight(self) -> torch.Tensor: ...
+
     plan: LayerPlan
     formats: tuple[NumberFormat, ...]
     row_scheme: torch.Tensor
