@@ -1,0 +1,136 @@
+"""Fold BatchNorm into the Conv2d / Linear layer it directly follows (inference semantics).
+
+For a BN with running mean mu, variance var, eps, affine gamma, beta after a
+layer y = W x + b, every output channel c gets
+
+    s_c = gamma_c / sqrt(var_c + eps),   W'_c = s_c * W_c,   b'_c = s_c * (b_c - mu_c) + beta_c
+
+so the layer alone computes what layer + BN computed in eval mode; the BN is
+replaced by ``nn.Identity`` (module names, and so quantization plans, stay
+valid). The arithmetic runs in float64 and is cast back to the weight dtype.
+
+A pair is folded only when it is safe: the BN's one input is the layer's
+output, that output feeds nothing else, each module is called exactly once,
+the BN has running statistics and as many features as the layer has output
+channels. Pairs are found in the FX graph; a model FX cannot trace is captured
+with hooks instead (:func:`mixq.graph.capture.capture`), which needs
+``input_shape``. A Linear followed by BatchNorm1d is folded when its output is
+(N, F): always under hooks capture (the shape is checked), assumed under FX
+(BatchNorm1d on a 3-D Linear output would normalise a different axis, so it
+would fail the feature-count check in all but coincidental cases).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mixq.errors import ModelError
+from mixq.graph.capture import _Tracer, capture
+from mixq.graph.swap import set_submodule
+
+_FOLDABLE = (nn.Conv2d, nn.Linear)
+
+
+def _can_fold(layer: nn.Module, bn: nn.Module) -> bool:
+    if not isinstance(layer, _FOLDABLE) or not isinstance(bn, _BatchNorm):
+        return False
+    if bn.running_mean is None or bn.running_var is None:
+        return False
+    cout = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+    return bool(bn.num_features == cout)
+
+
+def _pairs_fx(model: nn.Module) -> list[tuple[str, str]]:
+    graph = _Tracer().trace(model)
+    calls = Counter(str(n.target) for n in graph.nodes if n.op == "call_module")
+    pairs = []
+    for n in graph.nodes:
+        if n.op != "call_module" or len(n.all_input_nodes) != 1:
+            continue
+        prev = n.all_input_nodes[0]
+        if prev.op != "call_module" or len(prev.users) != 1 or n.args[0] is not prev:
+            continue
+        layer_name, bn_name = str(prev.target), str(n.target)
+        if calls[layer_name] != 1 or calls[bn_name] != 1:
+            continue
+        if _can_fold(model.get_submodule(layer_name), model.get_submodule(bn_name)):
+            pairs.append((layer_name, bn_name))
+    return pairs
+
+
+def _pairs_specs(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str, str]]:
+    specs = capture(model, input_shape)
+    by_name = {s.name: s for s in specs}
+    calls = Counter(s.extra.get("module", "") for s in specs)
+    pairs = []
+    for s in specs:
+        if s.kind != "bn" or len(s.inputs) != 1:
+            continue
+        prev = by_name[s.inputs[0]]
+        layer_name, bn_name = prev.extra.get("module", ""), s.extra.get("module", "")
+        if prev.kind not in ("conv", "dwconv", "linear") or prev.outputs != (s.name,):
+            continue
+        if not layer_name or not bn_name or calls[layer_name] != 1 or calls[bn_name] != 1:
+            continue
+        if prev.kind == "linear" and len(prev.out_shape) != 1:
+            continue
+        if _can_fold(model.get_submodule(layer_name), model.get_submodule(bn_name)):
+            pairs.append((layer_name, bn_name))
+    return pairs
+
+
+def foldable_pairs(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> list[tuple[str, str]]:
+    """(layer name, BN name) of every BN that :func:`fold_bn` would fold, in forward order.
+
+    Uses the FX graph; when FX cannot trace the model, a hook capture with
+    ``input_shape`` (:class:`ModelError` when it is not given).
+    """
+    try:
+        return _pairs_fx(model)
+    except Exception as exc:  # FX raises many types
+        if input_shape is None:
+            raise ModelError(
+                f"fold_bn: FX cannot trace {type(model).__name__} ({exc}); "
+                "pass input_shape to find conv-BN pairs by a hook capture"
+            ) from exc
+    return _pairs_specs(model, input_shape)
+
+
+@torch.no_grad()
+def fold_into(layer: nn.Conv2d | nn.Linear, bn: _BatchNorm) -> None:
+    """Fold ``bn``'s inference transform into ``layer``'s weight and bias, in place (adds a bias if none)."""
+    assert bn.running_mean is not None and bn.running_var is not None
+    w = layer.weight.detach().double()
+    mean, var = bn.running_mean.double(), bn.running_var.double()
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(mean)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(mean)
+    b = layer.bias.detach().double() if layer.bias is not None else torch.zeros_like(mean)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    layer.weight.copy_((w * scale.view(-1, *([1] * (w.dim() - 1)))).to(layer.weight.dtype))
+    new_bias = ((b - mean) * scale + beta).to(layer.weight.dtype)
+    if layer.bias is None:
+        layer.bias = nn.Parameter(new_bias, requires_grad=layer.weight.requires_grad)
+    else:
+        layer.bias.copy_(new_bias)
+
+
+def fold_bn(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """A deep copy of ``model`` with every BN that directly follows a Conv2d/Linear folded into it.
+
+    Folded BNs become ``nn.Identity``; BNs that cannot be folded safely are
+    kept (see the module docstring). The copy keeps the input's train/eval
+    mode; the input model is not changed. ``input_shape`` (without batch) is
+    only needed for models FX cannot trace.
+    """
+    pairs = foldable_pairs(model, input_shape)
+    out = copy.deepcopy(model)
+    for layer_name, bn_name in pairs:
+        layer, bn = out.get_submodule(layer_name), out.get_submodule(bn_name)
+        fold_into(layer, bn)  # type: ignore[arg-type]
+        set_submodule(out, bn_name, nn.Identity())
+    return out
