@@ -81,11 +81,102 @@ def _torch_table(fmt: Any, dtype: torch.dtype, device: str
     )
 
 
+_LUT_MAX = 1 << 22
+
+
+class _Side:
+    """Nearest-level lookup on one side (magnitudes ``>= 0``) by a table on float32 bit patterns.
+
+    The key of a non-negative float32 ``a`` is its bit pattern shifted right by ``23 - k``:
+    monotone in ``a``, each binade split into ``2^k`` cells. ``k`` is the smallest value for
+    which no cell holds two midpoints, so ``index = lut[key] + (a > mids[lut[key]])`` is exact.
+    """
+
+    def __init__(self, mags: np.ndarray, full_index: np.ndarray) -> None:
+        mids32 = ((mags[1:] + mags[:-1]) / 2.0).astype(np.float32)
+        self.ok = False
+        self.full_index = torch.as_tensor(np.ascontiguousarray(full_index), dtype=torch.long)
+        self.mids = torch.as_tensor(np.concatenate([mids32, [np.inf]]).astype(np.float32))
+        if mids32.size == 0:
+            self.ok, self.k, self.key_lo, self.lut = True, 0, 0, torch.zeros(1, dtype=torch.int32)
+            return
+        bits = mids32.view(np.int32).astype(np.int64)
+        for k in range(2, 15):
+            keys = bits >> (23 - k)
+            if np.all(np.diff(keys) > 0):
+                lo, hi = int(keys[0]), int(keys[-1]) + 1
+                if hi - lo + 1 > _LUT_MAX:
+                    return
+                cells = (np.arange(lo, hi + 1, dtype=np.int64) << (23 - k)).astype(np.int32).view(np.float32)
+                lut = np.searchsorted(mids32, cells, side="left")  # mids strictly below the cell start
+                self.ok, self.k, self.key_lo = True, k, lo
+                self.lut = torch.as_tensor(lut.astype(np.int32))
+                return
+
+    def index(self, a: torch.Tensor) -> torch.Tensor:
+        """Side index (int32) of the nearest magnitude to float32 ``a >= 0`` (ties to the smaller)."""
+        if self.mids.numel() == 1:
+            return torch.zeros_like(a, dtype=torch.int32)
+        key = (a.view(torch.int32) >> (23 - self.k)).sub_(self.key_lo).clamp_(0, self.lut.numel() - 1)
+        i = self.lut.index_select(0, key.flatten()).view(a.shape)
+        return i.add_(a > self.mids.index_select(0, i.flatten()).view(a.shape))
+
+
+@functools.lru_cache(maxsize=512)
+def _fast_tables(fmt: Any) -> tuple[_Side, _Side | None] | None:
+    """(positive side, negative side or None if symmetric) for the float32 fast path, or None."""
+    lv = np.asarray(fmt.levels(), dtype=np.float64)
+    idx = np.arange(lv.size)
+    has_zero = bool((lv == 0).any())
+    symmetric = np.array_equal(lv, -lv[::-1])
+    if not (has_zero or symmetric) or lv.size > 1 << 20:
+        return None
+    pos_m, pos_i = lv[lv >= 0], idx[lv >= 0]
+    neg_m, neg_i = -lv[lv <= 0][::-1], idx[lv <= 0][::-1]
+    if pos_m.size == 0:  # no non-negative level: every value rounds on the negative side
+        pos_m, pos_i = neg_m[:1], neg_i[:1]
+    if neg_m.size == 0:  # unsigned: negatives round to the smallest level
+        neg_m, neg_i = pos_m[:1], pos_i[:1]
+    pos = _Side(pos_m, pos_i)
+    if symmetric:
+        return (pos, None) if pos.ok else None
+    neg = _Side(neg_m, neg_i)
+    return (pos, neg) if pos.ok and neg.ok else None
+
+
+def _fast_index(fmt: Any, y: torch.Tensor) -> torch.Tensor | None:
+    tables = _fast_tables(fmt) if y.dtype == torch.float32 and y.device.type == "cpu" else None
+    if tables is None:
+        return None
+    pos, neg = tables
+    a = y.abs()
+    neg_side = y < 0
+    if neg is None:  # symmetric: +level i sits at n - p + i, -level i at p - 1 - i
+        n, p = len(fmt.levels()), pos.mids.numel()
+        i = pos.index(a).long()
+        return torch.where(neg_side, (p - 1) - i, i.add_(n - p))
+    fi_neg = neg.full_index.index_select(0, neg.index(a).flatten().long()).view(y.shape)
+    fi_pos = pos.full_index.index_select(0, pos.index(a).flatten().long()).view(y.shape)
+    return torch.where(neg_side, fi_neg, fi_pos)
+
+
 def nearest_index(fmt: Any, y: torch.Tensor) -> torch.Tensor:
-    """Index into ``fmt.levels()`` of the level nearest to unit-scale values ``y`` (tie rule above)."""
+    """Index into ``fmt.levels()`` of the level nearest to unit-scale values ``y`` (tie rule above).
+
+    float32 CPU inputs use a bit-pattern lookup table (a few elementwise passes); other
+    dtypes use ``torch.bucketize`` on the midpoints. Both give identical results in float32.
+    """
     dtype = y.dtype if y.is_floating_point() else torch.get_default_dtype()
     y = y.to(dtype).contiguous()
-    _, mids, _ = _torch_table(fmt, dtype, str(y.device))
+    fast = _fast_index(fmt, y)
+    if fast is not None:
+        return fast
+    return bucketize_index(fmt, y)
+
+
+def bucketize_index(fmt: Any, y: torch.Tensor) -> torch.Tensor:
+    """Reference nearest-level search with ``torch.bucketize`` (any float dtype)."""
+    _, mids, _ = _torch_table(fmt, y.dtype, str(y.device))
     if mids.numel() == 0:
         return torch.zeros_like(y, dtype=torch.long)
     idx = torch.bucketize(y, mids, right=False)  # mids[idx-1] < y <= mids[idx]
@@ -126,7 +217,8 @@ class TableFormat:
         s = scale_tensor(scale, x)
         y = x / s
         _, _, ints = _torch_table(self, y.dtype, str(y.device))
-        return ints[nearest_index(self, y)]
+        idx = nearest_index(self, y)
+        return ints.index_select(0, idx.flatten()).view(idx.shape)
 
     def dequantize(self, q: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
         """``q * 2**-frac_bits * scale`` as a float tensor (dtype of ``scale`` if it is a float tensor)."""
@@ -139,7 +231,8 @@ class TableFormat:
         s = scale_tensor(scale, x).to(x.dtype)
         y = x / s
         lv, _, _ = _torch_table(self, y.dtype, str(y.device))
-        return lv[nearest_index(self, y)] * s
+        idx = nearest_index(self, y)
+        return lv.index_select(0, idx.flatten()).view(idx.shape).mul_(s)
 
 
 def is_pow2(v: float) -> bool:
