@@ -95,7 +95,7 @@ class _Side:
     def __init__(self, mags: np.ndarray, full_index: np.ndarray) -> None:
         mids32 = ((mags[1:] + mags[:-1]) / 2.0).astype(np.float32)
         self.ok = False
-        self.full_index = torch.as_tensor(np.ascontiguousarray(full_index), dtype=torch.long)
+        self.full_index = torch.tensor(np.array(full_index, dtype=np.int64), dtype=torch.long)
         self.mids = torch.as_tensor(np.concatenate([mids32, [np.inf]]).astype(np.float32))
         if mids32.size == 0:
             self.ok, self.k, self.key_lo, self.lut = True, 0, 0, torch.zeros(1, dtype=torch.int32)

@@ -12,7 +12,7 @@ from mixq.quant.analysis import (
     row_scheme_scores,
     sqnr_db,
 )
-from mixq.quant.fakequant import fake_quant, grad_scale, snap, ste_round, unit_range
+from mixq.quant.fakequant import fake_quant, grad_scale, pass_range, snap, ste_round, unit_range
 from mixq.quant.lsq import LsqQuantizer, lsq_quant, positive_levels
 from mixq.quant.observers import GRANULARITIES, OBSERVERS, ActObserver, compute_scale, scale_rows, unit_max
 from mixq.quant.rows import dequantize_rows, fake_quant_rows, quantize_rows, row_scales
@@ -34,6 +34,7 @@ __all__ = [
     "layer_error",
     "lsq_quant",
     "mse",
+    "pass_range",
     "per_row_error",
     "positive_levels",
     "quantize_rows",

@@ -1,18 +1,21 @@
 """Fake quantization with the straight-through estimator (STE).
 
 ``fake_quant(x, fmt, scale)`` returns ``dequantize(quantize(x, scale), scale)``
-in ``x``'s dtype. Its gradient with respect to ``x`` is the identity inside the
-clipping range ``[min_level·scale, max_level·scale]`` and zero outside (the
-clipped STE); ``scale`` gets no gradient here (see :mod:`mixq.quant.lsq` for a
-learnable step).
+in ``x``'s dtype. Its gradient with respect to ``x`` is the identity where the
+value is not clipped and zero where it is (the clipped STE). "Not clipped" means
+``x / scale`` lies within the extreme levels widened by half the gap to their
+neighbours, i.e. it rounds to an extreme level without saturating — for fixed
+point exactly PyTorch's ``fake_quantize`` rule ``qmin <= round(x/s) <= qmax``
+(open interval at the half-step edges). ``scale`` gets no gradient here (see
+:mod:`mixq.quant.lsq` for a learnable step).
 
 >>> from mixq.formats import FixedPoint
->>> x = torch.tensor([0.26, -1.0, 5.0], requires_grad=True)
+>>> x = torch.tensor([0.26, -1.0, 3.7, 5.0], requires_grad=True)
 >>> y = fake_quant(x, FixedPoint(4, narrow=True), 0.5)
 >>> y.tolist()
-[0.5, -1.0, 3.5]
+[0.5, -1.0, 3.5, 3.5]
 >>> y.sum().backward(); x.grad.tolist()
-[1.0, 1.0, 0.0]
+[1.0, 1.0, 1.0, 0.0]
 """
 
 from __future__ import annotations
@@ -30,6 +33,15 @@ def unit_range(fmt: NumberFormat) -> tuple[float, float]:
     return float(lv[0]), float(lv[-1])
 
 
+def pass_range(fmt: NumberFormat) -> tuple[float, float]:
+    """Unit-scale interval where no clipping happens: the extreme levels widened by half the
+    gap to their neighbours (for fixed point: ``round(x/s)`` within ``[qmin, qmax]``)."""
+    lv = fmt.levels()
+    if lv.size < 2:
+        return float(lv[0]), float(lv[-1])
+    return float(lv[0] - (lv[1] - lv[0]) / 2), float(lv[-1] + (lv[-1] - lv[-2]) / 2)
+
+
 def snap(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor | float) -> torch.Tensor:
     """Nearest level times scale, in ``x``'s dtype (no gradient bookkeeping)."""
     f: Any = fmt
@@ -41,9 +53,10 @@ def snap(x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor | float) -> tor
 class _FakeQuantSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, fmt: NumberFormat, scale: torch.Tensor) -> torch.Tensor:
-        lo, hi = unit_range(fmt)
+        lo, hi = pass_range(fmt)
         s = scale.to(x.dtype)
-        inside = (x >= lo * s) & (x <= hi * s)
+        y = x / s
+        inside = (y > lo) & (y < hi)
         ctx.save_for_backward(inside)
         return snap(x, fmt, s)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from mixq.errors import MixqError
@@ -96,6 +97,7 @@ def _kl_search(hist: torch.Tensor, top: torch.Tensor, fmt: NumberFormat) -> torc
     """Per-row clipping value from histograms ``hist`` (R, B) of magnitudes over ``[0, top]``."""
     r, b = hist.shape
     lv = torch.as_tensor(fmt.levels(), dtype=torch.float64)
+    mids = ((lv[1:] + lv[:-1]) / 2).numpy()
     um = unit_max(fmt)
     hist = hist.double()
     best_kl = torch.full((r,), math.inf, dtype=torch.float64)
@@ -108,7 +110,7 @@ def _kl_search(hist: torch.Tensor, top: torch.Tensor, fmt: NumberFormat) -> torc
         p = sliced.clone()
         p[:, -1] += hist[:, i:].sum(dim=1)  # reference: clipped mass lumped into the last bin
         centers = (torch.arange(i, dtype=torch.float64) + 0.5) / i * um  # unit scale, T -> unit_max
-        idx = (centers[:, None] - lv[None, :]).abs().argmin(dim=1)  # nearest level of each bin
+        idx = torch.from_numpy(np.searchsorted(mids, centers.numpy(), side="left"))  # nearest level per bin
         nb = int(idx.max()) + 1
         nz = (sliced > 0).double()
         # candidate: the in-range histogram (without the clipped mass) spread over each level's bins
