@@ -1,0 +1,140 @@
+"""`QatConfig`: every setting of a quantization-aware training run, frozen and validated.
+
+A config holds plain values only (no tensors, no live objects) so it can be
+written into the checkpoint and compared on ``--resume``: resuming with a
+config that changes the trajectory (learning rate, seed, epochs, ...) raises
+:class:`QatError` naming the field. Settings that do not change the result
+(``progress``, ``checkpoint_every``) may differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from mixq.errors import MixqError
+
+QAT_SCHEMA_VERSION = 1
+
+WEIGHT_QUANT = ("lsq", "ste", "dorefa")
+ACT_QUANT = ("lsq", "dorefa")
+BN_MODES = ("fold", "train")
+OPTIMIZERS = ("sgd", "adam")
+OBSERVER_CHOICES = ("minmax", "percentile", "mse", "kl")
+
+#: Fields that may differ between a run and its resumption (they do not change the weights).
+RESUME_FREE = ("progress", "checkpoint_every", "eval_every_epoch", "threads")
+
+
+class QatError(MixqError):
+    """A QAT run that cannot proceed: a bad config field, a checkpoint that does not match the run."""
+
+
+@dataclass(frozen=True)
+class QatConfig:
+    """Settings of one QAT (or pruned fine-tuning) run.
+
+    * ``weight_quant``: ``lsq`` (learned per-row step sizes, LSQ gradients), ``ste``
+      (steps recomputed from the current weights by the plan's observer every
+      step, clipped straight-through gradient), ``dorefa`` (tanh-normalised
+      weights, see :func:`mixq.algorithms.qat.functional.dorefa_weight`). Binary
+      weight rows always use XNOR's ``α·sign(w)`` with ``α = mean|w|`` per row.
+    * ``act_quant``: ``lsq`` (learned step) or ``dorefa`` (clip value fixed by
+      calibration, clipped STE: DoReFa's ``q_k(clip(a / c, 0, 1))·c``).
+    * ``grad_bits``: quantize the gradient flowing out of every quantized layer to
+      this many bits with DoReFa's stochastic rounding (``None``: float gradients).
+    * ``bn``: ``fold`` folds BatchNorm into the preceding layer before training;
+      ``train`` keeps BN with batch statistics and folds it into the quantized
+      weight on every forward (Krishnamoorthi 2018), folding for good at export.
+    * ``kd_alpha`` / ``kd_temperature``: knowledge distillation from the FP32
+      teacher (``loss = (1-α)·CE + α·T²·KL``); ``kd_alpha = 0`` disables it.
+    * ``init_observer``: observer used to initialise weight and activation
+      steps (``None``: the plan's own observers).
+    * ``checkpoint_every``: also checkpoint every N optimizer steps (0: only at
+      the end of every epoch).
+    * ``threads``: torch intra-op threads during the run (``None``: leave as is);
+      results are bit-identical only for the same thread count.
+    """
+
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 0.01
+    scale_lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    optimizer: str = "sgd"
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+    seed: int = 0
+    weight_quant: str = "lsq"
+    act_quant: str = "lsq"
+    grad_bits: int | None = None
+    bn: str = "fold"
+    kd_alpha: float = 0.0
+    kd_temperature: float = 4.0
+    init_observer: str | None = "mse"
+    calib_images: int = 512
+    augment: bool = True
+    checkpoint_every: int = 0
+    threads: int | None = None
+    deterministic: bool = True
+    progress: bool = True
+    eval_every_epoch: bool = True
+    version: int = QAT_SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        def bad(name: str, msg: str) -> QatError:
+            return QatError(f"QatConfig.{name}: {msg}, got {getattr(self, name)!r}")
+
+        for name in ("epochs", "batch_size", "calib_images"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise bad(name, "must be a positive integer")
+        for name in ("warmup_steps", "checkpoint_every", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise bad(name, "must be a non-negative integer")
+        if not (isinstance(self.lr, int | float) and self.lr > 0):
+            raise bad("lr", "must be positive")
+        if self.scale_lr is not None and not self.scale_lr > 0:
+            raise bad("scale_lr", "must be positive or null")
+        if not 0 <= self.momentum < 1:
+            raise bad("momentum", "must be in [0, 1)")
+        if self.weight_decay < 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise bad("weight_decay" if self.weight_decay < 0 else "min_lr", "out of range")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
+        if self.weight_quant not in WEIGHT_QUANT:
+            raise bad("weight_quant", f"must be one of {', '.join(WEIGHT_QUANT)}")
+        if self.act_quant not in ACT_QUANT:
+            raise bad("act_quant", f"must be one of {', '.join(ACT_QUANT)}")
+        if self.bn not in BN_MODES:
+            raise bad("bn", f"must be one of {', '.join(BN_MODES)}")
+        if self.grad_bits is not None and (isinstance(self.grad_bits, bool) or not 2 <= self.grad_bits <= 16):
+            raise bad("grad_bits", "must be null or an integer in [2, 16]")
+        if not 0 <= self.kd_alpha <= 1:
+            raise bad("kd_alpha", "must be in [0, 1]")
+        if not self.kd_temperature > 0:
+            raise bad("kd_temperature", "must be positive")
+        if self.init_observer is not None and self.init_observer not in OBSERVER_CHOICES:
+            raise bad("init_observer", f"must be null or one of {', '.join(OBSERVER_CHOICES)}")
+        if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
+            raise bad("threads", "must be null or a positive integer")
+        if self.version != QAT_SCHEMA_VERSION:
+            raise bad("version", f"this mixq reads QAT config version {QAT_SCHEMA_VERSION}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "QatConfig") -> QatConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise QatError(f"{source}: unknown field(s) {', '.join(unknown)}")
+        return cls(**d)
+
+    def trajectory_diff(self, other: QatConfig) -> list[str]:
+        """Fields that differ and change the training trajectory (see ``RESUME_FREE``)."""
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in a if k not in RESUME_FREE and a[k] != b[k]]

@@ -1,0 +1,166 @@
+"""The math of QAT as pure functions: weight quantizers, gradient quantization, distillation, schedules.
+
+Every function here takes tensors and formats and returns tensors; the modules
+in :mod:`mixq.algorithms.qat.modules` only hold state and call them.
+
+>>> w = torch.tensor([[0.5, -0.1, 0.3], [-2.0, 1.0, 0.0]])
+>>> xnor_weight(w).tolist()  # α·sign(w), α = mean|w| per row, sign(0) = +1
+[[0.30000001192092896, -0.30000001192092896, 0.30000001192092896], [-1.0, 1.0, 1.0]]
+>>> round(cosine_lr(0, 10, base=1.0, warmup=0), 3), round(cosine_lr(5, 10, base=1.0, warmup=0), 3)
+(1.0, 0.5)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mixq.formats import Binary, FixedPoint, NumberFormat
+from mixq.quant import fake_quant, lsq_quant, positive_levels
+
+EPS = 1e-8
+
+
+def row_shape(w: torch.Tensor) -> tuple[int, ...]:
+    """``(rows, 1, ...)``: the shape of one value per row (output channel) of ``w``."""
+    return (w.shape[0],) + (1,) * (w.dim() - 1)
+
+
+def xnor_alpha(w: torch.Tensor) -> torch.Tensor:
+    """XNOR-Net's per-row scale ``α = mean|w|`` (detached), shaped ``(rows, 1, ...)``."""
+    a = w.detach().abs().reshape(w.shape[0], -1).mean(dim=1)
+    return torch.where(a > 0, a, torch.ones_like(a)).reshape(row_shape(w))
+
+
+def xnor_weight(w: torch.Tensor) -> torch.Tensor:
+    """``α·sign(w)`` per row (``sign(0) = +1``, Binary's tie rule) with a straight-through gradient."""
+    a = xnor_alpha(w)
+    q = torch.where(w >= 0, a, -a)
+    return w + (q - w).detach()
+
+
+def dorefa_weight(w: torch.Tensor, fmt: NumberFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """DoReFa weights for a signed fixed-point ``fmt``: ``(fake-quantized weight, its per-row scale)``.
+
+    ``t = tanh(w) / max|tanh(w)|`` lies in ``[-1, 1]`` and is quantized uniformly on
+    ``qmax`` steps per side (DoReFa's ``2·q_k(t/2 + 1/2) - 1`` on the format's symmetric
+    grid); the result is multiplied by ``c = max|w|`` (detached) so the layer keeps its
+    magnitude when BatchNorm has been folded into it. The integer engine sees the
+    weight ``c·t`` at scale ``c / qmax``.
+    """
+    if not isinstance(fmt, FixedPoint) or not fmt.signed:
+        from mixq.algorithms.qat.config import QatError
+
+        raise QatError(f"weight_quant=dorefa: needs a signed fixed-point weight format, got {fmt}")
+    t = torch.tanh(w)
+    t = t / t.detach().abs().max().clamp_min(EPS)
+    c = w.detach().abs().max().clamp_min(EPS)
+    s = (c / fmt.qmax).expand(row_shape(w))
+    return fake_quant(c * t, fmt, s), s
+
+
+def lsq_weight(w: torch.Tensor, fmt: NumberFormat, step: torch.Tensor) -> torch.Tensor:
+    """LSQ fake-quantization of ``w`` with a learned ``step`` (broadcastable, kept positive).
+
+    The step gradient is scaled by ``1/sqrt(n · Q_P)``, ``n`` the weights sharing one step.
+    """
+    n = max(1, w.numel() // max(1, step.numel()))
+    g = 1.0 / math.sqrt(n * positive_levels(fmt))
+    return lsq_quant(w, step.abs().clamp_min(EPS), fmt, g)
+
+
+def mixed_rows(parts: Sequence[torch.Tensor], row_scheme: torch.Tensor) -> torch.Tensor:
+    """Row ``r`` of the result is row ``r`` of ``parts[row_scheme[r]]``."""
+    out = parts[0]
+    for k in range(1, len(parts)):
+        mask = (row_scheme == k).reshape(row_shape(out))
+        out = torch.where(mask, parts[k], out)
+    return out
+
+
+def lsq_act(x: torch.Tensor, fmt: NumberFormat, step: torch.Tensor) -> torch.Tensor:
+    """LSQ activation quantizer; the step gradient is scaled by ``1/sqrt(features · Q_P)``.
+
+    ``features`` is the number of values of *one sample* (LSQ's N_F), so the
+    gradient does not depend on the batch size and data-parallel shards agree.
+    """
+    n = max(1, x[0].numel() if x.dim() > 1 else x.numel())
+    g = 1.0 / math.sqrt(n * positive_levels(fmt))
+    return lsq_quant(x, step.abs().clamp_min(EPS), fmt, g)
+
+
+def is_binary(fmt: NumberFormat) -> bool:
+    return isinstance(fmt, Binary)
+
+
+class _QuantGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, bits: int, gen: torch.Generator | None) -> torch.Tensor:
+        ctx.bits, ctx.gen = bits, gen
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return quantize_gradient(grads[0], ctx.bits, ctx.gen), None, None
+
+
+def quantize_gradient(g: torch.Tensor, bits: int, gen: torch.Generator | None = None) -> torch.Tensor:
+    """DoReFa's stochastic gradient quantizer, per sample (dim 0).
+
+    ``ĝ = 2·m·(q_k(g / 2m + 1/2 + ξ) − 1/2)`` with ``m = max|g|`` over a sample,
+    ``q_k`` rounding to ``k``-bit levels of ``[0, 1]`` and ``ξ ~ U(−1/2, 1/2)/(2^k − 1)``.
+    Unbiased in expectation; ``gen`` makes the noise reproducible.
+    """
+    levels = float(2**bits - 1)
+    m = g.detach().abs().reshape(g.shape[0], -1).amax(dim=1).clamp_min(1e-30)
+    m = m.reshape((g.shape[0],) + (1,) * (g.dim() - 1))
+    u = g / (2 * m) + 0.5
+    noise = (torch.rand(g.shape, generator=gen, dtype=g.dtype, device=g.device) - 0.5) / levels
+    q = torch.round((u + noise).clamp(0, 1) * levels) / levels
+    return 2 * m * (q - 0.5)
+
+
+def quant_grad(x: torch.Tensor, bits: int | None, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Identity forward; the gradient through ``x`` is quantized to ``bits`` (no-op for ``None``)."""
+    if bits is None or not x.requires_grad:
+        return x
+    return _QuantGrad.apply(x, bits, gen)  # type: ignore[no-any-return]
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
+            alpha: float, temperature: float) -> torch.Tensor:
+    """``(1-α)·CE(student, labels) + α·T²·KL(softmax(teacher/T) ‖ softmax(student/T))``."""
+    ce = F.cross_entropy(student, labels)
+    if alpha <= 0:
+        return ce
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher.detach() / t, dim=1),
+                  reduction="batchmean", log_target=True)
+    return (1 - alpha) * ce + alpha * t * t * kl
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int = 0, floor: float = 0.0) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay from ``base`` to ``floor`` at ``total``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    span = max(1, total - warmup)
+    return floor + 0.5 * (base - floor) * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
+
+
+def augment_shift_flip(x: torch.Tensor, gen: torch.Generator, shift: int = 2, fill: float = 0.0) -> torch.Tensor:
+    """Random shift (up to ``shift`` pixels, ``fill`` outside) and left-right flip of an (N, C, H, W) batch."""
+    if x.dim() != 4 or shift < 0:
+        return x
+    n, c, h, w = x.shape
+    padded = F.pad(x, (shift, shift, shift, shift), value=fill)
+    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+    out = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    flip = torch.rand(n, generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)

@@ -1,0 +1,285 @@
+"""The training loop shared by QAT and pruned fine-tuning: exact resume, DDP, progress.
+
+Determinism: the data order of epoch ``e`` is a permutation drawn from a
+generator seeded with ``(seed, e)``; augmentation and gradient-quantization
+noise of step ``s`` come from generators seeded with ``(seed, e, s, rank)``.
+So the position alone fixes every random draw still to come, and a run resumed
+from any checkpoint (written every ``checkpoint_every`` steps and at the end
+of every epoch) reaches the same weights, bit for bit, as a run that never
+stopped (same thread count and torch build).
+
+Data parallel: when ``torch.distributed`` is initialised (``torchrun``), the
+model is wrapped in ``DistributedDataParallel``; every global batch of
+``batch_size`` images is split across the processes by stride, gradients are
+averaged, rank 0 writes the checkpoints and every rank resumes from them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mixq.algorithms.qat.checkpoint import (
+    Position,
+    check_compatible,
+    load_model_state,
+    read_checkpoint,
+    restore_position,
+    save_checkpoint,
+    set_rng_state,
+)
+from mixq.algorithms.qat.config import QatConfig, QatError
+from mixq.algorithms.qat.functional import augment_shift_flip, cosine_lr, kd_loss
+from mixq.algorithms.qat.modules import QatAct, set_grad_quant
+
+CheckpointHook = Callable[[Position], None]
+
+
+@dataclass(frozen=True)
+class CosineSchedule:
+    """Picklable LR multiplier for ``LambdaLR``: warm-up then cosine decay to ``floor`` (a fraction)."""
+
+    total: int
+    warmup: int
+    floor: float
+
+    def __call__(self, step: int) -> float:
+        return cosine_lr(step, self.total, 1.0, self.warmup, self.floor)
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without an initialised process group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> bool:
+    """Initialise the default process group from ``torchrun``'s environment (gloo on CPU). True if distributed."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    return True
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (SplitMix64 steps; stable across runs and platforms)."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The data order of ``epoch``: a permutation of ``range(n)`` fixed by ``(seed, epoch)``."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, epoch)))
+
+
+@contextlib.contextmanager
+def _run_settings(cfg: QatConfig) -> Iterator[None]:
+    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old_det)
+        torch.set_num_threads(old_threads)
+
+
+def make_optimizer(model: nn.Module, cfg: QatConfig) -> torch.optim.Optimizer:
+    """Weights (decayed), other parameters (no decay) and quantizer steps (``scale_lr``, no decay)."""
+    steps, decay, other = [], [], []
+    step_ids = {id(m.scale) for m in model.modules() if isinstance(m, QatAct) and isinstance(m.scale, nn.Parameter)}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.endswith("w_step") or id(p) in step_ids:
+            steps.append(p)
+        elif p.ndim > 1:
+            decay.append(p)
+        else:
+            other.append(p)
+    groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": cfg.weight_decay},
+                                    {"params": other, "weight_decay": 0.0}]
+    if steps:
+        groups.append({"params": steps, "weight_decay": 0.0, "lr": cfg.scale_lr or cfg.lr})
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy in percent (eval mode; the mode is restored)."""
+    was = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, x.shape[0], batch_size):
+        correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+    model.train(was)
+    return 100.0 * correct / max(1, x.shape[0])
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    train_time_s: float
+    steps: int
+    resumed_from: dict[str, int] | None
+
+
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: QatConfig, checkpoint: Path, *,
+        teacher: nn.Module | None = None, masks: Mapping[str, torch.Tensor] | None = None,
+        val: tuple[torch.Tensor, torch.Tensor] | None = None, resume: bool = False,
+        on_checkpoint: CheckpointHook | None = None, fill: float = 0.0, desc: str = "qat") -> FitResult:
+    """Train ``model`` in place on ``(x, y)`` for ``cfg.epochs``, checkpointing to ``checkpoint``.
+
+    ``masks`` maps parameter names to 0/1 tensors: masked gradients and weights
+    are zeroed around every step (pruned fine-tuning). ``teacher`` (eval mode)
+    provides distillation targets when ``cfg.kd_alpha > 0``. With ``resume`` and
+    an existing checkpoint the run continues from it; a checkpoint of a run
+    with another trajectory raises `QatError`. ``fill`` is the input value of
+    the border pixels that shift augmentation brings in.
+    """
+    rank, world = dist_info()
+    n = int(x.shape[0])
+    if n < cfg.batch_size:
+        raise QatError(f"QatConfig.batch_size: {cfg.batch_size} is larger than the {n} training samples")
+    if cfg.batch_size % world or cfg.batch_size // world < 2:
+        raise QatError(f"QatConfig.batch_size: {cfg.batch_size} does not split into >= 2 samples "
+                       f"on each of {world} processes")
+    if cfg.kd_alpha > 0 and teacher is None:
+        raise QatError("QatConfig.kd_alpha: distillation needs a teacher model")
+    steps_per_epoch = n // cfg.batch_size
+    total = steps_per_epoch * cfg.epochs
+    params = dict(model.named_parameters())
+    mask_params = {}
+    for pname, m in (masks or {}).items():
+        if pname not in params or tuple(params[pname].shape) != tuple(m.shape):
+            raise QatError(f"masks: {pname!r} is not a parameter of the model with shape {tuple(m.shape)}")
+        mask_params[pname] = (params[pname], m.to(params[pname].dtype))
+
+    with _run_settings(cfg):
+        torch.manual_seed(cfg.seed)
+        opt = make_optimizer(model, cfg)
+        floor = cfg.min_lr / cfg.lr
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, CosineSchedule(total, cfg.warmup_steps, floor))
+        pos = Position()
+        resumed_from = None
+        if resume and checkpoint.is_file():
+            obj = read_checkpoint(checkpoint)
+            check_compatible(checkpoint, obj, cfg, world)
+            load_model_state(checkpoint, model, obj["model"])
+            try:
+                opt.load_state_dict(obj["optimizer"])
+                sched.load_state_dict(obj["scheduler"])
+            except (ValueError, KeyError) as e:
+                raise QatError(f"{checkpoint}: optimizer state does not match the model ({e})") from e
+            pos = restore_position(obj)
+            set_rng_state(obj["rng"])
+            resumed_from = {"epoch": pos.epoch, "step": pos.step, "global_step": pos.global_step}
+        net: nn.Module = model
+        if world > 1:
+            net = nn.parallel.DistributedDataParallel(model)
+        grad_gen = torch.Generator()
+        set_grad_quant(model, cfg.grad_bits, grad_gen if cfg.grad_bits else None)
+
+        def save() -> None:
+            if rank == 0:
+                save_checkpoint(checkpoint, cfg=cfg, model=model, optimizer=opt, scheduler=sched, pos=pos,
+                                world_size=world)
+            if world > 1:
+                torch.distributed.barrier()
+            if on_checkpoint is not None and rank == 0:
+                on_checkpoint(pos)
+
+        bar, task = _progress(cfg.progress and rank == 0, desc, total, pos.global_step)
+        t_last = time.perf_counter()
+        try:
+            while pos.epoch < cfg.epochs:
+                model.train()
+                if teacher is not None:
+                    teacher.eval()
+                order = epoch_order(cfg.seed, pos.epoch, n)
+                while pos.step < steps_per_epoch:
+                    idx = order[pos.step * cfg.batch_size : (pos.step + 1) * cfg.batch_size][rank::world]
+                    xb, yb = x[idx], y[idx]
+                    gen = torch.Generator().manual_seed(_seed(cfg.seed, pos.epoch, pos.step, rank))
+                    if cfg.augment:
+                        xb = augment_shift_flip(xb, gen, fill=fill)
+                    grad_gen.manual_seed(_seed(cfg.seed, pos.epoch, pos.step, rank, 1))
+                    out = net(xb)
+                    t_out = None
+                    if teacher is not None and cfg.kd_alpha > 0:
+                        with torch.no_grad():
+                            t_out = teacher(xb)
+                    loss = kd_loss(out, t_out if t_out is not None else out, yb, cfg.kd_alpha, cfg.kd_temperature)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    for p, m in mask_params.values():
+                        if p.grad is not None:
+                            p.grad.mul_(m)
+                    opt.step()
+                    sched.step()
+                    with torch.no_grad():
+                        for p, m in mask_params.values():
+                            p.mul_(m)
+                    pos.step += 1
+                    pos.global_step += 1
+                    pos.loss_sum += float(loss.detach()) * len(idx)
+                    pos.seen += len(idx)
+                    now = time.perf_counter()
+                    pos.train_time_s += now - t_last
+                    t_last = now
+                    if bar is not None:
+                        bar.update(task, advance=1, description=f"{desc} epoch {pos.epoch + 1}/{cfg.epochs} "
+                                   f"loss {pos.loss_sum / max(1, pos.seen):.4f}")
+                    if cfg.checkpoint_every and pos.global_step % cfg.checkpoint_every == 0 \
+                            and pos.step < steps_per_epoch:
+                        save()
+                        t_last = time.perf_counter()
+                record: dict[str, Any] = {"epoch": pos.epoch + 1, "train_loss": pos.loss_sum / max(1, pos.seen),
+                                          "lr": float(sched.get_last_lr()[0]),
+                                          "train_time_s": round(pos.train_time_s, 2)}
+                if val is not None and cfg.eval_every_epoch:
+                    record["val_accuracy"] = accuracy(model, *val)
+                pos.history.append(record)
+                pos.epoch += 1
+                pos.step, pos.loss_sum, pos.seen = 0, 0.0, 0
+                save()
+                t_last = time.perf_counter()
+        finally:
+            if bar is not None:
+                bar.stop()
+            set_grad_quant(model, None, None)
+        model.eval()
+    return FitResult(history=pos.history, train_time_s=pos.train_time_s, steps=pos.global_step,
+                     resumed_from=resumed_from)
+
+
+def _progress(enabled: bool, desc: str, total: int, done: int) -> tuple[Any, Any]:
+    """A started ``rich`` progress bar and its task, or (None, None)."""
+    if not enabled:
+        return None, None
+    try:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    except ImportError:  # pragma: no cover - rich is a dependency
+        return None, None
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    bar.start()
+    return bar, bar.add_task(desc, total=total, completed=done)
