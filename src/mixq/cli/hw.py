@@ -1,10 +1,122 @@
-"""`mixq estimate` and `mixq calibrate-hw` (owned by the hardware-model work)."""
+"""`mixq estimate` and `mixq calibrate-hw`: thin wrappers over :mod:`mixq.hw` and :mod:`mixq.rtl.calibrate`."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import typer
 
 
+def _plan_for(model: str, specs: list[Any], plan_path: Path | None, weight: str, act: str) -> Any:
+    from mixq.formats import parse_format
+    from mixq.plan import load_plan, uniform_plan
+
+    names = [s.name for s in specs if s.is_compute]
+    if plan_path is not None:
+        plan = load_plan(plan_path)
+        plan.check_layers(names)
+        return plan
+    # the first layer sees normalised (signed) images; every other input follows a ReLU
+    return uniform_plan(model, names, parse_format(weight), parse_format(act), signed_inputs=names[:1])
+
+
+def _print(est: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    t = Table(title=f"{est.model} on {est.n_parts} x {est.part} ({est.arch}, {est.clock_mhz:g} MHz)")
+    for col in ("resource", "used", "available", "util"):
+        t.add_column(col, justify="right" if col != "resource" else "left")
+    for name, u in est.utilization.items():
+        avail = getattr(est.available, name)
+        if avail:
+            t.add_row(name, f"{getattr(est.resources, name):,.0f}", f"{avail:,.0f}", f"{100 * u:.1f}%")
+    con.print(t)
+    con.print(f"FPS {est.fps:,.1f}   latency {est.latency_ms:.3f} ms   {est.gops:,.1f} GOP/s   "
+              f"{100 * est.peak_fraction:.1f}% of the device's peak {est.peak_macs_per_s / 1e9:,.1f} GMAC/s")
+    con.print(f"bottleneck: {est.bottleneck}")
+    for c in est.cores:
+        con.print(f"core {c['core']}: {c['units']} x {c['pe_kind']} units, {c['macs_per_cycle']} MAC/cycle")
+    if est.partition and est.n_parts > 1:
+        for i, seg in enumerate(est.partition):
+            con.print(f"part {i}: {seg[0]} .. {seg[-1]} ({len(seg)} stages)")
+    if not est.fits:
+        for o in est.overflows:
+            con.print(f"[red]does not fit: {o.message()}[/red]")
+
+
 def register(app: typer.Typer) -> None:
     """Add the hardware commands to ``app``."""
-    return None
+
+    @app.command()
+    def estimate(
+        model: str = typer.Argument(..., help="zoo model name (resnet18, mobilenet_v2, cnv, ...)"),
+        plan: Path | None = typer.Option(None, help="plan JSON (default: a uniform plan from --weight/--act)"),
+        part: str = typer.Option("xc7z020", help="FPGA part (see mixq.hw.parts)"),
+        arch: str = typer.Option("streaming", help="streaming | overlay"),
+        parts: int = typer.Option(1, help="number of parts (streaming: multi-FPGA split)"),
+        weight: str = typer.Option("fixed4", help="weight format of the default plan"),
+        act: str = typer.Option("ufixed4", help="activation format of the default plan"),
+        fold: str = typer.Option("auto", help="auto | plan | optimize (streaming folding)"),
+        target_fps: float | None = typer.Option(None, help="streaming: cheapest folding meeting this FPS"),
+        link_gbps: float = typer.Option(10.0, help="multi-FPGA link bandwidth, Gb/s"),
+        clock_mhz: float | None = typer.Option(None, help="override the part's clock"),
+        out: Path = typer.Option(Path("estimate.json"), "--out", help="where to write the JSON"),
+    ) -> None:
+        """Estimate resources, FPS, latency and the bottleneck of MODEL on an FPGA part."""
+        from mixq import zoo
+        from mixq.errors import HardwareError
+        from mixq.graph.capture import capture
+        from mixq.hw import ArchOptions, get_part
+        from mixq.hw import estimate as hw_estimate
+        from mixq.io import atomic_write_json
+
+        p = get_part(part)
+        if clock_mhz is not None:
+            p = p.with_(clock_mhz=clock_mhz)
+        specs = capture(zoo.load(model), zoo.input_shape(model))
+        qplan = _plan_for(model, specs, plan, weight, act)
+        est = hw_estimate(specs, qplan, p, arch, parts=parts, fold=fold, target_fps=target_fps,
+                          options=ArchOptions(link_gbps=link_gbps))
+        atomic_write_json(out, est.to_dict())
+        _print(est)
+        typer.echo(f"wrote {out}")
+        if not est.fits:
+            what = "; ".join(o.message() for o in est.overflows) or "; ".join(est.notes[-1:])
+            raise HardwareError(f"{model} does not fit {parts} x {p.name} ({arch}): {what}")
+
+    @app.command("calibrate-hw")
+    def calibrate_hw(
+        jobs: int = typer.Option(1, help="yosys processes at a time"),
+        small: bool = typer.Option(False, help="synthesize two tiny PEs and check the shipped model only"),
+        refit: bool = typer.Option(False, help="re-fit from the stored synthesis records (no yosys)"),
+        golden: Path | None = typer.Option(None, help="also write the records here (default: tests/golden/hw "
+                                                      "when it exists)"),
+        table: Path | None = typer.Option(None, help="write the calibration table (markdown) here"),
+        out_dir: Path | None = typer.Option(None, help="where to write coefficients.json (default: the package)"),
+    ) -> None:
+        """Re-run the PE synthesis sweep (yosys) and re-fit the hardware cost model."""
+        from mixq.hw.calibrate import LUT_TARGET
+        from mixq.rtl.calibrate import DATA_DIR, calibrate
+
+        gdir = golden if golden is not None else (Path("tests/golden/hw") if Path("tests/golden/hw").is_dir()
+                                                  else None)
+
+        def progress(i: int, n: int, cfg: Any) -> None:
+            typer.echo(f"[{i}/{n}] {cfg.name}")
+
+        res = calibrate(out_dir=out_dir or DATA_DIR, golden_dir=None if small else gdir, jobs=jobs, small=small,
+                        refit=refit, table_path=table, progress=progress)
+        by_kind: dict[str, float] = {}
+        for r in res.rows:
+            by_kind[r.kind] = max(by_kind.get(r.kind, 0.0), r.lut_err)
+        for k, e in by_kind.items():
+            typer.echo(f"{k:>11}: worst LUT error {100 * e:5.1f}%")
+        typer.echo(f"worst LUT error {100 * res.max_lut_error:.1f}% (target {100 * LUT_TARGET:.0f}%), "
+                   f"DSP/BRAM exact: {res.dsp_exact}")
+        if not small:
+            typer.echo(f"wrote {res.coefficients_path} and {res.records_path}")
+        if res.max_lut_error > LUT_TARGET or not res.dsp_exact:
+            raise typer.Exit(1)

@@ -1,0 +1,19 @@
+"""The FPGA hardware model (layer L4, no torch): parts, per-PE costs, architecture templates.
+
+* :mod:`mixq.hw.parts`     — part catalog (`get_part`, `PARTS`)
+* :mod:`mixq.hw.pe`        — `PeConfig`, the PE description shared with :mod:`mixq.rtl.pe`
+* :mod:`mixq.hw.cost`      — `CostModel` (fitted LUT/FF coefficients, DSP/BRAM rules), `Resources`
+* :mod:`mixq.hw.calibrate` — the fit of the coefficients to synthesis records
+* :mod:`mixq.hw.streaming`, :mod:`mixq.hw.overlay` — the templates; :mod:`mixq.hw.estimate` — `estimate`
+"""
+
+from mixq.hw.cost import CostModel, Resources
+from mixq.hw.engine import ArchOptions
+from mixq.hw.estimate import Estimate, LayerEstimate, apply_folding, estimate, peak_macs
+from mixq.hw.parts import PARTS, Part, get_part, known_parts
+from mixq.hw.pe import PeConfig
+
+__all__ = [
+    "PARTS", "ArchOptions", "CostModel", "Estimate", "LayerEstimate", "Part", "PeConfig", "Resources",
+    "apply_folding", "estimate", "get_part", "known_parts", "peak_macs",
+]

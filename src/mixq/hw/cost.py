@@ -1,0 +1,235 @@
+"""Per-PE resource model: LUTs and FFs from fitted coefficients, DSPs and block RAM by rule.
+
+LUT and FF counts of a PE are linear in a handful of structural features of the
+circuit :mod:`mixq.rtl.pe` generates (lane bits, shifter bits, adder-tree bits,
+accumulator bits, ...); the coefficients are fitted per PE kind to
+``yosys synth_xilinx`` counts (:mod:`mixq.hw.calibrate`, ``mixq calibrate-hw``)
+and shipped in ``mixq/hw/data/coefficients.json``. DSP counts follow the yosys
+``mul2dsp`` rule exactly (:func:`mixq.hw.pe.mul_dsps`), block RAM the primitive
+shapes (:mod:`mixq.hw.memory`).
+
+>>> m = CostModel.default()
+>>> m.pe(PeConfig("fixed_dsp2", 4, 4, simd=4, acc_len=1024)).dsp
+4.0
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources as ilr
+from typing import Any, NamedTuple
+
+from mixq.errors import HardwareError
+from mixq.hw.memory import block_count, lutram_mux_bits, lutram_prims
+from mixq.hw.parts import BRAM18
+from mixq.hw.pe import (
+    DOT_KINDS,
+    REQUANT_MULT_BITS,
+    PeConfig,
+    mul_dsps,
+    shift_range,
+    sp2_split,
+    tree_bits,
+)
+
+FITTED = ("lut", "ff")
+
+
+class Resources(NamedTuple):
+    """An amount of FPGA resources (``bram`` in the part's native blocks: 18-Kb halves on Xilinx).
+
+    An immutable named tuple (cheap to create: the folding optimizer makes many); ``+`` adds
+    and ``*`` scales element-wise.
+    """
+
+    lut: float = 0.0
+    ff: float = 0.0
+    dsp: float = 0.0
+    bram: float = 0.0
+    uram: float = 0.0
+
+    def __add__(self, o: object) -> Resources:  # type: ignore[override]
+        if not isinstance(o, Resources):
+            return NotImplemented
+        return Resources(self[0] + o[0], self[1] + o[1], self[2] + o[2], self[3] + o[3], self[4] + o[4])
+
+    def __mul__(self, k: object) -> Resources:  # type: ignore[override]
+        if not isinstance(k, int | float):
+            return NotImplemented
+        return Resources(self[0] * k, self[1] * k, self[2] * k, self[3] * k, self[4] * k)
+
+    def __rmul__(self, k: object) -> Resources:  # type: ignore[override]
+        return self.__mul__(k)
+
+    def as_tuple(self) -> tuple[float, ...]:
+        return tuple(self)
+
+    def fits(self, budget: Resources) -> bool:
+        return all(u <= b + 1e-9 for u, b in zip(self, budget, strict=True))
+
+    def to_dict(self) -> dict[str, float]:  # type: ignore[override]
+        return {n: round(float(v), 1) for n, v in zip(self._fields, self, strict=True)}
+
+    @staticmethod
+    def total(items: Any) -> Resources:
+        acc = [0.0] * 5
+        for r in items:
+            for i in range(5):
+                acc[i] += r[i]
+        return Resources(*acc)
+
+
+RESOURCE_NAMES: tuple[str, ...] = Resources._fields
+
+
+def features(cfg: PeConfig) -> dict[str, float]:
+    """Structural features of the generated circuit; LUTs and FFs are linear in these.
+
+    Every kind gets ``one`` (a constant); the rest depend on the kind (see the code:
+    each feature counts bits of one structure in :mod:`mixq.rtl.pe`).
+    """
+    k, s = cfg.kind, cfg.simd
+    f: dict[str, float] = {"one": 1.0}
+    if k in DOT_KINDS:
+        pw, accw = cfg.product_bits, cfg.acc_bits
+        f["acc"] = float(accw)
+        if k in ("fixed_dsp", "fixed_dsp2"):
+            rows = 2 if k == "fixed_dsp2" else 1
+            f["acc"] = float(rows * accw)
+            # lanes past the DSP's own two input registers delay their operands in SRLs
+            f["skew"] = float(max(0, s - 5) * (rows * cfg.wbits + cfg.abits))
+            if rows == 2:
+                f["pack"] = float(s * cfg.wbits + accw)
+            return f
+        f["tree"] = float(tree_bits(s, pw))
+        if k == "fixed_lut":
+            f["mul"] = float(s * cfg.wbits * cfg.abits)
+            f["lane"] = float(s * (cfg.wbits + cfg.abits))
+        elif k == "sp2":
+            m1, m2 = sp2_split(cfg.wbits)
+            f["shift"] = float(s * pw * (m1 + m2))
+            f["lane"] = float(s * pw)
+        elif k == "pot":
+            f["shift"] = float(s * pw * (cfg.wbits - 1))
+            f["lane"] = float(s * pw)
+        elif k == "ternary":
+            f["lane"] = float(s * pw)
+        elif k == "xnor":
+            f["lane"] = float(s)
+        return f
+    if k == "tree":
+        f["tree"] = float(tree_bits(s, cfg.abits))
+        f["lane"] = float(s * cfg.abits)
+    elif k == "acc":
+        f["acc"] = float(cfg.acc_bits)
+    elif k == "requant":
+        f["acc"] = float(cfg.acc_bits)
+        f["out"] = float(cfg.out_bits)
+    elif k == "thresh":
+        f["cmp"] = float((2 ** cfg.out_bits - 1) * cfg.acc_bits)
+        f["out"] = float(2 ** cfg.out_bits)
+    elif k == "ram":
+        if cfg.abits:  # block RAM: no LUTs
+            return {"one": 0.0}
+        f = {"prims": 4.0 * lutram_prims(cfg.wbits, s), "mux": float(lutram_mux_bits(cfg.wbits, s))}
+    return f
+
+
+def dsp_count(cfg: PeConfig, dsp_type: str = "DSP48E1") -> int:
+    """DSP blocks of a PE: the yosys rule on Xilinx; two 18x19 products per block on Intel."""
+    k = cfg.kind
+    a_op = cfg.abits + (0 if cfg.signed_act else 1)
+    if k == "fixed_dsp":
+        if dsp_type == "S10-VPDSP":
+            return math.ceil(cfg.simd / 2) if max(cfg.wbits, a_op) <= 19 else cfg.simd
+        return cfg.simd * mul_dsps(cfg.wbits, a_op, cfg.acc_bits, dsp_type)
+    if k == "fixed_dsp2":
+        return cfg.simd * mul_dsps(cfg.acc_bits + cfg.wbits, a_op, 2 * cfg.acc_bits, dsp_type)
+    if k == "requant":
+        m = REQUANT_MULT_BITS + 1
+        if dsp_type == "S10-VPDSP":
+            return 1
+        return mul_dsps(cfg.acc_bits, m, cfg.acc_bits + m, dsp_type)
+    return 0
+
+
+def bram_count(cfg: PeConfig) -> int:
+    """18-Kb block RAM halves of a ``ram`` PE placed in block RAM."""
+    if cfg.kind == "ram" and cfg.abits:
+        return block_count(cfg.wbits, cfg.simd, BRAM18)
+    return 0
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    """Fitted LUT/FF coefficients: ``kinds[kind][resource][feature]``, plus provenance."""
+
+    kinds: dict[str, dict[str, dict[str, float]]]
+    meta: dict[str, Any] = field(default_factory=dict)
+    version: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "meta": self.meta, "kinds": self.kinds}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Coefficients:
+        if d.get("version") != 1:
+            raise HardwareError(f"coefficients: version {d.get('version')!r} is not supported (expected 1)")
+        return Coefficients(kinds=d["kinds"], meta=d.get("meta", {}), version=1)
+
+
+@lru_cache(maxsize=1)
+def _default_coefficients() -> Coefficients:
+    try:
+        text = ilr.files("mixq.hw").joinpath("data/coefficients.json").read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise HardwareError("mixq/hw/data/coefficients.json is missing; run `mixq calibrate-hw`") from e
+    return Coefficients.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """PE costs from a set of coefficients (``CostModel.default()``: the shipped fit)."""
+
+    coefficients: Coefficients
+    _cache: dict[tuple[PeConfig, str], Resources] = field(default_factory=dict, compare=False, repr=False)
+
+    @staticmethod
+    def default() -> CostModel:
+        return _default_model()
+
+    def linear(self, cfg: PeConfig, resource: str) -> float:
+        """The fitted LUT or FF count of ``cfg``."""
+        try:
+            coef = self.coefficients.kinds[cfg.kind][resource]
+        except KeyError:
+            raise HardwareError(f"no fitted {resource} coefficients for PE kind {cfg.kind!r}; "
+                                "run `mixq calibrate-hw`") from None
+        return sum(coef.get(name, 0.0) * v for name, v in features(cfg).items())
+
+    def pe(self, cfg: PeConfig, dsp_type: str = "DSP48E1") -> Resources:
+        """Resources of one PE on a part with ``dsp_type`` DSPs (cached)."""
+        key = (cfg, dsp_type)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = Resources(lut=self.linear(cfg, "lut"), ff=self.linear(cfg, "ff"),
+                            dsp=float(dsp_count(cfg, dsp_type)), bram=float(bram_count(cfg)))
+            self._cache[key] = hit
+        return hit
+
+    def lutram_coefs(self) -> tuple[float, float]:
+        """(LUTs per RAM32M/RAM64M primitive-LUT, LUTs per read-mux input) of LUTRAM."""
+        c = self.coefficients.kinds.get("ram", {}).get("lut", {})
+        return c.get("prims", 1.0) * 4.0, c.get("mux", 1.0)
+
+
+@lru_cache(maxsize=1)
+def _default_model() -> CostModel:
+    return CostModel(_default_coefficients())
+
+
+__all__ = ["CostModel", "Coefficients", "Resources", "features", "dsp_count", "bram_count",
+           "PeConfig", "shift_range"]

@@ -1,0 +1,256 @@
+"""Streaming-dataflow engines: the cycles and resources of one layer's engine at a folding.
+
+A compute engine (FINN's MVAU / VVAU) has ``pe`` rows x ``simd`` lanes: each cycle it
+takes ``simd`` activations and produces partial sums for ``pe`` output rows, so one
+output pixel takes ``ceil(rows / pe) * ceil(row_length / simd)`` cycles. Rows in two
+formats (MSQ) split the PEs in proportion to their rows: the LUT PEs and the DSP PEs
+of one engine work side by side and the slower group sets the cycles.
+
+Resources = PEs (:mod:`mixq.hw.cost`) + requantizers (one per PE, shared over the
+``ceil(row_length / simd)`` cycles each output takes) + weight memories (one per PE,
+``simd * wbits`` wide; block RAM, UltraRAM or LUTRAM, whichever takes the smallest
+share of the part) + the sliding-window line buffer of a k x k convolution +
+control. Stream operators (residual add, pooling) get as many lanes as they need
+to keep up with the slowest compute engine.
+
+Assumed constants (not calibrated; stated in the estimate's notes):
+``ArchOptions.engine_lut`` / ``engine_ff`` of control per engine (address counters,
+stream handshakes), ``shell_lut`` / ``shell_ff`` per part (DMA and AXI shell).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from mixq.errors import HardwareError
+from mixq.hw.cost import CostModel, Resources
+from mixq.hw.lower import HwLayer, RowGroup
+from mixq.hw.memory import choose_memory
+from mixq.hw.parts import Part
+from mixq.hw.pe import PeConfig
+
+
+@dataclass(frozen=True)
+class ArchOptions:
+    """Knobs of the architecture templates (defaults are typical; every one is reported)."""
+
+    util_cap: float = 0.85  # usable share of LUTs and FFs (routing headroom)
+    mem_cap: float = 0.95  # usable share of block RAM / UltraRAM; DSPs: all
+    requant: str = "dyadic"  # "dyadic" (M * 2^-n on a DSP) or "thresh" (FINN thresholds, LUTs)
+    mem_style: str = "auto"  # weights: "auto" | "lutram" | "bram" | "uram"
+    engine_lut: float = 150.0
+    engine_ff: float = 200.0
+    shell_lut: float = 2500.0
+    shell_ff: float = 3500.0
+    link_gbps: float = 10.0  # multi-FPGA: link bandwidth between consecutive parts, Gb/s
+    ddr_efficiency: float = 0.8  # overlay: sustained share of the board's DDR bandwidth
+    overlay_simd: int = 16  # overlay: lanes per PE of the LUT and DSP cores
+    overlay_buffer_share: float = 0.6  # overlay: share of block RAM for tile buffers
+    overlay_layer_cycles: int = 1000  # overlay: per-layer set-up / pipeline fill
+    requant_share: int = 4  # overlay: rows per requantizer
+
+    def __post_init__(self) -> None:
+        if self.requant not in ("dyadic", "thresh"):
+            raise HardwareError(f"requant: {self.requant!r} is not one of dyadic, thresh")
+        for f in ("util_cap", "mem_cap"):
+            if not 0 < getattr(self, f) <= 1:
+                raise HardwareError(f"{f}: must be in (0, 1], got {getattr(self, f)}")
+
+
+def requant_kind(opts: ArchOptions) -> str:
+    """The PE kind of the requantizer: ``requant`` (dyadic, DSP) or ``thresh`` (LUTs)."""
+    return "requant" if opts.requant == "dyadic" else "thresh"
+
+
+def budget(part: Part, opts: ArchOptions) -> Resources:
+    """What one part offers a design (the usable share of each resource)."""
+    c, m = opts.util_cap, opts.mem_cap
+    return Resources(lut=part.lut * c, ff=part.ff * c, dsp=float(part.dsp), bram=part.bram * m,
+                     uram=part.uram * m)
+
+
+def shell(opts: ArchOptions) -> Resources:
+    return Resources(lut=opts.shell_lut, ff=opts.shell_ff)
+
+
+@dataclass(frozen=True)
+class EngineCost:
+    """One engine at one folding."""
+
+    cycles: int
+    resources: Resources
+    pe: int
+    simd: int
+    pe_split: tuple[int, ...] = ()
+    detail: dict[str, Resources] = field(default_factory=dict, compare=False)
+
+
+def split_rows(rows: int, groups: tuple[RowGroup, ...]) -> list[int]:
+    """Rows of each group (fractions rounded so they sum to ``rows``)."""
+    out: list[int] = []
+    acc = 0.0
+    for g in groups:
+        acc += g.fraction
+        out.append(round(acc * rows) - sum(out))
+    return out
+
+
+def split_pe(pe: int, rows: list[int]) -> list[int]:
+    """PEs of each group: the split of ``pe`` (at least one per group with rows) that minimises the
+    slowest group's ``ceil(rows / pe)``; spare PEs go to the largest groups. Adding a PE never makes
+    the slowest group slower.
+
+    >>> split_pe(8, [32, 32]), split_pe(5, [10, 54]), split_pe(1, [3, 5])
+    ([4, 4], [1, 4], [1, 1])
+    """
+    live = [i for i, r in enumerate(rows) if r > 0]
+    out = [0] * len(rows)
+    if not live:
+        return out
+    pe = max(pe, len(live))
+    lo, hi = 1, max(rows[i] for i in live)  # the smallest per-PE row count c the PEs can reach
+    while lo < hi:
+        c = (lo + hi) // 2
+        if sum(math.ceil(rows[i] / c) for i in live) <= pe:
+            hi = c
+        else:
+            lo = c + 1
+    for i in live:
+        out[i] = math.ceil(rows[i] / lo)
+    spare = pe - sum(out)
+    for i in sorted(live, key=lambda i: -rows[i]):
+        add = min(spare, rows[i] - out[i])
+        out[i] += add
+        spare -= add
+    return out
+
+
+def _mem(width: int, depth: int, copies: int, part: Part, model: CostModel, style: str) -> Resources:
+    pc, mc = model.lutram_coefs()
+    return _mem_cached(width, depth, copies, part, style, pc, mc)
+
+
+@lru_cache(maxsize=65536)
+def _mem_cached(width: int, depth: int, copies: int, part: Part, style: str, pc: float, mc: float) -> Resources:
+    m = choose_memory(width, depth, part, style, pc, mc, copies)
+    return Resources(lut=m.lut, bram=float(m.bram), uram=float(m.uram))
+
+
+def _requant(n: int, accw: int, out_bits: int, part: Part, model: CostModel, opts: ArchOptions) -> Resources:
+    if n <= 0:
+        return Resources()
+    kind = requant_kind(opts)
+    cfg = PeConfig(kind, accw=accw, out_bits=max(1, out_bits))
+    res = model.pe(cfg, part.dsp_type) * n
+    if kind == "thresh":  # thresholds live in a small memory per requantizer
+        res = res + _mem(accw, 2 ** out_bits - 1, n, part, model, "auto")
+    return res
+
+
+def line_buffer_bits(layer: HwLayer) -> int:
+    """Bits of the sliding-window buffer of a k x k operator: (kh - 1) rows plus kw pixels."""
+    s = layer.spec
+    if len(s.in_shape) != 3 or (s.kernel[0] <= 1 and s.kernel[1] <= 1):
+        return 0
+    c, _, w = s.in_shape
+    return ((s.kernel[0] - 1) * w + s.kernel[1]) * c * layer.abits
+
+
+def engine_cycles(layer: HwLayer, pe: int, simd: int) -> int:
+    """Cycles per frame of :func:`compute_engine` at ``pe`` x ``simd`` (without costing it)."""
+    s = layer.spec
+    length, pix = max(s.row_length, 1), max(s.out_pixels, 1)
+    fold_in = math.ceil(length / max(1, min(simd, length)))
+    grows = split_rows(s.weight_rows, layer.groups)
+    cycles = 0
+    for g, r, p in zip(layer.groups, grows, split_pe(max(pe, 1), grows), strict=True):
+        if r > 0:
+            eff = 2 * math.ceil(p / 2) if g.kind == "fixed_dsp2" else p
+            cycles = max(cycles, math.ceil(r / eff) * fold_in * pix)
+    return cycles
+
+
+def compute_engine(layer: HwLayer, pe: int, simd: int, part: Part, model: CostModel,
+                   opts: ArchOptions) -> EngineCost:
+    """Cycles per frame and resources of a conv / dwconv / linear engine with ``pe`` x ``simd``."""
+    s = layer.spec
+    rows, length, pix = s.weight_rows, max(s.row_length, 1), max(s.out_pixels, 1)
+    simd = max(1, min(simd, length))
+    fold_in = math.ceil(length / simd)
+    grows = split_rows(rows, layer.groups)
+    gpe = split_pe(max(pe, 1), grows)
+    cycles, eff_total = 0, 0
+    comp, wmem = Resources(), Resources()
+    eff_split = []
+    for g, r, p in zip(layer.groups, grows, gpe, strict=True):
+        if r <= 0:
+            eff_split.append(0)
+            continue
+        packed = g.kind == "fixed_dsp2"
+        units = math.ceil(p / 2) if packed else p
+        eff = 2 * units if packed else p
+        eff_split.append(eff)
+        eff_total += eff
+        cycles = max(cycles, math.ceil(r / eff) * fold_in * pix)
+        cfg = PeConfig(g.kind, g.wbits, g.abits, simd, acc_len=length, signed_act=g.signed_act)
+        comp = comp + model.pe(cfg, part.dsp_type) * units
+        width = simd * g.wbits * (2 if packed else 1)
+        wmem = wmem + _mem(width, math.ceil(r / eff) * fold_in, units, part, model, opts.mem_style)
+    accw = max(PeConfig(g.kind, g.wbits, g.abits, simd, acc_len=length).acc_bits for g in layer.groups)
+    req = _requant(math.ceil(eff_total / fold_in), accw, layer.out_bits, part, model, opts)
+    lb_bits = line_buffer_bits(layer)
+    in_width = simd * layer.abits * (eff_total if s.kind == "dwconv" else 1)
+    lbuf = _mem(in_width, math.ceil(lb_bits / in_width), 1, part, model, "auto") if lb_bits else Resources()
+    ctrl = Resources(lut=opts.engine_lut, ff=opts.engine_ff)
+    detail = {"compute": comp, "requant": req, "weights": wmem, "linebuf": lbuf, "control": ctrl}
+    return EngineCost(cycles, Resources.total(detail.values()), pe, simd, tuple(eff_split), detail)
+
+
+def stream_elements(layer: HwLayer) -> int:
+    shape = layer.spec.in_shape if layer.spec.kind != "add" else layer.spec.out_shape
+    return math.prod(shape) if shape else 1
+
+
+def stream_engine(layer: HwLayer, lanes: int, part: Part, model: CostModel, opts: ArchOptions) -> EngineCost:
+    """A residual add or pooling operator with ``lanes`` elements per cycle."""
+    s = layer.spec
+    lanes = max(1, lanes)
+    cycles = math.ceil(stream_elements(layer) / lanes)
+    a = max(layer.abits, 1)
+    if s.kind == "add":
+        comp = model.pe(PeConfig("tree", abits=a + 1, simd=2), part.dsp_type) * lanes
+        bits = layer.fifo_bits
+        extra = _mem(lanes * a, math.ceil(bits / (lanes * a)), 1, part, model, "auto") if bits else Resources()
+    elif s.kind == "maxpool":
+        n = max(2, s.kernel[0] * s.kernel[1])
+        comp = model.pe(PeConfig("tree", abits=a, simd=n), part.dsp_type) * lanes
+        lb = line_buffer_bits(layer)
+        extra = _mem(lanes * a, math.ceil(lb / (lanes * a)), 1, part, model, "auto") if lb else Resources()
+    else:  # avgpool / gap: accumulate the window, then a shift/requant
+        hw = math.prod(s.in_shape[1:]) if len(s.in_shape) == 3 else 1
+        win = hw if s.kind == "gap" else s.kernel[0] * s.kernel[1]
+        accw = a + max(1, math.ceil(math.log2(max(win, 2))))
+        comp = model.pe(PeConfig("acc", abits=a, accw=accw), part.dsp_type) * lanes
+        chans = s.in_shape[0] if s.in_shape else 1
+        extra = _mem(lanes * accw, math.ceil(chans / lanes), 1, part, model, "auto")
+    ctrl = Resources(lut=opts.engine_lut, ff=opts.engine_ff)
+    detail = {"compute": comp, "buffers": extra, "control": ctrl}
+    return EngineCost(cycles, Resources.total(detail.values()), lanes, 1, (lanes,), detail)
+
+
+def divisors(n: int) -> list[int]:
+    n = max(n, 1)
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def stream_lanes(layer: HwLayer, target_cycles: float) -> int:
+    """Fewest lanes (a divisor of the channels) for which the operator keeps up with ``target_cycles``."""
+    chans = (layer.spec.out_shape or (1,))[0]
+    elems = stream_elements(layer)
+    for d in divisors(chans):
+        if math.ceil(elems / d) <= target_cycles:
+            return d
+    return chans

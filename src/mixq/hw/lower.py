@@ -1,0 +1,163 @@
+"""Lower a captured model and its plan to hardware layers: which PE kind computes which rows.
+
+Rules (one place, so every template agrees):
+
+* fixed point runs on DSPs (``mapping.core`` ``auto`` or ``dsp``) — two rows per DSP
+  when packing is legal (:func:`mixq.hw.pe.dsp_packing`; never for depthwise layers,
+  whose rows do not share an activation) — or on LUTs (``core = "lut"``);
+* SP2 → ``sp2`` shift-add lanes; power of two and focused (shift) → ``pot``;
+  ternary → ``ternary``; binary weights with binary activations → ``xnor``, with wider
+  activations → ``ternary`` (a select);
+* formats without a shift-add datapath (minifloat, posit, k-term SP with k != 2) are
+  modelled as a fixed-point multiply of their storage width, with a note;
+* **a layer absent from the plan (or with float weights) is modelled as W8A8
+  fixed point on DSPs** and listed in the estimate's notes — an FPGA engine has no
+  float datapath, and 8-bit is what such a layer would be deployed at.
+
+Activations are unsigned unless the activation format says ``signed`` (a float
+input is taken as signed 8-bit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mixq.graph.spec import LayerSpec
+from mixq.hw.parts import Part
+from mixq.hw.pe import dsp_packing
+from mixq.plan.plan import HwMapping, LayerPlan, QuantPlan
+
+ASSUMED_BITS = 8
+_SHIFT_KINDS = {"sp2": "sp2", "pot": "pot", "focused": "pot", "ternary": "ternary"}
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """Rows of one layer that share a weight format and hence a PE kind."""
+
+    kind: str
+    wbits: int
+    abits: int
+    signed_act: bool
+    fraction: float
+    fmt: str
+
+    @property
+    def core(self) -> str:
+        """``dsp`` or ``lut``: which resource the group's products use."""
+        return "dsp" if self.kind in ("fixed_dsp", "fixed_dsp2") else "lut"
+
+
+@dataclass(frozen=True)
+class HwLayer:
+    """One layer as the hardware sees it (compute layers carry ``groups``)."""
+
+    spec: LayerSpec
+    groups: tuple[RowGroup, ...] = ()
+    abits: int = ASSUMED_BITS
+    out_bits: int = ASSUMED_BITS
+    mapping: HwMapping = field(default_factory=HwMapping)
+    note: str = ""
+    fifo_bits: int = 0  # residual adds: bits the skip path must buffer
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def is_compute(self) -> bool:
+        return bool(self.groups)
+
+
+def _fmt_name(fmt: object) -> str:
+    return str(fmt) if fmt is not None else "float"
+
+
+def _act(lp: LayerPlan | None) -> tuple[int, bool]:
+    if lp is None or lp.act is None:
+        return ASSUMED_BITS, True
+    return int(lp.act.storage_bits), bool(getattr(lp.act, "signed", False))
+
+
+def pe_kind(fmt: object, core: str, act_fmt: object, spec: LayerSpec, part: Part,
+            wbits: int, abits: int, signed_act: bool) -> tuple[str, int, str]:
+    """(PE kind, weight bits, note) for rows in format ``fmt`` (``None`` = float)."""
+    kind = getattr(fmt, "kind", None)
+    note = ""
+    if kind in _SHIFT_KINDS and not (kind == "sp2" and getattr(fmt, "terms", 2) != 2):
+        k = _SHIFT_KINDS[kind]
+        if k == "sp2" and wbits < 3:
+            k = "pot"
+        if k == "pot" and wbits < 2:
+            wbits = 2
+        return k, (2 if k == "ternary" else wbits), note
+    if kind == "binary":
+        if getattr(act_fmt, "kind", None) == "binary" or abits == 1:
+            return "xnor", 1, note
+        return "ternary", 2, "binary weights with multi-bit activations modelled as ternary selects"
+    if kind not in (None, "fixed"):
+        note = f"{kind} weights modelled as a {wbits}-bit fixed-point multiply"
+    if core == "lut":
+        return "fixed_lut", wbits, note
+    shared_act = spec.kind != "dwconv"
+    if shared_act and part.dsp_type != "S10-VPDSP" and dsp_packing(
+            part.dsp_type, wbits, abits, max(spec.row_length, 1), signed_act) == 2:
+        return "fixed_dsp2", wbits, note
+    return "fixed_dsp", wbits, note
+
+
+def _groups(spec: LayerSpec, lp: LayerPlan | None, part: Part, abits: int, signed: bool) -> tuple[
+        tuple[RowGroup, ...], str]:
+    notes = []
+    if lp is None or lp.weight is None:
+        k, w, _ = pe_kind(None, "dsp", None, spec, part, ASSUMED_BITS, abits, signed)
+        return (RowGroup(k, w, abits, signed, 1.0, "float->fixed8"),), "float layer modelled as W8A8"
+    rho = lp.alt_fraction(spec.weight_rows)
+    out = []
+    for fmt, frac in ((lp.weight, 1.0 - rho), (lp.weight_alt, rho)):
+        if fmt is None or frac <= 0:
+            continue
+        k, w, note = pe_kind(fmt, lp.mapping.core, lp.act, spec, part, int(fmt.storage_bits), abits, signed)
+        if note:
+            notes.append(note)
+        out.append(RowGroup(k, w, abits, signed, frac, _fmt_name(fmt)))
+    return tuple(out), "; ".join(notes)
+
+
+def _skip_fifo(specs: list[LayerSpec], i: int, abits: int) -> int:
+    """Bits a residual add's skip input waits in: the line buffers of the branch it bypasses."""
+    idx = {s.name: j for j, s in enumerate(specs)}
+    srcs = sorted(idx[n] for n in specs[i].inputs if n in idx)
+    if len(srcs) < 2:
+        return 0
+    bits = 0
+    for s in specs[srcs[0] + 1:i]:
+        if s.is_compute and len(s.in_shape) == 3:
+            c, _, w = s.in_shape
+            bits += ((s.kernel[0] - 1) * w + s.kernel[1]) * c * abits
+    out = specs[i].out_shape
+    row = out[0] * out[2] if len(out) == 3 else (out[0] if out else 0)
+    return bits + row * abits
+
+
+def lower(specs: list[LayerSpec], plan: QuantPlan, part: Part) -> list[HwLayer]:
+    """Hardware layers in graph order (compute layers and the stream operators between them)."""
+    compute = [s for s in specs if s.is_compute]
+    act = {s.name: _act(plan.get(s.name)) for s in compute}
+    out: list[HwLayer] = []
+    ci = 0
+    for i, s in enumerate(specs):
+        if s.is_compute:
+            lp = plan.get(s.name)
+            abits, signed = act[s.name]
+            nxt = compute[ci + 1].name if ci + 1 < len(compute) else None
+            out_bits = act[nxt][0] if nxt else ASSUMED_BITS
+            groups, note = _groups(s, lp, part, abits, signed)
+            out.append(HwLayer(s, groups, abits, out_bits, lp.mapping if lp else HwMapping(), note))
+            ci += 1
+        elif s.kind in ("add", "maxpool", "avgpool", "gap"):
+            nxt = compute[ci].name if ci < len(compute) else None
+            abits = act[nxt][0] if nxt else ASSUMED_BITS
+            fifo = _skip_fifo(specs, i, abits) if s.kind == "add" else 0
+            out.append(HwLayer(s, (), abits, abits, HwMapping(), "", fifo))
+    return out

@@ -1,0 +1,258 @@
+"""Streaming dataflow (FINN / Tomato): one engine per layer, folding, and the multi-FPGA split.
+
+Throughput is ``clock / max_layer_cycles`` (the slowest engine), latency the sum of
+the engines' cycles for one frame (every engine finishes a frame before the
+next layer's last output is out; a conservative FINN-style estimate).
+
+The folding optimizer works on each compute layer's Pareto list of foldings
+(cycles vs. share of the part, ``sum_r used_r / budget_r``): for a cycle target
+``T`` every layer takes its cheapest folding with ``cycles <= T``; the best design
+is the smallest ``T`` whose engines fit (binary search over the candidate
+cycle counts). A target FPS fixes ``T = clock / fps`` and so gives the fewest
+resources that meet it.
+
+Multi-FPGA: the pipeline is cut into at most ``n`` contiguous segments, one per
+part; a segment must fit a part (with its own shell) and every cut must carry
+the tensors alive across it (the activations, and a residual's skip tensor) at
+the frame rate within ``link_gbps``. Greedy longest segments are optimal for
+"fits in at most n parts" because a prefix of a feasible segment is feasible.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mixq.errors import HardwareError
+from mixq.graph.spec import LayerSpec
+from mixq.hw.cost import RESOURCE_NAMES, CostModel, Resources
+from mixq.hw.engine import (
+    ArchOptions,
+    EngineCost,
+    budget,
+    compute_engine,
+    divisors,
+    shell,
+    stream_engine,
+    stream_lanes,
+)
+from mixq.hw.lower import HwLayer
+from mixq.hw.parts import Part
+from mixq.hw.pe import PeConfig
+
+
+def share(r: Resources, b: Resources) -> float:
+    """Scalar size of ``r`` on a part with budget ``b`` (sum of per-resource shares)."""
+    return sum(getattr(r, n) / getattr(b, n) for n in RESOURCE_NAMES if getattr(b, n) > 0)
+
+
+@dataclass(frozen=True)
+class Design:
+    """Engines of every layer at one folding, in pipeline order."""
+
+    layers: tuple[HwLayer, ...]
+    engines: tuple[EngineCost, ...]
+
+    @property
+    def cycles(self) -> int:
+        return max((e.cycles for e in self.engines), default=1)
+
+    @property
+    def resources(self) -> Resources:
+        return Resources.total(e.resources for e in self.engines)
+
+    def folding(self) -> dict[str, tuple[int, int]]:
+        return {ly.name: (e.pe, e.simd) for ly, e in zip(self.layers, self.engines, strict=True) if ly.is_compute}
+
+
+def build(layers: list[HwLayer], folding: dict[str, tuple[int, int]], part: Part, model: CostModel,
+          opts: ArchOptions, target_cycles: int | None = None) -> Design:
+    """Engines at a given folding (missing layers: the plan's mapping); stream operators keep pace."""
+    comp = {}
+    for ly in layers:
+        if ly.is_compute:
+            pe, simd = folding.get(ly.name, (ly.mapping.pe, ly.mapping.simd))
+            comp[ly.name] = compute_engine(ly, pe, simd, part, model, opts)
+    t = target_cycles or max((e.cycles for e in comp.values()), default=1)
+    engines = tuple(comp[ly.name] if ly.is_compute else stream_engine(ly, stream_lanes(ly, t), part, model, opts)
+                    for ly in layers)
+    return Design(tuple(layers), engines)
+
+
+class _Candidates:
+    """A compute layer's foldings; picks the cheapest under a cycle bound for given resource weights."""
+
+    def __init__(self, layer: HwLayer, part: Part, model: CostModel, opts: ArchOptions, max_lanes: float) -> None:
+        s = layer.spec
+        live = sum(1 for g in layer.groups if g.fraction > 0)
+        pes = [p for p in divisors(s.weight_rows) if p >= live] or [max(live, 1)]
+        # an engine with more lanes than the whole part could hold never fits: skip costing it
+        pairs = [(p, d) for p in pes for d in divisors(s.row_length) if p * d <= max_lanes] or [(pes[0], 1)]
+        self.engines = [compute_engine(layer, p, d, part, model, opts) for p, d in pairs]
+        self.cycles = np.array([e.cycles for e in self.engines], dtype=np.int64)
+        self.res = np.array([e.resources.as_tuple() for e in self.engines], dtype=float)
+
+    def at(self, t: float, w: np.ndarray) -> EngineCost | None:
+        """Cheapest folding (``resources @ w``) with ``cycles <= t``."""
+        ok = self.cycles <= t
+        if not ok.any():
+            return None
+        cost = np.where(ok, self.res @ w + 1e-9 * self.cycles, np.inf)
+        return self.engines[int(np.argmin(cost))]
+
+
+def cut_bits(specs: list[LayerSpec], layers: list[HwLayer]) -> list[int]:
+    """Bits per frame crossing a cut after each hardware layer (live tensors, incl. skips)."""
+    pos = {s.name: i for i, s in enumerate(specs)}
+    last_use: dict[str, int] = {}
+    for i, s in enumerate(specs):
+        for n in s.inputs:
+            last_use[n] = max(last_use.get(n, -1), i)
+    out = []
+    for ly in layers:
+        i = pos.get(ly.name, 0)
+        bits = 0
+        for s in specs[: i + 1]:
+            if last_use.get(s.name, -1) > i and s.out_shape:
+                bits += math.prod(s.out_shape) * ly.out_bits
+        out.append(bits)
+    return out
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Which pipeline stages go to which part, and the traffic on each link."""
+
+    segments: tuple[tuple[int, int], ...]  # [start, end) indices into the design's layers
+    link_bits: tuple[int, ...]  # bits per frame on the link after each segment but the last
+
+
+def partition(design: Design, n_parts: int, part_budget: Resources, cuts: list[int], fps: float,
+              link_gbps: float, opts: ArchOptions) -> Partition | None:
+    """Greedy split into at most ``n_parts`` contiguous segments that each fit one part."""
+    segs: list[tuple[int, int]] = []
+    start, n = 0, len(design.engines)
+    cap = link_gbps * 1e9
+    while start < n:
+        if len(segs) == n_parts:
+            return None
+        acc = shell(opts)
+        end, best = start, None
+        while end < n:
+            acc = acc + design.engines[end].resources
+            if not acc.fits(part_budget):
+                break
+            end += 1
+            if end == n or cuts[end - 1] * fps <= cap:
+                best = end
+        if best is None:
+            return None
+        segs.append((start, best))
+        start = best
+    links = tuple(cuts[e - 1] for _, e in segs[:-1])
+    return Partition(tuple(segs), links)
+
+
+def device_lanes(part: Part, layers: list[HwLayer], model: CostModel) -> float:
+    """MACs per cycle the whole part could sustain (every DSP packed, every LUT a cheapest lane)."""
+    best = math.inf
+    for ly in layers:
+        for g in ly.groups:
+            if g.core == "lut":
+                cfg = PeConfig(g.kind, g.wbits, g.abits, 16, acc_len=1024)
+                best = min(best, model.pe(cfg, part.dsp_type).lut / 16)
+    lut_lanes = part.lut / best if best < math.inf else 0.0
+    return max(part.dsp * 2 + lut_lanes, 1.0)
+
+
+def optimize(layers: list[HwLayer], specs: list[LayerSpec], part: Part, model: CostModel, opts: ArchOptions,
+             n_parts: int = 1, target_fps: float | None = None) -> tuple[Design, Partition | None]:
+    """The fastest design that fits ``n_parts`` parts (or the cheapest meeting ``target_fps``)."""
+    b = budget(part, opts)
+    lanes = device_lanes(part, layers, model)
+    fronts = {ly.name: _Candidates(ly, part, model, opts, lanes) for ly in layers if ly.is_compute}
+    cuts = cut_bits(specs, layers)
+    clock = part.clock_mhz * 1e6
+    bvec = np.array([x if x > 0 else np.inf for x in b.as_tuple()])
+
+    def design_at(t: int, w: np.ndarray) -> Design | None:
+        fold = {}
+        for name, fr in fronts.items():
+            e = fr.at(t, w / bvec)
+            if e is None:
+                return None
+            fold[name] = (e.pe, e.simd)
+        return build(layers, fold, part, model, opts, t)
+
+    def attempt(t: int) -> tuple[Design, Partition | None] | None:
+        w = np.ones(len(RESOURCE_NAMES))
+        for _ in range(12):  # re-weight the resources that overflow, then try again
+            d = design_at(t, w)
+            if d is None:
+                return None
+            p = partition(d, n_parts, b, cuts, clock / max(d.cycles, 1), opts.link_gbps, opts)
+            if p is not None:
+                return d, p
+            ratio = np.array((d.resources + shell(opts)).as_tuple()) / (bvec * n_parts)
+            if not (ratio > 1).any():
+                ratio = np.array(d.resources.as_tuple()) / bvec  # a split problem: favour the scarcest
+            w = w * np.maximum(ratio, 1.0) ** 1.5
+        return None
+
+    ts = sorted({int(c) for fr in fronts.values() for c in fr.cycles})
+    if not ts:
+        d = build(layers, {}, part, model, opts)
+        return d, partition(d, n_parts, b, cuts, clock / d.cycles, opts.link_gbps, opts)
+    slowest = attempt(ts[-1])
+    if slowest is None:
+        d = build(layers, {n: (1, 1) for n in fronts}, part, model, opts)
+        raise HardwareError(_no_fit_message(d, part, b, n_parts, opts))
+    if target_fps is not None:
+        t = int(clock // target_fps)
+        got = attempt(t) if t >= ts[0] else None
+        if got is None:
+            best = _search(ts, attempt)
+            best_fps = clock / max(best[0].cycles, 1)
+            raise HardwareError(f"target {target_fps:g} FPS is not reachable on {n_parts} x {part.name}: "
+                                f"the best that fits is {best_fps:.1f} FPS")
+        return got
+    return _search(ts, attempt)
+
+
+def _search(ts: list[int], attempt: object) -> tuple[Design, Partition | None]:
+    lo, hi = 0, len(ts) - 1
+    best = attempt(ts[hi])  # type: ignore[operator]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        got = attempt(ts[mid])  # type: ignore[operator]
+        if got is not None:
+            best, hi = got, mid
+        else:
+            lo = mid + 1
+    return best  # type: ignore[no-any-return]
+
+
+def overflow_lines(d: Design, b: Resources, shell_res: Resources) -> list[tuple[str, float, float, str, float]]:
+    """(resource, used, available, largest layer, its use) for each resource over budget."""
+    used = d.resources + shell_res
+    out = []
+    for n in RESOURCE_NAMES:
+        u, a = getattr(used, n), getattr(b, n)
+        if u > a + 1e-9:
+            top = max(zip(d.layers, d.engines, strict=True), key=lambda le: getattr(le[1].resources, n))
+            out.append((n, u, a, top[0].name, getattr(top[1].resources, n)))
+    return out
+
+
+def _no_fit_message(d: Design, part: Part, b: Resources, n_parts: int, opts: ArchOptions) -> str:
+    lines = overflow_lines(d, b * n_parts, shell(opts) * n_parts)
+    if not lines:  # fits in total but not split over the parts (one layer too big, or a link too slow)
+        big = max(zip(d.layers, d.engines, strict=True), key=lambda le: share(le[1].resources, b))
+        return (f"the design does not fit {n_parts} x {part.name} even at the smallest folding: no split into "
+                f"{n_parts} segments fits each part and its links (largest layer: {big[0].name}, "
+                f"{100 * share(big[1].resources, b):.0f}% of one part's budget summed over resources)")
+    parts = [f"{n} needs {u:,.0f} of {a:,.0f} (+{u - a:,.0f}, {100 * u / a:.0f}%), largest user "
+             f"{layer} ({lu:,.0f})" for n, u, a, layer, lu in lines]
+    return (f"the design does not fit {n_parts} x {part.name} even at the smallest folding: " + "; ".join(parts))
