@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mixq.formats import Binary, FixedPoint, NumberFormat
-from mixq.quant import fake_quant, lsq_quant, positive_levels
+from mixq.quant import fake_quant, positive_levels, snap, unit_range
 
 EPS = 1e-8
 
@@ -28,6 +28,34 @@ EPS = 1e-8
 def row_shape(w: torch.Tensor) -> tuple[int, ...]:
     """``(rows, 1, ...)``: the shape of one value per row (output channel) of ``w``."""
     return (w.shape[0],) + (1,) * (w.dim() - 1)
+
+
+def straight_through(value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Exactly ``value`` in the forward pass, the gradient of ``x`` in the backward pass.
+
+    (``x + (value - x).detach()`` can be an ulp off ``value``; the QAT forward must
+    equal, bit for bit, what the plain quantized model computes.)
+    """
+    return value.detach() + (x - x.detach())
+
+
+def exact_grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
+    """Exactly ``x`` forward, gradient multiplied by ``g`` (LSQ's step-gradient scale)."""
+    xg = x * g
+    return x.detach() + (xg - xg.detach())
+
+
+def lsq_fake_quant(x: torch.Tensor, step: torch.Tensor, fmt: NumberFormat, g: float) -> torch.Tensor:
+    """LSQ (Esser et al. 2020): ``s·level(clamp(x/s, lo, hi))`` with LSQ's gradients for ``x`` and ``s``.
+
+    The forward value is exactly ``snap(x, fmt, s)`` (nearest level at scale ``s``), the
+    plain model's fake quantization; ``∂/∂s`` is ``level − x/s`` inside the range and
+    ``lo``/``hi`` outside, scaled by ``g``.
+    """
+    lo, hi = unit_range(fmt)
+    s = exact_grad_scale(step, g)
+    y = torch.clamp(x / s, lo, hi)
+    return straight_through(snap(y.detach(), fmt, 1.0), y) * s
 
 
 def xnor_alpha(w: torch.Tensor) -> torch.Tensor:
@@ -39,8 +67,8 @@ def xnor_alpha(w: torch.Tensor) -> torch.Tensor:
 def xnor_weight(w: torch.Tensor) -> torch.Tensor:
     """``α·sign(w)`` per row (``sign(0) = +1``, Binary's tie rule) with a straight-through gradient."""
     a = xnor_alpha(w)
-    q = torch.where(w >= 0, a, -a)
-    return w + (q - w).detach()
+    q = torch.where(w.detach() >= 0, a, -a)
+    return straight_through(q, w)
 
 
 def dorefa_weight(w: torch.Tensor, fmt: NumberFormat) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +98,7 @@ def lsq_weight(w: torch.Tensor, fmt: NumberFormat, step: torch.Tensor) -> torch.
     """
     n = max(1, w.numel() // max(1, step.numel()))
     g = 1.0 / math.sqrt(n * positive_levels(fmt))
-    return lsq_quant(w, step.abs().clamp_min(EPS), fmt, g)
+    return lsq_fake_quant(w, step.abs().clamp_min(EPS), fmt, g)
 
 
 def mixed_rows(parts: Sequence[torch.Tensor], row_scheme: torch.Tensor) -> torch.Tensor:
@@ -90,7 +118,7 @@ def lsq_act(x: torch.Tensor, fmt: NumberFormat, step: torch.Tensor) -> torch.Ten
     """
     n = max(1, x[0].numel() if x.dim() > 1 else x.numel())
     g = 1.0 / math.sqrt(n * positive_levels(fmt))
-    return lsq_quant(x, step.abs().clamp_min(EPS), fmt, g)
+    return lsq_fake_quant(x, step.abs().clamp_min(EPS), fmt, g)
 
 
 def is_binary(fmt: NumberFormat) -> bool:

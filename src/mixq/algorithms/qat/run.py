@@ -107,6 +107,12 @@ def train_qat(model: nn.Module, plan: QuantPlan, train: tuple[torch.Tensor, torc
         "resumed_from": res.resumed_from,
         "world_size": world,
     }
+    from mixq.algorithms.prune.size import sparse_size_bytes  # lazy: prune builds on this module
+
+    size = sparse_size_bytes(plain)
+    fp32 = 4 * sum(p.numel() for p in model.parameters())
+    summary.update({"size_bytes": size["bytes"], "dense_size_bytes": size["dense_bytes"],
+                    "fp32_size_bytes": fp32, "compression": fp32 / max(1, size["bytes"])})
     if val is not None:
         summary["val_accuracy"] = accuracy(plain, *val)
         summary["val_images"] = int(val[0].shape[0])
