@@ -54,14 +54,18 @@ class Separation:
         return self.d >= min_d and self.valley <= max_valley and min(self.weights) >= min_weight
 
 
-def separation(w: torch.Tensor) -> Separation:
-    """Two-component GMM of the non-zero weights of ``w`` / max|w| and Ashman's D."""
+def separation(w: torch.Tensor, max_points: int = 20000) -> Separation:
+    """Two-component GMM of the non-zero weights of ``w`` / max|w| and Ashman's D.
+
+    The mixture is fitted to an even-strided subsample of at most ``max_points``
+    weights (the valley uses all of them).
+    """
     a = w.detach().double().flatten().numpy()
     nz = a[a != 0]
     if nz.size < 4:
         return Separation((1.0, 0.0), (0.0, 0.0), (0.0, 0.0), 0.0, math.inf)
     nz = nz / np.abs(nz).max()
-    pi, mu, sd = gmm2(nz)
+    pi, mu, sd = gmm2(nz[:: max(1, math.ceil(nz.size / max_points))])
     d = math.sqrt(2.0) * abs(float(mu[1] - mu[0])) / math.sqrt(float(sd[0] ** 2 + sd[1] ** 2) + 1e-30)
     lo, hi = float(mu[0]), float(mu[1])
     between = int(((nz >= lo) & (nz <= hi)).sum())
@@ -72,10 +76,12 @@ def separation(w: torch.Tensor) -> Separation:
 
 
 def choose_pruned_format(w: torch.Tensor, bits: int = 4, min_d: float = 2.0,
-                         max_valley: float = 0.5) -> NumberFormat:
+                         max_valley: float = 0.5, sep: Separation | None = None) -> NumberFormat:
     """`Focused` fitted to ``w`` when its two lobes are separated (D ≥ ``min_d``, valley ≤
-    ``max_valley``, each component with at least 5% of the mass), else `PowerOfTwo` with the same bits."""
-    if separation(w).separated(min_d, max_valley):
+    ``max_valley``, each component with at least 5% of the mass), else `PowerOfTwo` with the same bits.
+
+    ``sep``: the :func:`separation` of ``w`` when already computed."""
+    if (sep or separation(w)).separated(min_d, max_valley):
         return fit_focused(w, bits)
     return PowerOfTwo(min(bits, 7))
 
@@ -97,7 +103,7 @@ def focused_plan(model: nn.Module, plan: QuantPlan, masks: Mapping[str, torch.Te
         lp = plan.get(name) or LayerPlan()
         w = mods[name].weight.detach() * mask
         sep = separation(w)
-        fmt = choose_pruned_format(w, bits, min_d)
+        fmt = choose_pruned_format(w, bits, min_d, sep=sep)
         gran = "tensor" if fmt.kind == "focused" else "channel"
         out = out.with_layer(name, lp.with_(weight=fmt, weight_alt=None, alt_ratio=0.0, alt_rows=None,
                                             weight_granularity=gran, weight_observer="minmax"))
