@@ -156,12 +156,14 @@ def gmm2(x: np.ndarray, iters: int = 60) -> tuple[np.ndarray, np.ndarray, np.nda
     return pi[order], mu[order], sd[order]
 
 
-def fit_focused(w: torch.Tensor | np.ndarray, bits: int = 4) -> Focused:
+def fit_focused(w: torch.Tensor | np.ndarray, bits: int = 4, max_samples: int = 100_000) -> Focused:
     """Fit a :class:`Focused` format to the non-zero weights of ``w`` (use ``scale = max|w|``).
 
     Fits a 2-component GMM to ``w / max|w|`` (non-zeros), rounds the component means
     to signed powers of two, and picks each component's spread ``α_c`` (a power of two
     near its standard deviation) that minimizes the quantization MSE of the layer.
+    Layers with more than ``max_samples`` non-zeros are fitted on an evenly strided
+    subset of them (deterministic).
     """
     check_int("bits", bits, 3, 8, "focused")
     a = w.detach().cpu().double().numpy() if isinstance(w, torch.Tensor) else np.asarray(w, np.float64)
@@ -170,6 +172,8 @@ def fit_focused(w: torch.Tensor | np.ndarray, bits: int = 4) -> Focused:
     if nz.size < 2:
         raise FormatError("focused: need at least two non-zero weights to fit")
     nz = nz / np.abs(nz).max()
+    if nz.size > max_samples:
+        nz = nz[:: -(-nz.size // max_samples)]
     _, mu, sd = gmm2(nz)
     means = tuple(_pow2_round(m) if m != 0 else (-2.0**-8 if i == 0 else 2.0**-8) for i, m in enumerate(mu))
     if means[0] == means[1]:
