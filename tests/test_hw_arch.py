@@ -215,3 +215,24 @@ def test_to_dict_is_json_ready() -> None:
     for key in ("fps", "latency_ms", "gops", "bottleneck", "peak_macs_per_s", "utilization", "resources"):
         assert key in d
     assert d["peak_macs_per_s"] > d["gops"] * 1e9 / 2
+
+
+def test_mobilenet_v2_estimate_is_fast() -> None:
+    """A whole MobileNetV2 estimate (a given folding) takes well under 50 ms."""
+    import time
+
+    from mixq import zoo
+    from mixq.graph.capture import capture
+
+    specs = capture(zoo.load("mobilenet_v2"), zoo.input_shape("mobilenet_v2"))
+    names = [s.name for s in specs if s.is_compute]
+    plan = QuantPlan("mobilenet_v2", {n: LayerPlan(weight=W4, act=A4, mapping=HwMapping(pe=2, simd=3))
+                                      for n in names})
+    estimate(specs, plan, "xc7z045", fold="plan")  # warm the PE-cost cache
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        e = estimate(specs, plan, "xc7z045", fold="plan")
+        best = min(best, time.perf_counter() - t0)
+    assert len(e.layers) >= 52 and e.macs > 290e6
+    assert best < 0.05

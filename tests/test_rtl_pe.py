@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from mixq.hw.pe import PeConfig
 from mixq.rtl.pe import decode_weight, generate
 from mixq.rtl.synth import parse_stat, synthesize_pe, yosys_available
 
+GOLDEN = Path(__file__).parent / "golden" / "hw" / "synth_records.json"
 needs_iverilog = pytest.mark.skipif(shutil.which("iverilog") is None, reason="iverilog not installed")
 needs_yosys = pytest.mark.skipif(not yosys_available(), reason="yosys not installed")
 
@@ -117,10 +119,15 @@ def test_parse_stat_counts_lut_sites() -> None:
 
 
 @needs_yosys
-def test_one_real_synthesis_matches_the_model() -> None:
-    """A tiny PE through yosys: DSPs exact, LUTs within the calibration target."""
-    cfg = PeConfig("fixed_dsp2", 4, 4, 2, acc_len=64)
+def test_a_real_synthesis_reproduces_the_golden_record_and_the_model() -> None:
+    """The smoke sweep of `mixq calibrate-hw --small`: one tiny PE through yosys, as stored and as modelled."""
+    from mixq.rtl.calibrate import default_sweep
+
+    cfg = default_sweep(small=True)[1]  # a packed-DSP unit: 1 DSP48E1, ~40 LUTs, ~3 s
     r = synthesize_pe(cfg)
+    golden = json.loads(GOLDEN.read_text())["records"]
+    stored = next(g for g in golden if g["name"] == cfg.name)
+    assert (r.lut, r.ff, r.dsp) == (stored["lut"], stored["ff"], stored["dsp"])
     p = CostModel.default().pe(cfg)
-    assert r.dsp == p.dsp == 2
+    assert r.dsp == p.dsp == 1
     assert abs(p.lut - r.lut) <= 0.15 * r.lut

@@ -27,9 +27,11 @@ from mixq.hw.memory import block_count, lutram_mux_bits, lutram_prims
 from mixq.hw.parts import BRAM18
 from mixq.hw.pe import (
     DOT_KINDS,
+    DSP_PORTS,
     REQUANT_MULT_BITS,
     PeConfig,
     mul_dsps,
+    requant_shift,
     shift_range,
     sp2_split,
     tree_bits,
@@ -98,15 +100,21 @@ def features(cfg: PeConfig) -> dict[str, float]:
         f["acc"] = float(accw)
         if k in ("fixed_dsp", "fixed_dsp2"):
             rows = 2 if k == "fixed_dsp2" else 1
-            f["acc"] = float(rows * accw)
+            # measured: with a two-lane chain yosys folds part of the fabric accumulator into the DSPs
+            del f["acc"]
+            f["acc" if s != 2 else "acc_pair"] = float(rows * accw)
             # lanes past the DSP's own two input registers delay their operands in SRLs
             f["skew"] = float(max(0, s - 5) * (rows * cfg.wbits + cfg.abits))
+            f["lanes"] = float(s)  # the `first` delay line beside the chain
             if rows == 2:
                 f["pack"] = float(s * cfg.wbits + accw)
             return f
         f["tree"] = float(tree_bits(s, pw))
         if k == "fixed_lut":
-            f["mul"] = float(s * cfg.wbits * cfg.abits)
+            # an array multiplier: partial-product adders ~ (w-1)(a-1), growing a little faster
+            pp = (cfg.wbits - 1) * (cfg.abits - 1)
+            f["mul"] = float(s * pp)
+            f["mul2"] = float(s * pp**1.5 / 4)
             f["lane"] = float(s * (cfg.wbits + cfg.abits))
         elif k == "sp2":
             m1, m2 = sp2_split(cfg.wbits)
@@ -126,15 +134,20 @@ def features(cfg: PeConfig) -> dict[str, float]:
     elif k == "acc":
         f["acc"] = float(cfg.acc_bits)
     elif k == "requant":
-        f["acc"] = float(cfg.acc_bits)
-        f["out"] = float(cfg.out_bits)
+        rw = cfg.acc_bits + REQUANT_MULT_BITS + 1 - requant_shift(cfg.acc_bits, cfg.out_bits)
+        f["out"] = float(cfg.out_bits)  # the clamp multiplexers
+        f["hi"] = float(max(rw - 1 - cfg.out_bits, 0))  # the overflow OR over the bits above the output
+        wide = cfg.acc_bits > DSP_PORTS["DSP48E1"][0]
+        f["wide"] = float(max(cfg.acc_bits - DSP_PORTS["DSP48E1"][0], 0))  # a split multiply's fabric adder
+        f["wide_r"] = float(rw if wide else 0)  # ... whose result is registered in fabric
     elif k == "thresh":
         f["cmp"] = float((2 ** cfg.out_bits - 1) * cfg.acc_bits)
         f["out"] = float(2 ** cfg.out_bits)
     elif k == "ram":
         if cfg.abits:  # block RAM: no LUTs
             return {"one": 0.0}
-        f = {"prims": 4.0 * lutram_prims(cfg.wbits, s), "mux": float(lutram_mux_bits(cfg.wbits, s))}
+        f = {"prims": 4.0 * lutram_prims(cfg.wbits, s), "mux": float(lutram_mux_bits(cfg.wbits, s)),
+             "q": float(cfg.wbits)}
     return f
 
 

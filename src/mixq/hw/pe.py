@@ -46,6 +46,11 @@ PE_KINDS = DOT_KINDS + COMPONENT_KINDS
 REQUANT_MULT_BITS = 16  # width of the dyadic multiplier M
 
 
+def requant_shift(accw: int, out_bits: int) -> int:
+    """The right shift of the generated requantizer (``M`` is ``REQUANT_MULT_BITS`` wide)."""
+    return REQUANT_MULT_BITS + max(accw - out_bits, 0) // 2
+
+
 def sp2_split(wbits: int) -> tuple[int, int]:
     """Exponent-field widths ``(m1, m2)`` of an SP2 code of ``wbits`` (sign + m1 + m2, m1 >= m2).
 

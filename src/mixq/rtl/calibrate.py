@@ -19,7 +19,7 @@ from typing import Any
 
 from mixq.hw import calibrate as fitmod
 from mixq.hw.cost import CostModel
-from mixq.hw.pe import PeConfig
+from mixq.hw.pe import PeConfig, dsp_packing
 from mixq.io import atomic_write_json, atomic_write_text
 from mixq.rtl.synth import synthesize_pe
 
@@ -31,15 +31,18 @@ def _dot(kind: str, pairs: list[tuple[int, int]], simds: list[int]) -> list[PeCo
     for n, (w, a) in enumerate(pairs):
         for j, s in enumerate(simds):
             acc_len = (64, 1024, 4096)[(n + j) % 3]  # vary the accumulator width across the sweep
+            # packed DSP units are only ever built where packing is legal
+            if kind == "fixed_dsp2" and dsp_packing("DSP48E1", w, a, acc_len) != 2:
+                continue
             out.append(PeConfig(kind, w, a, s, acc_len=acc_len))
     return out
 
 
 def default_sweep(small: bool = False) -> list[PeConfig]:
     """The PEs the coefficients are fitted to (``small``: two tiny PEs, for a smoke test)."""
-    if small:
-        return [PeConfig("sp2", 4, 4, 2, acc_len=64), PeConfig("fixed_dsp2", 4, 4, 2, acc_len=64)]
     simds = [1, 4, 16]
+    if small:  # one SP2 and one packed-DSP unit from the full sweep
+        return _dot("sp2", [(3, 4)], [1]) + _dot("fixed_dsp2", [(2, 2)], [1])
     sweep = (
         _dot("fixed_lut", [(2, 2), (2, 4), (3, 3), (4, 4), (4, 8), (5, 5), (6, 6), (8, 4), (8, 8)], simds)
         + _dot("fixed_dsp", [(4, 4), (6, 6), (8, 8), (4, 8)], simds)
@@ -47,6 +50,12 @@ def default_sweep(small: bool = False) -> list[PeConfig]:
         + _dot("sp2", [(w, a) for w in (3, 4, 5, 6) for a in (4, 8)], simds)
         + _dot("pot", [(w, a) for w in (2, 3, 4, 5) for a in (4, 8)], simds)
         + _dot("ternary", [(2, 2), (2, 4), (2, 8)], simds)
+        # between the main points: the lane counts the folding optimizer also picks
+        + _dot("fixed_dsp", [(4, 4), (8, 8)], [2, 8])
+        + _dot("fixed_dsp2", [(2, 2), (3, 3), (4, 4)], [2, 8])
+        + _dot("fixed_lut", [(3, 3), (4, 4)], [2, 8])
+        + _dot("sp2", [(4, 4), (5, 8)], [2, 8])
+        + _dot("pot", [(3, 4)], [2, 8])
         + [PeConfig("xnor", 1, 1, s, acc_len=1024) for s in (8, 16, 32, 64, 128)]
         + [PeConfig("tree", abits=b, simd=n) for n in (2, 4, 8, 16, 32) for b in (6, 12)]
         + [PeConfig("acc", abits=b, accw=w) for b, w in ((8, 16), (12, 24), (16, 32), (20, 40))]
@@ -102,8 +111,8 @@ def calibrate(*, out_dir: Path = DATA_DIR, golden_dir: Path | None = None, jobs:
               progress: Callable[[int, int, PeConfig], None] | None = None) -> CalibrationOutcome:
     """Run (or, with ``refit``, reuse) the synthesis sweep, fit, and write the data files."""
     rec_path = out_dir / "synth_records.json"
-    if refit:
-        doc = fitmod.load_records(rec_path)
+    if refit:  # re-fit the shipped records (or those already in out_dir)
+        doc = fitmod.load_records(rec_path if rec_path.exists() else DATA_DIR / "synth_records.json")
     else:
         records = run_sweep(default_sweep(small), jobs=jobs, progress=progress)
         doc = records_document(records)

@@ -1,0 +1,55 @@
+"""`mixq estimate` and `mixq calibrate-hw` through the CLI entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mixq.cli import main
+
+
+def test_estimate_streaming_default_plan(tmp_path: Path) -> None:
+    out = tmp_path / "e.json"
+    assert main(["estimate", "cnv", "--part", "xc7z020", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["fits"] and d["fps"] > 0 and d["arch"] == "streaming"
+    assert d["bottleneck"] and d["peak_macs_per_s"] > 0 and 0 < d["utilization"]["lut"] < 1
+    assert {ly["name"] for ly in d["layers"]} >= {"features.0", "classifier.0"} or d["layers"]
+
+
+def test_estimate_overlay_with_a_plan_file(tmp_path: Path) -> None:
+    from mixq import zoo
+    from mixq.formats import FixedPoint, SumOfPowers
+    from mixq.graph.capture import capture
+    from mixq.plan import save_plan, uniform_plan
+
+    specs = capture(zoo.load("cnv"), zoo.input_shape("cnv"))
+    names = [s.name for s in specs if s.is_compute]
+    plan = uniform_plan("cnv", names, FixedPoint(4), FixedPoint(4, signed=False),
+                        weight_alt=SumOfPowers(4), alt_ratio=0.5)
+    save_plan(plan, tmp_path / "plan.json")
+    out = tmp_path / "o.json"
+    assert main(["estimate", "cnv", "--plan", str(tmp_path / "plan.json"), "--arch", "overlay",
+                 "--part", "xc7z045", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert {c["core"] for c in d["cores"]} == {"dsp", "sp2"}
+
+
+def test_estimate_that_does_not_fit_exits_2(tmp_path: Path, capsys: object) -> None:
+    out = tmp_path / "r.json"
+    rc = main(["estimate", "resnet18", "--part", "xc7z020", "--weight", "fixed8", "--act", "ufixed8",
+               "--out", str(out)])
+    assert rc == 2
+    d = json.loads(out.read_text())  # the JSON is written anyway, with the overflow
+    assert not d["fits"] and any(o["resource"] == "bram" and o["excess"] > 0 for o in d["overflows"])
+
+
+def test_unknown_part_is_a_one_line_error(tmp_path: Path) -> None:
+    assert main(["estimate", "cnv", "--part", "xc0000", "--out", str(tmp_path / "x.json")]) == 2
+
+
+def test_calibrate_refit_from_stored_records(tmp_path: Path) -> None:
+    rc = main(["calibrate-hw", "--refit", "--out-dir", str(tmp_path), "--golden", str(tmp_path / "g"),
+               "--table", str(tmp_path / "t.md")])
+    assert rc == 0
+    assert (tmp_path / "coefficients.json").exists() and (tmp_path / "t.md").exists()
