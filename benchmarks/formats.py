@@ -201,8 +201,10 @@ def throughput(n: int = 3_500_000, reps: int = 5) -> dict[str, Any]:
     s8 = float(x.abs().max()) / 127
     base = best(lambda: torch.clamp(torch.round(x / s8), -127, 127) * s8)
     rows = {}
-    for fmt in [FixedPoint(8, narrow=True), FixedPoint(4, narrow=True), SumOfPowers(4), SumOfPowers(8),
-                PowerOfTwo(4), MiniFloat(4, 3, 7, "fn"), MiniFloat(2, 1), Posit(8, 1), Ternary()]:
+    fmts: list[NumberFormat] = [FixedPoint(8, narrow=True), FixedPoint(4, narrow=True), SumOfPowers(4),
+                                SumOfPowers(8), PowerOfTwo(4), MiniFloat(4, 3, 7, "fn"), MiniFloat(2, 1),
+                                Posit(8, 1), Ternary()]
+    for fmt in fmts:
         s = compute_scale(x, fmt)
         t = best(lambda f=fmt, s=s: f.dequantize(f.quantize(x, s), s))
         tf = best(lambda f=fmt, s=s: fake_quant(x, f, s))
