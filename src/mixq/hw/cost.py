@@ -209,6 +209,7 @@ class CostModel:
 
     coefficients: Coefficients
     _cache: dict[tuple[PeConfig, str], Resources] = field(default_factory=dict, compare=False, repr=False)
+    _dots: dict[tuple[Any, ...], tuple[Resources, int]] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def default() -> CostModel:
@@ -231,6 +232,17 @@ class CostModel:
             hit = Resources(lut=self.linear(cfg, "lut"), ff=self.linear(cfg, "ff"),
                             dsp=float(dsp_count(cfg, dsp_type)), bram=float(bram_count(cfg)))
             self._cache[key] = hit
+        return hit
+
+    def dot(self, kind: str, wbits: int, abits: int, simd: int, acc_len: int, signed_act: bool,
+            dsp_type: str) -> tuple[Resources, int]:
+        """(resources, accumulator bits) of a dot unit, cached by its parameters (the optimizer's hot path)."""
+        key = (kind, wbits, abits, simd, acc_len, signed_act, dsp_type)
+        hit = self._dots.get(key)
+        if hit is None:
+            cfg = PeConfig(kind, wbits, abits, simd, acc_len=acc_len, signed_act=signed_act)
+            hit = (self.pe(cfg, dsp_type), cfg.acc_bits)
+            self._dots[key] = hit
         return hit
 
     def lutram_coefs(self) -> tuple[float, float]:

@@ -109,6 +109,9 @@ def split_pe(pe: int, rows: list[int]) -> list[int]:
     out = [0] * len(rows)
     if not live:
         return out
+    if len(live) == 1:
+        out[live[0]] = min(max(pe, 1), rows[live[0]])
+        return out
     pe = max(pe, len(live))
     lo, hi = 1, max(rows[i] for i in live)  # the smallest per-PE row count c the PEs can reach
     while lo < hi:
@@ -181,7 +184,7 @@ def compute_engine(layer: HwLayer, pe: int, simd: int, part: Part, model: CostMo
     fold_in = math.ceil(length / simd)
     grows = split_rows(rows, layer.groups)
     gpe = split_pe(max(pe, 1), grows)
-    cycles, eff_total = 0, 0
+    cycles, eff_total, accw = 0, 0, 0
     comp, wmem = Resources(), Resources()
     eff_split = []
     for g, r, p in zip(layer.groups, grows, gpe, strict=True):
@@ -194,11 +197,11 @@ def compute_engine(layer: HwLayer, pe: int, simd: int, part: Part, model: CostMo
         eff_split.append(eff)
         eff_total += eff
         cycles = max(cycles, math.ceil(r / eff) * fold_in * pix)
-        cfg = PeConfig(g.kind, g.wbits, g.abits, simd, acc_len=length, signed_act=g.signed_act)
-        comp = comp + model.pe(cfg, part.dsp_type) * units
+        unit, acc_bits = model.dot(g.kind, g.wbits, g.abits, simd, length, g.signed_act, part.dsp_type)
+        accw = max(accw, acc_bits)
+        comp = comp + unit * units
         width = simd * g.wbits * (2 if packed else 1)
         wmem = wmem + _mem(width, math.ceil(r / eff) * fold_in, units, part, model, opts.mem_style)
-    accw = max(PeConfig(g.kind, g.wbits, g.abits, simd, acc_len=length).acc_bits for g in layer.groups)
     req = _requant(math.ceil(eff_total / fold_in), accw, layer.out_bits, part, model, opts)
     lb_bits = line_buffer_bits(layer)
     in_width = simd * layer.abits * (eff_total if s.kind == "dwconv" else 1)

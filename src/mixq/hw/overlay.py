@@ -16,9 +16,10 @@ on-chip buffer); the layer takes ``max(compute, traffic / bandwidth)`` — the
 roofline. Residual adds cost their DDR traffic; pooling is fused into the
 requantizer path.
 
-Core sizing (unless given): the DSP core takes the DSPs left after the
-requantizers; the LUT cores share the LUTs left after the DSP core, the
-buffers' shell and control, in proportion to their MAC load.
+Core sizing (unless given): the LUT cores share the LUTs left after the DSP
+core and the shell in proportion to their MAC load; the DSP core's size is the
+one (from all DSPs down) that gives the most MACs per cycle in total, since
+every core's requantizers also take DSPs.
 """
 
 from __future__ import annotations
@@ -142,16 +143,20 @@ def size_cores(layers: list[HwLayer], part: Part, model: CostModel, opts: ArchOp
     avail = b + fixed * -1.0
     lut_keys = [k for k in cores if k != "dsp"]
     if "dsp" in cores:
-        d = cores["dsp"]
-        # requantizers of the LUT cores need DSPs too: reserve them after a first LUT sizing
-        reserve = 0.0
-        for _ in range(3):
-            dsp_avail = Resources(avail.lut, avail.ff, max(avail.dsp - reserve, 0.0), avail.bram, avail.uram)
-            d = _largest(cores["dsp"], dsp_avail, part, model, opts)
-            rest = avail + d.resources * -1.0
-            luts = _split_lut(cores, lut_keys, specs, rest, part, model, opts)
-            reserve = sum(c.resources.dsp for c in luts.values())
-        cores = {"dsp": d, **luts}
+        # the DSP core's requantizers and the LUT cores' compete for DSPs: try every DSP-core size
+        # from the largest down and keep the split with the most MACs per cycle
+        top = _largest(cores["dsp"], avail, part, model, opts)
+        best: tuple[float, dict[str, Core]] | None = None
+        for n in range(top.units, -1, -1):
+            d = _with_units(cores["dsp"], n, part, model, opts)
+            luts = _split_lut(cores, lut_keys, specs, avail + d.resources * -1.0, part, model, opts)
+            macs = d.rows_parallel * d.simd + sum(c.rows_parallel * c.simd for c in luts.values())
+            if best is None or macs > best[0]:
+                best = (macs, {"dsp": d, **luts})
+            if not lut_keys:
+                break
+        assert best is not None
+        cores = best[1]
     else:
         cores = _split_lut(cores, lut_keys, specs, avail, part, model, opts)
     return cores, fixed

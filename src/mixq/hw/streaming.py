@@ -68,17 +68,19 @@ class Design:
 
 
 def build(layers: list[HwLayer], folding: dict[str, tuple[int, int]], part: Part, model: CostModel,
-          opts: ArchOptions, target_cycles: int | None = None) -> Design:
-    """Engines at a given folding (missing layers: the plan's mapping); stream operators keep pace."""
-    comp = {}
+          opts: ArchOptions, target_cycles: int | None = None,
+          engines: dict[str, EngineCost] | None = None) -> Design:
+    """Engines at a given folding (missing layers: the plan's mapping; ``engines``: already costed
+    compute engines); stream operators get the lanes to keep pace with the slowest compute engine."""
+    comp = dict(engines or {})
     for ly in layers:
-        if ly.is_compute:
+        if ly.is_compute and ly.name not in comp:
             pe, simd = folding.get(ly.name, (ly.mapping.pe, ly.mapping.simd))
             comp[ly.name] = compute_engine(ly, pe, simd, part, model, opts)
     t = target_cycles or max((e.cycles for e in comp.values()), default=1)
-    engines = tuple(comp[ly.name] if ly.is_compute else stream_engine(ly, stream_lanes(ly, t), part, model, opts)
-                    for ly in layers)
-    return Design(tuple(layers), engines)
+    engines_ = tuple(comp[ly.name] if ly.is_compute else stream_engine(ly, stream_lanes(ly, t), part, model, opts)
+                     for ly in layers)
+    return Design(tuple(layers), engines_)
 
 
 class _Candidates:
@@ -178,13 +180,13 @@ def optimize(layers: list[HwLayer], specs: list[LayerSpec], part: Part, model: C
     bvec = np.array([x if x > 0 else np.inf for x in b.as_tuple()])
 
     def design_at(t: int, w: np.ndarray) -> Design | None:
-        fold = {}
+        chosen = {}
         for name, fr in fronts.items():
             e = fr.at(t, w / bvec)
             if e is None:
                 return None
-            fold[name] = (e.pe, e.simd)
-        return build(layers, fold, part, model, opts, t)
+            chosen[name] = e
+        return build(layers, {}, part, model, opts, t, engines=chosen)
 
     def attempt(t: int) -> tuple[Design, Partition | None] | None:
         w = np.ones(len(RESOURCE_NAMES))
