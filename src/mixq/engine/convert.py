@@ -1,0 +1,492 @@
+"""Quantized torch model -> :class:`~mixq.engine.model.IntModel`.
+
+``to_integer(qmodel, example)`` traces the fake-quant model (``QConv2d``,
+``QLinear``, ``QAct`` as leaves), and turns each node into integer ops:
+
+* a compute layer's input quantizer becomes ``quantize`` (for the float network
+  input) or ``requant`` (from the producer's grid to the activation scale, with a
+  dyadic multiplier per channel of the producer);
+* the layer becomes ``conv`` / ``linear`` on integer weight codes (one format per
+  row), with its bias rounded onto the accumulator grid ``s_act * s_w * 2**-frac``;
+* ReLU / ReLU6 / Hardtanh become ``clamp``, pooling ``maxpool`` / ``sumpool``, a
+  residual add ``add`` at the finer grid of its operands, flatten / cat keep the grids.
+
+Every tensor between two quantizers stays an exact integer at the accumulator's
+fine grid (the fake-quant model keeps it in float); values are only rounded where
+the fake-quant model rounds (its activation quantizers) and in residual adds of
+operands on different grids. Each compute layer's worst-case accumulator width is
+checked against ``acc_bits``: over budget is a :class:`ModelError` (``overflow="error"``)
+or a saturating accumulator (``overflow="saturate"``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from mixq.engine.arith import (
+    DEFAULT_MULT_BITS,
+    INT64_LIMIT,
+    ROUNDING,
+    dyadic_array,
+    dyadic_common,
+    round_half_up,
+    signed_bits,
+)
+from mixq.engine.model import INT_MODEL_VERSION, IntModel, IntNode
+from mixq.engine.trace import OpInfo, classify, fn_args, shape_of, tensor_args, trace
+from mixq.errors import ModelError
+from mixq.formats import FixedPoint
+from mixq.nn import QAct, QConv2d, QLinear
+
+OVERFLOW_POLICIES = ("error", "saturate")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How a quantized model becomes integer: multiplier width, accumulator budget, overflow policy.
+
+    ``acc_bits`` is the accumulator width the hardware provides, one number for
+    every layer or a map from layer name to width (missing layers get 32).
+    """
+
+    mult_bits: int = DEFAULT_MULT_BITS
+    acc_bits: int | Mapping[str, int] = 32
+    overflow: str = "error"
+    add_guard_bits: int = 8
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mult_bits, int) or not 2 <= self.mult_bits <= 31:
+            raise ModelError(f"engine.mult_bits: must be an integer in [2, 31], got {self.mult_bits!r}")
+        if not isinstance(self.add_guard_bits, int) or not 0 <= self.add_guard_bits <= 24:
+            raise ModelError(f"engine.add_guard_bits: must be an integer in [0, 24], got {self.add_guard_bits!r}")
+        if self.overflow not in OVERFLOW_POLICIES:
+            raise ModelError(f"engine.overflow: {self.overflow!r} is not one of {', '.join(OVERFLOW_POLICIES)}")
+        budgets = self.acc_bits.values() if isinstance(self.acc_bits, Mapping) else [self.acc_bits]
+        for b in budgets:
+            if isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 63:
+                raise ModelError(f"engine.acc_bits: widths must be integers in [2, 63], got {b!r}")
+
+    def budget(self, layer: str) -> int:
+        if isinstance(self.acc_bits, Mapping):
+            return int(self.acc_bits.get(layer, 32))
+        return int(self.acc_bits)
+
+
+@dataclass
+class _Val:
+    """What the converter knows about a tensor: its producer, grid, bound and per-sample shape."""
+
+    node: str
+    is_float: bool
+    scale: np.ndarray
+    bound: int
+    shape: tuple[int, ...]
+
+
+@dataclass
+class _Ctx:
+    gm: fx.GraphModule
+    cfg: EngineConfig
+    env: dict[fx.Node, _Val | None] = field(default_factory=dict)
+    nodes: list[IntNode] = field(default_factory=list)
+    quant_cache: dict[tuple[str, str, float], _Val] = field(default_factory=dict)
+
+    def add(self, node: IntNode) -> _Val:
+        names = {n.name for n in self.nodes}
+        if node.name in names:
+            k = 1
+            while f"{node.name}#{k}" in names:
+                k += 1
+            node = IntNode(f"{node.name}#{k}", node.op, node.inputs, node.shape, node.scale, node.bound,
+                           node.attrs, node.arrays, node.source)
+        self.nodes.append(node)
+        return _Val(node.name, False, node.scale, node.bound, node.shape)
+
+    def arg(self, node: fx.Node, info: OpInfo) -> _Val:
+        ins = tensor_args(node)
+        if not ins:
+            raise ModelError(f"layer {info.name!r} ({info.type}): no tensor input")
+        v = self.env.get(ins[0])
+        if v is None:
+            raise ModelError(f"layer {info.name!r} ({info.type}): its input is not a tensor the engine tracks")
+        return v
+
+    def int_arg(self, node: fx.Node, info: OpInfo) -> _Val:
+        v = self.arg(node, info)
+        if v.is_float:
+            raise ModelError(f"layer {info.name!r} ({info.type}): applied to the float network input; "
+                             "the integer engine needs a quantizer first")
+        return v
+
+
+def to_integer(qmodel: nn.Module, example: torch.Tensor | tuple[int, ...], *,
+               config: EngineConfig | None = None, **options: Any) -> IntModel:
+    """The integer model of a calibrated fake-quant model.
+
+    ``example`` is an input batch (or a per-sample shape ``(C, H, W)``) used only for
+    shapes. ``options`` are :class:`EngineConfig` fields (``mult_bits``, ``acc_bits``,
+    ``overflow``). Raises :class:`ModelError` naming the first layer (and its type) the
+    engine does not support.
+    """
+    cfg = config if config is not None else EngineConfig(**options)
+    ex = torch.zeros(1, *example) if isinstance(example, tuple) else example[:1].detach()
+    gm = trace(qmodel, ex)
+    kinds = classify(gm)
+    ctx = _Ctx(gm, cfg)
+    out_val: _Val | None = None
+    node_map: dict[str, str] = {}
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            if any(v is not None and v.node == "input" for v in ctx.env.values()):
+                raise ModelError(f"integer engine: the model takes more than one input ({node.name!r})")
+            ctx.env[node] = _Val("input", True, np.array(1.0), 0, shape_of(node))
+        elif node.op == "output":
+            out_val = _output(ctx, node)
+        else:
+            info = kinds[node]
+            v = ctx.env[node] = BUILDERS[info.kind](ctx, node, info)
+            if v is not None:
+                node_map[node.name] = v.node
+    assert out_val is not None
+    meta = {"format": "mixq-int-model", "version": INT_MODEL_VERSION, "rounding": ROUNDING,
+            "mult_bits": cfg.mult_bits, "overflow": cfg.overflow, "model": type(qmodel).__name__,
+            "fx_nodes": node_map}
+    return IntModel(tuple(ctx.nodes), tuple(int(d) for d in ex.shape[1:]), out_val.node, meta)
+
+
+def _output(ctx: _Ctx, node: fx.Node) -> _Val:
+    arg = node.args[0]
+    if isinstance(arg, list | tuple):
+        if len(arg) != 1:
+            raise ModelError(f"integer engine: the model returns {len(arg)} outputs; one is supported")
+        arg = arg[0]
+    v = ctx.env.get(arg) if isinstance(arg, fx.Node) else None
+    if v is None or v.is_float:
+        raise ModelError("integer engine: the model output is not computed by quantized layers")
+    return v
+
+
+# ----------------------------------------------------------------------------- quantizers
+
+
+def _quant_input(ctx: _Ctx, v: _Val, qact: QAct | None, name: str, owner: OpInfo) -> _Val:
+    """The codes a layer's input quantizer produces from ``v`` (``quantize`` or ``requant``)."""
+    where = f"layer {owner.name!r} ({owner.type})"
+    if qact is None:
+        raise ModelError(f"{where}: its input activations are not quantized (plan act=None); "
+                         "the integer engine needs integer inputs")
+    fmt = qact.fmt
+    if not isinstance(fmt, FixedPoint):
+        raise ModelError(f"{where}: activation format {fmt} is not supported by the integer engine "
+                         "(fixed point only)")
+    if qact.mode != "quant":
+        raise ModelError(f"{where}: its activation quantizer is in mode {qact.mode!r}; calibrate the model first")
+    s = float(qact.scale)
+    if not np.isfinite(s) or s <= 0:
+        raise ModelError(f"{where}: activation scale {s} is not a positive number")
+    key = (v.node, json.dumps(fmt.to_dict(), sort_keys=True), s)
+    if key in ctx.quant_cache:
+        return ctx.quant_cache[key]
+    attrs = {"fmt": fmt.to_dict(), "act_scale": s, "qmin": fmt.qmin, "qmax": fmt.qmax}
+    bound = max(abs(fmt.qmin), abs(fmt.qmax))
+    grid = np.array(s, dtype=np.float64)
+    if v.is_float:
+        node = IntNode(name, "quantize", ("input",), v.shape, grid, bound, attrs, {}, f"{owner.name} ({owner.type})")
+    else:
+        m, n = dyadic_array(v.scale / s, ctx.cfg.mult_bits)
+        if v.bound * int(m.max()) + 2 ** int(n.max()) >= INT64_LIMIT:
+            raise ModelError(f"{where}: requantizing its input needs more than 62 bits "
+                             f"(|x| <= {v.bound}, M <= {int(m.max())}); lower mult_bits")
+        node = IntNode(name, "requant", (v.node,), v.shape, grid, bound, attrs, {"M": m, "n": n},
+                       f"{owner.name} ({owner.type})")
+    out = ctx.add(node)
+    ctx.quant_cache[key] = out
+    return out
+
+
+def _qact(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
+    assert isinstance(info.module, QAct)
+    return _quant_input(ctx, ctx.arg(node, info), info.module, info.name, info)
+
+
+def _weight_codes(m: QConv2d | QLinear, info: OpInfo) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """(int codes of every row in its own format, row format index, per-row scale)."""
+    if not m.formats:
+        raise ModelError(f"layer {info.name!r} ({info.type}): its weights are not quantized (plan weight=None)")
+    w = m.weight.detach()
+    scheme = m.row_scheme.detach().to(torch.long)
+    rows = w.shape[0]
+    codes = torch.zeros_like(w, dtype=torch.int64)
+    shape = (rows,) + (1,) * (w.dim() - 1)
+    for i, fmt in enumerate(m.formats):
+        q = fmt.quantize(w, m.w_scales[i])
+        codes = torch.where((scheme == i).reshape(shape), q, codes)
+    w_scale = m.w_scales.detach().reshape(len(m.formats), rows, -1)[:, :, 0]
+    per_row = w_scale[scheme, torch.arange(rows)].to(torch.float64).numpy()
+    return codes, scheme.numpy().astype(np.int8), per_row
+
+
+def _layer(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
+    m = info.module
+    assert isinstance(m, QConv2d | QLinear)
+    v = ctx.arg(node, info)
+    if isinstance(m, QLinear) and len(v.shape) != 1:
+        raise ModelError(f"layer {info.name!r} ({info.type}): input of shape {v.shape} per sample; "
+                         "the engine supports linear layers on flat (N, features) inputs")
+    x = _quant_input(ctx, v, m.input_quant, f"{info.name}.input_quant", info)
+    codes, row_format, s_w = _weight_codes(m, info)
+    fracs = np.array([m.formats[int(i)].frac_bits for i in row_format], dtype=np.float64)
+    s_acc = float(x.scale) * s_w * np.exp2(-fracs)
+    bias_f = (m.bias.detach().to(torch.float64).numpy() if m.bias is not None else np.zeros(len(s_w)))
+    bias = np.rint(bias_f / s_acc)
+    if np.abs(bias).max(initial=0) >= INT64_LIMIT:
+        raise ModelError(f"layer {info.name!r} ({info.type}): bias too large for its accumulator grid")
+    bias = bias.astype(np.int64)
+    row_abs = codes.abs().reshape(codes.shape[0], -1).sum(1).tolist()
+    bound = max(int(a) * x.bound + abs(int(b)) for a, b in zip(row_abs, bias.tolist(), strict=True))
+    acc_bits, budget = signed_bits(bound), ctx.cfg.budget(info.name)
+    where = f"layer {info.name!r} ({info.type})"
+    if bound >= INT64_LIMIT:
+        raise ModelError(f"{where}: accumulator needs {acc_bits} bits, beyond the engine's int64")
+    saturate = acc_bits > budget
+    if saturate and ctx.cfg.overflow == "error":
+        raise ModelError(f"{where}: accumulator needs {acc_bits} bits in the worst case (|acc| <= {bound}), "
+                         f"the budget is {budget} bits; widen acc_bits or use overflow='saturate'")
+    out_bound = min(bound, 2 ** (budget - 1)) if saturate else bound
+    attrs: dict[str, Any] = {"formats": [f.to_dict() for f in m.formats], "acc_bits": acc_bits,
+                             "acc_budget": budget, "saturate": saturate, "has_bias": m.bias is not None}
+    if isinstance(m, QConv2d):
+        if isinstance(m.padding, str) or m.padding_mode != "zeros":
+            raise ModelError(f"{where}: padding {m.padding!r} / mode {m.padding_mode!r}; "
+                             "the engine supports explicit zero padding")
+        attrs.update(stride=list(m.stride), padding=list(m.padding), dilation=list(m.dilation), groups=m.groups)
+        grid = s_acc.reshape(-1, 1, 1)
+        op = "conv"
+    else:
+        grid = s_acc
+        op = "linear"
+    arrays = {"weight": codes.numpy(), "row_format": row_format, "bias": bias, "w_scale": s_w,
+              "bias_float": bias_f.astype(np.float32)}
+    return ctx.add(IntNode(info.name, op, (x.node,), shape_of(node), grid, out_bound, attrs, arrays,
+                           f"{info.name} ({info.type})"))
+
+
+# ----------------------------------------------------------------------------- element-wise
+
+
+def _clamp_limits(ctx: _Ctx, node: fx.Node, info: OpInfo) -> tuple[float | None, float | None]:
+    if info.kind == "relu":
+        return 0.0, None
+    if info.kind == "relu6":
+        return 0.0, 6.0
+    if info.module is not None:
+        mod: Any = info.module
+        return float(mod.min_val), float(mod.max_val)
+    a = fn_args(node, ("input", "min_val", "max_val"), {"min_val": -1.0, "max_val": 1.0})
+    return float(a["min_val"]), float(a["max_val"])
+
+
+def _clamp(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
+    v = ctx.int_arg(node, info)
+    lo_r, hi_r = _clamp_limits(ctx, node, info)
+    arrays: dict[str, np.ndarray] = {}
+    lo_b, hi_b = -v.bound, v.bound
+    if lo_r is not None:
+        arrays["lo"] = round_half_up(lo_r / v.scale)
+        lo_b = max(lo_b, int(arrays["lo"].min()))
+    if hi_r is not None:
+        arrays["hi"] = round_half_up(hi_r / v.scale)
+        hi_b = min(hi_b, int(arrays["hi"].max()))
+    bound = max(abs(lo_b), abs(hi_b))
+    attrs = {"lo_real": lo_r, "hi_real": hi_r, "float_op": info.kind}
+    return ctx.add(IntNode(info.name, "clamp", (v.node,), v.shape, v.scale, bound, attrs, arrays,
+                           f"{info.name} ({info.type})"))
+
+
+def _pair(x: Any) -> list[int]:
+    return [int(x), int(x)] if isinstance(x, int) else [int(a) for a in x]
+
+
+def _spatial_grid(v: _Val, info: OpInfo) -> None:
+    if v.scale.ndim == 3 and (v.scale.shape[1] != 1 or v.scale.shape[2] != 1):
+        raise ModelError(f"layer {info.name!r} ({info.type}): pooling over a grid that varies in space")
+    if len(v.shape) != 3:
+        raise ModelError(f"layer {info.name!r} ({info.type}): pooling needs (C, H, W) inputs, got {v.shape}")
+
+
+def _maxpool(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
+    v = ctx.int_arg(node, info)
+    _spatial_grid(v, info)
+    if info.module is not None:
+        mod: Any = info.module
+        a = {"kernel_size": mod.kernel_size, "stride": mod.stride, "padding": mod.padding,
+             "dilation": mod.dilation, "ceil_mode": mod.ceil_mode, "return_indices": mod.return_indices}
+    else:
+        a = fn_args(node, ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+                    {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False})
+    if a["return_indices"]:
+        raise ModelError(f"layer {info.name!r} ({info.type}): return_indices is not supported")
+    k = _pair(a["kernel_size"])
+    attrs = {"kernel": k, "stride": _pair(a["stride"]) if a["stride"] not in (None, []) else k,
+             "padding": _pair(a["padding"]), "dilation": _pair(a["dilation"]), "ceil_mode": bool(a["ceil_mode"])}
+    return ctx.add(IntNode(info.name, "maxpool", (v.node,), shape_of(node), v.scale, v.bound, attrs, {},
+                           f"{info.name} ({info.type})"))
+
+
+def _sumpool(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
+    v = ctx.int_arg(node, info)
+    _spatial_grid(v, info)
+    where = f"layer {info.name!r} ({info.type})"
+    _, h, w = v.shape
+    keepdim = True
+    if info.kind == "avgpool":
+        if info.module is not None:
+            mod: Any = info.module
+            a = {"kernel_size": mod.kernel_size, "stride": mod.stride, "padding": mod.padding,
+                 "ceil_mode": mod.ceil_mode, "count_include_pad": mod.count_include_pad,
+                 "divisor_override": mod.divisor_override}
+        else:
+            a = fn_args(node, ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                               "divisor_override"),
+                        {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True,
+                         "divisor_override": None})
+        k = _pair(a["kernel_size"])
+        stride = _pair(a["stride"]) if a["stride"] not in (None, []) else k
+        pad = _pair(a["padding"])
+        if a["ceil_mode"] or (any(pad) and not a["count_include_pad"]):
+            raise ModelError(f"{where}: ceil_mode / padding without count_include_pad gives a varying divisor")
+        count = int(a["divisor_override"] or k[0] * k[1])
+        float_op: dict[str, Any] = {"op": "avgpool", "count_include_pad": bool(a["count_include_pad"])}
+    elif info.kind == "adaptive_avgpool":
+        mod_a: Any = info.module
+        size: Any = mod_a.output_size if mod_a is not None else fn_args(
+            node, ("input", "output_size"), {})["output_size"]
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        oh, ow = (h if size[0] is None else int(size[0])), (w if size[1] is None else int(size[1]))
+        if h % oh or w % ow:
+            raise ModelError(f"{where}: adaptive pooling {h}x{w} -> {oh}x{ow} has unequal windows")
+        k = stride = [h // oh, w // ow]
+        pad = [0, 0]
+        count = k[0] * k[1]
+        float_op = {"op": "global_avgpool" if (oh, ow) == (1, 1) else "avgpool", "count_include_pad": True}
+    else:  # mean
+        a = fn_args(node, ("input", "dim", "keepdim"), {"keepdim": False})
+        dim_arg: Any = a.get("dim")
+        dims = sorted(int(d) % 4 for d in (dim_arg if isinstance(dim_arg, list | tuple) else [dim_arg]))
+        if dims != [2, 3]:
+            raise ModelError(f"{where}: mean over dims {a.get('dim')}; the engine supports spatial means (2, 3)")
+        k = stride = [h, w]
+        pad = [0, 0]
+        count = h * w
+        keepdim = bool(a["keepdim"])
+        float_op = {"op": "global_avgpool", "count_include_pad": True}
+    grid = v.scale / count
+    if not keepdim:
+        grid = grid.reshape(-1) if grid.ndim else grid
+    attrs = {"kernel": k, "stride": stride, "padding": pad, "count": count, "keepdim": keepdim,
+             "count_include_pad": float_op["count_include_pad"], "float_op": float_op["op"]}
+    return ctx.add(IntNode(info.name, "sumpool", (v.node,), shape_of(node), grid, v.bound * count, attrs, {},
+                           f"{info.name} ({info.type})"))
+
+
+def _add(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
+    ins = tensor_args(node)
+    if len(ins) != 2 or len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
+        raise ModelError(f"layer {info.name!r} ({info.type}): only the sum of two tensors is supported")
+    vals = [ctx.env.get(i) for i in ins]
+    if any(v is None or v.is_float for v in vals):
+        raise ModelError(f"layer {info.name!r} ({info.type}): an operand is not an integer tensor "
+                         "(add of the float network input or a constant)")
+    a, b = vals
+    assert a is not None and b is not None
+    out_shape = shape_of(node)
+    if a.shape != out_shape or b.shape != out_shape:
+        raise ModelError(f"layer {info.name!r} ({info.type}): broadcasting add {a.shape} + {b.shape}")
+    sa, sb = np.broadcast_arrays(a.scale, b.scale)
+    grid = np.ldexp(np.minimum(sa, sb), -ctx.cfg.add_guard_bits)
+    (ma, mb), n = dyadic_common([sa / grid, sb / grid], ctx.cfg.mult_bits)
+    top = a.bound * int(ma.max()) + b.bound * int(mb.max()) + 2 ** int(n.max())
+    if top >= INT64_LIMIT:
+        raise ModelError(f"layer {info.name!r} ({info.type}): rescaled sum needs more than 62 bits; lower mult_bits")
+    bound = max(((a.bound * int(x) + b.bound * int(y)) >> int(s)) + 1
+                for x, y, s in zip(ma.reshape(-1), mb.reshape(-1), n.reshape(-1), strict=True))
+    return ctx.add(IntNode(info.name, "add", (a.node, b.node), out_shape, np.ascontiguousarray(grid), bound,
+                           {}, {"M": np.stack([ma, mb]), "n": n}, f"{info.name} ({info.type})"))
+
+
+# ----------------------------------------------------------------------------- shape ops
+
+
+def _flatten_val(ctx: _Ctx, node: fx.Node, info: OpInfo, v: _Val) -> _Val:
+    if v.is_float:
+        raise ModelError(f"layer {info.name!r} ({info.type}): flatten of the float network input")
+    if len(v.shape) <= 1:
+        return v
+    grid = v.scale if v.scale.ndim == 0 else np.ascontiguousarray(np.broadcast_to(v.scale, v.shape).reshape(-1))
+    return ctx.add(IntNode(info.name, "flatten", (v.node,), shape_of(node), grid, v.bound, {"start_dim": 1}, {},
+                           f"{info.name} ({info.type})"))
+
+
+def _flatten(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
+    v = ctx.arg(node, info)
+    if info.module is not None:
+        mod: Any = info.module
+        start, end = mod.start_dim, mod.end_dim
+    else:
+        a = fn_args(node, ("input", "start_dim", "end_dim"), {"start_dim": 0, "end_dim": -1})
+        start, end = a["start_dim"], a["end_dim"]
+    if start != 1 or end != -1:
+        raise ModelError(f"layer {info.name!r} ({info.type}): flatten({start}, {end}); only flatten(x, 1)")
+    return _flatten_val(ctx, node, info, v)
+
+
+def _reshape(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
+    v = ctx.arg(node, info)
+    out = shape_of(node)
+    if len(out) != 1 or out[0] != int(np.prod(v.shape)):
+        raise ModelError(f"layer {info.name!r} ({info.type}): reshape {v.shape} -> {out}; only flattening")
+    return _flatten_val(ctx, node, info, v)
+
+
+def _cat(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
+    ins = tensor_args(node)
+    a = fn_args(node, ("tensors", "dim"), {"dim": 0})
+    vals = [ctx.env.get(i) for i in ins]
+    if any(v is None or v.is_float for v in vals):
+        raise ModelError(f"layer {info.name!r} ({info.type}): concatenates a tensor that is not integer")
+    ok = [v for v in vals if v is not None]
+    if int(a["dim"]) % (len(ok[0].shape) + 1) != 1:
+        raise ModelError(f"layer {info.name!r} ({info.type}): concatenation along dim {a['dim']}; only channels")
+    grids = []
+    for v in ok:
+        full = np.broadcast_to(v.scale, (v.shape[0],) + (1,) * (len(v.shape) - 1))
+        grids.append(full)
+    grid = np.ascontiguousarray(np.concatenate(grids, axis=0))
+    return ctx.add(IntNode(info.name, "cat", tuple(v.node for v in ok), shape_of(node), grid,
+                           max(v.bound for v in ok), {"dim": 1}, {}, f"{info.name} ({info.type})"))
+
+
+def _identity(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val | None:
+    ins = tensor_args(node)
+    return ctx.env.get(ins[0]) if ins else None
+
+
+def _size(ctx: _Ctx, node: fx.Node, info: OpInfo) -> None:
+    return None
+
+
+BUILDERS: dict[str, Callable[[_Ctx, fx.Node, OpInfo], _Val | None]] = {
+    "qconv": _layer, "qlinear": _layer, "qact": _qact,
+    "relu": _clamp, "relu6": _clamp, "hardtanh": _clamp,
+    "maxpool": _maxpool, "avgpool": _sumpool, "adaptive_avgpool": _sumpool, "mean": _sumpool,
+    "add": _add, "flatten": _flatten, "reshape": _reshape, "cat": _cat,
+    "identity": _identity, "size": _size,
+}
+

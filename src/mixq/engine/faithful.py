@@ -1,0 +1,258 @@
+"""Hardware-faithful fake quantization: the fake-quant model computing what the hardware computes.
+
+``faithful(qmodel, imodel)`` returns a copy of the quantized model (an FX
+``GraphModule`` with the same graph) in which
+
+* each compute layer quantizes its input with the integer model's dyadic
+  requantization (``requantize(round(x / grid_in), M, n)``, round half up) instead
+  of ``round(x / s)``, and computes in float64 with its fake-quantized weights
+  ``q * 2**-frac * s_w`` and its bias rounded onto the accumulator grid;
+* every value between quantizers is kept on its integer grid (the result of a
+  float64 operation is snapped with ``round(y / grid) * grid``): ReLU6 / Hardtanh
+  clamp at limits rounded onto the grid, average pooling keeps the exact window
+  sum (its grid is ``grid / count``), a residual add rescales its operands with the
+  integer model's multipliers and rounds once.
+
+Snapping is exact: a float64 dot product of on-grid values with ``sum |w x| <= B``
+grid steps is off by at most ``K * B * 2**-53`` steps (``K`` the dot length), far
+below half a step for every layer the engine accepts (``K * B < 2**51``, checked).
+The float arithmetic (convolutions of dequantized values, float pooling) is
+independent of the engine's integer arithmetic (codes, shift-add products, integer
+sums); only the rounding rule and the constants (multipliers, grids) are shared.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from mixq.engine.arith import requantize, requantize_sum
+from mixq.engine.convert import to_integer
+from mixq.engine.model import IntModel, IntNode
+from mixq.engine.trace import classify, tensor_args, trace
+from mixq.errors import ModelError
+from mixq.formats import format_from_dict
+from mixq.nn import QAct, QConv2d, QLinear
+
+
+def _grid(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).unsqueeze(0)
+
+
+def snap(y: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """The integers ``round(y / grid)`` (float64) of a value that lies on ``grid`` up to float error."""
+    return torch.round(y.to(torch.float64) / grid)
+
+
+class FaithfulQuant(nn.Module):
+    """An input quantizer in hardware-faithful mode: the float network input is quantized as
+    by the fake-quant model; any other input is requantized from its grid with ``M * 2**-n``."""
+
+    act_scale: torch.Tensor
+    grid: torch.Tensor
+    in_grid: torch.Tensor
+    m: torch.Tensor
+    n: torch.Tensor
+
+    def __init__(self, node: IntNode, in_grid: np.ndarray | None) -> None:
+        super().__init__()
+        self.int_name = node.name
+        self.fmt = format_from_dict(node.attrs["fmt"])
+        self.register_buffer("act_scale", torch.tensor(node.attrs["act_scale"], dtype=torch.float32))
+        self.register_buffer("grid", _grid(node.scale))
+        self.first = node.op == "quantize"
+        self.lo, self.hi = int(node.attrs["qmin"]), int(node.attrs["qmax"])
+        if not self.first:
+            assert in_grid is not None
+            self.register_buffer("in_grid", _grid(in_grid))
+            self.register_buffer("m", _grid(node.arrays["M"]).to(torch.int64))
+            self.register_buffer("n", _grid(node.arrays["n"]).to(torch.int64))
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        if self.first:
+            return self.fmt.quantize(x, self.act_scale)
+        q = snap(x, self.in_grid).to(torch.int64)
+        return requantize(q, self.m, self.n).clamp_(self.lo, self.hi)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.codes(x).to(torch.float64) * self.grid
+
+
+class FaithfulLayer(nn.Module):
+    """``QConv2d`` / ``QLinear`` in hardware-faithful mode (float64, outputs on the accumulator grid)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    grid: torch.Tensor
+
+    def __init__(self, m: QConv2d | QLinear, quant: FaithfulQuant, node: IntNode) -> None:
+        super().__init__()
+        self.int_name = node.name
+        self.quant = quant
+        self.is_conv = isinstance(m, QConv2d)
+        w = m.weight.detach()
+        rows = w.shape[0]
+        shape = (rows,) + (1,) * (w.dim() - 1)
+        wq = torch.zeros_like(w, dtype=torch.float64)
+        for i, fmt in enumerate(m.formats):  # the fake-quant weight, dequantized in float64
+            s = m.w_scales[i].detach()
+            deq = fmt.dequantize(fmt.quantize(w, s), s.to(torch.float64))
+            wq = torch.where((m.row_scheme == i).reshape(shape), deq, wq)
+        self.register_buffer("weight", wq)
+        grid = np.asarray(node.scale, dtype=np.float64).reshape(-1)
+        b = m.bias.detach().to(torch.float64).numpy() if m.bias is not None else np.zeros(rows)
+        self.register_buffer("bias", torch.from_numpy(np.rint(b / grid) * grid))
+        self.register_buffer("grid", _grid(node.scale))
+        self.conv: dict[str, Any] = ({"stride": m.stride, "padding": m.padding, "dilation": m.dilation,
+                                      "groups": m.groups} if isinstance(m, QConv2d) else {})
+        dot = int(np.prod(w.shape[1:]))
+        if dot * 2 ** (int(node.attrs["acc_bits"]) - 1) >= 2**51:
+            raise ModelError(f"faithful: layer {node.name!r}: float64 cannot represent its accumulators "
+                             "exactly enough (dot length x accumulator bound >= 2**51)")
+        budget = int(node.attrs["acc_budget"])
+        self.sat = (-(2.0 ** (budget - 1)), 2.0 ** (budget - 1) - 1) if node.attrs["saturate"] else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xq = self.quant(x)
+        if self.is_conv and self.conv["groups"] > 1:
+            y = grouped_conv2d(xq, self.weight, self.bias, **self.conv)
+        elif self.is_conv:
+            y = F.conv2d(xq, self.weight, self.bias, **self.conv)
+        else:
+            y = F.linear(xq, self.weight, self.bias)
+        acc = snap(y, self.grid)
+        if self.sat is not None:
+            acc = acc.clamp(*self.sat)
+        return acc * self.grid
+
+
+def grouped_conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: Any, padding: Any,
+                   dilation: Any, groups: int) -> torch.Tensor:
+    """A grouped convolution by im2col and a batched product (torch's float64 grouped conv is slow)."""
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # (N, C*kh*kw, L)
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    cols = cols.reshape(n, groups, cg * kh * kw, ho * wo)
+    wg = w.reshape(groups, o // groups, cg * kh * kw)
+    if o == groups:  # depthwise: one row per group, an element-wise product and a sum
+        y = (cols * wg.reshape(1, groups, cg * kh * kw, 1)).sum(2)
+    else:
+        y = torch.einsum("ngkl,gok->ngol", cols, wg).reshape(n, o, ho * wo)
+    y = y.reshape(n, o, ho, wo)
+    return y if b is None else y + b.reshape(1, -1, 1, 1)
+
+
+class FaithfulClamp(nn.Module):
+    """ReLU / ReLU6 / Hardtanh with limits on the grid."""
+
+    def __init__(self, node: IntNode) -> None:
+        super().__init__()
+        self.int_name = node.name
+        g = _grid(node.scale)
+        self.lo = _grid(node.arrays["lo"]) * g if "lo" in node.arrays else None
+        self.hi = _grid(node.arrays["hi"]) * g if "hi" in node.arrays else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x.to(torch.float64), self.lo, self.hi)
+
+
+class FaithfulPool(nn.Module):
+    """Average pooling in float64 (the fake-quant operation), snapped onto the window-sum grid."""
+
+    grid: torch.Tensor
+
+    def __init__(self, node: IntNode, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        self.int_name = node.name
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.register_buffer("grid", _grid(node.scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fn(x.to(torch.float64), *self.args, **self.kwargs)
+        return snap(y, self.grid) * self.grid
+
+
+class FaithfulAdd(nn.Module):
+    """A residual add: operands rescaled to the finer grid by ``M_i * 2**-n``, one rounding."""
+
+    grid: torch.Tensor
+
+    def __init__(self, node: IntNode, in_grids: list[np.ndarray]) -> None:
+        super().__init__()
+        self.int_name = node.name
+        self.in_grids = [_grid(g) for g in in_grids]
+        self.ms = [_grid(node.arrays["M"][i]).to(torch.int64) for i in range(len(in_grids))]
+        self.n = _grid(node.arrays["n"]).to(torch.int64)
+        self.register_buffer("grid", _grid(node.scale))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        qs = [snap(v, g).to(torch.int64) for v, g in zip((a, b), self.in_grids, strict=True)]
+        return requantize_sum(qs, self.ms, self.n).to(torch.float64) * self.grid
+
+
+def faithful(qmodel: nn.Module, imodel: IntModel | None = None,
+             example: torch.Tensor | tuple[int, ...] | None = None, **options: Any) -> fx.GraphModule:
+    """A hardware-faithful copy of the calibrated fake-quant model ``qmodel`` (``qmodel`` is unchanged).
+
+    ``imodel`` is its integer model (built with ``to_integer(qmodel, example, **options)``
+    when not given). Its outputs equal the integer engine's, element for element.
+    """
+    if imodel is None:
+        if example is None:
+            raise ModelError("faithful: give the integer model or an example input")
+        imodel = to_integer(qmodel, example, **options)
+    ex = torch.zeros(1, *imodel.input_shape)
+    gm = trace(copy.deepcopy(qmodel), ex)
+    kinds = classify(gm)
+    names: dict[str, str] = dict(imodel.meta.get("fx_nodes", {}))
+    nodes = {n.name: n for n in imodel.nodes}
+    for i, node in enumerate(list(gm.graph.nodes)):
+        info = kinds.get(node)
+        if info is None or info.kind in ("maxpool", "flatten", "reshape", "cat", "identity", "size"):
+            continue
+        if node.name not in names:
+            raise ModelError(f"faithful: layer {info.name!r} ({info.type}) has no node in the integer model")
+        inode = nodes[names[node.name]]
+        sub = _faithful_module(info.kind, inode, nodes, node, info.module)
+        target = f"mixq_faithful_{i}"
+        gm.add_submodule(target, sub)
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(target, tuple(tensor_args(node)))
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm.eval()
+
+
+def _quant(inode: IntNode, nodes: dict[str, IntNode]) -> FaithfulQuant:
+    in_grid = None if inode.op == "quantize" else nodes[inode.inputs[0]].scale
+    return FaithfulQuant(inode, in_grid)
+
+
+def _faithful_module(kind: str, inode: IntNode, nodes: dict[str, IntNode], node: fx.Node,
+                     module: nn.Module | None) -> nn.Module:
+    if kind in ("qconv", "qlinear"):
+        assert isinstance(module, QConv2d | QLinear)
+        return FaithfulLayer(module, _quant(nodes[inode.inputs[0]], nodes), inode)
+    if kind == "qact":
+        assert isinstance(module, QAct)
+        return _quant(inode, nodes)
+    if kind in ("relu", "relu6", "hardtanh"):
+        return FaithfulClamp(inode)
+    if kind in ("avgpool", "adaptive_avgpool", "mean"):
+        if module is not None:
+            return FaithfulPool(inode, module, (), {})
+        args = tuple(a for a in node.args[1:])
+        return FaithfulPool(inode, node.target, args, dict(node.kwargs))
+    if kind == "add":
+        return FaithfulAdd(inode, [nodes[i].scale for i in inode.inputs])
+    raise ModelError(f"faithful: no hardware-faithful form of {kind!r}")  # pragma: no cover

@@ -1,0 +1,133 @@
+"""The integer model: plain data (numpy arrays + JSON-able attributes), no torch modules.
+
+An :class:`IntModel` is a list of :class:`IntNode` in execution order. Every
+node produces one integer tensor whose real value is ``int * scale``; ``scale``
+(float64) is the node's *grid*, broadcastable to the node's per-sample
+``shape`` — a scalar for activation codes, one value per channel for
+accumulators (``s_act * s_w[row] * 2**-frac_bits[row]``), one per feature after
+a flatten. ``bound`` is a proven upper limit of ``|int|`` over every possible
+input (from the weights and the format ranges, never from data).
+
+Node ops (``attrs`` / ``arrays`` each uses):
+
+========== ================================================================================
+quantize   float network input -> codes of a fixed-point format: ``fmt.quantize(x, act_scale)``
+           (ties to even, exactly as the fake-quant input quantizer); attrs ``fmt``, ``act_scale``
+requant    integer -> codes: ``clamp(requantize(x, M, n), qmin, qmax)`` (round half up);
+           arrays ``M``, ``n``; attrs ``fmt``, ``act_scale``, ``qmin``, ``qmax``
+conv       codes -> accumulator ``sum w*x + B`` (int64); arrays ``weight`` (codes), ``row_format``
+           (index into attrs ``formats``), ``bias`` (B, at accumulator scale), ``w_scale`` (per
+           row), ``bias_float`` (the float bias, for exports); attrs ``stride``, ``padding``,
+           ``dilation``, ``groups``, ``acc_bits`` (worst case), ``acc_budget``, ``saturate``
+linear     the same for a fully connected layer
+clamp      ``clamp(x, lo, hi)``: ReLU (lo 0), ReLU6 / Hardtanh (limits rounded half up onto the
+           grid); arrays ``lo``, ``hi``; attrs ``lo_real``, ``hi_real`` (None = unbounded)
+maxpool    window maximum; attrs ``kernel``, ``stride``, ``padding``, ``dilation``, ``ceil_mode``
+sumpool    window *sum* (average pooling: the 1/count factor moves into the grid, no rounding);
+           attrs ``kernel``, ``stride``, ``padding``, ``count``, ``float_op`` (how the fake-quant
+           model wrote it, for exports), ``keepdim``
+add        residual add at the finer grid of its operands: ``requantize_sum(x_i, M_i, n)``;
+           arrays ``M`` (stacked per operand), ``n``
+flatten    ``torch.flatten(x, 1)``; the grid is flattened with it
+cat        concatenation along channels; attrs ``dim``
+========== ================================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mixq.errors import ModelError
+
+OPS = ("quantize", "requant", "conv", "linear", "clamp", "maxpool", "sumpool", "add", "flatten", "cat")
+COMPUTE_OPS = ("conv", "linear")
+INT_MODEL_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class IntNode:
+    """One operation of the integer model (see the module docstring for the ops)."""
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    shape: tuple[int, ...]
+    scale: np.ndarray
+    bound: int
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ModelError(f"int model node {self.name!r}: unknown op {self.op!r} (known: {', '.join(OPS)})")
+
+    @property
+    def bits(self) -> int:
+        """Width of a signed register holding this node's values (worst case)."""
+        return int(self.bound).bit_length() + 1
+
+
+@dataclass(frozen=True, eq=False)
+class IntModel:
+    """An integer network: nodes in execution order, one float input, one output node."""
+
+    nodes: tuple[IntNode, ...]
+    input_shape: tuple[int, ...]
+    output: str
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        seen: set[str] = {"input"}
+        for n in self.nodes:
+            for i in n.inputs:
+                if i not in seen:
+                    raise ModelError(f"int model node {n.name!r}: input {i!r} is not produced before it")
+            if n.name in seen:
+                raise ModelError(f"int model: duplicate node name {n.name!r}")
+            seen.add(n.name)
+        if self.output not in seen:
+            raise ModelError(f"int model: output {self.output!r} is not a node")
+
+    def __iter__(self) -> Iterator[IntNode]:
+        return iter(self.nodes)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def node(self, name: str) -> IntNode:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise ModelError(f"int model: no node named {name!r}")
+
+    def compute_nodes(self) -> list[IntNode]:
+        return [n for n in self.nodes if n.op in COMPUTE_OPS]
+
+    def accumulators(self) -> list[dict[str, Any]]:
+        """Per conv/linear layer: worst-case accumulator width, the budget, and the formats."""
+        out = []
+        for n in self.compute_nodes():
+            counts = np.bincount(n.arrays["row_format"].astype(np.int64), minlength=len(n.attrs["formats"]))
+            out.append({
+                "layer": n.name,
+                "op": n.op,
+                "acc_bits": int(n.attrs["acc_bits"]),
+                "acc_budget": int(n.attrs["acc_budget"]),
+                "saturate": bool(n.attrs["saturate"]),
+                "dot_length": int(np.prod(n.arrays["weight"].shape[1:])),
+                "rows": {_label(f): int(c) for f, c in zip(n.attrs["formats"], counts, strict=True) if c},
+            })
+        return out
+
+
+def _label(fmt: Mapping[str, Any]) -> str:
+    d = dict(fmt)
+    kind = d.pop("kind")
+    bits = d.pop("bits", "")
+    extra = ",".join(f"{k}={v}" for k, v in d.items() if v not in (None, False))
+    return f"{kind}{bits}" + (f"({extra})" if extra else "")

@@ -1,0 +1,199 @@
+"""Run an :class:`~mixq.engine.model.IntModel` with integer arithmetic.
+
+``IntEngine(model)`` prepares every node once (weights in their exact GEMM dtype,
+multipliers as tensors); ``engine(x)`` runs a float input batch and returns an
+:class:`IntResult`: the output integers, their grid, and (``keep=True``) every
+node's integer tensor. Only the network input is a float; it is quantized exactly
+as the fake-quant input quantizer does. Everything after is integer: int64 tensors,
+products in exact float32/float64 BLAS or int64, requantization by
+:func:`~mixq.engine.arith.requantize` (round half up), pooling by max and sum.
+Runs on the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mixq.engine.arith import FLOAT64_EXACT, exact_dtype, requantize, requantize_sum
+from mixq.engine.kernels import DotProgram
+from mixq.engine.model import IntModel, IntNode
+from mixq.formats import format_from_dict
+
+Kernel = Callable[[list[torch.Tensor], dict[str, int]], torch.Tensor]
+
+
+@dataclass
+class IntResult:
+    """Output of one engine run: integers ``codes`` on the grid ``scale`` (real value = codes * scale)."""
+
+    codes: torch.Tensor
+    scale: np.ndarray
+    values: dict[str, torch.Tensor] = field(default_factory=dict)
+    saturated: dict[str, int] = field(default_factory=dict)
+
+    def real(self) -> torch.Tensor:
+        """The output in real units (float64): ``codes * scale``."""
+        return dequantize(self.codes, self.scale)
+
+
+def dequantize(codes: torch.Tensor, scale: np.ndarray) -> torch.Tensor:
+    """``codes * scale`` in float64 (``scale`` broadcast over the batch dimension)."""
+    return codes.to(torch.float64) * torch.from_numpy(np.asarray(scale, dtype=np.float64))
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    """A per-sample array as a tensor broadcastable over the batch dimension."""
+    return torch.from_numpy(np.ascontiguousarray(a)).unsqueeze(0)
+
+
+def store(x: torch.Tensor, bound: int) -> torch.Tensor:
+    """``x`` (integer-valued) in the cheapest dtype holding ``|x| <= bound`` exactly."""
+    return x.to(exact_dtype(bound))
+
+
+def _quantize(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
+    fmt = format_from_dict(node.attrs["fmt"])
+    s = torch.tensor(node.attrs["act_scale"], dtype=torch.float32)
+    return lambda xs, _st: store(fmt.quantize(xs[0], s), node.bound)
+
+
+def _requant(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
+    m_np, n_np = node.arrays["M"], node.arrays["n"]
+    lo, hi = int(node.attrs["qmin"]), int(node.attrs["qmax"])
+    x_bound = bounds[node.inputs[0]]
+    if x_bound * int(m_np.max()) + 2 ** int(n_np.max()) < FLOAT64_EXACT:
+        # x * M + 2**(n-1) < 2**53: floor(x * (M * 2**-n) + 1/2) is exact in float64
+        r = _t(np.ldexp(m_np.astype(np.float64), -n_np))
+        out = exact_dtype(node.bound)
+
+        def run64(xs: list[torch.Tensor], _st: dict[str, int]) -> torch.Tensor:
+            y = xs[0].to(torch.float64) * r
+            y += 0.5
+            return y.floor_().clamp_(lo, hi).to(out)
+
+        return run64
+    m, n = _t(m_np), _t(n_np)
+    return lambda xs, _st: requantize(xs[0].to(torch.int64), m, n).clamp_(lo, hi)
+
+
+def _dot(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
+    return DotProgram(node, bounds[node.inputs[0]], products)
+
+
+def _clamp(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
+    lo = node.arrays.get("lo")
+    hi = node.arrays.get("hi")
+    if hi is None and lo is not None and int(lo.min()) == int(lo.max()):  # ReLU: a scalar limit
+        v = int(lo.min())
+        return lambda xs, _st: xs[0].clamp(min=v)
+    lo_t = _t(lo) if lo is not None else None
+    hi_t = _t(hi) if hi is not None else None
+    return lambda xs, _st: torch.clamp(xs[0], None if lo_t is None else lo_t.to(xs[0].dtype),
+                                       None if hi_t is None else hi_t.to(xs[0].dtype))
+
+
+def _maxpool(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
+    a = node.attrs
+    return lambda xs, _st: F.max_pool2d(xs[0], a["kernel"], a["stride"], a["padding"], a["dilation"],
+                                        ceil_mode=a["ceil_mode"])
+
+
+def _sumpool(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
+    a = node.attrs
+    k, stride, pad = a["kernel"], a["stride"], a["padding"]
+    dt = exact_dtype(node.bound)
+
+    def run(xs: list[torch.Tensor], _st: dict[str, int]) -> torch.Tensor:
+        x = xs[0].to(dt)
+        if list(x.shape[2:]) == list(k) and not any(pad):
+            y = x.sum(dim=(2, 3), keepdim=True)
+        elif dt != torch.int64:
+            y = F.avg_pool2d(x, k, stride, pad, divisor_override=1)
+        else:
+            xp = F.pad(x, (pad[1], pad[1], pad[0], pad[0]))
+            y = xp.unfold(2, k[0], stride[0]).unfold(3, k[1], stride[1]).sum(dim=(-1, -2))
+        return y if a["keepdim"] else y.flatten(1)
+
+    return run
+
+
+def _add(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
+    m_np, n_np = node.arrays["M"], node.arrays["n"]
+    top = sum(bounds[i] * int(m_np[k].max()) for k, i in enumerate(node.inputs)) + 2 ** int(n_np.max())
+    if top < FLOAT64_EXACT:
+        # sum_i x_i * M_i + 2**(n-1) < 2**53: the rescaled sum and its rounding are exact in float64
+        rs = [_t(np.ldexp(m_np[k].astype(np.float64), -n_np)) for k in range(m_np.shape[0])]
+        out = exact_dtype(node.bound)
+
+        def run64(xs: list[torch.Tensor], _st: dict[str, int]) -> torch.Tensor:
+            y = xs[0].to(torch.float64) * rs[0]
+            for x, r in zip(xs[1:], rs[1:], strict=True):
+                y += x.to(torch.float64) * r
+            y += 0.5
+            return y.floor_().to(out)
+
+        return run64
+    ms = [_t(m_np[k]) for k in range(m_np.shape[0])]
+    n = _t(n_np)
+    return lambda xs, _st: requantize_sum([x.to(torch.int64) for x in xs], ms, n)
+
+
+def _flatten(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
+    return lambda xs, _st: torch.flatten(xs[0], 1)
+
+
+def _cat(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
+    dt = exact_dtype(node.bound)
+    return lambda xs, _st: torch.cat([x.to(dt) for x in xs], dim=1)
+
+
+KERNELS: dict[str, Callable[[IntNode, dict[str, int], str], Kernel]] = {
+    "quantize": _quantize, "requant": _requant, "conv": _dot, "linear": _dot, "clamp": _clamp,
+    "maxpool": _maxpool, "sumpool": _sumpool, "add": _add, "flatten": _flatten, "cat": _cat,
+}
+
+
+class IntEngine:
+    """A prepared integer model; call it on a float input batch.
+
+    ``products="shift_add"`` (default) computes SP2 / power-of-two / binary / ternary
+    rows with shifts and additions; ``"multiply"`` multiplies every code (the same
+    integers, one GEMM per layer).
+    """
+
+    def __init__(self, model: IntModel, products: str = "shift_add") -> None:
+        self.model = model
+        bounds = {n.name: int(n.bound) for n in model.nodes}
+        self.kernels = [(n, KERNELS[n.op](n, bounds, products)) for n in model.nodes]
+        last: dict[str, int] = {}
+        for i, n in enumerate(model.nodes):
+            for inp in n.inputs:
+                last[inp] = i
+        self._last_use = last
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, keep: bool | set[str] = False) -> IntResult:
+        """Run a float input batch; ``keep`` (True, or a set of node names) returns those nodes' integers."""
+        env: dict[str, torch.Tensor] = {"input": x.detach().cpu()}
+        stats: dict[str, int] = {}
+        out = self.model.output
+        wanted = set(env) | {n.name for n in self.model.nodes} if keep is True else set(keep or ())
+        kept: dict[str, torch.Tensor] = {}
+        for i, (node, kernel) in enumerate(self.kernels):
+            env[node.name] = kernel([env[k] for k in node.inputs], stats)
+            if node.name in wanted:
+                kept[node.name] = env[node.name].to(torch.int64)
+            for k in node.inputs:
+                if self._last_use.get(k) == i and k != out:
+                    del env[k]
+        return IntResult(env[out].to(torch.int64), self.model.node(out).scale, kept, stats)
+
+
+def run(model: IntModel, x: torch.Tensor, keep: bool = False, products: str = "shift_add") -> IntResult:
+    """Prepare ``model`` and run it on ``x`` (see :class:`IntEngine`)."""
+    return IntEngine(model, products)(x, keep=keep)
