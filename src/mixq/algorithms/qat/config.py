@@ -75,6 +75,7 @@ class QatConfig:
     init_observer: str | None = "mse"
     calib_images: int = 512
     augment: bool = True
+    channels_last: bool = True
     checkpoint_every: int = 0
     threads: int | None = None
     deterministic: bool = True

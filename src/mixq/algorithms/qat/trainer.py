@@ -17,6 +17,7 @@ averaged, rank 0 writes the checkpoints and every rank resumes from them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from mixq.algorithms.qat.checkpoint import (
 )
 from mixq.algorithms.qat.config import QatConfig, QatError
 from mixq.algorithms.qat.functional import augment_shift_flip, cosine_lr, kd_loss
-from mixq.algorithms.qat.modules import QatAct, set_grad_quant
+from mixq.algorithms.qat.modules import QatAct, set_channels_last, set_grad_quant
 
 CheckpointHook = Callable[[Position], None]
 
@@ -194,10 +195,13 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: QatConfig, chec
             set_rng_state(obj["rng"])
             resumed_from = {"epoch": pos.epoch, "step": pos.step, "global_step": pos.global_step}
         net: nn.Module = model
+        if teacher is not None and cfg.channels_last and x.dim() == 4:
+            teacher = copy.deepcopy(teacher).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if world > 1:
             net = nn.parallel.DistributedDataParallel(model)
         grad_gen = torch.Generator()
         set_grad_quant(model, cfg.grad_bits, grad_gen if cfg.grad_bits else None)
+        set_channels_last(model, cfg.channels_last and x.dim() == 4)
 
         def save() -> None:
             if rank == 0:
@@ -222,6 +226,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: QatConfig, chec
                     gen = torch.Generator().manual_seed(_seed(cfg.seed, pos.epoch, pos.step, rank))
                     if cfg.augment:
                         xb = augment_shift_flip(xb, gen, fill=fill)
+                    if cfg.channels_last and xb.dim() == 4:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
                     grad_gen.manual_seed(_seed(cfg.seed, pos.epoch, pos.step, rank, 1))
                     out = net(xb)
                     t_out = None
@@ -267,6 +273,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: QatConfig, chec
             if bar is not None:
                 bar.stop()
             set_grad_quant(model, None, None)
+            set_channels_last(model, False)
         model.eval()
     return FitResult(history=pos.history, train_time_s=pos.train_time_s, steps=pos.global_step,
                      resumed_from=resumed_from)
