@@ -33,6 +33,10 @@ def test_run_writes_summary_plan_report(demo: Path) -> None:
     # 8-bit weights: ~4x smaller than fp32 (plus per-row scales and float biases)
     assert 3.5 < s["size_bytes_fp32"] / s["size_bytes_quant"] < 4.0
     assert s["macs_per_image"] == 18_691_840
+    hw = s["hardware"]
+    assert hw["part"] == "xc7z020" and hw["fits"] is True and hw["fps"] > 0
+    assert hw["macs"] == s["macs_per_image"]
+    assert all(hw["resources"][k] <= hw["available"][k] for k in ("lut", "dsp", "bram"))
 
 
 def test_run_plan_round_trips_and_report_is_self_contained(demo: Path) -> None:

@@ -25,6 +25,7 @@ from mixq.errors import MixqError
 from mixq.formats import parse_format
 from mixq.graph.bnfold import fold_bn
 from mixq.graph.capture import capture
+from mixq.hw import estimate
 from mixq.io import atomic_write_json
 from mixq.plan import QuantPlan, save_plan
 from mixq.report import Report
@@ -107,7 +108,8 @@ def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None, progress: b
         qmodel = api.quantize(folded, plan, calib, fold=False)
         step("evaluating the quantized model")
         q_acc = api.evaluate(qmodel, x, y)
-        step("writing the report")
+        step("estimating hardware, writing the report")
+        hw = estimate(specs, plan, cfg.target_part, "streaming").to_dict()
         summary: dict[str, Any] = {
             "model": cfg.model,
             "dataset": cfg.dataset,
@@ -120,6 +122,7 @@ def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None, progress: b
             "size_bytes_quant": api.model_size_bytes(qmodel),
             "macs_per_image": sum(s.macs for s in specs),
             "layers": api.layer_formats(qmodel),
+            "hardware": hw,
             "config": asdict(cfg),
         }
         summary["compression"] = round(summary["size_bytes_fp32"] / summary["size_bytes_quant"], 2)
@@ -137,6 +140,14 @@ def _report(summary: dict[str, Any], folded: nn.Module, qmodel: nn.Module, plan:
         ["FP32", summary["fp32_accuracy"], summary["size_bytes_fp32"]],
         ["quantized", summary["quant_accuracy"], summary["size_bytes_quant"]],
     ], note=f"{summary['eval_images']} images; compression {summary['compression']}×")
+    hw = summary["hardware"]
+    rep.add_table(f"Hardware estimate: {hw['part']}, {hw['arch']}", ["figure", "value"], [
+        ["fits", hw["fits"]], ["clock (MHz)", hw["clock_mhz"]], ["frames/s", hw["fps"]],
+        ["latency (ms)", hw["latency_ms"]], ["GOP/s", hw["gops"]], ["bottleneck", hw["bottleneck"]],
+        ["fraction of physical peak MAC/s", hw["peak_fraction"]],
+        *[[f"{k} used / available", f"{hw['resources'][k]:,.0f} / {hw['available'][k]:,.0f}"]
+          for k in ("lut", "ff", "dsp", "bram")],
+    ])
     rep.add_table("Per-layer formats", ["layer", "type", "weight shape", "weight rows by format", "input act"], [
         [d["name"], d["type"], "×".join(map(str, d["weight_shape"])), _counts(d["weight"]), d["act"]]  # type: ignore[arg-type]
         for d in summary["layers"]

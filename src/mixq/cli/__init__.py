@@ -19,10 +19,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 def _register_all() -> None:
     # Explicit imports, no directory scanning.
-    from mixq.cli import hw, main_cmds
+    from mixq.cli import hw, main_cmds, qat
 
     main_cmds.register(app)
     hw.register(app)
+    qat.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
