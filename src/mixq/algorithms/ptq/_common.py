@@ -1,0 +1,162 @@
+"""Shared helpers of the PTQ algorithms: batching, forward order, stopping a forward at a layer,
+and the grouped-matrix view of a conv/linear layer (what AdaRound and bias correction work on).
+
+A Conv2d with ``groups = G`` is ``G`` independent matrix products: the weight
+``(Cout, Cin/G, kh, kw)`` is viewed as ``(G, Cout/G, Cin/G·kh·kw)`` and the input
+unfolded to columns ``(G, Cin/G·kh·kw, positions)``; a Linear is the case
+``G = 1``, one column per input vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mixq.errors import MixqError, ModelError
+from mixq.nn import QConv2d, QLinear
+
+LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+
+
+def batches(x: torch.Tensor | Sequence[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+    """Consecutive batches of ``x`` (a tensor split along dim 0, or already a sequence of batches)."""
+    if isinstance(x, torch.Tensor):
+        if batch_size < 1:
+            raise MixqError(f"batch_size: must be positive, got {batch_size}")
+        for i in range(0, x.shape[0], batch_size):
+            yield x[i : i + batch_size]
+    else:
+        yield from x
+
+
+def as_tensor(data: torch.Tensor | Iterable[torch.Tensor]) -> torch.Tensor:
+    """Calibration data as one tensor (batches are concatenated)."""
+    if isinstance(data, torch.Tensor):
+        return data
+    parts = list(data)
+    if not parts:
+        raise MixqError("calibration data: no batch given")
+    return torch.cat(parts)
+
+
+def is_quant_layer(m: nn.Module) -> bool:
+    return isinstance(m, QConv2d | QLinear)
+
+
+def layers_in_forward_order(model: nn.Module, sample: torch.Tensor) -> list[str]:
+    """Names of the Conv2d/Linear (or quantized) layers in the order a forward calls them.
+
+    Runs ``model`` once on ``sample[:1]``; a layer called twice is listed once.
+    """
+    order: list[str] = []
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, LAYER_TYPES):
+            def hook(_m: nn.Module, _inp: object, name: str = name) -> None:
+                if name not in order:
+                    order.append(name)
+            handles.append(m.register_forward_pre_hook(hook))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(sample[:1])
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    return order
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early."""
+
+
+def inputs_at(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input tensor that ``layer`` (a submodule of ``model``) receives on ``x``; the forward
+    stops there (the rest of the network is not run). For a quantized layer this is the
+    activation *before* its input quantizer."""
+    got: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
+        got.append(inp[0].detach())
+        raise _Stop
+
+    h = layer.register_forward_pre_hook(hook)
+    try:
+        with torch.no_grad():
+            model(x)
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    if not got:
+        raise ModelError(f"{type(layer).__name__}: the layer was not called by the forward pass")
+    return got[0]
+
+
+def quantized_input(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` after the layer's input quantizer (unchanged for a float layer or float activations)."""
+    iq = getattr(layer, "input_quant", None)
+    if iq is None:
+        return x
+    with torch.no_grad():
+        return iq(x)  # type: ignore[no-any-return]
+
+
+def groups_of(layer: nn.Module) -> int:
+    return int(layer.groups) if isinstance(layer, nn.Conv2d) else 1
+
+
+def grouped_weight(w: torch.Tensor, groups: int) -> torch.Tensor:
+    """``(Cout, Cin/G, ...)`` -> ``(G, Cout/G, Cin/G·kh·kw)``."""
+    return w.reshape(groups, w.shape[0] // groups, -1)
+
+
+def ungrouped_weight(wg: torch.Tensor, shape: torch.Size | Sequence[int]) -> torch.Tensor:
+    return wg.reshape(tuple(shape))
+
+
+def columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as columns ``(G, Kg, positions)``; positions run over batch and output pixels."""
+    if isinstance(layer, nn.Conv2d):
+        if layer.padding_mode != "zeros":
+            raise ModelError(f"Conv2d with padding_mode={layer.padding_mode!r} is not supported")
+        pad = layer.padding
+        if isinstance(pad, str):
+            raise ModelError(f"Conv2d with padding={pad!r} is not supported; use explicit padding")
+        cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=pad,  # type: ignore[arg-type]
+                        stride=layer.stride)  # type: ignore[arg-type]
+        g = layer.groups
+        b, k, l = cols.shape
+        return cols.reshape(b, g, k // g, l).permute(1, 2, 0, 3).reshape(g, k // g, b * l)
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2.t().unsqueeze(0)
+
+
+def outputs_to_columns(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """A layer output ``(B, Cout, H, W)`` or ``(..., F)`` as ``(G, Cout/G, positions)`` (same order as
+    :func:`columns`)."""
+    g = groups_of(layer)
+    if y.dim() == 4:
+        b, c, h, w = y.shape
+        return y.reshape(b, g, c // g, h * w).permute(1, 2, 0, 3).reshape(g, c // g, b * h * w)
+    y2 = y.reshape(-1, y.shape[-1])
+    return y2.t().reshape(g, y2.shape[1] // g, -1)
+
+
+def channel_mean(y: torch.Tensor) -> torch.Tensor:
+    """Mean of every channel (dim 1 of a feature map, the last dim of a vector batch)."""
+    if y.dim() == 4:
+        return y.mean(dim=(0, 2, 3))
+    return y.reshape(-1, y.shape[-1]).mean(dim=0)
+
+
+def channel_moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-channel sum and sum of squares (float64) and the count, to accumulate over batches."""
+    t = y.detach().double()
+    t = t.transpose(0, 1).reshape(t.shape[1], -1) if t.dim() == 4 else t.reshape(-1, t.shape[-1]).t()
+    return t.sum(dim=1), (t * t).sum(dim=1), int(t.shape[1])

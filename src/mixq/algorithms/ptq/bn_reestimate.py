@@ -1,0 +1,114 @@
+"""BatchNorm re-estimation.
+
+Quantization shifts the mean and the spread of every channel, and the running statistics
+stored in BatchNorm no longer describe the quantized network:
+
+* :func:`reestimate_bn` recomputes the running statistics of every BatchNorm of a model
+  that still has them (not folded; e.g. during QAT or after pruning) from calibration data,
+  as a cumulative average, with the rest of the model in eval mode.
+* :func:`restore_channel_stats` is the same correction for a BN-folded quantized model: it
+  gives every output channel of a quantized layer the mean and standard deviation that
+  the float layer has on the float model's input, by scaling the channel (its weights *and*
+  its scales, so the integer codes stay the same) and shifting its bias. Layer after layer,
+  so each sees the corrected layers before it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mixq.algorithms.ptq._common import (
+    as_tensor,
+    batches,
+    channel_moments,
+    inputs_at,
+    layers_in_forward_order,
+    quantized_input,
+)
+from mixq.errors import ModelError
+from mixq.nn import QConv2d, QLinear
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, calib: torch.Tensor, batch_size: int = 32) -> nn.Module:
+    """Recompute the running mean/var of every BatchNorm of ``model`` in place from ``calib``."""
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not bns:
+        raise ModelError(f"reestimate_bn: {type(model).__name__} has no BatchNorm with running statistics")
+    was = model.training
+    saved = [(m.momentum, m.training) for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over all batches
+        m.train()
+    try:
+        for xb in batches(as_tensor(calib), batch_size):
+            model(xb)
+    finally:
+        for m, (mom, tr) in zip(bns, saved, strict=True):
+            m.momentum = mom
+            m.train(tr)
+        model.train(was)
+    return model
+
+
+def _out(layer: nn.Module, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    if isinstance(layer, nn.Conv2d):
+        return layer._conv_forward(x, w, b)
+    return torch.nn.functional.linear(x, w, b)
+
+
+def _stats(acc: list[torch.Tensor | int]) -> tuple[torch.Tensor, torch.Tensor]:
+    s, s2, n = acc
+    mean = s / max(int(n), 1)  # type: ignore[operator]
+    var = (s2 / max(int(n), 1) - mean * mean).clamp(min=0.0)  # type: ignore[operator]
+    return mean, var.sqrt()  # type: ignore[union-attr]
+
+
+@torch.no_grad()
+def restore_channel_stats(qmodel: nn.Module, fmodel: nn.Module, calib: torch.Tensor, *,
+                          batch_size: int = 32, max_gain: float = 2.0, scale_std: bool = True) -> dict[str, float]:
+    """Match every quantized layer's per-channel output mean (and, with ``scale_std``, standard
+    deviation) to the float layer's, in forward order (in place). Gains are clamped to
+    ``[1/max_gain, max_gain]``. Returns per layer the largest gain deviation ``|k - 1|``."""
+    data = as_tensor(calib)
+    was = qmodel.training
+    qmodel.eval()
+    fmodel.eval()
+    report: dict[str, float] = {}
+    for name in layers_in_forward_order(qmodel, data):
+        q = qmodel.get_submodule(name)
+        if not isinstance(q, QConv2d | QLinear) or not q.formats:
+            continue
+        f = fmodel.get_submodule(name)
+        acc_q: list[torch.Tensor | int] = [0, 0, 0]
+        acc_f: list[torch.Tensor | int] = [0, 0, 0]
+        for xb in batches(data, batch_size):
+            yq = _out(q, quantized_input(q, inputs_at(qmodel, q, xb)), q.quantized_weight(), q.bias)
+            yf = _out(f, inputs_at(fmodel, f, xb), f.weight, f.bias)
+            for acc, y in ((acc_q, yq), (acc_f, yf)):
+                s, s2, n = channel_moments(y)
+                acc[0] = acc[0] + s  # type: ignore[operator]
+                acc[1] = acc[1] + s2  # type: ignore[operator]
+                acc[2] = int(acc[2]) + n
+        mq, sq = _stats(acc_q)
+        mf, sf = _stats(acc_f)
+        k = torch.ones_like(mq)
+        if scale_std:
+            ok = (sq > 1e-12) & (sf > 1e-12)
+            k = torch.where(ok, sf / sq.clamp(min=1e-12), k).clamp(1.0 / max_gain, max_gain)
+        bias = q.bias.double() if q.bias is not None else torch.zeros_like(mq)
+        new_bias = k * (bias - mq) + mf
+        shape = (-1,) + (1,) * (q.weight.dim() - 1)
+        q.weight.mul_(k.reshape(shape).to(q.weight.dtype))
+        q.w_scales.mul_(k.reshape(1, *shape).to(q.w_scales.dtype))
+        if q.bias is None:
+            q.bias = nn.Parameter(new_bias.to(q.weight.dtype), requires_grad=q.weight.requires_grad)
+        else:
+            q.bias.copy_(new_bias.to(q.bias.dtype))
+        report[name] = float((k - 1.0).abs().max())
+    qmodel.train(was)
+    return report

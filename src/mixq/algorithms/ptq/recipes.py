@@ -1,0 +1,240 @@
+"""Named post-training quantization recipes and the one call that runs them.
+
+    qmodel = quantize(model, plan, calib, recipe="dfq")
+
+A :class:`Recipe` is a frozen description of the pipeline::
+
+    [synthesize inputs from BN statistics] → fold BN → [CLE (+ high-bias absorption)]
+      → assign MSQ rows still unassigned → swap layers → calibrate activations
+      → [AdaRound] → [bias correction] → [restore channel statistics]
+
+Named recipes (:data:`RECIPES`):
+
+* ``minmax``   fold, swap, calibrate — what :func:`mixq.api.quantize` does.
+* ``dfq``      + cross-layer equalization, high-bias absorption and analytic (data-free)
+  bias correction (Nagel et al., 2019).
+* ``dfq_empirical``  the same with bias correction measured on the calibration data.
+* ``adaround`` + AdaRound of every layer, then empirical bias correction.
+* ``datafree`` inputs synthesized from the BN statistics (ZeroQ) stand in for calibration
+  data; analytic bias correction.
+
+Any field can be overridden per call: ``quantize(..., recipe="dfq", relu6="relu")``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from mixq.algorithms.msq import assign_rows
+from mixq.algorithms.ptq._common import as_tensor, batches
+from mixq.algorithms.ptq.adaround import AdaRoundConfig, adaround
+from mixq.algorithms.ptq.bias_correction import (
+    analytic_bias_correction,
+    empirical_bias_correction,
+    expected_input_means,
+)
+from mixq.algorithms.ptq.bn_reestimate import restore_channel_stats
+from mixq.algorithms.ptq.calibrate import calibrate_activations
+from mixq.algorithms.ptq.cle import (
+    ChannelStats,
+    absorb_high_bias,
+    bn_output_stats,
+    cross_layer_equalize,
+)
+from mixq.algorithms.ptq.datafree import DataFreeConfig, synthesize_inputs
+from mixq.errors import DataError, MixqError
+from mixq.graph import fold_bn
+from mixq.graph.convert import to_quantized
+from mixq.plan import QuantPlan
+
+RECIPE_VERSION = 1
+BIAS_CORRECTIONS = ("none", "empirical", "network", "analytic")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a PTQ run does (see the module doc). ``relu6``: how CLE treats ReLU6 (``clip``, exact;
+    ``relu``; ``keep``); ``bias_correction``: ``none``, ``empirical`` (per layer, one pass),
+    ``network`` (layer by layer against the float model) or ``analytic`` (from BN statistics)."""
+
+    name: str = "custom"
+    cle: bool = False
+    cle_iterations: int = 20
+    relu6: str = "clip"
+    absorb_bias: bool = False
+    absorb_std: float = 3.0
+    absorb_padded: bool = False
+    bias_correction: str = "none"
+    adaround: AdaRoundConfig | None = None
+    restore_stats: bool = False
+    datafree: DataFreeConfig | None = None
+    batch_size: int = 32
+    version: int = RECIPE_VERSION
+
+    def __post_init__(self) -> None:
+        if self.bias_correction not in BIAS_CORRECTIONS:
+            raise MixqError(f"recipe.bias_correction: {self.bias_correction!r} is not one of "
+                            f"{', '.join(BIAS_CORRECTIONS)}")
+        if self.relu6 not in ("clip", "relu", "keep"):
+            raise MixqError(f"recipe.relu6: {self.relu6!r} is not one of clip, relu, keep")
+        if self.batch_size < 1 or self.cle_iterations < 1:
+            raise MixqError("recipe.batch_size / cle_iterations: must be positive")
+        if self.version != RECIPE_VERSION:
+            raise MixqError(f"recipe.version: {self.version} is not supported (this mixq reads {RECIPE_VERSION})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+RECIPES: dict[str, Recipe] = {
+    "minmax": Recipe(name="minmax"),
+    "dfq": Recipe(name="dfq", cle=True, absorb_bias=True, bias_correction="analytic"),
+    "dfq_empirical": Recipe(name="dfq_empirical", cle=True, absorb_bias=True, bias_correction="empirical"),
+    "adaround": Recipe(name="adaround", adaround=AdaRoundConfig(), bias_correction="empirical"),
+    "datafree": Recipe(name="datafree", datafree=DataFreeConfig(), bias_correction="analytic"),
+}
+
+
+def get_recipe(recipe: str | Recipe, **overrides: Any) -> Recipe:
+    """A named recipe (or the given one) with ``overrides`` applied."""
+    if isinstance(recipe, Recipe):
+        base = recipe
+    elif recipe in RECIPES:
+        base = RECIPES[recipe]
+    else:
+        raise MixqError(f"recipe: {recipe!r} is not one of {', '.join(RECIPES)}")
+    try:
+        return dataclasses.replace(base, **overrides) if overrides else base
+    except TypeError as exc:
+        raise MixqError(f"recipe: {exc}") from None
+
+
+@dataclass
+class PTQResult:
+    """What :func:`quantize_report` returns: the quantized model, the plan it applied (MSQ rows
+    filled in), the recipe, seconds per stage and per-stage details."""
+
+    model: nn.Module
+    plan: QuantPlan
+    recipe: Recipe
+    timings: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.timings.values())
+
+
+@torch.no_grad()
+def measured_output_stats(model: nn.Module, calib: torch.Tensor, batch_size: int = 32) -> dict[str, ChannelStats]:
+    """Per-channel mean and std of every Conv/Linear output of ``model`` on ``calib`` (for bias absorption
+    when there are no BN statistics)."""
+    from mixq.algorithms.ptq._common import channel_moments
+
+    acc: dict[str, list[Any]] = {}
+    handles = []
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            def hook(_m: nn.Module, _i: object, y: torch.Tensor, n: str = n) -> None:
+                s, s2, k = channel_moments(y)
+                a = acc.setdefault(n, [0, 0, 0])
+                a[0], a[1], a[2] = a[0] + s, a[1] + s2, a[2] + k
+            handles.append(m.register_forward_hook(hook))
+    was = model.training
+    model.eval()
+    try:
+        for xb in batches(calib, batch_size):
+            model(xb)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    out = {}
+    for n, (s, s2, k) in acc.items():
+        mean = s / k
+        out[n] = ChannelStats(mean.float(), (s2 / k - mean * mean).clamp(min=0).sqrt().float())
+    return out
+
+
+def quantize_report(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Iterable[torch.Tensor] | None = None,
+                    recipe: str | Recipe = "minmax", *, input_shape: tuple[int, ...] | None = None,
+                    **overrides: Any) -> PTQResult:
+    """Run a PTQ recipe (see the module doc); the input model is not changed."""
+    r = get_recipe(recipe, **overrides)
+    timings: dict[str, float] = {}
+    details: dict[str, Any] = {}
+    t = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        timings[stage] = timings.get(stage, 0.0) + now - t
+        t = now
+
+    data = as_tensor(calib) if calib is not None else None
+    if input_shape is None:
+        if data is None:
+            raise DataError("quantize: give calibration data or input_shape")
+        input_shape = tuple(int(s) for s in data.shape[1:])
+    was = model.training
+    model.eval()
+    try:
+        if r.datafree is not None:
+            data, details["datafree"] = synthesize_inputs(model, input_shape, r.datafree)
+            lap("synthesize")
+        if data is None:
+            raise DataError(f"quantize: recipe {r.name!r} needs calibration data")
+        need_stats = r.absorb_bias or r.bias_correction == "analytic"
+        stats = bn_output_stats(model, input_shape) if need_stats else {}
+        fm = fold_bn(model, input_shape).eval()
+        lap("fold_bn")
+    finally:
+        model.train(was)
+    if r.cle:
+        fm, stats, pairs = cross_layer_equalize(fm, input_shape, iterations=r.cle_iterations, relu6=r.relu6,
+                                                stats=stats)
+        details["cle_pairs"] = len(pairs)
+        if r.absorb_bias:
+            if not stats:
+                stats = measured_output_stats(fm, data, r.batch_size)
+            fm, stats, absorbed = absorb_high_bias(fm, pairs, stats, n_std=r.absorb_std, padded=r.absorb_padded)
+            details["absorbed_layers"] = len(absorbed)
+        lap("cle")
+    if any(lp.weight_alt is not None and lp.alt_rows is None for _, lp in plan.items()):
+        plan = assign_rows(fm, plan, fold=False)
+        lap("msq_rows")
+    q = to_quantized(fm, plan)
+    lap("swap")
+    calibrate_activations(q, data, r.batch_size)
+    lap("calibrate")
+    if r.adaround is not None:
+        details["adaround"] = adaround(q, fm, data, dataclasses.replace(r.adaround, batch_size=r.batch_size))
+        lap("adaround")
+    if r.bias_correction in ("empirical", "network"):
+        details["bias_correction"] = empirical_bias_correction(q, data, fm, mode="layer" if r.bias_correction ==
+                                                               "empirical" else "network", batch_size=r.batch_size)
+        lap("bias_correction")
+    elif r.bias_correction == "analytic":
+        means = expected_input_means(fm, input_shape, stats)
+        details["bias_correction"] = analytic_bias_correction(q, means, fm)
+        lap("bias_correction")
+    if r.restore_stats:
+        details["restore_stats"] = restore_channel_stats(q, fm, data, batch_size=r.batch_size)
+        lap("restore_stats")
+    q.eval()
+    return PTQResult(model=q, plan=plan, recipe=r, timings=timings, details=details)
+
+
+def quantize(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Iterable[torch.Tensor] | None = None,
+             recipe: str | Recipe = "minmax", *, input_shape: tuple[int, ...] | None = None,
+             **overrides: Any) -> nn.Module:
+    """Post-training quantization of ``model`` under ``plan`` with a named recipe (or a :class:`Recipe`);
+    returns the fake-quantized model (eval mode). See :func:`quantize_report` for timings and details."""
+    return quantize_report(model, plan, calib, recipe, input_shape=input_shape, **overrides).model
