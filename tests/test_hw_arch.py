@@ -215,6 +215,8 @@ def test_to_dict_is_json_ready() -> None:
     for key in ("fps", "latency_ms", "gops", "bottleneck", "peak_macs_per_s", "utilization", "resources"):
         assert key in d
     assert d["peak_macs_per_s"] > d["gops"] * 1e9 / 2
+    head = e.summary()
+    assert "layers" not in head and head["fps"] == d["fps"] and head["part"] == "xc7z020"
 
 
 def test_mobilenet_v2_estimate_is_fast() -> None:
@@ -236,3 +238,13 @@ def test_mobilenet_v2_estimate_is_fast() -> None:
         best = min(best, time.perf_counter() - t0)
     assert len(e.layers) >= 52 and e.macs > 290e6
     assert best < 0.05
+
+
+def test_weights_that_do_not_fit_can_stream_from_ddr() -> None:
+    big = [linear("fc1", 2048, 2048), linear("fc2", 2048, 1000)]
+    plan = plan_of(big, weight=FixedPoint(8), act=FixedPoint(8, signed=False))
+    e = estimate(big, plan, "xc7z020", options=ArchOptions(ddr_weights="auto"))
+    assert e.fits and e.ddr_weights
+    ext_bits = sum(s.in_channels * s.out_channels * 8 for s in big if s.name in e.ddr_weights)
+    assert e.fps <= 4.26e9 * 8 * 0.8 / ext_bits * 1.001  # bounded by the board's DDR
+    assert not estimate(big, plan, "xc7z020").fits  # all on chip it does not fit

@@ -10,8 +10,12 @@ from mixq.cli import main
 
 def test_estimate_streaming_default_plan(tmp_path: Path) -> None:
     out = tmp_path / "e.json"
-    assert main(["estimate", "cnv", "--part", "xc7z020", "--out", str(out)]) == 0
+    assert main(["estimate", "cnv", "--part", "xc7z020", "--out", str(out),
+                 "--save-plan", str(tmp_path / "folded.json")]) == 0
     d = json.loads(out.read_text())
+    folded = json.loads((tmp_path / "folded.json").read_text())
+    first = next(ly for ly in d["layers"] if ly["macs"] > 0)
+    assert folded["layers"][first["name"]]["mapping"]["pe"] == first["pe"]
     assert d["fits"] and d["fps"] > 0 and d["arch"] == "streaming"
     assert d["bottleneck"] and d["peak_macs_per_s"] > 0 and 0 < d["utilization"]["lut"] < 1
     assert {ly["name"] for ly in d["layers"]} >= {"features.0", "classifier.0"} or d["layers"]

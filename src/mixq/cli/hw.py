@@ -63,7 +63,9 @@ def register(app: typer.Typer) -> None:
         target_fps: float | None = typer.Option(None, help="streaming: cheapest folding meeting this FPS"),
         link_gbps: float = typer.Option(10.0, help="multi-FPGA link bandwidth, Gb/s"),
         clock_mhz: float | None = typer.Option(None, help="override the part's clock"),
+        ddr_weights: bool = typer.Option(False, help="streaming: weights that do not fit on chip stream from DDR"),
         out: Path = typer.Option(Path("estimate.json"), "--out", help="where to write the JSON"),
+        save_plan: Path | None = typer.Option(None, help="write the plan with the chosen folding (pe, simd) here"),
     ) -> None:
         """Estimate resources, FPS, latency and the bottleneck of MODEL on an FPGA part."""
         from mixq import zoo
@@ -79,10 +81,16 @@ def register(app: typer.Typer) -> None:
         specs = capture(zoo.load(model), zoo.input_shape(model))
         qplan = _plan_for(model, specs, plan, weight, act)
         est = hw_estimate(specs, qplan, p, arch, parts=parts, fold=fold, target_fps=target_fps,
-                          options=ArchOptions(link_gbps=link_gbps))
+                          options=ArchOptions(link_gbps=link_gbps, ddr_weights="auto" if ddr_weights else "never"))
         atomic_write_json(out, est.to_dict())
         _print(est)
         typer.echo(f"wrote {out}")
+        if save_plan is not None and arch == "streaming":
+            from mixq.hw import apply_folding
+            from mixq.plan import save_plan as write_plan
+
+            write_plan(apply_folding(qplan, est), save_plan)
+            typer.echo(f"wrote {save_plan}")
         if not est.fits:
             what = "; ".join(o.message() for o in est.overflows) or "; ".join(est.notes[-1:])
             raise HardwareError(f"{model} does not fit {parts} x {p.name} ({arch}): {what}")

@@ -50,10 +50,15 @@ class ArchOptions:
     overlay_buffer_share: float = 0.6  # overlay: share of block RAM for tile buffers
     overlay_layer_cycles: int = 1000  # overlay: per-layer set-up / pipeline fill
     requant_share: int = 4  # overlay: rows per requantizer
+    ddr_weights: str = "never"  # streaming: "auto" moves the weights of layers that do not fit to DDR
+    dma_lut: float = 800.0  # streaming: AXI read master per layer with DDR weights
+    dma_ff: float = 1200.0
 
     def __post_init__(self) -> None:
         if self.requant not in ("dyadic", "thresh"):
             raise HardwareError(f"requant: {self.requant!r} is not one of dyadic, thresh")
+        if self.ddr_weights not in ("never", "auto"):
+            raise HardwareError(f"ddr_weights: {self.ddr_weights!r} is not one of never, auto")
         for f in ("util_cap", "mem_cap"):
             if not 0 < getattr(self, f) <= 1:
                 raise HardwareError(f"{f}: must be in (0, 1], got {getattr(self, f)}")
@@ -152,6 +157,19 @@ def _requant(n: int, accw: int, out_bits: int, part: Part, model: CostModel, opt
     return res
 
 
+def weight_bits(layer: HwLayer) -> int:
+    """Bits of a compute layer's weights."""
+    s = layer.spec
+    rows = split_rows(s.weight_rows, layer.groups)
+    return sum(r * s.row_length * g.wbits for g, r in zip(layer.groups, rows, strict=True))
+
+
+def ddr_bits(layer: HwLayer) -> int:
+    """DDR traffic per frame of a layer whose weights stream from DDR: the whole matrix per output pixel
+    (a dataflow engine sees one pixel's window at a time and cannot keep the weights)."""
+    return weight_bits(layer) * max(layer.spec.out_pixels, 1)
+
+
 def line_buffer_bits(layer: HwLayer) -> int:
     """Bits of the sliding-window buffer of a k x k operator: (kh - 1) rows plus kw pixels."""
     s = layer.spec
@@ -176,8 +194,12 @@ def engine_cycles(layer: HwLayer, pe: int, simd: int) -> int:
 
 
 def compute_engine(layer: HwLayer, pe: int, simd: int, part: Part, model: CostModel,
-                   opts: ArchOptions) -> EngineCost:
-    """Cycles per frame and resources of a conv / dwconv / linear engine with ``pe`` x ``simd``."""
+                   opts: ArchOptions, external: bool = False) -> EngineCost:
+    """Cycles per frame and resources of a conv / dwconv / linear engine with ``pe`` x ``simd``.
+
+    ``external``: the weights stream from DDR (a 32-deep FIFO per engine and a DMA read master
+    instead of the weight memories); they are read once per output pixel, see :func:`ddr_bits`.
+    """
     s = layer.spec
     rows, length, pix = s.weight_rows, max(s.row_length, 1), max(s.out_pixels, 1)
     simd = max(1, min(simd, length))
@@ -201,12 +223,17 @@ def compute_engine(layer: HwLayer, pe: int, simd: int, part: Part, model: CostMo
         accw = max(accw, acc_bits)
         comp = comp + unit * units
         width = simd * g.wbits * (2 if packed else 1)
-        wmem = wmem + _mem(width, math.ceil(r / eff) * fold_in, units, part, model, opts.mem_style)
+        if external:
+            wmem = wmem + _mem(width * units, 32, 1, part, model, "lutram")
+        else:
+            wmem = wmem + _mem(width, math.ceil(r / eff) * fold_in, units, part, model, opts.mem_style)
     req = _requant(math.ceil(eff_total / fold_in), accw, layer.out_bits, part, model, opts)
     lb_bits = line_buffer_bits(layer)
     in_width = simd * layer.abits * (eff_total if s.kind == "dwconv" else 1)
     lbuf = _mem(in_width, math.ceil(lb_bits / in_width), 1, part, model, "auto") if lb_bits else Resources()
     ctrl = Resources(lut=opts.engine_lut, ff=opts.engine_ff)
+    if external:
+        ctrl = ctrl + Resources(lut=opts.dma_lut, ff=opts.dma_ff)
     detail = {"compute": comp, "requant": req, "weights": wmem, "linebuf": lbuf, "control": ctrl}
     return EngineCost(cycles, Resources.total(detail.values()), pe, simd, tuple(eff_split), detail)
 

@@ -97,6 +97,7 @@ class Estimate:
     partition: tuple[tuple[str, ...], ...] = ()
     link_bits: tuple[int, ...] = ()
     cores: tuple[dict[str, Any], ...] = ()
+    ddr_weights: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -129,6 +130,13 @@ class Estimate:
             raise HardwareError(f"design does not fit {self.n_parts} x {self.part} ({self.arch}): {what}")
         return self
 
+    def summary(self) -> dict[str, Any]:
+        """The headline figures (no per-layer table): what a run summary's ``hardware`` section holds."""
+        d = self.to_dict()
+        keep = ("part", "arch", "parts", "clock_mhz", "fits", "fps", "latency_ms", "gops", "bottleneck",
+                "peak_macs_per_s", "peak_fraction", "resources", "utilization")
+        return {k: d[k] for k in keep} | {"overflows": [o["message"] for o in d["overflows"]]}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model, "part": self.part, "arch": self.arch, "parts": self.n_parts,
@@ -143,7 +151,8 @@ class Estimate:
                            "excess": round(o.excess, 1), "largest_layer": o.largest_layer,
                            "message": o.message()} for o in self.overflows],
             "partition": [list(p) for p in self.partition], "link_bits_per_frame": list(self.link_bits),
-            "cores": list(self.cores), "notes": list(self.notes), "options": self.options,
+            "cores": list(self.cores), "ddr_weights": list(self.ddr_weights), "notes": list(self.notes),
+            "options": self.options,
             "layers": [ly.to_dict() for ly in self.layers],
         }
 
@@ -232,6 +241,10 @@ def _streaming(name: str, specs: list[LayerSpec], layers: list[HwLayer], p: Part
             part_ = None
     else:
         design = st.build(layers, {}, p, cm, opts)
+        if opts.ddr_weights == "auto" and parts == 1 and not (design.resources + shell(opts)).fits(b):
+            ext = st.externalize(layers, {}, p, cm, opts)
+            if ext:
+                design = st.build(layers, {}, p, cm, opts, external=ext)
         part_ = st.partition(design, parts, b, cuts, clock / design.cycles, opts.link_gbps, opts)
     used = design.resources + shell(opts) * (len(part_.segments) if part_ else parts)
     total_b = b * parts
@@ -243,11 +256,17 @@ def _streaming(name: str, specs: list[LayerSpec], layers: list[HwLayer], p: Part
                 for ly, e in zip(design.layers, design.engines, strict=True))
     slow = max(les, key=lambda x: x.cycles)
     fps = clock / max(design.cycles, 1)
+    bottleneck = f"{slow.name} ({slow.cycles:,} cycles/frame)"
+    if design.ddr_cycles > design.engine_cycles:
+        bottleneck = (f"DDR weight streaming ({design.ddr_cycles:,} cycles/frame for "
+                      f"{len(design.external)} layers at {p.ddr_gbps:g} GB/s x {opts.ddr_efficiency:g})")
     macs = sum(ly.spec.macs for ly in layers)
     wb, ab = _design_bits(layers)
     pk = peak_macs(p, wb, ab, cm)
     segs = tuple(tuple(les[i].name for i in range(s, e)) for s, e in part_.segments) if part_ else ()
     notes = _notes(layers, opts)
+    if design.external:
+        notes.append(f"weights from DDR (read once per output pixel): {', '.join(design.external)}")
     if no_fit:
         notes.append(no_fit)
     elif part_ is None and not overflows:
@@ -257,10 +276,11 @@ def _streaming(name: str, specs: list[LayerSpec], layers: list[HwLayer], p: Part
         resources=used, available=Resources(p.lut * parts, p.ff * parts, p.dsp * parts, p.bram * parts,
                                             p.uram * parts),
         fps=fps, latency_ms=sum(x.cycles for x in les) / clock * 1e3, macs=macs,
-        bottleneck=f"{slow.name} ({slow.cycles:,} cycles/frame)", peak_macs_per_s=pk["total_macs_per_s"] * parts,
+        bottleneck=bottleneck, peak_macs_per_s=pk["total_macs_per_s"] * parts,
         peak=pk, fits=fits, overflows=overflows, partition=segs, link_bits=part_.link_bits if part_ else (),
-        notes=tuple(notes), options={"fold": "optimized" if optimize else "plan", "util_cap": opts.util_cap,
-                                     "link_gbps": opts.link_gbps, "requant": opts.requant})
+        notes=tuple(notes), ddr_weights=design.external,
+        options={"fold": "optimized" if optimize else "plan", "util_cap": opts.util_cap,
+                 "link_gbps": opts.link_gbps, "requant": opts.requant, "ddr_weights": opts.ddr_weights})
 
 
 def _overlay(name: str, layers: list[HwLayer], p: Part, cm: CostModel, opts: ArchOptions,

@@ -33,10 +33,12 @@ from mixq.hw.engine import (
     EngineCost,
     budget,
     compute_engine,
+    ddr_bits,
     divisors,
     shell,
     stream_engine,
     stream_lanes,
+    weight_bits,
 )
 from mixq.hw.lower import HwLayer
 from mixq.hw.parts import Part
@@ -54,10 +56,17 @@ class Design:
 
     layers: tuple[HwLayer, ...]
     engines: tuple[EngineCost, ...]
+    external: tuple[str, ...] = ()  # layers whose weights stream from DDR
+    ddr_cycles: int = 0  # cycles per frame the DDR needs to deliver those weights
+
+    @property
+    def engine_cycles(self) -> int:
+        return max((e.cycles for e in self.engines), default=1)
 
     @property
     def cycles(self) -> int:
-        return max((e.cycles for e in self.engines), default=1)
+        """Cycles per frame: the slowest engine, or the DDR when its weight traffic takes longer."""
+        return max(self.engine_cycles, self.ddr_cycles)
 
     @property
     def resources(self) -> Resources:
@@ -69,40 +78,107 @@ class Design:
 
 def build(layers: list[HwLayer], folding: dict[str, tuple[int, int]], part: Part, model: CostModel,
           opts: ArchOptions, target_cycles: int | None = None,
-          engines: dict[str, EngineCost] | None = None) -> Design:
+          engines: dict[str, EngineCost] | None = None, external: frozenset[str] = frozenset()) -> Design:
     """Engines at a given folding (missing layers: the plan's mapping; ``engines``: already costed
-    compute engines); stream operators get the lanes to keep pace with the slowest compute engine."""
+    compute engines; ``external``: layers whose weights come from DDR); stream operators get the
+    lanes to keep pace with the slowest compute engine."""
     comp = dict(engines or {})
     for ly in layers:
         if ly.is_compute and ly.name not in comp:
             pe, simd = folding.get(ly.name, (ly.mapping.pe, ly.mapping.simd))
-            comp[ly.name] = compute_engine(ly, pe, simd, part, model, opts)
+            comp[ly.name] = compute_engine(ly, pe, simd, part, model, opts, ly.name in external)
     t = target_cycles or max((e.cycles for e in comp.values()), default=1)
     engines_ = tuple(comp[ly.name] if ly.is_compute else stream_engine(ly, stream_lanes(ly, t), part, model, opts)
                      for ly in layers)
-    return Design(tuple(layers), engines_)
+    ext = tuple(ly.name for ly in layers if ly.name in external)
+    return Design(tuple(layers), engines_, ext, ddr_cycles(layers, external, part, opts))
+
+
+def ddr_cycles(layers: list[HwLayer], external: frozenset[str], part: Part, opts: ArchOptions) -> int:
+    """Clock cycles per frame the board's DDR needs for the weights of the ``external`` layers."""
+    bits = sum(ddr_bits(ly) for ly in layers if ly.name in external)
+    if not bits:
+        return 0
+    return math.ceil(bits / (part.ddr_gbps * 8e9 * opts.ddr_efficiency) * part.clock_mhz * 1e6)
+
+
+def externalize(layers: list[HwLayer], folding: dict[str, tuple[int, int]], part: Part, model: CostModel,
+                opts: ArchOptions, external: frozenset[str] = frozenset()) -> frozenset[str] | None:
+    """Layers to move to DDR so the design's memories fit one part (layers with the fewest output
+    pixels first: their weights are re-read least often); None when even that does not fit."""
+    b = budget(part, opts)
+    ext = set(external)
+    order = sorted((ly for ly in layers if ly.is_compute and ly.name not in ext),
+                   key=lambda ly: (ly.spec.out_pixels, -weight_bits(ly)))
+    while True:
+        d = build(layers, folding, part, model, opts, external=frozenset(ext))
+        used = d.resources + shell(opts)
+        over = max(used.bram - b.bram, 0.0) / max(part.bram, 1) + max(used.uram - b.uram, 0.0) / max(part.uram, 1)
+        if over <= 0:
+            return frozenset(ext)
+        if not order:
+            return None
+        by_name = {ly.name: e for ly, e in zip(d.layers, d.engines, strict=True)}
+        freed = 0.0
+        while order and freed < over:
+            ly = order.pop(0)
+            w = by_name[ly.name].detail.get("weights", Resources())
+            freed += w.bram / max(part.bram, 1) + (w.uram / part.uram if part.uram else 0.0)
+            ext.add(ly.name)
 
 
 class _Candidates:
     """A compute layer's foldings; picks the cheapest under a cycle bound for given resource weights."""
 
-    def __init__(self, layer: HwLayer, part: Part, model: CostModel, opts: ArchOptions, max_lanes: float) -> None:
+    def __init__(self, layer: HwLayer, part: Part, model: CostModel, opts: ArchOptions, max_lanes: float,
+                 external: bool = False) -> None:
         s = layer.spec
         live = sum(1 for g in layer.groups if g.fraction > 0)
         pes = [p for p in divisors(s.weight_rows) if p >= live] or [max(live, 1)]
         # an engine with more lanes than the whole part could hold never fits: skip costing it
         pairs = [(p, d) for p in pes for d in divisors(s.row_length) if p * d <= max_lanes] or [(pes[0], 1)]
-        self.engines = [compute_engine(layer, p, d, part, model, opts) for p, d in pairs]
+        self.engines = [compute_engine(layer, p, d, part, model, opts, external) for p, d in pairs]
         self.cycles = np.array([e.cycles for e in self.engines], dtype=np.int64)
         self.res = np.array([e.resources.as_tuple() for e in self.engines], dtype=float)
 
-    def at(self, t: float, w: np.ndarray) -> EngineCost | None:
-        """Cheapest folding (``resources @ w``) with ``cycles <= t``."""
+    def at(self, t: float, w: np.ndarray) -> int | None:
+        """Index of the cheapest folding (``resources @ w``) with ``cycles <= t``."""
         ok = self.cycles <= t
         if not ok.any():
             return None
         cost = np.where(ok, self.res @ w + 1e-9 * self.cycles, np.inf)
-        return self.engines[int(np.argmin(cost))]
+        return int(np.argmin(cost))
+
+
+def _repair(fronts: dict[str, _Candidates], pick: dict[str, int], t: float, fixed: np.ndarray,
+            cap: np.ndarray, steps: int = 200) -> dict[str, int] | None:
+    """Greedy descent on the total relative overflow: swap one layer's folding at a time (within
+    the cycle bound) while that shrinks ``sum_r max(0, used_r - cap_r) / cap_r``; None if stuck."""
+    pick = dict(pick)
+    used = fixed + sum(fronts[n].res[i] for n, i in pick.items())
+
+    def over(u: np.ndarray) -> np.ndarray:
+        return np.maximum(u - cap, 0.0) / cap
+
+    cur = float(over(used).sum())
+    for _ in range(steps):
+        if cur <= 1e-12:
+            return pick
+        best: tuple[float, str | None, int] = (cur - 1e-9, None, -1)
+        for n, fr in fronts.items():
+            ok = fr.cycles <= t
+            new = used[None, :] + fr.res - fr.res[pick[n]][None, :]
+            score = np.where(ok, over(new).sum(axis=1), np.inf)
+            j = int(np.argmin(score))
+            if score[j] < best[0]:
+                best = (float(score[j]), n, j)
+        if best[1] is None:
+            return None
+        n, j = best[1], best[2]
+        used = used + fronts[n].res[j] - fronts[n].res[pick[n]]
+        pick[n] = j
+        cur = best[0]
+    return pick if cur <= 1e-12 else None
 
 
 def cut_bits(specs: list[LayerSpec], layers: list[HwLayer]) -> list[int]:
@@ -175,25 +251,32 @@ def optimize(layers: list[HwLayer], specs: list[LayerSpec], part: Part, model: C
     b = budget(part, opts)
     lanes = device_lanes(part, layers, model)
     fronts = {ly.name: _Candidates(ly, part, model, opts, lanes) for ly in layers if ly.is_compute}
+    ext: frozenset[str] = frozenset()
     cuts = cut_bits(specs, layers)
     clock = part.clock_mhz * 1e6
     bvec = np.array([x if x > 0 else np.inf for x in b.as_tuple()])
 
-    def design_at(t: int, w: np.ndarray) -> Design | None:
-        chosen = {}
+    def picks_at(t: int, w: np.ndarray) -> dict[str, int] | None:
+        out = {}
         for name, fr in fronts.items():
-            e = fr.at(t, w / bvec)
-            if e is None:
+            i = fr.at(t, w / bvec)
+            if i is None:
                 return None
-            chosen[name] = e
-        return build(layers, {}, part, model, opts, t, engines=chosen)
+            out[name] = i
+        return out
+
+    def design_of(t: int, picks: dict[str, int]) -> Design:
+        return build(layers, {}, part, model, opts, t, engines={n: fronts[n].engines[i] for n, i in picks.items()},
+                     external=ext)
 
     def attempt(t: int) -> tuple[Design, Partition | None] | None:
         w = np.ones(len(RESOURCE_NAMES))
-        for _ in range(12):  # re-weight the resources that overflow, then try again
-            d = design_at(t, w)
-            if d is None:
+        picks = None
+        for _ in range(8):  # re-weight the resources that overflow, then try again
+            picks = picks_at(t, w)
+            if picks is None:
                 return None
+            d = design_of(t, picks)
             p = partition(d, n_parts, b, cuts, clock / max(d.cycles, 1), opts.link_gbps, opts)
             if p is not None:
                 return d, p
@@ -201,15 +284,38 @@ def optimize(layers: list[HwLayer], specs: list[LayerSpec], part: Part, model: C
             if not (ratio > 1).any():
                 ratio = np.array(d.resources.as_tuple()) / bvec  # a split problem: favour the scarcest
             w = w * np.maximum(ratio, 1.0) ** 1.5
-        return None
+        if picks is None:
+            return None
+        # then repair the last choice directly against the (summed) budget
+        stream = Resources.total(e.resources for ly, e in zip(d.layers, d.engines, strict=True)
+                                 if not ly.is_compute) + shell(opts) * n_parts
+        cap = np.array([x if x > 0 else 1e-9 for x in (b * n_parts).as_tuple()])
+        fixed = np.array(stream.as_tuple())
+        repaired = _repair(fronts, picks, t, fixed, cap)
+        if repaired is None:
+            return None
+        d = design_of(t, repaired)
+        p = partition(d, n_parts, b, cuts, clock / max(d.cycles, 1), opts.link_gbps, opts)
+        return (d, p) if p is not None else None
 
     ts = sorted({int(c) for fr in fronts.values() for c in fr.cycles})
     if not ts:
         d = build(layers, {}, part, model, opts)
         return d, partition(d, n_parts, b, cuts, clock / d.cycles, opts.link_gbps, opts)
     slowest = attempt(ts[-1])
+    if slowest is None and opts.ddr_weights == "auto" and n_parts == 1:
+        # weights that do not fit on chip stream from DDR (bounded by its bandwidth)
+        got_ext = externalize(layers, {n: (1, 1) for n in fronts}, part, model, opts)
+        if got_ext:
+            ext = got_ext
+            for ly in layers:
+                if ly.name in ext:
+                    fronts[ly.name] = _Candidates(ly, part, model, opts, lanes, external=True)
+            t_ddr = ddr_cycles(layers, ext, part, opts)
+            ts = sorted({int(c) for fr in fronts.values() for c in fr.cycles if c >= t_ddr} | {ts[-1]})
+            slowest = attempt(ts[-1])
     if slowest is None:
-        d = build(layers, {n: (1, 1) for n in fronts}, part, model, opts)
+        d = build(layers, {n: (1, 1) for n in fronts}, part, model, opts, external=ext)
         raise HardwareError(_no_fit_message(d, part, b, n_parts, opts))
     if target_fps is not None:
         t = int(clock // target_fps)
@@ -220,7 +326,26 @@ def optimize(layers: list[HwLayer], specs: list[LayerSpec], part: Part, model: C
             raise HardwareError(f"target {target_fps:g} FPS is not reachable on {n_parts} x {part.name}: "
                                 f"the best that fits is {best_fps:.1f} FPS")
         return got
-    return _search(ts, attempt)
+    best = _search(ts, attempt)
+    if ext:
+        # more weights in DDR free block RAM for faster foldings, until the DDR traffic binds
+        order = [ly for ly in sorted((ly for ly in layers if ly.is_compute and ly.name not in ext),
+                                     key=lambda ly: (ly.spec.out_pixels, -weight_bits(ly)))]
+        for ly in order[:8]:
+            ext = ext | {ly.name}
+            fronts[ly.name] = _Candidates(ly, part, model, opts, lanes, external=True)
+            t_ddr = ddr_cycles(layers, ext, part, opts)
+            if t_ddr >= best[0].cycles:
+                break
+            ts2 = sorted({int(c) for fr in fronts.values() for c in fr.cycles if c >= t_ddr})
+            got = attempt(ts2[-1]) if ts2 else None
+            if got is None:
+                break
+            cand = _search(ts2, attempt)
+            if cand[0].cycles >= best[0].cycles:
+                break
+            best = cand
+    return best
 
 
 def _search(ts: list[int], attempt: object) -> tuple[Design, Partition | None]:
