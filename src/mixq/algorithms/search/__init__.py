@@ -1,0 +1,1 @@
+"""Hardware-aware mixed-precision / mixed-scheme search (issue 8)."""

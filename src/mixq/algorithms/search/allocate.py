@@ -1,0 +1,116 @@
+"""Bit / scheme / folding allocation at a frame rate: the ILP over (layer, option, folding).
+
+For a cycle budget ``T`` per frame every layer picks one (option, folding) whose engine
+meets ``T``; the picks minimise the summed sensitivity under the part's LUT / FF /
+DSP / BRAM budget less the stream operators and shell. The fastest reachable design
+is the smallest ``T`` for which that problem is feasible (bisection on a geometric
+grid of ``T``); "the fastest design within a sensitivity budget" likewise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from mixq.algorithms.search.costs import HwChoice, HwTable
+from mixq.algorithms.search.sensitivity import Sensitivity
+from mixq.algorithms.search.solvers import Item, Problem, Solution, solve_exhaustive, solve_greedy, solve_ilp
+from mixq.algorithms.search.space import Option, layer_plan
+from mixq.errors import MixqError
+from mixq.plan import HwMapping, QuantPlan
+
+SOLVERS = {"ilp": solve_ilp, "exhaustive": solve_exhaustive, "greedy": solve_greedy}
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Per compute layer its option and folding, at ``cycles`` per frame."""
+
+    cycles: int
+    choices: dict[str, HwChoice]
+    options: dict[str, Option]
+    sensitivity: float
+    solve_s: float
+    solver: str
+
+    def fps(self, table: HwTable) -> float:
+        return table.fps_of(max(c.cycles for c in self.choices.values()))
+
+
+def problem_at(table: HwTable, sens: Sensitivity, t: float,
+               cap_scale: float = 1.0) -> tuple[Problem, list[list[HwChoice]]]:
+    """The knapsack at ``t`` cycles per frame (``cap_scale`` < 1 leaves headroom)."""
+    cap = table.budget * cap_scale - table.fixed(t)
+    items: list[tuple[Item, ...]] = []
+    payload: list[list[HwChoice]] = []
+    for n in table.names:
+        ch: list[HwChoice] = []
+        its: list[Item] = []
+        for oi, o in enumerate(table.options):
+            s = sens.of(n, o.wbits, o.abits, o.rho)
+            for c in table.choices(n, oi, t):
+                ch.append(c)
+                its.append(Item(s, c.res))
+        items.append(tuple(its))
+        payload.append(ch)
+    return Problem(tuple(items), tuple(float(x) for x in cap)), payload
+
+
+def allocate(table: HwTable, sens: Sensitivity, t: float, solver: str = "ilp",
+             cap_scale: float = 1.0) -> Allocation | None:
+    """The least sensitive allocation meeting ``t`` cycles per frame, or None if none fits."""
+    if solver not in SOLVERS:
+        raise MixqError(f"search.solver: {solver!r} is not one of {', '.join(SOLVERS)}")
+    prob, payload = problem_at(table, sens, t, cap_scale)
+    sol: Solution | None = SOLVERS[solver](prob)
+    if sol is None:
+        return None
+    choices = {n: payload[li][i] for li, (n, i) in enumerate(zip(table.names, sol.picks, strict=True))}
+    return Allocation(int(t), choices, {n: table.options[c.option] for n, c in choices.items()},
+                      sol.objective, sol.seconds, sol.solver)
+
+
+def cycle_grid(table: HwTable, step: float = 1.04) -> list[int]:
+    """Geometric grid of cycle budgets from the fastest any layer can go to the slowest folding."""
+    lo = max(min(table.min_cycles(n, oi) for oi in range(len(table.options))) for n in table.names)
+    hi = max(s.weight_rows * max(s.row_length, 1) * max(s.out_pixels, 1) for s in table.specs if s.is_compute)
+    n = max(1, math.ceil(math.log(max(hi / lo, 1.0)) / math.log(step)))
+    return sorted({int(round(lo * step ** k)) for k in range(n + 1)} | {int(hi)})
+
+
+def fastest(table: HwTable, sens: Sensitivity, max_sensitivity: float = math.inf,
+            cap_scale: float = 1.0) -> Allocation | None:
+    """The allocation at the smallest feasible cycle budget whose sensitivity is at most ``max_sensitivity``."""
+    grid = cycle_grid(table)
+
+    def ok(t: int) -> Allocation | None:
+        a = allocate(table, sens, t, cap_scale=cap_scale)
+        return a if a is not None and a.sensitivity <= max_sensitivity else None
+
+    best = ok(grid[-1])
+    if best is None:
+        return None
+    lo, hi = 0, len(grid) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        got = ok(grid[mid])
+        if got is not None:
+            best, hi = got, mid
+        else:
+            lo = mid + 1
+    return best
+
+
+def to_plan(model_name: str, alloc: Allocation, signed: set[str],
+            advantages: dict[str, torch.Tensor] | None = None) -> QuantPlan:
+    """The `QuantPlan` of an allocation: formats, SP2 rows (MSQ's rule) and folding per layer."""
+    layers = {}
+    for n, c in alloc.choices.items():
+        o = alloc.options[n]
+        adv = advantages.get(n) if advantages else None
+        layers[n] = layer_plan(o, n in signed, adv, HwMapping("auto", c.pe, c.simd))
+    return QuantPlan(model_name, layers, meta={"search": {
+        "cycles_budget": alloc.cycles, "sensitivity": alloc.sensitivity, "solver": alloc.solver,
+        "solve_s": round(alloc.solve_s, 4), "options": {n: o.label for n, o in alloc.options.items()}}})

@@ -1,0 +1,129 @@
+"""Hardware cost of every (layer, option, folding) on the streaming template, from `mixq.hw`.
+
+Nothing here models hardware: a layer in an option is lowered with
+:func:`mixq.hw.lower.lower` and costed with :func:`mixq.hw.engine.compute_engine`
+(the same functions `mixq.hw.estimate` uses). For a cycle budget ``T`` per frame
+(``T = clock / fps``) a layer's candidate foldings are, for every ``pe``, the
+smallest ``simd`` that meets ``T``; of those the search keeps the few that are
+cheapest by LUT, by DSP and by total share of the part (the ILP then trades them
+between layers). Stream operators (pooling, residual adds) get the lanes they need
+at ``T`` and, with the per-part shell, form a fixed cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mixq.algorithms.search.space import Option, layer_plan
+from mixq.graph.spec import LayerSpec
+from mixq.hw.cost import RESOURCE_NAMES, CostModel, Resources
+from mixq.hw.engine import (
+    ArchOptions,
+    EngineCost,
+    budget,
+    compute_engine,
+    divisors,
+    engine_cycles,
+    shell,
+    stream_engine,
+    stream_lanes,
+)
+from mixq.hw.lower import HwLayer, lower
+from mixq.hw.parts import Part, get_part
+from mixq.plan import QuantPlan
+
+N_RES = len(RESOURCE_NAMES)
+
+
+@dataclass(frozen=True)
+class HwChoice:
+    """One layer in one option at one folding."""
+
+    option: int
+    pe: int
+    simd: int
+    cycles: int
+    res: tuple[float, ...]
+
+
+class HwTable:
+    """Lowered layers of every option, and memoised engine costs (one table per model and part)."""
+
+    def __init__(self, specs: list[LayerSpec], options: Sequence[Option], part: str | Part,
+                 signed: Sequence[str] = (), opts: ArchOptions | None = None, model: CostModel | None = None) -> None:
+        self.specs = specs
+        self.options = list(options)
+        self.part = get_part(part)
+        self.opts = opts or ArchOptions()
+        self.model = model or CostModel.default()
+        self.names = [s.name for s in specs if s.is_compute]
+        sig = set(signed)
+        self.layers: list[dict[str, HwLayer]] = []
+        for o in self.options:
+            plan = QuantPlan("search", {n: layer_plan(o, n in sig) for n in self.names})
+            self.layers.append({ly.name: ly for ly in lower(specs, plan, self.part) if ly.is_compute})
+        widest = max(range(len(self.options)), key=lambda i: self.options[i].abits)
+        plan = QuantPlan("search", {n: layer_plan(self.options[widest], n in sig) for n in self.names})
+        self.streams = [ly for ly in lower(specs, plan, self.part) if not ly.is_compute]
+        self._cost: dict[tuple[str, int, int, int], EngineCost] = {}
+        self.clock = self.part.clock_mhz * 1e6
+        b = budget(self.part, self.opts)
+        self.budget = np.array(b.as_tuple(), dtype=float)
+        self._bshare = np.array([x if x > 0 else np.inf for x in b.as_tuple()])
+
+    def engine(self, name: str, oi: int, pe: int, simd: int) -> EngineCost:
+        k = (name, oi, pe, simd)
+        if k not in self._cost:
+            self._cost[k] = compute_engine(self.layers[oi][name], pe, simd, self.part, self.model, self.opts)
+        return self._cost[k]
+
+    def min_cycles(self, name: str, oi: int) -> int:
+        ly = self.layers[oi][name]
+        return engine_cycles(ly, ly.spec.weight_rows, ly.spec.row_length)
+
+    def choices(self, name: str, oi: int, t: float, keep: int = 3) -> list[HwChoice]:
+        """Foldings of ``name`` in option ``oi`` with at most ``t`` cycles per frame: the cheapest by
+        total share, by LUTs and by DSPs (at most ``keep``, distinct)."""
+        ly = self.layers[oi][name]
+        s = ly.spec
+        live = sum(1 for g in ly.groups if g.fraction > 0)
+        simds = divisors(s.row_length)
+        cands: list[EngineCost] = []
+        for pe in (p for p in divisors(s.weight_rows) if p >= live):
+            for d in simds:
+                if engine_cycles(ly, pe, d) <= t:
+                    cands.append(self.engine(name, oi, pe, d))
+                    break
+        if not cands:
+            return []
+        res = np.array([c.resources.as_tuple() for c in cands])
+        picks = [int(np.argmin(res @ (1 / self._bshare) + 1e-12 * np.arange(len(cands))))]
+        for col in (RESOURCE_NAMES.index("lut"), RESOURCE_NAMES.index("dsp")):
+            picks.append(int(np.lexsort((res @ (1 / self._bshare), res[:, col]))[0]))
+        out: list[HwChoice] = []
+        for i in dict.fromkeys(picks):
+            c = cands[i]
+            out.append(HwChoice(oi, c.pe, c.simd, c.cycles, c.resources.as_tuple()))
+        return out[:keep]
+
+    def fixed(self, t: float) -> np.ndarray:
+        """Resources of the stream operators at ``t`` cycles per frame, plus the shell."""
+        total = shell(self.opts)
+        for ly in self.streams:
+            total = total + stream_engine(ly, stream_lanes(ly, t), self.part, self.model, self.opts).resources
+        return np.array(total.as_tuple(), dtype=float)
+
+    def cycles_for(self, fps: float) -> int:
+        return int(self.clock // fps)
+
+    def fps_of(self, cycles: float) -> float:
+        return self.clock / max(cycles, 1)
+
+    def share(self, res: Sequence[float]) -> float:
+        return float(np.asarray(res) @ (1 / self._bshare))
+
+    def resources(self, res: Sequence[float]) -> Resources:
+        return Resources(*res)

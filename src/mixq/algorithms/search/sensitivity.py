@@ -1,0 +1,212 @@
+"""Per-layer (and per-row-group) sensitivity of every candidate format and bit width.
+
+The unit is the KL divergence of the model's output distribution from the FP32
+model's on calibration images — the loss a quantization choice adds.
+
+* ``hessian`` (HAWQ): ``S = 1/2 · Σ_rows tr(H_row)/n_row · ‖ΔW_row‖²``, with the trace of
+  each row's block of the Hessian of that KL at the FP32 weights (the Gauss-Newton /
+  Fisher matrix, positive semi-definite) estimated by Hutchinson's method
+  (``E[vᵀHv]``, Rademacher ``v``), per output row, so a mixed layer's SP2 rows and
+  fixed-point rows are weighed by their own curvature.
+* ``measured``: the KL itself with only that layer's weights quantized (no model is
+  mutated: the weights are substituted with ``torch.func.functional_call``).
+
+Activations are always measured: the KL with only that layer's input fake-quantized
+(per-tensor min-max scale over the batch). The search adds the terms of all
+layers (the usual additive approximation).
+
+Results are cached as JSON under ``cache_dir`` keyed by a hash of the model's
+weights, the calibration images and the settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from mixq.algorithms.msq import row_advantage
+from mixq.algorithms.search.space import SearchSpace, act_format, sp2_rows, weight_formats
+from mixq.errors import MixqError
+from mixq.io import atomic_write_json
+from mixq.quant import compute_scale, fake_quant, quantize_weight
+
+METHODS = ("hessian", "measured")
+
+
+@dataclass(frozen=True)
+class SensitivityConfig:
+    method: str = "hessian"
+    images: int = 32
+    hutchinson_samples: int = 8
+    seed: int = 0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise MixqError(f"sensitivity.method: {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.images < 1 or self.hutchinson_samples < 1 or self.batch_size < 1:
+            raise MixqError("sensitivity: images, hutchinson_samples and batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """``weight[layer]["w{bits}r{rho}"]`` and ``act[layer]["a{bits}"]`` in KL (nats)."""
+
+    weight: dict[str, dict[str, float]]
+    act: dict[str, dict[str, float]]
+    method: str
+    key: str = ""
+    traces: dict[str, float] = field(default_factory=dict)
+
+    def of(self, layer: str, wbits: int, abits: int, rho: float) -> float:
+        return self.weight[layer][wkey(wbits, rho)] + self.act[layer][f"a{abits}"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def wkey(wbits: int, rho: float) -> str:
+    return f"w{wbits}r{round(100 * rho)}"
+
+
+def compute_weights(model: nn.Module) -> dict[str, nn.Conv2d | nn.Linear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+
+
+def cache_key(model_name: str, model: nn.Module, calib: torch.Tensor, space: SearchSpace,
+              cfg: SensitivityConfig, signed: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([model_name, asdict(space), asdict(cfg), sorted(signed)], sort_keys=True).encode())
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    h.update(calib[: cfg.images].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def _kl(logits_ref: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    p = F.log_softmax(logits_ref, dim=1)
+    return F.kl_div(F.log_softmax(logits, dim=1), p, log_target=True, reduction="batchmean")
+
+
+def quantized_weight(w: torch.Tensor, wbits: int, rho: float, advantage: torch.Tensor | None) -> torch.Tensor:
+    """``w`` fake-quantized per row as the option ``(wbits, rho)`` would (SP2 rows chosen by MSQ's rule)."""
+    fixed, sp2 = weight_formats(wbits)
+    if rho >= 1.0:
+        return quantize_weight(w, sp2)
+    wq = quantize_weight(w, fixed)
+    if rho > 0.0:
+        assert advantage is not None
+        rows = list(sp2_rows(advantage, rho))
+        if rows:
+            wq[rows] = quantize_weight(w[rows], sp2)
+    return wq
+
+
+def _hutchinson(model: nn.Module, names: list[str], x: torch.Tensor, ref: torch.Tensor,
+                samples: int, seed: int) -> dict[str, torch.Tensor]:
+    """Per-row Hessian trace of the output KL w.r.t. each layer's weight (dim 0 = rows)."""
+    mods = compute_weights(model)
+    params: list[torch.Tensor] = [mods[n].weight for n in names]
+    was = [bool(p.requires_grad) for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        loss = _kl(ref, model(x))
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        gen = torch.Generator().manual_seed(seed)
+        acc = [torch.zeros(p.shape[0], dtype=torch.float64) for p in params]
+        for i in range(samples):
+            vs = [(torch.randint(0, 2, p.shape, generator=gen) * 2 - 1).to(p.dtype) for p in params]
+            hv = torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=i < samples - 1)
+            for j, (v, h) in enumerate(zip(vs, hv, strict=True)):
+                acc[j] += (v * h).detach().reshape(v.shape[0], -1).sum(1).double()
+    finally:
+        for p, w in zip(params, was, strict=True):
+            p.requires_grad_(w)
+    return {n: (a / samples).clamp_min(0.0) for n, a in zip(names, acc, strict=True)}
+
+
+@torch.no_grad()
+def _act_sensitivity(model: nn.Module, names: list[str], x: torch.Tensor, ref: torch.Tensor,
+                     abits: Sequence[int], signed: set[str]) -> dict[str, dict[str, float]]:
+    mods = compute_weights(model)
+    out: dict[str, dict[str, float]] = {}
+    for n in names:
+        out[n] = {}
+        for a in abits:
+            fmt = act_format(a, n in signed)
+
+            def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], fmt: Any = fmt) -> tuple[torch.Tensor]:
+                t = inp[0]
+                return (fake_quant(t, fmt, compute_scale(t, fmt, "tensor", "minmax")),)
+
+            h = mods[n].register_forward_pre_hook(hook)
+            try:
+                out[n][f"a{a}"] = max(float(_kl(ref, model(x))), 0.0)
+            finally:
+                h.remove()
+    return out
+
+
+def sensitivity(model: nn.Module, calib: torch.Tensor, space: SearchSpace, signed: Sequence[str] = (),
+                cfg: SensitivityConfig | None = None, model_name: str = "model",
+                cache_dir: str | Path | None = None) -> Sensitivity:
+    """Sensitivity of every layer to every weight option and activation width of ``space``.
+
+    ``model`` is the float model as it will be quantized (BN folded); it is not modified.
+    """
+    cfg = cfg or SensitivityConfig()
+    names = list(compute_weights(model))
+    if not names:
+        raise MixqError(f"sensitivity: model {model_name!r} has no Conv2d/Linear layers")
+    key = cache_key(model_name, model, calib, space, cfg, signed)
+    path = Path(cache_dir) / f"{model_name}-{key}.json" if cache_dir is not None else None
+    if path is not None and path.exists():
+        d = json.loads(path.read_text())
+        return Sensitivity(d["weight"], d["act"], d["method"], d["key"], d.get("traces", {}))
+    was = model.training
+    model.eval()
+    x = calib[: cfg.images]
+    try:
+        with torch.no_grad():
+            ref = model(x)
+        mods = compute_weights(model)
+        weights = {n: mods[n].weight.detach() for n in names}
+        adv = {n: row_advantage(weights[n], *weight_formats(4)) for n in names}
+        keys = space.weight_keys()
+        wsens: dict[str, dict[str, float]] = {n: {} for n in names}
+        traces: dict[str, float] = {}
+        if cfg.method == "hessian":
+            tr = _hutchinson(model, names, x, ref, cfg.hutchinson_samples, cfg.seed)
+            for n in names:
+                w = weights[n]
+                per_row = w[0].numel()
+                traces[n] = float(tr[n].sum())
+                for wb, rho in keys:
+                    d2 = (quantized_weight(w, wb, rho, adv[n]) - w).reshape(w.shape[0], -1).pow(2).sum(1).double()
+                    wsens[n][wkey(wb, rho)] = float(0.5 * (tr[n] / per_row * d2).sum())
+        else:
+            with torch.no_grad():
+                for n in names:
+                    w = weights[n]
+                    for wb, rho in keys:
+                        wq = quantized_weight(w, wb, rho, adv[n])
+                        logits = functional_call(model, {f"{n}.weight": wq}, (x,))
+                        wsens[n][wkey(wb, rho)] = max(float(_kl(ref, logits)), 0.0)
+        asens = _act_sensitivity(model, names, x, ref, sorted(set(space.abits)), set(signed))
+    finally:
+        model.train(was)
+    out = Sensitivity(wsens, asens, cfg.method, key, traces)
+    if path is not None:
+        atomic_write_json(path, out.to_dict())
+    return out

@@ -1,0 +1,155 @@
+"""Multiple-choice knapsack: pick one item per layer, minimising total sensitivity under resource caps.
+
+Three solvers of the same `Problem`: the integer linear program (``scipy.optimize.milp``,
+HiGHS), an exhaustive enumeration and a greedy heuristic; the latter two are for
+small cases and for checking the ILP in tests.
+
+>>> p = Problem(((Item(1.0, (2.0,)), Item(3.0, (1.0,))), (Item(1.0, (2.0,)), Item(2.0, (1.0,)))), (3.0,))
+>>> solve_ilp(p).picks, solve_exhaustive(p).picks
+((0, 1), (0, 1))
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import csr_matrix
+
+
+@dataclass(frozen=True)
+class Item:
+    sens: float
+    res: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """``items[layer]``: the choices of each layer; ``cap``: what the choices may use in total."""
+
+    items: tuple[tuple[Item, ...], ...]
+    cap: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Solution:
+    picks: tuple[int, ...]
+    objective: float
+    used: tuple[float, ...]
+    seconds: float
+    solver: str
+
+
+def _used(p: Problem, picks: tuple[int, ...]) -> tuple[float, ...]:
+    tot = np.zeros(len(p.cap))
+    for items, i in zip(p.items, picks, strict=True):
+        tot += np.asarray(items[i].res)
+    return tuple(float(x) for x in tot)
+
+
+def _fits(used: tuple[float, ...], cap: tuple[float, ...]) -> bool:
+    return all(u <= c + 1e-6 * max(1.0, abs(c)) for u, c in zip(used, cap, strict=True))
+
+
+def _solution(p: Problem, picks: tuple[int, ...], t0: float, solver: str) -> Solution:
+    obj = sum(items[i].sens for items, i in zip(p.items, picks, strict=True))
+    return Solution(picks, float(obj), _used(p, picks), time.perf_counter() - t0, solver)
+
+
+def pareto_items(items: tuple[Item, ...]) -> list[int]:
+    """Indices of the items no other item dominates (no worse in sensitivity and every resource)."""
+    keep: list[int] = []
+    arr = [(it.sens, *it.res) for it in items]
+    for i, a in enumerate(arr):
+        dominated = False
+        for j, b in enumerate(arr):
+            if j != i and all(y <= x for x, y in zip(a, b, strict=True)) and (b != a or j < i):
+                dominated = True
+                break
+        if not dominated:
+            keep.append(i)
+    return keep
+
+
+def solve_ilp(p: Problem, time_limit: float | None = None) -> Solution | None:
+    """The optimum by mixed-integer linear programming; None when no choice fits the caps."""
+    t0 = time.perf_counter()
+    if any(not items for items in p.items):
+        return None
+    kept = [pareto_items(items) for items in p.items]
+    col_layer = [li for li, ks in enumerate(kept) for _ in ks]
+    col_item = [i for ks in kept for i in ks]
+    n, nl, nr = len(col_item), len(kept), len(p.cap)
+    c = np.array([p.items[li][i].sens for li, i in zip(col_layer, col_item, strict=True)])
+    res = np.array([p.items[li][i].res for li, i in zip(col_layer, col_item, strict=True)]).reshape(n, nr)
+    eq = csr_matrix((np.ones(n), (col_layer, np.arange(n))), shape=(nl, n))
+    cons = [LinearConstraint(eq, 1, 1)]
+    rows = [r for r in range(nr) if res[:, r].max() > 0 and math.isfinite(p.cap[r])]
+    if rows:
+        cons.append(LinearConstraint(csr_matrix(res[:, rows].T), -np.inf, np.array([p.cap[r] for r in rows])))
+    options = {"time_limit": time_limit} if time_limit else {}
+    r = milp(c, integrality=np.ones(n), bounds=Bounds(0, 1), constraints=cons, options=options)
+    if r.x is None or r.status not in (0, 1):
+        return None
+    x = np.round(r.x).astype(int)
+    picks = [0] * nl
+    for col in np.flatnonzero(x):
+        picks[col_layer[col]] = col_item[col]
+    sol = _solution(p, tuple(picks), t0, "ilp")
+    return sol if _fits(sol.used, p.cap) else None
+
+
+def solve_exhaustive(p: Problem, limit: int = 2_000_000) -> Solution | None:
+    """The optimum by trying every combination (small problems only)."""
+    t0 = time.perf_counter()
+    if math.prod(len(items) for items in p.items) > limit:
+        raise ValueError(f"exhaustive search over more than {limit} combinations")
+    best: tuple[int, ...] | None = None
+    best_obj = math.inf
+    for picks in itertools.product(*(range(len(items)) for items in p.items)):
+        obj = sum(items[i].sens for items, i in zip(p.items, picks, strict=True))
+        if obj < best_obj - 1e-15 and _fits(_used(p, picks), p.cap):
+            best, best_obj = picks, obj
+    return _solution(p, best, t0, "exhaustive") if best is not None else None
+
+
+def solve_greedy(p: Problem) -> Solution | None:
+    """Start at every layer's least sensitive choice; while a cap is exceeded, make the swap that
+    removes the most relative overflow per unit of added sensitivity."""
+    t0 = time.perf_counter()
+    if any(not items for items in p.items):
+        return None
+    cap = np.array([c if c > 0 else 1e-9 for c in p.cap])
+    picks = [min(range(len(items)), key=lambda i, it=items: (it[i].sens, sum(it[i].res)))  # type: ignore[misc]
+             for items in p.items]
+
+    def over(u: np.ndarray) -> float:
+        return float((np.maximum(u - cap, 0.0) / cap).sum())
+
+    used = np.array(_used(p, tuple(picks)))
+    for _ in range(100 * len(p.items) + 100):
+        cur = over(used)
+        if cur <= 1e-9:
+            return _solution(p, tuple(picks), t0, "greedy")
+        best: tuple[float, int, int] | None = None
+        for li, items in enumerate(p.items):
+            old = items[picks[li]]
+            for i, it in enumerate(items):
+                if i == picks[li]:
+                    continue
+                gain = cur - over(used - np.asarray(old.res) + np.asarray(it.res))
+                if gain <= 1e-12:
+                    continue
+                score = (it.sens - old.sens) / gain
+                if best is None or score < best[0]:
+                    best = (score, li, i)
+        if best is None:
+            return None
+        _, li, i = best
+        used = used - np.asarray(p.items[li][picks[li]].res) + np.asarray(p.items[li][i].res)
+        picks[li] = i
+    return None
