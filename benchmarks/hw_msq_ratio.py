@@ -64,6 +64,8 @@ def summarize(e: Estimate | None) -> dict[str, Any]:
             "bottleneck": e.bottleneck, "resources": e.resources.to_dict(),
             "utilization": {k: round(v, 3) for k, v in e.utilization.items()},
             "cores": list(e.cores), "ddr_weight_layers": len(e.ddr_weights),
+            "memory_bound_share": round(sum(ly.seconds for ly in e.layers if ly.bound == "memory")
+                                        / max(sum(ly.seconds for ly in e.layers), 1e-12), 3),
             "peak_gmacs": round(e.peak_macs_per_s / 1e9, 2)}
 
 
@@ -109,9 +111,11 @@ def main() -> dict[str, Any]:
 
 def markdown(doc: dict[str, Any]) -> str:
     lines = ["# MSQ row-share vs all-DSP vs all-SP2 (4-bit), mixq hardware model", "",
-             "Frames/s per part; in brackets the share of the device's physical peak MAC/s "
-             "(all DSPs packed two 4-bit products each + all LUTs as the cheapest 4-bit LUT lane). "
-             "Streaming designs that do not fit one part are split over the fewest parts (`n×`).", "",
+             "Frames/s on one part (W4A4, batch 1, catalog clocks: XC7Z020 100 MHz, XC7Z045 150 MHz); in "
+             "brackets the share of the device's physical peak MAC/s (all DSPs packed two 4-bit products "
+             "each + all LUTs as the cheapest 4-bit LUT lane). Streaming keeps weights on chip where they "
+             "fit and streams the rest from DDR. Regenerate: `.venv/bin/python benchmarks/hw_msq_ratio.py` "
+             "(~3 min).", "",
              "| model | part | template | all-DSP | all-SP2 | MSQ best ρ | ρ* | MSQ / all-DSP | SP2 / all-DSP |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
 
@@ -125,9 +129,81 @@ def markdown(doc: dict[str, Any]) -> str:
     for r in doc["rows"]:
         lines.append(f"| {r['model']} | {r['part']} | {r['arch']} | {cell(r['all_dsp'])} | {cell(r['all_sp2'])} | "
                      f"{cell(r['msq'])} | {r['msq']['rho']:.2f} | {r['msq_over_dsp']}× | {r['sp2_over_dsp']}× |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + discussion(doc)
+
+
+def lane_costs() -> dict[str, float]:
+    """LUTs per 4-bit MAC lane (16-lane unit with its adder tree and accumulator) and per packed DSP lane."""
+    from mixq.hw import CostModel, PeConfig
+
+    m = CostModel.default()
+    return {k: m.pe(PeConfig(k, 4, 4, 16, acc_len=1152)).lut / (32 if k == "fixed_dsp2" else 16)
+            for k in ("sp2", "fixed_lut", "pot", "fixed_dsp2")}
+
+
+def discussion(doc: dict[str, Any]) -> str:
+    c = lane_costs()
+    ov = [r for r in doc["rows"] if r["arch"] == "overlay" and r["msq_over_dsp"]]
+    st = [r for r in doc["rows"] if r["arch"] == "streaming" and r["msq_over_dsp"]]
+
+    def rng(rs: list[dict[str, Any]]) -> str:
+        return f"{min(r['msq_over_dsp'] for r in rs)}×–{max(r['msq_over_dsp'] for r in rs)}×" if rs else "n/a"
+
+    def ideal(r: dict[str, Any]) -> float:
+        msq = sum(k["macs_per_cycle"] for k in r["msq"]["cores"])
+        dsp = sum(k["macs_per_cycle"] for k in r["all_dsp"]["cores"]) or 1
+        return msq / dsp
+
+    rows = "\n".join(
+        f"  | {r['model']} | {r['part']} | {ideal(r):.1f}× | {r['msq_over_dsp']}× | "
+        f"{100 * r['msq']['memory_bound_share']:.0f}% |" for r in ov)
+    return f"""
+## Where mixq lands, and why
+
+The MSQ paper reports 2.1×–4.1× over all-DSP on XC7Z020/XC7Z045. mixq's model gives
+**{rng(ov)} in the overlay** (MSQ's own template) and **{rng(st)} in streaming**.
+
+* **The gain is the LUTs put to work, not a cheaper product.** One 4-bit SP2 lane costs
+  {c['sp2']:.1f} LUTs in yosys' mapping of mixq's PE (16-lane unit incl. its adder tree and
+  accumulator), a 4×4 LUT-multiplier lane {c['fixed_lut']:.1f}: at 4 bits SP2 is *not* cheaper
+  than a LUT multiplier here (it is from 4×8 up, see `hw_calibration.md`). A packed DSP lane
+  takes half a DSP48E1 and {c['fixed_dsp2']:.1f} LUTs. Both Zynq parts have ~242 LUTs per DSP,
+  so the LUT core adds ~2.5× the DSP core's MACs per cycle and the compute-only speed-up is
+  `1 + LUT lanes / DSP lanes`:
+
+  | model | part | MACs/cycle, MSQ / all-DSP | frames/s, MSQ / all-DSP | MSQ time memory-bound |
+  |---|---|---:|---:|---:|
+{rows}
+
+* **The XC7Z045 runs into the DDR roofline.** It has ~4× the XC7Z020's compute but only 1.25×
+  its DDR bandwidth (5.3 vs 4.3 GB/s, 80% sustained), and an overlay re-reads weights and
+  activations every layer at batch 1: MSQ's faster cores spend much of the frame waiting on
+  DDR, which caps the gain below the compute ratio (MobileNetV2 the most: its small layers
+  move many bytes per MAC). The paper's 4.1× on the Z045 needs more bandwidth or batching
+  than this board model gives.
+* **ρ* ≈ LUT lanes / (LUT + DSP lanes)** (0.7–0.8 here): both cores finish a layer together.
+  The model scans ρ; the best value tracks the core sizes, as MSQ prescribes.
+* **All-SP2 already beats all-DSP** on these LUT-rich parts, so MSQ's margin over all-SP2 is
+  the DSP core's share (~20–30% where compute-bound). MSQ's baseline is all-DSP.
+* **MobileNetV2 gains less**: depthwise layers have 9-element rows on 16-lane units (lanes
+  idle) and move many bytes per MAC.
+* **Streaming is memory-bound on these parts.** ResNet-18's 4-bit weights (46.8 Mb) and
+  MobileNetV2's (13.9 Mb) exceed the XC7Z020's 4.9 Mb of block RAM (ResNet-18's also the
+  XC7Z045's 19 Mb), so the weights of the low-resolution layers stream from DDR (re-read per
+  output pixel) and the DDR, or the block RAM left for the on-chip layers, sets the frame rate;
+  the LUT/DSP mix then hardly matters (~1×). Where the weights fit (MobileNetV2 on the XC7Z045)
+  the compute mix shows again, until block RAM binds.
+* Peak fractions are against every DSP packed *plus* every LUT as a 4-bit lane — a bound no
+  design reaches, since the LUTs also hold trees, control and LUTRAM.
+"""
 
 
 if __name__ == "__main__":
-    out = main()
-    print(json.dumps({"seconds": out["seconds"]}))
+    import sys
+
+    if "--md-only" in sys.argv:  # re-render the markdown from the stored JSON
+        d = json.loads((RESULTS / "hw_msq_ratio.json").read_text())
+        atomic_write_text(RESULTS / "hw_msq_ratio.md", markdown(d))
+    else:
+        out = main()
+        print(json.dumps({"seconds": out["seconds"]}))

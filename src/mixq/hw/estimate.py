@@ -120,8 +120,8 @@ class Estimate:
                 for n in RESOURCE_NAMES}
 
     def folding(self) -> dict[str, tuple[int, int]]:
-        """``{layer: (pe, simd)}`` of the compute layers (streaming)."""
-        return {ly.name: (ly.pe, ly.simd) for ly in self.layers if ly.macs > 0}
+        """``{layer: (pe, simd)}`` of the compute layers (streaming; empty for the overlay)."""
+        return {ly.name: (ly.pe, ly.simd) for ly in self.layers if ly.macs > 0 and ly.pe > 0}
 
     def check(self) -> Estimate:
         """Raise `HardwareError` (by how much, which resource, which layer) unless the design fits."""
