@@ -156,7 +156,8 @@ def cosimulate(lay: Layout, work_dir: Path, pixels: list[tuple[int, int]] | None
             cycles = int(parts[1])
             continue
         got.setdefault((int(parts[0]), int(parts[1])), []).append(int(parts[2]))
-    mism, missing, extra, first = 0, 0, 0, []
+    mism, missing, extra = 0, 0, 0
+    first: list[tuple[int, int, int, int]] = []
     for p in range(len(cols)):
         for r in range(d.rows):
             vals = got.pop((p, r), [])
