@@ -35,13 +35,22 @@ def test_run_writes_summary_plan_report(demo: Path) -> None:
     assert s["macs_per_image"] == 18_691_840
     hw = s["hardware"]
     assert hw["part"] == "xc7z020" and hw["fits"] is True and hw["fps"] > 0
-    assert hw["macs"] == s["macs_per_image"]
-    assert all(hw["resources"][k] <= hw["available"][k] for k in ("lut", "dsp", "bram"))
+    assert all(0 < hw["utilization"][k] <= 1.0 for k in ("lut", "dsp", "bram"))
+    v = s["verify"]
+    assert v["exact"] is True and v["mismatching_outputs"] == 0 and v["images"] == 128
+    assert v["argmax_agreement_faithful"] == 1.0
+    msq = s["designs"][1]
+    assert msq["plan"] == "plan_msq.json" and msq["hardware"]["fits"] is True
+    assert msq["size_bytes"] < s["size_bytes_quant"]  # 4-bit rows beat 8-bit rows
+    assert msq["accuracy"] >= s["fp32_accuracy"] - 1.5
 
 
 def test_run_plan_round_trips_and_report_is_self_contained(demo: Path) -> None:
     plan = load_plan(demo / "plan.json")
     assert plan.model == "cnv" and len(plan) == 6
+    msq = load_plan(demo / "plan_msq.json")
+    mixed = [lp for _, lp in msq.items() if lp.weight_alt is not None]
+    assert len(mixed) == 4 and all(lp.alt_rows is not None for lp in mixed)
     html = (demo / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 6  # one weight histogram per layer
     assert "features.10" in html and "<table>" in html

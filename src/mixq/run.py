@@ -21,10 +21,13 @@ import torch
 from torch import nn
 
 from mixq import api, data, zoo
+from mixq.algorithms.msq import MSQConfig, msq_plan
+from mixq.engine.verify import verify
 from mixq.errors import MixqError
 from mixq.formats import parse_format
 from mixq.graph.bnfold import fold_bn
 from mixq.graph.capture import capture
+from mixq.graph.spec import LayerSpec
 from mixq.hw import estimate
 from mixq.io import atomic_write_json
 from mixq.plan import QuantPlan, save_plan
@@ -46,6 +49,9 @@ class RunConfig:
     weight: str = "fixed8"
     act: str = "ufixed8"
     calib_images: int = 512
+    verify_images: int = 128
+    msq_bits: int = 4
+    msq_ratio: float = 0.5
     seed: int = 0
 
 
@@ -61,7 +67,7 @@ def _progress(enabled: bool) -> Iterator[Step]:
 
     with Progress(TextColumn("[bold]mixq run[/]"), BarColumn(), TextColumn("{task.description}"),
                   TimeElapsedColumn(), transient=False) as prog:
-        task = prog.add_task("start", total=7)
+        task = prog.add_task("start", total=8)
 
         def step(msg: str) -> None:
             prog.update(task, advance=1, description=msg)
@@ -106,32 +112,55 @@ def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None, progress: b
         plan = api.default_plan(cfg.model, folded, calib[:64], weight=weight_fmt, act=act_fmt)
         step("quantizing (calibration)")
         qmodel = api.quantize(folded, plan, calib, fold=False)
-        step("evaluating the quantized model")
-        q_acc = api.evaluate(qmodel, x, y)
-        step("estimating hardware, writing the report")
-        hw = estimate(specs, plan, cfg.target_part, "streaming").to_dict()
+        step("verifying the integer engine")
+        ver = verify(qmodel, x[: cfg.verify_images])
+        step("MSQ design, hardware estimates, report")
+        msq = msq_plan(cfg.model, folded, calib[:64], MSQConfig(bits=cfg.msq_bits, ratio=cfg.msq_ratio))
+        q_msq = api.quantize(folded, msq, calib, fold=False)
+        designs = [
+            _design(f"{cfg.weight} weights, {cfg.act} activations (headline)", "plan.json", plan, qmodel,
+                    x, y, specs, cfg.target_part),
+            _design(f"MSQ W{cfg.msq_bits}: fixed{cfg.msq_bits}n + sp2_{cfg.msq_bits} rows at rho={cfg.msq_ratio}, "
+                    "first/last fixed8n, ufixed8 activations", "plan_msq.json", msq, q_msq, x, y, specs,
+                    cfg.target_part),
+        ]
         summary: dict[str, Any] = {
             "model": cfg.model,
             "dataset": cfg.dataset,
             "eval_images": int(x.shape[0]),
             "target_part": cfg.target_part,
             "fp32_accuracy": round(fp32_acc, 3),
-            "quant_accuracy": round(q_acc, 3),
-            "accuracy_drop": round(fp32_acc - q_acc, 3),
+            "quant_accuracy": designs[0]["accuracy"],
+            "accuracy_drop": round(fp32_acc - designs[0]["accuracy"], 3),
             "size_bytes_fp32": api.model_size_bytes(model),
-            "size_bytes_quant": api.model_size_bytes(qmodel),
+            "size_bytes_quant": designs[0]["size_bytes"],
             "macs_per_image": sum(s.macs for s in specs),
             "layers": api.layer_formats(qmodel),
-            "hardware": hw,
+            "hardware": designs[0]["hardware"],
+            "verify": {k: v for k, v in ver.items() if k != "layers"},
+            "designs": designs,
             "config": asdict(cfg),
         }
         summary["compression"] = round(summary["size_bytes_fp32"] / summary["size_bytes_quant"], 2)
         summary["wall_time_s"] = round(time.perf_counter() - t0, 2)
         out.mkdir(parents=True, exist_ok=True)
         save_plan(plan, out / "plan.json")
+        save_plan(msq, out / "plan_msq.json")
         _report(summary, folded, qmodel, plan).write(out / "report.html")
         atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def _design(name: str, plan_file: str, plan: QuantPlan, qmodel: nn.Module, x: torch.Tensor, y: torch.Tensor,
+            specs: list[LayerSpec], part: str) -> dict[str, Any]:
+    """One evaluated design: accuracy, storage and the hardware estimate (streaming template)."""
+    return {
+        "name": name,
+        "plan": plan_file,
+        "accuracy": round(api.evaluate(qmodel, x, y), 3),
+        "size_bytes": api.model_size_bytes(qmodel),
+        "hardware": estimate(specs, plan, part, "streaming").summary(),
+    }
 
 
 def _report(summary: dict[str, Any], folded: nn.Module, qmodel: nn.Module, plan: QuantPlan) -> Report:
@@ -140,12 +169,25 @@ def _report(summary: dict[str, Any], folded: nn.Module, qmodel: nn.Module, plan:
         ["FP32", summary["fp32_accuracy"], summary["size_bytes_fp32"]],
         ["quantized", summary["quant_accuracy"], summary["size_bytes_quant"]],
     ], note=f"{summary['eval_images']} images; compression {summary['compression']}×")
+    rep.add_table("Designs (streaming accelerator)", ["design", "top-1 (%)", "size (bytes)", "frames/s",
+                                                      "LUT", "DSP", "BRAM36", "fits"], [
+        [d["name"], d["accuracy"], d["size_bytes"], d["hardware"]["fps"],
+         round(d["hardware"]["resources"]["lut"]), d["hardware"]["resources"]["dsp"],
+         d["hardware"]["resources"]["bram"], d["hardware"]["fits"]] for d in summary["designs"]
+    ], note="plans: " + ", ".join(d["plan"] for d in summary["designs"]))
+    v = summary["verify"]
+    rep.add_table("Integer engine vs fake quantization", ["check", "result"], [
+        ["images", v["images"]], ["bit-exact (engine == hardware-faithful fake quant)", v["exact"]],
+        ["mismatching output elements", f"{v['mismatching_outputs']} of {v['total_outputs']}"],
+        ["argmax agreement with ordinary fake quant", v["argmax_agreement"]],
+        ["rounding", v["rounding"]],
+    ])
     hw = summary["hardware"]
     rep.add_table(f"Hardware estimate: {hw['part']}, {hw['arch']}", ["figure", "value"], [
         ["fits", hw["fits"]], ["clock (MHz)", hw["clock_mhz"]], ["frames/s", hw["fps"]],
         ["latency (ms)", hw["latency_ms"]], ["GOP/s", hw["gops"]], ["bottleneck", hw["bottleneck"]],
         ["fraction of physical peak MAC/s", hw["peak_fraction"]],
-        *[[f"{k} used / available", f"{hw['resources'][k]:,.0f} / {hw['available'][k]:,.0f}"]
+        *[[f"{k} used (utilization)", f"{hw['resources'][k]:,.0f} ({100 * hw['utilization'][k]:.1f}%)"]
           for k in ("lut", "ff", "dsp", "bram")],
     ])
     rep.add_table("Per-layer formats", ["layer", "type", "weight shape", "weight rows by format", "input act"], [
