@@ -1,0 +1,223 @@
+"""`search_plan`: sensitivity → ILP at a sweep of frame rates → real quantized points → Pareto → choice.
+
+1. Sensitivity of every layer to every option (`sensitivity`), cached on disk.
+2. The fastest reachable design (`fastest`), and the uniform baselines (W8A8, W6A6,
+   W4A4 with the folding `mixq.hw.estimate` optimizes) on the part.
+3. One ILP per target frame rate: the baselines' rates (so each uniform plan has a
+   searched plan at the same FPS), a geometric sweep up to the fastest, and the
+   user's ``target_fps``. Every plan is checked with `mixq.hw.estimate` on its own
+   folding (and re-solved with a little headroom if the estimate disagrees).
+4. Every plan is quantized and evaluated (`evaluate_plans`); the Pareto front is
+   the points no other point beats on both accuracy and FPS.
+5. The chosen point: the target's plan (``target_fps``), or the fastest point within
+   ``max_drop`` of the float model (default 1 point).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from mixq import api
+from mixq.algorithms.msq import row_advantage
+from mixq.algorithms.search.allocate import Allocation, allocate, fastest, to_plan
+from mixq.algorithms.search.costs import HwTable
+from mixq.algorithms.search.evaluate import EvalFn, evaluate_plans
+from mixq.algorithms.search.sensitivity import Sensitivity, SensitivityConfig, compute_weights, sensitivity
+from mixq.algorithms.search.space import Option, SearchSpace, layer_plan, weight_formats
+from mixq.errors import HardwareError, MixqError
+from mixq.graph.bnfold import fold_bn
+from mixq.graph.capture import capture
+from mixq.graph.spec import LayerSpec
+from mixq.hw import apply_folding, estimate
+from mixq.plan import QuantPlan
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings of `search_plan` (all reported in ``pareto.json``)."""
+
+    space: SearchSpace = field(default_factory=SearchSpace)
+    sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
+    points: int = 4  # geometric sweep points between the slowest baseline and the fastest design
+    baselines: tuple[tuple[int, int], ...] = ((8, 8), (6, 6), (4, 4))
+    executor: str = "process"
+    workers: int = 2
+    cache_dir: str | None = None
+    default_max_drop: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.points < 0 or self.workers < 1:
+            raise MixqError("search: points must be >= 0 and workers >= 1")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One evaluated design: a searched plan or a uniform baseline."""
+
+    label: str
+    kind: str  # "searched" | "uniform"
+    plan: QuantPlan
+    fps: float
+    fits: bool
+    resources: dict[str, float]
+    utilization: dict[str, float]
+    sensitivity: float
+    accuracy: float = math.nan
+    drop: float = math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        meta = self.plan.meta.get("search", {})
+        return {"label": self.label, "kind": self.kind, "fps": round(self.fps, 2), "fits": self.fits,
+                "accuracy": round(self.accuracy, 3), "drop": round(self.drop, 3),
+                "sensitivity": self.sensitivity, "resources": self.resources,
+                "utilization": self.utilization, "options": meta.get("options", {})}
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    plan: QuantPlan
+    chosen: Point
+    pareto: list[Point]
+    points: list[Point]
+    baselines: dict[str, Point]
+    reference_accuracy: float
+    best_fps: float
+    part: str
+    target_fps: float | None
+    max_drop: float | None
+    timings: dict[str, float]
+    sensitivity: Sensitivity
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"part": self.part, "target_fps": self.target_fps, "max_drop": self.max_drop,
+                "reference_accuracy": round(self.reference_accuracy, 3), "best_reachable_fps": round(self.best_fps, 2),
+                "chosen": self.chosen.to_dict(), "pareto": [p.to_dict() for p in self.pareto],
+                "points": [p.to_dict() for p in self.points],
+                "baselines": {k: v.to_dict() for k, v in self.baselines.items()},
+                "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+                "sensitivity_method": self.sensitivity.method, "sensitivity_key": self.sensitivity.key}
+
+
+def pareto_front(points: list[Point]) -> list[Point]:
+    """Points that fit and that no other fitting point beats on both FPS and accuracy, by FPS."""
+    ok = [p for p in points if p.fits]
+    front = [p for p in ok if not any(q.fps >= p.fps and q.accuracy >= p.accuracy
+                                      and (q.fps > p.fps or q.accuracy > p.accuracy) for q in ok)]
+    return sorted(front, key=lambda p: p.fps)
+
+
+def _point(label: str, kind: str, plan: QuantPlan, specs: list[LayerSpec], part: str, sens: float) -> Point:
+    e = estimate(specs, plan, part, "streaming", fold="plan")
+    return Point(label, kind, plan, e.fps, e.fits, e.resources.to_dict(),
+                 {k: round(v, 4) for k, v in e.utilization.items()}, sens)
+
+
+def _searched(name: str, table: HwTable, sens: Sensitivity, t: int, specs: list[LayerSpec], part: str,
+              signed: set[str], adv: dict[str, torch.Tensor]) -> Point | None:
+    """The ILP's plan at ``t`` cycles per frame, checked by the estimate (re-solved with headroom if needed)."""
+    scale = 1.0
+    for _ in range(5):
+        a: Allocation | None = allocate(table, sens, t, cap_scale=scale)
+        if a is None:
+            return None
+        plan = to_plan(name, a, signed, adv)
+        pt = _point(f"searched@{table.fps_of(t):.0f}", "searched", plan, specs, part, a.sensitivity)
+        if pt.fits:
+            return pt
+        scale *= 0.97
+    return None
+
+
+def _uniform(name: str, o: Option, specs: list[LayerSpec], part: str, signed: set[str],
+             sens: Sensitivity) -> Point:
+    plan = QuantPlan(name, {s.name: layer_plan(o, s.name in signed) for s in specs if s.is_compute})
+    e = estimate(specs, plan, part, "streaming", fold="optimize")
+    plan = apply_folding(plan, e)
+    s = sum(sens.of(n, o.wbits, o.abits, o.rho) for n in plan.layers)
+    return _point(f"uniform {o.label.upper()}", "uniform", plan, specs, part, s)
+
+
+def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn,
+                part: str = "xc7z020", target_fps: float | None = None, max_drop: float | None = None,
+                cfg: SearchConfig | None = None) -> SearchResult:
+    """Search a mixed-precision, mixed-scheme plan with folding for ``model`` on ``part``.
+
+    ``calib``: calibration inputs (also the sensitivity data); ``eval_fn(qmodel)``: the
+    figure to keep high (e.g. top-1 %). Raises `HardwareError` when ``target_fps`` is
+    above the fastest design that fits, naming that figure.
+    """
+    if target_fps is not None and max_drop is not None:
+        raise MixqError("search: give target_fps or max_drop, not both")
+    if target_fps is not None and target_fps <= 0:
+        raise MixqError(f"search: target_fps must be positive, got {target_fps}")
+    cfg = cfg or SearchConfig()
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    folded = fold_bn(model).eval()
+    specs = capture(folded, tuple(calib.shape[1:]))
+    signed = api.signed_inputs(folded, calib[:64])
+    sens = sensitivity(folded, calib, cfg.space, sorted(signed), cfg.sensitivity, model_name, cfg.cache_dir)
+    times["sensitivity"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    fixed4, sp2_4 = weight_formats(4)
+    adv = {n: row_advantage(m.weight.detach(), fixed4, sp2_4) for n, m in compute_weights(folded).items()}
+    table = HwTable(specs, cfg.space.options(), part, sorted(signed))
+    best = fastest(table, sens)
+    if best is None:
+        raise HardwareError(f"search: no plan in the search space fits {part}, even at the slowest folding")
+    best_fps = best.fps(table)
+    if target_fps is not None and target_fps > best_fps * (1 + 1e-9):
+        raise HardwareError(f"search: target {target_fps:g} FPS is not reachable on {part}: the fastest design "
+                            f"that fits reaches {best_fps:.1f} FPS")
+    baselines = {f"w{w}a{a}": _uniform(model_name, Option(w, a), specs, part, signed, sens)
+                 for w, a in cfg.baselines}
+    fps_targets = {round(p.fps, 3) for p in baselines.values() if p.fits and p.fps <= best_fps}
+    lo = min(fps_targets | {best_fps / 4})
+    fps_targets |= {lo * (best_fps / lo) ** (k / max(cfg.points, 1)) for k in range(1, cfg.points + 1)}
+    if target_fps is not None:
+        fps_targets.add(target_fps)
+    cyc = sorted({table.cycles_for(f) for f in fps_targets} | {best.cycles})
+    searched: dict[int, Point] = {}
+    seen: dict[str, Point] = {}
+    for t in cyc:
+        pt = _searched(model_name, table, sens, t, specs, part, signed, adv)
+        if pt is not None:  # the same plan found for two targets is evaluated once
+            key = repr(sorted((n, repr(lp)) for n, lp in pt.plan.items()))
+            searched[t] = seen.setdefault(key, pt)
+    times["ilp_sweep"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    uniq = list(seen.values())
+    pts = uniq + list(baselines.values())
+    accs = evaluate_plans(folded, calib, eval_fn, [p.plan for p in pts], cfg.executor, cfg.workers)
+    ref = float(eval_fn(folded))
+    pts = [Point(p.label, p.kind, p.plan, p.fps, p.fits, p.resources, p.utilization, p.sensitivity, a, ref - a)
+           for p, a in zip(pts, accs, strict=True)]
+    times["evaluate"] = time.perf_counter() - t2
+    done = {id(old): new for old, new in zip(uniq, pts, strict=False)}
+    by_t = {t: done[id(p)] for t, p in searched.items()}
+    searched_pts = pts[: len(uniq)]
+    if target_fps is not None:
+        t = table.cycles_for(target_fps)
+        if t not in by_t:
+            raise HardwareError(f"search: target {target_fps:g} FPS is not reachable on {part}: the fastest "
+                                f"design that fits reaches {best_fps:.1f} FPS")
+        chosen = by_t[t]
+    else:
+        d = cfg.default_max_drop if max_drop is None else max_drop
+        within = [p for p in searched_pts if p.drop <= d]
+        if not within:
+            top = max(searched_pts, key=lambda p: p.accuracy)
+            raise MixqError(f"search: no searched plan stays within {d:g} points of the float model "
+                            f"(best: {top.label}, drop {top.drop:.2f} at {top.fps:.0f} FPS)")
+        chosen = max(within, key=lambda p: (p.fps, p.accuracy))
+    times["total"] = time.perf_counter() - t0
+    plan = chosen.plan.with_meta(search_result={"fps": chosen.fps, "accuracy": chosen.accuracy, "part": part})
+    base = dict(zip(baselines, pts[len(uniq):], strict=True))
+    return SearchResult(plan, chosen, pareto_front(pts), pts, base, ref, best_fps, part, target_fps, max_drop,
+                        times, sens)
