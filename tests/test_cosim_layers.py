@@ -9,6 +9,7 @@ padding is, and spread over the map) keep the simulation to about a second.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -70,12 +71,26 @@ def test_layer_engine_matches_integer_engine(model: str, config: str, layer: str
     assert res.ok, res.to_dict()
 
 
+@needs_iverilog
+def test_lut_multipliers_and_power_of_two_lanes(tmp_path: Path) -> None:
+    im, values = _model("cnv", "pot4")
+    lay = plan_layout(layer_data(im, values, "features.3"), 4, 5, core="lut")  # 5 lanes: a ragged last beat
+    assert {c.kind for c in lay.cores} == {"fixed_lut", "pot"}
+    res = cosimulate(lay, tmp_path, default_pixels(lay, 2))
+    assert res.ok, res.to_dict()
+
+
 def test_unsupported_layer_is_named() -> None:
     im, values = _model("mobilenet_v2", "msq4")
     with pytest.raises(MixqError, match=r"2\.conv\.2"):  # the network output: no requantization follows
         layer_data(im, values, "2.conv.2")
     with pytest.raises(MixqError, match="1.conv.0.2"):
         layer_data(im, values, "1.conv.0.2")  # a clamp, not a compute layer
+    d = layer_data(im, values, "1.conv.0.0")
+    for fmt in ({"kind": "ternary", "threshold": 0.7}, {"kind": "binary"}):
+        bad = dataclasses.replace(d, formats=(fmt,) * len(d.formats))
+        with pytest.raises(MixqError, match=r"layer '1\.conv\.0\.0'.*" + str(fmt["kind"])):
+            plan_layout(bad, 4, 3)
 
 
 def test_folded_requantization_equals_the_engine_chain() -> None:
@@ -98,3 +113,16 @@ def test_weight_memory_words_pack_lanes_lsb_first() -> None:
     words, width = rtl.mems["t_c0_u0_w.mem"]
     assert width == 4 * c.wbits * c.outs and len(words) == lay.tiles * lay.fold
     assert pack([-1, 2], [4, 4]) == 0x2F
+
+
+@pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys not installed")
+def test_small_layer_synthesizes_close_to_the_model() -> None:
+    from mixq.rtl.layer_synth import synth_layer
+
+    im, values = _model("cnv", "msq4")
+    lay = plan_layout(layer_data(im, values, "features.0"), 2, 3)  # one packed-DSP unit, one SP2 unit
+    s = synth_layer(lay)
+    packed = next(c for c in lay.cores if c.kind == "fixed_dsp2")
+    assert s.synth.dsp >= packed.cfg.simd  # the packed unit's DSP chain (plus the requantizers)
+    assert s.synth.lut > 0 and s.synth.ff > 0
+    assert abs(s.lut_error) < 0.2, s.to_dict()

@@ -16,6 +16,7 @@ import typer
 CONFIGS = {  # name -> (weight, act, weight_alt, alt_ratio)
     "msq4": ("fixed4n", "ufixed4", "sp2_4", 0.5),
     "fixed8": ("fixed8", "ufixed8", None, 0.0),
+    "pot4": ("fixed4n", "ufixed4", "pot4", 0.5),  # power-of-two rows (shift lanes) beside fixed point
 }
 
 
@@ -92,7 +93,7 @@ def register(app: typer.Typer) -> None:
     @rtl.command("generate")
     def generate_cmd(model: str = typer.Option(..., help="zoo model, e.g. cnv"),
                      layer: str = typer.Option(..., help="conv / linear layer name"),
-                     config: str = typer.Option("msq4", help="msq4 | fixed8"),
+                     config: str = typer.Option("msq4", help="msq4 | fixed8 | pot4"),
                      pe: int = typer.Option(4), simd: int = typer.Option(8),
                      core: str = typer.Option("auto", help="fixed-point rows on dsp (auto) or lut"),
                      size: int = typer.Option(0, help="input H=W (0: the zoo's)"),

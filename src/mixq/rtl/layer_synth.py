@@ -9,16 +9,20 @@ on: fixed-point rows and requantizers use DSPs; SP2 shift-add lanes have no mult
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mixq.errors import HardwareError
 from mixq.hw.cost import Resources
 from mixq.rtl.cosim import write_sources
 from mixq.rtl.layer import generate_layer
 from mixq.rtl.layout import Layout
-from mixq.rtl.synth import SynthResult, synthesize_verilog
+from mixq.rtl.synth import SynthResult, parse_stat
 
 
 @dataclass(frozen=True)
@@ -59,12 +63,33 @@ def model_resources(lay: Layout) -> tuple[Resources, dict[str, Resources]]:
     return Resources.total(detail.values()), detail
 
 
+def synthesize_flat(verilog: Path, top: str, timeout_s: float = 1800.0) -> SynthResult:
+    """``synth_xilinx -flatten`` of a multi-module design (``stat`` of the flattened top only).
+
+    :func:`mixq.rtl.synth.synthesize_verilog` keeps the hierarchy, and its ``stat`` then lists
+    each module once, not once per instance; a layer engine instantiates its PEs many times.
+    """
+    exe = shutil.which("yosys")
+    if exe is None:
+        raise HardwareError("yosys is not installed (Debian: apt-get install yosys)")
+    stat = verilog.with_suffix(".stat.txt")
+    script = f"read_verilog {verilog}; synth_xilinx -flatten -family xc7 -top {top}; tee -q -o {stat} stat"
+    t0 = time.perf_counter()
+    proc = subprocess.run([exe, "-q", "-p", script], capture_output=True, text=True, timeout=timeout_s,
+                          check=False, cwd=verilog.parent)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0 or not stat.exists():
+        raise HardwareError(f"yosys failed on {top} (exit {proc.returncode}):\n{(proc.stderr or proc.stdout)[-2000:]}")
+    r = parse_stat(stat.read_text(encoding="utf-8"))
+    return SynthResult(r.lut, r.ff, r.dsp, r.bram18, r.carry, r.cells, dt)
+
+
 def synth_layer(lay: Layout, top: str = "layer_top", timeout_s: float = 1800.0) -> LayerSynth:
     """Generate the engine, run ``yosys synth_xilinx`` on it and pair the counts with the model's."""
     with tempfile.TemporaryDirectory(prefix="mixq-layer-") as tmp:
         rtl = generate_layer(lay, top, mem_dir=tmp)
         write_sources(rtl, Path(tmp))
-        res = synthesize_verilog(rtl.verilog, top, timeout_s=timeout_s)
+        res = synthesize_flat(Path(tmp) / f"{top}.v", top, timeout_s)
     model, detail = model_resources(lay)
     cores = [{"kind": c.kind, "wbits": c.wbits, "units": c.units, "rows": int((c.slots >= 0).sum())}
              for c in lay.cores]

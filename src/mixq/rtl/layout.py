@@ -128,6 +128,9 @@ def plan_layout(d: LayerData, pe: int, simd: int, core: str = "auto", part: str 
         if rows.size == 0:
             continue
         fmt = format_from_dict(fd)
+        if fmt.kind not in ("fixed", "sp2", "pot") or (fmt.kind == "sp2" and getattr(fmt, "terms", 2) != 2):
+            raise MixqError(f"layer {d.name!r}: rows in format {fmt} have no datapath in the layer engine "
+                            "(fixed point, SP2 and power-of-two rows only)")
         wbits = int(fmt.storage_bits)
         kind, wbits, _ = pe_kind(fmt, core, None, spec, p, wbits, abits, signed)
         if kind not in SUPPORTED_KINDS:
