@@ -46,6 +46,7 @@ from mixq.formats import FixedPoint
 from mixq.nn import QAct, QConv2d, QLinear
 
 OVERFLOW_POLICIES = ("error", "saturate")
+MAX_AUTO_FRAC_BITS = 8
 
 
 @dataclass(frozen=True)
@@ -54,18 +55,27 @@ class EngineConfig:
 
     ``acc_bits`` is the accumulator width the hardware provides, one number for
     every layer or a map from layer name to width (missing layers get 32).
+    ``acc_frac_bits``: fractional bits of the accumulator below the product grid (the
+    products enter it shifted left by that much), so the bias is kept ``2**g`` times
+    finer than ``s_act * s_w``; ``None`` uses what the budget leaves, up to
+    ``MAX_AUTO_FRAC_BITS``. ``add_guard_bits``: a residual sum is kept at least that
+    many bits finer than its coarser operand.
     """
 
     mult_bits: int = DEFAULT_MULT_BITS
     acc_bits: int | Mapping[str, int] = 32
     overflow: str = "error"
     add_guard_bits: int = 8
+    acc_frac_bits: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.mult_bits, int) or not 2 <= self.mult_bits <= 31:
             raise ModelError(f"engine.mult_bits: must be an integer in [2, 31], got {self.mult_bits!r}")
         if not isinstance(self.add_guard_bits, int) or not 0 <= self.add_guard_bits <= 24:
             raise ModelError(f"engine.add_guard_bits: must be an integer in [0, 24], got {self.add_guard_bits!r}")
+        if self.acc_frac_bits is not None and (
+                not isinstance(self.acc_frac_bits, int) or not 0 <= self.acc_frac_bits <= 24):
+            raise ModelError(f"engine.acc_frac_bits: must be an integer in [0, 24] or None, got {self.acc_frac_bits!r}")
         if self.overflow not in OVERFLOW_POLICIES:
             raise ModelError(f"engine.overflow: {self.overflow!r} is not one of {', '.join(OVERFLOW_POLICIES)}")
         budgets = self.acc_bits.values() if isinstance(self.acc_bits, Mapping) else [self.acc_bits]
@@ -243,15 +253,21 @@ def _layer(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
     x = _quant_input(ctx, v, m.input_quant, f"{info.name}.input_quant", info)
     codes, row_format, s_w = _weight_codes(m, info)
     fracs = np.array([m.formats[int(i)].frac_bits for i in row_format], dtype=np.float64)
-    s_acc = float(x.scale) * s_w * np.exp2(-fracs)
+    s_prod = float(x.scale) * s_w * np.exp2(-fracs)  # the grid of the products w * x
     bias_f = (m.bias.detach().to(torch.float64).numpy() if m.bias is not None else np.zeros(len(s_w)))
+    row_abs = codes.abs().reshape(codes.shape[0], -1).sum(1).tolist()
+    budget = ctx.cfg.budget(info.name)
+    g = ctx.cfg.acc_frac_bits
+    if g is None:  # fractional accumulator bits: what the budget leaves, up to MAX_AUTO_FRAC_BITS
+        base = max(row_abs) * x.bound + float(np.abs(bias_f / s_prod).max(initial=0)) + 1
+        g = max(0, min(MAX_AUTO_FRAC_BITS, budget - signed_bits(int(base))))
+    s_acc = np.ldexp(s_prod, -g)
     bias = np.rint(bias_f / s_acc)
     if np.abs(bias).max(initial=0) >= INT64_LIMIT:
         raise ModelError(f"layer {info.name!r} ({info.type}): bias too large for its accumulator grid")
     bias = bias.astype(np.int64)
-    row_abs = codes.abs().reshape(codes.shape[0], -1).sum(1).tolist()
-    bound = max(int(a) * x.bound + abs(int(b)) for a, b in zip(row_abs, bias.tolist(), strict=True))
-    acc_bits, budget = signed_bits(bound), ctx.cfg.budget(info.name)
+    bound = max((int(a) * x.bound << g) + abs(int(b)) for a, b in zip(row_abs, bias.tolist(), strict=True))
+    acc_bits = signed_bits(bound)
     where = f"layer {info.name!r} ({info.type})"
     if bound >= INT64_LIMIT:
         raise ModelError(f"{where}: accumulator needs {acc_bits} bits, beyond the engine's int64")
@@ -261,7 +277,8 @@ def _layer(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
                          f"the budget is {budget} bits; widen acc_bits or use overflow='saturate'")
     out_bound = min(bound, 2 ** (budget - 1)) if saturate else bound
     attrs: dict[str, Any] = {"formats": [f.to_dict() for f in m.formats], "acc_bits": acc_bits,
-                             "acc_budget": budget, "saturate": saturate, "has_bias": m.bias is not None}
+                             "acc_budget": budget, "acc_frac_bits": g, "saturate": saturate,
+                             "has_bias": m.bias is not None}
     if isinstance(m, QConv2d):
         if isinstance(m.padding, str) or m.padding_mode != "zeros":
             raise ModelError(f"{where}: padding {m.padding!r} / mode {m.padding_mode!r}; "
@@ -410,7 +427,9 @@ def _add(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
     if a.shape != out_shape or b.shape != out_shape:
         raise ModelError(f"layer {info.name!r} ({info.type}): broadcasting add {a.shape} + {b.shape}")
     sa, sb = np.broadcast_arrays(a.scale, b.scale)
-    grid = np.ldexp(np.minimum(sa, sb), -ctx.cfg.add_guard_bits)
+    # the output grid: at least add_guard_bits finer than the coarser operand, never coarser than the
+    # finer one (a chain of adds settles instead of shrinking the grid at every add)
+    grid = np.minimum(np.minimum(sa, sb), np.ldexp(np.maximum(sa, sb), -ctx.cfg.add_guard_bits))
     (ma, mb), n = dyadic_common([sa / grid, sb / grid], ctx.cfg.mult_bits)
     top = a.bound * int(ma.max()) + b.bound * int(mb.max()) + 2 ** int(n.max())
     if top >= INT64_LIMIT:

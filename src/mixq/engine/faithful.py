@@ -33,6 +33,7 @@ from torch import fx, nn
 
 from mixq.engine.arith import requantize, requantize_sum
 from mixq.engine.convert import to_integer
+from mixq.engine.kernels import grouped_conv2d
 from mixq.engine.model import IntModel, IntNode
 from mixq.engine.trace import classify, tensor_args, trace
 from mixq.errors import ModelError
@@ -41,7 +42,7 @@ from mixq.nn import QAct, QConv2d, QLinear
 
 
 def _grid(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).unsqueeze(0)
+    return torch.from_numpy(np.array(a, dtype=np.float64)).unsqueeze(0)
 
 
 def snap(y: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -129,24 +130,6 @@ class FaithfulLayer(nn.Module):
         if self.sat is not None:
             acc = acc.clamp(*self.sat)
         return acc * self.grid
-
-
-def grouped_conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: Any, padding: Any,
-                   dilation: Any, groups: int) -> torch.Tensor:
-    """A grouped convolution by im2col and a batched product (torch's float64 grouped conv is slow)."""
-    n, c, h, wd = x.shape
-    o, cg, kh, kw = w.shape
-    cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # (N, C*kh*kw, L)
-    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    cols = cols.reshape(n, groups, cg * kh * kw, ho * wo)
-    wg = w.reshape(groups, o // groups, cg * kh * kw)
-    if o == groups:  # depthwise: one row per group, an element-wise product and a sum
-        y = (cols * wg.reshape(1, groups, cg * kh * kw, 1)).sum(2)
-    else:
-        y = torch.einsum("ngkl,gok->ngol", cols, wg).reshape(n, o, ho * wo)
-    y = y.reshape(n, o, ho, wo)
-    return y if b is None else y + b.reshape(1, -1, 1, 1)
 
 
 class FaithfulClamp(nn.Module):

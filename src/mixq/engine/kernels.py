@@ -105,10 +105,12 @@ class DotProgram:
                 w = np.where(rows.reshape((-1,) + (1,) * (w.ndim - 1)), w, 0)
                 idx = None
             wsum = int(np.abs(w).reshape(w.shape[0], -1).sum(1).max(initial=0))
+            # the dtype of the product itself; the shift happens after, in the accumulator's dtype
             dt = exact_dtype(x_bound * wsum, allow_float32=f32)
             self.gemms.append(_Gemm(idx, torch.from_numpy(np.ascontiguousarray(w)).to(dt), shift, dt, wsum))
 
-        add(~sa_rows, codes, 0)
+        g = int(a.get("acc_frac_bits", 0))  # products enter the accumulator shifted left by g
+        add(~sa_rows, codes, g)
         if sa_rows.any():
             planes: dict[tuple[int, int], np.ndarray] = {}
             for i, fmt in enumerate(fmts):
@@ -120,17 +122,18 @@ class DotProgram:
                     full = planes.setdefault(key, np.zeros_like(codes))
                     full[sel] += p
             for (_, shift), p in sorted(planes.items()):
-                add(sa_rows, p, shift)
+                add(sa_rows, p, shift + g)
         self.bias = torch.from_numpy(np.asarray(node.arrays["bias"], dtype=np.int64))
         bias_max = int(np.abs(node.arrays["bias"]).max(initial=0))
         # every partial sum of the whole layer (all GEMMs, shifts and the bias) is at most this
         total = sum(x_bound * g.wsum << g.shift for g in self.gemms) + bias_max
         self.acc_dtype = exact_dtype(total, allow_float32=f32)
         self.bias_in_gemm = False
-        if len(self.gemms) == 1 and self.gemms[0].rows is None and self.gemms[0].shift == 0 \
-                and self.acc_dtype != torch.int64:
-            g = self.gemms[0]  # one exact GEMM does products and bias: no extra pass over the output
-            g.weight, g.dtype, g.bias = g.weight.to(self.acc_dtype), self.acc_dtype, self.bias.to(self.acc_dtype)
+        one = self.gemms[0] if len(self.gemms) == 1 and self.gemms[0].rows is None else None
+        if one is not None and self.acc_dtype != torch.int64 and (one.shift == 0 or one.dtype == self.acc_dtype):
+            # one exact GEMM does products, shift (a power-of-two factor on the weights) and bias
+            one.weight = one.weight.to(self.acc_dtype) * float(2**one.shift)
+            one.dtype, one.bias, one.shift = self.acc_dtype, self.bias.to(self.acc_dtype), 0
             self.bias_in_gemm = True
         self.rows = codes.shape[0]
         budget = int(a["acc_budget"])
@@ -145,6 +148,8 @@ class DotProgram:
             stride, padding, dilation, groups = self.conv_args
             if g.dtype == torch.int64:
                 y = conv2d_int64(xd, g.weight, stride, padding, dilation, groups)
+            elif g.dtype == torch.float64 and groups > 1:  # torch's float64 grouped conv is very slow
+                y = grouped_conv2d(xd, g.weight, g.bias, stride, padding, dilation, groups)
             else:
                 y = F.conv2d(xd, g.weight, g.bias, stride, padding, dilation, groups)
         else:
@@ -176,6 +181,24 @@ class DotProgram:
             stats[self.node.name] = stats.get(self.node.name, 0) + int(((acc < lo) | (acc > hi)).sum())
             acc = acc.clamp(lo, hi)
         return acc
+
+
+def grouped_conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: Any, padding: Any,
+                   dilation: Any, groups: int) -> torch.Tensor:
+    """A grouped convolution by im2col and a batched product (exact like any sum of products)."""
+    n, _, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # (N, C*kh*kw, L)
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    cols = cols.reshape(n, groups, cg * kh * kw, ho * wo)
+    wg = w.reshape(groups, o // groups, cg * kh * kw)
+    if o == groups:  # depthwise: one row per group, an element-wise product and a sum
+        y = (cols * wg.reshape(1, groups, cg * kh * kw, 1)).sum(2)
+    else:
+        y = torch.einsum("ngkl,gok->ngol", cols, wg).reshape(n, o, ho * wo)
+    y = y.reshape(n, o, ho, wo)
+    return y if b is None else y + b.reshape(1, -1, 1, 1)
 
 
 def conv2d_int64(x: torch.Tensor, w: torch.Tensor, stride: list[int], padding: list[int],

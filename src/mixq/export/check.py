@@ -1,0 +1,67 @@
+"""Run exported models in real runtimes: QONNX with the ``qonnx`` executor, QDQ with onnxruntime.
+
+Used by the tests and by ``mixq export --check``. qonnx 1.0 builds one single-node
+ONNX model per node with the installed onnx's newest IR version, which onnxruntime
+may not read yet; :func:`run_qonnx` caps that IR version (8, what the exports use)
+while it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+
+from mixq.errors import MixqError
+
+IR_VERSION = 8
+
+
+@contextmanager
+def _qonnx_ir_cap() -> Iterator[None]:
+    import qonnx.core.onnx_exec as ex
+
+    orig = ex.qonnx_make_model
+
+    def make(graph: Any, **kwargs: Any) -> Any:
+        m = orig(graph, **kwargs)
+        m.ir_version = min(int(m.ir_version), IR_VERSION)
+        return m
+
+    ex.qonnx_make_model = make
+    try:
+        yield
+    finally:
+        ex.qonnx_make_model = orig
+
+
+def run_qonnx(model: Any, x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Execute a QONNX ``ModelProto`` on ``x`` with ``qonnx.core.onnx_exec.execute_onnx``."""
+    try:
+        from qonnx.core.modelwrapper import ModelWrapper
+        from qonnx.core.onnx_exec import execute_onnx
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise MixqError("running QONNX models needs qonnx: pip install qonnx==1.0.0") from e
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    wrapper = ModelWrapper(model)
+    with _qonnx_ir_cap():
+        out = execute_onnx(wrapper, {wrapper.graph.input[0].name: arr.astype(np.float32)})
+    return np.asarray(out[wrapper.graph.output[0].name])
+
+
+def run_qdq(model: Any, x: torch.Tensor | np.ndarray, optimize: bool = True) -> np.ndarray:
+    """Execute an ONNX model on ``x`` with onnxruntime (CPU); ``optimize=False`` keeps the graph as written."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise MixqError("running ONNX models needs onnxruntime: pip install onnxruntime") from e
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return np.asarray(sess.run(None, {sess.get_inputs()[0].name: arr.astype(np.float32)})[0])
