@@ -29,7 +29,7 @@ def run(out):
         nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(4),
         nn.Flatten(), nn.Linear(144, 10)).eval()
     x, y = load_fmnist_subset()
-    x, y = normalize_gray(x[:64]), torch.as_tensor(y[:64], dtype=torch.int64)
+    x, y = normalize_gray(x[:32]), torch.as_tensor(y[:32], dtype=torch.int64)
     plan = low_bit_plan("tiny", model, x[:16], parse_format("fixed4n"), parse_format("ufixed4"))
     cfg = QatConfig(epochs=2, batch_size=32, lr=0.02, checkpoint_every=1, threads=1, progress=False,
                     kd_alpha=0.5, augment=False, calib_images=64, seed=3)
@@ -63,21 +63,21 @@ def test_two_process_ddp_qat_on_cpu(tmp_path: Path) -> None:
     for k in r0:  # DDP keeps the replicas identical
         assert torch.equal(r0[k], r1[k]), k
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert ck["world_size"] == 2 and ck["position"]["global_step"] == 4
+    assert ck["world_size"] == 2 and ck["position"]["global_step"] == 2
     # the same global batches on one process give the same model up to float summation order
-    # (amplified by rounding flips over the steps: after 1 step they agree to ~1e-6)
+    # (rounding flips amplify it from step to step: after 1 step they agree to ~1e-6, after 4 to ~5%)
     ns: dict[str, object] = {"__name__": "ddp_reference"}
     exec(compile(RUN, "ddp_qat", "exec"), ns)
     single = ns["run"](tmp_path / "single")  # type: ignore[operator]
     s = single.model.state_dict()  # type: ignore[attr-defined]
     for k in r0:
         if k.endswith(".weight"):
-            assert float((r0[k] - s[k]).abs().max()) <= 1e-2 * float(s[k].abs().max()), k
+            assert float((r0[k] - s[k]).abs().max()) <= 1e-3 * float(s[k].abs().max()), k
     ddp_model = single.model  # type: ignore[attr-defined]
     xs = ns["normalize_gray"](ns["load_fmnist_subset"]()[0][:64])  # type: ignore[operator,index]
     with torch.no_grad():
         a = ddp_model(xs)
         ddp_model.load_state_dict(r0)
         b = ddp_model(xs)
-    assert float((a - b).abs().max()) <= 0.05 * float(a.abs().max())
+    assert float((a - b).abs().max()) <= 0.01 * float(a.abs().max())
     assert float((a.argmax(1) == b.argmax(1)).float().mean()) >= 0.95
