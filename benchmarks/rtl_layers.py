@@ -55,7 +55,7 @@ def _model(model: str, config: str, cache: dict[tuple[str, str], Any]) -> Any:
     return cache[(model, config)]
 
 
-def run(quick: bool) -> dict[str, Any]:
+def run(quick: bool, weights: str) -> dict[str, Any]:
     cache: dict[tuple[str, str], Any] = {}
     rows = []
     for model, config, layer, pe, simd, npix in CASES[:3] if quick else CASES:
@@ -69,11 +69,11 @@ def run(quick: bool) -> dict[str, Any]:
                                          for c in lay.cores],
                                "pe": pe, "simd": lay.simd, "fold": lay.fold, "cosim": sim.to_dict()}
         if layer not in NO_SYNTH:
-            rec["synth"] = synth_layer(lay).to_dict()
+            rec["synth"] = synth_layer(lay, weights=weights).to_dict()
         rows.append(rec)
         print(json.dumps({k: rec[k] for k in ("model", "config", "layer")}), sim.ok,
               rec.get("synth", {}).get("lut_error"), flush=True)
-    return {"version": 1, "machine": platform.machine(), "records": rows}
+    return {"version": 1, "machine": platform.machine(), "weights": weights, "records": rows}
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -82,7 +82,8 @@ def markdown(doc: dict[str, Any]) -> str:
              "Icarus Verilog against the integer engine (output codes compared bit for bit, for the pixels "
              "listed), then synthesized with `yosys synth_xilinx -flatten` (XC7) and compared with the "
              "hardware model's `compute_engine` at the same folding, without its line buffer (the engine "
-             "takes im2col vectors). LUT error = (model - yosys) / yosys.", "",
+             f"takes im2col vectors). Weight memories: `{doc.get('weights', 'rom')}`. "
+             "LUT error = (model - yosys) / yosys.", "",
              "| model | config | layer | kind | rows x len | cores (kind x units: rows) | PE x SIMD | pixels | "
              "outputs | mismatches | yosys LUT / FF / CARRY4 / MUXF / DSP / BRAM18 | model LUT / FF / DSP / BRAM18 "
              "| LUT error |",
@@ -110,13 +111,15 @@ def markdown(doc: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--weights", default="auto", help="weight memories: auto (the model's choice), rom, lutram, block")
+    ap.add_argument("--suffix", default="", help="result file suffix, e.g. .rom")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    doc = run(args.quick)
+    doc = run(args.quick, args.weights)
     doc["seconds"] = round(time.perf_counter() - t0, 1)
     OUT.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(OUT / "rtl_layers.json", doc)
-    atomic_write_text(OUT / "rtl_layers.md", markdown(doc))
+    atomic_write_json(OUT / f"rtl_layers{args.suffix}.json", doc)
+    atomic_write_text(OUT / f"rtl_layers{args.suffix}.md", markdown(doc))
     print(markdown(doc))
 
 

@@ -71,6 +71,7 @@ def testbench(rtl: LayerRtl, n_vec: int, in_file: str, out_file: str) -> str:
     """The testbench module ``tb``: load each vector, start, wait, log every output."""
     nr, rw, qw, iw, words = rtl.nr, rtl.row_bits, rtl.q_bits, rtl.in_width, rtl.in_words
     ia = max(1, (max(words, 1) - 1).bit_length())
+    load = ", .wl_we(1'b0), .wl_sel(0), .wl_addr(0), .wl_data(0)" if rtl.load_port else ""
     return f"""`timescale 1ns/1ps
 module tb;
   reg clk = 0; always #5 clk = ~clk;
@@ -78,7 +79,7 @@ module tb;
   reg [{ia - 1}:0] in_addr = 0; reg [{iw - 1}:0] in_data = 0;
   wire busy; wire [{nr - 1}:0] ov; wire [{nr * rw - 1}:0] orow; wire [{nr * qw - 1}:0] oq;
   {rtl.top} dut (.clk(clk), .rst(rst), .in_we(in_we), .in_addr(in_addr), .in_data(in_data), .start(start),
-    .busy(busy), .out_valid(ov), .out_row(orow), .out_q(oq));
+    .busy(busy), .out_valid(ov), .out_row(orow), .out_q(oq){load});
   reg [{iw - 1}:0] vec [0:{n_vec * words - 1}];
   integer f, p, a, r, cyc;
   initial cyc = 0;

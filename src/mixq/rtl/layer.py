@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from mixq.errors import MixqError
 from mixq.rtl.layout import Core, Layout, encode_weight
 from mixq.rtl.memfile import pack, signed_width
 from mixq.rtl.pe import generate as generate_pe
@@ -44,6 +45,7 @@ class LayerRtl:
     in_words: int = 1
     in_width: int = 1
     drain: int = 0
+    load_port: tuple[int, int, int] | None = None  # (select, address, data) widths of the weight-load port
 
 
 def _bits(n: int) -> int:
@@ -57,8 +59,19 @@ def _requant_units(c: Core, fold: int) -> tuple[int, int]:
     return r, math.ceil(no / r)
 
 
-def generate_layer(lay: Layout, top: str, mem_dir: str = "") -> LayerRtl:
-    """Verilog of the layer engine ``top`` for ``lay``; ``mem_dir`` prefixes the ``$readmemh`` paths."""
+WEIGHT_STYLES = ("auto", "rom", "lutram", "block")
+
+
+def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "auto") -> LayerRtl:
+    """Verilog of the layer engine ``top`` for ``lay``; ``mem_dir`` prefixes the ``$readmemh`` paths.
+
+    ``weights``: ``rom`` (initialised read-only memories; yosys builds them from LUTs),
+    ``lutram`` / ``block`` (RAMs with a weight-load port ``wl_*``, initialised too), or
+    ``auto``: the memory the hardware model chose for the layer (block RAM or LUTRAM).
+    """
+    if weights not in WEIGHT_STYLES:
+        raise MixqError(f"layer {lay.data.name!r}: weight memory style {weights!r} is not one of "
+                        f"{', '.join(WEIGHT_STYLES)}")
     d = lay.data
     simd, fold, ab = lay.simd, lay.fold, lay.abits
     tiles = lay.tiles
@@ -72,14 +85,25 @@ def generate_layer(lay: Layout, top: str, mem_dir: str = "") -> LayerRtl:
     uniform = len(set(lo_all)) == 1 and len(set(hi_all)) == 1
     mw = max(1, max(int(m) for m in d.mult).bit_length())
     cw = signed_width([int(c) for c in d.const])
-    rw = _bits(d.rows) if d.rows > 1 else 1
-    rw = max(rw, (d.rows - 1).bit_length(), 1)
+    rw = _bits(d.rows)
     n_shift = d.shift
     ia = _bits(g * fold)
     depth = tiles * fold
     nr = sum(_requant_units(c, fold)[0] for c in lay.cores)
     drain = max(c.latency for c in lay.cores) + max(_requant_units(c, fold)[1] for c in lay.cores) + 8
     out.nr, out.row_bits, out.q_bits, out.in_words, out.in_width, out.drain = nr, rw, qw, g * fold, simd * ab, drain
+    # weight memories as the hardware model costs them (yosys 0.23 maps no initialised read-only
+    # memory to 7-series LUTRAM: a ROM becomes LUT logic, so LUTRAM needs the load port)
+    wdet = lay.estimate.detail.get("weights")
+    if weights == "auto":
+        weights = "block" if wdet is not None and wdet.bram > 0 else "lutram"
+    mem_attr = {"rom": "", "lutram": '(* ram_style = "distributed" *) ', "block": '(* ram_style = "block" *) '}[weights]
+    n_mem = sum(c.units for c in lay.cores)
+    wl_sel = _bits(n_mem)
+    wl_w = max(simd * c.wbits * c.outs for c in lay.cores)
+    mem_id = 0
+    if weights != "rom":
+        out.load_port = (wl_sel, _bits(depth) + 1, wl_w)
     pe_src = {}
     for c in lay.cores:
         pe_src[c.cfg.name] = generate_pe(c.cfg, f"{top}_{c.cfg.name}")
@@ -89,6 +113,9 @@ def generate_layer(lay: Layout, top: str, mem_dir: str = "") -> LayerRtl:
     v(f"module {top} (")
     v("  input clk, input rst,")
     v(f"  input in_we, input [{ia - 1}:0] in_addr, input [{simd * ab - 1}:0] in_data,")
+    if weights != "rom":
+        v(f"  input wl_we, input [{wl_sel - 1}:0] wl_sel, input [{_bits(depth)}:0] wl_addr, "
+          f"input [{wl_w - 1}:0] wl_data,")
     v("  input start, output busy,")
     v(f"  output [{nr - 1}:0] out_valid, output [{nr * rw - 1}:0] out_row,")
     v(f"  output [{nr * qw - 1}:0] out_q")
@@ -134,10 +161,15 @@ def generate_layer(lay: Layout, top: str, mem_dir: str = "") -> LayerRtl:
                     words.append(pack(fields, [c.wbits] * len(fields)) if fields else 0)
             fname = f"{top}_{pfx}_u{u}_w.mem"
             out.mems[fname] = (words, ww)
-            v(f"  reg [{ww - 1}:0] {pfx}_wm{u} [0:{depth - 1}];")
+            v(f"  {mem_attr}reg [{ww - 1}:0] {pfx}_wm{u} [0:{depth - 1}];")
             v(f'  initial $readmemh("{pre}{fname}", {pfx}_wm{u});')
             v(f"  reg [{ww - 1}:0] {pfx}_wq{u};")
-            v(f"  always @(posedge clk) {pfx}_wq{u} <= {pfx}_wm{u}[waddr];")
+            if weights == "rom":
+                v(f"  always @(posedge clk) {pfx}_wq{u} <= {pfx}_wm{u}[waddr];")
+            else:
+                v(f"  always @(posedge clk) begin if (wl_we && wl_sel == {mem_id}) {pfx}_wm{u}[wl_addr] <= "
+                  f"wl_data[{ww - 1}:0]; {pfx}_wq{u} <= {pfx}_wm{u}[waddr]; end")
+            mem_id += 1
             act = "aq"
             if g > 1:
                 gb = []

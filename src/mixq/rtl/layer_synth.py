@@ -84,10 +84,11 @@ def synthesize_flat(verilog: Path, top: str, timeout_s: float = 1800.0) -> Synth
     return SynthResult(r.lut, r.ff, r.dsp, r.bram18, r.carry, r.cells, dt)
 
 
-def synth_layer(lay: Layout, top: str = "layer_top", timeout_s: float = 1800.0) -> LayerSynth:
-    """Generate the engine, run ``yosys synth_xilinx`` on it and pair the counts with the model's."""
+def synth_layer(lay: Layout, top: str = "layer_top", timeout_s: float = 1800.0, weights: str = "auto") -> LayerSynth:
+    """Generate the engine (``weights``: see :func:`mixq.rtl.layer.generate_layer`), run
+    ``yosys synth_xilinx`` on it and pair the counts with the model's."""
     with tempfile.TemporaryDirectory(prefix="mixq-layer-") as tmp:
-        rtl = generate_layer(lay, top, mem_dir=tmp)
+        rtl = generate_layer(lay, top, mem_dir=tmp, weights=weights)
         write_sources(rtl, Path(tmp))
         res = synthesize_flat(Path(tmp) / f"{top}.v", top, timeout_s)
     model, detail = model_resources(lay)
