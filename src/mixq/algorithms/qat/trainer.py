@@ -202,6 +202,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: QatConfig, chec
         grad_gen = torch.Generator()
         set_grad_quant(model, cfg.grad_bits, grad_gen if cfg.grad_bits else None)
         set_channels_last(model, cfg.channels_last and x.dim() == 4)
+        _params_memory_format(model, torch.channels_last if cfg.channels_last and x.dim() == 4
+                              else torch.contiguous_format)
 
         def save() -> None:
             if rank == 0:
@@ -274,9 +276,18 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: QatConfig, chec
                 bar.stop()
             set_grad_quant(model, None, None)
             set_channels_last(model, False)
+            _params_memory_format(model, torch.contiguous_format)
         model.eval()
     return FitResult(history=pos.history, train_time_s=pos.train_time_s, steps=pos.global_step,
                      resumed_from=resumed_from)
+
+
+@torch.no_grad()
+def _params_memory_format(model: nn.Module, fmt: torch.memory_format) -> None:
+    """Store every 4-D parameter (conv weights) in ``fmt`` (values unchanged)."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            p.data = p.data.contiguous(memory_format=fmt)
 
 
 def _progress(enabled: bool, desc: str, total: int, done: int) -> tuple[Any, Any]:
