@@ -268,3 +268,19 @@ def test_msq_rows_train_in_their_own_formats(model: nn.Module, data: tuple[torch
     m = res.model.get_submodule("4")
     assert isinstance(m, QConv2d) and len(m.formats) == 2 and int(m.row_scheme.sum()) == 8
     assert m.row_scheme.tolist() == plan["4"].row_scheme(16)
+
+
+def test_ternary_network_learns_per_row_steps(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor],
+                                              tmp_path: Path) -> None:
+    from mixq.formats import Ternary
+
+    x, y = data
+    plan = low_bit_plan("tiny", model, x[:8], Ternary(), parse_format("ufixed2"))
+    res = train_qat(model, plan, (x, y), CFG, tmp_path / "t")
+    m = res.model.get_submodule("4")
+    assert isinstance(m, QConv2d) and m.formats == (Ternary(),)
+    w = m.quantized_weight().detach()
+    s = m.w_scales[0]
+    units = w / s
+    assert set(units.unique().tolist()) <= {-1.0, 0.0, 1.0} and float((units == 0).float().mean()) > 0.05
+    assert res.model.get_submodule("0").formats == (FixedPoint(8, narrow=True),)  # first layer: 8 bits
