@@ -105,6 +105,23 @@ def markdown(doc: dict[str, Any]) -> str:
     errs = [abs(r["synth"]["lut_error"]) for r in doc["records"] if r.get("synth")]
     if errs:
         lines += ["", f"Worst LUT error over {len(errs)} synthesized layers: {100 * max(errs):.1f}%."]
+    lines += ["", "Notes:", "",
+              "- Co-simulation: the listed output pixels of sample 0 (corners with their zero padding first, then "
+              "spread over the map), every output row; mismatches counts wrong, missing and duplicated outputs. "
+              "MobileNetV2: its real weights, first three blocks, 32x32 input; CNV: real weights when the zoo has "
+              "them, else a seeded random init; inputs seeded uniform noise. msq4 = fixed4n rows on DSPs (two rows "
+              "per DSP where packing is legal) beside sp2_4 rows on shift-add LUT lanes, rows assigned by "
+              "`msq.assign_rows` at rho 0.5, ufixed4 activations; fixed8 = fixed8 / ufixed8.",
+              "- Not synthesized: the linear layer (400k weights; yosys too slow on 2 shared cores) and the "
+              "depthwise layers (each PE reads its own channel from the input buffer through a wide multiplexer: "
+              "the sliding-window buffer's job, which the model costs as its line buffer, excluded here).",
+              "- DSPs: one more requantizer DSP than the model where the engine gives each core its own "
+              "requantizers (the model shares them over the whole layer) or where the per-row multiplier "
+              "M' = M << (N - n_r) is wider than the DSP port.",
+              "- `rtl_layers.rom.md`: the same layers with the weights as initialised ROMs, which yosys builds from "
+              "LUT logic (it maps no initialised read-only memory to LUTRAM): cheaper than the LUTRAM the model "
+              "assumes on the larger layers (LUT error up to +63%), so the model's memory choice is "
+              "conservative for ROM-weight engines."]
     return "\n".join(lines) + "\n"
 
 
