@@ -73,7 +73,19 @@ def run(quick: bool, weights: str) -> dict[str, Any]:
         rows.append(rec)
         print(json.dumps({k: rec[k] for k in ("model", "config", "layer")}), sim.ok,
               rec.get("synth", {}).get("lut_error"), flush=True)
-    return {"version": 1, "machine": platform.machine(), "weights": weights, "records": rows}
+    return {"version": 1, "machine": platform.machine(), "weights": weights, "records": rows,
+            "pretrained": {m: _has_weights(m) for m in ("cnv", "mobilenet_v2")}}
+
+
+def _has_weights(model: str) -> bool:
+    from mixq import zoo
+    from mixq.errors import MixqError
+
+    try:
+        zoo.load(model, pretrained=True)
+    except (MixqError, OSError, ImportError):
+        return False
+    return True
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -108,8 +120,8 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += ["", "Notes:", "",
               "- Co-simulation: the listed output pixels of sample 0 (corners with their zero padding first, then "
               "spread over the map), every output row; mismatches counts wrong, missing and duplicated outputs. "
-              "MobileNetV2: its real weights, first three blocks, 32x32 input; CNV: real weights when the zoo has "
-              "them, else a seeded random init; inputs seeded uniform noise. msq4 = fixed4n rows on DSPs (two rows "
+              f"Weights: {_weights_note(doc)}; MobileNetV2: first three blocks, 32x32 input; inputs seeded "
+              "uniform noise. msq4 = fixed4n rows on DSPs (two rows "
               "per DSP where packing is legal) beside sp2_4 rows on shift-add LUT lanes, rows assigned by "
               "`msq.assign_rows` at rho 0.5, ufixed4 activations; fixed8 = fixed8 / ufixed8.",
               "- Not synthesized: the linear layer (400k weights; yosys too slow on 2 shared cores) and the "
@@ -123,6 +135,14 @@ def markdown(doc: dict[str, Any]) -> str:
               "assumes on the larger layers (LUT error up to +63%), so the model's memory choice is "
               "conservative for ROM-weight engines."]
     return "\n".join(lines) + "\n"
+
+
+def _weights_note(doc: dict[str, Any]) -> str:
+    pre = doc.get("pretrained")
+    if pre is None:
+        return "real weights where the zoo has them, else a seeded random init"
+    return ", ".join(f"{m} {'real (pretrained)' if ok else 'seeded random init (no weights file)'}"
+                     for m, ok in pre.items())
 
 
 def main() -> None:

@@ -97,6 +97,7 @@ def register(app: typer.Typer) -> None:
                      pe: int = typer.Option(4), simd: int = typer.Option(8),
                      core: str = typer.Option("auto", help="fixed-point rows on dsp (auto) or lut"),
                      size: int = typer.Option(0, help="input H=W (0: the zoo's)"),
+                     weights: str = typer.Option("auto", help="weight memories: auto | rom | lutram | block"),
                      out: Path = typer.Option(Path("rtl_out"), help="output directory")) -> None:
         """Write the layer engine's Verilog and memory files."""
         from mixq.rtl.cosim import write_sources
@@ -104,7 +105,7 @@ def register(app: typer.Typer) -> None:
 
         lay = _common(model, layer, config, pe, simd, core, size or None)
         top = "layer_" + layer.replace(".", "_")
-        paths = write_sources(generate_layer(lay, top), out)
+        paths = write_sources(generate_layer(lay, top, weights=weights), out)
         typer.echo(f"wrote {len(paths)} files to {out} (top {top})")
 
     @rtl.command("simulate")
@@ -125,9 +126,10 @@ def register(app: typer.Typer) -> None:
     @rtl.command("synth")
     def synth_cmd(model: str = typer.Option(...), layer: str = typer.Option(...),
                   config: str = typer.Option("msq4"), pe: int = typer.Option(4), simd: int = typer.Option(8),
-                  core: str = typer.Option("auto"), size: int = typer.Option(0)) -> None:
+                  core: str = typer.Option("auto"), size: int = typer.Option(0),
+                  weights: str = typer.Option("auto", help="weight memories: auto | rom | lutram | block")) -> None:
         """Synthesize the layer engine with yosys synth_xilinx and compare with the hardware model."""
         from mixq.rtl.layer_synth import synth_layer
 
         lay = _common(model, layer, config, pe, simd, core, size or None)
-        typer.echo(json.dumps(synth_layer(lay).to_dict(), indent=1))
+        typer.echo(json.dumps(synth_layer(lay, weights=weights).to_dict(), indent=1))
