@@ -59,12 +59,14 @@ def problem_at(table: HwTable, sens: Sensitivity, t: float,
 
 
 def allocate(table: HwTable, sens: Sensitivity, t: float, solver: str = "ilp",
-             cap_scale: float = 1.0) -> Allocation | None:
-    """The least sensitive allocation meeting ``t`` cycles per frame, or None if none fits."""
+             cap_scale: float = 1.0, feasibility_only: bool = False) -> Allocation | None:
+    """The least sensitive allocation meeting ``t`` cycles per frame, or None if none fits
+    (``feasibility_only``: any allocation that fits, ILP only)."""
     if solver not in SOLVERS:
         raise MixqError(f"search.solver: {solver!r} is not one of {', '.join(SOLVERS)}")
     prob, payload = problem_at(table, sens, t, cap_scale)
-    sol: Solution | None = SOLVERS[solver](prob)
+    sol: Solution | None = (solve_ilp(prob, feasibility_only=True) if feasibility_only and solver == "ilp"
+                            else SOLVERS[solver](prob))
     if sol is None:
         return None
     choices = {n: payload[li][i] for li, (n, i) in enumerate(zip(table.names, sol.picks, strict=True))}
@@ -85,8 +87,10 @@ def fastest(table: HwTable, sens: Sensitivity, max_sensitivity: float = math.inf
     """The allocation at the smallest feasible cycle budget whose sensitivity is at most ``max_sensitivity``."""
     grid = cycle_grid(table)
 
-    def ok(t: int) -> Allocation | None:
-        a = allocate(table, sens, t, cap_scale=cap_scale)
+    bounded = math.isfinite(max_sensitivity)
+
+    def ok(t: int) -> Allocation | None:  # without a sensitivity bound any fitting choice decides
+        a = allocate(table, sens, t, cap_scale=cap_scale, feasibility_only=not bounded)
         return a if a is not None and a.sensitivity <= max_sensitivity else None
 
     best = ok(grid[-1])
@@ -100,7 +104,7 @@ def fastest(table: HwTable, sens: Sensitivity, max_sensitivity: float = math.inf
             best, hi = got, mid
         else:
             lo = mid + 1
-    return best
+    return best if bounded else allocate(table, sens, best.cycles, cap_scale=cap_scale)
 
 
 def to_plan(model_name: str, alloc: Allocation, signed: set[str],

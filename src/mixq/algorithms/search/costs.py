@@ -69,6 +69,7 @@ class HwTable:
         plan = QuantPlan("search", {n: layer_plan(self.options[widest], n in sig) for n in self.names})
         self.streams = [ly for ly in lower(specs, plan, self.part) if not ly.is_compute]
         self._cost: dict[tuple[str, int, int, int], EngineCost] = {}
+        self._cyc: dict[tuple[str, int, int, int], int] = {}
         self.clock = self.part.clock_mhz * 1e6
         b = budget(self.part, self.opts)
         self.budget = np.array(b.as_tuple(), dtype=float)
@@ -80,11 +81,18 @@ class HwTable:
             self._cost[k] = compute_engine(self.layers[oi][name], pe, simd, self.part, self.model, self.opts)
         return self._cost[k]
 
+    def _cycles(self, name: str, oi: int, pe: int, simd: int) -> int:
+        k = (name, oi, pe, simd)
+        c = self._cyc.get(k)
+        if c is None:
+            c = self._cyc[k] = engine_cycles(self.layers[oi][name], pe, simd)
+        return c
+
     def min_cycles(self, name: str, oi: int) -> int:
         ly = self.layers[oi][name]
         return engine_cycles(ly, ly.spec.weight_rows, ly.spec.row_length)
 
-    def choices(self, name: str, oi: int, t: float, keep: int = 3) -> list[HwChoice]:
+    def choices(self, name: str, oi: int, t: float, keep: int = 2) -> list[HwChoice]:
         """Foldings of ``name`` in option ``oi`` with at most ``t`` cycles per frame: the cheapest by
         total share, by LUTs and by DSPs (at most ``keep``, distinct)."""
         ly = self.layers[oi][name]
@@ -93,10 +101,16 @@ class HwTable:
         simds = divisors(s.row_length)
         cands: list[EngineCost] = []
         for pe in (p for p in divisors(s.weight_rows) if p >= live):
-            for d in simds:
-                if engine_cycles(ly, pe, d) <= t:
-                    cands.append(self.engine(name, oi, pe, d))
-                    break
+            if self._cycles(name, oi, pe, simds[-1]) > t:
+                continue
+            lo, hi = 0, len(simds) - 1  # cycles fall as simd grows: the smallest simd that meets t
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if self._cycles(name, oi, pe, simds[mid]) <= t:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            cands.append(self.engine(name, oi, pe, simds[lo]))
         if not cands:
             return []
         res = np.array([c.resources.as_tuple() for c in cands])

@@ -139,7 +139,10 @@ def _uniform(name: str, o: Option, specs: list[LayerSpec], part: str, signed: se
     plan = QuantPlan(name, {s.name: layer_plan(o, s.name in signed) for s in specs if s.is_compute})
     e = estimate(specs, plan, part, "streaming", fold="optimize")
     plan = apply_folding(plan, e)
-    s = sum(sens.of(n, o.wbits, o.abits, o.rho) for n in plan.layers)
+    try:
+        s = sum(sens.of(n, o.wbits, o.abits, o.rho) for n in plan.layers)
+    except KeyError:  # a baseline outside the search space
+        s = math.nan
     return _point(f"uniform {o.label.upper()}", "uniform", plan, specs, part, s)
 
 

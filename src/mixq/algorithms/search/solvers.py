@@ -61,22 +61,25 @@ def _solution(p: Problem, picks: tuple[int, ...], t0: float, solver: str) -> Sol
 
 
 def pareto_items(items: tuple[Item, ...]) -> list[int]:
-    """Indices of the items no other item dominates (no worse in sensitivity and every resource)."""
-    keep: list[int] = []
-    arr = [(it.sens, *it.res) for it in items]
-    for i, a in enumerate(arr):
-        dominated = False
-        for j, b in enumerate(arr):
-            if j != i and all(y <= x for x, y in zip(a, b, strict=True)) and (b != a or j < i):
-                dominated = True
-                break
-        if not dominated:
-            keep.append(i)
-    return keep
+    """Indices of the items no other item dominates (no worse in sensitivity and every resource;
+    of identical items the first is kept)."""
+    if not items:
+        return []
+    a = np.array([(it.sens, *it.res) for it in items])
+    le = (a[None, :, :] <= a[:, None, :]).all(axis=2)  # le[i, j]: item j is no worse than item i
+    lt = (a[None, :, :] < a[:, None, :]).any(axis=2)
+    earlier = np.tri(len(items), k=-1, dtype=bool)  # earlier[i, j]: j < i
+    dominated = (le & (lt | earlier)).any(axis=1)
+    return [int(i) for i in np.flatnonzero(~dominated)]
 
 
-def solve_ilp(p: Problem, time_limit: float | None = None) -> Solution | None:
-    """The optimum by mixed-integer linear programming; None when no choice fits the caps."""
+def solve_ilp(p: Problem, time_limit: float | None = None, feasibility_only: bool = False,
+              gap: float = 1e-3) -> Solution | None:
+    """The optimum by mixed-integer linear programming; None when no choice fits the caps.
+
+    ``feasibility_only``: any choice that fits (much faster; the objective is still reported).
+    ``gap``: relative optimality gap at which HiGHS stops (0 for the proven optimum).
+    """
     t0 = time.perf_counter()
     if any(not items for items in p.items):
         return None
@@ -85,13 +88,22 @@ def solve_ilp(p: Problem, time_limit: float | None = None) -> Solution | None:
     col_item = [i for ks in kept for i in ks]
     n, nl, nr = len(col_item), len(kept), len(p.cap)
     c = np.array([p.items[li][i].sens for li, i in zip(col_layer, col_item, strict=True)])
+    if feasibility_only:
+        c = np.zeros_like(c)
+    else:  # sensitivities are tiny (KL in nats): scale so the optimum is >= 1 and HiGHS's tolerances fit
+        floor = sum(min(p.items[li][i].sens for i in ks) for li, ks in enumerate(kept))
+        c = c / max(abs(floor), float(np.abs(c).max()) * 1e-9, 1e-300)
     res = np.array([p.items[li][i].res for li, i in zip(col_layer, col_item, strict=True)]).reshape(n, nr)
     eq = csr_matrix((np.ones(n), (col_layer, np.arange(n))), shape=(nl, n))
     cons = [LinearConstraint(eq, 1, 1)]
     rows = [r for r in range(nr) if res[:, r].max() > 0 and math.isfinite(p.cap[r])]
-    if rows:
-        cons.append(LinearConstraint(csr_matrix(res[:, rows].T), -np.inf, np.array([p.cap[r] for r in rows])))
-    options = {"time_limit": time_limit} if time_limit else {}
+    if rows:  # each resource row scaled by its cap (LUTs ~1e4, DSPs ~1e2: better conditioned)
+        capv = np.array([p.cap[r] for r in rows])
+        scale = np.where(np.abs(capv) > 1e-9, np.abs(capv), 1.0)
+        cons.append(LinearConstraint(csr_matrix(res[:, rows].T / scale[:, None]), -np.inf, capv / scale))
+    options: dict[str, float] = {"mip_rel_gap": gap}
+    if time_limit:
+        options["time_limit"] = time_limit
     r = milp(c, integrality=np.ones(n), bounds=Bounds(0, 1), constraints=cons, options=options)
     if r.x is None or r.status not in (0, 1):
         return None

@@ -1,0 +1,272 @@
+"""Search (issue 8): option space, solvers (ILP vs exhaustive vs greedy), sensitivity, allocation, search_plan."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from mixq.algorithms.search import (
+    AccuracyEval,
+    HwTable,
+    Item,
+    Option,
+    Problem,
+    SearchConfig,
+    SearchSpace,
+    SensitivityConfig,
+    allocate,
+    fastest,
+    search_plan,
+    sensitivity,
+    solve_exhaustive,
+    solve_greedy,
+    solve_ilp,
+    to_plan,
+)
+from mixq.algorithms.search.allocate import problem_at
+from mixq.algorithms.search.output import write_outputs
+from mixq.errors import HardwareError, MixqError
+from mixq.graph.bnfold import fold_bn
+from mixq.graph.capture import capture
+from mixq.hw import estimate
+
+SPACE = SearchSpace(wbits=(2, 4, 8), abits=(4, 8), rhos=(0.0, 0.5, 1.0))
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.classifier = nn.Linear(16 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    m = Tiny().eval()
+    x = torch.randn(96, 1, 8, 8)
+    with torch.no_grad():  # labels from the float model, so accuracy is meaningful (float = 100 %)
+        y = m(x).argmax(1)
+    return m, x[:32], x[32:], y[32:]
+
+
+# ---------------------------------------------------------------- space
+
+
+def test_option_labels_and_validation() -> None:
+    assert Option(4, 8).label == "w4a8" and Option(4, 4, 0.5).label == "w4a4-sp2r50"
+    assert Option(6, 8, 1.0).label == "w6a8-sp2"
+    with pytest.raises(MixqError):
+        Option(2, 8, 0.5)  # SP2 needs 3 bits
+    with pytest.raises(MixqError):
+        Option(9, 8)
+    opts = SPACE.options()
+    assert all(o.rho == 0 for o in opts if o.wbits == 2) and Option(4, 4, 0.5) in opts
+    assert len(opts) == 2 * (1 + 3 + 3)
+
+
+# ---------------------------------------------------------------- solvers
+
+
+def _random_problem(rng: random.Random, layers: int, items: int, nres: int = 3, tight: float = 0.5) -> Problem:
+    its = tuple(tuple(Item(rng.random(), tuple(rng.random() * 10 for _ in range(nres))) for _ in range(items))
+                for _ in range(layers))
+    cap = tuple(tight * sum(max(it.res[r] for it in li) for li in its) for r in range(nres))
+    return Problem(its, cap)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_ilp_matches_exhaustive_and_beats_greedy(seed: int) -> None:
+    rng = random.Random(seed)
+    p = _random_problem(rng, layers=rng.randint(2, 5), items=rng.randint(2, 5), tight=rng.uniform(0.3, 0.9))
+    ex, ilp, gr = solve_exhaustive(p), solve_ilp(p, gap=0.0), solve_greedy(p)
+    assert (ex is None) == (ilp is None)
+    if ex is None:
+        return
+    assert ilp is not None
+    assert ilp.objective == pytest.approx(ex.objective, abs=1e-9)
+    assert all(u <= c + 1e-6 for u, c in zip(ilp.used, p.cap, strict=True))
+    if gr is not None:
+        assert gr.objective >= ilp.objective - 1e-9
+        assert all(u <= c + 1e-6 for u, c in zip(gr.used, p.cap, strict=True))
+
+
+def test_infeasible_problem_gives_none() -> None:
+    p = Problem(((Item(1.0, (5.0,)),), (Item(1.0, (5.0,)),)), (9.0,))
+    assert solve_ilp(p) is None and solve_exhaustive(p) is None and solve_greedy(p) is None
+
+
+def _bits_problem(rng: random.Random, layers: int, items: int, nres: int = 4) -> Problem:
+    """Like a real search: more bits cost more resources and are less sensitive (with noise)."""
+    its = []
+    for _ in range(layers):
+        base = [rng.uniform(0.5, 5) for _ in range(nres)]
+        li = []
+        for _ in range(items):
+            b = rng.uniform(2, 8)
+            li.append(Item(rng.uniform(0.5, 2) * 4.0 ** -b, tuple(x * b * rng.uniform(0.6, 1.4) for x in base)))
+        its.append(tuple(li))
+    cap = tuple(0.5 * sum(max(it.res[r] for it in li) for li in its) for r in range(nres))
+    return Problem(tuple(its), cap)
+
+
+def test_ilp_solves_a_mobilenet_sized_problem_fast() -> None:
+    # 52 layers x 150 (option, folding) items, 4 resources: the size of MobileNetV2's problem
+    p = _bits_problem(random.Random(1), layers=52, items=40)
+    sol = solve_ilp(p)
+    assert sol is not None and sol.seconds < 10.0  # < 2 s unloaded; the CI machine is shared
+
+
+# ---------------------------------------------------------------- sensitivity
+
+
+@pytest.mark.parametrize("method", ["hessian", "measured"])
+def test_sensitivity_orders_bits_and_caches(tiny, tmp_path, method: str) -> None:  # type: ignore[no-untyped-def]
+    m, calib, _, _ = tiny
+    f = fold_bn(m).eval()
+    cfg = SensitivityConfig(method=method, images=32, hutchinson_samples=4)
+    s = sensitivity(f, calib, SPACE, ["features.0"], cfg, "tiny", tmp_path)
+    assert set(s.weight) == {"features.0", "features.3", "classifier"}
+    for n in s.weight:
+        assert s.weight[n]["w2r0"] > s.weight[n]["w8r0"] >= 0.0
+        assert s.act[n]["a4"] >= 0.0 and s.weight[n]["w4r0"] >= 0.0
+    if method == "hessian":
+        assert all(v > 0 for v in s.traces.values())
+    files = list(tmp_path.glob("tiny-*.json"))
+    assert len(files) == 1
+    again = sensitivity(f, calib, SPACE, ["features.0"], cfg, "tiny", tmp_path)
+    assert again.weight == s.weight and again.key == s.key
+    other = sensitivity(f, calib * 0.5, SPACE, ["features.0"], cfg, "tiny", tmp_path)
+    assert other.key != s.key  # keyed by the data too
+
+
+# ---------------------------------------------------------------- allocation
+
+
+@pytest.fixture(scope="module")
+def table_and_sens(tiny):  # type: ignore[no-untyped-def]
+    m, calib, _, _ = tiny
+    f = fold_bn(m).eval()
+    specs = capture(f, (1, 8, 8))
+    sens = sensitivity(f, calib, SPACE, ["features.0"], SensitivityConfig(images=32, hutchinson_samples=4))
+    return specs, HwTable(specs, SPACE.options(), "xc7z020", ["features.0"]), sens
+
+
+def test_allocation_meets_target_and_fits_by_estimate(table_and_sens) -> None:  # type: ignore[no-untyped-def]
+    specs, table, sens = table_and_sens
+    best = fastest(table, sens)
+    assert best is not None
+    target = best.fps(table) / 3
+    a = allocate(table, sens, table.cycles_for(target))
+    assert a is not None
+    plan = to_plan("tiny", a, {"features.0"})
+    e = estimate(specs, plan, "xc7z020", fold="plan")
+    assert e.fits and e.fps >= target * 0.999
+    # a slower target never needs a more sensitive plan
+    slow = allocate(table, sens, table.cycles_for(target / 4))
+    assert slow is not None and slow.sensitivity <= a.sensitivity + 1e-12
+
+
+def test_allocation_ilp_is_optimal_on_the_real_problem(table_and_sens) -> None:  # type: ignore[no-untyped-def]
+    _, table, sens = table_and_sens
+    best = fastest(table, sens)
+    assert best is not None
+    for t in (best.cycles, best.cycles * 2):
+        prob, _ = problem_at(table, sens, t)
+        sub = Problem(tuple(items[:14] for items in prob.items), prob.cap)  # keep exhaustive small
+        ilp, ex = solve_ilp(sub, gap=0.0), solve_exhaustive(sub)
+        assert (ilp is None) == (ex is None)
+        if ilp is not None and ex is not None:
+            assert ilp.objective == pytest.approx(ex.objective, rel=1e-9, abs=1e-15)
+
+
+def test_max_sensitivity_budget_trades_speed(table_and_sens) -> None:  # type: ignore[no-untyped-def]
+    _, table, sens = table_and_sens
+    free = fastest(table, sens)
+    assert free is not None
+    tight = fastest(table, sens, max_sensitivity=free.sensitivity / 10)
+    if tight is not None:
+        assert tight.cycles >= free.cycles and tight.sensitivity <= free.sensitivity / 10
+
+
+# ---------------------------------------------------------------- search_plan
+
+
+@pytest.fixture(scope="module")
+def result(tiny):  # type: ignore[no-untyped-def]
+    m, calib, x, y = tiny
+    cfg = SearchConfig(space=SPACE, sensitivity=SensitivityConfig(images=32, hutchinson_samples=4), points=2,
+                       executor="serial", default_max_drop=100.0)
+    return search_plan("tiny", m, calib, AccuracyEval(x, y), "xc7z020", cfg=cfg)
+
+
+def test_search_plan_end_to_end(result, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    r = result
+    assert r.reference_accuracy == pytest.approx(100.0)
+    assert set(r.baselines) == {"w8a8", "w6a6", "w4a4"}
+    assert r.chosen.fits and r.chosen.kind == "searched"
+    assert r.chosen.fps == pytest.approx(max(p.fps for p in r.points if p.kind == "searched"))
+    assert r.pareto and all(p.fits for p in r.pareto)
+    assert all(not math.isnan(p.accuracy) for p in r.points)
+    # every uniform baseline that fits has a searched plan at least as fast
+    for b in r.baselines.values():
+        if b.fits:
+            assert any(p.fps >= b.fps * 0.999 for p in r.points if p.kind == "searched")
+    paths = write_outputs(r, tmp_path)
+    d = json.loads(paths["pareto"].read_text())
+    assert d["chosen"]["label"] == r.chosen.label and d["pareto"]
+    assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
+    from mixq.plan import load_plan
+
+    assert load_plan(paths["plan"]).layers.keys() == r.plan.layers.keys()
+
+
+def test_unreachable_target_names_best_figure(tiny, result) -> None:  # type: ignore[no-untyped-def]
+    m, calib, x, y = tiny
+    cfg = SearchConfig(space=SPACE, sensitivity=SensitivityConfig(images=32, hutchinson_samples=4),
+                       executor="serial")
+    with pytest.raises(HardwareError, match=r"not reachable.*reaches [0-9.]+ FPS"):
+        search_plan("tiny", m, calib, AccuracyEval(x, y), "xc7z020", target_fps=result.best_fps * 1.5, cfg=cfg)
+    with pytest.raises(MixqError, match="not both"):
+        search_plan("tiny", m, calib, AccuracyEval(x, y), target_fps=10.0, max_drop=1.0, cfg=cfg)
+
+
+def test_process_pool_matches_serial(tiny, result) -> None:  # type: ignore[no-untyped-def]
+    from mixq.algorithms.search import evaluate_plans
+
+    m, calib, x, y = tiny
+    f = fold_bn(m).eval()
+    plans = [p.plan for p in result.points[:2]]
+    ev = AccuracyEval(x, y)
+    assert evaluate_plans(f, calib, ev, plans, "process", 2) == evaluate_plans(f, calib, ev, plans, "serial")
+    with pytest.raises(MixqError, match="executor"):
+        evaluate_plans(f, calib, ev, plans, "dask")
+
+
+def test_cli_search(tiny, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import typer
+    from typer.testing import CliRunner
+
+    from mixq.algorithms.search import tasks
+    from mixq.cli import search as cli_search
+
+    m, calib, x, y = tiny
+    monkeypatch.setattr(tasks, "bundled_task", lambda *a, **k: (m, calib, AccuracyEval(x, y)))
+    app = typer.Typer()
+    cli_search.register(app)
+    app.command("noop")(lambda: None)  # a second command keeps "search" a subcommand
+    out = tmp_path / "s"
+    r = CliRunner().invoke(app, ["search", "tiny", "--max-drop", "100", "--out", str(out), "--executor", "serial",
+                                 "--points", "1", "--cache-dir", str(tmp_path / "cache")])
+    assert r.exit_code == 0, r.output
+    assert (out / "plan.json").exists() and (out / "pareto.json").exists() and (out / "pareto.png").exists()
+    assert '"chosen"' in r.output
