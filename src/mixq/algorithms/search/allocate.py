@@ -10,6 +10,7 @@ grid of ``T``); "the fastest design within a sensitivity budget" likewise.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,8 @@ from mixq.algorithms.search.space import Option, layer_plan
 from mixq.errors import MixqError
 from mixq.plan import HwMapping, QuantPlan
 
-SOLVERS = {"ilp": solve_ilp, "exhaustive": solve_exhaustive, "greedy": solve_greedy}
+SOLVERS: dict[str, Callable[[Problem], Solution | None]] = {
+    "ilp": solve_ilp, "exhaustive": solve_exhaustive, "greedy": solve_greedy}
 
 
 @dataclass(frozen=True)
