@@ -3,8 +3,9 @@
 Real layers: CNV (3x3 convolutions, one followed by a max-pool, a linear layer) and the
 first blocks of MobileNetV2 with its real weights (a 1x1 expansion and a 3x3 depthwise
 convolution), each at 4-bit MSQ (SP2 rows on shift-add LUT lanes beside fixed-point rows
-on DSPs) and at 8-bit fixed point. A few output pixels per layer (corners, where the
-padding is, and spread over the map) keep the simulation to about a second.
+on DSPs) and at 8-bit fixed point. The MSQ MobileNetV2 layers are simulated whole; elsewhere
+a few output pixels (corners, where the padding is, and spread over the map) keep the
+simulation to about a second (``benchmarks/rtl_layers.py`` simulates every layer whole).
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ CASES = [
     ("cnv", "msq4", "features.3", 4, 8, 3),  # 3x3 then max-pool
     ("cnv", "msq4", "classifier.0", 16, 64, 1),  # linear, 3136 -> 128
     ("cnv", "fixed8", "features.7", 8, 16, 3),
-    ("mobilenet_v2", "msq4", "2.conv.0.0", 8, 8, 4),  # 1x1, 16 -> 96
-    ("mobilenet_v2", "msq4", "2.conv.1.0", 8, 3, 4),  # 3x3 depthwise, stride 2
+    ("mobilenet_v2", "msq4", "2.conv.0.0", 8, 8, 0),  # 1x1, 16 -> 96, the whole layer (256 pixels)
+    ("mobilenet_v2", "msq4", "2.conv.1.0", 8, 3, 0),  # 3x3 depthwise, stride 2, the whole layer
     ("mobilenet_v2", "fixed8", "2.conv.0.0", 8, 8, 3),
     ("mobilenet_v2", "fixed8", "2.conv.1.0", 8, 9, 3),
 ]

@@ -52,11 +52,13 @@ def iverilog_available() -> bool:
 
 
 def default_pixels(lay: Layout, n: int) -> list[tuple[int, int]]:
-    """``n`` output pixels spread over the map: corners (padding) first, then evenly spaced."""
+    """``n`` output pixels spread over the map: corners (padding) first, then evenly spaced (``n <= 0``: all)."""
     d = lay.data
     if d.op == "linear":
         return [(0, 0)]
     ho, wo = int(d.y.shape[2]), int(d.y.shape[3])
+    if n <= 0 or n >= ho * wo:
+        return [(i, j) for i in range(ho) for j in range(wo)]
     pts = [(0, 0), (ho - 1, wo - 1), (0, wo - 1), (ho - 1, 0)]
     step = max(1, (ho * wo) // max(n, 1))
     pts += [divmod(i, wo) for i in range(step // 2, ho * wo, step)]
