@@ -4,6 +4,7 @@ synthesis and the recipes."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -39,6 +40,15 @@ from mixq.nn import QConv2d, QLinear
 from mixq.plan import LayerPlan, QuantPlan
 
 SHAPE = (3, 16, 16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared 2-core machine OpenMP barriers make small ops 10-50x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 class Block(nn.Module):
@@ -329,8 +339,8 @@ def test_minmax_recipe_matches_api_quantize(model: nn.Module, x: torch.Tensor) -
     plan = plan_for(model)
     a = quantize(model, plan, x, "minmax")
     b = api_quantize(model, plan, x)
-    with torch.no_grad():
-        torch.testing.assert_close(a(x), b(x))
+    with torch.no_grad():  # batch sizes differ: float sums (and so observed maxima) may differ in the last bit
+        torch.testing.assert_close(a(x), b(x), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

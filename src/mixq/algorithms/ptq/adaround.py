@@ -35,7 +35,6 @@ from mixq.algorithms.ptq._common import (
     grouped_weight,
     groups_of,
     inputs_at,
-    is_quant_layer,
     layers_in_forward_order,
     outputs_to_columns,
     quantized_input,
@@ -54,8 +53,8 @@ class AdaRoundConfig:
 
     iterations: int = 500
     batch: int = 256
-    columns: int = 8192
-    images: int = 256
+    columns: int = 4096
+    images: int = 128
     lr: float = 1e-2
     reg_weight: float = 0.01
     beta_start: float = 20.0
@@ -65,7 +64,7 @@ class AdaRoundConfig:
     gamma: float = -0.1
     max_bits: int | None = None
     seed: int = 0
-    batch_size: int = 32
+    batch_size: int = 8
 
     def __post_init__(self) -> None:
         for f in ("iterations", "batch", "columns", "images", "batch_size"):
@@ -146,7 +145,7 @@ def optimize_rounding(lo: torch.Tensor, gap: torch.Tensor, rest: torch.Tensor, x
     of nearest rounding and of the learned rounding on all ``N`` columns."""
     gen = torch.Generator().manual_seed(cfg.seed)
     lo32, gap32 = lo.float(), gap.float()
-    x, y = x.float(), y.float()
+    x, y = x.float().contiguous(), y.float().contiguous()
     n = x.shape[2]
     v = init_logits(rest.float(), cfg.zeta, cfg.gamma).requires_grad_(True)
     opt = torch.optim.Adam([v], lr=cfg.lr)
@@ -160,7 +159,7 @@ def optimize_rounding(lo: torch.Tensor, gap: torch.Tensor, rest: torch.Tensor, x
         loss = err.pow(2).sum(dim=(0, 1)).mean()
         beta = beta_at(step, cfg)
         if beta is not None:
-            reg = (1.0 - (2.0 * h[movable] - 1.0).abs().pow(beta)).sum()
+            reg = (1.0 - (2.0 * h - 1.0).abs().pow(beta)).sum()  # clipped weights (gap 0) do not matter
             loss = loss + cfg.reg_weight * reg
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -185,41 +184,65 @@ def _layer_bits(m: QConv2d | QLinear) -> int:
     return max((f.storage_bits for f in m.formats), default=32)
 
 
-def _sample(total: int, k: int, gen: torch.Generator) -> torch.Tensor:
-    if k >= total:
-        return torch.arange(total)
-    return torch.randperm(total, generator=gen)[:k]
+def _picks(layer_index: int, batch_index: int, images: int, positions: int, per_image: int,
+           seed: int) -> torch.Tensor:
+    """The sampled column indices of one batch (image-major, as :func:`columns` orders them);
+    deterministic in (seed, layer, batch) so float targets and quantized inputs line up."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + layer_index * 10_007 + batch_index)
+    k = min(per_image, positions)
+    return torch.cat([i * positions + torch.randperm(positions, generator=gen)[:k] for i in range(images)])
+
+
+def _positions(y: torch.Tensor) -> int:
+    """Output positions per image of a layer output."""
+    return int(y.shape[2] * y.shape[3]) if y.dim() == 4 else int(y.numel() // (y.shape[0] * y.shape[-1]))
 
 
 @torch.no_grad()
-def collect_layer_data(qmodel: nn.Module, fmodel: nn.Module, name: str, data: torch.Tensor,
-                       cfg: AdaRoundConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input columns of quantized layer ``name`` (in ``qmodel``, after its input quantizer) and the
-    float layer's outputs on the float model's input at the same positions, ``(G, Kg, N)`` and
-    ``(G, Og, N)``."""
-    q_layer = qmodel.get_submodule(name)
-    f_layer = fmodel.get_submodule(name)
+def collect_float_targets(fmodel: nn.Module, names: list[str], data: torch.Tensor,
+                          cfg: AdaRoundConfig) -> dict[str, torch.Tensor]:
+    """Every named float layer's output without bias, ``(G, Og, N)``, at the sampled positions — one
+    forward pass over the AdaRound images for all layers."""
     images = data[: cfg.images]
     per_image = max(1, math.ceil(cfg.columns / images.shape[0]))
-    gen = torch.Generator().manual_seed(cfg.seed + 7919)
-    xs, ys = [], []
-    for xb in batches(images, cfg.batch_size):
+    out: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    state = {"batch": 0}
+    handles = []
+    for li, n in enumerate(names):
+        layer = fmodel.get_submodule(n)
+
+        def hook(mod: nn.Module, _inp: object, y: torch.Tensor, li: int = li, n: str = n) -> None:
+            b = getattr(mod, "bias", None)
+            if isinstance(b, torch.Tensor):
+                y = y - (b.reshape(1, -1, 1, 1) if y.dim() == 4 else b)
+            picks = _picks(li, state["batch"], y.shape[0], _positions(y), per_image, cfg.seed)
+            out[n].append(outputs_to_columns(mod, y)[:, :, picks].clone())
+        handles.append(layer.register_forward_hook(hook))
+    try:
+        for bi, xb in enumerate(batches(images, cfg.batch_size)):
+            state["batch"] = bi
+            fmodel(xb)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: torch.cat(v, dim=2) for n, v in out.items()}
+
+
+@torch.no_grad()
+def collect_inputs(qmodel: nn.Module, name: str, layer_index: int, data: torch.Tensor,
+                   cfg: AdaRoundConfig) -> torch.Tensor:
+    """Input columns ``(G, Kg, N)`` of quantized layer ``name`` (after its input quantizer), at the
+    positions :func:`collect_float_targets` sampled; each forward stops at the layer."""
+    q_layer = qmodel.get_submodule(name)
+    images = data[: cfg.images]
+    per_image = max(1, math.ceil(cfg.columns / images.shape[0]))
+    xs = []
+    for bi, xb in enumerate(batches(images, cfg.batch_size)):
         xq = quantized_input(q_layer, inputs_at(qmodel, q_layer, xb))
-        xf = inputs_at(fmodel, f_layer, xb)
         cq = columns(q_layer, xq)
-        yf = outputs_to_columns(f_layer, _no_bias_forward(f_layer, xf))
-        per = cq.shape[2] // xb.shape[0]
-        picks = torch.cat([i * per + _sample(per, per_image, gen) for i in range(xb.shape[0])])
-        xs.append(cq[:, :, picks])
-        ys.append(yf[:, :, picks])
-    return torch.cat(xs, dim=2), torch.cat(ys, dim=2)
-
-
-def _no_bias_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(layer, nn.Conv2d):
-        return layer._conv_forward(x, layer.weight, None)
-    assert isinstance(layer, nn.Linear)
-    return torch.nn.functional.linear(x, layer.weight)
+        positions = cq.shape[2] // xb.shape[0]
+        xs.append(cq[:, :, _picks(layer_index, bi, xb.shape[0], positions, per_image, cfg.seed)].clone())
+    return torch.cat(xs, dim=2)
 
 
 @torch.no_grad()
@@ -252,14 +275,19 @@ def adaround(qmodel: nn.Module, fmodel: nn.Module, calib: torch.Tensor,
     was = qmodel.training
     qmodel.eval()
     report: dict[str, dict[str, float]] = {}
+    names = []
     for name in layers_in_forward_order(qmodel, data):
         layer = qmodel.get_submodule(name)
-        if not is_quant_layer(layer):
+        if not isinstance(layer, QConv2d | QLinear) or not layer.formats:
             continue
+        if cfg.max_bits is not None and _layer_bits(layer) > cfg.max_bits:
+            continue
+        names.append(name)
+    targets = collect_float_targets(fmodel, names, data, cfg)
+    for li, name in enumerate(names):
+        layer = qmodel.get_submodule(name)
         assert isinstance(layer, QConv2d | QLinear)
-        if not layer.formats or (cfg.max_bits is not None and _layer_bits(layer) > cfg.max_bits):
-            continue
-        x, y = collect_layer_data(qmodel, fmodel, name, data, cfg)
-        report[name] = adaround_layer(layer, x, y, cfg)
+        x = collect_inputs(qmodel, name, li, data, cfg)
+        report[name] = adaround_layer(layer, x, targets.pop(name), cfg)
     qmodel.train(was)
     return report

@@ -75,7 +75,7 @@ class Recipe:
     adaround: AdaRoundConfig | None = None
     restore_stats: bool = False
     datafree: DataFreeConfig | None = None
-    batch_size: int = 32
+    batch_size: int = 8
     version: int = RECIPE_VERSION
 
     def __post_init__(self) -> None:

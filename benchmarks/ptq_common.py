@@ -1,0 +1,203 @@
+"""Shared parts of the PTQ benchmarks (``ptq_mobilenetv2.py``, ``ptq_cnv.py``): fidelity metrics, the
+mixq and Brevitas runners, and the result table.
+
+Both toolkits quantize the same BN-folded float model with the same scheme: every Conv2d/Linear
+gets fake-quantized weights and a fake-quantized *input* (Brevitas' ``layerwise`` backend;
+mixq's ``QConv2d``/``QLinear``), symmetric narrow-range weights with float scales, per-tensor
+activations. Wall time covers the quantization only (folding, equalization, calibration, bias
+correction, rounding), not the evaluation; both run in the same process, one intra-op thread.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from mixq.algorithms.ptq import quantize_report
+from mixq.plan import QuantPlan
+from mixq.quant import sqnr_db
+
+
+@dataclass
+class Row:
+    """One benchmark configuration's result."""
+
+    config: str
+    tool: str
+    seconds: float
+    agreement: float  # % of eval inputs whose top-1 class equals the FP32 model's
+    sqnr_db: float  # logit SQNR over the eval inputs
+    labelled_top1: float  # % correct on the labelled images (ImageNet: the 20 foolbox images)
+    accuracy: float | None = None  # % on a real labelled test set (CNV: full Fashion-MNIST test)
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def logits(model: nn.Module, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size]).float() for i in range(0, x.shape[0], batch_size)])
+
+
+def fidelity(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
+    """(top-1 agreement in %, logit SQNR in dB) of ``out`` against the float model's ``ref``."""
+    agree = 100.0 * float((out.argmax(1) == ref.argmax(1)).float().mean())
+    return agree, float(sqnr_db(ref, out))
+
+
+@dataclass
+class Bench:
+    """The float model and the data a benchmark evaluates on."""
+
+    model: nn.Module
+    calib: torch.Tensor
+    x_eval: torch.Tensor  # fidelity inputs
+    x_lab: torch.Tensor  # labelled inputs
+    y_lab: torch.Tensor
+    x_test: torch.Tensor | None = None  # optional full labelled test set
+    y_test: torch.Tensor | None = None
+    eval_batch: int = 16
+    ref_eval: torch.Tensor = field(init=False)
+    ref_lab: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ref_eval = logits(self.model, self.x_eval, self.eval_batch)
+        self.ref_lab = logits(self.model, self.x_lab, self.eval_batch)
+
+    def measure(self, config: str, tool: str, qmodel: nn.Module, seconds: float, notes: str = "",
+                extra: dict[str, Any] | None = None) -> Row:
+        out = logits(qmodel, self.x_eval, self.eval_batch)
+        agree, sq = fidelity(self.ref_eval, out)
+        lab = logits(qmodel, self.x_lab, self.eval_batch)
+        top1 = 100.0 * float((lab.argmax(1) == self.y_lab).float().mean())
+        acc = None
+        if self.x_test is not None and self.y_test is not None:
+            acc = 100.0 * float((logits(qmodel, self.x_test, 500).argmax(1) == self.y_test).float().mean())
+        row = Row(config, tool, round(seconds, 2), round(agree, 2), round(sq, 2), round(top1, 2),
+                  None if acc is None else round(acc, 2), notes, extra or {})
+        print(f"  {tool:9s} {config:38s} agree {row.agreement:6.2f}%  sqnr {row.sqnr_db:6.2f} dB  "
+              f"top1 {row.labelled_top1:6.2f}%" + (f"  acc {row.accuracy:6.2f}%" if acc is not None else "")
+              + f"  {row.seconds:8.1f} s", flush=True)
+        return row
+
+    def float_row(self) -> Row:
+        top1 = 100.0 * float((self.ref_lab.argmax(1) == self.y_lab).float().mean())
+        acc = None
+        if self.x_test is not None and self.y_test is not None:
+            acc = round(100.0 * float((logits(self.model, self.x_test, 500).argmax(1) == self.y_test)
+                                      .float().mean()), 2)
+        return Row("FP32", "float", 0.0, 100.0, float("inf"), round(top1, 2), acc)
+
+
+def run_mixq(bench: Bench, config: str, plan: QuantPlan, recipe: str, notes: str = "",
+             **overrides: Any) -> Row:
+    t = time.perf_counter()
+    res = quantize_report(bench.model, plan, bench.calib, recipe, **overrides)
+    seconds = time.perf_counter() - t
+    extra = {"recipe": dataclasses.asdict(res.recipe), "timings": {k: round(v, 2) for k, v in res.timings.items()}}
+    if "adaround" in res.details:
+        ada = res.details["adaround"]
+        extra["adaround_rec_ratio"] = round(sum(v["rec_adaround"] for v in ada.values())
+                                            / max(sum(v["rec_nearest"] for v in ada.values()), 1e-30), 4)
+    return bench.measure(config, "mixq", res.model, seconds, notes, extra)
+
+
+# ---------------------------------------------------------------------------------------------- Brevitas
+def brevitas_available() -> str | None:
+    """Brevitas' version, or None when it (or what its examples need) is not installed."""
+    try:
+        import brevitas
+        from brevitas_examples.imagenet_classification.ptq import ptq_common  # noqa: F401
+    except Exception:
+        return None
+    return str(brevitas.__version__)
+
+
+@dataclass(frozen=True)
+class BrevitasConfig:
+    """A Brevitas PTQ run with its ``layerwise`` backend (quantized weights and inputs of every
+    Conv2d/Linear; first and last layer at ``first_last_bits``)."""
+
+    weight_bits: int = 8
+    act_bits: int = 8
+    per_channel: bool = False
+    weight_param: str = "stats"  # "stats" (max |w|) or "mse"
+    act_percentile: float = 99.999
+    equalize: bool = False  # graph equalization (CLE) with bias merging; ReLU6 -> ReLU
+    bias_correction: bool = False
+    learned_round: bool = False  # AdaRound ("learned_round" layerwise)
+    learned_round_iters: int = 1000
+    first_last_bits: int = 8
+
+
+def run_brevitas(bench: Bench, config: str, cfg: BrevitasConfig, first_layer: Callable[[nn.Module], bool],
+                 last_layer: Callable[[nn.Module], bool], notes: str = "") -> Row:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from brevitas.graph.quantize import layerwise_quantize, preprocess_for_quantize
+    from brevitas_examples.imagenet_classification.ptq import ptq_common as pc
+
+    t = time.perf_counter()
+    model = copy.deepcopy(bench.model).eval()
+    model = preprocess_for_quantize(model, equalize_iters=20 if cfg.equalize else 0, equalize_merge_bias=True,
+                                    merge_bn=True, relu6_to_relu=cfg.equalize)
+    from brevitas.inject import value
+
+    edge_bits, base_bits = cfg.first_last_bits, cfg.weight_bits
+
+    @value  # type: ignore[misc]
+    def weight_bit_width(module: nn.Module) -> int:  # resolved per layer by Brevitas' injector
+        return edge_bits if first_layer(module) or last_layer(module) else base_bits
+
+    maps = pc.create_quant_maps(
+        dtype=torch.float32, device="cpu", uint_sym_act_for_unsigned_values=True, bias_bit_width=None,
+        weight_param_method=cfg.weight_param, weight_scale_type="float_scale", weight_quant_type="sym",
+        weight_quant_granularity="per_channel" if cfg.per_channel else "per_tensor", weight_narrow_range=True,
+        weight_quant_format="int", act_quant_format="int", act_scale_type="float_scale",
+        act_param_method="stats", act_quant_type="sym", act_quant_granularity="per_tensor",
+        act_quant_percentile=cfg.act_percentile, act_scale_computation_type="static",
+        weight_bit_width=weight_bit_width, act_bit_width=cfg.act_bits)
+    qmodel = layerwise_quantize(model, compute_layer_map=maps[1])
+    loader = [(bench.calib[i : i + 32], None) for i in range(0, bench.calib.shape[0], 32)]
+    pc.calibrate(loader, qmodel)
+    if cfg.learned_round:
+        from argparse import Namespace
+
+        from brevitas_examples.imagenet_classification.ptq.learned_round_utils import apply_learned_round
+
+        args = Namespace(learned_round="hard_sigmoid", learned_round_mode="layerwise", learned_round_iters=
+                         cfg.learned_round_iters, learned_round_lr=1e-3, learned_round_batch_size=1,
+                         learned_round_loss="regularised_mse", learned_round_lr_scheduler=None)
+        apply_learned_round(qmodel, [(x, None) for x, _ in loader], args)
+    if cfg.bias_correction:
+        pc.apply_bias_correction(loader, qmodel)
+    seconds = time.perf_counter() - t
+    return bench.measure(config, "brevitas", qmodel, seconds, notes)
+
+
+# ---------------------------------------------------------------------------------------------- table
+def markdown_table(rows: list[Row], with_accuracy: bool = False) -> str:
+    head = "| config | tool | top-1 agreement w/ FP32 (%) | logit SQNR (dB) | top-1 labelled (%) |"
+    sep = "|---|---|---|---|---|"
+    if with_accuracy:
+        head += " test accuracy (%) |"
+        sep += "---|"
+    head += " PTQ wall time (s) | notes |"
+    sep += "---|---|"
+    lines = [head, sep]
+    for r in rows:
+        sq = "∞" if r.sqnr_db == float("inf") else f"{r.sqnr_db:.2f}"
+        line = f"| {r.config} | {r.tool} | {r.agreement:.2f} | {sq} | {r.labelled_top1:.2f} |"
+        if with_accuracy:
+            line += f" {'' if r.accuracy is None else f'{r.accuracy:.2f}'} |"
+        line += f" {r.seconds:.1f} | {r.notes} |"
+        lines.append(line)
+    return "\n".join(lines)

