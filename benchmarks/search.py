@@ -58,9 +58,9 @@ def _brief(p: Point | None) -> dict[str, Any] | None:
 
 
 def run_model(name: str, part: str, calib_n: int, eval_n: int, sens: SensitivityConfig, points: int,
-              space: SearchSpace, executor: str) -> dict[str, Any]:
+              space: SearchSpace, executor: str, weights: str | None = None) -> dict[str, Any]:
     try:
-        model, calib, eval_fn = bundled_task(name, True, calib_n, eval_n)
+        model, calib, eval_fn = bundled_task(name, True, calib_n, eval_n, weights=weights)
         pretrained = True
     except ModelError:  # CNV weights not shipped yet: random init, so accuracies are not meaningful
         model, calib, eval_fn = bundled_task(name, False, calib_n, eval_n)
@@ -70,7 +70,8 @@ def run_model(name: str, part: str, calib_n: int, eval_n: int, sens: Sensitivity
     res = search_plan(name, model, calib, eval_fn, part, max_drop=1.0 if pretrained else 100.0, cfg=cfg)
     total = time.perf_counter() - t0
     solve = [float(p.plan.meta.get("search", {}).get("solve_s", math.nan)) for p in res.points if p.kind == "searched"]
-    return {"model": name, "part": part, "pretrained": pretrained, "calib_images": calib_n, "eval_images": eval_n,
+    return {"model": name, "part": part, "pretrained": pretrained, "weights": weights or "zoo",
+            "calib_images": calib_n, "eval_images": eval_n,
             "metric": "top-1 accuracy (%)" if name == "cnv" else "top-1 agreement with FP32 (%)",
             "reference": round(res.reference_accuracy, 2), "search_s": round(total, 1),
             "timings_s": {k: round(v, 2) for k, v in res.timings.items()},
@@ -86,7 +87,8 @@ def _md(results: list[dict[str, Any]]) -> str:
              "model; FPS and resources from `mixq.hw.estimate` (streaming template) with the plan's own folding.", ""]
     for r in results:
         lines += [f"## {r['model']} on {r['part']}", "",
-                  f"{r['metric']}; float reference {r['reference']}; pretrained weights: {r['pretrained']}; "
+                  f"{r['metric']}; float reference {r['reference']}; trained weights: {r['pretrained']} "
+                  f"({r['weights']}); "
                   f"{r['eval_images']} eval / {r['calib_images']} calibration images.", "",
                   f"Whole search {r['search_s']} s (sensitivity {r['timings_s'].get('sensitivity')} s, ILP sweep "
                   f"{r['timings_s'].get('ilp_sweep')} s, evaluation {r['timings_s'].get('evaluate')} s); ILP solve "
@@ -110,13 +112,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--models", default="cnv,mobilenet_v2")
     ap.add_argument("--executor", default="process")
+    ap.add_argument("--cnv-weights", default=None, help="CNV state dict (default: the zoo's shipped weights)")
     a = ap.parse_args()
     torch.manual_seed(0)
     results = []
     for name in a.models.split(","):
         if name == "cnv":
             results.append(run_model("cnv", "xc7z020", 256, 500 if a.quick else 2000, SensitivityConfig(), 4,
-                                     SearchSpace(), a.executor))
+                                     SearchSpace(), a.executor, a.cnv_weights))
         else:  # MobileNetV2 does not fit the XC7Z020's block RAM even at 2 bits: a ZU9EG
             results.append(run_model(name, "xczu9eg", 16 if a.quick else 32, 32 if a.quick else 64,
                                      SensitivityConfig(images=8, hutchinson_samples=2), 2,

@@ -22,11 +22,16 @@ TASKS = ("cnv", "mobilenet_v2")
 
 
 def bundled_task(name: str, pretrained: bool = True, calib_images: int = 256, eval_images: int = 1000,
-                 full_test: bool = False) -> tuple[nn.Module, torch.Tensor, EvalFn]:
-    """``(model, calibration images, eval_fn)`` of a bundled task."""
+                 full_test: bool = False, weights: str | Path | None = None) -> tuple[nn.Module, torch.Tensor, EvalFn]:
+    """``(model, calibration images, eval_fn)`` of a bundled task (``weights``: a CNV state dict file)."""
     if name not in TASKS:
         raise MixqError(f"search: model {name!r} has no bundled task (one of {', '.join(TASKS)})")
-    model = zoo.load(name, pretrained=pretrained).eval()
+    if weights is not None and name == "cnv":
+        from mixq.zoo.cnv import load_pretrained
+
+        model = load_pretrained(zoo.load(name), weights).eval()
+    else:
+        model = zoo.load(name, pretrained=pretrained).eval()
     if name == "cnv":
         images, _ = data.load_fmnist_subset(CNV_CALIB)
         if full_test:
