@@ -191,8 +191,7 @@ def faithful(qmodel: nn.Module, imodel: IntModel | None = None,
         if example is None:
             raise ModelError("faithful: give the integer model or an example input")
         imodel = to_integer(qmodel, example, **options)
-    ex = torch.zeros(1, *imodel.input_shape)
-    gm = trace(copy.deepcopy(qmodel), ex)
+    gm = trace(copy.deepcopy(qmodel), None)
     kinds = classify(gm)
     names: dict[str, str] = dict(imodel.meta.get("fx_nodes", {}))
     nodes = {n.name: n for n in imodel.nodes}
@@ -216,6 +215,16 @@ def faithful(qmodel: nn.Module, imodel: IntModel | None = None,
     return gm.eval()
 
 
+class _Method:
+    """A tensor method as a function: ``_Method("mean")(x, dims)`` is ``x.mean(dims)``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return getattr(x, self.name)(*args, **kwargs)  # type: ignore[no-any-return]
+
+
 def _quant(inode: IntNode, nodes: dict[str, IntNode]) -> FaithfulQuant:
     in_grid = None if inode.op == "quantize" else nodes[inode.inputs[0]].scale
     return FaithfulQuant(inode, in_grid)
@@ -235,7 +244,8 @@ def _faithful_module(kind: str, inode: IntNode, nodes: dict[str, IntNode], node:
         if module is not None:
             return FaithfulPool(inode, module, (), {})
         args = tuple(a for a in node.args[1:])
-        return FaithfulPool(inode, node.target, args, dict(node.kwargs))
+        fn = node.target if node.op == "call_function" else _Method(str(node.target))
+        return FaithfulPool(inode, fn, args, dict(node.kwargs))
     if kind == "add":
         return FaithfulAdd(inode, [nodes[i].scale for i in inode.inputs])
     raise ModelError(f"faithful: no hardware-faithful form of {kind!r}")  # pragma: no cover

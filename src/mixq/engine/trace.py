@@ -58,12 +58,14 @@ class OpInfo:
     module: nn.Module | None
 
 
-def trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
-    """FX-trace ``model`` (quantized layers as leaves) and record every node's shape on ``example``."""
+def trace(model: nn.Module, example: torch.Tensor | None) -> fx.GraphModule:
+    """FX-trace ``model`` (quantized layers as leaves) and record every node's shape on ``example`` (if given)."""
     try:
         gm = fx.GraphModule(model, _Tracer().trace(model))
     except Exception as exc:  # FX raises many types on untraceable code
         raise ModelError(f"integer engine: cannot trace {type(model).__name__} with torch.fx ({exc})") from exc
+    if example is None:
+        return gm
     was = model.training
     gm.eval()
     with torch.no_grad():

@@ -58,10 +58,11 @@ class _Capture:
 
 @torch.no_grad()
 def verify(qmodel: nn.Module, x: torch.Tensor, *, imodel: IntModel | None = None, batch_size: int = 8,
-           products: str = "shift_add", **options: Any) -> dict[str, Any]:
+           products: str = "shift_add", local_images: int = 2, **options: Any) -> dict[str, Any]:
     """Compare fake quant, hardware-faithful fake quant and the integer engine on ``x``; a JSON-able dict.
 
     ``options`` go to :func:`~mixq.engine.convert.to_integer` when ``imodel`` is not given.
+    The local layer check runs on the first ``local_images`` inputs.
     Keys: ``exact`` (engine == faithful everywhere), ``mismatching_outputs``,
     ``argmax_agreement`` (engine vs ordinary fake quant), ``layers`` (per compute layer).
     """
@@ -98,9 +99,10 @@ def verify(qmodel: nn.Module, x: torch.Tensor, *, imodel: IntModel | None = None
         total["images"] += xb.shape[0]
         total["max_abs"] = max(total["max_abs"], float((y_e - y_fq).abs().max()))
         total["max_ref"] = max(total["max_ref"], float(y_fq.abs().max()))
+        n_local = max(0, min(local_images - int(total["images"]) + xb.shape[0], xb.shape[0]))
         for node in computes:
             _compare_layer(node, stats[node.name], r.values, cap_f.values.get(node.name),
-                           cap_fq.values.get(node.name), engine, f_layers.get(node.name))
+                           cap_fq.values.get(node.name), engine, f_layers.get(node.name), n_local)
     qmodel.train(was)
     layers = [_finish(s) for s in stats.values()]
     n_img = max(total["images"], 1)
@@ -136,7 +138,7 @@ def _finish(s: dict[str, Any]) -> dict[str, Any]:
 def _compare_layer(node: Any, s: dict[str, Any], values: dict[str, torch.Tensor],
                    f_val: tuple[torch.Tensor, torch.Tensor] | None,
                    fq_val: tuple[torch.Tensor, torch.Tensor] | None, engine: IntEngine,
-                   f_layer: FaithfulLayer | None) -> None:
+                   f_layer: FaithfulLayer | None, n_local: int) -> None:
     acc = values[node.name]
     codes = values[node.inputs[0]]
     grid = torch.from_numpy(np.asarray(node.scale, dtype=np.float64)).unsqueeze(0)
@@ -161,11 +163,12 @@ def _compare_layer(node: Any, s: dict[str, Any], values: dict[str, torch.Tensor]
     y_e = dequantize(acc, node.scale)
     s["max_abs_diff_fakequant"] = max(s["max_abs_diff_fakequant"], float((y_e - y_fq.double()).abs().max()))
     s["max_abs_fakequant"] = max(s["max_abs_fakequant"], float(y_fq.abs().max()))
-    if f_layer is None:
+    if f_layer is None or n_local == 0:
         return
     # local: the integer layer on the fake-quant model's own input codes vs the fake-quant layer in float64
     prog = next(k for n, k in engine.kernels if n.name == node.name)
     assert isinstance(prog, DotProgram)
+    fq_codes = fq_codes[:n_local]
     local = prog([fq_codes], {}).to(torch.float64)
     xq = fq_codes.to(torch.float64) * float(qnode.scale)
     bias = torch.from_numpy(node.arrays["bias_float"].astype(np.float64))

@@ -65,3 +65,40 @@ def run_qdq(model: Any, x: torch.Tensor | np.ndarray, optimize: bool = True) -> 
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return np.asarray(sess.run(None, {sess.get_inputs()[0].name: arr.astype(np.float32)})[0])
+
+
+def check_export(fmt: str, path: Any, qmodel: Any, imodel: Any, x: torch.Tensor) -> dict[str, Any]:
+    """Read an export back, run it in its runtime on ``x`` and compare with mixq.
+
+    ``int``: the engine on the file read back vs the engine on ``imodel`` (must be equal);
+    ``qonnx``: qonnx's executor vs the fake-quant model; ``qdq``: onnxruntime (graph as
+    written) vs the fake-quant model.
+    """
+    from pathlib import Path
+
+    from mixq.engine.io import load_int_model
+    from mixq.engine.run import IntEngine
+
+    p = Path(path)
+    if fmt == "int":
+        y_ref = IntEngine(imodel)(x).real().numpy()
+        y = IntEngine(load_int_model(p))(x).real().numpy()
+        runtime = "mixq integer engine, file read back"
+    else:
+        import onnx
+
+        model = onnx.load(str(p))
+        with torch.no_grad():
+            y_ref = qmodel(x).double().numpy()
+        if fmt == "qonnx":
+            batch = int(model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1)
+            chunks = [run_qonnx(model, x[i:i + batch]) for i in range(0, x.shape[0] - batch + 1, batch)]
+            y = np.concatenate(chunks)
+            y_ref = y_ref[: y.shape[0]]
+            runtime = "qonnx execute_onnx"
+        else:
+            y = run_qdq(model, x, optimize=False)
+            runtime = "onnxruntime"
+    return {"runtime": runtime, "images": int(y.shape[0]),
+            "max_abs_diff": float(np.abs(y.astype(np.float64) - y_ref).max()),
+            "argmax_agreement": float((y.argmax(1) == y_ref.argmax(1)).mean())}

@@ -1,0 +1,85 @@
+"""Golden tests: the integer engine equals the hardware-faithful fake-quant model exactly.
+
+For CNV (shipped weights when present), ResNet-18 (random init) and MobileNetV2
+(ImageNet weights) under W8A8, W4A4, W4 MSQ (half the rows SP2) and binary weights:
+zero differing outputs and zero differing integers in every layer. Against the
+ordinary fake-quant model the difference is reported and bounded: each integer layer
+run on the fake-quant model's own input codes is within half an accumulator step of
+the fake-quant layer (the bias rounding), and the argmax agreement is asserted against
+a floor (chaotic 4-bit MobileNetV2 on 32x32 photos amplifies single-code flips).
+The fast set runs every config on CNV and one per ImageNet model; the rest is ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mixq.engine import IntEngine, to_integer
+from mixq.engine.faithful import faithful
+from mixq.engine.verify import verify
+from test_engine_support import CONFIGS, inputs, quantized
+
+# (model, config) -> lowest argmax agreement with the ordinary fake-quant model accepted
+FLOORS = {("cnv", c): 0.98 for c in CONFIGS} | {
+    ("resnet18", "w8a8"): 0.75, ("resnet18", "w4a4"): 0.5, ("resnet18", "msq4"): 0.5, ("resnet18", "binary"): 0.5,
+    ("mobilenet_v2", "w8a8"): 0.75, ("mobilenet_v2", "w4a4"): 0.0, ("mobilenet_v2", "msq4"): 0.0,
+    ("mobilenet_v2", "binary"): 0.5,
+}
+FAST = {("cnv", c) for c in CONFIGS} | {("resnet18", "w4a4"), ("mobilenet_v2", "w8a8")}
+CASES = [pytest.param(m, c, marks=() if (m, c) in FAST else pytest.mark.slow, id=f"{m}-{c}") for m, c in FLOORS]
+
+
+@pytest.mark.parametrize("model,config", CASES)
+def test_engine_equals_faithful(model: str, config: str) -> None:
+    q = quantized(model, config)
+    _, x = inputs(model)
+    x = x[:16] if model == "cnv" else x[:4]
+    rep = verify(q, x)
+    print(json.dumps({k: v for k, v in rep.items() if k != "layers"}))
+    assert rep["exact"], rep
+    assert rep["mismatching_outputs"] == 0
+    for layer in rep["layers"]:
+        assert layer["mismatches"] == 0 and layer["input_mismatches"] == 0, layer
+        assert layer["local_max_diff_lsb"] <= 0.5 + 1e-6, layer  # the bias rounding, nothing else
+        assert layer["acc_bits"] <= layer["acc_budget"], layer
+    assert rep["argmax_agreement_faithful"] == 1.0
+    assert rep["argmax_agreement"] >= FLOORS[(model, config)], rep["argmax_agreement"]
+
+
+@pytest.mark.parametrize("config", ["msq4", "binary"])
+def test_shift_add_equals_multiply(config: str) -> None:
+    q = quantized("cnv", config)
+    _, x = inputs("cnv")
+    im = to_integer(q, x)
+    a = IntEngine(im, products="shift_add")(x[:8], keep=True)
+    b = IntEngine(im, products="multiply")(x[:8], keep=True)
+    assert torch.equal(a.codes, b.codes)
+    for name in a.values:
+        assert torch.equal(a.values[name], b.values[name]), name
+
+
+def test_faithful_is_a_module_with_the_same_graph() -> None:
+    q = quantized("cnv", "w4a4")
+    _, x = inputs("cnv")
+    im = to_integer(q, x)
+    fm = faithful(q, im)
+    with torch.no_grad():
+        y = fm(x[:4])
+    assert y.dtype == torch.float64 and y.shape == (4, 10)
+    assert torch.equal(y, IntEngine(im)(x[:4]).real())
+    # the original model is untouched and still runs in ordinary fake-quant mode
+    assert q(x[:4]).dtype == torch.float32
+
+
+def test_accumulator_widths_reported() -> None:
+    q = quantized("cnv", "w8a8")
+    _, x = inputs("cnv")
+    acc = to_integer(q, x).accumulators()
+    assert [a["layer"] for a in acc] == ["features.0", "features.3", "features.7", "features.10",
+                                         "classifier.0", "classifier.3"]
+    for a in acc:
+        assert 8 < a["acc_bits"] <= a["acc_budget"] == 32
+        assert a["rows"] == {"fixed8(signed=True,narrow=True)": a["rows"][next(iter(a["rows"]))]}
