@@ -26,7 +26,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from mixq.errors import MixqError
+from mixq.rtl.layerdata import LayerData
 from mixq.rtl.layout import Core, Layout, encode_weight
 from mixq.rtl.memfile import pack, signed_width
 from mixq.rtl.pe import generate as generate_pe
@@ -60,6 +63,29 @@ def _requant_units(c: Core, fold: int) -> tuple[int, int]:
 
 
 WEIGHT_STYLES = ("auto", "rom", "lutram", "block")
+
+
+def _weight_codes(d: LayerData, c: Core, length: int) -> np.ndarray:
+    """PE codes of the core's rows, zero-padded to ``length`` (rows + 1, length); other rows and the last are 0s."""
+    zero = encode_weight(c.kind, c.wbits, 0, d.name)
+    out = np.full((d.rows + 1, length), zero, dtype=np.int64)
+    mine = np.unique(c.slots[c.slots >= 0])
+    w = d.weight.reshape(d.rows, -1)[mine]
+    vals, inv = np.unique(w, return_inverse=True)
+    enc = np.array([encode_weight(c.kind, c.wbits, int(v), d.name) for v in vals], dtype=np.int64)
+    out[mine, : w.shape[1]] = enc[inv.reshape(w.shape)]
+    return out
+
+
+def _weight_words(codes: np.ndarray, c: Core, u: int, tiles: int, fold: int, simd: int) -> list[int]:
+    """Memory words of unit ``u``: per tile and beat, lane ``i`` row ``o`` at field ``i * outs + o``."""
+    rows = np.full((tiles, c.outs), -1, dtype=np.int64)
+    rows[: c.tiles] = c.slots[:, u * c.outs:(u + 1) * c.outs]
+    f = codes[rows]  # (tiles, outs, fold * simd); row -1 is the zero row
+    f = f.reshape(tiles, c.outs, fold, simd).transpose(0, 2, 3, 1).reshape(tiles * fold, simd * c.outs)
+    bits = (f[:, :, None] >> np.arange(c.wbits)) & 1  # (words, fields, wbits), LSB first
+    packed = np.packbits(bits.reshape(len(f), -1).astype(np.uint8), axis=1, bitorder="little")
+    return [int.from_bytes(b.tobytes(), "little") for b in packed]
 
 
 def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "auto") -> LayerRtl:
@@ -147,18 +173,9 @@ def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "aut
         accw = c.cfg.acc_bits
         ww = simd * c.wbits * c.outs
         pfx = f"c{ci}"
+        codes = _weight_codes(d, c, fold * simd)
         for u in range(c.units):
-            words = []
-            for t in range(tiles):
-                rows = [int(c.slots[t, u * c.outs + o]) if t < c.tiles else -1 for o in range(c.outs)]
-                for s in range(fold):
-                    fields = []
-                    for i in range(simd):
-                        k = s * simd + i
-                        for r in rows:
-                            w = int(d.weight[r].reshape(-1)[k]) if r >= 0 and k < d.row_length else 0
-                            fields.append(encode_weight(c.kind, c.wbits, w, d.name))
-                    words.append(pack(fields, [c.wbits] * len(fields)) if fields else 0)
+            words = _weight_words(codes, c, u, tiles, fold, simd)
             fname = f"{top}_{pfx}_u{u}_w.mem"
             out.mems[fname] = (words, ww)
             v(f"  {mem_attr}reg [{ww - 1}:0] {pfx}_wm{u} [0:{depth - 1}];")
