@@ -39,6 +39,7 @@ from mixq.algorithms.ptq._common import (
     outputs_to_columns,
     quantized_input,
 )
+from mixq.algorithms.ptq._stream import stream_layers
 from mixq.errors import MixqError
 from mixq.formats import NumberFormat
 from mixq.nn import QConv2d, QLinear
@@ -284,10 +285,26 @@ def adaround(qmodel: nn.Module, fmodel: nn.Module, calib: torch.Tensor,
             continue
         names.append(name)
     targets = collect_float_targets(fmodel, names, data, cfg)
-    for li, name in enumerate(names):
-        layer = qmodel.get_submodule(name)
+    index = {n: i for i, n in enumerate(names)}
+    images = data[: cfg.images]
+    per_image = max(1, math.ceil(cfg.columns / images.shape[0]))
+
+    def visit(name: str, layer: nn.Module, inputs: list[torch.Tensor]) -> None:
         assert isinstance(layer, QConv2d | QLinear)
-        x = collect_inputs(qmodel, name, li, data, cfg)
-        report[name] = adaround_layer(layer, x, targets.pop(name), cfg)
+        xs = []
+        for bi, xb in enumerate(inputs):
+            cq = columns(layer, quantized_input(layer, xb))
+            picks = _picks(index[name], bi, xb.shape[0], cq.shape[2] // xb.shape[0], per_image, cfg.seed)
+            xs.append(cq[:, :, picks].clone())
+        report[name] = adaround_layer(layer, torch.cat(xs, dim=2), targets.pop(name), cfg)
+
+    # one streamed pass over the model (each layer's input computed once, with the layers before it
+    # already rounded); a model FX cannot trace takes one early-stopped forward per layer instead
+    if not stream_layers(qmodel, list(batches(images, cfg.batch_size)), names, visit):
+        for li, name in enumerate(names):
+            layer = qmodel.get_submodule(name)
+            assert isinstance(layer, QConv2d | QLinear)
+            x = collect_inputs(qmodel, name, li, data, cfg)
+            report[name] = adaround_layer(layer, x, targets.pop(name), cfg)
     qmodel.train(was)
     return report

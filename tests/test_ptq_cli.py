@@ -1,0 +1,99 @@
+"""`mixq quantize` through the command line (its own Typer app: the CLI module registers one command)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from mixq.cli import quantize as quantize_cli
+from mixq.errors import DataError
+from mixq.plan import load_plan
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    a = typer.Typer()
+    quantize_cli.register(a)
+
+    @a.callback()
+    def _root() -> None:  # keep `quantize` a subcommand
+        pass
+
+    return a
+
+
+def test_quantize_shipped_calibration_writes_checkpoint_plan_summary(app: typer.Typer, tmp_path: Path) -> None:
+    out = tmp_path / "q"
+    res = CliRunner().invoke(app, ["quantize", "cnv", "--random", "--calib", "shipped", "--images", "32",
+                                   "--recipe", "dfq", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["recipe"]["name"] == "dfq" and s["calibration"] == {"source": "shipped", "images": 32}
+    assert len(s["layers"]) == 6 and s["size_bytes_quant"] < s["size_bytes_fp32"]
+    assert {"fold_bn", "cle", "calibrate", "bias_correction"} <= set(s["timings_s"])
+    ck = torch.load(out / "quantized.pt", weights_only=False)
+    assert ck["format"] == "mixq-ptq" and ck["model"] == "cnv" and "features.0.weight" in ck["state_dict"]
+    assert load_plan(out / "plan.json").model == "cnv"
+
+
+def test_quantize_with_plan_file_and_msq(app: typer.Typer, tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    res = CliRunner().invoke(app, ["quantize", "cnv", "--random", "--images", "16", "--msq", "0.5",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    plan = load_plan(out / "plan.json")
+    assert plan["features.3"].alt_rows is not None and len(plan["features.3"].alt_rows) == 16
+    assert plan["features.0"].weight_alt is None  # first/last layer policy: 8-bit fixed
+    again = tmp_path / "again"
+    res = CliRunner().invoke(app, ["quantize", "cnv", "--random", "--images", "16", "--plan",
+                                   str(out / "plan.json"), "--out", str(again)])
+    assert res.exit_code == 0, res.output
+    assert load_plan(again / "plan.json") == plan
+
+
+def test_calibration_from_an_image_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "sub").mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 30), dtype=np.uint8)).save(tmp_path / "sub" / f"{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    x = quantize_cli.load_calibration(str(tmp_path), (1, 28, 28), 10)
+    assert x.shape == (3, 1, 28, 28) and torch.isfinite(x).all()
+    rgb = quantize_cli.load_calibration(str(tmp_path), (3, 32, 32), 2)
+    assert rgb.shape == (2, 3, 32, 32)
+    with pytest.raises(DataError, match="no images"):
+        quantize_cli.load_calibration(str(_empty(tmp_path)), (1, 28, 28), 2)
+    with pytest.raises(DataError, match="not a folder"):
+        quantize_cli.load_calibration(str(tmp_path / "missing"), (1, 28, 28), 2)
+    with pytest.raises(DataError, match="gray"):
+        quantize_cli.load_calibration("shipped", (3, 224, 224), 2)
+
+
+def _empty(root: Path) -> Path:
+    d = root / "empty"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def test_bad_recipe_is_a_one_line_error(app: typer.Typer, tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["quantize", "cnv", "--random", "--images", "8", "--recipe", "nope",
+                                   "--out", str(tmp_path / "x")])
+    assert res.exit_code != 0
+    assert "recipe" in str(res.exception)
