@@ -81,7 +81,9 @@ def stream_layers(model: nn.Module, data: Sequence[torch.Tensor], names: Sequenc
                 visit(str(n.target), mod, [env[n.args[0]][b] for b in range(len(data))])  # type: ignore[index]
             outs = []
             for b in range(len(data)):
-                args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a, b=b: env[a][b])
+                def value(a: fx.Node, b: int = b) -> Any:
+                    return env[a][b]
+                args, kwargs = fx.node.map_arg((n.args, n.kwargs), value)
                 if n.op == "call_module":
                     outs.append(model.get_submodule(str(n.target))(*args, **kwargs))
                 elif n.op == "call_function":

@@ -21,13 +21,13 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from mixq.algorithms.ptq._common import (
     as_tensor,
     batches,
     channel_mean,
     inputs_at,
-    is_quant_layer,
     layers_in_forward_order,
     quantized_input,
 )
@@ -119,7 +119,8 @@ def empirical_bias_correction(qmodel: nn.Module, calib: torch.Tensor, fmodel: nn
             count = {n: 0 for n, _ in layers}
             handles = []
             for n, m in layers:
-                def observe(xq: torch.Tensor, mod: nn.Module = m, n: str = n) -> None:
+                def observe(xq: torch.Tensor, mod: nn.Module = m, n: str = n,
+                            sums: dict[str, torch.Tensor] = sums, count: dict[str, int] = count) -> None:
                     # E[ε x] over batch and positions = ε applied to the batch-mean input (linearity;
                     # exact with zero padding too): one image's worth of work per batch
                     d = _apply(mod, xq.mean(dim=0, keepdim=True) if xq.dim() == 4 else xq, eps[n])
@@ -142,20 +143,21 @@ def empirical_bias_correction(qmodel: nn.Module, calib: torch.Tensor, fmodel: nn
             raise MixqError("bias correction: mode='network' needs the float model")
         fmodel.eval()
         for n in layers_in_forward_order(qmodel, data):
-            m = qmodel.get_submodule(n)
-            if not (is_quant_layer(m) and m.formats):  # type: ignore[union-attr]
+            ql = qmodel.get_submodule(n)
+            if not isinstance(ql, QConv2d | QLinear) or not ql.formats:
                 continue
-            assert isinstance(m, QConv2d | QLinear)
             f = fmodel.get_submodule(n)
-            diff = torch.zeros(m.weight.shape[0], dtype=torch.float64)
+            if not isinstance(f, nn.Conv2d | nn.Linear):
+                raise MixqError(f"bias correction: float layer {n!r} is a {type(f).__name__}")
+            diff = torch.zeros(ql.weight.shape[0], dtype=torch.float64)
             total = 0
             for xb in batches(data, batch_size):
-                yq = _apply(m, quantized_input(m, inputs_at(qmodel, m, xb)), m.quantized_weight())
+                yq = _apply(ql, quantized_input(ql, inputs_at(qmodel, ql, xb)), ql.quantized_weight())
                 yf = _apply(f, inputs_at(fmodel, f, xb), f.weight)
                 diff += channel_mean(yq - yf).double() * xb.shape[0]
                 total += xb.shape[0]
             delta = diff / max(total, 1)
-            _shift_bias(m, delta)
+            _shift_bias(ql, delta)
             out[n] = float(delta.abs().max())
     else:
         raise MixqError(f"bias correction: mode {mode!r} is not one of layer, network")
@@ -222,24 +224,24 @@ def expected_input_means(model: nn.Module, input_shape: tuple[int, ...], stats: 
             d = clipped_normal_moments(first.mean, first.std)
         elif s.kind == "relu6":
             d = clipped_normal_moments(first.mean, first.std, 6.0)
-        elif s.kind == "act" and mod_name and isinstance(model.get_submodule(mod_name), ClippedReLU):
-            d = clipped_normal_moments(first.mean, first.std, model.get_submodule(mod_name).upper)
+        elif s.kind == "act" and mod_name and isinstance(act := model.get_submodule(mod_name), ClippedReLU):
+            d = clipped_normal_moments(first.mean, first.std, act.upper)
         elif s.kind in ("avgpool", "gap"):
             d = first
         elif s.kind == "flatten":
             reps = int(math.prod(s.in_shape[1:])) if len(s.in_shape) == 3 else 1
             d = ChannelStats(first.mean.repeat_interleave(reps), first.std.repeat_interleave(reps))
         elif s.kind == "add" and all(i is not None for i in ins):
-            d = ChannelStats(sum(i.mean for i in ins if i is not None),  # type: ignore[misc]
-                             torch.sqrt(sum(i.std**2 for i in ins if i is not None)))  # type: ignore[arg-type]
+            known = [i for i in ins if i is not None]
+            d = ChannelStats(torch.stack([i.mean for i in known]).sum(0),
+                             torch.stack([i.std**2 for i in known]).sum(0).sqrt())
         elif s.kind == "concat" and all(i is not None for i in ins):
             d = ChannelStats(torch.cat([i.mean for i in ins if i is not None]),
                              torch.cat([i.std for i in ins if i is not None]))
-        elif s.kind == "bn" and mod_name:
-            bn = model.get_submodule(mod_name)
-            n = int(getattr(bn, "num_features", 0))
-            g = bn.weight.detach() if getattr(bn, "weight", None) is not None else torch.ones(n)
-            b = bn.bias.detach() if getattr(bn, "bias", None) is not None else torch.zeros(n)
+        elif s.kind == "bn" and mod_name and isinstance(bn := model.get_submodule(mod_name), _BatchNorm):
+            n = bn.num_features
+            g = bn.weight.detach() if bn.weight is not None else torch.ones(n)
+            b = bn.bias.detach() if bn.bias is not None else torch.zeros(n)
             d = ChannelStats(b.float(), g.abs().float())
         dist[s.name] = d
     return out

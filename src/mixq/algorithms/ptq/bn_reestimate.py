@@ -61,11 +61,25 @@ def _out(layer: nn.Module, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | N
     return torch.nn.functional.linear(x, w, b)
 
 
-def _stats(acc: list[torch.Tensor | int]) -> tuple[torch.Tensor, torch.Tensor]:
-    s, s2, n = acc
-    mean = s / max(int(n), 1)  # type: ignore[operator]
-    var = (s2 / max(int(n), 1) - mean * mean).clamp(min=0.0)  # type: ignore[operator]
-    return mean, var.sqrt()  # type: ignore[union-attr]
+class _Moments:
+    """Running per-channel sums for mean and standard deviation."""
+
+    def __init__(self) -> None:
+        self.s: torch.Tensor | None = None
+        self.s2: torch.Tensor | None = None
+        self.n = 0
+
+    def add(self, y: torch.Tensor) -> None:
+        s, s2, n = channel_moments(y)
+        self.s = s if self.s is None else self.s + s
+        self.s2 = s2 if self.s2 is None else self.s2 + s2
+        self.n += n
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.s is not None and self.s2 is not None
+        mean = self.s / max(self.n, 1)
+        var = (self.s2 / max(self.n, 1) - mean * mean).clamp(min=0.0)
+        return mean, var.sqrt()
 
 
 @torch.no_grad()
@@ -84,18 +98,14 @@ def restore_channel_stats(qmodel: nn.Module, fmodel: nn.Module, calib: torch.Ten
         if not isinstance(q, QConv2d | QLinear) or not q.formats:
             continue
         f = fmodel.get_submodule(name)
-        acc_q: list[torch.Tensor | int] = [0, 0, 0]
-        acc_f: list[torch.Tensor | int] = [0, 0, 0]
+        if not isinstance(f, nn.Conv2d | nn.Linear):
+            raise ModelError(f"restore_channel_stats: float layer {name!r} is a {type(f).__name__}")
+        acc_q, acc_f = _Moments(), _Moments()
         for xb in batches(data, batch_size):
-            yq = _out(q, quantized_input(q, inputs_at(qmodel, q, xb)), q.quantized_weight(), q.bias)
-            yf = _out(f, inputs_at(fmodel, f, xb), f.weight, f.bias)
-            for acc, y in ((acc_q, yq), (acc_f, yf)):
-                s, s2, n = channel_moments(y)
-                acc[0] = acc[0] + s  # type: ignore[operator]
-                acc[1] = acc[1] + s2  # type: ignore[operator]
-                acc[2] = int(acc[2]) + n
-        mq, sq = _stats(acc_q)
-        mf, sf = _stats(acc_f)
+            acc_q.add(_out(q, quantized_input(q, inputs_at(qmodel, q, xb)), q.quantized_weight(), q.bias))
+            acc_f.add(_out(f, inputs_at(fmodel, f, xb), f.weight, f.bias))
+        mq, sq = acc_q.mean_std()
+        mf, sf = acc_f.mean_std()
         k = torch.ones_like(mq)
         if scale_std:
             ok = (sq > 1e-12) & (sf > 1e-12)

@@ -46,6 +46,8 @@ class ChannelStats(NamedTuple):
 class ClippedReLU(nn.Hardtanh):
     """``min(max(x, 0), upper_c)`` with one upper bound per channel (dim 1): an equalized ReLU6."""
 
+    upper: torch.Tensor
+
     def __init__(self, upper: torch.Tensor) -> None:
         super().__init__(0.0, float(upper.max()) if upper.numel() else 6.0)
         self.register_buffer("upper", upper.detach().clone().float())
