@@ -270,3 +270,24 @@ def test_cli_search(tiny, tmp_path, monkeypatch) -> None:  # type: ignore[no-unt
     assert r.exit_code == 0, r.output
     assert (out / "plan.json").exists() and (out / "pareto.json").exists() and (out / "pareto.png").exists()
     assert '"chosen"' in r.output
+
+
+@pytest.mark.slow  # starting a local Ray instance takes 15-150 s on a shared 2-core machine
+def test_ray_executor_local(tiny, result) -> None:  # type: ignore[no-untyped-def]
+    ray = pytest.importorskip("ray")
+    from mixq.algorithms.search import evaluate_plans
+
+    _, calib, x, y = tiny
+    torch.manual_seed(0)  # a model of torch classes only: Ray workers unpickle it without this test module
+    f = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 10)).eval()
+    plan = result.points[0].plan
+    from mixq.algorithms.search.space import Option, layer_plan
+    from mixq.plan import QuantPlan
+
+    plans = [QuantPlan("seq", {"0": layer_plan(Option(w, 8), True), "3": layer_plan(Option(w, 8), False)})
+             for w in (4, 8)]
+    assert plan is not None
+    ev = AccuracyEval(x, f(x).argmax(1))
+    got = evaluate_plans(f, calib, ev, plans, "ray", 1)
+    assert got == evaluate_plans(f, calib, ev, plans, "serial")
+    assert not ray.is_initialized()  # the executor shuts down the runtime it started
