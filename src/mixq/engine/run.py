@@ -2,11 +2,12 @@
 
 ``IntEngine(model)`` prepares every node once (weights in their exact GEMM dtype,
 multipliers as tensors); ``engine(x)`` runs a float input batch and returns an
-:class:`IntResult`: the output integers, their grid, and (``keep=True``) every
-node's integer tensor. Only the network input is a float; it is quantized exactly
-as the fake-quant input quantizer does. Everything after is integer: int64 tensors,
-products in exact float32/float64 BLAS or int64, requantization by
-:func:`~mixq.engine.arith.requantize` (round half up), pooling by max and sum.
+:class:`IntResult`: the output integers, their grid, and (``keep``) chosen nodes'
+integers. Only the network input is a float; it is quantized exactly as the
+fake-quant input quantizer does. Everything after holds integers: a node's tensor
+is integer-valued float32 / float64 while its proven bound allows (below 2**24 /
+2**53), int64 beyond; products in exact BLAS or int64, requantization and residual
+adds by the round-half-up rule of :mod:`mixq.engine.arith`, pooling by max and sum.
 Runs on the CPU.
 """
 

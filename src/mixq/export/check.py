@@ -38,8 +38,11 @@ def _qonnx_ir_cap() -> Iterator[None]:
         ex.qonnx_make_model = orig
 
 
-def run_qonnx(model: Any, x: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Execute a QONNX ``ModelProto`` on ``x`` with ``qonnx.core.onnx_exec.execute_onnx``."""
+def run_qonnx(model: Any, x: torch.Tensor | np.ndarray, full: bool = False) -> Any:
+    """Execute a QONNX ``ModelProto`` on ``x`` with ``qonnx.core.onnx_exec.execute_onnx``.
+
+    Returns the output array, or with ``full`` every tensor of the graph by name.
+    """
     try:
         from qonnx.core.modelwrapper import ModelWrapper
         from qonnx.core.onnx_exec import execute_onnx
@@ -48,8 +51,9 @@ def run_qonnx(model: Any, x: torch.Tensor | np.ndarray) -> np.ndarray:
     arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     wrapper = ModelWrapper(model)
     with _qonnx_ir_cap():
-        out = execute_onnx(wrapper, {wrapper.graph.input[0].name: arr.astype(np.float32)})
-    return np.asarray(out[wrapper.graph.output[0].name])
+        out = execute_onnx(wrapper, {wrapper.graph.input[0].name: arr.astype(np.float32)},
+                           return_full_exec_context=full)
+    return dict(out) if full else np.asarray(out[wrapper.graph.output[0].name])
 
 
 def run_qdq(model: Any, x: torch.Tensor | np.ndarray, optimize: bool = True) -> np.ndarray:
