@@ -38,9 +38,7 @@ from mixq.data import (
 from mixq.errors import DataError, MixqError
 
 HAS_FOOLBOX = importlib.util.find_spec("foolbox") is not None
-HAS_PHOTOS = (
-    importlib.util.find_spec("skimage") is not None or importlib.util.find_spec("sklearn") is not None
-)
+HAS_PHOTOS = importlib.util.find_spec("skimage") is not None or importlib.util.find_spec("sklearn") is not None
 
 
 def _write_fmnist_root(root: Path, n_train: int = 12, n_test: int = 6, gz: bool = True) -> None:
@@ -265,9 +263,7 @@ def test_corrupt_image_names_path(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not HAS_FOOLBOX, reason="foolbox not installed")
-@pytest.mark.parametrize(
-    ("name", "shape"), [("imagenet", 3), ("cifar10", 3), ("mnist", 2), ("fashionMNIST", 2)]
-)
+@pytest.mark.parametrize(("name", "shape"), [("imagenet", 3), ("cifar10", 3), ("mnist", 2), ("fashionMNIST", 2)])
 def test_foolbox_samples(name: str, shape: int) -> None:
     images, labels = foolbox_samples(name)
     assert len(images) == 20 and labels.shape == (20,) and labels.dtype == np.int64

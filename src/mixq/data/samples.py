@@ -81,8 +81,7 @@ def foolbox_data_dir() -> Path:
     pkg = _package_dir("foolbox")
     if pkg is None or not (pkg / "data").is_dir():
         raise DataError(
-            "foolbox sample images (foolbox/data) not found: "
-            "install them with `pip install --no-deps foolbox==3.3.4`"
+            "foolbox sample images (foolbox/data) not found: install them with `pip install --no-deps foolbox==3.3.4`"
         )
     return pkg / "data"
 
@@ -102,9 +101,7 @@ def foolbox_samples(dataset: str = "imagenet") -> tuple[list[np.ndarray], np.nda
     folder = foolbox_data_dir()
     pattern = re.compile(rf"^{re.escape(dataset)}_(\d+)_(\d+)\.(png|jpg|jpeg)$")
     found = sorted(
-        (int(m.group(1)), int(m.group(2)), f)
-        for f in folder.iterdir()
-        if (m := pattern.match(f.name)) is not None
+        (int(m.group(1)), int(m.group(2)), f) for f in folder.iterdir() if (m := pattern.match(f.name)) is not None
     )
     if not found:
         raise DataError(f"no {dataset!r} sample images in {folder}")
@@ -135,9 +132,7 @@ def natural_photos() -> list[np.ndarray]:
             continue  # grayscale stored as RGB
         photos.append(img)
     if not photos:
-        raise DataError(
-            "no natural photos found: install scikit-image or scikit-learn (pip install mixq[photos])"
-        )
+        raise DataError("no natural photos found: install scikit-image or scikit-learn (pip install mixq[photos])")
     return photos
 
 
@@ -158,9 +153,7 @@ def calibration_set(
     antialiased), normalised with the ImageNet mean/std. Deterministic in ``seed``.
     """
     if n < 1 or size < 1 or not 0.0 < min_scale <= 1.0:
-        raise DataError(
-            f"calibration_set needs n >= 1, size >= 1, 0 < min_scale <= 1 (got {n}, {size}, {min_scale})"
-        )
+        raise DataError(f"calibration_set needs n >= 1, size >= 1, 0 < min_scale <= 1 (got {n}, {size}, {min_scale})")
     sources = [to_float_chw(p) for p in natural_photos()]
     if include_foolbox:
         with contextlib.suppress(DataError):  # foolbox not installed: photos alone
@@ -178,8 +171,6 @@ def calibration_set(
         crop = src[:, top : top + side, left : left + side]
         if u[3] < 0.5:
             crop = crop.flip(-1)
-        crop = F.interpolate(
-            crop[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
-        )
+        crop = F.interpolate(crop[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         out[i] = (crop[0] - mean) / std
     return out
