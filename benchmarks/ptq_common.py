@@ -20,8 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixq.algorithms.msq import signed_input_layers
 from mixq.algorithms.ptq import quantize_report
-from mixq.plan import QuantPlan
+from mixq.formats import FixedPoint, parse_format
+from mixq.plan import LayerPlan, QuantPlan
 from mixq.quant import sqnr_db
 
 
@@ -69,13 +71,13 @@ class Bench:
 
     def __post_init__(self) -> None:
         self.ref_eval = logits(self.model, self.x_eval, self.eval_batch)
-        self.ref_lab = logits(self.model, self.x_lab, self.eval_batch)
+        self.ref_lab = self.ref_eval if self.x_lab is self.x_eval else logits(self.model, self.x_lab, self.eval_batch)
 
     def measure(self, config: str, tool: str, qmodel: nn.Module, seconds: float, notes: str = "",
                 extra: dict[str, Any] | None = None) -> Row:
         out = logits(qmodel, self.x_eval, self.eval_batch)
         agree, sq = fidelity(self.ref_eval, out)
-        lab = logits(qmodel, self.x_lab, self.eval_batch)
+        lab = out if self.x_lab is self.x_eval else logits(qmodel, self.x_lab, self.eval_batch)
         top1 = 100.0 * float((lab.argmax(1) == self.y_lab).float().mean())
         acc = None
         if self.x_test is not None and self.y_test is not None:
@@ -94,6 +96,24 @@ class Bench:
             acc = round(100.0 * float((logits(self.model, self.x_test, 500).argmax(1) == self.y_test)
                                       .float().mean()), 2)
         return Row("FP32", "float", 0.0, 100.0, float("inf"), round(top1, 2), acc)
+
+
+def make_plan(model_name: str, model: nn.Module, sample: torch.Tensor, weight: str, granularity: str, *,
+              weight_observer: str = "minmax", first_last: str | None = None, alt: str | None = None,
+              ratio: float = 0.0) -> QuantPlan:
+    """Every Conv2d/Linear: ``weight`` at ``granularity``, 8-bit per-tensor input activations (signed
+    where the sample goes negative), optionally ``first_last`` weights on the first and last layer
+    and ``alt`` rows at ratio ρ (MSQ; the recipe assigns the rows)."""
+    order, signed = signed_input_layers(model, sample)
+    layers = {}
+    for i, n in enumerate(order):
+        act = FixedPoint(8, signed=n in signed)
+        edge = first_last is not None and i in (0, len(order) - 1)
+        layers[n] = LayerPlan(weight=parse_format(first_last if edge else weight),
+                              weight_alt=None if edge or alt is None else parse_format(alt),
+                              alt_ratio=0.0 if edge or alt is None else ratio, weight_granularity=granularity,
+                              weight_observer=weight_observer, act=act)
+    return QuantPlan(model=model_name, layers=layers)
 
 
 def run_mixq(bench: Bench, config: str, plan: QuantPlan, recipe: str, notes: str = "",
@@ -145,6 +165,8 @@ def run_brevitas(bench: Bench, config: str, cfg: BrevitasConfig, first_layer: Ca
     from brevitas.graph.quantize import layerwise_quantize, preprocess_for_quantize
     from brevitas_examples.imagenet_classification.ptq import ptq_common as pc
 
+    pc.tqdm = lambda it, *a, **k: it  # no progress bars
+
     t = time.perf_counter()
     model = copy.deepcopy(bench.model).eval()
     model = preprocess_for_quantize(model, equalize_iters=20 if cfg.equalize else 0, equalize_merge_bias=True,
@@ -184,8 +206,8 @@ def run_brevitas(bench: Bench, config: str, cfg: BrevitasConfig, first_layer: Ca
 
 
 # ---------------------------------------------------------------------------------------------- table
-def markdown_table(rows: list[Row], with_accuracy: bool = False) -> str:
-    head = "| config | tool | top-1 agreement w/ FP32 (%) | logit SQNR (dB) | top-1 labelled (%) |"
+def markdown_table(rows: list[Row], with_accuracy: bool = False, labelled: str = "top-1 labelled (%)") -> str:
+    head = f"| config | tool | top-1 agreement w/ FP32 (%) | logit SQNR (dB) | {labelled} |"
     sep = "|---|---|---|---|---|"
     if with_accuracy:
         head += " test accuracy (%) |"
@@ -201,3 +223,68 @@ def markdown_table(rows: list[Row], with_accuracy: bool = False) -> str:
         line += f" {r.seconds:.1f} | {r.notes} |"
         lines.append(line)
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- the suite
+def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool], last: Callable[[nn.Module], bool],
+              ada: Any, datafree: Any, *, learned_round_iters: int = 1000, only: list[str] | None = None,
+              brevitas: bool = True) -> list[Row]:
+    """Every benchmark configuration on ``bench`` (mixq, then Brevitas' closest equivalent where
+    one exists); ``only`` restricts to the given config keys. W4 configs keep 8-bit weights on
+    the first and last layer (both tools)."""
+    sample = bench.calib[:8]
+    model = bench.model
+
+    def plan(weight: str, gran: str, **kw: Any) -> QuantPlan:
+        return make_plan(model_name, model, sample, weight, gran, **kw)
+
+    w8t, w8c = plan("fixed8n", "tensor"), plan("fixed8n", "channel")
+    w4 = plan("fixed4n", "channel", weight_observer="mse", first_last="fixed8n")
+    sp2 = plan("sp2_4", "channel", weight_observer="mse", first_last="fixed8n")
+    msq = {r: plan("fixed4n", "channel", weight_observer="mse", first_last="fixed8n", alt="sp2_4", ratio=r)
+           for r in (0.5, 0.67)}
+    b8 = BrevitasConfig(weight_bits=8, act_percentile=100.0)
+    b4 = BrevitasConfig(weight_bits=4, per_channel=True, weight_param="mse", act_percentile=100.0)
+    rep = dataclasses.replace
+    # key: (label, plan, recipe, recipe overrides, notes, Brevitas config or None)
+    configs: dict[str, tuple[str, QuantPlan, str, dict[str, Any], str, BrevitasConfig | None]] = {
+        "w8a8_tensor": ("W8A8 per-tensor, naive", w8t, "minmax", {}, "", b8),
+        "w8a8_tensor_cle": ("W8A8 per-tensor + CLE", w8t, "minmax", {"cle": True},
+                            "mixq: exact ReLU6 (per-channel clip); Brevitas: ReLU6 -> ReLU", rep(b8, equalize=True)),
+        "w8a8_tensor_cle_bc": ("W8A8 per-tensor + CLE + bias corr.", w8t, "dfq_empirical", {},
+                               "bias absorption + empirical bias correction",
+                               rep(b8, equalize=True, bias_correction=True)),
+        "w8a8_tensor_dfq": ("W8A8 per-tensor + DFQ (data-free BC)", w8t, "dfq", {},
+                            "CLE + absorption + analytic bias correction from BN statistics", None),
+        "w8a8_channel": ("W8A8 per-channel", w8c, "minmax", {}, "", rep(b8, per_channel=True)),
+        "w4a8_rtn": ("W4A8 fixed per-channel, nearest", w4, "minmax", {}, "MSE weight scales", b4),
+        "w4a8_rtn_bc": ("W4A8 fixed per-channel, nearest + BC", w4, "minmax", {"bias_correction": "empirical"}, "",
+                        rep(b4, bias_correction=True)),
+        "w4a8_adaround": ("W4A8 fixed per-channel, AdaRound", w4, "adaround",
+                          {"adaround": ada, "bias_correction": "none"}, "",
+                          rep(b4, learned_round=True, learned_round_iters=learned_round_iters)),
+        "w4a8_adaround_bc": ("W4A8 fixed per-channel, AdaRound + BC", w4, "adaround", {"adaround": ada}, "",
+                             rep(b4, learned_round=True, learned_round_iters=learned_round_iters,
+                                 bias_correction=True)),
+        "w4a8_sp2": ("W4A8 all-SP2", sp2, "minmax", {}, "", None),
+        "w4a8_sp2_bc": ("W4A8 all-SP2 + BC", sp2, "minmax", {"bias_correction": "empirical"}, "", None),
+        "w4a8_sp2_adaround_bc": ("W4A8 all-SP2, AdaRound + BC", sp2, "adaround", {"adaround": ada}, "", None),
+    }
+    for r, p in msq.items():
+        configs[f"w4a8_msq{round(r * 100)}"] = (f"W4A8 MSQ ρ={r}", p, "minmax", {}, "", None)
+        configs[f"w4a8_msq{round(r * 100)}_bc"] = (f"W4A8 MSQ ρ={r} + BC", p, "minmax",
+                                                   {"bias_correction": "empirical"}, "", None)
+        configs[f"w4a8_msq{round(r * 100)}_adaround_bc"] = (f"W4A8 MSQ ρ={r}, AdaRound + BC", p, "adaround",
+                                                            {"adaround": ada}, "", None)
+    configs["w8a8_datafree"] = ("W8A8 per-channel, data-free", w8c, "datafree", {"datafree": datafree},
+                                f"no calibration images: {datafree.images} inputs synthesized from BN statistics",
+                                None)
+    rows: list[Row] = [bench.float_row()]
+    for key, (label, qplan, recipe, kw, notes, bcfg) in configs.items():
+        if only and key not in only:
+            continue
+        print(label, flush=True)
+        rows.append(run_mixq(bench, label, qplan, recipe, notes, **kw))
+        if bcfg is not None and brevitas:
+            rows.append(run_brevitas(bench, label, bcfg, first, last))
+    return rows

@@ -35,19 +35,8 @@ import torch.nn.functional as F
 os.environ.setdefault("TQDM_DISABLE", "1")  # Brevitas' calibration progress bars
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ptq_common import (  # noqa: E402
-    Bench,
-    BrevitasConfig,
-    Row,
-    brevitas_available,
-    markdown_table,
-    run_brevitas,
-    run_mixq,
-)
-
 from mixq import zoo  # noqa: E402
-from mixq.algorithms.msq import signed_input_layers  # noqa: E402
-from mixq.algorithms.ptq import AdaRoundConfig  # noqa: E402
+from mixq.algorithms.ptq import AdaRoundConfig, DataFreeConfig  # noqa: E402
 from mixq.data import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -56,9 +45,13 @@ from mixq.data import (  # noqa: E402
     imagenet_preprocess,
     to_float_chw,
 )
-from mixq.formats import FixedPoint, parse_format  # noqa: E402
 from mixq.io import atomic_write_json, atomic_write_text  # noqa: E402
-from mixq.plan import LayerPlan, QuantPlan  # noqa: E402
+from ptq_common import (  # noqa: E402
+    Bench,
+    brevitas_available,
+    markdown_table,
+    run_suite,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -85,24 +78,6 @@ def random_crops(images: list, per_image: int, seed: int, size: int = 224, min_s
     return torch.stack(out)
 
 
-def make_plan(model: torch.nn.Module, sample: torch.Tensor, weight: str, granularity: str, *,
-              weight_observer: str = "minmax", first_last: str | None = None, alt: str | None = None,
-              ratio: float = 0.0) -> QuantPlan:
-    """Every Conv2d/Linear: ``weight`` at ``granularity``, 8-bit per-tensor input activations (signed
-    where the sample goes negative), optionally ``first_last`` weights on the first and last layer
-    and ``alt`` rows at ratio ρ (MSQ; rows are assigned by the recipe)."""
-    order, signed = signed_input_layers(model, sample)
-    layers = {}
-    for i, n in enumerate(order):
-        act = FixedPoint(8, signed=n in signed)
-        edge = first_last is not None and i in (0, len(order) - 1)
-        layers[n] = LayerPlan(weight=parse_format(first_last if edge else weight),
-                              weight_alt=None if edge or alt is None else parse_format(alt),
-                              alt_ratio=0.0 if edge or alt is None else ratio, weight_granularity=granularity,
-                              weight_observer=weight_observer, act=act)
-    return QuantPlan(model="mobilenet_v2", layers=layers)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="few inputs, short AdaRound: a smoke test")
@@ -123,17 +98,10 @@ def main() -> None:
     bench = Bench(model, calib, x_eval, x_lab, y_lab, eval_batch=8)
     print(f"MobileNetV2: {x_eval.shape[0]} fidelity inputs, {calib.shape[0]} calibration inputs", flush=True)
 
-    ada = AdaRoundConfig(iterations=60 if args.quick else 500, columns=1024 if args.quick else 8192,
-                         batch=256)
-    sample = calib[:8]
-    w8t = make_plan(model, sample, "fixed8n", "tensor")
-    w8c = make_plan(model, sample, "fixed8n", "channel")
-    w4 = make_plan(model, sample, "fixed4n", "channel", weight_observer="mse", first_last="fixed8n")
-    sp2 = make_plan(model, sample, "sp2_4", "channel", weight_observer="mse", first_last="fixed8n")
-    msq5 = make_plan(model, sample, "fixed4n", "channel", weight_observer="mse", first_last="fixed8n",
-                     alt="sp2_4", ratio=0.5)
-    msq67 = make_plan(model, sample, "fixed4n", "channel", weight_observer="mse", first_last="fixed8n",
-                      alt="sp2_4", ratio=0.67)
+    ada = AdaRoundConfig(iterations=60 if args.quick else 500, columns=1024 if args.quick else 4096,
+                         images=32 if args.quick else 128, batch=256)
+    df = DataFreeConfig(images=8 if args.quick else 16, batch=8 if args.quick else 16,
+                        iterations=20 if args.quick else 100, size=(128, 128))
 
     def first(m: torch.nn.Module) -> bool:
         return isinstance(m, torch.nn.Conv2d) and m.in_channels == 3
@@ -142,61 +110,9 @@ def main() -> None:
         return isinstance(m, torch.nn.Linear) and m.out_features == 1000
 
     brev = brevitas_available() if not args.no_brevitas else None
-    b8 = BrevitasConfig(weight_bits=8, act_percentile=100.0)
-    b4 = BrevitasConfig(weight_bits=4, per_channel=True, weight_param="mse", act_percentile=100.0)
-    lr_iters = 60 if args.quick else 1000
-    configs = {
-        "w8a8_tensor": ("W8A8 per-tensor, naive", lambda: run_mixq(bench, "W8A8 per-tensor, naive", w8t, "minmax"),
-                        dataclasses.replace(b8)),
-        "w8a8_tensor_cle": ("W8A8 per-tensor + CLE",
-                            lambda: run_mixq(bench, "W8A8 per-tensor + CLE", w8t, "minmax", cle=True),
-                            dataclasses.replace(b8, equalize=True)),
-        "w8a8_tensor_dfq": ("W8A8 per-tensor + CLE + bias corr.",
-                            lambda: run_mixq(bench, "W8A8 per-tensor + CLE + bias corr.", w8t, "dfq_empirical"),
-                            dataclasses.replace(b8, equalize=True, bias_correction=True)),
-        "w8a8_tensor_dfq_analytic": ("W8A8 per-tensor + DFQ (data-free BC)",
-                                     lambda: run_mixq(bench, "W8A8 per-tensor + DFQ (data-free BC)", w8t, "dfq"),
-                                     None),
-        "w8a8_channel": ("W8A8 per-channel", lambda: run_mixq(bench, "W8A8 per-channel", w8c, "minmax"),
-                         dataclasses.replace(b8, per_channel=True)),
-        "w4a8_rtn": ("W4A8 fixed per-channel, nearest", lambda: run_mixq(bench, "W4A8 fixed per-channel, nearest",
-                                                                         w4, "minmax"),
-                     dataclasses.replace(b4)),
-        "w4a8_rtn_bc": ("W4A8 fixed per-channel, nearest + BC",
-                        lambda: run_mixq(bench, "W4A8 fixed per-channel, nearest + BC", w4, "minmax",
-                                         bias_correction="empirical"),
-                        dataclasses.replace(b4, bias_correction=True)),
-        "w4a8_adaround": ("W4A8 fixed per-channel, AdaRound",
-                          lambda: run_mixq(bench, "W4A8 fixed per-channel, AdaRound", w4, "adaround",
-                                           adaround=ada, bias_correction="none"),
-                          dataclasses.replace(b4, learned_round=True, learned_round_iters=lr_iters)),
-        "w4a8_adaround_bc": ("W4A8 fixed per-channel, AdaRound + BC",
-                             lambda: run_mixq(bench, "W4A8 fixed per-channel, AdaRound + BC", w4, "adaround",
-                                              adaround=ada),
-                             None),
-        "w4a8_sp2": ("W4A8 all-SP2", lambda: run_mixq(bench, "W4A8 all-SP2", sp2, "minmax"), None),
-        "w4a8_sp2_bc": ("W4A8 all-SP2 + BC", lambda: run_mixq(bench, "W4A8 all-SP2 + BC", sp2, "minmax",
-                                                              bias_correction="empirical"), None),
-        "w4a8_msq50": ("W4A8 MSQ ρ=0.5", lambda: run_mixq(bench, "W4A8 MSQ ρ=0.5", msq5, "minmax"), None),
-        "w4a8_msq50_bc": ("W4A8 MSQ ρ=0.5 + BC", lambda: run_mixq(bench, "W4A8 MSQ ρ=0.5 + BC", msq5, "minmax",
-                                                                  bias_correction="empirical"), None),
-        "w4a8_msq67": ("W4A8 MSQ ρ=0.67", lambda: run_mixq(bench, "W4A8 MSQ ρ=0.67", msq67, "minmax"), None),
-        "w4a8_msq67_bc": ("W4A8 MSQ ρ=0.67 + BC", lambda: run_mixq(bench, "W4A8 MSQ ρ=0.67 + BC", msq67,
-                                                                   "minmax", bias_correction="empirical"), None),
-        "w8a8_datafree": ("W8A8 per-channel, data-free",
-                          lambda: run_mixq(bench, "W8A8 per-channel, data-free", w8c, "datafree",
-                                           notes="no calibration images: 32 inputs synthesized from BN statistics"),
-                          None),
-    }
     only = [k for k in args.only.split(",") if k]
-    rows: list[Row] = [bench.float_row()]
-    for key, (label, mixq_run, bcfg) in configs.items():
-        if only and key not in only:
-            continue
-        print(label, flush=True)
-        rows.append(mixq_run())
-        if bcfg is not None and brev is not None:
-            rows.append(run_brevitas(bench, label, bcfg, first, last))
+    rows = run_suite(bench, "mobilenet_v2", first, last, ada, df, learned_round_iters=60 if args.quick else 1000,
+                     only=only, brevitas=brev is not None)
 
     result = {
         "benchmark": "ptq_mobilenetv2",

@@ -131,7 +131,8 @@ def x() -> torch.Tensor:
 def test_find_pairs(model: nn.Module) -> None:
     pairs = {(p.first, p.second): p for p in find_pairs(fold_bn(model), SHAPE)}
     assert ("block.conv.0", "block.conv.3") in pairs and ("block.conv.3", "block.conv.6") in pairs
-    assert pairs[("block.conv.0", "block.conv.3")].padded and pairs[("block.conv.0", "block.conv.3")].act_kind == "relu6"
+    dw = pairs[("block.conv.0", "block.conv.3")]
+    assert dw.padded and dw.act_kind == "relu6"
     assert pairs[("head.0", "fc.1")].spatial == 64  # through maxpool and flatten
     assert ("fc.1", "fc.3") in pairs
     # stem.0 feeds the residual add as well: not equalizable; the project conv feeds an add

@@ -132,3 +132,58 @@ def test_adaround_model_improves_every_layer_and_output() -> None:
     q2 = to_quantized(net, plan)
     calibrate(q2, [x])
     assert adaround(q2, net, x, AdaRoundConfig(iterations=5, max_bits=3)) == {}
+
+
+def test_streamed_and_per_layer_collection_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    ada_mod = importlib.import_module("mixq.algorithms.ptq.adaround")  # the package exports the function
+
+    torch.manual_seed(1)
+    net = Net().eval()
+    x = torch.randn(16, 3, 10, 10, generator=torch.Generator().manual_seed(4))
+    plan = QuantPlan(model="net", layers={n: LayerPlan(weight=F4, act=FixedPoint(8)) for n in ("c1", "c2", "c3", "fc")})
+    cfg = AdaRoundConfig(iterations=30, batch=64, columns=512, batch_size=4)
+    results = []
+    for streamed in (True, False):
+        if not streamed:
+            monkeypatch.setattr(ada_mod, "stream_layers", lambda *a, **k: False)
+        q = to_quantized(net, plan)
+        calibrate(q, [x])
+        rep = adaround(q, net, x, cfg)
+        results.append((rep, {n: p.detach().clone() for n, p in q.named_parameters()}))
+    (ra, wa), (rb, wb) = results
+    for n in wa:
+        torch.testing.assert_close(wa[n], wb[n], rtol=0, atol=1e-6)
+    assert ra.keys() == rb.keys()
+
+
+def test_stream_layers_sees_the_inputs_a_forward_sees() -> None:
+    from mixq.algorithms.ptq._common import inputs_at
+    from mixq.algorithms.ptq._stream import stream_layers
+
+    class Res(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 3, padding=1)
+            self.b = nn.Conv2d(4, 4, 1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.a(x))
+            y = y + self.b(y)
+            return self.fc(y.mean((2, 3)))  # type: ignore[no-any-return]
+
+    net = Res().eval()
+    xs = [torch.randn(2, 3, 6, 6), torch.randn(3, 3, 6, 6)]
+    seen: dict[str, list[torch.Tensor]] = {}
+    assert stream_layers(net, xs, ["b", "fc"], lambda n, m, inp: seen.__setitem__(n, inp))
+    for n in ("b", "fc"):
+        for xb, got in zip(xs, seen[n], strict=True):
+            torch.testing.assert_close(got, inputs_at(net, net.get_submodule(n), xb))
+
+    class Dynamic(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x if float(x.sum()) > 0 else -x
+
+    assert not stream_layers(Dynamic(), xs, [], lambda *a: None)

@@ -103,12 +103,12 @@ def synthesize_inputs(model: nn.Module, input_shape: tuple[int, ...],
                 work(x)
                 loss = bn_matching_loss(captured, targets)
                 if it == 0:
-                    first_loss += float(loss)
+                    first_loss += float(loss.detach())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
-            last_loss += float(loss)
+            last_loss += float(loss.detach())
             groups += 1
             out.append(x.detach())
     finally:

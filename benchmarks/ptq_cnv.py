@@ -1,0 +1,93 @@
+"""PTQ on the bundled CNV model with the full Fashion-MNIST test set: mixq's recipes next to Brevitas.
+
+Run: ``.venv/bin/python benchmarks/ptq_cnv.py`` (one intra-op thread). Needs the trained CNV
+weights (``mixq.zoo.load("cnv", pretrained=True)``) and the Debian Fashion-MNIST files
+(``apt-get install dataset-fashion-mnist``). ``--quick`` uses the shipped 2,000-image test
+subset and short AdaRound. Writes ``benchmarks/results/ptq_cnv.json`` and ``.md``.
+
+Data: calibration on the 512 bundled *training* images (``fmnist_train_calib.npz``); fidelity
+(top-1 agreement with FP32, logit SQNR) and real accuracy on the 10,000 test images. Same
+configurations as ``ptq_mobilenetv2.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # Brevitas' calibration progress bars
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mixq import data, zoo  # noqa: E402
+from mixq.algorithms.ptq import AdaRoundConfig, DataFreeConfig  # noqa: E402
+from mixq.io import atomic_write_json, atomic_write_text  # noqa: E402
+from mixq.run import CALIB_PATH  # noqa: E402
+from ptq_common import Bench, brevitas_available, markdown_table, run_suite  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="shipped 2,000-image test subset, short AdaRound")
+    ap.add_argument("--only", default="", help="comma-separated config keys to run (default: all)")
+    ap.add_argument("--no-brevitas", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+    model = zoo.load("cnv", pretrained=True).eval()
+    if args.quick:
+        xt, yt = data.load_fmnist_subset()
+    else:
+        xt, yt = data.load_fashion_mnist("test")
+    x_test, y_test = data.normalize_gray(xt), torch.as_tensor(yt)
+    calib_images, _ = data.load_fmnist_subset(CALIB_PATH)
+    calib = data.normalize_gray(calib_images)
+    bench = Bench(model, calib, x_test, x_test, y_test, eval_batch=500)
+    print(f"CNV: {x_test.shape[0]} test images, {calib.shape[0]} calibration images (training set)", flush=True)
+
+    ada = AdaRoundConfig(iterations=100 if args.quick else 1000, columns=4096, images=512, batch=256,
+                         batch_size=64)
+    df = DataFreeConfig(images=64, batch=64, iterations=50 if args.quick else 300)
+
+    def first(m: torch.nn.Module) -> bool:
+        return isinstance(m, torch.nn.Conv2d) and m.in_channels == 1
+
+    def last(m: torch.nn.Module) -> bool:
+        return isinstance(m, torch.nn.Linear) and m.out_features == 10
+
+    brev = brevitas_available() if not args.no_brevitas else None
+    only = [k for k in args.only.split(",") if k]
+    rows = run_suite(bench, "cnv", first, last, ada, df, learned_round_iters=100 if args.quick else 1000,
+                     only=only, brevitas=brev is not None)
+    result = {
+        "benchmark": "ptq_cnv",
+        "command": "python benchmarks/ptq_cnv.py" + (" --quick" if args.quick else "")
+                   + (f" --only {args.only}" if args.only else ""),
+        "model": "mixq.zoo cnv, shipped Fashion-MNIST weights",
+        "test_images": int(x_test.shape[0]), "calibration_inputs": int(calib.shape[0]), "brevitas": brev,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.platform(),
+        "date": time.strftime("%Y-%m-%d"), "rows": [dataclasses.asdict(r) for r in rows],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    atomic_write_json(args.out / f"ptq_cnv{suffix}.json", result)
+    md = ["## PTQ on CNV / Fashion-MNIST (`benchmarks/ptq_cnv.py`)", "",
+          f"Command: `{result['command']}`; torch {torch.__version__}, Brevitas {brev}, one thread. "
+          f"Fidelity and accuracy over the {x_test.shape[0]} test images; calibration on 512 training images.", "",
+          markdown_table(rows, labelled="test accuracy (%)"), ""]
+    atomic_write_text(args.out / f"ptq_cnv{suffix}.md", "\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
