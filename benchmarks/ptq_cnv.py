@@ -20,9 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("TQDM_DISABLE", "1")  # Brevitas' progress bars (read when tqdm is imported)
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # Brevitas' calibration progress bars
+import torch  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mixq import data, zoo  # noqa: E402

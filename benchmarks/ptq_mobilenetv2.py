@@ -29,10 +29,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("TQDM_DISABLE", "1")  # Brevitas' progress bars (read when tqdm is imported)
+
+import torch  # noqa: E402
 import torch.nn.functional as F
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # Brevitas' calibration progress bars
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mixq import zoo  # noqa: E402

@@ -358,8 +358,8 @@ def test_every_recipe_runs_and_stays_close(model: nn.Module, x: torch.Tensor, na
 
 
 def test_recipe_overrides_and_errors(model: nn.Module, x: torch.Tensor) -> None:
-    r = get_recipe("dfq", relu6="relu", absorb_bias=False)
-    assert r.cle and r.relu6 == "relu" and not r.absorb_bias and RECIPES["dfq"].absorb_bias
+    r = get_recipe("dfq", relu6="relu", absorb_bias=True)
+    assert r.cle and r.relu6 == "relu" and r.absorb_bias and not RECIPES["dfq"].absorb_bias
     assert get_recipe(Recipe(name="mine")).name == "mine"
     with pytest.raises(MixqError, match="recipe"):
         get_recipe("nope")
@@ -369,6 +369,13 @@ def test_recipe_overrides_and_errors(model: nn.Module, x: torch.Tensor) -> None:
         get_recipe("dfq", no_such_field=1)
     with pytest.raises(MixqError, match="calibration data"):
         quantize(model, plan_for(model), None, "minmax", input_shape=SHAPE)
+    with pytest.raises(MixqError, match="bias_passes"):
+        Recipe(bias_passes=0)
+
+
+def test_recipe_with_absorption_runs(model: nn.Module, x: torch.Tensor) -> None:
+    res = quantize_report(model, plan_for(model), x, "dfq", absorb_bias=True)
+    assert res.details["absorbed_layers"] >= 1 and res.details["cle_pairs"] == 4
 
 
 def test_quantize_does_not_change_the_model(model: nn.Module, x: torch.Tensor) -> None:
