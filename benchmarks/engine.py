@@ -72,9 +72,9 @@ def _prepare(model: str, config: str, batch: int) -> tuple[Any, Any, Any, bool]:
         m, real = zoo.load(model), False
     folded = fold_bn(m.eval())
     if model == "cnv":
-        calib, _ = data.load_fmnist_subset(Path(data.__file__).parent / "assets" / "fmnist_train_calib.npz")
-        test, _ = data.load_fmnist_subset()
-        calib, x = data.normalize_gray(calib[:512]), data.normalize_gray(test[:batch])
+        calib_np, _ = data.load_fmnist_subset(Path(data.__file__).parent / "assets" / "fmnist_train_calib.npz")
+        test_np, _ = data.load_fmnist_subset()
+        calib, x = data.normalize_gray(calib_np[:512]), data.normalize_gray(test_np[:batch])
     else:
         calib = data.calibration_set(32, size=224, seed=0)
         x = data.calibration_set(batch, size=224, seed=1)
