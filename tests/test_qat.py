@@ -163,7 +163,7 @@ def test_prepared_model_keeps_the_quantized_attributes_and_exports_exactly(
         assert (m.bn is not None) == (bn == "train" and m is not layers[-1])
     if wq == "lsq":
         names = {n for n, _ in q.named_parameters()}
-        assert "0.w_step" in names and "0.input_quant.scale" in names
+        assert "0.w_log_step" in names and "0.input_quant.log_scale" in names
     # one training step moves the weights, then the plain export computes the same as the QAT model
     opt = torch.optim.SGD(q.parameters(), lr=0.05)
     q.train()
@@ -191,7 +191,7 @@ def test_binary_rows_use_xnor_alpha(model: nn.Module, data: tuple[torch.Tensor, 
     q = prepare_qat(model, plan, x[:64], CFG)
     m = q.get_submodule("4")
     assert isinstance(m, QatConv2d)
-    assert not isinstance(m.w_step, nn.Parameter)  # nothing to learn for binary weights
+    assert m.w_log_step is None  # nothing to learn for binary weights
     w = m.quantized_weight().detach()
     alpha = m.weight.detach().abs().mean(dim=(1, 2, 3))
     assert torch.allclose(w.abs().amax(dim=(1, 2, 3)), alpha) and torch.allclose(m.w_scales[0].flatten(), alpha)
@@ -204,8 +204,10 @@ def test_lsq_steps_get_gradients(model: nn.Module, data: tuple[torch.Tensor, tor
     q = prepare_qat(model, w4a4(model, x), x[:64], CFG)
     nn.functional.cross_entropy(q(x[:32]), y[:32]).backward()
     m = q.get_submodule("4")
-    assert isinstance(m, QatConv2d) and m.w_step.grad is not None and float(m.w_step.grad.abs().sum()) > 0
-    assert m.input_quant is not None and m.input_quant.scale.grad is not None
+    assert isinstance(m, QatConv2d) and m.w_log_step is not None and m.w_log_step.grad is not None
+    assert float(m.w_log_step.grad.abs().sum()) > 0
+    act = m.input_quant
+    assert isinstance(act, QatAct) and act.log_scale is not None and act.log_scale.grad is not None
 
 
 # -- end to end ---------------------------------------------------------------------------------
@@ -247,7 +249,7 @@ def test_bad_checkpoints_are_named(tmp_path: Path, model: nn.Module, data: tuple
     train_qat(model, w4a4(model, x), (x, y), CFG, tmp_path / "ok")
     other = low_bit_plan("tiny", model, x[:16], parse_format("fixed4n"), parse_format("ufixed4"),
                          weight_alt=parse_format("sp2_4"), alt_ratio=1.0)
-    with pytest.raises(QatError, match=r"checkpoint tensor model\.4\.w_step has shape \(1, 16"):
+    with pytest.raises(QatError, match=r"checkpoint tensor model\.4\.w_log_step has shape \(1, 16"):
         train_qat(model, other, (x, y), CFG, tmp_path / "ok", resume=True)
 
 

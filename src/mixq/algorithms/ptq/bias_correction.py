@@ -8,7 +8,8 @@ quantized layer unbiased:
   in one pass (``x_q`` the layer's quantized input), like Brevitas' ``bias_correction_mode``;
   ``mode="network"`` instead matches the mean of every layer's output to the float model's on
   its own float input, layer after layer (also removes the mean drift that activation
-  quantization and earlier layers cause; one forward per layer).
+  quantization and earlier layers cause, and keeps what AdaRound's asymmetric reconstruction
+  compensated; one float pass plus one streamed pass).
 * :func:`analytic_bias_correction` is data free: ``E[x]`` comes from the BatchNorm statistics
   of the layers before (:func:`expected_input_means` propagates ``N(β, γ²)`` through ReLU,
   clipped ReLU, pooling, flatten, residual adds and concatenations).
@@ -29,8 +30,8 @@ from mixq.algorithms.ptq._common import (
     channel_mean,
     inputs_at,
     layers_in_forward_order,
-    quantized_input,
 )
+from mixq.algorithms.ptq._stream import stream_layers
 from mixq.algorithms.ptq.cle import ChannelStats, ClippedReLU, column_sums
 from mixq.errors import MixqError
 from mixq.graph import capture
@@ -141,27 +142,61 @@ def empirical_bias_correction(qmodel: nn.Module, calib: torch.Tensor, fmodel: nn
     elif mode == "network":
         if fmodel is None:
             raise MixqError("bias correction: mode='network' needs the float model")
-        fmodel.eval()
-        for n in layers_in_forward_order(qmodel, data):
-            ql = qmodel.get_submodule(n)
-            if not isinstance(ql, QConv2d | QLinear) or not ql.formats:
-                continue
-            f = fmodel.get_submodule(n)
-            if not isinstance(f, nn.Conv2d | nn.Linear):
-                raise MixqError(f"bias correction: float layer {n!r} is a {type(f).__name__}")
-            diff = torch.zeros(ql.weight.shape[0], dtype=torch.float64)
-            total = 0
-            for xb in batches(data, batch_size):
-                yq = _apply(ql, quantized_input(ql, inputs_at(qmodel, ql, xb)), ql.quantized_weight())
-                yf = _apply(f, inputs_at(fmodel, f, xb), f.weight)
-                diff += channel_mean(yq - yf).double() * xb.shape[0]
-                total += xb.shape[0]
-            delta = diff / max(total, 1)
-            _shift_bias(ql, delta)
-            out[n] = float(delta.abs().max())
+        out = _network_correction(qmodel, fmodel, data, batch_size)
     else:
         raise MixqError(f"bias correction: mode {mode!r} is not one of layer, network")
     qmodel.train(was)
+    return out
+
+
+@torch.no_grad()
+def _output_means(model: nn.Module, names: list[str], data: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
+    """Per-channel mean output of every named layer over ``data`` (one forward pass)."""
+    sums: dict[str, torch.Tensor] = {}
+    count = {n: 0 for n in names}
+    handles = []
+    for n in names:
+        def hook(_m: nn.Module, _i: object, y: torch.Tensor, n: str = n) -> None:
+            k = y.shape[0]
+            sums[n] = sums.get(n, torch.zeros(())) + channel_mean(y).double() * k
+            count[n] += k
+        handles.append(model.get_submodule(n).register_forward_hook(hook))
+    try:
+        for xb in batches(data, batch_size):
+            model(xb)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: sums[n] / max(count[n], 1) for n in names if n in sums}
+
+
+@torch.no_grad()
+def _network_correction(qmodel: nn.Module, fmodel: nn.Module, data: torch.Tensor,
+                        batch_size: int) -> dict[str, float]:
+    """Layer after layer (each seeing the corrected layers before it): shift the bias so the
+    quantized layer's mean output equals the float layer's mean output on the float model's input."""
+    fmodel.eval()
+    names = [n for n in layers_in_forward_order(qmodel, data)
+             if isinstance(m := qmodel.get_submodule(n), QConv2d | QLinear) and m.formats]
+    target = _output_means(fmodel, names, data, batch_size)
+    out: dict[str, float] = {}
+
+    def correct(n: str, layer: nn.Module, inputs: list[torch.Tensor]) -> None:
+        assert isinstance(layer, QConv2d | QLinear)
+        total = torch.zeros(layer.weight.shape[0], dtype=torch.float64)
+        k = 0
+        for xb in inputs:
+            total += channel_mean(layer(xb)).double() * xb.shape[0]
+            k += xb.shape[0]
+        delta = total / max(k, 1) - target[n]
+        _shift_bias(layer, delta)
+        out[n] = float(delta.abs().max())
+
+    if stream_layers(qmodel, list(batches(data, batch_size)), names, correct):
+        return out
+    for n in names:  # models FX cannot trace: one early-stopped forward per layer
+        layer = qmodel.get_submodule(n)
+        correct(n, layer, [inputs_at(qmodel, layer, xb) for xb in batches(data, batch_size)])
     return out
 
 

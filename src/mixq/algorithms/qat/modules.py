@@ -4,16 +4,22 @@
 and keep their attributes (``formats``, ``row_scheme``, ``w_scales``, ``plan``,
 ``input_quant`` with ``fmt`` and ``scale``), adding:
 
-* ``w_step``: the learned LSQ step of every (format, row), a parameter; ``w_scales``
-  mirrors it (and XNOR's ``α`` for binary rows) after every forward;
+* ``w_log_step``: the log of the learned LSQ step of every (format, row), a parameter
+  (``None`` unless ``weight_quant="lsq"``); ``w_scales`` mirrors ``exp(w_log_step)``
+  (and XNOR's ``α`` for binary rows) after every forward;
 * ``bn``: the BatchNorm that follows the layer when BN is folded *during* training
   (``QatConfig.bn = "train"``); the model's own BN module is then an ``Identity``,
   exactly as after :func:`mixq.graph.fold_bn`;
 * ``weight_mask``: the pruning mask (``None`` for dense layers);
 * ``grad_bits`` / ``grad_gen``: stochastic quantization of the layer's output gradient.
 
-`QatAct` subclasses :class:`mixq.nn.QAct` with a learnable ``scale`` (LSQ) or a
-fixed calibrated one (DoReFa clip). :func:`export_plain` turns a trained model
+`QatAct` subclasses :class:`mixq.nn.QAct` with a learnable step (LSQ; ``log_scale``,
+mirrored in ``scale``) or a fixed calibrated one (DoReFa clip).
+
+Steps are learned in log space (``s = exp(θ)``): a gradient step then changes every
+step size by a *relative* amount, whatever its magnitude (folded-BN weight steps
+are ~1e-2, activation steps ~1e-1..1). With the plain LSQ parametrisation one
+learning rate is far too large for the smallest steps and training diverges. :func:`export_plain` turns a trained model
 back into plain `QConv2d` / `QLinear` / `QAct` modules (BN folded, masks and
 DoReFa transforms applied to the stored weights) that the integer engine reads.
 """
@@ -49,16 +55,13 @@ from mixq.quant import compute_scale, fake_quant
 
 
 class QatAct(QAct):
-    """`QAct` whose scale is learned (``lsq``) or fixed at its calibrated value (``dorefa``)."""
+    """`QAct` whose step is learned (``lsq``, as ``log_scale``) or fixed at its calibrated value (``dorefa``)."""
 
     def __init__(self, src: QAct, act_quant: str = "lsq") -> None:
         super().__init__(src.fmt, src.observer_kind)
-        scale = src.scale.detach().clone().reshape(()).to(torch.float32)
-        del self._buffers["scale"]
-        if act_quant == "lsq":
-            self.scale = nn.Parameter(scale)
-        else:
-            self.register_buffer("scale", scale)
+        scale = src.scale.detach().clone().reshape(()).to(torch.float32).abs().clamp_min(EPS)
+        self.scale = scale
+        self.log_scale = nn.Parameter(scale.log()) if act_quant == "lsq" else None
         self.act_quant = act_quant
         self.mode = "quant"
         self.calibrated = True
@@ -66,13 +69,17 @@ class QatAct(QAct):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode != "quant":
             return super().forward(x)
-        if self.act_quant == "lsq":
-            return lsq_act(x, self.fmt, self.scale)
+        if self.log_scale is not None:
+            s = self.log_scale.exp()
+            with torch.no_grad():
+                self.scale.copy_(s.detach())
+            return lsq_act(x, self.fmt, s)
         return fake_quant(x, self.fmt, self.scale)
 
     def to_plain(self) -> QAct:
         q = QAct(self.fmt, self.observer_kind)
-        q.scale = self.scale.detach().abs().clamp_min(EPS).clone()
+        s = self.log_scale.detach().exp() if self.log_scale is not None else self.scale.detach()
+        q.scale = s.clone()
         q.mode, q.calibrated = "quant", True
         return q
 
@@ -105,13 +112,10 @@ class _QatWeightMixin:
             self.row_scheme.copy_(src.row_scheme)
             self.w_scales.copy_(src.w_scales)
         lsq = weight_quant == "lsq" and any(not is_binary(f) for f in self.formats)
-        step = src.w_scales.detach().clone().to(torch.float32)
+        step = src.w_scales.detach().clone().to(torch.float32).abs().clamp_min(EPS)
         if self.plan.weight_granularity == "tensor":  # one shared step per format
             step = step.reshape(step.shape[0], -1)[:, :1].reshape((step.shape[0],) + (1,) * (step.dim() - 1))
-        if lsq:
-            self.w_step = nn.Parameter(step)
-        else:
-            self.register_buffer("w_step", step)  # type: ignore[attr-defined]
+        self.w_log_step = nn.Parameter(step.log()) if lsq else None
         self.bn = bn
         if mask is not None:
             if tuple(mask.shape) != tuple(self.weight.shape):
@@ -148,9 +152,10 @@ class _QatWeightMixin:
             if is_binary(fmt):
                 parts.append(xnor_weight(w))
                 scales.append(xnor_alpha(w))
-            elif self.weight_quant == "lsq":
-                parts.append(lsq_weight(w, fmt, self.w_step[k]))
-                scales.append(self.w_step[k].detach().abs().clamp_min(EPS).expand(row_shape(w)))
+            elif self.w_log_step is not None:
+                step = self.w_log_step[k].exp()
+                parts.append(lsq_weight(w, fmt, step))
+                scales.append(step.detach().expand(row_shape(w)))
             elif self.weight_quant == "ste":
                 s = compute_scale(w.detach(), fmt, granularity=self.plan.weight_granularity,
                                   observer=self.plan.weight_observer, axis=0, group_size=self.plan.weight_group)

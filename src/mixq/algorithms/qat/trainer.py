@@ -38,7 +38,7 @@ from mixq.algorithms.qat.checkpoint import (
 )
 from mixq.algorithms.qat.config import QatConfig, QatError
 from mixq.algorithms.qat.functional import augment_shift_flip, cosine_lr, kd_loss
-from mixq.algorithms.qat.modules import QatAct, set_channels_last, set_grad_quant
+from mixq.algorithms.qat.modules import set_channels_last, set_grad_quant
 
 CheckpointHook = Callable[[Position], None]
 
@@ -105,11 +105,10 @@ def _run_settings(cfg: QatConfig) -> Iterator[None]:
 def make_optimizer(model: nn.Module, cfg: QatConfig) -> torch.optim.Optimizer:
     """Weights (decayed), other parameters (no decay) and quantizer steps (``scale_lr``, no decay)."""
     steps, decay, other = [], [], []
-    step_ids = {id(m.scale) for m in model.modules() if isinstance(m, QatAct) and isinstance(m.scale, nn.Parameter)}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if name.endswith("w_step") or id(p) in step_ids:
+        if name.endswith(("w_log_step", "log_scale")):
             steps.append(p)
         elif p.ndim > 1:
             decay.append(p)

@@ -112,8 +112,8 @@ def _ray(model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn, plans: Sequence
         started = True
     try:
         remote = ray.remote(num_cpus=1)(_ray_task)
-        refs = [ray.put(model), ray.put(calib), ray.put(eval_fn)]
-        return [float(v) for v in ray.get([remote.remote(*refs, plan_to_dict(p)) for p in plans])]
+        m_ref, c_ref, f_ref = ray.put(model), ray.put(calib), ray.put(eval_fn)
+        return [float(v) for v in ray.get([remote.remote(m_ref, c_ref, f_ref, plan_to_dict(p)) for p in plans])]
     finally:
         if started:
             ray.shutdown()
