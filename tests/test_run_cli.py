@@ -63,3 +63,11 @@ def test_bad_input_gives_one_line_error(tmp_path: Path, capsys: pytest.CaptureFi
     assert "mixq: error:" in err and "Traceback" not in err
     assert main(["run", "--out", str(tmp_path), "--dataset", "cifar", "--quiet"]) == 2
     assert "cifar" in capsys.readouterr().err
+
+
+def test_every_command_group_is_registered(capsys: pytest.CaptureFixture[str]) -> None:
+    commands = ["run", "train", "capture", "quantize", "verify", "export", "estimate", "calibrate-hw", "qat",
+                "prune", "search", "rtl"]
+    for cmd in commands:
+        assert main([cmd, "--help"]) == 0, cmd
+        assert "Usage" in capsys.readouterr().out, cmd

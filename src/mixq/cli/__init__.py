@@ -19,11 +19,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 def _register_all() -> None:
     # Explicit imports, no directory scanning.
-    from mixq.cli import hw, main_cmds, qat
+    from mixq.cli import engine, hw, main_cmds, qat, quantize, rtl, search
 
     main_cmds.register(app)
+    quantize.register(app)
+    engine.register(app)
     hw.register(app)
     qat.register(app)
+    search.register(app)
+    rtl.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
