@@ -45,6 +45,28 @@ def test_run_writes_summary_plan_report(demo: Path) -> None:
     assert msq["accuracy"] >= s["fp32_accuracy"] - 1.5
 
 
+def test_run_searches_a_plan_that_beats_uniform(demo: Path) -> None:
+    s = json.loads((demo / "summary.json").read_text())
+    sr = s["search"]
+    assert sr["part"] == "xc7z020" and sr["search_images"] == 1000
+    rows = {r["design"]: r for r in sr["compare"]}
+    searched, w8, w4 = rows["searched"], rows["uniform W8A8"], rows["uniform W4A4"]
+    assert searched["fits"] and w8["fits"] and w4["fits"]
+    # chosen on training images: the fastest plan within 1 point of FP32 there
+    assert searched["search_accuracy"] >= sr["reference_search_accuracy"] - 1.0
+    # it dominates uniform W4A4 (faster and more accurate) and is faster than W8A8
+    assert searched["fps"] > w4["fps"] and searched["search_accuracy"] >= w4["search_accuracy"]
+    assert searched["fps"] > w8["fps"]
+    assert searched["fps"] <= sr["best_reachable_fps"] + 1e-6
+    design = s["designs"][2]
+    assert design["plan"] == "search/plan.json" and design["hardware"]["fits"] is True
+    assert abs(design["hardware"]["fps"] - searched["fps"]) <= 0.1
+    plan = load_plan(demo / "search" / "plan.json")
+    assert len(plan) == 6 and any(lp.mapping.pe * lp.mapping.simd > 1 for _, lp in plan.items())
+    pareto = json.loads((demo / "search" / "pareto.json").read_text())
+    assert pareto["chosen"]["label"] == sr["chosen"] and len(pareto["pareto"]) >= 1
+
+
 def test_run_plan_round_trips_and_report_is_self_contained(demo: Path) -> None:
     plan = load_plan(demo / "plan.json")
     assert plan.model == "cnv" and len(plan) == 6
@@ -52,7 +74,7 @@ def test_run_plan_round_trips_and_report_is_self_contained(demo: Path) -> None:
     mixed = [lp for _, lp in msq.items() if lp.weight_alt is not None]
     assert len(mixed) == 4 and all(lp.alt_rows is not None for lp in mixed)
     html = (demo / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 6  # one weight histogram per layer
+    assert html.count("data:image/png;base64,") == 7  # one weight histogram per layer + the search plot
     assert "features.10" in html and "<table>" in html
     assert 'src="http' not in html and "<link" not in html
 

@@ -52,6 +52,10 @@ class RunConfig:
     verify_images: int = 128
     msq_bits: int = 4
     msq_ratio: float = 0.5
+    search: bool = True
+    search_points: int = 2
+    search_max_drop: float = 1.0
+    search_eval_images: int = 1000
     seed: int = 0
 
 
@@ -67,7 +71,7 @@ def _progress(enabled: bool) -> Iterator[Step]:
 
     with Progress(TextColumn("[bold]mixq run[/]"), BarColumn(), TextColumn("{task.description}"),
                   TimeElapsedColumn(), transient=False) as prog:
-        task = prog.add_task("start", total=8)
+        task = prog.add_task("start", total=9)
 
         def step(msg: str) -> None:
             prog.update(task, advance=1, description=msg)
@@ -124,6 +128,11 @@ def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None, progress: b
                     "first/last fixed8n, ufixed8 activations", "plan_msq.json", msq, q_msq, x, y, specs,
                     cfg.target_part),
         ]
+        search: dict[str, Any] | None = None
+        if cfg.search:
+            step(f"searching a plan for {cfg.target_part}")
+            search, searched = _search(cfg, folded, calib, x, y, specs, out)
+            designs.append(searched)
         summary: dict[str, Any] = {
             "model": cfg.model,
             "dataset": cfg.dataset,
@@ -141,14 +150,60 @@ def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None, progress: b
             "designs": designs,
             "config": asdict(cfg),
         }
+        if search is not None:
+            summary["search"] = search
         summary["compression"] = round(summary["size_bytes_fp32"] / summary["size_bytes_quant"], 2)
         summary["wall_time_s"] = round(time.perf_counter() - t0, 2)
         out.mkdir(parents=True, exist_ok=True)
         save_plan(plan, out / "plan.json")
         save_plan(msq, out / "plan_msq.json")
-        _report(summary, folded, qmodel, plan).write(out / "report.html")
+        rep = _report(summary, folded, qmodel, plan)
+        if search is not None:
+            rep.add_images("Search: accuracy vs frames/s and LUTs",
+                           [("searched points, Pareto front, uniform baselines",
+                             (out / "search" / "pareto.png").read_bytes())])
+        rep.write(out / "report.html")
         atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def _search(cfg: RunConfig, folded: nn.Module, calib: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+            specs: list[LayerSpec], out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Hardware-aware search on ``cfg.target_part``: candidates are selected on labelled *training*
+    images (never the test images), the chosen plan and the uniform W8A8 / W4A4 baselines are then
+    evaluated on the test images. Writes ``search/plan.json``, ``search/pareto.json`` and ``search/pareto.png``."""
+    from mixq.algorithms.search import AccuracyEval, SearchConfig, SearchSpace, SensitivityConfig, search_plan
+    from mixq.algorithms.search.output import write_outputs
+
+    xs, ys = data.load_fmnist_subset(CALIB_PATH)
+    n = min(cfg.search_eval_images, xs.shape[0])
+    eval_fn = AccuracyEval(data.normalize_gray(xs[:n]), torch.as_tensor(ys[:n]))
+    scfg = SearchConfig(space=SearchSpace(wbits=(2, 3, 4, 6, 8), abits=(4, 6, 8), rhos=(0.0, 0.5)),
+                        sensitivity=SensitivityConfig(images=16, hutchinson_samples=4),
+                        points=cfg.search_points, baselines=((8, 8), (4, 4)), executor="serial")
+    res = search_plan(cfg.model, folded, calib, eval_fn, cfg.target_part, max_drop=cfg.search_max_drop, cfg=scfg)
+    write_outputs(res, out / "search")
+    rows = []
+    for label, pt in [("searched", res.chosen), *res.baselines.items()]:
+        q = api.quantize(folded, pt.plan, calib, fold=False)
+        rows.append({"design": label if label == "searched" else f"uniform {label.upper()}",
+                     "fps": round(pt.fps, 1), "fits": pt.fits, "lut": round(pt.resources.get("lut", 0.0)),
+                     "dsp": pt.resources.get("dsp", 0.0), "bram": pt.resources.get("bram", 0.0),
+                     "search_accuracy": round(pt.accuracy, 3), "test_accuracy": round(api.evaluate(q, x, y), 3),
+                     "size_bytes": api.model_size_bytes(q)})
+    design = {
+        "name": f"searched on {cfg.target_part} (max drop {cfg.search_max_drop:g} point on training images)",
+        "plan": "search/plan.json",
+        "accuracy": rows[0]["test_accuracy"],
+        "size_bytes": rows[0]["size_bytes"],
+        "hardware": estimate(specs, res.plan, cfg.target_part, "streaming", fold="plan").summary(),
+    }
+    summary = {"part": res.part, "chosen": res.chosen.label, "max_drop": cfg.search_max_drop,
+               "search_images": n, "reference_search_accuracy": round(res.reference_accuracy, 3),
+               "best_reachable_fps": round(res.best_fps, 1), "compare": rows,
+               "pareto": [{"fps": round(p.fps, 1), "search_accuracy": round(p.accuracy, 3)} for p in res.pareto],
+               "timings_s": {k: round(v, 2) for k, v in res.timings.items()}}
+    return summary, design
 
 
 def _design(name: str, plan_file: str, plan: QuantPlan, qmodel: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -175,6 +230,16 @@ def _report(summary: dict[str, Any], folded: nn.Module, qmodel: nn.Module, plan:
          round(d["hardware"]["resources"]["lut"]), d["hardware"]["resources"]["dsp"],
          d["hardware"]["resources"]["bram"], d["hardware"]["fits"]] for d in summary["designs"]
     ], note="plans: " + ", ".join(d["plan"] for d in summary["designs"]))
+    if "search" in summary:
+        sr = summary["search"]
+        rep.add_table(f"Hardware-aware search on {sr['part']}", ["design", "frames/s", "fits", "LUT", "DSP",
+                                                                 "BRAM36", "top-1 train (%)", "top-1 test (%)",
+                                                                 "size (bytes)"], [
+            [r["design"], r["fps"], r["fits"], r["lut"], r["dsp"], r["bram"], r["search_accuracy"],
+             r["test_accuracy"], r["size_bytes"]] for r in sr["compare"]
+        ], note=f"chosen: {sr['chosen']} (fastest plan within {sr['max_drop']:g} point of FP32 on "
+                f"{sr['search_images']} training images); search time {sr['timings_s'].get('total')} s; "
+                "Pareto front in search/pareto.json and search/pareto.png")
     v = summary["verify"]
     rep.add_table("Integer engine vs fake quantization", ["check", "result"], [
         ["images", v["images"]], ["bit-exact (engine == hardware-faithful fake quant)", v["exact"]],
