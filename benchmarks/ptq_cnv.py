@@ -30,7 +30,7 @@ from mixq import data, zoo  # noqa: E402
 from mixq.algorithms.ptq import AdaRoundConfig, DataFreeConfig  # noqa: E402
 from mixq.io import atomic_write_json, atomic_write_text  # noqa: E402
 from mixq.run import CALIB_PATH  # noqa: E402
-from ptq_common import Bench, brevitas_available, markdown_table, run_suite  # noqa: E402
+from ptq_common import Bench, Row, brevitas_available, markdown_table, run_suite  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -68,26 +68,29 @@ def main() -> None:
 
     brev = brevitas_available() if not args.no_brevitas else None
     only = [k for k in args.only.split(",") if k]
-    rows = run_suite(bench, "cnv", first, last, ada, df, learned_round_iters=100 if args.quick else 1000,
-                     only=only, brevitas=brev is not None)
-    result = {
-        "benchmark": "ptq_cnv",
-        "command": "python benchmarks/ptq_cnv.py" + (" --quick" if args.quick else "")
-                   + (f" --only {args.only}" if args.only else ""),
-        "model": "mixq.zoo cnv, shipped Fashion-MNIST weights",
-        "test_images": int(x_test.shape[0]), "calibration_inputs": int(calib.shape[0]), "brevitas": brev,
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.platform(),
-        "date": time.strftime("%Y-%m-%d"), "rows": [dataclasses.asdict(r) for r in rows],
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    atomic_write_json(args.out / f"ptq_cnv{suffix}.json", result)
-    md = ["## PTQ on CNV / Fashion-MNIST (`benchmarks/ptq_cnv.py`)", "",
-          f"Command: `{result['command']}`; torch {torch.__version__}, Brevitas {brev}, one thread. "
-          f"Fidelity and accuracy over the {x_test.shape[0]} test images; calibration on 512 training images.", "",
-          markdown_table(rows, labelled="test accuracy (%)"), ""]
-    atomic_write_text(args.out / f"ptq_cnv{suffix}.md", "\n".join(md))
-    print("\n".join(md))
+
+    def write(rows: list[Row]) -> None:
+        result = {
+            "benchmark": "ptq_cnv",
+            "command": "python benchmarks/ptq_cnv.py" + (" --quick" if args.quick else "")
+                       + (f" --only {args.only}" if args.only else ""),
+            "model": "mixq.zoo cnv, shipped Fashion-MNIST weights",
+            "test_images": int(x_test.shape[0]), "calibration_inputs": int(calib.shape[0]), "brevitas": brev,
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.platform(),
+            "date": time.strftime("%Y-%m-%d"), "rows": [dataclasses.asdict(r) for r in rows],
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        suffix = "_quick" if args.quick else ""
+        atomic_write_json(args.out / f"ptq_cnv{suffix}.json", result)
+        md = ["## PTQ on CNV / Fashion-MNIST (`benchmarks/ptq_cnv.py`)", "",
+              f"Command: `{result['command']}`; torch {torch.__version__}, Brevitas {brev}, one thread. "
+              f"Fidelity and accuracy over the {x_test.shape[0]} test images; calibration on 512 training images.", "",
+              markdown_table(rows, labelled="test accuracy (%)"), ""]
+        atomic_write_text(args.out / f"ptq_cnv{suffix}.md", "\n".join(md))
+        print(f"  [{len(rows)} rows written]", flush=True)
+
+    run_suite(bench, "cnv", first, last, ada, df, learned_round_iters=100 if args.quick else 1000,
+              only=only, brevitas=brev is not None, on_rows=write)
 
 
 if __name__ == "__main__":

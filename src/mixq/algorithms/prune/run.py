@@ -66,7 +66,7 @@ class PruneConfig:
     scope: str = "layer"
     layers: tuple[str, ...] | None = None
     finetune_epochs: int = 2
-    finetune_lr: float = 0.01
+    finetune_lr: float = 0.001
     focused_bits: int | None = 4
     min_separation: float = 2.0
 

@@ -73,8 +73,14 @@ def pareto_items(items: tuple[Item, ...]) -> list[int]:
     return [int(i) for i in np.flatnonzero(~dominated)]
 
 
+# HiGHS' relative optimality gap. The sensitivities are estimates, so 1% is far inside their
+# error; measured on MobileNetV2 / XCZU9EG (53 layers, ~3000 items, 4 budgets): the same optimum as
+# a 0.1% gap at every budget, 0.9-1.4 s instead of 1.1-4.5 s (benchmarks/results/search_ilp.md).
+ILP_GAP = 1e-2
+
+
 def solve_ilp(p: Problem, time_limit: float | None = None, feasibility_only: bool = False,
-              gap: float = 1e-3) -> Solution | None:
+              gap: float = ILP_GAP) -> Solution | None:
     """The optimum by mixed-integer linear programming; None when no choice fits the caps.
 
     ``feasibility_only``: any choice that fits (much faster; the objective is still reported).
