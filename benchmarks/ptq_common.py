@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from mixq.algorithms.msq import signed_input_layers
 from mixq.algorithms.ptq import quantize_report
 from mixq.formats import FixedPoint, parse_format
+from mixq.graph.ops import signed_input_layers
 from mixq.plan import LayerPlan, QuantPlan
 from mixq.quant import sqnr_db
 

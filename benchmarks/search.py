@@ -15,6 +15,7 @@ Writes benchmarks/results/search.json and search.md.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -116,8 +117,11 @@ def main() -> None:
     ap.add_argument("--cnv-weights", default=None, help="CNV state dict (default: the zoo's shipped weights)")
     a = ap.parse_args()
     torch.manual_seed(0)
-    results = []
-    for name in a.models.split(","):
+    names = a.models.split(",")
+    old = OUT / "search.json"  # keep the results of models not run this time
+    results = [r for r in json.loads(old.read_text()).get("results", []) if r["model"] not in names] \
+        if old.is_file() else []
+    for name in names:
         if name == "cnv":
             results.append(run_model("cnv", "xc7z020", 256, 500 if a.quick else 2000, SensitivityConfig(), 4,
                                      SearchSpace(), a.executor, a.cnv_weights))
@@ -125,7 +129,9 @@ def main() -> None:
             results.append(run_model(name, "xczu9eg", 16 if a.quick else 32, 32 if a.quick else 64,
                                      SensitivityConfig(images=8, hutchinson_samples=2), 2,
                                      SearchSpace(wbits=(3, 4, 5, 6, 8), abits=(4, 6, 8)), a.executor))
-        print(results[-1]["comparison"], results[-1]["timings_s"], flush=True)
+        done = results[-1]
+        results.sort(key=lambda r: r["model"] != "cnv")  # CNV first
+        print(done["comparison"], done["timings_s"], flush=True)
         OUT.mkdir(parents=True, exist_ok=True)
         atomic_write_json(OUT / "search.json", {"results": results})
         atomic_write_text(OUT / "search.md", _md(results))

@@ -13,6 +13,7 @@ Writes benchmarks/results/search_ilp.json and search_ilp.md.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from pathlib import Path
@@ -67,7 +68,8 @@ def main() -> None:
         rows.append(row)
     result = {"model": "mobilenet_v2", "part": PART, "layers": len(table.names), "options": len(space.options()),
               "sensitivity_s": round(t_sens, 1), "fastest_s": round(t_fastest, 1), "fastest_fps": round(fps_max, 1),
-              "machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread", "rows": rows}
+              "machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread",
+              "load_average_1min": round(os.getloadavg()[0], 2), "cores": os.cpu_count(), "rows": rows}
     OUT.mkdir(parents=True, exist_ok=True)
     atomic_write_json(OUT / "search_ilp.json", result)
 
@@ -78,7 +80,8 @@ def main() -> None:
              f"{result['layers']} compute layers x {result['options']} options x foldings on {PART}; "
              f"sensitivity (HAWQ, 8 images) {result['sensitivity_s']} s; fastest reachable {result['fastest_fps']} "
              f"FPS found by bisection in {result['fastest_s']} s. Cells: solve time / objective (summed "
-             f"sensitivity, lower is better). {result['machine']}.", "",
+             f"sensitivity, lower is better). {result['machine']}; load average {result['load_average_1min']} on "
+             f"{result['cores']} cores at the end of the run.", "",
              "| frame rate | items (after build) | build | ILP 1% gap (default) | ILP 0.1% gap | ILP optimum "
              "(gap 0, 120 s limit) | greedy |", "|---:|---:|---:|---|---|---|---|"]
     for r in rows:

@@ -35,6 +35,8 @@ def _imports(source: str) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.extend(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module == "mixq" and node.level == 0:
+            names.extend(f"mixq.{a.name}" for a in node.names)  # from mixq import api, zoo
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.append(node.module)
     return names
@@ -70,6 +72,7 @@ def test_imports_point_down() -> None:
 def test_checker_catches_an_upward_import() -> None:
     assert any("imports mixq.report" in v for v in _violations("formats", "from mixq.report import html\n", "x"))
     assert _violations("quant", "import mixq.plan.plan\n", "x")
+    assert any("imports mixq.api" in v for v in _violations("algorithms", "from mixq import api, zoo\n", "x"))
     assert not _violations("report", "from mixq.formats import FixedPoint\n", "x")
 
 

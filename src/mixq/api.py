@@ -8,66 +8,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from mixq.errors import MixqError
 from mixq.formats import FixedPoint, NumberFormat
-from mixq.graph.bnfold import fold_bn
-from mixq.graph.convert import calibrate, compute_layer_names, to_quantized
+from mixq.graph.convert import compute_layer_names
+from mixq.graph.ops import batches, evaluate, predict, quantize, signed_input_layers
 from mixq.nn import QConv2d, QLinear
 from mixq.plan import LayerPlan, QuantPlan, uniform_plan
+
+__all__ = ["as_tensor_images", "batches", "default_plan", "evaluate", "layer_formats", "model_size_bytes", "predict",
+           "quant_layers", "quantize", "signed_inputs"]
 
 W8 = FixedPoint(bits=8, signed=True, narrow=True)
 A8 = FixedPoint(bits=8, signed=False, narrow=False)
 
 
-def batches(x: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
-    for i in range(0, x.shape[0], batch_size):
-        yield x[i : i + batch_size]
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Logits of ``model`` (eval mode) on ``x``, computed in batches."""
-    was = model.training
-    model.eval()
-    out = torch.cat([model(b) for b in batches(x, batch_size)])
-    model.train(was)
-    return out
-
-
-def evaluate(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
-    """Top-1 accuracy in percent."""
-    if x.shape[0] != labels.shape[0]:
-        raise MixqError(f"evaluate: {x.shape[0]} inputs but {labels.shape[0]} labels")
-    pred = predict(model, x, batch_size).argmax(dim=1)
-    return 100.0 * float((pred == labels).float().mean())
-
-
-@torch.no_grad()
 def signed_inputs(model: nn.Module, sample: torch.Tensor) -> set[str]:
     """Compute layers whose input takes negative values on ``sample`` (they need a signed activation format)."""
-    names = compute_layer_names(model)
-    mods = dict(model.named_modules())
-    found: set[str] = set()
-    hooks = []
-    for name in names:
-        def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], name: str = name) -> None:
-            if float(inp[0].min()) < 0:
-                found.add(name)
-        hooks.append(mods[name].register_forward_pre_hook(hook))
-    try:
-        was = model.training
-        model.eval()
-        model(sample)
-        model.train(was)
-    finally:
-        for h in hooks:
-            h.remove()
-    return found
+    return signed_input_layers(model, sample)[1]
 
 
 def default_plan(model_name: str, model: nn.Module, sample: torch.Tensor,
@@ -84,19 +46,6 @@ def default_plan(model_name: str, model: nn.Module, sample: torch.Tensor,
     overrides = {names[0]: first_last, names[-1]: first_last} if first_last is not None else None
     return uniform_plan(model_name, names, weight, act, signed_inputs=signed_inputs(model, sample),
                         overrides=overrides, weight_alt=weight_alt, alt_ratio=alt_ratio)
-
-
-def quantize(model: nn.Module, plan: QuantPlan, calib: torch.Tensor, batch_size: int = 256,
-             fold: bool = True) -> nn.Module:
-    """Post-training quantization with the plan as written: fold BN, swap layers, calibrate activations.
-
-    The input model is not modified.
-    """
-    m = fold_bn(model) if fold else model
-    q = to_quantized(m, plan)
-    calibrate(q, batches(calib, batch_size))
-    q.eval()
-    return q
 
 
 def quant_layers(model: nn.Module) -> list[tuple[str, QConv2d | QLinear]]:

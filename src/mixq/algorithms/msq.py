@@ -27,6 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mixq.errors import MixqError, PlanError
 from mixq.formats import NumberFormat, parse_format
 from mixq.graph import fold_bn
+from mixq.graph.ops import signed_input_layers
 from mixq.plan import LayerPlan, QuantPlan
 from mixq.plan.build import with_sign
 from mixq.quant import row_scheme_scores
@@ -153,31 +154,6 @@ class MSQConfig:
             raise MixqError(f"msq.ratio: must be in [0, 1], got {self.ratio}")
         if self.scope not in SCOPES:
             raise MixqError(f"msq.scope: {self.scope!r} is not one of {', '.join(SCOPES)}")
-
-
-@torch.no_grad()
-def signed_input_layers(model: nn.Module, sample: torch.Tensor) -> tuple[list[str], set[str]]:
-    """Conv/Linear layers in forward order, and those whose input takes negative values on ``sample``."""
-    order: list[str] = []
-    signed: set[str] = set()
-    handles = []
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d | nn.Linear):
-            def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], name: str = name) -> None:
-                if name not in order:
-                    order.append(name)
-                if float(inp[0].min()) < 0:
-                    signed.add(name)
-            handles.append(m.register_forward_pre_hook(hook))
-    was = model.training
-    model.eval()
-    try:
-        model(sample)
-    finally:
-        model.train(was)
-        for h in handles:
-            h.remove()
-    return order, signed
 
 
 def msq_plan(model_name: str, model: nn.Module, sample: torch.Tensor, cfg: MSQConfig | None = None,

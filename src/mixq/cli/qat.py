@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
         data_root: Path | None = _DATA_ROOT,
         epochs: int = typer.Option(3, help="training epochs"),
         batch_size: int = typer.Option(128, help="global batch size"),
-        lr: float = typer.Option(0.001, help="peak learning rate (cosine schedule; BN is folded, so far below float training)"),
+        lr: float = typer.Option(0.001, help="peak learning rate (cosine; BN folded: far below float training)"),
         optimizer: str = typer.Option("sgd", help="sgd or adam"),
         seed: int = typer.Option(0, help="random seed"),
         weight_quant: str = typer.Option("lsq", help="lsq, ste or dorefa (binary rows: XNOR)"),

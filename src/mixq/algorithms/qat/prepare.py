@@ -15,7 +15,7 @@ and the last, which stay at 8 bits (``first_last_bits``; ``None`` disables it).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from torch import nn
 from mixq.algorithms.qat.config import QatConfig, QatError
 from mixq.algorithms.qat.modules import QatConv2d, QatLinear
 from mixq.formats import FixedPoint, NumberFormat
+from mixq.graph import ops
 from mixq.graph.bnfold import fold_bn, foldable_pairs
 from mixq.graph.convert import calibrate, compute_layer_names, to_quantized
 from mixq.graph.swap import set_submodule
@@ -30,32 +31,9 @@ from mixq.nn import QConv2d, QLinear
 from mixq.plan import LayerPlan, QuantPlan, uniform_plan
 
 
-def _batches(x: torch.Tensor, size: int) -> Iterable[torch.Tensor]:
-    for i in range(0, x.shape[0], size):
-        yield x[i : i + size]
-
-
-@torch.no_grad()
 def signed_input_layers(model: nn.Module, sample: torch.Tensor) -> set[str]:
     """Compute layers whose input takes negative values on ``sample`` (they need signed activations)."""
-    names = compute_layer_names(model)
-    mods = dict(model.named_modules())
-    found: set[str] = set()
-    hooks = []
-    for name in names:
-        def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], name: str = name) -> None:
-            if float(inp[0].min()) < 0:
-                found.add(name)
-        hooks.append(mods[name].register_forward_pre_hook(hook))
-    was = model.training
-    try:
-        model.eval()
-        model(sample)
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
-    return found
+    return ops.signed_input_layers(model, sample)[1]
 
 
 def low_bit_plan(model_name: str, model: nn.Module, sample: torch.Tensor, weight: NumberFormat,
@@ -113,7 +91,7 @@ def prepare_qat(model: nn.Module, plan: QuantPlan, calib: torch.Tensor, cfg: Qat
     float_model = copy.deepcopy(model).eval()
     folded = fold_bn(float_model)
     q = to_quantized(folded, _init_plan(plan, cfg.init_observer))
-    calibrate(q, _batches(calib, 256))
+    calibrate(q, ops.batches(calib, 256))
     bn_of: dict[str, str] = {}
     if cfg.bn == "train":
         bn_of = dict(foldable_pairs(float_model))

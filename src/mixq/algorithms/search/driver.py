@@ -23,7 +23,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from mixq import api
 from mixq.algorithms.msq import row_advantage
 from mixq.algorithms.search.allocate import Allocation, allocate, fastest, to_plan
 from mixq.algorithms.search.costs import HwTable
@@ -31,6 +30,7 @@ from mixq.algorithms.search.evaluate import EvalFn, evaluate_plans
 from mixq.algorithms.search.sensitivity import Sensitivity, SensitivityConfig, compute_weights, sensitivity
 from mixq.algorithms.search.space import Option, SearchSpace, layer_plan, weight_formats
 from mixq.errors import HardwareError, MixqError
+from mixq.graph import ops
 from mixq.graph.bnfold import fold_bn
 from mixq.graph.capture import capture
 from mixq.graph.spec import LayerSpec
@@ -164,7 +164,7 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
     t0 = time.perf_counter()
     folded = fold_bn(model).eval()
     specs = capture(folded, tuple(calib.shape[1:]))
-    signed = api.signed_inputs(folded, calib[:64])
+    signed = ops.signed_input_layers(folded, calib[:64])[1]
     sens = sensitivity(folded, calib, cfg.space, sorted(signed), cfg.sensitivity, model_name, cfg.cache_dir)
     times["sensitivity"] = time.perf_counter() - t0
     t1 = time.perf_counter()

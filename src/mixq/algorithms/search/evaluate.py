@@ -1,6 +1,6 @@
 """Quantize-and-evaluate candidate plans: serially, in a local process pool, or on Ray.
 
-Each candidate is a real quantized model: ``mixq.api.quantize`` (swap, calibrate
+Each candidate is a real quantized model: ``mixq.graph.ops.quantize`` (swap, calibrate
 activations) and then the user's ``eval_fn(qmodel) -> float`` (higher is better,
 e.g. top-1 %). For the process pool and Ray the model, calibration images and
 ``eval_fn`` are shipped to each worker once; ``eval_fn`` must then be picklable
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mixq import api
 from mixq.errors import MixqError
+from mixq.graph import ops
 from mixq.plan import QuantPlan
 from mixq.plan.jsonio import plan_from_dict, plan_to_dict
 
@@ -37,7 +37,7 @@ class AccuracyEval:
     batch_size: int = 500
 
     def __call__(self, model: nn.Module) -> float:
-        return api.evaluate(model, self.x, self.y, self.batch_size)
+        return ops.evaluate(model, self.x, self.y, self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -49,14 +49,14 @@ class AgreementEval:
 
     @staticmethod
     def of(model: nn.Module, x: torch.Tensor) -> AgreementEval:
-        return AgreementEval(x, api.predict(model, x).argmax(1))
+        return AgreementEval(x, ops.predict(model, x).argmax(1))
 
     def __call__(self, model: nn.Module) -> float:
-        return api.evaluate(model, self.x, self.ref)
+        return ops.evaluate(model, self.x, self.ref)
 
 
 def quantize_and_eval(model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn, plan: QuantPlan) -> float:
-    q = api.quantize(model, plan, calib, fold=False)
+    q = ops.quantize(model, plan, calib, fold=False)
     return float(eval_fn(q))
 
 

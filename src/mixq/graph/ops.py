@@ -1,0 +1,85 @@
+"""Running a model on data, shared by every stage above the graph layer.
+
+* :func:`batches` — split a tensor into batches;
+* :func:`predict` / :func:`evaluate` — logits and top-1 accuracy in eval mode;
+* :func:`signed_input_layers` — compute layers in forward order and those whose input goes
+  negative (they need a signed activation format);
+* :func:`quantize` — post-training quantization as a plan is written: fold BN, swap, calibrate.
+
+`mixq.api` re-exports them for users; the algorithms import them from here (layers only
+import downwards).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from mixq.errors import MixqError
+from mixq.graph.bnfold import fold_bn
+from mixq.graph.convert import calibrate, to_quantized
+from mixq.plan import QuantPlan
+
+
+def batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    for i in range(0, x.shape[0], batch_size):
+        yield x[i : i + batch_size]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Logits of ``model`` (eval mode) on ``x``, computed in batches."""
+    was = model.training
+    model.eval()
+    try:
+        return torch.cat([model(b) for b in batches(x, batch_size)])
+    finally:
+        model.train(was)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy in percent."""
+    if x.shape[0] != labels.shape[0]:
+        raise MixqError(f"evaluate: {x.shape[0]} inputs but {labels.shape[0]} labels")
+    pred = predict(model, x, batch_size).argmax(dim=1)
+    return 100.0 * float((pred == labels).float().mean())
+
+
+@torch.no_grad()
+def signed_input_layers(model: nn.Module, sample: torch.Tensor) -> tuple[list[str], set[str]]:
+    """Conv/Linear layers in forward order, and those whose input takes negative values on ``sample``."""
+    order: list[str] = []
+    signed: set[str] = set()
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], name: str = name) -> None:
+                if name not in order:
+                    order.append(name)
+                if float(inp[0].min()) < 0:
+                    signed.add(name)
+            handles.append(m.register_forward_pre_hook(hook))
+    was = model.training
+    model.eval()
+    try:
+        model(sample)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    return order, signed
+
+
+def quantize(model: nn.Module, plan: QuantPlan, calib: torch.Tensor, batch_size: int = 256,
+             fold: bool = True) -> nn.Module:
+    """Post-training quantization with the plan as written: fold BN, swap layers, calibrate activations.
+
+    The input model is not modified.
+    """
+    m = fold_bn(model) if fold else model
+    q = to_quantized(m, plan)
+    calibrate(q, batches(calib, batch_size))
+    q.eval()
+    return q
