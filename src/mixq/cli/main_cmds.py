@@ -16,16 +16,23 @@ def register(app: typer.Typer) -> None:
         act: str = typer.Option("ufixed8", help="activation format, e.g. ufixed8, ufixed4"),
         dataset: str = typer.Option("fmnist-subset", help="fmnist-subset (shipped) or fmnist (full test set)"),
         part: str = typer.Option("xc7z020", help="target FPGA part"),
+        search: bool = typer.Option(True, help="hardware-aware search of a mixed plan on the part"),
+        max_drop: float = typer.Option(1.0, help="search: accuracy points the chosen plan may lose"),
         quiet: bool = typer.Option(False, help="no progress bar"),
     ) -> None:
         """Run the main job on the bundled default (CNV on Fashion-MNIST) and write summary/plan/report."""
         from mixq.run import RunConfig
         from mixq.run import run as run_job
 
-        cfg = RunConfig(weight=weight, act=act, dataset=dataset, target_part=part)
+        cfg = RunConfig(weight=weight, act=act, dataset=dataset, target_part=part, search=search,
+                        search_max_drop=max_drop)
         s = run_job(out, cfg, progress=not quiet)
         typer.echo(f"FP32 {s['fp32_accuracy']:.2f}%  quantized {s['quant_accuracy']:.2f}%  "
                    f"size {s['size_bytes_fp32']:,} -> {s['size_bytes_quant']:,} bytes  ({s['wall_time_s']} s)")
+        if "search" in s:
+            sr = {r["design"]: r for r in s["search"]["compare"]}
+            typer.echo(f"search on {part}: " + ", ".join(
+                f"{k} {r['fps']:.0f} FPS {r['test_accuracy']:.2f}%" for k, r in sr.items()))
         typer.echo(f"wrote {out / 'summary.json'}, {out / 'plan.json'}, {out / 'report.html'}")
 
     @app.command()
