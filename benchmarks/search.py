@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,17 @@ from mixq.errors import ModelError
 from mixq.io import atomic_write_json, atomic_write_text
 
 OUT = Path(__file__).parent / "results"
+NOTES = [
+    "Notes:", "",
+    "- \"searched @ same FPS\": the most accurate searched plan at least as fast as the baseline; \"searched @ "
+    "same acc\": the fastest searched plan at least as accurate. Searched plans spend the LUTs uniform fixed-point "
+    "designs leave idle (SP2 rows on shift-add LUT lanes, `-sp2` / `-sp2r50` in the options), so they use more LUTs "
+    "within the same part.",
+    "- MobileNetV2: no labels ship, so the figure is top-1 agreement with the FP32 model on 64 held-out crops of "
+    "natural photos; min-max PTQ at uniform 6 and 4 bits collapses (50% / 0%), which is where a per-layer plan pays "
+    "off. The XCZU9EG is used because MobileNetV2's weights do not fit the XC7Z020's block RAM even at 2 bits.",
+    "",
+]
 
 
 def _dominance(res: SearchResult) -> list[dict[str, Any]]:
@@ -72,7 +84,8 @@ def run_model(name: str, part: str, calib_n: int, eval_n: int, sens: Sensitivity
     res = search_plan(name, model, calib, eval_fn, part, max_drop=drop, cfg=cfg)
     total = time.perf_counter() - t0
     solve = [float(p.plan.meta.get("search", {}).get("solve_s", math.nan)) for p in res.points if p.kind == "searched"]
-    return {"model": name, "part": part, "pretrained": pretrained, "weights": weights or "zoo",
+    return {"model": name, "part": part, "load_average_1min": round(os.getloadavg()[0], 2),
+            "pretrained": pretrained, "weights": weights or "zoo",
             "calib_images": calib_n, "eval_images": eval_n,
             "metric": "top-1 accuracy (%)" if name == "cnv" else "top-1 agreement with FP32 (%)",
             "reference": round(res.reference_accuracy, 2), "search_s": round(total, 1),
@@ -106,6 +119,10 @@ def _md(results: list[dict[str, Any]]) -> str:
                          f"| {fa} | {fb} | {c['dominated']} |")
         lines += ["", "Pareto front (FPS, accuracy): " + ", ".join(
             f"({p['fps']}, {p['accuracy']})" for p in r["pareto"]), ""]
+        if "load_average_1min" in r:
+            lines += [f"Load average at the end of the run: {r['load_average_1min']} on {os.cpu_count()} cores "
+                      "(times are upper bounds on a shared machine).", ""]
+    lines += NOTES
     return "\n".join(lines) + "\n"
 
 
