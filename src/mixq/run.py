@@ -131,8 +131,11 @@ def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None, progress: b
         search: dict[str, Any] | None = None
         if cfg.search:
             step(f"searching a plan for {cfg.target_part}")
-            search, searched = _search(cfg, folded, calib, x, y, specs, out)
-            designs.append(searched)
+            try:
+                search, searched = _search(cfg, folded, calib, x, y, specs, out)
+                designs.append(searched)
+            except MixqError as e:  # e.g. no plan within the drop budget: keep the rest of the run
+                search = {"part": cfg.target_part, "error": str(e)}
         summary: dict[str, Any] = {
             "model": cfg.model,
             "dataset": cfg.dataset,
@@ -158,7 +161,7 @@ def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None, progress: b
         save_plan(plan, out / "plan.json")
         save_plan(msq, out / "plan_msq.json")
         rep = _report(summary, folded, qmodel, plan)
-        if search is not None:
+        if search is not None and "compare" in search:
             rep.add_images("Search: accuracy vs frames/s and LUTs",
                            [("searched points, Pareto front, uniform baselines",
                              (out / "search" / "pareto.png").read_bytes())])
@@ -230,7 +233,7 @@ def _report(summary: dict[str, Any], folded: nn.Module, qmodel: nn.Module, plan:
          round(d["hardware"]["resources"]["lut"]), d["hardware"]["resources"]["dsp"],
          d["hardware"]["resources"]["bram"], d["hardware"]["fits"]] for d in summary["designs"]
     ], note="plans: " + ", ".join(d["plan"] for d in summary["designs"]))
-    if "search" in summary:
+    if "compare" in summary.get("search", {}):
         sr = summary["search"]
         rep.add_table(f"Hardware-aware search on {sr['part']}", ["design", "frames/s", "fits", "LUT", "DSP",
                                                                  "BRAM36", "top-1 train (%)", "top-1 test (%)",

@@ -29,7 +29,9 @@ def register(app: typer.Typer) -> None:
         s = run_job(out, cfg, progress=not quiet)
         typer.echo(f"FP32 {s['fp32_accuracy']:.2f}%  quantized {s['quant_accuracy']:.2f}%  "
                    f"size {s['size_bytes_fp32']:,} -> {s['size_bytes_quant']:,} bytes  ({s['wall_time_s']} s)")
-        if "search" in s:
+        if "error" in s.get("search", {}):
+            typer.echo(f"search on {part}: {s['search']['error']}")
+        elif "search" in s:
             sr = {r["design"]: r for r in s["search"]["compare"]}
             typer.echo(f"search on {part}: " + ", ".join(
                 f"{k} {r['fps']:.0f} FPS {r['test_accuracy']:.2f}%" for k, r in sr.items()))
