@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # Brevitas' progress bars (read when tqdm is imported)
 
@@ -30,7 +32,7 @@ from mixq import data, zoo  # noqa: E402
 from mixq.algorithms.ptq import AdaRoundConfig, DataFreeConfig  # noqa: E402
 from mixq.io import atomic_write_json, atomic_write_text  # noqa: E402
 from mixq.run import CALIB_PATH  # noqa: E402
-from ptq_common import Bench, Row, brevitas_available, markdown_table, run_suite  # noqa: E402
+from ptq_common import Bench, Row, brevitas_available, markdown_table, merge_rows, run_suite  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -69,7 +71,15 @@ def main() -> None:
     brev = brevitas_available() if not args.no_brevitas else None
     only = [k for k in args.only.split(",") if k]
 
+    suffix = "_quick" if args.quick else ""
+    old_path = args.out / f"ptq_cnv{suffix}.json"
+    old_rows = json.loads(old_path.read_text())["rows"] if only and old_path.is_file() else []
+
+    def all_rows(rows: list[Row]) -> list[dict[str, Any]]:
+        return merge_rows(old_rows, rows) if old_rows else [dataclasses.asdict(r) for r in rows]
+
     def write(rows: list[Row]) -> None:
+        merged = all_rows(rows)
         result = {
             "benchmark": "ptq_cnv",
             "command": "python benchmarks/ptq_cnv.py" + (" --quick" if args.quick else "")
@@ -77,15 +87,14 @@ def main() -> None:
             "model": "mixq.zoo cnv, shipped Fashion-MNIST weights",
             "test_images": int(x_test.shape[0]), "calibration_inputs": int(calib.shape[0]), "brevitas": brev,
             "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.platform(),
-            "date": time.strftime("%Y-%m-%d"), "rows": [dataclasses.asdict(r) for r in rows],
+            "date": time.strftime("%Y-%m-%d"), "rows": merged,
         }
         args.out.mkdir(parents=True, exist_ok=True)
-        suffix = "_quick" if args.quick else ""
         atomic_write_json(args.out / f"ptq_cnv{suffix}.json", result)
         md = ["## PTQ on CNV / Fashion-MNIST (`benchmarks/ptq_cnv.py`)", "",
               f"Command: `{result['command']}`; torch {torch.__version__}, Brevitas {brev}, one thread. "
               f"Fidelity and accuracy over the {x_test.shape[0]} test images; calibration on 512 training images.", "",
-              markdown_table(rows, labelled="test accuracy (%)"), ""]
+              markdown_table([Row(**d) for d in merged], labelled="test accuracy (%)"), ""]
         atomic_write_text(args.out / f"ptq_cnv{suffix}.md", "\n".join(md))
         print(f"  [{len(rows)} rows written]", flush=True)
 

@@ -225,7 +225,20 @@ def markdown_table(rows: list[Row], with_accuracy: bool = False, labelled: str =
     return "\n".join(lines)
 
 
+def merge_rows(old: list[dict[str, Any]], new: list[Row]) -> list[dict[str, Any]]:
+    """``old`` result rows (dicts) with the (config, tool) rows of ``new`` replaced in place or appended:
+    a ``--only`` run updates its configurations and keeps the others."""
+    fresh = {(r.config, r.tool): dataclasses.asdict(r) for r in new}
+    out = [fresh.pop((r["config"], r["tool"]), r) for r in old]
+    return out + list(fresh.values())
+
+
 # ---------------------------------------------------------------------------------------------- the suite
+# Round-to-nearest W4 + bias correction: two passes of empirical correction (the second sees the
+# corrected layers before it; on MobileNetV2 W4A8 it raised top-1 agreement from 74.6% to 80.0%).
+BC2: dict[str, Any] = {"bias_correction": "empirical", "bias_passes": 2}
+BC2_NOTE = "empirical bias correction, 2 passes"
+
 def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool], last: Callable[[nn.Module], bool],
               ada: Any, datafree: Any, *, learned_round_iters: int = 1000, only: list[str] | None = None,
               brevitas: bool = True, on_rows: Callable[[list[Row]], None] | None = None) -> list[Row]:
@@ -259,7 +272,7 @@ def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool],
                             "CLE + absorption + analytic bias correction from BN statistics", None),
         "w8a8_channel": ("W8A8 per-channel", w8c, "minmax", {}, "", rep(b8, per_channel=True)),
         "w4a8_rtn": ("W4A8 fixed per-channel, nearest", w4, "minmax", {}, "MSE weight scales", b4),
-        "w4a8_rtn_bc": ("W4A8 fixed per-channel, nearest + BC", w4, "minmax", {"bias_correction": "empirical"}, "",
+        "w4a8_rtn_bc": ("W4A8 fixed per-channel, nearest + BC", w4, "minmax", BC2, BC2_NOTE,
                         rep(b4, bias_correction=True)),
         "w4a8_adaround": ("W4A8 fixed per-channel, AdaRound", w4, "adaround",
                           {"adaround": ada, "bias_correction": "none"}, "",
@@ -268,13 +281,12 @@ def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool],
                              rep(b4, learned_round=True, learned_round_iters=learned_round_iters,
                                  bias_correction=True)),
         "w4a8_sp2": ("W4A8 all-SP2", sp2, "minmax", {}, "", None),
-        "w4a8_sp2_bc": ("W4A8 all-SP2 + BC", sp2, "minmax", {"bias_correction": "empirical"}, "", None),
+        "w4a8_sp2_bc": ("W4A8 all-SP2 + BC", sp2, "minmax", BC2, BC2_NOTE, None),
         "w4a8_sp2_adaround_bc": ("W4A8 all-SP2, AdaRound + BC", sp2, "adaround", {"adaround": ada}, "", None),
     }
     for r, p in msq.items():
         configs[f"w4a8_msq{round(r * 100)}"] = (f"W4A8 MSQ ρ={r}", p, "minmax", {}, "", None)
-        configs[f"w4a8_msq{round(r * 100)}_bc"] = (f"W4A8 MSQ ρ={r} + BC", p, "minmax",
-                                                   {"bias_correction": "empirical"}, "", None)
+        configs[f"w4a8_msq{round(r * 100)}_bc"] = (f"W4A8 MSQ ρ={r} + BC", p, "minmax", BC2, BC2_NOTE, None)
         configs[f"w4a8_msq{round(r * 100)}_adaround_bc"] = (f"W4A8 MSQ ρ={r}, AdaRound + BC", p, "adaround",
                                                             {"adaround": ada}, "", None)
     configs["w8a8_datafree"] = ("W8A8 per-channel, data-free", w8c, "datafree", {"datafree": datafree},

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # Brevitas' progress bars (read when tqdm is imported)
 
@@ -52,6 +54,7 @@ from ptq_common import (  # noqa: E402
     Row,
     brevitas_available,
     markdown_table,
+    merge_rows,
     run_suite,
 )
 
@@ -114,7 +117,15 @@ def main() -> None:
     brev = brevitas_available() if not args.no_brevitas else None
     only = [k for k in args.only.split(",") if k]
 
+    suffix = "_quick" if args.quick else ""
+    old_path = args.out / f"ptq_mobilenetv2{suffix}.json"
+    old_rows = json.loads(old_path.read_text())["rows"] if only and old_path.is_file() else []
+
+    def all_rows(rows: list[Row]) -> list[dict[str, Any]]:
+        return merge_rows(old_rows, rows) if old_rows else [dataclasses.asdict(r) for r in rows]
+
     def write(rows: list[Row]) -> None:
+        merged = all_rows(rows)
         result = {
             "benchmark": "ptq_mobilenetv2",
             "command": "python benchmarks/ptq_mobilenetv2.py" + (" --quick" if args.quick else "")
@@ -123,14 +134,13 @@ def main() -> None:
             "fidelity_inputs": int(x_eval.shape[0]), "calibration_inputs": int(calib.shape[0]),
             "labelled_inputs": int(x_lab.shape[0]), "brevitas": brev, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "machine": platform.platform(), "date": time.strftime("%Y-%m-%d"),
-            "rows": [dataclasses.asdict(r) for r in rows],
+            "rows": merged,
         }
         args.out.mkdir(parents=True, exist_ok=True)
-        suffix = "_quick" if args.quick else ""
         atomic_write_json(args.out / f"ptq_mobilenetv2{suffix}.json", result)
         md = ["## PTQ on MobileNetV2 (`benchmarks/ptq_mobilenetv2.py`)", "",
               f"Command: `{result['command']}`; torch {torch.__version__}, Brevitas {brev}, one thread.", "",
-              markdown_table(rows), ""]
+              markdown_table([Row(**d) for d in merged]), ""]
         atomic_write_text(args.out / f"ptq_mobilenetv2{suffix}.md", "\n".join(md))
         print(f"  [{len(rows)} rows written]", flush=True)
 
