@@ -71,6 +71,11 @@ NOTES = [
     "- Equivalent configurations: both tools quantize the same BN-folded model, symmetric narrow-range weights "
     "with float scales, per-tensor 8-bit input activations from min-max calibration, first and last layer at "
     "8-bit weights in the W4 configurations; Brevitas' learned round gets mixq's AdaRound iteration budget.",
+    "- At 4 bits, round-to-nearest SP2 (and MSQ, half its rows SP2) collapses without bias correction: SP2's "
+    "uneven level spacing biases every row's mean. Two passes of empirical bias correction recover it (SP2 68.8%, "
+    "MSQ ρ=0.5 79.2%, fixed 80.0%). Bias correction *after* AdaRound hurts (80.4% -> 69.2% for fixed point), so the "
+    "`adaround` recipe no longer applies it; the AdaRound + BC rows were measured with it switched on explicitly.",
+    "- Brevitas' AdaRound + BC row was not run: its learned round took 51 min per run on this machine.",
     "",
 ]
 
