@@ -13,14 +13,9 @@ configurations as ``ptq_mobilenetv2.py``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
-import platform
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # Brevitas' progress bars (read when tqdm is imported)
 
@@ -30,9 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mixq import data, zoo  # noqa: E402
 from mixq.algorithms.ptq import AdaRoundConfig, DataFreeConfig  # noqa: E402
-from mixq.io import atomic_write_json, atomic_write_text  # noqa: E402
 from mixq.run import CALIB_PATH  # noqa: E402
-from ptq_common import Bench, Row, brevitas_available, markdown_table, merge_rows, run_suite  # noqa: E402
+from ptq_common import Bench, ResultWriter, brevitas_available, run_suite  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -71,40 +65,11 @@ def main() -> None:
     brev = brevitas_available() if not args.no_brevitas else None
     only = [k for k in args.only.split(",") if k]
 
-    suffix = "_quick" if args.quick else ""
-    old_path = args.out / f"ptq_cnv{suffix}.json"
-    old_info = json.loads(old_path.read_text()) if only and old_path.is_file() else {}
-    old_rows = old_info.get("rows", [])
-
-    def updated(result: dict[str, Any]) -> str:
-        runs = result["updated_by"]
-        return f" (rows of {', '.join(f'`{u}`' for u in runs)} re-run later and merged)" if runs else ""
-
-    def all_rows(rows: list[Row]) -> list[dict[str, Any]]:
-        return merge_rows(old_rows, rows) if old_rows else [dataclasses.asdict(r) for r in rows]
-
-    def write(rows: list[Row]) -> None:
-        merged = all_rows(rows)
-        result = {
-            "benchmark": "ptq_cnv",
-            "command": "python benchmarks/ptq_cnv.py" + (" --quick" if args.quick else ""),
-            "updated_by": (old_info.get("updated_by", []) + [f"--only {args.only}"]) if old_rows else [],
-            "model": "mixq.zoo cnv, shipped Fashion-MNIST weights",
-            "test_images": int(x_test.shape[0]), "calibration_inputs": int(calib.shape[0]), "brevitas": brev,
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.platform(),
-            "date": time.strftime("%Y-%m-%d"), "rows": merged,
-        }
-        args.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.out / f"ptq_cnv{suffix}.json", result)
-        md = ["## PTQ on CNV / Fashion-MNIST (`benchmarks/ptq_cnv.py`)", "",
-              f"Command: `{result['command']}`{updated(result)}; "
-              f"torch {torch.__version__}, Brevitas {brev}, one thread. "
-              f"Fidelity and accuracy over the {x_test.shape[0]} test images; calibration on {calib.shape[0]} training "
-              "images.", "",
-              markdown_table([Row(**d) for d in merged], labelled="test accuracy (%)"), ""]
-        atomic_write_text(args.out / f"ptq_cnv{suffix}.md", "\n".join(md))
-        print(f"  [{len(rows)} rows written]", flush=True)
-
+    write = ResultWriter(args.out, "ptq_cnv", args.quick, args.only, {
+        "model": "mixq.zoo cnv, shipped Fashion-MNIST weights", "test_images": int(x_test.shape[0]),
+        "calibration_inputs": int(calib.shape[0]), "brevitas": brev},
+        "PTQ on CNV / Fashion-MNIST", f"Fidelity and accuracy over the {x_test.shape[0]} test images; "
+        f"calibration on {calib.shape[0]} training images.", labelled="test accuracy (%)")
     run_suite(bench, "cnv", first, last, ada, df, learned_round_iters=100 if args.quick else 1000,
               only=only, brevitas=brev is not None, on_rows=write)
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +26,7 @@ from torch import nn
 from mixq.algorithms.ptq import quantize_report
 from mixq.formats import FixedPoint, parse_format
 from mixq.graph.ops import signed_input_layers
+from mixq.io import atomic_write_json, atomic_write_text
 from mixq.plan import LayerPlan, QuantPlan
 from mixq.quant import sqnr_db
 
@@ -231,6 +235,47 @@ def merge_rows(old: list[dict[str, Any]], new: list[Row]) -> list[dict[str, Any]
     fresh = {(r.config, r.tool): dataclasses.asdict(r) for r in new}
     out = [fresh.pop((r["config"], r["tool"]), r) for r in old]
     return out + list(fresh.values())
+
+
+@dataclass
+class ResultWriter:
+    """Writes ``<name>[_quick].json`` and ``.md`` after every configuration; a ``--only`` run merges its
+    rows into the existing results (and is named in them)."""
+
+    out: Path
+    name: str
+    quick: bool
+    only: str
+    meta: dict[str, Any]
+    title: str
+    intro: str
+    labelled: str = "top-1 labelled (%)"
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        suffix = "_quick" if self.quick else ""
+        self.json_path = self.out / f"{self.name}{suffix}.json"
+        self.md_path = self.out / f"{self.name}{suffix}.md"
+        old = json.loads(self.json_path.read_text()) if self.only and self.json_path.is_file() else {}
+        self.old_rows: list[dict[str, Any]] = old.get("rows", [])
+        self.updated_by: list[str] = old.get("updated_by", []) + [f"--only {self.only}"] if self.old_rows else []
+
+    def __call__(self, rows: list[Row]) -> None:
+        merged = merge_rows(self.old_rows, rows) if self.old_rows else [dataclasses.asdict(r) for r in rows]
+        command = f"python benchmarks/{self.name}.py" + (" --quick" if self.quick else "")
+        result = {"benchmark": self.name, "command": command, "updated_by": self.updated_by, **self.meta,
+                  "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.platform(),
+                  "date": time.strftime("%Y-%m-%d"), "rows": merged}
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.json_path, result)
+        runs = ", ".join(f"`{u}`" for u in self.updated_by)
+        merged_note = f" (rows of {runs} re-run later and merged)" if runs else ""
+        md = [f"## {self.title} (`benchmarks/{self.name}.py`)", "",
+              f"Command: `{command}`{merged_note}; torch {torch.__version__}, Brevitas {self.meta.get('brevitas')}, "
+              f"one thread. {self.intro}", "",
+              markdown_table([Row(**d) for d in merged], labelled=self.labelled), "", *self.notes]
+        atomic_write_text(self.md_path, "\n".join(md))
+        print(f"  [{len(rows)} rows written]", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- the suite

