@@ -133,7 +133,7 @@ def markdown(doc: dict[str, Any]) -> str:
               "M' = M << (N - n_r) is wider than the DSP port.",
               "- `rtl_layers.rom.md`: the same layers with the weights as initialised ROMs, which yosys builds from "
               "LUT logic (it maps no initialised read-only memory to LUTRAM): cheaper than the LUTRAM the model "
-              "assumes on the larger layers (LUT error up to +63%), so the model's memory choice is "
+              "assumes on the larger layers (LUT error up to +60%), so the model's memory choice is "
               "conservative for ROM-weight engines."]
     return "\n".join(lines) + "\n"
 
