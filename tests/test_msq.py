@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -18,12 +16,7 @@ F4 = FixedPoint(4, narrow=True)
 SP2 = SumOfPowers(4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mixed_rows(rows: int = 16, n: int = 288, seed: int = 0) -> tuple[torch.Tensor, set[int]]:
