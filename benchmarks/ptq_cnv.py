@@ -12,7 +12,6 @@ configurations as ``ptq_mobilenetv2.py``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -26,20 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mixq import data, zoo  # noqa: E402
 from mixq.algorithms.ptq import AdaRoundConfig, DataFreeConfig  # noqa: E402
 from mixq.run import CALIB_PATH  # noqa: E402
-from ptq_common import Bench, ResultWriter, brevitas_available, run_suite  # noqa: E402
+from ptq_common import Bench, ResultWriter, parse_cli, run_suite  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="shipped 2,000-image test subset, short AdaRound")
-    ap.add_argument("--only", default="", help="comma-separated config keys to run (default: all)")
-    ap.add_argument("--no-brevitas", action="store_true")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
+    args = parse_cli(__doc__.split("\n")[0], "shipped 2,000-image test subset, short AdaRound", RESULTS)
 
     model = zoo.load("cnv", pretrained=True).eval()
     if args.quick:
@@ -62,8 +54,7 @@ def main() -> None:
     def last(m: torch.nn.Module) -> bool:
         return isinstance(m, torch.nn.Linear) and m.out_features == 10
 
-    brev = brevitas_available() if not args.no_brevitas else None
-    only = [k for k in args.only.split(",") if k]
+    brev, only = args.brevitas, args.keys
 
     write = ResultWriter(args.out, "ptq_cnv", args.quick, args.only, {
         "model": "mixq.zoo cnv, shipped Fashion-MNIST weights", "test_images": int(x_test.shape[0]),

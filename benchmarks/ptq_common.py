@@ -10,6 +10,7 @@ correction, rounding), not the evaluation; both run in the same process, one int
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import json
@@ -235,6 +236,22 @@ def merge_rows(old: list[dict[str, Any]], new: list[Row]) -> list[dict[str, Any]
     fresh = {(r.config, r.tool): dataclasses.asdict(r) for r in new}
     out = [fresh.pop((r["config"], r["tool"]), r) for r in old]
     return out + list(fresh.values())
+
+
+def parse_cli(description: str, quick_help: str, results: Path) -> argparse.Namespace:
+    """The PTQ benchmarks' shared command line; one intra-op thread, seed 0. Adds ``keys`` (the
+    ``--only`` list) and ``brevitas`` (its version, or None when absent or ``--no-brevitas``)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--only", default="", help="comma-separated config keys to run (default: all)")
+    ap.add_argument("--no-brevitas", action="store_true")
+    ap.add_argument("--out", type=Path, default=results)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    args.keys = [k for k in args.only.split(",") if k]
+    args.brevitas = None if args.no_brevitas else brevitas_available()
+    return args
 
 
 @dataclass

