@@ -53,11 +53,14 @@ SHIFT = 2
 
 
 @contextmanager
-def _deterministic(threads: int) -> Iterator[None]:
-    """Fixed thread count and deterministic algorithms for the duration of the block."""
+def torch_settings(threads: int | None, deterministic: bool = True) -> Iterator[None]:
+    """A thread count (``None``: leave it) and deterministic algorithms for the duration of the block
+    (also used by QAT); both restored afterwards."""
     old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
     try:
         yield
     finally:
@@ -146,7 +149,7 @@ def train_cnv(
     x_test, y_test = x_test[:max_test], y_test[:max_test]
 
     t0 = time.perf_counter()
-    with _deterministic(threads):
+    with torch_settings(threads):
         torch.manual_seed(seed)
         model = cnv().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         gen = torch.Generator().manual_seed(seed)

@@ -16,10 +16,9 @@ averaged, rank 0 writes the checkpoints and every rank resumes from them.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from mixq.algorithms.qat.checkpoint import (
 from mixq.algorithms.qat.config import QatConfig, QatError
 from mixq.algorithms.qat.functional import augment_shift_flip, cosine_lr, kd_loss
 from mixq.algorithms.qat.modules import set_channels_last, set_grad_quant
+from mixq.zoo.train import torch_settings
 
 CheckpointHook = Callable[[Position], None]
 
@@ -86,20 +86,6 @@ def _seed(*parts: int) -> int:
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The data order of ``epoch``: a permutation of ``range(n)`` fixed by ``(seed, epoch)``."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, epoch)))
-
-
-@contextlib.contextmanager
-def _run_settings(cfg: QatConfig) -> Iterator[None]:
-    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(old_det)
-        torch.set_num_threads(old_threads)
 
 
 def make_optimizer(model: nn.Module, cfg: QatConfig) -> torch.optim.Optimizer:
@@ -174,7 +160,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: QatConfig, chec
             raise QatError(f"masks: {pname!r} is not a parameter of the model with shape {tuple(m.shape)}")
         mask_params[pname] = (params[pname], m.to(params[pname].dtype))
 
-    with _run_settings(cfg):
+    with torch_settings(cfg.threads, cfg.deterministic):
         torch.manual_seed(cfg.seed)
         opt = make_optimizer(model, cfg)
         floor = cfg.min_lr / cfg.lr
