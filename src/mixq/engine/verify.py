@@ -18,7 +18,7 @@ Three runs over the same inputs:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -31,12 +31,8 @@ from mixq.engine.kernels import DotProgram
 from mixq.engine.model import IntModel
 from mixq.engine.run import IntEngine, dequantize
 from mixq.formats import format_from_dict
+from mixq.graph.ops import batches
 from mixq.nn import QConv2d, QLinear
-
-
-def _batches(x: torch.Tensor, n: int) -> Iterator[torch.Tensor]:
-    for i in range(0, x.shape[0], n):
-        yield x[i:i + n]
 
 
 class _Capture:
@@ -79,7 +75,7 @@ def verify(qmodel: nn.Module, x: torch.Tensor, *, imodel: IntModel | None = None
     total = {"outputs": 0, "mismatch": 0, "agree": 0, "agree_faithful": 0, "images": 0, "max_abs": 0.0,
              "max_ref": 0.0}
     saturated: dict[str, int] = {}
-    for xb in _batches(x, batch_size):
+    for xb in batches(x, batch_size):
         cap_fq = _Capture(fq_layers)
         cap_f = _Capture(f_layers)
         try:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixq.errors import MixqError, ModelError
+from mixq.graph import ops
 from mixq.nn import QConv2d, QLinear
 
 LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
@@ -26,8 +27,7 @@ def batches(x: torch.Tensor | Sequence[torch.Tensor], batch_size: int) -> Iterat
     if isinstance(x, torch.Tensor):
         if batch_size < 1:
             raise MixqError(f"batch_size: must be positive, got {batch_size}")
-        for i in range(0, x.shape[0], batch_size):
-            yield x[i : i + batch_size]
+        yield from ops.batches(x, batch_size)
     else:
         yield from x
 
