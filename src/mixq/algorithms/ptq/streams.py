@@ -1,0 +1,216 @@
+"""Activation-aware equalization of residual streams (CLE across residual adds).
+
+Cross-layer equalization (:mod:`~mixq.algorithms.ptq.cle`) only rescales pairs of layers
+joined by a single path; the tensors that residual connections add together are left alone,
+and they are where per-tensor activation quantization hurts most: on the torchvision
+MobileNetV2 the input of ``features.17.conv.0.0`` (the stream of blocks 14-16) spans 34.4
+with a median channel maximum of 6.6, and quantizing that one activation to 8 bits alone
+costs the logits 21 dB of SQNR.
+
+A *stream* is a set of tensors joined by residual adds and by channel-wise positively
+homogeneous ops (ReLU, max/avg pooling, global pooling, flatten). Dividing channel ``j`` of
+every stream tensor by ``s_j > 0`` keeps the float function when every layer that writes into
+the stream (a *producer*) divides output row ``j`` (weights and bias) by ``s_j`` and every
+layer that reads it (a *consumer*) multiplies input column ``j`` by ``s_j``. With ``a_j`` the
+largest ``|x_j|`` the consumers see on calibration data and ``w_j`` the largest ``|W[:, j]|``
+over the consumers, ``s_j = a_j^α / w_j^(1-α)`` (SmoothQuant's rule, α = 0.5 by default)
+leaves both the activation channel and the weight column at ``a_j^(1-α) w_j^α``: the
+activation's per-tensor range stops being set by a few channels, and the weights share the load.
+
+A stream is left alone when any of its tensors reaches something that cannot absorb the scale
+(a ReLU6, a concat, the model output, a layer called more than once, ...). Everything returns a
+new model; the input is never changed.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mixq.algorithms.ptq._common import batches
+from mixq.algorithms.ptq.cle import ChannelStats, column_ranges, scale_columns
+from mixq.errors import MixqError
+from mixq.graph import capture
+
+_COMPUTE = ("conv", "dwconv", "linear")
+# channel-wise and positively homogeneous: f(x / s) = f(x) / s for s > 0 per channel
+_PASS = ("add", "relu", "maxpool", "avgpool", "gap", "flatten")
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One residual stream: the layers writing into it and those reading it (module names)."""
+
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    channels: int
+
+
+def find_streams(model: nn.Module, input_shape: tuple[int, ...]) -> list[Stream]:
+    """The residual streams of ``model`` (BN folded) that can be rescaled, in forward order.
+
+    A stream is grown from every residual ``add`` over neighbouring pass-through ops; the compute
+    layers feeding it are its producers, those it feeds its consumers. It qualifies when every
+    edge leaving it ends in a compute layer called once whose input channels are the stream's,
+    every producer is such a layer with one output channel per stream channel, and nothing else
+    (another op, the model output) touches it.
+    """
+    specs = capture(model, input_shape)
+    by = {s.name: s for s in specs}
+    calls: dict[str, int] = {}
+    for s in specs:
+        mod = s.extra.get("module")
+        if mod:
+            calls[mod] = calls.get(mod, 0) + 1
+
+    def once(name: str) -> bool:
+        mod = by[name].extra.get("module")
+        return isinstance(mod, str) and calls.get(mod, 0) == 1
+
+    seen: set[str] = set()
+    streams: list[Stream] = []
+    for start in (s.name for s in specs if s.kind == "add"):
+        if start in seen:
+            continue
+        members: set[str] = set()
+        producers: set[str] = set()
+        consumers: set[str] = set()
+        ok = True
+        todo = [start]
+        while todo:
+            n = todo.pop()
+            if n in members:
+                continue
+            members.add(n)
+            spec = by[n]
+            if not spec.outputs:
+                ok = False  # the stream is (part of) the model output
+            for i in spec.inputs:
+                k = by[i].kind
+                if k in _PASS:
+                    todo.append(i)
+                elif k in _COMPUTE and once(i):
+                    producers.add(i)
+                else:
+                    ok = False
+            for o in spec.outputs:
+                k = by[o].kind
+                if k in _PASS:
+                    todo.append(o)
+                elif k in _COMPUTE and once(o):
+                    consumers.add(o)
+                else:
+                    ok = False
+        seen |= members
+        # a producer's output is a stream tensor: all its readers must be stream ops or consumers
+        for p in producers:
+            for o in by[p].outputs:
+                if by[o].kind in _COMPUTE and once(o):
+                    consumers.add(o)
+                elif o not in members:
+                    ok = False
+        channels = {by[p].out_channels for p in producers}
+        if not ok or not producers or not consumers or len(channels) != 1:
+            continue
+        c = channels.pop()
+        if any(by[n].in_channels != c for n in consumers):
+            continue  # e.g. a linear layer reading a flattened (C, H, W) map
+        order = {s.name: i for i, s in enumerate(specs)}
+        streams.append(Stream(
+            producers=tuple(str(by[p].extra["module"]) for p in sorted(producers, key=order.__getitem__)),
+            consumers=tuple(str(by[q].extra["module"]) for q in sorted(consumers, key=order.__getitem__)),
+            channels=c,
+        ))
+    return streams
+
+
+def _layer(model: nn.Module, name: str) -> nn.Conv2d | nn.Linear:
+    m = model.get_submodule(name)
+    if not isinstance(m, nn.Conv2d | nn.Linear):
+        raise MixqError(f"layer {name!r}: expected Conv2d or Linear, got {type(m).__name__}")
+    return m
+
+
+def _groups(m: nn.Module) -> int:
+    return int(m.groups) if isinstance(m, nn.Conv2d) else 1
+
+
+@torch.no_grad()
+def consumer_input_ranges(model: nn.Module, streams: list[Stream], data: torch.Tensor,
+                          batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """Per-channel ``max |x|`` of every consumer's input over ``data``."""
+    ranges: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in {c for st in streams for c in st.consumers}:
+        def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], _o: object, name: str = name) -> None:
+            x = inp[0].detach()
+            r = x.abs().amax(dim=tuple(d for d in range(x.dim()) if d != 1)).double()
+            ranges[name] = torch.maximum(ranges[name], r) if name in ranges else r
+        handles.append(_layer(model, name).register_forward_hook(hook))
+    was = model.training
+    model.eval()
+    try:
+        for xb in batches(data, batch_size):
+            model(xb)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    return ranges
+
+
+def stream_scales(act_range: torch.Tensor, weight_range: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """``s = a^α / w^(1-α)`` per channel (1 where either range is zero).
+
+    >>> stream_scales(torch.tensor([16.0, 1.0, 0.0]), torch.tensor([1.0, 4.0, 2.0])).tolist()
+    [4.0, 0.5, 1.0]
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise MixqError(f"stream equalization alpha: must be in [0, 1], got {alpha}")
+    ok = (act_range > 0) & (weight_range > 0)
+    a = torch.where(ok, act_range, torch.ones_like(act_range))
+    w = torch.where(ok, weight_range, torch.ones_like(weight_range))
+    return torch.where(ok, a**alpha / w ** (1.0 - alpha), torch.ones_like(a))
+
+
+@torch.no_grad()
+def equalize_streams(model: nn.Module, input_shape: tuple[int, ...], data: torch.Tensor, *, alpha: float = 0.5,
+                     stats: dict[str, ChannelStats] | None = None, batch_size: int = 16,
+                     streams: list[Stream] | None = None,
+                     ) -> tuple[nn.Module, dict[str, ChannelStats], dict[str, torch.Tensor]]:
+    """Rescale every residual stream of a BN-folded ``model`` (see the module doc).
+
+    Returns (new model, ``stats`` with the producers' output statistics rescaled, the scales per
+    stream keyed by its first producer). ``data`` are calibration inputs (the ranges the
+    consumers see are measured on them).
+    """
+    out = copy.deepcopy(model).eval()
+    if streams is None:
+        streams = find_streams(out, input_shape)
+    new_stats = dict(stats or {})
+    scales: dict[str, torch.Tensor] = {}
+    if not streams:
+        return out, new_stats, scales
+    ranges = consumer_input_ranges(out, streams, data, batch_size)
+    for st in streams:
+        a = torch.stack([ranges[c] for c in st.consumers]).amax(dim=0)
+        w = torch.stack([column_ranges(_layer(out, c).weight, _groups(_layer(out, c))).double()
+                         for c in st.consumers]).amax(dim=0)
+        s = stream_scales(a, w, alpha)
+        for p in st.producers:
+            layer = _layer(out, p)
+            shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+            layer.weight.copy_((layer.weight.double() / s.reshape(shape)).to(layer.weight.dtype))
+            if layer.bias is not None:
+                layer.bias.copy_((layer.bias.double() / s).to(layer.bias.dtype))
+            if p in new_stats:
+                ms = new_stats[p]
+                new_stats[p] = ChannelStats(ms.mean / s.float(), ms.std / s.float())
+        for c in st.consumers:
+            layer = _layer(out, c)
+            layer.weight.copy_(scale_columns(layer.weight.double(), s, _groups(layer)).to(layer.weight.dtype))
+        scales[st.producers[0]] = s.float()
+    return out, new_stats, scales
