@@ -17,8 +17,8 @@ Named recipes (:data:`RECIPES`):
   (:mod:`~mixq.algorithms.ptq.streams`; MobileNetV2 W8A8 per-tensor + CLE + empirical BC:
   89.2% -> 90.8% top-1 agreement with FP32, 14.6 -> 15.5 dB). DFQ's high-bias absorption is
   available (``absorb_bias=True``) but off: its "pre-activations stay above μ - 3σ" assumption
-  fails often enough on the torchvision MobileNetV2 that it costs fidelity (93.3 % vs 95.0 % top-1 agreement with FP32 at W8A8
-  per-tensor, 120 inputs).
+  fails often enough on the torchvision MobileNetV2 that it costs fidelity (93.3 % vs 95.0 %
+  top-1 agreement with FP32 at W8A8 per-tensor, 120 inputs).
 * ``dfq_empirical``  the same with bias correction measured on the calibration data.
 * ``adaround`` + AdaRound of every layer; no bias correction after it (measured to hurt;
   add it with ``bias_correction="empirical"``).
