@@ -276,6 +276,10 @@ class ResultWriter:
         old = json.loads(self.json_path.read_text()) if self.only and self.json_path.is_file() else {}
         self.old_rows: list[dict[str, Any]] = old.get("rows", [])
         self.updated_by: list[str] = old.get("updated_by", []) + [f"--only {self.only}"] if self.old_rows else []
+        # a merged run without Brevitas keeps the version its Brevitas rows were measured with
+        for k, v in self.meta.items():
+            if v is None and old.get(k) is not None:
+                self.meta[k] = old[k]
 
     def __call__(self, rows: list[Row]) -> None:
         merged = merge_rows(self.old_rows, rows) if self.old_rows else [dataclasses.asdict(r) for r in rows]
@@ -285,7 +289,7 @@ class ResultWriter:
                   "date": time.strftime("%Y-%m-%d"), "rows": merged}
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.json_path, result)
-        runs = ", ".join(f"`{u}`" for u in self.updated_by)
+        runs = ", ".join(f"`{u}`" if u.startswith("--") else u for u in self.updated_by)
         merged_note = f" (rows of {runs} re-run later and merged)" if runs else ""
         md = [f"## {self.title} (`benchmarks/{self.name}.py`)", "",
               f"Command: `{command}`{merged_note}; torch {torch.__version__}, Brevitas {self.meta.get('brevitas')}, "
