@@ -9,7 +9,7 @@ unfolded to columns ``(G, Cin/G·kh·kw, positions)``; a Linear is the case
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,23 @@ def batches(x: torch.Tensor | Sequence[torch.Tensor], batch_size: int) -> Iterat
         yield from ops.batches(x, batch_size)
     else:
         yield from x
+
+
+@torch.no_grad()
+def run_hooked(model: nn.Module, hooks: Mapping[str, Callable[..., None]], data: torch.Tensor,
+               batch_size: int) -> None:
+    """Run ``data`` through ``model`` in eval mode with forward hook ``hooks[name]`` on each named
+    module; the hooks are removed and the training mode restored afterwards."""
+    handles = [model.get_submodule(n).register_forward_hook(h) for n, h in hooks.items()]
+    was = model.training
+    model.eval()
+    try:
+        for xb in batches(data, batch_size):
+            model(xb)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
 
 
 def as_tensor(data: torch.Tensor | Iterable[torch.Tensor]) -> torch.Tensor:

@@ -34,6 +34,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mixq.errors import MixqError
 from mixq.graph import capture, foldable_pairs, set_submodule
+from mixq.graph.spec import LayerSpec
 
 
 class ChannelStats(NamedTuple):
@@ -103,6 +104,16 @@ def bn_output_stats(model: nn.Module, input_shape: tuple[int, ...] | None = None
     return out
 
 
+def module_calls(specs: list[LayerSpec]) -> dict[str, int]:
+    """How many times each module (by qualified name) is called in the captured graph."""
+    calls: dict[str, int] = {}
+    for s in specs:
+        mod = s.extra.get("module")
+        if mod:
+            calls[mod] = calls.get(mod, 0) + 1
+    return calls
+
+
 def find_pairs(model: nn.Module, input_shape: tuple[int, ...]) -> list[EqualizationPair]:
     """Equalizable (first, second) layer pairs of ``model`` (BN already folded), in forward order.
 
@@ -113,11 +124,7 @@ def find_pairs(model: nn.Module, input_shape: tuple[int, ...]) -> list[Equalizat
     """
     specs = capture(model, input_shape)
     by_name = {s.name: s for s in specs}
-    calls: dict[str, int] = {}
-    for s in specs:
-        mod = s.extra.get("module")
-        if mod:
-            calls[mod] = calls.get(mod, 0) + 1
+    calls = module_calls(specs)
     pairs: list[EqualizationPair] = []
     for s in specs:
         if s.kind not in _COMPUTE or calls.get(s.extra.get("module", ""), 0) != 1:

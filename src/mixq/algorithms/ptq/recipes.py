@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from mixq.algorithms.msq import assign_rows
-from mixq.algorithms.ptq._common import as_tensor, batches
+from mixq.algorithms.ptq._common import as_tensor, run_hooked
 from mixq.algorithms.ptq.adaround import AdaRoundConfig, adaround
 from mixq.algorithms.ptq.bias_correction import (
     analytic_bias_correction,
@@ -156,23 +156,16 @@ def measured_output_stats(model: nn.Module, calib: torch.Tensor, batch_size: int
     from mixq.algorithms.ptq._common import channel_moments
 
     acc: dict[str, list[Any]] = {}
-    handles = []
-    for n, m in model.named_modules():
-        if isinstance(m, nn.Conv2d | nn.Linear):
-            def hook(_m: nn.Module, _i: object, y: torch.Tensor, n: str = n) -> None:
-                s, s2, k = channel_moments(y)
-                a = acc.setdefault(n, [0, 0, 0])
-                a[0], a[1], a[2] = a[0] + s, a[1] + s2, a[2] + k
-            handles.append(m.register_forward_hook(hook))
-    was = model.training
-    model.eval()
-    try:
-        for xb in batches(calib, batch_size):
-            model(xb)
-    finally:
-        model.train(was)
-        for h in handles:
-            h.remove()
+
+    def hook_for(n: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, _i: object, y: torch.Tensor) -> None:
+            s, s2, k = channel_moments(y)
+            a = acc.setdefault(n, [0, 0, 0])
+            a[0], a[1], a[2] = a[0] + s, a[1] + s2, a[2] + k
+        return hook
+
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    run_hooked(model, {n: hook_for(n) for n in names}, calib, batch_size)
     out = {}
     for n, (s, s2, k) in acc.items():
         mean = s / k

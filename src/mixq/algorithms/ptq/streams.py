@@ -25,13 +25,14 @@ new model; the input is never changed.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from mixq.algorithms.ptq._common import batches
-from mixq.algorithms.ptq.cle import ChannelStats, column_ranges, scale_columns
+from mixq.algorithms.ptq._common import run_hooked
+from mixq.algorithms.ptq.cle import ChannelStats, _groups, _layer, column_ranges, module_calls, scale_columns
 from mixq.errors import MixqError
 from mixq.graph import capture
 
@@ -60,11 +61,7 @@ def find_streams(model: nn.Module, input_shape: tuple[int, ...]) -> list[Stream]
     """
     specs = capture(model, input_shape)
     by = {s.name: s for s in specs}
-    calls: dict[str, int] = {}
-    for s in specs:
-        mod = s.extra.get("module")
-        if mod:
-            calls[mod] = calls.get(mod, 0) + 1
+    calls = module_calls(specs)
 
     def once(name: str) -> bool:
         mod = by[name].extra.get("module")
@@ -88,22 +85,15 @@ def find_streams(model: nn.Module, input_shape: tuple[int, ...]) -> list[Stream]
             spec = by[n]
             if not spec.outputs:
                 ok = False  # the stream is (part of) the model output
-            for i in spec.inputs:
-                k = by[i].kind
-                if k in _PASS:
-                    todo.append(i)
-                elif k in _COMPUTE and once(i):
-                    producers.add(i)
-                else:
-                    ok = False
-            for o in spec.outputs:
-                k = by[o].kind
-                if k in _PASS:
-                    todo.append(o)
-                elif k in _COMPUTE and once(o):
-                    consumers.add(o)
-                else:
-                    ok = False
+            # compute layers feeding a stream tensor write into it; those it feeds read it
+            for neighbours, ends in ((spec.inputs, producers), (spec.outputs, consumers)):
+                for m in neighbours:
+                    if by[m].kind in _PASS:
+                        todo.append(m)
+                    elif by[m].kind in _COMPUTE and once(m):
+                        ends.add(m)
+                    else:
+                        ok = False
         seen |= members
         # a producer's output is a stream tensor: all its readers must be stream ops or consumers
         for p in producers:
@@ -127,38 +117,23 @@ def find_streams(model: nn.Module, input_shape: tuple[int, ...]) -> list[Stream]
     return streams
 
 
-def _layer(model: nn.Module, name: str) -> nn.Conv2d | nn.Linear:
-    m = model.get_submodule(name)
-    if not isinstance(m, nn.Conv2d | nn.Linear):
-        raise MixqError(f"layer {name!r}: expected Conv2d or Linear, got {type(m).__name__}")
-    return m
-
-
-def _groups(m: nn.Module) -> int:
-    return int(m.groups) if isinstance(m, nn.Conv2d) else 1
-
-
 @torch.no_grad()
 def consumer_input_ranges(model: nn.Module, streams: list[Stream], data: torch.Tensor,
                           batch_size: int = 16) -> dict[str, torch.Tensor]:
     """Per-channel ``max |x|`` of every consumer's input over ``data``."""
     ranges: dict[str, torch.Tensor] = {}
-    handles = []
-    for name in {c for st in streams for c in st.consumers}:
-        def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], _o: object, name: str = name) -> None:
+
+    def hook_for(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], _o: object) -> None:
             x = inp[0].detach()
             r = x.abs().amax(dim=tuple(d for d in range(x.dim()) if d != 1)).double()
             ranges[name] = torch.maximum(ranges[name], r) if name in ranges else r
-        handles.append(_layer(model, name).register_forward_hook(hook))
-    was = model.training
-    model.eval()
-    try:
-        for xb in batches(data, batch_size):
-            model(xb)
-    finally:
-        model.train(was)
-        for h in handles:
-            h.remove()
+        return hook
+
+    names = sorted({c for st in streams for c in st.consumers})
+    for n in names:
+        _layer(model, n)  # a consumer must be a Conv2d / Linear
+    run_hooked(model, {n: hook_for(n) for n in names}, data, batch_size)
     return ranges
 
 
