@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixq.algorithms.msq import assign_rows
 from mixq.algorithms.ptq import quantize_report
 from mixq.formats import FixedPoint, parse_format
 from mixq.graph.ops import signed_input_layers
@@ -358,6 +359,14 @@ def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool],
         configs[f"w4a8_msq{round(r * 100)}_bc"] = (f"W4A8 MSQ ρ={r} + BC", p, "minmax", BC2, BC2_NOTE, None)
         configs[f"w4a8_msq{round(r * 100)}_adaround_bc"] = (f"W4A8 MSQ ρ={r}, AdaRound + BC", p, "adaround",
                                                             {"adaround": ada, **BC1}, "", None)
+    # accuracy-first MSQ: SP2 exactly on the rows where its error is below fixed point's
+    auto = assign_rows(model, plan("fixed4n", "channel", weight_observer="mse", first_last="fixed8n", alt="sp2_4"),
+                       "auto")
+    sp2_rows = sum(len(lp.alt_rows or ()) for _, lp in auto.items())
+    all_rows = sum(model.get_submodule(n).weight.shape[0] for n, lp in auto.items() if lp.weight_alt is not None)
+    auto_note = f"SP2 on {sp2_rows} of {all_rows} rows ({100 * sp2_rows / max(all_rows, 1):.1f}%)"
+    configs["w4a8_msqauto"] = ("W4A8 MSQ ρ=auto", auto, "minmax", {}, auto_note, None)
+    configs["w4a8_msqauto_bc"] = ("W4A8 MSQ ρ=auto + BC", auto, "minmax", BC2, f"{auto_note}; {BC2_NOTE}", None)
     configs["w8a8_datafree"] = ("W8A8 per-channel, data-free", w8c, "datafree", {"datafree": datafree},
                                 f"no calibration images: {datafree.images} inputs synthesized from BN statistics",
                                 None)

@@ -161,3 +161,23 @@ def test_recipe_assigns_unassigned_rows_and_layers_use_them() -> None:
     layer = res.model.c2
     assert isinstance(layer, QConv2d)
     assert [i for i, f in enumerate(layer.row_formats()) if f == SP2] == list(rows)
+
+
+def test_auto_ratio_gives_sp2_exactly_the_rows_it_fits_better() -> None:
+    torch.manual_seed(3)
+    w, heavy = mixed_rows()
+    net = nn.Linear(w.shape[1], w.shape[0])
+    with torch.no_grad():
+        net.weight.copy_(w)
+    plan = QuantPlan(model="lin", layers={"": LayerPlan(weight=F4, weight_alt=SP2, weight_observer="minmax")})
+    got = assign_rows(net, plan, "auto")[""]
+    e_fix = per_row_error(w, F4, "minmax").mse
+    e_sp2 = per_row_error(w, SP2, "minmax").mse
+    assert set(got.alt_rows or ()) == {r for r in range(w.shape[0]) if e_sp2[r] < e_fix[r]}
+    assert got.alt_rows and set(got.alt_rows) <= heavy  # here: outlier rows only
+    assert got.alt_ratio == pytest.approx(len(got.alt_rows) / w.shape[0])
+    # per row the better format, so the layer error is at most either single-format plan's
+    mixed = torch.where(torch.tensor([r in (got.alt_rows or ()) for r in range(w.shape[0])]), e_sp2, e_fix)
+    assert float(mixed.sum()) <= min(float(e_fix.sum()), float(e_sp2.sum()))
+    with pytest.raises(MixqError, match="auto"):
+        assign_rows(net, plan, "most")

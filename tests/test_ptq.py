@@ -29,6 +29,7 @@ from mixq.algorithms.ptq import (
     restore_channel_stats,
     synthesize_inputs,
 )
+from mixq.algorithms.ptq._common import input_channel_ranges
 from mixq.algorithms.ptq.cle import column_ranges, row_ranges
 from mixq.algorithms.ptq.datafree import DataFreeConfig
 from mixq.errors import MixqError
@@ -151,6 +152,32 @@ def test_cle_equalizes_ranges(model: nn.Module) -> None:
         g = l2.groups if isinstance(l2, nn.Conv2d) else 1
         r1, r2 = row_ranges(l1.weight), column_ranges(l2.weight, g, p.spatial)
         torch.testing.assert_close(r1, r2, rtol=1e-3, atol=1e-6)
+
+
+def test_activation_aware_cle_balances_activation_with_the_second_layer(model: nn.Module,
+                                                                        x: torch.Tensor) -> None:
+    fm = fold_bn(model)
+    pairs = find_pairs(fm, SHAPE)
+    ranges = input_channel_ranges(fm, [p.second for p in pairs], x, 16)
+    eq, _, pairs = cross_layer_equalize(fm, SHAPE, iterations=100, tol=1e-7, pairs=pairs, act_ranges=ranges,
+                                        act_weight=1.0)
+    with torch.no_grad():
+        torch.testing.assert_close(eq(x), fm(x), rtol=1e-3, atol=1e-3)
+    after = input_channel_ranges(eq, [p.second for p in pairs], x, 16)
+    for p in pairs:  # act_weight = 1: activation channel range == second layer's column range
+        l2 = eq.get_submodule(p.second)
+        g = l2.groups if isinstance(l2, nn.Conv2d) else 1
+        a = after[p.second].reshape(-1, p.spatial).amax(dim=1).float()
+        live = a > 0  # channels the ReLU kills on this data keep DFQ's rule
+        assert int(live.sum()) >= a.numel() // 2
+        torch.testing.assert_close(a[live], column_ranges(l2.weight, g, p.spatial)[live], rtol=1e-3, atol=1e-6)
+    # act_weight = 0 is DFQ's rule, whatever ranges are given
+    dfq, _, _ = cross_layer_equalize(fm, SHAPE, pairs=find_pairs(fm, SHAPE))
+    same, _, _ = cross_layer_equalize(fm, SHAPE, pairs=find_pairs(fm, SHAPE), act_ranges=ranges, act_weight=0.0)
+    for (n, a), (_, b) in zip(dfq.state_dict().items(), same.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n
+    with pytest.raises(MixqError, match="act_weight"):
+        get_recipe("dfq", cle_act_weight=2.0)
 
 
 def test_cle_relu_mode_matches_relu_model(model: nn.Module, x: torch.Tensor) -> None:

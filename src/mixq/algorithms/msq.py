@@ -59,6 +59,9 @@ def choose_rows(advantage: torch.Tensor, count: int) -> tuple[int, ...]:
     return tuple(sorted(order[:count]))
 
 
+AUTO = "auto"
+
+
 def _ratio_for(name: str, lp: LayerPlan, ratio: float | Mapping[str, float] | None) -> float:
     if ratio is None:
         r = float(lp.alt_ratio)
@@ -77,7 +80,7 @@ def _weights(model: nn.Module, fold: bool) -> dict[str, torch.Tensor]:
     return {n: m.weight.detach() for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
 
 
-def assign_rows(model: nn.Module, plan: QuantPlan, ratio: float | Mapping[str, float] | None = None, *,
+def assign_rows(model: nn.Module, plan: QuantPlan, ratio: float | str | Mapping[str, float] | None = None, *,
                 scope: str = "layer", macs_per_row: Mapping[str, float] | None = None,
                 fold: bool = True) -> QuantPlan:
     """A copy of ``plan`` whose mixed layers (those with ``weight_alt``) have ``alt_rows`` assigned.
@@ -86,7 +89,9 @@ def assign_rows(model: nn.Module, plan: QuantPlan, ratio: float | Mapping[str, f
     since the folded weights are the ones quantized. ``ratio`` overrides the plan's ρ (one
     number, or per layer). ``scope="global"``: ρ is a fraction of all mixed layers' work, counted
     with ``macs_per_row`` (layer → MACs of one row per input) or else one per row; each
-    layer's ``alt_ratio`` becomes its actual fraction.
+    layer's ``alt_ratio`` becomes its actual fraction. ``ratio="auto"``: every row whose SP2 error
+    is below its fixed-point error gets SP2 (the accuracy-first assignment: no row is worse off than
+    in either single-format plan); each layer's ``alt_ratio`` becomes its actual fraction.
     """
     if scope not in SCOPES:
         raise MixqError(f"msq.scope: {scope!r} is not one of {', '.join(SCOPES)}")
@@ -100,6 +105,13 @@ def assign_rows(model: nn.Module, plan: QuantPlan, ratio: float | Mapping[str, f
         assert lp.weight is not None and lp.weight_alt is not None
         adv[n] = row_advantage(weights[n], lp.weight, lp.weight_alt, lp.weight_observer)
     out = plan
+    if isinstance(ratio, str):
+        if ratio != AUTO:
+            raise MixqError(f"msq.ratio: {ratio!r} is neither a number in [0, 1] nor {AUTO!r}")
+        for n, lp in mixed:
+            rows = tuple(int(i) for i in torch.nonzero(adv[n] < 0).flatten().tolist())
+            out = out.with_layer(n, lp.with_(alt_rows=rows, alt_ratio=len(rows) / max(adv[n].numel(), 1)))
+        return out.with_meta(msq={"scope": "layer", "ratio": AUTO})
     if scope == "layer":
         for n, lp in mixed:
             r = _ratio_for(n, lp, ratio)

@@ -49,6 +49,22 @@ def run_hooked(model: nn.Module, hooks: Mapping[str, Callable[..., None]], data:
             h.remove()
 
 
+def input_channel_ranges(model: nn.Module, names: Iterable[str], data: torch.Tensor,
+                         batch_size: int) -> dict[str, torch.Tensor]:
+    """Per-channel (dim 1) ``max |x|`` of the input of every named module over ``data`` (float64)."""
+    ranges: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], _o: object) -> None:
+            x = inp[0].detach()
+            r = x.abs().amax(dim=tuple(d for d in range(x.dim()) if d != 1)).double()
+            ranges[name] = torch.maximum(ranges[name], r) if name in ranges else r
+        return hook
+
+    run_hooked(model, {n: hook_for(n) for n in names}, data, batch_size)
+    return ranges
+
+
 def as_tensor(data: torch.Tensor | Iterable[torch.Tensor]) -> torch.Tensor:
     """Calibration data as one tensor (batches are concatenated)."""
     if isinstance(data, torch.Tensor):

@@ -271,12 +271,40 @@ def _scale_stats(stats: dict[str, ChannelStats], name: str, s: torch.Tensor) -> 
         stats[name] = ChannelStats(st.mean / s, st.std / s)
 
 
+def activation_balanced_ranges(r1: torch.Tensor, act: torch.Tensor, weight: float) -> torch.Tensor:
+    """``r1^(1-weight) · act^weight``: the range of the side divided by ``s`` when both the first
+    layer's rows and the activation between the layers (each divided by ``s_c``) are to share the
+    balance with the second layer's columns; channels without a positive activation range keep ``r1``.
+
+    >>> activation_balanced_ranges(torch.tensor([4.0, 4.0]), torch.tensor([16.0, 0.0]), 0.5).tolist()
+    [8.0, 4.0]
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise MixqError(f"cle act_weight: must be in [0, 1], got {weight}")
+    ok = (act > 0) & (r1 > 0)
+    mixed = r1.clamp(min=1e-300) ** (1.0 - weight) * act.clamp(min=1e-300) ** weight
+    return torch.where(ok, mixed, r1)
+
+
 @torch.no_grad()
-def equalize_pair(model: nn.Module, pair: EqualizationPair) -> torch.Tensor:
-    """Equalize one pair in place; returns the scales ``s`` (output row ``c`` of ``first`` divided by ``s_c``)."""
+def equalize_pair(model: nn.Module, pair: EqualizationPair, act_range: torch.Tensor | None = None,
+                  act_weight: float = 0.0) -> torch.Tensor:
+    """Equalize one pair in place; returns the scales ``s`` (output row ``c`` of ``first`` divided by ``s_c``).
+
+    With ``act_range`` (per channel ``max |x|`` of the activation between the layers) and
+    ``act_weight > 0`` the first layer's row ranges are blended with it
+    (:func:`activation_balanced_ranges`): ``act_weight = 0`` is DFQ's weight-only rule, 1 balances
+    the activation against the second layer's columns alone (SmoothQuant's rule).
+    """
     l1, l2 = _layer(model, pair.first), _layer(model, pair.second)
     g2 = _groups(l2)
-    s = equalization_scales(row_ranges(l1.weight).double(), column_ranges(l2.weight, g2, pair.spatial).double())
+    r1 = row_ranges(l1.weight).double()
+    if act_range is not None and act_weight > 0:
+        a = act_range.double()
+        if pair.spatial > 1:
+            a = a.reshape(-1, pair.spatial).amax(dim=1)
+        r1 = activation_balanced_ranges(r1, a, act_weight)
+    s = equalization_scales(r1, column_ranges(l2.weight, g2, pair.spatial).double())
     shape1 = (-1,) + (1,) * (l1.weight.dim() - 1)
     l1.weight.copy_((l1.weight.double() / s.reshape(shape1)).to(l1.weight.dtype))
     if l1.bias is not None:
@@ -298,21 +326,29 @@ def cross_layer_equalize(
     relu6: str = "clip",
     stats: dict[str, ChannelStats] | None = None,
     pairs: list[EqualizationPair] | None = None,
+    act_ranges: dict[str, torch.Tensor] | None = None,
+    act_weight: float = 0.0,
 ) -> tuple[nn.Module, dict[str, ChannelStats], list[EqualizationPair]]:
     """Equalize every pair of a BN-folded model; returns (new model, updated output stats, pairs used).
 
     ``stats`` (e.g. from :func:`bn_output_stats`) are rescaled with the layers they describe.
     Sweeps all pairs up to ``iterations`` times, stopping once no scale moves by more than ``tol``
-    (relative).
+    (relative). ``act_ranges`` (second layer name -> per channel ``max |x|`` of its input, measured
+    on the model as given) with ``act_weight > 0`` make the balance activation-aware (see
+    :func:`equalize_pair`); the ranges are tracked through the rescaling (they divide by ``s``).
     """
     if pairs is None:
         pairs = find_pairs(model, input_shape)
     out, pairs = replace_relu6(model, pairs, relu6)
     new_stats = dict(stats or {})
+    ranges = {k: v.double().clone() for k, v in (act_ranges or {}).items()}
     for _ in range(max(1, iterations)):
         worst = 0.0
         for p in pairs:
-            s = equalize_pair(out, p)
+            a = ranges.get(p.second)
+            s = equalize_pair(out, p, a, act_weight)
+            if a is not None:
+                ranges[p.second] = a / (s.double().repeat_interleave(p.spatial) if p.spatial > 1 else s.double())
             _scale_stats(new_stats, p.first, s)
             worst = max(worst, float((s.double().log().abs()).max()) if s.numel() else 0.0)
         if worst < math.log1p(tol):

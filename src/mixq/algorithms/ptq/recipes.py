@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from mixq.algorithms.msq import assign_rows
-from mixq.algorithms.ptq._common import as_tensor, run_hooked
+from mixq.algorithms.ptq._common import as_tensor, input_channel_ranges, run_hooked
 from mixq.algorithms.ptq.adaround import AdaRoundConfig, adaround
 from mixq.algorithms.ptq.bias_correction import (
     analytic_bias_correction,
@@ -54,6 +54,7 @@ from mixq.algorithms.ptq.cle import (
     absorb_high_bias,
     bn_output_stats,
     cross_layer_equalize,
+    find_pairs,
 )
 from mixq.algorithms.ptq.datafree import DataFreeConfig, synthesize_inputs
 from mixq.algorithms.ptq.streams import equalize_streams
@@ -70,13 +71,15 @@ BIAS_CORRECTIONS = ("none", "empirical", "network", "analytic")
 class Recipe:
     """What a PTQ run does (see the module doc). ``relu6``: how CLE treats ReLU6 (``clip``, exact;
     ``relu``; ``keep``); ``stream_equalize``: rescale residual streams (``stream_alpha`` is
-    SmoothQuant's migration strength); ``bias_correction``: ``none``, ``empirical`` (per layer, ``bias_passes``
+    SmoothQuant's migration strength); ``cle_act_weight``: how much CLE balances the activation
+    between a pair (0: DFQ's weight-only rule); ``bias_correction``: ``none``, ``empirical`` (per layer, ``bias_passes``
     passes), ``network`` (layer by layer against the float model) or ``analytic`` (from BN
     statistics)."""
 
     name: str = "custom"
     cle: bool = False
     cle_iterations: int = 20
+    cle_act_weight: float = 0.0
     relu6: str = "clip"
     absorb_bias: bool = False
     absorb_std: float = 3.0
@@ -97,6 +100,8 @@ class Recipe:
                             f"{', '.join(BIAS_CORRECTIONS)}")
         if self.relu6 not in ("clip", "relu", "keep"):
             raise MixqError(f"recipe.relu6: {self.relu6!r} is not one of clip, relu, keep")
+        if not 0.0 <= self.cle_act_weight <= 1.0:
+            raise MixqError(f"recipe.cle_act_weight: must be in [0, 1], got {self.cle_act_weight}")
         if not 0.0 <= self.stream_alpha <= 1.0:
             raise MixqError(f"recipe.stream_alpha: must be in [0, 1], got {self.stream_alpha}")
         if self.batch_size < 1 or self.cle_iterations < 1 or self.bias_passes < 1:
@@ -208,8 +213,11 @@ def quantize_report(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Ite
     finally:
         model.train(was)
     if r.cle:
+        pairs = find_pairs(fm, input_shape)
+        ranges = input_channel_ranges(fm, [p.second for p in pairs], data, r.batch_size) if r.cle_act_weight else None
         fm, stats, pairs = cross_layer_equalize(fm, input_shape, iterations=r.cle_iterations, relu6=r.relu6,
-                                                stats=stats)
+                                                stats=stats, pairs=pairs, act_ranges=ranges,
+                                                act_weight=r.cle_act_weight)
         details["cle_pairs"] = len(pairs)
         if r.absorb_bias:
             if not stats:

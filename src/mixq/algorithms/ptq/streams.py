@@ -25,13 +25,12 @@ new model; the input is never changed.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from mixq.algorithms.ptq._common import run_hooked
+from mixq.algorithms.ptq._common import input_channel_ranges
 from mixq.algorithms.ptq.cle import ChannelStats, _groups, _layer, column_ranges, module_calls, scale_columns
 from mixq.errors import MixqError
 from mixq.graph import capture
@@ -117,24 +116,13 @@ def find_streams(model: nn.Module, input_shape: tuple[int, ...]) -> list[Stream]
     return streams
 
 
-@torch.no_grad()
 def consumer_input_ranges(model: nn.Module, streams: list[Stream], data: torch.Tensor,
                           batch_size: int = 16) -> dict[str, torch.Tensor]:
     """Per-channel ``max |x|`` of every consumer's input over ``data``."""
-    ranges: dict[str, torch.Tensor] = {}
-
-    def hook_for(name: str) -> Callable[..., None]:
-        def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], _o: object) -> None:
-            x = inp[0].detach()
-            r = x.abs().amax(dim=tuple(d for d in range(x.dim()) if d != 1)).double()
-            ranges[name] = torch.maximum(ranges[name], r) if name in ranges else r
-        return hook
-
     names = sorted({c for st in streams for c in st.consumers})
     for n in names:
         _layer(model, n)  # a consumer must be a Conv2d / Linear
-    run_hooked(model, {n: hook_for(n) for n in names}, data, batch_size)
-    return ranges
+    return input_channel_ranges(model, names, data, batch_size)
 
 
 def stream_scales(act_range: torch.Tensor, weight_range: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
