@@ -1,13 +1,14 @@
 """Where MobileNetV2's W8A8 fidelity goes: weights alone, activations alone, and each activation.
 
-Run: ``.venv/bin/python benchmarks/ptq_error_budget.py`` (one thread, ~6 min; ``--quick``: 40
+Run: ``.venv/bin/python benchmarks/ptq_error_budget.py`` (one thread, ~25 min; ``--quick``: 40
 fidelity inputs, 8 layers). Same data as ``ptq_mobilenetv2.py`` (240 fidelity inputs, 256
 calibration crops). Writes ``benchmarks/results/ptq_error_budget.json`` and ``.md``.
 
 Rows: 8-bit weights with float activations (per-channel, per-tensor + CLE; with and without
-bias correction), 8-bit per-tensor activations with float weights (plain, after CLE and
-residual-stream equalization), then one activation quantizer at a time (every other layer
-float) on the first 40 fidelity inputs, sorted by the logit SQNR it costs.
+bias correction), 8-bit per-tensor activations with float weights (plain, after DFQ's CLE, after
+the dfq recipes' equalization: activation-aware CLE and residual streams), then one activation
+quantizer at a time (every other layer float) on the first 40 fidelity inputs, sorted by the logit
+SQNR it costs.
 """
 
 from __future__ import annotations
@@ -49,16 +50,17 @@ def main() -> None:
     ref = logits(model, x_eval, 8)
     w8c = make_plan("mobilenet_v2", model, calib[:8], "fixed8n", "channel")
     w8t = make_plan("mobilenet_v2", model, calib[:8], "fixed8n", "tensor")
-    eq = {"cle": True, "stream_equalize": True}
+    eq = {"cle": True, "cle_act_weight": 0.5, "stream_equalize": True}  # the dfq recipes' equalization
     bc = {"bias_correction": "empirical"}
     configs = [
         ("W8 per-channel, float activations", only(w8c, True, False), {}),
         ("W8 per-channel + BC, float activations", only(w8c, True, False), bc),
-        ("W8 per-tensor + CLE, float activations", only(w8t, True, False), {"cle": True}),
-        ("W8 per-tensor + CLE + BC, float activations", only(w8t, True, False), {"cle": True, **bc}),
+        ("W8 per-tensor + CLE (DFQ's rule), float activations", only(w8t, True, False), {"cle": True}),
+        ("W8 per-tensor + CLE (DFQ's rule) + BC, float activations", only(w8t, True, False), {"cle": True, **bc}),
+        ("A8 per-tensor after CLE (DFQ's rule), float weights", only(w8c, False, True), {"cle": True}),
         ("A8 per-tensor, float weights", only(w8c, False, True), {}),
-        ("A8 per-tensor after CLE + residual streams, float weights", only(w8c, False, True), eq),
-        ("W8A8 per-tensor + CLE + residual streams + BC (dfq_empirical)", w8t, {**eq, **bc}),
+        ("A8 per-tensor after activation-aware CLE + residual streams, float weights", only(w8c, False, True), eq),
+        ("W8A8 per-tensor + activation-aware CLE + residual streams + BC (dfq_empirical)", w8t, {**eq, **bc}),
     ]
     rows = []
     for label, plan, kw in configs:
@@ -72,7 +74,7 @@ def main() -> None:
     x_small, ref_small = x_eval[:40], ref[:40]
     names = list(w8c.layers)[: 8 if args.quick else None]
     per_layer = []
-    for kw, tag in (({}, "plain"), (eq, "cle+streams")):
+    for kw, tag in (({}, "plain"), (eq, "equalized")):
         for n in names:
             q = quantize_report(model, only(w8c, False, True, n), calib, "minmax", **kw).model
             agree, sq = fidelity(ref_small, logits(q, x_small, 8))
@@ -93,11 +95,11 @@ def main() -> None:
           "| config | top-1 agreement w/ FP32 (%) | logit SQNR (dB) |", "|---|---:|---:|"]
     md += [f"| {r['config']} | {r['agreement']:.2f} | {r['sqnr_db']:.2f} |" for r in rows]
     plain = {r["layer"]: r for r in per_layer if r["prep"] == "plain"}
-    smooth = {r["layer"]: r for r in per_layer if r["prep"] == "cle+streams"}
+    smooth = {r["layer"]: r for r in per_layer if r["prep"] == "equalized"}
     worst = sorted(plain, key=lambda n: plain[n]["sqnr_db"])[:12]
     md += ["", "One 8-bit per-tensor activation quantizer at a time (all else float), first 40 fidelity inputs, "
            "the 12 costliest without equalization:", "",
-           "| layer (its input) | format | SQNR plain (dB) | SQNR after CLE + streams (dB) |", "|---|---|---:|---:|"]
+           "| layer (its input) | format | SQNR plain (dB) | SQNR after dfq equalization (dB) |", "|---|---|---:|---:|"]
     md += [f"| {n} | {plain[n]['act']} | {plain[n]['sqnr_db']:.2f} | {smooth[n]['sqnr_db']:.2f} |" for n in worst]
     atomic_write_text(args.out / f"ptq_error_budget{suffix}.md", "\n".join(md) + "\n")
     print("written", flush=True)

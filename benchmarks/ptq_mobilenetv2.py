@@ -58,9 +58,12 @@ NOTES = [
     "BC: 98.3% / 25.7 dB), 8-bit per-tensor *activations* are (float weights, A8 alone: 91.3% / 15.4 dB), spent "
     "mostly at a handful of inputs (the residual stream into features.15-17, the first depthwise layer). So the "
     "95% target for per-tensor W8A8 + CLE + BC is out of reach of per-tensor 8-bit activations on this set.",
-    "- Residual-stream equalization (`stream_equalize`, on in the dfq recipes; 2026-12-02) raised the CLE rows from "
-    "89.58% / 13.08 dB to 91.25% / 13.71 dB (+CLE) and from 89.17% / 14.56 dB to 90.00% / 15.34 dB (+CLE + BC); "
-    "DFQ with analytic BC 90.42% / 14.54 dB -> 90.00% / 15.31 dB (one input fewer, +0.8 dB).",
+    "- Equalization (2026-12-02): the dfq recipes equalize residual streams (`stream_equalize`) and balance each "
+    "CLE pair's activation too (`cle_act_weight=0.5`). CLE + BC: 89.17% / 14.56 dB with DFQ's rule alone, 90.00% / "
+    "15.34 dB with the streams, 92.50% / 16.79 dB with both; DFQ (analytic BC) 90.42% / 14.54 dB -> 92.08% / "
+    "16.38 dB. Without BC the activation-aware rule is worse (89.58% / 12.78 dB), so the + CLE row uses DFQ's rule "
+    "with the streams (91.25% / 13.71 dB; 89.58% / 13.08 dB before the streams).",
+    "- W4A8 MSQ ρ=auto: SP2 exactly on the rows where its error (MSE scales) is below fixed point's.",
     "- DFQ's finding that per-tensor W8A8 collapses MobileNetV2 does not reproduce with torchvision's weights: "
     "after BN folding the depthwise layers' per-channel weight ranges differ by at most 2.4x-7.6x (max / median "
     "per layer), not by orders of magnitude as in the TF checkpoint DFQ studied, so per-tensor naive costs ~4 "
