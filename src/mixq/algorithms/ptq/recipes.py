@@ -6,7 +6,7 @@ A :class:`Recipe` is a frozen description of the pipeline::
 
     [synthesize inputs from BN statistics] → fold BN → [CLE (+ high-bias absorption)]
       → [residual-stream equalization] → assign MSQ rows still unassigned → swap layers
-      → calibrate activations
+      → [output-aware weight scales] → calibrate activations
       → [AdaRound] → [bias correction] → [restore channel statistics]
 
 Named recipes (:data:`RECIPES`):
@@ -60,6 +60,7 @@ from mixq.algorithms.ptq.cle import (
     find_pairs,
 )
 from mixq.algorithms.ptq.datafree import DataFreeConfig, synthesize_inputs
+from mixq.algorithms.ptq.scales import output_aware_weight_scales
 from mixq.algorithms.ptq.streams import equalize_streams
 from mixq.errors import DataError, MixqError
 from mixq.graph import fold_bn
@@ -68,6 +69,7 @@ from mixq.plan import QuantPlan
 
 RECIPE_VERSION = 1
 BIAS_CORRECTIONS = ("none", "empirical", "network", "analytic")
+WEIGHT_SCALES = ("plan", "output")
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,9 @@ class Recipe:
     """What a PTQ run does (see the module doc). ``relu6``: how CLE treats ReLU6 (``clip``, exact;
     ``relu``; ``keep``); ``stream_equalize``: rescale residual streams (``stream_alpha`` is
     SmoothQuant's migration strength); ``cle_act_weight``: how much CLE balances the activation
-    between a pair (0: DFQ's weight-only rule); ``bias_correction``: ``none``, ``empirical`` (per layer, ``bias_passes``
+    between a pair (0: DFQ's weight-only rule); ``weight_scales``: ``plan`` (the plan's weight
+    observer) or ``output`` (per-row scales searched on the output error,
+    :mod:`~mixq.algorithms.ptq.scales`); ``bias_correction``: ``none``, ``empirical`` (per layer, ``bias_passes``
     passes), ``network`` (layer by layer against the float model) or ``analytic`` (from BN
     statistics)."""
 
@@ -89,6 +93,7 @@ class Recipe:
     absorb_padded: bool = False
     stream_equalize: bool = False
     stream_alpha: float = 0.5
+    weight_scales: str = "plan"
     bias_correction: str = "none"
     bias_passes: int = 1
     adaround: AdaRoundConfig | None = None
@@ -101,6 +106,8 @@ class Recipe:
         if self.bias_correction not in BIAS_CORRECTIONS:
             raise MixqError(f"recipe.bias_correction: {self.bias_correction!r} is not one of "
                             f"{', '.join(BIAS_CORRECTIONS)}")
+        if self.weight_scales not in WEIGHT_SCALES:
+            raise MixqError(f"recipe.weight_scales: {self.weight_scales!r} is not one of {', '.join(WEIGHT_SCALES)}")
         if self.relu6 not in ("clip", "relu", "keep"):
             raise MixqError(f"recipe.relu6: {self.relu6!r} is not one of clip, relu, keep")
         if not 0.0 <= self.cle_act_weight <= 1.0:
@@ -239,6 +246,9 @@ def quantize_report(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Ite
         lap("msq_rows")
     q = to_quantized(fm, plan)
     lap("swap")
+    if r.weight_scales == "output":
+        details["weight_scales"] = output_aware_weight_scales(q, data, batch_size=r.batch_size)
+        lap("weight_scales")
     calibrate_activations(q, data, r.batch_size)
     lap("calibrate")
     if r.adaround is not None:

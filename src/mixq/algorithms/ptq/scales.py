@@ -1,0 +1,138 @@
+"""Output-aware per-row weight scales: pick each row's clipping by the error it causes in the output.
+
+The weight observers (:mod:`mixq.quant.observers`) choose a row's scale from the weights alone:
+``minmax`` keeps every weight, ``mse`` minimizes ``||w - Q(w)||²`` and clips the largest ones. Which
+is better depends on the inputs: measured at W4A8, MSE scales beat min-max on MobileNetV2 (40.0% vs
+9.2% top-1 agreement with FP32) and lose on CNV (98.69% / 21.4 dB vs 98.95% / 23.8 dB). What counts
+is the output error ``E[((w - Q(w)) · x)²]`` over the layer's real inputs ``x``. With the input's
+per-feature mean ``μ`` and variance ``σ²`` (cross-covariances dropped) that is
+
+    Σ_j Δ_j² σ_j²  +  (Σ_j Δ_j μ_j)²,      Δ = w - Q(w),
+
+the second term being the mean output shift (which bias correction could remove afterwards; keeping
+it in the search measured better with bias correction too: MobileNetV2 W4A8 + BC 79.6% / 7.19 dB
+against 77.9% / 6.57 dB without it). Measured without bias correction: MobileNetV2 74.6% / 5.43 dB,
+CNV 99.19% / 24.3 dB, above both observers. Each row's clipping ratio is searched on a
+coarse grid over ``(0, 1]`` of its largest magnitude, then refined around the best, for every row
+format of the layer (fixed point and SP2 rows alike); only per-row (``channel``) scales are searched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from mixq.algorithms.ptq._common import columns, groups_of, is_quant_layer, layers_in_forward_order, run_hooked
+from mixq.errors import DataError
+from mixq.formats import NumberFormat
+from mixq.quant import snap
+from mixq.quant.observers import unit_max
+
+
+def input_feature_moments(qmodel: nn.Module, names: list[str], data: torch.Tensor,
+                          batch_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer: mean and variance ``(G, Kg)`` of every input feature of its weight rows (the unfolded
+    input after the layer's own input quantizer, as its weights see it), over ``data``."""
+    acc: dict[str, list[Any]] = {}
+
+    def hook_for(name: str) -> Any:
+        def hook(m: nn.Module, inp: tuple[torch.Tensor, ...], _o: object) -> None:
+            x = inp[0].detach()
+            iq = getattr(m, "input_quant", None)
+            if iq is not None:
+                x = iq(x)
+            cols = columns(m, x).double()  # (G, Kg, positions)
+            a = acc.setdefault(name, [0.0, 0.0, 0])
+            a[0] = a[0] + cols.sum(dim=2)
+            a[1] = a[1] + (cols * cols).sum(dim=2)
+            a[2] += cols.shape[2]
+        return hook
+
+    run_hooked(qmodel, {n: hook_for(n) for n in names}, data, batch_size)
+    out = {}
+    for n, (s, s2, k) in acc.items():
+        mean = s / k
+        out[n] = (mean, (s2 / k - mean * mean).clamp(min=0.0))
+    return out
+
+
+def output_error(delta: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, mean_term: bool) -> torch.Tensor:
+    """``Σ_j Δ_j² σ_j² (+ (Σ_j Δ_j μ_j)²)`` for every row of ``delta`` (G, R, K) with moments (G, K).
+
+    >>> d = torch.tensor([[[1.0, -1.0]]])
+    >>> output_error(d, torch.tensor([[2.0, 2.0]]), torch.tensor([[1.0, 3.0]]), True).tolist()
+    [[4.0]]
+    >>> output_error(d, torch.tensor([[2.0, 0.0]]), torch.tensor([[1.0, 3.0]]), True).tolist()
+    [[8.0]]
+    """
+    e = (delta * delta * var[:, None, :]).sum(dim=2)
+    if mean_term:
+        e = e + (delta * mean[:, None, :]).sum(dim=2) ** 2
+    return e
+
+
+def search_row_scales(w: torch.Tensor, fmt: NumberFormat, mean: torch.Tensor, var: torch.Tensor, *,
+                      mean_term: bool = True, coarse: int = 20, fine: int = 5) -> torch.Tensor:
+    """Per-row scales ``(R,)`` of the grouped weight ``w`` (G, R/G, K) minimizing :func:`output_error`."""
+    w = w.double()
+    top = w.abs().amax(dim=2)  # (G, Rg)
+    um = unit_max(fmt)
+
+    def err(ratio: torch.Tensor) -> torch.Tensor:
+        s = (top * ratio / um).clamp(min=1e-30)[..., None]
+        return output_error(snap(w, fmt, s) - w, mean, var, mean_term)
+
+    grid = torch.linspace(1.0 / coarse, 1.0, coarse, dtype=torch.float64)
+    errs = torch.stack([err(torch.full_like(top, float(r))) for r in grid])  # (coarse, G, Rg)
+    best_err, idx = errs.min(dim=0)
+    best = grid[idx]
+    step = 1.0 / coarse
+    for k in range(-fine, fine + 1):
+        if k == 0:
+            continue
+        r = (best + k * step / fine).clamp(step / fine, 1.0)
+        e = err(r)
+        better = e < best_err
+        best, best_err = torch.where(better, r, best), torch.where(better, e, best_err)
+    return (top * best / um).clamp(min=1e-30).reshape(-1)
+
+
+@torch.no_grad()
+def output_aware_weight_scales(qmodel: nn.Module, data: torch.Tensor, *, mean_term: bool = True,
+                               images: int = 64, batch_size: int = 8) -> dict[str, dict[str, float]]:
+    """Replace the per-row weight scales of every quantized layer of ``qmodel`` (in place; activations
+    calibrated) by output-aware ones; returns per layer the summed output error before and after."""
+    if data.shape[0] == 0:
+        raise DataError("output-aware weight scales: 0 calibration inputs given")
+    x = data[:images]
+    def searched(m: Any) -> bool:
+        return is_quant_layer(m) and bool(getattr(m, "formats", ())) and m.plan.weight_granularity == "channel"
+
+    names = [n for n in layers_in_forward_order(qmodel, x[:1]) if searched(qmodel.get_submodule(n))]
+    moments = input_feature_moments(qmodel, names, x, batch_size)
+    report: dict[str, dict[str, float]] = {}
+    for n in names:
+        layer: Any = qmodel.get_submodule(n)
+        mean, var = moments[n]
+        g = groups_of(layer)
+        wg = layer.weight.detach().reshape(g, layer.weight.shape[0] // g, -1)
+        rows = layer.weight.shape[0]
+        shape = layer.w_scales.shape[1:]
+        before = _layer_error(layer, wg, mean, var, mean_term)
+        new = [search_row_scales(wg, fmt, mean, var, mean_term=mean_term).reshape(shape).to(layer.w_scales.dtype)
+               for fmt in layer.formats]
+        old = layer.w_scales.clone()
+        layer.w_scales = torch.stack(new)
+        after = _layer_error(layer, wg, mean, var, mean_term)
+        if after > before:  # cannot happen for searched rows, but keep the better of the two
+            layer.w_scales = old
+            after = before
+        report[n] = {"error_before": before, "error_after": after, "rows": float(rows)}
+    return report
+
+
+def _layer_error(layer: Any, wg: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, mean_term: bool) -> float:
+    q = layer.quantized_weight().detach().reshape(wg.shape)
+    return float(output_error((q - wg).double(), mean, var, mean_term).sum())

@@ -1,0 +1,97 @@
+"""Output-aware per-row weight scales (mixq.algorithms.ptq.scales)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mixq.algorithms.ptq import quantize_report
+from mixq.algorithms.ptq.scales import input_feature_moments, output_error, search_row_scales
+from mixq.errors import MixqError
+from mixq.formats import FixedPoint, SumOfPowers
+from mixq.graph.convert import to_quantized
+from mixq.plan import LayerPlan, QuantPlan
+from mixq.quant import snap, sqnr_db
+from mixq.quant.observers import compute_scale
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+F4 = FixedPoint(4, narrow=True)
+
+
+def _layer_and_inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Heavy-tailed weight rows and post-ReLU-like inputs whose features differ in mean and spread."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.distributions.StudentT(3.0).sample((24, 64)) * 0.1
+    scale = torch.exp(torch.randn(64, generator=g))
+    x = (torch.randn(4096, 64, generator=g) * scale + 1.5 * scale).clamp(min=0)
+    return w, x
+
+
+def _true_output_error(w: torch.Tensor, q: torch.Tensor, x: torch.Tensor) -> float:
+    return float((((q - w) @ x.t()) ** 2).mean(dim=1).sum())
+
+
+@pytest.mark.parametrize("fmt", [F4, SumOfPowers(4)])
+def test_searched_scales_beat_minmax_and_mse_on_the_real_output_error(fmt: object) -> None:
+    torch.manual_seed(0)
+    w, x = _layer_and_inputs()
+    mean, var = x.double().mean(0)[None], x.double().var(0, unbiased=False)[None]
+    s = search_row_scales(w[None], fmt, mean, var)  # type: ignore[arg-type]
+    errs = {"output": _true_output_error(w, snap(w, fmt, s[:, None].float()), x)}  # type: ignore[arg-type]
+    for obs in ("minmax", "mse"):
+        sc = compute_scale(w, fmt, "channel", obs)  # type: ignore[arg-type]
+        errs[obs] = _true_output_error(w, snap(w, fmt, sc), x)  # type: ignore[arg-type]
+    assert errs["output"] < 0.9 * min(errs["minmax"], errs["mse"]), errs
+
+
+def test_output_error_is_the_expected_squared_output_error() -> None:
+    w, x = _layer_and_inputs(1)
+    q = snap(w, F4, compute_scale(w, F4, "channel", "minmax"))
+    mean, var = x.double().mean(0)[None], x.double().var(0, unbiased=False)[None]
+    approx = float(output_error((q - w).double()[None], mean, var, True).sum())
+    exact = _true_output_error(w.double(), q.double(), x.double())
+    # cross-covariances are dropped; these features are independent, so the two agree closely
+    assert approx == pytest.approx(exact, rel=0.05)
+    assert float(output_error((q - w).double()[None], mean, var, False).sum()) < approx
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.dw(torch.relu(self.c1(x))))
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+def _plan(observer: str) -> QuantPlan:
+    return QuantPlan(model="net", layers={
+        n: LayerPlan(weight=F4, weight_observer=observer, act=FixedPoint(8, signed=n == "c1"))
+        for n in ("c1", "dw", "fc")})
+
+
+def test_moments_match_unfolded_inputs_and_recipe_improves_the_model() -> None:
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():
+        net.c1.weight.mul_(torch.exp(torch.randn(16, 1, 1, 1)))
+    x = torch.randn(64, 3, 8, 8)
+    q = to_quantized(net, _plan("mse"))
+    mom = input_feature_moments(q, ["c1", "dw", "fc"], x, 16)
+    assert mom["c1"][0].shape == (1, 27) and mom["dw"][0].shape == (16, 9) and mom["fc"][0].shape == (1, 16)
+    feats = x.mean(dim=(0, 2, 3))  # the centre tap of c1 sees every pixel: mean per input channel
+    torch.testing.assert_close(mom["c1"][0][0, 4::9].float(), feats, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        ref = net(x)
+    base = quantize_report(net, _plan("mse"), x, "minmax").model
+    res = quantize_report(net, _plan("mse"), x, "minmax", weight_scales="output")
+    assert set(res.details["weight_scales"]) == {"c1", "dw", "fc"}
+    assert all(v["error_after"] <= v["error_before"] for v in res.details["weight_scales"].values())
+    with torch.no_grad():
+        assert float(sqnr_db(ref, res.model(x))) > float(sqnr_db(ref, base(x)))
+    with pytest.raises(MixqError, match="weight_scales"):
+        quantize_report(net, _plan("mse"), x, "minmax", weight_scales="hessian")
