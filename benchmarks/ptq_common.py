@@ -361,6 +361,20 @@ def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool],
         configs[f"w4a8_msq{round(r * 100)}_bc"] = (f"W4A8 MSQ ρ={r} + BC", p, "minmax", BC2, BC2_NOTE, None)
         configs[f"w4a8_msq{round(r * 100)}_adaround_bc"] = (f"W4A8 MSQ ρ={r}, AdaRound + BC", p, "adaround",
                                                             {"adaround": ada, **BC1}, "", None)
+    # output-aware per-row weight scales (mixq only: Brevitas has no equivalent)
+    out: dict[str, Any] = {"weight_scales": "output"}
+    out_note = "output-aware weight scales"
+    configs["w8a8_channel_out"] = ("W8A8 per-channel, output-aware scales", w8c, "minmax", out, out_note, None)
+    configs["w4a8_rtn_out"] = ("W4A8 fixed per-channel, nearest, output-aware scales", w4, "minmax", out, out_note,
+                               None)
+    configs["w4a8_rtn_out_bc"] = ("W4A8 fixed per-channel, nearest + BC, output-aware scales", w4, "minmax",
+                                  {**out, **BC2}, f"{out_note}; {BC2_NOTE}", None)
+    configs["w4a8_adaround_out"] = ("W4A8 fixed per-channel, AdaRound, output-aware scales", w4, "adaround",
+                                    {**out, "adaround": ada, "bias_correction": "none"}, out_note, None)
+    configs["w4a8_sp2_out_bc"] = ("W4A8 all-SP2 + BC, output-aware scales", sp2, "minmax", {**out, **BC2},
+                                  f"{out_note}; {BC2_NOTE}", None)
+    configs["w4a8_msq50_out_bc"] = ("W4A8 MSQ ρ=0.5 + BC, output-aware scales", msq[0.5], "minmax", {**out, **BC2},
+                                    f"{out_note}; {BC2_NOTE}", None)
     # accuracy-first MSQ: SP2 exactly on the rows where its error is below fixed point's
     auto = assign_rows(model, plan("fixed4n", "channel", weight_observer="mse", first_last="fixed8n", alt="sp2_4"),
                        "auto")

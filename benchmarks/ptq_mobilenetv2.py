@@ -64,6 +64,8 @@ NOTES = [
     "16.38 dB. Without BC the activation-aware rule is worse (89.58% / 12.78 dB), so the + CLE row uses DFQ's rule "
     "with the streams (91.25% / 13.71 dB; 89.58% / 13.08 dB before the streams).",
     "- W4A8 MSQ ρ=auto: SP2 exactly on the rows where its error (MSE scales) is below fixed point's.",
+    "- Output-aware scales (`weight_scales='output'`): each row's clipping searched on E[(Δw·x)²] from the input's "
+    "per-feature mean and variance on 64 calibration images, instead of the plan's weight observer; mixq only.",
     "- DFQ's finding that per-tensor W8A8 collapses MobileNetV2 does not reproduce with torchvision's weights: "
     "after BN folding the depthwise layers' per-channel weight ranges differ by at most 2.4x-7.6x (max / median "
     "per layer), not by orders of magnitude as in the TF checkpoint DFQ studied, so per-tensor naive costs ~4 "

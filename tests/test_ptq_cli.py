@@ -85,6 +85,20 @@ def _empty(root: Path) -> Path:
     return d
 
 
+def test_quantize_with_output_aware_weight_scales(app: typer.Typer, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    res = CliRunner().invoke(app, ["quantize", "cnv", "--random", "--images", "16", "--weight-scales", "output",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["recipe"]["weight_scales"] == "output" and "weight_scales" in s["timings_s"]
+    assert list(s["details"]["weight_scales"]) == ["features.0", "features.3", "features.7", "features.10",
+                                                   "classifier.0", "classifier.3"]  # every layer, forward order
+    res = CliRunner().invoke(app, ["quantize", "cnv", "--random", "--images", "8", "--weight-scales", "hessian",
+                                   "--out", str(tmp_path / "x")])
+    assert res.exit_code != 0 and "weight_scales" in str(res.exception)
+
+
 def test_bad_recipe_is_a_one_line_error(app: typer.Typer, tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["quantize", "cnv", "--random", "--images", "8", "--recipe", "nope",
                                    "--out", str(tmp_path / "x")])

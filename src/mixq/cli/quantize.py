@@ -81,6 +81,9 @@ def register(app: typer.Typer) -> None:
         images: int = typer.Option(256, "--images", help="calibration images to use"),
         msq: float | None = typer.Option(None, "--msq", help="no --plan: 4-bit MSQ plan with this SP2 ratio"),
         pretrained: bool = typer.Option(True, "--pretrained/--random", help="real weights or random init"),
+        weight_scales: str | None = typer.Option(None, "--weight-scales",
+                                                 help="plan (the plan's weight observer) or output (per-row "
+                                                      "scales searched on the output error); default: the recipe's"),
     ) -> None:
         """Quantize MODEL with a plan and a PTQ recipe; write the checkpoint and a summary."""
         from mixq import api, zoo
@@ -101,7 +104,8 @@ def register(app: typer.Typer) -> None:
         else:
             qplan = api.default_plan(model, net, data[:8])
         t = time.perf_counter()
-        res = quantize_report(net, qplan, data, recipe, input_shape=shape)
+        overrides = {} if weight_scales is None else {"weight_scales": weight_scales}
+        res = quantize_report(net, qplan, data, recipe, input_shape=shape, **overrides)
         seconds = time.perf_counter() - t
         folder = out or Path("runs") / f"quantize-{model}-{recipe}"
         buf = io.BytesIO()
