@@ -95,3 +95,26 @@ def test_moments_match_unfolded_inputs_and_recipe_improves_the_model() -> None:
         assert float(sqnr_db(ref, res.model(x))) > float(sqnr_db(ref, base(x)))
     with pytest.raises(MixqError, match="weight_scales"):
         quantize_report(net, _plan("mse"), x, "minmax", weight_scales="hessian")
+
+
+def test_msq_rows_rechosen_on_the_output_error_keep_the_count_and_the_plan_in_step() -> None:
+    from mixq.algorithms.msq import assign_rows
+
+    torch.manual_seed(1)
+    net = Net().eval()
+    x = torch.randn(64, 3, 8, 8)
+    plan = QuantPlan(model="net", layers={
+        n: LayerPlan(weight=F4, weight_alt=SumOfPowers(4), alt_ratio=0.5, weight_observer="mse",
+                     act=FixedPoint(8, signed=n == "c1")) for n in ("c1", "fc")})
+    plan = assign_rows(net, plan)
+    res = quantize_report(net, plan, x, "minmax", weight_scales="output", msq_rows="output")
+    for n in ("c1", "fc"):
+        rows = res.plan[n].alt_rows
+        assert rows is not None and len(rows) == len(plan[n].alt_rows or ())  # same ρ
+        layer = res.model.get_submodule(n)
+        assert torch.nonzero(layer.row_scheme == 1).flatten().tolist() == list(rows)  # model and plan agree
+        rep = res.details["weight_scales"][n]
+        assert rep["error_after"] <= rep["error_before"] and rep["alt_rows"] == list(rows)
+    assert res.plan["c1"].alt_rows != plan["c1"].alt_rows or res.plan["fc"].alt_rows != plan["fc"].alt_rows
+    with pytest.raises(MixqError, match="msq_rows"):
+        quantize_report(net, plan, x, "minmax", msq_rows="output")

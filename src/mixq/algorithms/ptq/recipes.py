@@ -79,9 +79,10 @@ class Recipe:
     SmoothQuant's migration strength); ``cle_act_weight``: how much CLE balances the activation
     between a pair (0: DFQ's weight-only rule); ``weight_scales``: ``plan`` (the plan's weight
     observer) or ``output`` (per-row scales searched on the output error,
-    :mod:`~mixq.algorithms.ptq.scales`); ``bias_correction``: ``none``, ``empirical`` (per layer, ``bias_passes``
-    passes), ``network`` (layer by layer against the float model) or ``analytic`` (from BN
-    statistics)."""
+    :mod:`~mixq.algorithms.ptq.scales`); ``msq_rows``: ``plan`` keeps the MSQ rows assigned from the
+    weights, ``output`` re-chooses them (same count per layer) on the output error;
+    ``bias_correction``: ``none``, ``empirical`` (per layer, ``bias_passes`` passes), ``network``
+    (layer by layer against the float model) or ``analytic`` (from BN statistics)."""
 
     name: str = "custom"
     cle: bool = False
@@ -94,6 +95,7 @@ class Recipe:
     stream_equalize: bool = False
     stream_alpha: float = 0.5
     weight_scales: str = "plan"
+    msq_rows: str = "plan"
     bias_correction: str = "none"
     bias_passes: int = 1
     adaround: AdaRoundConfig | None = None
@@ -108,6 +110,10 @@ class Recipe:
                             f"{', '.join(BIAS_CORRECTIONS)}")
         if self.weight_scales not in WEIGHT_SCALES:
             raise MixqError(f"recipe.weight_scales: {self.weight_scales!r} is not one of {', '.join(WEIGHT_SCALES)}")
+        if self.msq_rows not in ("plan", "output"):
+            raise MixqError(f"recipe.msq_rows: {self.msq_rows!r} is not one of plan, output")
+        if self.msq_rows == "output" and self.weight_scales != "output":
+            raise MixqError("recipe.msq_rows: 'output' needs weight_scales='output'")
         if self.relu6 not in ("clip", "relu", "keep"):
             raise MixqError(f"recipe.relu6: {self.relu6!r} is not one of clip, relu, keep")
         if not 0.0 <= self.cle_act_weight <= 1.0:
@@ -247,7 +253,11 @@ def quantize_report(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Ite
     q = to_quantized(fm, plan)
     lap("swap")
     if r.weight_scales == "output":
-        details["weight_scales"] = output_aware_weight_scales(q, data, batch_size=r.batch_size)
+        details["weight_scales"] = output_aware_weight_scales(q, data, batch_size=r.batch_size,
+                                                              rows=r.msq_rows == "output")
+        for n, rep in details["weight_scales"].items():
+            if "alt_rows" in rep:
+                plan = plan.with_layer(n, plan[n].with_(alt_rows=tuple(rep["alt_rows"])))
         lap("weight_scales")
     calibrate_activations(q, data, r.batch_size)
     lap("calibrate")

@@ -101,9 +101,14 @@ def search_row_scales(w: torch.Tensor, fmt: NumberFormat, mean: torch.Tensor, va
 
 @torch.no_grad()
 def output_aware_weight_scales(qmodel: nn.Module, data: torch.Tensor, *, mean_term: bool = True,
-                               images: int = 64, batch_size: int = 8) -> dict[str, dict[str, float]]:
-    """Replace the per-row weight scales of every quantized layer of ``qmodel`` (in place; activations
-    calibrated) by output-aware ones; returns per layer the summed output error before and after."""
+                               images: int = 64, batch_size: int = 8, rows: bool = False) -> dict[str, dict[str, Any]]:
+    """Replace the per-row weight scales of every quantized layer of ``qmodel`` (in place) by output-aware
+    ones; returns per layer the summed output error before and after.
+
+    ``rows=True``: in layers with two row formats (MSQ) the same number of rows keeps the second
+    format, but which rows is chosen again, by the smallest increase of the output error over the
+    first format (``alt_rows`` in the report): the output-error version of MSQ's ranking.
+    """
     if data.shape[0] == 0:
         raise DataError("output-aware weight scales: 0 calibration inputs given")
     x = data[:images]
@@ -112,24 +117,34 @@ def output_aware_weight_scales(qmodel: nn.Module, data: torch.Tensor, *, mean_te
 
     names = [n for n in layers_in_forward_order(qmodel, x[:1]) if searched(qmodel.get_submodule(n))]
     moments = input_feature_moments(qmodel, names, x, batch_size)
-    report: dict[str, dict[str, float]] = {}
+    report: dict[str, dict[str, Any]] = {}
     for n in names:
         layer: Any = qmodel.get_submodule(n)
         mean, var = moments[n]
         g = groups_of(layer)
         wg = layer.weight.detach().reshape(g, layer.weight.shape[0] // g, -1)
-        rows = layer.weight.shape[0]
+        n_rows = layer.weight.shape[0]
         shape = layer.w_scales.shape[1:]
         before = _layer_error(layer, wg, mean, var, mean_term)
         new = [search_row_scales(wg, fmt, mean, var, mean_term=mean_term).reshape(shape).to(layer.w_scales.dtype)
                for fmt in layer.formats]
-        old = layer.w_scales.clone()
+        old, old_scheme = layer.w_scales.clone(), layer.row_scheme.clone()
         layer.w_scales = torch.stack(new)
+        if rows and len(layer.formats) == 2:
+            e = [output_error(snap(wg.double(), f, sc.reshape(wg.shape[0], -1, 1).double()) - wg.double(), mean, var,
+                              mean_term).reshape(-1) for f, sc in zip(layer.formats, new, strict=True)]
+            count = int((layer.row_scheme == 1).sum())
+            order = sorted(range(n_rows), key=lambda i: (float(e[1][i] - e[0][i]), i))
+            scheme = torch.zeros_like(layer.row_scheme)
+            scheme[torch.tensor(order[:count], dtype=torch.long)] = 1
+            layer.row_scheme = scheme
         after = _layer_error(layer, wg, mean, var, mean_term)
-        if after > before:  # cannot happen for searched rows, but keep the better of the two
-            layer.w_scales = old
+        if after > before:  # the plan's scales (or rows) did better: keep them
+            layer.w_scales, layer.row_scheme = old, old_scheme
             after = before
-        report[n] = {"error_before": before, "error_after": after, "rows": float(rows)}
+        report[n] = {"error_before": before, "error_after": after, "rows": float(n_rows)}
+        if rows and len(layer.formats) == 2:
+            report[n]["alt_rows"] = [int(i) for i in torch.nonzero(layer.row_scheme == 1).flatten().tolist()]
     return report
 
 
