@@ -375,6 +375,13 @@ def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool],
                                   f"{out_note}; {BC2_NOTE}", None)
     configs["w4a8_msq50_out_bc"] = ("W4A8 MSQ ρ=0.5 + BC, output-aware scales", msq[0.5], "minmax", {**out, **BC2},
                                     f"{out_note}; {BC2_NOTE}", None)
+    outrows = {**out, "msq_rows": "output"}
+    outrows_note = "output-aware weight scales, SP2 rows re-chosen on the output error"
+    configs["w4a8_msq50_outrows"] = ("W4A8 MSQ ρ=0.5, output-aware scales and rows", msq[0.5], "minmax", outrows,
+                                     outrows_note, None)
+    configs["w4a8_msq50_outrows_bc"] = ("W4A8 MSQ ρ=0.5 + BC, output-aware scales and rows", msq[0.5], "minmax",
+                                        {**outrows, **BC2}, f"{outrows_note}; {BC2_NOTE}", None)
+    configs["w4a8_sp2_out"] = ("W4A8 all-SP2, output-aware scales", sp2, "minmax", out, out_note, None)
     # accuracy-first MSQ: SP2 exactly on the rows where its error is below fixed point's
     auto = assign_rows(model, plan("fixed4n", "channel", weight_observer="mse", first_last="fixed8n", alt="sp2_4"),
                        "auto")
