@@ -306,6 +306,8 @@ class ResultWriter:
 BC2: dict[str, Any] = {"bias_correction": "empirical", "bias_passes": 2}
 BC2_NOTE = "empirical bias correction, 2 passes"
 BC1: dict[str, Any] = {"bias_correction": "empirical"}  # after AdaRound (not the recipe's default any more)
+# the AdaRound rows measured before the adaround recipe started from output-aware scales
+PLAN_SCALES: dict[str, Any] = {"weight_scales": "plan"}
 
 def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool], last: Callable[[nn.Module], bool],
               ada: Any, datafree: Any, *, learned_round_iters: int = 1000, only: list[str] | None = None,
@@ -346,21 +348,23 @@ def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool],
         "w4a8_rtn_bc": ("W4A8 fixed per-channel, nearest + BC", w4, "minmax", BC2, BC2_NOTE,
                         rep(b4, bias_correction=True)),
         "w4a8_adaround": ("W4A8 fixed per-channel, AdaRound", w4, "adaround",
-                          {"adaround": ada, "bias_correction": "none"}, "",
+                          {"adaround": ada, "bias_correction": "none", **PLAN_SCALES}, "",
                           rep(b4, learned_round=True, learned_round_iters=learned_round_iters)),
-        "w4a8_adaround_bc": ("W4A8 fixed per-channel, AdaRound + BC", w4, "adaround", {"adaround": ada, **BC1}, "",
+        "w4a8_adaround_bc": ("W4A8 fixed per-channel, AdaRound + BC", w4, "adaround",
+                             {"adaround": ada, **BC1, **PLAN_SCALES}, "",
                              rep(b4, learned_round=True, learned_round_iters=learned_round_iters,
                                  bias_correction=True)),
         "w4a8_sp2": ("W4A8 all-SP2", sp2, "minmax", {}, "", None),
         "w4a8_sp2_bc": ("W4A8 all-SP2 + BC", sp2, "minmax", BC2, BC2_NOTE, None),
-        "w4a8_sp2_adaround_bc": ("W4A8 all-SP2, AdaRound + BC", sp2, "adaround", {"adaround": ada, **BC1}, "",
+        "w4a8_sp2_adaround_bc": ("W4A8 all-SP2, AdaRound + BC", sp2, "adaround",
+                                 {"adaround": ada, **BC1, **PLAN_SCALES}, "",
                                  None),
     }
     for r, p in msq.items():
         configs[f"w4a8_msq{round(r * 100)}"] = (f"W4A8 MSQ ρ={r}", p, "minmax", {}, "", None)
         configs[f"w4a8_msq{round(r * 100)}_bc"] = (f"W4A8 MSQ ρ={r} + BC", p, "minmax", BC2, BC2_NOTE, None)
         configs[f"w4a8_msq{round(r * 100)}_adaround_bc"] = (f"W4A8 MSQ ρ={r}, AdaRound + BC", p, "adaround",
-                                                            {"adaround": ada, **BC1}, "", None)
+                                                            {"adaround": ada, **BC1, **PLAN_SCALES}, "", None)
     # output-aware per-row weight scales (mixq only: Brevitas has no equivalent)
     out: dict[str, Any] = {"weight_scales": "output"}
     out_note = "output-aware weight scales"
