@@ -386,6 +386,16 @@ def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool],
     configs["w4a8_msq50_outrows_bc"] = ("W4A8 MSQ ρ=0.5 + BC, output-aware scales and rows", msq[0.5], "minmax",
                                         {**outrows, **BC2}, f"{outrows_note}; {BC2_NOTE}", None)
     configs["w4a8_sp2_out"] = ("W4A8 all-SP2, output-aware scales", sp2, "minmax", out, out_note, None)
+    # output-aware activation ranges (mixq only): each input quantizer's clip tuned on the layer's output error
+    acts: dict[str, Any] = {"act_ranges": "output"}
+    acts_note = "output-aware activation ranges"
+    configs["w8a8_channel_acts"] = ("W8A8 per-channel, output-aware activation ranges", w8c, "minmax", acts,
+                                    acts_note, None)
+    configs["w8a8_tensor_cle_bc_acts"] = ("W8A8 per-tensor + CLE + bias corr., output-aware activation ranges", w8t,
+                                          "dfq_empirical", acts, acts_note, None)
+    configs["w4a8_rtn_out_bc_acts"] = ("W4A8 fixed per-channel, nearest + BC, output-aware scales and ranges", w4,
+                                       "minmax", {**out, **acts, **BC2}, f"{out_note}, {acts_note}; {BC2_NOTE}",
+                                       None)
     # accuracy-first MSQ: SP2 exactly on the rows where its error is below fixed point's
     auto = assign_rows(model, plan("fixed4n", "channel", weight_observer="mse", first_last="fixed8n", alt="sp2_4"),
                        "auto")

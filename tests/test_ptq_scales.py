@@ -118,3 +118,28 @@ def test_msq_rows_rechosen_on_the_output_error_keep_the_count_and_the_plan_in_st
     assert res.plan["c1"].alt_rows != plan["c1"].alt_rows or res.plan["fc"].alt_rows != plan["fc"].alt_rows
     with pytest.raises(MixqError, match="msq_rows"):
         quantize_report(net, plan, x, "minmax", msq_rows="output")
+
+
+def test_output_aware_activation_ranges_lower_the_layer_output_error() -> None:
+    from mixq.algorithms.ptq.act_ranges import output_aware_act_ranges
+
+    torch.manual_seed(2)
+    net = Net().eval()
+    # heavy-tailed inputs: min-max ranges are set by rare outliers, so a tighter clip pays
+    x = torch.distributions.StudentT(2.0).sample((64, 3, 8, 8))
+    plan = QuantPlan(model="net", layers={
+        n: LayerPlan(weight=None, act=FixedPoint(4, signed=n == "c1")) for n in ("c1", "dw", "fc")})
+    with torch.no_grad():
+        ref = net(x)
+    base = quantize_report(net, plan, x, "minmax")
+    res = quantize_report(net, plan, x, "minmax", act_ranges="output")
+    rep = res.details["act_ranges"]
+    assert list(rep) == ["c1", "dw", "fc"]
+    assert all(v["error_after"] <= v["error_before"] and 0.25 <= v["ratio"] <= 1.0 for v in rep.values())
+    assert rep["c1"]["ratio"] < 1.0  # the outliers of the input are clipped
+    assert float(res.model.c1.input_quant.scale) == pytest.approx(
+        rep["c1"]["ratio"] * float(base.model.c1.input_quant.scale), rel=1e-6)
+    with torch.no_grad():
+        assert float(sqnr_db(ref, res.model(x))) > float(sqnr_db(ref, base.model(x)))
+    with pytest.raises(MixqError, match="act_ranges"):
+        quantize_report(net, plan, x, "minmax", act_ranges="kl")

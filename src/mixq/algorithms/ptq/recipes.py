@@ -6,7 +6,7 @@ A :class:`Recipe` is a frozen description of the pipeline::
 
     [synthesize inputs from BN statistics] → fold BN → [CLE (+ high-bias absorption)]
       → [residual-stream equalization] → assign MSQ rows still unassigned → swap layers
-      → [output-aware weight scales] → calibrate activations
+      → [output-aware weight scales] → calibrate activations → [output-aware activation ranges]
       → [AdaRound] → [bias correction] → [restore channel statistics]
 
 Named recipes (:data:`RECIPES`):
@@ -45,6 +45,7 @@ from torch import nn
 
 from mixq.algorithms.msq import assign_rows
 from mixq.algorithms.ptq._common import as_tensor, input_channel_ranges, run_hooked
+from mixq.algorithms.ptq.act_ranges import output_aware_act_ranges
 from mixq.algorithms.ptq.adaround import AdaRoundConfig, adaround
 from mixq.algorithms.ptq.bias_correction import (
     analytic_bias_correction,
@@ -81,7 +82,9 @@ class Recipe:
     between a pair (0: DFQ's weight-only rule); ``weight_scales``: ``plan`` (the plan's weight
     observer) or ``output`` (per-row scales searched on the output error,
     :mod:`~mixq.algorithms.ptq.scales`); ``msq_rows``: ``plan`` keeps the MSQ rows assigned from the
-    weights, ``output`` re-chooses them (same count per layer) on the output error;
+    weights, ``output`` re-chooses them (same count per layer) on the output error; ``act_ranges``:
+    ``observer`` (the plan's activation observer) or ``output`` (each input quantizer's clipping
+    tuned on the layer's output error, :mod:`~mixq.algorithms.ptq.act_ranges`);
     ``bias_correction``: ``none``, ``empirical`` (per layer, ``bias_passes`` passes), ``network``
     (layer by layer against the float model) or ``analytic`` (from BN statistics)."""
 
@@ -97,6 +100,7 @@ class Recipe:
     stream_alpha: float = 0.5
     weight_scales: str = "plan"
     msq_rows: str = "plan"
+    act_ranges: str = "observer"
     bias_correction: str = "none"
     bias_passes: int = 1
     adaround: AdaRoundConfig | None = None
@@ -111,6 +115,8 @@ class Recipe:
                             f"{', '.join(BIAS_CORRECTIONS)}")
         if self.weight_scales not in WEIGHT_SCALES:
             raise MixqError(f"recipe.weight_scales: {self.weight_scales!r} is not one of {', '.join(WEIGHT_SCALES)}")
+        if self.act_ranges not in ("observer", "output"):
+            raise MixqError(f"recipe.act_ranges: {self.act_ranges!r} is not one of observer, output")
         if self.msq_rows not in ("plan", "output"):
             raise MixqError(f"recipe.msq_rows: {self.msq_rows!r} is not one of plan, output")
         if self.msq_rows == "output" and self.weight_scales != "output":
@@ -263,6 +269,9 @@ def quantize_report(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Ite
         lap("weight_scales")
     calibrate_activations(q, data, r.batch_size)
     lap("calibrate")
+    if r.act_ranges == "output":
+        details["act_ranges"] = output_aware_act_ranges(q, data, batch_size=r.batch_size)
+        lap("act_ranges")
     if r.adaround is not None:
         details["adaround"] = adaround(q, fm, data, dataclasses.replace(r.adaround, batch_size=r.batch_size))
         lap("adaround")
