@@ -121,8 +121,6 @@ def test_msq_rows_rechosen_on_the_output_error_keep_the_count_and_the_plan_in_st
 
 
 def test_output_aware_activation_ranges_lower_the_layer_output_error() -> None:
-    from mixq.algorithms.ptq.act_ranges import output_aware_act_ranges
-
     torch.manual_seed(2)
     net = Net().eval()
     # heavy-tailed inputs: min-max ranges are set by rare outliers, so a tighter clip pays
