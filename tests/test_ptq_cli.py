@@ -88,10 +88,11 @@ def _empty(root: Path) -> Path:
 def test_quantize_with_output_aware_weight_scales(app: typer.Typer, tmp_path: Path) -> None:
     out = tmp_path / "o"
     res = CliRunner().invoke(app, ["quantize", "cnv", "--random", "--images", "16", "--weight-scales", "output",
-                                   "--out", str(out)])
+                                   "--act-ranges", "output", "--out", str(out)])
     assert res.exit_code == 0, res.output
     s = json.loads((out / "summary.json").read_text())
     assert s["recipe"]["weight_scales"] == "output" and "weight_scales" in s["timings_s"]
+    assert s["recipe"]["act_ranges"] == "output" and len(s["details"]["act_ranges"]) == 6
     assert list(s["details"]["weight_scales"]) == ["features.0", "features.3", "features.7", "features.10",
                                                    "classifier.0", "classifier.3"]  # every layer, forward order
     res = CliRunner().invoke(app, ["quantize", "cnv", "--random", "--images", "8", "--weight-scales", "hessian",

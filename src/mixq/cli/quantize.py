@@ -84,6 +84,9 @@ def register(app: typer.Typer) -> None:
         weight_scales: str | None = typer.Option(None, "--weight-scales",
                                                  help="plan (the plan's weight observer) or output (per-row "
                                                       "scales searched on the output error); default: the recipe's"),
+        act_ranges: str | None = typer.Option(None, "--act-ranges",
+                                              help="observer (the plan's activation observer) or output (each "
+                                                   "input range tuned on the layer's output error)"),
     ) -> None:
         """Quantize MODEL with a plan and a PTQ recipe; write the checkpoint and a summary."""
         from mixq import api, zoo
@@ -104,7 +107,7 @@ def register(app: typer.Typer) -> None:
         else:
             qplan = api.default_plan(model, net, data[:8])
         t = time.perf_counter()
-        overrides = {} if weight_scales is None else {"weight_scales": weight_scales}
+        overrides = {k: v for k, v in (("weight_scales", weight_scales), ("act_ranges", act_ranges)) if v is not None}
         res = quantize_report(net, qplan, data, recipe, input_shape=shape, **overrides)
         seconds = time.perf_counter() - t
         folder = out or Path("runs") / f"quantize-{model}-{recipe}"
