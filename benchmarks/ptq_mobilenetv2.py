@@ -66,6 +66,8 @@ NOTES = [
     "- W4A8 MSQ ρ=auto: SP2 exactly on the rows where its error (MSE scales) is below fixed point's.",
     "- Output-aware scales (`weight_scales='output'`): each row's clipping searched on E[(Δw·x)²] from the input's "
     "per-feature mean and variance on 64 calibration images, instead of the plan's weight observer; mixq only.",
+    "- Output-aware activation ranges (`act_ranges='output'`): each input quantizer's clip ratio searched on the "
+    "layer's output error over 16 calibration inputs, in forward order; mixq only.",
     "- DFQ's finding that per-tensor W8A8 collapses MobileNetV2 does not reproduce with torchvision's weights: "
     "after BN folding the depthwise layers' per-channel weight ranges differ by at most 2.4x-7.6x (max / median "
     "per layer), not by orders of magnitude as in the TF checkpoint DFQ studied, so per-tensor naive costs ~4 "
