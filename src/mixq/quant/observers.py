@@ -68,6 +68,25 @@ def _closed_form(fmt: NumberFormat, m: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
+def search_clip_ratio(err: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor, coarse: int = 24,
+                      fine: int = 8) -> torch.Tensor:
+    """Per-element clipping ratio in ``(0, 1]`` minimizing ``err(ratio)`` (ratios and errors shaped like
+    ``like``): a ``coarse`` grid, then ``fine`` steps either side of the best point."""
+    grid = torch.linspace(1.0 / coarse, 1.0, coarse, dtype=like.dtype)
+    errs = torch.stack([err(torch.full_like(like, float(r))) for r in grid])
+    best_err, idx = errs.min(dim=0)
+    best = grid[idx]
+    step = 1.0 / coarse
+    for k in range(-fine, fine + 1):
+        if k == 0:
+            continue
+        r = (best + k * step / fine).clamp(step / fine, 1.0)
+        e = err(r)
+        better = e < best_err
+        best, best_err = torch.where(better, r, best), torch.where(better, e, best_err)
+    return best
+
+
 def _mse_search(m: torch.Tensor, fmt: NumberFormat, top: torch.Tensor,
                 coarse: int = 24, fine: int = 8) -> torch.Tensor:
     """Per-row clipping value in ``(0, top]`` minimizing the squared error of ``m`` (R, N)."""
@@ -77,19 +96,7 @@ def _mse_search(m: torch.Tensor, fmt: NumberFormat, top: torch.Tensor,
         s = _safe(top * ratio / um)[:, None]
         return ((snap(m, fmt, s) - m) ** 2).sum(dim=1)
 
-    grid = torch.linspace(1.0 / coarse, 1.0, coarse, dtype=m.dtype)
-    errs = torch.stack([err(torch.full_like(top, float(r))) for r in grid], dim=1)
-    best = grid[errs.argmin(dim=1)]
-    step = 1.0 / coarse
-    best_err = errs.min(dim=1).values
-    for k in range(-fine, fine + 1):
-        if k == 0:
-            continue
-        r = (best + k * step / fine).clamp(step / fine, 1.0)
-        e = err(r)
-        better = e < best_err
-        best = torch.where(better, r, best)
-        best_err = torch.where(better, e, best_err)
+    best = search_clip_ratio(err, top, coarse, fine)
     return top * best
 
 

@@ -28,7 +28,7 @@ from mixq.algorithms.ptq._common import columns, groups_of, is_quant_layer, laye
 from mixq.errors import DataError
 from mixq.formats import NumberFormat
 from mixq.quant import snap
-from mixq.quant.observers import unit_max
+from mixq.quant.observers import search_clip_ratio, unit_max
 
 
 def input_feature_moments(qmodel: nn.Module, names: list[str], data: torch.Tensor,
@@ -84,18 +84,7 @@ def search_row_scales(w: torch.Tensor, fmt: NumberFormat, mean: torch.Tensor, va
         s = (top * ratio / um).clamp(min=1e-30)[..., None]
         return output_error(snap(w, fmt, s) - w, mean, var, mean_term)
 
-    grid = torch.linspace(1.0 / coarse, 1.0, coarse, dtype=torch.float64)
-    errs = torch.stack([err(torch.full_like(top, float(r))) for r in grid])  # (coarse, G, Rg)
-    best_err, idx = errs.min(dim=0)
-    best = grid[idx]
-    step = 1.0 / coarse
-    for k in range(-fine, fine + 1):
-        if k == 0:
-            continue
-        r = (best + k * step / fine).clamp(step / fine, 1.0)
-        e = err(r)
-        better = e < best_err
-        best, best_err = torch.where(better, r, best), torch.where(better, e, best_err)
+    best = search_clip_ratio(err, top, coarse, fine)
     return (top * best / um).clamp(min=1e-30).reshape(-1)
 
 
