@@ -141,7 +141,8 @@ def brevitas_available() -> str | None:
     try:
         import brevitas
         from brevitas_examples.imagenet_classification.ptq import ptq_common  # noqa: F401
-    except Exception:
+    except Exception as exc:  # say why, or a missing dependency silently drops every Brevitas row
+        print(f"Brevitas rows skipped: {type(exc).__name__}: {exc} (pip install -e '.[bench]')", flush=True)
         return None
     return str(brevitas.__version__)
 
@@ -393,6 +394,11 @@ def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool],
                                     acts_note, None)
     configs["w8a8_tensor_cle_bc_acts"] = ("W8A8 per-tensor + CLE + bias corr., output-aware activation ranges", w8t,
                                           "dfq_empirical", acts, acts_note, None)
+    configs["w8a8_channel_cle_bc"] = ("W8A8 per-channel + CLE + bias corr.", w8c, "dfq_empirical", {},
+                                      "activation-aware CLE + residual streams + empirical bias correction",
+                                      rep(b8, per_channel=True, equalize=True, bias_correction=True))
+    configs["w8a8_channel_cle_bc_acts"] = ("W8A8 per-channel + CLE + bias corr., output-aware activation ranges",
+                                           w8c, "dfq_empirical", acts, acts_note, None)
     configs["w4a8_rtn_out_bc_acts"] = ("W4A8 fixed per-channel, nearest + BC, output-aware scales and ranges", w4,
                                        "minmax", {**out, **acts, **BC2}, f"{out_note}, {acts_note}; {BC2_NOTE}",
                                        None)
