@@ -56,8 +56,9 @@ NOTES = [
     "below 0.12 on 10% of them. Where the W8A8 fidelity goes is measured in `ptq_error_budget.md`: 8-bit weights "
     "are not the limit (per-channel + bias correction with float activations: 97.1% / 29.7 dB; per-tensor + CLE + "
     "BC: 98.3% / 25.7 dB), 8-bit per-tensor *activations* are (float weights, A8 alone: 91.3% / 15.4 dB), spent "
-    "mostly at a handful of inputs (the residual stream into features.15-17, the first depthwise layer). So the "
-    "95% target for per-tensor W8A8 + CLE + BC is out of reach of per-tensor 8-bit activations on this set.",
+    "mostly at a handful of inputs (the residual stream into features.15-17, the first depthwise layer). CLE + BC "
+    "reaches 95% with per-channel weights and output-aware activation ranges (97.08% / 20.11 dB), not with "
+    "per-tensor weights (92.92% / 18.44 dB at best).",
     "- Equalization (2026-12-02): the dfq recipes equalize residual streams (`stream_equalize`) and balance each "
     "CLE pair's activation too (`cle_act_weight=0.5`). CLE + BC: 89.17% / 14.56 dB with DFQ's rule alone, 90.00% / "
     "15.34 dB with the streams, 92.50% / 16.79 dB with both; DFQ (analytic BC) 90.42% / 14.54 dB -> 92.08% / "
