@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mixq.algorithms.ptq._common import groups_of
 from mixq.errors import MixqError
 from mixq.graph import capture, foldable_pairs, set_submodule
 from mixq.graph.spec import LayerSpec
@@ -238,8 +239,19 @@ def _layer(model: nn.Module, name: str) -> nn.Conv2d | nn.Linear:
     return m
 
 
-def _groups(m: nn.Module) -> int:
-    return int(m.groups) if isinstance(m, nn.Conv2d) else 1
+@torch.no_grad()
+def divide_rows(layer: nn.Conv2d | nn.Linear, s: torch.Tensor) -> None:
+    """Divide output row ``c`` of ``layer`` (weight and bias) by ``s_c``, in place (in float64)."""
+    shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+    layer.weight.copy_((layer.weight.double() / s.reshape(shape)).to(layer.weight.dtype))
+    if layer.bias is not None:
+        layer.bias.copy_((layer.bias.double() / s).to(layer.bias.dtype))
+
+
+@torch.no_grad()
+def multiply_columns(layer: nn.Conv2d | nn.Linear, s: torch.Tensor, spatial: int = 1) -> None:
+    """Multiply input channel ``c`` of ``layer`` by ``s_c``, in place (in float64)."""
+    layer.weight.copy_(scale_columns(layer.weight.double(), s, groups_of(layer), spatial).to(layer.weight.dtype))
 
 
 def replace_relu6(model: nn.Module, pairs: list[EqualizationPair],
@@ -297,19 +309,15 @@ def equalize_pair(model: nn.Module, pair: EqualizationPair, act_range: torch.Ten
     the activation against the second layer's columns alone (SmoothQuant's rule).
     """
     l1, l2 = _layer(model, pair.first), _layer(model, pair.second)
-    g2 = _groups(l2)
     r1 = row_ranges(l1.weight).double()
     if act_range is not None and act_weight > 0:
         a = act_range.double()
         if pair.spatial > 1:
             a = a.reshape(-1, pair.spatial).amax(dim=1)
         r1 = activation_balanced_ranges(r1, a, act_weight)
-    s = equalization_scales(r1, column_ranges(l2.weight, g2, pair.spatial).double())
-    shape1 = (-1,) + (1,) * (l1.weight.dim() - 1)
-    l1.weight.copy_((l1.weight.double() / s.reshape(shape1)).to(l1.weight.dtype))
-    if l1.bias is not None:
-        l1.bias.copy_((l1.bias.double() / s).to(l1.bias.dtype))
-    l2.weight.copy_(scale_columns(l2.weight.double(), s, g2, pair.spatial).to(l2.weight.dtype))
+    s = equalization_scales(r1, column_ranges(l2.weight, groups_of(l2), pair.spatial).double())
+    divide_rows(l1, s)
+    multiply_columns(l2, s, pair.spatial)
     if pair.act is not None:
         act = model.get_submodule(pair.act)
         if isinstance(act, ClippedReLU):
@@ -393,7 +401,7 @@ def absorb_high_bias(
             l1.bias = nn.Parameter(new_b1)
         else:
             l1.bias.copy_(new_b1)
-        add = column_sums(l2.weight.double(), c, _groups(l2), p.spatial)
+        add = column_sums(l2.weight.double(), c, groups_of(l2), p.spatial)
         b2 = l2.bias.double() if l2.bias is not None else torch.zeros_like(add)
         if l2.bias is None:
             l2.bias = nn.Parameter((b2 + add).to(l2.weight.dtype))

@@ -71,7 +71,14 @@ from mixq.plan import QuantPlan
 
 RECIPE_VERSION = 1
 BIAS_CORRECTIONS = ("none", "empirical", "network", "analytic")
-WEIGHT_SCALES = ("plan", "output")
+# the string fields of a Recipe and the values each may take
+CHOICES: dict[str, tuple[str, ...]] = {
+    "bias_correction": BIAS_CORRECTIONS,
+    "weight_scales": ("plan", "output"),
+    "act_ranges": ("observer", "output"),
+    "msq_rows": ("plan", "output"),
+    "relu6": ("clip", "relu", "keep"),
+}
 
 
 @dataclass(frozen=True)
@@ -110,23 +117,14 @@ class Recipe:
     version: int = RECIPE_VERSION
 
     def __post_init__(self) -> None:
-        if self.bias_correction not in BIAS_CORRECTIONS:
-            raise MixqError(f"recipe.bias_correction: {self.bias_correction!r} is not one of "
-                            f"{', '.join(BIAS_CORRECTIONS)}")
-        if self.weight_scales not in WEIGHT_SCALES:
-            raise MixqError(f"recipe.weight_scales: {self.weight_scales!r} is not one of {', '.join(WEIGHT_SCALES)}")
-        if self.act_ranges not in ("observer", "output"):
-            raise MixqError(f"recipe.act_ranges: {self.act_ranges!r} is not one of observer, output")
-        if self.msq_rows not in ("plan", "output"):
-            raise MixqError(f"recipe.msq_rows: {self.msq_rows!r} is not one of plan, output")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise MixqError(f"recipe.{name}: {getattr(self, name)!r} is not one of {', '.join(choices)}")
         if self.msq_rows == "output" and self.weight_scales != "output":
             raise MixqError("recipe.msq_rows: 'output' needs weight_scales='output'")
-        if self.relu6 not in ("clip", "relu", "keep"):
-            raise MixqError(f"recipe.relu6: {self.relu6!r} is not one of clip, relu, keep")
-        if not 0.0 <= self.cle_act_weight <= 1.0:
-            raise MixqError(f"recipe.cle_act_weight: must be in [0, 1], got {self.cle_act_weight}")
-        if not 0.0 <= self.stream_alpha <= 1.0:
-            raise MixqError(f"recipe.stream_alpha: must be in [0, 1], got {self.stream_alpha}")
+        for name in ("cle_act_weight", "stream_alpha"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise MixqError(f"recipe.{name}: must be in [0, 1], got {getattr(self, name)}")
         if self.batch_size < 1 or self.cle_iterations < 1 or self.bias_passes < 1:
             raise MixqError("recipe.batch_size / cle_iterations / bias_passes: must be positive")
         if self.version != RECIPE_VERSION:

@@ -30,8 +30,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mixq.algorithms.ptq._common import input_channel_ranges
-from mixq.algorithms.ptq.cle import ChannelStats, _groups, _layer, column_ranges, module_calls, scale_columns
+from mixq.algorithms.ptq._common import groups_of, input_channel_ranges
+from mixq.algorithms.ptq.cle import (
+    ChannelStats,
+    _layer,
+    _scale_stats,
+    column_ranges,
+    divide_rows,
+    module_calls,
+    multiply_columns,
+)
 from mixq.errors import MixqError
 from mixq.graph import capture
 
@@ -160,20 +168,13 @@ def equalize_streams(model: nn.Module, input_shape: tuple[int, ...], data: torch
     ranges = consumer_input_ranges(out, streams, data, batch_size)
     for st in streams:
         a = torch.stack([ranges[c] for c in st.consumers]).amax(dim=0)
-        w = torch.stack([column_ranges(_layer(out, c).weight, _groups(_layer(out, c))).double()
+        w = torch.stack([column_ranges(_layer(out, c).weight, groups_of(_layer(out, c))).double()
                          for c in st.consumers]).amax(dim=0)
         s = stream_scales(a, w, alpha)
         for p in st.producers:
-            layer = _layer(out, p)
-            shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-            layer.weight.copy_((layer.weight.double() / s.reshape(shape)).to(layer.weight.dtype))
-            if layer.bias is not None:
-                layer.bias.copy_((layer.bias.double() / s).to(layer.bias.dtype))
-            if p in new_stats:
-                ms = new_stats[p]
-                new_stats[p] = ChannelStats(ms.mean / s.float(), ms.std / s.float())
+            divide_rows(_layer(out, p), s)
+            _scale_stats(new_stats, p, s.float())
         for c in st.consumers:
-            layer = _layer(out, c)
-            layer.weight.copy_(scale_columns(layer.weight.double(), s, _groups(layer)).to(layer.weight.dtype))
+            multiply_columns(_layer(out, c), s)
         scales[st.producers[0]] = s.float()
     return out, new_stats, scales
