@@ -32,6 +32,7 @@ from mixq.algorithms.ptq import (
 from mixq.algorithms.ptq._common import input_channel_ranges
 from mixq.algorithms.ptq.cle import column_ranges, row_ranges
 from mixq.algorithms.ptq.datafree import DataFreeConfig
+from mixq.algorithms.ptq.recipes import AUTO_ACT_WEIGHT, pair_act_weights
 from mixq.errors import MixqError
 from mixq.formats import FixedPoint, parse_format
 from mixq.graph import fold_bn
@@ -178,6 +179,35 @@ def test_activation_aware_cle_balances_activation_with_the_second_layer(model: n
         assert torch.equal(a, b), n
     with pytest.raises(MixqError, match="act_weight"):
         get_recipe("dfq", cle_act_weight=2.0)
+    with pytest.raises(MixqError, match="cle_act_weight"):
+        get_recipe("dfq", cle_act_weight="half")
+
+
+def test_auto_act_weight_follows_first_layer_granularity(model: nn.Module, x: torch.Tensor) -> None:
+    fm = fold_bn(model)
+    pairs = find_pairs(fm, SHAPE)
+    firsts = [p.first for p in pairs]
+    r = get_recipe("dfq_empirical")
+    assert r.cle_act_weight == "auto"
+    tensor, channel = plan_for(model, granularity="tensor"), plan_for(model)
+    assert pair_act_weights(r, tensor, firsts) == dict.fromkeys(firsts, AUTO_ACT_WEIGHT["tensor"])
+    assert pair_act_weights(r, channel, firsts) == dict.fromkeys(firsts, AUTO_ACT_WEIGHT["channel"])
+    assert AUTO_ACT_WEIGHT["tensor"] < AUTO_ACT_WEIGHT["channel"]
+    assert pair_act_weights(get_recipe("dfq", cle_act_weight=0.3), tensor, firsts) == 0.3
+    # a per-pair mapping is the same as the scalar when every pair gets the same weight
+    ranges = input_channel_ranges(fm, [p.second for p in pairs], x, 16)
+    one, _, _ = cross_layer_equalize(fm, SHAPE, pairs=pairs, act_ranges=ranges, act_weight=0.25)
+    per, _, _ = cross_layer_equalize(fm, SHAPE, pairs=pairs, act_ranges=ranges,
+                                     act_weight=dict.fromkeys(firsts, 0.25))
+    for (n, a), (_, b) in zip(one.state_dict().items(), per.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n
+    # the recipe applies them: per-tensor and per-channel plans equalize differently
+    qt = quantize(model, tensor, x, "dfq_empirical", bias_correction="none")
+    qc = quantize(model, channel, x, "dfq_empirical", bias_correction="none")
+    fixed = quantize(model, tensor, x, "dfq_empirical", bias_correction="none", cle_act_weight=0.5)
+    w = {k: m.get_submodule(firsts[0]).weight for k, m in (("t", qt), ("c", qc), ("fixed", fixed))}
+    assert torch.equal(w["c"], w["fixed"])  # the float weights after CLE: 0.5 either way
+    assert not torch.allclose(w["t"], w["c"])
 
 
 def test_cle_relu_mode_matches_relu_model(model: nn.Module, x: torch.Tensor) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -335,7 +336,7 @@ def cross_layer_equalize(
     stats: dict[str, ChannelStats] | None = None,
     pairs: list[EqualizationPair] | None = None,
     act_ranges: dict[str, torch.Tensor] | None = None,
-    act_weight: float = 0.0,
+    act_weight: float | Mapping[str, float] = 0.0,
 ) -> tuple[nn.Module, dict[str, ChannelStats], list[EqualizationPair]]:
     """Equalize every pair of a BN-folded model; returns (new model, updated output stats, pairs used).
 
@@ -344,6 +345,7 @@ def cross_layer_equalize(
     (relative). ``act_ranges`` (second layer name -> per channel ``max |x|`` of its input, measured
     on the model as given) with ``act_weight > 0`` make the balance activation-aware (see
     :func:`equalize_pair`); the ranges are tracked through the rescaling (they divide by ``s``).
+    ``act_weight`` may be a mapping from a pair's first layer to its weight (missing: 0).
     """
     if pairs is None:
         pairs = find_pairs(model, input_shape)
@@ -354,7 +356,8 @@ def cross_layer_equalize(
         worst = 0.0
         for p in pairs:
             a = ranges.get(p.second)
-            s = equalize_pair(out, p, a, act_weight)
+            w = act_weight.get(p.first, 0.0) if isinstance(act_weight, Mapping) else act_weight
+            s = equalize_pair(out, p, a, w)
             if a is not None:
                 ranges[p.second] = a / (s.double().repeat_interleave(p.spatial) if p.spatial > 1 else s.double())
             _scale_stats(new_stats, p.first, s)
