@@ -387,6 +387,10 @@ def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool],
     configs["w4a8_msq50_outrows_bc"] = ("W4A8 MSQ ρ=0.5 + BC, output-aware scales and rows", msq[0.5], "minmax",
                                         {**outrows, **BC2}, f"{outrows_note}; {BC2_NOTE}", None)
     configs["w4a8_sp2_out"] = ("W4A8 all-SP2, output-aware scales", sp2, "minmax", out, out_note, None)
+    configs["w4a8_msqauto_outrows"] = ("W4A8 MSQ ρ=auto on the output error, output-aware scales", msq[0.5], "minmax",
+                                       {**out, "msq_rows": "output_auto"},
+                                       "output-aware weight scales; SP2 on exactly the rows whose output error is "
+                                       "lower with it", None)
     # output-aware activation ranges (mixq only): each input quantizer's clip tuned on the layer's output error
     acts: dict[str, Any] = {"act_ranges": "output"}
     acts_note = "output-aware activation ranges"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -118,6 +120,32 @@ def test_msq_rows_rechosen_on_the_output_error_keep_the_count_and_the_plan_in_st
     assert res.plan["c1"].alt_rows != plan["c1"].alt_rows or res.plan["fc"].alt_rows != plan["fc"].alt_rows
     with pytest.raises(MixqError, match="msq_rows"):
         quantize_report(net, plan, x, "minmax", msq_rows="output")
+
+
+def test_msq_rows_output_auto_is_no_worse_than_either_format_alone() -> None:
+    from mixq.algorithms.msq import assign_rows
+
+    torch.manual_seed(1)
+    net = Net().eval()
+    x = torch.randn(64, 3, 8, 8)
+
+    def plan_of(weight: Any, alt: Any) -> QuantPlan:
+        return QuantPlan(model="net", layers={
+            n: LayerPlan(weight=weight, weight_alt=alt, alt_ratio=0.5 if alt is not None else 0.0,
+                         weight_observer="mse", act=FixedPoint(8, signed=n == "c1")) for n in ("c1", "fc")})
+
+    mixed = assign_rows(net, plan_of(F4, SumOfPowers(4)))
+    res = quantize_report(net, mixed, x, "minmax", weight_scales="output", msq_rows="output_auto")
+    alone = [quantize_report(net, plan_of(f, None), x, "minmax", weight_scales="output").details["weight_scales"]
+             for f in (F4, SumOfPowers(4))]
+    for n in ("c1", "fc"):
+        rep, rows = res.details["weight_scales"][n], res.plan[n].alt_rows
+        assert rows is not None and rep["alt_rows"] == list(rows)
+        assert res.plan[n].alt_ratio == pytest.approx(len(rows) / rep["rows"])  # the plan says the real ρ
+        assert rep["error_after"] <= min(a[n]["error_after"] for a in alone) * (1 + 1e-9)
+    assert any(0 < len(res.plan[n].alt_rows or ()) < res.model.get_submodule(n).weight.shape[0]
+               for n in ("c1", "fc"))  # genuinely mixed, and not at the plan's 0.5 everywhere
+    assert any(len(res.plan[n].alt_rows or ()) != len(mixed[n].alt_rows or ()) for n in ("c1", "fc"))
 
 
 def test_output_aware_activation_ranges_lower_the_layer_output_error() -> None:

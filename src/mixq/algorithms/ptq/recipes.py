@@ -78,7 +78,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "bias_correction": BIAS_CORRECTIONS,
     "weight_scales": ("plan", "output"),
     "act_ranges": ("observer", "output"),
-    "msq_rows": ("plan", "output"),
+    "msq_rows": ("plan", "output", "output_auto"),
     "relu6": ("clip", "relu", "keep"),
 }
 
@@ -92,7 +92,8 @@ class Recipe:
     :data:`AUTO_ACT_WEIGHT`); ``weight_scales``: ``plan`` (the plan's weight
     observer) or ``output`` (per-row scales searched on the output error,
     :mod:`~mixq.algorithms.ptq.scales`); ``msq_rows``: ``plan`` keeps the MSQ rows assigned from the
-    weights, ``output`` re-chooses them (same count per layer) on the output error; ``act_ranges``:
+    weights, ``output`` re-chooses them (same count per layer) on the output error, ``output_auto``
+    gives SP2 to exactly the rows whose output error is lower with it (count free); ``act_ranges``:
     ``observer`` (the plan's activation observer) or ``output`` (each input quantizer's clipping
     tuned on the layer's output error, :mod:`~mixq.algorithms.ptq.act_ranges`);
     ``bias_correction``: ``none``, ``empirical`` (per layer, ``bias_passes`` passes), ``network``
@@ -123,8 +124,8 @@ class Recipe:
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise MixqError(f"recipe.{name}: {getattr(self, name)!r} is not one of {', '.join(choices)}")
-        if self.msq_rows == "output" and self.weight_scales != "output":
-            raise MixqError("recipe.msq_rows: 'output' needs weight_scales='output'")
+        if self.msq_rows != "plan" and self.weight_scales != "output":
+            raise MixqError(f"recipe.msq_rows: {self.msq_rows!r} needs weight_scales='output'")
         if isinstance(self.cle_act_weight, str) and self.cle_act_weight != "auto":
             raise MixqError(f"recipe.cle_act_weight: {self.cle_act_weight!r} is neither 'auto' nor a number in [0, 1]")
         for name in ("cle_act_weight", "stream_alpha"):
@@ -290,10 +291,13 @@ def quantize_report(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Ite
     lap("swap")
     if r.weight_scales == "output":
         details["weight_scales"] = output_aware_weight_scales(q, data, batch_size=r.batch_size,
-                                                              rows=r.msq_rows == "output")
+                                                              rows=r.msq_rows != "plan",
+                                                              keep_count=r.msq_rows == "output")
         for n, rep in details["weight_scales"].items():
             if "alt_rows" in rep:
-                plan = plan.with_layer(n, plan[n].with_(alt_rows=tuple(rep["alt_rows"])))
+                rows = tuple(rep["alt_rows"])
+                ratio = len(rows) / max(int(rep["rows"]), 1) if r.msq_rows == "output_auto" else plan[n].alt_ratio
+                plan = plan.with_layer(n, plan[n].with_(alt_rows=rows, alt_ratio=ratio))
         lap("weight_scales")
     calibrate_activations(q, data, r.batch_size)
     lap("calibrate")

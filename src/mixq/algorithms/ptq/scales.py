@@ -90,13 +90,16 @@ def search_row_scales(w: torch.Tensor, fmt: NumberFormat, mean: torch.Tensor, va
 
 @torch.no_grad()
 def output_aware_weight_scales(qmodel: nn.Module, data: torch.Tensor, *, mean_term: bool = True,
-                               images: int = 64, batch_size: int = 8, rows: bool = False) -> dict[str, dict[str, Any]]:
+                               images: int = 64, batch_size: int = 8, rows: bool = False,
+                               keep_count: bool = True) -> dict[str, dict[str, Any]]:
     """Replace the per-row weight scales of every quantized layer of ``qmodel`` (in place) by output-aware
     ones; returns per layer the summed output error before and after.
 
     ``rows=True``: in layers with two row formats (MSQ) the same number of rows keeps the second
     format, but which rows is chosen again, by the smallest increase of the output error over the
-    first format (``alt_rows`` in the report): the output-error version of MSQ's ranking.
+    first format (``alt_rows`` in the report): the output-error version of MSQ's ranking. With
+    ``keep_count=False`` the count is free: a row gets the second format exactly where its output
+    error there is below the first format's (the output-error version of ``ratio="auto"``).
     """
     if data.shape[0] == 0:
         raise DataError("output-aware weight scales: 0 calibration inputs given")
@@ -122,7 +125,7 @@ def output_aware_weight_scales(qmodel: nn.Module, data: torch.Tensor, *, mean_te
         if rows and len(layer.formats) == 2:
             e = [output_error(snap(wg.double(), f, sc.reshape(wg.shape[0], -1, 1).double()) - wg.double(), mean, var,
                               mean_term).reshape(-1) for f, sc in zip(layer.formats, new, strict=True)]
-            count = int((layer.row_scheme == 1).sum())
+            count = int((layer.row_scheme == 1).sum()) if keep_count else int((e[1] < e[0]).sum())
             order = sorted(range(n_rows), key=lambda i: (float(e[1][i] - e[0][i]), i))
             scheme = torch.zeros_like(layer.row_scheme)
             scheme[torch.tensor(order[:count], dtype=torch.long)] = 1
