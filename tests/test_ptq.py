@@ -39,6 +39,7 @@ from mixq.graph import fold_bn
 from mixq.graph.convert import calibrate, to_quantized
 from mixq.nn import QConv2d, QLinear
 from mixq.plan import LayerPlan, QuantPlan
+from mixq.plan.plan import GRANULARITIES
 
 SHAPE = (3, 16, 16)
 
@@ -193,6 +194,7 @@ def test_auto_act_weight_follows_first_layer_granularity(model: nn.Module, x: to
     assert pair_act_weights(r, tensor, firsts) == dict.fromkeys(firsts, AUTO_ACT_WEIGHT["tensor"])
     assert pair_act_weights(r, channel, firsts) == dict.fromkeys(firsts, AUTO_ACT_WEIGHT["channel"])
     assert AUTO_ACT_WEIGHT["tensor"] < AUTO_ACT_WEIGHT["channel"]
+    assert set(AUTO_ACT_WEIGHT) == set(GRANULARITIES)  # every granularity a plan may name has its share
     assert pair_act_weights(get_recipe("dfq", cle_act_weight=0.3), tensor, firsts) == 0.3
     # a per-pair mapping is the same as the scalar when every pair gets the same weight
     ranges = input_channel_ranges(fm, [p.second for p in pairs], x, 16)

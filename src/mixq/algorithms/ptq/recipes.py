@@ -172,8 +172,7 @@ def pair_act_weights(recipe: Recipe, plan: QuantPlan, firsts: Iterable[str]) -> 
     out = {}
     for n in firsts:
         lp = plan.layers.get(n)
-        out[n] = AUTO_ACT_WEIGHT["tensor" if lp is not None and lp.weight is not None
-                                 and lp.weight_granularity == "tensor" else "channel"]
+        out[n] = AUTO_ACT_WEIGHT[lp.weight_granularity if lp is not None and lp.weight is not None else "channel"]
     return out
 
 
