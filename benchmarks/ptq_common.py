@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from mixq.algorithms.msq import assign_rows
-from mixq.algorithms.ptq import quantize_report
+from mixq.algorithms.ptq import GPTQConfig, quantize_report
 from mixq.formats import FixedPoint, parse_format
 from mixq.graph.ops import signed_input_layers
 from mixq.io import atomic_write_json, atomic_write_text
@@ -132,6 +132,16 @@ def run_mixq(bench: Bench, config: str, plan: QuantPlan, recipe: str, notes: str
         ada = res.details["adaround"]
         extra["adaround_rec_ratio"] = round(sum(v["rec_adaround"] for v in ada.values())
                                             / max(sum(v["rec_nearest"] for v in ada.values()), 1e-30), 4)
+    if "gptq" in res.details:
+        gq = res.details["gptq"]
+        extra["gptq_error_ratio"] = round(sum(v["error_gptq"] for v in gq.values())
+                                          / max(sum(v["error_nearest"] for v in gq.values()), 1e-30), 4)
+    alt = [(len(lp.alt_rows or ()), res.model.get_submodule(n).weight.shape[0]) for n, lp in res.plan.items()
+           if lp.weight_alt is not None]
+    if alt:
+        sp2, total = sum(a for a, _ in alt), sum(t for _, t in alt)
+        extra["alt_rows"] = [sp2, total]
+        notes = f"{notes}; SP2 on {sp2} of {total} rows ({100 * sp2 / max(total, 1):.1f}%)" if notes else notes
     return bench.measure(config, "mixq", res.model, seconds, notes, extra)
 
 
@@ -311,7 +321,8 @@ BC1: dict[str, Any] = {"bias_correction": "empirical"}  # after AdaRound (not th
 PLAN_SCALES: dict[str, Any] = {"weight_scales": "plan"}
 
 def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool], last: Callable[[nn.Module], bool],
-              ada: Any, datafree: Any, *, learned_round_iters: int = 1000, only: list[str] | None = None,
+              ada: Any, datafree: Any, *, gptq: Any = None, learned_round_iters: int = 1000,
+              only: list[str] | None = None,
               brevitas: bool = True, on_rows: Callable[[list[Row]], None] | None = None) -> list[Row]:
     """Every benchmark configuration on ``bench`` (mixq, then Brevitas' closest equivalent where
     one exists); ``only`` restricts to the given config keys; ``on_rows`` gets the rows so far after
@@ -414,6 +425,20 @@ def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool],
     auto_note = f"SP2 on {sp2_rows} of {all_rows} rows ({100 * sp2_rows / max(all_rows, 1):.1f}%)"
     configs["w4a8_msqauto"] = ("W4A8 MSQ ρ=auto", auto, "minmax", {}, auto_note, None)
     configs["w4a8_msqauto_bc"] = ("W4A8 MSQ ρ=auto + BC", auto, "minmax", BC2, f"{auto_note}; {BC2_NOTE}", None)
+    # GPTQ (exact output-error Hessian, any row grid); for MSQ it also picks each row's format on that error
+    gq = gptq or GPTQConfig()
+    gout: dict[str, Any] = {**out, "gptq": gq, "bias_correction": "none"}
+    g_note = "output-aware weight scales; GPTQ rounding"
+    configs["w4a8_gptq"] = ("W4A8 fixed per-channel, GPTQ, output-aware scales", w4, "gptq", gout, g_note, None)
+    configs["w4a8_sp2_gptq"] = ("W4A8 all-SP2, GPTQ, output-aware scales", sp2, "gptq", gout, g_note, None)
+    configs["w4a8_msq50_gptq"] = ("W4A8 MSQ ρ=0.5, GPTQ, rows on the Hessian error", msq[0.5], "gptq",
+                                  {**gout, "msq_rows": "output"},
+                                  f"{g_note}; SP2 rows (half of each layer) chosen on the exact output error",
+                                  None)
+    configs["w4a8_msqauto_gptq"] = ("W4A8 MSQ ρ=auto, GPTQ, rows on the Hessian error", msq[0.5], "gptq",
+                                    {**gout, "msq_rows": "output_auto"},
+                                    f"{g_note}; each row takes the format with the smaller exact output error",
+                                    None)
     configs["w8a8_datafree"] = ("W8A8 per-channel, data-free", w8c, "datafree", {"datafree": datafree},
                                 f"no calibration images: {datafree.images} inputs synthesized from BN statistics",
                                 None)

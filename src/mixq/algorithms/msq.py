@@ -59,6 +59,24 @@ def choose_rows(advantage: torch.Tensor, count: int) -> tuple[int, ...]:
     return tuple(sorted(order[:count]))
 
 
+def scheme_from_errors(errors: torch.Tensor, count: int | None) -> torch.Tensor:
+    """Row scheme (0: first format, 1: second) from each row's error in both formats, ``errors``
+    (2, R): the ``count`` rows where the second format adds the least error, or with ``count=None``
+    exactly the rows where it is smaller (ties stay in the first format).
+
+    >>> e = torch.tensor([[1.0, 2.0, 3.0], [2.0, 1.0, 2.5]])
+    >>> scheme_from_errors(e, None).tolist(), scheme_from_errors(e, 1).tolist()
+    ([0, 1, 1], [0, 1, 0])
+    """
+    if count is None:
+        return (errors[1] < errors[0]).long()
+    scheme = torch.zeros(errors.shape[1], dtype=torch.long)
+    rows = choose_rows(errors[1] - errors[0], count)
+    if rows:
+        scheme[torch.tensor(rows, dtype=torch.long)] = 1
+    return scheme
+
+
 AUTO = "auto"
 
 

@@ -1,5 +1,5 @@
 """Post-training quantization (layer L5): calibration, BN folding and re-estimation, cross-layer
-equalization with bias absorption, bias correction, AdaRound, data-free calibration, and
+equalization with bias absorption, bias correction, AdaRound, GPTQ, data-free calibration, and
 named recipes that chain them (:func:`quantize`)."""
 
 from mixq.algorithms.ptq.adaround import AdaRoundConfig, adaround, adaround_layer, optimize_rounding, rounding_grid
@@ -22,6 +22,7 @@ from mixq.algorithms.ptq.cle import (
     find_pairs,
 )
 from mixq.algorithms.ptq.datafree import DataFreeConfig, synthesize_inputs
+from mixq.algorithms.ptq.gptq import GPTQConfig, gptq, gptq_layer, gptq_quantize
 from mixq.algorithms.ptq.recipes import RECIPES, PTQResult, Recipe, get_recipe, quantize, quantize_report
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "ChannelStats",
     "ClippedReLU",
     "DataFreeConfig",
+    "GPTQConfig",
     "EqualizationPair",
     "PTQResult",
     "Recipe",
@@ -47,6 +49,9 @@ __all__ = [
     "expected_input_means",
     "find_pairs",
     "get_recipe",
+    "gptq",
+    "gptq_layer",
+    "gptq_quantize",
     "optimize_rounding",
     "quantize",
     "quantize_report",

@@ -18,7 +18,10 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from mixq.algorithms.ptq._common import inputs_at
+
 Visit = Callable[[str, nn.Module, list[torch.Tensor]], None]
+TwinVisit = Callable[[str, list[nn.Module], list[list[torch.Tensor]]], None]
 
 
 class _LeafTracer(fx.Tracer):
@@ -43,55 +46,106 @@ def _fetch(root: nn.Module, target: str) -> Any:
     return obj
 
 
-@torch.no_grad()
-def stream_layers(model: nn.Module, data: Sequence[torch.Tensor], names: Sequence[str], visit: Visit) -> bool:
-    """Run ``model`` over the batches ``data`` node by node, calling ``visit`` before each layer in
-    ``names`` runs (in graph order). Returns False (and runs nothing) when FX cannot trace the model
-    or a named layer is not a single module call of the graph."""
-    gm = trace(model)
-    if gm is None:
-        return False
-    nodes = list(gm.graph.nodes)
-    calls: dict[str, int] = {}
-    for n in nodes:
-        if n.op == "call_module":
-            calls[str(n.target)] = calls.get(str(n.target), 0) + 1
-    if any(calls.get(name, 0) != 1 for name in names):
-        return False
-    wanted = set(names)
-    last_use: dict[fx.Node, int] = {}
-    for i, n in enumerate(nodes):
-        for a in n.all_input_nodes:
-            last_use[a] = i
-    env: dict[fx.Node, list[Any]] = {}
-    placeholders = [n for n in nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        return False
-    for i, n in enumerate(nodes):
+class _Run:
+    """One traced model's node-by-node run over a list of batches (values kept until their last use)."""
+
+    def __init__(self, model: nn.Module, gm: fx.GraphModule, data: Sequence[torch.Tensor]) -> None:
+        self.model, self.nodes, self.data = model, list(gm.graph.nodes), data
+        self.last_use: dict[fx.Node, int] = {}
+        for i, n in enumerate(self.nodes):
+            for a in n.all_input_nodes:
+                self.last_use[a] = i
+        self.env: dict[fx.Node, list[Any]] = {}
+
+    def inputs(self, i: int) -> list[torch.Tensor]:
+        """The first argument of node ``i`` for every batch (a layer's input)."""
+        return [self.env[self.nodes[i].args[0]][b] for b in range(len(self.data))]  # type: ignore[index]
+
+    def step(self, i: int) -> None:
+        n = self.nodes[i]
         if n.op == "placeholder":
-            env[n] = list(data)
-        elif n.op == "output":
-            break
+            self.env[n] = list(self.data)
         elif n.op == "get_attr":
-            v = _fetch(model, str(n.target))
-            env[n] = [v] * len(data)
-        else:
-            if n.op == "call_module" and str(n.target) in wanted:
-                mod = model.get_submodule(str(n.target))
-                visit(str(n.target), mod, [env[n.args[0]][b] for b in range(len(data))])  # type: ignore[index]
+            self.env[n] = [_fetch(self.model, str(n.target))] * len(self.data)
+        elif n.op != "output":
             outs = []
-            for b in range(len(data)):
+            for b in range(len(self.data)):
                 def value(a: fx.Node, b: int = b) -> Any:
-                    return env[a][b]
+                    return self.env[a][b]
                 args, kwargs = fx.node.map_arg((n.args, n.kwargs), value)
                 if n.op == "call_module":
-                    outs.append(model.get_submodule(str(n.target))(*args, **kwargs))
+                    outs.append(self.model.get_submodule(str(n.target))(*args, **kwargs))
                 elif n.op == "call_function":
                     outs.append(n.target(*args, **kwargs))  # type: ignore[operator]
                 else:  # call_method
                     outs.append(getattr(args[0], str(n.target))(*args[1:], **kwargs))
-            env[n] = outs
+            self.env[n] = outs
         for a in n.all_input_nodes:
-            if last_use.get(a) == i:
-                env.pop(a, None)
+            if self.last_use.get(a) == i:
+                self.env.pop(a, None)
+
+
+def _signature(gm: fx.GraphModule) -> list[tuple[str, str]]:
+    return [(n.op, str(n.target)) for n in gm.graph.nodes]
+
+
+@torch.no_grad()
+def stream_twins(models: Sequence[nn.Module], data: Sequence[torch.Tensor], names: Sequence[str],
+                 visit: TwinVisit) -> bool:
+    """Run ``models`` — twins with the same graph, e.g. a quantized model and the float model it was
+    converted from — over the batches ``data`` side by side, node by node. Before each layer in
+    ``names`` runs, ``visit(name, layers, inputs)`` gets that layer of every model and each one's
+    input batches. Returns False (and runs nothing) when FX cannot trace a model, the graphs
+    differ, or a named layer is not a single module call."""
+    gms = [trace(m) for m in models]
+    if any(gm is None for gm in gms):
+        return False
+    traced = [gm for gm in gms if gm is not None]
+    sig = _signature(traced[0])
+    if any(_signature(gm) != sig for gm in traced[1:]):
+        return False
+    calls: dict[str, int] = {}
+    for op, target in sig:
+        if op == "call_module":
+            calls[target] = calls.get(target, 0) + 1
+    if any(calls.get(name, 0) != 1 for name in names) or sum(op == "placeholder" for op, _ in sig) != 1:
+        return False
+    wanted = set(names)
+    runs = [_Run(m, gm, data) for m, gm in zip(models, traced, strict=True)]
+    for i, (op, target) in enumerate(sig):
+        if op == "output":
+            break
+        if op == "call_module" and target in wanted:
+            visit(target, [m.get_submodule(target) for m in models], [r.inputs(i) for r in runs])
+        for r in runs:
+            r.step(i)
     return True
+
+
+def stream_layers(model: nn.Module, data: Sequence[torch.Tensor], names: Sequence[str], visit: Visit) -> bool:
+    """Run ``model`` over the batches ``data`` node by node, calling ``visit`` before each layer in
+    ``names`` runs (in graph order). Returns False (and runs nothing) when FX cannot trace the model
+    or a named layer is not a single module call of the graph."""
+    def one(name: str, layers: list[nn.Module], inputs: list[list[torch.Tensor]]) -> None:
+        visit(name, layers[0], inputs[0])
+    return stream_twins([model], data, names, one)
+
+
+def visit_layers(model: nn.Module, data: Sequence[torch.Tensor], names: Sequence[str], visit: Visit) -> None:
+    """:func:`stream_layers`, or for a model FX cannot trace one early-stopped forward per layer
+    (``visit`` then gets the same input batches, computed with the layers before already visited)."""
+    if stream_layers(model, data, names, visit):
+        return
+    for name in names:
+        layer = model.get_submodule(name)
+        visit(name, layer, [inputs_at(model, layer, xb) for xb in data])
+
+
+def visit_twins(models: Sequence[nn.Module], data: Sequence[torch.Tensor], names: Sequence[str],
+                visit: TwinVisit) -> None:
+    """:func:`stream_twins`, or one early-stopped forward per layer and model where it cannot run."""
+    if stream_twins(models, data, names, visit):
+        return
+    for name in names:
+        layers = [m.get_submodule(name) for m in models]
+        visit(name, layers, [[inputs_at(m, lay, xb) for xb in data] for m, lay in zip(models, layers, strict=True)])

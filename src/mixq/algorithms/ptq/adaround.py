@@ -34,12 +34,11 @@ from mixq.algorithms.ptq._common import (
     columns,
     grouped_weight,
     groups_of,
-    inputs_at,
     layers_in_forward_order,
     outputs_to_columns,
     quantized_input,
 )
-from mixq.algorithms.ptq._stream import stream_layers
+from mixq.algorithms.ptq._stream import visit_layers
 from mixq.errors import MixqError
 from mixq.formats import NumberFormat
 from mixq.nn import QConv2d, QLinear
@@ -90,7 +89,7 @@ def rounding_grid(w: torch.Tensor, formats: tuple[NumberFormat, ...], row_scheme
     >>> lo, gap, rest = rounding_grid(torch.tensor([[0.26, -1.0, 5.0]]), (FixedPoint(4, narrow=True),),
     ...                               torch.tensor([0]), torch.tensor([[[0.5]]]))
     >>> lo.tolist(), gap.tolist(), [round(r, 2) for r in rest.flatten().tolist()]
-    ([[0.0, -1.0, 3.5]], [[0.5, 0.0, 0.0]], [0.52, 0.0, 0.0])
+    ([[0.0, -1.0, 3.5]], [[0.5, 0.5, 0.0]], [0.52, 0.0, 0.0])
     """
     w = w.detach().double()
     lo_out = torch.zeros_like(w)
@@ -230,23 +229,6 @@ def collect_float_targets(fmodel: nn.Module, names: list[str], data: torch.Tenso
 
 
 @torch.no_grad()
-def collect_inputs(qmodel: nn.Module, name: str, layer_index: int, data: torch.Tensor,
-                   cfg: AdaRoundConfig) -> torch.Tensor:
-    """Input columns ``(G, Kg, N)`` of quantized layer ``name`` (after its input quantizer), at the
-    positions :func:`collect_float_targets` sampled; each forward stops at the layer."""
-    q_layer = qmodel.get_submodule(name)
-    images = data[: cfg.images]
-    per_image = max(1, math.ceil(cfg.columns / images.shape[0]))
-    xs = []
-    for bi, xb in enumerate(batches(images, cfg.batch_size)):
-        xq = quantized_input(q_layer, inputs_at(qmodel, q_layer, xb))
-        cq = columns(q_layer, xq)
-        positions = cq.shape[2] // xb.shape[0]
-        xs.append(cq[:, :, _picks(layer_index, bi, xb.shape[0], positions, per_image, cfg.seed)].clone())
-    return torch.cat(xs, dim=2)
-
-
-@torch.no_grad()
 def adaround_layer(layer: QConv2d | QLinear, x: torch.Tensor, y: torch.Tensor,
                    cfg: AdaRoundConfig) -> dict[str, float]:
     """Learn the rounding of one quantized layer from input columns ``x`` and targets ``y`` and write the
@@ -300,11 +282,6 @@ def adaround(qmodel: nn.Module, fmodel: nn.Module, calib: torch.Tensor,
 
     # one streamed pass over the model (each layer's input computed once, with the layers before it
     # already rounded); a model FX cannot trace takes one early-stopped forward per layer instead
-    if not stream_layers(qmodel, list(batches(images, cfg.batch_size)), names, visit):
-        for li, name in enumerate(names):
-            layer = qmodel.get_submodule(name)
-            assert isinstance(layer, QConv2d | QLinear)
-            x = collect_inputs(qmodel, name, li, data, cfg)
-            report[name] = adaround_layer(layer, x, targets.pop(name), cfg)
+    visit_layers(qmodel, list(batches(images, cfg.batch_size)), names, visit)
     qmodel.train(was)
     return report

@@ -28,10 +28,9 @@ from mixq.algorithms.ptq._common import (
     as_tensor,
     batches,
     channel_mean,
-    inputs_at,
     layers_in_forward_order,
 )
-from mixq.algorithms.ptq._stream import stream_layers
+from mixq.algorithms.ptq._stream import visit_layers
 from mixq.algorithms.ptq.cle import ChannelStats, ClippedReLU, column_sums
 from mixq.errors import MixqError
 from mixq.graph import capture
@@ -192,11 +191,7 @@ def _network_correction(qmodel: nn.Module, fmodel: nn.Module, data: torch.Tensor
         _shift_bias(layer, delta)
         out[n] = float(delta.abs().max())
 
-    if stream_layers(qmodel, list(batches(data, batch_size)), names, correct):
-        return out
-    for n in names:  # models FX cannot trace: one early-stopped forward per layer
-        layer = qmodel.get_submodule(n)
-        correct(n, layer, [inputs_at(qmodel, layer, xb) for xb in batches(data, batch_size)])
+    visit_layers(qmodel, list(batches(data, batch_size)), names, correct)
     return out
 
 

@@ -7,7 +7,7 @@ A :class:`Recipe` is a frozen description of the pipeline::
     [synthesize inputs from BN statistics] → fold BN → [CLE (+ high-bias absorption)]
       → [residual-stream equalization] → assign MSQ rows still unassigned → swap layers
       → [output-aware weight scales] → calibrate activations → [output-aware activation ranges]
-      → [AdaRound] → [bias correction] → [restore channel statistics]
+      → [AdaRound | GPTQ] → [bias correction] → [restore channel statistics]
 
 Named recipes (:data:`RECIPES`):
 
@@ -28,6 +28,10 @@ Named recipes (:data:`RECIPES`):
 * ``adaround`` + AdaRound of every layer, starting from output-aware weight scales
   (``weight_scales="output"``); no bias correction after it (measured to hurt; add it with
   ``bias_correction="empirical"``).
+* ``gptq``     + GPTQ rounding of every layer (:mod:`~mixq.algorithms.ptq.gptq`: exact output-error
+  Hessian, any row grid; for MSQ plans it also chooses each row's
+  format on that error with ``msq_rows="output"`` (same count) or ``"output_auto"`` (free)), starting
+  from output-aware weight scales; no bias correction.
 * ``datafree`` inputs synthesized from the BN statistics (ZeroQ) stand in for calibration
   data; analytic bias correction.
 
@@ -64,6 +68,7 @@ from mixq.algorithms.ptq.cle import (
     find_pairs,
 )
 from mixq.algorithms.ptq.datafree import DataFreeConfig, synthesize_inputs
+from mixq.algorithms.ptq.gptq import GPTQConfig, gptq
 from mixq.algorithms.ptq.scales import output_aware_weight_scales
 from mixq.algorithms.ptq.streams import equalize_streams
 from mixq.errors import DataError, MixqError
@@ -93,7 +98,8 @@ class Recipe:
     observer) or ``output`` (per-row scales searched on the output error,
     :mod:`~mixq.algorithms.ptq.scales`); ``msq_rows``: ``plan`` keeps the MSQ rows assigned from the
     weights, ``output`` re-chooses them (same count per layer) on the output error, ``output_auto``
-    gives SP2 to exactly the rows whose output error is lower with it (count free); ``act_ranges``:
+    gives SP2 to exactly the rows whose output error is lower with it (count free) — with ``gptq`` the
+    rows are chosen once more on GPTQ's exact error; ``act_ranges``:
     ``observer`` (the plan's activation observer) or ``output`` (each input quantizer's clipping
     tuned on the layer's output error, :mod:`~mixq.algorithms.ptq.act_ranges`);
     ``bias_correction``: ``none``, ``empirical`` (per layer, ``bias_passes`` passes), ``network``
@@ -115,6 +121,7 @@ class Recipe:
     bias_correction: str = "none"
     bias_passes: int = 1
     adaround: AdaRoundConfig | None = None
+    gptq: GPTQConfig | None = None
     restore_stats: bool = False
     datafree: DataFreeConfig | None = None
     batch_size: int = 8
@@ -124,6 +131,8 @@ class Recipe:
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise MixqError(f"recipe.{name}: {getattr(self, name)!r} is not one of {', '.join(choices)}")
+        if self.adaround is not None and self.gptq is not None:
+            raise MixqError("recipe.adaround / recipe.gptq: choose one rounding method, not both")
         if self.msq_rows != "plan" and self.weight_scales != "output":
             raise MixqError(f"recipe.msq_rows: {self.msq_rows!r} needs weight_scales='output'")
         if isinstance(self.cle_act_weight, str) and self.cle_act_weight != "auto":
@@ -150,9 +159,13 @@ RECIPES: dict[str, Recipe] = {
     # correcting on top measured worse (MobileNetV2 W4A8: 80.4% -> 69.2% agreement; CNV: 33.5 -> 32.7 dB)
     # AdaRound starts from output-aware scales (MobileNetV2 W4A8: 80.4% / 7.65 dB -> 82.5% / 7.89 dB; CNV equal)
     "adaround": Recipe(name="adaround", weight_scales="output", adaround=AdaRoundConfig(), bias_correction="none"),
+    "gptq": Recipe(name="gptq", weight_scales="output", gptq=GPTQConfig(), bias_correction="none"),
     "datafree": Recipe(name="datafree", datafree=DataFreeConfig(), bias_correction="analytic"),
 }
 
+
+# how GPTQ treats MSQ rows, by the recipe's ``msq_rows`` (the exact-error version of the same choice)
+GPTQ_ROWS = {"plan": "plan", "output": "count", "output_auto": "auto"}
 
 # ``cle_act_weight="auto"``: the activation's share of a CLE pair's balance by the first layer's
 # weight granularity. A per-channel (or grouped) first layer does not care how its rows are scaled,
@@ -292,11 +305,7 @@ def quantize_report(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Ite
         details["weight_scales"] = output_aware_weight_scales(q, data, batch_size=r.batch_size,
                                                               rows=r.msq_rows != "plan",
                                                               keep_count=r.msq_rows == "output")
-        for n, rep in details["weight_scales"].items():
-            if "alt_rows" in rep:
-                rows = tuple(rep["alt_rows"])
-                ratio = len(rows) / max(int(rep["rows"]), 1) if r.msq_rows == "output_auto" else plan[n].alt_ratio
-                plan = plan.with_layer(n, plan[n].with_(alt_rows=rows, alt_ratio=ratio))
+        plan = _with_rows(plan, q, details["weight_scales"], free=r.msq_rows == "output_auto")
         lap("weight_scales")
     calibrate_activations(q, data, r.batch_size)
     lap("calibrate")
@@ -306,6 +315,11 @@ def quantize_report(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Ite
     if r.adaround is not None:
         details["adaround"] = adaround(q, fm, data, dataclasses.replace(r.adaround, batch_size=r.batch_size))
         lap("adaround")
+    if r.gptq is not None:
+        details["gptq"] = gptq(q, data, dataclasses.replace(r.gptq, batch_size=r.batch_size),
+                               rows=GPTQ_ROWS[r.msq_rows], fmodel=fm)
+        plan = _with_rows(plan, q, details["gptq"], free=r.msq_rows == "output_auto")
+        lap("gptq")
     if r.bias_correction in ("empirical", "network"):
         details["bias_correction"] = empirical_bias_correction(q, data, fm, mode="layer" if r.bias_correction ==
                                                                "empirical" else "network", batch_size=r.batch_size,
@@ -320,6 +334,19 @@ def quantize_report(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Ite
         lap("restore_stats")
     q.eval()
     return PTQResult(model=q, plan=plan, recipe=r, timings=timings, details=details)
+
+
+def _with_rows(plan: QuantPlan, q: nn.Module, report: dict[str, dict[str, Any]], free: bool) -> QuantPlan:
+    """``plan`` with the MSQ rows a stage re-chose (``report[layer]["alt_rows"]``); with ``free`` the
+    count changed too, so ``alt_ratio`` becomes the real fraction."""
+    for n, rep in report.items():
+        if "alt_rows" in rep:
+            rows = tuple(rep["alt_rows"])
+            weight: Any = q.get_submodule(n).weight
+            total = int(weight.shape[0])
+            ratio = len(rows) / max(total, 1) if free else plan[n].alt_ratio
+            plan = plan.with_layer(n, plan[n].with_(alt_rows=rows, alt_ratio=ratio))
+    return plan
 
 
 def quantize(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Iterable[torch.Tensor] | None = None,

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixq.algorithms.msq import scheme_from_errors
 from mixq.algorithms.ptq._common import columns, groups_of, is_quant_layer, layers_in_forward_order, run_hooked
 from mixq.errors import DataError
 from mixq.formats import NumberFormat
@@ -118,22 +119,22 @@ def output_aware_weight_scales(qmodel: nn.Module, data: torch.Tensor, *, mean_te
         n_rows = layer.weight.shape[0]
         shape = layer.w_scales.shape[1:]
         before = _layer_error(layer, wg, mean, var, mean_term)
-        new = [search_row_scales(wg, fmt, mean, var, mean_term=mean_term).reshape(shape).to(layer.w_scales.dtype)
-               for fmt in layer.formats]
-        old, old_scheme = layer.w_scales.clone(), layer.row_scheme.clone()
-        layer.w_scales = torch.stack(new)
+        # per format and row, the searched scale or the plan's, whichever gives the smaller error:
+        # no row gets worse in any of its formats, whatever row assignment follows
+        scales, errors = [], []
+        for k, fmt in enumerate(layer.formats):
+            old = layer.w_scales[k].double().reshape(wg.shape[0], -1, 1)
+            new = search_row_scales(wg, fmt, mean, var, mean_term=mean_term).reshape(old.shape)
+            e_old, e_new = (output_error(snap(wg.double(), fmt, sc) - wg.double(), mean, var, mean_term)
+                            for sc in (old, new))
+            keep = (e_old < e_new)[..., None]
+            scales.append(torch.where(keep, old, new).reshape(shape).to(layer.w_scales.dtype))
+            errors.append(torch.minimum(e_old, e_new).reshape(-1))
+        layer.w_scales = torch.stack(scales)
         if rows and len(layer.formats) == 2:
-            e = [output_error(snap(wg.double(), f, sc.reshape(wg.shape[0], -1, 1).double()) - wg.double(), mean, var,
-                              mean_term).reshape(-1) for f, sc in zip(layer.formats, new, strict=True)]
-            count = int((layer.row_scheme == 1).sum()) if keep_count else int((e[1] < e[0]).sum())
-            order = sorted(range(n_rows), key=lambda i: (float(e[1][i] - e[0][i]), i))
-            scheme = torch.zeros_like(layer.row_scheme)
-            scheme[torch.tensor(order[:count], dtype=torch.long)] = 1
-            layer.row_scheme = scheme
+            count = int((layer.row_scheme == 1).sum()) if keep_count else None
+            layer.row_scheme = scheme_from_errors(torch.stack(errors), count).to(layer.row_scheme.dtype)
         after = _layer_error(layer, wg, mean, var, mean_term)
-        if after > before:  # the plan's scales (or rows) did better: keep them
-            layer.w_scales, layer.row_scheme = old, old_scheme
-            after = before
         report[n] = {"error_before": before, "error_after": after, "rows": float(n_rows)}
         if rows and len(layer.formats) == 2:
             report[n]["alt_rows"] = [int(i) for i in torch.nonzero(layer.row_scheme == 1).flatten().tolist()]

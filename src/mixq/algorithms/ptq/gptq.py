@@ -1,0 +1,300 @@
+"""GPTQ / OBQ rounding (Frantar et al., "Optimal Brain Compression", NeurIPS 2022; "GPTQ", ICLR 2023)
+for any per-row grid: fixed point, SP2, power of two, or MSQ's mix of them in one layer.
+
+A layer's output error under a weight change ``Δ`` is, exactly, over the calibration inputs ``x``::
+
+    Σ_rows Δ_r H Δ_rᵀ,      H = Σ x xᵀ   (input columns after the layer's own input quantizer)
+
+GPTQ quantizes the input columns one at a time (largest ``H_jj`` first) and moves the error of
+each onto the columns not yet quantized, through the Cholesky factor of ``H⁻¹`` — the optimal
+update for that quadratic form. The rows never interact: every row is quantized on its own grid
+(its format, its scale), which is what makes the method fit mixed schemes: for an MSQ layer both
+formats are run on every row and each row keeps the one with the smaller ``Δ_r H Δ_rᵀ``
+(``rows="auto"``), or the requested number of SP2 rows goes to the rows where SP2 costs least
+(``rows="count"``) — the exact output-error version of MSQ's row assignment, which the diagonal
+approximation of :mod:`~mixq.algorithms.ptq.scales` cannot give (it drops the correlations
+between neighbouring pixels and channels).
+
+Layers run in forward order on the partly quantized model (each ``H`` from inputs that the
+earlier, already rounded, layers produce); the weights are written back as ``scale · level``, so
+the layer's fake quantizer reproduces the chosen levels (scales are not changed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mixq.algorithms.msq import scheme_from_errors
+from mixq.algorithms.ptq._common import (
+    as_tensor,
+    batches,
+    columns,
+    grouped_weight,
+    groups_of,
+    layers_in_forward_order,
+    quantized_input,
+)
+from mixq.algorithms.ptq._stream import visit_twins
+from mixq.errors import MixqError
+from mixq.formats import NumberFormat
+from mixq.nn import QConv2d, QLinear
+from mixq.quant import snap
+
+ROWS = ("plan", "count", "auto")  # MSQ rows: keep, re-choose the same number, or free per row
+
+
+@dataclass(frozen=True)
+class GPTQConfig:
+    """GPTQ settings. ``images``: calibration images whose layer inputs build ``H``; ``asymmetric``: fit
+    the float model's output (needs the float model; see :func:`gptq`) rather than the layer's own
+    float weights on its quantized input; ``damp``: added
+    to ``H``'s diagonal as a fraction of its mean; ``act_order``: quantize columns by decreasing
+    ``H_jj``; ``holdout``: choose MSQ rows out of sample (see :func:`gptq_layer`); ``block``: columns
+    per lazy update; ``max_bits``: layers whose formats are all wider stay at
+    round-to-nearest (``None``: every layer)."""
+
+    images: int = 128
+    asymmetric: bool = True
+    damp: float = 0.01
+    act_order: bool = True
+    holdout: bool = True
+    block: int = 128
+    max_bits: int | None = None
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        for f in ("images", "block", "batch_size"):
+            if int(getattr(self, f)) < 1:
+                raise MixqError(f"gptq.{f}: must be positive, got {getattr(self, f)!r}")
+        if not 0.0 <= self.damp < 1.0:
+            raise MixqError(f"gptq.damp: must be in [0, 1), got {self.damp!r}")
+
+
+# ---------------------------------------------------------------------------------------------- math
+def row_errors(delta: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``Δ_r H Δ_rᵀ`` for every row: ``delta`` (G, O, K), ``h`` (G, K, K) -> (G, O).
+
+    >>> row_errors(torch.tensor([[[1.0, -1.0]]]), torch.tensor([[[2.0, 1.0], [1.0, 2.0]]])).tolist()
+    [[2.0]]
+    """
+    return (torch.bmm(delta, h) * delta).sum(dim=2)
+
+
+def _inverse_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of ``(H + λI)⁻¹`` per group, ``λ = damp · mean(diag H)`` (raised until
+    the factorization succeeds)."""
+    k = h.shape[-1]
+    eye = torch.eye(k, dtype=h.dtype)
+    mean = h.diagonal(dim1=1, dim2=2).mean(dim=1).clamp(min=1e-12)[:, None, None]
+    d = max(damp, 1e-8)
+    for _ in range(12):
+        chol, info = torch.linalg.cholesky_ex(h + d * mean * eye)
+        if int(info.max()) == 0:
+            inv = torch.cholesky_inverse(chol)
+            u, info = torch.linalg.cholesky_ex(inv, upper=True)
+            if int(info.max()) == 0:
+                return u
+        d *= 10.0
+    raise MixqError("gptq: the input Hessian is not positive definite even with damping")
+
+
+def gptq_quantize(w: torch.Tensor, h: torch.Tensor, quant: Callable[[torch.Tensor], torch.Tensor], *,
+                  damp: float = 0.01, act_order: bool = True, block: int = 128) -> torch.Tensor:
+    """GPTQ of a grouped weight ``w`` (G, O, K) with input Hessian ``h`` (G, K, K); ``quant`` maps a
+    column (G, O) to its grid (each row on its own). Returns the quantized weight (G, O, K).
+
+    Inputs that never fire (``H_jj = 0``) get weight 0. With ``h`` the identity this is round to
+    nearest.
+    """
+    w = w.detach().double().clone()
+    h = h.detach().double().clone()
+    g, _o, k = w.shape
+    diag = h.diagonal(dim1=1, dim2=2)
+    dead = diag == 0
+    if bool(dead.any()):
+        h = h + torch.diag_embed(dead.double())
+        w = w.masked_fill(dead[:, None, :], 0.0)
+    perm = torch.argsort(h.diagonal(dim1=1, dim2=2), dim=1, descending=True) if act_order else \
+        torch.arange(k).expand(g, k)
+    w = torch.gather(w, 2, perm[:, None, :].expand_as(w))
+    h = torch.gather(torch.gather(h, 1, perm[:, :, None].expand_as(h)), 2, perm[:, None, :].expand_as(h))
+    u = _inverse_factor(h, damp)
+    q = torch.zeros_like(w)
+    for i1 in range(0, k, block):
+        i2 = min(i1 + block, k)
+        w1 = w[:, :, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        u1 = u[:, i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = w1[:, :, i]
+            qc = quant(col)
+            q[:, :, i1 + i] = qc
+            e = (col - qc) / u1[:, i, i][:, None]
+            w1[:, :, i:] -= e[:, :, None] * u1[:, None, i, i:]
+            err1[:, :, i] = e
+        if i2 < k:
+            w[:, :, i2:] -= torch.bmm(err1, u[:, i1:i2, i2:])
+    out = torch.empty_like(q)
+    out.scatter_(2, perm[:, None, :].expand_as(q), q)
+    return out
+
+
+def row_quantizer(formats: tuple[NumberFormat, ...], scheme: torch.Tensor,
+                  scales: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A column quantizer for :func:`gptq_quantize`: row ``r`` snaps to ``formats[scheme[r]]`` at
+    ``scales[scheme[r], r]``; ``scheme`` and each ``scales[k]`` are shaped (G, O)."""
+    masks = [scheme == i for i in range(len(formats))]
+
+    def quant(col: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(col)
+        for fmt, m, s in zip(formats, masks, scales, strict=True):
+            if bool(m.any()):
+                out = torch.where(m, snap(col, fmt, s), out)
+        return out
+    return quant
+
+
+# ---------------------------------------------------------------------------------------------- layer
+@dataclass(frozen=True)
+class InputStats:
+    """A layer's input statistics over some calibration batches: ``h = Σ x xᵀ`` of its (quantized)
+    input columns, (G, Kg, Kg) float64, and ``cross = Σ x_f xᵀ`` with the float model's input
+    ``x_f`` (None: no float model, symmetric reconstruction)."""
+
+    h: torch.Tensor
+    cross: torch.Tensor | None = None
+
+    def __add__(self, other: InputStats) -> InputStats:
+        cross = None if self.cross is None or other.cross is None else self.cross + other.cross
+        return InputStats(self.h + other.h, cross)
+
+
+def target_weights(w: torch.Tensor, stats: InputStats, damp: float) -> torch.Tensor:
+    """The weights whose output on the quantized input best fits the target: ``w`` itself (symmetric),
+    or with ``stats.cross`` the least-squares ``W* = W + W (cross - H)(H + λI)⁻¹`` of the float
+    layer's output on the float input — up to a per-row constant the asymmetric error is
+    ``(w̃ - W*) H (w̃ - W*)ᵀ`` (AdaRound's asymmetric reconstruction, in closed form)."""
+    if stats.cross is None:
+        return w
+    h = stats.h
+    mean = h.diagonal(dim1=1, dim2=2).mean(dim=1).clamp(min=1e-12)[:, None, None]
+    hd = h + max(damp, 1e-8) * mean * torch.eye(h.shape[-1], dtype=h.dtype)
+    shift = torch.linalg.solve(hd, (stats.cross - h).transpose(1, 2)).transpose(1, 2)
+    return w + torch.bmm(w, shift)
+
+
+@torch.no_grad()
+def gptq_layer(layer: QConv2d | QLinear, stats: InputStats | tuple[InputStats, InputStats], cfg: GPTQConfig,
+               rows: str = "plan") -> dict[str, Any]:
+    """GPTQ of one quantized layer from its input statistics; writes ``scale · level`` into
+    ``layer.weight``. Returns the output error ``Σ Δ_r H Δ_rᵀ`` (around :func:`target_weights`) of
+    round-to-nearest and of GPTQ.
+
+    ``rows`` (layers with two row formats): ``plan`` keeps ``layer.row_scheme``, ``count``
+    re-chooses the same number of second-format rows, ``auto`` gives every row the format with
+    the smaller output error (the new scheme goes to ``layer.row_scheme``, the rows to
+    ``alt_rows``). Given ``stats`` as two halves of the calibration batches, the choice is made
+    out of sample: GPTQ fits each format on the first half and the errors are measured on the
+    second (choosing on the data that was fitted favours whichever format overfits it); the
+    weights are then fitted on both halves with the chosen rows.
+    """
+    if rows not in ROWS:
+        raise MixqError(f"gptq rows: {rows!r} is not one of {', '.join(ROWS)}")
+    fit, held = stats if isinstance(stats, tuple) else (stats, None)
+    every = fit + held if held is not None else fit
+    g = groups_of(layer)
+    w0 = grouped_weight(layer.weight.detach().double(), g)
+    n_rows = layer.weight.shape[0]
+    scales = layer.w_scales.double().reshape(len(layer.formats), g, n_rows // g)
+    scheme = layer.row_scheme.reshape(g, n_rows // g)
+
+    def run(w: torch.Tensor, h: torch.Tensor, sch: torch.Tensor) -> torch.Tensor:
+        return gptq_quantize(w, h, row_quantizer(layer.formats, sch, scales), damp=cfg.damp,
+                             act_order=cfg.act_order, block=cfg.block)
+
+    info: dict[str, Any] = {}
+    if rows != "plan" and len(layer.formats) == 2:
+        wf = target_weights(w0, fit, cfg.damp)
+        judge = held if held is not None else fit
+        wj = target_weights(w0, judge, cfg.damp) if held is not None else wf
+        qs = [run(wf, fit.h, torch.full_like(scheme, i)) for i in range(2)]
+        errs = torch.stack([row_errors(q - wj, judge.h).reshape(-1) for q in qs])
+        new = scheme_from_errors(errs, int((layer.row_scheme == 1).sum()) if rows == "count" else None)
+        scheme = new.reshape(scheme.shape)
+        layer.row_scheme = new.to(layer.row_scheme.dtype)
+        info["alt_rows"] = [int(i) for i in torch.nonzero(new == 1).flatten().tolist()]
+    w = target_weights(w0, every, cfg.damp)
+    nearest = grouped_weight(layer.quantized_weight().detach().double(), g)
+    q = run(w, every.h, scheme)
+    info["error_nearest"] = float(row_errors(nearest - w, every.h).sum())
+    info["error_gptq"] = float(row_errors(q - w, every.h).sum())
+    layer.weight.copy_(q.reshape(layer.weight.shape).to(layer.weight.dtype))
+    return info
+
+
+def _layer_bits(m: QConv2d | QLinear) -> int:
+    return max((f.storage_bits for f in m.formats), default=32)
+
+
+def input_stats(layer: QConv2d | QLinear, inputs: list[torch.Tensor],
+                float_inputs: list[torch.Tensor] | None = None) -> tuple[InputStats, InputStats]:
+    """:class:`InputStats` of ``layer`` over the even and over the odd input batches (after the
+    layer's input quantizer; ``float_inputs``: the float model's input of the same layer)."""
+    parts: list[list[torch.Tensor | None]] = [[None, None], [None, None]]
+    for b, xb in enumerate(inputs):
+        c = columns(layer, quantized_input(layer, xb)).double()
+        acc = parts[b % 2]
+        terms = [torch.bmm(c, c.transpose(1, 2))]
+        if float_inputs is not None:
+            terms.append(torch.bmm(columns(layer, float_inputs[b]).double(), c.transpose(1, 2)))
+        for i, t in enumerate(terms):
+            prev = acc[i]
+            acc[i] = t if prev is None else prev + t
+    halves = [InputStats(h, cross) for h, cross in parts if h is not None]
+    if not halves:
+        raise MixqError("gptq: no input batches")
+    return halves[0], halves[-1]  # a single batch: both halves are it
+
+
+def gptq(qmodel: nn.Module, calib: torch.Tensor, cfg: GPTQConfig | None = None, rows: str = "plan",
+         fmodel: nn.Module | None = None) -> dict[str, dict[str, Any]]:
+    """GPTQ every quantized layer of ``qmodel`` (in place) in forward order, each on the inputs the
+    already rounded layers before it produce; ``rows`` as in :func:`gptq_layer`. ``fmodel``: the
+    float model ``qmodel`` was converted from (BN folded, same layer names); with
+    ``cfg.asymmetric`` each layer then fits the float model's output. Activation quantizers must be
+    calibrated. Returns per layer the output errors of round-to-nearest and of
+    GPTQ (``alt_rows`` where rows were re-chosen)."""
+    cfg = cfg or GPTQConfig()
+    data = as_tensor(calib)
+    if data.shape[0] == 0:
+        raise MixqError("gptq: 0 calibration inputs given")
+    was = qmodel.training
+    qmodel.eval()
+    names = []
+    for name in layers_in_forward_order(qmodel, data):
+        layer = qmodel.get_submodule(name)
+        if not isinstance(layer, QConv2d | QLinear) or not layer.formats:
+            continue
+        if cfg.max_bits is not None and _layer_bits(layer) > cfg.max_bits:
+            continue
+        names.append(name)
+    report: dict[str, dict[str, Any]] = {}
+
+    models = [qmodel] if fmodel is None or not cfg.asymmetric else [qmodel, fmodel.eval()]
+
+    def visit(name: str, layers: list[nn.Module], inputs: list[list[torch.Tensor]]) -> None:
+        layer = layers[0]
+        assert isinstance(layer, QConv2d | QLinear)
+        halves = input_stats(layer, inputs[0], inputs[1] if len(inputs) > 1 else None)
+        report[name] = gptq_layer(layer, halves if cfg.holdout else halves[0] + halves[1], cfg, rows)
+
+    try:
+        visit_twins(models, list(batches(data[: cfg.images], cfg.batch_size)), names, visit)
+    finally:
+        qmodel.train(was)
+    return report
