@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -35,7 +37,7 @@ def _u8s8_saturates() -> bool:
     """onnxruntime's fused u8·s8 kernels on x86 with AVX2 but no VNNI sum pairs of products into int16
     (vpmaddubsw) and saturate; with VNNI (or on ARM) they are exact."""
     try:
-        flags = open("/proc/cpuinfo").read()
+        flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
     return " avx2" in flags and "vnni" not in flags
