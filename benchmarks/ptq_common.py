@@ -171,6 +171,7 @@ class BrevitasConfig:
     bias_correction: bool = False
     learned_round: bool = False  # AdaRound ("learned_round" layerwise)
     learned_round_iters: int = 1000
+    gptq: bool = False  # GPTQ (act order, quantized activations in the layer inputs)
     first_last_bits: int = 8
 
 
@@ -216,6 +217,8 @@ def run_brevitas(bench: Bench, config: str, cfg: BrevitasConfig, first_layer: Ca
                          cfg.learned_round_iters, learned_round_lr=1e-3, learned_round_batch_size=1,
                          learned_round_loss="regularised_mse", learned_round_lr_scheduler=None)
         apply_learned_round(qmodel, [(x, None) for x, _ in loader], args)
+    if cfg.gptq:
+        pc.apply_gptq(loader, qmodel, act_order=True, use_quant_activations=True)
     if cfg.bias_correction:
         pc.apply_bias_correction(loader, qmodel)
     seconds = time.perf_counter() - t
@@ -429,8 +432,9 @@ def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool],
     gq = gptq or GPTQConfig()
     gout: dict[str, Any] = {**out, "gptq": gq, "bias_correction": "none"}
     g_note = "output-aware weight scales; GPTQ rounding"
-    configs["w4a8_gptq"] = ("W4A8 fixed per-channel, GPTQ, output-aware scales", w4, "gptq", gout, g_note, None)
-    configs["w4a8_sp2_gptq"] = ("W4A8 all-SP2, GPTQ, output-aware scales", sp2, "gptq", gout, g_note, None)
+    configs["w4a8_gptq"] = ("W4A8 fixed per-channel, GPTQ", w4, "gptq", gout, g_note,
+                            rep(b4, gptq=True))
+    configs["w4a8_sp2_gptq"] = ("W4A8 all-SP2, GPTQ", sp2, "gptq", gout, g_note, None)
     configs["w4a8_msq50_gptq"] = ("W4A8 MSQ ρ=0.5, GPTQ, rows on the Hessian error", msq[0.5], "gptq",
                                   {**gout, "msq_rows": "output"},
                                   f"{g_note}; SP2 rows (half of each layer) chosen on the exact output error",

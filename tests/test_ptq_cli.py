@@ -100,6 +100,25 @@ def test_quantize_with_output_aware_weight_scales(app: typer.Typer, tmp_path: Pa
     assert res.exit_code != 0 and "weight_scales" in str(res.exception)
 
 
+def test_quantize_gptq_msq_rows_free(app: typer.Typer, tmp_path: Path) -> None:
+    out = tmp_path / "g"
+    res = CliRunner().invoke(app, ["quantize", "cnv", "--images", "16", "--msq", "0.5", "--recipe", "gptq",
+                                   "--msq-rows", "output_auto", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["recipe"]["name"] == "gptq" and s["recipe"]["msq_rows"] == "output_auto" and "gptq" in s["timings_s"]
+    plan = load_plan(out / "plan.json")
+    rows = {lay["name"]: lay["weight_shape"][0] for lay in s["layers"]}
+    mixed = 0
+    for name, rep in s["details"]["gptq"].items():
+        assert rep["error_gptq"] <= rep["error_nearest"] * (1 + 1e-6)
+        if "alt_rows" in rep:  # the rows GPTQ chose are the plan's, and ρ is their real fraction
+            mixed += 1
+            assert plan[name].alt_rows == tuple(rep["alt_rows"])
+            assert plan[name].alt_ratio == pytest.approx(len(rep["alt_rows"]) / rows[name])
+    assert mixed == 4  # every layer but the first and the last
+
+
 def test_bad_recipe_is_a_one_line_error(app: typer.Typer, tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["quantize", "cnv", "--random", "--images", "8", "--recipe", "nope",
                                    "--out", str(tmp_path / "x")])

@@ -22,6 +22,7 @@ from torch import nn
 
 from mixq import api, data, zoo
 from mixq.algorithms.msq import MSQConfig, msq_plan
+from mixq.algorithms.ptq import quantize_report
 from mixq.engine.verify import verify
 from mixq.errors import MixqError
 from mixq.formats import parse_format
@@ -120,12 +121,15 @@ def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None, progress: b
         ver = verify(qmodel, x[: cfg.verify_images])
         step("MSQ design, hardware estimates, report")
         msq = msq_plan(cfg.model, folded, calib[:64], MSQConfig(bits=cfg.msq_bits, ratio=cfg.msq_ratio))
-        q_msq = api.quantize(folded, msq, calib, fold=False)
+        # GPTQ rounding; each layer keeps its number of SP2 rows (the hardware's ρ), chosen on the output error
+        ptq = quantize_report(folded, msq, calib, "gptq", msq_rows="output")
+        msq, q_msq = ptq.plan, ptq.model
+        ver_msq = verify(q_msq, x[: cfg.verify_images])
         designs = [
             _design(f"{cfg.weight} weights, {cfg.act} activations (headline)", "plan.json", plan, qmodel,
                     x, y, specs, cfg.target_part),
             _design(f"MSQ W{cfg.msq_bits}: fixed{cfg.msq_bits}n + sp2_{cfg.msq_bits} rows at rho={cfg.msq_ratio}, "
-                    "first/last fixed8n, ufixed8 activations", "plan_msq.json", msq, q_msq, x, y, specs,
+                    "first/last fixed8n, ufixed8 activations, GPTQ", "plan_msq.json", msq, q_msq, x, y, specs,
                     cfg.target_part),
         ]
         search: dict[str, Any] | None = None
@@ -150,6 +154,7 @@ def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None, progress: b
             "layers": api.layer_formats(qmodel),
             "hardware": designs[0]["hardware"],
             "verify": {k: v for k, v in ver.items() if k != "layers"},
+            "verify_msq": {k: v for k, v in ver_msq.items() if k != "layers"},
             "designs": designs,
             "config": asdict(cfg),
         }

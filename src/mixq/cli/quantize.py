@@ -2,6 +2,7 @@
 
     mixq quantize mobilenet_v2 --plan plan.json --calib photos/ --recipe dfq --out runs/mnv2-dfq
     mixq quantize cnv --calib shipped --recipe adaround --msq 0.5
+    mixq quantize cnv --recipe gptq --msq 0.5 --msq-rows output_auto
 
 Writes ``quantized.pt`` (state dict, plan and recipe; atomically), ``plan.json`` (the plan as
 applied, MSQ rows filled in) and ``summary.json`` (recipe, timings, per-layer formats, sizes).
@@ -76,7 +77,7 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(..., help="zoo model name (see `mixq capture`)"),
         plan: Path | None = typer.Option(None, "--plan", help="QuantPlan JSON (default: W8A8 per channel)"),
         calib: str = typer.Option("shipped", "--calib", help="image folder, or 'shipped' (bundled Fashion-MNIST)"),
-        recipe: str = typer.Option("minmax", "--recipe", help="minmax, dfq, dfq_empirical, adaround, datafree"),
+        recipe: str = typer.Option("minmax", "--recipe", help="minmax, dfq, dfq_empirical, adaround, gptq, datafree"),
         out: Path | None = typer.Option(None, "--out", help="output folder (default runs/quantize-MODEL-RECIPE)"),
         images: int = typer.Option(256, "--images", help="calibration images to use"),
         msq: float | None = typer.Option(None, "--msq", help="no --plan: 4-bit MSQ plan with this SP2 ratio"),
@@ -87,6 +88,11 @@ def register(app: typer.Typer) -> None:
         act_ranges: str | None = typer.Option(None, "--act-ranges",
                                               help="observer (the plan's activation observer) or output (each "
                                                    "input range tuned on the layer's output error)"),
+        msq_rows: str | None = typer.Option(None, "--msq-rows",
+                                            help="MSQ plans: plan (rows as assigned), output (same count, "
+                                                 "re-chosen on the output error) or output_auto (each row "
+                                                 "takes the format with the smaller output error); needs "
+                                                 "output-aware scales (the gptq and adaround recipes' default)"),
     ) -> None:
         """Quantize MODEL with a plan and a PTQ recipe; write the checkpoint and a summary."""
         from mixq import api, zoo
@@ -107,7 +113,8 @@ def register(app: typer.Typer) -> None:
         else:
             qplan = api.default_plan(model, net, data[:8])
         t = time.perf_counter()
-        overrides = {k: v for k, v in (("weight_scales", weight_scales), ("act_ranges", act_ranges)) if v is not None}
+        overrides = {k: v for k, v in (("weight_scales", weight_scales), ("act_ranges", act_ranges),
+                                       ("msq_rows", msq_rows)) if v is not None}
         res = quantize_report(net, qplan, data, recipe, input_shape=shape, **overrides)
         seconds = time.perf_counter() - t
         folder = out or Path("runs") / f"quantize-{model}-{recipe}"
