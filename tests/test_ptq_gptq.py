@@ -18,6 +18,7 @@ from mixq.graph.convert import calibrate, to_quantized
 from mixq.nn import QConv2d, QLinear
 from mixq.plan import LayerPlan, QuantPlan
 from mixq.quant import snap
+from test_ptq_adaround import Net
 
 F4 = FixedPoint(4, narrow=True)
 SP2 = SumOfPowers(4)
@@ -134,19 +135,6 @@ def test_asymmetric_target_fits_the_float_output() -> None:
     w_ls = torch.linalg.lstsq(xq, target).solution.t()[None]
     torch.testing.assert_close(ws, w_ls, rtol=1e-6, atol=1e-9)
     assert err(ws) < 0.5 * err(w)  # ... and undoes much of what the earlier layers did to the input
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.c2 = nn.Conv2d(8, 8, 3, padding=1, groups=8)
-        self.c3 = nn.Conv2d(8, 16, 1)
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.c3(torch.relu(self.c2(torch.relu(self.c1(x))))))
-        return self.fc(x.mean(dim=(2, 3)))  # type: ignore[no-any-return]
 
 
 def _plan(alt: tuple[int, ...] | None = (0, 3, 5, 9)) -> QuantPlan:

@@ -104,6 +104,20 @@ def layers_in_forward_order(model: nn.Module, sample: torch.Tensor) -> list[str]
     return order
 
 
+def weight_layers(model: nn.Module, sample: torch.Tensor, max_bits: int | None = None) -> list[str]:
+    """The quantized layers with weight formats, in forward order; with ``max_bits`` those whose
+    formats are all wider are left out (what AdaRound and GPTQ round)."""
+    names = []
+    for name in layers_in_forward_order(model, sample):
+        m = model.get_submodule(name)
+        if not isinstance(m, QConv2d | QLinear) or not m.formats:
+            continue
+        if max_bits is not None and max(f.storage_bits for f in m.formats) > max_bits:
+            continue
+        names.append(name)
+    return names
+
+
 class _Stop(Exception):
     """Raised by a hook to end a forward pass early."""
 

@@ -34,9 +34,9 @@ from mixq.algorithms.ptq._common import (
     columns,
     grouped_weight,
     groups_of,
-    layers_in_forward_order,
     outputs_to_columns,
     quantized_input,
+    weight_layers,
 )
 from mixq.algorithms.ptq._stream import visit_layers
 from mixq.errors import MixqError
@@ -180,10 +180,6 @@ def optimize_rounding(lo: torch.Tensor, gap: torch.Tensor, rest: torch.Tensor, x
 
 
 # ---------------------------------------------------------------------------------------------- model
-def _layer_bits(m: QConv2d | QLinear) -> int:
-    return max((f.storage_bits for f in m.formats), default=32)
-
-
 def _picks(layer_index: int, batch_index: int, images: int, positions: int, per_image: int,
            seed: int) -> torch.Tensor:
     """The sampled column indices of one batch (image-major, as :func:`columns` orders them);
@@ -258,14 +254,7 @@ def adaround(qmodel: nn.Module, fmodel: nn.Module, calib: torch.Tensor,
     was = qmodel.training
     qmodel.eval()
     report: dict[str, dict[str, float]] = {}
-    names = []
-    for name in layers_in_forward_order(qmodel, data):
-        layer = qmodel.get_submodule(name)
-        if not isinstance(layer, QConv2d | QLinear) or not layer.formats:
-            continue
-        if cfg.max_bits is not None and _layer_bits(layer) > cfg.max_bits:
-            continue
-        names.append(name)
+    names = weight_layers(qmodel, data, cfg.max_bits)
     targets = collect_float_targets(fmodel, names, data, cfg)
     index = {n: i for i, n in enumerate(names)}
     images = data[: cfg.images]

@@ -36,8 +36,8 @@ from mixq.algorithms.ptq._common import (
     columns,
     grouped_weight,
     groups_of,
-    layers_in_forward_order,
     quantized_input,
+    weight_layers,
 )
 from mixq.algorithms.ptq._stream import visit_twins
 from mixq.errors import MixqError
@@ -319,9 +319,6 @@ def gptq_layer(layer: QConv2d | QLinear, stats: InputStats | tuple[InputStats, I
     return info
 
 
-def _layer_bits(m: QConv2d | QLinear) -> int:
-    return max((f.storage_bits for f in m.formats), default=32)
-
 
 def input_stats(layer: QConv2d | QLinear, inputs: list[torch.Tensor],
                 float_inputs: list[torch.Tensor] | None = None) -> tuple[InputStats, InputStats]:
@@ -357,14 +354,7 @@ def gptq(qmodel: nn.Module, calib: torch.Tensor, cfg: GPTQConfig | None = None, 
         raise MixqError("gptq: 0 calibration inputs given")
     was = qmodel.training
     qmodel.eval()
-    names = []
-    for name in layers_in_forward_order(qmodel, data):
-        layer = qmodel.get_submodule(name)
-        if not isinstance(layer, QConv2d | QLinear) or not layer.formats:
-            continue
-        if cfg.max_bits is not None and _layer_bits(layer) > cfg.max_bits:
-            continue
-        names.append(name)
+    names = weight_layers(qmodel, data, cfg.max_bits)
     report: dict[str, dict[str, Any]] = {}
 
     models = [qmodel] if fmodel is None or not cfg.asymmetric else [qmodel, fmodel.eval()]
