@@ -218,6 +218,8 @@ def run_brevitas(bench: Bench, config: str, cfg: BrevitasConfig, first_layer: Ca
                          learned_round_loss="regularised_mse", learned_round_lr_scheduler=None)
         apply_learned_round(qmodel, [(x, None) for x, _ in loader], args)
     if cfg.gptq:
+        with torch.no_grad():
+            qmodel(loader[0][0])  # initializes the weight quantizers (GPTQ refuses to start before)
         pc.apply_gptq(loader, qmodel, act_order=True, use_quant_activations=True)
     if cfg.bias_correction:
         pc.apply_bias_correction(loader, qmodel)
