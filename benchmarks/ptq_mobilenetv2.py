@@ -14,7 +14,7 @@ Data (nothing is downloaded):
 * labelled: top-1 on the 20 center-cropped foolbox images (FP32: 19/20).
 
 Configs: W8A8 per-tensor naive, + CLE, + CLE + bias correction (DFQ), W8A8 per-channel, W4A8
-fixed per-channel with round-to-nearest and with AdaRound, W4A8 all-SP2, W4A8 MSQ at ρ = 0.5 and
+fixed per-channel with round-to-nearest, with AdaRound and with GPTQ, W4A8 all-SP2, W4A8 MSQ at ρ = 0.5 and
 0.67, data-free W8A8; Brevitas on the closest equivalent of each (none for SP2/MSQ/data-free).
 First and last layer stay at 8-bit weights in the W4 configs (both tools).
 """
@@ -68,6 +68,10 @@ NOTES = [
     "16.38 dB. Without BC the activation-aware rule is worse (89.58% / 12.78 dB), so the + CLE row uses DFQ's rule "
     "with the streams (91.25% / 13.71 dB; 89.58% / 13.08 dB before the streams).",
     "- W4A8 MSQ ρ=auto: SP2 exactly on the rows where its error (MSE scales) is below fixed point's.",
+    "- GPTQ rows (recipe `gptq`, 128 of the calibration images): per row, out of sample, GPTQ at the output-aware "
+    "or the unclipped scale, on the layer's own weights or the ridge-regularized float-output target, or "
+    "round-to-nearest; the MSQ rows are chosen on the same held-out output error (ρ=0.5: the count per layer "
+    "kept; ρ=auto: free). Brevitas' GPTQ (act order, quantized activations) with its MSE scales.",
     "- Output-aware scales (`weight_scales='output'`): each row's clipping searched on E[(Δw·x)²] from the input's "
     "per-feature mean and variance on 64 calibration images, instead of the plan's weight observer; mixq only.",
     "- Output-aware activation ranges (`act_ranges='output'`): each input quantizer's clip ratio searched on the "
