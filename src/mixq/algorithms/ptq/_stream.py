@@ -122,23 +122,24 @@ def stream_twins(models: Sequence[nn.Module], data: Sequence[torch.Tensor], name
     return True
 
 
+def _single(visit: Visit) -> TwinVisit:
+    """A one-model visit as a twin visit over ``[model]``."""
+    def one(name: str, layers: list[nn.Module], inputs: list[list[torch.Tensor]]) -> None:
+        visit(name, layers[0], inputs[0])
+    return one
+
+
 def stream_layers(model: nn.Module, data: Sequence[torch.Tensor], names: Sequence[str], visit: Visit) -> bool:
     """Run ``model`` over the batches ``data`` node by node, calling ``visit`` before each layer in
     ``names`` runs (in graph order). Returns False (and runs nothing) when FX cannot trace the model
     or a named layer is not a single module call of the graph."""
-    def one(name: str, layers: list[nn.Module], inputs: list[list[torch.Tensor]]) -> None:
-        visit(name, layers[0], inputs[0])
-    return stream_twins([model], data, names, one)
+    return stream_twins([model], data, names, _single(visit))
 
 
 def visit_layers(model: nn.Module, data: Sequence[torch.Tensor], names: Sequence[str], visit: Visit) -> None:
     """:func:`stream_layers`, or for a model FX cannot trace one early-stopped forward per layer
     (``visit`` then gets the same input batches, computed with the layers before already visited)."""
-    if stream_layers(model, data, names, visit):
-        return
-    for name in names:
-        layer = model.get_submodule(name)
-        visit(name, layer, [inputs_at(model, layer, xb) for xb in data])
+    visit_twins([model], data, names, _single(visit))
 
 
 def visit_twins(models: Sequence[nn.Module], data: Sequence[torch.Tensor], names: Sequence[str],

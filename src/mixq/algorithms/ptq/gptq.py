@@ -16,8 +16,8 @@ approximation of :mod:`~mixq.algorithms.ptq.scales` cannot give (it drops the co
 between neighbouring pixels and channels).
 
 Layers run in forward order on the partly quantized model (each ``H`` from inputs that the
-earlier, already rounded, layers produce); the weights are written back as ``scale · level``, so
-the layer's fake quantizer reproduces the chosen levels (scales are not changed).
+earlier, already rounded, layers produce); the weights are written back as ``scale · level`` with
+each row's chosen scale stored in the layer, so its fake quantizer reproduces the chosen levels.
 """
 
 from __future__ import annotations
@@ -99,15 +99,18 @@ def row_errors(delta: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return (torch.bmm(delta, h) * delta).sum(dim=2)
 
 
+def _damped(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """``H + λI`` per group, ``λ = damp · mean(diag H)``."""
+    mean = h.diagonal(dim1=1, dim2=2).mean(dim=1).clamp(min=1e-12)[:, None, None]
+    return h + max(damp, 1e-8) * mean * torch.eye(h.shape[-1], dtype=h.dtype)
+
+
 def _inverse_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
     """Upper Cholesky factor of ``(H + λI)⁻¹`` per group, ``λ = damp · mean(diag H)`` (raised until
     the factorization succeeds)."""
-    k = h.shape[-1]
-    eye = torch.eye(k, dtype=h.dtype)
-    mean = h.diagonal(dim1=1, dim2=2).mean(dim=1).clamp(min=1e-12)[:, None, None]
     d = max(damp, 1e-8)
     for _ in range(12):
-        chol, info = torch.linalg.cholesky_ex(h + d * mean * eye)
+        chol, info = torch.linalg.cholesky_ex(_damped(h, d))
         if int(info.max()) == 0:
             inv = torch.cholesky_inverse(chol)
             u, info = torch.linalg.cholesky_ex(inv, upper=True)
@@ -213,8 +216,7 @@ def target_weights(w: torch.Tensor, stats: InputStats, damp: float) -> torch.Ten
     if stats.cross is None:
         return w
     h = stats.h
-    mean = h.diagonal(dim1=1, dim2=2).mean(dim=1).clamp(min=1e-12)[:, None, None]
-    hd = h + max(damp, 1e-8) * mean * torch.eye(h.shape[-1], dtype=h.dtype)
+    hd = _damped(h, damp)
     rhs = torch.bmm(w, stats.cross - h).transpose(1, 2)  # (G, K, O): W (cross - H), transposed
     chol, info = torch.linalg.cholesky_ex(hd)
     # a general solve where the damped Hessian is not positive definite in float64
@@ -269,15 +271,13 @@ def gptq_layer(layer: QConv2d | QLinear, stats: InputStats | tuple[InputStats, I
         quant = row_quantizer((layer.formats[k],), torch.zeros_like(scheme), sc[None])
         return gptq_quantize(w, factors[id(h)], quant, block=cfg.block)
 
-    def rtn(k: int) -> torch.Tensor:
-        return snap(w0, layer.formats[k], cand[k][0][..., None])
-
     formats = range(n_fmt) if rows != "plan" and n_fmt == 2 else sorted({int(i) for i in scheme.unique()})
+    rtn = {k: snap(w0, layer.formats[k], cand[k][0][..., None]) for k in formats}  # round-to-nearest
     best_err = torch.full((n_fmt, g, n_rows // g), float("inf"), dtype=torch.float64)
     best_c = torch.zeros((n_fmt, g, n_rows // g), dtype=torch.long)  # 0..len(cand)-1: GPTQ, -1: nearest
     fitted: dict[tuple[int, int], torch.Tensor] = {}
     for k in formats:
-        options = [(-1, rtn(k))] + [(c, run(targets[int(t)][1], fit.h, k, cand[k][sc]))
+        options = [(-1, rtn[k])] + [(c, run(targets[int(t)][1], fit.h, k, cand[k][sc]))
                                     for c, (t, sc) in enumerate(plans)]
         for c, q in options:
             if c >= 0:
@@ -302,7 +302,7 @@ def gptq_layer(layer: QConv2d | QLinear, stats: InputStats | tuple[InputStats, I
             if not bool(rows_kc.any()):
                 continue
             if c < 0:
-                got = rtn(k)
+                got = rtn[k]
             else:
                 t, sc = plans[c]
                 got = run(w_every if t else w0, every.h, k, cand[k][sc]) if held is not None else fitted[(k, c)]
@@ -312,12 +312,11 @@ def gptq_layer(layer: QConv2d | QLinear, stats: InputStats | tuple[InputStats, I
     info["error_nearest"] = float(row_errors(nearest - w_every, every.h).sum())
     info["error_gptq"] = float(row_errors(q - w_every, every.h).sum())
     info["rows_nearest"] = int(sum(int(((scheme == k) & (best_c[k] < 0)).sum()) for k in formats))
-    info["rows_float_target"] = int(sum(int(((scheme == k) & (best_c[k] >= 0)
-                                             & torch.tensor([p[0] for p in plans] + [False])[best_c[k]]).sum())
-                                        for k in formats))
+    # per candidate index: does it fit the float target? (index -1, round-to-nearest, reads the last: no)
+    float_target = torch.tensor([t for t, _ in plans] + [False])
+    info["rows_float_target"] = int(sum(int(((scheme == k) & float_target[best_c[k]]).sum()) for k in formats))
     layer.weight.copy_(q.reshape(layer.weight.shape).to(layer.weight.dtype))
     return info
-
 
 
 def input_stats(layer: QConv2d | QLinear, inputs: list[torch.Tensor],
