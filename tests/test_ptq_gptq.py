@@ -74,6 +74,25 @@ def test_dead_inputs_get_zero_weight_and_blocks_do_not_matter() -> None:
         torch.testing.assert_close(gptq_quantize(w, h, quant, block=block), q, rtol=0, atol=1e-12)
 
 
+def test_rows_never_interact_so_stacked_rows_match_separate_runs() -> None:
+    # gptq_layer fits every candidate (targets, scales, formats) in one stacked call: each row of the
+    # stack must come out exactly as it would alone, whatever its format and scale
+    g = torch.Generator().manual_seed(4)
+    w = (torch.randn(1, 6, 30, generator=g) * 0.1).double()
+    x = _correlated(800, 30, 5)
+    h = (x.t() @ x)[None]
+    scheme = torch.tensor([[0, 1, 0, 1, 1, 0]])
+    scales = torch.stack([w.abs().amax(dim=2) / 7, w.abs().amax(dim=2) * 0.8])
+    stacked = gptq_quantize(w, h, row_quantizer((F4, SP2), scheme, scales), block=8)
+    for r in range(6):
+        k = int(scheme[0, r])
+        alone = gptq_quantize(w[:, r : r + 1], h, row_quantizer(((F4, SP2)[k],), torch.zeros(1, 1, dtype=torch.long),
+                                                                 scales[k, :, r : r + 1][None]), block=8)
+        torch.testing.assert_close(stacked[:, r : r + 1], alone, rtol=0, atol=1e-12)
+    assert not torch.equal(stacked[0, 1], gptq_quantize(w, h, row_quantizer((F4,), torch.zeros_like(scheme),
+                                                                            scales[:1]))[0, 1])
+
+
 def _linear(rows: int, k: int, plan: LayerPlan, seed: int) -> tuple[QLinear, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     lin = nn.Linear(k, rows, bias=False)

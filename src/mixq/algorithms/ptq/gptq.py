@@ -265,23 +265,25 @@ def gptq_layer(layer: QConv2d | QLinear, stats: InputStats | tuple[InputStats, I
 
     factors: dict[int, Factor] = {}
 
-    def run(w: torch.Tensor, h: torch.Tensor, k: int, sc: torch.Tensor) -> torch.Tensor:
+    def run(jobs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], h: torch.Tensor) -> list[torch.Tensor]:
+        """GPTQ on one Hessian of several (weights (G, O, K), row formats (G, O), row scales (G, O)) in
+        one stacked call: rows never interact, so stacking them only saves Python column loops."""
         if id(h) not in factors:  # one factorization per Hessian, shared by every candidate grid
             factors[id(h)] = factor(h, cfg.damp, cfg.act_order)
-        quant = row_quantizer((layer.formats[k],), torch.zeros_like(scheme), sc[None])
-        return gptq_quantize(w, factors[id(h)], quant, block=cfg.block)
+        w, fmt, sc = (torch.cat([j[i] for j in jobs], dim=1) for i in range(3))
+        quant = row_quantizer(layer.formats, fmt, sc[None].expand(n_fmt, *sc.shape))
+        q = gptq_quantize(w, factors[id(h)], quant, block=cfg.block)
+        return list(q.split([j[0].shape[1] for j in jobs], dim=1))
 
     formats = range(n_fmt) if rows != "plan" and n_fmt == 2 else sorted({int(i) for i in scheme.unique()})
     rtn = {k: snap(w0, layer.formats[k], cand[k][0][..., None]) for k in formats}  # round-to-nearest
     best_err = torch.full((n_fmt, g, n_rows // g), float("inf"), dtype=torch.float64)
     best_c = torch.zeros((n_fmt, g, n_rows // g), dtype=torch.long)  # 0..len(cand)-1: GPTQ, -1: nearest
-    fitted: dict[tuple[int, int], torch.Tensor] = {}
+    keys = [(k, c) for k in formats for c in range(len(plans))]  # every format's every candidate, fitted at once
+    jobs = [(targets[int(plans[c][0])][1], torch.full_like(scheme, k), cand[k][plans[c][1]]) for k, c in keys]
+    fitted = dict(zip(keys, run(jobs, fit.h), strict=True))
     for k in formats:
-        options = [(-1, rtn[k])] + [(c, run(targets[int(t)][1], fit.h, k, cand[k][sc]))
-                                    for c, (t, sc) in enumerate(plans)]
-        for c, q in options:
-            if c >= 0:
-                fitted[(k, c)] = q
+        for c, q in [(-1, rtn[k])] + [(c, fitted[(k, c)]) for c in range(len(plans))]:
             e = row_errors(q - w_judge, judge.h)
             better = e < best_err[k]
             best_err[k] = torch.where(better, e, best_err[k])
@@ -293,28 +295,27 @@ def gptq_layer(layer: QConv2d | QLinear, stats: InputStats | tuple[InputStats, I
         scheme = new.reshape(scheme.shape)
         layer.row_scheme = new.to(layer.row_scheme.dtype)
         info["alt_rows"] = [int(i) for i in torch.nonzero(new == 1).flatten().tolist()]
-    q = torch.zeros_like(w0)
+    chosen = torch.gather(best_c, 0, scheme[None]).squeeze(0)  # each row's candidate in its format (-1: nearest)
     scales = layer.w_scales.clone().reshape(n_fmt, g, -1)
+    q, row_w, row_sc = torch.zeros_like(w0), w0.clone(), torch.ones_like(top)
+    for k, c in keys:
+        t, sc = plans[c]
+        rows_kc = (scheme == k) & (chosen == c)
+        scales[k] = torch.where(rows_kc, cand[k][sc].to(scales.dtype), scales[k])
+        row_sc = torch.where(rows_kc, cand[k][sc], row_sc)
+        row_w = torch.where(rows_kc[..., None], w_every, row_w) if t else row_w
+        q = torch.where(rows_kc[..., None], fitted[(k, c)], q)
+    if held is not None:  # the chosen candidates fitted again on every batch (one stacked call)
+        q = run([(row_w, scheme, row_sc)], every.h)[0]
     for k in formats:
-        mine = scheme == k
-        for c in range(-1, len(plans)):
-            rows_kc = mine & (best_c[k] == c)
-            if not bool(rows_kc.any()):
-                continue
-            if c < 0:
-                got = rtn[k]
-            else:
-                t, sc = plans[c]
-                got = run(w_every if t else w0, every.h, k, cand[k][sc]) if held is not None else fitted[(k, c)]
-                scales[k] = torch.where(rows_kc, cand[k][sc].to(scales.dtype), scales[k])
-            q = torch.where(rows_kc[..., None], got, q)
+        q = torch.where(((scheme == k) & (chosen < 0))[..., None], rtn[k], q)
     layer.w_scales = scales.reshape(layer.w_scales.shape)
     info["error_nearest"] = float(row_errors(nearest - w_every, every.h).sum())
     info["error_gptq"] = float(row_errors(q - w_every, every.h).sum())
-    info["rows_nearest"] = int(sum(int(((scheme == k) & (best_c[k] < 0)).sum()) for k in formats))
+    info["rows_nearest"] = int((chosen < 0).sum())
     # per candidate index: does it fit the float target? (index -1, round-to-nearest, reads the last: no)
     float_target = torch.tensor([t for t, _ in plans] + [False])
-    info["rows_float_target"] = int(sum(int(((scheme == k) & float_target[best_c[k]]).sum()) for k in formats))
+    info["rows_float_target"] = int(float_target[chosen].sum())
     layer.weight.copy_(q.reshape(layer.weight.shape).to(layer.weight.dtype))
     return info
 
