@@ -22,6 +22,15 @@ from mixq.nn import QConv2d, QLinear
 LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 
 
+def require_positive(config: object, prefix: str, fields: tuple[str, ...]) -> None:
+    """Raise :class:`MixqError` naming ``prefix.field`` for the first of ``fields`` of ``config`` that is
+    not positive (a frozen config's ``__post_init__`` check)."""
+    for f in fields:
+        v = getattr(config, f)
+        if not v > 0:
+            raise MixqError(f"{prefix}.{f}: must be positive, got {v!r}")
+
+
 def batches(x: torch.Tensor | Sequence[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
     """Consecutive batches of ``x`` (a tensor split along dim 0, or already a sequence of batches)."""
     if isinstance(x, torch.Tensor):

@@ -36,6 +36,7 @@ from mixq.algorithms.ptq._common import (
     groups_of,
     outputs_to_columns,
     quantized_input,
+    require_positive,
     weight_layers,
 )
 from mixq.algorithms.ptq._stream import visit_layers
@@ -67,9 +68,7 @@ class AdaRoundConfig:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
-        for f in ("iterations", "batch", "columns", "images", "batch_size"):
-            if int(getattr(self, f)) < 1:
-                raise MixqError(f"adaround.{f}: must be positive, got {getattr(self, f)!r}")
+        require_positive(self, "adaround", ("iterations", "batch", "columns", "images", "batch_size"))
         if not 0.0 <= self.warmup < 1.0:
             raise MixqError(f"adaround.warmup: must be in [0, 1), got {self.warmup!r}")
         if self.zeta <= 1.0 or self.gamma >= 0.0:

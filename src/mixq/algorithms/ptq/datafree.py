@@ -20,7 +20,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mixq.errors import MixqError, ModelError
+from mixq.algorithms.ptq._common import require_positive
+from mixq.errors import ModelError
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,7 @@ class DataFreeConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for f in ("images", "batch", "iterations"):
-            if int(getattr(self, f)) < 1:
-                raise MixqError(f"datafree.{f}: must be positive, got {getattr(self, f)!r}")
-        if self.lr <= 0:
-            raise MixqError(f"datafree.lr: must be positive, got {self.lr!r}")
+        require_positive(self, "datafree", ("images", "batch", "iterations", "lr"))
 
 
 def bn_targets(model: nn.Module) -> list[tuple[str, torch.Tensor, torch.Tensor]]:

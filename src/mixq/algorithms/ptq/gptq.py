@@ -37,6 +37,7 @@ from mixq.algorithms.ptq._common import (
     grouped_weight,
     groups_of,
     quantized_input,
+    require_positive,
     weight_layers,
 )
 from mixq.algorithms.ptq._stream import visit_twins
@@ -78,11 +79,7 @@ class GPTQConfig:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
-        for f in ("images", "block", "batch_size"):
-            if int(getattr(self, f)) < 1:
-                raise MixqError(f"gptq.{f}: must be positive, got {getattr(self, f)!r}")
-        if self.target_damp <= 0.0:
-            raise MixqError(f"gptq.target_damp: must be positive, got {self.target_damp!r}")
+        require_positive(self, "gptq", ("images", "block", "batch_size", "target_damp"))
         if not 0.0 <= self.damp < 1.0:
             raise MixqError(f"gptq.damp: must be in [0, 1), got {self.damp!r}")
         if not all(0.0 < r <= 1.0 for r in self.scale_ratios):

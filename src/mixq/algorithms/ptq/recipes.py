@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from mixq.algorithms.msq import assign_rows
-from mixq.algorithms.ptq._common import as_tensor, input_channel_ranges, run_hooked
+from mixq.algorithms.ptq._common import as_tensor, input_channel_ranges, require_positive, run_hooked
 from mixq.algorithms.ptq.act_ranges import output_aware_act_ranges
 from mixq.algorithms.ptq.adaround import AdaRoundConfig, adaround
 from mixq.algorithms.ptq.bias_correction import (
@@ -141,8 +141,7 @@ class Recipe:
             v = getattr(self, name)
             if not isinstance(v, str) and not 0.0 <= v <= 1.0:
                 raise MixqError(f"recipe.{name}: must be in [0, 1], got {v}")
-        if self.batch_size < 1 or self.cle_iterations < 1 or self.bias_passes < 1:
-            raise MixqError("recipe.batch_size / cle_iterations / bias_passes: must be positive")
+        require_positive(self, "recipe", ("batch_size", "cle_iterations", "bias_passes"))
         if self.version != RECIPE_VERSION:
             raise MixqError(f"recipe.version: {self.version} is not supported (this mixq reads {RECIPE_VERSION})")
 
