@@ -223,3 +223,24 @@ def test_gptq_settings_are_validated() -> None:
         get_recipe("gptq", adaround=get_recipe("adaround").adaround)
     with pytest.raises(MixqError, match="0 calibration"):
         gptq(to_quantized(Net(), _plan(None)), torch.zeros(0, 3, 12, 12))
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(8, 6, 1), nn.Conv2d(8, 8, 1, groups=4), nn.Conv2d(8, 6, 1, stride=2),
+                                  nn.Conv2d(8, 6, 3, padding=1), nn.Conv2d(8, 8, 3, groups=8)],
+                         ids=["pointwise", "grouped-pointwise", "strided-1x1", "3x3", "depthwise"])
+def test_columns_are_the_unfolded_input_with_the_pointwise_shortcut(conv: nn.Conv2d) -> None:
+    from mixq.algorithms.ptq._common import columns
+
+    x = torch.randn(3, 8, 5, 5, generator=torch.Generator().manual_seed(0))
+    cols = columns(conv, x)
+    unf = torch.nn.functional.unfold(x, conv.kernel_size, padding=conv.padding,  # type: ignore[arg-type]
+                                     stride=conv.stride)
+    b, k, l = unf.shape
+    g = conv.groups
+    assert torch.equal(cols, unf.reshape(b, g, k // g, l).permute(1, 2, 0, 3).reshape(g, k // g, b * l))
+    # each column times the grouped weight is the conv's output at that position
+    y = torch.bmm(conv.weight.detach().reshape(g, -1, k // g), cols)
+    assert conv.bias is not None
+    ref = (conv(x) - conv.bias.detach()[None, :, None, None]).detach()
+    torch.testing.assert_close(y.reshape(conv.out_channels, b, -1).permute(1, 0, 2).reshape(ref.shape), ref,
+                               rtol=1e-5, atol=1e-5)

@@ -184,8 +184,11 @@ def columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         pad = layer.padding
         if isinstance(pad, str):
             raise ModelError(f"Conv2d with padding={pad!r} is not supported; use explicit padding")
-        cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=pad,  # type: ignore[arg-type]
-                        stride=layer.stride)  # type: ignore[arg-type]
+        if layer.kernel_size == (1, 1) and layer.stride == (1, 1) and pad == (0, 0):
+            cols = x.reshape(x.shape[0], x.shape[1], -1)  # a pointwise conv's columns are its pixels
+        else:
+            cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=pad,  # type: ignore[arg-type]
+                            stride=layer.stride)  # type: ignore[arg-type]
         g = layer.groups
         b, k, l = cols.shape
         return cols.reshape(b, g, k // g, l).permute(1, 2, 0, 3).reshape(g, k // g, b * l)
