@@ -48,10 +48,34 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+EVAL_THREADS = 1  # intra-op threads while evaluating (``--eval-threads``); quantization keeps one
+
+
 @torch.no_grad()
 def logits(model: nn.Module, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(x[i : i + batch_size]).float() for i in range(0, x.shape[0], batch_size)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, EVAL_THREADS))
+    try:
+        return torch.cat([model(x[i : i + batch_size]).float() for i in range(0, x.shape[0], batch_size)])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def paired_difference(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Difference in percentage points of two paired hit rates (``a``, ``b``: per-input booleans on the
+    same inputs) and the half width of its 95% confidence interval (normal approximation of the
+    paired difference: only the inputs where exactly one of them hits carry information).
+
+    >>> d, hw = paired_difference(torch.tensor([True] * 98 + [False] * 2), torch.tensor([True] * 100))
+    >>> round(d, 2), round(hw, 2)
+    (-2.0, 2.74)
+    """
+    x = a.double() - b.double()
+    n = x.numel()
+    mean = float(x.mean())
+    var = max(float((x * x).mean()) - mean * mean, 0.0) / max(n, 1)
+    return 100.0 * mean, 100.0 * 1.96 * var ** 0.5
 
 
 def fidelity(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
@@ -72,28 +96,48 @@ class Bench:
     x_test: torch.Tensor | None = None  # optional full labelled test set
     y_test: torch.Tensor | None = None
     eval_batch: int = 16
+    x_more: torch.Tensor | None = None  # optional second, larger fidelity set (CNV: held-out training images)
     ref_eval: torch.Tensor = field(init=False)
     ref_lab: torch.Tensor = field(init=False)
+    ref_more: torch.Tensor | None = field(init=False, default=None)
+    hits: dict[tuple[str, str], torch.Tensor] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ref_eval = logits(self.model, self.x_eval, self.eval_batch)
         self.ref_lab = self.ref_eval if self.x_lab is self.x_eval else logits(self.model, self.x_lab, self.eval_batch)
+        if self.x_more is not None:
+            self.ref_more = logits(self.model, self.x_more, self.eval_batch)
 
     def measure(self, config: str, tool: str, qmodel: nn.Module, seconds: float, notes: str = "",
                 extra: dict[str, Any] | None = None) -> Row:
         out = logits(qmodel, self.x_eval, self.eval_batch)
         agree, sq = fidelity(self.ref_eval, out)
+        extra = dict(extra or {})
+        hits = out.argmax(1) == self.ref_eval.argmax(1)
+        if self.x_more is not None and self.ref_more is not None:
+            more = logits(qmodel, self.x_more, self.eval_batch)
+            a_more, sq_more = fidelity(self.ref_more, more)
+            extra["agreement_more"], extra["sqnr_more"] = round(a_more, 2), round(sq_more, 2)
+            hits = torch.cat([hits, more.argmax(1) == self.ref_more.argmax(1)])
+        self.hits[(config, tool)] = hits
         lab = out if self.x_lab is self.x_eval else logits(qmodel, self.x_lab, self.eval_batch)
         top1 = 100.0 * float((lab.argmax(1) == self.y_lab).float().mean())
         acc = None
         if self.x_test is not None and self.y_test is not None:
             acc = 100.0 * float((logits(qmodel, self.x_test, 500).argmax(1) == self.y_test).float().mean())
         row = Row(config, tool, round(seconds, 2), round(agree, 2), round(sq, 2), round(top1, 2),
-                  None if acc is None else round(acc, 2), notes, extra or {})
+                  None if acc is None else round(acc, 2), notes, extra)
         print(f"  {tool:9s} {config:38s} agree {row.agreement:6.2f}%  sqnr {row.sqnr_db:6.2f} dB  "
               f"top1 {row.labelled_top1:6.2f}%" + (f"  acc {row.accuracy:6.2f}%" if acc is not None else "")
               + f"  {row.seconds:8.1f} s", flush=True)
         return row
+
+    def versus(self, config: str, tool: str = "mixq", other: str = "brevitas") -> dict[str, Any]:
+        """``tool``'s top-1 agreement minus ``other``'s on ``config``, paired over every fidelity input
+        (both sets), with the half width of its 95% confidence interval, in points."""
+        a, b = self.hits[(config, tool)], self.hits[(config, other)]
+        d, hw = paired_difference(a, b)
+        return {"points": round(d, 3), "ci95": round(hw, 3), "inputs": int(a.numel())}
 
     def float_row(self) -> Row:
         top1 = 100.0 * float((self.ref_lab.argmax(1) == self.y_lab).float().mean())
@@ -101,7 +145,8 @@ class Bench:
         if self.x_test is not None and self.y_test is not None:
             acc = round(100.0 * float((logits(self.model, self.x_test, 500).argmax(1) == self.y_test)
                                       .float().mean()), 2)
-        return Row("FP32", "float", 0.0, 100.0, float("inf"), round(top1, 2), acc)
+        extra: dict[str, Any] = {"agreement_more": 100.0, "sqnr_more": float("inf")} if self.x_more is not None else {}
+        return Row("FP32", "float", 0.0, 100.0, float("inf"), round(top1, 2), acc, extra=extra)
 
 
 def make_plan(model_name: str, model: nn.Module, sample: torch.Tensor, weight: str, granularity: str, *,
@@ -228,22 +273,27 @@ def run_brevitas(bench: Bench, config: str, cfg: BrevitasConfig, first_layer: Ca
 
 
 # ---------------------------------------------------------------------------------------------- table
-def markdown_table(rows: list[Row], with_accuracy: bool = False, labelled: str = "top-1 labelled (%)") -> str:
-    head = f"| config | tool | top-1 agreement w/ FP32 (%) | logit SQNR (dB) | {labelled} |"
-    sep = "|---|---|---|---|---|"
-    if with_accuracy:
-        head += " test accuracy (%) |"
-        sep += "---|"
-    head += " PTQ wall time (s) | notes |"
-    sep += "---|---|"
-    lines = [head, sep]
+def markdown_table(rows: list[Row], labelled: str = "top-1 labelled (%)", more: str = "second set") -> str:
+    """The result table; with a second fidelity set (``extra["agreement_more"]``) its agreement and
+    SQNR get columns, and mixq rows measured beside Brevitas the paired difference (``vs_brevitas``)."""
+    has_more = any("agreement_more" in r.extra for r in rows)
+    has_vs = any("vs_brevitas" in r.extra for r in rows)
+    cols = ["config", "tool", "top-1 agreement w/ FP32 (%)", "logit SQNR (dB)", labelled]
+    cols += [f"agreement, {more} (%)", f"SQNR, {more} (dB)"] if has_more else []
+    cols += ["agreement − Brevitas, both sets (points, 95% CI)"] if has_vs else []
+    cols += ["PTQ wall time (s)", "notes"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         sq = "∞" if r.sqnr_db == float("inf") else f"{r.sqnr_db:.2f}"
-        line = f"| {r.config} | {r.tool} | {r.agreement:.2f} | {sq} | {r.labelled_top1:.2f} |"
-        if with_accuracy:
-            line += f" {'' if r.accuracy is None else f'{r.accuracy:.2f}'} |"
-        line += f" {r.seconds:.1f} | {r.notes} |"
-        lines.append(line)
+        cells = [r.config, r.tool, f"{r.agreement:.2f}", sq, f"{r.labelled_top1:.2f}"]
+        if has_more:
+            a, q = r.extra.get("agreement_more"), r.extra.get("sqnr_more")
+            cells += ["" if a is None else f"{a:.2f}", "" if q is None else ("∞" if q == float("inf") else f"{q:.2f}")]
+        if has_vs:
+            v = r.extra.get("vs_brevitas")
+            cells.append("" if v is None else f"{v['points']:+.2f} ± {v['ci95']:.2f}")
+        cells += [f"{r.seconds:.1f}", r.notes]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -263,8 +313,12 @@ def parse_cli(description: str, quick_help: str, results: Path) -> argparse.Name
     ap.add_argument("--only", default="", help="comma-separated config keys to run (default: all)")
     ap.add_argument("--no-brevitas", action="store_true")
     ap.add_argument("--out", type=Path, default=results)
+    ap.add_argument("--eval-threads", type=int, default=1,
+                    help="threads for the fidelity evaluation only (timed quantization stays on one)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    global EVAL_THREADS
+    EVAL_THREADS = max(1, args.eval_threads)
     torch.manual_seed(0)
     args.keys = [k for k in args.only.split(",") if k]
     args.brevitas = None if args.no_brevitas else brevitas_available()
@@ -285,6 +339,7 @@ class ResultWriter:
     intro: str
     labelled: str = "top-1 labelled (%)"
     notes: tuple[str, ...] = ()
+    more: str = "second set"  # column label of the second fidelity set, where the bench has one
 
     def __post_init__(self) -> None:
         suffix = "_quick" if self.quick else ""
@@ -311,7 +366,7 @@ class ResultWriter:
         md = [f"## {self.title} (`benchmarks/{self.name}.py`)", "",
               f"Command: `{command}`{merged_note}; torch {torch.__version__}, Brevitas {self.meta.get('brevitas')}, "
               f"one thread. {self.intro}", "",
-              markdown_table([Row(**d) for d in merged], labelled=self.labelled), "", *self.notes]
+              markdown_table([Row(**d) for d in merged], labelled=self.labelled, more=self.more), "", *self.notes]
         atomic_write_text(self.md_path, "\n".join(md))
         print(f"  [{len(rows)} rows written]", flush=True)
 
@@ -456,6 +511,7 @@ def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool],
         rows.append(run_mixq(bench, label, qplan, recipe, notes, **kw))
         if bcfg is not None and brevitas:
             rows.append(run_brevitas(bench, label, bcfg, first, last))
+            rows[-2].extra["vs_brevitas"] = bench.versus(label)
         if on_rows is not None:
             on_rows(rows)
     return rows
