@@ -22,12 +22,13 @@ from mixq.nn import QConv2d, QLinear
 LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 
 
-def require_positive(config: object, prefix: str, fields: tuple[str, ...]) -> None:
-    """Raise :class:`MixqError` naming ``prefix.field`` for the first of ``fields`` of ``config`` that is
-    not positive (a frozen config's ``__post_init__`` check)."""
-    for f in fields:
+def require_positive(config: object, prefix: str, counts: tuple[str, ...], reals: tuple[str, ...] = ()) -> None:
+    """Raise :class:`MixqError` naming ``prefix.field`` for the first field of ``config`` that is not
+    positive: ``counts`` must be at least 1 as integers, ``reals`` above 0 (a frozen config's
+    ``__post_init__`` check)."""
+    for f in counts + reals:
         v = getattr(config, f)
-        if not v > 0:
+        if (int(v) < 1) if f in counts else not v > 0:
             raise MixqError(f"{prefix}.{f}: must be positive, got {v!r}")
 
 

@@ -37,7 +37,7 @@ class DataFreeConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        require_positive(self, "datafree", ("images", "batch", "iterations", "lr"))
+        require_positive(self, "datafree", ("images", "batch", "iterations"), ("lr",))
 
 
 def bn_targets(model: nn.Module) -> list[tuple[str, torch.Tensor, torch.Tensor]]:

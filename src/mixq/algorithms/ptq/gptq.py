@@ -79,7 +79,7 @@ class GPTQConfig:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
-        require_positive(self, "gptq", ("images", "block", "batch_size", "target_damp"))
+        require_positive(self, "gptq", ("images", "block", "batch_size"), ("target_damp",))
         if not 0.0 <= self.damp < 1.0:
             raise MixqError(f"gptq.damp: must be in [0, 1), got {self.damp!r}")
         if not all(0.0 < r <= 1.0 for r in self.scale_ratios):
