@@ -186,7 +186,7 @@ def run_mixq(bench: Bench, config: str, plan: QuantPlan, recipe: str, notes: str
     if alt:
         sp2, total = sum(a for a, _ in alt), sum(t for _, t in alt)
         extra["alt_rows"] = [sp2, total]
-        notes = f"{notes}; SP2 on {sp2} of {total} rows ({100 * sp2 / max(total, 1):.1f}%)" if notes else notes
+        notes = "; ".join(n for n in (notes, f"SP2 on {sp2} of {total} rows ({100 * sp2 / max(total, 1):.1f}%)") if n)
     return bench.measure(config, "mixq", res.model, seconds, notes, extra)
 
 
@@ -377,6 +377,11 @@ class ResultWriter:
 BC2: dict[str, Any] = {"bias_correction": "empirical", "bias_passes": 2}
 BC2_NOTE = "empirical bias correction, 2 passes"
 BC1: dict[str, Any] = {"bias_correction": "empirical"}  # after AdaRound (not the recipe's default any more)
+# the minmax recipe's weight scales (``weight_scales="auto"``) and the plan's alone
+AUTO_NOTE = ("mixq: the plan's MSE scales, then output-aware scales below 8 bits (minmax recipe default); "
+             "Brevitas: MSE scales")
+AUTO_SHORT = "output-aware weight scales below 8 bits (minmax recipe default)"
+MSE_NOTE = "MSE weight scales only (weight_scales='plan')"
 # the AdaRound rows measured before the adaround recipe started from output-aware scales
 PLAN_SCALES: dict[str, Any] = {"weight_scales": "plan"}
 
@@ -416,9 +421,13 @@ def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool],
                             "activation-aware CLE + residual streams + analytic bias correction from BN statistics",
                             None),
         "w8a8_channel": ("W8A8 per-channel", w8c, "minmax", {}, "", rep(b8, per_channel=True)),
-        "w4a8_rtn": ("W4A8 fixed per-channel, nearest", w4, "minmax", {}, "MSE weight scales", b4),
-        "w4a8_rtn_bc": ("W4A8 fixed per-channel, nearest + BC", w4, "minmax", BC2, BC2_NOTE,
+        "w4a8_rtn": ("W4A8 fixed per-channel, nearest", w4, "minmax", {}, AUTO_NOTE, b4),
+        "w4a8_rtn_bc": ("W4A8 fixed per-channel, nearest + BC", w4, "minmax", BC2, f"{AUTO_NOTE}; {BC2_NOTE}",
                         rep(b4, bias_correction=True)),
+        # the same with the plan's MSE scales alone: the weight-only method both tools share
+        "w4a8_rtn_mse": ("W4A8 fixed per-channel, nearest, MSE scales", w4, "minmax", PLAN_SCALES, MSE_NOTE, None),
+        "w4a8_rtn_mse_bc": ("W4A8 fixed per-channel, nearest + BC, MSE scales", w4, "minmax", {**PLAN_SCALES, **BC2},
+                            f"{MSE_NOTE}; {BC2_NOTE}", None),
         "w4a8_adaround": ("W4A8 fixed per-channel, AdaRound", w4, "adaround",
                           {"adaround": ada, "bias_correction": "none", **PLAN_SCALES}, "",
                           rep(b4, learned_round=True, learned_round_iters=learned_round_iters)),
@@ -426,15 +435,16 @@ def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool],
                              {"adaround": ada, **BC1, **PLAN_SCALES}, "",
                              rep(b4, learned_round=True, learned_round_iters=learned_round_iters,
                                  bias_correction=True)),
-        "w4a8_sp2": ("W4A8 all-SP2", sp2, "minmax", {}, "", None),
-        "w4a8_sp2_bc": ("W4A8 all-SP2 + BC", sp2, "minmax", BC2, BC2_NOTE, None),
+        "w4a8_sp2": ("W4A8 all-SP2", sp2, "minmax", {}, AUTO_SHORT, None),
+        "w4a8_sp2_bc": ("W4A8 all-SP2 + BC", sp2, "minmax", BC2, f"{AUTO_SHORT}; {BC2_NOTE}", None),
         "w4a8_sp2_adaround_bc": ("W4A8 all-SP2, AdaRound + BC", sp2, "adaround",
                                  {"adaround": ada, **BC1, **PLAN_SCALES}, "",
                                  None),
     }
     for r, p in msq.items():
-        configs[f"w4a8_msq{round(r * 100)}"] = (f"W4A8 MSQ ρ={r}", p, "minmax", {}, "", None)
-        configs[f"w4a8_msq{round(r * 100)}_bc"] = (f"W4A8 MSQ ρ={r} + BC", p, "minmax", BC2, BC2_NOTE, None)
+        configs[f"w4a8_msq{round(r * 100)}"] = (f"W4A8 MSQ ρ={r}", p, "minmax", {}, AUTO_SHORT, None)
+        configs[f"w4a8_msq{round(r * 100)}_bc"] = (f"W4A8 MSQ ρ={r} + BC", p, "minmax", BC2,
+                                                   f"{AUTO_SHORT}; {BC2_NOTE}", None)
         configs[f"w4a8_msq{round(r * 100)}_adaround_bc"] = (f"W4A8 MSQ ρ={r}, AdaRound + BC", p, "adaround",
                                                             {"adaround": ada, **BC1, **PLAN_SCALES}, "", None)
     # output-aware per-row weight scales (mixq only: Brevitas has no equivalent)
@@ -480,11 +490,8 @@ def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool],
     # accuracy-first MSQ: SP2 exactly on the rows where its error is below fixed point's
     auto = assign_rows(model, plan("fixed4n", "channel", weight_observer="mse", first_last="fixed8n", alt="sp2_4"),
                        "auto")
-    sp2_rows = sum(len(lp.alt_rows or ()) for _, lp in auto.items())
-    all_rows = sum(model.get_submodule(n).weight.shape[0] for n, lp in auto.items() if lp.weight_alt is not None)
-    auto_note = f"SP2 on {sp2_rows} of {all_rows} rows ({100 * sp2_rows / max(all_rows, 1):.1f}%)"
-    configs["w4a8_msqauto"] = ("W4A8 MSQ ρ=auto", auto, "minmax", {}, auto_note, None)
-    configs["w4a8_msqauto_bc"] = ("W4A8 MSQ ρ=auto + BC", auto, "minmax", BC2, f"{auto_note}; {BC2_NOTE}", None)
+    configs["w4a8_msqauto"] = ("W4A8 MSQ ρ=auto", auto, "minmax", {}, AUTO_SHORT, None)
+    configs["w4a8_msqauto_bc"] = ("W4A8 MSQ ρ=auto + BC", auto, "minmax", BC2, f"{AUTO_SHORT}; {BC2_NOTE}", None)
     # GPTQ (exact output-error Hessian, any row grid); for MSQ it also picks each row's format on that error
     gq = gptq or GPTQConfig()
     gout: dict[str, Any] = {**out, "gptq": gq, "bias_correction": "none"}

@@ -89,7 +89,7 @@ def test_moments_match_unfolded_inputs_and_recipe_improves_the_model() -> None:
     torch.testing.assert_close(mom["c1"][0][0, 4::9].float(), feats, rtol=1e-4, atol=1e-5)
     with torch.no_grad():
         ref = net(x)
-    base = quantize_report(net, _plan("mse"), x, "minmax").model
+    base = quantize_report(net, _plan("mse"), x, "minmax", weight_scales="plan").model
     res = quantize_report(net, _plan("mse"), x, "minmax", weight_scales="output")
     assert set(res.details["weight_scales"]) == {"c1", "dw", "fc"}
     assert all(v["error_after"] <= v["error_before"] for v in res.details["weight_scales"].values())
@@ -97,6 +97,26 @@ def test_moments_match_unfolded_inputs_and_recipe_improves_the_model() -> None:
         assert float(sqnr_db(ref, res.model(x))) > float(sqnr_db(ref, base(x)))
     with pytest.raises(MixqError, match="weight_scales"):
         quantize_report(net, _plan("mse"), x, "minmax", weight_scales="hessian")
+
+
+def test_auto_scales_search_only_the_layers_below_8_bits() -> None:
+    """The minmax recipe's default (``weight_scales="auto"``): 4-bit layers get the output-aware
+    scales ``output`` would give them, 8-bit layers keep the plan's."""
+    torch.manual_seed(1)
+    net = Net().eval()
+    x = torch.randn(32, 3, 8, 8)
+    plan = _plan("mse")
+    plan = plan.with_layer("c1", plan["c1"].with_(weight=FixedPoint(8, narrow=True)))
+    auto = quantize_report(net, plan, x, "minmax")
+    assert auto.recipe.weight_scales == "auto" and set(auto.details["weight_scales"]) == {"dw", "fc"}
+    out = quantize_report(net, plan, x, "minmax", weight_scales="output").model
+    own = quantize_report(net, plan, x, "minmax", weight_scales="plan").model
+    for n in ("dw", "fc"):
+        torch.testing.assert_close(auto.model.get_submodule(n).w_scales, out.get_submodule(n).w_scales)
+        assert not torch.equal(auto.model.get_submodule(n).w_scales, own.get_submodule(n).w_scales)
+    torch.testing.assert_close(auto.model.c1.w_scales, own.c1.w_scales)
+    eight = QuantPlan(model="net", layers={n: lp.with_(weight=FixedPoint(8, narrow=True)) for n, lp in plan.items()})
+    assert quantize_report(net, eight, x, "minmax").details["weight_scales"] == {}
 
 
 def test_msq_rows_rechosen_on_the_output_error_keep_the_count_and_the_plan_in_step() -> None:
@@ -119,7 +139,7 @@ def test_msq_rows_rechosen_on_the_output_error_keep_the_count_and_the_plan_in_st
         assert rep["error_after"] <= rep["error_before"] and rep["alt_rows"] == list(rows)
     assert res.plan["c1"].alt_rows != plan["c1"].alt_rows or res.plan["fc"].alt_rows != plan["fc"].alt_rows
     with pytest.raises(MixqError, match="msq_rows"):
-        quantize_report(net, plan, x, "minmax", msq_rows="output")
+        quantize_report(net, plan, x, "minmax", weight_scales="plan", msq_rows="output")
 
 
 def test_msq_rows_output_auto_is_no_worse_than_either_format_alone() -> None:

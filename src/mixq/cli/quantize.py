@@ -83,8 +83,9 @@ def register(app: typer.Typer) -> None:
         msq: float | None = typer.Option(None, "--msq", help="no --plan: 4-bit MSQ plan with this SP2 ratio"),
         pretrained: bool = typer.Option(True, "--pretrained/--random", help="real weights or random init"),
         weight_scales: str | None = typer.Option(None, "--weight-scales",
-                                                 help="plan (the plan's weight observer) or output (per-row "
-                                                      "scales searched on the output error); default: the recipe's"),
+                                                 help="plan (the plan's weight observer), output (per-row "
+                                                      "scales searched on the output error) or auto (output below "
+                                                      "8-bit weights); default: the recipe's"),
         act_ranges: str | None = typer.Option(None, "--act-ranges",
                                               help="observer (the plan's activation observer) or output (each "
                                                    "input range tuned on the layer's output error)"),

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from mixq.algorithms.msq import scheme_from_errors
-from mixq.algorithms.ptq._common import columns, groups_of, is_quant_layer, layers_in_forward_order, run_hooked
+from mixq.algorithms.ptq._common import columns, groups_of, run_hooked, weight_layers
 from mixq.errors import DataError
 from mixq.formats import NumberFormat
 from mixq.quant import snap
@@ -92,9 +92,10 @@ def search_row_scales(w: torch.Tensor, fmt: NumberFormat, mean: torch.Tensor, va
 @torch.no_grad()
 def output_aware_weight_scales(qmodel: nn.Module, data: torch.Tensor, *, mean_term: bool = True,
                                images: int = 64, batch_size: int = 8, rows: bool = False,
-                               keep_count: bool = True) -> dict[str, dict[str, Any]]:
+                               keep_count: bool = True, max_bits: int | None = None) -> dict[str, dict[str, Any]]:
     """Replace the per-row weight scales of every quantized layer of ``qmodel`` (in place) by output-aware
-    ones; returns per layer the summed output error before and after.
+    ones; returns per layer the summed output error before and after. With ``max_bits`` the layers
+    whose weight formats are all wider keep the plan's scales.
 
     ``rows=True``: in layers with two row formats (MSQ) the same number of rows keeps the second
     format, but which rows is chosen again, by the smallest increase of the output error over the
@@ -105,10 +106,10 @@ def output_aware_weight_scales(qmodel: nn.Module, data: torch.Tensor, *, mean_te
     if data.shape[0] == 0:
         raise DataError("output-aware weight scales: 0 calibration inputs given")
     x = data[:images]
-    def searched(m: Any) -> bool:
-        return is_quant_layer(m) and bool(getattr(m, "formats", ())) and m.plan.weight_granularity == "channel"
-
-    names = [n for n in layers_in_forward_order(qmodel, x[:1]) if searched(qmodel.get_submodule(n))]
+    names = [n for n in weight_layers(qmodel, x[:1], max_bits)
+             if qmodel.get_submodule(n).plan.weight_granularity == "channel"]
+    if not names:
+        return {}
     moments = input_feature_moments(qmodel, names, x, batch_size)
     report: dict[str, dict[str, Any]] = {}
     for n in names:
