@@ -280,7 +280,7 @@ def markdown_table(rows: list[Row], labelled: str = "top-1 labelled (%)", more: 
     has_vs = any("vs_brevitas" in r.extra for r in rows)
     cols = ["config", "tool", "top-1 agreement w/ FP32 (%)", "logit SQNR (dB)", labelled]
     cols += [f"agreement, {more} (%)", f"SQNR, {more} (dB)"] if has_more else []
-    cols += ["agreement − Brevitas, both sets (points, 95% CI)"] if has_vs else []
+    cols += ["agreement − Brevitas, paired over every fidelity input (points, 95% CI)"] if has_vs else []
     cols += ["PTQ wall time (s)", "notes"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:

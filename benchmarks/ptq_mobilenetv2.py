@@ -73,7 +73,9 @@ NOTES = [
     "round-to-nearest; the MSQ rows are chosen on the same held-out output error (ρ=0.5: the count per layer "
     "kept; ρ=auto: free). Brevitas' GPTQ (act order, quantized activations) with its MSE scales.",
     "- Output-aware scales (`weight_scales='output'`): each row's clipping searched on E[(Δw·x)²] from the input's "
-    "per-feature mean and variance on 64 calibration images, instead of the plan's weight observer; mixq only.",
+    "per-feature mean and variance on 64 calibration images, instead of the plan's weight observer; mixq only. "
+    "The minmax recipe does this by default on layers narrower than 8 bits (`weight_scales='auto'`); the 'MSE "
+    "scales' rows switch it off.",
     "- Output-aware activation ranges (`act_ranges='output'`): each input quantizer's clip ratio searched on the "
     "layer's output error over 16 calibration inputs, in forward order; mixq only.",
     "- DFQ's finding that per-tensor W8A8 collapses MobileNetV2 does not reproduce with torchvision's weights: "

@@ -106,8 +106,8 @@ def output_aware_weight_scales(qmodel: nn.Module, data: torch.Tensor, *, mean_te
     if data.shape[0] == 0:
         raise DataError("output-aware weight scales: 0 calibration inputs given")
     x = data[:images]
-    names = [n for n in weight_layers(qmodel, x[:1], max_bits)
-             if qmodel.get_submodule(n).plan.weight_granularity == "channel"]
+    layers: dict[str, Any] = {n: qmodel.get_submodule(n) for n in weight_layers(qmodel, x[:1], max_bits)}
+    names = [n for n, m in layers.items() if m.plan.weight_granularity == "channel"]
     if not names:
         return {}
     moments = input_feature_moments(qmodel, names, x, batch_size)
