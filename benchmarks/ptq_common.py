@@ -381,6 +381,8 @@ BC1: dict[str, Any] = {"bias_correction": "empirical"}  # after AdaRound (not th
 AUTO_NOTE = ("mixq: the plan's MSE scales, then output-aware scales below 8 bits (minmax recipe default); "
              "Brevitas: MSE scales")
 AUTO_SHORT = "output-aware weight scales below 8 bits (minmax recipe default)"
+DFQ_NOTE = ("mixq: activation-aware CLE + residual streams + output-aware activation ranges + empirical bias "
+            "correction (dfq_empirical recipe); Brevitas: graph equalization + bias correction")
 MSE_NOTE = "MSE weight scales only (weight_scales='plan')"
 # the AdaRound rows measured before the adaround recipe started from output-aware scales
 PLAN_SCALES: dict[str, Any] = {"weight_scales": "plan"}
@@ -414,11 +416,11 @@ def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool],
                             "mixq: DFQ's CLE rule with exact ReLU6 (per-channel clip), residual streams equalized "
                             "(activation-aware CLE needs BC: 89.6% / 12.8 dB on MobileNetV2 without it); Brevitas: "
                             "ReLU6 -> ReLU, graph equalization", rep(b8, equalize=True)),
-        "w8a8_tensor_cle_bc": ("W8A8 per-tensor + CLE + bias corr.", w8t, "dfq_empirical", {},
-                               "activation-aware CLE + residual streams + empirical bias correction",
+        "w8a8_tensor_cle_bc": ("W8A8 per-tensor + CLE + bias corr.", w8t, "dfq_empirical", {}, DFQ_NOTE,
                                rep(b8, equalize=True, bias_correction=True)),
         "w8a8_tensor_dfq": ("W8A8 per-tensor + DFQ (data-free BC)", w8t, "dfq", {},
-                            "activation-aware CLE + residual streams + analytic bias correction from BN statistics",
+                            "activation-aware CLE + residual streams + output-aware activation ranges + analytic "
+                            "bias correction from BN statistics",
                             None),
         "w8a8_channel": ("W8A8 per-channel", w8c, "minmax", {}, "", rep(b8, per_channel=True)),
         "w4a8_rtn": ("W4A8 fixed per-channel, nearest", w4, "minmax", {}, AUTO_NOTE, b4),
@@ -479,8 +481,7 @@ def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool],
                                     acts_note, None)
     configs["w8a8_tensor_cle_bc_acts"] = ("W8A8 per-tensor + CLE + bias corr., output-aware activation ranges", w8t,
                                           "dfq_empirical", acts, acts_note, None)
-    configs["w8a8_channel_cle_bc"] = ("W8A8 per-channel + CLE + bias corr.", w8c, "dfq_empirical", {},
-                                      "activation-aware CLE + residual streams + empirical bias correction",
+    configs["w8a8_channel_cle_bc"] = ("W8A8 per-channel + CLE + bias corr.", w8c, "dfq_empirical", {}, DFQ_NOTE,
                                       rep(b8, per_channel=True, equalize=True, bias_correction=True))
     configs["w8a8_channel_cle_bc_acts"] = ("W8A8 per-channel + CLE + bias corr., output-aware activation ranges",
                                            w8c, "dfq_empirical", acts, acts_note, None)
