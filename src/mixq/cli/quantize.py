@@ -88,7 +88,8 @@ def register(app: typer.Typer) -> None:
                                                       "8-bit weights); default: the recipe's"),
         act_ranges: str | None = typer.Option(None, "--act-ranges",
                                               help="observer (the plan's activation observer) or output (each "
-                                                   "input range tuned on the layer's output error)"),
+                                                   "input range tuned on the layer's output error); default: the "
+                                                   "recipe's (output for dfq, dfq_empirical)"),
         msq_rows: str | None = typer.Option(None, "--msq-rows",
                                             help="MSQ plans: plan (rows as assigned), output (same count, "
                                                  "re-chosen on the output error) or output_auto (each row "
