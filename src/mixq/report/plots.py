@@ -35,7 +35,7 @@ def weight_histogram(name: str, weights: np.ndarray, levels: Sequence[np.ndarray
     ax.set_title(name, fontsize=9)
     ax.set_yticks([])
     ax.tick_params(labelsize=7)
-    if labels:
+    if ax.get_legend_handles_labels()[0]:  # no level drawn (all too dense): no legend to show
         ax.legend(fontsize=6, loc="upper right")
     return _png(fig)
 
