@@ -189,3 +189,21 @@ def test_output_aware_activation_ranges_lower_the_layer_output_error() -> None:
         assert float(sqnr_db(ref, res.model(x))) > float(sqnr_db(ref, base.model(x)))
     with pytest.raises(MixqError, match="act_ranges"):
         quantize_report(net, plan, x, "minmax", act_ranges="kl")
+
+
+@pytest.mark.parametrize("layer", [nn.Conv2d(8, 6, 1), nn.Conv2d(8, 8, 1, groups=4), nn.Conv2d(8, 6, 1, stride=2),
+                                   nn.Conv2d(8, 6, 3, padding=1), nn.Conv2d(8, 8, 3, groups=8, padding=1),
+                                   nn.Conv2d(8, 6, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+                                   nn.Linear(8, 5)],
+                         ids=["pointwise", "grouped-pointwise", "strided-1x1", "3x3", "depthwise", "odd", "linear"])
+def test_column_moments_equal_the_moments_of_the_columns(layer: nn.Module) -> None:
+    """The in-place tap sums equal the sums over the im2col columns (what the moments were built from)."""
+    from mixq.algorithms.ptq._common import column_moments, columns
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 8, 7, 6, generator=gen) if isinstance(layer, nn.Conv2d) else torch.randn(4, 3, 8, generator=gen)
+    cols = columns(layer, x).double()
+    s1, s2, k = column_moments(layer, x)
+    assert k == cols.shape[2] and s1.shape == cols.shape[:2] and s1.dtype == torch.float64
+    torch.testing.assert_close(s1, cols.sum(dim=2), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s2, (cols * cols).sum(dim=2), rtol=1e-12, atol=1e-12)

@@ -177,14 +177,20 @@ def ungrouped_weight(wg: torch.Tensor, shape: torch.Size | Sequence[int]) -> tor
     return wg.reshape(tuple(shape))
 
 
+def _zero_padding(layer: nn.Conv2d) -> tuple[int, int]:
+    """The conv's explicit zero padding (what :func:`columns` and :func:`column_moments` support)."""
+    if layer.padding_mode != "zeros":
+        raise ModelError(f"Conv2d with padding_mode={layer.padding_mode!r} is not supported")
+    pad = layer.padding
+    if isinstance(pad, str):
+        raise ModelError(f"Conv2d with padding={pad!r} is not supported; use explicit padding")
+    return pad[0], pad[1]
+
+
 def columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's input as columns ``(G, Kg, positions)``; positions run over batch and output pixels."""
     if isinstance(layer, nn.Conv2d):
-        if layer.padding_mode != "zeros":
-            raise ModelError(f"Conv2d with padding_mode={layer.padding_mode!r} is not supported")
-        pad = layer.padding
-        if isinstance(pad, str):
-            raise ModelError(f"Conv2d with padding={pad!r} is not supported; use explicit padding")
+        pad = _zero_padding(layer)
         if layer.kernel_size == (1, 1) and layer.stride == (1, 1) and pad == (0, 0):
             cols = x.reshape(x.shape[0], x.shape[1], -1)  # a pointwise conv's columns are its pixels
         else:
@@ -195,6 +201,30 @@ def columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return cols.reshape(b, g, k // g, l).permute(1, 2, 0, 3).reshape(g, k // g, b * l)
     x2 = x.reshape(-1, x.shape[-1])
     return x2.t().unsqueeze(0)
+
+
+def column_moments(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Sums of :func:`columns` and of their squares over the positions, ``(G, Kg)`` float64 each, and
+    the position count, without building the columns: each kernel tap of a conv sees a strided
+    window of the padded input, summed in place (the im2col copy is ``kh·kw`` times the input)."""
+    if not isinstance(layer, nn.Conv2d):
+        x2 = x.reshape(-1, x.shape[-1]).double()
+        return x2.sum(dim=0)[None], (x2 * x2).sum(dim=0)[None], int(x2.shape[0])
+    pad, (kh, kw), (sh, sw), (dh, dw) = _zero_padding(layer), layer.kernel_size, layer.stride, layer.dilation
+    xp = F.pad(x, (pad[1], pad[1], pad[0], pad[0])).double()
+    sq = xp * xp
+    oh = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    s1 = x.new_zeros(x.shape[1], kh, kw, dtype=torch.float64)
+    s2 = torch.zeros_like(s1)
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
+            cols_ = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
+            s1[:, i, j] = xp[:, :, rows, cols_].sum(dim=(0, 2, 3))
+            s2[:, i, j] = sq[:, :, rows, cols_].sum(dim=(0, 2, 3))
+    g = layer.groups
+    return s1.reshape(g, -1), s2.reshape(g, -1), int(x.shape[0]) * oh * ow
 
 
 def outputs_to_columns(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:

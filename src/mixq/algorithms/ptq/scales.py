@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from mixq.algorithms.msq import scheme_from_errors
-from mixq.algorithms.ptq._common import columns, groups_of, run_hooked, weight_layers
+from mixq.algorithms.ptq._common import column_moments, groups_of, run_hooked, weight_layers
 from mixq.errors import DataError
 from mixq.formats import NumberFormat
 from mixq.quant import snap
@@ -44,11 +44,11 @@ def input_feature_moments(qmodel: nn.Module, names: list[str], data: torch.Tenso
             iq = getattr(m, "input_quant", None)
             if iq is not None:
                 x = iq(x)
-            cols = columns(m, x).double()  # (G, Kg, positions)
+            s1, s2, k = column_moments(m, x)  # sums over the columns' positions, (G, Kg)
             a = acc.setdefault(name, [0.0, 0.0, 0])
-            a[0] = a[0] + cols.sum(dim=2)
-            a[1] = a[1] + (cols * cols).sum(dim=2)
-            a[2] += cols.shape[2]
+            a[0] = a[0] + s1
+            a[1] = a[1] + s2
+            a[2] += k
         return hook
 
     run_hooked(qmodel, {n: hook_for(n) for n in names}, data, batch_size)
