@@ -207,3 +207,34 @@ def test_column_moments_equal_the_moments_of_the_columns(layer: nn.Module) -> No
     assert k == cols.shape[2] and s1.shape == cols.shape[:2] and s1.dtype == torch.float64
     torch.testing.assert_close(s1, cols.sum(dim=2), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(s2, (cols * cols).sum(dim=2), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(4, 6, 3, padding="same"),
+                                  nn.Conv2d(4, 6, (3, 2), padding="same", dilation=2),
+                                  nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect", groups=2),
+                                  nn.Conv2d(4, 6, 3, padding=(1, 2), padding_mode="circular", stride=2)],
+                         ids=["same", "same-asymmetric", "reflect-grouped", "circular-strided"])
+def test_column_moments_follow_the_convs_own_padding(conv: nn.Conv2d) -> None:
+    """Paddings ``columns`` refuses: the moments are those of the input the conv really sees (padded
+    its way, then unfolded without padding), and the output-aware scales accept such layers."""
+    from mixq.algorithms.ptq._common import column_moments
+
+    x = torch.randn(2, 4, 7, 8, generator=torch.Generator().manual_seed(0))
+    pads = tuple(conv._reversed_padding_repeated_twice)
+    xp = torch.nn.functional.pad(x, pads, mode="constant" if conv.padding_mode == "zeros" else conv.padding_mode)
+    unf = torch.nn.functional.unfold(xp, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)
+    y = conv(x)
+    assert unf.shape[2] == y.shape[2] * y.shape[3]  # the unfolded positions are the conv's outputs
+    b, k, l = unf.shape
+    g = conv.groups
+    cols = unf.reshape(b, g, k // g, l).permute(1, 2, 0, 3).reshape(g, k // g, b * l).double()
+    s1, s2, n = column_moments(conv, x)
+    assert n == b * l
+    torch.testing.assert_close(s1, cols.sum(dim=2), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s2, (cols * cols).sum(dim=2), rtol=1e-12, atol=1e-12)
+    net = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+    net(x)
+    plan = QuantPlan(model="pad", layers={n: LayerPlan(weight=F4, weight_observer="mse", act=FixedPoint(8, signed=True))
+                                          for n in ("0", "3")})
+    res = quantize_report(net.eval(), plan, x, "minmax")
+    assert set(res.details["weight_scales"]) == {"0", "3"}

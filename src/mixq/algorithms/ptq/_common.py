@@ -187,6 +187,14 @@ def _zero_padding(layer: nn.Conv2d) -> tuple[int, int]:
     return pad[0], pad[1]
 
 
+def _padded(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``x`` padded as the conv pads it before its unpadded convolution."""
+    pads = tuple(int(p) for p in layer._reversed_padding_repeated_twice)
+    if layer.padding_mode == "zeros":
+        return F.pad(x, pads)
+    return F.pad(x, pads, mode=layer.padding_mode)
+
+
 def columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's input as columns ``(G, Kg, positions)``; positions run over batch and output pixels."""
     if isinstance(layer, nn.Conv2d):
@@ -206,12 +214,13 @@ def columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def column_moments(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Sums of :func:`columns` and of their squares over the positions, ``(G, Kg)`` float64 each, and
     the position count, without building the columns: each kernel tap of a conv sees a strided
-    window of the padded input, summed in place (the im2col copy is ``kh·kw`` times the input)."""
+    window of the padded input, summed in place (the im2col copy is ``kh·kw`` times the input). Any
+    padding a Conv2d takes (``"same"``, reflect, replicate, circular) is supported here."""
     if not isinstance(layer, nn.Conv2d):
         x2 = x.reshape(-1, x.shape[-1]).double()
         return x2.sum(dim=0)[None], (x2 * x2).sum(dim=0)[None], int(x2.shape[0])
-    pad, (kh, kw), (sh, sw), (dh, dw) = _zero_padding(layer), layer.kernel_size, layer.stride, layer.dilation
-    xp = F.pad(x, (pad[1], pad[1], pad[0], pad[0])).double()
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    xp = _padded(layer, x).double()
     sq = xp * xp
     oh = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
     ow = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
