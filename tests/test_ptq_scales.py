@@ -238,3 +238,13 @@ def test_column_moments_follow_the_convs_own_padding(conv: nn.Conv2d) -> None:
                                           for n in ("0", "3")})
     res = quantize_report(net.eval(), plan, x, "minmax")
     assert set(res.details["weight_scales"]) == {"0", "3"}
+
+
+def test_act_range_search_uses_the_convs_own_padding() -> None:
+    """The output error the activation ranges are tuned on is the conv's map, reflect padding included."""
+    from mixq.algorithms.ptq.act_ranges import _op
+
+    conv = nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    assert conv.bias is not None
+    torch.testing.assert_close(_op(conv, x), conv(x) - conv.bias.detach()[None, :, None, None])

@@ -24,9 +24,9 @@ from mixq.quant import fake_quant
 
 
 def _op(layer: Any, x: torch.Tensor) -> torch.Tensor:
-    """The layer's linear map with its float weights and no bias."""
+    """The layer's linear map with its float weights and no bias (a conv pads its own way)."""
     if isinstance(layer, nn.Conv2d):
-        return F.conv2d(x, layer.weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+        return layer._conv_forward(x, layer.weight, None)
     return F.linear(x, layer.weight)
 
 
