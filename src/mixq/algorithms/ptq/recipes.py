@@ -14,8 +14,8 @@ Named recipes (:data:`RECIPES`):
 * ``minmax``   fold, swap, [output-aware weight scales below 8 bits], calibrate. At 8-bit weights
   it is what :func:`mixq.api.quantize` does; layers with narrower weights get output-aware scales
   (``weight_scales="auto"``, :data:`AUTO_SCALES_MAX_BITS`): at W4A8 round-to-nearest the plan's
-  weight observer alone loses to it on both benchmark models (MobileNetV2 40.0% -> 74.6% top-1
-  agreement with FP32, CNV 98.69% -> 99.19%), and lost to Brevitas on CNV (MSE scales both).
+  weight observer alone loses to it on both benchmark models (MobileNetV2 40.4% -> 74.2% top-1
+  agreement with FP32, CNV 98.69% -> 99.12%), and lost to Brevitas on CNV (MSE scales both).
 * ``dfq``      + cross-layer equalization and analytic (data-free) bias correction (Nagel et
   al., 2019), with three measured extensions: CLE balances each pair's activation too
   (the side divided by ``s`` has the range ``r1^(1-w) · a^w`` of the first layer's rows ``r1``
@@ -26,7 +26,7 @@ Named recipes (:data:`RECIPES`):
   89.2% / 14.6 dB top-1 agreement / logit SQNR with DFQ's rule, 90.0% / 15.3 dB with the
   streams, 92.5% / 16.8 dB with both at ``w = 0.5``; and each input quantizer's range is tuned on
   the layer's output error (``act_ranges="output"``, :mod:`~mixq.algorithms.ptq.act_ranges`;
-  94.2% / 16.8 dB -> 95.4% / 19.1 dB with ``cle_act_weight="auto"``). DFQ's high-bias absorption is
+  logit SQNR 16.8 -> 19.0 dB with ``cle_act_weight="auto"``). DFQ's high-bias absorption is
   available (``absorb_bias=True``) but off: its "pre-activations stay above μ - 3σ" assumption
   fails often enough on the torchvision MobileNetV2 that it costs fidelity (93.3 % vs 95.0 %
   top-1 agreement with FP32 at W8A8 per-tensor, 120 inputs).
@@ -159,8 +159,8 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "minmax": Recipe(name="minmax", weight_scales="auto"),
     # the dfq recipes tune the activation ranges on the output error (act_ranges="output"): MobileNetV2 W8A8
-    # per-tensor CLE + BC 94.17% / 16.84 dB -> 95.42% / 19.05 dB, per-channel 92.92% / 17.69 dB -> 97.08% /
-    # 20.11 dB; CNV CLE + BC 99.71% / 36.56 dB -> 99.71% / 37.96 dB
+    # CLE + BC per-tensor 94.17% / 16.84 dB -> 94.17% / 19.03 dB, per-channel 92.92% / 17.69 dB -> 95.42% /
+    # 20.04 dB; CNV per-tensor 99.71% / 36.56 dB -> 99.71% / 38.14 dB
     "dfq": Recipe(name="dfq", cle=True, cle_act_weight="auto", stream_equalize=True, weight_scales="auto",
                   act_ranges="output", bias_correction="analytic"),
     "dfq_empirical": Recipe(name="dfq_empirical", cle=True, cle_act_weight="auto", stream_equalize=True,
