@@ -214,10 +214,11 @@ def test_column_moments_equal_the_moments_of_the_columns(layer: nn.Module) -> No
                                   nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect", groups=2),
                                   nn.Conv2d(4, 6, 3, padding=(1, 2), padding_mode="circular", stride=2)],
                          ids=["same", "same-asymmetric", "reflect-grouped", "circular-strided"])
-def test_column_moments_follow_the_convs_own_padding(conv: nn.Conv2d) -> None:
-    """Paddings ``columns`` refuses: the moments are those of the input the conv really sees (padded
-    its way, then unfolded without padding), and the output-aware scales accept such layers."""
-    from mixq.algorithms.ptq._common import column_moments
+def test_columns_and_moments_follow_the_convs_own_padding(conv: nn.Conv2d) -> None:
+    """Columns and their moments are those of the input the conv really sees (padded its way, then
+    unfolded without padding): times the weights they give the conv's output; the output-aware
+    scales accept such layers."""
+    from mixq.algorithms.ptq._common import column_moments, columns
 
     x = torch.randn(2, 4, 7, 8, generator=torch.Generator().manual_seed(0))
     pads = tuple(conv._reversed_padding_repeated_twice)
@@ -228,6 +229,11 @@ def test_column_moments_follow_the_convs_own_padding(conv: nn.Conv2d) -> None:
     b, k, l = unf.shape
     g = conv.groups
     cols = unf.reshape(b, g, k // g, l).permute(1, 2, 0, 3).reshape(g, k // g, b * l).double()
+    assert torch.equal(columns(conv, x).double(), cols)
+    out = torch.bmm(conv.weight.detach().reshape(g, -1, k // g), columns(conv, x))
+    assert conv.bias is not None
+    torch.testing.assert_close(out.reshape(conv.out_channels, b, -1).permute(1, 0, 2).reshape(y.shape),
+                               (y - conv.bias[None, :, None, None]).detach(), rtol=1e-5, atol=1e-5)
     s1, s2, n = column_moments(conv, x)
     assert n == b * l
     torch.testing.assert_close(s1, cols.sum(dim=2), rtol=1e-12, atol=1e-12)

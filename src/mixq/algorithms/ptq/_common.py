@@ -177,18 +177,9 @@ def ungrouped_weight(wg: torch.Tensor, shape: torch.Size | Sequence[int]) -> tor
     return wg.reshape(tuple(shape))
 
 
-def _zero_padding(layer: nn.Conv2d) -> tuple[int, int]:
-    """The conv's explicit zero padding (what :func:`columns` and :func:`column_moments` support)."""
-    if layer.padding_mode != "zeros":
-        raise ModelError(f"Conv2d with padding_mode={layer.padding_mode!r} is not supported")
-    pad = layer.padding
-    if isinstance(pad, str):
-        raise ModelError(f"Conv2d with padding={pad!r} is not supported; use explicit padding")
-    return pad[0], pad[1]
-
-
 def _padded(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``x`` padded as the conv pads it before its unpadded convolution."""
+    """``x`` padded as the conv pads it before its unpadded convolution (explicit or ``"same"``
+    padding, zeros, reflect, replicate or circular)."""
     pads = tuple(int(p) for p in layer._reversed_padding_repeated_twice)
     if layer.padding_mode == "zeros":
         return F.pad(x, pads)
@@ -196,13 +187,13 @@ def _padded(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 def columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's input as columns ``(G, Kg, positions)``; positions run over batch and output pixels."""
+    """The layer's input as columns ``(G, Kg, positions)``; positions run over batch and output pixels
+    (a conv's input padded its own way, :func:`_padded`)."""
     if isinstance(layer, nn.Conv2d):
-        pad = _zero_padding(layer)
-        if layer.kernel_size == (1, 1) and layer.stride == (1, 1) and pad == (0, 0):
+        if layer.kernel_size == (1, 1) and layer.stride == (1, 1) and not any(layer._reversed_padding_repeated_twice):
             cols = x.reshape(x.shape[0], x.shape[1], -1)  # a pointwise conv's columns are its pixels
         else:
-            cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=pad,  # type: ignore[arg-type]
+            cols = F.unfold(_padded(layer, x), layer.kernel_size, dilation=layer.dilation,  # type: ignore[arg-type]
                             stride=layer.stride)  # type: ignore[arg-type]
         g = layer.groups
         b, k, l = cols.shape
@@ -214,8 +205,7 @@ def columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def column_moments(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Sums of :func:`columns` and of their squares over the positions, ``(G, Kg)`` float64 each, and
     the position count, without building the columns: each kernel tap of a conv sees a strided
-    window of the padded input, summed in place (the im2col copy is ``kh·kw`` times the input). Any
-    padding a Conv2d takes (``"same"``, reflect, replicate, circular) is supported here."""
+    window of the padded input, summed in place (the im2col copy is ``kh·kw`` times the input)."""
     if not isinstance(layer, nn.Conv2d):
         x2 = x.reshape(-1, x.shape[-1]).double()
         return x2.sum(dim=0)[None], (x2 * x2).sum(dim=0)[None], int(x2.shape[0])
