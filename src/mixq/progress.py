@@ -1,0 +1,160 @@
+"""Progress reporting for long jobs: one API, three renderings.
+
+Library loops report through :func:`task` (a counted or open-ended unit of work) and
+:func:`log` (a one-off line); the command line picks how they are shown with
+:func:`configure`:
+
+* ``bar``: a ``rich`` progress bar on stderr (the default on a terminal);
+* ``log``: plain timestamped lines on stderr, at most one every ``interval`` seconds
+  per task plus the start and end of each task (the default when stderr is not a
+  terminal, e.g. a log file or CI);
+* ``json``: the same events as JSON lines on stderr (for scripts);
+* ``quiet``: nothing.
+
+Library code never prints progress any other way. Example::
+
+    >>> from mixq import progress
+    >>> progress.configure("quiet")
+    >>> with progress.task("calibrating", total=3) as t:
+    ...     for _ in range(3):
+    ...         t.advance()
+    >>> progress.mode()
+    'quiet'
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal, TextIO
+
+Mode = Literal["auto", "bar", "log", "json", "quiet"]
+MODES = ("auto", "bar", "log", "json", "quiet")
+
+_state: dict[str, Any] = {"mode": "auto", "interval": 10.0, "stream": None}
+
+
+def configure(mode: Mode = "auto", interval: float = 10.0, stream: TextIO | None = None) -> None:
+    """Choose the rendering for this process. ``auto`` is ``bar`` on a terminal, else ``log``."""
+    if mode not in MODES:
+        from mixq.errors import OptionError
+
+        raise OptionError(f"progress mode {mode!r} is not one of {', '.join(MODES)}")
+    _state.update(mode=mode, interval=float(interval), stream=stream)
+
+
+def _stream() -> TextIO:
+    return _state["stream"] or sys.stderr
+
+
+def mode() -> str:
+    """The effective rendering: ``bar``, ``log``, ``json`` or ``quiet``."""
+    m = _state["mode"]
+    if m == "auto":
+        s = _stream()
+        return "bar" if hasattr(s, "isatty") and s.isatty() else "log"
+    return str(m)
+
+
+def _emit(event: str, desc: str, **fields: Any) -> None:
+    m = mode()
+    s = _stream()
+    if m == "json":
+        s.write(json.dumps({"time": round(time.time(), 3), "event": event, "task": desc, **fields}) + "\n")
+    elif m in ("log", "bar"):
+        extra = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
+        s.write(f"{time.strftime('%H:%M:%S')} mixq: {desc}{' ' + event if event != 'log' else ''}"
+                f"{' ' + extra if extra else ''}\n")
+    else:
+        return
+    s.flush()
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def log(message: str, **fields: Any) -> None:
+    """One line (``log``/``bar``), one JSON event (``json``), or nothing (``quiet``)."""
+    _emit("log", message, **fields)
+
+
+class Task:
+    """A unit of work with an optional total; :meth:`advance` moves it on."""
+
+    def __init__(self, desc: str, total: int | None, done: int = 0) -> None:
+        self.desc, self.total, self.done = desc, total, done
+        self.info: dict[str, Any] = {}
+        self._t0 = time.monotonic()
+        self._last = self._t0
+        self._bar: Any = None
+        self._bar_task: Any = None
+
+    def _start(self) -> None:
+        m = mode()
+        if m == "bar":
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            cols: list[Any] = [TextColumn("{task.description}"), BarColumn()]
+            if self.total is not None:
+                cols += [MofNCompleteColumn(), TimeRemainingColumn()]
+            else:
+                cols += [TimeElapsedColumn()]
+            self._bar = Progress(*cols, console=Console(file=_stream()), transient=False)
+            self._bar.start()
+            self._bar_task = self._bar.add_task(self.desc, total=self.total, completed=self.done)
+        else:
+            _emit("start", self.desc, **({"total": self.total} if self.total is not None else {}))
+
+    def advance(self, n: int = 1, **info: Any) -> None:
+        """Count ``n`` more units done; ``info`` (loss, layer, ...) is shown with the next line."""
+        self.done += n
+        self.update(**info)
+
+    def update(self, **info: Any) -> None:
+        """Replace the shown ``info`` without counting work."""
+        self.info.update(info)
+        if self._bar is not None:
+            extra = " ".join(f"{k} {_fmt(v)}" for k, v in self.info.items())
+            self._bar.update(self._bar_task, completed=self.done, description=f"{self.desc} {extra}".strip())
+            return
+        now = time.monotonic()
+        if now - self._last >= _state["interval"]:
+            self._last = now
+            self._line("progress")
+
+    def _line(self, event: str) -> None:
+        fields: dict[str, Any] = {}
+        if self.total is not None:
+            fields["done"] = f"{self.done}/{self.total}"
+        fields.update(self.info)
+        fields["elapsed_s"] = round(time.monotonic() - self._t0, 1)
+        _emit(event, self.desc, **fields)
+
+    def _finish(self, ok: bool) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+            return
+        self._line("done" if ok else "stopped")
+
+
+@contextmanager
+def task(desc: str, total: int | None = None, done: int = 0) -> Iterator[Task]:
+    """Report a unit of work: start and end lines (or a bar), and a line every ``interval`` s in between."""
+    t = Task(desc, total, done)
+    if mode() == "quiet":
+        yield t
+        return
+    t._start()
+    ok = False
+    try:
+        yield t
+        ok = True
+    finally:
+        t._finish(ok)
