@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from mixq.cli import main
 
 
 def test_estimate_streaming_default_plan(tmp_path: Path) -> None:
-    out = tmp_path / "e.json"
-    assert main(["estimate", "cnv", "--part", "xc7z020", "--out", str(out),
-                 "--save-plan", str(tmp_path / "folded.json")]) == 0
-    d = json.loads(out.read_text())
-    folded = json.loads((tmp_path / "folded.json").read_text())
+    assert main(["estimate", "cnv", "--part", "xc7z020", "--out", str(tmp_path), "--save-plan"]) == 0
+    d = json.loads((tmp_path / "estimate.json").read_text())
+    folded = json.loads((tmp_path / "plan.json").read_text())
     first = next(ly for ly in d["layers"] if ly["macs"] > 0)
     assert folded["layers"][first["name"]]["mapping"]["pe"] == first["pe"]
     assert d["fits"] and d["fps"] > 0 and d["arch"] == "streaming"
@@ -32,28 +32,30 @@ def test_estimate_overlay_with_a_plan_file(tmp_path: Path) -> None:
     plan = uniform_plan("cnv", names, FixedPoint(4), FixedPoint(4, signed=False),
                         weight_alt=SumOfPowers(4), alt_ratio=0.5)
     save_plan(plan, tmp_path / "plan.json")
-    out = tmp_path / "o.json"
+    out = tmp_path / "o"
     assert main(["estimate", "cnv", "--plan", str(tmp_path / "plan.json"), "--arch", "overlay",
                  "--part", "xc7z045", "--out", str(out)]) == 0
-    d = json.loads(out.read_text())
+    d = json.loads((out / "estimate.json").read_text())
     assert {c["core"] for c in d["cores"]} == {"dsp", "sp2"}
 
 
-def test_estimate_that_does_not_fit_exits_2(tmp_path: Path, capsys: object) -> None:
-    out = tmp_path / "r.json"
+def test_estimate_that_does_not_fit_is_a_failed_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["estimate", "resnet18", "--part", "xc7z020", "--weight", "fixed8", "--act", "ufixed8",
-               "--out", str(out)])
-    assert rc == 2
-    d = json.loads(out.read_text())  # the JSON is written anyway, with the overflow
+               "--out", str(tmp_path)])
+    assert rc == 3
+    assert "does not fit" in capsys.readouterr().err
+    d = json.loads((tmp_path / "estimate.json").read_text())  # the JSON is written anyway, with the overflow
     assert not d["fits"] and any(o["resource"] == "bram" and o["excess"] > 0 for o in d["overflows"])
 
 
-def test_unknown_part_is_a_one_line_error(tmp_path: Path) -> None:
-    assert main(["estimate", "cnv", "--part", "xc0000", "--out", str(tmp_path / "x.json")]) == 2
+def test_unknown_part_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["estimate", "cnv", "--part", "xc0000", "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "xc0000" in err[0]
 
 
 def test_calibrate_refit_from_stored_records(tmp_path: Path) -> None:
-    rc = main(["calibrate-hw", "--refit", "--out-dir", str(tmp_path), "--golden", str(tmp_path / "g"),
+    rc = main(["calibrate-hw", "--refit", "--out", str(tmp_path), "--golden", str(tmp_path / "g"),
                "--table", str(tmp_path / "t.md")])
     assert rc == 0
     assert (tmp_path / "coefficients.json").exists() and (tmp_path / "t.md").exists()

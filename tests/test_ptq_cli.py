@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import typer
-from typer.testing import CliRunner
 
+from mixq.cli import main
 from mixq.cli import quantize as quantize_cli
 from mixq.errors import DataError
 from mixq.plan import load_plan
@@ -18,23 +17,10 @@ from mixq.plan import load_plan
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def app() -> typer.Typer:
-    a = typer.Typer()
-    quantize_cli.register(a)
-
-    @a.callback()
-    def _root() -> None:  # keep `quantize` a subcommand
-        pass
-
-    return a
-
-
-def test_quantize_shipped_calibration_writes_checkpoint_plan_summary(app: typer.Typer, tmp_path: Path) -> None:
+def test_quantize_shipped_calibration_writes_checkpoint_plan_summary(tmp_path: Path) -> None:
     out = tmp_path / "q"
-    res = CliRunner().invoke(app, ["quantize", "cnv", "--random", "--calib", "shipped", "--images", "32",
-                                   "--recipe", "dfq", "--out", str(out)])
-    assert res.exit_code == 0, res.output
+    assert main(["quantize", "cnv", "--random", "--calib", "shipped", "--images", "32",
+                                   "--recipe", "dfq", "--out", str(out)]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["recipe"]["name"] == "dfq" and s["calibration"] == {"source": "shipped", "images": 32}
     assert len(s["layers"]) == 6 and s["size_bytes_quant"] < s["size_bytes_fp32"]
@@ -44,18 +30,16 @@ def test_quantize_shipped_calibration_writes_checkpoint_plan_summary(app: typer.
     assert load_plan(out / "plan.json").model == "cnv"
 
 
-def test_quantize_with_plan_file_and_msq(app: typer.Typer, tmp_path: Path) -> None:
+def test_quantize_with_plan_file_and_msq(tmp_path: Path) -> None:
     out = tmp_path / "m"
-    res = CliRunner().invoke(app, ["quantize", "cnv", "--random", "--images", "16", "--msq", "0.5",
-                                   "--out", str(out)])
-    assert res.exit_code == 0, res.output
+    assert main(["quantize", "cnv", "--random", "--images", "16", "--msq", "0.5",
+                                   "--out", str(out)]) == 0
     plan = load_plan(out / "plan.json")
     assert plan["features.3"].alt_rows is not None and len(plan["features.3"].alt_rows) == 16
     assert plan["features.0"].weight_alt is None  # first/last layer policy: 8-bit fixed
     again = tmp_path / "again"
-    res = CliRunner().invoke(app, ["quantize", "cnv", "--random", "--images", "16", "--plan",
-                                   str(out / "plan.json"), "--out", str(again)])
-    assert res.exit_code == 0, res.output
+    assert main(["quantize", "cnv", "--random", "--images", "16", "--plan",
+                                   str(out / "plan.json"), "--out", str(again)]) == 0
     assert load_plan(again / "plan.json") == plan
 
 
@@ -85,26 +69,24 @@ def _empty(root: Path) -> Path:
     return d
 
 
-def test_quantize_with_output_aware_weight_scales(app: typer.Typer, tmp_path: Path) -> None:
+def test_quantize_with_output_aware_weight_scales(tmp_path: Path) -> None:
     out = tmp_path / "o"
-    res = CliRunner().invoke(app, ["quantize", "cnv", "--random", "--images", "16", "--weight-scales", "output",
-                                   "--act-ranges", "output", "--out", str(out)])
-    assert res.exit_code == 0, res.output
+    assert main(["quantize", "cnv", "--random", "--images", "16", "--weight-scales", "output",
+                                   "--act-ranges", "output", "--out", str(out)]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["recipe"]["weight_scales"] == "output" and "weight_scales" in s["timings_s"]
     assert s["recipe"]["act_ranges"] == "output" and len(s["details"]["act_ranges"]) == 6
     assert list(s["details"]["weight_scales"]) == ["features.0", "features.3", "features.7", "features.10",
                                                    "classifier.0", "classifier.3"]  # every layer, forward order
-    res = CliRunner().invoke(app, ["quantize", "cnv", "--random", "--images", "8", "--weight-scales", "hessian",
-                                   "--out", str(tmp_path / "x")])
-    assert res.exit_code != 0 and "weight_scales" in str(res.exception)
+    assert main(["quantize", "cnv", "--random", "--images", "8", "--weight-scales", "hessian",
+                 "--out", str(tmp_path / "x")]) == 2  # a usage error, before any work
+    assert not (tmp_path / "x").exists()
 
 
-def test_quantize_gptq_msq_rows_free(app: typer.Typer, tmp_path: Path) -> None:
+def test_quantize_gptq_msq_rows_free(tmp_path: Path) -> None:
     out = tmp_path / "g"
-    res = CliRunner().invoke(app, ["quantize", "cnv", "--images", "16", "--msq", "0.5", "--recipe", "gptq",
-                                   "--msq-rows", "output_auto", "--out", str(out)])
-    assert res.exit_code == 0, res.output
+    assert main(["quantize", "cnv", "--images", "16", "--msq", "0.5", "--recipe", "gptq",
+                                   "--msq-rows", "output_auto", "--out", str(out)]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["recipe"]["name"] == "gptq" and s["recipe"]["msq_rows"] == "output_auto" and "gptq" in s["timings_s"]
     plan = load_plan(out / "plan.json")
@@ -119,8 +101,14 @@ def test_quantize_gptq_msq_rows_free(app: typer.Typer, tmp_path: Path) -> None:
     assert mixed == 4  # every layer but the first and the last
 
 
-def test_bad_recipe_is_a_one_line_error(app: typer.Typer, tmp_path: Path) -> None:
-    res = CliRunner().invoke(app, ["quantize", "cnv", "--random", "--images", "8", "--recipe", "nope",
-                                   "--out", str(tmp_path / "x")])
-    assert res.exit_code != 0
-    assert "recipe" in str(res.exception)
+def test_bad_recipe_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["quantize", "cnv", "--random", "--images", "8", "--recipe", "nope",
+                 "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--recipe" in err[0]
+
+
+def test_msq_rows_on_a_plan_without_msq_rows_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["quantize", "cnv", "--random", "--images", "8", "--recipe", "gptq", "--msq-rows", "output",
+                 "--out", str(tmp_path / "x")]) == 1
+    assert "--msq-rows" in capsys.readouterr().err and not (tmp_path / "x").exists()

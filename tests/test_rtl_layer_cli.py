@@ -7,24 +7,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
-from mixq.cli.rtl import register
+from mixq.cli import main
 
 
 @pytest.mark.skipif(shutil.which("iverilog") is None, reason="iverilog not installed")
-def test_rtl_simulate_reports_zero_mismatches(tmp_path: Path) -> None:
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """test app"""
-
-    register(app)
-    r = CliRunner().invoke(app, ["rtl", "simulate", "--model", "cnv", "--layer", "features.0", "--pe", "2",
-                                 "--simd", "3", "--pixels", "2", "--out", str(tmp_path)])
-    assert r.exit_code == 0, r.output
-    res = json.loads(r.output.strip().splitlines()[-1])
+def test_rtl_simulate_reports_zero_mismatches(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rtl", "simulate", "--model", "cnv", "--layer", "features.0", "--pe", "2",
+                 "--simd", "3", "--pixels", "2", "--out", str(tmp_path)]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["ok"] and res["outputs"] == 2 * 32 and res["mismatches"] == 0
     assert (tmp_path / "layer_top.v").exists() and (tmp_path / "tb.v").exists()

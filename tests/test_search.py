@@ -261,6 +261,7 @@ def test_cli_search(tiny, tmp_path, monkeypatch) -> None:  # type: ignore[no-unt
 
     m, calib, x, y = tiny
     monkeypatch.setattr(tasks, "bundled_task", lambda *a, **k: (m, calib, AccuracyEval(x, y)))
+    monkeypatch.setattr(cli_search, "TASKS", ("tiny",))
     app = typer.Typer()
     cli_search.register(app)
     app.command("noop")(lambda: None)  # a second command keeps "search" a subcommand

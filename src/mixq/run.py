@@ -9,6 +9,7 @@ Each stage that has landed adds its part to the summary.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -62,20 +63,17 @@ class RunConfig:
 
 Step = Callable[[str], None]
 
+_STEPS = 9
+
 
 @contextmanager
-def _progress(enabled: bool) -> Iterator[Step]:
-    if not enabled:
-        yield lambda _msg: None
-        return
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+def _progress() -> Iterator[Step]:
+    """One progress task for the job (mixq.progress picks bar, log lines, JSON or nothing)."""
+    from mixq import progress
 
-    with Progress(TextColumn("[bold]mixq run[/]"), BarColumn(), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), transient=False) as prog:
-        task = prog.add_task("start", total=9)
-
+    with progress.task("mixq run", total=_STEPS) as t:
         def step(msg: str) -> None:
-            prog.update(task, advance=1, description=msg)
+            t.advance(stage=msg)
 
         yield step
 
@@ -97,14 +95,19 @@ def _load_eval_data(cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return data.normalize_gray(x), torch.as_tensor(y), data.normalize_gray(calib)
 
 
-def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run the main job; returns the summary (also written to ``out/summary.json``)."""
+def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None) -> dict[str, Any]:
+    """Run the main job; returns the summary (also written to ``out/summary.json``).
+
+    Progress goes through :mod:`mixq.progress`. Outputs are written at the end, the
+    search's files included, so an interrupted run leaves no partial result set behind.
+    """
     cfg = cfg or RunConfig()
     out = Path(out)
     t0 = time.perf_counter()
     weight_fmt, act_fmt = parse_format(cfg.weight), parse_format(cfg.act)  # fail fast on a bad format
     torch.manual_seed(cfg.seed)
-    with _progress(progress) as step:
+    shutil.rmtree(_staging(out), ignore_errors=True)  # left by an interrupted run
+    with _progress() as step:
         step("loading model and data")
         model = zoo.load(cfg.model, pretrained=True)
         x, y, calib = _load_eval_data(cfg)
@@ -163,6 +166,9 @@ def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None, progress: b
         summary["compression"] = round(summary["size_bytes_fp32"] / summary["size_bytes_quant"], 2)
         summary["wall_time_s"] = round(time.perf_counter() - t0, 2)
         out.mkdir(parents=True, exist_ok=True)
+        if _staging(out).is_dir():
+            shutil.rmtree(out / "search", ignore_errors=True)
+            _staging(out).rename(out / "search")
         save_plan(plan, out / "plan.json")
         save_plan(msq, out / "plan_msq.json")
         rep = _report(summary, folded, qmodel, plan)
@@ -173,6 +179,11 @@ def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None, progress: b
         rep.write(out / "report.html")
         atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def _staging(out: Path) -> Path:
+    """Where the search writes its files until the run's outputs are written together."""
+    return out / ".search.partial"
 
 
 def _search(cfg: RunConfig, folded: nn.Module, calib: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
@@ -190,7 +201,7 @@ def _search(cfg: RunConfig, folded: nn.Module, calib: torch.Tensor, x: torch.Ten
                         sensitivity=SensitivityConfig(images=16, hutchinson_samples=4),
                         points=cfg.search_points, baselines=((8, 8), (4, 4)), executor="serial")
     res = search_plan(cfg.model, folded, calib, eval_fn, cfg.target_part, max_drop=cfg.search_max_drop, cfg=scfg)
-    write_outputs(res, out / "search")
+    write_outputs(res, _staging(out))  # moved to out/search with the other outputs at the end
     rows = []
     for label, pt in [("searched", res.chosen), *res.baselines.items()]:
         q = api.quantize(folded, pt.plan, calib, fold=False)

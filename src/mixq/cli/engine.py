@@ -14,23 +14,29 @@ from typing import Any
 
 import typer
 
+from mixq.cli._common import DEFAULT_ACT, DEFAULT_WEIGHT, choice, count, emit, formats, out_dir, say, zoo_model
+
+EXPORT_FORMATS = {"int": ".json", "qonnx": ".onnx", "qdq": ".onnx"}
+
 
 def prepare(model: str, plan_path: Path | None, weight: str, act: str, size: int | None,
             images: int) -> tuple[Any, Any]:
     """(calibrated fake-quant model, evaluation inputs) for a zoo model."""
     import torch
 
-    from mixq import api, data, zoo
+    from mixq import api, data, progress, zoo
+    from mixq.cli._common import load_checked_plan
     from mixq.errors import MixqError, ModelError
-    from mixq.formats import parse_format
     from mixq.graph.bnfold import fold_bn
-    from mixq.plan import load_plan
+    from mixq.graph.capture import capture
 
+    zoo_model(model)
+    fmts = formats(weight=weight, act=act)
     torch.manual_seed(0)
     try:
         m = zoo.load(model, pretrained=True)
     except ModelError:
-        typer.secho(f"mixq: {model}: no real weights available, using a seeded random init", err=True)
+        progress.log(f"{model}: no real weights available, using a seeded random init")
         m = zoo.load(model)
     folded = fold_bn(m.eval())
     if model == "cnv":
@@ -49,8 +55,11 @@ def prepare(model: str, plan_path: Path | None, weight: str, act: str, size: int
         except MixqError:
             x = data.calibration_set(max(images, 1), size=s, seed=1)
     x = x[:images]
-    plan = load_plan(plan_path) if plan_path is not None else api.default_plan(
-        model, folded, calib[:64], weight=parse_format(weight), act=parse_format(act))
+    if plan_path is not None:
+        c, h, w = zoo.input_shape(model)
+        plan = load_checked_plan(plan_path, model, capture(folded, (c, size or h, size or w)))
+    else:
+        plan = api.default_plan(model, folded, calib[:64], weight=fmts["weight"], act=fmts["act"])
     return api.quantize(folded, plan, calib, fold=False), x
 
 
@@ -63,67 +72,81 @@ def _layer_rows(layers: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
+_PLAN = typer.Option(None, "--plan", help="quantization plan (JSON); default: --weight/--act")
+_WEIGHT = typer.Option(DEFAULT_WEIGHT, help="weight format of the default plan")
+_ACT = typer.Option(DEFAULT_ACT, help="activation format of the default plan")
+_SIZE = count(None, "input resolution of ImageNet models (default: the zoo's)", 8)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("verify")
     def verify_cmd(
         model: str = typer.Argument(..., help="zoo model name (cnv, resnet18, mobilenet_v2, ...)"),
-        plan: Path | None = typer.Option(None, "--plan", help="quantization plan (JSON); default: --weight/--act"),
-        weight: str = typer.Option("fixed8", help="weight format of the default plan"),
-        act: str = typer.Option("ufixed8", help="activation format of the default plan"),
-        images: int = typer.Option(256, help="inputs to compare on"),
-        size: int | None = typer.Option(None, help="input resolution of ImageNet models (default: the zoo's)"),
-        batch_size: int = typer.Option(32, help="inputs per engine batch"),
-        mult_bits: int = typer.Option(16, help="width of the dyadic requantization multipliers"),
-        acc_bits: int = typer.Option(32, help="accumulator width the hardware provides"),
-        overflow: str = typer.Option("error", help="accumulator overflow policy: error or saturate"),
-        json_out: Path | None = typer.Option(None, "--json", help="write the full report as JSON"),
+        plan: Path | None = _PLAN,
+        weight: str = _WEIGHT,
+        act: str = _ACT,
+        images: int = count(256, "inputs to compare on"),
+        size: int | None = _SIZE,
+        batch_size: int = count(32, "inputs per engine batch"),
+        mult_bits: int = count(16, "width of the dyadic requantization multipliers", 2),
+        acc_bits: int = count(32, "accumulator width the hardware provides", 2),
+        overflow: str = choice("error", "accumulator overflow policy", ("error", "saturate")),
+        out: Path | None = typer.Option(None, "--out", help="output folder for verify.json "
+                                                            "(default runs/verify-MODEL)"),
     ) -> None:
-        """Compare fake quant, hardware-faithful fake quant and the integer engine; exit 1 unless exact."""
+        """Compare fake quant, hardware-faithful fake quant and the integer engine; exit 3 unless exact."""
         from mixq.engine.verify import verify
+        from mixq.errors import CheckFailed
         from mixq.io import atomic_write_json
 
+        zoo_model(model)
+        folder = out_dir(out, "verify", model)
         qmodel, x = prepare(model, plan, weight, act, size, images)
         rep = verify(qmodel, x, batch_size=batch_size, mult_bits=mult_bits, acc_bits=acc_bits, overflow=overflow)
-        if json_out is not None:
-            atomic_write_json(json_out, rep)
-        for line in _layer_rows(rep["layers"]):
-            typer.echo(line)
-        typer.echo(f"integer engine vs hardware-faithful fake quant: {'EXACT' if rep['exact'] else 'MISMATCH'} "
-                   f"({rep['mismatching_outputs']} of {rep['total_outputs']} outputs differ, {rep['images']} inputs)")
-        typer.echo(f"vs ordinary fake quant: argmax agreement {100 * rep['argmax_agreement']:.2f}%, "
-                   f"max |difference| {rep['max_abs_diff_fakequant']:.4g} (outputs up to "
-                   f"{rep['max_abs_output_fakequant']:.4g})")
+        atomic_write_json(folder / "verify.json", rep)
+        lines = _layer_rows(rep["layers"]) + [
+            f"integer engine vs hardware-faithful fake quant: {'EXACT' if rep['exact'] else 'MISMATCH'} "
+            f"({rep['mismatching_outputs']} of {rep['total_outputs']} outputs differ, {rep['images']} inputs)",
+            f"vs ordinary fake quant: argmax agreement {100 * rep['argmax_agreement']:.2f}%, "
+            f"max |difference| {rep['max_abs_diff_fakequant']:.4g} (outputs up to "
+            f"{rep['max_abs_output_fakequant']:.4g})"]
         if rep["saturated"]:
-            typer.echo(f"saturated accumulators: {json.dumps(rep['saturated'])}")
+            lines.append(f"saturated accumulators: {json.dumps(rep['saturated'])}")
+        lines.append(f"wrote {folder / 'verify.json'}")
+        emit({k: v for k, v in rep.items() if k != "layers"} | {"out": str(folder)}, lines)
         if not rep["exact"]:
-            raise typer.Exit(1)
+            raise CheckFailed(f"verify {model}: the integer engine differs from hardware-faithful fake quant in "
+                              f"{rep['mismatching_outputs']} of {rep['total_outputs']} outputs")
 
     @app.command("export")
     def export_cmd(
         model: str = typer.Argument(..., help="zoo model name"),
-        fmt: str = typer.Option("int", "--format", help="qonnx, qdq (8-bit) or int (integer model json+npz)"),
-        out: Path = typer.Option(..., "--out", help="output file (.onnx, or .json for int)"),
-        plan: Path | None = typer.Option(None, "--plan", help="quantization plan (JSON); default: --weight/--act"),
-        weight: str = typer.Option("fixed8", help="weight format of the default plan"),
-        act: str = typer.Option("ufixed8", help="activation format of the default plan"),
-        size: int | None = typer.Option(None, help="input resolution of ImageNet models (default: the zoo's)"),
+        fmt: str = choice("int", "export format: integer model (json+npz), QONNX, ONNX QDQ (8-bit)",
+                          tuple(EXPORT_FORMATS), "--format"),
+        out: Path | None = typer.Option(None, "--out", help="output folder (default runs/export-MODEL); the "
+                                                            "model is written as model.onnx or model.json"),
+        plan: Path | None = _PLAN,
+        weight: str = _WEIGHT,
+        act: str = _ACT,
+        size: int | None = _SIZE,
         check: bool = typer.Option(False, help="run the export in its runtime and compare with mixq"),
-        images: int = typer.Option(16, help="inputs for --check"),
+        images: int = count(16, "inputs for --check"),
     ) -> None:
         """Export a quantized zoo model as QONNX, ONNX QDQ or the integer-model file."""
+        zoo_model(model)
+        folder = out_dir(out, "export", model)
         from mixq.engine import to_integer
         from mixq.export import EXPORTERS
         from mixq.export.check import check_export
 
-        if fmt not in EXPORTERS:
-            from mixq.errors import MixqError
-
-            raise MixqError(f"export format {fmt!r} is not one of {', '.join(EXPORTERS)}")
         qmodel, x = prepare(model, plan, weight, act, size, images)
         im = to_integer(qmodel, x)
-        path = EXPORTERS[fmt](im, out)
-        typer.echo(f"wrote {path}" + (f" and {path.with_suffix('.npz')}" if fmt == "int" else ""))
+        path = EXPORTERS[fmt](im, folder / f"model{EXPORT_FORMATS[fmt]}")
+        say(f"wrote {path}" + (f" and {path.with_suffix('.npz')}" if fmt == "int" else ""))
+        result: dict[str, Any] = {"out": str(folder), "file": str(path), "format": fmt}
         if check:
             res = check_export(fmt, path, qmodel, im, x)
-            typer.echo(f"check ({res['runtime']}): max |difference| {res['max_abs_diff']:.4g}, "
-                       f"argmax agreement {100 * res['argmax_agreement']:.2f}% on {res['images']} inputs")
+            result["check"] = res
+            say(f"check ({res['runtime']}): max |difference| {res['max_abs_diff']:.4g}, "
+                f"argmax agreement {100 * res['argmax_agreement']:.2f}% on {res['images']} inputs")
+        emit(result)

@@ -7,21 +7,36 @@ from typing import Any
 
 import typer
 
+from mixq.cli._common import (
+    DEFAULT_ACT,
+    DEFAULT_WEIGHT,
+    choice,
+    count,
+    emit,
+    formats,
+    json_mode,
+    load_checked_plan,
+    out_dir,
+    real,
+    say,
+    zoo_model,
+)
+
 
 def _plan_for(model: str, specs: list[Any], plan_path: Path | None, weight: str, act: str) -> Any:
-    from mixq.formats import parse_format
-    from mixq.plan import load_plan, uniform_plan
+    from mixq.plan import uniform_plan
 
-    names = [s.name for s in specs if s.is_compute]
     if plan_path is not None:
-        plan = load_plan(plan_path)
-        plan.check_layers(names)
-        return plan
+        return load_checked_plan(plan_path, model, specs)
+    fmts = formats(weight=weight, act=act)
+    names = [s.name for s in specs if s.is_compute]
     # the first layer sees normalised (signed) images; every other input follows a ReLU
-    return uniform_plan(model, names, parse_format(weight), parse_format(act), signed_inputs=names[:1])
+    return uniform_plan(model, names, fmts["weight"], fmts["act"], signed_inputs=names[:1])
 
 
 def _print(est: Any) -> None:
+    if json_mode():
+        return
     from rich.console import Console
     from rich.table import Table
 
@@ -55,21 +70,25 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(..., help="zoo model name (resnet18, mobilenet_v2, cnv, ...)"),
         plan: Path | None = typer.Option(None, help="plan JSON (default: a uniform plan from --weight/--act)"),
         part: str = typer.Option("xc7z020", help="FPGA part (see mixq.hw.parts)"),
-        arch: str = typer.Option("streaming", help="streaming | overlay"),
-        parts: int = typer.Option(1, help="number of parts (streaming: multi-FPGA split)"),
-        weight: str = typer.Option("fixed4", help="weight format of the default plan"),
-        act: str = typer.Option("ufixed4", help="activation format of the default plan"),
-        fold: str = typer.Option("auto", help="auto | plan | optimize (streaming folding)"),
-        target_fps: float | None = typer.Option(None, help="streaming: cheapest folding meeting this FPS"),
-        link_gbps: float = typer.Option(10.0, help="multi-FPGA link bandwidth, Gb/s"),
-        clock_mhz: float | None = typer.Option(None, help="override the part's clock"),
+        arch: str = choice("streaming", "accelerator template", ("streaming", "overlay")),
+        parts: int = count(1, "number of parts (streaming: multi-FPGA split)"),
+        weight: str = typer.Option(DEFAULT_WEIGHT, help="weight format of the default plan"),
+        act: str = typer.Option(DEFAULT_ACT, help="activation format of the default plan"),
+        fold: str = choice("auto", "streaming folding", ("auto", "plan", "optimize")),
+        target_fps: float | None = real(None, "streaming: cheapest folding meeting this FPS"),
+        link_gbps: float = real(10.0, "multi-FPGA link bandwidth, Gb/s"),
+        clock_mhz: float | None = real(None, "override the part's clock (MHz)", 0.0, 2000.0),
         ddr_weights: bool = typer.Option(False, help="streaming: weights that do not fit on chip stream from DDR"),
-        out: Path = typer.Option(Path("estimate.json"), "--out", help="where to write the JSON"),
-        save_plan: Path | None = typer.Option(None, help="write the plan with the chosen folding (pe, simd) here"),
+        out: Path | None = typer.Option(None, "--out", help="output folder for estimate.json "
+                                                            "(default runs/estimate-MODEL)"),
+        save_plan: bool = typer.Option(False, help="streaming: also write plan.json with the chosen folding "
+                                                   "(pe, simd) to the output folder"),
     ) -> None:
-        """Estimate resources, FPS, latency and the bottleneck of MODEL on an FPGA part."""
+        """Estimate resources, FPS, latency and the bottleneck of MODEL on an FPGA part (exit 3 if it does not fit)."""
+        zoo_model(model)
+        folder = out_dir(out, "estimate", model)
         from mixq import zoo
-        from mixq.errors import HardwareError
+        from mixq.errors import CheckFailed
         from mixq.graph.capture import capture
         from mixq.hw import ArchOptions, get_part
         from mixq.hw import estimate as hw_estimate
@@ -82,49 +101,56 @@ def register(app: typer.Typer) -> None:
         qplan = _plan_for(model, specs, plan, weight, act)
         est = hw_estimate(specs, qplan, p, arch, parts=parts, fold=fold, target_fps=target_fps,
                           options=ArchOptions(link_gbps=link_gbps, ddr_weights="auto" if ddr_weights else "never"))
-        atomic_write_json(out, est.to_dict())
+        atomic_write_json(folder / "estimate.json", est.to_dict())
         _print(est)
-        typer.echo(f"wrote {out}")
-        if save_plan is not None and arch == "streaming":
+        say(f"wrote {folder / 'estimate.json'}")
+        if save_plan and arch == "streaming":
             from mixq.hw import apply_folding
             from mixq.plan import save_plan as write_plan
 
-            write_plan(apply_folding(qplan, est), save_plan)
-            typer.echo(f"wrote {save_plan}")
+            write_plan(apply_folding(qplan, est), folder / "plan.json")
+            say(f"wrote {folder / 'plan.json'}")
+        emit({"out": str(folder), **est.summary()})
         if not est.fits:
             what = "; ".join(o.message() for o in est.overflows) or "; ".join(est.notes[-1:])
-            raise HardwareError(f"{model} does not fit {parts} x {p.name} ({arch}): {what}")
+            raise CheckFailed(f"{model} does not fit {parts} x {p.name} ({arch}): {what}")
 
     @app.command("calibrate-hw")
     def calibrate_hw(
-        jobs: int = typer.Option(1, help="yosys processes at a time"),
+        jobs: int = count(1, "yosys processes at a time"),
         small: bool = typer.Option(False, help="synthesize two tiny PEs and check the shipped model only"),
         refit: bool = typer.Option(False, help="re-fit from the stored synthesis records (no yosys)"),
-        golden: Path | None = typer.Option(None, help="also write the records here (default: tests/golden/hw "
-                                                      "when it exists)"),
+        golden: Path | None = typer.Option(None, help="also write the synthesis records here "
+                                                      "(e.g. tests/golden/hw)"),
         table: Path | None = typer.Option(None, help="write the calibration table (markdown) here"),
-        out_dir: Path | None = typer.Option(None, help="where to write coefficients.json (default: the package)"),
+        out: Path | None = typer.Option(None, "--out", help="folder for coefficients.json and the records "
+                                                            "(default runs/calibrate-hw; never the installed "
+                                                            "package)"),
     ) -> None:
-        """Re-run the PE synthesis sweep (yosys) and re-fit the hardware cost model."""
+        """Re-run the PE synthesis sweep (yosys) and re-fit the hardware cost model (exit 3 off target)."""
+        folder = out_dir(out, "calibrate-hw")
+        from mixq import progress
+        from mixq.errors import CheckFailed
         from mixq.hw.calibrate import LUT_TARGET
-        from mixq.rtl.calibrate import DATA_DIR, calibrate
+        from mixq.rtl.calibrate import calibrate
 
-        gdir = golden if golden is not None else (Path("tests/golden/hw") if Path("tests/golden/hw").is_dir()
-                                                  else None)
+        with progress.task("synthesis sweep") as t:
+            def step(i: int, n: int, cfg: Any) -> None:
+                t.total = n
+                t.advance(pe=cfg.name)
 
-        def progress(i: int, n: int, cfg: Any) -> None:
-            typer.echo(f"[{i}/{n}] {cfg.name}")
-
-        res = calibrate(out_dir=out_dir or DATA_DIR, golden_dir=None if small else gdir, jobs=jobs, small=small,
-                        refit=refit, table_path=table, progress=progress)
+            res = calibrate(out_dir=folder, golden_dir=None if small else golden, jobs=jobs, small=small,
+                            refit=refit, table_path=table, progress=step)
         by_kind: dict[str, float] = {}
         for r in res.rows:
             by_kind[r.kind] = max(by_kind.get(r.kind, 0.0), r.lut_err)
-        for k, e in by_kind.items():
-            typer.echo(f"{k:>11}: worst LUT error {100 * e:5.1f}%")
-        typer.echo(f"worst LUT error {100 * res.max_lut_error:.1f}% (target {100 * LUT_TARGET:.0f}%), "
-                   f"DSP/BRAM exact: {res.dsp_exact}")
+        lines = [f"{k:>11}: worst LUT error {100 * e:5.1f}%" for k, e in by_kind.items()]
+        lines.append(f"worst LUT error {100 * res.max_lut_error:.1f}% (target {100 * LUT_TARGET:.0f}%), "
+                     f"DSP/BRAM exact: {res.dsp_exact}")
         if not small:
-            typer.echo(f"wrote {res.coefficients_path} and {res.records_path}")
+            lines.append(f"wrote {res.coefficients_path} and {res.records_path}")
+        emit({"out": str(folder), "worst_lut_error": res.max_lut_error, "dsp_exact": res.dsp_exact,
+              "worst_lut_error_by_kind": by_kind}, lines)
         if res.max_lut_error > LUT_TARGET or not res.dsp_exact:
-            raise typer.Exit(1)
+            raise CheckFailed(f"calibrate-hw: worst LUT error {100 * res.max_lut_error:.1f}% (target "
+                              f"{100 * LUT_TARGET:.0f}%), DSP/BRAM exact: {res.dsp_exact}")

@@ -13,12 +13,17 @@ from __future__ import annotations
 import io
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import typer
 
-from mixq.errors import DataError
+from mixq.cli._common import choice, count, emit, out_dir, real, zoo_model
+from mixq.errors import DataError, OptionError
+
+if TYPE_CHECKING:
+    import torch
+
+RECIPES = ("minmax", "dfq", "dfq_empirical", "adaround", "gptq", "datafree")
 
 CHECKPOINT_FORMAT = "mixq-ptq"
 CHECKPOINT_VERSION = 1
@@ -26,8 +31,14 @@ CHECKPOINT_VERSION = 1
 
 def load_calibration(calib: str, input_shape: tuple[int, ...], limit: int) -> torch.Tensor:
     """Calibration inputs: ``shipped`` (the bundled Fashion-MNIST training images) or a folder of
-    images (flat, or class subfolders), preprocessed for ``input_shape`` (C, H, W)."""
-    from mixq import data
+    images (flat, or class subfolders), preprocessed for ``input_shape`` (C, H, W).
+
+    The batch is checked at the door (:func:`mixq.validate.images`): NaN pixels, constant
+    (e.g. all-black) images and images too small to calibrate on are refused, naming them.
+    """
+    import torch
+
+    from mixq import data, validate
     from mixq.data.images import IMAGE_EXTENSIONS
 
     c, h, w = input_shape
@@ -37,7 +48,9 @@ def load_calibration(calib: str, input_shape: tuple[int, ...], limit: int) -> to
         if c != 1:
             raise DataError(f"--calib shipped: the bundled images are 1x28x28 gray; this model takes {input_shape}")
         images, _ = data.load_fmnist_subset(CALIB_PATH)
-        return data.normalize_gray(images[:limit])
+        x = data.normalize_gray(images[:limit])
+        validate.images(x, "--calib shipped")
+        return x
     root = Path(calib)
     if not root.is_dir():
         raise DataError(f"--calib: {root} is not a folder of images (or the keyword 'shipped')")
@@ -55,11 +68,15 @@ def load_calibration(calib: str, input_shape: tuple[int, ...], limit: int) -> to
             out.append(data.imagenet_preprocess(data.read_image(f, "RGB"), resize=round(h * 256 / 224), crop=h))
         else:
             raise DataError(f"--calib: cannot read images for a {c}-channel input")
-    return torch.stack(out)
+    x = torch.stack(out)
+    validate.images(x, f"--calib {root}")
+    return x
 
 
 def _jsonable(obj: Any) -> Any:
     """Numbers, strings, lists and dicts of them (tensors and other values become strings/lists)."""
+    import torch
+
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
@@ -77,49 +94,54 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(..., help="zoo model name (see `mixq capture`)"),
         plan: Path | None = typer.Option(None, "--plan", help="QuantPlan JSON (default: W8A8 per channel)"),
         calib: str = typer.Option("shipped", "--calib", help="image folder, or 'shipped' (bundled Fashion-MNIST)"),
-        recipe: str = typer.Option("minmax", "--recipe", help="minmax, dfq, dfq_empirical, adaround, gptq, datafree"),
-        out: Path | None = typer.Option(None, "--out", help="output folder (default runs/quantize-MODEL-RECIPE)"),
-        images: int = typer.Option(256, "--images", help="calibration images to use"),
-        msq: float | None = typer.Option(None, "--msq", help="no --plan: 4-bit MSQ plan with this SP2 ratio"),
+        recipe: str = choice("minmax", "PTQ recipe", RECIPES, "--recipe"),
+        out: Path | None = typer.Option(None, "--out", help="output folder (default runs/quantize-MODEL)"),
+        images: int = count(256, "calibration images to use", 1, "--images"),
+        msq: float | None = real(None, "no --plan: 4-bit MSQ plan with this SP2 row ratio", 0.0, 1.0, "--msq",
+                                 low_open=False),
         pretrained: bool = typer.Option(True, "--pretrained/--random", help="real weights or random init"),
-        weight_scales: str | None = typer.Option(None, "--weight-scales",
-                                                 help="plan (the plan's weight observer), output (per-row "
-                                                      "scales searched on the output error) or auto (output below "
-                                                      "8-bit weights); default: the recipe's"),
-        act_ranges: str | None = typer.Option(None, "--act-ranges",
-                                              help="observer (the plan's activation observer) or output (each "
-                                                   "input range tuned on the layer's output error); default: the "
-                                                   "recipe's (output for dfq, dfq_empirical)"),
-        msq_rows: str | None = typer.Option(None, "--msq-rows",
-                                            help="MSQ plans: plan (rows as assigned), output (same count, "
-                                                 "re-chosen on the output error) or output_auto (each row "
-                                                 "takes the format with the smaller output error); needs "
-                                                 "output-aware scales (the gptq and adaround recipes' default)"),
+        weight_scales: str | None = choice(None, "weight scales: the plan's observer, searched per row on the "
+                                           "output error, or output below 8 bits (default: the recipe's)",
+                                           ("plan", "output", "auto"), "--weight-scales"),
+        act_ranges: str | None = choice(None, "activation ranges: the plan's observer or tuned on each layer's "
+                                        "output error (default: the recipe's; output for dfq, dfq_empirical)",
+                                        ("observer", "output"), "--act-ranges"),
+        msq_rows: str | None = choice(None, "MSQ plans only: rows as assigned, the same count re-chosen on the "
+                                      "output error, or each row the format with the smaller output error",
+                                      ("plan", "output", "output_auto"), "--msq-rows"),
     ) -> None:
         """Quantize MODEL with a plan and a PTQ recipe; write the checkpoint and a summary."""
+        zoo_model(model)
+        folder = out_dir(out, "quantize", model)
+        if msq is not None and plan is not None:
+            raise OptionError("--msq builds a plan; give either --msq or --plan, not both")
+        import torch
+
         from mixq import api, zoo
         from mixq.algorithms.msq import MSQConfig, msq_plan
         from mixq.algorithms.ptq import quantize_report
+        from mixq.cli._common import load_checked_plan
+        from mixq.graph.capture import capture
         from mixq.io import atomic_write_bytes, atomic_write_json
-        from mixq.plan import load_plan, plan_to_dict, save_plan
+        from mixq.plan import plan_to_dict, save_plan
 
-        if images < 1:
-            raise DataError(f"--images: must be positive, got {images}")
         shape = zoo.input_shape(model)
         net = zoo.load(model, pretrained=pretrained).eval()
         data = load_calibration(calib, shape, images)
         if plan is not None:
-            qplan = load_plan(plan)
+            qplan = load_checked_plan(plan, model, capture(net, shape))
         elif msq is not None:
             qplan = msq_plan(model, net, data[:8], MSQConfig(ratio=msq))
         else:
             qplan = api.default_plan(model, net, data[:8])
+        if msq_rows is not None and not any(lp.weight_alt is not None for _, lp in qplan.items()):
+            raise OptionError("--msq-rows: the plan has no second row format (MSQ); give --msq RATIO or an MSQ "
+                              "--plan, or drop --msq-rows")
         t = time.perf_counter()
         overrides = {k: v for k, v in (("weight_scales", weight_scales), ("act_ranges", act_ranges),
                                        ("msq_rows", msq_rows)) if v is not None}
         res = quantize_report(net, qplan, data, recipe, input_shape=shape, **overrides)
         seconds = time.perf_counter() - t
-        folder = out or Path("runs") / f"quantize-{model}-{recipe}"
         buf = io.BytesIO()
         torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": model,
                     "plan": plan_to_dict(res.plan), "recipe": res.recipe.to_dict(),
@@ -135,5 +157,6 @@ def register(app: typer.Typer) -> None:
             "size_bytes_fp32": api.model_size_bytes(net), "size_bytes_quant": api.model_size_bytes(res.model),
         }
         atomic_write_json(folder / "summary.json", summary)
-        typer.echo(f"{model}: recipe {res.recipe.name}, {data.shape[0]} calibration images, {seconds:.1f} s")
-        typer.echo(f"wrote {folder / 'quantized.pt'}, {folder / 'plan.json'}, {folder / 'summary.json'}")
+        emit({"out": str(folder), **summary},
+             [f"{model}: recipe {res.recipe.name}, {data.shape[0]} calibration images, {seconds:.1f} s",
+              f"wrote {folder / 'quantized.pt'}, {folder / 'plan.json'}, {folder / 'summary.json'}"])

@@ -13,6 +13,8 @@ from typing import Any
 
 import typer
 
+from mixq.cli._common import choice, count, emit, out_dir, zoo_model
+
 CONFIGS = {  # name -> (weight, act, weight_alt, alt_ratio)
     "msq4": ("fixed4n", "ufixed4", "sp2_4", 0.5),
     "fixed8": ("fixed8", "ufixed8", None, 0.0),
@@ -77,59 +79,65 @@ def prepare(model: str, layer: str, config: str, pe: int, simd: int, core: str =
     return plan_layout(layer_data(im, values, layer), pe, simd, core)
 
 
+_MODEL = typer.Option(..., help="zoo model, e.g. cnv")
+_LAYER = typer.Option(..., help="conv / linear layer name")
+_CONFIG = choice("msq4", "layer configuration", tuple(CONFIGS))
+_PE = count(4, "processing elements (output rows in parallel)")
+_SIMD = count(8, "lanes per PE (inputs in parallel)")
+_CORE = choice("auto", "fixed-point rows on DSPs (auto) or LUTs", ("auto", "dsp", "lut"))
+_SIZE = count(0, "input H=W (0: the zoo's)", 0)
+_WEIGHTS = choice("auto", "weight memories", ("auto", "rom", "lutram", "block"))
+
+
 def register(app: typer.Typer) -> None:
     rtl = typer.Typer(help="Verilog layer engines: generate, co-simulate against the integer engine, synthesize.")
     app.add_typer(rtl, name="rtl")
 
-    def _common(model: str, layer: str, config: str, pe: int, simd: int, core: str, size: int | None) -> Any:
-        from mixq.errors import MixqError
-
-        try:
-            return prepare(model, layer, config, pe, simd, core, size)
-        except MixqError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
+    def _layout(model: str, layer: str, config: str, pe: int, simd: int, core: str, size: int) -> Any:
+        zoo_model(model)
+        return prepare(model, layer, config, pe, simd, core, size or None)
 
     @rtl.command("generate")
-    def generate_cmd(model: str = typer.Option(..., help="zoo model, e.g. cnv"),
-                     layer: str = typer.Option(..., help="conv / linear layer name"),
-                     config: str = typer.Option("msq4", help="msq4 | fixed8 | pot4"),
-                     pe: int = typer.Option(4), simd: int = typer.Option(8),
-                     core: str = typer.Option("auto", help="fixed-point rows on dsp (auto) or lut"),
-                     size: int = typer.Option(0, help="input H=W (0: the zoo's)"),
-                     weights: str = typer.Option("auto", help="weight memories: auto | rom | lutram | block"),
-                     out: Path = typer.Option(Path("rtl_out"), help="output directory")) -> None:
+    def generate_cmd(model: str = _MODEL, layer: str = _LAYER, config: str = _CONFIG, pe: int = _PE,
+                     simd: int = _SIMD, core: str = _CORE, size: int = _SIZE, weights: str = _WEIGHTS,
+                     out: Path | None = typer.Option(None, help="output folder (default runs/rtl-MODEL)")) -> None:
         """Write the layer engine's Verilog and memory files."""
+        zoo_model(model)
+        folder = out_dir(out, "rtl", model)
         from mixq.rtl.cosim import write_sources
         from mixq.rtl.layer import generate_layer
 
-        lay = _common(model, layer, config, pe, simd, core, size or None)
+        lay = _layout(model, layer, config, pe, simd, core, size)
         top = "layer_" + layer.replace(".", "_")
-        paths = write_sources(generate_layer(lay, top, weights=weights), out)
-        typer.echo(f"wrote {len(paths)} files to {out} (top {top})")
+        paths = write_sources(generate_layer(lay, top, weights=weights), folder)
+        emit({"out": str(folder), "top": top, "files": [str(p) for p in paths]},
+             [f"wrote {len(paths)} files to {folder} (top {top})"])
 
     @rtl.command("simulate")
-    def simulate_cmd(model: str = typer.Option(...), layer: str = typer.Option(...),
-                     config: str = typer.Option("msq4"), pe: int = typer.Option(4), simd: int = typer.Option(8),
-                     core: str = typer.Option("auto"), size: int = typer.Option(0),
-                     pixels: int = typer.Option(8, help="output pixels to simulate"),
-                     out: Path = typer.Option(Path("rtl_sim"))) -> None:
-        """Co-simulate the layer engine in Icarus Verilog against the integer engine (exit 1 on a mismatch)."""
+    def simulate_cmd(model: str = _MODEL, layer: str = _LAYER, config: str = _CONFIG, pe: int = _PE,
+                     simd: int = _SIMD, core: str = _CORE, size: int = _SIZE,
+                     pixels: int = count(8, "output pixels to simulate"),
+                     out: Path | None = typer.Option(None, help="simulation folder (default runs/rtl-sim-MODEL)"),
+                     ) -> None:
+        """Co-simulate the layer engine in Icarus Verilog against the integer engine (exit 3 on a mismatch)."""
+        zoo_model(model)
+        folder = out_dir(out, "rtl-sim", model)
+        from mixq.errors import CheckFailed
         from mixq.rtl.cosim import cosimulate, default_pixels
 
-        lay = _common(model, layer, config, pe, simd, core, size or None)
-        r = cosimulate(lay, out, default_pixels(lay, pixels))
-        typer.echo(json.dumps(r.to_dict()))
+        lay = _layout(model, layer, config, pe, simd, core, size)
+        r = cosimulate(lay, folder, default_pixels(lay, pixels))
+        emit(r.to_dict(), [json.dumps(r.to_dict())])
         if not r.ok:
-            raise typer.Exit(1)
+            raise CheckFailed(f"rtl simulate {model} {layer}: the Verilog engine differs from the integer engine "
+                              f"(see {folder})")
 
     @rtl.command("synth")
-    def synth_cmd(model: str = typer.Option(...), layer: str = typer.Option(...),
-                  config: str = typer.Option("msq4"), pe: int = typer.Option(4), simd: int = typer.Option(8),
-                  core: str = typer.Option("auto"), size: int = typer.Option(0),
-                  weights: str = typer.Option("auto", help="weight memories: auto | rom | lutram | block")) -> None:
+    def synth_cmd(model: str = _MODEL, layer: str = _LAYER, config: str = _CONFIG, pe: int = _PE,
+                  simd: int = _SIMD, core: str = _CORE, size: int = _SIZE, weights: str = _WEIGHTS) -> None:
         """Synthesize the layer engine with yosys synth_xilinx and compare with the hardware model."""
         from mixq.rtl.layer_synth import synth_layer
 
-        lay = _common(model, layer, config, pe, simd, core, size or None)
-        typer.echo(json.dumps(synth_layer(lay, weights=weights).to_dict(), indent=1))
+        lay = _layout(model, layer, config, pe, simd, core, size)
+        res = synth_layer(lay, weights=weights).to_dict()
+        emit(res, [json.dumps(res, indent=1)])

@@ -7,40 +7,58 @@ from pathlib import Path
 
 import typer
 
+from mixq.cli._common import choice, count, emit, out_dir, real
+
+TASKS = ("cnv", "mobilenet_v2")
+
 
 def search_cmd(
     model: str = typer.Argument(..., help="bundled model: cnv or mobilenet_v2"),
     part: str = typer.Option("xc7z020", help="FPGA part"),
-    target_fps: float = typer.Option(None, "--target-fps", help="frames/s to reach (most accurate plan that does)"),
-    max_drop: float = typer.Option(None, "--max-drop", help="accuracy points to give up at most (fastest plan)"),
-    out: Path = typer.Option(Path("runs/search"), help="folder for plan.json, pareto.json, pareto.png"),
-    executor: str = typer.Option("process", help="candidate evaluation: serial, process or ray"),
-    workers: int = typer.Option(2, help="parallel evaluations"),
-    points: int = typer.Option(4, help="frame-rate sweep points besides the baselines' rates"),
-    method: str = typer.Option("hessian", help="sensitivity: hessian (HAWQ) or measured"),
-    calib_images: int = typer.Option(256, help="calibration images"),
-    eval_images: int = typer.Option(1000, help="evaluation images"),
+    target_fps: float | None = real(None, "frames/s to reach (most accurate plan that does)", 0.0, 1e12,
+                                    "--target-fps"),
+    max_drop: float | None = real(None, "accuracy points to give up at most (fastest plan)", 0.0, 100.0,
+                                  "--max-drop", low_open=False),
+    out: Path | None = typer.Option(None, "--out", help="folder for plan.json, pareto.json, pareto.png "
+                                                        "(default runs/search-MODEL)"),
+    executor: str = choice("process", "candidate evaluation", ("serial", "process", "ray")),
+    workers: int = count(2, "parallel evaluations"),
+    points: int = count(4, "frame-rate sweep points besides the baselines' rates", 0),
+    method: str = choice("hessian", "sensitivity: HAWQ trace or measured", ("hessian", "measured")),
+    calib_images: int = count(256, "calibration images"),
+    eval_images: int = count(1000, "evaluation images"),
     cache_dir: Path = typer.Option(Path.home() / ".cache" / "mixq" / "search", help="sensitivity cache"),
     pretrained: bool = typer.Option(True, help="load the zoo's trained weights"),
 ) -> None:
-    """Search per-layer bits, scheme (SP2 ratio) and folding for MODEL on PART; write the plan and Pareto front."""
+    """Search per-layer bits, scheme (SP2 ratio) and folding for MODEL on PART; write the plan and Pareto front.
+
+    Exits 3 when no plan meets the constraint (--target-fps unreachable, or none within --max-drop).
+    """
+    from mixq.errors import OptionError
+
+    if model not in TASKS:
+        raise OptionError(f"search: model {model!r} has no bundled search task (one of {', '.join(TASKS)})")
+    if target_fps is not None and max_drop is not None:
+        raise OptionError("search: give --target-fps or --max-drop, not both")
+    folder = out_dir(out, "search", model)
     from mixq.algorithms.search import SearchConfig, SensitivityConfig, search_plan
     from mixq.algorithms.search.output import write_outputs
     from mixq.algorithms.search.tasks import bundled_task
+    from mixq.hw import get_part
 
+    get_part(part)
     m, calib, eval_fn = bundled_task(model, pretrained, calib_images, eval_images)
     cfg = SearchConfig(sensitivity=SensitivityConfig(method=method), points=points, executor=executor,
                        workers=workers, cache_dir=str(cache_dir))
     res = search_plan(model, m, calib, eval_fn, part, target_fps=target_fps, max_drop=max_drop, cfg=cfg)
-    paths = write_outputs(res, out)
+    paths = write_outputs(res, folder)
     rows = [res.chosen, *res.baselines.values()]
-    typer.echo(json.dumps({"chosen": res.chosen.label, "reference_accuracy": round(res.reference_accuracy, 3),
-                           "compare": [{"label": p.label, "fps": round(p.fps, 1), "accuracy": round(p.accuracy, 3),
-                                        "lut": p.resources.get("lut"), "dsp": p.resources.get("dsp")}
-                                       for p in rows],
-                           "best_reachable_fps": round(res.best_fps, 1),
-                           "timings_s": {k: round(v, 2) for k, v in res.timings.items()}}, indent=2))
-    typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+    result = {"chosen": res.chosen.label, "reference_accuracy": round(res.reference_accuracy, 3),
+              "compare": [{"label": p.label, "fps": round(p.fps, 1), "accuracy": round(p.accuracy, 3),
+                           "lut": p.resources.get("lut"), "dsp": p.resources.get("dsp")} for p in rows],
+              "best_reachable_fps": round(res.best_fps, 1),
+              "timings_s": {k: round(v, 2) for k, v in res.timings.items()}, "out": str(folder)}
+    emit(result, [json.dumps(result, indent=2), f"wrote {', '.join(str(p) for p in paths.values())}"])
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,166 @@
+"""What every command shares: option types checked at parse time, the output folder, result printing.
+
+Options are validated by the parser (``typer``) before any work starts, so a bad value
+is a usage error (exit 2) naming the option. Everything here is cheap to import: no
+torch, no mixq subpackage that imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import typer
+
+#: The one default plan of every command that builds one (verify, export, estimate, run, quantize).
+DEFAULT_WEIGHT = "fixed8"
+DEFAULT_ACT = "ufixed8"
+
+_state: dict[str, Any] = {"json": False, "resume_hint": None}
+
+
+# ---------------------------------------------------------------- option factories (validated at parse time)
+
+def _check(ok: Callable[[Any], bool], what: str) -> Callable[[Any], Any]:
+    def callback(value: Any) -> Any:
+        if value is not None and not ok(value):
+            raise typer.BadParameter(f"must be {what}, got {value!r}")
+        return value
+
+    return callback
+
+
+def _finite(v: float) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)
+
+
+def count(default: int | None, help: str, minimum: int = 1, *names: str) -> Any:
+    """An integer option that must be ``>= minimum`` (``None`` allowed as 'not given')."""
+    return typer.Option(default, *names, help=help,
+                        callback=_check(lambda v: v >= minimum, f"an integer >= {minimum}"))
+
+
+def real(default: float | None, help: str, low: float = 0.0, high: float = math.inf, *names: str,
+         low_open: bool = True, high_open: bool = False) -> Any:
+    """A finite float option in ``(low, high]`` (by default: finite and > 0)."""
+    def ok(v: float) -> bool:
+        above = v > low if low_open else v >= low
+        below = v < high if high_open else v <= high
+        return _finite(v) and above and below
+
+    lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+    what = f"a finite number in {lo}{low:g}, {high:g}{hi}" if math.isfinite(high) else (
+        f"a finite number {'>' if low_open else '>='} {low:g}")
+    return typer.Option(default, *names, help=help, callback=_check(ok, what))
+
+
+def choice(default: str | None, help: str, choices: Sequence[str], *names: str) -> Any:
+    """A string option with a fixed set of values."""
+    allowed = tuple(choices)
+    return typer.Option(default, *names, help=f"{help} ({' | '.join(allowed)})",
+                        callback=_check(lambda v: v in allowed, f"one of {', '.join(allowed)}"))
+
+
+def out_option(what: str = "output folder") -> Any:
+    return typer.Option(None, "--out", help=f"{what} (default runs/<command>-<model>)")
+
+
+# ---------------------------------------------------------------- outputs
+
+def out_dir(out: Path | None, command: str, model: str | None = None) -> Path:
+    """The output folder of a command: ``--out`` or ``runs/<command>-<model>``, checked writable now.
+
+    Nothing is created here (a failed command leaves nothing behind); the folder is
+    created by the first atomic write.
+    """
+    from mixq.validate import writable_dir
+
+    path = out if out is not None else Path("runs") / (f"{command}-{_slug(model)}" if model else command)
+    writable_dir(path, "--out")
+    return path
+
+
+def _slug(name: str) -> str:
+    base = os.path.basename(str(name).rstrip("/")) or "model"
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in base)
+
+
+# ---------------------------------------------------------------- results
+
+def set_json(enabled: bool) -> None:
+    _state["json"] = enabled
+
+
+def json_mode() -> bool:
+    return bool(_state["json"])
+
+
+def emit(result: dict[str, Any], lines: Iterable[str] = ()) -> None:
+    """Print a command's result: human ``lines`` normally, one JSON document with ``--json``."""
+    if json_mode():
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    for line in lines:
+        typer.echo(line)
+
+
+def say(line: str) -> None:
+    """A human line (suppressed with ``--json``, where stdout carries only the JSON result)."""
+    if not json_mode():
+        typer.echo(line)
+
+
+def set_resume_hint(hint: str | None) -> None:
+    """What to tell the user when this command is interrupted (e.g. the resumable checkpoint)."""
+    _state["resume_hint"] = hint
+
+
+def resume_hint() -> str | None:
+    hint = _state["resume_hint"]
+    return str(hint) if hint else None
+
+
+# ---------------------------------------------------------------- inputs
+
+def zoo_model(name: str) -> str:
+    """``name`` if it is a zoo model, else a one-line error listing the models."""
+    from mixq import zoo
+    from mixq.errors import ModelError
+
+    if name not in zoo.available():
+        raise ModelError(f"model {name!r} is not a zoo model ({', '.join(zoo.available())})")
+    return name
+
+
+def formats(**named: str | None) -> dict[str, Any]:
+    """Parse format options (``weight='fixed8'``...) before any work, naming the option on error."""
+    from mixq.errors import FormatError
+    from mixq.formats import parse_format
+
+    out: dict[str, Any] = {}
+    for opt, spec in named.items():
+        if spec is None:
+            out[opt] = None
+            continue
+        try:
+            out[opt] = parse_format(spec)
+        except FormatError as e:
+            raise FormatError(f"--{opt.replace('_', '-')}: {e}") from None
+    return out
+
+
+def layer_rows(specs: Iterable[Any]) -> dict[str, int]:
+    """Each compute layer's name -> its number of weight rows (output channels)."""
+    return {s.name: int(s.out_channels) for s in specs if s.is_compute}
+
+
+def load_checked_plan(path: Path, model: str, specs: Iterable[Any]) -> Any:
+    """``--plan FILE``: loaded and validated by the one plan check every command uses
+    (:func:`mixq.plan.validate_plan`: model name, layer names, row indices, not empty)."""
+    from mixq.plan import load_plan, validate_plan
+
+    return validate_plan(load_plan(path), model=model, layers=layer_rows(specs))
