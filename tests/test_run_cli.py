@@ -107,7 +107,7 @@ def test_run_keeps_going_when_the_search_finds_nothing(tmp_path: Path) -> None:
 
     cfg = RunConfig(calib_images=64, verify_images=8, search_points=0, search_eval_images=100,
                     search_max_drop=-100.0)  # no plan can be 100 points *better* than FP32
-    s = run(tmp_path / "r", cfg, progress=False)
+    s = run(tmp_path / "r", cfg)
     assert "no searched plan stays within -100 points" in s["search"]["error"]
     assert len(s["designs"]) == 2 and s["verify"]["exact"] is True
     assert (tmp_path / "r" / "report.html").is_file() and (tmp_path / "r" / "summary.json").is_file()

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     _register_all()
     old_term = signal.signal(signal.SIGTERM, _sigterm) if argv is None else None
     try:
-        rc = app(args=args, standalone_mode=False)
+        rc = app(args=args, prog_name="mixq", standalone_mode=False)
         if rc == EXIT_INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130)
             _interrupted()
         return int(rc) if isinstance(rc, int) else EXIT_OK

@@ -23,6 +23,7 @@ from mixq.errors import DataError, OptionError
 if TYPE_CHECKING:
     import torch
 
+MIN_IMAGE_SIDE = 8
 RECIPES = ("minmax", "dfq", "dfq_empirical", "adaround", "gptq", "datafree")
 
 CHECKPOINT_FORMAT = "mixq-ptq"
@@ -59,13 +60,17 @@ def load_calibration(calib: str, input_shape: tuple[int, ...], limit: int) -> to
         raise DataError(f"--calib: no images ({', '.join(IMAGE_EXTENSIONS)}) in {root}")
     out = []
     for f in files[:limit]:
+        raw = data.read_image(f, "L" if c == 1 else "RGB")
+        if min(raw.shape[:2]) < MIN_IMAGE_SIDE:
+            raise DataError(f"--calib: {f} is {raw.shape[1]}x{raw.shape[0]} pixels; calibration images need at "
+                            f"least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
         if c == 1:
-            img = torch.as_tensor(data.read_image(f, "L"), dtype=torch.float32)[None, None]
+            img = torch.as_tensor(raw, dtype=torch.float32)[None, None]
             img = torch.nn.functional.interpolate(img, size=(h, w), mode="bilinear", antialias=True,
                                                   align_corners=False)[0, 0]
             out.append(data.normalize_gray(img.round().clamp(0, 255).to(torch.uint8)[None])[0])
         elif c == 3:
-            out.append(data.imagenet_preprocess(data.read_image(f, "RGB"), resize=round(h * 256 / 224), crop=h))
+            out.append(data.imagenet_preprocess(raw, resize=round(h * 256 / 224), crop=h))
         else:
             raise DataError(f"--calib: cannot read images for a {c}-channel input")
     x = torch.stack(out)
