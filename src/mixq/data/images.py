@@ -56,6 +56,11 @@ def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
     try:
         with Image.open(p) as im:
             im.load()
+            if im.mode in ("F", "I", "I;16"):  # float / wide-integer pixels: check before narrowing to uint8
+                raw = np.asarray(im, dtype=np.float64)
+                if not np.isfinite(raw).all():
+                    bad = int((~np.isfinite(raw)).sum())
+                    raise ValueError(f"{bad} NaN or Inf pixels")
             arr = np.asarray(im.convert(mode), dtype=np.uint8)
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
         raise DataError(f"cannot decode image {p}: {e}") from e

@@ -62,6 +62,10 @@ class ArchOptions:
         for f in ("util_cap", "mem_cap"):
             if not 0 < getattr(self, f) <= 1:
                 raise HardwareError(f"{f}: must be in (0, 1], got {getattr(self, f)}")
+        for f in ("link_gbps", "ddr_efficiency"):
+            v = getattr(self, f)
+            if not (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
+                raise HardwareError(f"{f}: must be a finite number > 0, got {v!r}")
 
 
 def requant_kind(opts: ArchOptions) -> str:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from mixq.hw.engine import ArchOptions, budget, shell
 from mixq.hw.lower import HwLayer, lower
 from mixq.hw.parts import Part, get_part
 from mixq.hw.pe import PeConfig, dsp_packing
-from mixq.plan.plan import HwMapping, QuantPlan
+from mixq.plan.plan import HwMapping, QuantPlan, validate_plan
 
 ARCHS = ("streaming", "overlay")
 FOLDS = ("auto", "plan", "optimize")
@@ -201,14 +202,23 @@ def estimate(specs: list[LayerSpec], plan: QuantPlan, part: str | Part = "xc7z02
     folding (fastest that fits, or cheapest meeting ``target_fps``); ``auto`` optimizes
     unless the plan sets a folding on some layer. ``core_units`` fixes the overlay's
     core sizes (``{"dsp": n, "sp2": m}``) instead of sizing them to the part.
+
+    The plan is checked first (:func:`mixq.plan.validate_plan` against the model's
+    layers): a plan naming unknown layers, with ``alt_rows`` out of range, empty or
+    all-float (which would otherwise be priced as W8A8) raises :class:`PlanError`.
+    Layers the plan leaves out are modelled as W8A8 and listed in the notes.
     """
     if arch not in ARCHS:
         raise HardwareError(f"arch {arch!r} is not one of {', '.join(ARCHS)}")
     if fold not in FOLDS:
         raise HardwareError(f"fold {fold!r} is not one of {', '.join(FOLDS)}")
-    if parts < 1:
-        raise HardwareError(f"parts must be >= 1, got {parts}")
+    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
+        raise HardwareError(f"parts: must be an integer >= 1, got {parts!r}")
+    if target_fps is not None and (isinstance(target_fps, bool) or not isinstance(target_fps, int | float)
+                                   or not math.isfinite(target_fps) or target_fps <= 0):
+        raise HardwareError(f"target_fps: must be a finite number > 0, got {target_fps!r}")
     p = get_part(part)
+    validate_plan(plan, layers={s.name: s.weight_rows for s in specs if s.is_compute})
     opts = options or ArchOptions()
     cm = model or CostModel.default()
     layers = lower(specs, plan, p)

@@ -34,6 +34,7 @@ class); Stratix 10: four DDR4-2666 channels. Override both per call where known.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -76,6 +77,16 @@ class Part:
     ddr_gbps: float = 4.0
     source: str = ""
 
+    def __post_init__(self) -> None:
+        for f in ("clock_mhz", "ddr_gbps"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+                raise HardwareError(f"{f}: must be a finite number > 0, got {v!r} (part {self.name})")
+        for f in ("lut", "ff", "dsp", "bram", "uram"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise HardwareError(f"{f}: must be an integer >= 0, got {v!r} (part {self.name})")
+
     @property
     def bram36(self) -> float:
         """Xilinx 36-Kb blocks (``bram`` counts 18-Kb halves)."""
@@ -86,7 +97,8 @@ class Part:
         return self.bram * self.bram_type.bits + self.uram * URAM288.bits
 
     def with_(self, **changes: Any) -> Part:
-        """A copy with fields replaced, e.g. ``part.with_(clock_mhz=200)``."""
+        """A copy with fields replaced, e.g. ``part.with_(clock_mhz=200)`` (checked like a catalog part:
+        a non-finite or non-positive ``clock_mhz`` raises :class:`HardwareError`)."""
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:

