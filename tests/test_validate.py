@@ -7,6 +7,7 @@ import os
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -319,3 +320,26 @@ def test_estimate_refuses_bad_options_and_plans(specs: list[LayerSpec], plan: Qu
     partial = QuantPlan("cnv", {"features.3": plan["features.3"]})
     notes = estimate(specs, partial, "xc7z020", fold="plan").notes
     assert any("float layer modelled as W8A8" in n for n in notes)
+
+
+def test_float_image_with_nan_pixels_is_refused(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from mixq.data import read_image
+
+    f = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    f[3, 4] = np.nan
+    Image.fromarray(f, mode="F").save(tmp_path / "nan.tif")
+    with pytest.raises(DataError, match="NaN or Inf pixels"):
+        read_image(tmp_path / "nan.tif", "RGB")
+
+
+def test_black_photo_normalised_per_channel_is_still_constant() -> None:
+    from mixq import data
+
+    black = data.imagenet_preprocess(np.zeros((64, 64, 3), np.uint8), resize=36, crop=32)
+    ok = data.imagenet_preprocess(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8),
+                                  resize=36, crop=32)
+    assert not torch.equal(black[0], black[1])  # the channels differ after normalisation
+    with pytest.raises(DataError, match="1 of 2 images are constant"):
+        validate.images(torch.stack([ok, black]), "--calib")
