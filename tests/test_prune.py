@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import typer
 from torch import nn
-from typer.testing import CliRunner
 
 from mixq.algorithms.prune import (
     PruneConfig,
@@ -29,6 +27,7 @@ from mixq.algorithms.prune import (
 )
 from mixq.algorithms.qat import QatConfig, low_bit_plan
 from mixq.api import model_size_bytes, quantize
+from mixq.cli import main
 from mixq.data import load_fmnist_subset, normalize_gray, write_idx
 from mixq.formats import Focused, PowerOfTwo, parse_format
 from mixq.nn import QConv2d
@@ -179,35 +178,25 @@ def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "weights": weights}
 
 
-def _app() -> typer.Typer:
-    from mixq.cli import qat
-
-    app = typer.Typer()
-    qat.register(app)
-    return app
-
-
-def test_cli_qat_and_resume(tmp_path: Path, cli_env: dict[str, Path]) -> None:
+def test_cli_qat_and_resume(tmp_path: Path, cli_env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     args = ["qat", "--out", str(tmp_path / "q"), "--weights", str(cli_env["weights"]), "--data-root",
             str(cli_env["root"]), "--epochs", "1", "--batch-size", "32", "--max-train", "64", "--quiet",
             "--weight", "fixed4n", "--weight-alt", "sp2_4", "--alt-ratio", "0.5", "--threads", "1",
             "--checkpoint-every", "1"]
-    r = CliRunner().invoke(_app(), args)
-    assert r.exit_code == 0, r.output
-    assert json.loads(r.output[: r.output.rindex("}") + 1])["steps"] == 2
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[: out.rindex("}") + 1])["steps"] == 2
     plan = json.loads((tmp_path / "q" / "plan.json").read_text())
     assert plan["layers"]["features.3"]["alt_rows"] and plan["layers"]["features.0"]["weight"]["bits"] == 8
-    r = CliRunner().invoke(_app(), args + ["--resume"])
-    assert r.exit_code == 0, r.output
-    assert '"global_step": 2' in r.output
+    assert main(args + ["--resume"]) == 0
+    assert '"global_step": 2' in capsys.readouterr().out
 
 
 def test_cli_prune(tmp_path: Path, cli_env: dict[str, Path]) -> None:
-    r = CliRunner().invoke(_app(), [
+    assert main([
         "prune", "--out", str(tmp_path / "p"), "--weights", str(cli_env["weights"]), "--data-root",
         str(cli_env["root"]), "--epochs", "1", "--finetune-epochs", "1", "--batch-size", "32", "--max-train", "64",
-        "--quiet", "--threads", "1", "--kd-alpha", "0"])
-    assert r.exit_code == 0, r.output
+        "--quiet", "--threads", "1", "--kd-alpha", "0"]) == 0
     summary = json.loads((tmp_path / "p" / "prune.json").read_text())
     assert summary["sparsity"] == pytest.approx(0.7, abs=1e-3)
     assert {lay["kind"] for lay in summary["layers"].values()} <= {"focused", "pot"}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mixq.data import load_fmnist_subset, write_idx
-from mixq.errors import DataError
+from mixq.errors import DataError, OptionError
 from mixq.zoo.cnv import cnv, load_pretrained
 from mixq.zoo.train import train_cnv
 
@@ -67,5 +67,5 @@ def test_other_seed_gives_other_weights(tmp_path: Path, data_root: Path) -> None
 def test_missing_data_root(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="nodata"):
         train_cnv(tmp_path / "w.pt", epochs=1, data_root=tmp_path / "nodata", progress=False)
-    with pytest.raises(DataError):
+    with pytest.raises(OptionError):
         train_cnv(tmp_path / "w.pt", epochs=0, data_root=tmp_path, progress=False)

@@ -96,17 +96,7 @@ class Task:
     def _start(self) -> None:
         m = mode()
         if m == "bar":
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
-
-            cols: list[Any] = [TextColumn("{task.description}"), BarColumn()]
-            if self.total is not None:
-                cols += [MofNCompleteColumn(), TimeRemainingColumn()]
-            else:
-                cols += [TimeElapsedColumn()]
-            self._bar = Progress(*cols, console=Console(file=_stream()), transient=False)
-            self._bar.start()
+            self._bar = _shared_bar()
             self._bar_task = self._bar.add_task(self.desc, total=self.total, completed=self.done)
         else:
             _emit("start", self.desc, **({"total": self.total} if self.total is not None else {}))
@@ -138,10 +128,35 @@ class Task:
 
     def _finish(self, ok: bool) -> None:
         if self._bar is not None:
-            self._bar.stop()
+            _release_bar(self._bar, self._bar_task)
             self._bar = None
             return
         self._line("done" if ok else "stopped")
+
+
+def _shared_bar() -> Any:
+    """One rich display for all open tasks (rich allows one live display at a time): nested
+    tasks (a PTQ stage inside ``mixq run``) are rows of the same display."""
+    bar = _state.get("bar")
+    if bar is None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       console=Console(file=_stream()), transient=False)
+        bar.start()
+        _state.update(bar=bar, bar_users=0)
+    _state["bar_users"] += 1
+    return bar
+
+
+def _release_bar(bar: Any, task_id: Any) -> None:
+    _state["bar_users"] -= 1
+    if _state["bar_users"] > 0:
+        bar.remove_task(task_id)  # an inner task: its row goes, the outer rows stay
+        return
+    bar.stop()
+    _state["bar"] = None
 
 
 @contextmanager

@@ -31,7 +31,8 @@ CHECKPOINT_VERSION = 1
 
 
 def load_calibration(calib: str, input_shape: tuple[int, ...], limit: int) -> torch.Tensor:
-    """Calibration inputs: ``shipped`` (the bundled Fashion-MNIST training images) or a folder of
+    """Calibration inputs: ``shipped`` (the bundled Fashion-MNIST training images), ``photos`` (the
+    bundled natural photos, ImageNet-normalised), ``auto`` (whichever fits the model) or a folder of
     images (flat, or class subfolders), preprocessed for ``input_shape`` (C, H, W).
 
     The batch is checked at the door (:func:`mixq.validate.images`): NaN pixels, constant
@@ -43,6 +44,14 @@ def load_calibration(calib: str, input_shape: tuple[int, ...], limit: int) -> to
     from mixq.data.images import IMAGE_EXTENSIONS
 
     c, h, w = input_shape
+    if calib == "auto":  # the model's own kind of data: gray Fashion-MNIST or ImageNet-style photos
+        calib = "shipped" if c == 1 else "photos"
+    if calib == "photos":
+        if c != 3:
+            raise DataError(f"--calib photos: the bundled photos are RGB; this model takes {input_shape}")
+        x = data.calibration_set(limit, size=h, seed=0)
+        validate.images(x, "--calib photos")
+        return x
     if calib == "shipped":
         from mixq.run import CALIB_PATH
 
@@ -98,7 +107,9 @@ def register(app: typer.Typer) -> None:
     def quantize_cmd(
         model: str = typer.Argument(..., help="zoo model name (see `mixq capture`)"),
         plan: Path | None = typer.Option(None, "--plan", help="QuantPlan JSON (default: W8A8 per channel)"),
-        calib: str = typer.Option("shipped", "--calib", help="image folder, or 'shipped' (bundled Fashion-MNIST)"),
+        calib: str = typer.Option("auto", "--calib", help="image folder (flat or class subfolders), 'shipped' "
+                                                          "(bundled Fashion-MNIST), 'photos' (bundled natural "
+                                                          "photos, ImageNet-normalised) or 'auto' (the model's kind)"),
         recipe: str = choice("minmax", "PTQ recipe", RECIPES, "--recipe"),
         out: Path | None = typer.Option(None, "--out", help="output folder (default runs/quantize-MODEL)"),
         images: int = count(256, "calibration images to use", 1, "--images"),

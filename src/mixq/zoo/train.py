@@ -15,6 +15,14 @@ Recipe (all fixed by the arguments, nothing by the environment):
   the run (both restored afterwards). The same seed, arguments, thread count
   and torch build give bit-identical weights.
 
+Safety: the arguments are checked first (`OptionError` naming the one out of
+range); a non-finite loss stops the run at once with `NumericError` (before the
+optimizer step), and the weights are checked for NaN/Inf before they are
+written, so an existing weights file is never replaced by a diverged model.
+Progress goes through :mod:`mixq.progress` (a task advancing per step with the
+running loss, a line per epoch with the loss and the test accuracy); ``progress=False``
+reports nothing.
+
 The state dict is written atomically (temporary file, then ``os.replace``),
 with a JSON file next to it (same stem) that records the accuracy on the full
 10k test set and on the shipped 2000-image subset, the arguments, the torch
@@ -41,8 +49,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixq import progress as progress_api
 from mixq.data import GRAY_MEAN, GRAY_STD, load_fashion_mnist, load_fmnist_subset, normalize_gray
-from mixq.errors import DataError
+from mixq.errors import NumericError, OptionError
 from mixq.zoo.cnv import CNV_MACS, WEIGHTS_PATH, cnv
 
 __all__ = ["DEFAULTS", "evaluate", "train_cnv"]
@@ -137,10 +146,11 @@ def train_cnv(
     ``max_train`` / ``max_test`` limit the images used (the first N; for smoke
     tests, recorded in the metadata). Returns the metadata dict that is also
     written to ``out_path.with_suffix(".json")``. Missing data raises
-    :class:`DataError`.
+    :class:`DataError`; an argument out of range :class:`OptionError`; a loss or
+    weights turning NaN/Inf :class:`NumericError` (nothing is written then).
     """
-    if epochs < 1 or batch_size < 2 or lr <= 0 or threads < 1:
-        raise DataError(f"train_cnv needs epochs >= 1, batch_size >= 2, lr > 0, threads >= 1 (writing {out_path})")
+    _check_args(out_path, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, threads=threads,
+                max_train=max_train, max_test=max_test)
     out = Path(out_path)
     x_train, y_train = load_fashion_mnist("train", data_root)
     x_test, y_test = load_fashion_mnist("test", data_root)
@@ -173,10 +183,9 @@ def train_cnv(
                 return lr * (step + 1) / warmup
             return 0.5 * lr * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
-        bar = _progress_bar(progress)
-        task = bar.add_task("train", total=total) if bar is not None else None
-        step, last_loss = 0, float("nan")
-        try:
+        kept = f"the existing {out} is kept" if out.exists() else f"nothing was written to {out}"
+        step, last_loss, eval_time = 0, float("nan"), 0.0
+        with _task(progress, "train cnv", total) as bar:
             for epoch in range(epochs):
                 model.train()
                 perm = torch.randperm(n, generator=gen)
@@ -192,28 +201,36 @@ def train_cnv(
                     for g in opt.param_groups:
                         g["lr"] = lr_at(step)
                     loss = F.cross_entropy(model(xb), yt[idx])
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise NumericError(
+                            f"train_cnv ({out}): the training loss is {value} at epoch {epoch + 1}/{epochs}, "
+                            f"step {i // batch_size + 1}/{steps_per_epoch} (global step {step + 1}); stopped before "
+                            f"the optimizer step, {kept} (lower --lr?)")
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     step += 1
-                    loss_sum += float(loss.detach()) * len(idx)
+                    loss_sum += value * len(idx)
                     seen += len(idx)
-                    if bar is not None and task is not None:
-                        bar.update(
-                            task,
-                            advance=1,
-                            description=f"epoch {epoch + 1}/{epochs} loss {loss_sum / seen:.4f}",
-                        )
+                    if bar is not None:
+                        bar.advance(epoch=f"{epoch + 1}/{epochs}", loss=round(loss_sum / seen, 4))
                 last_loss = loss_sum / max(1, seen)
-        finally:
-            if bar is not None:
-                bar.stop()
+                if bar is not None:  # the test accuracy costs no random draw: the weights do not depend on it
+                    t_eval = time.perf_counter()
+                    acc = evaluate(model, x_test, y_test)
+                    eval_time += time.perf_counter() - t_eval
+                    progress_api.log("train cnv epoch", epoch=f"{epoch + 1}/{epochs}", loss=round(last_loss, 4),
+                                     val_accuracy=round(100 * acc, 2))
         model = model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
-        train_time = time.perf_counter() - t0
+        train_time = time.perf_counter() - t0 - eval_time
         test_acc = evaluate(model, x_test, y_test)
         subset_acc = evaluate(model, x_sub, y_sub)
 
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NumericError(f"train_cnv ({out}): the trained weights {bad[0]} hold NaN/Inf; not written, {kept}")
     buf = io.BytesIO()
     torch.save(state, buf)
     blob = buf.getvalue()
@@ -251,14 +268,36 @@ def train_cnv(
     return meta
 
 
-def _progress_bar(enabled: bool) -> Any:
-    """A started ``rich`` progress bar, or None when disabled or rich is missing."""
+def _check_args(out_path: str | Path, **args: Any) -> None:
+    """`OptionError` naming the first argument of :func:`train_cnv` out of its range."""
+    rules: dict[str, tuple[str, Any]] = {
+        "epochs": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+        "batch_size": ("an integer >= 2 (BatchNorm needs two samples)", lambda v: _is_int(v) and v >= 2),
+        "lr": ("a finite number > 0", lambda v: _is_real(v) and v > 0),
+        "weight_decay": ("a finite number >= 0", lambda v: _is_real(v) and v >= 0),
+        "threads": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+        "max_train": ("null or an integer >= 2", lambda v: v is None or (_is_int(v) and v >= 2)),
+        "max_test": ("null or an integer >= 1", lambda v: v is None or (_is_int(v) and v >= 1)),
+    }
+    for name, v in args.items():
+        what, ok = rules[name]
+        if not ok(v):
+            raise OptionError(f"train_cnv {name}: must be {what}, got {v!r} (writing {out_path})")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@contextmanager
+def _task(enabled: bool, desc: str, total: int) -> Iterator[progress_api.Task | None]:
+    """A :func:`mixq.progress.task`, or None when ``progress`` is off."""
     if not enabled:
-        return None
-    try:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    except ImportError:
-        return None
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    bar.start()
-    return bar
+        yield None
+        return
+    with progress_api.task(desc, total=total) as t:
+        yield t

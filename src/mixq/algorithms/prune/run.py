@@ -14,12 +14,20 @@ Stages, each in its own sub-folder of ``out_dir`` with its own checkpoint:
 
 ``prune.json`` sums it up: sparsity, the format chosen per layer, accuracy at
 every stage, size (bitmap-sparse where smaller) and compression.
+
+``prune_state.json`` records what the run is made of (the `PruneConfig`, the
+fine-tuning config and a fingerprint of the training data); ``resume=True``
+refuses a run whose settings or data differ, naming the field (a run folder
+from before this record is checked by its ``masks.pt`` instead). Each stage
+reports a line through :mod:`mixq.progress` (with ``QatConfig.progress``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixq import progress
 from mixq.algorithms.prune.focused import focused_plan
 from mixq.algorithms.prune.masks import (
     CRITERIA,
@@ -40,6 +49,7 @@ from mixq.algorithms.prune.masks import (
     sparsity_of,
 )
 from mixq.algorithms.prune.size import sparse_size_bytes
+from mixq.algorithms.qat.checkpoint import data_difference, data_fingerprint
 from mixq.algorithms.qat.config import QatConfig
 from mixq.algorithms.qat.run import QatResult, train_qat
 from mixq.algorithms.qat.trainer import CheckpointHook, accuracy, dist_info, fit
@@ -47,6 +57,8 @@ from mixq.io import atomic_write_bytes, atomic_write_json
 from mixq.plan import QuantPlan
 
 METHODS = ("magnitude", "channel")
+STATE_FILE = "prune_state.json"
+STATE_FORMAT = "mixq-prune-state"
 
 
 @dataclass(frozen=True)
@@ -79,8 +91,12 @@ class PruneConfig:
             raise PruneError(f"PruneConfig.criterion: {self.criterion!r} is not one of {', '.join(CRITERIA)}")
         if self.scope not in SCOPES:
             raise PruneError(f"PruneConfig.scope: {self.scope!r} is not one of {', '.join(SCOPES)}")
-        if self.finetune_epochs < 0 or self.finetune_lr <= 0:
-            raise PruneError("PruneConfig.finetune_epochs / finetune_lr: must be >= 0 / > 0")
+        if isinstance(self.finetune_epochs, bool) or not isinstance(self.finetune_epochs, int) \
+                or self.finetune_epochs < 0:
+            raise PruneError(f"PruneConfig.finetune_epochs: must be an integer >= 0, got {self.finetune_epochs!r}")
+        if isinstance(self.finetune_lr, bool) or not isinstance(self.finetune_lr, int | float) \
+                or not math.isfinite(self.finetune_lr) or self.finetune_lr <= 0:
+            raise PruneError(f"PruneConfig.finetune_lr: must be a finite number > 0, got {self.finetune_lr!r}")
         if self.focused_bits is not None and not 3 <= self.focused_bits <= 8:
             raise PruneError(f"PruneConfig.focused_bits: must be in [3, 8] or null, got {self.focused_bits!r}")
 
@@ -117,31 +133,94 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _finetune_config(cfg: PruneConfig, qat_cfg: QatConfig) -> QatConfig:
+    return dataclasses.replace(qat_cfg, epochs=max(1, cfg.finetune_epochs), lr=cfg.finetune_lr, kd_alpha=0.0,
+                               grad_bits=None, scale_lr=None, min_lr=0.0)
+
+
+def _state(cfg: PruneConfig, ft_cfg: QatConfig, data: dict[str, Any]) -> dict[str, Any]:
+    doc = {"format": STATE_FORMAT, "version": 1, "prune": dataclasses.asdict(cfg), "finetune": ft_cfg.to_dict(),
+           "data": data}
+    return dict(json.loads(json.dumps(doc)))  # tuples -> lists, as read back
+
+
+def _check_state(out: Path, now: dict[str, Any], masks: dict[str, torch.Tensor]) -> None:
+    """Refuse to resume a run made with other settings or data (`PruneError` naming the field)."""
+    path = out / STATE_FILE
+    if not path.is_file():  # a run folder from before the record: its masks must be this config's
+        mpath = out / "masks.pt"
+        if mpath.is_file():
+            old = _load_tensors(mpath)
+            if old.keys() != masks.keys() or any(not torch.equal(old[k], masks[k]) for k in masks):
+                raise PruneError(f"{mpath}: the saved masks differ from the masks of this PruneConfig "
+                                 "(sparsity, method, criterion, scope or layers changed?); resume with the same "
+                                 "settings or start a new run folder")
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise PruneError(f"{path}: not a readable prune state ({e})") from e
+    if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
+        raise PruneError(f"{path}: not a mixq prune state (field 'format')")
+    for k, v in now["prune"].items():
+        if saved.get("prune", {}).get(k) != v:
+            raise PruneError(f"{path}: the run was made with a different prune config: PruneConfig.{k} "
+                             f"(run {saved.get('prune', {}).get(k)!r}, now {v!r}); resume with the same "
+                             "settings or start a new run folder")
+    old_ft = QatConfig.from_dict(dict(saved.get("finetune", {})), source=f"{path}: finetune")
+    diff = QatConfig.from_dict(now["finetune"]).trajectory_diff(old_ft)
+    if diff:
+        k = diff[0]
+        raise PruneError(f"{path}: the run was fine-tuned with a different config: {k} (run "
+                         f"{old_ft.to_dict()[k]!r}, now {now['finetune'][k]!r}); resume with the same settings or "
+                         "start a new run folder")
+    what = data_difference(saved.get("data"), now["data"])
+    if what is not None:
+        raise PruneError(f"{path}: the run was made on different training data, this run has {what}; "
+                         "resume with the same data or start a new run folder")
+
+
 def prune_and_quantize(model: nn.Module, plan: QuantPlan, train: tuple[torch.Tensor, torch.Tensor],
                        cfg: PruneConfig, qat_cfg: QatConfig, out_dir: str | Path, *,
                        val: tuple[torch.Tensor, torch.Tensor] | None = None, resume: bool = False,
-                       on_checkpoint: CheckpointHook | None = None, fill: float = 0.0) -> PruneResult:
-    """Prune ``model``, fine-tune it, fit focused formats, run QAT; everything in ``out_dir``."""
+                       on_checkpoint: CheckpointHook | None = None, fill: float = 0.0,
+                       data_meta: dict[str, Any] | None = None) -> PruneResult:
+    """Prune ``model``, fine-tune it, fit focused formats, run QAT; everything in ``out_dir``.
+
+    ``resume=True`` continues a stopped run; one made with another `PruneConfig`, fine-tuning
+    config or training data (``train`` and ``data_meta``) raises `PruneError` naming the field.
+    """
     out = Path(out_dir)
     rank, _ = dist_info()
     ft_dir = out / "finetune"
     if not resume and (ft_dir / "checkpoint.pt").exists():
         raise PruneError(f"{ft_dir / 'checkpoint.pt'}: a checkpoint exists; resume it or choose another folder")
+    report_on = qat_cfg.progress and rank == 0
+    ft_cfg = _finetune_config(cfg, qat_cfg)
+    state = _state(cfg, ft_cfg, data_fingerprint(*train, data_meta))
     masks = make_masks(model, cfg)
+    if resume:
+        _check_state(out, state, masks)
     if rank == 0:
         _save_tensors(out / "masks.pt", masks)
+        atomic_write_json(out / STATE_FILE, state)
     pruned = apply_masks(model, masks)
     summary: dict[str, Any] = {"prune": dataclasses.asdict(cfg), "sparsity": sparsity_of(masks)}
+    if report_on:
+        progress.log("prune masks", method=cfg.method, sparsity=round(summary["sparsity"], 4), layers=len(masks))
     if val is not None:
         summary["pruned_accuracy_before_finetune"] = accuracy(pruned, *val)
     ft_model_path = ft_dir / "model.pt"
     if resume and ft_model_path.is_file():
         pruned.load_state_dict(_load_tensors(ft_model_path), strict=True)
+        if report_on:
+            progress.log("prune finetune", done="earlier", model=str(ft_model_path))
     elif cfg.finetune_epochs > 0:
-        ft_cfg = dataclasses.replace(qat_cfg, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, kd_alpha=0.0,
-                                     grad_bits=None, scale_lr=None, min_lr=0.0)
+        if report_on:
+            progress.log("prune finetune", epochs=cfg.finetune_epochs, lr=cfg.finetune_lr)
         res = fit(pruned.train(), *train, ft_cfg, ft_dir / "checkpoint.pt", masks=param_masks(pruned, masks),
-                  val=val, resume=resume, on_checkpoint=on_checkpoint, fill=fill, desc="finetune")
+                  val=val, resume=resume, on_checkpoint=on_checkpoint, fill=fill, desc="prune finetune",
+                  data_meta=data_meta)
         summary["finetune"] = {"history": res.history, "train_time_s": round(res.train_time_s, 2)}
         if rank == 0:
             _save_tensors(ft_model_path, pruned.state_dict())
@@ -154,8 +233,10 @@ def prune_and_quantize(model: nn.Module, plan: QuantPlan, train: tuple[torch.Ten
         qplan, report = focused_plan(pruned, plan, masks, cfg.focused_bits, cfg.min_separation,
                                      fold=qat_cfg.bn == "fold")
     summary["layers"] = report
+    if report_on:
+        progress.log("prune qat", epochs=qat_cfg.epochs, focused_layers=len(report))
     qres = train_qat(pruned, qplan, train, qat_cfg, out / "qat", val=val, masks=masks, resume=resume,
-                     on_checkpoint=on_checkpoint, fill=fill)
+                     on_checkpoint=on_checkpoint, fill=fill, data_meta=data_meta)
     size = sparse_size_bytes(qres.model)
     fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
     summary.update({
@@ -169,4 +250,8 @@ def prune_and_quantize(model: nn.Module, plan: QuantPlan, train: tuple[torch.Ten
     })
     if rank == 0:
         atomic_write_json(out / "prune.json", summary)
+    if report_on:
+        progress.log("prune wrote", out=str(out), compression=round(summary["compression"], 2),
+                     **({"val_accuracy": round(summary["val_accuracy"], 2)}
+                        if summary.get("val_accuracy") is not None else {}))
     return PruneResult(model=qres.model, plan=qres.plan, masks=masks, summary=summary, qat=qres)

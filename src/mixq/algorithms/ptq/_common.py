@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixq import progress
 from mixq.errors import MixqError, ModelError
 from mixq.graph import ops
 from mixq.nn import QConv2d, QLinear
@@ -30,6 +31,16 @@ def require_positive(config: object, prefix: str, counts: tuple[str, ...], reals
         v = getattr(config, f)
         if (int(v) < 1) if f in counts else not v > 0:
             raise MixqError(f"{prefix}.{f}: must be positive, got {v!r}")
+
+
+def each_layer(desc: str, names: Sequence[str]) -> Iterator[str]:
+    """``names`` one by one, reported as the :func:`mixq.progress.task` ``desc`` advancing after each
+    layer with its name (the per-layer loops of the PTQ stages go through this or through
+    :func:`mixq.algorithms.ptq._stream.visit_twins`)."""
+    with progress.task(desc, total=len(names)) as t:
+        for n in names:
+            yield n
+            t.advance(layer=n)
 
 
 def batches(x: torch.Tensor | Sequence[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from mixq import progress
 from mixq.algorithms.ptq._common import inputs_at
 
 Visit = Callable[[str, nn.Module, list[torch.Tensor]], None]
@@ -136,17 +137,28 @@ def stream_layers(model: nn.Module, data: Sequence[torch.Tensor], names: Sequenc
     return stream_twins([model], data, names, _single(visit))
 
 
-def visit_layers(model: nn.Module, data: Sequence[torch.Tensor], names: Sequence[str], visit: Visit) -> None:
+def visit_layers(model: nn.Module, data: Sequence[torch.Tensor], names: Sequence[str], visit: Visit,
+                 desc: str = "ptq layers") -> None:
     """:func:`stream_layers`, or for a model FX cannot trace one early-stopped forward per layer
-    (``visit`` then gets the same input batches, computed with the layers before already visited)."""
-    visit_twins([model], data, names, _single(visit))
+    (``visit`` then gets the same input batches, computed with the layers before already visited).
+    Reported as the progress task ``desc``, advancing per layer (see :func:`visit_twins`)."""
+    visit_twins([model], data, names, _single(visit), desc)
 
 
 def visit_twins(models: Sequence[nn.Module], data: Sequence[torch.Tensor], names: Sequence[str],
-                visit: TwinVisit) -> None:
-    """:func:`stream_twins`, or one early-stopped forward per layer and model where it cannot run."""
-    if stream_twins(models, data, names, visit):
-        return
-    for name in names:
-        layers = [m.get_submodule(name) for m in models]
-        visit(name, layers, [[inputs_at(m, lay, xb) for xb in data] for m, lay in zip(models, layers, strict=True)])
+                visit: TwinVisit, desc: str = "ptq layers") -> None:
+    """:func:`stream_twins`, or one early-stopped forward per layer and model where it cannot run.
+
+    The visits are reported as the :func:`mixq.progress.task` ``desc`` (total: the layers),
+    advancing after each layer with its name."""
+    with progress.task(desc, total=len(names)) as t:
+        def reported(name: str, layers: list[nn.Module], inputs: list[list[torch.Tensor]]) -> None:
+            visit(name, layers, inputs)
+            t.advance(layer=name)
+
+        if stream_twins(models, data, names, reported):
+            return
+        for name in names:
+            layers = [m.get_submodule(name) for m in models]
+            reported(name, layers, [[inputs_at(m, lay, xb) for xb in data]
+                                    for m, lay in zip(models, layers, strict=True)])

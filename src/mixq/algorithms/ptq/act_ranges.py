@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixq.algorithms.ptq._common import batches, inputs_at, is_quant_layer, layers_in_forward_order
+from mixq.algorithms.ptq._common import batches, each_layer, inputs_at, is_quant_layer, layers_in_forward_order
 from mixq.errors import DataError
 from mixq.quant import fake_quant
 
@@ -46,7 +46,7 @@ def output_aware_act_ranges(qmodel: nn.Module, data: torch.Tensor, *, images: in
 
     names = [n for n in layers_in_forward_order(qmodel, x[:1]) if tuned(qmodel.get_submodule(n))]
     report: dict[str, dict[str, float]] = {}
-    for n in names:
+    for n in each_layer("ptq act_ranges", names):
         layer: Any = qmodel.get_submodule(n)
         iq = layer.input_quant
         inp = torch.cat([inputs_at(qmodel, layer, xb) for xb in batches(x, batch_size)])

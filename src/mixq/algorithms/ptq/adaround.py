@@ -270,6 +270,6 @@ def adaround(qmodel: nn.Module, fmodel: nn.Module, calib: torch.Tensor,
 
     # one streamed pass over the model (each layer's input computed once, with the layers before it
     # already rounded); a model FX cannot trace takes one early-stopped forward per layer instead
-    visit_layers(qmodel, list(batches(images, cfg.batch_size)), names, visit)
+    visit_layers(qmodel, list(batches(images, cfg.batch_size)), names, visit, desc="ptq adaround")
     qmodel.train(was)
     return report

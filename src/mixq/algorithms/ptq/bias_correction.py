@@ -24,10 +24,12 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mixq import progress
 from mixq.algorithms.ptq._common import (
     as_tensor,
     batches,
     channel_mean,
+    each_layer,
     layers_in_forward_order,
 )
 from mixq.algorithms.ptq._stream import visit_layers
@@ -114,30 +116,33 @@ def empirical_bias_correction(qmodel: nn.Module, calib: torch.Tensor, fmodel: nn
         layers = quant_layers(qmodel)
         ref_bias = {n: _float_bias(fmodel, n, m) for n, m in layers}
         eps = {n: (m.quantized_weight().detach() - _float_weight(fmodel, n, m)) for n, m in layers}
-        for _ in range(max(1, passes)):
-            sums = {n: torch.zeros(m.weight.shape[0], dtype=torch.float64) for n, m in layers}
-            count = {n: 0 for n, _ in layers}
-            handles = []
-            for n, m in layers:
-                def observe(xq: torch.Tensor, mod: nn.Module = m, n: str = n,
-                            sums: dict[str, torch.Tensor] = sums, count: dict[str, int] = count) -> None:
-                    # E[ε x] over batch and positions = ε applied to the batch-mean input (linearity;
-                    # exact with zero padding too): one image's worth of work per batch
-                    d = _apply(mod, xq.mean(dim=0, keepdim=True) if xq.dim() == 4 else xq, eps[n])
-                    k = xq.shape[0] if xq.dim() == 4 else d.numel() // d.shape[-1]
-                    sums[n] += channel_mean(d).double() * k
-                    count[n] += k
-                handles.append(_on_quantized_input(m, observe))
-            try:
-                for xb in batches(data, batch_size):
-                    qmodel(xb)
-            finally:
-                for h in handles:
-                    h.remove()
-            for n, m in layers:
-                delta = sums[n] / max(count[n], 1)
-                _set_bias(m, ref_bias[n] - delta)
-                out[n] = float(delta.abs().max())
+        data_batches = list(batches(data, batch_size))
+        with progress.task("ptq bias_correction", total=max(1, passes) * len(data_batches)) as task:
+            for p in range(max(1, passes)):
+                sums = {n: torch.zeros(m.weight.shape[0], dtype=torch.float64) for n, m in layers}
+                count = {n: 0 for n, _ in layers}
+                handles = []
+                for n, m in layers:
+                    def observe(xq: torch.Tensor, mod: nn.Module = m, n: str = n,
+                                sums: dict[str, torch.Tensor] = sums, count: dict[str, int] = count) -> None:
+                        # E[ε x] over batch and positions = ε applied to the batch-mean input (linearity;
+                        # exact with zero padding too): one image's worth of work per batch
+                        d = _apply(mod, xq.mean(dim=0, keepdim=True) if xq.dim() == 4 else xq, eps[n])
+                        k = xq.shape[0] if xq.dim() == 4 else d.numel() // d.shape[-1]
+                        sums[n] += channel_mean(d).double() * k
+                        count[n] += k
+                    handles.append(_on_quantized_input(m, observe))
+                try:
+                    for xb in data_batches:
+                        qmodel(xb)
+                        task.advance(sweep=f"{p + 1}/{max(1, passes)}", layers=len(layers))
+                finally:
+                    for h in handles:
+                        h.remove()
+                for n, m in layers:
+                    delta = sums[n] / max(count[n], 1)
+                    _set_bias(m, ref_bias[n] - delta)
+                    out[n] = float(delta.abs().max())
     elif mode == "network":
         if fmodel is None:
             raise MixqError("bias correction: mode='network' needs the float model")
@@ -191,7 +196,7 @@ def _network_correction(qmodel: nn.Module, fmodel: nn.Module, data: torch.Tensor
         _shift_bias(layer, delta)
         out[n] = float(delta.abs().max())
 
-    visit_layers(qmodel, list(batches(data, batch_size)), names, correct)
+    visit_layers(qmodel, list(batches(data, batch_size)), names, correct, desc="ptq bias_correction")
     return out
 
 
@@ -284,7 +289,9 @@ def analytic_bias_correction(qmodel: nn.Module, input_means: dict[str, torch.Ten
     (zero padding is ignored). Layers without an input mean are left alone. Returns per corrected
     layer the largest absolute correction."""
     out: dict[str, float] = {}
-    for n, m in quant_layers(qmodel):
+    layers = dict(quant_layers(qmodel))
+    for n in each_layer("ptq bias_correction", list(layers)):
+        m = layers[n]
         if n not in input_means:
             continue
         eps = (m.quantized_weight().detach() - _float_weight(fmodel, n, m)).double()

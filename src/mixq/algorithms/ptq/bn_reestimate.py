@@ -23,6 +23,7 @@ from mixq.algorithms.ptq._common import (
     as_tensor,
     batches,
     channel_moments,
+    each_layer,
     inputs_at,
     layers_in_forward_order,
     quantized_input,
@@ -93,7 +94,7 @@ def restore_channel_stats(qmodel: nn.Module, fmodel: nn.Module, calib: torch.Ten
     qmodel.eval()
     fmodel.eval()
     report: dict[str, float] = {}
-    for name in layers_in_forward_order(qmodel, data):
+    for name in each_layer("ptq restore_stats", layers_in_forward_order(qmodel, data)):
         q = qmodel.get_submodule(name)
         if not isinstance(q, QConv2d | QLinear) or not q.formats:
             continue

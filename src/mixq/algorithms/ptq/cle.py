@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mixq import progress
 from mixq.algorithms.ptq._common import groups_of
 from mixq.errors import MixqError
 from mixq.graph import capture, foldable_pairs, set_submodule
@@ -352,18 +353,20 @@ def cross_layer_equalize(
     out, pairs = replace_relu6(model, pairs, relu6)
     new_stats = dict(stats or {})
     ranges = {k: v.double().clone() for k, v in (act_ranges or {}).items()}
-    for _ in range(max(1, iterations)):
-        worst = 0.0
-        for p in pairs:
-            a = ranges.get(p.second)
-            w = act_weight.get(p.first, 0.0) if isinstance(act_weight, Mapping) else act_weight
-            s = equalize_pair(out, p, a, w)
-            if a is not None:
-                ranges[p.second] = a / (s.double().repeat_interleave(p.spatial) if p.spatial > 1 else s.double())
-            _scale_stats(new_stats, p.first, s)
-            worst = max(worst, float((s.double().log().abs()).max()) if s.numel() else 0.0)
-        if worst < math.log1p(tol):
-            break
+    with progress.task("ptq cle", total=max(1, iterations)) as task:
+        for _ in range(max(1, iterations)):
+            worst = 0.0
+            for p in pairs:
+                a = ranges.get(p.second)
+                w = act_weight.get(p.first, 0.0) if isinstance(act_weight, Mapping) else act_weight
+                s = equalize_pair(out, p, a, w)
+                if a is not None:
+                    ranges[p.second] = a / (s.double().repeat_interleave(p.spatial) if p.spatial > 1 else s.double())
+                _scale_stats(new_stats, p.first, s)
+                worst = max(worst, float((s.double().log().abs()).max()) if s.numel() else 0.0)
+            task.advance(pairs=len(pairs), largest_log_scale=worst)
+            if worst < math.log1p(tol):
+                break
     return out, new_stats, pairs
 
 

@@ -14,12 +14,14 @@ correction). The model must still contain its BatchNorm layers (run this before 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mixq import progress
 from mixq.algorithms.ptq._common import require_positive
 from mixq.errors import ModelError
 
@@ -90,24 +92,26 @@ def synthesize_inputs(model: nn.Module, input_shape: tuple[int, ...],
     out: list[torch.Tensor] = []
     first_loss, last_loss, groups = 0.0, 0.0, 0
     try:
-        for start in range(0, cfg.images, cfg.batch):
-            n = min(cfg.batch, cfg.images - start)
-            x = torch.randn((n, *shape), generator=gen).requires_grad_(True)
-            opt = torch.optim.Adam([x], lr=cfg.lr)
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.iterations)
-            for it in range(cfg.iterations):
-                captured.clear()
-                work(x)
-                loss = bn_matching_loss(captured, targets)
-                if it == 0:
-                    first_loss += float(loss.detach())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-            last_loss += float(loss.detach())
-            groups += 1
-            out.append(x.detach())
+        with progress.task("ptq synthesize", total=math.ceil(cfg.images / cfg.batch)) as task:
+            for start in range(0, cfg.images, cfg.batch):
+                n = min(cfg.batch, cfg.images - start)
+                x = torch.randn((n, *shape), generator=gen).requires_grad_(True)
+                opt = torch.optim.Adam([x], lr=cfg.lr)
+                sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.iterations)
+                for it in range(cfg.iterations):
+                    captured.clear()
+                    work(x)
+                    loss = bn_matching_loss(captured, targets)
+                    if it == 0:
+                        first_loss += float(loss.detach())
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                last_loss += float(loss.detach())
+                groups += 1
+                out.append(x.detach())
+                task.advance(images=start + n, bn_loss=float(loss.detach()))
     finally:
         for h in handles:
             h.remove()

@@ -365,7 +365,7 @@ def gptq(qmodel: nn.Module, calib: torch.Tensor, cfg: GPTQConfig | None = None, 
         report[name] = gptq_layer(layer, halves if cfg.holdout else halves[0] + halves[1], cfg, rows)
 
     try:
-        visit_twins(models, list(batches(data[: cfg.images], cfg.batch_size)), names, visit)
+        visit_twins(models, list(batches(data[: cfg.images], cfg.batch_size)), names, visit, desc="ptq gptq")
     finally:
         qmodel.train(was)
     return report

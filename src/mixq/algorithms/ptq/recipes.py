@@ -42,6 +42,13 @@ Named recipes (:data:`RECIPES`):
   data; analytic bias correction.
 
 Any field can be overridden per call: ``quantize(..., recipe="dfq", relu6="relu")``.
+
+Progress (:mod:`mixq.progress`): every stage is reported as ``ptq <stage>`` (the keys of
+:attr:`PTQResult.timings`): a task advancing per layer (``weight_scales``, ``act_ranges``,
+``adaround``, ``gptq``, network / analytic ``bias_correction``, ``restore_stats``), per batch
+(``calibrate``, per-layer ``bias_correction``), per sweep (``cle``) or per group (``synthesize``);
+the quick stages (``fold_bn``, ``streams``, ``msq_rows``, ``swap``) as one line each, plus a
+``ptq`` line when the recipe starts and ``ptq finished`` at the end.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixq import progress
 from mixq.algorithms.msq import assign_rows
 from mixq.algorithms.ptq._common import as_tensor, input_channel_ranges, require_positive, run_hooked
 from mixq.algorithms.ptq.act_ranges import output_aware_act_ranges
@@ -83,6 +91,8 @@ from mixq.graph.convert import to_quantized
 from mixq.plan import QuantPlan
 
 RECIPE_VERSION = 1
+# stages of quantize_report without a progress task of their own: one line each when done
+QUICK_STAGES = ("fold_bn", "streams", "msq_rows", "swap")
 BIAS_CORRECTIONS = ("none", "empirical", "network", "analytic")
 # the string fields of a Recipe and the values each may take
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -267,17 +277,20 @@ def quantize_report(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Ite
     details: dict[str, Any] = {}
     t = time.perf_counter()
 
-    def lap(stage: str) -> None:
+    def lap(stage: str, **info: Any) -> None:
         nonlocal t
         now = time.perf_counter()
         timings[stage] = timings.get(stage, 0.0) + now - t
         t = now
+        if stage in QUICK_STAGES:
+            progress.log(f"ptq {stage}", **info, seconds=round(timings[stage], 3))
 
     data = as_tensor(calib) if calib is not None else None
     if input_shape is None:
         if data is None:
             raise DataError("quantize: give calibration data or input_shape")
         input_shape = tuple(int(s) for s in data.shape[1:])
+    progress.log("ptq", recipe=r.name, model=plan.model, layers=len(plan.layers))
     was = model.training
     model.eval()
     try:
@@ -289,7 +302,7 @@ def quantize_report(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Ite
         need_stats = r.absorb_bias or r.bias_correction == "analytic"
         stats = bn_output_stats(model, input_shape) if need_stats else {}
         fm = fold_bn(model, input_shape).eval()
-        lap("fold_bn")
+        lap("fold_bn", model=type(model).__name__)
     finally:
         model.train(was)
     if r.cle:
@@ -310,12 +323,12 @@ def quantize_report(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Ite
         fm, stats, scales = equalize_streams(fm, input_shape, data, alpha=r.stream_alpha, stats=stats,
                                              batch_size=r.batch_size)
         details["streams"] = len(scales)
-        lap("streams")
+        lap("streams", streams=len(scales))
     if any(lp.weight_alt is not None and lp.alt_rows is None for _, lp in plan.items()):
         plan = assign_rows(fm, plan, fold=False)
-        lap("msq_rows")
+        lap("msq_rows", layers=sum(lp.weight_alt is not None for _, lp in plan.items()))
     q = to_quantized(fm, plan)
-    lap("swap")
+    lap("swap", layers=len(plan.layers))
     if r.weight_scales != "plan":
         max_bits = AUTO_SCALES_MAX_BITS if r.weight_scales == "auto" else None
         details["weight_scales"] = output_aware_weight_scales(q, data, batch_size=r.batch_size,
@@ -349,6 +362,7 @@ def quantize_report(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Ite
         details["restore_stats"] = restore_channel_stats(q, fm, data, batch_size=r.batch_size)
         lap("restore_stats")
     q.eval()
+    progress.log("ptq finished", recipe=r.name, seconds=round(sum(timings.values()), 2))
     return PTQResult(model=q, plan=plan, recipe=r, timings=timings, details=details)
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from mixq.algorithms.msq import scheme_from_errors
-from mixq.algorithms.ptq._common import column_moments, groups_of, run_hooked, weight_layers
+from mixq.algorithms.ptq._common import column_moments, each_layer, groups_of, run_hooked, weight_layers
 from mixq.errors import DataError
 from mixq.formats import NumberFormat
 from mixq.quant import snap
@@ -112,7 +112,7 @@ def output_aware_weight_scales(qmodel: nn.Module, data: torch.Tensor, *, mean_te
         return {}
     moments = input_feature_moments(qmodel, names, x, batch_size)
     report: dict[str, dict[str, Any]] = {}
-    for n in names:
+    for n in each_layer("ptq weight_scales", names):
         layer: Any = qmodel.get_submodule(n)
         mean, var = moments[n]
         g = groups_of(layer)

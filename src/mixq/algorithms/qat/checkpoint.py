@@ -6,11 +6,20 @@ Python, the history so far and the accumulated training time. It is written
 atomically (``torch.save`` to memory, then :func:`mixq.io.atomic_write_bytes`),
 so a run killed at any moment leaves the previous complete checkpoint behind,
 and it is read with ``weights_only=True`` (no arbitrary code from a file).
+
+It also records what the run trains on, so ``--resume`` refuses a run that would
+mix two trainings: the plan (``plan``, the layers of :func:`mixq.plan.plan_to_dict`
+as JSON) and a fingerprint of the training data (``data``: the number of samples,
+their shape, a SHA-256 of an evenly strided sample of the inputs and of all
+labels, plus whatever the caller adds, e.g. the dataset name). Version 1
+checkpoints (without these records) still resume; they cannot be checked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +28,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from mixq import progress
 from mixq.algorithms.qat.config import QatConfig, QatError
 from mixq.io import atomic_write_bytes
 
 CHECKPOINT_FORMAT = "mixq-qat-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+#: versions :func:`read_checkpoint` accepts (1: no plan / data records)
+READABLE_VERSIONS = (1, 2)
+#: inputs hashed by :func:`data_fingerprint` (evenly spaced over the set)
+FINGERPRINT_SAMPLES = 1024
 
 
 @dataclass
@@ -65,13 +79,105 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
+def data_fingerprint(x: torch.Tensor, y: torch.Tensor, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What identifies a training set cheaply: sample count, input shape, SHA-256 of up to
+    :data:`FINGERPRINT_SAMPLES` evenly spaced inputs and of all labels, and ``meta`` (JSON values the
+    caller adds, e.g. ``{"dataset": "fmnist"}``)."""
+    n = int(x.shape[0])
+    idx = torch.linspace(0, max(n - 1, 0), min(n, FINGERPRINT_SAMPLES)).round().long() if n else torch.zeros(0).long()
+    hx = hashlib.sha256(str(x.dtype).encode())
+    hx.update(x[idx].detach().cpu().contiguous().numpy().tobytes())
+    hy = hashlib.sha256(str(y.dtype).encode())
+    hy.update(y.detach().cpu().contiguous().numpy().tobytes())
+    out: dict[str, Any] = {"samples": n, "shape": [int(s) for s in x.shape[1:]],
+                           "inputs_sha256": hx.hexdigest()[:16], "labels_sha256": hy.hexdigest()[:16]}
+    if meta:
+        out["meta"] = json.loads(json.dumps(meta, sort_keys=True, default=str))
+    return out
+
+
+def plan_record(plan: Any) -> str:
+    """The part of a `QuantPlan` that shapes training (model name and layers; not ``meta``), as JSON."""
+    from mixq.plan import plan_to_dict
+
+    d = plan_to_dict(plan)
+    return json.dumps({"model": d["model"], "layers": d["layers"]})  # layers in the plan's (forward) order
+
+
+def first_difference(a: Any, b: Any, path: str) -> tuple[str, Any, Any] | None:
+    """The first (path, a-value, b-value) where two JSON values differ (dicts in ``a``'s key order)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            if k not in a or k not in b:
+                return f"{path}.{k}", a.get(k, "<absent>"), b.get(k, "<absent>")
+            d = first_difference(a[k], b[k], f"{path}.{k}")
+            if d is not None:
+                return d
+        return None
+    return None if a == b else (path, a, b)
+
+
+def _short(v: Any, limit: int = 60) -> str:
+    r = repr(v)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def check_lineage(path: Path, obj: dict[str, Any], *, plan: str | None, data: dict[str, Any] | None) -> None:
+    """Raise `QatError` when the checkpoint was made for another plan or other training data.
+
+    ``plan`` is :func:`plan_record` of this run's plan (None: the run has no plan, e.g. float
+    fine-tuning); ``data`` is :func:`data_fingerprint` of this run's training set. A version 1
+    checkpoint has neither record: it resumes unchecked (a line says so).
+    """
+    if obj.get("version") == 1:
+        progress.log(f"{path}: version 1 checkpoint, the plan and the training data cannot be checked")
+        return
+    saved_plan = obj.get("plan")
+    if (saved_plan is None) != (plan is None):
+        raise QatError(f"{path}: checkpoint was made {'with' if saved_plan is not None else 'without'} a plan, "
+                       f"this run has {'one' if plan is not None else 'none'} (field 'plan')")
+    if saved_plan is not None and plan is not None and saved_plan != plan:
+        old, new = json.loads(saved_plan), json.loads(plan)
+        diff = first_difference(old, new, "plan") or ("plan", "?", "?")
+        raise QatError(f"{path}: checkpoint was made for a different plan: {diff[0]} "
+                       f"(checkpoint {_short(diff[1])}, now {_short(diff[2])}); "
+                       "resume with the same plan or start a new run folder")
+    saved_data = obj.get("data")
+    what = data_difference(saved_data, data)
+    if what is not None:
+        raise QatError(f"{path}: checkpoint was made on different training data, this run has {what}; "
+                       "resume with the same data or start a new run folder")
+
+
+def data_difference(saved: dict[str, Any] | None, now: dict[str, Any] | None) -> str | None:
+    """What differs between two :func:`data_fingerprint` records, in words naming the field (None: the
+    same, or either record missing)."""
+    if not saved or not now or dict(saved) == now:
+        return None
+    diff = first_difference(dict(saved), now, "data") or ("data", "?", "?")
+    what = {"data.samples": "another number of training samples (--max-train?)",
+            "data.shape": "another input shape (--dataset / --model?)",
+            "data.inputs_sha256": "other training inputs (--dataset / --data-root?)",
+            "data.labels_sha256": "other training labels (--dataset / --data-root?)"}.get(diff[0], "other data")
+    return f"{what}: field '{diff[0]}' is {_short(diff[1])} in the checkpoint, {_short(diff[2])} now"
+
+
+def nonfinite_tensors(module: torch.nn.Module) -> list[str]:
+    """Names of the floating-point parameters and buffers of ``module`` holding a NaN or an Inf."""
+    return [k for k, v in module.state_dict().items()
+            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def save_checkpoint(path: Path, *, cfg: QatConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, pos: Position, world_size: int, extra: dict[str, Any] | None = None) -> None:
-    """Write the training state atomically to ``path``."""
+                    scheduler: Any, pos: Position, world_size: int, extra: dict[str, Any] | None = None,
+                    plan: str | None = None, data: dict[str, Any] | None = None) -> None:
+    """Write the training state atomically to ``path`` (``plan`` / ``data``: see :func:`check_lineage`)."""
     obj = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "config": cfg.to_dict(),
+        "plan": plan,
+        "data": data,
         "world_size": world_size,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -95,9 +201,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise QatError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise QatError(f"{path}: not a mixq QAT checkpoint (field 'format')")
-    if obj.get("version") != CHECKPOINT_VERSION:
-        raise QatError(f"{path}: checkpoint version {obj.get('version')!r} is not {CHECKPOINT_VERSION} "
-                       "(field 'version')")
+    if obj.get("version") not in READABLE_VERSIONS:
+        raise QatError(f"{path}: checkpoint version {obj.get('version')!r} is not one of "
+                       f"{', '.join(map(str, READABLE_VERSIONS))} (field 'version')")
     return obj
 
 

@@ -9,6 +9,7 @@ config that changes the trajectory (learning rate, seed, epochs, ...) raises
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -98,14 +99,21 @@ class QatConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise bad(name, "must be a non-negative integer")
-        if not (isinstance(self.lr, int | float) and self.lr > 0):
+        for name in ("lr", "momentum", "weight_decay", "min_lr", "kd_alpha", "kd_temperature"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise bad(name, "must be a finite number")
+        if not self.lr > 0:
             raise bad("lr", "must be positive")
-        if self.scale_lr is not None and not self.scale_lr > 0:
-            raise bad("scale_lr", "must be positive or null")
+        if self.scale_lr is not None and (isinstance(self.scale_lr, bool) or not isinstance(self.scale_lr, int | float)
+                                          or not math.isfinite(self.scale_lr) or not self.scale_lr > 0):
+            raise bad("scale_lr", "must be a finite positive number or null")
         if not 0 <= self.momentum < 1:
             raise bad("momentum", "must be in [0, 1)")
-        if self.weight_decay < 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise bad("weight_decay" if self.weight_decay < 0 else "min_lr", "out of range")
+        if self.weight_decay < 0:
+            raise bad("weight_decay", "must be >= 0")
+        if self.min_lr < 0 or self.min_lr > self.lr:
+            raise bad("min_lr", f"must be in [0, lr = {self.lr!r}]")
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         if self.weight_quant not in WEIGHT_QUANT:
@@ -114,7 +122,8 @@ class QatConfig:
             raise bad("act_quant", f"must be one of {', '.join(ACT_QUANT)}")
         if self.bn not in BN_MODES:
             raise bad("bn", f"must be one of {', '.join(BN_MODES)}")
-        if self.grad_bits is not None and (isinstance(self.grad_bits, bool) or not 2 <= self.grad_bits <= 16):
+        if self.grad_bits is not None and (isinstance(self.grad_bits, bool) or not isinstance(self.grad_bits, int)
+                                           or not 2 <= self.grad_bits <= 16):
             raise bad("grad_bits", "must be null or an integer in [2, 16]")
         if not 0 <= self.kd_alpha <= 1:
             raise bad("kd_alpha", "must be in [0, 1]")

@@ -7,7 +7,10 @@
     res.paths        # plan.json, model.pt, result.json (+ checkpoint.pt)
 
 Re-running with ``resume=True`` after the process died continues from the
-last checkpoint and ends with the same weights as an uninterrupted run.
+last checkpoint and ends with the same weights as an uninterrupted run; a
+resume with another config, plan or training data is refused (`QatError`
+naming what differs). A NaN/Inf in the float model, the loss or the weights
+stops the run with `NumericError`, leaving the last good checkpoint in place.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixq import progress
+from mixq.algorithms.qat.checkpoint import nonfinite_tensors
 from mixq.algorithms.qat.config import QatConfig, QatError
 from mixq.algorithms.qat.modules import export_plain, qat_layers
 from mixq.algorithms.qat.prepare import prepare_qat
 from mixq.algorithms.qat.result import CHECKPOINT_FILE, save_result
 from mixq.algorithms.qat.trainer import CheckpointHook, accuracy, dist_info, fit
+from mixq.errors import NumericError
 from mixq.plan import QuantPlan
 
 
@@ -70,14 +76,18 @@ def train_qat(model: nn.Module, plan: QuantPlan, train: tuple[torch.Tensor, torc
               out_dir: str | Path, *, val: tuple[torch.Tensor, torch.Tensor] | None = None,
               calib: torch.Tensor | None = None, masks: Mapping[str, torch.Tensor] | None = None,
               teacher: nn.Module | None = None, resume: bool = False, on_checkpoint: CheckpointHook | None = None,
-              fill: float = 0.0, extra_summary: dict[str, Any] | None = None) -> QatResult:
+              fill: float = 0.0, extra_summary: dict[str, Any] | None = None,
+              data_meta: dict[str, Any] | None = None) -> QatResult:
     """Quantization-aware training of the float ``model`` under ``plan``; results in ``out_dir``.
 
     ``train`` / ``val`` are (float inputs, int64 labels); ``calib`` (default: the
     first ``cfg.calib_images`` training inputs) initialises the scales; ``masks``
     (layer -> 0/1 weight mask) keeps pruned weights at zero; ``teacher`` defaults
     to the float ``model`` itself when ``cfg.kd_alpha > 0``. A fresh run refuses
-    to overwrite an existing checkpoint unless ``resume`` is given.
+    to overwrite an existing checkpoint unless ``resume`` is given; ``data_meta``
+    (JSON values, e.g. ``{"dataset": "fmnist"}``) is recorded in the checkpoint
+    with a fingerprint of ``train`` and must match on resume, as must ``plan``.
+    A float ``model`` holding NaN/Inf raises `NumericError` before anything runs.
     """
     out = Path(out_dir)
     ckpt = out / CHECKPOINT_FILE
@@ -87,6 +97,13 @@ def train_qat(model: nn.Module, plan: QuantPlan, train: tuple[torch.Tensor, torc
     x, y = train
     if x.shape[0] != y.shape[0]:
         raise QatError(f"train: {x.shape[0]} inputs but {y.shape[0]} labels")
+    bad = nonfinite_tensors(model)
+    if bad:
+        raise NumericError(f"qat run in {out}: the float model's {bad[0]} holds NaN/Inf; nothing was trained "
+                           f"or written{' (the checkpoint ' + str(ckpt) + ' is kept)' if ckpt.exists() else ''}")
+    report = cfg.progress and rank == 0
+    if report:
+        progress.log("qat prepare", out=str(out), layers=len(plan.layers), train_samples=int(x.shape[0]))
     calib_x = calib if calib is not None else x[: cfg.calib_images]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -95,8 +112,12 @@ def train_qat(model: nn.Module, plan: QuantPlan, train: tuple[torch.Tensor, torc
         teacher = copy.deepcopy(model).eval()
     fit_masks = _param_masks(qmodel, masks or {})
     res = fit(qmodel, x, y, cfg, ckpt, teacher=teacher, masks=fit_masks, val=val, resume=resume,
-              on_checkpoint=on_checkpoint, fill=fill)
+              on_checkpoint=on_checkpoint, fill=fill, plan=plan, data_meta=data_meta)
     plain = export_plain(qmodel)
+    bad = nonfinite_tensors(plain)
+    if bad:
+        raise NumericError(f"qat run in {out}: the exported model's {bad[0]} holds NaN/Inf; {out / 'model.pt'} "
+                           f"not written (the last good checkpoint is kept at {ckpt})")
     summary: dict[str, Any] = {
         "model": plan.model,
         "config": cfg.to_dict(),
@@ -124,4 +145,7 @@ def train_qat(model: nn.Module, plan: QuantPlan, train: tuple[torch.Tensor, torc
         paths.update(save_result(out, plain, out_plan, summary))
     if world > 1:
         torch.distributed.barrier()
+    if report:
+        progress.log("qat wrote", out=str(out), steps=res.steps,
+                     **({"val_accuracy": round(summary["val_accuracy"], 2)} if val is not None else {}))
     return QatResult(model=plain, plan=out_plan, summary=summary, paths=paths)

@@ -17,8 +17,10 @@ averaged, rank 0 writes the checkpoints and every rank resumes from them.
 from __future__ import annotations
 
 import copy
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixq import progress
 from mixq.algorithms.qat.checkpoint import (
     Position,
     check_compatible,
+    check_lineage,
+    data_fingerprint,
     load_model_state,
+    nonfinite_tensors,
+    plan_record,
     read_checkpoint,
     restore_position,
     save_checkpoint,
@@ -38,6 +45,8 @@ from mixq.algorithms.qat.checkpoint import (
 from mixq.algorithms.qat.config import QatConfig, QatError
 from mixq.algorithms.qat.functional import augment_shift_flip, cosine_lr, kd_loss
 from mixq.algorithms.qat.modules import set_channels_last, set_grad_quant
+from mixq.errors import NumericError
+from mixq.plan import QuantPlan
 from mixq.zoo.train import torch_settings
 
 CheckpointHook = Callable[[Position], None]
@@ -132,15 +141,24 @@ class FitResult:
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: QatConfig, checkpoint: Path, *,
         teacher: nn.Module | None = None, masks: Mapping[str, torch.Tensor] | None = None,
         val: tuple[torch.Tensor, torch.Tensor] | None = None, resume: bool = False,
-        on_checkpoint: CheckpointHook | None = None, fill: float = 0.0, desc: str = "qat") -> FitResult:
+        on_checkpoint: CheckpointHook | None = None, fill: float = 0.0, desc: str = "qat",
+        plan: QuantPlan | None = None, data_meta: dict[str, Any] | None = None) -> FitResult:
     """Train ``model`` in place on ``(x, y)`` for ``cfg.epochs``, checkpointing to ``checkpoint``.
 
     ``masks`` maps parameter names to 0/1 tensors: masked gradients and weights
     are zeroed around every step (pruned fine-tuning). ``teacher`` (eval mode)
     provides distillation targets when ``cfg.kd_alpha > 0``. With ``resume`` and
     an existing checkpoint the run continues from it; a checkpoint of a run
-    with another trajectory raises `QatError`. ``fill`` is the input value of
-    the border pixels that shift augmentation brings in.
+    with another trajectory, another ``plan`` (the plan ``model`` was prepared
+    for) or other training data (``x``, ``y`` and ``data_meta``, see
+    :func:`~mixq.algorithms.qat.checkpoint.data_fingerprint`) raises `QatError`.
+    ``fill`` is the input value of the border pixels that shift augmentation
+    brings in.
+
+    A non-finite loss (before the optimizer step) or non-finite weights (before a
+    checkpoint is written) stop the run with `NumericError`; the last checkpoint
+    written stays as it was. Progress (``cfg.progress``, rank 0): a task ``desc``
+    advancing per step with the running loss, and a line per epoch.
     """
     rank, world = dist_info()
     n = int(x.shape[0])
@@ -159,6 +177,10 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: QatConfig, chec
         if pname not in params or tuple(params[pname].shape) != tuple(m.shape):
             raise QatError(f"masks: {pname!r} is not a parameter of the model with shape {tuple(m.shape)}")
         mask_params[pname] = (params[pname], m.to(params[pname].dtype))
+    plan_rec = plan_record(plan) if plan is not None else None
+    data_rec = data_fingerprint(x, y, data_meta)
+    report = cfg.progress and rank == 0
+    run = f"{desc} run in {checkpoint.parent}"
 
     with torch_settings(cfg.threads, cfg.deterministic):
         torch.manual_seed(cfg.seed)
@@ -167,10 +189,12 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: QatConfig, chec
         sched = torch.optim.lr_scheduler.LambdaLR(opt, CosineSchedule(total, cfg.warmup_steps, floor))
         pos = Position()
         resumed_from = None
+        last_good = "no checkpoint was written yet"
         if resume and checkpoint.is_file():
             obj = read_checkpoint(checkpoint)
             check_compatible(checkpoint, obj, cfg, world)
             load_model_state(checkpoint, model, obj["model"])
+            check_lineage(checkpoint, obj, plan=plan_rec, data=data_rec)
             try:
                 opt.load_state_dict(obj["optimizer"])
                 sched.load_state_dict(obj["scheduler"])
@@ -179,6 +203,10 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: QatConfig, chec
             pos = restore_position(obj)
             set_rng_state(obj["rng"])
             resumed_from = {"epoch": pos.epoch, "step": pos.step, "global_step": pos.global_step}
+            last_good = f"the last good checkpoint is kept at {checkpoint} ({_where(pos, cfg, steps_per_epoch)})"
+            if report:
+                progress.log(f"{desc} resumed", checkpoint=str(checkpoint), epoch=pos.epoch, step=pos.step,
+                             global_step=pos.global_step)
         net: nn.Module = model
         if teacher is not None and cfg.channels_last and x.dim() == 4:
             teacher = copy.deepcopy(teacher).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -191,74 +219,91 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: QatConfig, chec
                               else torch.contiguous_format)
 
         def save() -> None:
+            nonlocal last_good
+            bad = nonfinite_tensors(model)
+            if bad:
+                raise NumericError(f"{run}: {bad[0]} holds NaN/Inf at {_where(pos, cfg, steps_per_epoch)}; "
+                                   f"not saved, {last_good} (lower the learning rate?)")
             if rank == 0:
                 save_checkpoint(checkpoint, cfg=cfg, model=model, optimizer=opt, scheduler=sched, pos=pos,
-                                world_size=world)
+                                world_size=world, plan=plan_rec, data=data_rec)
             if world > 1:
                 torch.distributed.barrier()
+            last_good = f"the last good checkpoint is kept at {checkpoint} ({_where(pos, cfg, steps_per_epoch)})"
             if on_checkpoint is not None and rank == 0:
                 on_checkpoint(pos)
 
-        bar, task = _progress(cfg.progress and rank == 0, desc, total, pos.global_step)
         t_last = time.perf_counter()
         try:
-            while pos.epoch < cfg.epochs:
-                model.train()
-                if teacher is not None:
-                    teacher.eval()
-                order = epoch_order(cfg.seed, pos.epoch, n)
-                while pos.step < steps_per_epoch:
-                    idx = order[pos.step * cfg.batch_size : (pos.step + 1) * cfg.batch_size][rank::world]
-                    xb, yb = x[idx], y[idx]
-                    gen = torch.Generator().manual_seed(_seed(cfg.seed, pos.epoch, pos.step, rank))
-                    if cfg.augment:
-                        xb = augment_shift_flip(xb, gen, fill=fill)
-                    if cfg.channels_last and xb.dim() == 4:
-                        xb = xb.contiguous(memory_format=torch.channels_last)
-                    grad_gen.manual_seed(_seed(cfg.seed, pos.epoch, pos.step, rank, 1))
-                    out = net(xb)
-                    t_out = None
-                    if teacher is not None and cfg.kd_alpha > 0:
-                        with torch.no_grad():
-                            t_out = teacher(xb)
-                    loss = kd_loss(out, t_out if t_out is not None else out, yb, cfg.kd_alpha, cfg.kd_temperature)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    for p, m in mask_params.values():
-                        if p.grad is not None:
-                            p.grad.mul_(m)
-                    opt.step()
-                    sched.step()
-                    with torch.no_grad():
+            with _task(report, desc, total, pos.global_step) as bar:
+                while pos.epoch < cfg.epochs:
+                    model.train()
+                    if teacher is not None:
+                        teacher.eval()
+                    order = epoch_order(cfg.seed, pos.epoch, n)
+                    while pos.step < steps_per_epoch:
+                        idx = order[pos.step * cfg.batch_size : (pos.step + 1) * cfg.batch_size][rank::world]
+                        xb, yb = x[idx], y[idx]
+                        gen = torch.Generator().manual_seed(_seed(cfg.seed, pos.epoch, pos.step, rank))
+                        if cfg.augment:
+                            xb = augment_shift_flip(xb, gen, fill=fill)
+                        if cfg.channels_last and xb.dim() == 4:
+                            xb = xb.contiguous(memory_format=torch.channels_last)
+                        grad_gen.manual_seed(_seed(cfg.seed, pos.epoch, pos.step, rank, 1))
+                        out = net(xb)
+                        t_out = None
+                        if teacher is not None and cfg.kd_alpha > 0:
+                            with torch.no_grad():
+                                t_out = teacher(xb)
+                        loss = kd_loss(out, t_out if t_out is not None else out, yb, cfg.kd_alpha,
+                                       cfg.kd_temperature)
+                        value = float(loss.detach())
+                        if not _all_finite(value, world):
+                            raise NumericError(
+                                f"{run}: the training loss is {value} at {_where(pos, cfg, steps_per_epoch, 1)}; "
+                                f"stopped before the optimizer step, {last_good} "
+                                "(lower the learning rate, or check the model and data for NaN/Inf)")
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
                         for p, m in mask_params.values():
-                            p.mul_(m)
-                    pos.step += 1
-                    pos.global_step += 1
-                    pos.loss_sum += float(loss.detach()) * len(idx)
-                    pos.seen += len(idx)
-                    now = time.perf_counter()
-                    pos.train_time_s += now - t_last
-                    t_last = now
-                    if bar is not None:
-                        bar.update(task, advance=1, description=f"{desc} epoch {pos.epoch + 1}/{cfg.epochs} "
-                                   f"loss {pos.loss_sum / max(1, pos.seen):.4f}")
-                    if cfg.checkpoint_every and pos.global_step % cfg.checkpoint_every == 0 \
-                            and pos.step < steps_per_epoch:
-                        save()
-                        t_last = time.perf_counter()
-                record: dict[str, Any] = {"epoch": pos.epoch + 1, "train_loss": pos.loss_sum / max(1, pos.seen),
-                                          "lr": float(sched.get_last_lr()[0]),
-                                          "train_time_s": round(pos.train_time_s, 2)}
-                if val is not None and cfg.eval_every_epoch:
-                    record["val_accuracy"] = accuracy(model, *val)
-                pos.history.append(record)
-                pos.epoch += 1
-                pos.step, pos.loss_sum, pos.seen = 0, 0.0, 0
-                save()
-                t_last = time.perf_counter()
+                            if p.grad is not None:
+                                p.grad.mul_(m)
+                        opt.step()
+                        sched.step()
+                        with torch.no_grad():
+                            for p, m in mask_params.values():
+                                p.mul_(m)
+                        pos.step += 1
+                        pos.global_step += 1
+                        pos.loss_sum += value * len(idx)
+                        pos.seen += len(idx)
+                        now = time.perf_counter()
+                        pos.train_time_s += now - t_last
+                        t_last = now
+                        if bar is not None:
+                            bar.advance(epoch=f"{pos.epoch + 1}/{cfg.epochs}",
+                                        loss=round(pos.loss_sum / max(1, pos.seen), 4))
+                        if cfg.checkpoint_every and pos.global_step % cfg.checkpoint_every == 0 \
+                                and pos.step < steps_per_epoch:
+                            save()
+                            t_last = time.perf_counter()
+                    record: dict[str, Any] = {"epoch": pos.epoch + 1,
+                                              "train_loss": pos.loss_sum / max(1, pos.seen),
+                                              "lr": float(sched.get_last_lr()[0]),
+                                              "train_time_s": round(pos.train_time_s, 2)}
+                    if val is not None and cfg.eval_every_epoch:
+                        record["val_accuracy"] = accuracy(model, *val)
+                    pos.history.append(record)
+                    pos.epoch += 1
+                    pos.step, pos.loss_sum, pos.seen = 0, 0.0, 0
+                    save()
+                    if report:
+                        progress.log(f"{desc} epoch", epoch=f"{record['epoch']}/{cfg.epochs}",
+                                     loss=round(record["train_loss"], 4),
+                                     **({"val_accuracy": round(record["val_accuracy"], 2)}
+                                        if "val_accuracy" in record else {}))
+                    t_last = time.perf_counter()
         finally:
-            if bar is not None:
-                bar.stop()
             set_grad_quant(model, None, None)
             set_channels_last(model, False)
             _params_memory_format(model, torch.contiguous_format)
@@ -267,22 +312,37 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: QatConfig, chec
                      resumed_from=resumed_from)
 
 
+def _where(pos: Position, cfg: QatConfig, steps_per_epoch: int, ahead: int = 0) -> str:
+    """``epoch e/E, step s/S, global step g`` (1-based) of the position (``ahead``: steps past it)."""
+    if pos.step == 0 and pos.epoch > 0 and not ahead:
+        return f"the end of epoch {pos.epoch}/{cfg.epochs}, global step {pos.global_step}"
+    return (f"epoch {pos.epoch + 1}/{cfg.epochs}, step {pos.step + ahead}/{steps_per_epoch}, "
+            f"global step {pos.global_step + ahead}")
+
+
+def _all_finite(value: float, world: int) -> bool:
+    """Whether the loss is finite on every process (one all-reduce under DDP, so all stop together)."""
+    ok = math.isfinite(value)
+    if world > 1:
+        flag = torch.tensor([0.0 if ok else 1.0])
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        ok = float(flag) == 0.0
+    return ok
+
+
+@contextmanager
+def _task(enabled: bool, desc: str, total: int, done: int) -> Iterator[progress.Task | None]:
+    """A :func:`mixq.progress.task`, or None when reporting is off."""
+    if not enabled:
+        yield None
+        return
+    with progress.task(desc, total=total, done=done) as t:
+        yield t
+
+
 @torch.no_grad()
 def _params_memory_format(model: nn.Module, fmt: torch.memory_format) -> None:
     """Store every 4-D parameter (conv weights) in ``fmt`` (values unchanged)."""
     for p in model.parameters():
         if p.dim() == 4:
             p.data = p.data.contiguous(memory_format=fmt)
-
-
-def _progress(enabled: bool, desc: str, total: int, done: int) -> tuple[Any, Any]:
-    """A started ``rich`` progress bar and its task, or (None, None)."""
-    if not enabled:
-        return None, None
-    try:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    except ImportError:  # pragma: no cover - rich is a dependency
-        return None, None
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    bar.start()
-    return bar, bar.add_task(desc, total=total, completed=done)

@@ -11,6 +11,9 @@
    the points no other point beats on both accuracy and FPS.
 5. The chosen point: the target's plan (``target_fps``), or the fastest point within
    ``max_drop`` of the float model (default 1 point).
+
+Progress (:mod:`mixq.progress`): the tasks ``search sensitivity`` (per layer), ``search ilp``
+(per target frame rate) and ``search candidates`` (per evaluated plan), and a ``search chose`` line.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixq import progress
 from mixq.algorithms.msq import row_advantage
 from mixq.algorithms.search.allocate import Allocation, allocate, fastest, to_plan
 from mixq.algorithms.search.costs import HwTable
@@ -188,16 +192,19 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
     cyc = sorted({table.cycles_for(f) for f in fps_targets} | {best.cycles})
     searched: dict[int, Point] = {}
     seen: dict[str, Point] = {}
-    for t in cyc:
-        pt = _searched(model_name, table, sens, t, specs, part, signed, adv)
-        if pt is not None:  # the same plan found for two targets is evaluated once
-            key = repr(sorted((n, repr(lp)) for n, lp in pt.plan.items()))
-            searched[t] = seen.setdefault(key, pt)
+    with progress.task("search ilp", total=len(cyc)) as task:
+        for t in cyc:
+            pt = _searched(model_name, table, sens, t, specs, part, signed, adv)
+            if pt is not None:  # the same plan found for two targets is evaluated once
+                key = repr(sorted((n, repr(lp)) for n, lp in pt.plan.items()))
+                searched[t] = seen.setdefault(key, pt)
+            task.advance(target_fps=round(table.fps_of(t), 1), plans=len(seen))
     times["ilp_sweep"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     uniq = list(seen.values())
     pts = uniq + list(baselines.values())
-    accs = evaluate_plans(folded, calib, eval_fn, [p.plan for p in pts], cfg.executor, cfg.workers)
+    accs = evaluate_plans(folded, calib, eval_fn, [p.plan for p in pts], cfg.executor, cfg.workers,
+                          labels=[p.label for p in pts])
     ref = float(eval_fn(folded))
     pts = [Point(p.label, p.kind, p.plan, p.fps, p.fits, p.resources, p.utilization, p.sensitivity, a, ref - a)
            for p, a in zip(pts, accs, strict=True)]
@@ -220,6 +227,8 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
                             f"(best: {top.label}, drop {top.drop:.2f} at {top.fps:.0f} FPS)")
         chosen = max(within, key=lambda p: (p.fps, p.accuracy))
     times["total"] = time.perf_counter() - t0
+    progress.log("search chose", chosen=chosen.label, fps=round(chosen.fps, 1), accuracy=round(chosen.accuracy, 2),
+                 seconds=round(times["total"], 1))
     plan = chosen.plan.with_meta(search_result={"fps": chosen.fps, "accuracy": chosen.accuracy, "part": part})
     base = dict(zip(baselines, pts[len(uniq):], strict=True))
     return SearchResult(plan, chosen, pareto_front(pts), pts, base, ref, best_fps, part, target_fps, max_drop,

@@ -5,13 +5,16 @@ activations) and then the user's ``eval_fn(qmodel) -> float`` (higher is better,
 e.g. top-1 %). For the process pool and Ray the model, calibration images and
 ``eval_fn`` are shipped to each worker once; ``eval_fn`` must then be picklable
 (`AccuracyEval` and `AgreementEval` are; a lambda is not, and falls back to serial).
+
+Progress: the task ``search candidates`` advances as each candidate's figure comes back (in
+order); the workers themselves report nothing.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixq import progress
 from mixq.errors import MixqError
 from mixq.graph import ops
 from mixq.plan import QuantPlan
@@ -65,6 +69,7 @@ _STATE: dict[str, Any] = {}
 
 def _init(model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn, threads: int) -> None:
     torch.set_num_threads(threads)
+    progress.configure("quiet")  # the parent reports each candidate
     _STATE.update(model=model, calib=calib, eval_fn=eval_fn)
 
 
@@ -85,23 +90,42 @@ def _picklable(obj: object) -> bool:
 
 
 def evaluate_plans(model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn, plans: Sequence[QuantPlan],
-                   executor: str = "process", workers: int = 2) -> list[float]:
-    """``eval_fn`` of every plan's quantized model, in the order of ``plans``."""
+                   executor: str = "process", workers: int = 2,
+                   labels: Sequence[str] | None = None) -> list[float]:
+    """``eval_fn`` of every plan's quantized model, in the order of ``plans`` (``labels``: how the
+    progress lines name them; default the model name)."""
     if executor not in EXECUTORS:
         raise MixqError(f"search.executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
+    if labels is not None and len(labels) != len(plans):
+        raise MixqError(f"evaluate_plans: {len(labels)} labels for {len(plans)} plans")
+    with progress.task("search candidates", total=len(plans)) as task:
+        out: list[float] = []
+        names = list(labels) if labels is not None else [p.model for p in plans]
+        for name, v in zip(names, _results(model, calib, eval_fn, plans, executor, workers), strict=True):
+            out.append(v)
+            task.advance(plan=name, figure=round(v, 3))
+        return out
+
+
+def _results(model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn, plans: Sequence[QuantPlan], executor: str,
+             workers: int) -> Iterator[float]:
+    """The figures, in the order of ``plans``, as they come back."""
     if executor == "ray":
-        return _ray(model, calib, eval_fn, plans, workers)
+        yield from _ray(model, calib, eval_fn, plans, workers)
+        return
     if executor == "serial" or workers <= 1 or len(plans) <= 1 or not _picklable(eval_fn):
-        return [quantize_and_eval(model, calib, eval_fn, p) for p in plans]
+        for p in plans:
+            yield quantize_and_eval(model, calib, eval_fn, p)
+        return
     n = min(workers, len(plans))
     threads = max(1, torch.get_num_threads() // n)
     with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init,
                              initargs=(model, calib, eval_fn, threads)) as ex:
-        return list(ex.map(_work, [plan_to_dict(p) for p in plans]))  # QuantPlan holds mapping proxies
+        yield from ex.map(_work, [plan_to_dict(p) for p in plans])  # QuantPlan holds mapping proxies
 
 
 def _ray(model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn, plans: Sequence[QuantPlan],
-         workers: int) -> list[float]:
+         workers: int) -> Iterator[float]:
     try:
         import ray
     except ImportError as e:
@@ -113,7 +137,9 @@ def _ray(model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn, plans: Sequence
     try:
         remote = ray.remote(num_cpus=1)(_ray_task)
         m_ref, c_ref, f_ref = ray.put(model), ray.put(calib), ray.put(eval_fn)
-        return [float(v) for v in ray.get([remote.remote(m_ref, c_ref, f_ref, plan_to_dict(p)) for p in plans])]
+        refs = [remote.remote(m_ref, c_ref, f_ref, plan_to_dict(p)) for p in plans]
+        for ref in refs:
+            yield float(ray.get(ref))
     finally:
         if started:
             ray.shutdown()

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from mixq import progress
 from mixq.algorithms.msq import row_advantage
 from mixq.algorithms.search.space import SearchSpace, act_format, sp2_rows, weight_formats
 from mixq.errors import MixqError
@@ -173,6 +174,7 @@ def sensitivity(model: nn.Module, calib: torch.Tensor, space: SearchSpace, signe
     path = Path(cache_dir) / f"{model_name}-{key}.json" if cache_dir is not None else None
     if path is not None and path.exists():
         d = json.loads(path.read_text())
+        progress.log("search sensitivity", cached=str(path), layers=len(d["weight"]))
         return Sensitivity(d["weight"], d["act"], d["method"], d["key"], d.get("traces", {}))
     was = model.training
     model.eval()
@@ -184,26 +186,29 @@ def sensitivity(model: nn.Module, calib: torch.Tensor, space: SearchSpace, signe
         weights = {n: mods[n].weight.detach() for n in names}
         adv = {n: row_advantage(weights[n], *weight_formats(4)) for n in names}
         keys = space.weight_keys()
+        abits = sorted(set(space.abits))
         wsens: dict[str, dict[str, float]] = {n: {} for n in names}
+        asens: dict[str, dict[str, float]] = {}
         traces: dict[str, float] = {}
-        if cfg.method == "hessian":
-            tr = _hutchinson(model, names, x, ref, cfg.hutchinson_samples, cfg.seed)
-            for n in names:
+        with progress.task("search sensitivity", total=len(names)) as task:
+            tr = _hutchinson(model, names, x, ref, cfg.hutchinson_samples, cfg.seed) if cfg.method == "hessian" \
+                else {}
+            for n in names:  # one layer at a time: its weight options, then its activation widths
                 w = weights[n]
-                per_row = w[0].numel()
-                traces[n] = float(tr[n].sum())
-                for wb, rho in keys:
-                    d2 = (quantized_weight(w, wb, rho, adv[n]) - w).reshape(w.shape[0], -1).pow(2).sum(1).double()
-                    wsens[n][wkey(wb, rho)] = float(0.5 * (tr[n] / per_row * d2).sum())
-        else:
-            with torch.no_grad():
-                for n in names:
-                    w = weights[n]
+                if cfg.method == "hessian":
+                    per_row = w[0].numel()
+                    traces[n] = float(tr[n].sum())
                     for wb, rho in keys:
-                        wq = quantized_weight(w, wb, rho, adv[n])
-                        logits = functional_call(model, {f"{n}.weight": wq}, (x,))
-                        wsens[n][wkey(wb, rho)] = max(float(_kl(ref, logits)), 0.0)
-        asens = _act_sensitivity(model, names, x, ref, sorted(set(space.abits)), set(signed))
+                        d2 = (quantized_weight(w, wb, rho, adv[n]) - w).reshape(w.shape[0], -1).pow(2).sum(1)
+                        wsens[n][wkey(wb, rho)] = float(0.5 * (tr[n] / per_row * d2.double()).sum())
+                else:
+                    with torch.no_grad():
+                        for wb, rho in keys:
+                            wq = quantized_weight(w, wb, rho, adv[n])
+                            logits = functional_call(model, {f"{n}.weight": wq}, (x,))
+                            wsens[n][wkey(wb, rho)] = max(float(_kl(ref, logits)), 0.0)
+                asens.update(_act_sensitivity(model, [n], x, ref, abits, set(signed)))
+                task.advance(layer=n, method=cfg.method)
     finally:
         model.train(was)
     out = Sensitivity(wsens, asens, cfg.method, key, traces)
