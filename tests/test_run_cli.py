@@ -87,11 +87,12 @@ def test_run_plan_round_trips_and_report_is_self_contained(demo: Path) -> None:
 
 
 def test_bad_input_gives_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", "--out", str(tmp_path), "--weight", "fixed99", "--quiet"]) == 2
+    assert main(["run", "--out", str(tmp_path / "o"), "--weight", "fixed99", "--quiet"]) == 1
     err = capsys.readouterr().err
-    assert "mixq: error:" in err and "Traceback" not in err
-    assert main(["run", "--out", str(tmp_path), "--dataset", "cifar", "--quiet"]) == 2
+    assert "mixq: error:" in err and "--weight" in err and "Traceback" not in err
+    assert main(["run", "--out", str(tmp_path / "o"), "--dataset", "cifar", "--quiet"]) == 2  # a usage error
     assert "cifar" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before any work
 
 
 def test_every_command_group_is_registered(capsys: pytest.CaptureFixture[str]) -> None:
