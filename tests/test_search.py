@@ -30,7 +30,7 @@ from mixq.algorithms.search import (
 )
 from mixq.algorithms.search.allocate import problem_at
 from mixq.algorithms.search.output import write_outputs
-from mixq.errors import HardwareError, MixqError
+from mixq.errors import CheckFailed, MixqError
 from mixq.graph.bnfold import fold_bn
 from mixq.graph.capture import capture
 from mixq.hw import estimate
@@ -234,7 +234,7 @@ def test_unreachable_target_names_best_figure(tiny, result) -> None:  # type: ig
     m, calib, x, y = tiny
     cfg = SearchConfig(space=SPACE, sensitivity=SensitivityConfig(images=32, hutchinson_samples=4),
                        executor="serial")
-    with pytest.raises(HardwareError, match=r"not reachable.*reaches [0-9.]+ FPS"):
+    with pytest.raises(CheckFailed, match=r"not reachable.*reaches [0-9.]+ FPS"):
         search_plan("tiny", m, calib, AccuracyEval(x, y), "xc7z020", target_fps=result.best_fps * 1.5, cfg=cfg)
     with pytest.raises(MixqError, match="not both"):
         search_plan("tiny", m, calib, AccuracyEval(x, y), target_fps=10.0, max_drop=1.0, cfg=cfg)

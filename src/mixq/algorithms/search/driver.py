@@ -33,7 +33,7 @@ from mixq.algorithms.search.costs import HwTable
 from mixq.algorithms.search.evaluate import EvalFn, evaluate_plans
 from mixq.algorithms.search.sensitivity import Sensitivity, SensitivityConfig, compute_weights, sensitivity
 from mixq.algorithms.search.space import Option, SearchSpace, layer_plan, weight_formats
-from mixq.errors import HardwareError, MixqError
+from mixq.errors import CheckFailed, MixqError
 from mixq.graph import ops
 from mixq.graph.bnfold import fold_bn
 from mixq.graph.capture import capture
@@ -156,7 +156,7 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
     """Search a mixed-precision, mixed-scheme plan with folding for ``model`` on ``part``.
 
     ``calib``: calibration inputs (also the sensitivity data); ``eval_fn(qmodel)``: the
-    figure to keep high (e.g. top-1 %). Raises `HardwareError` when ``target_fps`` is
+    figure to keep high (e.g. top-1 %). Raises `CheckFailed` (exit 3 on the command line) when ``target_fps`` is
     above the fastest design that fits, naming that figure.
     """
     if target_fps is not None and max_drop is not None:
@@ -177,10 +177,10 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
     table = HwTable(specs, cfg.space.options(), part, sorted(signed))
     best = fastest(table, sens)
     if best is None:
-        raise HardwareError(f"search: no plan in the search space fits {part}, even at the slowest folding")
+        raise CheckFailed(f"search: no plan in the search space fits {part}, even at the slowest folding")
     best_fps = best.fps(table)
     if target_fps is not None and target_fps > best_fps * (1 + 1e-9):
-        raise HardwareError(f"search: target {target_fps:g} FPS is not reachable on {part}: the fastest design "
+        raise CheckFailed(f"search: target {target_fps:g} FPS is not reachable on {part}: the fastest design "
                             f"that fits reaches {best_fps:.1f} FPS")
     baselines = {f"w{w}a{a}": _uniform(model_name, Option(w, a), specs, part, signed, sens)
                  for w, a in cfg.baselines}
@@ -215,7 +215,7 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
     if target_fps is not None:
         t = table.cycles_for(target_fps)
         if t not in by_t:
-            raise HardwareError(f"search: target {target_fps:g} FPS is not reachable on {part}: the fastest "
+            raise CheckFailed(f"search: target {target_fps:g} FPS is not reachable on {part}: the fastest "
                                 f"design that fits reaches {best_fps:.1f} FPS")
         chosen = by_t[t]
     else:
@@ -223,7 +223,7 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
         within = [p for p in searched_pts if p.drop <= d]
         if not within:
             top = max(searched_pts, key=lambda p: p.accuracy)
-            raise MixqError(f"search: no searched plan stays within {d:g} points of the float model "
+            raise CheckFailed(f"search: no searched plan stays within {d:g} points of the float model "
                             f"(best: {top.label}, drop {top.drop:.2f} at {top.fps:.0f} FPS)")
         chosen = max(within, key=lambda p: (p.fps, p.accuracy))
     times["total"] = time.perf_counter() - t0
