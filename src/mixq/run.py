@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -32,9 +31,8 @@ from mixq.graph.capture import capture
 from mixq.graph.spec import LayerSpec
 from mixq.hw import estimate
 from mixq.io import atomic_write_json
-from mixq.plan import QuantPlan, save_plan
-from mixq.report import Report
-from mixq.report.plots import weight_histogram
+from mixq.plan import QuantPlan, load_plan, save_plan
+from mixq.report import DesignView, Report, build_run_report
 
 # 1000 Fashion-MNIST *training* images (the first 1000 of the train split) for
 # activation calibration, so the shipped test subset stays unseen.
@@ -171,11 +169,7 @@ def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None) -> dict[str
             _staging(out).rename(out / "search")
         save_plan(plan, out / "plan.json")
         save_plan(msq, out / "plan_msq.json")
-        rep = _report(summary, folded, qmodel, plan)
-        if search is not None and "compare" in search:
-            rep.add_images("Search: accuracy vs frames/s and LUTs",
-                           [("searched points, Pareto front, uniform baselines",
-                             (out / "search" / "pareto.png").read_bytes())])
+        rep = _report(summary, folded, specs, [(plan, qmodel), (msq, q_msq)], out)
         rep.write(out / "report.html")
         atomic_write_json(out / "summary.json", summary)
     return summary
@@ -210,12 +204,14 @@ def _search(cfg: RunConfig, folded: nn.Module, calib: torch.Tensor, x: torch.Ten
                      "dsp": pt.resources.get("dsp", 0.0), "bram": pt.resources.get("bram", 0.0),
                      "search_accuracy": round(pt.accuracy, 3), "test_accuracy": round(api.evaluate(q, x, y), 3),
                      "size_bytes": api.model_size_bytes(q)})
+    est = estimate(specs, res.plan, cfg.target_part, "streaming", fold="plan")
     design = {
         "name": f"searched on {cfg.target_part} (max drop {cfg.search_max_drop:g} point on training images)",
         "plan": "search/plan.json",
         "accuracy": rows[0]["test_accuracy"],
         "size_bytes": rows[0]["size_bytes"],
-        "hardware": estimate(specs, res.plan, cfg.target_part, "streaming", fold="plan").summary(),
+        "hardware": est.summary(),
+        "hardware_layers": est.to_dict()["layers"],
     }
     summary = {"part": res.part, "chosen": res.chosen.label, "max_drop": cfg.search_max_drop,
                "search_images": n, "reference_search_accuracy": round(res.reference_accuracy, 3),
@@ -227,73 +223,27 @@ def _search(cfg: RunConfig, folded: nn.Module, calib: torch.Tensor, x: torch.Ten
 
 def _design(name: str, plan_file: str, plan: QuantPlan, qmodel: nn.Module, x: torch.Tensor, y: torch.Tensor,
             specs: list[LayerSpec], part: str) -> dict[str, Any]:
-    """One evaluated design: accuracy, storage and the hardware estimate (streaming template)."""
+    """One evaluated design: accuracy, storage and the hardware estimate (streaming template), with its
+    per-layer rows (``hardware_layers``: cycles, folding, resources of each layer) for the report."""
+    est = estimate(specs, plan, part, "streaming")
     return {
         "name": name,
         "plan": plan_file,
         "accuracy": round(api.evaluate(qmodel, x, y), 3),
         "size_bytes": api.model_size_bytes(qmodel),
-        "hardware": estimate(specs, plan, part, "streaming").summary(),
+        "hardware": est.summary(),
+        "hardware_layers": est.to_dict()["layers"],
     }
 
 
-def _report(summary: dict[str, Any], folded: nn.Module, qmodel: nn.Module, plan: QuantPlan) -> Report:
-    rep = Report(f"mixq — {summary['model']} on {summary['dataset']}")
-    rep.add_table("Accuracy", ["model", "top-1 (%)", "size (bytes)"], [
-        ["FP32", summary["fp32_accuracy"], summary["size_bytes_fp32"]],
-        ["quantized", summary["quant_accuracy"], summary["size_bytes_quant"]],
-    ], note=f"{summary['eval_images']} images; compression {summary['compression']}×")
-    rep.add_table("Designs (streaming accelerator)", ["design", "top-1 (%)", "size (bytes)", "frames/s",
-                                                      "LUT", "DSP", "BRAM36", "fits"], [
-        [d["name"], d["accuracy"], d["size_bytes"], d["hardware"]["fps"],
-         round(d["hardware"]["resources"]["lut"]), d["hardware"]["resources"]["dsp"],
-         d["hardware"]["resources"]["bram"], d["hardware"]["fits"]] for d in summary["designs"]
-    ], note="plans: " + ", ".join(d["plan"] for d in summary["designs"]))
-    if "compare" in summary.get("search", {}):
-        sr = summary["search"]
-        rep.add_table(f"Hardware-aware search on {sr['part']}", ["design", "frames/s", "fits", "LUT", "DSP",
-                                                                 "BRAM36", "top-1 train (%)", "top-1 test (%)",
-                                                                 "size (bytes)"], [
-            [r["design"], r["fps"], r["fits"], r["lut"], r["dsp"], r["bram"], r["search_accuracy"],
-             r["test_accuracy"], r["size_bytes"]] for r in sr["compare"]
-        ], note=f"chosen: {sr['chosen']} (fastest plan within {sr['max_drop']:g} point of FP32 on "
-                f"{sr['search_images']} training images); search time {sr['timings_s'].get('total')} s; "
-                "Pareto front in search/pareto.json and search/pareto.png")
-    v = summary["verify"]
-    rep.add_table("Integer engine vs fake quantization", ["check", "result"], [
-        ["images", v["images"]], ["bit-exact (engine == hardware-faithful fake quant)", v["exact"]],
-        ["mismatching output elements", f"{v['mismatching_outputs']} of {v['total_outputs']}"],
-        ["argmax agreement with ordinary fake quant", v["argmax_agreement"]],
-        ["rounding", v["rounding"]],
-    ])
-    hw = summary["hardware"]
-    rep.add_table(f"Hardware estimate: {hw['part']}, {hw['arch']}", ["figure", "value"], [
-        ["fits", hw["fits"]], ["clock (MHz)", hw["clock_mhz"]], ["frames/s", hw["fps"]],
-        ["latency (ms)", hw["latency_ms"]], ["GOP/s", hw["gops"]], ["bottleneck", hw["bottleneck"]],
-        ["fraction of physical peak MAC/s", hw["peak_fraction"]],
-        *[[f"{k} used (utilization)", f"{hw['resources'][k]:,.0f} ({100 * hw['utilization'][k]:.1f}%)"]
-          for k in ("lut", "ff", "dsp", "bram")],
-    ])
-    rep.add_table("Per-layer formats", ["layer", "type", "weight shape", "weight rows by format", "input act"], [
-        [d["name"], d["type"], "×".join(map(str, d["weight_shape"])), _counts(d["weight"]), d["act"]]  # type: ignore[arg-type]
-        for d in summary["layers"]
-    ])
-    float_mods = dict(folded.named_modules())
-    images = []
-    for name, m in api.quant_layers(qmodel):
-        w = float_mods[name].weight.detach().numpy()  # type: ignore[union-attr]
-        levels, labels = [], []
-        for i, fmt in enumerate(m.formats):
-            scale = float(np.median(m.w_scales[i].reshape(-1).numpy()))
-            levels.append(np.asarray(fmt.levels()) * scale)
-            labels.append(f"{fmt} levels (median row scale)")
-        images.append((name, weight_histogram(name, w, levels, labels)))
-    rep.add_images("Per-layer weight histograms", images)
-    rep.add_json("Summary", summary)
-    return rep
-
-
-def _counts(w: object) -> str:
-    if isinstance(w, dict):
-        return ", ".join(f"{k}: {v}" for k, v in w.items())
-    return str(w)
+def _report(summary: dict[str, Any], folded: nn.Module, specs: list[LayerSpec],
+            designs: list[tuple[QuantPlan, nn.Module]], out: Path) -> Report:
+    """The run's report (`mixq.report.build_run_report`): the headline and MSQ designs with their quantized
+    models, and the searched design (its plan read back from ``search/plan.json``) when the search found one."""
+    cfg = summary["config"]
+    views = [DesignView(f"headline W{parse_format(cfg['weight']).storage_bits}A{parse_format(cfg['act']).storage_bits}",
+                        *designs[0]),
+             DesignView(f"MSQ W{cfg['msq_bits']}", *designs[1])]
+    if len(summary["designs"]) > len(views):
+        views.append(DesignView("searched", load_plan(out / summary["designs"][len(views)]["plan"])))
+    return build_run_report(summary, views, folded, specs)

@@ -77,8 +77,8 @@ def _qat_config(**kw: Any) -> Any:
 
 
 def _echo(summary: dict[str, Any], out: Path) -> None:
-    keep: dict[str, Any] = {k: summary[k] for k in ("val_accuracy", "size_bytes", "compression", "train_time_s", "steps",
-                                    "resumed_from") if k in summary}
+    fields = ("val_accuracy", "size_bytes", "compression", "train_time_s", "steps", "resumed_from")
+    keep: dict[str, Any] = {k: summary[k] for k in fields if k in summary}
     emit({"out": str(out), **keep}, [json.dumps(keep, indent=2), f"wrote {out}"])
 
 
