@@ -124,14 +124,7 @@ def writable_file(path: str | os.PathLike[str], name: str = "--out") -> Path:
     p = Path(path)
     if p.is_dir():
         raise OptionError(f"{name}: {p} is a folder, not a file")
-    parent = p.absolute().parent
-    if parent.exists():
-        if not parent.is_dir():
-            raise OptionError(f"{name}: cannot write {p}: {parent} is a file, not a folder")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise OptionError(f"{name}: cannot write {p}: folder {parent} is not writable")
-        return p
-    _creatable(parent, name, "the folder of")
+    writable_dir(p.absolute().parent, name)
     return p
 
 
