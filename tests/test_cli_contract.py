@@ -123,6 +123,8 @@ def test_version_and_fast_help(tmp_path: Path) -> None:
     (["estimate", "cnv", "--part", "xc0000"], 1, "xc0000"),
     (["rtl", "generate", "--model", "cnv", "--layer", "no.such"], 1, "no.such"),
     (["estimate", "resnet18", "--part", "xc7z020"], 3, "does not fit"),
+    (["qat", "--resume"], 1, "no qat run to resume"),
+    (["prune", "--resume"], 1, "no prune run to resume"),
 ])
 def test_errors_and_failed_checks(args: list[str], code: int, needle: str, tmp_path: Path) -> None:
     r = _run([*args, "--out", str(tmp_path / "o")], tmp_path)

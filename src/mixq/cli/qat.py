@@ -82,10 +82,19 @@ def _echo(summary: dict[str, Any], out: Path) -> None:
     emit({"out": str(out), **keep}, [json.dumps(keep, indent=2), f"wrote {out}"])
 
 
-def _start(command: str, out: Path | None, model: str) -> Path:
+#: the file that shows a run folder holds a run to resume
+_RUN_MARK = {"qat": "checkpoint.pt", "prune": "masks.pt"}
+
+
+def _start(command: str, out: Path | None, model: str, resume: bool) -> Path:
     """Checks before any work; the resumable run folder is named if the run is interrupted."""
+    from mixq.errors import OptionError
+
     zoo_model(model)
     folder = out_dir(out, command, model)
+    if resume and not (folder / _RUN_MARK[command]).is_file():
+        raise OptionError(f"--resume: {folder} holds no {command} run to resume (no {_RUN_MARK[command]}); "
+                          "drop --resume to start one")
     set_resume_hint(f"continue with: mixq {command} --out {folder} --resume (same options)")
     return folder
 
@@ -129,7 +138,7 @@ def register(app: typer.Typer) -> None:
         from mixq.graph.capture import capture
         from mixq.zoo import input_shape
 
-        folder = _start("qat", out, model)
+        folder = _start("qat", out, model, resume)
         fmts = formats(weight=weight, act=act, weight_alt=weight_alt)
         init_distributed()
         xtr, ytr, xte, yte = _data(dataset, data_root, max_train, max_test)
@@ -184,7 +193,7 @@ def register(app: typer.Typer) -> None:
         from mixq.algorithms.prune import PruneConfig, prune_and_quantize
         from mixq.algorithms.qat import init_distributed, low_bit_plan
 
-        folder = _start("prune", out, model)
+        folder = _start("prune", out, model, resume)
         fmts = formats(weight=weight, act=act)
         init_distributed()
         xtr, ytr, xte, yte = _data(dataset, data_root, max_train, max_test)
