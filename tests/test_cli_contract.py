@@ -100,8 +100,7 @@ def test_usage_errors_exit_2_with_one_line(args: list[str], tmp_path: Path) -> N
     r = _run(args, tmp_path)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr + r.stdout
-    if args:
-        assert len(r.stderr.strip().splitlines()) == 1 and "usage error" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "usage error" in r.stderr
 
 
 def test_version_and_fast_help(tmp_path: Path) -> None:
@@ -226,3 +225,17 @@ def test_float_options_reject_nonfinite_values_in_code() -> None:
     from mixq.cli._common import _finite
 
     assert _finite(1.0) and not _finite(math.nan) and not _finite(math.inf)
+
+
+def test_a_swallowed_interrupt_still_stops_the_job() -> None:
+    """SIGINT can land where Python swallows exceptions (a finalizer, a callback): the handler also
+    asks mixq.progress to stop, so the next progress report raises again."""
+    from mixq import progress
+
+    progress.configure("quiet")
+    progress.request_stop()
+    with pytest.raises(KeyboardInterrupt), progress.task("train", total=3) as t:
+        t.advance()
+    assert progress.clear_stop() is True and progress.clear_stop() is False
+    with progress.task("train", total=1) as t:
+        t.advance()  # no stop requested: runs on

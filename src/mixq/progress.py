@@ -50,6 +50,28 @@ def _stream() -> TextIO:
     return _state["stream"] or sys.stderr
 
 
+def request_stop() -> None:
+    """Ask the running job to stop: the next progress call raises :class:`KeyboardInterrupt`.
+
+    The command line's SIGINT/SIGTERM handler calls this besides raising at once, so an
+    interruption that lands where Python swallows exceptions (a finalizer, a callback)
+    still stops the job at its next progress report.
+    """
+    _state["stop"] = True
+
+
+def clear_stop() -> bool:
+    """Forget a stop request; returns whether there was one."""
+    was = bool(_state.get("stop"))
+    _state["stop"] = False
+    return was
+
+
+def _check_stop() -> None:
+    if _state.get("stop"):
+        raise KeyboardInterrupt
+
+
 def mode() -> str:
     """The effective rendering: ``bar``, ``log``, ``json`` or ``quiet``."""
     m = _state["mode"]
@@ -60,6 +82,7 @@ def mode() -> str:
 
 
 def _emit(event: str, desc: str, **fields: Any) -> None:
+    _check_stop()
     m = mode()
     s = _stream()
     if m == "json":
@@ -108,6 +131,7 @@ class Task:
 
     def update(self, **info: Any) -> None:
         """Replace the shown ``info`` without counting work."""
+        _check_stop()
         self.info.update(info)
         if self._bar is not None:
             extra = " ".join(f"{k} {_fmt(v)}" for k, v in self.info.items())

@@ -82,8 +82,7 @@ def _usage_error(e: Exception) -> int | None:
     ctx: Any = getattr(e, "ctx", None)
     where = getattr(ctx, "command_path", None) or "mixq"
     msg = " ".join(str(e.format_message()).split())
-    if msg:  # (no arguments at all: the help was printed)
-        _err(f"{where}: usage error: {msg} (see '{where} --help')")
+    _err(f"{where}: usage error: {msg or 'no command given'} (see '{where} --help')")
     code = int(getattr(e, "exit_code", EXIT_USAGE) or EXIT_USAGE)
     return EXIT_USAGE if code in (0, 1) and type(e).__name__ != "ClickException" else code
 
@@ -95,7 +94,11 @@ def _interrupted() -> None:
     _err("mixq: interrupted" + (f"; {hint}" if hint else ""))
 
 
-def _sigterm(_signum: int, _frame: Any) -> None:
+def _stop(_signum: int, _frame: Any) -> None:
+    """SIGINT / SIGTERM: stop now, and again at the next progress report if this one is swallowed."""
+    from mixq import progress
+
+    progress.request_stop()
     raise KeyboardInterrupt
 
 
@@ -115,11 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     _common.set_json("--json" in flags)
     _common.set_resume_hint(None)
     _register_all()
-    old_term = signal.signal(signal.SIGTERM, _sigterm) if argv is None else None
+    progress.clear_stop()
+    handlers = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)} if argv is None else {}
     try:
         rc = app(args=args, prog_name="mixq", standalone_mode=False)
-        if rc == EXIT_INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130)
+        if rc == EXIT_INTERRUPTED or progress.clear_stop():  # typer turns KeyboardInterrupt into Exit(130)
             _interrupted()
+            return EXIT_INTERRUPTED
         return int(rc) if isinstance(rc, int) else EXIT_OK
     except MixqError as e:
         if debug:
@@ -143,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
              "(run again with --debug for the traceback)")
         return EXIT_ERROR
     finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        progress.clear_stop()
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
 
 
 if __name__ == "__main__":

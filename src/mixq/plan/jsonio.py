@@ -94,6 +94,9 @@ def layer_from_dict(d: Any, where: str) -> LayerPlan:
     return lp
 
 
+_PLAN_FIELDS = {"mixq_plan", "model", "meta", "layers"}
+
+
 def plan_to_dict(plan: QuantPlan) -> dict[str, Any]:
     return {
         "mixq_plan": plan.version,
@@ -106,6 +109,10 @@ def plan_to_dict(plan: QuantPlan) -> dict[str, Any]:
 def plan_from_dict(d: Any, source: str = "plan") -> QuantPlan:
     if not isinstance(d, dict):
         raise PlanError(f"{source}: a plan must be a JSON object")
+    unknown = set(d) - _PLAN_FIELDS
+    if unknown:
+        known = ", ".join(sorted(_PLAN_FIELDS))
+        raise PlanError(f"{source}: field {sorted(unknown)[0]!r}: unknown field (known: {known})")
     version = d.get("mixq_plan")
     if version is None:
         raise PlanError(f"{source}: field 'mixq_plan' (schema version) is missing")
