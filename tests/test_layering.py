@@ -18,7 +18,7 @@ LAYER = {
     "graph": 3,
     "hw": 4, "engine": 4,
     "algorithms": 5,
-    "export": 6, "rtl": 6,
+    "export": 6, "rtl": 6, "artifact": 6,
     "report": 7, "api": 7, "run": 7, "cli": 7, "__init__": 7, "__main__": 7,
 }
 # Extra rules beyond the layer numbers.

@@ -69,6 +69,11 @@ def out_option(what: str = "output folder") -> Any:
     return typer.Option(None, "--out", help=f"{what} (default runs/<command>-<model>)")
 
 
+#: ``--from FOLDER``: the quantized model (and its plan) of a ``mixq quantize --out`` folder, used as it is.
+FROM = typer.Option(None, "--from", help="artifact folder written by mixq quantize: its quantized model and plan, "
+                                         "as they are (no re-calibration), instead of MODEL")
+
+
 # ---------------------------------------------------------------- outputs
 
 def out_dir(out: Path | None, command: str, model: str | None = None) -> Path:
@@ -134,6 +139,36 @@ def zoo_model(name: str) -> str:
     if name not in zoo.available():
         raise ModelError(f"model {name!r} is not a zoo model ({', '.join(zoo.available())})")
     return name
+
+
+def resolve_model(model: str | None, from_: Path | None, what: str = "MODEL", ctx: Any = None) -> str:
+    """The zoo model a command works on: ``model`` (checked against the zoo) or the one the ``--from``
+    artifact holds. Exactly one of them: neither is a usage error (exit 2; ``ctx``, the command's
+    ``typer.Context``, names the command), both an :class:`OptionError`."""
+    from mixq.errors import OptionError
+
+    if model is not None and from_ is not None:
+        raise OptionError(f"give either {what} or --from ARTIFACT, not both ({what} {model!r}, --from {from_})")
+    if from_ is not None:
+        from mixq.artifact import read_checkpoint
+
+        return read_checkpoint(from_).model_name
+    if model is None:
+        raise typer.BadParameter("none given; give a zoo model name or --from ARTIFACT (a mixq quantize --out "
+                                 "folder)", ctx=ctx, param_hint=what)
+    return zoo_model(model)
+
+
+def exclusive_with_from(from_: Path | None, **given: bool) -> None:
+    """``--from`` brings the quantized model and its plan: refuse the options that would build another
+    (``given``: option name -> whether it was given)."""
+    if from_ is None:
+        return
+    bad = [f"--{k.replace('_', '-')}" for k, v in given.items() if v]
+    if bad:
+        from mixq.errors import OptionError
+
+        raise OptionError(f"--from {from_} brings its own quantized model and plan; drop {', '.join(bad)}")
 
 
 def formats(**named: str | None) -> dict[str, Any]:

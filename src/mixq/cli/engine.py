@@ -1,9 +1,11 @@
 """``mixq verify`` and ``mixq export``: the integer engine and the exports from the command line.
 
 MODEL is a zoo name. The quantization plan comes from ``--plan plan.json`` or is the
-default plan for ``--weight`` / ``--act``. Data: CNV uses the shipped Fashion-MNIST
-calibration and test images; ImageNet models use real photos for calibration and the
-foolbox ImageNet samples (or more photos) for evaluation, at ``--size``.
+default plan for ``--weight`` / ``--act``, calibrated with min-max. Or, instead of MODEL,
+``--from FOLDER`` takes the quantized model of a ``mixq quantize --out FOLDER`` artifact as it
+is (its recipe's weights, scales and rows; no re-calibration). Data: CNV uses the shipped
+Fashion-MNIST calibration and test images; ImageNet models use real photos for calibration and
+the foolbox ImageNet samples (or more photos) for evaluation, at ``--size``.
 """
 
 from __future__ import annotations
@@ -14,19 +16,65 @@ from typing import Any
 
 import typer
 
-from mixq.cli._common import DEFAULT_ACT, DEFAULT_WEIGHT, choice, count, emit, formats, out_dir, say, zoo_model
+from mixq.cli._common import (
+    DEFAULT_ACT,
+    DEFAULT_WEIGHT,
+    FROM,
+    choice,
+    count,
+    emit,
+    exclusive_with_from,
+    formats,
+    out_dir,
+    resolve_model,
+    say,
+    zoo_model,
+)
 
 EXPORT_FORMATS = {"int": ".json", "qonnx": ".onnx", "qdq": ".onnx"}
 
 
-def prepare(model: str, plan_path: Path | None, weight: str, act: str, size: int | None,
-            images: int) -> tuple[Any, Any]:
-    """(calibrated fake-quant model, evaluation inputs) for a zoo model."""
+def inputs(model: str, size: int | None, images: int, calib: bool = True) -> tuple[Any, Any]:
+    """(evaluation inputs, calibration inputs or None) for a zoo model."""
     import torch
 
-    from mixq import api, data, progress, zoo
+    from mixq import data, zoo
+    from mixq.errors import MixqError
+
+    if model == "cnv":
+        from mixq.run import RunConfig, _load_eval_data
+
+        xe, _, shipped = _load_eval_data(RunConfig(calib_images=512))
+        return xe[:images], shipped
+    c, h, _ = zoo.input_shape(model)
+    s = size or h
+    if c != 3:
+        raise MixqError(f"{model}: only CNV and 3-channel ImageNet models have data here")
+    cal = data.calibration_set(64, size=s, seed=0) if calib else None
+    try:
+        imgs, _ = data.foolbox_samples("imagenet")
+        x = torch.stack([data.imagenet_preprocess(i, resize=max(s * 256 // 224, s), crop=s) for i in imgs])
+    except MixqError:
+        x = data.calibration_set(max(images, 1), size=s, seed=1)
+    return x[:images], cal
+
+
+def prepare(model: str, plan_path: Path | None, weight: str, act: str, size: int | None,
+            images: int, from_: Path | None = None) -> tuple[Any, Any]:
+    """(fake-quant model, evaluation inputs): the ``--from`` artifact's model as it is, or ``model``
+    under ``--plan`` / the default plan for ``weight`` / ``act``, calibrated with min-max."""
+    if from_ is not None:
+        from mixq.artifact import load_artifact
+
+        art = load_artifact(from_)
+        x, _ = inputs(art.model_name, size, images, calib=False)
+        return art.qmodel, x
+
+    import torch
+
+    from mixq import api, progress, zoo
     from mixq.cli._common import load_checked_plan
-    from mixq.errors import MixqError, ModelError
+    from mixq.errors import ModelError
     from mixq.graph.bnfold import fold_bn
     from mixq.graph.capture import capture
 
@@ -39,22 +87,7 @@ def prepare(model: str, plan_path: Path | None, weight: str, act: str, size: int
         progress.log(f"{model}: no real weights available, using a seeded random init")
         m = zoo.load(model)
     folded = fold_bn(m.eval())
-    if model == "cnv":
-        from mixq.run import RunConfig, _load_eval_data
-
-        x, _, calib = _load_eval_data(RunConfig(calib_images=512))
-    else:
-        c, h, _ = zoo.input_shape(model)
-        s = size or h
-        if c != 3:
-            raise MixqError(f"{model}: only CNV and 3-channel ImageNet models have data here")
-        calib = data.calibration_set(64, size=s, seed=0)
-        try:
-            imgs, _ = data.foolbox_samples("imagenet")
-            x = torch.stack([data.imagenet_preprocess(i, resize=max(s * 256 // 224, s), crop=s) for i in imgs])
-        except MixqError:
-            x = data.calibration_set(max(images, 1), size=s, seed=1)
-    x = x[:images]
+    x, calib = inputs(model, size, images)
     if plan_path is not None:
         c, h, w = zoo.input_shape(model)
         plan = load_checked_plan(plan_path, model, capture(folded, (c, size or h, size or w)))
@@ -78,10 +111,17 @@ _ACT = typer.Option(DEFAULT_ACT, help="activation format of the default plan")
 _SIZE = count(None, "input resolution of ImageNet models (default: the zoo's)", 8)
 
 
+def _no_plan_options(from_: Path | None, plan: Path | None, weight: str, act: str) -> None:
+    exclusive_with_from(from_, plan=plan is not None, weight=weight != DEFAULT_WEIGHT, act=act != DEFAULT_ACT)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("verify")
     def verify_cmd(
-        model: str = typer.Argument(..., help="zoo model name (cnv, resnet18, mobilenet_v2, ...)"),
+        ctx: typer.Context,
+        model: str | None = typer.Argument(None, metavar="MODEL",
+                                           help="zoo model name (cnv, resnet18, mobilenet_v2, ...); or --from"),
+        from_: Path | None = FROM,
         plan: Path | None = _PLAN,
         weight: str = _WEIGHT,
         act: str = _ACT,
@@ -94,15 +134,19 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, "--out", help="output folder for verify.json "
                                                             "(default runs/verify-MODEL)"),
     ) -> None:
-        """Compare fake quant, hardware-faithful fake quant and the integer engine; exit 3 unless exact."""
+        """Compare fake quant, hardware-faithful fake quant and the integer engine (of MODEL, or of a --from
+        artifact as it is); exit 3 unless exact."""
         from mixq.engine.verify import verify
         from mixq.errors import CheckFailed
         from mixq.io import atomic_write_json
 
-        zoo_model(model)
-        folder = out_dir(out, "verify", model)
-        qmodel, x = prepare(model, plan, weight, act, size, images)
+        name = resolve_model(model, from_, ctx=ctx)
+        _no_plan_options(from_, plan, weight, act)
+        folder = out_dir(out, "verify", name)
+        qmodel, x = prepare(name, plan, weight, act, size, images, from_)
         rep = verify(qmodel, x, batch_size=batch_size, mult_bits=mult_bits, acc_bits=acc_bits, overflow=overflow)
+        if from_ is not None:
+            rep = {"artifact": str(from_), **rep}
         atomic_write_json(folder / "verify.json", rep)
         lines = _layer_rows(rep["layers"]) + [
             f"integer engine vs hardware-faithful fake quant: {'EXACT' if rep['exact'] else 'MISMATCH'} "
@@ -115,12 +159,14 @@ def register(app: typer.Typer) -> None:
         lines.append(f"wrote {folder / 'verify.json'}")
         emit({k: v for k, v in rep.items() if k != "layers"} | {"out": str(folder)}, lines)
         if not rep["exact"]:
-            raise CheckFailed(f"verify {model}: the integer engine differs from hardware-faithful fake quant in "
+            raise CheckFailed(f"verify {name}: the integer engine differs from hardware-faithful fake quant in "
                               f"{rep['mismatching_outputs']} of {rep['total_outputs']} outputs")
 
     @app.command("export")
     def export_cmd(
-        model: str = typer.Argument(..., help="zoo model name"),
+        ctx: typer.Context,
+        model: str | None = typer.Argument(None, metavar="MODEL", help="zoo model name; or --from"),
+        from_: Path | None = FROM,
         fmt: str = choice("int", "export format: integer model (json+npz), QONNX, ONNX QDQ (8-bit)",
                           tuple(EXPORT_FORMATS), "--format"),
         out: Path | None = typer.Option(None, "--out", help="output folder (default runs/export-MODEL); the "
@@ -132,18 +178,21 @@ def register(app: typer.Typer) -> None:
         check: bool = typer.Option(False, help="run the export in its runtime and compare with mixq"),
         images: int = count(16, "inputs for --check"),
     ) -> None:
-        """Export a quantized zoo model as QONNX, ONNX QDQ or the integer-model file."""
-        zoo_model(model)
-        folder = out_dir(out, "export", model)
+        """Export a quantized zoo model (or a --from artifact, as it is) as QONNX, ONNX QDQ or the integer model."""
+        name = resolve_model(model, from_, ctx=ctx)
+        _no_plan_options(from_, plan, weight, act)
+        folder = out_dir(out, "export", name)
         from mixq.engine import to_integer
         from mixq.export import EXPORTERS
         from mixq.export.check import check_export
 
-        qmodel, x = prepare(model, plan, weight, act, size, images)
+        qmodel, x = prepare(name, plan, weight, act, size, images, from_)
         im = to_integer(qmodel, x)
         path = EXPORTERS[fmt](im, folder / f"model{EXPORT_FORMATS[fmt]}")
         say(f"wrote {path}" + (f" and {path.with_suffix('.npz')}" if fmt == "int" else ""))
         result: dict[str, Any] = {"out": str(folder), "file": str(path), "format": fmt}
+        if from_ is not None:
+            result["artifact"] = str(from_)
         if check:
             res = check_export(fmt, path, qmodel, im, x)
             result["check"] = res

@@ -10,22 +10,32 @@ import typer
 from mixq.cli._common import (
     DEFAULT_ACT,
     DEFAULT_WEIGHT,
+    FROM,
     choice,
     count,
     emit,
+    exclusive_with_from,
     formats,
     json_mode,
     load_checked_plan,
     out_dir,
     real,
+    resolve_model,
     say,
-    zoo_model,
 )
 
 
-def _plan_for(model: str, specs: list[Any], plan_path: Path | None, weight: str, act: str) -> Any:
+def _plan_for(model: str, specs: list[Any], plan_path: Path | None, weight: str, act: str,
+              from_: Path | None = None) -> Any:
     from mixq.plan import uniform_plan
 
+    if from_ is not None:  # the plan as quantize applied it (MSQ rows filled in), checked against the model
+        from mixq.artifact import read_checkpoint
+        from mixq.cli._common import layer_rows
+        from mixq.plan import validate_plan
+
+        ck = read_checkpoint(from_)
+        return validate_plan(ck.plan, model=model, layers=layer_rows(specs))
     if plan_path is not None:
         return load_checked_plan(plan_path, model, specs)
     fmts = formats(weight=weight, act=act)
@@ -67,7 +77,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def estimate(
-        model: str = typer.Argument(..., help="zoo model name (resnet18, mobilenet_v2, cnv, ...)"),
+        ctx: typer.Context,
+        model: str | None = typer.Argument(None, metavar="MODEL",
+                                           help="zoo model name (resnet18, mobilenet_v2, cnv, ...); or --from"),
+        from_: Path | None = FROM,
         plan: Path | None = typer.Option(None, help="plan JSON (default: a uniform plan from --weight/--act)"),
         part: str = typer.Option("xc7z020", help="FPGA part (see mixq.hw.parts)"),
         arch: str = choice("streaming", "accelerator template", ("streaming", "overlay")),
@@ -84,9 +97,11 @@ def register(app: typer.Typer) -> None:
         save_plan: bool = typer.Option(False, help="streaming: also write plan.json with the chosen folding "
                                                    "(pe, simd) to the output folder"),
     ) -> None:
-        """Estimate resources, FPS, latency and the bottleneck of MODEL on an FPGA part (exit 3 if it does not fit)."""
-        zoo_model(model)
-        folder = out_dir(out, "estimate", model)
+        """Estimate resources, FPS, latency and the bottleneck of MODEL (or a --from artifact's model and plan) on an
+        FPGA part (exit 3 if it does not fit)."""
+        name = resolve_model(model, from_, ctx=ctx)
+        exclusive_with_from(from_, plan=plan is not None, weight=weight != DEFAULT_WEIGHT, act=act != DEFAULT_ACT)
+        folder = out_dir(out, "estimate", name)
         from mixq import zoo
         from mixq.errors import CheckFailed
         from mixq.graph.capture import capture
@@ -97,8 +112,8 @@ def register(app: typer.Typer) -> None:
         p = get_part(part)
         if clock_mhz is not None:
             p = p.with_(clock_mhz=clock_mhz)
-        specs = capture(zoo.load(model), zoo.input_shape(model))
-        qplan = _plan_for(model, specs, plan, weight, act)
+        specs = capture(zoo.load(name), zoo.input_shape(name))
+        qplan = _plan_for(name, specs, plan, weight, act, from_)
         est = hw_estimate(specs, qplan, p, arch, parts=parts, fold=fold, target_fps=target_fps,
                           options=ArchOptions(link_gbps=link_gbps, ddr_weights="auto" if ddr_weights else "never"))
         atomic_write_json(folder / "estimate.json", est.to_dict())
@@ -113,7 +128,7 @@ def register(app: typer.Typer) -> None:
         emit({"out": str(folder), **est.summary()})
         if not est.fits:
             what = "; ".join(o.message() for o in est.overflows) or "; ".join(est.notes[-1:])
-            raise CheckFailed(f"{model} does not fit {parts} x {p.name} ({arch}): {what}")
+            raise CheckFailed(f"{name} does not fit {parts} x {p.name} ({arch}): {what}")
 
     @app.command("calibrate-hw")
     def calibrate_hw(

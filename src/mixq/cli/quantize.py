@@ -4,13 +4,14 @@
     mixq quantize cnv --calib shipped --recipe adaround --msq 0.5
     mixq quantize cnv --recipe gptq --msq 0.5 --msq-rows output_auto
 
-Writes ``quantized.pt`` (state dict, plan and recipe; atomically), ``plan.json`` (the plan as
-applied, MSQ rows filled in) and ``summary.json`` (recipe, timings, per-layer formats, sizes).
+Writes the artifact folder (:func:`mixq.artifact.save_artifact`, each file atomically):
+``quantized.pt`` (state dict, plan and recipe), ``plan.json`` (the plan as applied, MSQ rows filled
+in) and ``summary.json`` (recipe, timings, per-layer formats, sizes). ``mixq verify``, ``export``,
+``estimate`` and ``rtl`` take the folder with ``--from`` and use that model as it is.
 """
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,9 +26,6 @@ if TYPE_CHECKING:
 
 MIN_IMAGE_SIDE = 8
 RECIPES = ("minmax", "dfq", "dfq_empirical", "adaround", "gptq", "datafree")
-
-CHECKPOINT_FORMAT = "mixq-ptq"
-CHECKPOINT_VERSION = 1
 
 
 def load_calibration(calib: str, input_shape: tuple[int, ...], limit: int) -> torch.Tensor:
@@ -131,15 +129,12 @@ def register(app: typer.Typer) -> None:
         folder = out_dir(out, "quantize", model)
         if msq is not None and plan is not None:
             raise OptionError("--msq builds a plan; give either --msq or --plan, not both")
-        import torch
-
         from mixq import api, zoo
         from mixq.algorithms.msq import MSQConfig, msq_plan
         from mixq.algorithms.ptq import quantize_report
+        from mixq.artifact import save_artifact
         from mixq.cli._common import load_checked_plan
         from mixq.graph.capture import capture
-        from mixq.io import atomic_write_bytes, atomic_write_json
-        from mixq.plan import plan_to_dict, save_plan
 
         shape = zoo.input_shape(model)
         net = zoo.load(model, pretrained=pretrained).eval()
@@ -158,12 +153,6 @@ def register(app: typer.Typer) -> None:
                                        ("msq_rows", msq_rows)) if v is not None}
         res = quantize_report(net, qplan, data, recipe, input_shape=shape, **overrides)
         seconds = time.perf_counter() - t
-        buf = io.BytesIO()
-        torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": model,
-                    "plan": plan_to_dict(res.plan), "recipe": res.recipe.to_dict(),
-                    "state_dict": res.model.state_dict()}, buf)
-        atomic_write_bytes(folder / "quantized.pt", buf.getvalue())
-        save_plan(res.plan, folder / "plan.json")
         summary = {
             "model": model, "pretrained": pretrained, "recipe": res.recipe.to_dict(),
             "calibration": {"source": calib, "images": int(data.shape[0])},
@@ -172,7 +161,8 @@ def register(app: typer.Typer) -> None:
             "details": _jsonable(res.details), "layers": api.layer_formats(res.model),
             "size_bytes_fp32": api.model_size_bytes(net), "size_bytes_quant": api.model_size_bytes(res.model),
         }
-        atomic_write_json(folder / "summary.json", summary)
+        save_artifact(folder, model, res.plan, res.recipe.to_dict(), res.model, summary)
         emit({"out": str(folder), **summary},
              [f"{model}: recipe {res.recipe.name}, {data.shape[0]} calibration images, {seconds:.1f} s",
-              f"wrote {folder / 'quantized.pt'}, {folder / 'plan.json'}, {folder / 'summary.json'}"])
+              f"wrote {folder / 'quantized.pt'}, {folder / 'plan.json'}, {folder / 'summary.json'}",
+              f"use it as it is: mixq verify --from {folder}; mixq export --from {folder}"])

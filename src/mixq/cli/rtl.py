@@ -1,8 +1,10 @@
 """`mixq rtl generate|simulate|synth`: layer engines from the integer model (thin wrappers over :mod:`mixq.rtl`).
 
-The layer comes from a zoo model quantized with the default plan (``--weight``,
-``--act``; ``--alt`` / ``--ratio`` add MSQ's second row format, rows assigned by
-:func:`mixq.algorithms.msq.assign_rows`) and converted to the integer model.
+The layer comes from a zoo model quantized under ``--config`` (see ``CONFIGS``: weight and
+activation formats, and MSQ's second row format with rows assigned by
+:func:`mixq.algorithms.msq.assign_rows`), or — ``--from FOLDER`` instead of ``--model`` — from
+the quantized model of a ``mixq quantize --out FOLDER`` artifact as it is; either is converted to
+the integer model.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import Any
 
 import typer
 
-from mixq.cli._common import choice, count, emit, out_dir, zoo_model
+from mixq.cli._common import FROM, choice, count, emit, exclusive_with_from, out_dir, resolve_model
+
+DEFAULT_CONFIG = "msq4"
 
 CONFIGS = {  # name -> (weight, act, weight_alt, alt_ratio)
     "msq4": ("fixed4n", "ufixed4", "sp2_4", 0.5),
@@ -36,8 +40,6 @@ def build_int_model(model: str, weight: str, act: str, alt: str | None = None, r
 
     from mixq import api, zoo
     from mixq.algorithms.msq import assign_rows
-    from mixq.engine.convert import to_integer
-    from mixq.engine.run import IntEngine
     from mixq.errors import ModelError
     from mixq.formats import parse_format
 
@@ -50,38 +52,67 @@ def build_int_model(model: str, weight: str, act: str, alt: str | None = None, r
     m.eval()
     if blocks:
         m = torch.nn.Sequential(*list(m.features)[:blocks]).eval()  # type: ignore[union-attr, arg-type]
-    c, h, w = zoo.input_shape(model)
-    if size:
-        h = w = size
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(max(batch, 2), c, h, w, generator=g)
+    x = _noise(model, size, seed, batch)
     plan = api.default_plan(model, m, x, weight=parse_format(weight), act=parse_format(act),
                             weight_alt=parse_format(alt) if alt else None, alt_ratio=ratio if alt else 0.0)
     if alt:
         plan = assign_rows(m, plan)
-    q = api.quantize(m, plan, x)
-    im = to_integer(q, x[:1])
+    return _integers(api.quantize(m, plan, x), x, batch)
+
+
+def _noise(model: str, size: int | None, seed: int, batch: int) -> Any:
+    """Seeded uniform noise in [0, 1) at the zoo's input shape (``size`` overrides H and W)."""
+    import torch
+
+    from mixq import zoo
+
+    c, h, w = zoo.input_shape(model)
+    if size:
+        h = w = size
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(max(batch, 2), c, h, w, generator=g)
+
+
+def _integers(qmodel: Any, x: Any, batch: int) -> tuple[Any, dict[str, Any], Any]:
+    from mixq.engine.convert import to_integer
+    from mixq.engine.run import IntEngine
+
+    im = to_integer(qmodel, x[:1])
     res = IntEngine(im)(x[:batch], keep=True)
     return im, res.values, x
 
 
+def artifact_int_model(folder: Path, size: int | None = None, seed: int = 0,
+                       batch: int = 2) -> tuple[Any, dict[str, Any], Any]:
+    """:func:`build_int_model` for the quantized model of a ``mixq quantize`` artifact, used as it is."""
+    from mixq.artifact import load_artifact
+
+    art = load_artifact(folder)
+    return _integers(art.qmodel, _noise(art.model_name, size, seed, batch), batch)
+
+
 def prepare(model: str, layer: str, config: str, pe: int, simd: int, core: str = "auto",
-            size: int | None = None, seed: int = 0, blocks: int | None = None) -> Any:
-    """The :class:`~mixq.rtl.layout.Layout` of ``layer`` of ``model`` under ``config`` (see ``CONFIGS``)."""
+            size: int | None = None, seed: int = 0, blocks: int | None = None,
+            from_: Path | None = None) -> Any:
+    """The :class:`~mixq.rtl.layout.Layout` of ``layer`` of ``model`` under ``config`` (see ``CONFIGS``),
+    or of the quantized model of the artifact ``from_`` (``model`` and ``config`` then unused)."""
     from mixq.errors import MixqError
     from mixq.rtl.layerdata import layer_data
     from mixq.rtl.layout import plan_layout
 
-    if config not in CONFIGS:
-        raise MixqError(f"rtl config {config!r} is not one of {', '.join(CONFIGS)}")
-    w, a, alt, rho = CONFIGS[config]
-    im, values, _ = build_int_model(model, w, a, alt, rho, size, seed, blocks=blocks)
+    if from_ is not None:
+        im, values, _ = artifact_int_model(from_, size, seed)
+    else:
+        if config not in CONFIGS:
+            raise MixqError(f"rtl config {config!r} is not one of {', '.join(CONFIGS)}")
+        w, a, alt, rho = CONFIGS[config]
+        im, values, _ = build_int_model(model, w, a, alt, rho, size, seed, blocks=blocks)
     return plan_layout(layer_data(im, values, layer), pe, simd, core)
 
 
-_MODEL = typer.Option(..., help="zoo model, e.g. cnv")
+_MODEL = typer.Option(None, help="zoo model, e.g. cnv (or --from)")
 _LAYER = typer.Option(..., help="conv / linear layer name")
-_CONFIG = choice("msq4", "layer configuration", tuple(CONFIGS))
+_CONFIG = choice(None, f"layer configuration (default {DEFAULT_CONFIG}; not with --from)", tuple(CONFIGS))
 _PE = count(4, "processing elements (output rows in parallel)")
 _SIMD = count(8, "lanes per PE (inputs in parallel)")
 _CORE = choice("auto", "fixed-point rows on DSPs (auto) or LUTs", ("auto", "dsp", "lut"))
@@ -93,51 +124,59 @@ def register(app: typer.Typer) -> None:
     rtl = typer.Typer(help="Verilog layer engines: generate, co-simulate against the integer engine, synthesize.")
     app.add_typer(rtl, name="rtl")
 
-    def _layout(model: str, layer: str, config: str, pe: int, simd: int, core: str, size: int) -> Any:
-        zoo_model(model)
-        return prepare(model, layer, config, pe, simd, core, size or None)
+    def _model(ctx: typer.Context, model: str | None, from_: Path | None, config: str | None) -> str:
+        name = resolve_model(model, from_, "--model", ctx=ctx)
+        exclusive_with_from(from_, config=config is not None)
+        return name
+
+    def _layout(model: str, from_: Path | None, layer: str, config: str | None, pe: int, simd: int, core: str,
+                size: int) -> Any:
+        return prepare(model, layer, config or DEFAULT_CONFIG, pe, simd, core, size or None, from_=from_)
 
     @rtl.command("generate")
-    def generate_cmd(model: str = _MODEL, layer: str = _LAYER, config: str = _CONFIG, pe: int = _PE,
-                     simd: int = _SIMD, core: str = _CORE, size: int = _SIZE, weights: str = _WEIGHTS,
+    def generate_cmd(ctx: typer.Context, model: str | None = _MODEL, from_: Path | None = FROM, layer: str = _LAYER,
+                     config: str | None = _CONFIG, pe: int = _PE, simd: int = _SIMD, core: str = _CORE,
+                     size: int = _SIZE, weights: str = _WEIGHTS,
                      out: Path | None = typer.Option(None, help="output folder (default runs/rtl-MODEL)")) -> None:
         """Write the layer engine's Verilog and memory files."""
-        zoo_model(model)
-        folder = out_dir(out, "rtl", model)
+        name = _model(ctx, model, from_, config)
+        folder = out_dir(out, "rtl", name)
         from mixq.rtl.cosim import write_sources
         from mixq.rtl.layer import generate_layer
 
-        lay = _layout(model, layer, config, pe, simd, core, size)
+        lay = _layout(name, from_, layer, config, pe, simd, core, size)
         top = "layer_" + layer.replace(".", "_")
         paths = write_sources(generate_layer(lay, top, weights=weights), folder)
         emit({"out": str(folder), "top": top, "files": [str(p) for p in paths]},
              [f"wrote {len(paths)} files to {folder} (top {top})"])
 
     @rtl.command("simulate")
-    def simulate_cmd(model: str = _MODEL, layer: str = _LAYER, config: str = _CONFIG, pe: int = _PE,
-                     simd: int = _SIMD, core: str = _CORE, size: int = _SIZE,
-                     pixels: int = count(8, "output pixels to simulate"),
+    def simulate_cmd(ctx: typer.Context, model: str | None = _MODEL, from_: Path | None = FROM, layer: str = _LAYER,
+                     config: str | None = _CONFIG, pe: int = _PE, simd: int = _SIMD, core: str = _CORE,
+                     size: int = _SIZE, pixels: int = count(8, "output pixels to simulate"),
                      out: Path | None = typer.Option(None, help="simulation folder (default runs/rtl-sim-MODEL)"),
                      ) -> None:
         """Co-simulate the layer engine in Icarus Verilog against the integer engine (exit 3 on a mismatch)."""
-        zoo_model(model)
-        folder = out_dir(out, "rtl-sim", model)
+        name = _model(ctx, model, from_, config)
+        folder = out_dir(out, "rtl-sim", name)
         from mixq.errors import CheckFailed
         from mixq.rtl.cosim import cosimulate, default_pixels
 
-        lay = _layout(model, layer, config, pe, simd, core, size)
+        lay = _layout(name, from_, layer, config, pe, simd, core, size)
         r = cosimulate(lay, folder, default_pixels(lay, pixels))
         emit(r.to_dict(), [json.dumps(r.to_dict())])
         if not r.ok:
-            raise CheckFailed(f"rtl simulate {model} {layer}: the Verilog engine differs from the integer engine "
+            raise CheckFailed(f"rtl simulate {name} {layer}: the Verilog engine differs from the integer engine "
                               f"(see {folder})")
 
     @rtl.command("synth")
-    def synth_cmd(model: str = _MODEL, layer: str = _LAYER, config: str = _CONFIG, pe: int = _PE,
-                  simd: int = _SIMD, core: str = _CORE, size: int = _SIZE, weights: str = _WEIGHTS) -> None:
+    def synth_cmd(ctx: typer.Context, model: str | None = _MODEL, from_: Path | None = FROM, layer: str = _LAYER,
+                  config: str | None = _CONFIG, pe: int = _PE, simd: int = _SIMD, core: str = _CORE,
+                  size: int = _SIZE, weights: str = _WEIGHTS) -> None:
         """Synthesize the layer engine with yosys synth_xilinx and compare with the hardware model."""
         from mixq.rtl.layer_synth import synth_layer
 
-        lay = _layout(model, layer, config, pe, simd, core, size)
+        name = _model(ctx, model, from_, config)
+        lay = _layout(name, from_, layer, config, pe, simd, core, size)
         res = synth_layer(lay, weights=weights).to_dict()
         emit(res, [json.dumps(res, indent=1)])
