@@ -61,15 +61,12 @@ class RunConfig:
 
 Step = Callable[[str], None]
 
-_STEPS = 9
-
-
 @contextmanager
-def _progress() -> Iterator[Step]:
+def _progress(total: int) -> Iterator[Step]:
     """One progress task for the job (mixq.progress picks bar, log lines, JSON or nothing)."""
     from mixq import progress
 
-    with progress.task("mixq run", total=_STEPS) as t:
+    with progress.task("mixq run", total=total) as t:
         def step(msg: str) -> None:
             t.advance(stage=msg)
 
@@ -105,7 +102,7 @@ def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None) -> dict[str
     weight_fmt, act_fmt = parse_format(cfg.weight), parse_format(cfg.act)  # fail fast on a bad format
     torch.manual_seed(cfg.seed)
     shutil.rmtree(_staging(out), ignore_errors=True)  # left by an interrupted run
-    with _progress() as step:
+    with _progress(8 if cfg.search else 7) as step:
         step("loading model and data")
         model = zoo.load(cfg.model, pretrained=True)
         x, y, calib = _load_eval_data(cfg)
