@@ -25,9 +25,11 @@ SHAPE = (1, 28, 28)
 
 
 def _calib(n: int = 32) -> torch.Tensor:
-    from mixq.cli.quantize import load_calibration
+    from mixq.cli.quantize import load_source
+    from mixq.data.sources import Preprocess
 
-    return load_calibration("auto", SHAPE, n)  # what `mixq quantize cnv --images n` calibrates on
+    # what `mixq quantize cnv --images n` calibrates on
+    return load_source("shipped", Preprocess.for_input(SHAPE), n, "--calib").x
 
 
 def _test_images(n: int = 256) -> torch.Tensor:

@@ -22,7 +22,7 @@ def test_quantize_shipped_calibration_writes_checkpoint_plan_summary(tmp_path: P
     assert main(["quantize", "cnv", "--random", "--calib", "shipped", "--images", "32",
                                    "--recipe", "dfq", "--out", str(out)]) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert s["recipe"]["name"] == "dfq" and s["calibration"] == {"source": "shipped", "images": 32}
+    assert s["recipe"]["name"] == "dfq" and s["calibration"]["source"] == "shipped" and s["calibration"]["images"] == 32
     assert len(s["layers"]) == 6 and s["size_bytes_quant"] < s["size_bytes_fp32"]
     assert {"fold_bn", "cle", "calibrate", "bias_correction"} <= set(s["timings_s"])
     ck = torch.load(out / "quantized.pt", weights_only=False)
@@ -46,21 +46,37 @@ def test_quantize_with_plan_file_and_msq(tmp_path: Path) -> None:
 def test_calibration_from_an_image_folder(tmp_path: Path) -> None:
     from PIL import Image
 
+    from mixq.data.sources import Preprocess
+
     rng = np.random.default_rng(0)
     (tmp_path / "sub").mkdir()
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (40, 30), dtype=np.uint8)).save(tmp_path / "sub" / f"{i}.png")
     (tmp_path / "notes.txt").write_text("not an image")
-    x = quantize_cli.load_calibration(str(tmp_path), (1, 28, 28), 10)
+    x = quantize_cli.load_source(str(tmp_path), Preprocess.for_input((1, 28, 28)), 10, "--calib").x
     assert x.shape == (3, 1, 28, 28) and torch.isfinite(x).all()
-    rgb = quantize_cli.load_calibration(str(tmp_path), (3, 32, 32), 2)
+    rgb = quantize_cli.load_source(str(tmp_path), Preprocess.for_input((3, 32, 32)), 2, "--calib").x
     assert rgb.shape == (2, 3, 32, 32)
-    with pytest.raises(DataError, match="no images"):
-        quantize_cli.load_calibration(str(_empty(tmp_path)), (1, 28, 28), 2)
-    with pytest.raises(DataError, match="not a folder"):
-        quantize_cli.load_calibration(str(tmp_path / "missing"), (1, 28, 28), 2)
-    with pytest.raises(DataError, match="gray"):
-        quantize_cli.load_calibration("shipped", (3, 224, 224), 2)
+    with pytest.raises(DataError, match="--calib .*no images"):
+        quantize_cli.load_source(str(_empty(tmp_path)), Preprocess.fmnist(), 2, "--calib")
+    with pytest.raises(DataError, match="does not exist"):
+        quantize_cli.load_source(str(tmp_path / "missing"), Preprocess.fmnist(), 2, "--calib")
+
+
+def test_quantize_preprocessing_options_and_eval(tmp_path: Path) -> None:
+    out = tmp_path / "e"
+    assert main(["quantize", "cnv", "--random", "--images", "16", "--eval", "shipped-test", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["eval"]["source"] == "shipped-test" and s["eval"]["images"] == 2000
+    assert {"top1_float", "top1_quant"} <= set(s["eval"])
+    assert s["calibration"]["preprocess"] == {"size": [28, 28], "channels": 1, "mean": [0.286], "std": [0.353],
+                                              "resize": "stretch"}
+    assert main(["quantize", "cnv", "--random", "--images", "16", "--eval", "photos", "--out", str(out)]) == 0
+    assert 0.0 <= json.loads((out / "summary.json").read_text())["eval"]["agreement"] <= 100.0
+    for bad in (["--input-size", "0x5"], ["--mean", "1,x"], ["--std", "nan"]):
+        assert main(["quantize", "cnv", *bad, "--out", str(out)]) == 2, bad
+    for bad in (["--mean", "0.1,0.2"], ["--rgb"], ["--std", "0"], ["--input-size", "32"], ["--calib", "/nope"]):
+        assert main(["quantize", "cnv", "--random", "--images", "4", *bad, "--out", str(out)]) == 1, bad
 
 
 def _empty(root: Path) -> Path:

@@ -4,19 +4,27 @@
     plan = mixq.api.default_plan("cnv", model, calib)          # or mixq.plan.load_plan(...)
     qmodel = mixq.api.quantize(model, plan, calib)             # BN fold, swap, calibrate
     acc = mixq.api.evaluate(qmodel, images, labels)
+
+Data may be given as a tensor, a numpy array, a :class:`mixq.data.sources.ImageSet`, a torch
+``Dataset`` or ``DataLoader`` (items / batches: inputs or ``(inputs, labels)``), an ``(x, y)`` pair or a
+list of batches (:func:`mixq.data.sources.as_batch`); :func:`evaluate` takes the labels from the data
+when ``labels`` is not given, streaming a ``DataLoader`` batch by batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from mixq.errors import MixqError
+from mixq.data.sources import as_batch, iter_batches
+from mixq.errors import DataError, MixqError
 from mixq.formats import FixedPoint, NumberFormat
+from mixq.graph import ops
 from mixq.graph.convert import compute_layer_names
-from mixq.graph.ops import batches, evaluate, predict, quantize, signed_input_layers
+from mixq.graph.ops import batches, signed_input_layers
 from mixq.nn import QConv2d, QLinear
 from mixq.plan import LayerPlan, QuantPlan, uniform_plan
 
@@ -27,12 +35,39 @@ W8 = FixedPoint(bits=8, signed=True, narrow=True)
 A8 = FixedPoint(bits=8, signed=False, narrow=False)
 
 
-def signed_inputs(model: nn.Module, sample: torch.Tensor) -> set[str]:
+def signed_inputs(model: nn.Module, sample: Any) -> set[str]:
     """Compute layers whose input takes negative values on ``sample`` (they need a signed activation format)."""
-    return signed_input_layers(model, sample)[1]
+    return signed_input_layers(model, as_batch(sample, "sample"))[1]
 
 
-def default_plan(model_name: str, model: nn.Module, sample: torch.Tensor,
+def quantize(model: nn.Module, plan: QuantPlan, calib: Any, batch_size: int = 256, fold: bool = True) -> nn.Module:
+    """Post-training quantization with the plan as written (:func:`mixq.graph.ops.quantize`) on the
+    calibration data ``calib`` (any data :func:`mixq.data.sources.as_batch` takes)."""
+    return ops.quantize(model, plan, as_batch(calib, "calib"), batch_size, fold)
+
+
+def predict(model: nn.Module, x: Any, batch_size: int = 500) -> torch.Tensor:
+    """Logits of ``model`` (eval mode) on the inputs of ``x``, computed in batches."""
+    return ops.predict(model, as_batch(x, "predict"), batch_size)
+
+
+def evaluate(model: nn.Module, x: Any, labels: Any = None, batch_size: int = 500) -> float:
+    """Top-1 accuracy in percent of ``model`` on ``x`` with ``labels``, or on labelled data alone (an
+    ``ImageSet``, a ``Dataset`` or ``DataLoader`` of ``(x, y)``, an ``(x, y)`` pair), batch by batch."""
+    if labels is not None:
+        return ops.evaluate(model, as_batch(x, "evaluate"), torch.as_tensor(labels), batch_size)
+    hits: list[torch.Tensor] = []
+    for xb, yb in iter_batches(x, batch_size, labels=True, name="evaluate"):
+        if yb is None:
+            raise DataError("evaluate: the data has no labels; pass labels=, or labelled data ((x, y) items or "
+                            "batches, an ImageSet with labels)")
+        hits.append(ops.predict(model, xb, batch_size).argmax(dim=1).cpu() == yb.cpu())
+    if not hits:
+        raise DataError("evaluate: the data holds no samples")
+    return 100.0 * float(torch.cat(hits).float().mean())
+
+
+def default_plan(model_name: str, model: nn.Module, sample: Any,
                  weight: NumberFormat = W8, act: NumberFormat = A8,
                  weight_alt: NumberFormat | None = None, alt_ratio: float = 0.0,
                  first_last: LayerPlan | None = None) -> QuantPlan:
@@ -40,6 +75,7 @@ def default_plan(model_name: str, model: nn.Module, sample: torch.Tensor,
 
     ``first_last`` (e.g. W8A8) replaces the plan of the first and last compute layer.
     """
+    sample = as_batch(sample, "sample")
     names = list(compute_layer_names(model))
     if not names:
         raise MixqError(f"model {model_name!r} has no Conv2d or Linear layer to quantize")

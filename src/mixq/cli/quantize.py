@@ -3,6 +3,12 @@
     mixq quantize mobilenet_v2 --plan plan.json --calib photos/ --recipe dfq --out runs/mnv2-dfq
     mixq quantize cnv --calib shipped --recipe adaround --msq 0.5
     mixq quantize cnv --recipe gptq --msq 0.5 --msq-rows output_auto
+    mixq quantize mobilenet_v2 --calib train_subset/ --eval val/ --input-size 224 --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5
+
+``--calib`` and ``--eval`` take a folder of images, an .npz file or a keyword, preprocessed for the model's
+input (:class:`mixq.data.sources.Preprocess`; ``--input-size``, ``--mean``, ``--std``, ``--grayscale/--rgb``
+override it). ``--eval`` reports top-1 of the float and the quantized model on labelled data, else their
+argmax agreement.
 
 Writes the artifact folder (:func:`mixq.artifact.save_artifact`, each file atomically):
 ``quantized.pt`` (state dict, plan and recipe), ``plan.json`` (the plan as applied, MSQ rows filled
@@ -12,77 +18,51 @@ in) and ``summary.json`` (recipe, timings, per-layer formats, sizes). ``mixq ver
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 
 from mixq.cli._common import choice, count, emit, out_dir, real, zoo_model
-from mixq.errors import DataError, OptionError
+from mixq.errors import OptionError
 
-if TYPE_CHECKING:
-    import torch
-
-MIN_IMAGE_SIDE = 8
 RECIPES = ("minmax", "dfq", "dfq_empirical", "adaround", "gptq", "datafree")
 
 
-def load_calibration(calib: str, input_shape: tuple[int, ...], limit: int) -> torch.Tensor:
-    """Calibration inputs: ``shipped`` (the bundled Fashion-MNIST training images), ``photos`` (the
-    bundled natural photos, ImageNet-normalised), ``auto`` (whichever fits the model) or a folder of
-    images (flat, or class subfolders), preprocessed for ``input_shape`` (C, H, W).
+def _size(value: str | None) -> tuple[int, int] | None:
+    """``--input-size H`` or ``HxW`` (checked at parse time: a bad value is a usage error)."""
+    if value is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", value)
+    if m is None or int(m.group(1)) < 1 or (m.group(2) is not None and int(m.group(2)) < 1):
+        raise typer.BadParameter(f"must be H or HxW with integers >= 1, got {value!r}")
+    return int(m.group(1)), int(m.group(2) or m.group(1))
 
-    The batch is checked at the door (:func:`mixq.validate.images`): NaN pixels, constant
-    (e.g. all-black) images and images too small to calibrate on are refused, naming them.
-    """
-    import torch
 
-    from mixq import data, validate
-    from mixq.data.images import IMAGE_EXTENSIONS
+def _values(value: str | None) -> tuple[float, ...] | None:
+    """``--mean`` / ``--std``: comma-separated finite numbers, one per channel."""
+    if value is None:
+        return None
+    try:
+        vals = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        vals = ()
+    if not vals or not all(math.isfinite(v) for v in vals):
+        raise typer.BadParameter(f"must be comma-separated finite numbers (one per channel), got {value!r}")
+    return vals
 
-    c, h, w = input_shape
-    if calib == "auto":  # the model's own kind of data: gray Fashion-MNIST or ImageNet-style photos
-        calib = "shipped" if c == 1 else "photos"
-    if calib == "photos":
-        if c != 3:
-            raise DataError(f"--calib photos: the bundled photos are RGB; this model takes {input_shape}")
-        x = data.calibration_set(limit, size=h, seed=0)
-        validate.images(x, "--calib photos")
-        return x
-    if calib == "shipped":
-        from mixq.run import CALIB_PATH
 
-        if c != 1:
-            raise DataError(f"--calib shipped: the bundled images are 1x28x28 gray; this model takes {input_shape}")
-        images, _ = data.load_fmnist_subset(CALIB_PATH)
-        x = data.normalize_gray(images[:limit])
-        validate.images(x, "--calib shipped")
-        return x
-    root = Path(calib)
-    if not root.is_dir():
-        raise DataError(f"--calib: {root} is not a folder of images (or the keyword 'shipped')")
-    files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise DataError(f"--calib: no images ({', '.join(IMAGE_EXTENSIONS)}) in {root}")
-    out = []
-    for f in files[:limit]:
-        raw = data.read_image(f, "L" if c == 1 else "RGB")
-        if min(raw.shape[:2]) < MIN_IMAGE_SIDE:
-            raise DataError(f"--calib: {f} is {raw.shape[1]}x{raw.shape[0]} pixels; calibration images need at "
-                            f"least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
-        if c == 1:
-            img = torch.as_tensor(raw, dtype=torch.float32)[None, None]
-            img = torch.nn.functional.interpolate(img, size=(h, w), mode="bilinear", antialias=True,
-                                                  align_corners=False)[0, 0]
-            out.append(data.normalize_gray(img.round().clamp(0, 255).to(torch.uint8)[None])[0])
-        elif c == 3:
-            out.append(data.imagenet_preprocess(raw, resize=round(h * 256 / 224), crop=h))
-        else:
-            raise DataError(f"--calib: cannot read images for a {c}-channel input")
-    x = torch.stack(out)
-    validate.images(x, f"--calib {root}")
-    return x
+def load_source(source: str, pre: Any, limit: int | None, option: str) -> Any:
+    """The images of a ``--calib`` / ``--eval`` source (:func:`mixq.data.sources.load_images`): the
+    keywords take their first ``limit`` images, a folder or an .npz file a seeded random subset (so a
+    folder of class subfolders gives every class)."""
+    from mixq.data.sources import KEYWORDS, load_images
+
+    seed = None if source in KEYWORDS else 0
+    return load_images(source, pre, limit, seed=seed, name=f"{option} {source}")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -105,9 +85,21 @@ def register(app: typer.Typer) -> None:
     def quantize_cmd(
         model: str = typer.Argument(..., help="zoo model name (see `mixq capture`)"),
         plan: Path | None = typer.Option(None, "--plan", help="QuantPlan JSON (default: W8A8 per channel)"),
-        calib: str = typer.Option("auto", "--calib", help="image folder (flat or class subfolders), 'shipped' "
-                                                          "(bundled Fashion-MNIST), 'photos' (bundled natural "
-                                                          "photos, ImageNet-normalised) or 'auto' (the model's kind)"),
+        calib: str = typer.Option("auto", "--calib", help="image folder (flat or class subfolders), .npz file "
+                                                          "(x/images [, y/labels]), 'shipped' (bundled Fashion-MNIST "
+                                                          "train images), 'shipped-test', 'photos' (bundled natural "
+                                                          "photos) or 'auto' (the model's kind)"),
+        eval_source: str | None = typer.Option(None, "--eval", help="also report on this source (same kinds as "
+                                               "--calib): top-1 of the float and quantized model when it has labels "
+                                               "(class subfolders in the model's class order, .npz labels), else "
+                                               "argmax agreement of the quantized model with the float one"),
+        input_size: str | None = typer.Option(None, "--input-size", help="images resized to H or HxW (default: "
+                                              "the model's input)", callback=_size),
+        mean: str | None = typer.Option(None, "--mean", help="per-channel mean, a,b,c (default: ImageNet for RGB, "
+                                        "Fashion-MNIST for gray)", callback=_values),
+        std: str | None = typer.Option(None, "--std", help="per-channel std, a,b,c", callback=_values),
+        gray: bool | None = typer.Option(None, "--grayscale/--rgb", help="color mode the model takes (default: "
+                                         "its input channels)"),
         recipe: str = choice("minmax", "PTQ recipe", RECIPES, "--recipe"),
         out: Path | None = typer.Option(None, "--out", help="output folder (default runs/quantize-MODEL)"),
         images: int = count(256, "calibration images to use", 1, "--images"),
@@ -134,11 +126,31 @@ def register(app: typer.Typer) -> None:
         from mixq.algorithms.ptq import quantize_report
         from mixq.artifact import save_artifact
         from mixq.cli._common import load_checked_plan
+        from mixq.data.sources import Preprocess
         from mixq.graph.capture import capture
 
         shape = zoo.input_shape(model)
+        try:
+            pre = Preprocess.for_input(shape, size=input_size, mean=mean, std=std,  # type: ignore[arg-type]
+                                       channels=None if gray is None else (1 if gray else 3))
+        except OptionError as e:  # "mean: ..." -> "--mean: ..."
+            field, _, rest = str(e).partition(":")
+            raise OptionError(f"--{ {'size': 'input-size'}.get(field, field)}:{rest}") from None
+        if pre.channels != shape[0]:
+            raise OptionError(f"--{'grayscale' if gray else 'rgb'}: {model} takes {shape[0]}-channel input")
         net = zoo.load(model, pretrained=pretrained).eval()
-        data = load_calibration(calib, shape, images)
+        if calib == "auto":  # the model's own kind of data: gray Fashion-MNIST or ImageNet-style photos
+            calib = "shipped" if pre.channels == 1 else "photos"
+        data = load_source(calib, pre, images, "--calib").x
+        if pre.size != tuple(shape[1:]):  # e.g. a fully convolutional model at another resolution
+            try:
+                api.predict(net, data[:1])
+            except RuntimeError as e:
+                raise OptionError(f"--input-size {pre.size[0]}x{pre.size[1]}: {model} cannot take "
+                                  f"{pre.channels}x{pre.size[0]}x{pre.size[1]} inputs "
+                                  f"({str(e).splitlines()[0]})") from None
+            shape = (pre.channels, *pre.size)
+        evalset = load_source(eval_source, pre, None, "--eval") if eval_source is not None else None
         if plan is not None:
             qplan = load_checked_plan(plan, model, capture(net, shape))
         elif msq is not None:
@@ -153,9 +165,25 @@ def register(app: typer.Typer) -> None:
                                        ("msq_rows", msq_rows)) if v is not None}
         res = quantize_report(net, qplan, data, recipe, input_shape=shape, **overrides)
         seconds = time.perf_counter() - t
+        lines = []
+        evaluation: dict[str, Any] | None = None
+        if evalset is not None:
+            if evalset.labelled:
+                evaluation = {"top1_float": api.evaluate(net, evalset), "top1_quant": api.evaluate(res.model, evalset)}
+                lines.append(f"--eval {eval_source}: top-1 {evaluation['top1_quant']:.2f}% quantized, "
+                             f"{evaluation['top1_float']:.2f}% float on {len(evalset)} images")
+            else:
+                same = api.predict(res.model, evalset.x).argmax(1) == api.predict(net, evalset.x).argmax(1)
+                evaluation = {"agreement": 100.0 * float(same.float().mean())}
+                lines.append(f"--eval {eval_source}: argmax agreement with the float model "
+                             f"{evaluation['agreement']:.2f}% on {len(evalset)} unlabelled images")
+            evaluation = {"source": eval_source, "images": len(evalset), **evaluation}
         summary = {
             "model": model, "pretrained": pretrained, "recipe": res.recipe.to_dict(),
-            "calibration": {"source": calib, "images": int(data.shape[0])},
+            "calibration": {"source": calib, "images": int(data.shape[0]), "preprocess": {
+                "size": list(pre.size), "channels": pre.channels, "mean": list(pre.mean), "std": list(pre.std),
+                "resize": pre.resize}},
+            **({"eval": evaluation} if evaluation is not None else {}),
             "plan": str(plan) if plan is not None else ("msq" if msq is not None else "default W8A8"),
             "wall_time_s": round(seconds, 3), "timings_s": {k: round(v, 3) for k, v in res.timings.items()},
             "details": _jsonable(res.details), "layers": api.layer_formats(res.model),
@@ -163,6 +191,6 @@ def register(app: typer.Typer) -> None:
         }
         save_artifact(folder, model, res.plan, res.recipe.to_dict(), res.model, summary)
         emit({"out": str(folder), **summary},
-             [f"{model}: recipe {res.recipe.name}, {data.shape[0]} calibration images, {seconds:.1f} s",
+             [f"{model}: recipe {res.recipe.name}, {data.shape[0]} calibration images, {seconds:.1f} s", *lines,
               f"wrote {folder / 'quantized.pt'}, {folder / 'plan.json'}, {folder / 'summary.json'}",
               f"use it as it is: mixq verify --from {folder}; mixq export --from {folder}"])

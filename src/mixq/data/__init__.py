@@ -1,9 +1,11 @@
-"""Dataset readers: Fashion-MNIST / MNIST (idx, pickle), ImageNet-style folders, packaged samples.
+"""Dataset readers: Fashion-MNIST / MNIST (idx, pickle), ImageNet-style folders, packaged samples,
+and data sources for calibration and evaluation (:mod:`mixq.data.sources`: ``Preprocess``,
+``load_images`` from a keyword, a folder or an .npz file, ``as_batch`` for any tensor / Dataset / DataLoader).
 
 Everything returns plain uint8 numpy images and int64 labels, or normalised
 float32 torch tensors; every bad path or corrupt file raises
-:class:`mixq.errors.DataError` naming the path. Imports only torch, numpy and
-mixq.errors (Pillow is imported lazily to decode JPEG/PNG files).
+:class:`mixq.errors.DataError` naming the path. Imports only torch, numpy,
+mixq.errors and mixq.validate (Pillow is imported lazily to decode JPEG/PNG files).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from mixq.data.samples import (
     natural_photo_paths,
     natural_photos,
 )
+from mixq.data.sources import ImageSet, Preprocess, as_batch, as_labelled, iter_batches, load_images
 
 __all__ = [
     "FMNIST_CLASSES",
@@ -50,15 +53,21 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageFolder",
+    "ImageSet",
+    "Preprocess",
+    "as_batch",
+    "as_labelled",
     "calibration_set",
     "center_crop",
     "data_loader",
     "foolbox_data_dir",
     "foolbox_samples",
     "imagenet_preprocess",
+    "iter_batches",
     "load_fashion_mnist",
     "load_fmnist_subset",
     "load_idx_pair",
+    "load_images",
     "load_mnist",
     "natural_photo_paths",
     "natural_photos",
