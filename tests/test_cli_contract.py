@@ -239,3 +239,27 @@ def test_a_swallowed_interrupt_still_stops_the_job() -> None:
     assert progress.clear_stop() is True and progress.clear_stop() is False
     with progress.task("train", total=1) as t:
         t.advance()  # no stop requested: runs on
+
+
+def test_one_default_plan_and_outputs_under_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """estimate used 4 bits while verify/export used 8, and wrote estimate.json into the current folder."""
+    import json
+
+    from mixq.cli._common import DEFAULT_ACT, DEFAULT_WEIGHT
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--quiet", "estimate", "cnv"]) == 0
+    est = json.loads((tmp_path / "runs" / "estimate-cnv" / "estimate.json").read_text())
+    assert (DEFAULT_WEIGHT, DEFAULT_ACT) == ("fixed8", "ufixed8")
+    assert all(ly["formats"].startswith("fixed8") for ly in est["layers"] if ly["macs"] > 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+def test_calibrate_hw_never_writes_into_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mixq.rtl.calibrate import DATA_DIR
+
+    before = {p.name: p.stat().st_mtime_ns for p in DATA_DIR.iterdir()}
+    monkeypatch.chdir(tmp_path)
+    assert main(["--quiet", "calibrate-hw", "--refit"]) == 0
+    assert (tmp_path / "runs" / "calibrate-hw" / "coefficients.json").is_file()
+    assert {p.name: p.stat().st_mtime_ns for p in DATA_DIR.iterdir()} == before
