@@ -343,3 +343,11 @@ def test_black_photo_normalised_per_channel_is_still_constant() -> None:
     assert not torch.equal(black[0], black[1])  # the channels differ after normalisation
     with pytest.raises(DataError, match="1 of 2 images are constant"):
         validate.images(torch.stack([ok, black]), "--calib")
+
+
+def test_a_blank_image_with_float_noise_from_resizing_is_still_constant() -> None:
+    x = torch.rand(3, 1, 28, 28)
+    x[1] = 2.0227 + 2e-7 * torch.rand(1, 28, 28)  # an all-white image after bilinear resize + normalisation
+    with pytest.raises(DataError, match=r"1 of 3 images are constant .*images 1$"):
+        validate.images(x, "--calib")
+    validate.images(torch.rand(2, 1, 28, 28) * (1 / 255 / 0.35), "--calib")  # faint but real images pass

@@ -208,6 +208,10 @@ def _indexes(idx: torch.Tensor) -> str:
     return shown + (f", ... ({len(idx) - 5} more)" if len(idx) > 5 else "")
 
 
+#: relative spread below which an image plane counts as constant
+CONSTANT_TOL = 1e-4
+
+
 def images(x: torch.Tensor, source: str, min_size: int = 8) -> None:
     """An (N, C, H, W) batch: N >= 1, H and W >= ``min_size``, finite pixels, no constant image.
 
@@ -233,7 +237,9 @@ def images(x: torch.Tensor, source: str, min_size: int = 8) -> None:
         raise DataError(f"{source}: {len(bad)} of {n} images have NaN or Inf pixels: images {_indexes(bad)}")
     # constant in space, channel by channel: a black RGB photo normalised per channel is still blank
     planes = x.detach().reshape(n, x.shape[1], -1)
-    const = (planes.amax(dim=2) == planes.amin(dim=2)).all(dim=1).nonzero().flatten()
+    # "equal" up to float noise from resizing and normalising (a real 1/255 step is ~1e-2 after normalising)
+    hi, lo = planes.amax(dim=2), planes.amin(dim=2)
+    const = ((hi - lo) <= CONSTANT_TOL * hi.abs().clamp(min=1.0)).all(dim=1).nonzero().flatten()
     if len(const):
         raise DataError(f"{source}: {len(const)} of {n} images are constant (all pixels equal, e.g. blank): "
                         f"images {_indexes(const)}")
