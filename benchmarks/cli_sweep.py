@@ -1,6 +1,6 @@
-"""The command line tried as a new user would: ~300 bad or unusual inputs, one process each.
+"""The command line tried as a new user would: 413 bad or unusual inputs, one process each.
 
-Every case runs ``python -m mixq.cli ...`` in a fresh temporary folder and is judged on:
+Every case runs ``mixq.cli.main`` in a fresh Python process and temporary folder and is judged on:
 
 * **traceback**: a Python traceback on stdout or stderr (never allowed);
 * **exit-0 failure**: a case that must fail exited 0;
@@ -9,7 +9,8 @@ Every case runs ``python -m mixq.cli ...`` in a fresh temporary folder and is ju
 * **wrong code**: the exit status differs from the contract (2 usage, 1 error, 3 failed check, 130 interrupted).
 
 Writes ``benchmarks/results/cli_sweep.json`` and ``.md``. Run:
-``.venv/bin/python benchmarks/cli_sweep.py [--jobs 2] [--only SUBSTRING]``.
+``.venv/bin/python benchmarks/cli_sweep.py [--jobs 2] [--only SUBSTRING] [--src OTHER_CHECKOUT/src --out PATH]``
+(``--src`` runs the same cases against another checkout's CLI, e.g. the code before a change).
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ from mixq.io import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-MIXQ = [sys.executable, "-m", "mixq.cli"]
+MIXQ = [sys.executable, "-c", "import sys; from mixq.cli import main; sys.exit(main())"]
 Setup = Callable[[Path], None]
+SRC_OVERRIDE = ""
 
 
 @dataclass
@@ -345,6 +347,8 @@ def run_case(case: Case, timeout: float) -> dict[str, Any]:
         if case.setup is not None:
             case.setup(d)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "HOME": str(d)}
+        if SRC_OVERRIDE:  # measure another checkout's CLI with the same cases (e.g. the code before a change)
+            env["PYTHONPATH"] = SRC_OVERRIDE
         t0 = time.monotonic()
         proc = subprocess.Popen(MIXQ + case.args, cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=env)
@@ -389,7 +393,10 @@ def main() -> None:
     ap.add_argument("--only", default="")
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--out", type=Path, default=RESULTS / "cli_sweep")
+    ap.add_argument("--src", default="", help="run the CLI of another checkout's src/ folder (PYTHONPATH)")
     a = ap.parse_args()
+    global SRC_OVERRIDE
+    SRC_OVERRIDE = a.src
     todo = [c for c in cases() if a.only in c.name]
     print(f"{len(todo)} cases, {a.jobs} at a time", flush=True)
     t0 = time.monotonic()
@@ -401,7 +408,7 @@ def main() -> None:
     doc = {"cases": len(rows), "wall_s": round(time.monotonic() - t0, 1), "totals": totals,
            "groups": dict(groups), "rows": rows}
     atomic_write_json(a.out.with_suffix(".json"), doc)
-    md = ["# CLI sweep", "", f"{len(rows)} cases through real processes (`python -m mixq.cli`), "
+    md = ["# CLI sweep", "", f"{len(rows)} cases, each a fresh Python process running `mixq.cli.main`, "
           f"{doc['wall_s']} s.", "", "| failure class | cases |", "|---|---:|"]
     md += [f"| {k.replace('_', ' ')} | {v} |" for k, v in totals.items()]
     md += ["", "| group | cases | bad |", "|---|---:|---:|"]
