@@ -13,7 +13,7 @@ when ``labels`` is not given, streaming a ``DataLoader`` batch by batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -23,8 +23,8 @@ from mixq.data.sources import as_batch, iter_batches
 from mixq.errors import DataError, MixqError
 from mixq.formats import FixedPoint, NumberFormat
 from mixq.graph import ops
-from mixq.graph.convert import compute_layer_names
 from mixq.graph.ops import batches, signed_input_layers
+from mixq.graph.registry import coverage
 from mixq.nn import QConv2d, QLinear
 from mixq.plan import LayerPlan, QuantPlan, uniform_plan
 
@@ -40,10 +40,16 @@ def signed_inputs(model: nn.Module, sample: Any) -> set[str]:
     return signed_input_layers(model, as_batch(sample, "sample"))[1]
 
 
-def quantize(model: nn.Module, plan: QuantPlan, calib: Any, batch_size: int = 256, fold: bool = True) -> nn.Module:
+def quantize(model: nn.Module, plan: QuantPlan, calib: Any, batch_size: int = 256, fold: bool = True, *,
+             allow_float: bool | Iterable[str] = False) -> nn.Module:
     """Post-training quantization with the plan as written (:func:`mixq.graph.ops.quantize`) on the
-    calibration data ``calib`` (any data :func:`mixq.data.sources.as_batch` takes)."""
-    return ops.quantize(model, plan, as_batch(calib, "calib"), batch_size, fold)
+    calibration data ``calib`` (any data :func:`mixq.data.sources.as_batch` takes).
+
+    A compute layer mixq cannot quantize (:mod:`mixq.graph.registry`: Conv1d, ConvTranspose2d, a
+    Conv2d subclass with a forward it cannot reproduce, ``F.conv2d`` on a parameter ...) raises a
+    one-line :class:`~mixq.errors.ModelError` naming it, unless ``allow_float`` (``True`` or layer
+    names) or the plan's ``meta["float_layers"]`` accepts leaving it in float."""
+    return ops.quantize(model, plan, as_batch(calib, "calib"), batch_size, fold, allow_float=allow_float)
 
 
 def predict(model: nn.Module, x: Any, batch_size: int = 500) -> torch.Tensor:
@@ -70,18 +76,31 @@ def evaluate(model: nn.Module, x: Any, labels: Any = None, batch_size: int = 500
 def default_plan(model_name: str, model: nn.Module, sample: Any,
                  weight: NumberFormat = W8, act: NumberFormat = A8,
                  weight_alt: NumberFormat | None = None, alt_ratio: float = 0.0,
-                 first_last: LayerPlan | None = None) -> QuantPlan:
+                 first_last: LayerPlan | None = None, *, allow_float: bool | Iterable[str] = False) -> QuantPlan:
     """A uniform per-channel plan for every Conv2d/Linear; signed activations where the data needs them.
 
-    ``first_last`` (e.g. W8A8) replaces the plan of the first and last compute layer.
+    ``first_last`` (e.g. W8A8) replaces the plan of the first and last compute layer. Layers are
+    found by :mod:`mixq.graph.registry`: Conv2d/Linear subclasses that compute the plain layer are
+    planned (a "same"-padding wrapper as a Conv2d with the equivalent padding, recorded in
+    ``meta["converted_layers"]``); any other compute layer raises a one-line
+    :class:`~mixq.errors.ModelError` naming it, unless ``allow_float`` (``True`` or layer names)
+    accepts leaving it in float — the plan then lists it in ``meta["float_layers"]`` with the reason.
     """
     sample = as_batch(sample, "sample")
-    names = list(compute_layer_names(model))
+    cov = coverage(model, sample)
+    floats = cov.accept("default_plan", allow_float)
+    names = list(cov.layers)
     if not names:
         raise MixqError(f"model {model_name!r} has no Conv2d or Linear layer to quantize")
     overrides = {names[0]: first_last, names[-1]: first_last} if first_last is not None else None
-    return uniform_plan(model_name, names, weight, act, signed_inputs=signed_inputs(model, sample),
+    plan = uniform_plan(model_name, names, weight, act, signed_inputs=signed_inputs(model, sample),
                         overrides=overrides, weight_alt=weight_alt, alt_ratio=alt_ratio)
+    meta: dict[str, Any] = {}
+    if floats:
+        meta["float_layers"] = floats
+    if cov.converted_meta():
+        meta["converted_layers"] = cov.converted_meta()
+    return plan.with_meta(**meta) if meta else plan
 
 
 def quant_layers(model: nn.Module) -> list[tuple[str, QConv2d | QLinear]]:

@@ -2,7 +2,8 @@
 
 ``capture(model, (C, H, W))`` gives the plain-data layer list every later
 stage reads (shapes, kernel, stride, groups, MACs, params, producer/consumer
-edges including residual adds and concats); ``fold_bn`` and ``swap_modules``
+edges including residual adds and concats); ``coverage`` / ``COMPUTE_MODULES`` (``registry``) say which
+modules are quantized, and which are refused or left in float; ``fold_bn`` and ``swap_modules``
 return new models and never change their input.
 """
 
@@ -10,15 +11,20 @@ from __future__ import annotations
 
 from mixq.graph.bnfold import fold_bn, fold_into, foldable_pairs
 from mixq.graph.capture import capture, is_leaf, summary_table
+from mixq.graph.registry import COMPUTE_MODULES, Coverage, classify, coverage
 from mixq.graph.spec import COMPUTE_KINDS, LAYER_KINDS, LayerSpec, compute_layers, total_macs
 from mixq.graph.swap import leaf_modules, named_compute_layers, set_submodule, swap_modules
 
 __all__ = [
     "COMPUTE_KINDS",
+    "COMPUTE_MODULES",
+    "Coverage",
     "LAYER_KINDS",
     "LayerSpec",
     "capture",
+    "classify",
     "compute_layers",
+    "coverage",
     "fold_bn",
     "fold_into",
     "foldable_pairs",

@@ -48,6 +48,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
 from mixq.errors import ModelError
+from mixq.graph.registry import COMPUTE_FUNCTIONS, COMPUTE_TYPES, UNDESCRIBED_FUNCTIONS, classify
 from mixq.graph.spec import LayerSpec
 
 _TRANSPARENT_MODULES: tuple[type[nn.Module], ...] = (
@@ -58,8 +59,9 @@ _ACT_MODULES: tuple[type[nn.Module], ...] = (
     nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.ELU, nn.PReLU,
     nn.Hardtanh, nn.Mish, nn.Softmax, nn.LogSoftmax,
 )
-# Module types treated as leaves even when they have children (e.g. a quantized Conv2d subclass).
-LEAF_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear, _BatchNorm)
+# Module types treated as leaves even when they have children (e.g. a quantized Conv2d subclass): the
+# compute modules of `mixq.graph.registry.COMPUTE_MODULES` and BatchNorm.
+LEAF_TYPES: tuple[type[nn.Module], ...] = (*COMPUTE_TYPES, _BatchNorm)
 
 # Normalised functional op name -> kind ("?" = decided from shapes / operands, None = no-op).
 _OP_KINDS: dict[str, str | None] = {
@@ -112,7 +114,7 @@ def _shape(t: Any) -> tuple[int, ...]:
 
 
 def is_leaf(m: nn.Module) -> bool:
-    """A module captured (and swapped) whole: childless, or a Conv2d/Linear/BN (sub)class."""
+    """A module captured (and swapped) whole: childless, or a compute module / BN (sub)class."""
     return isinstance(m, LEAF_TYPES) or next(m.children(), None) is None
 
 
@@ -467,7 +469,8 @@ def _capture_hooks(model: nn.Module, x: torch.Tensor) -> list[_Event]:
 
 
 # ----------------------------------------------------------------------------------------------- API
-def capture(model: nn.Module, input_shape: tuple[int, ...], method: str = "auto") -> list[LayerSpec]:
+def capture(model: nn.Module, input_shape: tuple[int, ...], method: str = "auto", *,
+            allow_float: bool = False) -> list[LayerSpec]:
     """The model's layers as :class:`LayerSpec` in forward order, for one input of shape ``input_shape``.
 
     ``input_shape`` excludes the batch dimension, e.g. ``(3, 224, 224)``.
@@ -475,6 +478,12 @@ def capture(model: nn.Module, input_shape: tuple[int, ...], method: str = "auto"
     tracing failure raises :class:`ModelError`) or "hooks" (see the module
     docstring). A failing forward raises :class:`ModelError`. The model is not
     changed.
+
+    A compute layer no spec kind describes (a module of `mixq.graph.registry.COMPUTE_MODULES` that
+    is not supported — Conv1d, ConvTranspose2d ... — or a functional ``conv1d`` / ``conv3d`` /
+    ``conv_transpose*`` / ``bilinear``) raises a one-line :class:`ModelError` naming it, so that no
+    later stage (the hardware estimate) silently leaves it out; with ``allow_float`` it is kept as
+    kind "other" with ``extra["float"]`` holding the reason (the hardware estimate refuses such specs).
     """
     if method not in ("auto", "fx", "hooks"):
         raise ModelError(f"capture: method must be 'auto', 'fx' or 'hooks', got {method!r}")
@@ -499,7 +508,26 @@ def capture(model: nn.Module, input_shape: tuple[int, ...], method: str = "auto"
         raise ModelError(
             f"capture: forward of {type(model).__name__} on an input of shape {tuple(x.shape)} failed: {exc}"
         ) from exc
-    return _to_specs(events, "fx" if gm is not None else "hooks")
+    specs = _to_specs(events, "fx" if gm is not None else "hooks")
+    for ev, spec in zip(events, specs, strict=True):
+        why = _float_reason(ev)
+        if why is None:
+            continue
+        if not allow_float:
+            raise ModelError(f"capture: layer {(ev.qualname or ev.name)!r} ({ev.op}) is not supported yet ({why}); "
+                             "mixq would leave it in float and out of the hardware estimate")
+        spec.extra["float"] = f"{ev.op}: {why}"
+    return specs
+
+
+def _float_reason(ev: _Event) -> str | None:
+    """Why a recorded op is a compute layer the specs cannot describe, or ``None``."""
+    if ev.module is not None:
+        v = classify(ev.module)
+        return v.reason if v is not None and v.action == "float" else None
+    if ev.op in UNDESCRIBED_FUNCTIONS:
+        return COMPUTE_FUNCTIONS[ev.op] + " has no layer kind"
+    return None
 
 
 def summary_table(specs: list[LayerSpec]) -> str:

@@ -1,7 +1,9 @@
 """Turn a float model into its fake-quantized version under a `QuantPlan`.
 
 The input model is never mutated: conversion works on a deep copy, swapping
-each planned Conv2d/Linear for a `QConv2d`/`QLinear`.
+each planned Conv2d/Linear for a `QConv2d`/`QLinear`. Which modules count as
+Conv2d/Linear, and what happens to the other compute modules, is decided by the
+one table in :mod:`mixq.graph.registry`.
 """
 
 from __future__ import annotations
@@ -13,36 +15,54 @@ import torch
 from torch import nn
 
 from mixq.errors import ModelError, PlanError
+from mixq.graph.registry import coverage, plain_layer
 from mixq.nn import QAct, quantized_layer
 from mixq.plan import QuantPlan
 
 
 def compute_layer_names(model: nn.Module) -> dict[str, int]:
-    """Conv2d and Linear layers of ``model`` (registration order) with their weight rows."""
-    return {n: int(m.weight.shape[0]) for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)}
+    """Quantizable Conv2d and Linear layers of ``model`` (registration order) with their weight rows:
+    the exact types and the subclasses that compute the same (:mod:`mixq.graph.registry`; a subclass
+    with its own forward needs sample data and is left out here)."""
+    return coverage(model).layers
 
 
-def to_quantized(model: nn.Module, plan: QuantPlan) -> nn.Module:
+def to_quantized(model: nn.Module, plan: QuantPlan, *, sample: torch.Tensor | None = None,
+                 allow_float: bool | Iterable[str] = False) -> nn.Module:
     """A copy of ``model`` with every layer named in ``plan`` replaced by its quantized version.
 
     Raises `PlanError` naming a planned layer the model does not have, and
-    `ModelError` naming a planned layer whose type cannot be quantized.
+    `ModelError` naming a planned layer whose type cannot be quantized, or a compute layer that
+    would stay in float (:mod:`mixq.graph.registry`) unless ``allow_float`` (``True`` or names)
+    or the plan's ``meta["float_layers"]`` accepts it. ``sample`` (a batch of inputs) lets
+    Conv2d/Linear subclasses with their own forward be checked against a plain layer and finds
+    functional conv/linear calls on parameters.
     """
+    meta_floats = plan.meta.get("float_layers") or {}
+    allowed = allow_float if isinstance(allow_float, bool) else list(allow_float)
+    if allowed is not True:
+        allowed = [*(allowed or []), *meta_floats]
+    cov = coverage(model, sample, plan.meta.get("converted_layers"))
+    cov.accept("quantize", allowed)
     modules = dict(model.named_modules())
     for name in plan:
         if name not in modules:
             raise PlanError(f"layers.{name}: the model has no layer of that name")
-        mtype = type(modules[name])
-        if mtype not in (nn.Conv2d, nn.Linear):
-            raise ModelError(f"layer {name!r} ({mtype.__name__}): only Conv2d and Linear layers can be quantized")
-    plan.check_layers(compute_layer_names(model))
+        if name not in cov.layers:
+            why = f": {cov.floats[name][1]}" if name in cov.floats else ""
+            raise ModelError(f"quantize: layer {name!r} ({type(modules[name]).__name__}): only Conv2d and Linear "
+                             f"layers can be quantized{why}")
+    plan.check_layers(cov.layers)
     out = copy.deepcopy(model)
     for name, lp in plan.items():
         if lp.weight is None and lp.act is None:
             continue
         parent_name, _, leaf = name.rpartition(".")
         parent = out.get_submodule(parent_name) if parent_name else out
-        setattr(parent, leaf, quantized_layer(getattr(parent, leaf), lp))
+        layer = getattr(parent, leaf)
+        if name in cov.convert:  # a subclass computing a plain Conv2d / Linear
+            layer = plain_layer(layer, cov.convert[name])
+        setattr(parent, leaf, quantized_layer(layer, lp))
     return out
 
 

@@ -12,7 +12,7 @@ import downwards).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ from torch import nn
 from mixq.errors import MixqError
 from mixq.graph.bnfold import fold_bn
 from mixq.graph.convert import calibrate, to_quantized
+from mixq.graph.registry import QUANTIZABLE
 from mixq.plan import QuantPlan
 
 
@@ -49,12 +50,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, batch_size
 
 @torch.no_grad()
 def signed_input_layers(model: nn.Module, sample: torch.Tensor) -> tuple[list[str], set[str]]:
-    """Conv/Linear layers in forward order, and those whose input takes negative values on ``sample``."""
+    """Conv2d/Linear layers (subclasses included) in forward order, and those whose input takes negative
+    values on ``sample``."""
     order: list[str] = []
     signed: set[str] = set()
     handles = []
     for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d | nn.Linear):
+        if isinstance(m, QUANTIZABLE):
             def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], name: str = name) -> None:
                 if name not in order:
                     order.append(name)
@@ -73,13 +75,16 @@ def signed_input_layers(model: nn.Module, sample: torch.Tensor) -> tuple[list[st
 
 
 def quantize(model: nn.Module, plan: QuantPlan, calib: torch.Tensor, batch_size: int = 256,
-             fold: bool = True) -> nn.Module:
+             fold: bool = True, allow_float: bool | Iterable[str] = False) -> nn.Module:
     """Post-training quantization with the plan as written: fold BN, swap layers, calibrate activations.
 
-    The input model is not modified.
+    A compute layer that would stay in float raises :class:`~mixq.errors.ModelError` naming it unless
+    ``allow_float`` (``True`` or layer names) or the plan's ``meta["float_layers"]`` accepts it
+    (:func:`mixq.graph.convert.to_quantized`, checked on the first calibration inputs). The input
+    model is not modified.
     """
     m = fold_bn(model) if fold else model
-    q = to_quantized(m, plan)
+    q = to_quantized(m, plan, sample=calib[:2], allow_float=allow_float)
     calibrate(q, batches(calib, batch_size))
     q.eval()
     return q

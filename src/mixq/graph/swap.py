@@ -3,8 +3,8 @@
 ``swap_modules(model, fn)`` deep-copies ``model`` and offers every leaf module
 of the copy to ``fn(name, module)``; a returned module takes that module's
 place, ``None`` keeps it. The input model is never changed. A leaf is a module
-without children, or a Conv2d / Linear / BatchNorm (sub)class even when it has
-children (a quantized layer holding quantizer modules is offered whole, its
+without children, or a compute module of `mixq.graph.registry.COMPUTE_MODULES` / a
+BatchNorm (sub)class even when it has children (a quantized layer holding quantizer modules is offered whole, its
 children are not). A module registered under several names is offered once,
 under its first name, and its replacement goes to every name it had, so
 sharing survives the swap.
@@ -19,6 +19,7 @@ from torch import nn
 
 from mixq.errors import ModelError
 from mixq.graph.capture import _Tracer, is_leaf
+from mixq.graph.registry import QUANTIZABLE
 
 
 def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -76,7 +77,7 @@ def named_compute_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     layers never called are left out). When the model cannot be traced the
     registration order of ``named_modules`` is used instead.
     """
-    compute = (nn.Conv2d, nn.Linear)
+    compute = QUANTIZABLE
     try:
         graph = _Tracer().trace(model)
     except Exception:  # FX raises many types; registration order is the documented fallback

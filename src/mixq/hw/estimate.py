@@ -217,6 +217,10 @@ def estimate(specs: list[LayerSpec], plan: QuantPlan, part: str | Part = "xc7z02
     if target_fps is not None and (isinstance(target_fps, bool) or not isinstance(target_fps, int | float)
                                    or not math.isfinite(target_fps) or target_fps <= 0):
         raise HardwareError(f"target_fps: must be a finite number > 0, got {target_fps!r}")
+    for s in specs:  # a compute layer capture could not describe (kept with allow_float): never priced as free
+        if s.extra.get("float"):
+            raise HardwareError(f"estimate: layer {s.name!r} ({s.extra['float']}) is left in float; "
+                                "the hardware model cannot price it")
     p = get_part(part)
     validate_plan(plan, layers={s.name: s.weight_rows for s in specs if s.is_compute})
     opts = options or ArchOptions()

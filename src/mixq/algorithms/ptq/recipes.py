@@ -327,7 +327,7 @@ def quantize_report(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Ite
     if any(lp.weight_alt is not None and lp.alt_rows is None for _, lp in plan.items()):
         plan = assign_rows(fm, plan, fold=False)
         lap("msq_rows", layers=sum(lp.weight_alt is not None for _, lp in plan.items()))
-    q = to_quantized(fm, plan)
+    q = to_quantized(fm, plan, sample=data[:2] if isinstance(data, torch.Tensor) else None)
     lap("swap", layers=len(plan.layers))
     if r.weight_scales != "plan":
         max_bits = AUTO_SCALES_MAX_BITS if r.weight_scales == "auto" else None

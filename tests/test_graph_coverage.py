@@ -1,0 +1,240 @@
+"""Which compute layers mixq quantizes, which it refuses by name, and the explicit float opt-in.
+
+Real modules throughout: Conv2d subclasses as published code writes them (a plain subclass, a
+TF-"same"-padding wrapper), Conv1d / ConvTranspose2d models, a functional conv on a parameter,
+and the zoo models (whose plans must not change).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mixq import api, zoo
+from mixq.engine import verify
+from mixq.errors import HardwareError, ModelError
+from mixq.graph import COMPUTE_MODULES, capture, classify
+from mixq.graph.convert import compute_layer_names, to_quantized
+from mixq.hw.estimate import estimate
+from mixq.nn import QConv2d, QLinear
+from mixq.plan import uniform_plan
+
+
+class TaggedConv(nn.Conv2d):
+    """A subclass with the plain forward (published code tags layers like this)."""
+
+    def __init__(self, cin: int, cout: int, k: int, **kw: object) -> None:
+        super().__init__(cin, cout, k, **kw)  # type: ignore[arg-type]
+        self.tag = "tagged"
+
+
+class TaggedLinear(nn.Linear):
+    pass
+
+
+class Conv2dSame(nn.Conv2d):
+    """TF "same" padding: pad (possibly asymmetrically) for the input size, then convolve unpadded."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        kh, kw = self.weight.shape[-2:]
+        ph = max((math.ceil(ih / self.stride[0]) - 1) * self.stride[0] + (kh - 1) * self.dilation[0] + 1 - ih, 0)
+        pw = max((math.ceil(iw / self.stride[1]) - 1) * self.stride[1] + (kw - 1) * self.dilation[1] + 1 - iw, 0)
+        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class ScaledConv(nn.Conv2d):
+    """Its own forward computes something a plain conv does not."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2.0 * super().forward(x) + 1.0
+
+
+def _head(c: int) -> list[nn.Module]:
+    return [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)]
+
+
+def _net(conv: type[nn.Conv2d], stride2: int = 1) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(conv(3, 16, 3), nn.ReLU(), conv(16, 32, 3, stride=stride2), nn.ReLU(),
+                         nn.MaxPool2d(2), conv(32, 32, 3), nn.ReLU(), *_head(32)).eval()
+
+
+def _data(n: int = 32, size: int = 16) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def _old_names(model: nn.Module) -> list[str]:
+    """The layer list of the exact-type check this replaces (the zoo plans must not change)."""
+    return [n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_registry_is_data_over_types() -> None:
+    assert COMPUTE_MODULES[nn.Conv2d] is None and COMPUTE_MODULES[nn.Linear] is None
+    for t in (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Bilinear):
+        assert COMPUTE_MODULES[t]
+    assert classify(TaggedConv(3, 4, 3)).action == "quantize"  # type: ignore[union-attr]
+    assert classify(Conv2dSame(3, 4, 3)).action == "probe"  # type: ignore[union-attr]
+    assert classify(nn.LSTM(4, 4)).action == "float"  # type: ignore[union-attr]
+    assert classify(nn.ReLU()) is None
+
+
+def test_plain_forward_subclass_is_quantized_like_its_base() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(TaggedConv(3, 16, 3, padding=1), nn.ReLU(), TaggedConv(16, 16, 3, padding=1, groups=4),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), TaggedLinear(16, 10)).eval()
+    x = _data()
+    plan = api.default_plan("tagged", model, x)
+    assert list(plan.layers) == ["0", "2", "6"] == list(compute_layer_names(model))
+    assert "float_layers" not in plan.meta and "converted_layers" not in plan.meta
+    q = api.quantize(model, plan, x)
+    assert sum(isinstance(m, QConv2d) for m in q.modules()) == 2
+    assert sum(isinstance(m, QLinear) for m in q.modules()) == 1
+    assert not any(isinstance(m, TaggedConv | TaggedLinear) for m in q.modules())
+    with torch.no_grad():
+        assert _rel(q(x), model(x)) < 0.05
+    assert verify(q, x[:8])["exact"]
+
+
+def test_same_padding_wrapper_becomes_a_padded_conv() -> None:
+    model = _net(Conv2dSame)  # stride 1, k 3: symmetric padding (1, 1) on any input size
+    x = _data()
+    plan = api.default_plan("same", model, x)
+    assert list(plan.layers) == ["0", "2", "5", "9"]
+    assert plan.meta["converted_layers"]["0"] == {"as": "Conv2d", "padding": [1, 1]}
+    q = api.quantize(model, plan, x)
+    convs = [m for m in q.modules() if isinstance(m, QConv2d)]
+    assert len(convs) == 3 and all(tuple(m.padding) == (1, 1) for m in convs)
+    with torch.no_grad():
+        assert _rel(q(x), model(x)) < 0.05
+    rep = verify(q, x[:8])
+    assert rep["exact"] and rep["mismatching_outputs"] == 0
+    # without sample data, the plan's record of the padding is what to_quantized goes by
+    q2 = to_quantized(model, plan)
+    assert sum(isinstance(m, QConv2d) for m in q2.modules()) == 3
+    bare = plan.with_meta(converted_layers={})
+    with pytest.raises(ModelError, match=r"layer '0' \(Conv2dSame\)"):
+        to_quantized(model, bare)
+
+
+def test_asymmetric_same_padding_is_refused_by_name() -> None:
+    model = _net(Conv2dSame, stride2=2)  # stride 2 on 16x16: one pixel of padding, bottom/right only
+    x = _data()
+    with pytest.raises(ModelError, match=r"^default_plan: layer '2' \(Conv2dSame\) is not supported yet"):
+        api.default_plan("same2", model, x)
+    plan = api.default_plan("same2", model, x, allow_float=["2"])
+    assert list(plan.layers) == ["0", "5", "9"] and list(plan.meta["float_layers"]) == ["2"]
+    assert "own forward" in plan.meta["float_layers"]["2"] and "asymmetric" in plan.meta["float_layers"]["2"]
+    q = api.quantize(model, plan, x)
+    assert type(q.get_submodule("2")) is Conv2dSame  # left in float, as the plan says
+
+
+def test_custom_forward_subclass_is_refused() -> None:
+    model = _net(ScaledConv)
+    x = _data()
+    for call in (lambda: api.default_plan("scaled", model, x),
+                 lambda: api.quantize(model, uniform_plan("scaled", _old_names(model), None, None), x)):
+        with pytest.raises(ModelError, match=r"layer '0' \(ScaledConv\) is not supported yet"):
+            call()
+
+
+def _conv1d_net() -> nn.Module:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.seq = nn.Conv1d(8, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = F.relu(self.stem(x))
+            b, c, h, w = y.shape
+            y = F.relu(self.seq(y.reshape(b, c, h * w)))
+            return self.fc(y.mean(dim=2))
+
+    torch.manual_seed(0)
+    return Net().eval()
+
+
+def _deconv_net() -> nn.Module:
+    torch.manual_seed(0)
+    blocks = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                           nn.ConvTranspose2d(8, 8, 2, stride=2), nn.ReLU())
+    return nn.Sequential(blocks, *_head(8)).eval()
+
+
+@pytest.mark.parametrize(("make", "name", "tname"), [(_conv1d_net, "seq", "Conv1d"),
+                                                      (_deconv_net, "0.2", "ConvTranspose2d")])
+def test_unsupported_compute_modules_are_refused_then_allowed(make: object, name: str, tname: str) -> None:
+    model = make()  # type: ignore[operator]
+    x = _data(16)
+    line = rf"layer '{name}' \({tname}\) is not supported yet .*; mixq would leave it in float"
+    with pytest.raises(ModelError, match="^default_plan: " + line):
+        api.default_plan("m", model, x)
+    partial = uniform_plan("m", _old_names(model), api.W8, api.A8, signed_inputs=api.signed_inputs(model, x))
+    with pytest.raises(ModelError, match="^quantize: " + line):
+        api.quantize(model, partial, x)
+    with pytest.raises(ModelError, match="^quantize: " + line):
+        to_quantized(model, partial)
+    with pytest.raises(ModelError, match=rf"^capture: layer '{name}' \({tname}\) is not supported yet"):
+        capture(model, (3, 16, 16))
+    # the explicit opt-in: the plan says what it leaves in float, and why
+    plan = api.default_plan("m", model, x, allow_float=True)
+    assert list(plan.layers) == _old_names(model)
+    assert list(plan.meta["float_layers"]) == [name] and plan.meta["float_layers"][name].startswith(tname)
+    q = api.quantize(model, plan, x)  # the plan's meta accepts the float layer
+    assert sum(isinstance(m, QConv2d | QLinear) for m in q.modules()) == len(plan.layers)
+    assert type(q.get_submodule(name)).__name__ == tname
+    with torch.no_grad():
+        assert _rel(q(x), model(x)) < 0.1
+    assert api.quantize(model, partial, x, allow_float=[name]) is not None
+    # capture marks it; the hardware estimate refuses to price it as free
+    specs = capture(model, (3, 16, 16), allow_float=True)
+    marked = [s for s in specs if s.extra.get("float")]
+    assert [s.name for s in marked] == [name] and marked[0].kind == "other"
+    with pytest.raises(HardwareError, match=rf"layer '{name}' \({tname}: .*\) is left in float"):
+        estimate(specs, plan)
+
+
+def test_functional_conv_on_a_parameter_is_refused() -> None:
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(8, 3, 3, 3) * 0.1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(x, self.weight, padding=1)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Block(), nn.ReLU(), *_head(8)).eval()
+    x = _data(8)
+    with pytest.raises(ModelError, match=r"^default_plan: layer '0' \(Block, F.conv2d on 0.weight\)"):
+        api.default_plan("fn", model, x)
+    plan = api.default_plan("fn", model, x, allow_float=True)
+    assert list(plan.layers) == ["4"] and "0" in plan.meta["float_layers"]
+
+
+ZOO = ["cnv", "resnet20", "resnet18", "mobilenet_v2", "vgg16"]
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_plans_unchanged(name: str) -> None:
+    model = zoo.load(name).eval()
+    c, h, w = zoo.input_shape(name)
+    x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(0))
+    plan = api.default_plan(name, model, x)
+    old = _old_names(model)
+    before = uniform_plan(name, old, api.W8, api.A8, signed_inputs=api.signed_inputs(model, x))
+    assert list(plan.layers) == old and plan == before and dict(plan.meta) == dict(before.meta)
+    q = to_quantized(model, plan, sample=x)
+    assert sum(isinstance(m, QConv2d | QLinear) for m in q.modules()) == len(old)
+    assert [s for s in capture(model, (c, h, w)) if s.extra.get("float")] == []
