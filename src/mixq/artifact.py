@@ -1,8 +1,10 @@
 """The artifact folder `mixq quantize` writes, and the quantized model read back from it exactly.
 
-A folder holds ``quantized.pt`` (format ``mixq-ptq``, version 1: the zoo model name, the plan as
-applied, the recipe, the module types and the state dict), ``plan.json`` and ``summary.json``.
-:func:`load_artifact` rebuilds the structure the recipe produced — the zoo model (random init),
+A folder holds ``quantized.pt`` (format ``mixq-ptq``, version 1: the model name, its source — a zoo
+name or a builder ``FILE.py:FUNCTION`` recorded with the file's absolute path (files without a source
+hold a zoo model) —, the plan as applied, the recipe, the module types and the state dict), ``plan.json``
+and ``summary.json``. :func:`load_artifact` rebuilds the structure the recipe produced — the zoo model or
+the builder's (random init, no weights file needed),
 BN folded, the plan's layers swapped for their quantized versions, any activation or bias a recipe
 added (CLE's clipped ReLU6, bias correction on a layer without a bias) — and loads the state dict
 strictly, so the model is bit for bit the one `quantize` finished with: no re-calibration.
@@ -23,7 +25,7 @@ import os
 import pickle
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ from mixq.graph.convert import act_quantizers, to_quantized
 from mixq.graph.swap import set_submodule
 from mixq.io import atomic_write_bytes, atomic_write_json
 from mixq.plan import QuantPlan, plan_from_dict, plan_to_dict, save_plan, validate_plan
+from mixq.zoo.source import ModelSource
 
 __all__ = ["ARTIFACT_FORMAT", "ARTIFACT_VERSION", "CHECKPOINT_FILE", "Artifact", "Checkpoint", "load_artifact",
            "read_checkpoint", "save_artifact"]
@@ -59,6 +62,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     modules: dict[str, str] = field(default_factory=dict)  # qualified name -> class name ({} in older files)
     version: int = ARTIFACT_VERSION
+    source: ModelSource | None = None  # where the model comes from (older files: the zoo name)
 
 
 @dataclass(frozen=True)
@@ -71,15 +75,22 @@ class Artifact:
     recipe: dict[str, Any]
     qmodel: nn.Module
     summary: dict[str, Any]
+    source: ModelSource | None = None
 
 
 def save_artifact(folder: str | os.PathLike[str], model_name: str, plan: QuantPlan, recipe: dict[str, Any],
-                  qmodel: nn.Module, summary: dict[str, Any] | None = None) -> list[Path]:
+                  qmodel: nn.Module, summary: dict[str, Any] | None = None,
+                  source: ModelSource | None = None) -> list[Path]:
     """Write ``quantized.pt``, ``plan.json`` and (given ``summary``) ``summary.json`` into ``folder``,
-    each atomically; returns the paths written."""
+    each atomically; returns the paths written. ``source`` (default: the zoo model ``model_name``) is
+    recorded so the model can be rebuilt: a builder's file by its absolute path."""
     root = Path(folder)
+    src = source if source is not None else ModelSource(model_name)
+    if src.name != model_name:
+        raise ModelError(f"save_artifact: model name {model_name!r} is not the source's ({src.name!r})")
     buf = io.BytesIO()
     torch.save({"format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION, "model": model_name,
+                "source": src.to_dict(),
                 "plan": plan_to_dict(plan), "recipe": recipe,
                 "modules": {n: type(m).__name__ for n, m in qmodel.named_modules() if n},
                 "state_dict": qmodel.state_dict()}, buf)
@@ -129,8 +140,14 @@ def read_checkpoint(folder: str | os.PathLike[str]) -> Checkpoint:
         raise DataError(f"{path}: checkpoint version {version} is newer than this mixq reads ({ARTIFACT_VERSION}); "
                         "upgrade mixq")
     name = ck.get("model")
-    if not isinstance(name, str) or name not in zoo.available():
+    # a zoo name or a builder (FILE.py:FUNCTION, package.module:FUNCTION); older files: a zoo name only
+    source = ModelSource.from_dict(ck["source"], f"{path}: source") if ck.get("source") is not None else None
+    if (source is None or source.kind == "zoo") and (not isinstance(name, str) or name not in zoo.available()):
         raise ModelError(f"{path}: model {name!r} is not a zoo model ({', '.join(zoo.available())})")
+    if source is None:
+        source = ModelSource(str(name))
+    if source.name != name:
+        raise ModelError(f"{path}: model {name!r} is not the recorded source's ({source.name!r})")
     plan = validate_plan(plan_from_dict(ck.get("plan"), source=f"{path}: plan"), model=name)
     recipe = ck.get("recipe")
     if not isinstance(recipe, dict):
@@ -147,7 +164,7 @@ def read_checkpoint(folder: str | os.PathLike[str]) -> Checkpoint:
                                                 for k, v in modules.items()):
         raise DataError(f"{path}: field 'modules' must map module names to class names")
     return Checkpoint(path=path, model_name=name, plan=plan, recipe=recipe, state_dict=state, modules=modules,
-                      version=version)
+                      version=version, source=source)
 
 
 def _replacement(kind: str, name: str, state: dict[str, torch.Tensor]) -> nn.Module | None:
@@ -211,10 +228,15 @@ def _load_strict(q: nn.Module, ck: Checkpoint) -> None:
 
 
 def build_model(ck: Checkpoint) -> nn.Module:
-    """The quantized model of a checked checkpoint: zoo structure, BN folded, plan applied, state loaded."""
-    shape = zoo.input_shape(ck.model_name)
+    """The quantized model of a checked checkpoint: its source's structure (zoo model or builder, without
+    weights), BN folded, plan applied, state loaded."""
+    source = ck.source if ck.source is not None else ModelSource(ck.model_name)
     with torch.random.fork_rng(devices=[]):  # the random inits (zoo model, swapped layers) leave the caller's RNG
-        net = zoo.load(ck.model_name).eval()
+        try:
+            shape = source.shape()
+            net = replace(source, weights=None).load(pretrained=False)
+        except MixqError as e:
+            raise type(e)(f"{ck.path}: {e}") from None
         try:
             q = to_quantized(fold_bn(net, shape).eval(), ck.plan)
         except MixqError as e:
@@ -243,4 +265,4 @@ def load_artifact(folder: str | os.PathLike[str]) -> Artifact:
     progress.log("artifact loaded", folder=str(root), model=ck.model_name, recipe=ck.recipe.get("name", "?"),
                  layers=len(ck.plan))
     return Artifact(folder=root, model_name=ck.model_name, plan=ck.plan, recipe=ck.recipe, qmodel=q,
-                    summary=summary)
+                    summary=summary, source=ck.source)

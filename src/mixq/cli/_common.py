@@ -131,6 +131,55 @@ def resume_hint() -> str | None:
 
 # ---------------------------------------------------------------- inputs
 
+def _shape(value: str | None) -> tuple[int, int, int] | None:
+    """``--input-shape C,H,W`` checked at parse time (a bad value is a usage error)."""
+    if value is None:
+        return None
+    from mixq.errors import OptionError
+    from mixq.zoo.source import parse_shape
+
+    try:
+        return parse_shape(value, "input shape")
+    except OptionError:
+        raise typer.BadParameter(f"must be C,H,W with three integers >= 1 (e.g. 3,32,32), got {value!r}") from None
+
+
+#: ``--weights FILE``: a state dict (``torch.save(model.state_dict())``) loaded strictly into MODEL.
+WEIGHTS = typer.Option(None, "--weights", help="state dict file (torch.save(model.state_dict(), FILE)) loaded "
+                                               "strictly into MODEL (a zoo model or a builder)")
+#: ``--input-shape C,H,W``: the input of a builder model (zoo models know theirs).
+INPUT_SHAPE = typer.Option(None, "--input-shape", help="input shape C,H,W of a builder MODEL, e.g. 3,32,32 "
+                                                       "(default: its input_shape attribute; zoo models know theirs)",
+                           callback=_shape)
+#: The MODEL argument's help where a builder is accepted.
+MODEL_HELP = ("zoo model name (cnv, resnet18, mobilenet_v2, ...), or a builder FILE.py:FUNCTION or "
+              "package.module:FUNCTION")
+
+
+def model_source(model: str, weights: str | None = None, input_shape: Any = None) -> Any:
+    """The :class:`mixq.zoo.source.ModelSource` of MODEL (a zoo name or a builder), ``--weights`` and
+    ``--input-shape``, checked now: a builder's input shape must be known (one-line error otherwise)."""
+    from mixq.zoo.source import ModelSource
+
+    src = ModelSource(model, weights, input_shape)
+    src.shape()
+    return src
+
+
+def resolve_source(model: str | None, from_: Path | None, weights: str | None = None, input_shape: Any = None,
+                   ctx: Any = None) -> Any:
+    """:func:`resolve_model` for the commands that take a builder: the :class:`ModelSource` of MODEL, or the
+    one the ``--from`` artifact records (``--weights`` / ``--input-shape`` then refused)."""
+    resolve_model(model, from_, ctx=ctx, check=False)
+    if from_ is not None:
+        exclusive_with_from(from_, weights=weights is not None, input_shape=input_shape is not None)
+        from mixq.artifact import read_checkpoint
+
+        return read_checkpoint(from_).source
+    assert model is not None
+    return model_source(model, weights, input_shape)
+
+
 def zoo_model(name: str) -> str:
     """``name`` if it is a zoo model, else a one-line error listing the models."""
     from mixq import zoo
@@ -141,7 +190,8 @@ def zoo_model(name: str) -> str:
     return name
 
 
-def resolve_model(model: str | None, from_: Path | None, what: str = "MODEL", ctx: Any = None) -> str:
+def resolve_model(model: str | None, from_: Path | None, what: str = "MODEL", ctx: Any = None,
+                  check: bool = True) -> str:
     """The zoo model a command works on: ``model`` (checked against the zoo) or the one the ``--from``
     artifact holds. Exactly one of them: neither is a usage error (exit 2; ``ctx``, the command's
     ``typer.Context``, names the command), both an :class:`OptionError`."""
@@ -150,13 +200,15 @@ def resolve_model(model: str | None, from_: Path | None, what: str = "MODEL", ct
     if model is not None and from_ is not None:
         raise OptionError(f"give either {what} or --from ARTIFACT, not both ({what} {model!r}, --from {from_})")
     if from_ is not None:
+        if not check:
+            return ""
         from mixq.artifact import read_checkpoint
 
         return read_checkpoint(from_).model_name
     if model is None:
         raise typer.BadParameter("none given; give a zoo model name or --from ARTIFACT (a mixq quantize --out "
                                  "folder)", ctx=ctx, param_hint=what)
-    return zoo_model(model)
+    return zoo_model(model) if check else model
 
 
 def exclusive_with_from(from_: Path | None, **given: bool) -> None:

@@ -1,11 +1,13 @@
 """``mixq verify`` and ``mixq export``: the integer engine and the exports from the command line.
 
-MODEL is a zoo name. The quantization plan comes from ``--plan plan.json`` or is the
+MODEL is a zoo name or a builder (``FILE.py:FUNCTION``, ``package.module:FUNCTION``; ``--weights``,
+``--input-shape``). The quantization plan comes from ``--plan plan.json`` or is the
 default plan for ``--weight`` / ``--act``, calibrated with min-max. Or, instead of MODEL,
 ``--from FOLDER`` takes the quantized model of a ``mixq quantize --out FOLDER`` artifact as it
 is (its recipe's weights, scales and rows; no re-calibration). Data: CNV uses the shipped
 Fashion-MNIST calibration and test images; ImageNet models use real photos for calibration and
-the foolbox ImageNet samples (or more photos) for evaluation, at ``--size``.
+the foolbox ImageNet samples (or more photos) for evaluation, at ``--size``; a builder the shipped
+Fashion-MNIST images (1 channel) or the bundled photos (3 channels) at its input size.
 """
 
 from __future__ import annotations
@@ -20,27 +22,55 @@ from mixq.cli._common import (
     DEFAULT_ACT,
     DEFAULT_WEIGHT,
     FROM,
+    INPUT_SHAPE,
+    MODEL_HELP,
+    WEIGHTS,
     choice,
     count,
     emit,
     exclusive_with_from,
     formats,
     out_dir,
-    resolve_model,
+    resolve_source,
     say,
-    zoo_model,
 )
 
 EXPORT_FORMATS = {"int": ".json", "qonnx": ".onnx", "qdq": ".onnx"}
 
 
-def inputs(model: str, size: int | None, images: int, calib: bool = True) -> tuple[Any, Any]:
-    """(evaluation inputs, calibration inputs or None) for a zoo model."""
+def builder_inputs(source: Any, size: int | None, images: int, calib: bool = True) -> tuple[Any, Any]:
+    """(evaluation inputs, calibration inputs or None) for a builder model, by its input channels: 1 -> the
+    shipped Fashion-MNIST test / train images, 3 -> the bundled photos (ImageNet statistics), at its H x W
+    (``size`` overrides both)."""
+    from mixq.data.sources import Preprocess, load_images
+    from mixq.errors import OptionError
+
+    c, h, w = source.shape()
+    try:
+        pre = Preprocess.for_input((c, h, w), size=(size, size) if size else None)
+    except OptionError as e:
+        raise OptionError(f"{source.spec}: no default data for a {c}-channel input (1 gray or 3 RGB): {e}") from None
+    if c == 1:
+        x = load_images("shipped-test", pre, images, name=f"{source.name}: shipped-test").x
+        cal = load_images("shipped", pre, 512, name=f"{source.name}: shipped").x if calib else None
+    else:
+        x = load_images("photos", pre, max(images, 1), seed=1, name=f"{source.name}: photos").x
+        cal = load_images("photos", pre, 64, seed=0, name=f"{source.name}: photos").x if calib else None
+    return x[:images], cal
+
+
+def inputs(model: Any, size: int | None, images: int, calib: bool = True) -> tuple[Any, Any]:
+    """(evaluation inputs, calibration inputs or None) for a zoo model (a name or a zoo
+    :class:`~mixq.zoo.source.ModelSource`) or a builder's (:func:`builder_inputs`)."""
     import torch
 
     from mixq import data, zoo
     from mixq.errors import MixqError
 
+    if not isinstance(model, str):
+        if model.kind != "zoo":
+            return builder_inputs(model, size, images, calib)
+        model = model.name
     if model == "cnv":
         from mixq.run import RunConfig, _load_eval_data
 
@@ -59,40 +89,36 @@ def inputs(model: str, size: int | None, images: int, calib: bool = True) -> tup
     return x[:images], cal
 
 
-def prepare(model: str, plan_path: Path | None, weight: str, act: str, size: int | None,
+def prepare(model: Any, plan_path: Path | None, weight: str, act: str, size: int | None,
             images: int, from_: Path | None = None) -> tuple[Any, Any]:
-    """(fake-quant model, evaluation inputs): the ``--from`` artifact's model as it is, or ``model``
-    under ``--plan`` / the default plan for ``weight`` / ``act``, calibrated with min-max."""
+    """(fake-quant model, evaluation inputs): the ``--from`` artifact's model as it is, or ``model`` (a
+    :class:`~mixq.zoo.source.ModelSource` or a zoo name) under ``--plan`` / the default plan for
+    ``weight`` / ``act``, calibrated with min-max."""
     if from_ is not None:
         from mixq.artifact import load_artifact
 
         art = load_artifact(from_)
-        x, _ = inputs(art.model_name, size, images, calib=False)
+        x, _ = inputs(art.source if art.source is not None else art.model_name, size, images, calib=False)
         return art.qmodel, x
 
     import torch
 
-    from mixq import api, progress, zoo
-    from mixq.cli._common import load_checked_plan
-    from mixq.errors import ModelError
+    from mixq import api
+    from mixq.cli._common import load_checked_plan, model_source
     from mixq.graph.bnfold import fold_bn
     from mixq.graph.capture import capture
 
-    zoo_model(model)
+    src = model_source(model) if isinstance(model, str) else model
     fmts = formats(weight=weight, act=act)
     torch.manual_seed(0)
-    try:
-        m = zoo.load(model, pretrained=True)
-    except ModelError:
-        progress.log(f"{model}: no real weights available, using a seeded random init")
-        m = zoo.load(model)
+    m = src.load(pretrained=True)
     folded = fold_bn(m.eval())
-    x, calib = inputs(model, size, images)
+    x, calib = inputs(src, size, images)
     if plan_path is not None:
-        c, h, w = zoo.input_shape(model)
-        plan = load_checked_plan(plan_path, model, capture(folded, (c, size or h, size or w)))
+        c, h, w = src.shape()
+        plan = load_checked_plan(plan_path, src.name, capture(folded, (c, size or h, size or w)))
     else:
-        plan = api.default_plan(model, folded, calib[:64], weight=fmts["weight"], act=fmts["act"])
+        plan = api.default_plan(src.name, folded, calib[:64], weight=fmts["weight"], act=fmts["act"])
     return api.quantize(folded, plan, calib, fold=False), x
 
 
@@ -108,7 +134,7 @@ def _layer_rows(layers: list[dict[str, Any]]) -> list[str]:
 _PLAN = typer.Option(None, "--plan", help="quantization plan (JSON); default: --weight/--act")
 _WEIGHT = typer.Option(DEFAULT_WEIGHT, help="weight format of the default plan")
 _ACT = typer.Option(DEFAULT_ACT, help="activation format of the default plan")
-_SIZE = count(None, "input resolution of ImageNet models (default: the zoo's)", 8)
+_SIZE = count(None, "input resolution of ImageNet and builder models (default: the model's)", 8)
 
 
 def _no_plan_options(from_: Path | None, plan: Path | None, weight: str, act: str) -> None:
@@ -119,9 +145,10 @@ def register(app: typer.Typer) -> None:
     @app.command("verify")
     def verify_cmd(
         ctx: typer.Context,
-        model: str | None = typer.Argument(None, metavar="MODEL",
-                                           help="zoo model name (cnv, resnet18, mobilenet_v2, ...); or --from"),
+        model: str | None = typer.Argument(None, metavar="MODEL", help=f"{MODEL_HELP}; or --from"),
         from_: Path | None = FROM,
+        weights: str | None = WEIGHTS,
+        input_shape: str | None = INPUT_SHAPE,
         plan: Path | None = _PLAN,
         weight: str = _WEIGHT,
         act: str = _ACT,
@@ -140,10 +167,11 @@ def register(app: typer.Typer) -> None:
         from mixq.errors import CheckFailed
         from mixq.io import atomic_write_json
 
-        name = resolve_model(model, from_, ctx=ctx)
+        src = resolve_source(model, from_, weights, input_shape, ctx=ctx)
+        name = src.name
         _no_plan_options(from_, plan, weight, act)
         folder = out_dir(out, "verify", name)
-        qmodel, x = prepare(name, plan, weight, act, size, images, from_)
+        qmodel, x = prepare(src, plan, weight, act, size, images, from_)
         rep = verify(qmodel, x, batch_size=batch_size, mult_bits=mult_bits, acc_bits=acc_bits, overflow=overflow)
         if from_ is not None:
             rep = {"artifact": str(from_), **rep}
@@ -165,8 +193,10 @@ def register(app: typer.Typer) -> None:
     @app.command("export")
     def export_cmd(
         ctx: typer.Context,
-        model: str | None = typer.Argument(None, metavar="MODEL", help="zoo model name; or --from"),
+        model: str | None = typer.Argument(None, metavar="MODEL", help=f"{MODEL_HELP}; or --from"),
         from_: Path | None = FROM,
+        weights: str | None = WEIGHTS,
+        input_shape: str | None = INPUT_SHAPE,
         fmt: str = choice("int", "export format: integer model (json+npz), QONNX, ONNX QDQ (8-bit)",
                           tuple(EXPORT_FORMATS), "--format"),
         out: Path | None = typer.Option(None, "--out", help="output folder (default runs/export-MODEL); the "
@@ -179,14 +209,15 @@ def register(app: typer.Typer) -> None:
         images: int = count(16, "inputs for --check"),
     ) -> None:
         """Export a quantized zoo model (or a --from artifact, as it is) as QONNX, ONNX QDQ or the integer model."""
-        name = resolve_model(model, from_, ctx=ctx)
+        src = resolve_source(model, from_, weights, input_shape, ctx=ctx)
+        name = src.name
         _no_plan_options(from_, plan, weight, act)
         folder = out_dir(out, "export", name)
         from mixq.engine import to_integer
         from mixq.export import EXPORTERS
         from mixq.export.check import check_export
 
-        qmodel, x = prepare(name, plan, weight, act, size, images, from_)
+        qmodel, x = prepare(src, plan, weight, act, size, images, from_)
         im = to_integer(qmodel, x)
         path = EXPORTERS[fmt](im, folder / f"model{EXPORT_FORMATS[fmt]}")
         say(f"wrote {path}" + (f" and {path.with_suffix('.npz')}" if fmt == "int" else ""))

@@ -11,6 +11,9 @@ from mixq.cli._common import (
     DEFAULT_ACT,
     DEFAULT_WEIGHT,
     FROM,
+    INPUT_SHAPE,
+    MODEL_HELP,
+    WEIGHTS,
     choice,
     count,
     emit,
@@ -20,7 +23,7 @@ from mixq.cli._common import (
     load_checked_plan,
     out_dir,
     real,
-    resolve_model,
+    resolve_source,
     say,
 )
 
@@ -78,9 +81,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def estimate(
         ctx: typer.Context,
-        model: str | None = typer.Argument(None, metavar="MODEL",
-                                           help="zoo model name (resnet18, mobilenet_v2, cnv, ...); or --from"),
+        model: str | None = typer.Argument(None, metavar="MODEL", help=f"{MODEL_HELP}; or --from"),
         from_: Path | None = FROM,
+        weights: str | None = WEIGHTS,
+        input_shape: str | None = INPUT_SHAPE,
         plan: Path | None = typer.Option(None, help="plan JSON (default: a uniform plan from --weight/--act)"),
         part: str = typer.Option("xc7z020", help="FPGA part (see mixq.hw.parts)"),
         arch: str = choice("streaming", "accelerator template", ("streaming", "overlay")),
@@ -99,10 +103,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Estimate resources, FPS, latency and the bottleneck of MODEL (or a --from artifact's model and plan) on an
         FPGA part (exit 3 if it does not fit)."""
-        name = resolve_model(model, from_, ctx=ctx)
+        src = resolve_source(model, from_, weights, input_shape, ctx=ctx)
+        name = src.name
         exclusive_with_from(from_, plan=plan is not None, weight=weight != DEFAULT_WEIGHT, act=act != DEFAULT_ACT)
         folder = out_dir(out, "estimate", name)
-        from mixq import zoo
         from mixq.errors import CheckFailed
         from mixq.graph.capture import capture
         from mixq.hw import ArchOptions, get_part
@@ -112,7 +116,7 @@ def register(app: typer.Typer) -> None:
         p = get_part(part)
         if clock_mhz is not None:
             p = p.with_(clock_mhz=clock_mhz)
-        specs = capture(zoo.load(name), zoo.input_shape(name))
+        specs = capture(src.load(pretrained=False), src.shape())
         qplan = _plan_for(name, specs, plan, weight, act, from_)
         est = hw_estimate(specs, qplan, p, arch, parts=parts, fold=fold, target_fps=target_fps,
                           options=ArchOptions(link_gbps=link_gbps, ddr_weights="auto" if ddr_weights else "never"))

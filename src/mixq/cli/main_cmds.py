@@ -6,7 +6,20 @@ from pathlib import Path
 
 import typer
 
-from mixq.cli._common import DEFAULT_ACT, DEFAULT_WEIGHT, choice, count, emit, out_dir, out_option, real, zoo_model
+from mixq.cli._common import (
+    DEFAULT_ACT,
+    DEFAULT_WEIGHT,
+    INPUT_SHAPE,
+    MODEL_HELP,
+    WEIGHTS,
+    choice,
+    count,
+    emit,
+    model_source,
+    out_dir,
+    out_option,
+    real,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -71,18 +84,19 @@ def register(app: typer.Typer) -> None:
 
     @app.command("capture")
     def capture_cmd(
-        model: str = typer.Argument(..., help="zoo model name"),
+        model: str = typer.Argument(..., help=MODEL_HELP),
         out: Path | None = out_option("output folder (layers.json)"),
+        weights: str | None = WEIGHTS,
+        input_shape: str | None = INPUT_SHAPE,
     ) -> None:
         """Print a model's layers: shapes, kernels, parameters and MACs."""
-        zoo_model(model)
-        folder = out_dir(out, "capture", model)
-        from mixq import zoo
+        src = model_source(model, weights, input_shape)
+        folder = out_dir(out, "capture", src.name)
         from mixq.graph.capture import capture, summary_table
         from mixq.io import atomic_write_json
 
-        specs = capture(zoo.load(model), zoo.input_shape(model))
+        specs = capture(src.load(pretrained=False), src.shape())
         layers = [s.to_dict() for s in specs]
         atomic_write_json(folder / "layers.json", layers)
-        emit({"model": model, "layers": layers, "macs": sum(s.macs for s in specs)},
+        emit({"model": src.name, "source": src.spec, "layers": layers, "macs": sum(s.macs for s in specs)},
              [summary_table(specs), f"wrote {folder / 'layers.json'}"])

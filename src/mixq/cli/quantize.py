@@ -1,6 +1,7 @@
-"""`mixq quantize`: post-training quantization of a zoo model with a plan and a named recipe.
+"""`mixq quantize`: post-training quantization of a zoo or builder model with a plan and a named recipe.
 
     mixq quantize mobilenet_v2 --plan plan.json --calib photos/ --recipe dfq --out runs/mnv2-dfq
+    mixq quantize mynet.py:build --weights w.pt --input-shape 3,32,32 --calib photos --out runs/q
     mixq quantize cnv --calib shipped --recipe adaround --msq 0.5
     mixq quantize cnv --recipe gptq --msq 0.5 --msq-rows output_auto
     mixq quantize mobilenet_v2 --calib train_subset/ --eval val/ --input-size 224 --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5
@@ -26,7 +27,7 @@ from typing import Any
 
 import typer
 
-from mixq.cli._common import choice, count, emit, out_dir, real, zoo_model
+from mixq.cli._common import INPUT_SHAPE, MODEL_HELP, WEIGHTS, choice, count, emit, model_source, out_dir, real
 from mixq.errors import OptionError
 
 RECIPES = ("minmax", "dfq", "dfq_empirical", "adaround", "gptq", "datafree")
@@ -83,7 +84,9 @@ def _jsonable(obj: Any) -> Any:
 def register(app: typer.Typer) -> None:
     @app.command("quantize")
     def quantize_cmd(
-        model: str = typer.Argument(..., help="zoo model name (see `mixq capture`)"),
+        model: str = typer.Argument(..., help=MODEL_HELP),
+        weights: str | None = WEIGHTS,
+        input_shape: str | None = INPUT_SHAPE,
         plan: Path | None = typer.Option(None, "--plan", help="QuantPlan JSON (default: W8A8 per channel)"),
         calib: str = typer.Option("auto", "--calib", help="image folder (flat or class subfolders), .npz file "
                                                           "(x/images [, y/labels]), 'shipped' (bundled Fashion-MNIST "
@@ -117,11 +120,12 @@ def register(app: typer.Typer) -> None:
                                       ("plan", "output", "output_auto"), "--msq-rows"),
     ) -> None:
         """Quantize MODEL with a plan and a PTQ recipe; write the checkpoint and a summary."""
-        zoo_model(model)
+        src = model_source(model, weights, input_shape)
+        model = src.name
         folder = out_dir(out, "quantize", model)
         if msq is not None and plan is not None:
             raise OptionError("--msq builds a plan; give either --msq or --plan, not both")
-        from mixq import api, zoo
+        from mixq import api
         from mixq.algorithms.msq import MSQConfig, msq_plan
         from mixq.algorithms.ptq import quantize_report
         from mixq.artifact import save_artifact
@@ -129,7 +133,7 @@ def register(app: typer.Typer) -> None:
         from mixq.data.sources import Preprocess
         from mixq.graph.capture import capture
 
-        shape = zoo.input_shape(model)
+        shape = src.shape()
         try:
             pre = Preprocess.for_input(shape, size=input_size, mean=mean, std=std,  # type: ignore[arg-type]
                                        channels=None if gray is None else (1 if gray else 3))
@@ -138,7 +142,7 @@ def register(app: typer.Typer) -> None:
             raise OptionError(f"--{ {'size': 'input-size'}.get(field, field)}:{rest}") from None
         if pre.channels != shape[0]:
             raise OptionError(f"--{'grayscale' if gray else 'rgb'}: {model} takes {shape[0]}-channel input")
-        net = zoo.load(model, pretrained=pretrained).eval()
+        net = src.load(pretrained=pretrained, fallback=False)
         if calib == "auto":  # the model's own kind of data: gray Fashion-MNIST or ImageNet-style photos
             calib = "shipped" if pre.channels == 1 else "photos"
         data = load_source(calib, pre, images, "--calib").x
@@ -179,7 +183,7 @@ def register(app: typer.Typer) -> None:
                              f"{evaluation['agreement']:.2f}% on {len(evalset)} unlabelled images")
             evaluation = {"source": eval_source, "images": len(evalset), **evaluation}
         summary = {
-            "model": model, "pretrained": pretrained, "recipe": res.recipe.to_dict(),
+            "model": model, "source": src.to_dict(), "pretrained": pretrained, "recipe": res.recipe.to_dict(),
             "calibration": {"source": calib, "images": int(data.shape[0]), "preprocess": {
                 "size": list(pre.size), "channels": pre.channels, "mean": list(pre.mean), "std": list(pre.std),
                 "resize": pre.resize}},
@@ -189,7 +193,7 @@ def register(app: typer.Typer) -> None:
             "details": _jsonable(res.details), "layers": api.layer_formats(res.model),
             "size_bytes_fp32": api.model_size_bytes(net), "size_bytes_quant": api.model_size_bytes(res.model),
         }
-        save_artifact(folder, model, res.plan, res.recipe.to_dict(), res.model, summary)
+        save_artifact(folder, model, res.plan, res.recipe.to_dict(), res.model, summary, source=src)
         emit({"out": str(folder), **summary},
              [f"{model}: recipe {res.recipe.name}, {data.shape[0]} calibration images, {seconds:.1f} s", *lines,
               f"wrote {folder / 'quantized.pt'}, {folder / 'plan.json'}, {folder / 'summary.json'}",

@@ -60,13 +60,14 @@ def build_int_model(model: str, weight: str, act: str, alt: str | None = None, r
     return _integers(api.quantize(m, plan, x), x, batch)
 
 
-def _noise(model: str, size: int | None, seed: int, batch: int) -> Any:
-    """Seeded uniform noise in [0, 1) at the zoo's input shape (``size`` overrides H and W)."""
+def _noise(model: Any, size: int | None, seed: int, batch: int) -> Any:
+    """Seeded uniform noise in [0, 1) at the model's input shape (a zoo name or a
+    :class:`~mixq.zoo.source.ModelSource`; ``size`` overrides H and W)."""
     import torch
 
     from mixq import zoo
 
-    c, h, w = zoo.input_shape(model)
+    c, h, w = zoo.input_shape(model) if isinstance(model, str) else model.shape()
     if size:
         h = w = size
     g = torch.Generator().manual_seed(seed)
@@ -88,7 +89,8 @@ def artifact_int_model(folder: Path, size: int | None = None, seed: int = 0,
     from mixq.artifact import load_artifact
 
     art = load_artifact(folder)
-    return _integers(art.qmodel, _noise(art.model_name, size, seed, batch), batch)
+    return _integers(art.qmodel, _noise(art.source if art.source is not None else art.model_name, size, seed, batch),
+                     batch)
 
 
 def prepare(model: str, layer: str, config: str, pe: int, simd: int, core: str = "auto",
