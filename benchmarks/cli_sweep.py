@@ -391,13 +391,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--only", default="")
+    ap.add_argument("--skip", default="", help="comma-separated substrings: cases whose name contains one are skipped")
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--out", type=Path, default=RESULTS / "cli_sweep")
     ap.add_argument("--src", default="", help="run the CLI of another checkout's src/ folder (PYTHONPATH)")
     a = ap.parse_args()
     global SRC_OVERRIDE
     SRC_OVERRIDE = a.src
-    todo = [c for c in cases() if a.only in c.name]
+    skip = [k for k in a.skip.split(",") if k]
+    todo = [c for c in cases() if a.only in c.name and not any(k in c.name for k in skip)]
     print(f"{len(todo)} cases, {a.jobs} at a time", flush=True)
     t0 = time.monotonic()
     with ThreadPoolExecutor(a.jobs) as pool:
