@@ -154,6 +154,16 @@ def state_dict(state: Mapping[str, torch.Tensor], source: str, max_abs: float = 
             raise NumericError(f"{source}: tensor {key} has {int((t < 0).sum())} negative values (a variance is >= 0)")
 
 
+def nonfinite(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Keys of the floating-point tensors of ``state`` holding a NaN or an Inf (in order).
+
+    >>> nonfinite({"a": torch.ones(2), "b": torch.tensor([float("nan")]), "n": torch.tensor([3])})
+    ['b']
+    """
+    return [k for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def model(module: nn.Module, source: str, max_abs: float = MAX_ABS) -> None:
     """:func:`state_dict` of ``module.state_dict()``."""
     state_dict(module.state_dict(), source, max_abs)

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixq import progress as progress_api
+from mixq import validate
 from mixq.data import GRAY_MEAN, GRAY_STD, load_fashion_mnist, load_fmnist_subset, normalize_gray
 from mixq.errors import NumericError, OptionError
 from mixq.zoo.cnv import CNV_MACS, WEIGHTS_PATH, cnv
@@ -228,7 +229,7 @@ def train_cnv(
         subset_acc = evaluate(model, x_sub, y_sub)
 
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = validate.nonfinite(state)
     if bad:
         raise NumericError(f"train_cnv ({out}): the trained weights {bad[0]} hold NaN/Inf; not written, {kept}")
     buf = io.BytesIO()
@@ -268,29 +269,23 @@ def train_cnv(
     return meta
 
 
+#: train_cnv's count arguments and their minimum (batch_size: BatchNorm needs two samples)
+_COUNTS = {"epochs": 1, "batch_size": 2, "threads": 1, "max_train": 2, "max_test": 1}
+#: its real arguments: finite and > 0 (False) or >= 0 (True)
+_REALS = {"lr": False, "weight_decay": True}
+_OPTIONAL = {"max_train", "max_test"}
+
+
 def _check_args(out_path: str | Path, **args: Any) -> None:
-    """`OptionError` naming the first argument of :func:`train_cnv` out of its range."""
-    rules: dict[str, tuple[str, Any]] = {
-        "epochs": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
-        "batch_size": ("an integer >= 2 (BatchNorm needs two samples)", lambda v: _is_int(v) and v >= 2),
-        "lr": ("a finite number > 0", lambda v: _is_real(v) and v > 0),
-        "weight_decay": ("a finite number >= 0", lambda v: _is_real(v) and v >= 0),
-        "threads": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
-        "max_train": ("null or an integer >= 2", lambda v: v is None or (_is_int(v) and v >= 2)),
-        "max_test": ("null or an integer >= 1", lambda v: v is None or (_is_int(v) and v >= 1)),
-    }
+    """`OptionError` naming the first argument of :func:`train_cnv` out of its range (``None``: not given)."""
     for name, v in args.items():
-        what, ok = rules[name]
-        if not ok(v):
-            raise OptionError(f"train_cnv {name}: must be {what}, got {v!r} (writing {out_path})")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool) and math.isfinite(v)
+        where = f"train_cnv {name}"
+        if v is None and name not in _OPTIONAL:
+            raise OptionError(f"{where}: must be given (writing {out_path})")
+        if name in _COUNTS:
+            validate.count(where, v, _COUNTS[name])
+        else:
+            validate.positive(where, v, allow_zero=_REALS[name])
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mixq import progress
+from mixq import progress, validate
 from mixq.algorithms.qat.config import QatConfig, QatError
 from mixq.io import atomic_write_bytes
 
@@ -164,8 +164,7 @@ def data_difference(saved: dict[str, Any] | None, now: dict[str, Any] | None) ->
 
 def nonfinite_tensors(module: torch.nn.Module) -> list[str]:
     """Names of the floating-point parameters and buffers of ``module`` holding a NaN or an Inf."""
-    return [k for k, v in module.state_dict().items()
-            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return validate.nonfinite(module.state_dict())
 
 
 def save_checkpoint(path: Path, *, cfg: QatConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
