@@ -111,6 +111,7 @@ class Task:
     def __init__(self, desc: str, total: int | None, done: int = 0) -> None:
         self.desc, self.total, self.done = desc, total, done
         self.info: dict[str, Any] = {}
+        self.silent = False
         self._t0 = time.monotonic()
         self._last = self._t0
         self._bar: Any = None
@@ -133,6 +134,8 @@ class Task:
         """Replace the shown ``info`` without counting work."""
         _check_stop()
         self.info.update(info)
+        if self.silent:
+            return
         if self._bar is not None:
             extra = " ".join(f"{k} {_fmt(v)}" for k, v in self.info.items())
             self._bar.update(self._bar_task, completed=self.done, description=f"{self.desc} {extra}".strip())
@@ -184,10 +187,15 @@ def _release_bar(bar: Any, task_id: Any) -> None:
 
 
 @contextmanager
-def task(desc: str, total: int | None = None, done: int = 0) -> Iterator[Task]:
-    """Report a unit of work: start and end lines (or a bar), and a line every ``interval`` s in between."""
+def task(desc: str, total: int | None = None, done: int = 0, enabled: bool = True) -> Iterator[Task]:
+    """Report a unit of work: start and end lines (or a bar), and a line every ``interval`` s in between.
+
+    ``enabled=False`` (a caller's own "no progress" switch) yields a silent task: it counts and
+    still honours a stop request, but shows nothing, as in ``quiet`` mode.
+    """
     t = Task(desc, total, done)
-    if mode() == "quiet":
+    if not enabled or mode() == "quiet":
+        t.silent = True
         yield t
         return
     t._start()

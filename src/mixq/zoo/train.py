@@ -186,7 +186,7 @@ def train_cnv(
 
         kept = f"the existing {out} is kept" if out.exists() else f"nothing was written to {out}"
         step, last_loss, eval_time = 0, float("nan"), 0.0
-        with _task(progress, "train cnv", total) as bar:
+        with progress_api.task("train cnv", total=total, enabled=progress) as bar:
             for epoch in range(epochs):
                 model.train()
                 perm = torch.randperm(n, generator=gen)
@@ -214,10 +214,9 @@ def train_cnv(
                     step += 1
                     loss_sum += value * len(idx)
                     seen += len(idx)
-                    if bar is not None:
-                        bar.advance(epoch=f"{epoch + 1}/{epochs}", loss=round(loss_sum / seen, 4))
+                    bar.advance(epoch=f"{epoch + 1}/{epochs}", loss=round(loss_sum / seen, 4))
                 last_loss = loss_sum / max(1, seen)
-                if bar is not None:  # the test accuracy costs no random draw: the weights do not depend on it
+                if progress:  # the test accuracy costs no random draw: the weights do not depend on it
                     t_eval = time.perf_counter()
                     acc = evaluate(model, x_test, y_test)
                     eval_time += time.perf_counter() - t_eval
@@ -286,13 +285,3 @@ def _check_args(out_path: str | Path, **args: Any) -> None:
             validate.count(where, v, _COUNTS[name])
         else:
             validate.positive(where, v, allow_zero=_REALS[name])
-
-
-@contextmanager
-def _task(enabled: bool, desc: str, total: int) -> Iterator[progress_api.Task | None]:
-    """A :func:`mixq.progress.task`, or None when ``progress`` is off."""
-    if not enabled:
-        yield None
-        return
-    with progress_api.task(desc, total=total) as t:
-        yield t

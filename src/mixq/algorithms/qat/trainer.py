@@ -19,8 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,7 +234,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: QatConfig, chec
 
         t_last = time.perf_counter()
         try:
-            with _task(report, desc, total, pos.global_step) as bar:
+            with progress.task(desc, total=total, done=pos.global_step, enabled=report) as bar:
                 while pos.epoch < cfg.epochs:
                     model.train()
                     if teacher is not None:
@@ -280,9 +279,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: QatConfig, chec
                         now = time.perf_counter()
                         pos.train_time_s += now - t_last
                         t_last = now
-                        if bar is not None:
-                            bar.advance(epoch=f"{pos.epoch + 1}/{cfg.epochs}",
-                                        loss=round(pos.loss_sum / max(1, pos.seen), 4))
+                        bar.advance(epoch=f"{pos.epoch + 1}/{cfg.epochs}",
+                                    loss=round(pos.loss_sum / max(1, pos.seen), 4))
                         if cfg.checkpoint_every and pos.global_step % cfg.checkpoint_every == 0 \
                                 and pos.step < steps_per_epoch:
                             save()
@@ -328,16 +326,6 @@ def _all_finite(value: float, world: int) -> bool:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         ok = float(flag) == 0.0
     return ok
-
-
-@contextmanager
-def _task(enabled: bool, desc: str, total: int, done: int) -> Iterator[progress.Task | None]:
-    """A :func:`mixq.progress.task`, or None when reporting is off."""
-    if not enabled:
-        yield None
-        return
-    with progress.task(desc, total=total, done=done) as t:
-        yield t
 
 
 @torch.no_grad()
