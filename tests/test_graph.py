@@ -51,7 +51,8 @@ def test_resnet18_capture() -> None:
     assert round(total_macs(specs) / 1e9, 3) == 1.814
     assert sum(s.params for s in specs) == sum(p.numel() for p in model.parameters()) == 11_689_512
     _check_edges(specs)
-    assert specs[0].name == "input" and specs[0].extra["capture"] == "fx"
+    assert specs[0].name == "input"
+    assert all(s.extra["support"] == "ok" for s in specs[1:])
     by_name = {s.name: s for s in specs}
     conv1 = by_name["conv1"]
     assert (conv1.kind, conv1.in_shape, conv1.out_shape) == ("conv", (3, 224, 224), (64, 112, 112))
@@ -99,14 +100,9 @@ def test_vgg16_capture() -> None:
     assert all(b.inputs == (a.name,) for a, b in zip(specs, specs[1:], strict=False))
 
 
-def test_resnet20_capture_and_hooks_fallback_agree() -> None:
+def test_resnet20_capture() -> None:
     model, specs = _capture_zoo("resnet20")
     assert total_macs(specs) == RESNET20_MACS
-    hooks = capture(model, (3, 32, 32), method="hooks")
-    assert hooks[0].extra["capture"] == "hooks"
-    assert [(s.name, s.kind, s.inputs, s.outputs, s.out_shape, s.macs) for s in hooks] == [
-        (s.name, s.kind, s.inputs, s.outputs, s.out_shape, s.macs) for s in specs
-    ]
     from mixq.zoo.resnet import resnet20
 
     specs_a = capture(resnet20(shortcut="A"), (3, 32, 32))
@@ -134,29 +130,16 @@ class _Untraceable(nn.Module):
         return self.fc(torch.flatten(z, 1))
 
 
-def test_hooks_fallback_on_untraceable_model() -> None:
-    model = _Untraceable()
-    with pytest.raises(ModelError, match="FX cannot trace"):
-        capture(model, (3, 4, 4), method="fx")
-    specs = capture(model, (3, 4, 4))
-    assert specs[0].extra["capture"] == "hooks"
-    _check_edges(specs)
-    by_name = {s.name: s for s in specs}
-    assert by_name["add"].kind == "add" and by_name["add"].inputs == ("bn", "branch")
-    assert by_name["cat"].kind == "concat" and by_name["cat"].inputs == ("relu", "branch:1")
-    assert by_name["cat"].out_shape == (16, 4, 4)
-    assert by_name["flatten"].inputs == ("cat",) and by_name["fc"].inputs == ("flatten",)
-    assert by_name["branch"].params == 72 and by_name["branch:1"].params == 0  # shared: counted once
-    assert total_macs(specs) == 8 * 16 * 27 + 2 * 8 * 16 * 8 + 256 * 5
+def test_untraceable_model_is_refused_with_the_onnx_route() -> None:
+    with pytest.raises(ModelError, match=r"capture: torch.fx cannot trace _Untraceable .*torch.onnx.export"):
+        capture(_Untraceable(), (3, 4, 4))
 
 
 def test_capture_does_not_change_the_model() -> None:
-    model = _Untraceable().train()
     resnet = zoo.load("resnet20").train()
-    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (model, resnet)]
-    capture(model, (3, 4, 4))
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (resnet,)]
     capture(resnet, (3, 32, 32))
-    for m, sd in zip((model, resnet), before, strict=True):
+    for m, sd in zip((resnet,), before, strict=True):
         assert m.training
         assert all(torch.equal(sd[k], v) for k, v in m.state_dict().items())
         assert not m._forward_hooks and not m._forward_pre_hooks
@@ -228,7 +211,7 @@ class _SharedOutput(nn.Module):
         return self.bn2(self.conv2(self.bn(y) + y))
 
 
-def test_fold_bn_only_safe_pairs_and_fallback() -> None:
+def test_fold_bn_only_safe_pairs() -> None:
     model = _randomize_bn(_SharedOutput())
     assert foldable_pairs(model) == [("conv2", "bn2")]
     folded = fold_bn(model)
@@ -236,14 +219,8 @@ def test_fold_bn_only_safe_pairs_and_fallback() -> None:
     x = torch.randn(2, 4, 5, 5)
     with torch.no_grad():
         assert _rel_err(folded(x), model(x)) < 1e-5
-    untraceable = _randomize_bn(_Untraceable())
-    with pytest.raises(ModelError, match="input_shape"):
-        fold_bn(untraceable)
-    folded_u = fold_bn(untraceable, input_shape=(3, 4, 4))
-    assert isinstance(folded_u.bn, nn.Identity) and folded_u.conv.bias is not None
-    x = torch.randn(2, 3, 4, 4)
-    with torch.no_grad():
-        assert _rel_err(folded_u(x), untraceable(x)) < 1e-5
+    with pytest.raises(ModelError, match="fold_bn: torch.fx cannot trace _Untraceable"):
+        fold_bn(_randomize_bn(_Untraceable()), input_shape=(3, 4, 4))
 
 
 def test_swap_modules_and_compute_layers() -> None:

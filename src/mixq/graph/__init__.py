@@ -10,10 +10,10 @@ return new models and never change their input.
 from __future__ import annotations
 
 from mixq.graph.bnfold import fold_bn, fold_into, foldable_pairs
-from mixq.graph.capture import capture, is_leaf, summary_table
+from mixq.graph.capture import capture, summary_table
 from mixq.graph.registry import COMPUTE_MODULES, Coverage, classify, coverage
 from mixq.graph.spec import COMPUTE_KINDS, LAYER_KINDS, LayerSpec, compute_layers, total_macs
-from mixq.graph.swap import leaf_modules, named_compute_layers, set_submodule, swap_modules
+from mixq.graph.swap import is_leaf, leaf_modules, named_compute_layers, set_submodule, swap_modules
 
 __all__ = [
     "COMPUTE_KINDS",

@@ -12,11 +12,10 @@ valid). The arithmetic runs in float64 and is cast back to the weight dtype.
 A pair is folded only when it is safe: the BN's one input is the layer's
 output, that output feeds nothing else, each module is called exactly once,
 the BN has running statistics and as many features as the layer has output
-channels. Pairs are found in the FX graph; a model FX cannot trace is captured
-with hooks instead (:func:`mixq.graph.capture.capture`), which needs
-``input_shape``. A Linear followed by BatchNorm1d is folded when its output is
-(N, F): always under hooks capture (the shape is checked), assumed under FX
-(BatchNorm1d on a 3-D Linear output would normalise a different axis, so it
+channels. Pairs are found in the graph of the one front end (:func:`mixq.graph.trace.trace`;
+with ``input_shape`` the shapes are recorded too). A Linear followed by BatchNorm1d
+is folded when its output is (N, F): checked when ``input_shape`` is given, assumed
+otherwise (BatchNorm1d on a 3-D Linear output would normalise a different axis, so it
 would fail the feature-count check in all but coincidental cases).
 """
 
@@ -29,9 +28,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mixq.errors import ModelError
-from mixq.graph.capture import _Tracer, capture
 from mixq.graph.swap import set_submodule
+from mixq.graph.trace import trace
 
 _FOLDABLE = (nn.Conv2d, nn.Linear)
 
@@ -45,11 +43,16 @@ def _can_fold(layer: nn.Module, bn: nn.Module) -> bool:
     return bool(bn.num_features == cout)
 
 
-def _pairs_fx(model: nn.Module) -> list[tuple[str, str]]:
-    graph = _Tracer().trace(model)
-    calls = Counter(str(n.target) for n in graph.nodes if n.op == "call_module")
+def foldable_pairs(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> list[tuple[str, str]]:
+    """(layer name, BN name) of every BN that :func:`fold_bn` would fold, in forward order.
+
+    A model the front end cannot trace is a :class:`ModelError`.
+    """
+    example = torch.rand(1, *input_shape) if input_shape is not None else None
+    gm = trace(model, example, stage="fold_bn")
+    calls = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
     pairs = []
-    for n in graph.nodes:
+    for n in gm.graph.nodes:
         if n.op != "call_module" or len(n.all_input_nodes) != 1:
             continue
         prev = n.all_input_nodes[0]
@@ -58,47 +61,13 @@ def _pairs_fx(model: nn.Module) -> list[tuple[str, str]]:
         layer_name, bn_name = str(prev.target), str(n.target)
         if calls[layer_name] != 1 or calls[bn_name] != 1:
             continue
-        if _can_fold(model.get_submodule(layer_name), model.get_submodule(bn_name)):
+        layer = model.get_submodule(layer_name)
+        shape = prev.meta.get("shape")
+        if isinstance(layer, nn.Linear) and isinstance(shape, tuple) and len(shape) != 2:
+            continue
+        if _can_fold(layer, model.get_submodule(bn_name)):
             pairs.append((layer_name, bn_name))
     return pairs
-
-
-def _pairs_specs(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str, str]]:
-    specs = capture(model, input_shape, allow_float=True)  # folding only needs the graph
-    by_name = {s.name: s for s in specs}
-    calls = Counter(s.extra.get("module", "") for s in specs)
-    pairs = []
-    for s in specs:
-        if s.kind != "bn" or len(s.inputs) != 1:
-            continue
-        prev = by_name[s.inputs[0]]
-        layer_name, bn_name = prev.extra.get("module", ""), s.extra.get("module", "")
-        if prev.kind not in ("conv", "dwconv", "linear") or prev.outputs != (s.name,):
-            continue
-        if not layer_name or not bn_name or calls[layer_name] != 1 or calls[bn_name] != 1:
-            continue
-        if prev.kind == "linear" and len(prev.out_shape) != 1:
-            continue
-        if _can_fold(model.get_submodule(layer_name), model.get_submodule(bn_name)):
-            pairs.append((layer_name, bn_name))
-    return pairs
-
-
-def foldable_pairs(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> list[tuple[str, str]]:
-    """(layer name, BN name) of every BN that :func:`fold_bn` would fold, in forward order.
-
-    Uses the FX graph; when FX cannot trace the model, a hook capture with
-    ``input_shape`` (:class:`ModelError` when it is not given).
-    """
-    try:
-        return _pairs_fx(model)
-    except Exception as exc:  # FX raises many types
-        if input_shape is None:
-            raise ModelError(
-                f"fold_bn: FX cannot trace {type(model).__name__} ({exc}); "
-                "pass input_shape to find conv-BN pairs by a hook capture"
-            ) from exc
-    return _pairs_specs(model, input_shape)
 
 
 @torch.no_grad()

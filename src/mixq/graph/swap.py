@@ -16,10 +16,16 @@ import copy
 from collections.abc import Callable
 
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from mixq.errors import ModelError
-from mixq.graph.capture import _Tracer, is_leaf
-from mixq.graph.registry import QUANTIZABLE
+from mixq.graph.registry import COMPUTE_TYPES, QUANTIZABLE
+from mixq.graph.trace import trace
+
+
+def is_leaf(m: nn.Module) -> bool:
+    """A module swapped whole: childless, or a compute module / BN (sub)class."""
+    return isinstance(m, (*COMPUTE_TYPES, _BatchNorm)) or next(m.children(), None) is None
 
 
 def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -79,8 +85,8 @@ def named_compute_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """
     compute = QUANTIZABLE
     try:
-        graph = _Tracer().trace(model)
-    except Exception:  # FX raises many types; registration order is the documented fallback
+        graph = trace(model).graph
+    except ModelError:  # registration order is the documented fallback
         return [(n, m) for n, m in model.named_modules() if n and isinstance(m, compute)]
     seen: dict[str, nn.Module] = {}
     for node in graph.nodes:

@@ -2,8 +2,8 @@
 sequential bias correction, statistics restoring) see each layer's input in the partially
 processed model after a single forward pass instead of one forward per layer.
 
-The model is traced with torch.fx (Conv2d/Linear and their quantized subclasses, and every
-childless module, are leaves). Nodes run in graph order over every batch; only the outputs a
+The model is traced by the one graph front end (:func:`mixq.graph.trace.trace`: compute layers
+and their quantized subclasses are leaves). Nodes run in graph order over every batch; only the outputs a
 later node still needs are kept. Before a chosen layer runs, ``visit(name, layer, inputs)`` gets
 its input batches and may change the layer (its new weights then produce the output the rest
 of the graph sees). Models FX cannot trace make :func:`stream_layers` return False; callers
@@ -20,23 +20,18 @@ from torch import fx, nn
 
 from mixq import progress
 from mixq.algorithms.ptq._common import inputs_at
+from mixq.errors import ModelError
+from mixq.graph.trace import trace
 
 Visit = Callable[[str, nn.Module, list[torch.Tensor]], None]
 TwinVisit = Callable[[str, list[nn.Module], list[list[torch.Tensor]]], None]
 
 
-class _LeafTracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, nn.Conv2d | nn.Linear) or next(m.children(), None) is None:
-            return True
-        return super().is_leaf_module(m, module_qualified_name)
-
-
-def trace(model: nn.Module) -> fx.GraphModule | None:
-    """An FX graph of ``model`` sharing its modules, or None when FX cannot trace it."""
+def _trace(model: nn.Module) -> fx.GraphModule | None:
+    """The front end's graph of ``model`` (sharing its modules), or None when it cannot be traced."""
     try:
-        return fx.GraphModule(model, _LeafTracer().trace(model))
-    except Exception:  # FX raises many exception types
+        return trace(model, stage="ptq")
+    except ModelError:
         return None
 
 
@@ -98,7 +93,7 @@ def stream_twins(models: Sequence[nn.Module], data: Sequence[torch.Tensor], name
     ``names`` runs, ``visit(name, layers, inputs)`` gets that layer of every model and each one's
     input batches. Returns False (and runs nothing) when FX cannot trace a model, the graphs
     differ, or a named layer is not a single module call."""
-    gms = [trace(m) for m in models]
+    gms = [_trace(m) for m in models]
     if any(gm is None for gm in gms):
         return False
     traced = [gm for gm in gms if gm is not None]

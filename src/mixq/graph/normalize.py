@@ -1,0 +1,229 @@
+"""Rewrite the layers mixq runs as 2-D convolutions into exactly that, before any other stage sees them.
+
+:func:`normalize` returns the model unchanged when it has none of these modules; otherwise an FX
+``GraphModule`` (the front end's graph, :func:`mixq.graph.trace.trace`) in which
+
+* a ``Conv1d`` at ``name`` is a ``Conv2d`` at the same ``name`` with a ``1 x k`` kernel (weights
+  ``w[:, :, None, :]``), between ``unsqueeze(2)`` and ``squeeze(2)``; a ``BatchNorm1d`` on a
+  ``(N, C, L)`` tensor, ``MaxPool1d``, ``AvgPool1d`` and ``AdaptiveAvgPool1d`` become their 2-D
+  forms the same way. The squeezes are then moved past elementwise ops, adds, channel concats and
+  flattens and cancelled, so a chain of 1-D layers is one chain of ``1 x k`` 2-D layers;
+* a ``ConvTranspose2d`` at ``name`` (stride ``s``, padding ``p``, output padding ``op``, dilation
+  ``d``, groups ``g``) is :class:`~mixq.nn.ZeroInsert` ``(s, op)`` (a new module ``name_zeros``
+  beside it) followed by a ``Conv2d`` at ``name`` with the flipped, in/out-swapped kernel, stride 1,
+  dilation ``d`` and padding ``d*(k-1) - p``: exactly what a convolution engine runs, and exactly
+  the transposed convolution's output (checked in the tests).
+
+Plans, quantized states and artifacts refer to the normalized model; the rewrite is deterministic,
+so a model normalized again (an artifact read back) has the same names, shapes and weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+from mixq.errors import ModelError
+from mixq.graph.trace import node_ops, trace
+from mixq.nn import ZeroInsert
+
+_ONE_D = (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)
+_SINK_KINDS = frozenset({"relu", "relu6", "hardtanh", "lut", "identity", "qact"})
+
+
+def needs_normalize(model: nn.Module) -> bool:
+    return any(isinstance(m, (*_ONE_D, nn.ConvTranspose2d)) for m in model.modules())
+
+
+def _conv2d_of_1d(m: nn.Conv1d) -> nn.Conv2d:
+    if isinstance(m.padding, str) or m.padding_mode != "zeros":
+        raise ModelError(f"normalize: Conv1d with padding {m.padding!r} / mode {m.padding_mode!r}; "
+                         "only explicit zero padding is supported")
+    c = nn.Conv2d(m.in_channels, m.out_channels, (1, m.kernel_size[0]), (1, m.stride[0]), (0, m.padding[0]),
+                  (1, m.dilation[0]), m.groups, m.bias is not None)
+    with torch.no_grad():
+        c.weight.copy_(m.weight[:, :, None, :])
+        if m.bias is not None:
+            c.bias.copy_(m.bias)  # type: ignore[union-attr]
+    return c
+
+
+def _bn2d_of_1d(m: nn.BatchNorm1d) -> nn.BatchNorm2d:
+    b = nn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+    b.load_state_dict(m.state_dict())
+    return b
+
+
+def _one(v: object) -> int:
+    return int(v[0] if isinstance(v, tuple | list) else v)  # type: ignore[arg-type]
+
+
+def _pool2d_of_1d(m: nn.Module) -> nn.Module:
+    if isinstance(m, nn.MaxPool1d):
+        k, s, p, d = (_one(v) for v in (m.kernel_size, m.stride, m.padding, m.dilation))
+        return nn.MaxPool2d((1, k), (1, s), (0, p), (1, d), ceil_mode=m.ceil_mode)
+    if isinstance(m, nn.AvgPool1d):
+        k, s, p = (_one(v) for v in (m.kernel_size, m.stride, m.padding))
+        return nn.AvgPool2d((1, k), (1, s), (0, p), m.ceil_mode, m.count_include_pad)
+    assert isinstance(m, nn.AdaptiveAvgPool1d)
+    size = _one(m.output_size)
+    return nn.AdaptiveAvgPool2d((1, size))
+
+
+def conv_of_transposed(m: nn.ConvTranspose2d, name: str) -> tuple[ZeroInsert, nn.Conv2d]:
+    """The :class:`ZeroInsert` and ``Conv2d`` that compute ``m`` exactly (see the module docstring)."""
+    kh, kw = m.kernel_size
+    (sh, sw), (ph, pw), (oh, ow), (dh, dw) = (tuple(int(v) for v in t)  # type: ignore[union-attr]
+                                              for t in (m.stride, m.padding, m.output_padding, m.dilation))
+    pad = (dh * (kh - 1) - ph, dw * (kw - 1) - pw)
+    if m.padding_mode != "zeros" or min(pad) < 0:
+        raise ModelError(f"normalize: layer {name!r} (ConvTranspose2d): padding {m.padding} larger than "
+                         "dilation*(kernel-1) (or a non-zero padding mode) has no convolution form")
+    g = m.groups
+    w = m.weight.detach()  # (Cin, Cout/g, kh, kw)
+    cin, cout_g = w.shape[0], w.shape[1]
+    w2 = w.reshape(g, cin // g, cout_g, kh, kw).transpose(1, 2).reshape(g * cout_g, cin // g, kh, kw)
+    c = nn.Conv2d(cin, g * cout_g, (kh, kw), 1, pad, (dh, dw), g, m.bias is not None)
+    with torch.no_grad():
+        c.weight.copy_(w2.flip(-1, -2))
+        if m.bias is not None:
+            c.bias.copy_(m.bias)  # type: ignore[union-attr]
+    return ZeroInsert((sh, sw), (oh, ow)), c
+
+
+def _set(root: nn.Module, qualname: str, new: nn.Module) -> None:
+    parent_name, _, leaf = qualname.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, leaf, new)
+
+
+def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """``model`` with its 1-D layers and transposed convolutions written as 2-D convolutions (see the
+    module docstring); the model itself when it has none. ``input_shape`` (per sample) lets a
+    ``BatchNorm1d`` on a 2-D (N, F) tensor be told from one on (N, C, L); without it, a BatchNorm1d
+    is taken as 1-D signal BN only when it directly follows a Conv1d. Never changes ``model``."""
+    if not needs_normalize(model):
+        return model
+    import copy
+
+    work = copy.deepcopy(model).eval()
+    example = torch.zeros(1, *input_shape) if input_shape is not None else None
+    gm = trace(work, example, stage="normalize")
+    graph = gm.graph
+    calls = [n for n in graph.nodes if n.op == "call_module"]
+    how: dict[str, str] = {}  # module name -> "zeros" (transposed conv) or "unit" (1-D layer), at its first call
+    for node in calls:
+        name = str(node.target)
+        m = gm.get_submodule(name)
+        if name in how:
+            continue
+        if isinstance(m, nn.ConvTranspose2d):
+            zeros, conv = conv_of_transposed(m, name)
+            parent, _, leaf = name.rpartition(".")
+            if hasattr(gm.get_submodule(parent), f"{leaf}_zeros"):
+                raise ModelError(f"normalize: layer {name!r}: the name {name}_zeros is taken")
+            _set(gm, f"{name}_zeros", zeros)
+            _set(gm, name, conv)
+            how[name] = "zeros"
+        elif isinstance(m, _ONE_D) and _is_signal(node, m):
+            _set(gm, name, _conv2d_of_1d(m) if isinstance(m, nn.Conv1d) else _bn2d_of_1d(m)
+                 if isinstance(m, nn.BatchNorm1d) else _pool2d_of_1d(m))
+            how[name] = "unit"
+    for node in calls:
+        name = str(node.target)
+        if how.get(name) == "zeros":
+            with graph.inserting_before(node):
+                z = graph.call_module(f"{name}_zeros", (node.args[0],))
+            node.args = (z, *node.args[1:])
+        elif how.get(name) == "unit":
+            _wrap_unit_dim(graph, node)
+    _sink_squeezes(gm)
+    graph.lint()
+    gm.recompile()
+    return gm.train(model.training)
+
+
+def _is_signal(node: fx.Node, m: nn.Module) -> bool:
+    """A 1-D layer on an (N, C, L) signal (a BatchNorm1d may also normalise (N, F) features)."""
+    if not isinstance(m, nn.BatchNorm1d):
+        return True
+    shape = node.meta.get("shape")
+    if isinstance(shape, tuple):
+        return len(shape) == 3
+    return _is_call(node.args[0], "squeeze")  # right after a 1-D layer already rewritten
+
+
+def _wrap_unit_dim(graph: fx.Graph, node: fx.Node) -> None:
+    """``node(x)`` -> ``squeeze(node(unsqueeze(x, 2)), 2)``."""
+    with graph.inserting_before(node):
+        u = graph.call_method("unsqueeze", (node.args[0], 2))
+    node.args = (u, *node.args[1:])
+    with graph.inserting_after(node):
+        s = graph.call_method("squeeze", (node, 2))
+    node.replace_all_uses_with(s, delete_user_cb=lambda user: user is not s)
+
+
+def _is_call(n: object, method: str) -> bool:
+    return isinstance(n, fx.Node) and n.op == "call_method" and n.target == method and n.args[1:] == (2,)
+
+
+def _sink_squeezes(gm: fx.GraphModule) -> None:
+    """Move ``squeeze(2)`` below elementwise ops, adds, channel concats and flattens; cancel
+    ``unsqueeze(squeeze(x, 2), 2)``. Repeats until nothing changes."""
+    graph = gm.graph
+    changed = True
+    while changed:
+        changed = False
+        ops = node_ops(gm)
+        for node in list(graph.nodes):
+            if _is_call(node, "unsqueeze") and _is_call(node.args[0], "squeeze"):
+                sq = node.args[0]
+                node.replace_all_uses_with(sq.args[0])
+                graph.erase_node(node)
+                if not sq.users:
+                    graph.erase_node(sq)
+                changed = True
+                break
+            op = ops.get(node)
+            ins = [a for a in node.all_input_nodes]
+            if op is None or not ins or not all(_is_call(a, "squeeze") and len(a.users) == 1 for a in ins):
+                continue
+            if op.kind in _SINK_KINDS or op.kind == "add" or _is_channel_cat(node) or _is_flatten1(gm, node, op.kind):
+                _hoist(graph, node, ins, keep_squeeze=op.kind != "flatten")
+                changed = True
+                break
+    graph.eliminate_dead_code()
+
+
+def _is_channel_cat(node: fx.Node) -> bool:
+    if node.op != "call_function" or getattr(node.target, "__name__", "") not in ("cat", "concat"):
+        return False
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return bool(dim == 1)
+
+
+def _is_flatten1(gm: fx.GraphModule, node: fx.Node, kind: str) -> bool:
+    """``flatten(x, 1)``: the same values whether ``x`` is (N, C, L) or (N, C, 1, L)."""
+    if kind != "flatten":
+        return False
+    if node.op == "call_module":
+        m = gm.get_submodule(str(node.target))
+        return bool(getattr(m, "start_dim", None) == 1 and getattr(m, "end_dim", None) == -1)
+    start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+    return bool(start == 1 and len(node.args) <= 2 and node.kwargs.get("end_dim", -1) == -1)
+
+
+def _hoist(graph: fx.Graph, node: fx.Node, squeezes: list[fx.Node], keep_squeeze: bool) -> None:
+    """``op(squeeze(a), squeeze(b))`` -> ``squeeze(op(a, b))`` (no squeeze after a flatten)."""
+    def subst(a: fx.Node) -> fx.Node:
+        return a.args[0] if a in squeezes else a  # type: ignore[return-value]
+
+    node.args = fx.node.map_arg(node.args, subst)  # type: ignore[assignment]
+    node.kwargs = fx.node.map_arg(node.kwargs, subst)  # type: ignore[assignment]
+    for s in squeezes:
+        if not s.users:
+            graph.erase_node(s)
+    if keep_squeeze:
+        with graph.inserting_after(node):
+            s2 = graph.call_method("squeeze", (node, 2))
+        node.replace_all_uses_with(s2, delete_user_cb=lambda user: user is not s2)

@@ -1,0 +1,269 @@
+"""The one graph front end: one FX tracer and one op table for every stage.
+
+Every stage that looks at a model's graph — capture (:mod:`mixq.graph.capture`), BatchNorm
+folding, the node-by-node PTQ streams, the integer engine, the hardware-faithful fake quant and
+the exports built from it — traces with :func:`trace` and names and classifies each node with
+:func:`node_ops`. Nothing else in mixq subclasses ``torch.fx.Tracer`` or keeps a table of op kinds.
+
+**Leaves.** A module is called whole (one ``call_module`` node) when it is a compute module of
+:mod:`mixq.graph.registry` (Conv2d / Linear, their subclasses and quantized versions, and the
+refused kinds), a module whose class (or a base class) is in :data:`MODULE_KINDS` (BatchNorm,
+``QAct``, ``ZeroInsert``, CLE's clipped ReLU6 as a Hardtanh ...) or a module of ``torch.nn``
+itself; user-defined modules are traced through to the torch ops they call.
+
+**Names.** A module call is named by the module's qualified name (``layer1.0.conv1``); a module
+called more than once gets ``name:1``, ``name:2`` ... for its later calls; a function or method
+call is named by its FX node (``add``, ``cat_1``, ``flatten``).
+
+**Kinds.** :data:`MODULE_KINDS` (looked up along the module's class hierarchy, so subclasses are
+covered), :data:`FUNCTION_KINDS` and :data:`METHOD_KINDS` give each node a kind; :data:`KINDS`
+says, for each kind, the :class:`~mixq.graph.spec.LayerSpec` kind it is captured as and the stages
+that support it (:data:`STAGES`). A node of no listed kind is ``unsupported``: capture records it as
+``other`` and names it in :func:`support`; the integer engine refuses it by name.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mixq.errors import ModelError
+from mixq.graph.registry import COMPUTE_TYPES
+from mixq.nn import QAct, ZeroInsert
+
+STAGES = ("quantize", "engine", "export", "estimate")
+_ALL = frozenset(STAGES)
+_NO_ENGINE = frozenset({"quantize", "estimate"})
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A row of the op table: the LayerSpec kind (``None``: no spec, edges pass through) and the
+    stages that support it."""
+
+    spec: str | None
+    stages: frozenset[str] = _ALL
+    note: str = ""
+
+
+KINDS: dict[str, Kind] = {
+    "conv": Kind("conv"), "linear": Kind("linear"), "bn": Kind("bn"), "qact": Kind(None),
+    "relu": Kind("relu"), "relu6": Kind("relu6"), "hardtanh": Kind("act"),
+    "lut": Kind("act", note="an integer lookup table on its quantized input"),
+    "softmax": Kind("act", _NO_ENGINE, "softmax is not elementwise: no lookup table computes it"),
+    "maxpool": Kind("maxpool"), "avgpool": Kind("avgpool"), "adaptive_avgpool": Kind("?pool"),
+    "mean": Kind("?mean"), "add": Kind("add"), "cat": Kind("concat"),
+    "flatten": Kind("flatten"), "reshape": Kind("?flatten"), "unsqueeze": Kind(None), "squeeze": Kind(None),
+    "pad": Kind("pad"), "zero_insert": Kind("zero_insert"), "pixel_shuffle": Kind("pixel_shuffle"),
+    "upsample": Kind("upsample"),
+    "identity": Kind(None), "size": Kind(None),
+    "float_compute": Kind("other", frozenset(), "a compute layer mixq does not quantize"),
+    "unsupported": Kind("other", frozenset(), "no stage of mixq knows this op"),
+}
+
+MODULE_KINDS: dict[type[nn.Module], str] = {
+    QAct: "qact", ZeroInsert: "zero_insert",
+    nn.Conv2d: "conv", nn.Linear: "linear", _BatchNorm: "bn",
+    nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardtanh: "hardtanh",
+    nn.Hardswish: "lut", nn.Hardsigmoid: "lut", nn.SiLU: "lut", nn.Sigmoid: "lut", nn.Tanh: "lut",
+    nn.GELU: "lut", nn.ELU: "lut", nn.LeakyReLU: "lut", nn.Mish: "lut",
+    nn.Softmax: "softmax", nn.LogSoftmax: "softmax",
+    nn.MaxPool2d: "maxpool", nn.AdaptiveMaxPool2d: "maxpool", nn.AvgPool2d: "avgpool",
+    nn.AdaptiveAvgPool2d: "adaptive_avgpool", nn.Flatten: "flatten",
+    nn.ZeroPad2d: "pad", nn.ConstantPad2d: "pad", nn.PixelShuffle: "pixel_shuffle", nn.Upsample: "upsample",
+    nn.Identity: "identity", nn.Dropout: "identity", nn.Dropout1d: "identity", nn.Dropout2d: "identity",
+    nn.AlphaDropout: "identity", nn.FeatureAlphaDropout: "identity",
+}
+FUNCTION_KINDS: dict[str, str] = {
+    "relu": "relu", "relu_": "relu", "relu6": "relu6", "hardtanh": "hardtanh", "hardtanh_": "hardtanh",
+    "hardswish": "lut", "hardsigmoid": "lut", "silu": "lut", "sigmoid": "lut", "tanh": "lut", "gelu": "lut",
+    "elu": "lut", "leaky_relu": "lut", "mish": "lut", "softmax": "softmax", "log_softmax": "softmax",
+    "max_pool2d": "maxpool", "_max_pool2d": "maxpool", "max_pool2d_with_indices": "maxpool",
+    "adaptive_max_pool2d": "maxpool", "avg_pool2d": "avgpool", "adaptive_avg_pool2d": "adaptive_avgpool",
+    "mean": "mean", "flatten": "flatten", "reshape": "reshape", "add": "add", "iadd": "add",
+    "cat": "cat", "concat": "cat", "concatenate": "cat", "pad": "pad", "pixel_shuffle": "pixel_shuffle",
+    "interpolate": "upsample", "upsample": "upsample", "unsqueeze": "unsqueeze", "squeeze": "squeeze",
+    "dropout": "identity", "dropout1d": "identity", "dropout2d": "identity", "feature_dropout": "identity",
+    "alpha_dropout": "identity", "contiguous": "identity", "clone": "identity", "detach": "identity",
+    "conv1d": "float_compute", "conv2d": "float_compute", "conv3d": "float_compute",
+    "conv_transpose1d": "float_compute", "conv_transpose2d": "float_compute", "linear": "float_compute",
+    "matmul": "float_compute", "bilinear": "float_compute",
+}
+METHOD_KINDS: dict[str, str] = {
+    "relu": "relu", "relu_": "relu", "sigmoid": "lut", "tanh": "lut", "flatten": "flatten", "add": "add",
+    "add_": "add", "mean": "mean", "view": "reshape", "reshape": "reshape", "unsqueeze": "unsqueeze",
+    "squeeze": "squeeze", "contiguous": "identity", "clone": "identity", "detach": "identity", "size": "size",
+    "dim": "size",
+}
+_OPERATOR_KINDS: dict[Callable[..., Any], str] = {operator.add: "add", operator.iadd: "add",
+                                                  operator.getitem: "getitem"}
+
+
+def module_kind(m: nn.Module) -> str:
+    """The kind of a module call: the first class of its hierarchy in :data:`MODULE_KINDS`."""
+    for cls in type(m).__mro__:
+        kind = MODULE_KINDS.get(cls)
+        if kind is not None:
+            return kind
+    return "float_compute" if isinstance(m, COMPUTE_TYPES) else "unsupported"
+
+
+def function_kind(target: Any) -> str:
+    if target in _OPERATOR_KINDS:
+        return _OPERATOR_KINDS[target]
+    name = getattr(target, "__name__", str(target))
+    return FUNCTION_KINDS.get(name, FUNCTION_KINDS.get(name.strip("_"), "unsupported"))
+
+
+def method_kind(target: str) -> str:
+    return METHOD_KINDS.get(target, METHOD_KINDS.get(target.strip("_"), "unsupported"))
+
+
+# ------------------------------------------------------------------------------------------ tracing
+def _is_leaf_type(m: nn.Module) -> bool:
+    """A module the op table knows (along its class hierarchy) or a compute module: called whole."""
+    return isinstance(m, COMPUTE_TYPES) or any(cls in MODULE_KINDS for cls in type(m).__mro__)
+
+
+class Tracer(fx.Tracer):
+    """The one FX tracer: compute modules, BatchNorm, mixq modules and ``torch.nn`` modules are leaves."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if _is_leaf_type(m):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+class _ShapeProp(fx.Interpreter):
+    """One forward with inference semantics, recording each node's output shape in ``meta["shape"]``
+    (a tuple with the batch dimension; a list of them for multi-output nodes; absent for non-tensors)."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor):
+            n.meta["shape"] = tuple(int(s) for s in result.shape)
+        elif isinstance(result, (tuple, list)) and any(isinstance(r, torch.Tensor) for r in result):
+            n.meta["shape"] = [tuple(int(s) for s in r.shape) if isinstance(r, torch.Tensor) else None
+                               for r in result]
+        else:
+            n.meta.pop("shape", None)
+        return result
+
+    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+        m = self.fetch_attr(target)
+        if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.FeatureAlphaDropout)):
+            return args[0]
+        if isinstance(m, _BatchNorm) and type(m).forward is _BatchNorm.forward:
+            stats = m.running_mean is not None and m.running_var is not None
+            return F.batch_norm(args[0], m.running_mean, m.running_var, m.weight, m.bias,
+                                training=not stats, momentum=0.0, eps=m.eps)
+        return super().call_module(target, args, kwargs)
+
+
+def trace(model: nn.Module, example: torch.Tensor | None = None, *, stage: str = "capture") -> fx.GraphModule:
+    """``model`` as an FX graph sharing its modules; with ``example`` (a batch) every node's shape is
+    recorded (``meta["shape"]``) by one forward with inference semantics (BatchNorm on its running
+    statistics, no dropout, no gradient; the model itself is not changed). A model FX cannot trace,
+    or whose forward fails, is one :class:`ModelError` naming ``stage``."""
+    if isinstance(model, fx.GraphModule) and example is None:
+        return model
+    try:
+        gm = model if isinstance(model, fx.GraphModule) else fx.GraphModule(model, Tracer().trace(model))
+    except Exception as exc:  # FX raises many types (TraceError, TypeError, NotImplementedError ...)
+        raise ModelError(f"{stage}: torch.fx cannot trace {type(model).__name__} ({str(exc).splitlines()[0]}); "
+                         "export it with torch.onnx.export and pass the .onnx file instead") from exc
+    if example is not None:
+        with torch.no_grad():
+            try:
+                _ShapeProp(gm).run(example)
+            except Exception as exc:
+                raise ModelError(f"{stage}: forward of {type(model).__name__} on an input of shape "
+                                 f"{tuple(example.shape)} failed: {str(exc).splitlines()[0]}") from exc
+    return gm
+
+
+# ------------------------------------------------------------------------------------------ classification
+@dataclass(frozen=True)
+class NodeOp:
+    """A classified node: ``kind`` (a key of :data:`KINDS`), readable ``name``, the ``type`` named in
+    messages, and the called module (``None`` for functions and methods)."""
+
+    kind: str
+    name: str
+    type: str
+    module: nn.Module | None
+
+    @property
+    def stages(self) -> frozenset[str]:
+        return KINDS[self.kind].stages if self.kind in KINDS else frozenset()
+
+
+def node_ops(gm: fx.GraphModule) -> dict[fx.Node, NodeOp]:
+    """Every ``call_*`` and ``get_attr`` node with its kind and name (see the module docstring)."""
+    calls: Counter[str] = Counter()
+    out: dict[fx.Node, NodeOp] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            target = str(node.target)
+            mod = gm.get_submodule(target)
+            k = calls[target]
+            calls[target] += 1
+            out[node] = NodeOp(module_kind(mod), target if k == 0 else f"{target}:{k}", type(mod).__name__, mod)
+        elif node.op == "call_function":
+            fname = getattr(node.target, "__name__", str(node.target))
+            out[node] = NodeOp(function_kind(node.target), node.name, fname, None)
+        elif node.op == "call_method":
+            out[node] = NodeOp(method_kind(str(node.target)), node.name, f"Tensor.{node.target}", None)
+        elif node.op == "get_attr":
+            out[node] = NodeOp("constant", str(node.target), "tensor constant", None)
+    return out
+
+
+def unsupported(ops: dict[fx.Node, NodeOp], stage: str) -> list[NodeOp]:
+    """The nodes (in graph order) whose kind ``stage`` does not support."""
+    return [op for op in ops.values() if op.kind not in ("constant", "getitem") and stage not in op.stages]
+
+
+def support(op: NodeOp) -> str:
+    """One word per stage for a node: ``ok`` when every stage supports it, else the stages that don't."""
+    missing = [s for s in STAGES if s not in op.stages]
+    if not missing or op.kind in ("constant", "getitem"):
+        return "ok"
+    return "no " + "/".join(missing)
+
+
+# ------------------------------------------------------------------------------------------ node helpers
+def shape_of(node: fx.Node) -> tuple[int, ...]:
+    """Per-sample shape (batch dimension dropped) recorded by :func:`trace` with an example."""
+    shape = node.meta.get("shape")
+    if not isinstance(shape, tuple):
+        raise ModelError(f"layer {node.name!r}: no tensor shape recorded (not a tensor op?)")
+    return shape[1:]
+
+
+def fn_args(node: fx.Node, names: tuple[str, ...], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Positional and keyword arguments of a call node by parameter name (``names`` in order)."""
+    out = dict(defaults)
+    for n, a in zip(names, node.args, strict=False):
+        out[n] = a
+    out.update(node.kwargs)
+    return out
+
+
+def tensor_args(node: fx.Node) -> list[fx.Node]:
+    """The node's tensor operands (FX nodes among its positional args, flattening lists)."""
+    found: list[fx.Node] = []
+    for a in node.args:
+        if isinstance(a, fx.Node):
+            found.append(a)
+        elif isinstance(a, list | tuple):
+            found.extend(x for x in a if isinstance(x, fx.Node))
+    return found
