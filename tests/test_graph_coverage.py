@@ -1,7 +1,7 @@
 """Which compute layers mixq quantizes, which it refuses by name, and the explicit float opt-in.
 
 Real modules throughout: Conv2d subclasses as published code writes them (a plain subclass, a
-TF-"same"-padding wrapper), Conv1d / ConvTranspose2d models, a functional conv on a parameter,
+TF-"same"-padding wrapper), a Conv3d model, a functional conv on a parameter,
 and the zoo models (whose plans must not change).
 """
 
@@ -147,33 +147,24 @@ def test_custom_forward_subclass_is_refused() -> None:
             call()
 
 
-def _conv1d_net() -> nn.Module:
+def _conv3d_net() -> nn.Module:
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.stem = nn.Conv2d(3, 8, 3, padding=1)
-            self.seq = nn.Conv1d(8, 8, 3, padding=1)
+            self.seq = nn.Conv3d(8, 8, (1, 3, 3), padding=(0, 1, 1))
             self.fc = nn.Linear(8, 10)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             y = F.relu(self.stem(x))
-            b, c, h, w = y.shape
-            y = F.relu(self.seq(y.reshape(b, c, h * w)))
-            return self.fc(y.mean(dim=2))
+            y = F.relu(self.seq(y.unsqueeze(2))).squeeze(2)
+            return self.fc(y.mean(dim=(2, 3)))
 
     torch.manual_seed(0)
     return Net().eval()
 
 
-def _deconv_net() -> nn.Module:
-    torch.manual_seed(0)
-    blocks = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                           nn.ConvTranspose2d(8, 8, 2, stride=2), nn.ReLU())
-    return nn.Sequential(blocks, *_head(8)).eval()
-
-
-@pytest.mark.parametrize(("make", "name", "tname"), [(_conv1d_net, "seq", "Conv1d"),
-                                                      (_deconv_net, "0.2", "ConvTranspose2d")])
+@pytest.mark.parametrize(("make", "name", "tname"), [(_conv3d_net, "seq", "Conv3d")])
 def test_unsupported_compute_modules_are_refused_then_allowed(make: object, name: str, tname: str) -> None:
     model = make()  # type: ignore[operator]
     x = _data(16)

@@ -23,6 +23,7 @@ from mixq.data.sources import as_batch, iter_batches
 from mixq.errors import DataError, MixqError
 from mixq.formats import FixedPoint, NumberFormat
 from mixq.graph import ops
+from mixq.graph.normalize import normalize
 from mixq.graph.ops import batches, signed_input_layers
 from mixq.graph.registry import coverage
 from mixq.nn import QConv2d, QLinear
@@ -37,7 +38,8 @@ A8 = FixedPoint(bits=8, signed=False, narrow=False)
 
 def signed_inputs(model: nn.Module, sample: Any) -> set[str]:
     """Compute layers whose input takes negative values on ``sample`` (they need a signed activation format)."""
-    return signed_input_layers(model, as_batch(sample, "sample"))[1]
+    x = as_batch(sample, "sample")
+    return signed_input_layers(normalize(model, tuple(x.shape[1:])), x)[1]
 
 
 def quantize(model: nn.Module, plan: QuantPlan, calib: Any, batch_size: int = 256, fold: bool = True, *,
@@ -45,7 +47,7 @@ def quantize(model: nn.Module, plan: QuantPlan, calib: Any, batch_size: int = 25
     """Post-training quantization with the plan as written (:func:`mixq.graph.ops.quantize`) on the
     calibration data ``calib`` (any data :func:`mixq.data.sources.as_batch` takes).
 
-    A compute layer mixq cannot quantize (:mod:`mixq.graph.registry`: Conv1d, ConvTranspose2d, a
+    A compute layer mixq cannot quantize (:mod:`mixq.graph.registry`: Conv3d, ConvTranspose3d, a
     Conv2d subclass with a forward it cannot reproduce, ``F.conv2d`` on a parameter ...) raises a
     one-line :class:`~mixq.errors.ModelError` naming it, unless ``allow_float`` (``True`` or layer
     names) or the plan's ``meta["float_layers"]`` accepts leaving it in float."""
@@ -87,6 +89,7 @@ def default_plan(model_name: str, model: nn.Module, sample: Any,
     accepts leaving it in float — the plan then lists it in ``meta["float_layers"]`` with the reason.
     """
     sample = as_batch(sample, "sample")
+    model = normalize(model, tuple(sample.shape[1:]))
     cov = coverage(model, sample)
     floats = cov.accept("default_plan", allow_float)
     names = list(cov.layers)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mixq.graph.normalize import normalize
 from mixq.graph.swap import set_submodule
 from mixq.graph.trace import trace
 
@@ -93,9 +94,11 @@ def fold_bn(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> nn.
 
     Folded BNs become ``nn.Identity``; BNs that cannot be folded safely are
     kept (see the module docstring). The copy keeps the input's train/eval
-    mode; the input model is not changed. ``input_shape`` (without batch) is
-    only needed for models FX cannot trace.
+    mode; the input model is not changed. Conv1d / BatchNorm1d pairs are folded as the 2-D layers
+    :func:`mixq.graph.normalize.normalize` writes them as. ``input_shape`` (without batch) records
+    the shapes, so a BatchNorm1d is folded only where it normalises (N, F) features or a 1-D signal.
     """
+    model = normalize(model, input_shape)
     pairs = foldable_pairs(model, input_shape)
     out = copy.deepcopy(model)
     for layer_name, bn_name in pairs:

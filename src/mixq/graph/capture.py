@@ -37,6 +37,7 @@ import torch
 from torch import fx, nn
 
 from mixq.errors import ModelError
+from mixq.graph.normalize import normalize
 from mixq.graph.registry import COMPUTE_FUNCTIONS, UNDESCRIBED_FUNCTIONS, classify
 from mixq.graph.spec import LayerSpec
 from mixq.graph.trace import KINDS, NodeOp, node_ops, support, trace
@@ -143,6 +144,9 @@ def _spec_fields(ev: _Event) -> dict[str, Any]:
             bias = ev.args[2] if len(ev.args) > 2 else ev.kwargs.get("bias")
             f["bias"] = bias is not None
             f["params"] = fin * fout + (fout if f["bias"] else 0)
+    elif ev.kind == "upsample":
+        mode = getattr(m, "mode", None) if m is not None else ev.kwargs.get("mode", "nearest")
+        f["extra"] = {"mode": "bilinear" if mode in ("bilinear", "linear") else str(mode)}
     elif ev.kind in ("maxpool", "avgpool", "gap") and len(ins) == 4 and len(out) == 4:
         if m is not None:
             k, s, pad = getattr(m, "kernel_size", None), getattr(m, "stride", None), getattr(m, "padding", 0)
@@ -262,7 +266,9 @@ def _capture(gm: fx.GraphModule) -> list[_Event]:
 def capture(model: nn.Module, input_shape: tuple[int, ...], *, allow_float: bool = False) -> list[LayerSpec]:
     """The model's layers as :class:`LayerSpec` in forward order, for one input of shape ``input_shape``.
 
-    ``input_shape`` excludes the batch dimension, e.g. ``(3, 224, 224)``. The model is traced by the
+    ``input_shape`` excludes the batch dimension, e.g. ``(3, 224, 224)``. Conv1d and ConvTranspose2d
+    layers are captured as the 2-D convolutions mixq runs them as (:mod:`mixq.graph.normalize`). The
+    model is traced by the
     one front end (:func:`mixq.graph.trace.trace`); a model torch.fx cannot trace, or a failing
     forward, raises :class:`ModelError`. The model is not changed. Each spec's ``extra["support"]``
     says which stages support it (``ok``, or ``no engine/export`` ...; :func:`mixq.graph.trace.support`).
@@ -280,7 +286,7 @@ def capture(model: nn.Module, input_shape: tuple[int, ...], *, allow_float: bool
     gen = torch.Generator().manual_seed(0)
     p = next(model.parameters(), None)
     x = torch.rand((1, *input_shape), generator=gen).to(p.device if p is not None else "cpu")
-    gm = trace(model, x, stage="capture")
+    gm = trace(normalize(model, tuple(input_shape)), x, stage="capture")
     events = _capture(gm)
     specs = _to_specs(events)
     for ev, spec in zip(events, specs, strict=True):

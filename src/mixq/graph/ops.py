@@ -20,6 +20,7 @@ from torch import nn
 from mixq.errors import MixqError
 from mixq.graph.bnfold import fold_bn
 from mixq.graph.convert import calibrate, to_quantized
+from mixq.graph.normalize import normalize
 from mixq.graph.registry import QUANTIZABLE
 from mixq.plan import QuantPlan
 
@@ -81,9 +82,11 @@ def quantize(model: nn.Module, plan: QuantPlan, calib: torch.Tensor, batch_size:
     A compute layer that would stay in float raises :class:`~mixq.errors.ModelError` naming it unless
     ``allow_float`` (``True`` or layer names) or the plan's ``meta["float_layers"]`` accepts it
     (:func:`mixq.graph.convert.to_quantized`, checked on the first calibration inputs). The input
-    model is not modified.
+    model is not modified. Conv1d / ConvTranspose2d layers are first written as 2-D convolutions
+    (:func:`mixq.graph.normalize.normalize`).
     """
-    m = fold_bn(model) if fold else model
+    m = normalize(model, tuple(calib.shape[1:]))
+    m = fold_bn(m) if fold else m
     q = to_quantized(m, plan, sample=calib[:2], allow_float=allow_float)
     calibrate(q, batches(calib, batch_size))
     q.eval()

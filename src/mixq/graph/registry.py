@@ -11,8 +11,11 @@ type                                 handling
 ===================================  ================================================================
 ``nn.Conv2d``                        quantized (``QConv2d``)
 ``nn.Linear``                        quantized (``QLinear``)
-``nn.Conv1d`` / ``nn.Conv3d``        not supported yet
-``nn.ConvTranspose1d/2d/3d``         not supported yet
+``nn.Conv1d``, ``nn.ConvTranspose2d`` quantized as the Conv2d :mod:`mixq.graph.normalize` writes
+                                     them as (capture, fold_bn, default_plan and quantize normalize
+                                     first); refused when met un-normalized
+``nn.Conv3d``                        not supported yet
+``nn.ConvTranspose1d/3d``            not supported yet
 ``nn.Bilinear``                      not supported yet
 ``nn.MultiheadAttention``            not supported yet (its projections are used as tensors)
 ``nn.RNNBase`` (RNN / LSTM / GRU)    not supported yet
@@ -55,10 +58,10 @@ from mixq.nn import QConv2d, QLinear
 COMPUTE_MODULES: dict[type[nn.Module], str | None] = {
     nn.Conv2d: None,
     nn.Linear: None,
-    nn.Conv1d: "no quantized 1-D convolution",
+    nn.Conv1d: "not normalized: mixq.graph.normalize writes it as a 1xk Conv2d",
     nn.Conv3d: "no quantized 3-D convolution",
     nn.ConvTranspose1d: "no quantized transposed convolution",
-    nn.ConvTranspose2d: "no quantized transposed convolution",
+    nn.ConvTranspose2d: "not normalized: mixq.graph.normalize writes it as zero insertion + Conv2d",
     nn.ConvTranspose3d: "no quantized transposed convolution",
     nn.Bilinear: "no quantized bilinear product",
     nn.MultiheadAttention: "its projections are applied as tensors, not as Linear layers",

@@ -19,10 +19,12 @@ from typing import Any
 #   maxpool / avgpool / gap (global average pool)
 #   relu / relu6 / act (other activation)
 #   flatten
+#   pad / zero_insert / pixel_shuffle / upsample   data movement (zero padding, the zeros of a
+#             transposed conv written as a conv, subpixel reshape, nearest or bilinear upsampling)
 #   input     the graph input
 LAYER_KINDS = (
     "input", "conv", "dwconv", "linear", "add", "concat", "maxpool", "avgpool", "gap",
-    "relu", "relu6", "act", "flatten", "bn", "other",
+    "relu", "relu6", "act", "flatten", "bn", "pad", "zero_insert", "pixel_shuffle", "upsample", "other",
 )
 
 # Kinds whose weights are quantized and that need multiply-accumulate hardware.

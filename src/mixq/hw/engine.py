@@ -242,13 +242,25 @@ def compute_engine(layer: HwLayer, pe: int, simd: int, part: Part, model: CostMo
     return EngineCost(cycles, Resources.total(detail.values()), pe, simd, tuple(eff_split), detail)
 
 
+_MOVERS = ("upsample", "zero_insert", "pad", "pixel_shuffle")
+
+
 def stream_elements(layer: HwLayer) -> int:
-    shape = layer.spec.in_shape if layer.spec.kind != "add" else layer.spec.out_shape
+    """Elements a stream operator handles per frame: its output for adds, concats and the data-movement
+    ops (which write more than they read), its input otherwise."""
+    kind = layer.spec.kind
+    shape = layer.spec.out_shape if kind in ("add", "concat", *_MOVERS) else layer.spec.in_shape
     return math.prod(shape) if shape else 1
 
 
 def stream_engine(layer: HwLayer, lanes: int, part: Part, model: CostModel, opts: ArchOptions) -> EngineCost:
-    """A residual add or pooling operator with ``lanes`` elements per cycle."""
+    """A stream operator (:data:`mixq.hw.lower.STREAM_KINDS`) with ``lanes`` elements per cycle.
+
+    Residual add: an adder per lane and the skip FIFO; concat: the skip FIFO and a select per lane;
+    max pool: a comparator tree and a line buffer; average pool / GAP: an accumulator per lane;
+    lookup-table activation: a ``2**abits``-entry ROM per lane (output at the next layer's width);
+    upsample / zero insertion / padding / pixel shuffle: a buffer of one input row (all channels),
+    which the output rows are read from (bilinear upsampling adds a 4-input adder tree per lane)."""
     s = layer.spec
     lanes = max(1, lanes)
     cycles = math.ceil(stream_elements(layer) / lanes)
@@ -262,6 +274,20 @@ def stream_engine(layer: HwLayer, lanes: int, part: Part, model: CostModel, opts
         comp = model.pe(PeConfig("tree", abits=a, simd=n), part.dsp_type) * lanes
         lb = line_buffer_bits(layer)
         extra = _mem(lanes * a, math.ceil(lb / (lanes * a)), 1, part, model, "auto") if lb else Resources()
+    elif s.kind == "concat":
+        comp = Resources(lut=lanes * a)
+        bits = layer.fifo_bits
+        extra = _mem(lanes * a, math.ceil(bits / (lanes * a)), 1, part, model, "auto") if bits else Resources()
+    elif s.kind == "act":  # a lookup table; a clamp (Hardtanh) is folded into the requantizer
+        comp = Resources()
+        lut = s.extra.get("node_kind", "lut") == "lut"
+        extra = _mem(max(layer.out_bits, 1), 2 ** min(a, 16), lanes, part, model, "auto") if lut else Resources()
+    elif s.kind in _MOVERS:
+        bilinear = s.kind == "upsample" and s.extra.get("mode") == "bilinear"
+        comp = (model.pe(PeConfig("tree", abits=a + 4, simd=4), part.dsp_type) * lanes if bilinear
+                else Resources(lut=lanes * a))
+        row = (s.in_shape[0] * s.in_shape[-1] * a) if len(s.in_shape) == 3 else 0
+        extra = _mem(lanes * a, math.ceil(row / (lanes * a)), 1, part, model, "auto") if row else Resources()
     else:  # avgpool / gap: accumulate the window, then a shift/requant
         hw = math.prod(s.in_shape[1:]) if len(s.in_shape) == 3 else 1
         win = hw if s.kind == "gap" else s.kernel[0] * s.kernel[1]

@@ -28,6 +28,11 @@ from mixq.hw.pe import dsp_packing
 from mixq.plan.plan import HwMapping, LayerPlan, QuantPlan
 
 ASSUMED_BITS = 8
+# Stream operators between compute layers, each priced by `mixq.hw.engine.stream_engine`: residual add and
+# skip concat (with the skip FIFO), pooling, lookup-table activations, and the data-movement ops (nearest /
+# bilinear upsample, zero insertion of a transposed conv, explicit padding, pixel shuffle).
+STREAM_KINDS = ("add", "concat", "maxpool", "avgpool", "gap", "act", "upsample", "zero_insert", "pad",
+                "pixel_shuffle")
 _SHIFT_KINDS = {"sp2": "sp2", "pot": "pot", "focused": "pot", "ternary": "ternary"}
 
 
@@ -155,9 +160,9 @@ def lower(specs: list[LayerSpec], plan: QuantPlan, part: Part) -> list[HwLayer]:
             groups, note = _groups(s, lp, part, abits, signed)
             out.append(HwLayer(s, groups, abits, out_bits, lp.mapping if lp else HwMapping(), note))
             ci += 1
-        elif s.kind in ("add", "maxpool", "avgpool", "gap"):
+        elif s.kind in STREAM_KINDS:
             nxt = compute[ci].name if ci < len(compute) else None
             abits = act[nxt][0] if nxt else ASSUMED_BITS
-            fifo = _skip_fifo(specs, i, abits) if s.kind == "add" else 0
+            fifo = _skip_fifo(specs, i, abits) if s.kind in ("add", "concat") else 0
             out.append(HwLayer(s, (), abits, abits, HwMapping(), "", fifo))
     return out
