@@ -35,6 +35,7 @@ from torch import nn
 from mixq import progress, validate, zoo
 from mixq.errors import DataError, MixqError, ModelError
 from mixq.graph.bnfold import fold_bn
+from mixq.graph.normalize import normalize
 from mixq.graph.convert import act_quantizers, to_quantized
 from mixq.graph.swap import set_submodule
 from mixq.io import atomic_write_bytes, atomic_write_json
@@ -234,7 +235,7 @@ def build_model(ck: Checkpoint) -> nn.Module:
     with torch.random.fork_rng(devices=[]):  # the random inits (zoo model, swapped layers) leave the caller's RNG
         try:
             shape = source.shape()
-            net = replace(source, weights=None).load(pretrained=False)
+            net = normalize(replace(source, weights=None).load(pretrained=False), tuple(shape))
         except MixqError as e:
             raise type(e)(f"{ck.path}: {e}") from None
         try:

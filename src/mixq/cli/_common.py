@@ -166,6 +166,14 @@ def model_source(model: str, weights: str | None = None, input_shape: Any = None
     return src
 
 
+def load_model(src: Any, **kw: Any) -> Any:
+    """The float model of a :class:`ModelSource` (``kw``: ``ModelSource.load`` options) as every stage sees
+    it: Conv1d / ConvTranspose2d written as the 2-D convolutions mixq runs (:mod:`mixq.graph.normalize`)."""
+    from mixq.graph.normalize import normalize
+
+    return normalize(src.load(**kw), tuple(src.shape()))
+
+
 def resolve_source(model: str | None, from_: Path | None, weights: str | None = None, input_shape: Any = None,
                    ctx: Any = None) -> Any:
     """:func:`resolve_model` for the commands that take a builder: the :class:`ModelSource` of MODEL, or the

@@ -30,6 +30,7 @@ from mixq.cli._common import (
     emit,
     exclusive_with_from,
     formats,
+    load_model,
     out_dir,
     resolve_source,
     say,
@@ -111,7 +112,7 @@ def prepare(model: Any, plan_path: Path | None, weight: str, act: str, size: int
     src = model_source(model) if isinstance(model, str) else model
     fmts = formats(weight=weight, act=act)
     torch.manual_seed(0)
-    m = src.load(pretrained=True)
+    m = load_model(src, pretrained=True)
     folded = fold_bn(m.eval())
     x, calib = inputs(src, size, images)
     if plan_path is not None:

@@ -21,6 +21,7 @@ from mixq.cli._common import (
     formats,
     json_mode,
     load_checked_plan,
+    load_model,
     out_dir,
     real,
     resolve_source,
@@ -116,7 +117,7 @@ def register(app: typer.Typer) -> None:
         p = get_part(part)
         if clock_mhz is not None:
             p = p.with_(clock_mhz=clock_mhz)
-        specs = capture(src.load(pretrained=False), src.shape())
+        specs = capture(load_model(src, pretrained=False), src.shape())
         qplan = _plan_for(name, specs, plan, weight, act, from_)
         est = hw_estimate(specs, qplan, p, arch, parts=parts, fold=fold, target_fps=target_fps,
                           options=ArchOptions(link_gbps=link_gbps, ddr_weights="auto" if ddr_weights else "never"))

@@ -15,6 +15,7 @@ from mixq.cli._common import (
     choice,
     count,
     emit,
+    load_model,
     model_source,
     out_dir,
     out_option,
@@ -95,7 +96,7 @@ def register(app: typer.Typer) -> None:
         from mixq.graph.capture import capture, summary_table
         from mixq.io import atomic_write_json
 
-        specs = capture(src.load(pretrained=False), src.shape())
+        specs = capture(load_model(src, pretrained=False), src.shape())
         layers = [s.to_dict() for s in specs]
         atomic_write_json(folder / "layers.json", layers)
         emit({"model": src.name, "source": src.spec, "layers": layers, "macs": sum(s.macs for s in specs)},

@@ -27,7 +27,18 @@ from typing import Any
 
 import typer
 
-from mixq.cli._common import INPUT_SHAPE, MODEL_HELP, WEIGHTS, choice, count, emit, model_source, out_dir, real
+from mixq.cli._common import (
+    INPUT_SHAPE,
+    MODEL_HELP,
+    WEIGHTS,
+    choice,
+    count,
+    emit,
+    load_model,
+    model_source,
+    out_dir,
+    real,
+)
 from mixq.errors import OptionError
 
 RECIPES = ("minmax", "dfq", "dfq_empirical", "adaround", "gptq", "datafree")
@@ -142,7 +153,7 @@ def register(app: typer.Typer) -> None:
             raise OptionError(f"--{ {'size': 'input-size'}.get(field, field)}:{rest}") from None
         if pre.channels != shape[0]:
             raise OptionError(f"--{'grayscale' if gray else 'rgb'}: {model} takes {shape[0]}-channel input")
-        net = src.load(pretrained=pretrained, fallback=False)
+        net = load_model(src, pretrained=pretrained, fallback=False)
         if calib == "auto":  # the model's own kind of data: gray Fashion-MNIST or ImageNet-style photos
             calib = "shipped" if pre.channels == 1 else "photos"
         data = load_source(calib, pre, images, "--calib").x

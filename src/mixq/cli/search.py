@@ -4,16 +4,60 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from mixq.cli._common import choice, count, emit, out_dir, real
+from mixq.cli._common import FROM, choice, count, emit, out_dir, real
 
 TASKS = ("cnv", "mobilenet_v2")
 
 
+def artifact_task(folder: Path, calib_images: int, eval_images: int, eval_source: str | None) -> tuple[Any, ...]:
+    """``(name, float model, calibration images, eval_fn)`` of a `mixq quantize` artifact: its model source
+    (real weights), its calibration source and preprocessing as recorded; the figure is top-1 on
+    ``eval_source`` (or the artifact's ``--eval``) when that has labels, else argmax agreement with the float
+    model on images of the calibration source that calibration does not use."""
+    from mixq.algorithms.search.evaluate import AccuracyEval, AgreementEval
+    from mixq.artifact import read_checkpoint
+    from mixq.cli._common import load_model
+    from mixq.cli.quantize import load_source
+    from mixq.data.sources import Preprocess
+    from mixq.errors import DataError
+    from mixq.zoo.source import ModelSource
+
+    ck = read_checkpoint(folder)
+    summary_file = Path(folder) / "summary.json"
+    try:
+        summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise DataError(f"{summary_file}: not valid JSON ({e})") from None
+    src = ck.source if ck.source is not None else ModelSource(ck.model_name)
+    net = load_model(src, pretrained=bool(summary.get("pretrained", True)), fallback=False)
+    cal = summary.get("calibration") or {}
+    pre_d = cal.get("preprocess")
+    shape = tuple(src.shape())
+    pre = Preprocess(**pre_d) if isinstance(pre_d, dict) else Preprocess.for_input(shape)  # type: ignore[arg-type]
+    source = str(cal.get("source") or ("shipped" if shape[0] == 1 else "photos"))
+    eval_source = eval_source or (summary.get("eval") or {}).get("source")
+    if eval_source is not None:
+        evalset = load_source(eval_source, pre, eval_images, "--eval")
+        calib = load_source(source, pre, calib_images, "--calib").x
+        if evalset.labelled:
+            return ck.model_name, net, calib, AccuracyEval(evalset.x, evalset.y)
+        return ck.model_name, net, calib, AgreementEval.of(net, evalset.x)
+    both = load_source(source, pre, calib_images + eval_images, "--calib").x
+    if len(both) <= calib_images:
+        raise DataError(f"--from {folder}: calibration source {source!r} has {len(both)} images, none left to "
+                        f"judge the plans on; lower --calib-images or give --eval")
+    return ck.model_name, net, both[:calib_images], AgreementEval.of(net, both[calib_images:])
+
+
 def search_cmd(
-    model: str = typer.Argument(..., help="bundled model: cnv or mobilenet_v2"),
+    model: str | None = typer.Argument(None, help="bundled model: cnv or mobilenet_v2 (or --from ARTIFACT)"),
+    from_: Path | None = FROM,
+    eval_source: str | None = typer.Option(None, "--eval", help="with --from: images to judge plans on (labelled: "
+                                           "top-1; else argmax agreement with the float model)"),
     part: str = typer.Option("xc7z020", help="FPGA part"),
     target_fps: float | None = real(None, "frames/s to reach (most accurate plan that does)", 0.0, 1e12,
                                     "--target-fps"),
@@ -30,24 +74,35 @@ def search_cmd(
     cache_dir: Path = typer.Option(Path.home() / ".cache" / "mixq" / "search", help="sensitivity cache"),
     pretrained: bool = typer.Option(True, help="load the zoo's trained weights"),
 ) -> None:
-    """Search per-layer bits, scheme (SP2 ratio) and folding for MODEL on PART; write the plan and Pareto front.
+    """Search per-layer bits, scheme (SP2 ratio) and folding for MODEL (or a quantize --from ARTIFACT's model,
+    data and preprocessing) on PART; write the plan and Pareto front.
 
     Exits 3 when no plan meets the constraint (--target-fps unreachable, or none within --max-drop).
     """
+    from mixq.cli._common import exclusive_with_from, resolve_model
     from mixq.errors import OptionError
 
-    if model not in TASKS:
-        raise OptionError(f"search: model {model!r} has no bundled search task (one of {', '.join(TASKS)})")
+    resolve_model(model, from_, check=False)
+    exclusive_with_from(from_, pretrained=not pretrained)
+    if from_ is None and model not in TASKS:
+        raise OptionError(f"search: model {model!r} has no bundled search task (one of {', '.join(TASKS)}); "
+                          "quantize it first and give --from ARTIFACT")
+    if eval_source is not None and from_ is None:
+        raise OptionError("search: --eval goes with --from ARTIFACT (the bundled tasks bring their own data)")
     if target_fps is not None and max_drop is not None:
         raise OptionError("search: give --target-fps or --max-drop, not both")
-    folder = out_dir(out, "search", model)
+    folder = out_dir(out, "search", model or Path(str(from_)).name)
     from mixq.algorithms.search import SearchConfig, SensitivityConfig, search_plan
     from mixq.algorithms.search.output import write_outputs
     from mixq.algorithms.search.tasks import bundled_task
     from mixq.hw import get_part
 
     get_part(part)
-    m, calib, eval_fn = bundled_task(model, pretrained, calib_images, eval_images)
+    if from_ is not None:
+        model, m, calib, eval_fn = artifact_task(from_, calib_images, eval_images, eval_source)
+    else:
+        assert model is not None
+        m, calib, eval_fn = bundled_task(model, pretrained, calib_images, eval_images)
     cfg = SearchConfig(sensitivity=SensitivityConfig(method=method), points=points, executor=executor,
                        workers=workers, cache_dir=str(cache_dir))
     res = search_plan(model, m, calib, eval_fn, part, target_fps=target_fps, max_drop=max_drop, cfg=cfg)

@@ -311,17 +311,21 @@ def _float_reason(ev: _Event) -> str | None:
 
 
 def summary_table(specs: list[LayerSpec]) -> str:
-    """A fixed-width text table of the specs (name, kind, shapes, kernel/stride, params, MACs, producers)."""
-    header = ("name", "kind", "in", "out", "k/s/g", "params", "MACs", "inputs")
+    """A fixed-width text table of the specs (name, kind, shapes, kernel/stride, params, MACs, producers, and
+    the stages that do not support a node)."""
+    header = ("name", "kind", "in", "out", "k/s/g", "params", "MACs", "inputs", "support")
     rows = [header]
     for s in specs:
         ksg = f"{s.kernel[0]}x{s.kernel[1]}/{s.stride[0]}/{s.groups}" if s.kind in ("conv", "dwconv") else ""
         rows.append((
             s.name, s.kind, "x".join(map(str, s.in_shape)), "x".join(map(str, s.out_shape)), ksg,
             f"{s.params:,}" if s.params else "", f"{s.macs:,}" if s.macs else "", ",".join(s.inputs),
+            "" if s.kind == "input" else str(s.extra.get("support", "ok")),
         ))
     total_p, total_m = sum(s.params for s in specs), sum(s.macs for s in specs)
-    rows.append(("total", f"{len(specs)} nodes", "", "", "", f"{total_p:,}", f"{total_m:,}", ""))
+    bad = sum(1 for s in specs[1:] if s.extra.get("support", "ok") != "ok")
+    rows.append(("total", f"{len(specs)} nodes", "", "", "", f"{total_p:,}", f"{total_m:,}", "",
+                 f"{bad} unsupported" if bad else "all ok"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     right = {5, 6}
 
