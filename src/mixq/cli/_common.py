@@ -131,7 +131,7 @@ def resume_hint() -> str | None:
 
 # ---------------------------------------------------------------- inputs
 
-def _shape(value: str | None) -> tuple[int, int, int] | None:
+def _shape(value: str | None) -> tuple[int, ...] | None:
     """``--input-shape C,H,W`` checked at parse time (a bad value is a usage error)."""
     if value is None:
         return None
@@ -152,8 +152,8 @@ INPUT_SHAPE = typer.Option(None, "--input-shape", help="input shape C,H,W of a b
                                                        "(default: its input_shape attribute; zoo models know theirs)",
                            callback=_shape)
 #: The MODEL argument's help where a builder is accepted.
-MODEL_HELP = ("zoo model name (cnv, resnet18, mobilenet_v2, ...), or a builder FILE.py:FUNCTION or "
-              "package.module:FUNCTION")
+MODEL_HELP = ("zoo model name (cnv, resnet18, mobilenet_v2, ...), a model file (.onnx, TorchScript .pt/.ts, "
+              "torch.export .pt2), or a builder FILE.py:FUNCTION or package.module:FUNCTION")
 
 
 def model_source(model: str, weights: str | None = None, input_shape: Any = None) -> Any:

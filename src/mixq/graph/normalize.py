@@ -5,7 +5,7 @@
 
 * a ``Conv1d`` at ``name`` is a ``Conv2d`` at the same ``name`` with a ``1 x k`` kernel (weights
   ``w[:, :, None, :]``), between ``unsqueeze(2)`` and ``squeeze(2)``; a ``BatchNorm1d`` on a
-  ``(N, C, L)`` tensor, ``MaxPool1d``, ``AvgPool1d`` and ``AdaptiveAvgPool1d`` become their 2-D
+  ``(N, C, L)`` tensor, ``MaxPool1d``, ``AvgPool1d``, ``AdaptiveAvgPool1d`` and zero ``ConstantPad1d`` become their 2-D
   forms the same way. The squeezes are then moved past elementwise ops, adds, channel concats and
   flattens and cancelled, so a chain of 1-D layers is one chain of ``1 x k`` 2-D layers;
 * a ``ConvTranspose2d`` at ``name`` (stride ``s``, padding ``p``, output padding ``op``, dilation
@@ -27,7 +27,7 @@ from mixq.errors import ModelError
 from mixq.graph.trace import node_ops, trace
 from mixq.nn import ZeroInsert
 
-_ONE_D = (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)
+_ONE_D = (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.ConstantPad1d)
 _SINK_KINDS = frozenset({"relu", "relu6", "hardtanh", "lut", "identity", "qact"})
 
 
@@ -65,6 +65,11 @@ def _pool2d_of_1d(m: nn.Module) -> nn.Module:
     if isinstance(m, nn.AvgPool1d):
         k, s, p = (_one(v) for v in (m.kernel_size, m.stride, m.padding))
         return nn.AvgPool2d((1, k), (1, s), (0, p), m.ceil_mode, m.count_include_pad)
+    if isinstance(m, nn.ConstantPad1d):
+        left, right = m.padding
+        if m.value != 0:
+            raise ModelError(f"normalize: {type(m).__name__} with value {m.value}; only zero padding is supported")
+        return nn.ZeroPad2d((int(left), int(right), 0, 0))
     assert isinstance(m, nn.AdaptiveAvgPool1d)
     size = _one(m.output_size)
     return nn.AdaptiveAvgPool2d((1, size))

@@ -11,15 +11,17 @@ type                                 handling
 ===================================  ================================================================
 ``nn.Conv2d``                        quantized (``QConv2d``)
 ``nn.Linear``                        quantized (``QLinear``)
-``nn.Conv1d``, ``nn.ConvTranspose2d`` quantized as the Conv2d :mod:`mixq.graph.normalize` writes
-                                     them as (capture, fold_bn, default_plan and quantize normalize
-                                     first); refused when met un-normalized
+``nn.Conv1d``                        quantized as the 1 x k Conv2d :mod:`mixq.graph.normalize` writes
+``nn.ConvTranspose2d``               quantized as the Conv2d after zero insertion that normalize writes
 ``nn.Conv3d``                        not supported yet
 ``nn.ConvTranspose1d/3d``            not supported yet
 ``nn.Bilinear``                      not supported yet
 ``nn.MultiheadAttention``            not supported yet (its projections are used as tensors)
 ``nn.RNNBase`` (RNN / LSTM / GRU)    not supported yet
 ===================================  ================================================================
+
+Capture, ``fold_bn``, ``default_plan`` and ``quantize`` normalize first; a Conv1d or ConvTranspose2d met
+un-normalized is refused like the unsupported types.
 
 A subclass of ``nn.Conv2d`` / ``nn.Linear`` is quantized like its base class when
 

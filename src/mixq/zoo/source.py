@@ -1,8 +1,12 @@
-"""Where a model comes from: a zoo name or a user's Python builder, with optional weights.
+"""Where a model comes from: a zoo name, a model file or a user's Python builder, with optional weights.
 
     ModelSource("cnv")                                   # a zoo model (its real weights when it has them)
     ModelSource("nets/mynet.py:build", "w.pt", (3, 32, 32))   # a function in a file, called with no arguments
     ModelSource("mypkg.models:small_cnn")                # a function in an importable module
+    ModelSource("exported/net.onnx")                     # ONNX, TorchScript (.pt/.ts) or torch.export (.pt2)
+
+A model file is read by :func:`mixq.zoo.model_files.load_model_file` (every kind through the ONNX
+import); its input shape comes from the file (ONNX, .pt2) or ``input_shape`` (TorchScript).
 
 A builder is a function taking no arguments and returning an ``nn.Module``. Its input shape
 (C, H, W) is ``input_shape`` if given, else an ``input_shape`` attribute of the function or of its
@@ -17,6 +21,7 @@ builder file is recorded with its absolute path as well, so the artifact rebuild
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -36,12 +41,31 @@ from mixq.errors import MixqError, ModelError, OptionError
 __all__ = ["ModelSource", "parse_shape"]
 
 
+def _mtime(path: str) -> float:
+    try:
+        return Path(path).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@functools.lru_cache(maxsize=32)
+def _file_shape(path: str, mtime: float) -> tuple[int, ...]:
+    """The per-sample input shape a model file brings (read once per file version)."""
+    from mixq.zoo.model_files import load_model_file
+
+    shape = getattr(load_model_file(path), "input_shape", None)
+    if not shape:
+        raise OptionError(f"{path}: the file does not say its input shape; give --input-shape C,H,W")
+    return tuple(int(v) for v in shape)
+
+
 def _one_line(text: object, limit: int = 300) -> str:
     return " ".join(str(text).split())[:limit]
 
 
-def parse_shape(value: Any, name: str = "--input-shape") -> tuple[int, int, int]:
-    """``"C,H,W"`` (or ``CxHxW``, or a sequence of three integers) -> ``(C, H, W)``, each >= 1."""
+def parse_shape(value: Any, name: str = "--input-shape") -> tuple[int, ...]:
+    """``"C,H,W"`` (or ``CxHxW``, or a sequence of three integers) -> ``(C, H, W)``, each >= 1; a 1-D
+    signal model's ``C,L`` -> ``(C, L)``."""
     if isinstance(value, str):
         parts: list[Any] = value.replace("x", ",").replace("X", ",").split(",")
         try:
@@ -52,9 +76,10 @@ def parse_shape(value: Any, name: str = "--input-shape") -> tuple[int, int, int]
         vals = list(value) if all(isinstance(v, int) and not isinstance(v, bool) for v in value) else []
     else:
         vals = []
-    if len(vals) != 3 or min(vals) < 1:
-        raise OptionError(f"{name}: must be C,H,W with three integers >= 1, e.g. 3,32,32, got {value!r}")
-    return vals[0], vals[1], vals[2]
+    if len(vals) not in (2, 3) or min(vals) < 1:
+        raise OptionError(f"{name}: must be C,H,W with three integers >= 1, e.g. 3,32,32 (or C,L for a 1-D "
+                          f"signal), got {value!r}")
+    return tuple(int(v) for v in vals)
 
 
 @dataclass(frozen=True)
@@ -66,14 +91,16 @@ class ModelSource:
 
     spec: str
     weights: str | None = None
-    input_shape: tuple[int, int, int] | None = None
+    input_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.spec, str) or not self.spec.strip():
             raise ModelError(f"model {self.spec!r}: give a zoo model name, FILE.py:FUNCTION or package.module:FUNCTION")
         if self.input_shape is not None:
             object.__setattr__(self, "input_shape", parse_shape(self.input_shape))
-        if self.kind == "zoo":
+        if self.kind == "file":
+            pass  # read (and checked) by load / shape
+        elif self.kind == "zoo":
             from mixq import zoo
 
             if self.spec not in zoo.available():
@@ -89,21 +116,29 @@ class ModelSource:
     # ------------------------------------------------------------------ what it is
 
     @property
-    def kind(self) -> Literal["zoo", "builder"]:
+    def kind(self) -> Literal["zoo", "builder", "file"]:
+        from mixq.zoo.model_files import MODEL_FILE_SUFFIXES
+
+        if ":" not in self.spec and Path(self.spec).suffix.lower() in MODEL_FILE_SUFFIXES:
+            return "file"
         return "builder" if ":" in self.spec else "zoo"
 
     @property
     def name(self) -> str:
-        """The zoo name, or the builder function's name (plans, output folders)."""
+        """The zoo name, the model file's stem, or the builder function's name (plans, output folders)."""
+        if self.kind == "file":
+            return Path(self.spec).stem
         return self.spec if self.kind == "zoo" else self.spec.rpartition(":")[2]
 
     @property
     def function(self) -> str | None:
-        return None if self.kind == "zoo" else self.spec.rpartition(":")[2]
+        return self.spec.rpartition(":")[2] if self.kind == "builder" else None
 
     @property
     def file(self) -> Path | None:
-        """The builder's file (``FILE.py:FUNCTION``); None for a zoo name or a module."""
+        """The model file, or the builder's file (``FILE.py:FUNCTION``); None for a zoo name or a module."""
+        if self.kind == "file":
+            return Path(self.spec)
         if self.kind == "zoo":
             return None
         where = self.spec.rpartition(":")[0]
@@ -114,7 +149,7 @@ class ModelSource:
     @property
     def module(self) -> str | None:
         """The builder's module (``package.module:FUNCTION``); None otherwise."""
-        if self.kind == "zoo" or self.file is not None:
+        if self.kind != "builder" or self.file is not None:
             return None
         return self.spec.rpartition(":")[0]
 
@@ -174,10 +209,13 @@ class ModelSource:
 
     # ------------------------------------------------------------------ shape and model
 
-    def shape(self) -> tuple[int, int, int]:
-        """The input shape (C, H, W): given, the zoo's, or the builder's ``input_shape`` attribute."""
+    def shape(self) -> tuple[int, ...]:
+        """The input shape (C, H, W): given, the zoo's, the model file's, or the builder's ``input_shape``
+        attribute."""
         if self.input_shape is not None:
             return self.input_shape
+        if self.kind == "file":
+            return _file_shape(str(Path(self.spec).resolve()), _mtime(self.spec))
         if self.kind == "zoo":
             from mixq import zoo
 
@@ -197,10 +235,14 @@ class ModelSource:
         """Build the model (eval mode): the zoo model (its real weights when ``pretrained`` and it has them;
         without them a random init, or with ``fallback=False`` a :class:`ModelError`) or the builder's;
         then ``weights`` strictly; every value checked."""
-        if self.kind == "zoo":
+        model: Any = None
+        if self.kind == "file":
+            from mixq.zoo.model_files import load_model_file
+
+            model = load_model_file(self.spec, self.input_shape)
+        elif self.kind == "zoo":
             from mixq import zoo
 
-            model: Any = None
             if pretrained and self.weights is None:
                 try:
                     model = zoo.load(self.spec, pretrained=True)
@@ -281,6 +323,8 @@ class ModelSource:
         full = d.get("file")
         if isinstance(full, str) and ":" in spec and Path(full).is_file():
             spec = f"{full}:{spec.rpartition(':')[2]}"
+        elif isinstance(full, str) and d.get("kind") == "file" and Path(full).is_file():
+            spec = full
         weights = d.get("weights")
         try:
             return cls(spec, weights if isinstance(weights, str) else None, shape)
