@@ -35,8 +35,8 @@ from torch import nn
 from mixq import progress, validate, zoo
 from mixq.errors import DataError, MixqError, ModelError
 from mixq.graph.bnfold import fold_bn
-from mixq.graph.normalize import normalize
 from mixq.graph.convert import act_quantizers, to_quantized
+from mixq.graph.normalize import normalize
 from mixq.graph.swap import set_submodule
 from mixq.io import atomic_write_bytes, atomic_write_json
 from mixq.plan import QuantPlan, plan_from_dict, plan_to_dict, save_plan, validate_plan

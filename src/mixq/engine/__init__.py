@@ -30,8 +30,24 @@ and the RTL):
   integer (16 by default, as the RTL requant unit) per channel of the producer with its
   shift ``n``: **round half up** (towards +inf) on the exact integer product.
 * **ReLU / ReLU6 / Hardtanh** are clamps on the integer grid (a limit ``v`` becomes
-  ``floor(v / grid + 1/2)``); max pooling is an integer max; average pooling an integer
-  window *sum* whose grid is ``grid / count`` (no rounding); flatten / concat carry grids.
+  ``floor(v / grid + 1/2)``; per channel for a ``Hardtanh`` subclass with per-channel
+  bounds such as CLE's clipped ReLU6, whose forward is checked to be that clamp); max
+  pooling is an integer max; average pooling an integer window *sum* whose grid is
+  ``grid / count`` (no rounding); flatten / concat carry grids.
+* **Data movement** — zero padding, zero insertion (``mixq.nn.ZeroInsert``, the first half of
+  a transposed conv), pixel shuffle, nearest upsampling by integer factors, and reshapes
+  that insert / remove unit dims (``unsqueeze`` / ``squeeze`` / ``view``) — moves codes and
+  grids together (:mod:`mixq.engine.grids`; zero is on every grid). A pixel shuffle of
+  channels on different grids (per-channel weights) keeps one grid per position rather than
+  requantizing; ops that need a spatially uniform grid (pooling, bilinear) refuse it by name.
+  Shape-only ops on the float network input just change the shape its first quantizer sees.
+* **Bilinear upsampling** is an exact linear op: torch's weights are rationals, so the
+  output is the integer ``Wh @ x @ Ww^T`` on the grid ``grid / (Dh * Dw)`` (scale 2,
+  ``align_corners=False``: ``Dh = Dw = 4``) — no rounding (:mod:`mixq.engine.convert_ops`).
+* **Lookup-table activations** (Hardswish, Hardsigmoid, SiLU, Sigmoid, Tanh, GELU, ELU,
+  LeakyReLU, Mish, wrapped in a ``mixq.nn.QLutAct`` by quantization): requantize to the
+  table's input grid, then ``table[q - qmin]`` on the output grid ``s_out``. The table is the
+  one the fake-quant module itself reads (``QLutAct.table``): bit-exact by construction.
 * **Residual adds** rescale each operand onto a common grid — at least ``add_guard_bits``
   (8) finer than the coarser operand, never coarser than the finer — with multipliers
   ``M_i`` sharing one shift ``n``, and round once: ``(sum_i x_i * M_i + 2**(n-1)) >> n``.

@@ -1,7 +1,10 @@
 """Quantized torch model -> :class:`~mixq.engine.model.IntModel`.
 
 ``to_integer(qmodel, example)`` traces the fake-quant model (``QConv2d``,
-``QLinear``, ``QAct`` as leaves), and turns each node into integer ops:
+``QLinear``, ``QAct``, ``QLutAct`` as leaves), and turns each node into integer ops
+through one table of builders, :data:`BUILDERS` (compute layers, pooling and adds here;
+clamps, lookup tables and upsampling in :mod:`mixq.engine.convert_ops`; data movement in
+:mod:`mixq.engine.convert_shape`):
 
 * a compute layer's input quantizer becomes ``quantize`` (for the float network
   input) or ``requant`` (from the producer's grid to the activation scale, with a
@@ -9,21 +12,22 @@
 * the layer becomes ``conv`` / ``linear`` on integer weight codes (one format per
   row), with its bias rounded onto the accumulator grid ``s_act * s_w * 2**-frac``;
 * ReLU / ReLU6 / Hardtanh become ``clamp``, pooling ``maxpool`` / ``sumpool``, a
-  residual add ``add`` at the finer grid of its operands, flatten / cat keep the grids.
+  residual add ``add`` at the finer grid of its operands, flatten / cat / reshape / pad /
+  zero insertion / pixel shuffle / nearest upsampling move the grids with the codes,
+  bilinear upsampling is ``interp`` on a finer grid, a ``QLutAct`` ``requant`` + ``lut``.
 
 Every tensor between two quantizers stays an exact integer at the accumulator's
 fine grid (the fake-quant model keeps it in float); values are only rounded where
-the fake-quant model rounds (its activation quantizers) and in residual adds of
-operands on different grids. Each compute layer's worst-case accumulator width is
+the fake-quant model rounds (its activation quantizers, a lookup table's output grid)
+and in residual adds of operands on different grids. Each compute layer's worst-case accumulator width is
 checked against ``acc_bits``: over budget is a :class:`ModelError` (``overflow="error"``)
 or a saturating accumulator (``overflow="saturate"``).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,15 +38,15 @@ from mixq.engine.arith import (
     DEFAULT_MULT_BITS,
     INT64_LIMIT,
     ROUNDING,
-    dyadic_array,
     dyadic_common,
-    round_half_up,
     signed_bits,
 )
+from mixq.engine.context import Ctx, Val, quant_input
+from mixq.engine.convert_ops import OP_BUILDERS
+from mixq.engine.convert_shape import SHAPE_BUILDERS
 from mixq.engine.model import INT_MODEL_VERSION, IntModel, IntNode
 from mixq.engine.trace import OpInfo, classify, fn_args, shape_of, tensor_args, trace
 from mixq.errors import ModelError
-from mixq.formats import FixedPoint
 from mixq.nn import QAct, QConv2d, QLinear
 
 OVERFLOW_POLICIES = ("error", "saturate")
@@ -89,53 +93,6 @@ class EngineConfig:
         return int(self.acc_bits)
 
 
-@dataclass
-class _Val:
-    """What the converter knows about a tensor: its producer, grid, bound and per-sample shape."""
-
-    node: str
-    is_float: bool
-    scale: np.ndarray
-    bound: int
-    shape: tuple[int, ...]
-
-
-@dataclass
-class _Ctx:
-    gm: fx.GraphModule
-    cfg: EngineConfig
-    env: dict[fx.Node, _Val | None] = field(default_factory=dict)
-    nodes: list[IntNode] = field(default_factory=list)
-    quant_cache: dict[tuple[str, str, float], _Val] = field(default_factory=dict)
-
-    def add(self, node: IntNode) -> _Val:
-        names = {n.name for n in self.nodes}
-        if node.name in names:
-            k = 1
-            while f"{node.name}#{k}" in names:
-                k += 1
-            node = IntNode(f"{node.name}#{k}", node.op, node.inputs, node.shape, node.scale, node.bound,
-                           node.attrs, node.arrays, node.source)
-        self.nodes.append(node)
-        return _Val(node.name, False, node.scale, node.bound, node.shape)
-
-    def arg(self, node: fx.Node, info: OpInfo) -> _Val:
-        ins = tensor_args(node)
-        if not ins:
-            raise ModelError(f"layer {info.name!r} ({info.type}): no tensor input")
-        v = self.env.get(ins[0])
-        if v is None:
-            raise ModelError(f"layer {info.name!r} ({info.type}): its input is not a tensor the engine tracks")
-        return v
-
-    def int_arg(self, node: fx.Node, info: OpInfo) -> _Val:
-        v = self.arg(node, info)
-        if v.is_float:
-            raise ModelError(f"layer {info.name!r} ({info.type}): applied to the float network input; "
-                             "the integer engine needs a quantizer first")
-        return v
-
-
 def to_integer(qmodel: nn.Module, example: torch.Tensor | tuple[int, ...], *,
                config: EngineConfig | None = None, **options: Any) -> IntModel:
     """The integer model of a calibrated fake-quant model.
@@ -149,14 +106,14 @@ def to_integer(qmodel: nn.Module, example: torch.Tensor | tuple[int, ...], *,
     ex = torch.zeros(1, *example) if isinstance(example, tuple) else example[:1].detach()
     gm = trace(qmodel, ex)
     kinds = classify(gm)
-    ctx = _Ctx(gm, cfg)
-    out_val: _Val | None = None
+    ctx = Ctx(gm, cfg)
+    out_val: Val | None = None
     node_map: dict[str, str] = {}
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             if any(v is not None and v.node == "input" for v in ctx.env.values()):
                 raise ModelError(f"integer engine: the model takes more than one input ({node.name!r})")
-            ctx.env[node] = _Val("input", True, np.array(1.0), 0, shape_of(node))
+            ctx.env[node] = Val("input", True, np.array(1.0), 0, shape_of(node))
         elif node.op == "output":
             out_val = _output(ctx, node)
         else:
@@ -171,7 +128,7 @@ def to_integer(qmodel: nn.Module, example: torch.Tensor | tuple[int, ...], *,
     return IntModel(tuple(ctx.nodes), tuple(int(d) for d in ex.shape[1:]), out_val.node, meta)
 
 
-def _output(ctx: _Ctx, node: fx.Node) -> _Val:
+def _output(ctx: Ctx, node: fx.Node) -> Val:
     arg = node.args[0]
     if isinstance(arg, list | tuple):
         if len(arg) != 1:
@@ -186,44 +143,9 @@ def _output(ctx: _Ctx, node: fx.Node) -> _Val:
 # ----------------------------------------------------------------------------- quantizers
 
 
-def _quant_input(ctx: _Ctx, v: _Val, qact: QAct | None, name: str, owner: OpInfo) -> _Val:
-    """The codes a layer's input quantizer produces from ``v`` (``quantize`` or ``requant``)."""
-    where = f"layer {owner.name!r} ({owner.type})"
-    if qact is None:
-        raise ModelError(f"{where}: its input activations are not quantized (plan act=None); "
-                         "the integer engine needs integer inputs")
-    fmt = qact.fmt
-    if not isinstance(fmt, FixedPoint):
-        raise ModelError(f"{where}: activation format {fmt} is not supported by the integer engine "
-                         "(fixed point only)")
-    if qact.mode != "quant":
-        raise ModelError(f"{where}: its activation quantizer is in mode {qact.mode!r}; calibrate the model first")
-    s = float(qact.scale)
-    if not np.isfinite(s) or s <= 0:
-        raise ModelError(f"{where}: activation scale {s} is not a positive number")
-    key = (v.node, json.dumps(fmt.to_dict(), sort_keys=True), s)
-    if key in ctx.quant_cache:
-        return ctx.quant_cache[key]
-    attrs = {"fmt": fmt.to_dict(), "act_scale": s, "qmin": fmt.qmin, "qmax": fmt.qmax}
-    bound = max(abs(fmt.qmin), abs(fmt.qmax))
-    grid = np.array(s, dtype=np.float64)
-    if v.is_float:
-        node = IntNode(name, "quantize", ("input",), v.shape, grid, bound, attrs, {}, f"{owner.name} ({owner.type})")
-    else:
-        m, n = dyadic_array(v.scale / s, ctx.cfg.mult_bits)
-        if v.bound * int(m.max()) + 2 ** int(n.max()) >= INT64_LIMIT:
-            raise ModelError(f"{where}: requantizing its input needs more than 62 bits "
-                             f"(|x| <= {v.bound}, M <= {int(m.max())}); lower mult_bits")
-        node = IntNode(name, "requant", (v.node,), v.shape, grid, bound, attrs, {"M": m, "n": n},
-                       f"{owner.name} ({owner.type})")
-    out = ctx.add(node)
-    ctx.quant_cache[key] = out
-    return out
-
-
-def _qact(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
+def _qact(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     assert isinstance(info.module, QAct)
-    return _quant_input(ctx, ctx.arg(node, info), info.module, info.name, info)
+    return quant_input(ctx, ctx.arg(node, info), info.module, info.name, info)
 
 
 def _weight_codes(m: QConv2d | QLinear, info: OpInfo) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
@@ -243,14 +165,14 @@ def _weight_codes(m: QConv2d | QLinear, info: OpInfo) -> tuple[torch.Tensor, np.
     return codes, scheme.numpy().astype(np.int8), per_row
 
 
-def _layer(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
+def _layer(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     m = info.module
     assert isinstance(m, QConv2d | QLinear)
     v = ctx.arg(node, info)
     if isinstance(m, QLinear) and len(v.shape) != 1:
         raise ModelError(f"layer {info.name!r} ({info.type}): input of shape {v.shape} per sample; "
                          "the engine supports linear layers on flat (N, features) inputs")
-    x = _quant_input(ctx, v, m.input_quant, f"{info.name}.input_quant", info)
+    x = quant_input(ctx, v, m.input_quant, f"{info.name}.input_quant", info)
     codes, row_format, s_w = _weight_codes(m, info)
     fracs = np.array([m.formats[int(i)].frac_bits for i in row_format], dtype=np.float64)
     s_prod = float(x.scale) * s_w * np.exp2(-fracs)  # the grid of the products w * x
@@ -295,50 +217,21 @@ def _layer(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
                            f"{info.name} ({info.type})"))
 
 
-# ----------------------------------------------------------------------------- element-wise
-
-
-def _clamp_limits(ctx: _Ctx, node: fx.Node, info: OpInfo) -> tuple[float | None, float | None]:
-    if info.kind == "relu":
-        return 0.0, None
-    if info.kind == "relu6":
-        return 0.0, 6.0
-    if info.module is not None:
-        mod: Any = info.module
-        return float(mod.min_val), float(mod.max_val)
-    a = fn_args(node, ("input", "min_val", "max_val"), {"min_val": -1.0, "max_val": 1.0})
-    return float(a["min_val"]), float(a["max_val"])
-
-
-def _clamp(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
-    v = ctx.int_arg(node, info)
-    lo_r, hi_r = _clamp_limits(ctx, node, info)
-    arrays: dict[str, np.ndarray] = {}
-    lo_b, hi_b = -v.bound, v.bound
-    if lo_r is not None:
-        arrays["lo"] = round_half_up(lo_r / v.scale)
-        lo_b = max(lo_b, int(arrays["lo"].min()))
-    if hi_r is not None:
-        arrays["hi"] = round_half_up(hi_r / v.scale)
-        hi_b = min(hi_b, int(arrays["hi"].max()))
-    bound = max(abs(lo_b), abs(hi_b))
-    attrs = {"lo_real": lo_r, "hi_real": hi_r, "float_op": info.kind}
-    return ctx.add(IntNode(info.name, "clamp", (v.node,), v.shape, v.scale, bound, attrs, arrays,
-                           f"{info.name} ({info.type})"))
+# ----------------------------------------------------------------------------- pooling and adds
 
 
 def _pair(x: Any) -> list[int]:
     return [int(x), int(x)] if isinstance(x, int) else [int(a) for a in x]
 
 
-def _spatial_grid(v: _Val, info: OpInfo) -> None:
+def _spatial_grid(v: Val, info: OpInfo) -> None:
     if v.scale.ndim == 3 and (v.scale.shape[1] != 1 or v.scale.shape[2] != 1):
         raise ModelError(f"layer {info.name!r} ({info.type}): pooling over a grid that varies in space")
     if len(v.shape) != 3:
         raise ModelError(f"layer {info.name!r} ({info.type}): pooling needs (C, H, W) inputs, got {v.shape}")
 
 
-def _maxpool(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
+def _maxpool(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     v = ctx.int_arg(node, info)
     _spatial_grid(v, info)
     if info.module is not None:
@@ -357,7 +250,7 @@ def _maxpool(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
                            f"{info.name} ({info.type})"))
 
 
-def _sumpool(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
+def _sumpool(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     v = ctx.int_arg(node, info)
     _spatial_grid(v, info)
     where = f"layer {info.name!r} ({info.type})"
@@ -413,7 +306,7 @@ def _sumpool(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
                            f"{info.name} ({info.type})"))
 
 
-def _add(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
+def _add(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     ins = tensor_args(node)
     if len(ins) != 2 or len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
         raise ModelError(f"layer {info.name!r} ({info.type}): only the sum of two tensors is supported")
@@ -440,72 +333,9 @@ def _add(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
                            {}, {"M": np.stack([ma, mb]), "n": n}, f"{info.name} ({info.type})"))
 
 
-# ----------------------------------------------------------------------------- shape ops
-
-
-def _flatten_val(ctx: _Ctx, node: fx.Node, info: OpInfo, v: _Val) -> _Val:
-    if v.is_float:
-        raise ModelError(f"layer {info.name!r} ({info.type}): flatten of the float network input")
-    if len(v.shape) <= 1:
-        return v
-    grid = v.scale if v.scale.ndim == 0 else np.ascontiguousarray(np.broadcast_to(v.scale, v.shape).reshape(-1))
-    return ctx.add(IntNode(info.name, "flatten", (v.node,), shape_of(node), grid, v.bound, {"start_dim": 1}, {},
-                           f"{info.name} ({info.type})"))
-
-
-def _flatten(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
-    v = ctx.arg(node, info)
-    if info.module is not None:
-        mod: Any = info.module
-        start, end = mod.start_dim, mod.end_dim
-    else:
-        a = fn_args(node, ("input", "start_dim", "end_dim"), {"start_dim": 0, "end_dim": -1})
-        start, end = a["start_dim"], a["end_dim"]
-    if start != 1 or end != -1:
-        raise ModelError(f"layer {info.name!r} ({info.type}): flatten({start}, {end}); only flatten(x, 1)")
-    return _flatten_val(ctx, node, info, v)
-
-
-def _reshape(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
-    v = ctx.arg(node, info)
-    out = shape_of(node)
-    if len(out) != 1 or out[0] != int(np.prod(v.shape)):
-        raise ModelError(f"layer {info.name!r} ({info.type}): reshape {v.shape} -> {out}; only flattening")
-    return _flatten_val(ctx, node, info, v)
-
-
-def _cat(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val:
-    ins = tensor_args(node)
-    a = fn_args(node, ("tensors", "dim"), {"dim": 0})
-    vals = [ctx.env.get(i) for i in ins]
-    if any(v is None or v.is_float for v in vals):
-        raise ModelError(f"layer {info.name!r} ({info.type}): concatenates a tensor that is not integer")
-    ok = [v for v in vals if v is not None]
-    if int(a["dim"]) % (len(ok[0].shape) + 1) != 1:
-        raise ModelError(f"layer {info.name!r} ({info.type}): concatenation along dim {a['dim']}; only channels")
-    grids = []
-    for v in ok:
-        full = np.broadcast_to(v.scale, (v.shape[0],) + (1,) * (len(v.shape) - 1))
-        grids.append(full)
-    grid = np.ascontiguousarray(np.concatenate(grids, axis=0))
-    return ctx.add(IntNode(info.name, "cat", tuple(v.node for v in ok), shape_of(node), grid,
-                           max(v.bound for v in ok), {"dim": 1}, {}, f"{info.name} ({info.type})"))
-
-
-def _identity(ctx: _Ctx, node: fx.Node, info: OpInfo) -> _Val | None:
-    ins = tensor_args(node)
-    return ctx.env.get(ins[0]) if ins else None
-
-
-def _size(ctx: _Ctx, node: fx.Node, info: OpInfo) -> None:
-    return None
-
-
-BUILDERS: dict[str, Callable[[_Ctx, fx.Node, OpInfo], _Val | None]] = {
+BUILDERS: dict[str, Callable[[Ctx, fx.Node, OpInfo], Val | None]] = {
     "qconv": _layer, "qlinear": _layer, "qact": _qact,
-    "relu": _clamp, "relu6": _clamp, "hardtanh": _clamp,
-    "maxpool": _maxpool, "avgpool": _sumpool, "adaptive_avgpool": _sumpool, "mean": _sumpool,
-    "add": _add, "flatten": _flatten, "reshape": _reshape, "cat": _cat,
-    "identity": _identity, "size": _size,
+    "maxpool": _maxpool, "avgpool": _sumpool, "adaptive_avgpool": _sumpool, "mean": _sumpool, "add": _add,
+    **OP_BUILDERS, **SHAPE_BUILDERS,
 }
 

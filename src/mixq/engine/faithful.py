@@ -11,7 +11,14 @@
   float64 operation is snapped with ``round(y / grid) * grid``): ReLU6 / Hardtanh
   clamp at limits rounded onto the grid, average pooling keeps the exact window
   sum (its grid is ``grid / count``), a residual add rescales its operands with the
-  integer model's multipliers and rounds once.
+  integer model's multipliers and rounds once, bilinear interpolation runs in float64 and
+  is snapped onto its grid ``grid / (Dh * Dw)`` (torch's float weights are within 1e-15 of the
+  exact rational ones: far below half a step);
+* data movement (padding, zero insertion, pixel shuffle, nearest upsampling, unit-dim
+  reshapes) runs as written: it moves on-grid values and zeros;
+* a ``QLutAct`` requantizes its input like any quantizer and reads its output from the
+  module's own table (:meth:`mixq.nn.QLutAct.table`, the very values its fake-quant forward
+  uses).
 
 Snapping is exact: a float64 dot product of on-grid values with ``sum |w x| <= B``
 grid steps is off by at most ``K * B * 2**-53`` steps (``K`` the dot length), far
@@ -38,7 +45,11 @@ from mixq.engine.model import IntModel, IntNode
 from mixq.engine.trace import classify, tensor_args, trace
 from mixq.errors import ModelError
 from mixq.formats import format_from_dict
-from mixq.nn import QAct, QConv2d, QLinear
+from mixq.nn import QAct, QConv2d, QLinear, QLutAct
+
+# kinds whose fake-quant op runs unchanged in the faithful model (data movement of on-grid values)
+PASS_KINDS = ("maxpool", "flatten", "reshape", "unsqueeze", "squeeze", "cat", "identity", "size", "pad",
+              "zero_insert", "pixel_shuffle")
 
 
 def _grid(a: np.ndarray) -> torch.Tensor:
@@ -197,12 +208,14 @@ def faithful(qmodel: nn.Module, imodel: IntModel | None = None,
     nodes = {n.name: n for n in imodel.nodes}
     for i, node in enumerate(list(gm.graph.nodes)):
         info = kinds.get(node)
-        if info is None or info.kind in ("maxpool", "flatten", "reshape", "cat", "identity", "size"):
+        if info is None or info.kind in PASS_KINDS:
             continue
         if node.name not in names:
             raise ModelError(f"faithful: layer {info.name!r} ({info.type}) has no node in the integer model")
         inode = nodes[names[node.name]]
         sub = _faithful_module(info.kind, inode, nodes, node, info.module)
+        if sub is None:  # nearest upsampling: data movement, as written
+            continue
         target = f"mixq_faithful_{i}"
         gm.add_submodule(target, sub)
         with gm.graph.inserting_after(node):
@@ -230,8 +243,35 @@ def _quant(inode: IntNode, nodes: dict[str, IntNode]) -> FaithfulQuant:
     return FaithfulQuant(inode, in_grid)
 
 
+class FaithfulLut(nn.Module):
+    """A ``QLutAct``: its input requantized as by the hardware, its output read from its table."""
+
+    table: torch.Tensor
+    grid: torch.Tensor
+
+    def __init__(self, module: QLutAct, quant: FaithfulQuant, node: IntNode) -> None:
+        super().__init__()
+        self.int_name = node.name
+        self.quant = quant
+        codes, _ = module.table()
+        self.register_buffer("table", codes.to(torch.int64))
+        self.offset = module.in_fmt.qmin
+        self.register_buffer("grid", _grid(node.scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table[self.quant.codes(x) - self.offset].to(torch.float64) * self.grid
+
+
+def _interp(inode: IntNode) -> FaithfulPool:
+    a = inode.attrs
+    sf = a.get("scale_factor")
+    kwargs: dict[str, Any] = {"mode": a["mode"], "align_corners": bool(a["align_corners"])}
+    kwargs.update({"scale_factor": tuple(sf)} if sf is not None else {"size": tuple(a["size"])})
+    return FaithfulPool(inode, F.interpolate, (), kwargs)
+
+
 def _faithful_module(kind: str, inode: IntNode, nodes: dict[str, IntNode], node: fx.Node,
-                     module: nn.Module | None) -> nn.Module:
+                     module: nn.Module | None) -> nn.Module | None:
     if kind in ("qconv", "qlinear"):
         assert isinstance(module, QConv2d | QLinear)
         return FaithfulLayer(module, _quant(nodes[inode.inputs[0]], nodes), inode)
@@ -248,4 +288,9 @@ def _faithful_module(kind: str, inode: IntNode, nodes: dict[str, IntNode], node:
         return FaithfulPool(inode, fn, args, dict(node.kwargs))
     if kind == "add":
         return FaithfulAdd(inode, [nodes[i].scale for i in inode.inputs])
+    if kind == "qlut":
+        assert isinstance(module, QLutAct)
+        return FaithfulLut(module, _quant(nodes[inode.inputs[0]], nodes), inode)
+    if kind == "upsample":
+        return _interp(inode) if inode.op == "interp" else None
     raise ModelError(f"faithful: no hardware-faithful form of {kind!r}")  # pragma: no cover

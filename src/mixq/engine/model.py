@@ -5,32 +5,51 @@ node produces one integer tensor whose real value is ``int * scale``; ``scale``
 (float64) is the node's *grid*, broadcastable to the node's per-sample
 ``shape`` — a scalar for activation codes, one value per channel for
 accumulators (``s_act * s_w[row] * 2**-frac_bits[row]``), one per feature after
-a flatten. ``bound`` is a proven upper limit of ``|int|`` over every possible
+a flatten, one per element where a pixel shuffle interleaves channels on different
+grids (:mod:`mixq.engine.grids`). ``bound`` is a proven upper limit of ``|int|`` over every possible
 input (from the weights and the format ranges, never from data).
 
 Node ops (``attrs`` / ``arrays`` each uses):
 
-========== ================================================================================
-quantize   float network input -> codes of a fixed-point format: ``fmt.quantize(x, act_scale)``
-           (ties to even, exactly as the fake-quant input quantizer); attrs ``fmt``, ``act_scale``
-requant    integer -> codes: ``clamp(requantize(x, M, n), qmin, qmax)`` (round half up);
-           arrays ``M``, ``n``; attrs ``fmt``, ``act_scale``, ``qmin``, ``qmax``
-conv       codes -> accumulator ``sum w*x + B`` (int64); arrays ``weight`` (codes), ``row_format``
-           (index into attrs ``formats``), ``bias`` (B, at accumulator scale), ``w_scale`` (per
-           row), ``bias_float`` (the float bias, for exports); attrs ``stride``, ``padding``,
-           ``dilation``, ``groups``, ``acc_bits`` (worst case), ``acc_budget``, ``saturate``
-linear     the same for a fully connected layer
-clamp      ``clamp(x, lo, hi)``: ReLU (lo 0), ReLU6 / Hardtanh (limits rounded half up onto the
-           grid); arrays ``lo``, ``hi``; attrs ``lo_real``, ``hi_real`` (None = unbounded)
-maxpool    window maximum; attrs ``kernel``, ``stride``, ``padding``, ``dilation``, ``ceil_mode``
-sumpool    window *sum* (average pooling: the 1/count factor moves into the grid, no rounding);
-           attrs ``kernel``, ``stride``, ``padding``, ``count``, ``float_op`` (how the fake-quant
-           model wrote it, for exports), ``keepdim``
-add        residual add at the finer grid of its operands: ``requantize_sum(x_i, M_i, n)``;
-           arrays ``M`` (stacked per operand), ``n``
-flatten    ``torch.flatten(x, 1)``; the grid is flattened with it
-cat        concatenation along channels; attrs ``dim``
-========== ================================================================================
+============= ====================================================================================
+quantize      float network input -> codes of a fixed-point format: ``fmt.quantize(x, act_scale)``
+              (ties to even, exactly as the fake-quant input quantizer); attrs ``fmt``, ``act_scale``;
+              the input is first reshaped to the node's ``shape`` (unit dims a shape-only op inserted
+              or removed before the first quantizer)
+requant       integer -> codes: ``clamp(requantize(x, M, n), qmin, qmax)`` (round half up);
+              arrays ``M``, ``n``; attrs ``fmt``, ``act_scale``, ``qmin``, ``qmax``
+conv          codes -> accumulator ``sum w*x + B`` (int64); arrays ``weight`` (codes), ``row_format``
+              (index into attrs ``formats``), ``bias`` (B, at accumulator scale), ``w_scale`` (per
+              row), ``bias_float`` (the float bias, for exports); attrs ``stride``, ``padding``,
+              ``dilation``, ``groups``, ``acc_bits`` (worst case), ``acc_budget``, ``saturate``
+linear        the same for a fully connected layer
+clamp         ``clamp(x, lo, hi)``: ReLU (lo 0), ReLU6 / Hardtanh (limits rounded half up onto the
+              grid; per channel for a Hardtanh with per-channel bounds, e.g. CLE's clipped ReLU6);
+              arrays ``lo``, ``hi``, per-channel real limits ``lo_float`` / ``hi_float`` (float32, for
+              exports); attrs ``lo_real``, ``hi_real`` (scalar limits; None = unbounded or per channel)
+maxpool       window maximum; attrs ``kernel``, ``stride``, ``padding``, ``dilation``, ``ceil_mode``
+sumpool       window *sum* (average pooling: the 1/count factor moves into the grid, no rounding);
+              attrs ``kernel``, ``stride``, ``padding``, ``count``, ``float_op`` (how the fake-quant
+              model wrote it, for exports), ``keepdim``
+add           residual add at the finer grid of its operands: ``requantize_sum(x_i, M_i, n)``;
+              arrays ``M`` (stacked per operand), ``n``
+flatten       ``torch.flatten(x, 1)``; the grid is flattened with it
+cat           concatenation along channels; attrs ``dim``
+reshape       insert / remove unit dims (``unsqueeze`` / ``squeeze`` / ``view``); attrs ``shape``
+pad           zero padding; attrs ``pads`` = [left, right, top, bottom]
+zero_insert   ``stride - 1`` zeros between pixels, ``extra`` zero rows / columns at the bottom / right
+              (:class:`mixq.nn.ZeroInsert`); attrs ``stride``, ``extra``
+pixel_shuffle channel ``c*r*r + i*r + j`` -> pixel ``(i, j)`` of channel ``c``; attrs ``factor``
+upsample      nearest upsampling by integer factors: ``y[i, j] = x[i // kh, j // kw]``; attrs
+              ``scale`` = [kh, kw], ``mode``
+interp        bilinear interpolation as exact integers ``Wh @ x @ Ww^T`` on the grid
+              ``grid / (Dh * Dw)`` (:mod:`mixq.engine.convert_ops`); arrays ``wh``, ``ww`` (integer
+              weights, rows summing to ``Dh`` / ``Dw``); attrs ``denom``, ``align_corners``, ``size``, ``mode``
+lut           lookup table ``table[x - in_qmin]`` (int codes on the grid ``act_scale``) of a ``QLutAct``;
+              arrays ``table`` (``2**bits`` entries); attrs ``fn``, ``params`` (the float function),
+              ``fmt`` / ``act_scale`` / ``qmin`` / ``qmax`` (its output quantizer), ``in_scale``,
+              ``in_qmin``, ``in_qmax``
+============= ====================================================================================
 """
 
 from __future__ import annotations
@@ -43,7 +62,8 @@ import numpy as np
 
 from mixq.errors import ModelError
 
-OPS = ("quantize", "requant", "conv", "linear", "clamp", "maxpool", "sumpool", "add", "flatten", "cat")
+OPS = ("quantize", "requant", "conv", "linear", "clamp", "maxpool", "sumpool", "add", "flatten", "cat",
+       "reshape", "pad", "zero_insert", "pixel_shuffle", "upsample", "interp", "lut")
 COMPUTE_OPS = ("conv", "linear")
 INT_MODEL_VERSION = 1
 

@@ -7,7 +7,8 @@ integers. Only the network input is a float; it is quantized exactly as the
 fake-quant input quantizer does. Everything after holds integers: a node's tensor
 is integer-valued float32 / float64 while its proven bound allows (below 2**24 /
 2**53), int64 beyond; products in exact BLAS or int64, requantization and residual
-adds by the round-half-up rule of :mod:`mixq.engine.arith`, pooling by max and sum.
+adds by the round-half-up rule of :mod:`mixq.engine.arith`, pooling by max and sum; data
+movement, interpolation and lookup tables in :mod:`mixq.engine.kernels_move`.
 Runs on the CPU.
 """
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from mixq.engine.arith import FLOAT64_EXACT, exact_dtype, requantize, requantize_sum
 from mixq.engine.kernels import DotProgram
+from mixq.engine.kernels_move import MOVE_KERNELS
 from mixq.engine.model import IntModel, IntNode
 from mixq.formats import format_from_dict
 
@@ -60,7 +62,9 @@ def store(x: torch.Tensor, bound: int) -> torch.Tensor:
 def _quantize(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
     fmt = format_from_dict(node.attrs["fmt"])
     s = torch.tensor(node.attrs["act_scale"], dtype=torch.float32)
-    return lambda xs, _st: store(fmt.quantize(xs[0], s), node.bound)
+    shape = tuple(node.shape)
+    # the float input reshaped as shape-only ops (unsqueeze / squeeze) before the quantizer left it
+    return lambda xs, _st: store(fmt.quantize(xs[0].reshape(-1, *shape), s), node.bound)
 
 
 def _requant(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
@@ -156,6 +160,7 @@ def _cat(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
 KERNELS: dict[str, Callable[[IntNode, dict[str, int], str], Kernel]] = {
     "quantize": _quantize, "requant": _requant, "conv": _dot, "linear": _dot, "clamp": _clamp,
     "maxpool": _maxpool, "sumpool": _sumpool, "add": _add, "flatten": _flatten, "cat": _cat,
+    **MOVE_KERNELS,
 }
 
 

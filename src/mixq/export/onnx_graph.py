@@ -3,7 +3,8 @@
 An :class:`~mixq.engine.model.IntModel` records everything the fake-quant model
 computes: each activation quantizer (format and scale), each layer's weight codes,
 row formats and per-row scales, its float bias, and the float operations between
-(ReLU / Clip, pooling, residual adds, flatten, concat). :func:`build` writes that
+(ReLU / Clip, pooling, residual adds, flatten, concat, padding, zero insertion, pixel
+shuffle, resizing, lookup-table activations: :mod:`mixq.export.onnx_ops`). :func:`build` writes that
 graph with standard ONNX operators and lets the caller decide how activations and
 weights are quantized (QONNX ``Quant`` nodes, or ONNX ``QuantizeLinear`` /
 ``DequantizeLinear`` pairs).
@@ -12,12 +13,14 @@ weights are quantized (QONNX ``Quant`` nodes, or ONNX ``QuantizeLinear`` /
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from mixq.engine.model import IntModel, IntNode
 from mixq.errors import MixqError, ModelError
+from mixq.export.onnx_ops import MOVE_EMITTERS, clamp_channels
 
 OPSET = 13
 
@@ -85,9 +88,10 @@ def build(imodel: IntModel, act: ActQuant, weight: WeightQuant, bias: BiasQuant,
     inp = b.fresh("input")
     b._names.add(inp)
     tensors: dict[str, str] = {"input": inp}
+    writers = Writers(act, weight, bias, tuple(imodel.input_shape))
     for n in imodel.nodes:
         xs = [tensors[i] for i in n.inputs]
-        tensors[n.name] = _emit(b, n, xs, act, weight, bias)
+        tensors[n.name] = _emit(b, n, xs, writers)
     out_name = tensors[imodel.output]
     graph = helper.make_graph(
         b.nodes, name,
@@ -105,52 +109,91 @@ def build(imodel: IntModel, act: ActQuant, weight: WeightQuant, bias: BiasQuant,
     return model
 
 
-def _emit(b: GraphBuilder, n: IntNode, xs: list[str], act: ActQuant, weight: WeightQuant, bias: BiasQuant) -> str:
+@dataclass(frozen=True)
+class Writers:
+    """How the caller writes quantizers, and the network input's per-sample shape."""
+
+    act: ActQuant
+    weight: WeightQuant
+    bias: BiasQuant
+    input_shape: tuple[int, ...]
+
+
+Emit = Callable[[GraphBuilder, IntNode, list[str], Writers], str]
+
+
+def _quant(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
+    x = xs[0]
+    if n.op == "quantize" and tuple(n.shape) != tuple(w.input_shape):  # unit dims inserted before quantizing
+        x = b.node("Reshape", [x, b.const(f"{n.name}.shape", np.array([-1, *n.shape], dtype=np.int64))],
+                   f"{n.name}.reshape", n.shape)
+    return w.act(b, x, n)
+
+
+def _ins(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> list[str]:
+    ins = [xs[0], w.weight(b, n)]
+    bname = w.bias(b, n)
+    return ins if bname is None else [*ins, bname]
+
+
+def _conv(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
     a = n.attrs
-    if n.op in ("quantize", "requant"):
-        return act(b, xs[0], n)
-    if n.op == "conv":
-        k = list(np.asarray(n.arrays["weight"]).shape[2:])
-        ins = [xs[0], weight(b, n)]
-        bname = bias(b, n)
-        if bname is not None:
-            ins.append(bname)
-        pads = [int(a["padding"][0]), int(a["padding"][1])] * 2
-        return b.node("Conv", ins, n.name, n.shape, kernel_shape=k, strides=list(a["stride"]), pads=pads,
-                      dilations=list(a["dilation"]), group=int(a["groups"]))
-    if n.op == "linear":
-        ins = [xs[0], weight(b, n)]
-        bname = bias(b, n)
-        if bname is not None:
-            ins.append(bname)
-        return b.node("Gemm", ins, n.name, n.shape, transB=1)
-    if n.op == "clamp":
-        lo, hi = a["lo_real"], a["hi_real"]
-        if lo == 0.0 and hi is None:
-            return b.node("Relu", xs, n.name, n.shape)
-        lo_n = b.const(f"{n.name}.min", np.array(lo, dtype=np.float32)) if lo is not None else ""
-        hi_n = b.const(f"{n.name}.max", np.array(hi, dtype=np.float32)) if hi is not None else ""
-        return b.node("Clip", [xs[0], lo_n, hi_n], n.name, n.shape)
-    if n.op == "maxpool":
+    k = list(np.asarray(n.arrays["weight"]).shape[2:])
+    pads = [int(a["padding"][0]), int(a["padding"][1])] * 2
+    return b.node("Conv", _ins(b, n, xs, w), n.name, n.shape, kernel_shape=k, strides=list(a["stride"]), pads=pads,
+                  dilations=list(a["dilation"]), group=int(a["groups"]))
+
+
+def _linear(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
+    return b.node("Gemm", _ins(b, n, xs, w), n.name, n.shape, transB=1)
+
+
+def _clamp(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
+    lo, hi = n.attrs["lo_real"], n.attrs["hi_real"]
+    lo_c, hi_c = n.arrays.get("lo_float"), n.arrays.get("hi_float")
+    if lo_c is not None or hi_c is not None:  # per-channel limits: Max / Min (Clip takes scalars only)
+        return clamp_channels(b, n, xs[0], lo, hi, lo_c, hi_c)
+    if lo == 0.0 and hi is None:
+        return b.node("Relu", xs, n.name, n.shape)
+    lo_n = b.const(f"{n.name}.min", np.array(lo, dtype=np.float32)) if lo is not None else ""
+    hi_n = b.const(f"{n.name}.max", np.array(hi, dtype=np.float32)) if hi is not None else ""
+    return b.node("Clip", [xs[0], lo_n, hi_n], n.name, n.shape)
+
+
+def _maxpool(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
+    a = n.attrs
+    p = [int(a["padding"][0]), int(a["padding"][1])] * 2
+    return b.node("MaxPool", xs, n.name, n.shape, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
+                  pads=p, dilations=list(a["dilation"]), ceil_mode=int(a["ceil_mode"]))
+
+
+def _sumpool(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
+    a = n.attrs
+    if a["float_op"] == "global_avgpool":
+        c = n.shape[0]
+        y = b.node("GlobalAveragePool", xs, n.name, (c, 1, 1) if not a["keepdim"] else n.shape)
+    else:
         p = [int(a["padding"][0]), int(a["padding"][1])] * 2
-        return b.node("MaxPool", xs, n.name, n.shape, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
-                      pads=p, dilations=list(a["dilation"]), ceil_mode=int(a["ceil_mode"]))
-    if n.op == "sumpool":
-        if a["float_op"] == "global_avgpool":
-            c = n.shape[0]
-            y = b.node("GlobalAveragePool", xs, n.name, (c, 1, 1) if not a["keepdim"] else n.shape)
-        else:
-            p = [int(a["padding"][0]), int(a["padding"][1])] * 2
-            y = b.node("AveragePool", xs, n.name, n.shape if a["keepdim"] else None, kernel_shape=list(a["kernel"]),
-                       strides=list(a["stride"]), pads=p, count_include_pad=int(a["count_include_pad"]))
-        return y if a["keepdim"] else b.node("Flatten", [y], f"{n.name}.flat", n.shape, axis=1)
-    if n.op == "add":
-        return b.node("Add", xs, n.name, n.shape)
-    if n.op == "flatten":
-        return b.node("Flatten", xs, n.name, n.shape, axis=1)
-    if n.op == "cat":
-        return b.node("Concat", xs, n.name, n.shape, axis=1)
-    raise ModelError(f"export: node {n.name!r} ({n.op}) has no ONNX form")  # pragma: no cover
+        y = b.node("AveragePool", xs, n.name, n.shape if a["keepdim"] else None, kernel_shape=list(a["kernel"]),
+                   strides=list(a["stride"]), pads=p, count_include_pad=int(a["count_include_pad"]))
+    return y if a["keepdim"] else b.node("Flatten", [y], f"{n.name}.flat", n.shape, axis=1)
+
+
+EMITTERS: dict[str, Emit] = {
+    "quantize": _quant, "requant": _quant, "conv": _conv, "linear": _linear, "clamp": _clamp,
+    "maxpool": _maxpool, "sumpool": _sumpool,
+    "add": lambda b, n, xs, w: b.node("Add", xs, n.name, n.shape),
+    "flatten": lambda b, n, xs, w: b.node("Flatten", xs, n.name, n.shape, axis=1),
+    "cat": lambda b, n, xs, w: b.node("Concat", xs, n.name, n.shape, axis=1),
+    **MOVE_EMITTERS,
+}
+
+
+def _emit(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
+    emit = EMITTERS.get(n.op)
+    if emit is None:  # pragma: no cover - every op of mixq.engine.model has an emitter
+        raise ModelError(f"export: node {n.name!r} ({n.op}) has no ONNX form")
+    return emit(b, n, xs, w)
 
 
 def row_steps(n: IntNode) -> np.ndarray:

@@ -8,6 +8,10 @@ Runs in any ONNX runtime (onnxruntime fuses the pairs into integer kernels).
 * weights: int8 codes with a per-row scale ``s_w * 2**-frac`` (``axis=0``). Any row
   format whose integer levels fit in int8 is exact this way: fixed point up to 8 bits,
   SP2 / power-of-two codes (``q * 2**-frac``), binary, ternary;
+* lookup-table activations: ``QuantizeLinear`` / ``DequantizeLinear`` (int8) on their input,
+  the float function, and their 16-bit output quantizer as the float ops ``Div``, ``Round``
+  (ties to even), ``Clip``, ``Mul`` — int16 Q/DQ needs opset 21; these are the fake-quant
+  model's own IEEE float32 operations;
 * bias: int32 at the product scale ``s_act * s_w * 2**-frac`` (``DequantizeLinear``), or
   float32 as in the fake-quant model (``int_bias=False``).
 
@@ -28,8 +32,20 @@ from mixq.formats import FixedPoint, format_from_dict
 from mixq.io import atomic_write_bytes
 
 
+def _fake_quant_ops(b: GraphBuilder, x: str, n: IntNode, fmt: FixedPoint) -> str:
+    """``round(x / s).clip(qmin, qmax) * s`` in float32: the fake-quant rounding op for op (ties to even)."""
+    s = b.const(f"{n.name}.scale", np.array(n.attrs["act_scale"], dtype=np.float32))
+    y = b.node("Div", [x, s], f"{n.name}.div", n.shape)
+    y = b.node("Round", [y], f"{n.name}.round", n.shape)
+    y = b.node("Clip", [y, b.const(f"{n.name}.qmin", np.array(fmt.qmin, dtype=np.float32)),
+                        b.const(f"{n.name}.qmax", np.array(fmt.qmax, dtype=np.float32))], f"{n.name}.clip", n.shape)
+    return b.node("Mul", [y, s], n.name, n.shape)
+
+
 def _act(b: GraphBuilder, x: str, n: IntNode) -> str:
     fmt = format_from_dict(n.attrs["fmt"])
+    if n.op == "lut" and isinstance(fmt, FixedPoint) and fmt.bits > 8:
+        return _fake_quant_ops(b, x, n, fmt)  # a lookup table's 16-bit output grid: no int16 Q/DQ in opset 13
     if not isinstance(fmt, FixedPoint) or fmt.bits != 8 or fmt.narrow:
         raise ModelError(f"QDQ export: layer {n.source or n.name}: activation format {fmt} is not 8-bit "
                          "full-range fixed point; use --format qonnx")

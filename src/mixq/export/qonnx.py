@@ -19,7 +19,9 @@ a layer mixes formats:
   layer -> formats, rows per format, format index per row).
 
 The stored weights are already on their grid (``Quant`` is exact on them). Residual
-adds, pooling and ReLU/Clip are the float operations of the fake-quant model. The
+adds, pooling, ReLU/Clip, padding, resizing and the other data-movement ops are the float
+operations of the fake-quant model (:mod:`mixq.export.onnx_ops`); a lookup-table activation
+is ``Quant(in) -> float function -> Quant(out, 16-bit)``. The
 batch size is fixed (qonnx's executor needs concrete shapes); ``batch=1`` by default.
 """
 

@@ -3,12 +3,17 @@
 The input model is never mutated: conversion works on a deep copy, swapping
 each planned Conv2d/Linear for a `QConv2d`/`QLinear`. Which modules count as
 Conv2d/Linear, and what happens to the other compute modules, is decided by the
-one table in :mod:`mixq.graph.registry`.
+one table in :mod:`mixq.graph.registry`. When the plan quantizes activations, every
+lookup-table activation module (Hardswish, Hardsigmoid, SiLU, Sigmoid, Tanh, GELU, ELU,
+LeakyReLU, Mish: :data:`mixq.nn.LUT_FUNCTIONS`) is wrapped in a :class:`~mixq.nn.QLutAct`
+(its input quantizer has the plan's activation bit width); the quantized model lists the
+wrapped modules in its attribute ``mixq_lut_activations``.
 """
 
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Iterable
 
 import torch
@@ -16,8 +21,10 @@ from torch import nn
 
 from mixq.errors import ModelError, PlanError
 from mixq.graph.registry import coverage, plain_layer
-from mixq.nn import QAct, quantized_layer
+from mixq.nn import QAct, QLutAct, is_lut_activation, quantized_layer
 from mixq.plan import QuantPlan
+
+LUT_ATTR = "mixq_lut_activations"
 
 
 def compute_layer_names(model: nn.Module) -> dict[str, int]:
@@ -63,7 +70,32 @@ def to_quantized(model: nn.Module, plan: QuantPlan, *, sample: torch.Tensor | No
         if name in cov.convert:  # a subclass computing a plain Conv2d / Linear
             layer = plain_layer(layer, cov.convert[name])
         setattr(parent, leaf, quantized_layer(layer, lp))
+    lut = lut_settings(plan)
+    names = wrap_lut_activations(out, *lut) if lut is not None else []
+    setattr(out, LUT_ATTR, tuple(names))
     return out
+
+
+def lut_settings(plan: QuantPlan) -> tuple[int, str] | None:
+    """(bits, observer) of the lookup-table activations' input quantizers: the plan's most common
+    activation bit width (the wider on a tie; within 2..16) and observer; ``None`` when no activation is quantized."""
+    acts = [lp for _, lp in plan.items() if lp.act is not None]
+    if not acts:
+        return None
+    bits = Counter(int(lp.act.storage_bits) for lp in acts if lp.act is not None)
+    observers = Counter(lp.act_observer for lp in acts)
+    top = max(bits.items(), key=lambda kv: (kv[1], kv[0]))[0]
+    return min(max(top, 2), 16), observers.most_common(1)[0][0]  # a signed table of at most 2**16 entries
+
+
+def wrap_lut_activations(model: nn.Module, bits: int, observer: str) -> list[str]:
+    """Wrap every lookup-table activation module of ``model`` in a :class:`QLutAct`, in place; their names."""
+    names = [n for n, m in model.named_modules() if n and is_lut_activation(m)]
+    for name in names:
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, leaf, QLutAct(getattr(parent, leaf), bits, observer))
+    return names
 
 
 def act_quantizers(model: nn.Module) -> list[QAct]:

@@ -37,7 +37,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mixq.errors import ModelError
 from mixq.graph.registry import COMPUTE_TYPES
-from mixq.nn import QAct, ZeroInsert
+from mixq.nn import QAct, QConv2d, QLinear, QLutAct, ZeroInsert
 
 STAGES = ("quantize", "engine", "export", "estimate")
 _ALL = frozenset(STAGES)
@@ -56,6 +56,7 @@ class Kind:
 
 KINDS: dict[str, Kind] = {
     "conv": Kind("conv"), "linear": Kind("linear"), "bn": Kind("bn"), "qact": Kind(None),
+    "qconv": Kind("conv"), "qlinear": Kind("linear"), "qlut": Kind("act", note="a quantized lookup table"),
     "relu": Kind("relu"), "relu6": Kind("relu6"), "hardtanh": Kind("act"),
     "lut": Kind("act", note="an integer lookup table on its quantized input"),
     "softmax": Kind("act", _NO_ENGINE, "softmax is not elementwise: no lookup table computes it"),
@@ -70,7 +71,7 @@ KINDS: dict[str, Kind] = {
 }
 
 MODULE_KINDS: dict[type[nn.Module], str] = {
-    QAct: "qact", ZeroInsert: "zero_insert",
+    QAct: "qact", QConv2d: "qconv", QLinear: "qlinear", QLutAct: "qlut", ZeroInsert: "zero_insert",
     nn.Conv2d: "conv", nn.Linear: "linear", _BatchNorm: "bn",
     nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardtanh: "hardtanh",
     nn.Hardswish: "lut", nn.Hardsigmoid: "lut", nn.SiLU: "lut", nn.Sigmoid: "lut", nn.Tanh: "lut",

@@ -1,6 +1,8 @@
 """Quantized layers: float op + weight and activation quantizers from a `LayerPlan`."""
 
+from mixq.nn.lut import LUT_FUNCTIONS, QLutAct, is_lut_activation
 from mixq.nn.modules import QUANT_LAYERS, QAct, QConv2d, QLinear, quantized_layer
 from mixq.nn.shape import ZeroInsert
 
-__all__ = ["QUANT_LAYERS", "QAct", "QConv2d", "QLinear", "quantized_layer", "ZeroInsert"]
+__all__ = ["LUT_FUNCTIONS", "QUANT_LAYERS", "QAct", "QConv2d", "QLinear", "QLutAct", "ZeroInsert",
+           "is_lut_activation", "quantized_layer"]

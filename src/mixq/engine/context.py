@@ -1,0 +1,115 @@
+"""What the converter (:mod:`mixq.engine.convert`) knows while it walks the graph, and the input
+quantizer every builder shares: ``quantize`` for the float network input, ``requant`` otherwise."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from torch import fx
+
+from mixq.engine.arith import INT64_LIMIT, dyadic_array
+from mixq.engine.model import IntNode
+from mixq.engine.trace import OpInfo, tensor_args
+from mixq.errors import ModelError
+from mixq.formats import FixedPoint
+from mixq.nn import QAct
+
+if TYPE_CHECKING:
+    from mixq.engine.convert import EngineConfig
+
+
+@dataclass
+class Val:
+    """A tensor as the converter sees it: its producer, grid, bound and per-sample shape.
+
+    ``is_float`` marks the float network input (``node == "input"``), possibly reshaped by
+    shape-only ops: ``shape`` is then the shape its first quantizer sees.
+    """
+
+    node: str
+    is_float: bool
+    scale: np.ndarray
+    bound: int
+    shape: tuple[int, ...]
+
+
+@dataclass
+class Ctx:
+    gm: fx.GraphModule
+    cfg: EngineConfig
+    env: dict[fx.Node, Val | None] = field(default_factory=dict)
+    nodes: list[IntNode] = field(default_factory=list)
+    quant_cache: dict[tuple[str, tuple[int, ...], str, float], Val] = field(default_factory=dict)
+
+    def add(self, node: IntNode) -> Val:
+        names = {n.name for n in self.nodes}
+        if node.name in names:
+            k = 1
+            while f"{node.name}#{k}" in names:
+                k += 1
+            node = IntNode(f"{node.name}#{k}", node.op, node.inputs, node.shape, node.scale, node.bound,
+                           node.attrs, node.arrays, node.source)
+        self.nodes.append(node)
+        return Val(node.name, False, node.scale, node.bound, node.shape)
+
+    def arg(self, node: fx.Node, info: OpInfo) -> Val:
+        ins = tensor_args(node)
+        if not ins:
+            raise ModelError(f"layer {info.name!r} ({info.type}): no tensor input")
+        v = self.env.get(ins[0])
+        if v is None:
+            raise ModelError(f"layer {info.name!r} ({info.type}): its input is not a tensor the engine tracks")
+        return v
+
+    def int_arg(self, node: fx.Node, info: OpInfo) -> Val:
+        v = self.arg(node, info)
+        if v.is_float:
+            raise ModelError(f"layer {info.name!r} ({info.type}): applied to the float network input; "
+                             "the integer engine needs a quantizer first")
+        return v
+
+
+def dyadic_unique(ratios: np.ndarray, mult_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~mixq.engine.arith.dyadic_array` computed once per distinct ratio (per-position grids)."""
+    r = np.asarray(ratios, dtype=np.float64)
+    uniq, inv = np.unique(r.reshape(-1), return_inverse=True)
+    m, n = dyadic_array(uniq, mult_bits)
+    return m[inv].reshape(r.shape), n[inv].reshape(r.shape)
+
+
+def quant_input(ctx: Ctx, v: Val, qact: QAct | None, name: str, owner: OpInfo) -> Val:
+    """The codes a layer's input quantizer produces from ``v`` (``quantize`` or ``requant``)."""
+    where = f"layer {owner.name!r} ({owner.type})"
+    if qact is None:
+        raise ModelError(f"{where}: its input activations are not quantized (plan act=None); "
+                         "the integer engine needs integer inputs")
+    fmt = qact.fmt
+    if not isinstance(fmt, FixedPoint):
+        raise ModelError(f"{where}: activation format {fmt} is not supported by the integer engine "
+                         "(fixed point only)")
+    if qact.mode != "quant":
+        raise ModelError(f"{where}: its activation quantizer is in mode {qact.mode!r}; calibrate the model first")
+    s = float(qact.scale)
+    if not np.isfinite(s) or s <= 0:
+        raise ModelError(f"{where}: activation scale {s} is not a positive number")
+    key = (v.node, v.shape, json.dumps(fmt.to_dict(), sort_keys=True), s)
+    if key in ctx.quant_cache:
+        return ctx.quant_cache[key]
+    attrs = {"fmt": fmt.to_dict(), "act_scale": s, "qmin": fmt.qmin, "qmax": fmt.qmax}
+    bound = max(abs(fmt.qmin), abs(fmt.qmax))
+    grid = np.array(s, dtype=np.float64)
+    if v.is_float:
+        node = IntNode(name, "quantize", ("input",), v.shape, grid, bound, attrs, {}, f"{owner.name} ({owner.type})")
+    else:
+        m, n = dyadic_unique(v.scale / s, ctx.cfg.mult_bits)
+        if v.bound * int(m.max()) + 2 ** int(n.max()) >= INT64_LIMIT:
+            raise ModelError(f"{where}: requantizing its input needs more than 62 bits "
+                             f"(|x| <= {v.bound}, M <= {int(m.max())}); lower mult_bits")
+        node = IntNode(name, "requant", (v.node,), v.shape, grid, bound, attrs, {"M": m, "n": n},
+                       f"{owner.name} ({owner.type})")
+    out = ctx.add(node)
+    ctx.quant_cache[key] = out
+    return out

@@ -1,0 +1,220 @@
+"""Builders of data-movement ops: flatten, unit-dim reshapes, concatenation, zero padding, zero
+insertion, pixel shuffle and nearest upsampling (its builder, shared with bilinear, is in
+:mod:`mixq.engine.convert_ops`).
+
+None of them computes: every output element is an input element or a zero, and zero is on every
+grid, so the integer codes move unchanged and the grid moves with them (:mod:`mixq.engine.grids`).
+Shape-only ops (``unsqueeze`` / ``squeeze`` / a reshape that inserts or removes unit dims) are
+also allowed on the float network input: they change the shape its first quantizer sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from mixq.engine import grids
+from mixq.engine.context import Ctx, Val
+from mixq.engine.model import IntNode
+from mixq.engine.trace import OpInfo, fn_args, shape_of, tensor_args
+from mixq.errors import ModelError
+
+
+def _where(info: OpInfo) -> str:
+    return f"layer {info.name!r} ({info.type})"
+
+
+def _node(ctx: Ctx, info: OpInfo, op: str, v: Val, shape: tuple[int, ...], grid: np.ndarray,
+          attrs: dict[str, Any]) -> Val:
+    return ctx.add(IntNode(info.name, op, (v.node,), shape, grid, v.bound, attrs, {}, f"{info.name} ({info.type})"))
+
+
+def image(v: Val, info: OpInfo) -> None:
+    if len(v.shape) != 3:
+        raise ModelError(f"{_where(info)}: needs (C, H, W) inputs, got {v.shape}")
+
+
+# ----------------------------------------------------------------------------- flatten / reshape / cat
+
+
+def flatten_val(ctx: Ctx, node: fx.Node, info: OpInfo, v: Val) -> Val:
+    if v.is_float:
+        raise ModelError(f"{_where(info)}: flatten of the float network input")
+    if len(v.shape) <= 1:
+        return v
+    grid = v.scale if v.scale.ndim == 0 else grids.full(v.scale, v.shape).reshape(-1)
+    return _node(ctx, info, "flatten", v, shape_of(node), grid, {"start_dim": 1})
+
+
+def _flatten(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
+    v = ctx.arg(node, info)
+    if info.module is not None:
+        mod: Any = info.module
+        start, end = mod.start_dim, mod.end_dim
+    else:
+        a = fn_args(node, ("input", "start_dim", "end_dim"), {"start_dim": 0, "end_dim": -1})
+        start, end = a["start_dim"], a["end_dim"]
+    if start != 1 or end != -1:
+        raise ModelError(f"{_where(info)}: flatten({start}, {end}); only flatten(x, 1)")
+    return flatten_val(ctx, node, info, v)
+
+
+def _dims_ok(node: fx.Node, info: OpInfo, v: Val) -> None:
+    """``squeeze`` / ``unsqueeze`` need an explicit dim that is not the batch dim."""
+    if info.kind not in ("squeeze", "unsqueeze"):
+        return
+    a = fn_args(node, ("input", "dim"), {"dim": None})
+    dims = a["dim"] if isinstance(a["dim"], list | tuple) else [a["dim"]]
+    if any(d is None for d in dims):
+        raise ModelError(f"{_where(info)}: {info.kind} without a dim would touch the batch dim; give the dim")
+    rank = len(v.shape) + 1 + (1 if info.kind == "unsqueeze" else 0)  # the dims a dim index counts
+    if any(int(d) % rank == 0 for d in dims):
+        raise ModelError(f"{_where(info)}: {info.kind} of dim 0 (the batch dim)")
+
+
+def _reshape(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
+    """``view`` / ``reshape`` / ``unsqueeze`` / ``squeeze``: flattening, or inserting / removing unit dims."""
+    v = ctx.arg(node, info)
+    _dims_ok(node, info, v)
+    out = shape_of(node)
+    if out == v.shape:
+        return v
+    if v.is_float:
+        if grids.reshape(v.scale, v.shape, out) is None:
+            raise ModelError(f"{_where(info)}: reshape {v.shape} -> {out} of the float network input; "
+                             "only unit dims may be inserted or removed before the first quantizer")
+        return Val(v.node, True, v.scale, v.bound, out)
+    grid = grids.reshape(v.scale, v.shape, out)
+    if grid is not None:
+        return _node(ctx, info, "reshape", v, out, grid, {"shape": list(out)})
+    if len(out) == 1 and out[0] == int(np.prod(v.shape)):
+        return flatten_val(ctx, node, info, v)
+    raise ModelError(f"{_where(info)}: reshape {v.shape} -> {out}; only flattening and unit dims")
+
+
+def _cat(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
+    ins = tensor_args(node)
+    a = fn_args(node, ("tensors", "dim"), {"dim": 0})
+    vals = [ctx.env.get(i) for i in ins]
+    if any(v is None or v.is_float for v in vals):
+        raise ModelError(f"{_where(info)}: concatenates a tensor that is not integer")
+    ok = [v for v in vals if v is not None]
+    if int(a["dim"]) % (len(ok[0].shape) + 1) != 1:
+        raise ModelError(f"{_where(info)}: concatenation along dim {a['dim']}; only channels")
+    parts = [grids.channels(v.scale, v.shape) for v in ok]
+    if not all(grids.is_channel_grid(p) for p in parts):
+        parts = [grids.full(p, v.shape) for p, v in zip(parts, ok, strict=True)]
+    grid = grids.compact(np.concatenate(parts, axis=0))
+    return ctx.add(IntNode(info.name, "cat", tuple(v.node for v in ok), shape_of(node), grid,
+                           max(v.bound for v in ok), {"dim": 1}, {}, f"{info.name} ({info.type})"))
+
+
+def _identity(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val | None:
+    ins = tensor_args(node)
+    return ctx.env.get(ins[0]) if ins else None
+
+
+def _size(ctx: Ctx, node: fx.Node, info: OpInfo) -> None:
+    return None
+
+
+# ----------------------------------------------------------------------------- padding and upsampling
+
+
+def pad_amounts(node: fx.Node, info: OpInfo) -> list[int]:
+    """``[left, right, top, bottom]`` zero padding of ``ZeroPad2d`` / ``ConstantPad2d(0)`` / ``F.pad``."""
+    if info.module is not None:
+        mod: Any = info.module
+        pads, mode, value = list(mod.padding), "constant", float(getattr(mod, "value", 0.0))
+    else:
+        a = fn_args(node, ("input", "pad", "mode", "value"), {"mode": "constant", "value": None})
+        pads, mode, value = list(a["pad"]), a["mode"], float(a["value"] or 0.0)
+    if mode != "constant" or value != 0.0:
+        raise ModelError(f"{_where(info)}: padding mode {mode!r} with value {value}; only zero padding")
+    if len(pads) not in (2, 4) or any(int(p) < 0 for p in pads):
+        raise ModelError(f"{_where(info)}: padding {pads}; only non-negative padding of H and W")
+    pads = [int(p) for p in pads] + [0, 0] * (len(pads) == 2)
+    return pads
+
+
+def _pad(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
+    v = ctx.int_arg(node, info)
+    image(v, info)
+    pads = pad_amounts(node, info)
+    grid = grids.move(v.scale, v.shape, lambda g: F.pad(g, pads, mode="replicate"), spatial_only=True)
+    return _node(ctx, info, "pad", v, shape_of(node), grid, {"pads": pads})
+
+
+def _zero_insert(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
+    v = ctx.int_arg(node, info)
+    image(v, info)
+    mod: Any = info.module
+    (sh, sw), (eh, ew) = mod.stride, mod.extra
+    _, h, w = v.shape
+
+    def spread(g: torch.Tensor) -> torch.Tensor:
+        g = g.repeat_interleave(sh, 2).repeat_interleave(sw, 3)[:, :, :(h - 1) * sh + 1, :(w - 1) * sw + 1]
+        return F.pad(g, (0, ew, 0, eh), mode="replicate")
+
+    grid = grids.move(v.scale, v.shape, spread, spatial_only=True)
+    return _node(ctx, info, "zero_insert", v, shape_of(node), grid, {"stride": [sh, sw], "extra": [eh, ew]})
+
+
+def _pixel_shuffle(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
+    """Channel ``c * r * r + i * r + j`` goes to pixel ``(i, j)`` of output channel ``c``: the grid moves with
+    it (per output channel when the ``r * r`` source channels share a grid, per position otherwise)."""
+    v = ctx.int_arg(node, info)
+    image(v, info)
+    mod: Any = info.module
+    r = int(mod.upscale_factor) if mod is not None else int(fn_args(node, ("input", "upscale_factor"), {})
+                                                            ["upscale_factor"])
+    grid = grids.move(v.scale, v.shape, lambda g: F.pixel_shuffle(g, r), spatial_only=False)
+    return _node(ctx, info, "pixel_shuffle", v, shape_of(node), grid, {"factor": r})
+
+
+def upsample_args(node: fx.Node, info: OpInfo) -> dict[str, Any]:
+    """``size``, ``scale_factor``, ``mode``, ``align_corners``, ``recompute_scale_factor``, ``antialias``."""
+    if info.module is not None:
+        mod: Any = info.module
+        return {"size": mod.size, "scale_factor": mod.scale_factor, "mode": mod.mode,
+                "align_corners": mod.align_corners, "recompute_scale_factor": mod.recompute_scale_factor,
+                "antialias": False}
+    return fn_args(node, ("input", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor",
+                          "antialias"),
+                   {"size": None, "scale_factor": None, "mode": "nearest", "align_corners": None,
+                    "recompute_scale_factor": None, "antialias": False})
+
+
+def scale_factors(a: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The per-axis scale factors torch uses for the source index (``None``: it uses in/out)."""
+    sf = a["scale_factor"]
+    if sf is None or a["recompute_scale_factor"]:
+        return None, None
+    hs, ws = (sf, sf) if isinstance(sf, int | float) else tuple(sf)
+    return float(hs), float(ws)
+
+
+def nearest(ctx: Ctx, node: fx.Node, info: OpInfo, v: Val, a: dict[str, Any]) -> Val:
+    """Nearest upsampling by integer factors: output pixel ``(i, j)`` is input pixel ``(i // kh, j // kw)``."""
+    out = shape_of(node)
+    (_, h, w), (_, oh, ow) = v.shape, out
+    factors = scale_factors(a)
+    if oh % h or ow % w or any(f is not None and f != k for f, k in zip(factors, (oh // h, ow // w), strict=True)):
+        raise ModelError(f"{_where(info)}: nearest upsampling {h}x{w} -> {oh}x{ow} (scale {a['scale_factor']}); "
+                         "only integer factors")
+    kh, kw = oh // h, ow // w
+    grid = grids.move(v.scale, v.shape, lambda g: g.repeat_interleave(kh, 2).repeat_interleave(kw, 3),
+                      spatial_only=True)
+    return _node(ctx, info, "upsample", v, out, grid, {"scale": [kh, kw], "mode": "nearest"})
+
+
+SHAPE_BUILDERS: dict[str, Callable[[Ctx, fx.Node, OpInfo], Val | None]] = {
+    "flatten": _flatten, "reshape": _reshape, "unsqueeze": _reshape, "squeeze": _reshape, "cat": _cat,
+    "identity": _identity, "size": _size, "pad": _pad, "zero_insert": _zero_insert,
+    "pixel_shuffle": _pixel_shuffle,
+}

@@ -1,0 +1,491 @@
+"""The integer engine, the hardware-faithful mode and the ONNX exports of padding, zero insertion,
+pixel shuffle, nearest / bilinear upsampling, per-channel clamps (CLE's clipped ReLU6), lookup-table
+activations (``QLutAct``) and unit-dim reshapes.
+
+Every case is a tiny model quantized with the public API (W8A8 per channel), the op between
+quantized layers. Claims:
+
+* engine == faithful exactly: equal integer output codes, ``verify`` exact (no differing accumulator or
+  input code in any layer), on random batches, saturating batches (every lookup table read at both
+  ends), inputs exactly at rounding ties of the first quantizer, and zeros;
+* faithful vs the ordinary fake-quant model: the faithful mode rounds like the hardware (dyadic
+  multipliers, round half up) where fake quant divides in float32 and rounds half to even, so an
+  activation code may move by one step at a near-tie. Asserted (measured in brackets): outputs within
+  1 % of the largest output (<= 0.32 %), at most 1 % of any layer's input codes moved (<= 0.6 %),
+  each by one step (the U-Net: up to 3 steps where a moved code went through a lookup table and
+  two more layers, i.e. propagated, not local, differences);
+* QONNX (qonnx's executor) and QDQ (onnxruntime, graph as written, float bias) agree with the
+  fake-quant model within the existing export tests' tolerance ``2e-3 * max|y|``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mixq import api
+from mixq.algorithms.ptq import ClippedReLU
+from mixq.algorithms.ptq import quantize as ptq_quantize
+from mixq.engine import IntEngine, IntModel, faithful, load_int_model, save_int_model, to_integer, verify
+from mixq.engine.convert_ops import linear_weights
+from mixq.errors import ModelError
+from mixq.export import to_qdq, to_qonnx
+from mixq.formats import parse_format
+from mixq.graph.convert import to_quantized
+from mixq.nn import QLutAct, ZeroInsert
+from mixq.plan import LayerPlan
+
+pytest.importorskip("qonnx")
+pytest.importorskip("onnxruntime")
+from mixq.export.check import run_qdq, run_qonnx  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SHAPE = (3, 8, 8)
+FQ_TOL = 0.01  # faithful vs fake quant, relative to the largest output (see the module docstring)
+EXPORT_TOL = 2e-3  # as tests/test_export_qonnx.py and tests/test_export_qdq.py
+
+
+class Between(nn.Module):
+    """conv -> ReLU -> ``op`` -> conv (-> ``tail``): the op between two quantized layers."""
+
+    def __init__(self, op: nn.Module | Callable[[torch.Tensor], torch.Tensor], mid: int = 8, out: int = 4,
+                 relu: bool = True, tail: nn.Module | None = None) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(SHAPE[0], mid, 3, padding=1)
+        self.relu = nn.ReLU() if relu else nn.Identity()
+        self.op = op if isinstance(op, nn.Module) else _Fn(op)
+        self.c2 = nn.Conv2d(self._channels(mid), out, 3, padding=1)
+        self.tail = tail if tail is not None else nn.Identity()
+
+    def _channels(self, mid: int) -> int:
+        with torch.no_grad():
+            return int(self.op(torch.zeros(1, mid, 8, 8)).shape[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.c2(self.op(self.relu(self.c1(x)))))  # type: ignore[no-any-return]
+
+
+class _Fn(nn.Module):
+    """A module whose forward is a functional op (traced through: the engine sees the function)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def quantize(model: nn.Module, x: torch.Tensor, **layers: LayerPlan) -> nn.Module:
+    torch.manual_seed(0)
+    plan = api.default_plan("m", model, x)
+    for name, lp in layers.items():
+        plan = plan.with_layer(name, lp)
+    return api.quantize(model.eval(), plan, x, fold=False)
+
+
+def edge_batches(im: IntModel, shape: tuple[int, ...], seed: int = 1) -> list[torch.Tensor]:
+    """Random, saturating (x8), first-quantizer ties (``(k + 1/2) * s``), and zeros with extremes."""
+    g = torch.Generator().manual_seed(seed)
+    s = float(next(n for n in im.nodes if n.op == "quantize").attrs["act_scale"])
+    ties = (torch.randint(-140, 140, (4, *shape), generator=g).float() + 0.5) * s
+    extremes = torch.zeros(4, *shape)
+    extremes[:, ..., ::3] = 1e3
+    extremes[:, ..., 1::3] = -1e3
+    return [torch.randn(6, *shape, generator=g), 8 * torch.randn(4, *shape, generator=g), ties, extremes]
+
+
+def check(q: nn.Module, calib: torch.Tensor, *, exports: bool = True, code_diff: int = 1) -> dict[str, object]:
+    """Engine == faithful (codes, every layer), faithful ~ fake quant, exports ~ fake quant; the report."""
+    im = to_integer(q, calib)
+    engine, fm = IntEngine(im), faithful(q, im)
+    grid = torch.from_numpy(np.asarray(im.node(im.output).scale, dtype=np.float64)).unsqueeze(0)
+    batches = edge_batches(im, tuple(calib.shape[1:]))
+    worst = 0.0
+    for x in batches:
+        r = engine(x)
+        with torch.no_grad():
+            y_f, y_q = fm(x), q(x).double()
+        assert torch.equal(r.codes, torch.round(y_f / grid).to(torch.int64))
+        assert torch.equal(r.real(), y_f)
+        worst = max(worst, float((y_f - y_q).abs().max() / y_q.abs().max().clamp(min=1e-12)))
+    assert worst <= FQ_TOL, worst
+    rep = verify(q, torch.cat(batches))
+    assert rep["exact"] and rep["mismatching_outputs"] == 0
+    for layer in rep["layers"]:
+        assert layer["mismatches"] == 0 and layer["input_mismatches"] == 0, layer
+        assert layer["max_code_diff"] <= code_diff and layer["code_flip_rate"] <= 0.01, layer
+    if exports:
+        x = batches[0]
+        with torch.no_grad():
+            y = q(x).numpy()
+        top = np.abs(y).max()
+        y_o = run_qonnx(to_qonnx(im, batch=x.shape[0]), x)
+        y_d = run_qdq(to_qdq(im, int_bias=False), x, optimize=False)
+        assert y_o.shape == y.shape == y_d.shape
+        assert np.abs(y_o - y).max() <= EXPORT_TOL * top
+        assert np.abs(y_d - y).max() <= EXPORT_TOL * top
+    return {"im": im, "report": rep, "fq_rel": worst}
+
+
+def ops_of(im: IntModel) -> list[str]:
+    return [n.op for n in im.nodes]
+
+
+@functools.lru_cache(maxsize=1)
+def calib() -> torch.Tensor:
+    return torch.randn(32, *SHAPE, generator=torch.Generator().manual_seed(0))
+
+
+# ----------------------------------------------------------------------------- pad / zero insert
+
+
+@pytest.mark.parametrize("op", [
+    nn.ZeroPad2d((1, 2, 0, 3)), nn.ConstantPad2d(1, 0.0), lambda x: F.pad(x, (2, 0, 1, 1)),
+    lambda x: F.pad(x, (1, 3), mode="constant", value=0.0)], ids=["ZeroPad2d", "ConstantPad2d", "F.pad4", "F.pad2"])
+def test_pad(op: nn.Module | Callable[[torch.Tensor], torch.Tensor]) -> None:
+    torch.manual_seed(1)
+    out = check(quantize(Between(op), calib()), calib())
+    im = out["im"]
+    assert isinstance(im, IntModel) and "pad" in ops_of(im)
+
+
+def test_nonzero_pad_is_refused() -> None:
+    q = quantize(Between(nn.ConstantPad2d(1, 0.5)), calib())
+    with pytest.raises(ModelError, match=r"layer 'op' \(ConstantPad2d\): padding mode 'constant' with value 0.5"):
+        to_integer(q, calib())
+
+
+@pytest.mark.parametrize("stride,extra", [((2, 2), (1, 1)), ((2, 3), (0, 2)), ((1, 2), (0, 0))])
+def test_zero_insert_is_a_transposed_conv(stride: tuple[int, int], extra: tuple[int, int]) -> None:
+    torch.manual_seed(2)
+    out = check(quantize(Between(ZeroInsert(stride, extra)), calib()), calib())
+    im = out["im"]
+    assert isinstance(im, IntModel)
+    zi = next(n for n in im.nodes if n.op == "zero_insert")
+    assert zi.shape == (8, 7 * stride[0] + 1 + extra[0], 7 * stride[1] + 1 + extra[1])
+
+
+# ----------------------------------------------------------------------------- pixel shuffle
+
+
+def test_pixel_shuffle_moves_per_channel_grids_per_position() -> None:
+    """After a per-channel conv the r*r source channels have different grids: the grid moves per position."""
+    torch.manual_seed(3)
+    out = check(quantize(Between(nn.PixelShuffle(2), mid=16, relu=False), calib()), calib())
+    im = out["im"]
+    assert isinstance(im, IntModel)
+    ps = next(n for n in im.nodes if n.op == "pixel_shuffle")
+    c1 = im.node("c1")
+    assert ps.scale.shape == (4, 16, 16)
+    src = np.asarray(c1.scale).reshape(4, 2, 2)  # out channel c, pixel (i, j) <- in channel 4c + 2i + j
+    assert np.array_equal(ps.scale[:, :2, :2], src) and np.array_equal(ps.scale[:, 2:4, 2:4], src)
+
+
+def test_pixel_shuffle_of_shared_grids_then_maxpool() -> None:
+    torch.manual_seed(4)
+    model = Between(lambda x: F.max_pool2d(F.pixel_shuffle(x, 2), 2), mid=16)
+    per_tensor = LayerPlan(weight=parse_format("fixed8n"), weight_granularity="tensor", act=parse_format("fixed8"))
+    out = check(quantize(model, calib(), c1=per_tensor), calib())
+    im = out["im"]
+    assert isinstance(im, IntModel) and im.node("pixel_shuffle").scale.ndim == 0
+    with pytest.raises(ModelError, match=r"layer 'max_pool2d' \(max_pool2d\): pooling over a grid that "
+                                         "varies in space"):
+        to_integer(quantize(model, calib()), calib())
+
+
+# ----------------------------------------------------------------------------- upsampling
+
+
+@pytest.mark.parametrize("op", [
+    nn.Upsample(scale_factor=2), nn.UpsamplingNearest2d(scale_factor=3),
+    lambda x: F.interpolate(x, scale_factor=(2, 3), mode="nearest"),
+    lambda x: F.interpolate(x, size=(16, 24), mode="nearest-exact"),
+], ids=["Upsample", "UpsamplingNearest2d", "F.interpolate-scale", "F.interpolate-size"])
+def test_nearest_upsample(op: nn.Module | Callable[[torch.Tensor], torch.Tensor]) -> None:
+    torch.manual_seed(5)
+    out = check(quantize(Between(op), calib()), calib())
+    im = out["im"]
+    assert isinstance(im, IntModel) and "upsample" in ops_of(im)
+
+
+def test_nearest_upsample_moves_a_per_position_grid() -> None:
+    torch.manual_seed(6)
+    out = check(quantize(Between(lambda x: F.interpolate(F.pixel_shuffle(x, 2), scale_factor=2), mid=16,
+                                 relu=False), calib()), calib())
+    im = out["im"]
+    assert isinstance(im, IntModel) and im.node("interpolate").scale.shape == (4, 32, 32)
+
+
+@pytest.mark.parametrize("op,denom", [
+    (nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), [4, 4]),
+    (nn.UpsamplingBilinear2d(scale_factor=2), [15, 15]),
+    (lambda x: F.interpolate(x, size=(13, 11), mode="bilinear", align_corners=True), [12, 10]),
+    (lambda x: F.interpolate(x, size=(14, 9), mode="bilinear", align_corners=False), [14, 18]),
+], ids=["x2", "x2-align_corners", "size-align_corners", "size"])
+def test_bilinear_is_exact_on_a_finer_grid(op: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+                                          denom: list[int]) -> None:
+    torch.manual_seed(7)
+    out = check(quantize(Between(op), calib()), calib())
+    im = out["im"]
+    assert isinstance(im, IntModel)
+    node = next(n for n in im.nodes if n.op == "interp")
+    assert node.attrs["denom"] == denom
+    src = im.node(node.inputs[0])
+    assert np.allclose(node.scale * denom[0] * denom[1], src.scale, rtol=1e-15)
+    assert node.bound == src.bound * denom[0] * denom[1]
+
+
+def test_bilinear_weights_match_torch() -> None:
+    w, d = linear_weights(4, 8, False, 2.0)
+    assert d == 4 and w.sum(1).tolist() == [4] * 8
+    assert w.tolist()[:3] == [[4, 0, 0, 0], [3, 1, 0, 0], [1, 3, 0, 0]] and w.tolist()[-1] == [0, 0, 0, 4]
+    for n_in, n_out, ac, sf in [(5, 10, False, 2.0), (5, 15, False, 3.0), (4, 7, True, None), (6, 9, False, None)]:
+        w, d = linear_weights(n_in, n_out, ac, sf)
+        eye = torch.eye(n_in, dtype=torch.float64).reshape(1, 1, n_in, n_in)
+        kw = {"scale_factor": (sf, 1.0)} if sf else {"size": (n_out, n_in)}
+        ref = F.interpolate(eye, mode="bilinear", align_corners=ac, **kw)[0, 0]
+        assert torch.allclose(ref, torch.from_numpy(w / d), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("op,match", [
+    (lambda x: F.interpolate(x, scale_factor=1.7, mode="bilinear"), "weights on a grid of 1/"),
+    (lambda x: F.interpolate(x, scale_factor=2, mode="bicubic"), "interpolation mode 'bicubic'"),
+    (lambda x: F.interpolate(x, size=(12, 12)), r"nearest upsampling 8x8 -> 12x12"),
+])
+def test_inexact_upsampling_is_refused(op: Callable[[torch.Tensor], torch.Tensor], match: str) -> None:
+    with pytest.raises(ModelError, match=r"layer 'interpolate' \(interpolate\): .*" + match):
+        to_integer(quantize(Between(op), calib()), calib())
+
+
+# ----------------------------------------------------------------------------- per-channel clamp
+
+
+def test_clipped_relu_per_channel_bounds() -> None:
+    torch.manual_seed(8)
+    q = quantize(Between(nn.Identity(), relu=False), calib())
+    q.relu = ClippedReLU(torch.linspace(0.05, 0.6, 8))  # type: ignore[assignment]
+    out = check(q, calib())
+    im = out["im"]
+    assert isinstance(im, IntModel)
+    clamp = im.node("relu")
+    assert clamp.op == "clamp" and clamp.arrays["hi"].shape == (8, 1, 1) and clamp.attrs["hi_real"] is None
+    assert np.array_equal(clamp.arrays["hi_float"].reshape(-1), torch.linspace(0.05, 0.6, 8).numpy())
+
+
+class _NotAClamp(nn.Hardtanh):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 0.5
+
+
+def test_hardtanh_subclass_with_another_forward_is_refused() -> None:
+    q = quantize(Between(nn.Identity(), relu=False), calib())
+    q.relu = _NotAClamp(0.0, 1.0)  # type: ignore[assignment]
+    with pytest.raises(ModelError, match=r"layer 'relu' \(_NotAClamp\): a Hardtanh subclass whose forward is not"):
+        to_integer(q, calib())
+
+
+class MobileBlock(nn.Module):
+    """conv-BN-ReLU6 -> depthwise-BN-ReLU6 -> 1x1 -> pool -> linear: what DFQ's CLE equalizes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU6(),
+                               nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU6(),
+                               nn.Conv2d(16, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.f(x)  # type: ignore[no-any-return]
+
+
+def test_dfq_recipe_clipped_relu_verifies() -> None:
+    """``--recipe dfq`` replaces ReLU6 by CLE's per-channel ClippedReLU; the engine verifies it exactly."""
+    torch.manual_seed(9)
+    m = MobileBlock().eval()
+    x = calib()
+    q = ptq_quantize(m, api.default_plan("m", m, x), x, recipe="dfq", input_shape=SHAPE)
+    clipped = [n for n, mod in q.named_modules() if isinstance(mod, ClippedReLU)]
+    assert clipped == ["f.2", "f.5"]
+    out = check(q, x)
+    im = out["im"]
+    assert isinstance(im, IntModel) and all(im.node(n).arrays["hi"].shape == (16, 1, 1) for n in clipped)
+
+
+# ----------------------------------------------------------------------------- lookup tables
+
+LUTS = [nn.Hardswish(), nn.Hardsigmoid(), nn.SiLU(), nn.Sigmoid(), nn.Tanh(), nn.GELU(), nn.GELU("tanh"),
+        nn.ELU(0.5), nn.LeakyReLU(0.2), nn.Mish()]
+
+
+@pytest.mark.parametrize("act", LUTS, ids=[f"{type(a).__name__}{i}" for i, a in enumerate(LUTS)])
+def test_lut_activation(act: nn.Module) -> None:
+    torch.manual_seed(10)
+    q = quantize(Between(act, relu=False), calib())
+    assert q.mixq_lut_activations == ("op",) and isinstance(q.op, QLutAct)
+    out = check(q, calib())
+    im = out["im"]
+    assert isinstance(im, IntModel)
+    lut = im.node("op")
+    assert lut.op == "lut" and ops_of(im)[ops_of(im).index("lut") - 1] == "requant"
+    assert lut.arrays["table"].shape == (256,) and lut.bound <= 2**15 - 1
+    codes, s_out = q.op.table()
+    assert np.array_equal(lut.arrays["table"], codes.numpy()) and lut.attrs["act_scale"] == float(s_out)
+    # the saturating batch reads both ends of the table
+    r = IntEngine(im)(edge_batches(im, SHAPE)[1], keep={lut.inputs[0]})
+    assert int(r.values[lut.inputs[0]].min()) == -128 and int(r.values[lut.inputs[0]].max()) == 127
+
+
+def test_lut_table_is_the_fake_quant_model() -> None:
+    """The fake-quant forward of a QLutAct equals its table, element for element (the claim of QLutAct)."""
+    q = quantize(Between(nn.GELU(), relu=False), calib())
+    lut: QLutAct = q.op  # type: ignore[assignment]
+    x = 3 * torch.randn(64, 8, 8, 8)
+    codes, s_out = lut.table()
+    in_codes = lut.in_fmt.quantize(x, lut.input_quant.scale)
+    with torch.no_grad():
+        y = lut(x)
+    assert torch.equal(y, codes[in_codes - lut.in_fmt.qmin].float() * s_out)
+
+
+def test_sigmoid_head_is_the_output() -> None:
+    torch.manual_seed(11)
+    q = quantize(Between(nn.Identity(), tail=nn.Sigmoid()), calib())
+    out = check(q, calib())
+    im = out["im"]
+    assert isinstance(im, IntModel) and im.output == "tail" and im.node("tail").op == "lut"
+
+
+def test_lut_trains_through_ste() -> None:
+    q = quantize(Between(nn.SiLU(), relu=False), calib())
+    q.train()
+    opt = torch.optim.SGD(q.parameters(), lr=0.05)
+    x, target = calib()[:16], torch.zeros(16, 4, 8, 8)
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss = F.mse_loss(q(x), target)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        opt.step()
+    c1 = q.get_submodule("c1")
+    assert isinstance(c1, nn.Conv2d)
+    grad = c1.weight.grad
+    assert grad is not None and int(torch.count_nonzero(grad)) > 0
+    assert losses[-1] < losses[0]
+
+
+def test_lut_wrapping_follows_the_plan() -> None:
+    m = Between(nn.Hardswish(), relu=False).eval()
+    plan = api.default_plan("m", m, calib())
+    q = to_quantized(m, plan)
+    assert isinstance(q.op, QLutAct) and q.op.in_fmt.bits == 8 and q.op.in_fmt.signed
+    assert isinstance(m.op, nn.Hardswish)  # the input model is not changed
+    no_act = plan.with_layer("c1", LayerPlan(weight=parse_format("fixed8n"))).with_layer(
+        "c2", LayerPlan(weight=parse_format("fixed8n")))
+    assert isinstance(to_quantized(m, no_act).op, nn.Hardswish)
+
+
+def test_functional_activation_is_refused_by_name() -> None:
+    q = quantize(Between(F.silu, relu=False), calib())
+    with pytest.raises(ModelError, match=r"layer 'silu' \(function silu\): an activation without a lookup-table"):
+        to_integer(q, calib())
+
+
+# ----------------------------------------------------------------------------- unit-dim shape ops
+
+
+class Conv1dAs2d(nn.Module):
+    """Conv1d written as unsqueeze(2) -> Conv2d(1 x k) -> squeeze(2), on a (C, L) input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, (1, 3), padding=(0, 1))
+        self.c2 = nn.Conv2d(8, 8, (1, 3))
+        self.fc = nn.Linear(8 * 14, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.c1(x.unsqueeze(2))).squeeze(2)  # (N, 8, L)
+        y = torch.unsqueeze(y, 2)
+        y = self.c2(y.view(y.size(0), 8, 1, 16)).squeeze(2)
+        return self.fc(torch.flatten(y, 1))  # type: ignore[no-any-return]
+
+
+def test_unit_dim_shape_ops_and_the_float_input() -> None:
+    torch.manual_seed(12)
+    x = torch.randn(32, 3, 16)
+    out = check(quantize(Conv1dAs2d().eval(), x), x)
+    im = out["im"]
+    assert isinstance(im, IntModel) and im.input_shape == (3, 16)
+    assert im.nodes[0].op == "quantize" and im.nodes[0].shape == (3, 1, 16)
+    sq = next(n for n in im.nodes if n.op == "reshape")
+    assert sq.shape == (8, 16) and sq.scale.shape == (8, 1)
+
+
+def test_squeeze_without_dim_is_refused() -> None:
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, (1, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.c(x.unsqueeze(2)).squeeze()  # type: ignore[no-any-return]
+
+    x = torch.randn(8, 3, 16)
+    with pytest.raises(ModelError, match=r"layer 'squeeze' \(Tensor.squeeze\): squeeze without a dim"):
+        to_integer(quantize(M().eval(), x), x)
+
+
+# ----------------------------------------------------------------------------- a U-Net block
+
+
+class UNetBlock(nn.Module):
+    """Encoder conv, max-pool, bottleneck, transposed conv as ZeroInsert + conv, concat skip, nearest and
+    bilinear upsampling, pixel shuffle, sigmoid head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.mid = nn.Conv2d(8, 16, 3, padding=1)
+        self.act = nn.Hardswish()
+        self.zi = ZeroInsert((2, 2), (1, 1))
+        self.up = nn.Conv2d(16, 8, 3, padding=1)  # ConvTranspose2d(16, 8, 3, 2, 1, 1) as a conv
+        self.dec = nn.Conv2d(16, 16, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(2)
+        self.bil = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.head = nn.Conv2d(4, 1, 1)
+        self.out = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = F.relu(self.enc(x))
+        y = self.act(self.mid(self.pool(skip)))
+        y = F.relu(self.up(self.zi(y)))
+        y = torch.cat([y, skip], 1)
+        y = F.interpolate(self.dec(y), scale_factor=2, mode="nearest")  # (16, 32, 32)
+        y = self.bil(F.max_pool2d(F.relu(y), 2))  # (16, 32, 32)
+        y = self.shuffle(y)  # (4, 64, 64): channels on different grids, moved per position
+        return self.out(self.head(y))  # type: ignore[no-any-return]
+
+
+def test_unet_block_end_to_end(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(13)
+    x = torch.randn(16, 3, 16, 16)
+    q = quantize(UNetBlock().eval(), x)
+    assert q.mixq_lut_activations == ("act", "out")
+    out = check(q, x, code_diff=4)
+    im = out["im"]
+    assert isinstance(im, IntModel)
+    assert {"zero_insert", "cat", "upsample", "interp", "pixel_shuffle", "lut", "maxpool"} <= set(ops_of(im))
+    import onnx
+
+    for proto in (to_qonnx(im), to_qdq(im)):
+        onnx.checker.check_model(proto)
+    back = load_int_model(save_int_model(im, tmp_path / "unet.json"))
+    xb = edge_batches(im, (3, 16, 16))[1]
+    assert torch.equal(IntEngine(back)(xb).codes, IntEngine(im)(xb).codes)
