@@ -90,6 +90,24 @@ def inputs(model: Any, size: int | None, images: int, calib: bool = True) -> tup
     return x[:images], cal
 
 
+def artifact_inputs(art: Any, images: int) -> Any:
+    """Inputs for an artifact's checks from the data it records: its ``--eval`` source, else its calibration
+    source, with its preprocessing (a 1-D model's .npz signals as they are); ``None`` when it records none."""
+    from mixq.cli.quantize import load_source
+    from mixq.data.sources import Preprocess
+
+    cal = art.summary.get("calibration") or {}
+    source = (art.summary.get("eval") or {}).get("source") or cal.get("source")
+    if not isinstance(source, str) or art.source is None:
+        return None
+    shape = tuple(art.source.shape())
+    pre_d = cal.get("preprocess")
+    pre = Preprocess(**pre_d) if isinstance(pre_d, dict) else None
+    if pre is None and len(shape) != 2:
+        return None
+    return load_source(source, pre, images, f"--from {art.folder}:", shape).x[:images]
+
+
 def prepare(model: Any, plan_path: Path | None, weight: str, act: str, size: int | None,
             images: int, from_: Path | None = None) -> tuple[Any, Any]:
     """(fake-quant model, evaluation inputs): the ``--from`` artifact's model as it is, or ``model`` (a
@@ -99,6 +117,9 @@ def prepare(model: Any, plan_path: Path | None, weight: str, act: str, size: int
         from mixq.artifact import load_artifact
 
         art = load_artifact(from_)
+        recorded = artifact_inputs(art, images) if size is None else None
+        if recorded is not None:
+            return art.qmodel, recorded
         x, _ = inputs(art.source if art.source is not None else art.model_name, size, images, calib=False)
         return art.qmodel, x
 

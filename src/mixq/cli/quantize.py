@@ -67,13 +67,16 @@ def _values(value: str | None) -> tuple[float, ...] | None:
     return vals
 
 
-def load_source(source: str, pre: Any, limit: int | None, option: str) -> Any:
+def load_source(source: str, pre: Any, limit: int | None, option: str, shape: tuple[int, ...] = ()) -> Any:
     """The images of a ``--calib`` / ``--eval`` source (:func:`mixq.data.sources.load_images`): the
     keywords take their first ``limit`` images, a folder or an .npz file a seeded random subset (so a
-    folder of class subfolders gives every class)."""
-    from mixq.data.sources import KEYWORDS, load_images
+    folder of class subfolders gives every class). With ``pre`` None (a 1-D model of input ``shape``),
+    the signals of an .npz (:func:`mixq.data.sources.load_signals`)."""
+    from mixq.data.sources import KEYWORDS, load_images, load_signals
 
     seed = None if source in KEYWORDS else 0
+    if pre is None:
+        return load_signals(source, shape, limit, seed=seed, name=f"{option} {source}")
     return load_images(source, pre, limit, seed=seed, name=f"{option} {source}")
 
 
@@ -145,19 +148,30 @@ def register(app: typer.Typer) -> None:
         from mixq.graph.capture import capture
 
         shape = src.shape()
-        try:
-            pre = Preprocess.for_input(shape, size=input_size, mean=mean, std=std,  # type: ignore[arg-type]
-                                       channels=None if gray is None else (1 if gray else 3))
-        except OptionError as e:  # "mean: ..." -> "--mean: ..."
-            field, _, rest = str(e).partition(":")
-            raise OptionError(f"--{ {'size': 'input-size'}.get(field, field)}:{rest}") from None
-        if pre.channels != shape[0]:
-            raise OptionError(f"--{'grayscale' if gray else 'rgb'}: {model} takes {shape[0]}-channel input")
+        signal = len(shape) == 2  # a 1-D model: (C, L) arrays from an .npz, fed as they are
+        if signal:
+            given = [o for o, v in (("--input-size", input_size), ("--mean", mean), ("--std", std),
+                                    ("--grayscale/--rgb", gray)) if v is not None]
+            if given:
+                raise OptionError(f"{', '.join(given)}: {model} takes 1-D signals ({shape[0]},{shape[1]}); "
+                                  "image preprocessing does not apply")
+            pre = None
+        else:
+            try:
+                pre = Preprocess.for_input(shape, size=input_size, mean=mean, std=std,  # type: ignore[arg-type]
+                                           channels=None if gray is None else (1 if gray else 3))
+            except OptionError as e:  # "mean: ..." -> "--mean: ..."
+                field, _, rest = str(e).partition(":")
+                raise OptionError(f"--{ {'size': 'input-size'}.get(field, field)}:{rest}") from None
+            if pre.channels != shape[0]:
+                raise OptionError(f"--{'grayscale' if gray else 'rgb'}: {model} takes {shape[0]}-channel input")
         net = load_model(src, pretrained=pretrained, fallback=False)
         if calib == "auto":  # the model's own kind of data: gray Fashion-MNIST or ImageNet-style photos
+            if pre is None:
+                raise OptionError(f"--calib: give an .npz of ({shape[0]}, {shape[1]}) signals for {model}")
             calib = "shipped" if pre.channels == 1 else "photos"
-        data = load_source(calib, pre, images, "--calib").x
-        if pre.size != tuple(shape[1:]):  # e.g. a fully convolutional model at another resolution
+        data = load_source(calib, pre, images, "--calib", shape).x
+        if pre is not None and pre.size != tuple(shape[1:]):  # e.g. a fully convolutional model at another size
             try:
                 api.predict(net, data[:1])
             except RuntimeError as e:
@@ -165,7 +179,7 @@ def register(app: typer.Typer) -> None:
                                   f"{pre.channels}x{pre.size[0]}x{pre.size[1]} inputs "
                                   f"({str(e).splitlines()[0]})") from None
             shape = (pre.channels, *pre.size)
-        evalset = load_source(eval_source, pre, None, "--eval") if eval_source is not None else None
+        evalset = load_source(eval_source, pre, None, "--eval", shape) if eval_source is not None else None
         if plan is not None:
             qplan = load_checked_plan(plan, model, capture(net, shape))
         elif msq is not None:
@@ -195,7 +209,7 @@ def register(app: typer.Typer) -> None:
             evaluation = {"source": eval_source, "images": len(evalset), **evaluation}
         summary = {
             "model": model, "source": src.to_dict(), "pretrained": pretrained, "recipe": res.recipe.to_dict(),
-            "calibration": {"source": calib, "images": int(data.shape[0]), "preprocess": {
+            "calibration": {"source": calib, "images": int(data.shape[0]), "preprocess": None if pre is None else {
                 "size": list(pre.size), "channels": pre.channels, "mean": list(pre.mean), "std": list(pre.std),
                 "resize": pre.resize}},
             **({"eval": evaluation} if evaluation is not None else {}),

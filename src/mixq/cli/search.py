@@ -37,16 +37,17 @@ def artifact_task(folder: Path, calib_images: int, eval_images: int, eval_source
     cal = summary.get("calibration") or {}
     pre_d = cal.get("preprocess")
     shape = tuple(src.shape())
-    pre = Preprocess(**pre_d) if isinstance(pre_d, dict) else Preprocess.for_input(shape)  # type: ignore[arg-type]
+    pre = (Preprocess(**pre_d) if isinstance(pre_d, dict) else None if len(shape) == 2
+           else Preprocess.for_input(shape))  # type: ignore[arg-type]
     source = str(cal.get("source") or ("shipped" if shape[0] == 1 else "photos"))
     eval_source = eval_source or (summary.get("eval") or {}).get("source")
     if eval_source is not None:
-        evalset = load_source(eval_source, pre, eval_images, "--eval")
-        calib = load_source(source, pre, calib_images, "--calib").x
+        evalset = load_source(eval_source, pre, eval_images, "--eval", shape)
+        calib = load_source(source, pre, calib_images, "--calib", shape).x
         if evalset.labelled:
             return ck.model_name, net, calib, AccuracyEval(evalset.x, evalset.y)
         return ck.model_name, net, calib, AgreementEval.of(net, evalset.x)
-    both = load_source(source, pre, calib_images + eval_images, "--calib").x
+    both = load_source(source, pre, calib_images + eval_images, "--calib", shape).x
     if len(both) <= calib_images:
         raise DataError(f"--from {folder}: calibration source {source!r} has {len(both)} images, none left to "
                         f"judge the plans on; lower --calib-images or give --eval")

@@ -318,6 +318,35 @@ def _npz_arrays(path: Path, where: str) -> tuple[str, np.ndarray, np.ndarray | N
     return xkey, arrays[xkey], arrays[ykey] if ykey else None
 
 
+def load_signals(source: str | Path, shape: tuple[int, ...], limit: int | None = None, *, seed: int | None = None,
+                 name: str | None = None) -> ImageSet:
+    """Model inputs of a 1-D signal model (per-sample ``shape`` ``(C, L)``) from an ``.npz``: ``x`` (or
+    ``signals``, or the only array) of shape ``(N, C, L)`` — or ``(N, L)`` when ``C`` is 1 — float values
+    fed to the model as they are, optional integer labels ``y``; a seeded subset as :func:`load_images`."""
+    validate.count("limit", limit)
+    where = name or str(source)
+    p = Path(source)
+    if p.suffix.lower() != ".npz" or not p.is_file():
+        raise DataError(f"{where}: a 1-D signal model (input {','.join(map(str, shape))}) takes an .npz file of "
+                        f"(N, {', '.join(map(str, shape))}) float arrays" + ("" if p.is_file() else f"; {p} not found"))
+    xkey, arr, labels = _npz_arrays(p, where)
+    if arr.ndim == len(shape) and shape[0] == 1:
+        arr = arr[:, None]
+    if arr.ndim != len(shape) + 1 or tuple(arr.shape[1:]) != tuple(shape) or arr.dtype.kind not in "fiu":
+        raise DataError(f"{where}: {p} key {xkey!r} must hold (N, {', '.join(map(str, shape))}) numbers, got "
+                        f"{arr.dtype} {arr.shape}")
+    if arr.shape[0] == 0:
+        raise DataError(f"{where}: {p} key {xkey!r} holds no samples")
+    if labels is not None and (labels.shape != (arr.shape[0],) or labels.dtype.kind not in "iu"):
+        raise DataError(f"{where}: {p} labels must be {arr.shape[0]} integers, got {labels.dtype} {labels.shape}")
+    idx = _pick(arr.shape[0], limit, seed)
+    x = torch.from_numpy(np.ascontiguousarray(arr[idx], dtype=np.float32))
+    if not torch.isfinite(x).all():
+        raise DataError(f"{where}: {p} key {xkey!r} holds NaN or infinite values")
+    y = torch.from_numpy(labels[idx].astype(np.int64)) if labels is not None else None
+    return ImageSet(x, y, None, where)
+
+
 def _from_npz(path: Path, pre: Preprocess, limit: int | None, seed: int | None, where: str,
               classes: tuple[str, ...] | None) -> ImageSet:
     if not path.is_file():
