@@ -8,7 +8,7 @@ import io
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -32,16 +32,20 @@ TOL = 1e-5
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _export(model: nn.Module, shape: tuple[int, ...], *, dynamo: bool = False, opset: int = 17) -> Any:
+def _export(model: nn.Module, shape: tuple[int, ...], *, dynamo: bool = False, opset: int = 17,
+            dynamic_batch: bool = True) -> Any:
     model.eval()
     x = torch.randn(1, *shape)
+    axes = {"input": {0: "n"}, "output": {0: "n"}} if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
-            return torch.onnx.export(model, (x,), dynamo=True, verbose=False).model_proto
+            program = torch.onnx.export(model, (x,), dynamo=True, verbose=False)
+            assert program is not None
+            return program.model_proto
         buf = io.BytesIO()
-        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=["output"], dynamic_axes={"input": {0: "n"}, "output": {0: "n"}})
+        torch.onnx.export(model, (x,), cast(Any, buf), dynamo=False, opset_version=opset, input_names=["input"],
+                          output_names=["output"], dynamic_axes=axes)
     return onnx.load_from_string(buf.getvalue())
 
 
@@ -86,6 +90,11 @@ def _graph(nodes: list[Any], inits: dict[str, np.ndarray], in_shape: list[Any], 
     return model
 
 
+def _children(module: nn.Module) -> dict[str, Any]:
+    """A module's direct submodules by name (typed Any, for their attributes)."""
+    return dict(module.named_children())
+
+
 def _rand(*shape: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
@@ -106,10 +115,9 @@ class Fn(nn.Module):
 def _bn(c: int, cls: type[nn.Module] = nn.BatchNorm2d) -> nn.Module:
     bn = cls(c)
     with torch.no_grad():
-        bn.running_mean.uniform_(-0.5, 0.5)
-        bn.running_var.uniform_(0.5, 2.0)
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.uniform_(-0.5, 0.5)
+        for name, (lo, hi) in {"running_mean": (-0.5, 0.5), "running_var": (0.5, 2.0), "weight": (0.5, 1.5),
+                               "bias": (-0.5, 0.5)}.items():
+            getattr(bn, name).uniform_(lo, hi)
     return bn.eval()
 
 
@@ -151,6 +159,14 @@ CASES: dict[str, tuple[nn.Module, tuple[int, ...], set[type], int]] = {
     "reduce_mean_keepdims": (Fn(lambda s, x: x.mean((2, 3), keepdim=True)), (3, 5, 6), {nn.AdaptiveAvgPool2d}, 17),
     "reduce_mean": (Fn(lambda s, x: x.mean((-2, -1))), (3, 5, 6), {nn.AdaptiveAvgPool2d, nn.Flatten}, 17),
     "reduce_mean_opset18": (Fn(lambda s, x: x.mean((2, 3))), (3, 5, 6), {nn.AdaptiveAvgPool2d}, 18),
+    "reduce_mean_channels": (Fn(lambda s, x: x.mean(1, keepdim=True)), (3, 5, 6), set(), 17),
+    "reduce_max_channels": (Fn(lambda s, x: torch.max(x, 1, keepdim=True)[0]), (3, 5, 6), set(), 17),
+    "reduce_min_channels": (Fn(lambda s, x: x.amin(1, keepdim=True)), (3, 5, 6), set(), 17),
+    "reduce_max_spatial": (Fn(lambda s, x: x.amax((2, 3), keepdim=True)), (3, 5, 6), {nn.AdaptiveMaxPool2d}, 17),
+    "reduce_max_opset18": (Fn(lambda s, x: x.amax((1, 3))), (3, 5, 6), set(), 18),
+    "reduce_min_1d_opset18": (Fn(lambda s, x: x.amin(-1)), (4, 7), set(), 18),
+    "mul_sigmoid_gate": (Fn(lambda s, x: x * torch.sigmoid(s.conv(x)), conv=nn.Conv2d(3, 3, 1)), (3, 4, 4),
+                         {nn.Conv2d, nn.Sigmoid}, 17),
     "add_sub_mul_div": (Fn(lambda s, x: (s.a(x) + s.b(x)) * torch.linspace(-1, 1, 4).view(4, 1, 1) / 3.0 - 0.25,
                            a=nn.Conv2d(3, 4, 1), b=nn.Conv2d(3, 4, 3, padding=1)), (3, 5, 5), {nn.Conv2d}, 17),
     "concat": (Fn(lambda s, x: torch.cat([s.a(x), s.b(x)], 1), a=nn.Conv2d(3, 2, 1), b=nn.Conv2d(3, 5, 1)),
@@ -198,7 +214,8 @@ def test_matmul_add_fuses_into_one_linear() -> None:
     model = nn.Linear(8, 5)
     gm = import_onnx(_export(model, (3, 8)))
     assert [n.op for n in gm.graph.nodes] == ["placeholder", "call_module", "output"]
-    lin = gm.get_submodule(next(n.target for n in gm.graph.nodes if n.op == "call_module"))
+    lin = gm.get_submodule(str(next(n.target for n in gm.graph.nodes if n.op == "call_module")))
+    assert isinstance(lin, nn.Linear) and lin.bias is not None
     assert torch.equal(lin.weight, model.weight) and torch.equal(lin.bias, model.bias)
 
 
@@ -277,9 +294,9 @@ def test_maxpool_asymmetric_pads_and_same_upper() -> None:
              helper.make_node("AveragePool", ["a"], ["y"], kernel_shape=[2, 2], auto_pad="SAME_UPPER",
                               count_include_pad=1)]
     proto = _graph(nodes, {}, ["N", 3, 9, 8])
-    gm = _check(proto, (3, 9, 8), {nn.MaxPool2d, nn.AvgPool2d, nn.ConstantPad2d, nn.ZeroPad2d})
-    assert gm.maxpool_pad.padding == (1, 2, 0, 1) and gm.maxpool_pad.value == float("-inf")
-    assert gm.averagepool_pad.padding == (0, 1, 0, 1) and gm.averagepool.padding == (0, 0)
+    mods = _children(_check(proto, (3, 9, 8), {nn.MaxPool2d, nn.AvgPool2d, nn.ConstantPad2d, nn.ZeroPad2d}))
+    assert mods["maxpool_pad"].padding == (1, 2, 0, 1) and mods["maxpool_pad"].value == float("-inf")
+    assert mods["averagepool_pad"].padding == (0, 1, 0, 1) and mods["averagepool"].padding == (0, 0)
 
 
 @pytest.mark.parametrize("mode,cls", [("edge", nn.ReplicationPad2d), ("wrap", nn.CircularPad2d)])
@@ -410,8 +427,9 @@ def test_weights_are_exact_copies() -> None:
     gm = import_onnx(_export(model, (3, 6, 6)))
     convs = [m for m in gm.modules() if isinstance(m, nn.Conv2d)]
     lins = [m for m in gm.modules() if isinstance(m, nn.Linear)]
-    assert torch.equal(convs[0].weight, model[0].weight) and torch.equal(convs[0].bias, model[0].bias)
-    assert torch.equal(lins[0].weight, model[3].weight) and lins[0].weight.dtype == torch.float32
+    conv, lin = _children(model)["0"], _children(model)["3"]
+    assert torch.equal(convs[0].weight, conv.weight) and torch.equal(convs[0].state_dict()["bias"], conv.bias)
+    assert torch.equal(lins[0].weight, lin.weight) and lins[0].weight.dtype == torch.float32
 
 
 def test_input_shape_of_a_dynamic_graph_is_none_unless_given() -> None:
@@ -432,6 +450,149 @@ def test_input_shape_of_a_dynamic_graph_is_none_unless_given() -> None:
     assert _max_diff(gm(x), model(x)) < TOL
     with pytest.raises(ModelError, match=r"per-sample shape \(3, '\?', '\?'\), not the given \(4, 6, 8\)"):
         import_onnx(dynamic, input_shape=(4, 6, 8))
+
+
+# ---------------------------------------------------------------------------------------------- exporter patterns
+# The legacy exporter's subgraphs that ONNX shape inference loses dims through (a Pad whose pads a
+# ConstantOfShape / Slice / Transpose subgraph computes, a Transpose after it), as in EfficientNet-Lite
+# (TF "same" ZeroPad2d, global pool, view(batch, -1)), CREPE (1-D signal as (k, 1) convs, BN after ReLU,
+# permute + reshape) and a CBAM-style spatial attention (channel mean / max, a sigmoid gate).
+
+
+def _call_targets(gm: fx.GraphModule) -> set[Any]:
+    return {n.target for n in gm.graph.nodes if n.op in ("call_function", "call_method")}
+
+
+def _same_pad(x: torch.Tensor, k: int = 3, s: int = 2) -> torch.Tensor:
+    """TF "same" padding computed from the input's shape (EfficientNet's dynamic-padding convolution)."""
+    ih, iw = x.shape[-2:]
+    ph, pw = (max((-(-n // s) - 1) * s + k - n, 0) for n in (ih, iw))
+    return F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+
+
+class TfSameNet(nn.Module):
+    """EfficientNet-Lite's stem and head: an asymmetric ZeroPad2d before a stride-2 conv, GAP, view(batch, -1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+        self.stem = nn.Conv2d(3, 8, 3, 2)
+        self.act = nn.ReLU6()
+        self.head = nn.Conv2d(8, 16, 1)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.gap(self.head(self.act(self.stem(self.pad(x)))))
+        return self.fc(x.view(x.size(0), -1))
+
+
+class CrepeLike(nn.Module):
+    """CREPE's layout: (N, L) -> (N, 1, L, 1), F.pad on L, a (k, 1) conv, ReLU then BN, (2, 1) max pool,
+    permute(0, 2, 1, 3) + reshape(-1, features), Linear, sigmoid."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, (8, 1), (2, 1))
+        self.bn = _bn(8)
+        self.fc = nn.Linear(8 * 8, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(F.relu(self.conv(F.pad(x[:, None, :, None], (0, 0, 3, 4)))))
+        x = F.max_pool2d(x, (2, 1), (2, 1)).permute(0, 2, 1, 3).reshape(-1, 8 * 8)
+        return torch.sigmoid(self.fc(x))
+
+
+class SpatialAttention(nn.Module):
+    """CBAM-style: the channel mean and max, a 7x7 conv, a sigmoid gate multiplied into the features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.att = nn.Conv2d(2, 1, 7, padding=3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        gate = torch.sigmoid(self.att(torch.cat([y.mean(1, keepdim=True), torch.max(y, 1, keepdim=True)[0]], 1)))
+        return y * gate
+
+
+@pytest.mark.parametrize("dynamic_batch", [True, False])
+def test_tf_same_pad_then_gap_and_batch_reshape(dynamic_batch: bool) -> None:
+    model, shape = TfSameNet().eval(), (3, 9, 9)
+    proto = _export(model, shape, dynamic_batch=dynamic_batch)
+    assert "ConstantOfShape" in {n.op_type for n in proto.graph.node}  # the pads are a computed subgraph
+    gm = _check(proto, shape, {nn.ZeroPad2d, nn.Conv2d, nn.ReLU6, nn.AdaptiveAvgPool2d, nn.Linear}, original=model)
+    assert _children(gm)["pad"].padding == (0, 1, 0, 1) and torch.flatten in _call_targets(gm)
+
+
+def test_same_pad_computed_from_the_input_shape() -> None:
+    model = Fn(lambda s, x: s.fc(s.gap(s.conv(_same_pad(x))).view(x.size(0), -1)), conv=nn.Conv2d(3, 4, 3, 2),
+               gap=nn.AdaptiveAvgPool2d(1), fc=nn.Linear(4, 2)).eval()
+    proto = _export(model, (3, 8, 10))
+    assert {"Shape", "Div", "Pad"} <= {n.op_type for n in proto.graph.node}
+    gm = _check(proto, (3, 8, 10), {nn.ZeroPad2d, nn.Conv2d, nn.Linear}, original=model)
+    assert next(m for m in gm.modules() if isinstance(m, nn.ZeroPad2d)).padding == (0, 1, 0, 1)
+
+
+def test_reshape_after_gap_with_dynamic_spatial_dims() -> None:
+    """No static input shape to run: a (batch, -1) target after lost dims is still a flatten."""
+    model = TfSameNet().eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 9, 9),), cast(Any, buf), dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})
+    gm = import_onnx(onnx.load_from_string(buf.getvalue()))
+    assert gm.input_shape is None
+    for size in ((9, 9), (12, 7)):
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            assert _max_diff(gm(x), model(x)) < TOL
+
+
+@pytest.mark.parametrize("dynamic_batch", [True, False])
+def test_unsqueeze_pad_transpose_reshape_of_a_1d_signal(dynamic_batch: bool) -> None:
+    model = CrepeLike().eval()
+    proto = _export(model, (32,), dynamic_batch=dynamic_batch)
+    gm = _check(proto, (32,), {nn.ZeroPad2d, nn.Conv2d, nn.ReLU, nn.BatchNorm2d, nn.MaxPool2d, nn.Linear,
+                               nn.Sigmoid}, original=model)
+    assert gm.input_shape == (32,) and {"unsqueeze", "permute", torch.flatten} <= _call_targets(gm)
+
+
+def test_transpose_reshape_chain() -> None:
+    def chain(s: Any, x: torch.Tensor) -> torch.Tensor:
+        y = s.conv(F.pad(x, (1, 0, 0, 1)))  # pads from a computed subgraph: the inferred dims are lost
+        y = y.permute(0, 2, 3, 1).reshape(y.size(0), -1, 4)
+        return s.fc(y).transpose(1, 2).reshape(-1, 5, 3, 5)
+
+    model = Fn(chain, conv=nn.Conv2d(3, 4, 2), fc=nn.Linear(4, 5)).eval()
+    gm = _check(_export(model, (3, 3, 5)), (3, 3, 5), {nn.Conv2d, nn.Linear}, original=model)
+    assert {"permute", "reshape"} <= _call_targets(gm)
+
+
+def test_channel_reductions_and_sigmoid_gate() -> None:
+    import operator
+
+    model = SpatialAttention().eval()
+    proto = _export(model, (3, 8, 8))
+    assert {"ReduceMean", "ReduceMax", "Mul"} <= {n.op_type for n in proto.graph.node}
+    gm = _check(proto, (3, 8, 8), {nn.Conv2d, nn.Sigmoid}, original=model)
+    assert {torch.mean, torch.amax, operator.mul} <= _call_targets(gm)
+    assert not any(isinstance(m, nn.SiLU) for m in gm.modules())
+
+
+def test_crepe_like_torchscript_file(tmp_path: Path) -> None:
+    model = CrepeLike().eval()
+    path = tmp_path / "crepe.ts"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(model, (torch.randn(1, 32),)), str(path))
+    gm = load_model_file(path, input_shape=(32,))
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        assert _max_diff(gm(x), model(x)) < TOL
+    assert gm.source_format == "torchscript" and gm.input_shape == (32,)
 
 
 # ---------------------------------------------------------------------------------------------- model files

@@ -182,7 +182,7 @@ def load_model_file(path: str | Path, input_shape: Sequence[int] | None = None) 
         if kind not in _ROUTES:
             raise ModelError(f"{p}: not a TorchScript, torch.export (.pt2) or ONNX model (corrupt or unknown content)")
         proto, shape = _ROUTES[kind](p, input_shape)
-        gm = import_onnx(proto, name=p.stem, label=f"{p} (as ONNX)")
+        gm = import_onnx(proto, name=p.stem, label=f"{p} (as ONNX)", input_shape=shape)
     except MixqError:
         raise
     except Exception as e:  # anything a corrupt file can make a library raise

@@ -14,9 +14,11 @@ legacy exporter's node name (``/layer1/layer1.0/conv1/Conv``); all three give ``
 Constant subgraphs (``Constant``, ``Shape``, ``Gather``, ``Unsqueeze``, ``Concat``...) are folded with
 numpy; a folded value that holds the batch size may only be the batch entry of a ``Reshape`` or
 ``Resize`` target, so the module accepts any batch size. Shapes are inferred with the batch fixed to
-one (or to its static value), and after the build every mapped node is run once on zeros and its
-output shape checked against the ONNX one. Any other op, attribute combination, or a graph with more
-than one input or output is one :class:`~mixq.errors.ModelError` naming the file and the node.
+one (or to its static value); where the input's shape is static, every mapped node is also run on
+zeros as it is emitted, its output shape checked against the inferred one and standing in for it
+where the inference lost dims (computed ``Pad`` pads, ``Transpose``...), so later handlers see
+exact shapes. Any other op, attribute combination, or a graph with more than one input or output is
+one :class:`~mixq.errors.ModelError` naming the file and the node.
 """
 
 from __future__ import annotations
@@ -130,6 +132,12 @@ class Ctx:
     outputs: set[str] = field(default_factory=set)
     skip: set[int] = field(default_factory=set)
     used_names: set[str] = field(default_factory=set)
+    # shape propagation: every emitted FX node run once on a zero example (None: the input is not static)
+    examples: dict[fx.Node, Any] | None = None
+    ran: fx.Node | None = None  # the last FX node run
+    pending: list[tuple[Any, str]] = field(default_factory=list)  # (ONNX node, output) put since the last run
+    reads_left: dict[str, int] = field(default_factory=dict)  # ONNX tensor -> consumers not yet passed
+    live: dict[fx.Node, int] = field(default_factory=dict)  # FX node -> ONNX tensors it holds still to be read
 
     # -------------------------------------------------------------- errors and attributes
 
@@ -246,9 +254,17 @@ class Ctx:
         return self._tag(self.graph.call_method(name, tuple(args)), node)
 
     def put(self, node: Any, fx_node: fx.Node, i: int = 0) -> None:
-        """Output ``i`` of ``node`` is ``fx_node`` (its inferred ONNX shape is checked after the build)."""
+        """Output ``i`` of ``node`` is ``fx_node`` (its shape is then computed and checked: :func:`_propagate`)."""
         fx_node.meta["onnx_output"] = node.output[i]
-        self.env[node.output[i]] = fx_node
+        self.alias(node, fx_node, i)
+
+    def alias(self, node: Any, fx_node: fx.Node, i: int = 0) -> None:
+        """Output ``i`` of ``node`` is the already computed ``fx_node`` (an identity)."""
+        name = node.output[i]
+        self.env[name] = fx_node
+        self.pending.append((node, name))
+        if self.reads_left.get(name) or name in self.outputs:
+            self.live[fx_node] = self.live.get(fx_node, 0) + 1
 
     def fuse(self, index: int, node: Any, fx_node: fx.Node) -> None:
         """The consumer ``node`` (at ``index``) is computed by ``fx_node`` too: it is not handled on its own."""
@@ -405,16 +421,22 @@ def _fold(ctx: Ctx, node: Any) -> None:
 
 
 def _fold_shape(ctx: Ctx, node: Any) -> None:
-    """Shape / Size of a computed tensor: static apart from the batch, which the mask marks."""
-    a = ctx.attrs(node)
-    shape = ctx.static_shape(node, node.input[0])
-    if node.op_type == "Size":
-        _store(ctx, node.output[0], np.array(math.prod(shape), dtype=np.int64), np.array(True))
-        return
-    mask = np.zeros(len(shape), dtype=bool)
-    mask[0] = True
+    """Shape / Size of a computed tensor: static apart from the batch (axis 0: ``ctx.batch``, which the mask
+    marks, known even where the inference lost it)."""
+    name = node.input[0]
+    known = ctx.shapes.get(name)
+    if not known:
+        raise ctx.unsupported(node, f"the rank of '{name}' is not known")
+    a = ctx.attrs(node) if node.op_type == "Shape" else {}
     sl = slice(a.get("start", 0), a.get("end"))
-    _store(ctx, node.output[0], np.array(shape, dtype=np.int64)[sl], mask[sl])
+    picked = [ctx.batch, *known[1:]][sl]
+    if None in picked:
+        raise ctx.unsupported(node, f"the shape of '{name}' is not static: {known}")
+    dims = np.array(picked, dtype=np.int64)
+    mask = np.arange(len(known))[sl] == 0
+    if node.op_type == "Size":
+        dims, mask = np.array(dims.prod(), dtype=np.int64), np.array(True)
+    _store(ctx, node.output[0], dims, mask)
 
 
 def _store(ctx: Ctx, name: str, value: np.ndarray, mask: np.ndarray | None) -> None:
@@ -562,43 +584,88 @@ def _handle(ctx: Ctx, node: Any) -> None:
         needed = name in ctx.outputs or any(j not in ctx.skip for j in ctx.consumers.get(name, []))
         if needed and name not in ctx.env and name not in ctx.consts:
             raise ctx.error(node, f"output '{name}' was not produced")
+    _propagate(ctx)
 
 
-def _build(ctx: Ctx, input_name: str, output_name: str) -> None:
-    """Every node in order (fused ones are emitted by the node they fuse into), then the output."""
-    ctx.env[input_name] = ctx.graph.placeholder(sanitize(input_name) or "x")
+def _run_node(ctx: Ctx, n: fx.Node, values: dict[fx.Node, Any]) -> Any:
+    args, kwargs = fx.node.map_arg((n.args, n.kwargs), values.__getitem__)
+    if n.op == "get_attr":
+        return getattr(ctx.root, str(n.target))
+    if n.op == "call_module":
+        return ctx.root.get_submodule(str(n.target)).eval()(*args, **kwargs)
+    if n.op == "call_method":
+        return getattr(args[0], str(n.target))(*args[1:], **kwargs)
+    if n.op == "call_function":
+        assert callable(n.target)
+        return n.target(*args, **kwargs)
+    raise AssertionError(f"FX node {n.format_node()} cannot be run")
+
+
+def _propagate(ctx: Ctx) -> None:
+    """Run the FX nodes emitted since the last call on the zero example (batch ``ctx.batch``), then give each
+    ONNX output put meanwhile the shape torch computes: ONNX shape inference loses dims (through Pad with
+    computed pads, Transpose, Reshape...), so later handlers see exact static shapes. Where the inference
+    has a static shape too, the two must agree."""
+    values = ctx.examples
+    if values is None:
+        ctx.pending.clear()
+        return
+    n = ctx.ran.next if ctx.ran is not None else next(iter(ctx.graph.nodes))
+    while n.op not in ("root", "output"):
+        if n not in values:
+            where = n.meta.get("onnx_node", ("?", "?"))
+            try:
+                with torch.no_grad():
+                    values[n] = _run_node(ctx, n, values)
+            except Exception as e:
+                raise ModelError(f"{ctx.label}: ONNX node '{where[0]}' ({where[1]}): the torch mapping fails "
+                                 f"({type(e).__name__}: {one_line(e)})") from None
+        ctx.ran, n = n, n.next
+    for node, name in ctx.pending:
+        out = values[ctx.env[name]]
+        if not isinstance(out, torch.Tensor):
+            continue
+        got, expected = tuple(out.shape), ctx.shapes.get(name)
+        if expected is not None and None not in expected and got != expected:
+            raise ctx.unsupported(node, f"torch computes shape {got}, ONNX {expected}")
+        ctx.shapes[name] = got
+    ctx.pending.clear()
+    for n in [n for n in values if n not in ctx.live and n.op != "get_attr"]:  # read by nothing to come
+        del values[n]
+
+
+def _passed(ctx: Ctx, node: Any) -> None:
+    """``node`` is handled (or fused): an example value whose ONNX tensors have no reader left is dropped."""
+    for name in node.input:
+        left = ctx.reads_left.get(name, 0) - 1
+        ctx.reads_left[name] = left
+        fx_node = ctx.env.get(name)
+        if left == 0 and name not in ctx.outputs and fx_node in ctx.live:
+            ctx.live[fx_node] -= 1
+            if not ctx.live[fx_node]:
+                del ctx.live[fx_node]
+                if ctx.examples is not None:
+                    ctx.examples.pop(fx_node, None)
+
+
+def _build(ctx: Ctx, input_name: str, output_name: str, example: torch.Tensor | None) -> None:
+    """Every node in order (fused ones are emitted by the node they fuse into), then the output. With an
+    ``example`` input every emitted node is run on it as it is emitted (:func:`_propagate`)."""
+    ctx.reads_left = {name: len(users) for name, users in ctx.consumers.items()}
+    placeholder = ctx.graph.placeholder(sanitize(input_name) or "x")
+    ctx.env[input_name] = placeholder
+    if example is not None:
+        ctx.examples = {placeholder: example}
+        ctx.live[placeholder] = 1
     for i, node in enumerate(ctx.nodes):
         if i not in ctx.skip:
             _handle(ctx, node)
+        _passed(ctx, node)
     if output_name not in ctx.env:
         why = "is a constant" if output_name in ctx.consts else "is not produced by any node"
         raise ModelError(f"{ctx.label}: the ONNX output '{output_name}' {why}")
     ctx.graph.output(ctx.env[output_name])
-
-
-class _ShapeCheck(fx.Interpreter):
-    """Runs the built module once, checking every mapped output against the inferred ONNX shape."""
-
-    def __init__(self, gm: fx.GraphModule, ctx: Ctx) -> None:
-        super().__init__(gm)
-        self.ctx = ctx
-        self.extra_traceback = False  # errors stay one line
-
-    def run_node(self, n: fx.Node) -> Any:
-        where = n.meta.get("onnx_node")
-        try:
-            out = super().run_node(n)
-        except Exception as e:
-            if where is None:
-                raise
-            raise ModelError(f"{self.ctx.label}: ONNX node '{where[0]}' ({where[1]}): the torch mapping fails "
-                             f"({type(e).__name__}: {one_line(e)})") from None
-        expected = self.ctx.shapes.get(n.meta.get("onnx_output", ""))
-        if (where is not None and isinstance(out, torch.Tensor) and expected is not None
-                and None not in expected and tuple(out.shape) != expected):
-            raise ModelError(f"{self.ctx.label}: ONNX node '{where[0]}' ({where[1]}): not supported by the ONNX "
-                             f"import (torch computes shape {tuple(out.shape)}, ONNX {expected})")
-        return out
+    ctx.examples = None
 
 
 def import_onnx(path_or_modelproto: Any, *, name: str | None = None, label: str | None = None,
@@ -616,15 +683,12 @@ def import_onnx(path_or_modelproto: Any, *, name: str | None = None, label: str 
     model = _load(path_or_modelproto, label)
     inp, out = _io(model, label)
     shapes, batch = _infer(model, inp.name, label, input_shape)
+    dims = shapes.get(inp.name) or (None,)
+    per_sample = None if None in dims[1:] else tuple(int(d) for d in dims[1:] if d is not None)
     ctx = _new_ctx(model, label, shapes, batch, out.name)
-    _build(ctx, inp.name, out.name)
+    _build(ctx, inp.name, out.name, None if per_sample is None else torch.zeros(batch, *per_sample))
     stem = None if is_proto else Path(path_or_modelproto).stem
     gm = fx.GraphModule(ctx.root, ctx.graph, class_name=sanitize(name or stem or "") or "OnnxModel")
     gm.eval()
-    dims = shapes.get(inp.name) or (None,)
-    per_sample = None if None in dims[1:] else tuple(int(d) for d in dims[1:] if d is not None)
-    if per_sample is not None:
-        with torch.no_grad():
-            _ShapeCheck(gm, ctx).run(torch.zeros(batch, *per_sample))
     set_info(gm, input_shape=per_sample, source_format="onnx")
     return gm

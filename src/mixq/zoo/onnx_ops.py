@@ -269,7 +269,7 @@ def clip(ctx: Ctx, node: Any) -> None:
     lo, hi = _clip_bounds(ctx, node)
     x = ctx.value(node, 0)
     if lo is None and hi is None:
-        ctx.env[node.output[0]] = x
+        ctx.alias(node, x)
         return
     if lo is not None and hi is not None and lo >= hi:
         raise ctx.unsupported(node, f"min {lo:g} not below max {hi:g}")
@@ -353,7 +353,19 @@ def _global(kind: str) -> Handler:
     return handler
 
 
-def reduce_mean(ctx: Ctx, node: Any) -> None:
+# ONNX reduction -> (torch function taking dim and keepdim, the global pool of the same reduction over every
+# spatial axis, if any)
+_REDUCE: dict[str, tuple[Callable[..., torch.Tensor], str | None]] = {
+    "ReduceMean": (torch.mean, "avg"),
+    "ReduceMax": (torch.amax, "max"),
+    "ReduceMin": (torch.amin, None),
+}
+
+
+def reduce(ctx: Ctx, node: Any) -> None:
+    """ReduceMean / ReduceMax / ReduceMin over any axes but the batch: a global pool over every spatial axis,
+    else ``torch.mean`` / ``amax`` / ``amin`` with ``dim`` and ``keepdim``."""
+    fn, kind = _REDUCE[node.op_type]
     a = ctx.attrs(node)
     keep = bool(a.get("keepdims", 1))
     rank = ctx.rank(node, node.input[0])
@@ -361,19 +373,19 @@ def reduce_mean(ctx: Ctx, node: Any) -> None:
     x = ctx.value(node, 0)
     if not axes:
         if a.get("noop_with_empty_axes", 0):
-            ctx.env[node.output[0]] = x
+            ctx.alias(node, x)
             return
-        raise ctx.unsupported(node, "a mean over every axis, the batch too")
+        raise ctx.unsupported(node, "a reduction over every axis, the batch too")
     axes = _norm_axes(axes, rank)
     if 0 in axes:
-        raise ctx.unsupported(node, "a mean over the batch axis")
-    if axes == list(range(2, rank)) and ("avg", rank) in _GLOBAL:
-        out = ctx.module(node, _GLOBAL[("avg", rank)](), [x])
+        raise ctx.unsupported(node, "a reduction over the batch axis")
+    if kind is not None and axes == list(range(2, rank)) and (kind, rank) in _GLOBAL:
+        out = ctx.module(node, _GLOBAL[(kind, rank)](), [x])
         if not keep:
             out = ctx.module(node, nn.Flatten(1), [out], "_flatten")
         ctx.put(node, out)
         return
-    ctx.put(node, ctx.method(node, "mean", [x, tuple(axes), keep]))
+    ctx.put(node, ctx.function(node, fn, [x], {"dim": tuple(axes), "keepdim": keep}))
 
 
 # ---------------------------------------------------------------------------------------------- arithmetic, layout
@@ -429,16 +441,29 @@ def _reshape_rest(ctx: Ctx, node: Any, in_shape: tuple[int, ...], target: list[i
     return rest
 
 
+def _batch_flatten(ctx: Ctx, node: Any, target: list[int], mask: np.ndarray | None, allowzero: bool) -> bool:
+    """Whether ``target`` is (batch, -1) for an input of known rank >= 2: ``torch.flatten(x, 1)`` whatever the
+    input's other dims (the target's first entry the batch: from the input's Shape, -1, 0 or the batch)."""
+    shape = ctx.shapes.get(node.input[0])
+    if shape is None or len(shape) < 2 or len(target) != 2 or target[1] != -1:
+        return False
+    return (mask is not None and bool(mask[0])) or target[0] == ctx.batch or (target[0] == 0 and not allowzero)
+
+
 def reshape(ctx: Ctx, node: Any) -> None:
-    target = ctx.const(node, 1, batch_ok=True)
-    if target is None:
+    given = ctx.const(node, 1, batch_ok=True)
+    if given is None:
         raise ctx.unsupported(node, "no target shape")
-    in_shape = ctx.static_shape(node, node.input[0])
-    rest = _reshape_rest(ctx, node, in_shape, [int(v) for v in target.reshape(-1)], ctx.masks.get(node.input[1]),
-                         bool(ctx.attrs(node).get("allowzero", 0)))
+    target, mask = [int(v) for v in given.reshape(-1)], ctx.masks.get(node.input[1])
+    allowzero = bool(ctx.attrs(node).get("allowzero", 0))
     x = ctx.value(node, 0)
+    if None in (ctx.shapes.get(node.input[0]) or (None,)) and _batch_flatten(ctx, node, target, mask, allowzero):
+        ctx.put(node, ctx.function(node, torch.flatten, [x, 1]))
+        return
+    in_shape = ctx.static_shape(node, node.input[0])
+    rest = _reshape_rest(ctx, node, in_shape, target, mask, allowzero)
     if rest == list(in_shape[1:]):
-        ctx.env[node.output[0]] = x
+        ctx.alias(node, x)
     elif len(rest) == 1:
         ctx.put(node, ctx.function(node, torch.flatten, [x, 1]))
     else:
@@ -482,7 +507,7 @@ def passthrough(ctx: Ctx, node: Any) -> None:
     training = ctx.const(node, 2) if node.op_type == "Dropout" else None
     if training is not None and bool(training.reshape(-1)[0]):
         raise ctx.unsupported(node, "training_mode=true")
-    ctx.env[node.output[0]] = ctx.value(node, 0)
+    ctx.alias(node, ctx.value(node, 0))
 
 
 def depth_to_space(ctx: Ctx, node: Any) -> None:
@@ -616,7 +641,7 @@ OPS: dict[str, Handler] = {
     "AveragePool": avg_pool,
     "GlobalAveragePool": _global("avg"),
     "GlobalMaxPool": _global("max"),
-    "ReduceMean": reduce_mean,
+    **{op: reduce for op in _REDUCE},
     **{op: _binary(fn) for op, fn in _BINARY.items()},
     "Concat": concat,
     "Flatten": flatten,
