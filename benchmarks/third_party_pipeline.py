@@ -118,8 +118,8 @@ def run_one(key: str, kind: str, files: Path, work: Path, images: int) -> dict[s
 
 
 def _md(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | file | weights | quantize | verify | QONNX check | QDQ check | estimate (xc7z020) | task: float | "
-             "task: W8A8 | SNR vs float |", "|" + "---|" * 11]
+    lines = ["| model | file | weights | quantize | verify | QONNX check | QDQ check | estimate (xc7z020) | "
+             "task: float | task: W8A8 | SNR vs float |", "|" + "---|" * 11]
     for r in rows:
         def cell(name: str, r: dict[str, Any] = r) -> str:
             c = r.get(name)
@@ -127,7 +127,8 @@ def _md(rows: list[dict[str, Any]]) -> str:
                 return "—"
             return ("ok" if c["rc"] == 0 else f"**exit {c['rc']}**") + (f": {c['line']}" if c.get("line") else "")
         est = r.get("estimate") or {}
-        est_s = (f"{est['fps']:.1f} fps, {est['lut']:.0f} LUT, {est['dsp']:.0f} DSP" if est.get("fps") else cell("estimate"))
+        est_s = (f"{est['fps']:.1f} fps, {est['lut']:.0f} LUT, {est['dsp']:.0f} DSP" if est.get("fps")
+                 else cell("estimate"))
         fid = r.get("fidelity") or {}
         lines.append(f"| {r['model']} | {r['kind']} | {r.get('weights')} | {cell('quantize')} | {cell('verify')} | "
                      f"{cell('qonnx')} | {cell('qdq')} | {est_s} | {r.get('task_float', '—')} | "
@@ -140,7 +141,8 @@ def main() -> int:
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--kinds", nargs="*", default=["onnx", "ts"])
     ap.add_argument("--images", type=int, default=128)
-    ap.add_argument("--files", type=Path, default=None, help="folder of third_party_models.py write (default: a temp dir)")
+    ap.add_argument("--files", type=Path, default=None,
+                    help="folder of third_party_models.py write (default: a temp dir)")
     args = ap.parse_args()
     tp.install(args.models)
     with tempfile.TemporaryDirectory() as tmp:

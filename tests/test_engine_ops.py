@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -489,3 +490,263 @@ def test_unet_block_end_to_end(tmp_path) -> None:  # type: ignore[no-untyped-def
     back = load_int_model(save_int_model(im, tmp_path / "unet.json"))
     xb = edge_batches(im, (3, 16, 16))[1]
     assert torch.equal(IntEngine(back)(xb).codes, IntEngine(im)(xb).codes)
+
+
+# ----------------------------------------------------------------------------- channel reductions and products
+
+
+class AttentionGate(nn.Module):
+    """A spatial attention gate (a published pupil-segmentation U-Net's): the channel mean and max, a 7x7 conv,
+    a sigmoid, the features times the gate broadcast over the channels."""
+
+    def __init__(self, mean: Callable[[torch.Tensor], torch.Tensor], amax: Callable[[torch.Tensor], torch.Tensor],
+                 mul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.mean, self.amax, self.mul = mean, amax, mul
+        self.conv = nn.Conv2d(2, 1, 7, padding=3, bias=False)
+        self.sig = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.sig(self.conv(torch.cat([self.mean(x), self.amax(x)], 1)))
+        return self.mul(x, g)
+
+
+GATES: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor],
+                       Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
+    # as ONNX ReduceMean / ReduceMax / Mul import (mixq.zoo.onnx_ops)
+    "onnx": (lambda x: torch.mean(x, dim=(1,), keepdim=True), lambda x: torch.amax(x, dim=(1,), keepdim=True),
+             lambda a, b: a * b),
+    "methods": (lambda x: x.mean(1, keepdim=True), lambda x: x.amax(dim=1, keepdim=True), lambda a, b: a.mul(b)),
+    "no-keepdim": (lambda x: x.mean(1).unsqueeze(1), lambda x: torch.amax(x, 1).unsqueeze(1), torch.mul),
+}
+
+
+def int_semantics(im: IntModel, x: torch.Tensor) -> dict[str, int]:
+    """Every ``reduce`` and ``mul`` node against its definition on the engine's own integers: the reduction of
+    ``x_c * M_c`` then ``(r + 2**(n-1)) >> n``, the product of the codes, and the grids."""
+    r = IntEngine(im)(x, keep=True)
+    seen = {"reduce": 0, "mul": 0}
+    for n in im.nodes:
+        if n.op not in seen:
+            continue
+        seen[n.op] += 1
+        ins = [r.values[i] for i in n.inputs]
+        srcs = [im.node(i) for i in n.inputs]
+        if n.op == "reduce":
+            shift = int(n.arrays["n"])
+            p = ins[0] * torch.from_numpy(np.asarray(n.arrays["M"], dtype=np.int64))
+            keep = bool(n.attrs["keepdim"])
+            red = p.sum(1, keepdim=keep) if n.attrs["fn"] == "sum" else p.amax(1, keepdim=keep)
+            ref = (red + (1 << shift >> 1)) >> shift
+            g = np.asarray(srcs[0].scale).reshape(-1)
+            common = float(np.asarray(n.scale)) * (n.attrs["count"] if n.attrs["fn"] == "sum" else 1)
+            assert np.allclose(g / common, np.asarray(n.arrays["M"]).reshape(-1) * 2.0**-shift, rtol=2**-14)
+        elif n.attrs["const"] is None:
+            ref = ins[0] * ins[1]
+            assert np.array_equal(np.broadcast_to(n.scale, n.shape),
+                                  np.broadcast_to(np.asarray(srcs[0].scale) * np.asarray(srcs[1].scale), n.shape))
+        else:
+            ref = ins[0] * int(n.attrs["sign"])
+            assert np.array_equal(n.scale, np.asarray(srcs[0].scale) * abs(n.attrs["const"]))
+        assert torch.equal(r.values[n.name], ref), n.name
+        assert int(r.values[n.name].abs().max()) <= n.bound
+    return seen
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "signed"])
+@pytest.mark.parametrize("form", list(GATES))
+def test_attention_gate_channel_mean_max_and_product(form: str, relu: bool) -> None:
+    torch.manual_seed(14)
+    q = quantize(Between(AttentionGate(*GATES[form]), relu=relu), calib())
+    out = check(q, calib())
+    im = out["im"]
+    assert isinstance(im, IntModel)
+    assert int_semantics(im, edge_batches(im, SHAPE)[1]) == {"reduce": 2, "mul": 1}
+    means = [n for n in im.nodes if n.op == "reduce" and n.attrs["fn"] == "sum"]
+    maxes = [n for n in im.nodes if n.op == "reduce" and n.attrs["fn"] == "max"]
+    assert len(means) == len(maxes) == 1
+    # per-channel weights: the channels are on different grids, brought onto one 8 bits finer than the coarsest
+    src = im.node(means[0].inputs[0])
+    assert src.scale.shape == (8, 1, 1) and len(np.unique(src.scale)) == 8
+    assert float(maxes[0].scale) == float(means[0].scale) * 8 == np.ldexp(src.scale.max(), -8)
+    mul = next(n for n in im.nodes if n.op == "mul")
+    assert mul.shape == (8, 8, 8) and mul.scale.shape == (8, 1, 1)
+    assert mul.bound == src.bound * im.node(mul.inputs[1]).bound
+
+
+def test_channel_reductions_on_one_grid_are_the_codes_max_and_sum() -> None:
+    """Per-tensor weights: one grid for every channel, no rescaling — the max of the codes, their sum on grid / C."""
+    torch.manual_seed(15)
+    per_tensor = LayerPlan(weight=parse_format("fixed8n"), weight_granularity="tensor", act=parse_format("fixed8"))
+    q = quantize(Between(AttentionGate(*GATES["onnx"])), calib(), c1=per_tensor)
+    im = check(q, calib())["im"]
+    assert isinstance(im, IntModel)
+    red = [n for n in im.nodes if n.op == "reduce"]
+    assert all(int(n.arrays["n"]) == 0 and set(n.arrays["M"].reshape(-1).tolist()) == {1} for n in red)
+    g = float(np.asarray(im.node("c1").scale).reshape(-1)[0])
+    assert {float(n.scale) for n in red} == {g, g / 8}
+    x = edge_batches(im, SHAPE)[1]
+    r = IntEngine(im)(x, keep=True)
+    codes = r.values["relu"]
+    assert torch.equal(r.values["mean"], codes.sum(1, keepdim=True))
+    assert torch.equal(r.values["amax"], codes.amax(1, keepdim=True))
+
+
+@pytest.mark.parametrize("op,mult_bits", [(lambda x: x.mean(1, keepdim=True), 24),
+                                           (lambda x: x.amax(1, keepdim=True), 27)], ids=["mean", "amax"])
+def test_channel_reductions_in_int64(op: Callable[[torch.Tensor], torch.Tensor], mult_bits: int) -> None:
+    """With wide multipliers the rescaled reductions pass 2**52: the engine's int64 path, still == faithful."""
+    torch.manual_seed(16)
+    q = quantize(Between(op, relu=False), calib())
+    im = to_integer(q, calib(), mult_bits=mult_bits)
+    red = next(n for n in im.nodes if n.op == "reduce")
+    terms = 8 if red.attrs["fn"] == "sum" else 1
+    assert im.node(red.inputs[0]).bound * int(red.arrays["M"].max()) * terms >= 2**52
+    fm, engine = faithful(q, im), IntEngine(im)
+    for x in edge_batches(im, SHAPE):
+        with torch.no_grad():
+            assert torch.equal(engine(x).real(), fm(x))
+        assert int_semantics(im, x) == {"reduce": 1, "mul": 0}
+
+
+@pytest.mark.parametrize("op,c", [(lambda x: x * 0.375, 0.375), (lambda x: -2.0 * x, -2.0),
+                                  (lambda x: torch.mul(x, 3), 3.0)], ids=["x*0.375", "-2*x", "torch.mul(x,3)"])
+def test_product_by_a_scalar_moves_into_the_grid(op: Callable[[torch.Tensor], torch.Tensor], c: float) -> None:
+    torch.manual_seed(17)
+    im = check(quantize(Between(op), calib()), calib())["im"]
+    assert isinstance(im, IntModel)
+    mul = next(n for n in im.nodes if n.op == "mul")
+    assert mul.attrs["const"] == c and mul.bound == im.node(mul.inputs[0]).bound
+    assert int_semantics(im, edge_batches(im, SHAPE)[1]) == {"reduce": 0, "mul": 1}
+
+
+class SpatialMax(nn.Module):
+    """conv -> ReLU -> amax over (H, W) -> linear: a global max pool written as a reduction."""
+
+    def __init__(self, keepdim: bool) -> None:
+        super().__init__()
+        self.keepdim = keepdim
+        self.c1, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.amax(F.relu(self.c1(x)), dim=(2, 3), keepdim=self.keepdim)
+        return self.fc(y.flatten(1) if self.keepdim else y)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("keepdim", [True, False])
+def test_spatial_amax_is_a_global_max_pool(keepdim: bool) -> None:
+    torch.manual_seed(18)
+    im = check(quantize(SpatialMax(keepdim).eval(), calib()), calib())["im"]
+    assert isinstance(im, IntModel)
+    pool = next(n for n in im.nodes if n.op == "maxpool")
+    assert pool.attrs["kernel"] == [8, 8] and pool.shape == (8, 1, 1) and "flatten" in ops_of(im)
+
+
+@pytest.mark.parametrize("op,match", [
+    (lambda x: x.amax((1, 2), keepdim=True), r"'amax' \(Tensor.amax\): amax over dims \[1, 2\]"),
+    (lambda x: x.mean((1, 2), keepdim=True), r"'mean' \(Tensor.mean\): mean over dims \(1, 2\)"),
+    (lambda x: x * 0.0, r"'mul' \(mul\): a product with 0.0"),
+    (lambda x: (x * x) * x, r"'mul_1' \(mul\): the product needs \d+ bits .* beyond the engine's int64"),
+    (lambda x: F.pixel_shuffle(x, 2).mean(1, keepdim=True),
+     r"'mean' \(Tensor.mean\): a channel reduction of a grid that varies in space"),
+], ids=["amax-dims", "mean-dims", "times-zero", "int64", "varying-grid"])
+def test_inexact_reductions_and_products_are_refused_by_name(op: Callable[[torch.Tensor], torch.Tensor],
+                                                             match: str) -> None:
+    q = quantize(Between(op, mid=16, relu=False), calib())
+    with pytest.raises(ModelError, match=r"layer " + match):
+        to_integer(q, calib())
+
+
+def test_attention_gate_imported_from_onnx() -> None:
+    """ReduceMean / ReduceMax / Sigmoid / Mul of an ONNX file, as mixq's importer maps them."""
+    import io
+    import warnings
+
+    onnx = pytest.importorskip("onnx")
+    from mixq.zoo.onnx_import import import_onnx
+
+    class Cbam(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 4, 1)
+            self.att = nn.Conv2d(2, 1, 7, padding=3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.c1(x))
+            att = self.att(torch.cat([y.mean(1, keepdim=True), torch.max(y, 1, keepdim=True)[0]], 1))
+            return self.c2(y * torch.sigmoid(att))  # type: ignore[no-any-return]
+
+    torch.manual_seed(19)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Cbam().eval(), (torch.randn(1, *SHAPE),), cast(Any, buf), dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "n"}})
+    gm = import_onnx(onnx.load_from_string(buf.getvalue()))
+    assert {torch.mean, torch.amax} <= {n.target for n in gm.graph.nodes}
+    im = check(quantize(gm, calib()), calib())["im"]
+    assert isinstance(im, IntModel) and ops_of(im).count("reduce") == 2 and "mul" in ops_of(im)
+
+
+class GateUNet(nn.Module):
+    """Encoder conv-BN-ReLU, max pool, conv, the attention gate, a ConvTranspose2d up, a concat skip, decoder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.pool = nn.MaxPool2d(2)
+        self.mid = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.gate = AttentionGate(*GATES["onnx"])
+        self.up = nn.ConvTranspose2d(16, 8, 2, 2)
+        self.dec = nn.Conv2d(16, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.enc(x)
+        y = self.gate(self.mid(self.pool(skip)))
+        y = torch.cat([F.relu(self.up(y)), skip], 1)
+        return self.head(F.relu(self.dec(y)))  # type: ignore[no-any-return]
+
+
+def test_attention_gate_unet_end_to_end(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from mixq.graph import capture
+    from mixq.hw.estimate import estimate
+
+    torch.manual_seed(20)
+    model = GateUNet()
+    bn = model.enc[1]
+    assert isinstance(bn, nn.BatchNorm2d)
+    bn.running_mean.uniform_(-0.2, 0.2)  # type: ignore[union-attr]
+    bn.running_var.uniform_(0.5, 1.5)  # type: ignore[union-attr]
+    model.eval()
+    x = torch.randn(16, 3, 16, 16)
+    plan = api.default_plan("gate-unet", model, x)
+    assert list(plan.layers) == ["enc.0", "mid.0", "gate.conv", "up", "dec", "head"]
+    q = api.quantize(model, plan, x)
+    im = check(q, x, code_diff=4)["im"]
+    assert isinstance(im, IntModel)
+    assert {"maxpool", "reduce", "mul", "lut", "zero_insert", "cat"} <= set(ops_of(im))
+    assert int_semantics(im, edge_batches(im, (3, 16, 16))[1]) == {"reduce": 2, "mul": 1}
+    back = load_int_model(save_int_model(im, tmp_path / "gate.json"))
+    for xb in edge_batches(im, (3, 16, 16)):
+        assert torch.equal(IntEngine(back)(xb).codes, IntEngine(im)(xb).codes)
+    specs = capture(model, (3, 16, 16))
+    kinds = {s.name: s.kind for s in specs}
+    assert all(s.extra["support"] == "ok" for s in specs[1:])
+    assert (kinds["mean"], kinds["amax"], kinds["mul"], kinds["up_zeros"]) == ("reduce", "reduce", "mul", "zero_insert")
+    for arch in ("streaming", "overlay"):
+        est = estimate(specs, plan, "xc7z020", arch)
+        assert est.fps > 0
+        by = {le.name: le for le in est.layers}
+        assert {"mean", "amax", "mul"} <= set(by)
+        if arch == "streaming":
+            assert all(by[n].cycles > 0 and by[n].resources.lut > 0 for n in ("mean", "amax", "mul"))
+            assert by["mul"].resources.dsp >= 1  # a multiplier per lane
+
+
+def test_products_of_sizes_stay_python_numbers() -> None:
+    """``x.size(2) * 2`` is a product too (the same op-table kind): no integer node, the graph as written."""
+    torch.manual_seed(21)
+    model = Between(lambda x: F.interpolate(x, size=(x.size(2) * 2, x.size(3) * 2)))
+    im = check(quantize(model, calib()), calib())["im"]
+    assert isinstance(im, IntModel) and "mul" not in ops_of(im) and im.node("interpolate").shape == (8, 16, 16)

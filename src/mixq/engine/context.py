@@ -26,7 +26,11 @@ class Val:
     """A tensor as the converter sees it: its producer, grid, bound and per-sample shape.
 
     ``is_float`` marks the float network input (``node == "input"``), possibly reshaped by
-    shape-only ops: ``shape`` is then the shape its first quantizer sees.
+    shape-only ops: ``shape`` is then the shape its first quantizer sees. Data movement on it (zero
+    padding, zero insertion, pixel shuffle, nearest upsampling, reshapes after those) is exact on the
+    codes as on the floats, because every activation format quantizes 0 to 0 and quantization is
+    elementwise: it is kept as ``moves`` (IntNode templates) and replayed on the codes right after the
+    ``quantize`` node, which then sees ``base_shape``.
     """
 
     node: str
@@ -34,6 +38,8 @@ class Val:
     scale: np.ndarray
     bound: int
     shape: tuple[int, ...]
+    moves: tuple[IntNode, ...] = ()
+    base_shape: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -42,7 +48,7 @@ class Ctx:
     cfg: EngineConfig
     env: dict[fx.Node, Val | None] = field(default_factory=dict)
     nodes: list[IntNode] = field(default_factory=list)
-    quant_cache: dict[tuple[str, tuple[int, ...], str, float], Val] = field(default_factory=dict)
+    quant_cache: dict[tuple[str, tuple[int, ...], str, float, tuple[str, ...]], Val] = field(default_factory=dict)
 
     def add(self, node: IntNode) -> Val:
         names = {n.name for n in self.nodes}
@@ -54,6 +60,11 @@ class Ctx:
                            node.attrs, node.arrays, node.source)
         self.nodes.append(node)
         return Val(node.name, False, node.scale, node.bound, node.shape)
+
+    def defer(self, v: Val, node: IntNode) -> Val:
+        """Data movement ``node`` on the float input ``v``: replayed on the codes once it is quantized."""
+        return Val(v.node, True, v.scale, v.bound, node.shape, (*v.moves, node),
+                   v.base_shape if v.base_shape is not None else v.shape)
 
     def arg(self, node: fx.Node, info: OpInfo) -> Val:
         ins = tensor_args(node)
@@ -95,14 +106,21 @@ def quant_input(ctx: Ctx, v: Val, qact: QAct | None, name: str, owner: OpInfo) -
     s = float(qact.scale)
     if not np.isfinite(s) or s <= 0:
         raise ModelError(f"{where}: activation scale {s} is not a positive number")
-    key = (v.node, v.shape, json.dumps(fmt.to_dict(), sort_keys=True), s)
+    key = (v.node, v.shape, json.dumps(fmt.to_dict(), sort_keys=True), s, tuple(m.name for m in v.moves))
     if key in ctx.quant_cache:
         return ctx.quant_cache[key]
     attrs = {"fmt": fmt.to_dict(), "act_scale": s, "qmin": fmt.qmin, "qmax": fmt.qmax}
     bound = max(abs(fmt.qmin), abs(fmt.qmax))
     grid = np.array(s, dtype=np.float64)
     if v.is_float:
-        node = IntNode(name, "quantize", ("input",), v.shape, grid, bound, attrs, {}, f"{owner.name} ({owner.type})")
+        base = v.base_shape if v.moves and v.base_shape is not None else v.shape
+        out = ctx.add(IntNode(name, "quantize", ("input",), base, grid, bound, attrs, {},
+                              f"{owner.name} ({owner.type})"))
+        for move in v.moves:  # the float input's data movement, on the codes (exact: see Val)
+            out = ctx.add(IntNode(move.name, move.op, (out.node,), move.shape, grid, bound, move.attrs, move.arrays,
+                                  move.source))
+        ctx.quant_cache[key] = out
+        return out
     else:
         m, n = dyadic_unique(v.scale / s, ctx.cfg.mult_bits)
         if v.bound * int(m.max()) + 2 ** int(n.max()) >= INT64_LIMIT:

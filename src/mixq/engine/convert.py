@@ -12,7 +12,8 @@ clamps, lookup tables and upsampling in :mod:`mixq.engine.convert_ops`; data mov
 * the layer becomes ``conv`` / ``linear`` on integer weight codes (one format per
   row), with its bias rounded onto the accumulator grid ``s_act * s_w * 2**-frac``;
 * ReLU / ReLU6 / Hardtanh become ``clamp``, pooling ``maxpool`` / ``sumpool``, a
-  residual add ``add`` at the finer grid of its operands, flatten / cat / reshape / pad /
+  residual add ``add`` at the finer grid of its operands, a mean / max over the channels ``reduce``
+  (on a common grid of the channels, as an add), a product of two tensors ``mul``, flatten / cat / reshape / pad /
   zero insertion / pixel shuffle / nearest upsampling move the grids with the codes,
   bilinear upsampling is ``interp`` on a finer grid, a ``QLutAct`` ``requant`` + ``lut``.
 
@@ -42,7 +43,7 @@ from mixq.engine.arith import (
     signed_bits,
 )
 from mixq.engine.context import Ctx, Val, quant_input
-from mixq.engine.convert_ops import OP_BUILDERS
+from mixq.engine.convert_ops import OP_BUILDERS, channel_reduce, reduce_dims
 from mixq.engine.convert_shape import SHAPE_BUILDERS
 from mixq.engine.model import INT_MODEL_VERSION, IntModel, IntNode
 from mixq.engine.trace import OpInfo, classify, fn_args, shape_of, tensor_args, trace
@@ -291,7 +292,8 @@ def _sumpool(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
         dim_arg: Any = a.get("dim")
         dims = sorted(int(d) % 4 for d in (dim_arg if isinstance(dim_arg, list | tuple) else [dim_arg]))
         if dims != [2, 3]:
-            raise ModelError(f"{where}: mean over dims {a.get('dim')}; the engine supports spatial means (2, 3)")
+            raise ModelError(f"{where}: mean over dims {a.get('dim')}; the engine supports the channels (1) and the "
+                             "spatial dims (2, 3)")
         k = stride = [h, w]
         pad = [0, 0]
         count = h * w
@@ -304,6 +306,12 @@ def _sumpool(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
              "count_include_pad": float_op["count_include_pad"], "float_op": float_op["op"]}
     return ctx.add(IntNode(info.name, "sumpool", (v.node,), shape_of(node), grid, v.bound * count, attrs, {},
                            f"{info.name} ({info.type})"))
+
+
+def _mean(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
+    """A mean over the channels (a ``reduce``, :mod:`mixq.engine.convert_ops`) or the spatial dims (a ``sumpool``)."""
+    dims, _ = reduce_dims(node, info, ctx.int_arg(node, info))
+    return channel_reduce(ctx, node, info, "sum") if dims == [1] else _sumpool(ctx, node, info)
 
 
 def _add(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
@@ -335,7 +343,7 @@ def _add(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
 
 BUILDERS: dict[str, Callable[[Ctx, fx.Node, OpInfo], Val | None]] = {
     "qconv": _layer, "qlinear": _layer, "qact": _qact,
-    "maxpool": _maxpool, "avgpool": _sumpool, "adaptive_avgpool": _sumpool, "mean": _sumpool, "add": _add,
+    "maxpool": _maxpool, "avgpool": _sumpool, "adaptive_avgpool": _sumpool, "mean": _mean, "add": _add,
     **OP_BUILDERS, **SHAPE_BUILDERS,
 }
 

@@ -13,6 +13,21 @@ weight of an axis is a multiple of ``1 / D`` (scale 2, ``align_corners=False``: 
 computes ``Wh @ x @ Ww^T`` with the integer matrices ``D * W``: the output is an exact integer
 on the grid ``grid / (Dh * Dw)`` with bound ``bound * Dh * Dw`` — no rounding. Interpolations
 whose ``Dh * Dw`` exceeds :data:`MAX_INTERP_DENOM` (non-integer scale factors) are refused.
+
+**Channel reductions** (``torch.mean`` / ``torch.amax`` over dim 1, as ONNX ReduceMean / ReduceMax
+import): channels on one grid are reduced as they are — the max of the codes, or their *sum* on the
+grid ``grid / C`` (the 1/C moves into the grid, no rounding); channels on different grids (per-channel
+weights) are first brought onto one common grid, as a residual add does (at least ``add_guard_bits``
+finer than the coarsest channel, never coarser than the finest), with multipliers ``M_c`` sharing one
+shift ``n`` and one rounding after the reduction: ``(R_c(x_c * M_c) + 2**(n-1)) >> n`` (round half up;
+for the max, rounding after equals rounding before, both are monotonic). ``amax`` over the spatial dims
+(2, 3) is a global max pool.
+
+**Elementwise products** (``x * g``, ``torch.mul``; an attention gate ``g`` of shape ``(1, H, W)``
+broadcast over the channels, or equal shapes): the exact integer product of the codes on the grid
+``grid_a * grid_b`` with bound ``bound_a * bound_b`` (refused beyond int64's 62 bits). A product by a
+python scalar ``c != 0`` is exact too: the codes stay (negated for ``c < 0``) and ``|c|`` moves into
+the grid.
 """
 
 from __future__ import annotations
@@ -27,11 +42,11 @@ import torch
 from torch import fx, nn
 
 from mixq.engine import grids
-from mixq.engine.arith import INT64_LIMIT, round_half_up
+from mixq.engine.arith import INT64_LIMIT, dyadic, round_half_up
 from mixq.engine.context import Ctx, Val, quant_input
 from mixq.engine.convert_shape import image, nearest, scale_factors, upsample_args
 from mixq.engine.model import IntNode
-from mixq.engine.trace import OpInfo, fn_args, shape_of
+from mixq.engine.trace import OpInfo, fn_args, shape_of, tensor_args
 from mixq.errors import ModelError
 from mixq.nn import QLutAct
 
@@ -201,9 +216,12 @@ def _interp(ctx: Ctx, node: fx.Node, info: OpInfo, v: Val, a: dict[str, Any]) ->
 
 
 def _upsample(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
-    v = ctx.int_arg(node, info)
+    v = ctx.arg(node, info)
     image(v, info)
     a = upsample_args(node, info)
+    if v.is_float and a["mode"] not in ("nearest", "nearest-exact"):
+        raise ModelError(f"{_where(info)}: {a['mode']} upsampling of the float network input; the integer engine "
+                         "needs a quantizer first (nearest upsampling is data movement and is accepted)")
     if a["antialias"]:
         raise ModelError(f"{_where(info)}: antialiased interpolation is not supported by the integer engine")
     if a["mode"] == "bilinear":
@@ -214,6 +232,123 @@ def _upsample(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
                      "(integer factors) and bilinear")
 
 
+# ----------------------------------------------------------------------------- reductions and products
+
+
+def reduce_dims(node: fx.Node, info: OpInfo, v: Val) -> tuple[list[int], bool]:
+    """The reduced dims (of the batched tensor, sorted, non-negative) and ``keepdim`` of a mean / amax."""
+    a = fn_args(node, ("input", "dim", "keepdim"), {"dim": None, "keepdim": False})
+    if a["dim"] is None or a.get("dtype") is not None:
+        raise ModelError(f"{_where(info)}: {info.kind} without a dim (or with a dtype); give the dims to reduce")
+    rank = len(v.shape) + 1
+    dims = a["dim"] if isinstance(a["dim"], list | tuple) else [a["dim"]]
+    return sorted({int(d) % rank for d in dims}), bool(a["keepdim"])
+
+
+def channel_reduce(ctx: Ctx, node: fx.Node, info: OpInfo, fn: str) -> Val:
+    """``mean`` (``fn="sum"``) or ``amax`` (``fn="max"``) over the channels (dim 1): a ``reduce`` node."""
+    v = ctx.int_arg(node, info)
+    _, keepdim = reduce_dims(node, info, v)
+    if len(v.shape) < 2:
+        raise ModelError(f"{_where(info)}: a channel reduction needs (C, ...) inputs, got {v.shape}")
+    if not grids.is_channel_grid(v.scale):
+        raise ModelError(f"{_where(info)}: a channel reduction of a grid that varies in space "
+                         "(channels on different grids after a pixel shuffle)")
+    c = v.shape[0]
+    g = grids.channels(v.scale, v.shape).reshape(-1)
+    if np.all(g == g[0]):  # one grid: the codes as they are
+        grid, m, n = float(g[0]), np.ones(c, dtype=np.int64), 0
+    else:  # a common grid as a residual add chooses it, one shift for every channel
+        grid = float(min(g.min(), np.ldexp(g.max(), -ctx.cfg.add_guard_bits)))
+        ratios = g / grid
+        _, n = dyadic(float(ratios.max()), ctx.cfg.mult_bits)
+        m = np.rint(np.ldexp(ratios, n)).astype(np.int64)
+    terms = c if fn == "sum" else 1
+    if v.bound * int(m.max()) * terms + 2**n >= INT64_LIMIT:
+        raise ModelError(f"{_where(info)}: the rescaled channel {info.kind} needs more than 62 bits; lower mult_bits")
+    half = 2 ** (n - 1) if n else 0
+    bound = ((v.bound * int(m.sum()) + half) >> n) if fn == "sum" else max(
+        (v.bound * int(mc) + half) >> n for mc in m.tolist())
+    out_grid = np.array(grid / c if fn == "sum" else grid, dtype=np.float64)
+    attrs = {"fn": fn, "dim": 1, "keepdim": keepdim, "count": c, "float_op": info.kind}
+    arrays = {"M": m.reshape((c,) + (1,) * (len(v.shape) - 1)), "n": np.array(n, dtype=np.int64)}
+    return ctx.add(IntNode(info.name, "reduce", (v.node,), shape_of(node), out_grid, int(bound), attrs, arrays,
+                           f"{info.name} ({info.type})"))
+
+
+def _amax(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
+    """``amax`` over the channels (a ``reduce``) or over the spatial dims (a global ``maxpool``)."""
+    v = ctx.int_arg(node, info)
+    dims, keepdim = reduce_dims(node, info, v)
+    if dims == [1]:
+        return channel_reduce(ctx, node, info, "max")
+    if dims != [2, 3] or len(v.shape) != 3:
+        raise ModelError(f"{_where(info)}: amax over dims {dims} of a {v.shape} input; the engine supports the "
+                         "channels (1) or the spatial dims (2, 3)")
+    if v.scale.ndim and not grids.is_channel_grid(v.scale):
+        raise ModelError(f"{_where(info)}: pooling over a grid that varies in space")
+    c, h, w = v.shape
+    attrs = {"kernel": [h, w], "stride": [h, w], "padding": [0, 0], "dilation": [1, 1], "ceil_mode": False}
+    src = f"{info.name} ({info.type})"
+    pool = ctx.add(IntNode(info.name if keepdim else f"{info.name}.pool", "maxpool", (v.node,), (c, 1, 1), v.scale,
+                           v.bound, attrs, {}, src))
+    if keepdim:
+        return pool
+    flat = v.scale.reshape(-1) if v.scale.ndim else v.scale
+    return ctx.add(IntNode(info.name, "flatten", (pool.node,), shape_of(node), flat, v.bound, {"start_dim": 1}, {},
+                           src))
+
+
+def _operands(node: fx.Node) -> tuple[Any, Any]:
+    a = fn_args(node, ("input", "other"), {})
+    if "input" not in a or "other" not in a:
+        raise ValueError("two operands")
+    return a["input"], a["other"]
+
+
+def _mul(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val | None:
+    """The product of two integer tensors (``mul`` of two inputs), or of one by a python scalar; a product of
+    python numbers (sizes) is no tensor: ``None``."""
+    if not isinstance(node.meta.get("shape"), tuple):
+        return None
+    try:
+        a, b = _operands(node)
+    except ValueError:
+        raise ModelError(f"{_where(info)}: a product needs two operands") from None
+    if set(node.kwargs) - {"input", "other"}:
+        raise ModelError(f"{_where(info)}: keyword arguments {sorted(node.kwargs)}; only the product of two operands")
+    src = f"{info.name} ({info.type})"
+    if len(tensor_args(node)) == 1:  # a tensor by a scalar
+        x, c = (a, b) if isinstance(a, fx.Node) else (b, a)
+        if isinstance(c, bool) or not isinstance(c, int | float) or not np.isfinite(c) or c == 0:
+            raise ModelError(f"{_where(info)}: a product with {c!r}; the engine supports python scalars other "
+                             "than 0 (a tensor constant has no integer grid)")
+        v = ctx.int_arg(node, info)
+        sign = 1 if c > 0 else -1
+        return ctx.add(IntNode(info.name, "mul", (v.node,), v.shape, v.scale * abs(float(c)), v.bound,
+                               {"const": float(c), "sign": sign}, {}, src))
+    vals = [ctx.env.get(t) for t in (a, b)] if isinstance(a, fx.Node) and isinstance(b, fx.Node) else [None]
+    if any(v is None or v.is_float for v in vals):
+        raise ModelError(f"{_where(info)}: an operand is not an integer tensor (a product with the float network "
+                         "input or a tensor constant)")
+    va, vb = vals
+    assert va is not None and vb is not None
+    out = shape_of(node)
+    if len(va.shape) != len(out) or len(vb.shape) != len(out) or tuple(np.broadcast_shapes(va.shape, vb.shape)) != out:
+        raise ModelError(f"{_where(info)}: product {va.shape} * {vb.shape} -> {out}; the engine supports equal "
+                         "shapes and size-1 dims broadcast")
+    bound = va.bound * vb.bound
+    if bound >= INT64_LIMIT:
+        raise ModelError(f"{_where(info)}: the product needs {bound.bit_length() + 1} bits (|a| <= {va.bound}, "
+                         f"|b| <= {vb.bound}), beyond the engine's int64")
+    grid = np.asarray(va.scale, dtype=np.float64) * np.asarray(vb.scale, dtype=np.float64)
+    if grid.ndim and grid.shape != (out[0],) + (1,) * (len(out) - 1):
+        grid = grids.compact(grids.full(grid, out))
+    return ctx.add(IntNode(info.name, "mul", (va.node, vb.node), out, np.ascontiguousarray(grid), bound,
+                           {"const": None, "sign": 1}, {}, src))
+
+
 OP_BUILDERS: dict[str, Callable[[Ctx, fx.Node, OpInfo], Val | None]] = {
     "relu": _clamp, "relu6": _clamp, "hardtanh": _clamp, "qlut": _qlut, "lut": _lut, "upsample": _upsample,
+    "amax": _amax, "mul": _mul,
 }

@@ -31,7 +31,8 @@ def _where(info: OpInfo) -> str:
 
 def _node(ctx: Ctx, info: OpInfo, op: str, v: Val, shape: tuple[int, ...], grid: np.ndarray,
           attrs: dict[str, Any]) -> Val:
-    return ctx.add(IntNode(info.name, op, (v.node,), shape, grid, v.bound, attrs, {}, f"{info.name} ({info.type})"))
+    node = IntNode(info.name, op, (v.node,), shape, grid, v.bound, attrs, {}, f"{info.name} ({info.type})")
+    return ctx.defer(v, node) if v.is_float else ctx.add(node)
 
 
 def image(v: Val, info: OpInfo) -> None:
@@ -88,6 +89,8 @@ def _reshape(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
         if grids.reshape(v.scale, v.shape, out) is None:
             raise ModelError(f"{_where(info)}: reshape {v.shape} -> {out} of the float network input; "
                              "only unit dims may be inserted or removed before the first quantizer")
+        if v.moves:  # after data movement: replayed in order on the codes
+            return _node(ctx, info, "reshape", v, out, v.scale, {"shape": list(out)})
         return Val(v.node, True, v.scale, v.bound, out)
     grid = grids.reshape(v.scale, v.shape, out)
     if grid is not None:
@@ -143,7 +146,7 @@ def pad_amounts(node: fx.Node, info: OpInfo) -> list[int]:
 
 
 def _pad(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
-    v = ctx.int_arg(node, info)
+    v = ctx.arg(node, info)  # on the float input: deferred to its quantizer (Ctx.defer)
     image(v, info)
     pads = pad_amounts(node, info)
     grid = grids.move(v.scale, v.shape, lambda g: F.pad(g, pads, mode="replicate"), spatial_only=True)
@@ -151,7 +154,7 @@ def _pad(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
 
 
 def _zero_insert(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
-    v = ctx.int_arg(node, info)
+    v = ctx.arg(node, info)  # on the float input: deferred to its quantizer (Ctx.defer)
     image(v, info)
     mod: Any = info.module
     (sh, sw), (eh, ew) = mod.stride, mod.extra
@@ -168,7 +171,7 @@ def _zero_insert(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
 def _pixel_shuffle(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     """Channel ``c * r * r + i * r + j`` goes to pixel ``(i, j)`` of output channel ``c``: the grid moves with
     it (per output channel when the ``r * r`` source channels share a grid, per position otherwise)."""
-    v = ctx.int_arg(node, info)
+    v = ctx.arg(node, info)  # on the float input: deferred to its quantizer (Ctx.defer)
     image(v, info)
     mod: Any = info.module
     r = int(mod.upscale_factor) if mod is not None else int(fn_args(node, ("input", "upscale_factor"), {})

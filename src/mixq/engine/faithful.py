@@ -14,6 +14,12 @@
   integer model's multipliers and rounds once, bilinear interpolation runs in float64 and
   is snapped onto its grid ``grid / (Dh * Dw)`` (torch's float weights are within 1e-15 of the
   exact rational ones: far below half a step);
+* a mean / max over the channels on one grid runs as written in float64 and is snapped onto its grid
+  (``grid / C`` for the mean); over channels on different grids it rescales them with the integer
+  model's multipliers and rounds once after the reduction, as an add; a max over the spatial dims is
+  a max of on-grid values (as written);
+* a product of two tensors runs in float64 and is snapped onto ``grid_a * grid_b`` (exact below
+  2**49 steps, checked), a product by a scalar the same onto ``grid * |c|``;
 * data movement (padding, zero insertion, pixel shuffle, nearest upsampling, unit-dim
   reshapes) runs as written: it moves on-grid values and zeros;
 * a ``QLutAct`` requantizes its input like any quantizer and reads its output from the
@@ -50,6 +56,8 @@ from mixq.nn import QAct, QConv2d, QLinear, QLutAct
 # kinds whose fake-quant op runs unchanged in the faithful model (data movement of on-grid values)
 PASS_KINDS = ("maxpool", "flatten", "reshape", "unsqueeze", "squeeze", "cat", "identity", "size", "pad",
               "zero_insert", "pixel_shuffle")
+# kinds whose builder gives no integer node when they compute python numbers (sizes), left as written
+VALUE_KINDS = ("mul",)
 
 
 def _grid(a: np.ndarray) -> torch.Tensor:
@@ -191,6 +199,48 @@ class FaithfulAdd(nn.Module):
         return requantize_sum(qs, self.ms, self.n).to(torch.float64) * self.grid
 
 
+class FaithfulReduce(nn.Module):
+    """A mean / max over channels on different grids: the codes rescaled by ``M_c``, reduced, one rounding."""
+
+    grid: torch.Tensor
+    in_grid: torch.Tensor
+    m: torch.Tensor
+
+    def __init__(self, node: IntNode, in_grid: np.ndarray) -> None:
+        super().__init__()
+        self.int_name = node.name
+        self.is_sum, self.keepdim = node.attrs["fn"] == "sum", bool(node.attrs["keepdim"])
+        self.register_buffer("in_grid", _grid(in_grid))
+        self.register_buffer("m", _grid(node.arrays["M"]).to(torch.int64))
+        self.n = torch.tensor(int(node.arrays["n"]))
+        self.register_buffer("grid", _grid(node.scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = snap(x, self.in_grid).to(torch.int64) * self.m
+        r = p.sum(1, keepdim=self.keepdim) if self.is_sum else p.amax(1, keepdim=self.keepdim)
+        return requantize(r, torch.tensor(1), self.n).to(torch.float64) * self.grid
+
+
+class FaithfulMul(nn.Module):
+    """A product in float64 (of two tensors, or by the scalar ``const``), snapped onto its grid."""
+
+    grid: torch.Tensor
+
+    def __init__(self, node: IntNode) -> None:
+        super().__init__()
+        self.int_name = node.name
+        if node.bound >= 2**49:
+            raise ModelError(f"faithful: layer {node.name!r}: float64 cannot represent its products exactly enough "
+                             f"(|codes| <= {node.bound} >= 2**49)")
+        const = node.attrs.get("const")
+        self.const = 0.0 if const is None else float(const)
+        self.register_buffer("grid", _grid(node.scale))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        y = a.to(torch.float64) * (self.const if b is None else b.to(torch.float64))
+        return snap(y, self.grid) * self.grid
+
+
 def faithful(qmodel: nn.Module, imodel: IntModel | None = None,
              example: torch.Tensor | tuple[int, ...] | None = None, **options: Any) -> fx.GraphModule:
     """A hardware-faithful copy of the calibrated fake-quant model ``qmodel`` (``qmodel`` is unchanged).
@@ -210,8 +260,12 @@ def faithful(qmodel: nn.Module, imodel: IntModel | None = None,
         info = kinds.get(node)
         if info is None or info.kind in PASS_KINDS:
             continue
+        if node.name not in names and info.kind in VALUE_KINDS:  # arithmetic on sizes, not on tensors
+            continue
         if node.name not in names:
             raise ModelError(f"faithful: layer {info.name!r} ({info.type}) has no node in the integer model")
+        if names[node.name] == "input":  # data movement on the float input: it runs on floats, as written
+            continue
         inode = nodes[names[node.name]]
         sub = _faithful_module(info.kind, inode, nodes, node, info.module)
         if sub is None:  # nearest upsampling: data movement, as written
@@ -238,7 +292,15 @@ class _Method:
         return getattr(x, self.name)(*args, **kwargs)  # type: ignore[no-any-return]
 
 
+_MOVES = ("pad", "zero_insert", "pixel_shuffle", "upsample", "reshape")
+
+
 def _quant(inode: IntNode, nodes: dict[str, IntNode]) -> FaithfulQuant:
+    first = inode
+    while first.op in _MOVES and first.inputs and first.inputs[0] in nodes:
+        first = nodes[first.inputs[0]]
+    if first.op == "quantize":  # data movement on the float input replayed on the codes: here it ran on floats
+        return FaithfulQuant(first, None)
     in_grid = None if inode.op == "quantize" else nodes[inode.inputs[0]].scale
     return FaithfulQuant(inode, in_grid)
 
@@ -280,7 +342,9 @@ def _faithful_module(kind: str, inode: IntNode, nodes: dict[str, IntNode], node:
         return _quant(inode, nodes)
     if kind in ("relu", "relu6", "hardtanh"):
         return FaithfulClamp(inode)
-    if kind in ("avgpool", "adaptive_avgpool", "mean"):
+    if inode.op == "reduce" and (int(np.asarray(inode.arrays["M"]).max()) != 1 or int(inode.arrays["n"])):
+        return FaithfulReduce(inode, nodes[inode.inputs[0]].scale)
+    if kind in ("avgpool", "adaptive_avgpool", "mean", "amax"):  # the float op, snapped onto the grid
         if module is not None:
             return FaithfulPool(inode, module, (), {})
         args = tuple(a for a in node.args[1:])
@@ -288,6 +352,8 @@ def _faithful_module(kind: str, inode: IntNode, nodes: dict[str, IntNode], node:
         return FaithfulPool(inode, fn, args, dict(node.kwargs))
     if kind == "add":
         return FaithfulAdd(inode, [nodes[i].scale for i in inode.inputs])
+    if kind == "mul":
+        return FaithfulMul(inode)
     if kind == "qlut":
         assert isinstance(module, QLutAct)
         return FaithfulLut(module, _quant(nodes[inode.inputs[0]], nodes), inode)

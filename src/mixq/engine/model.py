@@ -33,6 +33,13 @@ sumpool       window *sum* (average pooling: the 1/count factor moves into the g
               model wrote it, for exports), ``keepdim``
 add           residual add at the finer grid of its operands: ``requantize_sum(x_i, M_i, n)``;
               arrays ``M`` (stacked per operand), ``n``
+reduce        a reduction over the channels (dim 1): ``(R_c(x_c * M_c) + 2**(n-1)) >> n`` with ``R`` the
+              max or the sum (a mean: the 1/C is in the grid), ``M_c`` bringing the channels onto one
+              grid (all 1 and ``n = 0`` when they share one); arrays ``M`` (per channel), ``n``; attrs
+              ``fn`` (max / sum), ``dim``, ``keepdim``, ``count``, ``float_op`` (amax / mean)
+mul           elementwise product of two integer tensors (size-1 dims broadcast) on the grid
+              ``grid_a * grid_b``, or of one by a python scalar (attrs ``const``: the codes times
+              ``sign``, ``|const|`` in the grid); attrs ``const`` (None for two tensors), ``sign``
 flatten       ``torch.flatten(x, 1)``; the grid is flattened with it
 cat           concatenation along channels; attrs ``dim``
 reshape       insert / remove unit dims (``unsqueeze`` / ``squeeze`` / ``view``); attrs ``shape``
@@ -62,8 +69,8 @@ import numpy as np
 
 from mixq.errors import ModelError
 
-OPS = ("quantize", "requant", "conv", "linear", "clamp", "maxpool", "sumpool", "add", "flatten", "cat",
-       "reshape", "pad", "zero_insert", "pixel_shuffle", "upsample", "interp", "lut")
+OPS = ("quantize", "requant", "conv", "linear", "clamp", "maxpool", "sumpool", "add", "reduce", "mul", "flatten",
+       "cat", "reshape", "pad", "zero_insert", "pixel_shuffle", "upsample", "interp", "lut")
 COMPUTE_OPS = ("conv", "linear")
 INT_MODEL_VERSION = 1
 
@@ -124,6 +131,14 @@ class IntModel:
             if n.name == name:
                 return n
         raise ModelError(f"int model: no node named {name!r}")
+
+    def input_quantizer(self, name: str) -> IntNode:
+        """The ``quantize`` / ``requant`` node that feeds node ``name``: its input, or, when data movement on
+        the float network input was replayed on the codes (pad, zero insertion ...), the quantizer before it."""
+        q = self.node(self.node(name).inputs[0])
+        while "fmt" not in q.attrs and q.inputs:
+            q = self.node(q.inputs[0])
+        return q
 
     def compute_nodes(self) -> list[IntNode]:
         return [n for n in self.nodes if n.op in COMPUTE_OPS]

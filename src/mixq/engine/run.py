@@ -7,7 +7,8 @@ integers. Only the network input is a float; it is quantized exactly as the
 fake-quant input quantizer does. Everything after holds integers: a node's tensor
 is integer-valued float32 / float64 while its proven bound allows (below 2**24 /
 2**53), int64 beyond; products in exact BLAS or int64, requantization and residual
-adds by the round-half-up rule of :mod:`mixq.engine.arith`, pooling by max and sum; data
+adds by the round-half-up rule of :mod:`mixq.engine.arith`, pooling and channel reductions by max and
+sum, products of two tensors exactly in a dtype that holds their bound; data
 movement, interpolation and lookup tables in :mod:`mixq.engine.kernels_move`.
 Runs on the CPU.
 """
@@ -148,6 +149,42 @@ def _add(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
     return lambda xs, _st: requantize_sum([x.to(torch.int64) for x in xs], ms, n)
 
 
+def _reduce(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
+    """Max or sum over the channels of ``x_c * M_c``, one rounding (``>> n``, half up) after."""
+    m_np = np.asarray(node.arrays["M"], dtype=np.int64)
+    n = int(node.arrays["n"])
+    keep, is_sum = bool(node.attrs["keepdim"]), node.attrs["fn"] == "sum"
+    top = bounds[node.inputs[0]] * int(m_np.max()) * (m_np.shape[0] if is_sum else 1) + 2**n
+    out = exact_dtype(node.bound)
+
+    def red(y: torch.Tensor) -> torch.Tensor:
+        return y.sum(1, keepdim=keep) if is_sum else y.amax(1, keepdim=keep)
+
+    if n == 0 and int(m_np.min()) == int(m_np.max()) == 1:  # one grid: the codes as they are
+        dt = exact_dtype(top)
+        return lambda xs, _st: red(xs[0].to(dt)).to(out)
+    if top < FLOAT64_EXACT // 2:
+        # |R(x * M)| + 2**(n-1) < 2**52: the products, the sum and floor(y * 2**-n + 1/2) are exact in float64
+        m64, scale = _t(m_np.astype(np.float64)), 2.0**-n
+
+        def run64(xs: list[torch.Tensor], _st: dict[str, int]) -> torch.Tensor:
+            y = red(xs[0].to(torch.float64) * m64)
+            return y.mul_(scale).add_(0.5).floor_().to(out)
+
+        return run64
+    m, nt = _t(m_np), torch.tensor(n)
+    return lambda xs, _st: requantize(red(xs[0].to(torch.int64) * m), torch.tensor(1), nt)
+
+
+def _mul(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
+    """The exact product of the codes (in a dtype that holds ``bound``), or the codes times the scalar's sign."""
+    if node.attrs.get("const") is not None:
+        sign = int(node.attrs["sign"])
+        return (lambda xs, _st: xs[0]) if sign == 1 else (lambda xs, _st: -xs[0])
+    dt = exact_dtype(node.bound)
+    return lambda xs, _st: xs[0].to(dt) * xs[1].to(dt)
+
+
 def _flatten(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
     return lambda xs, _st: torch.flatten(xs[0], 1)
 
@@ -159,7 +196,8 @@ def _cat(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
 
 KERNELS: dict[str, Callable[[IntNode, dict[str, int], str], Kernel]] = {
     "quantize": _quantize, "requant": _requant, "conv": _dot, "linear": _dot, "clamp": _clamp,
-    "maxpool": _maxpool, "sumpool": _sumpool, "add": _add, "flatten": _flatten, "cat": _cat,
+    "maxpool": _maxpool, "sumpool": _sumpool, "add": _add, "reduce": _reduce, "mul": _mul, "flatten": _flatten,
+    "cat": _cat,
     **MOVE_KERNELS,
 }
 

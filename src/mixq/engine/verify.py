@@ -149,7 +149,7 @@ def _compare_layer(node: Any, s: dict[str, Any], values: dict[str, torch.Tensor]
     if fq_val is None:
         return
     x_in, y_fq = fq_val
-    qnode = engine.model.node(node.inputs[0])
+    qnode = engine.model.input_quantizer(node.name)
     fmt = format_from_dict(qnode.attrs["fmt"])
     fq_codes = fmt.quantize(x_in, torch.tensor(qnode.attrs["act_scale"], dtype=torch.float32))
     d = (fq_codes - codes).abs()

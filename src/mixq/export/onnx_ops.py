@@ -1,4 +1,4 @@
-"""ONNX forms of the data-movement, interpolation and lookup-table ops of an integer model.
+"""ONNX forms of the data-movement, interpolation, reduction, product and lookup-table ops of an integer model.
 
 Each is written as the float operation of the fake-quant model, so a QONNX / QDQ export computes
 what the fake-quant model computes:
@@ -15,6 +15,9 @@ what the fake-quant model computes:
   used them, else the output size (from the input's shape, so the batch can stay symbolic). The
   float weights are torch's up to float rounding (onnxruntime's and torch's coordinate arithmetic
   differ in the last bits), well inside the tolerance of the export checks;
+* ``reduce``: ``ReduceMean`` / ``ReduceMax`` over axis 1 (``axes`` attribute, opset 13) with the node's
+  ``keepdims``; ``mul``: ``Mul`` of the two tensors (ONNX broadcasts size-1 dims as torch does), or by the
+  float32 scalar;
 * ``clamp`` with per-channel limits: ``Relu`` / ``Max`` then ``Min`` with ``(C, 1, 1)`` constants
   (``Clip`` takes scalars only);
 * ``lut``: the activation's float function (:data:`FUNCTIONS`, opset 13 operators: SiLU as
@@ -115,6 +118,22 @@ def _interp(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
     return b.node("Resize", ins, n.name, n.shape, mode="linear", coordinate_transformation_mode=coord)
 
 
+_REDUCE_OPS = {"mean": "ReduceMean", "amax": "ReduceMax"}
+
+
+def _reduce(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
+    op = _REDUCE_OPS.get(str(n.attrs["float_op"]))
+    if op is None:  # pragma: no cover - the engine builds reductions of these ops only
+        raise ModelError(f"export: layer {n.name!r}: no ONNX form of the reduction {n.attrs['float_op']!r}")
+    return b.node(op, xs, n.name, n.shape, axes=[int(n.attrs["dim"])], keepdims=int(bool(n.attrs["keepdim"])))
+
+
+def _mul(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
+    c = n.attrs.get("const")
+    ins = xs if c is None else [xs[0], _f32(b, f"{n.name}.const", c)]
+    return b.node("Mul", ins, n.name, n.shape)
+
+
 # ----------------------------------------------------------------------------- lookup-table activations
 
 FnEmit = Callable[["GraphBuilder", str, str, IntNode], str]
@@ -175,5 +194,5 @@ def _lut(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
 
 MOVE_EMITTERS: dict[str, Callable[[GraphBuilder, IntNode, list[str], Writers], str]] = {
     "reshape": _reshape, "pad": _pad, "zero_insert": _zero_insert, "pixel_shuffle": _pixel_shuffle,
-    "upsample": _upsample, "interp": _interp, "lut": _lut,
+    "upsample": _upsample, "interp": _interp, "lut": _lut, "reduce": _reduce, "mul": _mul,
 }

@@ -75,7 +75,7 @@ def _bias(b: GraphBuilder, n: IntNode, imodel: IntModel, quantized: bool) -> str
         return None
     if not quantized:
         return b.const(f"{n.name}.bias", np.asarray(n.arrays["bias_float"], dtype=np.float32))
-    s_act = float(imodel.node(n.inputs[0]).attrs["act_scale"])
+    s_act = float(imodel.input_quantizer(n.name).attrs["act_scale"])
     step = (s_act * row_steps(n).astype(np.float64)).astype(np.float32)
     q = np.rint(np.asarray(n.arrays["bias_float"], dtype=np.float64) / step.astype(np.float64))
     if np.abs(q).max(initial=0) >= 2**31:

@@ -89,8 +89,12 @@ def _spec_kind(op: NodeOp, n_carrying: int, in_shapes: list[tuple[int, ...]], ou
         return "flatten" if len(out) == 2 and len(ins) > 2 else "other"
     if kind == "?pool":
         return "gap" if out[-2:] == (1, 1) or len(out) < 4 else "avgpool"
-    if kind == "?mean":
-        return "gap" if len(ins) == 4 and (len(out) == 2 or out[-2:] == (1, 1)) else "other"
+    if kind in ("?mean", "?reduce"):  # over the channels: reduce; over every spatial axis: a global pool
+        if len(ins) == 4 and out in ((ins[0], 1, *ins[2:]), (ins[0], *ins[2:])):
+            return "reduce"
+        if len(ins) == 4 and out in (ins[:2], (*ins[:2], 1, 1)):
+            return "gap" if kind == "?mean" else "maxpool"
+        return "other"
     return kind
 
 

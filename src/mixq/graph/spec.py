@@ -18,13 +18,16 @@ from typing import Any
 #   concat    channel concatenation
 #   maxpool / avgpool / gap (global average pool)
 #   relu / relu6 / act (other activation)
+#   reduce    a reduction over the channels (mean or max: one value per pixel)
+#   mul       elementwise product of two producers (an attention gate), or by a constant
 #   flatten
 #   pad / zero_insert / pixel_shuffle / upsample   data movement (zero padding, the zeros of a
 #             transposed conv written as a conv, subpixel reshape, nearest or bilinear upsampling)
 #   input     the graph input
 LAYER_KINDS = (
     "input", "conv", "dwconv", "linear", "add", "concat", "maxpool", "avgpool", "gap",
-    "relu", "relu6", "act", "flatten", "bn", "pad", "zero_insert", "pixel_shuffle", "upsample", "other",
+    "relu", "relu6", "act", "flatten", "bn", "pad", "zero_insert", "pixel_shuffle", "upsample", "reduce", "mul",
+    "other",
 )
 
 # Kinds whose weights are quantized and that need multiply-accumulate hardware.

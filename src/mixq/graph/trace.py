@@ -61,7 +61,9 @@ KINDS: dict[str, Kind] = {
     "lut": Kind("act", note="an integer lookup table on its quantized input"),
     "softmax": Kind("act", _NO_ENGINE, "softmax is not elementwise: no lookup table computes it"),
     "maxpool": Kind("maxpool"), "avgpool": Kind("avgpool"), "adaptive_avgpool": Kind("?pool"),
-    "mean": Kind("?mean"), "add": Kind("add"), "cat": Kind("concat"),
+    "mean": Kind("?mean"), "amax": Kind("?reduce", note="a channel max (spec reduce) or a global max pool"),
+    "mul": Kind("mul", note="an elementwise product of two tensors (size-1 dims broadcast) or by a python scalar"),
+    "add": Kind("add"), "cat": Kind("concat"),
     "flatten": Kind("flatten"), "reshape": Kind("?flatten"), "unsqueeze": Kind(None), "squeeze": Kind(None),
     "pad": Kind("pad"), "zero_insert": Kind("zero_insert"), "pixel_shuffle": Kind("pixel_shuffle"),
     "upsample": Kind("upsample"),
@@ -89,7 +91,8 @@ FUNCTION_KINDS: dict[str, str] = {
     "elu": "lut", "leaky_relu": "lut", "mish": "lut", "softmax": "softmax", "log_softmax": "softmax",
     "max_pool2d": "maxpool", "_max_pool2d": "maxpool", "max_pool2d_with_indices": "maxpool",
     "adaptive_max_pool2d": "maxpool", "avg_pool2d": "avgpool", "adaptive_avg_pool2d": "adaptive_avgpool",
-    "mean": "mean", "flatten": "flatten", "reshape": "reshape", "add": "add", "iadd": "add",
+    "mean": "mean", "amax": "amax", "mul": "mul", "imul": "mul", "multiply": "mul",
+    "flatten": "flatten", "reshape": "reshape", "add": "add", "iadd": "add",
     "cat": "cat", "concat": "cat", "concatenate": "cat", "pad": "pad", "pixel_shuffle": "pixel_shuffle",
     "interpolate": "upsample", "upsample": "upsample", "unsqueeze": "unsqueeze", "squeeze": "squeeze",
     "dropout": "identity", "dropout1d": "identity", "dropout2d": "identity", "feature_dropout": "identity",
@@ -100,7 +103,8 @@ FUNCTION_KINDS: dict[str, str] = {
 }
 METHOD_KINDS: dict[str, str] = {
     "relu": "relu", "relu_": "relu", "sigmoid": "lut", "tanh": "lut", "flatten": "flatten", "add": "add",
-    "add_": "add", "mean": "mean", "view": "reshape", "reshape": "reshape", "unsqueeze": "unsqueeze",
+    "add_": "add", "mean": "mean", "amax": "amax", "mul": "mul", "mul_": "mul", "multiply": "mul",
+    "view": "reshape", "reshape": "reshape", "unsqueeze": "unsqueeze",
     "squeeze": "squeeze", "contiguous": "identity", "clone": "identity", "detach": "identity", "size": "size",
     "dim": "size",
 }

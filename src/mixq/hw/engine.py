@@ -260,12 +260,26 @@ def stream_engine(layer: HwLayer, lanes: int, part: Part, model: CostModel, opts
     max pool: a comparator tree and a line buffer; average pool / GAP: an accumulator per lane;
     lookup-table activation: a ``2**abits``-entry ROM per lane (output at the next layer's width);
     upsample / zero insertion / padding / pixel shuffle: a buffer of one input row (all channels),
-    which the output rows are read from (bilinear upsampling adds a 4-input adder tree per lane)."""
+    which the output rows are read from (bilinear upsampling adds a 4-input adder tree per lane);
+    channel reduction (mean / max over the channels): a comparator / adder tree over all the channels of
+    one pixel per lane (the mean's 1/C is in the grid; a per-channel rescale, where the channels' grids
+    differ, is not priced); elementwise product: one fixed-point multiplier of the two operands per lane
+    (a DSP, or LUTs on a part without DSPs). Reductions and products take one output element per lane
+    and cycle."""
     s = layer.spec
     lanes = max(1, lanes)
-    cycles = math.ceil(stream_elements(layer) / lanes)
+    elems = math.prod(s.out_shape) if s.kind in ("reduce", "mul") and s.out_shape else stream_elements(layer)
+    cycles = math.ceil(elems / lanes)
     a = max(layer.abits, 1)
-    if s.kind == "add":
+    if s.kind == "reduce":
+        chans = s.in_shape[0] if s.in_shape else 1
+        comp = model.pe(PeConfig("tree", abits=a, simd=max(2, chans)), part.dsp_type) * lanes
+        extra = Resources()
+    elif s.kind == "mul":
+        kind = "fixed_dsp" if part.dsp > 0 else "fixed_lut"
+        comp = model.pe(PeConfig(kind, a, a, 1, acc_len=1, signed_act=True), part.dsp_type) * lanes
+        extra = Resources()
+    elif s.kind == "add":
         comp = model.pe(PeConfig("tree", abits=a + 1, simd=2), part.dsp_type) * lanes
         bits = layer.fifo_bits
         extra = _mem(lanes * a, math.ceil(bits / (lanes * a)), 1, part, model, "auto") if bits else Resources()

@@ -30,9 +30,10 @@ from mixq.plan.plan import HwMapping, LayerPlan, QuantPlan
 ASSUMED_BITS = 8
 # Stream operators between compute layers, each priced by `mixq.hw.engine.stream_engine`: residual add and
 # skip concat (with the skip FIFO), pooling, lookup-table activations, and the data-movement ops (nearest /
-# bilinear upsample, zero insertion of a transposed conv, explicit padding, pixel shuffle).
+# bilinear upsample, zero insertion of a transposed conv, explicit padding, pixel shuffle), channel reductions
+# (mean / max over the channels) and elementwise products (attention gates).
 STREAM_KINDS = ("add", "concat", "maxpool", "avgpool", "gap", "act", "upsample", "zero_insert", "pad",
-                "pixel_shuffle")
+                "pixel_shuffle", "reduce", "mul")
 _SHIFT_KINDS = {"sp2": "sp2", "pot": "pot", "focused": "pot", "ternary": "ternary"}
 
 
