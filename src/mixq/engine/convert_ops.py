@@ -341,10 +341,10 @@ def _mul(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val | None:
     if bound >= INT64_LIMIT:
         raise ModelError(f"{_where(info)}: the product needs {bound.bit_length() + 1} bits (|a| <= {va.bound}, "
                          f"|b| <= {vb.bound}), beyond the engine's int64")
-    grid = np.asarray(va.scale, dtype=np.float64) * np.asarray(vb.scale, dtype=np.float64)
+    grid = np.asarray(np.asarray(va.scale, dtype=np.float64) * np.asarray(vb.scale, dtype=np.float64))
     if grid.ndim and grid.shape != (out[0],) + (1,) * (len(out) - 1):
         grid = grids.compact(grids.full(grid, out))
-    return ctx.add(IntNode(info.name, "mul", (va.node, vb.node), out, np.ascontiguousarray(grid), bound,
+    return ctx.add(IntNode(info.name, "mul", (va.node, vb.node), out, np.array(grid, order="C"), bound,
                            {"const": None, "sign": 1}, {}, src))
 
 
