@@ -175,6 +175,19 @@ def scale_rows(m: torch.Tensor, fmt: NumberFormat, observer: str = "minmax",
     return _safe(t)
 
 
+ROW_SCALE_FLOOR_BITS = 12
+
+
+def floor_rows(s: torch.Tensor) -> torch.Tensor:
+    """Per-row scales floored at ``2**-ROW_SCALE_FLOOR_BITS`` of the largest. A row of near-zero weights
+    (a dead channel after BatchNorm folding: |w| ~ 1e-9 beside rows of 1 .. 20) would otherwise get a
+    scale so small that its bias, on the accumulator grid ``s_act * s_w``, needs 40 and more bits; floored,
+    its weights quantize to (nearly) zero, which is what they are."""
+    if s.numel() <= 1:
+        return s
+    return torch.maximum(s, s.max() * 2.0**-ROW_SCALE_FLOOR_BITS)
+
+
 def compute_scale(x: torch.Tensor, fmt: NumberFormat, granularity: str = "tensor", observer: str = "minmax",
                   axis: int = 0, group_size: int | None = None, percentile: float = 99.99) -> torch.Tensor:
     """Scale(s) for quantizing ``x`` with ``fmt``, broadcastable against ``x`` (see module doc).
@@ -198,7 +211,7 @@ def compute_scale(x: torch.Tensor, fmt: NumberFormat, granularity: str = "tensor
     shape = [1] * x.dim()
     shape[ax] = c
     if granularity == "channel":
-        return one(rows).reshape(shape)
+        return floor_rows(one(rows)).reshape(shape)
     if group_size is None or group_size < 1:
         raise MixqError(f"group_size: group granularity needs a positive group size, got {group_size!r}")
     g = min(group_size, c)
@@ -206,7 +219,7 @@ def compute_scale(x: torch.Tensor, fmt: NumberFormat, granularity: str = "tensor
     parts = [one(rows[:full].reshape(c // g, -1))] if full else []
     if full < c:
         parts.append(one(rows[full:].reshape(1, -1)))
-    s = torch.cat(parts).repeat_interleave(g)[:c]
+    s = floor_rows(torch.cat(parts)).repeat_interleave(g)[:c]
     return s.reshape(shape)
 
 
