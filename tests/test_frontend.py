@@ -155,3 +155,31 @@ def test_unsupported_node_is_named_with_the_stages_that_cannot_run_it() -> None:
     assert by["softmax"].extra["support"] == "no engine/export"
     ops = node_ops(trace(Gate()))
     assert [o.kind for o in ops.values()] == ["conv", "unsupported", "softmax"]
+
+
+def test_functional_activations_become_modules_and_verify_exactly() -> None:
+    from mixq.engine import verify
+
+    class Fn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.nn.functional.silu(self.c1(x))
+            y = torch.nn.functional.leaky_relu(self.c2(y), 0.2).tanh()
+            return self.fc(torch.sigmoid(y).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model, x = Fn().eval(), torch.rand(32, 3, 16, 16)
+    norm = normalize(model, (3, 16, 16))
+    acts = {name: type(m).__name__ for name, m in norm.named_children() if name.endswith("_act")}
+    assert acts == {"silu_act": "SiLU", "leaky_relu_act": "LeakyReLU", "tanh_act": "Tanh", "sigmoid_act": "Sigmoid"}
+    assert norm.get_submodule("leaky_relu_act").negative_slope == 0.2
+    with torch.no_grad():
+        assert torch.equal(norm(x), model(x))
+    q = api.quantize(model, api.default_plan("fn", model, x), x)
+    assert sum(type(m).__name__ == "QLutAct" for m in q.modules()) == 4
+    rep = verify(q, x[:8])
+    assert rep["exact"] and rep["mismatching_outputs"] == 0

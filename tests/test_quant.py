@@ -274,3 +274,26 @@ def test_pot_and_quantize_speed() -> None:
         t = time.perf_counter()
         fmt.quantize(w, s)
         assert time.perf_counter() - t < 3.0  # ~0.1 s on one idle core; generous for shared CI
+
+
+def test_dead_rows_get_a_floored_scale_and_keep_the_accumulator_small() -> None:
+    """A channel BN folding left at |w| ~ 1e-9 beside rows of ~10 (EfficientNet-Lite0's stem) must not get a
+    scale of 1e-11: its bias would need 40+ accumulator bits. Floored at 2**-12 of the largest row scale."""
+    from mixq import api
+    from mixq.engine import verify
+    from mixq.quant.observers import ROW_SCALE_FLOOR_BITS, compute_scale
+
+    w = torch.randn(4, 3, 3, 3) * 5
+    w[2] = 1e-9
+    s = compute_scale(w, FixedPoint(8), "channel").flatten()
+    assert float(s[2]) == pytest.approx(float(s.max()) * 2.0**-ROW_SCALE_FLOOR_BITS)
+    assert torch.equal(s[[0, 1, 3]], compute_scale(w[[0, 1, 3]], FixedPoint(8), "channel").flatten())
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 8 * 8, 3)).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(w)
+        model[0].bias.fill_(3.0)
+    x = torch.rand(16, 3, 8, 8)
+    q = api.quantize(model, api.default_plan("dead", model, x), x)
+    assert verify(q, x, acc_bits=32)["exact"]

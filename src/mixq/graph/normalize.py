@@ -14,6 +14,10 @@
   dilation ``d`` and padding ``d*(k-1) - p``: exactly what a convolution engine runs, and exactly
   the transposed convolution's output (checked in the tests).
 
+* an activation called as a function or tensor method (``torch.sigmoid(x)``, ``F.silu(x)``,
+  ``x.tanh()``, ``F.leaky_relu(x, 0.2)`` ...) is a call of the module that computes it (``<node>_act``,
+  e.g. ``sigmoid_act``), so quantization tabulates it like any activation module.
+
 Plans, quantized states and artifacts refer to the normalized model; the rewrite is deterministic,
 so a model normalized again (an artifact read back) has the same names, shapes and weights.
 """
@@ -107,7 +111,7 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
     module docstring); the model itself when it has none. ``input_shape`` (per sample) lets a
     ``BatchNorm1d`` on a 2-D (N, F) tensor be told from one on (N, C, L); without it, a BatchNorm1d
     is taken as 1-D signal BN only when it directly follows a Conv1d. Never changes ``model``."""
-    if not needs_normalize(model):
+    if not needs_normalize(model) and not _functional_acts(model):
         return model
     import copy
 
@@ -115,6 +119,7 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
     example = torch.zeros(1, *input_shape) if input_shape is not None else None
     gm = trace(work, example, stage="normalize")
     graph = gm.graph
+    _act_modules(gm)
     calls = [n for n in graph.nodes if n.op == "call_module"]
     how: dict[str, str] = {}  # module name -> "zeros" (transposed conv) or "unit" (1-D layer), at its first call
     for node in calls:
@@ -146,6 +151,53 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
     graph.lint()
     gm.recompile()
     return gm.train(model.training)
+
+
+# Activations called as functions or tensor methods -> the module that computes the same (its arguments by
+# name, with defaults), so quantization can tabulate them (mixq.nn.QLutAct) like any activation module.
+_ACT_FUNCTIONS: dict[str, tuple[type[nn.Module], dict[str, object]]] = {
+    "sigmoid": (nn.Sigmoid, {}), "tanh": (nn.Tanh, {}), "hardswish": (nn.Hardswish, {}),
+    "hardsigmoid": (nn.Hardsigmoid, {}), "silu": (nn.SiLU, {}), "mish": (nn.Mish, {}),
+    "gelu": (nn.GELU, {"approximate": "none"}), "elu": (nn.ELU, {"alpha": 1.0}),
+    "leaky_relu": (nn.LeakyReLU, {"negative_slope": 0.01}),
+}
+
+
+def _act_name(node: fx.Node) -> str | None:
+    if node.op not in ("call_function", "call_method"):
+        return None
+    name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
+    name = name.rstrip("_")
+    return name if name in _ACT_FUNCTIONS else None
+
+
+def _functional_acts(model: nn.Module) -> bool:
+    try:
+        return any(_act_name(n) is not None for n in trace(model, stage="normalize").graph.nodes)
+    except ModelError:
+        return False  # refused by the stage that traces it, with its own message
+
+
+def _act_modules(gm: fx.GraphModule) -> None:
+    """``torch.sigmoid(x)`` / ``F.silu(x)`` / ``x.tanh()`` ... -> a call of a new module ``<node>_act``."""
+    for node in list(gm.graph.nodes):
+        name = _act_name(node)
+        if name is None:
+            continue
+        cls, defaults = _ACT_FUNCTIONS[name]
+        extra = [k for k in node.kwargs if k not in (*defaults, "input", "inplace")]
+        if len(node.args) > 1 + len(defaults) or extra or not isinstance(node.args[0] if node.args else None,
+                                                                           fx.Node):
+            continue  # an unusual call: left as written (the op table names it where it is not supported)
+        kw = dict(defaults)
+        kw.update(zip(defaults, node.args[1:], strict=False))
+        kw.update({k: v for k, v in node.kwargs.items() if k in defaults})
+        target = f"{node.name}_act"
+        gm.add_submodule(target, cls(**kw))  # type: ignore[arg-type]
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(target, (node.args[0],))
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
 
 
 def _is_signal(node: fx.Node, m: nn.Module) -> bool:
