@@ -392,10 +392,11 @@ def test_lut_wrapping_follows_the_plan() -> None:
     assert isinstance(to_quantized(m, no_act).op, nn.Hardswish)
 
 
-def test_functional_activation_is_refused_by_name() -> None:
+def test_functional_activation_becomes_a_lookup_table() -> None:
+    """``F.silu(x)`` is made a module by the front end (graph.normalize), so it is tabulated like nn.SiLU."""
     q = quantize(Between(F.silu, relu=False), calib())
-    with pytest.raises(ModelError, match=r"layer 'silu' \(function silu\): an activation without a lookup-table"):
-        to_integer(q, calib())
+    im = to_integer(q, calib())
+    assert [n.name for n in im.nodes if n.op == "lut"] == ["silu_act"]
 
 
 # ----------------------------------------------------------------------------- unit-dim shape ops
