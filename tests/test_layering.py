@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mixq"
 
 # Package -> layer. Lower layers may not import higher ones.
 LAYER = {
-    "errors": 0, "io": 0, "progress": 0, "validate": 0, "formats": 0, "_version": 0,
+    "errors": 0, "io": 0, "progress": 0, "validate": 0, "modes": 0, "formats": 0, "_version": 0,
     "zoo": 0, "data": 0,
     "quant": 1,
     "plan": 2, "nn": 2,
@@ -26,6 +26,7 @@ FORBIDDEN = {
     "hw": {"torch", "mixq.nn", "mixq.quant"},  # the hardware model is pure data and arithmetic
     "zoo": {"mixq.formats"},
     "data": {"mixq.formats"},
+    "modes": {"mixq"},  # base helper: torch and the standard library only
 }
 
 

@@ -32,6 +32,7 @@ from mixq.engine.model import IntModel
 from mixq.engine.run import IntEngine, dequantize
 from mixq.formats import format_from_dict
 from mixq.graph.ops import batches
+from mixq.modes import eval_mode
 from mixq.nn import QConv2d, QLinear
 
 
@@ -62,44 +63,42 @@ def verify(qmodel: nn.Module, x: torch.Tensor, *, imodel: IntModel | None = None
     Keys: ``exact`` (engine == faithful everywhere), ``mismatching_outputs``,
     ``argmax_agreement`` (engine vs ordinary fake quant), ``layers`` (per compute layer).
     """
-    was = qmodel.training
-    qmodel.eval()
-    im = imodel if imodel is not None else to_integer(qmodel, x, **options)
-    engine = IntEngine(im, products)
-    fm = faithful(qmodel, im)
-    fq_layers = {n: m for n, m in qmodel.named_modules() if isinstance(m, QConv2d | QLinear)}
-    f_layers = {m.int_name: m for m in fm.modules() if isinstance(m, FaithfulLayer)}
-    computes = [n for n in im.compute_nodes()]
-    keep = {n.name for n in computes} | {n.inputs[0] for n in computes}
-    stats: dict[str, dict[str, Any]] = {n.name: _empty(n) for n in computes}
-    total = {"outputs": 0, "mismatch": 0, "agree": 0, "agree_faithful": 0, "images": 0, "max_abs": 0.0,
-             "max_ref": 0.0}
-    saturated: dict[str, int] = {}
-    for xb in batches(x, batch_size):
-        cap_fq = _Capture(fq_layers)
-        cap_f = _Capture(f_layers)
-        try:
-            y_fq = qmodel(xb).to(torch.float64)
-            y_f = fm(xb)
-        finally:
-            cap_fq.close()
-            cap_f.close()
-        r = engine(xb, keep=keep)
-        for k, v in r.saturated.items():
-            saturated[k] = saturated.get(k, 0) + v
-        y_e = r.real()
-        total["outputs"] += y_e.numel()
-        total["mismatch"] += int((y_e != y_f).sum())
-        total["agree"] += int((y_e.argmax(1) == y_fq.argmax(1)).sum())
-        total["agree_faithful"] += int((y_e.argmax(1) == y_f.argmax(1)).sum())
-        total["images"] += xb.shape[0]
-        total["max_abs"] = max(total["max_abs"], float((y_e - y_fq).abs().max()))
-        total["max_ref"] = max(total["max_ref"], float(y_fq.abs().max()))
-        n_local = max(0, min(local_images - int(total["images"]) + xb.shape[0], xb.shape[0]))
-        for node in computes:
-            _compare_layer(node, stats[node.name], r.values, cap_f.values.get(node.name),
-                           cap_fq.values.get(node.name), engine, f_layers.get(node.name), n_local)
-    qmodel.train(was)
+    with eval_mode(qmodel):
+        im = imodel if imodel is not None else to_integer(qmodel, x, **options)
+        engine = IntEngine(im, products)
+        fm = faithful(qmodel, im)
+        fq_layers = {n: m for n, m in qmodel.named_modules() if isinstance(m, QConv2d | QLinear)}
+        f_layers = {m.int_name: m for m in fm.modules() if isinstance(m, FaithfulLayer)}
+        computes = [n for n in im.compute_nodes()]
+        keep = {n.name for n in computes} | {n.inputs[0] for n in computes}
+        stats: dict[str, dict[str, Any]] = {n.name: _empty(n) for n in computes}
+        total = {"outputs": 0, "mismatch": 0, "agree": 0, "agree_faithful": 0, "images": 0, "max_abs": 0.0,
+                 "max_ref": 0.0}
+        saturated: dict[str, int] = {}
+        for xb in batches(x, batch_size):
+            cap_fq = _Capture(fq_layers)
+            cap_f = _Capture(f_layers)
+            try:
+                y_fq = qmodel(xb).to(torch.float64)
+                y_f = fm(xb)
+            finally:
+                cap_fq.close()
+                cap_f.close()
+            r = engine(xb, keep=keep)
+            for k, v in r.saturated.items():
+                saturated[k] = saturated.get(k, 0) + v
+            y_e = r.real()
+            total["outputs"] += y_e.numel()
+            total["mismatch"] += int((y_e != y_f).sum())
+            total["agree"] += int((y_e.argmax(1) == y_fq.argmax(1)).sum())
+            total["agree_faithful"] += int((y_e.argmax(1) == y_f.argmax(1)).sum())
+            total["images"] += xb.shape[0]
+            total["max_abs"] = max(total["max_abs"], float((y_e - y_fq).abs().max()))
+            total["max_ref"] = max(total["max_ref"], float(y_fq.abs().max()))
+            n_local = max(0, min(local_images - int(total["images"]) + xb.shape[0], xb.shape[0]))
+            for node in computes:
+                _compare_layer(node, stats[node.name], r.values, cap_f.values.get(node.name),
+                               cap_fq.values.get(node.name), engine, f_layers.get(node.name), n_local)
     layers = [_finish(s) for s in stats.values()]
     n_img = max(total["images"], 1)
     return {

@@ -21,6 +21,7 @@ from torch import nn
 
 from mixq.errors import ModelError, PlanError
 from mixq.graph.registry import coverage, plain_layer
+from mixq.modes import eval_mode
 from mixq.nn import QAct, QLutAct, is_lut_activation, quantized_layer
 from mixq.plan import QuantPlan
 
@@ -106,17 +107,15 @@ def act_quantizers(model: nn.Module) -> list[QAct]:
 def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
     """Calibrate the activation quantizers of a converted model in place on float batches."""
     acts = act_quantizers(model)
-    was_training = model.training
-    model.eval()
-    for a in acts:
-        a.start_observing()
-    n = 0
-    for x in batches:
-        model(x)
-        n += 1
-    if acts and n == 0:
-        raise ModelError("calibration needs at least one batch of data")
-    for a in acts:
-        a.freeze()
-    model.train(was_training)
+    with eval_mode(model):
+        for a in acts:
+            a.start_observing()
+        n = 0
+        for x in batches:
+            model(x)
+            n += 1
+        if acts and n == 0:
+            raise ModelError("calibration needs at least one batch of data")
+        for a in acts:
+            a.freeze()
     return model

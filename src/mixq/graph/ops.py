@@ -22,6 +22,7 @@ from mixq.graph.bnfold import fold_bn
 from mixq.graph.convert import calibrate, to_quantized
 from mixq.graph.normalize import normalize
 from mixq.graph.registry import QUANTIZABLE
+from mixq.modes import eval_mode
 from mixq.plan import QuantPlan
 
 
@@ -33,12 +34,8 @@ def batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Logits of ``model`` (eval mode) on ``x``, computed in batches."""
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return torch.cat([model(b) for b in batches(x, batch_size)])
-    finally:
-        model.train(was)
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
@@ -64,12 +61,10 @@ def signed_input_layers(model: nn.Module, sample: torch.Tensor) -> tuple[list[st
                 if float(inp[0].min()) < 0:
                     signed.add(name)
             handles.append(m.register_forward_pre_hook(hook))
-    was = model.training
-    model.eval()
     try:
-        model(sample)
+        with eval_mode(model):
+            model(sample)
     finally:
-        model.train(was)
         for h in handles:
             h.remove()
     return order, signed

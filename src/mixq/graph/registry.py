@@ -54,6 +54,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from mixq.errors import ModelError
+from mixq.modes import eval_mode
 from mixq.nn import QConv2d, QLinear
 
 # module type -> None (quantized as its QConv2d / QLinear) or why it is not supported yet.
@@ -272,15 +273,12 @@ def _run_probes(model: nn.Module, sample: torch.Tensor, cov: Coverage,
     for m in model.modules():
         if classify(m) is not None:
             handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
-    was = model.training
-    model.eval()
     try:
-        with mode:
+        with eval_mode(model), mode:
             model(sample[:2])
     except Exception as exc:
         raise ModelError(f"forward of {type(model).__name__} on the sample failed: {exc}") from exc
     finally:
-        model.train(was)
         for h in handles:
             h.remove()
     for name, (m, v) in probes.items():

@@ -18,6 +18,7 @@ from torch import nn
 from mixq import progress
 from mixq.errors import MixqError, ModelError
 from mixq.graph import ops
+from mixq.modes import eval_mode
 from mixq.nn import QConv2d, QLinear
 
 LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
@@ -59,13 +60,11 @@ def run_hooked(model: nn.Module, hooks: Mapping[str, Callable[..., None]], data:
     """Run ``data`` through ``model`` in eval mode with forward hook ``hooks[name]`` on each named
     module; the hooks are removed and the training mode restored afterwards."""
     handles = [model.get_submodule(n).register_forward_hook(h) for n, h in hooks.items()]
-    was = model.training
-    model.eval()
     try:
-        for xb in batches(data, batch_size):
-            model(xb)
+        with eval_mode(model):
+            for xb in batches(data, batch_size):
+                model(xb)
     finally:
-        model.train(was)
         for h in handles:
             h.remove()
 
@@ -113,13 +112,10 @@ def layers_in_forward_order(model: nn.Module, sample: torch.Tensor) -> list[str]
                 if name not in order:
                     order.append(name)
             handles.append(m.register_forward_pre_hook(hook))
-    was = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(sample[:1])
     finally:
-        model.train(was)
         for h in handles:
             h.remove()
     return order

@@ -42,6 +42,7 @@ from mixq.algorithms.ptq._common import (
 from mixq.algorithms.ptq._stream import visit_layers
 from mixq.errors import MixqError
 from mixq.formats import NumberFormat
+from mixq.modes import eval_mode
 from mixq.nn import QConv2d, QLinear
 
 
@@ -250,8 +251,12 @@ def adaround(qmodel: nn.Module, fmodel: nn.Module, calib: torch.Tensor,
     cfg = cfg or AdaRoundConfig()
     data = as_tensor(calib)
     fmodel = fmodel.eval()
-    was = qmodel.training
-    qmodel.eval()
+    with eval_mode(qmodel):
+        return _adaround(qmodel, fmodel, data, cfg)
+
+
+def _adaround(qmodel: nn.Module, fmodel: nn.Module, data: torch.Tensor,
+              cfg: AdaRoundConfig) -> dict[str, dict[str, float]]:
     report: dict[str, dict[str, float]] = {}
     names = weight_layers(qmodel, data, cfg.max_bits)
     targets = collect_float_targets(fmodel, names, data, cfg)
@@ -271,5 +276,4 @@ def adaround(qmodel: nn.Module, fmodel: nn.Module, calib: torch.Tensor,
     # one streamed pass over the model (each layer's input computed once, with the layers before it
     # already rounded); a model FX cannot trace takes one early-stopped forward per layer instead
     visit_layers(qmodel, list(batches(images, cfg.batch_size)), names, visit, desc="ptq adaround")
-    qmodel.train(was)
     return report

@@ -36,6 +36,7 @@ from mixq.algorithms.ptq._stream import visit_layers
 from mixq.algorithms.ptq.cle import ChannelStats, ClippedReLU, column_sums
 from mixq.errors import MixqError
 from mixq.graph import capture
+from mixq.modes import eval_mode
 from mixq.nn import QConv2d, QLinear
 
 
@@ -109,47 +110,45 @@ def empirical_bias_correction(qmodel: nn.Module, calib: torch.Tensor, fmodel: nn
     measures again with the corrected layers before (converging to zero mean error everywhere).
     """
     data = as_tensor(calib)
-    was = qmodel.training
-    qmodel.eval()
-    out: dict[str, float] = {}
-    if mode == "layer":
-        layers = quant_layers(qmodel)
-        ref_bias = {n: _float_bias(fmodel, n, m) for n, m in layers}
-        eps = {n: (m.quantized_weight().detach() - _float_weight(fmodel, n, m)) for n, m in layers}
-        data_batches = list(batches(data, batch_size))
-        with progress.task("ptq bias_correction", total=max(1, passes) * len(data_batches)) as task:
-            for p in range(max(1, passes)):
-                sums = {n: torch.zeros(m.weight.shape[0], dtype=torch.float64) for n, m in layers}
-                count = {n: 0 for n, _ in layers}
-                handles = []
-                for n, m in layers:
-                    def observe(xq: torch.Tensor, mod: nn.Module = m, n: str = n,
-                                sums: dict[str, torch.Tensor] = sums, count: dict[str, int] = count) -> None:
-                        # E[ε x] over batch and positions = ε applied to the batch-mean input (linearity;
-                        # exact with zero padding too): one image's worth of work per batch
-                        d = _apply(mod, xq.mean(dim=0, keepdim=True) if xq.dim() == 4 else xq, eps[n])
-                        k = xq.shape[0] if xq.dim() == 4 else d.numel() // d.shape[-1]
-                        sums[n] += channel_mean(d).double() * k
-                        count[n] += k
-                    handles.append(_on_quantized_input(m, observe))
-                try:
-                    for xb in data_batches:
-                        qmodel(xb)
-                        task.advance(sweep=f"{p + 1}/{max(1, passes)}", layers=len(layers))
-                finally:
-                    for h in handles:
-                        h.remove()
-                for n, m in layers:
-                    delta = sums[n] / max(count[n], 1)
-                    _set_bias(m, ref_bias[n] - delta)
-                    out[n] = float(delta.abs().max())
-    elif mode == "network":
-        if fmodel is None:
-            raise MixqError("bias correction: mode='network' needs the float model")
-        out = _network_correction(qmodel, fmodel, data, batch_size)
-    else:
-        raise MixqError(f"bias correction: mode {mode!r} is not one of layer, network")
-    qmodel.train(was)
+    with eval_mode(qmodel):
+        out: dict[str, float] = {}
+        if mode == "layer":
+            layers = quant_layers(qmodel)
+            ref_bias = {n: _float_bias(fmodel, n, m) for n, m in layers}
+            eps = {n: (m.quantized_weight().detach() - _float_weight(fmodel, n, m)) for n, m in layers}
+            data_batches = list(batches(data, batch_size))
+            with progress.task("ptq bias_correction", total=max(1, passes) * len(data_batches)) as task:
+                for p in range(max(1, passes)):
+                    sums = {n: torch.zeros(m.weight.shape[0], dtype=torch.float64) for n, m in layers}
+                    count = {n: 0 for n, _ in layers}
+                    handles = []
+                    for n, m in layers:
+                        def observe(xq: torch.Tensor, mod: nn.Module = m, n: str = n,
+                                    sums: dict[str, torch.Tensor] = sums, count: dict[str, int] = count) -> None:
+                            # E[ε x] over batch and positions = ε applied to the batch-mean input (linearity;
+                            # exact with zero padding too): one image's worth of work per batch
+                            d = _apply(mod, xq.mean(dim=0, keepdim=True) if xq.dim() == 4 else xq, eps[n])
+                            k = xq.shape[0] if xq.dim() == 4 else d.numel() // d.shape[-1]
+                            sums[n] += channel_mean(d).double() * k
+                            count[n] += k
+                        handles.append(_on_quantized_input(m, observe))
+                    try:
+                        for xb in data_batches:
+                            qmodel(xb)
+                            task.advance(sweep=f"{p + 1}/{max(1, passes)}", layers=len(layers))
+                    finally:
+                        for h in handles:
+                            h.remove()
+                    for n, m in layers:
+                        delta = sums[n] / max(count[n], 1)
+                        _set_bias(m, ref_bias[n] - delta)
+                        out[n] = float(delta.abs().max())
+        elif mode == "network":
+            if fmodel is None:
+                raise MixqError("bias correction: mode='network' needs the float model")
+            out = _network_correction(qmodel, fmodel, data, batch_size)
+        else:
+            raise MixqError(f"bias correction: mode {mode!r} is not one of layer, network")
     return out
 
 

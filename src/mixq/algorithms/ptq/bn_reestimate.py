@@ -29,6 +29,7 @@ from mixq.algorithms.ptq._common import (
     quantized_input,
 )
 from mixq.errors import ModelError
+from mixq.modes import eval_mode
 from mixq.nn import QConv2d, QLinear
 
 
@@ -38,21 +39,18 @@ def reestimate_bn(model: nn.Module, calib: torch.Tensor, batch_size: int = 32) -
     bns = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     if not bns:
         raise ModelError(f"reestimate_bn: {type(model).__name__} has no BatchNorm with running statistics")
-    was = model.training
-    saved = [(m.momentum, m.training) for m in bns]
-    model.eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average over all batches
-        m.train()
-    try:
-        for xb in batches(as_tensor(calib), batch_size):
-            model(xb)
-    finally:
-        for m, (mom, tr) in zip(bns, saved, strict=True):
-            m.momentum = mom
-            m.train(tr)
-        model.train(was)
+    momenta = [m.momentum for m in bns]
+    with eval_mode(model):  # restored module-wide: the BatchNorms take the model's mode back
+        try:
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative moving average over all batches
+                m.train()
+            for xb in batches(as_tensor(calib), batch_size):
+                model(xb)
+        finally:
+            for m, mom in zip(bns, momenta, strict=True):
+                m.momentum = mom
     return model
 
 
@@ -90,9 +88,13 @@ def restore_channel_stats(qmodel: nn.Module, fmodel: nn.Module, calib: torch.Ten
     deviation) to the float layer's, in forward order (in place). Gains are clamped to
     ``[1/max_gain, max_gain]``. Returns per layer the largest gain deviation ``|k - 1|``."""
     data = as_tensor(calib)
-    was = qmodel.training
-    qmodel.eval()
     fmodel.eval()
+    with eval_mode(qmodel):
+        return _restore_channel_stats(qmodel, fmodel, data, batch_size, max_gain, scale_std)
+
+
+def _restore_channel_stats(qmodel: nn.Module, fmodel: nn.Module, data: torch.Tensor, batch_size: int,
+                           max_gain: float, scale_std: bool) -> dict[str, float]:
     report: dict[str, float] = {}
     for name in each_layer("ptq restore_stats", layers_in_forward_order(qmodel, data)):
         q = qmodel.get_submodule(name)
@@ -121,5 +123,4 @@ def restore_channel_stats(qmodel: nn.Module, fmodel: nn.Module, calib: torch.Ten
         else:
             q.bias.copy_(new_bias.to(q.bias.dtype))
         report[name] = float((k - 1.0).abs().max())
-    qmodel.train(was)
     return report

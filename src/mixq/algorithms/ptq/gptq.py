@@ -43,6 +43,7 @@ from mixq.algorithms.ptq._common import (
 from mixq.algorithms.ptq._stream import visit_twins
 from mixq.errors import MixqError
 from mixq.formats import NumberFormat
+from mixq.modes import eval_mode
 from mixq.nn import QConv2d, QLinear
 from mixq.quant import snap
 from mixq.quant.observers import unit_max
@@ -351,12 +352,7 @@ def gptq(qmodel: nn.Module, calib: torch.Tensor, cfg: GPTQConfig | None = None, 
     data = as_tensor(calib)
     if data.shape[0] == 0:
         raise MixqError("gptq: 0 calibration inputs given")
-    was = qmodel.training
-    qmodel.eval()
-    names = weight_layers(qmodel, data, cfg.max_bits)
     report: dict[str, dict[str, Any]] = {}
-
-    models = [qmodel] if fmodel is None or not cfg.asymmetric else [qmodel, fmodel.eval()]
 
     def visit(name: str, layers: list[nn.Module], inputs: list[list[torch.Tensor]]) -> None:
         layer = layers[0]
@@ -364,8 +360,8 @@ def gptq(qmodel: nn.Module, calib: torch.Tensor, cfg: GPTQConfig | None = None, 
         halves = input_stats(layer, inputs[0], inputs[1] if len(inputs) > 1 else None)
         report[name] = gptq_layer(layer, halves if cfg.holdout else halves[0] + halves[1], cfg, rows)
 
-    try:
+    with eval_mode(qmodel):
+        names = weight_layers(qmodel, data, cfg.max_bits)
+        models = [qmodel] if fmodel is None or not cfg.asymmetric else [qmodel, fmodel.eval()]
         visit_twins(models, list(batches(data[: cfg.images], cfg.batch_size)), names, visit, desc="ptq gptq")
-    finally:
-        qmodel.train(was)
     return report

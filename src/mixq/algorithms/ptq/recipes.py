@@ -88,6 +88,7 @@ from mixq.algorithms.ptq.streams import equalize_streams
 from mixq.errors import DataError, MixqError
 from mixq.graph import fold_bn
 from mixq.graph.convert import to_quantized
+from mixq.modes import eval_mode
 from mixq.plan import QuantPlan
 
 RECIPE_VERSION = 1
@@ -291,9 +292,7 @@ def quantize_report(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Ite
             raise DataError("quantize: give calibration data or input_shape")
         input_shape = tuple(int(s) for s in data.shape[1:])
     progress.log("ptq", recipe=r.name, model=plan.model, layers=len(plan.layers))
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         if r.datafree is not None:
             data, details["datafree"] = synthesize_inputs(model, input_shape, r.datafree)
             lap("synthesize")
@@ -303,8 +302,6 @@ def quantize_report(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Ite
         stats = bn_output_stats(model, input_shape) if need_stats else {}
         fm = fold_bn(model, input_shape).eval()
         lap("fold_bn", model=type(model).__name__)
-    finally:
-        model.train(was)
     if r.cle:
         pairs = find_pairs(fm, input_shape)
         act_weight = pair_act_weights(r, plan, [p.first for p in pairs])

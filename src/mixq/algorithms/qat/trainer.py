@@ -45,6 +45,7 @@ from mixq.algorithms.qat.config import QatConfig, QatError
 from mixq.algorithms.qat.functional import augment_shift_flip, cosine_lr, kd_loss
 from mixq.algorithms.qat.modules import set_channels_last, set_grad_quant
 from mixq.errors import NumericError
+from mixq.modes import eval_mode
 from mixq.plan import QuantPlan
 from mixq.zoo.train import torch_settings
 
@@ -120,12 +121,10 @@ def make_optimizer(model: nn.Module, cfg: QatConfig) -> torch.optim.Optimizer:
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
     """Top-1 accuracy in percent (eval mode; the mode is restored)."""
-    was = model.training
-    model.eval()
     correct = 0
-    for i in range(0, x.shape[0], batch_size):
-        correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
-    model.train(was)
+    with eval_mode(model):
+        for i in range(0, x.shape[0], batch_size):
+            correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
     return 100.0 * correct / max(1, x.shape[0])
 
 

@@ -38,6 +38,7 @@ from mixq.algorithms.msq import row_advantage
 from mixq.algorithms.search.space import SearchSpace, act_format, sp2_rows, weight_formats
 from mixq.errors import MixqError
 from mixq.io import atomic_write_json
+from mixq.modes import eval_mode
 from mixq.quant import compute_scale, fake_quant, quantize_weight
 
 METHODS = ("hessian", "measured")
@@ -176,10 +177,8 @@ def sensitivity(model: nn.Module, calib: torch.Tensor, space: SearchSpace, signe
         d = json.loads(path.read_text())
         progress.log("search sensitivity", cached=str(path), layers=len(d["weight"]))
         return Sensitivity(d["weight"], d["act"], d["method"], d["key"], d.get("traces", {}))
-    was = model.training
-    model.eval()
     x = calib[: cfg.images]
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             ref = model(x)
         mods = compute_weights(model)
@@ -209,8 +208,6 @@ def sensitivity(model: nn.Module, calib: torch.Tensor, space: SearchSpace, signe
                             wsens[n][wkey(wb, rho)] = max(float(_kl(ref, logits)), 0.0)
                 asens.update(_act_sensitivity(model, [n], x, ref, abits, set(signed)))
                 task.advance(layer=n, method=cfg.method)
-    finally:
-        model.train(was)
     out = Sensitivity(wsens, asens, cfg.method, key, traces)
     if path is not None:
         atomic_write_json(path, out.to_dict())
