@@ -40,7 +40,9 @@ and the RTL):
   grids together (:mod:`mixq.engine.grids`; zero is on every grid). A pixel shuffle of
   channels on different grids (per-channel weights) keeps one grid per position rather than
   requantizing; ops that need a spatially uniform grid (pooling, bilinear) refuse it by name.
-  Shape-only ops on the float network input just change the shape its first quantizer sees.
+  Shape-only ops on the float network input just change the shape its first quantizer sees;
+  data movement on it is replayed on the codes right after that quantizer (exact: quantization
+  is elementwise and maps 0 to 0).
 * **Bilinear upsampling** is an exact linear op: torch's weights are rationals, so the
   output is the integer ``Wh @ x @ Ww^T`` on the grid ``grid / (Dh * Dw)`` (scale 2,
   ``align_corners=False``: ``Dh = Dw = 4``) — no rounding (:mod:`mixq.engine.convert_ops`).
@@ -48,6 +50,10 @@ and the RTL):
   LeakyReLU, Mish, wrapped in a ``mixq.nn.QLutAct`` by quantization): requantize to the
   table's input grid, then ``table[q - qmin]`` on the output grid ``s_out``. The table is the
   one the fake-quant module itself reads (``QLutAct.table``): bit-exact by construction.
+* **Channel reductions and products.** A mean / max over the channels reduces the codes on
+  one grid (channels on different grids are first brought to a common grid as adds do); a
+  product of two tensors multiplies the codes (grid ``grid_a * grid_b``), by a constant folds
+  it into the grid.
 * **Residual adds** rescale each operand onto a common grid — at least ``add_guard_bits``
   (8) finer than the coarser operand, never coarser than the finer — with multipliers
   ``M_i`` sharing one shift ``n``, and round once: ``(sum_i x_i * M_i + 2**(n-1)) >> n``.
