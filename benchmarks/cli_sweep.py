@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import typing
 from collections import Counter
@@ -182,6 +183,88 @@ def _file(name: str, text: str = "x") -> Setup:
     return setup
 
 
+_EXPORT_LOCK = threading.Lock()
+
+
+def _model_file(kind: str) -> Setup:
+    """A model file of one broken (or valid) kind, written as ``m.<suffix>`` into the case folder."""
+    def setup(d: Path) -> None:
+        import warnings
+
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                  torch.nn.Linear(4 * 8 * 8, 3)).eval()
+        x = torch.rand(1, 3, 8, 8)
+        with _EXPORT_LOCK, warnings.catch_warnings():  # torch's exporters keep global state: one at a time
+            warnings.simplefilter("ignore")
+            if kind in ("onnx", "onnx_truncated"):
+                torch.onnx.export(net, (x,), str(d / "m.onnx"), dynamo=False, opset_version=17)
+                if kind == "onnx_truncated":
+                    data = (d / "m.onnx").read_bytes()
+                    (d / "m.onnx").write_bytes(data[: len(data) // 2])
+            elif kind == "onnx_text":
+                (d / "m.onnx").write_text("not a model")
+            elif kind == "onnx_empty":
+                (d / "m.onnx").write_bytes(b"")
+            elif kind == "onnx_sin":
+                import onnx
+                from onnx import TensorProto, helper
+
+                g = helper.make_graph([helper.make_node("Sin", ["input"], ["output"], name="the_sin")], "g",
+                                      [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                                      [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 8, 8])])
+                onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(d / "m.onnx"))
+            elif kind == "state_dict_pt":
+                torch.save(net.state_dict(), d / "m.pt")
+            elif kind == "pickled_module_pt":
+                torch.save(net, d / "m.pt")
+            elif kind == "torchscript":
+                torch.jit.save(torch.jit.trace(net, x), str(d / "m.ts"))
+            elif kind == "pt2_truncated":
+                torch.export.save(torch.export.export(net, (x,)), str(d / "m.pt2"))
+                data = (d / "m.pt2").read_bytes()
+                (d / "m.pt2").write_bytes(data[: len(data) // 3])
+            elif kind == "signals_wrong_shape":
+                torch.onnx.export(torch.nn.Sequential(torch.nn.Conv1d(2, 4, 3), torch.nn.Flatten()).eval(),
+                                  (torch.rand(1, 2, 32),), str(d / "m.onnx"), dynamo=False, opset_version=17)
+                np.savez(d / "s.npz", x=np.zeros((8, 3, 32), dtype=np.float32))
+    return setup
+
+
+def _model_file_cases() -> list[Case]:
+    c = []
+    for kind in ("onnx_text", "onnx_empty", "onnx_truncated", "onnx_sin"):
+        for cmd in (["capture"], ["quantize"], ["estimate"]):
+            c.append(Case(f"model file {kind} {cmd[0]}", [*cmd, "m.onnx", "--out", "o"], 1, "modelfiles",
+                          _model_file(kind)))
+    c.append(Case("model file state dict as MODEL", ["capture", "m.pt", "--input-shape", "3,8,8", "--out", "o"], 1,
+                  "modelfiles", _model_file("state_dict_pt")))
+    c.append(Case("model file pickled module (never unpickled)", ["quantize", "m.pt", "--input-shape", "3,8,8",
+                                                                  "--out", "o"], 1, "modelfiles",
+                  _model_file("pickled_module_pt")))
+    c.append(Case("model file torchscript without --input-shape", ["quantize", "m.ts", "--out", "o"], 1,
+                  "modelfiles", _model_file("torchscript")))
+    c.append(Case("model file truncated pt2", ["verify", "m.pt2", "--out", "o"], 1, "modelfiles",
+                  _model_file("pt2_truncated")))
+    c.append(Case("model file missing", ["capture", "nowhere.onnx", "--out", "o"], 1, "modelfiles"))
+    c.append(Case("model file 1-D with --calib photos", ["quantize", "m.onnx", "--calib", "photos", "--out", "o"], 1,
+                  "modelfiles", _model_file("signals_wrong_shape")))
+    c.append(Case("model file 1-D with wrong-shape signals",
+                  ["quantize", "m.onnx", "--calib", "s.npz", "--out", "o"], 1, "modelfiles",
+                  _model_file("signals_wrong_shape")))
+    c.append(Case("model file 1-D with --mean", ["quantize", "m.onnx", "--calib", "s.npz", "--mean", "0.5",
+                                                 "--out", "o"], 1, "modelfiles", _model_file("signals_wrong_shape")))
+    c.append(Case("search --from a missing artifact", ["search", "--from", "nope", "--out", "o"], 1, "modelfiles"))
+    c.append(Case("search --from with --eval missing", ["search", "--from", "q", "--eval", "nope", "--out", "o"], 1,
+                  "modelfiles"))
+    for args in (["capture", "m.onnx", "--out", "o"], ["quantize", "m.onnx", "--calib", "photos", "--images", "8",
+                                                       "--out", "o"],
+                 ["quantize", "m.ts", "--input-shape", "3,8,8", "--images", "8", "--out", "o"]):
+        kind = "torchscript" if args[1].endswith(".ts") else "onnx"
+        c.append(Case("ok: model file " + " ".join(args[:2]), args, 0, "ok", _model_file(kind)))
+    return c
+
+
 # ------------------------------------------------------------------ the cases
 
 def _numeric_cases() -> list[Case]:
@@ -336,7 +419,7 @@ def cases() -> list[Case]:
                  ["--json", "estimate", "cnv", "--out", "o"], ["capture", "mobilenet_v2", "--out", "o"],
                  ["-q", "verify", "cnv", "--images", "8", "--out", "o"]):
         c.append(Case("ok: " + " ".join(args), args, 0, "ok"))
-    return c
+    return c + _model_file_cases()
 
 
 # ------------------------------------------------------------------ running and judging
@@ -346,6 +429,7 @@ def run_case(case: Case, timeout: float) -> dict[str, Any]:
         d = Path(tmp)
         if case.setup is not None:
             case.setup(d)
+        given = {p for p in d.rglob("*") if p.is_file()}  # the case's own inputs are not left behind
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "HOME": str(d)}
         if SRC_OVERRIDE:  # measure another checkout's CLI with the same cases (e.g. the code before a change)
             env["PYTHONPATH"] = SRC_OVERRIDE
@@ -367,7 +451,7 @@ def run_case(case: Case, timeout: float) -> dict[str, Any]:
             out, err = proc.communicate()
         err = "".join(err_lines) + err
         rc = proc.returncode
-        leftovers = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file()
+        leftovers = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and p not in given
                            and not p.name.endswith(".pt") and "imgs" not in p.parts and p.name not in
                            ("plan.json", "afile") and "cache" not in p.parts and ".cache" not in p.parts)
     fails = case.expect != 0
