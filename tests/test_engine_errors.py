@@ -35,7 +35,7 @@ X = torch.randn(8, 3, 8, 8)
 
 
 @pytest.mark.parametrize("act,kind", [(nn.Softmax(dim=1), "Softmax"), (nn.PReLU(), "PReLU"),
-                                      (nn.BatchNorm2d(4), "BatchNorm2d")])
+                                      (nn.BatchNorm2d(4, track_running_stats=False), "BatchNorm2d")])
 def test_unsupported_layer_is_named(act: nn.Module, kind: str) -> None:
     q = _quantize(_net(act), X)
     with pytest.raises(ModelError, match=rf"layer '1' \({kind}\)"):

@@ -751,3 +751,132 @@ def test_products_of_sizes_stay_python_numbers() -> None:
     model = Between(lambda x: F.interpolate(x, size=(x.size(2) * 2, x.size(3) * 2)))
     im = check(quantize(model, calib()), calib())["im"]
     assert isinstance(im, IntModel) and "mul" not in ops_of(im) and im.node("interpolate").shape == (8, 16, 16)
+
+
+# ----------------------------------------------------------------------------- BatchNorm left unfolded
+
+
+def _random_bn(bn: nn.BatchNorm1d | nn.BatchNorm2d, seed: int, tiny: float = 1e-3) -> None:
+    """Random running statistics and affine parameters, some gammas negative, one ``tiny``."""
+    g = torch.Generator().manual_seed(seed)
+    c = bn.num_features
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
+        bn.running_var.copy_(torch.rand(c, generator=g) * 2 + 0.1)
+        gamma = torch.randn(c, generator=g) * 1.5
+        gamma[0] = -abs(float(gamma[0])) - 0.3
+        gamma[1] = tiny
+        bn.weight.copy_(gamma)
+        bn.bias.copy_(torch.randn(c, generator=g))
+
+
+class BnAfterRelu(nn.Module):
+    """conv -> ReLU -> BatchNorm2d -> conv -> flatten -> linear (pre-activation style: the BN cannot fold)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(SHAPE[0], 8, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.bn = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 4, 3, padding=1, stride=2)
+        self.fc = nn.Linear(4 * 4 * 4, 5)
+        _random_bn(self.bn, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.c2(self.bn(self.relu(self.c1(x)))), 1))  # type: ignore[no-any-return]
+
+
+class Bn1dAfterRelu(nn.Module):
+    """conv -> flatten -> linear -> ReLU -> BatchNorm1d on (N, F) -> linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(SHAPE[0], 4, 3, padding=1, stride=2)
+        self.fc1 = nn.Linear(4 * 4 * 4, 16)
+        self.relu = nn.ReLU()
+        self.bn = nn.BatchNorm1d(16)
+        self.fc2 = nn.Linear(16, 5)
+        _random_bn(self.bn, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.bn(self.relu(self.fc1(torch.flatten(self.c1(x), 1)))))  # type: ignore[no-any-return]
+
+
+def affine_semantics(im: IntModel, x: torch.Tensor) -> int:
+    """Every ``affine`` node against its definition on the engine's own integers, its constants against the BN."""
+    r = IntEngine(im)(x, keep=True)
+    seen = 0
+    for n in im.nodes:
+        if n.op != "affine":
+            continue
+        seen += 1
+        q = r.values[n.inputs[0]]
+        m, s, b = (torch.from_numpy(np.asarray(n.arrays[k], dtype=np.int64)) for k in ("M", "n", "B"))
+        exact = torch.floor((q.double() * m.double() / torch.pow(2.0, s.double()) + b.double()) + 0.5)
+        assert torch.equal(r.values[n.name], exact.to(torch.int64)), n.name
+        assert torch.equal(r.values[n.name], ((q * m + (1 << s >> 1)) >> s) + b)
+        assert int(r.values[n.name].abs().max()) <= n.bound
+        g_in = np.broadcast_to(np.asarray(im.node(n.inputs[0]).scale), n.arrays["M"].shape)
+        a = np.asarray(n.arrays["scale_float"], dtype=np.float64)
+        ratio = np.asarray(n.arrays["M"]) * np.exp2(-np.asarray(n.arrays["n"], dtype=np.float64))
+        assert np.allclose(ratio, a * g_in / float(n.scale), rtol=2**-14)
+        assert (np.asarray(n.arrays["M"]) < 0).any()  # negative gammas: signed multipliers
+        eff = np.abs(a) * g_in
+        assert float(n.scale) <= eff.min() * (1 + 1e-6) or float(n.scale) <= eff.max() * 2.0**-8 * (1 + 1e-6)
+    return seen
+
+
+@pytest.mark.parametrize("net", [BnAfterRelu, Bn1dAfterRelu], ids=["bn2d", "bn1d"])
+def test_batchnorm_after_relu_is_an_integer_affine(net: type[nn.Module], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(21)
+    model = net().eval()
+    q = quantize(model, calib())
+    assert any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in q.modules())
+    out = check(q, calib())
+    im = out["im"]
+    assert isinstance(im, IntModel) and ops_of(im).count("affine") == 1
+    for x in edge_batches(im, SHAPE):
+        assert affine_semantics(im, x) == 1
+    # the integer model round-trips through its file format
+    im2 = load_int_model(save_int_model(im, tmp_path / "bn.json"))
+    x = calib()[:4]
+    assert torch.equal(IntEngine(im2)(x).codes, IntEngine(im)(x).codes)
+
+
+def test_batchnorm_after_conv_is_still_folded() -> None:
+    """With the default ``fold=True`` a BN right after a conv is folded (no ``affine``); one after a ReLU stays."""
+    torch.manual_seed(22)
+
+    class Both(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = nn.Conv2d(SHAPE[0], 8, 3, padding=1)
+            self.bn1 = nn.BatchNorm2d(8)
+            self.relu = nn.ReLU()
+            self.bn2 = nn.BatchNorm2d(8)
+            self.c2 = nn.Conv2d(8, 4, 3, padding=1)
+            _random_bn(self.bn1, 5, tiny=0.05)  # folded: its scales spread c1's accumulator grids
+            _random_bn(self.bn2, 6, tiny=0.05)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.c2(self.bn2(self.relu(self.bn1(self.c1(x)))))  # type: ignore[no-any-return]
+
+    model = Both().eval()
+    x = calib()
+    q = api.quantize(model, api.default_plan("m", model, x), x)
+    assert isinstance(q.get_submodule("bn1"), nn.Identity)
+    assert isinstance(q.get_submodule("bn2"), nn.BatchNorm2d)
+    im = to_integer(q, x)
+    assert [n.name for n in im.nodes if n.op == "affine"] == ["bn2"]
+    fm = faithful(q, im)
+    for b in edge_batches(im, SHAPE):
+        with torch.no_grad():
+            assert torch.equal(IntEngine(im)(b).real(), fm(b))
+
+
+def test_batchnorm_without_running_stats_is_refused() -> None:
+    model = BnAfterRelu().eval()
+    model.bn = nn.BatchNorm2d(8, track_running_stats=False).eval()
+    q = quantize(model, calib())
+    with pytest.raises(ModelError, match="running statistics"):
+        to_integer(q, calib())

@@ -183,3 +183,15 @@ def test_functional_activations_become_modules_and_verify_exactly() -> None:
     assert sum(type(m).__name__ == "QLutAct" for m in q.modules()) == 4
     rep = verify(q, x[:8])
     assert rep["exact"] and rep["mismatching_outputs"] == 0
+
+
+def test_estimate_prices_an_unfolded_batchnorm_and_not_a_folded_one() -> None:
+    model = _randomize(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                     nn.BatchNorm2d(8), nn.Conv2d(8, 4, 3, padding=1), nn.Flatten(),
+                                     nn.Linear(4 * 8 * 8, 3)))
+    specs = capture(model, (3, 8, 8))
+    assert [s.name for s in specs if s.kind == "bn"] == ["1", "3"]
+    est = estimate(specs, api.default_plan("bn", model, torch.rand(8, 3, 8, 8)), "xc7z020", "streaming")
+    by = {le.name: le for le in est.layers}
+    assert "1" not in by  # folded into conv 0
+    assert by["3"].cycles > 0 and by["3"].resources.dsp + by["3"].resources.lut > 0  # a multiply-add per lane

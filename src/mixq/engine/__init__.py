@@ -54,6 +54,11 @@ and the RTL):
   one grid (channels on different grids are first brought to a common grid as adds do); a
   product of two tensors multiplies the codes (grid ``grid_a * grid_b``), by a constant folds
   it into the grid.
+* **BatchNorm the front end cannot fold** (after a ReLU or a pool) is an ``affine`` per channel,
+  ``y = a_c * x + b_c`` in eval semantics: on one output grid chosen as for adds (below), a signed
+  dyadic ``M_c * 2**-n_c ~ a_c * grid_in / grid_out``, the shift ``B_c = rint(b_c / grid_out)``, one
+  rounding: ``((x * M_c + 2**(n_c-1)) >> n_c) + B_c``. A BatchNorm right after a conv / linear is
+  folded into it by the front end (:func:`mixq.graph.fold_bn`) before quantization.
 * **Residual adds** rescale each operand onto a common grid — at least ``add_guard_bits``
   (8) finer than the coarser operand, never coarser than the finer — with multipliers
   ``M_i`` sharing one shift ``n``, and round once: ``(sum_i x_i * M_i + 2**(n-1)) >> n``.

@@ -1,7 +1,7 @@
 """Builders of element-wise ops and of interpolation: clamps (ReLU / ReLU6 / Hardtanh and
 ``Hardtanh`` subclasses with per-channel bounds such as CLE's clipped ReLU6), lookup-table
-activations (``QLutAct``), and upsampling (nearest: data movement, :mod:`mixq.engine.convert_shape`;
-bilinear: an exact linear op on a finer grid).
+activations (``QLutAct``), BatchNorm left unfolded (an integer affine per channel), and upsampling
+(nearest: data movement, :mod:`mixq.engine.convert_shape`; bilinear: an exact linear op on a finer grid).
 
 **Bilinear interpolation** is linear with rational weights. Per axis, torch's source index is
 ``src = s * (dst + 1/2) - 1/2`` clamped at 0 (``align_corners=False``, ``s`` = 1 / scale factor,
@@ -23,6 +23,13 @@ shift ``n`` and one rounding after the reduction: ``(R_c(x_c * M_c) + 2**(n-1)) 
 for the max, rounding after equals rounding before, both are monotonic). ``amax`` over the spatial dims
 (2, 3) is a global max pool.
 
+**BatchNorm** that the front end cannot fold (after a ReLU or a pool: CREPE, pre-activation ResNets), in
+eval semantics ``y = a_c * x + b_c`` (``a_c = gamma / sqrt(var + eps)``, ``b_c = beta - mean * a_c``), is an
+``affine`` node: one output grid ``g`` chosen as an add chooses it (at least ``add_guard_bits`` finer than the
+coarsest ``|a_c| * grid_c``, never coarser than the finest), a signed dyadic ``M_c * 2**-n_c ~ a_c * grid_c / g``
+(``mult_bits`` bits, negative for a negative gamma), the shift ``B_c = rint(b_c / g)`` on the output grid, and
+one rounding: ``y = round_half_up(x * M_c / 2**n_c + B_c) = ((x * M_c + 2**(n_c-1)) >> n_c) + B_c``.
+
 **Elementwise products** (``x * g``, ``torch.mul``; an attention gate ``g`` of shape ``(1, H, W)``
 broadcast over the channels, or equal shapes): the exact integer product of the codes on the grid
 ``grid_a * grid_b`` with bound ``bound_a * bound_b`` (refused beyond int64's 62 bits). A product by a
@@ -40,9 +47,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from mixq.engine import grids
-from mixq.engine.arith import INT64_LIMIT, dyadic, round_half_up
+from mixq.engine.arith import INT64_LIMIT, dyadic, dyadic_array, round_half_up
 from mixq.engine.context import Ctx, Val, quant_input
 from mixq.engine.convert_shape import image, nearest, scale_factors, upsample_args
 from mixq.engine.model import IntNode
@@ -348,7 +356,76 @@ def _mul(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val | None:
                            {"const": None, "sign": 1}, {}, src))
 
 
+# ----------------------------------------------------------------------------- BatchNorm (an affine per channel)
+
+
+def bn_affine(mod: nn.Module, info: OpInfo) -> tuple[np.ndarray, np.ndarray]:
+    """``(a, b)`` (float64, one per channel) of a BatchNorm in eval semantics: ``y = a * x + b`` with
+    ``a = gamma / sqrt(var + eps)``, ``b = beta - mean * a``."""
+    if not isinstance(mod, _BatchNorm) or type(mod).forward is not _BatchNorm.forward:
+        raise ModelError(f"{_where(info)}: a BatchNorm subclass with its own forward; not supported by the "
+                         "integer engine")
+    if mod.running_mean is None or mod.running_var is None:
+        raise ModelError(f"{_where(info)}: a BatchNorm without running statistics (track_running_stats=False) "
+                         "normalises with batch statistics; the integer engine needs fixed ones")
+    mean = mod.running_mean.detach().to(torch.float64).numpy()
+    var = mod.running_var.detach().to(torch.float64).numpy()
+    gamma = mod.weight.detach().to(torch.float64).numpy() if mod.weight is not None else np.ones_like(mean)
+    beta = mod.bias.detach().to(torch.float64).numpy() if mod.bias is not None else np.zeros_like(mean)
+    a = gamma / np.sqrt(var + float(mod.eps))
+    b = beta - mean * a
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ModelError(f"{_where(info)}: BatchNorm with non-finite scale or shift")
+    return a, b
+
+
+def _affine(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
+    """A BatchNorm the front end could not fold (after a ReLU, a pool ...): ``affine``, one rounding.
+
+    ``y = round_half_up(q * M_c / 2**n_c) + B_c`` on one output grid ``g`` chosen as a residual add
+    chooses it — at least ``add_guard_bits`` finer than the coarsest ``|a_c| * g_in``, never coarser
+    than the finest — with ``M_c * 2**-n_c`` (signed, ``mult_bits`` bits) the dyadic ``a_c * g_in / g``
+    and ``B_c = rint(b_c / g)``. Since ``B_c`` is an integer this is ``round_half_up(q * M_c / 2**n_c + B_c)``.
+    """
+    v = ctx.int_arg(node, info)
+    where = _where(info)
+    if not v.shape:
+        raise ModelError(f"{where}: BatchNorm of a scalar")
+    if not grids.is_channel_grid(v.scale):
+        raise ModelError(f"{where}: BatchNorm of a grid that varies in space "
+                         "(channels on different grids after a pixel shuffle)")
+    assert info.module is not None
+    a, b = bn_affine(info.module, info)
+    c = v.shape[0]
+    if a.shape != (c,):
+        raise ModelError(f"{where}: {a.shape[0]} BatchNorm features for an input of shape {v.shape}")
+    cshape = (c,) + (1,) * (len(v.shape) - 1)
+    g_in = grids.channels(v.scale, v.shape).reshape(-1)
+    eff = np.abs(a) * g_in
+    live = eff[eff > 0]
+    # every gamma 0: the output is the shift alone, on the input's coarsest grid
+    grid = float(min(live.min(), np.ldexp(live.max(), -ctx.cfg.add_guard_bits))) if live.size else float(g_in.max())
+    m_abs, n = dyadic_array(eff / grid, ctx.cfg.mult_bits)
+    m = np.where(a < 0, -m_abs, m_abs).astype(np.int64)
+    bias_f = np.rint(b / grid)
+    if np.abs(bias_f).max(initial=0) >= INT64_LIMIT:
+        raise ModelError(f"{where}: BatchNorm shift too large for its output grid")
+    bias = bias_f.astype(np.int64)
+    tops = [v.bound * int(mc) + 2 ** int(nc) for mc, nc in zip(m_abs.tolist(), n.tolist(), strict=True)]
+    if max(tops) >= INT64_LIMIT:
+        raise ModelError(f"{where}: the rescaled BatchNorm needs more than 62 bits; lower mult_bits")
+    bound = max(((v.bound * int(mc) + (1 << int(nc) >> 1)) >> int(nc)) + abs(int(bc))
+                for mc, nc, bc in zip(m_abs.tolist(), n.tolist(), bias.tolist(), strict=True))
+    if bound >= INT64_LIMIT:
+        raise ModelError(f"{where}: the BatchNorm output needs more than 62 bits")
+    arrays = {"M": m.reshape(cshape), "n": n.reshape(cshape), "B": bias.reshape(cshape),
+              "scale_float": a.astype(np.float32).reshape(cshape), "shift_float": b.astype(np.float32).reshape(cshape)}
+    attrs = {"float_op": "batch_norm", "eps": float(getattr(info.module, "eps", 0.0))}
+    return ctx.add(IntNode(info.name, "affine", (v.node,), v.shape, np.array(grid, dtype=np.float64), int(bound),
+                           attrs, arrays, f"{info.name} ({info.type})"))
+
+
 OP_BUILDERS: dict[str, Callable[[Ctx, fx.Node, OpInfo], Val | None]] = {
-    "relu": _clamp, "relu6": _clamp, "hardtanh": _clamp, "qlut": _qlut, "lut": _lut, "upsample": _upsample,
-    "amax": _amax, "mul": _mul,
+    "bn": _affine, "relu": _clamp, "relu6": _clamp, "hardtanh": _clamp, "qlut": _qlut, "lut": _lut,
+    "upsample": _upsample, "amax": _amax, "mul": _mul,
 }

@@ -20,6 +20,8 @@
   a max of on-grid values (as written);
 * a product of two tensors runs in float64 and is snapped onto ``grid_a * grid_b`` (exact below
   2**49 steps, checked), a product by a scalar the same onto ``grid * |c|``;
+* a BatchNorm the front end could not fold (after a ReLU) rescales the codes with the integer model's
+  signed multipliers ``M_c * 2**-n_c``, rounds once (half up) and adds its shift ``B_c`` on the output grid;
 * data movement (padding, zero insertion, pixel shuffle, nearest upsampling, unit-dim
   reshapes) runs as written: it moves on-grid values and zeros;
 * a ``QLutAct`` requantizes its input like any quantizer and reads its output from the
@@ -199,6 +201,28 @@ class FaithfulAdd(nn.Module):
         return requantize_sum(qs, self.ms, self.n).to(torch.float64) * self.grid
 
 
+class FaithfulAffine(nn.Module):
+    """A BatchNorm left unfolded: the codes times ``M_c * 2**-n_c``, one rounding (half up), plus ``B_c``."""
+
+    grid: torch.Tensor
+    in_grid: torch.Tensor
+    m: torch.Tensor
+    n: torch.Tensor
+    b: torch.Tensor
+
+    def __init__(self, node: IntNode, in_grid: np.ndarray) -> None:
+        super().__init__()
+        self.int_name = node.name
+        self.register_buffer("in_grid", _grid(in_grid))
+        for key in ("M", "n", "B"):
+            self.register_buffer(key.lower(), _grid(node.arrays[key]).to(torch.int64))
+        self.register_buffer("grid", _grid(node.scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = snap(x, self.in_grid).to(torch.int64)
+        return (requantize(q, self.m, self.n) + self.b).to(torch.float64) * self.grid
+
+
 class FaithfulReduce(nn.Module):
     """A mean / max over channels on different grids: the codes rescaled by ``M_c``, reduced, one rounding."""
 
@@ -354,6 +378,8 @@ def _faithful_module(kind: str, inode: IntNode, nodes: dict[str, IntNode], node:
         return FaithfulAdd(inode, [nodes[i].scale for i in inode.inputs])
     if kind == "mul":
         return FaithfulMul(inode)
+    if kind == "bn":
+        return FaithfulAffine(inode, nodes[inode.inputs[0]].scale)
     if kind == "qlut":
         assert isinstance(module, QLutAct)
         return FaithfulLut(module, _quant(nodes[inode.inputs[0]], nodes), inode)

@@ -37,6 +37,10 @@ reduce        a reduction over the channels (dim 1): ``(R_c(x_c * M_c) + 2**(n-1
               max or the sum (a mean: the 1/C is in the grid), ``M_c`` bringing the channels onto one
               grid (all 1 and ``n = 0`` when they share one); arrays ``M`` (per channel), ``n``; attrs
               ``fn`` (max / sum), ``dim``, ``keepdim``, ``count``, ``float_op`` (amax / mean)
+affine        a BatchNorm left unfolded, per channel: ``((x * M_c + 2**(n_c-1)) >> n_c) + B_c`` (one rounding,
+              half up; ``M_c`` signed), on one output grid (:mod:`mixq.engine.convert_ops`); arrays ``M``,
+              ``n``, ``B`` (per channel, ``(C, 1, ..)``), ``scale_float`` / ``shift_float`` (the float
+              ``a_c``, ``b_c`` of ``y = a_c * x + b_c``, float32, for exports); attrs ``float_op``, ``eps``
 mul           elementwise product of two integer tensors (size-1 dims broadcast) on the grid
               ``grid_a * grid_b``, or of one by a python scalar (attrs ``const``: the codes times
               ``sign``, ``|const|`` in the grid); attrs ``const`` (None for two tensors), ``sign``
@@ -69,8 +73,8 @@ import numpy as np
 
 from mixq.errors import ModelError
 
-OPS = ("quantize", "requant", "conv", "linear", "clamp", "maxpool", "sumpool", "add", "reduce", "mul", "flatten",
-       "cat", "reshape", "pad", "zero_insert", "pixel_shuffle", "upsample", "interp", "lut")
+OPS = ("quantize", "requant", "conv", "linear", "clamp", "maxpool", "sumpool", "add", "reduce", "mul", "affine",
+       "flatten", "cat", "reshape", "pad", "zero_insert", "pixel_shuffle", "upsample", "interp", "lut")
 COMPUTE_OPS = ("conv", "linear")
 INT_MODEL_VERSION = 1
 

@@ -6,9 +6,9 @@ multipliers as tensors); ``engine(x)`` runs a float input batch and returns an
 integers. Only the network input is a float; it is quantized exactly as the
 fake-quant input quantizer does. Everything after holds integers: a node's tensor
 is integer-valued float32 / float64 while its proven bound allows (below 2**24 /
-2**53), int64 beyond; products in exact BLAS or int64, requantization and residual
-adds by the round-half-up rule of :mod:`mixq.engine.arith`, pooling and channel reductions by max and
-sum, products of two tensors exactly in a dtype that holds their bound; data
+2**53), int64 beyond; products in exact BLAS or int64, requantization, residual adds
+and BatchNorm affines by the round-half-up rule of :mod:`mixq.engine.arith`, pooling and channel reductions by
+max and sum, products of two tensors exactly in a dtype that holds their bound; data
 movement, interpolation and lookup tables in :mod:`mixq.engine.kernels_move`.
 Runs on the CPU.
 """
@@ -185,6 +185,25 @@ def _mul(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
     return lambda xs, _st: xs[0].to(dt) * xs[1].to(dt)
 
 
+def _affine(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
+    """A BatchNorm per channel: ``((x * M_c + 2**(n_c-1)) >> n_c) + B_c`` (round half up, signed ``M_c``)."""
+    m_np, n_np, b_np = (np.asarray(node.arrays[k], dtype=np.int64) for k in ("M", "n", "B"))
+    out = exact_dtype(node.bound)
+    top = bounds[node.inputs[0]] * int(np.abs(m_np).max()) + 2 ** int(n_np.max())
+    if top < FLOAT64_EXACT and node.bound < FLOAT64_EXACT:
+        # |x * M| + 2**(n-1) < 2**53: floor(x * (M * 2**-n) + 1/2) is exact in float64, + B too (|y| <= bound)
+        r, b64 = _t(np.ldexp(m_np.astype(np.float64), -n_np)), _t(b_np.astype(np.float64))
+
+        def run64(xs: list[torch.Tensor], _st: dict[str, int]) -> torch.Tensor:
+            y = xs[0].to(torch.float64) * r
+            y += 0.5
+            return y.floor_().add_(b64).to(out)
+
+        return run64
+    m, n, b = _t(m_np), _t(n_np), _t(b_np)
+    return lambda xs, _st: requantize(xs[0].to(torch.int64), m, n) + b
+
+
 def _flatten(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
     return lambda xs, _st: torch.flatten(xs[0], 1)
 
@@ -196,7 +215,8 @@ def _cat(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
 
 KERNELS: dict[str, Callable[[IntNode, dict[str, int], str], Kernel]] = {
     "quantize": _quantize, "requant": _requant, "conv": _dot, "linear": _dot, "clamp": _clamp,
-    "maxpool": _maxpool, "sumpool": _sumpool, "add": _add, "reduce": _reduce, "mul": _mul, "flatten": _flatten,
+    "maxpool": _maxpool, "sumpool": _sumpool, "add": _add, "reduce": _reduce, "mul": _mul, "affine": _affine,
+    "flatten": _flatten,
     "cat": _cat,
     **MOVE_KERNELS,
 }

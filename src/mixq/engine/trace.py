@@ -4,8 +4,9 @@ The quantized model is traced by the front end's tracer (``QConv2d``, ``QLinear`
 ``QLutAct``, ``ZeroInsert`` and every module of its op table are leaves) and each node classified
 by its one op table. :func:`classify` keeps the kinds the engine's builders run
 (:data:`mixq.engine.convert.BUILDERS`) and refuses every other node with a
-:class:`~mixq.errors.ModelError` naming the layer and its type: a compute layer or BatchNorm left
-in float, an activation that quantization did not wrap in a lookup table, an op no stage supports.
+:class:`~mixq.errors.ModelError` naming the layer and its type: a compute layer left in float, an
+activation that quantization did not wrap in a lookup table, an op no stage supports. A BatchNorm the
+front end could not fold runs as an integer affine (:mod:`mixq.engine.convert_ops`).
 Node names are the front end's: a module call by the module's qualified name (``name:1``,
 ``name:2`` for its later calls), a function call by its FX node name (``add``, ``flatten``).
 """
@@ -26,7 +27,6 @@ __all__ = ["OpInfo", "REFUSED", "classify", "fn_args", "shape_of", "tensor_args"
 REFUSED: dict[str, str] = {
     "conv": " (a compute layer left in float: the plan must quantize its weights and input)",
     "linear": " (a compute layer left in float: the plan must quantize its weights and input)",
-    "bn": " (fold BatchNorm into the preceding layer first: mixq.graph.fold_bn)",
     "float_compute": " (a compute layer mixq does not quantize)",
     "softmax": " (not elementwise: no lookup table computes it)",
     "unsupported": "",

@@ -18,6 +18,8 @@ what the fake-quant model computes:
 * ``reduce``: ``ReduceMean`` / ``ReduceMax`` over axis 1 (``axes`` attribute, opset 13) with the node's
   ``keepdims``; ``mul``: ``Mul`` of the two tensors (ONNX broadcasts size-1 dims as torch does), or by the
   float32 scalar;
+* ``affine`` (a BatchNorm left unfolded): ``Mul`` by ``a_c`` then ``Add`` of ``b_c`` (per-channel float32
+  constants shaped ``(C, 1, ..)``, ``y = a_c * x + b_c`` of the BatchNorm in eval semantics);
 * ``clamp`` with per-channel limits: ``Relu`` / ``Max`` then ``Min`` with ``(C, 1, 1)`` constants
   (``Clip`` takes scalars only);
 * ``lut``: the activation's float function (:data:`FUNCTIONS`, opset 13 operators: SiLU as
@@ -128,6 +130,12 @@ def _reduce(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
     return b.node(op, xs, n.name, n.shape, axes=[int(n.attrs["dim"])], keepdims=int(bool(n.attrs["keepdim"])))
 
 
+def _affine(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
+    """A BatchNorm as the float model computes it: ``x * a_c + b_c`` with per-channel constants."""
+    y = b.node("Mul", [xs[0], _f32(b, f"{n.name}.scale", n.arrays["scale_float"])], f"{n.name}.mul", n.shape)
+    return b.node("Add", [y, _f32(b, f"{n.name}.shift", n.arrays["shift_float"])], n.name, n.shape)
+
+
 def _mul(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
     c = n.attrs.get("const")
     ins = xs if c is None else [xs[0], _f32(b, f"{n.name}.const", c)]
@@ -195,4 +203,5 @@ def _lut(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
 MOVE_EMITTERS: dict[str, Callable[[GraphBuilder, IntNode, list[str], Writers], str]] = {
     "reshape": _reshape, "pad": _pad, "zero_insert": _zero_insert, "pixel_shuffle": _pixel_shuffle,
     "upsample": _upsample, "interp": _interp, "lut": _lut, "reduce": _reduce, "mul": _mul,
+    "affine": _affine,
 }

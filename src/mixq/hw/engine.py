@@ -268,14 +268,14 @@ def stream_engine(layer: HwLayer, lanes: int, part: Part, model: CostModel, opts
     and cycle."""
     s = layer.spec
     lanes = max(1, lanes)
-    elems = math.prod(s.out_shape) if s.kind in ("reduce", "mul") and s.out_shape else stream_elements(layer)
+    elems = math.prod(s.out_shape) if s.kind in ("reduce", "mul", "bn") and s.out_shape else stream_elements(layer)
     cycles = math.ceil(elems / lanes)
     a = max(layer.abits, 1)
     if s.kind == "reduce":
         chans = s.in_shape[0] if s.in_shape else 1
         comp = model.pe(PeConfig("tree", abits=a, simd=max(2, chans)), part.dsp_type) * lanes
         extra = Resources()
-    elif s.kind == "mul":
+    elif s.kind in ("mul", "bn"):  # a product; an unfolded BatchNorm is a per-channel multiply-add
         kind = "fixed_dsp" if part.dsp > 0 else "fixed_lut"
         comp = model.pe(PeConfig(kind, a, a, 1, acc_len=1, signed_act=True), part.dsp_type) * lanes
         extra = Resources()

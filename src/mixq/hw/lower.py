@@ -33,7 +33,7 @@ ASSUMED_BITS = 8
 # bilinear upsample, zero insertion of a transposed conv, explicit padding, pixel shuffle), channel reductions
 # (mean / max over the channels) and elementwise products (attention gates).
 STREAM_KINDS = ("add", "concat", "maxpool", "avgpool", "gap", "act", "upsample", "zero_insert", "pad",
-                "pixel_shuffle", "reduce", "mul")
+                "pixel_shuffle", "reduce", "mul", "bn")
 _SHIFT_KINDS = {"sp2": "sp2", "pot": "pot", "focused": "pot", "ternary": "ternary"}
 
 
@@ -146,6 +146,12 @@ def _skip_fifo(specs: list[LayerSpec], i: int, abits: int) -> int:
     return bits + row * abits
 
 
+def _folded(bn: LayerSpec, specs: list[LayerSpec]) -> bool:
+    """A BatchNorm that `mixq.graph.fold_bn` folds: the only consumer of the compute layer feeding it."""
+    prev = next((p for p in specs if len(bn.inputs) == 1 and p.name == bn.inputs[0]), None)
+    return prev is not None and prev.is_compute and prev.outputs == (bn.name,)
+
+
 def lower(specs: list[LayerSpec], plan: QuantPlan, part: Part) -> list[HwLayer]:
     """Hardware layers in graph order (compute layers and the stream operators between them)."""
     compute = [s for s in specs if s.is_compute]
@@ -161,6 +167,8 @@ def lower(specs: list[LayerSpec], plan: QuantPlan, part: Part) -> list[HwLayer]:
             groups, note = _groups(s, lp, part, abits, signed)
             out.append(HwLayer(s, groups, abits, out_bits, lp.mapping if lp else HwMapping(), note))
             ci += 1
+        elif s.kind == "bn" and _folded(s, specs):
+            continue  # folded into the conv / linear before it (graph.fold_bn): no hardware of its own
         elif s.kind in STREAM_KINDS:
             nxt = compute[ci].name if ci < len(compute) else None
             abits = act[nxt][0] if nxt else ASSUMED_BITS
