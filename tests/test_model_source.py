@@ -173,8 +173,10 @@ def test_from_refuses_weights_and_zoo_with_weights(tmp_path: Path, capsys: pytes
 
 def test_source_api() -> None:
     assert parse_shape("3,32,32") == (3, 32, 32) == parse_shape("3x32x32")
-    with pytest.raises(OptionError):
-        parse_shape("3,0,32")
+    assert parse_shape("2,64") == (2, 64) and parse_shape("1024") == (1024,)  # 1-D signals, with or without C
+    for bad in ("3,0,32", "1,2,3,4", "", "a,b"):
+        with pytest.raises(OptionError):
+            parse_shape(bad)
     zoo_src = ModelSource("resnet20")
     assert zoo_src.kind == "zoo" and zoo_src.name == "resnet20" and zoo_src.shape() == (3, 32, 32)
     assert ModelSource.from_dict(zoo_src.to_dict()) == ModelSource("resnet20", None, (3, 32, 32))

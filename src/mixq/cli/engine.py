@@ -103,7 +103,7 @@ def artifact_inputs(art: Any, images: int) -> Any:
     shape = tuple(art.source.shape())
     pre_d = cal.get("preprocess")
     pre = Preprocess(**pre_d) if isinstance(pre_d, dict) else None
-    if pre is None and len(shape) != 2:
+    if pre is None and len(shape) >= 3:
         return None
     return load_source(source, pre, images, f"--from {art.folder}:", shape).x[:images]
 

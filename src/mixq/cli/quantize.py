@@ -148,12 +148,12 @@ def register(app: typer.Typer) -> None:
         from mixq.graph.capture import capture
 
         shape = src.shape()
-        signal = len(shape) == 2  # a 1-D model: (C, L) arrays from an .npz, fed as they are
+        signal = len(shape) < 3  # a 1-D model: (C, L) or (L,) arrays from an .npz, fed as they are
         if signal:
             given = [o for o, v in (("--input-size", input_size), ("--mean", mean), ("--std", std),
                                     ("--grayscale/--rgb", gray)) if v is not None]
             if given:
-                raise OptionError(f"{', '.join(given)}: {model} takes 1-D signals ({shape[0]},{shape[1]}); "
+                raise OptionError(f"{', '.join(given)}: {model} takes 1-D signals ({','.join(map(str, shape))}); "
                                   "image preprocessing does not apply")
             pre = None
         else:
@@ -168,7 +168,7 @@ def register(app: typer.Typer) -> None:
         net = load_model(src, pretrained=pretrained, fallback=False)
         if calib == "auto":  # the model's own kind of data: gray Fashion-MNIST or ImageNet-style photos
             if pre is None:
-                raise OptionError(f"--calib: give an .npz of ({shape[0]}, {shape[1]}) signals for {model}")
+                raise OptionError(f"--calib: give an .npz of ({', '.join(map(str, shape))}) signals for {model}")
             calib = "shipped" if pre.channels == 1 else "photos"
         data = load_source(calib, pre, images, "--calib", shape).x
         if pre is not None and pre.size != tuple(shape[1:]):  # e.g. a fully convolutional model at another size

@@ -37,7 +37,7 @@ def artifact_task(folder: Path, calib_images: int, eval_images: int, eval_source
     cal = summary.get("calibration") or {}
     pre_d = cal.get("preprocess")
     shape = tuple(src.shape())
-    pre = (Preprocess(**pre_d) if isinstance(pre_d, dict) else None if len(shape) == 2
+    pre = (Preprocess(**pre_d) if isinstance(pre_d, dict) else None if len(shape) < 3
            else Preprocess.for_input(shape))  # type: ignore[arg-type]
     source = str(cal.get("source") or ("shipped" if shape[0] == 1 else "photos"))
     eval_source = eval_source or (summary.get("eval") or {}).get("source")

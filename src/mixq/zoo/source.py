@@ -65,7 +65,7 @@ def _one_line(text: object, limit: int = 300) -> str:
 
 def parse_shape(value: Any, name: str = "--input-shape") -> tuple[int, ...]:
     """``"C,H,W"`` (or ``CxHxW``, or a sequence of three integers) -> ``(C, H, W)``, each >= 1; a 1-D
-    signal model's ``C,L`` -> ``(C, L)``."""
+    signal model's ``C,L`` -> ``(C, L)`` (or ``L`` for a model taking (N, L) samples)."""
     if isinstance(value, str):
         parts: list[Any] = value.replace("x", ",").replace("X", ",").split(",")
         try:
@@ -76,7 +76,7 @@ def parse_shape(value: Any, name: str = "--input-shape") -> tuple[int, ...]:
         vals = list(value) if all(isinstance(v, int) and not isinstance(v, bool) for v in value) else []
     else:
         vals = []
-    if len(vals) not in (2, 3) or min(vals) < 1:
+    if len(vals) not in (1, 2, 3) or min(vals) < 1:
         raise OptionError(f"{name}: must be C,H,W with three integers >= 1, e.g. 3,32,32 (or C,L for a 1-D "
                           f"signal), got {value!r}")
     return tuple(int(v) for v in vals)
