@@ -111,13 +111,19 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
     module docstring); the model itself when it has none. ``input_shape`` (per sample) lets a
     ``BatchNorm1d`` on a 2-D (N, F) tensor be told from one on (N, C, L); without it, a BatchNorm1d
     is taken as 1-D signal BN only when it directly follows a Conv1d. Never changes ``model``."""
-    if not needs_normalize(model) and not _functional_acts(model):
+    layers = needs_normalize(model)
+    try:
+        traced = trace(model, stage="normalize")  # shares the model's modules: only read here
+    except ModelError:
+        if layers:
+            raise
+        return model  # refused by the stage that traces it, with its own message
+    if not layers and not any(_act_name(n) is not None for n in traced.graph.nodes):
         return model
     import copy
 
-    work = copy.deepcopy(model).eval()
     example = torch.zeros(1, *input_shape) if input_shape is not None else None
-    gm = trace(work, example, stage="normalize")
+    gm = trace(copy.deepcopy(traced).eval(), example, stage="normalize")  # the one graph, rewritten on a copy
     graph = gm.graph
     _act_modules(gm)
     calls = [n for n in graph.nodes if n.op == "call_module"]
@@ -169,13 +175,6 @@ def _act_name(node: fx.Node) -> str | None:
     name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
     name = name.rstrip("_")
     return name if name in _ACT_FUNCTIONS else None
-
-
-def _functional_acts(model: nn.Module) -> bool:
-    try:
-        return any(_act_name(n) is not None for n in trace(model, stage="normalize").graph.nodes)
-    except ModelError:
-        return False  # refused by the stage that traces it, with its own message
 
 
 def _act_modules(gm: fx.GraphModule) -> None:
