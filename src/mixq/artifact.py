@@ -43,7 +43,7 @@ from mixq.plan import QuantPlan, plan_from_dict, plan_to_dict, save_plan, valida
 from mixq.zoo.source import ModelSource
 
 __all__ = ["ARTIFACT_FORMAT", "ARTIFACT_VERSION", "CHECKPOINT_FILE", "Artifact", "Checkpoint", "load_artifact",
-           "read_checkpoint", "save_artifact"]
+           "read_checkpoint", "read_summary", "save_artifact"]
 
 ARTIFACT_FORMAT = "mixq-ptq"
 ARTIFACT_VERSION = 1
@@ -251,18 +251,24 @@ def build_model(ck: Checkpoint) -> nn.Module:
     return q.eval()
 
 
+def read_summary(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The folder's ``summary.json`` as a dict (``{}`` when there is none); bad JSON is a :class:`DataError`."""
+    path = Path(folder) / SUMMARY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    return loaded if isinstance(loaded, dict) else {}
+
+
 def load_artifact(folder: str | os.PathLike[str]) -> Artifact:
     """The quantized model a `mixq quantize` folder holds, bit for bit as quantize left it (eval mode)."""
     ck = read_checkpoint(folder)
     q = build_model(ck)
     root = Path(folder)
-    summary: dict[str, Any] = {}
-    if (root / SUMMARY_FILE).is_file():
-        try:
-            loaded = json.loads((root / SUMMARY_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise DataError(f"{root / SUMMARY_FILE}: not valid JSON ({e})") from None
-        summary = loaded if isinstance(loaded, dict) else {}
+    summary = read_summary(root)
     progress.log("artifact loaded", folder=str(root), model=ck.model_name, recipe=ck.recipe.get("name", "?"),
                  layers=len(ck.plan))
     return Artifact(folder=root, model_name=ck.model_name, plan=ck.plan, recipe=ck.recipe, qmodel=q,

@@ -93,16 +93,13 @@ def inputs(model: Any, size: int | None, images: int, calib: bool = True) -> tup
 def artifact_inputs(art: Any, images: int) -> Any:
     """Inputs for an artifact's checks from the data it records: its ``--eval`` source, else its calibration
     source, with its preprocessing (a 1-D model's .npz signals as they are); ``None`` when it records none."""
-    from mixq.cli.quantize import load_source
-    from mixq.data.sources import Preprocess
+    from mixq.cli.quantize import load_source, recorded_data
 
-    cal = art.summary.get("calibration") or {}
-    source = (art.summary.get("eval") or {}).get("source") or cal.get("source")
-    if not isinstance(source, str) or art.source is None:
+    calib, evalsrc, pre = recorded_data(art.summary)
+    source = evalsrc or calib
+    if source is None or art.source is None:
         return None
     shape = tuple(art.source.shape())
-    pre_d = cal.get("preprocess")
-    pre = Preprocess(**pre_d) if isinstance(pre_d, dict) else None
     if pre is None and len(shape) >= 3:
         return None
     return load_source(source, pre, images, f"--from {art.folder}:", shape).x[:images]

@@ -80,6 +80,18 @@ def load_source(source: str, pre: Any, limit: int | None, option: str, shape: tu
     return load_images(source, pre, limit, seed=seed, name=f"{option} {source}")
 
 
+def recorded_data(summary: dict[str, Any]) -> tuple[str | None, str | None, Any]:
+    """``(calibration source, --eval source, Preprocess or None)`` a quantize ``summary.json`` records (None
+    for what it does not record; a 1-D model records no preprocessing)."""
+    from mixq.data.sources import Preprocess
+
+    cal = summary.get("calibration") or {}
+    pre_d = cal.get("preprocess")
+    source, evalsrc = cal.get("source"), (summary.get("eval") or {}).get("source")
+    return (source if isinstance(source, str) else None, evalsrc if isinstance(evalsrc, str) else None,
+            Preprocess(**pre_d) if isinstance(pre_d, dict) else None)
+
+
 def _jsonable(obj: Any) -> Any:
     """Numbers, strings, lists and dicts of them (tensors and other values become strings/lists)."""
     import torch

@@ -19,28 +19,23 @@ def artifact_task(folder: Path, calib_images: int, eval_images: int, eval_source
     ``eval_source`` (or the artifact's ``--eval``) when that has labels, else argmax agreement with the float
     model on images of the calibration source that calibration does not use."""
     from mixq.algorithms.search.evaluate import AccuracyEval, AgreementEval
-    from mixq.artifact import read_checkpoint
+    from mixq.artifact import read_checkpoint, read_summary
     from mixq.cli._common import load_model
-    from mixq.cli.quantize import load_source
+    from mixq.cli.quantize import load_source, recorded_data
     from mixq.data.sources import Preprocess
     from mixq.errors import DataError
     from mixq.zoo.source import ModelSource
 
     ck = read_checkpoint(folder)
-    summary_file = Path(folder) / "summary.json"
-    try:
-        summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else {}
-    except (OSError, ValueError) as e:
-        raise DataError(f"{summary_file}: not valid JSON ({e})") from None
+    summary = read_summary(folder)
     src = ck.source if ck.source is not None else ModelSource(ck.model_name)
     net = load_model(src, pretrained=bool(summary.get("pretrained", True)), fallback=False)
-    cal = summary.get("calibration") or {}
-    pre_d = cal.get("preprocess")
+    calib_src, recorded_eval, pre = recorded_data(summary)
     shape = tuple(src.shape())
-    pre = (Preprocess(**pre_d) if isinstance(pre_d, dict) else None if len(shape) < 3
-           else Preprocess.for_input(shape))  # type: ignore[arg-type]
-    source = str(cal.get("source") or ("shipped" if shape[0] == 1 else "photos"))
-    eval_source = eval_source or (summary.get("eval") or {}).get("source")
+    if pre is None and len(shape) >= 3:
+        pre = Preprocess.for_input(shape)
+    source = calib_src or ("shipped" if shape[0] == 1 else "photos")
+    eval_source = eval_source or recorded_eval
     if eval_source is not None:
         evalset = load_source(eval_source, pre, eval_images, "--eval", shape)
         calib = load_source(source, pre, calib_images, "--calib", shape).x
