@@ -78,9 +78,21 @@ class Ctx:
     def int_arg(self, node: fx.Node, info: OpInfo) -> Val:
         v = self.arg(node, info)
         if v.is_float:
-            raise ModelError(f"layer {info.name!r} ({info.type}): applied to the float network input; "
+            raise ModelError(f"{where(info)}: applied to the float network input; "
                              "the integer engine needs a quantizer first")
         return v
+
+    def int_operands(self, ins: list[fx.Node], info: OpInfo, what: str) -> list[Val]:
+        """The integer tensors ``ins`` (of an add, a product ...); one naming ``what`` it was otherwise."""
+        vals = [self.env.get(i) for i in ins]
+        if any(v is None or v.is_float for v in vals):
+            raise ModelError(f"{where(info)}: an operand is not an integer tensor ({what})")
+        return [v for v in vals if v is not None]
+
+
+def where(info: OpInfo) -> str:
+    """How messages name a layer: ``layer 'name' (type)``."""
+    return f"layer {info.name!r} ({info.type})"
 
 
 def dyadic_unique(ratios: np.ndarray, mult_bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,19 +105,19 @@ def dyadic_unique(ratios: np.ndarray, mult_bits: int) -> tuple[np.ndarray, np.nd
 
 def quant_input(ctx: Ctx, v: Val, qact: QAct | None, name: str, owner: OpInfo) -> Val:
     """The codes a layer's input quantizer produces from ``v`` (``quantize`` or ``requant``)."""
-    where = f"layer {owner.name!r} ({owner.type})"
+    at = where(owner)
     if qact is None:
-        raise ModelError(f"{where}: its input activations are not quantized (plan act=None); "
+        raise ModelError(f"{at}: its input activations are not quantized (plan act=None); "
                          "the integer engine needs integer inputs")
     fmt = qact.fmt
     if not isinstance(fmt, FixedPoint):
-        raise ModelError(f"{where}: activation format {fmt} is not supported by the integer engine "
+        raise ModelError(f"{at}: activation format {fmt} is not supported by the integer engine "
                          "(fixed point only)")
     if qact.mode != "quant":
-        raise ModelError(f"{where}: its activation quantizer is in mode {qact.mode!r}; calibrate the model first")
+        raise ModelError(f"{at}: its activation quantizer is in mode {qact.mode!r}; calibrate the model first")
     s = float(qact.scale)
     if not np.isfinite(s) or s <= 0:
-        raise ModelError(f"{where}: activation scale {s} is not a positive number")
+        raise ModelError(f"{at}: activation scale {s} is not a positive number")
     key = (v.node, v.shape, json.dumps(fmt.to_dict(), sort_keys=True), s, tuple(m.name for m in v.moves))
     if key in ctx.quant_cache:
         return ctx.quant_cache[key]
@@ -124,7 +136,7 @@ def quant_input(ctx: Ctx, v: Val, qact: QAct | None, name: str, owner: OpInfo) -
     else:
         m, n = dyadic_unique(v.scale / s, ctx.cfg.mult_bits)
         if v.bound * int(m.max()) + 2 ** int(n.max()) >= INT64_LIMIT:
-            raise ModelError(f"{where}: requantizing its input needs more than 62 bits "
+            raise ModelError(f"{at}: requantizing its input needs more than 62 bits "
                              f"(|x| <= {v.bound}, M <= {int(m.max())}); lower mult_bits")
         node = IntNode(name, "requant", (v.node,), v.shape, grid, bound, attrs, {"M": m, "n": n},
                        f"{owner.name} ({owner.type})")

@@ -318,12 +318,7 @@ def _add(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     ins = tensor_args(node)
     if len(ins) != 2 or len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
         raise ModelError(f"layer {info.name!r} ({info.type}): only the sum of two tensors is supported")
-    vals = [ctx.env.get(i) for i in ins]
-    if any(v is None or v.is_float for v in vals):
-        raise ModelError(f"layer {info.name!r} ({info.type}): an operand is not an integer tensor "
-                         "(add of the float network input or a constant)")
-    a, b = vals
-    assert a is not None and b is not None
+    a, b = ctx.int_operands(ins, info, "add of the float network input or a constant")
     out_shape = shape_of(node)
     if a.shape != out_shape or b.shape != out_shape:
         raise ModelError(f"layer {info.name!r} ({info.type}): broadcasting add {a.shape} + {b.shape}")

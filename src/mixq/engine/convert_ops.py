@@ -51,7 +51,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mixq.engine import grids
 from mixq.engine.arith import INT64_LIMIT, dyadic, dyadic_array, round_half_up
-from mixq.engine.context import Ctx, Val, quant_input
+from mixq.engine.context import Ctx, Val, quant_input, where
 from mixq.engine.convert_shape import image, nearest, scale_factors, upsample_args
 from mixq.engine.model import IntNode
 from mixq.engine.trace import OpInfo, fn_args, shape_of, tensor_args
@@ -59,10 +59,6 @@ from mixq.errors import ModelError
 from mixq.nn import QLutAct
 
 MAX_INTERP_DENOM = 2**12
-
-
-def _where(info: OpInfo) -> str:
-    return f"layer {info.name!r} ({info.type})"
 
 
 # ----------------------------------------------------------------------------- clamps
@@ -97,7 +93,7 @@ def clamp_limits(node: fx.Node, info: OpInfo, shape: tuple[int, ...]) -> tuple[n
     try:
         lo, hi = _channel_limit(lower, shape), _channel_limit(upper, shape)
     except ValueError as e:
-        raise ModelError(f"{_where(info)}: per-channel bounds do not fit its input {shape}: {e}") from None
+        raise ModelError(f"{where(info)}: per-channel bounds do not fit its input {shape}: {e}") from None
     if type(mod) not in (nn.ReLU, nn.ReLU6, nn.Hardtanh):
         _check_clamp(mod, lo, hi, shape, info)
     return lo, hi
@@ -115,9 +111,9 @@ def _check_clamp(mod: Any, lo: np.ndarray, hi: np.ndarray, shape: tuple[int, ...
     try:
         y = mod(x)
     except Exception as e:  # a forward that does not run on the probe is not a clamp either
-        raise ModelError(f"{_where(info)}: its forward fails on a probe input ({e})") from None
+        raise ModelError(f"{where(info)}: its forward fails on a probe input ({e})") from None
     if not torch.equal(y, ref):
-        raise ModelError(f"{_where(info)}: a Hardtanh subclass whose forward is not clamp(x, lower, upper); "
+        raise ModelError(f"{where(info)}: a Hardtanh subclass whose forward is not clamp(x, lower, upper); "
                          "not supported by the integer engine")
 
 
@@ -202,7 +198,7 @@ def linear_weights(n_in: int, n_out: int, align_corners: bool, scale_factor: flo
 
 def _interp(ctx: Ctx, node: fx.Node, info: OpInfo, v: Val, a: dict[str, Any]) -> Val:
     if not grids.is_channel_grid(v.scale):
-        raise ModelError(f"{_where(info)}: bilinear interpolation of a grid that varies in space "
+        raise ModelError(f"{where(info)}: bilinear interpolation of a grid that varies in space "
                          "(channels on different grids after a pixel shuffle)")
     out = shape_of(node)
     (_, h, w), (_, oh, ow) = v.shape, out
@@ -211,12 +207,12 @@ def _interp(ctx: Ctx, node: fx.Node, info: OpInfo, v: Val, a: dict[str, Any]) ->
     wh, dh = linear_weights(h, oh, ac, fh)
     ww, dw = linear_weights(w, ow, ac, fw)
     if dh * dw > MAX_INTERP_DENOM:
-        raise ModelError(f"{_where(info)}: bilinear {h}x{w} -> {oh}x{ow} (scale {a['scale_factor']}, align_corners "
+        raise ModelError(f"{where(info)}: bilinear {h}x{w} -> {oh}x{ow} (scale {a['scale_factor']}, align_corners "
                          f"{ac}) has weights on a grid of 1/{dh * dw}; the engine supports integer scale factors "
                          f"and sizes whose weights are multiples of 1/{MAX_INTERP_DENOM} at most")
     bound = v.bound * dh * dw
     if bound >= INT64_LIMIT:
-        raise ModelError(f"{_where(info)}: interpolated values need more than 62 bits")
+        raise ModelError(f"{where(info)}: interpolated values need more than 62 bits")
     attrs = {"mode": "bilinear", "align_corners": ac, "denom": [dh, dw], "size": [oh, ow],
              "scale_factor": None if fh is None or fw is None else [fh, fw]}
     return ctx.add(IntNode(info.name, "interp", (v.node,), out, v.scale / (dh * dw), bound, attrs,
@@ -228,15 +224,15 @@ def _upsample(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     image(v, info)
     a = upsample_args(node, info)
     if v.is_float and a["mode"] not in ("nearest", "nearest-exact"):
-        raise ModelError(f"{_where(info)}: {a['mode']} upsampling of the float network input; the integer engine "
+        raise ModelError(f"{where(info)}: {a['mode']} upsampling of the float network input; the integer engine "
                          "needs a quantizer first (nearest upsampling is data movement and is accepted)")
     if a["antialias"]:
-        raise ModelError(f"{_where(info)}: antialiased interpolation is not supported by the integer engine")
+        raise ModelError(f"{where(info)}: antialiased interpolation is not supported by the integer engine")
     if a["mode"] == "bilinear":
         return _interp(ctx, node, info, v, a)
     if a["mode"] in ("nearest", "nearest-exact"):
         return nearest(ctx, node, info, v, a)
-    raise ModelError(f"{_where(info)}: interpolation mode {a['mode']!r}; the engine supports nearest "
+    raise ModelError(f"{where(info)}: interpolation mode {a['mode']!r}; the engine supports nearest "
                      "(integer factors) and bilinear")
 
 
@@ -247,7 +243,7 @@ def reduce_dims(node: fx.Node, info: OpInfo, v: Val) -> tuple[list[int], bool]:
     """The reduced dims (of the batched tensor, sorted, non-negative) and ``keepdim`` of a mean / amax."""
     a = fn_args(node, ("input", "dim", "keepdim"), {"dim": None, "keepdim": False})
     if a["dim"] is None or a.get("dtype") is not None:
-        raise ModelError(f"{_where(info)}: {info.kind} without a dim (or with a dtype); give the dims to reduce")
+        raise ModelError(f"{where(info)}: {info.kind} without a dim (or with a dtype); give the dims to reduce")
     rank = len(v.shape) + 1
     dims = a["dim"] if isinstance(a["dim"], list | tuple) else [a["dim"]]
     return sorted({int(d) % rank for d in dims}), bool(a["keepdim"])
@@ -258,9 +254,9 @@ def channel_reduce(ctx: Ctx, node: fx.Node, info: OpInfo, fn: str) -> Val:
     v = ctx.int_arg(node, info)
     _, keepdim = reduce_dims(node, info, v)
     if len(v.shape) < 2:
-        raise ModelError(f"{_where(info)}: a channel reduction needs (C, ...) inputs, got {v.shape}")
+        raise ModelError(f"{where(info)}: a channel reduction needs (C, ...) inputs, got {v.shape}")
     if not grids.is_channel_grid(v.scale):
-        raise ModelError(f"{_where(info)}: a channel reduction of a grid that varies in space "
+        raise ModelError(f"{where(info)}: a channel reduction of a grid that varies in space "
                          "(channels on different grids after a pixel shuffle)")
     c = v.shape[0]
     g = grids.channels(v.scale, v.shape).reshape(-1)
@@ -273,7 +269,7 @@ def channel_reduce(ctx: Ctx, node: fx.Node, info: OpInfo, fn: str) -> Val:
         m = np.rint(np.ldexp(ratios, n)).astype(np.int64)
     terms = c if fn == "sum" else 1
     if v.bound * int(m.max()) * terms + 2**n >= INT64_LIMIT:
-        raise ModelError(f"{_where(info)}: the rescaled channel {info.kind} needs more than 62 bits; lower mult_bits")
+        raise ModelError(f"{where(info)}: the rescaled channel {info.kind} needs more than 62 bits; lower mult_bits")
     half = 2 ** (n - 1) if n else 0
     bound = ((v.bound * int(m.sum()) + half) >> n) if fn == "sum" else max(
         (v.bound * int(mc) + half) >> n for mc in m.tolist())
@@ -291,10 +287,10 @@ def _amax(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     if dims == [1]:
         return channel_reduce(ctx, node, info, "max")
     if dims != [2, 3] or len(v.shape) != 3:
-        raise ModelError(f"{_where(info)}: amax over dims {dims} of a {v.shape} input; the engine supports the "
+        raise ModelError(f"{where(info)}: amax over dims {dims} of a {v.shape} input; the engine supports the "
                          "channels (1) or the spatial dims (2, 3)")
     if v.scale.ndim and not grids.is_channel_grid(v.scale):
-        raise ModelError(f"{_where(info)}: pooling over a grid that varies in space")
+        raise ModelError(f"{where(info)}: pooling over a grid that varies in space")
     c, h, w = v.shape
     attrs = {"kernel": [h, w], "stride": [h, w], "padding": [0, 0], "dilation": [1, 1], "ceil_mode": False}
     src = f"{info.name} ({info.type})"
@@ -322,32 +318,30 @@ def _mul(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val | None:
     try:
         a, b = _operands(node)
     except ValueError:
-        raise ModelError(f"{_where(info)}: a product needs two operands") from None
+        raise ModelError(f"{where(info)}: a product needs two operands") from None
     if set(node.kwargs) - {"input", "other"}:
-        raise ModelError(f"{_where(info)}: keyword arguments {sorted(node.kwargs)}; only the product of two operands")
+        raise ModelError(f"{where(info)}: keyword arguments {sorted(node.kwargs)}; only the product of two operands")
     src = f"{info.name} ({info.type})"
     if len(tensor_args(node)) == 1:  # a tensor by a scalar
         x, c = (a, b) if isinstance(a, fx.Node) else (b, a)
         if isinstance(c, bool) or not isinstance(c, int | float) or not np.isfinite(c) or c == 0:
-            raise ModelError(f"{_where(info)}: a product with {c!r}; the engine supports python scalars other "
+            raise ModelError(f"{where(info)}: a product with {c!r}; the engine supports python scalars other "
                              "than 0 (a tensor constant has no integer grid)")
         v = ctx.int_arg(node, info)
         sign = 1 if c > 0 else -1
         return ctx.add(IntNode(info.name, "mul", (v.node,), v.shape, v.scale * abs(float(c)), v.bound,
                                {"const": float(c), "sign": sign}, {}, src))
-    vals = [ctx.env.get(t) for t in (a, b)] if isinstance(a, fx.Node) and isinstance(b, fx.Node) else [None]
-    if any(v is None or v.is_float for v in vals):
-        raise ModelError(f"{_where(info)}: an operand is not an integer tensor (a product with the float network "
+    if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
+        raise ModelError(f"{where(info)}: an operand is not an integer tensor (a product with the float network "
                          "input or a tensor constant)")
-    va, vb = vals
-    assert va is not None and vb is not None
+    va, vb = ctx.int_operands([a, b], info, "a product with the float network input or a tensor constant")
     out = shape_of(node)
     if len(va.shape) != len(out) or len(vb.shape) != len(out) or tuple(np.broadcast_shapes(va.shape, vb.shape)) != out:
-        raise ModelError(f"{_where(info)}: product {va.shape} * {vb.shape} -> {out}; the engine supports equal "
+        raise ModelError(f"{where(info)}: product {va.shape} * {vb.shape} -> {out}; the engine supports equal "
                          "shapes and size-1 dims broadcast")
     bound = va.bound * vb.bound
     if bound >= INT64_LIMIT:
-        raise ModelError(f"{_where(info)}: the product needs {bound.bit_length() + 1} bits (|a| <= {va.bound}, "
+        raise ModelError(f"{where(info)}: the product needs {bound.bit_length() + 1} bits (|a| <= {va.bound}, "
                          f"|b| <= {vb.bound}), beyond the engine's int64")
     grid = np.asarray(np.asarray(va.scale, dtype=np.float64) * np.asarray(vb.scale, dtype=np.float64))
     if grid.ndim and grid.shape != (out[0],) + (1,) * (len(out) - 1):
@@ -363,10 +357,10 @@ def bn_affine(mod: nn.Module, info: OpInfo) -> tuple[np.ndarray, np.ndarray]:
     """``(a, b)`` (float64, one per channel) of a BatchNorm in eval semantics: ``y = a * x + b`` with
     ``a = gamma / sqrt(var + eps)``, ``b = beta - mean * a``."""
     if not isinstance(mod, _BatchNorm) or type(mod).forward is not _BatchNorm.forward:
-        raise ModelError(f"{_where(info)}: a BatchNorm subclass with its own forward; not supported by the "
+        raise ModelError(f"{where(info)}: a BatchNorm subclass with its own forward; not supported by the "
                          "integer engine")
     if mod.running_mean is None or mod.running_var is None:
-        raise ModelError(f"{_where(info)}: a BatchNorm without running statistics (track_running_stats=False) "
+        raise ModelError(f"{where(info)}: a BatchNorm without running statistics (track_running_stats=False) "
                          "normalises with batch statistics; the integer engine needs fixed ones")
     mean = mod.running_mean.detach().to(torch.float64).numpy()
     var = mod.running_var.detach().to(torch.float64).numpy()
@@ -375,7 +369,7 @@ def bn_affine(mod: nn.Module, info: OpInfo) -> tuple[np.ndarray, np.ndarray]:
     a = gamma / np.sqrt(var + float(mod.eps))
     b = beta - mean * a
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-        raise ModelError(f"{_where(info)}: BatchNorm with non-finite scale or shift")
+        raise ModelError(f"{where(info)}: BatchNorm with non-finite scale or shift")
     return a, b
 
 
@@ -388,17 +382,17 @@ def _affine(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     and ``B_c = rint(b_c / g)``. Since ``B_c`` is an integer this is ``round_half_up(q * M_c / 2**n_c + B_c)``.
     """
     v = ctx.int_arg(node, info)
-    where = _where(info)
+    at = where(info)
     if not v.shape:
-        raise ModelError(f"{where}: BatchNorm of a scalar")
+        raise ModelError(f"{at}: BatchNorm of a scalar")
     if not grids.is_channel_grid(v.scale):
-        raise ModelError(f"{where}: BatchNorm of a grid that varies in space "
+        raise ModelError(f"{at}: BatchNorm of a grid that varies in space "
                          "(channels on different grids after a pixel shuffle)")
     assert info.module is not None
     a, b = bn_affine(info.module, info)
     c = v.shape[0]
     if a.shape != (c,):
-        raise ModelError(f"{where}: {a.shape[0]} BatchNorm features for an input of shape {v.shape}")
+        raise ModelError(f"{at}: {a.shape[0]} BatchNorm features for an input of shape {v.shape}")
     cshape = (c,) + (1,) * (len(v.shape) - 1)
     g_in = grids.channels(v.scale, v.shape).reshape(-1)
     eff = np.abs(a) * g_in
@@ -409,15 +403,15 @@ def _affine(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     m = np.where(a < 0, -m_abs, m_abs).astype(np.int64)
     bias_f = np.rint(b / grid)
     if np.abs(bias_f).max(initial=0) >= INT64_LIMIT:
-        raise ModelError(f"{where}: BatchNorm shift too large for its output grid")
+        raise ModelError(f"{at}: BatchNorm shift too large for its output grid")
     bias = bias_f.astype(np.int64)
     tops = [v.bound * int(mc) + 2 ** int(nc) for mc, nc in zip(m_abs.tolist(), n.tolist(), strict=True)]
     if max(tops) >= INT64_LIMIT:
-        raise ModelError(f"{where}: the rescaled BatchNorm needs more than 62 bits; lower mult_bits")
+        raise ModelError(f"{at}: the rescaled BatchNorm needs more than 62 bits; lower mult_bits")
     bound = max(((v.bound * int(mc) + (1 << int(nc) >> 1)) >> int(nc)) + abs(int(bc))
                 for mc, nc, bc in zip(m_abs.tolist(), n.tolist(), bias.tolist(), strict=True))
     if bound >= INT64_LIMIT:
-        raise ModelError(f"{where}: the BatchNorm output needs more than 62 bits")
+        raise ModelError(f"{at}: the BatchNorm output needs more than 62 bits")
     arrays = {"M": m.reshape(cshape), "n": n.reshape(cshape), "B": bias.reshape(cshape),
               "scale_float": a.astype(np.float32).reshape(cshape), "shift_float": b.astype(np.float32).reshape(cshape)}
     attrs = {"float_op": "batch_norm", "eps": float(getattr(info.module, "eps", 0.0))}

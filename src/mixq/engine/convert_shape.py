@@ -19,14 +19,10 @@ import torch.nn.functional as F
 from torch import fx
 
 from mixq.engine import grids
-from mixq.engine.context import Ctx, Val
+from mixq.engine.context import Ctx, Val, where
 from mixq.engine.model import IntNode
 from mixq.engine.trace import OpInfo, fn_args, shape_of, tensor_args
 from mixq.errors import ModelError
-
-
-def _where(info: OpInfo) -> str:
-    return f"layer {info.name!r} ({info.type})"
 
 
 def _node(ctx: Ctx, info: OpInfo, op: str, v: Val, shape: tuple[int, ...], grid: np.ndarray,
@@ -37,7 +33,7 @@ def _node(ctx: Ctx, info: OpInfo, op: str, v: Val, shape: tuple[int, ...], grid:
 
 def image(v: Val, info: OpInfo) -> None:
     if len(v.shape) != 3:
-        raise ModelError(f"{_where(info)}: needs (C, H, W) inputs, got {v.shape}")
+        raise ModelError(f"{where(info)}: needs (C, H, W) inputs, got {v.shape}")
 
 
 # ----------------------------------------------------------------------------- flatten / reshape / cat
@@ -45,7 +41,7 @@ def image(v: Val, info: OpInfo) -> None:
 
 def flatten_val(ctx: Ctx, node: fx.Node, info: OpInfo, v: Val) -> Val:
     if v.is_float:
-        raise ModelError(f"{_where(info)}: flatten of the float network input")
+        raise ModelError(f"{where(info)}: flatten of the float network input")
     if len(v.shape) <= 1:
         return v
     grid = v.scale if v.scale.ndim == 0 else grids.full(v.scale, v.shape).reshape(-1)
@@ -61,7 +57,7 @@ def _flatten(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
         a = fn_args(node, ("input", "start_dim", "end_dim"), {"start_dim": 0, "end_dim": -1})
         start, end = a["start_dim"], a["end_dim"]
     if start != 1 or end != -1:
-        raise ModelError(f"{_where(info)}: flatten({start}, {end}); only flatten(x, 1)")
+        raise ModelError(f"{where(info)}: flatten({start}, {end}); only flatten(x, 1)")
     return flatten_val(ctx, node, info, v)
 
 
@@ -72,10 +68,10 @@ def _dims_ok(node: fx.Node, info: OpInfo, v: Val) -> None:
     a = fn_args(node, ("input", "dim"), {"dim": None})
     dims = a["dim"] if isinstance(a["dim"], list | tuple) else [a["dim"]]
     if any(d is None for d in dims):
-        raise ModelError(f"{_where(info)}: {info.kind} without a dim would touch the batch dim; give the dim")
+        raise ModelError(f"{where(info)}: {info.kind} without a dim would touch the batch dim; give the dim")
     rank = len(v.shape) + 1 + (1 if info.kind == "unsqueeze" else 0)  # the dims a dim index counts
     if any(int(d) % rank == 0 for d in dims):
-        raise ModelError(f"{_where(info)}: {info.kind} of dim 0 (the batch dim)")
+        raise ModelError(f"{where(info)}: {info.kind} of dim 0 (the batch dim)")
 
 
 def _reshape(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
@@ -87,7 +83,7 @@ def _reshape(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
         return v
     if v.is_float:
         if grids.reshape(v.scale, v.shape, out) is None:
-            raise ModelError(f"{_where(info)}: reshape {v.shape} -> {out} of the float network input; "
+            raise ModelError(f"{where(info)}: reshape {v.shape} -> {out} of the float network input; "
                              "only unit dims may be inserted or removed before the first quantizer")
         if v.moves:  # after data movement: replayed in order on the codes
             return _node(ctx, info, "reshape", v, out, v.scale, {"shape": list(out)})
@@ -97,7 +93,7 @@ def _reshape(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
         return _node(ctx, info, "reshape", v, out, grid, {"shape": list(out)})
     if len(out) == 1 and out[0] == int(np.prod(v.shape)):
         return flatten_val(ctx, node, info, v)
-    raise ModelError(f"{_where(info)}: reshape {v.shape} -> {out}; only flattening and unit dims")
+    raise ModelError(f"{where(info)}: reshape {v.shape} -> {out}; only flattening and unit dims")
 
 
 def _cat(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
@@ -105,10 +101,10 @@ def _cat(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     a = fn_args(node, ("tensors", "dim"), {"dim": 0})
     vals = [ctx.env.get(i) for i in ins]
     if any(v is None or v.is_float for v in vals):
-        raise ModelError(f"{_where(info)}: concatenates a tensor that is not integer")
+        raise ModelError(f"{where(info)}: concatenates a tensor that is not integer")
     ok = [v for v in vals if v is not None]
     if int(a["dim"]) % (len(ok[0].shape) + 1) != 1:
-        raise ModelError(f"{_where(info)}: concatenation along dim {a['dim']}; only channels")
+        raise ModelError(f"{where(info)}: concatenation along dim {a['dim']}; only channels")
     parts = [grids.channels(v.scale, v.shape) for v in ok]
     if not all(grids.is_channel_grid(p) for p in parts):
         parts = [grids.full(p, v.shape) for p, v in zip(parts, ok, strict=True)]
@@ -138,9 +134,9 @@ def pad_amounts(node: fx.Node, info: OpInfo) -> list[int]:
         a = fn_args(node, ("input", "pad", "mode", "value"), {"mode": "constant", "value": None})
         pads, mode, value = list(a["pad"]), a["mode"], float(a["value"] or 0.0)
     if mode != "constant" or value != 0.0:
-        raise ModelError(f"{_where(info)}: padding mode {mode!r} with value {value}; only zero padding")
+        raise ModelError(f"{where(info)}: padding mode {mode!r} with value {value}; only zero padding")
     if len(pads) not in (2, 4) or any(int(p) < 0 for p in pads):
-        raise ModelError(f"{_where(info)}: padding {pads}; only non-negative padding of H and W")
+        raise ModelError(f"{where(info)}: padding {pads}; only non-negative padding of H and W")
     pads = [int(p) for p in pads] + [0, 0] * (len(pads) == 2)
     return pads
 
@@ -208,7 +204,7 @@ def nearest(ctx: Ctx, node: fx.Node, info: OpInfo, v: Val, a: dict[str, Any]) ->
     (_, h, w), (_, oh, ow) = v.shape, out
     factors = scale_factors(a)
     if oh % h or ow % w or any(f is not None and f != k for f, k in zip(factors, (oh // h, ow // w), strict=True)):
-        raise ModelError(f"{_where(info)}: nearest upsampling {h}x{w} -> {oh}x{ow} (scale {a['scale_factor']}); "
+        raise ModelError(f"{where(info)}: nearest upsampling {h}x{w} -> {oh}x{ow} (scale {a['scale_factor']}); "
                          "only integer factors")
     kh, kw = oh // h, ow // w
     grid = grids.move(v.scale, v.shape, lambda g: g.repeat_interleave(kh, 2).repeat_interleave(kw, 3),

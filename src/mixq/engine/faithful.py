@@ -49,7 +49,7 @@ from torch import fx, nn
 from mixq.engine.arith import requantize, requantize_sum
 from mixq.engine.convert import to_integer
 from mixq.engine.kernels import grouped_conv2d
-from mixq.engine.model import IntModel, IntNode
+from mixq.engine.model import IntModel, IntNode, quantizer_behind
 from mixq.engine.trace import classify, tensor_args, trace
 from mixq.errors import ModelError
 from mixq.formats import format_from_dict
@@ -316,17 +316,11 @@ class _Method:
         return getattr(x, self.name)(*args, **kwargs)  # type: ignore[no-any-return]
 
 
-_MOVES = ("pad", "zero_insert", "pixel_shuffle", "upsample", "reshape")
-
-
 def _quant(inode: IntNode, nodes: dict[str, IntNode]) -> FaithfulQuant:
-    first = inode
-    while first.op in _MOVES and first.inputs and first.inputs[0] in nodes:
-        first = nodes[first.inputs[0]]
-    if first.op == "quantize":  # data movement on the float input replayed on the codes: here it ran on floats
-        return FaithfulQuant(first, None)
-    in_grid = None if inode.op == "quantize" else nodes[inode.inputs[0]].scale
-    return FaithfulQuant(inode, in_grid)
+    q = quantizer_behind(inode, nodes.__getitem__)
+    if q.op == "quantize":  # incl. data movement on the float input replayed on the codes: here it ran on floats
+        return FaithfulQuant(q, None)
+    return FaithfulQuant(q, nodes[q.inputs[0]].scale)
 
 
 class FaithfulLut(nn.Module):

@@ -65,7 +65,7 @@ lut           lookup table ``table[x - in_qmin]`` (int codes on the grid ``act_s
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +101,15 @@ class IntNode:
     def bits(self) -> int:
         """Width of a signed register holding this node's values (worst case)."""
         return int(self.bound).bit_length() + 1
+
+
+def quantizer_behind(node: IntNode, lookup: Callable[[str], IntNode]) -> IntNode:
+    """``node`` itself when it is a quantizer (``quantize`` / ``requant``, the nodes with a ``fmt``), else the
+    quantizer before the data movement that follows it (on the float input, moves are replayed on the codes
+    right after the first quantizer); ``lookup`` finds a node by name."""
+    while "fmt" not in node.attrs and node.inputs:
+        node = lookup(node.inputs[0])
+    return node
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,10 +148,7 @@ class IntModel:
     def input_quantizer(self, name: str) -> IntNode:
         """The ``quantize`` / ``requant`` node that feeds node ``name``: its input, or, when data movement on
         the float network input was replayed on the codes (pad, zero insertion ...), the quantizer before it."""
-        q = self.node(self.node(name).inputs[0])
-        while "fmt" not in q.attrs and q.inputs:
-            q = self.node(q.inputs[0])
-        return q
+        return quantizer_behind(self.node(self.node(name).inputs[0]), self.node)
 
     def compute_nodes(self) -> list[IntNode]:
         return [n for n in self.nodes if n.op in COMPUTE_OPS]
