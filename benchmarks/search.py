@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from mixq.algorithms.search import Point, SearchConfig, SearchResult, SearchSpace, SensitivityConfig, search_plan
-from mixq.algorithms.search.tasks import bundled_task
+from mixq.tasks.search import bundled_task
 from mixq.errors import ModelError
 from mixq.io import atomic_write_json, atomic_write_text
 

@@ -25,7 +25,7 @@ SHAPE = (1, 28, 28)
 
 
 def _calib(n: int = 32) -> torch.Tensor:
-    from mixq.cli.quantize import load_source
+    from mixq.tasks.data import load_source
     from mixq.data.sources import Preprocess
 
     # what `mixq quantize cnv --images n` calibrates on

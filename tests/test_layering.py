@@ -19,7 +19,9 @@ LAYER = {
     "hw": 4, "engine": 4,
     "algorithms": 5,
     "export": 6, "rtl": 6, "artifact": 6,
-    "report": 7, "api": 7, "run": 7, "cli": 7, "__init__": 7, "__main__": 7,
+    "report": 7, "api": 7,
+    "tasks": 8,
+    "run": 9, "cli": 9, "__init__": 9, "__main__": 9,
 }
 # Extra rules beyond the layer numbers.
 FORBIDDEN = {

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mixq.cli import main
-from mixq.cli import quantize as quantize_cli
+from mixq.tasks import data as quantize_cli
 from mixq.errors import DataError
 from mixq.plan import load_plan
 

@@ -256,7 +256,7 @@ def test_cli_search(tiny, tmp_path, monkeypatch) -> None:  # type: ignore[no-unt
     import typer
     from typer.testing import CliRunner
 
-    from mixq.algorithms.search import tasks
+    from mixq.tasks import search as tasks
     from mixq.cli import search as cli_search
 
     m, calib, x, y = tiny

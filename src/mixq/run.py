@@ -33,10 +33,7 @@ from mixq.hw import estimate
 from mixq.io import atomic_write_json
 from mixq.plan import QuantPlan, load_plan, save_plan
 from mixq.report import DesignView, Report, build_run_report
-
-# 1000 Fashion-MNIST *training* images (the first 1000 of the train split) for
-# activation calibration, so the shipped test subset stays unseen.
-CALIB_PATH = Path(data.__file__).parent / "assets" / "fmnist_train_calib.npz"
+from mixq.tasks.data import CALIB_PATH, fmnist_eval
 
 
 @dataclass(frozen=True)
@@ -77,17 +74,10 @@ def _load_eval_data(cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor, torch.T
     """(eval images, eval labels, calibration images), normalised."""
     if cfg.model != "cnv":
         raise MixqError(f"mixq run: model {cfg.model!r} is not supported by the demo job (use 'cnv')")
-    if cfg.dataset == "fmnist-subset":
-        x, y = data.load_fmnist_subset()
-    elif cfg.dataset == "fmnist":
-        x, y = data.load_fashion_mnist("test")
-    else:
-        raise MixqError(f"mixq run: dataset {cfg.dataset!r} is unknown (fmnist-subset, fmnist)")
-    calib, _ = data.load_fmnist_subset(CALIB_PATH)
-    if not 0 < cfg.calib_images <= calib.shape[0]:
-        raise MixqError(f"calib_images: must be in 1..{calib.shape[0]}, got {cfg.calib_images}")
-    calib = calib[: cfg.calib_images]
-    return data.normalize_gray(x), torch.as_tensor(y), data.normalize_gray(calib)
+    try:
+        return fmnist_eval(cfg.dataset, cfg.calib_images)
+    except MixqError as e:
+        raise MixqError(f"mixq run: {e}") from None
 
 
 def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None) -> dict[str, Any]:

@@ -166,14 +166,6 @@ def model_source(model: str, weights: str | None = None, input_shape: Any = None
     return src
 
 
-def load_model(src: Any, **kw: Any) -> Any:
-    """The float model of a :class:`ModelSource` (``kw``: ``ModelSource.load`` options) as every stage sees
-    it: Conv1d / ConvTranspose2d written as the 2-D convolutions mixq runs (:mod:`mixq.graph.normalize`)."""
-    from mixq.graph.normalize import normalize
-
-    return normalize(src.load(**kw), tuple(src.shape()))
-
-
 def resolve_source(model: str | None, from_: Path | None, weights: str | None = None, input_shape: Any = None,
                    ctx: Any = None) -> Any:
     """:func:`resolve_model` for the commands that take a builder: the :class:`ModelSource` of MODEL, or the
@@ -246,16 +238,3 @@ def formats(**named: str | None) -> dict[str, Any]:
         except FormatError as e:
             raise FormatError(f"--{opt.replace('_', '-')}: {e}") from None
     return out
-
-
-def layer_rows(specs: Iterable[Any]) -> dict[str, int]:
-    """Each compute layer's name -> its number of weight rows (output channels)."""
-    return {s.name: int(s.out_channels) for s in specs if s.is_compute}
-
-
-def load_checked_plan(path: Path, model: str, specs: Iterable[Any]) -> Any:
-    """``--plan FILE``: loaded and validated by the one plan check every command uses
-    (:func:`mixq.plan.validate_plan`: model name, layer names, row indices, not empty)."""
-    from mixq.plan import load_plan, validate_plan
-
-    return validate_plan(load_plan(path), model=model, layers=layer_rows(specs))

@@ -30,7 +30,6 @@ from mixq.cli._common import (
     emit,
     exclusive_with_from,
     formats,
-    load_model,
     out_dir,
     resolve_source,
     say,
@@ -39,106 +38,13 @@ from mixq.cli._common import (
 EXPORT_FORMATS = {"int": ".json", "qonnx": ".onnx", "qdq": ".onnx"}
 
 
-def builder_inputs(source: Any, size: int | None, images: int, calib: bool = True) -> tuple[Any, Any]:
-    """(evaluation inputs, calibration inputs or None) for a builder model, by its input channels: 1 -> the
-    shipped Fashion-MNIST test / train images, 3 -> the bundled photos (ImageNet statistics), at its H x W
-    (``size`` overrides both)."""
-    from mixq.data.sources import Preprocess, load_images
-    from mixq.errors import OptionError
-
-    c, h, w = source.shape()
-    try:
-        pre = Preprocess.for_input((c, h, w), size=(size, size) if size else None)
-    except OptionError as e:
-        raise OptionError(f"{source.spec}: no default data for a {c}-channel input (1 gray or 3 RGB): {e}") from None
-    if c == 1:
-        x = load_images("shipped-test", pre, images, name=f"{source.name}: shipped-test").x
-        cal = load_images("shipped", pre, 512, name=f"{source.name}: shipped").x if calib else None
-    else:
-        x = load_images("photos", pre, max(images, 1), seed=1, name=f"{source.name}: photos").x
-        cal = load_images("photos", pre, 64, seed=0, name=f"{source.name}: photos").x if calib else None
-    return x[:images], cal
-
-
-def inputs(model: Any, size: int | None, images: int, calib: bool = True) -> tuple[Any, Any]:
-    """(evaluation inputs, calibration inputs or None) for a zoo model (a name or a zoo
-    :class:`~mixq.zoo.source.ModelSource`) or a builder's (:func:`builder_inputs`)."""
-    import torch
-
-    from mixq import data, zoo
-    from mixq.errors import MixqError
-
-    if not isinstance(model, str):
-        if model.kind != "zoo":
-            return builder_inputs(model, size, images, calib)
-        model = model.name
-    if model == "cnv":
-        from mixq.run import RunConfig, _load_eval_data
-
-        xe, _, shipped = _load_eval_data(RunConfig(calib_images=512))
-        return xe[:images], shipped
-    c, h, _ = zoo.input_shape(model)
-    s = size or h
-    if c != 3:
-        raise MixqError(f"{model}: only CNV and 3-channel ImageNet models have data here")
-    cal = data.calibration_set(64, size=s, seed=0) if calib else None
-    try:
-        imgs, _ = data.foolbox_samples("imagenet")
-        x = torch.stack([data.imagenet_preprocess(i, resize=max(s * 256 // 224, s), crop=s) for i in imgs])
-    except MixqError:
-        x = data.calibration_set(max(images, 1), size=s, seed=1)
-    return x[:images], cal
-
-
-def artifact_inputs(art: Any, images: int) -> Any:
-    """Inputs for an artifact's checks from the data it records: its ``--eval`` source, else its calibration
-    source, with its preprocessing (a 1-D model's .npz signals as they are); ``None`` when it records none."""
-    from mixq.cli.quantize import load_source, recorded_data
-
-    calib, evalsrc, pre = recorded_data(art.summary)
-    source = evalsrc or calib
-    if source is None or art.source is None:
-        return None
-    shape = tuple(art.source.shape())
-    if pre is None and len(shape) >= 3:
-        return None
-    return load_source(source, pre, images, f"--from {art.folder}:", shape).x[:images]
-
-
 def prepare(model: Any, plan_path: Path | None, weight: str, act: str, size: int | None,
             images: int, from_: Path | None = None) -> tuple[Any, Any]:
-    """(fake-quant model, evaluation inputs): the ``--from`` artifact's model as it is, or ``model`` (a
-    :class:`~mixq.zoo.source.ModelSource` or a zoo name) under ``--plan`` / the default plan for
-    ``weight`` / ``act``, calibrated with min-max."""
-    if from_ is not None:
-        from mixq.artifact import load_artifact
+    """:func:`mixq.tasks.models.quantized` with the ``--weight`` / ``--act`` options parsed (naming them on error)."""
+    from mixq.tasks.models import quantized
 
-        art = load_artifact(from_)
-        recorded = artifact_inputs(art, images) if size is None else None
-        if recorded is not None:
-            return art.qmodel, recorded
-        x, _ = inputs(art.source if art.source is not None else art.model_name, size, images, calib=False)
-        return art.qmodel, x
-
-    import torch
-
-    from mixq import api
-    from mixq.cli._common import load_checked_plan, model_source
-    from mixq.graph.bnfold import fold_bn
-    from mixq.graph.capture import capture
-
-    src = model_source(model) if isinstance(model, str) else model
-    fmts = formats(weight=weight, act=act)
-    torch.manual_seed(0)
-    m = load_model(src, pretrained=True)
-    folded = fold_bn(m.eval())
-    x, calib = inputs(src, size, images)
-    if plan_path is not None:
-        c, h, w = src.shape()
-        plan = load_checked_plan(plan_path, src.name, capture(folded, (c, size or h, size or w)))
-    else:
-        plan = api.default_plan(src.name, folded, calib[:64], weight=fmts["weight"], act=fmts["act"])
-    return api.quantize(folded, plan, calib, fold=False), x
+    fmts = formats(weight=weight, act=act) if from_ is None else {"weight": None, "act": None}
+    return quantized(model, plan_path, fmts["weight"], fmts["act"], size, images, from_)
 
 
 def _layer_rows(layers: list[dict[str, Any]]) -> list[str]:

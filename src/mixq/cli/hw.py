@@ -20,32 +20,11 @@ from mixq.cli._common import (
     exclusive_with_from,
     formats,
     json_mode,
-    load_checked_plan,
-    load_model,
     out_dir,
     real,
     resolve_source,
     say,
 )
-
-
-def _plan_for(model: str, specs: list[Any], plan_path: Path | None, weight: str, act: str,
-              from_: Path | None = None) -> Any:
-    from mixq.plan import uniform_plan
-
-    if from_ is not None:  # the plan as quantize applied it (MSQ rows filled in), checked against the model
-        from mixq.artifact import read_checkpoint
-        from mixq.cli._common import layer_rows
-        from mixq.plan import validate_plan
-
-        ck = read_checkpoint(from_)
-        return validate_plan(ck.plan, model=model, layers=layer_rows(specs))
-    if plan_path is not None:
-        return load_checked_plan(plan_path, model, specs)
-    fmts = formats(weight=weight, act=act)
-    names = [s.name for s in specs if s.is_compute]
-    # the first layer sees normalised (signed) images; every other input follows a ReLU
-    return uniform_plan(model, names, fmts["weight"], fmts["act"], signed_inputs=names[:1])
 
 
 def _print(est: Any) -> None:
@@ -109,16 +88,17 @@ def register(app: typer.Typer) -> None:
         exclusive_with_from(from_, plan=plan is not None, weight=weight != DEFAULT_WEIGHT, act=act != DEFAULT_ACT)
         folder = out_dir(out, "estimate", name)
         from mixq.errors import CheckFailed
-        from mixq.graph.capture import capture
         from mixq.hw import ArchOptions, get_part
         from mixq.hw import estimate as hw_estimate
         from mixq.io import atomic_write_json
+        from mixq.tasks.models import hw_plan, layer_specs
 
         p = get_part(part)
         if clock_mhz is not None:
             p = p.with_(clock_mhz=clock_mhz)
-        specs = capture(load_model(src, pretrained=False), src.shape())
-        qplan = _plan_for(name, specs, plan, weight, act, from_)
+        fmts = formats(weight=weight, act=act) if from_ is None and plan is None else {"weight": None, "act": None}
+        specs = layer_specs(src)
+        qplan = hw_plan(name, specs, plan, fmts["weight"], fmts["act"], from_)
         est = hw_estimate(specs, qplan, p, arch, parts=parts, fold=fold, target_fps=target_fps,
                           options=ArchOptions(link_gbps=link_gbps, ddr_weights="auto" if ddr_weights else "never"))
         atomic_write_json(folder / "estimate.json", est.to_dict())

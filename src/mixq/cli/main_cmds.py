@@ -15,7 +15,6 @@ from mixq.cli._common import (
     choice,
     count,
     emit,
-    load_model,
     model_source,
     out_dir,
     out_option,
@@ -93,10 +92,11 @@ def register(app: typer.Typer) -> None:
         """Print a model's layers: shapes, kernels, parameters and MACs."""
         src = model_source(model, weights, input_shape)
         folder = out_dir(out, "capture", src.name)
-        from mixq.graph.capture import capture, summary_table
+        from mixq.graph.capture import summary_table
         from mixq.io import atomic_write_json
+        from mixq.tasks.models import layer_specs
 
-        specs = capture(load_model(src, pretrained=False), src.shape())
+        specs = layer_specs(src)
         layers = [s.to_dict() for s in specs]
         atomic_write_json(folder / "layers.json", layers)
         emit({"model": src.name, "source": src.spec, "layers": layers, "macs": sum(s.macs for s in specs)},

@@ -134,8 +134,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Quantization-aware training of a zoo model under a plan; writes plan.json + model.pt."""
         from mixq.algorithms.qat import init_distributed, low_bit_plan, train_qat
-        from mixq.cli._common import load_checked_plan
         from mixq.graph.capture import capture
+        from mixq.tasks.models import load_checked_plan
         from mixq.zoo import input_shape
 
         folder = _start("qat", out, model, resume)

@@ -4,49 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from mixq.cli._common import FROM, choice, count, emit, out_dir, real
 
 TASKS = ("cnv", "mobilenet_v2")
-
-
-def artifact_task(folder: Path, calib_images: int, eval_images: int, eval_source: str | None) -> tuple[Any, ...]:
-    """``(name, float model, calibration images, eval_fn)`` of a `mixq quantize` artifact: its model source
-    (real weights), its calibration source and preprocessing as recorded; the figure is top-1 on
-    ``eval_source`` (or the artifact's ``--eval``) when that has labels, else argmax agreement with the float
-    model on images of the calibration source that calibration does not use."""
-    from mixq.algorithms.search.evaluate import AccuracyEval, AgreementEval
-    from mixq.artifact import read_checkpoint, read_summary
-    from mixq.cli._common import load_model
-    from mixq.cli.quantize import load_source, recorded_data
-    from mixq.data.sources import Preprocess
-    from mixq.errors import DataError
-    from mixq.zoo.source import ModelSource
-
-    ck = read_checkpoint(folder)
-    summary = read_summary(folder)
-    src = ck.source if ck.source is not None else ModelSource(ck.model_name)
-    net = load_model(src, pretrained=bool(summary.get("pretrained", True)), fallback=False)
-    calib_src, recorded_eval, pre = recorded_data(summary)
-    shape = tuple(src.shape())
-    if pre is None and len(shape) >= 3:
-        pre = Preprocess.for_input(shape)
-    source = calib_src or ("shipped" if shape[0] == 1 else "photos")
-    eval_source = eval_source or recorded_eval
-    if eval_source is not None:
-        evalset = load_source(eval_source, pre, eval_images, "--eval", shape)
-        calib = load_source(source, pre, calib_images, "--calib", shape).x
-        if evalset.labelled:
-            return ck.model_name, net, calib, AccuracyEval(evalset.x, evalset.y)
-        return ck.model_name, net, calib, AgreementEval.of(net, evalset.x)
-    both = load_source(source, pre, calib_images + eval_images, "--calib", shape).x
-    if len(both) <= calib_images:
-        raise DataError(f"--from {folder}: calibration source {source!r} has {len(both)} images, none left to "
-                        f"judge the plans on; lower --calib-images or give --eval")
-    return ck.model_name, net, both[:calib_images], AgreementEval.of(net, both[calib_images:])
 
 
 def search_cmd(
@@ -90,8 +53,8 @@ def search_cmd(
     folder = out_dir(out, "search", model or Path(str(from_)).name)
     from mixq.algorithms.search import SearchConfig, SensitivityConfig, search_plan
     from mixq.algorithms.search.output import write_outputs
-    from mixq.algorithms.search.tasks import bundled_task
     from mixq.hw import get_part
+    from mixq.tasks.search import artifact_task, bundled_task
 
     get_part(part)
     if from_ is not None:
