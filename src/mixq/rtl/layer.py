@@ -106,6 +106,13 @@ def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "aut
     lines: list[str] = []
     v = lines.append
     pre = f"{mem_dir.rstrip('/')}/" if mem_dir else ""
+
+    def rom(name: str, file: str, words: list[int], width: int, attr: str = "") -> None:
+        """A memory of ``words`` (``width`` bits each), initialised from ``file``, which ``out`` carries."""
+        out.mems[file] = (words, width)
+        v(f"  {attr}reg [{width - 1}:0] {name} [0:{len(words) - 1}];")
+        v(f'  initial $readmemh("{pre}{file}", {name});')
+
     lo_all, hi_all = [int(x) for x in d.lo], [int(x) for x in d.hi]
     qw = signed_width(lo_all + hi_all)
     uniform = len(set(lo_all)) == 1 and len(set(hi_all)) == 1
@@ -176,10 +183,7 @@ def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "aut
         codes = _weight_codes(d, c, fold * simd)
         for u in range(c.units):
             words = _weight_words(codes, c, u, tiles, fold, simd)
-            fname = f"{top}_{pfx}_u{u}_w.mem"
-            out.mems[fname] = (words, ww)
-            v(f"  {mem_attr}reg [{ww - 1}:0] {pfx}_wm{u} [0:{depth - 1}];")
-            v(f'  initial $readmemh("{pre}{fname}", {pfx}_wm{u});')
+            rom(f"{pfx}_wm{u}", f"{top}_{pfx}_u{u}_w.mem", words, ww, mem_attr)
             v(f"  reg [{ww - 1}:0] {pfx}_wq{u};")
             if weights == "rom":
                 v(f"  always @(posedge clk) {pfx}_wq{u} <= {pfx}_wm{u}[waddr];")
@@ -193,10 +197,7 @@ def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "aut
                 for t in range(tiles):
                     r = int(c.slots[t, u * c.outs]) if t < c.tiles else -1
                     gb.append((r // rows_per_group) * fold if r >= 0 else 0)
-                gname = f"{top}_{pfx}_u{u}_g.mem"
-                out.mems[gname] = (gb, ia)
-                v(f"  reg [{ia - 1}:0] {pfx}_gb{u} [0:{tiles - 1}];")
-                v(f'  initial $readmemh("{pre}{gname}", {pfx}_gb{u});')
+                rom(f"{pfx}_gb{u}", f"{top}_{pfx}_u{u}_g.mem", gb, ia)
                 v(f"  reg [{simd * ab - 1}:0] {pfx}_aq{u};")
                 v(f"  always @(posedge clk) {pfx}_aq{u} <= inbuf[{pfx}_gb{u}[t] + sf];")
                 act = f"{pfx}_aq{u}"
@@ -242,10 +243,7 @@ def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "aut
                         f = [int(d.mult[row]), int(d.const[row]), row, 1] + (
                             [] if uniform else [lo_all[row], hi_all[row]])
                     prm.append(pack(f, fields_w))
-            pname = f"{top}_{q}_p.mem"
-            out.mems[pname] = (prm, pwid)
-            v(f"  reg [{pwid - 1}:0] {q}_pm [0:{tiles * s_n - 1}];")
-            v(f'  initial $readmemh("{pre}{pname}", {q}_pm);')
+            rom(f"{q}_pm", f"{top}_{q}_p.mem", prm, pwid)
             v(f"  reg signed [{accw - 1}:0] {q}_x; reg [{pa - 1}:0] {q}_a; reg {q}_va;")
             v(f"  reg signed [{accw - 1}:0] {q}_m;")
             v("  always @(*) begin")
