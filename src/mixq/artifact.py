@@ -68,15 +68,29 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class Artifact:
-    """A quantize artifact loaded: the fake-quant model exactly as `quantize` left it (eval mode)."""
+    """A quantize artifact loaded: its checkpoint, and the fake-quant model exactly as `quantize` left it
+    (eval mode)."""
 
     folder: Path
-    model_name: str
-    plan: QuantPlan
-    recipe: dict[str, Any]
+    checkpoint: Checkpoint
     qmodel: nn.Module
     summary: dict[str, Any]
-    source: ModelSource | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.checkpoint.model_name
+
+    @property
+    def plan(self) -> QuantPlan:
+        return self.checkpoint.plan
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        return self.checkpoint.recipe
+
+    @property
+    def source(self) -> ModelSource | None:
+        return self.checkpoint.source
 
 
 def save_artifact(folder: str | os.PathLike[str], model_name: str, plan: QuantPlan, recipe: dict[str, Any],
@@ -271,5 +285,4 @@ def load_artifact(folder: str | os.PathLike[str]) -> Artifact:
     summary = read_summary(root)
     progress.log("artifact loaded", folder=str(root), model=ck.model_name, recipe=ck.recipe.get("name", "?"),
                  layers=len(ck.plan))
-    return Artifact(folder=root, model_name=ck.model_name, plan=ck.plan, recipe=ck.recipe, qmodel=q,
-                    summary=summary, source=ck.source)
+    return Artifact(folder=root, checkpoint=ck, qmodel=q, summary=summary)
