@@ -60,8 +60,8 @@ def run_qdq(model: Any, x: torch.Tensor | np.ndarray, optimize: bool = True) -> 
     """Execute an ONNX model on ``x`` with onnxruntime (CPU); ``optimize=False`` keeps the graph as written.
 
     With ``optimize=True`` onnxruntime fuses Q/DQ pairs into integer kernels; on x86 CPUs with AVX2
-    but without VNNI its u8·s8 kernels saturate int16 pair sums (measured: up to 48% of the largest
-    logit on CNV W8A8), so only the graph as written is a faithful check there.
+    but without VNNI its u8·s8 kernels saturate int16 pair sums (benchmarks/results/design_measurements.md,
+    "onnxruntime QDQ check"), so only the graph as written is a faithful check there.
     """
     try:
         import onnxruntime as ort

@@ -59,10 +59,8 @@ class GPTQConfig:
     ``damp``: added to ``H``'s diagonal as a fraction of its mean (for GPTQ's updates);
     ``target_damp``: the same
     for the float target's least-squares weights — a ridge that keeps ``W*`` near ``W`` where the
-    calibration images cannot pin it down (W4A8 MobileNetV2, 240 fidelity inputs: 0.01 -> 69.6% /
-    5.34 dB, 0.3 -> 75.8% / 6.80 dB, 1 -> 83.8% / 8.44 dB, 3 -> 87.1% / 9.37 dB, 10 -> 87.5% /
-    9.44 dB, 30 -> 87.1% / 9.06 dB; CNV W4A8 logit SQNR 34.3, 34.4, 34.6, 34.5, 34.5 dB at 0.01,
-    0.1, 1, 3, 10; symmetric 80.4% / 7.57 dB and 32.7 dB); ``act_order``: quantize columns by
+    calibration images cannot pin it down (the sweep behind the default is in
+    benchmarks/results/design_measurements.md, "GPTQ"); ``act_order``: quantize columns by
     decreasing ``H_jj``; ``holdout``: make every row's choices out of sample (see
     :func:`gptq_layer`); ``scale_ratios``: candidate row scales (fractions of the row's largest
     weight) tried beside the layer's own; ``block``: columns per lazy update; ``max_bits``: layers
@@ -231,8 +229,7 @@ def gptq_layer(layer: QConv2d | QLinear, stats: InputStats | tuple[InputStats, I
 
     Rows are independent, so every row picks its best candidate on that error: GPTQ at the
     layer's scales, GPTQ at each of ``cfg.scale_ratios`` of the row's largest weight (a clipped
-    row hands GPTQ errors it cannot spread — measured on MobileNetV2's first depthwise layer: 2.1x
-    round-to-nearest's error at the output-aware clip, 0.75x without clipping), or plain
+    row hands GPTQ errors it cannot spread; design_measurements.md, "GPTQ"), or plain
     round-to-nearest. ``rows`` (layers with two row formats): ``plan`` keeps ``layer.row_scheme``,
     ``count`` re-chooses the same number of second-format rows, ``auto`` gives every row the format
     with the smaller error (the new scheme goes to ``layer.row_scheme``, the rows to ``alt_rows``).
@@ -324,8 +321,8 @@ def input_stats(layer: QConv2d | QLinear, inputs: list[torch.Tensor],
     layer's input quantizer; ``float_inputs``: the float model's input of the same layer)."""
     parts: list[list[torch.Tensor | None]] = [[None, None], [None, None]]
     for b, xb in enumerate(inputs):
-        # one batch's products in float32 (1.8x faster than float64 on MobileNetV2's depthwise layers,
-        # 1e-6 relative error), summed over the batches in float64
+        # one batch's products in float32 (faster, 1e-6 relative error; design_measurements.md, "GPTQ"),
+        # summed over the batches in float64
         c = columns(layer, quantized_input(layer, xb)).float()
         acc = parts[b % 2]
         terms = [torch.bmm(c, c.transpose(1, 2)).double()]

@@ -2,17 +2,16 @@
 
 The weight observers (:mod:`mixq.quant.observers`) choose a row's scale from the weights alone:
 ``minmax`` keeps every weight, ``mse`` minimizes ``||w - Q(w)||²`` and clips the largest ones. Which
-is better depends on the inputs: measured at W4A8, MSE scales beat min-max on MobileNetV2 (40.0% vs
-9.2% top-1 agreement with FP32) and lose on CNV (98.69% / 21.4 dB vs 98.95% / 23.8 dB). What counts
+is better depends on the inputs (at W4A8 MSE wins on MobileNetV2 and loses on CNV; figures in
+benchmarks/results/design_measurements.md, "Output-aware weight scales"). What counts
 is the output error ``E[((w - Q(w)) · x)²]`` over the layer's real inputs ``x``. With the input's
 per-feature mean ``μ`` and variance ``σ²`` (cross-covariances dropped) that is
 
     Σ_j Δ_j² σ_j²  +  (Σ_j Δ_j μ_j)²,      Δ = w - Q(w),
 
 the second term being the mean output shift (which bias correction could remove afterwards; keeping
-it in the search measured better with bias correction too: MobileNetV2 W4A8 + BC 79.6% / 7.19 dB
-against 77.9% / 6.57 dB without it). Measured without bias correction: MobileNetV2 74.6% / 5.43 dB,
-CNV 99.19% / 24.3 dB, above both observers. Each row's clipping ratio is searched on a
+it in the search measured better with bias correction too). The result beats both observers on
+both benchmark models (same section). Each row's clipping ratio is searched on a
 coarse grid over ``(0, 1]`` of its largest magnitude, then refined around the best, for every row
 format of the layer (fixed point and SP2 rows alike); only per-row (``channel``) scales are searched.
 """

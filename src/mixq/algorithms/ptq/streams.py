@@ -2,10 +2,9 @@
 
 Cross-layer equalization (:mod:`~mixq.algorithms.ptq.cle`) only rescales pairs of layers
 joined by a single path; the tensors that residual connections add together are left alone,
-and they are where per-tensor activation quantization hurts most: on the torchvision
-MobileNetV2 the input of ``features.17.conv.0.0`` (the stream of blocks 14-16) spans 34.4
-with a median channel maximum of 6.6, and quantizing that one activation to 8 bits alone
-costs the logits 21 dB of SQNR.
+and they are where per-tensor activation quantization hurts most: a stream's few wide channels
+set the range of all the others (the MobileNetV2 figures are in
+benchmarks/results/design_measurements.md, "Residual streams").
 
 A *stream* is a set of tensors joined by residual adds and by channel-wise positively
 homogeneous ops (ReLU, max/avg pooling, global pooling, flatten). Dividing channel ``j`` of

@@ -74,8 +74,7 @@ def pareto_items(items: tuple[Item, ...]) -> list[int]:
 
 
 # HiGHS' relative optimality gap. The sensitivities are estimates, so 1% is far inside their
-# error; measured on MobileNetV2 / XCZU9EG (53 layers, ~3000 items, 4 budgets): the same optimum as
-# a 0.1% gap at every budget, 0.9-1.4 s instead of 1.1-4.5 s (benchmarks/results/search_ilp.md).
+# error; it found the same optimum as 0.1%, faster (benchmarks/results/design_measurements.md, "ILP gap").
 ILP_GAP = 1e-2
 
 
