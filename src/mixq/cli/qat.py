@@ -32,44 +32,6 @@ _MAX_TEST = count(None, "use only the first N test images")
 _THREADS = count(None, "torch threads")
 
 
-def _data(dataset: str, root: Path | None, max_train: int | None, max_test: int | None) -> tuple[Any, ...]:
-    from mixq.data import load_fashion_mnist, load_mnist, normalize_gray
-
-    load = load_fashion_mnist if dataset == "fmnist" else load_mnist
-    import torch
-
-    xtr, ytr = load("train", root)
-    xte, yte = load("test", root)
-    xtr, ytr, xte, yte = xtr[:max_train], ytr[:max_train], xte[:max_test], yte[:max_test]
-    return (normalize_gray(xtr), torch.as_tensor(ytr, dtype=torch.int64),
-            normalize_gray(xte), torch.as_tensor(yte, dtype=torch.int64))
-
-
-def _model(name: str, weights: Path | None) -> Any:
-    """The float model to train: the zoo's weights, or ``--weights`` (checked for NaN/Inf/absurd values)."""
-    from mixq import validate, zoo
-    from mixq.errors import ModelError
-
-    if weights is None:
-        model = zoo.load(name, pretrained=True)
-    else:
-        state = validate.load_state(weights, "--weights")
-        model = zoo.load(name)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            first = " ".join(str(e).split())[:300]
-            raise ModelError(f"--weights {weights}: does not match model {name} ({first})") from None
-    validate.model(model, f"model {name}" if weights is None else f"--weights {weights}")
-    return model.eval()
-
-
-def _fill() -> float:
-    from mixq.data import GRAY_MEAN, GRAY_STD
-
-    return -GRAY_MEAN / GRAY_STD
-
-
 def _qat_config(**kw: Any) -> Any:
     from mixq.algorithms.qat import QatConfig
 
@@ -133,32 +95,21 @@ def register(app: typer.Typer) -> None:
         threads: int | None = _THREADS,
     ) -> None:
         """Quantization-aware training of a zoo model under a plan; writes plan.json + model.pt."""
-        from mixq.algorithms.qat import init_distributed, low_bit_plan, train_qat
-        from mixq.graph.capture import capture
-        from mixq.tasks.models import load_checked_plan
-        from mixq.zoo import input_shape
+        from mixq.algorithms.qat import init_distributed, train_qat
+        from mixq.tasks.training import PAD_FILL, qat_plan, start_model, training_data
 
         folder = _start("qat", out, model, resume)
         fmts = formats(weight=weight, act=act, weight_alt=weight_alt)
         init_distributed()
-        xtr, ytr, xte, yte = _data(dataset, data_root, max_train, max_test)
-        fp = _model(model, weights)
-        if plan is not None:
-            qplan = load_checked_plan(plan, model, capture(fp, input_shape(model)))
-        else:
-            qplan = low_bit_plan(model, fp, xtr[:64], fmts["weight"], fmts["act"],
-                                 weight_alt=fmts["weight_alt"],
-                                 alt_ratio=alt_ratio if weight_alt else 0.0,
-                                 first_last_bits=first_last_bits or None)
-        if any(lp.weight_alt is not None and lp.alt_rows is None for _, lp in qplan.items()):
-            from mixq.algorithms.msq import assign_rows
-
-            qplan = assign_rows(fp, qplan)
+        xtr, ytr, xte, yte = training_data(dataset, data_root, max_train, max_test)
+        fp = start_model(model, weights)
+        qplan = qat_plan(model, fp, xtr[:64], plan, fmts["weight"], fmts["act"], fmts["weight_alt"], alt_ratio,
+                         first_last_bits or None)
         cfg = _qat_config(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed,
                           weight_quant=weight_quant, act_quant=act_quant, grad_bits=grad_bits, bn=bn,
                           kd_alpha=kd_alpha, kd_temperature=kd_temperature, checkpoint_every=checkpoint_every,
                           threads=threads)
-        res = train_qat(fp, qplan, (xtr, ytr), cfg, folder, val=(xte, yte), resume=resume, fill=_fill())
+        res = train_qat(fp, qplan, (xtr, ytr), cfg, folder, val=(xte, yte), resume=resume, fill=PAD_FILL)
         _echo(res.summary, folder)
 
     @app.command()
@@ -191,19 +142,20 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Prune, fine-tune and quantize the pruned layers with focused formats (QAT)."""
         from mixq.algorithms.prune import PruneConfig, prune_and_quantize
-        from mixq.algorithms.qat import init_distributed, low_bit_plan
+        from mixq.algorithms.qat import init_distributed
+        from mixq.tasks.training import PAD_FILL, qat_plan, start_model, training_data
 
         folder = _start("prune", out, model, resume)
         fmts = formats(weight=weight, act=act)
         init_distributed()
-        xtr, ytr, xte, yte = _data(dataset, data_root, max_train, max_test)
-        fp = _model(model, weights)
-        base = low_bit_plan(model, fp, xtr[:64], fmts["weight"], fmts["act"], first_last_bits=8)
+        xtr, ytr, xte, yte = training_data(dataset, data_root, max_train, max_test)
+        fp = start_model(model, weights)
+        base = qat_plan(model, fp, xtr[:64], None, fmts["weight"], fmts["act"])
         pcfg = PruneConfig(sparsity=sparsity, method=method, criterion=criterion, scope=scope,
                            finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
                            focused_bits=focused_bits or None)
         cfg = _qat_config(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, kd_alpha=kd_alpha,
                           checkpoint_every=checkpoint_every, threads=threads)
         res = prune_and_quantize(fp, base, (xtr, ytr), pcfg, cfg, folder, val=(xte, yte), resume=resume,
-                                 fill=_fill())
+                                 fill=PAD_FILL)
         _echo(res.summary, folder)
