@@ -62,8 +62,13 @@ _ACT = typer.Option(DEFAULT_ACT, help="activation format of the default plan")
 _SIZE = count(None, "input resolution of ImageNet and builder models (default: the model's)", 8)
 
 
-def _no_plan_options(from_: Path | None, plan: Path | None, weight: str, act: str) -> None:
+def _checked(ctx: typer.Context, command: str, model: str | None, from_: Path | None, weights: str | None,
+             input_shape: str | None, plan: Path | None, weight: str, act: str, out: Path | None) -> tuple[Any, Path]:
+    """(model source, output folder), every option checked before any work: MODEL or ``--from`` (which
+    refuses the options that would build another model or plan), the output folder writable."""
+    src = resolve_source(model, from_, weights, input_shape, ctx=ctx)
     exclusive_with_from(from_, plan=plan is not None, weight=weight != DEFAULT_WEIGHT, act=act != DEFAULT_ACT)
+    return src, out_dir(out, command, src.name)
 
 
 def register(app: typer.Typer) -> None:
@@ -92,10 +97,7 @@ def register(app: typer.Typer) -> None:
         from mixq.errors import CheckFailed
         from mixq.io import atomic_write_json
 
-        src = resolve_source(model, from_, weights, input_shape, ctx=ctx)
-        name = src.name
-        _no_plan_options(from_, plan, weight, act)
-        folder = out_dir(out, "verify", name)
+        src, folder = _checked(ctx, "verify", model, from_, weights, input_shape, plan, weight, act, out)
         qmodel, x = prepare(src, plan, weight, act, size, images, from_)
         rep = verify(qmodel, x, batch_size=batch_size, mult_bits=mult_bits, acc_bits=acc_bits, overflow=overflow)
         if from_ is not None:
@@ -112,7 +114,7 @@ def register(app: typer.Typer) -> None:
         lines.append(f"wrote {folder / 'verify.json'}")
         emit({k: v for k, v in rep.items() if k != "layers"} | {"out": str(folder)}, lines)
         if not rep["exact"]:
-            raise CheckFailed(f"verify {name}: the integer engine differs from hardware-faithful fake quant in "
+            raise CheckFailed(f"verify {src.name}: the integer engine differs from hardware-faithful fake quant in "
                               f"{rep['mismatching_outputs']} of {rep['total_outputs']} outputs")
 
     @app.command("export")
@@ -134,10 +136,7 @@ def register(app: typer.Typer) -> None:
         images: int = count(16, "inputs for --check"),
     ) -> None:
         """Export a quantized zoo model (or a --from artifact, as it is) as QONNX, ONNX QDQ or the integer model."""
-        src = resolve_source(model, from_, weights, input_shape, ctx=ctx)
-        name = src.name
-        _no_plan_options(from_, plan, weight, act)
-        folder = out_dir(out, "export", name)
+        src, folder = _checked(ctx, "export", model, from_, weights, input_shape, plan, weight, act, out)
         from mixq.engine import to_integer
         from mixq.export import EXPORTERS
         from mixq.export.check import check_export
