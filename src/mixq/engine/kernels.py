@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from mixq.engine.arith import exact_dtype
 from mixq.engine.model import IntNode
 from mixq.errors import ModelError
-from mixq.formats import format_from_dict
+from mixq.formats import FORMATS, format_from_dict
 
-SHIFT_ADD_KINDS = ("sp2", "pot", "binary", "ternary")
+# formats whose rows the engine computes as shift-add planes: each format class says so (``shift_add``)
+SHIFT_ADD_KINDS: tuple[str, ...] = tuple(k for k, cls in FORMATS.items() if getattr(cls, "shift_add", False))
 PRODUCTS = ("shift_add", "multiply")
 
 
@@ -87,7 +88,8 @@ class DotProgram:
         codes = np.asarray(node.arrays["weight"], dtype=np.int64)
         fmts = [format_from_dict(f) for f in a["formats"]]
         row_fmt = np.asarray(node.arrays["row_format"], dtype=np.int64)
-        sa_rows = np.array([products == "shift_add" and fmts[i].kind in SHIFT_ADD_KINDS for i in row_fmt])
+        shift_add = [products == "shift_add" and bool(getattr(f, "shift_add", False)) for f in fmts]
+        sa_rows = np.array([shift_add[i] for i in row_fmt])
         self.gemms: list[_Gemm] = []
         f32 = _float32_exact_ok()
         subset = groups == 1

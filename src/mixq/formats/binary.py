@@ -29,6 +29,7 @@ class Binary(TableFormat):
     """Levels ``{-1, +1}``; one storage bit; products are XNOR-popcount."""
 
     kind = "binary"
+    shift_add = True  # the integer engine computes its rows as shift-add planes (mixq.engine.kernels)
 
     @property
     def frac_bits(self) -> int:
@@ -65,6 +66,7 @@ class Ternary(TableFormat):
             raise FormatError(f"ternary.threshold: expected a number in (0, 10), got {t!r}")
 
     kind = "ternary"
+    shift_add = True  # the integer engine computes its rows as shift-add planes (mixq.engine.kernels)
 
     @property
     def frac_bits(self) -> int:

@@ -16,13 +16,16 @@ PyTorch's own fake-quant do).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from mixq.errors import FormatError
-from mixq.formats._common import check_bool, check_int, out_dtype, scale_tensor
+from mixq.formats import _common
+from mixq.formats._common import check_bool, check_int
+
+if TYPE_CHECKING:
+    import torch
 
 
 def csd(q: int) -> tuple[tuple[int, int], ...]:
@@ -59,16 +62,11 @@ def csd_digits(q: torch.Tensor) -> torch.Tensor:
     Uses the identity ``weight(CSD(n)) == popcount(3n XOR n)`` (the non-adjacent form of
     ``n`` is ``(3n >> 1) - (n >> 1)`` digit-wise).
 
+    >>> import torch
     >>> csd_digits(torch.tensor([0, 1, 3, 7, -5, 15])).tolist()
     [0, 1, 2, 2, 2, 2]
     """
-    n = q.abs().to(torch.int64)
-    x = (3 * n) ^ n
-    count = torch.zeros_like(n)
-    while bool((x != 0).any()):
-        count += x & 1
-        x = x >> 1
-    return count
+    return _common.kernels().csd_digits(q)
 
 
 @dataclass(frozen=True)
@@ -88,6 +86,7 @@ class FixedPoint:
             raise FormatError("fixed.narrow: only meaningful for a signed format (signed=false given)")
 
     kind = "fixed"
+    shift_add = False  # the integer engine multiplies (mixq.engine.kernels)
 
     @property
     def frac_bits(self) -> int:
@@ -120,17 +119,14 @@ class FixedPoint:
 
     def quantize(self, x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
         """``clamp(round(x / scale), qmin, qmax)`` as int64 (ties to even)."""
-        y = torch.round(x / scale_tensor(scale, x))
-        return y.clamp_(self.qmin, self.qmax).to(torch.int64)
+        return (_common._K or _common.kernels()).fixed_quantize(x, scale, self.qmin, self.qmax)
 
     def dequantize(self, q: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
-        dt = out_dtype(scale)
-        return q.to(dt) * scale_tensor(scale, q).to(dt)
+        return (_common._K or _common.kernels()).fixed_dequantize(q, scale)
 
     def snap(self, x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
         """Fake-quantized value in ``x``'s dtype (no int round-trip)."""
-        s = scale_tensor(scale, x).to(x.dtype)
-        return torch.round(x / s).clamp_(self.qmin, self.qmax) * s
+        return (_common._K or _common.kernels()).fixed_snap(x, scale, self.qmin, self.qmax)
 
     def decompose(self, q: int) -> tuple[tuple[int, int], ...]:
         """The CSD digits of ``q``: the shift-add terms of a constant multiplier."""

@@ -30,13 +30,15 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from mixq.errors import FormatError
-from mixq.formats._common import TableFormat, check_int, is_pow2
+from mixq.formats._common import TableFormat, check_int, is_pow2, kernels
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _log2_exact(v: float, name: str) -> int:
@@ -100,6 +102,7 @@ class Focused(TableFormat):
         _table(self.bits, self.means, self.spreads)
 
     kind = "focused"
+    shift_add = False  # the integer engine multiplies (mixq.engine.kernels)
 
     @property
     def frac_bits(self) -> int:
@@ -166,8 +169,8 @@ def fit_focused(w: torch.Tensor | np.ndarray, bits: int = 4, max_samples: int = 
     subset of them (deterministic).
     """
     check_int("bits", bits, 3, 8, "focused")
-    a = w.detach().cpu().double().numpy() if isinstance(w, torch.Tensor) else np.asarray(w, np.float64)
-    a = a.ravel()
+    k = kernels()
+    a = k.to_numpy64(w).ravel()
     nz = a[a != 0]
     if nz.size < 2:
         raise FormatError("focused: need at least two non-zero weights to fit")
@@ -178,7 +181,7 @@ def fit_focused(w: torch.Tensor | np.ndarray, bits: int = 4, max_samples: int = 
     means = tuple(_pow2_round(m) if m != 0 else (-2.0**-8 if i == 0 else 2.0**-8) for i, m in enumerate(mu))
     if means[0] == means[1]:
         means = (-abs(means[0]), abs(means[1]))
-    xt = torch.from_numpy(nz)
+    xt = k.as_tensor(nz)
     best: tuple[float, Focused] | None = None
     base = [int(math.floor(math.log2(max(s, 2.0**-20)))) for s in sd]
     for d0 in (-1, 0, 1, 2):

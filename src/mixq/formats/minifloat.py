@@ -80,6 +80,7 @@ class MiniFloat(TableFormat):
             raise FormatError(f"minifloat.exp_bits: {self} has integer levels beyond 2**62")
 
     kind = "minifloat"
+    shift_add = False  # the integer engine multiplies (mixq.engine.kernels)
 
     @property
     def eff_bias(self) -> int:

@@ -94,6 +94,7 @@ class Posit(TableFormat):
             raise FormatError(f"posit.es: posit{self.bits}_{self.es} spans beyond 2**62 in integer levels")
 
     kind = "posit"
+    shift_add = False  # the integer engine multiplies (mixq.engine.kernels)
 
     @property
     def frac_bits(self) -> int:

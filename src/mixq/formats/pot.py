@@ -33,6 +33,7 @@ class PowerOfTwo(TableFormat):
         check_int("bits", self.bits, 2, 7, "pot")
 
     kind = "pot"
+    shift_add = True  # the integer engine computes its rows as shift-add planes (mixq.engine.kernels)
 
     @property
     def n_exponents(self) -> int:

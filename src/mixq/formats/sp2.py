@@ -73,6 +73,7 @@ class SumOfPowers(TableFormat):
         check_int("bits", self.bits, self.terms + 1, 10, "sp2")
 
     kind = "sp2"
+    shift_add = True  # the integer engine computes its rows as shift-add planes (mixq.engine.kernels)
 
     @property
     def term_bits(self) -> tuple[int, ...]:

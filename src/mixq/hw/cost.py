@@ -16,26 +16,14 @@ shapes (:mod:`mixq.hw.memory`).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources as ilr
 from typing import Any, NamedTuple
 
 from mixq.errors import HardwareError
-from mixq.hw.memory import block_count, lutram_mux_bits, lutram_prims
-from mixq.hw.parts import BRAM18
-from mixq.hw.pe import (
-    DOT_KINDS,
-    DSP_PORTS,
-    REQUANT_MULT_BITS,
-    PeConfig,
-    mul_dsps,
-    requant_shift,
-    shift_range,
-    sp2_split,
-    tree_bits,
-)
+from mixq.hw.kinds import PE_KINDS
+from mixq.hw.pe import PeConfig, shift_range
 
 FITTED = ("lut", "ff")
 
@@ -90,90 +78,20 @@ RESOURCE_NAMES: tuple[str, ...] = Resources._fields
 def features(cfg: PeConfig) -> dict[str, float]:
     """Structural features of the generated circuit; LUTs and FFs are linear in these.
 
-    Every kind gets ``one`` (a constant); the rest depend on the kind (see the code:
-    each feature counts bits of one structure in :mod:`mixq.rtl.pe`).
+    Every kind gets ``one`` (a constant); the rest are the kind's own (its ``features`` rule in
+    :data:`mixq.hw.kinds.PE_KINDS`: each feature counts bits of one structure in :mod:`mixq.rtl.pe`).
     """
-    k, s = cfg.kind, cfg.simd
-    f: dict[str, float] = {"one": 1.0}
-    if k in DOT_KINDS:
-        pw, accw = cfg.product_bits, cfg.acc_bits
-        f["acc"] = float(accw)
-        if k in ("fixed_dsp", "fixed_dsp2"):
-            rows = 2 if k == "fixed_dsp2" else 1
-            # measured: with a two-lane chain yosys folds part of the fabric accumulator into the DSPs
-            del f["acc"]
-            f["acc" if s != 2 else "acc_pair"] = float(rows * accw)
-            # lanes past the DSP's own two input registers delay their operands in SRLs
-            f["skew"] = float(max(0, s - 5) * (rows * cfg.wbits + cfg.abits))
-            f["lanes"] = float(s)  # the `first` delay line beside the chain
-            if rows == 2:
-                f["pack"] = float(s * cfg.wbits + accw)
-            return f
-        f["tree"] = float(tree_bits(s, pw))
-        if k == "fixed_lut":
-            # an array multiplier: partial-product adders ~ (w-1)(a-1), growing a little faster
-            pp = (cfg.wbits - 1) * (cfg.abits - 1)
-            f["mul"] = float(s * pp)
-            f["mul2"] = float(s * pp**1.5 / 4)
-            f["lane"] = float(s * (cfg.wbits + cfg.abits))
-        elif k == "sp2":
-            m1, m2 = sp2_split(cfg.wbits)
-            f["shift"] = float(s * pw * (m1 + m2))
-            f["lane"] = float(s * pw)
-        elif k == "pot":
-            f["shift"] = float(s * pw * (cfg.wbits - 1))
-            f["lane"] = float(s * pw)
-        elif k == "ternary":
-            f["lane"] = float(s * pw)
-        elif k == "xnor":
-            f["lane"] = float(s)
-        return f
-    if k == "tree":
-        f["tree"] = float(tree_bits(s, cfg.abits))
-        f["lane"] = float(s * cfg.abits)
-    elif k == "acc":
-        f["acc"] = float(cfg.acc_bits)
-    elif k == "requant":
-        rw = cfg.acc_bits + REQUANT_MULT_BITS + 1 - requant_shift(cfg.acc_bits, cfg.out_bits)
-        f["out"] = float(cfg.out_bits)  # the clamp multiplexers
-        f["hi"] = float(max(rw - 1 - cfg.out_bits, 0))  # the overflow OR over the bits above the output
-        wide = cfg.acc_bits > DSP_PORTS["DSP48E1"][0]
-        f["wide"] = float(max(cfg.acc_bits - DSP_PORTS["DSP48E1"][0], 0))  # a split multiply's fabric adder
-        f["wide_r"] = float(rw if wide else 0)  # ... whose result is registered in fabric
-    elif k == "thresh":
-        f["cmp"] = float((2 ** cfg.out_bits - 1) * cfg.acc_bits)
-        f["out"] = float(2 ** cfg.out_bits)
-    elif k == "ram":
-        if cfg.abits:  # block RAM: no LUTs
-            return {"one": 0.0}
-        f = {"prims": 4.0 * lutram_prims(cfg.wbits, s), "mux": float(lutram_mux_bits(cfg.wbits, s)),
-             "q": float(cfg.wbits)}
-    return f
+    return PE_KINDS[cfg.kind].features(cfg)
 
 
 def dsp_count(cfg: PeConfig, dsp_type: str = "DSP48E1") -> int:
     """DSP blocks of a PE: the yosys rule on Xilinx; two 18x19 products per block on Intel."""
-    k = cfg.kind
-    a_op = cfg.abits + (0 if cfg.signed_act else 1)
-    if k == "fixed_dsp":
-        if dsp_type == "S10-VPDSP":
-            return math.ceil(cfg.simd / 2) if max(cfg.wbits, a_op) <= 19 else cfg.simd
-        return cfg.simd * mul_dsps(cfg.wbits, a_op, cfg.acc_bits, dsp_type)
-    if k == "fixed_dsp2":
-        return cfg.simd * mul_dsps(cfg.acc_bits + cfg.wbits, a_op, 2 * cfg.acc_bits, dsp_type)
-    if k == "requant":
-        m = REQUANT_MULT_BITS + 1
-        if dsp_type == "S10-VPDSP":
-            return 1
-        return mul_dsps(cfg.acc_bits, m, cfg.acc_bits + m, dsp_type)
-    return 0
+    return PE_KINDS[cfg.kind].dsps(cfg, dsp_type)
 
 
 def bram_count(cfg: PeConfig) -> int:
     """18-Kb block RAM halves of a ``ram`` PE placed in block RAM."""
-    if cfg.kind == "ram" and cfg.abits:
-        return block_count(cfg.wbits, cfg.simd, BRAM18)
-    return 0
+    return PE_KINDS[cfg.kind].brams(cfg)
 
 
 @dataclass(frozen=True)

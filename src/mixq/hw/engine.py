@@ -21,11 +21,13 @@ stream handshakes), ``shell_lut`` / ``shell_ff`` per part (DMA and AXI shell).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from mixq.errors import HardwareError
 from mixq.hw.cost import CostModel, Resources
+from mixq.hw.kinds import MULTIPLY_KINDS, PE_KINDS, REQUANT_KINDS, STREAM_OPS, shares_act
 from mixq.hw.lower import HwLayer, RowGroup
 from mixq.hw.memory import choose_memory
 from mixq.hw.parts import Part
@@ -55,8 +57,8 @@ class ArchOptions:
     dma_ff: float = 1200.0
 
     def __post_init__(self) -> None:
-        if self.requant not in ("dyadic", "thresh"):
-            raise HardwareError(f"requant: {self.requant!r} is not one of dyadic, thresh")
+        if self.requant not in REQUANT_KINDS:
+            raise HardwareError(f"requant: {self.requant!r} is not one of {', '.join(REQUANT_KINDS)}")
         if self.ddr_weights not in ("never", "auto"):
             raise HardwareError(f"ddr_weights: {self.ddr_weights!r} is not one of never, auto")
         for f in ("util_cap", "mem_cap"):
@@ -70,7 +72,7 @@ class ArchOptions:
 
 def requant_kind(opts: ArchOptions) -> str:
     """The PE kind of the requantizer: ``requant`` (dyadic, DSP) or ``thresh`` (LUTs)."""
-    return "requant" if opts.requant == "dyadic" else "thresh"
+    return REQUANT_KINDS[opts.requant]
 
 
 def budget(part: Part, opts: ArchOptions) -> Resources:
@@ -156,7 +158,7 @@ def _requant(n: int, accw: int, out_bits: int, part: Part, model: CostModel, opt
     kind = requant_kind(opts)
     cfg = PeConfig(kind, accw=accw, out_bits=max(1, out_bits))
     res = model.pe(cfg, part.dsp_type) * n
-    if kind == "thresh":  # thresholds live in a small memory per requantizer
+    if PE_KINDS[kind].table_memory:  # thresholds live in a small memory per requantizer
         res = res + _mem(accw, 2 ** out_bits - 1, n, part, model, "auto")
     return res
 
@@ -192,7 +194,8 @@ def engine_cycles(layer: HwLayer, pe: int, simd: int) -> int:
     cycles = 0
     for g, r, p in zip(layer.groups, grows, split_pe(max(pe, 1), grows), strict=True):
         if r > 0:
-            eff = 2 * math.ceil(p / 2) if g.kind == "fixed_dsp2" else p
+            rows_per_unit = PE_KINDS[g.kind].rows
+            eff = rows_per_unit * math.ceil(p / rows_per_unit)
             cycles = max(cycles, math.ceil(r / eff) * fold_in * pix)
     return cycles
 
@@ -217,23 +220,23 @@ def compute_engine(layer: HwLayer, pe: int, simd: int, part: Part, model: CostMo
         if r <= 0:
             eff_split.append(0)
             continue
-        packed = g.kind == "fixed_dsp2"
-        units = math.ceil(p / 2) if packed else p
-        eff = 2 * units if packed else p
+        rows_per_unit = PE_KINDS[g.kind].rows  # a packed DSP unit computes two rows
+        units = math.ceil(p / rows_per_unit)
+        eff = rows_per_unit * units
         eff_split.append(eff)
         eff_total += eff
         cycles = max(cycles, math.ceil(r / eff) * fold_in * pix)
         unit, acc_bits = model.dot(g.kind, g.wbits, g.abits, simd, length, g.signed_act, part.dsp_type)
         accw = max(accw, acc_bits)
         comp = comp + unit * units
-        width = simd * g.wbits * (2 if packed else 1)
+        width = simd * g.wbits * rows_per_unit
         if external:
             wmem = wmem + _mem(width * units, 32, 1, part, model, "lutram")
         else:
             wmem = wmem + _mem(width, math.ceil(r / eff) * fold_in, units, part, model, opts.mem_style)
     req = _requant(math.ceil(eff_total / fold_in), accw, layer.out_bits, part, model, opts)
     lb_bits = line_buffer_bits(layer)
-    in_width = simd * layer.abits * (eff_total if s.kind == "dwconv" else 1)
+    in_width = simd * layer.abits * (1 if shares_act(s.kind) else eff_total)  # depthwise: a channel per PE
     lbuf = _mem(in_width, math.ceil(lb_bits / in_width), 1, part, model, "auto") if lb_bits else Resources()
     ctrl = Resources(lut=opts.engine_lut, ff=opts.engine_ff)
     if external:
@@ -242,19 +245,107 @@ def compute_engine(layer: HwLayer, pe: int, simd: int, part: Part, model: CostMo
     return EngineCost(cycles, Resources.total(detail.values()), pe, simd, tuple(eff_split), detail)
 
 
-_MOVERS = ("upsample", "zero_insert", "pad", "pixel_shuffle")
-
-
 def stream_elements(layer: HwLayer) -> int:
     """Elements a stream operator handles per frame: its output for adds, concats and the data-movement
-    ops (which write more than they read), its input otherwise."""
-    kind = layer.spec.kind
-    shape = layer.spec.out_shape if kind in ("add", "concat", *_MOVERS) else layer.spec.in_shape
+    ops (which write more than they read), its input otherwise (``StreamOp.elements``)."""
+    op = STREAM_OPS.get(layer.spec.kind)
+    shape = layer.spec.out_shape if op is not None and op.elements == "out" else layer.spec.in_shape
     return math.prod(shape) if shape else 1
 
 
+def _buffer(bits: int, lanes: int, a: int, part: Part, model: CostModel) -> Resources:
+    """A memory of ``bits`` read ``lanes * a`` bits wide (none for zero bits)."""
+    return _mem(lanes * a, math.ceil(bits / (lanes * a)), 1, part, model, "auto") if bits else Resources()
+
+
+_Price = tuple[Resources, Resources]  # (compute, buffers)
+
+
+def _price_reduce(layer: HwLayer, lanes: int, a: int, part: Part, model: CostModel) -> _Price:
+    """A comparator / adder tree over all the channels of one pixel per lane."""
+    s = layer.spec
+    chans = s.in_shape[0] if s.in_shape else 1
+    return model.pe(PeConfig("tree", abits=a, simd=max(2, chans)), part.dsp_type) * lanes, Resources()
+
+
+def _price_product(layer: HwLayer, lanes: int, a: int, part: Part, model: CostModel) -> _Price:
+    """One fixed-point multiplier of the two operands per lane (a DSP, or LUTs on a part without DSPs)."""
+    kind = MULTIPLY_KINDS["dsp" if part.dsp > 0 else "lut"]
+    return model.pe(PeConfig(kind, a, a, 1, acc_len=1, signed_act=True), part.dsp_type) * lanes, Resources()
+
+
+def _price_add(layer: HwLayer, lanes: int, a: int, part: Part, model: CostModel) -> _Price:
+    """An adder per lane and the skip FIFO."""
+    comp = model.pe(PeConfig("tree", abits=a + 1, simd=2), part.dsp_type) * lanes
+    return comp, _buffer(layer.fifo_bits, lanes, a, part, model)
+
+
+def _price_maxpool(layer: HwLayer, lanes: int, a: int, part: Part, model: CostModel) -> _Price:
+    """A comparator tree over the window and a line buffer."""
+    s = layer.spec
+    n = max(2, s.kernel[0] * s.kernel[1])
+    comp = model.pe(PeConfig("tree", abits=a, simd=n), part.dsp_type) * lanes
+    return comp, _buffer(line_buffer_bits(layer), lanes, a, part, model)
+
+
+def _price_concat(layer: HwLayer, lanes: int, a: int, part: Part, model: CostModel) -> _Price:
+    """A select per lane and the skip FIFO."""
+    return Resources(lut=lanes * a), _buffer(layer.fifo_bits, lanes, a, part, model)
+
+
+def _price_act(layer: HwLayer, lanes: int, a: int, part: Part, model: CostModel) -> _Price:
+    """A ``2**abits``-entry ROM per lane (a clamp, e.g. Hardtanh, is folded into the requantizer)."""
+    lut = layer.spec.extra.get("node_kind", "lut") == "lut"
+    extra = _mem(max(layer.out_bits, 1), 2 ** min(a, 16), lanes, part, model, "auto") if lut else Resources()
+    return Resources(), extra
+
+
+def _pricer_move(interpolates: bool) -> Callable[[HwLayer, int, int, Part, CostModel], _Price]:
+    def price(layer: HwLayer, lanes: int, a: int, part: Part, model: CostModel) -> _Price:
+        """A buffer of one input row (all channels) the output rows are read from; bilinear upsampling
+        adds a 4-input adder tree per lane."""
+        s = layer.spec
+        bilinear = interpolates and s.extra.get("mode") == "bilinear"
+        comp = (model.pe(PeConfig("tree", abits=a + 4, simd=4), part.dsp_type) * lanes if bilinear
+                else Resources(lut=lanes * a))
+        row = (s.in_shape[0] * s.in_shape[-1] * a) if len(s.in_shape) == 3 else 0
+        return comp, _buffer(row, lanes, a, part, model)
+    return price
+
+
+def _window(layer: HwLayer) -> int:
+    s = layer.spec
+    return s.kernel[0] * s.kernel[1]
+
+
+def _whole_map(layer: HwLayer) -> int:
+    s = layer.spec
+    return math.prod(s.in_shape[1:]) if len(s.in_shape) == 3 else 1
+
+
+def _pricer_pool(window: Callable[[HwLayer], int]) -> Callable[[HwLayer, int, int, Part, CostModel], _Price]:
+    def price(layer: HwLayer, lanes: int, a: int, part: Part, model: CostModel) -> _Price:
+        """An accumulator per lane over the window, then a shift / requantization."""
+        s = layer.spec
+        accw = a + max(1, math.ceil(math.log2(max(window(layer), 2))))
+        comp = model.pe(PeConfig("acc", abits=a, accw=accw), part.dsp_type) * lanes
+        chans = s.in_shape[0] if s.in_shape else 1
+        return comp, _mem(lanes * accw, math.ceil(chans / lanes), 1, part, model, "auto")
+    return price
+
+
+# stream operator kind (mixq.hw.kinds.STREAM_OPS) -> its compute and buffers at ``lanes`` lanes
+STREAM_PRICES: dict[str, Callable[[HwLayer, int, int, Part, CostModel], _Price]] = {
+    "add": _price_add, "concat": _price_concat, "maxpool": _price_maxpool,
+    "avgpool": _pricer_pool(_window), "gap": _pricer_pool(_whole_map), "act": _price_act,
+    "upsample": _pricer_move(True), "zero_insert": _pricer_move(False), "pad": _pricer_move(False),
+    "pixel_shuffle": _pricer_move(False),
+    "reduce": _price_reduce, "mul": _price_product, "bn": _price_product,
+}
+
+
 def stream_engine(layer: HwLayer, lanes: int, part: Part, model: CostModel, opts: ArchOptions) -> EngineCost:
-    """A stream operator (:data:`mixq.hw.lower.STREAM_KINDS`) with ``lanes`` elements per cycle.
+    """A stream operator (:data:`mixq.hw.kinds.STREAM_OPS`) with ``lanes`` elements per cycle.
 
     Residual add: an adder per lane and the skip FIFO; concat: the skip FIFO and a select per lane;
     max pool: a comparator tree and a line buffer; average pool / GAP: an accumulator per lane;
@@ -263,52 +354,19 @@ def stream_engine(layer: HwLayer, lanes: int, part: Part, model: CostModel, opts
     which the output rows are read from (bilinear upsampling adds a 4-input adder tree per lane);
     channel reduction (mean / max over the channels): a comparator / adder tree over all the channels of
     one pixel per lane (the mean's 1/C is in the grid; a per-channel rescale, where the channels' grids
-    differ, is not priced); elementwise product: one fixed-point multiplier of the two operands per lane
-    (a DSP, or LUTs on a part without DSPs). Reductions and products take one output element per lane
-    and cycle."""
+    differ, is not priced); elementwise product (and an unfolded BatchNorm, a per-channel multiply-add):
+    one fixed-point multiplier of the two operands per lane (a DSP, or LUTs on a part without DSPs).
+    Reductions and products take one output element per lane and cycle."""
     s = layer.spec
     lanes = max(1, lanes)
-    elems = math.prod(s.out_shape) if s.kind in ("reduce", "mul", "bn") and s.out_shape else stream_elements(layer)
+    op = STREAM_OPS.get(s.kind)
+    price = STREAM_PRICES.get(s.kind)
+    if op is None or price is None:
+        raise HardwareError(f"layer {s.name}: no stream engine for operator kind {s.kind!r}; "
+                            f"priced: {', '.join(STREAM_PRICES)}")
+    elems = math.prod(s.out_shape) if op.cycles_on_out and s.out_shape else stream_elements(layer)
     cycles = math.ceil(elems / lanes)
-    a = max(layer.abits, 1)
-    if s.kind == "reduce":
-        chans = s.in_shape[0] if s.in_shape else 1
-        comp = model.pe(PeConfig("tree", abits=a, simd=max(2, chans)), part.dsp_type) * lanes
-        extra = Resources()
-    elif s.kind in ("mul", "bn"):  # a product; an unfolded BatchNorm is a per-channel multiply-add
-        kind = "fixed_dsp" if part.dsp > 0 else "fixed_lut"
-        comp = model.pe(PeConfig(kind, a, a, 1, acc_len=1, signed_act=True), part.dsp_type) * lanes
-        extra = Resources()
-    elif s.kind == "add":
-        comp = model.pe(PeConfig("tree", abits=a + 1, simd=2), part.dsp_type) * lanes
-        bits = layer.fifo_bits
-        extra = _mem(lanes * a, math.ceil(bits / (lanes * a)), 1, part, model, "auto") if bits else Resources()
-    elif s.kind == "maxpool":
-        n = max(2, s.kernel[0] * s.kernel[1])
-        comp = model.pe(PeConfig("tree", abits=a, simd=n), part.dsp_type) * lanes
-        lb = line_buffer_bits(layer)
-        extra = _mem(lanes * a, math.ceil(lb / (lanes * a)), 1, part, model, "auto") if lb else Resources()
-    elif s.kind == "concat":
-        comp = Resources(lut=lanes * a)
-        bits = layer.fifo_bits
-        extra = _mem(lanes * a, math.ceil(bits / (lanes * a)), 1, part, model, "auto") if bits else Resources()
-    elif s.kind == "act":  # a lookup table; a clamp (Hardtanh) is folded into the requantizer
-        comp = Resources()
-        lut = s.extra.get("node_kind", "lut") == "lut"
-        extra = _mem(max(layer.out_bits, 1), 2 ** min(a, 16), lanes, part, model, "auto") if lut else Resources()
-    elif s.kind in _MOVERS:
-        bilinear = s.kind == "upsample" and s.extra.get("mode") == "bilinear"
-        comp = (model.pe(PeConfig("tree", abits=a + 4, simd=4), part.dsp_type) * lanes if bilinear
-                else Resources(lut=lanes * a))
-        row = (s.in_shape[0] * s.in_shape[-1] * a) if len(s.in_shape) == 3 else 0
-        extra = _mem(lanes * a, math.ceil(row / (lanes * a)), 1, part, model, "auto") if row else Resources()
-    else:  # avgpool / gap: accumulate the window, then a shift/requant
-        hw = math.prod(s.in_shape[1:]) if len(s.in_shape) == 3 else 1
-        win = hw if s.kind == "gap" else s.kernel[0] * s.kernel[1]
-        accw = a + max(1, math.ceil(math.log2(max(win, 2))))
-        comp = model.pe(PeConfig("acc", abits=a, accw=accw), part.dsp_type) * lanes
-        chans = s.in_shape[0] if s.in_shape else 1
-        extra = _mem(lanes * accw, math.ceil(chans / lanes), 1, part, model, "auto")
+    comp, extra = price(layer, lanes, max(layer.abits, 1), part, model)
     ctrl = Resources(lut=opts.engine_lut, ff=opts.engine_ff)
     detail = {"compute": comp, "buffers": extra, "control": ctrl}
     return EngineCost(cycles, Resources.total(detail.values()), lanes, 1, (lanes,), detail)

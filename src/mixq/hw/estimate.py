@@ -23,6 +23,7 @@ from mixq.hw import overlay as ov
 from mixq.hw import streaming as st
 from mixq.hw.cost import RESOURCE_NAMES, CostModel, Resources
 from mixq.hw.engine import ArchOptions, budget, shell
+from mixq.hw.kinds import lut_lanes
 from mixq.hw.lower import HwLayer, lower
 from mixq.hw.parts import Part, get_part
 from mixq.hw.pe import PeConfig, dsp_packing
@@ -171,7 +172,7 @@ def peak_macs(part: Part, wbits: int, abits: int, model: CostModel) -> dict[str,
     clock = part.clock_mhz * 1e6
     pack = dsp_packing(part.dsp_type, wbits, abits, 1024)
     dsp = part.dsp * pack * clock
-    kinds = ["fixed_lut", "pot"] + (["sp2"] if wbits >= 3 else [])
+    kinds = lut_lanes(wbits)
     per_lane = min(model.pe(PeConfig(k, wbits, abits, 16, acc_len=1024), part.dsp_type).lut / 16 for k in kinds)
     lut = part.lut / per_lane * clock
     return {"dsp_macs_per_s": dsp, "lut_macs_per_s": lut, "total_macs_per_s": dsp + lut,

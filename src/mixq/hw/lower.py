@@ -23,18 +23,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mixq.graph.spec import LayerSpec
+from mixq.hw.kinds import MULTIPLY_KINDS, PE_KINDS, STREAM_OPS, WEIGHT_KINDS, shares_act
 from mixq.hw.parts import Part
 from mixq.hw.pe import dsp_packing
 from mixq.plan.plan import HwMapping, LayerPlan, QuantPlan
 
 ASSUMED_BITS = 8
-# Stream operators between compute layers, each priced by `mixq.hw.engine.stream_engine`: residual add and
-# skip concat (with the skip FIFO), pooling, lookup-table activations, and the data-movement ops (nearest /
-# bilinear upsample, zero insertion of a transposed conv, explicit padding, pixel shuffle), channel reductions
-# (mean / max over the channels) and elementwise products (attention gates).
-STREAM_KINDS = ("add", "concat", "maxpool", "avgpool", "gap", "act", "upsample", "zero_insert", "pad",
-                "pixel_shuffle", "reduce", "mul", "bn")
-_SHIFT_KINDS = {"sp2": "sp2", "pot": "pot", "focused": "pot", "ternary": "ternary"}
+# Stream operators between compute layers, each priced by `mixq.hw.engine.stream_engine` (the table:
+# `mixq.hw.kinds.STREAM_OPS`)
+STREAM_KINDS: tuple[str, ...] = tuple(STREAM_OPS)
 
 
 @dataclass(frozen=True)
@@ -51,7 +48,7 @@ class RowGroup:
     @property
     def core(self) -> str:
         """``dsp`` or ``lut``: which resource the group's products use."""
-        return "dsp" if self.kind in ("fixed_dsp", "fixed_dsp2") else "lut"
+        return PE_KINDS[self.kind].core
 
 
 @dataclass(frozen=True)
@@ -89,27 +86,25 @@ def pe_kind(fmt: object, core: str, act_fmt: object, spec: LayerSpec, part: Part
             wbits: int, abits: int, signed_act: bool) -> tuple[str, int, str]:
     """(PE kind, weight bits, note) for rows in format ``fmt`` (``None`` = float)."""
     kind = getattr(fmt, "kind", None)
-    note = ""
-    if kind in _SHIFT_KINDS and not (kind == "sp2" and getattr(fmt, "terms", 2) != 2):
-        k = _SHIFT_KINDS[kind]
-        if k == "sp2" and wbits < 3:
-            k = "pot"
-        if k == "pot" and wbits < 2:
-            wbits = 2
-        return k, (2 if k == "ternary" else wbits), note
-    if kind == "binary":
-        if getattr(act_fmt, "kind", None) == "binary" or abits == 1:
-            return "xnor", 1, note
-        return "ternary", 2, "binary weights with multi-bit activations modelled as ternary selects"
-    if kind not in (None, "fixed"):
-        note = f"{kind} weights modelled as a {wbits}-bit fixed-point multiply"
-    if core == "lut":
-        return "fixed_lut", wbits, note
-    shared_act = spec.kind != "dwconv"
-    if shared_act and part.dsp_type != "S10-VPDSP" and dsp_packing(
+    wk = WEIGHT_KINDS.get(kind) if isinstance(kind, str) else None
+    if wk is not None and wk.lane is not None and wk.fits_lane(fmt):
+        pk = PE_KINDS[wk.lane]
+        note = ""
+        # the lane's activation width, or activations of the weights' own format (binary x binary)
+        narrow_act = pk.act_bits in (None, abits) or getattr(act_fmt, "kind", None) == wk.name
+        if not narrow_act and wk.wide_act:  # e.g. binary weights with multi-bit activations: ternary selects
+            pk, note = PE_KINDS[wk.wide_act], wk.wide_act_note
+        if wbits < pk.min_wbits and pk.fallback:
+            pk = PE_KINDS[pk.fallback]
+        return pk.name, pk.weight_bits or max(wbits, pk.min_wbits), note
+    native = kind is None or (wk is not None and wk.native)
+    note = "" if native else f"{kind} weights modelled as a {wbits}-bit fixed-point multiply"
+    k = MULTIPLY_KINDS[core] if core in MULTIPLY_KINDS else MULTIPLY_KINDS["dsp"]
+    packed = PE_KINDS[k].packed
+    if packed and shares_act(spec.kind) and part.dsp_type != "S10-VPDSP" and dsp_packing(
             part.dsp_type, wbits, abits, max(spec.row_length, 1), signed_act) == 2:
-        return "fixed_dsp2", wbits, note
-    return "fixed_dsp", wbits, note
+        return packed, wbits, note
+    return k, wbits, note
 
 
 def _groups(spec: LayerSpec, lp: LayerPlan | None, part: Part, abits: int, signed: bool) -> tuple[
@@ -167,11 +162,12 @@ def lower(specs: list[LayerSpec], plan: QuantPlan, part: Part) -> list[HwLayer]:
             groups, note = _groups(s, lp, part, abits, signed)
             out.append(HwLayer(s, groups, abits, out_bits, lp.mapping if lp else HwMapping(), note))
             ci += 1
-        elif s.kind == "bn" and _folded(s, specs):
-            continue  # folded into the conv / linear before it (graph.fold_bn): no hardware of its own
-        elif s.kind in STREAM_KINDS:
-            nxt = compute[ci].name if ci < len(compute) else None
-            abits = act[nxt][0] if nxt else ASSUMED_BITS
-            fifo = _skip_fifo(specs, i, abits) if s.kind in ("add", "concat") else 0
-            out.append(HwLayer(s, (), abits, abits, HwMapping(), "", fifo))
+            continue
+        op = STREAM_OPS.get(s.kind)
+        if op is None or (op.folds and _folded(s, specs)):
+            continue  # not priced, or a BN folded into the conv / linear before it (graph.fold_bn)
+        nxt = compute[ci].name if ci < len(compute) else None
+        abits = act[nxt][0] if nxt else ASSUMED_BITS
+        fifo = _skip_fifo(specs, i, abits) if op.skip_fifo else 0
+        out.append(HwLayer(s, (), abits, abits, HwMapping(), "", fifo))
     return out

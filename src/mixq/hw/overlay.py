@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from mixq.errors import HardwareError
 from mixq.hw.cost import CostModel, Resources
 from mixq.hw.engine import ArchOptions, budget, requant_kind, shell, split_rows
+from mixq.hw.kinds import PE_KINDS, STREAM_OPS, shares_act
 from mixq.hw.lower import HwLayer
 from mixq.hw.parts import Part
 from mixq.hw.pe import PeConfig
@@ -52,7 +53,7 @@ class Core:
 
     @property
     def rows_parallel(self) -> int:
-        return self.units * (2 if self.kind == "fixed_dsp2" else 1)
+        return self.units * PE_KINDS[self.kind].rows
 
     def unit(self) -> PeConfig:
         return PeConfig(self.kind, self.wbits, self.abits, self.simd, acc_len=self.acc_len,
@@ -82,7 +83,8 @@ class LayerTime:
 
 
 def core_key(kind: str) -> str:
-    return "dsp" if kind in ("fixed_dsp", "fixed_dsp2") else kind
+    """The core a PE kind's rows run on: one DSP core for every DSP kind, one LUT core per LUT kind."""
+    return "dsp" if PE_KINDS[kind].core == "dsp" else kind
 
 
 def _core_specs(layers: list[HwLayer]) -> dict[str, dict[str, object]]:
@@ -92,8 +94,8 @@ def _core_specs(layers: list[HwLayer]) -> dict[str, dict[str, object]]:
         for g, r in zip(ly.groups, split_rows(ly.spec.weight_rows, ly.groups), strict=True):
             k = core_key(g.kind)
             c = out.setdefault(k, {"kind": g.kind, "w": 0, "a": 0, "signed": False, "len": 1, "macs": 0.0})
-            if g.kind == "fixed_dsp2":
-                c["kind"] = "fixed_dsp2"
+            if PE_KINDS[g.kind].rows > PE_KINDS[str(c["kind"])].rows:  # packed where any layer packs
+                c["kind"] = g.kind
             c["w"] = max(int(c["w"]), g.wbits)  # type: ignore[call-overload]
             c["a"] = max(int(c["a"]), g.abits)  # type: ignore[call-overload]
             c["signed"] = bool(c["signed"]) or g.signed_act
@@ -107,7 +109,7 @@ def _requant_cfg(core: Core, opts: ArchOptions) -> PeConfig:
 
 
 def _with_units(c: Core, units: int, part: Part, model: CostModel, opts: ArchOptions) -> Core:
-    rows = units * (2 if c.kind == "fixed_dsp2" else 1)
+    rows = units * PE_KINDS[c.kind].rows
     nreq = math.ceil(rows / max(opts.requant_share, 1)) if units else 0
     res = model.pe(c.unit(), part.dsp_type) * units + model.pe(_requant_cfg(c, opts), part.dsp_type) * nreq
     return Core(c.key, c.kind, c.wbits, c.abits, c.signed_act, c.simd, units, c.acc_len, res, nreq)
@@ -185,7 +187,8 @@ def layer_time(ly: HwLayer, cores: dict[str, Core], part: Part, opts: ArchOption
     a_in = math.prod(s.in_shape) * ly.abits if s.in_shape else 0
     a_out = math.prod(s.out_shape) * ly.out_bits if s.out_shape else 0
     if not ly.is_compute:
-        traffic = 3 * a_out if s.kind == "add" else 0  # two inputs read, one output written
+        op = STREAM_OPS.get(s.kind)
+        traffic = op.ddr_passes * a_out if op is not None else 0  # an add: two inputs read, one output written
         return LayerTime(0, 0.0, traffic / bw, traffic)
     cycles = 0
     wbits = 0
@@ -196,7 +199,7 @@ def layer_time(ly: HwLayer, cores: dict[str, Core], part: Part, opts: ArchOption
         if c.units <= 0:
             raise HardwareError(f"overlay: layer {ly.name} needs the {c.key} core, which got no units on "
                                 f"{part.name}")
-        rp = c.units if (s.kind == "dwconv" and c.kind == "fixed_dsp2") else c.rows_parallel
+        rp = c.rows_parallel if shares_act(s.kind) else c.units  # depthwise rows share no activation to pack
         # output rows and output pixels are independent dot products: spare row units take other pixels
         cyc = math.ceil(r * s.out_pixels / rp) * math.ceil(s.row_length / c.simd)
         cyc = max(cyc, math.ceil(r * s.out_pixels / max(c.requant_units, 1)))

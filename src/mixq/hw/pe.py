@@ -7,7 +7,8 @@ Verilog generators (:mod:`mixq.rtl.pe`) and by the calibration fit
 A *dot unit* is one output row's worth of a matrix-vector engine: ``simd``
 lanes each forming one product per cycle, a pipelined adder tree over the
 lanes, and an accumulator that restarts at the first beat of every output.
-The kinds of dot unit differ in how a lane forms its product:
+The kinds of dot unit differ in how a lane forms its product (each kind is one record of
+:data:`mixq.hw.kinds.PE_KINDS`, which holds its rules):
 
 ========== ============================================================ =========
 kind       product                                                      resource
@@ -33,43 +34,32 @@ multiply), ``thresh`` (``2**out_bits - 1`` threshold comparators, FINN style),
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from mixq.errors import HardwareError
+from mixq.hw.bits import (
+    DSP_MIN_PRODUCT,
+    DSP_PORTS,
+    REQUANT_MULT_BITS,
+    acc_width,
+    mul_dsps,
+    requant_shift,
+    sp2_split,
+    tree_bits,
+    tree_levels,
+)
+from mixq.hw.kinds import COMPONENT_KINDS, DOT_KINDS, PE_KINDS
 
-DOT_KINDS = ("fixed_lut", "fixed_dsp", "fixed_dsp2", "sp2", "pot", "ternary", "xnor")
-COMPONENT_KINDS = ("tree", "acc", "requant", "thresh", "ram")
-PE_KINDS = DOT_KINDS + COMPONENT_KINDS
-
-REQUANT_MULT_BITS = 16  # width of the dyadic multiplier M
-
-
-def requant_shift(accw: int, out_bits: int) -> int:
-    """The right shift of the generated requantizer (``M`` is ``REQUANT_MULT_BITS`` wide)."""
-    return REQUANT_MULT_BITS + max(accw - out_bits, 0) // 2
-
-
-def sp2_split(wbits: int) -> tuple[int, int]:
-    """Exponent-field widths ``(m1, m2)`` of an SP2 code of ``wbits`` (sign + m1 + m2, m1 >= m2).
-
-    >>> sp2_split(4)
-    (2, 1)
-    """
-    if wbits < 3:
-        raise HardwareError(f"SP2 needs at least 3 bits (sign + two exponent fields), got {wbits}")
-    m1 = math.ceil((wbits - 1) / 2)
-    return m1, wbits - 1 - m1
+__all__ = ["COMPONENT_KINDS", "DOT_KINDS", "DSP_MIN_PRODUCT", "DSP_PORTS", "PE_KINDS", "REQUANT_MULT_BITS",
+           "PeConfig", "acc_width", "dsp_packing", "mul_dsps", "pack_shift", "product_width", "requant_shift",
+           "shift_range", "sp2_split", "tree_bits", "tree_levels"]
 
 
 def shift_range(kind: str, wbits: int) -> int:
-    """``F``: the largest exponent field value; terms are ``2**(F - e)`` for ``e`` in 1..F."""
-    if kind == "sp2":
-        return 2 ** sp2_split(wbits)[0] - 1
-    if kind == "pot":
-        return 2 ** (wbits - 1) - 1
-    return 0
+    """``F``: the largest exponent field value; terms are ``2**(F - e)`` for ``e`` in 1..F (0: no shifts)."""
+    pk = PE_KINDS.get(kind)
+    return pk.shift_range(wbits) if pk is not None else 0
 
 
 def product_width(kind: str, wbits: int, abits: int, signed_act: bool = False) -> int:
@@ -82,54 +72,10 @@ def product_width(kind: str, wbits: int, abits: int, signed_act: bool = False) -
     # serves signed and unsigned activations (an unsigned ``abits`` operand is ``abits + 1``
     # bits signed, a signed one needs the extra bit for -(-2**(abits-1))).
     del signed_act
-    if kind in ("fixed_lut", "fixed_dsp", "fixed_dsp2"):
-        return wbits + abits
-    if kind == "sp2":
-        return abits + shift_range(kind, wbits) + 1
-    if kind == "pot":
-        return abits + shift_range(kind, wbits)
-    if kind == "ternary":
-        return abits + 1
-    if kind == "xnor":
-        return 1
-    raise HardwareError(f"product_width: {kind!r} is not a dot-unit kind ({', '.join(DOT_KINDS)})")
-
-
-def acc_width(pw: int, acc_len: int) -> int:
-    """Accumulator bits for ``acc_len`` products of ``pw`` bits: ``pw + ceil(log2(acc_len))``.
-
-    >>> acc_width(8, 4608)
-    21
-    """
-    return pw + max(0, math.ceil(math.log2(max(acc_len, 1))))
-
-
-def tree_levels(n: int) -> list[int]:
-    """Adders per level of a binary tree over ``n`` inputs (odd leftovers pass through).
-
-    >>> tree_levels(5)
-    [2, 1, 1]
-    """
-    out = []
-    while n > 1:
-        out.append(n // 2)
-        n = n - n // 2
-    return out
-
-
-def tree_bits(n: int, width: int) -> int:
-    """Total adder bits of a tree over ``n`` inputs of ``width`` bits (each level one bit wider).
-
-    >>> tree_bits(4, 8)
-    28
-    """
-    return sum(k * (width + i + 1) for i, k in enumerate(tree_levels(n)))
-
-
-# Largest packed-weight operand and activation operand of one DSP, by DSP type (signed widths):
-# DSP48E1 25 x 18 (DS190/UG479), DSP48E2 27 x 18 (UG579). Intel blocks are not packed.
-DSP_PORTS = {"DSP48E1": (25, 18), "DSP48E2": (27, 18)}
-DSP_MIN_PRODUCT = 9  # yosys maps a multiply to a DSP only when its product is >= 9 bits wide
+    pk = PE_KINDS.get(kind)
+    if pk is None or pk.product_width is None:
+        raise HardwareError(f"product_width: {kind!r} is not a dot-unit kind ({', '.join(DOT_KINDS)})")
+    return pk.product_width(wbits, abits)
 
 
 def pack_shift(wbits: int, abits: int, acc_len: int, signed_act: bool = False) -> int:
@@ -156,26 +102,6 @@ def dsp_packing(dsp_type: str, wbits: int, abits: int, acc_len: int, signed_act:
     if dsp_type == "S10-VPDSP":
         return 2 if max(wbits, a_op) <= 19 and min(wbits, a_op) <= 18 else 1
     raise HardwareError(f"unknown DSP type {dsp_type!r}; known: {', '.join([*DSP_PORTS, 'S10-VPDSP'])}")
-
-
-def mul_dsps(a_width: int, b_width: int, y_width: int | None = None, dsp_type: str = "DSP48E1") -> int:
-    """DSP blocks a signed ``a_width`` x ``b_width`` multiply with a ``y_width`` result takes
-    (the yosys ``mul2dsp`` rule; ``y_width`` defaults to the full product).
-
-    No DSP below a 9-bit result or a 2-bit operand; one up to the port widths; the wide
-    operand split into chunks above them.
-
-    >>> mul_dsps(4, 5, 8), mul_dsps(24, 17), mul_dsps(32, 17)
-    (0, 1, 2)
-    """
-    a, b = max(a_width, b_width), min(a_width, b_width)
-    y = a + b if y_width is None else y_width
-    if y < DSP_MIN_PRODUCT or b < 2:
-        return 0
-    wide, narrow = DSP_PORTS.get(dsp_type, (27, 18))
-    na = 1 if a <= wide else 1 + math.ceil((a - wide) / (narrow - 1))
-    nb = 1 if b <= narrow else 1 + math.ceil((b - narrow) / (narrow - 1))
-    return na * nb
 
 
 @dataclass(frozen=True)
@@ -210,24 +136,13 @@ class PeConfig:
         """Accumulator width (dot units, ``acc``) or input width (``requant``, ``thresh``)."""
         if self.accw:
             return self.accw
-        if self.kind == "xnor":
-            return acc_width(1, self.acc_len) + 1
-        return acc_width(self.product_bits, self.acc_len)
+        return acc_width(self.product_bits, self.acc_len) + PE_KINDS[self.kind].acc_extra
 
     @property
     def name(self) -> str:
         """A short unique module name, e.g. ``sp2_w4a4_s8_acc19``."""
-        k = self.kind
-        if k in DOT_KINDS:
-            sa = "s" if self.signed_act else ""
-            return f"{k}_w{self.wbits}a{sa}{self.abits}_s{self.simd}_acc{self.acc_bits}"
-        if k == "tree":
-            return f"tree_n{self.simd}_b{self.abits}"
-        if k == "acc":
-            return f"acc_b{self.abits}_w{self.acc_bits}"
-        if k in ("requant", "thresh"):
-            return f"{k}_i{self.acc_bits}_o{self.out_bits}"
-        return f"ram_w{self.wbits}_d{self.simd}_{'bram' if self.abits else 'lutram'}"
+        return PE_KINDS[self.kind].name_template.format(
+            c=self, sa="s" if self.signed_act else "", mem="bram" if self.abits else "lutram")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

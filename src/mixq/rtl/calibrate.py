@@ -19,6 +19,7 @@ from typing import Any
 
 from mixq.hw import calibrate as fitmod
 from mixq.hw.cost import CostModel
+from mixq.hw.kinds import PE_KINDS
 from mixq.hw.pe import PeConfig, dsp_packing
 from mixq.io import atomic_write_json, atomic_write_text
 from mixq.rtl.synth import synthesize_pe
@@ -32,7 +33,7 @@ def _dot(kind: str, pairs: list[tuple[int, int]], simds: list[int]) -> list[PeCo
         for j, s in enumerate(simds):
             acc_len = (64, 1024, 4096)[(n + j) % 3]  # vary the accumulator width across the sweep
             # packed DSP units are only ever built where packing is legal
-            if kind == "fixed_dsp2" and dsp_packing("DSP48E1", w, a, acc_len) != 2:
+            if PE_KINDS[kind].rows == 2 and dsp_packing("DSP48E1", w, a, acc_len) != 2:
                 continue
             out.append(PeConfig(kind, w, a, s, acc_len=acc_len))
     return out

@@ -21,13 +21,16 @@ from mixq.formats import format_from_dict
 from mixq.graph.spec import LayerSpec
 from mixq.hw.cost import CostModel
 from mixq.hw.engine import ArchOptions, EngineCost, compute_engine
+from mixq.hw.kinds import PE_KINDS, WEIGHT_KINDS, shares_act
 from mixq.hw.lower import HwLayer, RowGroup, pe_kind
 from mixq.hw.parts import get_part
 from mixq.hw.pe import PeConfig
 from mixq.rtl.layerdata import LayerData
 from mixq.rtl.pe import decode_weight
 
-SUPPORTED_KINDS = ("fixed_lut", "fixed_dsp", "fixed_dsp2", "sp2", "pot")
+SUPPORTED_KINDS: tuple[str, ...] = tuple(k for k, v in PE_KINDS.items() if v.layer_engine)
+# weight formats whose codes the layer engine stores as PE codes
+SUPPORTED_FORMATS: tuple[str, ...] = tuple(k for k, v in WEIGHT_KINDS.items() if v.layer_engine)
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,9 @@ class Core:
     @property
     def latency(self) -> int:
         """Cycles from a beat at the PE inputs to its sum being in ``acc`` (see :mod:`mixq.rtl.pe`)."""
-        if self.kind == "fixed_dsp":
-            return self.cfg.simd + 1
-        if self.kind == "fixed_dsp2":
-            return self.cfg.simd + 2
+        pk = PE_KINDS[self.kind]
+        if pk.chain:  # the chain's skew, the accumulator, and the packed unit's unpacking register
+            return self.cfg.simd + pk.rows
         levels = 0
         n = self.cfg.simd
         while n > 1:
@@ -128,16 +130,17 @@ def plan_layout(d: LayerData, pe: int, simd: int, core: str = "auto", part: str 
         if rows.size == 0:
             continue
         fmt = format_from_dict(fd)
-        if fmt.kind not in ("fixed", "sp2", "pot") or (fmt.kind == "sp2" and getattr(fmt, "terms", 2) != 2):
+        wk = WEIGHT_KINDS.get(fmt.kind)
+        if wk is None or not wk.layer_engine or (wk.lane is not None and not wk.fits_lane(fmt)):
             raise MixqError(f"layer {d.name!r}: rows in format {fmt} have no datapath in the layer engine "
-                            "(fixed point, SP2 and power-of-two rows only)")
+                            f"(rows in {', '.join(SUPPORTED_FORMATS)} only; SP2 of two terms)")
         wbits = int(fmt.storage_bits)
         kind, wbits, _ = pe_kind(fmt, core, None, spec, p, wbits, abits, signed)
         if kind not in SUPPORTED_KINDS:
             raise MixqError(f"layer {d.name!r}: rows in format {fmt} map to PE kind {kind!r}, which the "
                             f"layer engine does not generate (supported: {', '.join(SUPPORTED_KINDS)})")
-        if kind == "fixed_dsp2" and spec.kind == "dwconv":
-            kind = "fixed_dsp"
+        if not shares_act(spec.kind):  # depthwise rows share no activation: no packing
+            kind = PE_KINDS[kind].single_row or kind
         groups.append(RowGroup(kind, wbits, abits, signed, rows.size / d.rows, str(fmt)))
         members.append(rows)
         kinds.append((kind, wbits))
@@ -147,7 +150,7 @@ def plan_layout(d: LayerData, pe: int, simd: int, core: str = "auto", part: str 
     fold = math.ceil(d.row_length / simd)
     cores = []
     for (kind, wbits), rows, eff in zip(kinds, members, est.pe_split, strict=True):
-        outs = 2 if kind == "fixed_dsp2" else 1
+        outs = PE_KINDS[kind].rows
         units = max(1, eff // outs)
         n = units * outs
         tiles = math.ceil(rows.size / n)

@@ -1,0 +1,86 @@
+"""Bit arithmetic of the generated circuits (no state): widths, adder trees, DSP mapping rules.
+
+Shared by the PE-kind table (:mod:`mixq.hw.kinds`), :class:`mixq.hw.pe.PeConfig` and the
+Verilog generators, so a width means one and the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+from mixq.errors import HardwareError
+
+REQUANT_MULT_BITS = 16  # width of the dyadic multiplier M
+
+# Largest packed-weight operand and activation operand of one DSP, by DSP type (signed widths):
+# DSP48E1 25 x 18 (DS190/UG479), DSP48E2 27 x 18 (UG579). Intel blocks are not packed.
+DSP_PORTS = {"DSP48E1": (25, 18), "DSP48E2": (27, 18)}
+DSP_MIN_PRODUCT = 9  # yosys maps a multiply to a DSP only when its product is >= 9 bits wide
+
+
+def requant_shift(accw: int, out_bits: int) -> int:
+    """The right shift of the generated requantizer (``M`` is ``REQUANT_MULT_BITS`` wide)."""
+    return REQUANT_MULT_BITS + max(accw - out_bits, 0) // 2
+
+
+def sp2_split(wbits: int) -> tuple[int, int]:
+    """Exponent-field widths ``(m1, m2)`` of an SP2 code of ``wbits`` (sign + m1 + m2, m1 >= m2).
+
+    >>> sp2_split(4)
+    (2, 1)
+    """
+    if wbits < 3:
+        raise HardwareError(f"SP2 needs at least 3 bits (sign + two exponent fields), got {wbits}")
+    m1 = math.ceil((wbits - 1) / 2)
+    return m1, wbits - 1 - m1
+
+
+def acc_width(pw: int, acc_len: int) -> int:
+    """Accumulator bits for ``acc_len`` products of ``pw`` bits: ``pw + ceil(log2(acc_len))``.
+
+    >>> acc_width(8, 4608)
+    21
+    """
+    return pw + max(0, math.ceil(math.log2(max(acc_len, 1))))
+
+
+def tree_levels(n: int) -> list[int]:
+    """Adders per level of a binary tree over ``n`` inputs (odd leftovers pass through).
+
+    >>> tree_levels(5)
+    [2, 1, 1]
+    """
+    out = []
+    while n > 1:
+        out.append(n // 2)
+        n = n - n // 2
+    return out
+
+
+def tree_bits(n: int, width: int) -> int:
+    """Total adder bits of a tree over ``n`` inputs of ``width`` bits (each level one bit wider).
+
+    >>> tree_bits(4, 8)
+    28
+    """
+    return sum(k * (width + i + 1) for i, k in enumerate(tree_levels(n)))
+
+
+def mul_dsps(a_width: int, b_width: int, y_width: int | None = None, dsp_type: str = "DSP48E1") -> int:
+    """DSP blocks a signed ``a_width`` x ``b_width`` multiply with a ``y_width`` result takes
+    (the yosys ``mul2dsp`` rule; ``y_width`` defaults to the full product).
+
+    No DSP below a 9-bit result or a 2-bit operand; one up to the port widths; the wide
+    operand split into chunks above them.
+
+    >>> mul_dsps(4, 5, 8), mul_dsps(24, 17), mul_dsps(32, 17)
+    (0, 1, 2)
+    """
+    a, b = max(a_width, b_width), min(a_width, b_width)
+    y = a + b if y_width is None else y_width
+    if y < DSP_MIN_PRODUCT or b < 2:
+        return 0
+    wide, narrow = DSP_PORTS.get(dsp_type, (27, 18))
+    na = 1 if a <= wide else 1 + math.ceil((a - wide) / (narrow - 1))
+    nb = 1 if b <= narrow else 1 + math.ceil((b - narrow) / (narrow - 1))
+    return na * nb

@@ -1,0 +1,371 @@
+"""The kinds of the hardware model as data: one record per PE kind, weight format and operator.
+
+* :data:`PE_KINDS` — one :class:`PeKind` per processing-element kind: the dot units (how a lane
+  forms its product, which resource it uses, its product width, cost features, DSP rule and
+  weight-code decoding) and the components calibrated on their own (tree, accumulator,
+  requantizer, thresholds, weight memory). Read by :mod:`mixq.hw.pe`, :mod:`mixq.hw.cost`,
+  :mod:`mixq.hw.lower`, :mod:`mixq.hw.engine`, :mod:`mixq.hw.overlay`, :mod:`mixq.hw.estimate`
+  and the Verilog side (:mod:`mixq.rtl.pe` registers one emitter per kind, :mod:`mixq.rtl.layout`).
+* :data:`WEIGHT_KINDS` — per weight-format kind, the lane its rows run on (:func:`mixq.hw.lower.pe_kind`).
+* :data:`STREAM_OPS` / :data:`COMPUTE_OPS` — per LayerSpec operator kind, what the templates need
+  to know about its data (the prices are in :data:`mixq.hw.engine.STREAM_PRICES`).
+
+The per-kind rules below are small functions of ``(wbits, abits)`` or of a
+:class:`mixq.hw.pe.PeConfig`; each kind names its own, nothing branches on a kind's name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mixq.hw.bits import DSP_PORTS, REQUANT_MULT_BITS, mul_dsps, requant_shift, sp2_split, tree_bits
+from mixq.hw.memory import block_count, lutram_mux_bits, lutram_prims
+from mixq.hw.parts import BRAM18
+
+if TYPE_CHECKING:
+    from mixq.hw.pe import PeConfig
+
+Features = dict[str, float]
+
+# ---- shift ranges and product widths (weights signed; activations unsigned or signed: same width) ----
+
+
+def _no_shift(wbits: int) -> int:
+    return 0
+
+
+def _sp2_shift(wbits: int) -> int:
+    """``F`` of an SP2 code: the largest value of its wider exponent field."""
+    return 2 ** sp2_split(wbits)[0] - 1
+
+
+def _pot_shift(wbits: int) -> int:
+    """``F`` of a power-of-two code ``{sign, e[wbits-1]}``."""
+    return 2 ** (wbits - 1) - 1
+
+
+def _width_multiply(wbits: int, abits: int) -> int:
+    return wbits + abits
+
+
+def _width_sp2(wbits: int, abits: int) -> int:
+    return abits + _sp2_shift(wbits) + 1  # two shifted terms: one carry bit
+
+
+def _width_pot(wbits: int, abits: int) -> int:
+    return abits + _pot_shift(wbits)
+
+
+def _width_select(wbits: int, abits: int) -> int:
+    return abits + 1  # +-a
+
+
+def _width_bit(wbits: int, abits: int) -> int:
+    return 1
+
+
+# ---- weight codes (the encoding of mixq.rtl.pe): code (masked to wbits) -> the integer a lane uses ----
+
+
+def _twos(wbits: int, code: int) -> int:
+    return code - (1 << wbits) if code >> (wbits - 1) else code
+
+
+def _decode_ternary(wbits: int, code: int) -> int:
+    v = _twos(wbits, code)
+    return 0 if v == -2 else v
+
+
+def _decode_bit(wbits: int, code: int) -> int:
+    return code
+
+
+def _decode_pot(wbits: int, code: int) -> int:
+    sign = -1 if code >> (wbits - 1) else 1
+    e = code & ((1 << (wbits - 1)) - 1)
+    return sign * (1 << (_pot_shift(wbits) - e) if e else 0)
+
+
+def _decode_sp2(wbits: int, code: int) -> int:
+    sign = -1 if code >> (wbits - 1) else 1
+    f = _sp2_shift(wbits)
+    m1, m2 = sp2_split(wbits)
+    e1, e2 = (code >> m2) & ((1 << m1) - 1), code & ((1 << m2) - 1)
+    return sign * ((1 << (f - e1) if e1 else 0) + (1 << (f - e2) if e2 else 0))
+
+
+# ---- cost features (LUTs and FFs are linear in them; see mixq.hw.cost) ----
+
+# per-lane structures of a LUT dot unit, by feature name (``pw``: the product width)
+LANE_FEATURES: dict[str, Callable[[PeConfig, int], float]] = {
+    # an array multiplier: partial-product adders ~ (w-1)(a-1), growing a little faster
+    "mul": lambda c, pw: float(c.simd * ((c.wbits - 1) * (c.abits - 1))),
+    "mul2": lambda c, pw: float(c.simd * ((c.wbits - 1) * (c.abits - 1)) ** 1.5 / 4),
+    "shift": lambda c, pw: float(c.simd * pw * (c.wbits - 1)),  # barrel shifters over the exponent bits
+    "lane": lambda c, pw: float(c.simd * pw),  # the lane's registered product
+}
+
+
+def _lut_dot_features(cfg: PeConfig) -> Features:
+    """Lanes, a LUT adder tree over them, the accumulator."""
+    pw, accw = cfg.product_bits, cfg.acc_bits
+    f = {"one": 1.0, "acc": float(accw), "tree": float(tree_bits(cfg.simd, pw))}
+    for name in PE_KINDS[cfg.kind].lane_features:
+        f[name] = LANE_FEATURES[name](cfg, pw)
+    return f
+
+
+def _dsp_chain_features(cfg: PeConfig) -> Features:
+    """DSP lanes chained on the post-adders (no LUT tree); ``rows`` rows packed per DSP."""
+    s, accw, rows = cfg.simd, cfg.acc_bits, PE_KINDS[cfg.kind].rows
+    # measured: with a two-lane chain yosys folds part of the fabric accumulator into the DSPs
+    f = {"one": 1.0, "acc" if s != 2 else "acc_pair": float(rows * accw)}
+    # lanes past the DSP's own two input registers delay their operands in SRLs
+    f["skew"] = float(max(0, s - 5) * (rows * cfg.wbits + cfg.abits))
+    f["lanes"] = float(s)  # the `first` delay line beside the chain
+    if rows == 2:
+        f["pack"] = float(s * cfg.wbits + accw)
+    return f
+
+
+def _tree_features(cfg: PeConfig) -> Features:
+    return {"one": 1.0, "tree": float(tree_bits(cfg.simd, cfg.abits)), "lane": float(cfg.simd * cfg.abits)}
+
+
+def _acc_features(cfg: PeConfig) -> Features:
+    return {"one": 1.0, "acc": float(cfg.acc_bits)}
+
+
+def _requant_features(cfg: PeConfig) -> Features:
+    rw = cfg.acc_bits + REQUANT_MULT_BITS + 1 - requant_shift(cfg.acc_bits, cfg.out_bits)
+    wide = cfg.acc_bits > DSP_PORTS["DSP48E1"][0]
+    return {"one": 1.0,
+            "out": float(cfg.out_bits),  # the clamp multiplexers
+            "hi": float(max(rw - 1 - cfg.out_bits, 0)),  # the overflow OR over the bits above the output
+            "wide": float(max(cfg.acc_bits - DSP_PORTS["DSP48E1"][0], 0)),  # a split multiply's fabric adder
+            "wide_r": float(rw if wide else 0)}  # ... whose result is registered in fabric
+
+
+def _thresh_features(cfg: PeConfig) -> Features:
+    return {"one": 1.0, "cmp": float((2 ** cfg.out_bits - 1) * cfg.acc_bits), "out": float(2 ** cfg.out_bits)}
+
+
+def _ram_features(cfg: PeConfig) -> Features:
+    if cfg.abits:  # block RAM: no LUTs
+        return {"one": 0.0}
+    return {"prims": 4.0 * lutram_prims(cfg.wbits, cfg.simd), "mux": float(lutram_mux_bits(cfg.wbits, cfg.simd)),
+            "q": float(cfg.wbits)}
+
+
+# ---- DSP and block RAM rules ----
+
+
+def _act_operand(cfg: PeConfig) -> int:
+    return cfg.abits + (0 if cfg.signed_act else 1)
+
+
+def _no_dsp(cfg: PeConfig, dsp_type: str) -> int:
+    return 0
+
+
+def _dsp_multiply(cfg: PeConfig, dsp_type: str) -> int:
+    """One multiply per lane (the yosys rule); Intel blocks hold two 18x19 products."""
+    a_op = _act_operand(cfg)
+    if dsp_type == "S10-VPDSP":
+        return math.ceil(cfg.simd / 2) if max(cfg.wbits, a_op) <= 19 else cfg.simd
+    return cfg.simd * mul_dsps(cfg.wbits, a_op, cfg.acc_bits, dsp_type)
+
+
+def _dsp_packed(cfg: PeConfig, dsp_type: str) -> int:
+    """``a * (w_hi * 2**S + w_lo)`` per lane: the packed operand is ``S + wbits`` wide."""
+    return cfg.simd * mul_dsps(cfg.acc_bits + cfg.wbits, _act_operand(cfg), 2 * cfg.acc_bits, dsp_type)
+
+
+def _dsp_requant(cfg: PeConfig, dsp_type: str) -> int:
+    m = REQUANT_MULT_BITS + 1
+    if dsp_type == "S10-VPDSP":
+        return 1
+    return mul_dsps(cfg.acc_bits, m, cfg.acc_bits + m, dsp_type)
+
+
+def _no_bram(cfg: PeConfig) -> int:
+    return 0
+
+
+def _ram_bram(cfg: PeConfig) -> int:
+    return block_count(cfg.wbits, cfg.simd, BRAM18) if cfg.abits else 0
+
+
+# ---- the table ----
+
+_DOT_NAME = "{c.kind}_w{c.wbits}a{sa}{c.abits}_s{c.simd}_acc{c.acc_bits}"
+
+
+@dataclass(frozen=True)
+class PeKind:
+    """One PE kind (see :mod:`mixq.hw.pe` for the circuits)."""
+
+    name: str
+    role: str  # "dot": lanes, a sum over them and an accumulator; "component": a part calibrated on its own
+    core: str  # "dsp" or "lut": the resource its arithmetic maps to (the overlay's core; -nodsp synthesis)
+    products: str  # dot units: "multiply", "shift_add", "select" or "xnor"; components: ""
+    features: Callable[[PeConfig], Features]  # the structural cost features
+    name_template: str  # the module name, formatted with c=PeConfig, sa="s" for signed activations, mem
+    product_width: Callable[[int, int], int] | None = None  # (wbits, abits) -> bits of one lane's product
+    shift_range: Callable[[int], int] = _no_shift  # wbits -> F, the largest exponent (shift lanes)
+    decode: Callable[[int, int], int] | None = None  # (wbits, code) -> the integer a lane multiplies by
+    dsps: Callable[[PeConfig, str], int] = _no_dsp  # (cfg, DSP type) -> DSP blocks
+    brams: Callable[[PeConfig], int] = _no_bram  # 18-Kb block RAM halves
+    lane_features: tuple[str, ...] = ()  # LUT dot units: the per-lane features of LANE_FEATURES
+    rows: int = 1  # output rows one unit computes (2: two rows packed in each DSP)
+    chain: bool = False  # lanes chained on the DSP post-adders (no LUT tree)
+    signed_sum: bool = True  # products and sums are signed (XNOR's popcount is not)
+    acc_extra: int = 0  # accumulator bits beyond acc_width(product, length) (XNOR's bipolar conversion)
+    weight_bits: int | None = None  # the one weight width the lane takes
+    act_bits: int | None = None  # the one activation width the lane takes
+    min_wbits: int = 1  # narrower weight codes run on ``fallback``, or are padded to this width
+    fallback: str | None = None
+    packed: str | None = None  # the kind packing two rows per DSP, where packing is legal
+    single_row: str = ""  # the one-row kind of a packed kind ("" = itself)
+    layer_engine: bool = False  # mixq.rtl.layer generates whole-layer engines of it
+    table_memory: bool = False  # reads a table of 2**out_bits - 1 entries of acc_bits (thresholds)
+
+    @property
+    def is_dot(self) -> bool:
+        return self.role == "dot"
+
+
+def _dot(name: str, core: str, products: str, width: Callable[[int, int], int], decode: Callable[[int, int], int],
+         chain: bool = False, **kw: Any) -> PeKind:
+    """A dot unit: DSP-chained lanes, or LUT lanes with an adder tree."""
+    features = _dsp_chain_features if chain else _lut_dot_features
+    return PeKind(name, "dot", core, products, features, _DOT_NAME, width, decode=decode, chain=chain, **kw)
+
+
+PE_KINDS: dict[str, PeKind] = {k.name: k for k in (
+    # signed wbits x abits multiply on LUTs
+    _dot("fixed_lut", "lut", "multiply", _width_multiply, _twos, lane_features=("mul", "mul2", "lane"),
+         layer_engine=True),
+    # the same multiply, one per DSP; lanes chained on the DSP post-adders (systolic, no LUT tree)
+    _dot("fixed_dsp", "dsp", "multiply", _width_multiply, _twos, chain=True, dsps=_dsp_multiply,
+         packed="fixed_dsp2", layer_engine=True),
+    # two rows' products of one activation packed in one DSP: a * (w_hi * 2**S + w_lo)
+    _dot("fixed_dsp2", "dsp", "multiply", _width_multiply, _twos, chain=True, rows=2, dsps=_dsp_packed,
+         single_row="fixed_dsp", layer_engine=True),
+    # a * +-(2**-e1 + 2**-e2): two variable shifts and an add
+    _dot("sp2", "lut", "shift_add", _width_sp2, _decode_sp2, shift_range=_sp2_shift,
+         lane_features=("shift", "lane"), min_wbits=3, fallback="pot", layer_engine=True),
+    # a * +-2**-e: one variable shift
+    _dot("pot", "lut", "shift_add", _width_pot, _decode_pot, shift_range=_pot_shift,
+         lane_features=("shift", "lane"), min_wbits=2, layer_engine=True),
+    # a * {-1, 0, +1}: a select
+    _dot("ternary", "lut", "select", _width_select, _decode_ternary, lane_features=("lane",), weight_bits=2),
+    # binary weight x binary activation: XNOR, popcount
+    _dot("xnor", "lut", "xnor", _width_bit, _decode_bit, lane_features=("lane",), signed_sum=False,
+         acc_extra=1, weight_bits=1, act_bits=1),
+    # components: simd inputs of abits (tree); an accumulator of accw fed abits (acc); dyadic
+    # acc * M >> n, round, clamp to out_bits on a DSP (requant); 2**out_bits - 1 threshold comparators
+    # (thresh, FINN style); a wbits wide x simd deep memory, block RAM when abits else LUTRAM (ram)
+    PeKind("tree", "component", "lut", "", _tree_features, "tree_n{c.simd}_b{c.abits}"),
+    PeKind("acc", "component", "lut", "", _acc_features, "acc_b{c.abits}_w{c.acc_bits}"),
+    PeKind("requant", "component", "dsp", "", _requant_features, "requant_i{c.acc_bits}_o{c.out_bits}",
+           dsps=_dsp_requant),
+    PeKind("thresh", "component", "lut", "", _thresh_features, "thresh_i{c.acc_bits}_o{c.out_bits}",
+           table_memory=True),
+    PeKind("ram", "component", "lut", "", _ram_features, "ram_w{c.wbits}_d{c.simd}_{mem}", brams=_ram_bram),
+)}
+
+DOT_KINDS: tuple[str, ...] = tuple(k for k, v in PE_KINDS.items() if v.is_dot)
+COMPONENT_KINDS: tuple[str, ...] = tuple(k for k, v in PE_KINDS.items() if not v.is_dot)
+# the fixed-point multiply of each core (packing chosen by mixq.hw.pe.dsp_packing)
+MULTIPLY_KINDS: dict[str, str] = {"lut": "fixed_lut", "dsp": "fixed_dsp"}
+# ArchOptions.requant -> the requantizer's PE kind
+REQUANT_KINDS: dict[str, str] = {"dyadic": "requant", "thresh": "thresh"}
+
+
+def lut_lanes(wbits: int) -> tuple[str, ...]:
+    """The LUT dot-unit kinds that take any ``wbits``-bit weight of their format (not only 1- or 2-bit codes)."""
+    return tuple(k for k, v in PE_KINDS.items() if v.is_dot and v.core == "lut" and v.weight_bits is None
+                 and (wbits >= v.min_wbits or v.fallback is None))
+
+
+@dataclass(frozen=True)
+class WeightKind:
+    """How rows of one weight-format kind are computed (:func:`mixq.hw.lower.pe_kind`)."""
+
+    name: str  # the format's ``kind``
+    lane: str | None  # its PE kind; None: a fixed-point multiply on the mapped core
+    terms: int | None = None  # the lane needs formats of this many terms (``fmt.terms``), others multiply
+    wide_act: str | None = None  # the lane when activations are wider than the lane's ``act_bits``
+    wide_act_note: str = ""
+    native: bool = False  # a multiply is the format's own arithmetic (no "modelled as" note)
+    layer_engine: bool = False  # the layer engine stores the format's codes as PE codes
+
+    def fits_lane(self, fmt: object) -> bool:
+        return self.lane is not None and (self.terms is None or getattr(fmt, "terms", self.terms) == self.terms)
+
+
+WEIGHT_KINDS: dict[str, WeightKind] = {w.name: w for w in (
+    WeightKind("fixed", None, native=True, layer_engine=True),
+    WeightKind("sp2", "sp2", terms=2, layer_engine=True),
+    WeightKind("pot", "pot", layer_engine=True),
+    WeightKind("focused", "pot"),  # a focused format's levels are single shifts too
+    WeightKind("ternary", "ternary"),
+    WeightKind("binary", "xnor", wide_act="ternary",
+               wide_act_note="binary weights with multi-bit activations modelled as ternary selects"),
+    WeightKind("minifloat", None),
+    WeightKind("posit", None),
+)}
+
+
+@dataclass(frozen=True)
+class StreamOp:
+    """A stream operator between compute layers (priced by :data:`mixq.hw.engine.STREAM_PRICES`)."""
+
+    name: str
+    elements: str = "in"  # the stream it handles per frame: "in"put, or "out"put (ops that write more)
+    cycles_on_out: bool = False  # one output element per lane and cycle (reductions, products)
+    skip_fifo: bool = False  # merges a skip path that waits in a FIFO
+    ddr_passes: int = 0  # overlay: DDR traffic in output maps (an add reads two and writes one)
+    folds: bool = False  # folded into the compute layer before it where graph.fold_bn folds it
+
+
+# Residual add and skip concat (with the skip FIFO), pooling, lookup-table activations, the data-movement
+# ops (nearest / bilinear upsample, zero insertion of a transposed conv, explicit padding, pixel shuffle),
+# channel reductions (mean / max over the channels), elementwise products (attention gates), unfolded BN.
+STREAM_OPS: dict[str, StreamOp] = {o.name: o for o in (
+    StreamOp("add", "out", skip_fifo=True, ddr_passes=3),
+    StreamOp("concat", "out", skip_fifo=True),
+    StreamOp("maxpool"),
+    StreamOp("avgpool"),
+    StreamOp("gap"),
+    StreamOp("act"),
+    StreamOp("upsample", "out"),
+    StreamOp("zero_insert", "out"),
+    StreamOp("pad", "out"),
+    StreamOp("pixel_shuffle", "out"),
+    StreamOp("reduce", cycles_on_out=True),
+    StreamOp("mul", cycles_on_out=True),
+    StreamOp("bn", cycles_on_out=True, folds=True),
+)}
+
+
+@dataclass(frozen=True)
+class ComputeOp:
+    """A compute layer kind."""
+
+    name: str
+    shared_act: bool = True  # all rows read the same activation (depthwise: each row its own channel)
+
+
+COMPUTE_OPS: dict[str, ComputeOp] = {o.name: o for o in (
+    ComputeOp("conv"), ComputeOp("dwconv", shared_act=False), ComputeOp("linear"))}
+
+
+def shares_act(op_kind: str) -> bool:
+    """Whether the rows of a layer of this kind read one shared activation (what DSP packing needs)."""
+    op = COMPUTE_OPS.get(op_kind)
+    return op.shared_act if op is not None else True
