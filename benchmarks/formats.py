@@ -40,6 +40,7 @@ from mixq.formats import (
     fit_focused,
 )
 from mixq.quant import compute_scale, fake_quant
+from mixq.validate import read_torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BITS = list(range(2, 9))
@@ -92,7 +93,7 @@ def mobilenet_rows() -> list[torch.Tensor] | None:
     path = Path(list(spec.submodule_search_locations)[0]) / "weights" / "mobilenet_v2-b0353104.pth"
     if not path.exists():
         return None
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    sd = read_torch(path)
     return [v.reshape(v.shape[0], -1).float() for v in sd.values() if v.dim() == 4]
 
 

@@ -46,12 +46,14 @@ from typing import Any
 import torch
 
 from mixq import zoo
-from mixq.algorithms.prune import PruneConfig, prune_and_quantize, sparse_size_bytes
-from mixq.algorithms.qat import QatConfig, accuracy, low_bit_plan, train_qat
+from mixq.algorithms.prune import PruneConfig, prune_and_quantize
+from mixq.algorithms.qat import QatConfig, low_bit_plan, train_qat
 from mixq.api import quantize
 from mixq.data import GRAY_MEAN, GRAY_STD, load_fashion_mnist, normalize_gray
 from mixq.formats import parse_format
 from mixq.io import atomic_write_json, atomic_write_text
+from mixq.nn.size import sparse_size_bytes
+from mixq.training import accuracy
 from mixq.zoo.cnv import WEIGHTS_PATH, load_pretrained
 
 RESULTS = Path(__file__).parent / "results"

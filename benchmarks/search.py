@@ -25,9 +25,9 @@ from typing import Any
 import torch
 
 from mixq.algorithms.search import Point, SearchConfig, SearchResult, SearchSpace, SensitivityConfig, search_plan
-from mixq.tasks.search import bundled_task
 from mixq.errors import ModelError
 from mixq.io import atomic_write_json, atomic_write_text
+from mixq.tasks.search import bundled_task
 
 OUT = Path(__file__).parent / "results"
 NOTES = [

@@ -25,10 +25,10 @@ from mixq import api
 from mixq.algorithms.search import HwTable, SearchSpace, SensitivityConfig, sensitivity
 from mixq.algorithms.search.allocate import fastest, problem_at
 from mixq.algorithms.search.solvers import ILP_GAP, solve_greedy, solve_ilp
-from mixq.tasks.search import bundled_task
 from mixq.graph.bnfold import fold_bn
 from mixq.graph.capture import capture
 from mixq.io import atomic_write_json, atomic_write_text
+from mixq.tasks.search import bundled_task
 
 OUT = Path(__file__).parent / "results"
 PART = "xczu9eg"

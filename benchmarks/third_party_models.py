@@ -55,6 +55,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixq.validate import read_torch
+
 __all__ = [
     "MODELS",
     "Preprocessing",
@@ -452,7 +454,7 @@ def _build_from_spec(spec):
         model = ctor(*spec["args"], **spec["kwargs"])
     if spec["weights_file"]:
         path = os.path.join(_package_dir(spec["weights_package"]), spec["weights_file"])
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_torch(path)
         model.load_state_dict(state, strict=True)
     return model.eval()
 

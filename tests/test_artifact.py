@@ -25,8 +25,8 @@ SHAPE = (1, 28, 28)
 
 
 def _calib(n: int = 32) -> torch.Tensor:
-    from mixq.tasks.data import load_source
     from mixq.data.sources import Preprocess
+    from mixq.tasks.data import load_source
 
     # what `mixq quantize cnv --images n` calibrates on
     return load_source("shipped", Preprocess.for_input(SHAPE), n, "--calib").x

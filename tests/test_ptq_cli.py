@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from mixq.cli import main
-from mixq.tasks import data as quantize_cli
 from mixq.errors import DataError
 from mixq.plan import load_plan
+from mixq.tasks import data as quantize_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

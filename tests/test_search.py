@@ -256,8 +256,8 @@ def test_cli_search(tiny, tmp_path, monkeypatch) -> None:  # type: ignore[no-unt
     import typer
     from typer.testing import CliRunner
 
-    from mixq.tasks import search as tasks
     from mixq.cli import search as cli_search
+    from mixq.tasks import search as tasks
 
     m, calib, x, y = tiny
     monkeypatch.setattr(tasks, "bundled_task", lambda *a, **k: (m, calib, AccuracyEval(x, y)))

@@ -111,30 +111,15 @@ def quant_layers(model: nn.Module) -> list[tuple[str, QConv2d | QLinear]]:
 
 
 def model_size_bytes(model: nn.Module, plan: QuantPlan | None = None) -> int:
-    """Storage of the model's parameters.
+    """Storage of the model's parameters (the one rule, :func:`mixq.nn.size.model_size_bytes`).
 
     Float parameters count 4 bytes; a quantized layer's weights count their
     format's storage bits, plus a 32-bit scale per row and format, a bit per row
     for the scheme mask when two formats are mixed, and its bias at 32 bits.
     """
-    total_bits = 0
-    quantized: set[str] = set()
-    for name, m in quant_layers(model):
-        rows = m.weight.shape[0]
-        per_row = m.weight[0].numel()
-        fmts = m.row_formats()
-        if m.formats:
-            total_bits += sum(f.storage_bits for f in fmts) * per_row
-            total_bits += 32 * rows * len(m.formats) + (rows if len(m.formats) > 1 else 0)
-        else:
-            total_bits += 32 * m.weight.numel()
-        if m.bias is not None:
-            total_bits += 32 * m.bias.numel()
-        quantized.update({f"{name}.weight", f"{name}.bias"})
-    for pname, p in model.named_parameters():
-        if pname not in quantized:
-            total_bits += 32 * p.numel()
-    return (total_bits + 7) // 8
+    from mixq.nn.size import model_size_bytes as dense_bytes
+
+    return dense_bytes(model)
 
 
 def layer_formats(model: nn.Module) -> list[dict[str, object]]:

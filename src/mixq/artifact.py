@@ -19,12 +19,8 @@ fit the rebuilt model) raises a one-line :class:`~mixq.errors.DataError` or
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import pickle
-import re
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,8 +34,9 @@ from mixq.graph.bnfold import fold_bn
 from mixq.graph.convert import act_quantizers, to_quantized
 from mixq.graph.normalize import normalize
 from mixq.graph.swap import set_submodule
-from mixq.io import atomic_write_bytes, atomic_write_json
+from mixq.io import atomic_write_json, atomic_write_torch
 from mixq.plan import QuantPlan, plan_from_dict, plan_to_dict, save_plan, validate_plan
+from mixq.validate import read_torch
 from mixq.zoo.source import ModelSource
 
 __all__ = ["ARTIFACT_FORMAT", "ARTIFACT_VERSION", "CHECKPOINT_FILE", "Artifact", "Checkpoint", "load_artifact",
@@ -103,35 +100,19 @@ def save_artifact(folder: str | os.PathLike[str], model_name: str, plan: QuantPl
     src = source if source is not None else ModelSource(model_name)
     if src.name != model_name:
         raise ModelError(f"save_artifact: model name {model_name!r} is not the source's ({src.name!r})")
-    buf = io.BytesIO()
-    torch.save({"format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION, "model": model_name,
-                "source": src.to_dict(),
-                "plan": plan_to_dict(plan), "recipe": recipe,
-                "modules": {n: type(m).__name__ for n, m in qmodel.named_modules() if n},
-                "state_dict": qmodel.state_dict()}, buf)
-    paths = [atomic_write_bytes(root / CHECKPOINT_FILE, buf.getvalue()), save_plan(plan, root / PLAN_FILE)]
+    ckpt = {"format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION, "model": model_name, "source": src.to_dict(),
+            "plan": plan_to_dict(plan), "recipe": recipe,
+            "modules": {n: type(m).__name__ for n, m in qmodel.named_modules() if n},
+            "state_dict": qmodel.state_dict()}
+    atomic_write_torch(root / CHECKPOINT_FILE, ckpt)
+    paths = [root / CHECKPOINT_FILE, save_plan(plan, root / PLAN_FILE)]
     if summary is not None:
         paths.append(atomic_write_json(root / SUMMARY_FILE, summary))
     return paths
 
 
 def _read(path: Path) -> Any:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        obj = re.search(r"GLOBAL ([A-Za-z_][\w.]*) was not an allowed global", str(e))
-        if obj:  # e.g. torch.save(model): a pickled object, refused by the safe loader
-            raise DataError(f"{path}: not a mixq quantize checkpoint (it holds a pickled {obj.group(1)}, not "
-                            "tensors and plain data)") from e
-        raise DataError(f"{path}: not a mixq quantize checkpoint (corrupt or not saved with torch.save)") from e
-    except Exception as e:  # torch raises RuntimeError, EOFError, ValueError, ... on a bad file
-        raise DataError(f"{path}: not a mixq quantize checkpoint (corrupt or not saved with torch.save)") from e
+    return read_torch(path, what="mixq quantize checkpoint")
 
 
 def read_checkpoint(folder: str | os.PathLike[str]) -> Checkpoint:

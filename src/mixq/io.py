@@ -1,4 +1,5 @@
-"""Atomic file output: a crash never leaves a half-written result behind."""
+"""Atomic file output: a crash never leaves a half-written result behind. Every file mixq writes goes
+through :func:`atomic_write_bytes` (text, JSON and ``torch.save`` objects through the helpers below)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,18 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write_torch(path: str | os.PathLike[str], obj: Any) -> bytes:
+    """The one ``torch.save`` of mixq: ``obj`` (tensors in plain containers) serialised in memory, then
+    written atomically; returns the bytes written (e.g. to hash them). Read back with
+    :func:`mixq.validate.read_torch`."""
+    import io
+
+    import torch  # here, not at the top: the CLI imports this module and answers --help without torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return data

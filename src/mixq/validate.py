@@ -30,12 +30,12 @@ import re
 import warnings
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-from mixq.errors import DataError, NumericError, OptionError
+from mixq.errors import DataError, MixqError, NumericError, OptionError
 
 T = TypeVar("T")
 
@@ -169,35 +169,48 @@ def model(module: nn.Module, source: str, max_abs: float = MAX_ABS) -> None:
     state_dict(module.state_dict(), source, max_abs)
 
 
-def load_state(path: str | os.PathLike[str], source_name: str | None = None,
-               max_abs: float = MAX_ABS) -> dict[str, torch.Tensor]:
-    """Read a state dict saved with ``torch.save`` safely (``weights_only``, on the CPU) and check it.
+def read_torch(path: str | os.PathLike[str], source_name: str | None = None, *, what: str = "PyTorch file",
+               error: type[MixqError] = DataError) -> Any:
+    """The one ``torch.load`` of mixq: the object of a ``torch.save`` file, read safely (``weights_only``:
+    plain tensors and containers, no code from the file) on the CPU.
 
-    A missing, unreadable, corrupt or non-state-dict file raises :class:`DataError`
-    naming ``source_name`` (default: the path); bad values raise :class:`NumericError`.
+    A missing, unreadable or corrupt file, or one holding pickled objects, raises ``error`` naming
+    ``source_name`` (default: the path), e.g. ``w.pt: not a PyTorch state dict (corrupt or not saved
+    with torch.save)`` for ``what="PyTorch state dict"``.
     """
     p = Path(path)
     src = source_name or str(p)
     if not p.exists():
-        raise DataError(f"{src}: file not found")
+        raise error(f"{src}: file not found")
     if p.is_dir():
-        raise DataError(f"{src}: is a folder, not a weights file")
+        raise error(f"{src}: is a folder, not a {what}")
     try:
         data = p.read_bytes()
     except OSError as e:
-        raise DataError(f"{src}: cannot read ({e.strerror or e})") from None
+        raise error(f"{src}: cannot read ({e.strerror or e})") from None
     try:
         with warnings.catch_warnings():  # torch's unpickler warns about protocols; the error below says it all
             warnings.simplefilter("ignore")
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         obj = re.search(r"GLOBAL ([A-Za-z_][\w.]*) was not an allowed global", str(e))
         if obj:  # e.g. torch.save(model): a pickled module, not its state dict
-            raise DataError(f"{src}: not a PyTorch state dict (it holds a pickled {obj.group(1)}; "
-                            "save model.state_dict() with torch.save)") from e
-        raise DataError(f"{src}: not a PyTorch state dict (corrupt or not saved with torch.save)") from e
+            raise error(f"{src}: not a {what} (it holds a pickled {obj.group(1)}; "
+                        "save model.state_dict() with torch.save)") from e
+        raise error(f"{src}: not a {what} (corrupt or not saved with torch.save)") from e
     except Exception as e:  # torch raises RuntimeError, EOFError, ValueError, ... on a bad file
-        raise DataError(f"{src}: not a PyTorch state dict (corrupt or not saved with torch.save)") from e
+        raise error(f"{src}: not a {what} (corrupt or not saved with torch.save)") from e
+
+
+def load_state(path: str | os.PathLike[str], source_name: str | None = None,
+               max_abs: float = MAX_ABS) -> dict[str, torch.Tensor]:
+    """Read a state dict saved with ``torch.save`` safely (:func:`read_torch`) and check it.
+
+    A missing, unreadable, corrupt or non-state-dict file raises :class:`DataError`
+    naming ``source_name`` (default: the path); bad values raise :class:`NumericError`.
+    """
+    src = source_name or str(path)
+    state = read_torch(path, src, what="PyTorch state dict")
     if not isinstance(state, dict):
         raise DataError(f"{src}: not a PyTorch state dict (it holds a {type(state).__name__}, not a dict of tensors)")
     if not state:

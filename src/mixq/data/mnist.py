@@ -31,21 +31,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from mixq.data.idx import read_idx, read_mnist_pickle
 from mixq.errors import DataError
 
-__all__ = [
-    "FMNIST_CLASSES",
-    "FMNIST_DEBIAN_ROOT",
-    "FMNIST_SUBSET_PATH",
-    "GRAY_MEAN",
-    "GRAY_STD",
-    "data_loader",
-    "load_fashion_mnist",
-    "load_fmnist_subset",
-    "load_idx_pair",
-    "load_mnist",
-    "normalize_gray",
-    "tensor_dataset",
-]
-
 GRAY_MEAN = 0.2860
 GRAY_STD = 0.3530
 

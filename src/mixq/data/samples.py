@@ -65,15 +65,20 @@ NATURAL_PHOTOS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )
 
 
-def _package_dir(package: str) -> Path | None:
-    """The folder of an installed package, found without importing it (None when absent)."""
+def package_dirs(package: str) -> list[Path]:
+    """The folders of an installed package, found without importing it (empty when it is absent)."""
     try:
         spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
-        return None
+        return []
     if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
+        return []
+    return [Path(p) for p in spec.submodule_search_locations]
+
+
+def _package_dir(package: str) -> Path | None:
+    """The (first) folder of an installed package (None when absent)."""
+    return next(iter(package_dirs(package)), None)
 
 
 def foolbox_data_dir() -> Path:

@@ -64,7 +64,8 @@ __all__ = [
     "load_images",
 ]
 
-#: The bundled Fashion-MNIST training images used for calibration (the first 1000 of the train split, so the shipped test subset stays unseen).
+#: The bundled Fashion-MNIST training images used for calibration (the first 1000 of the train split, so the
+#: shipped test subset stays unseen).
 CALIB_PATH = Path(__file__).parent / "assets" / "fmnist_train_calib.npz"
 #: Source names that are not paths.
 KEYWORDS = ("shipped", "shipped-test", "photos")

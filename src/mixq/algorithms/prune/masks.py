@@ -61,18 +61,27 @@ def magnitude_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
     return mask.reshape(w.shape)
 
 
+def _checked_layers(model: nn.Module, layers: Sequence[str] | None,
+                    scope: str) -> dict[str, nn.Conv2d | nn.Linear]:
+    """The layers to prune by name (default: :func:`prunable_layers`), checked: `PruneError` for an
+    unknown ``scope`` or a name that is not a Conv2d/Linear layer of the model."""
+    if scope not in SCOPES:
+        raise PruneError(f"prune.scope: {scope!r} is not one of {', '.join(SCOPES)}")
+    mods = dict(model.named_modules())
+    out: dict[str, nn.Conv2d | nn.Linear] = {}
+    for n in (list(layers) if layers is not None else prunable_layers(model)):
+        m = mods.get(n)
+        if not isinstance(m, nn.Conv2d | nn.Linear):
+            raise PruneError(f"prune.layers: {n!r} is not a Conv2d/Linear layer of the model")
+        out[n] = m
+    return out
+
+
 def magnitude_masks(model: nn.Module, sparsity: float, layers: Sequence[str] | None = None,
                     scope: str = "layer") -> dict[str, torch.Tensor]:
     """Unstructured magnitude masks for ``layers`` (default: :func:`prunable_layers`)."""
     sparsity = _check_sparsity(sparsity)
-    if scope not in SCOPES:
-        raise PruneError(f"prune.scope: {scope!r} is not one of {', '.join(SCOPES)}")
-    mods = dict(model.named_modules())
-    names = list(layers) if layers is not None else prunable_layers(model)
-    for n in names:
-        if not isinstance(mods.get(n), nn.Conv2d | nn.Linear):
-            raise PruneError(f"prune.layers: {n!r} is not a Conv2d/Linear layer of the model")
-    weights = {n: mods[n].weight.detach() for n in names}
+    weights = {n: m.weight.detach() for n, m in _checked_layers(model, layers, scope).items()}
     if scope == "layer":
         return {n: magnitude_mask(w, sparsity) for n, w in weights.items()}
     allw = torch.cat([w.abs().flatten() for w in weights.values()])
@@ -115,14 +124,8 @@ def channel_masks(model: nn.Module, ratio: float, layers: Sequence[str] | None =
     of every layer is kept.
     """
     ratio = _check_sparsity(ratio)
-    if scope not in SCOPES:
-        raise PruneError(f"prune.scope: {scope!r} is not one of {', '.join(SCOPES)}")
-    mods = dict(model.named_modules())
-    names = list(layers) if layers is not None else prunable_layers(model)
-    for n in names:
-        if not isinstance(mods.get(n), nn.Conv2d | nn.Linear):
-            raise PruneError(f"prune.layers: {n!r} is not a Conv2d/Linear layer of the model")
-    scores = channel_scores(model, names, criterion)
+    chosen = _checked_layers(model, layers, scope)
+    scores = channel_scores(model, list(chosen), criterion)
     keep: dict[str, torch.Tensor] = {}
     if scope == "layer":
         for n, s in scores.items():
@@ -138,7 +141,7 @@ def channel_masks(model: nn.Module, ratio: float, layers: Sequence[str] | None =
             keep[n] = k
     out = {}
     for n, k in keep.items():
-        w = mods[n].weight
+        w = chosen[n].weight
         out[n] = k.to(w.dtype).reshape((-1,) + (1,) * (w.dim() - 1)).expand_as(w).clone()
     return out
 

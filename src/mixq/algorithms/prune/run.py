@@ -25,7 +25,6 @@ reports a line through :mod:`mixq.progress` (with ``QatConfig.progress``).
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 from dataclasses import dataclass
@@ -48,13 +47,14 @@ from mixq.algorithms.prune.masks import (
     prunable_layers,
     sparsity_of,
 )
-from mixq.algorithms.prune.size import sparse_size_bytes
-from mixq.algorithms.qat.checkpoint import data_difference, data_fingerprint
 from mixq.algorithms.qat.config import QatConfig
 from mixq.algorithms.qat.run import QatResult, train_qat
-from mixq.algorithms.qat.trainer import CheckpointHook, accuracy, dist_info, fit
-from mixq.io import atomic_write_bytes, atomic_write_json
+from mixq.algorithms.qat.trainer import fit
+from mixq.io import atomic_write_json, atomic_write_torch
+from mixq.nn.size import sparse_size_bytes
 from mixq.plan import QuantPlan
+from mixq.training import CheckpointHook, accuracy, data_difference, data_fingerprint, dist_info
+from mixq.validate import read_torch
 
 METHODS = ("magnitude", "channel")
 STATE_FILE = "prune_state.json"
@@ -118,16 +118,11 @@ def make_masks(model: nn.Module, cfg: PruneConfig) -> dict[str, torch.Tensor]:
 
 
 def _save_tensors(path: Path, obj: dict[str, torch.Tensor]) -> None:
-    buf = io.BytesIO()
-    torch.save({k: v.detach().contiguous() for k, v in obj.items()}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_torch(path, {k: v.detach().contiguous() for k, v in obj.items()})
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise PruneError(f"{path}: not a readable tensor file ({type(e).__name__}: {e})") from e
+    obj = read_torch(path, what="readable tensor file", error=PruneError)
     if not isinstance(obj, dict):
         raise PruneError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors")
     return obj

@@ -1,5 +1,6 @@
 """Quantization-aware training (layer L5): STE, LSQ, DoReFa, XNOR binary weights, distillation,
-BN folding during training, exact resume from checkpoints, DistributedDataParallel.
+BN folding during training, exact resume from checkpoints, DistributedDataParallel — on the one
+training loop of :mod:`mixq.training` (whose ``cosine_lr``, ``kd_loss`` and ``accuracy`` are re-exported).
 
 Entry points: :func:`train_qat` (one call from a float model and a plan to a
 trained quantized model and its files), :func:`low_bit_plan` (the default
@@ -9,9 +10,7 @@ first/last-layer-at-8-bits policy), :func:`load_result` (read a run folder back)
 from mixq.algorithms.qat.checkpoint import Position, read_checkpoint
 from mixq.algorithms.qat.config import QatConfig, QatError
 from mixq.algorithms.qat.functional import (
-    cosine_lr,
     dorefa_weight,
-    kd_loss,
     lsq_act,
     lsq_weight,
     quant_grad,
@@ -24,6 +23,7 @@ from mixq.algorithms.qat.prepare import low_bit_plan, prepare_qat, signed_input_
 from mixq.algorithms.qat.result import load_quantized, load_result, save_result
 from mixq.algorithms.qat.run import QatResult, train_qat
 from mixq.algorithms.qat.trainer import FitResult, accuracy, epoch_order, fit, init_distributed
+from mixq.training import cosine_lr, kd_loss
 
 __all__ = [
     "FitResult",

@@ -1,240 +1,45 @@
-"""Training checkpoints: everything needed to continue a run exactly where it stopped.
-
-A checkpoint holds the model and optimizer state, the schedule, the position
-(epoch, step inside the epoch, global step), the RNG states of torch, numpy and
-Python, the history so far and the accumulated training time. It is written
-atomically (``torch.save`` to memory, then :func:`mixq.io.atomic_write_bytes`),
-so a run killed at any moment leaves the previous complete checkpoint behind,
-and it is read with ``weights_only=True`` (no arbitrary code from a file).
-
-It also records what the run trains on, so ``--resume`` refuses a run that would
-mix two trainings: the plan (``plan``, the layers of :func:`mixq.plan.plan_to_dict`
-as JSON) and a fingerprint of the training data (``data``: the number of samples,
-their shape, a SHA-256 of an evenly strided sample of the inputs and of all
-labels, plus whatever the caller adds, e.g. the dataset name). Version 1
-checkpoints (without these records) still resume; they cannot be checked.
-"""
+"""QAT's side of the training checkpoints (:mod:`mixq.training.checkpoint` holds the format, the
+position, the RNG states and the lineage records): the plan record a QAT checkpoint carries and the
+check that a checkpoint's `QatConfig` continues this run's trajectory."""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import random
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from mixq import progress, validate
 from mixq.algorithms.qat.config import QatConfig, QatError
-from mixq.io import atomic_write_bytes
+from mixq.plan import QuantPlan, plan_to_dict
+from mixq.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    READABLE_VERSIONS,
+    Position,
+    data_difference,
+    data_fingerprint,
+    nonfinite_tensors,
+    read_checkpoint,
+)
 
-CHECKPOINT_FORMAT = "mixq-qat-checkpoint"
-CHECKPOINT_VERSION = 2
-#: versions :func:`read_checkpoint` accepts (1: no plan / data records)
-READABLE_VERSIONS = (1, 2)
-#: inputs hashed by :func:`data_fingerprint` (evenly spaced over the set)
-FINGERPRINT_SAMPLES = 1024
-
-
-@dataclass
-class Position:
-    """Where training stands: ``step`` batches of ``epoch`` are done (``step == 0``: none)."""
-
-    epoch: int = 0
-    step: int = 0
-    global_step: int = 0
-    loss_sum: float = 0.0
-    seen: int = 0
-    train_time_s: float = 0.0
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "step": self.step, "global_step": self.global_step,
-                "loss_sum": self.loss_sum, "seen": self.seen, "train_time_s": self.train_time_s,
-                "history": list(self.history)}
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "READABLE_VERSIONS", "Position", "check_config",
+           "data_difference", "data_fingerprint", "nonfinite_tensors", "plan_record", "read_checkpoint"]
 
 
-def rng_state() -> dict[str, Any]:
-    """The global RNG states of torch, numpy and Python as tensors and plain lists."""
-    np_state = np.random.get_state(legacy=True)
-    assert isinstance(np_state, tuple)
-    py_state = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": {"key": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
-        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-
-
-def data_fingerprint(x: torch.Tensor, y: torch.Tensor, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What identifies a training set cheaply: sample count, input shape, SHA-256 of up to
-    :data:`FINGERPRINT_SAMPLES` evenly spaced inputs and of all labels, and ``meta`` (JSON values the
-    caller adds, e.g. ``{"dataset": "fmnist"}``)."""
-    n = int(x.shape[0])
-    idx = torch.linspace(0, max(n - 1, 0), min(n, FINGERPRINT_SAMPLES)).round().long() if n else torch.zeros(0).long()
-    hx = hashlib.sha256(str(x.dtype).encode())
-    hx.update(x[idx].detach().cpu().contiguous().numpy().tobytes())
-    hy = hashlib.sha256(str(y.dtype).encode())
-    hy.update(y.detach().cpu().contiguous().numpy().tobytes())
-    out: dict[str, Any] = {"samples": n, "shape": [int(s) for s in x.shape[1:]],
-                           "inputs_sha256": hx.hexdigest()[:16], "labels_sha256": hy.hexdigest()[:16]}
-    if meta:
-        out["meta"] = json.loads(json.dumps(meta, sort_keys=True, default=str))
-    return out
-
-
-def plan_record(plan: Any) -> str:
+def plan_record(plan: QuantPlan) -> str:
     """The part of a `QuantPlan` that shapes training (model name and layers; not ``meta``), as JSON."""
-    from mixq.plan import plan_to_dict
-
     d = plan_to_dict(plan)
     return json.dumps({"model": d["model"], "layers": d["layers"]})  # layers in the plan's (forward) order
 
 
-def first_difference(a: Any, b: Any, path: str) -> tuple[str, Any, Any] | None:
-    """The first (path, a-value, b-value) where two JSON values differ (dicts in ``a``'s key order)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in list(a) + [k for k in b if k not in a]:
-            if k not in a or k not in b:
-                return f"{path}.{k}", a.get(k, "<absent>"), b.get(k, "<absent>")
-            d = first_difference(a[k], b[k], f"{path}.{k}")
-            if d is not None:
-                return d
-        return None
-    return None if a == b else (path, a, b)
+def check_config(cfg: QatConfig) -> Callable[[Path, dict[str, Any]], None]:
+    """The resume check of a run with ``cfg``: raises `QatError` when a checkpoint's config would take
+    another trajectory (fields of ``RESUME_FREE`` may differ)."""
+    def check(path: Path, saved_dict: dict[str, Any]) -> None:
+        saved = QatConfig.from_dict(dict(saved_dict), source=f"{path}: config")
+        diff = cfg.trajectory_diff(saved)
+        if diff:
+            parts = ", ".join(f"{k} (checkpoint {saved.to_dict()[k]!r}, now {cfg.to_dict()[k]!r})" for k in diff)
+            raise QatError(f"{path}: checkpoint was made with a different config: {parts}")
 
-
-def _short(v: Any, limit: int = 60) -> str:
-    r = repr(v)
-    return r if len(r) <= limit else r[: limit - 3] + "..."
-
-
-def check_lineage(path: Path, obj: dict[str, Any], *, plan: str | None, data: dict[str, Any] | None) -> None:
-    """Raise `QatError` when the checkpoint was made for another plan or other training data.
-
-    ``plan`` is :func:`plan_record` of this run's plan (None: the run has no plan, e.g. float
-    fine-tuning); ``data`` is :func:`data_fingerprint` of this run's training set. A version 1
-    checkpoint has neither record: it resumes unchecked (a line says so).
-    """
-    if obj.get("version") == 1:
-        progress.log(f"{path}: version 1 checkpoint, the plan and the training data cannot be checked")
-        return
-    saved_plan = obj.get("plan")
-    if (saved_plan is None) != (plan is None):
-        raise QatError(f"{path}: checkpoint was made {'with' if saved_plan is not None else 'without'} a plan, "
-                       f"this run has {'one' if plan is not None else 'none'} (field 'plan')")
-    if saved_plan is not None and plan is not None and saved_plan != plan:
-        old, new = json.loads(saved_plan), json.loads(plan)
-        diff = first_difference(old, new, "plan") or ("plan", "?", "?")
-        raise QatError(f"{path}: checkpoint was made for a different plan: {diff[0]} "
-                       f"(checkpoint {_short(diff[1])}, now {_short(diff[2])}); "
-                       "resume with the same plan or start a new run folder")
-    saved_data = obj.get("data")
-    what = data_difference(saved_data, data)
-    if what is not None:
-        raise QatError(f"{path}: checkpoint was made on different training data, this run has {what}; "
-                       "resume with the same data or start a new run folder")
-
-
-def data_difference(saved: dict[str, Any] | None, now: dict[str, Any] | None) -> str | None:
-    """What differs between two :func:`data_fingerprint` records, in words naming the field (None: the
-    same, or either record missing)."""
-    if not saved or not now or dict(saved) == now:
-        return None
-    diff = first_difference(dict(saved), now, "data") or ("data", "?", "?")
-    what = {"data.samples": "another number of training samples (--max-train?)",
-            "data.shape": "another input shape (--dataset / --model?)",
-            "data.inputs_sha256": "other training inputs (--dataset / --data-root?)",
-            "data.labels_sha256": "other training labels (--dataset / --data-root?)"}.get(diff[0], "other data")
-    return f"{what}: field '{diff[0]}' is {_short(diff[1])} in the checkpoint, {_short(diff[2])} now"
-
-
-def nonfinite_tensors(module: torch.nn.Module) -> list[str]:
-    """Names of the floating-point parameters and buffers of ``module`` holding a NaN or an Inf."""
-    return validate.nonfinite(module.state_dict())
-
-
-def save_checkpoint(path: Path, *, cfg: QatConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, pos: Position, world_size: int, extra: dict[str, Any] | None = None,
-                    plan: str | None = None, data: dict[str, Any] | None = None) -> None:
-    """Write the training state atomically to ``path`` (``plan`` / ``data``: see :func:`check_lineage`)."""
-    obj = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "config": cfg.to_dict(),
-        "plan": plan,
-        "data": data,
-        "world_size": world_size,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "position": pos.to_dict(),
-        "rng": rng_state(),
-        "extra": extra or {},
-    }
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Read and check the envelope of a checkpoint; `QatError` naming the file when it is not one."""
-    if not path.is_file():
-        raise QatError(f"{path}: checkpoint not found")
-    try:
-        obj = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types on corrupt files
-        raise QatError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
-        raise QatError(f"{path}: not a mixq QAT checkpoint (field 'format')")
-    if obj.get("version") not in READABLE_VERSIONS:
-        raise QatError(f"{path}: checkpoint version {obj.get('version')!r} is not one of "
-                       f"{', '.join(map(str, READABLE_VERSIONS))} (field 'version')")
-    return obj
-
-
-def check_compatible(path: Path, obj: dict[str, Any], cfg: QatConfig, world_size: int) -> None:
-    """Raise `QatError` when the checkpoint was made by a run with a different trajectory."""
-    saved = QatConfig.from_dict(dict(obj["config"]), source=f"{path}: config")
-    diff = cfg.trajectory_diff(saved)
-    if diff:
-        parts = ", ".join(f"{k} (checkpoint {saved.to_dict()[k]!r}, now {cfg.to_dict()[k]!r})" for k in diff)
-        raise QatError(f"{path}: checkpoint was made with a different config: {parts}")
-    if int(obj["world_size"]) != world_size:
-        raise QatError(f"{path}: checkpoint was made with {obj['world_size']} processes, now {world_size} "
-                       "(field 'world_size')")
-
-
-def load_model_state(path: Path, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """``load_state_dict`` with a `QatError` naming the file and the first mismatching key."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise QatError(f"{path}: checkpoint does not match the model ({what}; field 'model')")
-    for k, v in own.items():
-        if tuple(v.shape) != tuple(state[k].shape):
-            raise QatError(f"{path}: checkpoint tensor model.{k} has shape {tuple(state[k].shape)}, "
-                           f"the model's has {tuple(v.shape)}")
-    model.load_state_dict(state, strict=True)
-
-
-def restore_position(obj: dict[str, Any]) -> Position:
-    p = obj["position"]
-    return Position(epoch=int(p["epoch"]), step=int(p["step"]), global_step=int(p["global_step"]),
-                    loss_sum=float(p["loss_sum"]), seen=int(p["seen"]), train_time_s=float(p["train_time_s"]),
-                    history=list(p["history"]))
+    return check

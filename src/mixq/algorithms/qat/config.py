@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from mixq.errors import MixqError
+from mixq.training import TrainConfig, TrainError
 
 QAT_SCHEMA_VERSION = 1
 
@@ -27,8 +27,9 @@ OBSERVER_CHOICES = ("minmax", "percentile", "mse", "kl")
 RESUME_FREE = ("progress", "checkpoint_every", "eval_every_epoch", "threads")
 
 
-class QatError(MixqError):
-    """A QAT run that cannot proceed: a bad config field, a checkpoint that does not match the run."""
+#: A QAT run that cannot proceed: a bad config field, a checkpoint that does not match the run (the one
+#: training error of :mod:`mixq.training`, which the loop and the checkpoints raise).
+QatError = TrainError
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,16 @@ class QatConfig:
         if unknown:
             raise QatError(f"{source}: unknown field(s) {', '.join(unknown)}")
         return cls(**d)
+
+    def train_config(self) -> TrainConfig:
+        """The settings of the one training loop (:func:`mixq.training.fit`) this config runs."""
+        return TrainConfig(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
+            weight_decay=self.weight_decay, optimizer=self.optimizer, scale_lr=self.scale_lr,
+            warmup_steps=self.warmup_steps, min_lr=self.min_lr, seed=self.seed, kd_alpha=self.kd_alpha,
+            kd_temperature=self.kd_temperature, augment=self.augment, channels_last=self.channels_last,
+            checkpoint_every=self.checkpoint_every, threads=self.threads, deterministic=self.deterministic,
+            progress=self.progress, eval_every_epoch=self.eval_every_epoch)
 
     def trajectory_diff(self, other: QatConfig) -> list[str]:
         """Fields that differ and change the training trajectory (see ``RESUME_FREE``)."""

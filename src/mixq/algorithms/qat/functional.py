@@ -1,4 +1,5 @@
-"""The math of QAT as pure functions: weight quantizers, gradient quantization, distillation, schedules.
+"""The math of QAT as pure functions: weight quantizers and gradient quantization (distillation, schedule
+and augmentation belong to the one training loop, :mod:`mixq.training`).
 
 Every function here takes tensors and formats and returns tensors; the modules
 in :mod:`mixq.algorithms.qat.modules` only hold state and call them.
@@ -6,8 +7,6 @@ in :mod:`mixq.algorithms.qat.modules` only hold state and call them.
 >>> w = torch.tensor([[0.5, -0.1, 0.3], [-2.0, 1.0, 0.0]])
 >>> xnor_weight(w).tolist()  # α·sign(w), α = mean|w| per row, sign(0) = +1
 [[0.30000001192092896, -0.30000001192092896, 0.30000001192092896], [-1.0, 1.0, 1.0]]
->>> round(cosine_lr(0, 10, base=1.0, warmup=0), 3), round(cosine_lr(5, 10, base=1.0, warmup=0), 3)
-(1.0, 0.5)
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from mixq.formats import Binary, FixedPoint, NumberFormat
 from mixq.quant import fake_quant, positive_levels, snap, unit_range
@@ -157,38 +155,3 @@ def quant_grad(x: torch.Tensor, bits: int | None, gen: torch.Generator | None = 
     if bits is None or not x.requires_grad:
         return x
     return _QuantGrad.apply(x, bits, gen)  # type: ignore[no-any-return]
-
-
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
-            alpha: float, temperature: float) -> torch.Tensor:
-    """``(1-α)·CE(student, labels) + α·T²·KL(softmax(teacher/T) ‖ softmax(student/T))``."""
-    ce = F.cross_entropy(student, labels)
-    if alpha <= 0:
-        return ce
-    t = temperature
-    kl = F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher.detach() / t, dim=1),
-                  reduction="batchmean", log_target=True)
-    return (1 - alpha) * ce + alpha * t * t * kl
-
-
-def cosine_lr(step: int, total: int, base: float, warmup: int = 0, floor: float = 0.0) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay from ``base`` to ``floor`` at ``total``."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    span = max(1, total - warmup)
-    return floor + 0.5 * (base - floor) * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
-
-
-def augment_shift_flip(x: torch.Tensor, gen: torch.Generator, shift: int = 2, fill: float = 0.0) -> torch.Tensor:
-    """Random shift (up to ``shift`` pixels, ``fill`` outside) and left-right flip of an (N, C, H, W) batch."""
-    if x.dim() != 4 or shift < 0:
-        return x
-    n, c, h, w = x.shape
-    padded = F.pad(x, (shift, shift, shift, shift), value=fill)
-    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
-    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
-    out = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
-    flip = torch.rand(n, generator=gen) < 0.5
-    return torch.where(flip[:, None, None, None], out.flip(-1), out)

@@ -15,19 +15,18 @@ trained state loaded, which is what the integer engine and the hardware model re
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from mixq.algorithms.qat.config import QatError
 from mixq.graph.bnfold import fold_bn
 from mixq.graph.convert import to_quantized
-from mixq.io import atomic_write_bytes, atomic_write_json
+from mixq.io import atomic_write_json, atomic_write_torch
 from mixq.nn import QAct
 from mixq.plan import QuantPlan, load_plan, save_plan
+from mixq.validate import read_torch
 
 PLAN_FILE = "plan.json"
 MODEL_FILE = "model.pt"
@@ -38,10 +37,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 def save_result(out_dir: Path, model: nn.Module, plan: QuantPlan, summary: dict[str, Any]) -> dict[str, Path]:
     """Write ``plan.json``, ``model.pt`` and ``result.json`` atomically; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, buf)
     paths = {"model": out_dir / MODEL_FILE, "plan": out_dir / PLAN_FILE, "result": out_dir / RESULT_FILE}
-    atomic_write_bytes(paths["model"], buf.getvalue())
+    atomic_write_torch(paths["model"], {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()})
     save_plan(plan, paths["plan"])
     atomic_write_json(paths["result"], summary)
     return paths
@@ -51,10 +48,7 @@ def load_quantized(float_model: nn.Module, plan: QuantPlan, state_path: Path) ->
     """``to_quantized(fold_bn(float_model), plan)`` with the state dict at ``state_path`` (eval mode)."""
     if not state_path.is_file():
         raise QatError(f"{state_path}: model file not found")
-    try:
-        state = torch.load(io.BytesIO(state_path.read_bytes()), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise QatError(f"{state_path}: not a readable state dict ({type(e).__name__}: {e})") from e
+    state = read_torch(state_path, what="readable state dict", error=QatError)
     if not isinstance(state, dict):
         raise QatError(f"{state_path}: holds a {type(state).__name__}, not a state dict")
     q = to_quantized(fold_bn(float_model), plan)

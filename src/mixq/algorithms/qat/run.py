@@ -25,14 +25,15 @@ import torch
 from torch import nn
 
 from mixq import progress
-from mixq.algorithms.qat.checkpoint import nonfinite_tensors
 from mixq.algorithms.qat.config import QatConfig, QatError
 from mixq.algorithms.qat.modules import export_plain, qat_layers
 from mixq.algorithms.qat.prepare import prepare_qat
 from mixq.algorithms.qat.result import CHECKPOINT_FILE, save_result
-from mixq.algorithms.qat.trainer import CheckpointHook, accuracy, dist_info, fit
+from mixq.algorithms.qat.trainer import fit
 from mixq.errors import NumericError
+from mixq.nn.size import sparse_size_bytes
 from mixq.plan import QuantPlan
+from mixq.training import CheckpointHook, accuracy, dist_info, nonfinite_tensors
 
 
 @dataclass
@@ -128,8 +129,6 @@ def train_qat(model: nn.Module, plan: QuantPlan, train: tuple[torch.Tensor, torc
         "resumed_from": res.resumed_from,
         "world_size": world,
     }
-    from mixq.algorithms.prune.size import sparse_size_bytes  # lazy: prune builds on this module
-
     size = sparse_size_bytes(plain)
     fp32 = 4 * sum(p.numel() for p in model.parameters())
     summary.update({"size_bytes": size["bytes"], "dense_size_bytes": size["dense_bytes"],
