@@ -64,15 +64,19 @@ def evaluate(model: nn.Module, x: Any, labels: Any = None, batch_size: int = 500
     ``ImageSet``, a ``Dataset`` or ``DataLoader`` of ``(x, y)``, an ``(x, y)`` pair), batch by batch."""
     if labels is not None:
         return ops.evaluate(model, as_batch(x, "evaluate"), torch.as_tensor(labels), batch_size)
-    hits: list[torch.Tensor] = []
+    from mixq.training import top1_correct
+
+    correct = n = 0
     for xb, yb in iter_batches(x, batch_size, labels=True, name="evaluate"):
         if yb is None:
             raise DataError("evaluate: the data has no labels; pass labels=, or labelled data ((x, y) items or "
                             "batches, an ImageSet with labels)")
-        hits.append(ops.predict(model, xb, batch_size).argmax(dim=1).cpu() == yb.cpu())
-    if not hits:
+        with torch.no_grad():
+            correct += top1_correct(model, xb, yb.to(torch.int64), batch_size)
+        n += int(xb.shape[0])
+    if not n:
         raise DataError("evaluate: the data holds no samples")
-    return 100.0 * float(torch.cat(hits).float().mean())
+    return 100.0 * correct / n
 
 
 def default_plan(model_name: str, model: nn.Module, sample: Any,

@@ -24,6 +24,7 @@ from mixq.graph.normalize import normalize
 from mixq.graph.registry import QUANTIZABLE
 from mixq.modes import eval_mode
 from mixq.plan import QuantPlan
+from mixq.training import accuracy
 
 
 def batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
@@ -39,11 +40,11 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.T
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
-    """Top-1 accuracy in percent."""
+    """Top-1 accuracy in percent (:func:`mixq.training.accuracy`, the one rule)."""
     if x.shape[0] != labels.shape[0]:
         raise MixqError(f"evaluate: {x.shape[0]} inputs but {labels.shape[0]} labels")
-    pred = predict(model, x, batch_size).argmax(dim=1)
-    return 100.0 * float((pred == labels).float().mean())
+    with torch.no_grad():
+        return accuracy(model, x, labels, batch_size)
 
 
 @torch.no_grad()
