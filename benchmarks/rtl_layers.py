@@ -4,7 +4,7 @@ For each real layer (CNV, and the first blocks of MobileNetV2 with its real weig
 32x32 input) at 4-bit MSQ and at 8-bit fixed point: generate the layer engine at a
 folding, co-simulate some output pixels in Icarus Verilog (every output code compared
 with the integer engine's), synthesize it with ``yosys synth_xilinx -flatten`` and
-compare LUT / FF / DSP / BRAM with :func:`mixq.hw.engine.compute_engine` at the same
+compare LUT / FF / DSP / BRAM with :func:`mixq.hw.units.compute_engine` at the same
 folding (without the line buffer, which the generated engine does not contain).
 
 Writes ``benchmarks/results/rtl_layers.json`` and ``rtl_layers.md``.

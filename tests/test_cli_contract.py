@@ -256,7 +256,7 @@ def test_one_default_plan_and_outputs_under_runs(tmp_path: Path, monkeypatch: py
 
 
 def test_calibrate_hw_never_writes_into_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mixq.rtl.calibrate import DATA_DIR
+    from mixq.rtl.sweep import DATA_DIR
 
     before = {p.name: p.stat().st_mtime_ns for p in DATA_DIR.iterdir()}
     monkeypatch.chdir(tmp_path)

@@ -24,7 +24,7 @@ from mixq.engine.arith import (
 )
 from mixq.engine.kernels import DotProgram, conv2d_int64, grouped_conv2d, term_planes
 from mixq.engine.model import IntNode
-from mixq.engine.run import KERNELS
+from mixq.engine.runner import KERNELS
 from mixq.formats import parse_format
 
 

@@ -10,9 +10,9 @@ from mixq.errors import HardwareError
 from mixq.formats import FixedPoint, SumOfPowers
 from mixq.graph.spec import LayerSpec
 from mixq.hw import ArchOptions, CostModel, apply_folding, estimate, get_part
-from mixq.hw.engine import split_pe
 from mixq.hw.memory import lutram_mux_bits, lutram_prims
 from mixq.hw.pe import PeConfig
+from mixq.hw.units import split_pe
 from mixq.plan import HwMapping, LayerPlan, QuantPlan
 
 W4, A4 = FixedPoint(4), FixedPoint(4, signed=False)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mixq.hw.calibrate import LUT_TARGET, evaluate, fit, markdown_table, max_error
 from mixq.hw.cost import CostModel, Resources
+from mixq.hw.fit import LUT_TARGET, evaluate, fit, markdown_table, max_error
 from mixq.hw.memory import block_count, choose_memory
 from mixq.hw.parts import BRAM18, get_part
 from mixq.hw.pe import PeConfig, dsp_packing, mul_dsps

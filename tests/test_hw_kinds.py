@@ -8,11 +8,11 @@ from mixq.engine.kernels import SHIFT_ADD_KINDS
 from mixq.errors import HardwareError
 from mixq.formats import FORMATS, Binary, FixedPoint, Focused, MiniFloat, PowerOfTwo, SumOfPowers, Ternary
 from mixq.graph.spec import COMPUTE_KINDS, LayerSpec
-from mixq.hw.engine import STREAM_PRICES
 from mixq.hw.kinds import COMPUTE_OPS, DOT_KINDS, PE_KINDS, STREAM_OPS, WEIGHT_KINDS
 from mixq.hw.lower import pe_kind
 from mixq.hw.parts import get_part
 from mixq.hw.pe import PeConfig
+from mixq.hw.units import STREAM_PRICES
 from mixq.rtl.layout import SUPPORTED_FORMATS, SUPPORTED_KINDS
 from mixq.rtl.pe import EMITTERS, LANES, LUT_ONLY, generate
 

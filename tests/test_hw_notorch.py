@@ -25,7 +25,7 @@ def _loads_torch(module: str) -> bool:
 
 
 def test_every_hw_module_is_listed() -> None:
-    assert {"mixq.hw.cost", "mixq.hw.engine", "mixq.hw.estimate", "mixq.hw.kinds", "mixq.hw.lower",
+    assert {"mixq.hw.cost", "mixq.hw.units", "mixq.hw.estimate", "mixq.hw.kinds", "mixq.hw.lower",
             "mixq.hw.overlay", "mixq.hw.pe", "mixq.hw.streaming"} <= set(HW_MODULES)
 
 

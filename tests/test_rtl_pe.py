@@ -121,7 +121,7 @@ def test_parse_stat_counts_lut_sites() -> None:
 @needs_yosys
 def test_a_real_synthesis_reproduces_the_golden_record_and_the_model() -> None:
     """The smoke sweep of `mixq calibrate-hw --small`: one tiny PE through yosys, as stored and as modelled."""
-    from mixq.rtl.calibrate import default_sweep
+    from mixq.rtl.sweep import default_sweep
 
     cfg = default_sweep(small=True)[1]  # a packed-DSP unit: 1 DSP48E1, ~40 LUTs, ~3 s
     r = synthesize_pe(cfg)

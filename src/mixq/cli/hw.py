@@ -1,4 +1,4 @@
-"""`mixq estimate` and `mixq calibrate-hw`: thin wrappers over :mod:`mixq.hw` and :mod:`mixq.rtl.calibrate`."""
+"""`mixq estimate` and `mixq calibrate-hw`: thin wrappers over :mod:`mixq.hw` and :mod:`mixq.rtl.sweep`."""
 
 from __future__ import annotations
 
@@ -131,8 +131,8 @@ def register(app: typer.Typer) -> None:
         folder = out_dir(out, "calibrate-hw")
         from mixq import progress
         from mixq.errors import CheckFailed
-        from mixq.hw.calibrate import LUT_TARGET
-        from mixq.rtl.calibrate import calibrate
+        from mixq.hw.fit import LUT_TARGET
+        from mixq.rtl.sweep import calibrate
 
         with progress.task("synthesis sweep") as t:
             def step(i: int, n: int, cfg: Any) -> None:

@@ -76,7 +76,7 @@ def _noise(model: Any, size: int | None, seed: int, batch: int) -> Any:
 
 def _integers(qmodel: Any, x: Any, batch: int) -> tuple[Any, dict[str, Any], Any]:
     from mixq.engine.convert import to_integer
-    from mixq.engine.run import IntEngine
+    from mixq.engine.runner import IntEngine
 
     im = to_integer(qmodel, x[:1])
     res = IntEngine(im)(x[:batch], keep=True)

@@ -78,7 +78,7 @@ from mixq.engine.convert import EngineConfig, to_integer
 from mixq.engine.faithful import faithful
 from mixq.engine.io import load_int_model, save_int_model
 from mixq.engine.model import IntModel, IntNode
-from mixq.engine.run import IntEngine, IntResult, run
+from mixq.engine.runner import IntEngine, IntResult, run
 from mixq.engine.verify import verify
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 Three runs over the same inputs:
 
-* the **integer engine** (:class:`~mixq.engine.run.IntEngine`),
+* the **integer engine** (:class:`~mixq.engine.runner.IntEngine`),
 * the **hardware-faithful** fake-quant model (:func:`~mixq.engine.faithful.faithful`),
   which must equal the engine exactly: ``mismatching_outputs == 0`` and zero
   mismatches in every layer is the bit-exactness claim;
@@ -29,7 +29,7 @@ from mixq.engine.convert import to_integer
 from mixq.engine.faithful import FaithfulLayer, faithful, grouped_conv2d
 from mixq.engine.kernels import DotProgram
 from mixq.engine.model import IntModel
-from mixq.engine.run import IntEngine, dequantize
+from mixq.engine.runner import IntEngine, dequantize
 from mixq.formats import format_from_dict
 from mixq.graph.ops import batches
 from mixq.modes import eval_mode

@@ -86,7 +86,7 @@ def check_export(fmt: str, path: Any, qmodel: Any, imodel: Any, x: torch.Tensor)
     from pathlib import Path
 
     from mixq.engine.io import load_int_model
-    from mixq.engine.run import IntEngine
+    from mixq.engine.runner import IntEngine
 
     p = Path(path)
     if fmt == "int":

@@ -6,15 +6,15 @@
   `STREAM_OPS` / `COMPUTE_OPS` (operator kinds); :mod:`mixq.hw.bits` — the bit arithmetic they use
 * :mod:`mixq.hw.pe`        — `PeConfig`, the PE description shared with :mod:`mixq.rtl.pe`
 * :mod:`mixq.hw.cost`      — `CostModel` (fitted LUT/FF coefficients, DSP/BRAM rules), `Resources`
-* :mod:`mixq.hw.calibrate` — the fit of the coefficients to synthesis records
+* :mod:`mixq.hw.fit` — the fit of the coefficients to synthesis records
 * :mod:`mixq.hw.streaming`, :mod:`mixq.hw.overlay` — the templates; :mod:`mixq.hw.estimate` — `estimate`
 """
 
 from mixq.hw.cost import CostModel, Resources
-from mixq.hw.engine import ArchOptions
 from mixq.hw.estimate import Estimate, LayerEstimate, apply_folding, estimate, peak_macs
 from mixq.hw.parts import PARTS, Part, get_part, known_parts
 from mixq.hw.pe import PeConfig
+from mixq.hw.units import ArchOptions
 
 __all__ = [
     "PARTS", "ArchOptions", "CostModel", "Estimate", "LayerEstimate", "Part", "PeConfig", "Resources",

@@ -3,7 +3,7 @@
 LUT and FF counts of a PE are linear in a handful of structural features of the
 circuit :mod:`mixq.rtl.pe` generates (lane bits, shifter bits, adder-tree bits,
 accumulator bits, ...); the coefficients are fitted per PE kind to
-``yosys synth_xilinx`` counts (:mod:`mixq.hw.calibrate`, ``mixq calibrate-hw``)
+``yosys synth_xilinx`` counts (:mod:`mixq.hw.fit`, ``mixq calibrate-hw``)
 and shipped in ``mixq/hw/data/coefficients.json``. DSP counts follow the yosys
 ``mul2dsp`` rule exactly (:func:`mixq.hw.pe.mul_dsps`), block RAM the primitive
 shapes (:mod:`mixq.hw.memory`).

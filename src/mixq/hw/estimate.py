@@ -22,11 +22,11 @@ from mixq.graph.spec import LayerSpec
 from mixq.hw import overlay as ov
 from mixq.hw import streaming as st
 from mixq.hw.cost import RESOURCE_NAMES, CostModel, Resources
-from mixq.hw.engine import ArchOptions, budget, shell
 from mixq.hw.kinds import lut_lanes
 from mixq.hw.lower import HwLayer, lower
 from mixq.hw.parts import Part, get_part
 from mixq.hw.pe import PeConfig, dsp_packing
+from mixq.hw.units import ArchOptions, budget, shell
 from mixq.plan.plan import HwMapping, QuantPlan, validate_plan
 
 ARCHS = ("streaming", "overlay")

@@ -4,11 +4,11 @@
   forms its product, which resource it uses, its product width, cost features, DSP rule and
   weight-code decoding) and the components calibrated on their own (tree, accumulator,
   requantizer, thresholds, weight memory). Read by :mod:`mixq.hw.pe`, :mod:`mixq.hw.cost`,
-  :mod:`mixq.hw.lower`, :mod:`mixq.hw.engine`, :mod:`mixq.hw.overlay`, :mod:`mixq.hw.estimate`
+  :mod:`mixq.hw.lower`, :mod:`mixq.hw.units`, :mod:`mixq.hw.overlay`, :mod:`mixq.hw.estimate`
   and the Verilog side (:mod:`mixq.rtl.pe` registers one emitter per kind, :mod:`mixq.rtl.layout`).
 * :data:`WEIGHT_KINDS` — per weight-format kind, the lane its rows run on (:func:`mixq.hw.lower.pe_kind`).
 * :data:`STREAM_OPS` / :data:`COMPUTE_OPS` — per LayerSpec operator kind, what the templates need
-  to know about its data (the prices are in :data:`mixq.hw.engine.STREAM_PRICES`).
+  to know about its data (the prices are in :data:`mixq.hw.units.STREAM_PRICES`).
 
 The per-kind rules below are small functions of ``(wbits, abits)`` or of a
 :class:`mixq.hw.pe.PeConfig`; each kind names its own, nothing branches on a kind's name.
@@ -323,7 +323,7 @@ WEIGHT_KINDS: dict[str, WeightKind] = {w.name: w for w in (
 
 @dataclass(frozen=True)
 class StreamOp:
-    """A stream operator between compute layers (priced by :data:`mixq.hw.engine.STREAM_PRICES`)."""
+    """A stream operator between compute layers (priced by :data:`mixq.hw.units.STREAM_PRICES`)."""
 
     name: str
     elements: str = "in"  # the stream it handles per frame: "in"put, or "out"put (ops that write more)

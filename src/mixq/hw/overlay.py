@@ -29,11 +29,11 @@ from dataclasses import dataclass
 
 from mixq.errors import HardwareError
 from mixq.hw.cost import CostModel, Resources
-from mixq.hw.engine import ArchOptions, budget, requant_kind, shell, split_rows
 from mixq.hw.kinds import PE_KINDS, STREAM_OPS, shares_act
 from mixq.hw.lower import HwLayer
 from mixq.hw.parts import Part
 from mixq.hw.pe import PeConfig
+from mixq.hw.units import ArchOptions, budget, requant_kind, shell, split_rows
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The same description is read by the cost model (:mod:`mixq.hw.cost`), by the
 Verilog generators (:mod:`mixq.rtl.pe`) and by the calibration fit
-(:mod:`mixq.hw.calibrate`), so a PE means one and the same circuit everywhere.
+(:mod:`mixq.hw.fit`), so a PE means one and the same circuit everywhere.
 
 A *dot unit* is one output row's worth of a matrix-vector engine: ``simd``
 lanes each forming one product per cycle, a pipelined adder tree over the

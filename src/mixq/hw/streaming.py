@@ -28,7 +28,10 @@ import numpy as np
 from mixq.errors import HardwareError
 from mixq.graph.spec import LayerSpec
 from mixq.hw.cost import RESOURCE_NAMES, CostModel, Resources
-from mixq.hw.engine import (
+from mixq.hw.lower import HwLayer
+from mixq.hw.parts import Part
+from mixq.hw.pe import PeConfig
+from mixq.hw.units import (
     ArchOptions,
     EngineCost,
     budget,
@@ -40,9 +43,6 @@ from mixq.hw.engine import (
     stream_lanes,
     weight_bits,
 )
-from mixq.hw.lower import HwLayer
-from mixq.hw.parts import Part
-from mixq.hw.pe import PeConfig
 
 
 def share(r: Resources, b: Resources) -> float:

@@ -1,6 +1,6 @@
 """Synthesize a generated layer engine with yosys and compare it with the hardware model.
 
-The model's figure is :func:`mixq.hw.engine.compute_engine` at the same folding,
+The model's figure is :func:`mixq.hw.units.compute_engine` at the same folding,
 without its line buffer (the generated engine takes im2col vectors; the sliding
 window is a separate stream operator): compute (dot units) + requantizers + weight
 memories + control. The engine is synthesized whole (``synth_xilinx``, DSP inference

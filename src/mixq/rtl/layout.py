@@ -3,7 +3,7 @@
 The layer's rows are grouped by PE kind exactly as the hardware model lowers them
 (:func:`mixq.hw.lower.pe_kind`: fixed point on DSPs, two rows per DSP where packing is
 legal; SP2 rows on shift-add LUT lanes; power of two on shift lanes), and the PEs are
-split over the groups by the model's own rule (:func:`mixq.hw.engine.compute_engine`),
+split over the groups by the model's own rule (:func:`mixq.hw.units.compute_engine`),
 so the generated engine is the circuit the model costs. Each group is one *core*:
 ``units`` dot units of ``simd`` lanes; per input vector a core runs ``tiles`` passes of
 ``fold = ceil(row_length / simd)`` beats, each pass computing ``units * outs`` rows.
@@ -20,11 +20,11 @@ from mixq.errors import MixqError
 from mixq.formats import format_from_dict
 from mixq.graph.spec import LayerSpec
 from mixq.hw.cost import CostModel
-from mixq.hw.engine import ArchOptions, EngineCost, compute_engine
 from mixq.hw.kinds import PE_KINDS, WEIGHT_KINDS, shares_act
 from mixq.hw.lower import HwLayer, RowGroup, pe_kind
 from mixq.hw.parts import get_part
 from mixq.hw.pe import PeConfig
+from mixq.hw.units import ArchOptions, EngineCost, compute_engine
 from mixq.rtl.layerdata import LayerData
 from mixq.rtl.pe import decode_weight
 

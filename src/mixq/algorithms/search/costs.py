@@ -1,7 +1,7 @@
 """Hardware cost of every (layer, option, folding) on the streaming template, from `mixq.hw`.
 
 Nothing here models hardware: a layer in an option is lowered with
-:func:`mixq.hw.lower.lower` and costed with :func:`mixq.hw.engine.compute_engine`
+:func:`mixq.hw.lower.lower` and costed with :func:`mixq.hw.units.compute_engine`
 (the same functions `mixq.hw.estimate` uses). For a cycle budget ``T`` per frame
 (``T = clock / fps``) a layer's candidate foldings are, for every ``pe``, the
 smallest ``simd`` that meets ``T``; of those the search keeps the few that are
@@ -20,7 +20,9 @@ import numpy as np
 from mixq.algorithms.search.space import Option, layer_plan
 from mixq.graph.spec import LayerSpec
 from mixq.hw.cost import RESOURCE_NAMES, CostModel, Resources
-from mixq.hw.engine import (
+from mixq.hw.lower import HwLayer, lower
+from mixq.hw.parts import Part, get_part
+from mixq.hw.units import (
     ArchOptions,
     EngineCost,
     budget,
@@ -31,8 +33,6 @@ from mixq.hw.engine import (
     stream_engine,
     stream_lanes,
 )
-from mixq.hw.lower import HwLayer, lower
-from mixq.hw.parts import Part, get_part
 from mixq.plan import QuantPlan
 
 N_RES = len(RESOURCE_NAMES)

@@ -1,7 +1,7 @@
 """Calibration of the hardware cost model from synthesis of mixq's own PEs.
 
 generate the sweep (:func:`default_sweep`) -> synthesize every PE with yosys
-(:func:`run_sweep`) -> fit the coefficients (the pure :func:`mixq.hw.calibrate.fit`)
+(:func:`run_sweep`) -> fit the coefficients (the pure :func:`mixq.hw.fit.fit`)
 -> write ``coefficients.json`` and ``synth_records.json`` into ``mixq/hw/data``
 (and a copy of the records as the tests' golden file) -> report per-PE errors.
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mixq.hw import calibrate as fitmod
+from mixq.hw import fit as fitmod
 from mixq.hw.cost import CostModel
 from mixq.hw.kinds import PE_KINDS
 from mixq.hw.pe import PeConfig, dsp_packing

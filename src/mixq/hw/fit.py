@@ -1,7 +1,7 @@
 """Fit the LUT/FF coefficients of the PE cost model to synthesis records (pure; no yosys).
 
 A record is one synthesized PE: ``{"name", "pe": PeConfig.to_dict(), "lut", "ff",
-"dsp", "bram18", ...}`` (written by :mod:`mixq.rtl.calibrate`). For every PE kind
+"dsp", "bram18", ...}`` (written by :mod:`mixq.rtl.sweep`). For every PE kind
 and resource the coefficients minimise the *largest relative error* over the
 kind's records (a linear program), then, at that worst case, the sum of
 relative errors; coefficients are non-negative so a PE never gets cheaper when
