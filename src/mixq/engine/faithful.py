@@ -71,27 +71,36 @@ def snap(y: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return torch.round(y.to(torch.float64) / grid)
 
 
-class FaithfulQuant(nn.Module):
+class _OnGrid(nn.Module):
+    """A node of the faithful model: its integer node's name, its output grid and (given) its input's grid."""
+
+    grid: torch.Tensor
+    in_grid: torch.Tensor
+
+    def __init__(self, node: IntNode, in_grid: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.int_name = node.name
+        self.register_buffer("grid", _grid(node.scale))
+        if in_grid is not None:
+            self.register_buffer("in_grid", _grid(in_grid))
+
+
+class FaithfulQuant(_OnGrid):
     """An input quantizer in hardware-faithful mode: the float network input is quantized as
     by the fake-quant model; any other input is requantized from its grid with ``M * 2**-n``."""
 
     act_scale: torch.Tensor
-    grid: torch.Tensor
-    in_grid: torch.Tensor
     m: torch.Tensor
     n: torch.Tensor
 
     def __init__(self, node: IntNode, in_grid: np.ndarray | None) -> None:
-        super().__init__()
-        self.int_name = node.name
+        super().__init__(node, in_grid if node.op != "quantize" else None)
         self.fmt = format_from_dict(node.attrs["fmt"])
         self.register_buffer("act_scale", torch.tensor(node.attrs["act_scale"], dtype=torch.float32))
-        self.register_buffer("grid", _grid(node.scale))
         self.first = node.op == "quantize"
         self.lo, self.hi = int(node.attrs["qmin"]), int(node.attrs["qmax"])
         if not self.first:
             assert in_grid is not None
-            self.register_buffer("in_grid", _grid(in_grid))
             self.register_buffer("m", _grid(node.arrays["M"]).to(torch.int64))
             self.register_buffer("n", _grid(node.arrays["n"]).to(torch.int64))
 
@@ -105,16 +114,14 @@ class FaithfulQuant(nn.Module):
         return self.codes(x).to(torch.float64) * self.grid
 
 
-class FaithfulLayer(nn.Module):
+class FaithfulLayer(_OnGrid):
     """``QConv2d`` / ``QLinear`` in hardware-faithful mode (float64, outputs on the accumulator grid)."""
 
     weight: torch.Tensor
     bias: torch.Tensor
-    grid: torch.Tensor
 
     def __init__(self, m: QConv2d | QLinear, quant: FaithfulQuant, node: IntNode) -> None:
-        super().__init__()
-        self.int_name = node.name
+        super().__init__(node)
         self.quant = quant
         self.is_conv = isinstance(m, QConv2d)
         w = m.weight.detach()
@@ -129,7 +136,6 @@ class FaithfulLayer(nn.Module):
         grid = np.asarray(node.scale, dtype=np.float64).reshape(-1)
         b = m.bias.detach().to(torch.float64).numpy() if m.bias is not None else np.zeros(rows)
         self.register_buffer("bias", torch.from_numpy(np.rint(b / grid) * grid))
-        self.register_buffer("grid", _grid(node.scale))
         self.conv: dict[str, Any] = ({"stride": m.stride, "padding": m.padding, "dilation": m.dilation,
                                       "groups": m.groups} if isinstance(m, QConv2d) else {})
         dot = int(np.prod(w.shape[1:]))
@@ -167,77 +173,61 @@ class FaithfulClamp(nn.Module):
         return torch.clamp(x.to(torch.float64), self.lo, self.hi)
 
 
-class FaithfulPool(nn.Module):
+class FaithfulPool(_OnGrid):
     """Average pooling in float64 (the fake-quant operation), snapped onto the window-sum grid."""
 
-    grid: torch.Tensor
 
     def __init__(self, node: IntNode, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        super().__init__()
-        self.int_name = node.name
+        super().__init__(node)
         self.fn, self.args, self.kwargs = fn, args, kwargs
-        self.register_buffer("grid", _grid(node.scale))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.fn(x.to(torch.float64), *self.args, **self.kwargs)
         return snap(y, self.grid) * self.grid
 
 
-class FaithfulAdd(nn.Module):
+class FaithfulAdd(_OnGrid):
     """A residual add: operands rescaled to the finer grid by ``M_i * 2**-n``, one rounding."""
 
-    grid: torch.Tensor
 
     def __init__(self, node: IntNode, in_grids: list[np.ndarray]) -> None:
-        super().__init__()
-        self.int_name = node.name
+        super().__init__(node)
         self.in_grids = [_grid(g) for g in in_grids]
         self.ms = [_grid(node.arrays["M"][i]).to(torch.int64) for i in range(len(in_grids))]
         self.n = _grid(node.arrays["n"]).to(torch.int64)
-        self.register_buffer("grid", _grid(node.scale))
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         qs = [snap(v, g).to(torch.int64) for v, g in zip((a, b), self.in_grids, strict=True)]
         return requantize_sum(qs, self.ms, self.n).to(torch.float64) * self.grid
 
 
-class FaithfulAffine(nn.Module):
+class FaithfulAffine(_OnGrid):
     """A BatchNorm left unfolded: the codes times ``M_c * 2**-n_c``, one rounding (half up), plus ``B_c``."""
 
-    grid: torch.Tensor
-    in_grid: torch.Tensor
     m: torch.Tensor
     n: torch.Tensor
     b: torch.Tensor
 
     def __init__(self, node: IntNode, in_grid: np.ndarray) -> None:
-        super().__init__()
-        self.int_name = node.name
-        self.register_buffer("in_grid", _grid(in_grid))
+        super().__init__(node, in_grid)
         for key in ("M", "n", "B"):
             self.register_buffer(key.lower(), _grid(node.arrays[key]).to(torch.int64))
-        self.register_buffer("grid", _grid(node.scale))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = snap(x, self.in_grid).to(torch.int64)
         return (requantize(q, self.m, self.n) + self.b).to(torch.float64) * self.grid
 
 
-class FaithfulReduce(nn.Module):
+class FaithfulReduce(_OnGrid):
     """A mean / max over channels on different grids: the codes rescaled by ``M_c``, reduced, one rounding."""
 
-    grid: torch.Tensor
-    in_grid: torch.Tensor
     m: torch.Tensor
 
     def __init__(self, node: IntNode, in_grid: np.ndarray) -> None:
-        super().__init__()
-        self.int_name = node.name
+        super().__init__(node, in_grid)
         self.is_sum, self.keepdim = node.attrs["fn"] == "sum", bool(node.attrs["keepdim"])
-        self.register_buffer("in_grid", _grid(in_grid))
         self.register_buffer("m", _grid(node.arrays["M"]).to(torch.int64))
         self.n = torch.tensor(int(node.arrays["n"]))
-        self.register_buffer("grid", _grid(node.scale))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = snap(x, self.in_grid).to(torch.int64) * self.m
@@ -245,20 +235,17 @@ class FaithfulReduce(nn.Module):
         return requantize(r, torch.tensor(1), self.n).to(torch.float64) * self.grid
 
 
-class FaithfulMul(nn.Module):
+class FaithfulMul(_OnGrid):
     """A product in float64 (of two tensors, or by the scalar ``const``), snapped onto its grid."""
 
-    grid: torch.Tensor
 
     def __init__(self, node: IntNode) -> None:
-        super().__init__()
-        self.int_name = node.name
+        super().__init__(node)
         if node.bound >= 2**49:
             raise ModelError(f"faithful: layer {node.name!r}: float64 cannot represent its products exactly enough "
                              f"(|codes| <= {node.bound} >= 2**49)")
         const = node.attrs.get("const")
         self.const = 0.0 if const is None else float(const)
-        self.register_buffer("grid", _grid(node.scale))
 
     def forward(self, a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
         y = a.to(torch.float64) * (self.const if b is None else b.to(torch.float64))
@@ -323,20 +310,17 @@ def _quant(inode: IntNode, nodes: dict[str, IntNode]) -> FaithfulQuant:
     return FaithfulQuant(q, nodes[q.inputs[0]].scale)
 
 
-class FaithfulLut(nn.Module):
+class FaithfulLut(_OnGrid):
     """A ``QLutAct``: its input requantized as by the hardware, its output read from its table."""
 
     table: torch.Tensor
-    grid: torch.Tensor
 
     def __init__(self, module: QLutAct, quant: FaithfulQuant, node: IntNode) -> None:
-        super().__init__()
-        self.int_name = node.name
+        super().__init__(node)
         self.quant = quant
         codes, _ = module.table()
         self.register_buffer("table", codes.to(torch.int64))
         self.offset = module.in_fmt.qmin
-        self.register_buffer("grid", _grid(node.scale))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.table[self.quant.codes(x) - self.offset].to(torch.float64) * self.grid

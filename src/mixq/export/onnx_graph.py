@@ -21,6 +21,7 @@ import numpy as np
 from mixq.engine.model import IntModel, IntNode
 from mixq.errors import MixqError, ModelError
 from mixq.export.onnx_ops import MOVE_EMITTERS, clamp_channels
+from mixq.names import UniqueNames
 
 OPSET = 13
 
@@ -44,14 +45,7 @@ class GraphBuilder:
         self.nodes: list[Any] = []
         self.inits: list[Any] = []
         self.infos: list[Any] = []
-        self._names: set[str] = set()
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self._names:
-            name, k = f"{base}_{k}", k + 1
-        self._names.add(name)
-        return name
+        self.fresh = UniqueNames().take
 
     def const(self, base: str, value: np.ndarray) -> str:
         name = self.fresh(base)
@@ -86,7 +80,6 @@ def build(imodel: IntModel, act: ActQuant, weight: WeightQuant, bias: BiasQuant,
     b = GraphBuilder(batch)
     onnx, helper = b.onnx, b.helper
     inp = b.fresh("input")
-    b._names.add(inp)
     tensors: dict[str, str] = {"input": inp}
     writers = Writers(act, weight, bias, tuple(imodel.input_shape))
     for n in imodel.nodes:

@@ -24,12 +24,13 @@ from mixq.errors import FormatError
 from mixq.formats._common import TableFormat
 
 
-@dataclass(frozen=True)
-class Binary(TableFormat):
-    """Levels ``{-1, +1}``; one storage bit; products are XNOR-popcount."""
+class _SignLevels(TableFormat):
+    """Integer levels ``LEVELS`` at frac_bits 0 in ``storage_bits`` bits; a level is its own
+    (sign, shift 0) term (zero: no term); the integer engine computes the rows as shift-add planes."""
 
-    kind = "binary"
-    shift_add = True  # the integer engine computes its rows as shift-add planes (mixq.engine.kernels)
+    kind: str
+    LEVELS: tuple[int, ...] = ()
+    shift_add = True  # (mixq.engine.kernels)
 
     @property
     def frac_bits(self) -> int:
@@ -37,15 +38,24 @@ class Binary(TableFormat):
 
     @property
     def storage_bits(self) -> int:
-        return 1
+        return max(1, (len(self.LEVELS) - 1).bit_length())
 
     def int_levels(self) -> np.ndarray:
-        return np.array([-1, 1], dtype=np.int64)
+        return np.array(self.LEVELS, dtype=np.int64)
 
     def decompose(self, q: int) -> tuple[tuple[int, int], ...]:
-        if int(q) not in (-1, 1):
-            raise FormatError(f"binary: {q} is not a level")
-        return ((int(q), 0),)
+        q = int(q)
+        if q not in self.LEVELS:
+            raise FormatError(f"{self.kind}: {q} is not a level")
+        return () if q == 0 else ((q, 0),)
+
+
+@dataclass(frozen=True)
+class Binary(_SignLevels):
+    """Levels ``{-1, +1}``; one storage bit; products are XNOR-popcount."""
+
+    kind = "binary"
+    LEVELS = (-1, 1)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "binary"}
@@ -55,7 +65,7 @@ class Binary(TableFormat):
 
 
 @dataclass(frozen=True)
-class Ternary(TableFormat):
+class Ternary(_SignLevels):
     """Levels ``{-1, 0, +1}``; two storage bits; ``threshold`` is TWN's Δ / mean|w| ratio."""
 
     threshold: float = 0.7
@@ -66,24 +76,7 @@ class Ternary(TableFormat):
             raise FormatError(f"ternary.threshold: expected a number in (0, 10), got {t!r}")
 
     kind = "ternary"
-    shift_add = True  # the integer engine computes its rows as shift-add planes (mixq.engine.kernels)
-
-    @property
-    def frac_bits(self) -> int:
-        return 0
-
-    @property
-    def storage_bits(self) -> int:
-        return 2
-
-    def int_levels(self) -> np.ndarray:
-        return np.array([-1, 0, 1], dtype=np.int64)
-
-    def decompose(self, q: int) -> tuple[tuple[int, int], ...]:
-        q = int(q)
-        if q not in (-1, 0, 1):
-            raise FormatError(f"ternary: {q} is not a level")
-        return () if q == 0 else ((q, 0),)
+    LEVELS = (-1, 0, 1)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "ternary", "threshold": float(self.threshold)}

@@ -37,6 +37,7 @@ import torch
 from torch import fx, nn
 
 from mixq.errors import MixqError, ModelError
+from mixq.names import UniqueNames
 from mixq.zoo.onnx_ops import OPS
 
 __all__ = ["Ctx", "import_onnx", "one_line", "require_onnx", "sanitize", "set_info"]
@@ -131,7 +132,7 @@ class Ctx:
     consumers: dict[str, list[int]] = field(default_factory=dict)
     outputs: set[str] = field(default_factory=set)
     skip: set[int] = field(default_factory=set)
-    used_names: set[str] = field(default_factory=set)
+    names: UniqueNames = field(default_factory=UniqueNames)
     # shape propagation: every emitted FX node run once on a zero example (None: the input is not static)
     examples: dict[fx.Node, Any] | None = None
     ran: fx.Node | None = None  # the last FX node run
@@ -229,11 +230,7 @@ class Ctx:
     # -------------------------------------------------------------- emitting
 
     def unique(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.used_names:
-            name, k = f"{base}_{k}", k + 1
-        self.used_names.add(name)
-        return name
+        return self.names.take(base)
 
     @staticmethod
     def _tag(fx_node: fx.Node, node: Any) -> fx.Node:

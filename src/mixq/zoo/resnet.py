@@ -98,13 +98,9 @@ class ResNet(nn.Module):
         _init_resnet(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
-        downsample: nn.Module | None = None
-        if stride != 1 or self.inplanes != planes:
-            downsample = nn.Sequential(_conv1x1(self.inplanes, planes, stride), nn.BatchNorm2d(planes))
-        layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
+        stage = _stage(self.inplanes, planes, blocks, stride, "B")
         self.inplanes = planes
-        layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
+        return stage
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -133,22 +129,29 @@ class CifarResNet(nn.Module):
         _init_resnet(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
-        downsample: nn.Module | None = None
-        if stride != 1 or self.inplanes != planes:
-            if self.shortcut == "A":
-                downsample = PadShortcut(self.inplanes, planes, stride)
-            else:
-                downsample = nn.Sequential(_conv1x1(self.inplanes, planes, stride), nn.BatchNorm2d(planes))
-        layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
+        stage = _stage(self.inplanes, planes, blocks, stride, self.shortcut)
         self.inplanes = planes
-        layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
+        return stage
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         x = torch.flatten(self.avgpool(x), 1)
         return self.fc(x)
+
+
+def _stage(inplanes: int, planes: int, blocks: int, stride: int, shortcut: str) -> nn.Sequential:
+    """``blocks`` basic blocks from ``inplanes`` to ``planes`` channels, the first with ``stride`` and,
+    where the shape changes, a shortcut: zero-padding ('A') or a 1x1 conv + BN ('B')."""
+    downsample: nn.Module | None = None
+    if stride != 1 or inplanes != planes:
+        if shortcut == "A":
+            downsample = PadShortcut(inplanes, planes, stride)
+        else:
+            downsample = nn.Sequential(_conv1x1(inplanes, planes, stride), nn.BatchNorm2d(planes))
+    layers = [BasicBlock(inplanes, planes, stride, downsample)]
+    layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
+    return nn.Sequential(*layers)
 
 
 def _init_resnet(model: nn.Module) -> None:
