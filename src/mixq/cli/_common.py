@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,14 @@ def choice(default: str | None, help: str, choices: Sequence[str], *names: str) 
     allowed = tuple(choices)
     return typer.Option(default, *names, help=f"{help} ({' | '.join(allowed)})",
                         callback=_check(lambda v: v in allowed, f"one of {', '.join(allowed)}"))
+
+
+def device_option(default: str = "cpu", help: str = "where the model trains: cpu, cuda or cuda:N") -> Any:
+    """A torch device option: ``cpu``, ``cuda`` or ``cuda:N`` (whether this machine has it is checked by
+    the command, before any work)."""
+    return typer.Option(default, help=help,
+                        callback=_check(lambda v: re.fullmatch(r"cpu|cuda(:[0-9]+)?", v) is not None,
+                                        "cpu, cuda or cuda:N"))
 
 
 def out_option(what: str = "output folder") -> Any:

@@ -14,6 +14,7 @@ from mixq.cli._common import (
     WEIGHTS,
     choice,
     count,
+    device_option,
     emit,
     model_source,
     out_dir,
@@ -69,15 +70,24 @@ def register(app: typer.Typer) -> None:
         lr: float | None = real(None, "peak learning rate (default: the shipped weights' setting)"),
         max_train: int | None = count(None, "use only the first N training images"),
         data_root: Path | None = typer.Option(None, help="Fashion-MNIST idx folder (default: Debian path)"),
+        device: str = device_option(help="where the model trains: cpu, cuda or cuda:N (bit-identical weights "
+                                         "only on the CPU)"),
     ) -> None:
         """Train the CNV model on the full Fashion-MNIST reproducibly."""
         from mixq.zoo.train import DEFAULTS, train_cnv
 
+        if device != "cpu":
+            from mixq.errors import OptionError
+            from mixq.zoo.train import device_problem
+
+            problem = device_problem(device)
+            if problem is not None:
+                raise OptionError(f"--device {device}: {problem}")
         folder = out_dir(out, "train", "cnv")
         metrics = train_cnv(folder / "model.pt", epochs=int(epochs if epochs is not None else DEFAULTS["epochs"]),
                             seed=int(seed if seed is not None else DEFAULTS["seed"]), data_root=data_root,
                             batch_size=int(batch_size or DEFAULTS["batch_size"]),
-                            lr=float(lr if lr is not None else DEFAULTS["lr"]), max_train=max_train)
+                            lr=float(lr if lr is not None else DEFAULTS["lr"]), max_train=max_train, device=device)
         emit({"out": str(folder), **metrics}, [*(f"{k}: {v}" for k, v in metrics.items() if not
                                                   isinstance(v, dict | list)),
                                                 f"wrote {folder / 'model.pt'} and {folder / 'model.json'}"])

@@ -4,6 +4,9 @@ Both write a run folder (``plan.json`` + ``model.pt`` + ``result.json``, the
 plan and state dict that the integer engine and the hardware model read) and
 checkpoint as they go; ``--resume`` continues a run that was stopped. Both run
 unchanged under ``torchrun`` (``torchrun --nproc_per_node 2 -m mixq.cli qat ...``).
+``--device cuda`` trains on a GPU (checked before any work: a machine without one is
+one error line); data, calibration and the files written stay on the CPU, and a run
+resumes on either device.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 import typer
 
-from mixq.cli._common import choice, count, emit, formats, out_dir, real, set_resume_hint, zoo_model
+from mixq.cli._common import choice, count, device_option, emit, formats, out_dir, real, set_resume_hint, zoo_model
 
 _MODEL = typer.Option("cnv", help="zoo model (28x28 grayscale input)")
 _WEIGHTS = typer.Option(None, help="float state dict to start from (default: the zoo's pretrained weights)")
@@ -30,6 +33,8 @@ _RESUME = typer.Option(False, "--resume", help="continue the run in --out from i
 _MAX_TRAIN = count(None, "use only the first N training images")
 _MAX_TEST = count(None, "use only the first N test images")
 _THREADS = count(None, "torch threads")
+_DEVICE = device_option(help="where the model trains: cpu, cuda or cuda:N (data, calibration and the written model "
+                      "stay on the CPU)")
 
 
 def _qat_config(**kw: Any) -> Any:
@@ -48,11 +53,18 @@ def _echo(summary: dict[str, Any], out: Path) -> None:
 _RUN_MARK = {"qat": "checkpoint.pt", "prune": "masks.pt"}
 
 
-def _start(command: str, out: Path | None, model: str, resume: bool) -> Path:
-    """Checks before any work; the resumable run folder is named if the run is interrupted."""
+def _start(command: str, out: Path | None, model: str, resume: bool, device: str = "cpu") -> Path:
+    """Checks before any work (``--device`` one this machine has); the resumable run folder is named if the
+    run is interrupted."""
     from mixq.errors import OptionError
 
     zoo_model(model)
+    if device != "cpu":
+        from mixq.algorithms.qat import device_problem
+
+        problem = device_problem(device)
+        if problem is not None:
+            raise OptionError(f"--device {device}: {problem}")
     folder = out_dir(out, command, model)
     if resume and not (folder / _RUN_MARK[command]).is_file():
         raise OptionError(f"--resume: {folder} holds no {command} run to resume (no {_RUN_MARK[command]}); "
@@ -93,12 +105,13 @@ def register(app: typer.Typer) -> None:
         max_train: int | None = _MAX_TRAIN,
         max_test: int | None = _MAX_TEST,
         threads: int | None = _THREADS,
+        device: str = _DEVICE,
     ) -> None:
         """Quantization-aware training of a zoo model under a plan; writes plan.json + model.pt."""
         from mixq.algorithms.qat import init_distributed, train_qat
         from mixq.tasks.training import PAD_FILL, qat_plan, start_model, training_data
 
-        folder = _start("qat", out, model, resume)
+        folder = _start("qat", out, model, resume, device)
         fmts = formats(weight=weight, act=act, weight_alt=weight_alt)
         init_distributed()
         xtr, ytr, xte, yte = training_data(dataset, data_root, max_train, max_test)
@@ -108,7 +121,7 @@ def register(app: typer.Typer) -> None:
         cfg = _qat_config(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed,
                           weight_quant=weight_quant, act_quant=act_quant, grad_bits=grad_bits, bn=bn,
                           kd_alpha=kd_alpha, kd_temperature=kd_temperature, checkpoint_every=checkpoint_every,
-                          threads=threads)
+                          threads=threads, device=device)
         res = train_qat(fp, qplan, (xtr, ytr), cfg, folder, val=(xte, yte), resume=resume, fill=PAD_FILL)
         _echo(res.summary, folder)
 
@@ -139,13 +152,14 @@ def register(app: typer.Typer) -> None:
         max_train: int | None = _MAX_TRAIN,
         max_test: int | None = _MAX_TEST,
         threads: int | None = _THREADS,
+        device: str = _DEVICE,
     ) -> None:
         """Prune, fine-tune and quantize the pruned layers with focused formats (QAT)."""
         from mixq.algorithms.prune import PruneConfig, prune_and_quantize
         from mixq.algorithms.qat import init_distributed
         from mixq.tasks.training import PAD_FILL, qat_plan, start_model, training_data
 
-        folder = _start("prune", out, model, resume)
+        folder = _start("prune", out, model, resume, device)
         fmts = formats(weight=weight, act=act)
         init_distributed()
         xtr, ytr, xte, yte = training_data(dataset, data_root, max_train, max_test)
@@ -155,7 +169,7 @@ def register(app: typer.Typer) -> None:
                            finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
                            focused_bits=focused_bits or None)
         cfg = _qat_config(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, kd_alpha=kd_alpha,
-                          checkpoint_every=checkpoint_every, threads=threads)
+                          checkpoint_every=checkpoint_every, threads=threads, device=device)
         res = prune_and_quantize(fp, base, (xtr, ytr), pcfg, cfg, folder, val=(xte, yte), resume=resume,
                                  fill=PAD_FILL)
         _echo(res.summary, folder)

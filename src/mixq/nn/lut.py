@@ -94,8 +94,9 @@ class QLutAct(nn.Module):
     def levels(self) -> torch.Tensor:
         """Every input level ``q * s_in`` (float32, ``q`` from qmin to qmax): what ``input_quant`` outputs."""
         f = self.in_fmt
-        q = torch.arange(f.qmin, f.qmax + 1, dtype=torch.float32)
-        return q * self.input_quant.scale.detach().to(torch.float32)
+        s = self.input_quant.scale.detach().to(torch.float32)
+        q = torch.arange(f.qmin, f.qmax + 1, dtype=torch.float32, device=s.device)
+        return q * s
 
     @torch.no_grad()
     def float_table(self) -> torch.Tensor:
@@ -107,8 +108,8 @@ class QLutAct(nn.Module):
         """The output grid: ``max |f(level)| / qmax`` (float32; 1 for a function that is 0 everywhere)."""
         t = self.float_table() if ftab is None else ftab
         top = t.abs().max()
-        qmax = torch.tensor(float(self.out_fmt.qmax), dtype=torch.float32)
-        return torch.where(top > 0, top / qmax, torch.ones((), dtype=torch.float32))
+        qmax = torch.tensor(float(self.out_fmt.qmax), dtype=torch.float32, device=top.device)
+        return torch.where(top > 0, top / qmax, torch.ones((), dtype=torch.float32, device=top.device))
 
     @torch.no_grad()
     def table(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,7 @@ class QAct(nn.Module):
         self.observer_kind = observer
         self.observer: ActObserver | None = None
         self.mode = "float"
+        self.scale: torch.Tensor
         self.register_buffer("scale", torch.tensor(1.0))
         self.calibrated = False
 
@@ -42,7 +43,8 @@ class QAct(nn.Module):
         """End calibration: fix the scale from the collected statistics and start quantizing."""
         if self.observer is None or not self.observer.seen:
             raise RuntimeError("QAct.freeze() before any calibration batch was observed")
-        self.scale = torch.as_tensor(self.observer.scale(self.fmt), dtype=torch.float32).reshape(())
+        self.scale = torch.as_tensor(self.observer.scale(self.fmt), dtype=torch.float32,
+                                     device=self.scale.device).reshape(())
         self.observer = None
         self.calibrated = True
         self.mode = "quant"
@@ -100,7 +102,8 @@ class _QWeightMixin:
         for fmt in self.formats:
             s = compute_scale(w, fmt, granularity=self.plan.weight_granularity,
                               observer=self.plan.weight_observer, axis=0, group_size=self.plan.weight_group)
-            scales.append(torch.broadcast_to(torch.as_tensor(s, dtype=w.dtype), self._scale_shape()))
+            scales.append(torch.broadcast_to(torch.as_tensor(s, dtype=w.dtype, device=w.device),
+                                             self._scale_shape()))
         if scales:
             self.w_scales = torch.stack(scales).to(w.dtype)
 

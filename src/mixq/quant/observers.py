@@ -72,7 +72,7 @@ def search_clip_ratio(err: Callable[[torch.Tensor], torch.Tensor], like: torch.T
                       fine: int = 8) -> torch.Tensor:
     """Per-element clipping ratio in ``(0, 1]`` minimizing ``err(ratio)`` (ratios and errors shaped like
     ``like``): a ``coarse`` grid, then ``fine`` steps either side of the best point."""
-    grid = torch.linspace(1.0 / coarse, 1.0, coarse, dtype=like.dtype)
+    grid = torch.linspace(1.0 / coarse, 1.0, coarse, dtype=like.dtype, device=like.device)
     errs = torch.stack([err(torch.full_like(like, float(r))) for r in grid])
     best_err, idx = errs.min(dim=0)
     best = grid[idx]
@@ -101,7 +101,10 @@ def _mse_search(m: torch.Tensor, fmt: NumberFormat, top: torch.Tensor,
 
 
 def _kl_search(hist: torch.Tensor, top: torch.Tensor, fmt: NumberFormat) -> torch.Tensor:
-    """Per-row clipping value from histograms ``hist`` (R, B) of magnitudes over ``[0, top]``."""
+    """Per-row clipping value from histograms ``hist`` (R, B) of magnitudes over ``[0, top]`` (searched on
+    the CPU; the result on ``top``'s device)."""
+    where = top.device
+    hist, top = hist.cpu(), top.cpu()
     r, b = hist.shape
     lv = torch.as_tensor(fmt.levels(), dtype=torch.float64)
     mids = ((lv[1:] + lv[:-1]) / 2).numpy()
@@ -132,14 +135,14 @@ def _kl_search(hist: torch.Tensor, top: torch.Tensor, fmt: NumberFormat) -> torc
         better = kl < best_kl
         best_kl = torch.where(better, kl, best_kl)
         best_i = torch.where(better, torch.full_like(best_i, i), best_i)
-    return top.double() * best_i.double() / b
+    return (top.double() * best_i.double() / b).to(where)
 
 
 def _row_hist(mag: torch.Tensor, top: torch.Tensor, bins: int) -> torch.Tensor:
     """Histograms (R, bins) of non-negative ``mag`` (R, N) over ``[0, top_r]``."""
     t = _safe(top)[:, None]
     idx = (mag / t * bins).long().clamp_(0, bins - 1)
-    h = torch.zeros(mag.shape[0], bins, dtype=torch.float64)
+    h = torch.zeros(mag.shape[0], bins, dtype=torch.float64, device=mag.device)
     return h.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64))
 
 
@@ -260,8 +263,8 @@ class ActObserver:
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        """Add one batch of activations."""
-        x = x.detach().flatten().double()
+        """Add one batch of activations (statistics kept on the CPU: a batch on a GPU is copied)."""
+        x = x.detach().flatten().double().cpu()
         if x.numel() == 0:
             return
         self.min = min(self.min, float(x.min()))

@@ -27,8 +27,8 @@ from mixq.quant.fakequant import fake_quant
 from mixq.quant.observers import compute_scale
 
 
-def _scheme(row_scheme: Any, rows: int, n_formats: int) -> torch.Tensor:
-    s = torch.as_tensor(row_scheme, dtype=torch.long).flatten()
+def _scheme(row_scheme: Any, rows: int, n_formats: int, device: torch.device | None = None) -> torch.Tensor:
+    s = torch.as_tensor(row_scheme, dtype=torch.long).flatten().to(device)
     if s.numel() != rows:
         raise MixqError(f"row_scheme: has {s.numel()} entries for {rows} rows")
     if s.numel() and (int(s.min()) < 0 or int(s.max()) >= n_formats):
@@ -47,9 +47,9 @@ def row_scales(w: torch.Tensor, formats: Sequence[NumberFormat], row_scheme: Any
     """One scale per row, each from its own format; shaped to broadcast (e.g. ``(C, 1, 1, 1)``)."""
     ax = axis % w.dim()
     rows = w.shape[ax]
-    scheme = _scheme(row_scheme, rows, len(formats))
+    scheme = _scheme(row_scheme, rows, len(formats), w.device)
     wt = w.detach().movedim(ax, 0)
-    scales = torch.ones(rows, dtype=w.dtype if w.is_floating_point() else torch.float32)
+    scales = torch.ones(rows, dtype=w.dtype if w.is_floating_point() else torch.float32, device=w.device)
     for k, fmt in enumerate(formats):
         idx = (scheme == k).nonzero().flatten()
         if idx.numel():
@@ -66,12 +66,12 @@ def quantize_rows(w: torch.Tensor, formats: Sequence[NumberFormat], row_scheme: 
     in *its* format's units, ``2**-frac_bits`` of that format), ``scales`` broadcastable.
     """
     ax = axis % w.dim()
-    scheme = _scheme(row_scheme, w.shape[ax], len(formats))
+    scheme = _scheme(row_scheme, w.shape[ax], len(formats), w.device)
     if scales is None:
         scales = row_scales(w, formats, scheme, observer, ax)
     wt = w.detach().movedim(ax, 0)
     st = scales.detach().reshape(-1, *([1] * (w.dim() - 1)))
-    q = torch.zeros(wt.shape, dtype=torch.int64)
+    q = torch.zeros(wt.shape, dtype=torch.int64, device=w.device)
     for k, fmt in enumerate(formats):
         idx = (scheme == k).nonzero().flatten()
         if idx.numel():
@@ -83,10 +83,11 @@ def dequantize_rows(q: torch.Tensor, formats: Sequence[NumberFormat], row_scheme
                     axis: int = 0) -> torch.Tensor:
     """Inverse of :func:`quantize_rows` (float, ``scales``' dtype)."""
     ax = axis % q.dim()
-    scheme = _scheme(row_scheme, q.shape[ax], len(formats))
+    scheme = _scheme(row_scheme, q.shape[ax], len(formats), q.device)
     qt = q.movedim(ax, 0)
     st = scales.reshape(-1, *([1] * (q.dim() - 1)))
-    out = torch.zeros(qt.shape, dtype=scales.dtype if scales.is_floating_point() else torch.float32)
+    out = torch.zeros(qt.shape, dtype=scales.dtype if scales.is_floating_point() else torch.float32,
+                      device=q.device)
     for k, fmt in enumerate(formats):
         idx = (scheme == k).nonzero().flatten()
         if idx.numel():
@@ -98,7 +99,7 @@ def fake_quant_rows(w: torch.Tensor, formats: Sequence[NumberFormat], row_scheme
                     axis: int = 0) -> torch.Tensor:
     """Fake-quantize each row with its own format and scale (clipped STE, differentiable in ``w``)."""
     ax = axis % w.dim()
-    scheme = _scheme(row_scheme, w.shape[ax], len(formats))
+    scheme = _scheme(row_scheme, w.shape[ax], len(formats), w.device)
     wt = w.movedim(ax, 0)
     st = scales.detach().reshape(-1, *([1] * (w.dim() - 1))).to(w.dtype)
     out = torch.zeros_like(wt)

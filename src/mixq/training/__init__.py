@@ -11,7 +11,7 @@ training from scratch (:mod:`mixq.zoo.train`), QAT and pruned fine-tuning (:mod:
 """
 
 from mixq.training.checkpoint import Position, data_difference, data_fingerprint, nonfinite_tensors
-from mixq.training.config import TrainConfig, TrainError
+from mixq.training.config import TrainConfig, TrainError, device_problem
 from mixq.training.functional import (
     accuracy,
     augment_shift_flip,
@@ -45,6 +45,7 @@ __all__ = [
     "cosine_lr",
     "data_difference",
     "data_fingerprint",
+    "device_problem",
     "dist_info",
     "epoch_order",
     "fit",

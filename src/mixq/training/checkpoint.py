@@ -17,6 +17,7 @@ Version 1 checkpoints (without these records) still resume; they cannot be check
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import random
@@ -63,21 +64,30 @@ def restore_position(obj: dict[str, Any]) -> Position:
                     history=list(p["history"]))
 
 
-def rng_state() -> dict[str, Any]:
-    """The global RNG states of torch, numpy and Python as tensors and plain lists."""
+def rng_state(cuda: bool = False) -> dict[str, Any]:
+    """The global RNG states of torch, numpy and Python as tensors and plain lists (``cuda``: those of
+    every CUDA device too, as CPU byte tensors)."""
     np_state = np.random.get_state(legacy=True)
     assert isinstance(np_state, tuple)
     py_state = random.getstate()
-    return {
+    out = {
         "torch": torch.get_rng_state(),
         "numpy": {"key": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)), "pos": int(np_state[2]),
                   "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
         "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
     }
+    if cuda and torch.cuda.is_available():
+        out["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return out
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`; the CUDA states best effort (only where this machine has the same number
+    of CUDA devices; a checkpoint written on the CPU or read without CUDA leaves them as they are)."""
     torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
     n = state["numpy"]
     np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     p = state["python"]
@@ -164,12 +174,31 @@ def nonfinite_tensors(module: torch.nn.Module) -> list[str]:
     return validate.nonfinite(module.state_dict())
 
 
+def to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor inside (dicts — their type and attributes such as a state dict's
+    ``_metadata`` kept —, lists, tuples) moved to the CPU (CPU tensors as they are)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        out = copy.copy(obj)
+        for k, v in obj.items():
+            out[k] = to_cpu(v)
+        return out
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(path: Path, *, config: dict[str, Any], model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: Any, pos: Position, world_size: int,
                     extra: dict[str, Any] | None = None, plan: str | None = None,
-                    data: dict[str, Any] | None = None) -> None:
+                    data: dict[str, Any] | None = None, cuda_rng: bool = False) -> None:
     """Write the training state atomically to ``path`` (``config``: the run's settings as plain values;
-    ``plan`` / ``data``: see :func:`check_lineage`)."""
+    ``plan`` / ``data``: see :func:`check_lineage`; ``cuda_rng``: record the CUDA RNG states too).
+
+    Every tensor is written as a CPU tensor (model, optimizer state), so a checkpoint written on a GPU
+    resumes on the CPU and the other way round: :func:`mixq.training.fit` loads it into the model on
+    its device, and ``Optimizer.load_state_dict`` moves the state to the parameters' device."""
     atomic_write_torch(path, {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -177,11 +206,11 @@ def save_checkpoint(path: Path, *, config: dict[str, Any], model: torch.nn.Modul
         "plan": plan,
         "data": data,
         "world_size": world_size,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": to_cpu(model.state_dict()),
+        "optimizer": to_cpu(optimizer.state_dict()),
         "scheduler": scheduler.state_dict(),
         "position": pos.to_dict(),
-        "rng": rng_state(),
+        "rng": rng_state(cuda=cuda_rng),
         "extra": extra or {},
     })
 

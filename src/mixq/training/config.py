@@ -7,6 +7,7 @@ Callers with their own config (`mixq.algorithms.qat.QatConfig`, the zoo recipe o
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from mixq.errors import MixqError
@@ -25,6 +26,32 @@ class TrainError(MixqError):
     """A training run that cannot proceed: a bad setting, a checkpoint that does not match the run."""
 
 
+#: the devices a run may train on: the CPU, the current CUDA device, or CUDA device N
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:[0-9]+)?")
+
+
+def device_problem(device: object) -> str | None:
+    """Why ``device`` cannot train here (None: it can): not ``cpu`` / ``cuda`` / ``cuda:N``, no CUDA
+    device at all, or no device N. Imports torch only for a CUDA device.
+
+    >>> device_problem("cpu") is None, device_problem("gpu")
+    (True, "must be 'cpu', 'cuda' or 'cuda:N'")
+    """
+    if not isinstance(device, str) or DEVICE_PATTERN.fullmatch(device) is None:
+        return "must be 'cpu', 'cuda' or 'cuda:N'"
+    if device == "cpu":
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device (torch.cuda.is_available() is False)"
+    index = int(device.partition(":")[2] or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        return f"no CUDA device {index} (torch.cuda.device_count() is {count})"
+    return None
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Settings of one run of :func:`mixq.training.fit`.
@@ -35,6 +62,8 @@ class TrainConfig:
     (``kd_alpha``, ``kd_temperature``) when a teacher is given; shift-and-flip augmentation;
     ``batch_size`` images per step (``drop_last``: only full batches; otherwise a last batch of at
     least 2 images is kept — BatchNorm needs two). ``threads`` / ``deterministic`` hold for the run.
+    ``device``: ``cpu`` (the default), ``cuda`` or ``cuda:N`` — where the model trains (the data stays on
+    the CPU, see :func:`mixq.training.fit`); a CUDA device this machine lacks is refused here.
     """
 
     epochs: int = 1
@@ -59,6 +88,7 @@ class TrainConfig:
     order: str = "seeded"
     drop_last: bool = True
     schedule: str = "factor"
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         def bad(name: str, msg: str) -> TrainError:
@@ -78,3 +108,6 @@ class TrainConfig:
         for name, choices in (("optimizer", OPTIMIZERS), ("order", ORDERS), ("schedule", SCHEDULES)):
             if getattr(self, name) not in choices:
                 raise bad(name, f"must be one of {', '.join(choices)}")
+        problem = device_problem(self.device)
+        if problem is not None:
+            raise bad("device", problem)

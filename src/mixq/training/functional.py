@@ -21,18 +21,20 @@ from mixq.modes import eval_mode
 
 
 @contextmanager
-def torch_settings(threads: int | None, deterministic: bool = True) -> Iterator[None]:
+def torch_settings(threads: int | None, deterministic: bool = True, warn_only: bool = False) -> Iterator[None]:
     """A thread count (``None``: leave it) and deterministic algorithms for the duration of the block;
-    both restored afterwards."""
+    both restored afterwards. ``warn_only``: an op without a deterministic implementation warns instead
+    of raising (CUDA training, where some backward kernels have none)."""
     old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     if threads is not None:
         torch.set_num_threads(threads)
     if deterministic:
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(old_det)
+        torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
         torch.set_num_threads(old_threads)
 
 
@@ -86,13 +88,25 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, epoch)))
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); the CPU for a model with neither."""
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def top1_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> int:
-    """How many of ``x`` the model (in eval mode, restored after) classifies as ``y``."""
+    """How many of ``x`` the model (in eval mode, restored after) classifies as ``y``; ``x`` may stay on
+    the CPU when the model is on a GPU (each batch is moved to the model's device)."""
     correct = 0
+    dev = model_device(model)
     with eval_mode(model):
         for i in range(0, x.shape[0], batch_size):
-            correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+            pred = model(x[i : i + batch_size].to(dev, non_blocking=True)).argmax(1)
+            correct += int((pred.to(y.device) == y[i : i + batch_size]).sum())
     return correct
 
 

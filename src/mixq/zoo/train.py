@@ -52,6 +52,7 @@ from mixq import training, validate
 from mixq.data import GRAY_MEAN, GRAY_STD, load_fashion_mnist, load_fmnist_subset, normalize_gray
 from mixq.errors import NumericError, OptionError
 from mixq.io import atomic_write_json, atomic_write_torch
+from mixq.training import device_problem
 from mixq.zoo.cnv import CNV_MACS, WEIGHTS_PATH, cnv
 
 __all__ = ["DEFAULTS", "evaluate", "train_cnv"]
@@ -69,8 +70,11 @@ def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_siz
     return training.top1_correct(model, normalize_gray(images), y, batch_size) / max(1, len(y))
 
 
-def _command(out_path: Path, epochs: int, seed: int, data_root: str | Path | None, batch_size: int, lr: float) -> str:
+def _command(out_path: Path, epochs: int, seed: int, data_root: str | Path | None, batch_size: int, lr: float,
+             device: str = "cpu") -> str:
     cmd = f"mixq train --epochs {epochs} --seed {seed} --out {out_path}"
+    if device != "cpu":
+        cmd += f" --device {device}"
     if batch_size != DEFAULTS["batch_size"]:
         cmd += f" --batch-size {batch_size}"
     if lr != DEFAULTS["lr"]:
@@ -94,17 +98,23 @@ def train_cnv(
     threads: int = 2,
     max_train: int | None = None,
     max_test: int | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Train the CNV on Fashion-MNIST, write its state dict to ``out_path`` and metadata next to it.
 
     ``max_train`` / ``max_test`` limit the images used (the first N; for smoke
-    tests, recorded in the metadata). Returns the metadata dict that is also
+    tests, recorded in the metadata). ``device`` (``cpu``, ``cuda``, ``cuda:N``) is where the model trains
+    (:func:`mixq.training.fit`; evaluated and written from the CPU; bit-identical weights are promised on
+    the CPU only). Returns the metadata dict that is also
     written to ``out_path.with_suffix(".json")``. Missing data raises
     :class:`DataError`; an argument out of range :class:`OptionError`; a loss or
     weights turning NaN/Inf :class:`NumericError` (nothing is written then).
     """
     _check_args(out_path, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, threads=threads,
                 max_train=max_train, max_test=max_test)
+    problem = device_problem(device)
+    if problem is not None:
+        raise OptionError(f"train_cnv device: {problem}, got {device!r}")
     out = Path(out_path)
     x_train, y_train = load_fashion_mnist("train", data_root)
     x_test, y_test = load_fashion_mnist("test", data_root)
@@ -116,7 +126,8 @@ def train_cnv(
     cfg = training.TrainConfig(
         epochs=epochs, batch_size=min(batch_size, n), lr=lr, momentum=0.9, weight_decay=weight_decay,
         warmup_steps=min(WARMUP_STEPS, total // 10), seed=seed, augment=augment, threads=threads,
-        progress=progress, eval_every_epoch=progress, order="stream", drop_last=False, schedule="absolute")
+        progress=progress, eval_every_epoch=progress, order="stream", drop_last=False, schedule="absolute",
+        device=device)
     kept = f"the existing {out} is kept" if out.exists() else f"nothing was written to {out}"
 
     t0 = time.perf_counter()
@@ -163,7 +174,8 @@ def train_cnv(
         "weights_file": out.name,
         "weights_bytes": len(blob),
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
-        "command": _command(out, epochs, seed, data_root, batch_size, lr),
+        "device": device,
+        "command": _command(out, epochs, seed, data_root, batch_size, lr, device),
     }
     atomic_write_json(out.with_suffix(".json"), meta)
     return meta

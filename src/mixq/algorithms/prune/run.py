@@ -162,8 +162,9 @@ def _check_state(out: Path, now: dict[str, Any], masks: dict[str, torch.Tensor])
             raise PruneError(f"{path}: the run was made with a different prune config: PruneConfig.{k} "
                              f"(run {saved.get('prune', {}).get(k)!r}, now {v!r}); resume with the same "
                              "settings or start a new run folder")
-    old_ft = QatConfig.from_dict(dict(saved.get("finetune", {})), source=f"{path}: finetune")
-    diff = QatConfig.from_dict(now["finetune"]).trajectory_diff(old_ft)
+    now_ft = QatConfig.from_dict(now["finetune"])
+    old_ft = QatConfig.from_dict(dict(saved.get("finetune", {})), source=f"{path}: finetune", device=now_ft.device)
+    diff = now_ft.trajectory_diff(old_ft)
     if diff:
         k = diff[0]
         raise PruneError(f"{path}: the run was fine-tuned with a different config: {k} (run "

@@ -23,7 +23,7 @@ from mixq.algorithms.qat.prepare import low_bit_plan, prepare_qat, signed_input_
 from mixq.algorithms.qat.result import load_quantized, load_result, save_result
 from mixq.algorithms.qat.run import QatResult, train_qat
 from mixq.algorithms.qat.trainer import FitResult, accuracy, epoch_order, fit, init_distributed
-from mixq.training import cosine_lr, kd_loss
+from mixq.training import cosine_lr, device_problem, kd_loss
 
 __all__ = [
     "FitResult",
@@ -36,6 +36,7 @@ __all__ = [
     "QatResult",
     "accuracy",
     "cosine_lr",
+    "device_problem",
     "dorefa_weight",
     "epoch_order",
     "export_plain",

@@ -36,7 +36,7 @@ def check_config(cfg: QatConfig) -> Callable[[Path, dict[str, Any]], None]:
     """The resume check of a run with ``cfg``: raises `QatError` when a checkpoint's config would take
     another trajectory (fields of ``RESUME_FREE`` may differ)."""
     def check(path: Path, saved_dict: dict[str, Any]) -> None:
-        saved = QatConfig.from_dict(dict(saved_dict), source=f"{path}: config")
+        saved = QatConfig.from_dict(dict(saved_dict), source=f"{path}: config", device=cfg.device)
         diff = cfg.trajectory_diff(saved)
         if diff:
             parts = ", ".join(f"{k} (checkpoint {saved.to_dict()[k]!r}, now {cfg.to_dict()[k]!r})" for k in diff)

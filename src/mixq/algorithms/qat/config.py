@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from mixq.training import TrainConfig, TrainError
+from mixq.training import TrainConfig, TrainError, device_problem
 
 QAT_SCHEMA_VERSION = 1
 
@@ -23,8 +23,9 @@ BN_MODES = ("fold", "train")
 OPTIMIZERS = ("sgd", "adam")
 OBSERVER_CHOICES = ("minmax", "percentile", "mse", "kl")
 
-#: Fields that may differ between a run and its resumption (they do not change the weights).
-RESUME_FREE = ("progress", "checkpoint_every", "eval_every_epoch", "threads")
+#: Fields that may differ between a run and its resumption (they do not change the weights; ``device``: a run
+#: checkpointed on a GPU may continue on the CPU and the other way round — bit-exact only on the CPU).
+RESUME_FREE = ("progress", "checkpoint_every", "eval_every_epoch", "threads", "device")
 
 
 #: A QAT run that cannot proceed: a bad config field, a checkpoint that does not match the run (the one
@@ -59,6 +60,10 @@ class QatConfig:
       the end of every epoch).
     * ``threads``: torch intra-op threads during the run (``None``: leave as is);
       results are bit-identical only for the same thread count.
+    * ``device``: ``cpu`` (default), ``cuda`` or ``cuda:N`` — where the model trains (calibration,
+      export and the returned model stay on the CPU, see :func:`mixq.training.fit`); a CUDA device this
+      machine lacks is refused when the config is made. Not part of the trajectory: a run resumes on
+      another device (bit-exact resume only on the CPU).
     """
 
     epochs: int = 3
@@ -86,6 +91,7 @@ class QatConfig:
     deterministic: bool = True
     progress: bool = True
     eval_every_epoch: bool = True
+    device: str = "cpu"
     version: int = QAT_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -134,6 +140,9 @@ class QatConfig:
             raise bad("init_observer", f"must be null or one of {', '.join(OBSERVER_CHOICES)}")
         if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
             raise bad("threads", "must be null or a positive integer")
+        problem = device_problem(self.device)
+        if problem is not None:
+            raise bad("device", problem)
         if self.version != QAT_SCHEMA_VERSION:
             raise bad("version", f"this mixq reads QAT config version {QAT_SCHEMA_VERSION}")
 
@@ -141,12 +150,14 @@ class QatConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "QatConfig") -> QatConfig:
+    def from_dict(cls, d: dict[str, Any], source: str = "QatConfig", *, device: str | None = None) -> QatConfig:
+        """The config of a dict (``to_dict``'s); ``device`` replaces the recorded one (a saved config read
+        on a machine without the device it trained on)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise QatError(f"{source}: unknown field(s) {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**(d if device is None else {**d, "device": device}))
 
     def train_config(self) -> TrainConfig:
         """The settings of the one training loop (:func:`mixq.training.fit`) this config runs."""
@@ -156,7 +167,7 @@ class QatConfig:
             warmup_steps=self.warmup_steps, min_lr=self.min_lr, seed=self.seed, kd_alpha=self.kd_alpha,
             kd_temperature=self.kd_temperature, augment=self.augment, channels_last=self.channels_last,
             checkpoint_every=self.checkpoint_every, threads=self.threads, deterministic=self.deterministic,
-            progress=self.progress, eval_every_epoch=self.eval_every_epoch)
+            progress=self.progress, eval_every_epoch=self.eval_every_epoch, device=self.device)
 
     def trajectory_diff(self, other: QatConfig) -> list[str]:
         """Fields that differ and change the training trajectory (see ``RESUME_FREE``)."""

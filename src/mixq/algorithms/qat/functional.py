@@ -139,13 +139,15 @@ def quantize_gradient(g: torch.Tensor, bits: int, gen: torch.Generator | None = 
 
     ``ĝ = 2·m·(q_k(g / 2m + 1/2 + ξ) − 1/2)`` with ``m = max|g|`` over a sample,
     ``q_k`` rounding to ``k``-bit levels of ``[0, 1]`` and ``ξ ~ U(−1/2, 1/2)/(2^k − 1)``.
-    Unbiased in expectation; ``gen`` makes the noise reproducible.
+    Unbiased in expectation; ``gen`` makes the noise reproducible (drawn on ``gen``'s device, then moved
+    to ``g``'s if they differ).
     """
     levels = float(2**bits - 1)
     m = g.detach().abs().reshape(g.shape[0], -1).amax(dim=1).clamp_min(1e-30)
     m = m.reshape((g.shape[0],) + (1,) * (g.dim() - 1))
     u = g / (2 * m) + 0.5
-    noise = (torch.rand(g.shape, generator=gen, dtype=g.dtype, device=g.device) - 0.5) / levels
+    where = g.device if gen is None else gen.device
+    noise = (torch.rand(g.shape, generator=gen, dtype=g.dtype, device=where).to(g.device) - 0.5) / levels
     q = torch.round((u + noise).clamp(0, 1) * levels) / levels
     return 2 * m * (q - 0.5)
 

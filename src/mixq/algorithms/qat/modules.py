@@ -159,7 +159,7 @@ class _QatWeightMixin:
             elif self.weight_quant == "ste":
                 s = compute_scale(w.detach(), fmt, granularity=self.plan.weight_granularity,
                                   observer=self.plan.weight_observer, axis=0, group_size=self.plan.weight_group)
-                s = torch.broadcast_to(torch.as_tensor(s, dtype=w.dtype), row_shape(w))
+                s = torch.broadcast_to(torch.as_tensor(s, dtype=w.dtype, device=w.device), row_shape(w))
                 parts.append(fake_quant(w, fmt, s))
                 scales.append(s)
             else:

@@ -5,7 +5,7 @@ quantization (its noise seeded per step from ``(seed, epoch, step, rank)``, so a
 resumed run draws what an uninterrupted one draws) and channels-last forward are
 switched on for the run and off after it; the checkpoint records the `QatConfig`,
 the plan and a fingerprint of the data, and a resume with another trajectory,
-plan or data raises `QatError`.
+plan or data raises `QatError`. ``QatConfig.device`` is where it trains; the model comes back on the CPU.
 """
 
 from __future__ import annotations
@@ -50,12 +50,13 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: QatConfig, chec
     checkpoint the run continues from it; a checkpoint of a run with another trajectory,
     another ``plan`` or other training data (``x``, ``y``, ``data_meta``) raises `QatError`.
     A non-finite loss or non-finite weights stop the run with `NumericError`, the last
-    checkpoint written staying as it was.
+    checkpoint written staying as it was. The run trains on ``cfg.device``; ``model`` is on the CPU
+    afterwards (see :func:`mixq.training.fit`).
     """
     ckpt = Checkpointing(path=checkpoint, config=cfg.to_dict(), check_config=check_config(cfg), resume=resume,
                          plan=plan_record(plan) if plan is not None else None,
                          data=data_fingerprint(x, y, data_meta), on_save=on_checkpoint)
-    grad_gen = torch.Generator()
+    grad_gen = torch.Generator(device=cfg.device)  # the noise is drawn where the gradients are
 
     def seed_grad_noise(epoch: int, step: int, rank: int) -> None:
         grad_gen.manual_seed(mix_seed(cfg.seed, epoch, step, rank, 1))
