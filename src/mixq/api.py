@@ -42,16 +42,24 @@ def signed_inputs(model: nn.Module, sample: Any) -> set[str]:
     return signed_input_layers(normalize(model, tuple(x.shape[1:])), x)[1]
 
 
-def quantize(model: nn.Module, plan: QuantPlan, calib: Any, batch_size: int = 256, fold: bool = True, *,
-             allow_float: bool | Iterable[str] = False) -> nn.Module:
-    """Post-training quantization with the plan as written (:func:`mixq.graph.ops.quantize`) on the
-    calibration data ``calib`` (any data :func:`mixq.data.sources.as_batch` takes).
+def quantize(model: nn.Module, plan: QuantPlan, calib: Any, batch_size: int | None = None, fold: bool = True, *,
+             recipe: str | Any = "plan", allow_float: bool | Iterable[str] = False, **overrides: Any) -> nn.Module:
+    """The one post-training quantization verb: ``model`` under ``plan`` with a PTQ recipe
+    (:func:`mixq.algorithms.ptq.quantize`; ``"plan"``, the default, is the plan as written: fold BN, swap
+    layers, calibrate activations with the plan's observers; ``"minmax"``, ``"dfq"``, ``"gptq"``, ...
+    and recipe fields as ``overrides``) on the calibration data ``calib`` (any data
+    :func:`mixq.data.sources.as_batch` takes). ``batch_size`` overrides the recipe's.
 
     A compute layer mixq cannot quantize (:mod:`mixq.graph.registry`: Conv3d, ConvTranspose3d, a
     Conv2d subclass with a forward it cannot reproduce, ``F.conv2d`` on a parameter ...) raises a
     one-line :class:`~mixq.errors.ModelError` naming it, unless ``allow_float`` (``True`` or layer
     names) or the plan's ``meta["float_layers"]`` accepts leaving it in float."""
-    return ops.quantize(model, plan, as_batch(calib, "calib"), batch_size, fold, allow_float=allow_float)
+    from mixq.algorithms.ptq import quantize as ptq_quantize
+
+    if batch_size is not None:
+        overrides["batch_size"] = batch_size
+    return ptq_quantize(model, plan, as_batch(calib, "calib"), recipe, fold=fold, allow_float=allow_float,
+                        **overrides)
 
 
 def predict(model: nn.Module, x: Any, batch_size: int = 500) -> torch.Tensor:

@@ -37,7 +37,8 @@ from mixq.cli._common import (
     real,
 )
 
-RECIPES = ("minmax", "dfq", "dfq_empirical", "adaround", "gptq", "datafree")
+# the names of mixq.algorithms.ptq.RECIPES, kept here so --help needs no torch (tests/test_ptq_stages.py)
+RECIPES = ("plan", "minmax", "minmax_pct", "dfq", "dfq_empirical", "adaround", "gptq", "datafree")
 
 
 def _size(value: str | None) -> tuple[int, int] | None:

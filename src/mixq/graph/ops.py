@@ -4,7 +4,6 @@
 * :func:`predict` / :func:`evaluate` — logits and top-1 accuracy in eval mode;
 * :func:`signed_input_layers` — compute layers in forward order and those whose input goes
   negative (they need a signed activation format);
-* :func:`quantize` — post-training quantization as a plan is written: fold BN, swap, calibrate.
 
 `mixq.api` re-exports them for users; the algorithms import them from here (layers only
 import downwards).
@@ -12,18 +11,14 @@ import downwards).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from mixq.errors import MixqError
-from mixq.graph.bnfold import fold_bn
-from mixq.graph.convert import calibrate, to_quantized
-from mixq.graph.normalize import normalize
 from mixq.graph.registry import QUANTIZABLE
 from mixq.modes import eval_mode
-from mixq.plan import QuantPlan
 from mixq.training import accuracy
 
 
@@ -69,21 +64,3 @@ def signed_input_layers(model: nn.Module, sample: torch.Tensor) -> tuple[list[st
         for h in handles:
             h.remove()
     return order, signed
-
-
-def quantize(model: nn.Module, plan: QuantPlan, calib: torch.Tensor, batch_size: int = 256,
-             fold: bool = True, allow_float: bool | Iterable[str] = False) -> nn.Module:
-    """Post-training quantization with the plan as written: fold BN, swap layers, calibrate activations.
-
-    A compute layer that would stay in float raises :class:`~mixq.errors.ModelError` naming it unless
-    ``allow_float`` (``True`` or layer names) or the plan's ``meta["float_layers"]`` accepts it
-    (:func:`mixq.graph.convert.to_quantized`, checked on the first calibration inputs). The input
-    model is not modified. Conv1d / ConvTranspose2d layers are first written as 2-D convolutions
-    (:func:`mixq.graph.normalize.normalize`).
-    """
-    m = normalize(model, tuple(calib.shape[1:]))
-    m = fold_bn(m) if fold else m
-    q = to_quantized(m, plan, sample=calib[:2], allow_float=allow_float)
-    calibrate(q, batches(calib, batch_size))
-    q.eval()
-    return q

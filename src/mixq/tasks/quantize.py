@@ -31,7 +31,7 @@ class QuantizeJob:
     plan: Path | None = None
     msq: float | None = None
     recipe: str = "minmax"
-    overrides: dict[str, str] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
     calib: str = "auto"
     eval_source: str | None = None
     images: int = 256

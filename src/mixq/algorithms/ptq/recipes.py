@@ -1,35 +1,36 @@
-"""Named post-training quantization recipes and the one call that runs them.
+"""Named post-training quantization recipes and the one verb that runs them.
 
-    qmodel = quantize(model, plan, calib, recipe="dfq")
+    qmodel = quantize(model, plan, calib, recipe="dfq")      # also mixq.quantize / mixq.api.quantize
 
-A :class:`Recipe` is a frozen description of the pipeline::
+A :class:`Recipe` is a frozen description of which stages of the one pipeline run
+(:mod:`~mixq.algorithms.ptq.pipeline`: each stage ``PTQState -> PTQState``)::
 
     [synthesize inputs from BN statistics] → fold BN → [CLE (+ high-bias absorption)]
       → [residual-stream equalization] → assign MSQ rows still unassigned → swap layers
-      → [output-aware weight scales] → calibrate activations → [output-aware activation ranges]
-      → [AdaRound | GPTQ] → [bias correction] → [restore channel statistics]
+      → [output-aware weight scales] → [extra stages, e.g. act_percentile] → calibrate activations
+      → [output-aware activation ranges] → [AdaRound | GPTQ] → [bias correction] → [restore channel statistics]
 
-Named recipes (:data:`RECIPES`):
+:func:`quantize_report` is a loop over those stages. Named recipes (:data:`RECIPES`):
 
-* ``minmax``   fold, swap, [output-aware weight scales below 8 bits], calibrate. At 8-bit weights
-  it is what :func:`mixq.api.quantize` does; layers with narrower weights get output-aware scales
-  (``weight_scales="auto"``, :data:`AUTO_SCALES_MAX_BITS`): at W4A8 round-to-nearest the plan's
-  weight observer alone loses to it on both benchmark models (MobileNetV2 40.4% -> 74.2% top-1
-  agreement with FP32, CNV 98.69% -> 99.12%), and lost to Brevitas on CNV (MSE scales both).
+* ``plan``     the plan as written: fold, swap, calibrate with the plan's observers (the default of
+  :func:`quantize` and :func:`mixq.api.quantize`).
+* ``minmax``   fold, swap, [output-aware weight scales below 8 bits], calibrate. At 8-bit weights it
+  is ``plan``; layers with narrower weights get output-aware scales (``weight_scales="auto"``,
+  ``AUTO_SCALES_MAX_BITS``), which beat the plan's weight observer alone on both benchmark models at
+  W4A8 (benchmarks/results/design_measurements.md, "PTQ recipes").
+* ``minmax_pct`` ``minmax`` with percentile activation clipping (the ``act_percentile`` stage,
+  :mod:`~mixq.algorithms.ptq.percentile`; benchmarks/results/ptq_percentile.md).
 * ``dfq``      + cross-layer equalization and analytic (data-free) bias correction (Nagel et
   al., 2019), with three measured extensions: CLE balances each pair's activation too
   (the side divided by ``s`` has the range ``r1^(1-w) · a^w`` of the first layer's rows ``r1``
-  and the activation's channels ``a``; DFQ's rule is ``w = 0``; ``cle_act_weight="auto"``: 0.25
-  beside per-tensor first layers, 0.5 beside per-channel ones, :data:`AUTO_ACT_WEIGHT`), and
-  the residual streams CLE cannot reach are equalized on the calibration data
-  (:mod:`~mixq.algorithms.ptq.streams`). MobileNetV2 W8A8 per-tensor + CLE + empirical BC:
-  89.2% / 14.6 dB top-1 agreement / logit SQNR with DFQ's rule, 90.0% / 15.3 dB with the
-  streams, 92.5% / 16.8 dB with both at ``w = 0.5``; and each input quantizer's range is tuned on
-  the layer's output error (``act_ranges="output"``, :mod:`~mixq.algorithms.ptq.act_ranges`;
-  logit SQNR 16.8 -> 19.0 dB with ``cle_act_weight="auto"``). DFQ's high-bias absorption is
-  available (``absorb_bias=True``) but off: its "pre-activations stay above μ - 3σ" assumption
-  fails often enough on the torchvision MobileNetV2 that it costs fidelity (93.3 % vs 95.0 %
-  top-1 agreement with FP32 at W8A8 per-tensor, 120 inputs).
+  and the activation's channels ``a``; DFQ's rule is ``w = 0``; ``cle_act_weight="auto"``: by the
+  first layer's weight granularity, ``AUTO_ACT_WEIGHT``), the residual streams CLE cannot reach are
+  equalized on the calibration data (:mod:`~mixq.algorithms.ptq.streams`), and each input quantizer's
+  range is tuned on the layer's output error (``act_ranges="output"``,
+  :mod:`~mixq.algorithms.ptq.act_ranges`). DFQ's high-bias absorption is available
+  (``absorb_bias=True``) but off: its "pre-activations stay above μ - 3σ" assumption fails often
+  enough on the torchvision MobileNetV2 that it costs fidelity. The figures behind each choice:
+  design_measurements.md, "PTQ recipes".
 * ``dfq_empirical``  the same with bias correction measured on the calibration data.
 * ``adaround`` + AdaRound of every layer, starting from output-aware weight scales
   (``weight_scales="output"``); no bias correction after it (measured to hurt; add it with
@@ -41,7 +42,8 @@ Named recipes (:data:`RECIPES`):
 * ``datafree`` inputs synthesized from the BN statistics (ZeroQ) stand in for calibration
   data; analytic bias correction.
 
-Any field can be overridden per call: ``quantize(..., recipe="dfq", relu6="relu")``.
+Any field can be overridden per call: ``quantize(..., recipe="dfq", relu6="relu")``; extra stages by
+name: ``quantize(..., recipe="dfq", stages=("act_percentile",))``.
 
 Progress (:mod:`mixq.progress`): every stage is reported as ``ptq <stage>`` (the keys of
 :attr:`PTQResult.timings`): a task advancing per layer (``weight_scales``, ``act_ranges``,
@@ -55,7 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,37 +65,25 @@ import torch
 from torch import nn
 
 from mixq import progress
-from mixq.algorithms.msq import assign_rows
-from mixq.algorithms.ptq._common import as_tensor, input_channel_ranges, require_positive, run_hooked
-from mixq.algorithms.ptq.act_ranges import output_aware_act_ranges
-from mixq.algorithms.ptq.adaround import AdaRoundConfig, adaround
-from mixq.algorithms.ptq.bias_correction import (
-    analytic_bias_correction,
-    empirical_bias_correction,
-    expected_input_means,
+from mixq.algorithms.ptq._common import as_tensor, require_positive
+from mixq.algorithms.ptq.adaround import AdaRoundConfig
+from mixq.algorithms.ptq.datafree import DataFreeConfig
+from mixq.algorithms.ptq.gptq import GPTQConfig
+from mixq.algorithms.ptq.pipeline import (  # noqa: F401 - AUTO_*, GPTQ_ROWS, pair_act_weights: their old home
+    AUTO_ACT_WEIGHT,
+    AUTO_SCALES_MAX_BITS,
+    EXTRA_STAGES,
+    GPTQ_ROWS,
+    PTQState,
+    measured_output_stats,
+    pair_act_weights,
+    stages_of,
 )
-from mixq.algorithms.ptq.bn_reestimate import restore_channel_stats
-from mixq.algorithms.ptq.calibrate import calibrate_activations
-from mixq.algorithms.ptq.cle import (
-    ChannelStats,
-    absorb_high_bias,
-    bn_output_stats,
-    cross_layer_equalize,
-    find_pairs,
-)
-from mixq.algorithms.ptq.datafree import DataFreeConfig, synthesize_inputs
-from mixq.algorithms.ptq.gptq import GPTQConfig, gptq
-from mixq.algorithms.ptq.scales import output_aware_weight_scales
-from mixq.algorithms.ptq.streams import equalize_streams
 from mixq.errors import DataError, MixqError
-from mixq.graph import fold_bn
-from mixq.graph.convert import to_quantized
 from mixq.modes import eval_mode
 from mixq.plan import QuantPlan
 
 RECIPE_VERSION = 1
-# stages of quantize_report without a progress task of their own: one line each when done
-QUICK_STAGES = ("fold_bn", "streams", "msq_rows", "swap")
 BIAS_CORRECTIONS = ("none", "empirical", "network", "analytic")
 # the string fields of a Recipe and the values each may take
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -142,6 +132,7 @@ class Recipe:
     gptq: GPTQConfig | None = None
     restore_stats: bool = False
     datafree: DataFreeConfig | None = None
+    stages: tuple[str, ...] = ()
     batch_size: int = 8
     version: int = RECIPE_VERSION
 
@@ -159,6 +150,9 @@ class Recipe:
             v = getattr(self, name)
             if not isinstance(v, str) and not 0.0 <= v <= 1.0:
                 raise MixqError(f"recipe.{name}: must be in [0, 1], got {v}")
+        unknown = [n for n in self.stages if n not in EXTRA_STAGES]
+        if unknown:
+            raise MixqError(f"recipe.stages: {', '.join(map(repr, unknown))} not one of {', '.join(EXTRA_STAGES)}")
         require_positive(self, "recipe", ("batch_size", "cle_iterations", "bias_passes"))
         if self.version != RECIPE_VERSION:
             raise MixqError(f"recipe.version: {self.version} is not supported (this mixq reads {RECIPE_VERSION})")
@@ -168,51 +162,25 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
+    # the plan as written: fold BN, swap layers, calibrate activations with the plan's observers
+    "plan": Recipe(name="plan", batch_size=256),
     "minmax": Recipe(name="minmax", weight_scales="auto"),
-    # the dfq recipes tune the activation ranges on the output error (act_ranges="output"): MobileNetV2 W8A8
-    # CLE + BC per-tensor 94.17% / 16.84 dB -> 94.17% / 19.03 dB, per-channel 92.92% / 17.69 dB -> 95.42% /
-    # 20.04 dB; CNV per-tensor 99.71% / 36.56 dB -> 99.71% / 38.14 dB
+    "minmax_pct": Recipe(name="minmax_pct", weight_scales="auto", stages=("act_percentile",)),
+    # the dfq recipes tune the activation ranges on the output error (act_ranges="output"; design_measurements.md)
     "dfq": Recipe(name="dfq", cle=True, cle_act_weight="auto", stream_equalize=True, weight_scales="auto",
                   act_ranges="output", bias_correction="analytic"),
     "dfq_empirical": Recipe(name="dfq_empirical", cle=True, cle_act_weight="auto", stream_equalize=True,
                             weight_scales="auto", act_ranges="output", bias_correction="empirical"),
-    # no bias correction after AdaRound: its reconstruction already fits each layer's output, and
-    # correcting on top measured worse (MobileNetV2 W4A8: 80.4% -> 69.2% agreement; CNV: 33.5 -> 32.7 dB)
-    # AdaRound starts from output-aware scales (MobileNetV2 W4A8: 80.4% / 7.65 dB -> 82.5% / 7.89 dB; CNV equal)
+    # no bias correction after AdaRound (its reconstruction already fits each layer's output; correcting on
+    # top measured worse), and AdaRound starts from output-aware scales (design_measurements.md, "PTQ recipes")
     "adaround": Recipe(name="adaround", weight_scales="output", adaround=AdaRoundConfig(), bias_correction="none"),
     "gptq": Recipe(name="gptq", weight_scales="output", gptq=GPTQConfig(), bias_correction="none"),
     "datafree": Recipe(name="datafree", datafree=DataFreeConfig(), bias_correction="analytic"),
 }
 
 
-# ``weight_scales="auto"``: the widest weights that still get output-aware scales. 8-bit rows keep the
-# plan's (min-max) scales, where the search measured no better (W8A8 per-channel: MobileNetV2 92.92% /
-# 15.23 dB vs 91.67% / 15.16 dB, CNV 99.79% / 36.46 dB vs 99.74% / 37.44 dB) and costs a pass.
-AUTO_SCALES_MAX_BITS = 7
-
-# how GPTQ treats MSQ rows, by the recipe's ``msq_rows`` (the exact-error version of the same choice)
-GPTQ_ROWS = {"plan": "plan", "output": "count", "output_auto": "auto"}
-
-# ``cle_act_weight="auto"``: the activation's share of a CLE pair's balance by the first layer's
-# weight granularity. A per-channel (or grouped) first layer does not care how its rows are scaled,
-# so the activation can take more of the balance than beside per-tensor rows. Measured on MobileNetV2
-# W8A8 + CLE + empirical BC + output-aware activation ranges, logit SQNR on the 240 fidelity inputs /
-# 220 held-out crops: per-tensor 0.25 -> 19.04 / 18.90 dB, 0.375 -> 18.86 / 18.76, 0.5 -> 18.31 /
-# 18.29; per-channel 0.25 -> 19.98 / 19.85, 0.5 -> 20.13 / 20.06, 0.75 -> 20.29 / 20.09.
-AUTO_ACT_WEIGHT = {"tensor": 0.25, "channel": 0.5, "group": 0.5}
 
 
-def pair_act_weights(recipe: Recipe, plan: QuantPlan, firsts: Iterable[str]) -> float | dict[str, float]:
-    """The activation weight CLE gives each pair (keyed by its first layer): the recipe's number, or
-    with ``"auto"`` :data:`AUTO_ACT_WEIGHT` by the first layer's planned weight granularity (layers
-    the plan keeps in float count as per-channel)."""
-    if not isinstance(recipe.cle_act_weight, str):
-        return float(recipe.cle_act_weight)
-    out = {}
-    for n in firsts:
-        lp = plan.layers.get(n)
-        out[n] = AUTO_ACT_WEIGHT[lp.weight_granularity if lp is not None and lp.weight is not None else "channel"]
-    return out
 
 
 def get_recipe(recipe: str | Recipe, **overrides: Any) -> Recipe:
@@ -245,140 +213,52 @@ class PTQResult:
         return sum(self.timings.values())
 
 
-@torch.no_grad()
-def measured_output_stats(model: nn.Module, calib: torch.Tensor, batch_size: int = 32) -> dict[str, ChannelStats]:
-    """Per-channel mean and std of every Conv/Linear output of ``model`` on ``calib`` (for bias absorption
-    when there are no BN statistics)."""
-    from mixq.algorithms.ptq._common import channel_moments
-
-    acc: dict[str, list[Any]] = {}
-
-    def hook_for(n: str) -> Callable[..., None]:
-        def hook(_m: nn.Module, _i: object, y: torch.Tensor) -> None:
-            s, s2, k = channel_moments(y)
-            a = acc.setdefault(n, [0, 0, 0])
-            a[0], a[1], a[2] = a[0] + s, a[1] + s2, a[2] + k
-        return hook
-
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    run_hooked(model, {n: hook_for(n) for n in names}, calib, batch_size)
-    out = {}
-    for n, (s, s2, k) in acc.items():
-        mean = s / k
-        out[n] = ChannelStats(mean.float(), (s2 / k - mean * mean).clamp(min=0).sqrt().float())
-    return out
-
-
 def quantize_report(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Iterable[torch.Tensor] | None = None,
-                    recipe: str | Recipe = "minmax", *, input_shape: tuple[int, ...] | None = None,
-                    **overrides: Any) -> PTQResult:
-    """Run a PTQ recipe (see the module doc); the input model is not changed."""
+                    recipe: str | Recipe = "plan", *, input_shape: tuple[int, ...] | None = None, fold: bool = True,
+                    allow_float: bool | Iterable[str] = False, **overrides: Any) -> PTQResult:
+    """Run a PTQ recipe (see the module doc): the stages of :mod:`~mixq.algorithms.ptq.pipeline` it
+    switches on, in their one order; the input model is not changed. ``fold=False``: the model's
+    BatchNorms are already folded. A compute layer that would stay in float raises a
+    :class:`~mixq.errors.ModelError` naming it unless ``allow_float`` (``True`` or layer names) or the
+    plan's ``meta["float_layers"]`` accepts it (:func:`mixq.graph.convert.to_quantized`)."""
     r = get_recipe(recipe, **overrides)
-    timings: dict[str, float] = {}
-    details: dict[str, Any] = {}
-    t = time.perf_counter()
-
-    def lap(stage: str, **info: Any) -> None:
-        nonlocal t
-        now = time.perf_counter()
-        timings[stage] = timings.get(stage, 0.0) + now - t
-        t = now
-        if stage in QUICK_STAGES:
-            progress.log(f"ptq {stage}", **info, seconds=round(timings[stage], 3))
-
     data = as_tensor(calib) if calib is not None else None
     if input_shape is None:
         if data is None:
             raise DataError("quantize: give calibration data or input_shape")
         input_shape = tuple(int(s) for s in data.shape[1:])
     progress.log("ptq", recipe=r.name, model=plan.model, layers=len(plan.layers))
+    state = PTQState(model, plan, r, input_shape, data, fold=fold, allow_float=allow_float)
+    timings: dict[str, float] = {}
     with eval_mode(model):
-        if r.datafree is not None:
-            data, details["datafree"] = synthesize_inputs(model, input_shape, r.datafree)
-            lap("synthesize")
-        if data is None:
-            raise DataError(f"quantize: recipe {r.name!r} needs calibration data")
-        need_stats = r.absorb_bias or r.bias_correction == "analytic"
-        stats = bn_output_stats(model, input_shape) if need_stats else {}
-        fm = fold_bn(model, input_shape).eval()
-        lap("fold_bn", model=type(model).__name__)
-    if r.cle:
-        pairs = find_pairs(fm, input_shape)
-        act_weight = pair_act_weights(r, plan, [p.first for p in pairs])
-        aware = any(act_weight.values()) if isinstance(act_weight, dict) else act_weight > 0
-        ranges = input_channel_ranges(fm, [p.second for p in pairs], data, r.batch_size) if aware else None
-        fm, stats, pairs = cross_layer_equalize(fm, input_shape, iterations=r.cle_iterations, relu6=r.relu6,
-                                                stats=stats, pairs=pairs, act_ranges=ranges, act_weight=act_weight)
-        details["cle_pairs"] = len(pairs)
-        if r.absorb_bias:
-            if not stats:
-                stats = measured_output_stats(fm, data, r.batch_size)
-            fm, stats, absorbed = absorb_high_bias(fm, pairs, stats, n_std=r.absorb_std, padded=r.absorb_padded)
-            details["absorbed_layers"] = len(absorbed)
-        lap("cle")
-    if r.stream_equalize:
-        fm, stats, scales = equalize_streams(fm, input_shape, data, alpha=r.stream_alpha, stats=stats,
-                                             batch_size=r.batch_size)
-        details["streams"] = len(scales)
-        lap("streams", streams=len(scales))
-    if any(lp.weight_alt is not None and lp.alt_rows is None for _, lp in plan.items()):
-        plan = assign_rows(fm, plan, fold=False)
-        lap("msq_rows", layers=sum(lp.weight_alt is not None for _, lp in plan.items()))
-    q = to_quantized(fm, plan, sample=data[:2] if isinstance(data, torch.Tensor) else None)
-    lap("swap", layers=len(plan.layers))
-    if r.weight_scales != "plan":
-        max_bits = AUTO_SCALES_MAX_BITS if r.weight_scales == "auto" else None
-        details["weight_scales"] = output_aware_weight_scales(q, data, batch_size=r.batch_size,
-                                                              rows=r.msq_rows != "plan",
-                                                              keep_count=r.msq_rows == "output", max_bits=max_bits)
-        plan = _with_rows(plan, q, details["weight_scales"], free=r.msq_rows == "output_auto")
-        lap("weight_scales")
-    calibrate_activations(q, data, r.batch_size)
-    lap("calibrate")
-    if r.act_ranges == "output":
-        details["act_ranges"] = output_aware_act_ranges(q, data, batch_size=r.batch_size)
-        lap("act_ranges")
-    if r.adaround is not None:
-        details["adaround"] = adaround(q, fm, data, dataclasses.replace(r.adaround, batch_size=r.batch_size))
-        lap("adaround")
-    if r.gptq is not None:
-        details["gptq"] = gptq(q, data, dataclasses.replace(r.gptq, batch_size=r.batch_size),
-                               rows=GPTQ_ROWS[r.msq_rows], fmodel=fm)
-        plan = _with_rows(plan, q, details["gptq"], free=r.msq_rows == "output_auto")
-        lap("gptq")
-    if r.bias_correction in ("empirical", "network"):
-        details["bias_correction"] = empirical_bias_correction(q, data, fm, mode="layer" if r.bias_correction ==
-                                                               "empirical" else "network", batch_size=r.batch_size,
-                                                               passes=r.bias_passes)
-        lap("bias_correction")
-    elif r.bias_correction == "analytic":
-        means = expected_input_means(fm, input_shape, stats)
-        details["bias_correction"] = analytic_bias_correction(q, means, fm)
-        lap("bias_correction")
-    if r.restore_stats:
-        details["restore_stats"] = restore_channel_stats(q, fm, data, batch_size=r.batch_size)
-        lap("restore_stats")
-    q.eval()
+        for stage in stages_of(r, plan):
+            t = time.perf_counter()
+            state = stage.run(state)
+            timings[stage.name] = timings.get(stage.name, 0.0) + time.perf_counter() - t
+            if stage.quick:
+                progress.log(f"ptq {stage.name}", **_quick_info(stage.name, state),
+                             seconds=round(timings[stage.name], 3))
+    q = state.quantized.eval()
     progress.log("ptq finished", recipe=r.name, seconds=round(sum(timings.values()), 2))
-    return PTQResult(model=q, plan=plan, recipe=r, timings=timings, details=details)
+    return PTQResult(model=q, plan=state.plan, recipe=r, timings=timings, details=state.details)
 
 
-def _with_rows(plan: QuantPlan, q: nn.Module, report: dict[str, dict[str, Any]], free: bool) -> QuantPlan:
-    """``plan`` with the MSQ rows a stage re-chose (``report[layer]["alt_rows"]``); with ``free`` the
-    count changed too, so ``alt_ratio`` becomes the real fraction."""
-    for n, rep in report.items():
-        if "alt_rows" in rep:
-            rows = tuple(rep["alt_rows"])
-            weight: Any = q.get_submodule(n).weight
-            total = int(weight.shape[0])
-            ratio = len(rows) / max(total, 1) if free else plan[n].alt_ratio
-            plan = plan.with_layer(n, plan[n].with_(alt_rows=rows, alt_ratio=ratio))
-    return plan
+def _quick_info(name: str, s: PTQState) -> dict[str, Any]:
+    """What the one progress line of a quick stage says."""
+    if name == "fold_bn":
+        return {"model": type(s.model).__name__}
+    if name == "streams":
+        return {"streams": s.details.get("streams", 0)}
+    if name == "msq_rows":
+        return {"layers": sum(lp.weight_alt is not None for _, lp in s.plan.items())}
+    return {"layers": len(s.plan.layers)}
 
 
 def quantize(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Iterable[torch.Tensor] | None = None,
-             recipe: str | Recipe = "minmax", *, input_shape: tuple[int, ...] | None = None,
-             **overrides: Any) -> nn.Module:
-    """Post-training quantization of ``model`` under ``plan`` with a named recipe (or a :class:`Recipe`);
-    returns the fake-quantized model (eval mode). See :func:`quantize_report` for timings and details."""
-    return quantize_report(model, plan, calib, recipe, input_shape=input_shape, **overrides).model
+             recipe: str | Recipe = "plan", *, input_shape: tuple[int, ...] | None = None, fold: bool = True,
+             allow_float: bool | Iterable[str] = False, **overrides: Any) -> nn.Module:
+    """The one PTQ verb (also :func:`mixq.quantize`): ``model`` under ``plan`` with a named recipe (or a
+    :class:`Recipe`; default ``"plan"``, the plan as written) on the calibration data ``calib``; returns
+    the fake-quantized model (eval mode). :func:`quantize_report` gives timings and details too."""
+    return quantize_report(model, plan, calib, recipe, input_shape=input_shape, fold=fold, allow_float=allow_float,
+                           **overrides).model

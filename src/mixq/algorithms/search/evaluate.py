@@ -1,7 +1,7 @@
 """Quantize-and-evaluate candidate plans: serially, in a local process pool, or on Ray.
 
-Each candidate is a real quantized model: ``mixq.graph.ops.quantize`` (swap, calibrate
-activations) and then the user's ``eval_fn(qmodel) -> float`` (higher is better,
+Each candidate is a real quantized model: :func:`mixq.algorithms.ptq.quantize` with the plan as
+written (swap, calibrate activations) and then the user's ``eval_fn(qmodel) -> float`` (higher is better,
 e.g. top-1 %). For the process pool and Ray the model, calibration images and
 ``eval_fn`` are shipped to each worker once; ``eval_fn`` must then be picklable
 (`AccuracyEval` and `AgreementEval` are; a lambda is not, and falls back to serial).
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from mixq import progress
+from mixq.algorithms.ptq import quantize
 from mixq.errors import MixqError
 from mixq.graph import ops
 from mixq.plan import QuantPlan
@@ -60,7 +61,7 @@ class AgreementEval:
 
 
 def quantize_and_eval(model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn, plan: QuantPlan) -> float:
-    q = ops.quantize(model, plan, calib, fold=False)
+    q = quantize(model, plan, calib, "plan", fold=False)
     return float(eval_fn(q))
 
 
