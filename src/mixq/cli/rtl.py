@@ -28,7 +28,7 @@ CONFIGS = {  # name -> (weight, act, weight_alt, alt_ratio)
 
 def build_int_model(model: str, weight: str, act: str, alt: str | None = None, ratio: float = 0.0,
                     size: int | None = None, seed: int = 0, batch: int = 2,
-                    blocks: int | None = None) -> tuple[Any, dict[str, Any], Any]:
+                    blocks: int | None = None, layer: str | None = None) -> tuple[Any, dict[str, Any], Any]:
     """(IntModel, the engine's integers for a batch of ``batch`` inputs, the input batch).
 
     Real weights when the zoo has them, else a seeded random init; inputs are seeded
@@ -57,7 +57,19 @@ def build_int_model(model: str, weight: str, act: str, alt: str | None = None, r
                             weight_alt=parse_format(alt) if alt else None, alt_ratio=ratio if alt else 0.0)
     if alt:
         plan = assign_rows(m, plan)
+    _check_layer(layer, plan, model)
     return _integers(api.quantize(m, plan, x), x, batch)
+
+
+def _check_layer(layer: str | None, plan: Any, where: str) -> None:
+    """``--layer``, checked against the plan's compute layers before any work (one line naming it)."""
+    if layer is not None and layer not in plan.layers:
+        from mixq.errors import MixqError
+
+        names = list(plan.layers)
+        more = ", ..." if len(names) > 8 else ""
+        raise MixqError(f"--layer {layer!r}: {where} has no compute layer of that name "
+                        f"({', '.join(names[:8])}{more})")
 
 
 def _noise(model: Any, size: int | None, seed: int, batch: int) -> Any:
@@ -84,10 +96,11 @@ def _integers(qmodel: Any, x: Any, batch: int) -> tuple[Any, dict[str, Any], Any
 
 
 def artifact_int_model(folder: Path, size: int | None = None, seed: int = 0,
-                       batch: int = 2) -> tuple[Any, dict[str, Any], Any]:
+                       batch: int = 2, layer: str | None = None) -> tuple[Any, dict[str, Any], Any]:
     """:func:`build_int_model` for the quantized model of a ``mixq quantize`` artifact, used as it is."""
-    from mixq.artifact import load_artifact
+    from mixq.artifact import load_artifact, read_checkpoint
 
+    _check_layer(layer, read_checkpoint(folder).plan, str(folder))
     art = load_artifact(folder)
     return _integers(art.qmodel, _noise(art.source if art.source is not None else art.model_name, size, seed, batch),
                      batch)
@@ -103,12 +116,12 @@ def prepare(model: str, layer: str, config: str, pe: int, simd: int, core: str =
     from mixq.rtl.layout import plan_layout
 
     if from_ is not None:
-        im, values, _ = artifact_int_model(from_, size, seed)
+        im, values, _ = artifact_int_model(from_, size, seed, layer=layer)
     else:
         if config not in CONFIGS:
             raise MixqError(f"rtl config {config!r} is not one of {', '.join(CONFIGS)}")
         w, a, alt, rho = CONFIGS[config]
-        im, values, _ = build_int_model(model, w, a, alt, rho, size, seed, blocks=blocks)
+        im, values, _ = build_int_model(model, w, a, alt, rho, size, seed, blocks=blocks, layer=layer)
     return plan_layout(layer_data(im, values, layer), pe, simd, core)
 
 

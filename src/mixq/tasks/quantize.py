@@ -10,8 +10,9 @@ from typing import Any
 import torch
 
 from mixq import api
+from mixq.algorithms import ptq
 from mixq.algorithms.msq import MSQConfig, msq_plan
-from mixq.algorithms.ptq import PTQResult, quantize_report
+from mixq.algorithms.ptq import PTQResult
 from mixq.artifact import save_artifact
 from mixq.data.sources import ImageSet
 from mixq.errors import OptionError
@@ -105,7 +106,7 @@ def run_quantize(job: QuantizeJob) -> QuantizeOutcome:
         raise OptionError("--msq-rows: the plan has no second row format (MSQ); give --msq RATIO or an MSQ "
                           "--plan, or drop --msq-rows")
     t = time.perf_counter()
-    res = quantize_report(net, qplan, data, job.recipe, input_shape=shape, **job.overrides)
+    res = ptq.quantize_report(net, qplan, data, job.recipe, input_shape=shape, **job.overrides)
     seconds = time.perf_counter() - t
     evaluation = _evaluate(net, res.model, evalset, str(job.eval_source)) if evalset is not None else None
     summary = {
