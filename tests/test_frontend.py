@@ -195,3 +195,16 @@ def test_estimate_prices_an_unfolded_batchnorm_and_not_a_folded_one() -> None:
     by = {le.name: le for le in est.layers}
     assert "1" not in by  # folded into conv 0
     assert by["3"].cycles > 0 and by["3"].resources.dsp + by["3"].resources.lut > 0  # a multiply-add per lane
+
+
+def test_a_traced_model_pickles() -> None:
+    """FX keeps string annotations (``from __future__ import annotations`` in the zoo) as globals that
+    cannot be pickled; the one tracer drops them, so a folded model reaches a worker process."""
+    import pickle
+
+    from mixq import zoo
+    from mixq.graph.bnfold import fold_bn
+
+    folded = fold_bn(zoo.load("cnv", pretrained=False).eval())
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(pickle.loads(pickle.dumps(folded))(x), folded(x))

@@ -146,6 +146,15 @@ class Tracer(fx.Tracer):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        """The graph without the forward's type annotations: under ``from __future__ import
+        annotations`` they are strings, which FX keeps as globals that cannot be pickled (a traced
+        model shipped to a worker process, ``torch.save``)."""
+        graph = super().trace(root, concrete_args)
+        for node in graph.nodes:
+            node.type = None
+        return graph
+
 
 class _ShapeProp(fx.Interpreter):
     """One forward with inference semantics, recording each node's output shape in ``meta["shape"]``
