@@ -108,21 +108,19 @@ def register(app: typer.Typer) -> None:
         device: str = _DEVICE,
     ) -> None:
         """Quantization-aware training of a zoo model under a plan; writes plan.json + model.pt."""
-        from mixq.algorithms.qat import init_distributed, train_qat
-        from mixq.tasks.training import PAD_FILL, qat_plan, start_model, training_data
+        from mixq.algorithms.qat import train_qat
+        from mixq.tasks.training import PAD_FILL, qat_plan, run_inputs
 
         folder = _start("qat", out, model, resume, device)
         fmts = formats(weight=weight, act=act, weight_alt=weight_alt)
-        init_distributed()
-        xtr, ytr, xte, yte = training_data(dataset, data_root, max_train, max_test)
-        fp = start_model(model, weights)
-        qplan = qat_plan(model, fp, xtr[:64], plan, fmts["weight"], fmts["act"], fmts["weight_alt"], alt_ratio,
+        fp, train, test = run_inputs(model, weights, dataset, data_root, max_train, max_test)
+        qplan = qat_plan(model, fp, train[0][:64], plan, fmts["weight"], fmts["act"], fmts["weight_alt"], alt_ratio,
                          first_last_bits or None)
         cfg = _qat_config(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed,
                           weight_quant=weight_quant, act_quant=act_quant, grad_bits=grad_bits, bn=bn,
                           kd_alpha=kd_alpha, kd_temperature=kd_temperature, checkpoint_every=checkpoint_every,
                           threads=threads, device=device)
-        res = train_qat(fp, qplan, (xtr, ytr), cfg, folder, val=(xte, yte), resume=resume, fill=PAD_FILL)
+        res = train_qat(fp, qplan, train, cfg, folder, val=test, resume=resume, fill=PAD_FILL)
         _echo(res.summary, folder)
 
     @app.command()
@@ -156,20 +154,17 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Prune, fine-tune and quantize the pruned layers with focused formats (QAT)."""
         from mixq.algorithms.prune import PruneConfig, prune_and_quantize
-        from mixq.algorithms.qat import init_distributed
-        from mixq.tasks.training import PAD_FILL, qat_plan, start_model, training_data
+        from mixq.tasks.training import PAD_FILL, qat_plan, run_inputs
 
         folder = _start("prune", out, model, resume, device)
         fmts = formats(weight=weight, act=act)
-        init_distributed()
-        xtr, ytr, xte, yte = training_data(dataset, data_root, max_train, max_test)
-        fp = start_model(model, weights)
-        base = qat_plan(model, fp, xtr[:64], None, fmts["weight"], fmts["act"])
+        fp, train, test = run_inputs(model, weights, dataset, data_root, max_train, max_test)
+        base = qat_plan(model, fp, train[0][:64], None, fmts["weight"], fmts["act"])
         pcfg = PruneConfig(sparsity=sparsity, method=method, criterion=criterion, scope=scope,
                            finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
                            focused_bits=focused_bits or None)
         cfg = _qat_config(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, kd_alpha=kd_alpha,
                           checkpoint_every=checkpoint_every, threads=threads, device=device)
-        res = prune_and_quantize(fp, base, (xtr, ytr), pcfg, cfg, folder, val=(xte, yte), resume=resume,
+        res = prune_and_quantize(fp, base, train, pcfg, cfg, folder, val=test, resume=resume,
                                  fill=PAD_FILL)
         _echo(res.summary, folder)

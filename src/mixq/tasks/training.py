@@ -10,7 +10,7 @@ from torch import nn
 
 from mixq import validate, zoo
 from mixq.algorithms.msq import assign_rows
-from mixq.algorithms.qat import low_bit_plan
+from mixq.algorithms.qat import init_distributed, low_bit_plan
 from mixq.data import GRAY_MEAN, GRAY_STD, load_fashion_mnist, load_mnist, normalize_gray
 from mixq.errors import ModelError
 from mixq.graph.capture import capture
@@ -31,6 +31,16 @@ def training_data(dataset: str, root: Path | None = None, max_train: int | None 
     xtr, ytr, xte, yte = xtr[:max_train], ytr[:max_train], xte[:max_test], yte[:max_test]
     return (normalize_gray(xtr), torch.as_tensor(ytr, dtype=torch.int64),
             normalize_gray(xte), torch.as_tensor(yte, dtype=torch.int64))
+
+
+def run_inputs(name: str, weights: Path | None, dataset: str, root: Path | None, max_train: int | None,
+               max_test: int | None) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor],
+                                              tuple[torch.Tensor, torch.Tensor]]:
+    """What a qat / prune run starts from: (float model, training set, test set), after joining the
+    distributed group when run under ``torchrun``."""
+    init_distributed()
+    xtr, ytr, xte, yte = training_data(dataset, root, max_train, max_test)
+    return start_model(name, weights), (xtr, ytr), (xte, yte)
 
 
 def start_model(name: str, weights: Path | None = None) -> nn.Module:
