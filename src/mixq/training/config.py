@@ -92,7 +92,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         def bad(name: str, msg: str) -> TrainError:
-            return TrainError(f"TrainConfig.{name}: {msg}, got {getattr(self, name)!r}")
+            return TrainError(f"{type(self).__name__}.{name}: {msg}, got {getattr(self, name)!r}")
 
         for name, low in (("epochs", 1), ("batch_size", 2), ("warmup_steps", 0), ("checkpoint_every", 0),
                           ("seed", 0)):

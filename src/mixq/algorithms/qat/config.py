@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from mixq.training import TrainConfig, TrainError, device_problem
+from mixq.training import TrainConfig, TrainError
 
 QAT_SCHEMA_VERSION = 1
 
@@ -34,8 +34,9 @@ QatError = TrainError
 
 
 @dataclass(frozen=True)
-class QatConfig:
-    """Settings of one QAT (or pruned fine-tuning) run.
+class QatConfig(TrainConfig):
+    """Settings of one QAT (or pruned fine-tuning) run: the one trainer's settings
+    (:class:`mixq.training.TrainConfig`, which this extends) and the quantizers'.
 
     * ``weight_quant``: ``lsq`` (learned per-row step sizes, LSQ gradients), ``ste``
       (steps recomputed from the current weights by the plan's observer every
@@ -67,72 +68,38 @@ class QatConfig:
     """
 
     epochs: int = 3
-    batch_size: int = 128
-    lr: float = 0.001
-    scale_lr: float | None = None
-    momentum: float = 0.9
     weight_decay: float = 5e-5
-    optimizer: str = "sgd"
-    warmup_steps: int = 0
-    min_lr: float = 0.0
-    seed: int = 0
     weight_quant: str = "lsq"
     act_quant: str = "lsq"
     grad_bits: int | None = None
     bn: str = "fold"
-    kd_alpha: float = 0.0
-    kd_temperature: float = 4.0
     init_observer: str | None = "mse"
     calib_images: int = 512
-    augment: bool = True
-    channels_last: bool = True
-    checkpoint_every: int = 0
-    threads: int | None = None
-    deterministic: bool = True
-    progress: bool = True
-    eval_every_epoch: bool = True
-    device: str = "cpu"
     version: int = QAT_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the trainer's fields, named QatConfig.<field>
+
         def bad(name: str, msg: str) -> QatError:
             return QatError(f"QatConfig.{name}: {msg}, got {getattr(self, name)!r}")
 
-        for name in ("epochs", "batch_size", "calib_images"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise bad(name, "must be a positive integer")
-        for name in ("warmup_steps", "checkpoint_every", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise bad(name, "must be a non-negative integer")
-        for name in ("lr", "momentum", "weight_decay", "min_lr", "kd_alpha", "kd_temperature"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise bad(name, "must be a finite number")
-        if not self.lr > 0:
-            raise bad("lr", "must be positive")
+        v = self.calib_images
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise bad("calib_images", "must be a positive integer")
         if self.scale_lr is not None and (isinstance(self.scale_lr, bool) or not isinstance(self.scale_lr, int | float)
                                           or not math.isfinite(self.scale_lr) or not self.scale_lr > 0):
             raise bad("scale_lr", "must be a finite positive number or null")
-        if not 0 <= self.momentum < 1:
+        if not self.momentum < 1:
             raise bad("momentum", "must be in [0, 1)")
-        if self.weight_decay < 0:
-            raise bad("weight_decay", "must be >= 0")
-        if self.min_lr < 0 or self.min_lr > self.lr:
+        if self.min_lr > self.lr:
             raise bad("min_lr", f"must be in [0, lr = {self.lr!r}]")
-        if self.optimizer not in OPTIMIZERS:
-            raise bad("optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
-        if self.weight_quant not in WEIGHT_QUANT:
-            raise bad("weight_quant", f"must be one of {', '.join(WEIGHT_QUANT)}")
-        if self.act_quant not in ACT_QUANT:
-            raise bad("act_quant", f"must be one of {', '.join(ACT_QUANT)}")
-        if self.bn not in BN_MODES:
-            raise bad("bn", f"must be one of {', '.join(BN_MODES)}")
+        for name, choices in (("weight_quant", WEIGHT_QUANT), ("act_quant", ACT_QUANT), ("bn", BN_MODES)):
+            if getattr(self, name) not in choices:
+                raise bad(name, f"must be one of {', '.join(choices)}")
         if self.grad_bits is not None and (isinstance(self.grad_bits, bool) or not isinstance(self.grad_bits, int)
                                            or not 2 <= self.grad_bits <= 16):
             raise bad("grad_bits", "must be null or an integer in [2, 16]")
-        if not 0 <= self.kd_alpha <= 1:
+        if not self.kd_alpha <= 1:
             raise bad("kd_alpha", "must be in [0, 1]")
         if not self.kd_temperature > 0:
             raise bad("kd_temperature", "must be positive")
@@ -140,9 +107,6 @@ class QatConfig:
             raise bad("init_observer", f"must be null or one of {', '.join(OBSERVER_CHOICES)}")
         if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
             raise bad("threads", "must be null or a positive integer")
-        problem = device_problem(self.device)
-        if problem is not None:
-            raise bad("device", problem)
         if self.version != QAT_SCHEMA_VERSION:
             raise bad("version", f"this mixq reads QAT config version {QAT_SCHEMA_VERSION}")
 
@@ -161,13 +125,7 @@ class QatConfig:
 
     def train_config(self) -> TrainConfig:
         """The settings of the one training loop (:func:`mixq.training.fit`) this config runs."""
-        return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
-            weight_decay=self.weight_decay, optimizer=self.optimizer, scale_lr=self.scale_lr,
-            warmup_steps=self.warmup_steps, min_lr=self.min_lr, seed=self.seed, kd_alpha=self.kd_alpha,
-            kd_temperature=self.kd_temperature, augment=self.augment, channels_last=self.channels_last,
-            checkpoint_every=self.checkpoint_every, threads=self.threads, deterministic=self.deterministic,
-            progress=self.progress, eval_every_epoch=self.eval_every_epoch, device=self.device)
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(TrainConfig)})
 
     def trajectory_diff(self, other: QatConfig) -> list[str]:
         """Fields that differ and change the training trajectory (see ``RESUME_FREE``)."""
