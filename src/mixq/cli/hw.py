@@ -7,28 +7,11 @@ from typing import Any
 
 import typer
 
-from mixq.cli._common import (
-    DEFAULT_ACT,
-    DEFAULT_WEIGHT,
-    FROM,
-    INPUT_SHAPE,
-    MODEL_HELP,
-    WEIGHTS,
-    choice,
-    count,
-    emit,
-    exclusive_with_from,
-    formats,
-    json_mode,
-    out_dir,
-    real,
-    resolve_source,
-    say,
-)
+from mixq.cli import _common as cli
 
 
 def _print(est: Any) -> None:
-    if json_mode():
+    if cli.json_mode():
         return
     from rich.console import Console
     from rich.table import Table
@@ -61,20 +44,20 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def estimate(
         ctx: typer.Context,
-        model: str | None = typer.Argument(None, metavar="MODEL", help=f"{MODEL_HELP}; or --from"),
-        from_: Path | None = FROM,
-        weights: str | None = WEIGHTS,
-        input_shape: str | None = INPUT_SHAPE,
+        model: str | None = typer.Argument(None, metavar="MODEL", help=f"{cli.MODEL_HELP}; or --from"),
+        from_: Path | None = cli.FROM,
+        weights: str | None = cli.WEIGHTS,
+        input_shape: str | None = cli.INPUT_SHAPE,
         plan: Path | None = typer.Option(None, help="plan JSON (default: a uniform plan from --weight/--act)"),
         part: str = typer.Option("xc7z020", help="FPGA part (see mixq.hw.parts)"),
-        arch: str = choice("streaming", "accelerator template", ("streaming", "overlay")),
-        parts: int = count(1, "number of parts (streaming: multi-FPGA split)"),
-        weight: str = typer.Option(DEFAULT_WEIGHT, help="weight format of the default plan"),
-        act: str = typer.Option(DEFAULT_ACT, help="activation format of the default plan"),
-        fold: str = choice("auto", "streaming folding", ("auto", "plan", "optimize")),
-        target_fps: float | None = real(None, "streaming: cheapest folding meeting this FPS"),
-        link_gbps: float = real(10.0, "multi-FPGA link bandwidth, Gb/s"),
-        clock_mhz: float | None = real(None, "override the part's clock (MHz)", 0.0, 2000.0),
+        arch: str = cli.choice("streaming", "accelerator template", ("streaming", "overlay")),
+        parts: int = cli.count(1, "number of parts (streaming: multi-FPGA split)"),
+        weight: str = typer.Option(cli.DEFAULT_WEIGHT, help="weight format of the default plan"),
+        act: str = typer.Option(cli.DEFAULT_ACT, help="activation format of the default plan"),
+        fold: str = cli.choice("auto", "streaming folding", ("auto", "plan", "optimize")),
+        target_fps: float | None = cli.real(None, "streaming: cheapest folding meeting this FPS"),
+        link_gbps: float = cli.real(10.0, "multi-FPGA link bandwidth, Gb/s"),
+        clock_mhz: float | None = cli.real(None, "override the part's clock (MHz)", 0.0, 2000.0),
         ddr_weights: bool = typer.Option(False, help="streaming: weights that do not fit on chip stream from DDR"),
         out: Path | None = typer.Option(None, "--out", help="output folder for estimate.json "
                                                             "(default runs/estimate-MODEL)"),
@@ -83,10 +66,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Estimate resources, FPS, latency and the bottleneck of MODEL (or a --from artifact's model and plan) on an
         FPGA part (exit 3 if it does not fit)."""
-        src = resolve_source(model, from_, weights, input_shape, ctx=ctx)
+        src = cli.resolve_source(model, from_, weights, input_shape, ctx=ctx)
         name = src.name
-        exclusive_with_from(from_, plan=plan is not None, weight=weight != DEFAULT_WEIGHT, act=act != DEFAULT_ACT)
-        folder = out_dir(out, "estimate", name)
+        cli.exclusive_with_from(from_, plan=plan is not None, weight=weight != cli.DEFAULT_WEIGHT,
+                                act=act != cli.DEFAULT_ACT)
+        folder = cli.out_dir(out, "estimate", name)
         from mixq.errors import CheckFailed
         from mixq.hw import ArchOptions, get_part
         from mixq.hw import estimate as hw_estimate
@@ -96,28 +80,28 @@ def register(app: typer.Typer) -> None:
         p = get_part(part)
         if clock_mhz is not None:
             p = p.with_(clock_mhz=clock_mhz)
-        fmts = formats(weight=weight, act=act) if from_ is None and plan is None else {"weight": None, "act": None}
+        fmts = cli.formats(weight=weight, act=act) if from_ is None and plan is None else {"weight": None, "act": None}
         specs = layer_specs(src)
         qplan = hw_plan(name, specs, plan, fmts["weight"], fmts["act"], from_)
         est = hw_estimate(specs, qplan, p, arch, parts=parts, fold=fold, target_fps=target_fps,
                           options=ArchOptions(link_gbps=link_gbps, ddr_weights="auto" if ddr_weights else "never"))
         atomic_write_json(folder / "estimate.json", est.to_dict())
         _print(est)
-        say(f"wrote {folder / 'estimate.json'}")
+        cli.say(f"wrote {folder / 'estimate.json'}")
         if save_plan and arch == "streaming":
             from mixq.hw import apply_folding
             from mixq.plan import save_plan as write_plan
 
             write_plan(apply_folding(qplan, est), folder / "plan.json")
-            say(f"wrote {folder / 'plan.json'}")
-        emit({"out": str(folder), **est.summary()})
+            cli.say(f"wrote {folder / 'plan.json'}")
+        cli.emit({"out": str(folder), **est.summary()})
         if not est.fits:
             what = "; ".join(o.message() for o in est.overflows) or "; ".join(est.notes[-1:])
             raise CheckFailed(f"{name} does not fit {parts} x {p.name} ({arch}): {what}")
 
     @app.command("calibrate-hw")
     def calibrate_hw(
-        jobs: int = count(1, "yosys processes at a time"),
+        jobs: int = cli.count(1, "yosys processes at a time"),
         small: bool = typer.Option(False, help="synthesize two tiny PEs and check the shipped model only"),
         refit: bool = typer.Option(False, help="re-fit from the stored synthesis records (no yosys)"),
         golden: Path | None = typer.Option(None, help="also write the synthesis records here "
@@ -128,7 +112,7 @@ def register(app: typer.Typer) -> None:
                                                             "package)"),
     ) -> None:
         """Re-run the PE synthesis sweep (yosys) and re-fit the hardware cost model (exit 3 off target)."""
-        folder = out_dir(out, "calibrate-hw")
+        folder = cli.out_dir(out, "calibrate-hw")
         from mixq import progress
         from mixq.errors import CheckFailed
         from mixq.hw.fit import LUT_TARGET
@@ -149,7 +133,7 @@ def register(app: typer.Typer) -> None:
                      f"DSP/BRAM exact: {res.dsp_exact}")
         if not small:
             lines.append(f"wrote {res.coefficients_path} and {res.records_path}")
-        emit({"out": str(folder), "worst_lut_error": res.max_lut_error, "dsp_exact": res.dsp_exact,
+        cli.emit({"out": str(folder), "worst_lut_error": res.max_lut_error, "dsp_exact": res.dsp_exact,
               "worst_lut_error_by_kind": by_kind}, lines)
         if res.max_lut_error > LUT_TARGET or not res.dsp_exact:
             raise CheckFailed(f"calibrate-hw: worst LUT error {100 * res.max_lut_error:.1f}% (target "

@@ -25,17 +25,7 @@ from pathlib import Path
 
 import typer
 
-from mixq.cli._common import (
-    INPUT_SHAPE,
-    MODEL_HELP,
-    WEIGHTS,
-    choice,
-    count,
-    emit,
-    model_source,
-    out_dir,
-    real,
-)
+from mixq.cli import _common as cli
 
 # the names of mixq.algorithms.ptq.RECIPES, kept here so --help needs no torch (tests/test_ptq_stages.py)
 RECIPES = ("plan", "minmax", "minmax_pct", "dfq", "dfq_empirical", "adaround", "gptq", "datafree")
@@ -67,9 +57,9 @@ def _values(value: str | None) -> tuple[float, ...] | None:
 def register(app: typer.Typer) -> None:
     @app.command("quantize")
     def quantize_cmd(
-        model: str = typer.Argument(..., help=MODEL_HELP),
-        weights: str | None = WEIGHTS,
-        input_shape: str | None = INPUT_SHAPE,
+        model: str = typer.Argument(..., help=cli.MODEL_HELP),
+        weights: str | None = cli.WEIGHTS,
+        input_shape: str | None = cli.INPUT_SHAPE,
         plan: Path | None = typer.Option(None, "--plan", help="QuantPlan JSON (default: W8A8 per channel)"),
         calib: str = typer.Option("auto", "--calib", help="image folder (flat or class subfolders), .npz file "
                                                           "(x/images [, y/labels]), 'shipped' (bundled Fashion-MNIST "
@@ -86,27 +76,27 @@ def register(app: typer.Typer) -> None:
         std: str | None = typer.Option(None, "--std", help="per-channel std, a,b,c", callback=_values),
         gray: bool | None = typer.Option(None, "--grayscale/--rgb", help="color mode the model takes (default: "
                                          "its input channels)"),
-        recipe: str = choice("minmax", "PTQ recipe", RECIPES, "--recipe"),
+        recipe: str = cli.choice("minmax", "PTQ recipe", RECIPES, "--recipe"),
         out: Path | None = typer.Option(None, "--out", help="output folder (default runs/quantize-MODEL)"),
-        images: int = count(256, "calibration images to use", 1, "--images"),
-        msq: float | None = real(None, "no --plan: 4-bit MSQ plan with this SP2 row ratio", 0.0, 1.0, "--msq",
+        images: int = cli.count(256, "calibration images to use", 1, "--images"),
+        msq: float | None = cli.real(None, "no --plan: 4-bit MSQ plan with this SP2 row ratio", 0.0, 1.0, "--msq",
                                  low_open=False),
         pretrained: bool = typer.Option(True, "--pretrained/--random", help="real weights or random init"),
-        weight_scales: str | None = choice(None, "weight scales: the plan's observer, searched per row on the "
+        weight_scales: str | None = cli.choice(None, "weight scales: the plan's observer, searched per row on the "
                                            "output error, or output below 8 bits (default: the recipe's)",
                                            ("plan", "output", "auto"), "--weight-scales"),
-        act_ranges: str | None = choice(None, "activation ranges: the plan's observer or tuned on each layer's "
+        act_ranges: str | None = cli.choice(None, "activation ranges: the plan's observer or tuned on each layer's "
                                         "output error (default: the recipe's; output for dfq, dfq_empirical)",
                                         ("observer", "output"), "--act-ranges"),
-        msq_rows: str | None = choice(None, "MSQ plans only: rows as assigned, the same count re-chosen on the "
+        msq_rows: str | None = cli.choice(None, "MSQ plans only: rows as assigned, the same count re-chosen on the "
                                       "output error, or each row the format with the smaller output error",
                                       ("plan", "output", "output_auto"), "--msq-rows"),
     ) -> None:
         """Quantize MODEL with a plan and a PTQ recipe; write the checkpoint and a summary."""
         from mixq.tasks.quantize import QuantizeJob, run_quantize
 
-        src = model_source(model, weights, input_shape)
-        folder = out_dir(out, "quantize", src.name)
+        src = cli.model_source(model, weights, input_shape)
+        folder = cli.out_dir(out, "quantize", src.name)
         overrides = {k: v for k, v in (("weight_scales", weight_scales), ("act_ranges", act_ranges),
                                        ("msq_rows", msq_rows)) if v is not None}
         done = run_quantize(QuantizeJob(src, folder, plan=plan, msq=msq, recipe=recipe, overrides=overrides,
@@ -122,7 +112,7 @@ def register(app: typer.Typer) -> None:
         elif ev is not None:
             lines.append(f"--eval {eval_source}: argmax agreement with the float model "
                          f"{ev['agreement']:.2f}% on {ev['images']} unlabelled images")
-        emit({"out": str(folder), **summary},
+        cli.emit({"out": str(folder), **summary},
              [f"{src.name}: recipe {res.recipe.name}, {summary['calibration']['images']} calibration images, "
               f"{done.seconds:.1f} s", *lines,
               f"wrote {folder / 'quantized.pt'}, {folder / 'plan.json'}, {folder / 'summary.json'}",
