@@ -450,7 +450,7 @@ def run_suite(bench: Bench, model_name: str, first: Callable[[nn.Module], bool],
         configs[f"w4a8_msq{round(r * 100)}_adaround_bc"] = (f"W4A8 MSQ ρ={r}, AdaRound + BC", p, "adaround",
                                                             {"adaround": ada, **BC1, **PLAN_SCALES}, "", None)
     # percentile activation clipping (the act_percentile stage, recipe minmax_pct) beside Brevitas' own
-    pct_note = "activation ranges at the 99.99th percentile of |x| (stage act_percentile)"
+    pct_note = "activation ranges at the 99.99th percentile of the magnitudes (stage act_percentile)"
     configs["w8a8_tensor_pct"] = ("W8A8 per-tensor, percentile activations", w8t, "minmax_pct", {}, pct_note,
                                   rep(b8, act_percentile=99.99))
     configs["w4a8_rtn_pct"] = ("W4A8 fixed per-channel, nearest, percentile activations", w4, "minmax_pct", {},

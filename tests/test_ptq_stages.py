@@ -110,4 +110,23 @@ def test_a_new_stage_is_one_registry_line(monkeypatch: pytest.MonkeyPatch) -> No
 def test_the_cli_offers_every_recipe() -> None:
     from mixq.cli.quantize import RECIPES as CLI_RECIPES  # kept torch-free for --help; must not drift
 
-    assert CLI_RECIPES == tuple(RECIPES)
+    assert tuple(RECIPES) == CLI_RECIPES
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_the_plan_recipe_is_the_old_plan_as_written(fold: bool) -> None:
+    """api.quantize's default is what graph.ops.quantize did before the stages: normalize, fold BN,
+    swap, calibrate in batches of 256 (written out here so a change to any stage shows)."""
+    from mixq.graph import fold_bn
+    from mixq.graph.convert import calibrate, to_quantized
+    from mixq.graph.normalize import normalize
+
+    net, plan, x = _net(), _plan(4, 4), _data(300)  # two calibration batches of the old default (256)
+    m = normalize(net, tuple(x.shape[1:]))
+    m = fold_bn(m) if fold else m
+    old = to_quantized(m, plan, sample=x[:2])
+    calibrate(old, (x[i : i + 256] for i in range(0, x.shape[0], 256)))
+    new = api.quantize(net, plan, x, fold=fold)
+    assert _same(old.eval(), new)
+    # the comparison sees a recipe's change: minmax gives these 4-bit weights output-aware scales
+    assert not _same(new, api.quantize(net, plan, x, fold=fold, recipe="minmax"))

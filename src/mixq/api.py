@@ -14,7 +14,7 @@ when ``labels`` is not given, streaming a ``DataLoader`` batch by batch.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -28,6 +28,9 @@ from mixq.graph.ops import batches, signed_input_layers
 from mixq.graph.registry import coverage
 from mixq.nn import QConv2d, QLinear
 from mixq.plan import LayerPlan, QuantPlan, uniform_plan
+
+if TYPE_CHECKING:
+    from mixq.algorithms.ptq import Recipe
 
 __all__ = ["as_tensor_images", "batches", "default_plan", "evaluate", "layer_formats", "model_size_bytes", "predict",
            "quant_layers", "quantize", "signed_inputs"]
@@ -43,7 +46,7 @@ def signed_inputs(model: nn.Module, sample: Any) -> set[str]:
 
 
 def quantize(model: nn.Module, plan: QuantPlan, calib: Any, batch_size: int | None = None, fold: bool = True, *,
-             recipe: str | Any = "plan", allow_float: bool | Iterable[str] = False, **overrides: Any) -> nn.Module:
+             recipe: str | Recipe = "plan", allow_float: bool | Iterable[str] = False, **overrides: Any) -> nn.Module:
     """The one post-training quantization verb: ``model`` under ``plan`` with a PTQ recipe
     (:func:`mixq.algorithms.ptq.quantize`; ``"plan"``, the default, is the plan as written: fold BN, swap
     layers, calibrate activations with the plan's observers; ``"minmax"``, ``"dfq"``, ``"gptq"``, ...
