@@ -112,7 +112,7 @@ class Posit(TableFormat):
     def unit_max(self) -> float:
         """Min-max scaling maps ``max|x|`` to ``useed``, not to ``maxpos``: posits are most
         precise around ±1, and data squeezed below ``maxpos`` would sit in the tapered tails
-        (measured on Gaussian rows: posit8_1 37.6 dB with ``useed`` vs 8.4 dB with ``maxpos``)."""
+        (benchmarks/results/design_measurements.md, "Posit scaling")."""
         return min(self.useed, float(self.levels().max()))
 
     def int_levels(self) -> np.ndarray:

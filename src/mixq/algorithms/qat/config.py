@@ -51,8 +51,8 @@ class QatConfig(TrainConfig):
       ``train`` keeps BN with batch statistics and folds it into the quantized
       weight on every forward (Krishnamoorthi 2018), folding for good at export.
     * ``lr``: peak learning rate. Fine-tuning starts from a trained model, usually with BN
-      folded, so it is far below float training's: on the CNV / Fashion-MNIST W4A4 one
-      short epoch reached 94.2% at 1e-3 and collapsed to 79% at 1e-2 (loss 0.09 vs 3.7).
+      folded, so it is far below float training's (the CNV sweep behind the default 1e-3:
+      benchmarks/results/design_measurements.md, "QAT learning rate").
     * ``kd_alpha`` / ``kd_temperature``: knowledge distillation from the FP32
       teacher (``loss = (1-α)·CE + α·T²·KL``); ``kd_alpha = 0`` disables it.
     * ``init_observer``: observer used to initialise weight and activation
