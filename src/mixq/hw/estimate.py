@@ -22,7 +22,7 @@ from mixq.graph.spec import LayerSpec
 from mixq.hw import overlay as ov
 from mixq.hw import streaming as st
 from mixq.hw.cost import RESOURCE_NAMES, CostModel, Resources
-from mixq.hw.kinds import lut_lanes
+from mixq.hw.kinds import PE_KINDS
 from mixq.hw.lower import HwLayer, lower
 from mixq.hw.parts import Part, get_part
 from mixq.hw.pe import PeConfig, dsp_packing
@@ -93,7 +93,7 @@ class Estimate:
     macs: int
     bottleneck: str
     peak_macs_per_s: float
-    peak: dict[str, float]
+    peak: dict[str, Any]
     fits: bool
     overflows: tuple[Overflow, ...] = ()
     partition: tuple[tuple[str, ...], ...] = ()
@@ -160,23 +160,47 @@ class Estimate:
 
 
 def _design_bits(layers: list[HwLayer]) -> tuple[int, int]:
+    """The design's narrowest weight and activation widths (where its MACs are cheapest)."""
     ws = [g.wbits for ly in layers for g in ly.groups]
     as_ = [g.abits for ly in layers for g in ly.groups]
-    return (max(ws) if ws else 8), (max(as_) if as_ else 8)
+    return (min(ws) if ws else 8), (min(as_) if as_ else 8)
 
 
-def peak_macs(part: Part, wbits: int, abits: int, model: CostModel) -> dict[str, float]:
-    """The device's physical peak MAC/s at ``wbits`` x ``abits``: every DSP (packed where legal)
-    plus every LUT spent on the cheapest LUT dot-product lane (16-lane unit, incl. its tree),
-    at the catalog clock."""
+#: unit widths the peak tries for each LUT lane kind (the cheapest LUT per lane wins)
+PEAK_SIMDS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def _lut_per_mac(part: Part, wbits: int, abits: int, model: CostModel) -> tuple[float, str]:
+    """The fewest LUTs one MAC/cycle costs at ``wbits`` x ``abits`` on any LUT lane kind that takes those
+    widths (fixed point, SP2, PoT, XNOR, ternary, ...), at any unit width, with the shortest accumulator."""
+    best: tuple[float, str] = (math.inf, "")
+    for k, v in PE_KINDS.items():
+        if not v.is_dot or v.core != "lut":
+            continue
+        if (v.weight_bits is not None and v.weight_bits != wbits) or (v.act_bits is not None and v.act_bits != abits):
+            continue
+        for simd in PEAK_SIMDS:
+            try:
+                lut = model.pe(PeConfig(k, wbits, abits, simd, acc_len=simd), part.dsp_type).lut
+            except HardwareError:  # widths this kind does not take
+                break
+            best = min(best, (lut / (simd * v.rows), k))
+    return best
+
+
+def peak_macs(part: Part, wbits: int, abits: int, model: CostModel) -> dict[str, Any]:
+    """The most MAC/s the part can do at ``wbits`` x ``abits`` (an estimate passes its narrowest
+    widths): every DSP (packed where legal) plus every LUT spent on the cheapest LUT lane of any kind
+    at any unit width (:func:`_lut_per_mac`), at the catalog clock. No design of those widths computes
+    more, so ``Estimate.peak_fraction <= 1``."""
     clock = part.clock_mhz * 1e6
     pack = dsp_packing(part.dsp_type, wbits, abits, 1024)
     dsp = part.dsp * pack * clock
-    kinds = lut_lanes(wbits)
-    per_lane = min(model.pe(PeConfig(k, wbits, abits, 16, acc_len=1024), part.dsp_type).lut / 16 for k in kinds)
+    per_lane, kind = _lut_per_mac(part, wbits, abits, model)
     lut = part.lut / per_lane * clock
     return {"dsp_macs_per_s": dsp, "lut_macs_per_s": lut, "total_macs_per_s": dsp + lut,
-            "lut_per_mac": round(per_lane, 2), "dsp_packing": pack, "wbits": wbits, "abits": abits}
+            "lut_per_mac": round(per_lane, 2), "lut_lane": kind, "dsp_packing": pack, "wbits": wbits,
+            "abits": abits}
 
 
 def _notes(layers: list[HwLayer], opts: ArchOptions) -> list[str]:

@@ -286,12 +286,6 @@ MULTIPLY_KINDS: dict[str, str] = {"lut": "fixed_lut", "dsp": "fixed_dsp"}
 REQUANT_KINDS: dict[str, str] = {"dyadic": "requant", "thresh": "thresh"}
 
 
-def lut_lanes(wbits: int) -> tuple[str, ...]:
-    """The LUT dot-unit kinds that take any ``wbits``-bit weight of their format (not only 1- or 2-bit codes)."""
-    return tuple(k for k, v in PE_KINDS.items() if v.is_dot and v.core == "lut" and v.weight_bits is None
-                 and (wbits >= v.min_wbits or v.fallback is None))
-
-
 @dataclass(frozen=True)
 class WeightKind:
     """How rows of one weight-format kind are computed (:func:`mixq.hw.lower.pe_kind`)."""
