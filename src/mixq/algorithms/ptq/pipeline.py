@@ -131,14 +131,15 @@ class PTQState:
 
 @dataclass(frozen=True)
 class Stage:
-    """One PTQ algorithm: ``run`` transforms the state; ``when`` says whether a recipe runs it; a
-    ``quick`` stage reports one progress line instead of a task of its own. An extra stage runs
-    ``before`` the named stage of :data:`PIPELINE` when a recipe lists it in ``Recipe.stages``."""
+    """One PTQ algorithm: ``run`` transforms the state; ``when`` says whether a recipe runs it on a plan; a
+    quick stage, with no progress task of its own, has ``line``: the fields of the one progress line it
+    reports when done. An extra stage runs ``before`` the named stage of :data:`PIPELINE` when a recipe
+    lists it in ``Recipe.stages``."""
 
     name: str
     run: Callable[[PTQState], PTQState]
-    when: Callable[[Recipe], bool] = lambda r: True
-    quick: bool = False
+    when: Callable[[Recipe, QuantPlan], bool] = lambda r, p: True
+    line: Callable[[PTQState], dict[str, Any]] | None = None
     before: str = ""
 
 
@@ -267,19 +268,20 @@ def _restore_stats(s: PTQState) -> PTQState:
 
 #: The one order of a PTQ run; each recipe runs the stages its fields switch on.
 PIPELINE: tuple[Stage, ...] = (
-    Stage("synthesize", _synthesize, lambda r: r.datafree is not None),
-    Stage("fold_bn", _fold, quick=True),
-    Stage("cle", _cle, lambda r: r.cle),
-    Stage("streams", _streams, lambda r: r.stream_equalize, quick=True),
-    Stage("msq_rows", _msq_rows, quick=True),  # runs only where the plan has unassigned MSQ rows
-    Stage("swap", _swap, quick=True),
-    Stage("weight_scales", _weight_scales, lambda r: r.weight_scales != "plan"),
+    Stage("synthesize", _synthesize, lambda r, p: r.datafree is not None),
+    Stage("fold_bn", _fold, line=lambda s: {"model": type(s.model).__name__}),
+    Stage("cle", _cle, lambda r, p: r.cle),
+    Stage("streams", _streams, lambda r, p: r.stream_equalize, line=lambda s: {"streams": s.details["streams"]}),
+    Stage("msq_rows", _msq_rows, lambda r, p: _unassigned_rows(p),
+          line=lambda s: {"layers": sum(lp.weight_alt is not None for _, lp in s.plan.items())}),
+    Stage("swap", _swap, line=lambda s: {"layers": len(s.plan.layers)}),
+    Stage("weight_scales", _weight_scales, lambda r, p: r.weight_scales != "plan"),
     Stage("calibrate", _calibrate),
-    Stage("act_ranges", _act_ranges, lambda r: r.act_ranges == "output"),
-    Stage("adaround", _adaround, lambda r: r.adaround is not None),
-    Stage("gptq", _gptq, lambda r: r.gptq is not None),
-    Stage("bias_correction", _bias_correction, lambda r: r.bias_correction != "none"),
-    Stage("restore_stats", _restore_stats, lambda r: r.restore_stats),
+    Stage("act_ranges", _act_ranges, lambda r, p: r.act_ranges == "output"),
+    Stage("adaround", _adaround, lambda r, p: r.adaround is not None),
+    Stage("gptq", _gptq, lambda r, p: r.gptq is not None),
+    Stage("bias_correction", _bias_correction, lambda r, p: r.bias_correction != "none"),
+    Stage("restore_stats", _restore_stats, lambda r, p: r.restore_stats),
 )
 
 #: Optional stages a recipe switches on by name (``Recipe.stages``); one line per algorithm.
@@ -294,8 +296,6 @@ def stages_of(recipe: Recipe, plan: QuantPlan) -> list[Stage]:
     out: list[Stage] = []
     for st in PIPELINE:
         out += [e for e in extra if e.before == st.name]
-        if st.name == "msq_rows" and not _unassigned_rows(plan):
-            continue
-        if st.when(recipe):
+        if st.when(recipe, plan):
             out.append(st)
     return out

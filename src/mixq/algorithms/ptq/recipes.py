@@ -179,10 +179,6 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-
-
-
-
 def get_recipe(recipe: str | Recipe, **overrides: Any) -> Recipe:
     """A named recipe (or the given one) with ``overrides`` applied."""
     if isinstance(recipe, Recipe):
@@ -235,23 +231,11 @@ def quantize_report(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Ite
             t = time.perf_counter()
             state = stage.run(state)
             timings[stage.name] = timings.get(stage.name, 0.0) + time.perf_counter() - t
-            if stage.quick:
-                progress.log(f"ptq {stage.name}", **_quick_info(stage.name, state),
-                             seconds=round(timings[stage.name], 3))
+            if stage.line is not None:
+                progress.log(f"ptq {stage.name}", **stage.line(state), seconds=round(timings[stage.name], 3))
     q = state.quantized.eval()
     progress.log("ptq finished", recipe=r.name, seconds=round(sum(timings.values()), 2))
     return PTQResult(model=q, plan=state.plan, recipe=r, timings=timings, details=state.details)
-
-
-def _quick_info(name: str, s: PTQState) -> dict[str, Any]:
-    """What the one progress line of a quick stage says."""
-    if name == "fold_bn":
-        return {"model": type(s.model).__name__}
-    if name == "streams":
-        return {"streams": s.details.get("streams", 0)}
-    if name == "msq_rows":
-        return {"layers": sum(lp.weight_alt is not None for _, lp in s.plan.items())}
-    return {"layers": len(s.plan.layers)}
 
 
 def quantize(model: nn.Module, plan: QuantPlan, calib: torch.Tensor | Iterable[torch.Tensor] | None = None,
