@@ -70,10 +70,10 @@ def recorded_data(summary: dict[str, Any]) -> tuple[str | None, str | None, Prep
             Preprocess(**pre_d) if isinstance(pre_d, dict) else None)
 
 
-def fmnist_eval(dataset: str = "fmnist-subset", calib_images: int = 512
+def fmnist_eval(dataset: str = "fmnist-subset", calib_images: int | None = 512
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(eval images, eval labels, calibration images) of Fashion-MNIST, normalised: the shipped test subset
-    or the full test split, and the first ``calib_images`` of 1000 training images."""
+    or the full test split, and the first ``calib_images`` (None: all) of 1000 training images."""
     if dataset == "fmnist-subset":
         x, y = data.load_fmnist_subset()
     elif dataset == "fmnist":
@@ -81,6 +81,7 @@ def fmnist_eval(dataset: str = "fmnist-subset", calib_images: int = 512
     else:
         raise MixqError(f"dataset {dataset!r} is unknown ({', '.join(FMNIST_SETS)})")
     calib, _ = data.load_fmnist_subset(CALIB_PATH)
+    calib_images = calib.shape[0] if calib_images is None else calib_images
     if not 0 < calib_images <= calib.shape[0]:
         raise MixqError(f"calib_images: must be in 1..{calib.shape[0]}, got {calib_images}")
     return data.normalize_gray(x), torch.as_tensor(y), data.normalize_gray(calib[:calib_images])

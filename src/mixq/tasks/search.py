@@ -18,7 +18,7 @@ from mixq.algorithms.search.evaluate import AccuracyEval, AgreementEval, EvalFn
 from mixq.artifact import read_checkpoint, read_summary
 from mixq.data.sources import Preprocess
 from mixq.errors import DataError, MixqError
-from mixq.tasks.data import CALIB_PATH, load_source, recorded_data
+from mixq.tasks.data import fmnist_eval, load_source, recorded_data
 from mixq.tasks.models import load_model
 from mixq.zoo.source import ModelSource
 
@@ -37,14 +37,8 @@ def bundled_task(name: str, pretrained: bool = True, calib_images: int = 256, ev
     else:
         model = zoo.load(name, pretrained=pretrained).eval()
     if name == "cnv":
-        images, _ = data.load_fmnist_subset(CALIB_PATH)
-        if full_test:
-            x, y = data.load_fashion_mnist("test")
-        else:
-            x, y = data.load_fmnist_subset()
-        xs = data.normalize_gray(x)[:eval_images]
-        ys = torch.as_tensor(y, dtype=torch.int64)[:eval_images]
-        return model, data.normalize_gray(images)[:calib_images], AccuracyEval(xs, ys)
+        xs, ys, calib = fmnist_eval("fmnist" if full_test else "fmnist-subset", None)
+        return model, calib[:calib_images], AccuracyEval(xs[:eval_images], ys[:eval_images].to(torch.int64))
     calib = data.calibration_set(n=calib_images, seed=0)
     held = data.calibration_set(n=eval_images, seed=1)
     return model, calib, AgreementEval.of(model, held)
