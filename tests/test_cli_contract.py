@@ -205,7 +205,7 @@ def _interrupt(args: list[str], cwd: Path, wait_for: str, timeout: float = 240) 
 @pytest.mark.parametrize(("args", "wait_for"), [
     (["run", "--no-search"], "mixq run"),
     (["quantize", "cnv", "--recipe", "gptq", "--images", "64"], "gptq"),
-    (["qat", "--epochs", "2", "--max-train", "2000", "--max-test", "100", "--threads", "1"], "step"),
+    (["qat", "--epochs", "2", "--max-train", "2000", "--max-test", "100", "--threads", "1"], "qat start"),
     (["search", "cnv", "--executor", "serial", "--calib-images", "64", "--eval-images", "200"], "sensitivity"),
 ], ids=["run", "quantize", "qat", "search"])
 def test_sigint_exits_130_and_names_the_checkpoint(args: list[str], wait_for: str, tmp_path: Path) -> None:
