@@ -6,6 +6,13 @@ halves), which is what ``yosys synth_xilinx`` infers for a simple-dual-port
 memory (checked in the calibration sweep). LUTRAM is built from RAM32M (32 x 6
 per 4 LUTs) or RAM64M (64 x 3 per 4 LUTs) plus a read multiplexer for deeper
 memories; its LUT cost is fitted with the other PE costs (kind ``ram``).
+
+Style ``vivado`` is what Vivado synthesis infers for a RAM left at ``ram_style``
+"auto" — FINN's default for its weight streamers (``mem_mode`` "decoupled",
+``ram_style`` "auto": "let Vivado decide", Xilinx/finn
+``src/finn/custom_op/fpgadataflow/streamingfclayer_batch.py`` at e74913dc): block
+RAM from 1024 bits up (the RAMB18 threshold YosysHQ/yosys PR #1533 measured on
+Vivado), LUTRAM below; the blocks as Vivado decomposes them (:func:`inferred_blocks`).
 """
 
 from __future__ import annotations
@@ -13,7 +20,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mixq.hw.parts import URAM288, BlockRam, Part
+from mixq.hw.parts import BRAM18, URAM288, BlockRam, Part
+
+#: RAMB36 shapes (UG473, simple dual port up to 72 bits); one RAMB36 is two 18-Kb units
+RAMB36_SHAPES: tuple[tuple[int, int], ...] = ((1, 32768), (2, 16384), (4, 8192), (9, 4096), (18, 2048),
+                                              (36, 1024), (72, 512))
+#: smallest RAM (bits) Vivado puts in block RAM (YosysHQ/yosys PR #1533: "Vivado infers RAMB18E1 if min
+#: bits are 1024")
+VIVADO_BRAM_MIN_BITS = 1024
+#: families whose block RAM inference rounds a depth up to a power of two (AMD AR# 61995: non-power-of-2
+#: depths are supported from UltraScale on, "not supported for 7 Series devices")
+POW2_DEPTH_FAMILIES = frozenset({"zynq7000", "artix7", "kintex7", "virtex7"})
 
 
 def block_count(width: int, depth: int, bram: BlockRam) -> int:
@@ -26,6 +43,44 @@ def block_count(width: int, depth: int, bram: BlockRam) -> int:
     if width <= 0 or depth <= 0:
         return 0
     return min(math.ceil(width / w) * math.ceil(depth / d) for w, d in bram.shapes)
+
+
+def _widthwise(width: int, depth: int, shapes: tuple[tuple[int, int], ...], cost: int) -> int:
+    """Units of side-by-side blocks each configured as deep as the memory (cascaded beyond the deepest)."""
+    fit = [s for s in shapes if s[1] >= depth]
+    w, d = min(fit, key=lambda s: s[1]) if fit else max(shapes, key=lambda s: s[1])
+    return cost * math.ceil(width / w) * math.ceil(depth / d)
+
+
+def inferred_blocks(width: int, depth: int, part: Part) -> int:
+    """Blocks (the part's native units) Vivado synthesis infers for a ``width`` x ``depth`` RAM.
+
+    Vivado's default decomposition is the timing-efficient one: blocks side by side, each as deep as
+    the memory (UG912, RAM_DECOMP: "a RAM specified as 2K x 36 would often be configured as two 2K x 18
+    block RAMs arranged side by side"); on 7-series parts the depth is first rounded up to a power of
+    two (AR# 61995). On Xilinx parts the wider of RAMB36 / RAMB18 columns is used with one RAMB18 for
+    a remainder, as Vivado reports (e.g. 14 RAMB36 + 1 RAMB18 for 1024 x 36).
+
+    >>> from mixq.hw.parts import get_part
+    >>> z = get_part("xc7z020")
+    >>> inferred_blocks(1024, 36, z), inferred_blocks(32, 18432, z), inferred_blocks(128, 2304, z)
+    (29, 64, 29)
+    """
+    if width <= 0 or depth <= 0:
+        return 0
+    if part.family in POW2_DEPTH_FAMILIES:
+        depth = 1 << (depth - 1).bit_length()
+    small = part.bram_type.shapes
+    best = _widthwise(width, depth, small, 1)
+    if part.bram_type is BRAM18:
+        best = min(best, _widthwise(width, depth, RAMB36_SHAPES, 2))
+        fit = [s for s in RAMB36_SHAPES if s[1] >= depth]
+        if fit:  # RAMB36 columns, and the remainder in one RAMB18 column
+            w36, d36 = min(fit, key=lambda s: s[1])
+            full, rest = divmod(width, w36)
+            mixed = 2 * full * math.ceil(depth / d36) + (_widthwise(rest, depth, small, 1) if rest else 0)
+            best = min(best, mixed)
+    return best
 
 
 def lutram_prims(width: int, depth: int) -> int:
@@ -63,11 +118,18 @@ def choose_memory(width: int, depth: int, part: Part, style: str = "auto",
     ``auto`` picks the option with the smallest share of the part (LUTRAM LUTs /
     part LUTs vs blocks / part blocks), so small memories go to LUTRAM and large
     ones to block RAM, and UltraRAM when the part has it and it is cheaper.
+    ``vivado`` is Vivado's own choice (see the module docstring): block RAM from
+    :data:`VIVADO_BRAM_MIN_BITS` up, in the blocks of :func:`inferred_blocks`.
     """
     if width <= 0 or depth <= 0 or copies <= 0:
         return MemChoice("none", 0.0, 0, 0)
+    lutram = MemChoice("lutram", copies * lutram_luts(width, depth, prim_coef, mux_coef), 0, 0)
+    if style == "vivado":
+        if width * depth < VIVADO_BRAM_MIN_BITS:
+            return lutram
+        return MemChoice("bram", 0.0, copies * inferred_blocks(width, depth, part), 0)
     opts: dict[str, MemChoice] = {
-        "lutram": MemChoice("lutram", copies * lutram_luts(width, depth, prim_coef, mux_coef), 0, 0),
+        "lutram": lutram,
         "bram": MemChoice("bram", 0.0, copies * block_count(width, depth, part.bram_type), 0),
     }
     if part.uram:
@@ -77,7 +139,7 @@ def choose_memory(width: int, depth: int, part: Part, style: str = "auto",
             from mixq.errors import HardwareError
 
             raise HardwareError(f"memory style {style!r} is not available on {part.name}; "
-                                f"choose from {', '.join(['auto', *opts])}")
+                                f"choose from {', '.join(['auto', 'vivado', *opts])}")
         return opts[style]
 
     def share(m: MemChoice) -> float:

@@ -13,6 +13,11 @@ share of the part) + the sliding-window line buffer of a k x k convolution +
 control. Stream operators (residual add, pooling) get as many lanes as they need
 to keep up with the slowest compute engine.
 
+``ArchOptions(dataflow="finn")`` prices an engine as FINN builds it instead (weights in
+one decoupled weight streamer placed by Vivado, a threshold unit per PE and none on the
+network's output layer, a sliding-window generator, the stream FIFOs the options name):
+see :mod:`mixq.hw.dataflow`.
+
 Assumed constants (not calibrated; stated in the estimate's notes):
 ``ArchOptions.engine_lut`` / ``engine_ff`` of control per engine (address counters,
 stream handshakes), ``shell_lut`` / ``shell_ff`` per part (DMA and AXI shell).
@@ -26,12 +31,15 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from mixq.errors import HardwareError
+from mixq.hw import dataflow as df
 from mixq.hw.cost import CostModel, Resources
 from mixq.hw.kinds import MULTIPLY_KINDS, PE_KINDS, REQUANT_KINDS, STREAM_OPS, shares_act
 from mixq.hw.lower import HwLayer, RowGroup
 from mixq.hw.memory import choose_memory
 from mixq.hw.parts import Part
 from mixq.hw.pe import PeConfig
+
+DATAFLOWS = ("mixq", "finn")
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,7 @@ class ArchOptions:
     util_cap: float = 0.85  # usable share of LUTs and FFs (routing headroom)
     mem_cap: float = 0.95  # usable share of block RAM / UltraRAM; DSPs: all
     requant: str = "dyadic"  # "dyadic" (M * 2^-n on a DSP) or "thresh" (FINN thresholds, LUTs)
-    mem_style: str = "auto"  # weights: "auto" | "lutram" | "bram" | "uram"
+    mem_style: str = "auto"  # weights: "auto" | "vivado" | "lutram" | "bram" | "uram"
     engine_lut: float = 150.0
     engine_ff: float = 200.0
     shell_lut: float = 2500.0
@@ -55,8 +63,12 @@ class ArchOptions:
     ddr_weights: str = "never"  # streaming: "auto" moves the weights of layers that do not fit to DDR
     dma_lut: float = 800.0  # streaming: AXI read master per layer with DDR weights
     dma_ff: float = 1200.0
+    dataflow: str = "mixq"  # streaming engines as mixq's RTL builds them, or "finn" (mixq.hw.dataflow)
+    fifos: tuple[tuple[str, int], ...] = ()  # "finn": (layer, depth) — a stream FIFO in front of a layer
 
     def __post_init__(self) -> None:
+        if self.dataflow not in DATAFLOWS:
+            raise HardwareError(f"dataflow: {self.dataflow!r} is not one of {', '.join(DATAFLOWS)}")
         if self.requant not in REQUANT_KINDS:
             raise HardwareError(f"requant: {self.requant!r} is not one of {', '.join(REQUANT_KINDS)}")
         if self.ddr_weights not in ("never", "auto"):
@@ -163,6 +175,16 @@ def _requant(n: int, accw: int, out_bits: int, part: Part, model: CostModel, opt
     return res
 
 
+def _thresholds(layer: HwLayer, pe: int, accw: int, part: Part, model: CostModel) -> Resources:
+    """FINN's threshold units: one per PE with ``2**out_bits - 1`` thresholds per channel it serves;
+    none on a layer whose output leaves the network (``noActivation``: it streams its accumulators)."""
+    if not layer.spec.outputs or pe <= 0:
+        return Resources()
+    bits = max(1, layer.out_bits)
+    comparators = model.pe(PeConfig("thresh", accw=accw, out_bits=bits), part.dsp_type) * pe
+    return comparators + df.threshold_memory(pe, layer.spec.weight_rows, 2 ** bits - 1, accw, part, model)
+
+
 def weight_bits(layer: HwLayer) -> int:
     """Bits of a compute layer's weights."""
     s = layer.spec
@@ -206,6 +228,10 @@ def compute_engine(layer: HwLayer, pe: int, simd: int, part: Part, model: CostMo
 
     ``external``: the weights stream from DDR (a 32-deep FIFO per engine and a DMA read master
     instead of the weight memories); they are read once per output pixel, see :func:`ddr_bits`.
+    With ``opts.dataflow == "finn"`` the weights are one decoupled streamer (Vivado's placement unless
+    ``mem_style`` says otherwise), ``requant`` is a threshold unit per PE (none when the layer's output
+    leaves the network), ``linebuf`` the sliding-window generator, and ``inbuf`` / ``fifo`` add the
+    input-vector buffer and the FIFOs ``opts.fifos`` puts in front of the layer (:mod:`mixq.hw.dataflow`).
     """
     s = layer.spec
     rows, length, pix = s.weight_rows, max(s.row_length, 1), max(s.out_pixels, 1)
@@ -215,6 +241,8 @@ def compute_engine(layer: HwLayer, pe: int, simd: int, part: Part, model: CostMo
     gpe = split_pe(max(pe, 1), grows)
     cycles, eff_total, accw = 0, 0, 0
     comp, wmem = Resources(), Resources()
+    finn = opts.dataflow == "finn"
+    stream_width = stream_depth = 0
     eff_split = []
     for g, r, p in zip(layer.groups, grows, gpe, strict=True):
         if r <= 0:
@@ -232,16 +260,29 @@ def compute_engine(layer: HwLayer, pe: int, simd: int, part: Part, model: CostMo
         width = simd * g.wbits * rows_per_unit
         if external:
             wmem = wmem + _mem(width * units, 32, 1, part, model, "lutram")
+        elif finn:  # one streamer for the engine: every unit's word side by side
+            stream_width += width * units
+            stream_depth = max(stream_depth, math.ceil(r / eff) * fold_in)
         else:
             wmem = wmem + _mem(width, math.ceil(r / eff) * fold_in, units, part, model, opts.mem_style)
-    req = _requant(math.ceil(eff_total / fold_in), accw, layer.out_bits, part, model, opts)
-    lb_bits = line_buffer_bits(layer)
     in_width = simd * layer.abits * (1 if shares_act(s.kind) else eff_total)  # depthwise: a channel per PE
-    lbuf = _mem(in_width, math.ceil(lb_bits / in_width), 1, part, model, "auto") if lb_bits else Resources()
+    if finn:
+        style = "vivado" if opts.mem_style == "auto" else opts.mem_style
+        if not external:
+            wmem = df.weight_streamer(stream_width, stream_depth, part, model, style)
+        req = _thresholds(layer, eff_total, accw, part, model)
+        lbuf = df.sliding_window(s.in_shape, s.kernel, s.stride, simd, layer.abits, part, model)
+    else:
+        req = _requant(math.ceil(eff_total / fold_in), accw, layer.out_bits, part, model, opts)
+        lb_bits = line_buffer_bits(layer)
+        lbuf = _mem(in_width, math.ceil(lb_bits / in_width), 1, part, model, "auto") if lb_bits else Resources()
     ctrl = Resources(lut=opts.engine_lut, ff=opts.engine_ff)
     if external:
         ctrl = ctrl + Resources(lut=opts.dma_lut, ff=opts.dma_ff)
     detail = {"compute": comp, "requant": req, "weights": wmem, "linebuf": lbuf, "control": ctrl}
+    if finn:
+        detail["inbuf"] = df.input_buffer(length, simd, layer.abits) * (1 if shares_act(s.kind) else eff_total)
+        detail["fifo"] = df.fifos(tuple(d for n, d in opts.fifos if n == s.name), in_width)
     return EngineCost(cycles, Resources.total(detail.values()), pe, simd, tuple(eff_split), detail)
 
 
