@@ -12,7 +12,10 @@ every LUT spent on the cheapest 4-bit LUT lane, at the same clock). Streaming de
 keep every weight on chip where it fits; the weights of the layers that do not fit
 stream from DDR (re-read per output pixel), fewest-pixel layers first.
 
-Writes benchmarks/results/hw_msq_ratio.json and .md. Run: ``.venv/bin/python benchmarks/hw_msq_ratio.py``.
+Writes benchmarks/results/hw_msq_ratio.json and .md; where benchmarks/results/hw_msq_ratio.before.json
+holds an earlier run (the model before SP2 lanes carried their sign in the adder tree and one-lane DSP
+units accumulated in the DSP), the table shows its ratios beside the new ones.
+Run: ``.venv/bin/python benchmarks/hw_msq_ratio.py``.
 """
 
 from __future__ import annotations
@@ -116,8 +119,10 @@ def markdown(doc: dict[str, Any]) -> str:
              "each + all LUTs as the cheapest 4-bit LUT lane). Streaming keeps weights on chip where they "
              "fit and streams the rest from DDR. Regenerate: `.venv/bin/python benchmarks/hw_msq_ratio.py` "
              "(~3 min).", "",
-             "| model | part | template | all-DSP | all-SP2 | MSQ best ρ | ρ* | MSQ / all-DSP | SP2 / all-DSP |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| model | part | template | all-DSP | all-SP2 | MSQ best ρ | ρ* | MSQ / all-DSP | SP2 / all-DSP "
+             "| MSQ / all-DSP before |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    before = _before()
 
     def cell(s: dict[str, Any]) -> str:
         if not s.get("fps"):
@@ -128,8 +133,18 @@ def markdown(doc: dict[str, Any]) -> str:
 
     for r in doc["rows"]:
         lines.append(f"| {r['model']} | {r['part']} | {r['arch']} | {cell(r['all_dsp'])} | {cell(r['all_sp2'])} | "
-                     f"{cell(r['msq'])} | {r['msq']['rho']:.2f} | {r['msq_over_dsp']}× | {r['sp2_over_dsp']}× |")
+                     f"{cell(r['msq'])} | {r['msq']['rho']:.2f} | {r['msq_over_dsp']}× | {r['sp2_over_dsp']}× | "
+                     f"{before.get((r['model'], r['part'], r['arch']), '—')} |")
     return "\n".join(lines) + "\n" + discussion(doc)
+
+
+def _before() -> dict[tuple[str, str, str], str]:
+    """MSQ / all-DSP of the earlier run stored in hw_msq_ratio.before.json (none: an empty table)."""
+    p = RESULTS / "hw_msq_ratio.before.json"
+    if not p.exists():
+        return {}
+    rows = json.loads(p.read_text())["rows"]
+    return {(r["model"], r["part"], r["arch"]): f"{r['msq_over_dsp']}×" for r in rows}
 
 
 def lane_costs() -> dict[str, float]:
@@ -154,6 +169,9 @@ def discussion(doc: dict[str, Any]) -> str:
         dsp = sum(k["macs_per_cycle"] for k in r["all_dsp"]["cores"]) or 1
         return msq / dsp
 
+    cheaper = c["sp2"] < c["fixed_lut"]
+    verdict = ("cheaper than a LUT multiplier: the lane is two shifts and an add, its sign rides on the "
+               "adder tree's carry-ins" if cheaper else "*not* cheaper than a LUT multiplier here")
     rows = "\n".join(
         f"  | {r['model']} | {r['part']} | {ideal(r):.1f}× | {r['msq_over_dsp']}× | "
         f"{100 * r['msq']['memory_bound_share']:.0f}% |" for r in ov)
@@ -163,10 +181,10 @@ def discussion(doc: dict[str, Any]) -> str:
 The MSQ paper reports 2.1×–4.1× over all-DSP on XC7Z020/XC7Z045. mixq's model gives
 **{rng(ov)} in the overlay** (MSQ's own template) and **{rng(st)} in streaming**.
 
-* **The gain is the LUTs put to work, not a cheaper product.** One 4-bit SP2 lane costs
+* **The gain is mostly the LUTs put to work.** One 4-bit SP2 lane costs
   {c['sp2']:.1f} LUTs in yosys' mapping of mixq's PE (16-lane unit incl. its adder tree and
-  accumulator), a 4×4 LUT-multiplier lane {c['fixed_lut']:.1f}: at 4 bits SP2 is *not* cheaper
-  than a LUT multiplier here (it is from 4×8 up, see `hw_calibration.md`). A packed DSP lane
+  accumulator), a 4×4 LUT-multiplier lane {c['fixed_lut']:.1f}: at 4 bits SP2 is {verdict}
+  (see `hw_calibration.md`). A packed DSP lane
   takes half a DSP48E1 and {c['fixed_dsp2']:.1f} LUTs. Both Zynq parts have ~242 LUTs per DSP,
   so the LUT core adds ~2.5× the DSP core's MACs per cycle and the compute-only speed-up is
   `1 + LUT lanes / DSP lanes`:

@@ -57,15 +57,32 @@ def test_costs_grow_with_lanes_and_bits() -> None:
         luts = [m.pe(PeConfig(kind, w, 4, s, acc_len=256)).lut for s in (1, 2, 4, 8, 16, 32)]
         assert luts == sorted(luts), kind
         assert m.pe(PeConfig(kind, w, 8, 8)).lut > m.pe(PeConfig(kind, w, 4, 8)).lut
-    # SP2 shift-add lanes beat LUT multipliers once the product is wider than 4x4 (at 4x4 they are
-    # about even in yosys' mapping: see benchmarks/results/hw_calibration.md)
-    for w, a in ((4, 8), (5, 8), (6, 8)):
+    # SP2 shift-add lanes (the sign in the adder tree) beat LUT multipliers, 4x4 included
+    for w, a in ((4, 4), (4, 8), (5, 8), (6, 8)):
         assert m.pe(PeConfig("sp2", w, a, 16)).lut < m.pe(PeConfig("fixed_lut", w, a, 16)).lut
+
+
+def test_carry_chains_are_predicted(records: list[dict[str, object]]) -> None:
+    """CARRY4 per kind (fitted like LUTs): within 30% wherever yosys used 10 or more (worst: thresholds)."""
+    m = CostModel.default()
+    rows = [r for r in evaluate(m, records) if r.measured["carry"] >= 10]
+    assert rows and all(abs(r.predicted["carry"] - r.measured["carry"]) <= 0.3 * r.measured["carry"] for r in rows)
+    assert m.carry(PeConfig("sp2", 4, 4, 16)) > m.carry(PeConfig("sp2", 4, 4, 4)) > 0
 
 
 def test_dsp_rules() -> None:
     assert mul_dsps(4, 5, 8) == 0  # a 4x4 product stays in LUTs (< 9 bits)
     assert mul_dsps(2, 9) == 1  # a 2x8 takes a whole DSP
+    m = CostModel.default()
+    # the yosys rule on the product's own width, not the accumulator's: signed 4x4 is 8 bits (LUTs),
+    # 4 x unsigned 4 (a 5-bit signed operand) 9 bits (a DSP), 2 x unsigned 4 7 bits (LUTs)
+    assert m.pe(PeConfig("fixed_dsp", 4, 4, 1, acc_len=4096, signed_act=True)).dsp == 0
+    assert m.pe(PeConfig("fixed_dsp", 4, 4, 1, acc_len=4096)).dsp == 1
+    assert m.pe(PeConfig("fixed_dsp", 8, 8, 4, acc_len=64, signed_act=True)).dsp == 4
+    assert m.pe(PeConfig("fixed_dsp", 2, 4, 16, acc_len=4096)).dsp == 0
+    assert m.pe(PeConfig("fixed_dsp", 4, 4, 16, acc_len=4096, signed_act=True)).lut > 16 * 20  # ... in LUTs
+    # one DSP lane is a whole multiply-accumulate: the accumulator lives in the DSP's P register
+    assert m.pe(PeConfig("fixed_dsp", 8, 8, 1, acc_len=4096)).lut < 5
     assert mul_dsps(24, 17) == 1 and mul_dsps(32, 17) == 2
     assert dsp_packing("DSP48E1", 4, 4, 4608) == 2  # ResNet-18's longest row still packs at 4 bits
     assert dsp_packing("DSP48E1", 8, 8, 16) == 1  # 8-bit does not fit two fields in 25 bits

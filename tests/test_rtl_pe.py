@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mixq.errors import HardwareError
 from mixq.formats import PowerOfTwo, SumOfPowers
 from mixq.hw.cost import CostModel
 from mixq.hw.pe import PeConfig
@@ -43,6 +44,7 @@ def _simulate(cfg: PeConfig, tmp: Path, outputs: int = 3, beats: int = 3, seed: 
         sums = [0] * rows
         for b in range(beats):
             acts = [rng.randrange(2**a) for _ in range(s)]
+            vals = [x - (1 << a) if cfg.signed_act and x >> (a - 1) else x for x in acts]
             codes = [[rng.randrange(2**w) for _ in range(s)] for _ in range(rows)]
             if cfg.kind == "ternary":
                 codes = [[rng.choice([0, 1, 3]) for _ in range(s)] for _ in range(rows)]
@@ -55,7 +57,7 @@ def _simulate(cfg: PeConfig, tmp: Path, outputs: int = 3, beats: int = 3, seed: 
                 if cfg.kind == "xnor":
                     sums[r] += sum(1 for i in range(s) if codes[r][i] == acts[i])
                 else:
-                    sums[r] += sum(decode_weight(cfg.kind, w, codes[r][i]) * acts[i] for i in range(s))
+                    sums[r] += sum(decode_weight(cfg.kind, w, codes[r][i], cfg.sp2_m1) * vals[i] for i in range(s))
             stim.append((int(b == 0), act_word, wgt_word))
         ref.extend(sums)
     stim.append((1, 0, 0))  # a last `first` flushes the final output
@@ -96,10 +98,46 @@ def _simulate(cfg: PeConfig, tmp: Path, outputs: int = 3, beats: int = 3, seed: 
     PeConfig("xnor", 1, 1, 8, acc_len=64),
     PeConfig("fixed_dsp", 4, 4, 4, acc_len=64),
     PeConfig("fixed_dsp2", 4, 4, 3, acc_len=64),
+    # sign-in-sum lanes: odd lane counts, one lane, signed activations, wide codes
+    PeConfig("sp2", 3, 4, 1, acc_len=64),
+    PeConfig("sp2", 6, 8, 5, acc_len=64),
+    PeConfig("sp2", 4, 4, 3, acc_len=64, signed_act=True),
+    PeConfig("pot", 5, 4, 7, acc_len=64),
+    PeConfig("pot", 2, 8, 1, acc_len=64),
+    PeConfig("pot", 4, 4, 4, acc_len=64, signed_act=True),
+    # one DSP lane: the multiply-accumulate in the DSP (P <= (first ? 0 : P) + A * B)
+    PeConfig("fixed_dsp", 8, 8, 1, acc_len=64),
+    PeConfig("fixed_dsp", 4, 4, 1, acc_len=64, signed_act=True),
+    PeConfig("fixed_dsp2", 4, 4, 1, acc_len=64),
 ], ids=lambda c: c.name)
 def test_pe_simulates_exactly(cfg: PeConfig, tmp_path: Path) -> None:
-    got, ref = _simulate(cfg, tmp_path)
+    got, ref = _simulate(cfg, tmp_path, outputs=4, beats=4)
     assert got == ref
+    assert len(ref) == 4 * (2 if cfg.kind == "fixed_dsp2" else 1)
+
+
+@needs_iverilog
+@pytest.mark.parametrize(("wbits", "m1"), [(3, 1), (4, 2), (5, 2), (5, 3), (6, 4)])
+def test_sp2_split_simulates_exactly(wbits: int, m1: int, tmp_path: Path) -> None:
+    """Splits (m1, m2) = (1, 1), (2, 1), (2, 2), (3, 1), (4, 1): the name, widths and circuit follow the split."""
+    cfg = PeConfig("sp2", wbits, 4, 4, acc_len=64, sp2_m1=m1)
+    m2 = wbits - 1 - m1
+    assert f"_w{wbits}m{m1}a4_" in cfg.name
+    assert cfg.product_bits == 4 + 2**m1 - 1 + 1  # magnitude up to a * 2**F, F = 2**m1 - 1, and the sign
+    levels = {decode_weight("sp2", wbits, c, m1) for c in range(2**wbits)}
+    terms = [0] + [2 ** (2**m1 - 1 - e) for e in range(1, 2**m1)]
+    terms2 = [0] + [2 ** (2**m1 - 1 - e) for e in range(1, 2**m2)]
+    assert levels == {sg * (t1 + t2) for sg in (1, -1) for t1 in terms for t2 in terms2}
+    got, ref = _simulate(cfg, tmp_path, outputs=4, beats=4, seed=wbits * 10 + m1)
+    assert got == ref
+
+
+def test_sp2_split_must_be_possible() -> None:
+    with pytest.raises(HardwareError):
+        PeConfig("sp2", 5, 4, 1, sp2_m1=1)  # (1, 3): the wider field comes first
+    with pytest.raises(HardwareError):
+        PeConfig("pot", 5, 4, 1, sp2_m1=3)  # only SP2 lanes split
+    assert "sp2_m1" not in PeConfig("sp2", 5, 4).to_dict()  # the default split: records as before
 
 
 def test_parse_stat_counts_lut_sites() -> None:

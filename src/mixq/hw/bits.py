@@ -23,16 +23,21 @@ def requant_shift(accw: int, out_bits: int) -> int:
     return REQUANT_MULT_BITS + max(accw - out_bits, 0) // 2
 
 
-def sp2_split(wbits: int) -> tuple[int, int]:
-    """Exponent-field widths ``(m1, m2)`` of an SP2 code of ``wbits`` (sign + m1 + m2, m1 >= m2).
+def sp2_split(wbits: int, m1: int = 0) -> tuple[int, int]:
+    """Exponent-field widths ``(m1, m2)`` of an SP2 code of ``wbits`` (sign + m1 + m2, m1 >= m2 >= 1).
 
-    >>> sp2_split(4)
-    (2, 1)
+    ``m1`` chooses the split (0: the balanced default, ``m1 = ceil((wbits - 1) / 2)``).
+
+    >>> sp2_split(4), sp2_split(5), sp2_split(5, 3)
+    ((2, 1), (2, 2), (3, 1))
     """
     if wbits < 3:
         raise HardwareError(f"SP2 needs at least 3 bits (sign + two exponent fields), got {wbits}")
-    m1 = math.ceil((wbits - 1) / 2)
-    return m1, wbits - 1 - m1
+    m1 = m1 or math.ceil((wbits - 1) / 2)
+    m2 = wbits - 1 - m1
+    if not 1 <= m2 <= m1:
+        raise HardwareError(f"SP2 split ({m1}, {m2}) of a {wbits}-bit code: need m1 >= m2 >= 1")
+    return m1, m2
 
 
 def acc_width(pw: int, acc_len: int) -> int:

@@ -1,12 +1,13 @@
 """Per-PE resource model: LUTs and FFs from fitted coefficients, DSPs and block RAM by rule.
 
-LUT and FF counts of a PE are linear in a handful of structural features of the
+LUT, FF and CARRY4 counts of a PE are linear in a handful of structural features of the
 circuit :mod:`mixq.rtl.pe` generates (lane bits, shifter bits, adder-tree bits,
 accumulator bits, ...); the coefficients are fitted per PE kind to
 ``yosys synth_xilinx`` counts (:mod:`mixq.hw.fit`, ``mixq calibrate-hw``)
-and shipped in ``mixq/hw/data/coefficients.json``. DSP counts follow the yosys
-``mul2dsp`` rule exactly (:func:`mixq.hw.pe.mul_dsps`), block RAM the primitive
-shapes (:mod:`mixq.hw.memory`).
+and shipped in ``mixq/hw/data/coefficients.json`` (carry chains through :meth:`CostModel.carry`,
+beside :class:`Resources`). DSP counts follow the yosys ``mul2dsp`` rule exactly on the
+product's own width (:func:`mixq.hw.pe.mul_dsps`: none under 9 bits), block RAM the
+primitive shapes (:mod:`mixq.hw.memory`).
 
 >>> m = CostModel.default()
 >>> m.pe(PeConfig("fixed_dsp2", 4, 4, simd=4, acc_len=1024)).dsp
@@ -25,7 +26,7 @@ from mixq.errors import HardwareError
 from mixq.hw.kinds import PE_KINDS
 from mixq.hw.pe import PeConfig, shift_range
 
-FITTED = ("lut", "ff")
+FITTED = ("lut", "ff", "carry")  # fitted per kind; "carry" (CARRY4 chains) beside Resources, not in it
 
 
 class Resources(NamedTuple):
@@ -141,6 +142,10 @@ class CostModel:
             raise HardwareError(f"no fitted {resource} coefficients for PE kind {cfg.kind!r}; "
                                 "run `mixq calibrate-hw`") from None
         return sum(coef.get(name, 0.0) * v for name, v in features(cfg).items())
+
+    def carry(self, cfg: PeConfig) -> float:
+        """The fitted CARRY4 count of ``cfg`` (7-series carry chains; not part of :class:`Resources`)."""
+        return self.linear(cfg, "carry")
 
     def pe(self, cfg: PeConfig, dsp_type: str = "DSP48E1") -> Resources:
         """Resources of one PE on a part with ``dsp_type`` DSPs (cached)."""

@@ -104,7 +104,8 @@ class FitRow:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "measured": self.measured, "predicted": self.predicted,
-                "lut_err": round(self.lut_err, 4), "ff_err": round(self.err("ff"), 4), "dsp_ok": self.dsp_ok}
+                "lut_err": round(self.lut_err, 4), "ff_err": round(self.err("ff"), 4),
+                "carry_err": round(self.err("carry"), 4), "dsp_ok": self.dsp_ok}
 
 
 def evaluate(model: CostModel, records: list[dict[str, Any]]) -> list[FitRow]:
@@ -113,13 +114,23 @@ def evaluate(model: CostModel, records: list[dict[str, Any]]) -> list[FitRow]:
     for r in records:
         cfg = PeConfig.from_dict(r["pe"])
         p = model.pe(cfg, "DSP48E1")
+        carry = model.carry(cfg) if "carry" in model.coefficients.kinds.get(cfg.kind, {}) else 0.0
         rows.append(FitRow(
             name=r["name"], kind=cfg.kind,
             measured={"lut": float(r["lut"]), "ff": float(r["ff"]), "dsp": float(r["dsp"]),
-                      "bram": float(r.get("bram18", 0))},
-            predicted={"lut": round(p.lut, 1), "ff": round(p.ff, 1), "dsp": p.dsp, "bram": p.bram},
+                      "bram": float(r.get("bram18", 0)), "carry": float(r.get("carry", 0))},
+            predicted={"lut": round(p.lut, 1), "ff": round(p.ff, 1), "dsp": p.dsp, "bram": p.bram,
+                       "carry": round(carry, 1)},
         ))
     return rows
+
+
+def _carry_worst(rows: list[FitRow]) -> str:
+    """The worst CARRY4 error of ``rows``: relative where yosys used any (and the largest miss in chains)."""
+    used = [r for r in rows if r.measured.get("carry", 0) > 0]
+    miss = max((abs(r.measured.get("carry", 0) - r.predicted.get("carry", 0)) for r in rows), default=0.0)
+    rel = f"{100 * max(r.err('carry') for r in used):.1f}%" if used else "—"
+    return f"{rel} ({miss:.0f})"
 
 
 def max_error(rows: list[FitRow]) -> float:
@@ -143,15 +154,18 @@ def markdown_table(rows: list[FitRow], tool: str = "") -> str:
     by_kind: dict[str, list[FitRow]] = defaultdict(list)
     for r in rows:
         by_kind[r.kind].append(r)
-    lines += ["| kind | PEs | worst LUT err | mean LUT err | worst FF err |", "|---|---:|---:|---:|---:|"]
+    lines += ["| kind | PEs | worst LUT err | mean LUT err | worst FF err | worst CARRY4 err (abs) |",
+              "|---|---:|---:|---:|---:|---:|"]
     for k, rs in by_kind.items():
         lines.append(f"| {k} | {len(rs)} | {100 * max(r.lut_err for r in rs):.1f}% | "
                      f"{100 * sum(r.lut_err for r in rs) / len(rs):.1f}% | "
-                     f"{100 * max(r.err('ff') for r in rs):.1f}% |")
-    lines += ["", "| PE | LUT yosys | LUT model | LUT err | FF yosys | FF model | DSP yosys | DSP model "
-              "| BRAM18 yosys | BRAM18 model |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                     f"{100 * max(r.err('ff') for r in rs):.1f}% | {_carry_worst(rs)} |")
+    lines += ["", "| PE | LUT yosys | LUT model | LUT err | FF yosys | FF model | CARRY4 yosys | CARRY4 model "
+              "| DSP yosys | DSP model | BRAM18 yosys | BRAM18 model |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         m, p = r.measured, r.predicted
         lines.append(f"| {r.name} | {m['lut']:.0f} | {p['lut']:.0f} | {100 * r.lut_err:.1f}% | {m['ff']:.0f} | "
-                     f"{p['ff']:.0f} | {m['dsp']:.0f} | {p['dsp']:.0f} | {m['bram']:.0f} | {p['bram']:.0f} |")
+                     f"{p['ff']:.0f} | {m.get('carry', 0):.0f} | {p.get('carry', 0):.0f} | {m['dsp']:.0f} | "
+                     f"{p['dsp']:.0f} | {m['bram']:.0f} | {p['bram']:.0f} |")
     return "\n".join(lines) + "\n"

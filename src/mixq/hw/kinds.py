@@ -33,96 +33,132 @@ Features = dict[str, float]
 # ---- shift ranges and product widths (weights signed; activations unsigned or signed: same width) ----
 
 
-def _no_shift(wbits: int) -> int:
+# ``m1`` is an SP2 code's exponent-field split (:func:`mixq.hw.bits.sp2_split`; 0: the default);
+# the other kinds take it and ignore it.
+
+
+def _no_shift(wbits: int, m1: int = 0) -> int:
     return 0
 
 
-def _sp2_shift(wbits: int) -> int:
+def _sp2_shift(wbits: int, m1: int = 0) -> int:
     """``F`` of an SP2 code: the largest value of its wider exponent field."""
-    return 2 ** sp2_split(wbits)[0] - 1
+    return 2 ** sp2_split(wbits, m1)[0] - 1
 
 
-def _pot_shift(wbits: int) -> int:
+def _pot_shift(wbits: int, m1: int = 0) -> int:
     """``F`` of a power-of-two code ``{sign, e[wbits-1]}``."""
     return 2 ** (wbits - 1) - 1
 
 
-def _width_multiply(wbits: int, abits: int) -> int:
+def _width_multiply(wbits: int, abits: int, m1: int = 0) -> int:
     return wbits + abits
 
 
-def _width_sp2(wbits: int, abits: int) -> int:
-    return abits + _sp2_shift(wbits) + 1  # two shifted terms: one carry bit
+def _width_sp2(wbits: int, abits: int, m1: int = 0) -> int:
+    return abits + _sp2_shift(wbits, m1) + 1  # magnitude up to a * 2**F, and the sign
 
 
-def _width_pot(wbits: int, abits: int) -> int:
-    return abits + _pot_shift(wbits)
+def _width_pot(wbits: int, abits: int, m1: int = 0) -> int:
+    return abits + _pot_shift(wbits)  # magnitude up to a * 2**(F-1), and the sign
 
 
-def _width_select(wbits: int, abits: int) -> int:
+def _width_select(wbits: int, abits: int, m1: int = 0) -> int:
     return abits + 1  # +-a
 
 
-def _width_bit(wbits: int, abits: int) -> int:
+def _width_bit(wbits: int, abits: int, m1: int = 0) -> int:
     return 1
 
 
 # ---- weight codes (the encoding of mixq.rtl.pe): code (masked to wbits) -> the integer a lane uses ----
 
 
-def _twos(wbits: int, code: int) -> int:
+def _twos(wbits: int, code: int, m1: int = 0) -> int:
     return code - (1 << wbits) if code >> (wbits - 1) else code
 
 
-def _decode_ternary(wbits: int, code: int) -> int:
+def _decode_ternary(wbits: int, code: int, m1: int = 0) -> int:
     v = _twos(wbits, code)
     return 0 if v == -2 else v
 
 
-def _decode_bit(wbits: int, code: int) -> int:
+def _decode_bit(wbits: int, code: int, m1: int = 0) -> int:
     return code
 
 
-def _decode_pot(wbits: int, code: int) -> int:
+def _decode_pot(wbits: int, code: int, m1: int = 0) -> int:
     sign = -1 if code >> (wbits - 1) else 1
     e = code & ((1 << (wbits - 1)) - 1)
     return sign * (1 << (_pot_shift(wbits) - e) if e else 0)
 
 
-def _decode_sp2(wbits: int, code: int) -> int:
+def _decode_sp2(wbits: int, code: int, m1: int = 0) -> int:
     sign = -1 if code >> (wbits - 1) else 1
-    f = _sp2_shift(wbits)
-    m1, m2 = sp2_split(wbits)
+    f = _sp2_shift(wbits, m1)
+    m1, m2 = sp2_split(wbits, m1)
     e1, e2 = (code >> m2) & ((1 << m1) - 1), code & ((1 << m2) - 1)
     return sign * ((1 << (f - e1) if e1 else 0) + (1 << (f - e2) if e2 else 0))
 
 
 # ---- cost features (LUTs and FFs are linear in them; see mixq.hw.cost) ----
 
-# per-lane structures of a LUT dot unit, by feature name (``pw``: the product width)
+# per-lane structures of a LUT dot unit, by feature name (``lw``: the width a lane registers: the
+# product, or the magnitude (product width - 1) of a sign-in-sum lane)
 LANE_FEATURES: dict[str, Callable[[PeConfig, int], float]] = {
     # an array multiplier: partial-product adders ~ (w-1)(a-1), growing a little faster
-    "mul": lambda c, pw: float(c.simd * ((c.wbits - 1) * (c.abits - 1))),
-    "mul2": lambda c, pw: float(c.simd * ((c.wbits - 1) * (c.abits - 1)) ** 1.5 / 4),
-    "shift": lambda c, pw: float(c.simd * pw * (c.wbits - 1)),  # barrel shifters over the exponent bits
-    "lane": lambda c, pw: float(c.simd * pw),  # the lane's registered product
+    "mul": lambda c, lw: float(c.simd * ((c.wbits - 1) * (c.abits - 1))),
+    "mul2": lambda c, lw: float(c.simd * ((c.wbits - 1) * (c.abits - 1)) ** 1.5 / 4),
+    "shift": lambda c, lw: float(c.simd * lw * (c.wbits - 1)),  # barrel shifters over the exponent bits
+    "fanin": lambda c, lw: float(c.simd * c.abits * _terms(c)),  # their multiplexer inputs: a bits per term
+    "mux": lambda c, lw: float(c.simd * _mux_luts(c, lw)),  # ... packed into LUT6s, bit by bit
+    "log": lambda c, lw: float(c.simd * lw * math.ceil((c.wbits - 1) / 2)),  # ... as a log shifter (4:1 stages)
+    "lane": lambda c, lw: float(c.simd * lw),  # the lane's registered product or magnitude (SP2: + its adder)
+    "sign": lambda c, lw: float(c.simd),  # a sign-in-sum lane's sign: its register and carry-in delay
 }
+
+
+def _terms(cfg: PeConfig) -> int:
+    """Nonzero shifted terms a shift-add lane selects among (SP2: both fields' together)."""
+    if PE_KINDS[cfg.kind].splits:
+        return sum(2**m - 1 for m in sp2_split(cfg.wbits, cfg.sp2_m1))
+    return PE_KINDS[cfg.kind].shift_range(cfg.wbits, 0)
+
+
+def _mux_luts(cfg: PeConfig, lw: int) -> int:
+    """LUT6s of one power-of-two lane's shifter: output bit ``j`` reads the activation bits its
+    shifts reach, the exponent bits and the sign (a tree of LUT6s past six inputs)."""
+    f, sel = PE_KINDS[cfg.kind].shift_range(cfg.wbits, 0), cfg.wbits - 1
+    total = 0
+    for j in range(lw):
+        n = sum(1 for k in range(f) if 0 <= j - k < cfg.abits) + sel + 1
+        total += max(1, math.ceil((n - 1) / 5))
+    return total
 
 
 def _lut_dot_features(cfg: PeConfig) -> Features:
     """Lanes, a LUT adder tree over them, the accumulator."""
+    pk = PE_KINDS[cfg.kind]
     pw, accw = cfg.product_bits, cfg.acc_bits
     f = {"one": 1.0, "acc": float(accw), "tree": float(tree_bits(cfg.simd, pw))}
-    for name in PE_KINDS[cfg.kind].lane_features:
-        f[name] = LANE_FEATURES[name](cfg, pw)
+    for name in pk.lane_features:
+        f[name] = LANE_FEATURES[name](cfg, pw - 1 if pk.sign_in_sum else pw)
     return f
 
 
 def _dsp_chain_features(cfg: PeConfig) -> Features:
     """DSP lanes chained on the post-adders (no LUT tree); ``rows`` rows packed per DSP."""
     s, accw, rows = cfg.simd, cfg.acc_bits, PE_KINDS[cfg.kind].rows
-    # measured: with a two-lane chain yosys folds part of the fabric accumulator into the DSPs
-    f = {"one": 1.0, "acc" if s != 2 else "acc_pair": float(rows * accw)}
+    if rows == 1 and _dsp_multiply(cfg, "DSP48E1") == 0:  # products under 9 bits: yosys builds it in LUTs
+        pp = (cfg.wbits - 1) * (_act_operand(cfg) - 1)
+        return {"one": 1.0, "soft_one": 1.0,
+                "soft": float(s * pp), "soft2": float(s * pp**1.5 / 4),  # the array multipliers
+                "soft_acc": float(s * accw),  # the chain's adders and registers
+                "soft_mac1": float(accw if s == 1 else 0),  # one lane: the accumulator's restart multiplexer
+                "skew": float(max(0, s - 5) * (cfg.wbits + cfg.abits))}
+    # one lane: the accumulator is the DSP's P register (packed: its unpacking stays in fabric); two
+    # lanes: yosys folds part of the fabric accumulator into the DSPs; more: a fabric accumulator
+    f = {"one": 1.0, {1: "mac1", 2: "acc_pair"}.get(s, "acc"): float(rows * accw)}
     # lanes past the DSP's own two input registers delay their operands in SRLs
     f["skew"] = float(max(0, s - 5) * (rows * cfg.wbits + cfg.abits))
     f["lanes"] = float(s)  # the `first` delay line beside the chain
@@ -172,11 +208,12 @@ def _no_dsp(cfg: PeConfig, dsp_type: str) -> int:
 
 
 def _dsp_multiply(cfg: PeConfig, dsp_type: str) -> int:
-    """One multiply per lane (the yosys rule); Intel blocks hold two 18x19 products."""
+    """One multiply per lane by the yosys rule on the product's own width (``wbits`` + the signed
+    activation operand; under 9 bits yosys builds it in LUTs); Intel blocks hold two 18x19 products."""
     a_op = _act_operand(cfg)
     if dsp_type == "S10-VPDSP":
         return math.ceil(cfg.simd / 2) if max(cfg.wbits, a_op) <= 19 else cfg.simd
-    return cfg.simd * mul_dsps(cfg.wbits, a_op, cfg.acc_bits, dsp_type)
+    return cfg.simd * mul_dsps(cfg.wbits, a_op, None, dsp_type)
 
 
 def _dsp_packed(cfg: PeConfig, dsp_type: str) -> int:
@@ -201,7 +238,7 @@ def _ram_bram(cfg: PeConfig) -> int:
 
 # ---- the table ----
 
-_DOT_NAME = "{c.kind}_w{c.wbits}a{sa}{c.abits}_s{c.simd}_acc{c.acc_bits}"
+_DOT_NAME = "{c.kind}_w{c.wbits}{split}a{sa}{c.abits}_s{c.simd}_acc{c.acc_bits}"
 
 
 @dataclass(frozen=True)
@@ -213,16 +250,23 @@ class PeKind:
     core: str  # "dsp" or "lut": the resource its arithmetic maps to (the overlay's core; -nodsp synthesis)
     products: str  # dot units: "multiply", "shift_add", "select" or "xnor"; components: ""
     features: Callable[[PeConfig], Features]  # the structural cost features
-    name_template: str  # the module name, formatted with c=PeConfig, sa="s" for signed activations, mem
-    product_width: Callable[[int, int], int] | None = None  # (wbits, abits) -> bits of one lane's product
-    shift_range: Callable[[int], int] = _no_shift  # wbits -> F, the largest exponent (shift lanes)
-    decode: Callable[[int, int], int] | None = None  # (wbits, code) -> the integer a lane multiplies by
+    # the module name, formatted with c=PeConfig, sa="s" for signed activations, mem, split ("m3": sp2_m1 = 3)
+    name_template: str
+    # (wbits, abits, m1) -> bits of one lane's signed product (m1: the SP2 split, 0 = default)
+    product_width: Callable[[int, int, int], int] | None = None
+    shift_range: Callable[[int, int], int] = _no_shift  # (wbits, m1) -> F, the largest exponent (shift lanes)
+    decode: Callable[[int, int, int], int] | None = None  # (wbits, code, m1) -> the integer a lane multiplies by
     dsps: Callable[[PeConfig, str], int] = _no_dsp  # (cfg, DSP type) -> DSP blocks
     brams: Callable[[PeConfig], int] = _no_bram  # 18-Kb block RAM halves
     lane_features: tuple[str, ...] = ()  # LUT dot units: the per-lane features of LANE_FEATURES
     rows: int = 1  # output rows one unit computes (2: two rows packed in each DSP)
     chain: bool = False  # lanes chained on the DSP post-adders (no LUT tree)
     signed_sum: bool = True  # products and sums are signed (XNOR's popcount is not)
+    # lanes form a magnitude and the weight's sign rides on the adders' carry-ins ("": a signed product);
+    # the ones' complement is formed before the lane register ("lane": it merges into a shifter's
+    # multiplexers) or after it ("tree": into the first tree adder, where the magnitude is an adder's sum)
+    sign_in_sum: str = ""
+    splits: bool = False  # takes an exponent-field split (PeConfig.sp2_m1)
     acc_extra: int = 0  # accumulator bits beyond acc_width(product, length) (XNOR's bipolar conversion)
     weight_bits: int | None = None  # the one weight width the lane takes
     act_bits: int | None = None  # the one activation width the lane takes
@@ -238,7 +282,8 @@ class PeKind:
         return self.role == "dot"
 
 
-def _dot(name: str, core: str, products: str, width: Callable[[int, int], int], decode: Callable[[int, int], int],
+def _dot(name: str, core: str, products: str, width: Callable[[int, int, int], int],
+         decode: Callable[[int, int, int], int],
          chain: bool = False, **kw: Any) -> PeKind:
     """A dot unit: DSP-chained lanes, or LUT lanes with an adder tree."""
     features = _dsp_chain_features if chain else _lut_dot_features
@@ -256,11 +301,12 @@ PE_KINDS: dict[str, PeKind] = {k.name: k for k in (
     _dot("fixed_dsp2", "dsp", "multiply", _width_multiply, _twos, chain=True, rows=2, dsps=_dsp_packed,
          single_row="fixed_dsp", layer_engine=True),
     # a * +-(2**-e1 + 2**-e2): two variable shifts and an add
-    _dot("sp2", "lut", "shift_add", _width_sp2, _decode_sp2, shift_range=_sp2_shift,
-         lane_features=("shift", "lane"), min_wbits=3, fallback="pot", layer_engine=True),
-    # a * +-2**-e: one variable shift
-    _dot("pot", "lut", "shift_add", _width_pot, _decode_pot, shift_range=_pot_shift,
-         lane_features=("shift", "lane"), min_wbits=2, layer_engine=True),
+    # a * (2**-e1 + 2**-e2): two variable shifts and an add; the sign folded into the adder tree
+    _dot("sp2", "lut", "shift_add", _width_sp2, _decode_sp2, shift_range=_sp2_shift, sign_in_sum="tree",
+         splits=True, lane_features=("shift", "fanin", "lane", "sign"), min_wbits=3, fallback="pot", layer_engine=True),
+    # a * 2**-e: one variable shift; the sign folded into the adder tree
+    _dot("pot", "lut", "shift_add", _width_pot, _decode_pot, shift_range=_pot_shift, sign_in_sum="lane",
+         lane_features=("shift", "fanin", "mux", "log", "lane", "sign"), min_wbits=2, layer_engine=True),
     # a * {-1, 0, +1}: a select
     _dot("ternary", "lut", "select", _width_select, _decode_ternary, lane_features=("lane",), weight_bits=2),
     # binary weight x binary activation: XNOR, popcount

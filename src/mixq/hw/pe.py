@@ -15,11 +15,15 @@ kind       product                                                      resource
 ========== ============================================================ =========
 fixed_lut  signed ``wbits`` x ``abits`` multiply                         LUTs
 fixed_dsp  the same multiply, one per DSP; lanes chained on the DSP      DSPs
-           post-adders (systolic, no LUT tree)
+           post-adders (systolic, no LUT tree); one lane is a whole
+           DSP multiply-accumulate (P register); products under 9
+           bits are built in LUTs by yosys (0 DSPs)
 fixed_dsp2 two rows' products of one activation packed in one DSP:      DSPs
            ``a * (w_hi * 2**S + w_lo)`` (two outputs per unit)
-sp2        ``a * ±(2**-e1 + 2**-e2)``: two variable shifts and an add     LUTs
-pot        ``a * ±2**-e``: one variable shift                            LUTs
+sp2        ``a * (2**-e1 + 2**-e2)``: two variable shifts and an add;     LUTs
+           the sign folded into the adder tree (ones' complement
+           and the carry-ins); ``sp2_m1`` chooses the exponent split
+pot        ``a * 2**-e``: one variable shift; the sign as in sp2          LUTs
 ternary    ``a * {-1, 0, +1}``: a select                                 LUTs
 xnor       binary weight x binary activation: XNOR, popcount             LUTs
 ========== ============================================================ =========
@@ -56,13 +60,16 @@ __all__ = ["COMPONENT_KINDS", "DOT_KINDS", "DSP_MIN_PRODUCT", "DSP_PORTS", "PE_K
            "shift_range", "sp2_split", "tree_bits", "tree_levels"]
 
 
-def shift_range(kind: str, wbits: int) -> int:
-    """``F``: the largest exponent field value; terms are ``2**(F - e)`` for ``e`` in 1..F (0: no shifts)."""
+def shift_range(kind: str, wbits: int, split: int = 0) -> int:
+    """``F``: the largest exponent field value; terms are ``2**(F - e)`` for ``e`` in 1..F (0: no shifts).
+
+    ``split``: an SP2 code's ``m1`` (:func:`sp2_split`; 0: the default split).
+    """
     pk = PE_KINDS.get(kind)
-    return pk.shift_range(wbits) if pk is not None else 0
+    return pk.shift_range(wbits, split) if pk is not None else 0
 
 
-def product_width(kind: str, wbits: int, abits: int, signed_act: bool = False) -> int:
+def product_width(kind: str, wbits: int, abits: int, signed_act: bool = False, split: int = 0) -> int:
     """Bits of one lane's signed product (weights signed, activations unsigned unless ``signed_act``).
 
     >>> product_width("fixed_lut", 4, 4), product_width("sp2", 4, 4), product_width("pot", 4, 4)
@@ -75,7 +82,7 @@ def product_width(kind: str, wbits: int, abits: int, signed_act: bool = False) -
     pk = PE_KINDS.get(kind)
     if pk is None or pk.product_width is None:
         raise HardwareError(f"product_width: {kind!r} is not a dot-unit kind ({', '.join(DOT_KINDS)})")
-    return pk.product_width(wbits, abits)
+    return pk.product_width(wbits, abits, split)
 
 
 def pack_shift(wbits: int, abits: int, acc_len: int, signed_act: bool = False) -> int:
@@ -120,16 +127,21 @@ class PeConfig:
     accw: int = 0
     out_bits: int = 0
     signed_act: bool = False
+    sp2_m1: int = 0  # sp2: the wider exponent field's bits (0: sp2_split's default)
 
     def __post_init__(self) -> None:
         if self.kind not in PE_KINDS:
             raise HardwareError(f"PE kind {self.kind!r} is unknown; known: {', '.join(PE_KINDS)}")
         if self.simd < 1:
             raise HardwareError(f"PE {self.kind}: simd must be >= 1, got {self.simd}")
+        if self.sp2_m1:
+            if not PE_KINDS[self.kind].splits:
+                raise HardwareError(f"PE {self.kind}: only SP2 lanes take an exponent split (sp2_m1)")
+            sp2_split(self.wbits, self.sp2_m1)  # raises on an impossible split
 
     @property
     def product_bits(self) -> int:
-        return product_width(self.kind, self.wbits, self.abits, self.signed_act)
+        return product_width(self.kind, self.wbits, self.abits, self.signed_act, self.sp2_m1)
 
     @property
     def acc_bits(self) -> int:
@@ -142,10 +154,14 @@ class PeConfig:
     def name(self) -> str:
         """A short unique module name, e.g. ``sp2_w4a4_s8_acc19``."""
         return PE_KINDS[self.kind].name_template.format(
-            c=self, sa="s" if self.signed_act else "", mem="bram" if self.abits else "lutram")
+            c=self, sa="s" if self.signed_act else "", mem="bram" if self.abits else "lutram",
+            split=f"m{self.sp2_m1}" if self.sp2_m1 else "")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.sp2_m1:  # the default split: the records and headers of before the field
+            del d["sp2_m1"]
+        return d
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> PeConfig:

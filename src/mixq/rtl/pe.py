@@ -12,10 +12,18 @@ generate loops, so it reads like the circuit). Conventions shared by all dot uni
   the finished sum of an output is ``acc`` on the cycle before ``acc_first``;
 * ``acc`` — signed accumulator(s) of ``PeConfig.acc_bits`` (``fixed_dsp2``: ``{row1, row0}``).
 
-Weight codes: fixed point two's complement; SP2 ``{sign, e1[m1], e2[m2]}``, term
+Weight codes: fixed point two's complement; SP2 ``{sign, e1[m1], e2[m2]}`` (``(m1, m2)``:
+``sp2_split(wbits, PeConfig.sp2_m1)``), term
 ``k`` is ``2**(F-e_k)`` (zero for ``e_k == 0``) with ``F = 2**m1 - 1``; power of
 two ``{sign, e[wbits-1]}`` with ``F = 2**(wbits-1) - 1``; ternary two's complement
 in 2 bits; XNOR 1 bit (1 = +1), popcount accumulated (bipolar conversion downstream).
+
+Lanes, by kind: ``fixed_lut`` a LUT multiply; ``ternary`` a select of ``±a``; ``xnor`` an XNOR;
+``sp2`` / ``pot`` the *magnitude* ``a * (2**-e1 + 2**-e2)`` / ``a * 2**-e`` (shifts and an add),
+with the weight's sign folded into the sum: the tree adds the ones' complement ``m ^ {sign}``
+and every adder takes one lane's sign as its carry-in (the last on the accumulator), so no lane
+negates; ``fixed_dsp`` / ``fixed_dsp2`` DSP multiplies chained on the post-adders, one lane a
+whole DSP multiply-accumulate.
 """
 
 from __future__ import annotations
@@ -31,16 +39,19 @@ from mixq.hw.pe import REQUANT_MULT_BITS, PeConfig, requant_shift, shift_range, 
 LUT_ONLY = frozenset(k for k, v in PE_KINDS.items() if v.core == "lut")
 
 
-def decode_weight(kind: str, wbits: int, code: int) -> int:
-    """The integer a lane multiplies by for weight ``code`` (the encoding of the module docstring).
+def decode_weight(kind: str, wbits: int, code: int, split: int = 0) -> int:
+    """The integer a lane multiplies by for weight ``code`` (the encoding of the module docstring;
+    ``split``: an SP2 code's ``m1``, 0 for the default split).
 
     >>> [decode_weight("sp2", 4, c) for c in (0b0000, 0b0101, 0b1111)]
     [0, 6, -5]
+    >>> decode_weight("sp2", 5, 0b01001, split=3)  # (3, 1): e1 = 2, e2 = 1 -> 2**5 + 2**6
+    96
     """
     pk = PE_KINDS.get(kind)
     if pk is None or pk.decode is None:
         raise HardwareError(f"decode_weight: {kind!r} is not a dot-unit kind")
-    return pk.decode(wbits, code & ((1 << wbits) - 1))
+    return pk.decode(wbits, code & ((1 << wbits) - 1), split)
 
 
 def uses_nodsp(cfg: PeConfig) -> bool:
@@ -129,39 +140,111 @@ def _lane_select(v: _V, cfg: PeConfig, i: int, pw: int) -> None:
     v(f"  always @(posedge clk) p{i} <= (w{i} == 2'b01) ? x{i} : (w{i} == 2'b11) ? -x{i} : 0;")
 
 
-def _lane_pot(v: _V, cfg: PeConfig, i: int, pw: int) -> None:
-    w, f = cfg.wbits, shift_range(cfg.kind, cfg.wbits)
+def _lane_pot(v: _V, cfg: PeConfig, i: int, mw: int) -> None:
+    w, f = cfg.wbits, shift_range(cfg.kind, cfg.wbits, cfg.sp2_m1)
     v(f"  wire [{w - 2}:0] e{i} = w{i}[{w - 2}:0];")
-    v(f"  wire signed [{pw - 1}:0] t{i} = (e{i} == 0) ? 0 : (x{i} <<< ({f} - e{i}));")
-    v(f"  always @(posedge clk) p{i} <= w{i}[{w - 1}] ? -t{i} : t{i};")
+    v(f"  wire {_sg(cfg)}[{mw - 1}:0] m{i} = (e{i} == 0) ? 0 : (x{i} <<< ({f} - e{i}));")
 
 
-def _lane_sp2(v: _V, cfg: PeConfig, i: int, pw: int) -> None:
-    w, f = cfg.wbits, shift_range(cfg.kind, cfg.wbits)
-    m1, m2 = sp2_split(w)
+def _lane_sp2(v: _V, cfg: PeConfig, i: int, mw: int) -> None:
+    w, f = cfg.wbits, shift_range(cfg.kind, cfg.wbits, cfg.sp2_m1)
+    m1, m2 = sp2_split(w, cfg.sp2_m1)
+    sg = _sg(cfg)
     v(f"  wire [{m1 - 1}:0] e1_{i} = w{i}[{w - 2}:{m2}];")
     v(f"  wire [{m2 - 1}:0] e2_{i} = w{i}[{m2 - 1}:0];")
-    v(f"  wire signed [{pw - 1}:0] t1_{i} = (e1_{i} == 0) ? 0 : (x{i} <<< ({f} - e1_{i}));")
-    v(f"  wire signed [{pw - 1}:0] t2_{i} = (e2_{i} == 0) ? 0 : (x{i} <<< ({f} - e2_{i}));")
-    v(f"  wire signed [{pw - 1}:0] m{i} = t1_{i} + t2_{i};")
-    v(f"  always @(posedge clk) p{i} <= w{i}[{w - 1}] ? -m{i} : m{i};")
+    v(f"  wire {sg}[{mw - 1}:0] t1_{i} = (e1_{i} == 0) ? 0 : (x{i} <<< ({f} - e1_{i}));")
+    v(f"  wire {sg}[{mw - 1}:0] t2_{i} = (e2_{i} == 0) ? 0 : (x{i} <<< ({f} - e2_{i}));")
+    v(f"  wire {sg}[{mw - 1}:0] m{i} = t1_{i} + t2_{i};")
 
 
-# LUT lane kind -> the registered product p{i} of lane i from w{i} and the signed activation x{i}
+# LUT lane kind -> the lane of lane i from w{i} and the activation x{i}: the registered product p{i}, or
+# (kinds whose sign is folded into the sum) the magnitude m{i} of ``PeConfig.product_bits - 1`` bits
 LANES: dict[str, Callable[[_V, PeConfig, int, int], None]] = {
     "fixed_lut": _lane_multiply, "ternary": _lane_select, "pot": _lane_pot, "sp2": _lane_sp2, "xnor": _lane_xnor,
 }
 
 
+def _sg(cfg: PeConfig) -> str:
+    """The magnitude of a sign-in-sum lane is unsigned, or signed with signed activations."""
+    return "signed " if cfg.signed_act else ""
+
+
 def _lane_product(v: _V, cfg: PeConfig, i: int, pw: int) -> None:
-    """Emit lane ``i``'s registered product ``p{i}`` (LUT-built kinds)."""
+    """Emit lane ``i``'s registered product ``p{i}`` (LUT-built kinds).
+
+    Sign-in-sum kinds form the magnitude ``m{i}`` (``pw - 1`` bits) and register the weight's sign
+    ``n{i}``; the tree reads the ones' complement ``q{i} = m{i} ^ {pw{n{i}}}`` (formed before the lane
+    register or after it: the kind's ``sign_in_sum``) and adds ``n{i}`` as a carry-in, so the sum is exact.
+    """
     lane = LANES.get(cfg.kind)
     if lane is None:  # pragma: no cover - guarded by the caller
         raise HardwareError(f"no LUT lane for {cfg.kind}")
-    if PE_KINDS[cfg.kind].signed_sum:
+    pk = PE_KINDS[cfg.kind]
+    if pk.sign_in_sum:
+        mw, w = pw - 1, cfg.wbits
+        v(f"  wire {_sg(cfg)}[{mw - 1}:0] x{i} = {'$signed(a' + str(i) + ')' if cfg.signed_act else 'a' + str(i)};")
+        lane(v, cfg, i, mw)
+        v(f"  reg n{i};")
+        if pk.sign_in_sum == "lane":  # the ones' complement merges into the shifter's multiplexers
+            top = f"m{i}[{mw - 1}]" if cfg.signed_act else "1'b0"
+            v(f"  reg [{pw - 1}:0] q{i};")
+            v(f"  always @(posedge clk) begin q{i} <= {{{top}, m{i}}} ^ {{{pw}{{w{i}[{w - 1}]}}}}; "
+              f"n{i} <= w{i}[{w - 1}]; end")
+            return
+        # "tree": the magnitude is an adder's output; the ones' complement merges into the first tree adder
+        v(f"  reg [{mw - 1}:0] p{i};")
+        v(f"  always @(posedge clk) begin p{i} <= m{i}; n{i} <= w{i}[{w - 1}]; end")
+        top = f"p{i}[{mw - 1}]" if cfg.signed_act else "1'b0"
+        v(f"  wire [{pw - 1}:0] q{i} = {{{top}, p{i}}} ^ {{{pw}{{n{i}}}}};")
+        return
+    if pk.signed_sum:
         v(f"  reg signed [{pw - 1}:0] p{i};")
         v(f"  wire signed [{pw - 1}:0] x{i} = {_act(cfg, i)};")
     lane(v, cfg, i, pw)
+
+
+def _sext(sig: str, w: int, to: int) -> str:
+    """``sig`` (``w`` bits, two's complement) sign-extended to ``to`` bits, as an unsigned expression."""
+    return sig if to == w else f"{{{{{to - w}{{{sig}[{w - 1}]}}}}, {sig}}}"
+
+
+def _carry_tree(v: _V, inputs: list[tuple[str, int]], carries: list[str], prefix: str) -> tuple[str, int, int, str]:
+    """A registered adder tree over two's complement ``inputs`` that also adds the 1-bit ``carries``.
+
+    Every adder takes one carry as its carry-in (``a + b + c``: yosys maps it onto the CARRY4
+    chain's CYINIT); carries not yet taken are delayed beside the tree. Returns (output, width,
+    levels, the one carry left for the accumulator).
+    """
+    level = 0
+    cur = [(s, w, [c]) for (s, w), c in zip(inputs, carries, strict=True)]
+    while len(cur) > 1:
+        nxt: list[tuple[str, int, list[str]]] = []
+        for j in range(0, len(cur) - 1, 2):
+            (a, wa, ca), (b, wb, cb) = cur[j], cur[j + 1]
+            w = max(wa, wb) + 1
+            n = f"{prefix}{level}_{j // 2}"
+            pend = ca + cb
+            v(f"  reg [{w - 1}:0] {n};")
+            v(f"  always @(posedge clk) {n} <= {_sext(a, wa, w)} + {_sext(b, wb, w)} + {pend[0]};")
+            nxt.append((n, w, pend[1:]))
+        if len(cur) % 2:
+            a, wa, ca = cur[-1]
+            n = f"{prefix}{level}_{len(cur) // 2}"
+            v(f"  reg [{wa - 1}:0] {n};")
+            v(f"  always @(posedge clk) {n} <= {a};")
+            nxt.append((n, wa, ca))
+        cur = []
+        for k, (n, w, pend) in enumerate(nxt):  # delay the carries not yet taken by one level
+            dl = []
+            for c_i, c in enumerate(pend):
+                d = f"{prefix}c{level}_{k}_{c_i}"
+                v(f"  reg {d};")
+                v(f"  always @(posedge clk) {d} <= {c};")
+                dl.append(d)
+            cur.append((n, w, dl))
+        level += 1
+    root, rw, rest = cur[0]
+    return root, rw, level, rest[0]
 
 
 def _ports(v: _V, name: str, cfg: PeConfig, rows: int, accw: int) -> None:
@@ -186,7 +269,15 @@ def _dot_lut(cfg: PeConfig, name: str) -> str:
     for i in range(cfg.simd):
         v(f"  wire [{w - 1}:0] w{i} = wgt[{i * w} +: {w}];")
         _lane_product(v, cfg, i, pw)
-    signed = PE_KINDS[cfg.kind].signed_sum
+    pk = PE_KINDS[cfg.kind]
+    if pk.sign_in_sum:  # the signs ride on the adders' carry-ins, the last one on the accumulator's
+        root, rw, levels, cin = _carry_tree(v, [(f"q{i}", pw) for i in range(cfg.simd)],
+                                            [f"n{i}" for i in range(cfg.simd)], "s")
+        f = _first_delay(v, 1 + levels)
+        v(f"  always @(posedge clk) begin acc <= ({f} ? {accw}'d0 : acc) + {_sext(root, rw, accw)} + {cin}; "
+          f"acc_first <= {f}; end")
+        return v.end()
+    signed = pk.signed_sum
     root, rw, levels = _tree(v, [(f"p{i}", pw) for i in range(cfg.simd)], "s", signed)
     f = _first_delay(v, 1 + levels)
     ext = f"$signed({root})" if signed else f"$signed({{1'b0, {root}}})"
@@ -207,7 +298,13 @@ def _skew(v: _V, i: int, sig: str, width: int) -> str:
 
 
 def _dot_dsp(cfg: PeConfig, name: str) -> str:
-    """DSP lanes chained on the post-adders; ``fixed_dsp2`` packs two rows per DSP."""
+    """DSP lanes chained on the post-adders; ``fixed_dsp2`` packs two rows per DSP.
+
+    One lane is a DSP multiply-accumulate: registered operands and ``P <= (first ? 0 : P) + A * B``,
+    which yosys' ``xilinx_dsp`` absorbs whole (accumulator and registers in the DSP48E1, the restart
+    on its Z multiplexer). Longer chains accumulate in fabric after the last DSP: a DSP48E1 post-adder
+    takes ``P`` or ``PCIN``, not both.
+    """
     v = _V()
     accw, w, a = cfg.acc_bits, cfg.wbits, cfg.abits
     rows = PE_KINDS[cfg.kind].rows
@@ -216,13 +313,20 @@ def _dot_dsp(cfg: PeConfig, name: str) -> str:
     if packed and cw > 48:
         raise HardwareError(f"{name}: packed accumulator of {cw} bits exceeds the DSP's 48")
     _ports(v, name, cfg, rows, accw)
+    single = cfg.simd == 1
     for i in range(cfg.simd):
         v(f"  wire [{rows * w - 1}:0] w{i} = wgt[{i * rows * w} +: {rows * w}];")
-        v(f"  wire [{rows * w + a - 1}:0] q{i} = {{w{i}, a{i}}};")
-        d = _skew(v, i, f"q{i}", rows * w + a)
-        v(f"  wire [{rows * w + a - 1}:0] qd{i} = {d};")
-        v(f"  wire [{a - 1}:0] ad{i} = qd{i}[{a - 1}:0];")
-        v(f"  wire [{rows * w - 1}:0] wd{i} = qd{i}[{rows * w + a - 1}:{a}];")
+        if single:  # the operands in the DSP's input registers
+            v(f"  reg [{rows * w - 1}:0] wd{i};")
+            v(f"  reg [{a - 1}:0] ad{i};")
+            v("  reg fd;")
+            v(f"  always @(posedge clk) begin wd{i} <= w{i}; ad{i} <= a{i}; fd <= first; end")
+        else:
+            v(f"  wire [{rows * w + a - 1}:0] q{i} = {{w{i}, a{i}}};")
+            d = _skew(v, i, f"q{i}", rows * w + a)
+            v(f"  wire [{rows * w + a - 1}:0] qd{i} = {d};")
+            v(f"  wire [{a - 1}:0] ad{i} = qd{i}[{a - 1}:0];")
+            v(f"  wire [{rows * w - 1}:0] wd{i} = qd{i}[{rows * w + a - 1}:{a}];")
         act = f"$signed(ad{i})" if cfg.signed_act else f"$signed({{1'b0, ad{i}}})"
         if packed:
             v(f"  wire signed [{accw + w - 1}:0] wp{i} = "
@@ -230,17 +334,24 @@ def _dot_dsp(cfg: PeConfig, name: str) -> str:
             prod = f"wp{i} * {act}"
         else:
             prod = f"$signed(wd{i}) * {act}"
+        if single:
+            break
         v(f"  reg signed [{cw - 1}:0] c{i};")
         chain = f" + c{i - 1}" if i else ""
         v(f"  always @(posedge clk) c{i} <= {prod}{chain};")
-    last = f"c{cfg.simd - 1}"
-    f = _first_delay(v, cfg.simd)
+    if single:
+        f = "fd"
+        mac = f"({f} ? {cw}'sd0 : @ACC) + {prod}"
+    else:
+        last = f"c{cfg.simd - 1}"
+        f = _first_delay(v, cfg.simd)
+        mac = f"{f} ? {last} : @ACC + {last}"
     if not packed:
-        v(f"  always @(posedge clk) begin acc <= {f} ? {last} : acc + {last}; acc_first <= {f}; end")
+        v(f"  always @(posedge clk) begin acc <= {mac.replace('@ACC', 'acc')}; acc_first <= {f}; end")
     else:
         v(f"  reg signed [{cw - 1}:0] pa;")
         v("  reg pf;")
-        v(f"  always @(posedge clk) begin pa <= {f} ? {last} : pa + {last}; pf <= {f}; end")
+        v(f"  always @(posedge clk) begin pa <= {mac.replace('@ACC', 'pa')}; pf <= {f}; end")
         v("  always @(posedge clk) begin")
         v(f"    acc[{accw - 1}:0] <= pa[{accw - 1}:0];")
         v(f"    acc[{cw - 1}:{accw}] <= pa[{cw - 1}:{accw}] + pa[{accw - 1}];")

@@ -57,6 +57,11 @@ def default_sweep(small: bool = False) -> list[PeConfig]:
         + _dot("fixed_lut", [(3, 3), (4, 4)], [2, 8])
         + _dot("sp2", [(4, 4), (5, 8)], [2, 8])
         + _dot("pot", [(3, 4)], [2, 8])
+        # products under 9 bits (signed 4x4, 2x4): yosys builds the fixed_dsp MACs in LUTs
+        + [PeConfig("fixed_dsp", 4, 4, s, acc_len=1024, signed_act=True) for s in (1, 4, 16)]
+        + _dot("fixed_dsp", [(2, 4)], simds)
+        # SP2 exponent splits other than the default: (3, 1) of 5 bits
+        + [PeConfig("sp2", w, a, s, acc_len=1024, sp2_m1=3) for w in (5,) for a in (4, 8) for s in (1, 4, 16)]
         + [PeConfig("xnor", 1, 1, s, acc_len=1024) for s in (8, 16, 32, 64, 128)]
         + [PeConfig("tree", abits=b, simd=n) for n in (2, 4, 8, 16, 32) for b in (6, 12)]
         + [PeConfig("acc", abits=b, accw=w) for b, w in ((8, 16), (12, 24), (16, 32), (20, 40))]
@@ -107,15 +112,33 @@ class CalibrationOutcome:
     dsp_exact: bool
 
 
+def merge_sweep(cfgs: list[PeConfig], stored: list[dict[str, Any]], resynth: Callable[[PeConfig], bool],
+                jobs: int = 1, progress: Callable[[int, int, PeConfig], None] | None = None) -> list[dict[str, Any]]:
+    """Records of ``cfgs``: synthesized where ``resynth(cfg)`` or no stored record has its name, else stored."""
+    by_name = {r["name"]: r for r in stored}
+    todo = [c for c in cfgs if resynth(c) or c.name not in by_name]
+    fresh = {r["name"]: r for r in run_sweep(todo, jobs=jobs, progress=progress)}
+    return [fresh.get(c.name) or by_name[c.name] for c in cfgs]
+
+
 def calibrate(*, out_dir: Path = DATA_DIR, golden_dir: Path | None = None, jobs: int = 1,
               small: bool = False, refit: bool = False, table_path: Path | None = None,
+              resynth: Callable[[PeConfig], bool] | None = None,
               progress: Callable[[int, int, PeConfig], None] | None = None) -> CalibrationOutcome:
-    """Run (or, with ``refit``, reuse) the synthesis sweep, fit, and write the data files."""
+    """Run (or, with ``refit``, reuse) the synthesis sweep, fit, and write the data files.
+
+    ``resynth``: synthesize only the sweep's PEs it selects (and those without a stored record),
+    reusing the shipped records for the rest (after a generator change to some kinds).
+    """
     rec_path = out_dir / "synth_records.json"
     if refit:  # re-fit the shipped records (or those already in out_dir)
         doc = fitmod.load_records(rec_path if rec_path.exists() else DATA_DIR / "synth_records.json")
     else:
-        records = run_sweep(default_sweep(small), jobs=jobs, progress=progress)
+        if resynth is not None and not small:
+            stored = fitmod.load_records(DATA_DIR / "synth_records.json")["records"]
+            records = merge_sweep(default_sweep(), stored, resynth, jobs=jobs, progress=progress)
+        else:
+            records = run_sweep(default_sweep(small), jobs=jobs, progress=progress)
         doc = records_document(records)
         if small:  # a smoke sweep checks the model, it never replaces the stored data
             rows = fitmod.evaluate(CostModel.default(), doc["records"])
