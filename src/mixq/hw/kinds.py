@@ -8,7 +8,7 @@
   and the Verilog side (:mod:`mixq.rtl.pe` registers one emitter per kind, :mod:`mixq.rtl.layout`).
 * :data:`WEIGHT_KINDS` — per weight-format kind, the lane its rows run on (:func:`mixq.hw.lower.pe_kind`).
 * :data:`STREAM_OPS` / :data:`COMPUTE_OPS` — per LayerSpec operator kind, what the templates need
-  to know about its data (the prices are in :data:`mixq.hw.units.STREAM_PRICES`).
+  to know about its data (the prices are in :data:`mixq.hw.streamops.STREAM_PRICES`).
 
 The per-kind rules below are small functions of ``(wbits, abits)`` or of a
 :class:`mixq.hw.pe.PeConfig`; each kind names its own, nothing branches on a kind's name.
@@ -363,7 +363,7 @@ WEIGHT_KINDS: dict[str, WeightKind] = {w.name: w for w in (
 
 @dataclass(frozen=True)
 class StreamOp:
-    """A stream operator between compute layers (priced by :data:`mixq.hw.units.STREAM_PRICES`)."""
+    """A stream operator between compute layers (priced by :data:`mixq.hw.streamops.STREAM_PRICES`)."""
 
     name: str
     elements: str = "in"  # the stream it handles per frame: "in"put, or "out"put (ops that write more)

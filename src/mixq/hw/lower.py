@@ -29,7 +29,7 @@ from mixq.hw.pe import dsp_packing
 from mixq.plan.plan import HwMapping, LayerPlan, QuantPlan
 
 ASSUMED_BITS = 8
-# Stream operators between compute layers, each priced by `mixq.hw.units.stream_engine` (the table:
+# Stream operators between compute layers, each priced by `mixq.hw.streamops.stream_engine` (the table:
 # `mixq.hw.kinds.STREAM_OPS`)
 STREAM_KINDS: tuple[str, ...] = tuple(STREAM_OPS)
 

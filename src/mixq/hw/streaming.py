@@ -31,6 +31,7 @@ from mixq.hw.cost import RESOURCE_NAMES, CostModel, Resources
 from mixq.hw.lower import HwLayer
 from mixq.hw.parts import Part
 from mixq.hw.pe import PeConfig
+from mixq.hw.streamops import stream_engine, stream_lanes
 from mixq.hw.units import (
     ArchOptions,
     EngineCost,
@@ -38,9 +39,8 @@ from mixq.hw.units import (
     compute_engine,
     ddr_bits,
     divisors,
+    engine_grid,
     shell,
-    stream_engine,
-    stream_lanes,
     weight_bits,
 )
 
@@ -78,18 +78,26 @@ class Design:
 
 def build(layers: list[HwLayer], folding: dict[str, tuple[int, int]], part: Part, model: CostModel,
           opts: ArchOptions, target_cycles: int | None = None,
-          engines: dict[str, EngineCost] | None = None, external: frozenset[str] = frozenset()) -> Design:
+          engines: dict[str, EngineCost] | None = None, external: frozenset[str] = frozenset(),
+          streams: dict[tuple[str, int], EngineCost] | None = None) -> Design:
     """Engines at a given folding (missing layers: the plan's mapping; ``engines``: already costed
     compute engines; ``external``: layers whose weights come from DDR); stream operators get the
-    lanes to keep pace with the slowest compute engine."""
+    lanes to keep pace with the slowest compute engine (``streams``: a cache of them by layer and lanes)."""
     comp = dict(engines or {})
     for ly in layers:
         if ly.is_compute and ly.name not in comp:
             pe, simd = folding.get(ly.name, (ly.mapping.pe, ly.mapping.simd))
             comp[ly.name] = compute_engine(ly, pe, simd, part, model, opts, ly.name in external)
     t = target_cycles or max((e.cycles for e in comp.values()), default=1)
-    engines_ = tuple(comp[ly.name] if ly.is_compute else stream_engine(ly, stream_lanes(ly, t), part, model, opts)
-                     for ly in layers)
+    cache = {} if streams is None else streams
+
+    def stream(ly: HwLayer) -> EngineCost:
+        key = (ly.name, stream_lanes(ly, t))
+        if key not in cache:
+            cache[key] = stream_engine(ly, key[1], part, model, opts)
+        return cache[key]
+
+    engines_ = tuple(comp[ly.name] if ly.is_compute else stream(ly) for ly in layers)
     ext = tuple(ly.name for ly in layers if ly.name in external)
     return Design(tuple(layers), engines_, ext, ddr_cycles(layers, external, part, opts))
 
@@ -128,7 +136,7 @@ def externalize(layers: list[HwLayer], folding: dict[str, tuple[int, int]], part
 
 
 class _Candidates:
-    """A compute layer's foldings; picks the cheapest under a cycle bound for given resource weights."""
+    """A compute layer's foldings: cycles, resources and PE split of each, costed in bulk."""
 
     def __init__(self, layer: HwLayer, part: Part, model: CostModel, opts: ArchOptions, max_lanes: float,
                  external: bool = False) -> None:
@@ -136,49 +144,75 @@ class _Candidates:
         live = sum(1 for g in layer.groups if g.fraction > 0)
         pes = [p for p in divisors(s.weight_rows) if p >= live] or [max(live, 1)]
         # an engine with more lanes than the whole part could hold never fits: skip costing it
-        pairs = [(p, d) for p in pes for d in divisors(s.row_length) if p * d <= max_lanes] or [(pes[0], 1)]
-        self.engines = [compute_engine(layer, p, d, part, model, opts, external) for p, d in pairs]
-        self.cycles = np.array([e.cycles for e in self.engines], dtype=np.int64)
-        self.res = np.array([e.resources.as_tuple() for e in self.engines], dtype=float)
+        self.pairs = [(p, d) for p in pes for d in divisors(s.row_length) if p * d <= max_lanes] or [(pes[0], 1)]
+        self.cycles, self.res, self.split = engine_grid(layer, [p for p, _ in self.pairs],
+                                                        [d for _, d in self.pairs], part, model, opts, external)
+        self._engines: dict[int, EngineCost] = {}
 
-    def at(self, t: float, w: np.ndarray) -> int | None:
-        """Index of the cheapest folding (``resources @ w``) with ``cycles <= t``."""
-        ok = self.cycles <= t
-        if not ok.any():
+    def engine(self, i: int) -> EngineCost:
+        """The engine of folding ``i`` (without the per-part breakdown: ``compute_engine`` at the same
+        folding gives it, with the same figures)."""
+        e = self._engines.get(i)
+        if e is None:
+            p, d = self.pairs[i]
+            e = self._engines[i] = EngineCost(int(self.cycles[i]), Resources(*(float(v) for v in self.res[i])),
+                                              p, d, tuple(int(x) for x in self.split[i]))
+        return e
+
+
+class _Pool:
+    """Every compute layer's foldings side by side (one array per quantity, layer ``k`` at
+    ``starts[k]:starts[k + 1]``), so a pick or a repair step is one vectorized pass over all layers."""
+
+    def __init__(self, fronts: dict[str, _Candidates]) -> None:
+        self.names = list(fronts)
+        self.fronts = [fronts[n] for n in self.names]
+        sizes = [len(fr.cycles) for fr in self.fronts]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.layer = np.repeat(np.arange(len(sizes)), sizes)
+        self.cycles = np.concatenate([fr.cycles for fr in self.fronts])
+        self.res = np.concatenate([fr.res for fr in self.fronts])
+
+    def at(self, t: float, w: np.ndarray) -> dict[str, int] | None:
+        """Per layer, the index of its cheapest folding (``resources @ w``) with ``cycles <= t``, the
+        first on ties; None if some layer has none."""
+        cost = np.where(self.cycles <= t, self.res @ w + 1e-9 * self.cycles, np.inf)
+        low = np.minimum.reduceat(cost, self.starts[:-1])
+        if not np.isfinite(low).all():
             return None
-        cost = np.where(ok, self.res @ w + 1e-9 * self.cycles, np.inf)
-        return int(np.argmin(cost))
+        hit = np.flatnonzero(cost == low[self.layer])
+        _, first = np.unique(self.layer[hit], return_index=True)
+        idx = hit[first] - self.starts[:-1]
+        return {n: int(i) for n, i in zip(self.names, idx, strict=True)}
 
+    def repair(self, pick: dict[str, int], t: float, fixed: np.ndarray, cap: np.ndarray,
+               steps: int = 200) -> dict[str, int] | None:
+        """Greedy descent on the total relative overflow: swap one layer's folding at a time (within
+        the cycle bound) while that shrinks ``sum_r max(0, used_r - cap_r) / cap_r``; None if stuck.
+        Each step takes the best swap over all layers (the first layer, then the first folding, on ties)."""
+        pick = dict(pick)
+        used = fixed + sum(fr.res[pick[n]] for n, fr in zip(self.names, self.fronts, strict=True))
+        ok = self.cycles <= t
+        glob = np.array([self.starts[k] + pick[n] for k, n in enumerate(self.names)])
 
-def _repair(fronts: dict[str, _Candidates], pick: dict[str, int], t: float, fixed: np.ndarray,
-            cap: np.ndarray, steps: int = 200) -> dict[str, int] | None:
-    """Greedy descent on the total relative overflow: swap one layer's folding at a time (within
-    the cycle bound) while that shrinks ``sum_r max(0, used_r - cap_r) / cap_r``; None if stuck."""
-    pick = dict(pick)
-    used = fixed + sum(fronts[n].res[i] for n, i in pick.items())
+        def over(u: np.ndarray) -> np.ndarray:
+            return np.maximum(u - cap, 0.0) / cap
 
-    def over(u: np.ndarray) -> np.ndarray:
-        return np.maximum(u - cap, 0.0) / cap
-
-    cur = float(over(used).sum())
-    for _ in range(steps):
-        if cur <= 1e-12:
-            return pick
-        best: tuple[float, str | None, int] = (cur - 1e-9, None, -1)
-        for n, fr in fronts.items():
-            ok = fr.cycles <= t
-            new = used[None, :] + fr.res - fr.res[pick[n]][None, :]
+        cur = float(over(used).sum())
+        for _ in range(steps):
+            if cur <= 1e-12:
+                return pick
+            new = used[None, :] + self.res - self.res[glob[self.layer]]
             score = np.where(ok, over(new).sum(axis=1), np.inf)
             j = int(np.argmin(score))
-            if score[j] < best[0]:
-                best = (float(score[j]), n, j)
-        if best[1] is None:
-            return None
-        n, j = best[1], best[2]
-        used = used + fronts[n].res[j] - fronts[n].res[pick[n]]
-        pick[n] = j
-        cur = best[0]
-    return pick if cur <= 1e-12 else None
+            if not score[j] < cur - 1e-9:
+                return None
+            k = int(self.layer[j])
+            used = used + self.res[j] - self.res[glob[k]]
+            glob[k] = j
+            pick[self.names[k]] = j - int(self.starts[k])
+            cur = float(score[j])
+        return pick if cur <= 1e-12 else None
 
 
 def cut_bits(specs: list[LayerSpec], layers: list[HwLayer]) -> list[int]:
@@ -213,6 +247,10 @@ def partition(design: Design, n_parts: int, part_budget: Resources, cuts: list[i
     segs: list[tuple[int, int]] = []
     start, n = 0, len(design.engines)
     cap = link_gbps * 1e9
+    if n_parts == 1 and n:  # one segment or none: every prefix fits when the whole does (sums only grow)
+        rows = np.array([shell(opts), *(e.resources for e in design.engines)], dtype=float)
+        whole = Resources(*(float(v) for v in np.cumsum(rows, axis=0)[-1]))  # the loop's order of additions
+        return Partition(((0, n),), ()) if whole.fits(part_budget) else None
     while start < n:
         if len(segs) == n_parts:
             return None
@@ -256,18 +294,22 @@ def optimize(layers: list[HwLayer], specs: list[LayerSpec], part: Part, model: C
     clock = part.clock_mhz * 1e6
     bvec = np.array([x if x > 0 else np.inf for x in b.as_tuple()])
 
+    pools: dict[tuple[int, ...], _Pool] = {}
+    streams: dict[tuple[str, int], EngineCost] = {}
+
+    def pool() -> _Pool:  # rebuilt when a layer's foldings change (its weights moved to DDR)
+        key = tuple(id(fr) for fr in fronts.values())
+        if key not in pools:
+            pools.clear()
+            pools[key] = _Pool(fronts)
+        return pools[key]
+
     def picks_at(t: int, w: np.ndarray) -> dict[str, int] | None:
-        out = {}
-        for name, fr in fronts.items():
-            i = fr.at(t, w / bvec)
-            if i is None:
-                return None
-            out[name] = i
-        return out
+        return pool().at(t, w / bvec)
 
     def design_of(t: int, picks: dict[str, int]) -> Design:
-        return build(layers, {}, part, model, opts, t, engines={n: fronts[n].engines[i] for n, i in picks.items()},
-                     external=ext)
+        return build(layers, {}, part, model, opts, t, engines={n: fronts[n].engine(i) for n, i in picks.items()},
+                     external=ext, streams=streams)
 
     def attempt(t: int) -> tuple[Design, Partition | None] | None:
         w = np.ones(len(RESOURCE_NAMES))
@@ -291,7 +333,7 @@ def optimize(layers: list[HwLayer], specs: list[LayerSpec], part: Part, model: C
                                  if not ly.is_compute) + shell(opts) * n_parts
         cap = np.array([x if x > 0 else 1e-9 for x in (b * n_parts).as_tuple()])
         fixed = np.array(stream.as_tuple())
-        repaired = _repair(fronts, picks, t, fixed, cap)
+        repaired = pool().repair(picks, t, fixed, cap)
         if repaired is None:
             return None
         d = design_of(t, repaired)

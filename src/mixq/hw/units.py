@@ -25,15 +25,18 @@ stream handshakes), ``shell_lut`` / ``shell_ff`` per part (DMA and AXI shell).
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+
+import numpy as np
 
 from mixq.errors import HardwareError
 from mixq.hw import dataflow as df
 from mixq.hw.cost import CostModel, Resources
-from mixq.hw.kinds import MULTIPLY_KINDS, PE_KINDS, REQUANT_KINDS, STREAM_OPS, shares_act
+from mixq.hw.kinds import PE_KINDS, REQUANT_KINDS, shares_act
 from mixq.hw.lower import HwLayer, RowGroup
 from mixq.hw.memory import choose_memory
 from mixq.hw.parts import Part
@@ -118,6 +121,11 @@ def split_rows(rows: int, groups: tuple[RowGroup, ...]) -> list[int]:
         acc += g.fraction
         out.append(round(acc * rows) - sum(out))
     return out
+
+
+@lru_cache(maxsize=65536)
+def _split_pe(pe: int, rows: tuple[int, ...]) -> list[int]:
+    return split_pe(pe, list(rows))
 
 
 def split_pe(pe: int, rows: list[int]) -> list[int]:
@@ -222,6 +230,96 @@ def engine_cycles(layer: HwLayer, pe: int, simd: int) -> int:
     return cycles
 
 
+TERMS = ("compute", "requant", "weights", "linebuf", "control")  # the detail of a mixq-dataflow engine
+
+
+def engine_grid(layer: HwLayer, pes: Sequence[int], simds: Sequence[int], part: Part, model: CostModel,
+                opts: ArchOptions, external: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cycles ``(n,)``, resources ``(n, 5)`` and PE split ``(n, groups)`` of :func:`compute_engine` at every
+    ``(pes[i], simds[i])``: the same numbers, bit for bit, costed in bulk (what the folding optimizer reads)."""
+    if opts.dataflow != "mixq":
+        engines = [compute_engine(layer, p, d, part, model, opts, external) for p, d in zip(pes, simds, strict=True)]
+        return (np.array([e.cycles for e in engines], dtype=np.int64),
+                np.array([e.resources for e in engines], dtype=float).reshape(len(engines), 5),
+                np.array([e.pe_split for e in engines], dtype=np.int64).reshape(len(engines), -1))
+    cycles, terms, split = _terms(layer, np.asarray(pes, dtype=np.int64), np.asarray(simds, dtype=np.int64), part,
+                                  model, opts, external)
+    total = np.zeros((len(cycles), 5))
+    for t in TERMS:  # Resources.total's order of additions
+        total = total + terms[t]
+    return cycles, total, split
+
+
+def _rows(items: list[Resources]) -> np.ndarray:
+    return np.fromiter(itertools.chain.from_iterable(items), float, count=5 * len(items)).reshape(len(items), 5)
+
+
+def _terms(layer: HwLayer, pes: np.ndarray, simds: np.ndarray, part: Part, model: CostModel, opts: ArchOptions,
+           external: bool) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """The mixq-dataflow engine at ``n`` foldings: cycles, each term of its detail ``(n, 5)``, and the
+    rows each group's PEs compute at once ``(n, groups)``."""
+    s = layer.spec
+    rows, length, pix = s.weight_rows, max(s.row_length, 1), max(s.out_pixels, 1)
+    n = len(pes)
+    pc, mc = model.lutram_coefs()
+    mems: dict[tuple[int, int, int, str], Resources] = {}
+
+    def mem(width: int, depth: int, copies: int, style: str) -> Resources:
+        key = (width, depth, copies, style)  # a local memo: the shared cache hashes the part on every call
+        if key not in mems:
+            mems[key] = _mem_cached(width, depth, copies, part, style, pc, mc)
+        return mems[key]
+
+    simds = np.minimum(np.maximum(simds, 1), length)
+    fold = -(-length // simds)
+    grows = split_rows(rows, layer.groups)
+    splits = {p: _split_pe(max(p, 1), tuple(grows)) for p in set(pes.tolist())}
+    gpe = np.array([splits[p] for p in pes.tolist()], dtype=np.int64).reshape(n, len(grows))
+    cycles = np.zeros(n, dtype=np.int64)
+    eff_total = np.zeros(n, dtype=np.int64)
+    accw = np.zeros(n, dtype=np.int64)
+    eff_split = np.zeros((n, len(grows)), dtype=np.int64)
+    comp, wmem = np.zeros((n, 5)), np.zeros((n, 5))
+    d_list = simds.tolist()
+    for gi, (g, r) in enumerate(zip(layer.groups, grows, strict=True)):
+        if r <= 0:
+            continue
+        rows_per_unit = PE_KINDS[g.kind].rows  # a packed DSP unit computes two rows
+        units = -(-gpe[:, gi] // rows_per_unit)
+        eff = rows_per_unit * units
+        eff_split[:, gi] = eff
+        eff_total += eff
+        depth = -(-r // eff) * fold
+        cycles = np.maximum(cycles, depth * pix)
+        dots = {d: model.dot(g.kind, g.wbits, g.abits, d, length, g.signed_act, part.dsp_type) for d in set(d_list)}
+        comp = comp + _rows([dots[d][0] for d in d_list]) * units[:, None]
+        accw = np.maximum(accw, [dots[d][1] for d in d_list])
+        width = simds * g.wbits * rows_per_unit
+        if external:
+            got = [mem(w * u, 32, 1, "lutram") for w, u in zip(width.tolist(), units.tolist(), strict=True)]
+        else:
+            got = [mem(w, dp, u, opts.mem_style)
+                   for w, dp, u in zip(width.tolist(), depth.tolist(), units.tolist(), strict=True)]
+        wmem = wmem + _rows(got)
+    reqs: dict[tuple[int, int], Resources] = {}
+    for key in zip((-(-eff_total // fold)).tolist(), accw.tolist(), strict=True):
+        if key not in reqs:
+            reqs[key] = _requant(key[0], key[1], layer.out_bits, part, model, opts)
+    req = _rows([reqs[k] for k in zip((-(-eff_total // fold)).tolist(), accw.tolist(), strict=True)])
+    lb_bits = line_buffer_bits(layer)
+    share = shares_act(s.kind)
+    lbuf = np.zeros((n, 5))
+    if lb_bits:
+        widths = [d * layer.abits * (1 if share else e) for d, e in zip(d_list, eff_total.tolist(), strict=True)]
+        lbuf = _rows([mem(w, math.ceil(lb_bits / w), 1, "auto") for w in widths])
+    ctrl = Resources(lut=opts.engine_lut, ff=opts.engine_ff)
+    if external:
+        ctrl = ctrl + Resources(lut=opts.dma_lut, ff=opts.dma_ff)
+    terms = {"compute": comp, "requant": req, "weights": wmem, "linebuf": lbuf,
+             "control": np.broadcast_to(np.array(ctrl, dtype=float), (n, 5))}
+    return cycles, terms, eff_split
+
+
 def compute_engine(layer: HwLayer, pe: int, simd: int, part: Part, model: CostModel,
                    opts: ArchOptions, external: bool = False) -> EngineCost:
     """Cycles per frame and resources of a conv / dwconv / linear engine with ``pe`` x ``simd``.
@@ -233,6 +331,12 @@ def compute_engine(layer: HwLayer, pe: int, simd: int, part: Part, model: CostMo
     leaves the network), ``linebuf`` the sliding-window generator, and ``inbuf`` / ``fifo`` add the
     input-vector buffer and the FIFOs ``opts.fifos`` puts in front of the layer (:mod:`mixq.hw.dataflow`).
     """
+    if opts.dataflow == "mixq":  # the bulk costing at one folding
+        simd = max(1, min(simd, max(layer.spec.row_length, 1)))
+        cyc, terms, split = _terms(layer, np.array([pe]), np.array([simd]), part, model, opts, external)
+        detail = {t: Resources(*(float(v) for v in terms[t][0])) for t in TERMS}
+        return EngineCost(int(cyc[0]), Resources.total(detail.values()), pe, simd,
+                          tuple(int(e) for e in split[0]), detail)
     s = layer.spec
     rows, length, pix = s.weight_rows, max(s.row_length, 1), max(s.out_pixels, 1)
     simd = max(1, min(simd, length))
@@ -286,144 +390,11 @@ def compute_engine(layer: HwLayer, pe: int, simd: int, part: Part, model: CostMo
     return EngineCost(cycles, Resources.total(detail.values()), pe, simd, tuple(eff_split), detail)
 
 
-def stream_elements(layer: HwLayer) -> int:
-    """Elements a stream operator handles per frame: its output for adds, concats and the data-movement
-    ops (which write more than they read), its input otherwise (``StreamOp.elements``)."""
-    op = STREAM_OPS.get(layer.spec.kind)
-    shape = layer.spec.out_shape if op is not None and op.elements == "out" else layer.spec.in_shape
-    return math.prod(shape) if shape else 1
-
-
-def _buffer(bits: int, lanes: int, a: int, part: Part, model: CostModel) -> Resources:
-    """A memory of ``bits`` read ``lanes * a`` bits wide (none for zero bits)."""
-    return _mem(lanes * a, math.ceil(bits / (lanes * a)), 1, part, model, "auto") if bits else Resources()
-
-
-_Price = tuple[Resources, Resources]  # (compute, buffers)
-
-
-def _price_reduce(layer: HwLayer, lanes: int, a: int, part: Part, model: CostModel) -> _Price:
-    """A comparator / adder tree over all the channels of one pixel per lane."""
-    s = layer.spec
-    chans = s.in_shape[0] if s.in_shape else 1
-    return model.pe(PeConfig("tree", abits=a, simd=max(2, chans)), part.dsp_type) * lanes, Resources()
-
-
-def _price_product(layer: HwLayer, lanes: int, a: int, part: Part, model: CostModel) -> _Price:
-    """One fixed-point multiplier of the two operands per lane (a DSP, or LUTs on a part without DSPs)."""
-    kind = MULTIPLY_KINDS["dsp" if part.dsp > 0 else "lut"]
-    return model.pe(PeConfig(kind, a, a, 1, acc_len=1, signed_act=True), part.dsp_type) * lanes, Resources()
-
-
-def _price_add(layer: HwLayer, lanes: int, a: int, part: Part, model: CostModel) -> _Price:
-    """An adder per lane and the skip FIFO."""
-    comp = model.pe(PeConfig("tree", abits=a + 1, simd=2), part.dsp_type) * lanes
-    return comp, _buffer(layer.fifo_bits, lanes, a, part, model)
-
-
-def _price_maxpool(layer: HwLayer, lanes: int, a: int, part: Part, model: CostModel) -> _Price:
-    """A comparator tree over the window and a line buffer."""
-    s = layer.spec
-    n = max(2, s.kernel[0] * s.kernel[1])
-    comp = model.pe(PeConfig("tree", abits=a, simd=n), part.dsp_type) * lanes
-    return comp, _buffer(line_buffer_bits(layer), lanes, a, part, model)
-
-
-def _price_concat(layer: HwLayer, lanes: int, a: int, part: Part, model: CostModel) -> _Price:
-    """A select per lane and the skip FIFO."""
-    return Resources(lut=lanes * a), _buffer(layer.fifo_bits, lanes, a, part, model)
-
-
-def _price_act(layer: HwLayer, lanes: int, a: int, part: Part, model: CostModel) -> _Price:
-    """A ``2**abits``-entry ROM per lane (a clamp, e.g. Hardtanh, is folded into the requantizer)."""
-    lut = layer.spec.extra.get("node_kind", "lut") == "lut"
-    extra = _mem(max(layer.out_bits, 1), 2 ** min(a, 16), lanes, part, model, "auto") if lut else Resources()
-    return Resources(), extra
-
-
-def _pricer_move(interpolates: bool) -> Callable[[HwLayer, int, int, Part, CostModel], _Price]:
-    def price(layer: HwLayer, lanes: int, a: int, part: Part, model: CostModel) -> _Price:
-        """A buffer of one input row (all channels) the output rows are read from; bilinear upsampling
-        adds a 4-input adder tree per lane."""
-        s = layer.spec
-        bilinear = interpolates and s.extra.get("mode") == "bilinear"
-        comp = (model.pe(PeConfig("tree", abits=a + 4, simd=4), part.dsp_type) * lanes if bilinear
-                else Resources(lut=lanes * a))
-        row = (s.in_shape[0] * s.in_shape[-1] * a) if len(s.in_shape) == 3 else 0
-        return comp, _buffer(row, lanes, a, part, model)
-    return price
-
-
-def _window(layer: HwLayer) -> int:
-    s = layer.spec
-    return s.kernel[0] * s.kernel[1]
-
-
-def _whole_map(layer: HwLayer) -> int:
-    s = layer.spec
-    return math.prod(s.in_shape[1:]) if len(s.in_shape) == 3 else 1
-
-
-def _pricer_pool(window: Callable[[HwLayer], int]) -> Callable[[HwLayer, int, int, Part, CostModel], _Price]:
-    def price(layer: HwLayer, lanes: int, a: int, part: Part, model: CostModel) -> _Price:
-        """An accumulator per lane over the window, then a shift / requantization."""
-        s = layer.spec
-        accw = a + max(1, math.ceil(math.log2(max(window(layer), 2))))
-        comp = model.pe(PeConfig("acc", abits=a, accw=accw), part.dsp_type) * lanes
-        chans = s.in_shape[0] if s.in_shape else 1
-        return comp, _mem(lanes * accw, math.ceil(chans / lanes), 1, part, model, "auto")
-    return price
-
-
-# stream operator kind (mixq.hw.kinds.STREAM_OPS) -> its compute and buffers at ``lanes`` lanes
-STREAM_PRICES: dict[str, Callable[[HwLayer, int, int, Part, CostModel], _Price]] = {
-    "add": _price_add, "concat": _price_concat, "maxpool": _price_maxpool,
-    "avgpool": _pricer_pool(_window), "gap": _pricer_pool(_whole_map), "act": _price_act,
-    "upsample": _pricer_move(True), "zero_insert": _pricer_move(False), "pad": _pricer_move(False),
-    "pixel_shuffle": _pricer_move(False),
-    "reduce": _price_reduce, "mul": _price_product, "bn": _price_product,
-}
-
-
-def stream_engine(layer: HwLayer, lanes: int, part: Part, model: CostModel, opts: ArchOptions) -> EngineCost:
-    """A stream operator (:data:`mixq.hw.kinds.STREAM_OPS`) with ``lanes`` elements per cycle.
-
-    Residual add: an adder per lane and the skip FIFO; concat: the skip FIFO and a select per lane;
-    max pool: a comparator tree and a line buffer; average pool / GAP: an accumulator per lane;
-    lookup-table activation: a ``2**abits``-entry ROM per lane (output at the next layer's width);
-    upsample / zero insertion / padding / pixel shuffle: a buffer of one input row (all channels),
-    which the output rows are read from (bilinear upsampling adds a 4-input adder tree per lane);
-    channel reduction (mean / max over the channels): a comparator / adder tree over all the channels of
-    one pixel per lane (the mean's 1/C is in the grid; a per-channel rescale, where the channels' grids
-    differ, is not priced); elementwise product (and an unfolded BatchNorm, a per-channel multiply-add):
-    one fixed-point multiplier of the two operands per lane (a DSP, or LUTs on a part without DSPs).
-    Reductions and products take one output element per lane and cycle."""
-    s = layer.spec
-    lanes = max(1, lanes)
-    op = STREAM_OPS.get(s.kind)
-    price = STREAM_PRICES.get(s.kind)
-    if op is None or price is None:
-        raise HardwareError(f"layer {s.name}: no stream engine for operator kind {s.kind!r}; "
-                            f"priced: {', '.join(STREAM_PRICES)}")
-    elems = math.prod(s.out_shape) if op.cycles_on_out and s.out_shape else stream_elements(layer)
-    cycles = math.ceil(elems / lanes)
-    comp, extra = price(layer, lanes, max(layer.abits, 1), part, model)
-    ctrl = Resources(lut=opts.engine_lut, ff=opts.engine_ff)
-    detail = {"compute": comp, "buffers": extra, "control": ctrl}
-    return EngineCost(cycles, Resources.total(detail.values()), lanes, 1, (lanes,), detail)
-
-
 def divisors(n: int) -> list[int]:
-    n = max(n, 1)
+    return list(_divisors(max(n, 1)))
+
+
+@lru_cache(maxsize=4096)
+def _divisors(n: int) -> tuple[int, ...]:
     small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
-    return sorted(set(small + [n // d for d in small]))
-
-
-def stream_lanes(layer: HwLayer, target_cycles: float) -> int:
-    """Fewest lanes (a divisor of the channels) for which the operator keeps up with ``target_cycles``."""
-    chans = (layer.spec.out_shape or (1,))[0]
-    elems = stream_elements(layer)
-    for d in divisors(chans):
-        if math.ceil(elems / d) <= target_cycles:
-            return d
-    return chans
+    return tuple(sorted(set(small + [n // d for d in small])))

@@ -22,6 +22,7 @@ from mixq.graph.spec import LayerSpec
 from mixq.hw.cost import RESOURCE_NAMES, CostModel, Resources
 from mixq.hw.lower import HwLayer, lower
 from mixq.hw.parts import Part, get_part
+from mixq.hw.streamops import stream_engine, stream_lanes
 from mixq.hw.units import (
     ArchOptions,
     EngineCost,
@@ -30,8 +31,6 @@ from mixq.hw.units import (
     divisors,
     engine_cycles,
     shell,
-    stream_engine,
-    stream_lanes,
 )
 from mixq.plan import QuantPlan
 
