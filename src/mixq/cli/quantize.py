@@ -28,7 +28,7 @@ import typer
 from mixq.cli import _common as cli
 
 # the names of mixq.algorithms.ptq.RECIPES, kept here so --help needs no torch (tests/test_ptq_stages.py)
-RECIPES = ("plan", "minmax", "minmax_pct", "dfq", "dfq_empirical", "adaround", "gptq", "datafree")
+RECIPES = ("plan", "minmax", "minmax_pct", "dfq", "dfq_empirical", "adaround", "gptq", "brecq", "datafree")
 
 
 def _size(value: str | None) -> tuple[int, int] | None:

@@ -10,6 +10,7 @@ from mixq.algorithms.ptq.bias_correction import (
     expected_input_means,
 )
 from mixq.algorithms.ptq.bn_reestimate import reestimate_bn, restore_channel_stats
+from mixq.algorithms.ptq.brecq import BrecqConfig, brecq, find_blocks
 from mixq.algorithms.ptq.calibrate import activation_scales, calibrate_activations
 from mixq.algorithms.ptq.cle import (
     ChannelStats,
@@ -28,6 +29,7 @@ from mixq.algorithms.ptq.recipes import RECIPES, PTQResult, Recipe, get_recipe, 
 __all__ = [
     "RECIPES",
     "AdaRoundConfig",
+    "BrecqConfig",
     "ChannelStats",
     "ClippedReLU",
     "DataFreeConfig",
@@ -41,12 +43,14 @@ __all__ = [
     "adaround_layer",
     "analytic_bias_correction",
     "bn_output_stats",
+    "brecq",
     "calibrate_activations",
     "clipped_normal_moments",
     "cross_layer_equalize",
     "empirical_bias_correction",
     "equalization_scales",
     "expected_input_means",
+    "find_blocks",
     "find_pairs",
     "get_recipe",
     "gptq",

@@ -28,6 +28,7 @@ from mixq.algorithms.ptq.bias_correction import (
     expected_input_means,
 )
 from mixq.algorithms.ptq.bn_reestimate import restore_channel_stats
+from mixq.algorithms.ptq.brecq import brecq
 from mixq.algorithms.ptq.calibrate import calibrate_activations
 from mixq.algorithms.ptq.cle import ChannelStats, absorb_high_bias, bn_output_stats, cross_layer_equalize, find_pairs
 from mixq.algorithms.ptq.datafree import synthesize_inputs
@@ -248,6 +249,12 @@ def _gptq(s: PTQState) -> PTQState:
     return s
 
 
+def _brecq(s: PTQState) -> PTQState:
+    assert s.recipe.brecq is not None
+    s.details["brecq"] = brecq(s.quantized, s.calib, s.recipe.brecq)
+    return s
+
+
 def _bias_correction(s: PTQState) -> PTQState:
     r = s.recipe
     if r.bias_correction == "analytic":
@@ -280,6 +287,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("act_ranges", _act_ranges, lambda r, p: r.act_ranges == "output"),
     Stage("adaround", _adaround, lambda r, p: r.adaround is not None),
     Stage("gptq", _gptq, lambda r, p: r.gptq is not None),
+    Stage("brecq", _brecq, lambda r, p: r.brecq is not None),
     Stage("bias_correction", _bias_correction, lambda r, p: r.bias_correction != "none"),
     Stage("restore_stats", _restore_stats, lambda r, p: r.restore_stats),
 )

@@ -8,7 +8,7 @@ A :class:`Recipe` is a frozen description of which stages of the one pipeline ru
     [synthesize inputs from BN statistics] → fold BN → [CLE (+ high-bias absorption)]
       → [residual-stream equalization] → assign MSQ rows still unassigned → swap layers
       → [output-aware weight scales] → [extra stages, e.g. act_percentile] → calibrate activations
-      → [output-aware activation ranges] → [AdaRound | GPTQ] → [bias correction] → [restore channel statistics]
+      → [output-aware activation ranges] → [AdaRound | GPTQ | BRECQ] → [bias correction] → [restore channel statistics]
 
 :func:`quantize_report` is a loop over those stages. Named recipes (:data:`RECIPES`):
 
@@ -39,6 +39,9 @@ A :class:`Recipe` is a frozen description of which stages of the one pipeline ru
   Hessian, any row grid; for MSQ plans it also chooses each row's
   format on that error with ``msq_rows="output"`` (same count) or ``"output_auto"`` (free)), starting
   from output-aware weight scales; no bias correction.
+* ``brecq``    + block reconstruction (:mod:`~mixq.algorithms.ptq.brecq`: BRECQ with QDrop; the rounding
+  of every weight and the step of every activation quantizer of a block learned together on the
+  block's output error, blocks found from the graph), from output-aware weight scales; no bias correction.
 * ``datafree`` inputs synthesized from the BN statistics (ZeroQ) stand in for calibration
   data; analytic bias correction.
 
@@ -47,7 +50,7 @@ name: ``quantize(..., recipe="dfq", stages=("act_percentile",))``.
 
 Progress (:mod:`mixq.progress`): every stage is reported as ``ptq <stage>`` (the keys of
 :attr:`PTQResult.timings`): a task advancing per layer (``weight_scales``, ``act_ranges``,
-``adaround``, ``gptq``, network / analytic ``bias_correction``, ``restore_stats``), per batch
+``adaround``, ``gptq``, ``brecq`` (per block), network / analytic ``bias_correction``, ``restore_stats``), per batch
 (``calibrate``, per-layer ``bias_correction``), per sweep (``cle``) or per group (``synthesize``);
 the quick stages (``fold_bn``, ``streams``, ``msq_rows``, ``swap``) as one line each, plus a
 ``ptq`` line when the recipe starts and ``ptq finished`` at the end.
@@ -67,6 +70,7 @@ from torch import nn
 from mixq import progress
 from mixq.algorithms.ptq._common import as_tensor, require_positive
 from mixq.algorithms.ptq.adaround import AdaRoundConfig
+from mixq.algorithms.ptq.brecq import BrecqConfig
 from mixq.algorithms.ptq.datafree import DataFreeConfig
 from mixq.algorithms.ptq.gptq import GPTQConfig
 from mixq.algorithms.ptq.pipeline import (  # noqa: F401 - AUTO_*, GPTQ_ROWS, pair_act_weights: their old home
@@ -130,6 +134,7 @@ class Recipe:
     bias_passes: int = 1
     adaround: AdaRoundConfig | None = None
     gptq: GPTQConfig | None = None
+    brecq: BrecqConfig | None = None
     restore_stats: bool = False
     datafree: DataFreeConfig | None = None
     stages: tuple[str, ...] = ()
@@ -140,8 +145,9 @@ class Recipe:
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise MixqError(f"recipe.{name}: {getattr(self, name)!r} is not one of {', '.join(choices)}")
-        if self.adaround is not None and self.gptq is not None:
-            raise MixqError("recipe.adaround / recipe.gptq: choose one rounding method, not both")
+        rounding = [n for n in ("adaround", "gptq", "brecq") if getattr(self, n) is not None]
+        if len(rounding) > 1:
+            raise MixqError(f"recipe.{' / recipe.'.join(rounding)}: choose one rounding method, not several")
         if self.msq_rows != "plan" and self.weight_scales == "plan":
             raise MixqError(f"recipe.msq_rows: {self.msq_rows!r} needs weight_scales='output' or 'auto'")
         if isinstance(self.cle_act_weight, str) and self.cle_act_weight != "auto":
@@ -175,6 +181,8 @@ RECIPES: dict[str, Recipe] = {
     # top measured worse), and AdaRound starts from output-aware scales (design_measurements.md, "PTQ recipes")
     "adaround": Recipe(name="adaround", weight_scales="output", adaround=AdaRoundConfig(), bias_correction="none"),
     "gptq": Recipe(name="gptq", weight_scales="output", gptq=GPTQConfig(), bias_correction="none"),
+    # block reconstruction (BRECQ + QDrop) from output-aware scales; no bias correction (as AdaRound)
+    "brecq": Recipe(name="brecq", weight_scales="output", brecq=BrecqConfig(), bias_correction="none"),
     "datafree": Recipe(name="datafree", datafree=DataFreeConfig(), bias_correction="analytic"),
 }
 
