@@ -47,7 +47,8 @@ def _commands() -> dict[str, Any]:
 
 COMMANDS = _commands()
 # the first positional argument, when a command has one
-ARG = {"capture": "cnv", "quantize": "cnv", "verify": "cnv", "export": "cnv", "estimate": "cnv", "search": "cnv"}
+ARG = {"capture": "cnv", "quantize": "cnv", "verify": "cnv", "export": "cnv", "estimate": "cnv", "search": "cnv",
+       "rtl build": "cnv"}
 REQUIRED = {"rtl generate": ["--model", "cnv", "--layer", "features.0"],
             "rtl simulate": ["--model", "cnv", "--layer", "features.0"],
             "rtl synth": ["--model", "cnv", "--layer", "features.0"]}
@@ -75,7 +76,7 @@ NUMERIC = _numeric_options()
 
 def test_every_command_is_covered() -> None:
     assert set(COMMANDS) == {"run", "train", "capture", "quantize", "verify", "export", "estimate", "calibrate-hw",
-                             "qat", "prune", "search", "rtl generate", "rtl simulate", "rtl synth"}
+                             "qat", "prune", "search", "rtl generate", "rtl simulate", "rtl synth", "rtl build"}
     assert len(NUMERIC) >= 60
 
 

@@ -1,10 +1,11 @@
-"""`mixq rtl generate|simulate|synth`: layer engines from the integer model (thin wrappers over :mod:`mixq.rtl`).
+"""`mixq rtl generate|simulate|synth|build`: layer engines and the whole accelerator (wrappers over :mod:`mixq.rtl`).
 
 The layer comes from a zoo model quantized under ``--config`` (see ``CONFIGS``: weight and
 activation formats, and MSQ's second row format with rows assigned by
 :func:`mixq.algorithms.msq.assign_rows`), or — ``--from FOLDER`` instead of ``--model`` — from
 the quantized model of a ``mixq quantize --out FOLDER`` artifact as it is; either is converted to
-the integer model.
+the integer model. ``build`` writes the whole streaming accelerator (:mod:`mixq.rtl.network`) and
+simulates it on real images (:mod:`mixq.rtl.netsim`), calibrated on the model's default data.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import typer
 
-from mixq.cli._common import FROM, choice, count, emit, exclusive_with_from, out_dir, resolve_model
+from mixq.cli._common import FROM, choice, count, emit, exclusive_with_from, out_dir, real, resolve_model
 
 DEFAULT_CONFIG = "msq4"
 
@@ -125,6 +126,54 @@ def prepare(model: str, layer: str, config: str, pe: int, simd: int, core: str =
     return plan_layout(layer_data(im, values, layer), pe, simd, core)
 
 
+def network_int_model(model: str, config: str, images: int,
+                      from_: Path | None = None) -> tuple[Any, dict[str, Any], Any]:
+    """(IntModel, the engine's integers on ``images`` real inputs (``keep=True``), those inputs) for
+    ``mixq rtl build``: the zoo model with its real weights quantized under ``config`` and calibrated on its
+    default data (CNV: the bundled Fashion-MNIST), or the quantized model of the artifact ``from_``."""
+    import torch
+
+    from mixq import api, zoo
+    from mixq.algorithms.msq import assign_rows
+    from mixq.engine.convert import to_integer
+    from mixq.engine.runner import IntEngine
+    from mixq.errors import MixqError, ModelError
+    from mixq.formats import parse_format
+    from mixq.tasks.data import artifact_inputs, default_inputs
+
+    n = max(images, 1)
+    if from_ is not None:
+        from mixq.artifact import load_artifact
+
+        art = load_artifact(from_)
+        x = artifact_inputs(art, n)
+        if x is None:
+            x, _ = default_inputs(art.source if art.source is not None else art.model_name, None, n, calib=False)
+        qmodel = art.qmodel
+    else:
+        if config not in CONFIGS:
+            raise MixqError(f"--config {config!r} is not one of {', '.join(CONFIGS)}")
+        w, a, alt, rho = CONFIGS[config]
+        try:
+            m = zoo.load(model, pretrained=True)
+        except (ModelError, OSError, ImportError, FileNotFoundError):
+            torch.manual_seed(0)
+            m = zoo.load(model, pretrained=False)
+        m.eval()
+        x, cal = default_inputs(model, None, n)
+        cal = cal[:64]
+        plan = api.default_plan(model, m, cal, weight=parse_format(w), act=parse_format(a),
+                                weight_alt=parse_format(alt) if alt else None, alt_ratio=rho if alt else 0.0)
+        if alt:
+            plan = assign_rows(m, plan)
+        qmodel = api.quantize(m, plan, cal)
+    if x.shape[0] < n:
+        raise MixqError(f"--images {images}: only {x.shape[0]} inputs are available")
+    x = x[:n]
+    im = to_integer(qmodel, x[:1])
+    return im, IntEngine(im)(x, keep=True).values, x
+
+
 _MODEL = typer.Option(None, help="zoo model, e.g. cnv (or --from)")
 _LAYER = typer.Option(..., help="conv / linear layer name")
 _CONFIG = choice(None, f"layer configuration (default {DEFAULT_CONFIG}; not with --from)", tuple(CONFIGS))
@@ -183,6 +232,72 @@ def register(app: typer.Typer) -> None:
         if not r.ok:
             raise CheckFailed(f"rtl simulate {name} {layer}: the Verilog engine differs from the integer engine "
                               f"(see {folder})")
+
+    @rtl.command("build")
+    def build_cmd(ctx: typer.Context,
+                  model: str | None = typer.Argument(None, metavar="MODEL", help="zoo model, e.g. cnv; or --from"),
+                  from_: Path | None = FROM,
+                  config: str | None = choice(None, "quantization (default fixed8: W8A8; not with --from)",
+                                              tuple(CONFIGS)),
+                  pe: int = count(16, "PEs per layer at most (pe = min(rows, PE))"),
+                  simd: int = count(32, "lanes per PE at most (simd = min(row length, SIMD))"),
+                  core: str = _CORE, part: str = typer.Option("xc7z020", help="FPGA part the layouts are costed on"),
+                  images: int = count(2, "Fashion-MNIST / default test images to simulate (0: write the build only)",
+                                      0),
+                  simulator: str = choice("verilator", "simulator", ("verilator", "icarus")),
+                  seed: int = count(1, "seed of the randomized tvalid / tready", 0),
+                  valid: float = real(0.75, "probability the testbench offers an input beat", 0.0, 1.0),
+                  ready: float = real(0.5, "probability of m_axis_tready", 0.0, 1.0),
+                  out: Path | None = typer.Option(None, help="output folder (default runs/rtl-build-MODEL)"),
+                  ) -> None:
+        """Write the whole streaming accelerator (Verilog, memories, files.f, testbench, README, build.json) and
+        simulate it on real images against the integer engine (exit 3 on a mismatch)."""
+        name = resolve_model(model, from_, "MODEL", ctx=ctx)
+        exclusive_with_from(from_, config=config is not None)
+        folder = out_dir(out, "rtl-build", name)
+        import re
+
+        from mixq.errors import CheckFailed
+        from mixq.io import atomic_write_json
+        from mixq.rtl.netsim import simulate, write_build
+        from mixq.rtl.network import default_folding, generate_network, output_order
+
+        cfg = config or "fixed8"
+        im, values, _ = network_int_model(name, cfg, images, from_)
+        top = re.sub(r"[^A-Za-z0-9_]", "_", name) or "net"
+        if not top[0].isalpha():
+            top = "net_" + top
+        net = generate_network(im, values, top, default_folding(im, pe, simd), core, part)
+        first = next(n for n in im.nodes if n.inputs == ("input",))
+        codes = values[first.name].numpy()[: max(images, 1)]
+        ref = output_order(net, values[im.output].numpy())[: max(images, 1)]
+        write_build(net, folder, codes[:images] if images else codes[:1], ref[:images] if images else None, name)
+        est = net.estimate()
+        res: dict[str, Any] = {"model": name, "config": None if from_ else cfg, "from": str(from_) if from_ else None,
+                               "part": part, "top": net.top, "out": str(folder), "files": net.sources,
+                               "input_stream": {"bits": net.in_width, "beats_per_frame": net.in_pixels},
+                               "output_stream": {"bits": net.out_width, "beats_per_frame": net.out_elems},
+                               "images": images, **est}
+        if images:
+            r = simulate(net, folder, ref[:images], simulator, seed, max(1, round(valid * 256)),
+                         max(1, round(ready * 256)))
+            sim = r.to_dict()
+            res.update({"simulation": sim, "mismatches": r.mismatches, "ok": r.ok,
+                        "cycles_per_frame": r.interval_cycles if images > 1 else None,
+                        "latency_cycles": r.latency_cycles})
+        atomic_write_json(folder / "build.json", res)
+        lines = [f"wrote {len(net.sources)} Verilog files and {len(net.mems)} memories to {folder} (top {net.top})",
+                 f"estimator: {est['estimator_cycles_per_frame']:,} cycles/frame; this design's model: "
+                 f"{est['design_cycles_per_frame']:,}"]
+        if images:
+            lines.append(f"{simulator}: {images} images, {r.elements} output elements, {r.mismatches} mismatches, "
+                         f"{r.missing} missing, {r.extra} extra; measured "
+                         + (f"{r.interval_cycles:,.0f} cycles/frame, " if images > 1 else "")
+                         + f"latency {r.latency_cycles:,} cycles")
+        emit(res, lines)
+        if images and not r.ok:
+            raise CheckFailed(f"rtl build {name}: the simulated accelerator differs from the integer engine "
+                              f"(see {folder / 'build.json'})")
 
     @rtl.command("synth")
     def synth_cmd(ctx: typer.Context, model: str | None = _MODEL, from_: Path | None = FROM, layer: str = _LAYER,

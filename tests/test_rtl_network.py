@@ -1,0 +1,172 @@
+"""The whole CNV accelerator (:mod:`mixq.rtl.network`): lowering, Verilator simulation, backpressure, CLI.
+
+CNV with its shipped weights at W8A8 on real Fashion-MNIST test images. The simulated
+build is a small folding (pe 8, simd 8: about 140k cycles per frame, 8 PE units per layer)
+so Verilator compiles it in well under a minute; ``mixq rtl build`` runs in a real process
+and the backpressure test reruns its compiled testbench with other seeds. The Icarus run
+(the reference simulator, some minutes per image) is marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mixq.rtl.netsim import available, compare, run_sim
+from mixq.rtl.network import Stage, lower_network
+
+IMAGES = 3  # the third frame waits in the pipeline while the output buffer holds the first two
+HOLD = 700_000  # cycles of m_axis_tready low: past the latency (~350k) and two frame intervals (~142k each)
+needs_verilator = pytest.mark.skipif(not available("verilator"), reason="verilator not installed")
+
+_CACHE: dict[str, Any] = {}
+
+
+def _cnv() -> tuple[Any, dict[str, Any]]:
+    if "cnv" not in _CACHE:
+        from mixq.cli.rtl import network_int_model
+
+        im, values, _ = network_int_model("cnv", "fixed8", 1)
+        _CACHE["cnv"] = (im, values)
+    return _CACHE["cnv"]  # type: ignore[no-any-return]
+
+
+def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mixq", "rtl", "build", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def _stream_model(stages: list[Stage], codes: np.ndarray) -> np.ndarray:
+    """What the pipeline computes, in numpy: windows in (ky, kx, c) order against the permuted weights,
+    the engine's requantization rule, the collector's max-pool; returns the output stream's codes."""
+    x = codes.reshape(stages[0].in_shape).transpose(1, 2, 0).astype(object)  # (H, W, C)
+    for s in stages:
+        d = s.layout.data
+        (kh, kw), (sh, sw), (ph, pw) = s.kernel, s.stride, s.padding
+        h, w, c = x.shape
+        xp = np.zeros((h + 2 * ph, w + 2 * pw, c), dtype=object)
+        xp[ph:ph + h, pw:pw + w] = x
+        ho, wo = s.out_hw
+        wt = d.weight.reshape(d.rows, -1).astype(object)
+        y = np.zeros((ho, wo, d.rows), dtype=object)
+        for i in range(ho):
+            for j in range(wo):
+                win = xp[i * sh:i * sh + kh, j * sw:j * sw + kw].reshape(-1)  # (ky, kx, c)
+                acc = wt @ win
+                q = (acc * d.mult + d.const) >> d.shift
+                y[i, j] = np.minimum(np.maximum(q, d.lo), d.hi)
+        k = s.pool
+        if k > 1:
+            y = y[: ho // k * k, : wo // k * k].reshape(ho // k, k, wo // k, k, d.rows).max(axis=(1, 3))
+        x = y
+    return np.asarray(x.reshape(-1), dtype=np.int64)
+
+
+def test_lowering_in_stream_order_equals_the_integer_engine() -> None:
+    im, values = _cnv()
+    stages = lower_network(im, values)
+    assert [s.name for s in stages] == ["features.0", "features.3", "features.7", "features.10", "classifier.0",
+                                       "classifier.3"]
+    assert [s.pool for s in stages] == [1, 2, 1, 2, 1, 1]
+    assert stages[4].in_shape == (64, 7, 7) and stages[4].kernel == (7, 7)  # the flatten: one window, the map
+    assert stages[-1].head and stages[-1].out_shape == (10, 1, 1)
+    first = next(n for n in im.nodes if n.inputs == ("input",))
+    got = _stream_model(stages, values[first.name][0].numpy())
+    assert np.array_equal(got, values[im.output][0].numpy().astype(np.int64))  # the logits' accumulators
+
+
+def test_unsupported_network_is_named() -> None:
+    import dataclasses
+
+    from mixq.engine.model import IntModel
+    from mixq.errors import ModelError
+
+    im, values = _cnv()
+
+    def with_node(name: str, **attrs: Any) -> IntModel:
+        nodes = tuple(dataclasses.replace(n, attrs={**n.attrs, **attrs}) if n.name == name else n for n in im.nodes)
+        return IntModel(nodes, im.input_shape, im.output, dict(im.meta))
+
+    with pytest.raises(ModelError, match=r"max-pool 'features\.6'.*stride"):
+        lower_network(with_node("features.6", kernel=[3, 3]), values)
+    with pytest.raises(ModelError, match=r"'features\.3'.*grouped"):
+        lower_network(with_node("features.3", groups=2), values)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    if not available("verilator"):
+        pytest.skip("verilator not installed")
+    out = tmp_path_factory.mktemp("cnv_build")
+    proc = _cli("cnv", "--config", "fixed8", "--pe", "8", "--simd", "8", "--images", str(IMAGES), "--seed", "3",
+                "--out", str(out))
+    return out, proc
+
+
+@needs_verilator
+def test_cli_build_simulates_cnv_bit_exact(built: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    out, proc = built
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((out / "build.json").read_text())
+    sim = res["simulation"]
+    assert res["images"] == IMAGES and res["mismatches"] == 0 and res["ok"]
+    assert sim["elements"] == IMAGES * 10 and sim["received"] == IMAGES * 10
+    assert sim["missing"] == sim["extra"] == sim["bad_tlast"] == 0
+    assert sim["valid_prob"] < 1 and sim["ready_prob"] < 1  # randomized handshakes on both streams
+    est, model, measured = (res["estimator_cycles_per_frame"], res["design_cycles_per_frame"],
+                            res["cycles_per_frame"])
+    assert est <= model and abs(measured - model) < 0.01 * model, (est, model, measured)
+    for f in res["files"] + ["files.f", "README.md", "tb.v", "tb_icarus.v", "tb_main.cpp", "tb_in.mem",
+                             "tb_expected.txt"]:
+        assert (out / f).is_file(), f
+    assert (out / "files.f").read_text().split() == res["files"]
+    assert "cnv_top" in (out / "cnv_top.v").read_text()
+
+
+@needs_verilator
+def test_randomized_backpressure_loses_no_data(built: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    out, proc = built
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    expected = np.array([int(v) for v in (out / "tb_expected.txt").read_text().split()], dtype=np.int64)
+    ref = expected.reshape(IMAGES, -1)
+    runs = []
+    for seed, hold in ((11, 0), (12, HOLD)):  # the second holds m_axis_tready low until every frame waits
+        log, _ = run_sim(out, "verilator", seed=seed, valid=96, ready=24, hold=hold, max_cycles=20_000_000)
+        c = compare(log, ref)
+        assert c["mismatches"] == c["missing"] == c["extra"] == c["bad_tlast"] == 0 and not c["timeout"], c["first"]
+        runs.append(c)
+    assert np.array_equal(runs[0]["values"], runs[1]["values"])
+    assert runs[0]["frame_ends"] != runs[1]["frame_ends"]  # the handshakes did differ
+    assert min(runs[1]["frame_ends"]) >= HOLD  # nothing left while tready was held low, nothing lost
+    assert max(runs[1]["frame_ends"]) < HOLD + 20_000  # every frame was computed and waited in the pipeline
+
+
+def test_cli_bad_options_are_one_line() -> None:
+    for args in (["cnv", "--simulator", "modelsim"], ["cnv", "--valid", "0"], ["cnv", "--images", "-1"]):
+        proc = _cli(*args, timeout=120)
+        assert proc.returncode == 2, (args, proc.stderr)
+        err = proc.stderr.strip().splitlines()
+        assert len(err) == 1 and args[1] in err[0], err
+    proc = _cli("nosuchnet", "--images", "0", timeout=120)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1 and "nosuchnet" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not available("icarus"), reason="iverilog not installed")
+def test_icarus_reference_simulation(tmp_path: Path) -> None:
+    from mixq.rtl.netsim import simulate, write_build
+    from mixq.rtl.network import default_folding, generate_network, output_order
+
+    im, values = _cnv()
+    net = generate_network(im, values, "cnv", default_folding(im, 8, 8))
+    first = next(n for n in im.nodes if n.inputs == ("input",))
+    ref = output_order(net, values[im.output].numpy())[:1]
+    write_build(net, tmp_path, values[first.name].numpy()[:1], ref, "cnv")
+    r = simulate(net, tmp_path, ref, "icarus", seed=5, valid=200, ready=100)
+    assert r.ok, r.to_dict()
