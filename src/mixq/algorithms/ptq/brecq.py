@@ -212,7 +212,7 @@ class _Soft:
         self.grids = []
         self.logits = []
         for ly in self.layers:
-            lo, gap, rest = rounding_grid(ly.weight, ly.formats, ly.row_scheme, ly.w_scales)
+            lo, gap, rest = rounding_grid(ly.weight.cpu(), ly.formats, ly.row_scheme.cpu(), ly.w_scales.cpu())
             self.grids.append((lo.to(ly.weight), gap.to(ly.weight)))
             self.logits.append(init_logits(rest.to(ly.weight), cfg.zeta, cfg.gamma).requires_grad_(True))
         self.acts = block.acts
