@@ -87,6 +87,10 @@ class Part:
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise HardwareError(f"{f}: must be an integer >= 0, got {v!r} (part {self.name})")
 
+    def __hash__(self) -> int:
+        """By name (equal parts have equal names): the estimate's caches hash a part on every lookup."""
+        return hash(self.name)
+
     @property
     def bram36(self) -> float:
         """Xilinx 36-Kb blocks (``bram`` counts 18-Kb halves)."""

@@ -118,8 +118,18 @@ def externalize(layers: list[HwLayer], folding: dict[str, tuple[int, int]], part
     ext = set(external)
     order = sorted((ly for ly in layers if ly.is_compute and ly.name not in ext),
                    key=lambda ly: (ly.spec.out_pixels, -weight_bits(ly)))
+    costed: dict[tuple[str, bool], EngineCost] = {}  # an engine changes only when its layer moves to DDR
+
+    def engine(ly: HwLayer) -> EngineCost:
+        key = (ly.name, ly.name in ext)
+        if key not in costed:
+            pe, simd = folding.get(ly.name, (ly.mapping.pe, ly.mapping.simd))
+            costed[key] = compute_engine(ly, pe, simd, part, model, opts, key[1])
+        return costed[key]
+
     while True:
-        d = build(layers, folding, part, model, opts, external=frozenset(ext))
+        d = build(layers, folding, part, model, opts, external=frozenset(ext),
+                  engines={ly.name: engine(ly) for ly in layers if ly.is_compute})
         used = d.resources + shell(opts)
         over = max(used.bram - b.bram, 0.0) / max(part.bram, 1) + max(used.uram - b.uram, 0.0) / max(part.uram, 1)
         if over <= 0:
