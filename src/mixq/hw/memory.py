@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from mixq.hw.parts import BRAM18, URAM288, BlockRam, Part
 
 #: RAMB36 shapes (UG473, simple dual port up to 72 bits); one RAMB36 is two 18-Kb units
@@ -146,3 +148,45 @@ def choose_memory(width: int, depth: int, part: Part, style: str = "auto",
         return m.lut / part.lut + m.bram / max(part.bram, 1) + (m.uram / part.uram if part.uram else 0.0)
 
     return min(opts.values(), key=share)
+
+
+def memory_grid(width: np.ndarray, depth: np.ndarray, copies: np.ndarray, part: Part, style: str = "auto",
+                prim_coef: float = 4.0, mux_coef: float = 1.0) -> np.ndarray:
+    """:func:`choose_memory` of ``n`` memories at once (``auto``, ``lutram``, ``bram`` or ``uram``): their
+    resources ``(n, 5)`` in the order of ``mixq.hw.cost.Resources`` (LUT, FF, DSP, block RAM, UltraRAM),
+    the same numbers bit for bit (ties go to LUTRAM, then block RAM, as ``min`` over the options does)."""
+    w, d, k = (np.asarray(a, dtype=np.int64) for a in (width, depth, copies))
+    live = (w > 0) & (d > 0) & (k > 0)
+    w1, d1 = np.maximum(w, 1), np.maximum(d, 1)
+    prims = np.where(d1 <= 32, -(-w1 // 6), -(-w1 // 3) * -(-d1 // 64))
+    mux = w1 * np.maximum(0, -(-d1 // 64) - 1)
+    lut = k * (prim_coef * prims + mux_coef * mux)
+
+    def blocks(ram: BlockRam) -> np.ndarray:
+        best = np.full(len(w1), np.iinfo(np.int64).max)
+        for sw, sd in ram.shapes:
+            best = np.minimum(best, -(-w1 // sw) * -(-d1 // sd))
+        return k * best
+
+    zero = np.zeros(len(w))
+    bram = blocks(part.bram_type).astype(float)
+    uram = blocks(URAM288).astype(float) if part.uram else zero
+    options = {"lutram": (lut, zero, zero), "bram": (zero, bram, zero)}
+    if part.uram:
+        options["uram"] = (zero, zero, uram)
+    if style != "auto":
+        if style not in options:
+            from mixq.errors import HardwareError
+
+            raise HardwareError(f"memory style {style!r} is not available on {part.name}; "
+                                f"choose from {', '.join(['auto', 'vivado', *options])}")
+        pick = options[style]
+    else:
+        shares = [o[0] / part.lut + o[1] / max(part.bram, 1) + (o[2] / part.uram if part.uram else 0.0)
+                  for o in options.values()]
+        best = np.argmin(np.stack(shares), axis=0)  # the first of equal shares, as min() takes
+        pick = tuple(np.choose(best, [o[i] for o in options.values()]) for i in range(3))
+    out = np.zeros((len(w), 5))
+    out[:, 0], out[:, 3], out[:, 4] = pick
+    out[~live] = 0.0
+    return out

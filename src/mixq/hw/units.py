@@ -38,7 +38,7 @@ from mixq.hw import dataflow as df
 from mixq.hw.cost import CostModel, Resources
 from mixq.hw.kinds import PE_KINDS, REQUANT_KINDS, shares_act
 from mixq.hw.lower import HwLayer, RowGroup
-from mixq.hw.memory import choose_memory
+from mixq.hw.memory import choose_memory, memory_grid
 from mixq.hw.parts import Part
 from mixq.hw.pe import PeConfig
 
@@ -270,6 +270,12 @@ def _terms(layer: HwLayer, pes: np.ndarray, simds: np.ndarray, part: Part, model
             mems[key] = _mem_cached(width, depth, copies, part, style, pc, mc)
         return mems[key]
 
+    def memories(width: np.ndarray, depth: np.ndarray, copies: np.ndarray, style: str) -> np.ndarray:
+        if style == "vivado":
+            return _rows([mem(w, d, c, style) for w, d, c in zip(width.tolist(), depth.tolist(), copies.tolist(),
+                                                                  strict=True)])
+        return memory_grid(width, depth, copies, part, style, pc, mc)
+
     simds = np.minimum(np.maximum(simds, 1), length)
     fold = -(-length // simds)
     grows = split_rows(rows, layer.groups)
@@ -296,22 +302,24 @@ def _terms(layer: HwLayer, pes: np.ndarray, simds: np.ndarray, part: Part, model
         accw = np.maximum(accw, [dots[d][1] for d in d_list])
         width = simds * g.wbits * rows_per_unit
         if external:
-            got = [mem(w * u, 32, 1, "lutram") for w, u in zip(width.tolist(), units.tolist(), strict=True)]
+            wmem = wmem + memories(width * units, np.full(n, 32), np.ones(n, dtype=np.int64), "lutram")
         else:
-            got = [mem(w, dp, u, opts.mem_style)
-                   for w, dp, u in zip(width.tolist(), depth.tolist(), units.tolist(), strict=True)]
-        wmem = wmem + _rows(got)
-    reqs: dict[tuple[int, int], Resources] = {}
-    for key in zip((-(-eff_total // fold)).tolist(), accw.tolist(), strict=True):
-        if key not in reqs:
-            reqs[key] = _requant(key[0], key[1], layer.out_bits, part, model, opts)
-    req = _rows([reqs[k] for k in zip((-(-eff_total // fold)).tolist(), accw.tolist(), strict=True)])
+            wmem = wmem + memories(width, depth, units, opts.mem_style)
+    # requantizers (see _requant): one unit's price per accumulator width, times their number
+    count = -(-eff_total // fold)
+    kind, ob = requant_kind(opts), max(1, layer.out_bits)
+    unit = {a: model.pe(PeConfig(kind, accw=a, out_bits=ob), part.dsp_type) for a in set(accw.tolist())}
+    req = _rows([unit[a] for a in accw.tolist()]) * count[:, None]
+    if PE_KINDS[kind].table_memory:  # thresholds live in a small memory per requantizer
+        req = req + memories(accw, np.full(n, 2 ** layer.out_bits - 1), count, "auto")
+    req[count <= 0] = 0.0
     lb_bits = line_buffer_bits(layer)
     share = shares_act(s.kind)
     lbuf = np.zeros((n, 5))
     if lb_bits:
-        widths = [d * layer.abits * (1 if share else e) for d, e in zip(d_list, eff_total.tolist(), strict=True)]
-        lbuf = _rows([mem(w, math.ceil(lb_bits / w), 1, "auto") for w in widths])
+        widths = simds * layer.abits * (1 if share else eff_total)
+        lbuf = memories(widths, np.array([math.ceil(lb_bits / w) for w in widths.tolist()]),
+                        np.ones(n, dtype=np.int64), "auto")
     ctrl = Resources(lut=opts.engine_lut, ff=opts.engine_ff)
     if external:
         ctrl = ctrl + Resources(lut=opts.dma_lut, ff=opts.dma_ff)
