@@ -111,3 +111,17 @@ def _loop_repair(fronts: dict[str, _Front], pick: dict[str, int], t: float, fixe
         used = used + fronts[n].res[j] - fronts[n].res[pick[n]]
         pick[n], cur = j, best[0]
     return pick if cur <= 1e-12 else None
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 300), st.integers(0, 40000), st.integers(0, 6)), min_size=1, max_size=40),
+       st.sampled_from(["xc7z020", "xczu9eg", "xcvu9p", "1sg280"]), st.sampled_from(["auto", "lutram", "bram"]))
+def test_memory_grid_equals_choose_memory(mems: list[tuple[int, int, int]], part_name: str, style: str) -> None:
+    from mixq.hw.memory import choose_memory, memory_grid
+
+    part = get_part(part_name)
+    w, d, k = (np.array(c) for c in zip(*mems, strict=True))
+    got = memory_grid(w, d, k, part, style, 4.0, 1.25)
+    for i, (wi, di, ki) in enumerate(mems):
+        m = choose_memory(wi, di, part, style, 4.0, 1.25, ki)
+        assert tuple(got[i]) == (m.lut, 0.0, 0.0, float(m.bram), float(m.uram))

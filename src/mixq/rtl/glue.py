@@ -16,12 +16,17 @@ of the code width ``B`` for signed formats), the layout of every frame buffer.
                     the frame is ``N`` beats (``s_tlast`` is accepted and not needed).
 ``mixq_window``     the sliding-window sequencer of one layer engine: per output pixel it reads
                     the ``KH*KW`` input pixels of the window (zeros where it falls on the padding)
-                    into a shift register, so the window is the engine's input vector in
-                    (ky, kx, channel) order; copies it into the engine's input buffer one word
-                    (``simd`` codes) per cycle, pulses ``start`` and gathers the next window while
-                    the engine runs. A linear layer after a flatten is a window covering the
-                    whole map. The engine's input buffer is read for ``RUN = tiles*fold`` cycles
-                    after ``start`` (:mod:`mixq.rtl.layer`), so the next copy waits that long.
+                    into a shift register, one read per cycle and window after window, so the
+                    window is the engine's input vector in (ky, kx, channel) order; a finished
+                    window waits in ``nxt`` (the last read of the next one waits while it
+                    does), is taken into the copy register once the engine has taken the
+                    previous vector, copied into the engine's write bank one word (``simd``
+                    codes) per cycle, and ``start`` is raised with the last word and held
+                    until the engine's ``ready``. The engine's input buffer has two banks
+                    (:mod:`mixq.rtl.layer`, ``banks=2``), so the copy overlaps the previous
+                    vector's computation and the engine takes vectors back to back: a pixel
+                    costs ``max(tiles*fold, KH*KW, 3)`` cycles. A linear layer after a flatten
+                    is a window covering the whole map.
 ``mixq_collect``    the engine's requantizer outputs (row, code) assembled into the output
                     pixel word; with ``PK > 1`` a ``PK x PK`` / stride ``PK`` max-pool on a line
                     buffer of pooled pixels (the pool of the codes equals the engine's pool of
@@ -83,21 +88,21 @@ endmodule
 
 module mixq_window #(
   parameter IH = 1, IW = 1, PW = 8, KH = 1, KW = 1, SH = 1, SW = 1, PH = 0, PL = 0,
-  parameter OH = 1, OW = 1, FOLD = 1, LW = 8, RUN = 1, AW = 1, IA = 1
+  parameter OH = 1, OW = 1, FOLD = 1, LW = 8, AW = 1, IA = 1
 ) (
   input clk, input rst,
   input can_read, input can_write, input done,
   output reg frame_end,
   output reg [AW-1:0] raddr, input [PW-1:0] rdata,
-  output reg in_we, output reg [IA-1:0] in_addr, output reg [LW-1:0] in_data, output reg start
+  output in_we, output [IA-1:0] in_addr, output [LW-1:0] in_data, output reg start, input ready
 );
   localparam K = KH * KW;
   localparam WW = K * PW;
   localparam VW = FOLD * LW;
-  reg active, g_on, full, sh_last, copying, fed_last, go;
-  reg [15:0] gy, gx, ky, kx, nissue, nrecv, s, runcnt;
-  reg p1, p2, pad1, pad2;
-  reg [WW-1:0] sh;
+  reg active, g_on, full, copying;
+  reg [15:0] gy, gx, ky, kx, nissue, s;
+  reg p1, p2, pad1, pad2, e1, e2;
+  reg [WW-1:0] sh, nxt;
   reg [VW-1:0] win;
   integer iy, ix;
   always @(*) begin
@@ -114,46 +119,55 @@ module mixq_window #(
       assign shifted = {pix, sh[WW-1:PW]};
     end
   endgenerate
+  // take the gathered window into the copy register: the engine took the previous one (or will this cycle)
+  wire take = full && (!copying || s == FOLD - 1) && (!start || ready);
+  // a window's last read: its data completes the window two cycles later, when `nxt` must be free
+  wire lastread = nissue == K - 1;
+  wire issue = g_on && (!lastread || ((!full || take) && !e1 && !e2));
+  // copy: one word per cycle into the engine's write bank
+  assign in_we = copying;
+  assign in_addr = s[IA-1:0];
+  assign in_data = win[s * LW +: LW];
   always @(posedge clk) begin
-    frame_end <= 1'b0; in_we <= 1'b0; start <= 1'b0;
+    frame_end <= 1'b0;
     if (rst) begin
-      active <= 0; g_on <= 0; full <= 0; copying <= 0; go <= 0; fed_last <= 0; sh_last <= 0;
-      p1 <= 0; p2 <= 0; pad1 <= 0; pad2 <= 0; nissue <= 0; nrecv <= 0; runcnt <= 0; s <= 0;
+      active <= 0; g_on <= 0; full <= 0; copying <= 0; start <= 0;
+      p1 <= 0; p2 <= 0; pad1 <= 0; pad2 <= 0; e1 <= 0; e2 <= 0; nissue <= 0; s <= 0;
       gy <= 0; gx <= 0; ky <= 0; kx <= 0;
     end else begin
-      if (runcnt != 0) runcnt <= runcnt - 1'b1;
+      if (start && ready) start <= 1'b0;
       // a frame starts: the input bank is full and the output bank is free
       if (!active && !frame_end && can_read && can_write) begin
-        active <= 1; g_on <= 1; fed_last <= 0; gy <= 0; gx <= 0; ky <= 0; kx <= 0; nissue <= 0; nrecv <= 0;
+        active <= 1; g_on <= 1; gy <= 0; gx <= 0; ky <= 0; kx <= 0; nissue <= 0;
       end
-      // gather: issue the window's reads (two cycles to the data)
-      p1 <= 1'b0;
-      if (g_on && !full && nissue != K) begin
-        raddr <= iy * IW + ix; p1 <= 1'b1; pad1 <= padt; nissue <= nissue + 1'b1;
-        if (kx == KW - 1) begin kx <= 0; ky <= ky + 1'b1; end else kx <= kx + 1'b1;
-      end
-      p2 <= p1; pad2 <= pad1;
-      if (p2) begin
-        sh <= shifted;
-        if (nrecv == K - 1) begin
-          nrecv <= 0; nissue <= 0; ky <= 0; kx <= 0; full <= 1;
-          sh_last <= (gy == OH - 1) && (gx == OW - 1);
+      // gather: one read per cycle, window after window (data two cycles after the address)
+      p1 <= 1'b0; e1 <= 1'b0;
+      if (issue) begin
+        raddr <= iy * IW + ix; p1 <= 1'b1; pad1 <= padt;
+        if (lastread) begin
+          e1 <= 1'b1; nissue <= 0; ky <= 0; kx <= 0;
           if (gx == OW - 1) begin
             gx <= 0;
             if (gy == OH - 1) begin gy <= 0; g_on <= 0; end else gy <= gy + 1'b1;
           end else gx <= gx + 1'b1;
-        end else nrecv <= nrecv + 1'b1;
+        end else begin
+          nissue <= nissue + 1'b1;
+          if (kx == KW - 1) begin kx <= 0; ky <= ky + 1'b1; end else kx <= kx + 1'b1;
+        end
       end
-      // feed: once the engine no longer reads its input buffer, copy the window and start it
-      if (full && !copying && !go && runcnt == 0) begin
-        win <= sh; full <= 0; copying <= 1; s <= 0; fed_last <= sh_last;
-      end
+      p2 <= p1; pad2 <= pad1; e2 <= e1;
+      if (p2) sh <= shifted;
+      // feed: copy the window (FOLD cycles), `start` with its last word; the engine takes it when ready
       if (copying) begin
-        in_we <= 1'b1; in_addr <= s; in_data <= win[s * LW +: LW];
-        if (s == FOLD - 1) begin copying <= 0; go <= 1; end
+        if (s == FOLD - 1) copying <= 0;
+        if (FOLD >= 2 && s == FOLD - 2) start <= 1'b1;
         s <= s + 1'b1;
       end
-      if (go) begin start <= 1'b1; go <= 0; runcnt <= RUN - 1; end
+      if (take) begin
+        win <= nxt; full <= 0; copying <= 1; s <= 0;
+        if (FOLD == 1) start <= 1'b1;
+      end
+      if (p2 && e2) begin nxt <= shifted; full <= 1; end
       if (active && done) begin active <= 0; frame_end <= 1'b1; end
     end
   end

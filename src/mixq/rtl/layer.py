@@ -8,8 +8,19 @@ Ports of the generated module ``top``::
                               ``g * fold + s`` (a depthwise layer's vector holds every channel)
     start, busy               ``start`` runs the loaded vector; ``busy`` stays high until the
                               last output has left the pipeline
+    ready                     the engine takes ``start`` in this cycle: idle, or (two banks) on
+                              the last beat of the vector it runs
     out_valid[NR], out_row[NR*RW], out_q[NR*QW]
                               NR requantizer outputs: layer row index and its output code
+
+Input banks (``banks=2``, the whole-network accelerator's engines): the input-vector buffer
+holds two vectors; writes go to the *write bank*, and a taken ``start`` runs the write bank
+and swaps the banks, so the next vector is written while the engine computes this one, and
+a ``start`` on the last beat of a vector (``ready`` high) runs the next one without a gap
+(the pipeline after the sequencer takes vectors back to back: a core's requantizers finish a
+pass within ``fold`` cycles, and the outputs of cores of different latency are delayed to the
+slowest, so the outputs of two vectors never interleave). ``banks=1`` (default) is the
+single buffer: ``start`` is taken when the engine is idle (``!running``).
 
 Datapath: a shared sequencer walks ``tiles x fold`` beats; every dot unit
 (:mod:`mixq.rtl.pe`) reads its weight word from its ROM (``$readmemh``) and the input
@@ -88,13 +99,32 @@ def _weight_words(codes: np.ndarray, c: Core, u: int, tiles: int, fold: int, sim
     return [int.from_bytes(b.tobytes(), "little") for b in packed]
 
 
-def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "auto") -> LayerRtl:
+def output_latency(lay: Layout, banks: int = 2) -> int:
+    """Cycles from a taken ``start`` to the last valid output of that vector: the beats up to a core's last pass,
+    the sequencer's and the PE's registers (with ``banks=2`` every core's outputs leave at the slowest core's
+    latency), the requantizer steps up to the last real row of that pass, and the requantizer's pipeline."""
+    fold = lay.fold
+    max_lat = max(c.latency for c in lay.cores)
+    last = 0
+    for c in lay.cores:
+        r_n, _ = _requant_units(c, fold)
+        used = np.flatnonzero(c.slots[c.tiles - 1] >= 0)
+        steps = int(used.max()) // r_n + 1 if used.size else 0
+        lat = max_lat if banks == 2 else c.latency
+        last = max(last, c.tiles * fold + lat + steps + 4)
+    return last
+
+
+def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "auto", banks: int = 1) -> LayerRtl:
     """Verilog of the layer engine ``top`` for ``lay``; ``mem_dir`` prefixes the ``$readmemh`` paths.
 
     ``weights``: ``rom`` (initialised read-only memories; yosys builds them from LUTs),
     ``lutram`` / ``block`` (RAMs with a weight-load port ``wl_*``, initialised too), or
     ``auto``: the memory the hardware model chose for the layer (block RAM or LUTRAM).
+    ``banks``: 1 (one input vector) or 2 (double-buffered input, back-to-back vectors; see the module docstring).
     """
+    if banks not in (1, 2):
+        raise MixqError(f"layer {lay.data.name!r}: {banks} input banks (1 or 2)")
     if weights not in WEIGHT_STYLES:
         raise MixqError(f"layer {lay.data.name!r}: weight memory style {weights!r} is not one of "
                         f"{', '.join(WEIGHT_STYLES)}")
@@ -149,17 +179,30 @@ def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "aut
     if weights != "rom":
         v(f"  input wl_we, input [{wl_sel - 1}:0] wl_sel, input [{_bits(depth)}:0] wl_addr, "
           f"input [{wl_w - 1}:0] wl_data,")
-    v("  input start, output busy,")
+    v("  input start, output busy, output ready,")
     v(f"  output [{nr - 1}:0] out_valid, output [{nr * rw - 1}:0] out_row,")
     v(f"  output [{nr * qw - 1}:0] out_q")
     v(");")
-    v(f"  reg [{simd * ab - 1}:0] inbuf [0:{g * fold - 1}];")
-    v("  always @(posedge clk) if (in_we) inbuf[in_addr] <= in_data;")
+    nv = g * fold  # words of one vector
     tw, sw, aw, dw = _bits(tiles) + 1, _bits(fold) + 1, _bits(depth) + 1, _bits(drain) + 1
     v(f"  reg running; reg [{tw - 1}:0] t; reg [{sw - 1}:0] sf; reg [{aw - 1}:0] waddr; reg [{dw - 1}:0] drain;")
+    v(f"  reg [{simd * ab - 1}:0] inbuf [0:{banks * nv - 1}];")
+    if banks == 1:
+        v("  always @(posedge clk) if (in_we) inbuf[in_addr] <= in_data;")
+        v("  assign ready = !running;")
+        rsel = ""
+    else:
+        v("  reg wbank, rbank;  // the bank written / the bank the running vector reads")
+        v(f"  always @(posedge clk) if (in_we) inbuf[wbank ? {nv} + in_addr : in_addr] <= in_data;")
+        v(f"  assign ready = !running || (sf == {fold - 1} && t == {tiles - 1});")
+        v("  always @(posedge clk) begin")
+        v("    if (rst) begin wbank <= 0; rbank <= 0; end")
+        v("    else if (start && ready) begin rbank <= wbank; wbank <= !wbank; end")
+        v("  end")
+        rsel = f"(rbank ? {nv} : 0) + "
     v("  always @(posedge clk) begin")
     v("    if (rst) begin running <= 0; t <= 0; sf <= 0; waddr <= 0; drain <= 0; end")
-    v(f"    else if (start && !running) begin running <= 1; t <= 0; sf <= 0; waddr <= 0; drain <= {drain}; end")
+    v(f"    else if (start && ready) begin running <= 1; t <= 0; sf <= 0; waddr <= 0; drain <= {drain}; end")
     v("    else if (running) begin")
     v("      waddr <= waddr + 1;")
     v(f"      if (sf == {fold - 1}) begin sf <= 0; t <= t + 1; if (t == {tiles - 1}) running <= 0; end")
@@ -172,8 +215,9 @@ def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "aut
       "b_t <= t; end")
     if g == 1:
         v(f"  reg [{simd * ab - 1}:0] aq;")
-        v("  always @(posedge clk) aq <= inbuf[sf];")
+        v(f"  always @(posedge clk) aq <= inbuf[{rsel}sf];")
     rpos = 0
+    max_lat = max(c.latency for c in lay.cores)
     rows_per_group = d.rows // g if g > 1 else d.rows
     for ci, c in enumerate(lay.cores):
         no = c.units * c.outs
@@ -199,7 +243,7 @@ def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "aut
                     gb.append((r // rows_per_group) * fold if r >= 0 else 0)
                 rom(f"{pfx}_gb{u}", f"{top}_{pfx}_u{u}_g.mem", gb, ia)
                 v(f"  reg [{simd * ab - 1}:0] {pfx}_aq{u};")
-                v(f"  always @(posedge clk) {pfx}_aq{u} <= inbuf[{pfx}_gb{u}[t] + sf];")
+                v(f"  always @(posedge clk) {pfx}_aq{u} <= inbuf[{rsel}{pfx}_gb{u}[t] + sf];")
                 act = f"{pfx}_aq{u}"
             v(f"  wire signed [{c.outs * accw - 1}:0] {pfx}_acc{u};")
             v(f"  {top}_{c.cfg.name} {pfx}_pe{u} (.clk(clk), .first(b_first), .act({act}), .wgt({pfx}_wq{u}), "
@@ -279,8 +323,22 @@ def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "aut
             v(f"  always @(posedge clk) begin {q}_ov <= {q}_vb; {q}_or <= {q}_rb;")
             v(f"    {q}_oq <= ({q}_s < {q}_lo) ? {q}_lo : ({q}_s > {q}_hi) ? {q}_hi : {q}_s[{qw - 1}:0];")
             v("  end")
-            v(f"  assign out_valid[{rpos}] = {q}_ov; assign out_row[{rpos * rw} +: {rw}] = {q}_or;")
-            v(f"  assign out_q[{rpos * qw} +: {qw}] = {q}_oq;")
+            dl = max_lat - lat if banks == 2 else 0  # back to back: align the cores' outputs
+            if dl:
+                v(f"  reg [{dl - 1}:0] {q}_dv; reg [{dl * rw - 1}:0] {q}_dr; reg [{dl * qw - 1}:0] {q}_dq;")
+                if dl == 1:
+                    v(f"  always @(posedge clk) begin {q}_dv <= rst ? 1'b0 : {q}_ov; {q}_dr <= {q}_or; "
+                      f"{q}_dq <= {q}_oq; end")
+                else:
+                    v(f"  always @(posedge clk) begin {q}_dv <= rst ? {dl}'d0 : {{{q}_dv[{dl - 2}:0], {q}_ov}}; "
+                      f"{q}_dr <= {{{q}_dr[{(dl - 1) * rw - 1}:0], {q}_or}}; "
+                      f"{q}_dq <= {{{q}_dq[{(dl - 1) * qw - 1}:0], {q}_oq}}; end")
+                v(f"  assign out_valid[{rpos}] = {q}_dv[{dl - 1}]; "
+                  f"assign out_row[{rpos * rw} +: {rw}] = {q}_dr[{dl * rw - 1}:{(dl - 1) * rw}];")
+                v(f"  assign out_q[{rpos * qw} +: {qw}] = {q}_dq[{dl * qw - 1}:{(dl - 1) * qw}];")
+            else:
+                v(f"  assign out_valid[{rpos}] = {q}_ov; assign out_row[{rpos * rw} +: {rw}] = {q}_or;")
+                v(f"  assign out_q[{rpos * qw} +: {qw}] = {q}_oq;")
             rpos += 1
     v("endmodule")
     out.verilog = "\n".join(lines) + "\n" + "".join(pe_src.values())

@@ -7,7 +7,10 @@ against the integer engine's.
 
 The testbench ``tb`` (plain Verilog, clocked by its ``clk`` input; ``tb_icarus`` wraps it
 with a clock for Icarus, ``tb_main.cpp`` toggles it for Verilator) streams the images
-through ``s_axis`` and logs every ``m_axis`` beat (cycle, code, tlast). It randomizes
+through ``s_axis`` and logs every ``m_axis`` beat (cycle, code, tlast) and, per layer and
+frame, the cycle its window sequencer started the frame and the first cycle it could start
+the next one (``layer I START END``: ``END - START`` is the layer's own cycles per frame,
+whatever its neighbours do). It randomizes
 ``s_axis_tvalid`` (a beat is offered with probability ``+valid=P/256``, and held until
 taken, as AXI4-Stream requires) and ``m_axis_tready`` (high with probability
 ``+ready=P/256``), from xorshift32 generators seeded by ``+seed=S``, so both simulators
@@ -100,7 +103,16 @@ module tb (input clk);
       end
     end
   end
-endmodule
+{probes}endmodule
+"""
+
+# per layer: the cycle its window sequencer decides to start a frame and the first cycle it could start the next
+PROBE = """  reg la{i}; reg [31:0] ls{i};
+  always @(posedge clk) begin
+    la{i} <= dut.l{i}_win.active;
+    if (!rst && dut.l{i}_win.active && !la{i}) ls{i} <= cyc - 1;
+    if (!rst && dut.l{i}_end) $fwrite(f, "layer %0d %0d %0d\\n", {i}, ls{i}, cyc + 1);
+  end
 """
 
 TB_ICARUS = """`timescale 1ns/1ps
@@ -190,6 +202,12 @@ class SimResult:
     hold: int
     values: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     first: list[tuple[int, int, int, int]] = field(default_factory=list)  # (image, element, rtl, engine)
+    layer_frames: list[list[tuple[int, int]]] = field(default_factory=list)  # per layer: (start, end) per frame
+
+    @property
+    def layer_cycles(self) -> list[float]:
+        """Per layer, its mean cycles per frame (frame start to the first cycle it could start the next)."""
+        return [sum(e - s for s, e in fr) / len(fr) if fr else 0.0 for fr in self.layer_frames]
 
     @property
     def ok(self) -> bool:
@@ -215,6 +233,7 @@ class SimResult:
                 "interval_cycles": round(self.interval_cycles, 1), "seed": self.seed,
                 "valid_prob": self.valid / 256, "ready_prob": self.ready / 256, "ready_hold_cycles": self.hold,
                 "input_stall_cycles": self.input_stalls,
+                "layer_cycles_per_frame": [round(c, 1) for c in self.layer_cycles],
                 "compile_seconds": round(self.compile_seconds, 2), "run_seconds": round(self.run_seconds, 2),
                 "first_mismatches": self.first}
 
@@ -241,7 +260,7 @@ def write_build(net: NetworkRtl, out_dir: Path, codes: np.ndarray, reference: np
     paths.append(atomic_write_text(out_dir / "tb_in.mem", mem_text(words, net.in_width)))
     paths.append(atomic_write_text(out_dir / "tb.v", TB.format(
         nimg=nimg, npix=net.in_pixels, nout=net.out_elems, iw1=net.in_width - 1, ow1=net.out_width - 1,
-        top=net.top, tail_n=TAIL)))
+        top=net.top, tail_n=TAIL, probes="".join(PROBE.format(i=i) for i in range(len(net.stages))))))
     if reference is not None:
         paths.append(atomic_write_text(out_dir / "tb_expected.txt",
                                        "".join(f"{int(v)}\n" for v in np.asarray(reference).reshape(-1))))
@@ -308,11 +327,14 @@ def compare(log: str, reference: np.ndarray) -> dict[str, Any]:
     last: list[int] = []
     end = (0, 0, 0, 0)
     timeout = False
+    layers: dict[int, list[tuple[int, int]]] = {}
     for line in log.splitlines():
         p = line.split()
         if not p:
             continue
-        if p[0] == "timeout":
+        if p[0] == "layer":
+            layers.setdefault(int(p[1]), []).append((int(p[2]), int(p[3])))
+        elif p[0] == "timeout":
             timeout = True
         elif p[0] == "end":
             end = (int(p[1]), int(p[2]), int(p[3]), int(p[4]))
@@ -329,7 +351,8 @@ def compare(log: str, reference: np.ndarray) -> dict[str, Any]:
     ends = [cyc[k * e + e - 1] for k in range(min(n, len(cyc) // e))]
     return {"values": np.array(vals, dtype=np.int64), "mismatches": int(bad.size), "first": first,
             "missing": max(0, ref.size - len(vals)), "extra": max(0, len(vals) - ref.size), "bad_tlast": bad_last,
-            "timeout": timeout, "cycles": end[0], "first_input": end[2], "stalls": end[3], "frame_ends": ends}
+            "timeout": timeout, "cycles": end[0], "first_input": end[2], "stalls": end[3], "frame_ends": ends,
+            "layer_frames": [layers[i] for i in sorted(layers)]}
 
 
 def simulate(net: NetworkRtl, folder: Path, reference: np.ndarray, simulator: str = "verilator", seed: int = 1,
@@ -347,4 +370,4 @@ def simulate(net: NetworkRtl, folder: Path, reference: np.ndarray, simulator: st
     c = compare(log, reference)
     return SimResult(simulator, n, int(reference.size), len(c["values"]), c["mismatches"], c["missing"], c["extra"],
                      c["bad_tlast"], c["timeout"], c["stalls"], c["cycles"], c["frame_ends"], c["first_input"], ct,
-                     rt, seed, valid, ready, hold, c["values"], c["first"])
+                     rt, seed, valid, ready, hold, c["values"], c["first"], c["layer_frames"])

@@ -16,7 +16,9 @@ on its own frame while its neighbours work on the next / previous one; a layer s
 frame when its input bank is full and its output bank is free. A layer's *window
 sequencer* reads the ``kh x kw`` window of each output pixel from its input frame buffer
 (one pixel word — all channels — per cycle; zeros on the padding), copies it into the
-engine's input-vector buffer one ``simd``-code word per cycle and starts the engine; the
+engine's input-vector buffer one ``simd``-code word per cycle and starts the engine (the
+engine's input buffer has two banks, so the copy of the next window overlaps the current
+computation and the engine runs vectors back to back); the
 engine's input vector is therefore in (ky, kx, channel) order, and the layer's weight
 columns are permuted to match (a linear layer after a flatten of a ``C x H x W`` map reads
 the whole map as one window: (y, x, channel) order). The *collector* assembles the
@@ -35,13 +37,15 @@ synchronous, active high, like the layer engines'.
 
 Cycles. The streaming estimator (:mod:`mixq.hw.units`) counts
 ``pixels * tiles * fold`` cycles per frame for a layer (its engine never idles) and the
-slowest layer sets the frame interval. Here a pixel costs ``fold`` cycles of copying
-into the engine's (single) input buffer, one start, and ``tiles * fold`` cycles of
-computing — plus ``kh*kw + 2`` cycles of window reads where they are not hidden behind
-the engine — so the measured interval is about ``(tiles+1)*fold + 1`` per pixel where
-the estimator says ``tiles*fold``: the copy is not overlapped with compute (the layer
-engine has one input buffer). :attr:`NetworkRtl.estimate` gives both figures per layer;
-the simulation measures the real one (:mod:`mixq.rtl.netsim`).
+slowest layer sets the frame interval. Here a pixel costs ``max(tiles * fold, kh * kw, 3)``
+cycles: the engine computes vectors back to back while the window sequencer reads the
+next window (one pixel word per cycle) and copies it into the engine's other input bank,
+so only a layer whose window has more pixels than its engine has cycles per vector (CNV's
+first layer: 9 reads for 2 cycles of computing) is slower than the estimate per pixel. A
+frame adds a fixed overhead (:attr:`Stage.frame_overhead`: the first window, the last
+vector's pipeline, the frame handshake; a layer does not start the next frame before the
+last output of this one). :attr:`NetworkRtl.estimate` gives both figures per layer; the
+simulation measures the real one (:mod:`mixq.rtl.netsim`).
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ import torch
 from mixq.engine.model import IntModel, IntNode
 from mixq.errors import ModelError
 from mixq.rtl.glue import GLUE_VERILOG
-from mixq.rtl.layer import LayerRtl, generate_layer
+from mixq.rtl.layer import LayerRtl, generate_layer, output_latency
 from mixq.rtl.layerdata import LayerData, layer_data
 from mixq.rtl.layout import Layout, plan_layout
 from mixq.rtl.memfile import signed_width
@@ -92,15 +96,28 @@ class Stage:
         return self.layout.tiles * self.layout.fold
 
     @property
+    def window_reads(self) -> int:
+        """Frame-buffer reads per output pixel (``kh * kw``, one per cycle)."""
+        return self.kernel[0] * self.kernel[1]
+
+    @property
     def pixel_cycles(self) -> int:
-        """Cycles per output pixel of this design: copy, start, compute (or the window reads, if longer)."""
-        lay = self.layout
-        return max(lay.fold + self.run_cycles + 1, self.kernel[0] * self.kernel[1] + 3)
+        """Cycles per output pixel of this design: the engine's vectors back to back (copy overlapped), or the
+        window reads if slower (at least 3: a window's data come two cycles after its last read)."""
+        return max(self.run_cycles, self.window_reads, 3)
+
+    @property
+    def frame_overhead(self) -> int:
+        """Cycles per frame besides the pixels: the first window (reads, data, copy) before the engine starts,
+        the last vector's way through the engine (:func:`mixq.rtl.layer.output_latency`) and the collector, and
+        the frame handshake, less one pixel interval (the last pixel's is counted in the drain)."""
+        fill = self.window_reads + 3 + self.layout.fold
+        return fill + output_latency(self.layout) + 5 - self.pixel_cycles
 
     @property
     def cycles(self) -> int:
-        """Cycles per frame of this stage (its pixels at :attr:`pixel_cycles`)."""
-        return self.out_hw[0] * self.out_hw[1] * self.pixel_cycles
+        """Cycles per frame of this stage: its pixels at :attr:`pixel_cycles` and :attr:`frame_overhead`."""
+        return self.out_hw[0] * self.out_hw[1] * self.pixel_cycles + self.frame_overhead
 
 
 @dataclass
@@ -127,7 +144,8 @@ class NetworkRtl:
         the interval) beside this design's model (:attr:`Stage.cycles`), per layer and for the frame."""
         est = [int(s.layout.estimate.cycles) for s in self.stages]
         layers = [{"layer": s.name, "pe": s.layout.estimate.pe, "simd": s.layout.simd, "fold": s.layout.fold,
-                   "tiles": s.layout.tiles, "estimator_cycles": e, "design_cycles": s.cycles}
+                   "tiles": s.layout.tiles, "window": s.window_reads, "estimator_cycles": e,
+                   "design_cycles": s.cycles}
                   for s, e in zip(self.stages, est, strict=True)]
         return {"estimator_cycles_per_frame": max(est), "estimator_latency_cycles": sum(est),
                 "design_cycles_per_frame": max(s.cycles for s in self.stages), "layers": layers}
@@ -338,7 +356,7 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
     net.files[f"{name}_glue.v"] = GLUE_VERILOG
     engines: list[LayerRtl] = []
     for i, s in enumerate(stages):
-        rtl = generate_layer(s.layout, f"{name}_l{i}_{_slug(s.name)}", weights=weights)
+        rtl = generate_layer(s.layout, f"{name}_l{i}_{_slug(s.name)}", weights=weights, banks=2)
         engines.append(rtl)
         net.files[f"{rtl.top}.v"] = rtl.verilog
         net.mems.update(rtl.mems)
@@ -388,19 +406,20 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
             raise ModelError(f"layer {s.name!r}: {s.out_bits}-bit output codes from a {qw}-bit requantizer")
         j = i + 1
         v(f"  // layer {i}: {s.name} ({lay.data.op}, window {kh}x{kw}, pool {s.pool})")
-        v(f"  wire l{i}_end, l{i}_done, l{i}_we, l{i}_start; wire [{ia - 1}:0] l{i}_addr; "
+        v(f"  wire l{i}_end, l{i}_done, l{i}_we, l{i}_start, l{i}_ready; wire [{ia - 1}:0] l{i}_addr; "
           f"wire [{lw - 1}:0] l{i}_data;")
         v(f"  wire [{nr - 1}:0] l{i}_ov; wire [{nr * rw - 1}:0] l{i}_orow; wire [{nr * qw - 1}:0] l{i}_oq;")
         v(f"  assign fb{i}_release = l{i}_end; assign fb{j}_commit = l{i}_end;")
         v(f"  mixq_window #(.IH({h}), .IW({w}), .PW({c * s.in_bits}), .KH({kh}), .KW({kw}), .SH({s.stride[0]}), "
           f".SW({s.stride[1]}), .PH({s.padding[0]}), .PL({s.padding[1]}), .OH({s.out_hw[0]}), .OW({s.out_hw[1]}), "
-          f".FOLD({rtl.in_words}), .LW({lw}), .RUN({s.run_cycles}), .AW({_bits(h * w)}), .IA({ia})) l{i}_win "
+          f".FOLD({rtl.in_words}), .LW({lw}), .AW({_bits(h * w)}), .IA({ia})) l{i}_win "
           f"(.clk(clk), .rst(rst), .can_read(fb{i}_can_read), .can_write(fb{j}_can_write), .done(l{i}_done), "
           f".frame_end(l{i}_end), .raddr(fb{i}_raddr), .rdata(fb{i}_rdata), .in_we(l{i}_we), .in_addr(l{i}_addr), "
-          f".in_data(l{i}_data), .start(l{i}_start));")
+          f".in_data(l{i}_data), .start(l{i}_start), .ready(l{i}_ready));")
         load = ", .wl_we(1'b0), .wl_sel(0), .wl_addr(0), .wl_data(0)" if rtl.load_port else ""
         v(f"  {rtl.top} l{i}_eng (.clk(clk), .rst(rst), .in_we(l{i}_we), .in_addr(l{i}_addr), .in_data(l{i}_data), "
-          f".start(l{i}_start), .busy(), .out_valid(l{i}_ov), .out_row(l{i}_orow), .out_q(l{i}_oq){load});")
+          f".start(l{i}_start), .busy(), .ready(l{i}_ready), .out_valid(l{i}_ov), .out_row(l{i}_orow), "
+          f".out_q(l{i}_oq){load});")
         v(f"  mixq_collect #(.NR({nr}), .RW({rw}), .QW({qw}), .ROWS({oc}), .OB({s.out_bits}), "
           f".SIGNED({int(s.out_signed)}), .OH({s.out_hw[0]}), .OW({s.out_hw[1]}), .PK({s.pool}), .PHO({oh}), "
           f".PWO({ow}), .AW({_bits(oh * ow)})) l{i}_col (.clk(clk), .rst(rst), .ov(l{i}_ov), .orow(l{i}_orow), "
