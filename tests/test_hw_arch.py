@@ -219,10 +219,8 @@ def test_to_dict_is_json_ready() -> None:
     assert "layers" not in head and head["fps"] == d["fps"] and head["part"] == "xc7z020"
 
 
-def test_mobilenet_v2_estimate_is_fast() -> None:
-    """A whole MobileNetV2 estimate (a given folding) takes well under 50 ms."""
-    import time
-
+def test_mobilenet_v2_estimate_at_the_plans_folding() -> None:
+    """A whole MobileNetV2 estimate at a given folding (its wall time is in benchmarks/hw_fold_speed.py)."""
     from mixq import zoo
     from mixq.graph.capture import capture
 
@@ -230,14 +228,9 @@ def test_mobilenet_v2_estimate_is_fast() -> None:
     names = [s.name for s in specs if s.is_compute]
     plan = QuantPlan("mobilenet_v2", {n: LayerPlan(weight=W4, act=A4, mapping=HwMapping(pe=2, simd=3))
                                       for n in names})
-    estimate(specs, plan, "xc7z045", fold="plan")  # warm the PE-cost cache
-    best = math.inf
-    for _ in range(3):
-        t0 = time.perf_counter()
-        e = estimate(specs, plan, "xc7z045", fold="plan")
-        best = min(best, time.perf_counter() - t0)
+    e = estimate(specs, plan, "xc7z045", fold="plan")
     assert len(e.layers) >= 52 and e.macs > 290e6
-    assert best < 0.05
+    assert all((ly.pe, ly.simd) == (2, 3) or ly.kind not in ("conv", "dwconv", "linear") for ly in e.layers)
 
 
 def test_weights_that_do_not_fit_can_stream_from_ddr() -> None:

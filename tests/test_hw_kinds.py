@@ -12,7 +12,7 @@ from mixq.hw.kinds import COMPUTE_OPS, DOT_KINDS, PE_KINDS, STREAM_OPS, WEIGHT_K
 from mixq.hw.lower import pe_kind
 from mixq.hw.parts import get_part
 from mixq.hw.pe import PeConfig
-from mixq.hw.units import STREAM_PRICES
+from mixq.hw.streamops import STREAM_PRICES
 from mixq.rtl.layout import SUPPORTED_FORMATS, SUPPORTED_KINDS
 from mixq.rtl.pe import EMITTERS, LANES, LUT_ONLY, generate
 

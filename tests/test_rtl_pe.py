@@ -169,3 +169,13 @@ def test_a_real_synthesis_reproduces_the_golden_record_and_the_model() -> None:
     p = CostModel.default().pe(cfg)
     assert r.dsp == p.dsp == 1
     assert abs(p.lut - r.lut) <= 0.15 * r.lut
+
+
+@needs_iverilog
+@pytest.mark.parametrize("wbits", [2, 3, 4])
+def test_packed_dsp_unit_holds_the_most_negative_weight(wbits: int, tmp_path: Path) -> None:
+    """w_hi = -2**(wbits-1) with w_lo < 0 is below -2**(S + wbits - 1): the packed operand has one more bit
+    (the seeds of the random test above never drew it)."""
+    cfg = PeConfig("fixed_dsp2", wbits, 4, 2, acc_len=64)
+    got, ref = _simulate(cfg, tmp_path, outputs=6, beats=3, seed=1)
+    assert got == ref

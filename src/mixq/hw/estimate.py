@@ -194,7 +194,7 @@ def peak_macs(part: Part, wbits: int, abits: int, model: CostModel) -> dict[str,
     at any unit width (:func:`_lut_per_mac`), at the catalog clock. No design of those widths computes
     more, so ``Estimate.peak_fraction <= 1``."""
     clock = part.clock_mhz * 1e6
-    pack = dsp_packing(part.dsp_type, wbits, abits, 1024)
+    pack = dsp_packing(part.dsp_type, wbits, abits, 1024, narrow=True)  # the best case: an upper bound
     dsp = part.dsp * pack * clock
     per_lane, kind = _lut_per_mac(part, wbits, abits, model)
     lut = part.lut / per_lane * clock

@@ -102,7 +102,8 @@ def pe_kind(fmt: object, core: str, act_fmt: object, spec: LayerSpec, part: Part
     k = MULTIPLY_KINDS[core] if core in MULTIPLY_KINDS else MULTIPLY_KINDS["dsp"]
     packed = PE_KINDS[k].packed
     if packed and shares_act(spec.kind) and part.dsp_type != "S10-VPDSP" and dsp_packing(
-            part.dsp_type, wbits, abits, max(spec.row_length, 1), signed_act) == 2:
+            part.dsp_type, wbits, abits, max(spec.row_length, 1), signed_act,
+            narrow=bool(getattr(fmt, "narrow", False))) == 2:
         return packed, wbits, note
     return k, wbits, note
 

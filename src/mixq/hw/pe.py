@@ -90,22 +90,28 @@ def pack_shift(wbits: int, abits: int, acc_len: int, signed_act: bool = False) -
     return acc_width(product_width("fixed_dsp2", wbits, abits, signed_act), acc_len)
 
 
-def dsp_packing(dsp_type: str, wbits: int, abits: int, acc_len: int, signed_act: bool = False) -> int:
+def dsp_packing(dsp_type: str, wbits: int, abits: int, acc_len: int, signed_act: bool = False,
+                narrow: bool = False) -> int:
     """Products one DSP computes per cycle for a ``wbits`` x ``abits`` fixed-point row of ``acc_len``.
 
     Two (weights of two rows times one shared activation, ``a * (w_hi * 2**S + w_lo)``, as in
-    Xilinx WP486) when the packed operand ``S + wbits`` fits the DSP's wide port and the
-    activation its narrow port; else one. Intel variable-precision blocks hold two 18x19
-    multipliers natively: two when both operands fit 18x19.
+    Xilinx WP486) when the packed operand fits the DSP's wide port and the activation its narrow
+    port; else one. The packed operand takes ``S + wbits + 1`` bits: ``w_hi * 2**S + w_lo`` falls
+    below ``-2**(S + wbits - 1)`` when ``w_hi`` is the most negative code and ``w_lo < 0`` — unless the
+    weights are ``narrow`` (symmetric, never the most negative code): then ``S + wbits``. Intel
+    variable-precision blocks hold two 18x19 multipliers natively: two when both operands fit 18x19.
 
-    >>> dsp_packing("DSP48E1", 4, 4, 4608), dsp_packing("DSP48E1", 8, 8, 64)
+    >>> dsp_packing("DSP48E1", 4, 4, 4608), dsp_packing("DSP48E1", 4, 4, 4608, narrow=True)
+    (1, 2)
+    >>> dsp_packing("DSP48E1", 4, 4, 1024), dsp_packing("DSP48E1", 8, 8, 64)
     (2, 1)
     """
     a_op = abits + (0 if signed_act else 1)
     if dsp_type in DSP_PORTS:
-        wide, narrow = DSP_PORTS[dsp_type]
+        wide, narrow_port = DSP_PORTS[dsp_type]
         s = pack_shift(wbits, abits, acc_len, signed_act)
-        return 2 if (s + wbits <= wide and a_op <= narrow and 2 * s <= 48) else 1
+        operand = s + wbits + (0 if narrow else 1)
+        return 2 if (operand <= wide and a_op <= narrow_port and 2 * s <= 48) else 1
     if dsp_type == "S10-VPDSP":
         return 2 if max(wbits, a_op) <= 19 and min(wbits, a_op) <= 18 else 1
     raise HardwareError(f"unknown DSP type {dsp_type!r}; known: {', '.join([*DSP_PORTS, 'S10-VPDSP'])}")

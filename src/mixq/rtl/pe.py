@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 from mixq.errors import HardwareError
 from mixq.hw.kinds import PE_KINDS
-from mixq.hw.pe import REQUANT_MULT_BITS, PeConfig, requant_shift, shift_range, sp2_split, tree_levels
+from mixq.hw.pe import DSP_PORTS, REQUANT_MULT_BITS, PeConfig, requant_shift, shift_range, sp2_split, tree_levels
 
 # Synthesis with DSP inference off for PEs meant for LUTs (a 9-bit-or-wider LUT
 # multiplier would otherwise be mapped to a DSP).
@@ -329,7 +329,10 @@ def _dot_dsp(cfg: PeConfig, name: str) -> str:
             v(f"  wire [{rows * w - 1}:0] wd{i} = qd{i}[{rows * w + a - 1}:{a}];")
         act = f"$signed(ad{i})" if cfg.signed_act else f"$signed({{1'b0, ad{i}}})"
         if packed:
-            v(f"  wire signed [{accw + w - 1}:0] wp{i} = "
+            # one bit above the two fields (w_hi the most negative code, w_lo < 0), where the DSP port has it
+            # (dsp_packing allows a packing without it only for narrow weights, which never take that code)
+            pw_ = accw + w + (1 if accw + w + 1 <= DSP_PORTS["DSP48E1"][0] else 0)
+            v(f"  wire signed [{pw_ - 1}:0] wp{i} = "
               f"($signed(wd{i}[{2 * w - 1}:{w}]) <<< {accw}) + $signed(wd{i}[{w - 1}:0]);")
             prod = f"wp{i} * {act}"
         else:
