@@ -199,10 +199,10 @@ The MSQ paper reports 2.1×–4.1× over all-DSP on XC7Z020/XC7Z045. mixq's mode
   DDR, which caps the gain below the compute ratio (MobileNetV2 the most: its small layers
   move many bytes per MAC). The paper's 4.1× on the Z045 needs more bandwidth or batching
   than this board model gives.
-* **ρ* ≈ LUT lanes / (LUT + DSP lanes)** (0.7–0.8 here): both cores finish a layer together.
+* **ρ* ≈ LUT lanes / (LUT + DSP lanes)** (0.80–0.85 in the overlay here): both cores finish a layer together.
   The model scans ρ; the best value tracks the core sizes, as MSQ prescribes.
 * **All-SP2 already beats all-DSP** on these LUT-rich parts, so MSQ's margin over all-SP2 is
-  the DSP core's share (~20–30% where compute-bound). MSQ's baseline is all-DSP.
+  the DSP core's share (5–11% in the overlay here, none where DDR binds). MSQ's baseline is all-DSP.
 * **MobileNetV2 gains less**: depthwise layers have 9-element rows on 16-lane units (lanes
   idle) and move many bytes per MAC.
 * **Streaming is memory-bound on these parts.** ResNet-18's 4-bit weights (46.8 Mb) and
