@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -101,3 +106,26 @@ def test_the_learned_steps_become_the_frozen_scales() -> None:
     a = next(m.input_quant for m in q1.modules() if isinstance(m, QConv2d))
     t = torch.rand(100) * 3
     assert torch.equal(a(t), fake_quant(t, a.fmt, a.scale))
+
+
+def test_cli_device_is_for_block_reconstruction_only(tmp_path: Path) -> None:
+    """``mixq quantize --device`` moves block reconstruction to a GPU; any other recipe refuses it, and a device the
+    machine lacks is refused before any work, one line naming the option."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    r = subprocess.run([sys.executable, "-m", "mixq", "quantize", "cnv", "--recipe", "gptq", "--device", "cuda",
+                        "--out", str(tmp_path / "a")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("mixq: error: --device cuda: only")
+    if not torch.cuda.is_available():
+        r = subprocess.run([sys.executable, "-m", "mixq", "quantize", "cnv", "--recipe", "brecq", "--device", "cuda",
+                            "--out", str(tmp_path / "b")], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 1 and "--device cuda: no CUDA device" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+def test_reconstruction_on_the_gpu_lowers_every_block_error() -> None:
+    net, plan, x = _setup()
+    cfg = BrecqConfig(**{**FAST.__dict__, "device": "cuda"})
+    rep = quantize_report(net, plan, x, "brecq", brecq=cfg).details["brecq"]
+    assert all(v["rec_after"] <= v["rec_before"] for v in rep.values())
+    assert next(net.parameters()).device.type == "cpu"

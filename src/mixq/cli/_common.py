@@ -74,6 +74,18 @@ def device_option(default: str = "cpu", help: str = "where the model trains: cpu
                                         "cpu, cuda or cuda:N"))
 
 
+def check_device(device: str) -> None:
+    """``--device`` names one this machine has (checked before any work): one line naming it if not."""
+    if device == "cpu":
+        return
+    from mixq.errors import OptionError
+    from mixq.training.config import device_problem
+
+    problem = device_problem(device)
+    if problem is not None:
+        raise OptionError(f"--device {device}: {problem}")
+
+
 def out_option(what: str = "output folder") -> Any:
     return typer.Option(None, "--out", help=f"{what} (default runs/<command>-<model>)")
 

@@ -12,6 +12,7 @@ from mixq.cli._common import (
     INPUT_SHAPE,
     MODEL_HELP,
     WEIGHTS,
+    check_device,
     choice,
     count,
     device_option,
@@ -76,13 +77,7 @@ def register(app: typer.Typer) -> None:
         """Train the CNV model on the full Fashion-MNIST reproducibly."""
         from mixq.zoo.train import DEFAULTS, train_cnv
 
-        if device != "cpu":
-            from mixq.errors import OptionError
-            from mixq.zoo.train import device_problem
-
-            problem = device_problem(device)
-            if problem is not None:
-                raise OptionError(f"--device {device}: {problem}")
+        check_device(device)
         folder = out_dir(out, "train", "cnv")
         metrics = train_cnv(folder / "model.pt", epochs=int(epochs if epochs is not None else DEFAULTS["epochs"]),
                             seed=int(seed if seed is not None else DEFAULTS["seed"]), data_root=data_root,

@@ -17,7 +17,18 @@ from typing import Any
 
 import typer
 
-from mixq.cli._common import choice, count, device_option, emit, formats, out_dir, real, set_resume_hint, zoo_model
+from mixq.cli._common import (
+    check_device,
+    choice,
+    count,
+    device_option,
+    emit,
+    formats,
+    out_dir,
+    real,
+    set_resume_hint,
+    zoo_model,
+)
 
 _MODEL = typer.Option("cnv", help="zoo model (28x28 grayscale input)")
 _WEIGHTS = typer.Option(None, help="float state dict to start from (default: the zoo's pretrained weights)")
@@ -59,12 +70,7 @@ def _start(command: str, out: Path | None, model: str, resume: bool, device: str
     from mixq.errors import OptionError
 
     zoo_model(model)
-    if device != "cpu":
-        from mixq.algorithms.qat import device_problem
-
-        problem = device_problem(device)
-        if problem is not None:
-            raise OptionError(f"--device {device}: {problem}")
+    check_device(device)
     folder = out_dir(out, command, model)
     if resume and not (folder / _RUN_MARK[command]).is_file():
         raise OptionError(f"--resume: {folder} holds no {command} run to resume (no {_RUN_MARK[command]}); "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -91,14 +92,27 @@ def register(app: typer.Typer) -> None:
         msq_rows: str | None = cli.choice(None, "MSQ plans only: rows as assigned, the same count re-chosen on the "
                                       "output error, or each row the format with the smaller output error",
                                       ("plan", "output", "output_auto"), "--msq-rows"),
+        device: str = cli.device_option(help="where block reconstruction (--recipe brecq) runs: cpu, cuda or "
+                                        "cuda:N"),
     ) -> None:
         """Quantize MODEL with a plan and a PTQ recipe; write the checkpoint and a summary."""
         from mixq.tasks.quantize import QuantizeJob, run_quantize
 
+        if device != "cpu" and recipe != "brecq":
+            from mixq.errors import OptionError
+
+            raise OptionError(f"--device {device}: only --recipe brecq runs on a device (this is {recipe})")
+        cli.check_device(device)
         src = cli.model_source(model, weights, input_shape)
         folder = cli.out_dir(out, "quantize", src.name)
-        overrides = {k: v for k, v in (("weight_scales", weight_scales), ("act_ranges", act_ranges),
-                                       ("msq_rows", msq_rows)) if v is not None}
+        overrides: dict[str, Any] = {k: v for k, v in (("weight_scales", weight_scales), ("act_ranges", act_ranges),
+                                                       ("msq_rows", msq_rows)) if v is not None}
+        if device != "cpu":
+            import dataclasses
+
+            from mixq.algorithms.ptq import BrecqConfig
+
+            overrides["brecq"] = dataclasses.replace(BrecqConfig(), device=device)
         done = run_quantize(QuantizeJob(src, folder, plan=plan, msq=msq, recipe=recipe, overrides=overrides,
                                         calib=calib, eval_source=eval_source, images=images,
                                         input_size=input_size, mean=mean, std=std,  # type: ignore[arg-type]
