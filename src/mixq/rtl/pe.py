@@ -45,8 +45,8 @@ def decode_weight(kind: str, wbits: int, code: int, split: int = 0) -> int:
 
     >>> [decode_weight("sp2", 4, c) for c in (0b0000, 0b0101, 0b1111)]
     [0, 6, -5]
-    >>> decode_weight("sp2", 5, 0b01001, split=3)  # (3, 1): e1 = 2, e2 = 1 -> 2**5 + 2**6
-    96
+    >>> decode_weight("sp2", 5, 0b01001, split=3)  # (3, 1): F = 7, e1 = 4, e2 = 1 -> 2**3 + 2**6
+    72
     """
     pk = PE_KINDS.get(kind)
     if pk is None or pk.decode is None:
