@@ -2,7 +2,7 @@
 
 For CNV, ResNet-18 and MobileNetV2 at W8A8 and at MSQ W4A4 (half the rows SP2), on four parts, with
 weights on chip only and with DDR weights allowed: the wall time of one ``mixq.hw.estimate(...,
-"streaming")`` call (the cost model's caches warm, median of 5), single thread. Side by side in the
+"streaming")`` call (the cost model's caches warm, median of 5 CPU times), single thread. Side by side in the
 same run: the candidate costing of every layer in bulk (``engine_grid``, what the optimizer uses)
 against one ``compute_engine`` call per folding (what it used before), and their ratio.
 
@@ -44,11 +44,13 @@ def plans(model: str, names: list[str]) -> dict[str, Any]:
 
 
 def timed(fn: Any, repeat: int = 5) -> float:
+    """Median milliseconds of ``fn``: the process's CPU time (one thread, so the wall time of a quiet machine;
+    other jobs on a shared machine do not count)."""
     ts = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = time.process_time()
         fn()
-        ts.append(time.perf_counter() - t)
+        ts.append(time.process_time() - t)
     return statistics.median(ts) * 1e3
 
 
@@ -117,7 +119,8 @@ def markdown(doc: dict[str, Any]) -> str:
     m = doc["mobilenet_v2"]
     lines = ["# Streaming estimate with folding optimization: wall time", "",
              "One `mixq.hw.estimate(..., \"streaming\")` call (folding optimized; cost model caches warm; median "
-             "of 5; one thread). `benchmarks/hw_fold_speed.py`.", "",
+             "of 5 CPU times of the one thread, so other load on the machine does not count). "
+             "`benchmarks/hw_fold_speed.py`.", "",
              f"MobileNetV2: median **{m['median_ms']:.0f} ms**, worst {m['max_ms']:.0f} ms over "
              f"{sum(r['model'] == 'mobilenet_v2' for r in doc['rows'])} cases (target < {doc['target_ms']:.0f} ms); "
              f"at a folding the plan gives (no optimization) {m['given_folding_ms']:.0f} ms.",
