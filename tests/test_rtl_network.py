@@ -82,6 +82,64 @@ def test_lowering_in_stream_order_equals_the_integer_engine() -> None:
     assert np.array_equal(got, values[im.output][0].numpy().astype(np.int64))  # the logits' accumulators
 
 
+PLAN = Path(__file__).parent.parent / "runs" / "demo" / "plan_msq.json"
+
+
+def _int_model(config: str, plan: Path | None = None) -> tuple[Any, dict[str, Any]]:
+    key = f"{config}:{plan}"
+    if key not in _CACHE:
+        from mixq.cli.rtl import network_int_model
+
+        im, values, _ = network_int_model("cnv", config, 1, plan_file=plan)
+        _CACHE[key] = (im, values)
+    return _CACHE[key]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("config", "core", "kinds"), [
+    ("msq4", "auto", {"sp2", "fixed_dsp2"}),  # SP2 rows on LUT shift-add lanes beside packed-DSP fixed rows
+    ("w2a1", "lut", {"fixed_lut"}),  # 2-bit weights, 1-bit activations (8-bit input) on LUT lanes
+])
+def test_low_bit_and_msq_lowering_equals_the_integer_engine(config: str, core: str, kinds: set[str]) -> None:
+    im, values = _int_model(config)
+    stages = lower_network(im, values, core=core)
+    assert kinds <= {c.kind for s in stages for c in s.layout.cores}
+    if config == "msq4":  # both row kinds in one layer
+        assert any({c.kind for c in s.layout.cores} >= kinds for s in stages)
+    else:
+        assert [s.in_bits for s in stages] == [8, 1, 1, 1, 1, 1]
+    first = next(n for n in im.nodes if n.inputs == ("input",))
+    got = _stream_model(stages, values[first.name][0].numpy())
+    assert np.array_equal(got, values[im.output][0].numpy().astype(np.int64))
+
+
+SEARCHED = PLAN.parent / "search" / "plan.json"
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(PLAN, id="msq", marks=pytest.mark.skipif(not PLAN.is_file(), reason="no runs/demo/plan_msq.json")),
+    pytest.param(SEARCHED, id="searched", marks=pytest.mark.skipif(not SEARCHED.is_file(),
+                                                                   reason="no runs/demo/search/plan.json")),
+])
+def test_plan_file_lowering_equals_the_integer_engine(path: Path) -> None:
+    from mixq.cli.rtl import plan_folding
+    from mixq.plan.jsonio import load_plan
+
+    im, values = _int_model("fixed8", path)
+    folding = plan_folding(path)
+    stages = lower_network(im, values, folding)
+    plan = load_plan(path)
+    for s in stages:  # the plan's formats: SP2 rows where it has weight_alt; its folding where it sets one
+        lp = plan.layers[s.name]
+        assert ("sp2" in {c.kind for c in s.layout.cores}) == (lp.weight_alt is not None), s.name
+        assert s.in_bits == lp.act.bits  # type: ignore[union-attr]
+        if folding is not None:
+            assert (s.layout.estimate.pe, s.layout.simd) == (lp.mapping.pe, lp.mapping.simd), s.name
+    assert (folding is None) == (path == PLAN)  # the searched plan carries the folding mixq search chose
+    first = next(n for n in im.nodes if n.inputs == ("input",))
+    got = _stream_model(stages, values[first.name][0].numpy())
+    assert np.array_equal(got, values[im.output][0].numpy().astype(np.int64))
+
+
 def test_unsupported_network_is_named() -> None:
     import dataclasses
 
@@ -150,6 +208,30 @@ def test_randomized_backpressure_loses_no_data(built: tuple[Path, subprocess.Com
     assert runs[0]["frame_ends"] != runs[1]["frame_ends"]  # the handshakes did differ
     assert min(runs[1]["frame_ends"]) >= HOLD  # nothing left while tready was held low, nothing lost
     assert max(runs[1]["frame_ends"]) < HOLD + 20_000  # every frame was computed and waited in the pipeline
+
+
+@needs_verilator
+@pytest.mark.parametrize("args", [
+    pytest.param(("--config", "msq4"), id="msq4"),  # about 60 s: generate, compile, 2 images
+    pytest.param(("--config", "w2a1", "--core", "lut"), id="w2a1", marks=pytest.mark.slow),
+    pytest.param(("--plan", str(PLAN)), id="plan", marks=[
+        pytest.mark.slow, pytest.mark.skipif(not PLAN.is_file(), reason="runs/demo/plan_msq.json not present")]),
+])
+def test_cli_build_simulates_mixed_and_low_bit_cnv_bit_exact(tmp_path: Path, args: tuple[str, ...]) -> None:
+    proc = _cli("cnv", *args, "--pe", "8", "--simd", "8", "--images", "2", "--seed", "4", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "build.json").read_text())
+    sim = res["simulation"]
+    assert res["mismatches"] == 0 and res["ok"] and sim["elements"] == 20 and sim["received"] == 20
+    assert sim["missing"] == sim["extra"] == sim["bad_tlast"] == 0
+    assert res["cycles_per_frame"] < 1.01 * res["estimator_cycles_per_frame"]
+    assert (res["plan"] is not None) == ("--plan" in args)
+
+
+def test_cli_plan_and_config_are_exclusive() -> None:
+    proc = _cli("cnv", "--plan", str(PLAN), "--config", "msq4", "--images", "0", timeout=120)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # like --from's
+    assert "--plan" in proc.stderr
 
 
 @pytest.mark.skipif(not available("icarus"), reason="iverilog not installed")

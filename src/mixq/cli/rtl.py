@@ -5,7 +5,9 @@ activation formats, and MSQ's second row format with rows assigned by
 :func:`mixq.algorithms.msq.assign_rows`), or — ``--from FOLDER`` instead of ``--model`` — from
 the quantized model of a ``mixq quantize --out FOLDER`` artifact as it is; either is converted to
 the integer model. ``build`` writes the whole streaming accelerator (:mod:`mixq.rtl.network`) and
-simulates it on real images (:mod:`mixq.rtl.netsim`), calibrated on the model's default data.
+simulates it on real images (:mod:`mixq.rtl.netsim`), calibrated on the model's default data; it takes
+``NETWORK_CONFIGS`` (``CONFIGS`` and ``w2a1``, the lowest-bit network the layer engines build) or
+``--plan FILE`` (a ``plan.json``, e.g. the searched plan ``mixq search`` writes, at its folding).
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ CONFIGS = {  # name -> (weight, act, weight_alt, alt_ratio)
     "fixed8": ("fixed8", "ufixed8", None, 0.0),
     "pot4": ("fixed4n", "ufixed4", "pot4", 0.5),  # power-of-two rows (shift lanes) beside fixed point
 }
+
+# ``mixq rtl build`` also takes the lowest-bit network the layer engines can build (the engines have no
+# XNOR / binary-weight kind yet, :data:`mixq.hw.kinds.PE_KINDS` ``layer_engine``): 2-bit narrow weights
+# ({-1, 0, +1}) and 1-bit unsigned activations, the first layer's input at 8 bits (FINN's CNV-W1A1 keeps it
+# too; its input is signed, and a signed fixed-point format needs 2 bits at least).
+NETWORK_CONFIGS = {**CONFIGS, "w2a1": ("fixed2n", "ufixed1", None, 0.0)}
+FIRST_ACT = {"w2a1": "fixed8"}  # config -> the first layer's input format, when not the config's act
 
 
 def build_int_model(model: str, weight: str, act: str, alt: str | None = None, ratio: float = 0.0,
@@ -126,11 +135,48 @@ def prepare(model: str, layer: str, config: str, pe: int, simd: int, core: str =
     return plan_layout(layer_data(im, values, layer), pe, simd, core)
 
 
-def network_int_model(model: str, config: str, images: int,
-                      from_: Path | None = None) -> tuple[Any, dict[str, Any], Any]:
+def network_plan(model: str, m: Any, cal: Any, config: str) -> Any:
+    """The :class:`~mixq.plan.QuantPlan` of ``config`` (:data:`NETWORK_CONFIGS`) for ``m``, MSQ rows assigned."""
+    import dataclasses
+
+    from mixq import api
+    from mixq.algorithms.msq import assign_rows
+    from mixq.errors import MixqError
+    from mixq.formats import parse_format
+
+    if config not in NETWORK_CONFIGS:
+        raise MixqError(f"--config {config!r} is not one of {', '.join(NETWORK_CONFIGS)}")
+    w, a, alt, rho = NETWORK_CONFIGS[config]
+    first = FIRST_ACT.get(config)
+    plan = api.default_plan(model, m, cal, weight=parse_format(w), act=parse_format(first or a),
+                            weight_alt=parse_format(alt) if alt else None, alt_ratio=rho if alt else 0.0)
+    if first:
+        names = list(plan.layers)
+        layers = {k: dataclasses.replace(v, act=parse_format(a)) if k != names[0] else v
+                  for k, v in plan.layers.items()}
+        plan = dataclasses.replace(plan, layers=layers)
+    return assign_rows(m, plan) if alt else plan
+
+
+def plan_folding(plan_file: Path) -> dict[str, tuple[int, int]] | None:
+    """The folding a plan.json carries (its layers' ``mapping`` pe, simd: e.g. what ``mixq search`` chose), or
+    None when it sets none (every mapping the default), as :func:`mixq.hw.estimate.estimate` reads it."""
+    from mixq.plan.jsonio import load_plan
+    from mixq.plan.plan import HwMapping
+
+    plan = load_plan(plan_file)
+    if all(lp.mapping == HwMapping() for lp in plan.layers.values()):
+        return None
+    return {k: (int(lp.mapping.pe), int(lp.mapping.simd)) for k, lp in plan.layers.items()}
+
+
+def network_int_model(model: str, config: str, images: int, from_: Path | None = None,
+                      plan_file: Path | None = None) -> tuple[Any, dict[str, Any], Any]:
     """(IntModel, the engine's integers on ``images`` real inputs (``keep=True``), those inputs) for
-    ``mixq rtl build``: the zoo model with its real weights quantized under ``config`` and calibrated on its
-    default data (CNV: the bundled Fashion-MNIST), or the quantized model of the artifact ``from_``."""
+    ``mixq rtl build``: the zoo model with its real weights quantized under ``config`` (or the plan of
+    ``plan_file``, a ``plan.json`` such as ``mixq run`` writes: MSQ rows as it assigns them, or assigned here)
+    and calibrated on its default data (CNV: the bundled Fashion-MNIST), or the quantized model of the
+    artifact ``from_``."""
     import torch
 
     from mixq import api, zoo
@@ -138,7 +184,6 @@ def network_int_model(model: str, config: str, images: int,
     from mixq.engine.convert import to_integer
     from mixq.engine.runner import IntEngine
     from mixq.errors import MixqError, ModelError
-    from mixq.formats import parse_format
     from mixq.tasks.data import artifact_inputs, default_inputs
 
     n = max(images, 1)
@@ -151,9 +196,6 @@ def network_int_model(model: str, config: str, images: int,
             x, _ = default_inputs(art.source if art.source is not None else art.model_name, None, n, calib=False)
         qmodel = art.qmodel
     else:
-        if config not in CONFIGS:
-            raise MixqError(f"--config {config!r} is not one of {', '.join(CONFIGS)}")
-        w, a, alt, rho = CONFIGS[config]
         try:
             m = zoo.load(model, pretrained=True)
         except (ModelError, OSError, ImportError, FileNotFoundError):
@@ -162,10 +204,16 @@ def network_int_model(model: str, config: str, images: int,
         m.eval()
         x, cal = default_inputs(model, None, n)
         cal = cal[:64]
-        plan = api.default_plan(model, m, cal, weight=parse_format(w), act=parse_format(a),
-                                weight_alt=parse_format(alt) if alt else None, alt_ratio=rho if alt else 0.0)
-        if alt:
-            plan = assign_rows(m, plan)
+        if plan_file is not None:
+            from mixq.plan.jsonio import load_plan
+
+            plan = load_plan(plan_file)
+            if plan.model != model:
+                raise MixqError(f"--plan {plan_file}: a plan for {plan.model!r}, not {model!r}")
+            if any(lp.weight_alt is not None and lp.alt_rows is None for lp in plan.layers.values()):
+                plan = assign_rows(m, plan)
+        else:
+            plan = network_plan(model, m, cal, config)
         qmodel = api.quantize(m, plan, cal)
     if x.shape[0] < n:
         raise MixqError(f"--images {images}: only {x.shape[0]} inputs are available")
@@ -237,9 +285,12 @@ def register(app: typer.Typer) -> None:
     def build_cmd(ctx: typer.Context,
                   model: str | None = typer.Argument(None, metavar="MODEL", help="zoo model, e.g. cnv; or --from"),
                   from_: Path | None = FROM,
-                  config: str | None = choice(None, "quantization (default fixed8: W8A8; not with --from)",
-                                              tuple(CONFIGS)),
-                  pe: int = count(16, "PEs per layer at most (pe = min(rows, PE))"),
+                  config: str | None = choice(None, "quantization (default fixed8: W8A8; w2a1: 2-bit {-1, 0, 1} "
+                                              "weights, 1-bit activations, 8-bit input; not with --from)",
+                                              tuple(NETWORK_CONFIGS)),
+                  plan: Path | None = typer.Option(None, "--plan", help="a plan.json, e.g. from `mixq search` "
+                                                   "(its folding too, if it sets one; not with --config)"),
+                  pe: int = count(16, "PEs per layer at most (pe = min(rows, PE); a --plan's own folding wins)"),
                   simd: int = count(32, "lanes per PE at most (simd = min(row length, SIMD))"),
                   core: str = _CORE, part: str = typer.Option("xc7z020", help="FPGA part the layouts are costed on"),
                   images: int = count(2, "Fashion-MNIST / default test images to simulate (0: write the build only)",
@@ -253,7 +304,11 @@ def register(app: typer.Typer) -> None:
         """Write the whole streaming accelerator (Verilog, memories, files.f, testbench, README, build.json) and
         simulate it on real images against the integer engine (exit 3 on a mismatch)."""
         name = resolve_model(model, from_, "MODEL", ctx=ctx)
-        exclusive_with_from(from_, config=config is not None)
+        exclusive_with_from(from_, config=config is not None, plan=plan is not None)
+        if plan is not None and config is not None:
+            from mixq.errors import OptionError
+
+            raise OptionError("--plan and --config are exclusive (the plan sets the formats)")
         folder = out_dir(out, "rtl-build", name)
         import re
 
@@ -263,17 +318,19 @@ def register(app: typer.Typer) -> None:
         from mixq.rtl.network import default_folding, generate_network, output_order
 
         cfg = config or "fixed8"
-        im, values, _ = network_int_model(name, cfg, images, from_)
+        im, values, _ = network_int_model(name, cfg, images, from_, plan)
         top = re.sub(r"[^A-Za-z0-9_]", "_", name) or "net"
         if not top[0].isalpha():
             top = "net_" + top
-        net = generate_network(im, values, top, default_folding(im, pe, simd), core, part)
+        folding = (plan_folding(plan) if plan is not None else None) or default_folding(im, pe, simd)
+        net = generate_network(im, values, top, folding, core, part)
         first = next(n for n in im.nodes if n.inputs == ("input",))
         codes = values[first.name].numpy()[: max(images, 1)]
         ref = output_order(net, values[im.output].numpy())[: max(images, 1)]
         write_build(net, folder, codes[:images] if images else codes[:1], ref[:images] if images else None, name)
         est = net.estimate()
-        res: dict[str, Any] = {"model": name, "config": None if from_ else cfg, "from": str(from_) if from_ else None,
+        res: dict[str, Any] = {"model": name, "config": None if from_ or plan else cfg,
+                               "plan": str(plan) if plan else None, "from": str(from_) if from_ else None,
                                "part": part, "top": net.top, "out": str(folder), "files": net.sources,
                                "input_stream": {"bits": net.in_width, "beats_per_frame": net.in_pixels},
                                "output_stream": {"bits": net.out_width, "beats_per_frame": net.out_elems},
