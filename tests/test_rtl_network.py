@@ -112,17 +112,33 @@ def test_low_bit_and_msq_lowering_equals_the_integer_engine(config: str, core: s
     assert np.array_equal(got, values[im.output][0].numpy().astype(np.int64))
 
 
-SEARCHED = PLAN.parent / "search" / "plan.json"
+def _plan_file(tmp: Path, folded: bool) -> Path:
+    """An MSQ plan file for CNV (half the rows SP2 at 4 bits); ``folded``: mixed widths per layer and the
+    PE x SIMD of each layer set, as ``mixq search`` writes them."""
+    from mixq.formats import FixedPoint, SumOfPowers
+    from mixq.plan import HwMapping, uniform_plan
+    from mixq.plan.jsonio import save_plan
+
+    names = ["features.0", "features.3", "features.7", "features.10", "classifier.0", "classifier.3"]
+    plan = uniform_plan("cnv", names, FixedPoint(4, narrow=True), FixedPoint(4, signed=False),
+                        signed_inputs=names[:1], weight_alt=SumOfPowers(4), alt_ratio=0.5)
+    if folded:
+        widths = {"features.3": (6, 4), "features.7": (4, 6), "features.10": (4, 4)}
+        for n, (pe, simd) in zip(names, [(8, 9), (8, 16), (8, 16), (8, 32), (4, 32), (2, 8)], strict=True):
+            lp = plan[n].with_(mapping=HwMapping(pe=pe, simd=simd))
+            if n in widths:
+                w, a = widths[n]
+                lp = lp.with_(weight=FixedPoint(w, narrow=True), act=FixedPoint(a, signed=False))
+            plan = plan.with_layer(n, lp)
+    return save_plan(plan, tmp / ("searched.json" if folded else "msq.json"))
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(PLAN, id="msq", marks=pytest.mark.skipif(not PLAN.is_file(), reason="no runs/demo/plan_msq.json")),
-    pytest.param(SEARCHED, id="searched", marks=pytest.mark.skipif(not SEARCHED.is_file(),
-                                                                   reason="no runs/demo/search/plan.json")),
-])
-def test_plan_file_lowering_equals_the_integer_engine(path: Path) -> None:
+@pytest.mark.parametrize("folded", [False, True], ids=["msq", "searched"])
+def test_plan_file_lowering_equals_the_integer_engine(folded: bool, tmp_path: Path) -> None:
     from mixq.cli.rtl import plan_folding
     from mixq.plan.jsonio import load_plan
+
+    path = _plan_file(tmp_path, folded)
 
     im, values = _int_model("fixed8", path)
     folding = plan_folding(path)
@@ -134,7 +150,7 @@ def test_plan_file_lowering_equals_the_integer_engine(path: Path) -> None:
         assert s.in_bits == lp.act.bits  # type: ignore[union-attr]
         if folding is not None:
             assert (s.layout.estimate.pe, s.layout.simd) == (lp.mapping.pe, lp.mapping.simd), s.name
-    assert (folding is None) == (path == PLAN)  # the searched plan carries the folding mixq search chose
+    assert (folding is None) == (not folded)  # the searched plan carries the folding mixq search chose
     first = next(n for n in im.nodes if n.inputs == ("input",))
     got = _stream_model(stages, values[first.name][0].numpy())
     assert np.array_equal(got, values[im.output][0].numpy().astype(np.int64))
