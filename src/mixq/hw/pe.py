@@ -57,7 +57,7 @@ from mixq.hw.kinds import COMPONENT_KINDS, DOT_KINDS, PE_KINDS
 
 __all__ = ["COMPONENT_KINDS", "DOT_KINDS", "DSP_MIN_PRODUCT", "DSP_PORTS", "PE_KINDS", "REQUANT_MULT_BITS",
            "PeConfig", "acc_width", "dsp_packing", "mul_dsps", "pack_shift", "product_width", "requant_shift",
-           "shift_range", "sp2_split", "tree_bits", "tree_levels"]
+           "require_lane_widths", "shift_range", "sp2_split", "tree_bits", "tree_levels"]
 
 
 def shift_range(kind: str, wbits: int, split: int = 0) -> int:
@@ -115,6 +115,16 @@ def dsp_packing(dsp_type: str, wbits: int, abits: int, acc_len: int, signed_act:
     if dsp_type == "S10-VPDSP":
         return 2 if max(wbits, a_op) <= 19 and min(wbits, a_op) <= 18 else 1
     raise HardwareError(f"unknown DSP type {dsp_type!r}; known: {', '.join([*DSP_PORTS, 'S10-VPDSP'])}")
+
+
+def require_lane_widths(cfg: PeConfig, name: str) -> None:
+    """Refuse a PE whose kind takes one weight or activation width (XNOR: 1 x 1, ternary: 2-bit weights)
+    at another, naming the module ``name`` (the generator and the reference circuits both ask)."""
+    pk = PE_KINDS[cfg.kind]
+    if pk.weight_bits is not None and cfg.wbits != pk.weight_bits:
+        raise HardwareError(f"{name}: {cfg.kind} weights take {pk.weight_bits} bit(s), got {cfg.wbits}")
+    if pk.act_bits is not None and cfg.abits != pk.act_bits:
+        raise HardwareError(f"{name}: {cfg.kind} activations take {pk.act_bits} bit(s), got {cfg.abits}")
 
 
 @dataclass(frozen=True)

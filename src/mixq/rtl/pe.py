@@ -32,7 +32,16 @@ from collections.abc import Callable
 
 from mixq.errors import HardwareError
 from mixq.hw.kinds import PE_KINDS
-from mixq.hw.pe import DSP_PORTS, REQUANT_MULT_BITS, PeConfig, requant_shift, shift_range, sp2_split, tree_levels
+from mixq.hw.pe import (
+    DSP_PORTS,
+    REQUANT_MULT_BITS,
+    PeConfig,
+    requant_shift,
+    require_lane_widths,
+    shift_range,
+    sp2_split,
+    tree_levels,
+)
 
 # Synthesis with DSP inference off for PEs meant for LUTs (a 9-bit-or-wider LUT
 # multiplier would otherwise be mapped to a DSP).
@@ -447,9 +456,5 @@ EMITTERS: dict[str, Callable[[PeConfig, str], str]] = {
 def generate(cfg: PeConfig, name: str | None = None) -> str:
     """Verilog source of the PE ``cfg`` as one module named ``name`` (default ``cfg.name``)."""
     name = name or cfg.name
-    pk = PE_KINDS[cfg.kind]
-    if pk.weight_bits is not None and cfg.wbits != pk.weight_bits:
-        raise HardwareError(f"{name}: {cfg.kind} weights take {pk.weight_bits} bit(s), got {cfg.wbits}")
-    if pk.act_bits is not None and cfg.abits != pk.act_bits:
-        raise HardwareError(f"{name}: {cfg.kind} activations take {pk.act_bits} bit(s), got {cfg.abits}")
+    require_lane_widths(cfg, name)
     return EMITTERS[cfg.kind](cfg, name)

@@ -28,8 +28,7 @@ from collections.abc import Callable
 
 from mixq.errors import HardwareError
 from mixq.hw.bits import REQUANT_MULT_BITS, requant_shift, sp2_split, tree_levels
-from mixq.hw.kinds import PE_KINDS
-from mixq.hw.pe import PeConfig, shift_range
+from mixq.hw.pe import PeConfig, require_lane_widths, shift_range
 
 # How a sign-magnitude lane (sp2, pot) applies its weight's sign: a negation per lane
 # ("negate"), or ones' complement per lane plus the popcount of the signs in the sum ("xor").
@@ -285,11 +284,7 @@ def reference(cfg: PeConfig, name: str | None = None, sign: str = DEFAULT_SIGN) 
     """Verilog of the plain reference circuit of ``cfg``: one module ``name`` (default ``cfg.name``)
     computing what :func:`mixq.rtl.pe.generate` computes, with its ports (``sign``: sp2 / pot only)."""
     name = name or cfg.name
-    pk = PE_KINDS[cfg.kind]
-    if pk.weight_bits is not None and cfg.wbits != pk.weight_bits:
-        raise HardwareError(f"{name}: {cfg.kind} weights take {pk.weight_bits} bit(s), got {cfg.wbits}")
-    if pk.act_bits is not None and cfg.abits != pk.act_bits:
-        raise HardwareError(f"{name}: {cfg.kind} activations take {pk.act_bits} bit(s), got {cfg.abits}")
+    require_lane_widths(cfg, name)
     return REFERENCES[cfg.kind](cfg, name, sign)
 
 
