@@ -172,17 +172,6 @@ def _mem_cached(width: int, depth: int, copies: int, part: Part, style: str, pc:
     return Resources(lut=m.lut, bram=float(m.bram), uram=float(m.uram))
 
 
-def _requant(n: int, accw: int, out_bits: int, part: Part, model: CostModel, opts: ArchOptions) -> Resources:
-    if n <= 0:
-        return Resources()
-    kind = requant_kind(opts)
-    cfg = PeConfig(kind, accw=accw, out_bits=max(1, out_bits))
-    res = model.pe(cfg, part.dsp_type) * n
-    if PE_KINDS[kind].table_memory:  # thresholds live in a small memory per requantizer
-        res = res + _mem(accw, 2 ** out_bits - 1, n, part, model, "auto")
-    return res
-
-
 def _thresholds(layer: HwLayer, pe: int, accw: int, part: Part, model: CostModel) -> Resources:
     """FINN's threshold units: one per PE with ``2**out_bits - 1`` thresholds per channel it serves;
     none on a layer whose output leaves the network (``noActivation``: it streams its accumulators)."""
@@ -305,7 +294,7 @@ def _terms(layer: HwLayer, pes: np.ndarray, simds: np.ndarray, part: Part, model
             wmem = wmem + memories(width * units, np.full(n, 32), np.ones(n, dtype=np.int64), "lutram")
         else:
             wmem = wmem + memories(width, depth, units, opts.mem_style)
-    # requantizers (see _requant): one unit's price per accumulator width, times their number
+    # requantizers: a dyadic multiplier (or a threshold table) per accumulator width, times their number
     count = -(-eff_total // fold)
     kind, ob = requant_kind(opts), max(1, layer.out_bits)
     unit = {a: model.pe(PeConfig(kind, accw=a, out_bits=ob), part.dsp_type) for a in set(accw.tolist())}
@@ -345,6 +334,7 @@ def compute_engine(layer: HwLayer, pe: int, simd: int, part: Part, model: CostMo
         detail = {t: Resources(*(float(v) for v in terms[t][0])) for t in TERMS}
         return EngineCost(int(cyc[0]), Resources.total(detail.values()), pe, simd,
                           tuple(int(e) for e in split[0]), detail)
+    # FINN's dataflow (the only other one), one folding at a time
     s = layer.spec
     rows, length, pix = s.weight_rows, max(s.row_length, 1), max(s.out_pixels, 1)
     simd = max(1, min(simd, length))
@@ -353,7 +343,6 @@ def compute_engine(layer: HwLayer, pe: int, simd: int, part: Part, model: CostMo
     gpe = split_pe(max(pe, 1), grows)
     cycles, eff_total, accw = 0, 0, 0
     comp, wmem = Resources(), Resources()
-    finn = opts.dataflow == "finn"
     stream_width = stream_depth = 0
     eff_split = []
     for g, r, p in zip(layer.groups, grows, gpe, strict=True):
@@ -372,29 +361,21 @@ def compute_engine(layer: HwLayer, pe: int, simd: int, part: Part, model: CostMo
         width = simd * g.wbits * rows_per_unit
         if external:
             wmem = wmem + _mem(width * units, 32, 1, part, model, "lutram")
-        elif finn:  # one streamer for the engine: every unit's word side by side
+        else:  # one streamer for the engine: every unit's word side by side
             stream_width += width * units
             stream_depth = max(stream_depth, math.ceil(r / eff) * fold_in)
-        else:
-            wmem = wmem + _mem(width, math.ceil(r / eff) * fold_in, units, part, model, opts.mem_style)
     in_width = simd * layer.abits * (1 if shares_act(s.kind) else eff_total)  # depthwise: a channel per PE
-    if finn:
-        style = "vivado" if opts.mem_style == "auto" else opts.mem_style
-        if not external:
-            wmem = df.weight_streamer(stream_width, stream_depth, part, model, style)
-        req = _thresholds(layer, eff_total, accw, part, model)
-        lbuf = df.sliding_window(s.in_shape, s.kernel, s.stride, simd, layer.abits, part, model)
-    else:
-        req = _requant(math.ceil(eff_total / fold_in), accw, layer.out_bits, part, model, opts)
-        lb_bits = line_buffer_bits(layer)
-        lbuf = _mem(in_width, math.ceil(lb_bits / in_width), 1, part, model, "auto") if lb_bits else Resources()
+    if not external:
+        wmem = df.weight_streamer(stream_width, stream_depth, part, model,
+                                  "vivado" if opts.mem_style == "auto" else opts.mem_style)
     ctrl = Resources(lut=opts.engine_lut, ff=opts.engine_ff)
     if external:
         ctrl = ctrl + Resources(lut=opts.dma_lut, ff=opts.dma_ff)
-    detail = {"compute": comp, "requant": req, "weights": wmem, "linebuf": lbuf, "control": ctrl}
-    if finn:
-        detail["inbuf"] = df.input_buffer(length, simd, layer.abits) * (1 if shares_act(s.kind) else eff_total)
-        detail["fifo"] = df.fifos(tuple(d for n, d in opts.fifos if n == s.name), in_width)
+    detail = {"compute": comp, "requant": _thresholds(layer, eff_total, accw, part, model), "weights": wmem,
+              "linebuf": df.sliding_window(s.in_shape, s.kernel, s.stride, simd, layer.abits, part, model),
+              "control": ctrl,
+              "inbuf": df.input_buffer(length, simd, layer.abits) * (1 if shares_act(s.kind) else eff_total),
+              "fifo": df.fifos(tuple(d for n, d in opts.fifos if n == s.name), in_width)}
     return EngineCost(cycles, Resources.total(detail.values()), pe, simd, tuple(eff_split), detail)
 
 
