@@ -34,7 +34,7 @@ $(DEB_STAMP): | $(STAMP)
 	fi
 	touch $(DEB_STAMP)
 
-run: $(STAMP)
+run: $(STAMP) $(DEB_STAMP)
 	$(BIN)/mixq run --out runs/demo
 
 lint: $(STAMP)

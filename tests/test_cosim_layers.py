@@ -20,6 +20,7 @@ import pytest
 
 from mixq.cli.rtl import CONFIGS, build_int_model
 from mixq.errors import MixqError
+from mixq.formats import parse_format
 from mixq.rtl.cosim import cosimulate, default_pixels
 from mixq.rtl.layer import generate_layer
 from mixq.rtl.layerdata import layer_data
@@ -88,10 +89,35 @@ def test_unsupported_layer_is_named() -> None:
     with pytest.raises(MixqError, match="1.conv.0.2"):
         layer_data(im, values, "1.conv.0.2")  # a clamp, not a compute layer
     d = layer_data(im, values, "1.conv.0.0")
-    for fmt in ({"kind": "ternary", "threshold": 0.7}, {"kind": "binary"}):
+    for fmt in (parse_format("fp8_e4m3").to_dict(), parse_format("posit8_1").to_dict()):
         bad = dataclasses.replace(d, formats=(fmt,) * len(d.formats))
-        with pytest.raises(MixqError, match=r"layer '1\.conv\.0\.0'.*" + str(fmt["kind"])):
+        with pytest.raises(MixqError, match=r"layer '1\.conv\.0\.0'.*no datapath"):
             plan_layout(bad, 4, 3)
+
+
+@needs_iverilog
+@pytest.mark.parametrize(("config", "layer", "kinds", "pe", "simd"), [
+    ("ternary4", "features.3", {"ternary"}, 4, 8),  # TWN weights {-1, 0, 1} on selects, 4-bit activations
+    ("w1a1", "features.7", {"xnor"}, 8, 16),  # binary weights x 1-bit activations: XNOR and popcount
+    ("w1a1", "features.0", {"ternary"}, 4, 3),  # binary weights x the 8-bit signed input: selects
+])
+def test_ternary_and_xnor_layer_engines(tmp_path: Path, config: str, layer: str, kinds: set[str], pe: int,
+                                       simd: int) -> None:
+    """Binary weights ride XNOR-popcount lanes when the activations are 1 bit: the popcount exceeds the dot
+    product by the row's count of -1 weights, taken off in the requantizer's constant; ternary lanes select."""
+    from mixq.cli.rtl import network_int_model
+
+    if config not in _CACHE_NET:
+        _CACHE_NET[config] = network_int_model("cnv", config, 1)[:2]
+    im, values = _CACHE_NET[config]
+    lay = plan_layout(layer_data(im, values, layer), pe, simd)
+    assert {c.kind for c in lay.cores} == kinds
+    res = cosimulate(lay, tmp_path, default_pixels(lay, 3))
+    assert res.outputs == res.pixels * lay.data.rows
+    assert res.ok, res.to_dict()
+
+
+_CACHE_NET: dict[str, tuple[Any, dict[str, Any]]] = {}
 
 
 def test_folded_requantization_equals_the_engine_chain() -> None:

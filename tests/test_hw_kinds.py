@@ -28,8 +28,8 @@ def test_registries_cover_the_tables() -> None:
 
 def test_derived_kind_sets() -> None:
     assert sorted(LUT_ONLY) == ["acc", "fixed_lut", "pot", "ram", "sp2", "ternary", "thresh", "tree", "xnor"]
-    assert SUPPORTED_KINDS == ("fixed_lut", "fixed_dsp", "fixed_dsp2", "sp2", "pot")
-    assert SUPPORTED_FORMATS == ("fixed", "sp2", "pot")
+    assert SUPPORTED_KINDS == ("fixed_lut", "fixed_dsp", "fixed_dsp2", "sp2", "pot", "ternary", "xnor")
+    assert SUPPORTED_FORMATS == ("fixed", "sp2", "pot", "ternary", "binary")
     assert set(SHIFT_ADD_KINDS) == {"sp2", "pot", "binary", "ternary"}
 
 

@@ -98,6 +98,7 @@ def _int_model(config: str, plan: Path | None = None) -> tuple[Any, dict[str, An
 @pytest.mark.parametrize(("config", "core", "kinds"), [
     ("msq4", "auto", {"sp2", "fixed_dsp2"}),  # SP2 rows on LUT shift-add lanes beside packed-DSP fixed rows
     ("w2a1", "lut", {"fixed_lut"}),  # 2-bit weights, 1-bit activations (8-bit input) on LUT lanes
+    ("w1a1", "auto", {"ternary", "xnor"}),  # binary weights: ternary selects on the 8-bit input, then XNOR lanes
 ])
 def test_low_bit_and_msq_lowering_equals_the_integer_engine(config: str, core: str, kinds: set[str]) -> None:
     im, values = _int_model(config)
@@ -230,6 +231,7 @@ def test_randomized_backpressure_loses_no_data(built: tuple[Path, subprocess.Com
 @pytest.mark.parametrize("args", [
     pytest.param(("--config", "msq4"), id="msq4"),  # about 60 s: generate, compile, 2 images
     pytest.param(("--config", "w2a1", "--core", "lut"), id="w2a1", marks=pytest.mark.slow),
+    pytest.param(("--config", "w1a1"), id="w1a1"),  # XNOR-popcount lanes, the -1 count taken off in the requantizer
     pytest.param(("--plan", str(PLAN)), id="plan", marks=[
         pytest.mark.slow, pytest.mark.skipif(not PLAN.is_file(), reason="runs/demo/plan_msq.json not present")]),
 ])

@@ -112,3 +112,22 @@ def test_run_keeps_going_when_the_search_finds_nothing(tmp_path: Path) -> None:
     assert "no searched plan stays within -100 points" in s["search"]["error"]
     assert len(s["designs"]) == 2 and s["verify"]["exact"] is True
     assert (tmp_path / "r" / "report.html").is_file() and (tmp_path / "r" / "summary.json").is_file()
+
+
+def test_run_checks_the_searched_design_in_rtl(tmp_path: Path) -> None:
+    """`mixq run` builds the searched design as one Verilog accelerator, simulates it on test images and
+    reports RTL = integer engine with its measured cycles per frame beside the estimator's."""
+    from mixq.rtl.netsim import available
+    from mixq.run import RunConfig, run
+
+    if not available("verilator"):
+        pytest.skip("verilator is not installed")
+    cfg = RunConfig(calib_images=64, verify_images=8, search_points=0, search_eval_images=100, rtl_images=3)
+    s = run(tmp_path / "r", cfg)
+    rtl = s["rtl"]
+    assert rtl["verdict"] == "RTL = integer engine", rtl
+    assert rtl["images"] == 3 and rtl["output_elements"] == 30 and rtl["mismatching_elements"] == 0
+    assert abs(rtl["measured_over_estimator"] - 1.0) < 0.1
+    assert rtl["folder"] == str(tmp_path / "r" / "rtl")
+    assert (tmp_path / "r" / "rtl" / "build.json").is_file() and not (tmp_path / "r" / ".rtl.partial").exists()
+    assert "RTL = integer engine" in (tmp_path / "r" / "report.html").read_text()

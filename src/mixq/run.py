@@ -24,7 +24,7 @@ from mixq import api, data, zoo
 from mixq.algorithms.msq import MSQConfig, msq_plan
 from mixq.algorithms.ptq import quantize_report
 from mixq.engine.verify import verify
-from mixq.errors import MixqError
+from mixq.errors import CheckFailed, MixqError
 from mixq.formats import parse_format
 from mixq.graph.bnfold import fold_bn
 from mixq.graph.capture import capture
@@ -53,6 +53,7 @@ class RunConfig:
     search_points: int = 2
     search_max_drop: float = 1.0
     search_eval_images: int = 1000
+    rtl_images: int = 16  # the searched design's Verilog simulated on this many test images (0: no RTL check)
     seed: int = 0
 
 
@@ -91,8 +92,10 @@ def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None) -> dict[str
     t0 = time.perf_counter()
     weight_fmt, act_fmt = parse_format(cfg.weight), parse_format(cfg.act)  # fail fast on a bad format
     torch.manual_seed(cfg.seed)
-    shutil.rmtree(_staging(out), ignore_errors=True)  # left by an interrupted run
-    with _progress(8 if cfg.search else 7) as step:
+    for partial in (_staging(out), _staging(out, "rtl")):  # left by an interrupted run
+        shutil.rmtree(partial, ignore_errors=True)
+    rtl_step = cfg.search and cfg.rtl_images > 0
+    with _progress(7 + cfg.search + rtl_step) as step:
         step("loading model and data")
         model = zoo.load(cfg.model, pretrained=True)
         x, y, calib = _load_eval_data(cfg)
@@ -121,13 +124,19 @@ def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None) -> dict[str
                     cfg.target_part),
         ]
         search: dict[str, Any] | None = None
+        rtl: dict[str, Any] | None = None
         if cfg.search:
             step(f"searching a plan for {cfg.target_part}")
+            q_searched = None
             try:
-                search, searched = _search(cfg, folded, calib, x, y, specs, out)
+                search, searched, q_searched = _search(cfg, folded, calib, x, y, specs, out)
                 designs.append(searched)
             except MixqError as e:  # e.g. no plan within the drop budget: keep the rest of the run
                 search = {"part": cfg.target_part, "error": str(e)}
+            if rtl_step:
+                step("building the searched design's Verilog and simulating it")
+                rtl = (_rtl_check(cfg, q_searched, designs[-1]["hardware_layers"], x, out)
+                       if q_searched is not None else {"skipped": "no searched design"})
         summary: dict[str, Any] = {
             "model": cfg.model,
             "dataset": cfg.dataset,
@@ -148,27 +157,57 @@ def run(out: str | Path = "runs/demo", cfg: RunConfig | None = None) -> dict[str
         }
         if search is not None:
             summary["search"] = search
+        if rtl is not None:
+            summary["rtl"] = rtl
         summary["compression"] = round(summary["size_bytes_fp32"] / summary["size_bytes_quant"], 2)
         summary["wall_time_s"] = round(time.perf_counter() - t0, 2)
         out.mkdir(parents=True, exist_ok=True)
-        if _staging(out).is_dir():
-            shutil.rmtree(out / "search", ignore_errors=True)
-            _staging(out).rename(out / "search")
+        for part in ("search", "rtl"):
+            if _staging(out, part).is_dir():
+                shutil.rmtree(out / part, ignore_errors=True)
+                _staging(out, part).rename(out / part)
         save_plan(plan, out / "plan.json")
         save_plan(msq, out / "plan_msq.json")
         rep = _report(summary, folded, specs, [(plan, qmodel), (msq, q_msq)], out)
         rep.write(out / "report.html")
         atomic_write_json(out / "summary.json", summary)
+    if rtl is not None and rtl.get("mismatching_elements", 0):
+        raise CheckFailed(f"mixq run: the searched design's Verilog differs from the integer engine "
+                          f"(see {out / 'rtl' / 'build.json'})")
     return summary
 
 
-def _staging(out: Path) -> Path:
-    """Where the search writes its files until the run's outputs are written together."""
-    return out / ".search.partial"
+def _staging(out: Path, part: str = "search") -> Path:
+    """Where the search (the RTL build) writes its files until the run's outputs are written together."""
+    return out / f".{part}.partial"
+
+
+def _rtl_check(cfg: RunConfig, qmodel: nn.Module, hw_layers: list[dict[str, Any]], x: torch.Tensor,
+               out: Path) -> dict[str, Any]:
+    """The searched design as a whole streaming accelerator in Verilog (:mod:`mixq.rtl.build`) at the folding
+    the estimator chose, simulated in Verilator on ``cfg.rtl_images`` test images with randomized backpressure
+    and compared with the integer engine, every output element (written to ``out/rtl``)."""
+    from mixq.engine.convert import to_integer
+    from mixq.engine.runner import IntEngine
+    from mixq.rtl.build import available, build_and_check, check_summary
+
+    if not available("verilator"):
+        return {"skipped": "verilator is not installed (make run installs it: apt-get install verilator)"}
+    n = min(cfg.rtl_images, int(x.shape[0]))
+    folding = {r["name"]: (int(r["pe"]), int(r["simd"])) for r in hw_layers if r.get("macs") and r.get("pe")}
+    try:
+        im = to_integer(qmodel, x[:1])
+        b = build_and_check(im, IntEngine(im)(x[:n], keep=True).values, cfg.model, _staging(out, "rtl"), n,
+                            folding, part=cfg.target_part, meta={"plan": "search/plan.json"})
+    except MixqError as e:  # a design the network builder does not take: say why, keep the run
+        return {"skipped": str(e)}
+    res = check_summary(b)
+    res["folder"] = str(out / "rtl")
+    return res
 
 
 def _search(cfg: RunConfig, folded: nn.Module, calib: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-            specs: list[LayerSpec], out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+            specs: list[LayerSpec], out: Path) -> tuple[dict[str, Any], dict[str, Any], nn.Module]:
     """Hardware-aware search on ``cfg.target_part``: candidates are selected on labelled *training*
     images (never the test images), the chosen plan and the uniform W8A8 / W4A4 baselines are then
     evaluated on the test images. Writes ``search/plan.json``, ``search/pareto.json`` and ``search/pareto.png``."""
@@ -184,8 +223,10 @@ def _search(cfg: RunConfig, folded: nn.Module, calib: torch.Tensor, x: torch.Ten
     res = search_plan(cfg.model, folded, calib, eval_fn, cfg.target_part, max_drop=cfg.search_max_drop, cfg=scfg)
     write_outputs(res, _staging(out))  # moved to out/search with the other outputs at the end
     rows = []
+    quantized = []
     for label, pt in [("searched", res.chosen), *res.baselines.items()]:
         q = api.quantize(folded, pt.plan, calib, fold=False)
+        quantized.append(q)
         rows.append({"design": label if label == "searched" else f"uniform {label.upper()}",
                      "fps": round(pt.fps, 1), "fits": pt.fits, "lut": round(pt.resources.get("lut", 0.0)),
                      "dsp": pt.resources.get("dsp", 0.0), "bram": pt.resources.get("bram", 0.0),
@@ -205,7 +246,7 @@ def _search(cfg: RunConfig, folded: nn.Module, calib: torch.Tensor, x: torch.Ten
                "best_reachable_fps": round(res.best_fps, 1), "compare": rows,
                "pareto": [{"fps": round(p.fps, 1), "search_accuracy": round(p.accuracy, 3)} for p in res.pareto],
                "timings_s": {k: round(v, 2) for k, v in res.timings.items()}}
-    return summary, design
+    return summary, design, quantized[0]
 
 
 def _design(name: str, plan_file: str, plan: QuantPlan, qmodel: nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -6,7 +6,7 @@ activation formats, and MSQ's second row format with rows assigned by
 the quantized model of a ``mixq quantize --out FOLDER`` artifact as it is; either is converted to
 the integer model. ``build`` writes the whole streaming accelerator (:mod:`mixq.rtl.network`) and
 simulates it on real images (:mod:`mixq.rtl.netsim`), calibrated on the model's default data; it takes
-``NETWORK_CONFIGS`` (``CONFIGS`` and ``w2a1``, the lowest-bit network the layer engines build) or
+``NETWORK_CONFIGS`` (``CONFIGS`` and the low-bit ``w2a1`` and ``w1a1``, XNOR-popcount lanes) or
 ``--plan FILE`` (a ``plan.json``, e.g. the searched plan ``mixq search`` writes, at its folding).
 """
 
@@ -26,14 +26,15 @@ CONFIGS = {  # name -> (weight, act, weight_alt, alt_ratio)
     "msq4": ("fixed4n", "ufixed4", "sp2_4", 0.5),
     "fixed8": ("fixed8", "ufixed8", None, 0.0),
     "pot4": ("fixed4n", "ufixed4", "pot4", 0.5),  # power-of-two rows (shift lanes) beside fixed point
+    "ternary4": ("ternary", "ufixed4", None, 0.0),  # TWN weights {-1, 0, +1} on select lanes
 }
 
-# ``mixq rtl build`` also takes the lowest-bit network the layer engines can build (the engines have no
-# XNOR / binary-weight kind yet, :data:`mixq.hw.kinds.PE_KINDS` ``layer_engine``): 2-bit narrow weights
-# ({-1, 0, +1}) and 1-bit unsigned activations, the first layer's input at 8 bits (FINN's CNV-W1A1 keeps it
-# too; its input is signed, and a signed fixed-point format needs 2 bits at least).
-NETWORK_CONFIGS = {**CONFIGS, "w2a1": ("fixed2n", "ufixed1", None, 0.0)}
-FIRST_ACT = {"w2a1": "fixed8"}  # config -> the first layer's input format, when not the config's act
+# ``mixq rtl build`` also takes low-bit networks: 2-bit narrow weights ({-1, 0, +1}) on LUT multipliers, and
+# binary weights ({-1, +1}, XNOR-popcount lanes; the first layer's ternary selects), each with 1-bit unsigned
+# activations and the first layer's input at 8 bits (FINN's CNV-W1A1 keeps it too; its input is signed, and a
+# signed fixed-point format needs 2 bits at least).
+NETWORK_CONFIGS = {**CONFIGS, "w2a1": ("fixed2n", "ufixed1", None, 0.0), "w1a1": ("binary", "ufixed1", None, 0.0)}
+FIRST_ACT = {"w2a1": "fixed8", "w1a1": "fixed8"}  # config -> the first layer's input format, if not the config's
 
 
 def build_int_model(model: str, weight: str, act: str, alt: str | None = None, ratio: float = 0.0,
@@ -285,8 +286,9 @@ def register(app: typer.Typer) -> None:
     def build_cmd(ctx: typer.Context,
                   model: str | None = typer.Argument(None, metavar="MODEL", help="zoo model, e.g. cnv; or --from"),
                   from_: Path | None = FROM,
-                  config: str | None = choice(None, "quantization (default fixed8: W8A8; w2a1: 2-bit {-1, 0, 1} "
-                                              "weights, 1-bit activations, 8-bit input; not with --from)",
+                  config: str | None = choice(None, "quantization (default fixed8: W8A8; w1a1: binary weights on "
+                                              "XNOR lanes, w2a1: 2-bit {-1, 0, 1} weights, each with 1-bit "
+                                              "activations and an 8-bit input; not with --from)",
                                               tuple(NETWORK_CONFIGS)),
                   plan: Path | None = typer.Option(None, "--plan", help="a plan.json, e.g. from `mixq search` "
                                                    "(its folding too, if it sets one; not with --config)"),
@@ -310,49 +312,27 @@ def register(app: typer.Typer) -> None:
 
             raise OptionError("--plan and --config are exclusive (the plan sets the formats)")
         folder = out_dir(out, "rtl-build", name)
-        import re
-
         from mixq.errors import CheckFailed
-        from mixq.io import atomic_write_json
-        from mixq.rtl.netsim import simulate, write_build
-        from mixq.rtl.network import default_folding, generate_network, output_order
+        from mixq.rtl.build import SimOptions, build_and_check
 
         cfg = config or "fixed8"
         im, values, _ = network_int_model(name, cfg, images, from_, plan)
-        top = re.sub(r"[^A-Za-z0-9_]", "_", name) or "net"
-        if not top[0].isalpha():
-            top = "net_" + top
-        folding = (plan_folding(plan) if plan is not None else None) or default_folding(im, pe, simd)
-        net = generate_network(im, values, top, folding, core, part)
-        first = next(n for n in im.nodes if n.inputs == ("input",))
-        codes = values[first.name].numpy()[: max(images, 1)]
-        ref = output_order(net, values[im.output].numpy())[: max(images, 1)]
-        write_build(net, folder, codes[:images] if images else codes[:1], ref[:images] if images else None, name)
-        est = net.estimate()
-        res: dict[str, Any] = {"model": name, "config": None if from_ or plan else cfg,
-                               "plan": str(plan) if plan else None, "from": str(from_) if from_ else None,
-                               "part": part, "top": net.top, "out": str(folder), "files": net.sources,
-                               "input_stream": {"bits": net.in_width, "beats_per_frame": net.in_pixels},
-                               "output_stream": {"bits": net.out_width, "beats_per_frame": net.out_elems},
-                               "images": images, **est}
-        if images:
-            r = simulate(net, folder, ref[:images], simulator, seed, max(1, round(valid * 256)),
-                         max(1, round(ready * 256)))
-            sim = r.to_dict()
-            res.update({"simulation": sim, "mismatches": r.mismatches, "ok": r.ok,
-                        "cycles_per_frame": r.interval_cycles if images > 1 else None,
-                        "latency_cycles": r.latency_cycles})
-        atomic_write_json(folder / "build.json", res)
-        lines = [f"wrote {len(net.sources)} Verilog files and {len(net.mems)} memories to {folder} (top {net.top})",
-                 f"estimator: {est['estimator_cycles_per_frame']:,} cycles/frame; this design's model: "
-                 f"{est['design_cycles_per_frame']:,}"]
-        if images:
+        b = build_and_check(im, values, name, folder, images, plan_folding(plan) if plan is not None else None,
+                            pe, simd, core, part, SimOptions(simulator, seed, valid, ready),
+                            meta={"config": None if from_ or plan else cfg, "plan": str(plan) if plan else None,
+                                  "from": str(from_) if from_ else None})
+        res, r = {**b.summary, "out": str(folder)}, b.sim
+        lines = [f"wrote {len(b.net.sources)} Verilog files and {len(b.net.mems)} memories to {folder} "
+                 f"(top {b.net.top})",
+                 f"estimator: {res['estimator_cycles_per_frame']:,} cycles/frame; this design's model: "
+                 f"{res['design_cycles_per_frame']:,}"]
+        if r is not None:
             lines.append(f"{simulator}: {images} images, {r.elements} output elements, {r.mismatches} mismatches, "
                          f"{r.missing} missing, {r.extra} extra; measured "
                          + (f"{r.interval_cycles:,.0f} cycles/frame, " if images > 1 else "")
                          + f"latency {r.latency_cycles:,} cycles")
         emit(res, lines)
-        if images and not r.ok:
+        if not b.ok:
             raise CheckFailed(f"rtl build {name}: the simulated accelerator differs from the integer engine "
                               f"(see {folder / 'build.json'})")
 

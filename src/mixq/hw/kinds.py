@@ -308,10 +308,11 @@ PE_KINDS: dict[str, PeKind] = {k.name: k for k in (
     _dot("pot", "lut", "shift_add", _width_pot, _decode_pot, shift_range=_pot_shift, sign_in_sum="lane",
          lane_features=("shift", "fanin", "mux", "log", "lane", "sign"), min_wbits=2, layer_engine=True),
     # a * {-1, 0, +1}: a select
-    _dot("ternary", "lut", "select", _width_select, _decode_ternary, lane_features=("lane",), weight_bits=2),
+    _dot("ternary", "lut", "select", _width_select, _decode_ternary, lane_features=("lane",), weight_bits=2,
+         layer_engine=True),
     # binary weight x binary activation: XNOR, popcount
     _dot("xnor", "lut", "xnor", _width_bit, _decode_bit, lane_features=("lane",), signed_sum=False,
-         acc_extra=1, weight_bits=1, act_bits=1),
+         acc_extra=1, weight_bits=1, act_bits=1, layer_engine=True),
     # components: simd inputs of abits (tree); an accumulator of accw fed abits (acc); dyadic
     # acc * M >> n, round, clamp to out_bits on a DSP (requant); 2**out_bits - 1 threshold comparators
     # (thresh, FINN style); a wbits wide x simd deep memory, block RAM when abits else LUTRAM (ram)
@@ -353,9 +354,10 @@ WEIGHT_KINDS: dict[str, WeightKind] = {w.name: w for w in (
     WeightKind("sp2", "sp2", terms=2, layer_engine=True),
     WeightKind("pot", "pot", layer_engine=True),
     WeightKind("focused", "pot"),  # a focused format's levels are single shifts too
-    WeightKind("ternary", "ternary"),
+    WeightKind("ternary", "ternary", layer_engine=True),
     WeightKind("binary", "xnor", wide_act="ternary",
-               wide_act_note="binary weights with multi-bit activations modelled as ternary selects"),
+               wide_act_note="binary weights with multi-bit activations modelled as ternary selects",
+               layer_engine=True),
     WeightKind("minifloat", None),
     WeightKind("posit", None),
 )}

@@ -81,7 +81,11 @@ def build_run_report(summary: Mapping[str, Any], designs: Sequence[DesignView], 
     _histograms(rep, designs, float_model, rows)
     _verification(rep, summary, designs)
     if summary.get("rtl") is not None:
-        rep.add_html("RTL", generic_html(summary["rtl"]), "rtl")
+        rep.add_html("RTL check: the searched design in Verilog vs the integer engine",
+                     generic_html(summary["rtl"]) + note_html(
+                         "The searched design generated as one streaming accelerator (AXI4-Stream in and out) at "
+                         "the folding the estimator chose, simulated in Verilator on test images with randomized "
+                         "backpressure; every output element is compared with the integer engine."), "rtl")
     cfg = summary.get("config", {})
     files = ", ".join([*(str(d["plan"]) for d in ds), "summary.json (every figure of this page)"])
     rep.add_html("Files and settings", note_html(f"files: {files}") + note_html(

@@ -41,7 +41,7 @@ import numpy as np
 
 from mixq.errors import MixqError
 from mixq.rtl.layerdata import LayerData
-from mixq.rtl.layout import Core, Layout, encode_weight
+from mixq.rtl.layout import Core, Layout, encode_weight, pad_code, popcount_offsets
 from mixq.rtl.memfile import pack, signed_width
 from mixq.rtl.pe import generate as generate_pe
 
@@ -78,8 +78,7 @@ WEIGHT_STYLES = ("auto", "rom", "lutram", "block")
 
 def _weight_codes(d: LayerData, c: Core, length: int) -> np.ndarray:
     """PE codes of the core's rows, zero-padded to ``length`` (rows + 1, length); other rows and the last are 0s."""
-    zero = encode_weight(c.kind, c.wbits, 0, d.name)
-    out = np.full((d.rows + 1, length), zero, dtype=np.int64)
+    out = np.full((d.rows + 1, length), pad_code(c.kind, c.wbits), dtype=np.int64)
     mine = np.unique(c.slots[c.slots >= 0])
     w = d.weight.reshape(d.rows, -1)[mine]
     vals, inv = np.unique(w, return_inverse=True)
@@ -147,7 +146,14 @@ def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "aut
     qw = signed_width(lo_all + hi_all)
     uniform = len(set(lo_all)) == 1 and len(set(hi_all)) == 1
     mw = max(1, max(int(m) for m in d.mult).bit_length())
-    cw = signed_width([int(c) for c in d.const])
+    # C per row; an XNOR core's popcount exceeds the dot product by its row's count of -1 weights, taken off here
+    const = [int(x) for x in d.const]
+    w2 = d.weight.reshape(d.rows, -1)
+    for c in lay.cores:
+        rows = np.unique(c.slots[c.slots >= 0])
+        for r, k in zip(rows, popcount_offsets(c.kind, w2[rows]), strict=True):
+            const[r] -= int(k) * int(d.mult[r])
+    cw = signed_width(const)
     rw = _bits(d.rows)
     n_shift = d.shift
     ia = _bits(g * fold)
@@ -284,7 +290,7 @@ def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "aut
                     if row < 0:
                         f = [0, 0, 0, 0] + ([] if uniform else [0, 0])
                     else:
-                        f = [int(d.mult[row]), int(d.const[row]), row, 1] + (
+                        f = [int(d.mult[row]), const[row], row, 1] + (
                             [] if uniform else [lo_all[row], hi_all[row]])
                     prm.append(pack(f, fields_w))
             rom(f"{q}_pm", f"{top}_{q}_p.mem", prm, pwid)

@@ -76,12 +76,35 @@ class Layout:
         return max(c.tiles for c in self.cores)
 
 
+def weight_level(kind: str, wbits: int, code: int) -> int:
+    """The weight level a PE code stands for: the lane's multiplier (:func:`mixq.rtl.pe.decode_weight`), or for a
+    lane whose sum is unsigned (XNOR: ``PeKind.signed_sum`` false) the bipolar level ``2 * code - 1``."""
+    v = decode_weight(kind, wbits, code)
+    return v if PE_KINDS[kind].signed_sum else 2 * v - 1
+
+
 def encode_weight(kind: str, wbits: int, value: int, layer: str) -> int:
-    """The PE code of an engine weight level (inverse of :func:`mixq.rtl.pe.decode_weight`)."""
+    """The PE code of an engine weight level (inverse of :func:`weight_level`)."""
     table = _codes(kind, wbits)
     if value not in table:
         raise MixqError(f"layer {layer!r}: weight {value} is not a level of the {kind} PE with {wbits} bits")
     return table[value]
+
+
+def pad_code(kind: str, wbits: int) -> int:
+    """The code of padding lanes (their activation is 0): the level 0, or where 0 is no level (XNOR) +1, whose
+    XNOR with a 0 activation adds nothing to the popcount."""
+    table = _codes(kind, wbits)
+    return table[0] if 0 in table else table[1]
+
+
+def popcount_offsets(kind: str, weight: np.ndarray) -> np.ndarray:
+    """Per row, what an unsigned-sum (XNOR) lane's accumulator exceeds the dot product by: with weights
+    ``w`` in {-1, +1} and activations ``a`` in {0, 1}, the popcount of ``XNOR(w > 0, a)`` is
+    ``sum(w * a) + #(w == -1)`` (a lane with ``a = 0`` counts 1 exactly when ``w = -1``); 0 for signed lanes."""
+    if PE_KINDS[kind].signed_sum:
+        return np.zeros(weight.shape[0], dtype=np.int64)
+    return (weight.reshape(weight.shape[0], -1) < 0).sum(axis=1).astype(np.int64)
 
 
 _CODE_CACHE: dict[tuple[str, int], dict[int, int]] = {}
@@ -92,7 +115,7 @@ def _codes(kind: str, wbits: int) -> dict[int, int]:
     if key not in _CODE_CACHE:
         t: dict[int, int] = {}
         for c in range(1 << wbits):
-            t.setdefault(decode_weight(kind, wbits, c), c)
+            t.setdefault(weight_level(kind, wbits, c), c)
         _CODE_CACHE[key] = t
     return _CODE_CACHE[key]
 
