@@ -231,7 +231,8 @@ def test_randomized_backpressure_loses_no_data(built: tuple[Path, subprocess.Com
 @pytest.mark.parametrize("args", [
     pytest.param(("--config", "msq4"), id="msq4"),  # about 60 s: generate, compile, 2 images
     pytest.param(("--config", "w2a1", "--core", "lut"), id="w2a1", marks=pytest.mark.slow),
-    pytest.param(("--config", "w1a1"), id="w1a1"),  # XNOR-popcount lanes, the -1 count taken off in the requantizer
+    # XNOR-popcount lanes (the layer-level XNOR engines run by default: tests/test_cosim_layers.py)
+    pytest.param(("--config", "w1a1"), id="w1a1", marks=pytest.mark.slow),
     pytest.param(("--plan", str(PLAN)), id="plan", marks=[
         pytest.mark.slow, pytest.mark.skipif(not PLAN.is_file(), reason="runs/demo/plan_msq.json not present")]),
 ])
@@ -297,3 +298,90 @@ def test_icarus_reference_simulation(tmp_path: Path) -> None:
     write_build(net, tmp_path, values[first.name].numpy()[:1], ref, "cnv")
     r = simulate(net, tmp_path, ref, "icarus", seed=5, valid=200, ready=100)
     assert r.ok, r.to_dict()
+
+
+def _pointwise(op: Any, xs: list[np.ndarray]) -> np.ndarray:
+    """A pointwise rule on (C, H, W) integers, per channel, as the generated unit computes it."""
+    c = xs[0].shape[0]
+    ch = np.arange(c)
+    col = (lambda t: np.array(t, dtype=object)[ch][:, None, None])  # noqa: E731
+    if op.op == "add":
+        n = col(op.n)
+        return (sum(x.astype(object) * col(m) for x, m in zip(xs, op.m, strict=True)) + ((1 << n) >> 1)) >> n
+    x = xs[0].astype(object)
+    if op.op == "requant":
+        n = col(op.n)
+        x = (x * col(op.m[0]) + ((1 << n) >> 1)) >> n
+    lo, hi = op.lo, op.hi
+    if lo is not None:
+        x = np.maximum(x, col(lo))
+    if hi is not None:
+        x = np.minimum(x, col(hi))
+    return x
+
+
+def test_residual_network_lowers_to_layer_and_pointwise_stages() -> None:
+    """MobileNetV2's first four modules (real weights, a real photo at 32x32): depthwise layer stages, the
+    projection layers that feed the add write their accumulators, the block input's goes to two buffers (the
+    next layer's requantizer and the skip), and the pointwise rules give the engine's integers exactly."""
+    from mixq.cli.rtl import network_int_model
+    from mixq.errors import ModelError
+    from mixq.rtl.netgraph import PointStage, lower_graph
+
+    im, values, _ = network_int_model("mobilenet_v2", "fixed8", 1, size=32, blocks=4)
+    g = lower_graph(im, values)
+    stages = g.stages
+    assert sum(s.layout.data.groups > 1 for s in stages) == 3  # the depthwise 3x3 layers
+    heads = {s.name for s in stages if s.head}
+    assert heads == {"2.conv.2", "3.conv.2"}  # the add's operands: accumulators
+    points = [s for s in g.nodes if isinstance(s, PointStage)]
+    assert [(p.value, [o.op for o in p.ops]) for p in points] == [("3.conv.0.0.input_quant", ["requant"]),
+                                                                 ("add", ["add"])]
+    assert [b.consumer for b in g.buffers if b.value == "2.conv.2"] == [g.nodes.index(points[0]),
+                                                                        g.nodes.index(points[1])]
+    assert g.buffers[-1].value == "add" and g.buffers[-1].consumer == -1
+    for p in points:
+        xs = [values[v][0].numpy().astype(np.int64) for v in p.sources]
+        for op in p.ops:
+            xs = [_pointwise(op, xs)]
+        assert np.array_equal(np.asarray(xs[0], dtype=np.int64), values[p.value][0].numpy().astype(np.int64))
+    with pytest.raises(ModelError, match="not one chain"):
+        lower_network(im, values)
+
+
+@needs_verilator
+def test_cli_build_simulates_a_residual_network_bit_exact(tmp_path: Path) -> None:
+    """The residual slice of MobileNetV2 as one accelerator: depthwise windows, a skip buffer, the add unit."""
+    proc = _cli("mobilenet_v2", "--blocks", "4", "--size", "32", "--pe", "8", "--simd", "8", "--images", "2",
+                "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "build.json").read_text())
+    sim = res["simulation"]
+    assert res["mismatches"] == 0 and res["ok"] and sim["elements"] == 2 * 24 * 8 * 8 == sim["received"]
+    assert sim["missing"] == sim["extra"] == sim["bad_tlast"] == 0
+    assert res["blocks"] == 4 and res["size"] == 32
+    assert abs(res["cycles_per_frame"] - res["design_cycles_per_frame"]) < 0.01 * res["design_cycles_per_frame"]
+
+
+def test_cli_build_takes_the_estimators_folding(tmp_path: Path) -> None:
+    """`--folding` takes what `mixq estimate --out` chose (its estimate.json) or {layer: [pe, simd]}; a bad file
+    is one line naming it and the entry, exit 1."""
+    est = subprocess.run([sys.executable, "-m", "mixq", "estimate", "cnv", "--out", str(tmp_path / "est")],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert est.returncode == 0, est.stderr[-1500:]
+    layers = json.loads((tmp_path / "est" / "estimate.json").read_text())["layers"]
+    want = {ly["name"]: [ly["pe"], ly["simd"]] for ly in layers if ly.get("macs")}
+    proc = _cli("cnv", "--folding", str(tmp_path / "est" / "estimate.json"), "--images", "0", "--out",
+                str(tmp_path / "b"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    built = json.loads((tmp_path / "b" / "build.json").read_text())
+    got = {ly["layer"]: [ly["pe"], ly["simd"]] for ly in built["layers"]}
+    assert got == want
+    for text, needle in (("{\"features.0\": [0, 3]}", "features.0"), ("[1, 2]", "expected"), ("{", "JSON"),
+                         ("{\"features.99\": [1, 1]}", "features.99")):
+        (tmp_path / "f.json").write_text(text)
+        proc = _cli("cnv", "--folding", str(tmp_path / "f.json"), "--images", "0", "--out", str(tmp_path / "c"),
+                    timeout=300)
+        last = proc.stderr.strip().splitlines()[-1]  # after the progress lines of the work done before
+        assert proc.returncode == 1 and last.startswith("mixq: error:") and needle in last, proc.stderr
+        assert "Traceback" not in proc.stderr

@@ -172,12 +172,14 @@ def plan_folding(plan_file: Path) -> dict[str, tuple[int, int]] | None:
 
 
 def network_int_model(model: str, config: str, images: int, from_: Path | None = None,
-                      plan_file: Path | None = None) -> tuple[Any, dict[str, Any], Any]:
+                      plan_file: Path | None = None, size: int | None = None,
+                      blocks: int | None = None) -> tuple[Any, dict[str, Any], Any]:
     """(IntModel, the engine's integers on ``images`` real inputs (``keep=True``), those inputs) for
     ``mixq rtl build``: the zoo model with its real weights quantized under ``config`` (or the plan of
     ``plan_file``, a ``plan.json`` such as ``mixq run`` writes: MSQ rows as it assigns them, or assigned here)
     and calibrated on its default data (CNV: the bundled Fashion-MNIST), or the quantized model of the
-    artifact ``from_``."""
+    artifact ``from_``. ``blocks`` keeps the first modules of the zoo model's ``features`` (a slice of a large
+    network, e.g. MobileNetV2's first inverted residual blocks), ``size`` its input H = W (real photos resized)."""
     import torch
 
     from mixq import api, zoo
@@ -203,7 +205,11 @@ def network_int_model(model: str, config: str, images: int, from_: Path | None =
             torch.manual_seed(0)
             m = zoo.load(model, pretrained=False)
         m.eval()
-        x, cal = default_inputs(model, None, n)
+        if blocks:
+            if not isinstance(getattr(m, "features", None), torch.nn.Sequential):
+                raise MixqError(f"--blocks: {model} has no `features` sequence to slice")
+            m = torch.nn.Sequential(*list(m.features)[:blocks]).eval()  # type: ignore[union-attr, arg-type]
+        x, cal = default_inputs(model, size, n)
         cal = cal[:64]
         if plan_file is not None:
             from mixq.plan.jsonio import load_plan
@@ -292,9 +298,15 @@ def register(app: typer.Typer) -> None:
                                               tuple(NETWORK_CONFIGS)),
                   plan: Path | None = typer.Option(None, "--plan", help="a plan.json, e.g. from `mixq search` "
                                                    "(its folding too, if it sets one; not with --config)"),
+                  folding: Path | None = typer.Option(None, "--folding", help="the folding: {layer: [pe, simd]} "
+                                                      "or an estimate.json (mixq estimate --out); wins over a "
+                                                      "--plan's and the PE / SIMD caps"),
                   pe: int = count(16, "PEs per layer at most (pe = min(rows, PE); a --plan's own folding wins)"),
                   simd: int = count(32, "lanes per PE at most (simd = min(row length, SIMD))"),
                   core: str = _CORE, part: str = typer.Option("xc7z020", help="FPGA part the layouts are costed on"),
+                  size: int = _SIZE,
+                  blocks: int = count(0, "keep the first N modules of the model's `features` (0: all), e.g. "
+                                      "MobileNetV2's first inverted residuals", 0),
                   images: int = count(2, "Fashion-MNIST / default test images to simulate (0: write the build only)",
                                       0),
                   simulator: str = choice("verilator", "simulator", ("verilator", "icarus")),
@@ -306,21 +318,25 @@ def register(app: typer.Typer) -> None:
         """Write the whole streaming accelerator (Verilog, memories, files.f, testbench, README, build.json) and
         simulate it on real images against the integer engine (exit 3 on a mismatch)."""
         name = resolve_model(model, from_, "MODEL", ctx=ctx)
-        exclusive_with_from(from_, config=config is not None, plan=plan is not None)
+        exclusive_with_from(from_, config=config is not None, plan=plan is not None, size=size != 0,
+                            blocks=blocks != 0)
         if plan is not None and config is not None:
             from mixq.errors import OptionError
 
             raise OptionError("--plan and --config are exclusive (the plan sets the formats)")
         folder = out_dir(out, "rtl-build", name)
         from mixq.errors import CheckFailed
-        from mixq.rtl.build import SimOptions, build_and_check
+        from mixq.rtl.build import SimOptions, build_and_check, load_folding
 
         cfg = config or "fixed8"
-        im, values, _ = network_int_model(name, cfg, images, from_, plan)
-        b = build_and_check(im, values, name, folder, images, plan_folding(plan) if plan is not None else None,
+        fold = load_folding(folding) if folding is not None else None
+        im, values, _ = network_int_model(name, cfg, images, from_, plan, size or None, blocks or None)
+        b = build_and_check(im, values, name, folder, images,
+                            fold or (plan_folding(plan) if plan is not None else None),
                             pe, simd, core, part, SimOptions(simulator, seed, valid, ready),
                             meta={"config": None if from_ or plan else cfg, "plan": str(plan) if plan else None,
-                                  "from": str(from_) if from_ else None})
+                                  "from": str(from_) if from_ else None, "size": size or None,
+                                  "blocks": blocks or None})
         res, r = {**b.summary, "out": str(folder)}, b.sim
         lines = [f"wrote {len(b.net.sources)} Verilog files and {len(b.net.mems)} memories to {folder} "
                  f"(top {b.net.top})",

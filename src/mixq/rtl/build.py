@@ -9,6 +9,7 @@ randomized backpressure; ``build.json`` in the folder holds the result, written 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from mixq.engine.model import IntModel
+from mixq.errors import DataError, ModelError
 from mixq.io import atomic_write_json
 from mixq.rtl.netsim import SimResult, available, simulate, write_build
 from mixq.rtl.network import NetworkRtl, default_folding, generate_network, output_order
@@ -44,6 +46,29 @@ class BuildResult:
         return self.sim is None or self.sim.ok
 
 
+def load_folding(path: Path) -> dict[str, tuple[int, int]]:
+    """A folding file: ``{layer: [pe, simd]}``, or an ``estimate.json`` (``mixq estimate --out``: its streaming
+    ``layers`` with ``name``, ``pe``, ``simd``). One :class:`DataError` naming the file and the entry."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"--folding {path}: cannot read it as JSON ({e})") from None
+    if isinstance(doc, dict) and isinstance(doc.get("layers"), list):
+        items = [(ly.get("name"), [ly.get("pe"), ly.get("simd")]) for ly in doc["layers"]  # compute layers, as
+                 if isinstance(ly, dict) and ly.get("macs") and ly.get("pe")]  # hw Estimate.folding() takes them
+    elif isinstance(doc, dict):
+        items = list(doc.items())
+    else:
+        raise DataError(f"--folding {path}: expected {{layer: [pe, simd]}} or an estimate.json")
+    out = {}
+    for name, v in items:
+        if not (isinstance(name, str) and isinstance(v, list | tuple) and len(v) == 2
+                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)):
+            raise DataError(f"--folding {path}: layer {name!r}: expected [pe, simd], two integers >= 1, got {v!r}")
+        out[name] = (int(v[0]), int(v[1]))
+    return out
+
+
 def top_name(model: str) -> str:
     """A Verilog module name from a model name (``cnv`` -> ``cnv``, ``3net.onnx`` -> ``net_3net_onnx``)."""
     top = re.sub(r"[^A-Za-z0-9_]", "_", model) or "net"
@@ -58,6 +83,10 @@ def build_and_check(im: IntModel, values: Mapping[str, torch.Tensor], model: str
     engine's integers of a batch, ``keep=True``; 0 images: write only). ``folding`` (layer -> (pe, simd)) or the
     default caps ``pe`` / ``simd``; ``meta`` goes into ``build.json`` beside the figures."""
     sim = sim or SimOptions()
+    layers = {n.name for n in im.compute_nodes()}
+    unknown = sorted(set(folding or {}) - layers)
+    if unknown:
+        raise ModelError(f"folding: no compute layer {unknown[0]!r} in {model} (layers: {', '.join(sorted(layers))})")
     net = generate_network(im, values, top_name(model), dict(folding or default_folding(im, pe, simd)), core, part)
     first = next(n for n in im.nodes if n.inputs == ("input",))
     n = max(images, 1)
@@ -97,4 +126,4 @@ def check_summary(b: BuildResult) -> dict[str, Any]:
     return out
 
 
-__all__ = ["BuildResult", "SimOptions", "available", "build_and_check", "check_summary", "top_name"]
+__all__ = ["BuildResult", "SimOptions", "available", "build_and_check", "check_summary", "load_folding", "top_name"]

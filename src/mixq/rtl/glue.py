@@ -26,7 +26,9 @@ of the code width ``B`` for signed formats), the layout of every frame buffer.
                     (:mod:`mixq.rtl.layer`, ``banks=2``), so the copy overlaps the previous
                     vector's computation and the engine takes vectors back to back: a pixel
                     costs ``max(tiles*fold, KH*KW, 3)`` cycles. A linear layer after a flatten
-                    is a window covering the whole map.
+                    is a window covering the whole map. A depthwise layer (``DWC`` channels) takes
+                    its vector channel by channel (``FOLD`` words each, the channel's ``KH*KW``
+                    window codes), so its copy is ``DWC*FOLD`` cycles.
 ``mixq_collect``    the engine's requantizer outputs (row, code) assembled into the output
                     pixel word; with ``PK > 1`` a ``PK x PK`` / stride ``PK`` max-pool on a line
                     buffer of pooled pixels (the pool of the codes equals the engine's pool of
@@ -35,6 +37,9 @@ of the code width ``B`` for signed formats), the layout of every frame buffer.
 ``mixq_axis_out``   AXI4-Stream master: the output frame buffer, one code per beat (pixel by
                     pixel, channel by channel), sign-extended to the bus, ``m_tlast`` on the
                     frame's last code; holds ``m_tdata`` / ``m_tvalid`` while ``m_tready`` is low.
+
+Pointwise stages (residual adds, requantizers between stages) are generated per stage by
+:mod:`mixq.rtl.pointwise`.
 """
 
 from __future__ import annotations
@@ -88,7 +93,7 @@ endmodule
 
 module mixq_window #(
   parameter IH = 1, IW = 1, PW = 8, KH = 1, KW = 1, SH = 1, SW = 1, PH = 0, PL = 0,
-  parameter OH = 1, OW = 1, FOLD = 1, LW = 8, AW = 1, IA = 1
+  parameter OH = 1, OW = 1, FOLD = 1, LW = 8, AW = 1, IA = 1, DWC = 0, B = 8, SIMD = 1
 ) (
   input clk, input rst,
   input can_read, input can_write, input done,
@@ -99,11 +104,13 @@ module mixq_window #(
   localparam K = KH * KW;
   localparam WW = K * PW;
   localparam VW = FOLD * LW;
+  localparam NW = (DWC > 0) ? DWC * FOLD : FOLD;  // words copied per vector (depthwise: FOLD per channel)
+  localparam XW = (DWC > 0) ? WW : VW;
   reg active, g_on, full, copying;
-  reg [15:0] gy, gx, ky, kx, nissue, s;
+  reg [15:0] gy, gx, ky, kx, nissue, s, cf, cg;
   reg p1, p2, pad1, pad2, e1, e2;
   reg [WW-1:0] sh, nxt;
-  reg [VW-1:0] win;
+  reg [XW-1:0] win;
   integer iy, ix;
   always @(*) begin
     iy = gy * SH - PH + ky;
@@ -120,14 +127,24 @@ module mixq_window #(
     end
   endgenerate
   // take the gathered window into the copy register: the engine took the previous one (or will this cycle)
-  wire take = full && (!copying || s == FOLD - 1) && (!start || ready);
+  wire take = full && (!copying || s == NW - 1) && (!start || ready);
   // a window's last read: its data completes the window two cycles later, when `nxt` must be free
   wire lastread = nissue == K - 1;
   wire issue = g_on && (!lastread || ((!full || take) && !e1 && !e2));
   // copy: one word per cycle into the engine's write bank
   assign in_we = copying;
   assign in_addr = s[IA-1:0];
-  assign in_data = win[s * LW +: LW];
+  generate
+    if (DWC == 0) begin : g_dense
+      assign in_data = win[s * LW +: LW];
+    end else begin : g_dw  // channel cg's window positions cf*SIMD .. cf*SIMD + SIMD - 1, zeros past KH*KW
+      genvar li;
+      for (li = 0; li < SIMD; li = li + 1) begin : g_lane
+        wire [15:0] pp = cf * SIMD + li;
+        assign in_data[li * B +: B] = (pp < K) ? win[(pp * DWC + cg) * B +: B] : {B{1'b0}};
+      end
+    end
+  endgenerate
   always @(posedge clk) begin
     frame_end <= 1'b0;
     if (rst) begin
@@ -159,13 +176,14 @@ module mixq_window #(
       if (p2) sh <= shifted;
       // feed: copy the window (FOLD cycles), `start` with its last word; the engine takes it when ready
       if (copying) begin
-        if (s == FOLD - 1) copying <= 0;
-        if (FOLD >= 2 && s == FOLD - 2) start <= 1'b1;
+        if (s == NW - 1) copying <= 0;
+        if (NW >= 2 && s == NW - 2) start <= 1'b1;
         s <= s + 1'b1;
+        if (cf == FOLD - 1) begin cf <= 0; cg <= cg + 1'b1; end else cf <= cf + 1'b1;
       end
       if (take) begin
-        win <= nxt; full <= 0; copying <= 1; s <= 0;
-        if (FOLD == 1) start <= 1'b1;
+        win <= nxt; full <= 0; copying <= 1; s <= 0; cf <= 0; cg <= 0;
+        if (NW == 1) start <= 1'b1;
       end
       if (p2 && e2) begin nxt <= shifted; full <= 1; end
       if (active && done) begin active <= 0; frame_end <= 1'b1; end

@@ -1,0 +1,433 @@
+"""The dataflow graph of a whole-network accelerator (:mod:`mixq.rtl.network`): what runs where.
+
+:func:`lower_graph` walks an :class:`~mixq.engine.model.IntModel` in topological order and groups its
+nodes into *stages*:
+
+* a **layer stage** (:class:`Stage`) for every conv / linear node: its layer engine (dense or depthwise)
+  with the clamps, the max-pool and the requantizer that follow it while it is the only consumer (the
+  value it writes is that requant's codes); a layer whose output feeds more than one node, an add, or the
+  network output writes its **accumulators** instead (the identity requantizer, ``head``), exactly the
+  engine's value of the conv node;
+* a **pointwise stage** (:class:`PointStage`) for a residual add, a requant or a clamp whose input is such
+  a value: per channel, the engine's dyadic rules one after the other (``add``: ``(a*Ma + b*Mb + 2**(n-1))
+  >> n``; ``clamp``; ``requant``: ``clamp((x*M + 2**(n-1)) >> n, qmin, qmax)``) on a pixel at a time.
+
+Every value a stage writes goes to one frame buffer per stage that reads it (:class:`Buffer`; the network
+output's buffer feeds the output stream), so a skip connection is a second buffer the producer writes
+beside the main path's. The writer waits until every buffer it writes has a free bank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mixq.engine.model import IntModel, IntNode
+from mixq.errors import ModelError
+from mixq.rtl.layer import output_latency
+from mixq.rtl.layerdata import LayerData, layer_data
+from mixq.rtl.layout import Layout, plan_layout
+from mixq.rtl.memfile import signed_width
+
+#: default folding caps: ``pe = min(rows, PE)``, ``simd = min(row_length, SIMD)``
+DEFAULT_PE = 16
+DEFAULT_SIMD = 32
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One compute layer of the pipeline and the glue around its engine."""
+
+    name: str
+    layout: Layout  # weights permuted to the stream order (see the module docstring)
+    in_shape: tuple[int, int, int]  # (C, H, W) of the input frame buffer
+    in_bits: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    out_hw: tuple[int, int]  # engine output pixels (Ho, Wo)
+    pool: int  # max-pool k x k, stride k (1: none)
+    out_shape: tuple[int, int, int]  # (C, H, W) written to the next frame buffer
+    out_bits: int  # bits per stored code
+    out_signed: bool
+    head: bool  # outputs its accumulators, no requantization (the network output, or a value an add takes)
+    source: str = ""  # the value the stage reads (a buffer's)
+    value: str = ""  # the value the stage writes (the requant after it, or the layer's own accumulators)
+
+    @property
+    def run_cycles(self) -> int:
+        """Cycles the engine computes per input vector (``tiles * fold``)."""
+        return self.layout.tiles * self.layout.fold
+
+    @property
+    def window_reads(self) -> int:
+        """Frame-buffer reads per output pixel (``kh * kw``, one per cycle)."""
+        return self.kernel[0] * self.kernel[1]
+
+    @property
+    def copy_words(self) -> int:
+        """Words the window sequencer copies into the engine per vector: ``fold`` (a depthwise layer: one
+        chunk per channel, ``channels * fold``)."""
+        d = self.layout.data
+        return (d.groups if d.op == "conv" else 1) * self.layout.fold
+
+    @property
+    def pixel_cycles(self) -> int:
+        """Cycles per output pixel of this design: the engine's vectors back to back (copy overlapped), or the
+        window reads or the copy if slower (at least 3: a window's data come two cycles after its last read)."""
+        return max(self.run_cycles, self.window_reads, self.copy_words, 3)
+
+    @property
+    def frame_overhead(self) -> int:
+        """Cycles per frame besides the pixels: the first window (reads, data, copy) before the engine starts,
+        the last vector's way through the engine (:func:`mixq.rtl.layer.output_latency`) and the collector, and
+        the frame handshake, less one pixel interval (the last pixel's is counted in the drain)."""
+        fill = self.window_reads + 3 + self.copy_words
+        return fill + output_latency(self.layout) + 5 - self.pixel_cycles
+
+    @property
+    def cycles(self) -> int:
+        """Cycles per frame of this stage: its pixels at :attr:`pixel_cycles` and :attr:`frame_overhead`."""
+        return self.out_hw[0] * self.out_hw[1] * self.pixel_cycles + self.frame_overhead
+
+
+
+def _consumers(model: IntModel) -> dict[str, list[IntNode]]:
+    out: dict[str, list[IntNode]] = {}
+    for n in model.nodes:
+        for i in n.inputs:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def _chw(shape: tuple[int, ...], where: str) -> tuple[int, int, int]:
+    if len(shape) == 3:
+        return (int(shape[0]), int(shape[1]), int(shape[2]))
+    if len(shape) == 1:
+        return (int(shape[0]), 1, 1)
+    raise ModelError(f"network: {where} has shape {shape}; the network builder takes (C, H, W) or (F,) maps")
+
+
+def _unflattened(model: IntModel, values: Mapping[str, torch.Tensor]) -> tuple[IntModel, dict[str, torch.Tensor]]:
+    """The model without its flatten nodes (a requant after one works per channel on the unflattened map), so
+    :func:`mixq.rtl.layerdata.layer_data` sees ``conv -> clamp -> maxpool -> requant``; values to match."""
+    vals = dict(values)
+    shapes: dict[str, tuple[int, ...]] = {}
+    drop: dict[str, str] = {}  # flatten -> its input
+    nodes: list[IntNode] = []
+    for n in model.nodes:
+        if n.op == "flatten":
+            drop[n.name] = drop.get(n.inputs[0], n.inputs[0])
+            vals.pop(n.name, None)
+            continue
+        if not any(i in drop for i in n.inputs):
+            nodes.append(n)
+            continue
+        src = drop[n.inputs[0]]
+        shape = shapes.get(src, model.node(src).shape)
+        arrays = dict(n.arrays)
+        if n.op == "requant":
+            c = int(shape[0])
+            for k in ("M", "n"):
+                a = np.asarray(arrays[k])
+                if a.size > 1:
+                    per = a.reshape(c, -1)
+                    if not (per == per[:, :1]).all():
+                        raise ModelError(f"network: {n.name!r} requantizes the features of one channel "
+                                         "differently; the network builder needs one rule per channel")
+                    arrays[k] = per[:, :1].reshape((c,) + (1,) * (len(shape) - 1))
+            if n.name in vals:
+                vals[n.name] = vals[n.name].reshape((-1, *shape))
+            shapes[n.name] = tuple(shape)
+        nodes.append(dataclasses.replace(n, inputs=(src,), shape=tuple(shape), arrays=arrays))
+    return IntModel(tuple(nodes), model.input_shape, drop.get(model.output, model.output), dict(model.meta)), vals
+
+
+def _head_data(model: IntModel, values: Mapping[str, torch.Tensor], node: IntNode) -> LayerData:
+    """The network's last layer as :class:`LayerData` whose requantizer is the identity on the accumulator."""
+    rows = int(node.arrays["weight"].shape[0])
+    g = int(node.attrs.get("acc_frac_bits", 0))
+    bias = np.asarray(node.arrays["bias"]).reshape(-1)
+    bias = np.array([int(bias[0])] * rows if bias.size == 1 else [int(b) for b in bias], dtype=object)
+    bound = int(node.bound)
+    src = model.node(node.inputs[0])
+    a = node.attrs
+    return LayerData(
+        name=node.name, op=node.op, weight=np.asarray(node.arrays["weight"], dtype=np.int64),
+        row_format=np.asarray(node.arrays["row_format"], dtype=np.int64),
+        formats=tuple(dict(f) for f in a["formats"]), in_fmt=dict(src.attrs["fmt"]),
+        out_fmt={"kind": "fixed", "bits": signed_width([-bound, bound]), "signed": True},
+        stride=tuple(a.get("stride", (1, 1))), padding=tuple(a.get("padding", (0, 0))),  # type: ignore[arg-type]
+        groups=int(a.get("groups", 1)),
+        mult=np.array([1 << g] * rows, dtype=object), const=bias, shift=0,
+        lo=np.array([-bound] * rows, dtype=object), hi=np.array([bound] * rows, dtype=object),
+        x=values[node.inputs[0]].numpy().astype(np.int64), y=values[node.name].numpy().astype(np.int64),
+        bias=bias, pooled=False)
+
+
+def _permuted(lay: Layout, in_shape: tuple[int, int, int]) -> Layout:
+    """``lay`` with its weight columns in stream order: (ky, kx, c) for a conv, (y, x, c) for a linear layer."""
+    d = lay.data
+    w = d.weight
+    c, h, wd = in_shape
+    if d.op == "conv":
+        p = w.transpose(0, 2, 3, 1)
+    else:
+        if w.shape[1] != c * h * wd:
+            raise ModelError(f"layer {d.name!r}: {w.shape[1]} input features for a {c}x{h}x{wd} map")
+        p = w.reshape(d.rows, c, h * wd).transpose(0, 2, 1)
+    return dataclasses.replace(lay, data=dataclasses.replace(d, weight=np.ascontiguousarray(p).reshape(w.shape)))
+
+
+
+def default_folding(model: IntModel, pe: int = DEFAULT_PE, simd: int = DEFAULT_SIMD) -> dict[str, tuple[int, int]]:
+    """A small fixed folding: ``pe = min(rows, pe)``, ``simd = min(row length, simd)`` per compute layer."""
+    out = {}
+    for n in model.compute_nodes():
+        w = n.arrays["weight"]
+        out[n.name] = (min(int(w.shape[0]), pe), min(int(np.prod(w.shape[1:])), simd))
+    return out
+
+
+
+@dataclass(frozen=True)
+class PointOp:
+    """One per-channel rule of a pointwise stage (lists hold one entry per channel)."""
+
+    op: str  # "add" | "clamp" | "requant"
+    m: tuple[tuple[int, ...], ...] = ()  # add: the multiplier of each input; requant: (M,)
+    n: tuple[int, ...] = ()
+    lo: tuple[int, ...] | None = None  # clamp limits (requant: qmin, qmax)
+    hi: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class PointStage:
+    """Per-channel arithmetic on whole pixels: a residual add (two inputs) and / or clamps and a requant."""
+
+    name: str
+    sources: tuple[str, ...]  # the values read, one buffer each (an add's operands in its order)
+    value: str  # the value written: the last op's node
+    ops: tuple[PointOp, ...]
+    shape: tuple[int, int, int]
+    out_bits: int
+    out_signed: bool
+
+    @property
+    def cycles(self) -> int:
+        """Cycles per frame: one pixel a cycle after a two-cycle read latency, and the frame handshake."""
+        return self.shape[1] * self.shape[2] + 6
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A frame buffer: ``value`` written by stage ``producer`` (-1: the input stream), read by stage
+    ``consumer`` (-1: the output stream)."""
+
+    value: str
+    producer: int
+    consumer: int
+    shape: tuple[int, int, int]
+    bits: int
+    signed: bool
+
+
+@dataclass(frozen=True)
+class Graph:
+    nodes: tuple[Stage | PointStage, ...]  # in topological order
+    buffers: tuple[Buffer, ...]
+
+    @property
+    def stages(self) -> list[Stage]:
+        return [s for s in self.nodes if isinstance(s, Stage)]
+
+    def inputs_of(self, i: int) -> list[int]:
+        """Buffer indices stage ``i`` reads, in its sources' order."""
+        node = self.nodes[i]
+        srcs = (node.source,) if isinstance(node, Stage) else node.sources
+        out = []
+        for v in srcs:
+            out.append(next(k for k, b in enumerate(self.buffers) if b.value == v and b.consumer == i))
+        return out
+
+    def outputs_of(self, i: int) -> list[int]:
+        return [k for k, b in enumerate(self.buffers) if b.producer == i]
+
+
+def _per_channel(a: object, c: int, what: str) -> tuple[int, ...]:
+    """A per-channel array (scalar, (C,), (C, 1, 1) ...) as C ints; one value per channel or a ModelError."""
+    v = np.asarray(a)
+    if v.size == 1:
+        return (int(v.reshape(-1)[0]),) * c
+    per = v.reshape(c, -1)
+    if not (per == per[:, :1]).all():
+        raise ModelError(f"network: {what} differs within a channel; the pointwise unit takes one rule per channel")
+    return tuple(int(x) for x in per[:, 0])
+
+
+def _point_op(node: IntNode, c: int) -> PointOp:
+    a = node.arrays
+    if node.op == "add":
+        m = np.asarray(a["M"])
+        return PointOp("add", tuple(_per_channel(m[k], c, f"{node.name!r} M") for k in range(m.shape[0])),
+                       _per_channel(a["n"], c, f"{node.name!r} n"))
+    if node.op == "clamp":
+        lo, hi = a.get("lo"), a.get("hi")
+        return PointOp("clamp", lo=None if lo is None else _per_channel(lo, c, f"{node.name!r} lo"),
+                       hi=None if hi is None else _per_channel(hi, c, f"{node.name!r} hi"))
+    return PointOp("requant", (_per_channel(a["M"], c, f"{node.name!r} M"),),
+                   _per_channel(a["n"], c, f"{node.name!r} n"),
+                   (int(node.attrs["qmin"]),) * c, (int(node.attrs["qmax"]),) * c)
+
+
+def lower_graph(model: IntModel, values: Mapping[str, torch.Tensor],
+                folding: Mapping[str, tuple[int, int]] | None = None, core: str = "auto",
+                part: str = "xc7z020") -> Graph:
+    """The stages and frame buffers of ``model`` (``values``: the engine's integers for a batch,
+    ``keep=True``) at ``folding`` (layer -> (pe, simd); missing layers: :func:`default_folding`). One
+    :class:`ModelError` naming the node for anything the network builder does not take."""
+    fold = {**default_folding(model), **dict(folding or {})}
+    first = [n for n in model.nodes if n.inputs == ("input",)]
+    if len(first) != 1 or first[0].op != "quantize":
+        raise ModelError("network: the model's input must feed one quantizer (the codes the input stream carries)")
+    flat, vals = _unflattened(model, values)
+    cons = _consumers(flat)
+    # value -> (producer index, shape, bits, signed)
+    made: dict[str, tuple[int, tuple[int, int, int], int, bool]] = {
+        first[0].name: (-1, _chw(first[0].shape, first[0].name), int(first[0].attrs["fmt"].get("bits", 8)),
+                        bool(first[0].attrs["fmt"].get("signed")))}
+    nodes: list[Stage | PointStage] = []
+    done = {first[0].name}
+    for node in flat.nodes:
+        if node.name in done:
+            continue
+        for i in node.inputs:
+            if i not in made:
+                raise ModelError(f"network: {node.name!r} ({node.op}) reads {i!r}, which no stage writes (the network "
+                                 "builder takes conv / linear, clamps, max-pool, requant, flatten and residual adds)")
+        if node.op in ("conv", "linear"):
+            st = _layer_stage(flat, vals, cons, node, made[node.inputs[0]], fold, core, part)
+            done.update(_chain(cons, node) if not st.head else ())
+            nodes.append(st)
+            made[st.value] = (len(nodes) - 1, st.out_shape, st.out_bits, st.out_signed)
+        elif node.op in ("add", "clamp", "requant"):
+            chain = [node]
+            while chain[-1].op != "requant" and len(cons.get(chain[-1].name, [])) == 1 and \
+                    cons[chain[-1].name][0].op in ("clamp", "requant") and chain[-1].name != flat.output:
+                chain.append(cons[chain[-1].name][0])
+            c, h, w = _chw(node.shape, node.name)
+            last = chain[-1]
+            if last.op == "requant":
+                bits, signed = int(last.attrs["fmt"].get("bits", 8)), bool(last.attrs["fmt"].get("signed"))
+            else:
+                bits, signed = signed_width([-int(last.bound), int(last.bound)]), True
+            nodes.append(PointStage(node.name, tuple(node.inputs), last.name, tuple(_point_op(n, c) for n in chain),
+                                    (c, h, w), bits, signed))
+            done.update(n.name for n in chain)
+            made[last.name] = (len(nodes) - 1, (c, h, w), bits, signed)
+        else:
+            raise ModelError(f"network: {node.name!r} ({node.op}) is not supported by the network builder (conv / "
+                             "linear, clamps, max-pool, requant, flatten, residual adds)")
+    if flat.output not in made:
+        raise ModelError(f"network: the output {flat.output!r} is inside a stage; it must be a stage's value")
+    buffers = []
+    for i, st in enumerate(nodes):
+        for v in ((st.source,) if isinstance(st, Stage) else st.sources):
+            p, shape, bits, signed = made[v]
+            buffers.append(Buffer(v, p, i, shape, bits, signed))
+    p, shape, bits, signed = made[flat.output]
+    buffers.append(Buffer(flat.output, p, -1, shape, bits, signed))
+    order = sorted(buffers, key=lambda b: (b.producer, b.consumer if b.consumer >= 0 else len(nodes)))
+    return Graph(tuple(nodes), tuple(order))
+
+
+def _chain(cons: dict[str, list[IntNode]], node: IntNode) -> list[str]:
+    """The clamps, max-pool and requant a layer stage takes in (one chain of single consumers)."""
+    out = []
+    cur = node
+    while True:
+        cur = cons[cur.name][0]
+        out.append(cur.name)
+        if cur.op == "requant":
+            return out
+
+
+def _takes_chain(cons: dict[str, list[IntNode]], node: IntNode, output: str) -> bool:
+    """Whether ``node`` runs into a requant through clamps / one max-pool, each the only consumer."""
+    cur = node
+    while True:
+        nxt = cons.get(cur.name, [])
+        if len(nxt) != 1 or cur.name == output:
+            return False
+        cur = nxt[0]
+        if cur.op == "requant":
+            return True
+        if cur.op not in ("clamp", "maxpool"):
+            return False
+
+
+def _layer_stage(flat: IntModel, vals: Mapping[str, torch.Tensor], cons: dict[str, list[IntNode]], node: IntNode,
+                 src: tuple[int, tuple[int, int, int], int, bool], fold: Mapping[str, tuple[int, int]], core: str,
+                 part: str) -> Stage:
+    _, in_shape, in_bits, _ = src
+    a = node.attrs
+    if node.op == "conv":
+        groups = int(a.get("groups", 1))
+        if groups != 1 and not (groups == in_shape[0] == int(node.arrays["weight"].shape[0])):
+            raise ModelError(f"layer {node.name!r}: grouped convolution ({groups} groups) is not supported by the "
+                             "network builder (dense and depthwise)")
+        if tuple(a.get("dilation", (1, 1))) != (1, 1):
+            raise ModelError(f"layer {node.name!r}: dilated convolution is not supported by the network builder")
+        kh, kw = (int(v) for v in node.arrays["weight"].shape[2:])
+        kernel, stride = (kh, kw), (int(a["stride"][0]), int(a["stride"][1]))
+        padding = (int(a["padding"][0]), int(a["padding"][1]))
+        out_hw = (int(node.shape[1]), int(node.shape[2]))
+    else:  # a window over the whole input map, one output pixel
+        kernel, stride, padding, out_hw = (in_shape[1], in_shape[2]), (1, 1), (0, 0), (1, 1)
+    head = not _takes_chain(cons, node, flat.output)
+    pool = 1
+    value = node.name
+    if head:
+        d = _head_data(flat, vals, node)
+    else:
+        d = layer_data(flat, vals, node.name)
+        tail = node
+        while tail.op != "requant":
+            tail = cons[tail.name][0]
+            if tail.op == "maxpool":
+                ta = tail.attrs
+                k = tuple(ta["kernel"])
+                if (k[0] != k[1] or tuple(ta["stride"]) != k or tuple(ta["padding"]) != (0, 0)
+                        or tuple(ta["dilation"]) != (1, 1) or ta["ceil_mode"]):
+                    raise ModelError(f"network: max-pool {tail.name!r} is not k x k with stride k and no "
+                                     "padding; the network builder's pooling unit needs that")
+                if pool != 1:
+                    raise ModelError(f"network: {tail.name!r} is a second max-pool after {node.name!r}")
+                pool = int(k[0])
+        value = tail.name
+    pe, simd = fold.get(node.name, (1, 1))
+    lay = _permuted(plan_layout(d, pe, simd, core, part), in_shape)
+    rows = d.rows
+    if head:
+        out_shape = (rows, out_hw[0], out_hw[1])
+        out_bits, out_signed = signed_width([int(v) for v in d.lo] + [int(v) for v in d.hi]), True
+    else:
+        out_shape = (rows, out_hw[0] // pool, out_hw[1] // pool)
+        fmt = flat.node(value).attrs["fmt"]
+        out_bits, out_signed = int(fmt.get("bits", 8)), bool(fmt.get("signed"))
+    return Stage(node.name, lay, in_shape, in_bits, kernel, stride, padding, out_hw, pool, out_shape, out_bits,
+                 out_signed, head, node.inputs[0], value)
+
+
+def lower_network(model: IntModel, values: Mapping[str, torch.Tensor],
+                  folding: Mapping[str, tuple[int, int]] | None = None, core: str = "auto",
+                  part: str = "xc7z020") -> list[Stage]:
+    """The layer stages of ``model`` (:func:`lower_graph`) when it is one chain of layers (CNV's shape)."""
+    g = lower_graph(model, values, folding, core, part)
+    if len(g.stages) != len(g.nodes) or len(g.buffers) != len(g.nodes) + 1:
+        raise ModelError("network: the model is not one chain of layers (see lower_graph)")
+    return g.stages
