@@ -334,13 +334,9 @@ def lower_graph(model: IntModel, values: Mapping[str, torch.Tensor],
                              "linear, clamps, max-pool, requant, flatten, residual adds)")
     if flat.output not in made:
         raise ModelError(f"network: the output {flat.output!r} is inside a stage; it must be a stage's value")
-    buffers = []
-    for i, st in enumerate(nodes):
-        for v in ((st.source,) if isinstance(st, Stage) else st.sources):
-            p, shape, bits, signed = made[v]
-            buffers.append(Buffer(v, p, i, shape, bits, signed))
-    p, shape, bits, signed = made[flat.output]
-    buffers.append(Buffer(flat.output, p, -1, shape, bits, signed))
+    reads = [(v, i) for i, node_ in enumerate(nodes)
+             for v in ((node_.source,) if isinstance(node_, Stage) else node_.sources)]
+    buffers = [Buffer(v, made[v][0], i, *made[v][1:]) for v, i in [*reads, (flat.output, -1)]]
     order = sorted(buffers, key=lambda b: (b.producer, b.consumer if b.consumer >= 0 else len(nodes)))
     return Graph(tuple(nodes), tuple(order))
 
@@ -394,7 +390,7 @@ def _layer_stage(flat: IntModel, vals: Mapping[str, torch.Tensor], cons: dict[st
     if head:
         d = _head_data(flat, vals, node)
     else:
-        d = layer_data(flat, vals, node.name)
+        d = layer_data(flat, dict(vals), node.name)
         tail = node
         while tail.op != "requant":
             tail = cons[tail.name][0]

@@ -12,6 +12,8 @@ the write port ``we`` / ``waddr`` / ``wdata`` and the frame handshake ``release_
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mixq.rtl.netgraph import Buffer, PointOp, PointStage
 
 
@@ -23,7 +25,7 @@ def _bits(n: int) -> int:
     return max(1, (max(n, 1) - 1).bit_length())
 
 
-def _channel(v: list[str], c: int, ops: tuple[PointOp, ...], ins: list[Buffer]) -> str:
+def _channel(v: Callable[[str], None], c: int, ops: tuple[PointOp, ...], ins: list[Buffer]) -> str:
     """Wires computing channel ``c``; returns the name of its final value."""
     xs = []
     for k, b in enumerate(ins):
