@@ -321,26 +321,69 @@ def optimize(layers: list[HwLayer], specs: list[LayerSpec], part: Part, model: C
         return build(layers, {}, part, model, opts, t, engines={n: fronts[n].engine(i) for n, i in picks.items()},
                      external=ext, streams=streams)
 
+    # one part: a pick is judged on the resource rows alone (the shell, then every layer's engine in layer
+    # order, summed as ``build`` / ``partition`` sum them, so the figures are the same to the last bit); the
+    # Design is built only for the pick that fits
+    is_comp = [ly.is_compute for ly in layers]
+    stream_rows: dict[int, np.ndarray] = {}
+
+    def streams_at(t: int) -> np.ndarray:
+        if t not in stream_rows:
+            rows = []
+            for ly in layers:
+                if not ly.is_compute:
+                    key = (ly.name, stream_lanes(ly, t))
+                    if key not in streams:
+                        streams[key] = stream_engine(ly, key[1], part, model, opts)
+                    rows.append(streams[key].resources.as_tuple())
+            stream_rows[t] = np.array(rows, dtype=float).reshape(-1, len(RESOURCE_NAMES))
+        return stream_rows[t]
+
+    def rows_of(t: int, picks: dict[str, int]) -> np.ndarray:
+        pl = pool()
+        rows = np.empty((len(layers), len(RESOURCE_NAMES)))
+        rows[np.flatnonzero(is_comp)] = pl.res[[int(pl.starts[k]) + picks[n] for k, n in enumerate(pl.names)]]
+        rows[np.flatnonzero(~np.array(is_comp, dtype=bool))] = streams_at(t)
+        return rows
+
+    shell_row = np.array(shell(opts).as_tuple(), dtype=float)
+
     def attempt(t: int) -> tuple[Design, Partition | None] | None:
         w = np.ones(len(RESOURCE_NAMES))
         picks = None
+        rows = None
         for _ in range(8):  # re-weight the resources that overflow, then try again
             picks = picks_at(t, w)
             if picks is None:
                 return None
-            d = design_of(t, picks)
-            p = partition(d, n_parts, b, cuts, clock / max(d.cycles, 1), opts.link_gbps, opts)
-            if p is not None:
-                return d, p
-            ratio = np.array((d.resources + shell(opts)).as_tuple()) / (bvec * n_parts)
+            if n_parts == 1:
+                rows = rows_of(t, picks)
+                whole = np.cumsum(np.vstack([shell_row, rows]), axis=0)[-1]
+                if Resources(*(float(v) for v in whole)).fits(b):
+                    return design_of(t, picks), Partition(((0, len(layers)),), ())
+                total = np.cumsum(rows, axis=0)[-1]  # Resources.total's order of additions
+                used, eng = total + shell_row, total
+            else:
+                d = design_of(t, picks)
+                p = partition(d, n_parts, b, cuts, clock / max(d.cycles, 1), opts.link_gbps, opts)
+                if p is not None:
+                    return d, p
+                used = np.array((d.resources + shell(opts)).as_tuple())
+                eng = np.array(d.resources.as_tuple())
+            ratio = used / (bvec * n_parts)
             if not (ratio > 1).any():
-                ratio = np.array(d.resources.as_tuple()) / bvec  # a split problem: favour the scarcest
+                ratio = eng / bvec  # a split problem: favour the scarcest
             w = w * np.maximum(ratio, 1.0) ** 1.5
         if picks is None:
             return None
         # then repair the last choice directly against the (summed) budget
-        stream = Resources.total(e.resources for ly, e in zip(d.layers, d.engines, strict=True)
-                                 if not ly.is_compute) + shell(opts) * n_parts
+        if n_parts == 1 and rows is not None:
+            srows = rows[~np.array(is_comp, dtype=bool)]
+            stream = Resources(*(float(v) for v in (np.cumsum(srows, axis=0)[-1] if len(srows)
+                                                   else np.zeros(len(RESOURCE_NAMES))))) + shell(opts) * n_parts
+        else:
+            stream = Resources.total(e.resources for ly, e in zip(d.layers, d.engines, strict=True)
+                                     if not ly.is_compute) + shell(opts) * n_parts
         cap = np.array([x if x > 0 else 1e-9 for x in (b * n_parts).as_tuple()])
         fixed = np.array(stream.as_tuple())
         repaired = pool().repair(picks, t, fixed, cap)
