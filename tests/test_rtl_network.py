@@ -385,3 +385,54 @@ def test_cli_build_takes_the_estimators_folding(tmp_path: Path) -> None:
         last = proc.stderr.strip().splitlines()[-1]  # after the progress lines of the work done before
         assert proc.returncode == 1 and last.startswith("mixq: error:") and needle in last, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("up", ["pixelshuffle", "convtranspose"])
+def test_unet_gather_stages_equal_the_engine(up: str) -> None:
+    """A U-Net's data movement and stand-alone max-pools as gather stages (pixel shuffle, zero insertion,
+    max-pool on codes), checked output element by output element against the engine's integers; the requant
+    after a pixel shuffle's concat sees constants that vary in space: one class of pixels per phase."""
+    import torch
+
+    from mixq import api
+    from mixq.engine.convert import to_integer
+    from mixq.engine.runner import IntEngine
+    from mixq.formats import parse_format
+    from mixq.rtl.netgraph import GatherStage, PointStage, lower_graph
+    from mixq.zoo.unet import unet
+
+    torch.manual_seed(0)
+    m = unet(width=8, depth=2, up=up).eval()
+    x = torch.rand(4, 3, 16, 16)
+    q = api.quantize(m, api.default_plan("unet", m, x, weight=parse_format("fixed8"), act=parse_format("ufixed8")), x)
+    im = to_integer(q, x[:1])
+    values = IntEngine(im)(x[:1], keep=True).values
+    g = lower_graph(im, values)
+    gathers = [s for s in g.nodes if isinstance(s, GatherStage)]
+    assert {s.op for s in gathers} == {"max", "move"} and len(gathers) == 4
+    for s in gathers:
+        src = values[s.source][0].numpy().astype(np.int64).reshape(s.in_shape[0], -1)
+        got = np.zeros((s.shape[0], s.shape[1] * s.shape[2]), dtype=np.int64)
+        for p, taps in enumerate(s.addr):
+            if s.op == "max":
+                got[:, p] = src[:, [a for a in taps if a >= 0]].max(axis=1)
+            elif taps[0] >= 0:
+                cmap = np.array(s.maps[s.phase[p]])
+                got[:, p] = np.where(cmap >= 0, src[np.maximum(cmap, 0), taps[0]], 0)
+        assert np.array_equal(got, values[s.value][0].numpy().astype(np.int64).reshape(s.shape[0], -1)), s.name
+    cats = [s for s in g.nodes if isinstance(s, PointStage) and s.ops[0].op == "cat"]
+    assert len(cats) == 2
+    varied = [s for s in g.nodes if isinstance(s, PointStage) and len(s.variants) > 1]
+    assert (len(varied) > 0) == (up == "pixelshuffle")  # the grid after a pixel shuffle varies by phase
+
+
+@needs_verilator
+def test_cli_build_simulates_a_unet_bit_exact(tmp_path: Path) -> None:
+    """The zoo's U-Net (max-pool, concat skips, pixel-shuffle upsampling, a residual output) as one accelerator
+    on real photos, every output element equal to the integer engine's (the transposed-conv variant:
+    benchmarks/rtl_network.py)."""
+    proc = _cli("unet", "--size", "16", "--pe", "8", "--simd", "8", "--images", "2", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "build.json").read_text())
+    sim = res["simulation"]
+    assert res["mismatches"] == 0 and res["ok"] and sim["elements"] == 2 * 3 * 16 * 16 == sim["received"]

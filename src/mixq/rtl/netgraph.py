@@ -212,15 +212,89 @@ class PointStage:
     name: str
     sources: tuple[str, ...]  # the values read, one buffer each (an add's operands in its order)
     value: str  # the value written: the last op's node
-    ops: tuple[PointOp, ...]
+    ops: tuple[PointOp, ...]  # the rules of pixel class 0
     shape: tuple[int, int, int]
     out_bits: int
     out_signed: bool
+    variants: tuple[tuple[PointOp, ...], ...] = ()  # the rules per pixel class (more than one where a grid
+    pixel_class: tuple[int, ...] = ()  # varies in space: after a pixel shuffle), and each pixel's class
 
     @property
     def cycles(self) -> int:
         """Cycles per frame: one pixel a cycle after a two-cycle read latency, and the frame handshake."""
         return self.shape[1] * self.shape[2] + 6
+
+
+@dataclass(frozen=True)
+class GatherStage:
+    """Output pixels gathered from one input buffer: output pixel ``p`` reads the input pixels ``addr[p]``
+    (one per tap; -1: none) and takes, per output channel, an input channel of its one tap (``move``: pad, zero
+    insertion, pixel shuffle, nearest upsampling; channel map ``maps[phase[p]]``, -1 = a zero) or the maximum
+    over its taps (``max``: a max-pool on codes that no layer stage took in)."""
+
+    name: str
+    source: str
+    value: str
+    op: str  # "move" | "max"
+    addr: tuple[tuple[int, ...], ...]
+    phase: tuple[int, ...]
+    maps: tuple[tuple[int, ...], ...]
+    shape: tuple[int, int, int]  # output (C, H, W)
+    in_shape: tuple[int, int, int]
+    out_bits: int
+    out_signed: bool
+
+    @property
+    def taps(self) -> int:
+        return len(self.addr[0]) if self.addr else 1
+
+    @property
+    def cycles(self) -> int:
+        """Cycles per frame: one input pixel read a cycle, every tap of every output pixel, and the handshake."""
+        return self.shape[1] * self.shape[2] * self.taps + 6
+
+
+#: engine ops a gather stage runs: the data movements (what the engine's kernel does to an index map) and max-pool
+GATHER_OPS = ("pad", "zero_insert", "pixel_shuffle", "upsample", "maxpool")
+
+
+def _gather(node: IntNode, in_shape: tuple[int, int, int], bits: int, signed: bool) -> GatherStage:
+    """The gather of ``node``: a move derived by running the engine's own kernel on an index map (so it is
+    the engine's data movement exactly), or a max-pool's windows from its attributes."""
+    from mixq.engine.runner import KERNELS
+
+    c, h, w = in_shape
+    oc, oh, ow = _chw(node.shape, node.name)
+    if node.op == "maxpool":
+        a = node.attrs
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (tuple(int(v) for v in a[k])
+                                                  for k in ("kernel", "stride", "padding", "dilation"))
+        addr = []
+        for oy in range(oh):
+            for ox in range(ow):
+                taps = []
+                for ky in range(kh):
+                    for kx in range(kw):
+                        iy, ix = oy * sh - ph + ky * dh, ox * sw - pw + kx * dw
+                        taps.append(iy * w + ix if 0 <= iy < h and 0 <= ix < w else -1)
+                addr.append(tuple(taps))
+        return GatherStage(node.name, node.inputs[0], node.name, "max", tuple(addr), (0,) * (oh * ow),
+                           (tuple(range(c)),), (oc, oh, ow), in_shape, bits, signed)
+    idx = torch.arange(1, c * h * w + 1, dtype=torch.int64).reshape(1, c, h, w)
+    out = KERNELS[node.op](node, {node.inputs[0]: c * h * w}, "shift_add")([idx], {}).reshape(oc, oh * ow).numpy()
+    maps: dict[tuple[int, ...], int] = {}
+    addr, phase = [], []
+    for q in range(oh * ow):
+        col = out[:, q]
+        src = {int(v - 1) % (h * w) for v in col if v}
+        if len(src) > 1:
+            raise ModelError(f"network: {node.name!r} ({node.op}) takes one output pixel from several input pixels; "
+                             "the gather unit reads one")
+        m = tuple(int(v - 1) // (h * w) if v else -1 for v in col)
+        addr.append((src.pop() if src else -1,))
+        phase.append(maps.setdefault(m, len(maps)))
+    return GatherStage(node.name, node.inputs[0], node.name, "move", tuple(addr), tuple(phase), tuple(maps),
+                       (oc, oh, ow), in_shape, bits, signed)
 
 
 @dataclass(frozen=True)
@@ -238,7 +312,7 @@ class Buffer:
 
 @dataclass(frozen=True)
 class Graph:
-    nodes: tuple[Stage | PointStage, ...]  # in topological order
+    nodes: tuple[Stage | PointStage | GatherStage, ...]  # in topological order
     buffers: tuple[Buffer, ...]
 
     @property
@@ -248,7 +322,7 @@ class Graph:
     def inputs_of(self, i: int) -> list[int]:
         """Buffer indices stage ``i`` reads, in its sources' order."""
         node = self.nodes[i]
-        srcs = (node.source,) if isinstance(node, Stage) else node.sources
+        srcs = node.sources if isinstance(node, PointStage) else (node.source,)
         out = []
         for v in srcs:
             out.append(next(k for k, b in enumerate(self.buffers) if b.value == v and b.consumer == i))
@@ -258,30 +332,61 @@ class Graph:
         return [k for k, b in enumerate(self.buffers) if b.producer == i]
 
 
-def _per_channel(a: object, c: int, what: str) -> tuple[int, ...]:
-    """A per-channel array (scalar, (C,), (C, 1, 1) ...) as C ints; one value per channel or a ModelError."""
-    v = np.asarray(a)
+def _spatial(a: object, shape: tuple[int, int, int]) -> np.ndarray:
+    """A constant of a node (scalar, (C,), (C, 1, 1), (C, H, W) ...) as a (C, H*W) int64 array."""
+    c, h, w = shape
+    v = np.asarray(a, dtype=np.int64)
     if v.size == 1:
-        return (int(v.reshape(-1)[0]),) * c
-    per = v.reshape(c, -1)
-    if not (per == per[:, :1]).all():
-        raise ModelError(f"network: {what} differs within a channel; the pointwise unit takes one rule per channel")
-    return tuple(int(x) for x in per[:, 0])
+        return np.full((c, h * w), int(v.reshape(-1)[0]), dtype=np.int64)
+    if v.size == c:
+        return np.repeat(v.reshape(c, 1), h * w, axis=1)
+    return np.broadcast_to(v.reshape(c, h, w), (c, h, w)).reshape(c, h * w)
 
 
-def _point_op(node: IntNode, c: int) -> PointOp:
+def _constants(node: IntNode, shape: tuple[int, int, int]) -> list[np.ndarray]:
+    """The (C, H*W) constants of a pointwise node, in the order :func:`_point_op` reads them."""
     a = node.arrays
     if node.op == "add":
         m = np.asarray(a["M"])
-        return PointOp("add", tuple(_per_channel(m[k], c, f"{node.name!r} M") for k in range(m.shape[0])),
-                       _per_channel(a["n"], c, f"{node.name!r} n"))
+        return [*(_spatial(m[k], shape) for k in range(m.shape[0])), _spatial(a["n"], shape)]
     if node.op == "clamp":
-        lo, hi = a.get("lo"), a.get("hi")
-        return PointOp("clamp", lo=None if lo is None else _per_channel(lo, c, f"{node.name!r} lo"),
-                       hi=None if hi is None else _per_channel(hi, c, f"{node.name!r} hi"))
-    return PointOp("requant", (_per_channel(a["M"], c, f"{node.name!r} M"),),
-                   _per_channel(a["n"], c, f"{node.name!r} n"),
-                   (int(node.attrs["qmin"]),) * c, (int(node.attrs["qmax"]),) * c)
+        return [_spatial(a[k], shape) for k in ("lo", "hi") if a.get(k) is not None]
+    if node.op == "requant":
+        return [_spatial(a["M"], shape), _spatial(a["n"], shape)]
+    return []
+
+
+def _point_op(node: IntNode, shape: tuple[int, int, int], shapes: Mapping[str, tuple[int, ...]],
+              pix: int) -> PointOp:
+    """The rule of ``node`` at output pixel ``pix`` (its constants as the pixel sees them per channel)."""
+    c = shape[0]
+    k = [tuple(int(x) for x in arr[:, pix]) for arr in _constants(node, shape)]
+    if node.op == "add":
+        return PointOp("add", tuple(k[:-1]), k[-1])
+    if node.op == "cat":  # output channel c: (input, its channel)
+        return PointOp("cat", m=tuple((i, j) for i, src in enumerate(node.inputs) for j in range(_chw(
+            shapes[src], src)[0])))
+    if node.op == "clamp":
+        a = node.arrays
+        lo = k.pop(0) if a.get("lo") is not None else None
+        return PointOp("clamp", lo=lo, hi=k.pop(0) if a.get("hi") is not None else None)
+    return PointOp("requant", (k[0],), k[1], (int(node.attrs["qmin"]),) * c, (int(node.attrs["qmax"]),) * c)
+
+
+def _variants(chain: list[IntNode], shape: tuple[int, int, int], shapes: Mapping[str, tuple[int, ...]]) -> tuple[
+        tuple[tuple[PointOp, ...], ...], tuple[int, ...]]:
+    """The chain's rules per class of pixels that see the same constants (one class, unless a grid varies in
+    space, as after a pixel shuffle), and each pixel's class."""
+    cols = [arr for n in chain for arr in _constants(n, shape)]
+    if cols:
+        _, first, cls = np.unique(np.concatenate(cols, axis=0).T, axis=0, return_index=True, return_inverse=True)
+    else:
+        first, cls = np.zeros(1, dtype=np.int64), np.zeros(shape[1] * shape[2], dtype=np.int64)
+    order = np.argsort(first)  # classes in the order of their first pixel
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    variants = tuple(tuple(_point_op(n, shape, shapes, int(first[j])) for n in chain) for j in order)
+    return variants, tuple(int(rank[x]) for x in np.asarray(cls).reshape(-1))
 
 
 def lower_graph(model: IntModel, values: Mapping[str, torch.Tensor],
@@ -300,7 +405,8 @@ def lower_graph(model: IntModel, values: Mapping[str, torch.Tensor],
     made: dict[str, tuple[int, tuple[int, int, int], int, bool]] = {
         first[0].name: (-1, _chw(first[0].shape, first[0].name), int(first[0].attrs["fmt"].get("bits", 8)),
                         bool(first[0].attrs["fmt"].get("signed")))}
-    nodes: list[Stage | PointStage] = []
+    nodes: list[Stage | PointStage | GatherStage] = []
+    shapes = {n.name: n.shape for n in flat.nodes}
     done = {first[0].name}
     for node in flat.nodes:
         if node.name in done:
@@ -314,7 +420,12 @@ def lower_graph(model: IntModel, values: Mapping[str, torch.Tensor],
             done.update(_chain(cons, node) if not st.head else ())
             nodes.append(st)
             made[st.value] = (len(nodes) - 1, st.out_shape, st.out_bits, st.out_signed)
-        elif node.op in ("add", "clamp", "requant"):
+        elif node.op in GATHER_OPS:
+            _, in_shape, bits, signed = made[node.inputs[0]]
+            gs = _gather(node, in_shape, bits, signed)
+            nodes.append(gs)
+            made[gs.value] = (len(nodes) - 1, gs.shape, bits, signed)
+        elif node.op in ("add", "clamp", "requant", "cat"):
             chain = [node]
             while chain[-1].op != "requant" and len(cons.get(chain[-1].name, [])) == 1 and \
                     cons[chain[-1].name][0].op in ("clamp", "requant") and chain[-1].name != flat.output:
@@ -325,8 +436,15 @@ def lower_graph(model: IntModel, values: Mapping[str, torch.Tensor],
                 bits, signed = int(last.attrs["fmt"].get("bits", 8)), bool(last.attrs["fmt"].get("signed"))
             else:
                 bits, signed = signed_width([-int(last.bound), int(last.bound)]), True
-            nodes.append(PointStage(node.name, tuple(node.inputs), last.name, tuple(_point_op(n, c) for n in chain),
-                                    (c, h, w), bits, signed))
+            if node.op == "cat":  # codes as they are: the widest input's width, signed if any input is
+                ins = [made[i] for i in node.inputs]
+                bits = max(b + (1 if sg != any(x[3] for x in ins) else 0) for _, _, b, sg in ins)
+                signed = any(x[3] for x in ins)
+                chain = [node]
+                last = node
+            variants, classes = _variants(chain, (c, h, w), shapes)
+            nodes.append(PointStage(node.name, tuple(node.inputs), last.name, variants[0], (c, h, w), bits, signed,
+                                    variants, classes))
             done.update(n.name for n in chain)
             made[last.name] = (len(nodes) - 1, (c, h, w), bits, signed)
         else:
@@ -335,7 +453,7 @@ def lower_graph(model: IntModel, values: Mapping[str, torch.Tensor],
     if flat.output not in made:
         raise ModelError(f"network: the output {flat.output!r} is inside a stage; it must be a stage's value")
     reads = [(v, i) for i, node_ in enumerate(nodes)
-             for v in ((node_.source,) if isinstance(node_, Stage) else node_.sources)]
+             for v in (node_.sources if isinstance(node_, PointStage) else (node_.source,))]
     buffers = [Buffer(v, made[v][0], i, *made[v][1:]) for v, i in [*reads, (flat.output, -1)]]
     order = sorted(buffers, key=lambda b: (b.producer, b.consumer if b.consumer >= 0 else len(nodes)))
     return Graph(tuple(nodes), tuple(order))

@@ -77,14 +77,14 @@ from mixq.rtl.layer import LayerRtl, generate_layer
 from mixq.rtl.netgraph import (
     DEFAULT_PE,
     DEFAULT_SIMD,
+    GatherStage,
     Graph,
-    PointStage,
     Stage,
     default_folding,
     lower_graph,
     lower_network,
 )
-from mixq.rtl.pointwise import generate_pointwise
+from mixq.rtl.pointwise import generate_gather, generate_pointwise
 
 
 @dataclass
@@ -115,7 +115,7 @@ class NetworkRtl:
                    "tiles": s.layout.tiles, "window": s.window_reads, "estimator_cycles": e,
                    "design_cycles": s.cycles}
                   for s, e in zip(self.stages, est, strict=True)]
-        points = [s.cycles for s in (self.graph.nodes if self.graph else ()) if isinstance(s, PointStage)]
+        points = [s.cycles for s in (self.graph.nodes if self.graph else ()) if not isinstance(s, Stage)]
         return {"estimator_cycles_per_frame": max(est), "estimator_latency_cycles": sum(est),
                 "design_cycles_per_frame": max([s.cycles for s in self.stages] + points), "layers": layers}
 
@@ -157,10 +157,14 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
             net.files[f"{rtl.top}.v"] = rtl.verilog
             net.mems.update(rtl.mems)
         else:
-            pi = sum(isinstance(x, PointStage) for x in g.nodes[:i])
+            pi = sum(not isinstance(x, Stage) for x in g.nodes[:i])
             names.append(f"p{pi}")
             mod = f"{name}_p{pi}_{_slug(st.value)}"
-            net.files[f"{mod}.v"] = generate_pointwise(st, [g.buffers[k] for k in g.inputs_of(i)], mod)
+            bufs = [g.buffers[k] for k in g.inputs_of(i)]
+            text, mems = generate_gather(st, bufs[0], mod) if isinstance(st, GatherStage) else \
+                generate_pointwise(st, bufs, mod)
+            net.files[f"{mod}.v"] = text
+            net.mems.update(mems)
     bin_ = next(b for b in g.buffers if b.producer == -1)
     bout = next(b for b in g.buffers if b.consumer == -1)
     c0, h0, w0 = bin_.shape
@@ -212,8 +216,9 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
         ob = st.out_bits
         v(f"  wire {p}_we, {p}_commit; wire [{_bits(oh * ow) - 1}:0] {p}_waddr; wire [{oc * ob - 1}:0] {p}_wdata;")
         fan_out(p, i)
-        if isinstance(st, PointStage):
-            v(f"  wire {p}_release; wire [{_bits(oh * ow) - 1}:0] {p}_raddr;")
+        if not isinstance(st, Stage):
+            ia_ = _bits(st.in_shape[1] * st.in_shape[2]) if isinstance(st, GatherStage) else _bits(oh * ow)
+            v(f"  wire {p}_release; wire [{ia_ - 1}:0] {p}_raddr;")
             for k in ins:
                 v(f"  assign fb{k}_release = {p}_release; assign fb{k}_raddr = {p}_raddr;")
             rd = ", ".join(f".rdata{t}(fb{k}_rdata)" for t, k in enumerate(ins))

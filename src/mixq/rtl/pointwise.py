@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mixq.rtl.netgraph import Buffer, PointOp, PointStage
+from mixq.rtl.netgraph import Buffer, GatherStage, PointOp, PointStage
 
 
 def _c(v: int) -> str:
@@ -25,17 +25,24 @@ def _bits(n: int) -> int:
     return max(1, (max(n, 1) - 1).bit_length())
 
 
-def _channel(v: Callable[[str], None], c: int, ops: tuple[PointOp, ...], ins: list[Buffer]) -> str:
-    """Wires computing channel ``c``; returns the name of its final value."""
-    xs = []
-    for k, b in enumerate(ins):
-        field = f"rdata{k}[{c * b.bits + b.bits - 1}:{c * b.bits}]"
-        xs.append(f"x{k}_{c}")
-        ext = f"$signed({field})" if b.signed else f"$signed({{1'b0, {field}}})"
-        v(f"  wire signed [63:0] x{k}_{c} = {ext};")
+def _read(v: Callable[[str], None], name: str, k: int, b: Buffer, ch: int) -> str:
+    """Channel ``ch`` of input ``k`` (frame buffer ``b``) as a 64-bit signed wire ``name``."""
+    field = f"rdata{k}[{ch * b.bits + b.bits - 1}:{ch * b.bits}]"
+    v(f"  wire signed [63:0] {name} = " + (f"$signed({field});" if b.signed else f"$signed({{1'b0, {field}}});"))
+    return name
+
+
+def _channel(v: Callable[[str], None], c: int, ops: tuple[PointOp, ...], ins: list[Buffer], tag: str = "") -> str:
+    """Wires computing channel ``c`` (names prefixed ``tag``); returns the name of its final value."""
+    if ops and ops[0].op == "cat":  # channel c is channel j of input k
+        k, j = ops[0].m[c]
+        xs = [_read(v, f"{tag}x{k}_{c}", k, ins[k], j)]
+        ops = ops[1:]
+    else:
+        xs = [_read(v, f"{tag}x{k}_{c}", k, b, c) for k, b in enumerate(ins)]
     cur = xs[0]
     for j, op in enumerate(ops):
-        t = f"t{j}_{c}"
+        t = f"{tag}t{j}_{c}"
         if op.op == "add":
             n = op.n[c]
             terms = " + ".join(f"{x} * {_c(m[c])}" for x, m in zip(xs, op.m, strict=True))
@@ -55,8 +62,9 @@ def _channel(v: Callable[[str], None], c: int, ops: tuple[PointOp, ...], ins: li
     return cur
 
 
-def generate_pointwise(st: PointStage, ins: list[Buffer], top: str) -> str:
-    """The module ``top`` of pointwise stage ``st`` reading the frame buffers ``ins`` (its sources' order)."""
+def generate_pointwise(st: PointStage, ins: list[Buffer], top: str) -> tuple[str, dict[str, tuple[list[int], int]]]:
+    """The module ``top`` of pointwise stage ``st`` reading the frame buffers ``ins`` (its sources' order), and
+    its memory file (the class of every pixel, where pixels see different constants)."""
     c, h, w = st.shape
     n = h * w
     aw = _bits(n)
@@ -72,9 +80,20 @@ def generate_pointwise(st: PointStage, ins: list[Buffer], top: str) -> str:
     v(");")
     v(f"  reg active, v1, v2, f1, f2; reg [{aw}:0] p; reg [{aw - 1}:0] a1, a2;")
     v(f"  wire [{c * ob - 1}:0] res;")
+    variants = st.variants or (st.ops,)
+    mems: dict[str, tuple[list[int], int]] = {}
+    cb = _bits(len(variants))
+    v(f"  reg [{cb - 1}:0] c1, c2;")
+    if len(variants) > 1:  # each pixel's class picks the constants it sees
+        mems[f"{top}_c.mem"] = (list(st.pixel_class), cb)
+        v(f"  reg [{cb - 1}:0] crom [0:{n - 1}]; initial $readmemh(\"{top}_c.mem\", crom);")
     for ch in range(c):
-        out = _channel(v, ch, st.ops, ins)
-        v(f"  assign res[{ch * ob + ob - 1}:{ch * ob}] = {out}[{ob - 1}:0];")
+        outs = [_channel(v, ch, ops, ins, f"k{i}_" if len(variants) > 1 else "") for i, ops in enumerate(variants)]
+        sel = outs[-1]
+        for i in range(len(outs) - 2, -1, -1):
+            sel = f"(c2 == {i}) ? {outs[i]} : {sel}"
+        v(f"  wire signed [63:0] o{ch} = {sel};")
+        v(f"  assign res[{ch * ob + ob - 1}:{ch * ob}] = o{ch}[{ob - 1}:0];")
     v("  always @(posedge clk) begin")
     v("    we <= 1'b0; release_ <= 1'b0; commit <= 1'b0;")
     v("    if (rst) begin active <= 0; v1 <= 0; v2 <= 0; f1 <= 0; f2 <= 0; p <= 0; end")
@@ -82,11 +101,69 @@ def generate_pointwise(st: PointStage, ins: list[Buffer], top: str) -> str:
     v("      if (!active && !v1 && !v2 && !release_ && can_read && can_write) begin active <= 1; p <= 0; end")
     v("      v1 <= 1'b0; f1 <= 1'b0;")
     v(f"      if (active) begin raddr <= p[{aw - 1}:0]; a1 <= p[{aw - 1}:0]; v1 <= 1'b1; f1 <= p == {n - 1};")
+    v("        c1 <= " + ("crom[p];" if len(variants) > 1 else "0;"))
     v(f"        if (p == {n - 1}) active <= 1'b0; else p <= p + 1'b1; end")
-    v("      v2 <= v1; a2 <= a1; f2 <= f1;")
+    v("      v2 <= v1; a2 <= a1; f2 <= f1; c2 <= c1;")
     v("      if (v2) begin we <= 1'b1; waddr <= a2; wdata <= res; end")
     v("      if (v2 && f2) begin release_ <= 1'b1; commit <= 1'b1; end")
     v("    end")
     v("  end")
     v("endmodule")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n", mems
+
+
+def generate_gather(st: GatherStage, buf: Buffer, top: str) -> tuple[str, dict[str, tuple[list[int], int]]]:
+    """The module ``top`` of gather stage ``st`` reading frame buffer ``buf``, and its memory files: per output
+    pixel and tap ``{valid, input address}`` and per output pixel its channel map (``$readmemh``)."""
+    c, h, w = st.shape
+    ic, ih, iw = st.in_shape
+    n, taps, b = h * w, st.taps, st.out_bits
+    aw, iaw = _bits(n), _bits(ih * iw)
+    pb = _bits(len(st.maps))
+    lines: list[str] = []
+    v = lines.append
+    mems = {f"{top}_a.mem": ([(1 << iaw) | a if a >= 0 else 0 for row in st.addr for a in row], iaw + 1),
+            f"{top}_m.mem": (list(st.phase), pb)}
+    v(f"// {top}: gather stage {st.name!r} ({st.op}, {taps} tap(s) per output pixel) generated by mixq.rtl.pointwise")
+    v(f"module {top} (")
+    v("  input clk, input rst, input can_read, input can_write, output reg release_, output reg commit,")
+    v(f"  output reg [{iaw - 1}:0] raddr, input [{ic * buf.bits - 1}:0] rdata0,")
+    v(f"  output reg we, output reg [{aw - 1}:0] waddr, output reg [{c * b - 1}:0] wdata")
+    v(");")
+    v(f"  reg [{iaw}:0] arom [0:{n * taps - 1}]; reg [{pb - 1}:0] mrom [0:{n - 1}];")
+    v(f'  initial begin $readmemh("{top}_a.mem", arom); $readmemh("{top}_m.mem", mrom); end')
+    v(f"  reg active, v1, v2, l1, l2, f1, f2, k1, k2; reg [{aw}:0] p; reg [15:0] s; reg [{aw - 1}:0] a1, a2;")
+    v(f"  reg [{pb - 1}:0] m1, m2; wire [{iaw}:0] ent = arom[p * {taps} + s];")
+    v(f"  reg [{c * b - 1}:0] acc; wire [{c * b - 1}:0] nxt;")
+    sg = "$signed" if buf.signed else ""
+    for ch in range(c):
+        lo, hi = ch * b, ch * b + b - 1
+        if st.op == "max":
+            x = f"rdata0[{ch * buf.bits + buf.bits - 1}:{ch * buf.bits}]"
+            a = f"acc[{hi}:{lo}]"
+            v(f"  assign nxt[{hi}:{lo}] = !k2 ? {a} : (s2first ? {x} : (({sg}({x}) > {sg}({a})) ? {x} : {a}));")
+        else:
+            cases = " ".join(f"{i}: sel{ch} = " + (f"rdata0[{m[ch] * buf.bits + buf.bits - 1}:{m[ch] * buf.bits}];"
+                                                  if m[ch] >= 0 else "0;") for i, m in enumerate(st.maps))
+            v(f"  reg [{buf.bits - 1}:0] sel{ch}; always @(*) case (m2) {cases} default: sel{ch} = 0; endcase")
+            ext = f"{{{{{b - buf.bits}{{sel{ch}[{buf.bits - 1}]}}}}, sel{ch}}}" if b > buf.bits and buf.signed else (
+                f"{{{b - buf.bits}'d0, sel{ch}}}" if b > buf.bits else f"sel{ch}")
+            v(f"  assign nxt[{hi}:{lo}] = k2 ? {ext} : {b}'d0;")
+    v("  reg s2first; reg s1first;")
+    v("  always @(posedge clk) begin")
+    v("    we <= 1'b0; release_ <= 1'b0; commit <= 1'b0;")
+    v("    if (rst) begin active <= 0; v1 <= 0; v2 <= 0; f1 <= 0; f2 <= 0; p <= 0; s <= 0; end")
+    v("    else begin")
+    v("      if (!active && !v1 && !v2 && !release_ && can_read && can_write) begin active <= 1; p <= 0; s <= 0; end")
+    v("      v1 <= 1'b0;")
+    v(f"      if (active) begin raddr <= ent[{iaw - 1}:0]; k1 <= ent[{iaw}]; a1 <= p[{aw - 1}:0]; m1 <= mrom[p];")
+    v(f"        v1 <= 1'b1; s1first <= s == 0; l1 <= s == {taps - 1}; f1 <= p == {n - 1} && s == {taps - 1};")
+    v(f"        if (s == {taps - 1}) begin s <= 0; if (p == {n - 1}) active <= 1'b0; else p <= p + 1'b1; end")
+    v("        else s <= s + 1'b1; end")
+    v("      v2 <= v1; k2 <= k1; a2 <= a1; m2 <= m1; l2 <= l1; f2 <= f1 & v1; s2first <= s1first;")
+    v("      if (v2) begin acc <= nxt; if (l2) begin we <= 1'b1; waddr <= a2; wdata <= nxt; end end")
+    v("      if (v2 && f2) begin release_ <= 1'b1; commit <= 1'b1; end")
+    v("    end")
+    v("  end")
+    v("endmodule")
+    return "\n".join(lines) + "\n", mems
