@@ -17,8 +17,12 @@ _REGISTRY: dict[str, tuple[str, str, tuple[int, int, int], int]] = {
     "cnv": ("mixq.zoo.cnv", "cnv", (1, 28, 28), 10),
     "resnet18": ("mixq.zoo.resnet", "resnet18", (3, 224, 224), 1000),
     "resnet20": ("mixq.zoo.resnet", "resnet20", (3, 32, 32), 10),
+    "resnet50": ("mixq.zoo.resnet", "resnet50", (3, 224, 224), 1000),
+    "resnet152": ("mixq.zoo.resnet", "resnet152", (3, 224, 224), 1000),
+    "mobilenet_v1": ("mixq.zoo.mobilenet_v1", "mobilenet_v1", (3, 224, 224), 1000),
     "mobilenet_v2": ("mixq.zoo.mobilenet", "mobilenet_v2", (3, 224, 224), 1000),
     "vgg16": ("mixq.zoo.vgg", "vgg16", (3, 224, 224), 1000),
+    "unet": ("mixq.zoo.unet", "unet", (3, 64, 64), 3),
 }
 
 # name -> (module, function(model) -> model) loading real weights into a built model

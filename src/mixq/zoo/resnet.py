@@ -1,8 +1,12 @@
-"""ResNets with torchvision's module names: ResNet-18 (ImageNet) and ResNet-20 (CIFAR-10).
+"""ResNets with torchvision's module names: ResNet-18/50/152 (ImageNet) and ResNet-20 (CIFAR-10).
 
 ``resnet18`` reproduces torchvision's ``resnet18`` layout exactly (``conv1``,
 ``bn1``, ``layer1.0.conv1``, ``layer2.0.downsample.0`` ... ``fc``), so a
 torchvision state dict loads with every key matching (``strict=True``).
+``resnet50`` and ``resnet152`` are torchvision's bottleneck ResNets (v1.5: the
+stride on the 3x3 ``conv2``; ``layerN.M.conv1/conv2/conv3``, ``bn1..bn3``,
+``downsample.0/1``): 25,557,032 and 60,192,808 parameters, 4.09 and 11.51 GMAC
+per 224x224 image.
 
 ``resnet20`` is the CIFAR ResNet-20 of He et al. (2016, section 4.2): a 3x3
 stem of 16 channels, three stages of three basic blocks (16, 32, 64 channels,
@@ -60,6 +64,38 @@ class BasicBlock(nn.Module):
         return self.relu(out)
 
 
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (with the stride), 1x1 expand (x4), each with BN, and a shortcut (torchvision v1.5)."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        cout = planes * self.expansion
+        self.conv1 = _conv1x1(cin, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = _conv1x1(planes, cout)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out = out + identity
+        return self.relu(out)
+
+
+BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
 class PadShortcut(nn.Module):
     """Option-A shortcut of the CIFAR ResNets: take every ``stride``-th pixel, zero-pad new channels.
 
@@ -80,10 +116,13 @@ class PadShortcut(nn.Module):
 
 
 class ResNet(nn.Module):
-    """torchvision's ImageNet ResNet with basic blocks (stem 7x7/2 conv + 3x3/2 max pool)."""
+    """torchvision's ImageNet ResNet (stem 7x7/2 conv + 3x3/2 max pool) with ``block`` "basic" or "bottleneck"."""
 
-    def __init__(self, layers: tuple[int, int, int, int], num_classes: int = 1000) -> None:
+    def __init__(self, layers: tuple[int, int, int, int], num_classes: int = 1000, block: str = "basic") -> None:
         super().__init__()
+        if block not in BLOCKS:
+            raise ModelError(f"ResNet: block must be one of {', '.join(BLOCKS)}, got {block!r}")
+        self.block = BLOCKS[block]
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -94,12 +133,12 @@ class ResNet(nn.Module):
         self.layer3 = self._make_layer(256, layers[2], stride=2)
         self.layer4 = self._make_layer(512, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(512 * self.block.expansion, num_classes)
         _init_resnet(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
-        stage = _stage(self.inplanes, planes, blocks, stride, "B")
-        self.inplanes = planes
+        stage = _stage(self.inplanes, planes, blocks, stride, "B", self.block)
+        self.inplanes = planes * self.block.expansion
         return stage
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,17 +179,19 @@ class CifarResNet(nn.Module):
         return self.fc(x)
 
 
-def _stage(inplanes: int, planes: int, blocks: int, stride: int, shortcut: str) -> nn.Sequential:
-    """``blocks`` basic blocks from ``inplanes`` to ``planes`` channels, the first with ``stride`` and,
-    where the shape changes, a shortcut: zero-padding ('A') or a 1x1 conv + BN ('B')."""
+def _stage(inplanes: int, planes: int, blocks: int, stride: int, shortcut: str,
+           block: type[BasicBlock] | type[Bottleneck] = BasicBlock) -> nn.Sequential:
+    """``blocks`` blocks from ``inplanes`` to ``planes * block.expansion`` channels, the first with ``stride``
+    and, where the shape changes, a shortcut: zero-padding ('A') or a 1x1 conv + BN ('B')."""
+    cout = planes * block.expansion
     downsample: nn.Module | None = None
-    if stride != 1 or inplanes != planes:
+    if stride != 1 or inplanes != cout:
         if shortcut == "A":
-            downsample = PadShortcut(inplanes, planes, stride)
+            downsample = PadShortcut(inplanes, cout, stride)
         else:
-            downsample = nn.Sequential(_conv1x1(inplanes, planes, stride), nn.BatchNorm2d(planes))
-    layers = [BasicBlock(inplanes, planes, stride, downsample)]
-    layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
+            downsample = nn.Sequential(_conv1x1(inplanes, cout, stride), nn.BatchNorm2d(cout))
+    layers: list[nn.Module] = [block(inplanes, planes, stride, downsample)]
+    layers += [block(cout, planes) for _ in range(1, blocks)]
     return nn.Sequential(*layers)
 
 
@@ -167,6 +208,16 @@ def _init_resnet(model: nn.Module) -> None:
 def resnet18(num_classes: int = 1000) -> ResNet:
     """ResNet-18 for 224x224 ImageNet inputs (11.7 M parameters, 1.814 GMAC), torchvision names."""
     return ResNet((2, 2, 2, 2), num_classes=num_classes)
+
+
+def resnet50(num_classes: int = 1000) -> ResNet:
+    """ResNet-50 for 224x224 ImageNet inputs (25.56 M parameters, 4.09 GMAC), torchvision names."""
+    return ResNet((3, 4, 6, 3), num_classes=num_classes, block="bottleneck")
+
+
+def resnet152(num_classes: int = 1000) -> ResNet:
+    """ResNet-152 for 224x224 ImageNet inputs (60.19 M parameters, 11.51 GMAC), torchvision names."""
+    return ResNet((3, 8, 36, 3), num_classes=num_classes, block="bottleneck")
 
 
 def resnet20(num_classes: int = 10, shortcut: str = "B") -> CifarResNet:
