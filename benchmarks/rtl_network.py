@@ -35,7 +35,8 @@ design; its ``linebuf`` entry stands for this design's window / frame-buffer glu
 
 Results merge into ``benchmarks/results/rtl_network.json`` (per configuration; a run of some
 configurations keeps the others) and ``rtl_network.md``.
-Run: ``.venv/bin/python benchmarks/rtl_network.py [--configs fixed8,msq4,plan,searched,w2a1,w1a1] [--images N] [--synth]``.
+Run: ``.venv/bin/python benchmarks/rtl_network.py [--configs fixed8,msq4,plan,searched,w2a1,w1a1,mnv2_res]
+[--images N] [--synth]``.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def run(name: str, images: int, pe: int, simd: int, full_rate_images: int) -> di
     t0 = time.perf_counter()
     net, codes, ref, logits = build(name, images, pe, simd)
     t_gen = time.perf_counter() - t0
-    out: dict[str, Any] = {"model": MODELS.get(name, ("cnv",))[0], "config": name, "description": CONFIGS[name][3], "images": images,
+    out: dict[str, Any] = {"model": MODELS.get(name, ("cnv",))[0], "config": name, "description": CONFIGS[name][3],
+                           "images": images,
                            "simulator": "verilator", "core": CONFIGS[name][2],
                            "folding": {s.name: [s.layout.estimate.pe, s.layout.simd] for s in net.stages},
                            "cores": {s.name: [[c.kind, c.wbits, int((c.slots >= 0).sum())] for c in s.layout.cores]
@@ -120,8 +122,10 @@ def run(name: str, images: int, pe: int, simd: int, full_rate_images: int) -> di
         ly["measured_cycles"] = c
     out["measured_latency_cycles"] = full.latency_cycles
     out["simulation_seconds"] = round(bp.run_seconds, 1)
-    out["engine_top1_labels"] = [int(v) for v in np.argmax(logits, axis=1)[:10]]
-    out["distinct_logit_vectors"] = len({tuple(r) for r in np.asarray(logits, dtype=np.int64).tolist()})
+    flat = np.asarray(logits, dtype=np.int64).reshape(len(logits), -1)
+    if np.asarray(logits).ndim == 2:  # a classifier's logits
+        out["engine_top1_labels"] = [int(v) for v in np.argmax(flat, axis=1)[:10]]
+    out["distinct_logit_vectors"] = len({tuple(r) for r in flat.tolist()})
     out["platform"] = platform.platform()
     return out
 
