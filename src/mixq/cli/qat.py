@@ -157,14 +157,36 @@ def register(app: typer.Typer) -> None:
         max_test: int | None = _MAX_TEST,
         threads: int | None = _THREADS,
         device: str = _DEVICE,
+        dynamic: bool = typer.Option(False, "--dynamic", help="dynamic channel pruning (FBS): gate every conv per "
+                                     "input instead; --finetune-* train it with KD, then QAT at --weight/--act"),
+        density: float = real(0.7, "--dynamic: fraction of output channels each conv computes per input", 0.0, 1.0),
     ) -> None:
-        """Prune, fine-tune and quantize the pruned layers with focused formats (QAT)."""
+        """Prune, fine-tune and quantize the pruned layers with focused formats (QAT); or, with --dynamic,
+        convert to FBS (per-input channel gating), fine-tune with KD and quantize (QAT)."""
         from mixq.algorithms.prune import PruneConfig, prune_and_quantize
         from mixq.tasks.training import PAD_FILL, qat_plan, run_inputs
 
+        if dynamic and resume:
+            from mixq.errors import OptionError
+
+            raise OptionError("--resume: a --dynamic run does not resume; start it again")
         folder = _start("prune", out, model, resume, device)
         fmts = formats(weight=weight, act=act)
         fp, train, test = run_inputs(model, weights, dataset, data_root, max_train, max_test)
+        if dynamic:
+            from mixq.algorithms.prune.fbs import FbsConfig, fbs_and_quantize
+            from mixq.training import TrainConfig
+
+            ft = TrainConfig(epochs=finetune_epochs, lr=finetune_lr, kd_alpha=kd_alpha, batch_size=batch_size,
+                             seed=seed, threads=threads, device=device)
+            qcfg = _qat_config(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, kd_alpha=kd_alpha,
+                               threads=threads, device=device) if epochs > 0 else None
+            summary = fbs_and_quantize(fp, lambda m: qat_plan(model, m, train[0][:64], None, fmts["weight"],
+                                                              fmts["act"]),
+                                       train, FbsConfig(density=density, train=ft), qcfg, folder, val=test,
+                                       fill=PAD_FILL)
+            _echo({**summary, "train_time_s": summary.get("qat_train_time_s")}, folder)
+            return
         base = qat_plan(model, fp, train[0][:64], None, fmts["weight"], fmts["act"])
         pcfg = PruneConfig(sparsity=sparsity, method=method, criterion=criterion, scope=scope,
                            finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,

@@ -43,6 +43,7 @@ from mixq.engine.arith import (
     signed_bits,
 )
 from mixq.engine.context import Ctx, Val, quant_input
+from mixq.engine.convert_fbs import fbs_builder
 from mixq.engine.convert_ops import OP_BUILDERS, channel_reduce, reduce_dims
 from mixq.engine.convert_shape import SHAPE_BUILDERS
 from mixq.engine.model import INT_MODEL_VERSION, IntModel, IntNode
@@ -339,6 +340,6 @@ def _add(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
 BUILDERS: dict[str, Callable[[Ctx, fx.Node, OpInfo], Val | None]] = {
     "qconv": _layer, "qlinear": _layer, "qact": _qact,
     "maxpool": _maxpool, "avgpool": _sumpool, "adaptive_avgpool": _sumpool, "mean": _mean, "add": _add,
-    **OP_BUILDERS, **SHAPE_BUILDERS,
+    **OP_BUILDERS, **SHAPE_BUILDERS, "fbs": fbs_builder(_layer),
 }
 

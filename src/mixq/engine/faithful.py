@@ -48,6 +48,7 @@ from torch import fx, nn
 
 from mixq.engine.arith import requantize, requantize_sum
 from mixq.engine.convert import to_integer
+from mixq.engine.convert_fbs import faithful_fbs
 from mixq.engine.kernels import grouped_conv2d
 from mixq.engine.model import IntModel, IntNode, quantizer_behind
 from mixq.engine.trace import classify, tensor_args, trace
@@ -363,4 +364,6 @@ def _faithful_module(kind: str, inode: IntNode, nodes: dict[str, IntNode], node:
         return FaithfulLut(module, _quant(nodes[inode.inputs[0]], nodes), inode)
     if kind == "upsample":
         return _interp(inode) if inode.op == "interp" else None
+    if kind == "fbs":
+        return faithful_fbs(module, inode, nodes, FaithfulLayer, _quant)
     raise ModelError(f"faithful: no hardware-faithful form of {kind!r}")  # pragma: no cover

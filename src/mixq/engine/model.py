@@ -60,6 +60,9 @@ lut           lookup table ``table[x - in_qmin]`` (int codes on the grid ``act_s
               arrays ``table`` (``2**bits`` entries); attrs ``fn``, ``params`` (the float function),
               ``fmt`` / ``act_scale`` / ``qmin`` / ``qmax`` (its output quantizer), ``in_scale``,
               ``in_qmin``, ``in_qmax``
+fbs           a conv gated per image (FBS, :mod:`mixq.engine.convert_fbs`): inputs (codes, gate codes); only the
+              ``k`` largest nonzero gate codes' channels computed, ``acc * gate``; the conv's arrays and attrs
+              plus ``acc_grid`` and ``k``
 ============= ====================================================================================
 """
 
@@ -74,7 +77,8 @@ import numpy as np
 from mixq.errors import ModelError
 
 OPS = ("quantize", "requant", "conv", "linear", "clamp", "maxpool", "sumpool", "add", "reduce", "mul", "affine",
-       "flatten", "cat", "reshape", "pad", "zero_insert", "pixel_shuffle", "upsample", "interp", "lut")
+       "flatten", "cat", "reshape", "pad", "zero_insert", "pixel_shuffle", "upsample", "interp", "lut",
+       "fbs")
 COMPUTE_OPS = ("conv", "linear")
 INT_MODEL_VERSION = 1
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from mixq.engine.arith import FLOAT64_EXACT, exact_dtype, requantize, requantize_sum
+from mixq.engine.convert_fbs import fbs_kernel
 from mixq.engine.kernels import DotProgram
 from mixq.engine.kernels_move import MOVE_KERNELS
 from mixq.engine.model import IntModel, IntNode
@@ -218,7 +219,7 @@ KERNELS: dict[str, Callable[[IntNode, dict[str, int], str], Kernel]] = {
     "maxpool": _maxpool, "sumpool": _sumpool, "add": _add, "reduce": _reduce, "mul": _mul, "affine": _affine,
     "flatten": _flatten,
     "cat": _cat,
-    **MOVE_KERNELS,
+    **MOVE_KERNELS, "fbs": fbs_kernel,
 }
 
 

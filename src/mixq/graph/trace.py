@@ -37,7 +37,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mixq.errors import ModelError
 from mixq.graph.registry import COMPUTE_TYPES
-from mixq.nn import QAct, QConv2d, QLinear, QLutAct, ZeroInsert
+from mixq.nn import FBSConv2d, QAct, QConv2d, QLinear, QLutAct, ZeroInsert
 
 STAGES = ("quantize", "engine", "export", "estimate")
 _ALL = frozenset(STAGES)
@@ -68,12 +68,13 @@ KINDS: dict[str, Kind] = {
     "pad": Kind("pad"), "zero_insert": Kind("zero_insert"), "pixel_shuffle": Kind("pixel_shuffle"),
     "upsample": Kind("upsample"),
     "identity": Kind(None), "size": Kind(None),
+    "fbs": Kind("other", frozenset({"quantize", "engine"}), "a channel-gated conv (FBS): hw.dynamic prices it"),
     "float_compute": Kind("other", frozenset(), "a compute layer mixq does not quantize"),
     "unsupported": Kind("other", frozenset(), "no stage of mixq knows this op"),
 }
 
 MODULE_KINDS: dict[type[nn.Module], str] = {
-    QAct: "qact", QConv2d: "qconv", QLinear: "qlinear", QLutAct: "qlut", ZeroInsert: "zero_insert",
+    FBSConv2d: "fbs", QAct: "qact", QConv2d: "qconv", QLinear: "qlinear", QLutAct: "qlut", ZeroInsert: "zero_insert",
     nn.Conv2d: "conv", nn.Linear: "linear", _BatchNorm: "bn",
     nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardtanh: "hardtanh",
     nn.Hardswish: "lut", nn.Hardsigmoid: "lut", nn.SiLU: "lut", nn.Sigmoid: "lut", nn.Tanh: "lut",

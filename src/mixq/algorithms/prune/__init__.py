@@ -1,7 +1,9 @@
 """Pruning (layer L5): magnitude and channel pruning with fine-tuning, focused quantization of the
 pruned layers (falling back to shift quantization when the weight mixture is not separated),
-and the storage of sparse quantized models (:func:`mixq.nn.size.sparse_size_bytes`, re-exported)."""
+the storage of sparse quantized models (:func:`mixq.nn.size.sparse_size_bytes`, re-exported), and
+dynamic channel pruning (FBS, :mod:`mixq.algorithms.prune.fbs`)."""
 
+from mixq.algorithms.prune.fbs import FbsConfig, FbsError, fbs_and_quantize, to_fbs
 from mixq.algorithms.prune.focused import Separation, choose_pruned_format, focused_plan, separation
 from mixq.algorithms.prune.masks import (
     PruneError,
@@ -18,6 +20,8 @@ from mixq.algorithms.prune.run import PruneConfig, PruneResult, make_masks, prun
 from mixq.nn.size import sparse_size_bytes
 
 __all__ = [
+    "FbsConfig",
+    "FbsError",
     "PruneConfig",
     "PruneError",
     "PruneResult",
@@ -25,6 +29,7 @@ __all__ = [
     "apply_masks",
     "channel_masks",
     "channel_scores",
+    "fbs_and_quantize",
     "choose_pruned_format",
     "focused_plan",
     "magnitude_mask",
@@ -36,4 +41,5 @@ __all__ = [
     "separation",
     "sparse_size_bytes",
     "sparsity_of",
+    "to_fbs",
 ]

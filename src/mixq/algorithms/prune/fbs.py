@@ -1,0 +1,260 @@
+"""Dynamic channel pruning by feature boosting and suppression (FBS): convert, fit, fine-tune, measure.
+
+    fbs = to_fbs(model, FbsConfig(density=0.7), sample)   # BN folded, every Conv2d gated (mixq.nn.FBSConv2d)
+    fit_predictors(fbs, x[:1024])                          # least-squares start of the saliency predictors
+    train_fbs(fbs, model, (x, y), FbsConfig(...))          # KD from the dense model + L1 on the saliencies
+    macs = executed_macs(fbs, specs, x_test)               # MACs each test image really executes
+
+The fine-tune runs on the one trainer (:func:`mixq.training.fit`); the L1 penalty reaches it as a gradient
+hook of each FBS layer (:class:`mixq.nn.FBSConv2d`). Quantization composes: the FBS model goes through
+``mixq.quantize`` (PTQ) or ``mixq.algorithms.qat.train_qat`` like any model (plan entries ``<layer>.conv``
+and ``<layer>.predictor``), :func:`mixq.nn.fbs.calibrate_gates` calibrating the gate quantizers after QAT.
+
+Executed MACs (:func:`executed_macs`): a conv executes ``active_out * active_in * kh * kw * H_out * W_out``
+MACs for an image — ``active_out`` the channels it computes (all for a dense conv; for an FBS layer the
+kept channels with a nonzero saliency), ``active_in`` the input channels holding a nonzero value (the
+channels an earlier FBS layer or static pruning suppressed are zero, through ReLU and max pooling).
+Linear layers are counted dense. Static channel pruning (:func:`mixq.algorithms.prune.channel_masks`)
+is measured by the same rule, so the two compare at equal executed MACs.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mixq.algorithms.qat.config import QatConfig
+from mixq.algorithms.qat.run import train_qat
+from mixq.errors import MixqError
+from mixq.graph.bnfold import fold_bn
+from mixq.graph.capture import capture
+from mixq.graph.spec import LayerSpec
+from mixq.graph.swap import set_submodule
+from mixq.io import atomic_write_json, atomic_write_torch
+from mixq.modes import eval_mode
+from mixq.nn.fbs import FBSConv2d, active_channels, calibrate_gates, fbs_layers
+from mixq.plan import QuantPlan
+from mixq.training import TrainConfig, accuracy, fit
+
+
+class FbsError(MixqError):
+    """An invalid FBS request (names the field or layer)."""
+
+
+@dataclass(frozen=True)
+class FbsConfig:
+    """FBS settings: ``density`` of every gated layer (``densities`` overrides it per layer name),
+    ``layers`` to gate (default: every Conv2d), ``gate_bits`` of the saliency codes, ``l1`` the
+    penalty weight, and the fine-tune (``train``: the one trainer's settings; ``kd_alpha`` > 0 there
+    distils from the dense model)."""
+
+    density: float = 0.5
+    densities: Mapping[str, float] = field(default_factory=dict)
+    layers: tuple[str, ...] | None = None
+    gate_bits: int = 8
+    l1: float = 1e-4
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, lr=0.005, kd_alpha=0.7))
+
+    def __post_init__(self) -> None:
+        for name, d in [("density", self.density), *((f"densities.{k}", v) for k, v in self.densities.items())]:
+            if isinstance(d, bool) or not isinstance(d, int | float) or not 0 < d <= 1:
+                raise FbsError(f"FbsConfig.{name}: must be in (0, 1], got {d!r}")
+        if isinstance(self.gate_bits, bool) or not isinstance(self.gate_bits, int) or not 2 <= self.gate_bits <= 16:
+            raise FbsError(f"FbsConfig.gate_bits: must be an integer in [2, 16], got {self.gate_bits!r}")
+        if isinstance(self.l1, bool) or not isinstance(self.l1, int | float) or not 0 <= self.l1 < float("inf"):
+            raise FbsError(f"FbsConfig.l1: must be a finite number >= 0, got {self.l1!r}")
+
+    def density_of(self, layer: str) -> float:
+        return float(self.densities.get(layer, self.density))
+
+
+def to_fbs(model: nn.Module, cfg: FbsConfig, input_shape: tuple[int, ...]) -> nn.Module:
+    """A copy of ``model`` with BatchNorm folded and the chosen Conv2d layers wrapped in `FBSConv2d`
+    (predictors at saliency 1: the copy computes what ``model`` computes until a layer keeps fewer
+    channels than it has). ``model`` is not changed."""
+    out = fold_bn(model, input_shape)
+    convs = {n: m for n, m in out.named_modules() if type(m) is nn.Conv2d}
+    names = list(cfg.layers) if cfg.layers is not None else list(convs)
+    for n in [*names, *cfg.densities]:
+        if n not in convs:
+            raise FbsError(f"FbsConfig.layers: {n!r} is not a Conv2d layer of {type(model).__name__}")
+    for n in names:
+        set_submodule(out, n, FBSConv2d(convs[n], cfg.density_of(n), gate_bits=cfg.gate_bits, l1=cfg.l1))
+    return out.eval()
+
+
+@torch.no_grad()
+def fit_predictors(model: nn.Module, x: torch.Tensor, spread: float = 0.1, ridge: float = 1e-3) -> nn.Module:
+    """Start every predictor from a ridge regression of the channel importance on the pooled input.
+
+    With all channels kept (as the dense model), each FBS layer's target for an image is
+    ``1 + spread * (r_c - 1)``, ``r_c = mean_hw relu(conv(x))_c`` divided by its mean over ``x``: the
+    ranking of the channels' activity with saliencies near 1, so boosting starts near the identity (a
+    full-scale target rescales every channel at once and the network starts far from the dense one).
+    The predictor's weight and bias solve the least-squares fit. In place.
+    """
+    layers = fbs_layers(model)
+    saved = {n: m.k for n, m in layers.items()}
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def hook(name: str) -> Any:
+        def run(m: nn.Module, args: tuple[torch.Tensor, ...], y: torch.Tensor) -> None:
+            seen[name] = (args[0].mean(dim=(2, 3)), torch.relu(y).mean(dim=(2, 3)))
+        return run
+
+    handles = [m.conv.register_forward_hook(hook(n)) for n, m in layers.items()]
+    try:
+        for m in layers.values():
+            m.k = m.conv.out_channels
+            m.predictor.weight.zero_()
+            m.predictor.bias.fill_(1.0)
+        with eval_mode(model):
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for n, m in layers.items():
+            m.k = saved[n]
+    for n, m in layers.items():
+        p, t = (v.double() for v in seen[n])
+        t = 1 + spread * (t / t.mean(0).clamp_min(1e-12) - 1)
+        a = torch.cat([p, torch.ones(p.shape[0], 1, dtype=p.dtype)], 1)
+        sol = torch.linalg.solve(a.T @ a + ridge * torch.eye(a.shape[1], dtype=a.dtype), a.T @ t)
+        m.predictor.weight.copy_(sol[:-1].T.to(m.predictor.weight.dtype))
+        m.predictor.bias.copy_(sol[-1].to(m.predictor.bias.dtype))
+    return model
+
+
+def train_fbs(model: nn.Module, teacher: nn.Module | None, train: tuple[torch.Tensor, torch.Tensor],
+              cfg: FbsConfig, *, val: tuple[torch.Tensor, torch.Tensor] | None = None,
+              fill: float = 0.0) -> dict[str, Any]:
+    """Fine-tune the FBS ``model`` in place with the one trainer: KD from ``teacher`` (the dense model,
+    when ``cfg.train.kd_alpha > 0``) and the L1 penalty of every FBS layer; the trainer's history."""
+    if not fbs_layers(model):
+        raise FbsError("train_fbs: the model has no FBS layer (convert it with to_fbs first)")
+    res = fit(model.train(), *train, cfg.train, teacher=teacher.eval() if teacher is not None else None,
+              val=val, fill=fill, desc="fbs finetune", config_name="FbsConfig.train")
+    model.eval()
+    return {"history": res.history, "train_time_s": round(res.train_time_s, 2), "epochs": cfg.train.epochs}
+
+
+@torch.no_grad()
+def executed_macs(model: nn.Module, specs: Sequence[LayerSpec], x: torch.Tensor,
+                  batch_size: int = 500) -> dict[str, torch.Tensor]:
+    """Per layer (the dense model's names, as in ``specs``), the MACs each image of ``x`` executes
+    (``(N,)`` int64; see the module doc), and ``"total"``. ``model`` is an FBS model or any model
+    whose compute layers keep the names of ``specs`` (a statically pruned one)."""
+    by_name = {s.name: s for s in specs if s.is_compute}
+    counts: dict[str, list[torch.Tensor]] = {n: [] for n in by_name}
+    mods = dict(model.named_modules())
+    hooks = []
+    for name, spec in by_name.items():
+        m = mods.get(name)
+        if isinstance(m, FBSConv2d):
+            def after_fbs(mod: FBSConv2d, _a: Any, _y: Any, name: str = name, s: LayerSpec = spec) -> None:
+                assert mod.last_active is not None
+                a_in, a_out = mod.last_active
+                counts[name].append(a_in.long() * a_out.long() * (s.macs // (s.in_channels * s.out_channels)))
+            hooks.append(m.register_forward_hook(after_fbs))
+        elif isinstance(m, nn.Conv2d):
+            def after_conv(_m: nn.Module, a: tuple[torch.Tensor, ...], y: torch.Tensor, name: str = name,
+                           s: LayerSpec = spec) -> None:
+                per = s.macs // (s.in_channels * s.out_channels)
+                counts[name].append(active_channels(a[0]).sum(1) * active_channels(y).sum(1) * per)
+            hooks.append(m.register_forward_hook(after_conv))
+        elif m is not None:
+            def after_dense(_m: nn.Module, a: tuple[torch.Tensor, ...], _y: Any, name: str = name,
+                            s: LayerSpec = spec) -> None:
+                counts[name].append(torch.full((a[0].shape[0],), s.macs, dtype=torch.int64))
+            hooks.append(m.register_forward_hook(after_dense))
+        else:
+            raise FbsError(f"executed_macs: the model has no layer {name!r} of the specs")
+    try:
+        with eval_mode(model):
+            for i in range(0, x.shape[0], batch_size):
+                model(x[i:i + batch_size])
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {n: torch.cat(v).long() for n, v in counts.items()}
+    out["total"] = torch.stack(list(out.values())).sum(0)
+    return out
+
+
+@torch.no_grad()
+def channel_counts(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None,
+                   batch_size: int = 500) -> dict[str, torch.Tensor]:
+    """Per layer, ``(N, 2)`` int64: the active input and computed output channels of each image — the plain
+    data :func:`mixq.hw.dynamic.dynamic_overlay` prices. ``layers`` (default: the FBS layers) may name plain
+    Conv2d layers too (a statically pruned model): their computed outputs are the nonzero channels."""
+    mods = dict(model.named_modules())
+    names = list(layers) if layers is not None else list(fbs_layers(model))
+    got: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    hooks = []
+    for n in names:
+        m = mods.get(n)
+        if isinstance(m, FBSConv2d):
+            def after_fbs(mod: FBSConv2d, _a: Any, _y: Any, n: str = n) -> None:
+                assert mod.last_active is not None
+                got[n].append(torch.stack(mod.last_active, 1).long())
+            hooks.append(m.register_forward_hook(after_fbs))
+        elif isinstance(m, nn.Conv2d):
+            def after_conv(_m: nn.Module, a: tuple[torch.Tensor, ...], y: torch.Tensor, n: str = n) -> None:
+                got[n].append(torch.stack([active_channels(a[0]).sum(1), active_channels(y).sum(1)], 1).long())
+            hooks.append(m.register_forward_hook(after_conv))
+        else:
+            raise FbsError(f"channel_counts: {n!r} is not a Conv2d or FBS layer of the model")
+    try:
+        with eval_mode(model):
+            for i in range(0, x.shape[0], batch_size):
+                model(x[i:i + batch_size])
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: torch.cat(v) for n, v in got.items()}
+
+
+def densities(model: nn.Module) -> dict[str, dict[str, float | int]]:
+    """Per FBS layer: the configured density, ``k`` and the channel count."""
+    return {n: {"density": m.density, "k": m.k, "channels": m.conv.out_channels}
+            for n, m in fbs_layers(model).items()}
+
+
+def fbs_and_quantize(model: nn.Module, make_plan: Callable[[nn.Module], QuantPlan],
+                     train: tuple[torch.Tensor, torch.Tensor], cfg: FbsConfig, qat_cfg: QatConfig | None,
+                     out_dir: str | Path, *, val: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     fill: float = 0.0) -> dict[str, Any]:
+    """The ``mixq prune --dynamic`` run: FBS conversion, predictor fit, KD fine-tune (``cfg.train``), then
+    QAT under ``make_plan(fbs_model)`` (``qat_cfg``; ``None``: float only), its gates quantized during QAT
+    (calibrated on the float model) and calibrated again after.
+    Writes ``out_dir/fbs.json`` (densities, accuracies, executed MACs per image on ``val``) and, with QAT,
+    ``qat/`` (the QAT run folder) and ``model.pt`` (the quantized FBS model, gates calibrated). The summary."""
+    out = Path(out_dir)
+    shape = tuple(int(d) for d in train[0].shape[1:])
+    fbs = to_fbs(model, cfg, shape)
+    fit_predictors(fbs, train[0][:1024])
+    summary: dict[str, Any] = {"densities": densities(fbs), "finetune_epochs": cfg.train.epochs}
+    if cfg.train.epochs > 0:
+        summary["finetune"] = train_fbs(fbs, model, train, cfg, fill=fill)
+    final: nn.Module = fbs
+    if qat_cfg is not None:
+        calib = [train[0][i:i + 256] for i in range(0, 1024, 256)]
+        gated = calibrate_gates(copy.deepcopy(fbs), calib)  # QAT trains with the gates quantized
+        res = train_qat(gated, make_plan(fbs), train, qat_cfg, out / "qat", val=val, teacher=fbs, fill=fill)
+        final = calibrate_gates(res.model, calib)
+        atomic_write_torch(out / "model.pt", final.state_dict())
+        summary["qat_train_time_s"] = res.summary.get("train_time_s")
+    if val is not None:
+        specs = capture(model, shape)
+        macs = executed_macs(final, specs, val[0])["total"].double()
+        summary.update(float_accuracy=accuracy(fbs, *val), val_accuracy=accuracy(final, *val),
+                       dense_macs=sum(s.macs for s in specs if s.is_compute), macs_mean=float(macs.mean()),
+                       macs_p95=float(torch.quantile(macs, 0.95)))
+    atomic_write_json(out / "fbs.json", summary)
+    return summary

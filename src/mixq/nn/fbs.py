@@ -1,0 +1,134 @@
+"""Feature boosting and suppression (FBS, Gao et al., ICLR 2019): a conv layer that computes, per input,
+only its most salient output channels and scales them by their saliency.
+
+:class:`FBSConv2d` wraps a Conv2d (its BatchNorm folded in first, as :func:`mixq.graph.fold_bn` folds it):
+
+* **saliency predictor** ``s = relu(predictor(mean_hw(x)))`` — global average pool of the layer input
+  (the conv's own quantized input once quantized), a ``Linear(C_in -> C_out)``, a ReLU;
+* **gate quantizer** ``gate_quant`` (a :class:`~mixq.nn.QAct`, unsigned ``gate_bits``): identity in float,
+  calibrated with every other activation quantizer by :func:`mixq.graph.convert.calibrate` (or
+  :func:`calibrate_gates` alone after QAT), so the saliencies the hardware ranks are integer codes;
+* **winner-take-all** (:func:`wta_mask`) keeping the ``k = ceil(d * C_out)`` largest saliencies per
+  input, ties to the lower channel index (a stable sort, the integer engine's rule too);
+* **boosting** ``y_c = s_c * conv(x)_c`` for kept channels, ``0`` for the others — a kept channel whose
+  saliency is 0 is 0 too, so it is not computed either (:func:`active_channels`);
+* **L1 penalty** ``l1 * mean_n sum_c s_c``: the gradient is added to the saliencies in training (a tensor
+  hook), so the one trainer (:func:`mixq.training.fit`) needs no extra loss term; :func:`fbs_penalty`
+  gives its value for reporting.
+
+Quantization composes: the children ``conv`` and ``predictor`` are ordinary Conv2d / Linear layers that
+:func:`mixq.graph.convert.to_quantized` swaps for ``QConv2d`` / ``QLinear`` under the plan entries
+``<name>.conv`` / ``<name>.predictor`` (and QAT for its trainable versions). The front end calls the
+module whole (op kind ``fbs``); the integer engine builds it in :mod:`mixq.engine.convert_fbs`.
+
+>>> wta_mask(torch.tensor([[0.5, 2.0, 2.0, 0.0]]), 2).tolist()
+[[False, True, True, False]]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mixq.errors import ModelError
+from mixq.formats import FixedPoint
+from mixq.nn.modules import QAct
+
+
+def keep_count(density: float, channels: int) -> int:
+    """Channels the winner-take-all keeps: ``ceil(density * channels)``, at least 1.
+
+    >>> keep_count(0.7, 32), keep_count(0.01, 64), keep_count(1.0, 10)
+    (23, 1, 10)
+    """
+    return max(1, min(channels, math.ceil(round(density * channels, 9))))
+
+
+def wta_mask(saliency: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean ``(N, C)``: the ``k`` largest saliencies of each row, ties to the lower index (stable sort)."""
+    order = torch.sort(saliency.detach(), dim=1, descending=True, stable=True).indices[:, :k]
+    return torch.zeros_like(saliency, dtype=torch.bool).scatter_(1, order, True)
+
+
+def active_channels(x: torch.Tensor) -> torch.Tensor:
+    """Per image, the channels of a ``(N, C, H, W)`` tensor that hold a nonzero value (``(N, C)`` bool)."""
+    return x.detach().ne(0).flatten(2).any(dim=2)
+
+
+class FBSConv2d(nn.Module):
+    """A Conv2d (BN folded) gated per input by its predicted channel saliencies (see the module doc)."""
+
+    def __init__(self, conv: nn.Conv2d, density: float, *, gate_bits: int = 8, l1: float = 0.0) -> None:
+        super().__init__()
+        if isinstance(density, bool) or not 0.0 < float(density) <= 1.0:
+            raise ModelError(f"fbs.density: must be in (0, 1], got {density!r}")
+        if not isinstance(l1, int | float) or not math.isfinite(l1) or l1 < 0:
+            raise ModelError(f"fbs.l1: must be a finite number >= 0, got {l1!r}")
+        if conv.groups != 1:
+            raise ModelError(f"fbs: grouped convolutions (groups={conv.groups}) are not gated")
+        self.conv = conv
+        self.predictor = nn.Linear(conv.in_channels, conv.out_channels)
+        with torch.no_grad():  # every channel equally salient (1) until trained or fitted
+            self.predictor.weight.zero_()
+            self.predictor.bias.fill_(1.0)
+        self.gate_quant = QAct(FixedPoint(bits=gate_bits, signed=False))
+        self.density = float(density)
+        self.k = keep_count(self.density, conv.out_channels)
+        self.l1 = float(l1)
+        self.last_saliency: torch.Tensor | None = None
+        self.last_active: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def saliency(self, x: torch.Tensor) -> torch.Tensor:
+        """``gate_quant(relu(predictor(mean_hw(input_quant(x)))))``: ``(N, C_out)``, >= 0."""
+        iq = getattr(self.conv, "input_quant", None)
+        xin = iq(x) if iq is not None else x
+        return self.gate_quant(F.relu(self.predictor(xin.mean(dim=(2, 3)))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.saliency(x)
+        if self.training and self.l1 > 0 and s.requires_grad:
+            scale = self.l1 / s.shape[0]
+            s.register_hook(lambda g: g + scale * (s.detach() > 0).to(g.dtype))
+        keep = wta_mask(s, self.k) & (s.detach() > 0)
+        self.last_saliency = s.detach()
+        self.last_active = (active_channels(x).sum(1), keep.sum(1))
+        gate = torch.where(keep, s, torch.zeros_like(s))
+        return self.conv(x) * gate[:, :, None, None]
+
+    def extra_repr(self) -> str:
+        return f"density={self.density}, k={self.k}/{self.conv.out_channels}, l1={self.l1}"
+
+
+def fbs_layers(model: nn.Module) -> dict[str, FBSConv2d]:
+    """The FBS layers of ``model`` by qualified name (registration order)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, FBSConv2d)}
+
+
+def fbs_penalty(model: nn.Module) -> torch.Tensor:
+    """``sum_l l1_l * mean_n sum_c s_c`` of the last forward (0 before any forward)."""
+    terms = [m.l1 * m.last_saliency.sum(1).mean() for m in fbs_layers(model).values()
+             if m.last_saliency is not None]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+@torch.no_grad()
+def calibrate_gates(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """Calibrate only the gate quantizers of ``model``'s FBS layers (in place), e.g. after QAT, whose
+    activation quantizers are already trained; the model runs in eval mode and is left there."""
+    gates = [m.gate_quant for m in fbs_layers(model).values()]
+    model.eval()
+    for g in gates:
+        g.start_observing()
+    n = 0
+    for x in batches:
+        model(x)
+        n += 1
+    if gates and n == 0:
+        raise ModelError("calibrate_gates: needs at least one batch of data")
+    for g in gates:
+        g.freeze()
+    return model

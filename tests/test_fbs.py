@@ -1,0 +1,226 @@
+"""FBS (dynamic channel pruning): the module, its training pieces, the integer engine and the hardware price.
+
+Real weights (the zoo's CNV) and real Fashion-MNIST images throughout."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from mixq import zoo
+from mixq.algorithms.prune.fbs import (
+    FbsConfig,
+    FbsError,
+    channel_counts,
+    executed_macs,
+    fit_predictors,
+    to_fbs,
+)
+from mixq.api import default_plan, quantize
+from mixq.engine import faithful, load_int_model, save_int_model, to_integer
+from mixq.engine.convert_fbs import FaithfulFBS, engine_channel_counts, keep_channels
+from mixq.engine.runner import IntEngine
+from mixq.errors import HardwareError, ModelError
+from mixq.formats import FixedPoint
+from mixq.graph.capture import capture
+from mixq.hw.dynamic import dense_names, dynamic_overlay, gated_spec, percentile, streaming_gain
+from mixq.nn.fbs import FBSConv2d, fbs_penalty, keep_count, wta_mask
+from mixq.tasks.training import training_data
+
+SHAPE = (1, 28, 28)
+LAYERS = ("features.0", "features.3", "features.7", "features.10")
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, torch.Tensor]:
+    xtr, ytr, xte, yte = training_data("fmnist", max_train=1024, max_test=200)
+    return {"xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte}
+
+
+@pytest.fixture(scope="module")
+def dense() -> torch.nn.Module:
+    return zoo.load("cnv", pretrained=True).eval()
+
+
+@pytest.fixture(scope="module")
+def fbs(dense: torch.nn.Module, data: dict[str, torch.Tensor]) -> torch.nn.Module:
+    m = to_fbs(dense, FbsConfig(density=0.7), SHAPE)
+    return fit_predictors(m, data["xtr"], spread=0.05)
+
+
+# ----------------------------------------------------------------------------- the module
+
+
+def test_wta_is_a_stable_top_k() -> None:
+    """Against the plain definition: sort by (-saliency, index), keep the first k — ties to the lower index."""
+    rng = random.Random(0)
+    for _ in range(200):
+        c = rng.randint(1, 12)
+        k = rng.randint(1, c)
+        row = [float(rng.randint(0, 3)) for _ in range(c)]  # many ties
+        want = set(sorted(range(c), key=lambda i: (-row[i], i))[:k])
+        got = wta_mask(torch.tensor([row]), k)[0].tolist()
+        assert [i for i, v in enumerate(got) if v] == sorted(want)
+
+
+def test_keep_count() -> None:
+    assert [keep_count(d, 64) for d in (0.01, 0.5, 0.7, 1.0)] == [1, 32, 45, 64]
+    assert keep_count(0.7, 32) == math.ceil(0.7 * 32)
+
+
+def test_density_one_is_the_folded_dense_model(dense: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
+    m = to_fbs(dense, FbsConfig(density=1.0), SHAPE)  # predictors start at saliency 1: identity gates
+    x = data["xte"][:64]
+    with torch.no_grad():
+        assert torch.allclose(m(x), dense(x), atol=1e-4)
+    assert all(isinstance(m.get_submodule(n), FBSConv2d) for n in LAYERS)
+
+
+def test_gating_keeps_k_channels(fbs: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
+    x = data["xte"][:32]
+    layer = fbs.get_submodule("features.3")
+    assert isinstance(layer, FBSConv2d)
+    seen: dict[str, torch.Tensor] = {}
+    h = layer.register_forward_hook(lambda _m, _a, y: seen.__setitem__("y", y))
+    with torch.no_grad():
+        fbs(x)
+    h.remove()
+    computed = seen["y"].ne(0).flatten(2).any(2)
+    assert layer.k == 23
+    assert bool((computed.sum(1) <= layer.k).all())
+    assert layer.last_active is not None and bool((computed.sum(1) <= layer.last_active[1]).all())
+
+
+def test_l1_hook_is_the_gradient_of_the_penalty(dense: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
+    """The gradient hook adds exactly d/ds of l1 * mean_n sum_c s_c; fbs_penalty reports that value."""
+    folded = to_fbs(dense, FbsConfig(density=1.0, layers=()), SHAPE)
+    with torch.no_grad():
+        head = torch.nn.Sequential(*(folded.get_submodule(f"features.{i}") for i in range(3)))
+        xin = head(data["xte"][:8])  # the real input of features.3
+    grads, values = [], []
+    for l1, explicit in ((0.5, False), (0.0, True)):
+        torch.manual_seed(0)
+        conv = folded.get_submodule("features.3")
+        assert isinstance(conv, torch.nn.Conv2d)
+        m = FBSConv2d(conv, 0.5, l1=l1).train()
+        torch.nn.init.normal_(m.predictor.weight, std=0.5)
+        loss = m(xin).square().mean()
+        if explicit:
+            loss = loss + 0.5 * m.saliency(xin).sum(1).mean()
+        else:
+            values.append(float(fbs_penalty(torch.nn.Sequential(m))))
+        loss.backward()
+        assert m.predictor.bias.grad is not None
+        grads.append(m.predictor.bias.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    assert values[0] > 0
+
+
+def test_config_errors(dense: torch.nn.Module) -> None:
+    with pytest.raises(FbsError, match="density"):
+        FbsConfig(density=0.0)
+    with pytest.raises(FbsError, match="features.2"):
+        to_fbs(dense, FbsConfig(layers=("features.2",)), SHAPE)
+    with pytest.raises(ModelError, match="density"):
+        FBSConv2d(torch.nn.Conv2d(2, 2, 3), 1.5)
+
+
+# ----------------------------------------------------------------------------- MACs
+
+
+def test_executed_macs_follow_the_channel_counts(dense: torch.nn.Module, fbs: torch.nn.Module,
+                                                 data: dict[str, torch.Tensor]) -> None:
+    specs = capture(dense, SHAPE)
+    x = data["xte"][:100]
+    macs = executed_macs(fbs, specs, x)
+    counts = channel_counts(fbs, x)
+    by = {s.name: s for s in specs}
+    for n in LAYERS:
+        s = by[n]
+        want = counts[n][:, 0] * counts[n][:, 1] * (s.macs // (s.in_channels * s.out_channels))
+        assert torch.equal(macs[n], want)
+        assert bool((counts[n][:, 1] <= fbs.get_submodule(n).k).all())  # type: ignore[operator]
+    dense_macs = executed_macs(dense, specs, x)["total"]
+    assert bool((dense_macs == sum(s.macs for s in specs if s.is_compute)).all())
+    assert float(macs["total"].double().mean()) < 0.55 * float(dense_macs[0])
+
+
+# ----------------------------------------------------------------------------- integer engine
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_engine_is_bit_exact(fbs: torch.nn.Module, data: dict[str, torch.Tensor], bits: int,
+                             tmp_path: Path) -> None:
+    """Integer engine == hardware-faithful fake quant, outputs and channel decisions, on real test images;
+    its executed MACs are the per-image counts; its decisions match the fake-quant model's."""
+    plan = (default_plan("cnv-fbs", fbs, data["xtr"][:64]) if bits == 8 else
+            default_plan("cnv-fbs", fbs, data["xtr"][:64], FixedPoint(bits=4, narrow=True),
+                         FixedPoint(bits=4, signed=False)))
+    q = quantize(fbs, plan, data["xtr"][:256])
+    x = data["xte"]
+    im = to_integer(q, x[:1])
+    assert sum(n.op == "fbs" for n in im.nodes) == 4
+    res, counts = engine_channel_counts(IntEngine(im), x)
+    fm = faithful(q, im)
+    assert torch.equal(fm(x), res.real())
+    gated = {m.int_name: m for m in fm.modules() if isinstance(m, FaithfulFBS)}
+    with torch.no_grad():
+        q(x)
+    agree = 0
+    for name, m in gated.items():
+        assert m.last_keep is not None
+        assert torch.equal(m.last_keep.sum(1), counts[name][:, 1])
+        node = im.node(name)
+        per = int(node.arrays["weight"][0, 0].size) * math.prod(node.shape[1:])
+        assert res.saturated[f"{name}:macs"] == int((counts[name][:, 0] * counts[name][:, 1]).sum()) * per
+        fq = q.get_submodule(name)
+        assert isinstance(fq, FBSConv2d) and fq.last_saliency is not None
+        agree += int((keep_channels(fq.last_saliency, fq.k) == m.last_keep).all(1).sum())
+    assert agree >= 0.97 * 4 * x.shape[0]
+    save_int_model(im, tmp_path / "fbs.json")  # the file round trip keeps the gated nodes
+    assert torch.equal(IntEngine(load_int_model(tmp_path / "fbs.json"))(x[:16]).codes, res.codes[:16])
+
+
+def test_engine_refuses_uncalibrated_gates(fbs: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
+    q = quantize(fbs, default_plan("cnv-fbs", fbs, data["xtr"][:64]), data["xtr"][:64])
+    for m in q.modules():
+        if isinstance(m, FBSConv2d):
+            m.gate_quant.mode = "float"
+    with pytest.raises(ModelError, match="gate quantizer"):
+        to_integer(q, data["xte"][:1])
+
+
+# ----------------------------------------------------------------------------- hardware
+
+
+def test_dynamic_overlay(dense: torch.nn.Module) -> None:
+    specs = capture(dense, SHAPE)
+    plan = default_plan("cnv", dense, torch.randn(4, *SHAPE))
+    by = {s.name: s for s in specs}
+    full = {n: [(by[n].in_channels, by[n].out_channels)] * 3 for n in LAYERS}
+    est = dynamic_overlay(specs, plan, full, predictors=False).summary()
+    assert est["cycles_mean"] == est["dense_cycles"] and est["cycle_reduction"] == 1.0
+    half = {n: [(max(1, by[n].in_channels // 2), by[n].out_channels // 2)] * 2
+            + [(by[n].in_channels, by[n].out_channels)] for n in LAYERS}
+    d = dynamic_overlay(specs, plan, half).summary()
+    assert d["frames"] == 3
+    assert d["cycles_mean"] < est["dense_cycles"] and d["cycles_p95"] > d["cycles_mean"]
+    assert d["weight_bits_mean"] < d["dense_weight_bits"] and d["fps_mean"] > est["fps_mean"]
+    with pytest.raises(HardwareError, match="features.3"):
+        dynamic_overlay(specs, plan, {"features.3": [(33, 1)]})
+    with pytest.raises(HardwareError, match="conv layer"):
+        dynamic_overlay(specs, plan, {"classifier.0": [(1, 1)]})
+    g = gated_spec(by["features.3"], 16, 8)
+    assert g.macs == by["features.3"].macs // 8 and g.row_length == 16 * 9
+    assert list(dense_names(default_plan("cnv-fbs", to_fbs(dense, FbsConfig(), SHAPE), torch.randn(4, *SHAPE))))[:2] \
+        == ["features.0", "features.0.predictor"]
+
+
+def test_streaming_gain_and_percentile() -> None:
+    assert percentile([1, 2, 3, 4, 5], 95) == pytest.approx(4.8)
+    g = streaming_gain({"a": 100, "b": 80}, {"a": 4, "b": 4}, {"a": 32}, {"a": [(32, 16), (32, 32)]})
+    assert g["dense_cycles"] == 100 and g["cycles_mean"] == pytest.approx((80 + 100) / 2)
