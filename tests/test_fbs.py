@@ -224,3 +224,30 @@ def test_streaming_gain_and_percentile() -> None:
     assert percentile([1, 2, 3, 4, 5], 95) == pytest.approx(4.8)
     g = streaming_gain({"a": 100, "b": 80}, {"a": 4, "b": 4}, {"a": 32}, {"a": [(32, 16), (32, 32)]})
     assert g["dense_cycles"] == 100 and g["cycles_mean"] == pytest.approx((80 + 100) / 2)
+
+
+def test_cli_prune_dynamic(tmp_path: Path) -> None:
+    """`mixq prune --dynamic` through a real process: gated layers at the density asked, executed MACs per image
+    against the dense count, the model and the QAT run written; a bad density is a usage error (exit 2), and a
+    resume of a dynamic run is refused in one line (exit 1)."""
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mixq", "prune", *args], capture_output=True, text=True,
+                              timeout=600, check=False)
+
+    out = tmp_path / "fbs"
+    proc = cli("--dynamic", "--density", "0.5", "--finetune-epochs", "1", "--epochs", "1", "--max-train", "256",
+               "--max-test", "256", "--threads", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    doc = json.loads((out / "fbs.json").read_text())
+    assert {k: v["k"] for k, v in doc["densities"].items()} == {"features.0": 16, "features.3": 16,
+                                                               "features.7": 32, "features.10": 32}
+    assert doc["dense_macs"] == 18_691_840 and doc["macs_mean"] < 0.6 * doc["dense_macs"]
+    assert (out / "model.pt").is_file() and (out / "qat").is_dir()
+    bad = cli("--dynamic", "--density", "1.5", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "--density" in bad.stderr and "Traceback" not in bad.stderr
+    again = cli("--dynamic", "--resume", "--out", str(out))
+    assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1, again.stderr
