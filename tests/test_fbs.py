@@ -251,3 +251,28 @@ def test_cli_prune_dynamic(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--density" in bad.stderr and "Traceback" not in bad.stderr
     again = cli("--dynamic", "--resume", "--out", str(out))
     assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1, again.stderr
+
+
+def test_densities_chosen_for_a_mac_budget(dense: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
+    """Per-layer densities for half the convs' MACs: every layer's sensitivity measured at every density (it
+    grows as the density drops), the knapsack's choice fits the budget, equals the exhaustive optimum, and a
+    budget below the lowest density is refused by name."""
+    from mixq.algorithms.prune.fbs_budget import DENSITIES, budget_config, choose_densities
+    from mixq.algorithms.search.solvers import Item, Problem, solve_exhaustive
+
+    cfg, ch = budget_config(dense, data["xtr"][:256], 0.5, FbsConfig())
+    assert set(ch.densities) == set(LAYERS) and all(d in DENSITIES for d in ch.densities.values())
+    assert cfg.densities == ch.densities and ch.cost_macs <= ch.budget_macs
+    for s in ch.sensitivity.values():
+        assert s[-1] > s[0] and all(b >= a - 1e-3 for a, b in zip(s, s[1:], strict=False))
+    specs = capture(dense, SHAPE)
+    macs = {s.name: s.macs for s in specs}
+    names = list(ch.sensitivity)
+    items = tuple(tuple(Item(v, (macs[n] * d,)) for v, d in zip(ch.sensitivity[n], DENSITIES, strict=True))
+                  for n in names)
+    best = solve_exhaustive(Problem(items, (0.5 * sum(macs[n] for n in names),)))
+    assert best is not None
+    chosen = sum(ch.sensitivity[n][DENSITIES.index(ch.densities[n])] for n in names)
+    assert chosen == pytest.approx(best.objective, rel=1e-9)
+    with pytest.raises(FbsError, match="MAC budget 0.1"):
+        choose_densities(ch.sensitivity, specs, 0.1)

@@ -160,6 +160,8 @@ def register(app: typer.Typer) -> None:
         dynamic: bool = typer.Option(False, "--dynamic", help="dynamic channel pruning (FBS): gate every conv per "
                                      "input instead; --finetune-* train it with KD, then QAT at --weight/--act"),
         density: float = real(0.7, "--dynamic: fraction of output channels each conv computes per input", 0.0, 1.0),
+        mac_budget: float = real(0.0, "--dynamic: choose each conv's density for this fraction of the convs' "
+                                 "dense MACs (0: --density everywhere)", 0.0, 1.0, low_open=False),
     ) -> None:
         """Prune, fine-tune and quantize the pruned layers with focused formats (QAT); or, with --dynamic,
         convert to FBS (per-input channel gating), fine-tune with KD and quantize (QAT)."""
@@ -181,10 +183,22 @@ def register(app: typer.Typer) -> None:
                              seed=seed, threads=threads, device=device)
             qcfg = _qat_config(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, kd_alpha=kd_alpha,
                                threads=threads, device=device) if epochs > 0 else None
+            fcfg = FbsConfig(density=density, train=ft)
+            chosen = None
+            if mac_budget > 0:
+                from mixq.algorithms.prune.fbs_budget import budget_config
+
+                fcfg, chosen = budget_config(fp, train[0][:256], mac_budget, fcfg)
             summary = fbs_and_quantize(fp, lambda m: qat_plan(model, m, train[0][:64], None, fmts["weight"],
                                                               fmts["act"]),
-                                       train, FbsConfig(density=density, train=ft), qcfg, folder, val=test,
-                                       fill=PAD_FILL)
+                                       train, fcfg, qcfg, folder, val=test, fill=PAD_FILL)
+            if chosen is not None:
+                summary["mac_budget"] = {"fraction": mac_budget, "budget_macs": chosen.budget_macs,
+                                         "chosen_macs": chosen.cost_macs, "grid": list(chosen.grid),
+                                         "sensitivity": {k: list(v) for k, v in chosen.sensitivity.items()}}
+                from mixq.io import atomic_write_json
+
+                atomic_write_json(folder / "fbs.json", summary)
             _echo({**summary, "train_time_s": summary.get("qat_train_time_s")}, folder)
             return
         base = qat_plan(model, fp, train[0][:64], None, fmts["weight"], fmts["act"])
