@@ -29,6 +29,11 @@ of the code width ``B`` for signed formats), the layout of every frame buffer.
                     is a window covering the whole map. A depthwise layer (``DWC`` channels) takes
                     its vector channel by channel (``FOLD`` words each, the channel's ``KH*KW``
                     window codes), so its copy is ``DWC*FOLD`` cycles.
+``mixq_window_stream``  the window sequencer where a pixel word is a whole number of engine words
+                    (``simd`` divides the channels): each window pixel read goes straight into the
+                    engine's write bank (``PW / LW`` words), one read every ``PW / LW`` cycles, so no
+                    window is held in registers; the next window waits until the engine has taken
+                    this one: a pixel costs ``max(tiles*fold, fold + 3)`` cycles.
 ``mixq_collect``    the engine's requantizer outputs (row, code) assembled into the output
                     pixel word; with ``PK > 1`` a ``PK x PK`` / stride ``PK`` max-pool on a line
                     buffer of pooled pixels (the pool of the codes equals the engine's pool of
@@ -186,6 +191,78 @@ module mixq_window #(
         if (NW == 1) start <= 1'b1;
       end
       if (p2 && e2) begin nxt <= shifted; full <= 1; end
+      if (active && done) begin active <= 0; frame_end <= 1'b1; end
+    end
+  end
+endmodule
+
+module mixq_window_stream #(
+  parameter IH = 1, IW = 1, PW = 8, KH = 1, KW = 1, SH = 1, SW = 1, PH = 0, PL = 0,
+  parameter OH = 1, OW = 1, FOLD = 1, LW = 8, AW = 1, IA = 1
+) (
+  input clk, input rst,
+  input can_read, input can_write, input done,
+  output reg frame_end,
+  output reg [AW-1:0] raddr, input [PW-1:0] rdata,
+  output in_we, output [IA-1:0] in_addr, output [LW-1:0] in_data, output reg start, input ready
+);
+  // a window's pixels go straight into the engine's write bank: pixel word k of the window is engine words
+  // k*R .. k*R+R-1 (R = PW / LW); one read every R cycles, data two cycles after the address; the next
+  // window's reads wait until the engine has taken this one (its write bank is then the other one)
+  localparam K = KH * KW;
+  localparam R = PW / LW;
+  reg active, g_on, pending;
+  reg [15:0] gy, gx, ky, kx, nissue, cnt, r;
+  reg p1, p2, pad1, pad2, e1, e2;
+  reg [15:0] t1, t2, base;
+  reg [PW-1:0] px;
+  reg emit, last_emit;
+  integer iy, ix;
+  always @(*) begin
+    iy = gy * SH - PH + ky;
+    ix = gx * SW - PL + kx;
+  end
+  wire padt = (iy < 0) || (iy >= IH) || (ix < 0) || (ix >= IW);
+  wire [PW-1:0] pix = pad2 ? {PW{1'b0}} : rdata;
+  wire issue = g_on && !pending && cnt == 0;
+  // a pixel's first word is written as its data arrive, the others from `px` in the next R - 1 cycles
+  assign in_we = p2 || emit;
+  assign in_addr = p2 ? t2 * R : base + r;
+  assign in_data = p2 ? pix[LW-1:0] : px[r * LW +: LW];
+  always @(posedge clk) begin
+    frame_end <= 1'b0;
+    if (rst) begin
+      active <= 0; g_on <= 0; pending <= 0; start <= 0; p1 <= 0; p2 <= 0; e1 <= 0; e2 <= 0; emit <= 0;
+      nissue <= 0; cnt <= 0; gy <= 0; gx <= 0; ky <= 0; kx <= 0; r <= 0; last_emit <= 0;
+    end else begin
+      if (start && ready) begin start <= 1'b0; pending <= 1'b0; end
+      if (!active && !frame_end && can_read && can_write) begin
+        active <= 1; g_on <= 1; gy <= 0; gx <= 0; ky <= 0; kx <= 0; nissue <= 0; cnt <= 0;
+      end
+      p1 <= 1'b0; e1 <= 1'b0;
+      if (g_on && cnt != 0) cnt <= cnt - 1'b1;
+      if (issue) begin
+        raddr <= iy * IW + ix; p1 <= 1'b1; pad1 <= padt; t1 <= nissue; cnt <= R - 1;
+        if (nissue == K - 1) begin
+          e1 <= 1'b1; nissue <= 0; ky <= 0; kx <= 0; pending <= 1'b1;
+          if (gx == OW - 1) begin
+            gx <= 0;
+            if (gy == OH - 1) begin gy <= 0; g_on <= 0; end else gy <= gy + 1'b1;
+          end else gx <= gx + 1'b1;
+        end else begin
+          nissue <= nissue + 1'b1;
+          if (kx == KW - 1) begin kx <= 0; ky <= ky + 1'b1; end else kx <= kx + 1'b1;
+        end
+      end
+      p2 <= p1; pad2 <= pad1; e2 <= e1; t2 <= t1;
+      if (emit) begin
+        if (r == R - 1) begin emit <= 1'b0; if (last_emit) start <= 1'b1; end
+        r <= r + 1'b1;
+      end
+      if (p2) begin
+        if (R == 1) begin if (e2) start <= 1'b1; end
+        else begin px <= pix; emit <= 1'b1; r <= 1; base <= t2 * R; last_emit <= e2; end
+      end
       if (active && done) begin active <= 0; frame_end <= 1'b1; end
     end
   end

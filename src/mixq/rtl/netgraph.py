@@ -76,17 +76,31 @@ class Stage:
         return (d.groups if d.op == "conv" else 1) * self.layout.fold
 
     @property
+    def streamed(self) -> bool:
+        """Whether the window goes straight from the frame buffer into the engine (``mixq_window_stream``): a
+        dense layer whose pixel word is a whole number of engine words (``simd`` divides the channels)."""
+        d = self.layout.data
+        lw = self.layout.simd * self.layout.abits
+        pw = self.in_shape[0] * self.in_bits
+        return not (d.op == "conv" and d.groups > 1) and pw % lw == 0 and self.in_bits == self.layout.abits
+
+    @property
     def pixel_cycles(self) -> int:
         """Cycles per output pixel of this design: the engine's vectors back to back (copy overlapped), or the
-        window reads or the copy if slower (at least 3: a window's data come two cycles after its last read)."""
+        window reads or the copy if slower (at least 3: a window's data come two cycles after its last read);
+        a streamed window: the engine, or the window's ``fold`` words and three cycles of read latency and
+        handshake before the next window may start."""
+        if self.streamed:
+            return max(self.run_cycles, self.copy_words + 3)
         return max(self.run_cycles, self.window_reads, self.copy_words, 3)
 
     @property
     def frame_overhead(self) -> int:
-        """Cycles per frame besides the pixels: the first window (reads, data, copy) before the engine starts,
+        """Cycles per frame besides the pixels: the first window (reads, data, copy; streamed: the reads are the
+        copy) before the engine starts,
         the last vector's way through the engine (:func:`mixq.rtl.layer.output_latency`) and the collector, and
         the frame handshake, less one pixel interval (the last pixel's is counted in the drain)."""
-        fill = self.window_reads + 3 + self.copy_words
+        fill = self.copy_words + 3 + (0 if self.streamed else self.window_reads)
         return fill + output_latency(self.layout) + 5 - self.pixel_cycles
 
     @property

@@ -19,10 +19,13 @@ Each frame buffer holds two frames (ping-pong, :mod:`mixq.rtl.glue`), so every l
 on its own frame while its neighbours work on the next / previous one; a layer starts a
 frame when its input bank is full and its output bank is free. A layer's *window
 sequencer* reads the ``kh x kw`` window of each output pixel from its input frame buffer
-(one pixel word — all channels — per cycle; zeros on the padding), copies it into the
-engine's input-vector buffer one ``simd``-code word per cycle and starts the engine (the
-engine's input buffer has two banks, so the copy of the next window overlaps the current
-computation and the engine runs vectors back to back); the
+(one pixel word — all channels — per read; zeros on the padding) into the engine's
+input-vector buffer and starts the engine (the engine's input buffer has two banks, so the
+next window is written while the engine computes and the engine runs vectors back to back).
+Where a pixel word is a whole number of ``simd``-code engine words (``simd`` divides the
+channels) each pixel read goes straight into the engine's buffer (``mixq_window_stream``: no
+window held in registers); otherwise the window is gathered into a register and copied one
+word per cycle (``mixq_window``: the first layer's single-channel pixels, depthwise layers); the
 engine's input vector is therefore in (ky, kx, channel) order, and the layer's weight
 columns are permuted to match (a linear layer after a flatten of a ``C x H x W`` map reads
 the whole map as one window: (y, x, channel) order). The *collector* assembles the
@@ -243,10 +246,11 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
           f"wire [{lw - 1}:0] {p}_data;")
         v(f"  wire [{nr - 1}:0] {p}_ov; wire [{nr * rw - 1}:0] {p}_orow; wire [{nr * qw - 1}:0] {p}_oq;")
         v(f"  assign fb{k0}_release = {p}_end; assign {p}_commit = {p}_end;")
-        v(f"  mixq_window #(.IH({h}), .IW({w}), .PW({c * st.in_bits}), .KH({kh}), .KW({kw}), .SH({st.stride[0]}), "
-          f".SW({st.stride[1]}), .PH({st.padding[0]}), .PL({st.padding[1]}), .OH({st.out_hw[0]}), "
-          f".OW({st.out_hw[1]}), .FOLD({lay.fold}), .LW({lw}), .AW({_bits(h * w)}), .IA({ia}), .DWC({dwc}), "
-          f".B({lay.abits}), .SIMD({lay.simd})) {p}_win "
+        extra = "" if st.streamed else f", .DWC({dwc}), .B({lay.abits}), .SIMD({lay.simd})"
+        v(f"  mixq_window{'_stream' if st.streamed else ''} #(.IH({h}), .IW({w}), .PW({c * st.in_bits}), .KH({kh}), "
+          f".KW({kw}), .SH({st.stride[0]}), .SW({st.stride[1]}), .PH({st.padding[0]}), .PL({st.padding[1]}), "
+          f".OH({st.out_hw[0]}), .OW({st.out_hw[1]}), .FOLD({lay.fold}), .LW({lw}), .AW({_bits(h * w)}), "
+          f".IA({ia}){extra}) {p}_win "
           f"(.clk(clk), .rst(rst), .can_read(fb{k0}_can_read), .can_write({p}_cw), .done({p}_done), "
           f".frame_end({p}_end), .raddr(fb{k0}_raddr), .rdata(fb{k0}_rdata), .in_we({p}_iwe), .in_addr({p}_addr), "
           f".in_data({p}_data), .start({p}_start), .ready({p}_ready));")
