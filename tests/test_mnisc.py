@@ -373,3 +373,38 @@ def test_rtl_eu_synthesizes_for_the_xc7z020() -> None:
     res = synthesize_verilog(eu_verilog(p=4, dw=16, ww=8, accw=32, rw=40, mw=18), "mnisc_core", timeout_s=1200)
     part = get_part("xc7z020")
     assert 0 < res.lut <= part.lut and res.ff <= part.ff and res.dsp <= part.dsp
+
+
+# ----------------------------------------------------------------------------- the template prices the RTL EU's core
+
+
+def test_template_sizes_the_core_exactly_as_the_rtl_does() -> None:
+    """The template's core widths from the plain steps (:func:`eu_widths`) are the ones the RTL compiler sizes
+    from the program's proven ranges and memories (:func:`eu_image`), parameter for parameter."""
+    from mixq.hw.mnisc import eu_widths
+
+    torch.manual_seed(1)
+    for model in (MixedRtl(), unet(width=4)):
+        _, im = _quantized(model, torch.randn(8, 3, 16, 16))
+        prog = lower(im)
+        img = eu_image(prog, 4, ww=32, dw=40)
+        w = eu_widths(eu_steps(prog), EuConfig(p=4, s=1, wbits=8, abits=8, lane="fixed_dsp", data_bits=40))
+        assert {k: v for k, v in img.widths.items() if k != "WW"} == {
+            k: getattr(w, k.lower()) for k in img.widths if k != "WW"}
+        assert img.widths["ACCW"] < 48 and img.widths["AW"] < 20  # sized to the program, not to 32-bit words
+    est = estimate_mnisc(eu_steps(prog), EuConfig(p=4, s=1, wbits=8, abits=8, lane="fixed_dsp", data_bits=40))
+    assert {"lanes", "rows", "requant", "sequencer"} <= set(est.detail) and est.detail["sequencer"].lut > 0
+
+
+@pytest.mark.skipif(not yosys_available(), reason="yosys not installed")
+def test_template_prices_a_small_eu_core_within_20_percent_of_yosys() -> None:
+    """A 2-row EU core at small widths (none of the fit's configurations): yosys synth_xilinx of the generated
+    Verilog against the template's core terms — LUT within 20%, DSP exact (mul2dsp rule)."""
+    from mixq.hw.mnisc import EuWidths, core_resources
+
+    w = {"P": 2, "DW": 10, "WW": 4, "ACCW": 18, "VW": 18, "M1W": 9, "QW": 12, "M2W": 4, "EW": 10, "P1W": 26,
+         "P2W": 15, "NW": 4, "ASW": 1, "AW": 12, "IAW": 8, "WAW": 10, "PAW": 10, "CW": 8, "IW": 12}
+    res = synthesize_verilog(eu_verilog(**w), "mnisc_core", timeout_s=300)
+    est = core_resources(EuWidths.from_params(w))["total"]
+    assert res.dsp == est.dsp
+    assert abs(est.lut / res.lut - 1) <= 0.2, (res.lut, est.lut)

@@ -21,24 +21,36 @@ at the shuffled / concatenated address: an address generator), else it is one DD
 Steps run one after another: a frame takes the sum of the steps' seconds.
 
 Resources (calibrated PE costs, :class:`mixq.hw.cost.CostModel`): ``p`` dot units of ``s`` lanes
-(``lane`` kind: ``fixed_lut`` or ``fixed_dsp``), ``ceil(p * outputs / requant_share)`` requantizers,
-line buffers of ``(kh - 1)`` padded rows plus ``kw`` pixels of every input channel (the largest step),
-a weight buffer of the largest step's weights, ``p`` max-pool comparators of ``abits`` LUTs each (an
-assumption, stated), control and shell (:class:`mixq.hw.units.ArchOptions`).
+(``lane`` kind: ``fixed_lut`` or ``fixed_dsp``; ``data_bits`` > 0: whole data words, as the RTL EU), the
+EU core as :mod:`mixq.rtl.mnisc` builds it (:func:`core_resources` at :func:`eu_widths`: the rows'
+accumulators and row select, one two-stage requantizer shared by the rows and sized to the program's
+proven ranges, the sequencer with its counters and incremental address generators, each a term linear in
+the widths it contains, fitted to yosys runs of the generated core (``data/mnisc_coefficients.json``,
+``benchmarks/mnisc_synth.py``), DSPs by the ``mul2dsp`` rule), line buffers of ``(kh - 1)`` padded rows plus
+``kw`` pixels of every input channel (the largest step), a weight buffer of the largest step's weights,
+``p`` max-pool comparators of ``abits`` LUTs each (an assumption, stated), and the shell
+(:class:`mixq.hw.units.ArchOptions`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from importlib import resources as ilr
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mixq.errors import HardwareError
+from mixq.hw.bits import REQUANT_MULT_BITS, mul_dsps
 from mixq.hw.cost import CostModel, Resources
 from mixq.hw.memory import choose_memory
 from mixq.hw.parts import Part, get_part
 from mixq.hw.pe import PeConfig
-from mixq.hw.units import ArchOptions, budget, requant_kind, shell
+from mixq.hw.units import ArchOptions, budget, shell
 
 LANE_BITS = (2, 4, 8)
 LANES = ("fixed_lut", "fixed_dsp")
@@ -65,6 +77,8 @@ class EuStep:
     weight_bits: int = 0  # weight codes at wbits, plus the per-row constants
     outputs: int = 1
     pooled: bool = False
+    acc_bits: int = 0  # proven accumulator width (0: unknown, the lanes' width)
+    pipe: tuple[int, ...] = ()  # proven output-pipeline widths: vw, m1w, qw, m2w, ew, p1w, p2w, nw, asw (EuWidths)
 
     @property
     def is_move(self) -> bool:
@@ -93,6 +107,7 @@ class EuConfig:
     ddr_efficiency: float = 0.8
     step_cycles: int = 64  # per-step set-up (descriptor fetch, pipeline fill)
     fuse_moves: bool = True
+    data_bits: int = 0  # > 0: the core's data word (the RTL's DW; its s = 1 rows multiply whole words); 0: abits
 
     def __post_init__(self) -> None:
         if self.p < 1 or self.s < 1:
@@ -231,14 +246,15 @@ def line_buffer_bits(step: EuStep, abits: int) -> int:
 
 def eu_resources(steps: tuple[EuStep, ...], cfg: EuConfig, part: Part, model: CostModel,
                  opts: ArchOptions) -> dict[str, Resources]:
-    """The EU's resources by term: lanes, requantizers, pooling, line buffers, weight buffer, control."""
+    """The EU's resources by term: lanes (the calibrated PE costs), the core's rows, shared two-stage
+    requantizer and sequencer (:func:`core_resources` at :func:`eu_widths`: fitted to yosys runs of the
+    RTL EU), pooling, line buffers, weight buffer, and the shell."""
     convs = [s for s in steps if not s.is_move]
     if not convs:
         raise HardwareError("mnisc: the program has no conv step")
     acc_len = max(s.row_length for s in convs)
-    lanes = PeConfig(cfg.lane, cfg.wbits, cfg.abits, cfg.s, acc_len=acc_len)
-    nreq = math.ceil(cfg.p * max(s.outputs for s in convs) / max(opts.requant_share, 1))
-    req = PeConfig(requant_kind(opts), accw=lanes.acc_bits, out_bits=cfg.abits)
+    lanes = PeConfig(cfg.lane, cfg.wbits, cfg.data_bits or cfg.abits, cfg.s, acc_len=acc_len)
+    core = core_resources(eu_widths(tuple(steps), cfg))
     pc, mc = model.lutram_coefs()
 
     def mem(bits: int, width: int) -> Resources:
@@ -249,11 +265,13 @@ def eu_resources(steps: tuple[EuStep, ...], cfg: EuConfig, part: Part, model: Co
     wb = max(s.weight_bits for s in convs)
     return {
         "lanes": model.pe(lanes, part.dsp_type) * cfg.p,
-        "requant": model.pe(req, part.dsp_type) * nreq,
+        "rows": core["rows"]._replace(dsp=0.0),  # the lanes hold the products
+        "requant": core["requant"],
+        "sequencer": core["sequencer"],
         "pool": Resources(lut=float(cfg.p * cfg.abits), ff=float(cfg.p * cfg.abits)),
         "line_buffer": mem(lb, cfg.s * cfg.abits),
         "weight_buffer": mem(wb, cfg.p * cfg.s * cfg.wbits),
-        "control": Resources(lut=opts.engine_lut, ff=opts.engine_ff) + shell(opts),
+        "control": shell(opts),
     }
 
 
@@ -270,3 +288,135 @@ def estimate_mnisc(steps: tuple[EuStep, ...] | list[EuStep], cfg: EuConfig | Non
     detail = eu_resources(steps, cfg, p, model, opts)
     total = Resources.total(detail.values())
     return MniscEstimate(cfg, p.name, clock, gbps, times, total, detail, total.fits(budget(p, opts)))
+
+
+# ----------------------------------------------------------------------------- the EU core as the RTL builds it
+
+CORE_COEFFICIENTS = "data/mnisc_coefficients.json"
+NF, IREGS = 38, 15  # instruction fields held in registers; address registers of the sequencer (rtl.mnisc)
+
+
+@dataclass(frozen=True)
+class EuWidths:
+    """The EU core's widths (the Verilog parameters of :mod:`mixq.rtl.mnisc`, lower case): ``p`` MAC rows of
+    ``ww``-bit weights x ``dw``-bit data words into ``accw``-bit accumulators; the shared output pipeline's
+    value / multiplier / mid value / multiplier / output value widths, its two products and shift amounts;
+    the data, instruction, weight and parameter address widths, the counter and instruction-register widths."""
+
+    p: int = 4
+    dw: int = 16
+    ww: int = 8
+    accw: int = 32
+    vw: int = 32
+    m1w: int = 16
+    qw: int = 16
+    m2w: int = 2
+    ew: int = 16
+    p1w: int = 48
+    p2w: int = 18
+    nw: int = 6
+    asw: int = 1
+    aw: int = 20
+    iaw: int = 12
+    waw: int = 16
+    paw: int = 16
+    cw: int = 16
+    iw: int = 20
+
+    @staticmethod
+    def from_params(params: dict[str, int]) -> EuWidths:
+        """From the Verilog parameters by name (``EuImage.widths``, upper case)."""
+        return EuWidths(**{k.lower(): int(v) for k, v in params.items()})
+
+
+def core_features(w: EuWidths) -> dict[str, dict[str, dict[str, float]]]:
+    """Per term of the core, the structural features its LUTs / FFs are linear in (bits of each structure of
+    the generated Verilog, counted from it): ``rows`` the accumulators and the row select feeding the shared
+    requantizer (``p * accw``), ``requant`` its six clamps, two barrel shifts and the accumulator shift (LUT)
+    or its registers (FF), ``sequencer`` a constant, its address adders / registers (``aw``) and counters
+    (``cw``), and for FFs the instruction registers."""
+    split = sum((mul_dsps(a, b, y) - 1) * y for a, b, y in ((w.vw, w.m1w, w.p1w), (w.qw, w.m2w, w.p2w))
+                if mul_dsps(a, b, y) > 1)
+    feats: dict[str, dict[str, dict[str, float]]] = {
+        "rows": {"lut": {"rows": w.p * w.accw}, "ff": {"rows": w.p * w.accw}},
+        "requant": {"lut": {"rq": 2 * (w.vw + w.qw + w.ew) + (w.p1w + w.p2w) * w.nw + w.vw * w.asw + split},
+                    "ff": {"rq": 3 * w.vw + 2 * w.qw + 2 * w.ew + w.m1w + w.m2w + 2 * w.nw}},
+        "sequencer": {"lut": {"one": 1.0, "seq": 20 * w.aw + 16 * w.cw},
+                      "ff": {"one": 1.0, "seq": IREGS * w.aw + 14 * w.cw + NF * w.iw + 2 * (w.waw + w.paw) + w.iaw}},
+    }
+    return feats
+
+
+def core_dsps(w: EuWidths) -> dict[str, int]:
+    """DSPs by the yosys rule (:func:`mixq.hw.bits.mul_dsps`): one ``ww x dw`` product per row (at the
+    accumulator's width), the requantizer's two products."""
+    return {"rows": w.p * mul_dsps(w.ww, w.dw, min(w.accw, w.ww + w.dw)),
+            "requant": mul_dsps(w.vw, w.m1w, w.p1w) + mul_dsps(w.qw, w.m2w, w.p2w), "sequencer": 0}
+
+
+def load_core_coefficients(path: Any = None) -> dict[str, Any]:
+    """The fitted core coefficients (``fit_core``), shipped in ``mixq/hw/data/mnisc_coefficients.json``."""
+    if path is not None:
+        return json.loads(Path(path).read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    return _shipped_core_coefficients()
+
+
+@lru_cache(maxsize=1)
+def _shipped_core_coefficients() -> dict[str, Any]:
+    try:
+        text = ilr.files("mixq.hw").joinpath(CORE_COEFFICIENTS).read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise HardwareError("mixq/hw/data/mnisc_coefficients.json is missing; run benchmarks/mnisc_synth.py "
+                            "--fit") from e
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def core_resources(w: EuWidths, coefficients: dict[str, Any] | None = None) -> dict[str, Resources]:
+    """The core's resources by term (``rows``, ``requant``, ``sequencer``) and their ``total``: LUT / FF
+    from the fitted coefficients, DSPs by rule; the core has no memory (its memories are outside)."""
+    coefs = (coefficients or load_core_coefficients())["coefs"]
+    dsps = core_dsps(w)
+    out = {}
+    for term, feats in core_features(w).items():
+        lut, ff = (sum(coefs[r].get(k, 0.0) * v for k, v in feats[r].items()) for r in ("lut", "ff"))
+        out[term] = Resources(lut=max(lut, 0.0), ff=max(ff, 0.0), dsp=float(dsps[term]))
+    out["total"] = Resources.total(out.values())
+    return out
+
+
+def fit_core(records: list[tuple[EuWidths, dict[str, float]]], meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Non-negative least squares of LUT and FF on :func:`core_features` over yosys ``records``
+    ``(widths, {"lut": .., "ff": ..})``; the coefficients as data (version 1)."""
+    from scipy.optimize import nnls
+
+    coefs: dict[str, dict[str, float]] = {}
+    for res in ("lut", "ff"):
+        rows = [{k: v for term in core_features(w).values() for k, v in term[res].items()} for w, _ in records]
+        names = sorted({k for r in rows for k in r})
+        a = np.array([[r.get(k, 0.0) for k in names] for r in rows])
+        b = np.array([float(y[res]) for _, y in records])
+        x, _ = nnls(a, b)
+        coefs[res] = {k: round(float(v), 4) for k, v in zip(names, x, strict=True)}
+    return {"version": 1, "meta": {**(meta or {}), "records": len(records)}, "coefs": coefs}
+
+
+def eu_widths(steps: tuple[EuStep, ...], cfg: EuConfig) -> EuWidths:
+    """The core's widths for a program on ``cfg``: rows, lane widths, the widest proven accumulator and output
+    pipeline over the steps (their ``acc_bits`` / ``pipe``, else the lanes' accumulator and a 16-bit
+    multiplier), and address / counter widths from the program's sizes (the data words an upper bound:
+    every tensor at its accumulator's size)."""
+    convs = [s for s in steps if not s.is_move]
+    acc_len = max(s.row_length for s in convs)
+    dw = cfg.data_bits or cfg.abits
+    lanes_acc = PeConfig("fixed_dsp", cfg.wbits, dw, 1, acc_len=acc_len).acc_bits
+    accw = max((s.acc_bits for s in convs), default=0) or lanes_acc
+    default = (accw, REQUANT_MULT_BITS, dw + 1, 2, dw + 1, accw + REQUANT_MULT_BITS, dw + 2, 6, 1)
+    vw, m1w, qw, m2w, ew, p1w, p2w, nw, asw = (max(x) for x in zip(*[s.pipe or default for s in convs], strict=True))
+    words = math.prod(convs[0].in_shape) + sum(math.prod(s.out_shape) * max(s.outputs, 1) for s in steps)
+    weights = sum(s.groups * math.ceil(s.out_shape[0] // s.groups / cfg.p) * s.row_length for s in convs)
+    params = 21 * sum(s.out_shape[0] for s in convs)
+    cw = max(max(*s.in_shape[1:], *s.out_shape, s.row_length, s.padded_width, s.in_shape[0]) for s in convs)
+    aw, waw, paw = max(words - 1, 1).bit_length(), weights.bit_length(), (params + 21).bit_length()
+    cw = cw.bit_length() + 1
+    return EuWidths(cfg.p, dw, cfg.wbits, accw, vw, m1w, qw, m2w, ew, p1w, p2w, nw, asw, aw=aw,
+                    iaw=(40 * (len(steps) + 1)).bit_length(), waw=waw, paw=paw, cw=cw, iw=max(aw, waw, paw, cw))
