@@ -76,7 +76,8 @@ NUMERIC = _numeric_options()
 
 def test_every_command_is_covered() -> None:
     assert set(COMMANDS) == {"run", "train", "capture", "quantize", "verify", "export", "estimate", "calibrate-hw",
-                             "qat", "prune", "search", "rtl generate", "rtl simulate", "rtl synth", "rtl build"}
+                             "qat", "prune", "search", "rtl generate", "rtl simulate", "rtl synth", "rtl build",
+                             "isp train", "isp eval", "isp denoise"}
     assert len(NUMERIC) >= 60
 
 

@@ -44,7 +44,7 @@ def _register_all() -> None:
     if _registered:
         return
     # Explicit imports, no directory scanning.
-    from mixq.cli import engine, hw, main_cmds, qat, quantize, rtl, search
+    from mixq.cli import engine, hw, isp, main_cmds, qat, quantize, rtl, search
 
     main_cmds.register(app)
     quantize.register(app)
@@ -53,6 +53,7 @@ def _register_all() -> None:
     qat.register(app)
     search.register(app)
     rtl.register(app)
+    isp.register(app)
     _registered.append(True)
 
 
