@@ -361,6 +361,8 @@ def test_cli_build_simulates_a_residual_network_bit_exact(tmp_path: Path) -> Non
     assert sim["missing"] == sim["extra"] == sim["bad_tlast"] == 0
     assert res["blocks"] == 4 and res["size"] == 32
     assert abs(res["cycles_per_frame"] - res["design_cycles_per_frame"]) < 0.01 * res["design_cycles_per_frame"]
+    # depthwise windows are written one word per dot unit a cycle: the estimator's cycles, within 10%
+    assert res["cycles_per_frame"] < 1.1 * res["estimator_cycles_per_frame"], res["layers"]
 
 
 def test_cli_build_takes_the_estimators_folding(tmp_path: Path) -> None:

@@ -98,19 +98,20 @@ endmodule
 
 module mixq_window #(
   parameter IH = 1, IW = 1, PW = 8, KH = 1, KW = 1, SH = 1, SW = 1, PH = 0, PL = 0,
-  parameter OH = 1, OW = 1, FOLD = 1, LW = 8, AW = 1, IA = 1, DWC = 0, B = 8, SIMD = 1
+  parameter OH = 1, OW = 1, FOLD = 1, LW = 8, AW = 1, IA = 1, DWC = 0, B = 8, SIMD = 1, WPC = 1
 ) (
   input clk, input rst,
   input can_read, input can_write, input done,
   output reg frame_end,
   output reg [AW-1:0] raddr, input [PW-1:0] rdata,
-  output in_we, output [IA-1:0] in_addr, output [LW-1:0] in_data, output reg start, input ready
+  output in_we, output [IA-1:0] in_addr, output [WPC*LW-1:0] in_data, output reg start, input ready
 );
   localparam K = KH * KW;
   localparam WW = K * PW;
   localparam VW = FOLD * LW;
   localparam NW = (DWC > 0) ? DWC * FOLD : FOLD;  // words copied per vector (depthwise: FOLD per channel)
   localparam XW = (DWC > 0) ? WW : VW;
+  localparam NC = (NW + WPC - 1) / WPC;  // copy cycles: WPC words each (depthwise, FOLD = 1: WPC channels)
   reg active, g_on, full, copying;
   reg [15:0] gy, gx, ky, kx, nissue, s, cf, cg;
   reg p1, p2, pad1, pad2, e1, e2;
@@ -132,21 +133,26 @@ module mixq_window #(
     end
   endgenerate
   // take the gathered window into the copy register: the engine took the previous one (or will this cycle)
-  wire take = full && (!copying || s == NW - 1) && (!start || ready);
+  wire take = full && (!copying || s == NC - 1) && (!start || ready);
   // a window's last read: its data completes the window two cycles later, when `nxt` must be free
   wire lastread = nissue == K - 1;
   wire issue = g_on && (!lastread || ((!full || take) && !e1 && !e2));
   // copy: one word per cycle into the engine's write bank
   assign in_we = copying;
-  assign in_addr = s[IA-1:0];
+  wire [15:0] wbase = s * WPC;
+  assign in_addr = wbase[IA-1:0];
   generate
     if (DWC == 0) begin : g_dense
       assign in_data = win[s * LW +: LW];
-    end else begin : g_dw  // channel cg's window positions cf*SIMD .. cf*SIMD + SIMD - 1, zeros past KH*KW
-      genvar li;
-      for (li = 0; li < SIMD; li = li + 1) begin : g_lane
-        wire [15:0] pp = cf * SIMD + li;
-        assign in_data[li * B +: B] = (pp < K) ? win[(pp * DWC + cg) * B +: B] : {B{1'b0}};
+    end else begin : g_dw  // channel cg's window positions cf*SIMD .. cf*SIMD + SIMD - 1, zeros past KH*KW;
+      genvar li, wi;     // with WPC > 1, word wi of a copy cycle is word s*WPC + wi: channel w / FOLD, chunk w % FOLD
+      for (wi = 0; wi < WPC; wi = wi + 1) begin : g_word
+        wire [15:0] w = s * WPC + wi;
+        for (li = 0; li < SIMD; li = li + 1) begin : g_lane
+          wire [15:0] pp = (WPC == 1 ? cf : w % FOLD) * SIMD + li;
+          wire [15:0] ch = (WPC == 1) ? cg : w / FOLD;
+          assign in_data[wi * LW + li * B +: B] = (pp < K && ch < DWC) ? win[(pp * DWC + ch) * B +: B] : {B{1'b0}};
+        end
       end
     end
   endgenerate
@@ -181,14 +187,14 @@ module mixq_window #(
       if (p2) sh <= shifted;
       // feed: copy the window (FOLD cycles), `start` with its last word; the engine takes it when ready
       if (copying) begin
-        if (s == NW - 1) copying <= 0;
-        if (NW >= 2 && s == NW - 2) start <= 1'b1;
+        if (s == NC - 1) copying <= 0;
+        if (NC >= 2 && s == NC - 2) start <= 1'b1;
         s <= s + 1'b1;
         if (cf == FOLD - 1) begin cf <= 0; cg <= cg + 1'b1; end else cf <= cf + 1'b1;
       end
       if (take) begin
         win <= nxt; full <= 0; copying <= 1; s <= 0; cf <= 0; cg <= 0;
-        if (NW == 1) start <= 1'b1;
+        if (NC == 1) start <= 1'b1;
       end
       if (p2 && e2) begin nxt <= shifted; full <= 1; end
       if (active && done) begin active <= 0; frame_end <= 1'b1; end

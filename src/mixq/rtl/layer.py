@@ -114,13 +114,16 @@ def output_latency(lay: Layout, banks: int = 2) -> int:
     return last
 
 
-def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "auto", banks: int = 1) -> LayerRtl:
+def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "auto", banks: int = 1,
+                   wpc: int = 1) -> LayerRtl:
     """Verilog of the layer engine ``top`` for ``lay``; ``mem_dir`` prefixes the ``$readmemh`` paths.
 
     ``weights``: ``rom`` (initialised read-only memories; yosys builds them from LUTs),
     ``lutram`` / ``block`` (RAMs with a weight-load port ``wl_*``, initialised too), or
     ``auto``: the memory the hardware model chose for the layer (block RAM or LUTRAM).
     ``banks``: 1 (one input vector) or 2 (double-buffered input, back-to-back vectors; see the module docstring).
+    ``wpc``: input-vector words written per ``in_we`` (``in_data`` holds them, word ``i`` at ``in_addr + i``;
+    those past the vector are dropped) — a depthwise layer's window sequencer writes one per unit.
     """
     if banks not in (1, 2):
         raise MixqError(f"layer {lay.data.name!r}: {banks} input banks (1 or 2)")
@@ -181,7 +184,7 @@ def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "aut
       + ", ".join(f"{c.kind} w{c.wbits} x{c.units}" for c in lay.cores))
     v(f"module {top} (")
     v("  input clk, input rst,")
-    v(f"  input in_we, input [{ia - 1}:0] in_addr, input [{simd * ab - 1}:0] in_data,")
+    v(f"  input in_we, input [{ia - 1}:0] in_addr, input [{wpc * simd * ab - 1}:0] in_data,")
     if weights != "rom":
         v(f"  input wl_we, input [{wl_sel - 1}:0] wl_sel, input [{_bits(depth)}:0] wl_addr, "
           f"input [{wl_w - 1}:0] wl_data,")
@@ -193,13 +196,20 @@ def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "aut
     tw, sw, aw, dw = _bits(tiles) + 1, _bits(fold) + 1, _bits(depth) + 1, _bits(drain) + 1
     v(f"  reg running; reg [{tw - 1}:0] t; reg [{sw - 1}:0] sf; reg [{aw - 1}:0] waddr; reg [{dw - 1}:0] drain;")
     v(f"  reg [{simd * ab - 1}:0] inbuf [0:{banks * nv - 1}];")
+    lw_ = simd * ab
+    if banks == 2:
+        v("  reg wbank, rbank;  // the bank written / the bank the running vector reads")
+    writes = []
+    for i in range(wpc):
+        at = f"in_addr + {i}" if i else "in_addr"
+        dst = at if banks == 1 else f"wbank ? {nv} + {at} : {at}"
+        guard = f"if ({at} < {nv}) " if i else ""
+        writes.append(f"{guard}inbuf[{dst}] <= in_data[{(i + 1) * lw_ - 1}:{i * lw_}];")
+    v("  always @(posedge clk) if (in_we) begin " + " ".join(writes) + " end")
     if banks == 1:
-        v("  always @(posedge clk) if (in_we) inbuf[in_addr] <= in_data;")
         v("  assign ready = !running;")
         rsel = ""
     else:
-        v("  reg wbank, rbank;  // the bank written / the bank the running vector reads")
-        v(f"  always @(posedge clk) if (in_we) inbuf[wbank ? {nv} + in_addr : in_addr] <= in_data;")
         v(f"  assign ready = !running || (sf == {fold - 1} && t == {tiles - 1});")
         v("  always @(posedge clk) begin")
         v("    if (rst) begin wbank <= 0; rbank <= 0; end")

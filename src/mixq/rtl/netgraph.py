@@ -69,11 +69,21 @@ class Stage:
         return self.kernel[0] * self.kernel[1]
 
     @property
-    def copy_words(self) -> int:
-        """Words the window sequencer copies into the engine per vector: ``fold`` (a depthwise layer: one
-        chunk per channel, ``channels * fold``)."""
+    def copy_lanes(self) -> int:
+        """Words the window sequencer writes into the engine per cycle: one per dot unit for a depthwise layer
+        (each unit reads a word of its own channel every cycle), else one."""
         d = self.layout.data
-        return (d.groups if d.op == "conv" else 1) * self.layout.fold
+        if d.op == "conv" and d.groups > 1:
+            return max(1, sum(c.units for c in self.layout.cores))
+        return 1
+
+    @property
+    def copy_words(self) -> int:
+        """Cycles the window sequencer copies into the engine per vector: ``fold`` words (a depthwise layer:
+        one chunk per channel, ``channels * fold`` words, ``copy_lanes`` of them a cycle)."""
+        d = self.layout.data
+        words = (d.groups if d.op == "conv" else 1) * self.layout.fold
+        return -(-words // self.copy_lanes)
 
     @property
     def streamed(self) -> bool:

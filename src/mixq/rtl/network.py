@@ -155,7 +155,8 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
         if isinstance(st, Stage):
             li = sum(isinstance(x, Stage) for x in g.nodes[:i])
             names.append(f"l{li}")
-            rtl = generate_layer(st.layout, f"{name}_l{li}_{_slug(st.name)}", weights=weights, banks=2)
+            rtl = generate_layer(st.layout, f"{name}_l{li}_{_slug(st.name)}", weights=weights, banks=2,
+                                 wpc=st.copy_lanes)
             engines[i] = rtl
             net.files[f"{rtl.top}.v"] = rtl.verilog
             net.mems.update(rtl.mems)
@@ -243,10 +244,10 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
         dwc = c if lay.data.op == "conv" and lay.data.groups > 1 else 0
         v(f"  // layer {p}: {st.name} ({lay.data.op}{', depthwise' if dwc else ''}, window {kh}x{kw}, pool {st.pool})")
         v(f"  wire {p}_end, {p}_done, {p}_iwe, {p}_start, {p}_ready; wire [{ia - 1}:0] {p}_addr; "
-          f"wire [{lw - 1}:0] {p}_data;")
+          f"wire [{st.copy_lanes * lw - 1}:0] {p}_data;")
         v(f"  wire [{nr - 1}:0] {p}_ov; wire [{nr * rw - 1}:0] {p}_orow; wire [{nr * qw - 1}:0] {p}_oq;")
         v(f"  assign fb{k0}_release = {p}_end; assign {p}_commit = {p}_end;")
-        extra = "" if st.streamed else f", .DWC({dwc}), .B({lay.abits}), .SIMD({lay.simd})"
+        extra = "" if st.streamed else f", .DWC({dwc}), .B({lay.abits}), .SIMD({lay.simd}), .WPC({st.copy_lanes})"
         v(f"  mixq_window{'_stream' if st.streamed else ''} #(.IH({h}), .IW({w}), .PW({c * st.in_bits}), .KH({kh}), "
           f".KW({kw}), .SH({st.stride[0]}), .SW({st.stride[1]}), .PH({st.padding[0]}), .PL({st.padding[1]}), "
           f".OH({st.out_hw[0]}), .OW({st.out_hw[1]}), .FOLD({lay.fold}), .LW({lw}), .AW({_bits(h * w)}), "
