@@ -23,6 +23,7 @@ from mixq.errors import ModelError, PlanError
 from mixq.graph.registry import coverage, plain_layer
 from mixq.modes import eval_mode
 from mixq.nn import QAct, QLutAct, is_lut_activation, quantized_layer
+from mixq.nn.modules import observe
 from mixq.plan import QuantPlan
 
 LUT_ATTR = "mixq_lut_activations"
@@ -106,16 +107,6 @@ def act_quantizers(model: nn.Module) -> list[QAct]:
 @torch.no_grad()
 def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
     """Calibrate the activation quantizers of a converted model in place on float batches."""
-    acts = act_quantizers(model)
     with eval_mode(model):
-        for a in acts:
-            a.start_observing()
-        n = 0
-        for x in batches:
-            model(x)
-            n += 1
-        if acts and n == 0:
-            raise ModelError("calibration needs at least one batch of data")
-        for a in acts:
-            a.freeze()
+        observe(model, act_quantizers(model), batches, "calibration needs at least one batch of data")
     return model

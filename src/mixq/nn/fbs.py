@@ -36,7 +36,7 @@ from torch import nn
 
 from mixq.errors import ModelError
 from mixq.formats import FixedPoint
-from mixq.nn.modules import QAct
+from mixq.nn.modules import QAct, observe
 
 
 def keep_count(density: float, channels: int) -> int:
@@ -119,16 +119,7 @@ def fbs_penalty(model: nn.Module) -> torch.Tensor:
 def calibrate_gates(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
     """Calibrate only the gate quantizers of ``model``'s FBS layers (in place), e.g. after QAT, whose
     activation quantizers are already trained; the model runs in eval mode and is left there."""
-    gates = [m.gate_quant for m in fbs_layers(model).values()]
     model.eval()
-    for g in gates:
-        g.start_observing()
-    n = 0
-    for x in batches:
-        model(x)
-        n += 1
-    if gates and n == 0:
-        raise ModelError("calibrate_gates: needs at least one batch of data")
-    for g in gates:
-        g.freeze()
+    observe(model, [m.gate_quant for m in fbs_layers(model).values()], batches,
+            "calibrate_gates: needs at least one batch of data")
     return model

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixq.errors import ModelError
 from mixq.formats import NumberFormat
 from mixq.plan import LayerPlan
 from mixq.quant import ActObserver, compute_scale, fake_quant
@@ -178,3 +179,19 @@ def quantized_layer(module: nn.Module, plan: LayerPlan) -> nn.Module:
 
         raise ModelError(f"no quantized version of {type(module).__name__}")
     return cls(module, plan)  # type: ignore[no-any-return]
+
+
+@torch.no_grad()
+def observe(model: nn.Module, quantizers: list[QAct], batches: Any, what: str) -> None:
+    """Calibrate ``quantizers`` of ``model`` in place: observe them while ``model`` runs on every batch, then
+    freeze them; ``what`` is the ModelError when there is no batch to observe."""
+    for q in quantizers:
+        q.start_observing()
+    n = 0
+    for x in batches:
+        model(x)
+        n += 1
+    if quantizers and n == 0:
+        raise ModelError(what)
+    for q in quantizers:
+        q.freeze()

@@ -144,6 +144,17 @@ def train_fbs(model: nn.Module, teacher: nn.Module | None, train: tuple[torch.Te
     return {"history": res.history, "train_time_s": round(res.train_time_s, 2), "epochs": cfg.train.epochs}
 
 
+def _run_hooked(model: nn.Module, x: torch.Tensor, hooks: list[Any], batch_size: int) -> None:
+    """Run ``model`` (eval mode) over ``x`` in batches so its forward ``hooks`` record them; then remove them."""
+    try:
+        with eval_mode(model):
+            for i in range(0, x.shape[0], batch_size):
+                model(x[i:i + batch_size])
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 @torch.no_grad()
 def executed_macs(model: nn.Module, specs: Sequence[LayerSpec], x: torch.Tensor,
                   batch_size: int = 500) -> dict[str, torch.Tensor]:
@@ -175,13 +186,7 @@ def executed_macs(model: nn.Module, specs: Sequence[LayerSpec], x: torch.Tensor,
             hooks.append(m.register_forward_hook(after_dense))
         else:
             raise FbsError(f"executed_macs: the model has no layer {name!r} of the specs")
-    try:
-        with eval_mode(model):
-            for i in range(0, x.shape[0], batch_size):
-                model(x[i:i + batch_size])
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_hooked(model, x, hooks, batch_size)
     out = {n: torch.cat(v).long() for n, v in counts.items()}
     out["total"] = torch.stack(list(out.values())).sum(0)
     return out
@@ -210,13 +215,7 @@ def channel_counts(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | No
             hooks.append(m.register_forward_hook(after_conv))
         else:
             raise FbsError(f"channel_counts: {n!r} is not a Conv2d or FBS layer of the model")
-    try:
-        with eval_mode(model):
-            for i in range(0, x.shape[0], batch_size):
-                model(x[i:i + batch_size])
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_hooked(model, x, hooks, batch_size)
     return {n: torch.cat(v) for n, v in got.items()}
 
 
