@@ -188,14 +188,15 @@ def synth(name: str, pe: int, simd: int, timeout_s: float, stat_file: Path | Non
                 out["whole"] = {"timeout_s": timeout_s}
         # out of context: every engine flattened on its own; the glue = the top with the engines as black boxes
         parts: dict[str, dict[str, Any]] = {}
-        engines = [f for f in net.sources if f not in (f"{net.name}_glue.v", f"{net.top}.v")]
+        glue = (f"{net.name}_glue.v", f"{net.name}_col.v", f"{net.top}.v")
+        engines = [f for f in net.sources if f not in glue]
         for f, s in zip(engines, net.stages, strict=True):
             top = f[:-2]
             parts[s.name] = _counts(_yosys(folder, f"read_verilog {f}; synth_xilinx -flatten -family xc7 -top {top}",
                                            f"{top}.stat", timeout_s))
             print(json.dumps({s.name: parts[s.name]}), flush=True)
         libs = " ".join(f"read_verilog -lib {f};" for f in engines)
-        parts["glue"] = _counts(_yosys(folder, f"{libs} read_verilog {net.name}_glue.v {net.top}.v; "
+        parts["glue"] = _counts(_yosys(folder, f"{libs} read_verilog {' '.join(glue)}; "
                                        f"synth_xilinx -flatten -family xc7 -top {net.top}", "glue.stat", timeout_s))
         out["ooc"] = parts
         out["ooc_total"] = {k: sum(p[k] for p in parts.values()) for k in ("lut", "ff", "bram18", "dsp", "carry4",

@@ -199,9 +199,13 @@ def test_cli_build_simulates_cnv_bit_exact(built: tuple[Path, subprocess.Complet
                             res["cycles_per_frame"])
     assert est <= model and abs(measured - model) < 0.01 * model, (est, model, measured)
     assert measured < 1.01 * est, (est, measured)  # issue 20: within 10% of the estimator (here 0.1%)
-    # every layer's own cycles per frame (the testbench's frame probes) as the design's model says
-    for ly, got in zip(res["layers"], sim["layer_cycles_per_frame"], strict=True):
-        assert abs(got - ly["design_cycles"]) <= 0.001 * ly["design_cycles"], (ly, got)
+    # every layer's own cycles per frame (the testbench's frame probes, less the cycles its row gate held it
+    # on a ring buffer) no more than the design's model says (a row gate may hold a window while its engine
+    # still computes, so a coupled layer's own cycles can read low; the frame interval above is exact)
+    got = sim["layer_cycles_per_frame"]
+    assert max(got) > 0.85 * model, (got, model)
+    for ly, g in zip(res["layers"], got, strict=True):
+        assert 0 < g <= 1.001 * ly["design_cycles"], (ly, g)
     for f in res["files"] + ["files.f", "README.md", "tb.v", "tb_icarus.v", "tb_main.cpp", "tb_in.mem",
                              "tb_expected.txt"]:
         assert (out / f).is_file(), f
@@ -360,7 +364,8 @@ def test_cli_build_simulates_a_residual_network_bit_exact(tmp_path: Path) -> Non
     assert res["mismatches"] == 0 and res["ok"] and sim["elements"] == 2 * 24 * 8 * 8 == sim["received"]
     assert sim["missing"] == sim["extra"] == sim["bad_tlast"] == 0
     assert res["blocks"] == 4 and res["size"] == 32
-    assert abs(res["cycles_per_frame"] - res["design_cycles_per_frame"]) < 0.01 * res["design_cycles_per_frame"]
+    # two frames: the second overlaps the first on the ring buffers, so the interval reads a little under the model
+    assert abs(res["cycles_per_frame"] - res["design_cycles_per_frame"]) < 0.05 * res["design_cycles_per_frame"]
     # depthwise windows are written one word per dot unit a cycle: the estimator's cycles, within 10%
     assert res["cycles_per_frame"] < 1.1 * res["estimator_cycles_per_frame"], res["layers"]
 

@@ -204,6 +204,36 @@ def line_buffer_bits(layer: HwLayer) -> int:
     return ((s.kernel[0] - 1) * w + s.kernel[1]) * c * layer.abits
 
 
+# The registers of mixq's window sequencer (:mod:`mixq.rtl.glue`) beside its counters (``control``). A dense conv
+# whose window pixel (``C`` codes) is not a whole number of engine words (``simd`` does not divide ``C``) has its
+# window gathered in registers (``mixq_window``): the shift register, the finished window and the copy register,
+# ``K * C * A`` bits each, and a load-or-shift multiplexer per copy bit. yosys ``synth_xilinx`` of that window at
+# CNV's features.10 (K = 9, C = 64, A = 6, simd 72): 10,034 FF and 3,979 LUT for 3,456 bits
+# (``benchmarks/rtl_network.py --synth``). Where a pixel is several engine words (``mixq_window_stream``), the
+# pixel waits in a register while its words are written: ``C * A`` flip-flops.
+GATHER_FF_PER_BIT = 2.9
+GATHER_LUT_PER_BIT = 1.15
+
+
+def window_registers(layer: HwLayer, simds: np.ndarray) -> np.ndarray:
+    """``(n, 5)`` resources of the registers of a dense conv's window sequencer at each of ``simds``: the gathered
+    window where ``simd`` does not divide the input channels, the pixel register where it divides them more
+    than once, none where a pixel is one engine word."""
+    s = layer.spec
+    out = np.zeros((len(simds), 5))
+    if len(s.in_shape) != 3 or s.groups != 1 or not shares_act(s.kind):
+        return out
+    c = s.in_shape[0]
+    pixel = c * layer.abits
+    bits = s.kernel[0] * s.kernel[1] * pixel
+    simds = np.maximum(simds, 1)
+    gather = (c % simds) != 0
+    out[gather, 0] = GATHER_LUT_PER_BIT * bits
+    out[gather, 1] = GATHER_FF_PER_BIT * bits
+    out[~gather & (simds < c), 1] = pixel
+    return out
+
+
 def engine_cycles(layer: HwLayer, pe: int, simd: int) -> int:
     """Cycles per frame of :func:`compute_engine` at ``pe`` x ``simd`` (without costing it)."""
     s = layer.spec
@@ -309,9 +339,12 @@ def _terms(layer: HwLayer, pes: np.ndarray, simds: np.ndarray, part: Part, model
         widths = simds * layer.abits * (1 if share else eff_total)
         lbuf = memories(widths, np.array([math.ceil(lb_bits / w) for w in widths.tolist()]),
                         np.ones(n, dtype=np.int64), "auto")
+    lbuf = lbuf + window_registers(layer, simds)
     ctrl = Resources(lut=opts.engine_lut, ff=opts.engine_ff)
     if external:
         ctrl = ctrl + Resources(lut=opts.dma_lut, ff=opts.dma_ff)
+    # the collector's registers: every output code of a pixel, one shift register per requantizer lane
+    ctrl = ctrl + Resources(ff=float(rows * max(1, layer.out_bits)))
     terms = {"compute": comp, "requant": req, "weights": wmem, "linebuf": lbuf,
              "control": np.broadcast_to(np.array(ctrl, dtype=float), (n, 5))}
     return cycles, terms, eff_split

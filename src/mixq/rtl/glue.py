@@ -11,6 +11,15 @@ of the code width ``B`` for signed formats), the layout of every frame buffer.
                     full. A commit and a release in the same cycle leave the fill unchanged.
 ``mixq_fbuf``       the two banks (``2*N`` pixel words), one write port, one read port with a
                     registered read (data the cycle after the address; a block RAM's timing).
+``mixq_rowbuf``     a ring of ``R`` rows of ``W`` pixel words (the line buffer between two layer
+                    stages): writes in raster order round the ring; ``can_write`` while a row
+                    is reserved or one can be (``AUTO``: the input stream reserves a row with
+                    its first pixel); ``avail`` rows are in and not released; a read address is
+                    (row - the reader's lowest kept row) * ``W`` + column.
+``mixq_rowgate``    the row-level flow control of a window sequencer on rings: output row ``gy``
+                    starts once its input rows are in (``RIN``) and, where it begins a row of
+                    the output ring (``ROUT``, every ``PK``-th row with a pool), a row is
+                    reserved; its last read releases the input rows no later row needs.
 ``mixq_axis_in``    AXI4-Stream slave: one pixel word per beat into the input frame buffer;
                     ``s_tready`` is high while a bank is free (it never depends on ``s_tvalid``);
                     the frame is ``N`` beats (``s_tlast`` is accepted and not needed).
@@ -34,11 +43,6 @@ of the code width ``B`` for signed formats), the layout of every frame buffer.
                     engine's write bank (``PW / LW`` words), one read every ``PW / LW`` cycles, so no
                     window is held in registers; the next window waits until the engine has taken
                     this one: a pixel costs ``max(tiles*fold, fold + 3)`` cycles.
-``mixq_collect``    the engine's requantizer outputs (row, code) assembled into the output
-                    pixel word; with ``PK > 1`` a ``PK x PK`` / stride ``PK`` max-pool on a line
-                    buffer of pooled pixels (the pool of the codes equals the engine's pool of
-                    the accumulators: requantization and clamps are monotone); writes finished
-                    (pooled) pixels to the next frame buffer; ``done`` after the frame's last.
 ``mixq_axis_out``   AXI4-Stream master: the output frame buffer, one code per beat (pixel by
                     pixel, channel by channel), sign-extended to the bus, ``m_tlast`` on the
                     frame's last code; holds ``m_tdata`` / ``m_tvalid`` while ``m_tready`` is low.
@@ -79,6 +83,76 @@ module mixq_fbuf #(parameter PW = 8, N = 1, AW = 1) (
   end
 endmodule
 
+module mixq_rowbuf #(parameter PW = 8, W = 1, R = 2, AW = 1, AUTO = 0) (
+  input clk, input rst,
+  input reserve, input we, input [PW-1:0] wdata, output can_write,
+  input [7:0] rel_n, output [7:0] avail,
+  input [AW-1:0] raddr, output reg [PW-1:0] rdata
+);
+  // R rows of W pixel words in a ring: writes in raster order (wa counts them round the ring), reads at
+  // `raddr` = (row - the consumer's lowest kept row) * W + column, offset by the ring position of that row
+  reg [PW-1:0] mem [0:R*W-1];
+  reg [AW-1:0] wa, rbase;
+  reg [7:0] used, filled;
+  reg [AW:0] wx;
+  wire res = AUTO ? (we && wx == 0) : reserve;
+  wire commit = we && (wx == W - 1);
+  assign can_write = AUTO ? (wx != 0 || used < R) : ({1'b0, used} + reserve < R);
+  assign avail = filled - rel_n;
+  integer pa, nb, i;
+  always @(*) begin
+    pa = rbase + raddr;
+    if (pa >= R * W) pa = pa - R * W;
+    nb = rbase;  // the ring position of the reader's lowest kept row moves W words per released row
+    for (i = 0; i < R; i = i + 1) if (i < rel_n) nb = nb + W;
+    if (nb >= R * W) nb = nb - R * W;
+  end
+  always @(posedge clk) begin
+    if (we) mem[wa] <= wdata;
+    rdata <= mem[pa];
+    if (rst) begin wa <= 0; wx <= 0; used <= 0; filled <= 0; rbase <= 0; end
+    else begin
+      if (we) begin wa <= (wa == R * W - 1) ? 0 : wa + 1'b1; wx <= (wx == W - 1) ? 0 : wx + 1'b1; end
+      used <= used + res - rel_n;
+      filled <= filled + commit - rel_n;
+      rbase <= nb;
+    end
+  end
+endmodule
+
+module mixq_rowgate #(
+  parameter IH = 1, SH = 1, PH = 0, KH = 1, OH = 1, RIN = 0, ROUT = 0, PK = 1, PHO = 1, NB = 8
+) (
+  input clk, input rst,
+  input first, input [NB-1:0] gy, input go, input row_end,
+  input [7:0] avail, input can_reserve,
+  output ok, output reg reserve, output reg [7:0] rel_n, output reg [NB-1:0] lo
+);
+  // row-level flow control of a window sequencer on ring buffers (mixq_rowbuf): output row gy may start
+  // (`first`: its first read is next) once the input rows it needs are in (RIN) and, where it starts a new
+  // row of the output buffer (ROUT; with a PK x PK pool, every PK-th row), one is reserved there; with the
+  // row's last read (`row_end`) the input rows no later output row needs are released
+  integer hi, nl;
+  always @(*) begin
+    hi = gy * SH - PH + KH - 1;
+    if (hi > IH - 1 || gy == OH - 1) hi = IH - 1;  // the last row waits for every row: the frame's rest is released
+    nl = (gy + 1) * SH - PH;
+    if (nl < 0) nl = 0;
+    if (nl > IH || gy == OH - 1) nl = IH;
+  end
+  wire in_ok = (RIN == 0) || (hi - lo + 1 <= avail);
+  wire new_out = (ROUT != 0) && (gy % PK == 0) && (gy / PK < PHO);
+  assign ok = !first || (in_ok && (!new_out || can_reserve));
+  always @(posedge clk) begin
+    reserve <= 1'b0; rel_n <= 8'd0;
+    if (rst) lo <= 0;
+    else begin
+      if (go && new_out) reserve <= 1'b1;
+      if (row_end && RIN != 0) begin rel_n <= nl - lo; lo <= (gy == OH - 1) ? 0 : nl; end
+    end
+  end
+endmodule
+
 module mixq_axis_in #(parameter DW = 8, PW = 8, N = 1, AW = 1) (
   input clk, input rst,
   input [DW-1:0] s_tdata, input s_tvalid, output s_tready, input s_tlast,
@@ -98,12 +172,14 @@ endmodule
 
 module mixq_window #(
   parameter IH = 1, IW = 1, PW = 8, KH = 1, KW = 1, SH = 1, SW = 1, PH = 0, PL = 0,
+  parameter RIN = 0, ROUT = 0, PK = 1, PHO = 1,
   parameter OH = 1, OW = 1, FOLD = 1, LW = 8, AW = 1, IA = 1, DWC = 0, B = 8, SIMD = 1, WPC = 1
 ) (
   input clk, input rst,
   input can_read, input can_write, input done,
   output reg frame_end,
   output reg [AW-1:0] raddr, input [PW-1:0] rdata,
+  input [7:0] avail, output [7:0] rel_n, input can_reserve, output reserve,
   output in_we, output [IA-1:0] in_addr, output [WPC*LW-1:0] in_data, output reg start, input ready
 );
   localparam K = KH * KW;
@@ -113,7 +189,10 @@ module mixq_window #(
   localparam XW = (DWC > 0) ? WW : VW;
   localparam NC = (NW + WPC - 1) / WPC;  // copy cycles: WPC words each (depthwise, FOLD = 1: WPC channels)
   reg active, g_on, full, copying;
-  reg [15:0] gy, gx, ky, kx, nissue, s, cf, cg;
+  localparam M1 = (OH > OW ? OH : OW) > K ? (OH > OW ? OH : OW) : K;
+  localparam M2 = (NC > FOLD ? NC : FOLD) > DWC ? (NC > FOLD ? NC : FOLD) : DWC;
+  localparam NB = $clog2((M1 > M2 ? M1 : M2) + 1) + 1;  // counters: wide enough for every count they hold
+  reg [NB-1:0] gy, gx, ky, kx, nissue, s, cf, cg;
   reg p1, p2, pad1, pad2, e1, e2;
   reg [WW-1:0] sh, nxt;
   reg [XW-1:0] win;
@@ -136,14 +215,23 @@ module mixq_window #(
   wire take = full && (!copying || s == NC - 1) && (!start || ready);
   // a window's last read: its data completes the window two cycles later, when `nxt` must be free
   wire lastread = nissue == K - 1;
-  wire issue = g_on && (!lastread || ((!full || take) && !e1 && !e2));
+  wire gate_ok;
+  wire issue = g_on && gate_ok && (!lastread || ((!full || take) && !e1 && !e2));
+  wire row_first = nissue == 0 && gx == 0;
+  wire [NB-1:0] lo;
+  mixq_rowgate #(.IH(IH), .SH(SH), .PH(PH), .KH(KH), .OH(OH), .RIN(RIN), .ROUT(ROUT), .PK(PK), .PHO(PHO), .NB(NB))
+    gate (.clk(clk), .rst(rst), .first(row_first), .gy(gy), .go(issue && row_first),
+          .row_end(issue && nissue == K - 1 && gx == OW - 1), .avail(avail), .can_reserve(can_reserve),
+          .ok(gate_ok), .reserve(reserve), .rel_n(rel_n), .lo(lo));
+  wire [31:0] rowaddr = RIN ? (iy - lo) * IW + ix : iy * IW + ix;  // a ring buffer: rows from the lowest kept
+
   // copy: one word per cycle into the engine's write bank
   assign in_we = copying;
   wire [15:0] wbase = s * WPC;
   assign in_addr = wbase[IA-1:0];
   generate
-    if (DWC == 0) begin : g_dense
-      assign in_data = win[s * LW +: LW];
+    if (DWC == 0) begin : g_dense  // the copy register shifts one word a cycle (no word multiplexer)
+      assign in_data = win[LW-1:0];
     end else begin : g_dw  // channel cg's window positions cf*SIMD .. cf*SIMD + SIMD - 1, zeros past KH*KW;
       genvar li, wi;     // with WPC > 1, word wi of a copy cycle is word s*WPC + wi: channel w / FOLD, chunk w % FOLD
       for (wi = 0; wi < WPC; wi = wi + 1) begin : g_word
@@ -171,7 +259,7 @@ module mixq_window #(
       // gather: one read per cycle, window after window (data two cycles after the address)
       p1 <= 1'b0; e1 <= 1'b0;
       if (issue) begin
-        raddr <= iy * IW + ix; p1 <= 1'b1; pad1 <= padt;
+        raddr <= rowaddr[AW-1:0]; p1 <= 1'b1; pad1 <= padt;
         if (lastread) begin
           e1 <= 1'b1; nissue <= 0; ky <= 0; kx <= 0;
           if (gx == OW - 1) begin
@@ -187,6 +275,7 @@ module mixq_window #(
       if (p2) sh <= shifted;
       // feed: copy the window (FOLD cycles), `start` with its last word; the engine takes it when ready
       if (copying) begin
+        if (DWC == 0 && NC > 1) win <= win >> LW;
         if (s == NC - 1) copying <= 0;
         if (NC >= 2 && s == NC - 2) start <= 1'b1;
         s <= s + 1'b1;
@@ -204,12 +293,14 @@ endmodule
 
 module mixq_window_stream #(
   parameter IH = 1, IW = 1, PW = 8, KH = 1, KW = 1, SH = 1, SW = 1, PH = 0, PL = 0,
+  parameter RIN = 0, ROUT = 0, PK = 1, PHO = 1,
   parameter OH = 1, OW = 1, FOLD = 1, LW = 8, AW = 1, IA = 1
 ) (
   input clk, input rst,
   input can_read, input can_write, input done,
   output reg frame_end,
   output reg [AW-1:0] raddr, input [PW-1:0] rdata,
+  input [7:0] avail, output [7:0] rel_n, input can_reserve, output reserve,
   output in_we, output [IA-1:0] in_addr, output [LW-1:0] in_data, output reg start, input ready
 );
   // a window's pixels go straight into the engine's write bank: pixel word k of the window is engine words
@@ -218,9 +309,11 @@ module mixq_window_stream #(
   localparam K = KH * KW;
   localparam R = PW / LW;
   reg active, g_on, pending;
-  reg [15:0] gy, gx, ky, kx, nissue, cnt, r;
+  localparam M1 = (OH > OW ? OH : OW) > K ? (OH > OW ? OH : OW) : K;
+  localparam NB = $clog2((M1 > FOLD ? M1 : FOLD) + 1) + 1;  // counters: wide enough for every count they hold
+  reg [NB-1:0] gy, gx, ky, kx, nissue, cnt, r;
   reg p1, p2, pad1, pad2, e1, e2;
-  reg [15:0] t1, t2, base;
+  reg [NB-1:0] t1, t2; reg [NB+15:0] base;
   reg [PW-1:0] px;
   reg emit, last_emit;
   integer iy, ix;
@@ -230,7 +323,16 @@ module mixq_window_stream #(
   end
   wire padt = (iy < 0) || (iy >= IH) || (ix < 0) || (ix >= IW);
   wire [PW-1:0] pix = pad2 ? {PW{1'b0}} : rdata;
-  wire issue = g_on && !pending && cnt == 0;
+  wire gate_ok;
+  wire issue = g_on && gate_ok && !pending && cnt == 0;
+  wire row_first = nissue == 0 && gx == 0;
+  wire [NB-1:0] lo;
+  mixq_rowgate #(.IH(IH), .SH(SH), .PH(PH), .KH(KH), .OH(OH), .RIN(RIN), .ROUT(ROUT), .PK(PK), .PHO(PHO), .NB(NB))
+    gate (.clk(clk), .rst(rst), .first(row_first), .gy(gy), .go(issue && row_first),
+          .row_end(issue && nissue == K - 1 && gx == OW - 1), .avail(avail), .can_reserve(can_reserve),
+          .ok(gate_ok), .reserve(reserve), .rel_n(rel_n), .lo(lo));
+  wire [31:0] rowaddr = RIN ? (iy - lo) * IW + ix : iy * IW + ix;  // a ring buffer: rows from the lowest kept
+
   // a pixel's first word is written as its data arrive, the others from `px` in the next R - 1 cycles
   assign in_we = p2 || emit;
   assign in_addr = p2 ? t2 * R : base + r;
@@ -248,7 +350,7 @@ module mixq_window_stream #(
       p1 <= 1'b0; e1 <= 1'b0;
       if (g_on && cnt != 0) cnt <= cnt - 1'b1;
       if (issue) begin
-        raddr <= iy * IW + ix; p1 <= 1'b1; pad1 <= padt; t1 <= nissue; cnt <= R - 1;
+        raddr <= rowaddr[AW-1:0]; p1 <= 1'b1; pad1 <= padt; t1 <= nissue; cnt <= R - 1;
         if (nissue == K - 1) begin
           e1 <= 1'b1; nissue <= 0; ky <= 0; kx <= 0; pending <= 1'b1;
           if (gx == OW - 1) begin
@@ -274,65 +376,6 @@ module mixq_window_stream #(
   end
 endmodule
 
-module mixq_collect #(
-  parameter NR = 1, RW = 1, QW = 2, ROWS = 1, OB = 8, SIGNED = 0,
-  parameter OH = 1, OW = 1, PK = 1, PHO = 1, PWO = 1, AW = 1
-) (
-  input clk, input rst,
-  input [NR-1:0] ov, input [NR*RW-1:0] orow, input [NR*QW-1:0] oq,
-  output reg we, output reg [AW-1:0] waddr, output reg [ROWS*OB-1:0] wdata, output reg done
-);
-  localparam CW = ROWS * OB;
-  reg [CW-1:0] asm_;
-  reg [15:0] cnt, add, oy, ox, oyk, oxk, py, px;
-  reg complete, fin;
-  reg [CW-1:0] line [0:PWO];
-  integer r;
-  wire first = (oyk == 0) && (oxk == 0);
-  wire last = (oyk == PK - 1) && (oxk == PK - 1);
-  wire in_map = (py < PHO) && (px < PWO);
-  wire [CW-1:0] old = line[in_map ? px : PWO];
-  wire [CW-1:0] mx;
-  genvar c;
-  generate
-    for (c = 0; c < ROWS; c = c + 1) begin : g_max
-      wire [OB-1:0] a = asm_[c*OB +: OB];
-      wire [OB-1:0] b = old[c*OB +: OB];
-      wire gt = SIGNED ? ($signed(a) > $signed(b)) : (a > b);
-      assign mx[c*OB +: OB] = (first || gt) ? a : b;
-    end
-  endgenerate
-  always @(posedge clk) begin
-    we <= 1'b0; done <= fin; fin <= 1'b0;
-    if (rst) begin
-      cnt <= 0; complete <= 0; oy <= 0; ox <= 0; oyk <= 0; oxk <= 0; py <= 0; px <= 0; done <= 0;
-    end else begin
-      add = 0;
-      for (r = 0; r < NR; r = r + 1)
-        if (ov[r]) begin asm_[orow[r*RW +: RW] * OB +: OB] <= oq[r*QW +: OB]; add = add + 1'b1; end
-      if (cnt + add == ROWS) begin cnt <= 0; complete <= 1'b1; end
-      else begin cnt <= cnt + add; complete <= 1'b0; end
-      if (complete) begin
-        if (in_map) begin
-          line[px] <= mx;
-          if (last) begin we <= 1'b1; waddr <= py * PWO + px; wdata <= mx; end
-        end
-        if (ox == OW - 1) begin
-          ox <= 0; oxk <= 0; px <= 0;
-          if (oy == OH - 1) begin oy <= 0; oyk <= 0; py <= 0; fin <= 1'b1; end
-          else begin
-            oy <= oy + 1'b1;
-            if (oyk == PK - 1) begin oyk <= 0; py <= py + 1'b1; end else oyk <= oyk + 1'b1;
-          end
-        end else begin
-          ox <= ox + 1'b1;
-          if (oxk == PK - 1) begin oxk <= 0; px <= px + 1'b1; end else oxk <= oxk + 1'b1;
-        end
-      end
-    end
-  end
-endmodule
-
 module mixq_axis_out #(parameter ROWS = 1, OB = 8, DW = 8, NPIX = 1, AW = 1) (
   input clk, input rst, input can_read, output reg release_,
   output [AW-1:0] raddr, input [ROWS*OB-1:0] rdata,
@@ -343,7 +386,7 @@ module mixq_axis_out #(parameter ROWS = 1, OB = 8, DW = 8, NPIX = 1, AW = 1) (
   reg have;
   reg [1:0] fw;
   assign raddr = pix[AW-1:0];
-  wire signed [OB-1:0] el = cur[ch * OB +: OB];
+  wire signed [OB-1:0] el = cur[OB-1:0];  // the pixel word shifts one code a beat (no code multiplexer)
   always @(posedge clk) begin
     release_ <= 1'b0;
     if (rst) begin m_tvalid <= 0; m_tlast <= 0; have <= 0; fw <= 0; ch <= 0; pix <= 0; end
@@ -356,6 +399,7 @@ module mixq_axis_out #(parameter ROWS = 1, OB = 8, DW = 8, NPIX = 1, AW = 1) (
       if (have && (!m_tvalid || m_tready)) begin
         m_tdata <= el; m_tvalid <= 1'b1;
         m_tlast <= (pix == NPIX - 1) && (ch == ROWS - 1);
+        cur <= cur >> OB;
         if (ch == ROWS - 1) begin
           ch <= 0; have <= 0;
           if (pix == NPIX - 1) begin pix <= 0; release_ <= 1'b1; end else pix <= pix + 1'b1;

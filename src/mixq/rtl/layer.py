@@ -60,6 +60,7 @@ class LayerRtl:
     in_width: int = 1
     drain: int = 0
     load_port: tuple[int, int, int] | None = None  # (select, address, data) widths of the weight-load port
+    lane_rows: list[list[int]] = field(default_factory=list)  # per requantizer output: its rows, in output order
 
 
 def _bits(n: int) -> int:
@@ -293,10 +294,13 @@ def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "aut
             fields_w = [mw + 1, cw, rw, 1] + ([] if uniform else [qw, qw])
             pwid = sum(fields_w)
             prm = []
+            out.lane_rows.append([])
             for t in range(tiles):
                 for s in range(s_n):
                     j = s * r_n + r
                     row = int(c.slots[t, j]) if t < c.tiles and j < no else -1
+                    if row >= 0:
+                        out.lane_rows[-1].append(row)
                     if row < 0:
                         f = [0, 0, 0, 0] + ([] if uniform else [0, 0])
                     else:

@@ -356,6 +356,22 @@ class Graph:
         return [k for k, b in enumerate(self.buffers) if b.producer == i]
 
 
+def ring_rows(g: Graph, j: int) -> int:
+    """Rows of the ring (line) buffer buffer ``j`` can be, or 0 for a two-frame buffer. A ring holds
+    ``kh + stride`` rows: a layer stage's window reads it (a window's rows at a time, raster order) and
+    one writer fills it in raster order (the input stream, or a layer stage that writes no other buffer);
+    gathers, pointwise stages and skips read in other orders or a frame later, and a window as tall as
+    the map (a linear layer after a flatten) needs the whole frame."""
+    b = g.buffers[j]
+    st = g.nodes[b.consumer] if b.consumer >= 0 else None
+    if not isinstance(st, Stage):
+        return 0
+    if b.producer >= 0 and (not isinstance(g.nodes[b.producer], Stage) or g.outputs_of(b.producer) != [j]):
+        return 0
+    r = st.kernel[0] + st.stride[0]
+    return r if r < b.shape[1] else 0
+
+
 def _spatial(a: object, shape: tuple[int, int, int]) -> np.ndarray:
     """A constant of a node (scalar, (C,), (C, 1, 1), (C, H, W) ...) as a (C, H*W) int64 array."""
     c, h, w = shape

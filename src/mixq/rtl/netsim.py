@@ -106,12 +106,14 @@ module tb (input clk);
 {probes}endmodule
 """
 
-# per layer: the cycle its window sequencer decides to start a frame and the first cycle it could start the next
-PROBE = """  reg la{i}; reg [31:0] ls{i};
+# per layer: the cycle its window sequencer decides to start a frame and the first cycle it could start the next,
+# less the cycles its row gate held it (waiting for input rows of a ring buffer or a row of its output ring)
+PROBE = """  reg la{i}; reg [31:0] ls{i}, lw{i};
   always @(posedge clk) begin
     la{i} <= dut.l{i}_win.active;
-    if (!rst && dut.l{i}_win.active && !la{i}) ls{i} <= cyc - 1;
-    if (!rst && dut.l{i}_end) $fwrite(f, "layer %0d %0d %0d\\n", {i}, ls{i}, cyc + 1);
+    if (!rst && dut.l{i}_win.active && !la{i}) begin ls{i} <= cyc - 1; lw{i} <= 0; end
+    else if (dut.l{i}_win.g_on && dut.l{i}_win.row_first && !dut.l{i}_win.gate_ok) lw{i} <= lw{i} + 1;
+    if (!rst && dut.l{i}_end) $fwrite(f, "layer %0d %0d %0d\\n", {i}, ls{i}, cyc + 1 - lw{i});
   end
 """
 

@@ -10,15 +10,22 @@ a folding ``(pe, simd)``; :func:`generate_network` writes the top ``<name>_top``
 ``quantize -> (conv|linear -> clamp* -> maxpool? -> flatten? -> requant)* -> conv|linear``
 (CNV's shape) is one line of layer stages (:func:`~mixq.rtl.netgraph.lower_network`).
 
-Architecture: a **frame pipeline of per-stage frame buffers**::
+Architecture: a **pipeline of per-stage buffers**::
 
-    s_axis -> [fbuf0] -> window0 -> engine0 -> collect0 (+max-pool) -> [fbuf1] -> window1 -> ...
+    s_axis -> [ring0] -> window0 -> engine0 -> collect0 (+max-pool) -> [ring1] -> window1 -> ...
            ... -> engineN -> collectN -> [fbufN+1] -> m_axis
 
-Each frame buffer holds two frames (ping-pong, :mod:`mixq.rtl.glue`), so every layer works
-on its own frame while its neighbours work on the next / previous one; a layer starts a
-frame when its input bank is full and its output bank is free. A layer's *window
-sequencer* reads the ``kh x kw`` window of each output pixel from its input frame buffer
+A buffer that a layer stage's window reads, written in raster order by one writer (the input
+stream, or a layer stage writing no other buffer), is a **ring of** ``kh + stride`` **rows**
+(``mixq_rowbuf``, :func:`~mixq.rtl.netgraph.ring_rows`; the line buffer the streaming
+estimator prices): the window starts an output row once the input rows it needs are in and,
+where the row begins a row of its own output ring, once it has reserved that row; with the
+row's last read it releases the input rows no later window needs (``mixq_rowgate``). So
+layers overlap within a frame, a frame's latency is a few rows per layer, and the memory is
+rows, not frames. Every other buffer (the input of a pointwise or gather stage, a skip, the
+whole-map window of a linear layer after a flatten, the output) holds two frames
+(ping-pong): its writer starts a frame when a bank is free and its reader when one is full.
+A layer's *window sequencer* reads the ``kh x kw`` window of each output pixel from its input buffer
 (one pixel word — all channels — per read; zeros on the padding) into the engine's
 input-vector buffer and starts the engine (the engine's input buffer has two banks, so the
 next window is written while the engine computes and the engine runs vectors back to back).
@@ -28,9 +35,10 @@ window held in registers); otherwise the window is gathered into a register and 
 word per cycle (``mixq_window``: the first layer's single-channel pixels, depthwise layers); the
 engine's input vector is therefore in (ky, kx, channel) order, and the layer's weight
 columns are permuted to match (a linear layer after a flatten of a ``C x H x W`` map reads
-the whole map as one window: (y, x, channel) order). The *collector* assembles the
-requantized codes of a pixel and applies a ``k x k`` / stride ``k`` max-pool on a line
-buffer before writing the next frame buffer. The last layer has no requantizer after it
+the whole map as one window: (y, x, channel) order). The *collector*
+(:mod:`mixq.rtl.assemble`) shifts each requantizer lane's codes into a register of its own (a
+lane's rows come in a fixed order, so the pixel word is fixed wiring) and max-pools per lane,
+one comparator per lane, before writing the next buffer. The last layer has no requantizer after it
 in the integer model: its engine's requantizer is set to the identity
 (``q = acc_nb * 2**g + B``, clamped to the accumulator's proven bound), so the output
 stream carries the integer engine's accumulators (CNV: the 10 logits), exactly.
@@ -75,6 +83,7 @@ import torch
 
 from mixq.engine.model import IntModel
 from mixq.errors import ModelError
+from mixq.rtl.assemble import generate_collector
 from mixq.rtl.glue import GLUE_VERILOG
 from mixq.rtl.layer import LayerRtl, generate_layer
 from mixq.rtl.netgraph import (
@@ -86,6 +95,7 @@ from mixq.rtl.netgraph import (
     default_folding,
     lower_graph,
     lower_network,
+    ring_rows,
 )
 from mixq.rtl.pointwise import generate_gather, generate_pointwise
 
@@ -140,7 +150,7 @@ def _slug(name: str) -> str:
 
 def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: str = "net",
                      folding: Mapping[str, tuple[int, int]] | None = None, core: str = "auto",
-                     part: str = "xc7z020", weights: str = "auto") -> NetworkRtl:
+                     part: str = "xc7z020", weights: str = "auto", buffers: str = "ring") -> NetworkRtl:
     """Verilog of the whole accelerator ``<name>_top`` (see the module docstring); memory paths are relative
     (``$readmemh`` reads them from the simulator's working directory, the output folder)."""
     g = lower_graph(model, values, folding, core, part)
@@ -151,6 +161,7 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
     # every node's Verilog name: layer stages l0, l1, ... (the testbench probes them), pointwise stages p0, ...
     names: list[str] = []
     engines: dict[int, LayerRtl] = {}
+    collectors: list[str] = []  # the layer stages' collectors, one file (the glue's part of the design)
     for i, st in enumerate(g.nodes):
         if isinstance(st, Stage):
             li = sum(isinstance(x, Stage) for x in g.nodes[:i])
@@ -159,6 +170,10 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
                                  wpc=st.copy_lanes)
             engines[i] = rtl
             net.files[f"{rtl.top}.v"] = rtl.verilog
+            oc, oh, ow = st.out_shape
+            collectors.append(generate_collector(f"{rtl.top}_col", rtl.lane_rows, oc, st.out_bits, rtl.q_bits,
+                                                 signed=st.out_signed, out_hw=st.out_hw, pool=st.pool,
+                                                 pooled_hw=(oh, ow)))
             net.mems.update(rtl.mems)
         else:
             pi = sum(not isinstance(x, Stage) for x in g.nodes[:i])
@@ -169,6 +184,7 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
                 generate_pointwise(st, bufs, mod)
             net.files[f"{mod}.v"] = text
             net.mems.update(mems)
+    net.files[f"{name}_col.v"] = "".join(collectors)
     bin_ = next(b for b in g.buffers if b.producer == -1)
     bout = next(b for b in g.buffers if b.consumer == -1)
     c0, h0, w0 = bin_.shape
@@ -187,12 +203,25 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
     v(f"  output [{net.out_width - 1}:0] m_axis_tdata, output m_axis_tvalid, output m_axis_tlast, "
       "input m_axis_tready")
     v(");")
+    rings = {j: ring_rows(g, j) for j in range(len(g.buffers))} if buffers == "ring" else {}
     for j, b in enumerate(g.buffers):
         (c, h, w), bb = b.shape, b.bits
         pw, n, aw = c * bb, h * w, _bits(h * w)
-        v(f"  // frame buffer {j}: {b.value} ({c} x {h} x {w} codes of {bb} bits), two banks")
+        r = rings.get(j, 0)
         v(f"  wire fb{j}_commit, fb{j}_release, fb{j}_pbank, fb{j}_cbank, fb{j}_can_write, fb{j}_can_read;")
-        v(f"  wire fb{j}_we; wire [{aw - 1}:0] fb{j}_waddr, fb{j}_raddr; wire [{pw - 1}:0] fb{j}_wdata, fb{j}_rdata;")
+        v(f"  wire fb{j}_we; wire [{aw - 1}:0] fb{j}_waddr; wire [{pw - 1}:0] fb{j}_wdata, fb{j}_rdata;")
+        v(f"  wire fb{j}_reserve; wire [7:0] fb{j}_rel, fb{j}_avail;")
+        if r:
+            ra = _bits(r * w)
+            v(f"  // ring buffer {j}: {b.value} ({c} x {h} x {w} codes of {bb} bits), {r} rows")
+            v(f"  wire [{ra - 1}:0] fb{j}_raddr; assign fb{j}_can_read = 1'b1;")
+            v(f"  mixq_rowbuf #(.PW({pw}), .W({w}), .R({r}), .AW({ra}), .AUTO({int(b.producer == -1)})) fb{j} "
+              f"(.clk(clk), .rst(rst), .reserve(fb{j}_reserve), .we(fb{j}_we), .wdata(fb{j}_wdata), "
+              f".can_write(fb{j}_can_write), .rel_n(fb{j}_rel), .avail(fb{j}_avail), .raddr(fb{j}_raddr), "
+              f".rdata(fb{j}_rdata));")
+            continue
+        v(f"  // frame buffer {j}: {b.value} ({c} x {h} x {w} codes of {bb} bits), two banks")
+        v(f"  wire [{aw - 1}:0] fb{j}_raddr; assign fb{j}_avail = 8'd0;")
         v(f"  mixq_pingpong fb{j}_pp (.clk(clk), .rst(rst), .p_commit(fb{j}_commit), .c_release(fb{j}_release), "
           f".p_bank(fb{j}_pbank), .c_bank(fb{j}_cbank), .can_write(fb{j}_can_write), .can_read(fb{j}_can_read));")
         v(f"  mixq_fbuf #(.PW({pw}), .N({n}), .AW({aw})) fb{j} (.clk(clk), .wbank(fb{j}_pbank), .we(fb{j}_we), "
@@ -202,7 +231,9 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
     def fan_out(p: str, producer: int) -> None:
         """The producer ``p``'s write port and commit to every buffer it writes; ``{p}_cw``: all have room."""
         outs = [k for k, x in enumerate(g.buffers) if x.producer == producer]
-        v(f"  wire {p}_cw = " + " & ".join(f"fb{k}_can_write" for k in outs) + ";")
+        ring = [k for k in outs if rings.get(k)]  # a ring buffer has one writer's rows reserved by its window
+        cw = "1'b1" if ring and producer >= 0 else " & ".join(f"fb{k}_can_write" for k in outs)
+        v(f"  wire {p}_cw = {cw};")
         for k in outs:
             v(f"  assign fb{k}_we = {p}_we; assign fb{k}_waddr = {p}_waddr; assign fb{k}_wdata = {p}_wdata; "
               f"assign fb{k}_commit = {p}_commit;")
@@ -248,21 +279,25 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
         v(f"  wire [{nr - 1}:0] {p}_ov; wire [{nr * rw - 1}:0] {p}_orow; wire [{nr * qw - 1}:0] {p}_oq;")
         v(f"  assign fb{k0}_release = {p}_end; assign {p}_commit = {p}_end;")
         extra = "" if st.streamed else f", .DWC({dwc}), .B({lay.abits}), .SIMD({lay.simd}), .WPC({st.copy_lanes})"
+        (ko,) = g.outputs_of(i) if len(g.outputs_of(i)) == 1 else (None,)
+        rin, rout = rings.get(k0, 0), int(bool(ko is not None and rings.get(ko, 0)))
+        extra += f", .RIN({rin}), .ROUT({rout}), .PK({st.pool}), .PHO({oh})"
+        cres = f"fb{ko}_can_write" if rout else "1'b0"
+        res_ = f"fb{ko}_reserve" if rout else ""
         v(f"  mixq_window{'_stream' if st.streamed else ''} #(.IH({h}), .IW({w}), .PW({c * st.in_bits}), .KH({kh}), "
           f".KW({kw}), .SH({st.stride[0]}), .SW({st.stride[1]}), .PH({st.padding[0]}), .PL({st.padding[1]}), "
           f".OH({st.out_hw[0]}), .OW({st.out_hw[1]}), .FOLD({lay.fold}), .LW({lw}), .AW({_bits(h * w)}), "
           f".IA({ia}){extra}) {p}_win "
           f"(.clk(clk), .rst(rst), .can_read(fb{k0}_can_read), .can_write({p}_cw), .done({p}_done), "
-          f".frame_end({p}_end), .raddr(fb{k0}_raddr), .rdata(fb{k0}_rdata), .in_we({p}_iwe), .in_addr({p}_addr), "
+          f".frame_end({p}_end), .raddr(fb{k0}_raddr), .rdata(fb{k0}_rdata), .avail(fb{k0}_avail), .rel_n(fb{k0}_rel), "
+          f".can_reserve({cres}), .reserve({res_}), .in_we({p}_iwe), .in_addr({p}_addr), "
           f".in_data({p}_data), .start({p}_start), .ready({p}_ready));")
         load = ", .wl_we(1'b0), .wl_sel(0), .wl_addr(0), .wl_data(0)" if rtl.load_port else ""
         v(f"  {rtl.top} {p}_eng (.clk(clk), .rst(rst), .in_we({p}_iwe), .in_addr({p}_addr), .in_data({p}_data), "
           f".start({p}_start), .busy(), .ready({p}_ready), .out_valid({p}_ov), .out_row({p}_orow), "
           f".out_q({p}_oq){load});")
-        v(f"  mixq_collect #(.NR({nr}), .RW({rw}), .QW({qw}), .ROWS({oc}), .OB({st.out_bits}), "
-          f".SIGNED({int(st.out_signed)}), .OH({st.out_hw[0]}), .OW({st.out_hw[1]}), .PK({st.pool}), .PHO({oh}), "
-          f".PWO({ow}), .AW({_bits(oh * ow)})) {p}_col (.clk(clk), .rst(rst), .ov({p}_ov), .orow({p}_orow), "
-          f".oq({p}_oq), .we({p}_we), .waddr({p}_waddr), .wdata({p}_wdata), .done({p}_done));")
+        v(f"  {rtl.top}_col {p}_col (.clk(clk), .rst(rst), .ov({p}_ov), .oq({p}_oq), .we({p}_we), "
+          f".waddr({p}_waddr), .wdata({p}_wdata), .done({p}_done));")
     ko = g.buffers.index(bout)
     oc, oh, ow = bout.shape
     v(f"  mixq_axis_out #(.ROWS({oc}), .OB({bout.bits}), .DW({net.out_width}), .NPIX({oh * ow}), "
