@@ -31,7 +31,8 @@ if it does not finish, out of context: each layer engine flattened on its own pl
 (the top with the engines as black boxes), summed. Beside it the estimator's resources for
 the same layers at the same folding (:attr:`mixq.rtl.layout.Layout.estimate`, the
 :func:`mixq.hw.units.compute_engine` figure that ``mixq.hw.estimate`` sums for a streaming
-design; its ``linebuf`` entry stands for this design's window / frame-buffer glue).
+design; its ``linebuf`` entry stands for this design's ring buffers and window registers, ``control`` for
+the sequencers' counters and the collectors' registers).
 
 Results merge into ``benchmarks/results/rtl_network.json`` (per configuration; a run of some
 configurations keeps the others) and ``rtl_network.md``.
@@ -270,7 +271,7 @@ def _synth_md(s: dict[str, Any]) -> list[str]:
                   + f" | {t['seconds']:,.0f} |",
                   "| (estimator - yosys OOC) / yosys OOC | " + err(t) + " | |", "",
                   "Out of context: each layer engine flattened on its own; the glue is the top with the engines as "
-                  "black boxes (frame buffers, window sequencers, collectors, AXI4-Stream ends)."
+                  "black boxes (ring and frame buffers, window sequencers, collectors, AXI4-Stream ends)."
                   + (f" Not finished, so not in the total: {', '.join(s['ooc_missing'])}." if s.get("ooc_missing")
                      else ""), "",
                   "| part | LUT | FF | BRAM18 | DSP | CARRY4 | est. LUT | est. FF | est. BRAM18 | est. DSP |",
@@ -286,9 +287,8 @@ def _synth_md(s: dict[str, Any]) -> list[str]:
         lines += ["", "Engines only (what the estimator prices), estimator vs yosys: " + ", ".join(
             f"{k.upper()} {ee[k]:,.0f} / {se[k]:,} ({(ee[k] - se[k]) / max(se[k], 1):+.1%})"
             for k in ("lut", "ff", "bram18", "dsp")) + ". The engines are synthesized with their weight-load ports "
-            "live (LUTRAM / block-RAM weights, as the estimator prices them). The glue is this design's own: "
-            "ping-pong frame buffers (two frames of every layer's input map, block RAM), window sequencers and "
-            "pooling collectors, which the streaming estimator prices as line buffers only."]
+            "live (LUTRAM / block-RAM weights, as the estimator prices them); the estimator's engine figure also "
+            "holds what it prices of the glue (line buffers, window and collector registers, control)."]
     return lines + [""]
 
 

@@ -443,3 +443,53 @@ def test_cli_build_simulates_a_unet_bit_exact(tmp_path: Path) -> None:
     res = json.loads((tmp_path / "build.json").read_text())
     sim = res["simulation"]
     assert res["mismatches"] == 0 and res["ok"] and sim["elements"] == 2 * 3 * 16 * 16 == sim["received"]
+
+
+@needs_verilator
+def test_pointwise_and_window_sum_ops_simulate_bit_exact(tmp_path: Path) -> None:
+    """The front end's other ops as stages of one accelerator, every output element equal to the integer
+    engine's: an unfolded BatchNorm (affine), a max-pool whose first taps fall on the padding, an average pool and
+    a bilinear upsampling (window sums with weights), Hardswish and Sigmoid (lookup tables), a product of two maps,
+    a product by a constant and a mean over the channels (reduce)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from mixq import api
+    from mixq.engine.convert import to_integer
+    from mixq.engine.runner import IntEngine
+    from mixq.formats import parse_format
+    from mixq.rtl.build import build_and_check
+    from mixq.rtl.netgraph import GatherStage, PointStage, lower_graph
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.c3, self.bn = nn.Conv2d(8, 4, 3, padding=1), nn.BatchNorm2d(8)
+            self.pool, self.act = nn.AvgPool2d(2), nn.Hardswish()
+            self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = self.pool(F.max_pool2d(self.bn(F.relu(self.c1(x))), 3, 1, 1))
+            h = self.act(self.c2(a))
+            y = self.c3(self.up(h * torch.sigmoid(h))) * 0.5
+            return y.mean(dim=1, keepdim=True)
+
+    torch.manual_seed(0)
+    m = Net().eval()
+    with torch.no_grad():
+        m.bn.weight.uniform_(0.5, 1.5), m.bn.bias.uniform_(-0.2, 0.2)
+        m.bn.running_mean.uniform_(0, 0.3), m.bn.running_var.uniform_(0.5, 2)
+    x = torch.rand(4, 3, 16, 16)
+    q = api.quantize(m, api.default_plan("net", m, x, weight=parse_format("fixed8"), act=parse_format("ufixed8")), x)
+    im = to_integer(q, x[:1])
+    values = IntEngine(im)(x[:2], keep=True).values
+    g = lower_graph(im, values)
+    point = {o.op for s in g.nodes if isinstance(s, PointStage) for o in s.ops}
+    assert {"affine", "lut", "mul", "reduce", "requant"} <= point, point
+    assert sorted(s.op for s in g.nodes if isinstance(s, GatherStage)) == ["max", "sum", "sum"]
+    assert any(-1 in s.addr[0][:1] for s in g.nodes if isinstance(s, GatherStage) and s.op == "max")
+    res = build_and_check(im, values, "opsnet", tmp_path, 2, pe=4, simd=8)
+    assert res.ok and res.summary["mismatches"] == 0, res.summary.get("simulation")
+    assert res.summary["simulation"]["elements"] == 2 * 16 * 16 == res.summary["simulation"]["received"]

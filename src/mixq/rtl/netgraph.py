@@ -8,13 +8,20 @@ nodes into *stages*:
   value it writes is that requant's codes); a layer whose output feeds more than one node, an add, or the
   network output writes its **accumulators** instead (the identity requantizer, ``head``), exactly the
   engine's value of the conv node;
-* a **pointwise stage** (:class:`PointStage`) for a residual add, a requant or a clamp whose input is such
-  a value: per channel, the engine's dyadic rules one after the other (``add``: ``(a*Ma + b*Mb + 2**(n-1))
-  >> n``; ``clamp``; ``requant``: ``clamp((x*M + 2**(n-1)) >> n, qmin, qmax)``) on a pixel at a time.
+* a **pointwise stage** (:class:`PointStage`) for a residual add, a requant, a clamp, a concat, a lookup
+  table (Hardswish, SiLU, Sigmoid ...), an unfolded BatchNorm (``affine``), a product (of two maps of one
+  shape, or by a constant) or a reduction over the channels, whose input is such a value: per channel, the
+  engine's integer rules one after the other (``add``: ``(a*Ma + b*Mb + 2**(n-1)) >> n``; ``clamp``;
+  ``requant``: ``clamp((x*M + 2**(n-1)) >> n, qmin, qmax)``; ``lut``: ``table[x - qmin]``; ``affine``:
+  ``((x*M_c + 2**(n_c-1)) >> n_c) + B_c``; ``reduce``: ``(R_c(x_c*M_c) + 2**(n-1)) >> n``) on a pixel at a
+  time;
+* a **gather stage** (:class:`GatherStage`) for what takes an output pixel from other input pixels: pad, zero
+  insertion, pixel shuffle and nearest upsampling (moves), a max-pool on codes, and the exact window sums of an
+  average pool and a bilinear interpolation (weighted taps), one input pixel read a cycle.
 
-Every value a stage writes goes to one frame buffer per stage that reads it (:class:`Buffer`; the network
+Every value a stage writes goes to one buffer per stage that reads it (:class:`Buffer`; the network
 output's buffer feeds the output stream), so a skip connection is a second buffer the producer writes
-beside the main path's. The writer waits until every buffer it writes has a free bank.
+beside the main path's: a ring of rows between two layer stages (:func:`ring_rows`), else two frames.
 """
 
 from __future__ import annotations
@@ -222,11 +229,13 @@ def default_folding(model: IntModel, pe: int = DEFAULT_PE, simd: int = DEFAULT_S
 class PointOp:
     """One per-channel rule of a pointwise stage (lists hold one entry per channel)."""
 
-    op: str  # "add" | "clamp" | "requant"
-    m: tuple[tuple[int, ...], ...] = ()  # add: the multiplier of each input; requant: (M,)
-    n: tuple[int, ...] = ()
+    op: str  # "add" | "clamp" | "requant" | "cat" | "lut" | "affine" | "mul" | "reduce"
+    m: tuple[tuple[int, ...], ...] = ()  # add: the multiplier of each input; requant, affine, reduce: (M,);
+    n: tuple[int, ...] = ()              # lut: (table,), n: (offset,); mul: ((sign,),) or () for two tensors
     lo: tuple[int, ...] | None = None  # clamp limits (requant: qmin, qmax)
     hi: tuple[int, ...] | None = None
+    b: tuple[int, ...] = ()  # affine: the offset B per channel
+    fn: str = ""  # reduce: "sum" | "max"
 
 
 @dataclass(frozen=True)
@@ -254,12 +263,14 @@ class GatherStage:
     """Output pixels gathered from one input buffer: output pixel ``p`` reads the input pixels ``addr[p]``
     (one per tap; -1: none) and takes, per output channel, an input channel of its one tap (``move``: pad, zero
     insertion, pixel shuffle, nearest upsampling; channel map ``maps[phase[p]]``, -1 = a zero) or the maximum
-    over its taps (``max``: a max-pool on codes that no layer stage took in)."""
+    over its taps (``max``: a max-pool on codes that no layer stage took in) or their weighted sum (``sum``:
+    ``weights[p][tap] * x``, exact; an average pool's window sum, weights 1, or a bilinear interpolation's
+    ``wh[y] * ww[x]``)."""
 
     name: str
     source: str
     value: str
-    op: str  # "move" | "max"
+    op: str  # "move" | "max" | "sum"
     addr: tuple[tuple[int, ...], ...]
     phase: tuple[int, ...]
     maps: tuple[tuple[int, ...], ...]
@@ -267,6 +278,7 @@ class GatherStage:
     in_shape: tuple[int, int, int]
     out_bits: int
     out_signed: bool
+    weights: tuple[tuple[int, ...], ...] = ()  # sum: per output pixel, per tap
 
     @property
     def taps(self) -> int:
@@ -278,8 +290,46 @@ class GatherStage:
         return self.shape[1] * self.shape[2] * self.taps + 6
 
 
-#: engine ops a gather stage runs: the data movements (what the engine's kernel does to an index map) and max-pool
-GATHER_OPS = ("pad", "zero_insert", "pixel_shuffle", "upsample", "maxpool")
+#: engine ops a gather stage runs: the data movements (what the engine's kernel does to an index map), max-pool,
+#: and the window sums of average pooling and bilinear interpolation
+GATHER_OPS = ("pad", "zero_insert", "pixel_shuffle", "upsample", "maxpool", "sumpool", "interp")
+
+
+def _windows(oh: int, ow: int, h: int, w: int, k: tuple[int, ...], st: tuple[int, ...], pad: tuple[int, ...],
+             dil: tuple[int, ...] = (1, 1)) -> tuple[tuple[int, ...], ...]:
+    """Per output pixel, the input pixel of each window tap (-1 on the padding)."""
+    addr = []
+    for oy in range(oh):
+        for ox in range(ow):
+            taps = []
+            for ky in range(k[0]):
+                for kx in range(k[1]):
+                    iy, ix = oy * st[0] - pad[0] + ky * dil[0], ox * st[1] - pad[1] + kx * dil[1]
+                    taps.append(iy * w + ix if 0 <= iy < h and 0 <= ix < w else -1)
+            addr.append(tuple(taps))
+    return tuple(addr)
+
+
+def _sum_gather(node: IntNode, in_shape: tuple[int, int, int], signed: bool) -> GatherStage:
+    """An average pool's window sums or a bilinear interpolation's ``wh @ x @ ww^T`` as weighted taps."""
+    c, h, w = in_shape
+    oc, oh, ow = _chw(node.shape, node.name)
+    if node.op == "sumpool":
+        a = node.attrs
+        k, st, pad = (tuple(int(v) for v in a[x]) for x in ("kernel", "stride", "padding"))
+        addr = _windows(oh, ow, h, w, k, st, pad)
+        weights = tuple((1,) * len(t) for t in addr)
+    else:
+        wh, ww = (np.asarray(node.arrays[x], dtype=np.int64) for x in ("wh", "ww"))
+        taps = [[(int(iy * w + ix), int(wh[oy, iy] * ww[ox, ix])) for iy in np.flatnonzero(wh[oy])
+                 for ix in np.flatnonzero(ww[ox])] for oy in range(oh) for ox in range(ow)]
+        n = max(len(t) for t in taps)
+        addr = tuple(tuple(a for a, _ in t) + (-1,) * (n - len(t)) for t in taps)
+        weights = tuple(tuple(v for _, v in t) + (0,) * (n - len(t)) for t in taps)
+    bound = int(node.bound)
+    bits = signed_width([-bound, bound]) if signed else max(1, bound.bit_length())
+    return GatherStage(node.name, node.inputs[0], node.name, "sum", addr, (0,) * (oh * ow), (tuple(range(c)),),
+                       (oc, oh, ow), in_shape, bits, signed, weights)
 
 
 def _gather(node: IntNode, in_shape: tuple[int, int, int], bits: int, signed: bool) -> GatherStage:
@@ -289,21 +339,12 @@ def _gather(node: IntNode, in_shape: tuple[int, int, int], bits: int, signed: bo
 
     c, h, w = in_shape
     oc, oh, ow = _chw(node.shape, node.name)
+    if node.op in ("sumpool", "interp"):
+        return _sum_gather(node, in_shape, signed)
     if node.op == "maxpool":
-        a = node.attrs
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (tuple(int(v) for v in a[k])
-                                                  for k in ("kernel", "stride", "padding", "dilation"))
-        addr = []
-        for oy in range(oh):
-            for ox in range(ow):
-                taps = []
-                for ky in range(kh):
-                    for kx in range(kw):
-                        iy, ix = oy * sh - ph + ky * dh, ox * sw - pw + kx * dw
-                        taps.append(iy * w + ix if 0 <= iy < h and 0 <= ix < w else -1)
-                addr.append(tuple(taps))
-        return GatherStage(node.name, node.inputs[0], node.name, "max", tuple(addr), (0,) * (oh * ow),
-                           (tuple(range(c)),), (oc, oh, ow), in_shape, bits, signed)
+        k, st, pad, dil = (tuple(int(v) for v in node.attrs[x]) for x in ("kernel", "stride", "padding", "dilation"))
+        return GatherStage(node.name, node.inputs[0], node.name, "max", _windows(oh, ow, h, w, k, st, pad, dil),
+                           (0,) * (oh * ow), (tuple(range(c)),), (oc, oh, ow), in_shape, bits, signed)
     idx = torch.arange(1, c * h * w + 1, dtype=torch.int64).reshape(1, c, h, w)
     out = KERNELS[node.op](node, {node.inputs[0]: c * h * w}, "shift_add")([idx], {}).reshape(oc, oh * ow).numpy()
     maps: dict[tuple[int, ...], int] = {}
@@ -406,11 +447,42 @@ def _point_op(node: IntNode, shape: tuple[int, int, int], shapes: Mapping[str, t
     if node.op == "cat":  # output channel c: (input, its channel)
         return PointOp("cat", m=tuple((i, j) for i, src in enumerate(node.inputs) for j in range(_chw(
             shapes[src], src)[0])))
+    a = node.arrays
+    if node.op == "lut":
+        return PointOp("lut", (tuple(int(v) for v in np.asarray(a["table"]).reshape(-1)),),
+                       (int(node.attrs["in_qmin"]),))
+    if node.op in ("affine", "reduce"):
+        size = np.asarray(a["M"]).size
+
+        def per(x: object) -> tuple[int, ...]:
+            return tuple(int(v) for v in np.broadcast_to(np.asarray(x, dtype=np.int64).reshape(-1), (size,)))
+
+        if node.op == "reduce":
+            return PointOp("reduce", (per(a["M"]),), per(a["n"]), fn=str(node.attrs["fn"]))
+        return PointOp("affine", (per(a["M"]),), per(a["n"]), b=per(a["B"]))
+    if node.op == "mul":
+        return PointOp("mul", ((int(node.attrs["sign"]),),) if node.attrs.get("const") is not None else ())
     if node.op == "clamp":
-        a = node.arrays
         lo = k.pop(0) if a.get("lo") is not None else None
         return PointOp("clamp", lo=lo, hi=k.pop(0) if a.get("hi") is not None else None)
     return PointOp("requant", (k[0],), k[1], (int(node.attrs["qmin"]),) * c, (int(node.attrs["qmax"]),) * c)
+
+
+#: engine ops a pointwise stage runs (one output pixel from the same pixel of its inputs), and those that may
+#: follow in the same stage (one input each)
+POINT_OPS = ("add", "clamp", "requant", "cat", "lut", "affine", "mul", "reduce")
+CHAIN_OPS = ("clamp", "requant", "lut", "affine", "mul")
+
+
+def _check_point(node: IntNode, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """One :class:`ModelError` for a pointwise node the stage cannot run as it is."""
+    if node.op == "mul" and node.attrs.get("const") is None and len({tuple(shapes[i]) for i in node.inputs}) != 1:
+        raise ModelError(f"network: {node.name!r} (mul) multiplies maps of shapes "
+                         f"{[tuple(shapes[i]) for i in node.inputs]}; the pointwise stage takes equal shapes "
+                         "(no broadcast)")
+    if node.op == "reduce" and (int(node.attrs.get("dim", 1)) != 1 or not node.attrs.get("keepdim")):
+        raise ModelError(f"network: {node.name!r} (reduce) reduces dim {node.attrs.get('dim')} with keepdim "
+                         f"{node.attrs.get('keepdim')}; the pointwise stage reduces the channels, keepdim=True")
 
 
 def _variants(chain: list[IntNode], shape: tuple[int, int, int], shapes: Mapping[str, tuple[int, ...]]) -> tuple[
@@ -464,12 +536,15 @@ def lower_graph(model: IntModel, values: Mapping[str, torch.Tensor],
             _, in_shape, bits, signed = made[node.inputs[0]]
             gs = _gather(node, in_shape, bits, signed)
             nodes.append(gs)
-            made[gs.value] = (len(nodes) - 1, gs.shape, bits, signed)
-        elif node.op in ("add", "clamp", "requant", "cat"):
+            made[gs.value] = (len(nodes) - 1, gs.shape, gs.out_bits, gs.out_signed)
+        elif node.op in POINT_OPS:
+            _check_point(node, shapes)
             chain = [node]
             while chain[-1].op != "requant" and len(cons.get(chain[-1].name, [])) == 1 and \
-                    cons[chain[-1].name][0].op in ("clamp", "requant") and chain[-1].name != flat.output:
+                    cons[chain[-1].name][0].op in CHAIN_OPS and chain[-1].name != flat.output and \
+                    len(cons[chain[-1].name][0].inputs) == 1:
                 chain.append(cons[chain[-1].name][0])
+                _check_point(chain[-1], shapes)
             c, h, w = _chw(node.shape, node.name)
             last = chain[-1]
             if last.op == "requant":
@@ -489,7 +564,7 @@ def lower_graph(model: IntModel, values: Mapping[str, torch.Tensor],
             made[last.name] = (len(nodes) - 1, (c, h, w), bits, signed)
         else:
             raise ModelError(f"network: {node.name!r} ({node.op}) is not supported by the network builder (conv / "
-                             "linear, clamps, max-pool, requant, flatten, residual adds)")
+                             "linear, " + ", ".join((*POINT_OPS, *GATHER_OPS)) + ", flatten)")
     if flat.output not in made:
         raise ModelError(f"network: the output {flat.output!r} is inside a stage; it must be a stage's value")
     reads = [(v, i) for i, node_ in enumerate(nodes)

@@ -321,7 +321,8 @@ def input_words(net: NetworkRtl, codes: np.ndarray) -> list[int]:
 
 def output_order(net: NetworkRtl, out: np.ndarray) -> np.ndarray:
     """The engine's output (N, C, H, W) or (N, C) in the output stream's order: (N, H*W*C), pixel-major."""
-    c, h, w = net.stages[-1].out_shape
+    bout = [b for b in net.graph.buffers if b.consumer == -1] if net.graph else []
+    c, h, w = bout[0].shape if bout else net.stages[-1].out_shape
     return np.asarray(out, dtype=np.int64).reshape(-1, c, h, w).transpose(0, 2, 3, 1).reshape(-1, h * w * c)
 
 __all__ = ["DEFAULT_PE", "DEFAULT_SIMD", "NetworkRtl", "Stage", "default_folding", "generate_network", "input_words",
