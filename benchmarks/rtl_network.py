@@ -280,15 +280,11 @@ def _synth_md(s: dict[str, Any]) -> list[str]:
             el = s["estimate_layers"].get(k)
             ests = " | ".join(f"{el[x]:,.0f}" for x in ("lut", "ff", "bram18", "dsp")) if el else "— | — | — | —"
             lines.append(f"| {k} | " + " | ".join(f"{p[x]:,}" for x in keys) + f" | {ests} |")
-    eng = [k for k in s.get("ooc", {}) if k in s["estimate_layers"]]
-    if eng:
-        se = {k: sum(s["ooc"][n][k] for n in eng) for k in ("lut", "ff", "bram18", "dsp")}
-        ee = {k: sum(s["estimate_layers"][n][k] for n in eng) for k in ("lut", "ff", "bram18", "dsp")}
-        lines += ["", "Engines only (what the estimator prices), estimator vs yosys: " + ", ".join(
-            f"{k.upper()} {ee[k]:,.0f} / {se[k]:,} ({(ee[k] - se[k]) / max(se[k], 1):+.1%})"
-            for k in ("lut", "ff", "bram18", "dsp")) + ". The engines are synthesized with their weight-load ports "
-            "live (LUTRAM / block-RAM weights, as the estimator prices them); the estimator's engine figure also "
-            "holds what it prices of the glue (line buffers, window and collector registers, control)."]
+    if s.get("ooc"):
+        lines += ["", "The engines are synthesized with their weight-load ports live (LUTRAM / block-RAM weights, as "
+                  "the estimator prices them). The estimator's figure of a layer also holds what it prices of the "
+                  "glue around its engine (the line buffer, the window sequencer's registers, the collector's "
+                  "registers, control), which yosys counts in the glue row; compare the totals."]
     return lines + [""]
 
 

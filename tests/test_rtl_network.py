@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mixq.rtl.netgraph import GatherStage, lower_graph
 from mixq.rtl.netsim import available, compare, run_sim
 from mixq.rtl.network import Stage, lower_network
 
@@ -165,14 +166,18 @@ def test_unsupported_network_is_named() -> None:
 
     im, values = _cnv()
 
-    def with_node(name: str, **attrs: Any) -> IntModel:
-        nodes = tuple(dataclasses.replace(n, attrs={**n.attrs, **attrs}) if n.name == name else n for n in im.nodes)
+    def with_node(name: str, op: str | None = None, **attrs: Any) -> IntModel:
+        nodes = tuple(dataclasses.replace(n, op=op or n.op, attrs={**n.attrs, **attrs}) if n.name == name else n
+                      for n in im.nodes)
         return IntModel(nodes, im.input_shape, im.output, dict(im.meta))
 
-    with pytest.raises(ModelError, match=r"max-pool 'features\.6'.*stride"):
-        lower_network(with_node("features.6", kernel=[3, 3]), values)
-    with pytest.raises(ModelError, match=r"'features\.3'.*grouped"):
-        lower_network(with_node("features.3", groups=2), values)
+    # a max-pool the collector cannot run (3 x 3, stride 2) runs as a gather stage on the layer's accumulators
+    g = lower_graph(with_node("features.6", kernel=[3, 3]), values)
+    pools = [s for s in g.nodes if isinstance(s, GatherStage)]
+    assert [(s.name, s.op, s.taps) for s in pools] == [("features.6", "max", 9)]
+    assert next(s for s in g.nodes if isinstance(s, Stage) and s.name == "features.3").head
+    with pytest.raises(ModelError, match=r"'features\.6' \(fbs\) is not supported by the network builder"):
+        lower_graph(with_node("features.6", op="fbs"), values)
 
 
 @pytest.fixture(scope="module")

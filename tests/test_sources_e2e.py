@@ -186,3 +186,27 @@ def test_conv1d_model_of_every_source_kind_end_to_end(kind: str, signals: dict[s
     est = json.loads((tmp_path / "es" / "estimate.json").read_text())
     convs = [layer for layer in est["layers"] if layer["kind"] in ("conv", "dwconv")]
     assert len(convs) == 3 and all(layer["macs"] > 0 for layer in convs)
+
+
+@pytest.mark.skipif(not __import__("mixq.rtl.netsim", fromlist=["available"]).available("verilator"),
+                    reason="verilator not installed")
+def test_all_ops_network_from_onnx_as_one_accelerator_bit_exact(sources: dict[str, list[str]],
+                                                                  tmp_path: Path) -> None:
+    """The op-set network given as an ONNX file, quantized, then `rtl build --from` its artifact: one
+    AXI4-Stream accelerator holding every op (padding on the input codes; strided, depthwise, grouped-dilated
+    and transposed convs; unfolded BatchNorm; lookup-table activations; max / average / adaptive pools; a
+    residual add; a spatial-attention product; concat; pixel shuffle; nearest and bilinear upsampling; Linear),
+    simulated in Verilator with randomized backpressure, every output element equal to the integer engine's."""
+    q = tmp_path / "q"
+    assert main(["quantize", *sources["onnx"], "--calib", "photos", "--images", "32", "--out", str(q)]) == 0
+    out = tmp_path / "rtl"
+    assert main(["rtl", "build", "--from", str(q), "--images", "2", "--pe", "4", "--simd", "8", "--out",
+                 str(out)]) == 0
+    res = json.loads((out / "build.json").read_text())
+    sim = res["simulation"]
+    assert res["mismatches"] == 0 and res["ok"] and sim["elements"] == sim["received"] == 2 * 10
+    assert sim["missing"] == sim["extra"] == sim["bad_tlast"] == 0
+    assert abs(res["cycles_per_frame"] - res["design_cycles_per_frame"]) < 0.01 * res["design_cycles_per_frame"]
+    top = (out / "allops_top.v").read_text()
+    for unit in ("mixq_rowbuf", "mixq_window_stream", ".GC(4)", ".DH(2)"):  # rings, streamed / grouped / dilated
+        assert unit in top, unit

@@ -18,7 +18,20 @@ from typing import Any
 
 import typer
 
-from mixq.cli._common import FROM, choice, count, emit, exclusive_with_from, out_dir, real, resolve_model
+from mixq.cli._common import (
+    FROM,
+    INPUT_SHAPE,
+    MODEL_HELP,
+    WEIGHTS,
+    choice,
+    count,
+    emit,
+    exclusive_with_from,
+    out_dir,
+    real,
+    resolve_model,
+    resolve_source,
+)
 
 DEFAULT_CONFIG = "msq4"
 
@@ -171,18 +184,19 @@ def plan_folding(plan_file: Path) -> dict[str, tuple[int, int]] | None:
     return {k: (int(lp.mapping.pe), int(lp.mapping.simd)) for k, lp in plan.layers.items()}
 
 
-def network_int_model(model: str, config: str, images: int, from_: Path | None = None,
+def network_int_model(model: Any, config: str, images: int, from_: Path | None = None,
                       plan_file: Path | None = None, size: int | None = None,
                       blocks: int | None = None) -> tuple[Any, dict[str, Any], Any]:
     """(IntModel, the engine's integers on ``images`` real inputs (``keep=True``), those inputs) for
-    ``mixq rtl build``: the zoo model with its real weights quantized under ``config`` (or the plan of
+    ``mixq rtl build``: the model (a zoo name or a :class:`~mixq.zoo.source.ModelSource`: zoo, builder, model
+    file) with its real weights quantized under ``config`` (or the plan of
     ``plan_file``, a ``plan.json`` such as ``mixq run`` writes: MSQ rows as it assigns them, or assigned here)
     and calibrated on its default data (CNV: the bundled Fashion-MNIST), or the quantized model of the
     artifact ``from_``. ``blocks`` keeps the first modules of the zoo model's ``features`` (a slice of a large
     network, e.g. MobileNetV2's first inverted residual blocks), ``size`` its input H = W (real photos resized)."""
     import torch
 
-    from mixq import api, zoo
+    from mixq import api
     from mixq.algorithms.msq import assign_rows
     from mixq.engine.convert import to_integer
     from mixq.engine.runner import IntEngine
@@ -199,11 +213,18 @@ def network_int_model(model: str, config: str, images: int, from_: Path | None =
             x, _ = default_inputs(art.source if art.source is not None else art.model_name, None, n, calib=False)
         qmodel = art.qmodel
     else:
+        from mixq.tasks.models import load_model
+        from mixq.zoo.source import ModelSource
+
+        src = model if isinstance(model, ModelSource) else ModelSource(model)
+        model = src.name if src.kind == "zoo" else src
         try:
-            m = zoo.load(model, pretrained=True)
+            m = load_model(src, pretrained=True)
         except (ModelError, OSError, ImportError, FileNotFoundError):
+            if src.kind != "zoo":
+                raise
             torch.manual_seed(0)
-            m = zoo.load(model, pretrained=False)
+            m = load_model(src, pretrained=False)
         m.eval()
         if blocks:
             if not isinstance(getattr(m, "features", None), torch.nn.Sequential):
@@ -215,12 +236,12 @@ def network_int_model(model: str, config: str, images: int, from_: Path | None =
             from mixq.plan.jsonio import load_plan
 
             plan = load_plan(plan_file)
-            if plan.model != model:
-                raise MixqError(f"--plan {plan_file}: a plan for {plan.model!r}, not {model!r}")
+            if plan.model != src.name:
+                raise MixqError(f"--plan {plan_file}: a plan for {plan.model!r}, not {src.name!r}")
             if any(lp.weight_alt is not None and lp.alt_rows is None for lp in plan.layers.values()):
                 plan = assign_rows(m, plan)
         else:
-            plan = network_plan(model, m, cal, config)
+            plan = network_plan(src.name, m, cal, config)
         qmodel = api.quantize(m, plan, cal)
     if x.shape[0] < n:
         raise MixqError(f"--images {images}: only {x.shape[0]} inputs are available")
@@ -290,8 +311,10 @@ def register(app: typer.Typer) -> None:
 
     @rtl.command("build")
     def build_cmd(ctx: typer.Context,
-                  model: str | None = typer.Argument(None, metavar="MODEL", help="zoo model, e.g. cnv; or --from"),
+                  model: str | None = typer.Argument(None, metavar="MODEL", help=MODEL_HELP + "; or --from"),
                   from_: Path | None = FROM,
+                  weights_file: str | None = WEIGHTS,
+                  input_shape: Any = INPUT_SHAPE,
                   config: str | None = choice(None, "quantization (default fixed8: W8A8; w1a1: binary weights on "
                                               "XNOR lanes, w2a1: 2-bit {-1, 0, 1} weights, each with 1-bit "
                                               "activations and an 8-bit input; not with --from)",
@@ -317,7 +340,8 @@ def register(app: typer.Typer) -> None:
                   ) -> None:
         """Write the whole streaming accelerator (Verilog, memories, files.f, testbench, README, build.json) and
         simulate it on real images against the integer engine (exit 3 on a mismatch)."""
-        name = resolve_model(model, from_, "MODEL", ctx=ctx)
+        src = resolve_source(model, from_, weights_file, input_shape, ctx=ctx)
+        name = src.name if src is not None else resolve_model(None, from_, "MODEL", ctx=ctx)
         exclusive_with_from(from_, config=config is not None, plan=plan is not None, size=size != 0,
                             blocks=blocks != 0)
         if plan is not None and config is not None:
@@ -330,7 +354,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = config or "fixed8"
         fold = load_folding(folding) if folding is not None else None
-        im, values, _ = network_int_model(name, cfg, images, from_, plan, size or None, blocks or None)
+        im, values, _ = network_int_model(src or name, cfg, images, from_, plan, size or None, blocks or None)
         b = build_and_check(im, values, name, folder, images,
                             fold or (plan_folding(plan) if plan is not None else None),
                             pe, simd, core, part, SimOptions(simulator, seed, valid, ready),

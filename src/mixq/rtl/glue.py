@@ -171,9 +171,9 @@ module mixq_axis_in #(parameter DW = 8, PW = 8, N = 1, AW = 1) (
 endmodule
 
 module mixq_window #(
-  parameter IH = 1, IW = 1, PW = 8, KH = 1, KW = 1, SH = 1, SW = 1, PH = 0, PL = 0,
+  parameter IH = 1, IW = 1, PW = 8, KH = 1, KW = 1, SH = 1, SW = 1, PH = 0, PL = 0, DH = 1, DW = 1,
   parameter RIN = 0, ROUT = 0, PK = 1, PHO = 1,
-  parameter OH = 1, OW = 1, FOLD = 1, LW = 8, AW = 1, IA = 1, DWC = 0, B = 8, SIMD = 1, WPC = 1
+  parameter OH = 1, OW = 1, FOLD = 1, LW = 8, AW = 1, IA = 1, DWC = 0, B = 8, SIMD = 1, WPC = 1, GC = 1
 ) (
   input clk, input rst,
   input can_read, input can_write, input done,
@@ -185,7 +185,8 @@ module mixq_window #(
   localparam K = KH * KW;
   localparam WW = K * PW;
   localparam VW = FOLD * LW;
-  localparam NW = (DWC > 0) ? DWC * FOLD : FOLD;  // words copied per vector (depthwise: FOLD per channel)
+  localparam NG = (DWC > 0) ? DWC / GC : 1;  // groups of a grouped layer (depthwise: GC = 1, a group per channel)
+  localparam NW = NG * FOLD;  // words copied per vector (grouped: FOLD per group)
   localparam XW = (DWC > 0) ? WW : VW;
   localparam NC = (NW + WPC - 1) / WPC;  // copy cycles: WPC words each (depthwise, FOLD = 1: WPC channels)
   reg active, g_on, full, copying;
@@ -198,8 +199,8 @@ module mixq_window #(
   reg [XW-1:0] win;
   integer iy, ix;
   always @(*) begin
-    iy = gy * SH - PH + ky;
-    ix = gx * SW - PL + kx;
+    iy = gy * SH - PH + ky * DH;
+    ix = gx * SW - PL + kx * DW;
   end
   wire padt = (iy < 0) || (iy >= IH) || (ix < 0) || (ix >= IW);
   wire [PW-1:0] pix = pad2 ? {PW{1'b0}} : rdata;
@@ -219,7 +220,8 @@ module mixq_window #(
   wire issue = g_on && gate_ok && (!lastread || ((!full || take) && !e1 && !e2));
   wire row_first = nissue == 0 && gx == 0;
   wire [NB-1:0] lo;
-  mixq_rowgate #(.IH(IH), .SH(SH), .PH(PH), .KH(KH), .OH(OH), .RIN(RIN), .ROUT(ROUT), .PK(PK), .PHO(PHO), .NB(NB))
+  mixq_rowgate #(.IH(IH), .SH(SH), .PH(PH), .KH((KH - 1) * DH + 1), .OH(OH), .RIN(RIN), .ROUT(ROUT), .PK(PK),
+                 .PHO(PHO), .NB(NB))
     gate (.clk(clk), .rst(rst), .first(row_first), .gy(gy), .go(issue && row_first),
           .row_end(issue && nissue == K - 1 && gx == OW - 1), .avail(avail), .can_reserve(can_reserve),
           .ok(gate_ok), .reserve(reserve), .rel_n(rel_n), .lo(lo));
@@ -237,9 +239,11 @@ module mixq_window #(
       for (wi = 0; wi < WPC; wi = wi + 1) begin : g_word
         wire [15:0] w = s * WPC + wi;
         for (li = 0; li < SIMD; li = li + 1) begin : g_lane
-          wire [15:0] pp = (WPC == 1 ? cf : w % FOLD) * SIMD + li;
-          wire [15:0] ch = (WPC == 1) ? cg : w / FOLD;
-          assign in_data[wi * LW + li * B +: B] = (pp < K && ch < DWC) ? win[(pp * DWC + ch) * B +: B] : {B{1'b0}};
+          wire [15:0] pp = (WPC == 1 ? cf : w % FOLD) * SIMD + li;  // position in the group's vector: (tap, c)
+          wire [15:0] ch = (WPC == 1) ? cg : w / FOLD;  // the group
+          wire [15:0] cin = ch * GC + pp % GC;  // its input channel
+          assign in_data[wi * LW + li * B +: B] = (pp < K * GC && ch < NG) ? win[((pp / GC) * DWC + cin) * B +: B]
+                                                                            : {B{1'b0}};
         end
       end
     end
@@ -292,7 +296,7 @@ module mixq_window #(
 endmodule
 
 module mixq_window_stream #(
-  parameter IH = 1, IW = 1, PW = 8, KH = 1, KW = 1, SH = 1, SW = 1, PH = 0, PL = 0,
+  parameter IH = 1, IW = 1, PW = 8, KH = 1, KW = 1, SH = 1, SW = 1, PH = 0, PL = 0, DH = 1, DW = 1,
   parameter RIN = 0, ROUT = 0, PK = 1, PHO = 1,
   parameter OH = 1, OW = 1, FOLD = 1, LW = 8, AW = 1, IA = 1
 ) (
@@ -318,8 +322,8 @@ module mixq_window_stream #(
   reg emit, last_emit;
   integer iy, ix;
   always @(*) begin
-    iy = gy * SH - PH + ky;
-    ix = gx * SW - PL + kx;
+    iy = gy * SH - PH + ky * DH;
+    ix = gx * SW - PL + kx * DW;
   end
   wire padt = (iy < 0) || (iy >= IH) || (ix < 0) || (ix >= IW);
   wire [PW-1:0] pix = pad2 ? {PW{1'b0}} : rdata;
@@ -327,7 +331,8 @@ module mixq_window_stream #(
   wire issue = g_on && gate_ok && !pending && cnt == 0;
   wire row_first = nissue == 0 && gx == 0;
   wire [NB-1:0] lo;
-  mixq_rowgate #(.IH(IH), .SH(SH), .PH(PH), .KH(KH), .OH(OH), .RIN(RIN), .ROUT(ROUT), .PK(PK), .PHO(PHO), .NB(NB))
+  mixq_rowgate #(.IH(IH), .SH(SH), .PH(PH), .KH((KH - 1) * DH + 1), .OH(OH), .RIN(RIN), .ROUT(ROUT), .PK(PK),
+                 .PHO(PHO), .NB(NB))
     gate (.clk(clk), .rst(rst), .first(row_first), .gy(gy), .go(issue && row_first),
           .row_end(issue && nissue == K - 1 && gx == OW - 1), .avail(avail), .can_reserve(can_reserve),
           .ok(gate_ok), .reserve(reserve), .rel_n(rel_n), .lo(lo));

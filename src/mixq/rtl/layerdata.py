@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mixq.engine.model import IntModel, IntNode
+from mixq.engine.model import IntModel, IntNode, quantizer_behind
 from mixq.errors import ModelError
 
 BIG = 2**62
@@ -186,7 +186,8 @@ def layer_data(model: IntModel, values: dict[str, torch.Tensor], name: str) -> L
     return LayerData(
         name=name, op=node.op, weight=np.asarray(node.arrays["weight"], dtype=np.int64),
         row_format=np.asarray(node.arrays["row_format"], dtype=np.int64),
-        formats=tuple(dict(f) for f in a_["formats"]), in_fmt=dict(src.attrs["fmt"]), out_fmt=dict(req.attrs["fmt"]),
+        formats=tuple(dict(f) for f in a_["formats"]), in_fmt=dict(quantizer_behind(src, model.node).attrs["fmt"]),
+        out_fmt=dict(req.attrs["fmt"]),
         stride=tuple(a_.get("stride", (1, 1))), padding=tuple(a_.get("padding", (0, 0))),  # type: ignore[arg-type]
         groups=int(a_.get("groups", 1)),
         mult=np.array(mult, dtype=object), const=np.array(const, dtype=object), shift=shift,

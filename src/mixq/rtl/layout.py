@@ -27,6 +27,7 @@ from mixq.hw.pe import PeConfig
 from mixq.hw.units import ArchOptions, EngineCost, compute_engine
 from mixq.rtl.layerdata import LayerData
 from mixq.rtl.pe import decode_weight
+from mixq.rtl.pe import latency as pe_latency
 
 SUPPORTED_KINDS: tuple[str, ...] = tuple(k for k, v in PE_KINDS.items() if v.layer_engine)
 # weight formats whose codes the layer engine stores as PE codes
@@ -47,16 +48,8 @@ class Core:
 
     @property
     def latency(self) -> int:
-        """Cycles from a beat at the PE inputs to its sum being in ``acc`` (see :mod:`mixq.rtl.pe`)."""
-        pk = PE_KINDS[self.kind]
-        if pk.chain:  # the chain's skew, the accumulator, and the packed unit's unpacking register
-            return self.cfg.simd + pk.rows
-        levels = 0
-        n = self.cfg.simd
-        while n > 1:
-            n -= n // 2
-            levels += 1
-        return 2 + levels
+        """Cycles from a beat at the PE inputs to its sum being in ``acc`` (:func:`mixq.rtl.pe.latency`)."""
+        return pe_latency(self.cfg)
 
 
 @dataclass(frozen=True)
@@ -135,9 +128,6 @@ def layer_spec(d: LayerData) -> LayerSpec:
 def plan_layout(d: LayerData, pe: int, simd: int, core: str = "auto", part: str = "xc7z020",
                 model: CostModel | None = None) -> Layout:
     """Lay the rows of ``d`` out on ``pe`` PEs of ``simd`` lanes (``core``: fixed point on ``dsp`` or ``lut``)."""
-    if d.op == "conv" and d.groups > 1 and d.groups != d.rows:
-        raise MixqError(f"layer {d.name!r}: grouped convolution with {d.rows // d.groups} rows per group is not "
-                        "supported by the layer engine (dense and depthwise only)")
     p = get_part(part)
     spec = layer_spec(d)
     abits = int(d.in_fmt.get("bits", 8))
@@ -162,7 +152,7 @@ def plan_layout(d: LayerData, pe: int, simd: int, core: str = "auto", part: str 
         if kind not in SUPPORTED_KINDS:
             raise MixqError(f"layer {d.name!r}: rows in format {fmt} map to PE kind {kind!r}, which the "
                             f"layer engine does not generate (supported: {', '.join(SUPPORTED_KINDS)})")
-        if not shares_act(spec.kind):  # depthwise rows share no activation: no packing
+        if not shares_act(spec.kind) or d.groups > 1:  # rows of different groups share no activation: no packing
             kind = PE_KINDS[kind].single_row or kind
         groups.append(RowGroup(kind, wbits, abits, signed, rows.size / d.rows, str(fmt)))
         members.append(rows)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mixq.engine.model import IntModel, IntNode
+from mixq.engine.model import IntModel, IntNode, quantizer_behind
 from mixq.errors import ModelError
 from mixq.rtl.layer import output_latency
 from mixq.rtl.layerdata import LayerData, layer_data
@@ -64,6 +64,12 @@ class Stage:
     head: bool  # outputs its accumulators, no requantization (the network output, or a value an add takes)
     source: str = ""  # the value the stage reads (a buffer's)
     value: str = ""  # the value the stage writes (the requant after it, or the layer's own accumulators)
+    dilation: tuple[int, int] = (1, 1)  # window taps ky * dh, kx * dw apart
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """Input rows and columns one window covers: ``(k - 1) * dilation + 1``."""
+        return ((self.kernel[0] - 1) * self.dilation[0] + 1, (self.kernel[1] - 1) * self.dilation[1] + 1)
 
     @property
     def run_cycles(self) -> int:
@@ -190,7 +196,7 @@ def _head_data(model: IntModel, values: Mapping[str, torch.Tensor], node: IntNod
     return LayerData(
         name=node.name, op=node.op, weight=np.asarray(node.arrays["weight"], dtype=np.int64),
         row_format=np.asarray(node.arrays["row_format"], dtype=np.int64),
-        formats=tuple(dict(f) for f in a["formats"]), in_fmt=dict(src.attrs["fmt"]),
+        formats=tuple(dict(f) for f in a["formats"]), in_fmt=dict(quantizer_behind(src, model.node).attrs["fmt"]),
         out_fmt={"kind": "fixed", "bits": signed_width([-bound, bound]), "signed": True},
         stride=tuple(a.get("stride", (1, 1))), padding=tuple(a.get("padding", (0, 0))),  # type: ignore[arg-type]
         groups=int(a.get("groups", 1)),
@@ -409,7 +415,7 @@ def ring_rows(g: Graph, j: int) -> int:
         return 0
     if b.producer >= 0 and (not isinstance(g.nodes[b.producer], Stage) or g.outputs_of(b.producer) != [j]):
         return 0
-    r = st.kernel[0] + st.stride[0]
+    r = st.span[0] + st.stride[0]
     return r if r < b.shape[1] else 0
 
 
@@ -476,10 +482,10 @@ CHAIN_OPS = ("clamp", "requant", "lut", "affine", "mul")
 
 def _check_point(node: IntNode, shapes: Mapping[str, tuple[int, ...]]) -> None:
     """One :class:`ModelError` for a pointwise node the stage cannot run as it is."""
-    if node.op == "mul" and node.attrs.get("const") is None and len({tuple(shapes[i]) for i in node.inputs}) != 1:
+    if node.op == "mul" and node.attrs.get("const") is None and len({tuple(shapes[i])[1:] for i in node.inputs}) != 1:
         raise ModelError(f"network: {node.name!r} (mul) multiplies maps of shapes "
-                         f"{[tuple(shapes[i]) for i in node.inputs]}; the pointwise stage takes equal shapes "
-                         "(no broadcast)")
+                         f"{[tuple(shapes[i]) for i in node.inputs]}; the pointwise stage broadcasts a one-channel "
+                         "map over the channels, not a map over the pixels")
     if node.op == "reduce" and (int(node.attrs.get("dim", 1)) != 1 or not node.attrs.get("keepdim")):
         raise ModelError(f"network: {node.name!r} (reduce) reduces dim {node.attrs.get('dim')} with keepdim "
                          f"{node.attrs.get('keepdim')}; the pointwise stage reduces the channels, keepdim=True")
@@ -595,8 +601,17 @@ def _takes_chain(cons: dict[str, list[IntNode]], node: IntNode, output: str) -> 
         cur = nxt[0]
         if cur.op == "requant":
             return True
-        if cur.op not in ("clamp", "maxpool"):
+        if cur.op not in ("clamp", "maxpool") or (cur.op == "maxpool" and not _collector_pool(cur)):
             return False
+
+
+def _collector_pool(node: IntNode) -> bool:
+    """Whether a max-pool is one the layer stage's collector runs (k x k, stride k, no padding, no dilation);
+    any other runs as a gather stage on the layer's accumulators."""
+    a = node.attrs
+    k = tuple(a["kernel"])
+    return (k[0] == k[1] and tuple(a["stride"]) == k and tuple(a["padding"]) == (0, 0)
+            and tuple(a["dilation"]) == (1, 1) and not a["ceil_mode"])
 
 
 def _layer_stage(flat: IntModel, vals: Mapping[str, torch.Tensor], cons: dict[str, list[IntNode]], node: IntNode,
@@ -605,18 +620,14 @@ def _layer_stage(flat: IntModel, vals: Mapping[str, torch.Tensor], cons: dict[st
     _, in_shape, in_bits, _ = src
     a = node.attrs
     if node.op == "conv":
-        groups = int(a.get("groups", 1))
-        if groups != 1 and not (groups == in_shape[0] == int(node.arrays["weight"].shape[0])):
-            raise ModelError(f"layer {node.name!r}: grouped convolution ({groups} groups) is not supported by the "
-                             "network builder (dense and depthwise)")
-        if tuple(a.get("dilation", (1, 1))) != (1, 1):
-            raise ModelError(f"layer {node.name!r}: dilated convolution is not supported by the network builder")
+        dil = (int(a.get("dilation", (1, 1))[0]), int(a.get("dilation", (1, 1))[1]))
         kh, kw = (int(v) for v in node.arrays["weight"].shape[2:])
         kernel, stride = (kh, kw), (int(a["stride"][0]), int(a["stride"][1]))
         padding = (int(a["padding"][0]), int(a["padding"][1]))
         out_hw = (int(node.shape[1]), int(node.shape[2]))
     else:  # a window over the whole input map, one output pixel
         kernel, stride, padding, out_hw = (in_shape[1], in_shape[2]), (1, 1), (0, 0), (1, 1)
+        dil = (1, 1)
     head = not _takes_chain(cons, node, flat.output)
     pool = 1
     value = node.name
@@ -630,10 +641,6 @@ def _layer_stage(flat: IntModel, vals: Mapping[str, torch.Tensor], cons: dict[st
             if tail.op == "maxpool":
                 ta = tail.attrs
                 k = tuple(ta["kernel"])
-                if (k[0] != k[1] or tuple(ta["stride"]) != k or tuple(ta["padding"]) != (0, 0)
-                        or tuple(ta["dilation"]) != (1, 1) or ta["ceil_mode"]):
-                    raise ModelError(f"network: max-pool {tail.name!r} is not k x k with stride k and no "
-                                     "padding; the network builder's pooling unit needs that")
                 if pool != 1:
                     raise ModelError(f"network: {tail.name!r} is a second max-pool after {node.name!r}")
                 pool = int(k[0])
@@ -649,7 +656,7 @@ def _layer_stage(flat: IntModel, vals: Mapping[str, torch.Tensor], cons: dict[st
         fmt = flat.node(value).attrs["fmt"]
         out_bits, out_signed = int(fmt.get("bits", 8)), bool(fmt.get("signed"))
     return Stage(node.name, lay, in_shape, in_bits, kernel, stride, padding, out_hw, pool, out_shape, out_bits,
-                 out_signed, head, node.inputs[0], value)
+                 out_signed, head, node.inputs[0], value, dil)
 
 
 def lower_network(model: IntModel, values: Mapping[str, torch.Tensor],

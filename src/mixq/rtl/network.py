@@ -278,7 +278,9 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
           f"wire [{st.copy_lanes * lw - 1}:0] {p}_data;")
         v(f"  wire [{nr - 1}:0] {p}_ov; wire [{nr * rw - 1}:0] {p}_orow; wire [{nr * qw - 1}:0] {p}_oq;")
         v(f"  assign fb{k0}_release = {p}_end; assign {p}_commit = {p}_end;")
-        extra = "" if st.streamed else f", .DWC({dwc}), .B({lay.abits}), .SIMD({lay.simd}), .WPC({st.copy_lanes})"
+        gc = c // lay.data.groups if dwc else 1  # input channels per group (depthwise: 1)
+        extra = "" if st.streamed else (f", .DWC({dwc}), .B({lay.abits}), .SIMD({lay.simd}), .WPC({st.copy_lanes}), "
+                                        f".GC({gc})")
         (ko,) = g.outputs_of(i) if len(g.outputs_of(i)) == 1 else (None,)
         rin, rout = rings.get(k0, 0), int(bool(ko is not None and rings.get(ko, 0)))
         extra += f", .RIN({rin}), .ROUT({rout}), .PK({st.pool}), .PHO({oh})"
@@ -286,6 +288,7 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
         res_ = f"fb{ko}_reserve" if rout else ""
         v(f"  mixq_window{'_stream' if st.streamed else ''} #(.IH({h}), .IW({w}), .PW({c * st.in_bits}), .KH({kh}), "
           f".KW({kw}), .SH({st.stride[0]}), .SW({st.stride[1]}), .PH({st.padding[0]}), .PL({st.padding[1]}), "
+          f".DH({st.dilation[0]}), .DW({st.dilation[1]}), "
           f".OH({st.out_hw[0]}), .OW({st.out_hw[1]}), .FOLD({lay.fold}), .LW({lw}), .AW({_bits(h * w)}), "
           f".IA({ia}){extra}) {p}_win "
           f"(.clk(clk), .rst(rst), .can_read(fb{k0}_can_read), .can_write({p}_cw), .done({p}_done), "
@@ -311,11 +314,11 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
 
 def input_words(net: NetworkRtl, codes: np.ndarray) -> list[int]:
     """The input stream's beats for ``codes`` (N, C, H, W) (or (N, F)): one pixel word per beat, raster order."""
-    s0 = net.stages[0]
-    c, h, w = s0.in_shape
+    bin_ = [b for b in net.graph.buffers if b.producer == -1] if net.graph else []
+    (c, h, w), bits = (bin_[0].shape, bin_[0].bits) if bin_ else (net.stages[0].in_shape, net.stages[0].in_bits)
     x = np.asarray(codes, dtype=np.int64).reshape(-1, c, h, w).transpose(0, 2, 3, 1).reshape(-1, c)
-    mask = (1 << s0.in_bits) - 1
-    sh = np.arange(c, dtype=object) * s0.in_bits
+    mask = (1 << bits) - 1
+    sh = np.arange(c, dtype=object) * bits
     return [int(sum((int(v) & mask) << int(p) for v, p in zip(px, sh, strict=True))) for px in x]
 
 

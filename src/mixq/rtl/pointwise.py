@@ -54,8 +54,8 @@ def _channel(v: Callable[[str], None], c: int, ops: tuple[PointOp, ...], ins: li
         v(f"  wire signed [63:0] {tag}u_{c} = ({r} + {_c((1 << n) >> 1)}) >>> {n};")
         xs = [f"{tag}u_{c}"]
         ops = ops[1:]
-    else:
-        xs = [_read(v, f"{tag}x{k}_{c}", k, b, c) for k, b in enumerate(ins)]
+    else:  # a one-channel input (a spatial gate) broadcasts over the channels
+        xs = [_read(v, f"{tag}x{k}_{c}", k, b, c if b.shape[0] > 1 else 0) for k, b in enumerate(ins)]
     cur = xs[0]
     for j, op in enumerate(ops):
         t = f"{tag}t{j}_{c}"
