@@ -454,8 +454,10 @@ def test_cli_build_simulates_a_unet_bit_exact(tmp_path: Path) -> None:
 def test_pointwise_and_window_sum_ops_simulate_bit_exact(tmp_path: Path) -> None:
     """The front end's other ops as stages of one accelerator, every output element equal to the integer
     engine's: an unfolded BatchNorm (affine), a max-pool whose first taps fall on the padding, an average pool and
-    a bilinear upsampling (window sums with weights), Hardswish and Sigmoid (lookup tables), a product of two maps,
-    a product by a constant and a mean over the channels (reduce)."""
+    a bilinear upsampling (window sums with weights), Hardswish and Sigmoid (lookup tables), a squeeze-excitation
+    gate (a global mean, a Linear layer, a view to C x 1 x 1 and a product with that one-pixel map broadcast over the
+    pixels), a product by a constant and a mean over the
+    channels (reduce)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -474,11 +476,13 @@ def test_pointwise_and_window_sum_ops_simulate_bit_exact(tmp_path: Path) -> None
             self.c3, self.bn = nn.Conv2d(8, 4, 3, padding=1), nn.BatchNorm2d(8)
             self.pool, self.act = nn.AvgPool2d(2), nn.Hardswish()
             self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+            self.fc = nn.Linear(8, 8)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             a = self.pool(F.max_pool2d(self.bn(F.relu(self.c1(x))), 3, 1, 1))
             h = self.act(self.c2(a))
-            y = self.c3(self.up(h * torch.sigmoid(h))) * 0.5
+            gate = torch.sigmoid(self.fc(h.mean((2, 3)))).view(-1, 8, 1, 1)  # squeeze-excitation
+            y = self.c3(self.up(h * gate)) * 0.5  # the one-pixel gate broadcast over the pixels
             return y.mean(dim=1, keepdim=True)
 
     torch.manual_seed(0)
@@ -493,7 +497,7 @@ def test_pointwise_and_window_sum_ops_simulate_bit_exact(tmp_path: Path) -> None
     g = lower_graph(im, values)
     point = {o.op for s in g.nodes if isinstance(s, PointStage) for o in s.ops}
     assert {"affine", "lut", "mul", "reduce", "requant"} <= point, point
-    assert sorted(s.op for s in g.nodes if isinstance(s, GatherStage)) == ["max", "sum", "sum"]
+    assert sorted(s.op for s in g.nodes if isinstance(s, GatherStage)) == ["max", "sum", "sum", "sum"]
     assert any(-1 in s.addr[0][:1] for s in g.nodes if isinstance(s, GatherStage) and s.op == "max")
     res = build_and_check(im, values, "opsnet", tmp_path, 2, pe=4, simd=8)
     assert res.ok and res.summary["mismatches"] == 0, res.summary.get("simulation")

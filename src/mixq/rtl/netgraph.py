@@ -149,20 +149,29 @@ def _chw(shape: tuple[int, ...], where: str) -> tuple[int, int, int]:
     raise ModelError(f"network: {where} has shape {shape}; the network builder takes (C, H, W) or (F,) maps")
 
 
+def _unit_dims_only(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Whether a reshape from ``a`` to ``b`` only inserts or removes unit dims (``view(-1, C, 1, 1)``)."""
+    return [d for d in a if d != 1] == [d for d in b if d != 1]
+
+
 def _unflattened(model: IntModel, values: Mapping[str, torch.Tensor]) -> tuple[IntModel, dict[str, torch.Tensor]]:
-    """The model without its flatten nodes (a requant after one works per channel on the unflattened map), so
+    """The model without its flatten nodes and its reshapes of unit dims (a requant after one works per channel on
+    the unflattened map), so
     :func:`mixq.rtl.layerdata.layer_data` sees ``conv -> clamp -> maxpool -> requant``; values to match."""
     vals = dict(values)
     shapes: dict[str, tuple[int, ...]] = {}
     drop: dict[str, str] = {}  # flatten -> its input
     nodes: list[IntNode] = []
     for n in model.nodes:
-        if n.op == "flatten":
+        if n.op == "flatten" or (n.op == "reshape" and _unit_dims_only(model.node(n.inputs[0]).shape, n.shape)):
             drop[n.name] = drop.get(n.inputs[0], n.inputs[0])
             vals.pop(n.name, None)
             continue
         if not any(i in drop for i in n.inputs):
             nodes.append(n)
+            continue
+        if len(n.inputs) > 1:  # a product / add / concat of a reshaped map: its own shape, the map as it was
+            nodes.append(dataclasses.replace(n, inputs=tuple(drop.get(i, i) for i in n.inputs)))
             continue
         src = drop[n.inputs[0]]
         shape = shapes.get(src, model.node(src).shape)
@@ -482,10 +491,12 @@ CHAIN_OPS = ("clamp", "requant", "lut", "affine", "mul")
 
 def _check_point(node: IntNode, shapes: Mapping[str, tuple[int, ...]]) -> None:
     """One :class:`ModelError` for a pointwise node the stage cannot run as it is."""
-    if node.op == "mul" and node.attrs.get("const") is None and len({tuple(shapes[i])[1:] for i in node.inputs}) != 1:
-        raise ModelError(f"network: {node.name!r} (mul) multiplies maps of shapes "
-                         f"{[tuple(shapes[i]) for i in node.inputs]}; the pointwise stage broadcasts a one-channel "
-                         "map over the channels, not a map over the pixels")
+    if node.op == "mul" and node.attrs.get("const") is None:
+        a, b = (_chw(shapes[i], i) for i in node.inputs)
+        if not (a[0] == b[0] or 1 in (a[0], b[0])) or not (a[1:] == b[1:] or (1, 1) in (a[1:], b[1:])):
+            raise ModelError(f"network: {node.name!r} (mul) multiplies maps of shapes {a} and {b}; the pointwise "
+                             "stage broadcasts a one-channel map over the channels or a one-pixel map over the "
+                             "pixels")
     if node.op == "reduce" and (int(node.attrs.get("dim", 1)) != 1 or not node.attrs.get("keepdim")):
         raise ModelError(f"network: {node.name!r} (reduce) reduces dim {node.attrs.get('dim')} with keepdim "
                          f"{node.attrs.get('keepdim')}; the pointwise stage reduces the channels, keepdim=True")

@@ -91,6 +91,7 @@ from mixq.rtl.netgraph import (
     DEFAULT_SIMD,
     GatherStage,
     Graph,
+    PointStage,
     Stage,
     default_folding,
     lower_graph,
@@ -254,8 +255,9 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
         if not isinstance(st, Stage):
             ia_ = _bits(st.in_shape[1] * st.in_shape[2]) if isinstance(st, GatherStage) else _bits(oh * ow)
             v(f"  wire {p}_release; wire [{ia_ - 1}:0] {p}_raddr;")
-            for k in ins:
-                v(f"  assign fb{k}_release = {p}_release; assign fb{k}_raddr = {p}_raddr;")
+            for k in ins:  # an input of one pixel (a gate over the channels) is read at 0 for every pixel
+                one = g.buffers[k].shape[1] * g.buffers[k].shape[2] == 1 < oh * ow and isinstance(st, PointStage)
+                v(f"  assign fb{k}_release = {p}_release; assign fb{k}_raddr = {'0' if one else f'{p}_raddr'};")
             rd = ", ".join(f".rdata{t}(fb{k}_rdata)" for t, k in enumerate(ins))
             v(f"  {name}_{p}_{_slug(st.value)} {p}_u (.clk(clk), .rst(rst), "
               f".can_read({' & '.join(f'fb{k}_can_read' for k in ins)}), .can_write({p}_cw), "
