@@ -13,8 +13,9 @@ import pytest
 from mixq.errors import HardwareError
 from mixq.formats import PowerOfTwo, SumOfPowers
 from mixq.hw.cost import CostModel
+from mixq.hw.kinds import chain_group
 from mixq.hw.pe import PeConfig
-from mixq.rtl.pe import decode_weight, generate
+from mixq.rtl.pe import decode_weight, generate, latency
 from mixq.rtl.synth import parse_stat, synthesize_pe, yosys_available
 
 GOLDEN = Path(__file__).parent / "golden" / "hw" / "synth_records.json"
@@ -109,6 +110,20 @@ def _simulate(cfg: PeConfig, tmp: Path, outputs: int = 3, beats: int = 3, seed: 
     PeConfig("fixed_dsp", 8, 8, 1, acc_len=64),
     PeConfig("fixed_dsp", 4, 4, 1, acc_len=64, signed_act=True),
     PeConfig("fixed_dsp2", 4, 4, 1, acc_len=64),
+    # DSP chains past the free skew: lanes linked in pairs (odd counts end on a lone lane); packed ones
+    # register the packed operand
+    PeConfig("fixed_dsp", 4, 4, 5, acc_len=64),
+    PeConfig("fixed_dsp", 8, 8, 8, acc_len=64),
+    PeConfig("fixed_dsp", 4, 4, 9, acc_len=64, signed_act=True),
+    PeConfig("fixed_dsp2", 2, 4, 5, acc_len=64),
+    PeConfig("fixed_dsp2", 4, 4, 8, acc_len=64),
+    PeConfig("fixed_dsp2", 3, 4, 9, acc_len=64, signed_act=True),
+    # XNOR popcount groups of 6 lanes: one lane, one full group, a group and one, odd leftovers, many groups
+    PeConfig("xnor", 1, 1, 1, acc_len=64),
+    PeConfig("xnor", 1, 1, 6, acc_len=64),
+    PeConfig("xnor", 1, 1, 7, acc_len=64),
+    PeConfig("xnor", 1, 1, 13, acc_len=64),
+    PeConfig("xnor", 1, 1, 64, acc_len=1024),
 ], ids=lambda c: c.name)
 def test_pe_simulates_exactly(cfg: PeConfig, tmp_path: Path) -> None:
     got, ref = _simulate(cfg, tmp_path, outputs=4, beats=4)
@@ -130,6 +145,49 @@ def test_sp2_split_simulates_exactly(wbits: int, m1: int, tmp_path: Path) -> Non
     assert levels == {sg * (t1 + t2) for sg in (1, -1) for t1 in terms for t2 in terms2}
     got, ref = _simulate(cfg, tmp_path, outputs=4, beats=4, seed=wbits * 10 + m1)
     assert got == ref
+
+
+def _first_to_acc_first(cfg: PeConfig, tmp: Path) -> int:
+    """The clock edge (1: the one that takes ``first``) after which ``acc_first`` is high, simulated."""
+    rows = 2 if cfg.kind == "fixed_dsp2" else 1
+    s, a, w = cfg.simd, cfg.abits, cfg.wbits
+    tb = ["module tb;", "  reg clk = 0; reg first = 0; integer t = 0;",
+          f"  reg [{s * a - 1}:0] act = 0; reg [{rows * s * w - 1}:0] wgt = 0;",
+          f"  wire [{rows * cfg.acc_bits - 1}:0] acc; wire acc_first;",
+          f"  {cfg.name} dut(.clk(clk), .first(first), .act(act), .wgt(wgt), .acc(acc), .acc_first(acc_first));",
+          "  initial begin first = 1; #1 clk = 1; #1 clk = 0; first = 0;",
+          "    repeat (40) begin #1 clk = 1; #1 clk = 0; end", "  end",
+          '  always @(posedge clk) begin t = t + 1; #0.5 if (acc_first === 1\'b1) $display("@ %0d", t); end',
+          "endmodule"]
+    (tmp / "pe.v").write_text(generate(cfg))
+    (tmp / "tb.v").write_text("\n".join(tb) + "\n")
+    subprocess.run(["iverilog", "-o", str(tmp / "sim"), str(tmp / "pe.v"), str(tmp / "tb.v")], check=True)
+    out = subprocess.run(["vvp", "-n", str(tmp / "sim")], check=True, capture_output=True, text=True).stdout
+    return min(int(ln.split()[1]) for ln in out.splitlines() if ln.startswith("@"))
+
+
+@needs_iverilog
+@pytest.mark.parametrize("cfg", [
+    PeConfig("fixed_lut", 4, 4, 5, acc_len=64), PeConfig("sp2", 4, 4, 3, acc_len=64),
+    PeConfig("fixed_dsp", 8, 8, 1, acc_len=64), PeConfig("fixed_dsp", 8, 8, 4, acc_len=64),
+    PeConfig("fixed_dsp", 4, 4, 9, acc_len=64), PeConfig("fixed_dsp2", 4, 4, 3, acc_len=64),
+    PeConfig("fixed_dsp2", 2, 4, 8, acc_len=64), PeConfig("xnor", 1, 1, 6, acc_len=64),
+    PeConfig("xnor", 1, 1, 7, acc_len=64), PeConfig("xnor", 1, 1, 64, acc_len=64),
+], ids=lambda c: c.name)
+def test_latency_is_the_simulated_one(cfg: PeConfig, tmp_path: Path) -> None:
+    """`latency` (what the layer engines schedule by) is the generated circuit's: ``acc_first`` rises on the
+    ``latency``-th clock edge, counting the edge that takes ``first`` as the first."""
+    assert _first_to_acc_first(cfg, tmp_path) == latency(cfg)
+
+
+def test_chains_pair_past_the_free_skew_and_xnor_groups_by_six() -> None:
+    assert [chain_group(PeConfig("fixed_dsp", 8, 8, s)) for s in (1, 4, 5, 16)] == [1, 1, 2, 2]
+    assert chain_group(PeConfig("fixed_dsp", 4, 4, 16, signed_act=True)) == 1  # 8-bit products: built in LUTs
+    assert [latency(PeConfig("fixed_dsp", 8, 8, s)) for s in (1, 4, 5, 16)] == [2, 5, 4, 9]
+    assert [latency(PeConfig("fixed_dsp2", 4, 4, s, acc_len=64)) for s in (4, 8)] == [6, 7]
+    assert [latency(PeConfig("xnor", 1, 1, s)) for s in (1, 6, 7, 12, 13, 64)] == [2, 2, 3, 3, 4, 6]
+    src = generate(PeConfig("xnor", 1, 1, 13))
+    assert "g0 <= p0 + p1 + p2 + p3 + p4 + p5;" in src and "g2 <= p12;" in src and "g3" not in src
 
 
 def test_sp2_split_must_be_possible() -> None:

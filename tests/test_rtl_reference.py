@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mixq.hw.bits import REQUANT_MULT_BITS, requant_shift, tree_levels
+from mixq.hw.cost import CostModel
 from mixq.hw.kinds import PE_KINDS
 from mixq.hw.pe import PeConfig
 from mixq.rtl.pe import decode_weight, generate, uses_nodsp
@@ -22,6 +23,7 @@ from mixq.rtl.reference import (
     sp2_config,
     sp2_reference,
 )
+from mixq.rtl.reference_sweep import clock_budget, compare, load_reference_records
 from mixq.rtl.synth import synthesize_verilog, yosys_available
 
 RECORDS = Path(__file__).parents[1] / "src" / "mixq" / "hw" / "data" / "reference_records.json"
@@ -213,15 +215,16 @@ def test_requant_simulates_exactly(accw: int, ob: int, tmp_path: Path) -> None:
 
 
 @needs_iverilog
+@pytest.mark.parametrize("gen", [reference, generate], ids=["reference", "generator"])
 @pytest.mark.parametrize("accw,ob", [(6, 2), (8, 3)])
-def test_thresh_simulates_exactly(accw: int, ob: int, tmp_path: Path) -> None:
+def test_thresh_simulates_exactly(accw: int, ob: int, gen: object, tmp_path: Path) -> None:
     cfg = PeConfig("thresh", accw=accw, out_bits=ob)
     nt = 2**ob - 1
     th = sorted(random.Random(ob).sample(range(-(2 ** (accw - 1)), 2 ** (accw - 1)), nt))
     th_word = sum((t & (2**accw - 1)) << (k * accw) for k, t in enumerate(th))
     accs = list(range(-(2 ** (accw - 1)), 2 ** (accw - 1), max(1, 2**accw // 40)))
     want = [sum(a >= t for t in th) for a in accs]
-    got = simulate_stream(reference(cfg), cfg.name, [("acc", accw), ("th", nt * accw)], ("q", ob, False),
+    got = simulate_stream(gen(cfg), cfg.name, [("acc", accw), ("th", nt * accw)], ("q", ob, False),  # type: ignore[operator]
                           [[a, th_word] for a in accs], tmp_path)
     assert _lagged(got, want)
 
@@ -252,8 +255,9 @@ def _stored(name: str) -> dict:
 def test_a_real_synthesis_reproduces_the_reference_record(cfg: PeConfig) -> None:
     stored = _stored(cfg.name)
     assert PeConfig.from_dict(stored["pe"]) == cfg
-    r = synthesize_verilog(reference(cfg), cfg.name, nodsp=uses_nodsp(cfg))
-    assert (r.lut, r.ff, r.dsp, r.carry) == (stored["lut"], stored["ff"], stored["dsp"], stored["carry"])
+    r = synthesize_verilog(reference(cfg), cfg.name, nodsp=uses_nodsp(cfg), timing=True)
+    assert (r.lut, r.ff, r.dsp, r.carry, r.arrival_ps) == (stored["lut"], stored["ff"], stored["dsp"],
+                                                           stored["carry"], stored["arrival_ps"])
 
 
 def _smallest_per_kind() -> list[dict]:
@@ -283,3 +287,55 @@ def test_records_cover_every_kind_with_both_sides() -> None:
         assert {"lut", "ff", "dsp", "carry"} <= set(r) and {"lut", "ff", "dsp", "carry"} <= set(r["generator"])
     splits = {(r["pe"]["wbits"], r["pe"].get("sp2_m1", 0)) for r in recs if r["pe"]["kind"] == "sp2"}
     assert {(3, 0), (4, 0), (5, 0), (5, 3)} <= splits  # (1,1), (2,1), (2,2), (3,1)
+
+
+# ---- the judgement: the model against the cheaper circuit that keeps the clock ----
+
+
+def _side(lut: int, dsp: int, ps: int) -> dict:
+    return {"lut": lut, "ff": 10, "dsp": dsp, "carry": 1, "arrival_ps": ps}
+
+
+def test_a_smaller_reference_counts_only_where_it_keeps_the_clock() -> None:
+    """Three 16-lane DSP units: the reference smaller and as fast (it is the cheaper circuit), smaller but
+    slower than the slowest generated unit (the generator is), and on another DSP count (the generator is)."""
+    pe = {"kind": "fixed_dsp", "wbits": 8, "abits": 8, "simd": 16, "acc_len": 1024}
+    recs = [{"name": "fast", "pe": pe, **_side(50, 16, 4000), "generator": _side(100, 16, 4000)},
+            {"name": "slow", "pe": pe, **_side(50, 16, 24000), "generator": _side(100, 16, 5000)},
+            {"name": "other", "pe": pe, **_side(50, 0, 3000), "generator": _side(100, 16, 3000)}]
+    rows = {r["name"]: r for r in compare({"records": recs}, CostModel.default())}
+    assert clock_budget({"records": recs}) == 5000
+    assert [rows[n]["cheaper"] for n in ("fast", "slow", "other")] == ["reference", "generator", "generator"]
+    assert rows["slow"]["ref_smaller_but_slower"] and not rows["fast"]["ref_smaller_but_slower"]
+    lut = CostModel.default().pe(PeConfig.from_dict(pe)).lut
+    assert rows["slow"]["lut_err"] == pytest.approx(abs(lut - 100) / 100)
+    assert rows["slow"]["lut_err_lut_only"] == pytest.approx(abs(lut - 50) / 50)
+
+
+# the PEs where a reference has fewer LUTs only by an unpipelined flat sum: the 16-lane DSP cascades (23.8-25.4 ns
+# against the generator's 4.2-5.2) and the flat 16-lane 8x8 LUT multiply-add (8.5 ns against 3.4)
+SLOW_ONLY = {"fixed_dsp_w4a8_s16_acc22", "fixed_dsp_w8a4_s16_acc22", "fixed_dsp_w8a8_s16_acc26",
+             "fixed_dsp2_w2a4_s16_acc16", "fixed_dsp2_w2a8_s16_acc20", "fixed_dsp2_w4a4_s16_acc18",
+             "fixed_lut_w8a8_s16_acc26"}
+
+
+def test_the_shipped_model_meets_the_bar_on_the_stored_sweep() -> None:
+    """Issue 19 item 1 (benchmarks/results/hw_reference.md): against the cheaper circuit that keeps the clock,
+    every PE within 15% LUT (so every 4-16-lane unit within 20%) and DSP exact; by LUTs alone the misses are
+    the references that are smaller only as a long unpipelined sum."""
+    doc = load_reference_records()
+    rows = {r["name"]: r for r in compare(doc, CostModel.default())}
+    assert len(rows) == 128 and clock_budget(doc) == 5378  # fixed_dsp2_w2a4_s4's 5.38 ns
+    assert max(r["lut_err"] for r in rows.values()) <= 0.15
+    assert all(r["dsp_ok"] for r in rows.values())
+    assert {n for n, r in rows.items() if r["lut_err_lut_only"] > 0.15} == SLOW_ONLY
+    for n in SLOW_ONLY:
+        r = rows[n]
+        assert r["ref_smaller_but_slower"] and r["reference"]["arrival_ps"] > 2 * r["generator"]["arrival_ps"]
+    # the generator took the cheaper structures: XNOR popcount groups and flat threshold counts at or below the
+    # flat references, 8-lane DSP chains within 3 LUTs of the flat cascade
+    for n, r in rows.items():
+        if r["kind"] in ("xnor", "thresh"):
+            assert r["generator"]["lut"] <= r["reference"]["lut"], n
+        if r["kind"] == "fixed_dsp" and r["simd"] == 8 and not r["other_mapping"]:
+            assert r["generator"]["lut"] <= r["reference"]["lut"] + 3, n

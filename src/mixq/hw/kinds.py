@@ -136,11 +136,40 @@ def _mux_luts(cfg: PeConfig, lw: int) -> int:
     return total
 
 
+# skew a DSP lane's operands take for free: yosys puts up to this many registers into the DSP48E1's own
+# input and pipeline registers (A1/A2, B1/B2, M), so a chain of up to this many + 1 lanes skews in no fabric
+DSP_SKEW_FREE = 3
+# a lane's operands delayed this many cycles or more sit in fabric shift registers (SRL16E: a LUT per bit)
+DSP_SKEW_SRL = 5
+
+
+def chain_group(cfg: PeConfig) -> int:
+    """Lanes per registered stage of a DSP chain (:mod:`mixq.rtl.pe`): one while the skew is free or the
+    products are too narrow for a DSP (under 9 bits yosys builds the chain in LUTs, where a pair is two
+    fabric adders in series: 1,128 -> 1,470 LUT at 16 signed 4x4 lanes), else a pair linked by the
+    unregistered cascade (a pair's lanes share one skew)."""
+    if cfg.simd <= DSP_SKEW_FREE + 1 or PE_KINDS[cfg.kind].dsps(cfg, "DSP48E1") == 0:
+        return 1
+    return 2
+
+
+def popcount_groups(cfg: PeConfig) -> list[int]:
+    """Lanes of each popcount group of a one-bit-lane unit (``PeKind.popcount``; [] for other kinds)."""
+    g = PE_KINDS[cfg.kind].popcount
+    return [min(g, cfg.simd - j) for j in range(0, cfg.simd, g)] if g else []
+
+
 def _lut_dot_features(cfg: PeConfig) -> Features:
-    """Lanes, a LUT adder tree over them, the accumulator."""
+    """Lanes, a LUT adder tree over them (or over popcount groups of them), the accumulator."""
     pk = PE_KINDS[cfg.kind]
     pw, accw = cfg.product_bits, cfg.acc_bits
-    f = {"one": 1.0, "acc": float(accw), "tree": float(tree_bits(cfg.simd, pw))}
+    groups = popcount_groups(cfg)
+    if groups:  # the groups' count registers, the tree over them
+        cw = max(groups).bit_length()
+        f = {"one": 1.0, "acc": float(accw), "group": float(sum(n.bit_length() for n in groups)),
+             "tree": float(tree_bits(len(groups), cw))}
+    else:
+        f = {"one": 1.0, "acc": float(accw), "tree": float(tree_bits(cfg.simd, pw))}
     for name in pk.lane_features:
         f[name] = LANE_FEATURES[name](cfg, pw - 1 if pk.sign_in_sum else pw)
     return f
@@ -159,11 +188,13 @@ def _dsp_chain_features(cfg: PeConfig) -> Features:
     # one lane: the accumulator is the DSP's P register (packed: its unpacking stays in fabric); two
     # lanes: yosys folds part of the fabric accumulator into the DSPs; more: a fabric accumulator
     f = {"one": 1.0, {1: "mac1", 2: "acc_pair"}.get(s, "acc"): float(rows * accw)}
-    # lanes past the DSP's own two input registers delay their operands in SRLs
-    f["skew"] = float(max(0, s - 5) * (rows * cfg.wbits + cfg.abits))
+    # lanes delayed past the DSP's own registers delay their operands in SRLs (pairs share a delay)
+    g = chain_group(cfg)
+    f["skew"] = float(sum(i // g >= DSP_SKEW_SRL for i in range(s)) * (rows * cfg.wbits + cfg.abits))
     f["lanes"] = float(s)  # the `first` delay line beside the chain
     if rows == 2:
         f["pack"] = float(s * cfg.wbits + accw)
+        f["pack_reg"] = float(s * (accw + cfg.wbits) if g > 1 else 0)  # a paired chain registers the operand
     return f
 
 
@@ -276,6 +307,9 @@ class PeKind:
     single_row: str = ""  # the one-row kind of a packed kind ("" = itself)
     layer_engine: bool = False  # mixq.rtl.layer generates whole-layer engines of it
     table_memory: bool = False  # reads a table of 2**out_bits - 1 entries of acc_bits (thresholds)
+    # one-bit lanes (XNOR): a registered flat popcount per group of this many lanes, the adder tree over
+    # the groups (0: a tree over the lanes). 6: the cheapest group in yosys (benchmarks/results/hw_reference.md)
+    popcount: int = 0
 
     @property
     def is_dot(self) -> bool:
@@ -312,7 +346,7 @@ PE_KINDS: dict[str, PeKind] = {k.name: k for k in (
          layer_engine=True),
     # binary weight x binary activation: XNOR, popcount
     _dot("xnor", "lut", "xnor", _width_bit, _decode_bit, lane_features=("lane",), signed_sum=False,
-         acc_extra=1, weight_bits=1, act_bits=1, layer_engine=True),
+         acc_extra=1, weight_bits=1, act_bits=1, layer_engine=True, popcount=6),
     # components: simd inputs of abits (tree); an accumulator of accw fed abits (acc); dyadic
     # acc * M >> n, round, clamp to out_bits on a DSP (requant); 2**out_bits - 1 threshold comparators
     # (thresh, FINN style); a wbits wide x simd deep memory, block RAM when abits else LUTRAM (ram)

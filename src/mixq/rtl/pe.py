@@ -22,8 +22,10 @@ Lanes, by kind: ``fixed_lut`` a LUT multiply; ``ternary`` a select of ``±a``; `
 ``sp2`` / ``pot`` the *magnitude* ``a * (2**-e1 + 2**-e2)`` / ``a * 2**-e`` (shifts and an add),
 with the weight's sign folded into the sum: the tree adds the ones' complement ``m ^ {sign}``
 and every adder takes one lane's sign as its carry-in (the last on the accumulator), so no lane
-negates; ``fixed_dsp`` / ``fixed_dsp2`` DSP multiplies chained on the post-adders, one lane a
-whole DSP multiply-accumulate.
+negates; ``xnor`` lanes are counted six at a time by a registered flat popcount (the XNORs merge into
+its LUTs), the adder tree sums the counts; ``fixed_dsp`` / ``fixed_dsp2`` DSP multiplies chained on
+the post-adders (past four lanes linked in pairs by the unregistered cascade), one lane a whole DSP
+multiply-accumulate. :func:`latency` gives each unit's pipeline depth.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mixq.errors import HardwareError
-from mixq.hw.kinds import PE_KINDS
+from mixq.hw.kinds import PE_KINDS, chain_group
 from mixq.hw.pe import (
     DSP_PORTS,
     REQUANT_MULT_BITS,
@@ -137,8 +139,7 @@ def _act(cfg: PeConfig, i: int) -> str:
 
 
 def _lane_xnor(v: _V, cfg: PeConfig, i: int, pw: int) -> None:
-    v(f"  reg p{i};")  # a one-bit product, popcount downstream
-    v(f"  always @(posedge clk) p{i} <= ~(w{i} ^ a{i});")
+    v(f"  wire p{i} = ~(w{i} ^ a{i});")  # a one-bit product; the group popcount registers it
 
 
 def _lane_multiply(v: _V, cfg: PeConfig, i: int, pw: int) -> None:
@@ -210,6 +211,32 @@ def _lane_product(v: _V, cfg: PeConfig, i: int, pw: int) -> None:
         v(f"  reg signed [{pw - 1}:0] p{i};")
         v(f"  wire signed [{pw - 1}:0] x{i} = {_act(cfg, i)};")
     lane(v, cfg, i, pw)
+
+
+def _popcounts(v: _V, bits: list[str], group: int) -> list[tuple[str, int]]:
+    """Registered counts ``g{j}`` of the one-bit ``bits``, ``group`` at a time (each a flat sum yosys maps
+    onto a few LUT6s with the XNORs merged in); (signal, width) of each."""
+    out = []
+    for j in range(0, len(bits), group):
+        chunk = bits[j:j + group]
+        w = len(chunk).bit_length()
+        n = f"g{j // group}"
+        v(f"  reg [{w - 1}:0] {n};")
+        v(f"  always @(posedge clk) {n} <= {' + '.join(chunk)};")  # summed at the register's width
+        out.append((n, w))
+    return out
+
+
+def latency(cfg: PeConfig) -> int:
+    """Cycles from a beat at a dot unit's inputs to its sum being in ``acc`` (the module docstring's contract):
+    a chain's skew, its accumulator and a packed unit's unpacking register; a LUT unit's lane (or popcount
+    group) register, its adder tree and its accumulator."""
+    pk = PE_KINDS[cfg.kind]
+    if pk.chain:  # + the packed operand's register of a paired packed chain
+        g = chain_group(cfg)
+        return -(-cfg.simd // g) + pk.rows + (pk.rows == 2 and g > 1)
+    n = -(-cfg.simd // pk.popcount) if pk.popcount else cfg.simd
+    return 2 + len(tree_levels(n))
 
 
 def _sext(sig: str, w: int, to: int) -> str:
@@ -287,23 +314,26 @@ def _dot_lut(cfg: PeConfig, name: str) -> str:
           f"acc_first <= {f}; end")
         return v.end()
     signed = pk.signed_sum
-    root, rw, levels = _tree(v, [(f"p{i}", pw) for i in range(cfg.simd)], "s", signed)
+    lanes = [(f"p{i}", pw) for i in range(cfg.simd)]
+    if pk.popcount:  # one-bit products: a registered flat popcount per group of lanes, a tree over the groups
+        lanes = _popcounts(v, [name for name, _ in lanes], pk.popcount)
+    root, rw, levels = _tree(v, lanes, "s", signed)
     f = _first_delay(v, 1 + levels)
     ext = f"$signed({root})" if signed else f"$signed({{1'b0, {root}}})"
     v(f"  always @(posedge clk) begin acc <= {f} ? {ext} : acc + {ext}; acc_first <= {f}; end")
     return v.end()
 
 
-def _skew(v: _V, i: int, sig: str, width: int) -> str:
-    """Delay ``sig`` by ``i`` cycles (systolic skew of lane ``i``); returns the delayed signal."""
+def _skew(v: _V, i: int, sig: str, width: int, k: str) -> str:
+    """Delay ``sig`` by ``i`` cycles in the register ``k`` (systolic skew); returns the delayed signal."""
     if i == 0:
         return sig
-    v(f"  reg [{i * width - 1}:0] k{i};")
+    v(f"  reg [{i * width - 1}:0] {k};")
     if i == 1:
-        v(f"  always @(posedge clk) k{i} <= {sig};")
+        v(f"  always @(posedge clk) {k} <= {sig};")
     else:
-        v(f"  always @(posedge clk) k{i} <= {{k{i}[{(i - 1) * width - 1}:0], {sig}}};")
-    return f"k{i}[{i * width - 1}:{(i - 1) * width}]"
+        v(f"  always @(posedge clk) {k} <= {{{k}[{(i - 1) * width - 1}:0], {sig}}};")
+    return f"{k}[{i * width - 1}:{(i - 1) * width}]"
 
 
 def _dot_dsp(cfg: PeConfig, name: str) -> str:
@@ -313,6 +343,15 @@ def _dot_dsp(cfg: PeConfig, name: str) -> str:
     which yosys' ``xilinx_dsp`` absorbs whole (accumulator and registers in the DSP48E1, the restart
     on its Z multiplexer). Longer chains accumulate in fabric after the last DSP: a DSP48E1 post-adder
     takes ``P`` or ``PCIN``, not both.
+
+    Past four lanes of DSP-mapped products the chain links lanes in pairs (:func:`mixq.hw.kinds.chain_group`): the
+    first DSP of a pair passes its sum unregistered down the cascade (``PCOUT`` -> ``PCIN``), the second registers, and
+    a pair's operands are skewed by its index, so a lane waits half as long and the skew fits the DSP's own
+    input registers twice as far (16 lanes, yosys: 177 -> 117 LUT; 8 lanes 81 -> 45, the flat reference's
+    44). The longest path stays what the one-lane-per-stage chain had at 8-16 lanes (yosys ``sta``: 4.22 ns),
+    where the flat cascade of the reference takes 13.8-23.8 ns (benchmarks/results/hw_reference.md). A paired
+    packed chain registers each lane's packed operand ``w_hi * 2**S + w_lo`` (one more cycle for every lane)
+    so the fabric pre-add stays off the cascade: 5.18 ns, no longer than the unpaired packed chain's 5.29-5.38.
     """
     v = _V()
     accw, w, a = cfg.acc_bits, cfg.wbits, cfg.abits
@@ -323,6 +362,7 @@ def _dot_dsp(cfg: PeConfig, name: str) -> str:
         raise HardwareError(f"{name}: packed accumulator of {cw} bits exceeds the DSP's 48")
     _ports(v, name, cfg, rows, accw)
     single = cfg.simd == 1
+    g = chain_group(cfg)
     for i in range(cfg.simd):
         v(f"  wire [{rows * w - 1}:0] w{i} = wgt[{i * rows * w} +: {rows * w}];")
         if single:  # the operands in the DSP's input registers
@@ -332,31 +372,38 @@ def _dot_dsp(cfg: PeConfig, name: str) -> str:
             v(f"  always @(posedge clk) begin wd{i} <= w{i}; ad{i} <= a{i}; fd <= first; end")
         else:
             v(f"  wire [{rows * w + a - 1}:0] q{i} = {{w{i}, a{i}}};")
-            d = _skew(v, i, f"q{i}", rows * w + a)
+            d = _skew(v, i // g, f"q{i}", rows * w + a, f"k{i}")
             v(f"  wire [{rows * w + a - 1}:0] qd{i} = {d};")
             v(f"  wire [{a - 1}:0] ad{i} = qd{i}[{a - 1}:0];")
             v(f"  wire [{rows * w - 1}:0] wd{i} = qd{i}[{rows * w + a - 1}:{a}];")
-        act = f"$signed(ad{i})" if cfg.signed_act else f"$signed({{1'b0, ad{i}}})"
         if packed:
             # one bit above the two fields (w_hi the most negative code, w_lo < 0), where the DSP port has it
             # (dsp_packing allows a packing without it only for narrow weights, which never take that code)
             pw_ = accw + w + (1 if accw + w + 1 <= DSP_PORTS["DSP48E1"][0] else 0)
-            v(f"  wire signed [{pw_ - 1}:0] wp{i} = "
-              f"($signed(wd{i}[{2 * w - 1}:{w}]) <<< {accw}) + $signed(wd{i}[{w - 1}:0]);")
-            prod = f"wp{i} * {act}"
-        else:
-            prod = f"$signed(wd{i}) * {act}"
+            op = f"($signed(wd{i}[{2 * w - 1}:{w}]) <<< {accw}) + $signed(wd{i}[{w - 1}:0])"
+            if g == 1:
+                v(f"  wire signed [{pw_ - 1}:0] wp{i} = {op};")
+            else:  # paired: the packed operand registered (a stage for every lane), off the cascade's path
+                v(f"  reg signed [{pw_ - 1}:0] wp{i};")
+                v(f"  reg [{a - 1}:0] ap{i};")
+                v(f"  always @(posedge clk) begin wp{i} <= {op}; ap{i} <= ad{i}; end")
+        ad = f"ap{i}" if packed and g > 1 else f"ad{i}"
+        act = f"$signed({ad})" if cfg.signed_act else f"$signed({{1'b0, {ad}}})"
+        prod = f"wp{i} * {act}" if packed else f"$signed(wd{i}) * {act}"
         if single:
             break
-        v(f"  reg signed [{cw - 1}:0] c{i};")
         chain = f" + c{i - 1}" if i else ""
-        v(f"  always @(posedge clk) c{i} <= {prod}{chain};")
+        if i % g == g - 1 or i == cfg.simd - 1:  # a stage's last DSP registers (P)
+            v(f"  reg signed [{cw - 1}:0] c{i};")
+            v(f"  always @(posedge clk) c{i} <= {prod}{chain};")
+        else:  # on down the cascade unregistered
+            v(f"  wire signed [{cw - 1}:0] c{i} = {prod}{chain};")
     if single:
         f = "fd"
         mac = f"({f} ? {cw}'sd0 : @ACC) + {prod}"
     else:
         last = f"c{cfg.simd - 1}"
-        f = _first_delay(v, cfg.simd)
+        f = _first_delay(v, -(-cfg.simd // g) + (packed and g > 1))
         mac = f"{f} ? {last} : @ACC + {last}"
     if not packed:
         v(f"  always @(posedge clk) begin acc <= {mac.replace('@ACC', 'acc')}; acc_first <= {f}; end")
@@ -418,7 +465,10 @@ def _requant_unit(cfg: PeConfig, name: str) -> str:
 
 
 def _thresh_unit(cfg: PeConfig, name: str) -> str:
-    """FINN-style thresholding: ``q = #{k : acc >= th_k}`` over ``2**out_bits - 1`` thresholds."""
+    """FINN-style thresholding: ``q = #{k : acc >= th_k}`` over ``2**out_bits - 1`` thresholds.
+
+    The comparisons are registered, then counted in one flat sum (yosys: the reference's LUTs, where a
+    registered tree over the comparison bits took 7-9% more; benchmarks/results/hw_reference.md)."""
     accw, ob = cfg.acc_bits, cfg.out_bits
     nt = 2 ** ob - 1
     v = _module(cfg, name, f"input clk, input signed [{accw - 1}:0] acc, input [{nt * accw - 1}:0] th, "
@@ -428,8 +478,7 @@ def _thresh_unit(cfg: PeConfig, name: str) -> str:
     for k in range(nt):
         v(f"  reg c{k};")
         v(f"  always @(posedge clk) c{k} <= ar >= $signed(th[{k * accw} +: {accw}]);")
-    root, rw, _ = _tree(v, [(f"c{k}", 1) for k in range(nt)], "s", signed=False)
-    v(f"  always @(posedge clk) q <= {root};")
+    v(f"  always @(posedge clk) q <= {' + '.join(f'c{k}' for k in range(nt))};  // summed at q's width")
     return v.end()
 
 

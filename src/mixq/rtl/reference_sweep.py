@@ -7,10 +7,16 @@
 ``-nodsp``, DSP kinds the default flow; ``fixed_lut`` references also in the default flow, as
 ``dsp_default``, to see where yosys would put the multiply on a DSP; a few SP2 / PoT references in
 the other sign style, as ``sign_negate``), at most ``jobs`` yosys at a
-time. Records carry the SHA-1 of the Verilog they were synthesized from, so a re-run only
-synthesizes circuits that changed (``generator_only``: never the references). The document is
+time. Every synthesis also times the mapped netlist (yosys ``sta``, ``arrival_ps``: see
+:mod:`mixq.rtl.synth`), so a reference is judged at the clock the generated units keep. Records carry
+the SHA-1 of the Verilog they were synthesized from, so a re-run only synthesizes circuits that changed
+or were not yet timed (``generator_only``: never the references). The document is
 ``mixq/hw/data/reference_records.json``: the shape of ``synth_records.json``, each record the
 reference's counts plus ``generator`` (the generated circuit's counts).
+
+:func:`compare` judges a cost model against the cheaper of the two circuits of every PE: fewer LUTs at
+the same DSP count, among the circuits that keep the clock (a longest path no longer than the slowest
+generated dot unit's, :func:`clock_budget`), and also by LUTs alone (``lut_err_lut_only``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from mixq.hw.bits import mul_dsps
+from mixq.hw.cost import CostModel
+from mixq.hw.kinds import PE_KINDS
 from mixq.hw.pe import PeConfig, dsp_packing
 from mixq.io import atomic_write_json
 from mixq.rtl.pe import generate, uses_nodsp
@@ -103,7 +112,8 @@ def run_reference_sweep(cfgs: list[PeConfig] | None = None, *, jobs: int = 2, ge
                 continue
             src, nodsp = got
             stored = prev if side == "reference" else prev.get(side)
-            keep = stored and ("lut" in stored) and (stored.get("source_sha1") == _sha(src)
+            timed = stored and "arrival_ps" in stored
+            keep = stored and ("lut" in stored) and ((stored.get("source_sha1") == _sha(src) and timed)
                                                      or (generator_only and side != "generator"))
             if keep:
                 _put(rec, side, stored)
@@ -116,7 +126,7 @@ def run_reference_sweep(cfgs: list[PeConfig] | None = None, *, jobs: int = 2, ge
 
     def one(job: tuple[PeConfig, str, str, bool]) -> None:
         cfg, side, src, nodsp = job
-        r = synthesize_verilog(src, cfg.name, nodsp=nodsp)
+        r = synthesize_verilog(src, cfg.name, nodsp=nodsp, timing=True)
         body = {"flow": "nodsp" if nodsp else "default", "source_sha1": _sha(src), **r.to_dict()}
         if side != "generator" and cfg.kind in ("sp2", "pot"):
             body["sign"] = "negate" if side == "sign_negate" else DEFAULT_SIGN
@@ -141,3 +151,54 @@ def _put(rec: dict[str, Any], side: str, body: dict[str, Any]) -> None:
         rec.update({k: v for k, v in body.items() if k not in ("generator", "dsp_default", "name", "pe")})
     else:
         rec[side] = body
+
+
+# ---- the judgement: the model against the cheaper circuit that keeps the clock ----
+
+RES = ("lut", "ff", "dsp", "carry")
+
+
+def _err(model: float, truth: float) -> float:
+    return abs(model - truth) / max(truth, 1.0)
+
+
+def clock_budget(doc: dict[str, Any]) -> int:
+    """The longest path (ps) of the slowest generated dot unit: the clock a circuit must keep."""
+    return max(r["generator"]["arrival_ps"] for r in doc["records"]
+               if "generator" in r and "arrival_ps" in r["generator"] and PE_KINDS[r["pe"]["kind"]].is_dot)
+
+
+def compare(doc: dict[str, Any], model: CostModel) -> list[dict[str, Any]]:
+    """One row per PE with both sides synthesized (and timed)."""
+    budget = clock_budget(doc)
+    rows = []
+    for r in doc["records"]:
+        g = r.get("generator")
+        if g is None or "lut" not in r or "lut" not in g:
+            continue
+        cfg = PeConfig.from_dict(r["pe"])
+        ref = {k: r[k] for k in (*RES, "arrival_ps")}
+        gen = {k: g[k] for k in (*RES, "arrival_ps")}
+        # different DSP counts are different mappings, not cheaper or dearer: the generator's stands
+        smaller = ref["dsp"] == gen["dsp"] and ref["lut"] < gen["lut"]
+        keeps = ref["arrival_ps"] <= budget
+        cheaper = "reference" if smaller and keeps else "generator"
+        best = ref if cheaper == "reference" else gen
+        fewest = ref if smaller else gen  # by LUTs alone
+        p = model.pe(cfg)
+        row = {"name": r["name"], "kind": cfg.kind, "simd": cfg.simd, "pe": r["pe"], "generator": gen,
+               "reference": ref, "cheaper": cheaper, "ref_over_gen_lut": ref["lut"] / max(gen["lut"], 1),
+               "ref_keeps_clock": keeps, "ref_smaller_but_slower": smaller and not keeps,
+               "model": {"lut": round(p.lut, 1), "ff": round(p.ff, 1), "dsp": p.dsp},
+               "lut_err": _err(p.lut, best["lut"]), "ff_err": _err(p.ff, best["ff"]),
+               "lut_err_lut_only": _err(p.lut, fewest["lut"]),
+               "lut_err_gen": _err(p.lut, gen["lut"]), "dsp_ok": p.dsp == best["dsp"],
+               "other_mapping": ref["dsp"] != gen["dsp"]}
+        if "sign_negate" in r:
+            row["sign_negate"] = {k: r["sign_negate"][k] for k in RES}
+        if "dsp_default" in r:
+            d = r["dsp_default"]
+            row["dsp_default"] = {k: d[k] for k in RES}
+            row["dsp_rule"] = mul_dsps(cfg.wbits, cfg.abits + 1, cfg.product_bits)
+        rows.append(row)
+    return rows

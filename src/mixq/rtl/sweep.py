@@ -63,6 +63,8 @@ def default_sweep(small: bool = False) -> list[PeConfig]:
         # SP2 exponent splits other than the default: (3, 1) of 5 bits
         + [PeConfig("sp2", w, a, s, acc_len=1024, sp2_m1=3) for w in (5,) for a in (4, 8) for s in (1, 4, 16)]
         + [PeConfig("xnor", 1, 1, s, acc_len=1024) for s in (8, 16, 32, 64, 128)]
+        # popcount groups of 6 lanes: a lone group, partial last groups, other accumulator widths
+        + [PeConfig("xnor", 1, 1, s, acc_len=n) for s, n in ((4, 64), (12, 4096), (36, 64))]
         + [PeConfig("tree", abits=b, simd=n) for n in (2, 4, 8, 16, 32) for b in (6, 12)]
         + [PeConfig("acc", abits=b, accw=w) for b, w in ((8, 16), (12, 24), (16, 32), (20, 40))]
         + [PeConfig("requant", accw=w, out_bits=o)
