@@ -142,9 +142,9 @@ def _skip_fifo(specs: list[LayerSpec], i: int, abits: int) -> int:
     return bits + row * abits
 
 
-def _folded(bn: LayerSpec, specs: list[LayerSpec]) -> bool:
+def _folded(bn: LayerSpec, by_name: dict[str, LayerSpec]) -> bool:
     """A BatchNorm that `mixq.graph.fold_bn` folds: the only consumer of the compute layer feeding it."""
-    prev = next((p for p in specs if len(bn.inputs) == 1 and p.name == bn.inputs[0]), None)
+    prev = by_name.get(bn.inputs[0]) if len(bn.inputs) == 1 else None
     return prev is not None and prev.is_compute and prev.outputs == (bn.name,)
 
 
@@ -153,6 +153,9 @@ def lower(specs: list[LayerSpec], plan: QuantPlan, part: Part) -> list[HwLayer]:
     compute = [s for s in specs if s.is_compute]
     act = {s.name: _act(plan.get(s.name)) for s in compute}
     out: list[HwLayer] = []
+    by_name: dict[str, LayerSpec] = {}
+    for s in specs:  # the first spec of each name, as a scan from the start finds it
+        by_name.setdefault(s.name, s)
     ci = 0
     for i, s in enumerate(specs):
         if s.is_compute:
@@ -165,7 +168,7 @@ def lower(specs: list[LayerSpec], plan: QuantPlan, part: Part) -> list[HwLayer]:
             ci += 1
             continue
         op = STREAM_OPS.get(s.kind)
-        if op is None or (op.folds and _folded(s, specs)):
+        if op is None or (op.folds and _folded(s, by_name)):
             continue  # not priced, or a BN folded into the conv / linear before it (graph.fold_bn)
         nxt = compute[ci].name if ci < len(compute) else None
         abits = act[nxt][0] if nxt else ASSUMED_BITS

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -150,6 +151,12 @@ def choose_memory(width: int, depth: int, part: Part, style: str = "auto",
     return min(opts.values(), key=share)
 
 
+@lru_cache(maxsize=64)
+def _shape_arrays(shapes: tuple[tuple[int, int], ...]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.array([w for w, _ in shapes], dtype=np.int64)[None, :],
+            np.array([d for _, d in shapes], dtype=np.int64)[None, :])
+
+
 def memory_grid(width: np.ndarray, depth: np.ndarray, copies: np.ndarray, part: Part, style: str = "auto",
                 prim_coef: float = 4.0, mux_coef: float = 1.0) -> np.ndarray:
     """:func:`choose_memory` of ``n`` memories at once (``auto``, ``lutram``, ``bram`` or ``uram``): their
@@ -158,35 +165,40 @@ def memory_grid(width: np.ndarray, depth: np.ndarray, copies: np.ndarray, part: 
     w, d, k = (np.asarray(a, dtype=np.int64) for a in (width, depth, copies))
     live = (w > 0) & (d > 0) & (k > 0)
     w1, d1 = np.maximum(w, 1), np.maximum(d, 1)
-    prims = np.where(d1 <= 32, -(-w1 // 6), -(-w1 // 3) * -(-d1 // 64))
-    mux = w1 * np.maximum(0, -(-d1 // 64) - 1)
+    banks = -(-d1 // 64)
+    prims = np.where(d1 <= 32, -(-w1 // 6), -(-w1 // 3) * banks)
+    mux = w1 * np.maximum(0, banks - 1)
     lut = k * (prim_coef * prims + mux_coef * mux)
 
-    def blocks(ram: BlockRam) -> np.ndarray:
-        best = np.full(len(w1), np.iinfo(np.int64).max)
-        for sw, sd in ram.shapes:
-            best = np.minimum(best, -(-w1 // sw) * -(-d1 // sd))
-        return k * best
+    def blocks(ram: BlockRam) -> np.ndarray:  # the best of the block's shapes, all shapes in one pass
+        sw, sd = _shape_arrays(ram.shapes)
+        return k * (-(-w1[:, None] // sw) * -(-d1[:, None] // sd)).min(axis=1)
 
-    zero = np.zeros(len(w))
-    bram = blocks(part.bram_type).astype(float)
-    uram = blocks(URAM288).astype(float) if part.uram else zero
-    options = {"lutram": (lut, zero, zero), "bram": (zero, bram, zero)}
-    if part.uram:
-        options["uram"] = (zero, zero, uram)
-    if style != "auto":
-        if style not in options:
-            from mixq.errors import HardwareError
+    names = ("lutram", "bram", "uram") if part.uram else ("lutram", "bram")
+    if style != "auto" and style not in names:
+        from mixq.errors import HardwareError
 
-            raise HardwareError(f"memory style {style!r} is not available on {part.name}; "
-                                f"choose from {', '.join(['auto', 'vivado', *options])}")
-        pick = options[style]
-    else:
-        shares = [o[0] / part.lut + o[1] / max(part.bram, 1) + (o[2] / part.uram if part.uram else 0.0)
-                  for o in options.values()]
-        best = np.argmin(np.stack(shares), axis=0)  # the first of equal shares, as min() takes
-        pick = tuple(np.choose(best, [o[i] for o in options.values()]) for i in range(3))
+        raise HardwareError(f"memory style {style!r} is not available on {part.name}; "
+                            f"choose from {', '.join(['auto', 'vivado', *names])}")
     out = np.zeros((len(w), 5))
-    out[:, 0], out[:, 3], out[:, 4] = pick
+    if style == "lutram":
+        out[:, 0] = lut
+    elif style == "bram":
+        out[:, 3] = blocks(part.bram_type)
+    elif style == "uram":
+        out[:, 4] = blocks(URAM288)
+    else:
+        bram = blocks(part.bram_type).astype(float)
+        # each option's share of the part (its LUTs or its blocks; the other terms are zeros), the first of
+        # equal shares as min() takes it
+        shares = [lut / part.lut, bram / max(part.bram, 1)]
+        if part.uram:
+            uram = blocks(URAM288).astype(float)
+            shares.append(uram / part.uram)
+        best = np.argmin(np.stack(shares), axis=0)
+        out[:, 0] = np.where(best == 0, lut, 0.0)
+        out[:, 3] = np.where(best == 1, bram, 0.0)
+        if part.uram:
+            out[:, 4] = np.where(best == 2, uram, 0.0)
     out[~live] = 0.0
     return out

@@ -21,7 +21,9 @@ the frame rate within ``link_gbps``. Greedy longest segments are optimal for
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,12 +36,15 @@ from mixq.hw.pe import PeConfig
 from mixq.hw.streamops import stream_engine, stream_lanes
 from mixq.hw.units import (
     ArchOptions,
+    ById,
     EngineCost,
     budget,
     compute_engine,
     ddr_bits,
     divisors,
     engine_grid,
+    layer_key,
+    memo,
     shell,
     weight_bits,
 )
@@ -146,7 +151,8 @@ def externalize(layers: list[HwLayer], folding: dict[str, tuple[int, int]], part
 
 
 class _Candidates:
-    """A compute layer's foldings: cycles, resources and PE split of each, costed in bulk."""
+    """A compute layer's foldings: cycles, resources and PE split of each, costed in bulk (read-only arrays: one
+    instance serves every layer of the same description, in this estimate and the next ones, see :meth:`of`)."""
 
     def __init__(self, layer: HwLayer, part: Part, model: CostModel, opts: ArchOptions, max_lanes: float,
                  external: bool = False) -> None:
@@ -157,7 +163,23 @@ class _Candidates:
         self.pairs = [(p, d) for p in pes for d in divisors(s.row_length) if p * d <= max_lanes] or [(pes[0], 1)]
         self.cycles, self.res, self.split = engine_grid(layer, [p for p, _ in self.pairs],
                                                         [d for _, d in self.pairs], part, model, opts, external)
+        for a in (self.cycles, self.res, self.split):
+            a.setflags(write=False)
         self._engines: dict[int, EngineCost] = {}
+
+    @classmethod
+    def of(cls, layer: HwLayer, part: Part, model: CostModel, opts: ArchOptions, max_lanes: float,
+           external: bool = False) -> _Candidates:
+        """The candidates of ``layer``, shared by every layer with its description (:func:`layer_key`) on the
+        same part, cost model and options (a mixq-dataflow engine's price reads nothing else)."""
+        if opts.dataflow != "mixq":  # FINN's engines read the layer's name and neighbours too
+            return cls(layer, part, model, opts, max_lanes, external)
+        key = (layer_key(layer), part, ById(model), opts, max_lanes, external)
+        hit: _Candidates | None = _FRONTS.get(key)
+        if hit is None:
+            hit = cls(layer, part, model, opts, max_lanes, external)
+            _FRONTS.put(key, hit)
+        return hit
 
     def engine(self, i: int) -> EngineCost:
         """The engine of folding ``i`` (without the per-part breakdown: ``compute_engine`` at the same
@@ -168,6 +190,9 @@ class _Candidates:
             e = self._engines[i] = EngineCost(int(self.cycles[i]), Resources(*(float(v) for v in self.res[i])),
                                               p, d, tuple(int(x) for x in self.split[i]))
         return e
+
+
+_FRONTS = memo(1024)  # _Candidates by layer description, part, cost model, options, lane bound, DDR weights
 
 
 class _Pool:
@@ -182,18 +207,34 @@ class _Pool:
         self.layer = np.repeat(np.arange(len(sizes)), sizes)
         self.cycles = np.concatenate([fr.cycles for fr in self.fronts])
         self.res = np.concatenate([fr.res for fr in self.fronts])
+        self._tie = 1e-9 * self.cycles
+        self._costs: dict[bytes, np.ndarray] = {}  # the cost of every folding per weight vector seen
 
     def at(self, t: float, w: np.ndarray) -> dict[str, int] | None:
         """Per layer, the index of its cheapest folding (``resources @ w``) with ``cycles <= t``, the
         first on ties; None if some layer has none."""
-        cost = np.where(self.cycles <= t, self.res @ w + 1e-9 * self.cycles, np.inf)
+        g = self.at_global(t, w)
+        if g is None:
+            return None
+        return {n: int(i) for n, i in zip(self.names, g - self.starts[:-1], strict=True)}
+
+    def at_global(self, t: float, w: np.ndarray) -> np.ndarray | None:
+        """:meth:`at` as indices into the pool (one per layer, in layer order)."""
+        key = w.tobytes()
+        base = self._costs.get(key)
+        if base is None:
+            if len(self._costs) > 64:
+                self._costs.clear()
+            base = self._costs[key] = self.res @ w + self._tie
+        cost = np.where(self.cycles <= t, base, np.inf)
         low = np.minimum.reduceat(cost, self.starts[:-1])
         if not np.isfinite(low).all():
             return None
         hit = np.flatnonzero(cost == low[self.layer])
-        _, first = np.unique(self.layer[hit], return_index=True)
-        idx = hit[first] - self.starts[:-1]
-        return {n: int(i) for n, i in zip(self.names, idx, strict=True)}
+        if len(hit) == len(self.names):  # one cheapest folding per layer: no tie to break
+            return hit
+        at = self.layer[hit]  # ascending: the first hit of each layer is where the layer changes
+        return hit[np.flatnonzero(np.diff(at, prepend=-1))]
 
     def repair(self, pick: dict[str, int], t: float, fixed: np.ndarray, cap: np.ndarray,
                steps: int = 200) -> dict[str, int] | None:
@@ -202,26 +243,37 @@ class _Pool:
         Each step takes the best swap over all layers (the first layer, then the first folding, on ties)."""
         pick = dict(pick)
         used = fixed + sum(fr.res[pick[n]] for n, fr in zip(self.names, self.fronts, strict=True))
-        ok = self.cycles <= t
         glob = np.array([self.starts[k] + pick[n] for k, n in enumerate(self.names)])
 
         def over(u: np.ndarray) -> np.ndarray:
             return np.maximum(u - cap, 0.0) / cap
 
         cur = float(over(used).sum())
+        if cur <= 1e-12:
+            return pick
+        # only the foldings within the cycle bound can be swapped in (in pool order, so argmin's first of
+        # equal scores is the pool's); each one's layer's current row is kept beside it, updated per step
+        ok = np.flatnonzero(self.cycles <= t)
+        res, layer = self.res[ok], self.layer[ok]
+        seg = np.searchsorted(layer, np.arange(len(self.names) + 1))
+        rows = self.res[glob[layer]]
+        buf = np.empty_like(res)
         for _ in range(steps):
             if cur <= 1e-12:
                 return pick
-            new = used[None, :] + self.res - self.res[glob[self.layer]]
-            score = np.where(ok, over(new).sum(axis=1), np.inf)
-            j = int(np.argmin(score))
-            if not score[j] < cur - 1e-9:
+            # over(used + res - rows) per row, the same operations in place
+            np.subtract(np.add(res, used, out=buf), rows, out=buf)
+            np.divide(np.maximum(np.subtract(buf, cap, out=buf), 0.0, out=buf), cap, out=buf)
+            score = buf.sum(axis=1)
+            i = int(np.argmin(score))
+            if not score[i] < cur - 1e-9:
                 return None
-            k = int(self.layer[j])
+            j, k = int(ok[i]), int(layer[i])
             used = used + self.res[j] - self.res[glob[k]]
             glob[k] = j
+            rows[seg[k]:seg[k + 1]] = self.res[j]
             pick[self.names[k]] = j - int(self.starts[k])
-            cur = float(score[j])
+            cur = float(score[i])
         return pick if cur <= 1e-12 else None
 
 
@@ -232,15 +284,19 @@ def cut_bits(specs: list[LayerSpec], layers: list[HwLayer]) -> list[int]:
     for i, s in enumerate(specs):
         for n in s.inputs:
             last_use[n] = max(last_use.get(n, -1), i)
-    out = []
-    for ly in layers:
-        i = pos.get(ly.name, 0)
-        bits = 0
-        for s in specs[: i + 1]:
-            if last_use.get(s.name, -1) > i and s.out_shape:
-                bits += math.prod(s.out_shape) * ly.out_bits
-        out.append(bits)
-    return out
+    # live[i]: elements of the tensors made at or before spec i and read after it (each spec j counts at
+    # every i in [j, last use - 1]: a running sum of starts and ends)
+    delta = [0] * (len(specs) + 1)
+    for j, s in enumerate(specs):
+        end = last_use.get(s.name, -1)
+        if end > j and s.out_shape:
+            delta[j] += math.prod(s.out_shape)
+            delta[end] -= math.prod(s.out_shape)
+    live, acc = [], 0
+    for x in delta[:-1]:
+        acc += x
+        live.append(acc)
+    return [live[pos.get(ly.name, 0)] * ly.out_bits if specs else 0 for ly in layers]
 
 
 @dataclass(frozen=True)
@@ -298,24 +354,31 @@ def optimize(layers: list[HwLayer], specs: list[LayerSpec], part: Part, model: C
     """The fastest design that fits ``n_parts`` parts (or the cheapest meeting ``target_fps``)."""
     b = budget(part, opts)
     lanes = device_lanes(part, layers, model)
-    fronts = {ly.name: _Candidates(ly, part, model, opts, lanes) for ly in layers if ly.is_compute}
+    fronts = {ly.name: _Candidates.of(ly, part, model, opts, lanes) for ly in layers if ly.is_compute}
     ext: frozenset[str] = frozenset()
     cuts = cut_bits(specs, layers)
     clock = part.clock_mhz * 1e6
     bvec = np.array([x if x > 0 else np.inf for x in b.as_tuple()])
 
-    pools: dict[tuple[int, ...], _Pool] = {}
     streams: dict[tuple[str, int], EngineCost] = {}
+    # the pool of every layer's foldings and the designs tried on it, renewed when a layer's foldings change
+    # (its weights moved to DDR: ``renew``)
+    state: dict[str, Any] = {}
 
-    def pool() -> _Pool:  # rebuilt when a layer's foldings change (its weights moved to DDR)
-        key = tuple(id(fr) for fr in fronts.values())
-        if key not in pools:
-            pools.clear()
-            pools[key] = _Pool(fronts)
-        return pools[key]
+    def renew() -> None:
+        state.clear()
 
-    def picks_at(t: int, w: np.ndarray) -> dict[str, int] | None:
-        return pool().at(t, w / bvec)
+    def pool() -> _Pool:
+        if "pool" not in state:
+            state["pool"] = _Pool(fronts)
+        return state["pool"]  # type: ignore[no-any-return]
+
+    def picks_at(t: int, w: np.ndarray) -> np.ndarray | None:
+        return pool().at_global(t, w / bvec)
+
+    def as_dict(g: np.ndarray) -> dict[str, int]:
+        pl = pool()
+        return {n: int(i) for n, i in zip(pl.names, g - pl.starts[:-1], strict=True)}
 
     def design_of(t: int, picks: dict[str, int]) -> Design:
         return build(layers, {}, part, model, opts, t, engines={n: fronts[n].engine(i) for n, i in picks.items()},
@@ -324,7 +387,8 @@ def optimize(layers: list[HwLayer], specs: list[LayerSpec], part: Part, model: C
     # one part: a pick is judged on the resource rows alone (the shell, then every layer's engine in layer
     # order, summed as ``build`` / ``partition`` sum them, so the figures are the same to the last bit); the
     # Design is built only for the pick that fits
-    is_comp = [ly.is_compute for ly in layers]
+    is_comp = np.array([ly.is_compute for ly in layers], dtype=bool)
+    comp_at, stream_at = np.flatnonzero(is_comp), np.flatnonzero(~is_comp)
     stream_rows: dict[int, np.ndarray] = {}
 
     def streams_at(t: int) -> np.ndarray:
@@ -339,16 +403,22 @@ def optimize(layers: list[HwLayer], specs: list[LayerSpec], part: Part, model: C
             stream_rows[t] = np.array(rows, dtype=float).reshape(-1, len(RESOURCE_NAMES))
         return stream_rows[t]
 
-    def rows_of(t: int, picks: dict[str, int]) -> np.ndarray:
-        pl = pool()
+    def rows_of(t: int, picks: np.ndarray) -> np.ndarray:
         rows = np.empty((len(layers), len(RESOURCE_NAMES)))
-        rows[np.flatnonzero(is_comp)] = pl.res[[int(pl.starts[k]) + picks[n] for k, n in enumerate(pl.names)]]
-        rows[np.flatnonzero(~np.array(is_comp, dtype=bool))] = streams_at(t)
+        rows[comp_at] = pool().res[picks]
+        rows[stream_at] = streams_at(t)
         return rows
 
     shell_row = np.array(shell(opts).as_tuple(), dtype=float)
 
     def attempt(t: int) -> tuple[Design, Partition | None] | None:
+        """The design at cycle target ``t`` (None: none fits), once per target and set of foldings."""
+        tried = state.setdefault("tried", {})
+        if t not in tried:
+            tried[t] = _attempt(t)
+        return tried[t]  # type: ignore[no-any-return]
+
+    def _attempt(t: int) -> tuple[Design, Partition | None] | None:
         w = np.ones(len(RESOURCE_NAMES))
         picks = None
         rows = None
@@ -360,11 +430,11 @@ def optimize(layers: list[HwLayer], specs: list[LayerSpec], part: Part, model: C
                 rows = rows_of(t, picks)
                 whole = np.cumsum(np.vstack([shell_row, rows]), axis=0)[-1]
                 if Resources(*(float(v) for v in whole)).fits(b):
-                    return design_of(t, picks), Partition(((0, len(layers)),), ())
+                    return design_of(t, as_dict(picks)), Partition(((0, len(layers)),), ())
                 total = np.cumsum(rows, axis=0)[-1]  # Resources.total's order of additions
                 used, eng = total + shell_row, total
             else:
-                d = design_of(t, picks)
+                d = design_of(t, as_dict(picks))
                 p = partition(d, n_parts, b, cuts, clock / max(d.cycles, 1), opts.link_gbps, opts)
                 if p is not None:
                     return d, p
@@ -378,7 +448,7 @@ def optimize(layers: list[HwLayer], specs: list[LayerSpec], part: Part, model: C
             return None
         # then repair the last choice directly against the (summed) budget
         if n_parts == 1 and rows is not None:
-            srows = rows[~np.array(is_comp, dtype=bool)]
+            srows = rows[stream_at]
             stream = Resources(*(float(v) for v in (np.cumsum(srows, axis=0)[-1] if len(srows)
                                                    else np.zeros(len(RESOURCE_NAMES))))) + shell(opts) * n_parts
         else:
@@ -386,14 +456,14 @@ def optimize(layers: list[HwLayer], specs: list[LayerSpec], part: Part, model: C
                                      if not ly.is_compute) + shell(opts) * n_parts
         cap = np.array([x if x > 0 else 1e-9 for x in (b * n_parts).as_tuple()])
         fixed = np.array(stream.as_tuple())
-        repaired = pool().repair(picks, t, fixed, cap)
+        repaired = pool().repair(as_dict(picks), t, fixed, cap)
         if repaired is None:
             return None
         d = design_of(t, repaired)
         p = partition(d, n_parts, b, cuts, clock / max(d.cycles, 1), opts.link_gbps, opts)
         return (d, p) if p is not None else None
 
-    ts = sorted({int(c) for fr in fronts.values() for c in fr.cycles})
+    ts = cycle_targets(fronts.values())
     if not ts:
         d = build(layers, {}, part, model, opts)
         return d, partition(d, n_parts, b, cuts, clock / d.cycles, opts.link_gbps, opts)
@@ -405,9 +475,10 @@ def optimize(layers: list[HwLayer], specs: list[LayerSpec], part: Part, model: C
             ext = got_ext
             for ly in layers:
                 if ly.name in ext:
-                    fronts[ly.name] = _Candidates(ly, part, model, opts, lanes, external=True)
+                    fronts[ly.name] = _Candidates.of(ly, part, model, opts, lanes, external=True)
+            renew()
             t_ddr = ddr_cycles(layers, ext, part, opts)
-            ts = sorted({int(c) for fr in fronts.values() for c in fr.cycles if c >= t_ddr} | {ts[-1]})
+            ts = cycle_targets(fronts.values(), t_ddr, ts[-1])
             slowest = attempt(ts[-1])
     if slowest is None:
         d = build(layers, {n: (1, 1) for n in fronts}, part, model, opts, external=ext)
@@ -428,11 +499,12 @@ def optimize(layers: list[HwLayer], specs: list[LayerSpec], part: Part, model: C
                                      key=lambda ly: (ly.spec.out_pixels, -weight_bits(ly)))]
         for ly in order[:8]:
             ext = ext | {ly.name}
-            fronts[ly.name] = _Candidates(ly, part, model, opts, lanes, external=True)
+            fronts[ly.name] = _Candidates.of(ly, part, model, opts, lanes, external=True)
+            renew()
             t_ddr = ddr_cycles(layers, ext, part, opts)
             if t_ddr >= best[0].cycles:
                 break
-            ts2 = sorted({int(c) for fr in fronts.values() for c in fr.cycles if c >= t_ddr})
+            ts2 = cycle_targets(fronts.values(), t_ddr)
             got = attempt(ts2[-1]) if ts2 else None
             if got is None:
                 break
@@ -441,6 +513,16 @@ def optimize(layers: list[HwLayer], specs: list[LayerSpec], part: Part, model: C
                 break
             best = cand
     return best
+
+
+def cycle_targets(fronts: Iterable[_Candidates], low: int = 0, extra: int | None = None) -> list[int]:
+    """The distinct cycle counts of all candidate foldings from ``low`` up (and ``extra``), ascending."""
+    c = np.concatenate([fr.cycles for fr in fronts])
+    c = c[c >= low]
+    if extra is not None:
+        c = np.append(c, extra)
+    c = np.sort(c)
+    return c[np.flatnonzero(np.diff(c, prepend=-1))].tolist()  # type: ignore[no-any-return]
 
 
 def _search(ts: list[int], attempt: object) -> tuple[Design, Partition | None]:

@@ -27,9 +27,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -121,6 +125,80 @@ def split_rows(rows: int, groups: tuple[RowGroup, ...]) -> list[int]:
         acc += g.fraction
         out.append(round(acc * rows) - sum(out))
     return out
+
+
+def layer_key(layer: HwLayer) -> tuple[Hashable, ...]:
+    """Everything of a compute layer a mixq-dataflow engine's price reads (not its name or neighbours): layers
+    with equal keys cost the same at every folding, so the estimate's caches share their figures."""
+    s = layer.spec
+    return (s.kind, s.weight_rows, s.row_length, s.out_pixels, s.in_shape, s.kernel, s.groups, layer.groups,
+            layer.abits, layer.out_bits)
+
+
+class ById:
+    """A hashable stand-in for an unhashable object (a :class:`CostModel`) that a cache key names by identity. It
+    holds the object weakly where it can: a key of an object that is gone equals no other key (even one whose
+    object got the same ``id``) and leaves the memo in its turn."""
+
+    __slots__ = ("_id", "_ref")
+
+    def __init__(self, obj: object) -> None:
+        self._id = id(obj)
+        try:
+            self._ref: Callable[[], object] = weakref.ref(obj)
+        except TypeError:  # not weakly referable: held
+            self._ref = lambda: obj
+
+    def __hash__(self) -> int:
+        return self._id
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ById) or other._id != self._id:
+            return False
+        obj = self._ref()
+        return obj is not None and obj is other._ref()
+
+
+class Memo:
+    """A bounded memo across estimates: the least recently used entry leaves first (safe across threads)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.data: OrderedDict[Hashable, Any] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        with self.lock:
+            hit = self.data.get(key)
+            if hit is not None:
+                self.data.move_to_end(key)
+            return hit
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self.lock:
+            self.data[key] = value
+            if len(self.data) > self.size:
+                self.data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.data.clear()
+
+
+#: every memo of layer prices across estimates (``clear_caches`` empties them)
+MEMOS: list[Memo] = []
+
+
+def memo(size: int) -> Memo:
+    m = Memo(size)
+    MEMOS.append(m)
+    return m
+
+
+def clear_caches() -> None:
+    """Forget the layer prices kept across estimates (the figures do not change: they are recomputed)."""
+    for m in MEMOS:
+        m.clear()
 
 
 @lru_cache(maxsize=65536)
@@ -269,6 +347,12 @@ def engine_grid(layer: HwLayer, pes: Sequence[int], simds: Sequence[int], part: 
     return cycles, total, split
 
 
+def _distinct(a: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """The distinct values of the integer array ``a`` (ascending) and each element's index among them."""
+    u = sorted(set(a.tolist()))
+    return u, np.searchsorted(np.array(u, dtype=np.int64), a)
+
+
 def _rows(items: list[Resources]) -> np.ndarray:
     return np.fromiter(itertools.chain.from_iterable(items), float, count=5 * len(items)).reshape(len(items), 5)
 
@@ -290,7 +374,8 @@ def _terms(layer: HwLayer, pes: np.ndarray, simds: np.ndarray, part: Part, model
         return mems[key]
 
     def memories(width: np.ndarray, depth: np.ndarray, copies: np.ndarray, style: str) -> np.ndarray:
-        if style == "vivado":
+        # a few memories one by one (choose_memory, cached; memory_grid gives the same numbers bit for bit)
+        if style == "vivado" or len(width) <= 4:
             return _rows([mem(w, d, c, style) for w, d, c in zip(width.tolist(), depth.tolist(), copies.tolist(),
                                                                   strict=True)])
         return memory_grid(width, depth, copies, part, style, pc, mc)
@@ -298,14 +383,16 @@ def _terms(layer: HwLayer, pes: np.ndarray, simds: np.ndarray, part: Part, model
     simds = np.minimum(np.maximum(simds, 1), length)
     fold = -(-length // simds)
     grows = split_rows(rows, layer.groups)
-    splits = {p: _split_pe(max(p, 1), tuple(grows)) for p in set(pes.tolist())}
-    gpe = np.array([splits[p] for p in pes.tolist()], dtype=np.int64).reshape(n, len(grows))
+    # per distinct pe / simd / accumulator width once, then gathered to every folding
+    upe, pe_at = _distinct(pes)
+    gpe = np.array([_split_pe(max(p, 1), tuple(grows)) for p in upe], dtype=np.int64).reshape(len(upe),
+                                                                                             len(grows))[pe_at]
+    usimd, simd_at = _distinct(simds)
     cycles = np.zeros(n, dtype=np.int64)
     eff_total = np.zeros(n, dtype=np.int64)
     accw = np.zeros(n, dtype=np.int64)
     eff_split = np.zeros((n, len(grows)), dtype=np.int64)
     comp, wmem = np.zeros((n, 5)), np.zeros((n, 5))
-    d_list = simds.tolist()
     for gi, (g, r) in enumerate(zip(layer.groups, grows, strict=True)):
         if r <= 0:
             continue
@@ -316,9 +403,9 @@ def _terms(layer: HwLayer, pes: np.ndarray, simds: np.ndarray, part: Part, model
         eff_total += eff
         depth = -(-r // eff) * fold
         cycles = np.maximum(cycles, depth * pix)
-        dots = {d: model.dot(g.kind, g.wbits, g.abits, d, length, g.signed_act, part.dsp_type) for d in set(d_list)}
-        comp = comp + _rows([dots[d][0] for d in d_list]) * units[:, None]
-        accw = np.maximum(accw, [dots[d][1] for d in d_list])
+        dots = [model.dot(g.kind, g.wbits, g.abits, d, length, g.signed_act, part.dsp_type) for d in usimd]
+        comp = comp + _rows([u for u, _ in dots])[simd_at] * units[:, None]
+        accw = np.maximum(accw, np.array([a for _, a in dots], dtype=np.int64)[simd_at])
         width = simds * g.wbits * rows_per_unit
         if external:
             wmem = wmem + memories(width * units, np.full(n, 32), np.ones(n, dtype=np.int64), "lutram")
@@ -327,8 +414,8 @@ def _terms(layer: HwLayer, pes: np.ndarray, simds: np.ndarray, part: Part, model
     # requantizers: a dyadic multiplier (or a threshold table) per accumulator width, times their number
     count = -(-eff_total // fold)
     kind, ob = requant_kind(opts), max(1, layer.out_bits)
-    unit = {a: model.pe(PeConfig(kind, accw=a, out_bits=ob), part.dsp_type) for a in set(accw.tolist())}
-    req = _rows([unit[a] for a in accw.tolist()]) * count[:, None]
+    uacc, acc_at = _distinct(accw)
+    req = _rows([model.pe(PeConfig(kind, accw=a, out_bits=ob), part.dsp_type) for a in uacc])[acc_at] * count[:, None]
     if PE_KINDS[kind].table_memory:  # thresholds live in a small memory per requantizer
         req = req + memories(accw, np.full(n, 2 ** layer.out_bits - 1), count, "auto")
     req[count <= 0] = 0.0
@@ -337,8 +424,7 @@ def _terms(layer: HwLayer, pes: np.ndarray, simds: np.ndarray, part: Part, model
     lbuf = np.zeros((n, 5))
     if lb_bits:
         widths = simds * layer.abits * (1 if share else eff_total)
-        lbuf = memories(widths, np.array([math.ceil(lb_bits / w) for w in widths.tolist()]),
-                        np.ones(n, dtype=np.int64), "auto")
+        lbuf = memories(widths, np.ceil(lb_bits / widths).astype(np.int64), np.ones(n, dtype=np.int64), "auto")
     lbuf = lbuf + window_registers(layer, simds)
     ctrl = Resources(lut=opts.engine_lut, ff=opts.engine_ff)
     if external:
@@ -348,6 +434,9 @@ def _terms(layer: HwLayer, pes: np.ndarray, simds: np.ndarray, part: Part, model
     terms = {"compute": comp, "requant": req, "weights": wmem, "linebuf": lbuf,
              "control": np.broadcast_to(np.array(ctrl, dtype=float), (n, 5))}
     return cycles, terms, eff_split
+
+
+_ENGINES = memo(8192)  # compute_engine's mixq-dataflow engines, by layer description and folding
 
 
 def compute_engine(layer: HwLayer, pe: int, simd: int, part: Part, model: CostModel,
@@ -361,12 +450,17 @@ def compute_engine(layer: HwLayer, pe: int, simd: int, part: Part, model: CostMo
     leaves the network), ``linebuf`` the sliding-window generator, and ``inbuf`` / ``fifo`` add the
     input-vector buffer and the FIFOs ``opts.fifos`` puts in front of the layer (:mod:`mixq.hw.dataflow`).
     """
-    if opts.dataflow == "mixq":  # the bulk costing at one folding
+    if opts.dataflow == "mixq":  # the bulk costing at one folding, kept for layers of the same description
         simd = max(1, min(simd, max(layer.spec.row_length, 1)))
-        cyc, terms, split = _terms(layer, np.array([pe]), np.array([simd]), part, model, opts, external)
-        detail = {t: Resources(*(float(v) for v in terms[t][0])) for t in TERMS}
-        return EngineCost(int(cyc[0]), Resources.total(detail.values()), pe, simd,
-                          tuple(int(e) for e in split[0]), detail)
+        key = (layer_key(layer), pe, simd, part, ById(model), opts, external)
+        hit = _ENGINES.get(key)
+        if hit is None:
+            cyc, terms, split = _terms(layer, np.array([pe]), np.array([simd]), part, model, opts, external)
+            detail = {t: Resources(*(float(v) for v in terms[t][0])) for t in TERMS}
+            hit = EngineCost(int(cyc[0]), Resources.total(detail.values()), pe, simd,
+                             tuple(int(e) for e in split[0]), detail)
+            _ENGINES.put(key, hit)
+        return EngineCost(hit.cycles, hit.resources, pe, simd, hit.pe_split, dict(hit.detail))
     # FINN's dataflow (the only other one), one folding at a time
     s = layer.spec
     rows, length, pix = s.weight_rows, max(s.row_length, 1), max(s.out_pixels, 1)
