@@ -16,6 +16,7 @@ The per-kind rules below are small functions of ``(wbits, abits)`` or of a
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,10 +129,15 @@ def _terms(cfg: PeConfig) -> int:
 def _mux_luts(cfg: PeConfig, lw: int) -> int:
     """LUT6s of one power-of-two lane's shifter: output bit ``j`` reads the activation bits its
     shifts reach, the exponent bits and the sign (a tree of LUT6s past six inputs)."""
-    f, sel = PE_KINDS[cfg.kind].shift_range(cfg.wbits, 0), cfg.wbits - 1
+    return _mux_luts_of(cfg.kind, cfg.wbits, cfg.abits, lw)
+
+
+@functools.lru_cache(maxsize=4096)
+def _mux_luts_of(kind: str, wbits: int, abits: int, lw: int) -> int:
+    f, sel = PE_KINDS[kind].shift_range(wbits, 0), wbits - 1
     total = 0
     for j in range(lw):
-        n = sum(1 for k in range(f) if 0 <= j - k < cfg.abits) + sel + 1
+        n = sum(1 for k in range(f) if 0 <= j - k < abits) + sel + 1
         total += max(1, math.ceil((n - 1) / 5))
     return total
 
