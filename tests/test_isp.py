@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mixq.algorithms.qat.modules import qat_from_quantized
 from mixq.cli.isp import train_float
 from mixq.data import natural_photo_paths
 from mixq.engine import verify
@@ -149,3 +150,19 @@ def test_cli_errors_and_denoise_a_shipped_photo(tmp_path: Path) -> None:
     assert (tmp_path / "cat-noisy.png").is_file() and "PSNR" in r.stdout
     r = _run(["isp", "eval", "--weights", str(tmp_path / "none.pt"), "--out", str(tmp_path / "e")], tmp_path)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "none.pt" in r.stderr
+
+
+def test_qat_starts_from_a_ptq_recipe_and_stays_bit_exact(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = unet(width=4, depth=2).eval()
+    clean = isp.random_patches(isp.load_photos()[:4], 32, 16, seed=0)
+    calib = isp.calibration_inputs(clean[:24], 0)
+    ptq = isp.ptq_denoiser(net, "w4a4", calib, "dfq")
+    start = qat_from_quantized(ptq).eval()
+    with torch.no_grad():  # before training, the QAT model is the PTQ model it starts from
+        torch.testing.assert_close(start(calib[:4]), ptq(calib[:4]), atol=1e-5, rtol=0)
+    q = isp.qat_denoiser(net, "w4a4", clean, calib, isp.QatSettings(epochs=1, batch_size=16, init="dfq"), tmp_path)
+    rep = verify(q, calib[:4])
+    assert rep["exact"] and rep["mismatching_outputs"] == 0
+    with pytest.raises(isp.OptionError):
+        isp.qat_denoiser(net, "w4a4", clean, calib, isp.QatSettings(epochs=1, init="nope"), tmp_path)

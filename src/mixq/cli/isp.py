@@ -194,7 +194,7 @@ def _eval(out: Path | None, weights: Path, crop: int, precisions: list[str], rec
         result[f"ptq_{name}"] = isp.evaluate(isp.run_model(q), clean, levels, seed)
         if qat_epochs and name in qat:
             qq = isp.qat_denoiser(model, name, train_clean, calib, isp.QatSettings(epochs=qat_epochs, seed=seed,
-                                                                                   threads=threads), folder)
+                                                                                   threads=threads, init="dfq"), folder)
             models[f"qat_{name}"] = qq
             result[f"qat_{name}"] = isp.evaluate(isp.run_model(qq), clean, levels, seed)
     result["baselines"] = isp.baselines(clean, train_clean[:64], seed)

@@ -297,28 +297,47 @@ def ptq_denoiser(model: nn.Module, name: str, calib: torch.Tensor, recipe: str =
 
 @dataclass(frozen=True)
 class QatSettings:
-    """A short QAT run: epochs, batch, Adam learning rate, seed, threads."""
+    """A short QAT run: epochs, batch, Adam peak learning rate (cosine decay to ``min_lr``; the quantizer steps
+    at ``scale_lr``, None: ``lr``), seed, threads, and where the steps start (``init``): ``"observer"`` — the
+    plan's layers calibrated afresh with the ``observer`` (``mse``, ``minmax``, ``percentile``), or the name of
+    a PTQ recipe (``plan``, ``dfq``, ...) whose quantized model (:func:`ptq_denoiser`: its weights, e.g. DFQ's
+    equalized and bias-corrected ones, and its scales) QAT then trains."""
 
     epochs: int = 1
     batch_size: int = 32
     lr: float = 2e-4
     seed: int = 0
     threads: int | None = 1
+    min_lr: float = 0.0
+    scale_lr: float | None = None
+    init: str = "observer"
+    observer: str = "mse"
 
 
 def qat_denoiser(model: nn.Module, name: str, clean: torch.Tensor, calib: torch.Tensor, settings: QatSettings,
                  folder: Any) -> nn.Module:
     """QAT of ``model`` at precision ``name`` on the clean patches (fresh noise every batch, all levels):
-    LSQ steps initialised by PTQ on ``calib``, the one trainer through :func:`mixq.algorithms.qat.fit`
+    LSQ steps initialised by PTQ on ``calib`` (``settings.init``: the plan calibrated with an observer, or a PTQ
+    recipe's model, see :class:`QatSettings`), the one trainer through :func:`mixq.algorithms.qat.fit`
     (checkpoint in ``folder``); the plain quantized model the integer engine reads."""
     from pathlib import Path
 
+    from mixq.algorithms.ptq.recipes import RECIPES
     from mixq.algorithms.qat import QatConfig, export_plain, fit, prepare_qat
+    from mixq.algorithms.qat.modules import qat_from_quantized
 
     cfg = QatConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, optimizer="adam",
                     seed=settings.seed, threads=settings.threads, augment=False, weight_decay=0.0,
-                    eval_every_epoch=False, kd_alpha=0.0, calib_images=int(calib.shape[0]))
-    qmodel = prepare_qat(model, precision_plan(name, model, calib), calib, cfg)
+                    eval_every_epoch=False, kd_alpha=0.0, calib_images=int(calib.shape[0]),
+                    min_lr=settings.min_lr, scale_lr=settings.scale_lr, init_observer=settings.observer)
+    if settings.init != "observer" and settings.init not in RECIPES:
+        raise OptionError(f"QatSettings.init: {settings.init!r} is neither 'observer' nor a PTQ recipe "
+                          f"({', '.join(RECIPES)})")
+    if settings.init == "observer":
+        qmodel = prepare_qat(model, precision_plan(name, model, calib), calib, cfg)
+    else:
+        qmodel = qat_from_quantized(ptq_denoiser(model, name, calib, settings.init), cfg.weight_quant,
+                                    cfg.act_quant)
     ckpt = Path(folder) / f"qat-{name}.pt"
     ckpt.unlink(missing_ok=True)
     fit(DenoiseObjective(qmodel, list(NOISE_LEVELS.values())), clean, train_labels(clean), cfg, ckpt, desc="isp qat")

@@ -330,3 +330,22 @@ def export_plain(model: nn.Module) -> nn.Module:
             parent = out.get_submodule(parent_name) if parent_name else out
             setattr(parent, leaf, mod.to_plain())
     return out.eval()
+
+
+def qat_from_quantized(q: nn.Module, weight_quant: str = "lsq", act_quant: str = "lsq") -> nn.Module:
+    """A QAT-ready copy of the PTQ model ``q``: every ``QConv2d`` / ``QLinear`` becomes a ``QatConv2d`` /
+    ``QatLinear`` whose steps start at its scales (``q`` is not changed)."""
+    from mixq.graph.swap import set_submodule
+
+    out = copy.deepcopy(q)
+    for name, mod in list(out.named_modules()):
+        new: nn.Module
+        if isinstance(mod, QConv2d) and not isinstance(mod, QatConv2d):
+            new = QatConv2d(mod, weight_quant, act_quant)
+        elif isinstance(mod, QLinear) and not isinstance(mod, QatLinear):
+            new = QatLinear(mod, weight_quant, act_quant)
+        else:
+            continue
+        new.plan = mod.plan
+        set_submodule(out, name, new)
+    return out.train()
