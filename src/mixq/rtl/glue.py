@@ -16,6 +16,9 @@ of the code width ``B`` for signed formats), the layout of every frame buffer.
                     is reserved or one can be (``AUTO``: the input stream reserves a row with
                     its first pixel); ``avail`` rows are in and not released; a read address is
                     (row - the reader's lowest kept row) * ``W`` + column.
+``mixq_walk``      the read walk both window sequencers share: output pixel after output pixel, its
+                    window taps in order, one read per ``issue`` (address and padding flag the cycle
+                    after), with the row gate below.
 ``mixq_rowgate``    the row-level flow control of a window sequencer on rings: output row ``gy``
                     starts once its input rows are in (``RIN``) and, where it begins a row of
                     the output ring (``ROUT``, every ``PK``-th row with a pool), a row is
@@ -170,6 +173,54 @@ module mixq_axis_in #(parameter DW = 8, PW = 8, N = 1, AW = 1) (
   end
 endmodule
 
+module mixq_walk #(
+  parameter IH = 1, IW = 1, KH = 1, KW = 1, SH = 1, SW = 1, PH = 0, PL = 0, DH = 1, DW = 1,
+  parameter OH = 1, OW = 1, RIN = 0, ROUT = 0, PK = 1, PHO = 1, NB = 8, AW = 1
+) (
+  input clk, input rst, input begin_, input issue,
+  input [7:0] avail, input can_reserve, output [7:0] rel_n, output reserve,
+  output reg g_on, output reg [NB-1:0] nissue, output last, output first, output ok,
+  output reg [AW-1:0] raddr, output reg pad
+);
+  // the read walk of a window sequencer: output pixel after output pixel, its KH x KW taps in order (a read
+  // `issue`d by the sequencer); `raddr` / `pad` the cycle after the read (a ring buffer: rows from its lowest
+  // kept row); `ok`: the row gate lets this read go (mixq_rowgate)
+  localparam K = KH * KW;
+  reg [NB-1:0] gy, gx, ky, kx;
+  integer iy, ix;
+  always @(*) begin
+    iy = gy * SH - PH + ky * DH;
+    ix = gx * SW - PL + kx * DW;
+  end
+  assign last = nissue == K - 1;
+  assign first = nissue == 0 && gx == 0;
+  wire [NB-1:0] lo;
+  mixq_rowgate #(.IH(IH), .SH(SH), .PH(PH), .KH((KH - 1) * DH + 1), .OH(OH), .RIN(RIN), .ROUT(ROUT), .PK(PK),
+                 .PHO(PHO), .NB(NB))
+    gate (.clk(clk), .rst(rst), .first(first), .gy(gy), .go(issue && first), .row_end(issue && last && gx == OW - 1),
+          .avail(avail), .can_reserve(can_reserve), .ok(ok), .reserve(reserve), .rel_n(rel_n), .lo(lo));
+  wire [31:0] rowaddr = RIN ? (iy - lo) * IW + ix : iy * IW + ix;
+  always @(posedge clk) begin
+    if (rst) begin g_on <= 0; nissue <= 0; gy <= 0; gx <= 0; ky <= 0; kx <= 0; pad <= 0; end
+    else begin
+      if (begin_) begin g_on <= 1; gy <= 0; gx <= 0; ky <= 0; kx <= 0; nissue <= 0; end
+      if (issue) begin
+        raddr <= rowaddr[AW-1:0]; pad <= (iy < 0) || (iy >= IH) || (ix < 0) || (ix >= IW);
+        if (last) begin
+          nissue <= 0; ky <= 0; kx <= 0;
+          if (gx == OW - 1) begin
+            gx <= 0;
+            if (gy == OH - 1) begin gy <= 0; g_on <= 0; end else gy <= gy + 1'b1;
+          end else gx <= gx + 1'b1;
+        end else begin
+          nissue <= nissue + 1'b1;
+          if (kx == KW - 1) begin kx <= 0; ky <= ky + 1'b1; end else kx <= kx + 1'b1;
+        end
+      end
+    end
+  end
+endmodule
+
 module mixq_window #(
   parameter IH = 1, IW = 1, PW = 8, KH = 1, KW = 1, SH = 1, SW = 1, PH = 0, PL = 0, DH = 1, DW = 1,
   parameter RIN = 0, ROUT = 0, PK = 1, PHO = 1,
@@ -178,7 +229,7 @@ module mixq_window #(
   input clk, input rst,
   input can_read, input can_write, input done,
   output reg frame_end,
-  output reg [AW-1:0] raddr, input [PW-1:0] rdata,
+  output [AW-1:0] raddr, input [PW-1:0] rdata,
   input [7:0] avail, output [7:0] rel_n, input can_reserve, output reserve,
   output in_we, output [IA-1:0] in_addr, output [WPC*LW-1:0] in_data, output reg start, input ready
 );
@@ -189,20 +240,14 @@ module mixq_window #(
   localparam NW = NG * FOLD;  // words copied per vector (grouped: FOLD per group)
   localparam XW = (DWC > 0) ? WW : VW;
   localparam NC = (NW + WPC - 1) / WPC;  // copy cycles: WPC words each (depthwise, FOLD = 1: WPC channels)
-  reg active, g_on, full, copying;
+  reg active, full, copying;
   localparam M1 = (OH > OW ? OH : OW) > K ? (OH > OW ? OH : OW) : K;
   localparam M2 = (NC > FOLD ? NC : FOLD) > DWC ? (NC > FOLD ? NC : FOLD) : DWC;
   localparam NB = $clog2((M1 > M2 ? M1 : M2) + 1) + 1;  // counters: wide enough for every count they hold
-  reg [NB-1:0] gy, gx, ky, kx, nissue, s, cf, cg;
-  reg p1, p2, pad1, pad2, e1, e2;
+  reg [NB-1:0] s, cf, cg;
+  reg p1, p2, pad2, e1, e2;
   reg [WW-1:0] sh, nxt;
   reg [XW-1:0] win;
-  integer iy, ix;
-  always @(*) begin
-    iy = gy * SH - PH + ky * DH;
-    ix = gx * SW - PL + kx * DW;
-  end
-  wire padt = (iy < 0) || (iy >= IH) || (ix < 0) || (ix >= IW);
   wire [PW-1:0] pix = pad2 ? {PW{1'b0}} : rdata;
   wire [WW-1:0] shifted;
   generate
@@ -215,17 +260,14 @@ module mixq_window #(
   // take the gathered window into the copy register: the engine took the previous one (or will this cycle)
   wire take = full && (!copying || s == NC - 1) && (!start || ready);
   // a window's last read: its data completes the window two cycles later, when `nxt` must be free
-  wire lastread = nissue == K - 1;
-  wire gate_ok;
   wire issue = g_on && gate_ok && (!lastread || ((!full || take) && !e1 && !e2));
-  wire row_first = nissue == 0 && gx == 0;
-  wire [NB-1:0] lo;
-  mixq_rowgate #(.IH(IH), .SH(SH), .PH(PH), .KH((KH - 1) * DH + 1), .OH(OH), .RIN(RIN), .ROUT(ROUT), .PK(PK),
-                 .PHO(PHO), .NB(NB))
-    gate (.clk(clk), .rst(rst), .first(row_first), .gy(gy), .go(issue && row_first),
-          .row_end(issue && nissue == K - 1 && gx == OW - 1), .avail(avail), .can_reserve(can_reserve),
-          .ok(gate_ok), .reserve(reserve), .rel_n(rel_n), .lo(lo));
-  wire [31:0] rowaddr = RIN ? (iy - lo) * IW + ix : iy * IW + ix;  // a ring buffer: rows from the lowest kept
+  wire g_on, gate_ok, row_first, lastread, pad1; wire [NB-1:0] nissue;
+  wire begin_ = !active && !frame_end && can_read && can_write;  // a frame starts: input in, output free
+  mixq_walk #(.IH(IH), .IW(IW), .KH(KH), .KW(KW), .SH(SH), .SW(SW), .PH(PH), .PL(PL), .DH(DH), .DW(DW), .OH(OH),
+              .OW(OW), .RIN(RIN), .ROUT(ROUT), .PK(PK), .PHO(PHO), .NB(NB), .AW(AW))
+    walk (.clk(clk), .rst(rst), .begin_(begin_), .issue(issue), .avail(avail), .can_reserve(can_reserve),
+          .rel_n(rel_n), .reserve(reserve), .g_on(g_on), .nissue(nissue), .last(lastread), .first(row_first),
+          .ok(gate_ok), .raddr(raddr), .pad(pad1));
 
   // copy: one word per cycle into the engine's write bank
   assign in_we = copying;
@@ -251,30 +293,13 @@ module mixq_window #(
   always @(posedge clk) begin
     frame_end <= 1'b0;
     if (rst) begin
-      active <= 0; g_on <= 0; full <= 0; copying <= 0; start <= 0;
-      p1 <= 0; p2 <= 0; pad1 <= 0; pad2 <= 0; e1 <= 0; e2 <= 0; nissue <= 0; s <= 0;
-      gy <= 0; gx <= 0; ky <= 0; kx <= 0;
+      active <= 0; full <= 0; copying <= 0; start <= 0;
+      p1 <= 0; p2 <= 0; pad2 <= 0; e1 <= 0; e2 <= 0; s <= 0;
     end else begin
       if (start && ready) start <= 1'b0;
-      // a frame starts: the input bank is full and the output bank is free
-      if (!active && !frame_end && can_read && can_write) begin
-        active <= 1; g_on <= 1; gy <= 0; gx <= 0; ky <= 0; kx <= 0; nissue <= 0;
-      end
+      if (begin_) active <= 1;
       // gather: one read per cycle, window after window (data two cycles after the address)
-      p1 <= 1'b0; e1 <= 1'b0;
-      if (issue) begin
-        raddr <= rowaddr[AW-1:0]; p1 <= 1'b1; pad1 <= padt;
-        if (lastread) begin
-          e1 <= 1'b1; nissue <= 0; ky <= 0; kx <= 0;
-          if (gx == OW - 1) begin
-            gx <= 0;
-            if (gy == OH - 1) begin gy <= 0; g_on <= 0; end else gy <= gy + 1'b1;
-          end else gx <= gx + 1'b1;
-        end else begin
-          nissue <= nissue + 1'b1;
-          if (kx == KW - 1) begin kx <= 0; ky <= ky + 1'b1; end else kx <= kx + 1'b1;
-        end
-      end
+      p1 <= issue; e1 <= issue && lastread;
       p2 <= p1; pad2 <= pad1; e2 <= e1;
       if (p2) sh <= shifted;
       // feed: copy the window (FOLD cycles), `start` with its last word; the engine takes it when ready
@@ -303,7 +328,7 @@ module mixq_window_stream #(
   input clk, input rst,
   input can_read, input can_write, input done,
   output reg frame_end,
-  output reg [AW-1:0] raddr, input [PW-1:0] rdata,
+  output [AW-1:0] raddr, input [PW-1:0] rdata,
   input [7:0] avail, output [7:0] rel_n, input can_reserve, output reserve,
   output in_we, output [IA-1:0] in_addr, output [LW-1:0] in_data, output reg start, input ready
 );
@@ -312,31 +337,23 @@ module mixq_window_stream #(
   // window's reads wait until the engine has taken this one (its write bank is then the other one)
   localparam K = KH * KW;
   localparam R = PW / LW;
-  reg active, g_on, pending;
+  reg active, pending;
   localparam M1 = (OH > OW ? OH : OW) > K ? (OH > OW ? OH : OW) : K;
   localparam NB = $clog2((M1 > FOLD ? M1 : FOLD) + 1) + 1;  // counters: wide enough for every count they hold
-  reg [NB-1:0] gy, gx, ky, kx, nissue, cnt, r;
-  reg p1, p2, pad1, pad2, e1, e2;
+  reg [NB-1:0] cnt, r;
+  reg p1, p2, pad2, e1, e2;
   reg [NB-1:0] t1, t2; reg [NB+15:0] base;
   reg [PW-1:0] px;
   reg emit, last_emit;
-  integer iy, ix;
-  always @(*) begin
-    iy = gy * SH - PH + ky * DH;
-    ix = gx * SW - PL + kx * DW;
-  end
-  wire padt = (iy < 0) || (iy >= IH) || (ix < 0) || (ix >= IW);
   wire [PW-1:0] pix = pad2 ? {PW{1'b0}} : rdata;
-  wire gate_ok;
   wire issue = g_on && gate_ok && !pending && cnt == 0;
-  wire row_first = nissue == 0 && gx == 0;
-  wire [NB-1:0] lo;
-  mixq_rowgate #(.IH(IH), .SH(SH), .PH(PH), .KH((KH - 1) * DH + 1), .OH(OH), .RIN(RIN), .ROUT(ROUT), .PK(PK),
-                 .PHO(PHO), .NB(NB))
-    gate (.clk(clk), .rst(rst), .first(row_first), .gy(gy), .go(issue && row_first),
-          .row_end(issue && nissue == K - 1 && gx == OW - 1), .avail(avail), .can_reserve(can_reserve),
-          .ok(gate_ok), .reserve(reserve), .rel_n(rel_n), .lo(lo));
-  wire [31:0] rowaddr = RIN ? (iy - lo) * IW + ix : iy * IW + ix;  // a ring buffer: rows from the lowest kept
+  wire g_on, gate_ok, row_first, lastread, pad1; wire [NB-1:0] nissue;
+  wire begin_ = !active && !frame_end && can_read && can_write;  // a frame starts: input in, output free
+  mixq_walk #(.IH(IH), .IW(IW), .KH(KH), .KW(KW), .SH(SH), .SW(SW), .PH(PH), .PL(PL), .DH(DH), .DW(DW), .OH(OH),
+              .OW(OW), .RIN(RIN), .ROUT(ROUT), .PK(PK), .PHO(PHO), .NB(NB), .AW(AW))
+    walk (.clk(clk), .rst(rst), .begin_(begin_), .issue(issue), .avail(avail), .can_reserve(can_reserve),
+          .rel_n(rel_n), .reserve(reserve), .g_on(g_on), .nissue(nissue), .last(lastread), .first(row_first),
+          .ok(gate_ok), .raddr(raddr), .pad(pad1));
 
   // a pixel's first word is written as its data arrive, the others from `px` in the next R - 1 cycles
   assign in_we = p2 || emit;
@@ -345,28 +362,14 @@ module mixq_window_stream #(
   always @(posedge clk) begin
     frame_end <= 1'b0;
     if (rst) begin
-      active <= 0; g_on <= 0; pending <= 0; start <= 0; p1 <= 0; p2 <= 0; e1 <= 0; e2 <= 0; emit <= 0;
-      nissue <= 0; cnt <= 0; gy <= 0; gx <= 0; ky <= 0; kx <= 0; r <= 0; last_emit <= 0;
+      active <= 0; pending <= 0; start <= 0; p1 <= 0; p2 <= 0; e1 <= 0; e2 <= 0; emit <= 0;
+      cnt <= 0; r <= 0; last_emit <= 0;
     end else begin
       if (start && ready) begin start <= 1'b0; pending <= 1'b0; end
-      if (!active && !frame_end && can_read && can_write) begin
-        active <= 1; g_on <= 1; gy <= 0; gx <= 0; ky <= 0; kx <= 0; nissue <= 0; cnt <= 0;
-      end
-      p1 <= 1'b0; e1 <= 1'b0;
+      if (begin_) begin active <= 1; cnt <= 0; end
+      p1 <= issue; e1 <= issue && lastread;
       if (g_on && cnt != 0) cnt <= cnt - 1'b1;
-      if (issue) begin
-        raddr <= rowaddr[AW-1:0]; p1 <= 1'b1; pad1 <= padt; t1 <= nissue; cnt <= R - 1;
-        if (nissue == K - 1) begin
-          e1 <= 1'b1; nissue <= 0; ky <= 0; kx <= 0; pending <= 1'b1;
-          if (gx == OW - 1) begin
-            gx <= 0;
-            if (gy == OH - 1) begin gy <= 0; g_on <= 0; end else gy <= gy + 1'b1;
-          end else gx <= gx + 1'b1;
-        end else begin
-          nissue <= nissue + 1'b1;
-          if (kx == KW - 1) begin kx <= 0; ky <= ky + 1'b1; end else kx <= kx + 1'b1;
-        end
-      end
+      if (issue) begin t1 <= nissue; cnt <= R - 1; if (lastread) pending <= 1'b1; end
       p2 <= p1; pad2 <= pad1; e2 <= e1; t2 <= t1;
       if (emit) begin
         if (r == R - 1) begin emit <= 1'b0; if (last_emit) start <= 1'b1; end
