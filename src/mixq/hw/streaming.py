@@ -29,6 +29,7 @@ import numpy as np
 
 from mixq.errors import HardwareError
 from mixq.graph.spec import LayerSpec
+from mixq.hw import finnglue
 from mixq.hw.cost import RESOURCE_NAMES, CostModel, Resources
 from mixq.hw.lower import HwLayer
 from mixq.hw.parts import Part
@@ -103,6 +104,8 @@ def build(layers: list[HwLayer], folding: dict[str, tuple[int, int]], part: Part
         return cache[key]
 
     engines_ = tuple(comp[ly.name] if ly.is_compute else stream(ly) for ly in layers)
+    if opts.dataflow == "finn":  # register slices, width converters and IODMAs between FINN's nodes
+        engines_ = finnglue.glue(layers, engines_, part, model)
     ext = tuple(ly.name for ly in layers if ly.name in external)
     return Design(tuple(layers), engines_, ext, ddr_cycles(layers, external, part, opts))
 
