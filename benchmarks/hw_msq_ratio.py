@@ -98,8 +98,9 @@ def main() -> dict[str, Any]:
                     return e.fps / e.n_parts if e else 0.0
 
                 base = per_part(dsp)
-                r["msq_over_dsp"] = round(per_part(best) / base, 2) if base else None
-                r["sp2_over_dsp"] = round(per_part(sp2) / base, 2) if base else None
+                # a ratio needs both designs to fit
+                r["msq_over_dsp"] = round(per_part(best) / base, 2) if base and best else None
+                r["sp2_over_dsp"] = round(per_part(sp2) / base, 2) if base and sp2 else None
                 rows.append(r)
                 print(f"{model:13s} {part} {arch:9s} all-DSP {per_part(dsp):9.1f}  all-SP2 {per_part(sp2):9.1f}  "
                       f"MSQ(rho={best_rho:.2f}) {per_part(best):9.1f}  x{r['msq_over_dsp']}", flush=True)
@@ -131,9 +132,13 @@ def markdown(doc: dict[str, Any]) -> str:
         pre = f"{n}× " if n and n > 1 else ""
         return f"{pre}{s['fps'] / max(n, 1):,.1f} ({100 * s['peak_fraction']:.0f}%)"
 
+    def ratio(x: float | None) -> str:
+        return f"{x}×" if x else "—"
+
     for r in doc["rows"]:
+        rho = f"{r['msq']['rho']:.2f}" if r["msq"].get("fps") else "—"
         lines.append(f"| {r['model']} | {r['part']} | {r['arch']} | {cell(r['all_dsp'])} | {cell(r['all_sp2'])} | "
-                     f"{cell(r['msq'])} | {r['msq']['rho']:.2f} | {r['msq_over_dsp']}× | {r['sp2_over_dsp']}× | "
+                     f"{cell(r['msq'])} | {rho} | {ratio(r['msq_over_dsp'])} | {ratio(r['sp2_over_dsp'])} | "
                      f"{before.get((r['model'], r['part'], r['arch']), '—')} |")
     return "\n".join(lines) + "\n" + discussion(doc)
 
@@ -175,6 +180,14 @@ def discussion(doc: dict[str, Any]) -> str:
     rows = "\n".join(
         f"  | {r['model']} | {r['part']} | {ideal(r):.1f}× | {r['msq_over_dsp']}× | "
         f"{100 * r['msq']['memory_bound_share']:.0f}% |" for r in ov)
+    tight = [r for r in doc["rows"] if r["arch"] == "streaming" and r["all_dsp"].get("fps") and not r["msq"].get("fps")]
+    no_fit = "".join(
+        f"* **{r['model']} streaming on the {r['part'].upper()}: no MSQ design fits.** The all-DSP design "
+        f"fits with {100 * r['all_dsp']['utilization']['lut']:.0f}% of the part's LUTs "
+        "(the estimator leaves 15% free). In streaming every layer "
+        "is its own engine, so any SP2 share puts at least one LUT unit (lanes, adder tree, accumulator, "
+        "requantizer) beside the DSP unit of each layer, and the smallest such design already needs more LUTs "
+        "than the part has: there is no ratio to give.\n" for r in tight)
     return f"""
 ## Where mixq lands, and why
 
@@ -213,7 +226,7 @@ The MSQ paper reports 2.1×–4.1× over all-DSP on XC7Z020/XC7Z045. mixq's mode
   the compute mix shows again, until block RAM binds.
 * Peak fractions are against every DSP packed *plus* every LUT as a 4-bit lane — a bound no
   design reaches, since the LUTs also hold trees, control and LUTRAM.
-"""
+{no_fit}"""
 
 
 if __name__ == "__main__":

@@ -294,9 +294,9 @@ GATHER_LUT_PER_BIT = 1.15
 
 
 def window_registers(layer: HwLayer, simds: np.ndarray) -> np.ndarray:
-    """``(n, 5)`` resources of the registers of a dense conv's window sequencer at each of ``simds``: the gathered
-    window where ``simd`` does not divide the input channels, the pixel register where it divides them more
-    than once, none where a pixel is one engine word."""
+    """``(n, 5)`` resources of a dense conv's window sequencer at each of ``simds``: the gathered window's registers
+    where ``simd`` does not divide the input channels; where it divides them more than once, the word multiplexer
+    on the buffer's output (a 4:1 per LUT6 with the slice's F7/F8 muxes); none where a pixel is one engine word."""
     s = layer.spec
     out = np.zeros((len(simds), 5))
     if len(s.in_shape) != 3 or s.groups != 1 or not shares_act(s.kind):
@@ -308,8 +308,30 @@ def window_registers(layer: HwLayer, simds: np.ndarray) -> np.ndarray:
     gather = (c % simds) != 0
     out[gather, 0] = GATHER_LUT_PER_BIT * bits
     out[gather, 1] = GATHER_FF_PER_BIT * bits
-    out[~gather & (simds < c), 1] = pixel
+    # a streamed window: the buffer's output holds the pixel (read enable), an R:1 word multiplexer picks the words
+    words = -(-c // simds)
+    stream = ~gather & (words > 1)
+    out[stream, 0] = (simds * layer.abits * -(-words // 4))[stream]
     return out
+
+
+def collector(rows: int, out_bits: int, lanes: np.ndarray) -> np.ndarray:
+    """Resource rows ``(n, 5)`` of mixq's RTL collector (:mod:`mixq.rtl.assemble`) for ``lanes`` requantizer outputs
+    per folding: a pixel's (tile, step)s as a one-hot ring, one write-group select per byte-aligned group, each lane's
+    codes of the group in progress, the pixel counters. Fitted to yosys on the searched CNV design's six
+    collectors (106-282 FF, 79-183 LUT); before byte-enabled buffer writes it held a whole pixel, ``rows x OB`` FF."""
+    lanes = np.maximum(lanes, 1)
+    events = -(-rows // lanes)
+    lane_bits = lanes * out_bits
+    group_bits = np.lcm(lane_bits, 8)
+    groups = -(-(rows * out_bits) // group_bits)
+    out = np.zeros((len(lanes), 5))
+    out[:, 0] = groups + COLLECTOR_LUT
+    out[:, 1] = events + groups + group_bits + COLLECTOR_FF
+    return out
+
+
+COLLECTOR_LUT, COLLECTOR_FF = 60.0, 40.0  # the collector's pixel counters and write address (yosys, see collector)
 
 
 def engine_cycles(layer: HwLayer, pe: int, simd: int) -> int:
@@ -429,10 +451,8 @@ def _terms(layer: HwLayer, pes: np.ndarray, simds: np.ndarray, part: Part, model
     ctrl = Resources(lut=opts.engine_lut, ff=opts.engine_ff)
     if external:
         ctrl = ctrl + Resources(lut=opts.dma_lut, ff=opts.dma_ff)
-    # the collector's registers: every output code of a pixel, one shift register per requantizer lane
-    ctrl = ctrl + Resources(ff=float(rows * max(1, layer.out_bits)))
-    terms = {"compute": comp, "requant": req, "weights": wmem, "linebuf": lbuf,
-             "control": np.broadcast_to(np.array(ctrl, dtype=float), (n, 5))}
+    control = np.broadcast_to(np.array(ctrl, dtype=float), (n, 5)) + collector(rows, ob, count)
+    terms = {"compute": comp, "requant": req, "weights": wmem, "linebuf": lbuf, "control": control}
     return cycles, terms, eff_split
 
 

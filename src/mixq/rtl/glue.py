@@ -76,25 +76,33 @@ module mixq_pingpong (
 endmodule
 
 module mixq_fbuf #(parameter PW = 8, N = 1, AW = 1) (
-  input clk, input wbank, input we, input [AW-1:0] waddr, input [PW-1:0] wdata,
-  input rbank, input [AW-1:0] raddr, output reg [PW-1:0] rdata
+  input clk, input wbank, input [(PW+7)/8-1:0] wbe, input [AW-1:0] waddr, input [PW-1:0] wdata,
+  input re, input rbank, input [AW-1:0] raddr, output reg [PW-1:0] rdata
 );
-  reg [PW-1:0] mem [0:2*N-1];
-  always @(posedge clk) begin
-    if (we) mem[wbank ? N + waddr : waddr] <= wdata;
-    rdata <= mem[rbank ? N + raddr : raddr];
-  end
+  // reads when `re` (the output holds otherwise: the block RAM's enable); byte-enabled writes (a collector
+  // writes a pixel in byte-aligned groups, mixq.rtl.assemble)
+  localparam NBE = (PW + 7) / 8;
+  reg [NBE*8-1:0] mem [0:2*N-1];
+  wire [NBE*8-1:0] wd = wdata;
+  genvar j;
+  generate for (j = 0; j < NBE; j = j + 1) begin : byte_
+    always @(posedge clk) if (wbe[j]) mem[wbank ? N + waddr : waddr][j*8 +: 8] <= wd[j*8 +: 8];
+  end endgenerate
+  always @(posedge clk) if (re) rdata <= mem[rbank ? N + raddr : raddr];
 endmodule
 
 module mixq_rowbuf #(parameter PW = 8, W = 1, R = 2, AW = 1, AUTO = 0) (
   input clk, input rst,
-  input reserve, input we, input [PW-1:0] wdata, output can_write,
+  input reserve, input we, input [(PW+7)/8-1:0] wbe, input [PW-1:0] wdata, output can_write,
   input [7:0] rel_n, output [7:0] avail,
-  input [AW-1:0] raddr, output reg [PW-1:0] rdata
+  input re, input [AW-1:0] raddr, output reg [PW-1:0] rdata
 );
   // R rows of W pixel words in a ring: writes in raster order (wa counts them round the ring), reads at
   // `raddr` = (row - the consumer's lowest kept row) * W + column, offset by the ring position of that row
-  reg [PW-1:0] mem [0:R*W-1];
+  // byte-enabled writes at the pixel in progress (`wbe`); `we` ends the pixel
+  localparam NBE = (PW + 7) / 8;
+  reg [NBE*8-1:0] mem [0:R*W-1];
+  wire [NBE*8-1:0] wd = wdata;
   reg [AW-1:0] wa, rbase;
   reg [7:0] used, filled;
   reg [AW:0] wx;
@@ -103,6 +111,10 @@ module mixq_rowbuf #(parameter PW = 8, W = 1, R = 2, AW = 1, AUTO = 0) (
   assign can_write = AUTO ? (wx != 0 || used < R) : ({1'b0, used} + reserve < R);
   assign avail = filled - rel_n;
   integer pa, nb, i;
+  genvar j;
+  generate for (j = 0; j < NBE; j = j + 1) begin : byte_
+    always @(posedge clk) if (wbe[j]) mem[wa][j*8 +: 8] <= wd[j*8 +: 8];
+  end endgenerate
   always @(*) begin
     pa = rbase + raddr;
     if (pa >= R * W) pa = pa - R * W;
@@ -111,8 +123,7 @@ module mixq_rowbuf #(parameter PW = 8, W = 1, R = 2, AW = 1, AUTO = 0) (
     if (nb >= R * W) nb = nb - R * W;
   end
   always @(posedge clk) begin
-    if (we) mem[wa] <= wdata;
-    rdata <= mem[pa];
+    if (re) rdata <= mem[pa];  // the output holds without `re` (the block RAM's enable)
     if (rst) begin wa <= 0; wx <= 0; used <= 0; filled <= 0; rbase <= 0; end
     else begin
       if (we) begin wa <= (wa == R * W - 1) ? 0 : wa + 1'b1; wx <= (wx == W - 1) ? 0 : wx + 1'b1; end
@@ -330,11 +341,13 @@ module mixq_window_stream #(
   output reg frame_end,
   output [AW-1:0] raddr, input [PW-1:0] rdata,
   input [7:0] avail, output [7:0] rel_n, input can_reserve, output reserve,
-  output in_we, output [IA-1:0] in_addr, output [LW-1:0] in_data, output reg start, input ready
+  output in_we, output [IA-1:0] in_addr, output [LW-1:0] in_data, output reg start, input ready, output re
 );
   // a window's pixels go straight into the engine's write bank: pixel word k of the window is engine words
   // k*R .. k*R+R-1 (R = PW / LW); one read every R cycles, data two cycles after the address; the next
-  // window's reads wait until the engine has taken this one (its write bank is then the other one)
+  // window's reads wait until the engine has taken this one (its write bank is then the other one). The
+  // buffer reads only when told (`re`, the cycle its address is valid), so its output holds the pixel for
+  // the R cycles its words are written: no pixel register, an R:1 word multiplexer on the buffer's output
   localparam K = KH * KW;
   localparam R = PW / LW;
   reg active, pending;
@@ -343,7 +356,6 @@ module mixq_window_stream #(
   reg [NB-1:0] cnt, r;
   reg p1, p2, pad2, e1, e2;
   reg [NB-1:0] t1, t2; reg [NB+15:0] base;
-  reg [PW-1:0] px;
   reg emit, last_emit;
   wire [PW-1:0] pix = pad2 ? {PW{1'b0}} : rdata;
   wire issue = g_on && gate_ok && !pending && cnt == 0;
@@ -358,7 +370,8 @@ module mixq_window_stream #(
   // a pixel's first word is written as its data arrive, the others from `px` in the next R - 1 cycles
   assign in_we = p2 || emit;
   assign in_addr = p2 ? t2 * R : base + r;
-  assign in_data = p2 ? pix[LW-1:0] : px[r * LW +: LW];
+  assign in_data = p2 ? pix[LW-1:0] : pix[r * LW +: LW];
+  assign re = p1;
   always @(posedge clk) begin
     frame_end <= 1'b0;
     if (rst) begin
@@ -377,7 +390,7 @@ module mixq_window_stream #(
       end
       if (p2) begin
         if (R == 1) begin if (e2) start <= 1'b1; end
-        else begin px <= pix; emit <= 1'b1; r <= 1; base <= t2 * R; last_emit <= e2; end
+        else begin emit <= 1'b1; r <= 1; base <= t2 * R; last_emit <= e2; end
       end
       if (active && done) begin active <= 0; frame_end <= 1'b1; end
     end

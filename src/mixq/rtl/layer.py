@@ -61,6 +61,9 @@ class LayerRtl:
     drain: int = 0
     load_port: tuple[int, int, int] | None = None  # (select, address, data) widths of the weight-load port
     lane_rows: list[list[int]] = field(default_factory=list)  # per requantizer output: its rows, in output order
+    # per requantizer output, parallel to lane_rows: the (tile, step) of each row's output; outputs of one
+    # (tile, step) leave every lane in the same cycle, and (tile, step) order is time order within a vector
+    lane_events: list[list[tuple[int, int]]] = field(default_factory=list)
 
 
 def _bits(n: int) -> int:
@@ -295,12 +298,14 @@ def generate_layer(lay: Layout, top: str, mem_dir: str = "", weights: str = "aut
             pwid = sum(fields_w)
             prm = []
             out.lane_rows.append([])
+            out.lane_events.append([])
             for t in range(tiles):
                 for s in range(s_n):
                     j = s * r_n + r
                     row = int(c.slots[t, j]) if t < c.tiles and j < no else -1
                     if row >= 0:
                         out.lane_rows[-1].append(row)
+                        out.lane_events[-1].append((t, s))
                     if row < 0:
                         f = [0, 0, 0, 0] + ([] if uniform else [0, 0])
                     else:

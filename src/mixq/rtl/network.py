@@ -83,7 +83,7 @@ import torch
 
 from mixq.engine.model import IntModel
 from mixq.errors import ModelError
-from mixq.rtl.assemble import generate_collector
+from mixq.rtl.assemble import CollectorPlan, generate_collector, plan_collector
 from mixq.rtl.glue import GLUE_VERILOG
 from mixq.rtl.layer import LayerRtl, generate_layer
 from mixq.rtl.netgraph import (
@@ -145,6 +145,28 @@ def _bus(bits: int) -> int:
     return max(8, 8 * math.ceil(bits / 8))
 
 
+def _nbe(bits: int) -> int:
+    """Byte enables of a ``bits``-wide buffer word."""
+    return -(-bits // 8)
+
+
+def _unpermute(fb: str, plan: CollectorPlan | None, bits: int) -> str:
+    """``{fb}_rdata`` (channel ``c`` at field ``c``) from the stored ``{fb}_word``: a layer's collector stores its
+    codes in arrival order (``plan.pos``), by wiring; other producers store channel order."""
+    if plan is None:
+        return f"  assign {fb}_rdata = {fb}_word;"
+    out: list[str] = []
+    c, n = 0, len(plan.pos)
+    while c < n:  # runs of consecutive fields as one part-select
+        e = c + 1
+        while e < n and plan.pos[e] == plan.pos[e - 1] + 1:
+            e += 1
+        out.append(f"assign {fb}_rdata[{e * bits - 1}:{c * bits}] = {fb}_word[{(plan.pos[e - 1] + 1) * bits - 1}:"
+                   f"{plan.pos[c] * bits}];")
+        c = e
+    return "  " + " ".join(out)
+
+
 def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name)
 
@@ -163,6 +185,7 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
     names: list[str] = []
     engines: dict[int, LayerRtl] = {}
     collectors: list[str] = []  # the layer stages' collectors, one file (the glue's part of the design)
+    plans: dict[int, CollectorPlan] = {}  # a layer stage's buffer word: its codes in arrival order
     for i, st in enumerate(g.nodes):
         if isinstance(st, Stage):
             li = sum(isinstance(x, Stage) for x in g.nodes[:i])
@@ -172,7 +195,11 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
             engines[i] = rtl
             net.files[f"{rtl.top}.v"] = rtl.verilog
             oc, oh, ow = st.out_shape
-            collectors.append(generate_collector(f"{rtl.top}_col", rtl.lane_rows, oc, st.out_bits, rtl.q_bits,
+            try:
+                plans[i] = plan_collector(rtl.lane_rows, rtl.lane_events, oc, st.out_bits)
+            except ModelError as e:
+                raise ModelError(f"layer {st.name!r}: {e}") from None
+            collectors.append(generate_collector(f"{rtl.top}_col", plans[i], rtl.nr, st.out_bits, rtl.q_bits,
                                                  signed=st.out_signed, out_hw=st.out_hw, pool=st.pool,
                                                  pooled_hw=(oh, ow)))
             net.mems.update(rtl.mems)
@@ -210,24 +237,29 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
         pw, n, aw = c * bb, h * w, _bits(h * w)
         r = rings.get(j, 0)
         v(f"  wire fb{j}_commit, fb{j}_release, fb{j}_pbank, fb{j}_cbank, fb{j}_can_write, fb{j}_can_read;")
-        v(f"  wire fb{j}_we; wire [{aw - 1}:0] fb{j}_waddr; wire [{pw - 1}:0] fb{j}_wdata, fb{j}_rdata;")
+        v(f"  wire fb{j}_we; wire [{_nbe(pw) - 1}:0] fb{j}_wbe; wire [{aw - 1}:0] fb{j}_waddr; "
+          f"wire [{pw - 1}:0] fb{j}_wdata, fb{j}_rdata, fb{j}_word;")
+        v(_unpermute(f"fb{j}", plans.get(b.producer), bb))
+        reader = g.nodes[b.consumer] if b.consumer >= 0 else None  # a streamed window reads when it says
+        v(f"  wire fb{j}_re;" if isinstance(reader, Stage) and reader.streamed else f"  wire fb{j}_re = 1'b1;")
         v(f"  wire fb{j}_reserve; wire [7:0] fb{j}_rel, fb{j}_avail;")
         if r:
             ra = _bits(r * w)
             v(f"  // ring buffer {j}: {b.value} ({c} x {h} x {w} codes of {bb} bits), {r} rows")
             v(f"  wire [{ra - 1}:0] fb{j}_raddr; assign fb{j}_can_read = 1'b1;")
             v(f"  mixq_rowbuf #(.PW({pw}), .W({w}), .R({r}), .AW({ra}), .AUTO({int(b.producer == -1)})) fb{j} "
-              f"(.clk(clk), .rst(rst), .reserve(fb{j}_reserve), .we(fb{j}_we), .wdata(fb{j}_wdata), "
-              f".can_write(fb{j}_can_write), .rel_n(fb{j}_rel), .avail(fb{j}_avail), .raddr(fb{j}_raddr), "
-              f".rdata(fb{j}_rdata));")
+              f"(.clk(clk), .rst(rst), .reserve(fb{j}_reserve), .we(fb{j}_we), .wbe(fb{j}_wbe), "
+              f".wdata(fb{j}_wdata), .can_write(fb{j}_can_write), .rel_n(fb{j}_rel), .avail(fb{j}_avail), "
+              f".re(fb{j}_re), .raddr(fb{j}_raddr), "
+              f".rdata(fb{j}_word));")
             continue
         v(f"  // frame buffer {j}: {b.value} ({c} x {h} x {w} codes of {bb} bits), two banks")
         v(f"  wire [{aw - 1}:0] fb{j}_raddr; assign fb{j}_avail = 8'd0;")
         v(f"  mixq_pingpong fb{j}_pp (.clk(clk), .rst(rst), .p_commit(fb{j}_commit), .c_release(fb{j}_release), "
           f".p_bank(fb{j}_pbank), .c_bank(fb{j}_cbank), .can_write(fb{j}_can_write), .can_read(fb{j}_can_read));")
-        v(f"  mixq_fbuf #(.PW({pw}), .N({n}), .AW({aw})) fb{j} (.clk(clk), .wbank(fb{j}_pbank), .we(fb{j}_we), "
-          f".waddr(fb{j}_waddr), .wdata(fb{j}_wdata), .rbank(fb{j}_cbank), .raddr(fb{j}_raddr), "
-          f".rdata(fb{j}_rdata));")
+        v(f"  mixq_fbuf #(.PW({pw}), .N({n}), .AW({aw})) fb{j} (.clk(clk), .wbank(fb{j}_pbank), .wbe(fb{j}_wbe), "
+          f".waddr(fb{j}_waddr), .wdata(fb{j}_wdata), .re(fb{j}_re), .rbank(fb{j}_cbank), .raddr(fb{j}_raddr), "
+          f".rdata(fb{j}_word));")
 
     def fan_out(p: str, producer: int) -> None:
         """The producer ``p``'s write port and commit to every buffer it writes; ``{p}_cw``: all have room."""
@@ -236,10 +268,11 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
         cw = "1'b1" if ring and producer >= 0 else " & ".join(f"fb{k}_can_write" for k in outs)
         v(f"  wire {p}_cw = {cw};")
         for k in outs:
-            v(f"  assign fb{k}_we = {p}_we; assign fb{k}_waddr = {p}_waddr; assign fb{k}_wdata = {p}_wdata; "
-              f"assign fb{k}_commit = {p}_commit;")
+            v(f"  assign fb{k}_we = {p}_we; assign fb{k}_wbe = {p}_wbe; assign fb{k}_waddr = {p}_waddr; "
+              f"assign fb{k}_wdata = {p}_wdata; assign fb{k}_commit = {p}_commit;")
 
     v(f"  wire in_we, in_commit; wire [{_bits(h0 * w0) - 1}:0] in_waddr; wire [{c0 * bin_.bits - 1}:0] in_wdata;")
+    v(f"  wire [{_nbe(c0 * bin_.bits) - 1}:0] in_wbe = {{{_nbe(c0 * bin_.bits)}{{in_we}}}};")
     fan_out("in", -1)
     v(f"  mixq_axis_in #(.DW({net.in_width}), .PW({c0 * bin_.bits}), .N({h0 * w0}), .AW({_bits(h0 * w0)})) "
       "axis_in (.clk(clk), .rst(rst), .s_tdata(s_axis_tdata), .s_tvalid(s_axis_tvalid), .s_tready(s_axis_tready), "
@@ -251,6 +284,9 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
         oc, oh, ow = st.out_shape if isinstance(st, Stage) else st.shape
         ob = st.out_bits
         v(f"  wire {p}_we, {p}_commit; wire [{_bits(oh * ow) - 1}:0] {p}_waddr; wire [{oc * ob - 1}:0] {p}_wdata;")
+        v(f"  wire [{_nbe(oc * ob) - 1}:0] {p}_wbe;")
+        if not isinstance(st, Stage):  # a pointwise or gather stage writes whole words
+            v(f"  assign {p}_wbe = {{{_nbe(oc * ob)}{{{p}_we}}}};")
         fan_out(p, i)
         if not isinstance(st, Stage):
             ia_ = _bits(st.in_shape[1] * st.in_shape[2]) if isinstance(st, GatherStage) else _bits(oh * ow)
@@ -296,12 +332,12 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
           f"(.clk(clk), .rst(rst), .can_read(fb{k0}_can_read), .can_write({p}_cw), .done({p}_done), "
           f".frame_end({p}_end), .raddr(fb{k0}_raddr), .rdata(fb{k0}_rdata), .avail(fb{k0}_avail), .rel_n(fb{k0}_rel), "
           f".can_reserve({cres}), .reserve({res_}), .in_we({p}_iwe), .in_addr({p}_addr), "
-          f".in_data({p}_data), .start({p}_start), .ready({p}_ready));")
+          f".in_data({p}_data), .start({p}_start), .ready({p}_ready){f', .re(fb{k0}_re)' if st.streamed else ''});")
         load = ", .wl_we(1'b0), .wl_sel(0), .wl_addr(0), .wl_data(0)" if rtl.load_port else ""
         v(f"  {rtl.top} {p}_eng (.clk(clk), .rst(rst), .in_we({p}_iwe), .in_addr({p}_addr), .in_data({p}_data), "
           f".start({p}_start), .busy(), .ready({p}_ready), .out_valid({p}_ov), .out_row({p}_orow), "
           f".out_q({p}_oq){load});")
-        v(f"  {rtl.top}_col {p}_col (.clk(clk), .rst(rst), .ov({p}_ov), .oq({p}_oq), .we({p}_we), "
+        v(f"  {rtl.top}_col {p}_col (.clk(clk), .rst(rst), .ov({p}_ov), .oq({p}_oq), .we({p}_we), .wbe({p}_wbe), "
           f".waddr({p}_waddr), .wdata({p}_wdata), .done({p}_done));")
     ko = g.buffers.index(bout)
     oc, oh, ow = bout.shape
