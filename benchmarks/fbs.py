@@ -1,26 +1,47 @@
-"""Dynamic channel pruning (FBS) vs static channel pruning at equal executed MACs: CNV on Fashion-MNIST.
+"""Dynamic channel pruning (FBS) vs static channel pruning at equal executed MACs on Fashion-MNIST: CNV
+(measured) and ResNet-20 (wired, not measured yet).
 
-    .venv/bin/python benchmarks/fbs.py          # -> benchmarks/results/fbs.json, fbs.md (trained models cached
-                                                #    in runs/fbs-bench/; delete it to retrain)
+    .venv/bin/python benchmarks/fbs.py                  # DEFAULT_NETS (CNV), then the report
+    .venv/bin/python benchmarks/fbs.py --net cnv        # one network's rows (runs/fbs-bench/rows-cnv.json) ...
+    .venv/bin/python benchmarks/fbs.py --net resnet20   # ... side by side, one thread each (not measured yet)
+    .venv/bin/python benchmarks/fbs.py --net cnv --part fbs        # train one model / measure one row
+    .venv/bin/python benchmarks/fbs.py --net cnv --part fbs-w4a4   # (parts side by side, then --net cnv)
+    .venv/bin/python benchmarks/fbs.py --report         # -> benchmarks/results/fbs.json, fbs.md
 
-Rows: the dense CNV (shipped weights), FBS at density ``DENSITY`` on every conv (KD from the dense model,
-L1 on the saliencies, ``FT_EPOCHS`` epochs of the full training set), and static channel pruning of the
-same layers (L1 criterion) removing ``1 - DENSITY`` of their channels, fine-tuned the same way — both
-execute about half the dense MACs. Each at FP32 and at W4A4 (QAT, ``QAT_EPOCHS`` epoch on the first
-``QAT_IMAGES`` training images, KD from the FP32 model of the row; the FBS gates calibrated after QAT).
-Columns: top-1 on the full 10k test set, executed MACs per image (measured per image,
-:func:`mixq.algorithms.prune.fbs.executed_macs`), the layer-sequential overlay on XC7Z020 over the
-whole test set (:func:`mixq.hw.dynamic.dynamic_overlay`: mean and p95 frame rate). The W4A4 FBS model is
-run in the integer engine on ``ENGINE_IMAGES`` test images and compared bit for bit with its
-hardware-faithful model (outputs and channel decisions), and its decisions with the fake-quant model's.
-One thread; the cached models make a rerun take minutes.
+Trained models are cached in ``runs/fbs-bench/`` (delete it to retrain); a rerun from the cache takes minutes.
+
+Data: the Fashion-MNIST training set split into the first ``TRAIN_IMAGES`` (training) and the last 5000
+(validation: every recipe choice was made on it, never on the test set); the full 10k test set for the rows.
+
+Networks (``NETS``): the zoo's CNV (shipped weights; measured) and ResNet-20 (He et al.'s CIFAR ResNet,
+option-B shortcuts, its stem taking one channel, trained here from scratch on the training split for
+``RESNET_EPOCHS`` epochs; wired, not measured yet — see ``DEFAULT_NETS``). Rows per network: dense; FBS
+(``mixq.algorithms.prune.fbs``: saliency predictors fitted by ridge regression, the winner-take-all started at
+the static choice (``static_prior``), then ``Net.ft_epochs`` of KD fine-tuning from the dense model with the
+L1 penalty on the first ``Net.ft_images`` training images); static channel pruning of the same layers (L1
+criterion) keeping as many channels per layer as FBS's winner-take-all, fine-tuned by the same recipe (same
+images, epochs, lr, KD) — so the two execute the same MACs and train equally long. Each at FP32 and at W4A4
+(QAT, ``QAT_EPOCHS`` epoch on the first ``QAT_IMAGES`` training images, KD from the FP32 model of the row;
+the FBS gates calibrated after QAT).
+
+Columns: top-1 on the full test set and on the validation split, executed MACs per image (measured per image,
+:func:`mixq.algorithms.prune.fbs.executed_macs`), the layer-sequential overlay on XC7Z020 over the whole test
+set (:func:`mixq.hw.dynamic.dynamic_overlay`: mean and p95 frame rate, the cores sized for the dense network),
+the streaming design's gain. The report breaks the overlay's cycle reduction down against the executed-MAC
+reduction per layer (set-up cycles, rounding of the shrunken GEMMs, predictors, layers that do not shrink).
+The W4A4 FBS models run in the integer engine on the first ``Net.engine_images`` test images, compared bit
+for bit with the hardware-faithful model (outputs and channel decisions).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +56,7 @@ from mixq.algorithms.prune.fbs import (
     densities,
     executed_macs,
     fit_predictors,
+    static_prior,
     to_fbs,
     train_fbs,
 )
@@ -49,6 +71,7 @@ from mixq.graph.capture import capture
 from mixq.graph.convert import calibrate, to_quantized
 from mixq.hw.dynamic import dense_names, dynamic_overlay, streaming_gain
 from mixq.hw.estimate import estimate
+from mixq.hw.units import ArchOptions
 from mixq.io import atomic_write_json, atomic_write_text
 from mixq.nn.fbs import calibrate_gates, fbs_layers
 from mixq.plan import QuantPlan
@@ -58,25 +81,66 @@ from mixq.training import TrainConfig, accuracy, fit
 ROOT = Path(__file__).resolve().parent
 CACHE = ROOT.parent / "runs" / "fbs-bench"
 SHAPE = (1, 28, 28)
-LAYERS = ("features.0", "features.3", "features.7", "features.10")
-DENSITY = 0.7
-# static pruning keeps as many channels as FBS's k = ceil(0.7 C): round(0.29 * 32) = 9, round(0.29 * 64) = 19
-STATIC_RATIO = 0.29
-FT_EPOCHS = 2
+TRAIN_IMAGES = 55000  # the rest of the 60k training set is the validation split
 FT_LR = 0.002
+SPREAD = 0.05  # fit_predictors: saliencies start within about 5% of 1
 QAT_EPOCHS = 1
 QAT_IMAGES = 20000
-ENGINE_IMAGES = 1000
+RESNET_EPOCHS = 8
 W4 = FixedPoint(bits=4, signed=True, narrow=True)
 A4 = FixedPoint(bits=4, signed=False)
 PART = "xc7z020"
 
 
-def _train_cfg() -> TrainConfig:
-    return TrainConfig(epochs=FT_EPOCHS, lr=FT_LR, kd_alpha=0.7, threads=1, progress=False, eval_every_epoch=False)
+@dataclass(frozen=True)
+class Net:
+    """One network of the benchmark: the gated layers, FBS's density, the static pruning keeping as many
+    channels (``channel_masks`` removes ``round(ratio * C)``), the fine-tune and the engine check's size."""
+
+    name: str
+    layers: tuple[str, ...]
+    density: float
+    static_ratio: float
+    ft_epochs: int
+    engine_images: int
+    note: str
+    refit_every: int = 0  # FbsConfig.refit_every: predictors refitted by least squares instead of trained
+    prior_margin: float = 0.5  # static_prior: the WTA starts at the static choice (0: no prior)
+    ft_images: int = TRAIN_IMAGES  # the fine-tunes' share of the training split (its first images)
 
 
-def _cached(path: Path, model: nn.Module, train: Any) -> tuple[nn.Module, float]:
+CNV_LAYERS = ("features.0", "features.3", "features.7", "features.10")
+# the first conv of every block: its output goes through a ReLU into the second conv, whose input is then as
+# sparse (gating the second conv too — its output feeds the residual add — was tried in a smoke run: the integer
+# engine's proven range of the boosted residual stream then passes 62 bits at the fc)
+RESNET_LAYERS = tuple(f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3))
+NETS = {
+    # k = ceil(0.7 C): 23 of 32, 45 of 64; static removes round(0.29 C): 9 of 32, 19 of 64 -> the same kept counts
+    "cnv": Net("cnv", CNV_LAYERS, 0.7, 0.29, 1, 1000, "every conv gated", ft_images=20000),
+    # k = C / 2: 8 of 16, 16 of 32, 32 of 64; static removes round(0.5 C) -> the same; both convs of a block at half
+    "resnet20": Net("resnet20", RESNET_LAYERS, 0.5, 0.5, 1, 200,
+                    "the first conv of every block gated (stem, second convs, 1x1 shortcuts and fc dense)",
+                    ft_images=20000),
+}
+
+
+#: what a plain run measures; ResNet-20 (``--net resnet20``) is wired but was not measured in the time box
+#: (training its dense model from scratch did not fit the CPU share), and a smoke run of it on a barely trained
+#: ResNet-20 diverged (NaN) in the FBS fine-tune
+DEFAULT_NETS = ("cnv",)
+
+
+def _train_cfg(epochs: int, lr: float = FT_LR) -> TrainConfig:
+    return TrainConfig(epochs=epochs, lr=lr, kd_alpha=0.7, threads=1, progress=False, eval_every_epoch=False)
+
+
+def _seconds(path: Path) -> float:
+    """The training time recorded beside a cached model (nan when it was not recorded)."""
+    rec = path.with_suffix(".seconds")
+    return float(rec.read_text()) if rec.is_file() else float("nan")
+
+
+def _cached(path: Path, model: nn.Module, train: Callable[[nn.Module], None]) -> tuple[nn.Module, float]:
     """``model`` trained by ``train(model)`` or loaded from ``path``; (model, seconds its training took)."""
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))
@@ -90,18 +154,32 @@ def _cached(path: Path, model: nn.Module, train: Any) -> tuple[nn.Module, float]
     return model.eval(), secs
 
 
-def _seconds(path: Path) -> float:
-    """The training time recorded beside a cached model (nan when it was not recorded)."""
-    rec = path.with_suffix(".seconds")
-    return float(rec.read_text()) if rec.is_file() else float("nan")
+def _resnet20() -> nn.Module:
+    m = zoo.load("resnet20")
+    m.conv1 = nn.Conv2d(1, 16, 3, padding=1, bias=False)  # Fashion-MNIST: one input channel
+    nn.init.kaiming_normal_(m.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return m
 
 
-def _qat(name: str, model: nn.Module, teacher: nn.Module, data: dict[str, torch.Tensor],
+def _dense(net: Net, data: dict[str, torch.Tensor]) -> tuple[nn.Module, float]:
+    if net.name == "cnv":
+        return zoo.load("cnv", pretrained=True).eval(), 0.0
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=RESNET_EPOCHS, lr=0.1, momentum=0.9, weight_decay=5e-4, warmup_steps=200, threads=1,
+                      progress=False, eval_every_epoch=False)
+
+    def train(m: nn.Module) -> None:
+        fit(m.train(), data["xtr"], data["ytr"], cfg, fill=PAD_FILL, desc="resnet20")
+
+    return _cached(CACHE / "resnet20-dense.pt", _resnet20(), train)
+
+
+def _qat(net: Net, label: str, model: nn.Module, teacher: nn.Module, data: dict[str, torch.Tensor],
          masks: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, QuantPlan, float]:
     """W4A4 QAT of ``model`` (KD from ``teacher``), FBS gates calibrated after; cached in ``CACHE``."""
-    plan = default_plan(f"cnv-{name}", model, data["xtr"][:64], weight=W4, act=A4)
+    plan = default_plan(f"{net.name}-{label}", model, data["xtr"][:64], weight=W4, act=A4)
     calib = [data["xtr"][i:i + 256] for i in range(0, 1024, 256)]
-    path = CACHE / f"qat-{name}.pt"
+    path = CACHE / f"{net.name}-qat-{label}.pt"
     if path.is_file():
         q = calibrate(to_quantized(fold_bn(model, SHAPE), plan), calib)
         q.load_state_dict(torch.load(path, weights_only=True))
@@ -109,8 +187,8 @@ def _qat(name: str, model: nn.Module, teacher: nn.Module, data: dict[str, torch.
     cfg = QatConfig(epochs=QAT_EPOCHS, lr=0.001, kd_alpha=0.7, threads=1, progress=False, eval_every_epoch=False)
     t = time.perf_counter()
     start = calibrate_gates(copy.deepcopy(model), calib) if fbs_layers(model) else model  # QAT with 8-bit gates
-    res = train_qat(start, plan, (data["xtr"][:QAT_IMAGES], data["ytr"][:QAT_IMAGES]), cfg, CACHE / f"qat-{name}",
-                    masks=masks, teacher=teacher, fill=PAD_FILL)
+    res = train_qat(start, plan, (data["xtr"][:QAT_IMAGES], data["ytr"][:QAT_IMAGES]), cfg,
+                    CACHE / f"{net.name}-qat-{label}", masks=masks, teacher=teacher, fill=PAD_FILL)
     q = res.model
     if fbs_layers(q):
         calibrate_gates(q, calib)
@@ -125,20 +203,25 @@ def _known(plan: QuantPlan, specs: list[Any]) -> QuantPlan:
     return QuantPlan(plan.model, {k: v for k, v in plan.items() if k in names})
 
 
-def _row(label: str, bits: str, model: nn.Module, plan: QuantPlan, specs: list[Any], data: dict[str, torch.Tensor],
-         train_s: float) -> dict[str, Any]:
+def _row(net: Net, label: str, bits: str, model: nn.Module, plan: QuantPlan, specs: list[Any],
+         data: dict[str, torch.Tensor], train_s: float) -> dict[str, Any]:
     xte, yte = data["xte"], data["yte"]
     macs = executed_macs(model, specs, xte)
     total = macs["total"].double()
-    names = [n for n in LAYERS if n in dict(model.named_modules())]
+    names = [n for n in net.layers if n in dict(model.named_modules())]
     counts = {n: [(int(a), int(b)) for a, b in c.tolist()] for n, c in channel_counts(model, xte, names).items()}
     hw = dynamic_overlay(specs, dense_names(plan), counts, PART, predictors=bool(fbs_layers(model))).summary()
-    hist = torch.histc(total / 1e6, bins=20, min=0, max=20)
-    row = {"model": label, "bits": bits, "accuracy": accuracy(model, xte, yte), "test_images": int(xte.shape[0]),
+    dense_m = sum(s.macs for s in specs if s.is_compute)
+    lo, hi = float(total.min()), float(total.max())
+    bins = 10 if hi > lo else 1
+    hist = torch.histc(total, bins=bins, min=lo, max=hi if hi > lo else lo + 1)
+    row = {"net": net.name, "model": label, "bits": bits, "accuracy": accuracy(model, xte, yte),
+           "val_accuracy": accuracy(model, data["xval"], data["yval"]), "test_images": int(xte.shape[0]),
            "macs_mean": float(total.mean()), "macs_p95": float(torch.quantile(total, 0.95)),
            "macs_min": float(total.min()), "macs_max": float(total.max()),
            "macs_per_layer": {k: float(v.double().mean()) for k, v in macs.items() if k != "total"},
-           "macs_histogram_M": {"edges": [float(i) for i in range(21)], "counts": [int(c) for c in hist.tolist()]},
+           "macs_histogram": {"edges": [lo + (hi - lo) * i / bins for i in range(bins + 1)],
+                              "counts": [int(c) for c in hist.tolist()], "dense_macs": dense_m},
            "channels_mean": {n: [float(x) for x in torch.tensor(c).double().mean(0).tolist()]
                              for n, c in counts.items()},
            "overlay": {k: v for k, v in hw.items() if k != "layers"}, "overlay_layers": hw["layers"],
@@ -151,8 +234,8 @@ def _row(label: str, bits: str, model: nn.Module, plan: QuantPlan, specs: list[A
         pe = {ly.name: ly.pe for ly in sp.layers if ly.cycles}
         ch = {s.name: s.out_channels for s in specs if s.name in counts}
         row["streaming"] = streaming_gain(st, pe, ch, counts)
-    print(f"{label:>7} {bits}: acc {row['accuracy']:.2f}  MACs {row['macs_mean'] / 1e6:.2f}M  overlay "
-          f"{hw['fps_mean']:.0f} fps (p95 {hw['fps_p95']:.0f})", flush=True)
+    print(f"{net.name} {label:>7} {bits}: test {row['accuracy']:.2f} val {row['val_accuracy']:.2f}  MACs "
+          f"{row['macs_mean'] / 1e6:.2f}M  overlay {hw['fps_mean']:.0f} fps (p95 {hw['fps_p95']:.0f})", flush=True)
     return row
 
 
@@ -185,83 +268,275 @@ def _engine_check(qmodel: nn.Module, x: torch.Tensor) -> dict[str, Any]:
             "decisions_equal_fake_quant": f"{same_fq}/{total}", "seconds": round(time.perf_counter() - t, 1)}
 
 
-def main() -> int:
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
+def _data() -> dict[str, torch.Tensor]:
     xtr, ytr, xte, yte = training_data("fmnist")
-    data = {"xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte}
-    dense = zoo.load("cnv", pretrained=True).eval()
+    return {"xtr": xtr[:TRAIN_IMAGES], "ytr": ytr[:TRAIN_IMAGES], "xval": xtr[TRAIN_IMAGES:],
+            "yval": ytr[TRAIN_IMAGES:], "xte": xte, "yte": yte}
+
+
+ROWS = ("dense-fp32", "fbs-fp32", "static-fp32", "dense-w4a4", "fbs-w4a4", "static-w4a4")
+
+
+def run_net(net: Net, part: str | None = None, fp32_only: bool = False) -> dict[str, Any]:
+    """Train (or load) and measure the rows of ``net``; written to ``CACHE/rows-<net>.json``. Each row is cached
+    in ``CACHE/rows/`` once measured. ``part``: "dense" / "fbs" / "static" trains (or loads) that FP32 model
+    only, a row name (``ROWS``) measures that row only (training what it needs) — so parts can run side by
+    side. ``fp32_only``: no W4A4 rows (a partial set of rows, marked so in the file)."""
+    torch.set_num_threads(1)
+    data = _data()
+    dense, dense_s = _dense(net, data)
+    if part == "dense":
+        return {}
     specs = capture(dense, SHAPE)
-    cfg = FbsConfig(density=DENSITY, layers=LAYERS, train=_train_cfg())
+    ft = _train_cfg(net.ft_epochs)
+    cfg = FbsConfig(density=net.density, layers=net.layers, train=ft, spread=SPREAD, refit_every=net.refit_every)
+    masks = channel_masks(dense, net.static_ratio, list(net.layers))
 
     def train_fbs_model(m: nn.Module) -> None:
-        fit_predictors(m, xtr[:2048], spread=0.05)
-        train_fbs(m, dense, (xtr, ytr), cfg, fill=PAD_FILL)
-
-    fbs, fbs_s = _cached(CACHE / "fbs.pt", to_fbs(dense, cfg, SHAPE), train_fbs_model)
-    masks = channel_masks(dense, STATIC_RATIO, list(LAYERS))
+        fit_predictors(m, data["xtr"][:2048], spread=SPREAD)
+        if net.prior_margin > 0:
+            static_prior(m, masks, net.prior_margin)
+        train_fbs(m, dense, (data["xtr"][:net.ft_images], data["ytr"][:net.ft_images]), cfg, fill=PAD_FILL)
 
     def train_static(m: nn.Module) -> None:
-        fit(m.train(), xtr, ytr, _train_cfg(), teacher=dense, masks=param_masks(m, masks), fill=PAD_FILL,
-            desc="static finetune")
+        fit(m.train(), data["xtr"][:net.ft_images], data["ytr"][:net.ft_images], ft, teacher=dense,
+            masks=param_masks(m, masks), fill=PAD_FILL, desc="static finetune")
 
-    static, static_s = _cached(CACHE / "static.pt", apply_masks(dense, masks), train_static)
-    w8 = default_plan("cnv", dense, xtr[:64])
-    w8_fbs = default_plan("cnv-fbs", fbs, xtr[:64])
-    rows = [_row("dense", "fp32", dense, w8, specs, data, 0.0), _row("fbs", "fp32", fbs, w8_fbs, specs, data, fbs_s),
-            _row("static", "fp32", static, w8, specs, data, static_s)]
-    engine: dict[str, Any] = {}
-    for label, model, teacher, m in (("dense", dense, dense, None), ("fbs", fbs, fbs, None),
-                                     ("static", static, static, masks)):
-        q, plan, secs = _qat(label, model, teacher, data, m)
-        rows.append(_row(label, "w4a4", q, plan, specs, data, secs))
-        if label == "fbs":
-            engine = _engine_check(q, xte[:ENGINE_IMAGES])
-            print("engine:", engine, flush=True)
-    doc = {"benchmark": "fbs", "model": "cnv", "dataset": "fashion-mnist", "part": PART, "density": DENSITY,
-           "layers": list(LAYERS), "finetune_epochs": FT_EPOCHS, "finetune_lr": FT_LR, "qat_epochs": QAT_EPOCHS,
-           "qat_images": QAT_IMAGES, "dense_macs": sum(s.macs for s in specs if s.is_compute), "rows": rows,
-           "engine": engine, "threads": 1}
+    models: dict[str, tuple[nn.Module, float]] = {"dense": (dense, dense_s)}
+
+    def fp32(label: str) -> tuple[nn.Module, float]:
+        if label not in models:
+            models[label] = (_cached(CACHE / f"{net.name}-fbs.pt", to_fbs(dense, cfg, SHAPE), train_fbs_model)
+                             if label == "fbs" else
+                             _cached(CACHE / f"{net.name}-static.pt", apply_masks(dense, masks), train_static))
+        return models[label]
+
+    if part in ("fbs", "static"):
+        fp32(part)
+        return {}
+
+    def row(name: str) -> dict[str, Any]:
+        path = CACHE / "rows" / f"{net.name}-{name}.json"
+        if path.is_file():
+            return dict(json.loads(path.read_text()))
+        label, bits = name.split("-")
+        model, secs = fp32(label)
+        t = time.perf_counter()
+        if bits == "fp32":
+            plan = default_plan(f"{net.name}-fbs" if label == "fbs" else net.name, model, data["xtr"][:64])
+            r = _row(net, label, bits, model, plan, specs, data, secs)
+        else:  # QAT with KD from the row's FP32 model
+            q, plan, secs = _qat(net, label, model, model, data, masks if label == "static" else None)
+            t = time.perf_counter()
+            r = _row(net, label, bits, q, plan, specs, data, secs)
+            if label == "fbs":
+                r["engine"] = _engine_check(q, data["xte"][:net.engine_images])
+                print("engine:", r["engine"], flush=True)
+        r["measure_s"] = round(time.perf_counter() - t, 1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, r)
+        return r
+
+    if part is not None:
+        row(part)
+        return {}
+    rows = [row(n) for n in ROWS if not (fp32_only and n.endswith("w4a4"))]
+    engine: dict[str, Any] = next((r.pop("engine") for r in rows if "engine" in r), {})
+    doc = {"net": net.name, "layers": list(net.layers), "density": net.density, "static_ratio": net.static_ratio,
+           "prior_margin": net.prior_margin, "refit_every": net.refit_every, "finetune_epochs": net.ft_epochs,
+           "finetune_images": net.ft_images,
+           "note": net.note, "dense_macs": sum(s.macs for s in specs if s.is_compute), "rows": rows,
+           "engine": engine, "partial": fp32_only,
+           "compute_s": round(sum(r["train_s"] + r.get("measure_s", 0.0) for r in rows
+                                  if r["train_s"] == r["train_s"]), 1)}
+    CACHE.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(CACHE / f"rows-{net.name}.json", doc)
+    return doc
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def cycle_gap(row: dict[str, Any], dense_row: dict[str, Any], setup: int) -> dict[str, Any]:
+    """Where the overlay's cycle reduction and the executed-MAC reduction of ``row`` differ, in cycles per frame.
+
+    With ``D_l`` / ``F_l`` a layer's dense / mean gated cycles and ``M_l`` / ``E_l`` its dense / mean executed
+    MACs, the frame's cycles above the MAC-proportional ``D * E / M`` split exactly into: per gated layer the
+    set-up cycles that do not shrink (``setup * (1 - E_l / M_l)``) and the rounding of the shrunken GEMMs to
+    whole row groups and SIMD words (the rest of ``F_l - D_l E_l / M_l``); the predictors' cycles; and the
+    layer mix (``sum D_l E_l / M_l - D E / M``: layers whose cycles per MAC are above the frame's mean — the
+    memory-bound, never-gated classifier — keep a larger share of the cycles than of the MACs)."""
+    layers: list[dict[str, Any]] = []
+    setup_c = rounding = pred = prop = 0.0
+    dense_total = float(dense_row["overlay"]["cycles_mean"])
+    m_dense, m_row = dense_row["macs_per_layer"], row["macs_per_layer"]
+    for name, ly in row["overlay_layers"].items():
+        f = float(ly["cycles_mean"])
+        if name.endswith(".predictor") and name not in m_dense:
+            pred += f
+            continue
+        d = float(dense_row["overlay_layers"][name]["cycles_mean"])
+        if d == 0:
+            continue
+        ratio = m_row[name] / m_dense[name] if m_dense.get(name) else 1.0
+        prop += d * ratio
+        s = setup * (1 - ratio)
+        r = f - d * ratio - s
+        setup_c, rounding = setup_c + s, rounding + r
+        layers.append({"layer": name, "dense_macs": m_dense.get(name, 0.0), "macs": m_row.get(name, 0.0),
+                       "mac_reduction": 1 / ratio, "dense_cycles": d, "cycles": f, "cycle_reduction": d / f,
+                       "setup_cycles": s, "rounding_cycles": r})
+    total_m = sum(m_dense.values()) / sum(m_row.values())
+    cycles = float(row["overlay"]["cycles_mean"])
+    return {"mac_reduction": total_m, "cycle_reduction": dense_total / cycles,
+            "within_15pct": abs(dense_total / cycles / total_m - 1) <= 0.15,
+            "cycles": cycles, "mac_proportional_cycles": dense_total / total_m, "setup": setup_c,
+            "rounding": rounding, "predictors": pred, "layer_mix": prop - dense_total / total_m, "layers": layers}
+
+
+#: how the recipe was chosen: ad-hoc runs on the validation split (CNV, density 0.7 on every conv, 55k training
+#: images, lr 0.002, KD 0.7), measured once in this benchmark's session; not rerun by this script
+RECIPE_NOTES = [
+    "Without fine-tuning (val): a fixed channel set (each layer's most active channels on average) keeps 18.48%; "
+    "each image's own most active channels (an oracle) 69.80%; the fitted predictors (ridge regression, "
+    "`fit_predictors`) 57.54% — the input-dependent choice matters before fine-tuning.",
+    "After 1 epoch of fine-tuning (val; the dense model, trained on all 60k, scores 95.94 there): static "
+    "pruning 95.62; FBS with the fitted predictors frozen (strongly input-dependent: 1359 distinct channel sets "
+    "of features.10 over 2000 images) 93.98 — a channel set that changes per image is harder to fine-tune "
+    "around than a fixed one.",
+    "FBS with the predictors trained by gradient (the earlier recipe: 2 epochs on 60k, 93.43 test vs static "
+    "93.62) collapses to an almost static choice: in features.3, 21 of 32 channels kept on every image, 7 on "
+    "none, 4 distinct channel sets over 2000 images. Cause: a suppressed channel's gate is 0, so its saliency "
+    "gets no gradient from the task, only the L1 push down; a straight-through gradient does not help either, "
+    "as the suppressed output (0) enters a ReLU whose gradient there is 0.",
+    "Hence the recipe here: the winner-take-all starts at the static choice (`static_prior`, predictor bias "
+    "margin 0.5), so FBS starts as the statically pruned network plus per-image boosting of the kept channels, "
+    "and is fine-tuned exactly as long as static pruning.",
+    "Measured cause of the remaining gap (after the rows below): FBS fine-tunes the BatchNorm-folded network "
+    "(`to_fbs` folds BN), static pruning fine-tunes with BatchNorm. Static pruning fine-tuned BN-folded by the "
+    "same recipe (1 epoch, 20000 images): val 94.82, test 92.77 — FBS's 94.78 / 92.62; with BatchNorm: "
+    "95.26 / 93.18.",
+]
+
+
+def _markdown(doc: dict[str, Any]) -> str:
+    lines = ["# FBS (dynamic channel pruning) vs static channel pruning — Fashion-MNIST", "",
+             f"Training split: the first {doc['train_images']} Fashion-MNIST training images (fine-tunes: KD from "
+             f"the dense model, lr {doc['finetune_lr']}, on the first images of it, see each network); every recipe "
+             f"choice on the held-out last {60000 - doc['train_images']} (val column); the rows on the full 10k "
+             f"test set. W4A4 by QAT, {doc['qat_epochs']} epoch on "
+             f"{doc['qat_images']} images, KD from the row's FP32 model. Static pruning keeps as many channels "
+             "per layer as FBS's winner-take-all and is fine-tuned by the same recipe. Overlay on "
+             f"{doc['part']}, the cores sized for the dense network; frame rate over the test set.", "",
+             "Cycle reduction: the dense row's mean cycles per frame over this row's. Streaming gain: frame interval "
+             "of the dense streaming design over the gated one (output-channel skipping only, see "
+             "`mixq.hw.dynamic`).", "", "How the recipe was chosen (validation split, ad-hoc runs):", "",
+             *(f"- {n}" for n in RECIPE_NOTES), ""]
+    for net in doc["nets"]:
+        rows = net["rows"]
+        partial = " (PARTIAL: FP32 rows only, W4A4 not run in the time box)" if net.get("partial") else ""
+        lines += [f"## {net['net']}{partial}", "",
+                  f"Gated: {net['note']}; density {net['density']}; FBS and static fine-tuned "
+                  f"{net['finetune_epochs']} epoch(s) of {net['finetune_images']} images each; FBS's winner-take-all "
+                  "started at the static choice "
+                  f"(predictor bias margin {net['prior_margin']}). Compute: {net['compute_s']:.0f} s of training and "
+                  "measuring in all, one thread per process (train s per row below).", "",
+                  "| model | bits | top-1 % (test) | Δ vs dense | val % | executed MACs/image (mean / p95, M) | "
+                  "MAC reduction | overlay fps mean | overlay fps p95 | cycle reduction | streaming gain | train s |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        dense_acc = {r["bits"]: r["accuracy"] for r in rows if r["model"] == "dense"}
+        dense_cycles = {r["bits"]: r["overlay"]["cycles_mean"] for r in rows if r["model"] == "dense"}
+        for r in rows:
+            ov = r["overlay"]
+            stream = f"{r['streaming']['gain_mean']:.2f}x" if "streaming" in r else "—"
+            lines.append(f"| {r['model']} | {r['bits']} | {r['accuracy']:.2f} | "
+                         f"{r['accuracy'] - dense_acc[r['bits']]:+.2f} | {r['val_accuracy']:.2f} | "
+                         f"{r['macs_mean'] / 1e6:.2f} / {r['macs_p95'] / 1e6:.2f} | "
+                         f"{net['dense_macs'] / r['macs_mean']:.2f}x | {ov['fps_mean']:.0f} | {ov['fps_p95']:.0f} | "
+                         f"{dense_cycles[r['bits']] / ov['cycles_mean']:.2f}x | {stream} | {r['train_s']:.0f} |")
+        by = {(r["model"], r["bits"]): r["accuracy"] for r in rows}
+        lines += ["", "Top-1 differences (test, points): " + "; ".join(
+            f"{b}: FBS − dense {by['fbs', b] - by['dense', b]:+.2f}, "
+            f"static − dense {by['static', b] - by['dense', b]:+.2f}, "
+            f"FBS − static {by['fbs', b] - by['static', b]:+.2f}"
+            for b in ("fp32", "w4a4") if all((m, b) in by for m in ("dense", "fbs", "static")))]
+        e = net["engine"]
+        lines += [""] if not e else ["", f"Integer engine (W4A4 FBS, {e.get('images')} test images): outputs "
+                  "bit-exact with the "
+                  f"hardware-faithful model: {e.get('outputs_bit_exact')}; channel decisions equal: "
+                  f"{e.get('decisions_equal_faithful')} (faithful), {e.get('decisions_equal_fake_quant')} "
+                  "(plain fake quant, whose rounding differs by design).", ""]
+        for r in rows:
+            if "densities" not in r:
+                continue
+            lines.append(f"Per-layer density ({r['model']} {r['bits']}), kept/channels and mean (active in, "
+                         "computed out) channels per image: " + ", ".join(
+                             f"{n} {v['k']}/{v['channels']} ({r['channels_mean'][n][0]:.1f}, "
+                             f"{r['channels_mean'][n][1]:.1f})" for n, v in r["densities"].items()))
+            h = r["macs_histogram"]
+            lines.append("Executed-MAC histogram (M MACs/image: images; dense "
+                         f"{h['dense_macs'] / 1e6:.2f} M): " + ", ".join(
+                             f"{h['edges'][i] / 1e6:.3f}-{h['edges'][i + 1] / 1e6:.3f}: {c}"
+                             for i, c in enumerate(h["counts"]) if c))
+            lines.append("")
+        for bits in ("fp32", "w4a4"):
+            gap = net.get("cycle_gap", {}).get(bits)
+            if not gap:
+                continue
+            lines += [f"Overlay cycles vs executed MACs, FBS {bits} (cores of the dense network, "
+                      f"{doc['setup_cycles']} set-up cycles per layer): MAC reduction {gap['mac_reduction']:.2f}x, "
+                      f"cycle reduction {gap['cycle_reduction']:.2f}x "
+                      f"({'within' if gap['within_15pct'] else 'NOT within'} 15%). Of the "
+                      f"{gap['cycles']:.0f} cycles per frame, {gap['mac_proportional_cycles']:.0f} are "
+                      f"MAC-proportional; above that: layer mix {gap['layer_mix']:+.0f}, set-up "
+                      f"{gap['setup']:+.0f}, rounding {gap['rounding']:+.0f}, predictors {gap['predictors']:+.0f}.",
+                      "", "| layer | dense MACs (M) | executed MACs (M) | MAC reduction | dense cycles | cycles | "
+                      "cycle reduction | set-up | rounding |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            for ly in gap["layers"]:
+                lines.append(f"| {ly['layer']} | {ly['dense_macs'] / 1e6:.3f} | {ly['macs'] / 1e6:.3f} | "
+                             f"{ly['mac_reduction']:.2f}x | {ly['dense_cycles']:.0f} | {ly['cycles']:.0f} | "
+                             f"{ly['cycle_reduction']:.2f}x | {ly['setup_cycles']:.0f} | {ly['rounding_cycles']:.0f} |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def report() -> int:
+    nets = []
+    setup = ArchOptions().overlay_layer_cycles
+    for name in NETS:
+        path = CACHE / f"rows-{name}.json"
+        if not path.is_file():
+            print(f"no rows for {name} ({path}); run --net {name}", flush=True)
+            continue
+        net = json.loads(path.read_text())
+        by = {(r["model"], r["bits"]): r for r in net["rows"]}
+        net["cycle_gap"] = {b: cycle_gap(by["fbs", b], by["dense", b], setup) for b in ("fp32", "w4a4")
+                            if ("fbs", b) in by and ("dense", b) in by}
+        nets.append(net)
+    doc = {"benchmark": "fbs", "dataset": "fashion-mnist", "part": PART, "train_images": TRAIN_IMAGES,
+           "finetune_lr": FT_LR, "qat_epochs": QAT_EPOCHS, "qat_images": QAT_IMAGES, "threads": 1,
+           "setup_cycles": setup, "nets": nets}
     atomic_write_json(ROOT / "results" / "fbs.json", doc)
     atomic_write_text(ROOT / "results" / "fbs.md", _markdown(doc))
     return 0
 
 
-def _markdown(doc: dict[str, Any]) -> str:
-    lines = ["# FBS (dynamic channel pruning) vs static channel pruning — CNV, Fashion-MNIST", "",
-             f"Density {doc['density']} on {', '.join(doc['layers'])}; fine-tune {doc['finetune_epochs']} epochs "
-             f"(60k images, KD from dense); W4A4 by QAT, {doc['qat_epochs']} epoch on {doc['qat_images']} images. "
-             f"Full 10k test set. Overlay on {doc['part']}, frame rate over the test set.", "",
-             "Cycle reduction: the dense row of the same bits over this row (mean cycles per frame); in brackets "
-             "against the dense network on this row's own cores (which also hold the FBS predictors). "
-             "Streaming gain: frame interval of the dense streaming design over the gated one (output-channel "
-             "skipping only, see `mixq.hw.dynamic`).", "",
-             "| model | bits | top-1 % | executed MACs/image (mean / p95, M) | MAC reduction | overlay fps mean | "
-             "overlay fps p95 | cycle reduction | streaming gain | train s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    dense_cycles = {r["bits"]: r["overlay"]["cycles_mean"] for r in doc["rows"] if r["model"] == "dense"}
-    for r in doc["rows"]:
-        ov = r["overlay"]
-        stream = f"{r['streaming']['gain_mean']:.2f}x" if "streaming" in r else "—"
-        lines.append(f"| {r['model']} | {r['bits']} | {r['accuracy']:.2f} | {r['macs_mean'] / 1e6:.2f} / "
-                     f"{r['macs_p95'] / 1e6:.2f} | {doc['dense_macs'] / r['macs_mean']:.2f}x | {ov['fps_mean']:.0f} | "
-                     f"{ov['fps_p95']:.0f} | {dense_cycles[r['bits']] / ov['cycles_mean']:.2f}x "
-                     f"({ov['cycle_reduction']:.2f}x) | {stream} | {r['train_s']:.0f} |")
-    e = doc["engine"]
-    lines += ["", f"Integer engine (W4A4 FBS, {e.get('images')} test images): outputs bit-exact with the "
-              f"hardware-faithful model: {e.get('outputs_bit_exact')}; channel decisions equal: "
-              f"{e.get('decisions_equal_faithful')} (faithful), {e.get('decisions_equal_fake_quant')} "
-              "(plain fake quant, whose rounding differs by design).", ""]
-    for r in doc["rows"]:
-        if "densities" in r:
-            lines.append(f"Per-layer density ({r['model']} {r['bits']}): " + ", ".join(
-                f"{n} {v['k']}/{v['channels']}" for n, v in r["densities"].items()) + "; mean channels (in, out): "
-                + ", ".join(f"{n} ({c[0]:.1f}, {c[1]:.1f})" for n, c in r["channels_mean"].items()))
-            h = r["macs_histogram_M"]
-            lines.append("Executed-MAC histogram (M MACs: images): " + ", ".join(
-                f"{int(e0)}-{int(e0) + 1}: {c}" for e0, c in zip(h["edges"], h["counts"], strict=False) if c))
-            lines.append("")
-    return "\n".join(lines) + "\n"
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--net", choices=sorted(NETS), help="measure one network's rows only (no report)")
+    ap.add_argument("--part", choices=("dense", "fbs", "static", *ROWS),
+                    help="with --net: only train (or load) that FP32 model, or measure that row — parts can run "
+                         "side by side")
+    ap.add_argument("--fp32-only", action="store_true", help="with --net: the FP32 rows only (partial)")
+    ap.add_argument("--report", action="store_true", help="write the report from the measured rows")
+    args = ap.parse_args(argv)
+    if args.report:
+        return report()
+    if args.part and not args.net:
+        ap.error("--part needs --net")
+    for name in [args.net] if args.net else DEFAULT_NETS:
+        run_net(NETS[name], args.part, args.fp32_only)
+    return 0 if args.net else report()
 
 
 if __name__ == "__main__":

@@ -120,6 +120,87 @@ def test_l1_hook_is_the_gradient_of_the_penalty(dense: torch.nn.Module, data: di
     assert values[0] > 0
 
 
+def test_density_anneal_ramps_k_and_restores_it(dense: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
+    """``anneal``: the fine-tune starts with every channel kept and reaches the layer's own ``k`` at the given
+    fraction of its steps; afterwards each layer holds its own ``k`` again."""
+    from mixq.algorithms.prune.fbs import train_fbs
+    from mixq.training import TrainConfig
+
+    cfg = FbsConfig(density=0.5, layers=("features.3",), anneal=0.5,
+                    train=TrainConfig(epochs=1, batch_size=32, lr=1e-4, threads=1, progress=False,
+                                      eval_every_epoch=False, augment=False))
+    m = to_fbs(dense, cfg, SHAPE)
+    layer = m.get_submodule("features.3")
+    assert isinstance(layer, FBSConv2d)
+    ks: list[int] = []
+    h = layer.register_forward_pre_hook(lambda mod, _a: ks.append(mod.k))
+    train_fbs(m, None, (data["xtr"][:256], data["ytr"][:256]), cfg)
+    h.remove()
+    assert len(ks) == 8 and ks[0] == 28 and ks[3:] == [16] * 5  # 1 - (1/4)(1 - 0.5) of 32, then 16 from step 4
+    assert ks == sorted(ks, reverse=True) and layer.k == 16
+    with pytest.raises(FbsError, match="anneal"):
+        FbsConfig(anneal=1.5)
+
+
+def test_refit_predictors_during_the_fine_tune(dense: torch.nn.Module, data: dict[str, torch.Tensor],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``refit_every``: the predictors take no gradient step (frozen during the fine-tune, trainable again
+    after) and are refitted by least squares every that many steps — here after steps 3 and 6 of 8."""
+    import mixq.algorithms.prune.fbs as fbs_mod
+    from mixq.training import TrainConfig
+
+    calls: list[int] = []
+    real = fbs_mod.fit_predictors
+
+    def counted(model: torch.nn.Module, x: torch.Tensor, *args: object, **kw: object) -> torch.nn.Module:
+        calls.append(int(x.shape[0]))
+        return real(model, x, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fbs_mod, "fit_predictors", counted)
+    cfg = FbsConfig(density=0.5, layers=("features.3",), refit_every=3, refit_images=64,
+                    train=TrainConfig(epochs=1, batch_size=32, lr=1e-3, threads=1, progress=False,
+                                      eval_every_epoch=False, augment=False))
+    m = fit_predictors(to_fbs(dense, cfg, SHAPE), data["xtr"][:64])
+    layer = m.get_submodule("features.3")
+    assert isinstance(layer, FBSConv2d)
+    fbs_mod.train_fbs(m, None, (data["xtr"][:256], data["ytr"][:256]), cfg)
+    assert calls == [64, 64] and layer.k == 16
+    assert all(q.requires_grad and q.grad is None for q in layer.predictor.parameters())
+    assert layer.conv.weight.grad is not None
+    with pytest.raises(FbsError, match="refit_every"):
+        FbsConfig(refit_every=-1)
+
+
+def test_static_prior_starts_at_the_static_choice(dense: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
+    """A margin above the predictors' spread: every image keeps exactly the channels static pruning keeps
+    (the masks' nonzero rows); without the prior the choice differs between images."""
+    from mixq.algorithms.prune import channel_masks
+    from mixq.algorithms.prune.fbs import static_prior
+
+    masks = channel_masks(dense, 0.29, list(LAYERS))
+    x = data["xte"][:64]
+
+    def choices(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            m(x)
+        out = {}
+        for n in LAYERS:
+            layer = m.get_submodule(n)
+            assert isinstance(layer, FBSConv2d) and layer.last_saliency is not None
+            out[n] = wta_mask(layer.last_saliency, layer.k)
+        return out
+
+    m = fit_predictors(to_fbs(dense, FbsConfig(density=0.7, layers=LAYERS), SHAPE), data["xtr"][:256], spread=0.05)
+    free = choices(m)
+    assert any(bool((c != c[0]).any()) for c in free.values())
+    static_prior(m, masks, 0.5)
+    for n, c in choices(m).items():
+        want = masks[n].reshape(masks[n].shape[0], -1).ne(0).any(1)
+        assert int(want.sum()) == c.shape[1] - round(0.29 * c.shape[1]) and bool((c == want).all())
+    with pytest.raises(FbsError, match="classifier.0"):
+        static_prior(m, {"classifier.0": torch.ones(10, dtype=torch.bool)})
+
+
 def test_config_errors(dense: torch.nn.Module) -> None:
     with pytest.raises(FbsError, match="density"):
         FbsConfig(density=0.0)
@@ -214,6 +295,14 @@ def test_dynamic_overlay(dense: torch.nn.Module) -> None:
         dynamic_overlay(specs, plan, {"features.3": [(33, 1)]})
     with pytest.raises(HardwareError, match="conv layer"):
         dynamic_overlay(specs, plan, {"classifier.0": [(1, 1)]})
+    # the predictors run on the dense network's cores: adding them does not resize the design (at W8A8 their
+    # short rows would pack two per DSP, and a packed DSP core has fewer rows per cycle for the convs)
+    fbs_plan = dense_names(default_plan("cnv-fbs", to_fbs(dense, FbsConfig(), SHAPE), torch.randn(4, *SHAPE)))
+    with_pred = dynamic_overlay(specs, fbs_plan, full).summary()
+    assert with_pred["dense_cycles"] == est["dense_cycles"]
+    pred = {k: v for k, v in with_pred["layers"].items() if k.endswith(".predictor")}
+    assert len(pred) == 4
+    assert with_pred["cycles_mean"] == est["cycles_mean"] + sum(v["cycles_mean"] for v in pred.values())
     g = gated_spec(by["features.3"], 16, 8)
     assert g.macs == by["features.3"].macs // 8 and g.row_length == 16 * 9
     assert list(dense_names(default_plan("cnv-fbs", to_fbs(dense, FbsConfig(), SHAPE), torch.randn(4, *SHAPE))))[:2] \

@@ -7,17 +7,20 @@ by layer. An FBS layer with ``a_in`` active input and ``a_out`` computed output 
 priced as the same conv with ``a_in`` / ``a_out`` channels (:func:`~mixq.hw.overlay.layer_time`: compute
 ``ceil(a_out * pixels / rows_parallel) * ceil(a_in * kh * kw / simd)`` cycles + set-up, DDR traffic of
 only the ``a_out x a_in`` weight slices and of the active input / output maps, the roofline of the two).
-The cores are sized once for the dense network (the hardware does not change per image). The saliency
-predictor of each FBS layer (``Linear(C_in -> C_out)`` on the pooled input, always dense) is priced as a
-linear layer on the same cores, issued with its gated layer (no set-up cycles of its own); its global
-pooling is a running sum in the producer's requantizer path (as the overlay fuses pooling) and costs no
-cycles. Static layers are priced dense. The result for a dataset is the distribution of the frame time:
-mean and 95th percentile of cycles and seconds.
+The cores are sized once for the dense network (the hardware does not change per image; the predictors
+do not take part in the sizing, see :func:`_dense_cores`). The saliency predictor of each FBS layer
+(``Linear(C_in -> C_out)`` on the pooled input, always dense) is priced as a linear layer on the same cores,
+issued with its gated layer (no set-up cycles of its own); its global pooling is a running sum in the
+producer's requantizer path (as the overlay fuses pooling) and costs no cycles. Static layers are priced
+dense. The result for a dataset is the distribution of the frame time: mean and 95th percentile of cycles
+and seconds.
 
 The overlay gains about the executed-MAC reduction: both the output-channel (rows) and the input-channel
 (row length) factors shrink its GEMMs, and the weight reads shrink with them. Where they differ: per-layer
 set-up cycles, the predictors and the dense linear layers do not shrink, ``ceil`` on ``simd`` /
-``rows_parallel`` rounds the shrunken GEMMs up, and memory-bound layers gain by traffic, not by MACs.
+``rows_parallel`` rounds the shrunken GEMMs up, and memory-bound layers gain by traffic, not by MACs. (The
+linear layer after the last gated conv is priced dense, as its executed MACs are counted: its input columns
+of suppressed channels are zero, and skipping their weight reads would save traffic the model does not claim.)
 
 **Streaming** (:func:`streaming_gain`) gains far less, for three reasons. (1) Its throughput is its
 slowest stage's initiation interval, and every stage was folded for the dense layer; a stage's engine
@@ -40,9 +43,9 @@ from typing import Any
 
 from mixq.errors import HardwareError
 from mixq.graph.spec import LayerSpec
-from mixq.hw.cost import CostModel
+from mixq.hw.cost import CostModel, Resources
 from mixq.hw.lower import HwLayer, lower
-from mixq.hw.overlay import LayerTime, layer_time, size_cores
+from mixq.hw.overlay import Core, LayerTime, core_key, layer_time, size_cores
 from mixq.hw.parts import Part, get_part
 from mixq.hw.units import ArchOptions
 from mixq.plan import QuantPlan
@@ -135,6 +138,21 @@ def _check_counts(specs: Sequence[LayerSpec], counts: Counts) -> int:
     return frames.pop() if frames else 0
 
 
+def _dense_cores(layers: list[HwLayer], pred: set[str], p: Part, cm: CostModel,
+                 opts: ArchOptions) -> tuple[dict[str, Core], Resources]:
+    """The overlay's cores sized for the dense network alone — the predictors run on them; sized with the
+    predictors only where a predictor needs a core the dense network has none of. Sizing with them would
+    let a predictor change the design: its short rows (``C_in``) may pack two rows per DSP where no conv
+    can, and "packed where any layer packs" (:func:`mixq.hw.overlay.size_cores`) would then make the whole
+    DSP core packed, with fewer rows per cycle for every conv on this part."""
+    base = [ly for ly in layers if ly.name not in pred]
+    cores, fixed = size_cores(base, p, cm, opts)
+    need = {core_key(g.kind) for ly in layers if ly.name in pred for g in ly.groups}
+    if need <= set(cores):
+        return cores, fixed
+    return size_cores(layers, p, cm, opts)  # pragma: no cover - a predictor format the convs do not use
+
+
 def dynamic_overlay(specs: Sequence[LayerSpec], plan: QuantPlan, counts: Counts, part: str | Part = "xc7z020", *,
                     predictors: bool = True, options: ArchOptions | None = None,
                     model: CostModel | None = None) -> DynamicEstimate:
@@ -154,9 +172,9 @@ def dynamic_overlay(specs: Sequence[LayerSpec], plan: QuantPlan, counts: Counts,
         if predictors and s.name in counts:
             full.append(predictor_spec(s))
     layers = lower(list(full), plan, p)
-    cores, fixed = size_cores(layers, p, cm, opts)
-    buf_bits = fixed.bram * p.bram_type.bits
     pred = {ly.name for ly in layers if ly.name.endswith(".predictor") and ly.name not in names}
+    cores, fixed = _dense_cores(layers, pred, p, cm, opts)
+    buf_bits = fixed.bram * p.bram_type.bits
 
     def timed(ly: HwLayer) -> LayerTime:
         t = layer_time(ly, cores, p, opts, buf_bits)

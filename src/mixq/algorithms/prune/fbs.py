@@ -38,7 +38,7 @@ from mixq.graph.spec import LayerSpec
 from mixq.graph.swap import set_submodule
 from mixq.io import atomic_write_json, atomic_write_torch
 from mixq.modes import eval_mode
-from mixq.nn.fbs import FBSConv2d, active_channels, calibrate_gates, fbs_layers
+from mixq.nn.fbs import FBSConv2d, active_channels, calibrate_gates, fbs_layers, keep_count
 from mixq.plan import QuantPlan
 from mixq.training import TrainConfig, accuracy, fit
 
@@ -52,7 +52,14 @@ class FbsConfig:
     """FBS settings: ``density`` of every gated layer (``densities`` overrides it per layer name),
     ``layers`` to gate (default: every Conv2d), ``gate_bits`` of the saliency codes, ``l1`` the
     penalty weight, and the fine-tune (``train``: the one trainer's settings; ``kd_alpha`` > 0 there
-    distils from the dense model)."""
+    distils from the dense model). ``anneal``: the fraction of the fine-tune's steps over which
+    every layer's density falls linearly from 1 to its own (0: at its own from the first step).
+    ``spread``: :func:`fit_predictors`'s saliency spread. ``refit_every`` > 0: the predictors are not
+    trained by gradient but refitted (:func:`fit_predictors` on the first ``refit_images`` training
+    images) every that many steps, so the channel choice keeps following each image's channel activity
+    in the network as it is fine-tuned (trained by gradient, a suppressed channel's saliency gets no
+    gradient from the task — its output is 0 before a ReLU — only the L1 push down, and the choice
+    drifts towards a fixed set of channels)."""
 
     density: float = 0.5
     densities: Mapping[str, float] = field(default_factory=dict)
@@ -60,6 +67,10 @@ class FbsConfig:
     gate_bits: int = 8
     l1: float = 1e-4
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, lr=0.005, kd_alpha=0.7))
+    anneal: float = 0.0
+    spread: float = 0.1
+    refit_every: int = 0
+    refit_images: int = 1024
 
     def __post_init__(self) -> None:
         for name, d in [("density", self.density), *((f"densities.{k}", v) for k, v in self.densities.items())]:
@@ -69,6 +80,15 @@ class FbsConfig:
             raise FbsError(f"FbsConfig.gate_bits: must be an integer in [2, 16], got {self.gate_bits!r}")
         if isinstance(self.l1, bool) or not isinstance(self.l1, int | float) or not 0 <= self.l1 < float("inf"):
             raise FbsError(f"FbsConfig.l1: must be a finite number >= 0, got {self.l1!r}")
+        if isinstance(self.anneal, bool) or not isinstance(self.anneal, int | float) or not 0 <= self.anneal <= 1:
+            raise FbsError(f"FbsConfig.anneal: must be a fraction in [0, 1], got {self.anneal!r}")
+        if isinstance(self.spread, bool) or not isinstance(self.spread, int | float) or not 0 < self.spread <= 1:
+            raise FbsError(f"FbsConfig.spread: must be in (0, 1], got {self.spread!r}")
+        for name in ("refit_every", "refit_images"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "refit_every" else 1):
+                raise FbsError(f"FbsConfig.{name}: must be an integer >= {0 if name == 'refit_every' else 1}, "
+                               f"got {v!r}")
 
     def density_of(self, layer: str) -> float:
         return float(self.densities.get(layer, self.density))
@@ -90,14 +110,18 @@ def to_fbs(model: nn.Module, cfg: FbsConfig, input_shape: tuple[int, ...]) -> nn
 
 
 @torch.no_grad()
-def fit_predictors(model: nn.Module, x: torch.Tensor, spread: float = 0.1, ridge: float = 1e-3) -> nn.Module:
+def fit_predictors(model: nn.Module, x: torch.Tensor, spread: float = 0.1, ridge: float = 1e-3, *,
+                   per_channel: bool = True, clip: float = 8.0) -> nn.Module:
     """Start every predictor from a ridge regression of the channel importance on the pooled input.
 
     With all channels kept (as the dense model), each FBS layer's target for an image is
     ``1 + spread * (r_c - 1)``, ``r_c = mean_hw relu(conv(x))_c`` divided by its mean over ``x``: the
     ranking of the channels' activity with saliencies near 1, so boosting starts near the identity (a
     full-scale target rescales every channel at once and the network starts far from the dense one).
-    The predictor's weight and bias solve the least-squares fit. In place.
+    ``per_channel=False`` divides by the layer's mean over channels and images instead (ranking by absolute
+    activity); the ratio is clipped at ``clip``, so a channel nearly dead on the fit images cannot ask for a
+    huge saliency on the few images where it fires (a ResNet's boosted residual stream then explodes).
+    The predictor's weight and bias solve the least-squares fit. In place; each layer keeps its ``k``.
     """
     layers = fbs_layers(model)
     saved = {n: m.k for n, m in layers.items()}
@@ -123,11 +147,31 @@ def fit_predictors(model: nn.Module, x: torch.Tensor, spread: float = 0.1, ridge
             m.k = saved[n]
     for n, m in layers.items():
         p, t = (v.double() for v in seen[n])
-        t = 1 + spread * (t / t.mean(0).clamp_min(1e-12) - 1)
+        ref = t.mean(0) if per_channel else t.mean().expand(t.shape[1])
+        t = 1 + spread * ((t / ref.clamp_min(1e-12)).clamp(max=clip) - 1)
         a = torch.cat([p, torch.ones(p.shape[0], 1, dtype=p.dtype)], 1)
         sol = torch.linalg.solve(a.T @ a + ridge * torch.eye(a.shape[1], dtype=a.dtype), a.T @ t)
         m.predictor.weight.copy_(sol[:-1].T.to(m.predictor.weight.dtype))
         m.predictor.bias.copy_(sol[-1].to(m.predictor.bias.dtype))
+    return model
+
+
+@torch.no_grad()
+def static_prior(model: nn.Module, keep: Mapping[str, torch.Tensor], margin: float = 0.5) -> nn.Module:
+    """Start the winner-take-all at a static channel choice: the predictor bias of every channel outside
+    ``keep[layer]`` (a ``(C_out,)`` bool, or a static pruning mask of the dense layer's weight, whose nonzero
+    rows are the kept channels) is lowered by ``margin``. With ``margin`` above the predictors' per-image
+    spread the model starts as the statically pruned one, its boosting (the kept channels scaled per image)
+    on top; a smaller margin lets strongly active channels of an image still win. In place."""
+    layers = fbs_layers(model)
+    for name, k in keep.items():
+        m = layers.get(name)
+        if m is None:
+            raise FbsError(f"static_prior: {name!r} is not an FBS layer of the model")
+        kept = k.reshape(k.shape[0], -1).ne(0).any(1) if k.dim() > 1 or k.dtype != torch.bool else k
+        if kept.shape[0] != m.conv.out_channels:
+            raise FbsError(f"static_prior: {name!r} has {m.conv.out_channels} channels, the choice {kept.shape[0]}")
+        m.predictor.bias.sub_(margin * (~kept).to(m.predictor.bias.dtype))
     return model
 
 
@@ -136,10 +180,38 @@ def train_fbs(model: nn.Module, teacher: nn.Module | None, train: tuple[torch.Te
               fill: float = 0.0) -> dict[str, Any]:
     """Fine-tune the FBS ``model`` in place with the one trainer: KD from ``teacher`` (the dense model,
     when ``cfg.train.kd_alpha > 0``) and the L1 penalty of every FBS layer; the trainer's history."""
-    if not fbs_layers(model):
+    layers = fbs_layers(model)
+    if not layers:
         raise FbsError("train_fbs: the model has no FBS layer (convert it with to_fbs first)")
-    res = fit(model.train(), *train, cfg.train, teacher=teacher.eval() if teacher is not None else None,
-              val=val, fill=fill, desc="fbs finetune", config_name="FbsConfig.train")
+    n = int(train[0].shape[0])
+    per_epoch = n // cfg.train.batch_size if cfg.train.drop_last else -(-n // cfg.train.batch_size)
+    ramp = cfg.anneal * per_epoch * cfg.train.epochs
+
+    refit_x = train[0][:cfg.refit_images]
+
+    def before_step(epoch: int, step: int, _rank: int) -> None:
+        done = epoch * per_epoch + step
+        if cfg.refit_every and done and done % cfg.refit_every == 0:
+            fit_predictors(model, refit_x, cfg.spread)  # keeps each layer's k
+        if ramp > 0:
+            t = min(1.0, (done + 1) / ramp)
+            for m in layers.values():
+                m.k = keep_count(1.0 - t * (1.0 - m.density), m.conv.out_channels)
+
+    params = [q for m in layers.values() for q in m.predictor.parameters()]
+    grads = [q.requires_grad for q in params]
+    try:
+        if cfg.refit_every:
+            for q in params:
+                q.requires_grad_(False)
+        res = fit(model.train(), *train, cfg.train, teacher=teacher.eval() if teacher is not None else None,
+                  val=val, fill=fill, before_step=before_step if ramp > 0 or cfg.refit_every else None,
+                  desc="fbs finetune", config_name="FbsConfig.train")
+    finally:
+        for m in layers.values():
+            m.k = keep_count(m.density, m.conv.out_channels)
+        for q, g in zip(params, grads, strict=True):
+            q.requires_grad_(g)
     model.eval()
     return {"history": res.history, "train_time_s": round(res.train_time_s, 2), "epochs": cfg.train.epochs}
 
@@ -237,7 +309,7 @@ def fbs_and_quantize(model: nn.Module, make_plan: Callable[[nn.Module], QuantPla
     out = Path(out_dir)
     shape = tuple(int(d) for d in train[0].shape[1:])
     fbs = to_fbs(model, cfg, shape)
-    fit_predictors(fbs, train[0][:1024])
+    fit_predictors(fbs, train[0][:1024], cfg.spread)
     summary: dict[str, Any] = {"densities": densities(fbs), "finetune_epochs": cfg.train.epochs}
     if cfg.train.epochs > 0:
         summary["finetune"] = train_fbs(fbs, model, train, cfg, fill=fill)
