@@ -57,6 +57,7 @@ from mixq.graph.bnfold import fold_bn
 from mixq.graph.capture import capture
 from mixq.graph.spec import LayerSpec
 from mixq.hw import ArchOptions, Estimate, estimate, get_part
+from mixq.hw.cost import RESOURCE_NAMES
 from mixq.hw.parts import Part
 from mixq.io import atomic_write_json, atomic_write_text
 from mixq.plan import LayerPlan, QuantPlan, uniform_plan
@@ -284,9 +285,18 @@ def best_design(row: Row, model: torch.nn.Module, specs: list[LayerSpec], part: 
         t0 = time.perf_counter()
         table = HwTable(specs, space.options(), part, [names[0]])
         a = fastest(table, sens)
-        if a is not None:
-            adv = {n: row_advantage(m.weight.detach(), *weight_formats(4)) for n, m in compute_weights(model).items()}
+        adv = {n: row_advantage(m.weight.detach(), *weight_formats(4)) for n, m in compute_weights(model).items()}
+        for attempt in range(4):  # the ILP's per-layer table can miss the whole estimate by a hair: shrink that
+            if a is None:
+                break
             e = estimate(specs, to_plan(row.network, a, {names[0]}, adv), part, "streaming", fold="plan")
+            if e.fits or attempt == 3:
+                break
+            for o in e.overflows:
+                i = RESOURCE_NAMES.index(o.resource)
+                table.budget[i] -= (o.used - o.available) + 0.005 * table.budget[i]
+            a = fastest(table, sens)
+        if a is not None:
             mix = Counter(o.label for o in a.options.values()).most_common(4)
             cands.append({"how": "ILP (search.fastest), streaming", "options": dict(mix),
                           "search_s": round(time.perf_counter() - t0, 1), **_brief(e)})
