@@ -166,3 +166,20 @@ def test_qat_starts_from_a_ptq_recipe_and_stays_bit_exact(tmp_path: Path) -> Non
     assert rep["exact"] and rep["mismatching_outputs"] == 0
     with pytest.raises(isp.OptionError):
         isp.qat_denoiser(net, "w4a4", clean, calib, isp.QatSettings(epochs=1, init="nope"), tmp_path)
+
+
+def test_decoder_convs_read_an_unsigned_concat_with_the_relu_after_upsampling() -> None:
+    torch.manual_seed(0)
+    clean = isp.random_patches(isp.load_photos()[:4], 16, 16, seed=0)
+    calib = isp.calibration_inputs(clean, 0)
+    signed = {}
+    for relu in (True, False):
+        net = unet(width=4, depth=2, up_relu=relu).eval()
+        with torch.no_grad():  # the upsampling path ends in the ReLU: both concat halves are >= 0
+            ups = [net.up[i](torch.randn(2, 8 * 2**i, 4, 4)) for i in range(2)]
+        assert all(bool((u >= 0).all()) for u in ups) == relu
+        plan = isp.precision_plan("w4a4", net, calib)
+        signed[relu] = {n: bool(lp.act.signed) for n, lp in plan.layers.items() if lp.act is not None}
+    # the noisy image is signed (8 bits); every 4-bit input is unsigned with the ReLU, the concats signed without
+    assert {n for n, s in signed[True].items() if s} == {"enc.0.0", "skip"}
+    assert {n for n, s in signed[False].items() if s} == {"enc.0.0", "skip", "dec.0.0", "dec.1.0"}
