@@ -17,13 +17,21 @@ Configs: W8A8 per-tensor naive, + CLE, + CLE + bias correction (DFQ), W8A8 per-c
 fixed per-channel with round-to-nearest, with AdaRound and with GPTQ, W4A8 all-SP2, W4A8 MSQ at ρ = 0.5 and
 0.67, data-free W8A8; Brevitas on the closest equivalent of each (none for SP2/MSQ/data-free).
 First and last layer stay at 8-bit weights in the W4 configs (both tools).
+
+Below 8 bits on a sharper set: ``--lowbit [--only KEYS] [--brecq-iters N] [--table] [--list]`` runs the
+W4A8 / W4A4 / W2A4 rows (fixed, SP2, MSQ ρ=auto × nearest, GPTQ, AdaRound, BRECQ; activation-side
+options at A4; Brevitas' equivalents) on the 2,000-input fidelity set of :mod:`mixq.data.fidelity`,
+one process-safe JSON per row in ``results/ptq_mobilenetv2_lowbit/`` (rows already there are skipped),
+and assembles ``results/ptq_mobilenetv2_lowbit.md`` with paired 95% CIs (plain and clustered by photo).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # Brevitas' progress bars (read when tqdm is imported)
 
@@ -45,6 +53,7 @@ from mixq.data import (  # noqa: E402
 from ptq_common import (  # noqa: E402
     Bench,
     ResultWriter,
+    logits,
     parse_cli,
     run_suite,
 )
@@ -155,5 +164,335 @@ def main() -> None:
               brevitas=brev is not None, on_rows=write)
 
 
+
+
+# ---------------------------------------------------------------------------------------------- below 8 bits
+# ``python benchmarks/ptq_mobilenetv2.py --lowbit [--only KEYS] [--brecq-iters N] [--table]``: the W4A8 /
+# W4A4 / W2A4 rows on the 2,000-input fidelity set (mixq.data.fidelity), one JSON per row under
+# benchmarks/results/ptq_mobilenetv2_lowbit/ (a killed run loses only the row in progress; a row whose
+# JSON exists is skipped unless --force), the table assembled from every row's JSON.
+LOWBIT_DIR = RESULTS / "ptq_mobilenetv2_lowbit"
+CACHE = Path(os.environ.get("MIXQ_BENCH_CACHE", "/tmp/mixq_bench_cache"))
+BRECQ_ITERS = 100  # CPU-feasible default (measured per block first; the table says so)
+LOWBIT_NOTES = [
+    "Notes:", "",
+    "- Fidelity set: `mixq.data.fidelity.fidelity_set()`, 2,000 views of the 20 foolbox ImageNet photos (per photo "
+    "the canonical center crop and 99 random crops at sides 1.0 / 0.85 / 0.7 / 0.55 / 0.4 of the shorter side, "
+    "random flips, brightness / contrast / saturation each x U(0.9, 1.1)); calibration: 256 random crops of the "
+    "8 scikit-image / scikit-learn photos (`calibration_set(include_foolbox=False)`), so the two are disjoint by "
+    "photo. 'labelled' is top-1 on the 20 canonical views (FP32: see the FP32 row).",
+    "- Paired CI: the difference in agreement on the same 2,000 inputs with the 95% half width of the normal "
+    "approximation (the CNV table's rule; only inputs where exactly one of the two hits carry information), and "
+    "in brackets the same interval clustered by photo (20 clusters: views of one photo err together, so this one "
+    "is the honest interval for generalising beyond these 20 photos).",
+    "- W4 rows: every layer's weights at 4 bits except the first and last (8 bits), per-channel symmetric narrow "
+    "range. A8: every layer input at 8 bits. A4: every layer input at 4 bits except the image (first layer) and "
+    "the classifier's input (8 bits), both tools. Brevitas: MSE weight scales, min-max (percentile 100) "
+    "activation calibration, the same per-layer widths.",
+    "- Wall time is the quantization only (fold, scales, calibration, rounding), one intra-op thread, on a shared "
+    "2-core machine under load from other jobs (load average 6-12: each process got ~1/3 of a core; times are "
+    "pessimistic and vary ~1.5x run to run).",
+    "- BRECQ's CPU budget (2026-12-04): per block measured first — 20 Adam steps of 32 whole images per block took "
+    "648 s for the 18 blocks (features.0-3 alone 360 s: 112-px maps), so the rows use 100 steps of 16 images on "
+    "56-px windows of the high-resolution blocks (`BrecqConfig.crop`, margin checked on the float block) and 128 "
+    "calibration images: 750-810 s of reconstruction, 14-15 min a row. That is 1/40 of BRECQ's published "
+    "budget (20k steps); the block errors fall by 16% in total at W4A8 (MSQ ρ=auto: `brecq_error_ratio` 0.84, one "
+    "block of 18 kept its start).",
+    "- MSQ rows inside a block (`BrecqConfig.msq_rows='block'`, on when the recipe's rows are free): in every "
+    "block of the W4A8 MSQ row the chosen rows' block error is at most the lower of all-fixed and all-SP2 "
+    "(`brecq_blocks[*].msq_rows` in the row JSON; e.g. features.16: given 666.8, all fixed 672.5, all SP2 694.6, "
+    "chosen 658.6).",
+    "- Why W4A4 collapses here (2026-12-05, 400 of the 2,000 inputs, 128 calibration images, **8-bit weights**, "
+    "A4 as in the W4A4 rows): min-max activation ranges 0.0% agreement, MSE observer 0.0%, min-max + output-aware "
+    "clipping (`act_ranges='output'`) 18.3%, MSE + output-aware clipping 42.3%. Per-tensor 4-bit activations "
+    "alone cost more than half the agreement before any weight is rounded; the W4A4 'mseacts' rows start from "
+    "the last of these.",
+    "- Brevitas' learned round (AdaRound) was not re-run on this set: on the 240-input set it took 3,084 s for "
+    "the W4A8 row (500 steps per layer, `ptq_mobilenetv2.md`), its GPTQ 1,996 s.",
+    "",
+]
+
+
+def _cached(name: str, make: Any) -> Any:
+    path = CACHE / name
+    if path.is_file():
+        return torch.load(path, weights_only=False)
+    value = make()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    torch.save(value, path)
+    return value
+
+
+def lowbit_plans(model: torch.nn.Module, sample: torch.Tensor) -> dict[str, Any]:
+    """The plans of the below-8-bit rows, keyed by weight / activation width and weight kind."""
+    from mixq.formats import FixedPoint
+    from ptq_common import make_plan
+
+    def plan(weight: str, act_bits: int, **kw: Any) -> Any:
+        p = make_plan("mobilenet_v2", model, sample, weight, "channel", weight_observer="mse", first_last="fixed8n",
+                      **kw)
+        names = list(p.layers)
+        for n in names[1:-1]:  # the image and the classifier's input stay at 8 bits
+            lp = p[n]
+            assert lp.act is not None
+            p = p.with_layer(n, lp.with_(act=FixedPoint(act_bits, signed=lp.act.signed)))
+        return p
+
+    out = {}
+    for a in (8, 4):
+        out[f"w4a{a}"] = plan("fixed4n", a)
+        out[f"w4a{a}_sp2"] = plan("sp2_4", a)
+        out[f"w4a{a}_msq"] = plan("fixed4n", a, alt="sp2_4", ratio=0.5)  # rows re-chosen freely (output_auto)
+    out["w2a4"] = plan("fixed2n", 4)
+    # 4-bit activations calibrated by the MSE observer (min-max collapses A4: see the notes)
+    p = out["w4a4"]
+    for n in list(p.layers):
+        p = p.with_layer(n, p[n].with_(act_observer="mse"))
+    out["w4a4_mse"] = p
+    return out
+
+
+def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str, Any], str, Any]]:
+    """key -> (label, plan key, tool + recipe, overrides, notes, Brevitas config or None)."""
+    from mixq.algorithms.ptq import BrecqConfig
+    from ptq_common import BC2, BrevitasConfig
+
+    bq = BrecqConfig(iterations=brecq_iters, batch=16, images=128, crop=56)
+    bq_note = (f"BRECQ + QDrop, {brecq_iters} Adam steps of 16 images per block on 56-px windows of the "
+               "high-resolution blocks, 128 calibration images (CPU budget; the recipe's default is 400 steps of 32)")
+    auto_rows = {"weight_scales": "output", "msq_rows": "output_auto"}
+    msq_note = "SP2 on exactly the rows whose output error is lower with it (ρ=auto)"
+    cfg: dict[str, tuple[str, str, str, dict[str, Any], str, Any]] = {}
+    for w in ("w4a8", "w4a4"):
+        a = int(w[-1])
+        W = w.upper()
+        cfg[f"{w}_rtn"] = (f"{W} fixed, nearest", w, "minmax", {}, "output-aware weight scales", None)
+        cfg[f"{w}_rtn_bc"] = (f"{W} fixed, nearest + BC", w, "minmax", BC2, "output-aware scales; BC 2 passes", None)
+        cfg[f"{w}_gptq"] = (f"{W} fixed, GPTQ", w, "gptq", {}, "output-aware scales; GPTQ", None)
+        cfg[f"{w}_adaround"] = (f"{W} fixed, AdaRound", w, "adaround", {}, "output-aware scales; AdaRound 500 it.",
+                                None)
+        cfg[f"{w}_brecq"] = (f"{W} fixed, BRECQ", w, "brecq", {"brecq": bq}, bq_note, None)
+        cfg[f"{w}_sp2_rtn_bc"] = (f"{W} all-SP2, nearest + BC", f"{w}_sp2", "minmax", BC2, "BC 2 passes", None)
+        cfg[f"{w}_sp2_gptq"] = (f"{W} all-SP2, GPTQ", f"{w}_sp2", "gptq", {}, "", None)
+        cfg[f"{w}_sp2_brecq"] = (f"{W} all-SP2, BRECQ", f"{w}_sp2", "brecq", {"brecq": bq}, bq_note, None)
+        cfg[f"{w}_msq_rtn"] = (f"{W} MSQ ρ=auto, nearest", f"{w}_msq", "minmax", auto_rows, msq_note, None)
+        cfg[f"{w}_msq_gptq"] = (f"{W} MSQ ρ=auto, GPTQ", f"{w}_msq", "gptq", auto_rows,
+                                msq_note + "; rows re-chosen on GPTQ's exact error", None)
+        cfg[f"{w}_msq_brecq"] = (f"{W} MSQ ρ=auto, BRECQ", f"{w}_msq", "brecq", {**auto_rows, "brecq": bq},
+                                 f"{msq_note}; {bq_note}", None)
+        b = BrevitasConfig(weight_bits=4, act_bits=a, per_channel=True, weight_param="mse", act_percentile=100.0)
+        cfg[f"brev_{w}_rtn"] = (f"{W} fixed, nearest", w, "brevitas", {}, "", b)
+        cfg[f"brev_{w}_rtn_bc"] = (f"{W} fixed, nearest + BC", w, "brevitas", {}, "",
+                                   dataclasses.replace(b, bias_correction=True))
+        cfg[f"brev_{w}_gptq"] = (f"{W} fixed, GPTQ", w, "brevitas", {}, "act order", dataclasses.replace(b, gptq=True))
+        cfg[f"brev_{w}_adaround"] = (f"{W} fixed, AdaRound (learned round)", w, "brevitas", {}, "500 it. per layer",
+                                     dataclasses.replace(b, learned_round=True, learned_round_iters=500))
+    # activation-side methods at 4-bit activations, each on top of GPTQ / BRECQ
+    first8 = {"stages": ("first_act_8bit",)}
+    first_note = "first activation (input of features.1) at 8 bits (stage first_act_8bit)"
+    cfg["w4a4_gptq_first8"] = ("W4A4 fixed, GPTQ, first activation 8-bit", "w4a4", "gptq", first8, first_note, None)
+    cfg["w4a4_brecq_first8"] = ("W4A4 fixed, BRECQ, first activation 8-bit", "w4a4", "brecq", {**first8, "brecq": bq},
+                                f"{first_note}; {bq_note}", None)
+    cfg["w4a4_msq_brecq_first8"] = ("W4A4 MSQ ρ=auto, BRECQ, first activation 8-bit", "w4a4_msq", "brecq",
+                                    {**first8, **auto_rows, "brecq": bq}, f"{first_note}; {msq_note}; {bq_note}", None)
+    acts = {"act_ranges": "output"}
+    acts_note = "each input quantizer's (per-tensor) clipping searched on the layer's output error"
+    mse_acts = "A4 by the MSE observer, then " + acts_note
+    cfg["w4a4_gptq_mseacts"] = ("W4A4 fixed, GPTQ, MSE + output-aware activation clipping", "w4a4_mse", "gptq", acts,
+                                mse_acts, None)
+    cfg["w4a4_gptq_mseacts_first8"] = ("W4A4 fixed, GPTQ, MSE + output-aware act. clipping, first act. 8-bit",
+                                       "w4a4_mse", "gptq", {**acts, **first8}, f"{mse_acts}; {first_note}", None)
+    cfg["w4a4_brecq_mseacts"] = ("W4A4 fixed, BRECQ, MSE + output-aware activation clipping", "w4a4_mse", "brecq",
+                                 {**acts, "brecq": bq}, f"{mse_acts}; {bq_note}", None)
+    cfg["w4a4_gptq_acts"] = ("W4A4 fixed, GPTQ, output-aware activation clipping", "w4a4", "gptq", acts, acts_note,
+                             None)
+    cfg["w4a4_gptq_cle"] = ("W4A4 fixed, GPTQ, activation-aware CLE + streams + clipping", "w4a4", "gptq",
+                            {**acts, "cle": True, "cle_act_weight": 1.0, "stream_equalize": True},
+                            "per-channel activation ranges by equalization: CLE gives the activation the whole "
+                            "balance (cle_act_weight=1), residual streams equalized, then " + acts_note, None)
+    cfg["w2a4_brecq"] = ("W2A4 fixed, BRECQ", "w2a4", "brecq", {"brecq": bq}, bq_note, None)
+    cfg["w2a4_gptq"] = ("W2A4 fixed, GPTQ", "w2a4", "gptq", {}, "", None)
+    cfg["brev_w2a4_gptq"] = ("W2A4 fixed, GPTQ", "w2a4", "brevitas", {}, "act order",
+                             BrevitasConfig(weight_bits=2, act_bits=4, per_channel=True, weight_param="mse",
+                                            act_percentile=100.0, gptq=True))
+    return cfg
+
+
+def _brevitas_act_bits(bits: int) -> Any:
+    """Brevitas' per-layer input width (resolved by its injector): the image and the classifier's input at 8."""
+    from brevitas.inject import value
+
+    @value  # type: ignore[misc]
+    def act_bits(module: torch.nn.Module) -> int:
+        edge = (isinstance(module, torch.nn.Conv2d) and module.in_channels == 3) or (
+            isinstance(module, torch.nn.Linear) and module.out_features == 1000)
+        return 8 if edge else bits
+
+    return act_bits
+
+
+def _bits(h: torch.Tensor) -> str:
+    return "".join("1" if v else "0" for v in h.tolist())
+
+
+def _unbits(s: str) -> torch.Tensor:
+    return torch.tensor([c == "1" for c in s])
+
+
+def lowbit_main(argv: list[str]) -> None:
+    import argparse
+    import json
+    import time
+
+    from mixq.data.fidelity import fidelity_set, normalize
+    from mixq.io import atomic_write_json
+    from ptq_common import Bench, run_brevitas, run_mixq
+
+    ap = argparse.ArgumentParser(description="PTQ below 8 bits on MobileNetV2, 2,000-input fidelity set")
+    ap.add_argument("--lowbit", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated row keys (default: every row)")
+    ap.add_argument("--brecq-iters", type=int, default=BRECQ_ITERS)
+    ap.add_argument("--force", action="store_true", help="re-run rows whose JSON exists")
+    ap.add_argument("--table", action="store_true", help="only assemble the table from the row JSONs")
+    ap.add_argument("--list", action="store_true")
+    args = ap.parse_args(argv)
+    configs = lowbit_configs(args.brecq_iters)
+    if args.list:
+        print("\n".join(configs))
+        return
+    keys = [k for k in args.only.split(",") if k] or list(configs)
+    unknown = [k for k in keys if k not in configs]
+    if unknown:
+        raise SystemExit(f"unknown rows: {unknown}")
+    LOWBIT_DIR.mkdir(parents=True, exist_ok=True)
+    todo = [k for k in keys if args.force or not (LOWBIT_DIR / f"{k}.json").is_file()]
+    if args.table or not todo:
+        lowbit_table()
+        return
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = zoo.load("mobilenet_v2", pretrained=True).eval()
+    fs = _cached("fidelity_2000.pt", fidelity_set)
+    calib = _cached("calib_256.pt", lambda: calibration_set(256, include_foolbox=False, seed=0))
+    x_eval = normalize(fs.x)
+    canon = torch.nonzero(fs.scales == 1.0).flatten()
+    first_view = torch.tensor([int(canon[fs.groups[canon] == g][0]) for g in fs.groups.unique()])
+    x_lab, y_lab = x_eval[first_view], fs.labels[first_view]
+
+    class CachedBench(Bench):
+        def __post_init__(self) -> None:
+            self.ref_eval = _cached("ref_2000.pt", lambda: logits(self.model, self.x_eval, self.eval_batch))
+            self.ref_lab = self.ref_eval[first_view]
+            self.ref_more = None
+
+    bench = CachedBench(model, calib, x_eval, x_lab, y_lab, eval_batch=16)
+    fp32 = LOWBIT_DIR / "fp32.json"
+    if not fp32.is_file():
+        row = bench.float_row()
+        atomic_write_json(fp32, {"key": "fp32", **dataclasses.asdict(row), "groups": fs.groups.tolist()})
+    plans = lowbit_plans(model, calib[:8])
+
+    def first(m: torch.nn.Module) -> bool:
+        return isinstance(m, torch.nn.Conv2d) and m.in_channels == 3
+
+    def last(m: torch.nn.Module) -> bool:
+        return isinstance(m, torch.nn.Linear) and m.out_features == 1000
+
+    for key in todo:
+        label, pkey, recipe, kw, notes, bcfg = configs[key]
+        print(f"[{time.strftime('%H:%M:%S')}] {key}: {label}", flush=True)
+        if bcfg is not None:
+            row = run_brevitas(bench, label, dataclasses.replace(bcfg, act_bits=_brevitas_act_bits(bcfg.act_bits)),
+                               first, last, notes)
+            row.extra["brevitas_config"] = {k: v for k, v in dataclasses.asdict(bcfg).items()}
+        else:
+            import ptq_common
+
+            details: dict[str, Any] = {}
+            real = ptq_common.quantize_report
+
+            def keep(*a: Any, _real: Any = real, _into: dict[str, Any] = details, **k: Any) -> Any:
+                res = _real(*a, **k)
+                _into.update(res.details)
+                return res
+
+            ptq_common.quantize_report = keep  # to read the stages' details (run_mixq keeps only a few)
+            try:
+                row = run_mixq(bench, label, plans[pkey], recipe, notes, **kw)
+            finally:
+                ptq_common.quantize_report = real
+            if "brecq" in details:
+                rep = details["brecq"]
+                row.extra["brecq_error_ratio"] = round(sum(v["rec_after"] for v in rep.values())
+                                                       / max(sum(v["rec_before"] for v in rep.values()), 1e-30), 4)
+                row.extra["brecq_blocks"] = {k: {f: v[f] for f in ("rec_before", "rec_after", "kept")}
+                                             | ({"msq_rows": v["msq_rows"]} if "msq_rows" in v else {})
+                                             for k, v in rep.items()}
+            row.extra.pop("recipe", None)
+            row.extra["recipe_name"] = recipe
+            row.extra["overrides"] = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)
+                                      for k, v in kw.items()}
+        hits = bench.hits[(label, row.tool)]
+        doc = {"key": key, **dataclasses.asdict(row), "hits": _bits(hits), "threads": torch.get_num_threads(),
+               "date": time.strftime("%Y-%m-%d %H:%M")}
+        atomic_write_json(LOWBIT_DIR / f"{key}.json", json.loads(json.dumps(doc, default=str)))
+        lowbit_table()
+
+
+def lowbit_table() -> None:
+    """benchmarks/results/ptq_mobilenetv2_lowbit.md from every row JSON."""
+    import json
+
+    from mixq.data.fidelity import clustered_paired_difference
+    from mixq.io import atomic_write_json, atomic_write_text
+    from ptq_common import paired_difference
+
+    rows = {p.stem: json.loads(p.read_text()) for p in sorted(LOWBIT_DIR.glob("*.json"))}
+    if "fp32" not in rows:
+        return
+    groups = torch.tensor(rows["fp32"]["groups"])
+    order = list(lowbit_configs(BRECQ_ITERS))
+    keys = sorted((k for k in rows if k != "fp32"), key=lambda k: (order.index(k) if k in order else 999))
+
+    def width(k: str) -> str:
+        return k.removeprefix("brev_").split("_")[0]
+
+    def ci(a: str, b: str) -> str:
+        ha, hb = _unbits(rows[a]["hits"]), _unbits(rows[b]["hits"])
+        d, hw = paired_difference(ha, hb)
+        _, cw = clustered_paired_difference(ha, hb, groups)
+        return f"{d:+.2f} ± {hw:.2f} (± {cw:.2f})"
+
+    best_brev = {}
+    for k in keys:
+        if k.startswith("brev_") and (width(k) not in best_brev
+                                      or rows[k]["agreement"] > rows[best_brev[width(k)]]["agreement"]):
+            best_brev[width(k)] = k
+    lines = ["## PTQ below 8 bits on MobileNetV2, 2,000-input fidelity set "
+             "(`benchmarks/ptq_mobilenetv2.py --lowbit`)", "",
+             "| config | tool | agreement w/ FP32 (%) | logit SQNR (dB) | labelled top-1 (20) | "
+             "− Brevitas' best at this width (points, 95% CI; clustered) | − GPTQ, same weight kind (points, 95% CI; "
+             "clustered) | PTQ wall time (s) | notes |", "|---|---|---:|---:|---:|---|---|---:|---|"]
+    fp = rows["fp32"]
+    lines.append(f"| FP32 | float | 100.00 | ∞ | {fp['labelled_top1']:.2f} | | | 0 | |")
+    summary = []
+    for k in keys:
+        r = rows[k]
+        vs_b = ci(k, best_brev[width(k)]) if width(k) in best_brev and k != best_brev[width(k)] else ""
+        gq = k.rsplit("_", 1)[0] + "_gptq"
+        vs_g = ci(k, gq) if k.endswith(("_brecq", "_adaround", "_rtn", "_rtn_bc")) and gq in rows else ""
+        note = r["notes"] + ("; Brevitas' best at this width" if best_brev.get(width(k)) == k else "")
+        lines.append(f"| {r['config']} | {r['tool']} | {r['agreement']:.2f} | {r['sqnr_db']:.2f} | "
+                     f"{r['labelled_top1']:.2f} | {vs_b} | {vs_g} | {r['seconds']:.0f} | {note} |")
+        summary.append({k2: r[k2] for k2 in ("key", "config", "tool", "agreement", "sqnr_db", "labelled_top1",
+                                             "seconds", "notes")} | {"vs_brevitas_best": vs_b, "vs_gptq": vs_g})
+    atomic_write_text(RESULTS / "ptq_mobilenetv2_lowbit.md", "\n".join(lines + [""] + LOWBIT_NOTES))
+    atomic_write_json(RESULTS / "ptq_mobilenetv2_lowbit.json", {"benchmark": "ptq_mobilenetv2 --lowbit",
+                                                                 "torch": torch.__version__, "rows": summary})
+
+
 if __name__ == "__main__":
-    main()
+    if "--lowbit" in sys.argv[1:]:
+        lowbit_main(sys.argv[1:])
+    else:
+        main()

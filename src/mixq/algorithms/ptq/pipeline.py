@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mixq.algorithms.msq import assign_rows
-from mixq.algorithms.ptq import percentile
+from mixq.algorithms.ptq import first_act, percentile
 from mixq.algorithms.ptq._common import channel_moments, input_channel_ranges, run_hooked
 from mixq.algorithms.ptq.act_ranges import output_aware_act_ranges
 from mixq.algorithms.ptq.adaround import adaround
@@ -250,8 +250,15 @@ def _gptq(s: PTQState) -> PTQState:
 
 
 def _brecq(s: PTQState) -> PTQState:
-    assert s.recipe.brecq is not None
-    s.details["brecq"] = brecq(s.quantized, s.calib, s.recipe.brecq)
+    r = s.recipe
+    assert r.brecq is not None
+    # free MSQ rows (msq_rows="output_auto") are chosen once more, inside each block on its output error
+    cfg = dataclasses.replace(r.brecq, msq_rows="block") if r.msq_rows == "output_auto" else r.brecq
+    s.details["brecq"] = brecq(s.quantized, s.calib, cfg)
+    if cfg.msq_rows == "block":
+        rows = {n: {"alt_rows": tuple(int(i) for i in (m.row_scheme == 1).nonzero().flatten().tolist())}
+                for n, m in s.quantized.named_modules() if n in s.plan.layers and len(getattr(m, "formats", ())) == 2}
+        s.plan = with_rows(s.plan, s.quantized, rows, free=True)
     return s
 
 
@@ -295,6 +302,7 @@ PIPELINE: tuple[Stage, ...] = (
 #: Optional stages a recipe switches on by name (``Recipe.stages``); one line per algorithm.
 EXTRA_STAGES: dict[str, Stage] = {
     "act_percentile": Stage("act_percentile", percentile.apply, before="calibrate"),
+    "first_act_8bit": Stage("first_act_8bit", first_act.apply, before="swap"),
 }
 
 

@@ -46,7 +46,8 @@ A :class:`Recipe` is a frozen description of which stages of the one pipeline ru
   data; analytic bias correction.
 
 Any field can be overridden per call: ``quantize(..., recipe="dfq", relu6="relu")``; extra stages by
-name: ``quantize(..., recipe="dfq", stages=("act_percentile",))``.
+name: ``quantize(..., recipe="dfq", stages=("act_percentile",))`` or ``stages=("first_act_8bit",)`` (the
+first activation inside the network planned at 8 bits, :mod:`~mixq.algorithms.ptq.first_act`).
 
 Progress (:mod:`mixq.progress`): every stage is reported as ``ptq <stage>`` (the keys of
 :attr:`PTQResult.timings`): a task advancing per layer (``weight_scales``, ``act_ranges``,
