@@ -479,8 +479,8 @@ def lowbit_table() -> None:
     for k in keys:
         r = rows[k]
         vs_b = ci(k, best_brev[width(k)]) if width(k) in best_brev and k != best_brev[width(k)] else ""
-        gq = k.rsplit("_", 1)[0] + "_gptq"
-        vs_g = ci(k, gq) if k.endswith(("_brecq", "_adaround", "_rtn", "_rtn_bc")) and gq in rows else ""
+        gq = next((k.replace(f"_{m}", "_gptq", 1) for m in ("brecq", "adaround", "rtn_bc", "rtn") if f"_{m}" in k), "")
+        vs_g = ci(k, gq) if gq and gq != k and gq in rows else ""
         note = r["notes"] + ("; Brevitas' best at this width" if best_brev.get(width(k)) == k else "")
         lines.append(f"| {r['config']} | {r['tool']} | {r['agreement']:.2f} | {r['sqnr_db']:.2f} | "
                      f"{r['labelled_top1']:.2f} | {vs_b} | {vs_g} | {r['seconds']:.0f} | {note} |")
