@@ -70,7 +70,7 @@ def test_one_lane_of_bytes_writes_each_code_alone_and_keeps_one() -> None:
     lane_rows = [[3, 0, 2, 1]]
     plan = plan_collector(lane_rows, [[(0, 0), (0, 1), (0, 2), (0, 3)]], 4, 8)
     assert plan.pos == (1, 3, 2, 0) and plan.groups == (1, 2, 3, 4) and plan.take == ((1, 1, 1, 1),)
-    text = generate_collector("c", plan, 1, 8, 10, signed=False, out_hw=(2, 2), pool=1, pooled_hw=(2, 2))
+    text = generate_collector("c", plan, 8, 10, signed=False, out_hw=(2, 2), pool=1, pooled_hw=(2, 2))
     assert "reg [7:0] sr0;" in text  # one code of registers, not the pixel's 32 bits
     assert text.count("assign wbe[") == 4
 

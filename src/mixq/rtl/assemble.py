@@ -84,12 +84,13 @@ def plan_collector(lane_rows: list[list[int]], lane_events: list[list[tuple[int,
                          tuple(lane_of))
 
 
-def generate_collector(top: str, plan: CollectorPlan, nr: int, ob: int, qw: int, *, signed: bool,
+def generate_collector(top: str, plan: CollectorPlan, ob: int, qw: int, *, signed: bool,
                        out_hw: tuple[int, int], pool: int, pooled_hw: tuple[int, int]) -> str:
-    """Module ``top`` (ports ``clk, rst, ov[NR], oq[NR*QW], we, wbe, waddr, wdata, done``) for an engine of ``nr``
-    output lanes whose codes arrive as ``plan`` says (``ob`` of each ``qw``-bit code are kept), an ``out_hw`` map
-    pooled ``pool x pool`` into ``pooled_hw``; the buffer word holds the codes in ``plan``'s field order."""
-    rows = len(plan.pos)
+    """Module ``top`` (ports ``clk, rst, ov[NR], oq[NR*QW], we, wbe, waddr, wdata, done``) for an engine whose
+    ``NR`` output lanes deliver their codes as ``plan`` says (``ob`` of each ``qw``-bit code are kept), an
+    ``out_hw`` map pooled ``pool x pool`` into ``pooled_hw``; the buffer word holds the codes in ``plan``'s field
+    order."""
+    rows, nr = len(plan.pos), len(plan.take)
     (oh, ow), (pho, pwo), pk = out_hw, pooled_hw, pool
     aw = _bits(pho * pwo)
     pb = _bits(max(pwo, 1) + 1) + 1
@@ -109,12 +110,9 @@ def generate_collector(top: str, plan: CollectorPlan, nr: int, ob: int, qw: int,
     v(f"  wire first = (oyk == 0) && (oxk == 0); wire last = (oyk == {pk - 1}) && (oxk == {pk - 1});")
     v(f"  wire in_map = (py < {pho}) && (px < {pwo});")
     cmp = "$signed(a{r}) > $signed(b{r})" if signed else "a{r} > b{r}"
-    depth = {r: max(t, default=0) for r, t in enumerate(plan.take)}
-    per_lane = [0] * nr
-    for lane, _ in plan.lane_of:
-        per_lane[lane] += 1
-    for r in range(nr):
-        n, keep = per_lane[r], depth[r]
+    depth = [max(t, default=0) for t in plan.take]  # a lane's register: the most codes it gives one group
+    for r, t in enumerate(plan.take):
+        n, keep = sum(t), depth[r]
         if not n:
             continue
         v(f"  wire [{ob - 1}:0] a{r} = oq[{r * qw + ob - 1}:{r * qw}]; wire [{ob - 1}:0] m{r};")

@@ -367,7 +367,8 @@ module mixq_window_stream #(
           .rel_n(rel_n), .reserve(reserve), .g_on(g_on), .nissue(nissue), .last(lastread), .first(row_first),
           .ok(gate_ok), .raddr(raddr), .pad(pad1));
 
-  // a pixel's first word is written as its data arrive, the others from `px` in the next R - 1 cycles
+  // a pixel's first word is written as its data arrive, the others from the held buffer output in the next R - 1
+  // cycles
   assign in_we = p2 || emit;
   assign in_addr = p2 ? t2 * R : base + r;
   assign in_data = p2 ? pix[LW-1:0] : pix[r * LW +: LW];

@@ -199,7 +199,7 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
                 plans[i] = plan_collector(rtl.lane_rows, rtl.lane_events, oc, st.out_bits)
             except ModelError as e:
                 raise ModelError(f"layer {st.name!r}: {e}") from None
-            collectors.append(generate_collector(f"{rtl.top}_col", plans[i], rtl.nr, st.out_bits, rtl.q_bits,
+            collectors.append(generate_collector(f"{rtl.top}_col", plans[i], st.out_bits, rtl.q_bits,
                                                  signed=st.out_signed, out_hw=st.out_hw, pool=st.pool,
                                                  pooled_hw=(oh, ow)))
             net.mems.update(rtl.mems)
