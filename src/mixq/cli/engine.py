@@ -18,22 +18,7 @@ from typing import Any
 
 import typer
 
-from mixq.cli._common import (
-    DEFAULT_ACT,
-    DEFAULT_WEIGHT,
-    FROM,
-    INPUT_SHAPE,
-    MODEL_HELP,
-    WEIGHTS,
-    choice,
-    count,
-    emit,
-    exclusive_with_from,
-    formats,
-    out_dir,
-    resolve_source,
-    say,
-)
+from mixq.cli import _common as cli
 
 EXPORT_FORMATS = {"int": ".json", "qonnx": ".onnx", "qdq": ".onnx"}
 
@@ -43,7 +28,7 @@ def prepare(model: Any, plan_path: Path | None, weight: str, act: str, size: int
     """:func:`mixq.tasks.models.quantized` with the ``--weight`` / ``--act`` options parsed (naming them on error)."""
     from mixq.tasks.models import quantized
 
-    fmts = formats(weight=weight, act=act) if from_ is None else {"weight": None, "act": None}
+    fmts = cli.formats(weight=weight, act=act) if from_ is None else {"weight": None, "act": None}
     return quantized(model, plan_path, fmts["weight"], fmts["act"], size, images, from_)
 
 
@@ -56,38 +41,40 @@ def _layer_rows(layers: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
+_MODEL = typer.Argument(None, metavar="MODEL", help=f"{cli.MODEL_HELP}; or --from")
 _PLAN = typer.Option(None, "--plan", help="quantization plan (JSON); default: --weight/--act")
-_WEIGHT = typer.Option(DEFAULT_WEIGHT, help="weight format of the default plan")
-_ACT = typer.Option(DEFAULT_ACT, help="activation format of the default plan")
-_SIZE = count(None, "input resolution of ImageNet and builder models (default: the model's)", 8)
+_WEIGHT = typer.Option(cli.DEFAULT_WEIGHT, help="weight format of the default plan")
+_ACT = typer.Option(cli.DEFAULT_ACT, help="activation format of the default plan")
+_SIZE = cli.count(None, "input resolution of ImageNet and builder models (default: the model's)", 8)
 
 
 def _checked(ctx: typer.Context, command: str, model: str | None, from_: Path | None, weights: str | None,
              input_shape: str | None, plan: Path | None, weight: str, act: str, out: Path | None) -> tuple[Any, Path]:
     """(model source, output folder), every option checked before any work: MODEL or ``--from`` (which
     refuses the options that would build another model or plan), the output folder writable."""
-    src = resolve_source(model, from_, weights, input_shape, ctx=ctx)
-    exclusive_with_from(from_, plan=plan is not None, weight=weight != DEFAULT_WEIGHT, act=act != DEFAULT_ACT)
-    return src, out_dir(out, command, src.name)
+    src = cli.resolve_source(model, from_, weights, input_shape, ctx=ctx)
+    cli.exclusive_with_from(from_, plan=plan is not None, weight=weight != cli.DEFAULT_WEIGHT,
+                            act=act != cli.DEFAULT_ACT)
+    return src, cli.out_dir(out, command, src.name)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("verify")
     def verify_cmd(
         ctx: typer.Context,
-        model: str | None = typer.Argument(None, metavar="MODEL", help=f"{MODEL_HELP}; or --from"),
-        from_: Path | None = FROM,
-        weights: str | None = WEIGHTS,
-        input_shape: str | None = INPUT_SHAPE,
+        model: str | None = _MODEL,
+        from_: Path | None = cli.FROM,
+        weights: str | None = cli.WEIGHTS,
+        input_shape: str | None = cli.INPUT_SHAPE,
         plan: Path | None = _PLAN,
         weight: str = _WEIGHT,
         act: str = _ACT,
-        images: int = count(256, "inputs to compare on"),
+        images: int = cli.count(256, "inputs to compare on"),
         size: int | None = _SIZE,
-        batch_size: int = count(32, "inputs per engine batch"),
-        mult_bits: int = count(16, "width of the dyadic requantization multipliers", 2),
-        acc_bits: int = count(32, "accumulator width the hardware provides", 2),
-        overflow: str = choice("error", "accumulator overflow policy", ("error", "saturate")),
+        batch_size: int = cli.count(32, "inputs per engine batch"),
+        mult_bits: int = cli.count(16, "width of the dyadic requantization multipliers", 2),
+        acc_bits: int = cli.count(32, "accumulator width the hardware provides", 2),
+        overflow: str = cli.choice("error", "accumulator overflow policy", ("error", "saturate")),
         out: Path | None = typer.Option(None, "--out", help="output folder for verify.json "
                                                             "(default runs/verify-MODEL)"),
     ) -> None:
@@ -112,7 +99,7 @@ def register(app: typer.Typer) -> None:
         if rep["saturated"]:
             lines.append(f"saturated accumulators: {json.dumps(rep['saturated'])}")
         lines.append(f"wrote {folder / 'verify.json'}")
-        emit({k: v for k, v in rep.items() if k != "layers"} | {"out": str(folder)}, lines)
+        cli.emit({k: v for k, v in rep.items() if k != "layers"} | {"out": str(folder)}, lines)
         if not rep["exact"]:
             raise CheckFailed(f"verify {src.name}: the integer engine differs from hardware-faithful fake quant in "
                               f"{rep['mismatching_outputs']} of {rep['total_outputs']} outputs")
@@ -120,12 +107,12 @@ def register(app: typer.Typer) -> None:
     @app.command("export")
     def export_cmd(
         ctx: typer.Context,
-        model: str | None = typer.Argument(None, metavar="MODEL", help=f"{MODEL_HELP}; or --from"),
-        from_: Path | None = FROM,
-        weights: str | None = WEIGHTS,
-        input_shape: str | None = INPUT_SHAPE,
-        fmt: str = choice("int", "export format: integer model (json+npz), QONNX, ONNX QDQ (8-bit)",
-                          tuple(EXPORT_FORMATS), "--format"),
+        model: str | None = _MODEL,
+        fmt: str = cli.choice("int", "export format: integer model (json+npz), QONNX, ONNX QDQ (8-bit)",
+                              tuple(EXPORT_FORMATS), "--format"),
+        from_: Path | None = cli.FROM,
+        weights: str | None = cli.WEIGHTS,
+        input_shape: str | None = cli.INPUT_SHAPE,
         out: Path | None = typer.Option(None, "--out", help="output folder (default runs/export-MODEL); the "
                                                             "model is written as model.onnx or model.json"),
         plan: Path | None = _PLAN,
@@ -133,7 +120,7 @@ def register(app: typer.Typer) -> None:
         act: str = _ACT,
         size: int | None = _SIZE,
         check: bool = typer.Option(False, help="run the export in its runtime and compare with mixq"),
-        images: int = count(16, "inputs for --check"),
+        images: int = cli.count(16, "inputs for --check"),
     ) -> None:
         """Export a quantized zoo model (or a --from artifact, as it is) as QONNX, ONNX QDQ or the integer model."""
         src, folder = _checked(ctx, "export", model, from_, weights, input_shape, plan, weight, act, out)
@@ -144,13 +131,13 @@ def register(app: typer.Typer) -> None:
         qmodel, x = prepare(src, plan, weight, act, size, images, from_)
         im = to_integer(qmodel, x)
         path = EXPORTERS[fmt](im, folder / f"model{EXPORT_FORMATS[fmt]}")
-        say(f"wrote {path}" + (f" and {path.with_suffix('.npz')}" if fmt == "int" else ""))
+        cli.say(f"wrote {path}" + (f" and {path.with_suffix('.npz')}" if fmt == "int" else ""))
         result: dict[str, Any] = {"out": str(folder), "file": str(path), "format": fmt}
         if from_ is not None:
             result["artifact"] = str(from_)
         if check:
             res = check_export(fmt, path, qmodel, im, x)
             result["check"] = res
-            say(f"check ({res['runtime']}): max |difference| {res['max_abs_diff']:.4g}, "
-                f"argmax agreement {100 * res['argmax_agreement']:.2f}% on {res['images']} inputs")
-        emit(result)
+            cli.say(f"check ({res['runtime']}): max |difference| {res['max_abs_diff']:.4g}, "
+                    f"argmax agreement {100 * res['argmax_agreement']:.2f}% on {res['images']} inputs")
+        cli.emit(result)

@@ -84,6 +84,7 @@ def register(app: typer.Typer) -> None:
     def qat(
         out: Path | None = typer.Option(None, help="run folder (plan.json, model.pt, result.json, checkpoint; "
                                                    "default runs/qat-MODEL)"),
+        resume: bool = _RESUME,
         model: str = _MODEL,
         weights: Path | None = _WEIGHTS,
         plan: Path | None = typer.Option(None, help="QuantPlan JSON (default: built from --weight/--act)"),
@@ -107,7 +108,6 @@ def register(app: typer.Typer) -> None:
         kd_alpha: float = _KD,
         kd_temperature: float = real(4.0, "distillation temperature"),
         checkpoint_every: int = _CKPT,
-        resume: bool = _RESUME,
         max_train: int | None = _MAX_TRAIN,
         max_test: int | None = _MAX_TEST,
         threads: int | None = _THREADS,
@@ -132,6 +132,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def prune(
         out: Path | None = typer.Option(None, help="run folder (default runs/prune-MODEL)"),
+        resume: bool = _RESUME,
         model: str = _MODEL,
         weights: Path | None = _WEIGHTS,
         sparsity: float = real(0.7, "fraction of weights (or channels) to remove", 0.0, 1.0, low_open=False,
@@ -152,7 +153,6 @@ def register(app: typer.Typer) -> None:
         seed: int = _SEED,
         kd_alpha: float = _KD,
         checkpoint_every: int = _CKPT,
-        resume: bool = _RESUME,
         max_train: int | None = _MAX_TRAIN,
         max_test: int | None = _MAX_TEST,
         threads: int | None = _THREADS,

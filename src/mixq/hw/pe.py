@@ -38,7 +38,7 @@ multiply), ``thresh`` (``2**out_bits - 1`` threshold comparators, FINN style),
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import KW_ONLY, asdict, dataclass
 from typing import Any
 
 from mixq.errors import HardwareError
@@ -129,7 +129,8 @@ def require_lane_widths(cfg: PeConfig, name: str) -> None:
 
 @dataclass(frozen=True)
 class PeConfig:
-    """One PE (see the module docstring for the kinds and what each field means per kind).
+    """One PE (see the module docstring for the kinds and what each field means per kind): ``kind``, ``wbits``,
+    ``abits`` and ``simd`` by position or name, the rest by name only.
 
     ``acc_len`` (products per output) sets the accumulator width of dot units;
     ``accw`` overrides it (and is the input width of ``requant`` / ``thresh``).
@@ -139,6 +140,7 @@ class PeConfig:
     wbits: int = 0
     abits: int = 0
     simd: int = 1
+    _: KW_ONLY
     acc_len: int = 512
     accw: int = 0
     out_bits: int = 0

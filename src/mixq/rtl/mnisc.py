@@ -698,7 +698,8 @@ endmodule
 
 @dataclass(frozen=True)
 class EuCosim:
-    """A co-simulation of the whole program on the RTL EU: mismatching elements per stored tensor."""
+    """A co-simulation of the whole program on the RTL EU (:func:`cosimulate_eu`): the cycles it ran, whether
+    the program finished (``done``), the elements compared and the mismatching ones per stored tensor."""
 
     cycles: int
     done: bool

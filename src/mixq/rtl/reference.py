@@ -79,8 +79,8 @@ class _Text:
         self.lines = [f"// {name}: mixq.rtl.reference (plain reference circuit) of {cfg.to_dict()}",
                       f"module {name} (", ",\n".join(f"  {p}" for p in ports), ");"]
 
-    def __call__(self, line: str) -> None:
-        self.lines.append("  " + line)
+    def __call__(self, *lines: str) -> None:
+        self.lines.extend("  " + line for line in lines)
 
     def end(self) -> str:
         return "\n".join([*self.lines, "endmodule"]) + "\n"
@@ -95,26 +95,35 @@ def _dot_ports(cfg: PeConfig, rows: int, acc_reg: bool = True) -> list[str]:
 def _inputs(v: _Text, cfg: PeConfig, rows: int, operands: bool = True) -> None:
     """Register the inputs once; ``x{i}`` (``operands``): lane i's activation as a signed operand."""
     s, a, w = cfg.simd, cfg.abits, cfg.wbits
-    v(f"reg [{s * a - 1}:0] ar; reg [{rows * s * w - 1}:0] wr; reg fr;")
-    v("always @(posedge clk) begin ar <= act; wr <= wgt; fr <= first; end")
+    v(f"reg [{s * a - 1}:0] ar; reg [{rows * s * w - 1}:0] wr; reg fr;",
+      "always @(posedge clk) begin ar <= act; wr <= wgt; fr <= first; end")
     for i in range(s if operands else 0):
         a_i = f"ar[{i * a} +: {a}]"
         x = f"$signed({a_i})" if cfg.signed_act else f"$signed({{1'b0, {a_i}}})"
         v(f"wire signed [{a}:0] x{i} = {x};")
 
 
+def _dot_open(cfg: PeConfig, name: str, rows: int = 1, operands: bool = True, acc_reg: bool = True) -> _Text:
+    """A dot unit's module: its ports (:func:`_dot_ports`) and registered inputs (:func:`_inputs`)."""
+    v = _Text(cfg, name, _dot_ports(cfg, rows, acc_reg))
+    _inputs(v, cfg, rows, operands)
+    return v
+
+
 def _flat_sum(v: _Text, terms: list[str], width: int, signed: bool = True) -> None:
     v(f"wire {'signed ' if signed else ''}[{width - 1}:0] sum = {' + '.join(terms)};")
 
 
-def _accumulate(v: _Text, value: str = "sum") -> None:
-    v(f"always @(posedge clk) begin acc <= fr ? {value} : acc + {value}; acc_first <= fr; end")
+def _accumulated(v: _Text, terms: list[str], width: int, signed: bool = True) -> str:
+    """End a dot unit: the flat ``sum`` of ``terms`` (:func:`_flat_sum`) into the accumulator, as the module's text."""
+    _flat_sum(v, terms, width, signed)
+    v("always @(posedge clk) begin acc <= fr ? sum : acc + sum; acc_first <= fr; end")
+    return v.end()
 
 
 def _dot_multiply(cfg: PeConfig, name: str, sign: str) -> str:
     """``fixed_lut`` / ``fixed_dsp``: ``p_i = w_i * x_i``, a flat sum, an accumulator (one MAC at simd 1)."""
-    v = _Text(cfg, name, _dot_ports(cfg, 1))
-    _inputs(v, cfg, 1)
+    v = _dot_open(cfg, name)
     w, pw = cfg.wbits, cfg.product_bits
     for i in range(cfg.simd):
         v(f"wire signed [{w - 1}:0] w{i} = wr[{i * w} +: {w}];")
@@ -123,42 +132,34 @@ def _dot_multiply(cfg: PeConfig, name: str, sign: str) -> str:
         return v.end()
     for i in range(cfg.simd):
         v(f"wire signed [{pw - 1}:0] p{i} = w{i} * x{i};")
-    _flat_sum(v, [f"p{i}" for i in range(cfg.simd)], pw + _clog2(cfg.simd))
-    _accumulate(v)
-    return v.end()
+    return _accumulated(v, [f"p{i}" for i in range(cfg.simd)], pw + _clog2(cfg.simd))
 
 
 def _dot_select(cfg: PeConfig, name: str, sign: str) -> str:
     """``ternary``: ``p_i = w_i == +1 ? x_i : w_i == -1 ? -x_i : 0``."""
-    v = _Text(cfg, name, _dot_ports(cfg, 1))
-    _inputs(v, cfg, 1)
+    v = _dot_open(cfg, name)
     pw = cfg.product_bits
     for i in range(cfg.simd):
         c = f"wr[{2 * i} +: 2]"
         v(f"wire signed [{pw - 1}:0] p{i} = ({c} == 2'b01) ? x{i} : ({c} == 2'b11) ? -x{i} : {pw}'sd0;")
-    _flat_sum(v, [f"p{i}" for i in range(cfg.simd)], pw + _clog2(cfg.simd))
-    _accumulate(v)
-    return v.end()
+    return _accumulated(v, [f"p{i}" for i in range(cfg.simd)], pw + _clog2(cfg.simd))
 
 
 def _dot_xnor(cfg: PeConfig, name: str, sign: str) -> str:
     """``xnor``: ``sum = popcount(~(w ^ a))`` written as a flat sum of bits."""
     v = _Text(cfg, name, _dot_ports(cfg, 1))
     s = cfg.simd
-    v(f"reg [{s - 1}:0] ar; reg [{s - 1}:0] wr; reg fr;")
-    v("always @(posedge clk) begin ar <= act; wr <= wgt; fr <= first; end")
+    v(f"reg [{s - 1}:0] ar; reg [{s - 1}:0] wr; reg fr;",
+      "always @(posedge clk) begin ar <= act; wr <= wgt; fr <= first; end")
     v(f"wire [{s - 1}:0] hit = ~(wr ^ ar);")
-    _flat_sum(v, [f"hit[{i}]" for i in range(s)], _clog2(s + 1), signed=False)
-    _accumulate(v)
-    return v.end()
+    return _accumulated(v, [f"hit[{i}]" for i in range(s)], _clog2(s + 1), signed=False)
 
 
 def _dot_shift(cfg: PeConfig, name: str, sign: str) -> str:
     """``sp2`` / ``pot``: unsigned magnitudes from variable shifts; the sign applied in the sum."""
     if sign not in SIGN_STYLES:
         raise HardwareError(f"sign style {sign!r}: one of {', '.join(SIGN_STYLES)}")
-    v = _Text(cfg, name, _dot_ports(cfg, 1))
-    _inputs(v, cfg, 1, operands=False)
+    v = _dot_open(cfg, name, operands=False)
     w, pw = cfg.wbits, cfg.product_bits
     mw = pw - 1  # the magnitude's bits
     f = shift_range(cfg.kind, w, cfg.sp2_m1)
@@ -189,16 +190,13 @@ def _dot_shift(cfg: PeConfig, name: str, sign: str) -> str:
         v(f"wire [{nw - 1}:0] negs = {' + '.join(f'c{i}[{w - 1}]' for i in range(cfg.simd))};")
         terms.append("$signed({1'b0, negs})")
         sw += 1
-    _flat_sum(v, terms, sw)
-    _accumulate(v)
-    return v.end()
+    return _accumulated(v, terms, sw)
 
 
 def _dot_packed(cfg: PeConfig, name: str, sign: str) -> str:
     """``fixed_dsp2``: ``(w_hi * 2**S + w_lo) * x`` per lane, a flat sum, one packed accumulator;
     ``acc = {hi + sign(lo), lo}`` (the low row's borrow returned to the high row)."""
-    v = _Text(cfg, name, _dot_ports(cfg, 2, acc_reg=False))
-    _inputs(v, cfg, 2)
+    v = _dot_open(cfg, name, 2, acc_reg=False)
     w, accw = cfg.wbits, cfg.acc_bits
     cw = 2 * accw
     ww = min(accw + w + 1, cw)  # hi * 2**S + lo: one bit past hi's field (hi = -2**(w-1), lo < 0)
@@ -207,8 +205,7 @@ def _dot_packed(cfg: PeConfig, name: str, sign: str) -> str:
         v(f"wire signed [{ww - 1}:0] wp{i} = ($signed({hi}) <<< {accw}) + $signed({lo});")
         v(f"wire signed [{cw - 1}:0] p{i} = wp{i} * x{i};")
     _flat_sum(v, [f"p{i}" for i in range(cfg.simd)], cw)
-    v(f"reg signed [{cw - 1}:0] pa;")
-    v("always @(posedge clk) begin pa <= fr ? sum : pa + sum; acc_first <= fr; end")
+    v(f"reg signed [{cw - 1}:0] pa;", "always @(posedge clk) begin pa <= fr ? sum : pa + sum; acc_first <= fr; end")
     v(f"assign acc = {{pa[{cw - 1}:{accw}] + pa[{accw - 1}], pa[{accw - 1}:0]}};")
     return v.end()
 
@@ -217,8 +214,7 @@ def _tree(cfg: PeConfig, name: str, sign: str) -> str:
     n, b = cfg.simd, cfg.abits
     yw = b + len(tree_levels(n))
     v = _Text(cfg, name, ["input clk", f"input [{n * b - 1}:0] x", f"output reg signed [{yw - 1}:0] y"])
-    v(f"reg [{n * b - 1}:0] xr;")
-    v("always @(posedge clk) xr <= x;")
+    v(f"reg [{n * b - 1}:0] xr;", "always @(posedge clk) xr <= x;")
     v(f"always @(posedge clk) y <= {' + '.join(f'$signed(xr[{i * b} +: {b}])' for i in range(n))};")
     return v.end()
 
@@ -227,8 +223,8 @@ def _acc(cfg: PeConfig, name: str, sign: str) -> str:
     b, accw = cfg.abits, cfg.acc_bits
     v = _Text(cfg, name, ["input clk", "input first", f"input signed [{b - 1}:0] x",
                           f"output reg signed [{accw - 1}:0] acc"])
-    v(f"reg signed [{b - 1}:0] xr; reg fr;")
-    v("always @(posedge clk) begin xr <= x; fr <= first; acc <= fr ? xr : acc + xr; end")
+    v(f"reg signed [{b - 1}:0] xr; reg fr;",
+      "always @(posedge clk) begin xr <= x; fr <= first; acc <= fr ? xr : acc + xr; end")
     return v.end()
 
 
@@ -239,8 +235,7 @@ def _requant(cfg: PeConfig, name: str, sign: str) -> str:
     rw = pw - sh
     v = _Text(cfg, name, ["input clk", f"input signed [{accw - 1}:0] acc", f"input [{mb - 1}:0] m",
                           f"output reg [{ob - 1}:0] q"])
-    v(f"reg signed [{accw - 1}:0] ar; reg [{mb - 1}:0] mr;")
-    v("always @(posedge clk) begin ar <= acc; mr <= m; end")
+    v(f"reg signed [{accw - 1}:0] ar; reg [{mb - 1}:0] mr;", "always @(posedge clk) begin ar <= acc; mr <= m; end")
     v(f"wire signed [{pw - 1}:0] p = ar * $signed({{1'b0, mr}}) + $signed({pw}'d{2 ** (sh - 1)});")
     v(f"wire signed [{rw - 1}:0] r = p >>> {sh};")
     v(f"always @(posedge clk) q <= (r < 0) ? {ob}'d0 : (r > $signed({rw}'d{2**ob - 1})) ? {ob}'d{2**ob - 1} "
@@ -254,8 +249,7 @@ def _thresh(cfg: PeConfig, name: str, sign: str) -> str:
     nt = 2**ob - 1
     v = _Text(cfg, name, ["input clk", f"input signed [{accw - 1}:0] acc", f"input [{nt * accw - 1}:0] th",
                           f"output reg [{ob - 1}:0] q"])
-    v(f"reg signed [{accw - 1}:0] ar;")
-    v("always @(posedge clk) ar <= acc;")
+    v(f"reg signed [{accw - 1}:0] ar;", "always @(posedge clk) ar <= acc;")
     cmp = " + ".join(f"(ar >= $signed(th[{k * accw} +: {accw}]))" for k in range(nt))
     v(f"always @(posedge clk) q <= {cmp};")
     return v.end()

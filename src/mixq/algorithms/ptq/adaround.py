@@ -47,9 +47,29 @@ from mixq.nn import QConv2d, QLinear
 
 
 @dataclass(frozen=True)
-class AdaRoundConfig:
-    """AdaRound settings. ``columns``: input columns (output positions) kept per layer, sampled
-    evenly over at most ``images`` calibration images; ``batch``: columns per Adam step.
+class RoundingConfig:
+    """The learned rounding AdaRound and BRECQ share: ``iterations`` Adam steps, the regularizer's weight
+    ``reg_weight`` (λ) and exponent ``beta_start`` → ``beta_end`` after the first ``warmup`` fraction of the
+    steps (:func:`beta_at`), and the rectified sigmoid's stretch ``zeta`` / ``gamma``
+    (:func:`rectified_sigmoid`)."""
+
+    iterations: int = 500
+    reg_weight: float = 0.01
+    beta_start: float = 20.0
+    beta_end: float = 2.0
+    warmup: float = 0.2
+    zeta: float = 1.1
+    gamma: float = -0.1
+
+    def _check_warmup(self, where: str) -> None:
+        if not 0.0 <= self.warmup < 1.0:
+            raise MixqError(f"{where}.warmup: must be in [0, 1), got {self.warmup!r}")
+
+
+@dataclass(frozen=True)
+class AdaRoundConfig(RoundingConfig):
+    """AdaRound settings (and :class:`RoundingConfig`'s). ``columns``: input columns (output positions) kept
+    per layer, sampled evenly over at most ``images`` calibration images; ``batch``: columns per Adam step.
     ``max_bits``: layers whose weight formats are all wider are left at round-to-nearest
     (``None``: every layer)."""
 
@@ -58,20 +78,13 @@ class AdaRoundConfig:
     columns: int = 4096
     images: int = 128
     lr: float = 1e-2
-    reg_weight: float = 0.01
-    beta_start: float = 20.0
-    beta_end: float = 2.0
-    warmup: float = 0.2
-    zeta: float = 1.1
-    gamma: float = -0.1
     max_bits: int | None = None
     seed: int = 0
     batch_size: int = 8
 
     def __post_init__(self) -> None:
         require_positive(self, "adaround", ("iterations", "batch", "columns", "images", "batch_size"))
-        if not 0.0 <= self.warmup < 1.0:
-            raise MixqError(f"adaround.warmup: must be in [0, 1), got {self.warmup!r}")
+        self._check_warmup("adaround")
         if self.zeta <= 1.0 or self.gamma >= 0.0:
             raise MixqError("adaround.zeta/gamma: need zeta > 1 and gamma < 0 (stretched sigmoid)")
 
@@ -128,7 +141,7 @@ def init_logits(rest: torch.Tensor, zeta: float = 1.1, gamma: float = -0.1) -> t
     return torch.log(p) - torch.log1p(-p)
 
 
-def beta_at(step: int, cfg: AdaRoundConfig) -> float | None:
+def beta_at(step: int, cfg: RoundingConfig) -> float | None:
     """The regularizer's exponent at ``step`` (None during warm-up: no regularizer)."""
     start = int(cfg.warmup * cfg.iterations)
     if step < start:

@@ -54,7 +54,7 @@ from torch import fx, nn
 
 from mixq import progress
 from mixq.algorithms.ptq._common import as_tensor, batches, require_positive
-from mixq.algorithms.ptq.adaround import beta_at, init_logits, rectified_sigmoid, rounding_grid
+from mixq.algorithms.ptq.adaround import RoundingConfig, beta_at, init_logits, rectified_sigmoid, rounding_grid
 from mixq.errors import MixqError, ModelError
 from mixq.graph.trace import trace
 from mixq.modes import eval_mode
@@ -65,18 +65,18 @@ QLayer = QConv2d | QLinear
 
 
 @dataclass(frozen=True)
-class BrecqConfig:
-    """Block reconstruction settings: ``iterations`` Adam steps per block on mini-batches of ``batch``
-    of the first ``images`` calibration images; ``lr`` for the rounding logits, ``act_lr`` for the
-    activation steps; AdaRound's regularizer (``reg_weight``, ``beta_start`` → ``beta_end`` after
-    ``warmup``); ``drop``: QDrop's probability of passing an activation unquantized (0: BRECQ);
-    ``max_layers``: compute layers merged into one block; ``batch_size``: images per forward
-    outside the optimisation; ``crop``: when > 0, each Adam step of a block whose input map is larger
-    runs it on one random ``crop`` x ``crop`` window of the batch and compares the output the window
-    determines (the border margin found on the float block), so early high-resolution blocks cost a
-    fraction of a whole image per step (translation equivariance; 0: whole inputs); ``msq_rows``:
-    ``block`` chooses the rows of a block's two-format (MSQ) layers on the block's output error before
-    its reconstruction (:func:`choose_block_rows`, on ``row_images`` images), ``keep`` leaves them."""
+class BrecqConfig(RoundingConfig):
+    """Block reconstruction settings (and :class:`~mixq.algorithms.ptq.adaround.RoundingConfig`'s): ``iterations`` Adam
+    steps per block on mini-batches of ``batch`` of the first ``images`` calibration images; ``lr`` for the rounding
+    logits, ``act_lr`` for the activation steps; AdaRound's regularizer (``reg_weight``, ``beta_start`` →
+    ``beta_end`` after ``warmup``); ``drop``: QDrop's probability of passing an activation unquantized (0: BRECQ);
+    ``max_layers``: compute layers merged into one block; ``batch_size``: images per forward outside the
+    optimisation; ``crop``: when > 0, each Adam step of a block whose input map is larger runs it on one random
+    ``crop`` x ``crop`` window of the batch and compares the output the window determines (the border margin found
+    on the float block), so early high-resolution blocks cost a fraction of a whole image per step (translation
+    equivariance; 0: whole inputs); ``msq_rows``: ``block`` chooses the rows of a block's two-format (MSQ) layers on
+    the block's output error before its reconstruction (:func:`choose_block_rows`, on ``row_images`` images),
+    ``keep`` leaves them."""
 
     iterations: int = 400
     batch: int = 32
@@ -84,14 +84,8 @@ class BrecqConfig:
     lr: float = 1e-2
     act_lr: float = 4e-5
     learn_act: bool = True
-    reg_weight: float = 0.01
-    beta_start: float = 20.0
-    beta_end: float = 2.0
-    warmup: float = 0.2
     drop: float = 0.5
     max_layers: int = 2
-    zeta: float = 1.1
-    gamma: float = -0.1
     seed: int = 0
     batch_size: int = 32
     device: str = "cpu"
@@ -110,8 +104,7 @@ class BrecqConfig:
             raise MixqError(f"brecq.crop: must be >= 0 (0: whole inputs), got {self.crop!r}")
         if not 0.0 <= self.drop < 1.0:
             raise MixqError(f"brecq.drop: must be in [0, 1), got {self.drop!r}")
-        if not 0.0 <= self.warmup < 1.0:
-            raise MixqError(f"brecq.warmup: must be in [0, 1), got {self.warmup!r}")
+        self._check_warmup("brecq")
 
 
 # ---------------------------------------------------------------------------------------------- blocks
@@ -423,7 +416,7 @@ def reconstruct_block(block: Block, model: nn.Module, xq: list[torch.Tensor], ta
             else:
                 out, tgt, weight = _cropped_step(block, x_all[idx], y_all[idx], cfg.crop, geo, gen)
             loss = weight * (out - tgt).pow(2).flatten(1).sum(1).mean()
-            beta = beta_at(step, cfg)  # type: ignore[arg-type]
+            beta = beta_at(step, cfg)
             if beta is not None:
                 loss = loss + cfg.reg_weight * soft.regularizer(beta)
             opt.zero_grad(set_to_none=True)

@@ -41,12 +41,15 @@ from mixq.io import atomic_write_json
 from mixq.modes import eval_mode
 from mixq.quant import compute_scale, fake_quant, quantize_weight
 
-METHODS = ("hessian", "measured")
+METHODS = ("hessian", "measured")  # the first is the default
 
 
 @dataclass(frozen=True)
 class SensitivityConfig:
-    method: str = "hessian"
+    """``method``: one of :data:`METHODS` (``hessian``: ``hutchinson_samples`` Hutchinson probes, drawn
+    with ``seed``), on the first ``images`` calibration images."""
+
+    method: str = METHODS[0]
     images: int = 32
     hutchinson_samples: int = 8
     seed: int = 0
