@@ -54,22 +54,39 @@ def decode_sp2(code: int, split: tuple[int, int]) -> int:
     return -mag if (code >> (m1 + m2)) & 1 else mag
 
 
+def _twos(w: int, code: int, cfg: PeConfig) -> int:
+    return code - 2**w if code >> (w - 1) else code
+
+
+def _pot(w: int, code: int, cfg: PeConfig) -> int:
+    e, f = code & (2 ** (w - 1) - 1), 2 ** (w - 1) - 1
+    mag = 2 ** (f - e) if e else 0
+    return -mag if code >> (w - 1) else mag
+
+
+# dot kind -> (wbits, code, cfg) -> the lane's integer weight (written apart from ``mixq.hw.kinds``)
+_DECODE: dict[str, Callable[[int, int, PeConfig], int]] = {
+    "fixed_lut": _twos, "fixed_dsp": _twos, "fixed_dsp2": _twos,
+    "ternary": lambda w, code, cfg: {0: 0, 1: 1, 2: 0, 3: -1}[code],
+    "xnor": lambda w, code, cfg: code,
+    "sp2": lambda w, code, cfg: decode_sp2(code, sp2_split(w, cfg.sp2_m1)),
+    "pot": _pot,
+}
+
+
 def decode_reference(cfg: PeConfig, code: int) -> int:
     """The integer lane weight of ``code`` for the dot kind of ``cfg`` (written apart from ``mixq.hw.kinds``)."""
-    w, code = cfg.wbits, code & (2**cfg.wbits - 1)
-    if cfg.kind in ("fixed_lut", "fixed_dsp", "fixed_dsp2"):
-        return code - 2**w if code >> (w - 1) else code
-    if cfg.kind == "ternary":
-        return {0: 0, 1: 1, 2: 0, 3: -1}[code]
-    if cfg.kind == "xnor":
-        return code
-    if cfg.kind == "sp2":
-        return decode_sp2(code, sp2_split(w, cfg.sp2_m1))
-    if cfg.kind == "pot":
-        e, f = code & (2 ** (w - 1) - 1), 2 ** (w - 1) - 1
-        mag = 2 ** (f - e) if e else 0
-        return -mag if code >> (w - 1) else mag
-    raise HardwareError(f"decode_reference: {cfg.kind!r} is not a dot-unit kind")
+    rule = _DECODE.get(cfg.kind)
+    if rule is None:
+        raise HardwareError(f"decode_reference: {cfg.kind!r} is not a dot-unit kind")
+    return rule(cfg.wbits, code & (2**cfg.wbits - 1), cfg)
+
+
+# shift kind -> (wbits, cfg) -> the (hi, lo) bit fields of its exponents: SP2 two, power of two one
+_EXPONENT_FIELDS: dict[str, Callable[[int, PeConfig], list[tuple[int, int]]]] = {
+    "sp2": lambda w, cfg: [(w - 2, sp2_split(w, cfg.sp2_m1)[1]), (sp2_split(w, cfg.sp2_m1)[1] - 1, 0)],
+    "pot": lambda w, cfg: [(w - 2, 0)],
+}
 
 
 class _Text:
@@ -163,8 +180,7 @@ def _dot_shift(cfg: PeConfig, name: str, sign: str) -> str:
     w, pw = cfg.wbits, cfg.product_bits
     mw = pw - 1  # the magnitude's bits
     f = shift_range(cfg.kind, w, cfg.sp2_m1)
-    fields = [(w - 2, sp2_split(w, cfg.sp2_m1)[1]), (sp2_split(w, cfg.sp2_m1)[1] - 1, 0)] if cfg.kind == "sp2" \
-        else [(w - 2, 0)]
+    fields = _EXPONENT_FIELDS[cfg.kind](w, cfg)
     xsg = "signed " if cfg.signed_act else ""
     for i in range(cfg.simd):
         code = f"wr[{i * w} +: {w}]"

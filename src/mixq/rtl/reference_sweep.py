@@ -31,7 +31,7 @@ from typing import Any
 
 from mixq.hw.bits import mul_dsps
 from mixq.hw.cost import CostModel
-from mixq.hw.kinds import PE_KINDS
+from mixq.hw.kinds import MULTIPLY_KINDS, PE_KINDS
 from mixq.hw.pe import PeConfig, dsp_packing
 from mixq.io import atomic_write_json
 from mixq.rtl.pe import generate, uses_nodsp
@@ -57,7 +57,7 @@ def reference_sweep() -> list[PeConfig]:
     for kind, widths in WIDTHS.items():
         for w in widths:
             for a in ACTS:
-                if kind == "fixed_dsp2" and dsp_packing("DSP48E1", w, a, ACC_LEN) != 2:
+                if PE_KINDS[kind].rows == 2 and dsp_packing("DSP48E1", w, a, ACC_LEN) != 2:
                     continue
                 out += [PeConfig(kind, w, a, s, acc_len=ACC_LEN) for s in SIMDS]
     out += [sp2_config(a, s, (3, 1), ACC_LEN) for a in ACTS for s in SIMDS]  # the (3, 1) split of 5 bits
@@ -75,10 +75,10 @@ def _side(cfg: PeConfig, side: str) -> tuple[str, bool] | None:
     if side == "generator":
         return generate(cfg), uses_nodsp(cfg)
     if side == "sign_negate":  # the other sign style, at a few points (the default's justification)
-        swept = cfg.kind in ("sp2", "pot") and cfg.abits == 4 and cfg.simd in (4, 16)
+        swept = PE_KINDS[cfg.kind].sign_in_sum != "" and cfg.abits == 4 and cfg.simd in (4, 16)
         return (reference(cfg, sign="negate"), True) if swept else None
     if side == "dsp_default":
-        return (reference(cfg), False) if cfg.kind == "fixed_lut" and cfg.simd == 1 else None
+        return (reference(cfg), False) if cfg.kind == MULTIPLY_KINDS["lut"] and cfg.simd == 1 else None
     return reference(cfg), uses_nodsp(cfg)
 
 
@@ -128,7 +128,7 @@ def run_reference_sweep(cfgs: list[PeConfig] | None = None, *, jobs: int = 2, ge
         cfg, side, src, nodsp = job
         r = synthesize_verilog(src, cfg.name, nodsp=nodsp, timing=True)
         body = {"flow": "nodsp" if nodsp else "default", "source_sha1": _sha(src), **r.to_dict()}
-        if side != "generator" and cfg.kind in ("sp2", "pot"):
+        if side != "generator" and PE_KINDS[cfg.kind].sign_in_sum != "":
             body["sign"] = "negate" if side == "sign_negate" else DEFAULT_SIGN
         with lock:
             _put(recs[cfg.name], side, body)
