@@ -304,6 +304,9 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
                                        "w4a4_mse", "gptq", {**acts, **first8}, f"{mse_acts}; {first_note}", None)
     cfg["w4a4_brecq_mseacts"] = ("W4A4 fixed, BRECQ, MSE + output-aware activation clipping", "w4a4_mse", "brecq",
                                  {**acts, "brecq": bq}, f"{mse_acts}; {bq_note}", None)
+    cfg["w4a4_brecq_mseacts_first8"] = ("W4A4 fixed, BRECQ, MSE + output-aware act. clipping, first act. 8-bit",
+                                        "w4a4_mse", "brecq", {**acts, **first8, "brecq": bq},
+                                        f"{mse_acts}; {first_note}; {bq_note}", None)
     cfg["w4a4_gptq_acts"] = ("W4A4 fixed, GPTQ, output-aware activation clipping", "w4a4", "gptq", acts, acts_note,
                              None)
     cfg["w4a4_gptq_cle"] = ("W4A4 fixed, GPTQ, activation-aware CLE + streams + clipping", "w4a4", "gptq",
