@@ -183,3 +183,30 @@ def test_decoder_convs_read_an_unsigned_concat_with_the_relu_after_upsampling() 
     # the noisy image is signed (8 bits); every 4-bit input is unsigned with the ReLU, the concats signed without
     assert {n for n, s in signed[True].items() if s} == {"enc.0.0", "skip"}
     assert {n for n, s in signed[False].items() if s} == {"enc.0.0", "skip", "dec.0.0", "dec.1.0"}
+
+
+def test_distillation_objective_mixes_clean_and_teacher_targets(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net, teacher = unet(width=4, depth=2), unet(width=4, depth=2).eval()
+    clean = isp.random_patches(isp.load_photos()[:4], 32, 16, seed=0)
+    obj = isp.DenoiseObjective(net, [isp.NOISE_LEVELS["mid"]], teacher, kd_alpha=0.25)
+    # the teacher is frozen: neither a parameter the optimizer sees nor part of a checkpoint
+    assert {n for n, _ in obj.named_parameters()} == {f"net.{n}" for n, _ in net.named_parameters()}
+    assert all(k.startswith(("net.", "levels")) for k in obj.state_dict())
+    torch.manual_seed(3)
+    logits = obj(clean[:8])
+    torch.manual_seed(3)
+    torch.randint(0, 1, (8,))  # the level draw of the objective
+    noisy = isp.add_noise(clean[:8], 0.01, 0.02)
+    with torch.no_grad():
+        out, target = net(noisy), teacher(noisy)
+    want = (0.75 * ((out - clean[:8]) ** 2).flatten(1).mean(1) + 0.25 * ((out - target) ** 2).flatten(1).mean(1))
+    ce = F.cross_entropy(logits, isp.train_labels(clean[:8]), reduction="none").detach()
+    torch.testing.assert_close(ce, want, rtol=1e-4, atol=1e-7)
+    with pytest.raises(isp.OptionError):
+        isp.DenoiseObjective(net, [isp.NOISE_LEVELS["mid"]], None, kd_alpha=0.5)
+    calib = isp.calibration_inputs(clean[:24], 0)
+    q = isp.qat_denoiser(net.eval(), "w4a4", clean, calib,
+                         isp.QatSettings(epochs=1, batch_size=16, init="dfq", kd_alpha=0.5), tmp_path, teacher=teacher)
+    rep = verify(q, calib[:4])
+    assert rep["exact"] and rep["mismatching_outputs"] == 0

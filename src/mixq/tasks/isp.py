@@ -22,6 +22,7 @@ the training objective, quantization at each precision, and evaluation on held-o
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -219,18 +220,41 @@ def nl_means(noisy: torch.Tensor, level: NoiseLevel) -> torch.Tensor | None:
 class DenoiseObjective(nn.Module):
     """What the one trainer trains: fresh Poisson-Gaussian noise on the clean batch (each image at a level drawn
     from ``levels``, global torch RNG — seeded by the trainer), the denoiser, and its mean squared error written
-    as 2-class logits whose cross-entropy against label 0 equals it (module doc)."""
+    as 2-class logits whose cross-entropy against label 0 equals it (module doc).
 
-    def __init__(self, net: nn.Module, levels: Sequence[NoiseLevel]) -> None:
+    With a ``teacher`` (a float denoiser, frozen: not a submodule, so neither trained nor checkpointed) and
+    ``kd_alpha`` > 0 the error is the regression distillation loss
+    ``(1 - kd_alpha) * MSE(net(y), x) + kd_alpha * MSE(net(y), teacher(y))`` on the same noisy batch ``y``:
+    the teacher's output is a low-variance target (its estimate of the clean image given ``y``) beside the
+    noisy-gradient one of the clean patch."""
+
+    def __init__(self, net: nn.Module, levels: Sequence[NoiseLevel], teacher: nn.Module | None = None,
+                 kd_alpha: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= kd_alpha <= 1.0:
+            raise OptionError(f"DenoiseObjective: kd_alpha must be in [0, 1], got {kd_alpha!r}")
+        if kd_alpha > 0 and teacher is None:
+            raise OptionError("DenoiseObjective: kd_alpha > 0 needs a teacher")
         self.net = net
         self.levels = torch.tensor([[lv.a, lv.b] for lv in levels])
+        self.kd_alpha = float(kd_alpha)
+        # a copy: moving it to the batch's device must leave the caller's model where it is
+        self._teacher = (copy.deepcopy(teacher).eval(),) if teacher is not None and kd_alpha > 0 else ()
 
     def forward(self, clean: torch.Tensor) -> torch.Tensor:
         pick = torch.randint(0, self.levels.shape[0], (clean.shape[0],))
         ab = self.levels[pick].to(clean.device).view(-1, 2, 1, 1)
         a, b = ab[:, :1], ab[:, 1:]
-        mse = ((self.net(add_noise(clean, a, b)) - clean) ** 2).flatten(1).mean(1).clamp_min(1e-12)
+        noisy = add_noise(clean, a, b)
+        out = self.net(noisy)
+        mse = ((out - clean) ** 2).flatten(1).mean(1)
+        if self._teacher:
+            teacher = self._teacher[0].to(clean.device)
+            with torch.no_grad():
+                target = teacher(noisy)
+            kd = ((out - target) ** 2).flatten(1).mean(1)
+            mse = (1 - self.kd_alpha) * mse + self.kd_alpha * kd
+        mse = mse.clamp_min(1e-12)
         return torch.stack([torch.zeros_like(mse), torch.log(torch.expm1(mse))], 1)
 
 
@@ -301,7 +325,9 @@ class QatSettings:
     at ``scale_lr``, None: ``lr``), seed, threads, and where the steps start (``init``): ``"observer"`` — the
     plan's layers calibrated afresh with the ``observer`` (``mse``, ``minmax``, ``percentile``), or the name of
     a PTQ recipe (``plan``, ``dfq``, ...) whose quantized model (:func:`ptq_denoiser`: its weights, e.g. DFQ's
-    equalized and bias-corrected ones, and its scales) QAT then trains."""
+    equalized and bias-corrected ones, and its scales) QAT then trains. ``kd_alpha``: the weight of the
+    regression distillation from a float teacher (:class:`DenoiseObjective`; 0: the plain MSE against the clean
+    patch)."""
 
     epochs: int = 1
     batch_size: int = 32
@@ -312,14 +338,16 @@ class QatSettings:
     scale_lr: float | None = None
     init: str = "observer"
     observer: str = "mse"
+    kd_alpha: float = 0.0
 
 
 def qat_denoiser(model: nn.Module, name: str, clean: torch.Tensor, calib: torch.Tensor, settings: QatSettings,
-                 folder: Any) -> nn.Module:
+                 folder: Any, teacher: nn.Module | None = None) -> nn.Module:
     """QAT of ``model`` at precision ``name`` on the clean patches (fresh noise every batch, all levels):
     LSQ steps initialised by PTQ on ``calib`` (``settings.init``: the plan calibrated with an observer, or a PTQ
     recipe's model, see :class:`QatSettings`), the one trainer through :func:`mixq.algorithms.qat.fit`
-    (checkpoint in ``folder``); the plain quantized model the integer engine reads."""
+    (checkpoint in ``folder``); the plain quantized model the integer engine reads. With ``settings.kd_alpha``
+    > 0 the loss distills from ``teacher`` (None: ``model`` itself, the float model QAT starts from)."""
     from pathlib import Path
 
     from mixq.algorithms.ptq.recipes import RECIPES
@@ -340,7 +368,9 @@ def qat_denoiser(model: nn.Module, name: str, clean: torch.Tensor, calib: torch.
                                     cfg.act_quant)
     ckpt = Path(folder) / f"qat-{name}.pt"
     ckpt.unlink(missing_ok=True)
-    fit(DenoiseObjective(qmodel, list(NOISE_LEVELS.values())), clean, train_labels(clean), cfg, ckpt, desc="isp qat")
+    objective = DenoiseObjective(qmodel, list(NOISE_LEVELS.values()), teacher if teacher is not None else model,
+                                 settings.kd_alpha)
+    fit(objective, clean, train_labels(clean), cfg, ckpt, desc="isp qat")
     return share_input_quantizer(export_plain(qmodel).eval())
 
 
