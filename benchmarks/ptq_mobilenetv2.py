@@ -207,6 +207,14 @@ LOWBIT_NOTES = [
     "clipping (`act_ranges='output'`) 18.3%, MSE + output-aware clipping 42.3%. Per-tensor 4-bit activations "
     "alone cost more than half the agreement before any weight is rounded; the W4A4 'mseacts' rows start from "
     "the last of these.",
+    "- Activation side at W4A4 (2026-12-05, on top of GPTQ / BRECQ): MSE observer + output-aware clipping is the "
+    "largest step (BRECQ 0.05 -> 62.45%); the first activation at 8 bits adds 6.3 (GPTQ) and 4.6 (BRECQ) points "
+    "more (BRECQ 67.00%, the best W4A4 row); per-channel ranges by activation-aware equalization (CLE giving the "
+    "activation the whole balance, streams equalized, then clipping) did worse than clipping alone (GPTQ 36.10 vs "
+    "41.95%): equalizing moves the range into 4-bit weights that cannot take it. True per-channel activation "
+    "scales (a requantizer output scale per channel, folded into the next layer's weight columns) are not built.",
+    "- W2A4: 2-bit weights collapse with this BRECQ budget (0.80% with MSE + clipped activations; GPTQ 0.10%); "
+    "published BRECQ reaches W2A4 on MobileNetV2 only with its full 20k-step budget.",
     "- Brevitas' learned round (AdaRound) was not re-run on this set: on the 240-input set it took 3,084 s for "
     "the W4A8 row (500 steps per layer, `ptq_mobilenetv2.md`), its GPTQ 1,996 s.",
     "",
@@ -245,10 +253,11 @@ def lowbit_plans(model: torch.nn.Module, sample: torch.Tensor) -> dict[str, Any]
         out[f"w4a{a}_msq"] = plan("fixed4n", a, alt="sp2_4", ratio=0.5)  # rows re-chosen freely (output_auto)
     out["w2a4"] = plan("fixed2n", 4)
     # 4-bit activations calibrated by the MSE observer (min-max collapses A4: see the notes)
-    p = out["w4a4"]
-    for n in list(p.layers):
-        p = p.with_layer(n, p[n].with_(act_observer="mse"))
-    out["w4a4_mse"] = p
+    for key in ("w4a4", "w2a4"):
+        p = out[key]
+        for n in list(p.layers):
+            p = p.with_layer(n, p[n].with_(act_observer="mse"))
+        out[f"{key}_mse"] = p
     return out
 
 
@@ -315,6 +324,10 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
                             "balance (cle_act_weight=1), residual streams equalized, then " + acts_note, None)
     cfg["w2a4_brecq"] = ("W2A4 fixed, BRECQ", "w2a4", "brecq", {"brecq": bq}, bq_note, None)
     cfg["w2a4_gptq"] = ("W2A4 fixed, GPTQ", "w2a4", "gptq", {}, "", None)
+    cfg["w2a4_brecq_mseacts"] = ("W2A4 fixed, BRECQ, MSE + output-aware activation clipping", "w2a4_mse", "brecq",
+                                 {**acts, "brecq": bq}, f"{mse_acts}; {bq_note}", None)
+    cfg["w2a4_gptq_mseacts"] = ("W2A4 fixed, GPTQ, MSE + output-aware activation clipping", "w2a4_mse", "gptq", acts,
+                                mse_acts, None)
     cfg["brev_w2a4_gptq"] = ("W2A4 fixed, GPTQ", "w2a4", "brevitas", {}, "act order",
                              BrevitasConfig(weight_bits=2, act_bits=4, per_channel=True, weight_param="mse",
                                             act_percentile=100.0, gptq=True))
