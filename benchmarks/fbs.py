@@ -18,7 +18,8 @@ option-B shortcuts, its stem taking one channel, trained here from scratch on th
 ``RESNET_EPOCHS`` epochs; wired, not measured yet — see ``DEFAULT_NETS``). Rows per network: dense; FBS
 (``mixq.algorithms.prune.fbs``: saliency predictors fitted by ridge regression, the winner-take-all started at
 the static choice (``static_prior``), then ``Net.ft_epochs`` of KD fine-tuning from the dense model with the
-L1 penalty on the first ``Net.ft_images`` training images); static channel pruning of the same layers (L1
+L1 penalty on the first ``Net.ft_images`` training images, each gated conv's BatchNorm kept through the fine-tune
+(conv -> BN -> gate) and folded after it, ``mixq.nn.fbs.fold_fbs_bn``); static channel pruning of the same layers (L1
 criterion) keeping as many channels per layer as FBS's winner-take-all, fine-tuned by the same recipe (same
 images, epochs, lr, KD) — so the two execute the same MACs and train equally long. Each at FP32 and at W4A4
 (QAT, ``QAT_EPOCHS`` epoch on the first ``QAT_IMAGES`` training images, KD from the FP32 model of the row;
@@ -73,7 +74,7 @@ from mixq.hw.dynamic import dense_names, dynamic_overlay, streaming_gain
 from mixq.hw.estimate import estimate
 from mixq.hw.units import ArchOptions
 from mixq.io import atomic_write_json, atomic_write_text
-from mixq.nn.fbs import calibrate_gates, fbs_layers
+from mixq.nn.fbs import calibrate_gates, fbs_layers, fold_fbs_bn
 from mixq.plan import QuantPlan
 from mixq.tasks.training import PAD_FILL, training_data
 from mixq.training import TrainConfig, accuracy, fit
@@ -116,7 +117,7 @@ CNV_LAYERS = ("features.0", "features.3", "features.7", "features.10")
 RESNET_LAYERS = tuple(f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3))
 NETS = {
     # k = ceil(0.7 C): 23 of 32, 45 of 64; static removes round(0.29 C): 9 of 32, 19 of 64 -> the same kept counts
-    "cnv": Net("cnv", CNV_LAYERS, 0.7, 0.29, 1, 1000, "every conv gated", ft_images=20000),
+    "cnv": Net("cnv", CNV_LAYERS, 0.7, 0.29, 2, 1000, "every conv gated"),
     # k = C / 2: 8 of 16, 16 of 32, 32 of 64; static removes round(0.5 C) -> the same; both convs of a block at half
     "resnet20": Net("resnet20", RESNET_LAYERS, 0.5, 0.5, 1, 200,
                     "the first conv of every block gated (stem, second convs, 1x1 shortcuts and fc dense)",
@@ -306,9 +307,11 @@ def run_net(net: Net, part: str | None = None, fp32_only: bool = False) -> dict[
 
     def fp32(label: str) -> tuple[nn.Module, float]:
         if label not in models:
-            models[label] = (_cached(CACHE / f"{net.name}-fbs.pt", to_fbs(dense, cfg, SHAPE), train_fbs_model)
-                             if label == "fbs" else
-                             _cached(CACHE / f"{net.name}-static.pt", apply_masks(dense, masks), train_static))
+            if label == "fbs":  # cached as trained (with BN); the fine-tune ends here: BN folded for the rows
+                m, secs = _cached(CACHE / f"{net.name}-fbs.pt", to_fbs(dense, cfg, SHAPE), train_fbs_model)
+                models[label] = (fold_fbs_bn(m), secs)
+            else:
+                models[label] = _cached(CACHE / f"{net.name}-static.pt", apply_masks(dense, masks), train_static)
         return models[label]
 
     if part in ("fbs", "static"):

@@ -28,7 +28,7 @@ from mixq.errors import HardwareError, ModelError
 from mixq.formats import FixedPoint
 from mixq.graph.capture import capture
 from mixq.hw.dynamic import dense_names, dynamic_overlay, gated_spec, percentile, streaming_gain
-from mixq.nn.fbs import FBSConv2d, fbs_penalty, keep_count, wta_mask
+from mixq.nn.fbs import FBSConv2d, fbs_layers, fbs_penalty, fold_fbs_bn, keep_count, wta_mask
 from mixq.tasks.training import training_data
 
 SHAPE = (1, 28, 28)
@@ -49,7 +49,7 @@ def dense() -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def fbs(dense: torch.nn.Module, data: dict[str, torch.Tensor]) -> torch.nn.Module:
     m = to_fbs(dense, FbsConfig(density=0.7), SHAPE)
-    return fit_predictors(m, data["xtr"], spread=0.05)
+    return fold_fbs_bn(fit_predictors(m, data["xtr"], spread=0.05))  # quantization takes the folded form
 
 
 # ----------------------------------------------------------------------------- the module
@@ -72,12 +72,80 @@ def test_keep_count() -> None:
     assert keep_count(0.7, 32) == math.ceil(0.7 * 32)
 
 
-def test_density_one_is_the_folded_dense_model(dense: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
+def test_density_one_is_the_dense_model_bn_kept(dense: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
+    """Each gated conv keeps the BatchNorm after it (conv -> BN -> gate; the BN's place in the graph an
+    Identity): at saliency 1 and full density the FBS model computes the dense model, before and after
+    fold_fbs_bn."""
     m = to_fbs(dense, FbsConfig(density=1.0), SHAPE)  # predictors start at saliency 1: identity gates
     x = data["xte"][:64]
+    layers = fbs_layers(m)
+    assert list(layers) == list(LAYERS)
+    for n, layer in layers.items():
+        assert isinstance(layer.bn, torch.nn.BatchNorm2d)
+        bn_name = f"features.{int(n.split('.')[1]) + 1}"
+        assert isinstance(m.get_submodule(bn_name), torch.nn.Identity)
+        assert torch.equal(layer.bn.running_mean, dense.get_submodule(bn_name).running_mean)  # type: ignore[arg-type]
+    assert not any(isinstance(v, torch.nn.BatchNorm1d) for v in m.modules())  # the non-gated BN is folded
     with torch.no_grad():
         assert torch.allclose(m(x), dense(x), atol=1e-4)
-    assert all(isinstance(m.get_submodule(n), FBSConv2d) for n in LAYERS)
+        fold_fbs_bn(m)
+        assert all(layer.bn is None for layer in layers.values())
+        assert torch.allclose(m(x), dense(x), atol=1e-4)
+    assert fold_fbs_bn(m) is m  # folding again changes nothing
+
+
+def test_fold_fbs_bn_is_exact() -> None:
+    """gate * bn(conv(x)) == gate * conv'(x) in eval mode, random BN statistics, a gate keeping half the
+    channels per input; the same channels kept."""
+    torch.manual_seed(0)
+    for bias in (False, True):
+        conv = torch.nn.Conv2d(6, 10, 3, padding=1, bias=bias)
+        bn = torch.nn.BatchNorm2d(10)
+        with torch.no_grad():
+            bn.running_mean.normal_(0, 0.5)  # type: ignore[union-attr]
+            bn.running_var.uniform_(0.2, 3.0)  # type: ignore[union-attr]
+            bn.weight.normal_(1, 0.5)
+            bn.bias.normal_(0, 0.5)
+        m = FBSConv2d(conv, 0.5, bn=bn).eval()
+        torch.nn.init.normal_(m.predictor.weight, std=0.5)
+        x = torch.randn(16, 6, 9, 9)
+        with torch.no_grad():
+            ref = m(x)
+            assert m.last_saliency is not None
+            keep = wta_mask(m.last_saliency, m.k)
+            fold_fbs_bn(torch.nn.Sequential(m))
+            assert m.bn is None and m.conv.bias is not None
+            got = m(x)
+            assert m.last_saliency is not None
+        assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5)
+        assert torch.equal(wta_mask(m.last_saliency, m.k), keep)
+        assert ref.ne(0).flatten(2).any(2).sum(1).max() <= 5
+    with pytest.raises(ModelError, match="fbs.bn"):
+        FBSConv2d(torch.nn.Conv2d(2, 4, 3), 0.5, bn=torch.nn.BatchNorm2d(3))
+
+
+def test_fit_predictors_reads_the_bn_output(dense: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
+    """The channel activity the predictors are fitted to is bn(conv(x)) where the BN is kept: the fit equals
+    the fit of the folded model (whose conv computes that), and differs from a fit to conv(x) alone."""
+    kept = fit_predictors(to_fbs(dense, FbsConfig(density=0.7), SHAPE), data["xtr"][:256], spread=1.0)
+    folded = fit_predictors(fold_fbs_bn(to_fbs(dense, FbsConfig(density=0.7), SHAPE)), data["xtr"][:256],
+                            spread=1.0)
+    no_bn = to_fbs(dense, FbsConfig(density=0.7), SHAPE)
+    for layer in fbs_layers(no_bn).values():
+        layer.bn = None  # the raw conv output (not a model anyone trains)
+    fit_predictors(no_bn, data["xtr"][:256], spread=1.0)
+    for n in LAYERS:
+        a, b, c = (fbs_layers(m)[n].predictor for m in (kept, folded, no_bn))
+        assert torch.allclose(a.weight, b.weight, atol=1e-4) and torch.allclose(a.bias, b.bias, atol=1e-4)
+        assert not torch.allclose(torch.cat([a.weight.flatten(), a.bias]), torch.cat([c.weight.flatten(), c.bias]),
+                              atol=1e-2)
+
+
+def test_quantizing_an_unfolded_fbs_model_is_refused(dense: torch.nn.Module,
+                                                      data: dict[str, torch.Tensor]) -> None:
+    m = to_fbs(dense, FbsConfig(density=0.7), SHAPE)
+    with pytest.raises(ModelError, match="fold_fbs_bn"):
+        quantize(m, default_plan("cnv-fbs", m, data["xtr"][:64]), data["xtr"][:64])
 
 
 def test_gating_keeps_k_channels(fbs: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
@@ -133,9 +201,12 @@ def test_density_anneal_ramps_k_and_restores_it(dense: torch.nn.Module, data: di
     layer = m.get_submodule("features.3")
     assert isinstance(layer, FBSConv2d)
     ks: list[int] = []
+    assert layer.bn is not None
+    mean0 = layer.bn.running_mean.clone()  # type: ignore[union-attr]
     h = layer.register_forward_pre_hook(lambda mod, _a: ks.append(mod.k))
     train_fbs(m, None, (data["xtr"][:256], data["ytr"][:256]), cfg)
     h.remove()
+    assert not torch.equal(layer.bn.running_mean, mean0)  # the fine-tune trains with BatchNorm
     assert len(ks) == 8 and ks[0] == 28 and ks[3:] == [16] * 5  # 1 - (1/4)(1 - 0.5) of 32, then 16 from step 4
     assert ks == sorted(ks, reverse=True) and layer.k == 16
     with pytest.raises(FbsError, match="anneal"):

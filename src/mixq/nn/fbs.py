@@ -1,7 +1,10 @@
 """Feature boosting and suppression (FBS, Gao et al., ICLR 2019): a conv layer that computes, per input,
 only its most salient output channels and scales them by their saliency.
 
-:class:`FBSConv2d` wraps a Conv2d (its BatchNorm folded in first, as :func:`mixq.graph.fold_bn` folds it):
+:class:`FBSConv2d` wraps a Conv2d and, optionally, the BatchNorm that followed it (the paper's conv -> BN ->
+gate order, so a fine-tune trains with BatchNorm); :func:`fold_fbs_bn` folds that BatchNorm into the conv after
+training (exact in eval mode: ``gate * bn(conv(x)) == gate * conv'(x)``), the form quantization, the integer
+engine and the hardware estimates take:
 
 * **saliency predictor** ``s = relu(predictor(mean_hw(x)))`` — global average pool of the layer input
   (the conv's own quantized input once quantized), a ``Linear(C_in -> C_out)``, a ReLU;
@@ -10,8 +13,9 @@ only its most salient output channels and scales them by their saliency.
   :func:`calibrate_gates` alone after QAT), so the saliencies the hardware ranks are integer codes;
 * **winner-take-all** (:func:`wta_mask`) keeping the ``k = ceil(d * C_out)`` largest saliencies per
   input, ties to the lower channel index (a stable sort, the integer engine's rule too);
-* **boosting** ``y_c = s_c * conv(x)_c`` for kept channels, ``0`` for the others — a kept channel whose
-  saliency is 0 is 0 too, so it is not computed either (:func:`active_channels`);
+* **boosting** ``y_c = s_c * bn(conv(x))_c`` (``bn`` the identity once folded) for kept channels, ``0`` for
+  the others — a kept channel whose saliency is 0 is 0 too, so it is not computed either
+  (:func:`active_channels`);
 * **L1 penalty** ``l1 * mean_n sum_c s_c``: the gradient is added to the saliencies in training (a tensor
   hook), so the one trainer (:func:`mixq.training.fit`) needs no extra loss term; :func:`fbs_penalty`
   gives its value for reporting.
@@ -19,7 +23,8 @@ only its most salient output channels and scales them by their saliency.
 Quantization composes: the children ``conv`` and ``predictor`` are ordinary Conv2d / Linear layers that
 :func:`mixq.graph.convert.to_quantized` swaps for ``QConv2d`` / ``QLinear`` under the plan entries
 ``<name>.conv`` / ``<name>.predictor`` (and QAT for its trainable versions). The front end calls the
-module whole (op kind ``fbs``); the integer engine builds it in :mod:`mixq.engine.convert_fbs`.
+module whole (op kind ``fbs``); the integer engine builds it in :mod:`mixq.engine.convert_fbs`. A layer still
+holding its BatchNorm refuses to run with a quantized conv (fold it first).
 
 >>> wta_mask(torch.tensor([[0.5, 2.0, 2.0, 0.0]]), 2).tolist()
 [[False, True, True, False]]
@@ -60,9 +65,11 @@ def active_channels(x: torch.Tensor) -> torch.Tensor:
 
 
 class FBSConv2d(nn.Module):
-    """A Conv2d (BN folded) gated per input by its predicted channel saliencies (see the module doc)."""
+    """A Conv2d (and the BatchNorm after it, ``bn``, until :func:`fold_fbs_bn` folds it) gated per input by its
+    predicted channel saliencies (see the module doc)."""
 
-    def __init__(self, conv: nn.Conv2d, density: float, *, gate_bits: int = 8, l1: float = 0.0) -> None:
+    def __init__(self, conv: nn.Conv2d, density: float, *, gate_bits: int = 8, l1: float = 0.0,
+                 bn: nn.BatchNorm2d | None = None) -> None:
         super().__init__()
         if isinstance(density, bool) or not 0.0 < float(density) <= 1.0:
             raise ModelError(f"fbs.density: must be in (0, 1], got {density!r}")
@@ -70,7 +77,12 @@ class FBSConv2d(nn.Module):
             raise ModelError(f"fbs.l1: must be a finite number >= 0, got {l1!r}")
         if conv.groups != 1:
             raise ModelError(f"fbs: grouped convolutions (groups={conv.groups}) are not gated")
+        if bn is not None and (not isinstance(bn, nn.BatchNorm2d) or bn.num_features != conv.out_channels
+                               or bn.running_mean is None or bn.running_var is None):
+            raise ModelError(f"fbs.bn: must be a BatchNorm2d with running statistics over the conv's "
+                             f"{conv.out_channels} output channels, got {bn!r}")
         self.conv = conv
+        self.bn = bn
         self.predictor = nn.Linear(conv.in_channels, conv.out_channels)
         with torch.no_grad():  # every channel equally salient (1) until trained or fitted
             self.predictor.weight.zero_()
@@ -88,6 +100,15 @@ class FBSConv2d(nn.Module):
         xin = iq(x) if iq is not None else x
         return self.gate_quant(F.relu(self.predictor(xin.mean(dim=(2, 3)))))
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``bn(conv(x))`` (``conv(x)`` once the BatchNorm is folded): every channel, before the gate."""
+        if self.bn is None:
+            return self.conv(x)
+        if hasattr(self.conv, "input_quant"):
+            raise ModelError("fbs: the BatchNorm of a gated conv must be folded (mixq.nn.fbs.fold_fbs_bn) before "
+                             "its conv is quantized")
+        return self.bn(self.conv(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.saliency(x)
         if self.training and self.l1 > 0 and s.requires_grad:
@@ -97,7 +118,7 @@ class FBSConv2d(nn.Module):
         self.last_saliency = s.detach()
         self.last_active = (active_channels(x).sum(1), keep.sum(1))
         gate = torch.where(keep, s, torch.zeros_like(s))
-        return self.conv(x) * gate[:, :, None, None]
+        return self.features(x) * gate[:, :, None, None]
 
     def extra_repr(self) -> str:
         return f"density={self.density}, k={self.k}/{self.conv.out_channels}, l1={self.l1}"
@@ -113,6 +134,21 @@ def fbs_penalty(model: nn.Module) -> torch.Tensor:
     terms = [m.l1 * m.last_saliency.sum(1).mean() for m in fbs_layers(model).values()
              if m.last_saliency is not None]
     return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+@torch.no_grad()
+def fold_fbs_bn(model: nn.Module) -> nn.Module:
+    """Fold every FBS layer's BatchNorm into its conv (its running statistics: the eval-mode transform), in place;
+    ``model`` (returned) then computes what it computed in eval mode, its FBS layers with ``bn`` None — the form
+    quantization, the integer engine and the hardware estimates take. Layers without a BatchNorm are left as
+    they are, so folding twice is harmless."""
+    from mixq.graph.bnfold import fold_into  # mixq.graph imports this module
+
+    for m in fbs_layers(model).values():
+        if m.bn is not None:
+            fold_into(m.conv, m.bn)
+            m.bn = None
+    return model
 
 
 @torch.no_grad()

@@ -1,14 +1,17 @@
 """Dynamic channel pruning by feature boosting and suppression (FBS): convert, fit, fine-tune, measure.
 
-    fbs = to_fbs(model, FbsConfig(density=0.7), sample)   # BN folded, every Conv2d gated (mixq.nn.FBSConv2d)
+    fbs = to_fbs(model, FbsConfig(density=0.7), sample)   # every Conv2d gated (mixq.nn.FBSConv2d), BN kept
     fit_predictors(fbs, x[:1024])                          # least-squares start of the saliency predictors
     train_fbs(fbs, model, (x, y), FbsConfig(...))          # KD from the dense model + L1 on the saliencies
+    fold_fbs_bn(fbs)                                       # each gated conv's BN folded: the form quantized
     macs = executed_macs(fbs, specs, x_test)               # MACs each test image really executes
 
 The fine-tune runs on the one trainer (:func:`mixq.training.fit`); the L1 penalty reaches it as a gradient
-hook of each FBS layer (:class:`mixq.nn.FBSConv2d`). Quantization composes: the FBS model goes through
-``mixq.quantize`` (PTQ) or ``mixq.algorithms.qat.train_qat`` like any model (plan entries ``<layer>.conv``
-and ``<layer>.predictor``), :func:`mixq.nn.fbs.calibrate_gates` calibrating the gate quantizers after QAT.
+hook of each FBS layer (:class:`mixq.nn.FBSConv2d`), each gated conv's BatchNorm trained with it (conv -> BN
+-> gate, as in the paper) and folded after it (:func:`mixq.nn.fbs.fold_fbs_bn`). Quantization composes: the
+folded FBS model goes through ``mixq.quantize`` (PTQ) or ``mixq.algorithms.qat.train_qat`` like any model
+(plan entries ``<layer>.conv`` and ``<layer>.predictor``), :func:`mixq.nn.fbs.calibrate_gates` calibrating the
+gate quantizers after QAT.
 
 Executed MACs (:func:`executed_macs`): a conv executes ``active_out * active_in * kh * kw * H_out * W_out``
 MACs for an image — ``active_out`` the channels it computes (all for a dense conv; for an FBS layer the
@@ -32,13 +35,14 @@ from torch import nn
 from mixq.algorithms.qat.config import QatConfig
 from mixq.algorithms.qat.run import train_qat
 from mixq.errors import MixqError
-from mixq.graph.bnfold import fold_bn
+from mixq.graph.bnfold import fold_into, foldable_pairs
 from mixq.graph.capture import capture
+from mixq.graph.normalize import normalize
 from mixq.graph.spec import LayerSpec
 from mixq.graph.swap import set_submodule
 from mixq.io import atomic_write_json, atomic_write_torch
 from mixq.modes import eval_mode
-from mixq.nn.fbs import FBSConv2d, active_channels, calibrate_gates, fbs_layers, keep_count
+from mixq.nn.fbs import FBSConv2d, active_channels, calibrate_gates, fbs_layers, fold_fbs_bn, keep_count
 from mixq.plan import QuantPlan
 from mixq.training import TrainConfig, accuracy, fit
 
@@ -95,17 +99,32 @@ class FbsConfig:
 
 
 def to_fbs(model: nn.Module, cfg: FbsConfig, input_shape: tuple[int, ...]) -> nn.Module:
-    """A copy of ``model`` with BatchNorm folded and the chosen Conv2d layers wrapped in `FBSConv2d`
-    (predictors at saliency 1: the copy computes what ``model`` computes until a layer keeps fewer
-    channels than it has). ``model`` is not changed."""
-    out = fold_bn(model, input_shape)
+    """A copy of ``model`` with the chosen Conv2d layers wrapped in `FBSConv2d` (predictors at saliency 1: the
+    copy computes what ``model`` computes in eval mode until a layer keeps fewer channels than it has).
+
+    The BatchNorm directly after a gated conv (the pairs :func:`mixq.graph.bnfold.fold_bn` finds) moves into
+    its FBS layer (``bn``; its place in the model becomes ``nn.Identity``), so the layer computes
+    ``gate * bn(conv(x))`` and a fine-tune trains with BatchNorm; :func:`mixq.nn.fbs.fold_fbs_bn` folds it
+    after training. Every other foldable BatchNorm is folded. ``model`` is not changed."""
+    base = normalize(model, input_shape)
+    pairs = dict(foldable_pairs(base, input_shape))
+    out = copy.deepcopy(base)
     convs = {n: m for n, m in out.named_modules() if type(m) is nn.Conv2d}
     names = list(cfg.layers) if cfg.layers is not None else list(convs)
     for n in [*names, *cfg.densities]:
         if n not in convs:
             raise FbsError(f"FbsConfig.layers: {n!r} is not a Conv2d layer of {type(model).__name__}")
+    kept: dict[str, nn.BatchNorm2d] = {}
+    for layer_name, bn_name in pairs.items():
+        bn = out.get_submodule(bn_name)
+        if layer_name in names and isinstance(bn, nn.BatchNorm2d):
+            kept[layer_name] = bn
+        else:
+            fold_into(out.get_submodule(layer_name), bn)  # type: ignore[arg-type]
+        set_submodule(out, bn_name, nn.Identity())
     for n in names:
-        set_submodule(out, n, FBSConv2d(convs[n], cfg.density_of(n), gate_bits=cfg.gate_bits, l1=cfg.l1))
+        set_submodule(out, n, FBSConv2d(convs[n], cfg.density_of(n), gate_bits=cfg.gate_bits, l1=cfg.l1,
+                                        bn=kept.get(n)))
     return out.eval()
 
 
@@ -115,7 +134,8 @@ def fit_predictors(model: nn.Module, x: torch.Tensor, spread: float = 0.1, ridge
     """Start every predictor from a ridge regression of the channel importance on the pooled input.
 
     With all channels kept (as the dense model), each FBS layer's target for an image is
-    ``1 + spread * (r_c - 1)``, ``r_c = mean_hw relu(conv(x))_c`` divided by its mean over ``x``: the
+    ``1 + spread * (r_c - 1)``, ``r_c = mean_hw relu(bn(conv(x)))_c`` (the layer's BatchNorm where it still
+    holds one: the value the gate scales) divided by its mean over ``x``: the
     ranking of the channels' activity with saliencies near 1, so boosting starts near the identity (a
     full-scale target rescales every channel at once and the network starts far from the dense one).
     ``per_channel=False`` divides by the layer's mean over channels and images instead (ranking by absolute
@@ -127,12 +147,17 @@ def fit_predictors(model: nn.Module, x: torch.Tensor, spread: float = 0.1, ridge
     saved = {n: m.k for n, m in layers.items()}
     seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def hook(name: str) -> Any:
+    pooled: dict[str, torch.Tensor] = {}
+
+    def hook(name: str, is_input: bool) -> Any:
         def run(m: nn.Module, args: tuple[torch.Tensor, ...], y: torch.Tensor) -> None:
-            seen[name] = (args[0].mean(dim=(2, 3)), torch.relu(y).mean(dim=(2, 3)))
+            if is_input:  # the conv's input: what the predictor reads
+                pooled[name] = args[0].mean(dim=(2, 3))
+            seen[name] = (pooled[name], torch.relu(y).mean(dim=(2, 3)))  # the conv's, then the BN's output
         return run
 
-    handles = [m.conv.register_forward_hook(hook(n)) for n, m in layers.items()]
+    handles = [m.conv.register_forward_hook(hook(n, True)) for n, m in layers.items()]
+    handles += [m.bn.register_forward_hook(hook(n, False)) for n, m in layers.items() if m.bn is not None]
     try:
         for m in layers.values():
             m.k = m.conv.out_channels
@@ -301,9 +326,10 @@ def fbs_and_quantize(model: nn.Module, make_plan: Callable[[nn.Module], QuantPla
                      train: tuple[torch.Tensor, torch.Tensor], cfg: FbsConfig, qat_cfg: QatConfig | None,
                      out_dir: str | Path, *, val: tuple[torch.Tensor, torch.Tensor] | None = None,
                      fill: float = 0.0) -> dict[str, Any]:
-    """The ``mixq prune --dynamic`` run: FBS conversion, predictor fit, KD fine-tune (``cfg.train``), then
-    QAT under ``make_plan(fbs_model)`` (``qat_cfg``; ``None``: float only), its gates quantized during QAT
-    (calibrated on the float model) and calibrated again after.
+    """The ``mixq prune --dynamic`` run: FBS conversion, predictor fit, KD fine-tune (``cfg.train``, with the
+    gated convs' BatchNorm), the BatchNorm folded (:func:`mixq.nn.fbs.fold_fbs_bn`), then QAT under
+    ``make_plan(fbs_model)`` (``qat_cfg``; ``None``: float only), its gates quantized during QAT (calibrated on
+    the float model) and calibrated again after.
     Writes ``out_dir/fbs.json`` (densities, accuracies, executed MACs per image on ``val``) and, with QAT,
     ``qat/`` (the QAT run folder) and ``model.pt`` (the quantized FBS model, gates calibrated). The summary."""
     out = Path(out_dir)
@@ -313,6 +339,7 @@ def fbs_and_quantize(model: nn.Module, make_plan: Callable[[nn.Module], QuantPla
     summary: dict[str, Any] = {"densities": densities(fbs), "finetune_epochs": cfg.train.epochs}
     if cfg.train.epochs > 0:
         summary["finetune"] = train_fbs(fbs, model, train, cfg, fill=fill)
+    fold_fbs_bn(fbs)  # the fine-tune ends here: quantization, the engine and the estimates take the folded form
     final: nn.Module = fbs
     if qat_cfg is not None:
         calib = [train[0][i:i + 256] for i in range(0, 1024, 256)]
