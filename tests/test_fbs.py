@@ -18,6 +18,7 @@ from mixq.algorithms.prune.fbs import (
     channel_counts,
     executed_macs,
     fit_predictors,
+    fold_fbs_bn,
     to_fbs,
 )
 from mixq.api import default_plan, quantize
@@ -28,7 +29,7 @@ from mixq.errors import HardwareError, ModelError
 from mixq.formats import FixedPoint
 from mixq.graph.capture import capture
 from mixq.hw.dynamic import dense_names, dynamic_overlay, gated_spec, percentile, streaming_gain
-from mixq.nn.fbs import FBSConv2d, fbs_layers, fbs_penalty, fold_fbs_bn, keep_count, wta_mask
+from mixq.nn.fbs import FBSConv2d, fbs_layers, fbs_penalty, keep_count, wta_mask
 from mixq.tasks.training import training_data
 
 SHAPE = (1, 28, 28)

@@ -2,7 +2,7 @@
 only its most salient output channels and scales them by their saliency.
 
 :class:`FBSConv2d` wraps a Conv2d and, optionally, the BatchNorm that followed it (the paper's conv -> BN ->
-gate order, so a fine-tune trains with BatchNorm); :func:`fold_fbs_bn` folds that BatchNorm into the conv after
+gate order, so a fine-tune trains with BatchNorm); ``prune.fbs.fold_fbs_bn`` folds that BatchNorm into the conv after
 training (exact in eval mode: ``gate * bn(conv(x)) == gate * conv'(x)``), the form quantization, the integer
 engine and the hardware estimates take:
 
@@ -65,7 +65,7 @@ def active_channels(x: torch.Tensor) -> torch.Tensor:
 
 
 class FBSConv2d(nn.Module):
-    """A Conv2d (and the BatchNorm after it, ``bn``, until :func:`fold_fbs_bn` folds it) gated per input by its
+    """A Conv2d (and the BatchNorm after it, ``bn``, until ``prune.fbs.fold_fbs_bn`` folds it) gated per input by its
     predicted channel saliencies (see the module doc)."""
 
     def __init__(self, conv: nn.Conv2d, density: float, *, gate_bits: int = 8, l1: float = 0.0,
@@ -105,8 +105,8 @@ class FBSConv2d(nn.Module):
         if self.bn is None:
             return self.conv(x)
         if hasattr(self.conv, "input_quant"):
-            raise ModelError("fbs: the BatchNorm of a gated conv must be folded (mixq.nn.fbs.fold_fbs_bn) before "
-                             "its conv is quantized")
+            raise ModelError("fbs: the BatchNorm of a gated conv must be folded "
+                             "(mixq.algorithms.prune.fbs.fold_fbs_bn) before its conv is quantized")
         return self.bn(self.conv(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,21 +134,6 @@ def fbs_penalty(model: nn.Module) -> torch.Tensor:
     terms = [m.l1 * m.last_saliency.sum(1).mean() for m in fbs_layers(model).values()
              if m.last_saliency is not None]
     return torch.stack(terms).sum() if terms else torch.zeros(())
-
-
-@torch.no_grad()
-def fold_fbs_bn(model: nn.Module) -> nn.Module:
-    """Fold every FBS layer's BatchNorm into its conv (its running statistics: the eval-mode transform), in place;
-    ``model`` (returned) then computes what it computed in eval mode, its FBS layers with ``bn`` None — the form
-    quantization, the integer engine and the hardware estimates take. Layers without a BatchNorm are left as
-    they are, so folding twice is harmless."""
-    from mixq.graph.bnfold import fold_into  # mixq.graph imports this module
-
-    for m in fbs_layers(model).values():
-        if m.bn is not None:
-            fold_into(m.conv, m.bn)
-            m.bn = None
-    return model
 
 
 @torch.no_grad()

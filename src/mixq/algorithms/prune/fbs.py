@@ -8,7 +8,7 @@
 
 The fine-tune runs on the one trainer (:func:`mixq.training.fit`); the L1 penalty reaches it as a gradient
 hook of each FBS layer (:class:`mixq.nn.FBSConv2d`), each gated conv's BatchNorm trained with it (conv -> BN
--> gate, as in the paper) and folded after it (:func:`mixq.nn.fbs.fold_fbs_bn`). Quantization composes: the
+-> gate, as in the paper) and folded after it (:func:`fold_fbs_bn`). Quantization composes: the
 folded FBS model goes through ``mixq.quantize`` (PTQ) or ``mixq.algorithms.qat.train_qat`` like any model
 (plan entries ``<layer>.conv`` and ``<layer>.predictor``), :func:`mixq.nn.fbs.calibrate_gates` calibrating the
 gate quantizers after QAT.
@@ -42,7 +42,7 @@ from mixq.graph.spec import LayerSpec
 from mixq.graph.swap import set_submodule
 from mixq.io import atomic_write_json, atomic_write_torch
 from mixq.modes import eval_mode
-from mixq.nn.fbs import FBSConv2d, active_channels, calibrate_gates, fbs_layers, fold_fbs_bn, keep_count
+from mixq.nn.fbs import FBSConv2d, active_channels, calibrate_gates, fbs_layers, keep_count
 from mixq.plan import QuantPlan
 from mixq.training import TrainConfig, accuracy, fit
 
@@ -98,13 +98,26 @@ class FbsConfig:
         return float(self.densities.get(layer, self.density))
 
 
+@torch.no_grad()
+def fold_fbs_bn(model: nn.Module) -> nn.Module:
+    """Fold every FBS layer's BatchNorm into its conv (its running statistics: the eval-mode transform), in place;
+    ``model`` (returned) then computes what it computed in eval mode, its FBS layers with ``bn`` None — the form
+    quantization, the integer engine and the hardware estimates take. Layers without a BatchNorm are left as
+    they are, so folding twice is harmless."""
+    for m in fbs_layers(model).values():
+        if m.bn is not None:
+            fold_into(m.conv, m.bn)
+            m.bn = None
+    return model
+
+
 def to_fbs(model: nn.Module, cfg: FbsConfig, input_shape: tuple[int, ...]) -> nn.Module:
     """A copy of ``model`` with the chosen Conv2d layers wrapped in `FBSConv2d` (predictors at saliency 1: the
     copy computes what ``model`` computes in eval mode until a layer keeps fewer channels than it has).
 
     The BatchNorm directly after a gated conv (the pairs :func:`mixq.graph.bnfold.fold_bn` finds) moves into
     its FBS layer (``bn``; its place in the model becomes ``nn.Identity``), so the layer computes
-    ``gate * bn(conv(x))`` and a fine-tune trains with BatchNorm; :func:`mixq.nn.fbs.fold_fbs_bn` folds it
+    ``gate * bn(conv(x))`` and a fine-tune trains with BatchNorm; :func:`fold_fbs_bn` folds it
     after training. Every other foldable BatchNorm is folded. ``model`` is not changed."""
     base = normalize(model, input_shape)
     pairs = dict(foldable_pairs(base, input_shape))
@@ -327,7 +340,7 @@ def fbs_and_quantize(model: nn.Module, make_plan: Callable[[nn.Module], QuantPla
                      out_dir: str | Path, *, val: tuple[torch.Tensor, torch.Tensor] | None = None,
                      fill: float = 0.0) -> dict[str, Any]:
     """The ``mixq prune --dynamic`` run: FBS conversion, predictor fit, KD fine-tune (``cfg.train``, with the
-    gated convs' BatchNorm), the BatchNorm folded (:func:`mixq.nn.fbs.fold_fbs_bn`), then QAT under
+    gated convs' BatchNorm), the BatchNorm folded (:func:`fold_fbs_bn`), then QAT under
     ``make_plan(fbs_model)`` (``qat_cfg``; ``None``: float only), its gates quantized during QAT (calibrated on
     the float model) and calibrated again after.
     Writes ``out_dir/fbs.json`` (densities, accuracies, executed MACs per image on ``val``) and, with QAT,
