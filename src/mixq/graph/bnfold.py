@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -98,11 +99,22 @@ def fold_bn(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> nn.
     :func:`mixq.graph.normalize.normalize` writes them as. ``input_shape`` (without batch) records
     the shapes, so a BatchNorm1d is folded only where it normalises (N, F) features or a 1-D signal.
     """
+    return split_bn(model, input_shape)[0]
+
+
+def split_bn(model: nn.Module, input_shape: tuple[int, ...] | None = None,
+             keep: Callable[[str, nn.Module], bool] | None = None) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """:func:`fold_bn`, except that the BN after each layer ``keep(name, layer)`` is true for is not folded but
+    taken out (its place becomes ``nn.Identity`` too) and returned, by layer name, beside the copy."""
     model = normalize(model, input_shape)
     pairs = foldable_pairs(model, input_shape)
     out = copy.deepcopy(model)
+    kept: dict[str, nn.Module] = {}
     for layer_name, bn_name in pairs:
         layer, bn = out.get_submodule(layer_name), out.get_submodule(bn_name)
-        fold_into(layer, bn)  # type: ignore[arg-type]
+        if keep is not None and keep(layer_name, layer):
+            kept[layer_name] = bn
+        else:
+            fold_into(layer, bn)  # type: ignore[arg-type]
         set_submodule(out, bn_name, nn.Identity())
-    return out
+    return out, kept

@@ -35,9 +35,8 @@ from torch import nn
 from mixq.algorithms.qat.config import QatConfig
 from mixq.algorithms.qat.run import train_qat
 from mixq.errors import MixqError
-from mixq.graph.bnfold import fold_into, foldable_pairs
+from mixq.graph.bnfold import fold_into, split_bn
 from mixq.graph.capture import capture
-from mixq.graph.normalize import normalize
 from mixq.graph.spec import LayerSpec
 from mixq.graph.swap import set_submodule
 from mixq.io import atomic_write_json, atomic_write_torch
@@ -119,25 +118,16 @@ def to_fbs(model: nn.Module, cfg: FbsConfig, input_shape: tuple[int, ...]) -> nn
     its FBS layer (``bn``; its place in the model becomes ``nn.Identity``), so the layer computes
     ``gate * bn(conv(x))`` and a fine-tune trains with BatchNorm; :func:`fold_fbs_bn` folds it
     after training. Every other foldable BatchNorm is folded. ``model`` is not changed."""
-    base = normalize(model, input_shape)
-    pairs = dict(foldable_pairs(base, input_shape))
-    out = copy.deepcopy(base)
+    out, kept = split_bn(model, input_shape, keep=lambda n, m: type(m) is nn.Conv2d
+                         and (cfg.layers is None or n in cfg.layers))
     convs = {n: m for n, m in out.named_modules() if type(m) is nn.Conv2d}
     names = list(cfg.layers) if cfg.layers is not None else list(convs)
     for n in [*names, *cfg.densities]:
         if n not in convs:
             raise FbsError(f"FbsConfig.layers: {n!r} is not a Conv2d layer of {type(model).__name__}")
-    kept: dict[str, nn.BatchNorm2d] = {}
-    for layer_name, bn_name in pairs.items():
-        bn = out.get_submodule(bn_name)
-        if layer_name in names and isinstance(bn, nn.BatchNorm2d):
-            kept[layer_name] = bn
-        else:
-            fold_into(out.get_submodule(layer_name), bn)  # type: ignore[arg-type]
-        set_submodule(out, bn_name, nn.Identity())
     for n in names:
         set_submodule(out, n, FBSConv2d(convs[n], cfg.density_of(n), gate_bits=cfg.gate_bits, l1=cfg.l1,
-                                        bn=kept.get(n)))
+                                        bn=kept.get(n)))  # type: ignore[arg-type]
     return out.eval()
 
 
