@@ -4,6 +4,7 @@ Real weights (the zoo's CNV) and real Fashion-MNIST images throughout."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from pathlib import Path
@@ -29,7 +30,7 @@ from mixq.errors import HardwareError, ModelError
 from mixq.formats import FixedPoint
 from mixq.graph.capture import capture
 from mixq.hw.dynamic import dense_names, dynamic_overlay, gated_spec, percentile, streaming_gain
-from mixq.nn.fbs import FBSConv2d, fbs_layers, fbs_penalty, keep_count, wta_mask
+from mixq.nn.fbs import FBSConv2d, fbs_layers, fbs_penalty, keep_count, straight_through, wta_mask
 from mixq.tasks.training import training_data
 
 SHAPE = (1, 28, 28)
@@ -187,6 +188,41 @@ def test_l1_hook_is_the_gradient_of_the_penalty(dense: torch.nn.Module, data: di
         grads.append(m.predictor.bias.grad.clone())
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
     assert values[0] > 0
+
+
+def test_straight_through_gives_suppressed_channels_their_gradient(dense: torch.nn.Module,
+                                                                   data: dict[str, torch.Tensor]) -> None:
+    """Inside straight_through: the same outputs and the same gradient for kept channels; a suppressed channel's
+    saliency gets sum_hw dL/dy_c * relu(f_c) (the gradient it would get if kept) where without it gets none
+    from the task; the ReLU modules the gated layers feed are the identity, and all is restored after."""
+    x = data["xte"][:8]
+    m = fit_predictors(to_fbs(dense, FbsConfig(density=0.5, l1=0.0), SHAPE), data["xtr"][:256], spread=0.2)
+    relu_before = type(m.get_submodule("features.2"))
+    grads: dict[bool, torch.Tensor] = {}
+    outs: dict[bool, torch.Tensor] = {}
+    gated = m.get_submodule("features.3")
+    assert isinstance(gated, FBSConv2d)
+    for ste in (False, True):
+        m.eval()  # BN running statistics: both passes compute the same values
+        m.zero_grad()
+        with straight_through(m, x) if ste else contextlib.nullcontext() as names:
+            if ste:
+                assert names == sorted(LAYERS) and type(m.get_submodule("features.2")) is torch.nn.Identity
+            gated.training = True  # the gradient path of training, BN still in eval mode
+            outs[ste] = m(x)
+            outs[ste].logsumexp(1).sum().backward()
+            gated.training = False
+        assert gated.predictor.bias.grad is not None
+        grads[ste] = gated.predictor.bias.grad.clone()
+    assert type(m.get_submodule("features.2")) is relu_before and not gated.relu_inside
+    assert torch.equal(outs[False], outs[True])
+    s = gated.saliency(m.get_submodule("features.2")(m.get_submodule("features.1")(
+        m.get_submodule("features.0")(x))))
+    kept_somewhere = wta_mask(s, gated.k).any(0)
+    never_kept = ~kept_somewhere & (s > 0).all(0)
+    assert never_kept.any()
+    assert torch.all(grads[False][never_kept] == 0)
+    assert torch.all(grads[True][never_kept] != 0)
 
 
 def test_density_anneal_ramps_k_and_restores_it(dense: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,8 +82,15 @@ def predictor_spec(spec: LayerSpec) -> LayerSpec:
 
 
 def gated_spec(spec: LayerSpec, a_in: int, a_out: int) -> LayerSpec:
-    """``spec`` computing only ``a_out`` of its output channels over ``a_in`` of its input channels."""
+    """``spec`` computing only ``a_out`` of its output channels over ``a_in`` of its input channels. A grouped
+    conv (depthwise: groups == channels) computes whole groups: ``a_out / (C_out / groups)`` of them, each over
+    its own inputs (MACs ``macs * a_out / C_out``)."""
     ci, co = max(spec.in_channels, 1), max(spec.out_channels, 1)
+    if spec.groups > 1:
+        groups = a_out // max(co // spec.groups, 1)
+        return dataclasses.replace(spec, in_channels=groups * (ci // spec.groups), out_channels=a_out,
+                                   groups=max(groups, 1), in_shape=(a_in, *spec.in_shape[1:]),
+                                   out_shape=(a_out, *spec.out_shape[1:]), macs=spec.macs * a_out // co)
     return dataclasses.replace(spec, in_channels=a_in, out_channels=a_out,
                                in_shape=(a_in, *spec.in_shape[1:]), out_shape=(a_out, *spec.out_shape[1:]),
                                macs=spec.macs * a_in * a_out // (ci * co))
@@ -129,7 +136,7 @@ def _check_counts(specs: Sequence[LayerSpec], counts: Counts) -> int:
         raise HardwareError(f"dynamic: the layers' counts cover different numbers of images: {sorted(frames)}")
     for n, rows in counts.items():
         s = names.get(n)
-        if s is None or s.kind != "conv":
+        if s is None or s.kind not in ("conv", "dwconv"):
             raise HardwareError(f"dynamic: counts for {n!r}, which is not a conv layer of the specs")
         for a_in, a_out in rows:
             if not (0 <= a_in <= s.in_channels and 0 <= a_out <= s.out_channels):
@@ -155,10 +162,13 @@ def _dense_cores(layers: list[HwLayer], pred: set[str], p: Part, cm: CostModel,
 
 def dynamic_overlay(specs: Sequence[LayerSpec], plan: QuantPlan, counts: Counts, part: str | Part = "xc7z020", *,
                     predictors: bool = True, options: ArchOptions | None = None,
-                    model: CostModel | None = None) -> DynamicEstimate:
+                    model: CostModel | None = None, with_predictor: Collection[str] | None = None) -> DynamicEstimate:
     """The overlay's frame time for every image of ``counts`` (see the module doc); ``plan`` names layers
     as ``specs`` do, the predictors as ``<layer>.predictor`` (absent: priced W8A8, as ``lower`` does).
-    ``predictors=False`` prices the counted layers without predictors (static pruning, the dense model)."""
+    ``predictors=False`` prices the counted layers without predictors (static pruning, the dense model).
+    ``with_predictor``: the counted layers that have one (default: every counted layer); the others are
+    layers downstream of a gated one whose active channels shrink (e.g. the depthwise and projection
+    convs after a gated expansion conv: a grouped conv computes whole groups, see :func:`gated_spec`)."""
     frames = _check_counts(specs, counts)
     if frames == 0:
         raise HardwareError("dynamic: no images in the counts")
@@ -169,7 +179,7 @@ def dynamic_overlay(specs: Sequence[LayerSpec], plan: QuantPlan, counts: Counts,
     full: list[LayerSpec] = []
     for s in specs:
         full.append(s)
-        if predictors and s.name in counts:
+        if predictors and s.name in counts and (with_predictor is None or s.name in with_predictor):
             full.append(predictor_spec(s))
     layers = lower(list(full), plan, p)
     pred = {ly.name for ly in layers if ly.name.endswith(".predictor") and ly.name not in names}

@@ -18,7 +18,14 @@ engine and the hardware estimates take:
   (:func:`active_channels`);
 * **L1 penalty** ``l1 * mean_n sum_c s_c``: the gradient is added to the saliencies in training (a tensor
   hook), so the one trainer (:func:`mixq.training.fit`) needs no extra loss term; :func:`fbs_penalty`
-  gives its value for reporting.
+  gives its value for reporting;
+* **straight-through saliencies** (training only, :func:`straight_through`): trained by gradient, a suppressed
+  channel's saliency gets none from the task — its output is 0 and the ReLU after it passes no gradient at
+  0 — only the L1 push down, so the choice drifts to a fixed channel set. Inside :func:`straight_through`
+  each gated layer whose output feeds an ``nn.ReLU`` module applies that ReLU itself (``s * relu(f)``,
+  the same values: ``s >= 0``), the ReLU module is the identity, and a suppressed channel's saliency gets
+  the gradient it would get if it were kept (``dL/ds_c = sum_hw dL/dy_c * relu(f_c)``); the forward values
+  are unchanged.
 
 Quantization composes: the children ``conv`` and ``predictor`` are ordinary Conv2d / Linear layers that
 :func:`mixq.graph.convert.to_quantized` swaps for ``QConv2d`` / ``QLinear`` under the plan entries
@@ -33,7 +40,8 @@ holding its BatchNorm refuses to run with a quantized conv (fold it first).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +101,7 @@ class FBSConv2d(nn.Module):
         self.l1 = float(l1)
         self.last_saliency: torch.Tensor | None = None
         self.last_active: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.relu_inside = False  # set by straight_through only
 
     def saliency(self, x: torch.Tensor) -> torch.Tensor:
         """``gate_quant(relu(predictor(mean_hw(input_quant(x)))))``: ``(N, C_out)``, >= 0."""
@@ -118,10 +127,66 @@ class FBSConv2d(nn.Module):
         self.last_saliency = s.detach()
         self.last_active = (active_channels(x).sum(1), keep.sum(1))
         gate = torch.where(keep, s, torch.zeros_like(s))
-        return self.features(x) * gate[:, :, None, None]
+        f = self.features(x)
+        if not self.relu_inside:
+            return f * gate[:, :, None, None]
+        r = F.relu(f)
+        out = r * gate[:, :, None, None]
+        if self.training and s.requires_grad:  # 0 in value; d out_c / d s_c = relu(f_c) for suppressed c
+            out = out + r.detach() * ((s - s.detach()) * (~keep).to(s.dtype))[:, :, None, None]
+        return out
 
     def extra_repr(self) -> str:
         return f"density={self.density}, k={self.k}/{self.conv.out_channels}, l1={self.l1}"
+
+
+@contextmanager
+def straight_through(model: nn.Module, sample: torch.Tensor) -> Iterator[list[str]]:
+    """Within the block, the FBS layers of ``model`` whose output goes straight into an ``nn.ReLU`` module
+    (found by running ``sample``; a ReLU module called more than once per forward is left alone) apply that
+    ReLU themselves, with straight-through saliencies (see the module doc), and the ReLU modules are the
+    identity. Yields the names of those layers; everything is restored on exit. The ReLU is taken to be the
+    gated output's only consumer (conv -> BN -> ReLU, as in CNV and a ResNet block's first conv)."""
+    layers = fbs_layers(model)
+    outputs: dict[int, tuple[str, torch.Tensor]] = {}  # the tensors held, so their ids are not reused
+    fed: dict[str, list[str]] = {}
+    calls: dict[str, int] = {}
+
+    def after_fbs(name: str) -> object:
+        def hook(_m: nn.Module, _a: object, y: torch.Tensor) -> None:
+            outputs[id(y)] = (name, y)
+        return hook
+
+    def before_relu(name: str) -> object:
+        def hook(_m: nn.Module, a: tuple[torch.Tensor, ...]) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if a and id(a[0]) in outputs:
+                fed.setdefault(name, []).append(outputs[id(a[0])][0])
+        return hook
+
+    relus = {n: m for n, m in model.named_modules() if type(m) is nn.ReLU}
+    handles = [m.register_forward_hook(after_fbs(n)) for n, m in layers.items()]  # type: ignore[arg-type]
+    handles += [m.register_forward_pre_hook(before_relu(n)) for n, m in relus.items()]  # type: ignore[arg-type]
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(sample[:2])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    pairs = {n: src[0] for n, src in fed.items() if calls.get(n) == 1 and len(src) == 1}
+    parents = {n: model.get_submodule(n.rpartition(".")[0]) if "." in n else model for n in pairs}
+    try:
+        for n, src in pairs.items():
+            setattr(parents[n], n.rpartition(".")[2], nn.Identity())
+            layers[src].relu_inside = True
+        yield sorted(pairs.values())
+    finally:
+        for n, src in pairs.items():
+            setattr(parents[n], n.rpartition(".")[2], relus[n])
+            layers[src].relu_inside = False
 
 
 def fbs_layers(model: nn.Module) -> dict[str, FBSConv2d]:

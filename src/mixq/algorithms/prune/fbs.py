@@ -17,6 +17,18 @@ Executed MACs (:func:`executed_macs`): a conv executes ``active_out * active_in 
 MACs for an image — ``active_out`` the channels it computes (all for a dense conv; for an FBS layer the
 kept channels with a nonzero saliency), ``active_in`` the input channels holding a nonzero value (the
 channels an earlier FBS layer or static pruning suppressed are zero, through ReLU and max pooling).
+Two refinements (:func:`input_activity`, :func:`conv_execution`), which change nothing where no input channel
+is spatially constant and every conv is dense (groups 1):
+
+* a *spatially constant* input channel (over more than one pixel) of a conv without zero padding (a 1x1
+  projection, an unpadded conv) adds a per-image constant to each output: the hardware folds it into a
+  per-image bias (``constant_in * active_out`` MACs once per image) instead of computing it. Such channels arise
+  downstream of a suppressed channel: a depthwise conv whose input channel is zero outputs its (folded) bias,
+  a constant after ReLU6 — MobileNetV2's expansion -> depthwise -> projection;
+* a grouped conv (depthwise: groups == channels) executes, per group, ``active_in_g * C_out/g * kh * kw *
+  H_out * W_out`` MACs, and computes the outputs of the groups with an active input (a depthwise channel
+  whose input was suppressed is not computed: its output is the constant bias).
+
 Linear layers are counted dense. Static channel pruning (:func:`mixq.algorithms.prune.channel_masks`)
 is measured by the same rule, so the two compare at equal executed MACs.
 """
@@ -25,6 +37,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +54,7 @@ from mixq.graph.spec import LayerSpec
 from mixq.graph.swap import set_submodule
 from mixq.io import atomic_write_json, atomic_write_torch
 from mixq.modes import eval_mode
-from mixq.nn.fbs import FBSConv2d, active_channels, calibrate_gates, fbs_layers, keep_count
+from mixq.nn.fbs import FBSConv2d, active_channels, calibrate_gates, fbs_layers, keep_count, straight_through
 from mixq.plan import QuantPlan
 from mixq.training import TrainConfig, accuracy, fit
 
@@ -62,7 +75,8 @@ class FbsConfig:
     images) every that many steps, so the channel choice keeps following each image's channel activity
     in the network as it is fine-tuned (trained by gradient, a suppressed channel's saliency gets no
     gradient from the task — its output is 0 before a ReLU — only the L1 push down, and the choice
-    drifts towards a fixed set of channels)."""
+    drifts towards a fixed set of channels). ``straight_through``: instead, the fine-tune gives suppressed
+    channels the saliency gradient they would get if kept (:func:`mixq.nn.fbs.straight_through`)."""
 
     density: float = 0.5
     densities: Mapping[str, float] = field(default_factory=dict)
@@ -74,6 +88,7 @@ class FbsConfig:
     spread: float = 0.1
     refit_every: int = 0
     refit_images: int = 1024
+    straight_through: bool = False
 
     def __post_init__(self) -> None:
         for name, d in [("density", self.density), *((f"densities.{k}", v) for k, v in self.densities.items())]:
@@ -232,9 +247,10 @@ def train_fbs(model: nn.Module, teacher: nn.Module | None, train: tuple[torch.Te
         if cfg.refit_every:
             for q in params:
                 q.requires_grad_(False)
-        res = fit(model.train(), *train, cfg.train, teacher=teacher.eval() if teacher is not None else None,
-                  val=val, fill=fill, before_step=before_step if ramp > 0 or cfg.refit_every else None,
-                  desc="fbs finetune", config_name="FbsConfig.train")
+        with straight_through(model, train[0][:2]) if cfg.straight_through else nullcontext():
+            res = fit(model.train(), *train, cfg.train, teacher=teacher.eval() if teacher is not None else None,
+                      val=val, fill=fill, before_step=before_step if ramp > 0 or cfg.refit_every else None,
+                      desc="fbs finetune", config_name="FbsConfig.train")
     finally:
         for m in layers.values():
             m.k = keep_count(m.density, m.conv.out_channels)
@@ -255,6 +271,61 @@ def _run_hooked(model: nn.Module, x: torch.Tensor, hooks: list[Any], batch_size:
             h.remove()
 
 
+def folds_constant(conv: nn.Conv2d) -> bool:
+    """Whether a spatially constant input channel adds a constant to every output pixel of ``conv`` (no zero
+    padding), so the hardware folds it into a per-image bias instead of computing it."""
+    pad = conv.padding
+    return conv.padding_mode != "zeros" or pad == "valid" or (not isinstance(pad, str) and not any(pad))
+
+
+def input_activity(x: torch.Tensor, fold_constant: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, ``(N, C)`` bool each: the *active* input channels of a ``(N, C, H, W)`` conv input (nonzero
+    and, with ``fold_constant`` and more than one pixel, not spatially constant) and the *constant* ones
+    (nonzero, spatially constant: folded into a per-image bias)."""
+    active = active_channels(x)
+    const = torch.zeros_like(active)
+    if fold_constant and x.shape[2] * x.shape[3] > 1:
+        flat = x.detach().flatten(2)
+        const = flat.eq(flat[:, :, :1]).all(dim=2) & active
+    return active & ~const, const
+
+
+def conv_execution(spec: LayerSpec, groups: int, active_in: torch.Tensor, const_in: torch.Tensor,
+                   computed_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image, ``(N,)`` int64 each: the active input channels, the computed output channels and the
+    executed MACs of a conv (see the module doc). ``active_in`` / ``const_in`` from :func:`input_activity`;
+    ``computed_out`` ``(N,)``: the output channels a groups-1 conv computes (unused for grouped convs: the
+    outputs of the groups with an active input)."""
+    n, ci, co = active_in.shape[0], spec.in_channels, spec.out_channels
+    g = max(groups, 1)
+    per = spec.macs // max(co * (ci // g), 1)  # kh * kw * H_out * W_out
+    a_in = active_in.sum(1).long()
+    if g == 1:
+        a_out = computed_out.long()
+        return a_in, a_out, a_in * a_out * per + const_in.sum(1).long() * a_out
+    ai = active_in.reshape(n, g, ci // g).sum(2).long()
+    cg = const_in.reshape(n, g, ci // g).sum(2).long()
+    a_out = (ai > 0).long().sum(1) * (co // g)
+    return a_in, a_out, (ai.sum(1) * per + cg.sum(1)) * (co // g)
+
+
+def _conv_hook(sink: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None], spec: LayerSpec | None) -> Any:
+    """A forward hook on a Conv2d or an FBS layer that hands ``sink`` its (a_in, a_out, macs) per image."""
+    def run(m: nn.Module, a: tuple[torch.Tensor, ...], y: torch.Tensor) -> None:
+        conv = m.conv if isinstance(m, FBSConv2d) else m
+        assert isinstance(conv, nn.Conv2d)
+        s = spec or LayerSpec("", "conv", (), (), conv.in_channels, conv.out_channels, groups=conv.groups,
+                              macs=conv.in_channels * conv.out_channels // conv.groups)
+        act, const = input_activity(a[0], folds_constant(conv))
+        if isinstance(m, FBSConv2d):
+            assert m.last_active is not None
+            out = m.last_active[1]
+        else:
+            out = active_channels(y).sum(1)
+        sink(*conv_execution(s, conv.groups, act, const, out))
+    return run
+
+
 @torch.no_grad()
 def executed_macs(model: nn.Module, specs: Sequence[LayerSpec], x: torch.Tensor,
                   batch_size: int = 500) -> dict[str, torch.Tensor]:
@@ -267,18 +338,10 @@ def executed_macs(model: nn.Module, specs: Sequence[LayerSpec], x: torch.Tensor,
     hooks = []
     for name, spec in by_name.items():
         m = mods.get(name)
-        if isinstance(m, FBSConv2d):
-            def after_fbs(mod: FBSConv2d, _a: Any, _y: Any, name: str = name, s: LayerSpec = spec) -> None:
-                assert mod.last_active is not None
-                a_in, a_out = mod.last_active
-                counts[name].append(a_in.long() * a_out.long() * (s.macs // (s.in_channels * s.out_channels)))
-            hooks.append(m.register_forward_hook(after_fbs))
-        elif isinstance(m, nn.Conv2d):
-            def after_conv(_m: nn.Module, a: tuple[torch.Tensor, ...], y: torch.Tensor, name: str = name,
-                           s: LayerSpec = spec) -> None:
-                per = s.macs // (s.in_channels * s.out_channels)
-                counts[name].append(active_channels(a[0]).sum(1) * active_channels(y).sum(1) * per)
-            hooks.append(m.register_forward_hook(after_conv))
+        if isinstance(m, FBSConv2d | nn.Conv2d):
+            def sink(_a: torch.Tensor, _o: torch.Tensor, macs: torch.Tensor, name: str = name) -> None:
+                counts[name].append(macs)
+            hooks.append(m.register_forward_hook(_conv_hook(sink, spec)))
         elif m is not None:
             def after_dense(_m: nn.Module, a: tuple[torch.Tensor, ...], _y: Any, name: str = name,
                             s: LayerSpec = spec) -> None:
@@ -297,24 +360,21 @@ def channel_counts(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | No
                    batch_size: int = 500) -> dict[str, torch.Tensor]:
     """Per layer, ``(N, 2)`` int64: the active input and computed output channels of each image — the plain
     data :func:`mixq.hw.dynamic.dynamic_overlay` prices. ``layers`` (default: the FBS layers) may name plain
-    Conv2d layers too (a statically pruned model): their computed outputs are the nonzero channels."""
+    Conv2d layers too (a statically pruned model, or the layers downstream of a gated one): their computed
+    outputs are the nonzero channels (a grouped conv's: those of the groups with an active input), their
+    active inputs by :func:`input_activity` (constant channels folded, see the module doc)."""
     mods = dict(model.named_modules())
     names = list(layers) if layers is not None else list(fbs_layers(model))
     got: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     hooks = []
     for n in names:
         m = mods.get(n)
-        if isinstance(m, FBSConv2d):
-            def after_fbs(mod: FBSConv2d, _a: Any, _y: Any, n: str = n) -> None:
-                assert mod.last_active is not None
-                got[n].append(torch.stack(mod.last_active, 1).long())
-            hooks.append(m.register_forward_hook(after_fbs))
-        elif isinstance(m, nn.Conv2d):
-            def after_conv(_m: nn.Module, a: tuple[torch.Tensor, ...], y: torch.Tensor, n: str = n) -> None:
-                got[n].append(torch.stack([active_channels(a[0]).sum(1), active_channels(y).sum(1)], 1).long())
-            hooks.append(m.register_forward_hook(after_conv))
-        else:
+        if not isinstance(m, FBSConv2d | nn.Conv2d):
             raise FbsError(f"channel_counts: {n!r} is not a Conv2d or FBS layer of the model")
+
+        def sink(a_in: torch.Tensor, a_out: torch.Tensor, _macs: torch.Tensor, n: str = n) -> None:
+            got[n].append(torch.stack([a_in, a_out], 1).long())
+        hooks.append(m.register_forward_hook(_conv_hook(sink, None)))
     _run_hooked(model, x, hooks, batch_size)
     return {n: torch.cat(v) for n, v in got.items()}
 
