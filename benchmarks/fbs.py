@@ -77,7 +77,7 @@ from mixq.hw.estimate import estimate
 from mixq.hw.units import ArchOptions
 from mixq.io import atomic_write_json, atomic_write_text
 from mixq.modes import eval_mode
-from mixq.nn.fbs import calibrate_gates, fbs_layers, wta_mask
+from mixq.nn.fbs import calibrate_gates, fbs_layers
 from mixq.plan import QuantPlan
 from mixq.tasks.training import PAD_FILL, training_data
 
@@ -293,7 +293,7 @@ def channel_sets(model: nn.Module, x: torch.Tensor) -> dict[str, dict[str, int]]
     the channels computed on every image (``always``) and on none (``never``)."""
     seen: dict[str, list[torch.Tensor]] = {}
     hooks = [m.register_forward_hook(lambda m, _a, _y, n=n: seen.setdefault(n, []).append(
-        wta_mask(m.last_saliency, m.k) & (m.last_saliency > 0))) for n, m in fbs_layers(model).items()]
+        keep_channels(m.last_saliency, m.k))) for n, m in fbs_layers(model).items()]
     try:
         with eval_mode(model):
             for i in range(0, x.shape[0], 500):

@@ -177,15 +177,14 @@ def straight_through(model: nn.Module, sample: torch.Tensor) -> Iterator[list[st
             h.remove()
         model.train(was)
     pairs = {n: src[0] for n, src in fed.items() if calls.get(n) == 1 and len(src) == 1}
-    parents = {n: model.get_submodule(n.rpartition(".")[0]) if "." in n else model for n in pairs}
     try:
         for n, src in pairs.items():
-            setattr(parents[n], n.rpartition(".")[2], nn.Identity())
+            model.set_submodule(n, nn.Identity())
             layers[src].relu_inside = True
         yield sorted(pairs.values())
     finally:
         for n, src in pairs.items():
-            setattr(parents[n], n.rpartition(".")[2], relus[n])
+            model.set_submodule(n, relus[n])
             layers[src].relu_inside = False
 
 
