@@ -40,15 +40,9 @@ from mixq.engine.model import IntModel, IntNode
 from mixq.engine.trace import OpInfo
 from mixq.errors import ModelError
 from mixq.nn import QConv2d, QLinear
-from mixq.nn.fbs import FBSConv2d, wta_mask
+from mixq.nn.fbs import FBSConv2d, keep_channels
 
 Builder = Callable[[Ctx, fx.Node, OpInfo], Val | None]
-
-
-def keep_channels(gate: torch.Tensor, k: int) -> torch.Tensor:
-    """``(N, C)`` bool: the computed channels — the ``k`` largest gate codes (stable, ties to the lower
-    index) that are not 0; the fake-quant model's rule (:class:`mixq.nn.FBSConv2d`)."""
-    return wta_mask(gate, k) & (gate > 0)
 
 
 def _scratch(ctx: Ctx, v: Val, out_shape: tuple[int, ...]) -> fx.Node:

@@ -67,6 +67,12 @@ def wta_mask(saliency: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros_like(saliency, dtype=torch.bool).scatter_(1, order, True)
 
 
+def keep_channels(saliency: torch.Tensor, k: int) -> torch.Tensor:
+    """``(N, C)`` bool: the computed channels — the ``k`` largest saliencies (or gate codes: the integer engine's
+    rule is this one) that are not 0, ties to the lower index."""
+    return wta_mask(saliency, k) & (saliency.detach() > 0)
+
+
 def active_channels(x: torch.Tensor) -> torch.Tensor:
     """Per image, the channels of a ``(N, C, H, W)`` tensor that hold a nonzero value (``(N, C)`` bool)."""
     return x.detach().ne(0).flatten(2).any(dim=2)
@@ -123,7 +129,7 @@ class FBSConv2d(nn.Module):
         if self.training and self.l1 > 0 and s.requires_grad:
             scale = self.l1 / s.shape[0]
             s.register_hook(lambda g: g + scale * (s.detach() > 0).to(g.dtype))
-        keep = wta_mask(s, self.k) & (s.detach() > 0)
+        keep = keep_channels(s, self.k)
         self.last_saliency = s.detach()
         self.last_active = (active_channels(x).sum(1), keep.sum(1))
         gate = torch.where(keep, s, torch.zeros_like(s))
