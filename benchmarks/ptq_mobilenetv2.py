@@ -225,8 +225,10 @@ LOWBIT_NOTES = [
     "kept as measured.",
     "- GPTQ as BRECQ's starting point (tried 2026-12-05, not shipped): GPTQ writing its unrounded, "
     "error-compensated weights so that BRECQ's rounding starts at GPTQ's levels gave 35.05% at W4A8 fixed "
-    "(GPTQ 84.00, BRECQ 84.95): BRECQ's rounding window of one level around GPTQ's moved weights, with the "
-    "rest measured from them, loses what GPTQ's compensation gained; the code was reverted.",
+    "(GPTQ 84.00, BRECQ 84.95). Likely cause, not yet confirmed by a rerun: BRECQ's target is the block run with "
+    "its quantizers off on the modules' own weights, which then were GPTQ's compensated weights, not the float "
+    "model's, so every block was fitted to a wrong target. The code was reverted; a rerun needs the float "
+    "weights kept for the target.",
     "- Brevitas' GPTQ on this set (act order, its MSE scales): W4A8 76.75% in 1,595 s, W4A4 0.05% in 1,523 s "
     "(mixq's GPTQ 84.00% in 70 s; BRECQ 84.95% in 396 s).",
     "- W2A4: 2-bit weights collapse with this BRECQ budget (0.80% with MSE + clipped activations; GPTQ 0.10%); "
