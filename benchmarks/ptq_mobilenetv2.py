@@ -222,7 +222,8 @@ LOWBIT_NOTES = [
     "quantized input, so it already absorbs part of the min-max A8 error, and clipped ranges hand it errors "
     "it chases (GPTQ + MSE 80.4%, + min-max with output-aware clipping 72.8%, + MSE and clipping 67.85% on "
     "all 2,000; clipping searched after GPTQ: 83.6% vs 84.2%, on 500). Under BRECQ, which learns the activation "
-    "steps itself, the same start helps a little: W4A8 fixed 84.95 -> 85.80% (+0.85 ± 1.32 paired, inside the CI).",
+    "steps itself, the same start helps a little: W4A8 fixed 84.95 -> 85.80% (+0.85 ± 1.32 paired, inside the CI), "
+    "but MSQ ρ=auto 85.85 -> 83.95%: no consistent gain at this BRECQ budget.",
     "- GPTQ as BRECQ's starting point (tried 2026-12-05, not shipped): GPTQ writing its unrounded, "
     "error-compensated weights so that BRECQ's rounding starts at GPTQ's levels gave 35.05% at W4A8 fixed "
     "(GPTQ 84.00, BRECQ 84.95). Likely cause, not yet confirmed by a rerun: BRECQ's target is the block run with "
