@@ -325,7 +325,11 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
                                     {**first8, **auto_rows, "brecq": bq}, f"{first_note}; {msq_note}; {bq_note}", None)
     acts = {"act_ranges": "output"}
     acts_note = "each input quantizer's (per-tensor) clipping searched on the layer's output error"
-    mse_acts = "A4 by the MSE observer, then " + acts_note
+
+    def mse_note(act_bits: int) -> str:
+        return f"A{act_bits} by the MSE observer, then {acts_note}"
+
+    mse_acts = mse_note(4)
     cfg["w4a4_gptq_mseacts"] = ("W4A4 fixed, GPTQ, MSE + output-aware activation clipping", "w4a4_mse", "gptq", acts,
                                 mse_acts, None)
     cfg["w4a4_gptq_mseacts_first8"] = ("W4A4 fixed, GPTQ, MSE + output-aware act. clipping, first act. 8-bit",
@@ -335,22 +339,18 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
     cfg["w4a4_brecq_mseacts_first8"] = ("W4A4 fixed, BRECQ, MSE + output-aware act. clipping, first act. 8-bit",
                                         "w4a4_mse", "brecq", {**acts, **first8, "brecq": bq},
                                         f"{mse_acts}; {first_note}; {bq_note}", None)
-    for w in ("w4a8", "w4a4"):
-        W = w.upper()
-        mse_w = f"{W[-2:]} by the MSE observer, then " + acts_note
-        if w == "w4a8":
-            cfg[f"{w}_gptq_mseacts"] = (f"{W} fixed, GPTQ, MSE + output-aware activation clipping", f"{w}_mse", "gptq",
-                                        acts, mse_w, None)
-            cfg[f"{w}_brecq_mseacts"] = (f"{W} fixed, BRECQ, MSE + output-aware activation clipping", f"{w}_mse",
-                                         "brecq", {**acts, "brecq": bq}, f"{mse_w}; {bq_note}", None)
-        extra = first8 if w == "w4a4" else {}
-        tail = ", first act. 8-bit" if extra else ""
-        ftail = f"; {first_note}" if extra else ""
+    cfg["w4a8_gptq_mseacts"] = ("W4A8 fixed, GPTQ, MSE + output-aware activation clipping", "w4a8_mse", "gptq",
+                                acts, mse_note(8), None)
+    cfg["w4a8_brecq_mseacts"] = ("W4A8 fixed, BRECQ, MSE + output-aware activation clipping", "w4a8_mse", "brecq",
+                                 {**acts, "brecq": bq}, f"{mse_note(8)}; {bq_note}", None)
+    # MSQ from the same start; at A4 with the first activation at 8 bits, as the best fixed W4A4 row
+    for w, extra, tail in (("w4a8", {}, ""), ("w4a4", first8, ", first act. 8-bit")):
+        W, note = w.upper(), mse_note(int(w[-1])) + (f"; {first_note}" if extra else "")
         cfg[f"{w}_msq_gptq_mseacts"] = (f"{W} MSQ ρ=auto, GPTQ, MSE + output-aware act. clipping{tail}", f"{w}_msq_mse",
-                                        "gptq", {**acts, **extra, **auto_rows}, f"{mse_w}{ftail}; {msq_note}", None)
+                                        "gptq", {**acts, **extra, **auto_rows}, f"{note}; {msq_note}", None)
         cfg[f"{w}_msq_brecq_mseacts"] = (f"{W} MSQ ρ=auto, BRECQ, MSE + output-aware act. clipping{tail}",
                                          f"{w}_msq_mse", "brecq", {**acts, **extra, **auto_rows, "brecq": bq},
-                                         f"{mse_w}{ftail}; {msq_note}; {bq_note}", None)
+                                         f"{note}; {msq_note}; {bq_note}", None)
     cfg["w4a4_gptq_acts"] = ("W4A4 fixed, GPTQ, output-aware activation clipping", "w4a4", "gptq", acts, acts_note,
                              None)
     cfg["w4a4_gptq_cle"] = ("W4A4 fixed, GPTQ, activation-aware CLE + streams + clipping", "w4a4", "gptq",
