@@ -351,6 +351,33 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
         cfg[f"{w}_msq_brecq_mseacts"] = (f"{W} MSQ ρ=auto, BRECQ, MSE + output-aware act. clipping{tail}",
                                          f"{w}_msq_mse", "brecq", {**acts, **extra, **auto_rows, "brecq": bq},
                                          f"{note}; {msq_note}; {bq_note}", None)
+    # the recipe's own budget (400 steps; still 16 images a step on windows): what the CPU-budget rows leave
+    bq_long = dataclasses.replace(bq, iterations=400)
+    long_note = bq_note.replace(f"{brecq_iters} Adam steps", "400 Adam steps")
+    cfg["w4a8_brecq_long"] = ("W4A8 fixed, BRECQ 400 steps", "w4a8", "brecq", {"brecq": bq_long}, long_note, None)
+    cfg["w4a8_msq_brecq_long"] = ("W4A8 MSQ ρ=auto, BRECQ 400 steps", "w4a8_msq", "brecq",
+                                  {**auto_rows, "brecq": bq_long}, f"{msq_note}; {long_note}", None)
+    # BRECQ from GPTQ's rounding (GPTQ hands over its compensated weights; the target stays the float model)
+    gb_note = f"BRECQ started from GPTQ's rounding; {bq_note}"
+    cfg["w4a8_gptq_brecq"] = ("W4A8 fixed, GPTQ then BRECQ", "w4a8", "gptq", {"brecq": bq}, gb_note, None)
+    cfg["w4a8_msq_gptq_brecq"] = ("W4A8 MSQ ρ=auto, GPTQ then BRECQ", "w4a8_msq", "gptq", {**auto_rows, "brecq": bq},
+                                  f"{msq_note}; {gb_note}", None)
+    cfg["w4a4_gptq_brecq_mseacts_first8"] = ("W4A4 fixed, GPTQ then BRECQ, MSE + output-aware act. clipping, "
+                                             "first act. 8-bit", "w4a4_mse", "gptq", {**acts, **first8, "brecq": bq},
+                                             f"{mse_acts}; {first_note}; {gb_note}", None)
+    # per-channel ranges at every depthwise input through the row scales of both sides (stage dw_act_equalize)
+    dweq_note = ("each depthwise layer's input equalized per channel by the row scales of the expand conv before it "
+                 "and of the depthwise (stage dw_act_equalize; a per-channel activation range at no hardware cost)")
+    first8_dweq = {"stages": ("first_act_8bit", "dw_act_equalize")}
+    for rnd, kw_r, rn in (("gptq", {}, ""), ("brecq", {"brecq": bq}, bq_note)):
+        R = rnd.upper()
+        cfg[f"w4a4_{rnd}_mseacts_first8_dweq"] = (
+            f"W4A4 fixed, {R}, MSE + output-aware act. clipping, first act. 8-bit, depthwise inputs equalized",
+            "w4a4_mse", rnd, {**acts, **first8_dweq, **kw_r},
+            "; ".join(t for t in (mse_acts, first_note, dweq_note, rn) if t), None)
+        cfg[f"w4a8_{rnd}_dweq"] = (f"W4A8 fixed, {R}, depthwise inputs equalized", "w4a8", rnd,
+                                   {"stages": ("dw_act_equalize",), **kw_r},
+                                   "; ".join(t for t in (dweq_note, rn) if t), None)
     cfg["w4a4_gptq_acts"] = ("W4A4 fixed, GPTQ, output-aware activation clipping", "w4a4", "gptq", acts, acts_note,
                              None)
     cfg["w4a4_gptq_cle"] = ("W4A4 fixed, GPTQ, activation-aware CLE + streams + clipping", "w4a4", "gptq",
@@ -530,7 +557,8 @@ def lowbit_table() -> None:
     for k in keys:
         r = rows[k]
         vs_b = ci(k, best_brev[width(k)]) if width(k) in best_brev and k != best_brev[width(k)] else ""
-        gq = next((k.replace(f"_{m}", "_gptq", 1) for m in ("brecq", "adaround", "rtn_bc", "rtn") if f"_{m}" in k), "")
+        gq = next((k.replace(f"_{m}", "_gptq", 1) for m in ("gptq_brecq", "brecq", "adaround", "rtn_bc", "rtn")
+                   if f"_{m}" in k), "").removesuffix("_long")
         vs_g = ci(k, gq) if gq and gq != k and gq in rows else ""
         note = r["notes"] + ("; Brevitas' best at this width" if best_brev.get(width(k)) == k else "")
         lines.append(f"| {r['config']} | {r['tool']} | {r['agreement']:.2f} | {r['sqnr_db']:.2f} | "

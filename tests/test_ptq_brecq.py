@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from mixq.algorithms.ptq import BrecqConfig, find_blocks, get_recipe, quantize_report
+from mixq.algorithms.ptq import AdaRoundConfig, BrecqConfig, find_blocks, get_recipe, quantize_report
 from mixq.errors import MixqError
 from mixq.formats import FixedPoint, SumOfPowers
 from mixq.graph import capture
@@ -90,9 +90,12 @@ def test_reconstruction_lowers_every_block_error_and_lands_on_the_grid(msq: bool
             assert torch.allclose(m.quantized_weight().detach(), w, rtol=0, atol=1e-6 * float(w.abs().max()))
 
 
-def test_one_rounding_method_per_recipe() -> None:
-    with pytest.raises(MixqError, match="recipe.gptq / recipe.brecq"):
-        get_recipe("gptq", brecq=BrecqConfig())
+def test_one_rounding_method_per_recipe_except_gptq_starting_brecq() -> None:
+    with pytest.raises(MixqError, match="recipe.adaround / recipe.brecq"):
+        get_recipe("adaround", brecq=BrecqConfig())
+    with pytest.raises(MixqError, match="recipe.adaround / recipe.gptq"):
+        get_recipe("gptq", adaround=AdaRoundConfig())
+    assert get_recipe("gptq", brecq=BrecqConfig()).brecq is not None
     with pytest.raises(MixqError, match="brecq.drop"):
         BrecqConfig(drop=1.0)
 
@@ -227,3 +230,26 @@ def test_msq_rows_chosen_in_a_block_are_never_worse_than_either_format_alone() -
     for n, lp in r.plan.items():  # the plan holds the rows the model uses
         m = r.model.get_submodule(n)
         assert tuple(lp.alt_rows or ()) == tuple(torch.nonzero(m.row_scheme == 1).flatten().tolist())
+
+
+def test_brecq_from_gptq_starts_at_gptqs_rounding_and_fits_the_float_model() -> None:
+    net, plan, x = _setup()
+    g = quantize_report(net, plan, x, "gptq")
+    layers = [n for n, m in g.model.named_modules() if isinstance(m, QConv2d | QLinear)]
+    # no learning (one step at a vanishing rate): BRECQ writes back exactly GPTQ's levels
+    still = dataclasses.replace(FAST, iterations=1, lr=1e-12, act_lr=1e-12)
+    z = quantize_report(net, plan, x, "gptq", brecq=still)
+    for n in layers:
+        w, wg = z.model.get_submodule(n).weight.detach(), g.model.get_submodule(n).weight.detach()
+        torch.testing.assert_close(w, wg, rtol=0, atol=1e-6 * float(wg.abs().max()))  # s · level, float32
+    # the first block's starting error is GPTQ's stem against the float model's stem (not against GPTQ's own
+    # compensated weights run in float)
+    with torch.no_grad():
+        stem_q, stem_f = g.model.get_submodule("stem"), net.stem
+        xs = x[: FAST.images]
+        err = float((stem_q(xs).relu() - stem_f(xs).relu()).pow(2).flatten(1).sum(1).mean())
+    assert z.details["brecq"]["stem"]["rec_before"] == pytest.approx(err, rel=1e-4)
+    r = quantize_report(net, plan, x, "gptq", brecq=FAST)
+    rep = r.details["brecq"]
+    assert all(v["rec_after"] <= v["rec_before"] for v in rep.values())
+    assert sum(v["rec_after"] for v in rep.values()) < sum(v["rec_before"] for v in rep.values())

@@ -136,6 +136,25 @@ def test_held_out_choice_uses_both_halves_for_the_final_fit() -> None:
     assert gptq_layer(again, halves[0] + halves[1], GPTQConfig())["error_gptq"] == pytest.approx(rep["error_gptq"])
 
 
+@pytest.mark.parametrize("holdout", [False, True], ids=["one_fit", "held_out"])
+def test_continuous_weights_round_to_gptqs_levels_and_keep_the_compensation(holdout: bool) -> None:
+    base = LayerPlan(weight=F4, weight_alt=SP2, alt_rows=tuple(range(0, 16, 3)), weight_granularity="channel")
+    x = _correlated(8192, 24, 9)
+    stats = (InputStats((x[::2].t() @ x[::2])[None]), InputStats((x[1::2].t() @ x[1::2])[None]))
+    given = stats if holdout else stats[0] + stats[1]
+    rounded, _ = _linear(16, 24, base, 8)
+    cont, _ = _linear(16, 24, base, 8)
+    w0 = cont.weight.detach().clone()
+    a = gptq_layer(rounded, given, GPTQConfig(), rows="auto")
+    b = gptq_layer(cont, given, GPTQConfig(continuous=True), rows="auto")
+    assert a == b and torch.equal(rounded.w_scales, cont.w_scales)
+    with torch.no_grad():  # the layer's own quantizer rounds the handed-over weights to GPTQ's levels exactly
+        assert torch.equal(cont.quantized_weight(), rounded.quantized_weight())
+    # what is handed over is off the grid (compensated), not the float weights, except on nearest rows
+    moved = (cont.weight - w0).abs().amax(dim=1) > 0
+    assert int(moved.sum()) == 16 - a["rows_nearest"] and not torch.equal(cont.weight, rounded.weight)
+
+
 def test_asymmetric_target_fits_the_float_output() -> None:
     g = torch.Generator().manual_seed(7)
     w = (torch.randn(1, 6, 16, generator=g) * 0.2).double()

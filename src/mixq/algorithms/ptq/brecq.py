@@ -203,13 +203,15 @@ def find_blocks(model: nn.Module, max_layers: int = 2) -> list[Block]:
 
 # ---------------------------------------------------------------------------------------------- patches
 @contextlib.contextmanager
-def _float(block: Block, model: nn.Module) -> Iterator[None]:
-    """The block's layers and activation quantizers switched off (the float block)."""
+def _float(block: Block, model: nn.Module, weights: dict[str, torch.Tensor] | None = None) -> Iterator[None]:
+    """The block's layers and activation quantizers switched off (the float block), on ``weights`` (by
+    layer name) where given, else on the layers' own weights."""
     layers = [model.get_submodule(n) for n in block.layers]
     modes = [a.mode for a in block.acts]
     try:
-        for ly in layers:  # an instance attribute shadows the method for the block's run
-            ly.__dict__["quantized_weight"] = lambda ly=ly: ly.weight
+        for n, ly in zip(block.layers, layers, strict=True):  # an instance attribute shadows the method
+            w = weights[n] if weights is not None else ly.weight
+            ly.__dict__["quantized_weight"] = lambda w=w: w
         for a in block.acts:
             a.mode = "float"
         yield
@@ -218,6 +220,13 @@ def _float(block: Block, model: nn.Module) -> Iterator[None]:
             ly.__dict__.pop("quantized_weight", None)
         for a, m in zip(block.acts, modes, strict=True):
             a.mode = m
+
+
+def _weight(model: nn.Module, name: str) -> torch.Tensor:
+    w = model.get_submodule(name).weight
+    if not isinstance(w, torch.Tensor):
+        raise ModelError(f"brecq: the float model's layer {name!r} has no weight tensor")
+    return w.detach()
 
 
 class _Soft:
@@ -399,7 +408,8 @@ def reconstruct_block(block: Block, model: nn.Module, xq: list[torch.Tensor], ta
     rows = choose_block_rows(block, model, xq, target, cfg.row_images) if cfg.msq_rows == "block" else None
     before, out_before = _error(block.module, xq, target)
     soft = _Soft(block, model, cfg)
-    start = ([ly.weight.detach().clone() for ly in soft.layers], [a.scale.clone() for a in soft.acts])
+    with torch.no_grad():  # the start on its grid (a GPTQ start's weights are its compensated, unrounded ones)
+        start = ([ly.quantized_weight().detach().clone() for ly in soft.layers], [a.scale.clone() for a in soft.acts])
     x_all, y_all = torch.cat(xq), torch.cat(target)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam([{"params": soft.logits, "lr": cfg.lr},
@@ -437,9 +447,13 @@ def reconstruct_block(block: Block, model: nn.Module, xq: list[torch.Tensor], ta
             "outputs": out_before if after > before else out_after, **({"msq_rows": rows} if rows else {})}
 
 
-def brecq(qmodel: nn.Module, calib: torch.Tensor, cfg: BrecqConfig | None = None) -> dict[str, dict[str, Any]]:
+def brecq(qmodel: nn.Module, calib: torch.Tensor, cfg: BrecqConfig | None = None,
+          fmodel: nn.Module | None = None) -> dict[str, dict[str, Any]]:
     """Block reconstruction of every block of ``qmodel`` (in place; activation quantizers calibrated
-    already). Returns per block (named by its first layer) the output error before and after."""
+    already). ``fmodel``: the float model ``qmodel`` was converted from (BN folded, same layer names),
+    whose weights make the float target; without it the target runs on ``qmodel``'s own weights, which
+    must then still be the float ones (not, e.g., GPTQ's). Returns per block (named by its first layer)
+    the output error before and after."""
     cfg = cfg or BrecqConfig()
     data = as_tensor(calib)[: cfg.images]
     dev = torch.device(cfg.device)
@@ -449,11 +463,12 @@ def brecq(qmodel: nn.Module, calib: torch.Tensor, cfg: BrecqConfig | None = None
     try:
         with eval_mode(qmodel):
             blocks = find_blocks(qmodel, cfg.max_layers)
+            fw = None if fmodel is None else {n: _weight(fmodel, n).to(dev) for b in blocks for n in b.layers}
             xq = [b.to(dev) for b in batches(data, cfg.batch_size)]
             xf = list(xq)
             with progress.task("ptq brecq", total=len(blocks)) as task:
                 for block in blocks:
-                    with torch.no_grad(), _float(block, qmodel):
+                    with torch.no_grad(), _float(block, qmodel, fw):
                         yf = [block.module(x) for x in xf]
                     rep = reconstruct_block(block, qmodel, xq, yf, cfg)
                     xq = rep.pop("outputs")  # the next block's input: this block's output as it is left

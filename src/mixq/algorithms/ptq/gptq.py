@@ -76,6 +76,7 @@ class GPTQConfig:
     block: int = 128
     max_bits: int | None = None
     batch_size: int = 8
+    continuous: bool = False
 
     def __post_init__(self) -> None:
         require_positive(self, "gptq", ("images", "block", "batch_size"), ("target_damp",))
@@ -141,10 +142,13 @@ def factor(h: torch.Tensor, damp: float = 0.01, act_order: bool = True) -> Facto
 
 
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor | Factor, quant: Callable[[torch.Tensor], torch.Tensor], *,
-                  damp: float = 0.01, act_order: bool = True, block: int = 128) -> torch.Tensor:
+                  damp: float = 0.01, act_order: bool = True, block: int = 128,
+                  compensated: bool = False) -> torch.Tensor:
     """GPTQ of a grouped weight ``w`` (G, O, K) with input Hessian ``h`` (G, K, K), or its
     :class:`Factor` (``damp`` and ``act_order`` are then already applied); ``quant`` maps a column
-    (G, O) to its grid (each row on its own). Returns the quantized weight (G, O, K).
+    (G, O) to its grid (each row on its own). Returns the quantized weight (G, O, K), or with
+    ``compensated`` each column as it was when it was quantized (the earlier columns' errors spread into
+    it, not yet rounded: ``quant`` of it is the quantized column).
 
     Inputs that never fire (``H_jj = 0``) get weight 0. With ``h`` the identity this is round to
     nearest.
@@ -163,7 +167,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor | Factor, quant: Callable[[to
         for i in range(i2 - i1):
             col = w1[:, :, i]
             qc = quant(col)
-            q[:, :, i1 + i] = qc
+            q[:, :, i1 + i] = col if compensated else qc
             e = (col - qc) / u1[:, i, i][:, None]
             w1[:, :, i:] -= e[:, :, None] * u1[:, None, i, i:]
             err1[:, :, i] = e
@@ -260,14 +264,15 @@ def gptq_layer(layer: QConv2d | QLinear, stats: InputStats | tuple[InputStats, I
 
     factors: dict[int, Factor] = {}
 
-    def run(jobs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], h: torch.Tensor) -> list[torch.Tensor]:
+    def run(jobs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], h: torch.Tensor,
+            compensated: bool = False) -> list[torch.Tensor]:
         """GPTQ on one Hessian of several (weights (G, O, K), row formats (G, O), row scales (G, O)) in
         one stacked call: rows never interact, so stacking them only saves Python column loops."""
         if id(h) not in factors:  # one factorization per Hessian, shared by every candidate grid
             factors[id(h)] = factor(h, cfg.damp, cfg.act_order)
         w, fmt, sc = (torch.cat([j[i] for j in jobs], dim=1) for i in range(3))
         quant = row_quantizer(layer.formats, fmt, sc[None].expand(n_fmt, *sc.shape))
-        q = gptq_quantize(w, factors[id(h)], quant, block=cfg.block)
+        q = gptq_quantize(w, factors[id(h)], quant, block=cfg.block, compensated=compensated)
         return list(q.split([j[0].shape[1] for j in jobs], dim=1))
 
     formats = range(n_fmt) if rows != "plan" and n_fmt == 2 else sorted({int(i) for i in scheme.unique()})
@@ -302,8 +307,14 @@ def gptq_layer(layer: QConv2d | QLinear, stats: InputStats | tuple[InputStats, I
         q = torch.where(rows_kc[..., None], fitted[(k, c)], q)
     if held is not None:  # the chosen candidates fitted again on every batch (one stacked call)
         q = run([(row_w, scheme, row_sc)], every.h)[0]
-    for k in formats:
-        q = torch.where(((scheme == k) & (chosen < 0))[..., None], rtn[k], q)
+    nearest_rows = [((scheme == k) & (chosen < 0))[..., None] for k in formats]
+    for k, m in zip(formats, nearest_rows, strict=True):
+        q = torch.where(m, rtn[k], q)
+    out = q
+    if cfg.continuous:  # the same fit once more, keeping each column before its rounding
+        out = run([(row_w, scheme, row_sc)], every.h if held is not None else fit.h, compensated=True)[0]
+        for m in nearest_rows:
+            out = torch.where(m, w0, out)
     layer.w_scales = scales.reshape(layer.w_scales.shape)
     info["error_nearest"] = float(row_errors(nearest - w_every, every.h).sum())
     info["error_gptq"] = float(row_errors(q - w_every, every.h).sum())
@@ -311,7 +322,7 @@ def gptq_layer(layer: QConv2d | QLinear, stats: InputStats | tuple[InputStats, I
     # per candidate index: does it fit the float target? (index -1, round-to-nearest, reads the last: no)
     float_target = torch.tensor([t for t, _ in plans] + [False])
     info["rows_float_target"] = int(float_target[chosen].sum())
-    layer.weight.copy_(q.reshape(layer.weight.shape).to(layer.weight.dtype))
+    layer.weight.copy_(out.reshape(layer.weight.shape).to(layer.weight.dtype))
     return info
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mixq.algorithms.msq import assign_rows
-from mixq.algorithms.ptq import first_act, percentile
+from mixq.algorithms.ptq import dw_act, first_act, percentile
 from mixq.algorithms.ptq._common import channel_moments, input_channel_ranges, run_hooked
 from mixq.algorithms.ptq.act_ranges import output_aware_act_ranges
 from mixq.algorithms.ptq.adaround import adaround
@@ -242,7 +242,9 @@ def _adaround(s: PTQState) -> PTQState:
 def _gptq(s: PTQState) -> PTQState:
     r = s.recipe
     assert r.gptq is not None
-    rep = gptq(s.quantized, s.calib, dataclasses.replace(r.gptq, batch_size=r.batch_size),
+    # a following BRECQ learns the rounding from GPTQ's compensated weights
+    rep = gptq(s.quantized, s.calib, dataclasses.replace(r.gptq, batch_size=r.batch_size,
+                                                         continuous=r.gptq.continuous or r.brecq is not None),
                rows=GPTQ_ROWS[r.msq_rows], fmodel=s.folded)
     s.details["gptq"] = rep
     s.plan = with_rows(s.plan, s.quantized, rep, free=r.msq_rows == "output_auto")
@@ -254,7 +256,7 @@ def _brecq(s: PTQState) -> PTQState:
     assert r.brecq is not None
     # free MSQ rows (msq_rows="output_auto") are chosen once more, inside each block on its output error
     cfg = dataclasses.replace(r.brecq, msq_rows="block") if r.msq_rows == "output_auto" else r.brecq
-    s.details["brecq"] = brecq(s.quantized, s.calib, cfg)
+    s.details["brecq"] = brecq(s.quantized, s.calib, cfg, fmodel=s.folded)
     if cfg.msq_rows == "block":
         rows = {n: {"alt_rows": tuple(int(i) for i in (m.row_scheme == 1).nonzero().flatten().tolist())}
                 for n, m in s.quantized.named_modules() if n in s.plan.layers and len(getattr(m, "formats", ())) == 2}
@@ -303,6 +305,7 @@ PIPELINE: tuple[Stage, ...] = (
 EXTRA_STAGES: dict[str, Stage] = {
     "act_percentile": Stage("act_percentile", percentile.apply, before="calibrate"),
     "first_act_8bit": Stage("first_act_8bit", first_act.apply, before="swap"),
+    "dw_act_equalize": Stage("dw_act_equalize", dw_act.apply, before="msq_rows"),
 }
 
 

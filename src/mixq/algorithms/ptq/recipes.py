@@ -42,12 +42,16 @@ A :class:`Recipe` is a frozen description of which stages of the one pipeline ru
 * ``brecq``    + block reconstruction (:mod:`~mixq.algorithms.ptq.brecq`: BRECQ with QDrop; the rounding
   of every weight and the step of every activation quantizer of a block learned together on the
   block's output error, blocks found from the graph), from output-aware weight scales; no bias correction.
+  With ``gptq`` set as well, GPTQ runs first and BRECQ starts from its rounding (GPTQ hands over its
+  compensated weights, ``GPTQConfig.continuous``; BRECQ's target stays the float model).
 * ``datafree`` inputs synthesized from the BN statistics (ZeroQ) stand in for calibration
   data; analytic bias correction.
 
 Any field can be overridden per call: ``quantize(..., recipe="dfq", relu6="relu")``; extra stages by
 name: ``quantize(..., recipe="dfq", stages=("act_percentile",))`` or ``stages=("first_act_8bit",)`` (the
-first activation inside the network planned at 8 bits, :mod:`~mixq.algorithms.ptq.first_act`).
+first activation inside the network planned at 8 bits, :mod:`~mixq.algorithms.ptq.first_act`) or
+``stages=("dw_act_equalize",)`` (every depthwise layer's input equalized per channel through the row
+scales on both sides, :mod:`~mixq.algorithms.ptq.dw_act`).
 
 Progress (:mod:`mixq.progress`): every stage is reported as ``ptq <stage>`` (the keys of
 :attr:`PTQResult.timings`): a task advancing per layer (``weight_scales``, ``act_ranges``,
@@ -147,7 +151,7 @@ class Recipe:
             if getattr(self, name) not in choices:
                 raise MixqError(f"recipe.{name}: {getattr(self, name)!r} is not one of {', '.join(choices)}")
         rounding = [n for n in ("adaround", "gptq", "brecq") if getattr(self, n) is not None]
-        if len(rounding) > 1:
+        if len(rounding) > 1 and rounding != ["gptq", "brecq"]:  # GPTQ may start BRECQ, nothing else combines
             raise MixqError(f"recipe.{' / recipe.'.join(rounding)}: choose one rounding method, not several")
         if self.msq_rows != "plan" and self.weight_scales == "plan":
             raise MixqError(f"recipe.msq_rows: {self.msq_rows!r} needs weight_scales='output' or 'auto'")
