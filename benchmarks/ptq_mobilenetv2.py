@@ -362,6 +362,15 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
     cfg["w4a8_gptq_brecq"] = ("W4A8 fixed, GPTQ then BRECQ", "w4a8", "gptq", {"brecq": bq}, gb_note, None)
     cfg["w4a8_msq_gptq_brecq"] = ("W4A8 MSQ ρ=auto, GPTQ then BRECQ", "w4a8_msq", "gptq", {**auto_rows, "brecq": bq},
                                   f"{msq_note}; {gb_note}", None)
+    bq_h = dataclasses.replace(bq, start_hardness=0.5)
+    gbh_note = ("BRECQ started halfway between GPTQ's compensated weights and its levels (start_hardness 0.5); "
+                + bq_note)
+    cfg["w4a8_gptq_brecq_h05"] = ("W4A8 fixed, GPTQ then BRECQ (half-hard start)", "w4a8", "gptq", {"brecq": bq_h},
+                                  gbh_note, None)
+    cfg["w4a4_gptq_brecq_mseacts_first8_h05"] = ("W4A4 fixed, GPTQ then BRECQ (half-hard start), MSE + output-aware "
+                                                 "act. clipping, first act. 8-bit", "w4a4_mse", "gptq",
+                                                 {**acts, **first8, "brecq": bq_h},
+                                                 f"{mse_acts}; {first_note}; {gbh_note}", None)
     cfg["w4a4_gptq_brecq_mseacts_first8"] = ("W4A4 fixed, GPTQ then BRECQ, MSE + output-aware act. clipping, "
                                              "first act. 8-bit", "w4a4_mse", "gptq", {**acts, **first8, "brecq": bq},
                                              f"{mse_acts}; {first_note}; {gb_note}", None)
@@ -558,7 +567,7 @@ def lowbit_table() -> None:
         r = rows[k]
         vs_b = ci(k, best_brev[width(k)]) if width(k) in best_brev and k != best_brev[width(k)] else ""
         gq = next((k.replace(f"_{m}", "_gptq", 1) for m in ("gptq_brecq", "brecq", "adaround", "rtn_bc", "rtn")
-                   if f"_{m}" in k), "").removesuffix("_long")
+                   if f"_{m}" in k), "").removesuffix("_long").removesuffix("_h05")
         vs_g = ci(k, gq) if gq and gq != k and gq in rows else ""
         note = r["notes"] + ("; Brevitas' best at this width" if best_brev.get(width(k)) == k else "")
         lines.append(f"| {r['config']} | {r['tool']} | {r['agreement']:.2f} | {r['sqnr_db']:.2f} | "

@@ -253,3 +253,23 @@ def test_brecq_from_gptq_starts_at_gptqs_rounding_and_fits_the_float_model() -> 
     rep = r.details["brecq"]
     assert all(v["rec_after"] <= v["rec_before"] for v in rep.values())
     assert sum(v["rec_after"] for v in rep.values()) < sum(v["rec_before"] for v in rep.values())
+
+
+@pytest.mark.parametrize("hardness", [0.0, 0.5, 1.0])
+def test_start_hardness_moves_the_soft_start_from_the_given_weights_to_their_levels(hardness: float) -> None:
+    from mixq.algorithms.ptq.brecq import _Soft
+
+    net, plan, x = _setup()
+    q = quantize_report(net, plan, x, "minmax", weight_scales="output").model
+    block = find_blocks(q)[1]  # the residual block: two layers
+    soft = _Soft(block, q, dataclasses.replace(FAST, start_hardness=hardness))
+    for i, ly in enumerate(soft.layers):
+        lo, gap = soft.grids[i]
+        with torch.no_grad():
+            w_soft = lo + soft.h(i) * gap
+            w, wq = ly.weight.detach(), ly.quantized_weight().detach()
+        on = gap > 0  # clipped weights sit at their level whatever h is
+        want = w + hardness * (wq - w)
+        torch.testing.assert_close(w_soft[on], want[on], rtol=0, atol=1e-4 * float(w.abs().max()))
+    with pytest.raises(MixqError, match="brecq.start_hardness"):
+        BrecqConfig(start_hardness=1.5)

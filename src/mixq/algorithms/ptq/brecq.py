@@ -76,7 +76,9 @@ class BrecqConfig(RoundingConfig):
     on the float block), so early high-resolution blocks cost a fraction of a whole image per step (translation
     equivariance; 0: whole inputs); ``msq_rows``: ``block`` chooses the rows of a block's two-format (MSQ) layers on
     the block's output error before its reconstruction (:func:`choose_block_rows`, on ``row_images`` images),
-    ``keep`` leaves them."""
+    ``keep`` leaves them; ``start_hardness``: where the soft rounding starts, ``h = rest + k·(round(rest) - rest)``
+    — 0 is AdaRound's start (the weights as given, e.g. float), 1 the rounded weights themselves (e.g. GPTQ's
+    levels, whose compensated weights are only consistent once every earlier column is rounded)."""
 
     iterations: int = 400
     batch: int = 32
@@ -92,6 +94,7 @@ class BrecqConfig(RoundingConfig):
     crop: int = 0
     msq_rows: str = "keep"
     row_images: int = 32
+    start_hardness: float = 0.0
 
     def __post_init__(self) -> None:
         require_positive(self, "brecq", ("iterations", "batch", "images", "max_layers", "batch_size"),
@@ -100,6 +103,8 @@ class BrecqConfig(RoundingConfig):
             raise MixqError(f"brecq.msq_rows: {self.msq_rows!r} is not one of keep, block")
         if self.row_images < 1:
             raise MixqError(f"brecq.row_images: must be >= 1, got {self.row_images!r}")
+        if not 0.0 <= self.start_hardness <= 1.0:
+            raise MixqError(f"brecq.start_hardness: must be in [0, 1], got {self.start_hardness!r}")
         if self.crop < 0:
             raise MixqError(f"brecq.crop: must be >= 0 (0: whole inputs), got {self.crop!r}")
         if not 0.0 <= self.drop < 1.0:
@@ -240,6 +245,7 @@ class _Soft:
         for ly in self.layers:
             lo, gap, rest = rounding_grid(ly.weight.cpu(), ly.formats, ly.row_scheme.cpu(), ly.w_scales.cpu())
             self.grids.append((lo.to(ly.weight), gap.to(ly.weight)))
+            rest = rest + cfg.start_hardness * (rest.round() - rest)
             self.logits.append(init_logits(rest.to(ly.weight), cfg.zeta, cfg.gamma).requires_grad_(True))
         self.acts = block.acts
         self.steps = [nn.Parameter(a.scale.detach().clone().float()) for a in self.acts]
