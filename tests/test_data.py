@@ -29,6 +29,7 @@ from mixq.data import (
     load_mnist,
     natural_photos,
     normalize_gray,
+    opencv_photos,
     read_idx,
     read_image,
     read_mnist_pickle,
@@ -289,3 +290,23 @@ def test_natural_photos_and_calibration_set() -> None:
     assert torch.equal(a, calibration_set(200, size=32, seed=1))
     assert not torch.equal(a, calibration_set(200, size=32, seed=2))
     assert len({tuple(v.flatten()[:8].tolist()) for v in a}) == 200  # all distinct crops
+
+
+def test_calibration_set_draws_from_the_photos_given(tmp_path: Path) -> None:
+    red = np.zeros((64, 80, 3), dtype=np.uint8)
+    red[..., 0] = 255
+    blue = np.zeros((50, 50, 3), dtype=np.uint8)
+    blue[..., 2] = 255
+    x = calibration_set(4, size=16, include_foolbox=False, photos=[red, blue])
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    want_red = (torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1) - mean) / std
+    want_blue = (torch.tensor([0.0, 0.0, 1.0]).view(3, 1, 1) - mean) / std
+    for i, want in enumerate([want_red, want_blue] * 2):  # input i from photo i % 2
+        torch.testing.assert_close(x[i], want.expand(3, 16, 16), rtol=0, atol=1e-5)
+    with pytest.raises(DataError, match="photos is empty"):
+        calibration_set(2, photos=[])
+    with pytest.raises(DataError, match=f"{tmp_path}: no OpenCV sample photos"):
+        opencv_photos(tmp_path)
+    (tmp_path / "baboon.jpg").write_bytes(io.BytesIO().getvalue())  # present but not an image
+    with pytest.raises(DataError, match="baboon.jpg"):
+        opencv_photos(tmp_path)

@@ -41,6 +41,7 @@ from mixq.data.samples import (
     foolbox_samples,
     natural_photo_paths,
     natural_photos,
+    opencv_photos,
 )
 from mixq.data.sources import ImageSet, Preprocess, as_batch, as_labelled, iter_batches, load_images
 
@@ -71,6 +72,7 @@ __all__ = [
     "load_mnist",
     "natural_photo_paths",
     "natural_photos",
+    "opencv_photos",
     "normalize_gray",
     "read_bytes",
     "read_idx",

@@ -36,6 +36,7 @@ __all__ = [
     "foolbox_samples",
     "natural_photo_paths",
     "natural_photos",
+    "opencv_photos",
 ]
 
 # set name -> PIL mode the images are decoded in
@@ -63,6 +64,25 @@ NATURAL_PHOTOS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ),
     ("sklearn", "datasets/images", ("china.jpg", "flower.jpg")),
 )
+
+
+#: OpenCV's sample photos (Debian ``opencv-doc``): colour photographs only (no calibration boards, logos,
+#: grayscale frames or paintings). Not a default source, so a machine with the package installed calibrates
+#: as one without; pass :func:`opencv_photos` to :func:`calibration_set` for a wider calibration set.
+OPENCV_PHOTO_DIR = Path("/usr/share/doc/opencv-doc/examples/data")
+OPENCV_PHOTOS: tuple[str, ...] = (
+    "HappyFish.jpg", "aero1.jpg", "aero3.jpg", "aloeL.jpg", "apple.jpg", "baboon.jpg", "building.jpg",
+    "butterfly.jpg", "fruits.jpg", "graf1.png", "home.jpg", "leuvenA.jpg", "messi5.jpg", "orange.jpg",
+    "rubberwhale1.png", "smarties.png", "squirrel_cls.jpg", "stuff.jpg",
+)
+
+
+def opencv_photos(folder: Path = OPENCV_PHOTO_DIR) -> list[np.ndarray]:
+    """:data:`OPENCV_PHOTOS` as uint8 (H, W, 3) arrays; :class:`DataError` naming the folder when none is there."""
+    paths = [folder / n for n in OPENCV_PHOTOS if (folder / n).is_file()]
+    if not paths:
+        raise DataError(f"{folder}: no OpenCV sample photos (Debian: apt-get install -y opencv-doc)")
+    return [read_image(p, "RGB") for p in paths]
 
 
 def package_dirs(package: str) -> list[Path]:
@@ -147,10 +167,11 @@ def calibration_set(
     seed: int = 0,
     include_foolbox: bool = True,
     min_scale: float = 0.35,
+    photos: list[np.ndarray] | None = None,
 ) -> torch.Tensor:
     """``n`` ImageNet-normalised float32 inputs (n, 3, size, size) for calibration.
 
-    Sources are :func:`natural_photos` plus, when foolbox is installed and
+    Sources are ``photos`` (uint8 (H, W, 3) arrays; default :func:`natural_photos`) plus, when foolbox is installed and
     ``include_foolbox``, its 20 ImageNet images. Input ``i`` comes from source
     ``i % len(sources)`` (so every source is used evenly): a square crop with
     side ``U(min_scale, 1) * min(H, W)`` at a uniform random position, flipped
@@ -159,7 +180,9 @@ def calibration_set(
     """
     if n < 1 or size < 1 or not 0.0 < min_scale <= 1.0:
         raise DataError(f"calibration_set needs n >= 1, size >= 1, 0 < min_scale <= 1 (got {n}, {size}, {min_scale})")
-    sources = [to_float_chw(p) for p in natural_photos()]
+    sources = [to_float_chw(p) for p in (natural_photos() if photos is None else photos)]
+    if not sources:
+        raise DataError("calibration_set: photos is empty")
     if include_foolbox:
         with contextlib.suppress(DataError):  # foolbox not installed: photos alone
             sources.extend(to_float_chw(im) for im in foolbox_samples("imagenet")[0])
