@@ -250,7 +250,7 @@ LOWBIT_NOTES = [
     "crops (`GPTQConfig(images=256)`): 85.25 / 85.25 / 85.05 / 85.75% (sd 0.30), about the same mean (85.33 vs "
     "85.03): most of the spread comes from which 128 crops build GPTQ's statistics, and the expected value is "
     "~85%. The best W4A8 recipe, MSQ ρ=auto + BRECQ, averages 86.16% over four draws (sd 1.18; its seed-0 row "
-    "85.85); the best W4A4 row 65.5% over three (67.00 / 66.05 / 63.50). A row-to-row difference of 1-3 points "
+    "85.85); MSQ ρ=auto + GPTQ 85.76%; the best W4A4 row 65.86% over four (67.00 / 66.05 / 63.50 / 66.90). A row-to-row difference of 1-3 points "
     "between recipes is therefore not established by the per-input CI alone.",
     "- 26 calibration photos instead of 8 (OpenCV's 18 sample photos added, `mixq.data.opencv_photos`; still "
     "disjoint from the fidelity photos): W4A8 GPTQ 88.45 / 82.45 / 88.05 / 85.60% over seeds 0-3 (mean 86.14, "
@@ -389,7 +389,12 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
 
     cfg["w4a8_gptq_i256"] = ("W4A8 fixed, GPTQ on 256 images", "w4a8", "gptq", {"gptq": GPTQConfig(images=256)},
                              "output-aware scales; GPTQ's statistics on all 256 calibration images (default 128)", None)
-    for k in ("w4a8_gptq", "w4a8_gptq_i256", "w4a8_msq_gptq", "w4a8_msq_brecq", "w4a4_brecq_mseacts_first8"):
+    cfg["w4a8_msq_brecq_i256"] = ("W4A8 MSQ ρ=auto, BRECQ on 256 images", "w4a8_msq", "brecq",
+                                  {**auto_rows, "brecq": dataclasses.replace(bq, images=256)},
+                                  f"{msq_note}; {bq_note.replace('128 calibration images', '256 calibration images')}",
+                                  None)
+    for k in ("w4a8_gptq", "w4a8_gptq_i256", "w4a8_msq_gptq", "w4a8_msq_brecq", "w4a8_msq_brecq_i256",
+              "w4a4_brecq_mseacts_first8"):
         label, pkey, rec, kw, note, _ = cfg[k]
         cfg[k + WIDE] = (f"{label}, 26-photo calibration", pkey, rec, kw, f"{note}; {wide_note}", None)
         for n in CALIB_SEEDS:  # the spread over calibration draws
