@@ -250,7 +250,8 @@ LOWBIT_NOTES = [
     "crops (`GPTQConfig(images=256)`): 85.25 / 85.25 / 85.05 / 85.75% (sd 0.30), about the same mean (85.33 vs "
     "85.03): most of the spread comes from which 128 crops build GPTQ's statistics, and the expected value is "
     "~85%. The best W4A8 recipe, MSQ ρ=auto + BRECQ, averages 86.16% over four draws (sd 1.18; its seed-0 row "
-    "85.85); MSQ ρ=auto + GPTQ 85.76%; the best W4A4 row 65.86% over four (67.00 / 66.05 / 63.50 / 66.90). "
+    "85.85; on 256 instead of 128 calibration images 86.06%, sd 1.11: BRECQ's spread is not its sample size); "
+    "MSQ ρ=auto + GPTQ 85.76%; the best W4A4 row 65.86% over four (67.00 / 66.05 / 63.50 / 66.90). "
     "A row-to-row difference of 1-3 points between recipes is therefore not established by the per-input CI alone.",
     "- 26 calibration photos instead of 8 (OpenCV's 18 sample photos added, `mixq.data.opencv_photos`; still "
     "disjoint from the fidelity photos): W4A8 GPTQ 88.45 / 82.45 / 88.05 / 85.60% over seeds 0-3 (mean 86.14, "
