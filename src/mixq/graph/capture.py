@@ -39,7 +39,7 @@ from torch import fx, nn
 from mixq.errors import ModelError
 from mixq.graph.normalize import normalize
 from mixq.graph.registry import COMPUTE_FUNCTIONS, UNDESCRIBED_FUNCTIONS, classify
-from mixq.graph.spec import LayerSpec
+from mixq.graph.spec import LayerSpec, is_depthwise
 from mixq.graph.trace import KINDS, NodeOp, node_ops, support, trace
 
 # Functional compute ops described as layers (the registry refuses them on parameters at quantize time).
@@ -82,7 +82,7 @@ def _spec_kind(op: NodeOp, n_carrying: int, in_shapes: list[tuple[int, ...]], ou
     ins = in_shapes[0] if in_shapes else ()
     if kind == "conv" and isinstance(op.module, nn.Conv2d):
         m = op.module
-        return "dwconv" if m.groups > 1 and m.groups == m.in_channels == m.out_channels else "conv"
+        return "dwconv" if is_depthwise(m.groups, m.in_channels, m.out_channels) else "conv"
     if op.kind == "add" and n_carrying < 2:
         return "other"
     if kind == "?flatten":
@@ -136,7 +136,7 @@ def _spec_fields(ev: _Event) -> dict[str, Any]:
                                   kw.get("padding", a[4] or 0), kw.get("dilation", a[5] or 1), groups,
                                   (a[2] if a[2] is not None else kw.get("bias")) is not None, out))
             f["params"] = math.prod(w) + (int(w[0]) if f["bias"] else 0)
-            if groups > 1 and groups == f["in_channels"] == f["out_channels"]:
+            if is_depthwise(groups, f["in_channels"], f["out_channels"]):
                 ev.kind = "dwconv"
     elif ev.kind == "linear":
         fin, fout = int(ins[-1]), int(out[-1])

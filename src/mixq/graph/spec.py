@@ -34,6 +34,15 @@ LAYER_KINDS = (
 COMPUTE_KINDS = ("conv", "dwconv", "linear")
 
 
+def is_depthwise(groups: int, in_channels: int, out_channels: int) -> bool:
+    """Whether a conv with these fields is of kind ``dwconv``: one input channel per group and per output row.
+
+    >>> is_depthwise(8, 8, 8), is_depthwise(1, 1, 1), is_depthwise(4, 8, 8)
+    (True, False, False)
+    """
+    return groups > 1 and groups == in_channels == out_channels
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """One node of the captured graph.

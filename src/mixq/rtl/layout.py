@@ -18,7 +18,7 @@ import numpy as np
 
 from mixq.errors import MixqError
 from mixq.formats import format_from_dict
-from mixq.graph.spec import LayerSpec
+from mixq.graph.spec import LayerSpec, is_depthwise
 from mixq.hw.cost import CostModel
 from mixq.hw.kinds import PE_KINDS, WEIGHT_KINDS, shares_act
 from mixq.hw.lower import HwLayer, RowGroup, pe_kind
@@ -119,7 +119,7 @@ def layer_spec(d: LayerData) -> LayerSpec:
         f = int(d.weight.shape[1])
         return LayerSpec(d.name, "linear", (f,), (d.rows,), f, d.rows, macs=f * d.rows)
     cin = int(d.x.shape[1])
-    kind = "dwconv" if d.groups > 1 and d.groups == cin == d.rows else "conv"
+    kind = "dwconv" if is_depthwise(d.groups, cin, d.rows) else "conv"
     out = (d.rows, int(d.y.shape[2]), int(d.y.shape[3]))
     return LayerSpec(d.name, kind, tuple(int(v) for v in d.x.shape[1:]), out, cin, d.rows, d.kernel, d.stride,
                      d.padding, d.groups, macs=d.row_length * d.rows * out[1] * out[2])

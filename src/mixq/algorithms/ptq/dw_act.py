@@ -42,6 +42,7 @@ from mixq.algorithms.ptq.cle import (
     multiply_columns,
     replace_relu6,
 )
+from mixq.graph.spec import is_depthwise
 
 if TYPE_CHECKING:
     from torch import nn
@@ -56,7 +57,7 @@ def depthwise_pairs(model: nn.Module, pairs: list[EqualizationPair]) -> list[Equ
     """The pairs whose second layer is depthwise (one input channel per output row) and first is not."""
     def dw(name: str) -> bool:
         m = _layer(model, name)
-        return isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+        return isinstance(m, torch.nn.Conv2d) and is_depthwise(m.groups, m.in_channels, m.out_channels)
     return [p for p in pairs if p.spatial == 1 and dw(p.second) and not dw(p.first)]
 
 
