@@ -175,6 +175,7 @@ def main() -> None:
 # JSON exists is skipped unless --force), the table assembled from every row's JSON.
 LOWBIT_DIR = RESULTS / "ptq_mobilenetv2_lowbit"
 CACHE = Path(os.environ.get("MIXQ_BENCH_CACHE", "/tmp/mixq_bench_cache"))
+FCAL = "_fcal"  # activation ranges observed on the float weights (Recipe.act_calibration = "float")
 WIDE = "_wcal"  # rows calibrated on the wider photo set (OpenCV's sample photos added; Debian opencv-doc)
 CALIB_SEEDS = (1, 2, 3)  # rows "<key>_cs<N>": calibrated on other random crops (seed N) of the same photos
 BRECQ_ITERS = 100  # CPU-feasible default (measured per block first; the table says so)
@@ -298,6 +299,7 @@ def lowbit_plans(model: torch.nn.Module, sample: torch.Tensor) -> dict[str, Any]
         out[f"w4a{a}_sp2"] = plan("sp2_4", a)
         out[f"w4a{a}_msq"] = plan("fixed4n", a, alt="sp2_4", ratio=0.5)  # rows re-chosen freely (output_auto)
     out["w2a4"] = plan("fixed2n", 4)
+    out["w5a8"], out["w6a8"] = plan("fixed5n", 8), plan("fixed6n", 8)
     # activations calibrated by the MSE observer (min-max collapses A4 and costs A8 8 points: see the notes)
     for key in ("w4a4", "w2a4", "w4a8", "w4a8_msq", "w4a4_msq"):
         p = out[key]
@@ -394,8 +396,22 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
                                   {**auto_rows, "brecq": dataclasses.replace(bq, images=256)},
                                   f"{msq_note}; {bq_note.replace('128 calibration images', '256 calibration images')}",
                                   None)
-    for k in ("w4a8_gptq", "w4a8_gptq_i256", "w4a8_msq_gptq", "w4a8_msq_brecq", "w4a8_msq_brecq_i256",
+    # activation ranges observed on the float weights instead of the nearest-rounded 4-bit ones (act_calibration)
+    fcal_note = ("activation ranges observed on the float network's activations (act_calibration='float'; "
+                 "the default observes the network with its weights at nearest rounding)")
+    for k in ("w4a8_gptq", "w4a8_msq_gptq", "w4a8_brecq", "w4a8_msq_brecq", "w4a4_gptq_mseacts_first8",
               "w4a4_brecq_mseacts_first8"):
+        label, pkey, rec, kw, note, _ = cfg[k]
+        cfg[k + FCAL] = (f"{label}, float-weight act. calibration", pkey, rec, {**kw, "act_calibration": "float"},
+                         f"{note}; {fcal_note}", None)
+    # where the 90% target sits: the same GPTQ recipe with 5- and 6-bit weights
+    for b in (5, 6):
+        cfg[f"w{b}a8_gptq"] = (f"W{b}A8 fixed, GPTQ", f"w{b}a8", "gptq", {}, "output-aware scales; GPTQ", None)
+        cfg[f"w{b}a8_gptq{FCAL}"] = (f"W{b}A8 fixed, GPTQ, float-weight act. calibration", f"w{b}a8", "gptq",
+                                     {"act_calibration": "float"}, f"output-aware scales; GPTQ; {fcal_note}", None)
+    for k in ("w4a8_gptq", "w4a8_gptq_i256", "w4a8_msq_gptq", "w4a8_msq_brecq", "w4a8_msq_brecq_i256",
+              "w4a4_brecq_mseacts_first8", "w4a8_gptq" + FCAL, "w4a8_msq_gptq" + FCAL, "w4a8_msq_brecq" + FCAL,
+              "w4a4_brecq_mseacts_first8" + FCAL):
         label, pkey, rec, kw, note, _ = cfg[k]
         cfg[k + WIDE] = (f"{label}, 26-photo calibration", pkey, rec, kw, f"{note}; {wide_note}", None)
         for n in CALIB_SEEDS:  # the spread over calibration draws

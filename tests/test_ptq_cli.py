@@ -128,3 +128,16 @@ def test_msq_rows_on_a_plan_without_msq_rows_is_refused(tmp_path: Path, capsys: 
     assert main(["quantize", "cnv", "--random", "--images", "8", "--recipe", "gptq", "--msq-rows", "output",
                  "--out", str(tmp_path / "x")]) == 1
     assert "--msq-rows" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_act_calibration_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "f"
+    assert main(["quantize", "cnv", "--random", "--images", "16", "--msq", "0.5", "--recipe", "gptq",
+                 "--act-calibration", "float", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["recipe"]["act_calibration"] == "float" and "gptq" in s["timings_s"]
+    capsys.readouterr()
+    assert main(["quantize", "cnv", "--random", "--images", "8", "--act-calibration", "weights",
+                 "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--act-calibration" in err[0] and not (tmp_path / "x").exists()

@@ -89,6 +89,10 @@ def register(app: typer.Typer) -> None:
         act_ranges: str | None = cli.choice(None, "activation ranges: the plan's observer or tuned on each layer's "
                                         "output error (default: the recipe's; output for dfq, dfq_empirical)",
                                         ("observer", "output"), "--act-ranges"),
+        act_calibration: str | None = cli.choice(None, "activations the range observers see: the network with "
+                                             "its weights at nearest rounding, or the float network (better "
+                                             "below 8 bits before gptq / brecq; default: the recipe's)",
+                                             ("quantized", "float"), "--act-calibration"),
         msq_rows: str | None = cli.choice(None, "MSQ plans only: rows as assigned, the same count re-chosen on the "
                                       "output error, or each row the format with the smaller output error",
                                       ("plan", "output", "output_auto"), "--msq-rows"),
@@ -106,7 +110,8 @@ def register(app: typer.Typer) -> None:
         src = cli.model_source(model, weights, input_shape)
         folder = cli.out_dir(out, "quantize", src.name)
         overrides: dict[str, Any] = {k: v for k, v in (("weight_scales", weight_scales), ("act_ranges", act_ranges),
-                                                       ("msq_rows", msq_rows)) if v is not None}
+                                                       ("msq_rows", msq_rows), ("act_calibration", act_calibration))
+                                     if v is not None}
         if device != "cpu":
             import dataclasses
 

@@ -7,6 +7,8 @@ row formats, per-row or per-tensor scales) and an input-activation quantizer
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -182,6 +184,22 @@ def quantized_layer(module: nn.Module, plan: LayerPlan) -> nn.Module:
 
 
 @torch.no_grad()
+@contextmanager
+def float_weights(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model``'s quantized layers on their float weights inside the block (input quantizers
+    unchanged): e.g. to calibrate activation ranges on the activations of the float network rather
+    than of its not yet rounded weights. Restores every layer's formats on exit."""
+    layers = [m for m in model.modules() if isinstance(m, _QWeightMixin)]
+    saved = [m.formats for m in layers]
+    for m in layers:
+        m.formats = ()
+    try:
+        yield model
+    finally:
+        for m, f in zip(layers, saved, strict=True):
+            m.formats = f
+
+
 def observe(model: nn.Module, quantizers: list[QAct], batches: Any, what: str) -> None:
     """Calibrate ``quantizers`` of ``model`` in place: observe them while ``model`` runs on every batch, then
     freeze them; ``what`` is the ModelError when there is no batch to observe."""

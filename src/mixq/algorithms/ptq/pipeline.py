@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ from mixq.errors import DataError
 from mixq.graph import fold_bn
 from mixq.graph.convert import to_quantized
 from mixq.graph.normalize import normalize
+from mixq.nn import float_weights
 from mixq.plan import QuantPlan
 
 if TYPE_CHECKING:
@@ -223,7 +225,8 @@ def _weight_scales(s: PTQState) -> PTQState:
 
 
 def _calibrate(s: PTQState) -> PTQState:
-    calibrate_activations(s.quantized, s.calib, s.recipe.batch_size)
+    with float_weights(s.quantized) if s.recipe.act_calibration == "float" else nullcontext():
+        calibrate_activations(s.quantized, s.calib, s.recipe.batch_size)
     return s
 
 

@@ -47,6 +47,11 @@ A :class:`Recipe` is a frozen description of which stages of the one pipeline ru
 * ``datafree`` inputs synthesized from the BN statistics (ZeroQ) stand in for calibration
   data; analytic bias correction.
 
+Activation ranges are observed on the network with its weights at nearest rounding; a recipe that rounds the
+weights afterwards (GPTQ, BRECQ, AdaRound) can observe the float network instead
+(``act_calibration="float"``): nearest-rounded 4-bit weights distort the ranges GPTQ then fits to
+(MobileNetV2 W4A8 GPTQ: benchmarks/results/ptq_mobilenetv2_lowbit.md).
+
 Any field can be overridden per call: ``quantize(..., recipe="dfq", relu6="relu")``; extra stages by
 name: ``quantize(..., recipe="dfq", stages=("act_percentile",))`` or ``stages=("first_act_8bit",)`` (the
 first activation inside the network planned at 8 bits, :mod:`~mixq.algorithms.ptq.first_act`) or
@@ -99,6 +104,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "bias_correction": BIAS_CORRECTIONS,
     "weight_scales": ("plan", "output", "auto"),
     "act_ranges": ("observer", "output"),
+    "act_calibration": ("quantized", "float"),
     "msq_rows": ("plan", "output", "output_auto"),
     "relu6": ("clip", "relu", "keep"),
 }
@@ -118,7 +124,10 @@ class Recipe:
     on the output error, ``output_auto`` gives SP2 to exactly the rows whose output error is lower
     with it (count free) — with ``gptq`` the rows are chosen once more on GPTQ's exact error; ``act_ranges``:
     ``observer`` (the plan's activation observer) or ``output`` (each input quantizer's clipping
-    tuned on the layer's output error, :mod:`~mixq.algorithms.ptq.act_ranges`);
+    tuned on the layer's output error, :mod:`~mixq.algorithms.ptq.act_ranges`); ``act_calibration``:
+    the activations the observers see, those of the network with its weights at nearest rounding
+    (``quantized``) or of the float network (``float``; for recipes that round the weights afterwards,
+    where nearest-rounded low-bit weights distort the ranges: benchmarks/results/ptq_mobilenetv2_lowbit.md);
     ``bias_correction``: ``none``, ``empirical`` (per layer, ``bias_passes`` passes), ``network``
     (layer by layer against the float model) or ``analytic`` (from BN statistics)."""
 
@@ -135,6 +144,7 @@ class Recipe:
     weight_scales: str = "plan"
     msq_rows: str = "plan"
     act_ranges: str = "observer"
+    act_calibration: str = "quantized"
     bias_correction: str = "none"
     bias_passes: int = 1
     adaround: AdaRoundConfig | None = None
