@@ -51,12 +51,14 @@ def test_float_weights_runs_the_float_op_and_restores_the_formats() -> None:
     assert len(conv.formats) == 1  # restored on an exception too
 
 
-def test_float_calibration_observes_the_float_network() -> None:
+@pytest.mark.parametrize("ranges", ["observer", "output"])
+def test_float_calibration_observes_the_float_network(ranges: str) -> None:
     net, x = _net(), torch.randn(64, 3, 8, 8)
     w2 = _plan(net, FixedPoint(2, narrow=True))
-    on_float = activation_scales(quantize_report(net, w2, x, "plan", act_calibration="float").model)
-    act_only = activation_scales(quantize_report(net, _plan(net, None), x, "plan").model)
-    on_rounded = activation_scales(quantize_report(net, w2, x, "plan").model)
+    on_float = activation_scales(quantize_report(net, w2, x, "plan", act_calibration="float",
+                                                 act_ranges=ranges).model)
+    act_only = activation_scales(quantize_report(net, _plan(net, None), x, "plan", act_ranges=ranges).model)
+    on_rounded = activation_scales(quantize_report(net, w2, x, "plan", act_ranges=ranges).model)
     assert on_float == act_only  # the ranges of the float network, exactly
     assert on_float[0] == on_rounded[0]  # the image: no weights before it
     assert any(abs(a - b) > 1e-3 * abs(b) for a, b in zip(on_float[1:], on_rounded[1:], strict=True))

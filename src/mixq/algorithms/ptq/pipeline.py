@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -224,14 +224,21 @@ def _weight_scales(s: PTQState) -> PTQState:
     return s
 
 
+def _ranges_view(s: PTQState) -> AbstractContextManager[Any]:
+    """What the activation-range stages see: the float network (``act_calibration='float'``) or the
+    network with its weights at nearest rounding."""
+    return float_weights(s.quantized) if s.recipe.act_calibration == "float" else nullcontext()
+
+
 def _calibrate(s: PTQState) -> PTQState:
-    with float_weights(s.quantized) if s.recipe.act_calibration == "float" else nullcontext():
+    with _ranges_view(s):
         calibrate_activations(s.quantized, s.calib, s.recipe.batch_size)
     return s
 
 
 def _act_ranges(s: PTQState) -> PTQState:
-    s.details["act_ranges"] = output_aware_act_ranges(s.quantized, s.calib, batch_size=s.recipe.batch_size)
+    with _ranges_view(s):
+        s.details["act_ranges"] = output_aware_act_ranges(s.quantized, s.calib, batch_size=s.recipe.batch_size)
     return s
 
 
