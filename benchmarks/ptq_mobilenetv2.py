@@ -175,6 +175,7 @@ def main() -> None:
 # JSON exists is skipped unless --force), the table assembled from every row's JSON.
 LOWBIT_DIR = RESULTS / "ptq_mobilenetv2_lowbit"
 CACHE = Path(os.environ.get("MIXQ_BENCH_CACHE", "/tmp/mixq_bench_cache"))
+NOISE_FLOOR = RESULTS / "ptq_mobilenetv2_lowbit_noise.json"  # not in LOWBIT_DIR: that folder holds rows only
 FCAL = "_fcal"  # activation ranges observed on the float weights (Recipe.act_calibration = "float")
 WIDE = "_wcal"  # rows calibrated on the wider photo set (OpenCV's sample photos added; Debian opencv-doc)
 CALIB_SEEDS = (1, 2, 3)  # rows "<key>_cs<N>": calibrated on other random crops (seed N) of the same photos
@@ -300,6 +301,8 @@ def lowbit_plans(model: torch.nn.Module, sample: torch.Tensor) -> dict[str, Any]
         out[f"w4a{a}_msq"] = plan("fixed4n", a, alt="sp2_4", ratio=0.5)  # rows re-chosen freely (output_auto)
     out["w2a4"] = plan("fixed2n", 4)
     out["w5a8"], out["w6a8"] = plan("fixed5n", 8), plan("fixed6n", 8)
+    out["w4a8_msqfp"] = plan("fixed4n", 8, alt="minifloat_e2m1", ratio=0.5)  # MSQ with minifloat rows
+    out["w4a8_fp"] = plan("minifloat_e2m1", 8)  # every row E2M1
     # activations calibrated by the MSE observer (min-max collapses A4 and costs A8 8 points: see the notes)
     for key in ("w4a4", "w2a4", "w4a8", "w4a8_msq", "w4a4_msq"):
         p = out[key]
@@ -404,6 +407,17 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
         label, pkey, rec, kw, note, _ = cfg[k]
         cfg[k + FCAL] = (f"{label}, float-weight act. calibration", pkey, rec, {**kw, "act_calibration": "float"},
                          f"{note}; {fcal_note}", None)
+    # MSQ whose second row format is the 4-bit minifloat E2M1 (levels 0, ±0.5 .. ±6) instead of SP2
+    fp_note = "E2M1 minifloat on exactly the rows whose output error is lower with it (ρ=auto), fixed point on the rest"
+    cfg["w4a8_fp_gptq"] = ("W4A8 all-E2M1, GPTQ", "w4a8_fp", "gptq", {}, "", None)
+    cfg["w4a8_fp_gptq" + FCAL] = ("W4A8 all-E2M1, GPTQ, float-weight act. calibration", "w4a8_fp", "gptq",
+                                  {"act_calibration": "float"}, fcal_note, None)
+    cfg["w4a8_msqfp_gptq" + FCAL] = ("W4A8 MSQ fixed/E2M1 ρ=auto, GPTQ, float-weight act. calibration", "w4a8_msqfp",
+                                     "gptq", {**auto_rows, "act_calibration": "float"},
+                                     f"{fp_note}; rows re-chosen on GPTQ's exact error; {fcal_note}", None)
+    cfg["w4a8_msqfp_brecq" + FCAL] = ("W4A8 MSQ fixed/E2M1 ρ=auto, BRECQ, float-weight act. calibration",
+                                      "w4a8_msqfp", "brecq", {**auto_rows, "brecq": bq, "act_calibration": "float"},
+                                      f"{fp_note}; {bq_note}; {fcal_note}", None)
     # where the 90% target sits: the same GPTQ recipe with 5- and 6-bit weights
     for b in (5, 6):
         cfg[f"w{b}a8_gptq"] = (f"W{b}A8 fixed, GPTQ", f"w{b}a8", "gptq", {}, "output-aware scales; GPTQ", None)
@@ -411,7 +425,7 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
                                      {"act_calibration": "float"}, f"output-aware scales; GPTQ; {fcal_note}", None)
     for k in ("w4a8_gptq", "w4a8_gptq_i256", "w4a8_msq_gptq", "w4a8_msq_brecq", "w4a8_msq_brecq_i256",
               "w4a4_brecq_mseacts_first8", "w4a8_gptq" + FCAL, "w4a8_msq_gptq" + FCAL, "w4a8_msq_brecq" + FCAL,
-              "w4a4_brecq_mseacts_first8" + FCAL):
+              "w4a4_brecq_mseacts_first8" + FCAL, "w4a8_msqfp_brecq" + FCAL):
         label, pkey, rec, kw, note, _ = cfg[k]
         cfg[k + WIDE] = (f"{label}, 26-photo calibration", pkey, rec, kw, f"{note}; {wide_note}", None)
         for n in CALIB_SEEDS:  # the spread over calibration draws
@@ -538,6 +552,8 @@ def lowbit_main(argv: list[str]) -> None:
     if not fp32.is_file():
         row = bench.float_row()
         atomic_write_json(fp32, {"key": "fp32", **dataclasses.asdict(row), "groups": fs.groups.tolist()})
+    if not NOISE_FLOOR.is_file():
+        atomic_write_json(NOISE_FLOOR, noise_floor(bench.ref_eval))
     plans = lowbit_plans(model, calib[:8])
 
     def first(m: torch.nn.Module) -> bool:
@@ -602,6 +618,33 @@ def lowbit_main(argv: list[str]) -> None:
                "date": time.strftime("%Y-%m-%d %H:%M")}
         atomic_write_json(LOWBIT_DIR / f"{key}.json", json.loads(json.dumps(doc, default=str)))
         lowbit_table()
+
+
+def noise_floor(ref: torch.Tensor, dbs: tuple[int, ...] = (8, 10, 12, 13, 14, 16, 20), draws: int = 5
+                ) -> dict[str, Any]:
+    """Top-1 agreement that i.i.d. Gaussian noise on the FP32 logits gives at each logit SQNR (mean of
+    ``draws`` noise draws): what SQNR an agreement target asks for on this fidelity set."""
+    g = torch.Generator().manual_seed(0)
+    power, top = float(ref.pow(2).mean()), ref.argmax(1)
+    out = {}
+    for db in dbs:
+        std = (power / 10 ** (db / 10)) ** 0.5
+        hits = [float(((ref + std * torch.randn(ref.shape, generator=g)).argmax(1) == top).float().mean())
+                for _ in range(draws)]
+        out[str(db)] = round(100 * sum(hits) / draws, 2)
+    return {"what": "agreement (%) of FP32 logits plus i.i.d. Gaussian noise at each SQNR (dB)", "draws": draws,
+            "agreement": out}
+
+
+def noise_table() -> list[str]:
+    import json
+
+    if not NOISE_FLOOR.is_file():
+        return []
+    agree = json.loads(NOISE_FLOOR.read_text())["agreement"]
+    return ["### What an agreement asks for: i.i.d. Gaussian noise on the FP32 logits", "",
+            "| logit SQNR (dB) | " + " | ".join(agree) + " |", "|---|" + "---:|" * len(agree),
+            "| agreement (%) | " + " | ".join(f"{v:.2f}" for v in agree.values()) + " |", ""]
 
 
 def draws_table(rows: dict[str, Any]) -> list[str]:
@@ -673,7 +716,7 @@ def lowbit_table() -> None:
                      f"{r['labelled_top1']:.2f} | {vs_b} | {vs_g} | {r['seconds']:.0f} | {note} |")
         summary.append({k2: r[k2] for k2 in ("key", "config", "tool", "agreement", "sqnr_db", "labelled_top1",
                                              "seconds", "notes")} | {"vs_brevitas_best": vs_b, "vs_gptq": vs_g})
-    lines += ["", *draws_table(rows)]
+    lines += ["", *draws_table(rows), "", *noise_table()]
     atomic_write_text(RESULTS / "ptq_mobilenetv2_lowbit.md", "\n".join(lines + [""] + LOWBIT_NOTES))
     atomic_write_json(RESULTS / "ptq_mobilenetv2_lowbit.json", {"benchmark": "ptq_mobilenetv2 --lowbit",
                                                                  "torch": torch.__version__, "rows": summary})

@@ -90,8 +90,9 @@ def register(app: typer.Typer) -> None:
                                         "output error (default: the recipe's; output for dfq, dfq_empirical)",
                                         ("observer", "output"), "--act-ranges"),
         act_calibration: str | None = cli.choice(None, "activations the range observers see: the network with "
-                                             "its weights at nearest rounding, or the float network (better "
-                                             "below 8 bits before gptq / brecq; default: the recipe's)",
+                                             "its weights at nearest rounding, or the float network (for "
+                                             "gptq / brecq / adaround, when nearest rounding is far from "
+                                             "their result; default: the recipe's)",
                                              ("quantized", "float"), "--act-calibration"),
         msq_rows: str | None = cli.choice(None, "MSQ plans only: rows as assigned, the same count re-chosen on the "
                                       "output error, or each row the format with the smaller output error",

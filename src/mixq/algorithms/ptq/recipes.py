@@ -49,8 +49,9 @@ A :class:`Recipe` is a frozen description of which stages of the one pipeline ru
 
 Activation ranges are observed on the network with its weights at nearest rounding; a recipe that rounds the
 weights afterwards (GPTQ, BRECQ, AdaRound) can observe the float network instead
-(``act_calibration="float"``): nearest-rounded 4-bit weights distort the ranges GPTQ then fits to
-(MobileNetV2 W4A8 GPTQ: benchmarks/results/ptq_mobilenetv2_lowbit.md).
+(``act_calibration="float"``). It matters where nearest rounding is far from the final weights (MobileNetV2
+W4A8 all-E2M1 with GPTQ); with 4-bit fixed point the two are within the calibration-draw spread
+(benchmarks/results/ptq_mobilenetv2_lowbit.md).
 
 Any field can be overridden per call: ``quantize(..., recipe="dfq", relu6="relu")``; extra stages by
 name: ``quantize(..., recipe="dfq", stages=("act_percentile",))`` or ``stages=("first_act_8bit",)`` (the
@@ -127,7 +128,7 @@ class Recipe:
     tuned on the layer's output error, :mod:`~mixq.algorithms.ptq.act_ranges`); ``act_calibration``:
     the activations the observers see, those of the network with its weights at nearest rounding
     (``quantized``) or of the float network (``float``; for recipes that round the weights afterwards,
-    where nearest-rounded low-bit weights distort the ranges: benchmarks/results/ptq_mobilenetv2_lowbit.md);
+    where nearest rounding is far from the final weights);
     ``bias_correction``: ``none``, ``empirical`` (per layer, ``bias_passes`` passes), ``network``
     (layer by layer against the float model) or ``analytic`` (from BN statistics)."""
 
