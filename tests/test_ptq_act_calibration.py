@@ -68,3 +68,17 @@ def test_the_field_is_validated() -> None:
     assert get_recipe("gptq").act_calibration == "quantized"
     with pytest.raises(MixqError, match="act_calibration"):
         get_recipe("gptq", act_calibration="weights")
+
+
+def test_msq_with_minifloat_rows_after_float_calibration_is_bit_exact_in_the_engine() -> None:
+    from mixq.engine import verify
+    from mixq.formats import parse_format
+
+    net, x = _net(), torch.randn(32, 3, 8, 8)
+    names = [s.name for s in capture(net, (3, 8, 8)) if s.is_compute]
+    plan = uniform_plan("net", names, parse_format("fixed4n"), FixedPoint(8, signed=False), signed_inputs=names[:1],
+                        weight_alt=parse_format("minifloat_e2m1"), alt_ratio=0.5)
+    r = quantize_report(net, plan, x, "gptq", weight_scales="output", msq_rows="output_auto", act_calibration="float")
+    assert sum(len(r.plan[n].alt_rows or ()) for n in names) > 0  # some rows did choose E2M1
+    rep = verify(r.model, x[:8])
+    assert rep["exact"] and rep["mismatching_outputs"] == 0
