@@ -265,6 +265,31 @@ LOWBIT_NOTES = [
     "published BRECQ reaches W2A4 on MobileNetV2 only with its full 20k-step budget.",
     "- Brevitas' learned round (AdaRound) was not re-run on this set: on the 240-input set it took 3,084 s for "
     "the W4A8 row (500 steps per layer, `ptq_mobilenetv2.md`), its GPTQ 1,996 s.",
+    "- Activation ranges observed on the float network (`act_calibration='float'`, rows `_fcal`; 2026-12-05, "
+    "session 12). By default the observers see the network with its weights at nearest rounding, which GPTQ / "
+    "BRECQ then replace. Where nearest rounding is far from the final weights this matters a lot: all-E2M1 W4A8 "
+    "GPTQ 69.75% / 5.48 dB -> 85.80% / 10.42 dB (nearest-rounded E2M1 weights alone: 48.8% on 250 of the inputs, "
+    "an ad-hoc run). With 4-bit fixed point it does not: fixed GPTQ 87.00 / 86.15 / 85.90 / 84.00% over "
+    "seeds 0-3 (mean 85.76 against 85.03; per "
+    "draw +3.00, -0.10, -1.05, +1.10), MSQ ρ=auto GPTQ mean 85.44 (85.76 without), fixed BRECQ 84.90 (84.95), "
+    "MSQ BRECQ 84.60 (85.85), W4A4 GPTQ 50.90 (48.30), W4A4 BRECQ 62.25 (67.00), W5A8 GPTQ 90.30 (92.75), "
+    "W6A8 93.10 (92.70). So it is an option (`mixq quantize --act-calibration float`), not the default. The "
+    "first single-draw result (+3.0 points on fixed GPTQ, and +5.2 on 500 of the inputs) was the calibration "
+    "draw: four draws were needed to see it.",
+    "- MSQ with minifloat rows (fixed point or E2M1 per row, ρ=auto; rows `w4a8_msqfp_*`, with float-weight "
+    "calibration, which E2M1 needs): GPTQ 86.50% at 10.62 dB, the highest logit SQNR of the W4A8 rows; BRECQ "
+    "88.05% on seed 0 (draws in the table above). The integer engine runs such a plan bit-exactly "
+    "(tests/test_ptq_act_calibration.py). Weights only (ad-hoc runs: float activations, 500 inputs, "
+    "GPTQ): fixed 88.6% / 10.96 dB, MSQ fixed/SP2 87.4% / 10.90 dB, MSQ fixed/E2M1 88.6% / 11.96 dB.",
+    "- What 90% asks for. I.i.d. Gaussian noise on the FP32 logits (table above) gives 90% agreement at ~14 dB "
+    "of logit SQNR; the W4A8 rows sit at 8.7-10.6 dB. The same GPTQ recipe with wider weights: W5A8 92.75% / "
+    "14.05 dB, W6A8 92.70% / 16.11 dB. So 90% at W4A8 asks 4-bit weights for about what GPTQ gets from 5-bit "
+    "ones, and with min-max A8 ranges even 6-bit weights stay near 93%.",
+    "- One layer at a time (`benchmarks/ptq_w4_layers.py`, [ptq_w4_layers.md](ptq_w4_layers.md), 250 inputs, "
+    "float activations, GPTQ): the first depthwise conv (features.1.conv.0.0) alone at 4 bits costs 11 points "
+    "(88.8%, 10.7 dB), every other layer alone 0.4-4.4 points. Its error is a mean shift (its 3x3 rows are "
+    "near-zero-sum edge filters): bias correction makes it 97.6% alone. But in the whole network keeping that "
+    "layer at 8 bits does not lift the 4-bit weights (see that table): the loss is spread over all layers.",
     "",
 ]
 
