@@ -186,7 +186,10 @@ def run_mixq(bench: Bench, config: str, plan: QuantPlan, recipe: str, notes: str
     if alt:
         sp2, total = sum(a for a, _ in alt), sum(t for _, t in alt)
         extra["alt_rows"] = [sp2, total]
-        notes = "; ".join(n for n in (notes, f"SP2 on {sp2} of {total} rows ({100 * sp2 / max(total, 1):.1f}%)") if n)
+        kinds = sorted({"SP2" if type(lp.weight_alt).__name__ == "SumOfPowers" else str(lp.weight_alt)
+                        for _, lp in res.plan.items() if lp.weight_alt is not None})
+        share = f"{'/'.join(kinds)} on {sp2} of {total} rows ({100 * sp2 / max(total, 1):.1f}%)"
+        notes = "; ".join(n for n in (notes, share) if n)
     return bench.measure(config, "mixq", res.model, seconds, notes, extra)
 
 
