@@ -282,6 +282,9 @@ LOWBIT_NOTES = [
     "The integer engine runs such a plan bit-exactly "
     "(tests/test_ptq_act_calibration.py). Weights only (ad-hoc runs: float activations, 500 inputs, "
     "GPTQ): fixed 88.6% / 10.96 dB, MSQ fixed/SP2 87.4% / 10.90 dB, MSQ fixed/E2M1 88.6% / 11.96 dB.",
+    "- W4A4 with E2M1 rows (BRECQ, MSE + output-aware clipping, first activation at 8 bits, float-weight "
+    "calibration): 68.35% on seed 0, the best W4A4 row (64% of the rows pick E2M1; fixed point by the same "
+    "recipe 62.25%, fixed point with the default calibration 67.00%; draws in the table above). Still under 75.",
     "- What 90% asks for. I.i.d. Gaussian noise on the FP32 logits (table above) gives 90% agreement at ~14 dB "
     "of logit SQNR; the W4A8 rows sit at 8.7-10.6 dB. The same GPTQ recipe with wider weights: W5A8 92.75% / "
     "14.05 dB, W6A8 92.70% / 16.11 dB. So 90% at W4A8 asks 4-bit weights for about what GPTQ gets from 5-bit "
@@ -329,8 +332,9 @@ def lowbit_plans(model: torch.nn.Module, sample: torch.Tensor) -> dict[str, Any]
     out["w5a8"], out["w6a8"] = plan("fixed5n", 8), plan("fixed6n", 8)
     out["w4a8_msqfp"] = plan("fixed4n", 8, alt="minifloat_e2m1", ratio=0.5)  # MSQ with minifloat rows
     out["w4a8_fp"] = plan("minifloat_e2m1", 8)  # every row E2M1
+    out["w4a4_msqfp"] = plan("fixed4n", 4, alt="minifloat_e2m1", ratio=0.5)
     # activations calibrated by the MSE observer (min-max collapses A4 and costs A8 8 points: see the notes)
-    for key in ("w4a4", "w2a4", "w4a8", "w4a8_msq", "w4a4_msq"):
+    for key in ("w4a4", "w2a4", "w4a8", "w4a8_msq", "w4a4_msq", "w4a4_msqfp"):
         p = out[key]
         for n in list(p.layers):
             p = p.with_layer(n, p[n].with_(act_observer="mse"))
@@ -444,6 +448,11 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
     cfg["w4a8_msqfp_brecq" + FCAL] = ("W4A8 MSQ fixed/E2M1 ρ=auto, BRECQ, float-weight act. calibration",
                                       "w4a8_msqfp", "brecq", {**auto_rows, "brecq": bq, "act_calibration": "float"},
                                       f"{fp_note}; {bq_note}; {fcal_note}", None)
+    cfg["w4a4_msqfp_brecq_mseacts_first8" + FCAL] = (
+        "W4A4 MSQ fixed/E2M1 ρ=auto, BRECQ, MSE + output-aware act. clipping, first act. 8-bit, float-weight act. "
+        "calibration", "w4a4_msqfp_mse", "brecq",
+        {**acts, **first8, **auto_rows, "brecq": bq, "act_calibration": "float"},
+        f"{fp_note}; {mse_acts}; {first_note}; {bq_note}; {fcal_note}", None)
     # where the 90% target sits: the same GPTQ recipe with 5- and 6-bit weights
     for b in (5, 6):
         cfg[f"w{b}a8_gptq"] = (f"W{b}A8 fixed, GPTQ", f"w{b}a8", "gptq", {}, "output-aware scales; GPTQ", None)
@@ -451,7 +460,8 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
                                      {"act_calibration": "float"}, f"output-aware scales; GPTQ; {fcal_note}", None)
     for k in ("w4a8_gptq", "w4a8_gptq_i256", "w4a8_msq_gptq", "w4a8_msq_brecq", "w4a8_msq_brecq_i256",
               "w4a4_brecq_mseacts_first8", "w4a8_gptq" + FCAL, "w4a8_msq_gptq" + FCAL, "w4a8_msq_brecq" + FCAL,
-              "w4a4_brecq_mseacts_first8" + FCAL, "w4a8_msqfp_brecq" + FCAL):
+              "w4a4_brecq_mseacts_first8" + FCAL, "w4a8_msqfp_brecq" + FCAL,
+              "w4a4_msqfp_brecq_mseacts_first8" + FCAL):
         label, pkey, rec, kw, note, _ = cfg[k]
         cfg[k + WIDE] = (f"{label}, 26-photo calibration", pkey, rec, kw, f"{note}; {wide_note}", None)
         for n in CALIB_SEEDS:  # the spread over calibration draws
