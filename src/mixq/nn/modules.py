@@ -183,7 +183,6 @@ def quantized_layer(module: nn.Module, plan: LayerPlan) -> nn.Module:
     return cls(module, plan)  # type: ignore[no-any-return]
 
 
-@torch.no_grad()
 @contextmanager
 def float_weights(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model``'s quantized layers on their float weights inside the block (input quantizers
@@ -200,6 +199,7 @@ def float_weights(model: nn.Module) -> Iterator[nn.Module]:
             m.formats = f
 
 
+@torch.no_grad()
 def observe(model: nn.Module, quantizers: list[QAct], batches: Any, what: str) -> None:
     """Calibrate ``quantizers`` of ``model`` in place: observe them while ``model`` runs on every batch, then
     freeze them; ``what`` is the ModelError when there is no batch to observe."""
