@@ -26,7 +26,7 @@ from torch import nn
 
 from mixq.algorithms.msq import assign_rows
 from mixq.algorithms.ptq import GPTQConfig, quantize_report
-from mixq.formats import FixedPoint, parse_format
+from mixq.formats import FixedPoint, SumOfPowers, parse_format
 from mixq.graph.ops import signed_input_layers
 from mixq.io import atomic_write_json, atomic_write_text
 from mixq.plan import LayerPlan, QuantPlan
@@ -186,7 +186,7 @@ def run_mixq(bench: Bench, config: str, plan: QuantPlan, recipe: str, notes: str
     if alt:
         sp2, total = sum(a for a, _ in alt), sum(t for _, t in alt)
         extra["alt_rows"] = [sp2, total]
-        kinds = sorted({"SP2" if type(lp.weight_alt).__name__ == "SumOfPowers" else str(lp.weight_alt)
+        kinds = sorted({"SP2" if isinstance(lp.weight_alt, SumOfPowers) else str(lp.weight_alt)
                         for _, lp in res.plan.items() if lp.weight_alt is not None})
         share = f"{'/'.join(kinds)} on {sp2} of {total} rows ({100 * sp2 / max(total, 1):.1f}%)"
         notes = "; ".join(n for n in (notes, share) if n)

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -32,11 +33,15 @@ from ptq_mobilenetv2 import load_data  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def only(plan: QuantPlan, weights: bool, acts: bool, act_layer: str | None = None) -> QuantPlan:
-    """``plan`` with weights and/or activations kept in float (``act_layer``: only that layer's input)."""
+def only(plan: QuantPlan, weights: bool, acts: bool, act_layer: str | None = None,
+         weight_layers: Collection[str] | None = None) -> QuantPlan:
+    """``plan`` with weights and/or activations kept in float (``act_layer``: only that layer's input;
+    ``weight_layers``: only those layers' weights)."""
+    def keep_w(n: str) -> bool:
+        return weights and (weight_layers is None or n in weight_layers)
     return QuantPlan(model=plan.model, layers={
-        n: dataclasses.replace(lp, weight=lp.weight if weights else None,
-                               act=lp.act if acts and act_layer in (None, n) else None)
+        n: dataclasses.replace(lp, act=lp.act if acts and act_layer in (None, n) else None,
+                               **({} if keep_w(n) else {"weight": None, "weight_alt": None, "alt_ratio": 0.0}))
         for n, lp in plan.items()})
 
 

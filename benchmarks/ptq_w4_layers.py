@@ -14,7 +14,6 @@ and ``.md``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -32,17 +31,10 @@ from mixq.formats import parse_format  # noqa: E402
 from mixq.io import atomic_write_json, atomic_write_text  # noqa: E402
 from mixq.plan import QuantPlan  # noqa: E402
 from ptq_common import fidelity, logits  # noqa: E402
+from ptq_error_budget import only  # noqa: E402
 from ptq_mobilenetv2 import _cached, lowbit_plans  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def weights_only(plan: QuantPlan, keep: set[str] | None = None) -> QuantPlan:
-    """``plan`` with float activations; with ``keep``, only those layers' weights quantized."""
-    return QuantPlan(model=plan.model, layers={
-        n: dataclasses.replace(lp, act=None, **({} if keep is None or n in keep else
-                                                {"weight": None, "weight_alt": None, "alt_ratio": 0.0}))
-        for n, lp in plan.items()})
 
 
 def main() -> None:
@@ -67,17 +59,17 @@ def main() -> None:
 
     per_layer = {}
     for n in names[1:-1]:
-        per_layer[n] = measure(weights_only(plan, {n}))
+        per_layer[n] = measure(only(plan, True, False, weight_layers={n}))
         print(f"{n:28s} {per_layer[n]}", flush=True)
     worst = min(per_layer, key=lambda n: per_layer[n]["sqnr_db"])
     w8 = plan.with_layer(worst, plan[worst].with_(weight=parse_format("fixed8n"), weight_alt=None, alt_ratio=0.0))
     bc = {"bias_correction": "empirical"}
     whole = []
-    for label, p, kw in ((f"{worst} alone at 4 bits + BC", weights_only(plan, {worst}), bc),
-                         ("every layer at 4 bits", weights_only(plan), {}),
-                         ("every layer at 4 bits + BC", weights_only(plan), bc),
-                         (f"every layer at 4 bits but {worst} (8 bits)", weights_only(w8), {}),
-                         (f"every layer at 4 bits but {worst} (8 bits) + BC", weights_only(w8), bc)):
+    for label, p, kw in ((f"{worst} alone at 4 bits + BC", only(plan, True, False, weight_layers={worst}), bc),
+                         ("every layer at 4 bits", only(plan, True, False), {}),
+                         ("every layer at 4 bits + BC", only(plan, True, False), bc),
+                         (f"every layer at 4 bits but {worst} (8 bits)", only(w8, True, False), {}),
+                         (f"every layer at 4 bits but {worst} (8 bits) + BC", only(w8, True, False), bc)):
         whole.append({"config": label, **measure(p, **kw)})
         print(whole[-1], flush=True)
     result = {"benchmark": "ptq_w4_layers", "command": "python benchmarks/ptq_w4_layers.py"
