@@ -276,9 +276,11 @@ def test_pot_and_quantize_speed() -> None:
         assert time.perf_counter() - t < 3.0  # ~0.1 s on one idle core; generous for shared CI
 
 
-def test_dead_rows_get_a_floored_scale_and_keep_the_accumulator_small() -> None:
+@pytest.mark.parametrize("recipe", ["plan", "gptq", "dfq"])
+def test_dead_rows_get_a_floored_scale_and_keep_the_accumulator_small(recipe: str) -> None:
     """A channel BN folding left at |w| ~ 1e-9 beside rows of ~10 (EfficientNet-Lite0's stem) must not get a
-    scale of 1e-11: its bias would need 40+ accumulator bits. Floored at 2**-12 of the largest row scale."""
+    scale of 1e-11: its bias would need 40+ accumulator bits. Floored at 2**-12 of the largest row scale,
+    by the observers and by every PTQ stage that picks scales (GPTQ's candidates, output-aware scales)."""
     from mixq import api
     from mixq.engine import verify
     from mixq.quant.observers import ROW_SCALE_FLOOR_BITS, compute_scale
@@ -295,5 +297,7 @@ def test_dead_rows_get_a_floored_scale_and_keep_the_accumulator_small() -> None:
         model[0].weight.copy_(w)
         model[0].bias.fill_(3.0)
     x = torch.rand(16, 3, 8, 8)
-    q = api.quantize(model, api.default_plan("dead", model, x), x)
+    q = api.quantize(model, api.default_plan("dead", model, x, weight=FixedPoint(4, narrow=True)), x, recipe=recipe)
+    scales = q.get_submodule("0").w_scales.flatten()
+    assert float(scales[2]) >= float(scales.max()) * 2.0**-ROW_SCALE_FLOOR_BITS * (1 - 1e-6)
     assert verify(q, x, acc_bits=32)["exact"]

@@ -46,7 +46,7 @@ from mixq.formats import NumberFormat
 from mixq.modes import eval_mode
 from mixq.nn import QConv2d, QLinear
 from mixq.quant import snap
-from mixq.quant.observers import unit_max
+from mixq.quant.observers import floor_rows, unit_max
 
 ROWS = ("plan", "count", "auto")  # MSQ rows: keep, re-choose the same number, or free per row
 
@@ -252,8 +252,10 @@ def gptq_layer(layer: QConv2d | QLinear, stats: InputStats | tuple[InputStats, I
     n_rows, n_fmt = layer.weight.shape[0], len(layer.formats)
     scheme = layer.row_scheme.reshape(g, n_rows // g)
     top = w0.abs().amax(dim=2)
-    # candidate scales per format: the layer's own, then the ratios of the largest weight
-    cand = [[layer.w_scales[k].double().reshape(g, -1)] + [top * r / unit_max(f) for r in cfg.scale_ratios]
+    # candidate scales per format: the layer's own, then the ratios of the largest weight (floored as the
+    # observers floor them: a dead row's scale would otherwise blow up its bias on the accumulator grid)
+    cand = [[layer.w_scales[k].double().reshape(g, -1)]
+            + [floor_rows(top * r / unit_max(f)) for r in cfg.scale_ratios]
             for k, f in enumerate(layer.formats)]
     nearest = grouped_weight(layer.quantized_weight().detach().double(), g)
     w_judge, w_every = target_weights(w0, judge, cfg.target_damp), target_weights(w0, every, cfg.target_damp)

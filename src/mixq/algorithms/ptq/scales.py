@@ -28,7 +28,7 @@ from mixq.algorithms.ptq._common import column_moments, each_layer, groups_of, r
 from mixq.errors import DataError
 from mixq.formats import NumberFormat
 from mixq.quant import snap
-from mixq.quant.observers import search_clip_ratio, unit_max
+from mixq.quant.observers import floor_rows, search_clip_ratio, unit_max
 
 
 def input_feature_moments(qmodel: nn.Module, names: list[str], data: torch.Tensor,
@@ -124,7 +124,7 @@ def output_aware_weight_scales(qmodel: nn.Module, data: torch.Tensor, *, mean_te
         scales, errors = [], []
         for k, fmt in enumerate(layer.formats):
             old = layer.w_scales[k].double().reshape(wg.shape[0], -1, 1)
-            new = search_row_scales(wg, fmt, mean, var, mean_term=mean_term).reshape(old.shape)
+            new = floor_rows(search_row_scales(wg, fmt, mean, var, mean_term=mean_term)).reshape(old.shape)
             e_old, e_new = (output_error(snap(wg.double(), fmt, sc) - wg.double(), mean, var, mean_term)
                             for sc in (old, new))
             keep = (e_old < e_new)[..., None]
