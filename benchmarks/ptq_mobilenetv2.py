@@ -346,10 +346,10 @@ def lowbit_plans(model: torch.nn.Module, sample: torch.Tensor) -> dict[str, Any]
 
 def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str, Any], str, Any]]:
     """key -> (label, plan key, tool + recipe, overrides, notes, Brevitas config or None)."""
-    from mixq.algorithms.ptq import BrecqConfig
+    from mixq.algorithms.ptq import brecq_budget
     from ptq_common import BC2, BrevitasConfig
 
-    bq = BrecqConfig(iterations=brecq_iters, batch=16, images=128, crop=56)
+    bq = brecq_budget("cpu", iterations=brecq_iters)  # mixq quantize --recipe brecq's CPU default
     bq_note = (f"BRECQ + QDrop, {brecq_iters} Adam steps of 16 images per block on 56-px windows of the "
                "high-resolution blocks, 128 calibration images (CPU budget; the recipe's default is 400 steps of 32)")
     auto_rows = {"weight_scales": "output", "msq_rows": "output_auto"}

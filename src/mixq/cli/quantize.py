@@ -99,26 +99,29 @@ def register(app: typer.Typer) -> None:
                                       ("plan", "output", "output_auto"), "--msq-rows"),
         device: str = cli.device_option(help="where block reconstruction (--recipe brecq) runs: cpu, cuda or "
                                         "cuda:N"),
+        brecq_budget: str = cli.choice("auto", "--recipe brecq: cpu (100 steps of 16 images on 56-px windows), "
+                                       "full (the published 400 steps of 32, whole images) or auto (cpu on "
+                                       "--device cpu, else full)", ("auto", "cpu", "full"), "--brecq-budget"),
     ) -> None:
         """Quantize MODEL with a plan and a PTQ recipe; write the checkpoint and a summary."""
         from mixq.tasks.quantize import QuantizeJob, run_quantize
 
-        if device != "cpu" and recipe != "brecq":
+        if recipe != "brecq" and (device != "cpu" or brecq_budget != "auto"):
             from mixq.errors import OptionError
 
-            raise OptionError(f"--device {device}: only --recipe brecq runs on a device (this is {recipe})")
+            opt = f"--device {device}" if device != "cpu" else f"--brecq-budget {brecq_budget}"
+            raise OptionError(f"{opt}: only --recipe brecq takes it (this is {recipe})")
         cli.check_device(device)
         src = cli.model_source(model, weights, input_shape)
         folder = cli.out_dir(out, "quantize", src.name)
         overrides: dict[str, Any] = {k: v for k, v in (("weight_scales", weight_scales), ("act_ranges", act_ranges),
                                                        ("msq_rows", msq_rows), ("act_calibration", act_calibration))
                                      if v is not None}
-        if device != "cpu":
-            import dataclasses
+        if recipe == "brecq":
+            from mixq.algorithms.ptq import brecq_budget as budget_config
 
-            from mixq.algorithms.ptq import BrecqConfig
-
-            overrides["brecq"] = dataclasses.replace(BrecqConfig(), device=device)
+            budget = brecq_budget if brecq_budget != "auto" else ("cpu" if device == "cpu" else "full")
+            overrides["brecq"] = budget_config(budget, device=device)
         done = run_quantize(QuantizeJob(src, folder, plan=plan, msq=msq, recipe=recipe, overrides=overrides,
                                         calib=calib, eval_source=eval_source, images=images,
                                         input_size=input_size, mean=mean, std=std,  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ from mixq.algorithms.ptq.bias_correction import (
     expected_input_means,
 )
 from mixq.algorithms.ptq.bn_reestimate import reestimate_bn, restore_channel_stats
-from mixq.algorithms.ptq.brecq import BrecqConfig, brecq, find_blocks
+from mixq.algorithms.ptq.brecq import BRECQ_BUDGETS, BrecqConfig, brecq, brecq_budget, find_blocks
 from mixq.algorithms.ptq.calibrate import activation_scales, calibrate_activations
 from mixq.algorithms.ptq.cle import (
     ChannelStats,
@@ -29,6 +29,7 @@ from mixq.algorithms.ptq.recipes import RECIPES, PTQResult, Recipe, get_recipe, 
 __all__ = [
     "RECIPES",
     "AdaRoundConfig",
+    "BRECQ_BUDGETS",
     "BrecqConfig",
     "ChannelStats",
     "ClippedReLU",
@@ -44,6 +45,7 @@ __all__ = [
     "analytic_bias_correction",
     "bn_output_stats",
     "brecq",
+    "brecq_budget",
     "calibrate_activations",
     "clipped_normal_moments",
     "cross_layer_equalize",
