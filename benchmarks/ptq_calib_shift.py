@@ -31,13 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mixq import zoo  # noqa: E402
 from mixq.algorithms.ptq import quantize_report  # noqa: E402
-from mixq.data import calibration_set  # noqa: E402
-from mixq.data.fidelity import fidelity_set, normalize  # noqa: E402
+from mixq.data.fidelity import normalize  # noqa: E402
 from mixq.io import atomic_write_json, atomic_write_text  # noqa: E402
 from ptq_common import fidelity, logits, paired_difference  # noqa: E402
-from ptq_mobilenetv2 import BRECQ_ITERS, _cached, lowbit_configs, lowbit_plans  # noqa: E402
+from ptq_mobilenetv2 import BRECQ_ITERS, _cached, lowbit_configs, lowbit_data, lowbit_plans  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = ("w4a8_gptq", "w4a8_msqfp_brecq_fcal")
@@ -58,10 +56,8 @@ def main() -> None:
         raise SystemExit(f"--only: unknown keys {unknown} (see ptq_mobilenetv2.py --lowbit --list)")
     out_json = RESULTS / "ptq_calib_shift.json"
     doc: dict[str, Any] = json.loads(out_json.read_text()) if out_json.is_file() else {"rows": {}}
-    model = zoo.load("mobilenet_v2", pretrained=True).eval()
-    fs = _cached("fidelity_2000.pt", fidelity_set)
+    model, fs, calib = lowbit_data()
     views = normalize(fs.x)
-    calib = _cached("calib_256.pt", lambda: calibration_set(256, include_foolbox=False, seed=0))
     idx = torch.arange(views.shape[0])
     even = idx[fs.groups % 2 == 0]
     # name -> (calibration inputs, the views it is measured on, beside photos8 on the same views)

@@ -310,6 +310,16 @@ def _cached(name: str, make: Any) -> Any:
     return value
 
 
+def lowbit_data() -> tuple[torch.nn.Module, Any, torch.Tensor]:
+    """The low-bit rows' float MobileNetV2, 2,000-view fidelity set and 256 calibration crops (cached)."""
+    from mixq.data.fidelity import fidelity_set
+
+    model = zoo.load("mobilenet_v2", pretrained=True).eval()
+    fs = _cached("fidelity_2000.pt", fidelity_set)
+    calib = _cached("calib_256.pt", lambda: calibration_set(256, include_foolbox=False, seed=0))
+    return model, fs, calib
+
+
 def lowbit_plans(model: torch.nn.Module, sample: torch.Tensor) -> dict[str, Any]:
     """The plans of the below-8-bit rows, keyed by weight / activation width and weight kind."""
     from mixq.formats import FixedPoint
@@ -350,8 +360,10 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
     from ptq_common import BC2, BrevitasConfig
 
     bq = brecq_budget("cpu", iterations=brecq_iters)  # mixq quantize --recipe brecq's CPU default
-    bq_note = (f"BRECQ + QDrop, {brecq_iters} Adam steps of 16 images per block on 56-px windows of the "
-               "high-resolution blocks, 128 calibration images (CPU budget; the recipe's default is 400 steps of 32)")
+    full = brecq_budget("full")
+    bq_note = (f"BRECQ + QDrop, {bq.iterations} Adam steps of {bq.batch} images per block on {bq.crop}-px windows of "
+               f"the high-resolution blocks, {bq.images} calibration images (CPU budget; the recipe's default is "
+               f"{full.iterations} steps of {full.batch})")
     auto_rows = {"weight_scales": "output", "msq_rows": "output_auto"}
     msq_note = "SP2 on exactly the rows whose output error is lower with it (ρ=auto)"
     cfg: dict[str, tuple[str, str, str, dict[str, Any], str, Any]] = {}
@@ -544,7 +556,7 @@ def lowbit_main(argv: list[str]) -> None:
     import json
     import time
 
-    from mixq.data.fidelity import fidelity_set, normalize
+    from mixq.data.fidelity import normalize
     from mixq.io import atomic_write_json
     from ptq_common import Bench, run_brevitas, run_mixq
 
@@ -571,9 +583,7 @@ def lowbit_main(argv: list[str]) -> None:
         return
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = zoo.load("mobilenet_v2", pretrained=True).eval()
-    fs = _cached("fidelity_2000.pt", fidelity_set)
-    calib = _cached("calib_256.pt", lambda: calibration_set(256, include_foolbox=False, seed=0))
+    model, fs, calib = lowbit_data()
     x_eval = normalize(fs.x)
     canon = torch.nonzero(fs.scales == 1.0).flatten()
     first_view = torch.tensor([int(canon[fs.groups[canon] == g][0]) for g in fs.groups.unique()])

@@ -23,16 +23,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mixq import zoo  # noqa: E402
 from mixq.algorithms.ptq import quantize_report  # noqa: E402
-from mixq.data import calibration_set  # noqa: E402
-from mixq.data.fidelity import fidelity_set, normalize  # noqa: E402
+from mixq.data.fidelity import normalize  # noqa: E402
 from mixq.formats import parse_format  # noqa: E402
 from mixq.io import atomic_write_json, atomic_write_text  # noqa: E402
 from mixq.plan import QuantPlan  # noqa: E402
 from ptq_common import fidelity, logits  # noqa: E402
 from ptq_error_budget import only  # noqa: E402
-from ptq_mobilenetv2 import _cached, lowbit_plans  # noqa: E402
+from ptq_mobilenetv2 import lowbit_data, lowbit_plans  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -43,9 +41,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    model = zoo.load("mobilenet_v2", pretrained=True).eval()
-    fs = _cached("fidelity_2000.pt", fidelity_set)
-    calib = _cached("calib_256.pt", lambda: calibration_set(256, include_foolbox=False, seed=0))
+    model, fs, calib = lowbit_data()
     x = normalize(fs.x)[:: args.step]
     ref = logits(model, x, 16)
     plan = lowbit_plans(model, calib[:8])["w4a8"]

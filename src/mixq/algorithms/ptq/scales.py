@@ -75,7 +75,9 @@ def output_error(delta: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, mea
 
 def search_row_scales(w: torch.Tensor, fmt: NumberFormat, mean: torch.Tensor, var: torch.Tensor, *,
                       mean_term: bool = True, coarse: int = 20, fine: int = 5) -> torch.Tensor:
-    """Per-row scales ``(R,)`` of the grouped weight ``w`` (G, R/G, K) minimizing :func:`output_error`."""
+    """Per-row scales ``(R,)`` of the grouped weight ``w`` (G, R/G, K) minimizing :func:`output_error`, floored
+    as the observers floor them (:func:`~mixq.quant.observers.floor_rows`: a dead row's scale would otherwise
+    blow up its bias on the accumulator grid)."""
     w = w.double()
     top = w.abs().amax(dim=2)  # (G, Rg)
     um = unit_max(fmt)
@@ -85,7 +87,7 @@ def search_row_scales(w: torch.Tensor, fmt: NumberFormat, mean: torch.Tensor, va
         return output_error(snap(w, fmt, s) - w, mean, var, mean_term)
 
     best = search_clip_ratio(err, top, coarse, fine)
-    return (top * best / um).clamp(min=1e-30).reshape(-1)
+    return floor_rows((top * best / um).clamp(min=1e-30).reshape(-1))
 
 
 @torch.no_grad()
@@ -124,7 +126,7 @@ def output_aware_weight_scales(qmodel: nn.Module, data: torch.Tensor, *, mean_te
         scales, errors = [], []
         for k, fmt in enumerate(layer.formats):
             old = layer.w_scales[k].double().reshape(wg.shape[0], -1, 1)
-            new = floor_rows(search_row_scales(wg, fmt, mean, var, mean_term=mean_term)).reshape(old.shape)
+            new = search_row_scales(wg, fmt, mean, var, mean_term=mean_term).reshape(old.shape)
             e_old, e_new = (output_error(snap(wg.double(), fmt, sc) - wg.double(), mean, var, mean_term)
                             for sc in (old, new))
             keep = (e_old < e_new)[..., None]
