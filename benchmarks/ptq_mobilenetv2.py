@@ -512,6 +512,16 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
         cfg[f"w4a8_{rnd}_dweq"] = (f"W4A8 fixed, {R}, depthwise inputs equalized", "w4a8", rnd,
                                    {"stages": ("dw_act_equalize",), **kw_r},
                                    "; ".join(t for t in (dweq_note, rn) if t), None)
+    # per-channel clips at every depthwise input, searched on the depthwise output error (stage dw_act_clip)
+    dwclip_note = ("each depthwise layer's input clipped per channel, the clip searched on that channel's depthwise "
+                   "output error, then equalized by the row scales on both sides (stage dw_act_clip; no hardware cost)")
+    first8_dwclip = {"stages": ("first_act_8bit", "dw_act_clip")}
+    cfg["w4a4_gptq_mseacts_first8_dwclip"] = (
+        "W4A4 fixed, GPTQ, MSE + output-aware act. clipping, first act. 8-bit, per-channel depthwise-input clips",
+        "w4a4_mse", "gptq", {**acts, **first8_dwclip}, "; ".join((mse_acts, first_note, dwclip_note)), None)
+    cfg["w4a4_gptq_first8_dwclip"] = (
+        "W4A4 fixed, GPTQ, first act. 8-bit, per-channel depthwise-input clips", "w4a4", "gptq", first8_dwclip,
+        "; ".join((first_note, dwclip_note)), None)
     cfg["w4a4_gptq_acts"] = ("W4A4 fixed, GPTQ, output-aware activation clipping", "w4a4", "gptq", acts, acts_note,
                              None)
     cfg["w4a4_gptq_cle"] = ("W4A4 fixed, GPTQ, activation-aware CLE + streams + clipping", "w4a4", "gptq",

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from mixq.algorithms.ptq import quantize_report
-from mixq.algorithms.ptq.dw_act import MIN_SCALE, equalizing_scales
+from mixq.algorithms.ptq.cle import ClippedReLU
+from mixq.algorithms.ptq.dw_act import CLIP_RATIOS, MIN_SCALE, equalizing_scales, searched_clips
 from mixq.engine import verify
 from mixq.formats import FixedPoint
 from mixq.graph import capture
 from mixq.nn import QConv2d
 from mixq.plan import uniform_plan
+from mixq.quant import fake_quant
 
 
 class _Net(nn.Module):
@@ -83,3 +90,118 @@ def test_the_integer_engine_reproduces_the_equalized_model_exactly() -> None:
     r = quantize_report(net, plan, x, "minmax", stages=("dw_act_equalize",))
     rep = verify(r.model, x[:16])
     assert rep["exact"] and rep["mismatching_outputs"] == 0
+
+
+# ---------------------------------------------------------------------------------------------- dw_act_clip
+def _heavy(n: int = 128) -> torch.Tensor:
+    """Inputs whose expand outputs have rare large values (Student t, 2 degrees of freedom): clipping pays."""
+    return torch.distributions.StudentT(2.0).sample((n, 3, 10, 10))
+
+
+def test_searched_clips_take_each_channels_least_output_error() -> None:
+    torch.manual_seed(1)
+    dw = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
+    x = _heavy(16)[:, :1].repeat(1, 4, 1, 1).abs() * torch.tensor([1.0, 3.0, 0.5, 0.0]).view(1, 4, 1, 1)
+    fmt = FixedPoint(4, signed=False)
+    top = x.amax(dim=(0, 2, 3)).double()
+    clips = searched_clips(dw, {"": fmt}, {"": top}, x, batch_size=8)[""]
+    assert clips[3] == 0  # a channel that never fires has no range
+    for c in range(3):  # brute force, one channel and one ratio at a time
+        errs = []
+        for r in CLIP_RATIOS:
+            scale = torch.ones(4, dtype=torch.float64)
+            scale[c] = float(top[c]) * r / 15.0
+            d = torch.zeros_like(x)
+            d[:, c] = fake_quant(x[:, c], fmt, float(scale[c])) - x[:, c]
+            with torch.no_grad():
+                errs.append(float((dw(d)[:, c].double() ** 2).sum()))
+        best = min(errs)
+        chosen = round(float(clips[c] / top[c]), 6)
+        j = [round(r, 6) for r in CLIP_RATIOS].index(chosen)
+        assert errs[j] <= best * (1 + 1e-6), (c, chosen, errs[j], best)
+        assert errs[j] <= errs[-1]  # never worse than the channel's own max (r = 1)
+
+
+def test_clip_stage_clips_every_channel_at_one_bound_and_runs_exactly_in_integers() -> None:
+    net, plan, _ = _setup()
+    x = _heavy()
+    r = quantize_report(net, plan, x, "minmax", stages=("dw_act_clip",))
+    det = r.details["dw_act_clip"]
+    assert det["pairs"] == 1 and set(det["clip"]) == {"dw"}
+    relu = [m for m in r.model.modules() if isinstance(m, ClippedReLU)]
+    assert len(relu) == 1
+    assert torch.allclose(relu[0].upper, torch.full_like(relu[0].upper, det["clip"]["dw"]), rtol=1e-4)
+    rep = verify(r.model, x[:16])
+    assert rep["exact"] and rep["mismatching_outputs"] == 0
+
+
+def test_clip_stage_lowers_the_depthwise_output_error_below_minmax_and_equalizing() -> None:
+    net, plan, _ = _setup()
+    x = _heavy()
+    seen: list[torch.Tensor] = []
+
+    def dw_out(model: nn.Module) -> torch.Tensor:
+        h = model.get_submodule("dw").register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+        with torch.no_grad():
+            model(x)
+        h.remove()
+        return seen.pop()
+
+    ref = dw_out(net)
+    errs = {}
+    for stages in ((), ("dw_act_equalize",), ("dw_act_clip",)):
+        q = quantize_report(net, plan, x, "minmax", stages=stages).model
+        for name, m in q.named_modules():  # only the depthwise input quantized (its weights at 8 bits)
+            if hasattr(m, "input_quant") and name != "dw":
+                m.input_quant.mode = "float"
+        errs[stages] = float((dw_out(q) - ref).pow(2).mean())
+    assert errs[("dw_act_clip",)] < 0.9 * errs[("dw_act_equalize",)] < 0.9 * 0.8 * errs[()], errs
+
+
+def test_clip_search_sees_the_width_first_act_8bit_plans() -> None:
+    net, plan, _ = _setup()
+    x = _heavy()
+    c4 = quantize_report(net, plan, x, "minmax", stages=("dw_act_clip",)).details["dw_act_clip"]["clip"]["dw"]
+    c8 = quantize_report(net, plan, x, "minmax", stages=("first_act_8bit", "dw_act_clip")
+                         ).details["dw_act_clip"]["clip"]["dw"]
+    assert c8 > c4  # 8-bit steps are fine enough to keep more of the tail
+
+
+_BUILDER = '''
+import torch
+from torch import nn
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU6(),
+                         nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU6(),
+                         nn.Conv2d(8, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+'''
+
+
+def test_cli_stage_reaches_the_recipe_and_the_artifact_verifies(tmp_path: Path) -> None:
+    """``mixq quantize --stage`` through a real process: added to the recipe's own stages, in summary.json,
+    and the artifact runs bit-exactly in the integer engine; a bad name is a usage error naming the option."""
+    (tmp_path / "net.py").write_text(_BUILDER)
+    out = tmp_path / "q"
+    cmd = [sys.executable, "-m", "mixq", "quantize", f"{tmp_path / 'net.py'}:build", "--input-shape", "3,16,16",
+           "--calib", "photos", "--images", "16", "--recipe", "minmax_pct", "--stage", "dw_act_clip",
+           "--stage", "first_act_8bit", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["recipe"]["stages"] == ["act_percentile", "dw_act_clip", "first_act_8bit"]
+    v = subprocess.run([sys.executable, "-m", "mixq", "verify", "--from", str(out)], capture_output=True, text=True,
+                       timeout=600)
+    assert v.returncode == 0, v.stderr[-2000:]
+    bad = subprocess.run([*cmd[:-2], "--stage", "dw_clip", "--out", str(tmp_path / "b")], capture_output=True,
+                         text=True, timeout=600)
+    assert bad.returncode == 2 and "--stage" in bad.stderr and "dw_clip" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "b").exists()
+
+
+def test_the_cli_offers_every_extra_stage() -> None:
+    from mixq.algorithms.ptq.pipeline import EXTRA_STAGES
+    from mixq.cli.quantize import STAGES  # kept torch-free for --help; must not drift
+
+    assert tuple(EXTRA_STAGES) == STAGES

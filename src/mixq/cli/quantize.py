@@ -30,6 +30,16 @@ from mixq.cli import _common as cli
 
 # the names of mixq.algorithms.ptq.RECIPES, kept here so --help needs no torch (tests/test_ptq_stages.py)
 RECIPES = ("plan", "minmax", "minmax_pct", "dfq", "dfq_empirical", "adaround", "gptq", "brecq", "datafree")
+# the names of mixq.algorithms.ptq.EXTRA_STAGES, likewise
+STAGES = ("act_percentile", "first_act_8bit", "dw_act_equalize", "dw_act_clip")
+
+
+def _stages(values: list[str] | None) -> list[str] | None:
+    """``--stage`` values, each one of :data:`STAGES` (a usage error otherwise)."""
+    bad = [v for v in values or [] if v not in STAGES]
+    if bad:
+        raise typer.BadParameter(f"must be one of {', '.join(STAGES)}, got {bad[0]!r}")
+    return values
 
 
 def _size(value: str | None) -> tuple[int, int] | None:
@@ -97,6 +107,12 @@ def register(app: typer.Typer) -> None:
         msq_rows: str | None = cli.choice(None, "MSQ plans only: rows as assigned, the same count re-chosen on the "
                                       "output error, or each row the format with the smaller output error",
                                       ("plan", "output", "output_auto"), "--msq-rows"),
+        stage: list[str] | None = typer.Option(None, "--stage", callback=_stages, help="an extra PTQ stage, "
+                                               "repeatable: act_percentile (percentile activation clipping), "
+                                               "first_act_8bit (the first activation inside the network at 8 "
+                                               "bits), dw_act_equalize / dw_act_clip (each depthwise input's "
+                                               "channels equalized on their ranges / on clips searched per "
+                                               "channel on the depthwise output error; no hardware cost)"),
         device: str = cli.device_option(help="where block reconstruction (--recipe brecq) runs: cpu, cuda or "
                                         "cuda:N"),
         brecq_budget: str = cli.choice("auto", "--recipe brecq: cpu (100 steps of 16 images on 56-px windows), "
@@ -117,6 +133,8 @@ def register(app: typer.Typer) -> None:
         overrides: dict[str, Any] = {k: v for k, v in (("weight_scales", weight_scales), ("act_ranges", act_ranges),
                                                        ("msq_rows", msq_rows), ("act_calibration", act_calibration))
                                      if v is not None}
+        if stage:
+            overrides["stages"] = tuple(dict.fromkeys(stage))
         if recipe == "brecq":
             from mixq.algorithms.ptq import brecq_budget as budget_config
 

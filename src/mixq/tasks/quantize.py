@@ -105,8 +105,12 @@ def run_quantize(job: QuantizeJob) -> QuantizeOutcome:
     if "msq_rows" in job.overrides and not any(lp.weight_alt is not None for _, lp in qplan.items()):
         raise OptionError("--msq-rows: the plan has no second row format (MSQ); give --msq RATIO or an MSQ "
                           "--plan, or drop --msq-rows")
+    overrides = dict(job.overrides)
+    if "stages" in overrides:  # --stage adds to the recipe's own extra stages
+        base = ptq.get_recipe(job.recipe).stages
+        overrides["stages"] = base + tuple(n for n in overrides["stages"] if n not in base)
     t = time.perf_counter()
-    res = ptq.quantize_report(net, qplan, data, job.recipe, input_shape=shape, **job.overrides)
+    res = ptq.quantize_report(net, qplan, data, job.recipe, input_shape=shape, **overrides)
     seconds = time.perf_counter() - t
     evaluation = _evaluate(net, res.model, evalset, str(job.eval_source)) if evalset is not None else None
     summary = {

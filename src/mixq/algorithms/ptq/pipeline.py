@@ -316,12 +316,13 @@ EXTRA_STAGES: dict[str, Stage] = {
     "act_percentile": Stage("act_percentile", percentile.apply, before="calibrate"),
     "first_act_8bit": Stage("first_act_8bit", first_act.apply, before="swap"),
     "dw_act_equalize": Stage("dw_act_equalize", dw_act.apply, before="msq_rows"),
+    "dw_act_clip": Stage("dw_act_clip", dw_act.apply_clip, before="swap"),
 }
 
 
 def stages_of(recipe: Recipe, plan: QuantPlan) -> list[Stage]:
     """The stages ``recipe`` runs on ``plan``, in order."""
-    extra = [EXTRA_STAGES[n] for n in recipe.stages]
+    extra = [st for n, st in EXTRA_STAGES.items() if n in recipe.stages]  # the registry's order, not the caller's
     out: list[Stage] = []
     for st in PIPELINE:
         out += [e for e in extra if e.before == st.name]

@@ -57,7 +57,10 @@ Any field can be overridden per call: ``quantize(..., recipe="dfq", relu6="relu"
 name: ``quantize(..., recipe="dfq", stages=("act_percentile",))`` or ``stages=("first_act_8bit",)`` (the
 first activation inside the network planned at 8 bits, :mod:`~mixq.algorithms.ptq.first_act`) or
 ``stages=("dw_act_equalize",)`` (every depthwise layer's input equalized per channel through the row
-scales on both sides, :mod:`~mixq.algorithms.ptq.dw_act`).
+scales on both sides, :mod:`~mixq.algorithms.ptq.dw_act`) or ``stages=("dw_act_clip",)`` (the same with
+per-channel clips searched on each depthwise output channel's error). Extra stages run in the order of
+:data:`~mixq.algorithms.ptq.pipeline.EXTRA_STAGES`, whatever order they are named in; ``mixq quantize --stage``
+names them from the command line.
 
 Progress (:mod:`mixq.progress`): every stage is reported as ``ptq <stage>`` (the keys of
 :attr:`PTQResult.timings`): a task advancing per layer (``weight_scales``, ``act_ranges``,
