@@ -135,6 +135,47 @@ def test_find_pairs(model: nn.Module) -> None:
     assert not any(p.first in ("stem.0", "block.conv.6") for p in pairs.values())
 
 
+class _SamePadded(nn.Module):
+    """expand -> ReLU6 -> explicit pad -> depthwise (padding 0) -> ReLU6 -> project: TF-style "same" padding
+    as imported ONNX graphs carry it (EfficientNet-Lite0)."""
+
+    def __init__(self, pad: nn.Module | None) -> None:
+        super().__init__()
+        self.expand, self.act1 = nn.Conv2d(3, 8, 1), nn.ReLU6()
+        self.pad = pad
+        self.dw, self.act2 = nn.Conv2d(8, 8, 3, groups=8), nn.ReLU6()
+        self.project = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act1(self.expand(x))
+        h = self.pad(h) if self.pad is not None else torch.nn.functional.pad(h, (1, 1, 1, 1))
+        return self.project(self.act2(self.dw(h)))
+
+
+@pytest.mark.parametrize(("pad", "paired"), [(nn.ZeroPad2d(1), True), (nn.ConstantPad2d(1, 0.0), True),
+                                             (nn.ConstantPad2d(1, 0.5), False), (None, False)],
+                         ids=["zero-pad", "constant-0", "constant-0.5", "functional"])
+def test_a_zero_pad_module_between_the_layers_keeps_the_pair(pad: nn.Module | None, paired: bool) -> None:
+    torch.manual_seed(0)
+    net = _SamePadded(pad).eval()
+    with torch.no_grad():  # channel ranges 100x apart: equalizing moves them
+        g = torch.logspace(0, -2, 8)
+        net.expand.weight.mul_(g[:, None, None, None])
+        net.expand.bias.mul_(g)
+    shape = (3, 10, 10)
+    pairs = {(q.first, q.second): q for q in find_pairs(net, shape)}
+    assert (("expand", "dw") in pairs) == paired
+    if not paired:
+        return
+    assert pairs[("expand", "dw")].padded  # the pad's zeros count as the second layer's padding
+    eq, _, done = cross_layer_equalize(net, shape, iterations=50)
+    assert any(q.first == "expand" for q in done)
+    x = torch.randn(16, *shape)
+    with torch.no_grad():
+        torch.testing.assert_close(eq(x), net(x), rtol=1e-3, atol=1e-3)
+        assert not torch.equal(eq.expand.weight, net.expand.weight)
+
+
 @pytest.mark.parametrize("relu6", ["clip", "keep"])
 def test_cle_keeps_the_float_function(model: nn.Module, x: torch.Tensor, relu6: str) -> None:
     fm = fold_bn(model)

@@ -86,7 +86,15 @@ class EqualizationPair:
     padded: bool = False
 
 
-_PASS_KINDS = ("relu", "relu6", "act", "maxpool", "avgpool", "gap", "flatten")
+_PASS_KINDS = ("relu", "relu6", "act", "maxpool", "avgpool", "gap", "flatten", "pad")
+_CONSTANT_PADS = (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)  # nn.ZeroPadNd are among them
+
+
+def _zero_pad(model: nn.Module, module: str | None) -> bool:
+    """A pad module that adds zeros (so ``pad(x / s) = pad(x) / s`` per channel); functional pads are not
+    recorded with their value, so they do not pass."""
+    m = model.get_submodule(module) if module else None
+    return isinstance(m, _CONSTANT_PADS) and float(m.value) == 0.0
 _COMPUTE = ("conv", "dwconv", "linear")
 
 
@@ -121,7 +129,8 @@ def find_pairs(model: nn.Module, input_shape: tuple[int, ...]) -> list[Equalizat
     """Equalizable (first, second) layer pairs of ``model`` (BN already folded), in forward order.
 
     The first layer's output must feed only the path to the second (no residual branch),
-    every op on the path must be channel-wise positively homogeneous, each layer is
+    every op on the path must be channel-wise positively homogeneous (a zero pad module is: TF-style
+    "same" padding in imported models), each layer is
     called once, and a ReLU6 on the path must be a module called once (so it can be
     replaced by a :class:`ClippedReLU`).
     """
@@ -151,6 +160,9 @@ def find_pairs(model: nn.Module, input_shape: tuple[int, ...]) -> list[Equalizat
                 ok = False
                 break
             mod = nxt.extra.get("module")
+            if nxt.kind == "pad" and not _zero_pad(model, mod):
+                ok = False
+                break
             if nxt.kind in ("relu", "relu6", "act"):
                 if act is not None or between:  # one activation, right after the first layer
                     ok = False
@@ -181,7 +193,8 @@ def find_pairs(model: nn.Module, input_shape: tuple[int, ...]) -> list[Equalizat
             continue
         pairs.append(EqualizationPair(
             first=str(s.extra["module"]), second=str(mod2), act=act, act_kind=act_kind, between=tuple(between),
-            spatial=spatial, padded=second.kind != "linear" and any(p > 0 for p in second.padding),
+            spatial=spatial,
+            padded="pad" in between or (second.kind != "linear" and any(p > 0 for p in second.padding)),
         ))
     return pairs
 
