@@ -363,8 +363,12 @@ def lowbit_plans(model: torch.nn.Module, sample: torch.Tensor) -> dict[str, Any]
     out["w4a8_msqfp"] = plan("fixed4n", 8, alt="minifloat_e2m1", ratio=0.5)  # MSQ with minifloat rows
     out["w4a8_fp"] = plan("minifloat_e2m1", 8)  # every row E2M1
     out["w4a4_msqfp"] = plan("fixed4n", 4, alt="minifloat_e2m1", ratio=0.5)
+    # full-range 4-bit fixed point (levels -8..7 instead of the narrow -7..7; plan keys "<key>_fr")
+    out["w4a8_fr"], out["w4a4_fr"] = plan("fixed4", 8), plan("fixed4", 4)
+    out["w4a8_msqfp_fr"] = plan("fixed4", 8, alt="minifloat_e2m1", ratio=0.5)
+    out["w4a4_msqfp_fr"] = plan("fixed4", 4, alt="minifloat_e2m1", ratio=0.5)
     # activations calibrated by the MSE observer (min-max collapses A4 and costs A8 8 points: see the notes)
-    for key in ("w4a4", "w2a4", "w4a8", "w4a8_msq", "w4a4_msq", "w4a4_msqfp"):
+    for key in ("w4a4", "w2a4", "w4a8", "w4a8_msq", "w4a4_msq", "w4a4_msqfp", "w4a4_fr", "w4a4_msqfp_fr"):
         p = out[key]
         for n in list(p.layers):
             p = p.with_layer(n, p[n].with_(act_observer="mse"))
@@ -485,6 +489,14 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
         "calibration", "w4a4_msqfp_mse", "brecq",
         {**acts, **first8, **auto_rows, "brecq": bq, "act_calibration": "float"},
         f"{fp_note}; {mse_acts}; {first_note}; {bq_note}; {fcal_note}", None)
+    # the same rows with full-range 4-bit fixed point (-8..7): the narrow range leaves one of 16 levels unused
+    fr_note = "4-bit fixed point at full range (levels -8..7; the other W4 rows: narrow, -7..7)"
+    for k in ("w4a8_gptq", "w4a8_brecq", "w4a8_msqfp_gptq" + FCAL, "w4a8_msqfp_brecq" + FCAL,
+              "w4a4_gptq_mseacts_first8", "w4a4_msqfp_brecq_mseacts_first8" + FCAL):
+        label, pkey, rec, kw, note, _ = cfg[k]
+        fr_key = pkey.replace("_mse", "_fr_mse") if pkey.endswith("_mse") else pkey + "_fr"
+        cfg[k + "_fr"] = (f"{label}, full-range fixed point", fr_key, rec, kw,
+                          "; ".join(t for t in (note, fr_note) if t), None)
     # where the 90% target sits: the same GPTQ recipe with 5- and 6-bit weights
     for b in (5, 6):
         cfg[f"w{b}a8_gptq"] = (f"W{b}A8 fixed, GPTQ", f"w{b}a8", "gptq", {}, "output-aware scales; GPTQ", None)
