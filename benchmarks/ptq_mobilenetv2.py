@@ -505,7 +505,8 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
     for k in ("w4a8_gptq", "w4a8_gptq_i256", "w4a8_msq_gptq", "w4a8_msq_brecq", "w4a8_msq_brecq_i256",
               "w4a4_brecq_mseacts_first8", "w4a8_gptq" + FCAL, "w4a8_msq_gptq" + FCAL, "w4a8_msq_brecq" + FCAL,
               "w4a4_brecq_mseacts_first8" + FCAL, "w4a8_msqfp_brecq" + FCAL,
-              "w4a4_msqfp_brecq_mseacts_first8" + FCAL):
+              "w4a4_msqfp_brecq_mseacts_first8" + FCAL, "w4a8_gptq_fr", "w4a8_msqfp_brecq_fcal_fr",
+              "w4a4_msqfp_brecq_mseacts_first8_fcal_fr"):
         label, pkey, rec, kw, note, _ = cfg[k]
         cfg[k + WIDE] = (f"{label}, 26-photo calibration", pkey, rec, kw, f"{note}; {wide_note}", None)
         for n in CALIB_SEEDS:  # the spread over calibration draws
