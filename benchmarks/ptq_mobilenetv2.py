@@ -257,6 +257,13 @@ LOWBIT_NOTES = [
     "63.50%: per-channel clips reach what a per-tensor clip searched on the output error reaches, not more. Each "
     "group of A4 tensors alone (8-bit weights, the rest A8, MSE + output-aware clipping) costs about a third: "
     "depthwise inputs 65.50%, projection inputs 68.25%, expansion inputs 68.75%; all three 38.00%.",
+    "- Full-range 4-bit fixed point (levels -8..7 instead of the narrow -7..7; rows `*_fr`, 2026-12-06). W4A8 "
+    "fixed GPTQ over four calibration draws: 85.65 / 86.50 / 86.50 / 83.95% (mean 85.65 against 85.03 narrow; per "
+    "draw +1.65 / +0.25 / -0.45 / +1.05 points), logit SQNR higher on every draw (mean 10.16 against 9.72 dB). MSQ "
+    "fixed/E2M1 GPTQ 86.95% (86.50 narrow, seed 0). But the best recipe, MSQ fixed/E2M1 + BRECQ, loses with it on "
+    "every draw run: 85.50 / 85.90 / 86.20% on seeds 0-2 against 88.05 / 86.90 / 87.35 (mean -1.57); W4A4 by the "
+    "best recipe 68.70% (68.35 narrow, seed 0), W4A4 GPTQ 51.20% (48.30). The extra level is worth about half a "
+    "point to GPTQ on fixed-point rows and nothing to the best rows; the narrow range stays the default.",
     "- Calibration source under BRECQ (`ptq_calib_shift.md`, 2026-12-06): the best W4A8 recipe (MSQ fixed/E2M1 "
     "ρ=auto, BRECQ, float-weight calibration) calibrated on 250 views of the 20 evaluation photos gives 88.00% on "
     "the other 1,750 (-0.11 ± 1.50 against the 8 calibration photos on the same views), calibrated on 10 of them "
