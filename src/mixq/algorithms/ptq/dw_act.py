@@ -27,7 +27,9 @@ channel's clip ``a_c`` is searched on its own output channel's error (``a_c = r 
 grid of :data:`CLIP_RATIOS`, at the activation format the plan gives the depthwise layer). Equalizing
 with those ``a_c`` gives every channel the clip of the widest one, ``T = max(a)``, and the ReLU between
 the layers becomes a clip at ``T`` on every channel, so a per-tensor quantizer whose range is ``T`` steps
-each channel as its own searched clip would. It runs before ``swap``, after ``first_act_8bit`` when both
+each channel as its own searched clip would. (With a plain ReLU, or nothing, between the layers there is no
+clip module to carry ``T``: the searched clips then set the equalization only, and the quantizer's range is its
+observer's.) It runs before ``swap``, after ``first_act_8bit`` when both
 are named (extra stages run in the registry's order), so it searches at the width that stage plans.
 
 Measured on MobileNetV2 (benchmarks/results/ptq_mobilenetv2_lowbit.md): W4A8 GPTQ +0.65 ± 1.41 points of
