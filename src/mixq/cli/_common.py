@@ -66,6 +66,14 @@ def choice(default: str | None, help: str, choices: Sequence[str], *names: str) 
                         callback=_check(lambda v: v in allowed, f"one of {', '.join(allowed)}"))
 
 
+def choices(help: str, allowed: Sequence[str], *names: str) -> Any:
+    """A repeatable string option (a list, ``None`` when not given), each value one of ``allowed``."""
+    allowed = tuple(allowed)
+    check = _check(lambda v: v in allowed, f"one of {', '.join(allowed)}")
+    return typer.Option(None, *names, help=f"{help} ({' | '.join(allowed)})",
+                        callback=lambda values: [check(v) for v in values] if values else values)
+
+
 def device_option(default: str = "cpu", help: str = "where the model trains: cpu, cuda or cuda:N") -> Any:
     """A torch device option: ``cpu``, ``cuda`` or ``cuda:N`` (whether this machine has it is checked by
     the command, before any work)."""

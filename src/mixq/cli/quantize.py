@@ -34,13 +34,6 @@ RECIPES = ("plan", "minmax", "minmax_pct", "dfq", "dfq_empirical", "adaround", "
 STAGES = ("act_percentile", "first_act_8bit", "dw_act_equalize", "dw_act_clip")
 
 
-def _stages(values: list[str] | None) -> list[str] | None:
-    """``--stage`` values, each one of :data:`STAGES` (a usage error otherwise)."""
-    bad = [v for v in values or [] if v not in STAGES]
-    if bad:
-        raise typer.BadParameter(f"must be one of {', '.join(STAGES)}, got {bad[0]!r}")
-    return values
-
 
 def _size(value: str | None) -> tuple[int, int] | None:
     """``--input-size H`` or ``HxW`` (checked at parse time: a bad value is a usage error)."""
@@ -107,12 +100,11 @@ def register(app: typer.Typer) -> None:
         msq_rows: str | None = cli.choice(None, "MSQ plans only: rows as assigned, the same count re-chosen on the "
                                       "output error, or each row the format with the smaller output error",
                                       ("plan", "output", "output_auto"), "--msq-rows"),
-        stage: list[str] | None = typer.Option(None, "--stage", callback=_stages, help="an extra PTQ stage, "
-                                               "repeatable: act_percentile (percentile activation clipping), "
-                                               "first_act_8bit (the first activation inside the network at 8 "
-                                               "bits), dw_act_equalize / dw_act_clip (each depthwise input's "
-                                               "channels equalized on their ranges / on clips searched per "
-                                               "channel on the depthwise output error; no hardware cost)"),
+        stage: list[str] | None = cli.choices("an extra PTQ stage, repeatable: percentile activation clipping, "
+                                              "the first activation inside the network at 8 bits, each depthwise "
+                                              "input's channels equalized on their ranges / on clips searched per "
+                                              "channel on the depthwise output error (no hardware cost)", STAGES,
+                                              "--stage"),
         device: str = cli.device_option(help="where block reconstruction (--recipe brecq) runs: cpu, cuda or "
                                         "cuda:N"),
         brecq_budget: str = cli.choice("auto", "--recipe brecq: cpu (100 steps of 16 images on 56-px windows), "
@@ -134,7 +126,7 @@ def register(app: typer.Typer) -> None:
                                                        ("msq_rows", msq_rows), ("act_calibration", act_calibration))
                                      if v is not None}
         if stage:
-            overrides["stages"] = tuple(dict.fromkeys(stage))
+            overrides["stages"] = tuple(stage)
         if recipe == "brecq":
             from mixq.algorithms.ptq import brecq_budget as budget_config
 

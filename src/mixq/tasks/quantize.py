@@ -107,8 +107,7 @@ def run_quantize(job: QuantizeJob) -> QuantizeOutcome:
                           "--plan, or drop --msq-rows")
     overrides = dict(job.overrides)
     if "stages" in overrides:  # --stage adds to the recipe's own extra stages
-        base = ptq.get_recipe(job.recipe).stages
-        overrides["stages"] = base + tuple(n for n in overrides["stages"] if n not in base)
+        overrides["stages"] = tuple(dict.fromkeys(ptq.get_recipe(job.recipe).stages + overrides["stages"]))
     t = time.perf_counter()
     res = ptq.quantize_report(net, qplan, data, job.recipe, input_shape=shape, **overrides)
     seconds = time.perf_counter() - t

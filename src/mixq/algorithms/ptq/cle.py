@@ -88,6 +88,7 @@ class EqualizationPair:
 
 _PASS_KINDS = ("relu", "relu6", "act", "maxpool", "avgpool", "gap", "flatten", "pad")
 _CONSTANT_PADS = (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)  # nn.ZeroPadNd are among them
+_COMPUTE = ("conv", "dwconv", "linear")
 
 
 def _zero_pad(model: nn.Module, module: str | None) -> bool:
@@ -95,7 +96,6 @@ def _zero_pad(model: nn.Module, module: str | None) -> bool:
     recorded with their value, so they do not pass."""
     m = model.get_submodule(module) if module else None
     return isinstance(m, _CONSTANT_PADS) and float(m.value) == 0.0
-_COMPUTE = ("conv", "dwconv", "linear")
 
 
 def bn_output_stats(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> dict[str, ChannelStats]:

@@ -105,12 +105,12 @@ def searched_clips(model: nn.Module, fmts: dict[str, Any], ranges: dict[str, tor
     def hook_for(name: str) -> Callable[..., None]:
         layer = model.get_submodule(name)
         assert isinstance(layer, torch.nn.Conv2d)
-        top = ranges[name].float().clamp(min=1e-12).view(1, -1, 1, 1)
+        step = ranges[name].float().clamp(min=1e-12).view(1, -1, 1, 1) / unit_max(fmts[name])
 
         def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], _o: object) -> None:
             x = inp[0].detach()
             for i, r in enumerate(ratios):
-                d = fake_quant(x, fmts[name], top * (r / unit_max(fmts[name]))) - x
+                d = fake_quant(x, fmts[name], step * r) - x
                 e = layer._conv_forward(d, layer.weight, None)
                 errs[name][i] += (e.double() ** 2).sum(dim=(0, 2, 3))
         return hook
@@ -132,12 +132,12 @@ def _equalize(s: PTQState, search: bool) -> PTQState:
     out, pairs = replace_relu6(s.folded, pairs, "clip")
     ranges = input_channel_ranges(out, [p.second for p in pairs], s.calib, s.recipe.batch_size)
     if search:
-        fmts = {p.second: s.plan[p.second].act for p in pairs if p.second in s.plan.layers}
-        fmts = {n: f for n, f in fmts.items() if f is not None}
+        fmts = {p.second: s.plan[p.second].act for p in pairs
+                if p.second in s.plan.layers and s.plan[p.second].act is not None}
         clips = searched_clips(out, fmts, ranges, s.calib[:CLIP_IMAGES], s.recipe.batch_size)
         pairs = [p for p in pairs if p.second in clips]
         ranges = clips
-    widened, kept = {}, {}
+    widened = {}
     for p in pairs:
         sc = equalizing_scales(ranges[p.second])  # float64, as CLE's scales
         divide_rows(_layer(out, p.first), sc)
@@ -151,11 +151,11 @@ def _equalize(s: PTQState, search: bool) -> PTQState:
                 act.upper.copy_(upper.to(act.upper.dtype))
         _scale_stats(s.stats, p.first, sc)
         widened[p.second] = round(float(1.0 / sc.min()), 3)
-        if search:
-            kept[p.second] = round(float(ranges[p.second].max()), 4)
     s.fm = out
-    key = "dw_act_clip" if search else "dw_act_equalize"
-    s.details[key] = {"pairs": len(pairs), "largest_widening": widened, **({"clip": kept} if search else {})}
+    details: dict[str, Any] = {"pairs": len(pairs), "largest_widening": widened}
+    if search:  # the one clip every channel now has, per layer
+        details["clip"] = {p.second: round(float(ranges[p.second].max()), 4) for p in pairs}
+    s.details["dw_act_clip" if search else "dw_act_equalize"] = details
     return s
 
 
