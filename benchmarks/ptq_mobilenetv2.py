@@ -504,6 +504,22 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
         fr_key = pkey.replace("_mse", "_fr_mse") if pkey.endswith("_mse") else pkey + "_fr"
         cfg[k + "_fr"] = (f"{label}, full-range fixed point", fr_key, rec, kw,
                           "; ".join(t for t in (note, fr_note) if t), None)
+    # BRECQ's Fisher-weighted block output error (each element weighted by the float prediction's diagonal Fisher)
+    fisher_keys = ("w4a8_brecq", "w4a8_msqfp_brecq" + FCAL, "w4a4_msqfp_brecq_mseacts_first8" + FCAL)
+    for k in fisher_keys:
+        label, pkey, rec, kw, note, _ = cfg[k]
+        for share, tail in ((1.0, "_fi"), (0.5, "_fi05")):
+            fi = dataclasses.replace(kw["brecq"], fisher=share)
+            cfg[k + tail] = (f"{label}, Fisher-weighted output error ({share:g})", pkey, rec, {**kw, "brecq": fi},
+                             f"{note}; block output error weighted {share:g} by the float prediction's diagonal "
+                             f"Fisher ({fi.fisher_samples} labels drawn per image), {1 - share:g} uniform", None)
+    # each weight row's scale learned with the rounding (BrecqConfig.scale_lr)
+    for k in fisher_keys:
+        label, pkey, rec, kw, note, _ = cfg[k]
+        for lr, tail in ((1e-3, "_sl"), (1e-2, "_sl2")):
+            sl = dataclasses.replace(kw["brecq"], scale_lr=lr)
+            cfg[k + tail] = (f"{label}, row scales learned ({lr:g})", pkey, rec, {**kw, "brecq": sl},
+                             f"{note}; each weight row's scale learned with the rounding (Adam, lr {lr:g})", None)
     # where the 90% target sits: the same GPTQ recipe with 5- and 6-bit weights
     for b in (5, 6):
         cfg[f"w{b}a8_gptq"] = (f"W{b}A8 fixed, GPTQ", f"w{b}a8", "gptq", {}, "output-aware scales; GPTQ", None)
@@ -513,7 +529,7 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
               "w4a4_brecq_mseacts_first8", "w4a8_gptq" + FCAL, "w4a8_msq_gptq" + FCAL, "w4a8_msq_brecq" + FCAL,
               "w4a4_brecq_mseacts_first8" + FCAL, "w4a8_msqfp_brecq" + FCAL,
               "w4a4_msqfp_brecq_mseacts_first8" + FCAL, "w4a8_gptq_fr", "w4a8_msqfp_brecq_fcal_fr",
-              "w4a4_msqfp_brecq_mseacts_first8_fcal_fr"):
+              "w4a4_msqfp_brecq_mseacts_first8_fcal_fr", *(k + "_fi" for k in fisher_keys)):
         label, pkey, rec, kw, note, _ = cfg[k]
         cfg[k + WIDE] = (f"{label}, 26-photo calibration", pkey, rec, kw, f"{note}; {wide_note}", None)
         for n in CALIB_SEEDS:  # the spread over calibration draws

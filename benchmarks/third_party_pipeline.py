@@ -13,10 +13,11 @@ file kind, one fresh process per command::
     mixq estimate --from Q        # streaming (one engine per layer, weights on chip): fits, or exit 3
 
 and the model's own task figure (the package's evaluation from `third_party_models.py`) for the float model
-and for the quantized artifact read back from Q. Writes results/third_party_pipeline.{json,md}.
+and for the quantized artifact read back from Q. Writes results/third_party_pipeline.{json,md}, keeping the rows of
+the models, plans and file kinds not run this time.
 
-    python benchmarks/third_party_pipeline.py [--models KEY ...] [--kinds onnx ts] [--plans w8a8 w4_msq_gptq]
-                                              [--images 128]
+    python benchmarks/third_party_pipeline.py [--models KEY ...] [--kinds onnx ts]
+                                              [--plans w8a8 w4_msq_gptq w4_msq_brecq] [--images 128]
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ CALIB: dict[str, list[str]] = {
 PLANS: dict[str, list[str]] = {
     "w8a8": [],
     "w4_msq_gptq": ["--msq", "0.25", "--recipe", "gptq"],  # 4-bit weights, a quarter of the rows SP2; A8
+    "w4_msq_brecq": ["--msq", "0.25", "--recipe", "brecq"],  # the same with block reconstruction (CPU budget)
 }
 
 
@@ -152,6 +154,20 @@ def _md(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _merged(rows: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
+    """``rows`` in place of the rows of ``path`` with the same model, file kind and plan; the others kept, in the
+    order of MODELS, PLANS and file kind."""
+    def key(r: dict[str, Any]) -> tuple[str, str, str]:
+        return r["model"], r.get("plan", "w8a8"), r["kind"]
+
+    old = json.loads(path.read_text()) if path.is_file() else []
+    by_key = {key(r): r for r in old} | {key(r): r for r in rows}
+    rank = {m: i for i, m in enumerate((*MODELS, *sorted({k[0] for k in by_key} - set(MODELS))))}
+    plans = {p: i for i, p in enumerate(PLANS)}
+    return sorted(by_key.values(), key=lambda r: (rank[r["model"]], plans.get(r.get("plan", "w8a8"), len(plans)),
+                                                  r["kind"] != "onnx"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=list(MODELS))
@@ -170,6 +186,7 @@ def main() -> int:
         rows = [run_one(k, kind, files, Path(tmp), args.images, plan) for k in args.models for plan in args.plans
                 for kind in args.kinds]
     RESULTS.mkdir(exist_ok=True)
+    rows = _merged(rows, RESULTS / "third_party_pipeline.json")
     (RESULTS / "third_party_pipeline.json").write_text(json.dumps(rows, indent=1))
     (RESULTS / "third_party_pipeline.md").write_text(_md(rows))
     print(_md(rows))

@@ -28,6 +28,15 @@ quantizer's frozen scale — unless the block's output error came out higher tha
 already near its optimum, or too few iterations), in which case the block keeps its starting weights and
 scales (``kept: "start"`` in the report).
 
+**Fisher-weighted error** (``fisher`` > 0): BRECQ's own second-order view of the block output error.
+The KL between the float and the quantized prediction is, near the float point, ``½ Δzᵀ F Δz`` for a block
+output change ``Δz``, ``F`` the Fisher information of the float prediction at that output; with its
+diagonal (:func:`fisher_weights`: squared gradients of the log-likelihood of labels drawn from the float
+network's own softmax, one backward pass per draw giving every block's at once) each output element's
+squared error is weighted by ``(1 - fisher) + fisher · F_ii / mean(F)``. Unlike BRECQ's reference code,
+which takes the gradient of the current KL, this needs no labels and is not zero where the quantized
+prediction still agrees.
+
 **MSQ rows in a block** (``msq_rows="block"``; the ``brecq`` stage sets it when the recipe's MSQ rows are
 free, ``msq_rows="output_auto"``): before a block is reconstructed, the rows of its two-format layers are
 chosen on the block's output error (:func:`choose_block_rows`: the rows as given, all in the first
@@ -78,7 +87,11 @@ class BrecqConfig(RoundingConfig):
     the block's output error before its reconstruction (:func:`choose_block_rows`, on ``row_images`` images),
     ``keep`` leaves them; ``start_hardness``: where the soft rounding starts, ``h = rest + k·(round(rest) - rest)``
     — 0 is AdaRound's start (the weights as given, e.g. float), 1 the rounded weights themselves (e.g. GPTQ's
-    levels, whose compensated weights are only consistent once every earlier column is rounded)."""
+    levels, whose compensated weights are only consistent once every earlier column is rounded); ``fisher``: the share
+    of each output element's error weight that comes from the diagonal Fisher information of the float network's
+    prediction at that element (:func:`fisher_weights`, ``fisher_samples`` labels drawn per image), the rest uniform
+    (0: the plain output error); ``scale_lr``: when > 0, each weight row's scale is learned too (a factor on the
+    row's grid, Adam at this rate; 0: the scales as given)."""
 
     iterations: int = 400
     batch: int = 32
@@ -95,6 +108,9 @@ class BrecqConfig(RoundingConfig):
     msq_rows: str = "keep"
     row_images: int = 32
     start_hardness: float = 0.0
+    fisher: float = 0.0
+    fisher_samples: int = 4
+    scale_lr: float = 0.0
 
     def __post_init__(self) -> None:
         require_positive(self, "brecq", ("iterations", "batch", "images", "max_layers", "batch_size"),
@@ -105,6 +121,12 @@ class BrecqConfig(RoundingConfig):
             raise MixqError(f"brecq.row_images: must be >= 1, got {self.row_images!r}")
         if not 0.0 <= self.start_hardness <= 1.0:
             raise MixqError(f"brecq.start_hardness: must be in [0, 1], got {self.start_hardness!r}")
+        if not 0.0 <= self.fisher <= 1.0:
+            raise MixqError(f"brecq.fisher: must be in [0, 1] (0: plain output error), got {self.fisher!r}")
+        if self.scale_lr < 0:
+            raise MixqError(f"brecq.scale_lr: must be >= 0 (0: weight scales fixed), got {self.scale_lr!r}")
+        if self.fisher_samples < 1:
+            raise MixqError(f"brecq.fisher_samples: must be >= 1, got {self.fisher_samples!r}")
         if self.crop < 0:
             raise MixqError(f"brecq.crop: must be >= 0 (0: whole inputs), got {self.crop!r}")
         if not 0.0 <= self.drop < 1.0:
@@ -266,6 +288,9 @@ class _Soft:
             self.logits.append(init_logits(rest.to(ly.weight), cfg.zeta, cfg.gamma).requires_grad_(True))
         self.acts = block.acts
         self.steps = [nn.Parameter(a.scale.detach().clone().float()) for a in self.acts]
+        # a factor per weight row on its grid (learned only with scale_lr > 0)
+        self.row_factors = [torch.ones((ly.weight.shape[0],) + (1,) * (ly.weight.dim() - 1), device=ly.weight.device,
+                                       dtype=ly.weight.dtype, requires_grad=True) for ly in self.layers]
         self.drop = 0.0
 
     def h(self, i: int) -> torch.Tensor:
@@ -284,7 +309,8 @@ class _Soft:
         try:
             for i, ly in enumerate(self.layers):
                 lo, gap = self.grids[i]
-                ly.__dict__["quantized_weight"] = lambda i=i, lo=lo, gap=gap: lo + self.h(i) * gap
+                ly.__dict__["quantized_weight"] = lambda i=i, lo=lo, gap=gap: (
+                    self.row_factors[i] * (lo + self.h(i) * gap))
             for a, step in zip(self.acts, self.steps, strict=True):
                 a.__dict__["forward"] = self._act(a, step)
             yield
@@ -308,21 +334,30 @@ class _Soft:
         for i, ly in enumerate(self.layers):
             lo, gap = self.grids[i]
             up = (self.h(i) >= 0.5) & (gap > 0)
-            ly.weight.copy_(lo + up.to(lo.dtype) * gap)
+            f = self.row_factors[i].detach()
+            ly.weight.copy_(f * (lo + up.to(lo.dtype) * gap))
+            ly.w_scales = ly.w_scales * f.to(ly.w_scales).unsqueeze(0)  # every format's scale of the row
         if self.cfg.learn_act:
             for a, step in zip(self.acts, self.steps, strict=True):
                 a.scale = step.detach().abs().clamp(min=1e-12).reshape(a.scale.shape).to(a.scale)
 
 
 # ---------------------------------------------------------------------------------------------- loop
-def _error(module: nn.Module, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
-    """Mean over images of the squared output error summed over each image's outputs, and the outputs."""
+def _sq_error(out: torch.Tensor, tgt: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """Per image, the squared output error summed over its outputs (each element weighted by ``w`` where given)."""
+    e = (out - tgt).pow(2)
+    return (e if w is None else e * w).flatten(1).sum(1)
+
+
+def _error(module: nn.Module, xs: list[torch.Tensor], ys: list[torch.Tensor],
+           ws: list[torch.Tensor] | None = None) -> tuple[float, list[torch.Tensor]]:
+    """Mean over images of the (weighted) squared output error summed over each image's outputs, and the outputs."""
     total, n = 0.0, 0
     outs = []
     with torch.no_grad():
-        for x, y in zip(xs, ys, strict=True):
+        for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
             outs.append(module(x))
-            total += float((outs[-1] - y).pow(2).flatten(1).sum(1).sum())
+            total += float(_sq_error(outs[-1], y, None if ws is None else ws[i]).sum())
             n += x.shape[0]
     return total / max(n, 1), outs
 
@@ -359,10 +394,12 @@ def _crop_geometry(block: Block, model: nn.Module, x: torch.Tensor, y: torch.Ten
 
 
 def _cropped_step(block: Block, x: torch.Tensor, y: torch.Tensor, crop: int, geo: tuple[int, int],
-                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+                  gen: torch.Generator, elem_w: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor | None]:
     """The block on a random ``crop`` window of ``x`` (stride-aligned, one per batch), the part of its
     output the window determines (the margin dropped where the window's edge is not the image's), that
-    part of the target, and the weight that scales the window's error to a whole image's."""
+    part of the target, the weight that scales the window's error to a whole image's, and that part of the
+    element weights ``elem_w`` (where given)."""
     s, m = geo
     h, w = int(x.shape[-2]), int(x.shape[-1])
     top = int(torch.randint(0, (h - crop) // s + 1, (1,), generator=gen)) * s
@@ -371,8 +408,9 @@ def _cropped_step(block: Block, x: torch.Tensor, y: torch.Tensor, crop: int, geo
     t0, t1 = (0 if top == 0 else m), (c if top + crop == h else c - m)
     l0, l1 = (0 if left == 0 else m), (c if left + crop == w else c - m)
     out = block.module(x[:, :, top : top + crop, left : left + crop])[..., t0:t1, l0:l1]
-    tgt = y[..., top // s + t0 : top // s + t1, left // s + l0 : left // s + l1]
-    return out, tgt, float(y.shape[-2] * y.shape[-1]) / float((t1 - t0) * (l1 - l0))
+    window = (..., slice(top // s + t0, top // s + t1), slice(left // s + l0, left // s + l1))
+    return (out, y[window], float(y.shape[-2] * y.shape[-1]) / float((t1 - t0) * (l1 - l0)),
+            None if elem_w is None else elem_w[window])
 
 
 def _schemes(layers: list[QLayer]) -> list[torch.Tensor]:
@@ -425,18 +463,22 @@ def choose_block_rows(block: Block, model: nn.Module, xq: list[torch.Tensor], ta
 
 
 def reconstruct_block(block: Block, model: nn.Module, xq: list[torch.Tensor], target: list[torch.Tensor],
-                      cfg: BrecqConfig) -> dict[str, Any]:
-    """Learn one block's rounding and activation steps (in place); the output error before and after, and
-    (``"outputs"``) the block's outputs on ``xq`` as it is left."""
+                      cfg: BrecqConfig, weights: list[torch.Tensor] | None = None) -> dict[str, Any]:
+    """Learn one block's rounding and activation steps (in place); the output error before and after (each
+    output element weighted by ``weights``, batched as ``target``, where given), and (``"outputs"``) the
+    block's outputs on ``xq`` as it is left."""
     rows = choose_block_rows(block, model, xq, target, cfg.row_images) if cfg.msq_rows == "block" else None
-    before, out_before = _error(block.module, xq, target)
+    before, out_before = _error(block.module, xq, target, weights)
     soft = _Soft(block, model, cfg)
     with torch.no_grad():  # the start on its grid (a GPTQ start's weights are its compensated, unrounded ones)
-        start = ([ly.quantized_weight().detach().clone() for ly in soft.layers], [a.scale.clone() for a in soft.acts])
+        start = ([ly.quantized_weight().detach().clone() for ly in soft.layers], [a.scale.clone() for a in soft.acts],
+                 [ly.w_scales.clone() for ly in soft.layers])
     x_all, y_all = torch.cat(xq), torch.cat(target)
+    w_all = None if weights is None else torch.cat(weights)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam([{"params": soft.logits, "lr": cfg.lr},
-                            {"params": soft.steps, "lr": cfg.act_lr}])
+                            {"params": soft.steps, "lr": cfg.act_lr},
+                            *([{"params": soft.row_factors, "lr": cfg.scale_lr}] if cfg.scale_lr > 0 else [])])
     n = x_all.shape[0]
     geo = _crop_geometry(block, model, x_all, y_all, cfg.crop) if cfg.crop else None
     torch.manual_seed(cfg.seed)  # QDrop's masks
@@ -444,11 +486,12 @@ def reconstruct_block(block: Block, model: nn.Module, xq: list[torch.Tensor], ta
         soft.drop = cfg.drop
         for step in range(cfg.iterations):
             idx = torch.randint(0, n, (min(cfg.batch, n),), generator=gen).to(x_all.device)
+            w = None if w_all is None else w_all[idx]
             if geo is None:
                 out, tgt, weight = block.module(x_all[idx]), y_all[idx], 1.0
             else:
-                out, tgt, weight = _cropped_step(block, x_all[idx], y_all[idx], cfg.crop, geo, gen)
-            loss = weight * (out - tgt).pow(2).flatten(1).sum(1).mean()
+                out, tgt, weight, w = _cropped_step(block, x_all[idx], y_all[idx], cfg.crop, geo, gen, w)
+            loss = weight * _sq_error(out, tgt, w).mean()
             beta = beta_at(step, cfg)
             if beta is not None:
                 loss = loss + cfg.reg_weight * soft.regularizer(beta)
@@ -457,17 +500,65 @@ def reconstruct_block(block: Block, model: nn.Module, xq: list[torch.Tensor], ta
             opt.step()
         soft.drop = 0.0
     soft.write_back()
-    after, out_after = _error(block.module, xq, target)
+    after, out_after = _error(block.module, xq, target, weights)
     if after > before:  # the learned point is worse than the start (a block already near its optimum): keep the start
         with torch.no_grad():
-            for ly, w in zip(soft.layers, start[0], strict=True):
+            for ly, w, ws in zip(soft.layers, start[0], start[2], strict=True):
                 ly.weight.copy_(w)
+                ly.w_scales = ws
             for a, sc in zip(soft.acts, start[1], strict=True):
                 a.scale = sc
     return {"layers": len(block.layers), "rec_before": before, "rec_after": min(after, before),
             "rec_learned": after, "kept": "start" if after > before else "learned",
             "crop": None if geo is None else {"stride": geo[0], "margin": geo[1]},
             "outputs": out_before if after > before else out_after, **({"msq_rows": rows} if rows else {})}
+
+
+def fisher_weights(blocks: list[Block], model: nn.Module, xs: list[torch.Tensor], samples: int, seed: int = 0,
+                   weights: dict[str, torch.Tensor] | None = None) -> list[list[torch.Tensor]]:
+    """Per block, per batch of ``xs``: the diagonal Fisher information of the float network's prediction at each
+    element of the block's output, normalised to mean 1 over the block's elements.
+
+    The float network (every block's layers and activation quantizers off, on ``weights`` where given) runs as
+    the chain of its blocks; for each image ``samples`` labels are drawn from its own softmax and the squared
+    gradient of their log-likelihood at every block output is averaged. This is the diagonal of the Hessian of
+    KL(float ‖ quantized) at the float point (BRECQ's Fisher approximation), so an element the prediction is
+    sensitive to — an image near a tie between two classes above all — weighs more in the block's output error.
+    The chain must reproduce the model's output (checked on the first batch) and end in (images, classes) logits."""
+    gen = torch.Generator().manual_seed(seed)
+    sums: list[list[torch.Tensor]] = [[] for _ in blocks]
+    with contextlib.ExitStack() as stack:
+        for b in blocks:
+            stack.enter_context(_float(b, model, weights))
+        for i, x in enumerate(xs):
+            with torch.enable_grad():
+                outs, h = [], x
+                for b in blocks:
+                    h = b.module(h)
+                    outs.append(h)
+                if i == 0:
+                    with torch.no_grad():
+                        whole = model(x)
+                    if whole.shape != h.shape or not torch.allclose(whole, h, rtol=1e-4, atol=1e-4):
+                        raise ModelError("brecq.fisher: the model's blocks do not chain to its output "
+                                         "(a layer shared between blocks, or more than one output)")
+                if h.dim() != 2:
+                    raise ModelError(f"brecq.fisher: needs (images, classes) logits at the output, got shape "
+                                     f"{tuple(h.shape)}")
+                logp = torch.log_softmax(h, dim=1)
+                labels = torch.multinomial(logp.detach().exp().cpu(), samples, replacement=True, generator=gen)
+                acc = [torch.zeros_like(o) for o in outs]
+                for k in range(samples):
+                    ll = logp.gather(1, labels[:, k : k + 1].to(logp.device)).sum()
+                    for a, g in zip(acc, torch.autograd.grad(ll, outs, retain_graph=k + 1 < samples), strict=True):
+                        a.add_(g.detach().pow(2))
+            for per_block, a in zip(sums, acc, strict=True):
+                per_block.append(a / samples)
+    out = []
+    for per_block in sums:
+        mean = sum(float(a.sum()) for a in per_block) / max(sum(a.numel() for a in per_block), 1)
+        out.append([a / mean if mean > 0 else torch.ones_like(a) for a in per_block])
+    return out
 
 
 def brecq(qmodel: nn.Module, calib: torch.Tensor, cfg: BrecqConfig | None = None,
@@ -489,11 +580,14 @@ def brecq(qmodel: nn.Module, calib: torch.Tensor, cfg: BrecqConfig | None = None
             fw = None if fmodel is None else {n: _weight(fmodel, n).to(dev) for b in blocks for n in b.layers}
             xq = [b.to(dev) for b in batches(data, cfg.batch_size)]
             xf = list(xq)
+            fish = (fisher_weights(blocks, qmodel, xf, cfg.fisher_samples, cfg.seed, fw)
+                    if cfg.fisher > 0 else [None] * len(blocks))
             with progress.task("ptq brecq", total=len(blocks)) as task:
-                for block in blocks:
+                for block, fb in zip(blocks, fish, strict=True):
                     with torch.no_grad(), _float(block, qmodel, fw):
                         yf = [block.module(x) for x in xf]
-                    rep = reconstruct_block(block, qmodel, xq, yf, cfg)
+                    ws = None if fb is None else [(1.0 - cfg.fisher) + cfg.fisher * w for w in fb]
+                    rep = reconstruct_block(block, qmodel, xq, yf, cfg, ws)
                     xq = rep.pop("outputs")  # the next block's input: this block's output as it is left
                     report[block.layers[0]] = rep
                     xf = yf
