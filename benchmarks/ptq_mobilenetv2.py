@@ -374,6 +374,11 @@ def lowbit_plans(model: torch.nn.Module, sample: torch.Tensor) -> dict[str, Any]
     out["w4a8_fr"], out["w4a4_fr"] = plan("fixed4", 8), plan("fixed4", 4)
     out["w4a8_msqfp_fr"] = plan("fixed4", 8, alt="minifloat_e2m1", ratio=0.5)
     out["w4a4_msqfp_fr"] = plan("fixed4", 4, alt="minifloat_e2m1", ratio=0.5)
+    # weights only (activations float): what the 4-bit weights cost on their own
+    from mixq.plan import QuantPlan
+
+    base = out["w4a8_msqfp"]
+    out["w4_msqfp_wonly"] = QuantPlan(model=base.model, layers={n: lp.with_(act=None) for n, lp in base.items()})
     # activations calibrated by the MSE observer (min-max collapses A4 and costs A8 8 points: see the notes)
     for key in ("w4a4", "w2a4", "w4a8", "w4a8_msq", "w4a4_msq", "w4a4_msqfp", "w4a4_fr", "w4a4_msqfp_fr"):
         p = out[key]
@@ -520,6 +525,14 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
             sl = dataclasses.replace(kw["brecq"], scale_lr=lr)
             cfg[k + tail] = (f"{label}, row scales learned ({lr:g})", pkey, rec, {**kw, "brecq": sl},
                              f"{note}; each weight row's scale learned with the rounding (Adam, lr {lr:g})", None)
+    # the best W4A8 recipe's weights alone, activations float, at 1x / 4x / 16x the BRECQ steps
+    wo_note = "weights only: every activation float"
+    for it, tail in ((brecq_iters, ""), (4 * brecq_iters, "_x4"), (16 * brecq_iters, "_x16")):
+        b_it = dataclasses.replace(bq, iterations=it)
+        cfg["w4_msqfp_brecq_wonly" + tail] = (
+            f"W4 (A float) MSQ fixed/E2M1 ρ=auto, BRECQ {it} steps", "w4_msqfp_wonly", "brecq",
+            {**auto_rows, "brecq": b_it},
+            f"{wo_note}; {fp_note}; " + bq_note.replace(f"{bq.iterations} Adam", f"{it} Adam"), None)
     # where the 90% target sits: the same GPTQ recipe with 5- and 6-bit weights
     for b in (5, 6):
         cfg[f"w{b}a8_gptq"] = (f"W{b}A8 fixed, GPTQ", f"w{b}a8", "gptq", {}, "output-aware scales; GPTQ", None)
