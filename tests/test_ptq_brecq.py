@@ -190,7 +190,8 @@ class _Strided(nn.Module):
 def test_windows_reproduce_the_block_away_from_their_border_and_reconstruction_still_lowers_errors() -> None:
     """``crop``: a block is optimised on windows of its input; the margin is the border a window's zero padding
     spoils (one pixel per 3x3 conv), a block with a global mean gets none, and every block error still falls."""
-    from mixq.algorithms.ptq.brecq import _crop_geometry, _float
+    from mixq.algorithms.ptq.blocks import float_block
+    from mixq.algorithms.ptq.brecq import _crop_geometry
 
     torch.manual_seed(0)
     net = _Strided().eval()
@@ -204,7 +205,7 @@ def test_windows_reproduce_the_block_away_from_their_border_and_reconstruction_s
     xin = x[:4]
     found = []
     for b in blocks:
-        with torch.no_grad(), _float(b, q):
+        with torch.no_grad(), float_block(b, q):
             y = b.module(xin)
         found.append(_crop_geometry(b, q, xin, y, 8))
         xin = y
@@ -224,14 +225,15 @@ def test_msq_rows_chosen_in_a_block_are_never_worse_than_either_format_alone() -
     a block error no higher than every row in fixed point or every row in SP2 (and than the rows as given);
     the recipe with free rows (``msq_rows="output_auto"``) runs it in every block and records the rows in
     the plan."""
-    from mixq.algorithms.ptq.brecq import _float, choose_block_rows
+    from mixq.algorithms.ptq.blocks import float_block
+    from mixq.algorithms.ptq.brecq import choose_block_rows
 
     net, plan, x = _setup(FixedPoint(4, narrow=True), SumOfPowers(4), 0.5)
     q = quantize_report(net, plan, x, "minmax", weight_scales="output", msq_rows="output_auto").model
     xin = x[:32]
     checked = 0
     for b in find_blocks(q, max_layers=2):
-        with torch.no_grad(), _float(b, q):
+        with torch.no_grad(), float_block(b, q):
             y = b.module(xin)
         layers = [q.get_submodule(n) for n in b.layers]
 
@@ -316,7 +318,7 @@ def test_fisher_weights_at_the_logits_are_the_softmax_fisher_diagonal() -> None:
     """At the classifier's output the diagonal Fisher of the prediction is exactly p·(1 - p) per logit; the
     sampled estimate (4,000 labels per image) reaches it within about 3% on average, every block's weights have mean 1,
     and an earlier block's weights are spread (not uniform)."""
-    from mixq.algorithms.ptq.brecq import _float, fisher_weights
+    from mixq.algorithms.ptq.blocks import fisher_weights, float_block
 
     net, plan, x = _setup()
     q = quantize_report(net, plan, x, "minmax").model
@@ -328,7 +330,7 @@ def test_fisher_weights_at_the_logits_are_the_softmax_fisher_diagonal() -> None:
         assert float(torch.cat([w.flatten() for w in per_block]).mean()) == pytest.approx(1.0, rel=1e-5)
     with contextlib.ExitStack() as stack, torch.no_grad():
         for b in blocks:
-            stack.enter_context(_float(b, q))
+            stack.enter_context(float_block(b, q))
         p = torch.softmax(q(xs[0]), dim=1)
     exact = p * (1 - p)
     exact = exact / exact.mean()

@@ -9,8 +9,9 @@ from mixq.algorithms.ptq.bias_correction import (
     empirical_bias_correction,
     expected_input_means,
 )
+from mixq.algorithms.ptq.blocks import find_blocks
 from mixq.algorithms.ptq.bn_reestimate import reestimate_bn, restore_channel_stats
-from mixq.algorithms.ptq.brecq import BRECQ_BUDGETS, BrecqConfig, brecq, brecq_budget, find_blocks
+from mixq.algorithms.ptq.brecq import BRECQ_BUDGETS, BrecqConfig, brecq, brecq_budget
 from mixq.algorithms.ptq.calibrate import activation_scales, calibrate_activations
 from mixq.algorithms.ptq.cle import (
     ChannelStats,

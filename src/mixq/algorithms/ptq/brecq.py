@@ -2,14 +2,7 @@
 al., ICLR 2022): the rounding of every weight and the step of every activation quantizer of a block,
 learned together on the block's output error.
 
-**Blocks from the graph.** The model is traced by the one graph front end
-(:func:`mixq.graph.trace.trace`) and cut wherever exactly one tensor is alive between two nodes: the
-pieces between cuts are single-entry, single-exit regions (an inverted residual or a residual block,
-whose skip tensor stays alive across its inside, is one region; a plain conv chain is one region per
-layer). Consecutive regions are merged while a block holds at most ``max_layers`` compute layers (conv
-pairs by default) or while they lie in one module below the top level (an inverted residual without
-its skip); a region with more layers is a block of its own. Each block runs as its own small
-:class:`torch.fx.GraphModule` sharing the model's modules.
+**Blocks** come from :mod:`mixq.algorithms.ptq.blocks` (single-entry, single-exit regions of the graph).
 
 **Reconstruction.** Blocks are processed in forward order. A block's input ``x_q`` comes from the
 quantized model with the earlier blocks already reconstructed, its target is the float block's output
@@ -17,7 +10,7 @@ on the float input (the same modules with their quantizers off). With ``lo``/``g
 levels of every weight (any format, MSQ rows included; :func:`~mixq.algorithms.ptq.adaround.rounding_grid`)
 and AdaRound's rectified sigmoid ``h(V)``, Adam minimises ::
 
-    ‖block(x_q; lo + h(V)·gap, steps) - block_float(x_fp)‖²  +  λ Σ (1 - |2h(V) - 1|^β)
+    ‖block(x_q; lo + h(V)·gap, steps) - blockfloat_block(x_fp)‖²  +  λ Σ (1 - |2h(V) - 1|^β)
 
 over ``V`` of every layer of the block and, with ``learn_act``, the step of every activation quantizer
 inside it (LSQ's straight-through rounding). With ``drop > 0`` each activation quantizer passes
@@ -31,11 +24,11 @@ scales (``kept: "start"`` in the report).
 **Fisher-weighted error** (``fisher`` > 0): BRECQ's own second-order view of the block output error.
 The KL between the float and the quantized prediction is, near the float point, ``½ Δzᵀ F Δz`` for a block
 output change ``Δz``, ``F`` the Fisher information of the float prediction at that output; with its
-diagonal (:func:`fisher_weights`: squared gradients of the log-likelihood of labels drawn from the float
-network's own softmax, one backward pass per draw giving every block's at once) each output element's
-squared error is weighted by ``(1 - fisher) + fisher · F_ii / mean(F)``. Unlike BRECQ's reference code,
-which takes the gradient of the current KL, this needs no labels and is not zero where the quantized
-prediction still agrees.
+diagonal (:func:`~mixq.algorithms.ptq.blocks.fisher_weights`: squared gradients of the log-likelihood
+of labels drawn from the float network's own softmax, one backward pass per draw giving every block's
+at once) each output element's squared error is weighted by ``(1 - fisher) + fisher · F_ii / mean(F)``.
+Unlike BRECQ's reference code, which takes the gradient of the current KL, this needs no labels and is
+not zero where the quantized prediction still agrees.
 
 **MSQ rows in a block** (``msq_rows="block"``; the ``brecq`` stage sets it when the recipe's MSQ rows are
 free, ``msq_rows="output_auto"``): before a block is reconstructed, the rows of its two-format layers are
@@ -59,18 +52,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import nn
 
 from mixq import progress
 from mixq.algorithms.ptq._common import as_tensor, batches, require_positive
 from mixq.algorithms.ptq.adaround import RoundingConfig, beta_at, init_logits, rectified_sigmoid, rounding_grid
-from mixq.errors import MixqError, ModelError
-from mixq.graph.trace import trace
+from mixq.algorithms.ptq.blocks import Block, QLayer, find_blocks, fisher_weights, float_block, float_weight
+from mixq.errors import MixqError
 from mixq.modes import eval_mode
-from mixq.nn import QAct, QConv2d, QLinear
+from mixq.nn import QAct
 from mixq.quant.lsq import lsq_quant
 
-QLayer = QConv2d | QLinear
+__all__ = ["BRECQ_BUDGETS", "BrecqConfig", "brecq", "brecq_budget", "choose_block_rows", "reconstruct_block"]
 
 
 @dataclass(frozen=True)
@@ -87,11 +80,11 @@ class BrecqConfig(RoundingConfig):
     the block's output error before its reconstruction (:func:`choose_block_rows`, on ``row_images`` images),
     ``keep`` leaves them; ``start_hardness``: where the soft rounding starts, ``h = rest + k·(round(rest) - rest)``
     — 0 is AdaRound's start (the weights as given, e.g. float), 1 the rounded weights themselves (e.g. GPTQ's
-    levels, whose compensated weights are only consistent once every earlier column is rounded); ``fisher``: the share
-    of each output element's error weight that comes from the diagonal Fisher information of the float network's
-    prediction at that element (:func:`fisher_weights`, ``fisher_samples`` labels drawn per image), the rest uniform
-    (0: the plain output error); ``scale_lr``: when > 0, each weight row's scale is learned too (a factor on the
-    row's grid, Adam at this rate; 0: the scales as given)."""
+    levels, whose compensated weights are only consistent once every earlier column is rounded); ``fisher``: the
+    share of each output element's error weight that comes from the diagonal Fisher information of the float
+    network's prediction at that element (``blocks.fisher_weights``, ``fisher_samples`` labels drawn per image), the
+    rest uniform (0: the plain output error); ``scale_lr``: when > 0, each weight row's scale is learned too (a
+    factor on the row's grid, Adam at this rate; 0: the scales as given)."""
 
     iterations: int = 400
     batch: int = 32
@@ -149,128 +142,6 @@ def brecq_budget(name: str, **fields: Any) -> BrecqConfig:
     if name not in BRECQ_BUDGETS:
         raise MixqError(f"brecq budget: {name!r} is not one of {', '.join(BRECQ_BUDGETS)}")
     return BrecqConfig(**{**BRECQ_BUDGETS[name], **fields})
-
-
-# ---------------------------------------------------------------------------------------------- blocks
-@dataclass
-class Block:
-    """A run of graph nodes with one input and one output: the compute layers in it and its callable."""
-
-    layers: list[str]
-    module: fx.GraphModule
-    acts: list[QAct]
-
-
-def _single_tensor_cuts(nodes: list[fx.Node]) -> list[int]:
-    """Indices ``i`` after which exactly one value — node ``i``'s — is still needed later."""
-    last_use: dict[fx.Node, int] = {}
-    for i, n in enumerate(nodes):
-        for a in n.all_input_nodes:
-            last_use[a] = i
-    alive: set[fx.Node] = set()
-    cuts = []
-    for i, n in enumerate(nodes):
-        alive = {a for a in alive if last_use.get(a, -1) > i}
-        if n.op != "get_attr" and last_use.get(n, -1) > i:
-            alive.add(n)
-        if alive == {n}:
-            cuts.append(i)
-    return cuts
-
-
-def _subgraph(gm: fx.GraphModule, region: list[fx.Node], entry: fx.Node) -> fx.GraphModule:
-    """The nodes of ``region`` as a module of one input (``entry``'s value) returning the last node."""
-    g = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {entry: g.placeholder("x")}
-
-    def arg(a: fx.Node) -> fx.Node:
-        if a not in env:  # a constant (get_attr) the region reads
-            if a.op != "get_attr":
-                raise ModelError(f"brecq: node {a.name} feeds block {region[0].name}..{region[-1].name} "
-                                 "from outside it")
-            env[a] = g.node_copy(a)
-        return env[a]
-
-    for n in region:
-        env[n] = g.node_copy(n, arg)
-    g.output(env[region[-1]])
-    return fx.GraphModule(gm, g)
-
-
-def find_blocks(model: nn.Module, max_layers: int = 2) -> list[Block]:
-    """The blocks of a quantized model (see the module doc), in forward order."""
-    gm = trace(model, stage="brecq")
-    nodes = [n for n in gm.graph.nodes if n.op != "output"]
-    inputs = [n for n in nodes if n.op == "placeholder"]
-    if len(inputs) != 1:
-        raise ModelError(f"brecq: the model takes {len(inputs)} inputs; block reconstruction needs one")
-    cuts = _single_tensor_cuts(nodes)
-    if cuts[-1] != len(nodes) - 1:  # the model's output ends the last region
-        cuts.append(len(nodes) - 1)
-    regions: list[tuple[fx.Node, list[fx.Node]]] = []
-    for a, b in zip(cuts, cuts[1:], strict=False):
-        body = [n for n in nodes[a + 1 : b + 1] if n.op != "get_attr"]
-        if body:
-            regions.append((nodes[a], body))
-
-    def layers_of(body: list[fx.Node]) -> list[str]:
-        return [str(n.target) for n in body
-                if n.op == "call_module" and isinstance(gm.get_submodule(str(n.target)), QLayer)]
-
-    def one_unit(a: list[str], b: list[str]) -> bool:
-        """The last layer of ``a`` and the first of ``b`` lie in one module below the top level
-        (``features.4.conv``: the two halves of an inverted residual without its skip)."""
-        pa, pb = a[-1].split("."), b[0].split(".")
-        common = next((i for i, (x, y) in enumerate(zip(pa, pb, strict=False)) if x != y), min(len(pa), len(pb)))
-        return common >= 2
-
-    blocks: list[tuple[fx.Node, list[fx.Node]]] = []
-    for entry, body in regions:
-        prev = layers_of(blocks[-1][1]) if blocks else []
-        cur = layers_of(body)
-        if blocks and (not cur or not prev or len(prev) + len(cur) <= max_layers or one_unit(prev, cur)):
-            blocks[-1] = (blocks[-1][0], blocks[-1][1] + body)
-        else:
-            blocks.append((entry, body))
-    out = []
-    seen: set[str] = set()
-    for entry, body in blocks:
-        names = [n for n in layers_of(body) if n not in seen]
-        seen.update(names)
-        if not names:
-            continue
-        acts = [m for n in body if n.op == "call_module" for m in gm.get_submodule(str(n.target)).modules()
-                if isinstance(m, QAct) and m.mode == "quant"]
-        out.append(Block(names, _subgraph(gm, body, entry), list(dict.fromkeys(acts))))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- patches
-@contextlib.contextmanager
-def _float(block: Block, model: nn.Module, weights: dict[str, torch.Tensor] | None = None) -> Iterator[None]:
-    """The block's layers and activation quantizers switched off (the float block), on ``weights`` (by
-    layer name) where given, else on the layers' own weights."""
-    layers = [model.get_submodule(n) for n in block.layers]
-    modes = [a.mode for a in block.acts]
-    try:
-        for n, ly in zip(block.layers, layers, strict=True):  # an instance attribute shadows the method
-            w = weights[n] if weights is not None else ly.weight
-            ly.__dict__["quantized_weight"] = lambda w=w: w
-        for a in block.acts:
-            a.mode = "float"
-        yield
-    finally:
-        for ly in layers:
-            ly.__dict__.pop("quantized_weight", None)
-        for a, m in zip(block.acts, modes, strict=True):
-            a.mode = m
-
-
-def _weight(model: nn.Module, name: str) -> torch.Tensor:
-    w = model.get_submodule(name).weight
-    if not isinstance(w, torch.Tensor):
-        raise ModelError(f"brecq: the float model's layer {name!r} has no weight tensor")
-    return w.detach()
 
 
 class _Soft:
@@ -380,7 +251,7 @@ def _crop_geometry(block: Block, model: nn.Module, x: torch.Tensor, y: torch.Ten
         return None
     top, left = (h - crop) // 2 // s * s, (w - crop) // 2 // s * s
     c = crop // s
-    with torch.no_grad(), _float(block, model):
+    with torch.no_grad(), float_block(block, model):
         out = block.module(x[:2, :, top : top + crop, left : left + crop])
         whole = block.module(x[:2])
     if out.shape[-2:] != (c, c) or whole.shape != y[:2].shape:
@@ -514,53 +385,6 @@ def reconstruct_block(block: Block, model: nn.Module, xq: list[torch.Tensor], ta
             "outputs": out_before if after > before else out_after, **({"msq_rows": rows} if rows else {})}
 
 
-def fisher_weights(blocks: list[Block], model: nn.Module, xs: list[torch.Tensor], samples: int, seed: int = 0,
-                   weights: dict[str, torch.Tensor] | None = None) -> list[list[torch.Tensor]]:
-    """Per block, per batch of ``xs``: the diagonal Fisher information of the float network's prediction at each
-    element of the block's output, normalised to mean 1 over the block's elements.
-
-    The float network (every block's layers and activation quantizers off, on ``weights`` where given) runs as
-    the chain of its blocks; for each image ``samples`` labels are drawn from its own softmax and the squared
-    gradient of their log-likelihood at every block output is averaged. This is the diagonal of the Hessian of
-    KL(float ‖ quantized) at the float point (BRECQ's Fisher approximation), so an element the prediction is
-    sensitive to — an image near a tie between two classes above all — weighs more in the block's output error.
-    The chain must reproduce the model's output (checked on the first batch) and end in (images, classes) logits."""
-    gen = torch.Generator().manual_seed(seed)
-    sums: list[list[torch.Tensor]] = [[] for _ in blocks]
-    with contextlib.ExitStack() as stack:
-        for b in blocks:
-            stack.enter_context(_float(b, model, weights))
-        for i, x in enumerate(xs):
-            with torch.enable_grad():
-                outs, h = [], x
-                for b in blocks:
-                    h = b.module(h)
-                    outs.append(h)
-                if i == 0:
-                    with torch.no_grad():
-                        whole = model(x)
-                    if whole.shape != h.shape or not torch.allclose(whole, h, rtol=1e-4, atol=1e-4):
-                        raise ModelError("brecq.fisher: the model's blocks do not chain to its output "
-                                         "(a layer shared between blocks, or more than one output)")
-                if h.dim() != 2:
-                    raise ModelError(f"brecq.fisher: needs (images, classes) logits at the output, got shape "
-                                     f"{tuple(h.shape)}")
-                logp = torch.log_softmax(h, dim=1)
-                labels = torch.multinomial(logp.detach().exp().cpu(), samples, replacement=True, generator=gen)
-                acc = [torch.zeros_like(o) for o in outs]
-                for k in range(samples):
-                    ll = logp.gather(1, labels[:, k : k + 1].to(logp.device)).sum()
-                    for a, g in zip(acc, torch.autograd.grad(ll, outs, retain_graph=k + 1 < samples), strict=True):
-                        a.add_(g.detach().pow(2))
-            for per_block, a in zip(sums, acc, strict=True):
-                per_block.append(a / samples)
-    out = []
-    for per_block in sums:
-        mean = sum(float(a.sum()) for a in per_block) / max(sum(a.numel() for a in per_block), 1)
-        out.append([a / mean if mean > 0 else torch.ones_like(a) for a in per_block])
-    return out
-
-
 def brecq(qmodel: nn.Module, calib: torch.Tensor, cfg: BrecqConfig | None = None,
           fmodel: nn.Module | None = None) -> dict[str, dict[str, Any]]:
     """Block reconstruction of every block of ``qmodel`` (in place; activation quantizers calibrated
@@ -577,14 +401,14 @@ def brecq(qmodel: nn.Module, calib: torch.Tensor, cfg: BrecqConfig | None = None
     try:
         with eval_mode(qmodel):
             blocks = find_blocks(qmodel, cfg.max_layers)
-            fw = None if fmodel is None else {n: _weight(fmodel, n).to(dev) for b in blocks for n in b.layers}
+            fw = None if fmodel is None else {n: float_weight(fmodel, n).to(dev) for b in blocks for n in b.layers}
             xq = [b.to(dev) for b in batches(data, cfg.batch_size)]
             xf = list(xq)
             fish = (fisher_weights(blocks, qmodel, xf, cfg.fisher_samples, cfg.seed, fw)
                     if cfg.fisher > 0 else [None] * len(blocks))
             with progress.task("ptq brecq", total=len(blocks)) as task:
                 for block, fb in zip(blocks, fish, strict=True):
-                    with torch.no_grad(), _float(block, qmodel, fw):
+                    with torch.no_grad(), float_block(block, qmodel, fw):
                         yf = [block.module(x) for x in xf]
                     ws = None if fb is None else [(1.0 - cfg.fisher) + cfg.fisher * w for w in fb]
                     rep = reconstruct_block(block, qmodel, xq, yf, cfg, ws)
