@@ -509,22 +509,22 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
         fr_key = pkey.replace("_mse", "_fr_mse") if pkey.endswith("_mse") else pkey + "_fr"
         cfg[k + "_fr"] = (f"{label}, full-range fixed point", fr_key, rec, kw,
                           "; ".join(t for t in (note, fr_note) if t), None)
-    # BRECQ's Fisher-weighted block output error (each element weighted by the float prediction's diagonal Fisher)
-    fisher_keys = ("w4a8_brecq", "w4a8_msqfp_brecq" + FCAL, "w4a4_msqfp_brecq_mseacts_first8" + FCAL)
-    for k in fisher_keys:
-        label, pkey, rec, kw, note, _ = cfg[k]
-        for share, tail in ((1.0, "_fi"), (0.5, "_fi05")):
-            fi = dataclasses.replace(kw["brecq"], fisher=share)
-            cfg[k + tail] = (f"{label}, Fisher-weighted output error ({share:g})", pkey, rec, {**kw, "brecq": fi},
-                             f"{note}; block output error weighted {share:g} by the float prediction's diagonal "
-                             f"Fisher ({fi.fisher_samples} labels drawn per image), {1 - share:g} uniform", None)
-    # each weight row's scale learned with the rounding (BrecqConfig.scale_lr)
-    for k in fisher_keys:
-        label, pkey, rec, kw, note, _ = cfg[k]
-        for lr, tail in ((1e-3, "_sl"), (1e-2, "_sl2")):
-            sl = dataclasses.replace(kw["brecq"], scale_lr=lr)
-            cfg[k + tail] = (f"{label}, row scales learned ({lr:g})", pkey, rec, {**kw, "brecq": sl},
-                             f"{note}; each weight row's scale learned with the rounding (Adam, lr {lr:g})", None)
+    # BRECQ variants: the Fisher-weighted block output error (each element weighted by the float prediction's
+    # diagonal Fisher) and each weight row's scale learned with the rounding (BrecqConfig.fisher / scale_lr)
+    samples = bq.fisher_samples
+    fisher_rows = [(tail, {"fisher": v}, f"Fisher-weighted output error ({v:g})",
+                    f"block output error weighted {v:g} by the float prediction's diagonal Fisher ({samples} labels "
+                    f"drawn per image), {1 - v:g} uniform") for v, tail in ((1.0, "_fi"), (0.5, "_fi05"))]
+    scale_rows = [(tail, {"scale_lr": v}, f"row scales learned ({v:g})",
+                   f"each weight row's scale learned with the rounding (Adam, lr {v:g})")
+                  for v, tail in ((1e-3, "_sl"), (1e-2, "_sl2"))]
+    brecq_keys = ("w4a8_brecq", "w4a8_msqfp_brecq" + FCAL, "w4a4_msqfp_brecq_mseacts_first8" + FCAL)
+    for variants in (fisher_rows, scale_rows):
+        for k in brecq_keys:
+            label, pkey, rec, kw, note, _ = cfg[k]
+            for tail, fields, lab, nt in variants:
+                cfg[k + tail] = (f"{label}, {lab}", pkey, rec,
+                                 {**kw, "brecq": dataclasses.replace(kw["brecq"], **fields)}, f"{note}; {nt}", None)
     # the best W4A8 recipe's weights alone, activations float, at 1x / 4x / 16x the BRECQ steps
     wo_note = "weights only: every activation float"
     for it, tail in ((brecq_iters, ""), (4 * brecq_iters, "_x4"), (16 * brecq_iters, "_x16")):
@@ -542,7 +542,7 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
               "w4a4_brecq_mseacts_first8", "w4a8_gptq" + FCAL, "w4a8_msq_gptq" + FCAL, "w4a8_msq_brecq" + FCAL,
               "w4a4_brecq_mseacts_first8" + FCAL, "w4a8_msqfp_brecq" + FCAL,
               "w4a4_msqfp_brecq_mseacts_first8" + FCAL, "w4a8_gptq_fr", "w4a8_msqfp_brecq_fcal_fr",
-              "w4a4_msqfp_brecq_mseacts_first8_fcal_fr", *(k + "_fi" for k in fisher_keys)):
+              "w4a4_msqfp_brecq_mseacts_first8_fcal_fr", *(k + "_fi" for k in brecq_keys)):
         label, pkey, rec, kw, note, _ = cfg[k]
         cfg[k + WIDE] = (f"{label}, 26-photo calibration", pkey, rec, kw, f"{note}; {wide_note}", None)
         for n in CALIB_SEEDS:  # the spread over calibration draws

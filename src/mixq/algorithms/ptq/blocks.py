@@ -148,8 +148,6 @@ def float_weight(model: nn.Module, name: str) -> torch.Tensor:
     return w.detach()
 
 
-
-
 def fisher_weights(blocks: list[Block], model: nn.Module, xs: list[torch.Tensor], samples: int, seed: int = 0,
                    weights: dict[str, torch.Tensor] | None = None) -> list[list[torch.Tensor]]:
     """Per block, per batch of ``xs``: the diagonal Fisher information of the float network's prediction at each

@@ -10,7 +10,7 @@ on the float input (the same modules with their quantizers off). With ``lo``/``g
 levels of every weight (any format, MSQ rows included; :func:`~mixq.algorithms.ptq.adaround.rounding_grid`)
 and AdaRound's rectified sigmoid ``h(V)``, Adam minimises ::
 
-    ‖block(x_q; lo + h(V)·gap, steps) - blockfloat_block(x_fp)‖²  +  λ Σ (1 - |2h(V) - 1|^β)
+    ‖block(x_q; lo + h(V)·gap, steps) - block_float(x_fp)‖²  +  λ Σ (1 - |2h(V) - 1|^β)
 
 over ``V`` of every layer of the block and, with ``learn_act``, the step of every activation quantizer
 inside it (LSQ's straight-through rounding). With ``drop > 0`` each activation quantizer passes
@@ -159,13 +159,18 @@ class _Soft:
             self.logits.append(init_logits(rest.to(ly.weight), cfg.zeta, cfg.gamma).requires_grad_(True))
         self.acts = block.acts
         self.steps = [nn.Parameter(a.scale.detach().clone().float()) for a in self.acts]
-        # a factor per weight row on its grid (learned only with scale_lr > 0)
+        # a factor per weight row on its grid, only where the row scales are learned (scale_lr > 0)
         self.row_factors = [torch.ones((ly.weight.shape[0],) + (1,) * (ly.weight.dim() - 1), device=ly.weight.device,
-                                       dtype=ly.weight.dtype, requires_grad=True) for ly in self.layers]
+                                       dtype=ly.weight.dtype, requires_grad=True)
+                            for ly in self.layers] if cfg.scale_lr > 0 else []
         self.drop = 0.0
 
     def h(self, i: int) -> torch.Tensor:
         return rectified_sigmoid(self.logits[i], self.cfg.zeta, self.cfg.gamma)
+
+    def scaled(self, i: int, w: torch.Tensor) -> torch.Tensor:
+        """``w`` on layer ``i``'s grid times the row factors, where they are learned."""
+        return self.row_factors[i] * w if self.row_factors else w
 
     def regularizer(self, beta: float) -> torch.Tensor:
         total = torch.zeros((), device=self.logits[0].device)
@@ -180,8 +185,7 @@ class _Soft:
         try:
             for i, ly in enumerate(self.layers):
                 lo, gap = self.grids[i]
-                ly.__dict__["quantized_weight"] = lambda i=i, lo=lo, gap=gap: (
-                    self.row_factors[i] * (lo + self.h(i) * gap))
+                ly.__dict__["quantized_weight"] = lambda i=i, lo=lo, gap=gap: self.scaled(i, lo + self.h(i) * gap)
             for a, step in zip(self.acts, self.steps, strict=True):
                 a.__dict__["forward"] = self._act(a, step)
             yield
@@ -205,9 +209,9 @@ class _Soft:
         for i, ly in enumerate(self.layers):
             lo, gap = self.grids[i]
             up = (self.h(i) >= 0.5) & (gap > 0)
-            f = self.row_factors[i].detach()
-            ly.weight.copy_(f * (lo + up.to(lo.dtype) * gap))
-            ly.w_scales = ly.w_scales * f.to(ly.w_scales).unsqueeze(0)  # every format's scale of the row
+            ly.weight.copy_(self.scaled(i, lo + up.to(lo.dtype) * gap))
+            if self.row_factors:  # every format's scale of the row
+                ly.w_scales = ly.w_scales * self.row_factors[i].detach().to(ly.w_scales).unsqueeze(0)
         if self.cfg.learn_act:
             for a, step in zip(self.acts, self.steps, strict=True):
                 a.scale = step.detach().abs().clamp(min=1e-12).reshape(a.scale.shape).to(a.scale)
@@ -349,7 +353,7 @@ def reconstruct_block(block: Block, model: nn.Module, xq: list[torch.Tensor], ta
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam([{"params": soft.logits, "lr": cfg.lr},
                             {"params": soft.steps, "lr": cfg.act_lr},
-                            *([{"params": soft.row_factors, "lr": cfg.scale_lr}] if cfg.scale_lr > 0 else [])])
+                            *([{"params": soft.row_factors, "lr": cfg.scale_lr}] if soft.row_factors else [])])
     n = x_all.shape[0]
     geo = _crop_geometry(block, model, x_all, y_all, cfg.crop) if cfg.crop else None
     torch.manual_seed(cfg.seed)  # QDrop's masks
