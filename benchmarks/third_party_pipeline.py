@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE))
 import third_party_models as tp  # noqa: E402
 
 RESULTS = HERE / "results"
-MODELS = ("efficientnet_lite0", "digit_cnn", "pupil_unet", "fcn1d_ucr")
+MODELS = ("efficientnet_lite0", "digit_cnn", "pupil_unet", "fcn1d_ucr", "crepe_tiny")
 # how each model's data is given to mixq quantize (its recorded preprocessing)
 CALIB: dict[str, list[str]] = {
     # the package's TF-Lite recipe: (x - 127) / 128
@@ -48,6 +48,7 @@ CALIB: dict[str, list[str]] = {
     "digit_cnn": ["--calib", "photos", "--mean", "0.1307", "--std", "0.3081"],
     "pupil_unet": ["--calib", "photos", "--mean", "0", "--std", "1"],
     "fcn1d_ucr": ["--calib", "{signals}"],
+    "crepe_tiny": ["--calib", "{signals}"],  # the frames are already normalized as torchcrepe.preprocess does
 }
 
 
@@ -67,6 +68,28 @@ def _signals(path: Path, shape: tuple[int, ...], n: int = 512) -> Path:
                   + 0.1 * rng.standard_normal(shape[-1]) for _ in range(n)]).astype(np.float32)
     np.savez(path, x=x.reshape(n, *shape))
     return path
+
+
+def _tones(path: Path, shape: tuple[int, ...], n: int = 512) -> Path:
+    """Seeded audio frames for a pitch model: 16 kHz, an f0 log-uniform in 40-1900 Hz (not the evaluation's grid of
+    36 f0s), 1-8 harmonics of random amplitude and phase, white noise at -26 dB; each frame minus its mean over
+    its std (torchcrepe.preprocess)."""
+    rng = np.random.default_rng(1)
+    t = np.arange(shape[-1]) / 16000
+    frames = []
+    for _ in range(n):
+        f0 = float(np.exp(rng.uniform(np.log(40), np.log(1900))))
+        x = sum(rng.uniform(0.2, 1) / h * np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 6))
+                for h in range(1, int(rng.integers(1, 9)) + 1) if f0 * h < 8000)
+        x = x + 0.05 * rng.standard_normal(shape[-1])
+        frames.append((x - x.mean()) / max(float(x.std()), 1e-10))
+    np.savez(path, x=np.stack(frames).astype(np.float32).reshape(n, *shape))
+    return path
+
+
+# models calibrated on seeded signals (their preprocessing takes no photos) and checked for fidelity on the
+# last 64 of them
+SIGNALS = {"fcn1d_ucr": _signals, "crepe_tiny": _tones}
 
 
 def _mixq(*args: str) -> tuple[int, str, float]:
@@ -93,7 +116,7 @@ def run_one(key: str, kind: str, files: Path, work: Path, images: int, plan: str
     shape = tuple(info["input_shape"])
     src = str(files / f"{key}.{kind}")
     extra = ["--input-shape", ",".join(map(str, shape))] if kind == "ts" else []
-    calib = [str(_signals(work / f"{key}_signals.npz", shape)) if a == "{signals}" else a for a in CALIB[key]]
+    calib = [str(SIGNALS[key](work / f"{key}_signals.npz", shape)) if a == "{signals}" else a for a in CALIB[key]]
     q = work / f"{key}_{kind}_{plan}"
     row: dict[str, Any] = {"model": key, "kind": kind, "plan": plan, "package": " + ".join(info["requirements"]),
                            "weights": info.get("weights"), "input_shape": list(shape)}
@@ -126,7 +149,7 @@ def run_one(key: str, kind: str, files: Path, work: Path, images: int, plan: str
         row["task_float"] = evaluate(fmodel)["summary"]
         row["task_quant"] = evaluate(qmodel)["summary"]
     x = tp.random_input(key, batch=16)
-    if key == "fcn1d_ucr":
+    if key in SIGNALS:
         x = torch.from_numpy(np.load(work / f"{key}_signals.npz")["x"][-64:])
     row["fidelity"] = _agreement(fmodel, qmodel, x)
     return row

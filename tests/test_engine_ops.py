@@ -1,6 +1,6 @@
 """The integer engine, the hardware-faithful mode and the ONNX exports of padding, zero insertion,
 pixel shuffle, nearest / bilinear upsampling, per-channel clamps (CLE's clipped ReLU6), lookup-table
-activations (``QLutAct``) and unit-dim reshapes.
+activations (``QLutAct``), unit-dim reshapes and axis permutations.
 
 Every case is a tiny model quantized with the public API (W8A8 per channel), the op between
 quantized layers. Claims:
@@ -441,6 +441,66 @@ def test_squeeze_without_dim_is_refused() -> None:
     x = torch.randn(8, 3, 16)
     with pytest.raises(ModelError, match=r"layer 'squeeze' \(Tensor.squeeze\): squeeze without a dim"):
         to_integer(quantize(M().eval(), x), x)
+
+
+# ----------------------------------------------------------------------------- axis permutation
+
+
+class PitchNet(nn.Module):
+    """CREPE's shape: raw (N, L) samples -> x[:, None, :, None] -> (k, 1) convs over time -> permute(0, 2, 1, 3)
+    (time before channels) -> flatten -> Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, (8, 1), stride=(2, 1), padding=(3, 0))
+        self.c2 = nn.Conv2d(8, 6, (4, 1), stride=(2, 1), padding=(1, 0))
+        self.fc = nn.Linear(6 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c2(torch.relu(self.c1(x[:, None, :, None])))
+        return self.fc(y.permute(0, 2, 1, 3).reshape(x.shape[0], -1))  # type: ignore[no-any-return]
+
+
+def test_permute_of_per_channel_grids_before_a_linear() -> None:
+    """The last conv's per-channel grids become one grid per position after the permute and the flatten."""
+    torch.manual_seed(21)
+    x = torch.randn(32, 32)
+    out = check(quantize(PitchNet().eval(), x), x)
+    im = out["im"]
+    assert isinstance(im, IntModel) and im.input_shape == (32,)
+    t = im.node("permute")
+    assert t.op == "transpose" and t.attrs["perm"] == [1, 0, 2] and t.shape == (8, 6, 1)
+    c2 = np.asarray(im.node("c2").scale).reshape(6)
+    assert t.scale.shape == (8, 6, 1) and all(np.array_equal(t.scale[i, :, 0], c2) for i in range(8))
+
+
+@pytest.mark.parametrize("op", [lambda x: x.transpose(1, 2), lambda x: torch.transpose(x, -1, -2),
+                                lambda x: x.permute(0, 3, 2, 1), lambda x: torch.permute(x, (0, 2, 1, 3)),
+                                lambda x: x.swapaxes(2, 3)],
+                         ids=["Tensor.transpose", "torch.transpose", "Tensor.permute", "torch.permute", "swapaxes"])
+def test_permutes_between_convs(op: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    torch.manual_seed(22)
+    out = check(quantize(Between(op, relu=False), calib()), calib())
+    im = out["im"]
+    assert isinstance(im, IntModel) and "transpose" in ops_of(im)
+
+
+def test_permute_of_unit_dims_only_is_no_node() -> None:
+    torch.manual_seed(23)
+    x = torch.randn(16, 3, 12)
+    model = Between(lambda y: y.permute(0, 1, 3, 2), relu=False)
+    model.c1, model.c2 = nn.Conv2d(3, 8, (1, 3), padding=(0, 1)), nn.Conv2d(8, 4, (3, 1), padding=(1, 0))
+    q = quantize(model.eval(), x[:, :, None, :])
+    im = check(q, x[:, :, None, :])["im"]
+    assert isinstance(im, IntModel) and "transpose" not in ops_of(im)
+
+
+def test_permute_of_the_batch_axis_is_refused() -> None:
+    x = torch.randn(8, *SHAPE)  # batch 8 == W, so the swapped tensor still fits c2
+    model = Between(lambda y: y.transpose(0, 3), relu=False)
+    with pytest.raises(ModelError, match=r"layer 'transpose' \(Tensor.transpose\): Tensor.transpose moves the "
+                                         r"batch axis \(dims \[3, 1, 2, 0\]\)"):
+        to_integer(quantize(model.eval(), x), x)
 
 
 # ----------------------------------------------------------------------------- a U-Net block

@@ -243,3 +243,35 @@ def test_weights_that_do_not_fit_can_stream_from_ddr() -> None:
     ext_bits = sum(s.in_channels * s.out_channels * 8 for s in big if s.name in e.ddr_weights)
     assert e.fps <= 4.26e9 * 8 * 0.8 / ext_bits * 1.001  # bounded by the board's DDR
     assert not estimate(big, plan, "xc7z020").fits  # all on chip it does not fit
+
+
+def test_transpose_buffers_the_whole_tensor_only_when_it_reorders() -> None:
+    """A permute that reorders elements costs a double buffer of the tensor in the streaming design; one
+    that only moves a unit dim costs nothing. The spec records the per-sample axis order."""
+    import torch
+    from torch import nn
+
+    from mixq.graph.capture import capture
+
+    class Net(nn.Module):
+        def __init__(self, dims: tuple[int, ...]) -> None:
+            super().__init__()
+            self.dims = dims
+            self.c = nn.Conv2d(1, 64, (8, 1), stride=(4, 1), padding=(2, 0))
+            self.fc = nn.Linear(64 * 64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.c(x[:, None, :, None])).permute(*self.dims)
+            return self.fc(y.flatten(1))  # type: ignore[no-any-return]
+
+    a8 = FixedPoint(8, signed=False)
+    cost = {}
+    for dims in ((0, 2, 1, 3), (0, 1, 3, 2)):
+        specs = capture(Net(dims), (256,))
+        t = next(s for s in specs if s.kind == "transpose")
+        assert t.extra["perm"] == [d - 1 for d in dims[1:]] and t.in_shape == (64, 64, 1)
+        e = estimate(specs, plan_of(specs, weight=FixedPoint(8), act=a8), "xc7z020", fold="auto")
+        cost[dims] = next(x for x in e.layers if x.name == t.name).resources
+    moved, relabelled = cost[(0, 2, 1, 3)], cost[(0, 1, 3, 2)]
+    assert relabelled.bram == 0 and moved.bram >= 2 * 64 * 64 * 8 / 36864  # a double buffer of 4,096 codes
+    assert moved.lut >= relabelled.lut  # the same control, plus any LUTRAM / mux of the buffer

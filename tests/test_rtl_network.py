@@ -502,3 +502,45 @@ def test_pointwise_and_window_sum_ops_simulate_bit_exact(tmp_path: Path) -> None
     res = build_and_check(im, values, "opsnet", tmp_path, 2, pe=4, simd=8)
     assert res.ok and res.summary["mismatches"] == 0, res.summary.get("simulation")
     assert res.summary["simulation"]["elements"] == 2 * 16 * 16 == res.summary["simulation"]["received"]
+
+
+def test_transpose_gathers_where_each_pixel_reads_one_pixel() -> None:
+    """H and W swapped is a gather stage equal to the engine's integers; a transpose that moves the channel axis
+    reads several input pixels per output pixel, which the gather unit refuses by name."""
+    import torch
+    from torch import nn
+
+    from mixq import api
+    from mixq.engine.convert import to_integer
+    from mixq.engine.runner import IntEngine
+    from mixq.errors import ModelError
+    from mixq.formats import parse_format
+    from mixq.rtl.netgraph import GatherStage, lower_graph
+
+    class Net(nn.Module):
+        def __init__(self, dims: tuple[int, ...]) -> None:
+            super().__init__()
+            self.dims = dims
+            self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.c2(torch.relu(self.c1(x)).permute(*self.dims))  # type: ignore[no-any-return]
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 8, 6)
+    m = Net((0, 1, 3, 2)).eval()
+    q = api.quantize(m, api.default_plan("t", m, x, weight=parse_format("fixed8"), act=parse_format("ufixed8")), x)
+    im = to_integer(q, x[:1])
+    values = IntEngine(im)(x[:1], keep=True).values
+    (g,) = [s for s in lower_graph(im, values).nodes if isinstance(s, GatherStage)]
+    assert g.op == "move" and g.in_shape == (8, 8, 6) and g.shape == (8, 6, 8)
+    src = values[g.source][0].numpy().astype(np.int64).reshape(8, -1)
+    got = np.stack([src[np.array(g.maps[g.phase[p]]), t[0]] for p, t in enumerate(g.addr)], axis=1)
+    assert np.array_equal(got, values[g.value][0].numpy().astype(np.int64).reshape(8, -1))
+    m = Net((0, 2, 1, 3)).eval()
+    x = torch.rand(4, 3, 8, 8)
+    q = api.quantize(m, api.default_plan("t", m, x, weight=parse_format("fixed8"), act=parse_format("ufixed8")), x)
+    im = to_integer(q, x[:1])
+    with pytest.raises(ModelError, match=r"network: 'permute' \(transpose\) takes one output pixel from several "
+                                         "input pixels"):
+        lower_graph(im, IntEngine(im)(x[:1], keep=True).values)

@@ -1,5 +1,5 @@
-"""Builders of data-movement ops: flatten, unit-dim reshapes, concatenation, zero padding, zero
-insertion, pixel shuffle and nearest upsampling (its builder, shared with bilinear, is in
+"""Builders of data-movement ops: flatten, unit-dim reshapes, axis permutations, concatenation, zero
+padding, zero insertion, pixel shuffle and nearest upsampling (its builder, shared with bilinear, is in
 :mod:`mixq.engine.convert_ops`).
 
 None of them computes: every output element is an input element or a zero, and zero is on every
@@ -23,6 +23,8 @@ from mixq.engine.context import Ctx, Val, where
 from mixq.engine.model import IntNode
 from mixq.engine.trace import OpInfo, fn_args, shape_of, tensor_args
 from mixq.errors import ModelError
+from mixq.graph.spec import reorders
+from mixq.graph.trace import permutation
 
 
 def _node(ctx: Ctx, info: OpInfo, op: str, v: Val, shape: tuple[int, ...], grid: np.ndarray,
@@ -75,7 +77,8 @@ def _dims_ok(node: fx.Node, info: OpInfo, v: Val) -> None:
 
 
 def _reshape(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
-    """``view`` / ``reshape`` / ``unsqueeze`` / ``squeeze``: flattening, or inserting / removing unit dims."""
+    """``view`` / ``reshape`` / ``unsqueeze`` / ``squeeze`` / ``x[:, None]``: flattening, or inserting / removing
+    unit dims."""
     v = ctx.arg(node, info)
     _dims_ok(node, info, v)
     out = shape_of(node)
@@ -94,6 +97,20 @@ def _reshape(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     if len(out) == 1 and out[0] == int(np.prod(v.shape)):
         return flatten_val(ctx, node, info, v)
     raise ModelError(f"{where(info)}: reshape {v.shape} -> {out}; only flattening and unit dims")
+
+
+def _permute(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
+    """``permute`` / ``transpose`` of the per-sample axes (the batch axis stays first): the codes and
+    the grid move together."""
+    v = ctx.arg(node, info)  # on the float input: deferred to its quantizer (Ctx.defer)
+    perm = permutation(node, len(v.shape) + 1)
+    if perm[0] != 0:
+        raise ModelError(f"{where(info)}: {info.type} moves the batch axis (dims {list(perm)})")
+    axes = [p - 1 for p in perm[1:]]
+    if not reorders(axes, v.shape):  # only unit dims move: a reshape
+        return _reshape(ctx, node, info)
+    grid = v.scale if v.scale.ndim == 0 else grids.compact(grids.full(v.scale, v.shape).transpose(axes))
+    return _node(ctx, info, "transpose", v, shape_of(node), grid, {"perm": axes})
 
 
 def _cat(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
@@ -213,7 +230,8 @@ def nearest(ctx: Ctx, node: fx.Node, info: OpInfo, v: Val, a: dict[str, Any]) ->
 
 
 SHAPE_BUILDERS: dict[str, Callable[[Ctx, fx.Node, OpInfo], Val | None]] = {
-    "flatten": _flatten, "reshape": _reshape, "unsqueeze": _reshape, "squeeze": _reshape, "cat": _cat,
+    "flatten": _flatten, "reshape": _reshape, "unsqueeze": _reshape, "squeeze": _reshape, "index": _reshape,
+    "cat": _cat,
     "identity": _identity, "size": _size, "pad": _pad, "zero_insert": _zero_insert,
-    "pixel_shuffle": _pixel_shuffle,
+    "pixel_shuffle": _pixel_shuffle, "permute": _permute,
 }

@@ -57,8 +57,8 @@ from mixq.formats import format_from_dict
 from mixq.nn import QAct, QConv2d, QLinear, QLutAct
 
 # kinds whose fake-quant op runs unchanged in the faithful model (data movement of on-grid values)
-PASS_KINDS = ("maxpool", "flatten", "reshape", "unsqueeze", "squeeze", "cat", "identity", "size", "pad",
-              "zero_insert", "pixel_shuffle")
+PASS_KINDS = ("maxpool", "flatten", "reshape", "unsqueeze", "squeeze", "index", "cat", "identity", "size", "pad",
+              "zero_insert", "pixel_shuffle", "permute")
 # kinds whose builder gives no integer node when they compute python numbers (sizes), left as written
 VALUE_KINDS = ("mul",)
 

@@ -1,5 +1,5 @@
-"""Kernels of data movement (reshape, zero padding, zero insertion, pixel shuffle, nearest upsampling),
-bilinear interpolation (exact integer weights) and lookup tables.
+"""Kernels of data movement (reshape, axis permutation, zero padding, zero insertion, pixel shuffle,
+nearest upsampling), bilinear interpolation (exact integer weights) and lookup tables.
 
 Data movement copies integers (and zeros) whatever their dtype. Interpolation multiplies by the
 integer weight matrices in float64 while its proven bound stays below 2**53 (every partial sum of
@@ -24,6 +24,11 @@ Kernel = Callable[[list[torch.Tensor], dict[str, int]], torch.Tensor]
 def _reshape(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
     shape = tuple(int(d) for d in node.attrs["shape"])
     return lambda xs, _st: xs[0].reshape(-1, *shape)
+
+
+def _transpose(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
+    dims = (0, *(int(p) + 1 for p in node.attrs["perm"]))
+    return lambda xs, _st: xs[0].permute(dims).contiguous()
 
 
 def _pad(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
@@ -79,6 +84,7 @@ def _lut(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
 
 
 MOVE_KERNELS: dict[str, Callable[[IntNode, dict[str, int], str], Kernel]] = {
-    "reshape": _reshape, "pad": _pad, "zero_insert": _zero_insert, "pixel_shuffle": _pixel_shuffle,
+    "reshape": _reshape, "transpose": _transpose,
+    "pad": _pad, "zero_insert": _zero_insert, "pixel_shuffle": _pixel_shuffle,
     "upsample": _upsample, "interp": _interp, "lut": _lut,
 }

@@ -47,6 +47,8 @@ mul           elementwise product of two integer tensors (size-1 dims broadcast)
 flatten       ``torch.flatten(x, 1)``; the grid is flattened with it
 cat           concatenation along channels; attrs ``dim``
 reshape       insert / remove unit dims (``unsqueeze`` / ``squeeze`` / ``view``); attrs ``shape``
+transpose     the per-sample axes permuted (``permute`` / ``transpose``; the batch axis stays first):
+              output axis ``i`` is input axis ``perm[i]``; attrs ``perm``
 pad           zero padding; attrs ``pads`` = [left, right, top, bottom]
 zero_insert   ``stride - 1`` zeros between pixels, ``extra`` zero rows / columns at the bottom / right
               (:class:`mixq.nn.ZeroInsert`); attrs ``stride``, ``extra``
@@ -77,7 +79,7 @@ import numpy as np
 from mixq.errors import ModelError
 
 OPS = ("quantize", "requant", "conv", "linear", "clamp", "maxpool", "sumpool", "add", "reduce", "mul", "affine",
-       "flatten", "cat", "reshape", "pad", "zero_insert", "pixel_shuffle", "upsample", "interp", "lut",
+       "flatten", "cat", "reshape", "transpose", "pad", "zero_insert", "pixel_shuffle", "upsample", "interp", "lut",
        "fbs")
 COMPUTE_OPS = ("conv", "linear")
 INT_MODEL_VERSION = 1

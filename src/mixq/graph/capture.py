@@ -40,7 +40,7 @@ from mixq.errors import ModelError
 from mixq.graph.normalize import normalize
 from mixq.graph.registry import COMPUTE_FUNCTIONS, UNDESCRIBED_FUNCTIONS, classify
 from mixq.graph.spec import LayerSpec, is_depthwise
-from mixq.graph.trace import KINDS, NodeOp, node_ops, support, trace
+from mixq.graph.trace import KINDS, NodeOp, node_ops, permutation, support, trace
 
 # Functional compute ops described as layers (the registry refuses them on parameters at quantize time).
 _FUNCTIONAL_SPECS = {"conv2d": "conv", "linear": "linear"}
@@ -63,6 +63,7 @@ class _Event:
     first_call: bool = True
     node_kind: str = ""
     support: str = "ok"
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -177,7 +178,7 @@ def _to_specs(events: list[_Event]) -> list[LayerSpec]:
     specs = []
     for ev in events:
         f = _spec_fields(ev)
-        extra = dict(f.pop("extra", {}))
+        extra = {**f.pop("extra", {}), **ev.extra}
         extra["op"] = ev.op
         if ev.qualname:
             extra["module"] = ev.qualname
@@ -261,6 +262,12 @@ def _capture(gm: fx.GraphModule) -> list[_Event]:
             args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: a.meta.get("shape"))
             ev = _Event(names.unique(n.name), kind, op.type.strip("_"), in_shapes, out, feeding, args=args,
                         kwargs=kwargs, node_kind=op.kind, support=support(op))
+        if kind == "transpose":  # the per-sample axes' order; a permutation moving the batch axis is "other"
+            perm = permutation(n, len(out))
+            if perm[0] == 0:
+                ev.extra["perm"] = [p - 1 for p in perm[1:]]
+            else:
+                ev.kind = "other"
         producers[n] = (ev.name,)
         events.append(ev)
     return events

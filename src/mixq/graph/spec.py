@@ -23,15 +23,27 @@ from typing import Any
 #   flatten
 #   pad / zero_insert / pixel_shuffle / upsample   data movement (zero padding, the zeros of a
 #             transposed conv written as a conv, subpixel reshape, nearest or bilinear upsampling)
+#   transpose the axes reordered (permute / transpose; the batch axis stays first): extra["perm"]
 #   input     the graph input
 LAYER_KINDS = (
     "input", "conv", "dwconv", "linear", "add", "concat", "maxpool", "avgpool", "gap",
-    "relu", "relu6", "act", "flatten", "bn", "pad", "zero_insert", "pixel_shuffle", "upsample", "reduce", "mul",
-    "other",
+    "relu", "relu6", "act", "flatten", "bn", "pad", "zero_insert", "pixel_shuffle", "upsample", "transpose", "reduce",
+    "mul", "other",
 )
 
 # Kinds whose weights are quantized and that need multiply-accumulate hardware.
 COMPUTE_KINDS = ("conv", "dwconv", "linear")
+
+
+def reorders(perm: list[int], shape: tuple[int, ...]) -> bool:
+    """Whether permuting the axes of a per-sample ``shape`` by ``perm`` (output axis ``i`` is input axis
+    ``perm[i]``) changes the order of the elements; moving size-1 axes only relabels them.
+
+    >>> reorders([1, 0, 2], (64, 4, 1)), reorders([0, 2, 1], (64, 4, 1)), reorders([1, 0], (1, 8))
+    (True, False, False)
+    """
+    kept = [p for p in perm if shape[p] != 1]
+    return kept != sorted(kept)
 
 
 def is_depthwise(groups: int, in_channels: int, out_channels: int) -> bool:

@@ -66,7 +66,8 @@ KINDS: dict[str, Kind] = {
     "add": Kind("add"), "cat": Kind("concat"),
     "flatten": Kind("flatten"), "reshape": Kind("?flatten"), "unsqueeze": Kind(None), "squeeze": Kind(None),
     "pad": Kind("pad"), "zero_insert": Kind("zero_insert"), "pixel_shuffle": Kind("pixel_shuffle"),
-    "upsample": Kind("upsample"),
+    "upsample": Kind("upsample"), "permute": Kind("transpose"),
+    "index": Kind(None, note="x[:, None] / x[..., None]: unit dims inserted by indexing"),
     "identity": Kind(None), "size": Kind(None),
     "fbs": Kind("other", frozenset({"quantize", "engine"}), "a channel-gated conv (FBS): hw.dynamic prices it"),
     "float_compute": Kind("other", frozenset(), "a compute layer mixq does not quantize"),
@@ -96,6 +97,7 @@ FUNCTION_KINDS: dict[str, str] = {
     "flatten": "flatten", "reshape": "reshape", "add": "add", "iadd": "add",
     "cat": "cat", "concat": "cat", "concatenate": "cat", "pad": "pad", "pixel_shuffle": "pixel_shuffle",
     "interpolate": "upsample", "upsample": "upsample", "unsqueeze": "unsqueeze", "squeeze": "squeeze",
+    "permute": "permute", "transpose": "permute", "swapaxes": "permute", "swapdims": "permute",
     "dropout": "identity", "dropout1d": "identity", "dropout2d": "identity", "feature_dropout": "identity",
     "alpha_dropout": "identity", "contiguous": "identity", "clone": "identity", "detach": "identity",
     "conv1d": "float_compute", "conv2d": "float_compute", "conv3d": "float_compute",
@@ -107,7 +109,7 @@ METHOD_KINDS: dict[str, str] = {
     "add_": "add", "mean": "mean", "amax": "amax", "mul": "mul", "mul_": "mul", "multiply": "mul",
     "view": "reshape", "reshape": "reshape", "unsqueeze": "unsqueeze",
     "squeeze": "squeeze", "contiguous": "identity", "clone": "identity", "detach": "identity", "size": "size",
-    "dim": "size",
+    "dim": "size", "permute": "permute", "transpose": "permute", "swapaxes": "permute", "swapdims": "permute",
 }
 _OPERATOR_KINDS: dict[Callable[..., Any], str] = {operator.add: "add", operator.iadd: "add",
                                                   operator.getitem: "getitem"}
@@ -122,7 +124,19 @@ def module_kind(m: nn.Module) -> str:
     return "float_compute" if isinstance(m, COMPUTE_TYPES) else "unsupported"
 
 
-def function_kind(target: Any) -> str:
+def _unit_index(index: Any) -> bool:
+    """An index that only inserts unit dims after the batch dim (``x[:, None]``, ``x[..., None]``): full
+    slices, ``None`` and ``...``, with at least one ``None`` and none first."""
+    idx = index if isinstance(index, tuple) else (index,)
+    full = all(i is None or i is Ellipsis or (isinstance(i, slice) and i == slice(None)) for i in idx)
+    return full and None in idx and idx[0] is not None
+
+
+def function_kind(target: Any, args: tuple[Any, ...] = ()) -> str:
+    if target is operator.getitem and len(args) == 2 and _unit_index(args[1]):
+        return "index"
+    if target is getattr and len(args) == 2 and args[1] in ("shape", "ndim"):
+        return "size"
     if target in _OPERATOR_KINDS:
         return _OPERATOR_KINDS[target]
     name = getattr(target, "__name__", str(target))
@@ -234,7 +248,11 @@ def node_ops(gm: fx.GraphModule) -> dict[fx.Node, NodeOp]:
             out[node] = NodeOp(module_kind(mod), target if k == 0 else f"{target}:{k}", type(mod).__name__, mod)
         elif node.op == "call_function":
             fname = getattr(node.target, "__name__", str(node.target))
-            out[node] = NodeOp(function_kind(node.target), node.name, fname, None)
+            kind = function_kind(node.target, node.args)
+            src = node.args[0] if node.args else None
+            if kind == "getitem" and isinstance(src, fx.Node) and src in out and out[src].kind == "size":
+                kind = "size"  # x.shape[0]: an element of a size
+            out[node] = NodeOp(kind, node.name, fname, None)
         elif node.op == "call_method":
             out[node] = NodeOp(method_kind(str(node.target)), node.name, f"Tensor.{node.target}", None)
         elif node.op == "get_attr":
@@ -271,6 +289,26 @@ def fn_args(node: fx.Node, names: tuple[str, ...], defaults: dict[str, Any]) -> 
         out[n] = a
     out.update(node.kwargs)
     return out
+
+
+def permutation(node: fx.Node, rank: int) -> tuple[int, ...]:
+    """The axis order of a ``permute`` (``dims``) or ``transpose`` / ``swapaxes`` / ``swapdims`` (two axes
+    swapped) node on a tensor of ``rank`` dims, batch included: output axis ``i`` is input axis ``perm[i]``."""
+    name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
+    rest: list[Any] = list(node.args[1:])
+    if name == "permute":
+        dims: Any = rest[0] if len(rest) == 1 and isinstance(rest[0], list | tuple) else rest or node.kwargs.get("dims")
+        perm = [int(d) % rank for d in (dims or [])]
+    else:
+        a = fn_args(node, ("input", "dim0", "dim1"), {})
+        if "dim0" not in a:  # swapaxes(axis0, axis1) / swapdims(dim0, dim1) by keyword
+            a = {"dim0": a.get("axis0"), "dim1": a.get("axis1")}
+        perm = list(range(rank))
+        i, j = int(a["dim0"]) % rank, int(a["dim1"]) % rank
+        perm[i], perm[j] = perm[j], perm[i]
+    if sorted(perm) != list(range(rank)):
+        raise ModelError(f"layer {node.name!r}: {name} dims {perm} are not a permutation of {rank} axes")
+    return tuple(perm)
 
 
 def tensor_args(node: fx.Node) -> list[fx.Node]:

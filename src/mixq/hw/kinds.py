@@ -416,7 +416,8 @@ class StreamOp:
 
 
 # Residual add and skip concat (with the skip FIFO), pooling, lookup-table activations, the data-movement
-# ops (nearest / bilinear upsample, zero insertion of a transposed conv, explicit padding, pixel shuffle),
+# ops (nearest / bilinear upsample, zero insertion of a transposed conv, explicit padding, pixel shuffle,
+# axis permutation),
 # channel reductions (mean / max over the channels), elementwise products (attention gates), unfolded BN.
 STREAM_OPS: dict[str, StreamOp] = {o.name: o for o in (
     StreamOp("add", "out", skip_fifo=True, ddr_passes=3),
@@ -429,6 +430,7 @@ STREAM_OPS: dict[str, StreamOp] = {o.name: o for o in (
     StreamOp("zero_insert", "out"),
     StreamOp("pad", "out"),
     StreamOp("pixel_shuffle", "out"),
+    StreamOp("transpose"),
     StreamOp("reduce", cycles_on_out=True),
     StreamOp("mul", cycles_on_out=True),
     StreamOp("bn", cycles_on_out=True, folds=True),

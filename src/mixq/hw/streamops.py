@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 
 from mixq.errors import HardwareError
+from mixq.graph.spec import reorders
 from mixq.hw.cost import CostModel, Resources
 from mixq.hw.kinds import MULTIPLY_KINDS, STREAM_OPS
 from mixq.hw.lower import HwLayer
@@ -87,6 +88,16 @@ def _pricer_move(interpolates: bool) -> Callable[[HwLayer, int, int, Part, CostM
     return price
 
 
+def _price_transpose(layer: HwLayer, lanes: int, a: int, part: Part, model: CostModel) -> _Price:
+    """An axis permutation: the stream leaves in another order than it comes, so a double buffer of the
+    whole tensor (one written in stream order while the other is read in the permuted order); nothing
+    where only size-1 axes move."""
+    s = layer.spec
+    perm = [int(p) for p in s.extra.get("perm", range(len(s.in_shape)))]
+    bits = 2 * math.prod(s.in_shape) * a if reorders(perm, s.in_shape) else 0
+    return Resources(), _buffer(bits, lanes, a, part, model)
+
+
 def _window(layer: HwLayer) -> int:
     s = layer.spec
     return s.kernel[0] * s.kernel[1]
@@ -113,7 +124,7 @@ STREAM_PRICES: dict[str, Callable[[HwLayer, int, int, Part, CostModel], _Price]]
     "add": _price_add, "concat": _price_concat, "maxpool": _price_maxpool,
     "avgpool": _pricer_pool(_window), "gap": _pricer_pool(_whole_map), "act": _price_act,
     "upsample": _pricer_move(True), "zero_insert": _pricer_move(False), "pad": _pricer_move(False),
-    "pixel_shuffle": _pricer_move(False),
+    "pixel_shuffle": _pricer_move(False), "transpose": _price_transpose,
     "reduce": _price_reduce, "mul": _price_product, "bn": _price_product,
 }
 
@@ -126,6 +137,7 @@ def stream_engine(layer: HwLayer, lanes: int, part: Part, model: CostModel, opts
     lookup-table activation: a ``2**abits``-entry ROM per lane (output at the next layer's width);
     upsample / zero insertion / padding / pixel shuffle: a buffer of one input row (all channels),
     which the output rows are read from (bilinear upsampling adds a 4-input adder tree per lane);
+    axis permutation: a double buffer of the whole tensor (none where only size-1 axes move);
     channel reduction (mean / max over the channels): a comparator / adder tree over all the channels of
     one pixel per lane (the mean's 1/C is in the grid; a per-channel rescale, where the channels' grids
     differ, is not priced); elementwise product (and an unfolded BatchNorm, a per-channel multiply-add):

@@ -305,9 +305,10 @@ class GatherStage:
         return self.shape[1] * self.shape[2] * self.taps + 6
 
 
-#: engine ops a gather stage runs: the data movements (what the engine's kernel does to an index map), max-pool,
-#: and the window sums of average pooling and bilinear interpolation
-GATHER_OPS = ("pad", "zero_insert", "pixel_shuffle", "upsample", "maxpool", "sumpool", "interp")
+#: engine ops a gather stage runs: the data movements (what the engine's kernel does to an index map; a transpose
+#: only where every output pixel reads one input pixel, e.g. H and W swapped), max-pool, and the window sums of
+#: average pooling and bilinear interpolation
+GATHER_OPS = ("pad", "zero_insert", "pixel_shuffle", "upsample", "transpose", "maxpool", "sumpool", "interp")
 
 
 def _windows(oh: int, ow: int, h: int, w: int, k: tuple[int, ...], st: tuple[int, ...], pad: tuple[int, ...],
