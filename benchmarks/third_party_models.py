@@ -371,6 +371,48 @@ MODELS: tuple[ThirdPartyModel, ...] = (
         ),
         notes=("random weights: useful for the front end and numerics, not for accuracy",),
     ),
+    ThirdPartyModel(
+        key="shufflenetv2_wd2",
+        requirements=("pytorchcv==0.0.74",),
+        package="pytorchcv",
+        module="pytorchcv.models.shufflenetv2",
+        module_file=None,
+        callable="shufflenetv2_wd2",
+        args=(),
+        kwargs=(),
+        stubs=(),
+        weights_package=None,
+        weights_file=None,
+        weights_note=(
+            "no weights in the wheel (pytorchcv downloads its ImageNet checkpoints from GitHub releases at run time, "
+            "which is not reachable here): random init under torch.manual_seed(0), BN at its defaults"
+        ),
+        seed=0,
+        input_shape=(3, 224, 224),
+        preprocessing=Preprocessing(
+            kind="image",
+            channels=3,
+            size=(224, 224),
+            scale=1 / 255,
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+            steps="RGB; resize shorter side to 256; center crop 224; ImageNet mean / std (pytorchcv's recipe)",
+            output="1000 ImageNet-1k logits",
+        ),
+        task="ImageNet-1k image classification (ShuffleNetV2 0.5x), random init",
+        paper=(
+            "Ma, Zhang, Zheng & Sun, ShuffleNet V2: Practical Guidelines for Efficient CNN Architecture Design, "
+            "ECCV 2018"
+        ),
+        license="MIT",
+        homepage="https://github.com/osmr/pytorchcv",
+        why=(
+            "the channel split and the channel shuffle: torch.chunk into two halves, torch.cat, the shuffle as "
+            "view (N, g, C / g, H, W) -> transpose(1, 2) -> view back (sizes from x.size() arithmetic), "
+            "depthwise stride-2 convs, a ceil-mode max pool, Linear"
+        ),
+        notes=("random weights: useful for the front end and numerics, not for accuracy",),
+    ),
 )
 
 _BY_KEY = {m.key: m for m in MODELS}

@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE))
 import third_party_models as tp  # noqa: E402
 
 RESULTS = HERE / "results"
-MODELS = ("efficientnet_lite0", "digit_cnn", "pupil_unet", "fcn1d_ucr", "crepe_tiny")
+MODELS = ("efficientnet_lite0", "digit_cnn", "pupil_unet", "fcn1d_ucr", "crepe_tiny", "shufflenetv2_wd2")
 # how each model's data is given to mixq quantize (its recorded preprocessing)
 CALIB: dict[str, list[str]] = {
     # the package's TF-Lite recipe: (x - 127) / 128
@@ -49,6 +49,7 @@ CALIB: dict[str, list[str]] = {
     "pupil_unet": ["--calib", "photos", "--mean", "0", "--std", "1"],
     "fcn1d_ucr": ["--calib", "{signals}"],
     "crepe_tiny": ["--calib", "{signals}"],  # the frames are already normalized as torchcrepe.preprocess does
+    "shufflenetv2_wd2": ["--calib", "photos", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"],
 }
 
 

@@ -503,6 +503,54 @@ def test_permute_of_the_batch_axis_is_refused() -> None:
         to_integer(quantize(model.eval(), x), x)
 
 
+# ----------------------------------------------------------------------------- channel split and shuffle
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2's basic unit: the channels split in two (``chunk``), one half through 1x1 / depthwise 3x3 / 1x1,
+    concatenated with the other half, then the channel shuffle (view to (g, C / g, H, W), transpose, view back);
+    a head reads ``x[:, 2:6]`` and ``narrow``."""
+
+    def __init__(self, split: str = "chunk") -> None:
+        super().__init__()
+        self.split = split
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.pw1, self.dw, self.pw2 = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 4, 1)
+        self.head = nn.Conv2d(4, 4, 3, padding=1)
+        self.tail = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.stem(x))
+        a, b = torch.chunk(y, 2, dim=1) if self.split == "chunk" else y.split(4, 1)
+        b = torch.relu(self.pw2(self.dw(torch.relu(self.pw1(b)))))
+        y = torch.cat((a, b), dim=1)
+        n, c, h, w = y.size()
+        y = torch.transpose(y.view(n, 2, c // 2, h, w), 1, 2).contiguous().view(n, c, h, w)
+        return self.head(y[:, 2:6]) + self.tail(y.narrow(1, 5, 3))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("split", ["chunk", "Tensor.split"])
+def test_channel_split_and_shuffle(split: str) -> None:
+    torch.manual_seed(24)
+    out = check(quantize(ShuffleUnit(split).eval(), calib()), calib())
+    im = out["im"]
+    assert isinstance(im, IntModel)
+    ops = ops_of(im)
+    assert ops.count("slice") == 4 and "transpose" in ops and ops.count("reshape") == 2
+    (t,) = [n for n in im.nodes if n.op == "transpose"]
+    assert t.shape == (4, 2, 8, 8) and t.attrs["perm"] == [1, 0, 2, 3]
+    head = next(n for n in im.nodes if n.op == "slice" and n.attrs["start"] == 2)
+    assert head.attrs == {"dim": 0, "start": 2, "stop": 6} and head.shape == (4, 8, 8)
+
+
+def test_slice_of_the_batch_dim_is_refused() -> None:
+    model = Between(lambda y: y[1:], relu=False)
+    x = torch.randn(8, *SHAPE)
+    with pytest.raises(ModelError, match=r"layer 'getitem' \(function getitem\): not supported by the integer "
+                                         r"engine \(indexing: it takes x\[:, None\] and one contiguous range"):
+        to_integer(quantize(model.eval(), x), x)
+
+
 # ----------------------------------------------------------------------------- a U-Net block
 
 

@@ -275,3 +275,30 @@ def test_transpose_buffers_the_whole_tensor_only_when_it_reorders() -> None:
     moved, relabelled = cost[(0, 2, 1, 3)], cost[(0, 1, 3, 2)]
     assert relabelled.bram == 0 and moved.bram >= 2 * 64 * 64 * 8 / 36864  # a double buffer of 4,096 codes
     assert moved.lut >= relabelled.lut  # the same control, plus any LUTRAM / mux of the buffer
+
+
+def test_channel_shuffle_buffers_one_pixel() -> None:
+    """ShuffleNet's channel shuffle permutes channels within a pixel of the pixel-major stream: its transpose holds
+    one pixel's channels (double buffered), not the whole map; the reshapes around it are free."""
+    import torch
+    from torch import nn
+
+    from mixq.graph.capture import capture
+
+    class Shuffle(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 64, 3, padding=1), nn.Conv2d(64, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.c1(x))
+            y = y.view(-1, 2, 32, 32, 32).transpose(1, 2).reshape(-1, 64, 32, 32)
+            return self.c2(y)  # type: ignore[no-any-return]
+
+    specs = capture(Shuffle(), (3, 32, 32))
+    (t,) = [s for s in specs if s.kind == "transpose"]
+    assert t.in_shape == (2, 32, 32, 32) and t.extra["perm"] == [1, 0, 2, 3]
+    e = estimate(specs, plan_of(specs, weight=FixedPoint(8), act=FixedPoint(8, signed=False)), "xc7z020")
+    ly = next(x for x in e.layers if x.name == t.name)
+    assert ly.resources.bram == 0 and ly.resources.lut < 1000  # 2 x 64 codes of 8 bits in LUTRAM, not 2 x 64 k
+    assert {x.name for x in e.layers} >= {t.name, "c1", "c2"}

@@ -59,3 +59,27 @@ def test_calibrate_refit_from_stored_records(tmp_path: Path) -> None:
                "--table", str(tmp_path / "t.md")])
     assert rc == 0
     assert (tmp_path / "coefficients.json").exists() and (tmp_path / "t.md").exists()
+
+
+def test_an_op_mixq_does_not_know_is_not_priced_as_free(tmp_path: Path) -> None:
+    """A user's model with an op no stage knows (torch.roll): capture marks it, and `mixq estimate` exits 1 with
+    one line naming the layer instead of estimating the network without it (a real process)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "net.py").write_text(
+        "import torch\nfrom torch import nn\n\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.c, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(512, 4)\n\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(torch.roll(torch.relu(self.c(x)), 1, dims=2).flatten(1))\n\n\n"
+        "def build():\n    return Net()\n")
+    r = subprocess.run([sys.executable, "-m", "mixq", "estimate", f"{tmp_path / 'net.py'}:build", "--input-shape",
+                        "3,8,8", "--out", str(tmp_path / "e")], capture_output=True, text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[-1] == ("mixq: error: estimate: layer 'roll' (roll) is an op mixq does not know; the hardware "
+                         "model cannot price it")
+    assert not (tmp_path / "e" / "estimate.json").exists()

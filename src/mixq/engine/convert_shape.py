@@ -1,6 +1,6 @@
-"""Builders of data-movement ops: flatten, unit-dim reshapes, axis permutations, concatenation, zero
-padding, zero insertion, pixel shuffle and nearest upsampling (its builder, shared with bilinear, is in
-:mod:`mixq.engine.convert_ops`).
+"""Builders of data-movement ops: flatten, reshapes, axis permutations, slices (chunk / split parts),
+concatenation, zero padding, zero insertion, pixel shuffle and nearest upsampling (its builder, shared with
+bilinear, is in :mod:`mixq.engine.convert_ops`).
 
 None of them computes: every output element is an input element or a zero, and zero is on every
 grid, so the integer codes move unchanged and the grid moves with them (:mod:`mixq.engine.grids`).
@@ -24,7 +24,7 @@ from mixq.engine.model import IntNode
 from mixq.engine.trace import OpInfo, fn_args, shape_of, tensor_args
 from mixq.errors import ModelError
 from mixq.graph.spec import reorders
-from mixq.graph.trace import permutation
+from mixq.graph.trace import permutation, slice_range
 
 
 def _node(ctx: Ctx, info: OpInfo, op: str, v: Val, shape: tuple[int, ...], grid: np.ndarray,
@@ -96,7 +96,10 @@ def _reshape(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
         return _node(ctx, info, "reshape", v, out, grid, {"shape": list(out)})
     if len(out) == 1 and out[0] == int(np.prod(v.shape)):
         return flatten_val(ctx, node, info, v)
-    raise ModelError(f"{where(info)}: reshape {v.shape} -> {out}; only flattening and unit dims")
+    # any other reshape (a channel shuffle's (C, H, W) -> (g, C / g, H, W) and back): the codes keep their order,
+    # each element's grid goes with it
+    grid = v.scale if v.scale.ndim == 0 else grids.compact(grids.full(v.scale, v.shape).reshape(out))
+    return _node(ctx, info, "reshape", v, out, grid, {"shape": list(out)})
 
 
 def _permute(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
@@ -111,6 +114,29 @@ def _permute(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
         return _reshape(ctx, node, info)
     grid = v.scale if v.scale.ndim == 0 else grids.compact(grids.full(v.scale, v.shape).transpose(axes))
     return _node(ctx, info, "transpose", v, shape_of(node), grid, {"perm": axes})
+
+
+def _split(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
+    """``chunk`` / ``split``: its parts (``slice`` nodes) read the input; nothing of its own."""
+    return ctx.arg(node, info)
+
+
+def _slice(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
+    """A contiguous range of one per-sample dim (a part of a ``chunk`` / ``split``, ``x[:, a:b]``, ``narrow``):
+    the codes and their grid cut alike."""
+    v = ctx.arg(node, info)
+    dim, start, stop = slice_range(node)
+    if dim == 0:
+        raise ModelError(f"{where(info)}: a slice of the batch dim")
+    d = dim - 1
+    if (start, stop) == (0, v.shape[d]):
+        return v
+    if v.scale.ndim == 0:
+        grid = v.scale
+    else:
+        full = grids.full(v.scale, v.shape)
+        grid = grids.compact(np.take(full, range(start, stop), axis=d)) if full.ndim else v.scale
+    return _node(ctx, info, "slice", v, shape_of(node), grid, {"dim": d, "start": start, "stop": stop})
 
 
 def _cat(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
@@ -233,5 +259,5 @@ SHAPE_BUILDERS: dict[str, Callable[[Ctx, fx.Node, OpInfo], Val | None]] = {
     "flatten": _flatten, "reshape": _reshape, "unsqueeze": _reshape, "squeeze": _reshape, "index": _reshape,
     "cat": _cat,
     "identity": _identity, "size": _size, "pad": _pad, "zero_insert": _zero_insert,
-    "pixel_shuffle": _pixel_shuffle, "permute": _permute,
+    "pixel_shuffle": _pixel_shuffle, "permute": _permute, "split": _split, "slice": _slice,
 }

@@ -1,4 +1,4 @@
-"""Kernels of data movement (reshape, axis permutation, zero padding, zero insertion, pixel shuffle,
+"""Kernels of data movement (reshape, axis permutation, slice, zero padding, zero insertion, pixel shuffle,
 nearest upsampling), bilinear interpolation (exact integer weights) and lookup tables.
 
 Data movement copies integers (and zeros) whatever their dtype. Interpolation multiplies by the
@@ -29,6 +29,11 @@ def _reshape(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
 def _transpose(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
     dims = (0, *(int(p) + 1 for p in node.attrs["perm"]))
     return lambda xs, _st: xs[0].permute(dims).contiguous()
+
+
+def _slice(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
+    d, start, stop = (int(node.attrs[k]) for k in ("dim", "start", "stop"))
+    return lambda xs, _st: xs[0].narrow(d + 1, start, stop - start)
 
 
 def _pad(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
@@ -84,7 +89,7 @@ def _lut(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
 
 
 MOVE_KERNELS: dict[str, Callable[[IntNode, dict[str, int], str], Kernel]] = {
-    "reshape": _reshape, "transpose": _transpose,
+    "reshape": _reshape, "transpose": _transpose, "slice": _slice,
     "pad": _pad, "zero_insert": _zero_insert, "pixel_shuffle": _pixel_shuffle,
     "upsample": _upsample, "interp": _interp, "lut": _lut,
 }

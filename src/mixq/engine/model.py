@@ -46,7 +46,10 @@ mul           elementwise product of two integer tensors (size-1 dims broadcast)
               ``sign``, ``|const|`` in the grid); attrs ``const`` (None for two tensors), ``sign``
 flatten       ``torch.flatten(x, 1)``; the grid is flattened with it
 cat           concatenation along channels; attrs ``dim``
-reshape       insert / remove unit dims (``unsqueeze`` / ``squeeze`` / ``view``); attrs ``shape``
+reshape       the codes in the same order under another per-sample shape (``view`` / ``reshape`` / ``unsqueeze``
+              / ``squeeze``; a channel shuffle's split of the channels); attrs ``shape``
+slice         a contiguous range ``[start, stop)`` of per-sample dim ``dim`` (a part of a ``chunk`` / ``split``,
+              ``x[:, a:b]``, ``narrow``); attrs ``dim``, ``start``, ``stop``
 transpose     the per-sample axes permuted (``permute`` / ``transpose``; the batch axis stays first):
               output axis ``i`` is input axis ``perm[i]``; attrs ``perm``
 pad           zero padding; attrs ``pads`` = [left, right, top, bottom]
@@ -79,8 +82,8 @@ import numpy as np
 from mixq.errors import ModelError
 
 OPS = ("quantize", "requant", "conv", "linear", "clamp", "maxpool", "sumpool", "add", "reduce", "mul", "affine",
-       "flatten", "cat", "reshape", "transpose", "pad", "zero_insert", "pixel_shuffle", "upsample", "interp", "lut",
-       "fbs")
+       "flatten", "cat", "reshape", "transpose", "slice", "pad", "zero_insert", "pixel_shuffle", "upsample", "interp",
+       "lut", "fbs")
 COMPUTE_OPS = ("conv", "linear")
 INT_MODEL_VERSION = 1
 

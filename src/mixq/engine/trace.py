@@ -30,7 +30,7 @@ REFUSED: dict[str, str] = {
     "float_compute": " (a compute layer mixq does not quantize)",
     "softmax": " (not elementwise: no lookup table computes it)",
     "unsupported": "",
-    "getitem": "",
+    "getitem": " (indexing: it takes x[:, None] and one contiguous range of a non-batch dim, x[:, a:b])",
     "constant": "",
 }
 

@@ -3,8 +3,8 @@
 Each is written as the float operation of the fake-quant model, so a QONNX / QDQ export computes
 what the fake-quant model computes:
 
-* ``reshape``: ``Reshape``; ``transpose``: ``Transpose`` (the batch axis first); ``pad``: ``Pad``
-  (constant 0); ``pixel_shuffle``: ``DepthToSpace`` (mode CRD, torch's channel order);
+* ``reshape``: ``Reshape``; ``transpose``: ``Transpose`` (the batch axis first); ``slice``: ``Slice``;
+  ``pad``: ``Pad`` (constant 0); ``pixel_shuffle``: ``DepthToSpace`` (mode CRD, torch's channel order);
 * ``zero_insert``: pure data movement, exactly — ``Unsqueeze`` to ``(N, C, H, 1, W, 1)``, ``Pad``
   to ``(N, C, H, sh, W, sw)``, ``Reshape`` to ``(N, C, H*sh, W*sw)``, ``Slice`` the trailing zeros
   off, ``Pad`` the ``extra`` rows / columns;
@@ -96,6 +96,12 @@ def _zero_insert(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
 
 def _transpose(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
     return b.node("Transpose", xs, n.name, n.shape, perm=[0, *(int(p) + 1 for p in n.attrs["perm"])])
+
+
+def _slice(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
+    a = n.attrs
+    starts, ends = _i64(b, f"{n.name}.starts", [int(a["start"])]), _i64(b, f"{n.name}.ends", [int(a["stop"])])
+    return b.node("Slice", [xs[0], starts, ends, _i64(b, f"{n.name}.axes", [int(a["dim"]) + 1])], n.name, n.shape)
 
 
 def _pixel_shuffle(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
@@ -205,7 +211,7 @@ def _lut(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
 
 
 MOVE_EMITTERS: dict[str, Callable[[GraphBuilder, IntNode, list[str], Writers], str]] = {
-    "reshape": _reshape, "transpose": _transpose, "pad": _pad, "zero_insert": _zero_insert,
+    "reshape": _reshape, "transpose": _transpose, "slice": _slice, "pad": _pad, "zero_insert": _zero_insert,
     "pixel_shuffle": _pixel_shuffle, "upsample": _upsample, "interp": _interp, "lut": _lut, "reduce": _reduce,
     "mul": _mul, "affine": _affine,
 }

@@ -68,6 +68,8 @@ KINDS: dict[str, Kind] = {
     "pad": Kind("pad"), "zero_insert": Kind("zero_insert"), "pixel_shuffle": Kind("pixel_shuffle"),
     "upsample": Kind("upsample"), "permute": Kind("transpose"),
     "index": Kind(None, note="x[:, None] / x[..., None]: unit dims inserted by indexing"),
+    "split": Kind(None, note="chunk / split along a non-batch dim: its parts are slices"),
+    "slice": Kind(None, note="a contiguous range of one non-batch dim: a part of a split, x[:, a:b], narrow"),
     "identity": Kind(None), "size": Kind(None),
     "fbs": Kind("other", frozenset({"quantize", "engine"}), "a channel-gated conv (FBS): hw.dynamic prices it"),
     "float_compute": Kind("other", frozenset(), "a compute layer mixq does not quantize"),
@@ -98,6 +100,7 @@ FUNCTION_KINDS: dict[str, str] = {
     "cat": "cat", "concat": "cat", "concatenate": "cat", "pad": "pad", "pixel_shuffle": "pixel_shuffle",
     "interpolate": "upsample", "upsample": "upsample", "unsqueeze": "unsqueeze", "squeeze": "squeeze",
     "permute": "permute", "transpose": "permute", "swapaxes": "permute", "swapdims": "permute",
+    "chunk": "split", "split": "split", "narrow": "slice",
     "dropout": "identity", "dropout1d": "identity", "dropout2d": "identity", "feature_dropout": "identity",
     "alpha_dropout": "identity", "contiguous": "identity", "clone": "identity", "detach": "identity",
     "conv1d": "float_compute", "conv2d": "float_compute", "conv3d": "float_compute",
@@ -110,6 +113,7 @@ METHOD_KINDS: dict[str, str] = {
     "view": "reshape", "reshape": "reshape", "unsqueeze": "unsqueeze",
     "squeeze": "squeeze", "contiguous": "identity", "clone": "identity", "detach": "identity", "size": "size",
     "dim": "size", "permute": "permute", "transpose": "permute", "swapaxes": "permute", "swapdims": "permute",
+    "chunk": "split", "split": "split", "narrow": "slice", "float": "identity",
 }
 _OPERATOR_KINDS: dict[Callable[..., Any], str] = {operator.add: "add", operator.iadd: "add",
                                                   operator.getitem: "getitem"}
@@ -132,9 +136,22 @@ def _unit_index(index: Any) -> bool:
     return full and None in idx and idx[0] is not None
 
 
+def _range_index(index: Any) -> bool:
+    """An index that keeps a contiguous range of one non-batch dim (``x[:, 2:5]``, ``x[:, :, 1:]``): full slices
+    but one, which has step 1 and int or missing bounds."""
+    idx = index if isinstance(index, tuple) else (index,)
+    if not all(isinstance(i, slice) for i in idx) or len(idx) < 2 or idx[0] != slice(None):
+        return False
+    cut = [i for i in idx if i != slice(None)]
+    return len(cut) == 1 and cut[0].step in (None, 1) and all(
+        b is None or (isinstance(b, int) and not isinstance(b, bool)) for b in (cut[0].start, cut[0].stop))
+
+
 def function_kind(target: Any, args: tuple[Any, ...] = ()) -> str:
     if target is operator.getitem and len(args) == 2 and _unit_index(args[1]):
         return "index"
+    if target is operator.getitem and len(args) == 2 and _range_index(args[1]):
+        return "slice"
     if target is getattr and len(args) == 2 and args[1] in ("shape", "ndim"):
         return "size"
     if target in _OPERATOR_KINDS:
@@ -250,8 +267,11 @@ def node_ops(gm: fx.GraphModule) -> dict[fx.Node, NodeOp]:
             fname = getattr(node.target, "__name__", str(node.target))
             kind = function_kind(node.target, node.args)
             src = node.args[0] if node.args else None
-            if kind == "getitem" and isinstance(src, fx.Node) and src in out and out[src].kind == "size":
-                kind = "size"  # x.shape[0]: an element of a size
+            if kind == "getitem" and isinstance(src, fx.Node) and src in out and out[src].kind in ("size", "split"):
+                kind = {"size": "size", "split": "slice"}[out[src].kind]  # x.shape[0]; a part of a chunk / split
+            ins = node.all_input_nodes
+            if ins and all(i in out and out[i].kind == "size" for i in ins):
+                kind = "size"  # python arithmetic on sizes: c // 2, n * c
             out[node] = NodeOp(kind, node.name, fname, None)
         elif node.op == "call_method":
             out[node] = NodeOp(method_kind(str(node.target)), node.name, f"Tensor.{node.target}", None)
@@ -309,6 +329,38 @@ def permutation(node: fx.Node, rank: int) -> tuple[int, ...]:
     if sorted(perm) != list(range(rank)):
         raise ModelError(f"layer {node.name!r}: {name} dims {perm} are not a permutation of {rank} axes")
     return tuple(perm)
+
+
+def slice_range(node: fx.Node) -> tuple[int, int, int]:
+    """``(dim, start, stop)`` of a ``slice`` node (a part of a ``chunk`` / ``split``, ``x[:, a:b]``, ``narrow``):
+    the range of ``dim`` (batch included, so >= 1 for a per-sample dim; negative dims resolved) it keeps. Needs the
+    shapes :func:`trace` records with an example."""
+    src = node.args[0]
+    if not isinstance(src, fx.Node):
+        raise ModelError(f"layer {node.name!r}: slice of something that is not a tensor")
+    shape = src.meta.get("shape")
+    if node.op == "call_function" and node.target is operator.getitem and isinstance(shape, list):  # a split part
+        i = int(node.args[1])  # type: ignore[arg-type]
+        a = fn_args(src, ("input", "size", "dim"), {"dim": 0})
+        parts = [s for s in shape if s is not None]
+        rank = len(parts[0])
+        dim = int(a["dim"]) % rank
+        start = sum(p[dim] for p in parts[:i])
+        return dim, start, start + parts[i][dim]
+    if not isinstance(shape, tuple):
+        raise ModelError(f"layer {node.name!r}: no tensor shape recorded for its input")
+    rank = len(shape)
+    if node.op == "call_function" and node.target is operator.getitem:  # x[:, a:b]
+        idx = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+        dim = next(d for d, i in enumerate(idx) if i != slice(None))  # type: ignore[union-attr]
+        cut = idx[dim]
+        assert isinstance(cut, slice)
+        start, stop, _ = cut.indices(shape[dim])
+        return dim, start, max(start, stop)
+    a = fn_args(node, ("input", "dim", "start", "length"), {})  # narrow
+    dim = int(a["dim"]) % rank
+    start = int(a["start"]) % shape[dim] if int(a["start"]) < 0 else int(a["start"])
+    return dim, start, start + int(a["length"])
 
 
 def tensor_args(node: fx.Node) -> list[fx.Node]:

@@ -89,12 +89,16 @@ def _pricer_move(interpolates: bool) -> Callable[[HwLayer, int, int, Part, CostM
 
 
 def _price_transpose(layer: HwLayer, lanes: int, a: int, part: Part, model: CostModel) -> _Price:
-    """An axis permutation: the stream leaves in another order than it comes, so a double buffer of the
-    whole tensor (one written in stream order while the other is read in the permuted order); nothing
-    where only size-1 axes move."""
+    """An axis permutation. The stream is pixel-major (a pixel's channels together), so one that keeps the two
+    spatial axes last and in place (a channel shuffle's (g, C / g, H, W) -> (C / g, g, H, W)) reorders within a pixel:
+    a double buffer of one pixel's channels. Any other (time before channels, H and W swapped) leaves in another
+    order than it comes: a double buffer of the whole tensor. Nothing where only size-1 axes move."""
     s = layer.spec
-    perm = [int(p) for p in s.extra.get("perm", range(len(s.in_shape)))]
-    bits = 2 * math.prod(s.in_shape) * a if reorders(perm, s.in_shape) else 0
+    shape = s.in_shape
+    perm = [int(p) for p in s.extra.get("perm", range(len(shape)))]
+    within_pixel = len(shape) >= 4 and perm[-2:] == [len(shape) - 2, len(shape) - 1]
+    held = math.prod(shape[:-2]) if within_pixel else math.prod(shape)
+    bits = 2 * held * a if reorders(perm, shape) else 0
     return Resources(), _buffer(bits, lanes, a, part, model)
 
 
@@ -137,7 +141,8 @@ def stream_engine(layer: HwLayer, lanes: int, part: Part, model: CostModel, opts
     lookup-table activation: a ``2**abits``-entry ROM per lane (output at the next layer's width);
     upsample / zero insertion / padding / pixel shuffle: a buffer of one input row (all channels),
     which the output rows are read from (bilinear upsampling adds a 4-input adder tree per lane);
-    axis permutation: a double buffer of the whole tensor (none where only size-1 axes move);
+    axis permutation: a double buffer of one pixel's channels where the spatial axes stay (a channel shuffle), of
+    the whole tensor otherwise (none where only size-1 axes move);
     channel reduction (mean / max over the channels): a comparator / adder tree over all the channels of
     one pixel per lane (the mean's 1/C is in the grid; a per-channel rescale, where the channels' grids
     differ, is not priced); elementwise product (and an unfolded BatchNorm, a per-channel multiply-add):

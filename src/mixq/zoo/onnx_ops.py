@@ -500,6 +500,54 @@ def transpose(ctx: Ctx, node: Any) -> None:
     ctx.put(node, ctx.method(node, "permute", [ctx.value(node, 0), *perm]))
 
 
+def slice_(ctx: Ctx, node: Any) -> None:
+    """A computed tensor's ``Slice`` with constant starts / ends / axes and step 1: one ``narrow`` per axis (never
+    the batch axis; bounds clipped as ONNX clips them)."""
+    shape = ctx.static_shape(node, node.input[0])
+    starts, ends = ctx.ints(node, 1, "starts"), ctx.ints(node, 2, "ends")
+    if starts is None or ends is None:
+        raise ctx.unsupported(node, "starts / ends that are not constant")
+    axes = ctx.ints(node, 3, "axes") if len(node.input) > 3 and node.input[3] else None
+    steps = ctx.ints(node, 4, "steps") if len(node.input) > 4 and node.input[4] else None
+    axes = _norm_axes(axes if axes is not None else list(range(len(starts))), len(shape))
+    if steps is not None and any(st != 1 for st in steps):
+        raise ctx.unsupported(node, f"steps {steps} (only 1)")
+    y = ctx.value(node, 0)
+    for ax, b, e in zip(axes, starts, ends, strict=True):
+        n = shape[ax]
+        b, e = (min(max(v + n if v < 0 else v, 0), n) for v in (b, e))
+        if (b, e) == (0, n):
+            continue
+        if ax == 0:
+            raise ctx.unsupported(node, "slicing the batch axis")
+        y = ctx.function(node, torch.narrow, [y, ax, b, max(e - b, 0)])
+    if y is ctx.value(node, 0):
+        ctx.alias(node, y)
+    else:
+        ctx.put(node, y)
+
+
+def split(ctx: Ctx, node: Any) -> None:
+    """``Split`` of a computed tensor along a non-batch axis into its outputs: one ``narrow`` each (sizes from the
+    ``split`` input / attribute, or equal parts: ``num_outputs`` or the number of outputs)."""
+    shape = ctx.static_shape(node, node.input[0])
+    a = ctx.attrs(node)
+    ax = _norm_axes([int(a.get("axis", 0))], len(shape))[0]
+    if ax == 0:
+        raise ctx.unsupported(node, "splitting the batch axis")
+    sizes = ctx.ints(node, 1, "split") if len(node.input) > 1 and node.input[1] or "split" in a else None
+    n_out = len(node.output)
+    if sizes is None:
+        part = -(-shape[ax] // int(a.get("num_outputs", n_out)))
+        sizes = [min(part, shape[ax] - i * part) for i in range(n_out)]
+    if len(sizes) != n_out or sum(sizes) != shape[ax]:
+        raise ctx.unsupported(node, f"split sizes {sizes} of an axis of {shape[ax]}")
+    x, start = ctx.value(node, 0), 0
+    for i, size in enumerate(sizes):
+        ctx.put(node, ctx.function(node, torch.narrow, [x, ax, start, size]), i)
+        start += size
+
+
 def passthrough(ctx: Ctx, node: Any) -> None:
     """Identity, and Dropout in inference."""
     if any(ctx.used(o) for o in node.output[1:]):
@@ -649,6 +697,8 @@ OPS: dict[str, Handler] = {
     "Squeeze": squeeze,
     "Unsqueeze": unsqueeze,
     "Transpose": transpose,
+    "Slice": slice_,
+    "Split": split,
     "Identity": passthrough,
     "Dropout": passthrough,
     "DepthToSpace": depth_to_space,
