@@ -85,3 +85,24 @@ def test_accumulator_widths_reported() -> None:
     for a in acc:
         assert 8 < a["acc_bits"] <= a["acc_budget"] == 32
         assert a["rows"] == {"fixed8(signed=True,narrow=True)": a["rows"][next(iter(a["rows"]))]}
+
+
+def test_deep_residual_stream_gets_a_narrower_requant_multiplier() -> None:
+    """ResNet-20's residual stream stays on accumulator grids through nine adds and the global pool, so the
+    classifier's input is ~47 bits wide: its requantizer takes a multiplier as narrow as keeps |x| * M inside
+    int64 (before: 'needs more than 62 bits'), never under the output's bits + 3, and the engine stays exact."""
+    from mixq import api, zoo
+    from mixq.data import calibration_set
+    from mixq.graph import fold_bn
+
+    torch.manual_seed(0)
+    model = fold_bn(zoo.load("resnet20").eval()).eval()
+    x = calibration_set(20, size=32, seed=1)
+    q = api.quantize(model, api.default_plan("resnet20", model, x[:16]), x[:16], fold=False)
+    im = to_integer(q, x[:16])
+    narrowed = {n.name: n.attrs["mult_bits"] for n in im.nodes if "mult_bits" in n.attrs}
+    assert list(narrowed) == ["fc.input_quant"] and 11 <= narrowed["fc.input_quant"] < 16, narrowed
+    fc_in = im.node("fc.input_quant")
+    assert im.node(fc_in.inputs[0]).bound * int(fc_in.arrays["M"].max()) < 2**62
+    rep = verify(q, x[16:])
+    assert rep["exact"] and rep["mismatching_outputs"] == 0

@@ -1,0 +1,175 @@
+"""Front-end coverage on architectures nobody on the project wrote: every model family of `pytorchcv` (PyPI, MIT)
+through the command line, as a user would run it.
+
+pytorchcv defines ~160 families in plain torch (its weights are a run-time download from GitHub, not reachable
+here, so every model is random init under ``torch.manual_seed(0)``: a check of the front end, the integer engine,
+the exports and the estimate, not of accuracy). For each model, one fresh process per step:
+
+    mixq capture  BUILDER                      # the ops every stage supports (exit 0 even with unsupported ops)
+    mixq quantize BUILDER --calib photos --images 16 --out Q      # W8A8 min-max
+    mixq verify   --from Q --images 4          # integer engine == hardware-faithful fake quant, bit for bit
+    mixq export   --from Q --format qonnx --check --images 2
+    mixq export   --from Q --format qdq --check --images 2
+    mixq estimate --from Q --arch overlay      # xc7z020
+
+A failing step is recorded with its exit code and its one-line message; the later steps of that model are
+skipped. Writes results/pytorchcv_sweep.{json,md}.
+
+    python benchmarks/pytorchcv_sweep.py [--models NAME ...] [--jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+REQUIREMENT = "pytorchcv==0.0.74"
+
+# (module of pytorchcv.models, model function): the smallest CIFAR-10 model of every family that has one, and the
+# smallest ImageNet model of the mobile and classic families (224 x 224 unless the model says otherwise)
+MODELS: tuple[tuple[str, str], ...] = (
+    ("resnet_cifar", "resnet20_cifar10"), ("preresnet_cifar", "preresnet20_cifar10"),
+    ("resnext_cifar", "resnext20_16x4d_cifar10"), ("seresnet_cifar", "seresnet20_cifar10"),
+    ("sepreresnet_cifar", "sepreresnet20_cifar10"), ("pyramidnet_cifar", "pyramidnet110_a48_cifar10"),
+    ("densenet_cifar", "densenet40_k12_cifar10"), ("xdensenet_cifar", "xdensenet40_2_k24_bc_cifar10"),
+    ("wrn_cifar", "wrn16_10_cifar10"), ("wrn1bit_cifar", "wrn20_10_1bit_cifar10"), ("ror_cifar", "ror3_56_cifar10"),
+    ("rir_cifar", "rir_cifar10"), ("nin_cifar", "nin_cifar10"), ("diaresnet_cifar", "diaresnet20_cifar10"),
+    ("diapreresnet_cifar", "diapreresnet20_cifar10"), ("shakeshakeresnet_cifar", "shakeshakeresnet20_2x16d_cifar10"),
+    ("shakedropresnet_cifar", "shakedropresnet20_cifar10"), ("resdropresnet_cifar", "resdropresnet20_cifar10"),
+    ("fractalnet_cifar", "fractalnet_cifar10"), ("msdnet_cifar10", "msdnet22_cifar10"),
+    ("mobilenet", "mobilenet_wd4"), ("mobilenetv2", "mobilenetv2_wd4"), ("mobilenetv3", "mobilenetv3_small_w7d20"),
+    ("mnasnet", "mnasnet_b1"), ("ghostnet", "ghostnet"), ("efficientnet", "efficientnet_b0"),
+    ("shufflenet", "shufflenet_g1_wd4"), ("shufflenetv2", "shufflenetv2_wd2"), ("squeezenet", "squeezenet_v1_1"),
+    ("squeezenext", "sqnxt23_w1"), ("igcv3", "igcv3_wd4"), ("proxylessnas", "proxylessnas_mobile"),
+    ("fbnet", "fbnet_cb"), ("hardnet", "hardnet39ds"), ("peleenet", "peleenet"), ("darknet", "darknet_tiny"),
+    ("resnet", "resnet10"), ("preresnet", "preresnet10"), ("regnet", "regnetx002"), ("mixnet", "mixnet_s"),
+    ("spnasnet", "spnasnet"), ("menet", "menet108_8x1_g3"), ("condensenet", "condensenet74_c4_g4"),
+)
+
+
+def _builder(folder: Path, module: str, name: str) -> tuple[str, tuple[int, ...]]:
+    """A builder file for ``mixq MODEL``: ``FILE.py:build`` and the model's input shape."""
+    mod = importlib.import_module(f"pytorchcv.models.{module}")
+    model = getattr(mod, name)()
+    size = tuple(getattr(model, "in_size", (224, 224)))
+    shape = (int(getattr(model, "in_channels", 3)), *size)
+    path = folder / f"build_{name}.py"
+    path.write_text(
+        "import torch\n"
+        f"from pytorchcv.models.{module} import {name}\n\n\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        f"    return {name}().eval()\n\n\n"
+        f"build.input_shape = {shape!r}\n")
+    return f"{path}:build", shape
+
+
+def _mixq(*args: str, timeout: int = 1800) -> tuple[int, str, float]:
+    t = time.perf_counter()
+    try:
+        r = subprocess.run([sys.executable, "-m", "mixq", *args], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return 124, f"timed out after {timeout} s", time.perf_counter() - t
+    return r.returncode, (r.stdout + r.stderr).strip(), time.perf_counter() - t
+
+
+def _last(text: str, key: str = "") -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    hit = [ln for ln in lines if key and key in ln]
+    return (hit or lines or [""])[-1][:300]
+
+
+def run_one(module: str, name: str, work: Path) -> dict[str, Any]:
+    row: dict[str, Any] = {"model": name, "module": module}
+    try:
+        spec, shape = _builder(work, module, name)
+    except Exception as exc:  # the package's own constructor failing is recorded, not fatal
+        row["build"] = {"rc": 1, "line": f"{type(exc).__name__}: {exc}"[:300]}
+        return row
+    row["input_shape"] = list(shape)
+    q = work / name
+    steps = (
+        ("capture", ["capture", spec, "--out", str(q / "cap")], "total"),
+        ("quantize", ["quantize", spec, "--calib", "photos", "--images", "16", "--out", str(q)], "wrote"),
+        ("verify", ["verify", "--from", str(q), "--images", "4", "--out", str(q / "v")], "integer engine vs"),
+        ("qonnx", ["export", "--from", str(q), "--format", "qonnx", "--check", "--images", "2", "--out",
+                   str(q / "qonnx")], "check ("),
+        ("qdq", ["export", "--from", str(q), "--format", "qdq", "--check", "--images", "2", "--out", str(q / "qdq")],
+         "check ("),
+        ("estimate", ["estimate", "--from", str(q), "--arch", "overlay", "--out", str(q / "es")], "FPS"),
+    )
+    for step, args, key in steps:
+        rc, out, s = _mixq(*args)
+        row[step] = {"rc": rc, "s": round(s, 1), "line": _last(out, key if rc == 0 else "")}
+        if step == "capture" and rc == 0:
+            layers = json.loads((q / "cap" / "layers.json").read_text())
+            specs = layers["layers"] if isinstance(layers, dict) else layers
+            row["macs"] = sum(int(ly.get("macs", 0)) for ly in specs)
+            row["params"] = sum(int(ly.get("params", 0)) for ly in specs)
+        if rc != 0:
+            break
+    return row
+
+
+def first_failure(row: dict[str, Any]) -> str | None:
+    for step in ("build", "capture", "quantize", "verify", "qonnx", "qdq", "estimate"):
+        c = row.get(step)
+        if c is not None and c["rc"] != 0:
+            return step
+    return None
+
+
+def _md(rows: list[dict[str, Any]]) -> str:
+    ok = [r for r in rows if first_failure(r) is None]
+    lines = [f"# pytorchcv sweep: {len(ok)} of {len(rows)} models through every step", "",
+             "Random init (seed 0), W8A8 min-max, 16 photos; one process per step; the first failing step and its "
+             "one-line message.", "",
+             "| model | input | MACs (M) | capture | quantize | verify | QONNX | QDQ | overlay fps | first failure |",
+             "|---|---|---:|---|---|---|---|---|---:|---|"]
+    for r in rows:
+        def cell(step: str, r: dict[str, Any] = r) -> str:
+            c = r.get(step)
+            return "—" if c is None else ("ok" if c["rc"] == 0 else f"exit {c['rc']}")
+        fail = first_failure(r)
+        est = r.get("estimate", {})
+        fps = est.get("line", "").split()[1] if est.get("rc") == 0 and est.get("line", "").startswith("FPS") else "—"
+        why = f"{fail}: {r[fail]['line']}".replace("|", "/") if fail else ""
+        shape = "x".join(map(str, r.get("input_shape", [])))
+        lines.append(f"| {r['model']} | {shape} | {r.get('macs', 0) / 1e6:,.1f} | {cell('capture')} | "
+                     f"{cell('quantize')} | {cell('verify')} | {cell('qonnx')} | {cell('qdq')} | {fps} | {why} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="*", default=None, help="model function names (default: all of MODELS)")
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args()
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", REQUIREMENT], check=True)
+    chosen = [m for m in MODELS if args.models is None or m[1] in args.models]
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(lambda m: run_one(m[0], m[1], Path(tmp)), chosen))
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "pytorchcv_sweep.json"
+    old = {r["model"]: r for r in json.loads(path.read_text())} if path.is_file() and args.models else {}
+    merged = old | {r["model"]: r for r in rows}
+    order = {name: i for i, (_, name) in enumerate(MODELS)}
+    rows = sorted(merged.values(), key=lambda r: order.get(r["model"], len(order)))
+    path.write_text(json.dumps(rows, indent=1))
+    (RESULTS / "pytorchcv_sweep.md").write_text(_md(rows))
+    print(_md(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
