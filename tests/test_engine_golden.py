@@ -87,22 +87,31 @@ def test_accumulator_widths_reported() -> None:
         assert a["rows"] == {"fixed8(signed=True,narrow=True)": a["rows"][next(iter(a["rows"]))]}
 
 
-def test_deep_residual_stream_gets_a_narrower_requant_multiplier() -> None:
-    """ResNet-20's residual stream stays on accumulator grids through nine adds and the global pool, so the
-    classifier's input is ~47 bits wide: its requantizer takes a multiplier as narrow as keeps |x| * M inside
-    int64 (before: 'needs more than 62 bits'), never under the output's bits + 3, and the engine stays exact."""
+def test_deep_residual_stream_stays_within_sum_bits() -> None:
+    """ResNet-20's residual stream stays on accumulator grids through nine adds: each exact sum would be wider than
+    the last (before: 'requantizing its input needs more than 62 bits' at the classifier). An add whose sum would
+    not fit ``sum_bits`` takes a coarser grid; without that cap (``sum_bits=52``) the classifier's input is too wide
+    for a 16-bit multiplier in int64 and its requantizer takes a narrower one, never under the output's bits + 3.
+    Both are exact against the hardware-faithful model."""
     from mixq import api, zoo
     from mixq.data import calibration_set
+    from mixq.engine.arith import signed_bits
     from mixq.graph import fold_bn
 
     torch.manual_seed(0)
     model = fold_bn(zoo.load("resnet20").eval()).eval()
     x = calibration_set(20, size=32, seed=1)
     q = api.quantize(model, api.default_plan("resnet20", model, x[:16]), x[:16], fold=False)
-    im = to_integer(q, x[:16])
-    narrowed = {n.name: n.attrs["mult_bits"] for n in im.nodes if "mult_bits" in n.attrs}
+    capped = to_integer(q, x[:16])
+    adds = [n for n in capped.nodes if n.op == "add"]
+    assert len(adds) == 9 and max(signed_bits(n.bound) for n in adds) == 40  # the cap binds
+    assert not any("mult_bits" in n.attrs for n in capped.nodes)
+    wide = to_integer(q, x[:16], sum_bits=52)
+    assert max(signed_bits(n.bound) for n in wide.nodes if n.op == "add") > 40
+    narrowed = {n.name: n.attrs["mult_bits"] for n in wide.nodes if "mult_bits" in n.attrs}
     assert list(narrowed) == ["fc.input_quant"] and 11 <= narrowed["fc.input_quant"] < 16, narrowed
-    fc_in = im.node("fc.input_quant")
-    assert im.node(fc_in.inputs[0]).bound * int(fc_in.arrays["M"].max()) < 2**62
-    rep = verify(q, x[16:])
-    assert rep["exact"] and rep["mismatching_outputs"] == 0
+    fc_in = wide.node("fc.input_quant")
+    assert wide.node(fc_in.inputs[0]).bound * int(fc_in.arrays["M"].max()) < 2**62
+    for options in ({}, {"sum_bits": 52}):
+        rep = verify(q, x[16:], **options)
+        assert rep["exact"] and rep["mismatching_outputs"] == 0, options

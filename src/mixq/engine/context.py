@@ -4,13 +4,14 @@ quantizer every builder shares: ``quantize`` for the float network input, ``requ
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 from torch import fx
 
-from mixq.engine.arith import INT64_LIMIT, dyadic_array
+from mixq.engine.arith import INT64_LIMIT, dyadic_array, signed_bits
 from mixq.engine.model import IntNode
 from mixq.engine.trace import OpInfo, tensor_args
 from mixq.errors import ModelError
@@ -101,6 +102,17 @@ def dyadic_unique(ratios: np.ndarray, mult_bits: int) -> tuple[np.ndarray, np.nd
     uniq, inv = np.unique(r.reshape(-1), return_inverse=True)
     m, n = dyadic_array(uniq, mult_bits)
     return m[inv].reshape(r.shape), n[inv].reshape(r.shape)
+
+
+def capped(grid: np.ndarray, bound_of: Callable[[np.ndarray], int], bits: int) -> np.ndarray:
+    """``grid``, or ``grid * 2**k`` with the smallest ``k`` for which the output bound ``bound_of(grid)`` fits a
+    signed ``bits``-bit register (a sum that would otherwise widen without end along a residual stream)."""
+    g = np.asarray(grid, dtype=np.float64)
+    bound = bound_of(g)
+    while signed_bits(bound) > bits:
+        g = np.ldexp(g, max(1, signed_bits(bound) - bits))
+        bound = bound_of(g)
+    return g
 
 
 def quant_input(ctx: Ctx, v: Val, qact: QAct | None, name: str, owner: OpInfo) -> Val:

@@ -42,7 +42,7 @@ from mixq.engine.arith import (
     dyadic_common,
     signed_bits,
 )
-from mixq.engine.context import Ctx, Val, quant_input
+from mixq.engine.context import Ctx, Val, capped, quant_input
 from mixq.engine.convert_fbs import fbs_builder
 from mixq.engine.convert_ops import OP_BUILDERS, channel_reduce, reduce_dims
 from mixq.engine.convert_shape import SHAPE_BUILDERS
@@ -65,7 +65,9 @@ class EngineConfig:
     products enter it shifted left by that much), so the bias is kept ``2**g`` times
     finer than ``s_act * s_w``; ``None`` uses what the budget leaves, up to
     ``MAX_AUTO_FRAC_BITS``. ``add_guard_bits``: a residual sum is kept at least that
-    many bits finer than its coarser operand.
+    many bits finer than its coarser operand. ``sum_bits``: a residual sum or an unfolded BatchNorm
+    whose exact result would be wider (a residual stream kept on accumulator grids through many adds)
+    takes a coarser output grid, by powers of two, so that it fits this many bits.
     """
 
     mult_bits: int = DEFAULT_MULT_BITS
@@ -73,6 +75,7 @@ class EngineConfig:
     overflow: str = "error"
     add_guard_bits: int = 8
     acc_frac_bits: int | None = None
+    sum_bits: int = 40
 
     def __post_init__(self) -> None:
         if not isinstance(self.mult_bits, int) or not 2 <= self.mult_bits <= 31:
@@ -82,6 +85,8 @@ class EngineConfig:
         if self.acc_frac_bits is not None and (
                 not isinstance(self.acc_frac_bits, int) or not 0 <= self.acc_frac_bits <= 24):
             raise ModelError(f"engine.acc_frac_bits: must be an integer in [0, 24] or None, got {self.acc_frac_bits!r}")
+        if isinstance(self.sum_bits, bool) or not isinstance(self.sum_bits, int) or not 16 <= self.sum_bits <= 52:
+            raise ModelError(f"engine.sum_bits: must be an integer in [16, 52], got {self.sum_bits!r}")
         if self.overflow not in OVERFLOW_POLICIES:
             raise ModelError(f"engine.overflow: {self.overflow!r} is not one of {', '.join(OVERFLOW_POLICIES)}")
         budgets = self.acc_bits.values() if isinstance(self.acc_bits, Mapping) else [self.acc_bits]
@@ -324,15 +329,22 @@ def _add(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     if a.shape != out_shape or b.shape != out_shape:
         raise ModelError(f"layer {info.name!r} ({info.type}): broadcasting add {a.shape} + {b.shape}")
     sa, sb = np.broadcast_arrays(a.scale, b.scale)
+
+    def rescaled(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+        (ma, mb), n = dyadic_common([sa / grid, sb / grid], ctx.cfg.mult_bits)
+        top = a.bound * int(ma.max()) + b.bound * int(mb.max()) + 2 ** int(n.max())
+        bound = max(((a.bound * int(x) + b.bound * int(y)) >> int(s)) + 1
+                    for x, y, s in zip(ma.reshape(-1), mb.reshape(-1), n.reshape(-1), strict=True))
+        return ma, mb, n, top, bound
+
     # the output grid: at least add_guard_bits finer than the coarser operand, never coarser than the
-    # finer one (a chain of adds settles instead of shrinking the grid at every add)
-    grid = np.minimum(np.minimum(sa, sb), np.ldexp(np.maximum(sa, sb), -ctx.cfg.add_guard_bits))
-    (ma, mb), n = dyadic_common([sa / grid, sb / grid], ctx.cfg.mult_bits)
-    top = a.bound * int(ma.max()) + b.bound * int(mb.max()) + 2 ** int(n.max())
+    # finer one (a chain of adds settles instead of shrinking the grid at every add), unless the sum
+    # would not fit sum_bits: then coarser by powers of two
+    grid = capped(np.minimum(np.minimum(sa, sb), np.ldexp(np.maximum(sa, sb), -ctx.cfg.add_guard_bits)),
+                  lambda g: rescaled(g)[4], ctx.cfg.sum_bits)
+    ma, mb, n, top, bound = rescaled(grid)
     if top >= INT64_LIMIT:
         raise ModelError(f"layer {info.name!r} ({info.type}): rescaled sum needs more than 62 bits; lower mult_bits")
-    bound = max(((a.bound * int(x) + b.bound * int(y)) >> int(s)) + 1
-                for x, y, s in zip(ma.reshape(-1), mb.reshape(-1), n.reshape(-1), strict=True))
     return ctx.add(IntNode(info.name, "add", (a.node, b.node), out_shape, np.ascontiguousarray(grid), bound,
                            {}, {"M": np.stack([ma, mb]), "n": n}, f"{info.name} ({info.type})"))
 

@@ -51,7 +51,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mixq.engine import grids
 from mixq.engine.arith import INT64_LIMIT, dyadic, dyadic_array, round_half_up
-from mixq.engine.context import Ctx, Val, quant_input, where
+from mixq.engine.context import Ctx, Val, capped, quant_input, where
 from mixq.engine.convert_shape import image, nearest, scale_factors, upsample_args
 from mixq.engine.model import IntNode
 from mixq.engine.trace import OpInfo, fn_args, shape_of, tensor_args
@@ -378,7 +378,7 @@ def _affine(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
 
     ``y = round_half_up(q * M_c / 2**n_c) + B_c`` on one output grid ``g`` chosen as a residual add
     chooses it — at least ``add_guard_bits`` finer than the coarsest ``|a_c| * g_in``, never coarser
-    than the finest — with ``M_c * 2**-n_c`` (signed, ``mult_bits`` bits) the dyadic ``a_c * g_in / g``
+    than the finest, unless the output would not fit ``sum_bits`` — with ``M_c * 2**-n_c`` (signed, ``mult_bits`` bits) the dyadic ``a_c * g_in / g``
     and ``B_c = rint(b_c / g)``. Since ``B_c`` is an integer this is ``round_half_up(q * M_c / 2**n_c + B_c)``.
     """
     v = ctx.int_arg(node, info)
@@ -397,19 +397,25 @@ def _affine(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     g_in = grids.channels(v.scale, v.shape).reshape(-1)
     eff = np.abs(a) * g_in
     live = eff[eff > 0]
-    # every gamma 0: the output is the shift alone, on the input's coarsest grid
+    def rescaled(grid: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        m_abs, n = dyadic_array(eff / grid, ctx.cfg.mult_bits)
+        bias_f = np.rint(b / grid)
+        if np.abs(bias_f).max(initial=0) >= INT64_LIMIT:
+            raise ModelError(f"{at}: BatchNorm shift too large for its output grid")
+        bias = bias_f.astype(np.int64)
+        bound = max(((v.bound * int(mc) + (1 << int(nc) >> 1)) >> int(nc)) + abs(int(bc))
+                    for mc, nc, bc in zip(m_abs.tolist(), n.tolist(), bias.tolist(), strict=True))
+        return m_abs, n, bias, bound
+
+    # every gamma 0: the output is the shift alone, on the input's coarsest grid; coarser by powers of two where
+    # the output would not fit sum_bits
     grid = float(min(live.min(), np.ldexp(live.max(), -ctx.cfg.add_guard_bits))) if live.size else float(g_in.max())
-    m_abs, n = dyadic_array(eff / grid, ctx.cfg.mult_bits)
+    grid = float(capped(np.array(grid), lambda g: rescaled(float(g))[3], ctx.cfg.sum_bits))
+    m_abs, n, bias, bound = rescaled(grid)
     m = np.where(a < 0, -m_abs, m_abs).astype(np.int64)
-    bias_f = np.rint(b / grid)
-    if np.abs(bias_f).max(initial=0) >= INT64_LIMIT:
-        raise ModelError(f"{at}: BatchNorm shift too large for its output grid")
-    bias = bias_f.astype(np.int64)
     tops = [v.bound * int(mc) + 2 ** int(nc) for mc, nc in zip(m_abs.tolist(), n.tolist(), strict=True)]
     if max(tops) >= INT64_LIMIT:
         raise ModelError(f"{at}: the rescaled BatchNorm needs more than 62 bits; lower mult_bits")
-    bound = max(((v.bound * int(mc) + (1 << int(nc) >> 1)) >> int(nc)) + abs(int(bc))
-                for mc, nc, bc in zip(m_abs.tolist(), n.tolist(), bias.tolist(), strict=True))
     if bound >= INT64_LIMIT:
         raise ModelError(f"{at}: the BatchNorm output needs more than 62 bits")
     arrays = {"M": m.reshape(cshape), "n": n.reshape(cshape), "B": bias.reshape(cshape),
