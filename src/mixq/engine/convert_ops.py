@@ -379,7 +379,8 @@ def _affine(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     ``y = round_half_up(q * M_c / 2**n_c) + B_c`` on one output grid ``g`` chosen as a residual add
     chooses it — at least ``add_guard_bits`` finer than the coarsest ``|a_c| * g_in``, never coarser
     than the finest, unless the output would not fit ``sum_bits`` — with ``M_c * 2**-n_c`` (signed,
-    ``mult_bits`` bits) the dyadic ``a_c * g_in / g`` and ``B_c = rint(b_c / g)``. Since ``B_c`` is an integer this is ``round_half_up(q * M_c / 2**n_c + B_c)``.
+    ``mult_bits`` bits) the dyadic ``a_c * g_in / g`` and ``B_c = rint(b_c / g)``. Since ``B_c`` is an
+    integer this is ``round_half_up(q * M_c / 2**n_c + B_c)``.
     """
     v = ctx.int_arg(node, info)
     at = where(info)
