@@ -235,6 +235,8 @@ def _edit(ck: dict[str, Any], how: str) -> Any:
         state["features.3.weight"] = state["features.3.weight"][:16]
     elif how == "nan":
         state["features.0.weight"] = state["features.0.weight"].clone().fill_(float("nan"))
+    elif how == "absurd":
+        state["features.0.weight"] = state["features.0.weight"].clone().fill_(3e35)
     elif how == "plan":
         ck["plan"] = {"mixq_plan": 1, "model": "cnv", "layers": {"features.99": ck["plan"]["layers"]["features.3"]}}
     elif how == "pickled-module":
@@ -250,6 +252,7 @@ def _edit(ck: dict[str, Any], how: str) -> Any:
     ("missing-key", ModelError, "does not fit cnv under its plan (missing: features.3.w_scales)"),
     ("shape", ModelError, "shape: features.3.weight (16, 32, 3, 3) vs (32, 32, 3, 3)"),
     ("nan", NumericError, "tensor features.0.weight has 288 NaN"),
+    ("absurd", NumericError, "tensor features.0.weight has an absurd magnitude 3e+35 (limit 1e+30)"),
     ("plan", MixqError, "features.99"),
     ("pickled-module", DataError, "not a mixq quantize checkpoint"),
 ])
@@ -263,6 +266,18 @@ def test_broken_artifact_is_one_line_naming_the_file(how: str, error: type[Excep
     assert needle in msg and str(bad / CHECKPOINT_FILE) in msg and "\n" not in msg, msg
     assert main(["verify", "--from", str(bad), "--out", str(tmp_path / "o")]) == 1
     assert str(bad / CHECKPOINT_FILE) in _one_line_error(capsys)
+
+
+def test_large_quantizer_scales_load(gptq_dir: Path, tmp_path: Path) -> None:
+    """A calibrated quantizer's scale follows its activations, which a deep random-init network takes past the 1e6
+    limit a user's weights file is held to (pytorchcv's PyramidNet-110: 1.4e6): the artifact loads as written."""
+    ck = _checkpoint(gptq_dir)
+    state = dict(ck["state_dict"])
+    key = next(k for k in state if k.endswith("input_quant.scale"))
+    state[key] = state[key].clone().fill_(1.4e6)
+    ck["state_dict"] = state
+    art = load_artifact(_write(tmp_path / "big", ck))
+    assert float(dict(art.qmodel.state_dict())[key]) == pytest.approx(1.4e6)
 
 
 def test_missing_or_junk_checkpoint(tmp_path: Path) -> None:

@@ -503,6 +503,27 @@ def test_permute_of_the_batch_axis_is_refused() -> None:
         to_integer(quantize(model.eval(), x), x)
 
 
+# ----------------------------------------------------------------------------- torch.clamp, division by a number
+
+
+@pytest.mark.parametrize("op", [lambda x: torch.clamp(x, min=0.0, max=1.0), lambda x: x.clamp(max=0.5),
+                                lambda x: torch.clip(x, -0.25, 2), lambda x: F.relu(x) / 6.0,
+                                lambda x: x.clamp(0, 6).div(6) * 2],
+                         ids=["torch.clamp", "Tensor.clamp max", "torch.clip", "truediv", "clamp div mul"])
+def test_clamp_and_division_by_a_number(op: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    torch.manual_seed(25)
+    out = check(quantize(Between(op, relu=False), calib()), calib())
+    im = out["im"]
+    assert isinstance(im, IntModel) and {"clamp", "mul"} & set(ops_of(im))
+
+
+def test_division_by_a_tensor_is_refused() -> None:
+    model = Between(lambda y: y / torch.relu(y), relu=False)
+    with pytest.raises(ModelError, match=r"layer 'truediv' \(truediv\): a division of .* by relu_1; the engine "
+                                         r"divides a tensor by a python number other than 0"):
+        to_integer(quantize(model.eval(), calib()), calib())
+
+
 # ----------------------------------------------------------------------------- channel split and shuffle
 
 

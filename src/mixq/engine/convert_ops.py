@@ -86,6 +86,12 @@ def clamp_limits(node: fx.Node, info: OpInfo, shape: tuple[int, ...]) -> tuple[n
     if info.kind == "relu6":
         return np.asarray(0.0), np.asarray(6.0)
     mod: Any = info.module
+    if info.kind == "clamp":  # torch.clamp / Tensor.clamp / clip (input, min, max): python numbers or None
+        a = fn_args(node, ("input", "min", "max"), {"min": None, "max": None})
+        if any(v is not None and (isinstance(v, bool) or not isinstance(v, int | float))
+               for v in (a["min"], a["max"])):
+            raise ModelError(f"{where(info)}: limits {a['min']!r}, {a['max']!r}; the engine takes python numbers")
+        return tuple(None if a[k] is None else np.asarray(float(a[k])) for k in ("min", "max"))  # type: ignore[return-value]
     if mod is None:
         a = fn_args(node, ("input", "min_val", "max_val"), {"min_val": -1.0, "max_val": 1.0})
         return np.asarray(float(a["min_val"])), np.asarray(float(a["max_val"]))
@@ -327,10 +333,7 @@ def _mul(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val | None:
         if isinstance(c, bool) or not isinstance(c, int | float) or not np.isfinite(c) or c == 0:
             raise ModelError(f"{where(info)}: a product with {c!r}; the engine supports python scalars other "
                              "than 0 (a tensor constant has no integer grid)")
-        v = ctx.int_arg(node, info)
-        sign = 1 if c > 0 else -1
-        return ctx.add(IntNode(info.name, "mul", (v.node,), v.shape, v.scale * abs(float(c)), v.bound,
-                               {"const": float(c), "sign": sign}, {}, src))
+        return _scaled(ctx, node, info, float(c))
     if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
         raise ModelError(f"{where(info)}: an operand is not an integer tensor (a product with the float network "
                          "input or a tensor constant)")
@@ -348,6 +351,26 @@ def _mul(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val | None:
         grid = grids.compact(grids.full(grid, out))
     return ctx.add(IntNode(info.name, "mul", (va.node, vb.node), out, np.array(grid, order="C"), bound,
                            {"const": None, "sign": 1}, {}, src))
+
+
+def _scaled(ctx: Ctx, node: fx.Node, info: OpInfo, c: float) -> Val:
+    """A tensor times the python number ``c``: the codes (times its sign) on the grid ``|c|`` times theirs."""
+    v = ctx.int_arg(node, info)
+    return ctx.add(IntNode(info.name, "mul", (v.node,), v.shape, v.scale * abs(c), v.bound,
+                           {"const": c, "sign": 1 if c > 0 else -1}, {}, f"{info.name} ({info.type})"))
+
+
+def _div(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val | None:
+    """A division by a python number (``x / 6``, ``x.div(255)``): the product by its inverse; of sizes: ``None``."""
+    if not isinstance(node.meta.get("shape"), tuple):
+        return None
+    a = fn_args(node, ("input", "other"), {"rounding_mode": None})
+    d = a.get("other")
+    if isinstance(a.get("input"), fx.Node) is False or a["rounding_mode"] is not None or isinstance(d, bool) or \
+            not isinstance(d, int | float) or not np.isfinite(d) or d == 0:
+        raise ModelError(f"{where(info)}: a division of {a.get('input')!r} by {d!r}; the engine divides a tensor by "
+                         "a python number other than 0 (true division)")
+    return _scaled(ctx, node, info, 1.0 / float(d))
 
 
 # ----------------------------------------------------------------------------- BatchNorm (an affine per channel)
@@ -428,5 +451,5 @@ def _affine(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
 
 OP_BUILDERS: dict[str, Callable[[Ctx, fx.Node, OpInfo], Val | None]] = {
     "bn": _affine, "relu": _clamp, "relu6": _clamp, "hardtanh": _clamp, "qlut": _qlut, "lut": _lut,
-    "upsample": _upsample, "amax": _amax, "mul": _mul,
+    "upsample": _upsample, "amax": _amax, "mul": _mul, "div": _div, "clamp": _clamp,
 }

@@ -343,7 +343,7 @@ def _faithful_module(kind: str, inode: IntNode, nodes: dict[str, IntNode], node:
     if kind == "qact":
         assert isinstance(module, QAct)
         return _quant(inode, nodes)
-    if kind in ("relu", "relu6", "hardtanh"):
+    if kind in ("relu", "relu6", "hardtanh", "clamp"):
         return FaithfulClamp(inode)
     if inode.op == "reduce" and (int(np.asarray(inode.arrays["M"]).max()) != 1 or int(inode.arrays["n"])):
         return FaithfulReduce(inode, nodes[inode.inputs[0]].scale)
@@ -355,7 +355,7 @@ def _faithful_module(kind: str, inode: IntNode, nodes: dict[str, IntNode], node:
         return FaithfulPool(inode, fn, args, dict(node.kwargs))
     if kind == "add":
         return FaithfulAdd(inode, [nodes[i].scale for i in inode.inputs])
-    if kind == "mul":
+    if kind in ("mul", "div"):
         return FaithfulMul(inode)
     if kind == "bn":
         return FaithfulAffine(inode, nodes[inode.inputs[0]].scale)

@@ -32,7 +32,7 @@ from mixq.graph.trace import node_ops, trace
 from mixq.nn import ZeroInsert
 
 _ONE_D = (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.ConstantPad1d)
-_SINK_KINDS = frozenset({"relu", "relu6", "hardtanh", "lut", "identity", "qact"})
+_SINK_KINDS = frozenset({"relu", "relu6", "hardtanh", "clamp", "lut", "identity", "qact"})
 
 
 def needs_normalize(model: nn.Module) -> bool:

@@ -58,11 +58,13 @@ KINDS: dict[str, Kind] = {
     "conv": Kind("conv"), "linear": Kind("linear"), "bn": Kind("bn"), "qact": Kind(None),
     "qconv": Kind("conv"), "qlinear": Kind("linear"), "qlut": Kind("act", note="a quantized lookup table"),
     "relu": Kind("relu"), "relu6": Kind("relu6"), "hardtanh": Kind("act"),
+    "clamp": Kind("act", note="torch.clamp / Tensor.clamp with python-number limits"),
     "lut": Kind("act", note="an integer lookup table on its quantized input"),
     "softmax": Kind("act", _NO_ENGINE, "softmax is not elementwise: no lookup table computes it"),
     "maxpool": Kind("maxpool"), "avgpool": Kind("avgpool"), "adaptive_avgpool": Kind("?pool"),
     "mean": Kind("?mean"), "amax": Kind("?reduce", note="a channel max (spec reduce) or a global max pool"),
     "mul": Kind("mul", note="an elementwise product of two tensors (size-1 dims broadcast) or by a python scalar"),
+    "div": Kind("mul", note="a division by a python scalar: the product by its inverse"),
     "add": Kind("add"), "cat": Kind("concat"),
     "flatten": Kind("flatten"), "reshape": Kind("?flatten"), "unsqueeze": Kind(None), "squeeze": Kind(None),
     "pad": Kind("pad"), "zero_insert": Kind("zero_insert"), "pixel_shuffle": Kind("pixel_shuffle"),
@@ -91,6 +93,7 @@ MODULE_KINDS: dict[type[nn.Module], str] = {
 }
 FUNCTION_KINDS: dict[str, str] = {
     "relu": "relu", "relu_": "relu", "relu6": "relu6", "hardtanh": "hardtanh", "hardtanh_": "hardtanh",
+    "clamp": "clamp", "clip": "clamp", "truediv": "div", "div": "div",
     "hardswish": "lut", "hardsigmoid": "lut", "silu": "lut", "sigmoid": "lut", "tanh": "lut", "gelu": "lut",
     "elu": "lut", "leaky_relu": "lut", "mish": "lut", "softmax": "softmax", "log_softmax": "softmax",
     "max_pool2d": "maxpool", "_max_pool2d": "maxpool", "max_pool2d_with_indices": "maxpool",
@@ -113,7 +116,8 @@ METHOD_KINDS: dict[str, str] = {
     "view": "reshape", "reshape": "reshape", "unsqueeze": "unsqueeze",
     "squeeze": "squeeze", "contiguous": "identity", "clone": "identity", "detach": "identity", "size": "size",
     "dim": "size", "permute": "permute", "transpose": "permute", "swapaxes": "permute", "swapdims": "permute",
-    "chunk": "split", "split": "split", "narrow": "slice", "float": "identity",
+    "chunk": "split", "split": "split", "narrow": "slice", "float": "identity", "clamp": "clamp", "clip": "clamp",
+    "div": "div",
 }
 _OPERATOR_KINDS: dict[Callable[..., Any], str] = {operator.add: "add", operator.iadd: "add",
                                                   operator.getitem: "getitem"}
