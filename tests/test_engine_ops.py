@@ -163,6 +163,21 @@ def test_nonzero_pad_is_refused() -> None:
         to_integer(q, calib())
 
 
+@pytest.mark.parametrize("pads", [(0, 0, 0, 0, 0, 4), (1, 0, 0, 2, 3, 1)], ids=["channels", "channels and space"])
+def test_channel_zero_padding(pads: tuple[int, ...]) -> None:
+    """A PyramidNet / option-A shortcut's F.pad of the channels: zero channels on the grid of the nearest channel
+    (per-channel grids after the per-channel conv c1)."""
+    torch.manual_seed(26)
+    out = check(quantize(Between(lambda x: F.pad(x, pads), relu=False), calib()), calib())
+    im = out["im"]
+    assert isinstance(im, IntModel)
+    p = im.node("pad")
+    c1 = np.asarray(im.node("c1").scale).reshape(-1)
+    assert p.attrs["channel_pads"] == list(pads[4:]) and p.shape[0] == 8 + pads[4] + pads[5]
+    grid = np.asarray(p.scale).reshape(p.shape[0], -1)[:, 0]
+    assert np.array_equal(grid, np.concatenate([[c1[0]] * pads[4], c1, [c1[-1]] * pads[5]]))
+
+
 @pytest.mark.parametrize("stride,extra", [((2, 2), (1, 1)), ((2, 3), (0, 2)), ((1, 2), (0, 0))])
 def test_zero_insert_is_a_transposed_conv(stride: tuple[int, int], extra: tuple[int, int]) -> None:
     torch.manual_seed(2)

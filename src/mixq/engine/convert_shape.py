@@ -168,8 +168,10 @@ def _size(ctx: Ctx, node: fx.Node, info: OpInfo) -> None:
 # ----------------------------------------------------------------------------- padding and upsampling
 
 
-def pad_amounts(node: fx.Node, info: OpInfo) -> list[int]:
-    """``[left, right, top, bottom]`` zero padding of ``ZeroPad2d`` / ``ConstantPad2d(0)`` / ``F.pad``."""
+def pad_amounts(node: fx.Node, info: OpInfo) -> tuple[list[int], list[int]]:
+    """``([left, right, top, bottom], [front, back])``: the zero padding of W and H, and of the channels (a
+    PyramidNet / option-A shortcut's ``F.pad(x, (0, 0, 0, 0, 0, c))``), of ``ZeroPad2d`` / ``ConstantPad2d(0)`` /
+    ``F.pad``."""
     if info.module is not None:
         mod: Any = info.module
         pads, mode, value = list(mod.padding), "constant", float(getattr(mod, "value", 0.0))
@@ -178,18 +180,24 @@ def pad_amounts(node: fx.Node, info: OpInfo) -> list[int]:
         pads, mode, value = list(a["pad"]), a["mode"], float(a["value"] or 0.0)
     if mode != "constant" or value != 0.0:
         raise ModelError(f"{where(info)}: padding mode {mode!r} with value {value}; only zero padding")
-    if len(pads) not in (2, 4) or any(int(p) < 0 for p in pads):
-        raise ModelError(f"{where(info)}: padding {pads}; only non-negative padding of H and W")
-    pads = [int(p) for p in pads] + [0, 0] * (len(pads) == 2)
-    return pads
+    if len(pads) not in (2, 4, 6) or any(int(p) < 0 for p in pads):
+        raise ModelError(f"{where(info)}: padding {pads}; only non-negative padding of W, H and the channels")
+    pads = [int(p) for p in pads] + [0] * (6 - len(pads))
+    return pads[:4], pads[4:]
 
 
 def _pad(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     v = ctx.arg(node, info)  # on the float input: deferred to its quantizer (Ctx.defer)
     image(v, info)
-    pads = pad_amounts(node, info)
-    grid = grids.move(v.scale, v.shape, lambda g: F.pad(g, pads, mode="replicate"), spatial_only=True)
-    return _node(ctx, info, "pad", v, shape_of(node), grid, {"pads": pads})
+    pads, cpads = pad_amounts(node, info)
+    attrs: dict[str, Any] = {"pads": pads}
+    if any(cpads):  # new channels: zeros, on the grid of the nearest channel
+        attrs["channel_pads"] = cpads
+        grid = grids.move(v.scale, v.shape, lambda g: F.pad(g[None], pads + cpads, mode="replicate")[0],
+                          spatial_only=False)
+    else:
+        grid = grids.move(v.scale, v.shape, lambda g: F.pad(g, pads, mode="replicate"), spatial_only=True)
+    return _node(ctx, info, "pad", v, shape_of(node), grid, attrs)
 
 
 def _zero_insert(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:

@@ -37,7 +37,7 @@ def _slice(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
 
 
 def _pad(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
-    pads = [int(p) for p in node.attrs["pads"]]
+    pads = [int(p) for p in node.attrs["pads"]] + [int(p) for p in node.attrs.get("channel_pads", ())]
     return lambda xs, _st: F.pad(xs[0], pads)
 
 

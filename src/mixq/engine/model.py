@@ -52,7 +52,8 @@ slice         a contiguous range ``[start, stop)`` of per-sample dim ``dim`` (a 
               ``x[:, a:b]``, ``narrow``); attrs ``dim``, ``start``, ``stop``
 transpose     the per-sample axes permuted (``permute`` / ``transpose``; the batch axis stays first):
               output axis ``i`` is input axis ``perm[i]``; attrs ``perm``
-pad           zero padding; attrs ``pads`` = [left, right, top, bottom]
+pad           zero padding; attrs ``pads`` = [left, right, top, bottom], ``channel_pads`` = [front, back] (new
+              zero channels; absent when none)
 zero_insert   ``stride - 1`` zeros between pixels, ``extra`` zero rows / columns at the bottom / right
               (:class:`mixq.nn.ZeroInsert`); attrs ``stride``, ``extra``
 pixel_shuffle channel ``c*r*r + i*r + j`` -> pixel ``(i, j)`` of channel ``c``; attrs ``factor``

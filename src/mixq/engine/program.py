@@ -560,13 +560,18 @@ def _view(lw: _Lowering, node: IntNode) -> _Ref:
     return lw.move(node, "reshape")
 
 
+def _refuse(node: IntNode, what: str) -> Any:
+    raise ModelError(f"int model node {node.name!r} (op {node.op!r}): {what} has no conv form on the single engine")
+
+
 _HANDLERS = {
     "conv": _conv, "linear": _conv, "requant": _requant, "clamp": _clamp, "maxpool": _maxpool, "sumpool": _sumpool,
     "add": _add, "cat": _cat, "upsample": _upsample, "flatten": _view, "reshape": _view,
     "pixel_shuffle": lambda lw, n: lw.move(n, "pixel_shuffle", factor=int(n.attrs["factor"])),
     "zero_insert": lambda lw, n: lw.move(n, "zero_insert", stride=[int(s) for s in n.attrs["stride"]],
                                          extra=[int(e) for e in n.attrs["extra"]]),
-    "pad": lambda lw, n: lw.move(n, "pad", pads=[int(p) for p in n.attrs["pads"]]),
+    "pad": lambda lw, n: lw.move(n, "pad", pads=[int(p) for p in n.attrs["pads"]]) if "channel_pads" not in n.attrs
+    else _refuse(n, "zero padding of the channels"),
 }
 
 

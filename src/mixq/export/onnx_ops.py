@@ -76,7 +76,9 @@ def _reshape(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
 
 def _pad(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
     left, right, top, bottom = (int(p) for p in n.attrs["pads"])
-    return b.node("Pad", [xs[0], _i64(b, f"{n.name}.pads", [0, 0, top, left, 0, 0, bottom, right])], n.name, n.shape)
+    front, back = (int(p) for p in n.attrs.get("channel_pads", (0, 0)))
+    return b.node("Pad", [xs[0], _i64(b, f"{n.name}.pads", [0, front, top, left, 0, back, bottom, right])], n.name,
+                  n.shape)
 
 
 def _zero_insert(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
