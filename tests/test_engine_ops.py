@@ -532,6 +532,17 @@ def test_clamp_and_division_by_a_number(op: Callable[[torch.Tensor], torch.Tenso
     assert isinstance(im, IntModel) and {"clamp", "mul"} & set(ops_of(im))
 
 
+@pytest.mark.parametrize("op", [lambda x: F.relu6(x + 3.0) / 6.0, lambda x: 0.5 + x, lambda x: torch.add(x, -1)],
+                         ids=["hard sigmoid", "number + tensor", "torch.add"])
+def test_sum_with_a_number_is_an_affine_map(op: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    torch.manual_seed(27)
+    out = check(quantize(Between(op, relu=False), calib()), calib())
+    im = out["im"]
+    assert isinstance(im, IntModel)
+    (a,) = [n for n in im.nodes if n.op == "affine"]
+    assert a.attrs["float_op"] == "add_const" and np.all(np.asarray(a.arrays["scale_float"]) == 1)
+
+
 def test_division_by_a_tensor_is_refused() -> None:
     model = Between(lambda y: y / torch.relu(y), relu=False)
     with pytest.raises(ModelError, match=r"layer 'truediv' \(truediv\): a division of .* by relu_1; the engine "

@@ -44,7 +44,7 @@ from mixq.engine.arith import (
 )
 from mixq.engine.context import Ctx, Val, capped, quant_input
 from mixq.engine.convert_fbs import fbs_builder
-from mixq.engine.convert_ops import OP_BUILDERS, channel_reduce, reduce_dims
+from mixq.engine.convert_ops import OP_BUILDERS, affine_of, channel_reduce, reduce_dims
 from mixq.engine.convert_shape import SHAPE_BUILDERS
 from mixq.engine.model import INT_MODEL_VERSION, IntModel, IntNode
 from mixq.engine.trace import OpInfo, classify, fn_args, shape_of, tensor_args, trace
@@ -322,8 +322,15 @@ def _mean(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
 
 def _add(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     ins = tensor_args(node)
+    if len(ins) == 1 and len(node.args) == 2 and not node.kwargs:  # x + 3.0: an affine map with a = 1
+        c = node.args[1] if node.args[0] is ins[0] else node.args[0]
+        if isinstance(c, int | float) and not isinstance(c, bool) and np.isfinite(c):
+            v = ctx.int_arg(node, info)
+            ch = v.shape[0] if v.shape else 1
+            return affine_of(ctx, info, v, np.ones(ch), np.full(ch, float(c)), {"float_op": "add_const", "eps": 0.0})
     if len(ins) != 2 or len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
-        raise ModelError(f"layer {info.name!r} ({info.type}): only the sum of two tensors is supported")
+        raise ModelError(f"layer {info.name!r} ({info.type}): only the sum of two tensors or of a tensor and a python "
+                         "number is supported")
     a, b = ctx.int_operands(ins, info, "add of the float network input or a constant")
     out_shape = shape_of(node)
     if a.shape != out_shape or b.shape != out_shape:

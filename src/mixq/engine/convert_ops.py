@@ -406,14 +406,20 @@ def _affine(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     integer this is ``round_half_up(q * M_c / 2**n_c + B_c)``.
     """
     v = ctx.int_arg(node, info)
-    at = where(info)
-    if not v.shape:
-        raise ModelError(f"{at}: BatchNorm of a scalar")
-    if not grids.is_channel_grid(v.scale):
-        raise ModelError(f"{at}: BatchNorm of a grid that varies in space "
-                         "(channels on different grids after a pixel shuffle)")
     assert info.module is not None
     a, b = bn_affine(info.module, info)
+    return affine_of(ctx, info, v, a, b, {"float_op": "batch_norm", "eps": float(getattr(info.module, "eps", 0.0))})
+
+
+def affine_of(ctx: Ctx, info: OpInfo, v: Val, a: np.ndarray, b: np.ndarray, attrs: dict[str, Any]) -> Val:
+    """The ``affine`` node of ``y = a_c * x + b_c`` (per channel) on ``v``: an unfolded BatchNorm, or a sum with a
+    python number (``a = 1``)."""
+    at = where(info)
+    if not v.shape:
+        raise ModelError(f"{at}: an affine map (BatchNorm, a sum with a number) of a scalar")
+    if not grids.is_channel_grid(v.scale):
+        raise ModelError(f"{at}: an affine map (BatchNorm, a sum with a number) of a grid that varies in space "
+                         "(channels on different grids after a pixel shuffle)")
     c = v.shape[0]
     if a.shape != (c,):
         raise ModelError(f"{at}: {a.shape[0]} BatchNorm features for an input of shape {v.shape}")
@@ -444,7 +450,6 @@ def _affine(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
         raise ModelError(f"{at}: the BatchNorm output needs more than 62 bits")
     arrays = {"M": m.reshape(cshape), "n": n.reshape(cshape), "B": bias.reshape(cshape),
               "scale_float": a.astype(np.float32).reshape(cshape), "shift_float": b.astype(np.float32).reshape(cshape)}
-    attrs = {"float_op": "batch_norm", "eps": float(getattr(info.module, "eps", 0.0))}
     return ctx.add(IntNode(info.name, "affine", (v.node,), v.shape, np.array(grid, dtype=np.float64), int(bound),
                            attrs, arrays, f"{info.name} ({info.type})"))
 

@@ -353,6 +353,8 @@ def _faithful_module(kind: str, inode: IntNode, nodes: dict[str, IntNode], node:
         args = tuple(a for a in node.args[1:])
         fn = node.target if node.op == "call_function" else _Method(str(node.target))
         return FaithfulPool(inode, fn, args, dict(node.kwargs))
+    if kind == "add" and inode.op == "affine":  # a sum with a python number
+        return FaithfulAffine(inode, nodes[inode.inputs[0]].scale)
     if kind == "add":
         return FaithfulAdd(inode, [nodes[i].scale for i in inode.inputs])
     if kind in ("mul", "div"):
