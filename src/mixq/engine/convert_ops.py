@@ -50,7 +50,7 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mixq.engine import grids
-from mixq.engine.arith import INT64_LIMIT, dyadic, dyadic_array, round_half_up
+from mixq.engine.arith import INT64_LIMIT, dyadic, dyadic_array, round_half_up, signed_bits
 from mixq.engine.context import Ctx, Val, capped, quant_input, where
 from mixq.engine.convert_shape import image, nearest, scale_factors, upsample_args
 from mixq.engine.model import IntNode
@@ -342,15 +342,30 @@ def _mul(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val | None:
     if len(va.shape) != len(out) or len(vb.shape) != len(out) or tuple(np.broadcast_shapes(va.shape, vb.shape)) != out:
         raise ModelError(f"{where(info)}: product {va.shape} * {vb.shape} -> {out}; the engine supports equal "
                          "shapes and size-1 dims broadcast")
-    bound = va.bound * vb.bound
-    if bound >= INT64_LIMIT:
-        raise ModelError(f"{where(info)}: the product needs {bound.bit_length() + 1} bits (|a| <= {va.bound}, "
-                         f"|b| <= {vb.bound}), beyond the engine's int64")
-    grid = np.asarray(np.asarray(va.scale, dtype=np.float64) * np.asarray(vb.scale, dtype=np.float64))
+    # operands whose product would not fit PRODUCT_BITS (two tensors still on accumulator grids: a gate computed
+    # from the features it scales) are each rounded (half up) to fewer bits first, the wider one first
+    ka = kb = 0
+    ba, bb = va.bound, vb.bound
+    while signed_bits(ba * bb) > PRODUCT_BITS and max(ba, bb) > 1:
+        if ba >= bb:
+            ka += 1
+        else:
+            kb += 1
+        ba, bb = (va.bound + (1 << ka >> 1)) >> ka, (vb.bound + (1 << kb >> 1)) >> kb
+    bound = ba * bb
+    grid = np.asarray(np.ldexp(np.asarray(va.scale, dtype=np.float64), ka)
+                      * np.ldexp(np.asarray(vb.scale, dtype=np.float64), kb))
     if grid.ndim and grid.shape != (out[0],) + (1,) * (len(out) - 1):
         grid = grids.compact(grids.full(grid, out))
-    return ctx.add(IntNode(info.name, "mul", (va.node, vb.node), out, np.array(grid, order="C"), bound,
-                           {"const": None, "sign": 1}, {}, src))
+    attrs: dict[str, Any] = {"const": None, "sign": 1}
+    if ka or kb:
+        attrs["shifts"] = [ka, kb]
+    return ctx.add(IntNode(info.name, "mul", (va.node, vb.node), out, np.array(grid, order="C"), bound, attrs, {},
+                           src))
+
+
+#: the widest product of two tensors kept exact: the hardware-faithful model multiplies in float64 (exact below 2**53)
+PRODUCT_BITS = 48
 
 
 def _scaled(ctx: Ctx, node: fx.Node, info: OpInfo, c: float) -> Val:

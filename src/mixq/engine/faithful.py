@@ -237,19 +237,27 @@ class FaithfulReduce(_OnGrid):
 
 
 class FaithfulMul(_OnGrid):
-    """A product in float64 (of two tensors, or by the scalar ``const``), snapped onto its grid."""
+    """A product in float64 (of two tensors, or by the scalar ``const``), snapped onto its grid; operands the engine
+    rounds to fewer bits first (``shifts``) are rounded so here too, from their codes."""
 
-
-    def __init__(self, node: IntNode) -> None:
+    def __init__(self, node: IntNode, in_grids: list[np.ndarray] | None = None) -> None:
         super().__init__(node)
         if node.bound >= 2**49:
             raise ModelError(f"faithful: layer {node.name!r}: float64 cannot represent its products exactly enough "
                              f"(|codes| <= {node.bound} >= 2**49)")
         const = node.attrs.get("const")
         self.const = 0.0 if const is None else float(const)
+        self.shifts = [int(k) for k in node.attrs.get("shifts", (0, 0))]
+        self.in_grids = [_grid(g) for g in in_grids] if in_grids is not None and any(self.shifts) else []
+
+    def _rounded(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        if not self.shifts[i]:
+            return x.to(torch.float64)
+        k, g = self.shifts[i], self.in_grids[i]
+        return torch.floor(snap(x, g) / 2.0**k + 0.5) * (g * 2.0**k)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-        y = a.to(torch.float64) * (self.const if b is None else b.to(torch.float64))
+        y = self._rounded(a, 0) * (self.const if b is None else self._rounded(b, 1))
         return snap(y, self.grid) * self.grid
 
 
@@ -358,7 +366,7 @@ def _faithful_module(kind: str, inode: IntNode, nodes: dict[str, IntNode], node:
     if kind == "add":
         return FaithfulAdd(inode, [nodes[i].scale for i in inode.inputs])
     if kind in ("mul", "div"):
-        return FaithfulMul(inode)
+        return FaithfulMul(inode, [nodes[i].scale for i in inode.inputs])
     if kind == "bn":
         return FaithfulAffine(inode, nodes[inode.inputs[0]].scale)
     if kind == "qlut":

@@ -43,7 +43,10 @@ affine        a BatchNorm left unfolded, per channel: ``((x * M_c + 2**(n_c-1)) 
               ``a_c``, ``b_c`` of ``y = a_c * x + b_c``, float32, for exports); attrs ``float_op``, ``eps``
 mul           elementwise product of two integer tensors (size-1 dims broadcast) on the grid
               ``grid_a * grid_b``, or of one by a python scalar (attrs ``const``: the codes times
-              ``sign``, ``|const|`` in the grid); attrs ``const`` (None for two tensors), ``sign``
+              ``sign``, ``|const|`` in the grid); attrs ``const`` (None for two tensors), ``sign``,
+              ``shifts`` = [ka, kb] where two operands whose product would be wider than 48 bits are first
+              rounded half up to fewer bits
+              (``(x + 2**(k-1)) >> k``, grid ``grid_a * 2**ka * grid_b * 2**kb``; absent when none)
 flatten       ``torch.flatten(x, 1)``; the grid is flattened with it
 cat           concatenation along channels; attrs ``dim``
 reshape       the codes in the same order under another per-sample shape (``view`` / ``reshape`` / ``unsqueeze``

@@ -492,6 +492,9 @@ CHAIN_OPS = ("clamp", "requant", "lut", "affine", "mul")
 
 def _check_point(node: IntNode, shapes: Mapping[str, tuple[int, ...]]) -> None:
     """One :class:`ModelError` for a pointwise node the stage cannot run as it is."""
+    if node.op == "mul" and node.attrs.get("shifts"):
+        raise ModelError(f"network: {node.name!r} (mul) rounds its operands to fewer bits first (a product of two "
+                         "accumulator-domain maps); the pointwise stage multiplies codes as they are")
     if node.op == "mul" and node.attrs.get("const") is None:
         a, b = (_chw(shapes[i], i) for i in node.inputs)
         if not (a[0] == b[0] or 1 in (a[0], b[0])) or not (a[1:] == b[1:] or (1, 1) in (a[1:], b[1:])):
