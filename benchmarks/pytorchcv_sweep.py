@@ -89,14 +89,23 @@ def _last(text: str, key: str = "") -> str:
     return (hit or lines or [""])[-1][:300]
 
 
-def run_one(module: str, name: str, work: Path) -> dict[str, Any]:
+def prepare(module: str, name: str, work: Path) -> dict[str, Any]:
+    """The model's row with its builder file written (in the main thread: importing torch modules from worker
+    threads races)."""
     row: dict[str, Any] = {"model": name, "module": module}
     try:
-        spec, shape = _builder(work, module, name)
+        row["spec"], shape = _builder(work, module, name)
     except Exception as exc:  # the package's own constructor failing is recorded, not fatal
         row["build"] = {"rc": 1, "line": f"{type(exc).__name__}: {exc}"[:300]}
         return row
     row["input_shape"] = list(shape)
+    return row
+
+
+def run_one(row: dict[str, Any], work: Path) -> dict[str, Any]:
+    spec, name = row.pop("spec", None), row["model"]
+    if spec is None:
+        return row
     q = work / name
     steps = (
         ("capture", ["capture", spec, "--out", str(q / "cap")], "total"),
@@ -158,7 +167,8 @@ def main() -> int:
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", REQUIREMENT], check=True)
     chosen = [m for m in MODELS if args.models is None or m[1] in args.models]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda m: run_one(m[0], m[1], Path(tmp)), chosen))
+        prepared = [prepare(m[0], m[1], Path(tmp)) for m in chosen]
+        rows = list(pool.map(lambda r: run_one(r, Path(tmp)), prepared))
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "pytorchcv_sweep.json"
     old = {r["model"]: r for r in json.loads(path.read_text())} if path.is_file() and args.models else {}
