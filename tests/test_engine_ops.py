@@ -555,6 +555,14 @@ def test_wide_products_round_their_operands() -> None:
         assert sum(m.attrs["shifts"]) > 0 and m.bound < 2**47, m.attrs
 
 
+def test_square_reads_one_node_twice() -> None:
+    """x * x: the engine frees a node after its last reader once, not once per operand (before: KeyError)."""
+    torch.manual_seed(30)
+    out = check(quantize(Between(lambda x: x * x, mid=16, relu=False), calib()), calib(), code_diff=2)
+    im = out["im"]
+    assert isinstance(im, IntModel) and im.node("mul").inputs == ("c1", "c1")
+
+
 def test_division_by_a_tensor_is_refused() -> None:
     model = Between(lambda y: y / torch.relu(y), relu=False)
     with pytest.raises(ModelError, match=r"layer 'truediv' \(truediv\): a division of .* by relu_1; the engine "
@@ -1046,3 +1054,20 @@ def test_batchnorm_without_running_stats_is_refused() -> None:
     q = quantize(model, calib())
     with pytest.raises(ModelError, match="running statistics"):
         to_integer(q, calib())
+
+
+def test_lowerings_refuse_what_they_cannot_run_by_name() -> None:
+    """The single-engine program and the network RTL name the node they cannot run: zero channels added by a pad,
+    and a product whose operands are rounded first."""
+    from mixq.engine.program import lower
+    from mixq.rtl.netgraph import lower_graph
+
+    torch.manual_seed(29)
+    im = to_integer(quantize(Between(lambda x: F.pad(x, (0, 0, 0, 0, 0, 2)), relu=False), calib()), calib())
+    with pytest.raises(ModelError, match=r"int model node 'pad' \(op 'pad'\): zero padding of the channels has no "
+                                         "conv form on the single engine"):
+        lower(im)
+    im = to_integer(quantize(Between(lambda x: x * x, mid=16, relu=False), calib()), calib())
+    assert im.node("mul").attrs.get("shifts")
+    with pytest.raises(ModelError, match=r"network: 'mul' \(mul\) rounds its operands to fewer bits first"):
+        lower_graph(im, IntEngine(im)(calib()[:1], keep=True).values)

@@ -261,7 +261,7 @@ class IntEngine:
             env[node.name] = kernel([env[k] for k in node.inputs], stats)
             if node.name in wanted:
                 kept[node.name] = env[node.name].to(torch.int64)
-            for k in node.inputs:
+            for k in dict.fromkeys(node.inputs):  # once each: x * x reads one node twice
                 if self._last_use.get(k) == i and k != out:
                     del env[k]
         return IntResult(env[out].to(torch.int64), self.model.node(out).scale, kept, stats)
