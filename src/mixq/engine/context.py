@@ -149,12 +149,15 @@ def quant_input(ctx: Ctx, v: Val, qact: QAct | None, name: str, owner: OpInfo) -
         # a wide input (a residual stream kept on an accumulator grid through many adds) gets a narrower
         # multiplier, as narrow as keeps |x| * M within int64, but never under the output's bits + 3 (the
         # multiplier's error then stays under half an output step)
+        def too_wide(m: np.ndarray, n: np.ndarray) -> bool:
+            return v.bound * int(m.max()) + 2 ** int(n.max()) >= INT64_LIMIT
+
         mult_bits, least = ctx.cfg.mult_bits, min(ctx.cfg.mult_bits, fmt.bits + 3)
         m, n = dyadic_unique(v.scale / s, mult_bits)
-        while v.bound * int(m.max()) + 2 ** int(n.max()) >= INT64_LIMIT and mult_bits > least:
+        while too_wide(m, n) and mult_bits > least:
             mult_bits -= 1
             m, n = dyadic_unique(v.scale / s, mult_bits)
-        if v.bound * int(m.max()) + 2 ** int(n.max()) >= INT64_LIMIT:
+        if too_wide(m, n):
             raise ModelError(f"{at}: requantizing its input needs more than 62 bits even with a {mult_bits}-bit "
                              f"multiplier (|x| <= {v.bound}, M <= {int(m.max())})")
         if mult_bits != ctx.cfg.mult_bits:

@@ -24,7 +24,7 @@ from mixq.engine.model import IntNode
 from mixq.engine.trace import OpInfo, fn_args, shape_of, tensor_args
 from mixq.errors import ModelError
 from mixq.graph.spec import reorders
-from mixq.graph.trace import permutation, slice_range
+from mixq.graph.trace import permutation, sample_axes, slice_range
 
 
 def _node(ctx: Ctx, info: OpInfo, op: str, v: Val, shape: tuple[int, ...], grid: np.ndarray,
@@ -98,7 +98,7 @@ def _reshape(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
         return flatten_val(ctx, node, info, v)
     # any other reshape (a channel shuffle's (C, H, W) -> (g, C / g, H, W) and back): the codes keep their order,
     # each element's grid goes with it
-    grid = v.scale if v.scale.ndim == 0 else grids.compact(grids.full(v.scale, v.shape).reshape(out))
+    grid = grids.move(v.scale, v.shape, lambda g: g.reshape(1, *out), spatial_only=False)
     return _node(ctx, info, "reshape", v, out, grid, {"shape": list(out)})
 
 
@@ -106,13 +106,13 @@ def _permute(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     """``permute`` / ``transpose`` of the per-sample axes (the batch axis stays first): the codes and
     the grid move together."""
     v = ctx.arg(node, info)  # on the float input: deferred to its quantizer (Ctx.defer)
-    perm = permutation(node, len(v.shape) + 1)
-    if perm[0] != 0:
-        raise ModelError(f"{where(info)}: {info.type} moves the batch axis (dims {list(perm)})")
-    axes = [p - 1 for p in perm[1:]]
+    axes = sample_axes(node, len(v.shape) + 1)
+    if axes is None:
+        raise ModelError(f"{where(info)}: {info.type} moves the batch axis "
+                         f"(dims {list(permutation(node, len(v.shape) + 1))})")
     if not reorders(axes, v.shape):  # only unit dims move: a reshape
         return _reshape(ctx, node, info)
-    grid = v.scale if v.scale.ndim == 0 else grids.compact(grids.full(v.scale, v.shape).transpose(axes))
+    grid = grids.move(v.scale, v.shape, lambda g: g.permute(0, *(a + 1 for a in axes)), spatial_only=False)
     return _node(ctx, info, "transpose", v, shape_of(node), grid, {"perm": axes})
 
 
@@ -131,11 +131,7 @@ def _slice(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     d = dim - 1
     if (start, stop) == (0, v.shape[d]):
         return v
-    if v.scale.ndim == 0:
-        grid = v.scale
-    else:
-        full = grids.full(v.scale, v.shape)
-        grid = grids.compact(np.take(full, range(start, stop), axis=d)) if full.ndim else v.scale
+    grid = grids.move(v.scale, v.shape, lambda g: g.narrow(d + 1, start, stop - start), spatial_only=False)
     return _node(ctx, info, "slice", v, shape_of(node), grid, {"dim": d, "start": start, "stop": stop})
 
 

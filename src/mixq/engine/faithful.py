@@ -254,7 +254,7 @@ class FaithfulMul(_OnGrid):
         if not self.shifts[i]:
             return x.to(torch.float64)
         k, g = self.shifts[i], self.in_grids[i]
-        return torch.floor(snap(x, g) / 2.0**k + 0.5) * (g * 2.0**k)
+        return requantize(snap(x, g).to(torch.int64), torch.tensor(1), torch.tensor(k)).to(torch.float64) * (g * 2.0**k)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
         y = self._rounded(a, 0) * (self.const if b is None else self._rounded(b, 1))

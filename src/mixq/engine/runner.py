@@ -185,11 +185,11 @@ def _mul(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
     dt = exact_dtype(node.bound)
     ka, kb = (int(k) for k in node.attrs.get("shifts", (0, 0)))
     if ka or kb:  # each operand rounded (half up) to fewer bits first: ((x + 2**(k-1)) >> k)
+        one, sa, sb = torch.tensor(1), torch.tensor(ka), torch.tensor(kb)
+
         def run(xs: list[torch.Tensor], _st: dict[str, int]) -> torch.Tensor:
             a, b = (x.to(torch.int64) for x in xs)
-            a = (a + (1 << ka >> 1)) >> ka
-            b = (b + (1 << kb >> 1)) >> kb
-            return a.to(dt) * b.to(dt)
+            return requantize(a, one, sa).to(dt) * requantize(b, one, sb).to(dt)
         return run
     return lambda xs, _st: xs[0].to(dt) * xs[1].to(dt)
 

@@ -40,7 +40,7 @@ from mixq.errors import ModelError
 from mixq.graph.normalize import normalize
 from mixq.graph.registry import COMPUTE_FUNCTIONS, UNDESCRIBED_FUNCTIONS, classify
 from mixq.graph.spec import LayerSpec, is_depthwise
-from mixq.graph.trace import KINDS, NodeOp, node_ops, permutation, support, trace
+from mixq.graph.trace import KINDS, NodeOp, node_ops, sample_axes, support, trace
 
 # Functional compute ops described as layers (the registry refuses them on parameters at quantize time).
 _FUNCTIONAL_SPECS = {"conv2d": "conv", "linear": "linear"}
@@ -263,9 +263,9 @@ def _capture(gm: fx.GraphModule) -> list[_Event]:
             ev = _Event(names.unique(n.name), kind, op.type.strip("_"), in_shapes, out, feeding, args=args,
                         kwargs=kwargs, node_kind=op.kind, support=support(op))
         if kind == "transpose":  # the per-sample axes' order; a permutation moving the batch axis is "other"
-            perm = permutation(n, len(out))
-            if perm[0] == 0:
-                ev.extra["perm"] = [p - 1 for p in perm[1:]]
+            axes = sample_axes(n, len(out))
+            if axes is not None:
+                ev.extra["perm"] = axes
             else:
                 ev.kind = "other"
         producers[n] = (ev.name,)

@@ -335,6 +335,13 @@ def permutation(node: fx.Node, rank: int) -> tuple[int, ...]:
     return tuple(perm)
 
 
+def sample_axes(node: fx.Node, rank: int) -> list[int] | None:
+    """The per-sample axis order of a ``permute`` / ``transpose`` node on a tensor of ``rank`` dims (batch included):
+    per-sample output axis ``i`` is per-sample input axis ``axes[i]``; ``None`` where it moves the batch axis."""
+    perm = permutation(node, rank)
+    return [p - 1 for p in perm[1:]] if perm[0] == 0 else None
+
+
 def slice_range(node: fx.Node) -> tuple[int, int, int]:
     """``(dim, start, stop)`` of a ``slice`` node (a part of a ``chunk`` / ``split``, ``x[:, a:b]``, ``narrow``):
     the range of ``dim`` (batch included, so >= 1 for a per-sample dim; negative dims resolved) it keeps. Needs the
