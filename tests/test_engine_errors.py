@@ -97,8 +97,9 @@ def test_config_is_validated() -> None:
     with pytest.raises(ModelError, match="acc_bits"):
         EngineConfig(acc_bits={"a": 100})
     for bad in (8, 60, True, 40.0):
-        with pytest.raises(ModelError, match=r"engine.sum_bits: must be an integer in \[16, 52\]"):
-            EngineConfig(sum_bits=bad)  # type: ignore[arg-type]
+        for key in ("sum_bits", "pool_bits"):
+            with pytest.raises(ModelError, match=rf"engine.{key}: must be an integer in \[16, 52\]"):
+                EngineConfig(**{key: bad})
 
 
 @pytest.mark.parametrize("config", ["w8a8", "msq8", "binary"])

@@ -555,6 +555,74 @@ def test_wide_products_round_their_operands() -> None:
         assert sum(m.attrs["shifts"]) > 0 and m.bound < 2**47, m.attrs
 
 
+@pytest.mark.parametrize("op", [lambda x: F.avg_pool2d((x * x) * x, 2),
+                                lambda x: x * torch.mean((x * x) * x, dim=(2, 3), keepdim=True)],
+                         ids=["avg pool", "squeeze-excite mean"])
+def test_pools_of_wide_products_round_their_input(op: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """An average pool of a 48-bit product (EfficientNet's swish written as x * sigmoid(x), pooled by its SE; before:
+    'requantizing its input needs more than 62 bits'): the pool rounds its input half up to fewer bits first so
+    that its window sums fit pool_bits (48); engine == faithful exactly."""
+    torch.manual_seed(31)
+    out = check(quantize(Between(op, mid=16, relu=False), calib()), calib(), code_diff=2)
+    im = out["im"]
+    assert isinstance(im, IntModel)
+    (pool,) = [n for n in im.nodes if n.op == "sumpool"]
+    wide = im.node(pool.inputs[0]).bound
+    assert pool.attrs["shift"] > 0 and wide * pool.attrs["count"] >= 2**48 > pool.bound, (pool.attrs, wide)
+
+
+@pytest.mark.parametrize("pool, edge", [
+    (nn.AvgPool2d(3, 2, ceil_mode=True), [[9, 9, 9, 6], [9, 9, 9, 6], [9, 9, 9, 6], [6, 6, 6, 4]]),
+    (nn.AvgPool2d(3, 1, padding=1, count_include_pad=False), None),
+    (nn.AvgPool2d(2, ceil_mode=True, padding=1, count_include_pad=False), None),
+    (nn.AvgPool2d(2, ceil_mode=True), None)],
+    ids=["ceil mode", "padding without count_include_pad", "both", "ceil mode, no overhang"])
+def test_average_pool_with_a_varying_divisor(pool: nn.AvgPool2d, edge: list[list[int]] | None) -> None:
+    """ceil mode and padding without count_include_pad (PyramidNet's and ResNet-D's shortcut, TF-style pools;
+    before: refused as 'a varying divisor'): the window sum on a grid that varies by output pixel, the divisor
+    torch uses there; engine == faithful exactly, both exports within tolerance."""
+    torch.manual_seed(33)
+    im = check(quantize(Between(pool), calib()), calib())["im"]
+    assert isinstance(im, IntModel)
+    (node,) = [n for n in im.nodes if n.op == "sumpool"]
+    ones = torch.ones(1, 1, *SHAPE[1:], dtype=torch.float64)
+    torch_div = F.avg_pool2d(ones, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode,  # type: ignore[arg-type]
+                             divisor_override=1) / pool(ones)
+    if pool.ceil_mode and not pool.padding and bool(torch.all(torch_div == torch_div.flatten()[0])):
+        assert "divisors" not in node.attrs and np.asarray(node.scale).size in (1, node.shape[0])
+        return
+    assert np.array_equal(np.asarray(node.attrs["divisors"]), torch_div[0, 0].numpy())
+    if edge is not None:
+        assert node.attrs["divisors"] == edge
+    g = np.asarray(node.scale) * np.asarray(node.attrs["divisors"])  # the input's grid at every output pixel
+    assert np.asarray(node.scale).shape[-2:] == tuple(node.shape[-2:])
+    assert np.allclose(g, np.asarray(im.node(node.inputs[0]).scale).reshape(-1, 1, 1) * np.ones_like(g), rtol=1e-15)
+
+
+def test_rounding_pool_under_a_small_sum_budget() -> None:
+    """pool_bits=16 makes a pool of conv accumulators round its input: engine == faithful on every output; the single
+    engine and the network RTL refuse it by name."""
+    from mixq.engine.program import lower
+    from mixq.rtl.netgraph import lower_graph
+
+    torch.manual_seed(32)
+    x = calib()
+    q = quantize(Between(nn.AvgPool2d(2), relu=False), x)
+    im = to_integer(q, x, pool_bits=16)
+    (pool,) = [n for n in im.nodes if n.op == "sumpool"]
+    assert pool.attrs["shift"] > 0 and pool.bound < 2**15, pool.attrs
+    fm = faithful(q, im)
+    grid = torch.from_numpy(np.asarray(im.node(im.output).scale, dtype=np.float64)).unsqueeze(0)
+    for b in edge_batches(im, SHAPE):
+        with torch.no_grad():
+            assert torch.equal(IntEngine(im)(b).codes, torch.round(fm(b) / grid).to(torch.int64))
+    with pytest.raises(ModelError, match=rf"int model node {pool.name!r} \(op 'sumpool'\): an average pool that "
+                                         r"rounds its input to fewer bits first \(shift\) has no conv form"):
+        lower(im)
+    with pytest.raises(ModelError, match=rf"network: {pool.name!r} \(sumpool\) rounds its input to fewer bits"):
+        lower_graph(im, IntEngine(im)(x[:1], keep=True).values)
+
+
 def test_square_reads_one_node_twice() -> None:
     """x * x: the engine frees a node after its last reader once, not once per operand (before: KeyError)."""
     torch.manual_seed(30)

@@ -33,8 +33,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
+from mixq.engine import grids
 from mixq.engine.arith import (
     DEFAULT_MULT_BITS,
     INT64_LIMIT,
@@ -44,7 +46,7 @@ from mixq.engine.arith import (
 )
 from mixq.engine.context import Ctx, Val, capped, quant_input
 from mixq.engine.convert_fbs import fbs_builder
-from mixq.engine.convert_ops import OP_BUILDERS, affine_of, channel_reduce, reduce_dims
+from mixq.engine.convert_ops import EXACT_BITS, OP_BUILDERS, affine_of, channel_reduce, reduce_dims
 from mixq.engine.convert_shape import SHAPE_BUILDERS
 from mixq.engine.model import INT_MODEL_VERSION, IntModel, IntNode
 from mixq.engine.trace import OpInfo, classify, fn_args, shape_of, tensor_args, trace
@@ -67,7 +69,9 @@ class EngineConfig:
     ``MAX_AUTO_FRAC_BITS``. ``add_guard_bits``: a residual sum is kept at least that
     many bits finer than its coarser operand. ``sum_bits``: a residual sum or an unfolded BatchNorm
     whose exact result would be wider (a residual stream kept on accumulator grids through many adds)
-    takes a coarser output grid, by powers of two, so that it fits this many bits.
+    takes a coarser output grid, by powers of two, so that it fits this many bits. ``pool_bits``: an average
+    pool whose exact window sums would be wider (a wide product pooled over a whole map) rounds its input half up
+    to fewer bits first, so that they fit this many bits.
     """
 
     mult_bits: int = DEFAULT_MULT_BITS
@@ -76,6 +80,7 @@ class EngineConfig:
     add_guard_bits: int = 8
     acc_frac_bits: int | None = None
     sum_bits: int = 40
+    pool_bits: int = EXACT_BITS
 
     def __post_init__(self) -> None:
         if not isinstance(self.mult_bits, int) or not 2 <= self.mult_bits <= 31:
@@ -85,8 +90,10 @@ class EngineConfig:
         if self.acc_frac_bits is not None and (
                 not isinstance(self.acc_frac_bits, int) or not 0 <= self.acc_frac_bits <= 24):
             raise ModelError(f"engine.acc_frac_bits: must be an integer in [0, 24] or None, got {self.acc_frac_bits!r}")
-        if isinstance(self.sum_bits, bool) or not isinstance(self.sum_bits, int) or not 16 <= self.sum_bits <= 52:
-            raise ModelError(f"engine.sum_bits: must be an integer in [16, 52], got {self.sum_bits!r}")
+        for key in ("sum_bits", "pool_bits"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or not 16 <= v <= 52:
+                raise ModelError(f"engine.{key}: must be an integer in [16, 52], got {v!r}")
         if self.overflow not in OVERFLOW_POLICIES:
             raise ModelError(f"engine.overflow: {self.overflow!r} is not one of {', '.join(OVERFLOW_POLICIES)}")
         budgets = self.acc_bits.values() if isinstance(self.acc_bits, Mapping) else [self.acc_bits]
@@ -262,7 +269,8 @@ def _sumpool(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     _spatial_grid(v, info)
     where = f"layer {info.name!r} ({info.type})"
     _, h, w = v.shape
-    keepdim = True
+    keepdim, ceil = True, False
+    divisors: np.ndarray | None = None  # an average pool's divisor per output pixel, where it varies
     if info.kind == "avgpool":
         if info.module is not None:
             mod: Any = info.module
@@ -277,9 +285,10 @@ def _sumpool(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
         k = _pair(a["kernel_size"])
         stride = _pair(a["stride"]) if a["stride"] not in (None, []) else k
         pad = _pair(a["padding"])
-        if a["ceil_mode"] or (any(pad) and not a["count_include_pad"]):
-            raise ModelError(f"{where}: ceil_mode / padding without count_include_pad gives a varying divisor")
+        ceil = bool(a["ceil_mode"])
         count = int(a["divisor_override"] or k[0] * k[1])
+        if not a["divisor_override"] and (ceil or (any(pad) and not a["count_include_pad"])):
+            divisors = _divisors(shape_of(node)[-2:], (h, w), k, stride, pad, ceil, bool(a["count_include_pad"]))
         float_op: dict[str, Any] = {"op": "avgpool", "count_include_pad": bool(a["count_include_pad"])}
     elif info.kind == "adaptive_avgpool":
         mod_a: Any = info.module
@@ -305,13 +314,41 @@ def _sumpool(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
         count = h * w
         keepdim = bool(a["keepdim"])
         float_op = {"op": "global_avgpool", "count_include_pad": True}
-    grid = v.scale / count
+    # a window sum that would pass EXACT_BITS (a wide product, e.g. a swish x * sigmoid(x) on the accumulator
+    # grid, pooled over a whole map) rounds its input half up to fewer bits first
+    # (a window sums k[0] * k[1] values at most, whatever its divisor)
+    shift, bound, size = 0, v.bound, k[0] * k[1]
+    while signed_bits(bound * size) > ctx.cfg.pool_bits and bound > 1:
+        shift += max(1, signed_bits(bound * size) - ctx.cfg.pool_bits)
+        bound = (v.bound + (1 << shift >> 1)) >> shift
+    grid = np.ldexp(v.scale, shift) / count
+    if divisors is not None and np.all(divisors == divisors.flat[0]):
+        grid, divisors = np.ldexp(v.scale, shift) / float(divisors.flat[0]), None
+    elif divisors is not None:  # the grid varies by output pixel: the window sum over its own divisor
+        grid = grids.compact(np.ldexp(grids.full(v.scale, shape_of(node)), shift) / divisors)
     if not keepdim:
         grid = grid.reshape(-1) if grid.ndim else grid
     attrs = {"kernel": k, "stride": stride, "padding": pad, "count": count, "keepdim": keepdim,
-             "count_include_pad": float_op["count_include_pad"], "float_op": float_op["op"]}
-    return ctx.add(IntNode(info.name, "sumpool", (v.node,), shape_of(node), grid, v.bound * count, attrs, {},
+             "count_include_pad": float_op["count_include_pad"], "float_op": float_op["op"], "ceil_mode": ceil}
+    if shift:
+        attrs["shift"] = shift
+    if divisors is not None:
+        attrs["divisors"] = divisors.astype(int).tolist()
+    return ctx.add(IntNode(info.name, "sumpool", (v.node,), shape_of(node), grid, bound * size, attrs, {},
                            f"{info.name} ({info.type})"))
+
+
+def _divisors(out_hw: tuple[int, ...], in_hw: tuple[int, int], k: list[int], stride: list[int], pad: list[int],
+              ceil: bool, count_include_pad: bool) -> np.ndarray:
+    """An average pool's divisor at each output pixel ``(H_out, W_out)``, as torch divides: the window clipped to the
+    padded map in ceil mode, and without the padding where ``count_include_pad`` is off."""
+    ones = torch.ones(1, 1, *in_hw, dtype=torch.float64)
+    args = (k, stride, pad, ceil)
+    taken = F.avg_pool2d(ones, *args, count_include_pad=count_include_pad)[0, 0].numpy()
+    summed = F.avg_pool2d(ones, *args, divisor_override=1)[0, 0].numpy()
+    if taken.shape != tuple(out_hw) or np.any(taken <= 0):
+        raise ModelError(f"average pool {k} / {stride} / {pad}: windows without an input pixel")
+    return np.rint(summed / taken)
 
 
 def _mean(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:

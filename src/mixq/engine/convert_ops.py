@@ -342,11 +342,11 @@ def _mul(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val | None:
     if len(va.shape) != len(out) or len(vb.shape) != len(out) or tuple(np.broadcast_shapes(va.shape, vb.shape)) != out:
         raise ModelError(f"{where(info)}: product {va.shape} * {vb.shape} -> {out}; the engine supports equal "
                          "shapes and size-1 dims broadcast")
-    # operands whose product would not fit PRODUCT_BITS (two tensors still on accumulator grids: a gate computed
+    # operands whose product would not fit EXACT_BITS (two tensors still on accumulator grids: a gate computed
     # from the features it scales) are each rounded (half up) to fewer bits first, the wider one first
     ka = kb = 0
     ba, bb = va.bound, vb.bound
-    while signed_bits(ba * bb) > PRODUCT_BITS and max(ba, bb) > 1:
+    while signed_bits(ba * bb) > EXACT_BITS and max(ba, bb) > 1:
         if ba >= bb:
             ka += 1
         else:
@@ -364,8 +364,9 @@ def _mul(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val | None:
                            src))
 
 
-#: the widest product of two tensors kept exact: the hardware-faithful model multiplies in float64 (exact below 2**53)
-PRODUCT_BITS = 48
+#: the widest product of two tensors, or window sum of a pool, kept exact: the hardware-faithful model computes them in
+#: float64 (exact below 2**53), and a requantizer's multiplier on them stays within int64
+EXACT_BITS = 48
 
 
 def _scaled(ctx: Ctx, node: fx.Node, info: OpInfo, c: float) -> Val:

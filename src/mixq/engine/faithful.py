@@ -72,6 +72,15 @@ def snap(y: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return torch.round(y.to(torch.float64) / grid)
 
 
+def round_off(x: torch.Tensor, grid: torch.Tensor, k: int) -> torch.Tensor:
+    """``x`` (on ``grid``) rounded half up onto the grid ``grid * 2**k`` from its codes, as the engine rounds an
+    operand to ``k`` fewer bits (``(q + 2**(k-1)) >> k``); ``x`` itself when ``k`` is 0."""
+    if not k:
+        return x.to(torch.float64)
+    return requantize(snap(x, grid).to(torch.int64), torch.tensor(1), torch.tensor(k)).to(torch.float64) * (
+        grid * 2.0**k)
+
+
 class _OnGrid(nn.Module):
     """A node of the faithful model: its integer node's name, its output grid and (given) its input's grid."""
 
@@ -175,15 +184,19 @@ class FaithfulClamp(nn.Module):
 
 
 class FaithfulPool(_OnGrid):
-    """Average pooling in float64 (the fake-quant operation), snapped onto the window-sum grid."""
+    """Average pooling in float64 (the fake-quant operation), snapped onto the window-sum grid; an input the engine
+    rounds to fewer bits first (``shift``) is rounded so here too, from its codes."""
 
 
-    def __init__(self, node: IntNode, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        super().__init__(node)
+    def __init__(self, node: IntNode, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 in_grid: np.ndarray | None = None) -> None:
+        self.shift = int(node.attrs.get("shift", 0))
+        super().__init__(node, in_grid if self.shift else None)
         self.fn, self.args, self.kwargs = fn, args, kwargs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.fn(x.to(torch.float64), *self.args, **self.kwargs)
+        y = self.fn(round_off(x, self.in_grid, self.shift) if self.shift else x.to(torch.float64), *self.args,
+                    **self.kwargs)
         return snap(y, self.grid) * self.grid
 
 
@@ -251,10 +264,7 @@ class FaithfulMul(_OnGrid):
         self.in_grids = [_grid(g) for g in in_grids] if in_grids is not None and any(self.shifts) else []
 
     def _rounded(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        if not self.shifts[i]:
-            return x.to(torch.float64)
-        k, g = self.shifts[i], self.in_grids[i]
-        return requantize(snap(x, g).to(torch.int64), torch.tensor(1), torch.tensor(k)).to(torch.float64) * (g * 2.0**k)
+        return round_off(x, self.in_grids[i], self.shifts[i]) if self.shifts[i] else x.to(torch.float64)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
         y = self._rounded(a, 0) * (self.const if b is None else self._rounded(b, 1))
@@ -356,11 +366,12 @@ def _faithful_module(kind: str, inode: IntNode, nodes: dict[str, IntNode], node:
     if inode.op == "reduce" and (int(np.asarray(inode.arrays["M"]).max()) != 1 or int(inode.arrays["n"])):
         return FaithfulReduce(inode, nodes[inode.inputs[0]].scale)
     if kind in ("avgpool", "adaptive_avgpool", "mean", "amax"):  # the float op, snapped onto the grid
+        in_grid = nodes[inode.inputs[0]].scale
         if module is not None:
-            return FaithfulPool(inode, module, (), {})
+            return FaithfulPool(inode, module, (), {}, in_grid)
         args = tuple(a for a in node.args[1:])
         fn = node.target if node.op == "call_function" else _Method(str(node.target))
-        return FaithfulPool(inode, fn, args, dict(node.kwargs))
+        return FaithfulPool(inode, fn, args, dict(node.kwargs), in_grid)
     if kind == "add" and inode.op == "affine":  # a sum with a python number
         return FaithfulAffine(inode, nodes[inode.inputs[0]].scale)
     if kind == "add":

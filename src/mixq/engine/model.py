@@ -30,7 +30,11 @@ clamp         ``clamp(x, lo, hi)``: ReLU (lo 0), ReLU6 / Hardtanh (limits rounde
 maxpool       window maximum; attrs ``kernel``, ``stride``, ``padding``, ``dilation``, ``ceil_mode``
 sumpool       window *sum* (average pooling: the 1/count factor moves into the grid, no rounding);
               attrs ``kernel``, ``stride``, ``padding``, ``count``, ``float_op`` (how the fake-quant
-              model wrote it, for exports), ``keepdim``
+              model wrote it, for exports), ``keepdim``, ``ceil_mode``, ``divisors`` (the divisor per output
+              pixel where it varies — ceil mode, padding without ``count_include_pad`` —: the grid is then
+              ``grid_in / divisor`` per pixel; absent otherwise), ``shift`` = k where a window sum would not fit
+              ``sum_bits``: the input is first rounded half up to ``k`` fewer bits (``(x + 2**(k-1)) >> k``,
+              grid ``grid_in * 2**k / count``; absent when none)
 add           residual add at the finer grid of its operands: ``requantize_sum(x_i, M_i, n)``;
               arrays ``M`` (stacked per operand), ``n``
 reduce        a reduction over the channels (dim 1): ``(R_c(x_c * M_c) + 2**(n-1)) >> n`` with ``R`` the

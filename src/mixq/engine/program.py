@@ -457,6 +457,10 @@ def _maxpool(lw: _Lowering, node: IntNode) -> _Ref:
 
 def _sumpool(lw: _Lowering, node: IntNode) -> _Ref:
     a, ref = node.attrs, lw.ref(node)
+    if a.get("shift"):
+        _refuse(node, "an average pool that rounds its input to fewer bits first (shift)")
+    if a.get("ceil_mode") or "divisors" in a:
+        _refuse(node, "an average pool in ceil mode or with a divisor that varies by position")
     c = ref.out_shape[0]
     (kh, kw), (ph, pw) = a["kernel"], a["padding"]
     out = lw.conv_step(node, "sumpool", [ref], np.ones((c, 1, kh, kw), dtype=np.int64), np.zeros(c, dtype=np.int64),

@@ -114,15 +114,20 @@ def _sumpool(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
     a = node.attrs
     k, stride, pad = a["kernel"], a["stride"], a["padding"]
     dt = exact_dtype(node.bound)
+    shift, ceil = torch.tensor(int(a.get("shift", 0))), bool(a.get("ceil_mode", False))
+    one = torch.tensor(1)
 
     def run(xs: list[torch.Tensor], _st: dict[str, int]) -> torch.Tensor:
-        x = xs[0].to(dt)
+        x = (requantize(xs[0].to(torch.int64), one, shift) if int(shift) else xs[0]).to(dt)
         if list(x.shape[2:]) == list(k) and not any(pad):
             y = x.sum(dim=(2, 3), keepdim=True)
         elif dt != torch.int64:
-            y = F.avg_pool2d(x, k, stride, pad, divisor_override=1)
-        else:
-            xp = F.pad(x, (pad[1], pad[1], pad[0], pad[0]))
+            y = F.avg_pool2d(x, k, stride, pad, ceil_mode=ceil, divisor_override=1)
+        else:  # the windows a ceil mode adds reach past the padded map: zeros there
+            oh, ow = node.shape[-2:] if len(node.shape) == 3 else (1, 1)
+            extra = [max(0, (o - 1) * st + kk - (n + 2 * p)) for o, st, kk, n, p in
+                     zip((oh, ow), stride, k, x.shape[2:], pad, strict=True)]
+            xp = F.pad(x, (pad[1], pad[1] + extra[1], pad[0], pad[0] + extra[0]))
             y = xp.unfold(2, k[0], stride[0]).unfold(3, k[1], stride[1]).sum(dim=(-1, -2))
         return y if a["keepdim"] else y.flatten(1)
 

@@ -168,7 +168,8 @@ def _sumpool(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
     else:
         p = [int(a["padding"][0]), int(a["padding"][1])] * 2
         y = b.node("AveragePool", xs, n.name, n.shape if a["keepdim"] else None, kernel_shape=list(a["kernel"]),
-                   strides=list(a["stride"]), pads=p, count_include_pad=int(a["count_include_pad"]))
+                   strides=list(a["stride"]), pads=p, count_include_pad=int(a["count_include_pad"]),
+                   ceil_mode=int(a.get("ceil_mode", False)))
     return y if a["keepdim"] else b.node("Flatten", [y], f"{n.name}.flat", n.shape, axis=1)
 
 

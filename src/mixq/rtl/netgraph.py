@@ -554,6 +554,9 @@ def lower_graph(model: IntModel, values: Mapping[str, torch.Tensor],
             nodes.append(st)
             made[st.value] = (len(nodes) - 1, st.out_shape, st.out_bits, st.out_signed)
         elif node.op in GATHER_OPS:
+            if node.attrs.get("shift"):
+                raise ModelError(f"network: {node.name!r} ({node.op}) rounds its input to fewer bits first (a pool "
+                                 "of a wide product); the gather stage sums codes as they are")
             _, in_shape, bits, signed = made[node.inputs[0]]
             gs = _gather(node, in_shape, bits, signed)
             nodes.append(gs)
