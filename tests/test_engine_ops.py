@@ -678,11 +678,26 @@ def test_channel_split_and_shuffle(split: str) -> None:
     assert head.attrs == {"dim": 0, "start": 2, "stop": 6} and head.shape == (4, 8, 8)
 
 
+@pytest.mark.parametrize("op, cuts", [
+    (lambda y: F.pad(y[:, :, :-1, :-1], (1, 0, 1, 0)), [(1, 0, 7), (2, 0, 7)]),
+    (lambda y: y[:, 2:6, 1:, :5], [(0, 2, 6), (1, 1, 8), (2, 0, 5)]),
+    (lambda y: y[:, :, 3:4], [(1, 3, 4)])], ids=["shake-shake shortcut", "three dims", "one row"])
+def test_slice_of_several_dims(op: Callable[[torch.Tensor], torch.Tensor], cuts: list[tuple[int, int, int]]) -> None:
+    """x[:, :, :-1, :-1] (Shake-Shake's shortcut; before: refused): one slice node per dim cut, the last named as
+    the layer; engine == faithful exactly, both exports."""
+    torch.manual_seed(34)
+    im = check(quantize(Between(op), calib()), calib())["im"]
+    assert isinstance(im, IntModel)
+    slices = [n for n in im.nodes if n.op == "slice"]
+    assert [(n.attrs["dim"], n.attrs["start"], n.attrs["stop"]) for n in slices] == cuts
+    assert slices[-1].name == "getitem" and [n.inputs[0] for n in slices[1:]] == [n.name for n in slices[:-1]]
+
+
 def test_slice_of_the_batch_dim_is_refused() -> None:
     model = Between(lambda y: y[1:], relu=False)
     x = torch.randn(8, *SHAPE)
     with pytest.raises(ModelError, match=r"layer 'getitem' \(function getitem\): not supported by the integer "
-                                         r"engine \(indexing: it takes x\[:, None\] and one contiguous range"):
+                                         r"engine \(indexing: it takes x\[:, None\] and contiguous ranges"):
         to_integer(quantize(model.eval(), x), x)
 
 

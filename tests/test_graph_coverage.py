@@ -229,3 +229,101 @@ def test_zoo_plans_unchanged(name: str) -> None:
     q = to_quantized(model, plan, sample=x)
     assert sum(isinstance(m, QConv2d | QLinear) for m in q.modules()) == len(old)
     assert [s for s in capture(model, (c, h, w)) if s.extra.get("float")] == []
+
+
+# ----------------------------------------------------------------------------- subclasses on a derived weight
+
+
+class MaskedConv(nn.Conv2d):
+    """XDenseNet's X-convolution: a fixed random mask on the weight (pytorchcv's ``XConv2d``)."""
+
+    def __init__(self, cin: int, cout: int, k: int, **kw: object) -> None:
+        super().__init__(cin, cout, k, padding=1, **kw)  # type: ignore[arg-type]
+        self.mask = nn.Parameter((torch.rand_like(self.weight) > 0.5).float(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight.mul(self.mask), self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+
+class SignConv(nn.Conv2d):
+    """A binarized weight, one scale per row (XNOR-Net style)."""
+
+    def __init__(self, cin: int, cout: int, k: int, **kw: object) -> None:
+        super().__init__(cin, cout, k, padding=1, **kw)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight.abs().mean(dim=(1, 2, 3), keepdim=True)
+        return self._conv_forward(x, torch.sign(self.weight) * scale, self.bias)
+
+
+class StdConv(nn.Conv2d):
+    """Weight standardization (BiT's ``StdConv2d``)."""
+
+    def __init__(self, cin: int, cout: int, k: int, **kw: object) -> None:
+        super().__init__(cin, cout, k, padding=1, **kw)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True,
+                         momentum=0.0, eps=1e-6).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class MaskedLinear(nn.Linear):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout)
+        self.register_buffer("mask", torch.tril(torch.ones(cout, cin)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.mask, 2 * self.bias)
+
+
+class InputScaledConv(nn.Conv2d):
+    """A weight that depends on the input: no plain layer computes it."""
+
+    def __init__(self, cin: int, cout: int, k: int, **kw: object) -> None:
+        super().__init__(cin, cout, k, padding=1, **kw)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight * x.abs().mean(), self.bias)
+
+
+def _derived_net(conv: type[nn.Conv2d]) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(conv(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), conv(16, 16, 3, stride=2), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), MaskedLinear(16, 10)).eval()
+
+
+@pytest.mark.parametrize("conv", [MaskedConv, SignConv, StdConv], ids=["mask", "sign", "standardized"])
+def test_subclass_on_a_derived_weight_becomes_the_plain_layer(conv: type[nn.Conv2d]) -> None:
+    """A conv / linear whose forward is the base layer on a weight derived from its own tensors (before: refused as
+    'a Conv2d subclass whose own forward mixq cannot reproduce') is normalized to the plain layer with that weight:
+    same outputs; quantized, BatchNorm folded into it, verified bit-exact."""
+    from mixq.graph.normalize import normalize
+
+    model = _derived_net(conv)
+    x = _data()
+    norm = normalize(model)
+    assert [type(norm.get_submodule(n)) for n in ("0", "3", "7")] == [nn.Conv2d, nn.Conv2d, nn.Linear]
+    with torch.no_grad():
+        assert torch.allclose(norm(x), model(x), rtol=1e-5, atol=1e-6)
+        if conv is SignConv:  # the binarized weight itself: one magnitude per row
+            w = norm.get_submodule("0").weight
+            assert torch.equal(w.abs().amax(dim=(1, 2, 3)), w.abs().amin(dim=(1, 2, 3)))
+    plan = api.default_plan("derived", model, x)
+    assert list(plan.layers) == ["0", "3", "7"] and "float_layers" not in plan.meta
+    q = api.quantize(model, plan, x)
+    with torch.no_grad():
+        assert _rel(q(x), model(x)) < 0.05
+    assert verify(q, x[:8])["exact"]
+
+
+def test_subclass_whose_weight_depends_on_the_input_stays_refused() -> None:
+    from mixq.graph.normalize import normalize
+
+    model = _derived_net(InputScaledConv)
+    assert type(normalize(model).get_submodule("0")) is InputScaledConv
+    with pytest.raises(ModelError, match=r"layer '0' \(InputScaledConv\) is not supported yet"):
+        api.default_plan("dynamic", model, _data())
+    same = _net(Conv2dSame)  # a padding that depends on the input size stays the registry's to decide
+    assert type(normalize(same).get_submodule("0")) is Conv2dSame

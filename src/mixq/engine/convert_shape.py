@@ -11,6 +11,7 @@ also allowed on the float network input: they change the shape its first quantiz
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from mixq.engine.model import IntNode
 from mixq.engine.trace import OpInfo, fn_args, shape_of, tensor_args
 from mixq.errors import ModelError
 from mixq.graph.spec import reorders
-from mixq.graph.trace import permutation, sample_axes, slice_range
+from mixq.graph.trace import permutation, sample_axes, slice_ranges
 
 
 def _node(ctx: Ctx, info: OpInfo, op: str, v: Val, shape: tuple[int, ...], grid: np.ndarray,
@@ -125,14 +126,25 @@ def _slice(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     """A contiguous range of one per-sample dim (a part of a ``chunk`` / ``split``, ``x[:, a:b]``, ``narrow``):
     the codes and their grid cut alike."""
     v = ctx.arg(node, info)
-    dim, start, stop = slice_range(node)
-    if dim == 0:
+    cuts = [(dim - 1, start, stop) for dim, start, stop in slice_ranges(node) if (start, stop) != (0, v.shape[dim - 1])]
+    if any(d < 0 for d, _, _ in cuts):
         raise ModelError(f"{where(info)}: a slice of the batch dim")
-    d = dim - 1
-    if (start, stop) == (0, v.shape[d]):
-        return v
-    grid = grids.move(v.scale, v.shape, lambda g: g.narrow(d + 1, start, stop - start), spatial_only=False)
-    return _node(ctx, info, "slice", v, shape_of(node), grid, {"dim": d, "start": start, "stop": stop})
+    for k, (d, start, stop) in enumerate(cuts):  # one slice node per dim cut (the last one named as the layer)
+        shape = tuple(stop - start if i == d else n for i, n in enumerate(v.shape))
+        grid = grids.move(v.scale, v.shape, lambda g, d=d, start=start, stop=stop: g.narrow(d + 1, start, stop - start),
+                          spatial_only=False)
+        step = info if k == len(cuts) - 1 else replace(info, name=f"{info.name}.dim{d + 1}")
+        v = _node(ctx, step, "slice", v, shape, grid, {"dim": d, "start": start, "stop": stop})
+    return v
+
+
+def _zeros(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
+    """``torch.zeros_like(x)`` (an option-A shortcut's zero channels, a recurrent cell's first state): zero codes on
+    ``x``'s grid."""
+    v = ctx.arg(node, info)
+    if set(node.kwargs) - {"memory_format"} or len(node.args) != 1:
+        raise ModelError(f"{where(info)}: zeros_like with arguments {sorted(node.kwargs)}; only zeros_like(x)")
+    return _node(ctx, info, "zeros", v, shape_of(node), v.scale, {})
 
 
 def _cat(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
@@ -263,5 +275,5 @@ SHAPE_BUILDERS: dict[str, Callable[[Ctx, fx.Node, OpInfo], Val | None]] = {
     "flatten": _flatten, "reshape": _reshape, "unsqueeze": _reshape, "squeeze": _reshape, "index": _reshape,
     "cat": _cat,
     "identity": _identity, "size": _size, "pad": _pad, "zero_insert": _zero_insert,
-    "pixel_shuffle": _pixel_shuffle, "permute": _permute, "split": _split, "slice": _slice,
+    "pixel_shuffle": _pixel_shuffle, "permute": _permute, "split": _split, "slice": _slice, "zeros": _zeros,
 }

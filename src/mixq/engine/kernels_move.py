@@ -36,6 +36,10 @@ def _slice(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
     return lambda xs, _st: xs[0].narrow(d + 1, start, stop - start)
 
 
+def _zeros(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
+    return lambda xs, _st: torch.zeros_like(xs[0])
+
+
 def _pad(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
     pads = [int(p) for p in node.attrs["pads"]] + [int(p) for p in node.attrs.get("channel_pads", ())]
     return lambda xs, _st: F.pad(xs[0], pads)
@@ -89,7 +93,7 @@ def _lut(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
 
 
 MOVE_KERNELS: dict[str, Callable[[IntNode, dict[str, int], str], Kernel]] = {
-    "reshape": _reshape, "transpose": _transpose, "slice": _slice,
+    "reshape": _reshape, "transpose": _transpose, "slice": _slice, "zeros": _zeros,
     "pad": _pad, "zero_insert": _zero_insert, "pixel_shuffle": _pixel_shuffle,
     "upsample": _upsample, "interp": _interp, "lut": _lut,
 }

@@ -30,7 +30,8 @@ REFUSED: dict[str, str] = {
     "float_compute": " (a compute layer mixq does not quantize)",
     "softmax": " (not elementwise: no lookup table computes it)",
     "unsupported": "",
-    "getitem": " (indexing: it takes x[:, None] and one contiguous range of a non-batch dim, x[:, a:b])",
+    "getitem": " (indexing: it takes x[:, None] and contiguous ranges of non-batch dims, x[:, a:b], "
+               "x[:, :, :-1, :-1])",
     "constant": "",
 }
 

@@ -106,6 +106,10 @@ def _slice(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
     return b.node("Slice", [xs[0], starts, ends, _i64(b, f"{n.name}.axes", [int(a["dim"]) + 1])], n.name, n.shape)
 
 
+def _zeros(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
+    return b.node("Mul", [xs[0], _f32(b, f"{n.name}.zero", 0.0)], n.name, n.shape)
+
+
 def _pixel_shuffle(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
     return b.node("DepthToSpace", xs, n.name, n.shape, blocksize=int(n.attrs["factor"]), mode="CRD")
 
@@ -213,7 +217,8 @@ def _lut(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
 
 
 MOVE_EMITTERS: dict[str, Callable[[GraphBuilder, IntNode, list[str], Writers], str]] = {
-    "reshape": _reshape, "transpose": _transpose, "slice": _slice, "pad": _pad, "zero_insert": _zero_insert,
+    "reshape": _reshape, "transpose": _transpose, "slice": _slice, "zeros": _zeros, "pad": _pad,
+    "zero_insert": _zero_insert,
     "pixel_shuffle": _pixel_shuffle, "upsample": _upsample, "interp": _interp, "lut": _lut, "reduce": _reduce,
     "mul": _mul, "affine": _affine,
 }

@@ -14,6 +14,12 @@
   dilation ``d`` and padding ``d*(k-1) - p``: exactly what a convolution engine runs, and exactly
   the transposed convolution's output (checked in the tests).
 
+* a ``Conv2d`` / ``Linear`` subclass with its own forward that is the base layer on a weight derived from the
+  module's own tensors (a pruning mask, a binarized or standardized weight: :func:`~mixq.graph.registry.
+  effective_layer`, checked on random inputs of two sizes) is the plain layer with that weight, at the same name.
+  Its raw parameters (and a mask) are gone from the normalized model; a forward it cannot reproduce stays, for
+  the registry to decide on sample data (a "same"-padding wrapper) or refuse.
+
 * an activation called as a function or tensor method (``torch.sigmoid(x)``, ``F.silu(x)``,
   ``x.tanh()``, ``F.leaky_relu(x, 0.2)`` ...) is a call of the module that computes it (``<node>_act``,
   e.g. ``sigmoid_act``), so quantization tabulates it like any activation module.
@@ -28,6 +34,7 @@ import torch
 from torch import fx, nn
 
 from mixq.errors import ModelError
+from mixq.graph.registry import classify, effective_layer
 from mixq.graph.trace import node_ops, trace
 from mixq.nn import ZeroInsert
 
@@ -35,8 +42,14 @@ _ONE_D = (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgP
 _SINK_KINDS = frozenset({"relu", "relu6", "hardtanh", "clamp", "lut", "identity", "qact"})
 
 
+def _own_forward(m: nn.Module) -> bool:
+    """A Conv2d / Linear subclass with its own forward (a masked, binarized or standardized weight ...)."""
+    v = classify(m)
+    return v is not None and v.action == "probe"
+
+
 def needs_normalize(model: nn.Module) -> bool:
-    return any(isinstance(m, (*_ONE_D, nn.ConvTranspose2d)) for m in model.modules())
+    return any(isinstance(m, (*_ONE_D, nn.ConvTranspose2d)) or _own_forward(m) for m in model.modules())
 
 
 def _conv2d_of_1d(m: nn.Conv1d) -> nn.Conv2d:
@@ -115,7 +128,7 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
     try:
         traced = trace(model, stage="normalize")  # shares the model's modules: only read here
     except ModelError:
-        if layers:
+        if any(isinstance(m, (*_ONE_D, nn.ConvTranspose2d)) for m in model.modules()):
             raise
         return model  # refused by the stage that traces it, with its own message
     if not layers and not any(_act_name(n) is not None for n in traced.graph.nodes):
@@ -145,6 +158,9 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
             _set(gm, name, _conv2d_of_1d(m) if isinstance(m, nn.Conv1d) else _bn2d_of_1d(m)
                  if isinstance(m, nn.BatchNorm1d) else _pool2d_of_1d(m))
             how[name] = "unit"
+        elif _own_forward(m) and (plain := effective_layer(m)) is not None:
+            _set(gm, name, plain)
+            how[name] = "plain"
     for node in calls:
         name = str(node.target)
         if how.get(name) == "zeros":

@@ -145,6 +145,85 @@ def plain_layer(m: nn.Module, padding: tuple[int, int] | None = None) -> nn.Modu
     return out.train(m.training)
 
 
+class _LayerCalls(TorchFunctionMode):
+    """Records the weight and bias of every ``conv2d`` / ``linear`` call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        fname = str(getattr(func, "__name__", ""))
+        if fname in ("conv2d", "linear"):
+            a = [*args[:3]] + [None] * (3 - len(args[:3]))
+            w, b = kwargs.get("weight", a[1]), kwargs.get("bias", a[2])
+            self.calls.append((fname, w, b))
+        return func(*args, **kwargs)
+
+
+@torch.no_grad()
+def effective_layer(m: nn.Module) -> nn.Module | None:
+    """A plain ``nn.Conv2d`` / ``nn.Linear`` computing exactly what the subclass ``m`` computes with its own
+    ``forward``, when that forward is the base layer on a weight (and bias) derived from the module's own
+    tensors alone — a pruning mask, a binarized or standardized weight — with ``m``'s own stride / padding /
+    dilation / groups; ``None`` otherwise. The weight and bias are the ones its forward passes to its one
+    ``conv2d`` / ``linear`` call; the plain layer must reproduce ``m`` on random inputs of two sizes (a
+    forward whose weights or padding depend on the input does not)."""
+    if not isinstance(m, nn.Conv2d | nn.Linear) or isinstance(m, _QUANTIZED):
+        return None
+    gen = torch.Generator().manual_seed(0)
+    dtype = m.weight.dtype
+    shapes: list[tuple[int, ...]]
+    if isinstance(m, nn.Conv2d):
+        reach = max((k - 1) * d + 1 for k, d in zip(m.kernel_size, m.dilation, strict=True))
+        shapes = [(2, m.in_channels, reach + extra, reach + extra + 1) for extra in (5, 8)]
+    else:
+        shapes = [(2, m.in_features), (3, m.in_features)]
+    found: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    with eval_mode(m):
+        for shape in shapes:
+            x = torch.randn(*shape, generator=gen).to(dtype)
+            mode = _LayerCalls()
+            try:
+                with mode:
+                    y = m(x)
+            except Exception:  # noqa: BLE001 - a forward that does not take this input: not a plain layer
+                return None
+            if len(mode.calls) != 1 or not isinstance(y, torch.Tensor):
+                return None
+            _, w, b = mode.calls[0]
+            if not isinstance(w, torch.Tensor) or w.shape != m.weight.shape or (
+                    b is not None and (not isinstance(b, torch.Tensor) or b.shape != (w.shape[0],))):
+                return None
+            if found is not None and not (torch.equal(found[0], w) and (
+                    (found[1] is None and b is None) or (found[1] is not None and b is not None
+                                                         and torch.equal(found[1], b)))):
+                return None
+            found = (w.detach().clone(), None if b is None else b.detach().clone())
+            plain = _with_weights(m, *found)
+            z = plain(x)
+            if z.shape != y.shape or float((z - y).abs().max()) > 1e-5 * float(y.abs().max()) + 1e-6:
+                return None
+    assert found is not None
+    return _with_weights(m, *found)
+
+
+def _with_weights(m: nn.Conv2d | nn.Linear, w: torch.Tensor, b: torch.Tensor | None) -> nn.Module:
+    if isinstance(m, nn.Conv2d):
+        out: nn.Conv2d | nn.Linear = nn.Conv2d(
+            m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,  # type: ignore[arg-type]
+            padding=m.padding, dilation=m.dilation, groups=m.groups,  # type: ignore[arg-type]
+            bias=b is not None, padding_mode=m.padding_mode, device=w.device, dtype=w.dtype)
+    else:
+        out = nn.Linear(m.in_features, m.out_features, bias=b is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        out.weight.copy_(w)
+        if b is not None:
+            out.bias.copy_(b)  # type: ignore[union-attr]
+    return out.train(m.training)
+
+
 def _same_padding(m: nn.Conv2d, size: tuple[int, int]) -> tuple[int, int] | None:
     """TF-"same" padding for an input of ``size`` (H, W) when it is symmetric, else ``None``."""
     pads = []

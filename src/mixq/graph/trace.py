@@ -73,6 +73,7 @@ KINDS: dict[str, Kind] = {
     "split": Kind(None, note="chunk / split along a non-batch dim: its parts are slices"),
     "slice": Kind(None, note="a contiguous range of one non-batch dim: a part of a split, x[:, a:b], narrow"),
     "identity": Kind(None), "size": Kind(None),
+    "zeros": Kind(None, note="torch.zeros_like: zero codes on its input's grid"),
     "fbs": Kind("other", frozenset({"quantize", "engine"}), "a channel-gated conv (FBS): hw.dynamic prices it"),
     "float_compute": Kind("other", frozenset(), "a compute layer mixq does not quantize"),
     "unsupported": Kind("other", frozenset(), "no stage of mixq knows this op"),
@@ -103,7 +104,7 @@ FUNCTION_KINDS: dict[str, str] = {
     "cat": "cat", "concat": "cat", "concatenate": "cat", "pad": "pad", "pixel_shuffle": "pixel_shuffle",
     "interpolate": "upsample", "upsample": "upsample", "unsqueeze": "unsqueeze", "squeeze": "squeeze",
     "permute": "permute", "transpose": "permute", "swapaxes": "permute", "swapdims": "permute",
-    "chunk": "split", "split": "split", "narrow": "slice",
+    "chunk": "split", "split": "split", "narrow": "slice", "zeros_like": "zeros",
     "dropout": "identity", "dropout1d": "identity", "dropout2d": "identity", "feature_dropout": "identity",
     "alpha_dropout": "identity", "contiguous": "identity", "clone": "identity", "detach": "identity",
     "conv1d": "float_compute", "conv2d": "float_compute", "conv3d": "float_compute",
@@ -141,14 +142,14 @@ def _unit_index(index: Any) -> bool:
 
 
 def _range_index(index: Any) -> bool:
-    """An index that keeps a contiguous range of one non-batch dim (``x[:, 2:5]``, ``x[:, :, 1:]``): full slices
-    but one, which has step 1 and int or missing bounds."""
+    """An index that keeps a contiguous range of some non-batch dims (``x[:, 2:5]``, ``x[:, :, 1:]``,
+    ``x[:, :, :-1, :-1]``): slices with step 1 and int or missing bounds, the batch dim's full."""
     idx = index if isinstance(index, tuple) else (index,)
     if not all(isinstance(i, slice) for i in idx) or len(idx) < 2 or idx[0] != slice(None):
         return False
     cut = [i for i in idx if i != slice(None)]
-    return len(cut) == 1 and cut[0].step in (None, 1) and all(
-        b is None or (isinstance(b, int) and not isinstance(b, bool)) for b in (cut[0].start, cut[0].stop))
+    return len(cut) >= 1 and all(c.step in (None, 1) and all(
+        b is None or (isinstance(b, int) and not isinstance(b, bool)) for b in (c.start, c.stop)) for c in cut)
 
 
 def function_kind(target: Any, args: tuple[Any, ...] = ()) -> str:
@@ -342,10 +343,10 @@ def sample_axes(node: fx.Node, rank: int) -> list[int] | None:
     return [p - 1 for p in perm[1:]] if perm[0] == 0 else None
 
 
-def slice_range(node: fx.Node) -> tuple[int, int, int]:
-    """``(dim, start, stop)`` of a ``slice`` node (a part of a ``chunk`` / ``split``, ``x[:, a:b]``, ``narrow``):
-    the range of ``dim`` (batch included, so >= 1 for a per-sample dim; negative dims resolved) it keeps. Needs the
-    shapes :func:`trace` records with an example."""
+def slice_ranges(node: fx.Node) -> list[tuple[int, int, int]]:
+    """``(dim, start, stop)`` of each dim a ``slice`` node cuts (a part of a ``chunk`` / ``split``, ``x[:, a:b]``,
+    ``x[:, :, :-1, :-1]``, ``narrow``): the range of ``dim`` (batch included, so >= 1 for a per-sample dim;
+    negative dims resolved) it keeps, in dim order. Needs the shapes :func:`trace` records with an example."""
     src = node.args[0]
     if not isinstance(src, fx.Node):
         raise ModelError(f"layer {node.name!r}: slice of something that is not a tensor")
@@ -357,21 +358,22 @@ def slice_range(node: fx.Node) -> tuple[int, int, int]:
         rank = len(parts[0])
         dim = int(a["dim"]) % rank
         start = sum(p[dim] for p in parts[:i])
-        return dim, start, start + parts[i][dim]
+        return [(dim, start, start + parts[i][dim])]
     if not isinstance(shape, tuple):
         raise ModelError(f"layer {node.name!r}: no tensor shape recorded for its input")
     rank = len(shape)
     if node.op == "call_function" and node.target is operator.getitem:  # x[:, a:b]
         idx = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
-        dim = next(d for d, i in enumerate(idx) if i != slice(None))  # type: ignore[union-attr]
-        cut = idx[dim]
-        assert isinstance(cut, slice)
-        start, stop, _ = cut.indices(shape[dim])
-        return dim, start, max(start, stop)
+        out = []
+        for dim, cut in enumerate(idx):
+            if isinstance(cut, slice) and cut != slice(None):
+                start, stop, _ = cut.indices(shape[dim])
+                out.append((dim, start, max(start, stop)))
+        return out
     a = fn_args(node, ("input", "dim", "start", "length"), {})  # narrow
     dim = int(a["dim"]) % rank
     start = int(a["start"]) % shape[dim] if int(a["start"]) < 0 else int(a["start"])
-    return dim, start, start + int(a["length"])
+    return [(dim, start, start + int(a["length"]))]
 
 
 def tensor_args(node: fx.Node) -> list[fx.Node]:
