@@ -15,13 +15,16 @@ the exports and the estimate, not of accuracy). For each model, one fresh proces
 A failing step is recorded with its exit code and its one-line message; the later steps of that model are
 skipped. Writes results/pytorchcv_sweep.{json,md}.
 
-    python benchmarks/pytorchcv_sweep.py [--models NAME ...] [--jobs 2]
+    python benchmarks/pytorchcv_sweep.py [--models NAME ...] [--jobs 2] [--package geffnet|efficientnet_pytorch]
+
+``--package`` runs the same steps on another package's table (:data:`OTHER_PACKAGES`: geffnet, the
+generic EfficientNet / MobileNetV3 / MixNet definitions, and efficientnet_pytorch), written to
+results/<package>_sweep.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import subprocess
 import sys
@@ -34,6 +37,17 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 REQUIREMENT = "pytorchcv==0.0.74"
+# other packages that define models in plain torch (random init too): name -> (requirement, ((import, call), ...)),
+# results in results/<name>_sweep.{json,md}
+OTHER_PACKAGES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "geffnet": ("geffnet==1.0.2", tuple(("from geffnet import " + f, f + "()") for f in (
+        "mobilenetv3_large_100", "mobilenetv3_small_100", "tf_mobilenetv3_small_100", "efficientnet_b0",
+        "tf_efficientnet_b0", "efficientnet_lite0", "tf_efficientnet_lite0", "mixnet_s", "tf_mixnet_s",
+        "mnasnet_100", "fbnetc_100", "spnasnet_100", "mobilenetv2_100", "efficientnet_es"))),
+    "efficientnet_pytorch": ("efficientnet_pytorch==0.7.1", (
+        ("from efficientnet_pytorch import EfficientNet", "EfficientNet.from_name('efficientnet-b0')"),
+        ("from efficientnet_pytorch import EfficientNet", "EfficientNet.from_name('efficientnet-b1')"))),
+}
 
 # (module of pytorchcv.models, model function): the smallest CIFAR-10 model of every family that has one, and the
 # smallest ImageNet model of the mobile and classic families (224 x 224 unless the model says otherwise)
@@ -58,20 +72,32 @@ MODELS: tuple[tuple[str, str], ...] = (
 
 
 def _builder(folder: Path, module: str, name: str) -> tuple[str, tuple[int, ...]]:
-    """A builder file for ``mixq MODEL``: ``FILE.py:build`` and the model's input shape."""
-    mod = importlib.import_module(f"pytorchcv.models.{module}")
-    model = getattr(mod, name)()
+    """A builder file for ``mixq MODEL``: ``FILE.py:build`` and the model's input shape. ``module``: a module of
+    pytorchcv.models (``name`` its model function), or an import line (``name`` the call that builds the model)."""
+    imp, call = (module, name) if module.startswith(("from ", "import ")) else (
+        f"from pytorchcv.models.{module} import {name}", f"{name}()")
+    scope: dict[str, Any] = {}
+    exec(imp, scope)  # noqa: S102 - the benchmark's own table
+    model = eval(call, scope)  # noqa: S307 - the benchmark's own table
     size = tuple(getattr(model, "in_size", (224, 224)))
     shape = (int(getattr(model, "in_channels", 3)), *size)
-    path = folder / f"build_{name}.py"
+    path = folder / f"build_{_key(module, name)}.py"
     path.write_text(
         "import torch\n"
-        f"from pytorchcv.models.{module} import {name}\n\n\n"
+        f"{imp}\n\n\n"
         "def build():\n"
         "    torch.manual_seed(0)\n"
-        f"    return {name}().eval()\n\n\n"
+        f"    return {call}.eval()\n\n\n"
         f"build.input_shape = {shape!r}\n")
     return f"{path}:build", shape
+
+
+def _key(module: str, name: str) -> str:
+    """The row's model name: the pytorchcv function, or the call with its punctuation dropped."""
+    if not module.startswith(("from ", "import ")):
+        return name
+    return "".join(c if c.isalnum() else "_" for c in name.replace("()", "").replace("EfficientNet.from_name", "")
+                   ).strip("_").replace("__", "_")
 
 
 def _mixq(*args: str, timeout: int = 1800) -> tuple[int, str, float]:
@@ -92,7 +118,7 @@ def _last(text: str, key: str = "") -> str:
 def prepare(module: str, name: str, work: Path) -> dict[str, Any]:
     """The model's row with its builder file written (in the main thread: importing torch modules from worker
     threads races)."""
-    row: dict[str, Any] = {"model": name, "module": module}
+    row: dict[str, Any] = {"model": _key(module, name), "module": module}
     try:
         row["spec"], shape = _builder(work, module, name)
     except Exception as exc:  # the package's own constructor failing is recorded, not fatal
@@ -107,6 +133,7 @@ def run_one(row: dict[str, Any], work: Path) -> dict[str, Any]:
     if spec is None:
         return row
     q = work / name
+    q.mkdir(parents=True, exist_ok=True)
     steps = (
         ("capture", ["capture", spec, "--out", str(q / "cap")], "total"),
         ("quantize", ["quantize", spec, "--calib", "photos", "--images", "16", "--out", str(q)], "wrote"),
@@ -138,9 +165,9 @@ def first_failure(row: dict[str, Any]) -> str | None:
     return None
 
 
-def _md(rows: list[dict[str, Any]]) -> str:
+def _md(rows: list[dict[str, Any]], package: str = "pytorchcv") -> str:
     ok = [r for r in rows if first_failure(r) is None]
-    lines = [f"# pytorchcv sweep: {len(ok)} of {len(rows)} models through every step", "",
+    lines = [f"# {package} sweep: {len(ok)} of {len(rows)} models through every step", "",
              "Random init (seed 0), W8A8 min-max, 16 photos; one process per step; the first failing step and its "
              "one-line message.", "",
              "| model | input | MACs (M) | capture | quantize | verify | QONNX | QDQ | overlay fps | first failure |",
@@ -163,21 +190,24 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=None, help="model function names (default: all of MODELS)")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--package", default="pytorchcv", choices=["pytorchcv", *OTHER_PACKAGES],
+                    help="which package's table (default pytorchcv)")
     args = ap.parse_args()
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", REQUIREMENT], check=True)
-    chosen = [m for m in MODELS if args.models is None or m[1] in args.models]
+    requirement, table = (REQUIREMENT, MODELS) if args.package == "pytorchcv" else OTHER_PACKAGES[args.package]
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", requirement], check=True)
+    chosen = [m for m in table if args.models is None or _key(*m) in args.models]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
         prepared = [prepare(m[0], m[1], Path(tmp)) for m in chosen]
         rows = list(pool.map(lambda r: run_one(r, Path(tmp)), prepared))
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "pytorchcv_sweep.json"
+    path = RESULTS / f"{args.package}_sweep.json"
     old = {r["model"]: r for r in json.loads(path.read_text())} if path.is_file() and args.models else {}
     merged = old | {r["model"]: r for r in rows}
-    order = {name: i for i, (_, name) in enumerate(MODELS)}
+    order = {_key(*m): i for i, m in enumerate(table)}
     rows = sorted(merged.values(), key=lambda r: order.get(r["model"], len(order)))
     path.write_text(json.dumps(rows, indent=1))
-    (RESULTS / "pytorchcv_sweep.md").write_text(_md(rows))
-    print(_md(rows))
+    (RESULTS / f"{args.package}_sweep.md").write_text(_md(rows, args.package))
+    print(_md(rows, args.package))
     return 0
 
 

@@ -693,6 +693,29 @@ def test_slice_of_several_dims(op: Callable[[torch.Tensor], torch.Tensor], cuts:
     assert slices[-1].name == "getitem" and [n.inputs[0] for n in slices[1:]] == [n.name for n in slices[:-1]]
 
 
+class MixConv(nn.Module):
+    """MixNet's mixed depthwise conv: the channels split into a list of sizes, each part through its own kernel
+    size, iterated with zip (before: 'torch.fx cannot trace ... Proxy object cannot be iterated')."""
+
+    def __init__(self, sizes: tuple[int, ...] = (3, 3, 2)) -> None:
+        super().__init__()
+        self.sizes = list(sizes)
+        self.convs = nn.ModuleList(nn.Conv2d(c, c, 2 * i + 3, padding=i + 1, groups=c) for i, c in enumerate(sizes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, self.sizes, dim=1)
+        return torch.cat([conv(p) for p, conv in zip(parts, self.convs, strict=True)], dim=1)
+
+
+def test_split_into_sizes_is_iterable() -> None:
+    torch.manual_seed(35)
+    im = check(quantize(Between(MixConv()), calib()), calib())["im"]
+    assert isinstance(im, IntModel)
+    slices = [n for n in im.nodes if n.op == "slice"]
+    assert [(n.attrs["start"], n.attrs["stop"]) for n in slices] == [(0, 3), (3, 6), (6, 8)]
+    assert sum(n.op == "conv" for n in im.nodes) == 5
+
+
 def test_slice_of_the_batch_dim_is_refused() -> None:
     model = Between(lambda y: y[1:], relu=False)
     x = torch.randn(8, *SHAPE)

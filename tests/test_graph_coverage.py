@@ -106,11 +106,18 @@ def test_plain_forward_subclass_is_quantized_like_its_base() -> None:
 
 
 def test_same_padding_wrapper_becomes_a_padded_conv() -> None:
-    model = _net(Conv2dSame)  # stride 1, k 3: symmetric padding (1, 1) on any input size
+    """normalize writes a TF-"same" conv (stride 1, k 3: padding (1, 1) on any input size) as the plain conv with
+    that padding; without normalize, the registry decides it on sample data and records the padding in the plan."""
+    from mixq.graph.normalize import normalize
+    from mixq.graph.registry import coverage
+
+    model = _net(Conv2dSame)
     x = _data()
+    norm = normalize(model, (3, 16, 16))
+    assert all(type(norm.get_submodule(n)) is nn.Conv2d and norm.get_submodule(n).padding == (1, 1)
+               for n in ("0", "2", "5"))
     plan = api.default_plan("same", model, x)
-    assert list(plan.layers) == ["0", "2", "5", "9"]
-    assert plan.meta["converted_layers"]["0"] == {"as": "Conv2d", "padding": [1, 1]}
+    assert list(plan.layers) == ["0", "2", "5", "9"] and "converted_layers" not in plan.meta
     q = api.quantize(model, plan, x)
     convs = [m for m in q.modules() if isinstance(m, QConv2d)]
     assert len(convs) == 3 and all(tuple(m.padding) == (1, 1) for m in convs)
@@ -118,24 +125,41 @@ def test_same_padding_wrapper_becomes_a_padded_conv() -> None:
         assert _rel(q(x), model(x)) < 0.05
     rep = verify(q, x[:8])
     assert rep["exact"] and rep["mismatching_outputs"] == 0
-    # without sample data, the plan's record of the padding is what to_quantized goes by
-    q2 = to_quantized(model, plan)
-    assert sum(isinstance(m, QConv2d) for m in q2.modules()) == 3
-    bare = plan.with_meta(converted_layers={})
+    # the registry's own path (a model not normalized): decided on the sample, recorded in the plan's meta,
+    # which is what to_quantized goes by without sample data
+    cov = coverage(model, x)
+    assert cov.converted_meta()["0"] == {"as": "Conv2d", "padding": [1, 1]}
+    recorded = plan.with_meta(converted_layers=cov.converted_meta())
+    assert sum(isinstance(m, QConv2d) for m in to_quantized(model, recorded).modules()) == 3
     with pytest.raises(ModelError, match=r"layer '0' \(Conv2dSame\)"):
-        to_quantized(model, bare)
+        to_quantized(model, plan)
 
 
-def test_asymmetric_same_padding_is_refused_by_name() -> None:
-    model = _net(Conv2dSame, stride2=2)  # stride 2 on 16x16: one pixel of padding, bottom/right only
+def test_asymmetric_same_padding_becomes_a_pad_and_a_conv() -> None:
+    """A stride-2 TF-"same" conv on a 16x16 map pads one pixel, bottom / right only (before: refused as
+    asymmetric; EfficientNet's tf_ variants): normalize writes F.pad(0, 1, 0, 1) before the plain conv at the
+    recorded input size; quantized and verified bit-exact. The registry alone (no normalize) still refuses it."""
+    from mixq.engine import to_integer
+    from mixq.graph.normalize import normalize
+    from mixq.graph.registry import coverage
+
+    model = _net(Conv2dSame, stride2=2)
     x = _data()
-    with pytest.raises(ModelError, match=r"^default_plan: layer '2' \(Conv2dSame\) is not supported yet"):
-        api.default_plan("same2", model, x)
-    plan = api.default_plan("same2", model, x, allow_float=["2"])
-    assert list(plan.layers) == ["0", "5", "9"] and list(plan.meta["float_layers"]) == ["2"]
-    assert "own forward" in plan.meta["float_layers"]["2"] and "asymmetric" in plan.meta["float_layers"]["2"]
+    norm = normalize(model, (3, 16, 16))
+    assert type(norm.get_submodule("2")) is nn.Conv2d and norm.get_submodule("2").padding == (0, 0)
+    (pad,) = [n for n in norm.graph.nodes if n.target is F.pad]
+    assert pad.args[1] == [0, 1, 0, 1] and [u.target for u in pad.users] == ["2"]
+    with torch.no_grad():
+        assert torch.allclose(norm(x), model(x), rtol=1e-5, atol=1e-6)
+    plan = api.default_plan("same2", model, x)
+    assert list(plan.layers) == ["0", "2", "5", "9"] and "float_layers" not in plan.meta
     q = api.quantize(model, plan, x)
-    assert type(q.get_submodule("2")) is Conv2dSame  # left in float, as the plan says
+    assert verify(q, x[:8])["exact"]
+    assert "pad" in [n.op for n in to_integer(q, x[:2]).nodes]
+    assert "asymmetric" in coverage(model, x).floats["2"][1]
+    assert type(normalize(model).get_submodule("2")) is Conv2dSame  # no input shape: no padding to write
+    odd = normalize(model, (3, 15, 15))  # another size: its own padding (15 -> 8 at stride 2: one pixel each side)
+    assert type(odd.get_submodule("2")) is nn.Conv2d and not [n for n in odd.graph.nodes if n.target is F.pad]
 
 
 def test_custom_forward_subclass_is_refused() -> None:

@@ -10,6 +10,7 @@ also allowed on the float network input: they change the shape its first quantiz
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -131,11 +132,15 @@ def _slice(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
         raise ModelError(f"{where(info)}: a slice of the batch dim")
     for k, (d, start, stop) in enumerate(cuts):  # one slice node per dim cut (the last one named as the layer)
         shape = tuple(stop - start if i == d else n for i, n in enumerate(v.shape))
-        grid = grids.move(v.scale, v.shape, lambda g, d=d, start=start, stop=stop: g.narrow(d + 1, start, stop - start),
+        grid = grids.move(v.scale, v.shape, functools.partial(_narrow, dim=d + 1, start=start, stop=stop),
                           spatial_only=False)
         step = info if k == len(cuts) - 1 else replace(info, name=f"{info.name}.dim{d + 1}")
         v = _node(ctx, step, "slice", v, shape, grid, {"dim": d, "start": start, "stop": stop})
     return v
+
+
+def _narrow(g: torch.Tensor, dim: int, start: int, stop: int) -> torch.Tensor:
+    return g.narrow(dim, start, stop - start)
 
 
 def _zeros(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:

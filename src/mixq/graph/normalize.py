@@ -20,6 +20,10 @@
   Its raw parameters (and a mask) are gone from the normalized model; a forward it cannot reproduce stays, for
   the registry to decide on sample data (a "same"-padding wrapper) or refuse.
 
+* an activation module torch.fx cannot trace (a TorchScript function inside: geffnet's ``HardSwishJit`` /
+  ``HardSwishMe``) is the torch module that computes the same (:mod:`mixq.graph.opaque`, found by probing),
+  in a copy of the model.
+
 * an activation called as a function or tensor method (``torch.sigmoid(x)``, ``F.silu(x)``,
   ``x.tanh()``, ``F.leaky_relu(x, 0.2)`` ...) is a call of the module that computes it (``<node>_act``,
   e.g. ``sigmoid_act``), so quantization tabulates it like any activation module.
@@ -31,10 +35,12 @@ so a model normalized again (an artifact read back) has the same names, shapes a
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from mixq.errors import ModelError
-from mixq.graph.registry import classify, effective_layer
+from mixq.graph.opaque import replace_opaque_activations
+from mixq.graph.registry import Effective, classify, effective_layer
 from mixq.graph.trace import node_ops, trace
 from mixq.nn import ZeroInsert
 
@@ -46,6 +52,17 @@ def _own_forward(m: nn.Module) -> bool:
     """A Conv2d / Linear subclass with its own forward (a masked, binarized or standardized weight ...)."""
     v = classify(m)
     return v is not None and v.action == "probe"
+
+
+def _effective(node: fx.Node, m: nn.Module, calls: list[fx.Node]) -> Effective | None:
+    """The plain layer of a subclass with its own forward (:func:`~mixq.graph.registry.effective_layer`) at the
+    input shape the trace recorded; one whose padding depends on the input size only where it is called once."""
+    src = node.args[0] if node.args else None
+    shape = src.meta.get("shape") if isinstance(src, fx.Node) else None
+    eff = effective_layer(m, tuple(shape[1:]) if isinstance(shape, tuple) else None)
+    if eff is not None and eff.pads is not None and sum(str(c.target) == str(node.target) for c in calls) != 1:
+        return None
+    return eff
 
 
 def needs_normalize(model: nn.Module) -> bool:
@@ -124,6 +141,7 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
     module docstring); the model itself when it has none. ``input_shape`` (per sample) lets a
     ``BatchNorm1d`` on a 2-D (N, F) tensor be told from one on (N, C, L); without it, a BatchNorm1d
     is taken as 1-D signal BN only when it directly follows a Conv1d. Never changes ``model``."""
+    model, _ = replace_opaque_activations(model)  # a copy when an activation module is opaque to fx
     layers = needs_normalize(model)
     try:
         traced = trace(model, stage="normalize")  # shares the model's modules: only read here
@@ -141,6 +159,7 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
     _act_modules(gm)
     calls = [n for n in graph.nodes if n.op == "call_module"]
     how: dict[str, str] = {}  # module name -> "zeros" (transposed conv) or "unit" (1-D layer), at its first call
+    pads: dict[str, list[int]] = {}  # a plain layer's input padding (a "same"-padding conv) -> an F.pad before it
     for node in calls:
         name = str(node.target)
         m = gm.get_submodule(name)
@@ -158,9 +177,14 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
             _set(gm, name, _conv2d_of_1d(m) if isinstance(m, nn.Conv1d) else _bn2d_of_1d(m)
                  if isinstance(m, nn.BatchNorm1d) else _pool2d_of_1d(m))
             how[name] = "unit"
-        elif _own_forward(m) and (plain := effective_layer(m)) is not None:
-            _set(gm, name, plain)
+        elif _own_forward(m) and (eff := _effective(node, m, calls)) is not None:
+            _set(gm, name, eff.layer)
             how[name] = "plain"
+            lft, rgt, top, bot = eff.pads or (0, 0, 0, 0)
+            if isinstance(eff.layer, nn.Conv2d) and (lft, top) == (rgt, bot) and tuple(eff.layer.padding) == (0, 0):
+                eff.layer.padding = (top, lft)  # a symmetric padding is the conv's own
+            elif eff.pads is not None:
+                pads[name] = list(eff.pads)
     for node in calls:
         name = str(node.target)
         if how.get(name) == "zeros":
@@ -169,6 +193,10 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
             node.args = (z, *node.args[1:])
         elif how.get(name) == "unit":
             _wrap_unit_dim(graph, node)
+        elif name in pads:
+            with graph.inserting_before(node):
+                p = graph.call_function(F.pad, (node.args[0], pads[name]))
+            node.args = (p, *node.args[1:])
     _sink_squeezes(gm)
     graph.lint()
     gm.recompile()

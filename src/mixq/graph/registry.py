@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -146,82 +147,123 @@ def plain_layer(m: nn.Module, padding: tuple[int, int] | None = None) -> nn.Modu
 
 
 class _LayerCalls(TorchFunctionMode):
-    """Records the weight and bias of every ``conv2d`` / ``linear`` call."""
+    """Records every ``pad`` and ``conv2d`` / ``linear`` call: ``(name, args, kwargs, result)``."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.calls: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any], Any]] = []
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         fname = str(getattr(func, "__name__", ""))
-        if fname in ("conv2d", "linear"):
-            a = [*args[:3]] + [None] * (3 - len(args[:3]))
-            w, b = kwargs.get("weight", a[1]), kwargs.get("bias", a[2])
-            self.calls.append((fname, w, b))
-        return func(*args, **kwargs)
+        if fname in ("pad", "conv2d", "linear"):
+            self.calls.append((fname, tuple(args), dict(kwargs), out))
+        return out
+
+
+def _named(names: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any],
+           defaults: dict[str, Any]) -> dict[str, Any]:
+    return {**defaults, **dict(zip(names, args, strict=False)), **kwargs}
+
+
+@dataclass(frozen=True)
+class Effective:
+    """What :func:`effective_layer` found: the plain layer and the zero padding (``F.pad`` order: left, right,
+    top, bottom) applied to its input before it, ``None`` when there is none."""
+
+    layer: nn.Module
+    pads: tuple[int, ...] | None = None
+
+
+def _one_call(m: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, nn.Module, tuple[int, ...] | None] | None:
+    """``m(x)``, the plain layer of its one conv2d / linear call and the zero padding before it, or ``None``."""
+    mode = _LayerCalls()
+    try:
+        with mode:
+            y = m(x)
+    except Exception:  # noqa: BLE001 - a forward that does not take this input: not a plain layer
+        return None
+    layers = [c for c in mode.calls if c[0] != "pad"]
+    pads = [c for c in mode.calls if c[0] == "pad"]
+    if len(layers) != 1 or len(pads) > 1 or not isinstance(y, torch.Tensor):
+        return None
+    fname, args, kwargs, _ = layers[0]
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    a = _named(names, args, kwargs, {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1})
+    w, b = a["weight"], a["bias"]
+    if not isinstance(w, torch.Tensor) or w.shape != m.weight.shape or (  # type: ignore[union-attr]
+            b is not None and (not isinstance(b, torch.Tensor) or b.shape != (w.shape[0],))):
+        return None
+    zero_pad: tuple[int, ...] | None = None
+    if pads:
+        p = _named(("input", "pad", "mode", "value"), pads[0][1], pads[0][2], {"mode": "constant", "value": None})
+        if p["input"] is not x or pads[0][3] is not a["input"] or p["mode"] != "constant" or \
+                p["value"] not in (None, 0, 0.0) or len(p["pad"]) != 4:
+            return None
+        zero_pad = tuple(int(v) for v in p["pad"])
+    elif a["input"] is not x:
+        return None
+    w, b = w.detach().clone(), None if b is None else b.detach().clone()
+    if fname == "conv2d":
+        if not isinstance(m, nn.Conv2d) or isinstance(a["padding"], str):
+            return None
+        plain: nn.Module = nn.Conv2d(
+            m.in_channels, m.out_channels, m.kernel_size, stride=a["stride"],  # type: ignore[arg-type]
+            padding=a["padding"], dilation=a["dilation"], groups=a["groups"], bias=b is not None,
+            device=w.device, dtype=w.dtype)
+    elif isinstance(m, nn.Linear):
+        plain = nn.Linear(m.in_features, m.out_features, bias=b is not None, device=w.device, dtype=w.dtype)
+    else:
+        return None
+    plain.weight.copy_(w)  # type: ignore[operator]
+    if b is not None:
+        plain.bias.copy_(b)  # type: ignore[union-attr,operator]
+    return y, plain.train(m.training), zero_pad
 
 
 @torch.no_grad()
-def effective_layer(m: nn.Module) -> nn.Module | None:
+def effective_layer(m: nn.Module, in_shape: tuple[int, ...] | None = None) -> Effective | None:
     """A plain ``nn.Conv2d`` / ``nn.Linear`` computing exactly what the subclass ``m`` computes with its own
-    ``forward``, when that forward is the base layer on a weight (and bias) derived from the module's own
-    tensors alone — a pruning mask, a binarized or standardized weight — with ``m``'s own stride / padding /
-    dilation / groups; ``None`` otherwise. The weight and bias are the ones its forward passes to its one
-    ``conv2d`` / ``linear`` call; the plain layer must reproduce ``m`` on random inputs of two sizes (a
-    forward whose weights or padding depend on the input does not)."""
+    ``forward``, when that forward is one ``conv2d`` / ``linear`` call on a weight (and bias) derived from the
+    module's own tensors alone — a pruning mask, a binarized or standardized weight —, optionally after a zero
+    ``F.pad`` of its input (a TF-"same" padding, which may be asymmetric); ``None`` otherwise. The weight, bias,
+    stride, padding, dilation and groups are the ones its forward passes to that call. ``in_shape``: the
+    module's input shape per sample (a padding that depends on the input size is taken for that size only, and
+    without it not at all). The plain layer must reproduce ``m`` on random inputs: of that shape, and, where no
+    padding depends on the size, of two other sizes (a forward whose weights depend on the input does not)."""
     if not isinstance(m, nn.Conv2d | nn.Linear) or isinstance(m, _QUANTIZED):
         return None
     gen = torch.Generator().manual_seed(0)
-    dtype = m.weight.dtype
-    shapes: list[tuple[int, ...]]
+    shapes: list[tuple[int, ...]] = [(2, *in_shape)] if in_shape is not None else []
     if isinstance(m, nn.Conv2d):
         reach = max((k - 1) * d + 1 for k, d in zip(m.kernel_size, m.dilation, strict=True))
-        shapes = [(2, m.in_channels, reach + extra, reach + extra + 1) for extra in (5, 8)]
+        shapes += [(2, m.in_channels, reach + extra, reach + extra + 1) for extra in (5, 8)]
     else:
-        shapes = [(2, m.in_features), (3, m.in_features)]
-    found: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        shapes += [(2, m.in_features), (3, m.in_features)]
+    found: Effective | None = None
     with eval_mode(m):
-        for shape in shapes:
-            x = torch.randn(*shape, generator=gen).to(dtype)
-            mode = _LayerCalls()
-            try:
-                with mode:
-                    y = m(x)
-            except Exception:  # noqa: BLE001 - a forward that does not take this input: not a plain layer
+        for i, shape in enumerate(shapes):
+            x = torch.randn(*shape, generator=gen).to(m.weight.dtype)  # type: ignore[union-attr]
+            got = _one_call(m, x)
+            if got is None:
                 return None
-            if len(mode.calls) != 1 or not isinstance(y, torch.Tensor):
+            y, plain, pads = got
+            if found is not None and not _same_layer(found.layer, plain):
                 return None
-            _, w, b = mode.calls[0]
-            if not isinstance(w, torch.Tensor) or w.shape != m.weight.shape or (
-                    b is not None and (not isinstance(b, torch.Tensor) or b.shape != (w.shape[0],))):
-                return None
-            if found is not None and not (torch.equal(found[0], w) and (
-                    (found[1] is None and b is None) or (found[1] is not None and b is not None
-                                                         and torch.equal(found[1], b)))):
-                return None
-            found = (w.detach().clone(), None if b is None else b.detach().clone())
-            plain = _with_weights(m, *found)
-            z = plain(x)
+            if found is None:
+                found = Effective(plain, pads)
+            z = plain(F.pad(x, list(pads)) if pads is not None else x)
             if z.shape != y.shape or float((z - y).abs().max()) > 1e-5 * float(y.abs().max()) + 1e-6:
                 return None
-    assert found is not None
-    return _with_weights(m, *found)
+            if pads is not None:  # a padding for this size: no other size applies
+                return found if i == 0 and in_shape is not None else None
+    return found
 
 
-def _with_weights(m: nn.Conv2d | nn.Linear, w: torch.Tensor, b: torch.Tensor | None) -> nn.Module:
-    if isinstance(m, nn.Conv2d):
-        out: nn.Conv2d | nn.Linear = nn.Conv2d(
-            m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,  # type: ignore[arg-type]
-            padding=m.padding, dilation=m.dilation, groups=m.groups,  # type: ignore[arg-type]
-            bias=b is not None, padding_mode=m.padding_mode, device=w.device, dtype=w.dtype)
-    else:
-        out = nn.Linear(m.in_features, m.out_features, bias=b is not None, device=w.device, dtype=w.dtype)
-    with torch.no_grad():
-        out.weight.copy_(w)
-        if b is not None:
-            out.bias.copy_(b)  # type: ignore[union-attr]
-    return out.train(m.training)
+def _same_layer(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return repr(a) == repr(b) and sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def _same_padding(m: nn.Conv2d, size: tuple[int, int]) -> tuple[int, int] | None:

@@ -183,6 +183,18 @@ class Tracer(fx.Tracer):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
+    def create_proxy(self, kind: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     name: str | None = None, type_expr: Any | None = None, proxy_factory_fn: Any = None) -> fx.Proxy:
+        """A ``split`` into a list of sizes is a proxy that knows its number of parts, so a forward can iterate
+        over them (MixNet's ``for x_i, conv in zip(torch.split(x, sizes, 1), convs)``)."""
+        p = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        is_split = (kind == "call_function" and target in (torch.split, torch.Tensor.split)) or (
+            kind == "call_method" and target == "split")
+        sizes = kwargs.get("split_size_or_sections", args[1] if len(args) > 1 else None)
+        if is_split and isinstance(sizes, list | tuple) and all(isinstance(v, int) for v in sizes):
+            return _Parts(p.node, self, len(sizes))
+        return p
+
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         """The graph without the forward's type annotations: under ``from __future__ import
         annotations`` they are strings, which FX keeps as globals that cannot be pickled (a traced
@@ -191,6 +203,20 @@ class Tracer(fx.Tracer):
         for node in graph.nodes:
             node.type = None
         return graph
+
+
+class _Parts(fx.Proxy):
+    """The result of a split into a known number of parts: iterable (each part a ``getitem``)."""
+
+    def __init__(self, node: fx.Node, tracer: fx.Tracer, n: int) -> None:
+        super().__init__(node, tracer)
+        self.n = n
+
+    def __iter__(self) -> Any:
+        return iter([self[i] for i in range(self.n)])
+
+    def __len__(self) -> int:
+        return self.n
 
 
 class _ShapeProp(fx.Interpreter):
