@@ -213,7 +213,7 @@ class _Parts(fx.Proxy):
         self.n = n
 
     def __iter__(self) -> Any:
-        return iter([self[i] for i in range(self.n)])
+        return iter([self[i] for i in range(self.n)])  # type: ignore[index]
 
     def __len__(self) -> int:
         return self.n

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from mixq.algorithms.msq import assign_rows
-from mixq.algorithms.ptq import dw_act, first_act, percentile
+from mixq.algorithms.ptq import bias_fit, dw_act, first_act, percentile
 from mixq.algorithms.ptq._common import channel_moments, input_channel_ranges, run_hooked
 from mixq.algorithms.ptq.act_ranges import output_aware_act_ranges
 from mixq.algorithms.ptq.adaround import adaround
@@ -309,6 +309,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("brecq", _brecq, lambda r, p: r.brecq is not None),
     Stage("bias_correction", _bias_correction, lambda r, p: r.bias_correction != "none"),
     Stage("restore_stats", _restore_stats, lambda r, p: r.restore_stats),
+    Stage("bias_fit", bias_fit.apply, line=lambda s: {"layers": len(s.details["bias_fit"])}),
 )
 
 #: Optional stages a recipe switches on by name (``Recipe.stages``); one line per algorithm.
