@@ -716,6 +716,30 @@ def test_split_into_sizes_is_iterable() -> None:
     assert sum(n.op == "conv" for n in im.nodes) == 5
 
 
+class Select(nn.Module):
+    """CondenseNet's input selection: ``index_select`` of the channels by a constant index buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("index", torch.tensor([5, 0, 0, 7, 2, 3]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.index_select(x, dim=1, index=self.index) + x.index_select(1, self.index)  # type: ignore[arg-type]
+
+
+def test_index_select_by_a_constant_index() -> None:
+    """Before: 'layer _tensor_constant (tensor constant): not supported by the integer engine'."""
+    torch.manual_seed(36)
+    im = check(quantize(Between(Select()), calib()), calib())["im"]
+    assert isinstance(im, IntModel)
+    gathers = [n for n in im.nodes if n.op == "gather"]
+    assert len(gathers) == 2 and all(n.attrs == {"dim": 0, "index": [5, 0, 0, 7, 2, 3]} for n in gathers)
+    sel = Select()  # an index computed while tracing (a closure's tensor): a constant too
+    im2 = check(quantize(Between(lambda y: y.index_select(1, sel.index // 2), relu=False), calib()), calib())["im"]
+    assert isinstance(im2, IntModel)
+    assert [n.attrs["index"] for n in im2.nodes if n.op == "gather"] == [[2, 0, 0, 3, 1, 1]]
+
+
 def test_slice_of_the_batch_dim_is_refused() -> None:
     model = Between(lambda y: y[1:], relu=False)
     x = torch.randn(8, *SHAPE)

@@ -26,7 +26,7 @@ from mixq.engine.model import IntNode
 from mixq.engine.trace import OpInfo, fn_args, shape_of, tensor_args
 from mixq.errors import ModelError
 from mixq.graph.spec import reorders
-from mixq.graph.trace import permutation, sample_axes, slice_ranges
+from mixq.graph.trace import constant_value, permutation, sample_axes, slice_ranges
 
 
 def _node(ctx: Ctx, info: OpInfo, op: str, v: Val, shape: tuple[int, ...], grid: np.ndarray,
@@ -150,6 +150,22 @@ def _zeros(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     if set(node.kwargs) - {"memory_format"} or len(node.args) != 1:
         raise ModelError(f"{where(info)}: zeros_like with arguments {sorted(node.kwargs)}; only zeros_like(x)")
     return _node(ctx, info, "zeros", v, shape_of(node), v.scale, {})
+
+
+def _gather(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
+    """``torch.index_select(x, dim, index)`` with a constant ``index`` (CondenseNet's channel selection): the codes
+    and their grid picked alike."""
+    v = ctx.arg(node, info)
+    a = fn_args(node, ("input", "dim", "index"), {})
+    idx_node = a.get("index")
+    if not (isinstance(idx_node, fx.Node) and idx_node.op == "get_attr"):
+        raise ModelError(f"{where(info)}: index_select by {idx_node!r}; the engine takes a constant index tensor")
+    index = constant_value(idx_node).reshape(-1).to(torch.long)
+    d = int(a["dim"]) % (len(v.shape) + 1) - 1
+    if d < 0:
+        raise ModelError(f"{where(info)}: index_select of the batch dim")
+    grid = grids.move(v.scale, v.shape, lambda g: g.index_select(d + 1, index), spatial_only=False)
+    return _node(ctx, info, "gather", v, shape_of(node), grid, {"dim": d, "index": index.tolist()})
 
 
 def _cat(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
@@ -281,4 +297,5 @@ SHAPE_BUILDERS: dict[str, Callable[[Ctx, fx.Node, OpInfo], Val | None]] = {
     "cat": _cat,
     "identity": _identity, "size": _size, "pad": _pad, "zero_insert": _zero_insert,
     "pixel_shuffle": _pixel_shuffle, "permute": _permute, "split": _split, "slice": _slice, "zeros": _zeros,
+    "gather": _gather, "index_constant": _size,
 }

@@ -36,6 +36,11 @@ def _slice(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
     return lambda xs, _st: xs[0].narrow(d + 1, start, stop - start)
 
 
+def _gather(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
+    d, index = int(node.attrs["dim"]), torch.tensor(node.attrs["index"], dtype=torch.long)
+    return lambda xs, _st: xs[0].index_select(d + 1, index)
+
+
 def _zeros(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
     return lambda xs, _st: torch.zeros_like(xs[0])
 
@@ -94,6 +99,6 @@ def _lut(node: IntNode, bounds: dict[str, int], products: str) -> Kernel:
 
 MOVE_KERNELS: dict[str, Callable[[IntNode, dict[str, int], str], Kernel]] = {
     "reshape": _reshape, "transpose": _transpose, "slice": _slice, "zeros": _zeros,
-    "pad": _pad, "zero_insert": _zero_insert, "pixel_shuffle": _pixel_shuffle,
+    "gather": _gather, "pad": _pad, "zero_insert": _zero_insert, "pixel_shuffle": _pixel_shuffle,
     "upsample": _upsample, "interp": _interp, "lut": _lut,
 }

@@ -59,6 +59,7 @@ slice         a contiguous range ``[start, stop)`` of per-sample dim ``dim`` (a 
               ``x[:, a:b]``, ``narrow``); attrs ``dim``, ``start``, ``stop``
 transpose     the per-sample axes permuted (``permute`` / ``transpose``; the batch axis stays first):
               output axis ``i`` is input axis ``perm[i]``; attrs ``perm``
+gather        ``torch.index_select`` of per-sample dim ``dim`` by a constant index; attrs ``dim``, ``index``
 zeros         ``torch.zeros_like(x)``: zero codes of ``x``'s shape on its grid
 pad           zero padding; attrs ``pads`` = [left, right, top, bottom], ``channel_pads`` = [front, back] (new
               zero channels; absent when none)
@@ -91,8 +92,8 @@ import numpy as np
 from mixq.errors import ModelError
 
 OPS = ("quantize", "requant", "conv", "linear", "clamp", "maxpool", "sumpool", "add", "reduce", "mul", "affine",
-       "flatten", "cat", "reshape", "transpose", "slice", "zeros", "pad", "zero_insert", "pixel_shuffle", "upsample",
-       "interp", "lut", "fbs")
+       "flatten", "cat", "reshape", "transpose", "slice", "zeros", "gather", "pad", "zero_insert", "pixel_shuffle",
+       "upsample", "interp", "lut", "fbs")
 COMPUTE_OPS = ("conv", "linear")
 INT_MODEL_VERSION = 1
 

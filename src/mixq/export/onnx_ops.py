@@ -106,6 +106,11 @@ def _slice(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
     return b.node("Slice", [xs[0], starts, ends, _i64(b, f"{n.name}.axes", [int(a["dim"]) + 1])], n.name, n.shape)
 
 
+def _gather(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
+    idx = _i64(b, f"{n.name}.index", [int(i) for i in n.attrs["index"]])
+    return b.node("Gather", [xs[0], idx], n.name, n.shape, axis=int(n.attrs["dim"]) + 1)
+
+
 def _zeros(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
     return b.node("Mul", [xs[0], _f32(b, f"{n.name}.zero", 0.0)], n.name, n.shape)
 
@@ -217,7 +222,7 @@ def _lut(b: GraphBuilder, n: IntNode, xs: list[str], w: Writers) -> str:
 
 
 MOVE_EMITTERS: dict[str, Callable[[GraphBuilder, IntNode, list[str], Writers], str]] = {
-    "reshape": _reshape, "transpose": _transpose, "slice": _slice, "zeros": _zeros, "pad": _pad,
+    "reshape": _reshape, "transpose": _transpose, "slice": _slice, "zeros": _zeros, "gather": _gather, "pad": _pad,
     "zero_insert": _zero_insert,
     "pixel_shuffle": _pixel_shuffle, "upsample": _upsample, "interp": _interp, "lut": _lut, "reduce": _reduce,
     "mul": _mul, "affine": _affine,

@@ -73,6 +73,8 @@ KINDS: dict[str, Kind] = {
     "split": Kind(None, note="chunk / split along a non-batch dim: its parts are slices"),
     "slice": Kind(None, note="a contiguous range of one non-batch dim: a part of a split, x[:, a:b], narrow"),
     "identity": Kind(None), "size": Kind(None),
+    "gather": Kind(None, note="index_select of a non-batch dim by a constant index: data movement"),
+    "index_constant": Kind(None, note="a constant tensor read only as the indices of index_select"),
     "zeros": Kind(None, note="torch.zeros_like: zero codes on its input's grid"),
     "fbs": Kind("other", frozenset({"quantize", "engine"}), "a channel-gated conv (FBS): hw.dynamic prices it"),
     "float_compute": Kind("other", frozenset(), "a compute layer mixq does not quantize"),
@@ -104,7 +106,7 @@ FUNCTION_KINDS: dict[str, str] = {
     "cat": "cat", "concat": "cat", "concatenate": "cat", "pad": "pad", "pixel_shuffle": "pixel_shuffle",
     "interpolate": "upsample", "upsample": "upsample", "unsqueeze": "unsqueeze", "squeeze": "squeeze",
     "permute": "permute", "transpose": "permute", "swapaxes": "permute", "swapdims": "permute",
-    "chunk": "split", "split": "split", "narrow": "slice", "zeros_like": "zeros",
+    "chunk": "split", "split": "split", "narrow": "slice", "zeros_like": "zeros", "index_select": "gather",
     "dropout": "identity", "dropout1d": "identity", "dropout2d": "identity", "feature_dropout": "identity",
     "alpha_dropout": "identity", "contiguous": "identity", "clone": "identity", "detach": "identity",
     "conv1d": "float_compute", "conv2d": "float_compute", "conv3d": "float_compute",
@@ -118,7 +120,7 @@ METHOD_KINDS: dict[str, str] = {
     "squeeze": "squeeze", "contiguous": "identity", "clone": "identity", "detach": "identity", "size": "size",
     "dim": "size", "permute": "permute", "transpose": "permute", "swapaxes": "permute", "swapdims": "permute",
     "chunk": "split", "split": "split", "narrow": "slice", "float": "identity", "clamp": "clamp", "clip": "clamp",
-    "div": "div",
+    "div": "div", "index_select": "gather",
 }
 _OPERATOR_KINDS: dict[Callable[..., Any], str] = {operator.add: "add", operator.iadd: "add",
                                                   operator.getitem: "getitem"}
@@ -307,8 +309,27 @@ def node_ops(gm: fx.GraphModule) -> dict[fx.Node, NodeOp]:
         elif node.op == "call_method":
             out[node] = NodeOp(method_kind(str(node.target)), node.name, f"Tensor.{node.target}", None)
         elif node.op == "get_attr":
-            out[node] = NodeOp("constant", str(node.target), "tensor constant", None)
+            kind = "index_constant" if node.users and all(_index_of(u) is node for u in node.users) else "constant"
+            out[node] = NodeOp(kind, str(node.target), "tensor constant", None)
     return out
+
+
+def _index_of(node: fx.Node) -> Any:
+    """The index operand of an ``index_select`` call (``None`` for any other node)."""
+    if (node.op == "call_function" and getattr(node.target, "__name__", "") == "index_select") or (
+            node.op == "call_method" and node.target == "index_select"):
+        return fn_args(node, ("input", "dim", "index"), {}).get("index")
+    return None
+
+
+def constant_value(node: fx.Node) -> torch.Tensor:
+    """The tensor a ``get_attr`` node reads from the graph's module."""
+    obj: Any = node.graph.owning_module
+    for atom in str(node.target).split("."):
+        obj = getattr(obj, atom)
+    if not isinstance(obj, torch.Tensor):
+        raise ModelError(f"layer {node.name!r}: {node.target!r} is not a tensor")
+    return obj
 
 
 def unsupported(ops: dict[fx.Node, NodeOp], stage: str) -> list[NodeOp]:
