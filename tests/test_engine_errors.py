@@ -78,7 +78,9 @@ def test_unsupported_function_is_named() -> None:
 
 def test_accumulator_budget_error_and_saturation() -> None:
     q, x = tiny("w8a8")
-    with pytest.raises(ModelError, match=r"layer 'stem' \(QConv2d\): accumulator needs \d+ bits"):
+    with pytest.raises(ModelError, match=r"layer 'stem' \(QConv2d\): accumulator needs \d+ bits .* the budget is 12 "
+                                         r"bits; widen acc_bits \(--acc-bits\) or use overflow='saturate' "
+                                         r"\(--overflow saturate\)"):
         to_integer(q, x, acc_bits=12)
     im = to_integer(q, x, acc_bits=14, overflow="saturate", acc_frac_bits=0)
     sat = [a for a in im.accumulators() if a["saturate"]]

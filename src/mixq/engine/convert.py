@@ -210,7 +210,8 @@ def _layer(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     saturate = acc_bits > budget
     if saturate and ctx.cfg.overflow == "error":
         raise ModelError(f"{where}: accumulator needs {acc_bits} bits in the worst case (|acc| <= {bound}), "
-                         f"the budget is {budget} bits; widen acc_bits or use overflow='saturate'")
+                         f"the budget is {budget} bits; widen acc_bits (--acc-bits) or use overflow='saturate' "
+                         "(--overflow saturate)")
     out_bound = min(bound, 2 ** (budget - 1)) if saturate else bound
     attrs: dict[str, Any] = {"formats": [f.to_dict() for f in m.formats], "acc_bits": acc_bits,
                              "acc_budget": budget, "acc_frac_bits": g, "saturate": saturate,
