@@ -342,11 +342,21 @@ def test_subclass_on_a_derived_weight_becomes_the_plain_layer(conv: type[nn.Conv
     assert verify(q, x[:8])["exact"]
 
 
+class InputScaledSameConv(Conv2dSame):
+    """A "same"-padding conv whose weight depends on the input: no padded plain conv computes it either."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, [0, 1, 0, 1])
+        return F.conv2d(x, self.weight * x.abs().mean(), self.bias, self.stride, 0, self.dilation, self.groups)
+
+
 def test_subclass_whose_weight_depends_on_the_input_stays_refused() -> None:
     from mixq.graph.normalize import normalize
 
     model = _derived_net(InputScaledConv)
     assert type(normalize(model).get_submodule("0")) is InputScaledConv
+    same = _net(InputScaledSameConv, stride2=2)
+    assert type(normalize(same, (3, 16, 16)).get_submodule("2")) is InputScaledSameConv
     with pytest.raises(ModelError, match=r"layer '0' \(InputScaledConv\) is not supported yet"):
         api.default_plan("dynamic", model, _data())
     same = _net(Conv2dSame)  # a padding that depends on the input size stays the registry's to decide

@@ -235,7 +235,8 @@ def effective_layer(m: nn.Module, in_shape: tuple[int, ...] | None = None) -> Ef
     if not isinstance(m, nn.Conv2d | nn.Linear) or isinstance(m, _QUANTIZED):
         return None
     gen = torch.Generator().manual_seed(0)
-    shapes: list[tuple[int, ...]] = [(2, *in_shape)] if in_shape is not None else []
+    # the recorded shape twice (two inputs: a weight that depends on the input differs between them)
+    shapes: list[tuple[int, ...]] = [(2, *in_shape)] * 2 if in_shape is not None else []
     if isinstance(m, nn.Conv2d):
         reach = max((k - 1) * d + 1 for k, d in zip(m.kernel_size, m.dilation, strict=True))
         shapes += [(2, m.in_channels, reach + extra, reach + extra + 1) for extra in (5, 8)]
@@ -256,8 +257,10 @@ def effective_layer(m: nn.Module, in_shape: tuple[int, ...] | None = None) -> Ef
             z = plain(F.pad(x, list(pads)) if pads is not None else x)
             if z.shape != y.shape or float((z - y).abs().max()) > 1e-5 * float(y.abs().max()) + 1e-6:
                 return None
-            if pads is not None:  # a padding for this size: no other size applies
-                return found if i == 0 and in_shape is not None else None
+            if pads is not None and (in_shape is None or i > 1):  # a padding for this size only
+                return None
+            if pads is not None and i == 1:  # both inputs of the recorded shape agree: no other size applies
+                return found
     return found
 
 
