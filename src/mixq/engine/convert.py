@@ -188,8 +188,7 @@ def _layer(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
                          "the engine supports linear layers on flat (N, features) inputs")
     x = quant_input(ctx, v, m.input_quant, f"{info.name}.input_quant", info)
     codes, row_format, s_w = _weight_codes(m, info)
-    fracs = np.array([m.formats[int(i)].frac_bits for i in row_format], dtype=np.float64)
-    s_prod = float(x.scale) * s_w * np.exp2(-fracs)  # the grid of the products w * x
+    s_prod = float(x.scale) * m.row_steps().numpy()  # the grid of the products w * x
     bias_f = (m.bias.detach().to(torch.float64).numpy() if m.bias is not None else np.zeros(len(s_w)))
     row_abs = codes.abs().reshape(codes.shape[0], -1).sum(1).tolist()
     budget = ctx.cfg.budget(info.name)
@@ -322,10 +321,11 @@ def _sumpool(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     while signed_bits(bound * size) > ctx.cfg.pool_bits and bound > 1:
         shift += max(1, signed_bits(bound * size) - ctx.cfg.pool_bits)
         bound = (v.bound + (1 << shift >> 1)) >> shift
-    grid = np.ldexp(v.scale, shift) / count
-    if divisors is not None and np.all(divisors == divisors.flat[0]):
-        grid, divisors = np.ldexp(v.scale, shift) / float(divisors.flat[0]), None
-    elif divisors is not None:  # the grid varies by output pixel: the window sum over its own divisor
+    if divisors is not None and np.all(divisors == divisors.flat[0]):  # one divisor after all
+        count, divisors = int(divisors.flat[0]), None
+    if divisors is None:
+        grid = np.ldexp(v.scale, shift) / count
+    else:  # the grid varies by output pixel: the window sum over its own divisor
         grid = grids.compact(np.ldexp(grids.full(v.scale, shape_of(node)), shift) / divisors)
     if not keepdim:
         grid = grid.reshape(-1) if grid.ndim else grid

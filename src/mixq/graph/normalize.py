@@ -16,7 +16,9 @@
 
 * a ``Conv2d`` / ``Linear`` subclass with its own forward that is the base layer on a weight derived from the
   module's own tensors (a pruning mask, a binarized or standardized weight: :func:`~mixq.graph.registry.
-  effective_layer`, checked on random inputs of two sizes) is the plain layer with that weight, at the same name.
+  effective_layer`, checked on random inputs of the recorded shape and of two other sizes) is the plain layer with
+  that weight, at the same name; a zero ``F.pad`` its forward applies first (TF-"same") is the conv's padding where
+  symmetric, else an ``F.pad`` node before it, for the recorded input size only.
   Its raw parameters (and a mask) are gone from the normalized model; a forward it cannot reproduce stays, for
   the registry to decide on sample data (a "same"-padding wrapper) or refuse.
 

@@ -43,8 +43,8 @@ def _traceable(m: nn.Module) -> bool:
 @torch.no_grad()
 def match(m: nn.Module) -> str | None:
     """The name of the :data:`CANDIDATES` activation ``m`` computes on the probe inputs, else ``None``."""
-    outs = []
-    for x in _probes():
+    xs, outs = _probes(), []
+    for x in xs:
         try:
             y = m(x.clone())
         except Exception:  # noqa: BLE001 - a module that does not take a tensor is no activation
@@ -54,7 +54,7 @@ def match(m: nn.Module) -> str | None:
         outs.append(y)
     for name, make in CANDIDATES.items():
         ref = make()
-        if all(torch.allclose(y, ref(x), rtol=1e-5, atol=1e-5) for x, y in zip(_probes(), outs, strict=True)):
+        if all(torch.allclose(y, ref(x), rtol=1e-5, atol=1e-5) for x, y in zip(xs, outs, strict=True)):
             return name
     return None
 

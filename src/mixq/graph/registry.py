@@ -162,8 +162,9 @@ class _LayerCalls(TorchFunctionMode):
         return out
 
 
-def _named(names: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any],
-           defaults: dict[str, Any]) -> dict[str, Any]:
+def bind_args(names: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any],
+              defaults: dict[str, Any]) -> dict[str, Any]:
+    """A call's positional and keyword arguments by parameter name (``names`` in order), over ``defaults``."""
     return {**defaults, **dict(zip(names, args, strict=False)), **kwargs}
 
 
@@ -190,14 +191,14 @@ def _one_call(m: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, nn.Module, t
         return None
     fname, args, kwargs, _ = layers[0]
     names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-    a = _named(names, args, kwargs, {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1})
+    a = bind_args(names, args, kwargs, {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1})
     w, b = a["weight"], a["bias"]
     if not isinstance(w, torch.Tensor) or w.shape != m.weight.shape or (  # type: ignore[union-attr]
             b is not None and (not isinstance(b, torch.Tensor) or b.shape != (w.shape[0],))):
         return None
     zero_pad: tuple[int, ...] | None = None
     if pads:
-        p = _named(("input", "pad", "mode", "value"), pads[0][1], pads[0][2], {"mode": "constant", "value": None})
+        p = bind_args(("input", "pad", "mode", "value"), pads[0][1], pads[0][2], {"mode": "constant", "value": None})
         if p["input"] is not x or pads[0][3] is not a["input"] or p["mode"] != "constant" or \
                 p["value"] not in (None, 0, 0.0) or len(p["pad"]) != 4:
             return None

@@ -36,7 +36,7 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mixq.errors import ModelError
-from mixq.graph.registry import COMPUTE_TYPES
+from mixq.graph.registry import COMPUTE_TYPES, bind_args
 from mixq.nn import FBSConv2d, QAct, QConv2d, QLinear, QLutAct, ZeroInsert
 
 STAGES = ("quantize", "engine", "export", "estimate")
@@ -356,11 +356,7 @@ def shape_of(node: fx.Node) -> tuple[int, ...]:
 
 def fn_args(node: fx.Node, names: tuple[str, ...], defaults: dict[str, Any]) -> dict[str, Any]:
     """Positional and keyword arguments of a call node by parameter name (``names`` in order)."""
-    out = dict(defaults)
-    for n, a in zip(names, node.args, strict=False):
-        out[n] = a
-    out.update(node.kwargs)
-    return out
+    return bind_args(names, node.args, dict(node.kwargs), defaults)
 
 
 def permutation(node: fx.Node, rank: int) -> tuple[int, ...]:

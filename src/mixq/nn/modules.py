@@ -127,6 +127,12 @@ class _QWeightMixin:
         idx = self.row_scheme.reshape(1, *self._scale_shape())
         return torch.gather(self.w_scales, 0, idx).squeeze(0)
 
+    def row_steps(self) -> torch.Tensor:
+        """The step each row's integer codes count in: its format's scale times ``2**-frac_bits``, ``(rows,)``
+        float64 (the product grid of a row is the input's scale times this)."""
+        fracs = torch.tensor([2.0 ** -f.frac_bits for f in self.formats], dtype=torch.float64)
+        return self.row_scale().reshape(-1).to(torch.float64) * fracs[self.row_scheme]
+
     def row_formats(self) -> list[NumberFormat]:
         """The format of every weight row."""
         return [self.formats[int(i)] for i in self.row_scheme.tolist()]

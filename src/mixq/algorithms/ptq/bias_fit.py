@@ -39,8 +39,7 @@ def fit_bias_steps(model: nn.Module, acc_bits: int = ACC_BITS) -> dict[str, Any]
         if m.input_quant.mode != "quant" or m.w_scales.shape[1:] != m._scale_shape():
             continue
         s_x = float(m.input_quant.scale)
-        fracs = torch.tensor([2.0 ** -f.frac_bits for f in m.formats], dtype=torch.float64)
-        step = m.row_scale().reshape(-1).to(torch.float64) * fracs[m.row_scheme]
+        step = m.row_steps()
         need = m.bias.detach().abs().to(torch.float64) / (s_x * limit)
         # (a margin of 2**-16 for the float32 the scales are kept in)
         factor = torch.where(need > step, need / step * (1 + 2.0**-16), torch.ones_like(step))
