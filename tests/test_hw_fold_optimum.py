@@ -120,8 +120,9 @@ def test_layer_caches_change_nothing() -> None:
 
 
 def test_a_layer_price_reads_only_its_key() -> None:
-    """A compute engine's figures depend on nothing of the layer outside :func:`layer_key` (its name, stride,
-    padding, neighbours, plan mapping, note): otherwise the caches would share figures that differ."""
+    """A compute engine's figures depend on nothing of the layer outside :func:`layer_key` (its name, padding,
+    neighbours, plan mapping, note; the stride and the output shape are in the key, the window sequencer's reads
+    depend on them): otherwise the caches would share figures that differ."""
     from mixq.hw.cost import CostModel
     from mixq.hw.lower import lower
     from mixq.hw.parts import get_part
@@ -132,7 +133,7 @@ def test_a_layer_price_reads_only_its_key() -> None:
         layers = [ly for ly in lower(specs_of("mobilenet_v2"), plan_of("mobilenet_v2", label), part) if ly.is_compute]
         for ly in layers[::4]:
             other = dataclasses.replace(
-                ly, spec=dataclasses.replace(ly.spec, name=ly.spec.name + "_x", stride=(3, 3), padding=(5, 5),
+                ly, spec=dataclasses.replace(ly.spec, name=ly.spec.name + "_x", padding=(5, 5),
                                              bias=not ly.spec.bias, params=1, macs=1, inputs=("a", "b"),
                                              outputs=()),
                 mapping=dataclasses.replace(ly.mapping, pe=7, simd=5), note="n", fifo_bits=99)

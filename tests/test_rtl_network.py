@@ -544,3 +544,103 @@ def test_transpose_gathers_where_each_pixel_reads_one_pixel() -> None:
     with pytest.raises(ModelError, match=r"network: 'permute' \(transpose\) takes one output pixel from several "
                                          "input pixels"):
         lower_graph(im, IntEngine(im)(x[:1], keep=True).values)
+
+
+@needs_verilator
+def test_windows_that_keep_columns_simulate_bit_exact(tmp_path: Path) -> None:
+    """A gathered window whose reads are slower than its engine keeps the columns the next window shares
+    (``mixq_window`` ``RS``): stride 1 on 3 channels (RS 1), stride 2 (RS 2), stride 2 at dilation 2 (RS 1, taps 2
+    apart); a dilated stride-1 window cannot keep columns (RS 0), nor a 1 x 3 window gain from it. Every output
+    equals the integer engine's, each layer's measured cycles per frame are its design model's (a row's first
+    window reads all its taps, the others only the new columns), and the streaming estimator counts the same reads
+    (its figure is the design's less the frame's fill and drain)."""
+    import torch
+    from torch import nn
+
+    from mixq import api
+    from mixq.engine.convert import to_integer
+    from mixq.engine.runner import IntEngine
+    from mixq.formats import parse_format
+    from mixq.rtl.build import build_and_check
+    from mixq.rtl.netgraph import Stage as GStage
+    from mixq.rtl.netgraph import default_folding, lower_graph
+
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),  # RS 1
+                      nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),  # RS 2
+                      nn.Conv2d(8, 8, 3, dilation=2, padding=2), nn.ReLU(),  # RS 0: stride 1, taps 2 apart
+                      nn.Conv2d(8, 8, (1, 3), padding=(0, 1)), nn.ReLU(),  # RS 0: 1 read is no faster than 3
+                      nn.Conv2d(8, 4, 3, stride=2, dilation=2, padding=2))  # RS 1: stride 2, taps 2 apart
+    torch.manual_seed(0)
+    m.eval()
+    x = torch.rand(4, 3, 16, 16)
+    q = api.quantize(m, api.default_plan("net", m, x, weight=parse_format("fixed8"), act=parse_format("ufixed8")), x)
+    im = to_integer(q, x[:1])
+    values = IntEngine(im)(x[:2], keep=True).values
+    stages = [s for s in lower_graph(im, values, default_folding(im, 8, 32)).nodes if isinstance(s, GStage)]
+    assert [s.reuse for s in stages] == [1, 2, 0, 0, 1], [(s.name, s.reuse, s.run_cycles) for s in stages]
+    res = build_and_check(im, values, "keepnet", tmp_path, 2, pe=8, simd=32)
+    sim = res.summary["simulation"]
+    assert res.ok and res.summary["mismatches"] == 0, sim
+    assert sim["elements"] == 2 * 4 * 4 * 4 == sim["received"]
+    text = "".join((tmp_path / f).read_text() for f in res.summary["files"])
+    assert ".RS(1)" in text and ".RS(2)" in text
+    for ly, got, st in zip(res.summary["layers"], sim["layer_cycles_per_frame"], stages, strict=True):
+        assert 0.9 * ly["design_cycles"] <= got <= ly["design_cycles"] + 2, (ly, got)  # without RS: 144+ on '8'
+        assert ly["estimator_cycles"] == ly["design_cycles"] - st.frame_overhead, ly
+
+
+@needs_verilator
+def test_moves_and_rounded_products_of_outside_models_simulate_bit_exact(tmp_path: Path) -> None:
+    """Ops pytorchcv's models use, as stages of one accelerator (before: refused by name), every output equal to the
+    integer engine's: ShuffleNet's channel shuffle (view -> transpose -> view: one gather stage through a 5-d map),
+    a channel split (chunk) and concat, Shake-Shake's spatial slice ``x[:, :, 1:, 1:]``, CondenseNet's
+    ``index_select`` of channels, DIA-ResNet's ``zeros_like`` (added to a map), a product of two accumulator-domain
+    maps whose operands the engine rounds first (x * x), and an average pool that rounds its input first
+    (``pool_bits`` 16)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from mixq import api
+    from mixq.engine.convert import to_integer
+    from mixq.engine.runner import IntEngine
+    from mixq.formats import parse_format
+    from mixq.rtl.build import build_and_check
+    from mixq.rtl.netgraph import GatherStage, PointStage, lower_graph
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.c3 = nn.Conv2d(6, 4, 1)
+            self.register_buffer("pick", torch.tensor([5, 0, 3, 3, 1, 7]))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = F.relu(self.c1(x))
+            b, c, hh, ww = h.shape
+            h = h.view(b, 2, c // 2, hh, ww).transpose(1, 2).reshape(b, c, hh, ww)  # channel shuffle
+            a, z = h.chunk(2, dim=1)
+            h = torch.cat([a, z + torch.zeros_like(z)], dim=1)
+            y = self.c2(h)
+            y = (y * y)[:, :, 1:, 1:]  # a product of accumulators, then a spatial slice
+            y = F.avg_pool2d(y, 3)
+            return self.c3(torch.index_select(y, 1, self.pick))
+
+    torch.manual_seed(0)
+    m = Net().eval()
+    x = torch.rand(4, 3, 16, 16)
+    q = api.quantize(m, api.default_plan("net", m, x, weight=parse_format("fixed8"), act=parse_format("ufixed8")), x)
+    im = to_integer(q, x[:1], pool_bits=16)
+    ops = {n.op for n in im.nodes}
+    assert {"reshape", "transpose", "slice", "gather", "zeros", "mul", "sumpool"} <= ops, ops
+    assert any(n.attrs.get("shifts") for n in im.nodes if n.op == "mul")
+    assert any(n.attrs.get("shift") for n in im.nodes if n.op == "sumpool")
+    values = IntEngine(im)(x[:2], keep=True).values
+    g = lower_graph(im, values)
+    assert any(s.op == "move" and s.shape[0] == 8 for s in g.nodes if isinstance(s, GatherStage))  # the shuffle
+    assert any(s.shift > 0 for s in g.nodes if isinstance(s, GatherStage))
+    assert any(o.op == "mul" and any(o.n) for s in g.nodes if isinstance(s, PointStage) for o in s.ops)
+    res = build_and_check(im, values, "movenet", tmp_path, 2, pe=4, simd=8)
+    sim = res.summary["simulation"]
+    assert res.ok and res.summary["mismatches"] == 0, sim
+    assert sim["elements"] == 2 * 4 * 5 * 5 == sim["received"]

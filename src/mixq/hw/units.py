@@ -4,7 +4,11 @@ A compute engine (FINN's MVAU / VVAU) has ``pe`` rows x ``simd`` lanes: each cyc
 takes ``simd`` activations and produces partial sums for ``pe`` output rows, so one
 output pixel takes ``ceil(rows / pe) * ceil(row_length / simd)`` cycles. Rows in two
 formats (MSQ) split the PEs in proportion to their rows: the LUT PEs and the DSP PEs
-of one engine work side by side and the slower group sets the cycles.
+of one engine work side by side and the slower group sets the cycles. mixq's RTL feeds a
+conv engine from a window sequencer that reads one pixel a cycle, so an output pixel takes
+at least what its window's reads and copy take (:func:`window_cycles`, the rule of
+:mod:`mixq.hw.window` the RTL's own cycle model uses): a few channels on a 3 x 3 window with
+fewer than 9 cycles of computing per pixel are read-bound, unless the window keeps columns.
 
 Resources = PEs (:mod:`mixq.hw.cost`) + requantizers (one per PE, shared over the
 ``ceil(row_length / simd)`` cycles each output takes) + weight memories (one per PE,
@@ -45,6 +49,7 @@ from mixq.hw.lower import HwLayer, RowGroup
 from mixq.hw.memory import choose_memory, memory_grid
 from mixq.hw.parts import Part
 from mixq.hw.pe import PeConfig
+from mixq.hw.window import frame_cycles, kept_columns
 
 DATAFLOWS = ("mixq", "finn")
 
@@ -131,8 +136,8 @@ def layer_key(layer: HwLayer) -> tuple[Hashable, ...]:
     """Everything of a compute layer a mixq-dataflow engine's price reads (not its name or neighbours): layers
     with equal keys cost the same at every folding, so the estimate's caches share their figures."""
     s = layer.spec
-    return (s.kind, s.weight_rows, s.row_length, s.out_pixels, s.in_shape, s.kernel, s.groups, layer.groups,
-            layer.abits, layer.out_bits)
+    return (s.kind, s.weight_rows, s.row_length, s.out_pixels, s.in_shape, s.out_shape, s.kernel, s.stride,
+            tuple(s.extra.get("dilation", (1, 1))), s.groups, layer.groups, layer.abits, layer.out_bits)
 
 
 class ById:
@@ -291,12 +296,20 @@ def line_buffer_bits(layer: HwLayer) -> int:
 # pixel waits in a register while its words are written: ``C * A`` flip-flops.
 GATHER_FF_PER_BIT = 2.9
 GATHER_LUT_PER_BIT = 1.15
+# A gathered window that keeps columns (``RS`` > 0) writes each read at its tap and moves the columns with the
+# window's last read: a load-or-move multiplexer per window bit and the tap decoders. yosys ``synth_xilinx`` of
+# ``mixq_window`` (3 x 3, 32 x 32 map) with RS = 1 against RS = 0: +231 / +751 / +2,031 LUT for 216 / 1,152 /
+# 3,456 window bits (3 / 16 / 48 channels of 8 bits), +7 to +31 FF; the line through the last two meets the
+# first exactly.
+REUSE_LUT_PER_BIT = 0.556
+REUSE_LUT = 111.0
 
 
-def window_registers(layer: HwLayer, simds: np.ndarray) -> np.ndarray:
+def window_registers(layer: HwLayer, simds: np.ndarray, reuse: np.ndarray | None = None) -> np.ndarray:
     """``(n, 5)`` resources of a dense conv's window sequencer at each of ``simds``: the gathered window's registers
-    where ``simd`` does not divide the input channels; where it divides them more than once, the word multiplexer
-    on the buffer's output (a 4:1 per LUT6 with the slice's F7/F8 muxes); none where a pixel is one engine word."""
+    where ``simd`` does not divide the input channels (and the column-keeping multiplexers where ``reuse`` > 0);
+    where it divides them more than once, the word multiplexer on the buffer's output (a 4:1 per LUT6 with the
+    slice's F7/F8 muxes); none where a pixel is one engine word."""
     s = layer.spec
     out = np.zeros((len(simds), 5))
     if len(s.in_shape) != 3 or s.groups != 1 or not shares_act(s.kind):
@@ -308,6 +321,9 @@ def window_registers(layer: HwLayer, simds: np.ndarray) -> np.ndarray:
     gather = (c % simds) != 0
     out[gather, 0] = GATHER_LUT_PER_BIT * bits
     out[gather, 1] = GATHER_FF_PER_BIT * bits
+    if reuse is not None:
+        keeps = gather & (reuse > 0)
+        out[keeps, 0] += REUSE_LUT_PER_BIT * bits + REUSE_LUT
     # a streamed window: the buffer's output holds the pixel (read enable), an R:1 word multiplexer picks the words
     words = -(-c // simds)
     stream = ~gather & (words > 1)
@@ -337,16 +353,39 @@ COLLECTOR_LUT, COLLECTOR_FF = 60.0, 40.0  # the collector's pixel counters and w
 def engine_cycles(layer: HwLayer, pe: int, simd: int) -> int:
     """Cycles per frame of :func:`compute_engine` at ``pe`` x ``simd`` (without costing it)."""
     s = layer.spec
-    length, pix = max(s.row_length, 1), max(s.out_pixels, 1)
-    fold_in = math.ceil(length / max(1, min(simd, length)))
+    length = max(s.row_length, 1)
+    simd = max(1, min(simd, length))
+    fold_in = math.ceil(length / simd)
     grows = split_rows(s.weight_rows, layer.groups)
-    cycles = 0
+    run = lanes = 0
     for g, r, p in zip(layer.groups, grows, split_pe(max(pe, 1), grows), strict=True):
         if r > 0:
             rows_per_unit = PE_KINDS[g.kind].rows
-            eff = rows_per_unit * math.ceil(p / rows_per_unit)
-            cycles = max(cycles, math.ceil(r / eff) * fold_in * pix)
-    return cycles
+            units = math.ceil(p / rows_per_unit)
+            lanes += units
+            run = max(run, math.ceil(r / (rows_per_unit * units)) * fold_in)
+    cycles, _ = window_cycles(layer, np.array([simd]), np.array([fold_in]), np.array([run]), np.array([lanes]))
+    return int(cycles[0])
+
+
+def window_cycles(layer: HwLayer, simds: np.ndarray, fold: np.ndarray, run: np.ndarray,
+                  lanes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cycles per frame of mixq's engine at each folding, and the columns its window keeps (``RS``, 0: none):
+    ``run`` cycles per output pixel (``tiles * fold``), or what the window sequencer of mixq's RTL needs where that
+    is slower (:mod:`mixq.hw.window`: a conv's window pixels are read one a cycle, kept columns read only the new
+    ones, a depthwise / grouped window is copied a chunk per group, ``lanes`` dot units a cycle). Not a conv (a
+    linear layer, a layer without its shapes): ``run`` per output pixel."""
+    s = layer.spec
+    if s.kind not in ("conv", "dwconv") or len(s.in_shape) != 3 or len(s.out_shape) != 3:
+        return run * max(s.out_pixels, 1), np.zeros(len(simds), dtype=np.int64)
+    grouped = s.groups > 1
+    streamed = ~np.full(len(simds), grouped) & (s.in_shape[0] % np.maximum(simds, 1) == 0)
+    copy = -(-(s.groups * fold) // np.maximum(lanes, 1)) if grouped else fold
+    dilation = tuple(s.extra.get("dilation", (1, 1)))
+    out_hw = (int(s.out_shape[1]), int(s.out_shape[2]))
+    reuse = kept_columns(s.kernel, s.stride, dilation, out_hw[1], run, copy, fold, streamed)  # type: ignore[arg-type]
+    return (np.asarray(frame_cycles(out_hw, s.kernel, reuse, run, copy, fold, streamed), dtype=np.int64),
+            np.asarray(reuse, dtype=np.int64))
 
 
 TERMS = ("compute", "requant", "weights", "linebuf", "control")  # the detail of a mixq-dataflow engine
@@ -384,7 +423,7 @@ def _terms(layer: HwLayer, pes: np.ndarray, simds: np.ndarray, part: Part, model
     """The mixq-dataflow engine at ``n`` foldings: cycles, each term of its detail ``(n, 5)``, and the
     rows each group's PEs compute at once ``(n, groups)``."""
     s = layer.spec
-    rows, length, pix = s.weight_rows, max(s.row_length, 1), max(s.out_pixels, 1)
+    rows, length = s.weight_rows, max(s.row_length, 1)
     n = len(pes)
     pc, mc = model.lutram_coefs()
     mems: dict[tuple[int, int, int, str], Resources] = {}
@@ -410,7 +449,8 @@ def _terms(layer: HwLayer, pes: np.ndarray, simds: np.ndarray, part: Part, model
     gpe = np.array([_split_pe(max(p, 1), tuple(grows)) for p in upe], dtype=np.int64).reshape(len(upe),
                                                                                              len(grows))[pe_at]
     usimd, simd_at = _distinct(simds)
-    cycles = np.zeros(n, dtype=np.int64)
+    run = np.zeros(n, dtype=np.int64)
+    lanes = np.zeros(n, dtype=np.int64)
     eff_total = np.zeros(n, dtype=np.int64)
     accw = np.zeros(n, dtype=np.int64)
     eff_split = np.zeros((n, len(grows)), dtype=np.int64)
@@ -423,8 +463,9 @@ def _terms(layer: HwLayer, pes: np.ndarray, simds: np.ndarray, part: Part, model
         eff = rows_per_unit * units
         eff_split[:, gi] = eff
         eff_total += eff
+        lanes += units
         depth = -(-r // eff) * fold
-        cycles = np.maximum(cycles, depth * pix)
+        run = np.maximum(run, depth)
         dots = [model.dot(g.kind, g.wbits, g.abits, d, length, g.signed_act, part.dsp_type) for d in usimd]
         comp = comp + _rows([u for u, _ in dots])[simd_at] * units[:, None]
         accw = np.maximum(accw, np.array([a for _, a in dots], dtype=np.int64)[simd_at])
@@ -433,6 +474,7 @@ def _terms(layer: HwLayer, pes: np.ndarray, simds: np.ndarray, part: Part, model
             wmem = wmem + memories(width * units, np.full(n, 32), np.ones(n, dtype=np.int64), "lutram")
         else:
             wmem = wmem + memories(width, depth, units, opts.mem_style)
+    cycles, reuse = window_cycles(layer, simds, fold, run, lanes)
     # requantizers: a dyadic multiplier (or a threshold table) per accumulator width, times their number
     count = -(-eff_total // fold)
     kind, ob = requant_kind(opts), max(1, layer.out_bits)
@@ -447,7 +489,7 @@ def _terms(layer: HwLayer, pes: np.ndarray, simds: np.ndarray, part: Part, model
     if lb_bits:
         widths = simds * layer.abits * (1 if share else eff_total)
         lbuf = memories(widths, np.ceil(lb_bits / widths).astype(np.int64), np.ones(n, dtype=np.int64), "auto")
-    lbuf = lbuf + window_registers(layer, simds)
+    lbuf = lbuf + window_registers(layer, simds, reuse)
     ctrl = Resources(lut=opts.engine_lut, ff=opts.engine_ff)
     if external:
         ctrl = ctrl + Resources(lut=opts.dma_lut, ff=opts.dma_ff)

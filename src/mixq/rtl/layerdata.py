@@ -61,6 +61,7 @@ class LayerData:
     y: np.ndarray  # reference output codes (batch, rows, Ho, Wo) or (batch, rows), int64
     bias: np.ndarray
     pooled: bool = False
+    dilation: tuple[int, int] = (1, 1)  # window taps ky * dh, kx * dw apart
 
     @property
     def rows(self) -> int:
@@ -189,7 +190,7 @@ def layer_data(model: IntModel, values: dict[str, torch.Tensor], name: str) -> L
         formats=tuple(dict(f) for f in a_["formats"]), in_fmt=dict(quantizer_behind(src, model.node).attrs["fmt"]),
         out_fmt=dict(req.attrs["fmt"]),
         stride=tuple(a_.get("stride", (1, 1))), padding=tuple(a_.get("padding", (0, 0))),  # type: ignore[arg-type]
-        groups=int(a_.get("groups", 1)),
+        groups=int(a_.get("groups", 1)), dilation=tuple(int(v) for v in a_.get("dilation", (1, 1))),  # type: ignore[arg-type]
         mult=np.array(mult, dtype=object), const=np.array(const, dtype=object), shift=shift,
         lo=np.array(lo_q, dtype=object), hi=np.array(hi_q, dtype=object), x=x, y=y,
         bias=np.array(bias, dtype=object), pooled=pooled,

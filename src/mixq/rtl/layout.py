@@ -122,7 +122,8 @@ def layer_spec(d: LayerData) -> LayerSpec:
     kind = "dwconv" if is_depthwise(d.groups, cin, d.rows) else "conv"
     out = (d.rows, int(d.y.shape[2]), int(d.y.shape[3]))
     return LayerSpec(d.name, kind, tuple(int(v) for v in d.x.shape[1:]), out, cin, d.rows, d.kernel, d.stride,
-                     d.padding, d.groups, macs=d.row_length * d.rows * out[1] * out[2])
+                     d.padding, d.groups, macs=d.row_length * d.rows * out[1] * out[2],
+                     extra={"dilation": tuple(d.dilation)} if tuple(d.dilation) != (1, 1) else {})
 
 
 def plan_layout(d: LayerData, pe: int, simd: int, core: str = "auto", part: str = "xc7z020",

@@ -35,6 +35,7 @@ import torch
 
 from mixq.engine.model import IntModel, IntNode, quantizer_behind
 from mixq.errors import ModelError
+from mixq.hw.window import frame_cycles, kept_columns, pixel_cycles
 from mixq.rtl.layer import output_latency
 from mixq.rtl.layerdata import LayerData, layer_data
 from mixq.rtl.layout import Layout, plan_layout
@@ -78,8 +79,17 @@ class Stage:
 
     @property
     def window_reads(self) -> int:
-        """Frame-buffer reads per output pixel (``kh * kw``, one per cycle)."""
+        """Frame-buffer reads of an output row's first window (``kh * kw``, one per cycle)."""
         return self.kernel[0] * self.kernel[1]
+
+    @property
+    def reuse(self) -> int:
+        """Columns a gathered window keeps from the one to its left (``RS`` of ``mixq_window``; 0: none), where
+        that makes the layer faster (:func:`mixq.hw.window.kept_columns`)."""
+        if self.streamed or self.layout.data.op != "conv":
+            return 0
+        return int(kept_columns(self.kernel, self.stride, self.dilation, self.out_hw[1], self.run_cycles,
+                                self.copy_words, self.layout.fold, False))
 
     @property
     def copy_lanes(self) -> int:
@@ -109,13 +119,12 @@ class Stage:
 
     @property
     def pixel_cycles(self) -> int:
-        """Cycles per output pixel of this design: the engine's vectors back to back (copy overlapped), or the
-        window reads or the copy if slower (at least 3: a window's data come two cycles after its last read);
-        a streamed window: the engine, or the window's ``fold`` words and three cycles of read latency and
-        handshake before the next window may start."""
-        if self.streamed:
-            return max(self.run_cycles, self.copy_words + 3)
-        return max(self.run_cycles, self.window_reads, self.copy_words, 3)
+        """Cycles per output pixel of this design after a row's first (:func:`mixq.hw.window.pixel_cycles`): the
+        engine's vectors back to back (copy overlapped), or the window reads or the copy if slower (at least 3: a
+        window's data come two cycles after its last read); a streamed window: the engine, or the window's
+        ``fold`` words and three cycles of read latency and handshake before the next window may start."""
+        reads = self.kernel[0] * self.reuse if self.reuse else self.window_reads
+        return int(pixel_cycles(self.run_cycles, reads, self.copy_words, self.layout.fold, self.streamed))
 
     @property
     def frame_overhead(self) -> int:
@@ -129,7 +138,8 @@ class Stage:
     @property
     def cycles(self) -> int:
         """Cycles per frame of this stage: its pixels at :attr:`pixel_cycles` and :attr:`frame_overhead`."""
-        return self.out_hw[0] * self.out_hw[1] * self.pixel_cycles + self.frame_overhead
+        return int(frame_cycles(self.out_hw, self.kernel, self.reuse, self.run_cycles, self.copy_words,
+                                self.layout.fold, self.streamed)) + self.frame_overhead
 
 
 
@@ -175,6 +185,8 @@ def _unflattened(model: IntModel, values: Mapping[str, torch.Tensor]) -> tuple[I
             continue
         src = drop[n.inputs[0]]
         shape = shapes.get(src, model.node(src).shape)
+        if n.op in ("slice", "gather") and len(n.shape) == 1:  # of the channels of a one-pixel map: its own count
+            shape = (int(n.shape[0]), *shape[1:])
         arrays = dict(n.arrays)
         if n.op == "requant":
             c = int(shape[0])
@@ -208,7 +220,7 @@ def _head_data(model: IntModel, values: Mapping[str, torch.Tensor], node: IntNod
         formats=tuple(dict(f) for f in a["formats"]), in_fmt=dict(quantizer_behind(src, model.node).attrs["fmt"]),
         out_fmt={"kind": "fixed", "bits": signed_width([-bound, bound]), "signed": True},
         stride=tuple(a.get("stride", (1, 1))), padding=tuple(a.get("padding", (0, 0))),  # type: ignore[arg-type]
-        groups=int(a.get("groups", 1)),
+        groups=int(a.get("groups", 1)), dilation=tuple(int(v) for v in a.get("dilation", (1, 1))),  # type: ignore[arg-type]
         mult=np.array([1 << g] * rows, dtype=object), const=bias, shift=0,
         lo=np.array([-bound] * rows, dtype=object), hi=np.array([bound] * rows, dtype=object),
         x=values[node.inputs[0]].numpy().astype(np.int64), y=values[node.name].numpy().astype(np.int64),
@@ -294,6 +306,7 @@ class GatherStage:
     out_bits: int
     out_signed: bool
     weights: tuple[tuple[int, ...], ...] = ()  # sum: per output pixel, per tap
+    shift: int = 0  # sum: each tap's code rounded half up by this many bits first (a pool of a wide product)
 
     @property
     def taps(self) -> int:
@@ -306,9 +319,14 @@ class GatherStage:
 
 
 #: engine ops a gather stage runs: the data movements (what the engine's kernel does to an index map; a transpose
-#: only where every output pixel reads one input pixel, e.g. H and W swapped), max-pool, and the window sums of
-#: average pooling and bilinear interpolation
-GATHER_OPS = ("pad", "zero_insert", "pixel_shuffle", "upsample", "transpose", "maxpool", "sumpool", "interp")
+#: or reshape only where every output pixel reads one input pixel, e.g. H and W swapped, or a channel shuffle),
+#: channel and spatial slices, channel gathers and zeros, max-pool, and the window sums of average pooling and
+#: bilinear interpolation
+GATHER_OPS = ("pad", "zero_insert", "pixel_shuffle", "upsample", "transpose", "reshape", "slice", "gather", "zeros",
+              "maxpool", "sumpool", "interp")
+#: moves whose output may be a shape no buffer holds (a channel shuffle's (g, C/g, H, W)): a chain of them up to a
+#: (C, H, W) or (F,) value is one gather stage
+CHAIN_MOVES = ("reshape", "transpose")
 
 
 def _windows(oh: int, ow: int, h: int, w: int, k: tuple[int, ...], st: tuple[int, ...], pad: tuple[int, ...],
@@ -345,12 +363,14 @@ def _sum_gather(node: IntNode, in_shape: tuple[int, int, int], signed: bool) -> 
     bound = int(node.bound)
     bits = signed_width([-bound, bound]) if signed else max(1, bound.bit_length())
     return GatherStage(node.name, node.inputs[0], node.name, "sum", addr, (0,) * (oh * ow), (tuple(range(c)),),
-                       (oc, oh, ow), in_shape, bits, signed, weights)
+                       (oc, oh, ow), in_shape, bits, signed, weights, int(node.attrs.get("shift", 0)))
 
 
-def _gather(node: IntNode, in_shape: tuple[int, int, int], bits: int, signed: bool) -> GatherStage:
+def _gather(node: IntNode, in_shape: tuple[int, int, int], bits: int, signed: bool,
+            chain: tuple[IntNode, ...] = ()) -> GatherStage:
     """The gather of ``node``: a move derived by running the engine's own kernel on an index map (so it is
-    the engine's data movement exactly), or a max-pool's windows from its attributes."""
+    the engine's data movement exactly; ``chain``: the moves from the stage's input up to ``node``, run in
+    turn), or a max-pool's windows from its attributes."""
     from mixq.engine.runner import KERNELS
 
     c, h, w = in_shape
@@ -362,7 +382,9 @@ def _gather(node: IntNode, in_shape: tuple[int, int, int], bits: int, signed: bo
         return GatherStage(node.name, node.inputs[0], node.name, "max", _windows(oh, ow, h, w, k, st, pad, dil),
                            (0,) * (oh * ow), (tuple(range(c)),), (oc, oh, ow), in_shape, bits, signed)
     idx = torch.arange(1, c * h * w + 1, dtype=torch.int64).reshape(1, c, h, w)
-    out = KERNELS[node.op](node, {node.inputs[0]: c * h * w}, "shift_add")([idx], {}).reshape(oc, oh * ow).numpy()
+    for n in chain or (node,):
+        idx = KERNELS[n.op](n, {n.inputs[0]: c * h * w}, "shift_add")([idx], {})
+    out = idx.reshape(oc, oh * ow).numpy()
     maps: dict[tuple[int, ...], int] = {}
     addr, phase = [], []
     for q in range(oh * ow):
@@ -374,7 +396,8 @@ def _gather(node: IntNode, in_shape: tuple[int, int, int], bits: int, signed: bo
         m = tuple(int(v - 1) // (h * w) if v else -1 for v in col)
         addr.append((src.pop() if src else -1,))
         phase.append(maps.setdefault(m, len(maps)))
-    return GatherStage(node.name, node.inputs[0], node.name, "move", tuple(addr), tuple(phase), tuple(maps),
+    return GatherStage(node.name, (chain or (node,))[0].inputs[0], node.name, "move", tuple(addr), tuple(phase),
+                       tuple(maps),
                        (oc, oh, ow), in_shape, bits, signed)
 
 
@@ -476,8 +499,10 @@ def _point_op(node: IntNode, shape: tuple[int, int, int], shapes: Mapping[str, t
         if node.op == "reduce":
             return PointOp("reduce", (per(a["M"]),), per(a["n"]), fn=str(node.attrs["fn"]))
         return PointOp("affine", (per(a["M"]),), per(a["n"]), b=per(a["B"]))
-    if node.op == "mul":
-        return PointOp("mul", ((int(node.attrs["sign"]),),) if node.attrs.get("const") is not None else ())
+    if node.op == "mul":  # by a constant's sign, or two maps (each rounded by its shift first)
+        if node.attrs.get("const") is not None:
+            return PointOp("mul", ((int(node.attrs["sign"]),),))
+        return PointOp("mul", n=tuple(int(k) for k in node.attrs.get("shifts", (0, 0))))
     if node.op == "clamp":
         lo = k.pop(0) if a.get("lo") is not None else None
         return PointOp("clamp", lo=lo, hi=k.pop(0) if a.get("hi") is not None else None)
@@ -492,9 +517,6 @@ CHAIN_OPS = ("clamp", "requant", "lut", "affine", "mul")
 
 def _check_point(node: IntNode, shapes: Mapping[str, tuple[int, ...]]) -> None:
     """One :class:`ModelError` for a pointwise node the stage cannot run as it is."""
-    if node.op == "mul" and node.attrs.get("shifts"):
-        raise ModelError(f"network: {node.name!r} (mul) rounds its operands to fewer bits first (a product of two "
-                         "accumulator-domain maps); the pointwise stage multiplies codes as they are")
     if node.op == "mul" and node.attrs.get("const") is None:
         a, b = (_chw(shapes[i], i) for i in node.inputs)
         if not (a[0] == b[0] or 1 in (a[0], b[0])) or not (a[1:] == b[1:] or (1, 1) in (a[1:], b[1:])):
@@ -554,12 +576,18 @@ def lower_graph(model: IntModel, values: Mapping[str, torch.Tensor],
             nodes.append(st)
             made[st.value] = (len(nodes) - 1, st.out_shape, st.out_bits, st.out_signed)
         elif node.op in GATHER_OPS:
-            if node.attrs.get("shift"):
-                raise ModelError(f"network: {node.name!r} ({node.op}) rounds its input to fewer bits first (a pool "
-                                 "of a wide product); the gather stage sums codes as they are")
             _, in_shape, bits, signed = made[node.inputs[0]]
-            gs = _gather(node, in_shape, bits, signed)
+            chain = [node]
+            while chain[-1].op in CHAIN_MOVES and len(chain[-1].shape) not in (1, 3):
+                nxt = cons.get(chain[-1].name, [])
+                if len(nxt) != 1 or nxt[0].op not in CHAIN_MOVES:
+                    raise ModelError(f"network: {chain[-1].name!r} ({chain[-1].op}) makes a map of shape "
+                                     f"{tuple(chain[-1].shape)}; the network builder takes (C, H, W) or (F,) maps, "
+                                     "or reshapes and transposes back to one")
+                chain.append(nxt[0])
+            gs = _gather(chain[-1], in_shape, bits, signed, tuple(chain))
             nodes.append(gs)
+            done.update(n.name for n in chain)
             made[gs.value] = (len(nodes) - 1, gs.shape, gs.out_bits, gs.out_signed)
         elif node.op in POINT_OPS:
             _check_point(node, shapes)

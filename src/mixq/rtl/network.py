@@ -58,13 +58,15 @@ needed). ``m_axis_tdata`` is one output code per beat, sign-extended, pixel by p
 channel by channel; ``m_axis_tlast`` marks a frame's last code. Reset ``rst`` is
 synchronous, active high, like the layer engines'.
 
-Cycles. The streaming estimator (:mod:`mixq.hw.units`) counts
-``pixels * tiles * fold`` cycles per frame for a layer (its engine never idles) and the
-slowest layer sets the frame interval. Here a pixel costs ``max(tiles * fold, kh * kw, 3)``
-cycles: the engine computes vectors back to back while the window sequencer reads the
-next window (one pixel word per cycle) and copies it into the engine's other input bank,
-so only a layer whose window has more pixels than its engine has cycles per vector (CNV's
-first layer: 9 reads for 2 cycles of computing) is slower than the estimate per pixel. A
+Cycles. A pixel costs ``max(tiles * fold, reads, copy, 3)`` cycles (a streamed window
+``max(tiles * fold, fold + 3)``): the engine computes vectors back to back while the window
+sequencer reads the next window (one pixel word per cycle) and copies it into the engine's
+other input bank, so a layer whose window has more pixels than its engine has cycles per
+vector (a first layer on 3 channels: 9 reads for 1 cycle of computing) is bound by its reads.
+Such a window keeps the columns the next one shares where the stride allows
+(:attr:`Stage.reuse`), so a row's windows after its first read ``kh * stride`` pixels. The rule
+is :mod:`mixq.hw.window`, which the streaming estimator (:mod:`mixq.hw.units`) prices too, so
+the estimator's cycles per frame are this design's less its fill and drain. A
 frame adds a fixed overhead (:attr:`Stage.frame_overhead`: the first window, the last
 vector's pipeline, the frame handshake; a layer does not start the next frame before the
 last output of this one). :attr:`NetworkRtl.estimate` gives both figures per layer; the
@@ -318,7 +320,7 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
         v(f"  assign fb{k0}_release = {p}_end; assign {p}_commit = {p}_end;")
         gc = c // lay.data.groups if dwc else 1  # input channels per group (depthwise: 1)
         extra = "" if st.streamed else (f", .DWC({dwc}), .B({lay.abits}), .SIMD({lay.simd}), .WPC({st.copy_lanes}), "
-                                        f".GC({gc})")
+                                        f".GC({gc}), .RS({st.reuse})")
         (ko,) = g.outputs_of(i) if len(g.outputs_of(i)) == 1 else (None,)
         rin, rout = rings.get(k0, 0), int(bool(ko is not None and rings.get(ko, 0)))
         extra += f", .RIN({rin}), .ROUT({rout}), .PK({st.pool}), .PHO({oh})"

@@ -65,8 +65,10 @@ def _channel(v: Callable[[str], None], c: int, ops: tuple[PointOp, ...], ins: li
             n = op.n[c]
             v(f"  wire signed [63:0] {t} = (({cur} * {_c(op.m[0][c])} + {_c((1 << n) >> 1)}) >>> {n}) + "
               f"{_c(op.b[c])};")
-        elif op.op == "mul":
-            prod = " * ".join(xs) if not op.m else (cur if op.m[0][0] == 1 else f"-{cur}")
+        elif op.op == "mul":  # two maps, each rounded half up by its shift first (n); or a constant's sign (m)
+            ys = [f"(({x} + {_c((1 << k) >> 1)}) >>> {k})" if k else x for x, k in zip(xs, op.n or (0,) * len(xs),
+                                                                                       strict=True)]
+            prod = " * ".join(ys) if not op.m else (cur if op.m[0][0] == 1 else f"-{cur}")
             v(f"  wire signed [63:0] {t} = {prod};")
         elif op.op == "add":
             n = op.n[c]
@@ -185,6 +187,9 @@ def generate_gather(st: GatherStage, buf: Buffer, top: str) -> tuple[str, dict[s
             v(f"  assign nxt[{hi}:{lo}] = !k2 ? {a} : (fresh ? {x} : (({sg}({x}) > {sg}({a})) ? {x} : {a}));")
         elif st.op == "sum":  # exact: acc + w * x in the output width (the engine's bound)
             xe = f"$signed({x})" if buf.signed else f"$signed({{1'b0, {x}}})"
+            if st.shift:  # the engine's rounding of a pool of a wide product: half up by `shift` bits first
+                v(f"  wire signed [63:0] xr{ch} = ({xe} + {_c(1 << (st.shift - 1))}) >>> {st.shift};")
+                xe = f"xr{ch}"
             v(f"  wire signed [{b - 1}:0] base{ch} = s2first ? {b}'sd0 : $signed(acc[{hi}:{lo}]);")
             v(f"  assign nxt[{hi}:{lo}] = k2 ? base{ch} + w2 * {xe} : base{ch};")
         else:

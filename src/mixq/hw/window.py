@@ -1,0 +1,65 @@
+"""The timing rule of mixq's window sequencer (:mod:`mixq.rtl.glue`), one piece for the RTL's own cycle model
+(:class:`mixq.rtl.netgraph.Stage`) and the streaming estimator (:mod:`mixq.hw.units`).
+
+A layer engine computes ``run = tiles * fold`` cycles per input vector. Its window sequencer reads the window's
+pixels from the frame buffer, one pixel word a cycle, and copies the vector into the engine's other input bank
+while the engine computes, so an output pixel costs the slowest of the three:
+
+* a **streamed** window (a dense layer whose pixel word is a whole number of engine words, ``simd`` divides the
+  channels; ``mixq_window_stream``): its ``fold`` words go straight into the engine, and the next window waits
+  three cycles of read latency and handshake: ``max(run, fold + 3)``;
+* a **gathered** window (``mixq_window``): ``max(run, reads, copy, 3)`` with ``reads`` the pixels read for this
+  window and ``copy`` the words copied (``fold``; a depthwise / grouped layer one chunk per group, ``copy_lanes``
+  a cycle). Where the stride is a whole number ``S`` of dilations and ``S < kw``, the window keeps its columns
+  (:func:`reuse_columns`): the window after the first of an output row reads only its ``kh * S`` new pixels.
+
+Works on Python ints and on numpy arrays alike (the estimator prices every folding at once).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+READ_LATENCY = 3  # a window's data come two cycles after its last read, and one cycle of handshake
+
+
+def reuse_columns(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int], out_w: int) -> int:
+    """Columns a gathered window keeps from the one to its left (0: none): ``S = stride / dilation`` where that
+    is a whole number below ``kw``, the window has more than one tap and the output row more than one pixel."""
+    kh, kw = kernel
+    sw, dw = stride[1], max(dilation[1], 1)
+    if kh * kw <= 1 or out_w <= 1 or sw % dw:
+        return 0
+    s = sw // dw
+    return s if 0 < s < kw else 0
+
+
+def pixel_cycles(run: Any, reads: Any, copy: Any, fold: Any, streamed: Any) -> Any:
+    """Cycles of one output pixel (see the module docstring); arrays broadcast."""
+    gathered = np.maximum(np.maximum(run, reads), np.maximum(copy, READ_LATENCY))
+    return np.where(streamed, np.maximum(run, np.asarray(fold) + READ_LATENCY), gathered)
+
+
+def kept_columns(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int], out_w: int, run: Any,
+                 copy: Any, fold: Any, streamed: Any) -> Any:
+    """The ``RS`` of a gathered window: :func:`reuse_columns` where reading fewer pixels makes the pixel faster
+    (the kept columns cost a multiplexer per window bit, see :mod:`mixq.hw.units`), else 0; arrays broadcast."""
+    s = reuse_columns(kernel, stride, dilation, out_w)
+    k = kernel[0] * kernel[1]
+    helps = np.logical_not(streamed) & (pixel_cycles(run, kernel[0] * s, copy, fold, False)
+                                        < pixel_cycles(run, k, copy, fold, False))
+    return np.where(helps & (s > 0), s, 0)
+
+
+def frame_cycles(out_hw: tuple[int, int], kernel: tuple[int, int], reuse: Any, run: Any, copy: Any, fold: Any,
+                 streamed: Any) -> Any:
+    """Cycles of a frame's output pixels, without the frame's fill and drain: every row's first window reads
+    ``kh * kw`` pixels, the others ``kh * reuse`` where the window keeps columns (``reuse`` > 0)."""
+    oh, ow = out_hw
+    k = kernel[0] * kernel[1]
+    first = pixel_cycles(run, k, copy, fold, streamed)
+    rest = pixel_cycles(run, np.where(np.asarray(reuse) > 0, kernel[0] * np.asarray(reuse), k), copy, fold,
+                        streamed)
+    return oh * (first + (ow - 1) * rest)
