@@ -644,3 +644,34 @@ def test_moves_and_rounded_products_of_outside_models_simulate_bit_exact(tmp_pat
     sim = res.summary["simulation"]
     assert res.ok and res.summary["mismatches"] == 0, sim
     assert sim["elements"] == 2 * 4 * 5 * 5 == sim["received"]
+
+
+@needs_verilator
+def test_a_chain_of_equally_fast_layers_runs_at_one_layers_rate(tmp_path: Path) -> None:
+    """Four 3 x 3 layers of the same speed on rings: the frame interval is the slowest layer's (the design's model),
+    not more. With rings of ``kh + stride`` rows a writer and its reader waited for each other and this chain ran
+    at 1,650 cycles a frame against 1,357 per layer (+19%); one row of slack decouples them (``ring_rows``). The
+    output is four codes a frame, so the output stream's random ``tready`` does not set the pace."""
+    import torch
+    from torch import nn
+
+    from mixq import api
+    from mixq.engine.convert import to_integer
+    from mixq.engine.runner import IntEngine
+    from mixq.formats import parse_format
+    from mixq.rtl.build import build_and_check
+
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()]
+    for _ in range(4):
+        layers += [nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()]
+    m = nn.Sequential(*layers, nn.AvgPool2d(16), nn.Conv2d(16, 4, 1)).eval()
+    x = torch.rand(6, 3, 16, 16)
+    q = api.quantize(m, api.default_plan("net", m, x, weight=parse_format("fixed8"), act=parse_format("ufixed8")), x)
+    im = to_integer(q, x[:1])
+    res = build_and_check(im, IntEngine(im)(x[:5], keep=True).values, "chain", tmp_path, 5, pe=16, simd=32)
+    s = res.summary
+    assert res.ok and s["mismatches"] == 0, s["simulation"]
+    slowest = max(ly["design_cycles"] for ly in s["layers"])
+    assert s["design_cycles_per_frame"] == slowest
+    assert 0.95 * slowest <= s["cycles_per_frame"] <= slowest, (s["cycles_per_frame"], slowest)

@@ -438,7 +438,9 @@ class Graph:
 
 def ring_rows(g: Graph, j: int) -> int:
     """Rows of the ring (line) buffer buffer ``j`` can be, or 0 for a two-frame buffer. A ring holds
-    ``kh + stride`` rows: a layer stage's window reads it (a window's rows at a time, raster order) and
+    ``kh + stride + 1`` rows (the window's rows, the next ``stride`` the writer fills meanwhile, and one of slack:
+    with ``kh + stride`` a writer and a reader of the same speed waited for each other, a chain of such layers
+    ran 16-19% below its slowest layer): a layer stage's window reads it (a window's rows at a time, raster order) and
     one writer fills it in raster order (the input stream, or a layer stage that writes no other buffer);
     gathers, pointwise stages and skips read in other orders or a frame later, and a window as tall as
     the map (a linear layer after a flatten) needs the whole frame."""
@@ -448,7 +450,7 @@ def ring_rows(g: Graph, j: int) -> int:
         return 0
     if b.producer >= 0 and (not isinstance(g.nodes[b.producer], Stage) or g.outputs_of(b.producer) != [j]):
         return 0
-    r = st.span[0] + st.stride[0]
+    r = st.span[0] + st.stride[0] + 1
     return r if r < b.shape[1] else 0
 
 

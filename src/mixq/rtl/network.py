@@ -16,7 +16,7 @@ Architecture: a **pipeline of per-stage buffers**::
            ... -> engineN -> collectN -> [fbufN+1] -> m_axis
 
 A buffer that a layer stage's window reads, written in raster order by one writer (the input
-stream, or a layer stage writing no other buffer), is a **ring of** ``kh + stride`` **rows**
+stream, or a layer stage writing no other buffer), is a **ring of** ``kh + stride + 1`` **rows**
 (``mixq_rowbuf``, :func:`~mixq.rtl.netgraph.ring_rows`; the line buffer the streaming
 estimator prices): the window starts an output row once the input rows it needs are in and,
 where the row begins a row of its own output ring, once it has reserved that row; with the
