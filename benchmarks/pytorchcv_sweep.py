@@ -216,7 +216,8 @@ def _md(rows: list[dict[str, Any]], package: str = "pytorchcv") -> str:
         for r in sims:
             t = r["rtl"]
             if t["rc"] != 0:
-                lines.append(f"| {r['model']} | exit {t['rc']} |  |  |  |  |  |  | {t['s']:.0f} |")
+                why = t["line"].split(" (in ")[0].replace("|", "/")
+                lines.append(f"| {r['model']} | exit {t['rc']}: {why} |  |  |  |  |  |  | {t['s']:.0f} |")
                 continue
             mis = f"{t['mismatches']} of {t['elements']}"
             lines.append(f"| {r['model']} | 0 | {t['stages']} | {mis} | {t['cycles']:,.0f} | {t['design']:,} | "
