@@ -36,6 +36,13 @@ def reuse_columns(kernel: tuple[int, int], stride: tuple[int, int], dilation: tu
     return s if 0 < s < kw else 0
 
 
+def later_reads(kernel: tuple[int, int], reuse: Any) -> Any:
+    """Pixels a window after the first of its output row reads: ``kh * reuse`` where it keeps columns, else all
+    ``kh * kw`` (arrays broadcast)."""
+    r = np.asarray(reuse)
+    return np.where(r > 0, kernel[0] * r, kernel[0] * kernel[1])
+
+
 def pixel_cycles(run: Any, reads: Any, copy: Any, fold: Any, streamed: Any) -> Any:
     """Cycles of one output pixel (see the module docstring); arrays broadcast."""
     gathered = np.maximum(np.maximum(run, reads), np.maximum(copy, READ_LATENCY))
@@ -60,6 +67,5 @@ def frame_cycles(out_hw: tuple[int, int], kernel: tuple[int, int], reuse: Any, r
     oh, ow = out_hw
     k = kernel[0] * kernel[1]
     first = pixel_cycles(run, k, copy, fold, streamed)
-    rest = pixel_cycles(run, np.where(np.asarray(reuse) > 0, kernel[0] * np.asarray(reuse), k), copy, fold,
-                        streamed)
+    rest = pixel_cycles(run, later_reads(kernel, reuse), copy, fold, streamed)
     return oh * (first + (ow - 1) * rest)

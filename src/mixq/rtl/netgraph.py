@@ -35,7 +35,7 @@ import torch
 
 from mixq.engine.model import IntModel, IntNode, quantizer_behind
 from mixq.errors import ModelError
-from mixq.hw.window import frame_cycles, kept_columns, pixel_cycles
+from mixq.hw.window import frame_cycles, kept_columns, later_reads, pixel_cycles
 from mixq.rtl.layer import output_latency
 from mixq.rtl.layerdata import LayerData, layer_data
 from mixq.rtl.layout import Layout, plan_layout
@@ -123,8 +123,8 @@ class Stage:
         engine's vectors back to back (copy overlapped), or the window reads or the copy if slower (at least 3: a
         window's data come two cycles after its last read); a streamed window: the engine, or the window's
         ``fold`` words and three cycles of read latency and handshake before the next window may start."""
-        reads = self.kernel[0] * self.reuse if self.reuse else self.window_reads
-        return int(pixel_cycles(self.run_cycles, reads, self.copy_words, self.layout.fold, self.streamed))
+        return int(pixel_cycles(self.run_cycles, later_reads(self.kernel, self.reuse), self.copy_words,
+                                self.layout.fold, self.streamed))
 
     @property
     def frame_overhead(self) -> int:
