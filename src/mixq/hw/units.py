@@ -49,7 +49,7 @@ from mixq.hw.lower import HwLayer, RowGroup
 from mixq.hw.memory import choose_memory, memory_grid
 from mixq.hw.parts import Part
 from mixq.hw.pe import PeConfig
-from mixq.hw.window import frame_cycles, kept_columns
+from mixq.hw.window import copy_cycles, frame_cycles, kept_columns, streams
 
 DATAFLOWS = ("mixq", "finn")
 
@@ -305,7 +305,7 @@ REUSE_LUT_PER_BIT = 0.556
 REUSE_LUT = 111.0
 
 
-def window_registers(layer: HwLayer, simds: np.ndarray, reuse: np.ndarray | None = None) -> np.ndarray:
+def window_registers(layer: HwLayer, simds: np.ndarray, reuse: np.ndarray) -> np.ndarray:
     """``(n, 5)`` resources of a dense conv's window sequencer at each of ``simds``: the gathered window's registers
     where ``simd`` does not divide the input channels (and the column-keeping multiplexers where ``reuse`` > 0);
     where it divides them more than once, the word multiplexer on the buffer's output (a 4:1 per LUT6 with the
@@ -321,9 +321,8 @@ def window_registers(layer: HwLayer, simds: np.ndarray, reuse: np.ndarray | None
     gather = (c % simds) != 0
     out[gather, 0] = GATHER_LUT_PER_BIT * bits
     out[gather, 1] = GATHER_FF_PER_BIT * bits
-    if reuse is not None:
-        keeps = gather & (reuse > 0)
-        out[keeps, 0] += REUSE_LUT_PER_BIT * bits + REUSE_LUT
+    keeps = gather & (reuse > 0)
+    out[keeps, 0] += REUSE_LUT_PER_BIT * bits + REUSE_LUT
     # a streamed window: the buffer's output holds the pixel (read enable), an R:1 word multiplexer picks the words
     words = -(-c // simds)
     stream = ~gather & (words > 1)
@@ -378,9 +377,8 @@ def window_cycles(layer: HwLayer, simds: np.ndarray, fold: np.ndarray, run: np.n
     s = layer.spec
     if s.kind not in ("conv", "dwconv") or len(s.in_shape) != 3 or len(s.out_shape) != 3:
         return run * max(s.out_pixels, 1), np.zeros(len(simds), dtype=np.int64)
-    grouped = s.groups > 1
-    streamed = ~np.full(len(simds), grouped) & (s.in_shape[0] % np.maximum(simds, 1) == 0)
-    copy = -(-(s.groups * fold) // np.maximum(lanes, 1)) if grouped else fold
+    streamed = np.broadcast_to(streams(s.in_shape[0], simds, s.groups > 1), simds.shape)
+    copy = copy_cycles(s.groups, fold, lanes)
     dilation = tuple(s.extra.get("dilation", (1, 1)))
     out_hw = (int(s.out_shape[1]), int(s.out_shape[2]))
     reuse = kept_columns(s.kernel, s.stride, dilation, out_hw[1], run, copy, fold, streamed)  # type: ignore[arg-type]

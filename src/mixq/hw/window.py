@@ -36,6 +36,18 @@ def reuse_columns(kernel: tuple[int, int], stride: tuple[int, int], dilation: tu
     return s if 0 < s < kw else 0
 
 
+def streams(channels: Any, simd: Any, grouped: bool) -> Any:
+    """Whether the window goes straight into the engine (``mixq_window_stream``): a dense layer whose pixel is a
+    whole number of ``simd``-code engine words (arrays broadcast)."""
+    return np.logical_not(grouped) & (np.asarray(channels) % np.maximum(simd, 1) == 0)
+
+
+def copy_cycles(groups: int, fold: Any, lanes: Any) -> Any:
+    """Cycles the sequencer copies a window into the engine: ``fold`` words, or for a depthwise / grouped layer a
+    chunk of ``fold`` words per group, ``lanes`` (its dot units) a cycle (arrays broadcast)."""
+    return -(-(groups * np.asarray(fold)) // np.maximum(lanes, 1)) if groups > 1 else fold
+
+
 def later_reads(kernel: tuple[int, int], reuse: Any) -> Any:
     """Pixels a window after the first of its output row reads: ``kh * reuse`` where it keeps columns, else all
     ``kh * kw`` (arrays broadcast)."""
@@ -54,9 +66,8 @@ def kept_columns(kernel: tuple[int, int], stride: tuple[int, int], dilation: tup
     """The ``RS`` of a gathered window: :func:`reuse_columns` where reading fewer pixels makes the pixel faster
     (the kept columns cost a multiplexer per window bit, see :mod:`mixq.hw.units`), else 0; arrays broadcast."""
     s = reuse_columns(kernel, stride, dilation, out_w)
-    k = kernel[0] * kernel[1]
-    helps = np.logical_not(streamed) & (pixel_cycles(run, kernel[0] * s, copy, fold, False)
-                                        < pixel_cycles(run, k, copy, fold, False))
+    helps = np.logical_not(streamed) & (pixel_cycles(run, later_reads(kernel, s), copy, fold, False)
+                                        < pixel_cycles(run, later_reads(kernel, 0), copy, fold, False))
     return np.where(helps & (s > 0), s, 0)
 
 

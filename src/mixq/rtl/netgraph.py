@@ -35,7 +35,7 @@ import torch
 
 from mixq.engine.model import IntModel, IntNode, quantizer_behind
 from mixq.errors import ModelError
-from mixq.hw.window import frame_cycles, kept_columns, later_reads, pixel_cycles
+from mixq.hw.window import copy_cycles, frame_cycles, kept_columns, later_reads, pixel_cycles, streams
 from mixq.rtl.layer import output_latency
 from mixq.rtl.layerdata import LayerData, layer_data
 from mixq.rtl.layout import Layout, plan_layout
@@ -105,17 +105,15 @@ class Stage:
         """Cycles the window sequencer copies into the engine per vector: ``fold`` words (a depthwise layer:
         one chunk per channel, ``channels * fold`` words, ``copy_lanes`` of them a cycle)."""
         d = self.layout.data
-        words = (d.groups if d.op == "conv" else 1) * self.layout.fold
-        return -(-words // self.copy_lanes)
+        return int(copy_cycles(d.groups if d.op == "conv" else 1, self.layout.fold, self.copy_lanes))
 
     @property
     def streamed(self) -> bool:
         """Whether the window goes straight from the frame buffer into the engine (``mixq_window_stream``): a
         dense layer whose pixel word is a whole number of engine words (``simd`` divides the channels)."""
         d = self.layout.data
-        lw = self.layout.simd * self.layout.abits
-        pw = self.in_shape[0] * self.in_bits
-        return not (d.op == "conv" and d.groups > 1) and pw % lw == 0 and self.in_bits == self.layout.abits
+        return self.in_bits == self.layout.abits and bool(streams(self.in_shape[0], self.layout.simd,
+                                                                  d.op == "conv" and d.groups > 1))
 
     @property
     def pixel_cycles(self) -> int:
@@ -397,8 +395,7 @@ def _gather(node: IntNode, in_shape: tuple[int, int, int], bits: int, signed: bo
         addr.append((src.pop() if src else -1,))
         phase.append(maps.setdefault(m, len(maps)))
     return GatherStage(node.name, (chain or (node,))[0].inputs[0], node.name, "move", tuple(addr), tuple(phase),
-                       tuple(maps),
-                       (oc, oh, ow), in_shape, bits, signed)
+                       tuple(maps), (oc, oh, ow), in_shape, bits, signed)
 
 
 @dataclass(frozen=True)
