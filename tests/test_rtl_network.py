@@ -44,6 +44,17 @@ def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
                           timeout=timeout, check=False)
 
 
+def _w8a8_int(m: Any, x: Any, **engine: Any) -> Any:
+    """The integer model of ``m`` at W8A8 (fixed8 weights, ufixed8 activations) calibrated on ``x`` (``engine``:
+    :func:`~mixq.engine.convert.to_integer`'s options, e.g. ``pool_bits``)."""
+    from mixq import api
+    from mixq.engine.convert import to_integer
+    from mixq.formats import parse_format
+
+    q = api.quantize(m, api.default_plan("net", m, x, weight=parse_format("fixed8"), act=parse_format("ufixed8")), x)
+    return to_integer(q, x[:1], **engine)
+
+
 def _stream_model(stages: list[Stage], codes: np.ndarray) -> np.ndarray:
     """What the pipeline computes, in numpy: windows in (ky, kx, c) order against the permuted weights,
     the engine's requantization rule, the collector's max-pool; returns the output stream's codes."""
@@ -462,10 +473,7 @@ def test_pointwise_and_window_sum_ops_simulate_bit_exact(tmp_path: Path) -> None
     import torch.nn.functional as F
     from torch import nn
 
-    from mixq import api
-    from mixq.engine.convert import to_integer
     from mixq.engine.runner import IntEngine
-    from mixq.formats import parse_format
     from mixq.rtl.build import build_and_check
     from mixq.rtl.netgraph import GatherStage, PointStage, lower_graph
 
@@ -491,8 +499,7 @@ def test_pointwise_and_window_sum_ops_simulate_bit_exact(tmp_path: Path) -> None
         m.bn.weight.uniform_(0.5, 1.5), m.bn.bias.uniform_(-0.2, 0.2)
         m.bn.running_mean.uniform_(0, 0.3), m.bn.running_var.uniform_(0.5, 2)
     x = torch.rand(4, 3, 16, 16)
-    q = api.quantize(m, api.default_plan("net", m, x, weight=parse_format("fixed8"), act=parse_format("ufixed8")), x)
-    im = to_integer(q, x[:1])
+    im = _w8a8_int(m, x)
     values = IntEngine(im)(x[:2], keep=True).values
     g = lower_graph(im, values)
     point = {o.op for s in g.nodes if isinstance(s, PointStage) for o in s.ops}
@@ -557,10 +564,7 @@ def test_windows_that_keep_columns_simulate_bit_exact(tmp_path: Path) -> None:
     import torch
     from torch import nn
 
-    from mixq import api
-    from mixq.engine.convert import to_integer
     from mixq.engine.runner import IntEngine
-    from mixq.formats import parse_format
     from mixq.rtl.build import build_and_check
     from mixq.rtl.netgraph import Stage as GStage
     from mixq.rtl.netgraph import default_folding, lower_graph
@@ -573,8 +577,7 @@ def test_windows_that_keep_columns_simulate_bit_exact(tmp_path: Path) -> None:
     torch.manual_seed(0)
     m.eval()
     x = torch.rand(4, 3, 16, 16)
-    q = api.quantize(m, api.default_plan("net", m, x, weight=parse_format("fixed8"), act=parse_format("ufixed8")), x)
-    im = to_integer(q, x[:1])
+    im = _w8a8_int(m, x)
     values = IntEngine(im)(x[:2], keep=True).values
     stages = [s for s in lower_graph(im, values, default_folding(im, 8, 32)).nodes if isinstance(s, GStage)]
     assert [s.reuse for s in stages] == [1, 2, 0, 0, 1], [(s.name, s.reuse, s.run_cycles) for s in stages]
@@ -601,14 +604,13 @@ def test_moves_and_rounded_products_of_outside_models_simulate_bit_exact(tmp_pat
     import torch.nn.functional as F
     from torch import nn
 
-    from mixq import api
-    from mixq.engine.convert import to_integer
     from mixq.engine.runner import IntEngine
-    from mixq.formats import parse_format
     from mixq.rtl.build import build_and_check
     from mixq.rtl.netgraph import GatherStage, PointStage, lower_graph
 
     class Net(nn.Module):
+        pick: torch.Tensor
+
         def __init__(self) -> None:
             super().__init__()
             self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
@@ -629,8 +631,7 @@ def test_moves_and_rounded_products_of_outside_models_simulate_bit_exact(tmp_pat
     torch.manual_seed(0)
     m = Net().eval()
     x = torch.rand(4, 3, 16, 16)
-    q = api.quantize(m, api.default_plan("net", m, x, weight=parse_format("fixed8"), act=parse_format("ufixed8")), x)
-    im = to_integer(q, x[:1], pool_bits=16)
+    im = _w8a8_int(m, x, pool_bits=16)
     ops = {n.op for n in im.nodes}
     assert {"reshape", "transpose", "slice", "gather", "zeros", "mul", "sumpool"} <= ops, ops
     assert any(n.attrs.get("shifts") for n in im.nodes if n.op == "mul")
@@ -655,10 +656,7 @@ def test_a_chain_of_equally_fast_layers_runs_at_one_layers_rate(tmp_path: Path) 
     import torch
     from torch import nn
 
-    from mixq import api
-    from mixq.engine.convert import to_integer
     from mixq.engine.runner import IntEngine
-    from mixq.formats import parse_format
     from mixq.rtl.build import build_and_check
 
     torch.manual_seed(0)
@@ -667,8 +665,7 @@ def test_a_chain_of_equally_fast_layers_runs_at_one_layers_rate(tmp_path: Path) 
         layers += [nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()]
     m = nn.Sequential(*layers, nn.AvgPool2d(16), nn.Conv2d(16, 4, 1)).eval()
     x = torch.rand(6, 3, 16, 16)
-    q = api.quantize(m, api.default_plan("net", m, x, weight=parse_format("fixed8"), act=parse_format("ufixed8")), x)
-    im = to_integer(q, x[:1])
+    im = _w8a8_int(m, x)
     res = build_and_check(im, IntEngine(im)(x[:5], keep=True).values, "chain", tmp_path, 5, pe=16, simd=32)
     s = res.summary
     assert res.ok and s["mismatches"] == 0, s["simulation"]
