@@ -223,11 +223,13 @@ def _capture(gm: fx.GraphModule) -> list[_Event]:
     names = _Names()
     names.used.add("input")
     producers: dict[fx.Node, tuple[str, ...]] = {}  # activation-carrying node -> specs feeding it
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    placeholders = [n for n in graph.nodes if n.op == "placeholder" and _is_tensor_shape(n.meta.get("shape"))]
     first_calls: set[str] = set()
     for n in graph.nodes:
         out: Any = n.meta.get("shape")
         if n.op == "placeholder":
+            if n not in placeholders:
+                continue  # an argument that is not a tensor (a flag at its default)
             name = "input" if len(placeholders) == 1 else names.unique(n.name)
             producers[n] = (name,)
             events.append(_Event(name, "input", "input", [], out, ()))

@@ -41,9 +41,10 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from mixq.errors import ModelError
+from mixq.graph.concrete import trace_concrete
 from mixq.graph.opaque import replace_opaque_activations
 from mixq.graph.registry import Effective, classify, effective_layer
-from mixq.graph.trace import node_ops, trace
+from mixq.graph.trace import check_trace, node_ops, trace
 from mixq.nn import ZeroInsert
 
 _ONE_D = (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.ConstantPad1d)
@@ -145,13 +146,21 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
     is taken as 1-D signal BN only when it directly follows a Conv1d. Never changes ``model``."""
     model, _ = replace_opaque_activations(model)  # a copy when an activation module is opaque to fx
     layers = needs_normalize(model)
+    concrete = False
     try:
         traced = trace(model, stage="normalize")  # shares the model's modules: only read here
     except ModelError:
-        if any(isinstance(m, (*_ONE_D, nn.ConvTranspose2d)) for m in model.modules()):
-            raise
-        return model  # refused by the stage that traces it, with its own message
-    if not layers and not any(_act_name(n) is not None for n in traced.graph.nodes):
+        try:  # a forward that reads its shapes: traced at the input shape (mixq.graph.concrete)
+            if input_shape is None:
+                raise
+            traced, concrete = trace_concrete(model, tuple(input_shape)), True
+        except ModelError:
+            if any(isinstance(m, (*_ONE_D, nn.ConvTranspose2d)) for m in model.modules()):
+                raise
+            return model  # refused by the stage that traces it, with its own message
+    if input_shape is not None:  # a third batch size where the graph is specialized to the input shape
+        check_trace(traced, model, tuple(input_shape), batch=3 if concrete else 1)
+    if not layers and not concrete and not any(_act_name(n) is not None for n in traced.graph.nodes):
         return model
     import copy
 

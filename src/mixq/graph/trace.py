@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import operator
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,10 +202,75 @@ class Tracer(fx.Tracer):
         """The graph without the forward's type annotations: under ``from __future__ import
         annotations`` they are strings, which FX keeps as globals that cannot be pickled (a traced
         model shipped to a worker process, ``torch.save``)."""
-        graph = super().trace(root, concrete_args)
+        with _proxies_are_tensors():
+            graph = super().trace(root, concrete_args)
         for node in graph.nodes:
             node.type = None
         return graph
+
+
+@contextmanager
+def _proxies_are_tensors() -> Iterator[None]:
+    """``torch.jit.isinstance(x, torch.Tensor)`` is true of a traced tensor: a forward that tests its optional
+    input that way (MONAI's ``UpCat``: ``if x_e is not None and torch.jit.isinstance(x_e, torch.Tensor)``) would
+    otherwise be traced down its other branch; and ``torch.as_tensor(x)`` of a traced tensor is the tensor (MONAI's
+    ``HighResBlock``), where torch would read it as an array."""
+    real, as_tensor = torch.jit.isinstance, torch.as_tensor
+
+    def isinstance_(obj: Any, target_type: Any) -> bool:
+        return (isinstance(obj, fx.Proxy) and target_type is torch.Tensor) or real(obj, target_type)
+
+    def as_tensor_(data: Any, *args: Any, **kwargs: Any) -> Any:
+        return data if isinstance(data, fx.Proxy) and not args and not kwargs else as_tensor(data, *args, **kwargs)
+
+    torch.jit.isinstance, torch.as_tensor = isinstance_, as_tensor_  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.jit.isinstance, torch.as_tensor = real, as_tensor  # type: ignore[assignment]
+
+
+@contextmanager
+def inference_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode without gradients for the block; its modules' training flags are restored."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, t in flags:
+            m.training = t
+
+
+def check_trace(gm: fx.GraphModule, model: nn.Module, input_shape: tuple[int, ...], *, batch: int = 1,
+                stage: str = "normalize") -> None:
+    """The traced graph computes what ``model``'s own forward computes on a random input of ``batch`` samples
+    (inference semantics), or one :class:`ModelError`: a forward that branches on something tracing does not see
+    (an ``isinstance`` test, a tensor's values) is traced down one branch only. A model whose own forward fails is
+    left to the stage that runs it."""
+    x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(1))
+    name = type(model).__name__
+    with inference_mode(model), inference_mode(gm):
+        try:
+            want = model(x)
+        except Exception:  # noqa: BLE001 - the stage that runs the model reports it
+            return
+        try:
+            got = gm(x)
+        except Exception as exc:
+            raise ModelError(f"{stage}: the traced graph of {name} fails where its own forward runs "
+                             f"({str(exc).splitlines()[0]}): the forward takes a branch tracing does not see; "
+                             "export it with torch.onnx.export and pass the .onnx file instead") from exc
+    pairs = list(zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want), strict=False))
+    same = len(torch.utils._pytree.tree_leaves(got)) == len(torch.utils._pytree.tree_leaves(want)) and all(
+        not isinstance(w, torch.Tensor) or (isinstance(g, torch.Tensor) and g.shape == w.shape and torch.allclose(
+            g, w, rtol=1e-4, atol=1e-5 * max(1.0, float(w.abs().nan_to_num().max()) if w.numel() else 1.0),
+            equal_nan=True)) for g, w in pairs)
+    if not same:
+        raise ModelError(f"{stage}: the traced graph of {name} computes another output than its own forward on a "
+                         "random input: the forward takes a branch tracing does not see (an isinstance test, a "
+                         "tensor's values); export it with torch.onnx.export and pass the .onnx file instead")
 
 
 class _Parts(fx.Proxy):
