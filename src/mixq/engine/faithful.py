@@ -59,7 +59,7 @@ from mixq.nn import QAct, QConv2d, QLinear, QLutAct
 # kinds whose fake-quant op runs unchanged in the faithful model (data movement of on-grid values)
 PASS_KINDS = ("maxpool", "flatten", "reshape", "unsqueeze", "squeeze", "index", "cat", "identity", "size", "pad",
               "zero_insert", "pixel_shuffle", "permute", "split", "slice", "zeros", "gather",
-              "index_constant")
+              "index_constant", "repeat")
 # kinds whose builder gives no integer node when they compute python numbers (sizes), left as written
 VALUE_KINDS = ("mul",)
 

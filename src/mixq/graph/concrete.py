@@ -24,7 +24,7 @@ import torch
 from torch import fx, nn
 
 from mixq.errors import ModelError
-from mixq.graph.trace import Tracer, inference_mode
+from mixq.graph.trace import Tracer, inference_mode, live_nodes
 
 BATCHES = (1, 2)  # the example's batch sizes: a size that differs between them depends on the batch
 
@@ -217,13 +217,7 @@ def _drop_fixed_arguments(graph: fx.Graph) -> None:
     later = [n for n in graph.nodes if n.op == "placeholder"][1:]
     if not later:
         return
-    needed: set[fx.Node] = set()
-    stack = [n for n in graph.nodes if n.op == "output"]
-    while stack:
-        n = stack.pop()
-        if n not in needed:
-            needed.add(n)
-            stack.extend(n.all_input_nodes)
+    needed = live_nodes(graph)
     drop: set[fx.Node] = set(later)
     for n in graph.nodes:
         if any(a in drop for a in n.all_input_nodes):

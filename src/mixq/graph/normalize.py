@@ -44,7 +44,7 @@ from mixq.errors import ModelError
 from mixq.graph.concrete import trace_concrete
 from mixq.graph.opaque import replace_opaque_activations
 from mixq.graph.registry import Effective, classify, effective_layer
-from mixq.graph.trace import check_trace, node_ops, trace
+from mixq.graph.trace import check_trace, live_nodes, node_ops, trace
 from mixq.nn import ZeroInsert
 
 _ONE_D = (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.ConstantPad1d)
@@ -160,7 +160,9 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
             return model  # refused by the stage that traces it, with its own message
     if input_shape is not None:  # a third batch size where the graph is specialized to the input shape
         check_trace(traced, model, tuple(input_shape), batch=3 if concrete else 1)
-    if not layers and not concrete and not any(_act_name(n) is not None for n in traced.graph.nodes):
+    dead = _dead_layers(traced)
+    boxed = _boxed_output(traced)
+    if not (layers or concrete or dead or boxed) and not any(_act_name(n) is not None for n in traced.graph.nodes):
         return model
     import copy
 
@@ -208,10 +210,30 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
             with graph.inserting_before(node):
                 p = graph.call_function(F.pad, (node.args[0], pads[name]))
             node.args = (p, *node.args[1:])
-    _sink_squeezes(gm)
+    if boxed:  # the one tensor of a one-element list / tuple output is the output (MONAI's BasicUNet++)
+        out = next(n for n in graph.nodes if n.op == "output")
+        out.args = (out.args[0][0],)  # type: ignore[index]
+    _sink_squeezes(gm)  # ends with dead-code elimination: an output the forward computes and drops is gone
     graph.lint()
     gm.recompile()
+    gm.delete_all_unused_submodules()  # with its layers (MONAI's BasicUNet++ heads without deep supervision)
+    if dead and input_shape is not None:  # nothing the output reads went with them
+        check_trace(gm, model, tuple(input_shape))
     return gm.train(model.training)
+
+
+def _boxed_output(gm: fx.GraphModule) -> bool:
+    """Whether the forward returns its one tensor in a list or tuple."""
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    arg = out.args[0]
+    return isinstance(arg, (list, tuple)) and len(arg) == 1 and isinstance(arg[0], fx.Node)
+
+
+def _dead_layers(gm: fx.GraphModule) -> bool:
+    """Whether the forward calls a compute layer whose result the output does not read (an unused head)."""
+    live = live_nodes(gm.graph)
+    return any(n.op == "call_module" and n not in live and classify(gm.get_submodule(str(n.target))) is not None
+               for n in gm.graph.nodes)
 
 
 # Activations called as functions or tensor methods -> the module that computes the same (its arguments by

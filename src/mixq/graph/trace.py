@@ -76,11 +76,19 @@ KINDS: dict[str, Kind] = {
     "identity": Kind(None), "size": Kind(None),
     "gather": Kind(None, note="index_select of a non-batch dim by a constant index: data movement"),
     "index_constant": Kind(None, note="a constant tensor read only as the indices of index_select"),
+    "repeat": Kind(None, note="x.repeat of one non-batch dim (VNet's channel copies): an index_select, data movement"),
     "zeros": Kind(None, note="torch.zeros_like: zero codes on its input's grid"),
     "fbs": Kind("other", frozenset({"quantize", "engine"}), "a channel-gated conv (FBS): hw.dynamic prices it"),
     "float_compute": Kind("other", frozenset(), "a compute layer mixq does not quantize"),
     "unsupported": Kind("other", frozenset(), "no stage of mixq knows this op"),
 }
+
+# Why an op of no kind is not run, where it is a known op (by its type or function name): said with the refusal.
+_PER_IMAGE_NORM = (" (it normalizes each image by its own mean and variance, computed at run time: no fixed integer "
+                   "pipeline does that division; train the model with BatchNorm, which folds into the conv, e.g. "
+                   "MONAI's norm='batch')")
+UNSUPPORTED_WHY: dict[str, str] = {t: _PER_IMAGE_NORM for t in (
+    "InstanceNorm1d", "InstanceNorm2d", "GroupNorm", "LayerNorm", "instance_norm", "group_norm", "layer_norm")}
 
 MODULE_KINDS: dict[type[nn.Module], str] = {
     FBSConv2d: "fbs", QAct: "qact", QConv2d: "qconv", QLinear: "qlinear", QLutAct: "qlut", ZeroInsert: "zero_insert",
@@ -93,6 +101,7 @@ MODULE_KINDS: dict[type[nn.Module], str] = {
     nn.AdaptiveAvgPool2d: "adaptive_avgpool", nn.Flatten: "flatten",
     nn.ZeroPad2d: "pad", nn.ConstantPad2d: "pad", nn.PixelShuffle: "pixel_shuffle", nn.Upsample: "upsample",
     nn.Identity: "identity", nn.Dropout: "identity", nn.Dropout1d: "identity", nn.Dropout2d: "identity",
+    nn.Dropout3d: "identity",
     nn.AlphaDropout: "identity", nn.FeatureAlphaDropout: "identity",
 }
 FUNCTION_KINDS: dict[str, str] = {
@@ -108,7 +117,8 @@ FUNCTION_KINDS: dict[str, str] = {
     "interpolate": "upsample", "upsample": "upsample", "unsqueeze": "unsqueeze", "squeeze": "squeeze",
     "permute": "permute", "transpose": "permute", "swapaxes": "permute", "swapdims": "permute",
     "chunk": "split", "split": "split", "narrow": "slice", "zeros_like": "zeros", "index_select": "gather",
-    "dropout": "identity", "dropout1d": "identity", "dropout2d": "identity", "feature_dropout": "identity",
+    "dropout": "identity", "dropout1d": "identity", "dropout2d": "identity", "dropout3d": "identity",
+    "feature_dropout": "identity",
     "alpha_dropout": "identity", "contiguous": "identity", "clone": "identity", "detach": "identity",
     "conv1d": "float_compute", "conv2d": "float_compute", "conv3d": "float_compute",
     "conv_transpose1d": "float_compute", "conv_transpose2d": "float_compute", "linear": "float_compute",
@@ -121,7 +131,7 @@ METHOD_KINDS: dict[str, str] = {
     "squeeze": "squeeze", "contiguous": "identity", "clone": "identity", "detach": "identity", "size": "size",
     "dim": "size", "permute": "permute", "transpose": "permute", "swapaxes": "permute", "swapdims": "permute",
     "chunk": "split", "split": "split", "narrow": "slice", "float": "identity", "clamp": "clamp", "clip": "clamp",
-    "div": "div", "index_select": "gather",
+    "div": "div", "index_select": "gather", "repeat": "repeat",
 }
 _OPERATOR_KINDS: dict[Callable[..., Any], str] = {operator.add: "add", operator.iadd: "add",
                                                   operator.getitem: "getitem"}
@@ -230,6 +240,18 @@ def _proxies_are_tensors() -> Iterator[None]:
         torch.jit.isinstance, torch.as_tensor = real, as_tensor  # type: ignore[assignment]
 
 
+def live_nodes(graph: fx.Graph) -> set[fx.Node]:
+    """The nodes the graph's output reads, directly or through others (the output node itself included)."""
+    live: set[fx.Node] = set()
+    stack = [n for n in graph.nodes if n.op == "output"]
+    while stack:
+        n = stack.pop()
+        if n not in live:
+            live.add(n)
+            stack.extend(n.all_input_nodes)
+    return live
+
+
 @contextmanager
 def inference_mode(model: nn.Module) -> Iterator[None]:
     """``model`` in eval mode without gradients for the block; its modules' training flags are restored."""
@@ -304,7 +326,8 @@ class _ShapeProp(fx.Interpreter):
 
     def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
         m = self.fetch_attr(target)
-        if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.FeatureAlphaDropout)):
+        if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                          nn.FeatureAlphaDropout)):
             return args[0]
         if isinstance(m, _BatchNorm) and type(m).forward is _BatchNorm.forward:
             stats = m.running_mean is not None and m.running_var is not None

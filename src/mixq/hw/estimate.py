@@ -247,8 +247,9 @@ def estimate(specs: list[LayerSpec], plan: QuantPlan, part: str | Part = "xc7z02
             raise HardwareError(f"estimate: layer {s.name!r} ({s.extra['float']}) is left in float; "
                                 "the hardware model cannot price it")
         if s.extra.get("node_kind") == "unsupported":  # an op no stage knows: not priced as free either
-            raise HardwareError(f"estimate: layer {s.name!r} ({s.extra.get('op', s.kind)}) is an op mixq does not "
-                                "know; the hardware model cannot price it")
+            op = str(s.extra.get("op", s.kind))
+            raise HardwareError(f"estimate: layer {s.name!r} ({op}) is an op mixq does not know; the hardware model "
+                                f"cannot price it{s.extra.get('why', '')}")
     p = get_part(part)
     validate_plan(plan, layers={s.name: s.weight_rows for s in specs if s.is_compute})
     opts = options or ArchOptions()

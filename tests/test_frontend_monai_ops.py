@@ -1,0 +1,83 @@
+"""Ops MONAI's networks use that the front end and the integer engine took wrongly or refused (found by
+``benchmarks/pytorchcv_sweep.py --package monai``): each in a small model, bit-exact on the integer engine, or
+refused in one line that says why."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mixq import api
+from mixq.engine import verify
+from mixq.errors import HardwareError, ModelError
+from mixq.graph.capture import capture
+from mixq.graph.normalize import normalize
+from mixq.hw.estimate import estimate
+
+
+class Moves(nn.Module):
+    """VNet's channel copies (``repeat``), HighResNet's channel pad with the batch dim listed, UpCat's "replicate"
+    pad of nothing, a Dropout3d, and heads computed and dropped (BasicUNet++ without deep supervision)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 8, 3, padding=1)
+        self.c3 = nn.Conv2d(8, 24, 1)
+        self.drop = nn.Dropout3d(0.2)
+        self.head_a = nn.Conv2d(24, 2, 1)
+        self.head_b = nn.Conv2d(24, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        y = torch.relu(self.c1(x))
+        y = torch.relu(self.c2(y.repeat(1, 4, 1, 1)))
+        y = F.pad(y, [0, 0, 0, 0, 8, 8, 0, 0]) + torch.relu(self.c3(y))  # 24 channels: 8 zeros each side
+        y = F.pad(self.drop(y), [0, 0, 0, 0], "replicate")
+        a, b = self.head_a(y), self.head_b(y)
+        return [b] if a is not None else [a]
+
+
+def test_moves_of_monai_networks_run_bit_exact_and_dead_heads_are_gone() -> None:
+    torch.manual_seed(0)
+    model = Moves().eval()
+    norm = normalize(model, (3, 12, 12))
+    assert not hasattr(norm, "head_a")  # computed and dropped: not a layer of the plan
+    x = torch.rand(16, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(norm(x), model(x)[0])  # the one tensor of the one-element list is the output
+    q = api.quantize(model, api.default_plan("moves", model, x), x)
+    rep = verify(q, x[:4])
+    assert rep["exact"] and rep["mismatching_outputs"] == 0
+    assert [s.name for s in capture(model, (3, 12, 12)) if s.kind == "conv"] == ["c1", "c2", "c3", "head_b"]
+
+
+def test_a_repeat_of_two_dims_is_refused_by_name() -> None:
+    class Tile(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.c(x)).repeat(1, 2, 2, 1)
+
+    torch.manual_seed(0)
+    model, x = Tile().eval(), torch.rand(8, 3, 6, 6)
+    q = api.quantize(model, api.default_plan("tile", model, x), x)
+    with pytest.raises(ModelError, match=r"layer 'repeat'.*copies 2 dims; the engine repeats one"):
+        verify(q, x[:2])
+
+
+@pytest.mark.parametrize("norm", [nn.InstanceNorm2d(4, affine=True), nn.GroupNorm(2, 4)])
+def test_per_image_norms_are_refused_with_the_reason_and_the_way_out(norm: nn.Module) -> None:
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), norm, nn.ReLU(), nn.Conv2d(4, 2, 1)).eval(), \
+        torch.rand(8, 3, 6, 6)
+    q = api.quantize(model, api.default_plan("norm", model, x), x)
+    with pytest.raises(ModelError, match=rf"layer '1' \({type(norm).__name__}\): not supported by the integer "
+                                         r"engine \(it normalizes each image by its own mean and variance.*BatchNorm"):
+        verify(q, x[:2])
+    specs = capture(model, (3, 6, 6))
+    with pytest.raises(HardwareError, match=r"layer '1'.*cannot price it \(it normalizes each image"):
+        estimate(specs, api.default_plan("norm", model, x), "xc7z020")
