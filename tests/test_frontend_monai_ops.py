@@ -1,6 +1,6 @@
-"""Ops MONAI's networks use that the front end and the integer engine took wrongly or refused (found by
-``benchmarks/pytorchcv_sweep.py --package monai``): each in a small model, bit-exact on the integer engine, or
-refused in one line that says why."""
+"""Ops outside networks use that the front end and the integer engine took wrongly or refused (found by
+``benchmarks/pytorchcv_sweep.py --package monai`` and pytorchcv's FractalNet): each in a small model, bit-exact on
+the integer engine, or refused in one line that says why."""
 
 from __future__ import annotations
 
@@ -81,3 +81,29 @@ def test_per_image_norms_are_refused_with_the_reason_and_the_way_out(norm: nn.Mo
     specs = capture(model, (3, 6, 6))
     with pytest.raises(HardwareError, match=r"layer '1'.*cannot price it \(it normalizes each image"):
         estimate(specs, api.default_plan("norm", model, x), "xc7z020")
+
+
+def test_a_mean_of_stacked_branches_is_their_average_and_runs_bit_exact() -> None:
+    """pytorchcv's FractalNet joins its columns by ``torch.stack(outs, 0).mean(0)``."""
+
+    class Join(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cols = nn.ModuleList(nn.Conv2d(3, 4, 3, padding=1) for _ in range(3))
+            self.head = nn.Conv2d(4, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = torch.stack([torch.relu(c(x)) for c in self.cols], dim=0)
+            assert out.size(0) == len(self.cols)
+            return self.head(out.mean(dim=0))
+
+    torch.manual_seed(0)
+    model = Join().eval()
+    norm = normalize(model, (3, 8, 8))
+    assert not any(getattr(n.target, "__name__", "") == "stack" for n in norm.graph.nodes)
+    x = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(norm(x), model(x), atol=1e-6)
+    q = api.quantize(model, api.default_plan("join", model, x), x)
+    rep = verify(q, x[:4])
+    assert rep["exact"] and rep["mismatching_outputs"] == 0

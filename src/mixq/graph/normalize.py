@@ -36,6 +36,8 @@ so a model normalized again (an artifact read back) has the same names, shapes a
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -162,7 +164,9 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
         check_trace(traced, model, tuple(input_shape), batch=3 if concrete else 1)
     dead = _dead_layers(traced)
     boxed = _boxed_output(traced)
-    if not (layers or concrete or dead or boxed) and not any(_act_name(n) is not None for n in traced.graph.nodes):
+    means = any(_stack_mean(n) is not None for n in traced.graph.nodes)
+    if not (layers or concrete or dead or boxed or means) and not any(_act_name(n) is not None
+                                                                      for n in traced.graph.nodes):
         return model
     import copy
 
@@ -170,6 +174,7 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
     gm = trace(copy.deepcopy(traced).eval(), example, stage="normalize")  # the one graph, rewritten on a copy
     graph = gm.graph
     _act_modules(gm)
+    _average_stacks(graph)
     calls = [n for n in graph.nodes if n.op == "call_module"]
     how: dict[str, str] = {}  # module name -> "zeros" (transposed conv) or "unit" (1-D layer), at its first call
     pads: dict[str, list[int]] = {}  # a plain layer's input padding (a "same"-padding conv) -> an F.pad before it
@@ -220,6 +225,43 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
     if dead and input_shape is not None:  # nothing the output reads went with them
         check_trace(gm, model, tuple(input_shape))
     return gm.train(model.training)
+
+
+def _stack_mean(node: fx.Node) -> list[fx.Node] | None:
+    """The tensors of ``torch.stack(xs, 0).mean(0)`` at its ``mean`` node (FractalNet's join of its columns)."""
+    is_mean = (node.op == "call_method" and node.target == "mean") or (
+        node.op == "call_function" and getattr(node.target, "__name__", "") == "mean")
+    if not is_mean or len(node.args) < 1 or not isinstance(node.args[0], fx.Node):
+        return None
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    st = node.args[0]
+    if dim not in (0, (0,), [0]) or node.kwargs.get("keepdim") or len(st.users) != 1:
+        return None
+    if st.op != "call_function" or getattr(st.target, "__name__", "") != "stack":
+        return None
+    xs = st.args[0] if st.args else st.kwargs.get("tensors")
+    sdim = st.args[1] if len(st.args) > 1 else st.kwargs.get("dim", 0)
+    ok = isinstance(xs, (list, tuple)) and len(xs) > 0 and all(isinstance(x, fx.Node) for x in xs)
+    return list(xs) if ok and sdim == 0 else None  # type: ignore[arg-type]
+
+
+def _average_stacks(graph: fx.Graph) -> None:
+    """``torch.stack(xs, 0).mean(0)`` -> ``(xs[0] + xs[1] + ...) * (1 / len(xs))``: the same average, as adds and a
+    constant product the integer engine runs (the stacked tensor's new leading dim is no map it knows)."""
+    for node in list(graph.nodes):
+        xs = _stack_mean(node)
+        if xs is None:
+            continue
+        st = node.args[0]
+        with graph.inserting_before(node):
+            acc: fx.Node = xs[0]
+            for x in xs[1:]:
+                acc = graph.call_function(operator.add, (acc, x))
+            if len(xs) > 1:
+                acc = graph.call_function(operator.mul, (acc, 1.0 / len(xs)))
+        node.replace_all_uses_with(acc)
+        graph.erase_node(node)
+        graph.erase_node(st)  # type: ignore[arg-type]
 
 
 def _boxed_output(gm: fx.GraphModule) -> bool:
