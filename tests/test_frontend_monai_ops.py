@@ -12,6 +12,7 @@ from torch import nn
 from mixq import api
 from mixq.engine import verify
 from mixq.errors import HardwareError, ModelError
+from mixq.formats import FixedPoint
 from mixq.graph.capture import capture
 from mixq.graph.normalize import normalize
 from mixq.hw.estimate import estimate
@@ -107,3 +108,20 @@ def test_a_mean_of_stacked_branches_is_their_average_and_runs_bit_exact() -> Non
     q = api.quantize(model, api.default_plan("join", model, x), x)
     rep = verify(q, x[:4])
     assert rep["exact"] and rep["mismatching_outputs"] == 0
+
+
+def test_a_layer_the_forward_never_calls_is_one_calibration_error() -> None:
+    from mixq.graph.convert import calibrate
+    from mixq.nn import QAct
+
+    class Spare(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.spare = nn.Conv2d(3, 4, 3), QAct(FixedPoint(8, signed=False))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x)
+
+    model = Spare()
+    with pytest.raises(ModelError, match=r"activation quantizer 'spare' saw no data"):
+        calibrate(model, [torch.rand(2, 3, 6, 6)])

@@ -217,5 +217,9 @@ def observe(model: nn.Module, quantizers: list[QAct], batches: Any, what: str) -
         n += 1
     if quantizers and n == 0:
         raise ModelError(what)
+    names = {id(m): name for name, m in model.named_modules()}
     for q in quantizers:
+        if q.observer is None or not q.observer.seen:  # its layer never ran on the data
+            raise ModelError(f"calibration: the activation quantizer {names.get(id(q), '?')!r} saw no data: the "
+                             "model's forward never calls its layer on the calibration inputs")
         q.freeze()
