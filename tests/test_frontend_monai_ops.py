@@ -125,3 +125,22 @@ def test_a_layer_the_forward_never_calls_is_one_calibration_error() -> None:
     model = Spare()
     with pytest.raises(ModelError, match=r"activation quantizer 'spare' saw no data"):
         calibrate(model, [torch.rand(2, 3, 6, 6)])
+
+
+def test_a_one_slope_prelu_is_its_leaky_relu_and_a_per_channel_one_is_refused() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.PReLU(init=0.3), nn.Conv2d(4, 4, 1), nn.PReLU(4))
+    with torch.no_grad():
+        model[3].weight.copy_(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    norm = normalize(model.eval(), (3, 6, 6))
+    assert type(norm.get_submodule("1")) is nn.LeakyReLU and norm.get_submodule("1").negative_slope == pytest.approx(0.3)
+    assert type(norm.get_submodule("3")) is nn.PReLU
+    x = torch.randn(16, 3, 6, 6, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.equal(norm(x), model(x))
+    q = api.quantize(model[:3], api.default_plan("prelu", model[:3], x), x)
+    rep = verify(q, x[:4])
+    assert rep["exact"] and rep["mismatching_outputs"] == 0
+    q4 = api.quantize(model, api.default_plan("prelu4", model, x), x)
+    with pytest.raises(ModelError, match=r"layer '3' \(PReLU\): not supported by the integer engine"):
+        verify(q4, x[:2])

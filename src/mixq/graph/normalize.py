@@ -22,6 +22,16 @@
   Its raw parameters (and a mask) are gone from the normalized model; a forward it cannot reproduce stays, for
   the registry to decide on sample data (a "same"-padding wrapper) or refuse.
 
+* a ``PReLU`` with one slope (MONAI's default activation) is ``LeakyReLU`` of that slope at the same name: the
+  same function, quantized as a lookup table (its slope is fixed from then on). A per-channel PReLU stays, and the
+  integer engine refuses it by name.
+
+* compute layers whose results the output never reads go, with their modules; a one-element list or tuple
+  output becomes its tensor; ``torch.stack(xs, 0).mean(0)`` becomes ``(xs[0] + ...) * (1 / n)``.
+
+* a forward that reads its shapes is traced at ``input_shape`` (:mod:`mixq.graph.concrete`), and the traced graph is
+  checked against the model's own forward (:func:`mixq.graph.trace.check_trace`).
+
 * an activation module torch.fx cannot trace (a TorchScript function inside: geffnet's ``HardSwishJit`` /
   ``HardSwishMe``) is the torch module that computes the same (:mod:`mixq.graph.opaque`, found by probing),
   in a copy of the model.
@@ -70,8 +80,14 @@ def _effective(node: fx.Node, m: nn.Module, calls: list[fx.Node]) -> Effective |
     return eff
 
 
+def _one_slope_prelu(m: nn.Module) -> bool:
+    """A ``PReLU`` with one slope for every channel (MONAI's default activation): a LeakyReLU of that slope."""
+    return type(m) is nn.PReLU and m.num_parameters == 1
+
+
 def needs_normalize(model: nn.Module) -> bool:
-    return any(isinstance(m, (*_ONE_D, nn.ConvTranspose2d)) or _own_forward(m) for m in model.modules())
+    return any(isinstance(m, (*_ONE_D, nn.ConvTranspose2d)) or _own_forward(m) or _one_slope_prelu(m)
+               for m in model.modules())
 
 
 def _conv2d_of_1d(m: nn.Conv1d) -> nn.Conv2d:
@@ -195,6 +211,9 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
             _set(gm, name, _conv2d_of_1d(m) if isinstance(m, nn.Conv1d) else _bn2d_of_1d(m)
                  if isinstance(m, nn.BatchNorm1d) else _pool2d_of_1d(m))
             how[name] = "unit"
+        elif _one_slope_prelu(m):  # the same function, quantized as a lookup table like every LeakyReLU
+            _set(gm, name, nn.LeakyReLU(float(m.weight.detach().reshape(()))))  # type: ignore[union-attr]
+            how[name] = "plain"
         elif _own_forward(m) and (eff := _effective(node, m, calls)) is not None:
             _set(gm, name, eff.layer)
             how[name] = "plain"
