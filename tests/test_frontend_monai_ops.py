@@ -133,7 +133,8 @@ def test_a_one_slope_prelu_is_its_leaky_relu_and_a_per_channel_one_is_refused() 
     with torch.no_grad():
         model[3].weight.copy_(torch.tensor([0.1, 0.2, 0.3, 0.4]))
     norm = normalize(model.eval(), (3, 6, 6))
-    assert type(norm.get_submodule("1")) is nn.LeakyReLU and norm.get_submodule("1").negative_slope == pytest.approx(0.3)
+    leaky = norm.get_submodule("1")
+    assert type(leaky) is nn.LeakyReLU and leaky.negative_slope == pytest.approx(0.3)
     assert type(norm.get_submodule("3")) is nn.PReLU
     x = torch.randn(16, 3, 6, 6, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
