@@ -4,6 +4,13 @@ the integer engine, or refused in one line that says why."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -145,3 +152,59 @@ def test_a_one_slope_prelu_is_its_leaky_relu_and_a_per_channel_one_is_refused() 
     q4 = api.quantize(model, api.default_plan("prelu4", model, x), x)
     with pytest.raises(ModelError, match=r"layer '3' \(PReLU\): not supported by the integer engine"):
         verify(q4, x[:2])
+
+
+def test_a_sum_of_a_maps_stacked_halves_is_their_add_and_runs_bit_exact() -> None:
+    """MONAI's RegUNet / LocalNet upsampling: ``torch.sum(torch.stack(x.split(c // 2, 1), dim=-1), dim=-1)``."""
+
+    class Halves(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(2, 8, 3, padding=1), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.c1(x))
+            y = torch.sum(torch.stack(y.split(split_size=y.shape[1] // 2, dim=1), dim=-1), dim=-1)
+            return self.c2(y)
+
+    torch.manual_seed(0)
+    model = Halves().eval()
+    norm = normalize(model, (2, 8, 8))
+    assert not any(getattr(n.target, "__name__", "") == "stack" for n in norm.graph.nodes)
+    x = torch.randn(16, 2, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.allclose(norm(x), model(x), atol=1e-6)
+    q = api.quantize(model, api.default_plan("halves", model, x), x)
+    rep = verify(q, x[:4])
+    assert rep["exact"] and rep["mismatching_outputs"] == 0
+
+
+def test_a_two_channel_model_takes_its_npz_inputs_as_they_are_through_the_cli(tmp_path: Path) -> None:
+    src = tmp_path / "pair.py"
+    src.write_text(textwrap.dedent('''
+        import torch
+        from torch import nn
+
+
+        def build():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 3, padding=1))
+
+
+        build.input_shape = (2, 16, 16)
+        '''))
+    data = tmp_path / "pairs.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((12, 2, 16, 16)).astype(np.float32))
+
+    def mixq(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mixq", *args], capture_output=True, text=True, timeout=300)
+
+    bad = mixq("quantize", f"{src}:build", "--calib", "photos", "--out", str(tmp_path / "qb"))
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "takes an .npz file of (N, 2, 16, 16) float arrays (the bundled sets are images)" in bad.stderr
+    r = mixq("quantize", f"{src}:build", "--calib", str(data), "--images", "8", "--out", str(tmp_path / "q"))
+    assert r.returncode == 0, r.stderr
+    v = mixq("verify", "--from", str(tmp_path / "q"), "--images", "4", "--out", str(tmp_path / "v"))
+    assert v.returncode == 0, v.stderr
+    rep = json.loads((tmp_path / "v" / "verify.json").read_text())
+    assert rep["exact"] and rep["images"] == 4 and rep["total_outputs"] == 4 * 2 * 16 * 16

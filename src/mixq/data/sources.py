@@ -321,15 +321,19 @@ def _npz_arrays(path: Path, where: str) -> tuple[str, np.ndarray, np.ndarray | N
 
 def load_signals(source: str | Path, shape: tuple[int, ...], limit: int | None = None, *, seed: int | None = None,
                  name: str | None = None) -> ImageSet:
-    """Model inputs of a 1-D signal model (per-sample ``shape`` ``(C, L)``) from an ``.npz``: ``x`` (or
-    ``signals``, or the only array) of shape ``(N, C, L)`` — or ``(N, L)`` when ``C`` is 1 — float values
-    fed to the model as they are, optional integer labels ``y``; a seeded subset as :func:`load_images`."""
+    """Model inputs of a 1-D signal model (per-sample ``shape`` ``(C, L)``), or of a model whose channels are
+    neither gray nor RGB (``(C, H, W)``), from an ``.npz``: ``x`` (or ``signals``, or the only array) of shape
+    ``(N, *shape)`` — or without ``C`` when it is 1 — float values fed to the model as they are, optional integer
+    labels ``y``; a seeded subset as :func:`load_images`."""
     validate.count("limit", limit)
     where = name or str(source)
     p = Path(source)
     if p.suffix.lower() != ".npz" or not p.is_file():
-        raise DataError(f"{where}: a 1-D signal model (input {','.join(map(str, shape))}) takes an .npz file of "
-                        f"(N, {', '.join(map(str, shape))}) float arrays" + ("" if p.is_file() else f"; {p} not found"))
+        kind = "a 1-D signal model" if len(shape) < 3 else "a model with no image preset"
+        why = "" if p.is_file() else (" (the bundled sets are images)" if str(source) in KEYWORDS
+                                      else f"; {p} not found")
+        raise DataError(f"{where}: {kind} (input {','.join(map(str, shape))}) takes an .npz file of "
+                        f"(N, {', '.join(map(str, shape))}) float arrays{why}")
     xkey, arr, labels = _npz_arrays(p, where)
     if arr.ndim == len(shape) and shape[0] == 1:
         arr = arr[:, None]

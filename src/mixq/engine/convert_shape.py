@@ -172,9 +172,8 @@ def _repeat(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val | None:
     """``x.repeat(1, r, 1, 1)`` (VNet's input copied to 16 channels): the copies of one non-batch dim, the gather
     of ``arange(n).repeat(r)`` on it."""
     v = ctx.arg(node, info)
-    reps = node.args[1:]
-    if len(reps) == 1 and isinstance(reps[0], (tuple, list, torch.Size)):
-        reps = tuple(reps[0])
+    args = node.args[1:]
+    reps: tuple[Any, ...] = tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
     if not all(isinstance(r, int) for r in reps) or len(reps) != len(v.shape) + 1 or reps[0] != 1:
         raise ModelError(f"{where(info)}: repeat {reps}; the engine repeats the non-batch dims of a "
                          f"{len(v.shape) + 1}-dim tensor by constant counts")

@@ -27,7 +27,8 @@
   integer engine refuses it by name.
 
 * compute layers whose results the output never reads go, with their modules; a one-element list or tuple
-  output becomes its tensor; ``torch.stack(xs, 0).mean(0)`` becomes ``(xs[0] + ...) * (1 / n)``.
+  output becomes its tensor; ``torch.stack(xs, d).sum(d)`` becomes ``xs[0] + ...`` and ``.mean(d)`` that times
+  ``1 / n``.
 
 * a forward that reads its shapes is traced at ``input_shape`` (:mod:`mixq.graph.concrete`), and the traced graph is
   checked against the model's own forward (:func:`mixq.graph.trace.check_trace`).
@@ -180,7 +181,7 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
         check_trace(traced, model, tuple(input_shape), batch=3 if concrete else 1)
     dead = _dead_layers(traced)
     boxed = _boxed_output(traced)
-    means = any(_stack_mean(n) is not None for n in traced.graph.nodes)
+    means = any(_stack_reduce(n) is not None for n in traced.graph.nodes)
     if not (layers or concrete or dead or boxed or means) and not any(_act_name(n) is not None
                                                                       for n in traced.graph.nodes):
         return model
@@ -190,7 +191,7 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
     gm = trace(copy.deepcopy(traced).eval(), example, stage="normalize")  # the one graph, rewritten on a copy
     graph = gm.graph
     _act_modules(gm)
-    _average_stacks(graph)
+    _reduce_stacks(graph)
     calls = [n for n in graph.nodes if n.op == "call_module"]
     how: dict[str, str] = {}  # module name -> "zeros" (transposed conv) or "unit" (1-D layer), at its first call
     pads: dict[str, list[int]] = {}  # a plain layer's input padding (a "same"-padding conv) -> an F.pad before it
@@ -212,7 +213,8 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
                  if isinstance(m, nn.BatchNorm1d) else _pool2d_of_1d(m))
             how[name] = "unit"
         elif _one_slope_prelu(m):  # the same function, quantized as a lookup table like every LeakyReLU
-            _set(gm, name, nn.LeakyReLU(float(m.weight.detach().reshape(()))))  # type: ignore[union-attr]
+            slope: torch.Tensor = m.weight  # type: ignore[assignment]
+            _set(gm, name, nn.LeakyReLU(float(slope.detach().reshape(()))))
             how[name] = "plain"
         elif _own_forward(m) and (eff := _effective(node, m, calls)) is not None:
             _set(gm, name, eff.layer)
@@ -246,37 +248,47 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
     return gm.train(model.training)
 
 
-def _stack_mean(node: fx.Node) -> list[fx.Node] | None:
-    """The tensors of ``torch.stack(xs, 0).mean(0)`` at its ``mean`` node (FractalNet's join of its columns)."""
-    is_mean = (node.op == "call_method" and node.target == "mean") or (
-        node.op == "call_function" and getattr(node.target, "__name__", "") == "mean")
-    if not is_mean or len(node.args) < 1 or not isinstance(node.args[0], fx.Node):
+def _stack_reduce(node: fx.Node) -> tuple[list[fx.Node | tuple[fx.Node, int]], bool] | None:
+    """``(xs, mean)`` at the ``mean`` / ``sum`` node of ``torch.stack(xs, d).mean(d)`` or ``.sum(d)`` over the dim
+    the stack made (FractalNet's join of its columns; MONAI's RegUNet sums a map's channel halves this way)."""
+    name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
+    if node.op not in ("call_method", "call_function") or name not in ("mean", "sum") or not node.args:
+        return None
+    st = node.args[0]
+    if not isinstance(st, fx.Node) or len(st.users) != 1 or st.op != "call_function" or \
+            getattr(st.target, "__name__", "") != "stack" or node.kwargs.get("keepdim"):
         return None
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    st = node.args[0]
-    if dim not in (0, (0,), [0]) or node.kwargs.get("keepdim") or len(st.users) != 1:
-        return None
-    if st.op != "call_function" or getattr(st.target, "__name__", "") != "stack":
-        return None
     xs = st.args[0] if st.args else st.kwargs.get("tensors")
     sdim = st.args[1] if len(st.args) > 1 else st.kwargs.get("dim", 0)
-    ok = isinstance(xs, (list, tuple)) and len(xs) > 0 and all(isinstance(x, fx.Node) for x in xs)
-    return list(xs) if ok and sdim == 0 else None  # type: ignore[arg-type]
+    dim = dim[0] if isinstance(dim, (tuple, list)) and len(dim) == 1 else dim
+    shape = st.meta.get("shape")
+    rank = len(shape) if isinstance(shape, tuple) else None
+    same = isinstance(dim, int) and isinstance(sdim, int) and (
+        dim == sdim or (rank is not None and dim % rank == sdim % rank))
+    if isinstance(xs, fx.Node):  # the parts of a split / chunk: as many as its traced shapes (none: not known yet)
+        parts = xs.meta.get("shape")
+        xs = [(xs, i) for i in range(len(parts))] if isinstance(parts, list) else [(xs, -1)]
+    ok = same and isinstance(xs, (list, tuple)) and len(xs) > 0 and all(isinstance(x, (fx.Node, tuple)) for x in xs)
+    return (list(xs), name == "mean") if ok else None  # type: ignore[arg-type]
 
 
-def _average_stacks(graph: fx.Graph) -> None:
-    """``torch.stack(xs, 0).mean(0)`` -> ``(xs[0] + xs[1] + ...) * (1 / len(xs))``: the same average, as adds and a
-    constant product the integer engine runs (the stacked tensor's new leading dim is no map it knows)."""
+def _reduce_stacks(graph: fx.Graph) -> None:
+    """``torch.stack(xs, d).sum(d)`` -> ``xs[0] + xs[1] + ...``, and ``.mean(d)`` that times ``1 / len(xs)``: the
+    same values as adds and a constant product the integer engine runs (a stacked tensor's new dim is no map it
+    knows)."""
     for node in list(graph.nodes):
-        xs = _stack_mean(node)
-        if xs is None:
+        found = _stack_reduce(node)
+        if found is None or any(isinstance(x, tuple) and x[1] < 0 for x in found[0]):
             continue
+        xs, mean = found
         st = node.args[0]
         with graph.inserting_before(node):
-            acc: fx.Node = xs[0]
-            for x in xs[1:]:
+            parts = [graph.call_function(operator.getitem, x) if isinstance(x, tuple) else x for x in xs]
+            acc: fx.Node = parts[0]
+            for x in parts[1:]:
                 acc = graph.call_function(operator.add, (acc, x))
-            if len(xs) > 1:
+            if mean and len(xs) > 1:
                 acc = graph.call_function(operator.mul, (acc, 1.0 / len(xs)))
         node.replace_all_uses_with(acc)
         graph.erase_node(node)

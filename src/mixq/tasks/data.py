@@ -33,13 +33,15 @@ def preprocess(shape: tuple[int, ...], model: str, size: tuple[int, int] | None 
                mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
                gray: bool | None = None) -> Preprocess | None:
     """The preprocessing of ``model``'s images with the ``--input-size`` / ``--mean`` / ``--std`` /
-    ``--grayscale/--rgb`` overrides; ``None`` for a 1-D model (its .npz signals are fed as they are, and
-    any image option is an :class:`OptionError` naming it)."""
-    if len(shape) < 3:
+    ``--grayscale/--rgb`` overrides; ``None`` for a 1-D model or one whose channels are neither gray nor RGB (a
+    registration net's image pair): its .npz inputs are fed as they are, and any image option is an
+    :class:`OptionError` naming it."""
+    if len(shape) < 3 or int(shape[0]) not in (1, 3):  # no image preset: its .npz inputs are fed as they are
         given = [o for o, v in (("--input-size", size), ("--mean", mean), ("--std", std),
                                 ("--grayscale/--rgb", gray)) if v is not None]
+        what = "1-D signals" if len(shape) < 3 else f"{shape[0]}-channel inputs"
         if given:
-            raise OptionError(f"{', '.join(given)}: {model} takes 1-D signals ({','.join(map(str, shape))}); "
+            raise OptionError(f"{', '.join(given)}: {model} takes {what} ({','.join(map(str, shape))}); "
                               "image preprocessing does not apply")
         return None
     try:
@@ -56,7 +58,7 @@ def preprocess(shape: tuple[int, ...], model: str, size: tuple[int, int] | None 
 def auto_calib(pre: Preprocess | None, shape: tuple[int, ...], model: str) -> str:
     """``--calib auto``: the model's own kind of data (gray Fashion-MNIST or ImageNet-style photos)."""
     if pre is None:
-        raise OptionError(f"--calib: give an .npz of ({', '.join(map(str, shape))}) signals for {model}")
+        raise OptionError(f"--calib: give an .npz of ({', '.join(map(str, shape))}) model inputs for {model}")
     return "shipped" if pre.channels == 1 else "photos"
 
 
@@ -130,12 +132,13 @@ def default_inputs(model: Any, size: int | None, images: int, calib: bool = True
 
 def artifact_inputs(art: Any, images: int) -> Any:
     """Inputs for an artifact's checks from the data it records: its ``--eval`` source, else its calibration
-    source, with its preprocessing (a 1-D model's .npz signals as they are); ``None`` when it records none."""
+    source, with its preprocessing (the .npz inputs of a 1-D model or of one with no image preset as they are);
+    ``None`` when it records none."""
     calib, evalsrc, pre = recorded_data(art.summary)
     source = evalsrc or calib
     if source is None or art.source is None:
         return None
     shape = tuple(art.source.shape())
-    if pre is None and len(shape) >= 3:
+    if pre is None and len(shape) >= 3 and shape[0] in (1, 3):  # an image model's data need its preprocessing
         return None
     return load_source(source, pre, images, f"--from {art.folder}:", shape).x[:images]
