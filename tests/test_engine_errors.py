@@ -34,7 +34,7 @@ def _net(act: nn.Module) -> nn.Module:
 X = torch.randn(8, 3, 8, 8)
 
 
-@pytest.mark.parametrize("act,kind", [(nn.Softmax(dim=1), "Softmax"), (nn.PReLU(), "PReLU"),
+@pytest.mark.parametrize("act,kind", [(nn.Softmax(dim=1), "Softmax"), (nn.PReLU(4), "PReLU"),  # a slope per channel
                                       (nn.BatchNorm2d(4, track_running_stats=False), "BatchNorm2d")])
 def test_unsupported_layer_is_named(act: nn.Module, kind: str) -> None:
     q = _quantize(_net(act), X)
