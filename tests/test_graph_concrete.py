@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -129,6 +130,10 @@ def test_a_forward_reading_its_shapes_is_traced_and_runs_at_every_batch_size() -
         assert any(n.op == "call_method" and n.target == "size" for n in gm.graph.nodes)  # the batch, symbolic
     specs = capture(model, (3, 9, 7))
     assert [s.kind for s in specs if s.kind in ("conv", "linear", "maxpool")] == ["conv", "maxpool", "linear"]
+    gm = normalize(model, (3, 9, 7))
+    with pytest.raises(ModelError, match=r"ShapeReader was traced at input \(3, 9, 7\).*got \(3, 8, 8\)"):
+        gm(torch.randn(2, 3, 8, 8))
+    pickle.loads(pickle.dumps(gm))  # the guard pickles with the graph (models ship to worker processes)
 
 
 def test_an_optional_skip_tested_with_torch_jit_isinstance_is_traced_down_its_real_branch() -> None:

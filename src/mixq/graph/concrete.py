@@ -208,7 +208,26 @@ def trace_concrete(model: nn.Module, input_shape: tuple[int, ...], *, stage: str
         raise ModelError(f"{stage}: torch.fx cannot trace {type(model).__name__} ({str(exc).splitlines()[0]}); "
                          "export it with torch.onnx.export and pass the .onnx file instead") from exc
     _drop_fixed_arguments(graph)
+    _guard_input(graph, type(model).__name__, tuple(int(s) for s in input_shape))
+    graph._tracer_cls = Tracer  # a copy or a pickle of the graph module re-traces its code with the plain tracer
     return fx.GraphModule(model, graph)
+
+
+def input_guard(x: torch.Tensor, shape: tuple[int, ...], model: str) -> torch.Tensor:
+    """``x``, where its per-sample shape is the one the graph was traced at (its sizes are numbers in it); another
+    shape is one :class:`ModelError`, not a silently wrong result. An identity to every stage (op table)."""
+    if isinstance(x, torch.Tensor) and tuple(x.shape[1:]) != tuple(shape):
+        raise ModelError(f"{model} was traced at input {tuple(shape)} (its forward reads its shapes) and runs on "
+                         f"that shape only, got {tuple(x.shape[1:])}")
+    return x
+
+
+def _guard_input(graph: fx.Graph, model: str, shape: tuple[int, ...]) -> None:
+    """Every use of the graph's input reads it through :func:`input_guard`."""
+    ph = next(n for n in graph.nodes if n.op == "placeholder")
+    with graph.inserting_after(ph):
+        guard = graph.call_function(input_guard, (ph, shape, model))
+    ph.replace_all_uses_with(guard, delete_user_cb=lambda user: user is not guard)
 
 
 def _drop_fixed_arguments(graph: fx.Graph) -> None:

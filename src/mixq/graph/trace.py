@@ -120,6 +120,7 @@ FUNCTION_KINDS: dict[str, str] = {
     "dropout": "identity", "dropout1d": "identity", "dropout2d": "identity", "dropout3d": "identity",
     "feature_dropout": "identity",
     "alpha_dropout": "identity", "contiguous": "identity", "clone": "identity", "detach": "identity",
+    "input_guard": "identity",
     "conv1d": "float_compute", "conv2d": "float_compute", "conv3d": "float_compute",
     "conv_transpose1d": "float_compute", "conv_transpose2d": "float_compute", "linear": "float_compute",
     "matmul": "float_compute", "bilinear": "float_compute",
