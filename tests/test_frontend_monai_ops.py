@@ -208,3 +208,28 @@ def test_a_two_channel_model_takes_its_npz_inputs_as_they_are_through_the_cli(tm
     assert v.returncode == 0, v.stderr
     rep = json.loads((tmp_path / "v" / "verify.json").read_text())
     assert rep["exact"] and rep["images"] == 4 and rep["total_outputs"] == 4 * 2 * 16 * 16
+
+
+def test_a_cat_of_a_per_channel_sum_and_a_sum_of_two_tables_runs_bit_exact() -> None:
+    """MONAI's UNet (PReLU, residual units): an add of two lookup-table outputs (one grid) concatenated with an add
+    that has a conv's per-channel grid; the scalar grid was stored as a 1-element array and the cat took it for one
+    channel (an internal error)."""
+
+    class Cat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.ModuleList(nn.Conv2d(3, 4, 3, padding=1) for _ in range(4))
+            self.act = nn.ModuleList(nn.PReLU() for _ in range(3))
+            self.out = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            s = self.act[0](self.c[0](x)) + self.act[1](self.c[1](x))
+            t = self.act[2](self.c[2](x)) + self.c[3](x)
+            return self.out(torch.cat([t, s], 1))
+
+    torch.manual_seed(0)
+    model = Cat().eval()
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    q = api.quantize(model, api.default_plan("cat", model, x), x)
+    rep = verify(q, x[:4])
+    assert rep["exact"] and rep["mismatching_outputs"] == 0

@@ -390,7 +390,7 @@ def _add(ctx: Ctx, node: fx.Node, info: OpInfo) -> Val:
     ma, mb, n, top, bound = rescaled(grid)
     if top >= INT64_LIMIT:
         raise ModelError(f"layer {info.name!r} ({info.type}): rescaled sum needs more than 62 bits; lower mult_bits")
-    return ctx.add(IntNode(info.name, "add", (a.node, b.node), out_shape, np.ascontiguousarray(grid), bound,
+    return ctx.add(IntNode(info.name, "add", (a.node, b.node), out_shape, np.array(grid, dtype=np.float64), bound,
                            {}, {"M": np.stack([ma, mb]), "n": n}, f"{info.name} ({info.type})"))
 
 

@@ -67,4 +67,5 @@ def channels(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """The grid as ``(C, ...)`` with as many dims as ``shape`` (for a concatenation along channels)."""
     if g.ndim == 0:
         return np.full((shape[0],) + (1,) * (len(shape) - 1), float(g))
-    return np.asarray(g, dtype=np.float64)
+    g = np.asarray(g, dtype=np.float64)
+    return g.reshape(g.shape + (1,) * (len(shape) - g.ndim)) if g.ndim < len(shape) else g  # (C,): (C, 1, 1)
