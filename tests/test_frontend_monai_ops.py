@@ -25,6 +25,21 @@ from mixq.graph.normalize import normalize
 from mixq.hw.estimate import estimate
 
 
+def _exact(model: nn.Module, x: torch.Tensor, name: str) -> None:
+    """``model`` quantized (W8A8 min-max) runs bit-exactly on the integer engine."""
+    q = api.quantize(model, api.default_plan(name, model, x), x)
+    rep = verify(q, x[:4])
+    assert rep["exact"] and rep["mismatching_outputs"] == 0
+
+
+def _stack_free(model: nn.Module, x: torch.Tensor) -> None:
+    """The normalized model has no ``stack`` left and computes what ``model`` computes."""
+    norm = normalize(model, tuple(x.shape[1:]))
+    assert not any(getattr(n.target, "__name__", "") == "stack" for n in norm.graph.nodes)
+    with torch.no_grad():
+        assert torch.allclose(norm(x), model(x), atol=1e-6)
+
+
 class Moves(nn.Module):
     """VNet's channel copies (``repeat``), HighResNet's channel pad with the batch dim listed, UpCat's "replicate"
     pad of nothing, a Dropout3d, and heads computed and dropped (BasicUNet++ without deep supervision)."""
@@ -55,9 +70,7 @@ def test_moves_of_monai_networks_run_bit_exact_and_dead_heads_are_gone() -> None
     x = torch.rand(16, 3, 12, 12, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(norm(x), model(x)[0])  # the one tensor of the one-element list is the output
-    q = api.quantize(model, api.default_plan("moves", model, x), x)
-    rep = verify(q, x[:4])
-    assert rep["exact"] and rep["mismatching_outputs"] == 0
+    _exact(model, x, "moves")
     assert [s.name for s in capture(model, (3, 12, 12)) if s.kind == "conv"] == ["c1", "c2", "c3", "head_b"]
 
 
@@ -107,14 +120,9 @@ def test_a_mean_of_stacked_branches_is_their_average_and_runs_bit_exact() -> Non
 
     torch.manual_seed(0)
     model = Join().eval()
-    norm = normalize(model, (3, 8, 8))
-    assert not any(getattr(n.target, "__name__", "") == "stack" for n in norm.graph.nodes)
     x = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        assert torch.allclose(norm(x), model(x), atol=1e-6)
-    q = api.quantize(model, api.default_plan("join", model, x), x)
-    rep = verify(q, x[:4])
-    assert rep["exact"] and rep["mismatching_outputs"] == 0
+    _stack_free(model, x)
+    _exact(model, x, "join")
 
 
 def test_a_layer_the_forward_never_calls_is_one_calibration_error() -> None:
@@ -146,9 +154,7 @@ def test_a_one_slope_prelu_is_its_leaky_relu_and_a_per_channel_one_is_refused() 
     x = torch.randn(16, 3, 6, 6, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert torch.equal(norm(x), model(x))
-    q = api.quantize(model[:3], api.default_plan("prelu", model[:3], x), x)
-    rep = verify(q, x[:4])
-    assert rep["exact"] and rep["mismatching_outputs"] == 0
+    _exact(model[:3], x, "prelu")
     q4 = api.quantize(model, api.default_plan("prelu4", model, x), x)
     with pytest.raises(ModelError, match=r"layer '3' \(PReLU\): not supported by the integer engine"):
         verify(q4, x[:2])
@@ -169,14 +175,9 @@ def test_a_sum_of_a_maps_stacked_halves_is_their_add_and_runs_bit_exact() -> Non
 
     torch.manual_seed(0)
     model = Halves().eval()
-    norm = normalize(model, (2, 8, 8))
-    assert not any(getattr(n.target, "__name__", "") == "stack" for n in norm.graph.nodes)
     x = torch.randn(16, 2, 8, 8, generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        assert torch.allclose(norm(x), model(x), atol=1e-6)
-    q = api.quantize(model, api.default_plan("halves", model, x), x)
-    rep = verify(q, x[:4])
-    assert rep["exact"] and rep["mismatching_outputs"] == 0
+    _stack_free(model, x)
+    _exact(model, x, "halves")
 
 
 def test_a_two_channel_model_takes_its_npz_inputs_as_they_are_through_the_cli(tmp_path: Path) -> None:
@@ -229,7 +230,4 @@ def test_a_cat_of_a_per_channel_sum_and_a_sum_of_two_tables_runs_bit_exact() -> 
 
     torch.manual_seed(0)
     model = Cat().eval()
-    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(6))
-    q = api.quantize(model, api.default_plan("cat", model, x), x)
-    rep = verify(q, x[:4])
-    assert rep["exact"] and rep["mismatching_outputs"] == 0
+    _exact(model, torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(6)), "cat")

@@ -161,23 +161,20 @@ class _Valued(fx.Proxy):
         n = self._number()
         return fx.Proxy.__bool__(self) if n is None else bool(n)
 
-    def __int__(self) -> int:
+    def _known(self, what: str, kinds: tuple[type, ...] = (bool, int, float)) -> Any:
         n = self._number()
-        if n is None:
-            raise TypeError(f"int() of a traced tensor ({self.node.name})")
-        return int(n)
-
-    def __index__(self) -> int:
-        n = self._number()
-        if not isinstance(n, int):
-            raise TypeError(f"index of a traced value that is not an integer ({self.node.name})")
+        if not isinstance(n, kinds):
+            raise TypeError(f"{what} of a traced value that is not a known number ({self.node.name})")
         return n
 
+    def __int__(self) -> int:
+        return int(self._known("int()"))
+
+    def __index__(self) -> int:
+        return int(self._known("an index", (int,)))
+
     def __float__(self) -> float:
-        n = self._number()
-        if n is None:
-            raise TypeError(f"float() of a traced tensor ({self.node.name})")
-        return float(n)
+        return float(self._known("float()"))
 
     def __len__(self) -> int:
         v = self._values()
