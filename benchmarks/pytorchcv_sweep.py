@@ -309,8 +309,11 @@ def main() -> int:
         rows = list(pool.map(lambda r: run_one(r, Path(tmp), args.rtl), prepared))
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{args.package}_sweep.json"
-    old = {r["model"]: r for r in json.loads(path.read_text())} if path.is_file() and args.models else {}
-    merged = old | {r["model"]: r for r in rows}
+    old = {r["model"]: r for r in json.loads(path.read_text())} if path.is_file() else {}
+    for r in rows:  # a run without --rtl keeps a model's earlier RTL result
+        if "rtl" not in r and "rtl" in old.get(r["model"], {}):
+            r["rtl"] = old[r["model"]]["rtl"]
+    merged = (old if args.models else {}) | {r["model"]: r for r in rows}
     order = {_row_key(m): i for i, m in enumerate(table)}
     rows = sorted(merged.values(), key=lambda r: order.get(r["model"], len(order)))
     path.write_text(json.dumps(rows, indent=1))
