@@ -231,3 +231,28 @@ def test_a_cat_of_a_per_channel_sum_and_a_sum_of_two_tables_runs_bit_exact() -> 
     torch.manual_seed(0)
     model = Cat().eval()
     _exact(model, torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(6)), "cat")
+
+
+def test_a_mean_over_a_flattened_map_is_its_global_average_pool_and_runs_bit_exact() -> None:
+    """A squeeze-excite block written ``x.view(b, c, -1).mean(-1)`` (the engine pools (C, H, W) maps only)."""
+
+    class SE(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 8), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.conv(x))
+            b, c = y.shape[:2]
+            s = torch.sigmoid(self.fc(y.view(b, c, -1).mean(-1)))
+            return self.head(y * s.view(b, c, 1, 1))
+
+    torch.manual_seed(0)
+    model = SE().eval()
+    x = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(7))
+    norm = normalize(model, (3, 8, 8))
+    means = [n for n in norm.graph.nodes if n.op == "call_method" and n.target == "mean"]
+    assert [m.args[1] for m in means] == [(2, 3)]
+    with torch.no_grad():
+        assert torch.allclose(norm(x), model(x), atol=1e-6)
+    _exact(model, x, "se")

@@ -28,7 +28,7 @@
 
 * compute layers whose results the output never reads go, with their modules; a one-element list or tuple
   output becomes its tensor; ``torch.stack(xs, d).sum(d)`` becomes ``xs[0] + ...`` and ``.mean(d)`` that times
-  ``1 / n``.
+  ``1 / n``; ``x.view(b, c, -1).mean(-1)`` becomes ``x.mean((2, 3))``.
 
 * a forward that reads its shapes is traced at ``input_shape`` (:mod:`mixq.graph.concrete`), and the traced graph is
   checked against the model's own forward (:func:`mixq.graph.trace.check_trace`).
@@ -181,7 +181,7 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
         check_trace(traced, model, tuple(input_shape), batch=3 if concrete else 1)
     dead = _dead_layers(traced)
     boxed = _boxed_output(traced)
-    means = any(_stack_reduce(n) is not None for n in traced.graph.nodes)
+    means = any(_stack_reduce(n) is not None or _flat_mean(n) is not None for n in traced.graph.nodes)
     if not (layers or concrete or dead or boxed or means) and not any(_act_name(n) is not None
                                                                       for n in traced.graph.nodes):
         return model
@@ -192,6 +192,7 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
     graph = gm.graph
     _act_modules(gm)
     _reduce_stacks(graph)
+    _spatial_means(graph)
     calls = [n for n in graph.nodes if n.op == "call_module"]
     how: dict[str, str] = {}  # module name -> "zeros" (transposed conv) or "unit" (1-D layer), at its first call
     pads: dict[str, list[int]] = {}  # a plain layer's input padding (a "same"-padding conv) -> an F.pad before it
@@ -243,7 +244,7 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
     graph.lint()
     gm.recompile()
     gm.delete_all_unused_submodules()  # with its layers (MONAI's BasicUNet++ heads without deep supervision)
-    if dead and input_shape is not None:  # nothing the output reads went with them
+    if (dead or means) and input_shape is not None:  # nothing the output reads went with them; same values
         check_trace(gm, model, tuple(input_shape))
     return gm.train(model.training)
 
@@ -293,6 +294,43 @@ def _reduce_stacks(graph: fx.Graph) -> None:
         node.replace_all_uses_with(acc)
         graph.erase_node(node)
         graph.erase_node(st)  # type: ignore[arg-type]
+
+
+def _flat_mean(node: fx.Node) -> fx.Node | None:
+    """The reshape at a ``mean`` over the last dim of a map reshaped to ``(N, C, -1)`` (an SE block's
+    ``x.view(b, c, -1).mean(-1)``): where the shapes say so (traced), else the candidate's reshape all the same."""
+    name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
+    if node.op not in ("call_method", "call_function") or name != "mean" or not node.args:
+        return None
+    src = node.args[0]
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dim = dim[0] if isinstance(dim, (tuple, list)) and len(dim) == 1 else dim
+    if not isinstance(src, fx.Node) or len(src.users) != 1 or dim not in (2, -1) or node.kwargs.get("keepdim"):
+        return None
+    kind = str(src.target) if src.op == "call_method" else getattr(src.target, "__name__", "")
+    if kind not in ("view", "reshape", "flatten"):
+        return None
+    out, base = src.meta.get("shape"), src.args[0] if src.args else None
+    shape = base.meta.get("shape") if isinstance(base, fx.Node) else None
+    if out is None or shape is None:
+        return src  # decided where the graph is traced with shapes
+    ok = isinstance(out, tuple) and isinstance(shape, tuple) and len(shape) == 4 and len(out) == 3 and \
+        out[:2] == shape[:2] and out[2] == shape[2] * shape[3]
+    return src if ok else None
+
+
+def _spatial_means(graph: fx.Graph) -> None:
+    """``x.view(b, c, -1).mean(-1)`` -> ``x.mean((2, 3))``: the same global average pool, on the map the integer
+    engine pools (a mean over a flattened (C, L) map is none it knows)."""
+    for node in list(graph.nodes):
+        src = _flat_mean(node)
+        if src is None or src.meta.get("shape") is None:
+            continue
+        with graph.inserting_before(node):
+            gap = graph.call_method("mean", (src.args[0], (2, 3)))
+        node.replace_all_uses_with(gap)
+        graph.erase_node(node)
+        graph.erase_node(src)
 
 
 def _boxed_output(gm: fx.GraphModule) -> bool:
