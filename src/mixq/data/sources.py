@@ -145,6 +145,12 @@ class Preprocess:
         return ((x - mean) / std).clone(memory_format=torch.contiguous_format)
 
 
+def has_image_preset(shape: Sequence[int]) -> bool:
+    """Whether a model input ``shape`` (C, H, W) has an image preset (:meth:`Preprocess.for_input`: gray or RGB);
+    the others — 1-D signals, a registration net's image pair — take their ``.npz`` inputs as they are."""
+    return len(shape) >= 3 and int(shape[0]) in (1, 3)
+
+
 def _is_int(v: object) -> bool:
     return isinstance(v, int | np.integer) and not isinstance(v, bool)
 

@@ -17,7 +17,7 @@ import torch
 from torch import fx
 
 from mixq.errors import ModelError
-from mixq.graph.trace import UNSUPPORTED_WHY, NodeOp, fn_args, node_ops, shape_of, tensor_args
+from mixq.graph.trace import NodeOp, fn_args, node_ops, shape_of, tensor_args, unsupported_why
 from mixq.graph.trace import trace as _trace
 
 OpInfo = NodeOp
@@ -49,7 +49,7 @@ def classify(gm: fx.GraphModule) -> dict[fx.Node, OpInfo]:
         if op.kind in REFUSED:
             what = (op.type if op.module is not None else "tensor constant" if op.kind == "constant"
                     else f"function {op.type}" if node.op == "call_function" else f"method {op.type}")
-            why = REFUSED[op.kind] or UNSUPPORTED_WHY.get(op.type.rsplit(".", 1)[-1], "")
+            why = REFUSED[op.kind] or unsupported_why(op.type)
             raise ModelError(f"layer {op.name!r} ({what}): not supported by the integer engine{why}")
         out[node] = op
     return out

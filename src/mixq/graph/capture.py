@@ -40,7 +40,7 @@ from mixq.errors import ModelError
 from mixq.graph.normalize import normalize
 from mixq.graph.registry import COMPUTE_FUNCTIONS, UNDESCRIBED_FUNCTIONS, classify
 from mixq.graph.spec import LayerSpec, is_depthwise
-from mixq.graph.trace import KINDS, UNSUPPORTED_WHY, NodeOp, node_ops, sample_axes, support, trace
+from mixq.graph.trace import KINDS, NodeOp, node_ops, sample_axes, support, trace, unsupported_why
 
 # Functional compute ops described as layers (the registry refuses them on parameters at quantize time).
 _FUNCTIONAL_SPECS = {"conv2d": "conv", "linear": "linear"}
@@ -187,8 +187,8 @@ def _to_specs(events: list[_Event]) -> list[LayerSpec]:
         if ev.kind != "input":
             extra["node_kind"] = ev.node_kind
             extra["support"] = ev.support
-            if ev.node_kind == "unsupported" and ev.op.rsplit(".", 1)[-1] in UNSUPPORTED_WHY:
-                extra["why"] = UNSUPPORTED_WHY[ev.op.rsplit(".", 1)[-1]]
+            if ev.node_kind == "unsupported" and unsupported_why(ev.op):
+                extra["why"] = unsupported_why(ev.op)
         specs.append(LayerSpec(
             name=ev.name, kind=ev.kind, in_shape=ev.in_shapes[0][1:] if ev.in_shapes else (),
             out_shape=ev.out_shape[1:], inputs=ev.producers, outputs=tuple(consumers[ev.name]),

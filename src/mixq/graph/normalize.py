@@ -48,6 +48,7 @@ so a model normalized again (an artifact read back) has the same names, shapes a
 from __future__ import annotations
 
 import operator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +58,7 @@ from mixq.errors import ModelError
 from mixq.graph.concrete import trace_concrete
 from mixq.graph.opaque import replace_opaque_activations
 from mixq.graph.registry import Effective, classify, effective_layer
-from mixq.graph.trace import check_trace, live_nodes, node_ops, trace
+from mixq.graph.trace import call_name, check_trace, fn_args, live_nodes, node_ops, trace
 from mixq.nn import ZeroInsert
 
 _ONE_D = (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.ConstantPad1d)
@@ -252,17 +253,17 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
 def _stack_reduce(node: fx.Node) -> tuple[list[fx.Node | tuple[fx.Node, int]], bool] | None:
     """``(xs, mean)`` at the ``mean`` / ``sum`` node of ``torch.stack(xs, d).mean(d)`` or ``.sum(d)`` over the dim
     the stack made (FractalNet's join of its columns; MONAI's RegUNet sums a map's channel halves this way)."""
-    name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
-    if node.op not in ("call_method", "call_function") or name not in ("mean", "sum") or not node.args:
+    name = call_name(node)
+    if name not in ("mean", "sum") or not node.args:
         return None
-    st = node.args[0]
-    if not isinstance(st, fx.Node) or len(st.users) != 1 or st.op != "call_function" or \
-            getattr(st.target, "__name__", "") != "stack" or node.kwargs.get("keepdim"):
+    a = fn_args(node, ("input", "dim", "keepdim"), {"dim": None, "keepdim": False})
+    st = a["input"]
+    if not isinstance(st, fx.Node) or len(st.users) != 1 or st.op != "call_function" or call_name(st) != "stack" or \
+            a["keepdim"]:
         return None
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    xs = st.args[0] if st.args else st.kwargs.get("tensors")
-    sdim = st.args[1] if len(st.args) > 1 else st.kwargs.get("dim", 0)
-    dim = dim[0] if isinstance(dim, (tuple, list)) and len(dim) == 1 else dim
+    s = fn_args(st, ("tensors", "dim"), {"dim": 0})
+    xs, sdim = s.get("tensors"), s["dim"]
+    dim = _one_dim(a["dim"])
     shape = st.meta.get("shape")
     rank = len(shape) if isinstance(shape, tuple) else None
     same = isinstance(dim, int) and isinstance(sdim, int) and (
@@ -272,6 +273,11 @@ def _stack_reduce(node: fx.Node) -> tuple[list[fx.Node | tuple[fx.Node, int]], b
         xs = [(xs, i) for i in range(len(parts))] if isinstance(parts, list) else [(xs, -1)]
     ok = same and isinstance(xs, (list, tuple)) and len(xs) > 0 and all(isinstance(x, (fx.Node, tuple)) for x in xs)
     return (list(xs), name == "mean") if ok else None  # type: ignore[arg-type]
+
+
+def _one_dim(dim: Any) -> Any:
+    """A reduction's ``dim`` with a one-element list or tuple unwrapped (``(2,)`` is ``2``)."""
+    return dim[0] if isinstance(dim, (tuple, list)) and len(dim) == 1 else dim
 
 
 def _reduce_stacks(graph: fx.Graph) -> None:
@@ -299,16 +305,13 @@ def _reduce_stacks(graph: fx.Graph) -> None:
 def _flat_mean(node: fx.Node) -> fx.Node | None:
     """The reshape at a ``mean`` over the last dim of a map reshaped to ``(N, C, -1)`` (an SE block's
     ``x.view(b, c, -1).mean(-1)``): where the shapes say so (traced), else the candidate's reshape all the same."""
-    name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
-    if node.op not in ("call_method", "call_function") or name != "mean" or not node.args:
+    if call_name(node) != "mean" or not node.args:
         return None
-    src = node.args[0]
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    dim = dim[0] if isinstance(dim, (tuple, list)) and len(dim) == 1 else dim
-    if not isinstance(src, fx.Node) or len(src.users) != 1 or dim not in (2, -1) or node.kwargs.get("keepdim"):
+    a = fn_args(node, ("input", "dim", "keepdim"), {"dim": None, "keepdim": False})
+    src = a["input"]
+    if not isinstance(src, fx.Node) or len(src.users) != 1 or _one_dim(a["dim"]) not in (2, -1) or a["keepdim"]:
         return None
-    kind = str(src.target) if src.op == "call_method" else getattr(src.target, "__name__", "")
-    if kind not in ("view", "reshape", "flatten"):
+    if call_name(src) not in ("view", "reshape", "flatten"):
         return None
     out, base = src.meta.get("shape"), src.args[0] if src.args else None
     shape = base.meta.get("shape") if isinstance(base, fx.Node) else None
@@ -358,10 +361,7 @@ _ACT_FUNCTIONS: dict[str, tuple[type[nn.Module], dict[str, object]]] = {
 
 
 def _act_name(node: fx.Node) -> str | None:
-    if node.op not in ("call_function", "call_method"):
-        return None
-    name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
-    name = name.rstrip("_")
+    name = call_name(node).rstrip("_")
     return name if name in _ACT_FUNCTIONS else None
 
 

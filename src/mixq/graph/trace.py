@@ -90,6 +90,12 @@ _PER_IMAGE_NORM = (" (it normalizes each image by its own mean and variance, com
 UNSUPPORTED_WHY: dict[str, str] = {t: _PER_IMAGE_NORM for t in (
     "InstanceNorm1d", "InstanceNorm2d", "GroupNorm", "LayerNorm", "instance_norm", "group_norm", "layer_norm")}
 
+
+def unsupported_why(op_type: str) -> str:
+    """The reason :data:`UNSUPPORTED_WHY` gives for an op's type (``torch.nn.functional.group_norm`` is looked up
+    as ``group_norm``), ``""`` where it gives none."""
+    return UNSUPPORTED_WHY.get(op_type.rsplit(".", 1)[-1], "")
+
 MODULE_KINDS: dict[type[nn.Module], str] = {
     FBSConv2d: "fbs", QAct: "qact", QConv2d: "qconv", QLinear: "qlinear", QLutAct: "qlut", ZeroInsert: "zero_insert",
     nn.Conv2d: "conv", nn.Linear: "linear", _BatchNorm: "bn",
@@ -285,11 +291,11 @@ def check_trace(gm: fx.GraphModule, model: nn.Module, input_shape: tuple[int, ..
             raise ModelError(f"{stage}: the traced graph of {name} fails where its own forward runs "
                              f"({str(exc).splitlines()[0]}): the forward takes a branch tracing does not see; "
                              "export it with torch.onnx.export and pass the .onnx file instead") from exc
-    pairs = list(zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want), strict=False))
-    same = len(torch.utils._pytree.tree_leaves(got)) == len(torch.utils._pytree.tree_leaves(want)) and all(
+    gots, wants = torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)
+    same = len(gots) == len(wants) and all(
         not isinstance(w, torch.Tensor) or (isinstance(g, torch.Tensor) and g.shape == w.shape and torch.allclose(
             g, w, rtol=1e-4, atol=1e-5 * max(1.0, float(w.abs().nan_to_num().max()) if w.numel() else 1.0),
-            equal_nan=True)) for g, w in pairs)
+            equal_nan=True)) for g, w in zip(gots, wants, strict=True))
     if not same:
         raise ModelError(f"{stage}: the traced graph of {name} computes another output than its own forward on a "
                          "random input: the forward takes a branch tracing does not see (an isinstance test, a "
@@ -449,10 +455,19 @@ def fn_args(node: fx.Node, names: tuple[str, ...], defaults: dict[str, Any]) -> 
     return bind_args(names, node.args, dict(node.kwargs), defaults)
 
 
+def call_name(node: fx.Node) -> str:
+    """The name a ``call_method`` / ``call_function`` node calls (``view``, ``stack`` ...); ``""`` for other nodes."""
+    if node.op == "call_method":
+        return str(node.target)
+    if node.op == "call_function":
+        return str(getattr(node.target, "__name__", node.target))
+    return ""
+
+
 def permutation(node: fx.Node, rank: int) -> tuple[int, ...]:
     """The axis order of a ``permute`` (``dims``) or ``transpose`` / ``swapaxes`` / ``swapdims`` (two axes
     swapped) node on a tensor of ``rank`` dims, batch included: output axis ``i`` is input axis ``perm[i]``."""
-    name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
+    name = call_name(node)
     rest: list[Any] = list(node.args[1:])
     if name == "permute":
         dims: Any = rest[0] if len(rest) == 1 and isinstance(rest[0], list | tuple) else rest or node.kwargs.get("dims")

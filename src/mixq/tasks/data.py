@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from mixq import data, zoo
-from mixq.data.sources import CALIB_PATH, KEYWORDS, ImageSet, Preprocess, load_images, load_signals
+from mixq.data.sources import CALIB_PATH, KEYWORDS, ImageSet, Preprocess, has_image_preset, load_images, load_signals
 from mixq.errors import MixqError, OptionError
 
 FMNIST_SETS = ("fmnist-subset", "fmnist")
@@ -36,7 +36,7 @@ def preprocess(shape: tuple[int, ...], model: str, size: tuple[int, int] | None 
     ``--grayscale/--rgb`` overrides; ``None`` for a 1-D model or one whose channels are neither gray nor RGB (a
     registration net's image pair): its .npz inputs are fed as they are, and any image option is an
     :class:`OptionError` naming it."""
-    if len(shape) < 3 or int(shape[0]) not in (1, 3):  # no image preset: its .npz inputs are fed as they are
+    if not has_image_preset(shape):  # its .npz inputs are fed as they are
         given = [o for o, v in (("--input-size", size), ("--mean", mean), ("--std", std),
                                 ("--grayscale/--rgb", gray)) if v is not None]
         what = "1-D signals" if len(shape) < 3 else f"{shape[0]}-channel inputs"
@@ -139,6 +139,6 @@ def artifact_inputs(art: Any, images: int) -> Any:
     if source is None or art.source is None:
         return None
     shape = tuple(art.source.shape())
-    if pre is None and len(shape) >= 3 and shape[0] in (1, 3):  # an image model's data need its preprocessing
+    if pre is None and has_image_preset(shape):  # an image model's data need its preprocessing
         return None
     return load_source(source, pre, images, f"--from {art.folder}:", shape).x[:images]
