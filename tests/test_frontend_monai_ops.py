@@ -256,3 +256,32 @@ def test_a_mean_over_a_flattened_map_is_its_global_average_pool_and_runs_bit_exa
     with torch.no_grad():
         assert torch.allclose(norm(x), model(x), atol=1e-6)
     _exact(model, x, "se")
+
+
+def test_a_pad_of_nothing_goes_and_a_real_pad_stays() -> None:
+    """MONAI's UpCat pads its skip to the upsampled size with ``F.pad(x, sp, "replicate")``, where ``sp`` is all 0
+    at matching sizes (read from the shapes: concretely traced): the identity, which the RTL otherwise ran as a
+    gather stage between two frame buffers. A real pad stays."""
+
+    class Up(nn.Module):
+        def __init__(self, extra: int) -> None:
+            super().__init__()
+            self.conv, self.conv2, self.extra = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 2, 1), extra
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.conv(x))
+            sp = [0, 0, 0, 0]
+            if y.shape[-1] % 2 == 1:  # a branch on a size: plain FX cannot trace it
+                sp[1] = 1
+            sp[3] = self.extra
+            return torch.cat([F.pad(y, sp, "replicate"), F.pad(torch.relu(self.conv2(x)), [0, sp[1], 0, sp[3]])], 1)
+
+    x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    for extra, left in ((0, 0), (1, 2)):
+        model = Up(extra).eval()
+        norm = normalize(model, (3, 8, 8))
+        pads = [n for n in norm.graph.nodes if getattr(n.target, "__name__", "") == "pad"]
+        assert len(pads) == left, [n.args for n in pads]
+        with torch.no_grad():
+            assert torch.allclose(norm(x), model(x), atol=1e-6)
+    _exact(Up(0).eval(), x, "up")

@@ -28,7 +28,8 @@
 
 * compute layers whose results the output never reads go, with their modules; a one-element list or tuple
   output becomes its tensor; ``torch.stack(xs, d).sum(d)`` becomes ``xs[0] + ...`` and ``.mean(d)`` that times
-  ``1 / n``; ``x.view(b, c, -1).mean(-1)`` becomes ``x.mean((2, 3))``.
+  ``1 / n``; ``x.view(b, c, -1).mean(-1)`` becomes ``x.mean((2, 3))``; an ``F.pad`` of nothing (every amount 0,
+  any mode: MONAI's UpCat at matching sizes) goes.
 
 * a forward that reads its shapes is traced at ``input_shape`` (:mod:`mixq.graph.concrete`), and the traced graph is
   checked against the model's own forward (:func:`mixq.graph.trace.check_trace`).
@@ -182,7 +183,7 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
         check_trace(traced, model, tuple(input_shape), batch=3 if concrete else 1)
     dead = _dead_layers(traced)
     boxed = _boxed_output(traced)
-    means = any(_stack_reduce(n) is not None or _flat_mean(n) is not None for n in traced.graph.nodes)
+    means = any(_stack_reduce(n) is not None or _flat_mean(n) is not None or _null_pad(n) for n in traced.graph.nodes)
     if not (layers or concrete or dead or boxed or means) and not any(_act_name(n) is not None
                                                                       for n in traced.graph.nodes):
         return model
@@ -194,6 +195,7 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
     _act_modules(gm)
     _reduce_stacks(graph)
     _spatial_means(graph)
+    _drop_null_pads(graph)
     calls = [n for n in graph.nodes if n.op == "call_module"]
     how: dict[str, str] = {}  # module name -> "zeros" (transposed conv) or "unit" (1-D layer), at its first call
     pads: dict[str, list[int]] = {}  # a plain layer's input padding (a "same"-padding conv) -> an F.pad before it
@@ -334,6 +336,22 @@ def _spatial_means(graph: fx.Graph) -> None:
         node.replace_all_uses_with(gap)
         graph.erase_node(node)
         graph.erase_node(src)
+
+
+def _null_pad(node: fx.Node) -> bool:
+    """An ``F.pad`` of nothing (every amount 0, any mode): MONAI's UpCat pads its skip to the upsampled size, which
+    at matching sizes is the identity (a gather stage and a frame buffer in the RTL otherwise)."""
+    if call_name(node) != "pad" or node.op != "call_function" or not node.args:
+        return False
+    p = fn_args(node, ("input", "pad", "mode", "value"), {"mode": "constant", "value": None})["pad"]
+    return isinstance(p, list | tuple) and all(isinstance(v, int) and v == 0 for v in p)
+
+
+def _drop_null_pads(graph: fx.Graph) -> None:
+    for node in list(graph.nodes):
+        if _null_pad(node):
+            node.replace_all_uses_with(node.args[0])  # type: ignore[arg-type]
+            graph.erase_node(node)
 
 
 def _boxed_output(gm: fx.GraphModule) -> bool:

@@ -21,7 +21,8 @@ nodes into *stages*:
 
 Every value a stage writes goes to one buffer per stage that reads it (:class:`Buffer`; the network
 output's buffer feeds the output stream), so a skip connection is a second buffer the producer writes
-beside the main path's: a ring of rows between two layer stages (:func:`ring_rows`), else two frames.
+beside the main path's: a ring of rows between two layer or pointwise stages (:func:`ring_rows`), else whole
+frames (two banks, more where frames wait longer: :mod:`mixq.rtl.frames`).
 """
 
 from __future__ import annotations
@@ -434,20 +435,24 @@ class Graph:
 
 
 def ring_rows(g: Graph, j: int) -> int:
-    """Rows of the ring (line) buffer buffer ``j`` can be, or 0 for a two-frame buffer. A ring holds
-    ``kh + stride + 1`` rows (the window's rows, the next ``stride`` the writer fills meanwhile, and one of slack:
-    with ``kh + stride`` a writer and a reader of the same speed waited for each other, a chain of such layers
-    ran 16-19% below its slowest layer): a layer stage's window reads it (a window's rows at a time, raster order) and
-    one writer fills it in raster order (the input stream, or a layer stage that writes no other buffer);
-    gathers, pointwise stages and skips read in other orders or a frame later, and a window as tall as
-    the map (a linear layer after a flatten) needs the whole frame."""
+    """Rows of the ring (line) buffer buffer ``j`` can be, or 0 for a frame buffer. A ring holds, for a layer
+    stage's window, ``kh + stride + 1`` rows (the window's rows, the next ``stride`` the writer fills meanwhile,
+    and one of slack: with ``kh + stride`` a writer and a reader of the same speed waited for each other, a chain
+    of such layers ran 16-19% below its slowest layer), for a pointwise stage three (the row it reads, the row
+    being written, one of slack). It is a ring where its reader reads rows in raster order (a layer stage's
+    window or a pointwise stage) and one writer fills it in raster order (the input stream, or a layer or
+    pointwise stage that writes no other buffer); gathers read in other orders, skips a frame later, a window
+    as tall as the map (a linear layer after a flatten) needs the whole frame, and a pointwise stage of two
+    inputs (an add, a concat) waits on both: a ring on one side would stall its writer, and through a shared
+    producer the other side, until the other input comes (a deadlock where that is a frame later)."""
     b = g.buffers[j]
     st = g.nodes[b.consumer] if b.consumer >= 0 else None
-    if not isinstance(st, Stage):
+    if not isinstance(st, Stage | PointStage) or (isinstance(st, PointStage) and len(st.sources) > 1):
         return 0
-    if b.producer >= 0 and (not isinstance(g.nodes[b.producer], Stage) or g.outputs_of(b.producer) != [j]):
+    if b.producer >= 0 and (not isinstance(g.nodes[b.producer], Stage | PointStage)
+                            or g.outputs_of(b.producer) != [j]):
         return 0
-    r = st.span[0] + st.stride[0] + 1
+    r = st.span[0] + st.stride[0] + 1 if isinstance(st, Stage) else 3
     return r if r < b.shape[1] else 0
 
 

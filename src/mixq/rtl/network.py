@@ -22,9 +22,13 @@ estimator prices): the window starts an output row once the input rows it needs 
 where the row begins a row of its own output ring, once it has reserved that row; with the
 row's last read it releases the input rows no later window needs (``mixq_rowgate``). So
 layers overlap within a frame, a frame's latency is a few rows per layer, and the memory is
-rows, not frames. Every other buffer (the input of a pointwise or gather stage, a skip, the
-whole-map window of a linear layer after a flatten, the output) holds two frames
-(ping-pong): its writer starts a frame when a bank is free and its reader when one is full.
+rows, not frames. A pointwise stage of one input (a lookup-table activation, a requantizer between
+two layers) reads and writes such rings too (three rows for its reading), a row at a time. Every
+other buffer (the input of a gather stage or of an add / concat, a skip, the whole-map window of a
+linear layer after a flatten, the output) holds whole frames in ``K`` banks: its writer starts a
+frame when a bank is free and its reader when one is full. ``K`` is two along one path and more
+where a frame waits longer (a U-Net's skip, written at the encoder and read after every deeper
+level): :func:`mixq.rtl.frames.frame_banks`, so that no stage waits for a bank in steady state.
 A layer's *window sequencer* reads the ``kh x kw`` window of each output pixel from its input buffer
 (one pixel word — all channels — per read; zeros on the padding) into the engine's
 input-vector buffer and starts the engine (the engine's input buffer has two banks, so the
@@ -86,6 +90,7 @@ import torch
 from mixq.engine.model import IntModel
 from mixq.errors import ModelError
 from mixq.rtl.assemble import CollectorPlan, generate_collector, plan_collector
+from mixq.rtl.frames import buffer_bits, frame_banks, rings_of, schedule
 from mixq.rtl.glue import GLUE_VERILOG
 from mixq.rtl.layer import LayerRtl, generate_layer
 from mixq.rtl.netgraph import (
@@ -98,7 +103,6 @@ from mixq.rtl.netgraph import (
     default_folding,
     lower_graph,
     lower_network,
-    ring_rows,
 )
 from mixq.rtl.pointwise import generate_gather, generate_pointwise
 
@@ -117,6 +121,8 @@ class NetworkRtl:
     out_width: int = 8  # m_axis_tdata bits
     out_elems: int = 1  # beats per output frame
     graph: Graph | None = None  # every stage and frame buffer (:func:`mixq.rtl.netgraph.lower_graph`)
+    rings: dict[int, int] = field(default_factory=dict)  # ring buffers: buffer index -> rows
+    banks: dict[int, int] = field(default_factory=dict)  # frame buffers: buffer index -> banks (mixq.rtl.frames)
 
     @property
     def sources(self) -> list[str]:
@@ -131,9 +137,17 @@ class NetworkRtl:
                    "tiles": s.layout.tiles, "window": s.window_reads, "estimator_cycles": e,
                    "design_cycles": s.cycles}
                   for s, e in zip(self.stages, est, strict=True)]
-        points = [s.cycles for s in (self.graph.nodes if self.graph else ()) if not isinstance(s, Stage)]
-        return {"estimator_cycles_per_frame": max(est), "estimator_latency_cycles": sum(est),
-                "design_cycles_per_frame": max([s.cycles for s in self.stages] + points), "layers": layers}
+        out: dict[str, Any] = {"estimator_cycles_per_frame": max(est), "estimator_latency_cycles": sum(est)}
+        if self.graph is None:
+            return {**out, "design_cycles_per_frame": max(s.cycles for s in self.stages), "layers": layers}
+        g = self.graph
+        sched = schedule(g, self.rings)
+        bits = buffer_bits(g, self.rings, self.banks)
+        bufs = [{"value": b.value, "shape": list(b.shape), "bits": b.bits,
+                 **({"rows": self.rings[k]} if k in self.rings else {"banks": self.banks[k]}), "memory_bits": m}
+                for k, (b, m) in enumerate(zip(g.buffers, bits, strict=True))]
+        return {**out, "design_cycles_per_frame": sched.interval, "design_latency_cycles": round(sched.latency),
+                "buffer_memory_bits": sum(bits), "buffers": bufs, "layers": layers}
 
 
 
@@ -233,12 +247,15 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
     v(f"  output [{net.out_width - 1}:0] m_axis_tdata, output m_axis_tvalid, output m_axis_tlast, "
       "input m_axis_tready")
     v(");")
-    rings = {j: ring_rows(g, j) for j in range(len(g.buffers))} if buffers == "ring" else {}
+    rings = rings_of(g) if buffers == "ring" else {}
+    net.rings, net.banks = rings, frame_banks(g, rings)
     for j, b in enumerate(g.buffers):
         (c, h, w), bb = b.shape, b.bits
         pw, n, aw = c * bb, h * w, _bits(h * w)
         r = rings.get(j, 0)
-        v(f"  wire fb{j}_commit, fb{j}_release, fb{j}_pbank, fb{j}_cbank, fb{j}_can_write, fb{j}_can_read;")
+        kb = _bits(net.banks.get(j, 2))
+        v(f"  wire fb{j}_commit, fb{j}_release, fb{j}_can_write, fb{j}_can_read; "
+          f"wire [{kb - 1}:0] fb{j}_pbank, fb{j}_cbank;")
         v(f"  wire fb{j}_we; wire [{_nbe(pw) - 1}:0] fb{j}_wbe; wire [{aw - 1}:0] fb{j}_waddr; "
           f"wire [{pw - 1}:0] fb{j}_wdata, fb{j}_rdata, fb{j}_word;")
         v(_unpermute(f"fb{j}", plans.get(b.producer), bb))
@@ -255,11 +272,14 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
               f".re(fb{j}_re), .raddr(fb{j}_raddr), "
               f".rdata(fb{j}_word));")
             continue
-        v(f"  // frame buffer {j}: {b.value} ({c} x {h} x {w} codes of {bb} bits), two banks")
+        k = net.banks[j]
+        v(f"  // frame buffer {j}: {b.value} ({c} x {h} x {w} codes of {bb} bits), {k} banks")
         v(f"  wire [{aw - 1}:0] fb{j}_raddr; assign fb{j}_avail = 8'd0;")
-        v(f"  mixq_pingpong fb{j}_pp (.clk(clk), .rst(rst), .p_commit(fb{j}_commit), .c_release(fb{j}_release), "
-          f".p_bank(fb{j}_pbank), .c_bank(fb{j}_cbank), .can_write(fb{j}_can_write), .can_read(fb{j}_can_read));")
-        v(f"  mixq_fbuf #(.PW({pw}), .N({n}), .AW({aw})) fb{j} (.clk(clk), .wbank(fb{j}_pbank), .wbe(fb{j}_wbe), "
+        v(f"  mixq_pingpong #(.K({k}), .KB({kb})) fb{j}_pp (.clk(clk), .rst(rst), .p_commit(fb{j}_commit), "
+          f".c_release(fb{j}_release), .p_bank(fb{j}_pbank), .c_bank(fb{j}_cbank), .can_write(fb{j}_can_write), "
+          f".can_read(fb{j}_can_read));")
+        v(f"  mixq_fbuf #(.PW({pw}), .N({n}), .AW({aw}), .K({k}), .KB({kb})) fb{j} (.clk(clk), .wbank(fb{j}_pbank), "
+          f".wbe(fb{j}_wbe), "
           f".waddr(fb{j}_waddr), .wdata(fb{j}_wdata), .re(fb{j}_re), .rbank(fb{j}_cbank), .raddr(fb{j}_raddr), "
           f".rdata(fb{j}_word));")
 
@@ -292,14 +312,27 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
         fan_out(p, i)
         if not isinstance(st, Stage):
             ia_ = _bits(st.in_shape[1] * st.in_shape[2]) if isinstance(st, GatherStage) else _bits(oh * ow)
-            v(f"  wire {p}_release; wire [{ia_ - 1}:0] {p}_raddr;")
+            v(f"  wire {p}_release, {p}_rel, {p}_reserve; wire [{ia_ - 1}:0] {p}_raddr; "
+              f"wire [{_bits(ow) - 1}:0] {p}_rcol;")
             for k in ins:  # an input of one pixel (a gate over the channels) is read at 0 for every pixel
                 one = g.buffers[k].shape[1] * g.buffers[k].shape[2] == 1 < oh * ow and isinstance(st, PointStage)
-                v(f"  assign fb{k}_release = {p}_release; assign fb{k}_raddr = {'0' if one else f'{p}_raddr'};")
+                addr = "0" if one else f"{p}_rcol" if k in rings else f"{p}_raddr"
+                v(f"  assign fb{k}_release = {p}_release; assign fb{k}_raddr = {addr};")
+                if k in rings:
+                    v(f"  assign fb{k}_rel = {{7'd0, {p}_rel}};")
             rd = ", ".join(f".rdata{t}(fb{k}_rdata)" for t, k in enumerate(ins))
+            rows = ""
+            if isinstance(st, PointStage):  # rows of its ring input(s) and output
+                ring_out = [k for k in g.outputs_of(i) if k in rings]
+                for k in ring_out:
+                    v(f"  assign fb{k}_reserve = {p}_reserve;")
+                row_in = " & ".join(f"(fb{k}_avail != 8'd0)" for k in ins if k in rings) or "1'b1"
+                row_out = " & ".join(f"fb{k}_can_write" for k in ring_out) or "1'b1"
+                rows = (f".row_in({row_in}), .row_out({row_out}), .rel({p}_rel), .reserve({p}_reserve), "
+                        f".rcol({p}_rcol), ")
             v(f"  {name}_{p}_{_slug(st.value)} {p}_u (.clk(clk), .rst(rst), "
               f".can_read({' & '.join(f'fb{k}_can_read' for k in ins)}), .can_write({p}_cw), "
-              f".release_({p}_release), .commit({p}_commit), .raddr({p}_raddr), {rd}, .we({p}_we), "
+              f".release_({p}_release), .commit({p}_commit), {rows}.raddr({p}_raddr), {rd}, .we({p}_we), "
               f".waddr({p}_waddr), .wdata({p}_wdata));")
             continue
         rtl = engines[i]

@@ -7,7 +7,11 @@ Ports of the generated module: ``can_read`` (every input buffer holds a frame), 
 buffer has a free bank), ``raddr`` (shared by the inputs; data two cycles later), ``rdata0`` / ``rdata1``,
 the write port ``we`` / ``waddr`` / ``wdata`` and the frame handshake ``release_`` (inputs) / ``commit``
 (outputs), both pulsed with the frame's last write. One pixel a cycle; all channels of a pixel at once in
-64-bit signed arithmetic (the engine proves every sum fits 62 bits).
+64-bit signed arithmetic (the engine proves every sum fits 62 bits). A pointwise stage also reads and writes
+rings of rows (:func:`mixq.rtl.netgraph.ring_rows`): ``row_in`` (every ring input has a row in), ``rel`` (a
+row read: release it), ``rcol`` (a ring's read address, the column), ``row_out`` / ``reserve`` (the output
+ring has a row free: reserve it); a row starts only when both hold, so the stage follows its producer a row
+behind instead of a frame.
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ def generate_pointwise(st: PointStage, ins: list[Buffer], top: str) -> tuple[str
     its memory file (the class of every pixel, where pixels see different constants)."""
     c, h, w = st.shape
     n = h * w
-    aw = _bits(n)
+    aw, xb = _bits(n), _bits(w)
     ob = st.out_bits
     lines: list[str] = []
     v = lines.append
@@ -102,10 +106,15 @@ def generate_pointwise(st: PointStage, ins: list[Buffer], top: str) -> tuple[str
     ports = ", ".join(f"input [{b.shape[0] * b.bits - 1}:0] rdata{k}" for k, b in enumerate(ins))
     v(f"module {top} (")
     v("  input clk, input rst, input can_read, input can_write, output reg release_, output reg commit,")
-    v(f"  output reg [{aw - 1}:0] raddr, {ports},")
+    v("  input row_in, input row_out, output reg rel, output reg reserve,")
+    v(f"  output reg [{aw - 1}:0] raddr, output reg [{xb - 1}:0] rcol, {ports},")
     v(f"  output reg we, output reg [{aw - 1}:0] waddr, output reg [{c * ob - 1}:0] wdata")
     v(");")
-    v(f"  reg active, v1, v2, f1, f2; reg [{aw}:0] p; reg [{aw - 1}:0] a1, a2;")
+    v("  // row-level flow where an input or the output is a ring of rows (mixq_rowbuf): a row starts once every")
+    v("  // ring input has a row in (`row_in`) and the output ring can reserve one (`row_out`, `reserve`); with a")
+    v("  // row's last read it is released (`rel`); a ring is read at the column (`rcol`), a frame at the pixel")
+    v(f"  reg active, v1, v2, f1, f2; reg [{aw}:0] p; reg [{aw - 1}:0] a1, a2; reg [{xb - 1}:0] x;")
+    v("  wire go = active && (x != 0 || (row_in && row_out));")
     v(f"  wire [{c * ob - 1}:0] res;")
     variants = st.variants or (st.ops,)
     mems: dict[str, tuple[list[int], int]] = {}
@@ -130,13 +139,14 @@ def generate_pointwise(st: PointStage, ins: list[Buffer], top: str) -> tuple[str
         v(f"  wire signed [63:0] o{ch} = {sel};")
         v(f"  assign res[{ch * ob + ob - 1}:{ch * ob}] = o{ch}[{ob - 1}:0];")
     v("  always @(posedge clk) begin")
-    v("    we <= 1'b0; release_ <= 1'b0; commit <= 1'b0;")
-    v("    if (rst) begin active <= 0; v1 <= 0; v2 <= 0; f1 <= 0; f2 <= 0; p <= 0; end")
+    v("    we <= 1'b0; release_ <= 1'b0; commit <= 1'b0; rel <= 1'b0; reserve <= 1'b0;")
+    v("    if (rst) begin active <= 0; v1 <= 0; v2 <= 0; f1 <= 0; f2 <= 0; p <= 0; x <= 0; end")
     v("    else begin")
-    v("      if (!active && !v1 && !v2 && !release_ && can_read && can_write) begin active <= 1; p <= 0; end")
+    v("      if (!active && !v1 && !v2 && !release_ && can_read && can_write) begin active <= 1; p <= 0; x <= 0; end")
     v("      v1 <= 1'b0; f1 <= 1'b0;")
-    v(f"      if (active) begin raddr <= p[{aw - 1}:0]; a1 <= p[{aw - 1}:0]; v1 <= 1'b1; f1 <= p == {n - 1};")
+    v(f"      if (go) begin raddr <= p[{aw - 1}:0]; rcol <= x; a1 <= p[{aw - 1}:0]; v1 <= 1'b1; f1 <= p == {n - 1};")
     v("        c1 <= " + ("crom[p];" if len(variants) > 1 else "0;"))
+    v(f"        reserve <= x == 0; rel <= x == {w - 1}; x <= (x == {w - 1}) ? 0 : x + 1'b1;")
     v(f"        if (p == {n - 1}) active <= 1'b0; else p <= p + 1'b1; end")
     v("      v2 <= v1; a2 <= a1; f2 <= f1; c2 <= c1;")
     v("      if (v2) begin we <= 1'b1; waddr <= a2; wdata <= res; end")
