@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from mixq.rtl.frames import buffer_bits, frame_banks, rings_of, schedule
-from mixq.rtl.netgraph import Graph, PointStage, Stage, lower_graph
+from mixq.rtl.frames import SLACK, buffer_bits, frame_banks, rings_of, schedule
+from mixq.rtl.netgraph import GatherStage, Graph, PointStage, gather_rows, lower_graph
 from mixq.rtl.netsim import available
 
 needs_verilator = pytest.mark.skipif(not available("verilator"), reason="verilator not installed")
@@ -58,11 +58,11 @@ def test_each_frame_buffer_holds_the_frames_its_span_needs() -> None:
     for k, nb in banks.items():
         b = g.buffers[k]
         span = sched.end[out if b.consumer == -1 else b.consumer] - sched.start[b.producer]
-        assert nb == max(2, math.ceil(span / t)), (b.value, nb, span, t)
+        assert nb == max(2, math.ceil(span * (1 + SLACK) / t)), (b.value, nb, span, t)
     # a skip waits at its join (the first level's concat, the residual output's add) while the other input passes
     # through every deeper level: more than two banks; a buffer along one path has two
     deep = {g.buffers[k].value for k in banks if banks[k] > 2}
-    assert deep == {"enc.0.3", "skip"}, deep
+    assert deep == {"enc.0.3", "skip", "head"}, deep
     for k in banks:
         if banks[k] > 2:
             st = g.nodes[g.buffers[k].consumer]
@@ -74,7 +74,7 @@ def test_each_frame_buffer_holds_the_frames_its_span_needs() -> None:
         assert bits[k] == c * b.bits * w * (rings[k] if k in rings else h * banks[k])
 
 
-def test_one_input_pointwise_stages_stream_through_rings() -> None:
+def test_pointwise_and_gather_stages_stream_through_rings() -> None:
     g = _graph()
     rings = rings_of(g)
     seen = 0
@@ -83,14 +83,36 @@ def test_one_input_pointwise_stages_stream_through_rings() -> None:
             continue
         (k, *more) = g.inputs_of(i)
         b = g.buffers[k]
-        sole = b.producer == -1 or (isinstance(g.nodes[b.producer], Stage | PointStage)
-                                    and g.outputs_of(b.producer) == [k])
-        if more:  # an add or a concat waits on both inputs: frames
-            assert not {k, *more} & set(rings), st.name
+        sole = b.producer == -1 or g.outputs_of(b.producer) == [k]
+        if more:  # a join: a concat's upsampled input streams, its skip (written beside the main path) waits whole
+            ring = [x for x in (k, *more) if x in rings]
+            if st.value.startswith("cat"):
+                (r,) = ring
+                (other,) = {k, *more} - {r}
+                assert len(g.outputs_of(g.buffers[other].producer)) == 2, st.value
+            else:  # the residual output's add: the skip conv writes only it, nothing settles it first: frames
+                assert ring == [], st.value
         elif sole:
             assert rings.get(k) == 3, (st.name, rings.get(k))
             seen += 1
     assert seen >= 3
+    zeros = [i for i, st in enumerate(g.nodes) if isinstance(st, GatherStage) and st.value.endswith("_zeros")]
+    assert len(zeros) == 2 and all(g.inputs_of(i)[0] in rings for i in zeros)
+
+
+def test_a_gathers_row_table_keeps_every_row_it_reads() -> None:
+    """Every tap of output row ``y`` lies in the rows kept for it, and the rows released add up to the map."""
+    g = _graph()
+    for st in g.nodes:
+        if not isinstance(st, GatherStage):
+            continue
+        keep, need, rel = gather_rows(st)
+        ih, iw = st.in_shape[1:]
+        ow = st.shape[2]
+        assert sum(rel) == ih and need[-1] == ih - keep[-1]
+        for y in range(st.shape[1]):
+            for p in range(y * ow, (y + 1) * ow):
+                assert all(keep[y] <= a // iw < keep[y] + need[y] for a in st.addr[p] if a >= 0), (st.name, y)
 
 
 def test_the_schedule_is_a_frame_pipeline() -> None:
@@ -112,7 +134,7 @@ def test_the_schedule_is_a_frame_pipeline() -> None:
 @needs_verilator
 def test_a_unet_runs_at_its_slowest_stage(tmp_path: Path) -> None:
     """Five frames at full tvalid / tready: bit-exact, the interval within 2% of the design's slowest stage and
-    the latency within 10% of the schedule's."""
+    the latency at most the schedule's (a bound) and not far under it."""
     from mixq.rtl.build import SimOptions, build_and_check
 
     im, values = _unet(5)
@@ -121,6 +143,6 @@ def test_a_unet_runs_at_its_slowest_stage(tmp_path: Path) -> None:
     assert res.ok and s["mismatches"] == 0 and s["simulation"]["received"] == 5 * 3 * 16 * 16, s["simulation"]
     t = s["design_cycles_per_frame"]
     assert 0.95 * t <= s["cycles_per_frame"] <= 1.02 * t, (s["cycles_per_frame"], t)
-    assert abs(s["latency_cycles"] - s["design_latency_cycles"]) <= 0.1 * s["design_latency_cycles"], s
+    assert 0.8 * s["design_latency_cycles"] <= s["latency_cycles"] <= s["design_latency_cycles"], s
     assert any(b.get("banks", 2) > 2 for b in s["buffers"]) and s["buffer_memory_bits"] == sum(
         b["memory_bits"] for b in s["buffers"])

@@ -196,6 +196,8 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
     top = f"{name}_top"
     stages = g.stages
     net = NetworkRtl(name, top, stages, graph=g)
+    rings = rings_of(g) if buffers == "ring" else {}
+    net.rings, net.banks = rings, frame_banks(g, rings)
     net.files[f"{name}_glue.v"] = GLUE_VERILOG
     # every node's Verilog name: layer stages l0, l1, ... (the testbench probes them), pointwise stages p0, ...
     names: list[str] = []
@@ -224,7 +226,8 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
             names.append(f"p{pi}")
             mod = f"{name}_p{pi}_{_slug(st.value)}"
             bufs = [g.buffers[k] for k in g.inputs_of(i)]
-            text, mems = generate_gather(st, bufs[0], mod) if isinstance(st, GatherStage) else \
+            text, mems = generate_gather(st, bufs[0], mod, g.inputs_of(i)[0] in rings) if isinstance(st, GatherStage) \
+                else \
                 generate_pointwise(st, bufs, mod)
             net.files[f"{mod}.v"] = text
             net.mems.update(mems)
@@ -247,8 +250,6 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
     v(f"  output [{net.out_width - 1}:0] m_axis_tdata, output m_axis_tvalid, output m_axis_tlast, "
       "input m_axis_tready")
     v(");")
-    rings = rings_of(g) if buffers == "ring" else {}
-    net.rings, net.banks = rings, frame_banks(g, rings)
     for j, b in enumerate(g.buffers):
         (c, h, w), bb = b.shape, b.bits
         pw, n, aw = c * bb, h * w, _bits(h * w)
@@ -316,20 +317,24 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
               f"wire [{_bits(ow) - 1}:0] {p}_rcol;")
             for k in ins:  # an input of one pixel (a gate over the channels) is read at 0 for every pixel
                 one = g.buffers[k].shape[1] * g.buffers[k].shape[2] == 1 < oh * ow and isinstance(st, PointStage)
-                addr = "0" if one else f"{p}_rcol" if k in rings else f"{p}_raddr"
+                col = k in rings and isinstance(st, PointStage)  # a gather's table holds ring addresses itself
+                addr = "0" if one else f"{p}_rcol" if col else f"{p}_raddr"
                 v(f"  assign fb{k}_release = {p}_release; assign fb{k}_raddr = {addr};")
-                if k in rings:
-                    v(f"  assign fb{k}_rel = {{7'd0, {p}_rel}};")
+                if k in rings:  # a pointwise stage releases a row at a time, a gather what its row table says
+                    rel = f"{p}_rel8" if isinstance(st, GatherStage) else f"{{7'd0, {p}_rel}}"
+                    v(f"  assign fb{k}_rel = {rel};")
             rd = ", ".join(f".rdata{t}(fb{k}_rdata)" for t, k in enumerate(ins))
-            rows = ""
-            if isinstance(st, PointStage):  # rows of its ring input(s) and output
-                ring_out = [k for k in g.outputs_of(i) if k in rings]
-                for k in ring_out:
-                    v(f"  assign fb{k}_reserve = {p}_reserve;")
+            ring_out = [k for k in g.outputs_of(i) if k in rings]  # rows of its ring input(s) and output
+            for k in ring_out:
+                v(f"  assign fb{k}_reserve = {p}_reserve;")
+            row_out = " & ".join(f"fb{k}_can_write" for k in ring_out) or "1'b1"
+            if isinstance(st, PointStage):
                 row_in = " & ".join(f"(fb{k}_avail != 8'd0)" for k in ins if k in rings) or "1'b1"
-                row_out = " & ".join(f"fb{k}_can_write" for k in ring_out) or "1'b1"
                 rows = (f".row_in({row_in}), .row_out({row_out}), .rel({p}_rel), .reserve({p}_reserve), "
                         f".rcol({p}_rcol), ")
+            else:
+                v(f"  wire [7:0] {p}_rel8;")
+                rows = (f".avail(fb{ins[0]}_avail), .rel({p}_rel8), .row_out({row_out}), .reserve({p}_reserve), ")
             v(f"  {name}_{p}_{_slug(st.value)} {p}_u (.clk(clk), .rst(rst), "
               f".can_read({' & '.join(f'fb{k}_can_read' for k in ins)}), .can_write({p}_cw), "
               f".release_({p}_release), .commit({p}_commit), {rows}.raddr({p}_raddr), {rd}, .we({p}_we), "
