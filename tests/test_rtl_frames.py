@@ -146,3 +146,30 @@ def test_a_unet_runs_at_its_slowest_stage(tmp_path: Path) -> None:
     assert 0.8 * s["design_latency_cycles"] <= s["latency_cycles"] <= s["design_latency_cycles"], s
     assert any(b.get("banks", 2) > 2 for b in s["buffers"]) and s["buffer_memory_bits"] == sum(
         b["memory_bits"] for b in s["buffers"])
+
+
+@needs_verilator
+def test_the_output_stream_sends_a_code_every_beat(tmp_path: Path) -> None:
+    """A segmentation-like output (16 codes a pixel, 8 x 8 pixels) sets the pace: 1,024 beats a frame at full
+    tready, as the design model says (the stream read each pixel word after the previous pixel's codes: 19 beats
+    a pixel, 1,216 a frame)."""
+    import torch
+    from torch import nn
+
+    from mixq import api
+    from mixq.engine.convert import to_integer
+    from mixq.engine.runner import IntEngine
+    from mixq.formats import parse_format
+    from mixq.rtl.build import SimOptions, build_and_check
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 1)).eval()
+    x = torch.rand(4, 3, 8, 8)
+    q = api.quantize(m, api.default_plan("seg", m, x, weight=parse_format("fixed8"), act=parse_format("ufixed8")), x)
+    im = to_integer(q, x[:1])
+    res = build_and_check(im, IntEngine(im)(x, keep=True).values, "seg", tmp_path, 4, pe=16, simd=32,
+                          sim=SimOptions(valid=1.0, ready=1.0))
+    s = res.summary
+    assert res.ok and s["mismatches"] == 0, s["simulation"]
+    assert s["design_cycles_per_frame"] == 16 * 8 * 8 > max(ly["design_cycles"] for ly in s["layers"])
+    assert 16 * 8 * 8 <= s["cycles_per_frame"] <= 1.02 * 16 * 8 * 8, s["cycles_per_frame"]

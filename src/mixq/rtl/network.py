@@ -22,13 +22,16 @@ estimator prices): the window starts an output row once the input rows it needs 
 where the row begins a row of its own output ring, once it has reserved that row; with the
 row's last read it releases the input rows no later window needs (``mixq_rowgate``). So
 layers overlap within a frame, a frame's latency is a few rows per layer, and the memory is
-rows, not frames. A pointwise stage of one input (a lookup-table activation, a requantizer between
-two layers) reads and writes such rings too (three rows for its reading), a row at a time. Every
-other buffer (the input of a gather stage or of an add / concat, a skip, the whole-map window of a
-linear layer after a flatten, the output) holds whole frames in ``K`` banks: its writer starts a
-frame when a bank is free and its reader when one is full. ``K`` is two along one path and more
-where a frame waits longer (a U-Net's skip, written at the encoder and read after every deeper
-level): :func:`mixq.rtl.frames.frame_banks`, so that no stage waits for a bank in steady state.
+rows, not frames. Pointwise and gather stages read and write such rings too, a row at a time: a
+pointwise stage of one input (a lookup-table activation, a requantizer between two layers) on three
+rows; a gather (zero insertion, pad, max-pool, upsampling) on the rows its output rows read, from a
+table per output row of the rows it waits for and releases; an add or a concat on its main-path
+input where its other input is a frame committed first (the skip). Every other buffer (a skip, a
+value two stages read, the whole-map window of a linear layer after a flatten, the output) holds
+whole frames in ``K`` banks: its writer starts a frame when a bank is free and its reader when one
+is full. ``K`` is two along one path and more where a frame waits longer (a U-Net's skip, written at
+the encoder and read after every deeper level): :func:`mixq.rtl.frames.frame_banks`, so that no stage
+waits for a bank in steady state.
 A layer's *window sequencer* reads the ``kh x kw`` window of each output pixel from its input buffer
 (one pixel word — all channels — per read; zeros on the padding) into the engine's
 input-vector buffer and starts the engine (the engine's input buffer has two banks, so the
