@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from mixq.rtl.frames import SLACK, buffer_bits, frame_banks, rings_of, schedule
-from mixq.rtl.netgraph import GatherStage, Graph, PointStage, gather_rows, lower_graph
+from mixq.rtl.frames import SLACK, buffer_bits, frame_banks, gather_rows, rings_of, schedule
+from mixq.rtl.netgraph import GatherStage, Graph, PointStage, lower_graph
 from mixq.rtl.netsim import available
 
 needs_verilator = pytest.mark.skipif(not available("verilator"), reason="verilator not installed")

@@ -1,7 +1,8 @@
-"""Frames in flight in the whole-network accelerator: when each stage works on a frame, and how many banks each
-frame buffer needs so that no frame waits for a bank.
+"""The buffers of the whole-network accelerator: which are rings of rows, when each stage works on a frame, and how
+many banks each frame buffer needs so that no frame waits for a bank.
 
-Every buffer that is not a ring of rows (:func:`~mixq.rtl.netgraph.ring_rows`) holds whole frames: its producer
+Which buffers are rings of rows (:func:`ring_rows`), and the banks of the others. Every buffer that is not a ring
+of rows holds whole frames: its producer
 takes a free bank when it starts a frame and commits it when the frame is written, its consumer starts once a bank
 is full and releases it when it has read the frame. Along one path two banks are enough (a producer writes frame
 ``n + 1`` while its consumer reads ``n``). A skip is not: a U-Net's encoder writes the skip of frame ``n`` at the
@@ -28,7 +29,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mixq.rtl.netgraph import Graph, ring_rows
+from mixq.rtl.netgraph import GatherStage, Graph, PointStage, Stage
 
 #: cycles between a producer's commit and its consumer's start (the registered full flag, the start register)
 HANDSHAKE = 2
@@ -66,6 +67,79 @@ class Schedule:
     def latency(self) -> float:
         """Cycles from the first input beat to the last output beat of a frame."""
         return max(self.end.values())
+
+
+def gather_rows(st: GatherStage) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """How a gather stage reads a ring of its input rows, per output row ``y``: ``keep[y]`` (the input rows
+    released before it starts), ``need[y]`` (the rows past those it waits for: every row it or an earlier row
+    reads; the last row waits for every row) and ``rel[y]`` (the rows it releases when done: those no later row
+    reads)."""
+    ih, iw = st.in_shape[1], st.in_shape[2]
+    oh, ow = st.shape[1], st.shape[2]
+    rows = [{a // iw for p in range(y * ow, (y + 1) * ow) for a in st.addr[p] if a >= 0} for y in range(oh)]
+    hi, top = [], -1
+    for y in range(oh):
+        top = ih - 1 if y == oh - 1 else max([top, *rows[y]])
+        hi.append(top)
+    later, low = [ih] * oh, ih  # the lowest row a later output row reads
+    for y in range(oh - 1, -1, -1):
+        later[y] = low
+        low = min([low, *rows[y]])
+    keep = [0]
+    for y in range(oh):
+        keep.append(max(keep[-1], min(later[y], hi[y] + 1)))
+    need = tuple(max(0, hi[y] - keep[y] + 1) for y in range(oh))
+    return tuple(keep[:-1]), need, tuple(keep[y + 1] - keep[y] for y in range(oh))
+
+
+def _settled(g: Graph, p: int, q: int) -> bool:
+    """Whether stage ``p``'s frame is committed before stage ``q`` can start the same frame: ``p`` writes frame
+    buffers (more than one buffer: a skip and the main path) and ``q`` is downstream of it."""
+    if p < 0 or len(g.outputs_of(p)) < 2:
+        return False
+    seen, todo = {p}, [p]
+    while todo:
+        for k in g.outputs_of(todo.pop()):
+            c = g.buffers[k].consumer
+            if c == q:
+                return True
+            if c >= 0 and c not in seen:
+                seen.add(c)
+                todo.append(c)
+    return False
+
+
+def ring_rows(g: Graph, j: int) -> int:
+    """Rows of the ring (line) buffer buffer ``j`` can be, or 0 for a frame buffer. A ring holds, for a layer
+    stage's window, ``kh + stride + 1`` rows (the window's rows, the next ``stride`` the writer fills meanwhile,
+    and one of slack: with ``kh + stride`` a writer and a reader of the same speed waited for each other, a chain
+    of such layers ran 16-19% below its slowest layer), for a pointwise stage three (the row it reads, the row
+    being written, one of slack), for a gather stage the most rows an output row holds, the most the writer moves
+    on meanwhile, and one. It is a ring where its reader reads rows in raster order (a layer stage's
+    window or a pointwise stage) and one writer fills it in raster order (the input stream, or a layer or
+    pointwise or gather stage that writes no other buffer). A gather stage reads a ring where its output rows
+    read input rows in order (:func:`gather_rows`; a transpose does not). Skips are read a frame later, and a
+    window as tall as the map (a linear layer after a flatten) needs the whole frame. A pointwise stage of two
+    inputs (an add, a concat) waits on both: one input is a ring only where every other is a frame its producer
+    has committed before this one's writer can start (a skip written beside the main path, :func:`_settled`);
+    else a ring would stall its writer, and through a shared producer the other input, until that input comes (a
+    deadlock where it is a frame later)."""
+    b = g.buffers[j]
+    st = g.nodes[b.consumer] if b.consumer >= 0 else None
+    if st is None or (b.producer >= 0 and g.outputs_of(b.producer) != [j]):
+        return 0
+    if isinstance(st, PointStage) and len(st.sources) > 1 and not all(
+            _settled(g, g.buffers[k].producer, b.producer) for k in g.inputs_of(b.consumer) if k != j):
+        return 0
+    if isinstance(st, Stage):
+        r = st.span[0] + st.stride[0] + 1
+    elif isinstance(st, PointStage):
+        r = 3
+    else:  # the most rows an output row holds, the most the writer moves on meanwhile, and one of slack
+        keep, need, _ = gather_rows(st)
+        ends = [k + n for k, n in zip(keep, need, strict=True)]
+        r = max(need) + max(b - a for a, b in zip([0, *ends], ends, strict=False)) + 1
+    return r if 0 < r < b.shape[1] else 0
 
 
 def rings_of(g: Graph) -> dict[int, int]:
@@ -132,5 +206,5 @@ def buffer_bits(g: Graph, rings: Mapping[int, int], banks: Mapping[int, int]) ->
             for k, b in enumerate(g.buffers)]
 
 
-__all__ = ["HANDSHAKE", "SLACK", "Schedule", "buffer_bits", "frame_banks", "input_cycles", "output_cycles",
-           "rings_of", "schedule"]
+__all__ = ["HANDSHAKE", "SLACK", "Schedule", "buffer_bits", "frame_banks", "gather_rows", "input_cycles",
+           "output_cycles", "ring_rows", "rings_of", "schedule"]

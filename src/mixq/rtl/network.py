@@ -17,7 +17,7 @@ Architecture: a **pipeline of per-stage buffers**::
 
 A buffer that a layer stage's window reads, written in raster order by one writer (the input
 stream, or a layer stage writing no other buffer), is a **ring of** ``kh + stride + 1`` **rows**
-(``mixq_rowbuf``, :func:`~mixq.rtl.netgraph.ring_rows`; the line buffer the streaming
+(``mixq_rowbuf``, :func:`~mixq.rtl.frames.ring_rows`; the line buffer the streaming
 estimator prices): the window starts an output row once the input rows it needs are in and,
 where the row begins a row of its own output ring, once it has reserved that row; with the
 row's last read it releases the input rows no later window needs (``mixq_rowgate``). So
@@ -229,9 +229,10 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
             names.append(f"p{pi}")
             mod = f"{name}_p{pi}_{_slug(st.value)}"
             bufs = [g.buffers[k] for k in g.inputs_of(i)]
-            text, mems = generate_gather(st, bufs[0], mod, g.inputs_of(i)[0] in rings) if isinstance(st, GatherStage) \
-                else \
-                generate_pointwise(st, bufs, mod)
+            if isinstance(st, GatherStage):
+                text, mems = generate_gather(st, bufs[0], mod, ring=g.inputs_of(i)[0] in rings)
+            else:
+                text, mems = generate_pointwise(st, bufs, mod)
             net.files[f"{mod}.v"] = text
             net.mems.update(mems)
     net.files[f"{name}_col.v"] = "".join(collectors)
@@ -283,9 +284,8 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
           f".c_release(fb{j}_release), .p_bank(fb{j}_pbank), .c_bank(fb{j}_cbank), .can_write(fb{j}_can_write), "
           f".can_read(fb{j}_can_read));")
         v(f"  mixq_fbuf #(.PW({pw}), .N({n}), .AW({aw}), .K({k}), .KB({kb})) fb{j} (.clk(clk), .wbank(fb{j}_pbank), "
-          f".wbe(fb{j}_wbe), "
-          f".waddr(fb{j}_waddr), .wdata(fb{j}_wdata), .re(fb{j}_re), .rbank(fb{j}_cbank), .raddr(fb{j}_raddr), "
-          f".rdata(fb{j}_word));")
+          f".wbe(fb{j}_wbe), .waddr(fb{j}_waddr), .wdata(fb{j}_wdata), .re(fb{j}_re), .rbank(fb{j}_cbank), "
+          f".raddr(fb{j}_raddr), .rdata(fb{j}_word));")
 
     def fan_out(p: str, producer: int) -> None:
         """The producer ``p``'s write port and commit to every buffer it writes; ``{p}_cw``: all have room."""

@@ -8,7 +8,7 @@ buffer has a free bank), ``raddr`` (shared by the inputs; data two cycles later)
 the write port ``we`` / ``waddr`` / ``wdata`` and the frame handshake ``release_`` (inputs) / ``commit``
 (outputs), both pulsed with the frame's last write. One pixel a cycle; all channels of a pixel at once in
 64-bit signed arithmetic (the engine proves every sum fits 62 bits). A pointwise stage also reads and writes
-rings of rows (:func:`mixq.rtl.netgraph.ring_rows`): ``row_in`` (every ring input has a row in), ``rel`` (a
+rings of rows (:func:`mixq.rtl.frames.ring_rows`): ``row_in`` (every ring input has a row in), ``rel`` (a
 row read: release it), ``rcol`` (a ring's read address, the column), ``row_out`` / ``reserve`` (the output
 ring has a row free: reserve it); a row starts only when both hold, so the stage follows its producer a row
 behind instead of a frame.
@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mixq.rtl.netgraph import Buffer, GatherStage, PointOp, PointStage, gather_rows
+from mixq.rtl.frames import gather_rows
+from mixq.rtl.netgraph import Buffer, GatherStage, PointOp, PointStage
 
 
 def _c(v: int) -> str:
@@ -160,7 +161,7 @@ def generate_pointwise(st: PointStage, ins: list[Buffer], top: str) -> tuple[str
 def generate_gather(st: GatherStage, buf: Buffer, top: str,
                     ring: bool = False) -> tuple[str, dict[str, tuple[list[int], int]]]:
     """The module ``top`` of gather stage ``st`` reading buffer ``buf`` (a frame buffer, or with ``ring`` a ring of
-    rows: :func:`~mixq.rtl.netgraph.gather_rows`), and its memory files: per output pixel and tap ``{valid, input
+    rows: :func:`~mixq.rtl.frames.gather_rows`), and its memory files: per output pixel and tap ``{valid, input
     address}`` (on a ring, relative to the first row kept) and per output pixel its channel map (``$readmemh``);
     on a ring, per output row the rows it waits for and the rows it releases."""
     c, h, w = st.shape
