@@ -1,26 +1,25 @@
 """The buffers of the whole-network accelerator: which are rings of rows, when each stage works on a frame, and how
 many banks each frame buffer needs so that no frame waits for a bank.
 
-Which buffers are rings of rows (:func:`ring_rows`), and the banks of the others. Every buffer that is not a ring
-of rows holds whole frames: its producer
-takes a free bank when it starts a frame and commits it when the frame is written, its consumer starts once a bank
-is full and releases it when it has read the frame. Along one path two banks are enough (a producer writes frame
-``n + 1`` while its consumer reads ``n``). A skip is not: a U-Net's encoder writes the skip of frame ``n`` at the
-start of the network and its decoder reads it after every deeper level has passed frame ``n`` through, so the
-frames the encoder writes meanwhile need banks of their own. With two, the encoder waited for the decoder and a
-MONAI BasicUNet ran at 1.9x its slowest stage's frame time (session 19).
+:func:`ring_rows` says which buffers are rings of rows (a reader that reads rows in order, one writer that writes
+them in order). Every other buffer holds whole frames: its producer takes a free bank when it starts a frame and
+commits it when the frame is written, its consumer starts once a bank is full and releases it when it has read the
+frame. Along one path two banks are enough (a producer writes frame ``n + 1`` while its consumer reads ``n``). A
+skip is not: a U-Net's encoder writes the skip of frame ``n`` at the start of the network and its decoder reads it
+after every deeper level has passed frame ``n`` through, so the frames the encoder writes meanwhile need banks of
+their own. With two, the encoder waited for the decoder and a MONAI BasicUNet ran at 1.9x its slowest stage's
+frame time (session 19).
 
 :func:`schedule` times the first frame through the graph, each stage as its own design model prices it
 (``cycles``): a stage behind a frame buffer starts when its producer has committed the frame; one behind a ring
 starts with its producer and ends, at the latest, its share of the ring's rows after its producer ends (a bound:
 the output rows that read the input's last row are fewer; with those alone the zoo U-Net's spans came out short
-and it ran 1.7% slow); and a ring's
-writer ends no earlier than its reader's last rows before the reader ends (it cannot run further ahead than the
-ring's rows: a concat writing a ring to a slow layer ends with that layer, not after its own cycles). In steady state
-frame ``n`` runs ``n`` intervals later, the interval ``T`` being the slowest stage's (or stream's) frame time. A
-buffer holds frame ``n`` from its producer's start to its consumer's end, a span ``D``, so ``ceil(D / T)`` frames
-at once: :func:`frame_banks` gives each frame buffer that many banks (of ``D`` taken 10% longer, ``SLACK``), at
-least two.
+and it ran 1.7% slow); and a ring's writer ends no earlier than its reader's last rows before the reader ends (it
+cannot run further ahead than the ring's rows: a concat writing a ring to a slow layer ends with that layer, not
+after its own cycles). In steady state frame ``n`` runs ``n`` intervals later, the interval ``T`` being the
+slowest stage's (or stream's) frame time. A buffer holds frame ``n`` from its producer's start to its consumer's
+end, a span ``D``, so ``ceil(D / T)`` frames at once: :func:`frame_banks` gives each frame buffer that many banks
+(of ``D`` taken 10% longer, ``SLACK``), at least two.
 """
 
 from __future__ import annotations
