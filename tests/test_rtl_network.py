@@ -459,6 +459,10 @@ def test_cli_build_simulates_a_unet_bit_exact(tmp_path: Path) -> None:
     res = json.loads((tmp_path / "build.json").read_text())
     sim = res["simulation"]
     assert res["mismatches"] == 0 and res["ok"] and sim["elements"] == 2 * 3 * 16 * 16 == sim["received"]
+    rings, frames = sum("rows" in b for b in res["buffers"]), sum("banks" in b for b in res["buffers"])
+    most = max(b.get("banks", 2) for b in res["buffers"])
+    assert most > 2 and f"buffers: {res['buffer_memory_bits'] / 1e6:.2f} Mbit ({rings} rings of rows, {frames} " \
+        f"frame buffers, {most} banks at most)" in proc.stdout, proc.stdout
 
 
 @needs_verilator

@@ -365,7 +365,11 @@ def register(app: typer.Typer) -> None:
         lines = [f"wrote {len(b.net.sources)} Verilog files and {len(b.net.mems)} memories to {folder} "
                  f"(top {b.net.top})",
                  f"estimator: {res['estimator_cycles_per_frame']:,} cycles/frame; this design's model: "
-                 f"{res['design_cycles_per_frame']:,}"]
+                 f"{res['design_cycles_per_frame']:,}, latency at most {res['design_latency_cycles']:,}",
+                 f"buffers: {res['buffer_memory_bits'] / 1e6:.2f} Mbit ("
+                 f"{sum('rows' in x for x in res['buffers'])} rings of rows, "
+                 f"{sum('banks' in x for x in res['buffers'])} frame buffers, "
+                 f"{max(x.get('banks', 2) for x in res['buffers'])} banks at most)"]
         if r is not None:
             lines.append(f"{simulator}: {images} images, {r.elements} output elements, {r.mismatches} mismatches, "
                          f"{r.missing} missing, {r.extra} extra; measured "
