@@ -17,8 +17,10 @@ the output rows that read the input's last row are fewer; with those alone the z
 and it ran 1.7% slow); and a ring's writer ends no earlier than its reader's last rows before the reader ends (it
 cannot run further ahead than the ring's rows: a concat writing a ring to a slow layer ends with that layer, not
 after its own cycles). In steady state frame ``n`` runs ``n`` intervals later, the interval ``T`` being the
-slowest stage's (or stream's) frame time. A buffer holds frame ``n`` from its producer's start to its consumer's
-end, a span ``D``, so ``ceil(D / T)`` frames at once: :func:`frame_banks` gives each frame buffer that many banks
+slowest stage's (or stream's) frame time, except that a stage held to a slower one by its rings, whose first
+frame runs longer than ``T``, starts each later frame only when the one before ends (:meth:`Schedule.steady_start`).
+A buffer holds frame ``n`` from its producer's steady start to its consumer's end, a span ``D``, so ``ceil(D / T)``
+frames at once: :func:`frame_banks` gives each frame buffer that many banks
 (of ``D`` taken 10% longer, ``SLACK``), at least two.
 """
 
@@ -61,6 +63,12 @@ class Schedule:
     start: dict[int, float]
     end: dict[int, float]
     interval: int
+
+    def steady_start(self, i: int) -> float:
+        """When stage ``i`` takes its output banks for a frame in steady state, relative to the first frame's
+        schedule: its start, or later where the frame before still runs (a stage held to a slower one by its rings
+        spans more than an interval from start to end, and starts the next frame only at this one's end)."""
+        return max(self.start[i], self.end[i] - self.interval)
 
     @property
     def latency(self) -> float:
@@ -194,7 +202,7 @@ def frame_banks(g: Graph, rings: Mapping[int, int] | None = None) -> dict[int, i
         if k in rings:
             continue
         consumer = out if b.consumer == -1 else b.consumer
-        span = sched.end[consumer] - sched.start[b.producer]
+        span = sched.end[consumer] - sched.steady_start(b.producer)
         banks[k] = max(2, math.ceil(span * (1 + SLACK) / sched.interval))
     return banks
 
