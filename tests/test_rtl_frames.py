@@ -13,13 +13,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from mixq.rtl.frames import SLACK, buffer_bits, frame_banks, gather_rows, rings_of, schedule
 from mixq.rtl.netgraph import GatherStage, Graph, PointStage, lower_graph
-from mixq.rtl.netsim import available
-
-needs_verilator = pytest.mark.skipif(not available("verilator"), reason="verilator not installed")
+from test_rtl_network import needs_verilator, w8a8_int
 
 
 def _unet(n: int) -> tuple[Any, dict[str, Any]]:
@@ -27,17 +23,13 @@ def _unet(n: int) -> tuple[Any, dict[str, Any]]:
     engine's integers of ``n`` images."""
     import torch
 
-    from mixq import api
-    from mixq.engine.convert import to_integer
     from mixq.engine.runner import IntEngine
-    from mixq.formats import parse_format
     from mixq.zoo.unet import unet
 
     torch.manual_seed(0)
     m = unet(width=8, depth=2, up="convtranspose").eval()
     x = torch.rand(max(n, 4), 3, 16, 16)
-    q = api.quantize(m, api.default_plan("unet", m, x, weight=parse_format("fixed8"), act=parse_format("ufixed8")), x)
-    im = to_integer(q, x[:1])
+    im = w8a8_int(m, x)
     return im, IntEngine(im)(x[:n], keep=True).values
 
 
@@ -58,6 +50,7 @@ def test_each_frame_buffer_holds_the_frames_its_span_needs() -> None:
     for k, nb in banks.items():
         b = g.buffers[k]
         span = sched.end[out if b.consumer == -1 else b.consumer] - sched.steady_start(b.producer)
+        assert span == sched.span(g, k)
         assert sched.start[b.producer] <= sched.steady_start(b.producer) <= sched.end[b.producer]
         assert nb == max(2, math.ceil(span * (1 + SLACK) / t)), (b.value, nb, span, t)
     # a skip waits at its join (the first level's concat, the residual output's add) while the other input passes
@@ -157,17 +150,13 @@ def test_the_output_stream_sends_a_code_every_beat(tmp_path: Path) -> None:
     import torch
     from torch import nn
 
-    from mixq import api
-    from mixq.engine.convert import to_integer
     from mixq.engine.runner import IntEngine
-    from mixq.formats import parse_format
     from mixq.rtl.build import SimOptions, build_and_check
 
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 1)).eval()
     x = torch.rand(4, 3, 8, 8)
-    q = api.quantize(m, api.default_plan("seg", m, x, weight=parse_format("fixed8"), act=parse_format("ufixed8")), x)
-    im = to_integer(q, x[:1])
+    im = w8a8_int(m, x)
     res = build_and_check(im, IntEngine(im)(x, keep=True).values, "seg", tmp_path, 4, pe=16, simd=32,
                           sim=SimOptions(valid=1.0, ready=1.0))
     s = res.summary

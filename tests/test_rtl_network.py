@@ -44,7 +44,7 @@ def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
                           timeout=timeout, check=False)
 
 
-def _w8a8_int(m: Any, x: Any, **engine: Any) -> Any:
+def w8a8_int(m: Any, x: Any, **engine: Any) -> Any:
     """The integer model of ``m`` at W8A8 (fixed8 weights, ufixed8 activations) calibrated on ``x`` (``engine``:
     :func:`~mixq.engine.convert.to_integer`'s options, e.g. ``pool_bits``)."""
     from mixq import api
@@ -503,7 +503,7 @@ def test_pointwise_and_window_sum_ops_simulate_bit_exact(tmp_path: Path) -> None
         m.bn.weight.uniform_(0.5, 1.5), m.bn.bias.uniform_(-0.2, 0.2)
         m.bn.running_mean.uniform_(0, 0.3), m.bn.running_var.uniform_(0.5, 2)
     x = torch.rand(4, 3, 16, 16)
-    im = _w8a8_int(m, x)
+    im = w8a8_int(m, x)
     values = IntEngine(im)(x[:2], keep=True).values
     g = lower_graph(im, values)
     point = {o.op for s in g.nodes if isinstance(s, PointStage) for o in s.ops}
@@ -581,7 +581,7 @@ def test_windows_that_keep_columns_simulate_bit_exact(tmp_path: Path) -> None:
     torch.manual_seed(0)
     m.eval()
     x = torch.rand(4, 3, 16, 16)
-    im = _w8a8_int(m, x)
+    im = w8a8_int(m, x)
     values = IntEngine(im)(x[:2], keep=True).values
     stages = [s for s in lower_graph(im, values, default_folding(im, 8, 32)).nodes if isinstance(s, GStage)]
     assert [s.reuse for s in stages] == [1, 2, 0, 0, 1], [(s.name, s.reuse, s.run_cycles) for s in stages]
@@ -635,7 +635,7 @@ def test_moves_and_rounded_products_of_outside_models_simulate_bit_exact(tmp_pat
     torch.manual_seed(0)
     m = Net().eval()
     x = torch.rand(4, 3, 16, 16)
-    im = _w8a8_int(m, x, pool_bits=16)
+    im = w8a8_int(m, x, pool_bits=16)
     ops = {n.op for n in im.nodes}
     assert {"reshape", "transpose", "slice", "gather", "zeros", "mul", "sumpool"} <= ops, ops
     assert any(n.attrs.get("shifts") for n in im.nodes if n.op == "mul")
@@ -669,7 +669,7 @@ def test_a_chain_of_equally_fast_layers_runs_at_one_layers_rate(tmp_path: Path) 
         layers += [nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()]
     m = nn.Sequential(*layers, nn.AvgPool2d(16), nn.Conv2d(16, 4, 1)).eval()
     x = torch.rand(6, 3, 16, 16)
-    im = _w8a8_int(m, x)
+    im = w8a8_int(m, x)
     res = build_and_check(im, IntEngine(im)(x[:5], keep=True).values, "chain", tmp_path, 5, pe=16, simd=32)
     s = res.summary
     assert res.ok and s["mismatches"] == 0, s["simulation"]

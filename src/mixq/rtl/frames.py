@@ -41,6 +41,7 @@ HANDSHAKE = 2
 #: of a ring was held to its reader)
 SLACK = 0.1
 
+
 def input_cycles(g: Graph) -> int:
     """Cycles per frame of the input stream: one pixel word a beat."""
     b = next(b for b in g.buffers if b.producer == -1)
@@ -70,10 +71,21 @@ class Schedule:
         spans more than an interval from start to end, and starts the next frame only at this one's end)."""
         return max(self.start[i], self.end[i] - self.interval)
 
+    def span(self, g: Graph, k: int) -> float:
+        """Cycles buffer ``k`` holds a frame in steady state: from its writer's steady start to its reader's end."""
+        b = g.buffers[k]
+        return self.end[_reader(g, k)] - self.steady_start(b.producer)
+
     @property
     def latency(self) -> float:
         """Cycles from the first input beat to the last output beat of a frame."""
         return max(self.end.values())
+
+
+def _reader(g: Graph, k: int) -> int:
+    """The node that reads buffer ``k`` in a :class:`Schedule` (``len(g.nodes)``: the output stream)."""
+    c = g.buffers[k].consumer
+    return len(g.nodes) if c == -1 else c
 
 
 def gather_rows(st: GatherStage) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
@@ -163,6 +175,7 @@ def schedule(g: Graph, rings: Mapping[int, int] | None = None) -> Schedule:
     cyc.update({i: int(n.cycles) for i, n in enumerate(g.nodes)})
     readers = {i: g.inputs_of(i) for i in range(len(g.nodes))}
     readers[out] = [k for k, b in enumerate(g.buffers) if b.consumer == -1]
+    share = {k: min(1.0, r / g.buffers[k].shape[1]) for k, r in rings.items()}  # a ring's rows, of the frame's
     floor: dict[int, float] = {}  # the latest each writer of a ring ends, from its reader (the backward pass)
     while True:
         start: dict[int, float] = {-1: 0.0}
@@ -170,10 +183,10 @@ def schedule(g: Graph, rings: Mapping[int, int] | None = None) -> Schedule:
         for i in [*range(len(g.nodes)), out]:
             s, e = 0.0, floor.get(i, 0.0)
             for k in readers[i]:
-                b, r = g.buffers[k], rings.get(k, 0)
-                if r:  # rows: starts with its producer, its last rows wait for the producer's last rows
+                b = g.buffers[k]
+                if k in share:  # rows: starts with its producer, its last rows wait for the producer's last rows
                     s = max(s, start[b.producer] + HANDSHAKE)
-                    e = max(e, end[b.producer] + cyc[i] * min(1.0, r / b.shape[1]))
+                    e = max(e, end[b.producer] + cyc[i] * share[k])
                 else:
                     s = max(s, end[b.producer] + HANDSHAKE)
             start[i], end[i] = s, max(e, s + cyc[i])
@@ -181,8 +194,8 @@ def schedule(g: Graph, rings: Mapping[int, int] | None = None) -> Schedule:
         for k in sorted(rings, key=lambda k: -g.buffers[k].producer):  # a ring's writer cannot run more than
             b = g.buffers[k]                                           # its rows ahead of its reader
             if b.producer >= 0:
-                c = out if b.consumer == -1 else b.consumer
-                lo = max(end[c], new.get(c, 0.0)) - cyc[c] * min(1.0, rings[k] / b.shape[1])
+                c = _reader(g, k)
+                lo = max(end[c], new.get(c, 0.0)) - cyc[c] * share[k]
                 if lo > end[b.producer] + 1e-9:
                     new[b.producer] = max(new.get(b.producer, 0.0), lo)
         if new == floor:
@@ -196,15 +209,8 @@ def frame_banks(g: Graph, rings: Mapping[int, int] | None = None) -> dict[int, i
     least two."""
     rings = rings_of(g) if rings is None else rings
     sched = schedule(g, rings)
-    out = len(g.nodes)
-    banks: dict[int, int] = {}
-    for k, b in enumerate(g.buffers):
-        if k in rings:
-            continue
-        consumer = out if b.consumer == -1 else b.consumer
-        span = sched.end[consumer] - sched.steady_start(b.producer)
-        banks[k] = max(2, math.ceil(span * (1 + SLACK) / sched.interval))
-    return banks
+    return {k: max(2, math.ceil(sched.span(g, k) * (1 + SLACK) / sched.interval))
+            for k in range(len(g.buffers)) if k not in rings}
 
 
 def buffer_bits(g: Graph, rings: Mapping[int, int], banks: Mapping[int, int]) -> list[int]:
