@@ -39,10 +39,14 @@ def _finite(v: float) -> bool:
     return isinstance(v, int | float) and math.isfinite(v)
 
 
-def count(default: int | None, help: str, minimum: int = 1, *names: str) -> Any:
-    """An integer option that must be ``>= minimum`` (``None`` allowed as 'not given')."""
-    return typer.Option(default, *names, help=help,
-                        callback=_check(lambda v: v >= minimum, f"an integer >= {minimum}"))
+def count(default: int | None, help: str, minimum: int = 1, *names: str, maximum: int | None = None) -> Any:
+    """An integer option that must be ``>= minimum`` (and ``<= maximum`` when given; ``None`` allowed as 'not
+    given')."""
+    if maximum is None:
+        return typer.Option(default, *names, help=help,
+                            callback=_check(lambda v: v >= minimum, f"an integer >= {minimum}"))
+    return typer.Option(default, *names, help=help, callback=_check(lambda v: minimum <= v <= maximum,
+                                                                     f"an integer in [{minimum}, {maximum}]"))
 
 
 def real(default: float | None, help: str, low: float = 0.0, high: float = math.inf, *names: str,

@@ -28,6 +28,11 @@ def _print(est: Any) -> None:
     con.print(f"FPS {est.fps:,.1f}   latency {est.latency_ms:.3f} ms   {est.gops:,.1f} GOP/s   "
               f"{100 * est.peak_fraction:.1f}% of the device's peak {est.peak_macs_per_s / 1e9:,.1f} GMAC/s")
     con.print(f"bottleneck: {est.bottleneck}")
+    from mixq.hw.lower import EXACT_STREAM_NOTE
+
+    for n in est.notes:
+        if n.endswith(EXACT_STREAM_NOTE):
+            con.print(f"note: {n}; quantize with --residual-bits N to build what is priced")
     for c in est.cores:
         con.print(f"core {c['core']}: {c['units']} x {c['pe_kind']} units, {c['macs_per_cycle']} MAC/cycle")
     if est.partition and est.n_parts > 1:

@@ -86,6 +86,10 @@ def register(app: typer.Typer) -> None:
         msq: float | None = cli.real(None, "no --plan: 4-bit MSQ plan with this SP2 row ratio", 0.0, 1.0, "--msq",
                                  low_open=False),
         pretrained: bool = typer.Option(True, "--pretrained/--random", help="real weights or random init"),
+        residual_bits: int | None = cli.count(None, "quantize every residual add's output and operands to this many "
+                                              "bits (2..16), as the hardware stores its streams (default: the "
+                                              "plan's; none keeps them exact, as wide as the sums)", 2,
+                                              "--residual-bits", maximum=16),
         weight_scales: str | None = cli.choice(None, "weight scales: the plan's observer, searched per row on the "
                                            "output error, or output below 8 bits (default: the recipe's)",
                                            ("plan", "output", "auto"), "--weight-scales"),
@@ -135,7 +139,7 @@ def register(app: typer.Typer) -> None:
         done = run_quantize(QuantizeJob(src, folder, plan=plan, msq=msq, recipe=recipe, overrides=overrides,
                                         calib=calib, eval_source=eval_source, images=images,
                                         input_size=input_size, mean=mean, std=std,  # type: ignore[arg-type]
-                                        gray=gray, pretrained=pretrained))
+                                        gray=gray, pretrained=pretrained, residual_bits=residual_bits))
         summary, res = done.summary, done.result
         lines = []
         ev = summary.get("eval")

@@ -115,8 +115,20 @@ def capped(grid: np.ndarray, bound_of: Callable[[np.ndarray], int], bits: int) -
     return g
 
 
+def same_codes(ctx: Ctx, v: Val, fmt: FixedPoint, s: float) -> bool:
+    """``v`` is already this quantizer's codes: a quantizer's output (``quantize`` / ``requant``) of the same code
+    range on the one grid ``s`` (a residual stream's quantizer read by a layer whose input quantizer has its scale:
+    requantizing would be the identity)."""
+    if v.moves or np.ndim(v.scale) != 0 or float(v.scale) != s:
+        return False
+    src = next((n for n in reversed(ctx.nodes) if n.name == v.node), None)
+    return src is not None and src.op in ("quantize", "requant") and \
+        (src.attrs.get("qmin"), src.attrs.get("qmax")) == (fmt.qmin, fmt.qmax)
+
+
 def quant_input(ctx: Ctx, v: Val, qact: QAct | None, name: str, owner: OpInfo) -> Val:
-    """The codes a layer's input quantizer produces from ``v`` (``quantize`` or ``requant``)."""
+    """The codes a layer's input quantizer produces from ``v`` (``quantize`` or ``requant``; ``v`` itself where it
+    already is those codes: :func:`same_codes`)."""
     at = where(owner)
     if qact is None:
         raise ModelError(f"{at}: its input activations are not quantized (plan act=None); "
@@ -145,6 +157,9 @@ def quant_input(ctx: Ctx, v: Val, qact: QAct | None, name: str, owner: OpInfo) -
                                   move.source))
         ctx.quant_cache[key] = out
         return out
+    elif same_codes(ctx, v, fmt, s):
+        ctx.quant_cache[key] = v
+        return v
     else:
         # a wide input (a residual stream kept on an accumulator grid through many adds) gets a narrower
         # multiplier, as narrow as keeps |x| * M within int64, but never under the output's bits + 3 (the

@@ -7,7 +7,8 @@ one table in :mod:`mixq.graph.registry`. When the plan quantizes activations, ev
 lookup-table activation module (Hardswish, Hardsigmoid, SiLU, Sigmoid, Tanh, GELU, ELU,
 LeakyReLU, Mish: :data:`mixq.nn.LUT_FUNCTIONS`) is wrapped in a :class:`~mixq.nn.QLutAct`
 (its input quantizer has the plan's activation bit width); the quantized model lists the
-wrapped modules in its attribute ``mixq_lut_activations``.
+wrapped modules in its attribute ``mixq_lut_activations``. A plan with ``residual_bits`` also puts a quantizer on
+every residual stream (:mod:`mixq.graph.residual`; the copy is then an FX ``GraphModule``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 
 from mixq.errors import ModelError, PlanError
 from mixq.graph.registry import coverage, plain_layer
+from mixq.graph.residual import quantize_residuals
 from mixq.modes import eval_mode
 from mixq.nn import QAct, QLutAct, is_lut_activation, quantized_layer
 from mixq.nn.modules import observe
@@ -74,6 +76,8 @@ def to_quantized(model: nn.Module, plan: QuantPlan, *, sample: torch.Tensor | No
         setattr(parent, leaf, quantized_layer(layer, lp))
     lut = lut_settings(plan)
     names = wrap_lut_activations(out, *lut) if lut is not None else []
+    if plan.residual_bits is not None:
+        out = quantize_residuals(out, plan.residual_bits, lut[1] if lut is not None else "minmax")
     setattr(out, LUT_ATTR, tuple(names))
     return out
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mixq.errors import HardwareError
@@ -71,7 +71,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def dense_names(plan: QuantPlan) -> QuantPlan:
     """An FBS model's plan named as the dense model's layers: ``<layer>.conv`` -> ``<layer>`` (predictors kept)."""
-    return QuantPlan(plan.model, {k.removesuffix(".conv"): v for k, v in plan.items()}, plan.version, plan.meta)
+    return replace(plan, layers={k.removesuffix(".conv"): v for k, v in plan.items()}, meta=dict(plan.meta))
 
 
 def predictor_spec(spec: LayerSpec) -> LayerSpec:

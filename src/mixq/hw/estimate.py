@@ -204,7 +204,13 @@ def peak_macs(part: Part, wbits: int, abits: int, model: CostModel) -> dict[str,
 
 
 def _notes(layers: list[HwLayer], opts: ArchOptions) -> list[str]:
-    notes = sorted({f"{ly.name}: {ly.note}" for ly in layers if ly.note})
+    by_note: dict[str, list[str]] = {}
+    for ly in layers:
+        if ly.note:
+            by_note.setdefault(ly.note, []).append(ly.name)
+    notes = sorted(f"{names[0]}: {note}" if len(names) == 1 else
+                   f"{len(names)} layers ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): {note}"
+                   for note, names in by_note.items())
     if len(notes) > 6:
         notes = notes[:6] + [f"... and {len(notes) - 6} more layers with notes"]
     return notes + [f"assumed per engine: {opts.engine_lut:g} LUT / {opts.engine_ff:g} FF control; "

@@ -94,7 +94,7 @@ def layer_from_dict(d: Any, where: str) -> LayerPlan:
     return lp
 
 
-_PLAN_FIELDS = {"mixq_plan", "model", "meta", "layers"}
+_PLAN_FIELDS = {"mixq_plan", "model", "meta", "layers", "residual_bits"}
 
 
 def plan_to_dict(plan: QuantPlan) -> dict[str, Any]:
@@ -103,6 +103,7 @@ def plan_to_dict(plan: QuantPlan) -> dict[str, Any]:
         "model": plan.model,
         "meta": dict(plan.meta),
         "layers": {name: layer_to_dict(lp) for name, lp in plan.items()},
+        **({"residual_bits": plan.residual_bits} if plan.residual_bits is not None else {}),
     }
 
 
@@ -129,7 +130,8 @@ def plan_from_dict(d: Any, source: str = "plan") -> QuantPlan:
     if not isinstance(meta, dict):
         raise PlanError(f"{source}: field 'meta' must be an object")
     parsed = {name: layer_from_dict(lp, f"layers.{name}") for name, lp in layers.items()}
-    return QuantPlan(model=model, layers=parsed, version=SCHEMA_VERSION, meta=meta)
+    return QuantPlan(model=model, layers=parsed, version=SCHEMA_VERSION, meta=meta,
+                     residual_bits=d.get("residual_bits"))
 
 
 def save_plan(plan: QuantPlan, path: str | os.PathLike[str]) -> Path:

@@ -140,16 +140,23 @@ class QuantPlan:
     Layers absent from the plan stay in float. ``model`` names the model the plan
     was made for (a zoo name or a file); ``meta`` holds free-form provenance
     (who made it, search settings) that stages carry along but never interpret.
+    ``residual_bits``: the residual streams (each residual add's output, after the ReLU that alone reads it)
+    quantized to that many bits (:mod:`mixq.graph.residual`), as the hardware stores them; ``None`` keeps them
+    exact integers on the accumulator grid (the adds' skip buffers then as wide as the sums).
     """
 
     model: str
     layers: Mapping[str, LayerPlan]
     version: int = SCHEMA_VERSION
     meta: Mapping[str, Any] = field(default_factory=dict)
+    residual_bits: int | None = None
 
     def __post_init__(self) -> None:
         if self.version != SCHEMA_VERSION:
             raise PlanError(f"version: plan schema {self.version} is not supported (this mixq reads {SCHEMA_VERSION})")
+        rb = self.residual_bits
+        if rb is not None and (isinstance(rb, bool) or not isinstance(rb, int) or not 2 <= rb <= 16):
+            raise PlanError(f"residual_bits: must be an integer in [2, 16] or null, got {rb!r}")
         for name, lp in self.layers.items():
             if not isinstance(lp, LayerPlan):
                 raise PlanError(f"layers.{name}: expected a LayerPlan, got {type(lp).__name__}")
@@ -182,11 +189,10 @@ class QuantPlan:
         """A new plan with ``name`` replaced (or appended)."""
         layers = dict(self.layers)
         layers[name] = layer
-        return QuantPlan(model=self.model, layers=layers, version=self.version, meta=dict(self.meta))
+        return replace(self, layers=layers, meta=dict(self.meta))
 
     def with_meta(self, **meta: Any) -> QuantPlan:
-        return QuantPlan(model=self.model, layers=dict(self.layers), version=self.version,
-                         meta={**self.meta, **meta})
+        return replace(self, layers=dict(self.layers), meta={**self.meta, **meta})
 
     def check_layers(self, names: Mapping[str, int] | list[str]) -> None:
         """Check the plan against a model's compute layers.
@@ -206,7 +212,7 @@ class QuantPlan:
             return NotImplemented
         return (self.model == other.model and self.version == other.version
                 and list(self.layers.items()) == list(other.layers.items())
-                and dict(self.meta) == dict(other.meta))
+                and dict(self.meta) == dict(other.meta) and self.residual_bits == other.residual_bits)
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -113,8 +113,8 @@ def gather_rows(st: GatherStage) -> tuple[tuple[int, ...], tuple[int, ...], tupl
 
 def _settled(g: Graph, p: int, q: int) -> bool:
     """Whether stage ``p``'s frame is committed before stage ``q`` can start the same frame: ``p`` writes frame
-    buffers (more than one buffer: a skip and the main path) and ``q`` is downstream of it."""
-    if p < 0 or len(g.outputs_of(p)) < 2:
+    buffers (more than one buffer, not rings: a skip and the main path) and ``q`` is downstream of it."""
+    if p < 0 or len(g.outputs_of(p)) < 2 or _fanout_rings(g, p):
         return False
     seen, todo = {p}, [p]
     while todo:
@@ -128,29 +128,16 @@ def _settled(g: Graph, p: int, q: int) -> bool:
     return False
 
 
-def ring_rows(g: Graph, j: int) -> int:
-    """Rows of the ring (line) buffer buffer ``j`` can be, or 0 for a frame buffer. A ring holds, for a layer
-    stage's window, ``kh + stride + 1`` rows (the window's rows, the next ``stride`` the writer fills meanwhile,
-    and one of slack: with ``kh + stride`` a writer and a reader of the same speed waited for each other, a chain
-    of such layers ran 16-19% below its slowest layer), for a pointwise stage three (the row it reads, the row
-    being written, one of slack), for a gather stage the most rows an output row holds, the most the writer moves
-    on meanwhile, and one. It is a ring where its reader reads rows in raster order (a layer stage's
-    window or a pointwise stage) and one writer fills it in raster order (the input stream, or a layer or
-    pointwise or gather stage that writes no other buffer). A gather stage reads a ring where its output rows
-    read input rows in order (:func:`gather_rows`; a transpose does not). Skips are read a frame later, and a
-    window as tall as the map (a linear layer after a flatten) needs the whole frame. A pointwise stage of two
-    inputs (an add, a concat) waits on both: one input is a ring only where every other is a frame its producer
-    has committed before this one's writer can start (a skip written beside the main path, :func:`_settled`);
-    else a ring would stall its writer, and through a shared producer the other input, until that input comes (a
-    deadlock where it is a frame later)."""
+def _reader_rows(g: Graph, j: int) -> int:
+    """Rows of a ring for buffer ``j``'s reader alone (0: it cannot read a ring): a layer stage's window
+    ``kh + stride + 1``, a pointwise stage 3, a gather stage the rows of its row table, and one of slack."""
     b = g.buffers[j]
     st = g.nodes[b.consumer] if b.consumer >= 0 else None
-    if st is None or (b.producer >= 0 and g.outputs_of(b.producer) != [j]):
-        return 0
-    if isinstance(st, PointStage) and len(st.sources) > 1 and not all(
-            _settled(g, g.buffers[k].producer, b.producer) for k in g.inputs_of(b.consumer) if k != j):
+    if st is None:
         return 0
     if isinstance(st, Stage):
+        if st.span[0] < st.stride[0]:  # rows no window reads (a 1 x 1 stride-2 projection): a frame buffer, as
+            return 0                   # the window on a ring of them came out wrong (224 of 256 codes, measured)
         r = st.span[0] + st.stride[0] + 1
     elif isinstance(st, PointStage):
         r = 3
@@ -159,6 +146,108 @@ def ring_rows(g: Graph, j: int) -> int:
         ends = [k + n for k, n in zip(keep, need, strict=True)]
         r = max(need) + max(b - a for a, b in zip([0, *ends], ends, strict=False)) + 1
     return r if 0 < r < b.shape[1] else 0
+
+
+def _is_join(g: Graph, i: int) -> bool:
+    st = g.nodes[i] if i >= 0 else None
+    return isinstance(st, PointStage) and len(st.sources) > 1
+
+
+def _is_skip(g: Graph, k: int) -> bool:
+    """Buffer ``k`` is a fork's skip into a join (its writer writes more than one buffer)."""
+    b = g.buffers[k]
+    return b.producer >= 0 and len(g.outputs_of(b.producer)) > 1 and b.consumer >= 0 and _is_join(g, b.consumer)
+
+
+def _chain(g: Graph, p: int, j: int) -> list[int] | None:
+    """The buffers of the one path from producer ``p`` to the join reading buffer ``j`` other than ``j``, where
+    that path is a chain (every stage on it reads one buffer and writes one, the first buffer is written by
+    ``p``): in order; ``None`` where it is not."""
+    join = g.buffers[j].consumer
+    others = [k for k in g.inputs_of(join) if k != j]
+    if len(others) != 1:
+        return None
+    path = [others[0]]
+    while g.buffers[path[-1]].producer != p:
+        q = g.buffers[path[-1]].producer
+        if q < 0 or len(g.inputs_of(q)) != 1 or len(g.outputs_of(q)) != 1 or len(path) > len(g.buffers):
+            return None
+        path.append(g.inputs_of(q)[0])
+    return path[::-1]
+
+
+def _lag(g: Graph, k: int) -> int:
+    """Rows of buffer ``k`` its reader is behind its writer in steady state: a window's rows below its centre
+    row and the ``stride`` being filled, a pointwise stage one, each and one row being computed."""
+    st = g.nodes[g.buffers[k].consumer]
+    if isinstance(st, Stage):
+        return st.span[0] - st.padding[0] + st.stride[0]
+    return 2
+
+
+def _fanout_rings(g: Graph, p: int) -> dict[int, int]:
+    """Rings for every buffer stage ``p`` writes, where it writes more than one (a residual stream read by a
+    layer and by an add), or none. Each reader must read a ring (:func:`_reader_rows`); a join's skip must be the
+    short side of a fork whose other side is a chain of rings from ``p`` (:func:`_chain`), and then holds the rows
+    the join is behind ``p`` in steady state: each stage's lag on the chain (:func:`_lag`), in ``p``'s rows (a
+    stride-2 layer's output row is two of its input rows), and two of slack (FINN's skip FIFO, in rows). A join
+    reads the skip ring and the chain's last ring in step, so a skip under the chain's look-ahead (the rows below
+    each window's centre, and a row being written) deadlocks: the chain waits for rows ``p`` cannot write. All or none: a writer waits for the room of every ring it writes, and
+    a frame buffer beside a ring would commit its frame only after the ring's reader has taken all but its last
+    rows."""
+    outs = g.outputs_of(p)
+    if p < 0 or len(outs) < 2 or isinstance(g.nodes[p], GatherStage):
+        return {}
+    rows: dict[int, int] = {}
+    for j in outs:
+        c = g.buffers[j].consumer
+        if c < 0 or isinstance(g.nodes[c], GatherStage) or not (r := _reader_rows(g, j)):
+            return {}
+        if _is_join(g, c):
+            chain = _chain(g, p, j)
+            if chain is None or chain[0] not in outs:
+                return {}
+            if not all(_reader_rows(g, k) for k in chain):
+                return {}
+            h = g.buffers[j].shape[1]  # p's rows per frame
+            r = math.ceil(sum(h / g.buffers[k].shape[1] * _lag(g, k) for k in chain)) + 2
+            if r >= h:
+                return {}
+        rows[j] = r
+    return rows
+
+
+def ring_rows(g: Graph, j: int) -> int:
+    """Rows of the ring (line) buffer buffer ``j`` can be, or 0 for a frame buffer. A ring holds, for a layer
+    stage's window, ``kh + stride + 1`` rows (the window's rows, the next ``stride`` the writer fills meanwhile,
+    and one of slack: with ``kh + stride`` a writer and a reader of the same speed waited for each other, a chain
+    of such layers ran 16-19% below its slowest layer), for a pointwise stage three (the row it reads, the row
+    being written, one of slack), for a gather stage the most rows an output row holds, the most the writer moves
+    on meanwhile, and one. It is a ring where its reader reads rows in raster order (a layer stage's
+    window or a pointwise stage) and one writer fills it in raster order (the input stream, or a layer or
+    pointwise or gather stage that writes no other buffer, or every buffer a stage writes as rings:
+    :func:`_fanout_rings`). A gather stage reads a ring where its output rows
+    read input rows in order (:func:`gather_rows`; a transpose does not). Skips are read a frame later, and a
+    window as tall as the map (a linear layer after a flatten) needs the whole frame. A pointwise stage of two
+    inputs (an add, a concat) waits on both: one input is a ring only where every other is a frame its producer
+    has committed before this one's writer can start (a skip written beside the main path, :func:`_settled`) or a
+    skip ring of the fork this input's chain starts at; else a ring would stall its writer, and through a shared
+    producer the other input, until that input comes (a deadlock where it is a frame later)."""
+    b = g.buffers[j]
+    if b.producer >= 0 and g.outputs_of(b.producer) != [j]:
+        return _fanout_rings(g, b.producer).get(j, 0)
+    if b.consumer < 0:
+        return 0
+    if _is_join(g, b.consumer):
+        for k in g.inputs_of(b.consumer):
+            if k == j:
+                continue
+            fork = g.buffers[k].producer
+            skip = _fanout_rings(g, fork).get(k, 0) if fork >= 0 else 0
+            if not (skip and (chain := _chain(g, fork, k)) is not None and chain[-1] == j) and \
+                    not _settled(g, fork, b.producer):
+                return 0
+    return _reader_rows(g, j)
 
 
 def rings_of(g: Graph) -> dict[int, int]:
@@ -193,7 +282,7 @@ def schedule(g: Graph, rings: Mapping[int, int] | None = None) -> Schedule:
         new = dict(floor)
         for k in sorted(rings, key=lambda k: -g.buffers[k].producer):  # a ring's writer cannot run more than
             b = g.buffers[k]                                           # its rows ahead of its reader
-            if b.producer >= 0:
+            if b.producer >= 0 and not _is_skip(g, k):  # a skip ring holds the writer's lead: its chain holds it
                 c = _reader(g, k)
                 lo = max(end[c], new.get(c, 0.0)) - cyc[c] * share[k]
                 if lo > end[b.producer] + 1e-9:

@@ -362,11 +362,13 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
         gc = c // lay.data.groups if dwc else 1  # input channels per group (depthwise: 1)
         extra = "" if st.streamed else (f", .DWC({dwc}), .B({lay.abits}), .SIMD({lay.simd}), .WPC({st.copy_lanes}), "
                                         f".GC({gc}), .RS({st.reuse})")
-        (ko,) = g.outputs_of(i) if len(g.outputs_of(i)) == 1 else (None,)
-        rin, rout = rings.get(k0, 0), int(bool(ko is not None and rings.get(ko, 0)))
+        kos = g.outputs_of(i)  # rings: all of them (one, or a fan-out of rings: frames.ring_rows), or none
+        rin, rout = rings.get(k0, 0), int(all(rings.get(k, 0) for k in kos))
         extra += f", .RIN({rin}), .ROUT({rout}), .PK({st.pool}), .PHO({oh})"
-        cres = f"fb{ko}_can_write" if rout else "1'b0"
-        res_ = f"fb{ko}_reserve" if rout else ""
+        cres = " & ".join(f"fb{k}_can_write" for k in kos) if rout else "1'b0"
+        res_ = f"{p}_reserve" if rout else ""
+        if rout:
+            v(f"  wire {p}_reserve; " + " ".join(f"assign fb{k}_reserve = {p}_reserve;" for k in kos))
         v(f"  mixq_window{'_stream' if st.streamed else ''} #(.IH({h}), .IW({w}), .PW({c * st.in_bits}), .KH({kh}), "
           f".KW({kw}), .SH({st.stride[0]}), .SW({st.stride[1]}), .PH({st.padding[0]}), .PL({st.padding[1]}), "
           f".DH({st.dilation[0]}), .DW({st.dilation[1]}), "

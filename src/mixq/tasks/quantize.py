@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from mixq.zoo.source import ModelSource
 @dataclass(frozen=True)
 class QuantizeJob:
     """What ``mixq quantize`` was asked: the model, its data (sources and preprocessing overrides), the plan
-    (a file, an MSQ ratio or the default W8A8) and the recipe with its overrides."""
+    (a file, an MSQ ratio or the default W8A8; ``residual_bits`` sets the plan's) and the recipe with its
+    overrides."""
 
     source: ModelSource
     out: Path
@@ -41,6 +42,7 @@ class QuantizeJob:
     std: tuple[float, ...] | None = None
     gray: bool | None = None
     pretrained: bool = True
+    residual_bits: int | None = None
 
 
 @dataclass
@@ -102,6 +104,8 @@ def run_quantize(job: QuantizeJob) -> QuantizeOutcome:
         qplan = msq_plan(name, net, data[:8], MSQConfig(ratio=job.msq))
     else:
         qplan = api.default_plan(name, net, data[:8])
+    if job.residual_bits is not None:
+        qplan = replace(qplan, residual_bits=job.residual_bits)
     if "msq_rows" in job.overrides and not any(lp.weight_alt is not None for _, lp in qplan.items()):
         raise OptionError("--msq-rows: the plan has no second row format (MSQ); give --msq RATIO or an MSQ "
                           "--plan, or drop --msq-rows")

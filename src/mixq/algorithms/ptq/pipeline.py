@@ -40,6 +40,7 @@ from mixq.errors import DataError
 from mixq.graph import fold_bn
 from mixq.graph.convert import to_quantized
 from mixq.graph.normalize import normalize
+from mixq.graph.residual import tie_residual_scales
 from mixq.nn import float_weights
 from mixq.plan import QuantPlan
 
@@ -242,6 +243,11 @@ def _act_ranges(s: PTQState) -> PTQState:
     return s
 
 
+def _residual_tie(s: PTQState) -> PTQState:
+    s.details["residual_tie"] = tie_residual_scales(s.quantized)
+    return s
+
+
 def _adaround(s: PTQState) -> PTQState:
     assert s.recipe.adaround is not None
     cfg = dataclasses.replace(s.recipe.adaround, batch_size=s.recipe.batch_size)
@@ -304,6 +310,8 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("weight_scales", _weight_scales, lambda r, p: r.weight_scales != "plan"),
     Stage("calibrate", _calibrate),
     Stage("act_ranges", _act_ranges, lambda r, p: r.act_ranges == "output"),
+    Stage("residual_tie", _residual_tie, lambda r, p: p.residual_bits is not None,
+          line=lambda s: {"streams": s.details["residual_tie"]}),
     Stage("adaround", _adaround, lambda r, p: r.adaround is not None),
     Stage("gptq", _gptq, lambda r, p: r.gptq is not None),
     Stage("brecq", _brecq, lambda r, p: r.brecq is not None),

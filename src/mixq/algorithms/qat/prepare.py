@@ -15,6 +15,7 @@ and the last, which stay at 8 bits (``first_last_bits``; ``None`` disables it).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping
 
 import torch
@@ -73,7 +74,7 @@ def _init_plan(plan: QuantPlan, observer: str | None) -> QuantPlan:
     for name, lp in plan.items():
         w_obs = lp.weight_observer if lp.weight_granularity == "group" else observer
         layers[name] = lp.with_(weight_observer=w_obs, act_observer=observer)
-    return QuantPlan(model=plan.model, layers=layers, meta=dict(plan.meta))
+    return dataclasses.replace(plan, layers=layers, meta=dict(plan.meta))
 
 
 def prepare_qat(model: nn.Module, plan: QuantPlan, calib: torch.Tensor, cfg: QatConfig,
@@ -84,6 +85,9 @@ def prepare_qat(model: nn.Module, plan: QuantPlan, calib: torch.Tensor, cfg: Qat
     (layer name -> 0/1 tensor of the weight's shape) fixes pruned weights at zero.
     """
     check_rows_assigned(plan)
+    if plan.residual_bits is not None:
+        raise QatError("residual_bits: QAT does not train residual-stream quantizers yet; quantize with "
+                       "`mixq quantize --residual-bits`, or train with a plan without residual_bits")
     masks = dict(masks or {})
     unknown = sorted(set(masks) - set(plan))
     if unknown:
