@@ -195,6 +195,7 @@ module mixq_rowgate #(
     nl = (gy + 1) * SH - PH;
     if (nl < 0) nl = 0;
     if (nl > IH || gy == OH - 1) nl = IH;
+    if (nl - 1 > hi) hi = nl - 1;  // a stride past the window (1 x 1, stride 2): the rows it skips are in first
   end
   wire in_ok = (RIN == 0) || (hi - lo + 1 <= avail);
   wire new_out = (ROUT != 0) && (gy % PK == 0) && (gy / PK < PHO);
