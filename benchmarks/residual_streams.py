@@ -100,8 +100,8 @@ def markdown(doc: dict[str, Any]) -> str:
 
     lines = ["## Residual streams (`benchmarks/residual_streams.py`)", "",
              f"MobileNetV2 (real weights), W8A8 per channel, {doc['images']} fidelity views, 256 calibration crops:",
-             "", "| recipe | residual_bits | agreement w/ FP32 (%) | logit SQNR (dB) | − exact streams (points, 95% CI) "
-             "| PTQ (s) |", "|---|---|---:|---:|---|---:|"]
+             "", "| recipe | residual_bits | agreement w/ FP32 (%) | logit SQNR (dB) | "
+             "− exact streams (points, 95% CI) | PTQ (s) |", "|---|---|---:|---:|---|---:|"]
     for r in doc["mobilenet_v2"]:
         d = f"{r['vs_exact'][0]:+.2f} ± {r['vs_exact'][1]:.2f}" if "vs_exact" in r else ""
         lines.append(f"| {r['recipe']} | {bits(r['residual_bits'])} | {r['agreement']:.2f} | {r['sqnr_db']:.2f} | "

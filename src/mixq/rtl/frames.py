@@ -190,9 +190,9 @@ def _fanout_rings(g: Graph, p: int) -> dict[int, int]:
     the join is behind ``p`` in steady state: each stage's lag on the chain (:func:`_lag`), in ``p``'s rows (a
     stride-2 layer's output row is two of its input rows), and two of slack (FINN's skip FIFO, in rows). A join
     reads the skip ring and the chain's last ring in step, so a skip under the chain's look-ahead (the rows below
-    each window's centre, and a row being written) deadlocks: the chain waits for rows ``p`` cannot write. All or none: a writer waits for the room of every ring it writes, and
-    a frame buffer beside a ring would commit its frame only after the ring's reader has taken all but its last
-    rows."""
+    each window's centre, and a row being written) deadlocks: the chain waits for rows ``p`` cannot write. All or
+    none: a writer waits for the room of every ring it writes, and a frame buffer beside a ring would commit its
+    frame only after the ring's reader has taken all but its last rows."""
     outs = g.outputs_of(p)
     if p < 0 or len(outs) < 2 or isinstance(g.nodes[p], GatherStage):
         return {}
