@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from torch import fx, nn
 
-from mixq.formats import FixedPoint
 from mixq.graph.trace import NodeOp, node_ops, tensor_args, trace
 from mixq.nn import QAct
 
@@ -70,7 +69,7 @@ def quantize_residuals(model: nn.Module, bits: int, observer: str = "minmax") ->
     """``model`` (traced; its modules shared) with a ``bits``-bit :class:`QAct` on every residual stream."""
     gm = trace(model, stage="residual_bits")
     points = residual_points(gm)
-    holder = nn.ModuleDict({node.name: QAct(FixedPoint(bits, signed), observer) for node, signed in points.items()})
+    holder = nn.ModuleDict({node.name: QAct.fixed(bits, signed, observer) for node, signed in points.items()})
     gm.add_module(ATTR, holder)
     for node in points:
         with gm.graph.inserting_after(node):

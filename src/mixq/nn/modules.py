@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixq.errors import ModelError
-from mixq.formats import NumberFormat
+from mixq.formats import FixedPoint, NumberFormat
 from mixq.plan import LayerPlan
 from mixq.quant import ActObserver, compute_scale, fake_quant
 
@@ -37,6 +37,11 @@ class QAct(nn.Module):
         self.scale: torch.Tensor
         self.register_buffer("scale", torch.tensor(1.0))
         self.calibrated = False
+
+    @classmethod
+    def fixed(cls, bits: int, signed: bool, observer: str = "minmax") -> QAct:
+        """A quantizer to ``bits``-bit fixed point (signed or not)."""
+        return cls(FixedPoint(bits, signed), observer)
 
     def start_observing(self) -> None:
         self.observer = ActObserver(method=self.observer_kind)
