@@ -187,3 +187,22 @@ def test_estimator_prices_the_stream_the_plan_leaves(resnet: tuple[nn.Module, to
         assert all((ly.note == EXACT_STREAM_NOTE) == (bits is None) for ly in adds[bits])
     for a, b, c in zip(adds[None], adds[6], adds[8], strict=True):
         assert a.fifo_bits == c.fifo_bits and b.fifo_bits * 8 == c.fifo_bits * 6 > 0
+
+
+def test_cli_rtl_build_takes_residual_bits(tmp_path: Path) -> None:
+    """`mixq rtl build MODEL --residual-bits 8` writes the design with 8-bit streams (here without simulating);
+    with `--from` the artifact's plan says, so the option is refused in one line."""
+    out = tmp_path / "b"
+    r = _cli("rtl", "build", "resnet20", "--size", "8", "--images", "0", "--residual-bits", "8", "--out", str(out),
+             "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    build = json.loads((out / "build.json").read_text())
+    widths = [b["bits"] for b in build["buffers"] if b["shape"][1] > 1]
+    assert max(widths) == 8, widths
+    art = tmp_path / "q"
+    assert _cli("quantize", "cnv", "--random", "--images", "8", "--out", str(art), cwd=tmp_path).returncode == 0
+    bad = _cli("rtl", "build", "--from", str(art), "--residual-bits", "8", cwd=tmp_path)
+    assert bad.returncode == 1 and "drop --residual-bits" in bad.stderr, bad.stderr  # an OptionError: exit 1
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr

@@ -186,14 +186,17 @@ def plan_folding(plan_file: Path) -> dict[str, tuple[int, int]] | None:
 
 def network_int_model(model: Any, config: str, images: int, from_: Path | None = None,
                       plan_file: Path | None = None, size: int | None = None,
-                      blocks: int | None = None) -> tuple[Any, dict[str, Any], Any]:
+                      blocks: int | None = None, residual_bits: int | None = None) -> tuple[Any, dict[str, Any], Any]:
     """(IntModel, the engine's integers on ``images`` real inputs (``keep=True``), those inputs) for
     ``mixq rtl build``: the model (a zoo name or a :class:`~mixq.zoo.source.ModelSource`: zoo, builder, model
     file) with its real weights quantized under ``config`` (or the plan of
     ``plan_file``, a ``plan.json`` such as ``mixq run`` writes: MSQ rows as it assigns them, or assigned here)
     and calibrated on its default data (CNV: the bundled Fashion-MNIST), or the quantized model of the
     artifact ``from_``. ``blocks`` keeps the first modules of the zoo model's ``features`` (a slice of a large
-    network, e.g. MobileNetV2's first inverted residual blocks), ``size`` its input H = W (real photos resized)."""
+    network, e.g. MobileNetV2's first inverted residual blocks), ``size`` its input H = W (real photos resized);
+    ``residual_bits`` sets the plan's (:mod:`mixq.graph.residual`)."""
+    import dataclasses
+
     import torch
 
     from mixq import api
@@ -242,6 +245,8 @@ def network_int_model(model: Any, config: str, images: int, from_: Path | None =
                 plan = assign_rows(m, plan)
         else:
             plan = network_plan(src.name, m, cal, config)
+        if residual_bits is not None:
+            plan = dataclasses.replace(plan, residual_bits=residual_bits)
         qmodel = api.quantize(m, plan, cal)
     if x.shape[0] < n:
         raise MixqError(f"--images {images}: only {x.shape[0]} inputs are available")
@@ -332,6 +337,9 @@ def register(app: typer.Typer) -> None:
                                       "MobileNetV2's first inverted residuals", 0),
                   images: int = count(2, "Fashion-MNIST / default test images to simulate (0: write the build only)",
                                       0),
+                  residual_bits: int | None = count(None, "residual streams quantized to this many bits (2..16; "
+                                                    "default exact, as wide as the sums; not with --from: the "
+                                                    "artifact's plan says)", 2, "--residual-bits", maximum=16),
                   simulator: str = choice("verilator", "simulator", ("verilator", "icarus")),
                   seed: int = count(1, "seed of the randomized tvalid / tready", 0),
                   valid: float = real(0.75, "probability the testbench offers an input beat", 0.0, 1.0),
@@ -343,7 +351,7 @@ def register(app: typer.Typer) -> None:
         src = resolve_source(model, from_, weights_file, input_shape, ctx=ctx)
         name = src.name if src is not None else resolve_model(None, from_, "MODEL", ctx=ctx)
         exclusive_with_from(from_, config=config is not None, plan=plan is not None, size=size != 0,
-                            blocks=blocks != 0)
+                            blocks=blocks != 0, residual_bits=residual_bits is not None)
         if plan is not None and config is not None:
             from mixq.errors import OptionError
 
@@ -354,7 +362,8 @@ def register(app: typer.Typer) -> None:
 
         cfg = config or "fixed8"
         fold = load_folding(folding) if folding is not None else None
-        im, values, _ = network_int_model(src or name, cfg, images, from_, plan, size or None, blocks or None)
+        im, values, _ = network_int_model(src or name, cfg, images, from_, plan, size or None, blocks or None,
+                                          residual_bits)
         b = build_and_check(im, values, name, folder, images,
                             fold or (plan_folding(plan) if plan is not None else None),
                             pe, simd, core, part, SimOptions(simulator, seed, valid, ready),
