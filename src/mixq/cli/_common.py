@@ -42,11 +42,9 @@ def _finite(v: float) -> bool:
 def count(default: int | None, help: str, minimum: int = 1, *names: str, maximum: int | None = None) -> Any:
     """An integer option that must be ``>= minimum`` (and ``<= maximum`` when given; ``None`` allowed as 'not
     given')."""
-    if maximum is None:
-        return typer.Option(default, *names, help=help,
-                            callback=_check(lambda v: v >= minimum, f"an integer >= {minimum}"))
-    return typer.Option(default, *names, help=help, callback=_check(lambda v: minimum <= v <= maximum,
-                                                                     f"an integer in [{minimum}, {maximum}]"))
+    what = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
+    return typer.Option(default, *names, help=help,
+                        callback=_check(lambda v: v >= minimum and (maximum is None or v <= maximum), what))
 
 
 def real(default: float | None, help: str, low: float = 0.0, high: float = math.inf, *names: str,

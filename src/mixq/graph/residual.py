@@ -53,8 +53,8 @@ def residual_points(gm: fx.GraphModule) -> dict[fx.Node, bool]:
     """The nodes whose outputs get a stream quantizer, in graph order, each with ``signed``: every residual add's
     output and each of its operands (its skip, its branch) that is not another add's quantized output."""
     ops = node_ops(gm)
-    adds = [n for n, op in ops.items() if op.kind == "add" and len(tensor_args(n)) == 2
-            and not any(a.op == "get_attr" for a in tensor_args(n))]
+    adds = [n for n, op in ops.items() if op.kind == "add"
+            and len(ins := tensor_args(n)) == 2 and not any(a.op == "get_attr" for a in ins)]
     points = dict(_point(n, ops) for n in adds)
     for n in adds:
         for a in tensor_args(n):
@@ -102,10 +102,9 @@ def tie_residual_scales(qmodel: nn.Module) -> int:
     mods = dict(gm.named_modules())
     tied = 0
     for node in gm.graph.nodes:
-        key = str(node.target).removeprefix(f"{ATTR}.") if node.op == "call_module" else None
-        if key is None or not str(node.target).startswith(f"{ATTR}.") or key not in streams:
+        q = streams.get(str(node.target).removeprefix(f"{ATTR}.")) if node.op == "call_module" else None
+        if q is None or mods[str(node.target)] is not q:
             continue
-        q = streams[key]
         readers = [iq for u in node.users if u.op == "call_module"
                    and isinstance(iq := getattr(mods[str(u.target)], "input_quant", None), QAct)
                    and iq.fmt == q.fmt and iq.calibrated]

@@ -203,9 +203,7 @@ def _fanout_rings(g: Graph, p: int) -> dict[int, int]:
             return {}
         if _is_join(g, c):
             chain = _chain(g, p, j)
-            if chain is None or chain[0] not in outs:
-                return {}
-            if not all(_reader_rows(g, k) for k in chain):
+            if chain is None or not all(_reader_rows(g, k) for k in chain):
                 return {}
             h = g.buffers[j].shape[1]  # p's rows per frame
             r = math.ceil(sum(h / g.buffers[k].shape[1] * _lag(g, k) for k in chain)) + 2
