@@ -5,7 +5,10 @@ four parts, with DDR weights never / auto, threshold requantizers, two parts and
 design fits, its frames/s, resources, every layer's folding and the layers with DDR weights — written by the
 optimizer before its layer caches (the optimizer files of 393ce18, on the cost model of the time). Any change of
 an optimum fails here; a deliberate one (a refit cost model, a new pricing rule) rewrites the file:
-``.venv/bin/python tests/test_hw_fold_optimum.py``.
+``.venv/bin/python tests/test_hw_fold_optimum.py``. Rewritten in session 22, when exact residual streams began to be
+priced at the integer engine's width of the sum (up to 40 bits) instead of the activation width: 67 of the ResNet-18
+and MobileNetV2 optima moved (e.g. MobileNetV2 W8A8 on the XCZU9EG with on-chip weights from 1,661 FPS to a design
+that does not fit; with DDR weights still 1,661), none of CNV's (it has no adds).
 
 Beside it: the layer caches kept across estimates change nothing (every case with them cleared before each call
 equals the case with them warm), and a layer's price reads nothing outside its :func:`mixq.hw.units.layer_key`.

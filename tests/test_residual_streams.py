@@ -169,9 +169,10 @@ def test_cli_quantize_residual_bits_and_read_back(tmp_path: Path) -> None:
 
 
 def test_estimator_prices_the_stream_the_plan_leaves(resnet: tuple[nn.Module, torch.Tensor]) -> None:
-    """An add and its skip FIFO at the plan's residual_bits; an exact stream at the activation width, said in the
-    layer's note (pricing it at the accumulator's width moved every residual net's estimate: hw.lower)."""
+    """An add and its skip FIFO at the plan's residual_bits; an exact stream at the integer engine's width of the
+    sum (hw.bits.exact_sum_bits: up to 40 bits), said in the layer's note."""
     from mixq.graph.capture import capture
+    from mixq.hw.bits import ENGINE_SUM_BITS
     from mixq.hw.lower import EXACT_STREAM_NOTE, lower
     from mixq.hw.parts import get_part
 
@@ -183,10 +184,11 @@ def test_estimator_prices_the_stream_the_plan_leaves(resnet: tuple[nn.Module, to
         adds[bits] = [ly for ly in lower(specs, dataclasses.replace(plan, residual_bits=bits), get_part("xc7z020"))
                       if ly.spec.kind == "add"]
         assert len(adds[bits]) == 9
-        assert all(ly.abits == (bits or 8) for ly in adds[bits])
         assert all((ly.note == EXACT_STREAM_NOTE) == (bits is None) for ly in adds[bits])
+    assert all(ly.abits == b for b in (6, 8) for ly in adds[b])
+    assert all(ly.abits == ENGINE_SUM_BITS for ly in adds[None])  # W8A8: every sum at the engine's cap
     for a, b, c in zip(adds[None], adds[6], adds[8], strict=True):
-        assert a.fifo_bits == c.fifo_bits and b.fifo_bits * 8 == c.fifo_bits * 6 > 0
+        assert a.fifo_bits * 8 == c.fifo_bits * 40 and b.fifo_bits * 8 == c.fifo_bits * 6 > 0
 
 
 def test_cli_rtl_build_takes_residual_bits(tmp_path: Path) -> None:

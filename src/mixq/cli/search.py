@@ -12,6 +12,28 @@ from mixq.cli._common import FROM, choice, count, emit, out_dir, real
 TASKS = ("cnv", "mobilenet_v2")
 
 
+def _widths(value: str | None) -> tuple[int | None, ...] | None:
+    """``--residual-bits exact,12,8``: the residual-stream widths to try, checked at parse time."""
+    if value is None:
+        return None
+    out: list[int | None] = []
+    for part in value.split(","):
+        p = part.strip().lower()
+        if p == "exact":
+            out.append(None)
+        elif p.isdigit() and 2 <= int(p) <= 16:
+            out.append(int(p))
+        else:
+            raise typer.BadParameter(f"must be a comma-separated list of 'exact' and integers in [2, 16] "
+                                     f"(e.g. exact,12,8), got {value!r}")
+    return tuple(dict.fromkeys(out))
+
+
+def _checked_widths(value: str | None) -> str | None:
+    _widths(value)
+    return value
+
+
 def search_cmd(
     model: str | None = typer.Argument(None, help="bundled model: cnv or mobilenet_v2 (or --from ARTIFACT)"),
     from_: Path | None = FROM,
@@ -32,6 +54,10 @@ def search_cmd(
     eval_images: int = count(1000, "evaluation images"),
     cache_dir: Path = typer.Option(Path.home() / ".cache" / "mixq" / "search", help="sensitivity cache"),
     pretrained: bool = typer.Option(True, help="load the zoo's trained weights"),
+    residual_bits: str | None = typer.Option(
+        None, "--residual-bits", callback=_checked_widths,
+        help="residual-stream widths to try where the model has adds, each its own sweep: 'exact' and bits "
+             "2..16, comma-separated (default exact,12,8)"),
 ) -> None:
     """Search per-layer bits, scheme (SP2 ratio) and folding for MODEL (or a quantize --from ARTIFACT's model,
     data and preprocessing) on PART; write the plan and Pareto front.
@@ -53,6 +79,7 @@ def search_cmd(
     folder = out_dir(out, "search", model or Path(str(from_)).name)
     from mixq.algorithms.search import SearchConfig, SensitivityConfig, search_plan
     from mixq.algorithms.search.output import write_outputs
+    from mixq.algorithms.search.space import SearchSpace
     from mixq.hw import get_part
     from mixq.tasks.search import artifact_task, bundled_task
 
@@ -62,14 +89,17 @@ def search_cmd(
     else:
         assert model is not None
         m, calib, eval_fn = bundled_task(model, pretrained, calib_images, eval_images)
-    cfg = SearchConfig(sensitivity=SensitivityConfig(method=method), points=points, executor=executor,
+    widths = _widths(residual_bits)
+    space = SearchSpace() if widths is None else SearchSpace(residual_bits=widths)
+    cfg = SearchConfig(space=space, sensitivity=SensitivityConfig(method=method), points=points, executor=executor,
                        workers=workers, cache_dir=str(cache_dir))
     res = search_plan(model, m, calib, eval_fn, part, target_fps=target_fps, max_drop=max_drop, cfg=cfg)
     paths = write_outputs(res, folder)
     rows = [res.chosen, *res.baselines.values()]
     result = {"chosen": res.chosen.label, "reference_accuracy": round(res.reference_accuracy, 3),
               "compare": [{"label": p.label, "fps": round(p.fps, 1), "accuracy": round(p.accuracy, 3),
-                           "lut": p.resources.get("lut"), "dsp": p.resources.get("dsp")} for p in rows],
+                           "lut": p.resources.get("lut"), "dsp": p.resources.get("dsp"),
+                           "residual_bits": p.plan.residual_bits} for p in rows],
               "best_reachable_fps": round(res.best_fps, 1),
               "timings_s": {k: round(v, 2) for k, v in res.timings.items()}, "out": str(folder)}
     emit(result, [json.dumps(result, indent=2), f"wrote {', '.join(str(p) for p in paths.values())}"])

@@ -23,20 +23,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mixq.graph.spec import LayerSpec
+from mixq.hw.bits import exact_operand_bits, exact_sum_bits
 from mixq.hw.kinds import MULTIPLY_KINDS, PE_KINDS, STREAM_OPS, WEIGHT_KINDS, shares_act
 from mixq.hw.parts import Part
 from mixq.hw.pe import dsp_packing
 from mixq.plan.plan import HwMapping, LayerPlan, QuantPlan
 
 ASSUMED_BITS = 8
-# A residual stream the plan leaves exact (``residual_bits`` unset) is an integer on its accumulator grid: the
-# integer engine keeps it at most ``EngineConfig.sum_bits`` (40) wide (measured 28-40 bits on ResNet-20 at W8A8;
-# its RTL's buffers 17.3 Mbit against 4.6 with 8-bit streams). The add and its skip FIFO are still priced at the
-# activation width, as a quantized stream would be, and the layer's note says so: pricing them at the
-# accumulator's 32 bits moved MobileNetV2 W8A8's fold optimum on the XCZU9EG from 1,661 to 623 FPS and ResNet-18's
-# on the XC7Z020 off the part, for every plan made before streams could be quantized.
-EXACT_STREAM_NOTE = ("exact residual stream (plan residual_bits unset): priced at the activation width; the "
-                     "integer engine and the RTL keep it at up to 40 bits")
+# A residual stream the plan leaves exact (``residual_bits`` unset) is an integer on its accumulator grid, and the
+# add and its skip FIFO are priced at the width the integer engine gives it (`mixq.hw.bits.exact_sum_bits`: up to
+# 40 bits; the RTL builds that width), with a note naming the remedy: `residual_bits` (`mixq quantize
+# --residual-bits`), which `mixq search` also tries. Until session 22 they were priced at the activation width.
+EXACT_STREAM_NOTE = ("exact residual stream (plan residual_bits unset): priced at the integer engine's width of "
+                     "its sum")
+# Spec kinds an exact stream passes through unchanged on its way to an add (a folded BatchNorm, a ReLU on the sum)
+_STREAM_PASS = ("bn", "relu", "relu6")
 # Stream operators between compute layers, each priced by `mixq.hw.streamops.stream_engine` (the table:
 # `mixq.hw.kinds.STREAM_OPS`)
 STREAM_KINDS: tuple[str, ...] = tuple(STREAM_OPS)
@@ -164,6 +165,7 @@ def lower(specs: list[LayerSpec], plan: QuantPlan, part: Part) -> list[HwLayer]:
     by_name: dict[str, LayerSpec] = {}
     for s in specs:  # the first spec of each name, as a scan from the start finds it
         by_name.setdefault(s.name, s)
+    exact: dict[str, tuple[bool, int]] = {}  # value -> (a residual sum?, bits) where an add would read it exact
     ci = 0
     for i, s in enumerate(specs):
         if s.is_compute:
@@ -173,15 +175,23 @@ def lower(specs: list[LayerSpec], plan: QuantPlan, part: Part) -> list[HwLayer]:
             out_bits = act[nxt][0] if nxt else ASSUMED_BITS
             groups, note = _groups(s, lp, part, abits, signed)
             out.append(HwLayer(s, groups, abits, out_bits, lp.mapping if lp else HwMapping(), note))
+            exact[s.name] = (False, exact_operand_bits(max(g.wbits for g in groups) + abits, max(s.row_length, 1)))
             ci += 1
             continue
+        if s.kind in _STREAM_PASS and len(s.inputs) == 1 and s.inputs[0] in exact:
+            exact[s.name] = exact[s.inputs[0]]
         op = STREAM_OPS.get(s.kind)
         if op is None or (op.folds and _folded(s, by_name)):
             continue  # not priced, or a BN folded into the conv / linear before it (graph.fold_bn)
         nxt = compute[ci].name if ci < len(compute) else None
         abits, note = (act[nxt][0] if nxt else ASSUMED_BITS), ""
         if s.kind == "add":  # a residual stream: the plan's residual_bits, or exact (EXACT_STREAM_NOTE)
-            abits, note = (plan.residual_bits, "") if plan.residual_bits else (abits, EXACT_STREAM_NOTE)
+            if plan.residual_bits:
+                abits = plan.residual_bits
+            else:
+                ins = [exact.get(n, (False, abits)) for n in s.inputs]  # else a code: abits wide
+                abits = exact_sum_bits([b for sum_, b in ins if not sum_], [b for sum_, b in ins if sum_])
+                exact[s.name], note = (True, abits), EXACT_STREAM_NOTE
         fifo = _skip_fifo(specs, i, abits) if op.skip_fifo else 0
         out.append(HwLayer(s, (), abits, abits, HwMapping(), note, fifo))
     return out

@@ -36,6 +36,7 @@ class Allocation:
     sensitivity: float
     solve_s: float
     solver: str
+    residual_bits: int | None = None  # the table's residual streams (None: exact)
 
     def fps(self, table: HwTable) -> float:
         return table.fps_of(max(c.cycles for c in self.choices.values()))
@@ -73,7 +74,7 @@ def allocate(table: HwTable, sens: Sensitivity, t: float, solver: str = "ilp",
         return None
     choices = {n: payload[li][i] for li, (n, i) in enumerate(zip(table.names, sol.picks, strict=True))}
     return Allocation(int(t), choices, {n: table.options[c.option] for n, c in choices.items()},
-                      sol.objective, sol.seconds, sol.solver)
+                      sol.objective, sol.seconds, sol.solver, table.residual_bits)
 
 
 def cycle_grid(table: HwTable, step: float = 1.04) -> list[int]:
@@ -111,7 +112,8 @@ def fastest(table: HwTable, sens: Sensitivity, max_sensitivity: float = math.inf
 
 def to_plan(model_name: str, alloc: Allocation, signed: set[str],
             advantages: dict[str, torch.Tensor] | None = None) -> QuantPlan:
-    """The `QuantPlan` of an allocation: formats, SP2 rows (MSQ's rule) and folding per layer."""
+    """The `QuantPlan` of an allocation: formats, SP2 rows (MSQ's rule) and folding per layer, and the residual
+    streams' width it was priced at."""
     layers = {}
     for n, c in alloc.choices.items():
         o = alloc.options[n]
@@ -119,4 +121,5 @@ def to_plan(model_name: str, alloc: Allocation, signed: set[str],
         layers[n] = layer_plan(o, n in signed, adv, HwMapping("auto", c.pe, c.simd))
     return QuantPlan(model_name, layers, meta={"search": {
         "cycles_budget": alloc.cycles, "sensitivity": alloc.sensitivity, "solver": alloc.solver,
-        "solve_s": round(alloc.solve_s, 4), "options": {n: o.label for n, o in alloc.options.items()}}})
+        "solve_s": round(alloc.solve_s, 4), "options": {n: o.label for n, o in alloc.options.items()}}},
+        residual_bits=alloc.residual_bits)

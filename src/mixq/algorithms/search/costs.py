@@ -7,11 +7,15 @@ Nothing here models hardware: a layer in an option is lowered with
 smallest ``simd`` that meets ``T``; of those the search keeps the few that are
 cheapest by LUT, by DSP and by total share of the part (the ILP then trades them
 between layers). Stream operators (pooling, residual adds) get the lanes they need
-at ``T`` and, with the per-part shell, form a fixed cost.
+at ``T`` and, with the per-part shell, form a fixed cost; residual adds and their skip FIFOs at the table's
+``residual_bits`` (exact streams at the integer engine's width: :mod:`mixq.hw.lower`). `HwTable.with_residual_bits`
+gives the same table at another stream width, sharing the compute engines' costs.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,7 +56,8 @@ class HwTable:
     """Lowered layers of every option, and memoised engine costs (one table per model and part)."""
 
     def __init__(self, specs: list[LayerSpec], options: Sequence[Option], part: str | Part,
-                 signed: Sequence[str] = (), opts: ArchOptions | None = None, model: CostModel | None = None) -> None:
+                 signed: Sequence[str] = (), opts: ArchOptions | None = None, model: CostModel | None = None,
+                 residual_bits: int | None = None) -> None:
         self.specs = specs
         self.options = list(options)
         self.part = get_part(part)
@@ -65,14 +70,25 @@ class HwTable:
             plan = QuantPlan("search", {n: layer_plan(o, n in sig) for n in self.names})
             self.layers.append({ly.name: ly for ly in lower(specs, plan, self.part) if ly.is_compute})
         widest = max(range(len(self.options)), key=lambda i: self.options[i].abits)
-        plan = QuantPlan("search", {n: layer_plan(self.options[widest], n in sig) for n in self.names})
-        self.streams = [ly for ly in lower(specs, plan, self.part) if not ly.is_compute]
+        self._stream_plan = QuantPlan("search", {n: layer_plan(self.options[widest], n in sig) for n in self.names})
+        self.residual_bits = residual_bits
+        self.streams = self._streams(residual_bits)
         self._cost: dict[tuple[str, int, int, int], EngineCost] = {}
         self._cyc: dict[tuple[str, int, int, int], int] = {}
         self.clock = self.part.clock_mhz * 1e6
         b = budget(self.part, self.opts)
         self.budget = np.array(b.as_tuple(), dtype=float)
         self._bshare = np.array([x if x > 0 else np.inf for x in b.as_tuple()])
+
+    def _streams(self, residual_bits: int | None) -> list[HwLayer]:
+        plan = dataclasses.replace(self._stream_plan, residual_bits=residual_bits)
+        return [ly for ly in lower(self.specs, plan, self.part) if not ly.is_compute]
+
+    def with_residual_bits(self, residual_bits: int | None) -> HwTable:
+        """This table with residual streams of ``residual_bits`` (None: exact); the engine caches are shared."""
+        out = copy.copy(self)
+        out.residual_bits, out.streams = residual_bits, self._streams(residual_bits)
+        return out
 
     def engine(self, name: str, oi: int, pe: int, simd: int) -> EngineCost:
         k = (name, oi, pe, simd)

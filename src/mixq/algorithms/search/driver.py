@@ -6,11 +6,14 @@
 3. One ILP per target frame rate: the baselines' rates (so each uniform plan has a
    searched plan at the same FPS), a geometric sweep up to the fastest, and the
    user's ``target_fps``. Every plan is checked with `mixq.hw.estimate` on its own
-   folding (and re-solved with a little headroom if the estimate disagrees).
+   folding (and re-solved with a little headroom if the estimate disagrees). A model
+   with residual adds gets the sweep once per residual-stream width of the space
+   (``SearchSpace.residual_bits``: exact, 12 and 8 bits by default; the adds and skip
+   FIFOs priced at it), so stream width is traded against accuracy like the rest.
 4. Every plan is quantized and evaluated (`evaluate_plans`); the Pareto front is
    the points no other point beats on both accuracy and FPS.
-5. The chosen point: the target's plan (``target_fps``), or the fastest point within
-   ``max_drop`` of the float model (default 1 point).
+5. The chosen point: the target's plan (``target_fps``; the most accurate of its stream
+   widths), or the fastest point within ``max_drop`` of the float model (default 1 point).
 
 Progress (:mod:`mixq.progress`): the tasks ``search sensitivity`` (per layer), ``search ilp``
 (per target frame rate) and ``search candidates`` (per evaluated plan), and a ``search chose`` line.
@@ -80,7 +83,8 @@ class Point:
         return {"label": self.label, "kind": self.kind, "fps": round(self.fps, 2), "fits": self.fits,
                 "accuracy": round(self.accuracy, 3), "drop": round(self.drop, 3),
                 "sensitivity": self.sensitivity, "resources": self.resources,
-                "utilization": self.utilization, "options": meta.get("options", {})}
+                "utilization": self.utilization, "options": meta.get("options", {}),
+                "residual_bits": self.plan.residual_bits}
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,8 @@ def _searched(name: str, table: HwTable, sens: Sensitivity, t: int, specs: list[
         if a is None:
             return None
         plan = to_plan(name, a, signed, adv)
-        pt = _point(f"searched@{table.fps_of(t):.0f}", "searched", plan, specs, part, a.sensitivity)
+        streams = "" if table.residual_bits is None else f" r{table.residual_bits}"
+        pt = _point(f"searched@{table.fps_of(t):.0f}{streams}", "searched", plan, specs, part, a.sensitivity)
         if pt.fits:
             return pt
         scale *= 0.97
@@ -175,10 +180,12 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
     fixed4, sp2_4 = weight_formats(4)
     adv = {n: row_advantage(m.weight.detach(), fixed4, sp2_4) for n, m in compute_weights(folded).items()}
     table = HwTable(specs, cfg.space.options(), part, sorted(signed))
-    best = fastest(table, sens)
-    if best is None:
+    widths = cfg.space.residual_bits if any(s.kind == "add" for s in specs) else (None,)
+    tables = [table.with_residual_bits(r) for r in dict.fromkeys(widths)]
+    bests = [(tb, a) for tb in tables if (a := fastest(tb, sens)) is not None]
+    if not bests:
         raise CheckFailed(f"search: no plan in the search space fits {part}, even at the slowest folding")
-    best_fps = best.fps(table)
+    best_fps = max(a.fps(tb) for tb, a in bests)
     if target_fps is not None and target_fps > best_fps * (1 + 1e-9):
         raise CheckFailed(f"search: target {target_fps:g} FPS is not reachable on {part}: the fastest design "
                             f"that fits reaches {best_fps:.1f} FPS")
@@ -189,16 +196,17 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
     fps_targets |= {lo * (best_fps / lo) ** (k / max(cfg.points, 1)) for k in range(1, cfg.points + 1)}
     if target_fps is not None:
         fps_targets.add(target_fps)
-    cyc = sorted({table.cycles_for(f) for f in fps_targets} | {best.cycles})
-    searched: dict[int, Point] = {}
+    cyc = sorted({table.cycles_for(f) for f in fps_targets} | {a.cycles for _, a in bests})
+    searched: dict[int, list[Point]] = {}
     seen: dict[str, Point] = {}
-    with progress.task("search ilp", total=len(cyc)) as task:
+    with progress.task("search ilp", total=len(cyc) * len(bests)) as task:
         for t in cyc:
-            pt = _searched(model_name, table, sens, t, specs, part, signed, adv)
-            if pt is not None:  # the same plan found for two targets is evaluated once
-                key = repr(sorted((n, repr(lp)) for n, lp in pt.plan.items()))
-                searched[t] = seen.setdefault(key, pt)
-            task.advance(target_fps=round(table.fps_of(t), 1), plans=len(seen))
+            for tb, _ in bests:
+                pt = _searched(model_name, tb, sens, t, specs, part, signed, adv)
+                if pt is not None:  # the same plan found for two targets is evaluated once
+                    key = repr((pt.plan.residual_bits, sorted((n, repr(lp)) for n, lp in pt.plan.items())))
+                    searched.setdefault(t, []).append(seen.setdefault(key, pt))
+                task.advance(target_fps=round(table.fps_of(t), 1), plans=len(seen))
     times["ilp_sweep"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     uniq = list(seen.values())
@@ -210,14 +218,14 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
            for p, a in zip(pts, accs, strict=True)]
     times["evaluate"] = time.perf_counter() - t2
     done = {id(old): new for old, new in zip(uniq, pts, strict=False)}
-    by_t = {t: done[id(p)] for t, p in searched.items()}
+    by_t = {t: [done[id(p)] for p in ps] for t, ps in searched.items()}
     searched_pts = pts[: len(uniq)]
     if target_fps is not None:
         t = table.cycles_for(target_fps)
         if t not in by_t:
             raise CheckFailed(f"search: target {target_fps:g} FPS is not reachable on {part}: the fastest "
                                 f"design that fits reaches {best_fps:.1f} FPS")
-        chosen = by_t[t]
+        chosen = max(by_t[t], key=lambda p: p.accuracy)  # of the residual widths tried at this rate
     else:
         d = cfg.default_max_drop if max_drop is None else max_drop
         within = [p for p in searched_pts if p.drop <= d]

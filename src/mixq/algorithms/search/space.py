@@ -61,13 +61,19 @@ class SearchSpace:
     wbits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
     abits: tuple[int, ...] = (4, 6, 8)
     rhos: tuple[float, ...] = (0.0, 0.5, 1.0)
+    # widths of the residual streams (the plan's residual_bits; None: exact) tried where the model has adds: one
+    # for the whole network, each a sweep of its own
+    residual_bits: tuple[int | None, ...] = (None, 12, 8)
 
     def __post_init__(self) -> None:
-        if not self.wbits or not self.abits or not self.rhos:
-            raise MixqError("search space: wbits, abits and rhos must each have at least one value")
+        if not self.wbits or not self.abits or not self.rhos or not self.residual_bits:
+            raise MixqError("search space: wbits, abits, rhos and residual_bits must each have at least one value")
         for r in self.rhos:
             if not 0.0 <= r <= 1.0:
                 raise MixqError(f"search space: rho {r} is not in [0, 1]")
+        for b in self.residual_bits:
+            if b is not None and (isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 16):
+                raise MixqError(f"search space: residual_bits {b!r} is not an integer in [2, 16] or None (exact)")
 
     def options(self) -> list[Option]:
         return [Option(w, a, r) for w in sorted(set(self.wbits)) for a in sorted(set(self.abits))
