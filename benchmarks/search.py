@@ -67,7 +67,7 @@ def _brief(p: Point | None) -> dict[str, Any] | None:
         return None
     return {"label": p.label, "fps": round(p.fps, 1), "accuracy": round(p.accuracy, 2),
             "lut": p.resources.get("lut"), "dsp": p.resources.get("dsp"), "bram": p.resources.get("bram"),
-            "options": p.plan.meta.get("search", {}).get("options", {})}
+            "residual_bits": p.plan.residual_bits, "options": p.plan.meta.get("search", {}).get("options", {})}
 
 
 def run_model(name: str, part: str, calib_n: int, eval_n: int, sens: SensitivityConfig, points: int,

@@ -153,3 +153,35 @@ def test_space_validates_widths() -> None:
         with pytest.raises(MixqError, match="residual_bits"):
             SearchSpace(residual_bits=bad)  # type: ignore[arg-type]
     assert dataclasses.replace(SearchSpace(), residual_bits=(None,)).residual_bits == (None,)
+
+
+def test_cli_estimate_residual_bits(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`mixq estimate MODEL --residual-bits 8` prices 8-bit streams (cheaper than the exact default, whose note it
+    prints); out of range is one line, exit 2; with --from it is refused in one line, exit 1."""
+    import json
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mixq", "estimate", *args], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)
+
+    est = {}
+    for bits in (None, 8):
+        out = tmp_path / f"e{bits}"
+        r = run("resnet20", "--out", str(out), *(["--residual-bits", str(bits)] if bits else []))
+        assert r.returncode == 0, r.stderr
+        assert ("exact residual stream" in r.stdout) == (bits is None), r.stdout
+        est[bits] = json.loads((out / "estimate.json").read_text())
+    adds = {b: [ly for ly in e["layers"] if ly["name"].startswith("add")] for b, e in est.items()}
+    assert len(adds[8]) == len(adds[None]) == 9
+    for a8, ax in zip(adds[8], adds[None], strict=True):  # the 40-bit skip FIFO 5x the 8-bit one
+        assert a8["resources"]["bram"] < ax["resources"]["bram"] and "note" not in a8 and ax["note"]
+    assert est[8]["resources"]["bram"] < est[None]["resources"]["bram"]
+    bad = run("resnet20", "--residual-bits", "17")
+    assert bad.returncode == 2 and "--residual-bits" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    art = tmp_path / "q"
+    q = subprocess.run([sys.executable, "-m", "mixq", "quantize", "resnet20", "--random", "--images", "8", "--out",
+                        str(art)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert q.returncode == 0, q.stderr
+    refused = run("--from", str(art), "--residual-bits", "8")
+    assert refused.returncode == 1 and "drop --residual-bits" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1

@@ -136,13 +136,46 @@ def test_plan_json_round_trip_and_bad_values(tmp_path: Path) -> None:
         load_plan(tmp_path / "bad.json")
 
 
-def test_qat_refuses_what_it_does_not_train(resnet: tuple[nn.Module, torch.Tensor]) -> None:
-    from mixq.algorithms.qat import QatConfig, QatError, prepare_qat
+def test_qat_trains_the_streams(resnet: tuple[nn.Module, torch.Tensor], tmp_path: Path) -> None:
+    """QAT of a plan with residual_bits: the stream quantizers are trainable steps, each shared with the first
+    layer reading the stream (the trained readers take its codes with no requantizer); the steps move; the run
+    folder's model read back (`load_result`: the plan's to_quantized with the state) computes what training
+    exported, and the integer engine runs it bit-exactly. With bn='train' one line refuses it."""
+    from mixq.algorithms.qat import QatAct, QatConfig, QatError, load_result, prepare_qat, train_qat
 
     m, x = resnet
-    plan = dataclasses.replace(api.default_plan("net", m, x), residual_bits=8)
-    with pytest.raises(QatError, match="residual_bits"):
-        prepare_qat(m, plan, x, QatConfig())
+    plan = dataclasses.replace(api.default_plan("net", m, x, weight=parse_format("fixed4"),
+                                                act=parse_format("ufixed4")), residual_bits=4)
+    cfg = QatConfig(epochs=1, batch_size=8, lr=1e-2, calib_images=8, kd_alpha=0.0, progress=False)
+    qm = prepare_qat(m, plan, x, cfg)
+    streams = {k: a for k, a in getattr(qm, ATTR).items()}
+    assert len(streams) == 21 and all(isinstance(a, QatAct) and a.log_scale is not None for a in streams.values())
+    shared = {id(a.log_scale) for a in streams.values()}
+    readers = [mod.input_quant for mod in qm.modules() if isinstance(getattr(mod, "input_quant", None), QatAct)]
+    tied = [iq for iq in readers if id(iq.log_scale) in shared]
+    assert len(tied) == 11  # the stem's stream, 8 blocks' outputs, the 2 projections' inputs
+    start = {k: float(a.log_scale.detach()) for k, a in streams.items()}
+    torch.manual_seed(0)
+    xs, ys = torch.rand(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    res = train_qat(m, plan, (xs, ys), cfg, tmp_path / "run", calib=x)
+    got = residual_quantizers(res.model)
+    assert set(got) == set(streams)
+    moved = [k for k, a in got.items() if abs(float(torch.log(a.scale)) - start[k]) > 1e-6]
+    assert len(moved) > len(got) // 2, "the stream steps were not trained"
+    back, plan2 = load_result(tmp_path / "run", m)
+    assert plan2.residual_bits == 4
+    with torch.no_grad():
+        assert torch.equal(back(x), res.model(x))
+    rep = verify(back, x[:2])
+    assert rep["exact"] and rep["mismatching_outputs"] == 0
+    im = to_integer(back, x[:1])
+    codes = {n.name for n in im.nodes if n.name.startswith(ATTR + ".")}
+    assert len(codes) == 21
+    readers = [n for n in im.nodes if n.op == "conv" and n.inputs[0] in codes]
+    assert len(readers) == 11  # trained tied: still no requantizer between a stream and its readers
+    assert not [n.name for n in im.nodes if n.op == "requant" and set(n.inputs) & codes]
+    with pytest.raises(QatError, match="bn='fold'"):
+        prepare_qat(m, plan, x, dataclasses.replace(cfg, bn="train"))
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -32,7 +32,7 @@ def _print(est: Any) -> None:
 
     for n in est.notes:
         if n.endswith(EXACT_STREAM_NOTE):
-            con.print(f"note: {n}; quantize with --residual-bits N to build what is priced")
+            con.print(f"note: {n}; quantized streams (mixq quantize --residual-bits N) are narrower and cheaper")
     for c in est.cores:
         con.print(f"core {c['core']}: {c['units']} x {c['pe_kind']} units, {c['macs_per_cycle']} MAC/cycle")
     if est.partition and est.n_parts > 1:
@@ -68,13 +68,15 @@ def register(app: typer.Typer) -> None:
                                                             "(default runs/estimate-MODEL)"),
         save_plan: bool = typer.Option(False, help="streaming: also write plan.json with the chosen folding "
                                                    "(pe, simd) to the output folder"),
+        residual_bits: int | None = cli.count(None, "price the residual streams at this many bits (2..16; default: "
+                                              "the plan's, else exact)", 2, "--residual-bits", maximum=16),
     ) -> None:
         """Estimate resources, FPS, latency and the bottleneck of MODEL (or a --from artifact's model and plan) on an
         FPGA part (exit 3 if it does not fit)."""
         src = cli.resolve_source(model, from_, weights, input_shape, ctx=ctx)
         name = src.name
         cli.exclusive_with_from(from_, plan=plan is not None, weight=weight != cli.DEFAULT_WEIGHT,
-                                act=act != cli.DEFAULT_ACT)
+                                act=act != cli.DEFAULT_ACT, residual_bits=residual_bits is not None)
         folder = cli.out_dir(out, "estimate", name)
         from mixq.errors import CheckFailed
         from mixq.hw import ArchOptions, get_part
@@ -88,6 +90,10 @@ def register(app: typer.Typer) -> None:
         fmts = cli.formats(weight=weight, act=act) if from_ is None and plan is None else {"weight": None, "act": None}
         specs = layer_specs(src)
         qplan = hw_plan(name, specs, plan, fmts["weight"], fmts["act"], from_)
+        if residual_bits is not None:
+            import dataclasses
+
+            qplan = dataclasses.replace(qplan, residual_bits=residual_bits)
         est = hw_estimate(specs, qplan, p, arch, parts=parts, fold=fold, target_fps=target_fps,
                           options=ArchOptions(link_gbps=link_gbps, ddr_weights="auto" if ddr_weights else "never"))
         atomic_write_json(folder / "estimate.json", est.to_dict())

@@ -22,13 +22,16 @@ import torch
 from torch import nn
 
 from mixq.algorithms.qat.config import QatConfig, QatError
-from mixq.algorithms.qat.modules import QatConv2d, QatLinear
+from mixq.algorithms.qat.modules import QatAct, QatConv2d, QatLinear
 from mixq.formats import FixedPoint, NumberFormat
 from mixq.graph import ops
 from mixq.graph.bnfold import fold_bn, foldable_pairs
 from mixq.graph.convert import calibrate, compute_layer_names, to_quantized
+from mixq.graph.residual import ATTR as RESIDUALS
+from mixq.graph.residual import tie_residual_scales
 from mixq.graph.swap import set_submodule
-from mixq.nn import QConv2d, QLinear
+from mixq.graph.trace import trace
+from mixq.nn import QAct, QConv2d, QLinear
 from mixq.plan import LayerPlan, QuantPlan, uniform_plan
 
 
@@ -85,9 +88,10 @@ def prepare_qat(model: nn.Module, plan: QuantPlan, calib: torch.Tensor, cfg: Qat
     (layer name -> 0/1 tensor of the weight's shape) fixes pruned weights at zero.
     """
     check_rows_assigned(plan)
-    if plan.residual_bits is not None:
-        raise QatError("residual_bits: QAT does not train residual-stream quantizers yet; quantize with "
-                       "`mixq quantize --residual-bits`, or train with a plan without residual_bits")
+    streams = plan.residual_bits is not None
+    if streams and cfg.bn == "train":
+        raise QatError("residual_bits: residual-stream quantizers train with bn='fold' (--bn fold), not 'train': "
+                       "they sit on the folded network's graph")
     masks = dict(masks or {})
     unknown = sorted(set(masks) - set(plan))
     if unknown:
@@ -100,6 +104,9 @@ def prepare_qat(model: nn.Module, plan: QuantPlan, calib: torch.Tensor, cfg: Qat
     if cfg.bn == "train":
         bn_of = dict(foldable_pairs(float_model))
         out = copy.deepcopy(float_model)
+    elif streams:  # the graph with the stream quantizers, its layers swapped below
+        tie_residual_scales(q)
+        out = copy.deepcopy(q)
     else:
         out = copy.deepcopy(folded)
     for name, lp in plan.items():
@@ -121,4 +128,35 @@ def prepare_qat(model: nn.Module, plan: QuantPlan, calib: torch.Tensor, cfg: Qat
             raise QatError(f"layers.{name}: {type(src).__name__} cannot be trained")
         new.plan = lp
         set_submodule(out, name, new)
+    if streams:
+        train_streams(out, cfg.act_quant)
     return out.train()
+
+
+def train_streams(model: nn.Module, act_quant: str) -> int:
+    """Make ``model``'s residual-stream quantizers (:mod:`mixq.graph.residual`) trainable `QatAct`\\ s, in place;
+    each shares its learned step with the layers reading it whose input quantizers have its format and scale (as
+    `tie_residual_scales` left them), so the trained readers still take the stream's codes with no requantizer.
+    Returns the number of streams so tied."""
+    holder = getattr(model, RESIDUALS, None)
+    if not isinstance(holder, nn.ModuleDict):
+        return 0
+    for key, m in list(holder.items()):
+        if isinstance(m, QAct) and not isinstance(m, QatAct):
+            holder[key] = QatAct(m, act_quant)
+    gm = trace(model, stage="residual_bits")
+    mods = dict(gm.named_modules())
+    tied = 0
+    for node in gm.graph.nodes:
+        target = str(node.target)
+        q = mods.get(target) if node.op == "call_module" and target.startswith(RESIDUALS + ".") else None
+        if not isinstance(q, QatAct):
+            continue
+        readers = [iq for u in node.users if u.op == "call_module"
+                   and isinstance(iq := getattr(mods.get(str(u.target)), "input_quant", None), QatAct)
+                   and iq.fmt == q.fmt and torch.equal(iq.scale, q.scale)]
+        for iq in readers:
+            if q.log_scale is not None:
+                iq.log_scale = q.log_scale  # one parameter: the steps stay equal through training
+        tied += bool(readers)
+    return tied
