@@ -12,7 +12,7 @@ from mixq import validate, zoo
 from mixq.algorithms.msq import assign_rows
 from mixq.algorithms.qat import init_distributed, low_bit_plan
 from mixq.data import GRAY_MEAN, GRAY_STD, load_fashion_mnist, load_mnist, normalize_gray
-from mixq.errors import ModelError
+from mixq.errors import ModelError, OptionError
 from mixq.graph.capture import capture
 from mixq.plan import QuantPlan
 from mixq.tasks.models import load_checked_plan
@@ -38,8 +38,13 @@ def run_inputs(name: str, weights: Path | None, dataset: str, root: Path | None,
                                               tuple[torch.Tensor, torch.Tensor]]:
     """What a qat / prune run starts from: (float model, training set, test set), after joining the
     distributed group when run under ``torchrun``."""
+    want = tuple(zoo.input_shape(name))
     init_distributed()
     xtr, ytr, xte, yte = training_data(dataset, root, max_train, max_test)
+    if tuple(xtr.shape[1:]) != want:
+        got = "x".join(str(d) for d in xtr.shape[1:])
+        raise OptionError(f"--model {name} takes {'x'.join(str(d) for d in want)} inputs, --dataset {dataset} "
+                          f"has {got} images; train a model of that input (e.g. --model cnv)")
     return start_model(name, weights), (xtr, ytr), (xte, yte)
 
 
