@@ -192,6 +192,34 @@ def test_cli_qat_and_resume(tmp_path: Path, cli_env: dict[str, Path], capsys: py
     assert '"global_step": 2' in capsys.readouterr().out
 
 
+def test_cli_qat_folder_is_an_artifact(tmp_path: Path, cli_env: dict[str, Path]) -> None:
+    """The `mixq qat` run folder is a quantize artifact too: `verify --from` (a real process) runs the trained model
+    in the integer engine, bit-exactly, and `estimate --from` prices its plan; the model read back computes what
+    the run folder's model.pt does."""
+    import subprocess
+    import sys
+
+    from mixq.algorithms.qat import load_result
+    from mixq.artifact import load_artifact
+
+    out = tmp_path / "q"
+    assert main(["qat", "--out", str(out), "--weights", str(cli_env["weights"]), "--data-root", str(cli_env["root"]),
+                 "--epochs", "1", "--batch-size", "32", "--max-train", "64", "--quiet", "--threads", "1"]) == 0
+    art = load_artifact(out)
+    assert art.recipe["name"] == "qat" and art.summary["calibration"]["source"] == "shipped"
+    from mixq.zoo.cnv import cnv
+
+    back, _ = load_result(out, cnv())
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(art.qmodel(x), back(x))
+    for cmd in (["verify", "--images", "8"], ["estimate"]):
+        r = subprocess.run([sys.executable, "-m", "mixq", *cmd, "--from", str(out), "--out", str(tmp_path / cmd[0])],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert cmd[0] != "verify" or "EXACT (0 of 80 outputs differ" in r.stdout, r.stdout
+
+
 def test_cli_prune(tmp_path: Path, cli_env: dict[str, Path]) -> None:
     assert main([
         "prune", "--out", str(tmp_path / "p"), "--weights", str(cli_env["weights"]), "--data-root",

@@ -2,8 +2,10 @@
 
 Both write a run folder (``plan.json`` + ``model.pt`` + ``result.json``, the
 plan and state dict that the integer engine and the hardware model read) and
-checkpoint as they go; ``--resume`` continues a run that was stopped. Both run
-unchanged under ``torchrun`` (``torchrun --nproc_per_node 2 -m mixq.cli qat ...``).
+checkpoint as they go; ``qat``'s folder is also a ``mixq quantize`` artifact
+(``quantized.pt``, ``summary.json``), which ``verify`` / ``export`` / ``estimate`` /
+``rtl`` / ``search --from`` read. ``--resume`` continues a run that was stopped. Both run
+unchanged under torchrun (``torchrun --nproc_per_node 2 -m mixq.cli qat ...``).
 ``--device cuda`` trains on a GPU (checked before any work: a machine without one is
 one error line); data, calibration and the files written stay on the CPU, and a run
 resumes on either device.
@@ -115,7 +117,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Quantization-aware training of a zoo model under a plan; writes plan.json + model.pt."""
         from mixq.algorithms.qat import train_qat
-        from mixq.tasks.training import PAD_FILL, qat_plan, run_inputs
+        from mixq.tasks.training import PAD_FILL, qat_plan, run_inputs, save_qat_artifact
 
         folder = _start("qat", out, model, resume, device)
         fmts = formats(weight=weight, act=act, weight_alt=weight_alt)
@@ -127,6 +129,7 @@ def register(app: typer.Typer) -> None:
                           kd_alpha=kd_alpha, kd_temperature=kd_temperature, checkpoint_every=checkpoint_every,
                           threads=threads, device=device)
         res = train_qat(fp, qplan, train, cfg, folder, val=test, resume=resume, fill=PAD_FILL)
+        save_qat_artifact(folder, model, res, dataset)
         _echo(res.summary, folder)
 
     @app.command()

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mixq import validate, zoo
+from mixq import api, validate, zoo
 from mixq.algorithms.msq import assign_rows
 from mixq.algorithms.qat import init_distributed, low_bit_plan
 from mixq.data import GRAY_MEAN, GRAY_STD, load_fashion_mnist, load_mnist, normalize_gray
@@ -76,3 +76,31 @@ def qat_plan(name: str, model: nn.Module, sample: torch.Tensor, plan: Path | Non
     if any(lp.weight_alt is not None and lp.alt_rows is None for _, lp in qplan.items()):
         qplan = assign_rows(model, qplan)
     return qplan
+
+
+def save_qat_artifact(folder: Path, name: str, res: Any, dataset: str) -> list[Path]:
+    """A ``mixq qat`` run folder as a ``mixq quantize`` artifact too (``quantized.pt``, ``summary.json``; the
+    trained plain model under its plan), so ``verify``, ``export``, ``estimate``, ``rtl`` and ``search`` take it
+    with ``--from``. Written by the first process of a distributed run only."""
+    from mixq.artifact import save_artifact
+    from mixq.data.sources import Preprocess
+    from mixq.training import dist_info
+    from mixq.zoo.source import ModelSource
+
+    if dist_info()[0] != 0:
+        return []
+    src = ModelSource(name)
+    pre = Preprocess.for_input(tuple(src.shape()))
+    config = res.summary.get("config", {})
+    summary = {
+        "model": name, "source": src.to_dict(), "pretrained": True, "recipe": {"name": "qat", "config": config},
+        # the shipped calibration images are Fashion-MNIST's: the data a later --from check reads by default
+        "calibration": {"source": "shipped" if dataset == "fmnist" else None, "dataset": dataset,
+                        "images": int(config.get("calib_images", 0)), "preprocess": {
+                            "size": list(pre.size), "channels": pre.channels, "mean": list(pre.mean),
+                            "std": list(pre.std), "resize": pre.resize}},
+        "qat": {k: res.summary[k] for k in ("val_accuracy", "val_images", "steps", "train_time_s")
+                if k in res.summary},
+        "layers": api.layer_formats(res.model),
+    }
+    return save_artifact(folder, name, res.plan, {"name": "qat", "config": config}, res.model, summary, source=src)
