@@ -126,7 +126,7 @@ def test_version_and_fast_help(tmp_path: Path) -> None:
     (["estimate", "resnet18", "--part", "xc7z020"], 3, "does not fit"),
     (["qat", "--resume"], 1, "no qat run to resume"),
     (["prune", "--resume"], 1, "no prune run to resume"),
-    (["qat", "--model", "resnet20", "--max-train", "64"], 1, "--model resnet20 takes 3x32x32 inputs"),
+    (["qat", "--model", "resnet20", "--max-train", "64"], 1, "the model takes 3x32x32 inputs"),
     (["prune", "--model", "mobilenet_v2", "--max-train", "64"], 1, "--dataset fmnist has 1x28x28 images"),
 ])
 def test_errors_and_failed_checks(args: list[str], code: int, needle: str, tmp_path: Path) -> None:

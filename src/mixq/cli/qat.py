@@ -20,22 +20,29 @@ from typing import Any
 import typer
 
 from mixq.cli._common import (
+    INPUT_SHAPE,
     check_device,
     choice,
     count,
     device_option,
     emit,
     formats,
+    model_source,
     out_dir,
     real,
     set_resume_hint,
-    zoo_model,
 )
 
-_MODEL = typer.Option("cnv", help="zoo model (28x28 grayscale input)")
-_WEIGHTS = typer.Option(None, help="float state dict to start from (default: the zoo's pretrained weights)")
-_DATASET = choice("fmnist", "training data", ("fmnist", "mnist"))
-_DATA_ROOT = typer.Option(None, help="idx folder of the dataset (default: the Debian / packaged copy)")
+_MODEL = typer.Option("cnv", help="model: a zoo name, a model file (.onnx, TorchScript .pt/.ts, .pt2) or a "
+                                   "builder FILE.py:FUNCTION / package.module:FUNCTION")
+_WEIGHTS = typer.Option(None, help="float state dict loaded strictly into the model (default: a zoo model's "
+                                   "pretrained weights, a builder's or file's own)")
+_INPUT_SHAPE = INPUT_SHAPE
+_DATASET = typer.Option("fmnist", help="training data: fmnist, mnist (28x28 gray), a folder of class subfolders "
+                                       "(images) or an .npz of inputs 'x' and integer labels 'y'")
+_TEST_DATA = typer.Option(None, "--test-data", help="test data of the same kinds (default: fmnist / mnist's test "
+                                                     "split; else a seeded tenth of --dataset held out)")
+_DATA_ROOT = typer.Option(None, help="idx folder of fmnist / mnist (default: the Debian / packaged copy)")
 _EPOCHS = count(3, "training epochs")
 _BATCH = count(128, "global batch size", 2)
 _LR = real(0.001, "peak learning rate (cosine; BN folded: far below float training)", 0.0, 10.0)
@@ -66,19 +73,20 @@ def _echo(summary: dict[str, Any], out: Path) -> None:
 _RUN_MARK = {"qat": "checkpoint.pt", "prune": "masks.pt"}
 
 
-def _start(command: str, out: Path | None, model: str, resume: bool, device: str = "cpu") -> Path:
-    """Checks before any work (``--device`` one this machine has); the resumable run folder is named if the
-    run is interrupted."""
+def _start(command: str, out: Path | None, model: str, weights: Path | None, input_shape: Any, resume: bool,
+           device: str = "cpu") -> tuple[Path, Any]:
+    """Checks before any work (the model source, ``--device`` one this machine has); the run folder, named if
+    the run is interrupted, and the model's source."""
     from mixq.errors import OptionError
 
-    zoo_model(model)
+    src = model_source(model, None if weights is None else str(weights), input_shape)
     check_device(device)
-    folder = out_dir(out, command, model)
+    folder = out_dir(out, command, src.name)
     if resume and not (folder / _RUN_MARK[command]).is_file():
         raise OptionError(f"--resume: {folder} holds no {command} run to resume (no {_RUN_MARK[command]}); "
                           "drop --resume to start one")
     set_resume_hint(f"continue with: mixq {command} --out {folder} --resume (same options)")
-    return folder
+    return folder, src
 
 
 def register(app: typer.Typer) -> None:
@@ -89,6 +97,7 @@ def register(app: typer.Typer) -> None:
         resume: bool = _RESUME,
         model: str = _MODEL,
         weights: Path | None = _WEIGHTS,
+        input_shape: str | None = _INPUT_SHAPE,
         plan: Path | None = typer.Option(None, help="QuantPlan JSON (default: built from --weight/--act)"),
         weight: str = typer.Option("fixed4n", help="weight format, e.g. fixed4n, sp2_3, binary, ternary"),
         act: str = typer.Option("ufixed4", help="activation format, e.g. ufixed4, ufixed1"),
@@ -96,7 +105,10 @@ def register(app: typer.Typer) -> None:
         alt_ratio: float = real(0.5, "fraction of rows in --weight-alt (rows assigned by MSQ)", 0.0, 1.0,
                                 low_open=False),
         first_last_bits: int = count(8, "bits of the first and last layer (0: same as the others)", 0),
+        residual_bits: int | None = count(None, "train every residual add's output and operands as codes of this "
+                                          "many bits (2..16; needs --bn fold)", 2, "--residual-bits", maximum=16),
         dataset: str = _DATASET,
+        test_data: str | None = _TEST_DATA,
         data_root: Path | None = _DATA_ROOT,
         epochs: int = _EPOCHS,
         batch_size: int = _BATCH,
@@ -117,19 +129,23 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Quantization-aware training of a zoo model under a plan; writes plan.json + model.pt."""
         from mixq.algorithms.qat import train_qat
-        from mixq.tasks.training import PAD_FILL, qat_plan, run_inputs, save_qat_artifact
+        from mixq.tasks.training import qat_plan, run_inputs, save_qat_artifact
 
-        folder = _start("qat", out, model, resume, device)
+        folder, src = _start("qat", out, model, weights, input_shape, resume, device)
         fmts = formats(weight=weight, act=act, weight_alt=weight_alt)
-        fp, train, test = run_inputs(model, weights, dataset, data_root, max_train, max_test)
-        qplan = qat_plan(model, fp, train[0][:64], plan, fmts["weight"], fmts["act"], fmts["weight_alt"], alt_ratio,
-                         first_last_bits or None)
+        ri = run_inputs(src, dataset, data_root, max_train, max_test, test_data)
+        qplan = qat_plan(src.name, ri.model, ri.train[0][:64], plan, fmts["weight"], fmts["act"], fmts["weight_alt"],
+                         alt_ratio, first_last_bits or None)
+        if residual_bits is not None:
+            import dataclasses
+
+            qplan = dataclasses.replace(qplan, residual_bits=residual_bits)
         cfg = _qat_config(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed,
                           weight_quant=weight_quant, act_quant=act_quant, grad_bits=grad_bits, bn=bn,
                           kd_alpha=kd_alpha, kd_temperature=kd_temperature, checkpoint_every=checkpoint_every,
                           threads=threads, device=device)
-        res = train_qat(fp, qplan, train, cfg, folder, val=test, resume=resume, fill=PAD_FILL)
-        save_qat_artifact(folder, model, res, dataset)
+        res = train_qat(ri.model, qplan, ri.train, cfg, folder, val=ri.test, resume=resume, fill=ri.fill)
+        save_qat_artifact(folder, ri, res)
         _echo(res.summary, folder)
 
     @app.command()
@@ -138,6 +154,7 @@ def register(app: typer.Typer) -> None:
         resume: bool = _RESUME,
         model: str = _MODEL,
         weights: Path | None = _WEIGHTS,
+        input_shape: str | None = _INPUT_SHAPE,
         sparsity: float = real(0.7, "fraction of weights (or channels) to remove", 0.0, 1.0, low_open=False,
                                high_open=True),
         method: str = choice("magnitude", "pruning method", ("magnitude", "channel")),
@@ -149,6 +166,7 @@ def register(app: typer.Typer) -> None:
         weight: str = typer.Option("fixed8n", help="weight format of the layers that are not pruned"),
         act: str = typer.Option("ufixed8", help="activation format"),
         dataset: str = _DATASET,
+        test_data: str | None = _TEST_DATA,
         data_root: Path | None = _DATA_ROOT,
         epochs: int = count(2, "QAT epochs after fine-tuning"),
         batch_size: int = _BATCH,
@@ -169,15 +187,16 @@ def register(app: typer.Typer) -> None:
         """Prune, fine-tune and quantize the pruned layers with focused formats (QAT); or, with --dynamic,
         convert to FBS (per-input channel gating), fine-tune with KD and quantize (QAT)."""
         from mixq.algorithms.prune import PruneConfig, prune_and_quantize
-        from mixq.tasks.training import PAD_FILL, qat_plan, run_inputs
+        from mixq.tasks.training import qat_plan, run_inputs
 
         if dynamic and resume:
             from mixq.errors import OptionError
 
             raise OptionError("--resume: a --dynamic run does not resume; start it again")
-        folder = _start("prune", out, model, resume, device)
+        folder, src = _start("prune", out, model, weights, input_shape, resume, device)
         fmts = formats(weight=weight, act=act)
-        fp, train, test = run_inputs(model, weights, dataset, data_root, max_train, max_test)
+        ri = run_inputs(src, dataset, data_root, max_train, max_test, test_data)
+        fp, train, test, name = ri.model, ri.train, ri.test, src.name
         if dynamic:
             from mixq.algorithms.prune.fbs import FbsConfig, fbs_and_quantize
             from mixq.training import TrainConfig
@@ -192,9 +211,9 @@ def register(app: typer.Typer) -> None:
                 from mixq.algorithms.prune.fbs_budget import budget_config
 
                 fcfg, chosen = budget_config(fp, train[0][:256], mac_budget, fcfg)
-            summary = fbs_and_quantize(fp, lambda m: qat_plan(model, m, train[0][:64], None, fmts["weight"],
+            summary = fbs_and_quantize(fp, lambda m: qat_plan(name, m, train[0][:64], None, fmts["weight"],
                                                               fmts["act"]),
-                                       train, fcfg, qcfg, folder, val=test, fill=PAD_FILL)
+                                       train, fcfg, qcfg, folder, val=test, fill=ri.fill)
             if chosen is not None:
                 summary["mac_budget"] = {"fraction": mac_budget, "budget_macs": chosen.budget_macs,
                                          "chosen_macs": chosen.cost_macs, "grid": list(chosen.grid),
@@ -204,12 +223,12 @@ def register(app: typer.Typer) -> None:
                 atomic_write_json(folder / "fbs.json", summary)
             _echo({**summary, "train_time_s": summary.get("qat_train_time_s")}, folder)
             return
-        base = qat_plan(model, fp, train[0][:64], None, fmts["weight"], fmts["act"])
+        base = qat_plan(name, fp, train[0][:64], None, fmts["weight"], fmts["act"])
         pcfg = PruneConfig(sparsity=sparsity, method=method, criterion=criterion, scope=scope,
                            finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
                            focused_bits=focused_bits or None)
         cfg = _qat_config(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, kd_alpha=kd_alpha,
                           checkpoint_every=checkpoint_every, threads=threads, device=device)
         res = prune_and_quantize(fp, base, train, pcfg, cfg, folder, val=test, resume=resume,
-                                 fill=PAD_FILL)
+                                 fill=ri.fill)
         _echo(res.summary, folder)

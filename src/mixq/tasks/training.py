@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from mixq import api, validate, zoo
+from mixq import api
 from mixq.algorithms.msq import assign_rows
 from mixq.algorithms.qat import init_distributed, low_bit_plan
 from mixq.data import GRAY_MEAN, GRAY_STD, load_fashion_mnist, load_mnist, normalize_gray
-from mixq.errors import ModelError, OptionError
+from mixq.data.sources import Preprocess
+from mixq.errors import OptionError
 from mixq.graph.capture import capture
 from mixq.plan import QuantPlan
-from mixq.tasks.models import load_checked_plan
+from mixq.tasks.data import load_source, preprocess
+from mixq.tasks.models import load_checked_plan, load_model
+from mixq.zoo.source import ModelSource
 
 DATASETS = {"fmnist": load_fashion_mnist, "mnist": load_mnist}
 #: the normalised value of a black pixel: what random-crop padding fills with
@@ -33,35 +37,83 @@ def training_data(dataset: str, root: Path | None = None, max_train: int | None 
             normalize_gray(xte), torch.as_tensor(yte, dtype=torch.int64))
 
 
-def run_inputs(name: str, weights: Path | None, dataset: str, root: Path | None, max_train: int | None,
-               max_test: int | None) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor],
-                                              tuple[torch.Tensor, torch.Tensor]]:
-    """What a qat / prune run starts from: (float model, training set, test set), after joining the
-    distributed group when run under ``torchrun``."""
-    want = tuple(zoo.input_shape(name))
-    init_distributed()
-    xtr, ytr, xte, yte = training_data(dataset, root, max_train, max_test)
-    if tuple(xtr.shape[1:]) != want:
-        got = "x".join(str(d) for d in xtr.shape[1:])
-        raise OptionError(f"--model {name} takes {'x'.join(str(d) for d in want)} inputs, --dataset {dataset} "
-                          f"has {got} images; train a model of that input (e.g. --model cnv)")
-    return start_model(name, weights), (xtr, ytr), (xte, yte)
+@dataclass(frozen=True)
+class RunInputs:
+    """What a qat / prune run starts from: the float model and its source, the labelled training and test sets
+    (normalised model inputs, int64 labels), the value random-crop padding fills with (a black pixel), and what
+    the run records of its data (the source a later ``--from`` check reads by default, the preprocessing)."""
+
+    model: nn.Module
+    source: ModelSource
+    train: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    dataset: str
+    fill: float
+    calib_source: str | None
+    pre: Preprocess | None
 
 
-def start_model(name: str, weights: Path | None = None) -> nn.Module:
-    """The float model to train: the zoo's weights, or ``weights`` (checked for NaN/Inf/absurd values)."""
-    if weights is None:
-        model = zoo.load(name, pretrained=True)
+def _labelled(source: str, pre: Preprocess | None, shape: tuple[int, ...], option: str
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    got = load_source(source, pre, None, option, shape)
+    if got.y is None:
+        raise OptionError(f"{option} {source}: no labels (give a folder of class subfolders, or an .npz with "
+                          "integer labels 'y')")
+    return got.x, got.y.to(torch.int64)
+
+
+def labelled_data(dataset: str, shape: tuple[int, ...], root: Path | None = None, test: str | None = None,
+                  max_train: int | None = None, max_test: int | None = None
+                  ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], Preprocess | None]:
+    """``(train, test, preprocessing)`` of ``--dataset``: Fashion-MNIST / MNIST (their test splits), or a folder
+    of class subfolders / an .npz with labels ``y``, preprocessed for a model of input ``shape``; its test set
+    ``test`` (a source of the same kinds), else a seeded tenth of it held out. Each cut to its first N."""
+    if dataset in DATASETS:
+        if shape != (1, 28, 28):
+            raise OptionError(f"--dataset {dataset} has 1x28x28 images, the model takes "
+                              f"{'x'.join(map(str, shape))} inputs; give --dataset a folder of class subfolders or "
+                              "an .npz of its inputs")
+        xtr, ytr, xte, yte = training_data(dataset, root, max_train, max_test)
+        pre: Preprocess | None = Preprocess.for_input(shape)
+        if test is not None:
+            xte, yte = _labelled(test, pre, shape, "--test-data")
     else:
-        state = validate.load_state(weights, "--weights")
-        model = zoo.load(name)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            first = " ".join(str(e).split())[:300]
-            raise ModelError(f"--weights {weights}: does not match model {name} ({first})") from None
-    validate.model(model, f"model {name}" if weights is None else f"--weights {weights}")
-    return model.eval()
+        if root is not None:
+            raise OptionError(f"--data-root: only for --dataset {' / '.join(DATASETS)}, not {dataset}")
+        pre = preprocess(shape, "the model")
+        xtr, ytr = _labelled(dataset, pre, shape, "--dataset")
+        if test is not None:
+            xte, yte = _labelled(test, pre, shape, "--test-data")
+        else:
+            if xtr.shape[0] < 2:
+                raise OptionError(f"--dataset {dataset}: {xtr.shape[0]} labelled input(s), too few to hold a test "
+                                  "set out; give more, or --test-data")
+            order = torch.randperm(xtr.shape[0], generator=torch.Generator().manual_seed(0))
+            held = order[: max(1, xtr.shape[0] // 10)].sort().values
+            kept = order[max(1, xtr.shape[0] // 10):].sort().values
+            xte, yte, xtr, ytr = xtr[held], ytr[held], xtr[kept], ytr[kept]
+    return (xtr[:max_train], ytr[:max_train]), (xte[:max_test], yte[:max_test]), pre
+
+
+def run_inputs(src: ModelSource, dataset: str, root: Path | None, max_train: int | None, max_test: int | None,
+               test: str | None = None) -> RunInputs:
+    """The model (its real weights where the source has them: a zoo model's, ``--weights``, a builder's own)
+    and the data of a qat / prune run, after joining the distributed group when run under ``torchrun``. Labels
+    the model cannot output are refused."""
+    shape = tuple(src.shape())
+    init_distributed()
+    train, held, pre = labelled_data(dataset, shape, root, test, max_train, max_test)
+    model = load_model(src, pretrained=True, fallback=False)
+    with torch.no_grad():
+        outputs = model(train[0][:1]).reshape(1, -1).shape[1]
+    top = int(max(train[1].max(), held[1].max()))
+    if top >= outputs:
+        raise OptionError(f"--dataset {dataset}: label {top} (of {top + 1} classes or more) but {src.name} has "
+                          f"{outputs} outputs")
+    fill = PAD_FILL if dataset in DATASETS else (
+        float(sum(-m / d for m, d in zip(pre.mean, pre.std, strict=True)) / len(pre.mean)) if pre else 0.0)
+    calib = "shipped" if dataset == "fmnist" else (None if dataset in DATASETS else dataset)
+    return RunInputs(model, src, train, held, dataset, fill, calib, pre)
 
 
 def qat_plan(name: str, model: nn.Module, sample: torch.Tensor, plan: Path | None, weight: Any, act: Any,
@@ -69,7 +121,7 @@ def qat_plan(name: str, model: nn.Module, sample: torch.Tensor, plan: Path | Non
     """The plan QAT trains under: ``plan`` (a file, checked against the model) or a low-bit plan of the
     formats given; MSQ rows assigned where the plan has a second row format without rows."""
     if plan is not None:
-        qplan = load_checked_plan(plan, name, capture(model, zoo.input_shape(name)))
+        qplan = load_checked_plan(plan, name, capture(model, tuple(sample.shape[1:])))
     else:
         qplan = low_bit_plan(name, model, sample, weight, act, weight_alt=weight_alt,
                              alt_ratio=alt_ratio if weight_alt is not None else 0.0, first_last_bits=first_last_bits)
@@ -78,29 +130,27 @@ def qat_plan(name: str, model: nn.Module, sample: torch.Tensor, plan: Path | Non
     return qplan
 
 
-def save_qat_artifact(folder: Path, name: str, res: Any, dataset: str) -> list[Path]:
+def save_qat_artifact(folder: Path, inputs: RunInputs, res: Any) -> list[Path]:
     """A ``mixq qat`` run folder as a ``mixq quantize`` artifact too (``quantized.pt``, ``summary.json``; the
-    trained plain model under its plan), so ``verify``, ``export``, ``estimate``, ``rtl`` and ``search`` take it
-    with ``--from``. Written by the first process of a distributed run only."""
+    trained plain model under its plan, the model's source), so ``verify``, ``export``, ``estimate``, ``rtl`` and
+    ``search`` take it with ``--from``. Written by the first process of a distributed run only."""
     from mixq.artifact import save_artifact
-    from mixq.data.sources import Preprocess
     from mixq.training import dist_info
-    from mixq.zoo.source import ModelSource
 
     if dist_info()[0] != 0:
         return []
-    src = ModelSource(name)
-    pre = Preprocess.for_input(tuple(src.shape()))
+    src, pre = inputs.source, inputs.pre
     config = res.summary.get("config", {})
     summary = {
-        "model": name, "source": src.to_dict(), "pretrained": True, "recipe": {"name": "qat", "config": config},
-        # the shipped calibration images are Fashion-MNIST's: the data a later --from check reads by default
-        "calibration": {"source": "shipped" if dataset == "fmnist" else None, "dataset": dataset,
-                        "images": int(config.get("calib_images", 0)), "preprocess": {
+        "model": src.name, "source": src.to_dict(), "pretrained": True, "recipe": {"name": "qat", "config": config},
+        # the data a later --from check reads by default (the shipped calibration images are Fashion-MNIST's)
+        "calibration": {"source": inputs.calib_source, "dataset": inputs.dataset,
+                        "images": int(config.get("calib_images", 0)), "preprocess": None if pre is None else {
                             "size": list(pre.size), "channels": pre.channels, "mean": list(pre.mean),
                             "std": list(pre.std), "resize": pre.resize}},
         "qat": {k: res.summary[k] for k in ("val_accuracy", "val_images", "steps", "train_time_s")
                 if k in res.summary},
         "layers": api.layer_formats(res.model),
     }
-    return save_artifact(folder, name, res.plan, {"name": "qat", "config": config}, res.model, summary, source=src)
+    return save_artifact(folder, src.name, res.plan, {"name": "qat", "config": config}, res.model, summary,
+                         source=src)
