@@ -56,7 +56,8 @@ def user(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         for c in range(classes):
             (root / name / f"c{c}").mkdir(parents=True)
             for i in np.nonzero(y == c)[0][:20]:
-                Image.fromarray(np.asarray(x[i]).astype("uint8")).convert("RGB").save(root / name / f"c{c}" / f"{i}.png")
+                img = Image.fromarray(np.asarray(x[i]).astype("uint8")).convert("RGB")
+                img.save(root / name / f"c{c}" / f"{i}.png")
     (root / "flat").mkdir()
     for i in range(4):
         Image.fromarray(np.asarray(x[i]).astype("uint8")).save(root / "flat" / f"{i}.png")
