@@ -5,6 +5,7 @@ residual add), a folder of class subfolders or an .npz of labelled inputs, the r
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,9 @@ def test_qat_a_builder_on_an_image_folder(user: dict[str, Path], tmp_path: Path)
     assert summary["calibration"]["preprocess"]["size"] == [16, 16]
     v = _mixq("verify", "--from", str(out), "--images", "8", "--out", str(tmp_path / "v"), cwd=tmp_path)
     assert v.returncode == 0 and "EXACT (0 of 24 outputs differ" in v.stdout, v.stdout + v.stderr
+    if shutil.which("verilator"):  # the trained model with its 8-bit streams as a whole accelerator (~20 s)
+        b = _mixq("rtl", "build", "--from", str(out), "--images", "2", "--out", str(tmp_path / "rtl"), cwd=tmp_path)
+        assert b.returncode == 0 and "0 mismatches, 0 missing, 0 extra" in b.stdout, b.stdout + b.stderr
 
 
 @pytest.mark.parametrize(("data", "extra", "needle"), [
