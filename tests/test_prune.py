@@ -228,3 +228,10 @@ def test_cli_prune(tmp_path: Path, cli_env: dict[str, Path]) -> None:
     summary = json.loads((tmp_path / "p" / "prune.json").read_text())
     assert summary["sparsity"] == pytest.approx(0.7, abs=1e-3)
     assert {lay["kind"] for lay in summary["layers"].values()} <= {"focused", "pot"}
+    from mixq.artifact import load_artifact
+    from mixq.engine import verify
+
+    art = load_artifact(tmp_path / "p")  # the folder is a quantize artifact: --from reads it
+    assert art.recipe["name"] == "prune"
+    rep = verify(art.qmodel, torch.randn(4, 1, 28, 28))
+    assert rep["exact"] and rep["mismatching_outputs"] == 0

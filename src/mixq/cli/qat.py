@@ -2,9 +2,9 @@
 
 Both write a run folder (``plan.json`` + ``model.pt`` + ``result.json``, the
 plan and state dict that the integer engine and the hardware model read) and
-checkpoint as they go; ``qat``'s folder is also a ``mixq quantize`` artifact
-(``quantized.pt``, ``summary.json``), which ``verify`` / ``export`` / ``estimate`` /
-``rtl`` / ``search --from`` read. ``--resume`` continues a run that was stopped. Both run
+checkpoint as they go; the folder of ``qat`` and of ``prune`` (not ``--dynamic``) is also a
+``mixq quantize`` artifact (``quantized.pt``, ``summary.json``), which ``verify`` / ``export`` /
+``estimate`` / ``rtl`` / ``search --from`` read. ``--resume`` continues a run that was stopped. Both run
 unchanged under torchrun (``torchrun --nproc_per_node 2 -m mixq.cli qat ...``).
 ``--device cuda`` trains on a GPU (checked before any work: a machine without one is
 one error line); data, calibration and the files written stay on the CPU, and a run
@@ -129,7 +129,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Quantization-aware training of a zoo model under a plan; writes plan.json + model.pt."""
         from mixq.algorithms.qat import train_qat
-        from mixq.tasks.training import qat_plan, run_inputs, save_qat_artifact
+        from mixq.tasks.training import qat_plan, run_inputs, save_run_artifact
 
         folder, src = _start("qat", out, model, weights, input_shape, resume, device)
         fmts = formats(weight=weight, act=act, weight_alt=weight_alt)
@@ -145,7 +145,7 @@ def register(app: typer.Typer) -> None:
                           kd_alpha=kd_alpha, kd_temperature=kd_temperature, checkpoint_every=checkpoint_every,
                           threads=threads, device=device)
         res = train_qat(ri.model, qplan, ri.train, cfg, folder, val=ri.test, resume=resume, fill=ri.fill)
-        save_qat_artifact(folder, ri, res)
+        save_run_artifact(folder, ri, res)
         _echo(res.summary, folder)
 
     @app.command()
@@ -187,7 +187,7 @@ def register(app: typer.Typer) -> None:
         """Prune, fine-tune and quantize the pruned layers with focused formats (QAT); or, with --dynamic,
         convert to FBS (per-input channel gating), fine-tune with KD and quantize (QAT)."""
         from mixq.algorithms.prune import PruneConfig, prune_and_quantize
-        from mixq.tasks.training import qat_plan, run_inputs
+        from mixq.tasks.training import qat_plan, run_inputs, save_run_artifact
 
         if dynamic and resume:
             from mixq.errors import OptionError
@@ -231,4 +231,5 @@ def register(app: typer.Typer) -> None:
                           checkpoint_every=checkpoint_every, threads=threads, device=device)
         res = prune_and_quantize(fp, base, train, pcfg, cfg, folder, val=test, resume=resume,
                                  fill=ri.fill)
+        save_run_artifact(folder, ri, res.qat, "prune")
         _echo(res.summary, folder)

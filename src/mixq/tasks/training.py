@@ -130,10 +130,11 @@ def qat_plan(name: str, model: nn.Module, sample: torch.Tensor, plan: Path | Non
     return qplan
 
 
-def save_qat_artifact(folder: Path, inputs: RunInputs, res: Any) -> list[Path]:
-    """A ``mixq qat`` run folder as a ``mixq quantize`` artifact too (``quantized.pt``, ``summary.json``; the
-    trained plain model under its plan, the model's source), so ``verify``, ``export``, ``estimate``, ``rtl`` and
-    ``search`` take it with ``--from``. Written by the first process of a distributed run only."""
+def save_run_artifact(folder: Path, inputs: RunInputs, res: Any, recipe: str = "qat") -> list[Path]:
+    """A ``mixq qat`` / ``prune`` run folder as a ``mixq quantize`` artifact too (``quantized.pt``,
+    ``summary.json``; the trained plain model under its plan — ``res`` a `QatResult` —, the model's source), so
+    ``verify``, ``export``, ``estimate``, ``rtl`` and ``search`` take it with ``--from``. Written by the first
+    process of a distributed run only."""
     from mixq.artifact import save_artifact
     from mixq.training import dist_info
 
@@ -142,7 +143,7 @@ def save_qat_artifact(folder: Path, inputs: RunInputs, res: Any) -> list[Path]:
     src, pre = inputs.source, inputs.pre
     config = res.summary.get("config", {})
     summary = {
-        "model": src.name, "source": src.to_dict(), "pretrained": True, "recipe": {"name": "qat", "config": config},
+        "model": src.name, "source": src.to_dict(), "pretrained": True, "recipe": {"name": recipe, "config": config},
         # the data a later --from check reads by default (the shipped calibration images are Fashion-MNIST's)
         "calibration": {"source": inputs.calib_source, "dataset": inputs.dataset,
                         "images": int(config.get("calib_images", 0)), "preprocess": None if pre is None else {
@@ -152,5 +153,5 @@ def save_qat_artifact(folder: Path, inputs: RunInputs, res: Any) -> list[Path]:
                 if k in res.summary},
         "layers": api.layer_formats(res.model),
     }
-    return save_artifact(folder, src.name, res.plan, {"name": "qat", "config": config}, res.model, summary,
+    return save_artifact(folder, src.name, res.plan, {"name": recipe, "config": config}, res.model, summary,
                          source=src)
