@@ -185,3 +185,25 @@ def test_cli_estimate_residual_bits(tmp_path) -> None:  # type: ignore[no-untype
     refused = run("--from", str(art), "--residual-bits", "8")
     assert refused.returncode == 1 and "drop --residual-bits" in refused.stderr, refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_skip_fifo_waits_for_the_branch_from_the_fork() -> None:
+    """A join's skip FIFO holds the skip's codes for as long as the branch from the fork keeps them waiting: the
+    branch's line buffers in pixels of the skip's map, less the skip's own, and one row (the cheapest buffer).
+    ResNet-20's projection block: conv1 (3x3 stride 2 on 32x32: 67 pixels, 16.75 of the 16x16 map) and conv2 (35)
+    against the 1x1 projection (none): (52 + 16) x 32 channels x 8 bits. MobileNetV2's first add: the depthwise
+    3x3 on 56x56 (115 pixels) and a row, x 24 skip channels (the expanded 144 channels wait in the depthwise's own
+    line buffer, priced with it)."""
+    from mixq.graph.capture import capture
+    from mixq.hw.lower import lower
+    from mixq.hw.parts import get_part
+    from mixq.plan import uniform_plan
+
+    part = get_part("xczu9eg")
+    for name, add, want in (("resnet20", "add_3", (52 + 16) * 32 * 8), ("mobilenet_v2", "add", (115 + 56) * 24 * 8)):
+        specs = capture(zoo.load(name).eval(), zoo.input_shape(name))
+        names = [s.name for s in specs if s.is_compute]
+        plan = dataclasses.replace(uniform_plan(name, names, parse_format("fixed8"), parse_format("fixed8")),
+                                   residual_bits=8)
+        fifo = {ly.name: ly.fifo_bits for ly in lower(specs, plan, part) if ly.spec.kind == "add"}
+        assert fifo[add] == want, (name, fifo[add], want)

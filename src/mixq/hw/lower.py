@@ -20,6 +20,7 @@ input is taken as signed 8-bit).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from mixq.graph.spec import LayerSpec
@@ -135,20 +136,48 @@ def _groups(spec: LayerSpec, lp: LayerPlan | None, part: Part, abits: int, signe
     return tuple(out), "; ".join(notes)
 
 
+def _ancestors(by_name: dict[str, LayerSpec], name: str) -> set[str]:
+    """``name`` and every spec it reads, directly or through others."""
+    out: set[str] = set()
+    stack = [name]
+    while stack:
+        n = stack.pop()
+        if n in out or n not in by_name:
+            continue
+        out.add(n)
+        stack.extend(by_name[n].inputs)
+    return out
+
+
+def _lag_pixels(s: LayerSpec, hw: tuple[int, int]) -> float:
+    """Pixels of an ``hw`` map a k x k layer's window keeps its output behind its input: its line buffer, (kh - 1)
+    rows and kw pixels of its input map, in pixels of that map."""
+    if len(s.in_shape) != 3 or (s.kernel[0] <= 1 and s.kernel[1] <= 1):
+        return 0.0
+    _, h, w = s.in_shape
+    return ((s.kernel[0] - 1) * w + s.kernel[1]) * hw[0] * hw[1] / max(h * w, 1)
+
+
 def _skip_fifo(specs: list[LayerSpec], i: int, abits: int) -> int:
-    """Bits a residual add's skip input waits in: the line buffers of the branch it bypasses."""
-    idx = {s.name: j for j, s in enumerate(specs)}
-    srcs = sorted(idx[n] for n in specs[i].inputs if n in idx)
-    if len(srcs) < 2:
+    """Bits a join's skip input waits in (a residual add's, a concat's): from the fork where its operands part
+    (their latest common ancestor), the operand behind the fewer line buffers (the skip: the fork itself, or a
+    1 x 1 projection) waits for the other (the branch) — the branch's line buffers minus the skip's, in pixels of
+    the skip's map, and one row of it — at ``abits`` a code."""
+    s = specs[i]
+    by_name: dict[str, LayerSpec] = {}
+    for sp in specs:
+        by_name.setdefault(sp.name, sp)
+    ins = [n for n in s.inputs if n in by_name]
+    if len(ins) < 2:
         return 0
-    bits = 0
-    for s in specs[srcs[0] + 1:i]:
-        if s.is_compute and len(s.in_shape) == 3:
-            c, _, w = s.in_shape
-            bits += ((s.kernel[0] - 1) * w + s.kernel[1]) * c * abits
-    out = specs[i].out_shape
-    row = out[0] * out[2] if len(out) == 3 else (out[0] if out else 0)
-    return bits + row * abits
+    anc = [_ancestors(by_name, n) for n in ins]
+    common = set.intersection(*anc)
+    skip_shape = min((by_name[n].out_shape for n in ins), key=lambda sh: math.prod(sh) if sh else 0)
+    if len(skip_shape) != 3:
+        return 0
+    c, h, w = skip_shape
+    delays = [sum(_lag_pixels(by_name[n], (h, w)) for n in a - common if by_name[n].is_compute) for a in anc]
+    return int(math.ceil(max(delays) - min(delays)) + w) * c * abits
 
 
 def _folded(bn: LayerSpec, by_name: dict[str, LayerSpec]) -> bool:
