@@ -5,13 +5,11 @@ four parts, with DDR weights never / auto, threshold requantizers, two parts and
 design fits, its frames/s, resources, every layer's folding and the layers with DDR weights — written by the
 optimizer before its layer caches (the optimizer files of 393ce18, on the cost model of the time). Any change of
 an optimum fails here; a deliberate one (a refit cost model, a new pricing rule) rewrites the file:
-``.venv/bin/python tests/test_hw_fold_optimum.py``. Rewritten in session 22, when exact residual streams began to be
-priced at the integer engine's width of the sum (up to 40 bits) instead of the activation width: 67 of the ResNet-18
-and MobileNetV2 optima moved (e.g. MobileNetV2 W8A8 on the XCZU9EG with on-chip weights from 1,661 FPS to a design
-that does not fit; with DDR weights still 1,661), none of CNV's (it has no adds); and again when a join's skip FIFO
-became the branch's delay from the fork in the skip's own codes (`hw.lower._skip_fifo`: MobileNetV2's 4.6x smaller —
-the old rule priced the expanded channels —, ResNet's projection blocks 4x larger): e.g. MobileNetV2 MSQ W4A4 on the
-XC7Z045 fits again (1,329 FPS).
+``.venv/bin/python tests/test_hw_fold_optimum.py``. Rewritten in session 22, when exact residual streams began to
+be priced at the integer engine's width of the sum (up to 40 bits) instead of the activation width, and a join's
+skip FIFO became the branch's delay from the fork in the skip's own codes (`hw.lower._skip_fifo`): 68 optima
+moved, none of CNV's (no adds); e.g. MobileNetV2 W8A8 on the XCZU9EG 1,661 -> 1,476 FPS, ResNet-18 MSQ W4A4 on the
+XCZU9EG with DDR weights 119 -> 88 FPS.
 
 Beside it: the layer caches kept across estimates change nothing (every case with them cleared before each call
 equals the case with them warm), and a layer's price reads nothing outside its :func:`mixq.hw.units.layer_key`.
