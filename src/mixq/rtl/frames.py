@@ -152,9 +152,15 @@ def _is_join(g: Graph, i: int) -> bool:
 
 
 def _is_skip(g: Graph, k: int) -> bool:
-    """Buffer ``k`` is a fork's skip into a join (its writer writes more than one buffer)."""
+    """Buffer ``k`` is a fork's skip into a join (its writer writes more than one buffer), or the side of a
+    projection block's join that lags less (:func:`_paired`)."""
     b = g.buffers[k]
-    return b.producer >= 0 and len(g.outputs_of(b.producer)) > 1 and b.consumer >= 0 and _is_join(g, b.consumer)
+    if b.producer < 0 or b.consumer < 0 or not _is_join(g, b.consumer):
+        return False
+    if len(g.outputs_of(b.producer)) > 1:
+        return True
+    pair = _paired(g, k)
+    return pair is not None and pair[0]
 
 
 def _chain(g: Graph, p: int, j: int) -> list[int] | None:
@@ -213,6 +219,52 @@ def _fanout_rings(g: Graph, p: int) -> dict[int, int]:
     return rows
 
 
+def _back(g: Graph, j: int) -> tuple[int, list[int]] | None:
+    """From buffer ``j`` back through stages of one input and one output to the first stage writing more than one
+    buffer: (that fork, the buffers from it to ``j`` in order); ``None`` where the path is not such a chain."""
+    path = [j]
+    while len(path) <= len(g.buffers):
+        p = g.buffers[path[-1]].producer
+        if p < 0:
+            return None
+        if len(g.outputs_of(p)) > 1:
+            return p, path[::-1]
+        ins = g.inputs_of(p)
+        if len(ins) != 1:
+            return None
+        path.append(ins[0])
+    return None
+
+
+def _paired(g: Graph, j: int) -> tuple[bool, int] | None:
+    """A join whose two inputs both run back through chains to one fork written as rings (a projection block: a
+    1 x 1 projection beside the branch, both from the block's input): ``(j is the side that lags less, rows)`` —
+    that side holds the other chain's lag in rows of its map and two of slack, as a fork's skip ring does
+    (:func:`_fanout_rings`), the other reads a pointwise ring; ``None`` where not so (or the skip side would hold
+    a whole frame)."""
+    join = g.buffers[j].consumer
+    ins = g.inputs_of(join) if join >= 0 and _is_join(g, join) else []
+    if len(ins) != 2 or g.outputs_of(g.buffers[j].producer) != [j]:
+        return None
+    mine, theirs = _back(g, j), _back(g, ins[0] if ins[1] == j else ins[1])
+    if mine is None or theirs is None or mine[0] != theirs[0] or len(theirs[1]) < 2:
+        return None
+    fork = _fanout_rings(g, mine[0])
+    if mine[1][0] not in fork or theirs[1][0] not in fork or not all(
+            _reader_rows(g, k) for k in (*mine[1][1:], *theirs[1][1:])):
+        return None
+    h = g.buffers[j].shape[1]
+
+    def lag(path: list[int]) -> float:
+        return sum(h / g.buffers[k].shape[1] * _lag(g, k) for k in path)
+
+    skip = (lag(mine[1]), j) < (lag(theirs[1]), theirs[1][-1])
+    r = math.ceil(lag(theirs[1] if skip else mine[1])) + 2  # the skip side's rows: the other chain's lag
+    if r >= h:
+        return None  # both sides frames: a ring beside a frame its writer commits later would deadlock
+    return (True, r) if skip else (False, _reader_rows(g, j))
+
+
 def ring_rows(g: Graph, j: int) -> int:
     """Rows of the ring (line) buffer buffer ``j`` can be, or 0 for a frame buffer. A ring holds, for a layer
     stage's window, ``kh + stride + 1`` rows (the window's rows, the next ``stride`` the writer fills meanwhile,
@@ -235,6 +287,8 @@ def ring_rows(g: Graph, j: int) -> int:
     if b.consumer < 0:
         return 0
     if _is_join(g, b.consumer):
+        if (pair := _paired(g, j)) is not None:
+            return pair[1]
         for k in g.inputs_of(b.consumer):
             if k == j:
                 continue
