@@ -28,9 +28,8 @@ from mixq.graph import ops
 from mixq.graph.bnfold import fold_bn, foldable_pairs
 from mixq.graph.convert import calibrate, compute_layer_names, to_quantized
 from mixq.graph.residual import ATTR as RESIDUALS
-from mixq.graph.residual import tie_residual_scales
+from mixq.graph.residual import stream_readers, tie_residual_scales
 from mixq.graph.swap import set_submodule
-from mixq.graph.trace import trace
 from mixq.nn import QAct, QConv2d, QLinear
 from mixq.plan import LayerPlan, QuantPlan, uniform_plan
 
@@ -144,19 +143,11 @@ def train_streams(model: nn.Module, act_quant: str) -> int:
     for key, m in list(holder.items()):
         if isinstance(m, QAct) and not isinstance(m, QatAct):
             holder[key] = QatAct(m, act_quant)
-    gm = trace(model, stage="residual_bits")
-    mods = dict(gm.named_modules())
     tied = 0
-    for node in gm.graph.nodes:
-        target = str(node.target)
-        q = mods.get(target) if node.op == "call_module" and target.startswith(RESIDUALS + ".") else None
-        if not isinstance(q, QatAct):
-            continue
-        readers = [iq for u in node.users if u.op == "call_module"
-                   and isinstance(iq := getattr(mods.get(str(u.target)), "input_quant", None), QatAct)
-                   and iq.fmt == q.fmt and torch.equal(iq.scale, q.scale)]
-        for iq in readers:
-            if q.log_scale is not None:
+    for q, readers in stream_readers(model):
+        same = [iq for iq in readers if isinstance(iq, QatAct) and torch.equal(iq.scale, q.scale)]
+        for iq in same:
+            if isinstance(q, QatAct) and q.log_scale is not None:
                 iq.log_scale = q.log_scale  # one parameter: the steps stay equal through training
-        tied += bool(readers)
+        tied += bool(same)
     return tied
