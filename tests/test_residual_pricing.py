@@ -175,6 +175,7 @@ def test_cli_estimate_residual_bits(tmp_path) -> None:  # type: ignore[no-untype
     assert len(adds[8]) == len(adds[None]) == 9
     for a8, ax in zip(adds[8], adds[None], strict=True):  # the 40-bit skip FIFO 5x the 8-bit one
         assert a8["resources"]["bram"] < ax["resources"]["bram"] and "note" not in a8 and ax["note"]
+        assert a8["formats"] == "add 8-bit" and ax["formats"] == "add 40-bit"  # W8A8: every exact sum at the cap
     assert est[8]["resources"]["bram"] < est[None]["resources"]["bram"]
     bad = run("resnet20", "--residual-bits", "17")
     assert bad.returncode == 2 and "--residual-bits" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr

@@ -219,8 +219,9 @@ def _notes(layers: list[HwLayer], opts: ArchOptions) -> list[str]:
 
 
 def _fmt(ly: HwLayer) -> str:
+    """A compute layer's row formats and lanes; a residual add's stream width (``add 8-bit``); else its op."""
     return " + ".join(f"{g.fmt}@{g.kind}" + (f" {100 * g.fraction:.0f}%" if len(ly.groups) > 1 else "")
-                      for g in ly.groups) or ly.spec.kind
+                      for g in ly.groups) or (f"add {ly.abits}-bit" if ly.spec.kind == "add" else ly.spec.kind)
 
 
 def estimate(specs: list[LayerSpec], plan: QuantPlan, part: str | Part = "xc7z020", arch: str = "streaming", *,
