@@ -158,25 +158,20 @@ def _lag_pixels(s: LayerSpec, hw: tuple[int, int]) -> float:
     return ((s.kernel[0] - 1) * w + s.kernel[1]) * hw[0] * hw[1] / max(h * w, 1)
 
 
-def _skip_fifo(specs: list[LayerSpec], i: int, abits: int) -> int:
+def _skip_fifo(s: LayerSpec, by_name: dict[str, LayerSpec], abits: int) -> int:
     """Bits a join's skip input waits in (a residual add's, a concat's): from the fork where its operands part
     (their latest common ancestor), the operand behind the fewer line buffers (the skip: the fork itself, or a
     1 x 1 projection) waits for the other (the branch) — the branch's line buffers minus the skip's, in pixels of
-    the skip's map, and one row of it — at ``abits`` a code."""
-    s = specs[i]
-    by_name: dict[str, LayerSpec] = {}
-    for sp in specs:
-        by_name.setdefault(sp.name, sp)
+    the join's map, and one row of it — at ``abits`` a code of each of the skip's channels."""
     ins = [n for n in s.inputs if n in by_name]
-    if len(ins) < 2:
+    if len(ins) < 2 or len(s.out_shape) != 3:
         return 0
+    _, h, w = s.out_shape
     anc = [_ancestors(by_name, n) for n in ins]
     common = set.intersection(*anc)
-    skip_shape = min((by_name[n].out_shape for n in ins), key=lambda sh: math.prod(sh) if sh else 0)
-    if len(skip_shape) != 3:
-        return 0
-    c, h, w = skip_shape
     delays = [sum(_lag_pixels(by_name[n], (h, w)) for n in a - common if by_name[n].is_compute) for a in anc]
+    skip = by_name[ins[delays.index(min(delays))]].out_shape
+    c = skip[0] if len(skip) == 3 else s.out_shape[0]
     return int(math.ceil(max(delays) - min(delays)) + w) * c * abits
 
 
@@ -196,7 +191,7 @@ def lower(specs: list[LayerSpec], plan: QuantPlan, part: Part) -> list[HwLayer]:
         by_name.setdefault(s.name, s)
     exact: dict[str, tuple[bool, int]] = {}  # value -> (a residual sum?, bits) where an add would read it exact
     ci = 0
-    for i, s in enumerate(specs):
+    for s in specs:
         if s.is_compute:
             lp = plan.get(s.name)
             abits, signed = act[s.name]
@@ -221,6 +216,6 @@ def lower(specs: list[LayerSpec], plan: QuantPlan, part: Part) -> list[HwLayer]:
                 ins = [exact.get(n, (False, abits)) for n in s.inputs]  # else a code: abits wide
                 abits = exact_sum_bits([b for sum_, b in ins if not sum_], [b for sum_, b in ins if sum_])
                 exact[s.name], note = (True, abits), EXACT_STREAM_NOTE
-        fifo = _skip_fifo(specs, i, abits) if op.skip_fifo else 0
+        fifo = _skip_fifo(s, by_name, abits) if op.skip_fifo else 0
         out.append(HwLayer(s, (), abits, abits, HwMapping(), note, fifo))
     return out
