@@ -37,7 +37,6 @@ _MODEL = typer.Option("cnv", help="model: a zoo name, a model file (.onnx, Torch
                                    "builder FILE.py:FUNCTION / package.module:FUNCTION")
 _WEIGHTS = typer.Option(None, help="float state dict loaded strictly into the model (default: a zoo model's "
                                    "pretrained weights, a builder's or file's own)")
-_INPUT_SHAPE = INPUT_SHAPE
 _DATASET = typer.Option("fmnist", help="training data: fmnist, mnist (28x28 gray), a folder of class subfolders "
                                        "(images) or an .npz of inputs 'x' and integer labels 'y'")
 _TEST_DATA = typer.Option(None, "--test-data", help="test data of the same kinds (default: fmnist / mnist's test "
@@ -97,7 +96,7 @@ def register(app: typer.Typer) -> None:
         resume: bool = _RESUME,
         model: str = _MODEL,
         weights: Path | None = _WEIGHTS,
-        input_shape: str | None = _INPUT_SHAPE,
+        input_shape: str | None = INPUT_SHAPE,
         plan: Path | None = typer.Option(None, help="QuantPlan JSON (default: built from --weight/--act)"),
         weight: str = typer.Option("fixed4n", help="weight format, e.g. fixed4n, sp2_3, binary, ternary"),
         act: str = typer.Option("ufixed4", help="activation format, e.g. ufixed4, ufixed1"),
@@ -154,7 +153,7 @@ def register(app: typer.Typer) -> None:
         resume: bool = _RESUME,
         model: str = _MODEL,
         weights: Path | None = _WEIGHTS,
-        input_shape: str | None = _INPUT_SHAPE,
+        input_shape: str | None = INPUT_SHAPE,
         sparsity: float = real(0.7, "fraction of weights (or channels) to remove", 0.0, 1.0, low_open=False,
                                high_open=True),
         method: str = choice("magnitude", "pruning method", ("magnitude", "channel")),

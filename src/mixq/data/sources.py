@@ -109,6 +109,11 @@ class Preprocess:
             raise OptionError(f"resize: {self.resize!r} is not one of {', '.join(RESIZE_MODES)}")
         object.__setattr__(self, "size", (int(size[0]), int(size[1])))
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON values (an artifact's ``summary.json`` records them; ``Preprocess(**d)`` reads them)."""
+        return {"size": list(self.size), "channels": self.channels, "mean": list(self.mean), "std": list(self.std),
+                "resize": self.resize}
+
     @classmethod
     def imagenet(cls, size: int | tuple[int, int] = 224) -> Preprocess:
         """RGB, resize 256/224 and center crop, ImageNet mean/std (torchvision's evaluation recipe)."""

@@ -28,6 +28,7 @@ from mixq.hw.bits import exact_operand_bits, exact_sum_bits
 from mixq.hw.kinds import MULTIPLY_KINDS, PE_KINDS, STREAM_OPS, WEIGHT_KINDS, shares_act
 from mixq.hw.parts import Part
 from mixq.hw.pe import dsp_packing
+from mixq.hw.window import line_pixels
 from mixq.plan.plan import HwMapping, LayerPlan, QuantPlan
 
 ASSUMED_BITS = 8
@@ -150,12 +151,12 @@ def _ancestors(by_name: dict[str, LayerSpec], name: str) -> set[str]:
 
 
 def _lag_pixels(s: LayerSpec, hw: tuple[int, int]) -> float:
-    """Pixels of an ``hw`` map a k x k layer's window keeps its output behind its input: its line buffer, (kh - 1)
-    rows and kw pixels of its input map, in pixels of that map."""
-    if len(s.in_shape) != 3 or (s.kernel[0] <= 1 and s.kernel[1] <= 1):
+    """Pixels of an ``hw`` map a k x k layer's window keeps its output behind its input: its line buffer
+    (:func:`mixq.hw.window.line_pixels`) on its input map, in pixels of the ``hw`` map."""
+    if len(s.in_shape) != 3:
         return 0.0
     _, h, w = s.in_shape
-    return ((s.kernel[0] - 1) * w + s.kernel[1]) * hw[0] * hw[1] / max(h * w, 1)
+    return line_pixels(s.kernel, w) * hw[0] * hw[1] / max(h * w, 1)
 
 
 def _skip_fifo(s: LayerSpec, by_name: dict[str, LayerSpec], abits: int) -> int:

@@ -51,6 +51,7 @@ from mixq.hw.memory import choose_memory
 from mixq.hw.parts import Part, get_part
 from mixq.hw.pe import PeConfig
 from mixq.hw.units import ArchOptions, budget, shell
+from mixq.hw.window import line_pixels
 
 LANE_BITS = (2, 4, 8)
 LANES = ("fixed_lut", "fixed_dsp")
@@ -238,10 +239,9 @@ def step_time(step: EuStep, cfg: EuConfig, clock_hz: float, bytes_per_s: float) 
 def line_buffer_bits(step: EuStep, abits: int) -> int:
     """(kh - 1) padded rows plus kw pixels of every input channel, at the lane width (wider codes are
     sliced before they enter the buffer)."""
-    if step.is_move or step.kernel == (1, 1):
+    if step.is_move:
         return 0
-    kh, kw = step.kernel
-    return ((kh - 1) * step.padded_width + kw) * step.in_shape[0] * min(step.in_bits, abits)
+    return line_pixels(step.kernel, step.padded_width) * step.in_shape[0] * min(step.in_bits, abits)
 
 
 def eu_resources(steps: tuple[EuStep, ...], cfg: EuConfig, part: Part, model: CostModel,

@@ -49,7 +49,7 @@ from mixq.hw.lower import HwLayer, RowGroup
 from mixq.hw.memory import choose_memory, memory_grid
 from mixq.hw.parts import Part
 from mixq.hw.pe import PeConfig
-from mixq.hw.window import copy_cycles, frame_cycles, kept_columns, streams
+from mixq.hw.window import copy_cycles, frame_cycles, kept_columns, line_pixels, streams
 
 DATAFLOWS = ("mixq", "finn")
 
@@ -281,10 +281,10 @@ def ddr_bits(layer: HwLayer) -> int:
 def line_buffer_bits(layer: HwLayer) -> int:
     """Bits of the sliding-window buffer of a k x k operator: (kh - 1) rows plus kw pixels."""
     s = layer.spec
-    if len(s.in_shape) != 3 or (s.kernel[0] <= 1 and s.kernel[1] <= 1):
+    if len(s.in_shape) != 3:
         return 0
     c, _, w = s.in_shape
-    return ((s.kernel[0] - 1) * w + s.kernel[1]) * c * layer.abits
+    return line_pixels(s.kernel, w) * c * layer.abits
 
 
 # The registers of mixq's window sequencer (:mod:`mixq.rtl.glue`) beside its counters (``control``). A dense conv

@@ -25,6 +25,18 @@ import numpy as np
 READ_LATENCY = 3  # a window's data come two cycles after its last read, and one cycle of handshake
 
 
+def line_pixels(kernel: tuple[int, int], width: int) -> int:
+    """Pixels a sliding window's line buffer holds on a map ``width`` pixels wide: ``kh - 1`` rows and ``kw``
+    pixels (none for a 1 x 1 window). The cheapest buffer of a streamed k x k operator, and the rows a stream
+    waits behind one.
+
+    >>> line_pixels((3, 3), 32), line_pixels((1, 1), 32), line_pixels((1, 5), 100)
+    (67, 0, 5)
+    """
+    kh, kw = kernel
+    return 0 if kh <= 1 and kw <= 1 else (kh - 1) * width + kw
+
+
 def reuse_columns(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int], out_w: int) -> int:
     """Columns a gathered window keeps from the one to its left (0: none): ``S = stride / dilation`` where that
     is a whole number below ``kw``, the window has more than one tap and the output row more than one pixel."""

@@ -169,15 +169,8 @@ def _chain(g: Graph, p: int, j: int) -> list[int] | None:
     ``p``): in order; ``None`` where it is not."""
     join = g.buffers[j].consumer
     others = [k for k in g.inputs_of(join) if k != j]
-    if len(others) != 1:
-        return None
-    path = [others[0]]
-    while g.buffers[path[-1]].producer != p:
-        q = g.buffers[path[-1]].producer
-        if q < 0 or len(g.inputs_of(q)) != 1 or len(g.outputs_of(q)) != 1 or len(path) > len(g.buffers):
-            return None
-        path.append(g.inputs_of(q)[0])
-    return path[::-1]
+    back = _back(g, others[0]) if len(others) == 1 else None  # p writes several buffers: the walk stops there
+    return back[1] if back is not None and back[0] == p else None
 
 
 def _lag(g: Graph, k: int) -> int:

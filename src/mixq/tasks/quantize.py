@@ -118,9 +118,8 @@ def run_quantize(job: QuantizeJob) -> QuantizeOutcome:
     evaluation = _evaluate(net, res.model, evalset, str(job.eval_source)) if evalset is not None else None
     summary = {
         "model": name, "source": src.to_dict(), "pretrained": job.pretrained, "recipe": res.recipe.to_dict(),
-        "calibration": {"source": calib, "images": int(data.shape[0]), "preprocess": None if pre is None else {
-            "size": list(pre.size), "channels": pre.channels, "mean": list(pre.mean), "std": list(pre.std),
-            "resize": pre.resize}},
+        "calibration": {"source": calib, "images": int(data.shape[0]),
+                        "preprocess": None if pre is None else pre.to_dict()},
         **({"eval": evaluation} if evaluation is not None else {}),
         "plan": str(job.plan) if job.plan is not None else ("msq" if job.msq is not None else "default W8A8"),
         "wall_time_s": round(seconds, 3), "timings_s": {k: round(v, 3) for k, v in res.timings.items()},

@@ -110,8 +110,8 @@ def run_inputs(src: ModelSource, dataset: str, root: Path | None, max_train: int
     if top >= outputs:
         raise OptionError(f"--dataset {dataset}: label {top} (of {top + 1} classes or more) but {src.name} has "
                           f"{outputs} outputs")
-    fill = PAD_FILL if dataset in DATASETS else (
-        float(sum(-m / d for m, d in zip(pre.mean, pre.std, strict=True)) / len(pre.mean)) if pre else 0.0)
+    # a black pixel, normalised (PAD_FILL for Fashion-MNIST / MNIST, whose preset has GRAY_MEAN / GRAY_STD)
+    fill = float(sum(-m / d for m, d in zip(pre.mean, pre.std, strict=True)) / len(pre.mean)) if pre else 0.0
     calib = "shipped" if dataset == "fmnist" else (None if dataset in DATASETS else dataset)
     return RunInputs(model, src, train, held, dataset, fill, calib, pre)
 
@@ -146,9 +146,8 @@ def save_run_artifact(folder: Path, inputs: RunInputs, res: Any, recipe: str = "
         "model": src.name, "source": src.to_dict(), "pretrained": True, "recipe": {"name": recipe, "config": config},
         # the data a later --from check reads by default (the shipped calibration images are Fashion-MNIST's)
         "calibration": {"source": inputs.calib_source, "dataset": inputs.dataset,
-                        "images": int(config.get("calib_images", 0)), "preprocess": None if pre is None else {
-                            "size": list(pre.size), "channels": pre.channels, "mean": list(pre.mean),
-                            "std": list(pre.std), "resize": pre.resize}},
+                        "images": int(config.get("calib_images", 0)),
+                        "preprocess": None if pre is None else pre.to_dict()},
         "qat": {k: res.summary[k] for k in ("val_accuracy", "val_images", "steps", "train_time_s")
                 if k in res.summary},
         "layers": api.layer_formats(res.model),
