@@ -54,6 +54,7 @@ from mixq import zoo
 from mixq.algorithms.prune import apply_masks, channel_masks, param_masks
 from mixq.algorithms.prune.fbs import (
     FbsConfig,
+    calibrate_thresholds,
     channel_counts,
     densities,
     executed_macs,
@@ -66,7 +67,7 @@ from mixq.algorithms.prune.fbs import (
 from mixq.algorithms.qat import QatConfig, train_qat
 from mixq.api import default_plan
 from mixq.engine import faithful, to_integer
-from mixq.engine.convert_fbs import FaithfulFBS, engine_channel_counts, keep_channels
+from mixq.engine.convert_fbs import FaithfulFBS, engine_channel_counts
 from mixq.engine.runner import IntEngine
 from mixq.formats import FixedPoint
 from mixq.graph.bnfold import fold_bn
@@ -93,6 +94,7 @@ FT_LR = 0.002
 SPREAD = 0.05  # fit_predictors: saliencies start within about 5% of 1
 QAT_EPOCHS = 1
 QAT_IMAGES = 20000
+THRESHOLD_IMAGES = 5000  # an adaptive layer's threshold: its density over the first training images
 RESNET_EPOCHS = 8
 W4 = FixedPoint(bits=4, signed=True, narrow=True)
 A4 = FixedPoint(bits=4, signed=False)
@@ -117,6 +119,7 @@ class Net:
     base: str = ""  # a variant of this network (its dense model and data; its own caches and rows under name)
     shares_static: bool = False  # a variant whose static arm is its base's (same channels, same recipe)
     straight_through: bool = False  # FbsConfig.straight_through: suppressed channels' saliencies get gradient
+    adaptive: bool = False  # FbsConfig.adaptive: a per-image channel count (saliency threshold), d on average
 
     @property
     def arch(self) -> str:
@@ -146,6 +149,11 @@ NETS = {
     "cnv-ste0": Net("cnv-ste0", CNV_LAYERS, 0.7, 0.29, 2, 0, "every conv gated (straight-through saliencies, "
                     "no static prior)", prior_margin=0.0, base="cnv", shares_static=True, straight_through=True),
     # does the per-image choice need a longer fine-tune? both arms 4 epochs (its own static arm)
+    # a per-image channel count: each layer keeps the channels whose saliency reaches its threshold (the batch's
+    # top d*N*C in training), 0.7 of them on average; the margin of cnv-m20 (pilot: margin 0.5 stays static)
+    "cnv-adaptive": Net("cnv-adaptive", CNV_LAYERS, 0.7, 0.29, 2, 1000, "every conv gated (a per-image channel "
+                        "count, density 0.7 on average; predictor margin 0.2)", prior_margin=0.2, base="cnv",
+                        shares_static=True, adaptive=True),
     "cnv-ste4": Net("cnv-ste4", CNV_LAYERS, 0.7, 0.29, 4, 0, "every conv gated (straight-through saliencies, "
                     "predictor margin 0.2, 4 epochs)", prior_margin=0.2, base="cnv", straight_through=True),
 }
@@ -217,6 +225,7 @@ def _qat(net: Net, label: str, model: nn.Module, teacher: nn.Module, data: dict[
     q = res.model
     if fbs_layers(q):
         calibrate_gates(q, calib)
+        calibrate_thresholds(q, data["xtr"][:THRESHOLD_IMAGES])  # adaptive layers: on the quantized saliencies
     torch.save(q.state_dict(), path)
     secs = time.perf_counter() - t
     atomic_write_text(path.with_suffix(".seconds"), f"{secs:.1f}\n")
@@ -292,8 +301,8 @@ def channel_sets(model: nn.Module, x: torch.Tensor) -> dict[str, dict[str, int]]
     """Per FBS layer, how dynamic its choice is over the images ``x``: the distinct channel sets computed,
     the channels computed on every image (``always``) and on none (``never``)."""
     seen: dict[str, list[torch.Tensor]] = {}
-    hooks = [m.register_forward_hook(lambda m, _a, _y, n=n: seen.setdefault(n, []).append(
-        keep_channels(m.last_saliency, m.k))) for n, m in fbs_layers(model).items()]
+    hooks = [m.register_forward_hook(lambda m, _a, _y, n=n: seen.setdefault(n, []).append(m.last_keep))
+             for n, m in fbs_layers(model).items()]
     try:
         with eval_mode(model):
             for i in range(0, x.shape[0], 500):
@@ -322,8 +331,8 @@ def _engine_check(qmodel: nn.Module, x: torch.Tensor) -> dict[str, Any]:
     layers = fbs_layers(qmodel)
     qmodel(x)  # the fake-quant model's decisions: each layer keeps its last saliencies
     for n, m in layers.items():
-        assert m.last_saliency is not None
-        fq_keep[n] = keep_channels(m.last_saliency, m.k)
+        assert m.last_keep is not None
+        fq_keep[n] = m.last_keep
     same_faithful = same_fq = total = 0
     for sub in fm.modules():
         if isinstance(sub, FaithfulFBS):
@@ -360,7 +369,7 @@ def run_net(net: Net, part: str | None = None, fp32_only: bool = False) -> dict[
     specs = capture(dense, SHAPE)
     ft = _train_cfg(net.ft_epochs)
     cfg = FbsConfig(density=net.density, layers=net.layers, train=ft, spread=SPREAD, refit_every=net.refit_every,
-                    straight_through=net.straight_through)
+                    straight_through=net.straight_through, adaptive=net.adaptive)
     masks = channel_masks(dense, net.static_ratio, list(net.layers))
 
     def train_fbs_model(m: nn.Module) -> None:
@@ -380,6 +389,7 @@ def run_net(net: Net, part: str | None = None, fp32_only: bool = False) -> dict[
             if label == "fbs":  # cached as trained (with BN); the fine-tune ends here: BN folded for the rows
                 m, secs = _cached(CACHE / f"{net.name}-fbs.pt", to_fbs(dense, cfg, SHAPE), train_fbs_model)
                 models[label] = (fold_fbs_bn(m), secs)
+                calibrate_thresholds(m, data["xtr"][:THRESHOLD_IMAGES])  # adaptive layers only
             else:
                 key = net.arch if net.shares_static else net.name
                 models[label] = _cached(CACHE / f"{key}-static.pt", apply_masks(dense, masks), train_static)
@@ -421,7 +431,7 @@ def run_net(net: Net, part: str | None = None, fp32_only: bool = False) -> dict[
     doc = {"net": net.name, "base": net.arch, "layers": list(net.layers), "density": net.density,
            "static_ratio": net.static_ratio,
            "prior_margin": net.prior_margin, "refit_every": net.refit_every,
-           "straight_through": net.straight_through, "finetune_epochs": net.ft_epochs,
+           "straight_through": net.straight_through, "adaptive": net.adaptive, "finetune_epochs": net.ft_epochs,
            "finetune_images": net.ft_images,
            "note": net.note, "dense_macs": sum(s.macs for s in specs if s.is_compute), "rows": rows,
            "engine": engine, "partial": fp32_only, "fbs_minus_static": paired,

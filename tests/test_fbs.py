@@ -5,6 +5,7 @@ Real weights (the zoo's CNV) and real Fashion-MNIST images throughout."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 from pathlib import Path
@@ -16,6 +17,7 @@ from mixq import zoo
 from mixq.algorithms.prune.fbs import (
     FbsConfig,
     FbsError,
+    calibrate_thresholds,
     channel_counts,
     executed_macs,
     fit_predictors,
@@ -52,6 +54,15 @@ def dense() -> torch.nn.Module:
 def fbs(dense: torch.nn.Module, data: dict[str, torch.Tensor]) -> torch.nn.Module:
     m = to_fbs(dense, FbsConfig(density=0.7), SHAPE)
     return fold_fbs_bn(fit_predictors(m, data["xtr"], spread=0.05))  # quantization takes the folded form
+
+
+@pytest.fixture(scope="module")
+def adaptive(dense: torch.nn.Module, data: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Every conv gated with a per-image channel count (0.7 on average), saliencies spread by the fit."""
+    m = fold_fbs_bn(fit_predictors(to_fbs(dense, FbsConfig(density=0.7, adaptive=True), SHAPE), data["xtr"],
+                                   spread=0.3))
+    calibrate_thresholds(m, data["xtr"])
+    return m
 
 
 # ----------------------------------------------------------------------------- the module
@@ -338,6 +349,37 @@ def test_executed_macs_follow_the_channel_counts(dense: torch.nn.Module, fbs: to
     assert float(macs["total"].double().mean()) < 0.55 * float(dense_macs[0])
 
 
+def test_adaptive_layers_keep_a_per_image_count(adaptive: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
+    """Calibrated thresholds keep each layer's density over the calibration images (ties add at most a few
+    channels), the count differs per image, the rule is ``s >= threshold`` (and ``s > 0``); in training the
+    batch's ``ceil(d N C)`` largest saliencies are kept and the threshold moves a tenth of the way to the
+    batch's."""
+    x = data["xtr"]
+    kept = calibrate_thresholds(adaptive, x)
+    assert set(kept) == set(LAYERS) and all(0.7 <= f < 0.71 for f in kept.values()), kept
+    with torch.no_grad():
+        adaptive(x)
+    for m in fbs_layers(adaptive).values():
+        assert m.k == m.conv.out_channels and m.threshold is not None and float(m.threshold) > 0
+        assert m.last_keep is not None and m.last_saliency is not None
+        assert torch.equal(m.last_keep, (m.last_saliency >= m.threshold) & (m.last_saliency > 0))
+        counts = m.last_keep.sum(1)
+        assert len(torch.unique(counts)) > 3 and counts.double().mean() == pytest.approx(0.7 * counts.new_tensor(
+            m.conv.out_channels).item(), rel=0.02)
+    train = copy.deepcopy(adaptive).train()
+    first = fbs_layers(train)["features.0"]
+    assert first.threshold is not None
+    before = float(first.threshold)
+    with torch.no_grad():
+        train(x[:64])
+    assert first.last_keep is not None and first.last_saliency is not None
+    assert int(first.last_keep.sum()) == math.ceil(0.7 * 64 * 32)
+    tau = float(first.last_saliency[first.last_keep].min())
+    assert float(first.threshold) == pytest.approx(0.9 * before + 0.1 * tau, rel=1e-6)
+    with pytest.raises(FbsError, match="anneal"):
+        FbsConfig(adaptive=True, anneal=0.5)
+
+
 # ----------------------------------------------------------------------------- integer engine
 
 
@@ -372,6 +414,41 @@ def test_engine_is_bit_exact(fbs: torch.nn.Module, data: dict[str, torch.Tensor]
     assert agree >= 0.97 * 4 * x.shape[0]
     save_int_model(im, tmp_path / "fbs.json")  # the file round trip keeps the gated nodes
     assert torch.equal(IntEngine(load_int_model(tmp_path / "fbs.json"))(x[:16]).codes, res.codes[:16])
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_engine_is_bit_exact_with_adaptive_counts(adaptive: torch.nn.Module, data: dict[str, torch.Tensor],
+                                                  bits: int) -> None:
+    """Adaptive layers quantized (thresholds calibrated on the quantized saliencies): the engine's rule on gate
+    codes (``code >= min_gate``) is the fake-quant rule ``s >= threshold`` code for code, outputs and decisions
+    equal the hardware-faithful model's, the counts vary per image and the executed MACs are theirs."""
+    w = FixedPoint(bits=bits, narrow=True)
+    q = quantize(adaptive, default_plan("cnv-fbs", adaptive, data["xtr"][:64], w, FixedPoint(bits=bits,
+                                                                                             signed=False)),
+                 data["xtr"][:256])
+    calibrate_thresholds(q, data["xtr"][:512])
+    x = data["xte"]
+    im = to_integer(q, x[:1])
+    res, counts = engine_channel_counts(IntEngine(im), x)
+    fm = faithful(q, im)
+    assert torch.equal(fm(x), res.real())
+    with torch.no_grad():
+        q(x)
+    agree = 0
+    for m in fm.modules():
+        if not isinstance(m, FaithfulFBS):
+            continue
+        node, fq = im.node(m.int_name), q.get_submodule(m.int_name)
+        assert isinstance(fq, FBSConv2d) and fq.threshold is not None and fq.last_keep is not None
+        step, top, floor = float(im.node(node.inputs[1]).scale), int(im.node(node.inputs[1]).bound), m.floor
+        vals = fq.gate_quant(torch.arange(top + 1).float() * step)
+        assert torch.equal((vals >= fq.threshold)[1:], torch.arange(1, top + 1) >= floor)  # the same rule
+        assert m.last_keep is not None and torch.equal(m.last_keep.sum(1), counts[m.int_name][:, 1])
+        assert len(torch.unique(counts[m.int_name][:, 1])) > 1
+        per = int(node.arrays["weight"][0, 0].size) * math.prod(node.shape[1:])
+        assert res.saturated[f"{m.int_name}:macs"] == int(counts[m.int_name].prod(1).sum()) * per
+        agree += int((fq.last_keep == m.last_keep).all(1).sum())
+    assert agree >= 0.97 * 4 * x.shape[0]
 
 
 def test_engine_refuses_uncalibrated_gates(fbs: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
@@ -448,6 +525,8 @@ def test_cli_prune_dynamic(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--density" in bad.stderr and "Traceback" not in bad.stderr
     again = cli("--dynamic", "--resume", "--out", str(out))
     assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1, again.stderr
+    alone = cli("--adaptive", "--out", str(tmp_path / "alone"))
+    assert alone.returncode == 1 and "--adaptive" in alone.stderr and len(alone.stderr.strip().splitlines()) == 1
 
 
 def test_densities_chosen_for_a_mac_budget(dense: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:

@@ -182,16 +182,20 @@ def register(app: typer.Typer) -> None:
         density: float = real(0.7, "--dynamic: fraction of output channels each conv computes per input", 0.0, 1.0),
         mac_budget: float = real(0.0, "--dynamic: choose each conv's density for this fraction of the convs' "
                                  "dense MACs (0: --density everywhere)", 0.0, 1.0, low_open=False),
+        adaptive: bool = typer.Option(False, "--adaptive", help="--dynamic: each input keeps its own number of "
+                                      "channels (those whose saliency reaches the layer's threshold), the density "
+                                      "holding on average"),
     ) -> None:
         """Prune, fine-tune and quantize the pruned layers with focused formats (QAT); or, with --dynamic,
         convert to FBS (per-input channel gating), fine-tune with KD and quantize (QAT)."""
         from mixq.algorithms.prune import PruneConfig, prune_and_quantize
         from mixq.tasks.training import qat_plan, run_inputs, save_run_artifact
 
-        if dynamic and resume:
+        if (dynamic and resume) or (adaptive and not dynamic):
             from mixq.errors import OptionError
 
-            raise OptionError("--resume: a --dynamic run does not resume; start it again")
+            raise OptionError("--resume: a --dynamic run does not resume; start it again" if dynamic else
+                              "--adaptive: applies to --dynamic (FBS) only")
         folder, src = _start("prune", out, model, weights, input_shape, resume, device)
         fmts = formats(weight=weight, act=act)
         ri = run_inputs(src, dataset, data_root, max_train, max_test, test_data)
@@ -204,7 +208,7 @@ def register(app: typer.Typer) -> None:
                              seed=seed, threads=threads, device=device)
             qcfg = _qat_config(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, kd_alpha=kd_alpha,
                                threads=threads, device=device) if epochs > 0 else None
-            fcfg = FbsConfig(density=density, train=ft)
+            fcfg = FbsConfig(density=density, train=ft, adaptive=adaptive)
             chosen = None
             if mac_budget > 0:
                 from mixq.algorithms.prune.fbs_budget import budget_config

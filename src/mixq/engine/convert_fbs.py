@@ -11,10 +11,11 @@ An FBS layer becomes five integer nodes, all but the last ones the engine alread
 
 ``fbs`` keeps, per image, the ``k`` largest gate codes (:func:`mixq.nn.fbs.wta_mask` on the integers: a
 stable sort, ties to the lower channel — the rule of the fake-quant model, whose gate values are the
-codes times one positive scale) that are not 0, and computes only those output channels, over only the
+codes times one positive scale) that are not 0 (an adaptive layer: every code of at least ``min_gate``,
+:meth:`mixq.nn.FBSConv2d.min_gate_code`), and computes only those output channels, over only the
 input channels holding a nonzero code: ``acc = (sum w x) << g + B`` (the conv's accumulator, as the
 ``conv`` op), then ``y = acc * gate`` on the grid ``s_acc * s_gate``; skipped channels are 0. Its
-arrays are the conv's (``weight``, ``bias``, ...) plus ``acc_grid``; attrs the conv's plus ``k``.
+arrays are the conv's (``weight``, ``bias``, ...) plus ``acc_grid``; attrs the conv's plus ``k`` and ``min_gate``.
 The products run in float64 (exact: the accumulator bound is below 2**53, checked at conversion).
 Executed MACs are added to the run's ``stats`` under ``"<layer>:macs"``; :func:`engine_channel_counts`
 gives them per image.
@@ -95,7 +96,7 @@ def fbs_builder(layer: Builder) -> Builder:
         if cnode.attrs["saturate"] or cnode.bound >= FLOAT64_EXACT:
             raise ModelError(f"{at}: its accumulator needs {cnode.attrs['acc_bits']} bits; the gated conv "
                              "supports accumulators within the budget and below 2**53")
-        attrs = {**cnode.attrs, "k": m.k}
+        attrs = {**cnode.attrs, "k": m.k, "min_gate": m.min_gate_code(float(gate.scale), int(gate.bound))}
         arrays = {**cnode.arrays, "acc_grid": np.asarray(cnode.scale, dtype=np.float64)}
         grid = np.asarray(cnode.scale, dtype=np.float64) * float(gate.scale)
         return ctx.add(IntNode(info.name, "fbs", (x.node, gate.node), cnode.shape, grid,
@@ -114,12 +115,13 @@ def fbs_kernel(node: IntNode, bounds: dict[str, int], products: str) -> Callable
     w = torch.from_numpy(node.arrays["weight"].astype(np.float64))
     bias = torch.from_numpy(node.arrays["bias"].astype(np.int64))
     shift, k, conv = 2 ** int(node.attrs["acc_frac_bits"]), int(node.attrs["k"]), _conv_args(node)
+    floor = int(node.attrs.get("min_gate", 1))
     per = int(np.prod(w.shape[2:])) * int(np.prod(node.shape[1:]))
     out_dt = exact_dtype(node.bound, allow_float32=False)
 
     def run(xs: list[torch.Tensor], stats: dict[str, int]) -> torch.Tensor:
         x, gate = xs[0], xs[1].to(torch.int64)
-        keep = keep_channels(gate, k)
+        keep = keep_channels(gate, k, floor)
         active = x.ne(0).flatten(2).any(dim=2)
         out = torch.zeros(x.shape[0], *node.shape, dtype=torch.int64)
         macs = 0
@@ -148,7 +150,7 @@ def engine_channel_counts(engine: Any, x: torch.Tensor) -> tuple[Any, dict[str, 
     for n in fbs:
         xin, gate = res.values[n.inputs[0]], res.values[n.inputs[1]]
         a_in = xin.ne(0).flatten(2).any(dim=2).sum(1)
-        a_out = keep_channels(gate, int(n.attrs["k"])).sum(1)
+        a_out = keep_channels(gate, int(n.attrs["k"]), int(n.attrs.get("min_gate", 1))).sum(1)
         out[n.name] = torch.stack([a_in, a_out], 1).long()
     return res, out
 
@@ -163,6 +165,7 @@ class FaithfulFBS(nn.Module):
                  quant: Callable[[IntNode, dict[str, IntNode]], nn.Module], m: FBSConv2d) -> None:
         super().__init__()
         self.int_name, self.k = inode.name, int(inode.attrs["k"])
+        self.floor = int(inode.attrs.get("min_gate", 1))
         gate_node = nodes[inode.inputs[1]]
         relu = nodes[gate_node.inputs[0]]
         lin = nodes[relu.inputs[0]]
@@ -186,7 +189,7 @@ class FaithfulFBS(nn.Module):
         xq = self.x_quant(x)
         pooled = torch.round(xq.sum(dim=(2, 3)) / (self.pool_grid * self.count)) * self.pool_grid
         g = self.gate.codes(torch.relu(self.predictor(pooled)))  # type: ignore[operator]
-        return g, keep_channels(g, self.k)
+        return g, keep_channels(g, self.k, self.floor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g, keep = self.codes(x)

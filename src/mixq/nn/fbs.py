@@ -13,6 +13,12 @@ engine and the hardware estimates take:
   :func:`calibrate_gates` alone after QAT), so the saliencies the hardware ranks are integer codes;
 * **winner-take-all** (:func:`wta_mask`) keeping the ``k = ceil(d * C_out)`` largest saliencies per
   input, ties to the lower channel index (a stable sort, the integer engine's rule too);
+* or, with ``adaptive=True``, a **per-image channel count**: the layer keeps every channel whose saliency
+  reaches its ``threshold`` (a buffer), so an image keeps as many channels as it has salient ones and the
+  density ``d`` holds on average. In training the threshold is the batch's: the ``ceil(d * N * C_out)``
+  largest saliencies of the batch are kept (a winner-take-all over the batch), and a running average of
+  it is kept; :func:`calibrate_thresholds` sets it from data after training (the mean density exactly
+  ``d``). Quantized, the rule is on the gate codes (:meth:`FBSConv2d.min_gate_code`);
 * **boosting** ``y_c = s_c * bn(conv(x))_c`` (``bn`` the identity once folded) for kept channels, ``0`` for
   the others — a kept channel whose saliency is 0 is 0 too, so it is not computed either
   (:func:`active_channels`);
@@ -67,10 +73,17 @@ def wta_mask(saliency: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros_like(saliency, dtype=torch.bool).scatter_(1, order, True)
 
 
-def keep_channels(saliency: torch.Tensor, k: int) -> torch.Tensor:
+def keep_channels(saliency: torch.Tensor, k: int, floor: float | torch.Tensor | None = None) -> torch.Tensor:
     """``(N, C)`` bool: the computed channels — the ``k`` largest saliencies (or gate codes: the integer engine's
-    rule is this one) that are not 0, ties to the lower index."""
-    return wta_mask(saliency, k) & (saliency.detach() > 0)
+    rule is this one) that are not 0 and, with ``floor``, at least ``floor`` (an adaptive layer's threshold),
+    ties to the lower index.
+
+    >>> keep_channels(torch.tensor([[3, 0, 5, 1], [1, 1, 2, 0]]), 4, floor=2).tolist()
+    [[True, False, True, False], [False, False, True, False]]
+    """
+    s = saliency.detach()
+    keep = (s > 0) if k >= s.shape[1] else wta_mask(s, k) & (s > 0)
+    return keep if floor is None else keep & (s >= floor)
 
 
 def active_channels(x: torch.Tensor) -> torch.Tensor:
@@ -83,7 +96,7 @@ class FBSConv2d(nn.Module):
     predicted channel saliencies (see the module doc)."""
 
     def __init__(self, conv: nn.Conv2d, density: float, *, gate_bits: int = 8, l1: float = 0.0,
-                 bn: nn.BatchNorm2d | None = None) -> None:
+                 bn: nn.BatchNorm2d | None = None, adaptive: bool = False) -> None:
         super().__init__()
         if isinstance(density, bool) or not 0.0 < float(density) <= 1.0:
             raise ModelError(f"fbs.density: must be in (0, 1], got {density!r}")
@@ -103,9 +116,14 @@ class FBSConv2d(nn.Module):
             self.predictor.bias.fill_(1.0)
         self.gate_quant = QAct(FixedPoint(bits=gate_bits, signed=False))
         self.density = float(density)
-        self.k = keep_count(self.density, conv.out_channels)
+        self.adaptive = bool(adaptive)
+        self.k = conv.out_channels if self.adaptive else keep_count(self.density, conv.out_channels)
+        self.threshold: torch.Tensor | None
+        # the saliency a channel needs to be computed (adaptive layers only: see the module doc)
+        self.register_buffer("threshold", torch.zeros(()) if self.adaptive else None)
         self.l1 = float(l1)
         self.last_saliency: torch.Tensor | None = None
+        self.last_keep: torch.Tensor | None = None  # (N, C) bool: the channels the last forward computed
         self.last_active: tuple[torch.Tensor, torch.Tensor] | None = None
         self.relu_inside = False  # set by straight_through only
 
@@ -129,8 +147,8 @@ class FBSConv2d(nn.Module):
         if self.training and self.l1 > 0 and s.requires_grad:
             scale = self.l1 / s.shape[0]
             s.register_hook(lambda g: g + scale * (s.detach() > 0).to(g.dtype))
-        keep = keep_channels(s, self.k)
-        self.last_saliency = s.detach()
+        keep = keep_channels(s, self.k, self._floor(s))
+        self.last_saliency, self.last_keep = s.detach(), keep
         self.last_active = (active_channels(x).sum(1), keep.sum(1))
         gate = torch.where(keep, s, torch.zeros_like(s))
         f = self.features(x)
@@ -142,8 +160,33 @@ class FBSConv2d(nn.Module):
             out = out + r.detach() * ((s - s.detach()) * (~keep).to(s.dtype))[:, :, None, None]
         return out
 
+    def _floor(self, s: torch.Tensor) -> torch.Tensor | None:
+        """An adaptive layer's threshold for this forward: the batch's in training (its running average kept),
+        else the buffer; ``None`` for a fixed-``k`` layer."""
+        if self.threshold is None:
+            return None
+        if not self.training:
+            return self.threshold
+        sd = s.detach().flatten()
+        tau = torch.topk(sd, max(1, math.ceil(round(self.density * sd.numel(), 9)))).values[-1]
+        self.threshold.mul_(0.9).add_(0.1 * tau)
+        return tau
+
+    def min_gate_code(self, step: float, top: int) -> int:
+        """The least gate code an adaptive layer keeps (1 for a fixed-``k`` layer): the first code of
+        ``0 .. top`` whose value through the gate quantizer (``code * step`` snapped as the fake-quant model
+        snaps it) reaches the threshold — so the integer rule ``code >= min_gate_code`` and the fake-quant
+        rule ``s >= threshold`` keep the same channels; ``top + 1`` when none does."""
+        if self.threshold is None:
+            return 1
+        with torch.no_grad():
+            vals = self.gate_quant(torch.arange(top + 1, dtype=torch.float64).float() * step)
+            hit = (vals >= self.threshold).nonzero()
+        return max(1, int(hit[0]) if hit.numel() else top + 1)
+
     def extra_repr(self) -> str:
-        return f"density={self.density}, k={self.k}/{self.conv.out_channels}, l1={self.l1}"
+        k = "adaptive" if self.adaptive else f"k={self.k}/{self.conv.out_channels}"
+        return f"density={self.density}, {k}, l1={self.l1}"
 
 
 @contextmanager

@@ -4,6 +4,7 @@
     fit_predictors(fbs, x[:1024])                          # least-squares start of the saliency predictors
     train_fbs(fbs, model, (x, y), FbsConfig(...))          # KD from the dense model + L1 on the saliencies
     fold_fbs_bn(fbs)                                       # each gated conv's BN folded: the form quantized
+    calibrate_thresholds(fbs, x[:5000])                    # adaptive layers (FbsConfig.adaptive) only
     macs = executed_macs(fbs, specs, x_test)               # MACs each test image really executes
 
 The fine-tune runs on the one trainer (:func:`mixq.training.fit`); the L1 penalty reaches it as a gradient
@@ -36,6 +37,7 @@ is measured by the same rule, so the two compare at equal executed MACs.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -76,7 +78,9 @@ class FbsConfig:
     in the network as it is fine-tuned (trained by gradient, a suppressed channel's saliency gets no
     gradient from the task — its output is 0 before a ReLU — only the L1 push down, and the choice
     drifts towards a fixed set of channels). ``straight_through``: instead, the fine-tune gives suppressed
-    channels the saliency gradient they would get if kept (:func:`mixq.nn.fbs.straight_through`)."""
+    channels the saliency gradient they would get if kept (:func:`mixq.nn.fbs.straight_through`).
+    ``adaptive``: each image keeps its own number of channels, the density holding on average (a saliency
+    threshold per layer instead of a fixed ``k``; :class:`mixq.nn.FBSConv2d`, :func:`calibrate_thresholds`)."""
 
     density: float = 0.5
     densities: Mapping[str, float] = field(default_factory=dict)
@@ -89,6 +93,7 @@ class FbsConfig:
     refit_every: int = 0
     refit_images: int = 1024
     straight_through: bool = False
+    adaptive: bool = False
 
     def __post_init__(self) -> None:
         for name, d in [("density", self.density), *((f"densities.{k}", v) for k, v in self.densities.items())]:
@@ -107,6 +112,9 @@ class FbsConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "refit_every" else 1):
                 raise FbsError(f"FbsConfig.{name}: must be an integer >= {0 if name == 'refit_every' else 1}, "
                                f"got {v!r}")
+        if self.adaptive and self.anneal:
+            raise FbsError("FbsConfig.anneal: anneals a fixed channel count; an adaptive layer's has none "
+                           "(set anneal=0 or adaptive=False)")
 
     def density_of(self, layer: str) -> float:
         return float(self.densities.get(layer, self.density))
@@ -142,7 +150,7 @@ def to_fbs(model: nn.Module, cfg: FbsConfig, input_shape: tuple[int, ...]) -> nn
             raise FbsError(f"FbsConfig.layers: {n!r} is not a Conv2d layer of {type(model).__name__}")
     for n in names:
         set_submodule(out, n, FBSConv2d(convs[n], cfg.density_of(n), gate_bits=cfg.gate_bits, l1=cfg.l1,
-                                        bn=kept.get(n)))  # type: ignore[arg-type]
+                                        bn=kept.get(n), adaptive=cfg.adaptive))  # type: ignore[arg-type]
     return out.eval()
 
 
@@ -162,7 +170,7 @@ def fit_predictors(model: nn.Module, x: torch.Tensor, spread: float = 0.1, ridge
     The predictor's weight and bias solve the least-squares fit. In place; each layer keeps its ``k``.
     """
     layers = fbs_layers(model)
-    saved = {n: m.k for n, m in layers.items()}
+    saved = {n: (m.k, None if m.threshold is None else m.threshold.clone()) for n, m in layers.items()}
     seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     pooled: dict[str, torch.Tensor] = {}
@@ -179,6 +187,8 @@ def fit_predictors(model: nn.Module, x: torch.Tensor, spread: float = 0.1, ridge
     try:
         for m in layers.values():
             m.k = m.conv.out_channels
+            if m.threshold is not None:
+                m.threshold.zero_()
             m.predictor.weight.zero_()
             m.predictor.bias.fill_(1.0)
         with eval_mode(model):
@@ -187,7 +197,9 @@ def fit_predictors(model: nn.Module, x: torch.Tensor, spread: float = 0.1, ridge
         for h in handles:
             h.remove()
         for n, m in layers.items():
-            m.k = saved[n]
+            m.k, thr = saved[n]
+            if thr is not None and m.threshold is not None:
+                m.threshold.copy_(thr)
     for n, m in layers.items():
         p, t = (v.double() for v in seen[n])
         ref = t.mean(0) if per_channel else t.mean().expand(t.shape[1])
@@ -253,7 +265,7 @@ def train_fbs(model: nn.Module, teacher: nn.Module | None, train: tuple[torch.Te
                       desc="fbs finetune", config_name="FbsConfig.train")
     finally:
         for m in layers.values():
-            m.k = keep_count(m.density, m.conv.out_channels)
+            m.k = m.conv.out_channels if m.adaptive else keep_count(m.density, m.conv.out_channels)
         for q, g in zip(params, grads, strict=True):
             q.requires_grad_(g)
     model.eval()
@@ -380,9 +392,32 @@ def channel_counts(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | No
 
 
 def densities(model: nn.Module) -> dict[str, dict[str, float | int]]:
-    """Per FBS layer: the configured density, ``k`` and the channel count."""
-    return {n: {"density": m.density, "k": m.k, "channels": m.conv.out_channels}
+    """Per FBS layer: the configured density, ``k`` and the channel count (an adaptive layer: ``k`` the channel
+    count, and its ``threshold``)."""
+    return {n: {"density": m.density, "k": m.k, "channels": m.conv.out_channels,
+                **({} if m.threshold is None else {"threshold": float(m.threshold)})}
             for n, m in fbs_layers(model).items()}
+
+
+@torch.no_grad()
+def calibrate_thresholds(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> dict[str, float]:
+    """Set every adaptive FBS layer's threshold so that it keeps, over the images ``x``, its density's share of
+    its channels (the ``ceil(d * N * C)`` largest saliencies and any tied with the last); in place, layer by
+    layer in forward order (a layer's saliencies depend on the thresholds before it). The fraction each layer
+    then keeps on ``x``; empty when the model has no adaptive layer."""
+    layers = {n: m for n, m in fbs_layers(model).items() if m.threshold is not None}
+    kept: dict[str, float] = {}
+    for name, m in layers.items():
+        got: list[torch.Tensor] = []
+        assert m.threshold is not None
+        m.threshold.zero_()
+        _run_hooked(model, x, [m.register_forward_hook(lambda mm, _a, _y, got=got: got.append(mm.last_saliency))],
+                    batch_size)
+        s = torch.cat(got).flatten()
+        tau = torch.topk(s, max(1, math.ceil(round(m.density * s.numel(), 9)))).values[-1]
+        m.threshold.fill_(float(tau))
+        kept[name] = float(((s >= tau) & (s > 0)).double().mean())
+    return kept
 
 
 def fbs_and_quantize(model: nn.Module, make_plan: Callable[[nn.Module], QuantPlan],
@@ -403,12 +438,14 @@ def fbs_and_quantize(model: nn.Module, make_plan: Callable[[nn.Module], QuantPla
     if cfg.train.epochs > 0:
         summary["finetune"] = train_fbs(fbs, model, train, cfg, fill=fill)
     fold_fbs_bn(fbs)  # the fine-tune ends here: quantization, the engine and the estimates take the folded form
+    calibrate_thresholds(fbs, train[0][:5000])
     final: nn.Module = fbs
     if qat_cfg is not None:
         calib = [train[0][i:i + 256] for i in range(0, 1024, 256)]
         gated = calibrate_gates(copy.deepcopy(fbs), calib)  # QAT trains with the gates quantized
         res = train_qat(gated, make_plan(fbs), train, qat_cfg, out / "qat", val=val, teacher=fbs, fill=fill)
         final = calibrate_gates(res.model, calib)
+        calibrate_thresholds(final, train[0][:5000])  # on the quantized saliencies
         atomic_write_torch(out / "model.pt", final.state_dict())
         summary["qat_train_time_s"] = res.summary.get("train_time_s")
     if val is not None:

@@ -107,6 +107,7 @@ def budget_config(model: nn.Module, x: torch.Tensor, budget: float, cfg: FbsConf
     from mixq.graph.capture import capture
 
     shape = tuple(int(v) for v in x.shape[1:])
-    fbs = fit_predictors(to_fbs(model, dataclasses.replace(cfg, density=1.0, densities={}), shape), x)
+    fbs = fit_predictors(to_fbs(model, dataclasses.replace(cfg, density=1.0, densities={}, adaptive=False),
+                                      shape), x)
     choice = choose_densities(density_sensitivity(fbs, model, x, grid), capture(model, shape), budget, grid)
     return dataclasses.replace(cfg, densities=choice.densities), choice
