@@ -29,7 +29,10 @@ the FBS gates calibrated after QAT).
 Columns: top-1 on the full test set and on the validation split, executed MACs per image (measured per image,
 :func:`mixq.algorithms.prune.fbs.executed_macs`), the layer-sequential overlay on XC7Z020 over the whole test
 set (:func:`mixq.hw.dynamic.dynamic_overlay`: mean and p95 frame rate, the cores sized for the dense network),
-the streaming design's gain. The report breaks the overlay's cycle reduction down against the executed-MAC
+the single engine on the same part (:func:`mixq.hw.dynamic.dynamic_mnisc`: a 16 x 16 EU at int8 for the FP32
+rows and int4 for W4A4, running the dense network's program with each image's gated steps; mean / p95 frame
+rate and the weights it reads from DDR), the streaming design's gain. Every conv is counted per image: a gated
+one's computed outputs, and the active inputs of the convs after it. The report breaks the overlay's cycle reduction down against the executed-MAC
 reduction per layer (set-up cycles, rounding of the shrunken GEMMs, predictors, layers that do not shrink).
 The W4A4 FBS models run in the integer engine on the first ``Net.engine_images`` test images, compared bit
 for bit with the hardware-faithful model (outputs and channel decisions).
@@ -65,21 +68,24 @@ from mixq.algorithms.prune.fbs import (
     train_fbs,
 )
 from mixq.algorithms.qat import QatConfig, train_qat
-from mixq.api import default_plan
+from mixq.api import default_plan, quantize
 from mixq.engine import faithful, to_integer
 from mixq.engine.convert_fbs import FaithfulFBS, engine_channel_counts
+from mixq.engine.program import lower as lower_program
 from mixq.engine.runner import IntEngine
 from mixq.formats import FixedPoint
 from mixq.graph.bnfold import fold_bn
 from mixq.graph.capture import capture
 from mixq.graph.convert import calibrate, to_quantized
-from mixq.hw.dynamic import dense_names, dynamic_overlay, streaming_gain
+from mixq.hw.dynamic import dense_names, dynamic_mnisc, dynamic_overlay, streaming_gain
 from mixq.hw.estimate import estimate
+from mixq.hw.mnisc import EuConfig, EuStep
 from mixq.hw.units import ArchOptions
 from mixq.io import atomic_write_json, atomic_write_text
 from mixq.modes import eval_mode
 from mixq.nn.fbs import calibrate_gates, fbs_layers
 from mixq.plan import QuantPlan
+from mixq.rtl.mnisc import eu_steps
 from mixq.tasks.training import PAD_FILL, training_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -237,14 +243,30 @@ def _known(plan: QuantPlan, specs: list[Any]) -> QuantPlan:
     return QuantPlan(plan.model, {k: v for k, v in plan.items() if k in names})
 
 
+def dense_program(dense: nn.Module, bits: str, data: dict[str, torch.Tensor]) -> tuple[EuStep, ...]:
+    """The dense network's single-engine program at ``bits`` (W8A8 for the FP32 rows), min-max PTQ: the steps
+    :func:`mixq.hw.dynamic.dynamic_mnisc` gates per image (its shapes and proven code widths)."""
+    w, a = (W4, A4) if bits == "w4a4" else (FixedPoint(bits=8, signed=True, narrow=True), FixedPoint(bits=8,
+                                                                                                    signed=False))
+    q = quantize(dense, default_plan("dense", dense, data["xtr"][:64], weight=w, act=a), data["xtr"][:256])
+    return eu_steps(lower_program(to_integer(q, data["xtr"][:1])))
+
+
 def _row(net: Net, label: str, bits: str, model: nn.Module, plan: QuantPlan, specs: list[Any],
-         data: dict[str, torch.Tensor], train_s: float) -> dict[str, Any]:
+         data: dict[str, torch.Tensor], train_s: float, dense_steps: dict[str, tuple[EuStep, ...]]) -> dict[str, Any]:
     xte, yte = data["xte"], data["yte"]
     macs = executed_macs(model, specs, xte)
     total = macs["total"].double()
-    names = [n for n in net.layers if n in dict(model.named_modules())]
+    # every conv: a gated one's computed outputs, and the active inputs of the convs after it (a ResNet block's
+    # second conv reads the first one's suppressed channels as zeros and skips them)
+    names = [s.name for s in specs if s.kind in ("conv", "dwconv")]
     counts = {n: [(int(a), int(b)) for a, b in c.tolist()] for n, c in channel_counts(model, xte, names).items()}
-    hw = dynamic_overlay(specs, dense_names(plan), counts, PART, predictors=bool(fbs_layers(model))).summary()
+    gated = bool(fbs_layers(model))
+    hw = dynamic_overlay(specs, dense_names(plan), counts, PART, predictors=gated,
+                         with_predictor=net.layers).summary()
+    eu_bits = 4 if bits == "w4a4" else 8
+    eu = dynamic_mnisc(dense_steps[bits], counts, EuConfig(wbits=eu_bits, abits=eu_bits), PART, predictors=gated,
+                       with_predictor=net.layers, predictor_bits=eu_bits).summary()
     dense_m = sum(s.macs for s in specs if s.is_compute)
     lo, hi = float(total.min()), float(total.max())
     bins = 10 if hi > lo else 1
@@ -261,6 +283,7 @@ def _row(net: Net, label: str, bits: str, model: nn.Module, plan: QuantPlan, spe
            "channels_mean": {n: [float(x) for x in torch.tensor(c).double().mean(0).tolist()]
                              for n, c in counts.items()},
            "overlay": {k: v for k, v in hw.items() if k != "layers"}, "overlay_layers": hw["layers"],
+           "single_engine": {k: v for k, v in eu.items() if k != "layers"}, "single_engine_layers": eu["layers"],
            "train_s": round(train_s, 1)}
     if fbs_layers(model):
         row["densities"] = densities(model)
@@ -272,7 +295,8 @@ def _row(net: Net, label: str, bits: str, model: nn.Module, plan: QuantPlan, spe
         ch = {s.name: s.out_channels for s in specs if s.name in counts}
         row["streaming"] = streaming_gain(st, pe, ch, counts)
     print(f"{net.name} {label:>7} {bits}: test {row['accuracy']:.2f} val {row['val_accuracy']:.2f}  MACs "
-          f"{row['macs_mean'] / 1e6:.2f}M  overlay {hw['fps_mean']:.0f} fps (p95 {hw['fps_p95']:.0f})", flush=True)
+          f"{row['macs_mean'] / 1e6:.2f}M  overlay {hw['fps_mean']:.0f} fps (p95 {hw['fps_p95']:.0f})  single engine "
+          f"{eu['fps_mean']:.0f} fps (p95 {eu['fps_p95']:.0f})", flush=True)
     return row
 
 
@@ -399,6 +423,8 @@ def run_net(net: Net, part: str | None = None, fp32_only: bool = False) -> dict[
         fp32(part)
         return {}
 
+    programs = {b: dense_program(dense, b, data) for b in ("fp32", "w4a4")}
+
     def row(name: str) -> dict[str, Any]:
         path = CACHE / "rows" / f"{net.name}-{name}.json"
         if path.is_file():
@@ -408,11 +434,11 @@ def run_net(net: Net, part: str | None = None, fp32_only: bool = False) -> dict[
         t = time.perf_counter()
         if bits == "fp32":
             plan = default_plan(f"{net.name}-fbs" if label == "fbs" else net.name, model, data["xtr"][:64])
-            r = _row(net, label, bits, model, plan, specs, data, secs)
+            r = _row(net, label, bits, model, plan, specs, data, secs, programs)
         else:  # QAT with KD from the row's FP32 model
             q, plan, secs = _qat(net, label, model, model, data, masks if label == "static" else None)
             t = time.perf_counter()
-            r = _row(net, label, bits, q, plan, specs, data, secs)
+            r = _row(net, label, bits, q, plan, specs, data, secs, programs)
             if label == "fbs":
                 r["engine"] = _engine_check(q, data["xte"][:net.engine_images])
                 print("engine:", r["engine"], flush=True)
@@ -537,6 +563,13 @@ def _above(acc: dict[tuple[str, str], float], ci: dict[str, dict[str, float]], b
     return "yes" if d - hw > 0 else "NO (within the CI)" if d > 0 else "NO"
 
 
+def _kept(v: dict[str, Any]) -> str:
+    """A layer's channel rule for the report: ``k/C``, or an adaptive layer's mean density and threshold."""
+    if "threshold" in v:
+        return f"{v['density']:g} of {v['channels']} on average (threshold {v['threshold']:.3g})"
+    return f"{v['k']}/{v['channels']}"
+
+
 def _markdown(doc: dict[str, Any]) -> str:
     lines = ["# FBS (dynamic channel pruning) vs static channel pruning — Fashion-MNIST", "",
              f"Training split: the first {doc['train_images']} Fashion-MNIST training images (fine-tunes: KD from "
@@ -562,18 +595,26 @@ def _markdown(doc: dict[str, Any]) -> str:
                   f"(predictor bias margin {net['prior_margin']}). Compute: {net['compute_s']:.0f} s of training and "
                   "measuring in all, one thread per process (train s per row below).", "",
                   "| model | bits | top-1 % (test) | Δ vs dense | val % | executed MACs/image (mean / p95, M) | "
-                  "MAC reduction | overlay fps mean | overlay fps p95 | cycle reduction | streaming gain | train s |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "MAC reduction | overlay fps mean | overlay fps p95 | cycle reduction | "
+                  "single engine fps mean / p95 | cycle reduction | weights read (kbit, mean) | streaming gain | "
+                  "train s |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         dense_acc = {r["bits"]: r["accuracy"] for r in rows if r["model"] == "dense"}
         dense_cycles = {r["bits"]: r["overlay"]["cycles_mean"] for r in rows if r["model"] == "dense"}
+        eu_dense = {r["bits"]: r["single_engine"]["cycles_mean"] for r in rows
+                    if r["model"] == "dense" and "single_engine" in r}
         for r in rows:
             ov = r["overlay"]
             stream = f"{r['streaming']['gain_mean']:.2f}x" if "streaming" in r else "—"
+            eu = r.get("single_engine")
+            eu_cols = (f"{eu['fps_mean']:.0f} / {eu['fps_p95']:.0f} | {eu_dense[r['bits']] / eu['cycles_mean']:.2f}x | "
+                       f"{eu['weight_bits_mean'] / 1e3:.0f}" if eu and r["bits"] in eu_dense else "— | — | —")
             lines.append(f"| {r['model']} | {r['bits']} | {r['accuracy']:.2f} | "
                          f"{r['accuracy'] - dense_acc[r['bits']]:+.2f} | {r['val_accuracy']:.2f} | "
                          f"{r['macs_mean'] / 1e6:.2f} / {r['macs_p95'] / 1e6:.2f} | "
                          f"{net['dense_macs'] / r['macs_mean']:.2f}x | {ov['fps_mean']:.0f} | {ov['fps_p95']:.0f} | "
-                         f"{dense_cycles[r['bits']] / ov['cycles_mean']:.2f}x | {stream} | {r['train_s']:.0f} |")
+                         f"{dense_cycles[r['bits']] / ov['cycles_mean']:.2f}x | {eu_cols} | {stream} | "
+                         f"{r['train_s']:.0f} |")
         by = {(r["model"], r["bits"]): r["accuracy"] for r in rows}
         lines += ["", "Top-1 differences (test, points): " + "; ".join(
             f"{b}: FBS − dense {by['fbs', b] - by['dense', b]:+.2f}, "
@@ -600,7 +641,7 @@ def _markdown(doc: dict[str, Any]) -> str:
                 continue
             lines.append(f"Per-layer density ({r['model']} {r['bits']}), kept/channels and mean (active in, "
                          "computed out) channels per image: " + ", ".join(
-                             f"{n} {v['k']}/{v['channels']} ({r['channels_mean'][n][0]:.1f}, "
+                             f"{n} {_kept(v)} ({r['channels_mean'][n][0]:.1f}, "
                              f"{r['channels_mean'][n][1]:.1f})" for n, v in r["densities"].items()))
             if "channel_sets" in r:
                 lines.append(f"How dynamic the choice is ({r['model']} {r['bits']}, {r['test_images']} test images): "

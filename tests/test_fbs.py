@@ -494,6 +494,46 @@ def test_dynamic_overlay(dense: torch.nn.Module) -> None:
         == ["features.0", "features.0.predictor"]
 
 
+def test_dynamic_single_engine(dense: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
+    """The single engine (W4A4 CNV's program on a 16 x 16 int4 EU): every channel counted and no predictor is
+    the dense estimate to the cycle; a gated step's cycles and DDR weights by hand; predictors as steps of
+    their own; counts of a linear step refused by name."""
+    from mixq.engine.program import lower as lower_program
+    from mixq.hw.dynamic import dynamic_mnisc
+    from mixq.hw.mnisc import CONST_BITS_PER_ROW, EuConfig, estimate_mnisc
+    from mixq.rtl.mnisc import eu_steps
+
+    plan = default_plan("cnv", dense, data["xtr"][:64], FixedPoint(bits=4, narrow=True), FixedPoint(bits=4,
+                                                                                                  signed=False))
+    steps = eu_steps(lower_program(to_integer(quantize(dense, plan, data["xtr"][:256]), data["xtr"][:1])))
+    cfg = EuConfig(p=16, s=16, wbits=4, abits=4)
+    ref = estimate_mnisc(steps, cfg)
+    by = {st.name: st for st in steps}
+    full = {n: [(by[n].in_shape[0], by[n].out_shape[0])] * 2 for n in LAYERS}
+    est = dynamic_mnisc(steps, full, cfg, predictors=False).summary()
+    assert est["cycles_mean"] == est["dense_cycles"] == sum(t.cycles for t in ref.steps)
+    assert 1.0 / est["fps_mean"] == pytest.approx(ref.frame_s, rel=1e-12)
+    half = {n: [(max(1, by[n].in_shape[0] // 2), by[n].out_shape[0] // 2)] * 2
+            + [(by[n].in_shape[0], by[n].out_shape[0])] for n in LAYERS}
+    d = dynamic_mnisc(steps, half, cfg, predictors=False).summary()
+    f3 = d["layers"]["features.3"]  # 28 x 28 outputs, 16 of 32 rows on 16 rows, 16 x 9 of 32 x 9 on 16 lanes
+    assert f3["dense_cycles"] == 28 * 28 * 2 * 18 + cfg.step_cycles
+    assert f3["cycles_mean"] == pytest.approx((2 * (28 * 28 * 1 * 9 + cfg.step_cycles) + f3["dense_cycles"]) / 3)
+    assert d["cycles_p95"] > d["cycles_mean"] and d["fps_mean"] > est["fps_mean"]
+    quarter = sum((by[n].weight_bits - by[n].out_shape[0] * CONST_BITS_PER_ROW) * half[n][0][0] // 2
+                  // by[n].in_shape[0] + by[n].out_shape[0] // 2 * CONST_BITS_PER_ROW for n in LAYERS)
+    rest = sum(st.weight_bits for st in steps if st.name not in LAYERS)
+    assert d["weight_bits_mean"] == pytest.approx((2 * (quarter + rest) + d["dense_weight_bits"]) / 3, abs=4)
+    p = dynamic_mnisc(steps, full, cfg).summary()
+    pred = {k: v for k, v in p["layers"].items() if k.endswith(".predictor")}
+    assert len(pred) == 4 and p["dense_cycles"] == est["dense_cycles"]
+    # 32 -> 32 predictor of features.3: 4-bit pooled inputs, 8-bit weights (2 passes), 2 x 2 tiles, own set-up
+    assert pred["features.3.predictor"]["cycles_mean"] == 2 * 2 * 2 + cfg.step_cycles
+    assert p["cycles_mean"] == est["cycles_mean"] + sum(v["cycles_mean"] for v in pred.values())
+    with pytest.raises(HardwareError, match="classifier.0"):
+        dynamic_mnisc(steps, {"classifier.0": [(1, 1)]}, cfg)
+
+
 def test_streaming_gain_and_percentile() -> None:
     assert percentile([1, 2, 3, 4, 5], 95) == pytest.approx(4.8)
     g = streaming_gain({"a": 100, "b": 80}, {"a": 4, "b": 4}, {"a": 32}, {"a": [(32, 16), (32, 32)]})

@@ -1,5 +1,6 @@
-"""Hardware that skips the channels dynamic pruning (FBS) suppresses: cycles and DDR traffic per frame,
-as a distribution over a dataset (no torch: per-image channel counts come in as plain data).
+"""Hardware that skips the channels dynamic pruning (FBS) suppresses: cycles and DDR traffic per frame on the
+overlay and the single engine, as a distribution over a dataset (no torch: per-image channel counts come in
+as plain data).
 
 **Overlay** (:mod:`mixq.hw.overlay`). The layer-sequential overlay runs every layer as a GEMM whose rows
 are output channels and whose row length is ``in_channels * kh * kw``; its weights come from DDR layer
@@ -21,6 +22,17 @@ set-up cycles, the predictors and the dense linear layers do not shrink, ``ceil`
 ``rows_parallel`` rounds the shrunken GEMMs up, and memory-bound layers gain by traffic, not by MACs. (The
 linear layer after the last gated conv is priced dense, as its executed MACs are counted: its input columns
 of suppressed channels are zero, and skipping their weight reads would save traffic the model does not claim.)
+
+**Single engine** (:mod:`mixq.hw.mnisc`, :func:`dynamic_mnisc`). The EU runs the network as a program of
+steps, each reading its inputs and weights from DDR and writing its outputs back. A gated step computes only
+its ``a_out`` rows over its ``a_in`` active input channels (:func:`gated_step`: cycles
+``ceil(a_out / p) * ceil(a_in * kh * kw / s)`` per pixel, as for the overlay's GEMM) and moves only what they
+need through DDR: the active input channels, the computed output channels (a suppressed channel is never
+written; the next step does not read it) and the ``a_out x a_in`` weight slices with the kept rows'
+constants. Its predictor is a step of its own before it (``Linear(C_in -> C_out)``, dense, with its own
+set-up cycles; the pooled input is summed in the producer's output pipeline). The EU is sized for the dense
+program and does not change per image. The gain tracks the executed MACs except where a step is bound by
+DDR (then by traffic) and by the per-step set-up, the predictors and the dense steps.
 
 **Streaming** (:func:`streaming_gain`) gains far less, for three reasons. (1) Its throughput is its
 slowest stage's initiation interval, and every stage was folded for the dense layer; a stage's engine
@@ -45,6 +57,7 @@ from mixq.errors import HardwareError
 from mixq.graph.spec import LayerSpec
 from mixq.hw.cost import CostModel, Resources
 from mixq.hw.lower import HwLayer, lower
+from mixq.hw.mnisc import CONST_BITS_PER_ROW, EuConfig, EuStep, step_time
 from mixq.hw.overlay import Core, LayerTime, core_key, layer_time, size_cores
 from mixq.hw.parts import Part, get_part
 from mixq.hw.units import ArchOptions
@@ -129,20 +142,54 @@ def _weight_bits(ly: HwLayer) -> int:
     return sum(round(g.fraction * ly.spec.weight_rows) * ly.spec.row_length * g.wbits for g in ly.groups)
 
 
-def _check_counts(specs: Sequence[LayerSpec], counts: Counts) -> int:
-    names = {s.name: s for s in specs}
+def _check_counts(convs: Mapping[str, tuple[int, int]], counts: Counts) -> int:
+    """The number of images ``counts`` covers, checked against ``convs`` (conv layer -> input, output channels);
+    a HardwareError naming the layer for counts of anything else or outside its channels, or none at all."""
     frames = {len(v) for v in counts.values()}
     if len(frames) > 1:
         raise HardwareError(f"dynamic: the layers' counts cover different numbers of images: {sorted(frames)}")
     for n, rows in counts.items():
-        s = names.get(n)
-        if s is None or s.kind not in ("conv", "dwconv"):
-            raise HardwareError(f"dynamic: counts for {n!r}, which is not a conv layer of the specs")
+        if n not in convs:
+            raise HardwareError(f"dynamic: counts for {n!r}, which is not a conv layer of the network")
+        ci, co = convs[n]
         for a_in, a_out in rows:
-            if not (0 <= a_in <= s.in_channels and 0 <= a_out <= s.out_channels):
+            if not (0 <= a_in <= ci and 0 <= a_out <= co):
                 raise HardwareError(f"dynamic: layer {n!r}: counts ({a_in}, {a_out}) outside its "
-                                    f"{s.in_channels} x {s.out_channels} channels")
-    return frames.pop() if frames else 0
+                                    f"{ci} x {co} channels")
+    if not frames or not frames.pop():
+        raise HardwareError("dynamic: no images in the counts")
+    return len(next(iter(counts.values())))
+
+
+#: one layer's price for one image: (cycles, seconds, weight bits read)
+Cost = tuple[int, float, int]
+
+
+def _distribution(part: str, arch: str, names: Sequence[str], counts: Counts, frames: int,
+                  dense: Sequence[Cost], gated: Any, extra: Collection[str]) -> DynamicEstimate:
+    """Sum each image's layer costs (``gated(i, a_in, a_out)`` for a counted layer ``names[i]``, else
+    ``dense[i]``) into the frame-time distribution; the dense design is the layers not in ``extra`` (the
+    predictors) at their dense cost."""
+    cycles: list[int] = []
+    seconds: list[float] = []
+    wbits: list[int] = []
+    per_layer = {n: [0.0, 0.0] for n in names}
+    for f in range(frames):
+        c, sec, w = 0, 0.0, 0
+        for i, n in enumerate(names):
+            rows = counts.get(n)
+            t = gated(i, *rows[f]) if rows is not None else dense[i]
+            c, sec, w = c + t[0], sec + t[1], w + t[2]
+            per_layer[n][0] += t[0]
+            per_layer[n][1] += t[1]
+        cycles.append(c)
+        seconds.append(sec)
+        wbits.append(w)
+    table = {n: {"dense_cycles": d[0], "cycles_mean": per_layer[n][0] / frames, "dense_seconds": d[1],
+                 "seconds_mean": per_layer[n][1] / frames} for n, d in zip(names, dense, strict=True)}
+    base = [d for n, d in zip(names, dense, strict=True) if n not in extra]
+    return DynamicEstimate(part, arch, frames, sum(d[0] for d in base), sum(d[1] for d in base), tuple(cycles),
+                           tuple(seconds), tuple(wbits), sum(d[2] for d in base), table)
 
 
 def _dense_cores(layers: list[HwLayer], pred: set[str], p: Part, cm: CostModel,
@@ -169,9 +216,8 @@ def dynamic_overlay(specs: Sequence[LayerSpec], plan: QuantPlan, counts: Counts,
     ``with_predictor``: the counted layers that have one (default: every counted layer); the others are
     layers downstream of a gated one whose active channels shrink (e.g. the depthwise and projection
     convs after a gated expansion conv: a grouped conv computes whole groups, see :func:`gated_spec`)."""
-    frames = _check_counts(specs, counts)
-    if frames == 0:
-        raise HardwareError("dynamic: no images in the counts")
+    frames = _check_counts({s.name: (s.in_channels, s.out_channels) for s in specs if s.kind in ("conv", "dwconv")},
+                           counts)
     p = get_part(part)
     opts = options or ArchOptions()
     cm = model or CostModel.default()
@@ -193,37 +239,87 @@ def dynamic_overlay(specs: Sequence[LayerSpec], plan: QuantPlan, counts: Counts,
         setup = opts.overlay_layer_cycles  # issued with its gated layer: no set-up of its own
         return LayerTime(t.cycles - setup, t.compute_s - setup / (p.clock_mhz * 1e6), t.memory_s, t.traffic_bits)
 
-    dense = [timed(ly) for ly in layers]
-    cache: dict[tuple[int, int, int], tuple[LayerTime, int]] = {}
+    def cost(ly: HwLayer) -> Cost:
+        t = timed(ly)
+        return t.cycles, t.seconds, _weight_bits(ly)
 
-    def gated(i: int, a_in: int, a_out: int) -> tuple[LayerTime, int]:
+    dense = [cost(ly) for ly in layers]
+    cache: dict[tuple[int, int, int], Cost] = {}
+
+    def gated(i: int, a_in: int, a_out: int) -> Cost:
         key = (i, a_in, a_out)
         if key not in cache:
-            ly = dataclasses.replace(layers[i], spec=gated_spec(layers[i].spec, a_in, a_out))
-            cache[key] = (timed(ly), _weight_bits(ly))
+            cache[key] = cost(dataclasses.replace(layers[i], spec=gated_spec(layers[i].spec, a_in, a_out)))
         return cache[key]
 
-    cycles: list[int] = []
-    seconds: list[float] = []
-    wbits: list[int] = []
-    per_layer = {ly.name: [0.0, 0.0] for ly in layers}
-    for f in range(frames):
-        c, sec, w = 0, 0.0, 0
-        for i, ly in enumerate(layers):
-            rows = counts.get(ly.name)
-            t, wb = gated(i, *rows[f]) if rows is not None else (dense[i], _weight_bits(ly))
-            c, sec, w = c + t.cycles, sec + t.seconds, w + wb
-            per_layer[ly.name][0] += t.cycles
-            per_layer[ly.name][1] += t.seconds
-        cycles.append(c)
-        seconds.append(sec)
-        wbits.append(w)
-    table = {ly.name: {"dense_cycles": d.cycles, "cycles_mean": per_layer[ly.name][0] / frames,
-                       "dense_bound": d.bound, "seconds_mean": per_layer[ly.name][1] / frames}
-             for ly, d in zip(layers, dense, strict=True)}
-    base = [(ly, d) for ly, d in zip(layers, dense, strict=True) if ly.name not in pred]  # the dense network
-    return DynamicEstimate(p.name, "overlay", frames, sum(d.cycles for _, d in base), sum(d.seconds for _, d in base),
-                           tuple(cycles), tuple(seconds), tuple(wbits), sum(_weight_bits(ly) for ly, _ in base), table)
+    est = _distribution(p.name, "overlay", [ly.name for ly in layers], counts, frames, dense, gated, pred)
+    for ly in layers:
+        est.layers[ly.name]["dense_bound"] = layer_time(ly, cores, p, opts, buf_bits).bound
+    return est
+
+
+def gated_step(step: EuStep, a_in: int, a_out: int) -> EuStep:
+    """A single-engine conv step computing only ``a_out`` of its output rows over ``a_in`` of its input
+    channels: it reads only the active input channels, writes only the computed ones, and reads only their
+    weights (the ``a_out x a_in`` slices) and per-row constants. A grouped step computes whole groups, each over
+    its own inputs (as :func:`gated_spec`)."""
+    (c, h, w), (o, ho, wo) = step.in_shape, step.out_shape
+    consts = o * CONST_BITS_PER_ROW * step.outputs
+    codes = step.weight_bits - consts
+    if step.groups > 1:
+        groups = a_out // max(o // step.groups, 1)
+        cin, keep_w = groups * (c // step.groups), a_out / max(o, 1)
+    else:
+        groups, cin, keep_w = 1, a_in, a_in * a_out / max(c * o, 1)
+    return replace(step, in_shape=(cin, h, w), out_shape=(a_out, ho, wo), groups=max(groups, 1),
+                   read_bits=round(step.read_bits * a_in / max(c, 1)),
+                   write_bits=round(step.write_bits * a_out / max(o, 1)),
+                   weight_bits=round(codes * keep_w) + round(consts * a_out / max(o, 1)))
+
+
+def predictor_step(step: EuStep, wbits: int = 8, in_bits: int = 8, gate_bits: int = 8) -> EuStep:
+    """The saliency predictor of a gated step as a step of its own (``Linear(C_in -> C_out)`` on the pooled
+    input, always dense): it reads the ``C_in`` pooled values (summed in the producer's output pipeline),
+    its weights and per-row constants, and writes ``C_out`` gate codes."""
+    ci, co = step.in_shape[0], step.out_shape[0]
+    return EuStep(f"{step.name}.predictor", "linear", (ci, 1, 1), (co, 1, 1), in_bits=in_bits, wbits=wbits,
+                  read_bits=ci * in_bits, write_bits=co * gate_bits,
+                  weight_bits=ci * co * wbits + co * CONST_BITS_PER_ROW)
+
+
+def dynamic_mnisc(steps: Sequence[EuStep], counts: Counts, cfg: EuConfig | None = None,
+                  part: str | Part = "xc7z020", *, predictors: bool = True,
+                  with_predictor: Collection[str] | None = None, predictor_bits: int = 8) -> DynamicEstimate:
+    """The single engine's frame time for every image of ``counts`` (the module doc): ``steps`` the dense
+    network's program (:func:`mixq.rtl.mnisc.eu_steps`), a counted conv step priced by :func:`gated_step`
+    (fewer rows and input channels: fewer cycles; fewer weights, inputs and outputs through DDR), each with
+    its predictor step before it (``predictors``; ``with_predictor`` as :func:`dynamic_overlay`'s, weights of
+    ``predictor_bits``). The EU and its resources do not change per image."""
+    steps = list(steps)
+    frames = _check_counts({s.name: (s.in_shape[0], s.out_shape[0]) for s in steps if s.kind == "conv"}, counts)
+    cfg = cfg or EuConfig()
+    p = get_part(part)
+    clock, rate = (cfg.clock_mhz or p.clock_mhz) * 1e6, (cfg.ddr_gbps or p.ddr_gbps) * 1e9 * cfg.ddr_efficiency
+    full: list[EuStep] = []
+    for st in steps:
+        if predictors and st.name in counts and (with_predictor is None or st.name in with_predictor):
+            full.append(predictor_step(st, predictor_bits, min(st.in_bits, 8)))
+        full.append(st)
+    pred = {st.name for st in full if st not in steps}
+
+    def cost(st: EuStep) -> Cost:
+        t = step_time(st, cfg, clock, rate)
+        return t.cycles, t.seconds, 0 if st.is_move else st.weight_bits
+
+    dense = [cost(st) for st in full]
+    cache: dict[tuple[int, int, int], Cost] = {}
+
+    def gated(i: int, a_in: int, a_out: int) -> Cost:
+        if (i, a_in, a_out) not in cache:
+            cache[i, a_in, a_out] = cost(gated_step(full[i], a_in, a_out))
+        return cache[i, a_in, a_out]
+
+    return _distribution(p.name, "mnisc", [st.name for st in full], counts, frames, dense, gated, pred)
 
 
 def streaming_gain(stage_cycles: Mapping[str, int], stage_pe: Mapping[str, int], channels: Mapping[str, int],
