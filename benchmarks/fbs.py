@@ -32,8 +32,9 @@ set (:func:`mixq.hw.dynamic.dynamic_overlay`: mean and p95 frame rate, the cores
 the single engine on the same part (:func:`mixq.hw.dynamic.dynamic_mnisc`: a 16 x 16 EU at int8 for the FP32
 rows and int4 for W4A4, running the dense network's program with each image's gated steps; mean / p95 frame
 rate and the weights it reads from DDR), the streaming design's gain. Every conv is counted per image: a gated
-one's computed outputs, and the active inputs of the convs after it. The report breaks the overlay's cycle reduction down against the executed-MAC
-reduction per layer (set-up cycles, rounding of the shrunken GEMMs, predictors, layers that do not shrink).
+one's computed outputs, and the active inputs of the convs after it. The report breaks the overlay's cycle
+reduction down against the executed-MAC reduction per layer (set-up cycles, rounding of the shrunken GEMMs,
+predictors, layers that do not shrink).
 The W4A4 FBS models run in the integer engine on the first ``Net.engine_images`` test images, compared bit
 for bit with the hardware-faithful model (outputs and channel decisions).
 """
@@ -71,6 +72,7 @@ from mixq.algorithms.qat import QatConfig, train_qat
 from mixq.api import default_plan, quantize
 from mixq.engine import faithful, to_integer
 from mixq.engine.convert_fbs import FaithfulFBS, engine_channel_counts
+from mixq.engine.program import Program
 from mixq.engine.program import lower as lower_program
 from mixq.engine.runner import IntEngine
 from mixq.formats import FixedPoint
@@ -85,7 +87,7 @@ from mixq.io import atomic_write_json, atomic_write_text
 from mixq.modes import eval_mode
 from mixq.nn.fbs import calibrate_gates, fbs_layers
 from mixq.plan import QuantPlan
-from mixq.rtl.mnisc import eu_steps
+from mixq.rtl.mnisc import eu_steps, step_counts
 from mixq.tasks.training import PAD_FILL, training_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -243,17 +245,19 @@ def _known(plan: QuantPlan, specs: list[Any]) -> QuantPlan:
     return QuantPlan(plan.model, {k: v for k, v in plan.items() if k in names})
 
 
-def dense_program(dense: nn.Module, bits: str, data: dict[str, torch.Tensor]) -> tuple[EuStep, ...]:
+def dense_program(dense: nn.Module, bits: str, data: dict[str, torch.Tensor]) -> tuple[Program, tuple[EuStep, ...]]:
     """The dense network's single-engine program at ``bits`` (W8A8 for the FP32 rows), min-max PTQ: the steps
     :func:`mixq.hw.dynamic.dynamic_mnisc` gates per image (its shapes and proven code widths)."""
     w, a = (W4, A4) if bits == "w4a4" else (FixedPoint(bits=8, signed=True, narrow=True), FixedPoint(bits=8,
                                                                                                     signed=False))
     q = quantize(dense, default_plan("dense", dense, data["xtr"][:64], weight=w, act=a), data["xtr"][:256])
-    return eu_steps(lower_program(to_integer(q, data["xtr"][:1])))
+    prog = lower_program(to_integer(q, data["xtr"][:1]))
+    return prog, eu_steps(prog)
 
 
 def _row(net: Net, label: str, bits: str, model: nn.Module, plan: QuantPlan, specs: list[Any],
-         data: dict[str, torch.Tensor], train_s: float, dense_steps: dict[str, tuple[EuStep, ...]]) -> dict[str, Any]:
+         data: dict[str, torch.Tensor], train_s: float,
+         programs: dict[str, tuple[Program, tuple[EuStep, ...]]]) -> dict[str, Any]:
     xte, yte = data["xte"], data["yte"]
     macs = executed_macs(model, specs, xte)
     total = macs["total"].double()
@@ -265,7 +269,9 @@ def _row(net: Net, label: str, bits: str, model: nn.Module, plan: QuantPlan, spe
     hw = dynamic_overlay(specs, dense_names(plan), counts, PART, predictors=gated,
                          with_predictor=net.layers).summary()
     eu_bits = 4 if bits == "w4a4" else 8
-    eu = dynamic_mnisc(dense_steps[bits], counts, EuConfig(wbits=eu_bits, abits=eu_bits), PART, predictors=gated,
+    prog, steps = programs[bits]
+    eu_counts = step_counts(prog, {n: [b for _, b in counts[n]] for n in net.layers if n in counts})
+    eu = dynamic_mnisc(steps, eu_counts, EuConfig(wbits=eu_bits, abits=eu_bits), PART, predictors=gated,
                        with_predictor=net.layers, predictor_bits=eu_bits).summary()
     dense_m = sum(s.macs for s in specs if s.is_compute)
     lo, hi = float(total.min()), float(total.max())

@@ -534,6 +534,39 @@ def test_dynamic_single_engine(dense: torch.nn.Module, data: dict[str, torch.Ten
         dynamic_mnisc(steps, {"classifier.0": [(1, 1)]}, cfg)
 
 
+def test_step_counts_follow_suppressed_channels_into_a_fused_add() -> None:
+    """A residual block on the single engine: the second conv and the add are one step reading the first conv's
+    output and the skip; gating the first conv leaves that step with the computed channels plus the skip's."""
+    from mixq.engine.program import lower as lower_program
+    from mixq.hw.dynamic import dynamic_mnisc
+    from mixq.hw.mnisc import EuConfig
+    from mixq.rtl.mnisc import eu_steps, step_counts
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.conv1 = torch.nn.Conv2d(8, 8, 3, padding=1)
+            self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.stem(x))
+            return torch.relu(self.conv2(torch.relu(self.conv1(h))) + h)
+
+    torch.manual_seed(0)
+    m, x = Block().eval(), torch.rand(16, 3, 8, 8)
+    prog = lower_program(to_integer(quantize(m, default_plan("block", m, x), x), x[:1]))
+    add = next(st for st in prog.steps if st.kind == "add")
+    assert add.in_shape[0] == 16  # conv2's 8 inputs and the skip's 8
+    got = step_counts(prog, {"conv1": [3, 8, 5]})
+    assert got["conv1"] == [(8, 3), (8, 8), (8, 5)] and got["stem"] == [(3, 8)] * 3
+    assert got[add.name] == [(11, 8), (16, 8), (13, 8)]
+    est = dynamic_mnisc(eu_steps(prog), got, EuConfig(p=4, s=4), predictors=False).summary()
+    assert est["layers"][add.name]["cycles_mean"] < est["layers"][add.name]["dense_cycles"]
+    with pytest.raises(HardwareError, match="nope"):
+        step_counts(prog, {"nope": [1]})
+
+
 def test_streaming_gain_and_percentile() -> None:
     assert percentile([1, 2, 3, 4, 5], 95) == pytest.approx(4.8)
     g = streaming_gain({"a": 100, "b": 80}, {"a": 4, "b": 4}, {"a": 32}, {"a": [(32, 16), (32, 32)]})

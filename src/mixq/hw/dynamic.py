@@ -291,12 +291,14 @@ def dynamic_mnisc(steps: Sequence[EuStep], counts: Counts, cfg: EuConfig | None 
                   part: str | Part = "xc7z020", *, predictors: bool = True,
                   with_predictor: Collection[str] | None = None, predictor_bits: int = 8) -> DynamicEstimate:
     """The single engine's frame time for every image of ``counts`` (the module doc): ``steps`` the dense
-    network's program (:func:`mixq.rtl.mnisc.eu_steps`), a counted conv step priced by :func:`gated_step`
+    network's program (:func:`mixq.rtl.mnisc.eu_steps`; ``counts`` by step, e.g. from
+    :func:`mixq.rtl.mnisc.step_counts`), a counted conv or add step priced by :func:`gated_step`
     (fewer rows and input channels: fewer cycles; fewer weights, inputs and outputs through DDR), each with
     its predictor step before it (``predictors``; ``with_predictor`` as :func:`dynamic_overlay`'s, weights of
     ``predictor_bits``). The EU and its resources do not change per image."""
     steps = list(steps)
-    frames = _check_counts({s.name: (s.in_shape[0], s.out_shape[0]) for s in steps if s.kind == "conv"}, counts)
+    frames = _check_counts({s.name: (s.in_shape[0], s.out_shape[0]) for s in steps if s.kind in ("conv", "add")},
+                           counts)
     cfg = cfg or EuConfig()
     p = get_part(part)
     clock, rate = (cfg.clock_mhz or p.clock_mhz) * 1e6, (cfg.ddr_gbps or p.ddr_gbps) * 1e9 * cfg.ddr_efficiency

@@ -27,6 +27,7 @@ integer program's.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,6 +187,40 @@ def eu_steps(prog: Program) -> tuple[EuStep, ...]:
     per, inputs = _channel_ranges(prog)
     rng = {k: (int(min(v[0])), int(max(v[1]))) for k, v in per.items()}
     return tuple(_eu_step(s, rng, inputs) for s in prog.steps)
+
+
+def step_counts(prog: Program, computed: Mapping[str, Sequence[int]]) -> dict[str, list[tuple[int, int]]]:
+    """Per image, ``(active input channels, computed output channels)`` of every conv and add step of ``prog``
+    when each step named in ``computed`` (a gated conv: per image, how many of its output channels it
+    computes) writes only that many nonzero channels — the counts :func:`mixq.hw.dynamic.dynamic_mnisc`
+    prices. A step's active inputs are the active channels of the tensors it reads (a gated step's outputs:
+    its computed channels; a concat move's: its inputs'; the network input and every other step's outputs: all
+    their channels), so a step that carries a fused residual add skips the suppressed channels of its conv's
+    input too. Linear steps (flattened inputs) are left out: priced dense."""
+    frames = {len(v) for v in computed.values()}
+    if len(frames) != 1:
+        raise HardwareError("mnisc: step_counts needs the same number of images for every gated step")
+    n = frames.pop()
+    names = {st.name for st in prog.steps}
+    for g in computed:
+        if g not in names:
+            raise HardwareError(f"mnisc: step_counts: {g!r} is not a step of the program")
+    active: dict[str, list[int]] = {prog.input.tensor: [int(prog.input.shape[0])] * n}
+    out: dict[str, list[tuple[int, int]]] = {}
+    for st in prog.steps:
+        reads = [active.get(r.tensor, [int(r.shape[0])] * n) for r in st.inputs]
+        a_in = [sum(col) for col in zip(*reads, strict=True)]
+        if isinstance(st, MoveStep):
+            width = [a if st.kind == "concat" else int(st.shape[0]) for a in a_in]
+            active[st.name] = width
+            continue
+        o = int(st.weight.shape[0])
+        a_out = [int(v) for v in computed[st.name]] if st.name in computed else [o] * n
+        for output in st.outputs:
+            active[output.name] = a_out
+        if st.kind in ("conv", "add"):
+            out[st.name] = list(zip(a_in, a_out, strict=True))
+    return out
 
 
 # ----------------------------------------------------------------------------- the EU in Verilog
