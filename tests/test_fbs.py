@@ -598,6 +598,12 @@ def test_cli_prune_dynamic(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--density" in bad.stderr and "Traceback" not in bad.stderr
     again = cli("--dynamic", "--resume", "--out", str(out))
     assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1, again.stderr
+    ada = cli("--dynamic", "--adaptive", "--density", "0.5", "--finetune-epochs", "1", "--epochs", "1",
+              "--max-train", "256", "--max-test", "256", "--threads", "1", "--out", str(tmp_path / "ada"))
+    assert ada.returncode == 0, ada.stderr[-1500:]
+    doc = json.loads((tmp_path / "ada" / "fbs.json").read_text())
+    assert all(v["k"] == v["channels"] and v["threshold"] > 0 for v in doc["densities"].values())
+    assert doc["macs_mean"] < 0.6 * doc["dense_macs"] and doc["macs_p95"] > doc["macs_mean"]
     alone = cli("--adaptive", "--out", str(tmp_path / "alone"))
     assert alone.returncode == 1 and "--adaptive" in alone.stderr and len(alone.stderr.strip().splitlines()) == 1
 

@@ -448,6 +448,7 @@ def fbs_and_quantize(model: nn.Module, make_plan: Callable[[nn.Module], QuantPla
         calibrate_thresholds(final, train[0][:5000])  # on the quantized saliencies
         atomic_write_torch(out / "model.pt", final.state_dict())
         summary["qat_train_time_s"] = res.summary.get("train_time_s")
+    summary["densities"] = densities(final)  # an adaptive layer's threshold as calibrated at the end
     if val is not None:
         specs = capture(model, shape)
         macs = executed_macs(final, specs, val[0])["total"].double()
