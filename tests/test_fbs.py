@@ -598,14 +598,37 @@ def test_cli_prune_dynamic(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--density" in bad.stderr and "Traceback" not in bad.stderr
     again = cli("--dynamic", "--resume", "--out", str(out))
     assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1, again.stderr
-    ada = cli("--dynamic", "--adaptive", "--density", "0.5", "--finetune-epochs", "1", "--epochs", "1",
+    ada = cli("--dynamic", "--adaptive", "--fps-budget", "1300", "--finetune-epochs", "1", "--epochs", "1",
               "--max-train", "256", "--max-test", "256", "--threads", "1", "--out", str(tmp_path / "ada"))
     assert ada.returncode == 0, ada.stderr[-1500:]
-    doc = json.loads((tmp_path / "ada" / "fbs.json").read_text())
+    doc = json.loads((tmp_path / "ada" / "fbs.json").read_text())  # adaptive layers at densities for 1300 fps
     assert all(v["k"] == v["channels"] and v["threshold"] > 0 for v in doc["densities"].values())
-    assert doc["macs_mean"] < 0.6 * doc["dense_macs"] and doc["macs_p95"] > doc["macs_mean"]
+    assert min(v["density"] for v in doc["densities"].values()) < 1 and doc["macs_p95"] > doc["macs_mean"]
+    assert doc["fps_budget"]["fps"] == 1300 <= doc["fps_budget"]["overlay_fps_at_most_inputs"]
+    part = cli("--dynamic", "--fps-budget", "2000", "--part", "xc9999", "--out", str(tmp_path / "part"))
+    assert part.returncode == 1 and "xc9999" in part.stderr and len(part.stderr.strip().splitlines()) == 1
     alone = cli("--adaptive", "--out", str(tmp_path / "alone"))
     assert alone.returncode == 1 and "--adaptive" in alone.stderr and len(alone.stderr.strip().splitlines()) == 1
+
+
+def test_densities_chosen_for_a_frame_rate(dense: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
+    """Per-layer densities for 1.4x the dense overlay's frame rate: the chosen densities' overlay estimate (all
+    input channels active: the bound the choice is made on) is the rate reported and reaches the target; a
+    rate the lowest densities cannot reach is refused by name."""
+    from mixq.algorithms.prune.fbs_budget import fps_config
+
+    x = data["xtr"][:128]
+    plan = default_plan("cnv", dense, x[:64])
+    specs = capture(dense, SHAPE)
+    by = {s.name: s for s in specs}
+    full = {n: [(by[n].in_channels, by[n].out_channels)] for n in LAYERS}
+    dense_fps = dynamic_overlay(specs, plan, full).summary()["fps_mean"]  # predictors included
+    cfg, ch = fps_config(dense, x, 1.4 * dense_fps, FbsConfig(), plan)
+    assert ch.budget_fps == 1.4 * dense_fps <= ch.fps and min(cfg.densities.values()) < 1
+    counts = {n: [(by[n].in_channels, keep_count(cfg.densities[n], by[n].out_channels))] for n in LAYERS}
+    assert dynamic_overlay(specs, plan, counts).summary()["fps_mean"] == pytest.approx(ch.fps, rel=1e-9)
+    with pytest.raises(FbsError, match="frames/s budget 1e"):
+        fps_config(dense, x, 1e6, FbsConfig(), plan)
 
 
 def test_densities_chosen_for_a_mac_budget(dense: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:

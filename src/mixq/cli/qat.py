@@ -182,6 +182,9 @@ def register(app: typer.Typer) -> None:
         density: float = real(0.7, "--dynamic: fraction of output channels each conv computes per input", 0.0, 1.0),
         mac_budget: float = real(0.0, "--dynamic: choose each conv's density for this fraction of the convs' "
                                  "dense MACs (0: --density everywhere)", 0.0, 1.0, low_open=False),
+        fps_budget: float = real(0.0, "--dynamic: choose each conv's density so the layer-sequential overlay on "
+                                 "--part runs at least this many frames/s (0: off)", 0.0, low_open=False),
+        part: str = typer.Option("xc7z020", help="--fps-budget: the FPGA part (see mixq.hw.parts)"),
         adaptive: bool = typer.Option(False, "--adaptive", help="--dynamic: each input keeps its own number of "
                                       "channels (those whose saliency reaches the layer's threshold), the density "
                                       "holding on average"),
@@ -189,13 +192,20 @@ def register(app: typer.Typer) -> None:
         """Prune, fine-tune and quantize the pruned layers with focused formats (QAT); or, with --dynamic,
         convert to FBS (per-input channel gating), fine-tune with KD and quantize (QAT)."""
         from mixq.algorithms.prune import PruneConfig, prune_and_quantize
+        from mixq.errors import OptionError
         from mixq.tasks.training import qat_plan, run_inputs, save_run_artifact
 
-        if (dynamic and resume) or (adaptive and not dynamic):
-            from mixq.errors import OptionError
+        if dynamic and resume:
+            raise OptionError("--resume: a --dynamic run does not resume; start it again")
+        for flag, on in (("--adaptive", adaptive), ("--fps-budget", fps_budget > 0), ("--mac-budget", mac_budget > 0)):
+            if on and not dynamic:
+                raise OptionError(f"{flag}: applies to --dynamic (FBS) only")
+        if fps_budget > 0 and mac_budget > 0:
+            raise OptionError("--fps-budget: give either --fps-budget or --mac-budget, not both")
+        if fps_budget > 0:
+            from mixq.hw import get_part
 
-            raise OptionError("--resume: a --dynamic run does not resume; start it again" if dynamic else
-                              "--adaptive: applies to --dynamic (FBS) only")
+            get_part(part)  # an unknown part: one line naming it, before any training
         folder, src = _start("prune", out, model, weights, input_shape, resume, device)
         fmts = formats(weight=weight, act=act)
         ri = run_inputs(src, dataset, data_root, max_train, max_test, test_data)
@@ -214,13 +224,20 @@ def register(app: typer.Typer) -> None:
                 from mixq.algorithms.prune.fbs_budget import budget_config
 
                 fcfg, chosen = budget_config(fp, train[0][:256], mac_budget, fcfg)
+            elif fps_budget > 0:
+                from mixq.algorithms.prune.fbs_budget import fps_config
+
+                dense_plan = qat_plan(name, fp, train[0][:64], None, fmts["weight"], fmts["act"])
+                fcfg, chosen = fps_config(fp, train[0][:256], fps_budget, fcfg, dense_plan, part)
             summary = fbs_and_quantize(fp, lambda m: qat_plan(name, m, train[0][:64], None, fmts["weight"],
                                                               fmts["act"]),
                                        train, fcfg, qcfg, folder, val=test, fill=ri.fill)
             if chosen is not None:
-                summary["mac_budget"] = {"fraction": mac_budget, "budget_macs": chosen.budget_macs,
-                                         "chosen_macs": chosen.cost_macs, "grid": list(chosen.grid),
-                                         "sensitivity": {k: list(v) for k, v in chosen.sensitivity.items()}}
+                key, head = (("mac_budget", {"fraction": mac_budget, "budget_macs": chosen.budget_macs})
+                             if mac_budget > 0 else ("fps_budget", {"fps": fps_budget, "part": part,
+                                                                    "overlay_fps_at_most_inputs": chosen.fps}))
+                summary[key] = {**head, "chosen_macs": chosen.cost_macs, "grid": list(chosen.grid),
+                                "sensitivity": {k: list(v) for k, v in chosen.sensitivity.items()}}
                 from mixq.io import atomic_write_json
 
                 atomic_write_json(folder / "fbs.json", summary)

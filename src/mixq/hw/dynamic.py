@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -207,6 +207,55 @@ def _dense_cores(layers: list[HwLayer], pred: set[str], p: Part, cm: CostModel,
     return size_cores(layers, p, cm, opts)  # pragma: no cover - a predictor format the convs do not use
 
 
+@dataclass(frozen=True)
+class _Pricer:
+    """A network's layers on one template: their names, dense costs, the cost of layer ``i`` computing
+    ``(a_in, a_out)`` channels, the predictors' names and (overlay) each layer's dense bound."""
+
+    name: str
+    names: list[str]
+    dense: list[Cost]
+    gated: Callable[[int, int, int], Cost]
+    pred: set[str]
+    bounds: dict[str, str]
+
+
+def _overlay_pricer(specs: Sequence[LayerSpec], plan: QuantPlan, gated_layers: Collection[str], p: Part,
+                    opts: ArchOptions, cm: CostModel) -> _Pricer:
+    """The overlay's prices (:func:`dynamic_overlay`); a predictor beside each layer of ``gated_layers``."""
+    names = {s.name for s in specs}
+    full: list[LayerSpec] = []
+    for s in specs:
+        full.append(s)
+        if s.name in gated_layers:
+            full.append(predictor_spec(s))
+    layers = lower(list(full), plan, p)
+    pred = {ly.name for ly in layers if ly.name.endswith(".predictor") and ly.name not in names}
+    cores, fixed = _dense_cores(layers, pred, p, cm, opts)
+    buf_bits = fixed.bram * p.bram_type.bits
+
+    def cost(ly: HwLayer) -> Cost:
+        t = layer_time(ly, cores, p, opts, buf_bits)
+        if ly.name in pred:  # issued with its gated layer: no set-up of its own
+            setup = opts.overlay_layer_cycles
+            t = LayerTime(t.cycles - setup, t.compute_s - setup / (p.clock_mhz * 1e6), t.memory_s, t.traffic_bits)
+        return t.cycles, t.seconds, _weight_bits(ly)
+
+    cache: dict[tuple[int, int, int], Cost] = {}
+
+    def gated(i: int, a_in: int, a_out: int) -> Cost:
+        if (i, a_in, a_out) not in cache:
+            cache[i, a_in, a_out] = cost(dataclasses.replace(layers[i], spec=gated_spec(layers[i].spec, a_in, a_out)))
+        return cache[i, a_in, a_out]
+
+    return _Pricer(p.name, [ly.name for ly in layers], [cost(ly) for ly in layers], gated, pred,
+                   {ly.name: layer_time(ly, cores, p, opts, buf_bits).bound for ly in layers})
+
+
+def _gated(counts: Collection[str], predictors: bool, with_predictor: Collection[str] | None) -> set[str]:
+    return {n for n in counts if predictors and (with_predictor is None or n in with_predictor)}
+
+
 def dynamic_overlay(specs: Sequence[LayerSpec], plan: QuantPlan, counts: Counts, part: str | Part = "xc7z020", *,
                     predictors: bool = True, options: ArchOptions | None = None,
                     model: CostModel | None = None, with_predictor: Collection[str] | None = None) -> DynamicEstimate:
@@ -218,44 +267,27 @@ def dynamic_overlay(specs: Sequence[LayerSpec], plan: QuantPlan, counts: Counts,
     convs after a gated expansion conv: a grouped conv computes whole groups, see :func:`gated_spec`)."""
     frames = _check_counts({s.name: (s.in_channels, s.out_channels) for s in specs if s.kind in ("conv", "dwconv")},
                            counts)
-    p = get_part(part)
-    opts = options or ArchOptions()
-    cm = model or CostModel.default()
-    names = {s.name for s in specs}
-    full: list[LayerSpec] = []
-    for s in specs:
-        full.append(s)
-        if predictors and s.name in counts and (with_predictor is None or s.name in with_predictor):
-            full.append(predictor_spec(s))
-    layers = lower(list(full), plan, p)
-    pred = {ly.name for ly in layers if ly.name.endswith(".predictor") and ly.name not in names}
-    cores, fixed = _dense_cores(layers, pred, p, cm, opts)
-    buf_bits = fixed.bram * p.bram_type.bits
-
-    def timed(ly: HwLayer) -> LayerTime:
-        t = layer_time(ly, cores, p, opts, buf_bits)
-        if ly.name not in pred:
-            return t
-        setup = opts.overlay_layer_cycles  # issued with its gated layer: no set-up of its own
-        return LayerTime(t.cycles - setup, t.compute_s - setup / (p.clock_mhz * 1e6), t.memory_s, t.traffic_bits)
-
-    def cost(ly: HwLayer) -> Cost:
-        t = timed(ly)
-        return t.cycles, t.seconds, _weight_bits(ly)
-
-    dense = [cost(ly) for ly in layers]
-    cache: dict[tuple[int, int, int], Cost] = {}
-
-    def gated(i: int, a_in: int, a_out: int) -> Cost:
-        key = (i, a_in, a_out)
-        if key not in cache:
-            cache[key] = cost(dataclasses.replace(layers[i], spec=gated_spec(layers[i].spec, a_in, a_out)))
-        return cache[key]
-
-    est = _distribution(p.name, "overlay", [ly.name for ly in layers], counts, frames, dense, gated, pred)
-    for ly in layers:
-        est.layers[ly.name]["dense_bound"] = layer_time(ly, cores, p, opts, buf_bits).bound
+    pr = _overlay_pricer(specs, plan, _gated(counts, predictors, with_predictor), get_part(part),
+                         options or ArchOptions(), model or CostModel.default())
+    est = _distribution(pr.name, "overlay", pr.names, counts, frames, pr.dense, pr.gated, pr.pred)
+    for n, b in pr.bounds.items():
+        est.layers[n]["dense_bound"] = b
     return est
+
+
+def overlay_choices(specs: Sequence[LayerSpec], plan: QuantPlan, choices: Mapping[str, Sequence[tuple[int, int]]],
+                    part: str | Part = "xc7z020", *, options: ArchOptions | None = None,
+                    model: CostModel | None = None) -> tuple[dict[str, list[float]], float]:
+    """The overlay's seconds per frame of each gated layer of ``choices`` at each of its ``(a_in, a_out)``
+    options, and the seconds of everything else (the other layers dense, every gated layer's predictor) — the
+    costs a frames/s budget is split over (:mod:`mixq.algorithms.prune.fbs_budget`)."""
+    _check_counts({s.name: (s.in_channels, s.out_channels) for s in specs if s.kind in ("conv", "dwconv")},
+                  {n: v for n, v in choices.items() if v})
+    pr = _overlay_pricer(specs, plan, set(choices), get_part(part), options or ArchOptions(),
+                         model or CostModel.default())
+    at = {n: i for i, n in enumerate(pr.names)}
+    per = {n: [pr.gated(at[n], a, b)[1] for a, b in opts] for n, opts in choices.items()}
+    return per, sum(d[1] for n, d in zip(pr.names, pr.dense, strict=True) if n not in choices)
 
 
 def gated_step(step: EuStep, a_in: int, a_out: int) -> EuStep:

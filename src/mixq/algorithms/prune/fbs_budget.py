@@ -9,6 +9,10 @@ outputs (classifiers) or the mean squared error over the output's mean square (o
 the layer before it skipped save more, so the executed MACs are at most the budget). The search's ILP
 (:func:`mixq.algorithms.search.solvers.solve_ilp`) then picks one density per layer with the least total
 sensitivity whose cost fits ``budget x`` the dense MACs of the gated layers.
+
+A frames/s budget (:func:`fps_config`) is the same knapsack with each layer's cost its time on the
+layer-sequential overlay at that density (:func:`mixq.hw.dynamic.overlay_choices`) and the capacity the frame
+time left after the layers that are not gated and the predictors.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from mixq.algorithms.search.solvers import Item, Problem, solve_ilp
 from mixq.graph.spec import LayerSpec
 from mixq.modes import eval_mode
 from mixq.nn.fbs import fbs_layers, keep_count
+from mixq.plan import QuantPlan
 
 DENSITIES: tuple[float, ...] = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
 
@@ -36,6 +41,8 @@ class DensityChoice:
     grid: tuple[float, ...]
     cost_macs: int  # the chosen densities' MACs on the output side (an upper bound of the executed ones)
     budget_macs: int
+    fps: float = 0.0  # a frames/s budget (fps_config): the overlay's rate at the chosen densities, a lower bound
+    budget_fps: float = 0.0
 
 
 def _divergence(ref: torch.Tensor, y: torch.Tensor) -> float:
@@ -84,17 +91,58 @@ def choose_densities(sens: Mapping[str, Sequence[float]], specs: Sequence[LayerS
     if missing:
         raise FbsError(f"choose_densities: no layer spec for {missing[0]!r}")
     names = list(sens)
-    dense = sum(macs[n] for n in names)
-    cap = budget * dense
-    items = tuple(tuple(Item(float(s), (macs[n] * d,)) for s, d in zip(sens[n], grid, strict=True)) for n in names)
-    if sum(macs[n] * min(grid) for n in names) > cap + 1e-6 * cap:
-        raise FbsError(f"MAC budget {budget:g}: below what the lowest density ({min(grid):g}) reaches")
-    sol = solve_ilp(Problem(items, (cap,)))
-    if sol is None:  # pragma: no cover - the lowest densities fit (checked above)
-        raise FbsError(f"MAC budget {budget:g}: no choice of densities fits")
-    chosen = {n: float(grid[i]) for n, i in zip(names, sol.picks, strict=True)}
+    cap = budget * sum(macs[n] for n in names)
+    chosen = _knapsack(sens, {n: [macs[n] * d for d in grid] for n in names}, cap, grid,
+                       f"MAC budget {budget:g}: below what the lowest density ({min(grid):g}) reaches")
     return DensityChoice(chosen, {n: tuple(float(v) for v in sens[n]) for n in names}, tuple(grid),
                          int(round(sum(macs[n] * chosen[n] for n in names))), int(round(cap)))
+
+
+def _knapsack(sens: Mapping[str, Sequence[float]], cost: Mapping[str, Sequence[float]], cap: float,
+              grid: Sequence[float], too_low: str) -> dict[str, float]:
+    """One density of ``grid`` per layer with the least total sensitivity whose total ``cost`` fits ``cap``
+    (the search's ILP); ``too_low`` is the error when even the cheapest choice does not fit."""
+    names = list(sens)
+    if sum(min(cost[n]) for n in names) > cap + 1e-6 * abs(cap):
+        raise FbsError(too_low)
+    items = tuple(tuple(Item(float(s), (float(c),)) for s, c in zip(sens[n], cost[n], strict=True)) for n in names)
+    sol = solve_ilp(Problem(items, (cap,)))
+    if sol is None:  # pragma: no cover - the cheapest choice fits (checked above)
+        raise FbsError(too_low)
+    return {n: float(grid[i]) for n, i in zip(names, sol.picks, strict=True)}
+
+
+def fps_config(model: nn.Module, x: torch.Tensor, fps: float, cfg: FbsConfig, plan: QuantPlan,
+               part: str = "xc7z020", grid: Sequence[float] = DENSITIES) -> tuple[FbsConfig, DensityChoice]:
+    """``cfg`` with per-layer densities chosen so the layer-sequential overlay on ``part`` runs at least ``fps``
+    frames/s (:func:`mixq.hw.dynamic.overlay_choices` under ``plan``, the dense model's plan): each gated layer's
+    cost at a density is its overlay time computing that share of its output channels over all its input
+    channels — an upper bound, as the channels an earlier layer suppressed only shorten it — the other layers
+    and every predictor a fixed share of the frame; sensitivities and the knapsack as :func:`budget_config`.
+    A rate the lowest densities cannot reach is refused with the best one they reach."""
+    import dataclasses
+
+    from mixq.graph.capture import capture
+    from mixq.hw.dynamic import overlay_choices
+
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps < float("inf"):
+        raise FbsError(f"frames/s budget: must be a finite number > 0, got {fps!r}")
+    shape = tuple(int(v) for v in x.shape[1:])
+    fbs = fit_predictors(to_fbs(model, dataclasses.replace(cfg, density=1.0, densities={}, adaptive=False),
+                                shape), x)
+    sens = density_sensitivity(fbs, model, x, grid)
+    specs = capture(model, shape)
+    by = {s.name: s for s in specs}
+    options = {n: [(by[n].in_channels, keep_count(d, by[n].out_channels)) for d in grid] for n in sens}
+    seconds, fixed = overlay_choices(specs, plan, options, part)
+    best = 1.0 / (fixed + sum(min(v) for v in seconds.values()))
+    chosen = _knapsack(sens, seconds, 1.0 / fps - fixed, grid, f"frames/s budget {fps:g}: above the {best:.4g} "
+                       f"frames/s the lowest density ({min(grid):g}) reaches on {part}")
+    at = {d: i for i, d in enumerate(grid)}
+    rate = 1.0 / (fixed + sum(seconds[n][at[d]] for n, d in chosen.items()))
+    macs = sum(by[n].macs * d for n, d in chosen.items())
+    return dataclasses.replace(cfg, densities=chosen), DensityChoice(
+        chosen, {n: tuple(float(v) for v in sens[n]) for n in sens}, tuple(grid), int(round(macs)), 0, rate, fps)
 
 
 def budget_config(model: nn.Module, x: torch.Tensor, budget: float, cfg: FbsConfig,
