@@ -349,7 +349,8 @@ def test_executed_macs_follow_the_channel_counts(dense: torch.nn.Module, fbs: to
     assert float(macs["total"].double().mean()) < 0.55 * float(dense_macs[0])
 
 
-def test_adaptive_layers_keep_a_per_image_count(adaptive: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
+def test_adaptive_layers_keep_a_per_image_count(dense: torch.nn.Module, adaptive: torch.nn.Module,
+                                                data: dict[str, torch.Tensor]) -> None:
     """Calibrated thresholds keep each layer's density over the calibration images (ties add at most a few
     channels), the count differs per image, the rule is ``s >= threshold`` (and ``s > 0``); in training the
     batch's ``ceil(d N C)`` largest saliencies are kept and the threshold moves a tenth of the way to the
@@ -378,6 +379,9 @@ def test_adaptive_layers_keep_a_per_image_count(adaptive: torch.nn.Module, data:
     assert float(first.threshold) == pytest.approx(0.9 * before + 0.1 * tau, rel=1e-6)
     with pytest.raises(FbsError, match="anneal"):
         FbsConfig(adaptive=True, anneal=0.5)
+    full = fold_fbs_bn(fit_predictors(to_fbs(dense, FbsConfig(density=1.0, adaptive=True), SHAPE), x))
+    assert set(calibrate_thresholds(full, x).values()) == {1.0}  # density 1: threshold 0, every channel kept
+    assert all(float(m.threshold) == 0 for m in fbs_layers(full).values() if m.threshold is not None)
 
 
 # ----------------------------------------------------------------------------- integer engine

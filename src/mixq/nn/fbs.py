@@ -165,7 +165,7 @@ class FBSConv2d(nn.Module):
         else the buffer; ``None`` for a fixed-``k`` layer."""
         if self.threshold is None:
             return None
-        if not self.training:
+        if not self.training or self.density >= 1:  # density 1: every channel with a nonzero saliency
             return self.threshold
         sd = s.detach().flatten()
         tau = torch.topk(sd, max(1, math.ceil(round(self.density * sd.numel(), 9)))).values[-1]

@@ -414,7 +414,8 @@ def calibrate_thresholds(model: nn.Module, x: torch.Tensor, batch_size: int = 50
         _run_hooked(model, x, [m.register_forward_hook(lambda mm, _a, _y, got=got: got.append(mm.last_saliency))],
                     batch_size)
         s = torch.cat(got).flatten()
-        tau = torch.topk(s, max(1, math.ceil(round(m.density * s.numel(), 9)))).values[-1]
+        tau = (torch.zeros(()) if m.density >= 1  # every channel (with a nonzero saliency) on any image
+               else torch.topk(s, max(1, math.ceil(round(m.density * s.numel(), 9)))).values[-1])
         m.threshold.fill_(float(tau))
         kept[name] = float(((s >= tau) & (s > 0)).double().mean())
     return kept
