@@ -48,6 +48,7 @@ bottleneck layer — at density 0.7 about 1.4x where the overlay gains about 2x.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -57,7 +58,7 @@ from mixq.errors import HardwareError
 from mixq.graph.spec import LayerSpec
 from mixq.hw.cost import CostModel, Resources
 from mixq.hw.lower import HwLayer, lower
-from mixq.hw.mnisc import CONST_BITS_PER_ROW, EuConfig, EuStep, step_time
+from mixq.hw.mnisc import CONST_BITS_PER_ROW, EuConfig, EuStep, step_times
 from mixq.hw.overlay import Core, LayerTime, core_key, layer_time, size_cores
 from mixq.hw.parts import Part, get_part
 from mixq.hw.units import ArchOptions
@@ -156,17 +157,20 @@ def _check_counts(convs: Mapping[str, tuple[int, int]], counts: Counts) -> int:
             if not (0 <= a_in <= ci and 0 <= a_out <= co):
                 raise HardwareError(f"dynamic: layer {n!r}: counts ({a_in}, {a_out}) outside its "
                                     f"{ci} x {co} channels")
-    if not frames or not frames.pop():
+    images = frames.pop() if frames else 0
+    if images == 0:
         raise HardwareError("dynamic: no images in the counts")
-    return len(next(iter(counts.values())))
+    return images
 
 
 #: one layer's price for one image: (cycles, seconds, weight bits read)
 Cost = tuple[int, float, int]
+#: the price of layer ``i`` computing ``(a_in, a_out)`` channels
+Gated = Callable[[int, int, int], Cost]
 
 
 def _distribution(part: str, arch: str, names: Sequence[str], counts: Counts, frames: int,
-                  dense: Sequence[Cost], gated: Any, extra: Collection[str]) -> DynamicEstimate:
+                  dense: Sequence[Cost], gated: Gated, extra: Collection[str]) -> DynamicEstimate:
     """Sum each image's layer costs (``gated(i, a_in, a_out)`` for a counted layer ``names[i]``, else
     ``dense[i]``) into the frame-time distribution; the dense design is the layers not in ``extra`` (the
     predictors) at their dense cost."""
@@ -215,7 +219,7 @@ class _Pricer:
     name: str
     names: list[str]
     dense: list[Cost]
-    gated: Callable[[int, int, int], Cost]
+    gated: Gated
     pred: set[str]
     bounds: dict[str, str]
 
@@ -234,22 +238,23 @@ def _overlay_pricer(specs: Sequence[LayerSpec], plan: QuantPlan, gated_layers: C
     cores, fixed = _dense_cores(layers, pred, p, cm, opts)
     buf_bits = fixed.bram * p.bram_type.bits
 
-    def cost(ly: HwLayer) -> Cost:
+    def timed(ly: HwLayer) -> LayerTime:
         t = layer_time(ly, cores, p, opts, buf_bits)
-        if ly.name in pred:  # issued with its gated layer: no set-up of its own
-            setup = opts.overlay_layer_cycles
-            t = LayerTime(t.cycles - setup, t.compute_s - setup / (p.clock_mhz * 1e6), t.memory_s, t.traffic_bits)
+        if ly.name not in pred:
+            return t
+        setup = opts.overlay_layer_cycles  # issued with its gated layer: no set-up of its own
+        return LayerTime(t.cycles - setup, t.compute_s - setup / (p.clock_mhz * 1e6), t.memory_s, t.traffic_bits)
+
+    @functools.cache
+    def gated(i: int, a_in: int, a_out: int) -> Cost:
+        ly = dataclasses.replace(layers[i], spec=gated_spec(layers[i].spec, a_in, a_out))
+        t = timed(ly)
         return t.cycles, t.seconds, _weight_bits(ly)
 
-    cache: dict[tuple[int, int, int], Cost] = {}
-
-    def gated(i: int, a_in: int, a_out: int) -> Cost:
-        if (i, a_in, a_out) not in cache:
-            cache[i, a_in, a_out] = cost(dataclasses.replace(layers[i], spec=gated_spec(layers[i].spec, a_in, a_out)))
-        return cache[i, a_in, a_out]
-
-    return _Pricer(p.name, [ly.name for ly in layers], [cost(ly) for ly in layers], gated, pred,
-                   {ly.name: layer_time(ly, cores, p, opts, buf_bits).bound for ly in layers})
+    dense = [timed(ly) for ly in layers]
+    return _Pricer(p.name, [ly.name for ly in layers],
+                   [(t.cycles, t.seconds, _weight_bits(ly)) for ly, t in zip(layers, dense, strict=True)], gated,
+                   pred, {ly.name: t.bound for ly, t in zip(layers, dense, strict=True)})
 
 
 def _gated(counts: Collection[str], predictors: bool, with_predictor: Collection[str] | None) -> set[str]:
@@ -328,32 +333,27 @@ def dynamic_mnisc(steps: Sequence[EuStep], counts: Counts, cfg: EuConfig | None 
     (fewer rows and input channels: fewer cycles; fewer weights, inputs and outputs through DDR), each with
     its predictor step before it (``predictors``; ``with_predictor`` as :func:`dynamic_overlay`'s, weights of
     ``predictor_bits``). The EU and its resources do not change per image."""
-    steps = list(steps)
     frames = _check_counts({s.name: (s.in_shape[0], s.out_shape[0]) for s in steps if s.kind in ("conv", "add")},
                            counts)
     cfg = cfg or EuConfig()
     p = get_part(part)
-    clock, rate = (cfg.clock_mhz or p.clock_mhz) * 1e6, (cfg.ddr_gbps or p.ddr_gbps) * 1e9 * cfg.ddr_efficiency
+    gated_steps = _gated(counts, predictors, with_predictor)
     full: list[EuStep] = []
     for st in steps:
-        if predictors and st.name in counts and (with_predictor is None or st.name in with_predictor):
+        if st.name in gated_steps:
             full.append(predictor_step(st, predictor_bits, min(st.in_bits, 8)))
         full.append(st)
-    pred = {st.name for st in full if st not in steps}
 
     def cost(st: EuStep) -> Cost:
-        t = step_time(st, cfg, clock, rate)
+        t = step_times([st], cfg, p)[0]
         return t.cycles, t.seconds, 0 if st.is_move else st.weight_bits
 
-    dense = [cost(st) for st in full]
-    cache: dict[tuple[int, int, int], Cost] = {}
-
+    @functools.cache
     def gated(i: int, a_in: int, a_out: int) -> Cost:
-        if (i, a_in, a_out) not in cache:
-            cache[i, a_in, a_out] = cost(gated_step(full[i], a_in, a_out))
-        return cache[i, a_in, a_out]
+        return cost(gated_step(full[i], a_in, a_out))
 
-    return _distribution(p.name, "mnisc", [st.name for st in full], counts, frames, dense, gated, pred)
+    return _distribution(p.name, "mnisc", [st.name for st in full], counts, frames, [cost(st) for st in full], gated,
+                         {f"{n}.predictor" for n in gated_steps})
 
 
 def streaming_gain(stage_cycles: Mapping[str, int], stage_pe: Mapping[str, int], channels: Mapping[str, int],

@@ -275,6 +275,17 @@ def eu_resources(steps: tuple[EuStep, ...], cfg: EuConfig, part: Part, model: Co
     }
 
 
+def eu_rates(cfg: EuConfig, part: Part) -> tuple[float, float]:
+    """The EU's clock (MHz) and DDR bandwidth (GB/s): the config's, else the part's."""
+    return cfg.clock_mhz or part.clock_mhz, cfg.ddr_gbps or part.ddr_gbps
+
+
+def step_times(steps: tuple[EuStep, ...] | list[EuStep], cfg: EuConfig, part: Part) -> tuple[StepTime, ...]:
+    """:func:`step_time` of every step at the EU's clock and its DDR bandwidth times ``ddr_efficiency``."""
+    clock, gbps = eu_rates(cfg, part)
+    return tuple(step_time(s, cfg, clock * 1e6, gbps * 1e9 * cfg.ddr_efficiency) for s in steps)
+
+
 def estimate_mnisc(steps: tuple[EuStep, ...] | list[EuStep], cfg: EuConfig | None = None,
                    part: str | Part = "xc7z020", model: CostModel | None = None,
                    opts: ArchOptions | None = None) -> MniscEstimate:
@@ -282,9 +293,8 @@ def estimate_mnisc(steps: tuple[EuStep, ...] | list[EuStep], cfg: EuConfig | Non
     cfg, opts = cfg or EuConfig(), opts or ArchOptions()
     p, model = get_part(part), model or CostModel.default()
     steps = tuple(steps)
-    clock = cfg.clock_mhz or p.clock_mhz
-    gbps = cfg.ddr_gbps or p.ddr_gbps
-    times = tuple(step_time(s, cfg, clock * 1e6, gbps * 1e9 * cfg.ddr_efficiency) for s in steps)
+    clock, gbps = eu_rates(cfg, p)
+    times = step_times(steps, cfg, p)
     detail = eu_resources(steps, cfg, p, model, opts)
     total = Resources.total(detail.values())
     return MniscEstimate(cfg, p.name, clock, gbps, times, total, detail, total.fits(budget(p, opts)))

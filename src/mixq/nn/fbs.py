@@ -86,6 +86,21 @@ def keep_channels(saliency: torch.Tensor, k: int, floor: float | torch.Tensor | 
     return keep if floor is None else keep & (s >= floor)
 
 
+def share_threshold(saliency: torch.Tensor, density: float) -> torch.Tensor:
+    """The least saliency among the ``keep_count(density, N * C)`` largest of ``saliency`` (any shape): the
+    threshold that keeps ``density`` of them (more where values tie with it); 0 at density 1, so every channel
+    with a nonzero saliency is kept on any input, not only on these.
+
+    >>> s = torch.tensor([[0.5, 2.0], [1.0, 3.0]])
+    >>> share_threshold(s, 0.5).item(), share_threshold(s, 1.0).item()
+    (2.0, 0.0)
+    """
+    s = saliency.detach().flatten()
+    if density >= 1:
+        return torch.zeros((), dtype=s.dtype, device=s.device)
+    return torch.topk(s, keep_count(density, s.numel())).values[-1]
+
+
 def active_channels(x: torch.Tensor) -> torch.Tensor:
     """Per image, the channels of a ``(N, C, H, W)`` tensor that hold a nonzero value (``(N, C)`` bool)."""
     return x.detach().ne(0).flatten(2).any(dim=2)
@@ -165,10 +180,9 @@ class FBSConv2d(nn.Module):
         else the buffer; ``None`` for a fixed-``k`` layer."""
         if self.threshold is None:
             return None
-        if not self.training or self.density >= 1:  # density 1: every channel with a nonzero saliency
+        if not self.training:
             return self.threshold
-        sd = s.detach().flatten()
-        tau = torch.topk(sd, max(1, math.ceil(round(self.density * sd.numel(), 9)))).values[-1]
+        tau = share_threshold(s, self.density)
         self.threshold.mul_(0.9).add_(0.1 * tau)
         return tau
 

@@ -37,7 +37,6 @@ is measured by the same rule, so the two compare at equal executed MACs.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -56,7 +55,15 @@ from mixq.graph.spec import LayerSpec
 from mixq.graph.swap import set_submodule
 from mixq.io import atomic_write_json, atomic_write_torch
 from mixq.modes import eval_mode
-from mixq.nn.fbs import FBSConv2d, active_channels, calibrate_gates, fbs_layers, keep_count, straight_through
+from mixq.nn.fbs import (
+    FBSConv2d,
+    active_channels,
+    calibrate_gates,
+    fbs_layers,
+    keep_count,
+    share_threshold,
+    straight_through,
+)
 from mixq.plan import QuantPlan
 from mixq.training import TrainConfig, accuracy, fit
 
@@ -414,8 +421,7 @@ def calibrate_thresholds(model: nn.Module, x: torch.Tensor, batch_size: int = 50
         _run_hooked(model, x, [m.register_forward_hook(lambda mm, _a, _y, got=got: got.append(mm.last_saliency))],
                     batch_size)
         s = torch.cat(got).flatten()
-        tau = (torch.zeros(()) if m.density >= 1  # every channel (with a nonzero saliency) on any image
-               else torch.topk(s, max(1, math.ceil(round(m.density * s.numel(), 9)))).values[-1])
+        tau = share_threshold(s, m.density)
         m.threshold.fill_(float(tau))
         kept[name] = float(((s >= tau) & (s > 0)).double().mean())
     return kept

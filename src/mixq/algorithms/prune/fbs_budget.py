@@ -17,6 +17,7 @@ time left after the layers that are not gated and the predictors.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -120,18 +121,11 @@ def fps_config(model: nn.Module, x: torch.Tensor, fps: float, cfg: FbsConfig, pl
     channels — an upper bound, as the channels an earlier layer suppressed only shorten it — the other layers
     and every predictor a fixed share of the frame; sensitivities and the knapsack as :func:`budget_config`.
     A rate the lowest densities cannot reach is refused with the best one they reach."""
-    import dataclasses
-
-    from mixq.graph.capture import capture
     from mixq.hw.dynamic import overlay_choices
 
     if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps < float("inf"):
         raise FbsError(f"frames/s budget: must be a finite number > 0, got {fps!r}")
-    shape = tuple(int(v) for v in x.shape[1:])
-    fbs = fit_predictors(to_fbs(model, dataclasses.replace(cfg, density=1.0, densities={}, adaptive=False),
-                                shape), x)
-    sens = density_sensitivity(fbs, model, x, grid)
-    specs = capture(model, shape)
+    sens, specs = _sensitivities(model, x, cfg, grid)
     by = {s.name: s for s in specs}
     options = {n: [(by[n].in_channels, keep_count(d, by[n].out_channels)) for d in grid] for n in sens}
     seconds, fixed = overlay_choices(specs, plan, options, part)
@@ -145,17 +139,23 @@ def fps_config(model: nn.Module, x: torch.Tensor, fps: float, cfg: FbsConfig, pl
         chosen, {n: tuple(float(v) for v in sens[n]) for n in sens}, tuple(grid), int(round(macs)), 0, rate, fps)
 
 
+def _sensitivities(model: nn.Module, x: torch.Tensor, cfg: FbsConfig,
+                   grid: Sequence[float]) -> tuple[dict[str, tuple[float, ...]], list[LayerSpec]]:
+    """Every gated layer's sensitivity at every density of ``grid`` (:func:`density_sensitivity`; the dense
+    ``model`` converted at density 1 with a fixed ``k``, predictors fitted on ``x``) and the model's layer specs."""
+    from mixq.graph.capture import capture
+
+    shape = tuple(int(v) for v in x.shape[1:])
+    fbs = fit_predictors(to_fbs(model, dataclasses.replace(cfg, density=1.0, densities={}, adaptive=False),
+                                shape), x)
+    return density_sensitivity(fbs, model, x, grid), capture(model, shape)
+
+
 def budget_config(model: nn.Module, x: torch.Tensor, budget: float, cfg: FbsConfig,
                   grid: Sequence[float] = DENSITIES) -> tuple[FbsConfig, DensityChoice]:
     """``cfg`` with per-layer densities chosen for ``budget`` (a fraction of the gated layers' dense MACs) on
     the calibration images ``x``: the dense ``model`` converted at density 1, predictors fitted, every layer's
     sensitivity measured at every density of ``grid``, the knapsack solved."""
-    import dataclasses
-
-    from mixq.graph.capture import capture
-
-    shape = tuple(int(v) for v in x.shape[1:])
-    fbs = fit_predictors(to_fbs(model, dataclasses.replace(cfg, density=1.0, densities={}, adaptive=False),
-                                      shape), x)
-    choice = choose_densities(density_sensitivity(fbs, model, x, grid), capture(model, shape), budget, grid)
+    sens, specs = _sensitivities(model, x, cfg, grid)
+    choice = choose_densities(sens, specs, budget, grid)
     return dataclasses.replace(cfg, densities=choice.densities), choice
