@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mixq import data, zoo
-from mixq.algorithms.ptq import BrecqConfig, quantize_report
+from mixq.algorithms.ptq import BrecqConfig, DistillConfig, quantize_report
 from mixq.data.sources import CALIB_PATH
 from mixq.formats import FixedPoint
 from mixq.graph import capture
@@ -60,12 +60,20 @@ def main() -> dict[str, Any]:
         plan = uniform_plan("cnv", names, FixedPoint(wb, narrow=True), FixedPoint(ab, signed=False),
                             signed_inputs=names[:1])
         hits: dict[str, np.ndarray] = {}
-        every = {"minmax": {}, "gptq": {}, "adaround": {},
-                 "brecq": {"brecq": BrecqConfig(iterations=args.iterations, images=1000, device=args.device)}}
+        bq = BrecqConfig(iterations=args.iterations, images=1000, device=args.device)
+        kd = DistillConfig(images=1000, device=args.device)
+        every: dict[str, tuple[str, dict[str, Any]]] = {
+            "minmax": ("minmax", {}), "gptq": ("gptq", {}), "adaround": ("adaround", {}),
+            "brecq": ("brecq", {"brecq": bq}),
+            # then network-wise distillation (biases, row scales, activation steps on the float prediction)
+            "gptq+distill": ("gptq", {"distill": kd}), "brecq+distill": ("brecq", {"brecq": bq, "distill": kd})}
+        unknown = [k for k in args.recipes.split(",") if k not in every]
+        if unknown:
+            raise SystemExit(f"--recipes: {', '.join(unknown)} not one of {', '.join(every)}")
         recipes = {k: every[k] for k in args.recipes.split(",")}
-        for rec, kw in recipes.items():
+        for rec, (name, kw) in recipes.items():
             t = time.perf_counter()
-            q = quantize_report(model, plan, calib, rec, **kw).model
+            q = quantize_report(model, plan, calib, name, **kw).model
             dt = time.perf_counter() - t
             with torch.no_grad():
                 p = q(x).argmax(1)

@@ -595,6 +595,36 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
                             {**acts, "cle": True, "cle_act_weight": 1.0, "stream_equalize": True},
                             "per-channel activation ranges by equalization: CLE gives the activation the whole "
                             "balance (cle_act_weight=1), residual streams equalized, then " + acts_note, None)
+    # network-wise distillation after the rounding: biases, row scales and activation steps on the float
+    # network's predictions (stage distill; the calibration images and their mirror images)
+    from mixq.algorithms.ptq import DistillConfig
+
+    # (a CPU-sized budget below the stage's defaults, which were set on CNV afterwards: benchmarks/ptq_brecq.py)
+    kd = DistillConfig(steps=200, batch=16, images=256, lr=1e-3, bias_lr=1e-4)
+    kd_note = (f"then distilled network-wise: biases, row scales and activation steps on the float prediction's KL, "
+               f"{kd.steps} Adam steps of {kd.batch} of the {kd.images} calibration images and their mirror images")
+    for k in ("w4a8_gptq" + FCAL, "w4a8_msq_gptq" + FCAL):
+        label, pkey, rec, kw, note, _ = cfg[k]
+        cfg[k + "_kd"] = (f"{label}, distilled", pkey, rec, {**kw, "distill": kd},
+                          "; ".join(t for t in (note, kd_note) if t), None)
+    # at the learning rates later set as the stage's defaults (CNV), and on the wider calibration set
+    kd2 = dataclasses.replace(kd, lr=1e-2, bias_lr=1e-3)
+    kd2_note = kd_note + f"; lr {kd2.lr:g}, biases {kd2.bias_lr:g}"
+    label, pkey, rec, kw, note, _ = cfg["w4a8_gptq" + FCAL]
+    cfg["w4a8_gptq" + FCAL + "_kd2"] = (f"{label}, distilled (lr {kd2.lr:g})", pkey, rec, {**kw, "distill": kd2},
+                                        f"{note}; {kd2_note}", None)
+    for k in ("w4a8_gptq" + FCAL, "w4a8_gptq" + FCAL + "_kd2"):
+        label, pkey, rec, kw, note, _ = cfg[k]
+        cfg[k + WIDE] = (f"{label}, 26-photo calibration", pkey, rec, kw, f"{note}; {wide_note}", None)
+    # the same with fewer parameters learned: no biases (the classifier's bias can fit the calibration photos'
+    # classes), then the activation steps alone
+    for tail, fields, lab, nt in (("_kd_nb", {"bias_lr": 0.0}, "distilled without biases", "biases fixed"),
+                                  ("_kd_acts", {"bias_lr": 0.0, "weights": False}, "distilled activation steps",
+                                   "only the activation steps learned")):
+        k = "w4a8_gptq" + FCAL
+        label, pkey, rec, kw, note, _ = cfg[k]
+        cfg[k + tail] = (f"{label}, {lab}", pkey, rec, {**kw, "distill": dataclasses.replace(kd, **fields)},
+                         f"{note}; {kd_note}; {nt}", None)
     cfg["w2a4_brecq"] = ("W2A4 fixed, BRECQ", "w2a4", "brecq", {"brecq": bq}, bq_note, None)
     cfg["w2a4_gptq"] = ("W2A4 fixed, GPTQ", "w2a4", "gptq", {}, "", None)
     cfg["w2a4_brecq_mseacts"] = ("W2A4 fixed, BRECQ, MSE + output-aware activation clipping", "w2a4_mse", "brecq",

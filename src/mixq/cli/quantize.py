@@ -109,20 +109,23 @@ def register(app: typer.Typer) -> None:
                                               "input's channels equalized on their ranges / on clips searched per "
                                               "channel on the depthwise output error (no hardware cost)", STAGES,
                                               "--stage"),
-        device: str = cli.device_option(help="where block reconstruction (--recipe brecq) runs: cpu, cuda or "
-                                        "cuda:N"),
+        distill: int = cli.count(0, "then distil the quantized network on the float network's predictions for "
+                                 "this many Adam steps (biases, weight row scales and activation steps learned on "
+                                 "the calibration images; 0: off)", 0, "--distill"),
+        device: str = cli.device_option(help="where block reconstruction (--recipe brecq) and --distill run: cpu, "
+                                        "cuda or cuda:N"),
         brecq_budget: str = cli.choice("auto", "--recipe brecq: cpu (100 steps of 16 images on 56-px windows), "
                                        "full (the published 400 steps of 32, whole images) or auto (cpu on "
                                        "--device cpu, else full)", ("auto", "cpu", "full"), "--brecq-budget"),
     ) -> None:
         """Quantize MODEL with a plan and a PTQ recipe; write the checkpoint and a summary."""
+        from mixq.errors import OptionError
         from mixq.tasks.quantize import QuantizeJob, run_quantize
 
-        if recipe != "brecq" and (device != "cpu" or brecq_budget != "auto"):
-            from mixq.errors import OptionError
-
-            opt = f"--device {device}" if device != "cpu" else f"--brecq-budget {brecq_budget}"
-            raise OptionError(f"{opt}: only --recipe brecq takes it (this is {recipe})")
+        if recipe != "brecq" and brecq_budget != "auto":
+            raise OptionError(f"--brecq-budget {brecq_budget}: only --recipe brecq takes it (this is {recipe})")
+        if recipe != "brecq" and device != "cpu" and not distill:
+            raise OptionError(f"--device {device}: only --recipe brecq or --distill takes it (this is {recipe})")
         cli.check_device(device)
         src = cli.model_source(model, weights, input_shape)
         folder = cli.out_dir(out, "quantize", src.name)
@@ -131,6 +134,10 @@ def register(app: typer.Typer) -> None:
                                      if v is not None}
         if stage:
             overrides["stages"] = tuple(stage)
+        if distill:
+            from mixq.algorithms.ptq import DistillConfig
+
+            overrides["distill"] = DistillConfig(steps=distill, images=images, device=device)
         if recipe == "brecq":
             from mixq.algorithms.ptq import brecq_budget as budget_config
 

@@ -1,6 +1,6 @@
 """Post-training quantization (layer L5): calibration, BN folding and re-estimation, cross-layer
-equalization with bias absorption, bias correction, AdaRound, GPTQ, data-free calibration, and
-named recipes that chain them (:func:`quantize`)."""
+equalization with bias absorption, bias correction, AdaRound, GPTQ, BRECQ, network-wise distillation,
+data-free calibration, and named recipes that chain them (:func:`quantize`)."""
 
 from mixq.algorithms.ptq.adaround import AdaRoundConfig, adaround, adaround_layer, optimize_rounding, rounding_grid
 from mixq.algorithms.ptq.bias_correction import (
@@ -24,6 +24,7 @@ from mixq.algorithms.ptq.cle import (
     find_pairs,
 )
 from mixq.algorithms.ptq.datafree import DataFreeConfig, synthesize_inputs
+from mixq.algorithms.ptq.distill import DistillConfig, distill
 from mixq.algorithms.ptq.gptq import GPTQConfig, gptq, gptq_layer, gptq_quantize
 from mixq.algorithms.ptq.recipes import RECIPES, PTQResult, Recipe, get_recipe, quantize, quantize_report
 
@@ -35,6 +36,7 @@ __all__ = [
     "ChannelStats",
     "ClippedReLU",
     "DataFreeConfig",
+    "DistillConfig",
     "GPTQConfig",
     "EqualizationPair",
     "PTQResult",
@@ -50,6 +52,7 @@ __all__ = [
     "calibrate_activations",
     "clipped_normal_moments",
     "cross_layer_equalize",
+    "distill",
     "empirical_bias_correction",
     "equalization_scales",
     "expected_input_means",

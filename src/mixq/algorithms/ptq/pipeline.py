@@ -33,6 +33,7 @@ from mixq.algorithms.ptq.brecq import brecq
 from mixq.algorithms.ptq.calibrate import calibrate_activations
 from mixq.algorithms.ptq.cle import ChannelStats, absorb_high_bias, bn_output_stats, cross_layer_equalize, find_pairs
 from mixq.algorithms.ptq.datafree import synthesize_inputs
+from mixq.algorithms.ptq.distill import distill
 from mixq.algorithms.ptq.gptq import gptq
 from mixq.algorithms.ptq.scales import output_aware_weight_scales
 from mixq.algorithms.ptq.streams import equalize_streams
@@ -280,6 +281,12 @@ def _brecq(s: PTQState) -> PTQState:
     return s
 
 
+def _distill(s: PTQState) -> PTQState:
+    assert s.recipe.distill is not None
+    s.details["distill"] = distill(s.quantized, s.folded, s.calib, s.recipe.distill)
+    return s
+
+
 def _bias_correction(s: PTQState) -> PTQState:
     r = s.recipe
     if r.bias_correction == "analytic":
@@ -315,6 +322,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("adaround", _adaround, lambda r, p: r.adaround is not None),
     Stage("gptq", _gptq, lambda r, p: r.gptq is not None),
     Stage("brecq", _brecq, lambda r, p: r.brecq is not None),
+    Stage("distill", _distill, lambda r, p: r.distill is not None),
     Stage("bias_correction", _bias_correction, lambda r, p: r.bias_correction != "none"),
     Stage("restore_stats", _restore_stats, lambda r, p: r.restore_stats),
     Stage("bias_fit", bias_fit.apply, line=lambda s: {"layers": len(s.details["bias_fit"])}),
