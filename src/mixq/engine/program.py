@@ -28,7 +28,9 @@ maxpool         a post-op of the step that made its input (conv + pooling in one
 sumpool         (average pooling: the 1/count is in the grid) a depthwise conv with all-ones weights
                 of the window, its stride and zero padding: average pooling *is* a conv
 add             a 1x1 conv over its operands concatenated, weights ``M_i`` on the diagonal of each
-                operand's block (``sum_i x_i * M_i``), then a requant by ``2**-n`` (``M = 1``, no clamp)
+                operand's block (``sum_i x_i * M_i``), then a requant by ``2**-n`` (``M = 1``, no clamp);
+                where an operand is a plain conv's raw accumulator, that conv with the add folded into its
+                weights (``M_i * W_i``), unless ``lower``'s ``fuse`` refuses it
 zero_insert     the zero insertion of the conv that reads it (a transposed conv = zero insertion +
                 conv); else an identity conv with zero insertion
 pad             added to the padding of the conv that reads it; else an identity conv with padding
@@ -48,6 +50,7 @@ conv in float64 where its worst-case partial sum on the data is below 2**53, els
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -250,8 +253,9 @@ def _ident(c: int) -> np.ndarray:
 
 
 class _Lowering:
-    def __init__(self, im: IntModel) -> None:
+    def __init__(self, im: IntModel, fuse: Callable[[str], bool] | None = None) -> None:
         self.im = im
+        self.fuse = fuse
         self.steps: dict[str, Step] = {}
         self.refs: dict[str, _Ref] = {}
         self.consumers: dict[str, int] = {}
@@ -495,7 +499,7 @@ def _add(lw: _Lowering, node: IntNode) -> _Ref:
     n = np.asarray(node.arrays["n"], dtype=np.int64)
     round_op = PostOp("requant", {"M": np.ones(1, dtype=np.int64), "n": _compact(_full(n, shape))},
                       {"qmin": None, "qmax": None})
-    fused = _fuse_add(lw, node, refs, ms, round_op)
+    fused = _fuse_add(lw, node, refs, ms, round_op) if lw.fuse is None or lw.fuse(node.name) else None
     if fused is not None:
         return fused
     w = np.zeros((c, c * len(refs), 1, 1), dtype=np.int64)
@@ -579,9 +583,11 @@ _HANDLERS = {
 }
 
 
-def lower(im: IntModel) -> Program:
-    """The program of convolutions (and moves) that computes ``im`` exactly (module docstring)."""
-    return _Lowering(im).lower()
+def lower(im: IntModel, fuse: Callable[[str], bool] | None = None) -> Program:
+    """The program of convolutions (and moves) that computes ``im`` exactly (module docstring). ``fuse(name)``:
+    whether the add node ``name`` may become one conv with the convs that make its operands (default: every add
+    that can); an add it refuses is its own 1x1 step reading those convs' accumulators."""
+    return _Lowering(im, fuse).lower()
 
 
 # ----------------------------------------------------------------------------- running

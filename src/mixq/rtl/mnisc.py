@@ -9,6 +9,9 @@ never from data.
     prog = lower(to_integer(qmodel, (3, 1080, 1920)))      # shapes only: any resolution
     est = estimate_mnisc(eu_steps(prog), EuConfig(p=16, s=16, wbits=4, abits=4))
 
+:func:`lower_for` lowers for one EU: a residual add is folded into its operand's conv only where that is no
+slower there.
+
 :data:`EU_VERILOG` is the EU with its sequencer: ``P`` MAC rows that share one activation per cycle (s = 1),
 an instruction list of 40 words per step (:data:`FIELDS`: shapes, stride, zero insertion as a power of two,
 padding, groups, two concatenated inputs, up to two outputs each with a clamp / requant / clamp / requant /
@@ -33,10 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mixq.engine.program import ConvStep, MoveStep, PostOp, Program, Read, StepOutput
+from mixq.engine.model import IntModel
+from mixq.engine.program import ConvStep, MoveStep, PostOp, Program, Read, StepOutput, lower
 from mixq.errors import HardwareError
 from mixq.formats import format_from_dict
-from mixq.hw.mnisc import CONST_BITS_PER_ROW, EuStep
+from mixq.hw.mnisc import CONST_BITS_PER_ROW, EuConfig, EuStep, step_times
+from mixq.hw.parts import Part, get_part
 from mixq.io import atomic_write_text
 from mixq.rtl.cosim import _run
 from mixq.rtl.memfile import write_mem
@@ -187,6 +192,24 @@ def eu_steps(prog: Program) -> tuple[EuStep, ...]:
     per, inputs = _channel_ranges(prog)
     rng = {k: (int(min(v[0])), int(max(v[1]))) for k, v in per.items()}
     return tuple(_eu_step(s, rng, inputs) for s in prog.steps)
+
+
+def lower_for(im: IntModel, cfg: EuConfig | None = None, part: str | Part = "xc7z020") -> Program:
+    """The program of ``im`` for this EU: each residual add folded into the conv that makes its operand (one step,
+    the conv's weights times the add's multiplier) only where that step is no slower on the EU than the conv and a
+    separate 1x1 add step (:func:`mixq.hw.mnisc.step_times`: cycles with the bit-sliced passes of wider codes, DDR
+    bytes with the accumulator written and read back). The fold widens the weights: with exact residual streams a
+    ResNet's fused steps carry 26-31-bit weights, dozens of passes on 4-bit lanes. Exact either way."""
+    cfg, p = cfg or EuConfig(), get_part(part)
+    fused, apart = lower(im), lower(im, fuse=lambda _: False)
+
+    def seconds(prog: Program) -> dict[str, float]:
+        return {t.name: t.seconds for t in step_times(eu_steps(prog), cfg, p)}
+
+    tf, ta = seconds(fused), seconds(apart)
+    keep = {st.name for st in fused.conv_steps() if st.kind == "add" and len(st.source) > 1
+            and tf[st.name] <= ta[st.name] + sum(ta.get(n, 0.0) for n in st.source[:-1])}
+    return lower(im, fuse=keep.__contains__)
 
 
 def step_counts(prog: Program, computed: Mapping[str, Sequence[int]]) -> dict[str, list[tuple[int, int]]]:
