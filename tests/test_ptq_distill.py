@@ -130,6 +130,7 @@ def test_cli_distill_runs_the_stage_and_refuses_a_negative_count(tmp_path: Path)
     rep = json.loads((tmp_path / "a" / "summary.json").read_text())["details"]["distill"]
     assert rep["images"] == 128 and rep["kept"] in ("tuned", "start")
     assert (rep["loss_after"] < rep["loss_before"]) == (rep["kept"] == "tuned")
+    assert "--distill: KL to the float prediction" in r.stdout and "128 calibration images" in r.stdout
     bad = subprocess.run([sys.executable, "-m", "mixq", "quantize", "cnv", "--distill", "-1", "--out",
                           str(tmp_path / "b")], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and "--distill" in bad.stderr and "Traceback" not in bad.stderr

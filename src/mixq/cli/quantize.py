@@ -149,6 +149,11 @@ def register(app: typer.Typer) -> None:
                                         gray=gray, pretrained=pretrained, residual_bits=residual_bits))
         summary, res = done.summary, done.result
         lines = []
+        kd = res.details.get("distill")
+        if kd is not None:
+            lines.append(f"--distill: KL to the float prediction {kd['loss_before']:.4g} -> {kd['loss_after']:.4g} on "
+                         f"{kd['images']} calibration images (mirrored included): "
+                         + ("tuned model kept" if kd["kept"] == "tuned" else "no better, the start kept"))
         ev = summary.get("eval")
         if ev is not None and "top1_quant" in ev:
             lines.append(f"--eval {eval_source}: top-1 {ev['top1_quant']:.2f}% quantized, "
