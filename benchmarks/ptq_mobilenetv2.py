@@ -607,15 +607,15 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
         label, pkey, rec, kw, note, _ = cfg[k]
         cfg[k + "_kd"] = (f"{label}, distilled", pkey, rec, {**kw, "distill": kd},
                           "; ".join(t for t in (note, kd_note) if t), None)
-    # at the learning rates later set as the stage's defaults (CNV), and on the wider calibration set
+    # at the learning rates later set as the stage's defaults (CNV); the first one on the wider calibration set
     kd2 = dataclasses.replace(kd, lr=1e-2, bias_lr=1e-3)
     kd2_note = kd_note + f"; lr {kd2.lr:g}, biases {kd2.bias_lr:g}"
     label, pkey, rec, kw, note, _ = cfg["w4a8_gptq" + FCAL]
     cfg["w4a8_gptq" + FCAL + "_kd2"] = (f"{label}, distilled (lr {kd2.lr:g})", pkey, rec, {**kw, "distill": kd2},
                                         f"{note}; {kd2_note}", None)
-    for k in ("w4a8_gptq" + FCAL, "w4a8_gptq" + FCAL + "_kd2"):
-        label, pkey, rec, kw, note, _ = cfg[k]
-        cfg[k + WIDE] = (f"{label}, 26-photo calibration", pkey, rec, kw, f"{note}; {wide_note}", None)
+    label, pkey, rec, kw, note, _ = cfg["w4a8_gptq" + FCAL + "_kd"]  # (its undistilled twin: the list below)
+    cfg["w4a8_gptq" + FCAL + "_kd" + WIDE] = (f"{label}, 26-photo calibration", pkey, rec, kw, f"{note}; {wide_note}",
+                                              None)
     # the same with fewer parameters learned: no biases (the classifier's bias can fit the calibration photos'
     # classes), then the activation steps alone
     for tail, fields, lab, nt in (("_kd_nb", {"bias_lr": 0.0}, "distilled without biases", "biases fixed"),
