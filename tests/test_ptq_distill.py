@@ -69,6 +69,7 @@ def test_distillation_lowers_the_kl_and_the_model_is_what_was_learned() -> None:
     assert _kl(net, r.model, seen) == pytest.approx(rep["loss_after"], rel=1e-4)
     held_out = torch.randn(512, 3, 8, 8)
     assert _kl(net, r.model, held_out) < _kl(net, start, held_out)
+    assert all(p.requires_grad and p.grad is None for p in r.model.parameters())  # left as it found them
 
 
 def test_a_run_that_does_not_help_keeps_the_network_as_it_came() -> None:
@@ -119,6 +120,8 @@ def test_residual_streams_stay_tied_and_the_engine_stays_bit_exact() -> None:
 def test_bad_settings_name_their_field(field: str, value: float) -> None:
     with pytest.raises(MixqError, match=f"distill.{field}"):
         DistillConfig(**{field: value})
+    with pytest.raises(MixqError, match="nothing to learn"):
+        DistillConfig(weights=False, acts=False, bias_lr=0.0)
 
 
 def test_cli_distill_runs_the_stage_and_refuses_a_negative_count(tmp_path: Path) -> None:

@@ -73,6 +73,8 @@ class DistillConfig:
         require_positive(self, "distill", ("steps", "batch", "images", "batch_size"), ("lr", "temperature"))
         if self.bias_lr < 0:
             raise MixqError(f"distill.bias_lr: must be >= 0 (0: biases fixed), got {self.bias_lr!r}")
+        if not (self.weights or self.acts or self.bias_lr > 0):
+            raise MixqError("distill: weights, acts and bias_lr all off: nothing to learn")
 
 
 def _act_groups(q: nn.Module) -> list[list[QAct]]:
@@ -187,17 +189,31 @@ def distill(q: nn.Module, fmodel: nn.Module, calib: torch.Tensor, cfg: DistillCo
             before = _loss(q, xs, ys, cfg)
             state = _Tuned(q, cfg)
             start = state.snapshot()
-            opt = torch.optim.Adam(state.params(cfg))
+            groups = state.params(cfg)
+            if not groups:  # no quantized layer or activation in the network
+                return {"loss_before": before, "loss_after": before, "kept": "start", "layers": 0, "act_groups": 0,
+                        "biases": 0, "images": len(xs)}
+            opt = torch.optim.Adam(groups)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / cfg.steps)))
-            with state.active(), progress.task("ptq distill", total=cfg.steps) as bar:
-                for _ in range(cfg.steps):
-                    idx = torch.randint(len(xs), (cfg.batch,), generator=gen).to(dev)
-                    loss = _kl(q(xs[idx]), ys[idx], cfg.temperature)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    bar.advance(loss=f"{loss.item():.4f}")
+            learned = {id(t) for g in groups for t in g["params"]}
+            frozen = [t for t in q.parameters() if t.requires_grad and id(t) not in learned]
+            for t in frozen:  # the weights' codes come from their scales here; no gradient to keep for them
+                t.requires_grad_(False)
+            try:
+                with state.active(), progress.task("ptq distill", total=cfg.steps) as bar:
+                    for _ in range(cfg.steps):
+                        idx = torch.randint(len(xs), (cfg.batch,), generator=gen).to(dev)
+                        loss = _kl(q(xs[idx]), ys[idx], cfg.temperature)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                        sched.step()
+                        bar.advance(loss=f"{loss.item():.4f}")
+            finally:
+                for t in frozen:
+                    t.requires_grad_(True)
+                for b in state.biases:
+                    b.grad = None
             with state.active():
                 after = _loss(q, xs, ys, cfg)
             kept = "tuned" if after < before else "start"

@@ -50,8 +50,9 @@ A :class:`Recipe` is a frozen description of which stages of the one pipeline ru
 Any recipe can end with network-wise distillation (``distill=DistillConfig()``, :mod:`~mixq.algorithms.ptq.distill`;
 ``mixq quantize --distill N``): after the rounding, the biases, a factor per weight row's scale and the activation
 steps learned on the KL of the float network's prediction. It helps where the calibration images cover what the
-network will see (CNV after GPTQ, agreement on the 10,000 test images: W4A4 96.38 -> 96.84%, W2A4 94.42 -> 95.07%); on MobileNetV2 with
-crops of 8 photos it fitted those photos and lost agreement on others (benchmarks/results/ptq_mobilenetv2_lowbit.md).
+network will see (CNV after GPTQ, agreement on the 10,000 test images: W4A4 96.38 -> 96.84%, W2A4 94.42 ->
+95.07%); on MobileNetV2 with crops of 8 photos it fitted those photos and lost agreement on others
+(benchmarks/results/ptq_mobilenetv2_lowbit.md).
 
 Activation ranges are observed on the network with its weights at nearest rounding; a recipe that rounds the
 weights afterwards (GPTQ, BRECQ, AdaRound) can observe the float network instead
