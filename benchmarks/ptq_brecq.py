@@ -3,9 +3,11 @@
 CNV (the bundled trained model), calibrated on the 1,000 shipped training images, judged on the
 10,000 Fashion-MNIST test images: top-1 agreement with FP32 and accuracy, with the paired 95% CI of
 each row's agreement against GPTQ's (same images), and wall time per recipe. Rows: W4A4, W2A4 and W4A8
-(fixed point, narrow weights), each with round-to-nearest (``minmax``), GPTQ, AdaRound and BRECQ.
+(fixed point, narrow weights), each with round-to-nearest (``minmax``), GPTQ, AdaRound and BRECQ, and with
+``--recipes`` GPTQ or BRECQ followed by network-wise distillation (``gptq+distill``, ``brecq+distill``).
 
-Run: ``.venv/bin/python benchmarks/ptq_brecq.py [--device cuda] [--fmnist DIR]`` (``DIR``: the Fashion-MNIST
+Run: ``.venv/bin/python benchmarks/ptq_brecq.py [--device cuda] [--fmnist DIR] [--recipes gptq,gptq+distill]``
+(``DIR``: the Fashion-MNIST
 idx files; default the Debian package's). Writes benchmarks/results/ptq_brecq_<device>.json and .md.
 """
 
