@@ -69,10 +69,11 @@ def main() -> dict[str, Any]:
             "brecq": ("brecq", {"brecq": bq}),
             # then network-wise distillation (biases, row scales, activation steps on the float prediction)
             "gptq+distill": ("gptq", {"distill": kd}), "brecq+distill": ("brecq", {"brecq": bq, "distill": kd})}
-        unknown = [k for k in args.recipes.split(",") if k not in every]
+        wanted = args.recipes.split(",")
+        unknown = [k for k in wanted if k not in every]
         if unknown:
             raise SystemExit(f"--recipes: {', '.join(unknown)} not one of {', '.join(every)}")
-        recipes = {k: every[k] for k in args.recipes.split(",")}
+        recipes = {k: every[k] for k in wanted}
         for rec, (name, kw) in recipes.items():
             t = time.perf_counter()
             q = quantize_report(model, plan, calib, name, **kw).model

@@ -607,18 +607,15 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
         label, pkey, rec, kw, note, _ = cfg[k]
         cfg[k + "_kd"] = (f"{label}, distilled", pkey, rec, {**kw, "distill": kd},
                           "; ".join(t for t in (note, kd_note) if t), None)
-    # at the learning rates later set as the stage's defaults (CNV); the first one on the wider calibration set
-    kd2 = dataclasses.replace(kd, lr=1e-2, bias_lr=1e-3)
-    kd2_note = kd_note + f"; lr {kd2.lr:g}, biases {kd2.bias_lr:g}"
-    label, pkey, rec, kw, note, _ = cfg["w4a8_gptq" + FCAL]
-    cfg["w4a8_gptq" + FCAL + "_kd2"] = (f"{label}, distilled (lr {kd2.lr:g})", pkey, rec, {**kw, "distill": kd2},
-                                        f"{note}; {kd2_note}", None)
-    label, pkey, rec, kw, note, _ = cfg["w4a8_gptq" + FCAL + "_kd"]  # (its undistilled twin: the list below)
+    # the first one on the wider calibration set (its undistilled twin: the list below)
+    label, pkey, rec, kw, note, _ = cfg["w4a8_gptq" + FCAL + "_kd"]
     cfg["w4a8_gptq" + FCAL + "_kd" + WIDE] = (f"{label}, 26-photo calibration", pkey, rec, kw, f"{note}; {wide_note}",
                                               None)
-    # the same with fewer parameters learned: no biases (the classifier's bias can fit the calibration photos'
-    # classes), then the activation steps alone
-    for tail, fields, lab, nt in (("_kd_nb", {"bias_lr": 0.0}, "distilled without biases", "biases fixed"),
+    # at the learning rates later set as the stage's defaults (CNV); with fewer parameters learned: no biases (the
+    # classifier's bias can fit the calibration photos' classes), then the activation steps alone
+    for tail, fields, lab, nt in (("_kd2", {"lr": 1e-2, "bias_lr": 1e-3}, "distilled (lr 0.01)",
+                                   "lr 0.01, biases 0.001"),
+                                  ("_kd_nb", {"bias_lr": 0.0}, "distilled without biases", "biases fixed"),
                                   ("_kd_acts", {"bias_lr": 0.0, "weights": False}, "distilled activation steps",
                                    "only the activation steps learned")):
         k = "w4a8_gptq" + FCAL

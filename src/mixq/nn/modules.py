@@ -7,7 +7,7 @@ row formats, per-row or per-tensor scales) and an input-activation quantizer
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -117,12 +117,16 @@ class _QWeightMixin:
 
     def quantized_weight(self) -> torch.Tensor:
         """The fake-quantized weight (float, with straight-through gradients)."""
+        return self.weight_at(fake_quant, self.w_scales) if self.formats else self.weight
+
+    def weight_at(self, quant: Callable[[torch.Tensor, NumberFormat, torch.Tensor], torch.Tensor],
+                  scales: torch.Tensor) -> torch.Tensor:
+        """The weight quantized by ``quant(w, fmt, scale)`` at ``scales`` (one set per row format, as
+        ``w_scales``), each row by its own format (a stage learning the scales passes its own quantizer)."""
         w = self.weight
-        if not self.formats:
-            return w
-        out = fake_quant(w, self.formats[0], self.w_scales[0])
+        out = quant(w, self.formats[0], scales[0])
         if len(self.formats) > 1:
-            alt = fake_quant(w, self.formats[1], self.w_scales[1])
+            alt = quant(w, self.formats[1], scales[1])
             mask = (self.row_scheme == 1).reshape(self._scale_shape())
             out = torch.where(mask, alt, out)
         return out

@@ -207,9 +207,11 @@ def lower_for(im: IntModel, cfg: EuConfig | None = None, part: str | Part = "xc7
         return {t.name: t.seconds for t in step_times(eu_steps(prog), cfg, p)}
 
     tf, ta = seconds(fused), seconds(apart)
-    keep = {st.name for st in fused.conv_steps() if st.kind == "add" and len(st.source) > 1
-            and tf[st.name] <= ta[st.name] + sum(ta.get(n, 0.0) for n in st.source[:-1])}
-    return lower(im, fuse=keep.__contains__)
+    folds = [st for st in fused.conv_steps() if st.kind == "add" and len(st.source) > 1]
+    keep = {st.name for st in folds if tf[st.name] <= ta[st.name] + sum(ta.get(n, 0.0) for n in st.source[:-1])}
+    if not keep:  # one of the two programs already lowered is the one ``keep`` gives
+        return apart
+    return fused if len(keep) == len(folds) else lower(im, fuse=keep.__contains__)
 
 
 def step_counts(prog: Program, computed: Mapping[str, Sequence[int]]) -> dict[str, list[tuple[int, int]]]:

@@ -132,13 +132,8 @@ class _Tuned:
                 mod.__dict__.pop("forward", None)
 
     @staticmethod
-    def _weight(m: Any, log_row: torch.Tensor) -> torch.Tensor:
-        f = log_row.exp()
-        out = lsq_quant(m.weight, m.w_scales[0] * f, m.formats[0], 1.0)
-        if len(m.formats) > 1:
-            alt = lsq_quant(m.weight, m.w_scales[1] * f, m.formats[1], 1.0)
-            out = torch.where((m.row_scheme == 1).reshape(m._scale_shape()), alt, out)
-        return out
+    def _weight(m: QLayer, log_row: torch.Tensor) -> torch.Tensor:
+        return m.weight_at(lambda w, fmt, s: lsq_quant(w, s, fmt, 1.0), m.w_scales * log_row.exp())
 
     @torch.no_grad()
     def snapshot(self) -> list[torch.Tensor]:
