@@ -622,6 +622,22 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
         label, pkey, rec, kw, note, _ = cfg[k]
         cfg[k + tail] = (f"{label}, {lab}", pkey, rec, {**kw, "distill": dataclasses.replace(kd, **fields)},
                          f"{note}; {kd_note}; {nt}", None)
+    # every stream a rotation keeps (residual streams and projection -> expansion links) rotated by a random
+    # orthogonal matrix before anything else (Recipe.stream_rotate; the float function unchanged); "_eq": the
+    # residual streams equalized first (stream_equalize), "_eqrot": both
+    rot_note = ("channels of the 7 linear streams rotated by random orthogonal matrices (randomized Hadamard for 16 / "
+                "32 / 64 channels; stream_rotate=0)")
+    eq_note = "residual streams equalized (stream_equalize, alpha 0.5)"
+    for k, tails in (("w4a8_gptq", ("_rot",)), ("w4a8_gptq" + FCAL, ("_rot", "_eq", "_eqrot")),
+                     ("w4a4_gptq_mseacts_first8", ("_rot", "_eqrot"))):
+        label, pkey, rec, kw, note, _ = cfg[k]
+        for tail in tails:
+            fields = {**({"stream_equalize": True} if "eq" in tail else {}),
+                      **({"stream_rotate": 0} if "rot" in tail else {})}
+            what = {"_rot": "streams rotated", "_eq": "streams equalized", "_eqrot": "streams equalized and rotated"}
+            notes = (note, eq_note if "eq" in tail else "", rot_note if "rot" in tail else "")
+            cfg[k + tail] = (f"{label}, {what[tail]}", pkey, rec, {**kw, **fields},
+                             "; ".join(t for t in notes if t), None)
     cfg["w2a4_brecq"] = ("W2A4 fixed, BRECQ", "w2a4", "brecq", {"brecq": bq}, bq_note, None)
     cfg["w2a4_gptq"] = ("W2A4 fixed, GPTQ", "w2a4", "gptq", {}, "", None)
     cfg["w2a4_brecq_mseacts"] = ("W2A4 fixed, BRECQ, MSE + output-aware activation clipping", "w2a4_mse", "brecq",

@@ -9,7 +9,14 @@ from torch import nn
 from mixq import zoo
 from mixq.algorithms.ptq import quantize_report
 from mixq.algorithms.ptq.cle import ChannelStats, column_ranges
-from mixq.algorithms.ptq.streams import consumer_input_ranges, equalize_streams, find_streams, stream_scales
+from mixq.algorithms.ptq.streams import (
+    consumer_input_ranges,
+    equalize_streams,
+    find_streams,
+    orthogonal,
+    rotate_streams,
+    stream_scales,
+)
 from mixq.errors import MixqError
 from mixq.formats import FixedPoint
 from mixq.graph import fold_bn
@@ -160,3 +167,69 @@ def test_equalization_lowers_activation_quantization_error() -> None:
     with torch.no_grad():
         e0, e1 = float(sqnr_db(ref, plain(x))), float(sqnr_db(ref, smooth.model(x)))
     assert e1 > e0 + 6.0, (e0, e1)
+
+
+# --- rotation (stream_rotate) ---
+
+def test_orthogonal_matrices() -> None:
+    for n in (1, 8, 24, 160):
+        q = orthogonal(n, 3)
+        assert torch.allclose(q @ q.T, torch.eye(n, dtype=torch.float64), atol=1e-12)
+    h = orthogonal(16, 0)  # randomized Hadamard: every entry +-1/4
+    assert torch.allclose(h.abs(), torch.full((16, 16), 0.25, dtype=torch.float64))
+    assert not torch.equal(orthogonal(24, 0), orthogonal(24, 1))
+
+
+def test_linear_streams_of_mobilenet_v2() -> None:
+    m = fold_bn(zoo.load("mobilenet_v2", pretrained=False).eval(), (3, 224, 224)).eval()
+    streams = find_streams(m, (3, 224, 224), linear=True)
+    # the five residual streams and the two projection -> expansion links without an add
+    assert [s.channels for s in streams] == [16, 24, 32, 64, 96, 160, 320]
+    assert (streams[0].producers, streams[0].consumers) == (("features.1.conv.1",), ("features.2.conv.0.0",))
+    assert (streams[-1].producers, streams[-1].consumers) == (("features.17.conv.2",), ("features.18.0",))
+    assert streams[-2] == find_streams(m, (3, 224, 224))[-1]
+
+
+def test_linear_streams_stop_at_nonlinear_ops() -> None:
+    (st,) = find_streams(Residual(), SHAPE, linear=True)  # only an add between producers and consumers
+    assert (st.producers, st.consumers) == (("stem", "c2"), ("c1", "head"))
+
+    class ReluStream(Residual):  # a ReLU after the add (as in ResNets): a rotation does not commute with it
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            s = self.stem(x)
+            s = torch.relu(s + self.c2(torch.relu(self.c1(s))))
+            return self.fc(self.act(self.head(s)).mean(dim=(2, 3)))
+
+    assert find_streams(ReluStream(), SHAPE) != []  # rescaling passes the ReLU
+    assert find_streams(ReluStream(), SHAPE, linear=True) == []
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_rotation_keeps_the_float_function(name: str) -> None:
+    shape = (3, 64, 64)
+    torch.manual_seed(0)
+    m = fold_bn(zoo.load(name, pretrained=False).eval(), shape).eval()
+    x = torch.randn(4, *shape)
+    rot, streams = rotate_streams(m, shape, seed=0)
+    assert len(streams) == (0 if name == "resnet18" else 7)  # ResNet's streams pass ReLUs
+    changed = {n.removesuffix(".weight") for n, p in m.named_parameters()
+               if n.endswith(".weight") and not torch.equal(p, rot.get_parameter(n))}
+    assert changed == {n for s in streams for n in s.producers + s.consumers}
+    with torch.no_grad():
+        a, b = m(x), rot(x)
+    assert float((a - b).abs().max()) <= 1e-4 * float(a.abs().max())
+
+
+def test_rotation_spreads_an_outlier_channel() -> None:
+    m, x = Residual().eval(), _x()
+    rot, (st,) = rotate_streams(m, SHAPE, seed=0)
+    a0 = torch.stack(list(consumer_input_ranges(m, [st], x).values())).amax(0)
+    a1 = torch.stack(list(consumer_input_ranges(rot, [st], x).values())).amax(0)
+    assert float(a0.max() / a0.median()) > 20 and float(a1.max() / a1.median()) < 2
+    calib = _x(64, seed=3)
+    res = quantize_report(m, _a8_plan(m), calib, "minmax", stream_rotate=0)
+    assert res.details["rotated_streams"] == 1
+    plain = quantize_report(m, _a8_plan(m), calib, "minmax").model
+    with torch.no_grad():
+        ref = m(x)
+        assert float(sqnr_db(ref, res.model(x))) > float(sqnr_db(ref, plain(x))) + 6.0

@@ -36,7 +36,7 @@ from mixq.algorithms.ptq.datafree import synthesize_inputs
 from mixq.algorithms.ptq.distill import distill
 from mixq.algorithms.ptq.gptq import gptq
 from mixq.algorithms.ptq.scales import output_aware_weight_scales
-from mixq.algorithms.ptq.streams import equalize_streams
+from mixq.algorithms.ptq.streams import equalize_streams, rotate_streams
 from mixq.errors import DataError
 from mixq.graph import fold_bn
 from mixq.graph.convert import to_quantized
@@ -189,6 +189,17 @@ def _streams(s: PTQState) -> PTQState:
     return s
 
 
+def _rotate(s: PTQState) -> PTQState:
+    seed = s.recipe.stream_rotate
+    assert seed is not None
+    s.fm, streams = rotate_streams(s.folded, s.input_shape, seed=seed)
+    for st in streams:  # the producers' output statistics no longer hold channel by channel
+        for p in st.producers:
+            s.stats.pop(p, None)
+    s.details["rotated_streams"] = len(streams)
+    return s
+
+
 def _unassigned_rows(plan: QuantPlan) -> bool:
     return any(lp.weight_alt is not None and lp.alt_rows is None for _, lp in plan.items())
 
@@ -311,6 +322,8 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("fold_bn", _fold, line=lambda s: {"model": type(s.model).__name__}),
     Stage("cle", _cle, lambda r, p: r.cle),
     Stage("streams", _streams, lambda r, p: r.stream_equalize, line=lambda s: {"streams": s.details["streams"]}),
+    Stage("rotate", _rotate, lambda r, p: r.stream_rotate is not None,
+          line=lambda s: {"streams": s.details["rotated_streams"]}),
     Stage("msq_rows", _msq_rows, lambda r, p: _unassigned_rows(p),
           line=lambda s: {"layers": sum(lp.weight_alt is not None for _, lp in s.plan.items())}),
     Stage("swap", _swap, line=lambda s: {"layers": len(s.plan.layers)}),

@@ -127,7 +127,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 class Recipe:
     """What a PTQ run does (see the module doc). ``relu6``: how CLE treats ReLU6 (``clip``, exact;
     ``relu``; ``keep``); ``stream_equalize``: rescale residual streams (``stream_alpha`` is
-    SmoothQuant's migration strength); ``cle_act_weight``: how much CLE balances the activation
+    SmoothQuant's migration strength); ``stream_rotate``: rotate the channels of every stream a rotation
+    keeps by a random orthogonal matrix drawn from this seed (``None``: no rotation;
+    :func:`~mixq.algorithms.ptq.streams.rotate_streams`); ``cle_act_weight``: how much CLE balances the activation
     between a pair (0: DFQ's weight-only rule; ``"auto"``: by the first layer's weight granularity,
     :data:`AUTO_ACT_WEIGHT`); ``weight_scales``: ``plan`` (the plan's weight
     observer), ``output`` (per-row scales searched on the output error,
@@ -154,6 +156,7 @@ class Recipe:
     absorb_padded: bool = False
     stream_equalize: bool = False
     stream_alpha: float = 0.5
+    stream_rotate: int | None = None
     weight_scales: str = "plan"
     msq_rows: str = "plan"
     act_ranges: str = "observer"

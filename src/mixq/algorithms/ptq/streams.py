@@ -19,6 +19,11 @@ activation's per-tensor range stops being set by a few channels, and the weights
 A stream is left alone when any of its tensors reaches something that cannot absorb the scale
 (a ReLU6, a concat, the model output, a layer called more than once, ...). Everything returns a
 new model; the input is never changed.
+
+:func:`rotate_streams` applies an orthogonal matrix instead of a diagonal one, to the streams a
+rotation keeps (nothing but adds between dense producers and consumers: MobileNetV2's seven).
+Measured on MobileNetV2 (benchmarks/README.md, session 25) it spreads a stream's outlier channels
+but costs agreement at W4A8 and W4A4; it is an option (``Recipe.stream_rotate``), not a default.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from mixq.algorithms.ptq.cle import (
 )
 from mixq.errors import MixqError
 from mixq.graph import capture
+from mixq.graph.spec import LayerSpec
 
 _COMPUTE = ("conv", "dwconv", "linear")
 # channel-wise and positively homogeneous: f(x / s) = f(x) / s for s > 0 per channel
@@ -56,7 +62,7 @@ class Stream:
     channels: int
 
 
-def find_streams(model: nn.Module, input_shape: tuple[int, ...]) -> list[Stream]:
+def find_streams(model: nn.Module, input_shape: tuple[int, ...], *, linear: bool = False) -> list[Stream]:
     """The residual streams of ``model`` (BN folded) that can be rescaled, in forward order.
 
     A stream is grown from every residual ``add`` over neighbouring pass-through ops; the compute
@@ -64,24 +70,38 @@ def find_streams(model: nn.Module, input_shape: tuple[int, ...]) -> list[Stream]
     edge leaving it ends in a compute layer called once whose input channels are the stream's,
     every producer is such a layer with one output channel per stream channel, and nothing else
     (another op, the model output) touches it.
+
+    With ``linear`` the streams are those a rotation of the channels keeps (:func:`rotate_streams`):
+    nothing but adds between producers and consumers, every producer and consumer a dense (``groups``
+    1) conv or linear layer, and a layer whose output only dense layers read is a stream on its own.
     """
     specs = capture(model, input_shape)
     by = {s.name: s for s in specs}
     calls = module_calls(specs)
+    passes, computes = (("add",), ("conv", "linear")) if linear else (_PASS, _COMPUTE)
 
     def once(name: str) -> bool:
         mod = by[name].extra.get("module")
-        return isinstance(mod, str) and calls.get(mod, 0) == 1
+        return (isinstance(mod, str) and calls.get(mod, 0) == 1 and by[name].kind in computes
+                and (not linear or by[name].groups == 1))
+
+    def alone(spec: LayerSpec) -> bool:  # a dense layer read only by dense layers: a stream without an add
+        return linear and once(spec.name) and bool(spec.outputs) and all(once(o) for o in spec.outputs)
 
     seen: set[str] = set()
     streams: list[Stream] = []
-    for start in (s.name for s in specs if s.kind == "add"):
+    for start in (s.name for s in specs if s.kind == "add" or alone(s)):
         if start in seen:
             continue
         members: set[str] = set()
         producers: set[str] = set()
         consumers: set[str] = set()
         ok = True
+        if by[start].kind != "add":  # the layer's output is the stream
+            producers.add(start)
+            consumers.update(by[start].outputs)
+            _append(streams, specs, by, producers, consumers, ok)
+            continue
         todo = [start]
         while todo:
             n = todo.pop()
@@ -94,33 +114,41 @@ def find_streams(model: nn.Module, input_shape: tuple[int, ...]) -> list[Stream]
             # compute layers feeding a stream tensor write into it; those it feeds read it
             for neighbours, ends in ((spec.inputs, producers), (spec.outputs, consumers)):
                 for m in neighbours:
-                    if by[m].kind in _PASS:
+                    if by[m].kind in passes:
                         todo.append(m)
-                    elif by[m].kind in _COMPUTE and once(m):
+                    elif once(m):
                         ends.add(m)
                     else:
                         ok = False
         seen |= members
         # a producer's output is a stream tensor: all its readers must be stream ops or consumers
         for p in producers:
+            seen.add(p)
             for o in by[p].outputs:
-                if by[o].kind in _COMPUTE and once(o):
+                if once(o):
                     consumers.add(o)
                 elif o not in members:
                     ok = False
-        channels = {by[p].out_channels for p in producers}
-        if not ok or not producers or not consumers or len(channels) != 1:
-            continue
-        c = channels.pop()
-        if any(by[n].in_channels != c for n in consumers):
-            continue  # e.g. a linear layer reading a flattened (C, H, W) map
-        order = {s.name: i for i, s in enumerate(specs)}
-        streams.append(Stream(
-            producers=tuple(str(by[p].extra["module"]) for p in sorted(producers, key=order.__getitem__)),
-            consumers=tuple(str(by[q].extra["module"]) for q in sorted(consumers, key=order.__getitem__)),
-            channels=c,
-        ))
-    return streams
+        _append(streams, specs, by, producers, consumers, ok)
+    pos = {s.extra.get("module"): i for i, s in enumerate(specs)}
+    return sorted(streams, key=lambda st: pos[st.producers[0]])
+
+
+def _append(streams: list[Stream], specs: list[LayerSpec], by: dict[str, LayerSpec], producers: set[str],
+            consumers: set[str], ok: bool) -> None:
+    """Add the stream of ``producers`` and ``consumers`` to ``streams`` when it qualifies."""
+    channels = {by[p].out_channels for p in producers}
+    if not ok or not producers or not consumers or len(channels) != 1:
+        return
+    c = channels.pop()
+    if any(by[n].in_channels != c for n in consumers):
+        return  # e.g. a linear layer reading a flattened (C, H, W) map
+    order = {s.name: i for i, s in enumerate(specs)}
+    streams.append(Stream(
+        producers=tuple(str(by[p].extra["module"]) for p in sorted(producers, key=order.__getitem__)),
+        consumers=tuple(str(by[q].extra["module"]) for q in sorted(consumers, key=order.__getitem__)),
+        channels=c,
+    ))
 
 
 def consumer_input_ranges(model: nn.Module, streams: list[Stream], data: torch.Tensor,
@@ -177,3 +205,49 @@ def equalize_streams(model: nn.Module, input_shape: tuple[int, ...], data: torch
             multiply_columns(_layer(out, c), s)
         scales[st.producers[0]] = s.float()
     return out, new_stats, scales
+
+
+def orthogonal(n: int, seed: int) -> torch.Tensor:
+    """A random ``n x n`` orthogonal matrix (float64; Haar-distributed, from ``seed``): for ``n`` a power of
+    two a Walsh-Hadamard matrix with random signs on its columns, otherwise the Q of a Gaussian matrix's QR.
+
+    >>> q = orthogonal(24, 0); bool(torch.allclose(q @ q.T, torch.eye(24, dtype=q.dtype)))
+    True
+    """
+    g = torch.Generator().manual_seed(seed)
+    if n & (n - 1) == 0:
+        h = torch.ones(1, 1, dtype=torch.float64)
+        while h.shape[0] < n:
+            h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+        signs = torch.randint(0, 2, (n,), generator=g).double() * 2 - 1
+        return h * signs / n**0.5
+    q, r = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))
+
+
+@torch.no_grad()
+def rotate_streams(model: nn.Module, input_shape: tuple[int, ...], *, seed: int = 0,
+                   streams: list[Stream] | None = None) -> tuple[nn.Module, list[Stream]]:
+    """Rotate the channels of every stream a rotation keeps (``find_streams(linear=True)``) by a random
+    orthogonal ``Q``: producers' output rows (weights and bias) become ``Q W`` and consumers' input columns
+    ``W Q^T``, so the float function is unchanged (up to float rounding) while each stream tensor and each
+    weight row it touches is spread evenly over the channels (the incoherence of QuaRot / QuIP): a few wide
+    channels no longer set a per-tensor activation range, and a weight row's outliers are shared among
+    its neighbours before rounding. Every stream gets its own ``Q`` (seed + index). A new model;
+    returns it with the streams rotated."""
+    out = copy.deepcopy(model).eval()
+    if streams is None:
+        streams = find_streams(out, input_shape, linear=True)
+    for i, st in enumerate(streams):
+        q = orthogonal(st.channels, seed + i)
+        for p in st.producers:
+            layer = _layer(out, p)
+            w = layer.weight.double()
+            layer.weight.copy_(torch.einsum("oc,c...->o...", q, w).to(layer.weight.dtype))
+            if layer.bias is not None:
+                layer.bias.copy_((q @ layer.bias.double()).to(layer.bias.dtype))
+        for c in st.consumers:
+            layer = _layer(out, c)
+            w = layer.weight.double()
+            layer.weight.copy_(torch.einsum("oc...,dc->od...", w, q).to(layer.weight.dtype))
+    return out, streams
