@@ -126,7 +126,7 @@ class Net:
     prior_margin: float = 0.5  # static_prior: the WTA starts at the static choice (0: no prior)
     ft_images: int = TRAIN_IMAGES  # the fine-tunes' share of the training split (its first images)
     base: str = ""  # a variant of this network (its dense model and data; its own caches and rows under name)
-    shares_static: bool = False  # a variant whose static arm is its base's (same channels, same recipe)
+    static_of: str = ""  # a variant whose static arm is that net's (same channels, same recipe)
     straight_through: bool = False  # FbsConfig.straight_through: suppressed channels' saliencies get gradient
     adaptive: bool = False  # FbsConfig.adaptive: a per-image channel count (saliency threshold), d on average
 
@@ -149,20 +149,30 @@ NETS = {
     # the density sweep: FBS vs static where pruning bites harder (FP32 rows only, `--net cnv-d50 --fp32-only`)
     # k = C / 2 = 16 of 32, 32 of 64 in every conv: 3.7x fewer executed MACs
     "cnv-d50": Net("cnv-d50", CNV_LAYERS, 0.5, 0.5, 2, 0, "every conv gated (density sweep)", base="cnv"),
+    # further down the sweep, where a fixed channel set has the least left to give (session 25): k = ceil(0.3 C) =
+    # 10 of 32, 20 of 64; static removes round(0.69 C) = 22 of 32, 44 of 64 -> the same; ~8x fewer executed MACs;
+    # the default recipe, then truly per-image choices (straight-through saliencies; a per-image channel count)
+    "cnv-d30": Net("cnv-d30", CNV_LAYERS, 0.3, 0.69, 2, 0, "every conv gated (density sweep)", base="cnv"),
+    "cnv-d30-ste": Net("cnv-d30-ste", CNV_LAYERS, 0.3, 0.69, 2, 0, "every conv gated (density 0.3, straight-through "
+                       "saliencies, predictor margin 0.2)", prior_margin=0.2, base="cnv", static_of="cnv-d30",
+                       straight_through=True),
+    "cnv-d30-adaptive": Net("cnv-d30-adaptive", CNV_LAYERS, 0.3, 0.69, 2, 0, "every conv gated (a per-image channel "
+                            "count, density 0.3 on average; predictor margin 0.2)", prior_margin=0.2, base="cnv",
+                            static_of="cnv-d30", adaptive=True),
     # a smaller predictor margin: strongly active channels of an image can still displace static ones
     "cnv-m20": Net("cnv-m20", CNV_LAYERS, 0.7, 0.29, 2, 0, "every conv gated (predictor margin 0.2)",
-                   prior_margin=0.2, base="cnv", shares_static=True),
+                   prior_margin=0.2, base="cnv", static_of="cnv"),
     # straight-through saliencies (suppressed channels get the gradient they would get if kept), two starts
     "cnv-ste": Net("cnv-ste", CNV_LAYERS, 0.7, 0.29, 2, 0, "every conv gated (straight-through saliencies, "
-                   "predictor margin 0.2)", prior_margin=0.2, base="cnv", shares_static=True, straight_through=True),
+                   "predictor margin 0.2)", prior_margin=0.2, base="cnv", static_of="cnv", straight_through=True),
     "cnv-ste0": Net("cnv-ste0", CNV_LAYERS, 0.7, 0.29, 2, 0, "every conv gated (straight-through saliencies, "
-                    "no static prior)", prior_margin=0.0, base="cnv", shares_static=True, straight_through=True),
+                    "no static prior)", prior_margin=0.0, base="cnv", static_of="cnv", straight_through=True),
     # does the per-image choice need a longer fine-tune? both arms 4 epochs (its own static arm)
     # a per-image channel count: each layer keeps the channels whose saliency reaches its threshold (the batch's
     # top d*N*C in training), 0.7 of them on average; the margin of cnv-m20 (pilot: margin 0.5 stays static)
     "cnv-adaptive": Net("cnv-adaptive", CNV_LAYERS, 0.7, 0.29, 2, 1000, "every conv gated (a per-image channel "
                         "count, density 0.7 on average; predictor margin 0.2)", prior_margin=0.2, base="cnv",
-                        shares_static=True, adaptive=True),
+                        static_of="cnv", adaptive=True),
     # ResNet-20 loses 0.8 points at 2x fewer MACs after 2 epochs (both arms): does a longer fine-tune close it?
     "resnet20-ft4": Net("resnet20-ft4", RESNET_LAYERS, 0.5, 0.5, 4, 0, "the first conv of every block gated, "
                         "4 epochs of fine-tuning (both arms)", base="resnet20"),
@@ -430,7 +440,7 @@ def run_net(net: Net, part: str | None = None, fp32_only: bool = False) -> dict[
                 models[label] = (fold_fbs_bn(m), secs)
                 calibrate_thresholds(m, data["xtr"][:THRESHOLD_IMAGES])  # adaptive layers only
             else:
-                key = net.arch if net.shares_static else net.name
+                key = net.static_of or net.name
                 models[label] = _cached(CACHE / f"{key}-static.pt", apply_masks(dense, masks), train_static)
         return models[label]
 

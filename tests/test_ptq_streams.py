@@ -110,13 +110,16 @@ def test_mobilenet_v2_streams() -> None:
     assert last.consumers == ("features.15.conv.0.0", "features.16.conv.0.0", "features.17.conv.0.0")
 
 
+def _folded(name: str, shape: tuple[int, ...] = (3, 64, 64)) -> tuple[nn.Module, torch.Tensor]:
+    """The zoo's ``name`` at random init, BN folded, and four random inputs."""
+    torch.manual_seed(0)
+    return fold_bn(zoo.load(name, pretrained=False).eval(), shape).eval(), torch.randn(4, *shape)
+
+
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
 def test_equalization_keeps_the_float_function(name: str) -> None:
-    shape = (3, 64, 64)
-    torch.manual_seed(0)
-    m = fold_bn(zoo.load(name, pretrained=False).eval(), shape).eval()
-    x = torch.randn(4, *shape)
-    eq, _, scales = equalize_streams(m, shape, x)
+    m, x = _folded(name)
+    eq, _, scales = equalize_streams(m, (3, 64, 64), x)
     assert scales, "no stream was equalized"
     assert any(float((s - 1).abs().max()) > 1e-3 for s in scales.values())
     with torch.no_grad():
@@ -206,11 +209,8 @@ def test_linear_streams_stop_at_nonlinear_ops() -> None:
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
 def test_rotation_keeps_the_float_function(name: str) -> None:
-    shape = (3, 64, 64)
-    torch.manual_seed(0)
-    m = fold_bn(zoo.load(name, pretrained=False).eval(), shape).eval()
-    x = torch.randn(4, *shape)
-    rot, streams = rotate_streams(m, shape, seed=0)
+    m, x = _folded(name)
+    rot, streams = rotate_streams(m, (3, 64, 64), seed=0)
     assert len(streams) == (0 if name == "resnet18" else 7)  # ResNet's streams pass ReLUs
     changed = {n.removesuffix(".weight") for n, p in m.named_parameters()
                if n.endswith(".weight") and not torch.equal(p, rot.get_parameter(n))}
