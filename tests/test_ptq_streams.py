@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mixq import zoo
-from mixq.algorithms.ptq import quantize_report
+from mixq.algorithms.ptq import Recipe, quantize_report
 from mixq.algorithms.ptq.cle import ChannelStats, column_ranges
 from mixq.algorithms.ptq.streams import (
     consumer_input_ranges,
@@ -218,6 +218,12 @@ def test_rotation_keeps_the_float_function(name: str) -> None:
     with torch.no_grad():
         a, b = m(x), rot(x)
     assert float((a - b).abs().max()) <= 1e-4 * float(a.abs().max())
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "0", True])
+def test_a_bad_rotation_seed_names_the_field(bad: object) -> None:
+    with pytest.raises(MixqError, match="recipe.stream_rotate"):
+        Recipe(stream_rotate=bad)  # type: ignore[arg-type]
 
 
 def test_rotation_spreads_an_outlier_channel() -> None:

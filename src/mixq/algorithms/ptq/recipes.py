@@ -188,6 +188,9 @@ class Recipe:
             v = getattr(self, name)
             if not isinstance(v, str) and not 0.0 <= v <= 1.0:
                 raise MixqError(f"recipe.{name}: must be in [0, 1], got {v}")
+        rot = self.stream_rotate
+        if rot is not None and (isinstance(rot, bool) or not isinstance(rot, int) or rot < 0):
+            raise MixqError(f"recipe.stream_rotate: a seed (an integer >= 0) or None, got {rot!r}")
         unknown = [n for n in self.stages if n not in EXTRA_STAGES]
         if unknown:
             raise MixqError(f"recipe.stages: {', '.join(map(repr, unknown))} not one of {', '.join(EXTRA_STAGES)}")
