@@ -629,7 +629,8 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
                 "32 / 64 channels; stream_rotate=0)")
     eq_note = "residual streams equalized (stream_equalize, alpha 0.5)"
     for k, tails in (("w4a8_gptq", ("_rot",)), ("w4a8_gptq" + FCAL, ("_rot", "_eq", "_eqrot")),
-                     ("w4a4_gptq_mseacts_first8", ("_rot", "_eqrot"))):
+                     ("w4a4_gptq_mseacts_first8", ("_rot", "_eqrot")),
+                     ("w4a4_msqfp_brecq_mseacts_first8" + FCAL, ("_rot",))):
         label, pkey, rec, kw, note, _ = cfg[k]
         for tail in tails:
             fields = {**({"stream_equalize": True} if "eq" in tail else {}),
