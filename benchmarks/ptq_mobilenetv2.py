@@ -628,6 +628,7 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
     rot_note = ("channels of the 7 linear streams rotated by random orthogonal matrices (randomized Hadamard for 16 / "
                 "32 / 64 channels; stream_rotate=0)")
     eq_note = "residual streams equalized (stream_equalize, alpha 0.5)"
+    what = {"_rot": "streams rotated", "_eq": "streams equalized", "_eqrot": "streams equalized and rotated"}
     for k, tails in (("w4a8_gptq", ("_rot",)), ("w4a8_gptq" + FCAL, ("_rot", "_eq", "_eqrot")),
                      ("w4a4_gptq_mseacts_first8", ("_rot", "_eqrot")),
                      ("w4a4_msqfp_brecq_mseacts_first8" + FCAL, ("_rot",))):
@@ -635,7 +636,6 @@ def lowbit_configs(brecq_iters: int) -> dict[str, tuple[str, str, str, dict[str,
         for tail in tails:
             fields = {**({"stream_equalize": True} if "eq" in tail else {}),
                       **({"stream_rotate": 0} if "rot" in tail else {})}
-            what = {"_rot": "streams rotated", "_eq": "streams equalized", "_eqrot": "streams equalized and rotated"}
             notes = (note, eq_note if "eq" in tail else "", rot_note if "rot" in tail else "")
             cfg[k + tail] = (f"{label}, {what[tail]}", pkey, rec, {**kw, **fields},
                              "; ".join(t for t in notes if t), None)

@@ -283,8 +283,7 @@ def best_design(row: Row, model: torch.nn.Module, specs: list[LayerSpec], part: 
     names = [s.name for s in specs if s.is_compute]
     cands: list[dict[str, Any]] = []
     rhos = OVERLAY_RHOS if wmin <= SP2_EQUAL_BITS else (0.0,)
-    # residual streams exact (as wide as the sums), or stored at 12 / 8 bits as the search's widths (session 22)
-    widths = (None, 12, 8) if any(s.kind == "add" for s in specs) else (None,)
+    widths = SearchSpace().residual_widths(specs)  # the stream widths mixq search sweeps (exact, 12, 8 bits)
     if _weights_fit(specs, wmin, part):
         space = SearchSpace(wbits=tuple(b for b in (4, 5, 6, 8) if b >= wmin),
                             abits=tuple(a for a in (4, 5, 6, 8) if a >= amin),

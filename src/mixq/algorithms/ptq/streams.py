@@ -88,8 +88,9 @@ def find_streams(model: nn.Module, input_shape: tuple[int, ...], *, linear: bool
     def alone(spec: LayerSpec) -> bool:  # a dense layer read only by dense layers: a stream without an add
         return linear and once(spec.name) and bool(spec.outputs) and all(once(o) for o in spec.outputs)
 
+    order = {s.name: i for i, s in enumerate(specs)}
     seen: set[str] = set()
-    streams: list[Stream] = []
+    found: list[tuple[int, Stream]] = []  # (its first producer's place in the graph, stream)
     for start in (s.name for s in specs if s.kind == "add" or alone(s)):
         if start in seen:
             continue
@@ -98,9 +99,7 @@ def find_streams(model: nn.Module, input_shape: tuple[int, ...], *, linear: bool
         consumers: set[str] = set()
         ok = True
         if by[start].kind != "add":  # the layer's output is the stream
-            producers.add(start)
-            consumers.update(by[start].outputs)
-            _append(streams, specs, by, producers, consumers, ok)
+            _append(found, by, order, {start}, set(by[start].outputs), True)
             continue
         todo = [start]
         while todo:
@@ -123,32 +122,28 @@ def find_streams(model: nn.Module, input_shape: tuple[int, ...], *, linear: bool
         seen |= members
         # a producer's output is a stream tensor: all its readers must be stream ops or consumers
         for p in producers:
-            seen.add(p)
             for o in by[p].outputs:
                 if once(o):
                     consumers.add(o)
                 elif o not in members:
                     ok = False
-        _append(streams, specs, by, producers, consumers, ok)
-    pos = {s.extra.get("module"): i for i, s in enumerate(specs)}
-    return sorted(streams, key=lambda st: pos[st.producers[0]])
+        _append(found, by, order, producers, consumers, ok)
+    return [st for _, st in sorted(found, key=lambda f: f[0])]
 
 
-def _append(streams: list[Stream], specs: list[LayerSpec], by: dict[str, LayerSpec], producers: set[str],
+def _append(found: list[tuple[int, Stream]], by: dict[str, LayerSpec], order: dict[str, int], producers: set[str],
             consumers: set[str], ok: bool) -> None:
-    """Add the stream of ``producers`` and ``consumers`` to ``streams`` when it qualifies."""
+    """Add the stream of ``producers`` and ``consumers`` to ``found`` (with its first producer's place in
+    ``order``) when it qualifies."""
     channels = {by[p].out_channels for p in producers}
     if not ok or not producers or not consumers or len(channels) != 1:
         return
     c = channels.pop()
     if any(by[n].in_channels != c for n in consumers):
         return  # e.g. a linear layer reading a flattened (C, H, W) map
-    order = {s.name: i for i, s in enumerate(specs)}
-    streams.append(Stream(
-        producers=tuple(str(by[p].extra["module"]) for p in sorted(producers, key=order.__getitem__)),
-        consumers=tuple(str(by[q].extra["module"]) for q in sorted(consumers, key=order.__getitem__)),
-        channels=c,
-    ))
+    ps, cs = sorted(producers, key=order.__getitem__), sorted(consumers, key=order.__getitem__)
+    found.append((order[ps[0]], Stream(producers=tuple(str(by[p].extra["module"]) for p in ps),
+                                       consumers=tuple(str(by[q].extra["module"]) for q in cs), channels=c)))
 
 
 def consumer_input_ranges(model: nn.Module, streams: list[Stream], data: torch.Tensor,

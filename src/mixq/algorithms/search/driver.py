@@ -180,8 +180,7 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
     fixed4, sp2_4 = weight_formats(4)
     adv = {n: row_advantage(m.weight.detach(), fixed4, sp2_4) for n, m in compute_weights(folded).items()}
     table = HwTable(specs, cfg.space.options(), part, sorted(signed))
-    widths = cfg.space.residual_bits if any(s.kind == "add" for s in specs) else (None,)
-    tables = [table.with_residual_bits(r) for r in dict.fromkeys(widths)]
+    tables = [table.with_residual_bits(r) for r in dict.fromkeys(cfg.space.residual_widths(specs))]
     bests = [(tb, a) for tb in tables if (a := fastest(tb, sens)) is not None]
     if not bests:
         raise CheckFailed(f"search: no plan in the search space fits {part}, even at the slowest folding")

@@ -20,6 +20,7 @@ import torch
 
 from mixq.errors import MixqError
 from mixq.formats import FixedPoint, NumberFormat, SumOfPowers
+from mixq.graph.spec import LayerSpec
 from mixq.plan import HwMapping, LayerPlan
 
 SP2_MIN_BITS = 3
@@ -74,6 +75,11 @@ class SearchSpace:
         for b in self.residual_bits:
             if b is not None and (isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 16):
                 raise MixqError(f"search space: residual_bits {b!r} is not an integer in [2, 16] or None (exact)")
+
+    def residual_widths(self, specs: Sequence[LayerSpec]) -> tuple[int | None, ...]:
+        """The stream widths a network of ``specs`` is searched at: ``residual_bits`` where it has residual
+        adds, else exact only (there are no streams to store)."""
+        return self.residual_bits if any(s.kind == "add" for s in specs) else (None,)
 
     def options(self) -> list[Option]:
         return [Option(w, a, r) for w in sorted(set(self.wbits)) for a in sorted(set(self.abits))
