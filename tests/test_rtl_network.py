@@ -558,13 +558,17 @@ def test_transpose_gathers_where_each_pixel_reads_one_pixel() -> None:
 
 
 @needs_verilator
-def test_windows_that_keep_columns_simulate_bit_exact(tmp_path: Path) -> None:
+@pytest.mark.parametrize("buffers", ["ring", "frame"])
+def test_windows_that_keep_columns_or_read_rows_in_parallel_simulate_bit_exact(tmp_path: Path, buffers: str) -> None:
     """A gathered window whose reads are slower than its engine keeps the columns the next window shares
-    (``mixq_window`` ``RS``): stride 1 on 3 channels (RS 1), stride 2 (RS 2), stride 2 at dilation 2 (RS 1, taps 2
-    apart); a dilated stride-1 window cannot keep columns (RS 0), nor a 1 x 3 window gain from it. Every output
-    equals the integer engine's, each layer's measured cycles per frame are its design model's (a row's first
-    window reads all its taps, the others only the new columns), and the streaming estimator counts the same reads
-    (its figure is the design's less the frame's fill and drain)."""
+    (``mixq_window`` ``RS``) and, where the reads still bind, reads its rows in parallel (``RP`` = kh, its buffer
+    with kh read ports): stride 1 on 3 channels (RS 1: 3 reads for 3 cycles of latency, nothing to gain from RP),
+    stride 2 (RS 2 would read 6, RP reads 3 columns: RP 3, RS 0), stride 2 at dilation 2 (RS 1), a dilated stride-1
+    window that cannot keep columns (RP 3: 9 reads -> 3), a 1 x 3 window (neither), and a 5 x 5 stride-2 window on a
+    ring buffer where both pay (RS 2, RP 5: 10 reads -> 2). Every output equals the integer engine's, each layer's
+    measured cycles per frame are its design model's (a row's first window reads all its taps or columns, the
+    others only the new ones), and the streaming estimator counts the same reads (its figure is the design's less
+    the frame's fill and drain). The read ports work on rings of rows and on whole-frame buffers alike."""
     import torch
     from torch import nn
 
@@ -574,25 +578,29 @@ def test_windows_that_keep_columns_simulate_bit_exact(tmp_path: Path) -> None:
     from mixq.rtl.netgraph import default_folding, lower_graph
 
     m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),  # RS 1
-                      nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),  # RS 2
-                      nn.Conv2d(8, 8, 3, dilation=2, padding=2), nn.ReLU(),  # RS 0: stride 1, taps 2 apart
-                      nn.Conv2d(8, 8, (1, 3), padding=(0, 1)), nn.ReLU(),  # RS 0: 1 read is no faster than 3
-                      nn.Conv2d(8, 4, 3, stride=2, dilation=2, padding=2))  # RS 1: stride 2, taps 2 apart
+                      nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),  # RP 3
+                      nn.Conv2d(8, 8, 3, dilation=2, padding=2), nn.ReLU(),  # RP 3: stride 1, taps 2 apart
+                      nn.Conv2d(8, 8, (1, 3), padding=(0, 1)), nn.ReLU(),  # neither: 1 read is no faster than 3
+                      nn.Conv2d(8, 4, 3, stride=2, dilation=2, padding=2), nn.ReLU(),  # RS 1: stride 2, taps 2 apart
+                      nn.Conv2d(4, 2, 5, stride=2, padding=2))  # RS 2 and RP 5
     torch.manual_seed(0)
     m.eval()
     x = torch.rand(4, 3, 16, 16)
     im = w8a8_int(m, x)
     values = IntEngine(im)(x[:2], keep=True).values
     stages = [s for s in lower_graph(im, values, default_folding(im, 8, 32)).nodes if isinstance(s, GStage)]
-    assert [s.reuse for s in stages] == [1, 2, 0, 0, 1], [(s.name, s.reuse, s.run_cycles) for s in stages]
-    res = build_and_check(im, values, "keepnet", tmp_path, 2, pe=8, simd=32)
+    got_plan = [(s.reuse, s.rows) for s in stages]
+    assert got_plan == [(1, 1), (0, 3), (0, 3), (0, 1), (1, 1), (2, 5)], [(s.name, s.run_cycles) for s in stages]
+    res = build_and_check(im, values, "keepnet", tmp_path, 2, pe=8, simd=32, buffers=buffers)
     sim = res.summary["simulation"]
     assert res.ok and res.summary["mismatches"] == 0, sim
-    assert sim["elements"] == 2 * 4 * 4 * 4 == sim["received"]
+    assert sim["elements"] == 2 * 2 * 2 * 2 == sim["received"]
     text = "".join((tmp_path / f).read_text() for f in res.summary["files"])
-    assert ".RS(1)" in text and ".RS(2)" in text
+    assert ".RS(1)" in text and ".RS(2), .RP(5)" in text and ".RS(0), .RP(3)" in text
+    buf = "mixq_rowbuf" if buffers == "ring" else "mixq_fbuf"
+    assert text.count(", .RP(3)) fb") == 2 and text.count(", .RP(5)) fb") == 1 and f"{buf} #(.PW(64)" in text
     for ly, got, st in zip(res.summary["layers"], sim["layer_cycles_per_frame"], stages, strict=True):
-        assert 0.9 * ly["design_cycles"] <= got <= ly["design_cycles"] + 2, (ly, got)  # without RS: 144+ on '8'
+        assert 0.9 * ly["design_cycles"] <= got <= ly["design_cycles"] + 2, (ly, got)
         assert ly["estimator_cycles"] == ly["design_cycles"] - st.frame_overhead, ly
 
 

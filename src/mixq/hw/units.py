@@ -8,7 +8,8 @@ of one engine work side by side and the slower group sets the cycles. mixq's RTL
 conv engine from a window sequencer that reads one pixel a cycle, so an output pixel takes
 at least what its window's reads and copy take (:func:`window_cycles`, the rule of
 :mod:`mixq.hw.window` the RTL's own cycle model uses): a few channels on a 3 x 3 window with
-fewer than 9 cycles of computing per pixel are read-bound, unless the window keeps columns.
+fewer than 9 cycles of computing per pixel are read-bound, unless the window keeps columns or
+reads its rows in parallel (a copy of its line buffer per row).
 
 Resources = PEs (:mod:`mixq.hw.cost`) + requantizers (one per PE, shared over the
 ``ceil(row_length / simd)`` cycles each output takes) + weight memories (one per PE,
@@ -49,7 +50,7 @@ from mixq.hw.lower import HwLayer, RowGroup
 from mixq.hw.memory import choose_memory, memory_grid
 from mixq.hw.parts import Part
 from mixq.hw.pe import PeConfig
-from mixq.hw.window import copy_cycles, frame_cycles, kept_columns, line_pixels, streams
+from mixq.hw.window import copy_cycles, frame_cycles, line_pixels, streams, window_plan
 
 DATAFLOWS = ("mixq", "finn")
 
@@ -303,11 +304,18 @@ GATHER_LUT_PER_BIT = 1.15
 # first exactly.
 REUSE_LUT_PER_BIT = 0.556
 REUSE_LUT = 111.0
+# A gathered window that reads its rows in parallel (``RP`` = kh) writes each column read at its taps: yosys
+# ``synth_xilinx`` of ``mixq_window`` (3 x 3, stride 2, 32 x 32 map) with RP = 3 against RP = 1 (RS = 0): +204 / +618
+# LUT for 216 / 1,152 window bits (3 / 16 channels of 8 bits), 4-7% fewer FF; with RS = 1 as well the two add up to
+# within 7% (806 / 2,050 LUT measured).
+PARALLEL_LUT_PER_BIT = 0.442
+PARALLEL_LUT = 109.0
 
 
-def window_registers(layer: HwLayer, simds: np.ndarray, reuse: np.ndarray) -> np.ndarray:
+def window_registers(layer: HwLayer, simds: np.ndarray, reuse: np.ndarray, rows: np.ndarray | int = 1) -> np.ndarray:
     """``(n, 5)`` resources of a dense conv's window sequencer at each of ``simds``: the gathered window's registers
-    where ``simd`` does not divide the input channels (and the column-keeping multiplexers where ``reuse`` > 0);
+    where ``simd`` does not divide the input channels (and the column-keeping multiplexers where ``reuse`` > 0, the
+    column writes where it reads ``rows`` > 1 rows a cycle);
     where it divides them more than once, the word multiplexer on the buffer's output (a 4:1 per LUT6 with the
     slice's F7/F8 muxes); none where a pixel is one engine word."""
     s = layer.spec
@@ -323,6 +331,8 @@ def window_registers(layer: HwLayer, simds: np.ndarray, reuse: np.ndarray) -> np
     out[gather, 1] = GATHER_FF_PER_BIT * bits
     keeps = gather & (reuse > 0)
     out[keeps, 0] += REUSE_LUT_PER_BIT * bits + REUSE_LUT
+    cols = gather & (np.asarray(rows) > 1)
+    out[cols, 0] += PARALLEL_LUT_PER_BIT * bits + PARALLEL_LUT
     # a streamed window: the buffer's output holds the pixel (read enable), an R:1 word multiplexer picks the words
     words = -(-c // simds)
     stream = ~gather & (words > 1)
@@ -363,27 +373,29 @@ def engine_cycles(layer: HwLayer, pe: int, simd: int) -> int:
             units = math.ceil(p / rows_per_unit)
             lanes += units
             run = max(run, math.ceil(r / (rows_per_unit * units)) * fold_in)
-    cycles, _ = window_cycles(layer, np.array([simd]), np.array([fold_in]), np.array([run]), np.array([lanes]))
+    cycles, _, _ = window_cycles(layer, np.array([simd]), np.array([fold_in]), np.array([run]), np.array([lanes]))
     return int(cycles[0])
 
 
 def window_cycles(layer: HwLayer, simds: np.ndarray, fold: np.ndarray, run: np.ndarray,
-                  lanes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cycles per frame of mixq's engine at each folding, and the columns its window keeps (``RS``, 0: none):
-    ``run`` cycles per output pixel (``tiles * fold``), or what the window sequencer of mixq's RTL needs where that
-    is slower (:mod:`mixq.hw.window`: a conv's window pixels are read one a cycle, kept columns read only the new
-    ones, a depthwise / grouped window is copied a chunk per group, ``lanes`` dot units a cycle). Not a conv (a
-    linear layer, a layer without its shapes): ``run`` per output pixel."""
+                  lanes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cycles per frame of mixq's engine at each folding, the columns its window keeps (``RS``, 0: none) and the
+    rows it reads a cycle (``RP``, 1 or ``kh``): ``run`` cycles per output pixel (``tiles * fold``), or what the
+    window sequencer of mixq's RTL needs where that is slower (:mod:`mixq.hw.window`: a conv's window pixels are
+    read one a cycle, or a column a cycle with the rows in parallel, kept columns read only the new ones, a
+    depthwise / grouped window is copied a chunk per group, ``lanes`` dot units a cycle). Not a conv (a linear
+    layer, a layer without its shapes): ``run`` per output pixel."""
     s = layer.spec
     if s.kind not in ("conv", "dwconv") or len(s.in_shape) != 3 or len(s.out_shape) != 3:
-        return run * max(s.out_pixels, 1), np.zeros(len(simds), dtype=np.int64)
+        zero = np.zeros(len(simds), dtype=np.int64)
+        return run * max(s.out_pixels, 1), zero, zero + 1
     streamed = np.broadcast_to(streams(s.in_shape[0], simds, s.groups > 1), simds.shape)
     copy = copy_cycles(s.groups, fold, lanes)
     dilation = tuple(s.extra.get("dilation", (1, 1)))
     out_hw = (int(s.out_shape[1]), int(s.out_shape[2]))
-    reuse = kept_columns(s.kernel, s.stride, dilation, out_hw[1], run, copy, fold, streamed)  # type: ignore[arg-type]
-    return (np.asarray(frame_cycles(out_hw, s.kernel, reuse, run, copy, fold, streamed), dtype=np.int64),
-            np.asarray(reuse, dtype=np.int64))
+    reuse, rows = window_plan(s.kernel, s.stride, dilation, out_hw[1], run, copy, fold, streamed)  # type: ignore[arg-type]
+    return (np.asarray(frame_cycles(out_hw, s.kernel, reuse, run, copy, fold, streamed, rows), dtype=np.int64),
+            np.asarray(reuse, dtype=np.int64), np.asarray(rows, dtype=np.int64))
 
 
 TERMS = ("compute", "requant", "weights", "linebuf", "control")  # the detail of a mixq-dataflow engine
@@ -472,7 +484,7 @@ def _terms(layer: HwLayer, pes: np.ndarray, simds: np.ndarray, part: Part, model
             wmem = wmem + memories(width * units, np.full(n, 32), np.ones(n, dtype=np.int64), "lutram")
         else:
             wmem = wmem + memories(width, depth, units, opts.mem_style)
-    cycles, reuse = window_cycles(layer, simds, fold, run, lanes)
+    cycles, reuse, ports = window_cycles(layer, simds, fold, run, lanes)
     # requantizers: a dyadic multiplier (or a threshold table) per accumulator width, times their number
     count = -(-eff_total // fold)
     kind, ob = requant_kind(opts), max(1, layer.out_bits)
@@ -486,8 +498,9 @@ def _terms(layer: HwLayer, pes: np.ndarray, simds: np.ndarray, part: Part, model
     lbuf = np.zeros((n, 5))
     if lb_bits:
         widths = simds * layer.abits * (1 if share else eff_total)
-        lbuf = memories(widths, np.ceil(lb_bits / widths).astype(np.int64), np.ones(n, dtype=np.int64), "auto")
-    lbuf = lbuf + window_registers(layer, simds, reuse)
+        # a window reading its rows in parallel reads a copy of the buffer per row (``RP`` read ports)
+        lbuf = memories(widths, np.ceil(lb_bits / widths).astype(np.int64), ports, "auto")
+    lbuf = lbuf + window_registers(layer, simds, reuse, ports)
     ctrl = Resources(lut=opts.engine_lut, ff=opts.engine_ff)
     if external:
         ctrl = ctrl + Resources(lut=opts.dma_lut, ff=opts.dma_ff)

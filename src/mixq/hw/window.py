@@ -12,6 +12,9 @@ while the engine computes, so an output pixel costs the slowest of the three:
   window and ``copy`` the words copied (``fold``; a depthwise / grouped layer one chunk per group, ``copy_lanes``
   a cycle). Where the stride is a whole number ``S`` of dilations and ``S < kw``, the window keeps its columns
   (:func:`reuse_columns`): the window after the first of an output row reads only its ``kh * S`` new pixels.
+  Where the reads still bind, the window reads its ``kh`` rows in parallel (``RP = kh``: the buffer it reads has
+  ``kh`` read ports, a copy of its memory each), one window column a cycle: ``kw`` reads for a row's first window,
+  ``S`` (kept columns) or ``kw`` for the others (:func:`window_plan`).
 
 Works on Python ints and on numpy arrays alike (the estimator prices every folding at once).
 """
@@ -60,11 +63,18 @@ def copy_cycles(groups: int, fold: Any, lanes: Any) -> Any:
     return -(-(groups * np.asarray(fold)) // np.maximum(lanes, 1)) if groups > 1 else fold
 
 
-def later_reads(kernel: tuple[int, int], reuse: Any) -> Any:
-    """Pixels a window after the first of its output row reads: ``kh * reuse`` where it keeps columns, else all
-    ``kh * kw`` (arrays broadcast)."""
+def first_reads(kernel: tuple[int, int], rows: Any = 1) -> Any:
+    """Reads of an output row's first window: ``kh * kw`` pixels one a cycle, or ``kw`` columns with its ``kh``
+    rows read in parallel (``rows`` = ``kh``); arrays broadcast."""
+    return (kernel[0] // np.asarray(rows)) * kernel[1]
+
+
+def later_reads(kernel: tuple[int, int], reuse: Any, rows: Any = 1) -> Any:
+    """Reads of a window after the first of its output row: ``kh * reuse`` where it keeps columns, else all
+    ``kh * kw``; ``rows`` (1 or ``kh``) rows a read (arrays broadcast)."""
     r = np.asarray(reuse)
-    return np.where(r > 0, kernel[0] * r, kernel[0] * kernel[1])
+    n = kernel[0] // np.asarray(rows)
+    return np.where(r > 0, n * r, n * kernel[1])
 
 
 def pixel_cycles(run: Any, reads: Any, copy: Any, fold: Any, streamed: Any) -> Any:
@@ -73,22 +83,37 @@ def pixel_cycles(run: Any, reads: Any, copy: Any, fold: Any, streamed: Any) -> A
     return np.where(streamed, np.maximum(run, np.asarray(fold) + READ_LATENCY), gathered)
 
 
-def kept_columns(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int], out_w: int, run: Any,
-                 copy: Any, fold: Any, streamed: Any) -> Any:
-    """The ``RS`` of a gathered window: :func:`reuse_columns` where reading fewer pixels makes the pixel faster
-    (the kept columns cost a multiplexer per window bit, see :mod:`mixq.hw.units`), else 0; arrays broadcast."""
+def window_plan(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int], out_w: int, run: Any,
+                copy: Any, fold: Any, streamed: Any) -> tuple[Any, Any]:
+    """``(RS, RP)`` of a gathered window, arrays broadcast: the columns it keeps (:func:`reuse_columns` where reading
+    fewer pixels makes a pixel faster; they cost a multiplexer per window bit, see :mod:`mixq.hw.units`), and the
+    rows it reads a cycle: ``kh`` where that makes a pixel after a row's first faster still (it costs ``kh - 1``
+    copies of the buffer it reads), else 1. With parallel rows, columns are kept only where that still helps.
+    A streamed window neither keeps nor reads in parallel (0, 1)."""
     s = reuse_columns(kernel, stride, dilation, out_w)
-    helps = np.logical_not(streamed) & (pixel_cycles(run, later_reads(kernel, s), copy, fold, False)
-                                        < pixel_cycles(run, later_reads(kernel, 0), copy, fold, False))
-    return np.where(helps & (s > 0), s, 0)
+    gathered = np.logical_not(streamed)
+
+    def later(reuse: int, rows: int) -> Any:
+        return pixel_cycles(run, later_reads(kernel, reuse, rows), copy, fold, False)
+
+    serial, keep = later(0, 1), later(s, 1)
+    reuse = np.where(gathered & (s > 0) & (keep < serial), s, 0)
+    kh = kernel[0]
+    if kh <= 1:
+        return reuse, np.ones_like(reuse)
+    plain, both = later(0, kh), later(s, kh)
+    par = gathered & (np.minimum(plain, both) < np.minimum(serial, keep))
+    rows = np.where(par, kh, 1)
+    reuse = np.where(par, np.where((s > 0) & (both < plain), s, 0), reuse)
+    return reuse, rows
 
 
 def frame_cycles(out_hw: tuple[int, int], kernel: tuple[int, int], reuse: Any, run: Any, copy: Any, fold: Any,
-                 streamed: Any) -> Any:
+                 streamed: Any, rows: Any = 1) -> Any:
     """Cycles of a frame's output pixels, without the frame's fill and drain: every row's first window reads
-    ``kh * kw`` pixels, the others ``kh * reuse`` where the window keeps columns (``reuse`` > 0)."""
+    :func:`first_reads`, the others :func:`later_reads` (``reuse`` > 0: the window keeps columns; ``rows``: rows
+    read a cycle)."""
     oh, ow = out_hw
-    k = kernel[0] * kernel[1]
-    first = pixel_cycles(run, k, copy, fold, streamed)
-    rest = pixel_cycles(run, later_reads(kernel, reuse), copy, fold, streamed)
+    first = pixel_cycles(run, first_reads(kernel, rows), copy, fold, streamed)
+    rest = pixel_cycles(run, later_reads(kernel, reuse, rows), copy, fold, streamed)
     return oh * (first + (ow - 1) * rest)

@@ -78,16 +78,18 @@ def top_name(model: str) -> str:
 def build_and_check(im: IntModel, values: Mapping[str, torch.Tensor], model: str, folder: Path, images: int,
                     folding: Mapping[str, tuple[int, int]] | None = None, pe: int = 16, simd: int = 32,
                     core: str = "auto", part: str = "xc7z020", sim: SimOptions | None = None,
-                    meta: Mapping[str, Any] | None = None) -> BuildResult:
+                    meta: Mapping[str, Any] | None = None, buffers: str = "ring") -> BuildResult:
     """Write the accelerator of ``im`` to ``folder`` and simulate its first ``images`` inputs (``values``: the
     engine's integers of a batch, ``keep=True``; 0 images: write only). ``folding`` (layer -> (pe, simd)) or the
-    default caps ``pe`` / ``simd``; ``meta`` goes into ``build.json`` beside the figures."""
+    default caps ``pe`` / ``simd``; ``meta`` goes into ``build.json`` beside the figures; ``buffers="frame"``: whole
+    frame buffers between the stages, no rings (:func:`~mixq.rtl.network.generate_network`)."""
     sim = sim or SimOptions()
     layers = {n.name for n in im.compute_nodes()}
     unknown = sorted(set(folding or {}) - layers)
     if unknown:
         raise ModelError(f"folding: no compute layer {unknown[0]!r} in {model} (layers: {', '.join(sorted(layers))})")
-    net = generate_network(im, values, top_name(model), dict(folding or default_folding(im, pe, simd)), core, part)
+    net = generate_network(im, values, top_name(model), dict(folding or default_folding(im, pe, simd)), core, part,
+                           buffers=buffers)
     first = next(n for n in im.nodes if n.inputs == ("input",))
     n = max(images, 1)
     codes = values[first.name].numpy()[:n]

@@ -10,17 +10,19 @@ of the code width ``B`` for signed formats), the layout of every frame buffer.
                     commits it at the end of a frame, the consumer reads bank ``c_bank`` and releases
                     it, both in turn round the ``K``; ``can_write`` / ``can_read`` say a bank is free /
                     full. A commit and a release in the same cycle leave the fill unchanged.
-``mixq_fbuf``       the ``K`` banks (``K*N`` pixel words), one write port, one read port with a
+``mixq_fbuf``       the ``K`` banks (``K*N`` pixel words), one write port, ``RP`` read ports (a copy of the
+                    memory each; ``RP`` > 1 for a window reading its rows in parallel) with a
                     registered read (data the cycle after the address; a block RAM's timing).
 ``mixq_rowbuf``     a ring of ``R`` rows of ``W`` pixel words (the line buffer between two layer
                     stages): writes in raster order round the ring; ``can_write`` while a row
                     is reserved or one can be (``AUTO``: the input stream reserves a row with
                     its first pixel); ``avail`` rows are in and not released; a read address is
-                    (row - the reader's lowest kept row) * ``W`` + column.
+                    (row - the reader's lowest kept row) * ``W`` + column; ``RP`` read ports as ``mixq_fbuf``.
 ``mixq_walk``      the read walk both window sequencers share: output pixel after output pixel, its
                     window taps in order, one read per ``issue`` (address, padding flag and tap the
                     cycle after), with the row gate below; with ``RS`` > 0 a window after the first of
-                    its output row reads only its last ``RS`` columns (``KH*RS`` taps).
+                    its output row reads only its last ``RS`` columns (``KH*RS`` taps); with ``RP`` = ``KH``
+                    a read is a window column, its ``KH`` rows on ``KH`` read ports.
 ``mixq_rowgate``    the row-level flow control of a window sequencer on rings: output row ``gy``
                     starts once its input rows are in (``RIN``) and, where it begins a row of
                     the output ring (``ROUT``, every ``PK``-th row with a pool), a row is
@@ -43,7 +45,10 @@ of the code width ``B`` for signed formats), the layout of every frame buffer.
                     and the stride is a whole number ``RS`` of dilations below ``KW``, the window
                     keeps its columns (``RS`` > 0): each read is written at its tap, and with a
                     window's last read each row's taps move ``RS`` columns left, so the next window
-                    of the row reads ``KH*RS`` pixels (:mod:`mixq.hw.window`). A linear layer after a flatten
+                    of the row reads ``KH*RS`` pixels (:mod:`mixq.hw.window`). Where the reads still bind,
+                    ``RP`` = ``KH`` reads the window's rows in parallel, a column (``KH`` pixels, one
+                    per read port of the buffer) a cycle, written at their taps: ``KW`` reads a
+                    window, ``RS`` where it keeps columns. A linear layer after a flatten
                     is a window covering the whole map. A depthwise layer (``DWC`` channels) takes
                     its vector channel by channel (``FOLD`` words each, the channel's ``KH*KW``
                     window codes), so its copy is ``DWC*FOLD`` cycles.
@@ -72,13 +77,13 @@ def _window_head(name: str, params: str, in_width: str, ports: str) -> str:
     parameters), ``in_width`` (the ``in_data`` width) and ``ports`` (extra ports) of the one named."""
     return (f"module {name} #(\n"
             "  parameter IH = 1, IW = 1, PW = 8, KH = 1, KW = 1, SH = 1, SW = 1, PH = 0, PL = 0, DH = 1, DW = 1,\n"
-            "  parameter RIN = 0, ROUT = 0, PK = 1, PHO = 1, RS = 0,\n"
+            "  parameter RIN = 0, ROUT = 0, PK = 1, PHO = 1, RS = 0, RP = 1,\n"
             f"  parameter OH = 1, OW = 1, FOLD = 1, LW = 8, AW = 1, IA = 1{params}\n"
             ") (\n"
             "  input clk, input rst,\n"
             "  input can_read, input can_write, input done,\n"
             "  output reg frame_end,\n"
-            "  output [AW-1:0] raddr, input [PW-1:0] rdata,\n"
+            "  output [RP*AW-1:0] raddr, input [RP*PW-1:0] rdata,\n"
             "  input [7:0] avail, output [7:0] rel_n, input can_reserve, output reserve,\n"
             f"  output in_we, output [IA-1:0] in_addr, output [{in_width}-1:0] in_data, output reg start, "
             f"input ready{ports}\n"
@@ -86,10 +91,10 @@ def _window_head(name: str, params: str, in_width: str, ports: str) -> str:
 
 
 # the read walk (``mixq_walk``) of both window sequencers, with the signals it drives and its frame start
-_WINDOW_WALK = r"""  wire g_on, gate_ok, row_first, lastread, pad1; wire [NB-1:0] nissue, tap1;
+_WINDOW_WALK = r"""  wire g_on, gate_ok, row_first, lastread; wire [RP-1:0] pad1; wire [NB-1:0] nissue, tap1;
   wire begin_ = !active && !frame_end && can_read && can_write;  // a frame starts: input in, output free
   mixq_walk #(.IH(IH), .IW(IW), .KH(KH), .KW(KW), .SH(SH), .SW(SW), .PH(PH), .PL(PL), .DH(DH), .DW(DW), .OH(OH),
-              .OW(OW), .RIN(RIN), .ROUT(ROUT), .PK(PK), .PHO(PHO), .RS(RS), .NB(NB), .AW(AW))
+              .OW(OW), .RIN(RIN), .ROUT(ROUT), .PK(PK), .PHO(PHO), .RS(RS), .RP(RP), .NB(NB), .AW(AW))
     walk (.clk(clk), .rst(rst), .begin_(begin_), .issue(issue), .avail(avail), .can_reserve(can_reserve),
           .rel_n(rel_n), .reserve(reserve), .g_on(g_on), .nissue(nissue), .last(lastread), .first(row_first),
           .ok(gate_ok), .raddr(raddr), .pad(pad1), .tap(tap1));
@@ -115,33 +120,40 @@ module mixq_pingpong #(parameter K = 2, KB = 1) (
   assign can_read = full != 0;
 endmodule
 
-module mixq_fbuf #(parameter PW = 8, N = 1, AW = 1, K = 2, KB = 1) (
+module mixq_fbuf #(parameter PW = 8, N = 1, AW = 1, K = 2, KB = 1, RP = 1) (
   input clk, input [KB-1:0] wbank, input [(PW+7)/8-1:0] wbe, input [AW-1:0] waddr, input [PW-1:0] wdata,
-  input re, input [KB-1:0] rbank, input [AW-1:0] raddr, output reg [PW-1:0] rdata
+  input re, input [KB-1:0] rbank, input [RP*AW-1:0] raddr, output [RP*PW-1:0] rdata
 );
   // reads when `re` (the output holds otherwise: the block RAM's enable); byte-enabled writes (a collector
-  // writes a pixel in byte-aligned groups, mixq.rtl.assemble); bank b holds words b*N .. b*N + N - 1
+  // writes a pixel in byte-aligned groups, mixq.rtl.assemble); bank b holds words b*N .. b*N + N - 1;
+  // RP read ports (a window reading its rows in parallel), a copy of the memory each
   localparam NBE = (PW + 7) / 8;
   reg [NBE*8-1:0] mem [0:K*N-1];
   wire [NBE*8-1:0] wd = wdata;
-  integer wa, ra;
-  always @(*) begin wa = wbank * N + waddr; ra = rbank * N + raddr; end
+  integer wa;
+  always @(*) wa = wbank * N + waddr;
   genvar j;
   generate for (j = 0; j < NBE; j = j + 1) begin : byte_
     always @(posedge clk) if (wbe[j]) mem[wa][j*8 +: 8] <= wd[j*8 +: 8];
   end endgenerate
-  always @(posedge clk) if (re) rdata <= mem[ra];
+  generate for (j = 0; j < RP; j = j + 1) begin : port
+    wire [31:0] ra = rbank * N + raddr[j*AW +: AW];
+    reg [NBE*8-1:0] q;
+    always @(posedge clk) if (re) q <= mem[ra];
+    assign rdata[j*PW +: PW] = q[PW-1:0];
+  end endgenerate
 endmodule
 
-module mixq_rowbuf #(parameter PW = 8, W = 1, R = 2, AW = 1, AUTO = 0) (
+module mixq_rowbuf #(parameter PW = 8, W = 1, R = 2, AW = 1, AUTO = 0, RP = 1) (
   input clk, input rst,
   input reserve, input we, input [(PW+7)/8-1:0] wbe, input [PW-1:0] wdata, output can_write,
   input [7:0] rel_n, output [7:0] avail,
-  input re, input [AW-1:0] raddr, output reg [PW-1:0] rdata
+  input re, input [RP*AW-1:0] raddr, output [RP*PW-1:0] rdata
 );
   // R rows of W pixel words in a ring: writes in raster order (wa counts them round the ring), reads at
   // `raddr` = (row - the consumer's lowest kept row) * W + column, offset by the ring position of that row
-  // byte-enabled writes at the pixel in progress (`wbe`); `we` ends the pixel
+  // byte-enabled writes at the pixel in progress (`wbe`); `we` ends the pixel; RP read ports (a window reading
+  // its rows in parallel), a copy of the memory each
   localparam NBE = (PW + 7) / 8;
   reg [NBE*8-1:0] mem [0:R*W-1];
   wire [NBE*8-1:0] wd = wdata;
@@ -152,20 +164,24 @@ module mixq_rowbuf #(parameter PW = 8, W = 1, R = 2, AW = 1, AUTO = 0) (
   wire commit = we && (wx == W - 1);
   assign can_write = AUTO ? (wx != 0 || used < R) : ({1'b0, used} + reserve < R);
   assign avail = filled - rel_n;
-  integer pa, nb, i;
+  integer nb, i;
   genvar j;
   generate for (j = 0; j < NBE; j = j + 1) begin : byte_
     always @(posedge clk) if (wbe[j]) mem[wa][j*8 +: 8] <= wd[j*8 +: 8];
   end endgenerate
+  generate for (j = 0; j < RP; j = j + 1) begin : port
+    wire [31:0] pr = rbase + raddr[j*AW +: AW];
+    wire [31:0] pa = (pr >= R * W) ? pr - R * W : pr;
+    reg [NBE*8-1:0] q;
+    always @(posedge clk) if (re) q <= mem[pa];  // the output holds without `re` (the block RAM's enable)
+    assign rdata[j*PW +: PW] = q[PW-1:0];
+  end endgenerate
   always @(*) begin
-    pa = rbase + raddr;
-    if (pa >= R * W) pa = pa - R * W;
     nb = rbase;  // the ring position of the reader's lowest kept row moves W words per released row
     for (i = 0; i < R; i = i + 1) if (i < rel_n) nb = nb + W;
     if (nb >= R * W) nb = nb - R * W;
   end
   always @(posedge clk) begin
-    if (re) rdata <= mem[pa];  // the output holds without `re` (the block RAM's enable)
     if (rst) begin wa <= 0; wx <= 0; used <= 0; filled <= 0; rbase <= 0; end
     else begin
       if (we) begin wa <= (wa == R * W - 1) ? 0 : wa + 1'b1; wx <= (wx == W - 1) ? 0 : wx + 1'b1; end
@@ -229,22 +245,23 @@ endmodule
 
 module mixq_walk #(
   parameter IH = 1, IW = 1, KH = 1, KW = 1, SH = 1, SW = 1, PH = 0, PL = 0, DH = 1, DW = 1,
-  parameter OH = 1, OW = 1, RIN = 0, ROUT = 0, PK = 1, PHO = 1, RS = 0, NB = 8, AW = 1
+  parameter OH = 1, OW = 1, RIN = 0, ROUT = 0, PK = 1, PHO = 1, RS = 0, RP = 1, NB = 8, AW = 1
 ) (
   input clk, input rst, input begin_, input issue,
   input [7:0] avail, input can_reserve, output [7:0] rel_n, output reserve,
   output reg g_on, output reg [NB-1:0] nissue, output last, output first, output ok,
-  output reg [AW-1:0] raddr, output reg pad, output reg [NB-1:0] tap
+  output [RP*AW-1:0] raddr, output [RP-1:0] pad, output reg [NB-1:0] tap
 );
   // the read walk of a window sequencer: output pixel after output pixel, its KH x KW taps in order (a read
   // `issue`d by the sequencer); `raddr` / `pad` the cycle after the read (a ring buffer: rows from its lowest
   // kept row); `ok`: the row gate lets this read go (mixq_rowgate); `tap` the read's window position ky*KW + kx.
   // RS > 0: a window after the first of its output row keeps the one before's columns but its first RS, moved RS
-  // to the left (the sequencer moves them), and reads only its last RS columns (KH*RS taps)
-  localparam K = KH * KW;
+  // to the left (the sequencer moves them), and reads only its last RS columns (KH*RS taps).
+  // RP = KH: a read is a window column, its KH rows at once (port r: row ky + r, `pad` bit r; `tap` its column)
+  localparam NR = (RP > 1) ? 1 : KH;  // rows walked one after the other
   reg [NB-1:0] gy, gx, ky, kx;
   wire keeps = (RS != 0) && (gx != 0);  // this window keeps columns of the one before
-  wire [NB-1:0] nk = keeps ? KH * RS : K;  // its reads
+  wire [NB-1:0] nk = keeps ? NR * RS : NR * KW;  // its reads
   wire [NB-1:0] kx0 = keeps ? KW - RS : 0;  // its first column read
   integer iy, ix;
   always @(*) begin
@@ -258,13 +275,25 @@ module mixq_walk #(
                  .PHO(PHO), .NB(NB))
     gate (.clk(clk), .rst(rst), .first(first), .gy(gy), .go(issue && first), .row_end(issue && last && gx == OW - 1),
           .avail(avail), .can_reserve(can_reserve), .ok(ok), .reserve(reserve), .rel_n(rel_n), .lo(lo));
-  wire [31:0] rowaddr = RIN ? (iy - lo) * IW + ix : iy * IW + ix;
+  genvar r;
+  generate for (r = 0; r < RP; r = r + 1) begin : g_port
+    wire [31:0] yr = iy + r * DH;
+    wire [31:0] rowaddr = RIN ? (yr - lo) * IW + ix : yr * IW + ix;
+    reg [AW-1:0] ra; reg pd;
+    always @(posedge clk) begin
+      if (rst) pd <= 0;
+      else if (issue) begin
+        ra <= rowaddr[AW-1:0]; pd <= ($signed(yr) < 0) || ($signed(yr) >= IH) || (ix < 0) || (ix >= IW);
+      end
+    end
+    assign raddr[r*AW +: AW] = ra; assign pad[r] = pd;
+  end endgenerate
   always @(posedge clk) begin
-    if (rst) begin g_on <= 0; nissue <= 0; gy <= 0; gx <= 0; ky <= 0; kx <= 0; pad <= 0; end
+    if (rst) begin g_on <= 0; nissue <= 0; gy <= 0; gx <= 0; ky <= 0; kx <= 0; end
     else begin
       if (begin_) begin g_on <= 1; gy <= 0; gx <= 0; ky <= 0; kx <= 0; nissue <= 0; end
       if (issue) begin
-        raddr <= rowaddr[AW-1:0]; pad <= (iy < 0) || (iy >= IH) || (ix < 0) || (ix >= IW); tap <= ky * KW + kx;
+        tap <= ky * KW + kx;
         if (last) begin
           nissue <= 0; ky <= 0; kx <= (RS != 0 && gx != OW - 1) ? KW - RS : 0;
           if (gx == OW - 1) begin
@@ -294,15 +323,32 @@ endmodule
   localparam M2 = (NC > FOLD ? NC : FOLD) > DWC ? (NC > FOLD ? NC : FOLD) : DWC;
   localparam NB = $clog2((M1 > M2 ? M1 : M2) + 1) + 1;  // counters: wide enough for every count they hold
   reg [NB-1:0] s, cf, cg;
-  reg p1, p2, pad2, e1, e2;
+  reg p1, p2, e1, e2; reg [RP-1:0] pad2;
   reg [NB-1:0] tap2;
   reg [WW-1:0] sh, nxt;
   reg [XW-1:0] win;
-  wire [PW-1:0] pix = pad2 ? {PW{1'b0}} : rdata;
+  wire [RP*PW-1:0] pixs;  // the pixel of each row read (zeros on the padding)
+  genvar pr;
+  generate for (pr = 0; pr < RP; pr = pr + 1) begin : g_pix
+    assign pixs[pr*PW +: PW] = pad2[pr] ? {PW{1'b0}} : rdata[pr*PW +: PW];
+  end endgenerate
+  wire [PW-1:0] pix = pixs[PW-1:0];
   wire [WW-1:0] shifted;  // the window with the pixel arriving now (a window's last read is its last tap, K-1)
   generate
     if (K == 1) begin : g_one
       assign shifted = pix;
+    end else if (RP > 1) begin : g_cols  // a window column a read: row ky's pixel to tap ky*KW + kx; with RS > 0
+      genvar t;                          // a window's last read moves each row's columns as g_keep does
+      for (t = 0; t < K; t = t + 1) begin : g_tap
+        wire [PW-1:0] px = pixs[(t / KW)*PW +: PW];
+        if (RS != 0 && t % KW + RS < KW) begin : g_move
+          wire [PW-1:0] moved = (t % KW + RS == KW - 1) ? px : sh[(t+RS)*PW +: PW];
+          always @(posedge clk) if (p2 && (e2 || tap2 == t % KW)) sh[t*PW +: PW] <= e2 ? moved : px;
+        end else begin : g_new
+          always @(posedge clk) if (p2 && tap2 == t % KW) sh[t*PW +: PW] <= px;
+        end
+        assign shifted[t*PW +: PW] = (t % KW == KW - 1) ? px : sh[t*PW +: PW];
+      end
     end else if (RS == 0) begin : g_many  // the taps come in order: a shift register
       assign shifted = {pix, sh[WW-1:PW]};
       always @(posedge clk) if (p2) sh <= shifted;

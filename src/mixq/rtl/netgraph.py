@@ -36,7 +36,7 @@ import torch
 
 from mixq.engine.model import IntModel, IntNode, quantizer_behind
 from mixq.errors import ModelError
-from mixq.hw.window import copy_cycles, frame_cycles, kept_columns, later_reads, pixel_cycles, streams
+from mixq.hw.window import copy_cycles, first_reads, frame_cycles, later_reads, pixel_cycles, streams, window_plan
 from mixq.rtl.layer import output_latency
 from mixq.rtl.layerdata import LayerData, layer_data
 from mixq.rtl.layout import Layout, plan_layout
@@ -80,17 +80,30 @@ class Stage:
 
     @property
     def window_reads(self) -> int:
-        """Frame-buffer reads of an output row's first window (``kh * kw``, one per cycle)."""
-        return self.kernel[0] * self.kernel[1]
+        """Frame-buffer reads of an output row's first window (``kh * kw``, one per cycle; ``kw`` with the rows read
+        in parallel)."""
+        return int(first_reads(self.kernel, self.rows))
+
+    @property
+    def window_design(self) -> tuple[int, int]:
+        """``(RS, RP)`` of ``mixq_window``: the columns a gathered window keeps from the one to its left (0: none) and
+        the rows it reads a cycle (1 or ``kh``), where they make the layer faster
+        (:func:`mixq.hw.window.window_plan`)."""
+        if self.streamed or self.layout.data.op != "conv":
+            return 0, 1
+        rs, rp = window_plan(self.kernel, self.stride, self.dilation, self.out_hw[1], self.run_cycles,
+                             self.copy_words, self.layout.fold, False)
+        return int(rs), int(rp)
 
     @property
     def reuse(self) -> int:
-        """Columns a gathered window keeps from the one to its left (``RS`` of ``mixq_window``; 0: none), where
-        that makes the layer faster (:func:`mixq.hw.window.kept_columns`)."""
-        if self.streamed or self.layout.data.op != "conv":
-            return 0
-        return int(kept_columns(self.kernel, self.stride, self.dilation, self.out_hw[1], self.run_cycles,
-                                self.copy_words, self.layout.fold, False))
+        """Columns a gathered window keeps (``RS``; :attr:`window_design`)."""
+        return self.window_design[0]
+
+    @property
+    def rows(self) -> int:
+        """Rows a gathered window reads a cycle (``RP``: its buffer's read ports; :attr:`window_design`)."""
+        return self.window_design[1]
 
     @property
     def copy_lanes(self) -> int:
@@ -122,7 +135,7 @@ class Stage:
         engine's vectors back to back (copy overlapped), or the window reads or the copy if slower (at least 3: a
         window's data come two cycles after its last read); a streamed window: the engine, or the window's
         ``fold`` words and three cycles of read latency and handshake before the next window may start."""
-        return int(pixel_cycles(self.run_cycles, later_reads(self.kernel, self.reuse), self.copy_words,
+        return int(pixel_cycles(self.run_cycles, later_reads(self.kernel, self.reuse, self.rows), self.copy_words,
                                 self.layout.fold, self.streamed))
 
     @property
@@ -138,7 +151,7 @@ class Stage:
     def cycles(self) -> int:
         """Cycles per frame of this stage: its pixels at :attr:`pixel_cycles` and :attr:`frame_overhead`."""
         return int(frame_cycles(self.out_hw, self.kernel, self.reuse, self.run_cycles, self.copy_words,
-                                self.layout.fold, self.streamed)) + self.frame_overhead
+                                self.layout.fold, self.streamed, self.rows)) + self.frame_overhead
 
 
 

@@ -71,7 +71,9 @@ sequencer reads the next window (one pixel word per cycle) and copies it into th
 other input bank, so a layer whose window has more pixels than its engine has cycles per
 vector (a first layer on 3 channels: 9 reads for 1 cycle of computing) is bound by its reads.
 Such a window keeps the columns the next one shares where the stride allows
-(:attr:`Stage.reuse`), so a row's windows after its first read ``kh * stride`` pixels. The rule
+(:attr:`Stage.reuse`), so a row's windows after its first read ``kh * stride`` pixels; where the
+reads still bind, it reads its ``kh`` rows in parallel (:attr:`Stage.rows`: the buffer it reads gets
+``kh`` read ports, a copy of its memory each), a window column a cycle. The rule
 is :mod:`mixq.hw.window`, which the streaming estimator (:mod:`mixq.hw.units`) prices too, so
 the estimator's cycles per frame are this design's less its fill and drain. A
 frame adds a fixed overhead (:attr:`Stage.frame_overhead`: the first window, the last
@@ -169,20 +171,24 @@ def _nbe(bits: int) -> int:
     return -(-bits // 8)
 
 
-def _unpermute(fb: str, plan: CollectorPlan | None, bits: int) -> str:
-    """``{fb}_rdata`` (channel ``c`` at field ``c``) from the stored ``{fb}_word``: a layer's collector stores its
-    codes in arrival order (``plan.pos``), by wiring; other producers store channel order."""
+def _unpermute(fb: str, plan: CollectorPlan | None, bits: int, ports: int = 1) -> str:
+    """``{fb}_rdata`` (channel ``c`` at field ``c``) from the stored ``{fb}_word``, for each of the buffer's
+    ``ports`` read ports (pixel words side by side): a layer's collector stores its codes in arrival order
+    (``plan.pos``), by wiring; other producers store channel order."""
     if plan is None:
         return f"  assign {fb}_rdata = {fb}_word;"
     out: list[str] = []
-    c, n = 0, len(plan.pos)
-    while c < n:  # runs of consecutive fields as one part-select
-        e = c + 1
-        while e < n and plan.pos[e] == plan.pos[e - 1] + 1:
-            e += 1
-        out.append(f"assign {fb}_rdata[{e * bits - 1}:{c * bits}] = {fb}_word[{(plan.pos[e - 1] + 1) * bits - 1}:"
-                   f"{plan.pos[c] * bits}];")
-        c = e
+    n = len(plan.pos)
+    for q in range(ports):
+        o = q * n * bits
+        c = 0
+        while c < n:  # runs of consecutive fields as one part-select
+            e = c + 1
+            while e < n and plan.pos[e] == plan.pos[e - 1] + 1:
+                e += 1
+            out.append(f"assign {fb}_rdata[{o + e * bits - 1}:{o + c * bits}] = "
+                       f"{fb}_word[{o + (plan.pos[e - 1] + 1) * bits - 1}:{o + plan.pos[c] * bits}];")
+            c = e
     return "  " + " ".join(out)
 
 
@@ -254,6 +260,7 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
     v(f"  output [{net.out_width - 1}:0] m_axis_tdata, output m_axis_tvalid, output m_axis_tlast, "
       "input m_axis_tready")
     v(");")
+    port_aw: dict[int, int] = {}  # a ring's read-address width where a window reads its rows in parallel
     for j, b in enumerate(g.buffers):
         (c, h, w), bb = b.shape, b.bits
         pw, n, aw = c * bb, h * w, _bits(h * w)
@@ -261,17 +268,20 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
         kb = _bits(net.banks.get(j, 2))
         v(f"  wire fb{j}_commit, fb{j}_release, fb{j}_can_write, fb{j}_can_read; "
           f"wire [{kb - 1}:0] fb{j}_pbank, fb{j}_cbank;")
-        v(f"  wire fb{j}_we; wire [{_nbe(pw) - 1}:0] fb{j}_wbe; wire [{aw - 1}:0] fb{j}_waddr; "
-          f"wire [{pw - 1}:0] fb{j}_wdata, fb{j}_rdata, fb{j}_word;")
-        v(_unpermute(f"fb{j}", plans.get(b.producer), bb))
         reader = g.nodes[b.consumer] if b.consumer >= 0 else None  # a streamed window reads when it says
+        rp = reader.rows if isinstance(reader, Stage) else 1  # read ports: a window reading its rows in parallel
+        v(f"  wire fb{j}_we; wire [{_nbe(pw) - 1}:0] fb{j}_wbe; wire [{aw - 1}:0] fb{j}_waddr; "
+          f"wire [{pw - 1}:0] fb{j}_wdata; wire [{rp * pw - 1}:0] fb{j}_rdata, fb{j}_word;")
+        v(_unpermute(f"fb{j}", plans.get(b.producer), bb, rp))
         v(f"  wire fb{j}_re;" if isinstance(reader, Stage) and reader.streamed else f"  wire fb{j}_re = 1'b1;")
         v(f"  wire fb{j}_reserve; wire [7:0] fb{j}_rel, fb{j}_avail;")
         if r:
-            ra = _bits(r * w)
+            # a window's read ports take its addresses side by side: the window's width
+            ra = port_aw[j] = _bits(r * w) if rp == 1 else max(_bits(r * w), aw)
             v(f"  // ring buffer {j}: {b.value} ({c} x {h} x {w} codes of {bb} bits), {r} rows")
-            v(f"  wire [{ra - 1}:0] fb{j}_raddr; assign fb{j}_can_read = 1'b1;")
-            v(f"  mixq_rowbuf #(.PW({pw}), .W({w}), .R({r}), .AW({ra}), .AUTO({int(b.producer == -1)})) fb{j} "
+            v(f"  wire [{rp * ra - 1}:0] fb{j}_raddr; assign fb{j}_can_read = 1'b1;")
+            v(f"  mixq_rowbuf #(.PW({pw}), .W({w}), .R({r}), .AW({ra}), .AUTO({int(b.producer == -1)}), .RP({rp})) "
+              f"fb{j} "
               f"(.clk(clk), .rst(rst), .reserve(fb{j}_reserve), .we(fb{j}_we), .wbe(fb{j}_wbe), "
               f".wdata(fb{j}_wdata), .can_write(fb{j}_can_write), .rel_n(fb{j}_rel), .avail(fb{j}_avail), "
               f".re(fb{j}_re), .raddr(fb{j}_raddr), "
@@ -279,11 +289,12 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
             continue
         k = net.banks[j]
         v(f"  // frame buffer {j}: {b.value} ({c} x {h} x {w} codes of {bb} bits), {k} banks")
-        v(f"  wire [{aw - 1}:0] fb{j}_raddr; assign fb{j}_avail = 8'd0;")
+        v(f"  wire [{rp * aw - 1}:0] fb{j}_raddr; assign fb{j}_avail = 8'd0;")
         v(f"  mixq_pingpong #(.K({k}), .KB({kb})) fb{j}_pp (.clk(clk), .rst(rst), .p_commit(fb{j}_commit), "
           f".c_release(fb{j}_release), .p_bank(fb{j}_pbank), .c_bank(fb{j}_cbank), .can_write(fb{j}_can_write), "
           f".can_read(fb{j}_can_read));")
-        v(f"  mixq_fbuf #(.PW({pw}), .N({n}), .AW({aw}), .K({k}), .KB({kb})) fb{j} (.clk(clk), .wbank(fb{j}_pbank), "
+        v(f"  mixq_fbuf #(.PW({pw}), .N({n}), .AW({aw}), .K({k}), .KB({kb}), .RP({rp})) fb{j} (.clk(clk), "
+          f".wbank(fb{j}_pbank), "
           f".wbe(fb{j}_wbe), .waddr(fb{j}_waddr), .wdata(fb{j}_wdata), .re(fb{j}_re), .rbank(fb{j}_cbank), "
           f".raddr(fb{j}_raddr), .rdata(fb{j}_word));")
 
@@ -361,7 +372,7 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
         v(f"  assign fb{k0}_release = {p}_end; assign {p}_commit = {p}_end;")
         gc = c // lay.data.groups if dwc else 1  # input channels per group (depthwise: 1)
         extra = "" if st.streamed else (f", .DWC({dwc}), .B({lay.abits}), .SIMD({lay.simd}), .WPC({st.copy_lanes}), "
-                                        f".GC({gc}), .RS({st.reuse})")
+                                        f".GC({gc}), .RS({st.reuse}), .RP({st.rows})")
         kos = g.outputs_of(i)  # rings: all of them (one, or a fan-out of rings: frames.ring_rows), or none
         rin, rout = rings.get(k0, 0), int(all(rings.get(k, 0) for k in kos))
         extra += f", .RIN({rin}), .ROUT({rout}), .PK({st.pool}), .PHO({oh})"
@@ -372,7 +383,8 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
         v(f"  mixq_window{'_stream' if st.streamed else ''} #(.IH({h}), .IW({w}), .PW({c * st.in_bits}), .KH({kh}), "
           f".KW({kw}), .SH({st.stride[0]}), .SW({st.stride[1]}), .PH({st.padding[0]}), .PL({st.padding[1]}), "
           f".DH({st.dilation[0]}), .DW({st.dilation[1]}), "
-          f".OH({st.out_hw[0]}), .OW({st.out_hw[1]}), .FOLD({lay.fold}), .LW({lw}), .AW({_bits(h * w)}), "
+          f".OH({st.out_hw[0]}), .OW({st.out_hw[1]}), .FOLD({lay.fold}), .LW({lw}), "
+          f".AW({port_aw[k0] if st.rows > 1 and k0 in port_aw else _bits(h * w)}), "
           f".IA({ia}){extra}) {p}_win "
           f"(.clk(clk), .rst(rst), .can_read(fb{k0}_can_read), .can_write({p}_cw), .done({p}_done), "
           f".frame_end({p}_end), .raddr(fb{k0}_raddr), .rdata(fb{k0}_rdata), .avail(fb{k0}_avail), .rel_n(fb{k0}_rel), "
