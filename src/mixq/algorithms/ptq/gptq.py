@@ -46,7 +46,7 @@ from mixq.formats import NumberFormat
 from mixq.modes import eval_mode
 from mixq.nn import QConv2d, QLinear
 from mixq.quant import snap
-from mixq.quant.observers import floor_rows, unit_max
+from mixq.quant.observers import ROW_SCALE_FLOOR_BITS, unit_max
 
 ROWS = ("plan", "count", "auto")  # MSQ rows: keep, re-choose the same number, or free per row
 
@@ -252,11 +252,13 @@ def gptq_layer(layer: QConv2d | QLinear, stats: InputStats | tuple[InputStats, I
     n_rows, n_fmt = layer.weight.shape[0], len(layer.formats)
     scheme = layer.row_scheme.reshape(g, n_rows // g)
     top = w0.abs().amax(dim=2)
-    # candidate scales per format: the layer's own, then the ratios of the largest weight (floored as the
-    # observers floor them: a dead row's scale would otherwise blow up its bias on the accumulator grid)
-    cand = [[layer.w_scales[k].double().reshape(g, -1)]
-            + [floor_rows(top * r / unit_max(f)) for r in cfg.scale_ratios]
+    # candidate scales per format: the layer's own, then the ratios of the largest weight, floored as the
+    # observers floor them (a dead row's scale would otherwise blow up its bias on the accumulator grid) at the
+    # largest scale any candidate has, so the rows' choices, mixed, stay above the floor of the scales they end with
+    cand = [[layer.w_scales[k].double().reshape(g, -1)] + [top * r / unit_max(f) for r in cfg.scale_ratios]
             for k, f in enumerate(layer.formats)]
+    lowest = max(float(c.max()) for cs in cand for c in cs) * 2.0**-ROW_SCALE_FLOOR_BITS
+    cand = [[c.clamp(min=lowest) for c in cs] for cs in cand]
     nearest = grouped_weight(layer.quantized_weight().detach().double(), g)
     w_judge, w_every = target_weights(w0, judge, cfg.target_damp), target_weights(w0, every, cfg.target_damp)
     # what GPTQ fits: the layer's own weights, and with a float target also the least-squares W*
@@ -298,7 +300,8 @@ def gptq_layer(layer: QConv2d | QLinear, stats: InputStats | tuple[InputStats, I
         layer.row_scheme = new.to(layer.row_scheme.dtype)
         info["alt_rows"] = [int(i) for i in torch.nonzero(new == 1).flatten().tolist()]
     chosen = torch.gather(best_c, 0, scheme[None]).squeeze(0)  # each row's candidate in its format (-1: nearest)
-    scales = layer.w_scales.clone().reshape(n_fmt, g, -1)
+    # rows left at nearest rounding keep their own scale, floored with the others
+    scales = torch.stack([cs[0] for cs in cand]).to(layer.w_scales.dtype)
     q, row_w, row_sc = torch.zeros_like(w0), w0.clone(), torch.ones_like(top)
     for k, c in keys:
         t, sc = plans[c]
