@@ -176,19 +176,18 @@ ROWS: tuple[Row, ...] = (
         "per-layer PoT-4 shift / fixed-8 weights, FXP8 acts", {"fps": 2491, "latency_ms": 0.40, "gop/s": 2833},
         TOMATO, TOMATO_OK, (4, 8), pub_fps=2491,
         gap_note="Tomato's FPS and GOP/s are both 125 MHz / 50,176 cycles: one 224x224 input pixel per clock into the "
-                 "first layer. mixq's template is bound by the same layer (3 channels, 3x3, stride 2) at 75,600 "
-                 "cycles: its RTL window sequencer reads one buffered pixel a cycle, the 6 new pixels (2 columns x 3 "
-                 "rows) of each of the 12,544 output pixels, where Tomato's line buffers present a whole column at "
-                 "once. Until session 21 the estimator priced that layer at the input rate (then +0%); it now prices "
-                 "the window sequencer mixq's RTL builds, so no folding reaches 2,491 FPS. Latency differs by design: "
-                 "Tomato's 0.40 ms is the pipelined frame interval, mixq's the store-and-forward sum of every "
-                 "layer's frame time (an upper bound). Every weight is on chip (ddr_weights 0)."),
+                 "first layer. mixq's first layer (3 channels, 3x3, stride 2) reads its window's 3 rows in parallel "
+                 "(3 read ports on its buffer, a copy of the memory each; sessions 21-25 it read one pixel a cycle, "
+                 "6 per output pixel: 75,600 cycles, 1,653 FPS), so it runs at its engine's rate; the frame is 4 "
+                 "cycles an output pixel on the 112x112 layers (a streamed window's one-word fold plus 3 cycles of "
+                 "read latency and handshake): 50,176 cycles. Latency differs by design: Tomato's 0.40 ms is the "
+                 "pipelined frame interval, mixq's the store-and-forward sum of every layer's frame time (an upper "
+                 "bound). Every weight is on chip (ddr_weights 0)."),
     Row("tomato-s10", "Tomato (FPT 2019)", "mobilenet_v1", "1sg280", 156.0, "streaming", "tomato",
         "per-layer PoT-4 shift / fixed-8 weights, FXP8 acts", {"fps": 3109, "latency_ms": 0.32, "gop/s": 3536},
         TOMATO, TOMATO_OK, (4, 8), pub_fps=3109,
-        gap_note="The published FPS is exactly 156 MHz / 50,176: one input pixel per clock. mixq's template is "
-                 "bound by its first layer's window sequencer as on the XCVU9P (75,600 cycles, 156 MHz / 75,600 = "
-                 "2,063.5 FPS); the overlay with SP2 rows (c) passes the published rate."),
+        gap_note="The published FPS is exactly 156 MHz / 50,176: one input pixel per clock. mixq's template is at "
+                 "the same 50,176 cycles as on the XCVU9P; the overlay with SP2 rows (c) passes the published rate."),
     _mm("resnet18", "xc7z020", "2.1-4.1x (range over networks and parts)"),
     _mm("resnet18", "xc7z045", "2.1-4.1x (range over networks and parts)"),
     _mm("mobilenet_v2", "xc7z020", "2.1-4.1x (range over networks and parts)"),

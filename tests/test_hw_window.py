@@ -22,7 +22,8 @@ def test_reads_copy_and_engine_set_the_pixel() -> None:
     assert pixel_cycles(1, 9, 1, 1, False) == 9  # read-bound
     assert pixel_cycles(12, 9, 1, 1, False) == 12  # engine-bound
     assert pixel_cycles(1, 1, 1, 1, False) == 3  # a window's data come two cycles after its last read
-    assert pixel_cycles(1, 9, 1, 1, True) == 4  # streamed: fold + 3, the reads are its words
+    assert pixel_cycles(1, 9, 1, 1, True) == 2  # streamed: fold + 1, the reads are its words
+    assert pixel_cycles(3, 9, 1, 1, True) == 3 and pixel_cycles(1, 9, 1, 4, True) == 5
     assert later_reads((3, 3), 0) == 9 and later_reads((3, 3), 2) == 6
     assert later_reads((3, 3), 0, 3) == 3 and later_reads((3, 3), 2, 3) == 2  # a column of 3 rows a read
     assert first_reads((3, 3)) == 9 and first_reads((3, 3), 3) == 3 and first_reads((5, 5), 5) == 5

@@ -6,8 +6,9 @@ pixels from the frame buffer, one pixel word a cycle, and copies the vector into
 while the engine computes, so an output pixel costs the slowest of the three:
 
 * a **streamed** window (a dense layer whose pixel word is a whole number of engine words, ``simd`` divides the
-  channels; ``mixq_window_stream``): its ``fold`` words go straight into the engine, and the next window waits
-  three cycles of read latency and handshake: ``max(run, fold + 3)``;
+  channels; ``mixq_window_stream``): its ``fold`` words go straight into the engine, which takes the window with
+  its last write; the next window's reads start in that cycle, so their data land two cycles on in the other
+  bank: ``max(run, fold + 1)``;
 * a **gathered** window (``mixq_window``): ``max(run, reads, copy, 3)`` with ``reads`` the pixels read for this
   window and ``copy`` the words copied (``fold``; a depthwise / grouped layer one chunk per group, ``copy_lanes``
   a cycle). Where the stride is a whole number ``S`` of dilations and ``S < kw``, the window keeps its columns
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 READ_LATENCY = 3  # a window's data come two cycles after its last read, and one cycle of handshake
+STREAM_GAP = 1  # a streamed window: the engine takes it with its last write, the next one's reads start then
 
 
 def line_pixels(kernel: tuple[int, int], width: int) -> int:
@@ -80,7 +82,7 @@ def later_reads(kernel: tuple[int, int], reuse: Any, rows: Any = 1) -> Any:
 def pixel_cycles(run: Any, reads: Any, copy: Any, fold: Any, streamed: Any) -> Any:
     """Cycles of one output pixel (see the module docstring); arrays broadcast."""
     gathered = np.maximum(np.maximum(run, reads), np.maximum(copy, READ_LATENCY))
-    return np.where(streamed, np.maximum(run, np.asarray(fold) + READ_LATENCY), gathered)
+    return np.where(streamed, np.maximum(run, np.asarray(fold) + STREAM_GAP), gathered)
 
 
 def window_plan(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int], out_w: int, run: Any,

@@ -55,8 +55,9 @@ of the code width ``B`` for signed formats), the layout of every frame buffer.
 ``mixq_window_stream``  the window sequencer where a pixel word is a whole number of engine words
                     (``simd`` divides the channels): each window pixel read goes straight into the
                     engine's write bank (``PW / LW`` words), one read every ``PW / LW`` cycles, so no
-                    window is held in registers; the next window waits until the engine has taken
-                    this one: a pixel costs ``max(tiles*fold, fold + 3)`` cycles.
+                    window is held in registers; ``start`` rises with the window's last write and the
+                    next window's reads go in the cycle the engine takes it (their data land two
+                    cycles on, in the other bank): a pixel costs ``max(tiles*fold, fold + 1)`` cycles.
 ``mixq_axis_out``   AXI4-Stream master: the output frame buffer, one code per beat (pixel by
                     pixel, channel by channel), sign-extended to the bus, ``m_tlast`` on the
                     frame's last code; holds ``m_tdata`` / ``m_tvalid`` while ``m_tready`` is low.
@@ -71,10 +72,11 @@ Pointwise stages (residual adds, requantizers between stages) are generated per 
 from __future__ import annotations
 
 
-def _window_head(name: str, params: str, in_width: str, ports: str) -> str:
+def _window_head(name: str, params: str, in_width: str, ports: str, start: str = "output reg start") -> str:
     """The Verilog module header both window sequencers (``mixq_window``, ``mixq_window_stream``) share: the
     walk's parameters, the frame and ring handshakes and the engine's write port, with ``params`` (extra
-    parameters), ``in_width`` (the ``in_data`` width) and ``ports`` (extra ports) of the one named."""
+    parameters), ``in_width`` (the ``in_data`` width), ``ports`` (extra ports) and ``start`` (its declaration) of
+    the one named."""
     return (f"module {name} #(\n"
             "  parameter IH = 1, IW = 1, PW = 8, KH = 1, KW = 1, SH = 1, SW = 1, PH = 0, PL = 0, DH = 1, DW = 1,\n"
             "  parameter RIN = 0, ROUT = 0, PK = 1, PHO = 1, RS = 0, RP = 1,\n"
@@ -85,7 +87,7 @@ def _window_head(name: str, params: str, in_width: str, ports: str) -> str:
             "  output reg frame_end,\n"
             "  output [RP*AW-1:0] raddr, input [RP*PW-1:0] rdata,\n"
             "  input [7:0] avail, output [7:0] rel_n, input can_reserve, output reserve,\n"
-            f"  output in_we, output [IA-1:0] in_addr, output [{in_width}-1:0] in_data, output reg start, "
+            f"  output in_we, output [IA-1:0] in_addr, output [{in_width}-1:0] in_data, {start}, "
             f"input ready{ports}\n"
             ");\n")
 
@@ -423,15 +425,17 @@ endmodule
 endmodule
 
 """
-    + _window_head("mixq_window_stream", "", "LW", ", output re")
+    + _window_head("mixq_window_stream", "", "LW", ", output re", "output start")
     + r"""  // a window's pixels go straight into the engine's write bank: pixel word k of the window is engine words
-  // k*R .. k*R+R-1 (R = PW / LW); one read every R cycles, data two cycles after the address; the next
-  // window's reads wait until the engine has taken this one (its write bank is then the other one). The
-  // buffer reads only when told (`re`, the cycle its address is valid), so its output holds the pixel for
-  // the R cycles its words are written: no pixel register, an R:1 word multiplexer on the buffer's output
+  // k*R .. k*R+R-1 (R = PW / LW); one read every R cycles, data two cycles after the address. `start` rises with
+  // the window's last write (the engine reads its input from the cycle after it takes a vector), and the next
+  // window's first read goes in the cycle the engine takes this one: its writes, two cycles on, land in the
+  // other bank. The buffer reads only when told (`re`, the cycle its address is valid), so its output holds the
+  // pixel for the R cycles its words are written: no pixel register, an R:1 word multiplexer on the buffer's output
   localparam K = KH * KW;
   localparam R = PW / LW;
-  reg active, pending;
+  reg active, start_r;
+  reg [1:0] pend;  // windows whose reads are all issued and that the engine has not taken
   localparam M1 = (OH > OW ? OH : OW) > K ? (OH > OW ? OH : OW) : K;
   localparam NB = $clog2((M1 > FOLD ? M1 : FOLD) + 1) + 1;  // counters: wide enough for every count they hold
   reg [NB-1:0] cnt, r;
@@ -439,7 +443,10 @@ endmodule
   reg [NB-1:0] t1, t2; reg [NB+15:0] base;
   reg emit, last_emit;
   wire [PW-1:0] pix = pad2 ? {PW{1'b0}} : rdata;
-  wire issue = g_on && gate_ok && !pending && cnt == 0;
+  wire last_write = (R == 1) ? (p2 && e2) : (emit && r == R - 1 && last_emit);
+  assign start = start_r || last_write;
+  wire take = start && ready;
+  wire issue = g_on && gate_ok && cnt == 0 && (pend == 0 || (pend == 1 && take));
 """
     + _WINDOW_WALK
     + r"""
@@ -452,22 +459,23 @@ endmodule
   always @(posedge clk) begin
     frame_end <= 1'b0;
     if (rst) begin
-      active <= 0; pending <= 0; start <= 0; p1 <= 0; p2 <= 0; e1 <= 0; e2 <= 0; emit <= 0;
+      active <= 0; pend <= 0; start_r <= 0; p1 <= 0; p2 <= 0; e1 <= 0; e2 <= 0; emit <= 0;
       cnt <= 0; r <= 0; last_emit <= 0;
     end else begin
-      if (start && ready) begin start <= 1'b0; pending <= 1'b0; end
+      pend <= pend + (issue && lastread) - take;
+      if (take) start_r <= 1'b0;
+      else if (last_write) start_r <= 1'b1;  // the engine is busy: hold `start` until it takes the window
       if (begin_) begin active <= 1; cnt <= 0; end
       p1 <= issue; e1 <= issue && lastread;
       if (g_on && cnt != 0) cnt <= cnt - 1'b1;
-      if (issue) begin t1 <= nissue; cnt <= R - 1; if (lastread) pending <= 1'b1; end
+      if (issue) begin t1 <= nissue; cnt <= R - 1; end
       p2 <= p1; pad2 <= pad1; e2 <= e1; t2 <= t1;
       if (emit) begin
-        if (r == R - 1) begin emit <= 1'b0; if (last_emit) start <= 1'b1; end
+        if (r == R - 1) emit <= 1'b0;
         r <= r + 1'b1;
       end
       if (p2) begin
-        if (R == 1) begin if (e2) start <= 1'b1; end
-        else begin emit <= 1'b1; r <= 1; base <= t2 * R; last_emit <= e2; end
+        if (R != 1) begin emit <= 1'b1; r <= 1; base <= t2 * R; last_emit <= e2; end
       end
       if (active && done) begin active <= 0; frame_end <= 1'b1; end
     end

@@ -134,7 +134,7 @@ class Stage:
         """Cycles per output pixel of this design after a row's first (:func:`mixq.hw.window.pixel_cycles`): the
         engine's vectors back to back (copy overlapped), or the window reads or the copy if slower (at least 3: a
         window's data come two cycles after its last read); a streamed window: the engine, or the window's
-        ``fold`` words and three cycles of read latency and handshake before the next window may start."""
+        ``fold`` words and one cycle (the engine takes it with its last word, the next window's reads start then)."""
         return int(pixel_cycles(self.run_cycles, later_reads(self.kernel, self.reuse, self.rows), self.copy_words,
                                 self.layout.fold, self.streamed))
 

@@ -66,7 +66,7 @@ channel by channel; ``m_axis_tlast`` marks a frame's last code. Reset ``rst`` is
 synchronous, active high, like the layer engines'.
 
 Cycles. A pixel costs ``max(tiles * fold, reads, copy, 3)`` cycles (a streamed window
-``max(tiles * fold, fold + 3)``): the engine computes vectors back to back while the window
+``max(tiles * fold, fold + 1)``): the engine computes vectors back to back while the window
 sequencer reads the next window (one pixel word per cycle) and copies it into the engine's
 other input bank, so a layer whose window has more pixels than its engine has cycles per
 vector (a first layer on 3 channels: 9 reads for 1 cycle of computing) is bound by its reads.
