@@ -304,3 +304,24 @@ def test_channel_shuffle_buffers_one_pixel() -> None:
     ly = next(x for x in e.layers if x.name == t.name)
     assert ly.resources.bram == 0 and ly.resources.lut < 1000  # 2 x 64 codes of 8 bits in LUTRAM, not 2 x 64 k
     assert {x.name for x in e.layers} >= {t.name, "c1", "c2"}
+
+
+def test_streaming_is_bounded_by_its_stream_ports() -> None:
+    """mixq's RTL takes one input pixel and gives one output code a beat: a 1 x 1 conv 3 -> 64 on 32 x 32 whose
+    engine could run a pixel in 2 cycles (2,048 a frame) still needs 64 x 1,024 = 65,536 beats to send a frame out.
+    The optimizer stops there (no faster, dearer folding), a faster target is refused, FINN's dataflow is left as
+    FINN prices it."""
+    c = conv("c", 3, 64, 32, k=1)
+    plan = plan_of([c], weight=W4, act=A4)
+    e = estimate([c], plan, "xczu9eg")
+    assert e.layers[0].cycles <= 65_536 and e.fps == pytest.approx(250e6 / 65_536)
+    assert (e.layers[0].pe, e.layers[0].simd) == (4, 1)  # the cheapest folding within 65,536 cycles (49,152)
+    assert e.bottleneck == "the stream ports (65,536 cycles/frame: one input pixel, one output code a beat)"
+    fast = estimate([c], plan_of([c], weight=W4, act=A4, mapping=HwMapping(pe=64, simd=3)), "xczu9eg", fold="plan")
+    assert fast.layers[0].cycles == 1024 * 2 and fast.fps == pytest.approx(250e6 / 65_536)
+    assert fast.bottleneck.startswith("the stream ports (65,536 cycles/frame")
+    with pytest.raises(HardwareError, match="not reachable"):
+        estimate([c], plan, "xczu9eg", target_fps=250e6 / 60_000)
+    finn = estimate([c], plan_of([c], weight=W4, act=A4, mapping=HwMapping(pe=64, simd=3)), "xczu9eg", fold="plan",
+                    options=ArchOptions(dataflow="finn"))
+    assert finn.fps > 250e6 / 65_536

@@ -307,9 +307,11 @@ def _streaming(name: str, specs: list[LayerSpec], layers: list[HwLayer], p: Part
     slow = max(les, key=lambda x: x.cycles)
     fps = clock / max(design.cycles, 1)
     bottleneck = f"{slow.name} ({slow.cycles:,} cycles/frame)"
-    if design.ddr_cycles > design.engine_cycles:
+    if design.ddr_cycles > design.engine_cycles and design.ddr_cycles >= design.io_cycles:
         bottleneck = (f"DDR weight streaming ({design.ddr_cycles:,} cycles/frame for "
                       f"{len(design.external)} layers at {p.ddr_gbps:g} GB/s x {opts.ddr_efficiency:g})")
+    elif design.io_cycles > max(design.engine_cycles, design.ddr_cycles):
+        bottleneck = f"the stream ports ({design.io_cycles:,} cycles/frame: one input pixel, one output code a beat)"
     macs = sum(ly.spec.macs for ly in layers)
     wb, ab = _design_bits(layers)
     pk = peak_macs(p, wb, ab, cm)

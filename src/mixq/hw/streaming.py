@@ -2,7 +2,11 @@
 
 Throughput is ``clock / max_layer_cycles`` (the slowest engine), latency the sum of
 the engines' cycles for one frame (every engine finishes a frame before the
-next layer's last output is out; a conservative FINN-style estimate).
+next layer's last output is out; a conservative FINN-style estimate). mixq's RTL
+(:mod:`mixq.rtl.network`) takes one input pixel a beat and gives one output code a
+beat on its AXI4-Stream ports, so a frame takes at least that many cycles
+(:func:`io_cycles`; FINN's dataflow, ``ArchOptions(dataflow="finn")``, is left as FINN
+prices it).
 
 The folding optimizer works on each compute layer's Pareto list of foldings
 (cycles vs. share of the part, ``sum_r used_r / budget_r``): for a cycle target
@@ -64,6 +68,7 @@ class Design:
     engines: tuple[EngineCost, ...]
     external: tuple[str, ...] = ()  # layers whose weights stream from DDR
     ddr_cycles: int = 0  # cycles per frame the DDR needs to deliver those weights
+    io_cycles: int = 0  # cycles per frame of the stream ports (:func:`io_cycles`)
 
     @property
     def engine_cycles(self) -> int:
@@ -71,8 +76,9 @@ class Design:
 
     @property
     def cycles(self) -> int:
-        """Cycles per frame: the slowest engine, or the DDR when its weight traffic takes longer."""
-        return max(self.engine_cycles, self.ddr_cycles)
+        """Cycles per frame: the slowest engine, or the DDR when its weight traffic takes longer, or the stream
+        ports."""
+        return max(self.engine_cycles, self.ddr_cycles, self.io_cycles)
 
     @property
     def resources(self) -> Resources:
@@ -80,6 +86,16 @@ class Design:
 
     def folding(self) -> dict[str, tuple[int, int]]:
         return {ly.name: (e.pe, e.simd) for ly, e in zip(self.layers, self.engines, strict=True) if ly.is_compute}
+
+
+def io_cycles(layers: list[HwLayer], opts: ArchOptions) -> int:
+    """Cycles per frame of mixq's RTL stream ports (:mod:`mixq.rtl.network`): one input pixel word a beat
+    (``mixq_axis_in``), one output code a beat (``mixq_axis_out``); 0 for FINN's dataflow, priced as FINN does."""
+    if opts.dataflow != "mixq" or not layers:
+        return 0
+    first, last = layers[0].spec.in_shape, layers[-1].spec.out_shape
+    pixels = math.prod(first[1:]) if len(first) == 3 else 1
+    return max(pixels, math.prod(last))
 
 
 def build(layers: list[HwLayer], folding: dict[str, tuple[int, int]], part: Part, model: CostModel,
@@ -107,7 +123,7 @@ def build(layers: list[HwLayer], folding: dict[str, tuple[int, int]], part: Part
     if opts.dataflow == "finn":  # register slices, width converters and IODMAs between FINN's nodes
         engines_ = finnglue.glue(layers, engines_, part, model)
     ext = tuple(ly.name for ly in layers if ly.name in external)
-    return Design(tuple(layers), engines_, ext, ddr_cycles(layers, external, part, opts))
+    return Design(tuple(layers), engines_, ext, ddr_cycles(layers, external, part, opts), io_cycles(layers, opts))
 
 
 def ddr_cycles(layers: list[HwLayer], external: frozenset[str], part: Part, opts: ArchOptions) -> int:
@@ -466,7 +482,8 @@ def optimize(layers: list[HwLayer], specs: list[LayerSpec], part: Part, model: C
         p = partition(d, n_parts, b, cuts, clock / max(d.cycles, 1), opts.link_gbps, opts)
         return (d, p) if p is not None else None
 
-    ts = cycle_targets(fronts.values())
+    io = io_cycles(layers, opts)  # no design is faster than its stream ports: no folding faster than them pays
+    ts = cycle_targets(fronts.values(), io, io if io else None)
     if not ts:
         d = build(layers, {}, part, model, opts)
         return d, partition(d, n_parts, b, cuts, clock / d.cycles, opts.link_gbps, opts)
@@ -481,7 +498,7 @@ def optimize(layers: list[HwLayer], specs: list[LayerSpec], part: Part, model: C
                     fronts[ly.name] = _Candidates.of(ly, part, model, opts, lanes, external=True)
             renew()
             t_ddr = ddr_cycles(layers, ext, part, opts)
-            ts = cycle_targets(fronts.values(), t_ddr, ts[-1])
+            ts = cycle_targets(fronts.values(), max(t_ddr, io), ts[-1])
             slowest = attempt(ts[-1])
     if slowest is None:
         d = build(layers, {n: (1, 1) for n in fronts}, part, model, opts, external=ext)
@@ -507,7 +524,7 @@ def optimize(layers: list[HwLayer], specs: list[LayerSpec], part: Part, model: C
             t_ddr = ddr_cycles(layers, ext, part, opts)
             if t_ddr >= best[0].cycles:
                 break
-            ts2 = cycle_targets(fronts.values(), t_ddr)
+            ts2 = cycle_targets(fronts.values(), max(t_ddr, io))
             got = attempt(ts2[-1]) if ts2 else None
             if got is None:
                 break
