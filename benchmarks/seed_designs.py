@@ -176,18 +176,18 @@ ROWS: tuple[Row, ...] = (
         "per-layer PoT-4 shift / fixed-8 weights, FXP8 acts", {"fps": 2491, "latency_ms": 0.40, "gop/s": 2833},
         TOMATO, TOMATO_OK, (4, 8), pub_fps=2491,
         gap_note="Tomato's FPS and GOP/s are both 125 MHz / 50,176 cycles: one 224x224 input pixel per clock into the "
-                 "first layer. mixq's first layer (3 channels, 3x3, stride 2) reads its window's 3 rows in parallel "
-                 "(3 read ports on its buffer, a copy of the memory each; sessions 21-25 it read one pixel a cycle, "
-                 "6 per output pixel: 75,600 cycles, 1,653 FPS), so it runs at its engine's rate; the frame is 4 "
-                 "cycles an output pixel on the 112x112 layers (a streamed window's one-word fold plus 3 cycles of "
-                 "read latency and handshake): 50,176 cycles. Latency differs by design: Tomato's 0.40 ms is the "
-                 "pipelined frame interval, mixq's the store-and-forward sum of every layer's frame time (an upper "
-                 "bound). Every weight is on chip (ddr_weights 0)."),
+                 "first layer. mixq's RTL takes one input pixel a beat too, and since session 26 the estimator bounds "
+                 "a frame by that (50,176 beats). Its first layer (3 channels, 3x3, stride 2) reads its window's 3 "
+                 "rows in parallel (3 read ports on its buffer, a copy of the memory each; sessions 21-25 it read one "
+                 "pixel a cycle, 6 per output pixel: 75,600 cycles, 1,653 FPS), and a streamed window takes fold + 1 "
+                 "cycles a pixel (was fold + 3), so no layer binds before the input stream. Latency differs by "
+                 "design: Tomato's 0.40 ms is the pipelined frame interval, mixq's the store-and-forward sum of every "
+                 "layer's frame time (an upper bound). Every weight is on chip (ddr_weights 0)."),
     Row("tomato-s10", "Tomato (FPT 2019)", "mobilenet_v1", "1sg280", 156.0, "streaming", "tomato",
         "per-layer PoT-4 shift / fixed-8 weights, FXP8 acts", {"fps": 3109, "latency_ms": 0.32, "gop/s": 3536},
         TOMATO, TOMATO_OK, (4, 8), pub_fps=3109,
-        gap_note="The published FPS is exactly 156 MHz / 50,176: one input pixel per clock. mixq's template is at "
-                 "the same 50,176 cycles as on the XCVU9P; the overlay with SP2 rows (c) passes the published rate."),
+        gap_note="The published FPS is exactly 156 MHz / 50,176: one input pixel per clock, mixq's input stream's "
+                 "bound too (as on the XCVU9P); the overlay with SP2 rows (c) passes the published rate."),
     _mm("resnet18", "xc7z020", "2.1-4.1x (range over networks and parts)"),
     _mm("resnet18", "xc7z045", "2.1-4.1x (range over networks and parts)"),
     _mm("mobilenet_v2", "xc7z020", "2.1-4.1x (range over networks and parts)"),

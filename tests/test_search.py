@@ -176,6 +176,19 @@ def test_allocation_meets_target_and_fits_by_estimate(table_and_sens) -> None:  
     assert slow is not None and slow.sensitivity <= a.sensitivity + 1e-12
 
 
+def test_search_sweeps_no_rate_past_the_stream_ports() -> None:
+    """MobileNetV2 at 224 x 224 on the XCVU9P: its input stream takes 50,176 beats a frame (one pixel a beat), so
+    the search's cycle grid starts there and a faster allocation's frame rate is the ports' (as `estimate` says)."""
+    from mixq import zoo
+    from mixq.algorithms.search.allocate import cycle_grid
+
+    specs = capture(fold_bn(zoo.load("mobilenet_v2")).eval(), zoo.input_shape("mobilenet_v2"))
+    table = HwTable(specs, SPACE.options(), "xcvu9p", ["features.0.0"])
+    assert table.io == 224 * 224
+    assert min(cycle_grid(table)) == 224 * 224
+    assert table.fps_of(10_000) == table.fps_of(224 * 224) == pytest.approx(table.clock / (224 * 224))
+
+
 def test_allocation_ilp_is_optimal_on_the_real_problem(table_and_sens) -> None:  # type: ignore[no-untyped-def]
     _, table, sens = table_and_sens
     best = fastest(table, sens)

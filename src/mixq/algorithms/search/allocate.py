@@ -78,8 +78,9 @@ def allocate(table: HwTable, sens: Sensitivity, t: float, solver: str = "ilp",
 
 
 def cycle_grid(table: HwTable, step: float = 1.04) -> list[int]:
-    """Geometric grid of cycle budgets from the fastest any layer can go to the slowest folding."""
-    lo = max(min(table.min_cycles(n, oi) for oi in range(len(table.options))) for n in table.names)
+    """Geometric grid of cycle budgets from the fastest any layer can go (and the stream ports allow) to the slowest
+    folding."""
+    lo = max(max(min(table.min_cycles(n, oi) for oi in range(len(table.options))) for n in table.names), table.io, 1)
     hi = max(s.weight_rows * max(s.row_length, 1) * max(s.out_pixels, 1) for s in table.specs if s.is_compute)
     n = max(1, math.ceil(math.log(max(hi / lo, 1.0)) / math.log(step)))
     return sorted({int(round(lo * step ** k)) for k in range(n + 1)} | {int(hi)})

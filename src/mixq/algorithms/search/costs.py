@@ -26,6 +26,7 @@ from mixq.graph.spec import LayerSpec
 from mixq.hw.cost import RESOURCE_NAMES, CostModel, Resources
 from mixq.hw.lower import HwLayer, lower
 from mixq.hw.parts import Part, get_part
+from mixq.hw.streaming import io_cycles
 from mixq.hw.streamops import stream_engine, stream_lanes
 from mixq.hw.units import (
     ArchOptions,
@@ -76,6 +77,8 @@ class HwTable:
         self._cost: dict[tuple[str, int, int, int], EngineCost] = {}
         self._cyc: dict[tuple[str, int, int, int], int] = {}
         self.clock = self.part.clock_mhz * 1e6
+        # the stream ports' cycles a frame (one input pixel, one output code a beat): no design is faster
+        self.io = io_cycles(lower(specs, plan, self.part), self.opts)
         b = budget(self.part, self.opts)
         self.budget = np.array(b.as_tuple(), dtype=float)
         self._bshare = np.array([x if x > 0 else np.inf for x in b.as_tuple()])
@@ -149,7 +152,7 @@ class HwTable:
         return int(self.clock // fps)
 
     def fps_of(self, cycles: float) -> float:
-        return self.clock / max(cycles, 1)
+        return self.clock / max(cycles, self.io, 1)
 
     def share(self, res: Sequence[float]) -> float:
         return float(np.asarray(res) @ (1 / self._bshare))
