@@ -114,6 +114,7 @@ def test_layer_rows_show_formats_shares_folding_and_the_bottleneck() -> None:
     assert rows[2][2:6] == ["fixed8", "float", "fixed_dsp", "1×1"] and rows[2][-1] == ""
     assert classes == ["bottleneck", "bottleneck", ""]
     assert bottleneck_layers({"bottleneck": "DDR weight streaming (...)"}, layers) == set()
+    assert bottleneck_layers({"bottleneck": "the stream ports (400 cycles/frame: ...)"}, layers) == set()
     assert weight_label(None, 4) == "float" and weight_label(LayerPlan(act=parse_format("ufixed8")), 4) == "float"
     assert weight_label(lp.with_(alt_rows=None), None) == "fixed4n 50% / sp2_4 50%"
     assert cores("maxpool") == "—"

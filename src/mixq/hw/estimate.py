@@ -310,7 +310,7 @@ def _streaming(name: str, specs: list[LayerSpec], layers: list[HwLayer], p: Part
     if design.ddr_cycles > design.engine_cycles and design.ddr_cycles >= design.io_cycles:
         bottleneck = (f"DDR weight streaming ({design.ddr_cycles:,} cycles/frame for "
                       f"{len(design.external)} layers at {p.ddr_gbps:g} GB/s x {opts.ddr_efficiency:g})")
-    elif design.io_cycles > max(design.engine_cycles, design.ddr_cycles):
+    elif design.io_cycles >= max(design.engine_cycles, design.ddr_cycles):  # the ports bind (layers at them too)
         bottleneck = f"the stream ports ({design.io_cycles:,} cycles/frame: one input pixel, one output code a beat)"
     macs = sum(ly.spec.macs for ly in layers)
     wb, ab = _design_bits(layers)

@@ -31,8 +31,8 @@ def cores(formats: str) -> str:
 
 
 def bottleneck_layers(hw: Mapping[str, Any], layers: Sequence[Mapping[str, Any]]) -> set[str]:
-    """The layers that set the frame rate (most cycles per frame); none when DDR streaming does."""
-    if str(hw.get("bottleneck", "")).startswith("DDR") or not layers:
+    """The layers that set the frame rate (most cycles per frame); none when DDR streaming or the stream ports do."""
+    if str(hw.get("bottleneck", "")).startswith(("DDR", "the stream ports")) or not layers:
         return set()
     top = max(int(ly["cycles"]) for ly in layers)
     return {str(ly["name"]) for ly in layers if int(ly["cycles"]) == top}
