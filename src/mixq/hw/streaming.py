@@ -53,6 +53,7 @@ from mixq.hw.units import (
     shell,
     weight_bits,
 )
+from mixq.hw.window import input_beats, output_beats
 
 
 def share(r: Resources, b: Resources) -> float:
@@ -93,9 +94,7 @@ def io_cycles(layers: list[HwLayer], opts: ArchOptions) -> int:
     (``mixq_axis_in``), one output code a beat (``mixq_axis_out``); 0 for FINN's dataflow, priced as FINN does."""
     if opts.dataflow != "mixq" or not layers:
         return 0
-    first, last = layers[0].spec.in_shape, layers[-1].spec.out_shape
-    pixels = math.prod(first[1:]) if len(first) == 3 else 1
-    return max(pixels, math.prod(last))
+    return max(input_beats(layers[0].spec.in_shape), output_beats(layers[-1].spec.out_shape))
 
 
 def build(layers: list[HwLayer], folding: dict[str, tuple[int, int]], part: Part, model: CostModel,

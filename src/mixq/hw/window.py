@@ -1,5 +1,6 @@
 """The timing rule of mixq's window sequencer (:mod:`mixq.rtl.glue`), one piece for the RTL's own cycle model
-(:class:`mixq.rtl.netgraph.Stage`) and the streaming estimator (:mod:`mixq.hw.units`).
+(:class:`mixq.rtl.netgraph.Stage`) and the streaming estimator (:mod:`mixq.hw.units`); and of its stream ports
+(:func:`input_beats`, :func:`output_beats`: :mod:`mixq.rtl.frames` and :func:`mixq.hw.streaming.io_cycles`).
 
 A layer engine computes ``run = tiles * fold`` cycles per input vector. Its window sequencer reads the window's
 pixels from the frame buffer, one pixel word a cycle, and copies the vector into the engine's other input bank
@@ -28,6 +29,17 @@ import numpy as np
 
 READ_LATENCY = 3  # a window's data come two cycles after its last read, and one cycle of handshake
 STREAM_GAP = 1  # a streamed window: the engine takes it with its last write, the next one's reads start then
+
+
+def input_beats(shape: tuple[int, ...]) -> int:
+    """Beats of a frame on the accelerator's input stream (``mixq_axis_in``): one pixel word a beat; a ``(C, H, W)``
+    map is ``H * W`` beats, a vector one."""
+    return int(np.prod(shape[1:])) if len(shape) == 3 else 1
+
+
+def output_beats(shape: tuple[int, ...]) -> int:
+    """Beats of a frame on the output stream (``mixq_axis_out``) at full ``tready``: one code a beat."""
+    return int(np.prod(shape))
 
 
 def line_pixels(kernel: tuple[int, int], width: int) -> int:

@@ -30,6 +30,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from mixq.hw.window import input_beats, output_beats
 from mixq.rtl.netgraph import GatherStage, Graph, PointStage, Stage
 
 #: cycles between a producer's commit and its consumer's start (the registered full flag, the start register)
@@ -43,17 +44,14 @@ SLACK = 0.1
 
 
 def input_cycles(g: Graph) -> int:
-    """Cycles per frame of the input stream: one pixel word a beat."""
-    b = next(b for b in g.buffers if b.producer == -1)
-    return b.shape[1] * b.shape[2]
+    """Cycles per frame of the input stream: one pixel word a beat (:func:`mixq.hw.window.input_beats`)."""
+    return input_beats(next(b for b in g.buffers if b.producer == -1).shape)
 
 
 def output_cycles(g: Graph) -> int:
     """Cycles per frame of the output stream at full ``tready``: one code a beat (``mixq_axis_out`` reads the
-    pixel words ahead)."""
-    b = next(b for b in g.buffers if b.consumer == -1)
-    c, h, w = b.shape
-    return c * h * w
+    pixel words ahead; :func:`mixq.hw.window.output_beats`)."""
+    return output_beats(next(b for b in g.buffers if b.consumer == -1).shape)
 
 
 @dataclass(frozen=True)
