@@ -162,6 +162,15 @@ def _bits(n: int) -> int:
     return max(1, (max(n, 1) - 1).bit_length())
 
 
+def _read_aw(ring_rows: int, h: int, w: int, ports: int) -> int:
+    """Bits of one read address of an ``h x w``-pixel buffer: a frame's ``h * w`` words; a ring's ``ring_rows * w``,
+    or where a window reads its rows in parallel (``ports`` > 1, its addresses side by side on one bus) the wider
+    of that and the window's own ``h * w``."""
+    if not ring_rows:
+        return _bits(h * w)
+    return _bits(ring_rows * w) if ports == 1 else max(_bits(ring_rows * w), _bits(h * w))
+
+
 def _bus(bits: int) -> int:
     return max(8, 8 * math.ceil(bits / 8))
 
@@ -177,18 +186,17 @@ def _unpermute(fb: str, plan: CollectorPlan | None, bits: int, ports: int = 1) -
     (``plan.pos``), by wiring; other producers store channel order."""
     if plan is None:
         return f"  assign {fb}_rdata = {fb}_word;"
-    out: list[str] = []
-    n = len(plan.pos)
-    for q in range(ports):
-        o = q * n * bits
-        c = 0
-        while c < n:  # runs of consecutive fields as one part-select
-            e = c + 1
-            while e < n and plan.pos[e] == plan.pos[e - 1] + 1:
-                e += 1
-            out.append(f"assign {fb}_rdata[{o + e * bits - 1}:{o + c * bits}] = "
-                       f"{fb}_word[{o + (plan.pos[e - 1] + 1) * bits - 1}:{o + plan.pos[c] * bits}];")
-            c = e
+    runs: list[tuple[int, int]] = []  # runs of consecutive fields, each one part-select: (first, past the last)
+    c, n = 0, len(plan.pos)
+    while c < n:
+        e = c + 1
+        while e < n and plan.pos[e] == plan.pos[e - 1] + 1:
+            e += 1
+        runs.append((c, e))
+        c = e
+    out = [f"assign {fb}_rdata[{o + e * bits - 1}:{o + c * bits}] = "
+           f"{fb}_word[{o + (plan.pos[e - 1] + 1) * bits - 1}:{o + plan.pos[c] * bits}];"
+           for o in (q * n * bits for q in range(ports)) for c, e in runs]
     return "  " + " ".join(out)
 
 
@@ -260,7 +268,6 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
     v(f"  output [{net.out_width - 1}:0] m_axis_tdata, output m_axis_tvalid, output m_axis_tlast, "
       "input m_axis_tready")
     v(");")
-    port_aw: dict[int, int] = {}  # a ring's read-address width where a window reads its rows in parallel
     for j, b in enumerate(g.buffers):
         (c, h, w), bb = b.shape, b.bits
         pw, n, aw = c * bb, h * w, _bits(h * w)
@@ -276,8 +283,7 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
         v(f"  wire fb{j}_re;" if isinstance(reader, Stage) and reader.streamed else f"  wire fb{j}_re = 1'b1;")
         v(f"  wire fb{j}_reserve; wire [7:0] fb{j}_rel, fb{j}_avail;")
         if r:
-            # a window's read ports take its addresses side by side: the window's width
-            ra = port_aw[j] = _bits(r * w) if rp == 1 else max(_bits(r * w), aw)
+            ra = _read_aw(r, h, w, rp)
             v(f"  // ring buffer {j}: {b.value} ({c} x {h} x {w} codes of {bb} bits), {r} rows")
             v(f"  wire [{rp * ra - 1}:0] fb{j}_raddr; assign fb{j}_can_read = 1'b1;")
             v(f"  mixq_rowbuf #(.PW({pw}), .W({w}), .R({r}), .AW({ra}), .AUTO({int(b.producer == -1)}), .RP({rp})) "
@@ -384,7 +390,7 @@ def generate_network(model: IntModel, values: Mapping[str, torch.Tensor], name: 
           f".KW({kw}), .SH({st.stride[0]}), .SW({st.stride[1]}), .PH({st.padding[0]}), .PL({st.padding[1]}), "
           f".DH({st.dilation[0]}), .DW({st.dilation[1]}), "
           f".OH({st.out_hw[0]}), .OW({st.out_hw[1]}), .FOLD({lay.fold}), .LW({lw}), "
-          f".AW({port_aw[k0] if st.rows > 1 and k0 in port_aw else _bits(h * w)}), "
+          f".AW({_read_aw(rings.get(k0, 0), h, w, st.rows) if st.rows > 1 else _bits(h * w)}), "
           f".IA({ia}){extra}) {p}_win "
           f"(.clk(clk), .rst(rst), .can_read(fb{k0}_can_read), .can_write({p}_cw), .done({p}_done), "
           f".frame_end({p}_end), .raddr(fb{k0}_raddr), .rdata(fb{k0}_rdata), .avail(fb{k0}_avail), .rel_n(fb{k0}_rel), "

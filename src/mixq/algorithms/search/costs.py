@@ -69,7 +69,8 @@ class HwTable:
         self.layers: list[dict[str, HwLayer]] = []
         for o in self.options:
             plan = QuantPlan("search", {n: layer_plan(o, n in sig) for n in self.names})
-            self.layers.append({ly.name: ly for ly in lower(specs, plan, self.part) if ly.is_compute})
+            lowered = lower(specs, plan, self.part)
+            self.layers.append({ly.name: ly for ly in lowered if ly.is_compute})
         widest = max(range(len(self.options)), key=lambda i: self.options[i].abits)
         self._stream_plan = QuantPlan("search", {n: layer_plan(self.options[widest], n in sig) for n in self.names})
         self.residual_bits = residual_bits
@@ -78,7 +79,7 @@ class HwTable:
         self._cyc: dict[tuple[str, int, int, int], int] = {}
         self.clock = self.part.clock_mhz * 1e6
         # the stream ports' cycles a frame (one input pixel, one output code a beat): no design is faster
-        self.io = io_cycles(lower(specs, plan, self.part), self.opts)
+        self.io = io_cycles(lowered, self.opts)
         b = budget(self.part, self.opts)
         self.budget = np.array(b.as_tuple(), dtype=float)
         self._bshare = np.array([x if x > 0 else np.inf for x in b.as_tuple()])
