@@ -6,6 +6,7 @@ import json
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -187,6 +188,44 @@ def test_search_sweeps_no_rate_past_the_stream_ports() -> None:
     assert table.io == 224 * 224
     assert min(cycle_grid(table)) == 224 * 224
     assert table.fps_of(10_000) == table.fps_of(224 * 224) == pytest.approx(table.clock / (224 * 224))
+
+
+def test_the_ilp_reaches_a_uniform_plan_that_fits_at_its_rate() -> None:
+    """MobileNetV2 on the XCZU9EG is block-RAM-bound at uniform W8A8's rate (1,476 FPS): the ILP's foldings must
+    include the BRAM-cheap ones. With W8A8 the only insensitive option, the ILP at W8A8's own rate must find a plan
+    as insensitive (0): before, it kept each layer's two cheapest foldings by share / LUT / DSP, missed 33 of the 53
+    layers' W8A8 foldings and could not fit W8A8 everywhere."""
+    from mixq import zoo
+    from mixq.algorithms.search.costs import pareto_rows
+    from mixq.algorithms.search.driver import _uniform
+    from mixq.algorithms.search.sensitivity import Sensitivity, wkey
+    from mixq.hw.units import divisors
+
+    f = fold_bn(zoo.load("mobilenet_v2")).eval()
+    specs = capture(f, zoo.input_shape("mobilenet_v2"))
+    space = SearchSpace(wbits=(4, 8), abits=(4, 8), rhos=(0.0,))
+    signed = {"features.0.0"}
+    names = [s.name for s in specs if s.is_compute]
+    sens = Sensitivity({n: {wkey(b, 0.0): 0.0 if b == 8 else 1.0 for b in (4, 8)} for n in names},
+                       {n: {"a8": 0.0, "a4": 1.0} for n in names}, "synthetic")
+    base = _uniform("mobilenet_v2", Option(8, 8), specs, "xczu9eg", signed, sens)
+    assert base.fits and base.fps == pytest.approx(1476.3, abs=0.1)
+    table = HwTable(specs, space.options(), "xczu9eg", sorted(signed))
+    t = table.cycles_for(base.fps)
+    a = allocate(table, sens, t)
+    assert a is not None and a.sensitivity == 0.0
+    assert all(o == Option(8, 8) for o in a.options.values())
+    # every pe's smallest simd that meets the rate is kept or needs at least as much of every resource as one kept
+    oi = table.options.index(Option(8, 8))
+    for n in names[::5]:
+        spec = table.layers[oi][n].spec
+        kept = np.array([c.res for c in table.choices(n, oi, t)])
+        for pe in divisors(spec.weight_rows):
+            meet = [e for sd in divisors(spec.row_length) if (e := table.engine(n, oi, pe, sd)).cycles <= t]
+            if meet:
+                r = np.array(meet[0].resources.as_tuple())
+                assert np.any(np.all(kept <= r, axis=1)), (n, pe, meet[0].simd)
+    assert pareto_rows(np.array([[1, 1], [1, 1], [0, 2]])) == [0, 2]
 
 
 def test_allocation_ilp_is_optimal_on_the_real_problem(table_and_sens) -> None:  # type: ignore[no-untyped-def]

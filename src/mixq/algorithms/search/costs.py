@@ -3,13 +3,12 @@
 Nothing here models hardware: a layer in an option is lowered with
 :func:`mixq.hw.lower.lower` and costed with :func:`mixq.hw.units.compute_engine`
 (the same functions `mixq.hw.estimate` uses). For a cycle budget ``T`` per frame
-(``T = clock / fps``) a layer's candidate foldings are, for every ``pe``, the
-smallest ``simd`` that meets ``T``; of those the search keeps the few that are
-cheapest by LUT, by DSP and by total share of the part (the ILP then trades them
-between layers). Stream operators (pooling, residual adds) get the lanes they need
-at ``T`` and, with the per-part shell, form a fixed cost; residual adds and their skip FIFOs at the table's
-``residual_bits`` (exact streams at the integer engine's width: :mod:`mixq.hw.lower`). `HwTable.with_residual_bits`
-gives the same table at another stream width, sharing the compute engines' costs.
+(``T = clock / fps``) a layer's candidate foldings are, for every ``pe``, the smallest ``simd`` that meets ``T``;
+of those the search keeps the ones no other beats on every resource (the ILP then trades them between layers).
+Stream operators (pooling, residual adds) get the lanes they need at ``T`` and, with the per-part shell, form a
+fixed cost, priced at the widest option's codes (an upper bound for every plan); residual adds and their skip
+FIFOs at the table's ``residual_bits`` (exact streams at the integer engine's width: :mod:`mixq.hw.lower`).
+`HwTable.with_residual_bits` gives the same table at another stream width, sharing the compute engines' costs.
 """
 
 from __future__ import annotations
@@ -42,6 +41,23 @@ from mixq.plan import QuantPlan
 N_RES = len(RESOURCE_NAMES)
 
 
+def pareto_rows(res: np.ndarray) -> list[int]:
+    """Rows of ``res`` (candidates x resources) that no other row beats: at most as much of every resource and
+    less of one; of equal rows the first. In row order.
+
+    >>> pareto_rows(np.array([[2, 1], [1, 2], [2, 2], [1, 2], [3, 0]]))
+    [0, 1, 4]
+    """
+    keep = []
+    for i, r in enumerate(res):
+        le = np.all(res <= r, axis=1)
+        lt = np.any(res < r, axis=1)
+        if np.any(le & lt) or np.any(np.all(res[:i] == r, axis=1)):
+            continue
+        keep.append(i)
+    return keep
+
+
 @dataclass(frozen=True)
 class HwChoice:
     """One layer in one option at one folding."""
@@ -58,8 +74,9 @@ class HwTable:
 
     def __init__(self, specs: list[LayerSpec], options: Sequence[Option], part: str | Part,
                  signed: Sequence[str] = (), opts: ArchOptions | None = None, model: CostModel | None = None,
-                 residual_bits: int | None = None) -> None:
+                 residual_bits: int | None = None, excluded: frozenset[tuple[str, int]] = frozenset()) -> None:
         self.specs = specs
+        self.excluded = excluded  # (layer, option index) pairs no folding may take (the driver's accumulator rule)
         self.options = list(options)
         self.part = get_part(part)
         self.opts = opts or ArchOptions()
@@ -71,7 +88,12 @@ class HwTable:
             plan = QuantPlan("search", {n: layer_plan(o, n in sig) for n in self.names})
             lowered = lower(specs, plan, self.part)
             self.layers.append({ly.name: ly for ly in lowered if ly.is_compute})
-        widest = max(range(len(self.options)), key=lambda i: self.options[i].abits)
+        # the stream operators are priced once for every plan, at the widest option's codes: an upper bound, so an
+        # allocation the ILP fits fits by the estimate too. An exact residual stream is as wide as the sum of the
+        # weight and activation bits (and the row length): by the widest activations alone (w3a8 of the space
+        # 3..8 x 4..8) it was 9 BRAM18 short on MobileNetV2 at 8-bit weights, and the plan was re-solved with 3%
+        # less of every resource.
+        widest = max(range(len(self.options)), key=lambda i: (self.options[i].abits, self.options[i].wbits))
         self._stream_plan = QuantPlan("search", {n: layer_plan(self.options[widest], n in sig) for n in self.names})
         self.residual_bits = residual_bits
         self.streams = self._streams(residual_bits)
@@ -111,9 +133,16 @@ class HwTable:
         ly = self.layers[oi][name]
         return engine_cycles(ly, ly.spec.weight_rows, ly.spec.row_length)
 
-    def choices(self, name: str, oi: int, t: float, keep: int = 2) -> list[HwChoice]:
-        """Foldings of ``name`` in option ``oi`` with at most ``t`` cycles per frame: the cheapest by
-        total share, by LUTs and by DSPs (at most ``keep``, distinct)."""
+    def choices(self, name: str, oi: int, t: float) -> list[HwChoice]:
+        """Foldings of ``name`` in option ``oi`` with at most ``t`` cycles per frame: for every ``pe`` the smallest
+        ``simd`` that meets ``t``, of those the ones no other beats on every resource (:func:`pareto_rows`). Within
+        one option every folding has the same sensitivity, so a folding that needs at least as much of every
+        resource as another can never be the ILP's better pick: dropping it loses nothing. (It kept the cheapest
+        by total share, LUTs and DSPs, two at most, and so missed the block-RAM-cheap foldings a BRAM-bound design
+        needs: on MobileNetV2 / XCZU9EG 33 of the 53 layers' W8A8 foldings, and the ILP's plan at uniform W8A8's
+        rate was more sensitive than W8A8 itself.)"""
+        if (name, oi) in self.excluded:
+            return []
         ly = self.layers[oi][name]
         s = ly.spec
         live = sum(1 for g in ly.groups if g.fraction > 0)
@@ -133,14 +162,8 @@ class HwTable:
         if not cands:
             return []
         res = np.array([c.resources.as_tuple() for c in cands])
-        picks = [int(np.argmin(res @ (1 / self._bshare) + 1e-12 * np.arange(len(cands))))]
-        for col in (RESOURCE_NAMES.index("lut"), RESOURCE_NAMES.index("dsp")):
-            picks.append(int(np.lexsort((res @ (1 / self._bshare), res[:, col]))[0]))
-        out: list[HwChoice] = []
-        for i in dict.fromkeys(picks):
-            c = cands[i]
-            out.append(HwChoice(oi, c.pe, c.simd, c.cycles, c.resources.as_tuple()))
-        return out[:keep]
+        return [HwChoice(oi, cands[i].pe, cands[i].simd, cands[i].cycles, cands[i].resources.as_tuple())
+                for i in pareto_rows(res)]
 
     def fixed(self, t: float) -> np.ndarray:
         """Resources of the stream operators at ``t`` cycles per frame, plus the shell."""

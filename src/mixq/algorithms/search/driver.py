@@ -34,8 +34,16 @@ from mixq.algorithms.msq import row_advantage
 from mixq.algorithms.search.allocate import Allocation, allocate, fastest, to_plan
 from mixq.algorithms.search.costs import HwTable
 from mixq.algorithms.search.evaluate import EvalFn, evaluate_plans
-from mixq.algorithms.search.sensitivity import Sensitivity, SensitivityConfig, compute_weights, sensitivity
+from mixq.algorithms.search.sensitivity import (
+    Sensitivity,
+    SensitivityConfig,
+    accumulator_bits,
+    compute_weights,
+    sensitivity,
+    weight_code_sum,
+)
 from mixq.algorithms.search.space import Option, SearchSpace, layer_plan, weight_formats
+from mixq.engine.convert import EngineConfig
 from mixq.errors import CheckFailed, MixqError
 from mixq.graph import ops
 from mixq.graph.bnfold import fold_bn
@@ -57,6 +65,7 @@ class SearchConfig:
     workers: int = 2
     cache_dir: str | None = None
     default_max_drop: float = 1.0
+    acc_bits: int = field(default_factory=lambda: EngineConfig().budget(""))  # the integer engine's accumulator
 
     def __post_init__(self) -> None:
         if self.points < 0 or self.workers < 1:
@@ -155,6 +164,28 @@ def _uniform(name: str, o: Option, specs: list[LayerSpec], part: str, signed: se
     return _point(f"uniform {o.label.upper()}", "uniform", plan, specs, part, s)
 
 
+def _wide_accumulators(weights: dict[str, torch.Tensor], adv: dict[str, torch.Tensor], options: list[Option],
+                       signed: set[str], acc_bits: int) -> dict[tuple[str, int], int]:
+    """``(layer, option index) -> bits`` of the options whose weights alone take a layer's worst-case accumulator
+    within a bit of the integer engine's budget ``acc_bits`` (the bit: the bias, which calibration sets): the
+    engine, and so `verify` and the RTL, would refuse the plan. In practice SP2 rows at 8 bits (codes up to 2**15)
+    on rows of a few hundred weights or more: CNV's classifier.0 (3,136 weights a row) needs 35 bits."""
+    sums: dict[tuple[str, int, float], int] = {}
+    out = {}
+    for n, w in weights.items():
+        for oi, o in enumerate(options):
+            k = (n, o.wbits, o.rho)
+            if k not in sums:
+                sums[k] = weight_code_sum(w, o.wbits, o.rho, adv[n])
+            bits = accumulator_bits(sums[k], o.abits, n in signed)
+            if bits >= acc_bits:
+                out[(n, oi)] = bits
+    if out:
+        progress.log("search options left out", layer_options=len(out), acc_bits=acc_bits,
+                     widest=max(out.values()), reason="worst-case accumulator within a bit of the engine's budget")
+    return out
+
+
 def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn,
                 part: str = "xc7z020", target_fps: float | None = None, max_drop: float | None = None,
                 cfg: SearchConfig | None = None) -> SearchResult:
@@ -178,8 +209,11 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
     times["sensitivity"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     fixed4, sp2_4 = weight_formats(4)
-    adv = {n: row_advantage(m.weight.detach(), fixed4, sp2_4) for n, m in compute_weights(folded).items()}
-    table = HwTable(specs, cfg.space.options(), part, sorted(signed))
+    weights = {n: m.weight.detach() for n, m in compute_weights(folded).items()}
+    adv = {n: row_advantage(w, fixed4, sp2_4) for n, w in weights.items()}
+    options = cfg.space.options()
+    wide = _wide_accumulators(weights, adv, options, signed, cfg.acc_bits)
+    table = HwTable(specs, options, part, sorted(signed), excluded=frozenset(wide))
     tables = [table.with_residual_bits(r) for r in dict.fromkeys(cfg.space.residual_widths(specs))]
     bests = [(tb, a) for tb in tables if (a := fastest(tb, sens)) is not None]
     if not bests:

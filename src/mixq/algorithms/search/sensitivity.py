@@ -36,6 +36,7 @@ from torch.func import functional_call
 from mixq import progress
 from mixq.algorithms.msq import row_advantage
 from mixq.algorithms.search.space import SearchSpace, act_format, sp2_rows, weight_formats
+from mixq.engine.arith import signed_bits
 from mixq.errors import MixqError
 from mixq.io import atomic_write_json
 from mixq.modes import eval_mode
@@ -115,6 +116,30 @@ def quantized_weight(w: torch.Tensor, wbits: int, rho: float, advantage: torch.T
         if rows:
             wq[rows] = quantize_weight(w[rows], sp2)
     return wq
+
+
+def weight_code_sum(w: torch.Tensor, wbits: int, rho: float, advantage: torch.Tensor | None) -> int:
+    """The largest sum of a row's weight code magnitudes with ``w`` quantized as the option ``(wbits, rho)``
+    (per-row min-max scales, SP2 rows by MSQ's rule, as :func:`quantized_weight`): times the largest input code,
+    the integer engine's worst-case accumulator before the bias (:mod:`mixq.engine.convert`)."""
+    fixed, sp2 = weight_formats(wbits)
+    w2 = w.detach().reshape(w.shape[0], -1)
+    sp = set(sp2_rows(advantage, rho)) if 0.0 < rho < 1.0 and advantage is not None else set()
+    worst = 0
+    for fmt, rows in ((fixed, [r for r in range(w2.shape[0]) if rho < 1.0 and r not in sp]),
+                      (sp2, [r for r in range(w2.shape[0]) if rho >= 1.0 or r in sp])):
+        if rows:
+            x = w2[rows]
+            scale = compute_scale(x, fmt, "channel", "minmax").reshape(-1, 1).to(x.dtype)
+            worst = max(worst, int(fmt.quantize(x / scale, 1.0).abs().sum(1).max()))
+    return worst
+
+
+def accumulator_bits(code_sum: int, abits: int, signed_input: bool) -> int:
+    """Signed bits of an accumulator of rows whose weight codes sum to ``code_sum`` in magnitude
+    (:func:`weight_code_sum`) on ``abits``-bit input codes."""
+    act = act_format(abits, signed_input)
+    return signed_bits(code_sum * max(abs(int(act.qmin)), abs(int(act.qmax))))
 
 
 def _hutchinson(model: nn.Module, names: list[str], x: torch.Tensor, ref: torch.Tensor,

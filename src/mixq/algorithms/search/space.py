@@ -94,7 +94,7 @@ def weight_formats(wbits: int) -> tuple[NumberFormat, NumberFormat]:
     return FixedPoint(wbits, signed=True, narrow=True), SumOfPowers(max(wbits, SP2_MIN_BITS), 2)
 
 
-def act_format(abits: int, signed: bool) -> NumberFormat:
+def act_format(abits: int, signed: bool) -> FixedPoint:
     return FixedPoint(abits, signed=signed)
 
 
