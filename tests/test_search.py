@@ -196,9 +196,9 @@ def test_the_ilp_reaches_a_uniform_plan_that_fits_at_its_rate() -> None:
     as insensitive (0): before, it kept each layer's two cheapest foldings by share / LUT / DSP, missed 33 of the 53
     layers' W8A8 foldings and could not fit W8A8 everywhere."""
     from mixq import zoo
-    from mixq.algorithms.search.costs import pareto_rows
     from mixq.algorithms.search.driver import _uniform
     from mixq.algorithms.search.sensitivity import Sensitivity, wkey
+    from mixq.algorithms.search.solvers import pareto_rows
     from mixq.hw.units import divisors
 
     f = fold_bn(zoo.load("mobilenet_v2")).eval()
@@ -226,6 +226,41 @@ def test_the_ilp_reaches_a_uniform_plan_that_fits_at_its_rate() -> None:
                 r = np.array(meet[0].resources.as_tuple())
                 assert np.any(np.all(kept <= r, axis=1)), (n, pe, meet[0].simd)
     assert pareto_rows(np.array([[1, 1], [1, 1], [0, 2]])) == [0, 2]
+
+
+def test_search_leaves_out_options_whose_accumulators_the_engine_refuses() -> None:
+    """CNV with its shipped weights: SP2 rows at 8 bits carry codes up to 2**15, so on rows of hundreds of weights
+    the worst-case accumulator passes the integer engine's 32 bits (classifier.0, 3,136 weights a row: 34). The
+    search leaves those options out (`mixq run` once chose one, and its RTL check was skipped: "accumulator needs
+    34 bits"); the engine agrees on both sides: the left-out option does not convert, the kept ones do."""
+    from mixq import zoo
+    from mixq.algorithms.msq import row_advantage
+    from mixq.algorithms.ptq import quantize
+    from mixq.algorithms.search.driver import _wide_accumulators
+    from mixq.algorithms.search.sensitivity import compute_weights
+    from mixq.algorithms.search.space import layer_plan, weight_formats
+    from mixq.engine.convert import to_integer
+    from mixq.errors import ModelError
+    from mixq.plan import QuantPlan
+
+    f = fold_bn(zoo.load("cnv", pretrained=True)).eval()
+    weights = {n: m.weight.detach() for n, m in compute_weights(f).items()}
+    adv = {n: row_advantage(w, *weight_formats(4)) for n, w in weights.items()}
+    options = [Option(8, 8), Option(8, 8, 1.0), Option(6, 8, 1.0), Option(4, 4, 0.5)]
+    wide = _wide_accumulators(weights, adv, options, {"features.0"}, 32)
+    assert wide[("classifier.0", 1)] == 34  # what the engine reported for the plan `mixq run` chose
+    assert {oi for _, oi in wide} == {1}  # only SP2 at 8 bits, never fixed point or narrower SP2
+    assert ("classifier.3", 1) not in wide  # 512 weights a row: 31 bits
+    calib = torch.rand(16, 1, 28, 28)
+    for oi, refused in ((1, True), (0, False), (2, False)):
+        plan = QuantPlan("cnv", {n: layer_plan(options[oi] if n == "classifier.0" else Option(8, 8),
+                                               n == "features.0", adv[n]) for n in weights})
+        q = quantize(f, plan, calib, "plan", fold=False)
+        if refused:
+            with pytest.raises(ModelError, match="classifier.0.*accumulator needs"):
+                to_integer(q, calib[:1])
+        else:
+            to_integer(q, calib[:1])
 
 
 def test_allocation_ilp_is_optimal_on_the_real_problem(table_and_sens) -> None:  # type: ignore[no-untyped-def]

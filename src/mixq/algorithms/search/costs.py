@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mixq.algorithms.search.solvers import pareto_rows
 from mixq.algorithms.search.space import Option, layer_plan
 from mixq.graph.spec import LayerSpec
 from mixq.hw.cost import RESOURCE_NAMES, CostModel, Resources
@@ -34,6 +35,7 @@ from mixq.hw.units import (
     compute_engine,
     divisors,
     engine_cycles,
+    engine_grid,
     shell,
 )
 from mixq.plan import QuantPlan
@@ -41,21 +43,14 @@ from mixq.plan import QuantPlan
 N_RES = len(RESOURCE_NAMES)
 
 
-def pareto_rows(res: np.ndarray) -> list[int]:
-    """Rows of ``res`` (candidates x resources) that no other row beats: at most as much of every resource and
-    less of one; of equal rows the first. In row order.
+@dataclass(frozen=True)
+class Grid:
+    """A layer's foldings in one option, costed: ``pes`` x ``simds``, ``cycles`` and ``resources`` per pair."""
 
-    >>> pareto_rows(np.array([[2, 1], [1, 2], [2, 2], [1, 2], [3, 0]]))
-    [0, 1, 4]
-    """
-    keep = []
-    for i, r in enumerate(res):
-        le = np.all(res <= r, axis=1)
-        lt = np.any(res < r, axis=1)
-        if np.any(le & lt) or np.any(np.all(res[:i] == r, axis=1)):
-            continue
-        keep.append(i)
-    return keep
+    pes: np.ndarray
+    simds: np.ndarray
+    cycles: np.ndarray
+    resources: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -98,7 +93,7 @@ class HwTable:
         self.residual_bits = residual_bits
         self.streams = self._streams(residual_bits)
         self._cost: dict[tuple[str, int, int, int], EngineCost] = {}
-        self._cyc: dict[tuple[str, int, int, int], int] = {}
+        self._grid: dict[tuple[str, int], Grid] = {}
         self.clock = self.part.clock_mhz * 1e6
         # the stream ports' cycles a frame (one input pixel, one output code a beat): no design is faster
         self.io = io_cycles(lowered, self.opts)
@@ -122,12 +117,22 @@ class HwTable:
             self._cost[k] = compute_engine(self.layers[oi][name], pe, simd, self.part, self.model, self.opts)
         return self._cost[k]
 
-    def _cycles(self, name: str, oi: int, pe: int, simd: int) -> int:
-        k = (name, oi, pe, simd)
-        c = self._cyc.get(k)
-        if c is None:
-            c = self._cyc[k] = engine_cycles(self.layers[oi][name], pe, simd)
-        return c
+    def grid(self, name: str, oi: int) -> Grid:
+        """Every folding of ``name`` in option ``oi``, costed at once (:func:`mixq.hw.units.engine_grid`, the same
+        numbers as :func:`compute_engine` bit for bit): ``pe`` values (at least one per live row group), ``simd``
+        values, cycles ``(P, S)`` and resources ``(P, S, 5)``."""
+        k = (name, oi)
+        g = self._grid.get(k)
+        if g is None:
+            ly = self.layers[oi][name]
+            live = sum(1 for gr in ly.groups if gr.fraction > 0)
+            pes = np.array([p for p in divisors(ly.spec.weight_rows) if p >= live], dtype=np.int64)
+            simds = np.array(divisors(ly.spec.row_length), dtype=np.int64)
+            pp, ss = np.meshgrid(pes, simds, indexing="ij")
+            cyc, res, _ = engine_grid(ly, pp.ravel().tolist(), ss.ravel().tolist(), self.part, self.model,
+                                      self.opts)
+            g = self._grid[k] = Grid(pes, simds, cyc.reshape(pp.shape), res.reshape(pp.shape + (N_RES,)))
+        return g
 
     def min_cycles(self, name: str, oi: int) -> int:
         ly = self.layers[oi][name]
@@ -143,27 +148,15 @@ class HwTable:
         rate was more sensitive than W8A8 itself.)"""
         if (name, oi) in self.excluded:
             return []
-        ly = self.layers[oi][name]
-        s = ly.spec
-        live = sum(1 for g in ly.groups if g.fraction > 0)
-        simds = divisors(s.row_length)
-        cands: list[EngineCost] = []
-        for pe in (p for p in divisors(s.weight_rows) if p >= live):
-            if self._cycles(name, oi, pe, simds[-1]) > t:
-                continue
-            lo, hi = 0, len(simds) - 1  # cycles fall as simd grows: the smallest simd that meets t
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if self._cycles(name, oi, pe, simds[mid]) <= t:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            cands.append(self.engine(name, oi, pe, simds[lo]))
-        if not cands:
+        g = self.grid(name, oi)
+        meet = g.cycles <= t
+        rows = np.flatnonzero(meet.any(axis=1))
+        if not len(rows):
             return []
-        res = np.array([c.resources.as_tuple() for c in cands])
-        return [HwChoice(oi, cands[i].pe, cands[i].simd, cands[i].cycles, cands[i].resources.as_tuple())
-                for i in pareto_rows(res)]
+        cols = meet[rows].argmax(axis=1)  # each pe's smallest simd that meets t
+        res = g.resources[rows, cols]
+        return [HwChoice(oi, int(g.pes[rows[i]]), int(g.simds[cols[i]]), int(g.cycles[rows[i], cols[i]]),
+                         tuple(float(x) for x in res[i])) for i in pareto_rows(res)]
 
     def fixed(self, t: float) -> np.ndarray:
         """Resources of the stream operators at ``t`` cycles per frame, plus the shell."""

@@ -60,17 +60,26 @@ def _solution(p: Problem, picks: tuple[int, ...], t0: float, solver: str) -> Sol
     return Solution(picks, float(obj), _used(p, picks), time.perf_counter() - t0, solver)
 
 
+def pareto_rows(a: np.ndarray) -> list[int]:
+    """Rows of ``a`` (candidates x costs) that no other row beats: no worse in every cost and better in one; of
+    identical rows the first is kept. In row order.
+
+    >>> pareto_rows(np.array([[2, 1], [1, 2], [2, 2], [1, 2], [3, 0]]))
+    [0, 1, 4]
+    """
+    if not len(a):
+        return []
+    le = (a[None, :, :] <= a[:, None, :]).all(axis=2)  # le[i, j]: row j is no worse than row i
+    lt = (a[None, :, :] < a[:, None, :]).any(axis=2)
+    earlier = np.tri(len(a), k=-1, dtype=bool)  # earlier[i, j]: j < i
+    dominated = (le & (lt | earlier)).any(axis=1)
+    return [int(i) for i in np.flatnonzero(~dominated)]
+
+
 def pareto_items(items: tuple[Item, ...]) -> list[int]:
     """Indices of the items no other item dominates (no worse in sensitivity and every resource;
     of identical items the first is kept)."""
-    if not items:
-        return []
-    a = np.array([(it.sens, *it.res) for it in items])
-    le = (a[None, :, :] <= a[:, None, :]).all(axis=2)  # le[i, j]: item j is no worse than item i
-    lt = (a[None, :, :] < a[:, None, :]).any(axis=2)
-    earlier = np.tri(len(items), k=-1, dtype=bool)  # earlier[i, j]: j < i
-    dominated = (le & (lt | earlier)).any(axis=1)
-    return [int(i) for i in np.flatnonzero(~dominated)]
+    return pareto_rows(np.array([(it.sens, *it.res) for it in items])) if items else []
 
 
 # HiGHS' relative optimality gap. The sensitivities are estimates, so 1% is far inside their
