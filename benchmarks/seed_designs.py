@@ -20,6 +20,7 @@ top-1 agreement with FP32 on held-out photos), accuracy against frames/s.
     .venv/bin/python benchmarks/seed_designs.py            # ~10 min on one core (560 s measured)
     .venv/bin/python benchmarks/seed_designs.py --no-greedy  # the design table only (~2 min)
     .venv/bin/python benchmarks/seed_designs.py --md-only    # rewrite the .md from the .json
+    .venv/bin/python benchmarks/seed_designs.py --greedy-only  # the greedy-vs-ILP part only, the rows kept
 
 Writes benchmarks/results/seed_designs.json and .md.
 """
@@ -478,6 +479,7 @@ def main() -> None:
     ap.add_argument("--no-greedy", action="store_true")
     ap.add_argument("--md-only", action="store_true", help="rewrite the .md from the .json, run nothing")
     ap.add_argument("--rows-only", action="store_true", help="rerun the design rows, keep the greedy comparison")
+    ap.add_argument("--greedy-only", action="store_true", help="rerun the greedy comparison, keep the design rows")
     a = ap.parse_args()
     if a.md_only:
         doc = json.loads((OUT / "seed_designs.json").read_text())
@@ -487,12 +489,12 @@ def main() -> None:
     torch.manual_seed(0)
     progress.configure("quiet")
     t0 = time.perf_counter()
-    rows = [seed_row(r) for r in ROWS]
-    t_rows = time.perf_counter() - t0
+    old = json.loads((OUT / "seed_designs.json").read_text()) if a.rows_only or a.greedy_only else {}
+    rows = old["rows"] if a.greedy_only else [seed_row(r) for r in ROWS]
+    t_rows = float(old.get("seconds_rows", 0.0)) if a.greedy_only else time.perf_counter() - t0
     cmp: list[dict[str, Any]] = []
     t_greedy = 0.0
     if a.rows_only:
-        old = json.loads((OUT / "seed_designs.json").read_text())
         cmp, t_greedy = old["greedy_vs_ilp"], float(old.get("seconds_greedy", 0.0))
     elif not a.no_greedy:
         t1 = time.perf_counter()
