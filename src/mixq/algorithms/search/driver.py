@@ -169,7 +169,7 @@ def _wide_accumulators(weights: dict[str, torch.Tensor], adv: dict[str, torch.Te
     """``(layer, option index) -> bits`` of the options whose weights alone take a layer's worst-case accumulator
     within a bit of the integer engine's budget ``acc_bits`` (the bit: the bias, which calibration sets): the
     engine, and so `verify` and the RTL, would refuse the plan. In practice SP2 rows at 8 bits (codes up to 2**15)
-    on rows of a few hundred weights or more: CNV's classifier.0 (3,136 weights a row) needs 35 bits."""
+    on rows of a few hundred weights or more: CNV's classifier.0 (3,136 weights a row) needs 34 bits."""
     sums: dict[tuple[str, int, float], int] = {}
     out = {}
     for n, w in weights.items():
