@@ -177,6 +177,31 @@ def test_allocation_meets_target_and_fits_by_estimate(table_and_sens) -> None:  
     assert slow is not None and slow.sensitivity <= a.sensitivity + 1e-12
 
 
+def test_fastest_is_within_a_thousandth_of_the_fastest_that_fits() -> None:
+    """ResNet-20 on the XC7Z020: no allocation fits a budget a thousandth under the fastest one's slowest layer. The
+    fastest design used to be re-solved at the grid budget it was found at, where the objective picks slower
+    foldings (37,120 cycles a frame here, where 36,864 fit; pytorchcv's ResNet-20: 2,694 frames/s reported as the
+    fastest while the sweep found 2,708), so a reachable target was refused; and the bisection on the 4%-step cycle
+    grid is refined to 0.1%."""
+    from mixq import zoo
+    from mixq.algorithms.search.allocate import cycle_grid
+    from mixq.algorithms.search.sensitivity import Sensitivity, wkey
+
+    specs = capture(fold_bn(zoo.load("resnet20")).eval(), zoo.input_shape("resnet20"))
+    space = SearchSpace(wbits=(4, 8), abits=(4, 8), rhos=(0.0, 1.0))
+    names = [s.name for s in specs if s.is_compute]
+    sens = Sensitivity({n: {wkey(b, r): 1.0 / b + r for b in (4, 8) for r in (0.0, 1.0)} for n in names},
+                       {n: {"a8": 0.0, "a4": 1.0} for n in names}, "synthetic")
+    table = HwTable(specs, space.options(), "xc7z020", [names[0]])
+    best = fastest(table, sens)
+    assert best is not None
+    top = max(c.cycles for c in best.choices.values())
+    assert allocate(table, sens, top) is not None
+    assert allocate(table, sens, top - max(1, top // 1000) - 1, feasibility_only=True) is None
+    on_grid = next(a for t in cycle_grid(table) if (a := allocate(table, sens, t, feasibility_only=True)))
+    assert top <= max(c.cycles for c in on_grid.choices.values())  # never slower than the grid's first fit
+
+
 def test_search_sweeps_no_rate_past_the_stream_ports() -> None:
     """MobileNetV2 at 224 x 224 on the XCVU9P: its input stream takes 50,176 beats a frame (one pixel a beat), so
     the search's cycle grid starts there and a faster allocation's frame rate is the ports' (as `estimate` says)."""
