@@ -120,8 +120,8 @@ def fastest(table: HwTable, sens: Sensitivity, max_sensitivity: float = math.inf
             else:
                 below = mid
     # the least sensitive allocation at the tightest budget known to fit (its slowest layer, not the budget it
-    # was found at: a budget above lets the objective pick slower foldings)
-    return best if bounded else allocate(table, sens, _slowest(best), cap_scale=cap_scale)
+    # was found at: a budget above lets the objective pick slower foldings), and no tighter than the stream ports
+    return best if bounded else allocate(table, sens, max(_slowest(best), table.io), cap_scale=cap_scale)
 
 
 def _slowest(a: Allocation) -> int:
