@@ -43,13 +43,13 @@ from mixq.algorithms.search.sensitivity import (
     weight_code_sum,
 )
 from mixq.algorithms.search.space import Option, SearchSpace, layer_plan, weight_formats
-from mixq.engine.convert import EngineConfig
 from mixq.errors import CheckFailed, MixqError
 from mixq.graph import ops
 from mixq.graph.bnfold import fold_bn
 from mixq.graph.capture import capture
 from mixq.graph.spec import LayerSpec
 from mixq.hw import apply_folding, estimate
+from mixq.hw.bits import ENGINE_ACC_BITS
 from mixq.plan import QuantPlan
 
 
@@ -65,7 +65,7 @@ class SearchConfig:
     workers: int = 2
     cache_dir: str | None = None
     default_max_drop: float = 1.0
-    acc_bits: int = field(default_factory=lambda: EngineConfig().budget(""))  # the integer engine's accumulator
+    acc_bits: int = ENGINE_ACC_BITS  # the integer engine's accumulator budget (hw.bits mirrors its default)
 
     def __post_init__(self) -> None:
         if self.points < 0 or self.workers < 1:

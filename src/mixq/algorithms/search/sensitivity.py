@@ -36,7 +36,6 @@ from torch.func import functional_call
 from mixq import progress
 from mixq.algorithms.msq import row_advantage
 from mixq.algorithms.search.space import SearchSpace, act_format, sp2_rows, weight_formats
-from mixq.engine.arith import signed_bits
 from mixq.errors import MixqError
 from mixq.io import atomic_write_json
 from mixq.modes import eval_mode
@@ -139,7 +138,7 @@ def accumulator_bits(code_sum: int, abits: int, signed_input: bool) -> int:
     """Signed bits of an accumulator of rows whose weight codes sum to ``code_sum`` in magnitude
     (:func:`weight_code_sum`) on ``abits``-bit input codes."""
     act = act_format(abits, signed_input)
-    return signed_bits(code_sum * max(abs(int(act.qmin)), abs(int(act.qmax))))
+    return (code_sum * max(abs(int(act.qmin)), abs(int(act.qmax)))).bit_length() + 1  # the engine's signed_bits
 
 
 def _hutchinson(model: nn.Module, names: list[str], x: torch.Tensor, ref: torch.Tensor,
