@@ -70,3 +70,26 @@ def test_accuracy_judge_keeps_threshold(cnv: tuple[torch.nn.Module, torch.Tensor
 def test_bad_config(kw: dict[str, object]) -> None:
     with pytest.raises(MixqError, match="greedy"):
         GreedyConfig(**kw)  # type: ignore[arg-type]
+
+
+def test_greedy_skips_formats_whose_accumulator_the_engine_refuses(
+        cnv: tuple[torch.nn.Module, torch.Tensor, AccuracyEval]) -> None:
+    """pot5 carries codes up to 2**14: on CNV's classifier.0 (3,136 weights a row) its worst-case accumulator takes
+    33 bits, past the engine's 32. With a ladder of pot5 then fixed8 and no accuracy asked, every layer takes pot5
+    but classifier.0, which falls back to fixed8; the integer engine converts the plan's quantized model."""
+
+    from mixq.algorithms.ptq import quantize
+    from mixq.engine.convert import to_integer
+    from mixq.errors import ModelError
+
+    model, calib, ev = cnv
+    g = greedy_plan("cnv", model, calib, ev, "xc7z020", GreedyConfig(judge="proxy", threshold=1e9,
+                                                                      ladder=("pot5", "fixed8"), sensitivity=SENS))
+    assert g.choices["classifier.0"] == "fixed8"
+    assert {k for n, k in g.choices.items() if n != "classifier.0"} == {"pot5"}
+    folded = fold_bn(model).eval()
+    to_integer(quantize(folded, g.plan, calib, "plan", fold=False), calib[:1])
+    lp = g.plan.layers["classifier.0"]
+    refused = g.plan.with_layer("classifier.0", lp.with_(weight=LADDER["pot5"]))
+    with pytest.raises(ModelError, match="classifier.0.*accumulator needs 33 bits"):
+        to_integer(quantize(folded, refused, calib, "plan", fold=False), calib[:1])

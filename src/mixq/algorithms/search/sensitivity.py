@@ -37,6 +37,7 @@ from mixq import progress
 from mixq.algorithms.msq import row_advantage
 from mixq.algorithms.search.space import SearchSpace, act_format, sp2_rows, weight_formats
 from mixq.errors import MixqError
+from mixq.formats import NumberFormat
 from mixq.io import atomic_write_json
 from mixq.modes import eval_mode
 from mixq.quant import compute_scale, fake_quant, quantize_weight
@@ -117,21 +118,25 @@ def quantized_weight(w: torch.Tensor, wbits: int, rho: float, advantage: torch.T
     return wq
 
 
+def format_code_sum(w: torch.Tensor, fmt: NumberFormat) -> int:
+    """The largest sum of a row's weight code magnitudes with the rows of ``w`` in ``fmt`` at per-row min-max
+    scales: times the largest input code, the integer engine's worst-case accumulator before the bias
+    (:mod:`mixq.engine.convert`). 0 for no rows."""
+    if not len(w):
+        return 0
+    x = w.detach().reshape(w.shape[0], -1)
+    scale = compute_scale(x, fmt, "channel", "minmax").reshape(-1, 1).to(x.dtype)
+    return int(fmt.quantize(x / scale, 1.0).abs().sum(1).max())
+
+
 def weight_code_sum(w: torch.Tensor, wbits: int, rho: float, advantage: torch.Tensor | None) -> int:
-    """The largest sum of a row's weight code magnitudes with ``w`` quantized as the option ``(wbits, rho)``
-    (per-row min-max scales, SP2 rows by MSQ's rule, as :func:`quantized_weight`): times the largest input code,
-    the integer engine's worst-case accumulator before the bias (:mod:`mixq.engine.convert`)."""
+    """:func:`format_code_sum` of ``w`` quantized as the option ``(wbits, rho)`` (SP2 rows by MSQ's rule, as
+    :func:`quantized_weight`)."""
     fixed, sp2 = weight_formats(wbits)
-    w2 = w.detach().reshape(w.shape[0], -1)
     sp = set(sp2_rows(advantage, rho)) if 0.0 < rho < 1.0 and advantage is not None else set()
-    worst = 0
-    for fmt, rows in ((fixed, [r for r in range(w2.shape[0]) if rho < 1.0 and r not in sp]),
-                      (sp2, [r for r in range(w2.shape[0]) if rho >= 1.0 or r in sp])):
-        if rows:
-            x = w2[rows]
-            scale = compute_scale(x, fmt, "channel", "minmax").reshape(-1, 1).to(x.dtype)
-            worst = max(worst, int(fmt.quantize(x / scale, 1.0).abs().sum(1).max()))
-    return worst
+    rows = range(w.shape[0])
+    return max(format_code_sum(w[[r for r in rows if rho < 1.0 and r not in sp]], fixed),
+               format_code_sum(w[[r for r in rows if rho >= 1.0 or r in sp]], sp2))
 
 
 def accumulator_bits(code_sum: int, abits: int, signed_input: bool) -> int:
