@@ -140,10 +140,10 @@ def greedy_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
     folded = fold_bn(model).eval()
     specs = capture(folded, tuple(calib.shape[1:]))
     order, signed = ops.signed_input_layers(folded, calib[:64])
-    names = [n for n in order if n in compute_weights(folded)]
+    weights = compute_weights(folded)
+    names = [n for n in order if n in weights]
     widest = cfg.ladder[-1]
     choices = dict.fromkeys(names, widest)
-    weights = compute_weights(folded)
     # formats whose worst-case accumulator the engine refuses are skipped, as the ILP leaves them out (pot5 on CNV's
     # classifier.0: codes up to 2**14 on 3,136 weights a row, 33 bits); the widest stays, as the fallback
     ladder = {n: [k for k in cfg.ladder if k == widest or accumulator_bits(

@@ -116,8 +116,8 @@ def solve_ilp(p: Problem, time_limit: float | None = None, feasibility_only: boo
         scale = np.where(np.abs(capv) > 1e-9, np.abs(capv), 1.0)
         cons.append(LinearConstraint(csr_matrix(res[:, rows].T / scale[:, None]), -np.inf, capv / scale))
     # no presolve: on these problems (one pick per layer, a handful of resource rows, thousands of binaries) HiGHS's
-    # probing took about a second of every solve and found nothing to remove; MobileNetV2's four rates (7,300
-    # columns) solve in 0.25-1.7 s without it, 1.6-2.5 s with it, to the same optimum within the gap
+    # probing took about a second of every solve and removed 3 of 7,368 columns; an A/B on MobileNetV2's problems at
+    # four rates: 0.25-2.0 s without it, 1.6-2.5 s with it, the same optima within the gap
     options: dict[str, float | bool] = {"mip_rel_gap": gap, "presolve": False}
     if time_limit:
         options["time_limit"] = time_limit
