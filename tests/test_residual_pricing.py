@@ -114,7 +114,7 @@ def test_search_sweeps_each_stream_width(res_search) -> None:  # type: ignore[no
     # the 40-bit skip FIFOs take BRAM, the 8-bit ones LUT RAM: less of the part in all
     bram = RESOURCE_NAMES.index("bram")
     assert table.share(narrow) < table.share(exact) and narrow[bram] < exact[bram]
-    assert table.with_residual_bits(8)._cost is table._cost  # the engine caches are shared
+    assert table.with_residual_bits(8)._grid is table._grid  # the engine caches (the foldings costed) are shared
 
 
 def test_a_searched_plan_with_streams_evaluates_as_quantized(res_search) -> None:  # type: ignore[no-untyped-def]

@@ -224,7 +224,7 @@ def test_the_ilp_reaches_a_uniform_plan_that_fits_at_its_rate() -> None:
     from mixq.algorithms.search.driver import _uniform
     from mixq.algorithms.search.sensitivity import Sensitivity, wkey
     from mixq.algorithms.search.solvers import pareto_rows
-    from mixq.hw.units import divisors
+    from mixq.hw.units import compute_engine, divisors
 
     f = fold_bn(zoo.load("mobilenet_v2")).eval()
     specs = capture(f, zoo.input_shape("mobilenet_v2"))
@@ -246,7 +246,9 @@ def test_the_ilp_reaches_a_uniform_plan_that_fits_at_its_rate() -> None:
         spec = table.layers[oi][n].spec
         kept = np.array([c.res for c in table.choices(n, oi, t)])
         for pe in divisors(spec.weight_rows):
-            meet = [e for sd in divisors(spec.row_length) if (e := table.engine(n, oi, pe, sd)).cycles <= t]
+            ly = table.layers[oi][n]
+            meet = [e for sd in divisors(spec.row_length)
+                    if (e := compute_engine(ly, pe, sd, table.part, table.model, table.opts)).cycles <= t]
             if meet:
                 r = np.array(meet[0].resources.as_tuple())
                 assert np.any(np.all(kept <= r, axis=1)), (n, pe, meet[0].simd)

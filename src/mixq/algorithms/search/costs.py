@@ -30,9 +30,7 @@ from mixq.hw.streaming import io_cycles
 from mixq.hw.streamops import stream_engine, stream_lanes
 from mixq.hw.units import (
     ArchOptions,
-    EngineCost,
     budget,
-    compute_engine,
     divisors,
     engine_cycles,
     engine_grid,
@@ -92,7 +90,6 @@ class HwTable:
         self._stream_plan = QuantPlan("search", {n: layer_plan(self.options[widest], n in sig) for n in self.names})
         self.residual_bits = residual_bits
         self.streams = self._streams(residual_bits)
-        self._cost: dict[tuple[str, int, int, int], EngineCost] = {}
         self._grid: dict[tuple[str, int], Grid] = {}
         self.clock = self.part.clock_mhz * 1e6
         # the stream ports' cycles a frame (one input pixel, one output code a beat): no design is faster
@@ -111,16 +108,10 @@ class HwTable:
         out.residual_bits, out.streams = residual_bits, self._streams(residual_bits)
         return out
 
-    def engine(self, name: str, oi: int, pe: int, simd: int) -> EngineCost:
-        k = (name, oi, pe, simd)
-        if k not in self._cost:
-            self._cost[k] = compute_engine(self.layers[oi][name], pe, simd, self.part, self.model, self.opts)
-        return self._cost[k]
-
     def grid(self, name: str, oi: int) -> Grid:
         """Every folding of ``name`` in option ``oi``, costed at once (:func:`mixq.hw.units.engine_grid`, the same
-        numbers as :func:`compute_engine` bit for bit): ``pe`` values (at least one per live row group), ``simd``
-        values, cycles ``(P, S)`` and resources ``(P, S, 5)``."""
+        numbers as :func:`mixq.hw.units.compute_engine` bit for bit): ``pe`` values (at least one per live row
+        group), ``simd`` values, cycles ``(P, S)`` and resources ``(P, S, 5)``."""
         k = (name, oi)
         g = self._grid.get(k)
         if g is None:
