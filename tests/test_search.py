@@ -278,6 +278,8 @@ def test_search_leaves_out_options_whose_accumulators_the_engine_refuses() -> No
     assert wide[("classifier.0", 1)] == 34  # what the engine reported for the plan `mixq run` chose
     assert {oi for _, oi in wide} == {1}  # only SP2 at 8 bits, never fixed point or narrower SP2
     assert ("classifier.3", 1) not in wide  # 512 weights a row: 31 bits
+    assert set(_wide_accumulators(weights, adv, options, {"features.0"}, 34)) == {("classifier.0", 1)}
+    assert not _wide_accumulators(weights, adv, options, {"features.0"}, 35)  # the budget is the config's
     calib = torch.rand(16, 1, 28, 28)
     for oi, refused in ((1, True), (0, False), (2, False)):
         plan = QuantPlan("cnv", {n: layer_plan(options[oi] if n == "classifier.0" else Option(8, 8),
@@ -288,6 +290,39 @@ def test_search_leaves_out_options_whose_accumulators_the_engine_refuses() -> No
                 to_integer(q, calib[:1])
         else:
             to_integer(q, calib[:1])
+
+
+@pytest.mark.parametrize("bits", [1, 64, 32.0, True])
+def test_an_accumulator_budget_the_engine_refuses_is_refused_at_the_door(bits: object) -> None:
+    from mixq.algorithms.search.greedy import GreedyConfig
+
+    for make, where in ((SearchConfig, "search"), (GreedyConfig, "greedy")):
+        with pytest.raises(MixqError, match=rf"^{where}\.acc_bits: must be an integer in \[2, 63\]"):
+            make(acc_bits=bits)
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.25, 0.5, 1.0])
+def test_an_options_rows_take_their_formats_alone(rho: float) -> None:
+    """`quantized_weight` and `weight_code_sum` split the rows alike (MSQ's rule): each SP2 row is the row quantized
+    as SP2 alone, every other row as fixed point alone, and the code sum is the larger of the two groups'."""
+    from mixq.algorithms.msq import row_advantage
+    from mixq.algorithms.search.sensitivity import format_code_sum, quantized_weight, weight_code_sum
+    from mixq.algorithms.search.space import sp2_rows, weight_formats
+    from mixq.quant.analysis import quantize_weight
+
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(12, 3, 3, 3, generator=gen) * torch.logspace(-2, 0, 12).view(-1, 1, 1, 1)
+    fixed, sp2 = weight_formats(4)
+    adv = row_advantage(w, fixed, sp2)
+    sp = set(range(12)) if rho >= 1.0 else set(sp2_rows(adv, rho))
+    assert len(sp) == round(rho * 12)
+    q = quantized_weight(w, 4, rho, adv)
+    for r in range(12):
+        assert torch.equal(q[r], quantize_weight(w[r:r + 1], sp2 if r in sp else fixed)[0])
+    fx = [r for r in range(12) if r not in sp]
+    assert weight_code_sum(w, 4, rho, adv) == max(format_code_sum(w[fx], fixed), format_code_sum(w[sorted(sp)], sp2))
+    with pytest.raises(MixqError, match="rho=0.5 needs the layer's SP2-vs-fixed row advantage"):
+        quantized_weight(w, 4, 0.5, None)
 
 
 def test_allocation_ilp_is_optimal_on_the_real_problem(table_and_sens) -> None:  # type: ignore[no-untyped-def]

@@ -93,3 +93,6 @@ def test_greedy_skips_formats_whose_accumulator_the_engine_refuses(
     refused = g.plan.with_layer("classifier.0", lp.with_(weight=LADDER["pot5"]))
     with pytest.raises(ModelError, match="classifier.0.*accumulator needs 33 bits"):
         to_integer(quantize(folded, refused, calib, "plan", fold=False), calib[:1])
+    wider = greedy_plan("cnv", model, calib, ev, "xc7z020", GreedyConfig(judge="proxy", threshold=1e9, acc_bits=34,
+                                                                         ladder=("pot5", "fixed8"), sensitivity=SENS))
+    assert set(wider.choices.values()) == {"pot5"}  # a 34-bit budget takes the 33-bit accumulator

@@ -38,7 +38,9 @@ from mixq.algorithms.search.sensitivity import (
     Sensitivity,
     SensitivityConfig,
     accumulator_bits,
+    check_acc_bits,
     compute_weights,
+    engine_refuses,
     sensitivity,
     weight_code_sum,
 )
@@ -70,6 +72,7 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.points < 0 or self.workers < 1:
             raise MixqError("search: points must be >= 0 and workers >= 1")
+        check_acc_bits("search", self.acc_bits)
 
 
 @dataclass(frozen=True)
@@ -166,10 +169,9 @@ def _uniform(name: str, o: Option, specs: list[LayerSpec], part: str, signed: se
 
 def _wide_accumulators(weights: dict[str, torch.Tensor], adv: dict[str, torch.Tensor], options: list[Option],
                        signed: set[str], acc_bits: int) -> dict[tuple[str, int], int]:
-    """``(layer, option index) -> bits`` of the options whose weights alone take a layer's worst-case accumulator
-    within a bit of the integer engine's budget ``acc_bits`` (the bit: the bias, which calibration sets): the
-    engine, and so `verify` and the RTL, would refuse the plan. In practice SP2 rows at 8 bits (codes up to 2**15)
-    on rows of a few hundred weights or more: CNV's classifier.0 (3,136 weights a row) needs 34 bits."""
+    """``(layer, option index) -> bits`` of the options the integer engine would refuse (:func:`engine_refuses`
+    with budget ``acc_bits``). In practice SP2 rows at 8 bits (codes up to 2**15) on rows of a few hundred weights
+    or more: CNV's classifier.0 (3,136 weights a row) needs 34 bits."""
     sums: dict[tuple[str, int, float], int] = {}
     out = {}
     for n, w in weights.items():
@@ -177,9 +179,8 @@ def _wide_accumulators(weights: dict[str, torch.Tensor], adv: dict[str, torch.Te
             k = (n, o.wbits, o.rho)
             if k not in sums:
                 sums[k] = weight_code_sum(w, o.wbits, o.rho, adv[n])
-            bits = accumulator_bits(sums[k], o.abits, n in signed)
-            if bits >= acc_bits:
-                out[(n, oi)] = bits
+            if engine_refuses(sums[k], o.abits, n in signed, acc_bits):
+                out[(n, oi)] = accumulator_bits(sums[k], o.abits, n in signed)
     if out:
         progress.log("search options left out", layer_options=len(out), acc_bits=acc_bits,
                      widest=max(out.values()), reason="worst-case accumulator within a bit of the engine's budget")

@@ -35,8 +35,9 @@ from mixq.algorithms.search.evaluate import EvalFn, quantize_and_eval
 from mixq.algorithms.search.sensitivity import (
     Sensitivity,
     SensitivityConfig,
-    accumulator_bits,
+    check_acc_bits,
     compute_weights,
+    engine_refuses,
     format_code_sum,
     sensitivity,
 )
@@ -74,8 +75,10 @@ class GreedyConfig:
     judge: str = "accuracy"
     threshold: float = 1.0  # "accuracy": points of the figure; "proxy": total KL budget (nats)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
+    acc_bits: int = ENGINE_ACC_BITS  # the integer engine's accumulator budget, as `SearchConfig.acc_bits`
 
     def __post_init__(self) -> None:
+        check_acc_bits("greedy", self.acc_bits)
         if self.judge not in JUDGES:
             raise MixqError(f"greedy.judge: {self.judge!r} is not one of {', '.join(JUDGES)}")
         bad = [k for k in self.ladder if k not in LADDER]
@@ -146,8 +149,8 @@ def greedy_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
     choices = dict.fromkeys(names, widest)
     # formats whose worst-case accumulator the engine refuses are skipped, as the ILP leaves them out (pot5 on CNV's
     # classifier.0: codes up to 2**14 on 3,136 weights a row, 33 bits); the widest stays, as the fallback
-    ladder = {n: [k for k in cfg.ladder if k == widest or accumulator_bits(
-        format_code_sum(weights[n].weight, LADDER[k]), cfg.abits, n in signed) < ENGINE_ACC_BITS] for n in names}
+    ladder = {n: [k for k in cfg.ladder if k == widest or not engine_refuses(
+        format_code_sum(weights[n].weight, LADDER[k]), cfg.abits, n in signed, cfg.acc_bits)] for n in names}
     ref = float(eval_fn(folded))
     trials = 0
     if cfg.judge == "proxy":

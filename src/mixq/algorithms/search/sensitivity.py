@@ -104,17 +104,25 @@ def _kl(logits_ref: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return F.kl_div(F.log_softmax(logits, dim=1), p, log_target=True, reduction="batchmean")
 
 
-def quantized_weight(w: torch.Tensor, wbits: int, rho: float, advantage: torch.Tensor | None) -> torch.Tensor:
-    """``w`` fake-quantized per row as the option ``(wbits, rho)`` would (SP2 rows chosen by MSQ's rule)."""
+def row_groups(rows: int, wbits: int, rho: float, advantage: torch.Tensor | None
+               ) -> list[tuple[NumberFormat, list[int]]]:
+    """The option ``(wbits, rho)``'s rows by weight format: ``[(fixed, rows), (sp2, rows)]``, the SP2 rows chosen
+    by MSQ's rule (:func:`~mixq.algorithms.search.space.sp2_rows`); a group may be empty."""
     fixed, sp2 = weight_formats(wbits)
     if rho >= 1.0:
-        return quantize_weight(w, sp2)
-    wq = quantize_weight(w, fixed)
-    if rho > 0.0:
-        assert advantage is not None
-        rows = list(sp2_rows(advantage, rho))
+        return [(fixed, []), (sp2, list(range(rows)))]
+    if rho > 0.0 and advantage is None:
+        raise MixqError(f"search: option rho={rho} needs the layer's SP2-vs-fixed row advantage")
+    sp = set(sp2_rows(advantage, rho)) if rho > 0.0 and advantage is not None else set()
+    return [(fixed, [r for r in range(rows) if r not in sp]), (sp2, sorted(sp))]
+
+
+def quantized_weight(w: torch.Tensor, wbits: int, rho: float, advantage: torch.Tensor | None) -> torch.Tensor:
+    """``w`` fake-quantized per row as the option ``(wbits, rho)`` would (SP2 rows chosen by MSQ's rule)."""
+    wq = torch.empty_like(w)
+    for fmt, rows in row_groups(w.shape[0], wbits, rho, advantage):
         if rows:
-            wq[rows] = quantize_weight(w[rows], sp2)
+            wq[rows] = quantize_weight(w[rows], fmt)
     return wq
 
 
@@ -130,13 +138,9 @@ def format_code_sum(w: torch.Tensor, fmt: NumberFormat) -> int:
 
 
 def weight_code_sum(w: torch.Tensor, wbits: int, rho: float, advantage: torch.Tensor | None) -> int:
-    """:func:`format_code_sum` of ``w`` quantized as the option ``(wbits, rho)`` (SP2 rows by MSQ's rule, as
+    """:func:`format_code_sum` of ``w`` quantized as the option ``(wbits, rho)`` (:func:`row_groups`, as
     :func:`quantized_weight`)."""
-    fixed, sp2 = weight_formats(wbits)
-    sp = set(sp2_rows(advantage, rho)) if 0.0 < rho < 1.0 and advantage is not None else set()
-    rows = range(w.shape[0])
-    return max(format_code_sum(w[[r for r in rows if rho < 1.0 and r not in sp]], fixed),
-               format_code_sum(w[[r for r in rows if rho >= 1.0 or r in sp]], sp2))
+    return max(format_code_sum(w[rows], fmt) for fmt, rows in row_groups(w.shape[0], wbits, rho, advantage))
 
 
 def accumulator_bits(code_sum: int, abits: int, signed_input: bool) -> int:
@@ -144,6 +148,19 @@ def accumulator_bits(code_sum: int, abits: int, signed_input: bool) -> int:
     (:func:`weight_code_sum`) on ``abits``-bit input codes."""
     act = act_format(abits, signed_input)
     return (code_sum * max(abs(int(act.qmin)), abs(int(act.qmax)))).bit_length() + 1  # the engine's signed_bits
+
+
+def check_acc_bits(where: str, acc_bits: int) -> None:
+    """Refuse an accumulator budget the integer engine would refuse (``engine.acc_bits``: 2..63 bits)."""
+    if isinstance(acc_bits, bool) or not isinstance(acc_bits, int) or not 2 <= acc_bits <= 63:
+        raise MixqError(f"{where}.acc_bits: must be an integer in [2, 63], got {acc_bits!r}")
+
+
+def engine_refuses(code_sum: int, abits: int, signed_input: bool, acc_bits: int) -> bool:
+    """Whether rows whose weight codes sum to ``code_sum`` take the worst-case accumulator within a bit of the
+    integer engine's budget ``acc_bits`` (the bit: the bias, which calibration sets): the engine, and so `verify`
+    and the RTL, would refuse the layer (:mod:`mixq.engine.convert`). The one rule of the ILP and the greedy."""
+    return accumulator_bits(code_sum, abits, signed_input) >= acc_bits
 
 
 def _hutchinson(model: nn.Module, names: list[str], x: torch.Tensor, ref: torch.Tensor,
