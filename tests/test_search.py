@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -99,6 +100,46 @@ def test_ilp_matches_exhaustive_and_beats_greedy(seed: int) -> None:
     if gr is not None:
         assert gr.objective >= ilp.objective - 1e-9
         assert all(u <= c + 1e-6 for u, c in zip(gr.used, p.cap, strict=True))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_lp_bound_holds_for_every_pick(seed: int) -> None:
+    """The reduced-cost bound the ILP prunes by: every pick that fits costs at least ``B + d[k]`` for each column
+    ``k`` it uses (checked on every pick of small random problems), so a left-out column never hides a better one."""
+    from mixq.algorithms.search.solvers import _lp_bound, _matrices, pareto_items
+
+    rng = random.Random(100 + seed)
+    p = _random_problem(rng, layers=rng.randint(2, 4), items=rng.randint(3, 6), tight=rng.uniform(0.4, 0.9))
+    m = _matrices(p, feasibility_only=False)
+    bound = _lp_bound(m)
+    col = {(int(li), i): k for k, (li, i) in enumerate(zip(m.col_layer, m.col_item, strict=True))}
+    kept = [pareto_items(items) for items in p.items]
+    feasible = 0
+    for picks in itertools.product(*kept):
+        cols = [col[(li, i)] for li, i in enumerate(picks)]
+        used = np.asarray(m.a[:, cols].sum(axis=1)).ravel()
+        if (used > m.b + 1e-9).any():
+            continue
+        feasible += 1
+        assert bound is not None
+        lower, d = bound
+        assert all(m.c[cols].sum() >= lower + d[k] - 1e-9 for k in cols)
+    assert feasible or bound is None or seed > 0  # seed 0 has picks that fit; an LP without a solution has none
+
+
+@pytest.mark.parametrize("slack", [0.0, 1e-2, 1e9])
+def test_the_ilp_prunes_losslessly(monkeypatch: pytest.MonkeyPatch, slack: float) -> None:
+    """However few columns the first ILP keeps (none beyond the LP's: the answer must be proven or re-solved wider;
+    all of them: the whole problem), the proven optimum is the same."""
+    from mixq.algorithms.search import solvers
+
+    p = _bits_problem(random.Random(7), layers=14, items=25)
+    monkeypatch.setattr(solvers, "LP_SLACK", 1e9)
+    whole = solve_ilp(p, gap=0.0)
+    monkeypatch.setattr(solvers, "LP_SLACK", slack)
+    sol = solve_ilp(p, gap=0.0)
+    assert whole is not None and sol is not None
+    assert sol.objective == pytest.approx(whole.objective, rel=1e-9)
 
 
 def test_infeasible_problem_gives_none() -> None:
