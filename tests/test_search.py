@@ -457,9 +457,12 @@ def test_cli_search(tiny, tmp_path, monkeypatch) -> None:  # type: ignore[no-unt
     app.command("noop")(lambda: None)  # a second command keeps "search" a subcommand
     out = tmp_path / "s"
     r = CliRunner().invoke(app, ["search", "tiny", "--max-drop", "100", "--out", str(out), "--executor", "serial",
-                                 "--points", "1", "--cache-dir", str(tmp_path / "cache")])
+                                 "--points", "1", "--cache-dir", str(tmp_path / "cache"), "--acc-bits", "40"])
     assert r.exit_code == 0, r.output
     assert (out / "plan.json").exists() and (out / "pareto.json").exists() and (out / "pareto.png").exists()
+    cfg = json.loads((out / "pareto.json").read_text())["config"]  # the settings, for a rerun
+    assert cfg["acc_bits"] == 40 and cfg["points"] == 1 and cfg["executor"] == "serial"
+    assert cfg["space"]["wbits"] == list(SearchSpace().wbits)
     assert '"chosen"' in r.output
 
 

@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
         size: int | None = _SIZE,
         batch_size: int = cli.count(32, "inputs per engine batch"),
         mult_bits: int = cli.count(16, "width of the dyadic requantization multipliers", 2),
-        acc_bits: int = cli.count(32, "accumulator width the hardware provides", 2),
+        acc_bits: int = cli.count(32, "accumulator width the hardware provides", 2, maximum=63),
         overflow: str = cli.choice("error", "accumulator overflow policy", ("error", "saturate")),
         out: Path | None = typer.Option(None, "--out", help="output folder for verify.json "
                                                             "(default runs/verify-MODEL)"),

@@ -58,6 +58,8 @@ def search_cmd(
         None, "--residual-bits", callback=_checked_widths,
         help="residual-stream widths to try where the model has adds, each its own sweep: 'exact' and bits "
              "2..16, comma-separated (default exact,12,8)"),
+    acc_bits: int = count(32, "accumulator width the hardware provides: options whose worst-case accumulator "
+                          "passes it are left out (as `mixq verify --acc-bits`)", 2, maximum=63),
 ) -> None:
     """Search per-layer bits, scheme (SP2 ratio) and folding for MODEL (or a quantize --from ARTIFACT's model,
     data and preprocessing) on PART; write the plan and Pareto front.
@@ -92,7 +94,7 @@ def search_cmd(
     widths = _widths(residual_bits)
     space = SearchSpace() if widths is None else SearchSpace(residual_bits=widths)
     cfg = SearchConfig(space=space, sensitivity=SensitivityConfig(method=method), points=points, executor=executor,
-                       workers=workers, cache_dir=str(cache_dir))
+                       workers=workers, cache_dir=str(cache_dir), acc_bits=acc_bits)
     res = search_plan(model, m, calib, eval_fn, part, target_fps=target_fps, max_drop=max_drop, cfg=cfg)
     paths = write_outputs(res, folder)
     rows = [res.chosen, *res.baselines.values()]

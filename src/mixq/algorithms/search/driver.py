@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -113,6 +113,7 @@ class SearchResult:
     max_drop: float | None
     timings: dict[str, float]
     sensitivity: Sensitivity
+    config: SearchConfig = field(default_factory=lambda: SearchConfig())
 
     def to_dict(self) -> dict[str, Any]:
         return {"part": self.part, "target_fps": self.target_fps, "max_drop": self.max_drop,
@@ -121,7 +122,8 @@ class SearchResult:
                 "points": [p.to_dict() for p in self.points],
                 "baselines": {k: v.to_dict() for k, v in self.baselines.items()},
                 "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
-                "sensitivity_method": self.sensitivity.method, "sensitivity_key": self.sensitivity.key}
+                "sensitivity_method": self.sensitivity.method, "sensitivity_key": self.sensitivity.key,
+                "config": asdict(self.config)}
 
 
 def pareto_front(points: list[Point]) -> list[Point]:
@@ -274,4 +276,4 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
     plan = chosen.plan.with_meta(search_result={"fps": chosen.fps, "accuracy": chosen.accuracy, "part": part})
     base = dict(zip(baselines, pts[len(uniq):], strict=True))
     return SearchResult(plan, chosen, pareto_front(pts), pts, base, ref, best_fps, part, target_fps, max_drop,
-                        times, sens)
+                        times, sens, cfg)
