@@ -122,8 +122,8 @@ def _matrices(p: Problem, feasibility_only: bool) -> _Matrices:
 
 def _lp_bound(m: _Matrices) -> tuple[float, np.ndarray] | None:
     """A lower bound ``B`` of every pick's objective and the columns' reduced costs ``d`` from the LP relaxation's
-    duals, such that a pick using column ``k`` costs at least ``B + d[k]``; None when the relaxation (and so
-    the ILP) has no solution. Raises `ValueError` when HiGHS fails otherwise.
+    duals, such that a pick using column ``k`` costs at least ``B + d[k]``; None when HiGHS gives no optimum
+    (no solution, or a numerical failure: the caller then solves the whole ILP, which decides).
 
     The bound holds for any duals (not only optimal ones): with ``y <= 0`` on the caps, a pick ``x`` costs
     ``c.x = y_eq.1 + y.(A x) + d.x >= y_eq.1 + y.b + d.x``, and ``d.x`` is at least the sum of each layer's most
@@ -131,10 +131,8 @@ def _lp_bound(m: _Matrices) -> tuple[float, np.ndarray] | None:
     nl = m.eq.shape[0]
     ub = {"A_ub": m.a, "b_ub": m.b} if m.a.shape[0] else {}
     lp = linprog(m.c, A_eq=m.eq, b_eq=np.ones(nl), bounds=(0, None), method="highs", **ub)
-    if lp.status == 2:
-        return None
     if lp.status != 0:
-        raise ValueError(f"LP relaxation: {lp.message}")
+        return None
     y_eq = np.asarray(lp.eqlin.marginals)
     y = np.minimum(np.asarray(lp.ineqlin.marginals), 0.0) if ub else np.zeros(0)
     d = m.c - m.eq.T @ y_eq - (m.a.T @ y if ub else 0.0)
@@ -187,10 +185,10 @@ def solve_ilp(p: Problem, time_limit: float | None = None, feasibility_only: boo
         return None if time_limit is None else time_limit - (time.perf_counter() - t0)
 
     picked: np.ndarray | None = None
+    bound = None
     if not feasibility_only:
         bound = _lp_bound(m)
-        if bound is None:
-            return None
+    if bound is not None:
         lower, d = bound
         layer_min = np.full(m.eq.shape[0], np.inf)
         np.minimum.at(layer_min, m.col_layer, d)
