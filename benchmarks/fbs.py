@@ -259,18 +259,18 @@ def _known(plan: QuantPlan, specs: list[Any]) -> QuantPlan:
     return QuantPlan(plan.model, {k: v for k, v in plan.items() if k in names})
 
 
-def dense_program(dense: nn.Module, bits: str, data: dict[str, torch.Tensor]) -> tuple[Program, tuple[EuStep, ...]]:
+def dense_program(dense: nn.Module, bits: str, calib: torch.Tensor) -> tuple[Program, tuple[EuStep, ...]]:
     """The dense network's single-engine program at ``bits`` (W8A8 for the FP32 rows; residual streams, where
-    there are adds, at 8 bits), min-max PTQ: the steps :func:`mixq.hw.dynamic.dynamic_mnisc` gates per image (its
-    shapes and proven code widths)."""
+    there are adds, at 8 bits), min-max PTQ on ``calib`` (model inputs): the steps
+    :func:`mixq.hw.dynamic.dynamic_mnisc` gates per image (its shapes and proven code widths)."""
     w, a = (W4, A4) if bits == "w4a4" else (FixedPoint(bits=8, signed=True, narrow=True), FixedPoint(bits=8,
                                                                                                     signed=False))
     # residual streams at 8 bits: with exact streams the single engine's adds, folded into the convs, carry 26-31-bit
     # weights and 17-37-bit inputs (35-56 bit-sliced passes; ResNet-20 W4A4 at 17 frames/s), and apart
     # (rtl.mnisc.lower_for) read 17-37-bit streams: 192 frames/s, against 422 with 8-bit streams
-    plan = dataclasses.replace(default_plan("dense", dense, data["xtr"][:64], weight=w, act=a), residual_bits=8)
-    q = quantize(dense, plan, data["xtr"][:256])
-    prog = lower_program(to_integer(q, data["xtr"][:1]))
+    plan = dataclasses.replace(default_plan("dense", dense, calib[:64], weight=w, act=a), residual_bits=8)
+    q = quantize(dense, plan, calib[:256])
+    prog = lower_program(to_integer(q, calib[:1]))
     return prog, eu_steps(prog)
 
 
@@ -448,7 +448,7 @@ def run_net(net: Net, part: str | None = None, fp32_only: bool = False) -> dict[
         fp32(part)
         return {}
 
-    programs = {b: dense_program(dense, b, data) for b in ("fp32", "w4a4")}
+    programs = {b: dense_program(dense, b, data["xtr"]) for b in ("fp32", "w4a4")}
 
     def row(name: str) -> dict[str, Any]:
         path = CACHE / "rows" / f"{net.name}-{name}.json"
