@@ -172,7 +172,8 @@ def run_mixq(bench: Bench, config: str, plan: QuantPlan, recipe: str, notes: str
     t = time.perf_counter()
     res = quantize_report(bench.model, plan, bench.calib, recipe, **overrides)
     seconds = time.perf_counter() - t
-    extra: dict[str, Any] = {"recipe": dataclasses.asdict(res.recipe), "timings": {k: round(v, 2) for k, v in res.timings.items()}}
+    extra: dict[str, Any] = {"recipe": dataclasses.asdict(res.recipe),
+                             "timings": {k: round(v, 2) for k, v in res.timings.items()}}
     if "adaround" in res.details:
         ada = res.details["adaround"]
         extra["adaround_rec_ratio"] = round(sum(v["rec_adaround"] for v in ada.values())
