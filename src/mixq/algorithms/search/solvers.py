@@ -136,9 +136,14 @@ def _lp_bound(m: _Matrices) -> tuple[float, np.ndarray] | None:
     y_eq = np.asarray(lp.eqlin.marginals)
     y = np.minimum(np.asarray(lp.ineqlin.marginals), 0.0) if ub else np.zeros(0)
     d = m.c - m.eq.T @ y_eq - (m.a.T @ y if ub else 0.0)
-    layer_min = np.full(nl, np.inf)
-    np.minimum.at(layer_min, m.col_layer, d)
-    return float(y_eq.sum() + y @ m.b + np.minimum(layer_min, 0.0).sum()), d
+    return float(y_eq.sum() + y @ m.b + np.minimum(_layer_min(m, d), 0.0).sum()), d
+
+
+def _layer_min(m: _Matrices, d: np.ndarray) -> np.ndarray:
+    """Each layer's least reduced cost."""
+    out = np.full(m.eq.shape[0], np.inf)
+    np.minimum.at(out, m.col_layer, d)
+    return out
 
 
 def _milp(m: _Matrices, cols: np.ndarray, gap: float, time_limit: float | None) -> np.ndarray | None:
@@ -190,9 +195,7 @@ def solve_ilp(p: Problem, time_limit: float | None = None, feasibility_only: boo
         bound = _lp_bound(m)
     if bound is not None:
         lower, d = bound
-        layer_min = np.full(m.eq.shape[0], np.inf)
-        np.minimum.at(layer_min, m.col_layer, d)
-        delta = max(LP_SLACK * max(abs(lower), 1.0), float(layer_min.max()))
+        delta = max(LP_SLACK * max(abs(lower), 1.0), float(_layer_min(m, d).max()))  # every layer keeps a column
         for _ in range(2):
             cols = np.flatnonzero(d <= delta)
             x = _milp(m, cols, gap, left())
