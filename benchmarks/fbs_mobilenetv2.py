@@ -33,8 +33,10 @@ ImageNet kept, affine parameters trained — as the 8 training photos are too fe
 
 Columns: agreement, executed MACs per image (mean / p95, measured per image), the layer-sequential overlay on
 XC7Z020 (:func:`mixq.hw.dynamic.dynamic_overlay`: cores sized for the dense network, W8A8 plan, the FBS
-predictors priced; the expansion, depthwise and projection convs priced with their per-image channel counts),
-train seconds (one thread on a shared machine).
+predictors priced; the expansion, depthwise and projection convs priced with their per-image channel counts), the
+single engine on the same part (:func:`mixq.hw.dynamic.dynamic_mnisc`: a 16 x 16 int8 EU running the dense
+network's W8A8 program, the same steps at the same counts, each gated step with its predictor), train seconds (one
+thread on a shared machine). The default run writes ``benchmarks/results/fbs_mobilenetv2.json``.
 """
 
 from __future__ import annotations
