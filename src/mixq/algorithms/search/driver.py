@@ -113,7 +113,7 @@ class SearchResult:
     max_drop: float | None
     timings: dict[str, float]
     sensitivity: Sensitivity
-    config: SearchConfig = field(default_factory=lambda: SearchConfig())
+    config: SearchConfig
 
     def to_dict(self) -> dict[str, Any]:
         return {"part": self.part, "target_fps": self.target_fps, "max_drop": self.max_drop,
