@@ -243,6 +243,55 @@ def test_fastest_is_within_a_thousandth_of_the_fastest_that_fits() -> None:
     assert top <= max(c.cycles for c in on_grid.choices.values())  # never slower than the grid's first fit
 
 
+def test_choices_are_remembered_only_between_two_cycle_steps(table_and_sens) -> None:  # type: ignore[no-untyped-def]
+    """`HwTable.choices` keeps each (layer, option)'s choices per interval between two of its grid's cycle counts: at
+    every count, a cycle either side and between two, in a scrambled order and twice, it answers what the grid gives
+    at that budget afresh (a key off by one step would hand a budget the set of the one below or above)."""
+    _, table, _ = table_and_sens
+    fresh = HwTable(table.specs, table.options, table.part, ["features.0"])
+    rng = np.random.default_rng(0)
+    for n in table.names:
+        for oi in range(len(table.options)):
+            steps = fresh.grid(n, oi).steps
+            ts = np.concatenate([steps, steps - 1, steps + 1, (steps[:-1] + steps[1:]) / 2])
+            for t in np.concatenate([rng.permutation(ts), rng.permutation(ts)]):
+                want = HwTable._choices_at(fresh.grid(n, oi), oi, float(t))
+                assert fresh.choices(n, oi, float(t)) == want, (n, oi, t)
+    # one entry per interval (below the first count, between two, above the last), not one per budget asked
+    assert len(fresh._choices) == sum(len(fresh.grid(n, oi).steps) + 1 for n in table.names
+                                      for oi in range(len(table.options)))
+
+
+def test_fastest_tries_the_lowest_budget_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MobileNetV2 on the XCVU9P reaches its stream ports' rate (the cycle grid's lowest budget): `fastest` asks
+    the slowest budget, the lowest, and solves the answer once (3 solves; the bisection took 10), and the design
+    it returns runs at the ports' rate."""
+    import importlib
+
+    from mixq import zoo
+    from mixq.algorithms.search.sensitivity import Sensitivity, wkey
+
+    allocate_mod = importlib.import_module("mixq.algorithms.search.allocate")  # the package exports a function so named
+
+    specs = capture(fold_bn(zoo.load("mobilenet_v2")).eval(), zoo.input_shape("mobilenet_v2"))
+    table = HwTable(specs, SearchSpace(wbits=(4, 8), abits=(8,), rhos=(0.0,)).options(), "xcvu9p", ["features.0.0"])
+    names = [s.name for s in specs if s.is_compute]
+    sens = Sensitivity({n: {wkey(b, 0.0): 1.0 / b for b in (4, 8)} for n in names}, {n: {"a8": 0.0} for n in names},
+                       "synthetic")
+    budgets: list[float] = []
+    real = allocate_mod.allocate
+
+    def counted(table_, sens_, t, **kw):  # type: ignore[no-untyped-def]
+        budgets.append(t)
+        return real(table_, sens_, t, **kw)
+
+    monkeypatch.setattr(allocate_mod, "allocate", counted)
+    best = fastest(table, sens)
+    assert best is not None and len(budgets) == 3 and budgets[1] == table.io
+    assert max(c.cycles for c in best.choices.values()) <= table.io
+    assert table.fps_of(best.cycles) == pytest.approx(table.clock / table.io)
+
+
 def test_search_sweeps_no_rate_past_the_stream_ports() -> None:
     """MobileNetV2 at 224 x 224 on the XCVU9P: its input stream takes 50,176 beats a frame (one pixel a beat), so
     the search's cycle grid starts there and a faster allocation's frame rate is the ports' (as `estimate` says)."""

@@ -88,9 +88,10 @@ def cycle_grid(table: HwTable, step: float = 1.04) -> list[int]:
 
 def fastest(table: HwTable, sens: Sensitivity, max_sensitivity: float = math.inf,
             cap_scale: float = 1.0) -> Allocation | None:
-    """The allocation at the smallest feasible cycle budget whose sensitivity is at most ``max_sensitivity``: by
-    bisection on the geometric :func:`cycle_grid` (4% steps), then between its last failing and first fitting budget
-    to 0.1%, so a target frame rate within the grid's step of the fastest design is not refused."""
+    """The allocation at the smallest feasible cycle budget whose sensitivity is at most ``max_sensitivity``: without
+    a bound the grid's lowest budget (no layer faster, or the stream ports' rate) is tried first; else by bisection
+    on the geometric :func:`cycle_grid` (4% steps), then between its last failing and first fitting budget to 0.1%,
+    so a target frame rate within the grid's step of the fastest design is not refused."""
     grid = cycle_grid(table)
 
     bounded = math.isfinite(max_sensitivity)
@@ -103,6 +104,11 @@ def fastest(table: HwTable, sens: Sensitivity, max_sensitivity: float = math.inf
     if best is None:
         return None
     lo, hi = 0, len(grid) - 1
+    # without a bound, the lowest budget first: a big part often reaches it (the stream ports' rate), and bisection
+    # would spend ~8 solves to find that out (a sensitivity bound rarely holds there: bisect at once)
+    first = ok(grid[0]) if hi > 0 and not bounded else None
+    if first is not None:
+        best, hi = first, 0
     while lo < hi:
         mid = (lo + hi) // 2
         got = ok(grid[mid])

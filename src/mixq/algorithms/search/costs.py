@@ -49,6 +49,9 @@ class Grid:
     simds: np.ndarray
     cycles: np.ndarray
     resources: np.ndarray
+    # the distinct cycle counts, ascending: which foldings meet a budget t changes only where t crosses one, so
+    # searchsorted(steps, t, "right") names the set
+    steps: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class HwTable:
         self.residual_bits = residual_bits
         self.streams = self._streams(residual_bits)
         self._grid: dict[tuple[str, int], Grid] = {}
+        self._choices: dict[tuple[str, int, int], list[HwChoice]] = {}
         self.clock = self.part.clock_mhz * 1e6
         # the stream ports' cycles a frame (one input pixel, one output code a beat): no design is faster
         self.io = io_cycles(lowered, self.opts)
@@ -122,7 +126,8 @@ class HwTable:
             pp, ss = np.meshgrid(pes, simds, indexing="ij")
             cyc, res, _ = engine_grid(ly, pp.ravel().tolist(), ss.ravel().tolist(), self.part, self.model,
                                       self.opts)
-            g = self._grid[k] = Grid(pes, simds, cyc.reshape(pp.shape), res.reshape(pp.shape + (N_RES,)))
+            g = self._grid[k] = Grid(pes, simds, cyc.reshape(pp.shape), res.reshape(pp.shape + (N_RES,)),
+                                     np.unique(cyc))
         return g
 
     def min_cycles(self, name: str, oi: int) -> int:
@@ -140,6 +145,14 @@ class HwTable:
         if (name, oi) in self.excluded:
             return []
         g = self.grid(name, oi)
+        key = (name, oi, int(np.searchsorted(g.steps, t, side="right")))  # the same set for every t between steps
+        got = self._choices.get(key)
+        if got is None:
+            got = self._choices[key] = self._choices_at(g, oi, t)
+        return list(got)
+
+    @staticmethod
+    def _choices_at(g: Grid, oi: int, t: float) -> list[HwChoice]:
         meet = g.cycles <= t
         rows = np.flatnonzero(meet.any(axis=1))
         if not len(rows):
