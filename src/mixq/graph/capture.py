@@ -248,6 +248,7 @@ def _capture(gm: fx.GraphModule) -> list[_Event]:
             else:
                 continue  # sizes, python values
         op = ops[n]
+        const = any(ops[a].kind == "constant" for a in n.all_input_nodes if a in ops)
         in_shapes = [a.meta["shape"] for a in carrying if _is_tensor_shape(a.meta.get("shape"))]
         if op.kind == "getitem" and not _is_tensor_shape(n.args[0].meta.get("shape")):  # type: ignore[union-attr]
             producers[n] = feeding  # element of a multi-output op
@@ -261,11 +262,11 @@ def _capture(gm: fx.GraphModule) -> list[_Event]:
             first = qual not in first_calls
             first_calls.add(qual)
             ev = _Event(names.unique(op.name), kind, op.type, in_shapes, out, feeding, op.module, qual,
-                        first_call=first, node_kind=op.kind, support=support(op))
+                        first_call=first, node_kind=op.kind, support=support(op, const))
         else:
             args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: a.meta.get("shape"))
             ev = _Event(names.unique(n.name), kind, op.type.strip("_"), in_shapes, out, feeding, args=args,
-                        kwargs=kwargs, node_kind=op.kind, support=support(op))
+                        kwargs=kwargs, node_kind=op.kind, support=support(op, const))
         if kind == "transpose":  # the per-sample axes' order; a permutation moving the batch axis is "other"
             axes = sample_axes(n, len(out))
             if axes is not None:

@@ -31,6 +31,10 @@
   ``1 / n``; ``x.view(b, c, -1).mean(-1)`` becomes ``x.mean((2, 3))``; an ``F.pad`` of nothing (every amount 0,
   any mode: MONAI's UpCat at matching sizes) goes.
 
+* a constant added to (or subtracted from) a ``Conv2d`` / ``Linear`` output, constant along every axis but the
+  channels (ONNX's ``Conv`` + ``Add`` of a bias, as in the ONNX model zoo's MNIST CNN), is that layer's bias,
+  where the layer is called once and the add alone reads it.
+
 * a forward that reads its shapes is traced at ``input_shape`` (:mod:`mixq.graph.concrete`), and the traced graph is
   checked against the model's own forward (:func:`mixq.graph.trace.check_trace`).
 
@@ -59,7 +63,7 @@ from mixq.errors import ModelError
 from mixq.graph.concrete import trace_concrete
 from mixq.graph.opaque import replace_opaque_activations
 from mixq.graph.registry import Effective, classify, effective_layer
-from mixq.graph.trace import call_name, check_trace, fn_args, live_nodes, node_ops, trace
+from mixq.graph.trace import call_name, check_trace, constant_value, fn_args, live_nodes, node_ops, trace
 from mixq.nn import ZeroInsert
 
 _ONE_D = (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.ConstantPad1d)
@@ -184,6 +188,7 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
     dead = _dead_layers(traced)
     boxed = _boxed_output(traced)
     means = any(_stack_reduce(n) is not None or _flat_mean(n) is not None or _null_pad(n) for n in traced.graph.nodes)
+    means = means or any(_bias_add(n) is not None for n in traced.graph.nodes)
     if not (layers or concrete or dead or boxed or means) and not any(_act_name(n) is not None
                                                                       for n in traced.graph.nodes):
         return model
@@ -196,6 +201,7 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
     _reduce_stacks(graph)
     _spatial_means(graph)
     _drop_null_pads(graph)
+    _fold_bias_adds(gm)
     calls = [n for n in graph.nodes if n.op == "call_module"]
     how: dict[str, str] = {}  # module name -> "zeros" (transposed conv) or "unit" (1-D layer), at its first call
     pads: dict[str, list[int]] = {}  # a plain layer's input padding (a "same"-padding conv) -> an F.pad before it
@@ -352,6 +358,61 @@ def _drop_null_pads(graph: fx.Graph) -> None:
         if _null_pad(node):
             node.replace_all_uses_with(node.args[0])  # type: ignore[arg-type]
             graph.erase_node(node)
+
+
+_ADDS = {operator.add: 1.0, torch.add: 1.0, operator.sub: -1.0, torch.sub: -1.0}
+
+
+def _bias_add(node: fx.Node) -> tuple[fx.Node, torch.Tensor] | None:
+    """``layer(x) + c`` / ``c + layer(x)`` / ``layer(x) - c``: the plain ``Conv2d`` / ``Linear`` node and the
+    per-channel vector its bias gains, where ``c`` is a tensor constant that varies along the channels only, the
+    layer's module is called only here and the add is the one reader of its output; else None."""
+    sign = _ADDS.get(node.target) if node.op == "call_function" and not node.kwargs else None  # type: ignore[call-overload,arg-type]
+    if sign is None or len(node.args) != 2:
+        return None
+    a, b = node.args
+    pairs = [(a, b)] + ([(b, a)] if sign > 0 else [])
+    for layer, const in pairs:
+        if not (isinstance(layer, fx.Node) and isinstance(const, fx.Node) and layer.op == "call_module"
+                and const.op == "get_attr" and len(layer.users) == 1):
+            continue
+        gm = node.graph.owning_module
+        m = gm.get_submodule(str(layer.target)) if gm is not None else None
+        if type(m) not in (nn.Conv2d, nn.Linear) or sum(
+                1 for n in node.graph.nodes if n.op == "call_module" and n.target == layer.target) != 1:
+            continue
+        c = constant_value(const).detach()
+        assert isinstance(m, (nn.Conv2d, nn.Linear))
+        channels = int(m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+        rank = 4 if isinstance(m, nn.Conv2d) else 2
+        if not c.is_floating_point() or c.dim() > rank:
+            continue
+        shape = (1,) * (rank - c.dim()) + tuple(c.shape)
+        if any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, channels):
+            continue
+        return layer, sign * c.reshape(-1).expand(channels).to(torch.float32)
+    return None
+
+
+def _fold_bias_adds(gm: fx.GraphModule) -> None:
+    """Each :func:`_bias_add` into its layer's bias (a new bias where it had none); the add goes."""
+    for node in list(gm.graph.nodes):
+        got = _bias_add(node)
+        if got is None:
+            continue
+        layer, vec = got
+        m = gm.get_submodule(str(layer.target))
+        assert isinstance(m, (nn.Conv2d, nn.Linear))
+        bias = m.bias.detach() + vec if m.bias is not None else vec.clone()
+        m.bias = nn.Parameter(bias.to(m.weight.dtype), requires_grad=m.weight.requires_grad)
+        const = next(a for a in node.args if isinstance(a, fx.Node) and a is not layer)
+        node.replace_all_uses_with(layer)
+        gm.graph.erase_node(node)
+        if not const.users:  # the constant, where nothing else reads it, goes with its tensor
+            gm.graph.erase_node(const)
+            if not any(n.op == "get_attr" and n.target == const.target for n in gm.graph.nodes):
+                parent, _, leaf = str(const.target).rpartition(".")
+                delattr(gm.get_submodule(parent) if parent else gm, leaf)
 
 
 def _boxed_output(gm: fx.GraphModule) -> bool:

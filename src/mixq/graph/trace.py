@@ -433,9 +433,10 @@ def unsupported(ops: dict[fx.Node, NodeOp], stage: str) -> list[NodeOp]:
     return [op for op in ops.values() if op.kind not in ("constant", "getitem") and stage not in op.stages]
 
 
-def support(op: NodeOp) -> str:
-    """One word per stage for a node: ``ok`` when every stage supports it, else the stages that don't."""
-    missing = [s for s in STAGES if s not in op.stages]
+def support(op: NodeOp, reads_constant: bool = False) -> str:
+    """One word per stage for a node: ``ok`` when every stage supports it, else the stages that don't.
+    ``reads_constant``: an operand is a tensor constant, which the integer engine has no integer grid for."""
+    missing = [s for s in STAGES if s not in op.stages or (reads_constant and s == "engine")]
     if not missing or op.kind in ("constant", "getitem"):
         return "ok"
     return "no " + "/".join(missing)
