@@ -5,12 +5,6 @@ exact: the constant varies along the channels only, the layer is called once and
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import fx, nn
@@ -102,29 +96,6 @@ def test_a_layer_bias_add_verifies_on_the_integer_engine() -> None:
     q = api.quantize(m, plan, x, recipe="minmax")
     rep = verify(q, x)
     assert rep["exact"] and rep["mismatching_outputs"] == 0, rep
-
-
-def test_the_onnx_zoo_mnist_cnn_verifies_through_the_cli(tmp_path: Path) -> None:
-    """The ONNX model zoo's MNIST CNN (shipped in qonnx, a dependency of the onnx extra): quantize, then verify the
-    artifact on the integer engine, both real processes; capture lists no add (the two biases are in the convs)."""
-    spec = importlib.util.find_spec("qonnx")
-    assert spec is not None and spec.origin is not None
-    zoo_mnist = Path(spec.origin).parent / "data" / "onnx" / "mnist-conv" / "model.onnx"
-    mixq = [sys.executable, "-m", "mixq"]
-    cap = subprocess.run(mixq + ["--json", "capture", str(zoo_mnist), "--out", str(tmp_path / "cap")],
-                         capture_output=True, text=True, timeout=300)
-    assert cap.returncode == 0, cap.stderr
-    layers = json.loads((tmp_path / "cap" / "layers.json").read_text())
-    kinds = [row["kind"] for row in layers]
-    assert kinds.count("conv") == 2 and "other" not in kinds, kinds
-    q = subprocess.run(mixq + ["quantize", str(zoo_mnist), "--calib", "shipped", "--images", "64", "--mean", "0",
-                               "--std", "1", "--out", str(tmp_path / "q")], capture_output=True, text=True,
-                       timeout=300)
-    assert q.returncode == 0, q.stderr
-    v = subprocess.run(mixq + ["verify", "--from", str(tmp_path / "q"), "--out", str(tmp_path / "v")],
-                       capture_output=True, text=True, timeout=300)
-    assert v.returncode == 0, v.stderr
-    assert "EXACT" in v.stdout + v.stderr
 
 
 def test_capture_marks_an_add_of_a_constant_the_engine_cannot_run() -> None:

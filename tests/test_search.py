@@ -191,6 +191,36 @@ def test_sensitivity_orders_bits_and_caches(tiny, tmp_path, method: str) -> None
     assert other.key != s.key  # keyed by the data too
 
 
+@pytest.mark.parametrize("method", ["hessian", "measured"])
+def test_sensitivity_of_a_saturated_softmax_is_taken_at_a_temperature(tiny, method: str) -> None:  # type: ignore[no-untyped-def]
+    """The tiny model with its classifier scaled 10,000x (logits spread in the thousands, as the ONNX model zoo's MNIST
+    CNN on raw pixels): at temperature 1 its softmax is one-hot, every option costs ~0 and the search picked 2-bit
+    weights. At the temperature the KLs are taken at, each layer's 2-bit weights cost more than its 8-bit ones, and
+    the unscaled model (logits spread ~0.1) keeps temperature 1."""
+    import copy
+
+    from mixq.algorithms.search.sensitivity import LOGIT_SPREAD, _kl, temperature
+
+    m, calib, _, _ = tiny
+    f = fold_bn(m).eval()
+    loud = copy.deepcopy(f)
+    with torch.no_grad():
+        loud.classifier.weight.mul_(1e4)
+        loud.classifier.bias.mul_(1e4)
+        z, zl = f(calib), loud(calib)
+    assert temperature(z) == 1.0 and temperature(zl) > 100.0
+    assert float(_kl(zl, zl + 0.01 * zl.std() * torch.randn_like(zl))) < 1e-6  # saturated at T = 1
+    cfg = SensitivityConfig(method=method, images=32, hutchinson_samples=4)
+    s = sensitivity(loud, calib, SPACE, ["features.0"], cfg, "loud")
+    assert s.temperature == pytest.approx(float(zl.double().std(dim=1).mean()) / LOGIT_SPREAD)
+    for n in s.weight:
+        assert s.weight[n]["w2r0"] > s.weight[n]["w8r0"] > 0.0, (n, s.weight[n])
+        assert s.act[n]["a4"] > s.act[n]["a8"] > 0.0, (n, s.act[n])
+    plain = sensitivity(f, calib, SPACE, ["features.0"], cfg, "tiny")
+    assert plain.temperature == 1.0
+
+
+# ---------------------------------------------------------------- allocation
 # ---------------------------------------------------------------- allocation
 
 
