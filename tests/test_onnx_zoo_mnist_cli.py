@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from mixq.data.sources import CALIB_PATH
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 MIXQ = [sys.executable, "-m", "mixq"]
 
 
-def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(MIXQ + args, capture_output=True, text=True, timeout=300)
+def _run(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(MIXQ + args, capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +32,13 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     assert spec is not None and spec.origin is not None
     model = Path(spec.origin).parent / "data" / "onnx" / "mnist-conv" / "model.onnx"
     out = tmp_path_factory.mktemp("zoo_mnist")
+    shutil.copy(CALIB_PATH, out / "calib.npz")  # a user's own .npz, given by a path relative to where they stand
     # raw 0-255 pixels: mean 0, std 1/255
-    q = _run(["quantize", str(model), "--calib", "shipped", "--images", "64", "--mean", "0", "--std",
-              "0.00392156862745098", "--out", str(out / "q")])
+    q = _run(["quantize", str(model), "--calib", "calib.npz", "--images", "64", "--mean", "0", "--std",
+              "0.00392156862745098", "--out", "q"], cwd=out)
     assert q.returncode == 0, q.stderr
+    recorded = json.loads((out / "q" / "summary.json").read_text())["calibration"]["source"]
+    assert recorded == str((out / "calib.npz").resolve())  # so a later --from finds it from anywhere
     return model, out
 
 
@@ -49,7 +55,8 @@ def test_capture_and_verify(artifact: tuple[Path, Path]) -> None:
 
 
 def test_search_finds_a_plan_that_beats_uniform_w4a4(artifact: tuple[Path, Path]) -> None:
-    """Judged by agreement with the float model on 512 held-out images (Fashion-MNIST pictures: out of this model's
+    """Run from another working directory than quantize (the artifact's relative --calib resolved when recorded).
+    Judged by agreement with the float model on 512 held-out images (Fashion-MNIST pictures: out of this model's
     distribution, so even W8A8 agrees on 97.5%): the searched plan at uniform W4A4's frame rate agrees on 96%, W4A4
     on 75%, and it is chosen within 5 points. With every sensitivity 0 the plan at that rate agreed on 34%."""
     _, out = artifact

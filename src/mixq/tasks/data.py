@@ -6,6 +6,7 @@ Every loader names the option or file it reads in its one-line error (:class:`~m
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +28,14 @@ def load_source(source: str, pre: Preprocess | None, limit: int | None, option: 
     if pre is None:
         return load_signals(source, shape, limit, seed=seed, name=f"{option} {source}")
     return load_images(source, pre, limit, seed=seed, name=f"{option} {source}")
+
+
+def recorded(source: str | None) -> str | None:
+    """A data source as an artifact records it: a keyword as it is, a file or folder as its absolute path, so a
+    later ``--from`` finds it from any working directory."""
+    if source is None or source in KEYWORDS:
+        return source
+    return str(Path(source).resolve())
 
 
 def preprocess(shape: tuple[int, ...], model: str, size: tuple[int, int] | None = None,

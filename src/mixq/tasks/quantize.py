@@ -17,7 +17,7 @@ from mixq.artifact import save_artifact
 from mixq.data.sources import ImageSet
 from mixq.errors import OptionError
 from mixq.graph.capture import capture
-from mixq.tasks.data import auto_calib, load_source, preprocess
+from mixq.tasks.data import auto_calib, load_source, preprocess, recorded
 from mixq.tasks.models import load_checked_plan, load_model
 from mixq.zoo.source import ModelSource
 
@@ -115,10 +115,10 @@ def run_quantize(job: QuantizeJob) -> QuantizeOutcome:
     t = time.perf_counter()
     res = ptq.quantize_report(net, qplan, data, job.recipe, input_shape=shape, **overrides)
     seconds = time.perf_counter() - t
-    evaluation = _evaluate(net, res.model, evalset, str(job.eval_source)) if evalset is not None else None
+    evaluation = _evaluate(net, res.model, evalset, str(recorded(job.eval_source))) if evalset is not None else None
     summary = {
         "model": name, "source": src.to_dict(), "pretrained": job.pretrained, "recipe": res.recipe.to_dict(),
-        "calibration": {"source": calib, "images": int(data.shape[0]),
+        "calibration": {"source": recorded(calib), "images": int(data.shape[0]),
                         "preprocess": None if pre is None else pre.to_dict()},
         **({"eval": evaluation} if evaluation is not None else {}),
         "plan": str(job.plan) if job.plan is not None else ("msq" if job.msq is not None else "default W8A8"),

@@ -17,7 +17,7 @@ from mixq.data.sources import Preprocess
 from mixq.errors import OptionError
 from mixq.graph.capture import capture
 from mixq.plan import QuantPlan
-from mixq.tasks.data import load_source, preprocess
+from mixq.tasks.data import load_source, preprocess, recorded
 from mixq.tasks.models import load_checked_plan, load_model
 from mixq.zoo.source import ModelSource
 
@@ -145,7 +145,7 @@ def save_run_artifact(folder: Path, inputs: RunInputs, res: Any, recipe: str = "
     summary = {
         "model": src.name, "source": src.to_dict(), "pretrained": True, "recipe": {"name": recipe, "config": config},
         # the data a later --from check reads by default (the shipped calibration images are Fashion-MNIST's)
-        "calibration": {"source": inputs.calib_source, "dataset": inputs.dataset,
+        "calibration": {"source": recorded(inputs.calib_source), "dataset": inputs.dataset,
                         "images": int(config.get("calib_images", 0)),
                         "preprocess": None if pre is None else pre.to_dict()},
         "qat": {k: res.summary[k] for k in ("val_accuracy", "val_images", "steps", "train_time_s")
