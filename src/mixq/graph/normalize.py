@@ -187,9 +187,9 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
         check_trace(traced, model, tuple(input_shape), batch=3 if concrete else 1)
     dead = _dead_layers(traced)
     boxed = _boxed_output(traced)
-    means = any(_stack_reduce(n) is not None or _flat_mean(n) is not None or _null_pad(n) for n in traced.graph.nodes)
-    means = means or any(_bias_add(n) is not None for n in traced.graph.nodes)
-    if not (layers or concrete or dead or boxed or means) and not any(_act_name(n) is not None
+    rewrites = any(_stack_reduce(n) is not None or _flat_mean(n) is not None or _null_pad(n) or
+                   _bias_add(n) is not None for n in traced.graph.nodes)  # graph rewrites, checked after
+    if not (layers or concrete or dead or boxed or rewrites) and not any(_act_name(n) is not None
                                                                       for n in traced.graph.nodes):
         return model
     import copy
@@ -253,7 +253,7 @@ def normalize(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> n
     graph.lint()
     gm.recompile()
     gm.delete_all_unused_submodules()  # with its layers (MONAI's BasicUNet++ heads without deep supervision)
-    if (dead or means) and input_shape is not None:  # nothing the output reads went with them; same values
+    if (dead or rewrites) and input_shape is not None:  # nothing the output reads went with them; same values
         check_trace(gm, model, tuple(input_shape))
     return gm.train(model.training)
 
