@@ -79,6 +79,38 @@ def test_quantize_preprocessing_options_and_eval(tmp_path: Path) -> None:
         assert main(["quantize", "cnv", "--random", "--images", "4", *bad, "--out", str(out)]) == 1, bad
 
 
+def test_eval_leaves_the_calibration_images_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--eval` of the `--calib` source judged the model partly on its calibration images: they are left out now
+    (found bit for bit, so a seeded folder subset or a copy of a file counts too), the count recorded and printed;
+    with nothing left, one line and exit 1. A folder holding copies of two calibration photos keeps its third."""
+    from PIL import Image
+
+    from mixq.data.sources import Preprocess
+
+    out = tmp_path / "h"
+    assert main(["quantize", "cnv", "--random", "--calib", "shipped", "--images", "64", "--eval", "shipped",
+                 "--out", str(out)]) == 0
+    ev = json.loads((out / "summary.json").read_text())["eval"]
+    assert ev["calibration_images_left_out"] == 64 and ev["images"] == 1000 - 64
+    assert "936 images (64 calibration images left out)" in capsys.readouterr().out
+    assert main(["quantize", "cnv", "--random", "--calib", "shipped", "--images", "1000", "--eval", "shipped",
+                 "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "every one of its 1000 images is a calibration image" in err[0]
+    rng = np.random.default_rng(0)
+    for d in ("cal", "ev"):
+        (tmp_path / d).mkdir()
+    for i in range(3):
+        img = Image.fromarray(rng.integers(0, 255, (40, 30), dtype=np.uint8))
+        img.save(tmp_path / "ev" / f"{i}.png")
+        if i < 2:
+            img.save(tmp_path / "cal" / f"copy{i}.png")
+    pre = Preprocess.for_input((1, 28, 28))
+    calib = quantize_cli.load_source(str(tmp_path / "cal"), pre, None, "--calib").x
+    kept, gone = quantize_cli.held_out(quantize_cli.load_source(str(tmp_path / "ev"), pre, None, "--eval"), calib)
+    assert gone == 2 and len(kept) == 1
+
+
 def _empty(root: Path) -> Path:
     d = root / "empty"
     d.mkdir(exist_ok=True)

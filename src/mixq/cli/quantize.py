@@ -155,12 +155,14 @@ def register(app: typer.Typer) -> None:
                          f"{kd['images']} calibration images (mirrored included): "
                          + ("tuned model kept" if kd["kept"] == "tuned" else "no better, the start kept"))
         ev = summary.get("eval")
+        held = f" ({ev['calibration_images_left_out']} calibration images left out)" \
+            if ev is not None and ev.get("calibration_images_left_out") else ""
         if ev is not None and "top1_quant" in ev:
             lines.append(f"--eval {eval_source}: top-1 {ev['top1_quant']:.2f}% quantized, "
-                         f"{ev['top1_float']:.2f}% float on {ev['images']} images")
+                         f"{ev['top1_float']:.2f}% float on {ev['images']} images{held}")
         elif ev is not None:
             lines.append(f"--eval {eval_source}: argmax agreement with the float model "
-                         f"{ev['agreement']:.2f}% on {ev['images']} unlabelled images")
+                         f"{ev['agreement']:.2f}% on {ev['images']} unlabelled images{held}")
         cli.emit({"out": str(folder), **summary},
              [f"{src.name}: recipe {res.recipe.name}, {summary['calibration']['images']} calibration images, "
               f"{done.seconds:.1f} s", *lines,

@@ -6,6 +6,7 @@ Every loader names the option or file it reads in its one-line error (:class:`~m
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 
 from mixq import data, zoo
 from mixq.data.sources import CALIB_PATH, KEYWORDS, ImageSet, Preprocess, has_image_preset, load_images, load_signals
-from mixq.errors import MixqError, OptionError
+from mixq.errors import DataError, MixqError, OptionError
 
 FMNIST_SETS = ("fmnist-subset", "fmnist")
 
@@ -28,6 +29,22 @@ def load_source(source: str, pre: Preprocess | None, limit: int | None, option: 
     if pre is None:
         return load_signals(source, shape, limit, seed=seed, name=f"{option} {source}")
     return load_images(source, pre, limit, seed=seed, name=f"{option} {source}")
+
+
+def held_out(evalset: ImageSet, calib: torch.Tensor) -> tuple[ImageSet, int]:
+    """``evalset`` without the images that are (bit for bit) calibration images, and how many went: an
+    evaluation on the calibration data (``--eval`` the ``--calib`` source, or a folder holding copies) would
+    report the fit, not the quantized model. One :class:`~mixq.errors.DataError` when none is left."""
+    seen = {hashlib.sha1(x.numpy().tobytes()).digest() for x in calib.detach().contiguous()}
+    keep = [i for i, x in enumerate(evalset.x.contiguous()) if hashlib.sha1(x.numpy().tobytes()).digest() not in seen]
+    if not keep:
+        raise DataError(f"{evalset.source}: every one of its {len(evalset)} images is a calibration image; "
+                        "give another source, or calibrate on fewer (--images) so some are held out")
+    if len(keep) == len(evalset):
+        return evalset, 0
+    idx = torch.tensor(keep)
+    y = evalset.y[idx] if evalset.y is not None else None
+    return ImageSet(evalset.x[idx], y, evalset.classes, evalset.source), len(evalset) - len(keep)
 
 
 def recorded(source: str | None) -> str | None:

@@ -17,7 +17,7 @@ from mixq.artifact import save_artifact
 from mixq.data.sources import ImageSet
 from mixq.errors import OptionError
 from mixq.graph.capture import capture
-from mixq.tasks.data import auto_calib, load_source, preprocess, recorded
+from mixq.tasks.data import auto_calib, held_out, load_source, preprocess, recorded
 from mixq.tasks.models import load_checked_plan, load_model
 from mixq.zoo.source import ModelSource
 
@@ -97,7 +97,9 @@ def run_quantize(job: QuantizeJob) -> QuantizeOutcome:
                               f"{pre.channels}x{pre.size[0]}x{pre.size[1]} inputs "
                               f"({str(e).splitlines()[0]})") from None
         shape = (pre.channels, *pre.size)
-    evalset = load_source(job.eval_source, pre, None, "--eval", shape) if job.eval_source is not None else None
+    evalset, left_out = None, 0
+    if job.eval_source is not None:
+        evalset, left_out = held_out(load_source(job.eval_source, pre, None, "--eval", shape), data)
     if job.plan is not None:
         qplan = load_checked_plan(job.plan, name, capture(net, shape))
     elif job.msq is not None:
@@ -115,7 +117,8 @@ def run_quantize(job: QuantizeJob) -> QuantizeOutcome:
     t = time.perf_counter()
     res = ptq.quantize_report(net, qplan, data, job.recipe, input_shape=shape, **overrides)
     seconds = time.perf_counter() - t
-    evaluation = _evaluate(net, res.model, evalset, str(recorded(job.eval_source))) if evalset is not None else None
+    evaluation = None if evalset is None else \
+        _evaluate(net, res.model, evalset, str(recorded(job.eval_source))) | {"calibration_images_left_out": left_out}
     summary = {
         "model": name, "source": src.to_dict(), "pretrained": job.pretrained, "recipe": res.recipe.to_dict(),
         "calibration": {"source": recorded(calib), "images": int(data.shape[0]),
