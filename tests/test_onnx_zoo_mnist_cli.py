@@ -71,3 +71,17 @@ def test_search_finds_a_plan_that_beats_uniform_w4a4(artifact: tuple[Path, Path]
     assert same_rate and max(p["accuracy"] for p in same_rate) > w4["accuracy"] + 10, d["points"]
     chosen = d["chosen"]
     assert chosen["fps"] >= w4["fps"] * 0.999 and chosen["drop"] <= 5
+
+
+def test_a_search_that_misses_its_bound_writes_its_points(artifact: tuple[Path, Path]) -> None:
+    """No plan agrees within 0.001 points on these out-of-distribution pictures (W8A8: 97.5%): exit 3, one line
+    naming pareto.json, which holds every evaluated point (`met` false), and no plan.json."""
+    _, out = artifact
+    s = _run(["search", "--from", str(out / "q"), "--points", "1", "--calib-images", "64", "--eval-images", "256",
+              "--max-drop", "0.001", "--cache-dir", str(out / "cache"), "--out", str(out / "miss")])
+    assert s.returncode == 3, s.stderr
+    last = s.stderr.strip().splitlines()[-1]
+    assert last.startswith("mixq: error: search: no searched plan stays within 0.001 points") and "pareto.json" in last
+    d = json.loads((out / "miss" / "pareto.json").read_text())
+    assert d["met"] is False and any(p["kind"] == "uniform" for p in d["points"])
+    assert not (out / "miss" / "plan.json").exists()

@@ -509,6 +509,28 @@ def test_unreachable_target_names_best_figure(tiny, result) -> None:  # type: ig
         search_plan("tiny", m, calib, AccuracyEval(x, y), target_fps=10.0, max_drop=1.0, cfg=cfg)
 
 
+def test_a_search_that_misses_its_bound_keeps_its_points(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No plan can stay within -1 points (its drop is at least 0 on the float model's own labels): every plan was
+    evaluated by then, so the check fails with that work in hand (`SearchUnmet`, a `CheckFailed`): pareto.json
+    holds every point with `met` false and the most accurate searched plan as `chosen`, and no plan.json is written
+    (before, the CLI wrote nothing)."""
+    from mixq.algorithms.search.driver import SearchUnmet
+    from mixq.algorithms.search.output import write_outputs
+
+    m, calib, x, y = tiny
+    cfg = SearchConfig(space=SPACE, sensitivity=SensitivityConfig(images=32, hutchinson_samples=4),
+                       executor="serial", points=2)
+    with pytest.raises(SearchUnmet, match="no searched plan stays within -1 points") as got:
+        search_plan("tiny", m, calib, AccuracyEval(x, y), "xc7z020", max_drop=-1.0, cfg=cfg)
+    assert isinstance(got.value, CheckFailed)
+    r = got.value.result
+    assert not r.met and r.points and r.chosen.accuracy == max(p.accuracy for p in r.points if p.kind == "searched")
+    paths = write_outputs(r, tmp_path)
+    assert "plan" not in paths and not (tmp_path / "plan.json").exists()
+    d = json.loads(paths["pareto"].read_text())
+    assert d["met"] is False and len(d["points"]) == len(r.points)
+
+
 def test_process_pool_matches_serial(tiny, result) -> None:  # type: ignore[no-untyped-def]
     from mixq.algorithms.search import evaluate_plans
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from mixq.cli._common import FROM, choice, count, emit, out_dir, real
+from mixq.errors import CheckFailed
 
 TASKS = ("cnv", "mobilenet_v2")
 
@@ -80,6 +81,7 @@ def search_cmd(
         raise OptionError("search: give --target-fps or --max-drop, not both")
     folder = out_dir(out, "search", model or Path(str(from_)).name)
     from mixq.algorithms.search import SearchConfig, SensitivityConfig, search_plan
+    from mixq.algorithms.search.driver import SearchUnmet
     from mixq.algorithms.search.output import write_outputs
     from mixq.algorithms.search.space import SearchSpace
     from mixq.hw import get_part
@@ -95,7 +97,11 @@ def search_cmd(
     space = SearchSpace() if widths is None else SearchSpace(residual_bits=widths)
     cfg = SearchConfig(space=space, sensitivity=SensitivityConfig(method=method), points=points, executor=executor,
                        workers=workers, cache_dir=str(cache_dir), acc_bits=acc_bits)
-    res = search_plan(model, m, calib, eval_fn, part, target_fps=target_fps, max_drop=max_drop, cfg=cfg)
+    try:
+        res = search_plan(model, m, calib, eval_fn, part, target_fps=target_fps, max_drop=max_drop, cfg=cfg)
+    except SearchUnmet as e:  # every plan was evaluated: keep the points, then fail the check
+        kept = write_outputs(e.result, folder)
+        raise CheckFailed(f"{e} (every evaluated point: {kept['pareto']})") from None
     paths = write_outputs(res, folder)
     rows = [res.chosen, *res.baselines.values()]
     result = {"chosen": res.chosen.label, "reference_accuracy": round(res.reference_accuracy, 3),

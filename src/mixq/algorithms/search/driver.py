@@ -114,9 +114,10 @@ class SearchResult:
     timings: dict[str, float]
     sensitivity: Sensitivity
     config: SearchConfig
+    met: bool = True  # False: no searched plan met the target or the accuracy bound (``chosen``: the most accurate)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"part": self.part, "target_fps": self.target_fps, "max_drop": self.max_drop,
+        return {"part": self.part, "target_fps": self.target_fps, "max_drop": self.max_drop, "met": self.met,
                 "reference_accuracy": round(self.reference_accuracy, 3), "best_reachable_fps": round(self.best_fps, 2),
                 "chosen": self.chosen.to_dict(), "pareto": [p.to_dict() for p in self.pareto],
                 "points": [p.to_dict() for p in self.points],
@@ -124,6 +125,15 @@ class SearchResult:
                 "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
                 "sensitivity_method": self.sensitivity.method, "sensitivity_key": self.sensitivity.key,
                 "config": asdict(self.config)}
+
+
+class SearchUnmet(CheckFailed):
+    """No searched plan meets the target frame rate or the accuracy bound, found after every plan was evaluated:
+    ``result`` keeps that work (``met`` False, ``chosen`` the most accurate searched plan) for the caller to write."""
+
+    def __init__(self, message: str, result: SearchResult) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 def pareto_front(points: list[Point]) -> list[Point]:
@@ -196,7 +206,8 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
 
     ``calib``: calibration inputs (also the sensitivity data); ``eval_fn(qmodel)``: the
     figure to keep high (e.g. top-1 %). Raises `CheckFailed` (exit 3 on the command line) when ``target_fps`` is
-    above the fastest design that fits, naming that figure.
+    above the fastest design that fits, naming that figure; :class:`SearchUnmet` (a `CheckFailed` holding every
+    evaluated point) when no searched plan meets the target or the accuracy bound.
     """
     if target_fps is not None and max_drop is not None:
         raise MixqError("search: give target_fps or max_drop, not both")
@@ -256,24 +267,28 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
     done = {id(old): new for old, new in zip(uniq, pts, strict=False)}
     by_t = {t: [done[id(p)] for p in ps] for t, ps in searched.items()}
     searched_pts = pts[: len(uniq)]
+    top = max(searched_pts, key=lambda p: p.accuracy)
+    unmet = None
     if target_fps is not None:
         t = table.cycles_for(target_fps)
         if t not in by_t:
-            raise CheckFailed(f"search: target {target_fps:g} FPS is not reachable on {part}: the fastest "
-                                f"design that fits reaches {best_fps:.1f} FPS")
-        chosen = max(by_t[t], key=lambda p: p.accuracy)  # of the residual widths tried at this rate
+            unmet = (f"search: target {target_fps:g} FPS is not reachable on {part}: the fastest design that fits "
+                     f"reaches {best_fps:.1f} FPS")
+        chosen = max(by_t.get(t, [top]), key=lambda p: p.accuracy)  # of the residual widths tried at this rate
     else:
         d = cfg.default_max_drop if max_drop is None else max_drop
         within = [p for p in searched_pts if p.drop <= d]
         if not within:
-            top = max(searched_pts, key=lambda p: p.accuracy)
-            raise CheckFailed(f"search: no searched plan stays within {d:g} points of the float model "
-                            f"(best: {top.label}, drop {top.drop:.2f} at {top.fps:.0f} FPS)")
-        chosen = max(within, key=lambda p: (p.fps, p.accuracy))
+            unmet = (f"search: no searched plan stays within {d:g} points of the float model (best: {top.label}, "
+                     f"drop {top.drop:.2f} at {top.fps:.0f} FPS)")
+        chosen = max(within, key=lambda p: (p.fps, p.accuracy)) if within else top
     times["total"] = time.perf_counter() - t0
-    progress.log("search chose", chosen=chosen.label, fps=round(chosen.fps, 1), accuracy=round(chosen.accuracy, 2),
-                 seconds=round(times["total"], 1))
     plan = chosen.plan.with_meta(search_result={"fps": chosen.fps, "accuracy": chosen.accuracy, "part": part})
     base = dict(zip(baselines, pts[len(uniq):], strict=True))
-    return SearchResult(plan, chosen, pareto_front(pts), pts, base, ref, best_fps, part, target_fps, max_drop,
-                        times, sens, cfg)
+    result = SearchResult(plan, chosen, pareto_front(pts), pts, base, ref, best_fps, part, target_fps, max_drop,
+                          times, sens, cfg, met=unmet is None)
+    if unmet is not None:
+        raise SearchUnmet(unmet, result)
+    progress.log("search chose", chosen=chosen.label, fps=round(chosen.fps, 1), accuracy=round(chosen.accuracy, 2),
+                 seconds=round(times["total"], 1))
+    return result

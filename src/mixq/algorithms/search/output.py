@@ -50,7 +50,10 @@ def write_outputs(result: SearchResult, out: str | Path) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"plan": out / "plan.json", "pareto": out / "pareto.json", "plot": out / "pareto.png"}
-    save_plan(result.plan, paths["plan"])
+    if result.met:  # a search that missed its target writes its points, not a plan to build
+        save_plan(result.plan, paths["plan"])
+    else:
+        del paths["plan"]
     atomic_write_json(paths["pareto"], result.to_dict())
     atomic_write_bytes(paths["plot"], pareto_png(result))
     return paths
