@@ -531,6 +531,29 @@ def test_a_search_that_misses_its_bound_keeps_its_points(tiny, tmp_path) -> None
     assert d["met"] is False and len(d["points"]) == len(r.points)
 
 
+def test_candidates_are_judged_under_the_recipe_asked_for(tiny) -> None:  # type: ignore[no-untyped-def]
+    """`SearchConfig.recipe` (`mixq search --recipe`): every candidate and baseline is quantized with it to be
+    judged, as `quantize` with that recipe gives it (dfq here), in both executors; an unknown name is refused by
+    field."""
+    from mixq.algorithms.ptq import quantize
+    from mixq.algorithms.search import evaluate_plans
+    from mixq.algorithms.search.space import layer_plan
+    from mixq.plan import QuantPlan
+
+    m, calib, x, y = tiny
+    f = fold_bn(m).eval()
+    ev = AccuracyEval(x, y)
+    plans = [QuantPlan("tiny", {n: layer_plan(Option(b, b), n == "features.0") for n in ("features.0", "features.3",
+                                                                                         "classifier")})
+             for b in (8, 4, 2)]
+    want = [float(ev(quantize(f, p, calib, "dfq", fold=False))) for p in plans]
+    assert want != [float(ev(quantize(f, p, calib, "plan", fold=False))) for p in plans]  # the recipe matters here
+    for executor in ("serial", "process"):
+        assert evaluate_plans(f, calib, ev, plans, executor, 2, recipe="dfq") == want, executor
+    with pytest.raises(MixqError, match="search.recipe: 'nope'"):
+        SearchConfig(recipe="nope")
+
+
 def test_process_pool_matches_serial(tiny, result) -> None:  # type: ignore[no-untyped-def]
     from mixq.algorithms.search import evaluate_plans
 

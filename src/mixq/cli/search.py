@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from mixq.cli._common import FROM, choice, count, emit, out_dir, real
+from mixq.cli.quantize import RECIPES
 from mixq.errors import CheckFailed
 
 TASKS = ("cnv", "mobilenet_v2")
@@ -61,6 +62,9 @@ def search_cmd(
              "2..16, comma-separated (default exact,12,8)"),
     acc_bits: int = count(32, "accumulator width the hardware provides: options whose worst-case accumulator "
                           "passes it are left out (as `mixq verify --acc-bits`)", 2, maximum=63),
+    recipe: str = choice("plan", "PTQ recipe each candidate plan is quantized with to be judged (plan: min-max "
+                         "calibration; e.g. dfq for a model min-max loses points on at 8 bits, at its cost per "
+                         "candidate)", RECIPES, "--recipe"),
 ) -> None:
     """Search per-layer bits, scheme (SP2 ratio) and folding for MODEL (or a quantize --from ARTIFACT's model,
     data and preprocessing) on PART; write the plan and Pareto front.
@@ -96,7 +100,7 @@ def search_cmd(
     widths = _widths(residual_bits)
     space = SearchSpace() if widths is None else SearchSpace(residual_bits=widths)
     cfg = SearchConfig(space=space, sensitivity=SensitivityConfig(method=method), points=points, executor=executor,
-                       workers=workers, cache_dir=str(cache_dir), acc_bits=acc_bits)
+                       workers=workers, cache_dir=str(cache_dir), acc_bits=acc_bits, recipe=recipe)
     try:
         res = search_plan(model, m, calib, eval_fn, part, target_fps=target_fps, max_drop=max_drop, cfg=cfg)
     except SearchUnmet as e:  # every plan was evaluated: keep the points, then fail the check

@@ -31,6 +31,7 @@ from torch import nn
 
 from mixq import progress
 from mixq.algorithms.msq import row_advantage
+from mixq.algorithms.ptq import RECIPES
 from mixq.algorithms.search.allocate import Allocation, allocate, fastest, to_plan
 from mixq.algorithms.search.costs import HwTable
 from mixq.algorithms.search.evaluate import EvalFn, evaluate_plans
@@ -68,11 +69,14 @@ class SearchConfig:
     cache_dir: str | None = None
     default_max_drop: float = 1.0
     acc_bits: int = ENGINE_ACC_BITS  # the integer engine's accumulator budget (hw.bits mirrors its default)
+    recipe: str = "plan"  # the PTQ recipe every candidate is quantized with to be judged (plan: min-max)
 
     def __post_init__(self) -> None:
         if self.points < 0 or self.workers < 1:
             raise MixqError("search: points must be >= 0 and workers >= 1")
         check_acc_bits("search", self.acc_bits)
+        if self.recipe not in RECIPES:
+            raise MixqError(f"search.recipe: {self.recipe!r} is not one of {', '.join(RECIPES)}")
 
 
 @dataclass(frozen=True)
@@ -259,7 +263,7 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
     uniq = list(seen.values())
     pts = uniq + list(baselines.values())
     accs = evaluate_plans(folded, calib, eval_fn, [p.plan for p in pts], cfg.executor, cfg.workers,
-                          labels=[p.label for p in pts])
+                          labels=[p.label for p in pts], recipe=cfg.recipe)
     ref = float(eval_fn(folded))
     pts = [Point(p.label, p.kind, p.plan, p.fps, p.fits, p.resources, p.utilization, p.sensitivity, a, ref - a)
            for p, a in zip(pts, accs, strict=True)]

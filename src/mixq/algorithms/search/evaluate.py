@@ -60,26 +60,28 @@ class AgreementEval:
         return ops.evaluate(model, self.x, self.ref)
 
 
-def quantize_and_eval(model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn, plan: QuantPlan) -> float:
-    q = quantize(model, plan, calib, "plan", fold=False)
+def quantize_and_eval(model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn, plan: QuantPlan,
+                      recipe: str = "plan") -> float:
+    q = quantize(model, plan, calib, recipe, fold=False)
     return float(eval_fn(q))
 
 
 _STATE: dict[str, Any] = {}
 
 
-def _init(model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn, threads: int) -> None:
+def _init(model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn, threads: int, recipe: str) -> None:
     torch.set_num_threads(threads)
     progress.configure("quiet")  # the parent reports each candidate
-    _STATE.update(model=model, calib=calib, eval_fn=eval_fn)
+    _STATE.update(model=model, calib=calib, eval_fn=eval_fn, recipe=recipe)
 
 
 def _work(plan: dict[str, Any]) -> float:
-    return quantize_and_eval(_STATE["model"], _STATE["calib"], _STATE["eval_fn"], plan_from_dict(plan))
+    return quantize_and_eval(_STATE["model"], _STATE["calib"], _STATE["eval_fn"], plan_from_dict(plan),
+                             _STATE["recipe"])
 
 
-def _ray_task(model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn, plan: dict[str, Any]) -> float:
-    return quantize_and_eval(model, calib, eval_fn, plan_from_dict(plan))
+def _ray_task(model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn, plan: dict[str, Any], recipe: str) -> float:
+    return quantize_and_eval(model, calib, eval_fn, plan_from_dict(plan), recipe)
 
 
 def _picklable(obj: object) -> bool:
@@ -92,9 +94,9 @@ def _picklable(obj: object) -> bool:
 
 def evaluate_plans(model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn, plans: Sequence[QuantPlan],
                    executor: str = "process", workers: int = 2,
-                   labels: Sequence[str] | None = None) -> list[float]:
-    """``eval_fn`` of every plan's quantized model, in the order of ``plans`` (``labels``: how the
-    progress lines name them; default the model name)."""
+                   labels: Sequence[str] | None = None, recipe: str = "plan") -> list[float]:
+    """``eval_fn`` of every plan's quantized model (PTQ ``recipe``), in the order of ``plans`` (``labels``: how
+    the progress lines name them; default the model name)."""
     if executor not in EXECUTORS:
         raise MixqError(f"search.executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
     if labels is not None and len(labels) != len(plans):
@@ -102,31 +104,31 @@ def evaluate_plans(model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn, plans
     with progress.task("search candidates", total=len(plans)) as task:
         out: list[float] = []
         names = list(labels) if labels is not None else [p.model for p in plans]
-        for name, v in zip(names, _results(model, calib, eval_fn, plans, executor, workers), strict=True):
+        for name, v in zip(names, _results(model, calib, eval_fn, plans, executor, workers, recipe), strict=True):
             out.append(v)
             task.advance(plan=name, figure=round(v, 3))
         return out
 
 
 def _results(model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn, plans: Sequence[QuantPlan], executor: str,
-             workers: int) -> Iterator[float]:
+             workers: int, recipe: str) -> Iterator[float]:
     """The figures, in the order of ``plans``, as they come back."""
     if executor == "ray":
-        yield from _ray(model, calib, eval_fn, plans, workers)
+        yield from _ray(model, calib, eval_fn, plans, workers, recipe)
         return
     if executor == "serial" or workers <= 1 or len(plans) <= 1 or not _picklable(eval_fn):
         for p in plans:
-            yield quantize_and_eval(model, calib, eval_fn, p)
+            yield quantize_and_eval(model, calib, eval_fn, p, recipe)
         return
     n = min(workers, len(plans))
     threads = max(1, torch.get_num_threads() // n)
     with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init,
-                             initargs=(model, calib, eval_fn, threads)) as ex:
+                             initargs=(model, calib, eval_fn, threads, recipe)) as ex:
         yield from ex.map(_work, [plan_to_dict(p) for p in plans])  # QuantPlan holds mapping proxies
 
 
 def _ray(model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn, plans: Sequence[QuantPlan],
-         workers: int) -> Iterator[float]:
+         workers: int, recipe: str) -> Iterator[float]:
     try:
         import ray
     except ImportError as e:
@@ -138,7 +140,7 @@ def _ray(model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn, plans: Sequence
     try:
         remote = ray.remote(num_cpus=1)(_ray_task)
         m_ref, c_ref, f_ref = ray.put(model), ray.put(calib), ray.put(eval_fn)
-        refs = [remote.remote(m_ref, c_ref, f_ref, plan_to_dict(p)) for p in plans]
+        refs = [remote.remote(m_ref, c_ref, f_ref, plan_to_dict(p), recipe) for p in plans]
         for ref in refs:
             yield float(ray.get(ref))
     finally:
