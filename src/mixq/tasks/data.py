@@ -35,8 +35,11 @@ def held_out(evalset: ImageSet, calib: torch.Tensor) -> tuple[ImageSet, int]:
     """``evalset`` without the images that are (bit for bit) calibration images, and how many went: an
     evaluation on the calibration data (``--eval`` the ``--calib`` source, or a folder holding copies) would
     report the fit, not the quantized model. One :class:`~mixq.errors.DataError` when none is left."""
-    seen = {hashlib.sha1(x.numpy().tobytes()).digest() for x in calib.detach().contiguous()}
-    keep = [i for i, x in enumerate(evalset.x.contiguous()) if hashlib.sha1(x.numpy().tobytes()).digest() not in seen]
+    def digest(x: torch.Tensor) -> bytes:
+        return hashlib.sha1(x.detach().contiguous().numpy().tobytes()).digest()
+
+    seen = {digest(x) for x in calib}
+    keep = [i for i, x in enumerate(evalset.x) if digest(x) not in seen]
     if not keep:
         raise DataError(f"{evalset.source}: every one of its {len(evalset)} images is a calibration image; "
                         "give another source, or calibrate on fewer (--images) so some are held out")

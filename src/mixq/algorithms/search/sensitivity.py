@@ -248,10 +248,10 @@ def sensitivity(model: nn.Module, calib: torch.Tensor, space: SearchSpace, signe
     path = Path(cache_dir) / f"{model_name}-{key}.json" if cache_dir is not None else None
     if path is not None and path.exists():
         d = json.loads(path.read_text())
-        hot = {"temperature": round(d["temperature"], 3)} if d.get("temperature", 1.0) > 1.0 else {}
+        temp = float(d.get("temperature", 1.0))
+        hot = {"temperature": round(temp, 3)} if temp > 1.0 else {}
         progress.log("search sensitivity", cached=str(path), layers=len(d["weight"]), **hot)
-        return Sensitivity(d["weight"], d["act"], d["method"], d["key"], d.get("traces", {}),
-                           d.get("temperature", 1.0))
+        return Sensitivity(d["weight"], d["act"], d["method"], d["key"], d.get("traces", {}), temp)
     x = calib[: cfg.images]
     with eval_mode(model):
         with torch.no_grad():
