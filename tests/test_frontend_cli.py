@@ -91,6 +91,13 @@ def test_quantize_then_estimate_and_search_from_the_artifact(unet: Path) -> None
     plan = json.loads((unet / "q" / "plan.json").read_text())
     assert {"e1.0", "e2.0", "up", "d1.0", "ps.0", "out"} <= set(plan["layers"])
     assert main(["estimate", "--from", "q", "--out", "es"]) == 0
+    # --eval the calibration source: the plans are judged on its other images, never on calibration ones
+    # (they were: the first 16 photo crops calibrated and were 16 of the 32 judged)
+    from mixq.tasks.search import artifact_task
+
+    _, _, calib, ev = artifact_task(unet / "q", 16, 32, "photos")
+    same = (calib[:, None] == ev.x[None]).flatten(2).all(2)  # type: ignore[attr-defined]
+    assert len(ev.x) == 32 and not bool(same.any())  # type: ignore[attr-defined]
     # search from the artifact: its model, calibration source and preprocessing, judged on unused photos
     r = subprocess.run([sys.executable, "-m", "mixq", "search", "--from", "q", "--points", "1", "--executor",
                         "serial", "--calib-images", "16", "--eval-images", "16", "--max-drop", "50", "--out", "s"],
@@ -98,6 +105,8 @@ def test_quantize_then_estimate_and_search_from_the_artifact(unet: Path) -> None
     assert r.returncode == 0, r.stderr[-2000:]
     chosen = json.loads((unet / "s" / "plan.json").read_text())
     assert set(chosen["layers"]) == set(plan["layers"])
+    # the candidates were judged under the artifact's own recipe (quantize's default, minmax), not plan's
+    assert json.loads((unet / "s" / "pareto.json").read_text())["config"]["recipe"] == "minmax"
     # usage: exactly one of MODEL / --from; --eval only with --from
     r = subprocess.run([sys.executable, "-m", "mixq", "search", "cnv", "--from", "q"], capture_output=True,
                        text=True, timeout=60)
@@ -105,3 +114,27 @@ def test_quantize_then_estimate_and_search_from_the_artifact(unet: Path) -> None
     r = subprocess.run([sys.executable, "-m", "mixq", "search", "cnv", "--eval", "photos"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 1 and "--eval goes with --from" in r.stderr
+
+
+def test_a_search_from_an_artifact_judges_with_its_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`search --from` without --recipe takes the artifact's recipe by name; one it does not know (or none) is
+    plan; overrides the artifact was made with are named in a progress line, since candidates do not get them."""
+    from mixq import progress
+    from mixq.algorithms.ptq import get_recipe
+    from mixq.tasks.search import artifact_recipe
+
+    lines: list[dict[str, object]] = []
+    monkeypatch.setattr(progress, "log", lambda message, **f: lines.append({"message": message, **f}))
+
+    def made_with(recipe: object) -> Path:
+        (tmp_path / "summary.json").write_text(json.dumps({"recipe": recipe}))
+        return tmp_path
+
+    dfq = json.loads(json.dumps(get_recipe("dfq").to_dict()))
+    assert artifact_recipe(made_with(dfq)) == "dfq" and lines == []
+    assert artifact_recipe(made_with({**dfq, "bias_passes": 3})) == "dfq"
+    assert lines and "overrides" in str(lines[-1]["note"])
+    assert artifact_recipe(made_with({"name": "nope"})) == "plan"
+    assert artifact_recipe(made_with("dfq")) == "plan"
+    (tmp_path / "summary.json").unlink()
+    assert artifact_recipe(tmp_path) == "plan"

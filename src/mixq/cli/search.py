@@ -62,9 +62,10 @@ def search_cmd(
              "2..16, comma-separated (default exact,12,8)"),
     acc_bits: int = count(32, "accumulator width the hardware provides: options whose worst-case accumulator "
                           "passes it are left out (as `mixq verify --acc-bits`)", 2, maximum=63),
-    recipe: str = choice("plan", "PTQ recipe each candidate plan is quantized with to be judged (plan: min-max "
-                         "calibration; e.g. dfq for a model min-max loses points on at 8 bits, at its cost per "
-                         "candidate)", RECIPES, "--recipe"),
+    recipe: str | None = choice(None, "PTQ recipe each candidate plan is quantized with to be judged (default: "
+                                "with --from the artifact's own, else plan, min-max calibration; e.g. dfq for a "
+                                "model min-max loses points on at 8 bits, at its cost per candidate)", RECIPES,
+                                "--recipe"),
 ) -> None:
     """Search per-layer bits, scheme (SP2 ratio) and folding for MODEL (or a quantize --from ARTIFACT's model,
     data and preprocessing) on PART; write the plan and Pareto front.
@@ -89,18 +90,19 @@ def search_cmd(
     from mixq.algorithms.search.output import write_outputs
     from mixq.algorithms.search.space import SearchSpace
     from mixq.hw import get_part
-    from mixq.tasks.search import artifact_task, bundled_task
+    from mixq.tasks.search import artifact_recipe, artifact_task, bundled_task
 
     get_part(part)
     if from_ is not None:
         model, m, calib, eval_fn = artifact_task(from_, calib_images, eval_images, eval_source)
+        recipe = recipe or artifact_recipe(from_)
     else:
         assert model is not None
         m, calib, eval_fn = bundled_task(model, pretrained, calib_images, eval_images)
     widths = _widths(residual_bits)
     space = SearchSpace() if widths is None else SearchSpace(residual_bits=widths)
     cfg = SearchConfig(space=space, sensitivity=SensitivityConfig(method=method), points=points, executor=executor,
-                       workers=workers, cache_dir=str(cache_dir), acc_bits=acc_bits, recipe=recipe)
+                       workers=workers, cache_dir=str(cache_dir), acc_bits=acc_bits, recipe=recipe or "plan")
     try:
         res = search_plan(model, m, calib, eval_fn, part, target_fps=target_fps, max_drop=max_drop, cfg=cfg)
     except SearchUnmet as e:  # every plan was evaluated: keep the points, then fail the check
@@ -108,7 +110,7 @@ def search_cmd(
         raise CheckFailed(f"{e} (every evaluated point: {kept['pareto']})") from None
     paths = write_outputs(res, folder)
     rows = [res.chosen, *res.baselines.values()]
-    result = {"chosen": res.chosen.label, "reference_accuracy": round(res.reference_accuracy, 3),
+    result = {"chosen": res.chosen.label, "recipe": cfg.recipe, "reference_accuracy": round(res.reference_accuracy, 3),
               "compare": [{"label": p.label, "fps": round(p.fps, 1), "accuracy": round(p.accuracy, 3),
                            "lut": p.resources.get("lut"), "dsp": p.resources.get("dsp"),
                            "residual_bits": p.plan.residual_bits} for p in rows],

@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +20,7 @@ from mixq.algorithms.search.evaluate import AccuracyEval, AgreementEval, EvalFn
 from mixq.artifact import read_checkpoint, read_summary
 from mixq.data.sources import Preprocess
 from mixq.errors import DataError, MixqError
-from mixq.tasks.data import fmnist_eval, load_source, recorded_data
+from mixq.tasks.data import fmnist_eval, held_out, load_source, recorded_data
 from mixq.tasks.models import load_model
 from mixq.zoo.source import ModelSource
 
@@ -61,13 +63,36 @@ def artifact_task(folder: Path, calib_images: int, eval_images: int, eval_source
     source = calib_src or ("shipped" if shape[0] == 1 else "photos")
     eval_source = eval_source or recorded_eval
     if eval_source is not None:
-        evalset = load_source(eval_source, pre, eval_images, "--eval", shape)
         calib = load_source(source, pre, calib_images, "--calib", shape).x
+        # the calibration source again (or a folder holding copies): its calibration images do not judge
+        evalset, _ = held_out(load_source(eval_source, pre, calib_images + eval_images, "--eval", shape), calib)
+        x = evalset.x[:eval_images]
         if evalset.y is not None:
-            return ck.model_name, net, calib, AccuracyEval(evalset.x, evalset.y)
-        return ck.model_name, net, calib, AgreementEval.of(net, evalset.x)
+            return ck.model_name, net, calib, AccuracyEval(x, evalset.y[:eval_images])
+        return ck.model_name, net, calib, AgreementEval.of(net, x)
     both = load_source(source, pre, calib_images + eval_images, "--calib", shape).x
     if len(both) <= calib_images:
         raise DataError(f"--from {folder}: calibration source {source!r} has {len(both)} images, none left to "
                         f"judge the plans on; lower --calib-images or give --eval")
     return ck.model_name, net, both[:calib_images], AgreementEval.of(net, both[calib_images:])
+
+
+def artifact_recipe(folder: Path) -> str:
+    """The PTQ recipe a `mixq quantize` artifact was made with, by name, for a search from it to judge its
+    candidates the same way (``plan`` when it records none or one search does not know). A recipe recorded with
+    overrides (``--set``, ``--stage``) is judged as its named recipe; a progress line says so."""
+    from mixq import progress
+    from mixq.algorithms.ptq import RECIPES, get_recipe
+
+    rec = read_summary(folder).get("recipe")
+    name = rec.get("name") if isinstance(rec, dict) else None
+    if not isinstance(rec, dict) or not isinstance(name, str) or name not in RECIPES:
+        return "plan"
+    if _plain(rec) != _plain(get_recipe(name).to_dict()):
+        progress.log("search recipe", recipe=name, note="the artifact's overrides are not applied to candidates")
+    return name
+
+
+def _plain(d: dict[str, Any]) -> Any:
+    """A recipe dict as summary.json holds it, without its version."""
+    return json.loads(json.dumps({k: v for k, v in d.items() if k != "version"}, default=str))

@@ -262,7 +262,9 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
     t2 = time.perf_counter()
     uniq = list(seen.values())
     pts = uniq + list(baselines.values())
-    accs = evaluate_plans(folded, calib, eval_fn, [p.plan for p in pts], cfg.executor, cfg.workers,
+    # judged as `mixq quantize` makes them: from the model with its BatchNorms, which the recipe folds itself
+    # (dfq's bias absorption and analytic bias correction read the BN statistics; folded first, they have none)
+    accs = evaluate_plans(model, calib, eval_fn, [p.plan for p in pts], cfg.executor, cfg.workers,
                           labels=[p.label for p in pts], recipe=cfg.recipe)
     ref = float(eval_fn(folded))
     pts = [Point(p.label, p.kind, p.plan, p.fps, p.fits, p.resources, p.utilization, p.sensitivity, a, ref - a)

@@ -62,7 +62,7 @@ class AgreementEval:
 
 def quantize_and_eval(model: nn.Module, calib: torch.Tensor, eval_fn: EvalFn, plan: QuantPlan,
                       recipe: str = "plan") -> float:
-    q = quantize(model, plan, calib, recipe, fold=False)
+    q = quantize(model, plan, calib, recipe)  # folds BN itself (nothing to fold in a folded model)
     return float(eval_fn(q))
 
 
