@@ -116,25 +116,21 @@ def test_quantize_then_estimate_and_search_from_the_artifact(unet: Path) -> None
     assert r.returncode == 1 and "--eval goes with --from" in r.stderr
 
 
-def test_a_search_from_an_artifact_judges_with_its_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_search_from_an_artifact_judges_with_its_recipe(tmp_path: Path) -> None:
     """`search --from` without --recipe takes the artifact's recipe by name; one it does not know (or none) is
-    plan; overrides the artifact was made with are named in a progress line, since candidates do not get them."""
-    from mixq import progress
+    plan; overrides the artifact was made with are reported (the CLI says so), since candidates do not get them."""
     from mixq.algorithms.ptq import get_recipe
     from mixq.tasks.search import artifact_recipe
-
-    lines: list[dict[str, object]] = []
-    monkeypatch.setattr(progress, "log", lambda message, **f: lines.append({"message": message, **f}))
 
     def made_with(recipe: object) -> Path:
         (tmp_path / "summary.json").write_text(json.dumps({"recipe": recipe}))
         return tmp_path
 
     dfq = json.loads(json.dumps(get_recipe("dfq").to_dict()))
-    assert artifact_recipe(made_with(dfq)) == "dfq" and lines == []
-    assert artifact_recipe(made_with({**dfq, "bias_passes": 3})) == "dfq"
-    assert lines and "overrides" in str(lines[-1]["note"])
-    assert artifact_recipe(made_with({"name": "nope"})) == "plan"
-    assert artifact_recipe(made_with("dfq")) == "plan"
+    assert artifact_recipe(made_with(dfq)) == ("dfq", False)
+    assert artifact_recipe(made_with({**dfq, "bias_passes": 3})) == ("dfq", True)
+    assert artifact_recipe(made_with({**dfq, "version": 99})) == ("dfq", False)
+    assert artifact_recipe(made_with({"name": "nope"})) == ("plan", False)
+    assert artifact_recipe(made_with("dfq")) == ("plan", False)
     (tmp_path / "summary.json").unlink()
-    assert artifact_recipe(tmp_path) == "plan"
+    assert artifact_recipe(tmp_path) == ("plan", False)

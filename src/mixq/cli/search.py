@@ -85,6 +85,7 @@ def search_cmd(
     if target_fps is not None and max_drop is not None:
         raise OptionError("search: give --target-fps or --max-drop, not both")
     folder = out_dir(out, "search", model or Path(str(from_)).name)
+    from mixq import progress
     from mixq.algorithms.search import SearchConfig, SensitivityConfig, search_plan
     from mixq.algorithms.search.driver import SearchUnmet
     from mixq.algorithms.search.output import write_outputs
@@ -95,7 +96,11 @@ def search_cmd(
     get_part(part)
     if from_ is not None:
         model, m, calib, eval_fn = artifact_task(from_, calib_images, eval_images, eval_source)
-        recipe = recipe or artifact_recipe(from_)
+        if recipe is None:
+            recipe, overridden = artifact_recipe(from_)
+            if overridden:
+                progress.log("search recipe", recipe=recipe, note="the artifact's recipe overrides are not applied "
+                             "to the candidates; give --recipe to choose")
     else:
         assert model is not None
         m, calib, eval_fn = bundled_task(model, pretrained, calib_images, eval_images)

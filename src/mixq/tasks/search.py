@@ -77,20 +77,17 @@ def artifact_task(folder: Path, calib_images: int, eval_images: int, eval_source
     return ck.model_name, net, both[:calib_images], AgreementEval.of(net, both[calib_images:])
 
 
-def artifact_recipe(folder: Path) -> str:
+def artifact_recipe(folder: Path) -> tuple[str, bool]:
     """The PTQ recipe a `mixq quantize` artifact was made with, by name, for a search from it to judge its
-    candidates the same way (``plan`` when it records none or one search does not know). A recipe recorded with
-    overrides (``--set``, ``--stage``) is judged as its named recipe; a progress line says so."""
-    from mixq import progress
+    candidates the same way (``plan`` when it records none or one search does not know), and whether the
+    artifact's recipe carried overrides (``--set``, ``--stage``) that the named recipe does not."""
     from mixq.algorithms.ptq import RECIPES, get_recipe
 
     rec = read_summary(folder).get("recipe")
     name = rec.get("name") if isinstance(rec, dict) else None
     if not isinstance(rec, dict) or not isinstance(name, str) or name not in RECIPES:
-        return "plan"
-    if _plain(rec) != _plain(get_recipe(name).to_dict()):
-        progress.log("search recipe", recipe=name, note="the artifact's overrides are not applied to candidates")
-    return name
+        return "plan", False
+    return name, _plain(rec) != _plain(get_recipe(name).to_dict())
 
 
 def _plain(d: dict[str, Any]) -> Any:
