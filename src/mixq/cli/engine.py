@@ -122,7 +122,7 @@ def register(app: typer.Typer) -> None:
         check: bool = typer.Option(False, help="run the export in its runtime and compare with mixq"),
         images: int = cli.count(16, "inputs for --check"),
     ) -> None:
-        """Export a quantized zoo model (or a --from artifact, as it is) as QONNX, ONNX QDQ or the integer model."""
+        """Export MODEL under a plan (or a --from artifact, as it is) as QONNX, ONNX QDQ or the integer model."""
         src, folder = _checked(ctx, "export", model, from_, weights, input_shape, plan, weight, act, out)
         from mixq.engine import to_integer
         from mixq.export import EXPORTERS

@@ -126,7 +126,7 @@ def register(app: typer.Typer) -> None:
         threads: int | None = _THREADS,
         device: str = _DEVICE,
     ) -> None:
-        """Quantization-aware training of a zoo model under a plan; writes plan.json + model.pt."""
+        """Quantization-aware training of MODEL (zoo, file or builder) under a plan; writes plan.json + model.pt."""
         from mixq.algorithms.qat import train_qat
         from mixq.tasks.training import qat_plan, run_inputs, save_run_artifact
 
