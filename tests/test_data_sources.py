@@ -188,6 +188,21 @@ def test_channel_conversion(tmp_path: Path) -> None:
     assert a.x.stride() == torch.empty(a.x.shape).stride()  # plain NCHW strides, whatever the source layout
 
 
+@pytest.mark.skipif(not data.FMNIST_DEBIAN_ROOT.is_dir(), reason="needs the Debian dataset-fashion-mnist")
+def test_whole_dataset_keywords() -> None:
+    """``fmnist-test``: the official test split, whose first 2000 images in order are the shipped subset (bit for
+    bit, labels too); ``fmnist``: the 60k train split; each with any model's preprocessing."""
+    shipped = load_images("shipped-test", Preprocess.fmnist())
+    full = load_images("fmnist-test", Preprocess.fmnist(), limit=len(shipped))
+    assert torch.equal(full.x, shipped.x) and torch.equal(_y(full), _y(shipped)) and full.classes == shipped.classes
+    train = load_images("fmnist", Preprocess.for_input((1, 28, 28), mean=(0.5,), std=(0.5,)), limit=5, seed=1)
+    raw, labels = data.load_fashion_mnist("train")
+    idx = np.sort(np.random.default_rng(1).choice(len(raw), 5, replace=False))
+    want = torch.as_tensor(raw[idx], dtype=torch.float32)[:, None] / 255.0 * 2 - 1
+    assert torch.allclose(train.x, want, atol=1e-6) and torch.equal(_y(train), torch.as_tensor(labels[idx]))
+    assert load_images("fmnist-test", Preprocess.imagenet(32), limit=2).x.shape == (2, 3, 32, 32)
+
+
 @pytest.mark.skipif(not HAS_PHOTOS, reason="needs scikit-image or scikit-learn photos")
 def test_photos_keyword() -> None:
     assert torch.equal(load_images("photos", Preprocess.imagenet(64), limit=6).x, data.calibration_set(6, 64, 0))

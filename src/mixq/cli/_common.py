@@ -182,6 +182,38 @@ WEIGHTS = typer.Option(None, "--weights", help="state dict file (torch.save(mode
 INPUT_SHAPE = typer.Option(None, "--input-shape", help="input shape C,H,W of a builder MODEL, e.g. 3,32,32 "
                                                        "(default: its input_shape attribute; zoo models know theirs)",
                            callback=_shape)
+def _size(value: str | None) -> tuple[int, int] | None:
+    """``--input-size H`` or ``HxW`` (checked at parse time: a bad value is a usage error)."""
+    if value is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", value)
+    if m is None or int(m.group(1)) < 1 or (m.group(2) is not None and int(m.group(2)) < 1):
+        raise typer.BadParameter(f"must be H or HxW with integers >= 1, got {value!r}")
+    return int(m.group(1)), int(m.group(2) or m.group(1))
+
+
+def _values(value: str | None) -> tuple[float, ...] | None:
+    """``--mean`` / ``--std``: comma-separated finite numbers, one per channel."""
+    if value is None:
+        return None
+    try:
+        vals = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        vals = ()
+    if not vals or not all(math.isfinite(v) for v in vals):
+        raise typer.BadParameter(f"must be comma-separated finite numbers (one per channel), got {value!r}")
+    return vals
+
+
+#: The image preprocessing options (`mixq.data.sources.Preprocess`) of the commands that read images.
+INPUT_SIZE = typer.Option(None, "--input-size", help="images resized to H or HxW (default: the model's input)",
+                          callback=_size)
+MEAN = typer.Option(None, "--mean", help="per-channel mean, a,b,c (default: ImageNet for RGB, Fashion-MNIST for "
+                                         "gray)", callback=_values)
+STD = typer.Option(None, "--std", help="per-channel std, a,b,c", callback=_values)
+GRAY = typer.Option(None, "--grayscale/--rgb", help="color mode the model takes (default: its input channels)")
+
+
 #: The MODEL argument's help where a builder is accepted.
 MODEL_HELP = ("zoo model name (cnv, resnet18, mobilenet_v2, ...), a model file (.onnx, TorchScript .pt/.ts, "
               "torch.export .pt2), or a builder FILE.py:FUNCTION or package.module:FUNCTION")

@@ -20,7 +20,11 @@ from typing import Any
 import typer
 
 from mixq.cli._common import (
+    GRAY,
     INPUT_SHAPE,
+    INPUT_SIZE,
+    MEAN,
+    STD,
     check_device,
     choice,
     count,
@@ -109,6 +113,10 @@ def register(app: typer.Typer) -> None:
         dataset: str = _DATASET,
         test_data: str | None = _TEST_DATA,
         data_root: Path | None = _DATA_ROOT,
+        input_size: str | None = INPUT_SIZE,
+        mean: str | None = MEAN,
+        std: str | None = STD,
+        gray: bool | None = GRAY,
         epochs: int = _EPOCHS,
         batch_size: int = _BATCH,
         lr: float = _LR,
@@ -128,11 +136,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Quantization-aware training of MODEL (zoo, file or builder) under a plan; writes plan.json + model.pt."""
         from mixq.algorithms.qat import train_qat
-        from mixq.tasks.training import qat_plan, run_inputs, save_run_artifact
+        from mixq.tasks.training import ImageOptions, qat_plan, run_inputs, save_run_artifact
 
         folder, src = _start("qat", out, model, weights, input_shape, resume, device)
         fmts = formats(weight=weight, act=act, weight_alt=weight_alt)
-        ri = run_inputs(src, dataset, data_root, max_train, max_test, test_data)
+        ri = run_inputs(src, dataset, data_root, max_train, max_test, test_data,
+                        ImageOptions(input_size, mean, std, gray))  # type: ignore[arg-type]
         qplan = qat_plan(src.name, ri.model, ri.train[0][:64], plan, fmts["weight"], fmts["act"], fmts["weight_alt"],
                          alt_ratio, first_last_bits or None)
         if residual_bits is not None:
@@ -167,6 +176,10 @@ def register(app: typer.Typer) -> None:
         dataset: str = _DATASET,
         test_data: str | None = _TEST_DATA,
         data_root: Path | None = _DATA_ROOT,
+        input_size: str | None = INPUT_SIZE,
+        mean: str | None = MEAN,
+        std: str | None = STD,
+        gray: bool | None = GRAY,
         epochs: int = count(2, "QAT epochs after fine-tuning"),
         batch_size: int = _BATCH,
         lr: float = _LR,
@@ -193,7 +206,7 @@ def register(app: typer.Typer) -> None:
         convert to FBS (per-input channel gating), fine-tune with KD and quantize (QAT)."""
         from mixq.algorithms.prune import PruneConfig, prune_and_quantize
         from mixq.errors import OptionError
-        from mixq.tasks.training import qat_plan, run_inputs, save_run_artifact
+        from mixq.tasks.training import ImageOptions, qat_plan, run_inputs, save_run_artifact
 
         if dynamic and resume:
             raise OptionError("--resume: a --dynamic run does not resume; start it again")
@@ -208,7 +221,8 @@ def register(app: typer.Typer) -> None:
             get_part(part)  # an unknown part: one line naming it, before any training
         folder, src = _start("prune", out, model, weights, input_shape, resume, device)
         fmts = formats(weight=weight, act=act)
-        ri = run_inputs(src, dataset, data_root, max_train, max_test, test_data)
+        ri = run_inputs(src, dataset, data_root, max_train, max_test, test_data,
+                        ImageOptions(input_size, mean, std, gray))  # type: ignore[arg-type]
         fp, train, test, name = ri.model, ri.train, ri.test, src.name
         if dynamic:
             from mixq.algorithms.prune.fbs import FbsConfig, fbs_and_quantize

