@@ -480,6 +480,7 @@ def result(tiny):  # type: ignore[no-untyped-def]
 
 def test_search_plan_end_to_end(result, tmp_path) -> None:  # type: ignore[no-untyped-def]
     r = result
+    assert len({p.label for p in r.points}) == len(r.points)  # pareto.json names every point apart
     assert r.reference_accuracy == pytest.approx(100.0)
     assert set(r.baselines) == {"w8a8", "w6a6", "w4a4"}
     assert r.chosen.fits and r.chosen.kind == "searched"
@@ -637,3 +638,13 @@ def test_ray_executor_local(tiny, result) -> None:  # type: ignore[no-untyped-de
     got = evaluate_plans(f, calib, ev, plans, "ray", 1)
     assert got == evaluate_plans(f, calib, ev, plans, "serial")
     assert not ray.is_initialized()  # the executor shuts down the runtime it started
+
+
+def test_two_plans_at_one_rounded_rate_are_named_apart() -> None:
+    """Two cycle budgets a few cycles apart round to one frame rate and can give two plans (EfficientNet-Lite0 on
+    the XCZU9EG: two 'searched@4982' in pareto.json at 73.2 and 80.8% agreement); the second is '#2'."""
+    from mixq.algorithms.search.driver import unique_label
+
+    assert unique_label("searched@4982", ["searched@1661"]) == "searched@4982"
+    assert unique_label("searched@4982", ["searched@4982", "searched@4982 r8"]) == "searched@4982 #2"
+    assert unique_label("searched@4982", ["searched@4982", "searched@4982 #2"]) == "searched@4982 #3"

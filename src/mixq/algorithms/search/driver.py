@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -148,6 +148,12 @@ def pareto_front(points: list[Point]) -> list[Point]:
     return sorted(front, key=lambda p: p.fps)
 
 
+def unique_label(label: str, taken: list[str]) -> str:
+    """``label``, or ``label #k`` when ``taken`` holds it already (k - 1 times, numbered ones included)."""
+    n = sum(t == label or t.startswith(f"{label} #") for t in taken)
+    return f"{label} #{n + 1}" if n else label
+
+
 def _point(label: str, kind: str, plan: QuantPlan, specs: list[LayerSpec], part: str, sens: float) -> Point:
     e = estimate(specs, plan, part, "streaming", fold="plan")
     return Point(label, kind, plan, e.fps, e.fits, e.resources.to_dict(),
@@ -256,6 +262,8 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
                 pt = _searched(model_name, tb, sens, t, specs, part, signed, adv)
                 if pt is not None:  # the same plan found for two targets is evaluated once
                     key = repr((pt.plan.residual_bits, sorted((n, repr(lp)) for n, lp in pt.plan.items())))
+                    if key not in seen:  # two budgets a few cycles apart round to one rate: labels stay unique
+                        pt = replace(pt, label=unique_label(pt.label, [q.label for q in seen.values()]))
                     searched.setdefault(t, []).append(seen.setdefault(key, pt))
                 task.advance(target_fps=round(table.fps_of(t), 1), plans=len(seen))
     times["ilp_sweep"] = time.perf_counter() - t1
