@@ -71,11 +71,10 @@ from mixq.algorithms.prune.fbs import (
 )
 from mixq.algorithms.qat import QatConfig, train_qat
 from mixq.api import default_plan, quantize
-from mixq.engine import faithful, to_integer
-from mixq.engine.convert_fbs import FaithfulFBS, engine_channel_counts
+from mixq.engine import to_integer
 from mixq.engine.program import Program
 from mixq.engine.program import lower as lower_program
-from mixq.engine.runner import IntEngine
+from mixq.engine.verify_fbs import verify_fbs
 from mixq.formats import FixedPoint
 from mixq.graph.bnfold import fold_bn
 from mixq.graph.capture import capture
@@ -367,35 +366,6 @@ def channel_sets(model: nn.Module, x: torch.Tensor) -> dict[str, dict[str, int]]
     return out
 
 
-@torch.no_grad()
-def _engine_check(qmodel: nn.Module, x: torch.Tensor) -> dict[str, Any]:
-    """The integer engine against the hardware-faithful model (outputs, decisions) and the fake-quant model's
-    decisions."""
-    t = time.perf_counter()
-    im = to_integer(qmodel, x[:1])
-    res, counts = engine_channel_counts(IntEngine(im), x)
-    fm = faithful(qmodel, im)
-    same_out = bool(torch.equal(fm(x), res.real()))
-    fq_keep: dict[str, torch.Tensor] = {}
-    layers = fbs_layers(qmodel)
-    qmodel(x)  # the fake-quant model's decisions: each layer keeps its last saliencies
-    for n, m in layers.items():
-        assert m.last_keep is not None
-        fq_keep[n] = m.last_keep
-    same_faithful = same_fq = total = 0
-    for sub in fm.modules():
-        if isinstance(sub, FaithfulFBS):
-            assert sub.last_keep is not None
-            eng = counts[sub.int_name][:, 1]
-            same_faithful += int((sub.last_keep.sum(1) == eng).sum())
-            same_fq += int((sub.last_keep == fq_keep[sub.int_name]).all(1).sum())
-            total += int(x.shape[0])
-    return {"images": int(x.shape[0]), "outputs_bit_exact": same_out,
-            "engine_macs_total": {k: v for k, v in res.saturated.items() if k.endswith(":macs")},
-            "decisions_equal_faithful": f"{same_faithful}/{total}",
-            "decisions_equal_fake_quant": f"{same_fq}/{total}", "seconds": round(time.perf_counter() - t, 1)}
-
-
 def _data() -> dict[str, torch.Tensor]:
     xtr, ytr, xte, yte = training_data("fmnist")
     return {"xtr": xtr[:TRAIN_IMAGES], "ytr": ytr[:TRAIN_IMAGES], "xval": xtr[TRAIN_IMAGES:],
@@ -465,7 +435,7 @@ def run_net(net: Net, part: str | None = None, fp32_only: bool = False) -> dict[
             t = time.perf_counter()
             r = _row(net, label, bits, q, plan, specs, data, secs, programs)
             if label == "fbs" and net.engine_images > 0:
-                r["engine"] = _engine_check(q, data["xte"][:net.engine_images])
+                r["engine"] = verify_fbs(q, data["xte"][:net.engine_images])
                 print("engine:", r["engine"], flush=True)
         r["measure_s"] = round(time.perf_counter() - t, 1)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -579,7 +579,8 @@ def test_streaming_gain_and_percentile() -> None:
 
 def test_cli_prune_dynamic(tmp_path: Path) -> None:
     """`mixq prune --dynamic` through a real process: gated layers at the density asked, executed MACs per image
-    against the dense count, the model and the QAT run written; a bad density is a usage error (exit 2), and a
+    against the dense count, the model and the QAT run written, the quantized model bit-exact in the integer
+    engine (outputs and every channel decision, `engine.verify_fbs`); a bad density is a usage error (exit 2), and a
     resume of a dynamic run is refused in one line (exit 1)."""
     import json
     import subprocess
@@ -598,6 +599,13 @@ def test_cli_prune_dynamic(tmp_path: Path) -> None:
                                                                "features.7": 32, "features.10": 32}
     assert doc["dense_macs"] == 18_691_840 and doc["macs_mean"] < 0.6 * doc["dense_macs"]
     assert (out / "model.pt").is_file() and (out / "qat").is_dir()
+    eng = doc["engine"]  # the run checks its quantized model in the integer engine, decisions included
+    assert eng["exact"] and eng["outputs_bit_exact"] and eng["images"] == 256
+    assert eng["decisions_equal_faithful"] == f"{4 * 256}/{4 * 256}"
+    same, total = map(int, eng["decisions_equal_fake_quant"].split("/"))  # float32 saliencies: rare near-ties
+    assert total == 4 * 256 and same >= 0.98 * total
+    assert set(eng["engine_macs_total"]) == {f"{n}:macs" for n in doc["densities"]}  # skipped channels not run
+    assert sum(eng["engine_macs_total"].values()) < 256 * doc["macs_mean"]
     bad = cli("--dynamic", "--density", "1.5", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "--density" in bad.stderr and "Traceback" not in bad.stderr
     again = cli("--dynamic", "--resume", "--out", str(out))

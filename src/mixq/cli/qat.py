@@ -56,6 +56,8 @@ _RESUME = typer.Option(False, "--resume", help="continue the run in --out from i
 _MAX_TRAIN = count(None, "use only the first N training images")
 _MAX_TEST = count(None, "use only the first N test images")
 _THREADS = count(None, "torch threads")
+#: Test images ``prune --dynamic`` runs its quantized model on in the integer engine.
+ENGINE_IMAGES = 256
 _DEVICE = device_option(help="where the model trains: cpu, cuda or cuda:N (data, calibration and the written model "
                       "stay on the CPU)")
 
@@ -243,19 +245,31 @@ def register(app: typer.Typer) -> None:
 
                 dense_plan = qat_plan(name, fp, train[0][:64], None, fmts["weight"], fmts["act"])
                 fcfg, chosen = fps_config(fp, train[0][:256], fps_budget, fcfg, dense_plan, part)
-            summary = fbs_and_quantize(fp, lambda m: qat_plan(name, m, train[0][:64], None, fmts["weight"],
-                                                              fmts["act"]),
-                                       train, fcfg, qcfg, folder, val=test, fill=ri.fill)
+            summary, final = fbs_and_quantize(fp, lambda m: qat_plan(name, m, train[0][:64], None,
+                                                                     fmts["weight"], fmts["act"]),
+                                              train, fcfg, qcfg, folder, val=test, fill=ri.fill)
             if chosen is not None:
                 key, head = (("mac_budget", {"fraction": mac_budget, "budget_macs": chosen.budget_macs})
                              if mac_budget > 0 else ("fps_budget", {"fps": fps_budget, "part": part,
                                                                     "overlay_fps_at_most_inputs": chosen.fps}))
                 summary[key] = {**head, "chosen_macs": chosen.cost_macs, "grid": list(chosen.grid),
                                 "sensitivity": {k: list(v) for k, v in chosen.sensitivity.items()}}
-                from mixq.io import atomic_write_json
+            if qcfg is not None:  # the quantized model in the integer engine: outputs and channel decisions
+                from mixq.engine.verify_fbs import verify_fbs
 
-                atomic_write_json(folder / "fbs.json", summary)
+                summary["engine"] = verify_fbs(final, test[0][:ENGINE_IMAGES])
+            from mixq.io import atomic_write_json
+
+            atomic_write_json(folder / "fbs.json", summary)
             _echo({**summary, "train_time_s": summary.get("qat_train_time_s")}, folder)
+            eng = summary.get("engine")
+            if eng is not None and not eng["exact"]:
+                from mixq.errors import CheckFailed
+
+                raise CheckFailed(f"{folder / 'fbs.json'}: the integer engine differs from the hardware-faithful "
+                                  f"FBS model on {eng['images']} test images (outputs bit-exact: "
+                                  f"{eng['outputs_bit_exact']}, channel decisions equal: "
+                                  f"{eng['decisions_equal_faithful']})")
             return
         base = qat_plan(name, fp, train[0][:64], None, fmts["weight"], fmts["act"])
         pcfg = PruneConfig(sparsity=sparsity, method=method, criterion=criterion, scope=scope,

@@ -430,13 +430,14 @@ def calibrate_thresholds(model: nn.Module, x: torch.Tensor, batch_size: int = 50
 def fbs_and_quantize(model: nn.Module, make_plan: Callable[[nn.Module], QuantPlan],
                      train: tuple[torch.Tensor, torch.Tensor], cfg: FbsConfig, qat_cfg: QatConfig | None,
                      out_dir: str | Path, *, val: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     fill: float = 0.0) -> dict[str, Any]:
+                     fill: float = 0.0) -> tuple[dict[str, Any], nn.Module]:
     """The ``mixq prune --dynamic`` run: FBS conversion, predictor fit, KD fine-tune (``cfg.train``, with the
     gated convs' BatchNorm), the BatchNorm folded (:func:`fold_fbs_bn`), then QAT under
     ``make_plan(fbs_model)`` (``qat_cfg``; ``None``: float only), its gates quantized during QAT (calibrated on
     the float model) and calibrated again after.
     Writes ``out_dir/fbs.json`` (densities, accuracies, executed MACs per image on ``val``) and, with QAT,
-    ``qat/`` (the QAT run folder) and ``model.pt`` (the quantized FBS model, gates calibrated). The summary."""
+    ``qat/`` (the QAT run folder) and ``model.pt`` (the quantized FBS model, gates calibrated). The summary and
+    the final model (quantized with QAT, else the float FBS model)."""
     out = Path(out_dir)
     shape = tuple(int(d) for d in train[0].shape[1:])
     fbs = to_fbs(model, cfg, shape)
@@ -463,4 +464,4 @@ def fbs_and_quantize(model: nn.Module, make_plan: Callable[[nn.Module], QuantPla
                        dense_macs=sum(s.macs for s in specs if s.is_compute), macs_mean=float(macs.mean()),
                        macs_p95=float(torch.quantile(macs, 0.95)))
     atomic_write_json(out / "fbs.json", summary)
-    return summary
+    return summary, final
