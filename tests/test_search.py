@@ -481,6 +481,7 @@ def result(tiny):  # type: ignore[no-untyped-def]
 def test_search_plan_end_to_end(result, tmp_path) -> None:  # type: ignore[no-untyped-def]
     r = result
     assert len({p.label for p in r.points}) == len(r.points)  # pareto.json names every point apart
+    assert r.eval_images == 64 and r.to_dict()["one_image_points"] == pytest.approx(100 / 64, abs=1e-4)
     assert r.reference_accuracy == pytest.approx(100.0)
     assert set(r.baselines) == {"w8a8", "w6a6", "w4a4"}
     assert r.chosen.fits and r.chosen.kind == "searched"
@@ -648,3 +649,29 @@ def test_two_plans_at_one_rounded_rate_are_named_apart() -> None:
     assert unique_label("searched@4982", ["searched@1661"]) == "searched@4982"
     assert unique_label("searched@4982", ["searched@4982", "searched@4982 r8"]) == "searched@4982 #2"
     assert unique_label("searched@4982", ["searched@4982", "searched@4982 #2"]) == "searched@4982 #3"
+
+
+def test_a_bound_finer_than_one_image_is_reported(tiny, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """--max-drop 1 judged on 64 images (one image: 1.56 points) can only mean "no image lost": the search says
+    so in a progress line naming the count (EfficientNet-Lite0 was searched so on 64 crops); 0.5 on 256 does
+    not."""
+    from mixq import progress
+
+    m, calib, x, y = tiny
+    lines: list[dict[str, object]] = []
+    monkeypatch.setattr(progress, "log", lambda message, **f: lines.append({"message": message, **f}))
+    cfg = SearchConfig(space=SPACE, sensitivity=SensitivityConfig(images=32, hutchinson_samples=4), points=1,
+                       executor="serial")
+    try:
+        search_plan("tiny", m, calib, AccuracyEval(x, y), "xc7z020", max_drop=1.0, cfg=cfg)
+    except CheckFailed:
+        pass  # met or not, the line is what this test reads
+    said = [d for d in lines if d["message"] == "search resolution"]
+    assert len(said) == 1 and said[0]["eval_images"] == 64 and said[0]["max_drop"] == 1.0
+    lines.clear()
+    xs, ys = x.repeat(4, 1, 1, 1), y.repeat(4)
+    try:
+        search_plan("tiny", m, calib, AccuracyEval(xs, ys), "xc7z020", max_drop=0.5, cfg=cfg)
+    except CheckFailed:
+        pass
+    assert not [d for d in lines if d["message"] == "search resolution"]

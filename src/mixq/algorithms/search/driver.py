@@ -119,9 +119,12 @@ class SearchResult:
     sensitivity: Sensitivity
     config: SearchConfig
     met: bool = True  # False: no searched plan met the target or the accuracy bound (``chosen``: the most accurate)
+    eval_images: int | None = None  # how many images each figure is taken on (None: an eval_fn that does not say)
 
     def to_dict(self) -> dict[str, Any]:
+        n = self.eval_images
         return {"part": self.part, "target_fps": self.target_fps, "max_drop": self.max_drop, "met": self.met,
+                "eval_images": n, "one_image_points": round(100.0 / n, 4) if n else None,
                 "reference_accuracy": round(self.reference_accuracy, 3), "best_reachable_fps": round(self.best_fps, 2),
                 "chosen": self.chosen.to_dict(), "pareto": [p.to_dict() for p in self.pareto],
                 "points": [p.to_dict() for p in self.points],
@@ -224,6 +227,12 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
     if target_fps is not None and target_fps <= 0:
         raise MixqError(f"search: target_fps must be positive, got {target_fps}")
     cfg = cfg or SearchConfig()
+    x_eval = getattr(eval_fn, "x", None)
+    n_eval = int(x_eval.shape[0]) if isinstance(x_eval, torch.Tensor) else None
+    bound = (cfg.default_max_drop if max_drop is None else max_drop) if target_fps is None else None
+    if n_eval and bound is not None and bound < 100.0 / n_eval:
+        progress.log("search resolution", eval_images=n_eval, one_image_points=round(100.0 / n_eval, 3),
+                     max_drop=bound, note="the accuracy bound is finer than one image; judge on more images")
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     folded = fold_bn(model).eval()
@@ -300,7 +309,7 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
     plan = chosen.plan.with_meta(search_result={"fps": chosen.fps, "accuracy": chosen.accuracy, "part": part})
     base = dict(zip(baselines, pts[len(uniq):], strict=True))
     result = SearchResult(plan, chosen, pareto_front(pts), pts, base, ref, best_fps, part, target_fps, max_drop,
-                          times, sens, cfg, met=unmet is None)
+                          times, sens, cfg, met=unmet is None, eval_images=n_eval)
     if unmet is not None:
         raise SearchUnmet(unmet, result)
     progress.log("search chose", chosen=chosen.label, fps=round(chosen.fps, 1), accuracy=round(chosen.accuracy, 2),
