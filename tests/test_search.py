@@ -528,6 +528,9 @@ def test_a_search_that_misses_its_bound_keeps_its_points(tiny, tmp_path) -> None
     assert isinstance(got.value, CheckFailed)
     r = got.value.result
     assert not r.met and r.points and r.chosen.accuracy == max(p.accuracy for p in r.points if p.kind == "searched")
+    best = max(r.baselines.values(), key=lambda p: p.accuracy)  # the message says what even the baselines reach
+    assert f"; {best.label}: drop {best.drop:.2f}" in str(got.value)
+    assert ("does not fit xc7z020" in str(got.value)) == (not best.fits)
     paths = write_outputs(r, tmp_path)
     assert "plan" not in paths and not (tmp_path / "plan.json").exists()
     d = json.loads(paths["pareto"].read_text())

@@ -302,8 +302,10 @@ def search_plan(model_name: str, model: nn.Module, calib: torch.Tensor, eval_fn:
         d = cfg.default_max_drop if max_drop is None else max_drop
         within = [p for p in searched_pts if p.drop <= d]
         if not within:
+            base_top = max(pts[len(uniq):], key=lambda p: p.accuracy)  # what even the baselines reach, and fit
+            fits = "" if base_top.fits else f", does not fit {part}"
             unmet = (f"search: no searched plan stays within {d:g} points of the float model (best: {top.label}, "
-                     f"drop {top.drop:.2f} at {top.fps:.0f} FPS)")
+                     f"drop {top.drop:.2f} at {top.fps:.0f} FPS; {base_top.label}: drop {base_top.drop:.2f}{fits})")
         chosen = max(within, key=lambda p: (p.fps, p.accuracy)) if within else top
     times["total"] = time.perf_counter() - t0
     plan = chosen.plan.with_meta(search_result={"fps": chosen.fps, "accuracy": chosen.accuracy, "part": part})
