@@ -115,7 +115,8 @@ def search_cmd(
         raise CheckFailed(f"{e} (every evaluated point: {kept['pareto']})") from None
     paths = write_outputs(res, folder)
     rows = [res.chosen, *res.baselines.values()]
-    result = {"chosen": res.chosen.label, "recipe": cfg.recipe, "reference_accuracy": round(res.reference_accuracy, 3),
+    result = {"chosen": res.chosen.label, "recipe": cfg.recipe, "eval_images": res.eval_images,
+              "reference_accuracy": round(res.reference_accuracy, 3),
               "compare": [{"label": p.label, "fps": round(p.fps, 1), "accuracy": round(p.accuracy, 3),
                            "lut": p.resources.get("lut"), "dsp": p.resources.get("dsp"),
                            "residual_bits": p.plan.residual_bits} for p in rows],
