@@ -182,6 +182,8 @@ WEIGHTS = typer.Option(None, "--weights", help="state dict file (torch.save(mode
 INPUT_SHAPE = typer.Option(None, "--input-shape", help="input shape C,H,W of a builder MODEL, e.g. 3,32,32 "
                                                        "(default: its input_shape attribute; zoo models know theirs)",
                            callback=_shape)
+
+
 def _size(value: str | None) -> tuple[int, int] | None:
     """``--input-size H`` or ``HxW`` (checked at parse time: a bad value is a usage error)."""
     if value is None:
