@@ -169,6 +169,24 @@ def test_plan_file_lowering_equals_the_integer_engine(folded: bool, tmp_path: Pa
     assert np.array_equal(got, values[im.output][0].numpy().astype(np.int64))
 
 
+def test_build_from_an_artifact_takes_its_plans_folding(tmp_path: Path) -> None:
+    """`rtl build --from` an artifact quantized under a searched plan builds that plan's folding (PE x SIMD per
+    layer); it built the --pe / --simd caps' instead (ccexam's MNIST CNN, searched at 39,683 FPS: a design of
+    7,084 cycles a frame, 14,117 FPS at 100 MHz; with the plan's folding 2,547 cycles, as estimated)."""
+    import json
+
+    from mixq.cli import main
+    from mixq.plan.jsonio import load_plan
+
+    path = _plan_file(tmp_path, folded=True)
+    q, out = tmp_path / "q", tmp_path / "r"
+    assert main(["quantize", "cnv", "--plan", str(path), "--images", "32", "--out", str(q)]) == 0
+    assert main(["rtl", "build", "--from", str(q), "--images", "0", "--out", str(out)]) == 0
+    built = {d["layer"]: (d["pe"], d["simd"]) for d in json.loads((out / "build.json").read_text())["layers"]}
+    want = {n: (lp.mapping.pe, lp.mapping.simd) for n, lp in load_plan(path).layers.items()}
+    assert built == want and built != {n: (min(v[0], 16), 32) for n, v in want.items()}
+
+
 def test_unsupported_network_is_named() -> None:
     import dataclasses
 

@@ -329,7 +329,8 @@ def register(app: typer.Typer) -> None:
                   folding: Path | None = typer.Option(None, "--folding", help="the folding: {layer: [pe, simd]} "
                                                       "or an estimate.json (mixq estimate --out); wins over a "
                                                       "--plan's and the PE / SIMD caps"),
-                  pe: int = count(16, "PEs per layer at most (pe = min(rows, PE); a --plan's own folding wins)"),
+                  pe: int = count(16, "PEs per layer at most (pe = min(rows, PE); a --plan's or --from artifact's "
+                                      "own folding wins)"),
                   simd: int = count(32, "lanes per PE at most (simd = min(row length, SIMD))"),
                   core: str = _CORE, part: str = typer.Option("xc7z020", help="FPGA part the layouts are costed on"),
                   size: int = _SIZE,
@@ -364,8 +365,11 @@ def register(app: typer.Typer) -> None:
         fold = load_folding(folding) if folding is not None else None
         im, values, _ = network_int_model(src or name, cfg, images, from_, plan, size or None, blocks or None,
                                           residual_bits)
-        b = build_and_check(im, values, name, folder, images,
-                            fold or (plan_folding(plan) if plan is not None else None),
+        # the folding: --folding, else the plan's (a --plan file, or the --from artifact's: e.g. a searched plan
+        # quantized; before, an artifact's was dropped and the PE / SIMD caps built a slower design), else the caps
+        plan_file = plan if plan is not None else (from_ / "plan.json" if from_ is not None else None)
+        planned = plan_folding(plan_file) if plan_file is not None and plan_file.is_file() else None
+        b = build_and_check(im, values, name, folder, images, fold or planned,
                             pe, simd, core, part, SimOptions(simulator, seed, valid, ready),
                             meta={"config": None if from_ or plan else cfg, "plan": str(plan) if plan else None,
                                   "from": str(from_) if from_ else None, "size": size or None,
