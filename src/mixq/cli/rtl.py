@@ -7,7 +7,8 @@ the quantized model of a ``mixq quantize --out FOLDER`` artifact as it is; eithe
 the integer model. ``build`` writes the whole streaming accelerator (:mod:`mixq.rtl.network`) and
 simulates it on real images (:mod:`mixq.rtl.netsim`), calibrated on the model's default data; it takes
 ``NETWORK_CONFIGS`` (``CONFIGS`` and the low-bit ``w2a1`` and ``w1a1``, XNOR-popcount lanes) or
-``--plan FILE`` (a ``plan.json``, e.g. the searched plan ``mixq search`` writes, at its folding).
+``--plan FILE`` (a ``plan.json``, e.g. the searched plan ``mixq search`` writes, at its folding), or
+``--from`` an artifact at the folding its plan carries.
 """
 
 from __future__ import annotations
