@@ -187,6 +187,32 @@ def test_build_from_an_artifact_takes_its_plans_folding(tmp_path: Path) -> None:
     assert built == want and built != {n: (min(v[0], 16), 32) for n, v in want.items()}
 
 
+def test_a_layer_engine_from_an_artifact_takes_its_plans_folding(tmp_path: Path) -> None:
+    """`rtl generate / simulate / synth --from` a layer: the options' PE x SIMD where given, else the artifact's
+    plan's for that layer (a searched plan), else 4 x 8; the generated engine is built at it."""
+    import shutil
+
+    from mixq.cli import main
+    from mixq.cli.rtl import layer_folding
+    from mixq.plan.jsonio import load_plan
+
+    path = _plan_file(tmp_path, folded=True)
+    art = tmp_path / "art"
+    art.mkdir()
+    shutil.copy(path, art / "plan.json")
+    m = load_plan(path).layers["features.3"].mapping
+    assert layer_folding(art, "features.3", None, None) == (m.pe, m.simd) != (4, 8)
+    assert layer_folding(art, "features.3", 2, None) == (2, m.simd)
+    assert layer_folding(None, "features.3", None, None) == (4, 8)
+    (art / "plan.json").unlink()
+    assert layer_folding(art, "features.3", None, 16) == (4, 16)
+    q = tmp_path / "q"
+    assert main(["quantize", "cnv", "--plan", str(path), "--images", "32", "--out", str(q)]) == 0
+    assert main(["rtl", "generate", "--from", str(q), "--layer", "features.3", "--out", str(tmp_path / "g")]) == 0
+    head = (tmp_path / "g" / "layer_features_3.v").read_text().splitlines()[1]  # rows 32: tiles = 32 / pe
+    assert f"rows 32, row length 288, simd {m.simd}, " in head and f"tiles {32 // m.pe}," in head, head
+
+
 def test_unsupported_network_is_named() -> None:
     import dataclasses
 

@@ -259,8 +259,19 @@ def network_int_model(model: Any, config: str, images: int, from_: Path | None =
 _MODEL = typer.Option(None, help="zoo model, e.g. cnv (or --from)")
 _LAYER = typer.Option(..., help="conv / linear layer name")
 _CONFIG = choice(None, f"layer configuration (default {DEFAULT_CONFIG}; not with --from)", tuple(CONFIGS))
-_PE = count(4, "processing elements (output rows in parallel)")
-_SIMD = count(8, "lanes per PE (inputs in parallel)")
+_PE = count(None, "processing elements (output rows in parallel; default: the --from artifact's plan folding for "
+                  "the layer, else 4)")
+_SIMD = count(None, "lanes per PE (inputs in parallel; default: the --from artifact's plan folding, else 8)")
+#: A layer engine's folding when neither the options nor an artifact's plan give one.
+LAYER_PE, LAYER_SIMD = 4, 8
+
+
+def layer_folding(from_: Path | None, layer: str, pe: int | None, simd: int | None) -> tuple[int, int]:
+    """``(pe, simd)`` of one layer engine: the options where given, else the folding the ``--from`` artifact's
+    plan sets for ``layer`` (a searched plan quantized), else 4 x 8."""
+    planned = plan_folding(from_ / "plan.json") if from_ is not None and (from_ / "plan.json").is_file() else None
+    ppe, psimd = (planned or {}).get(layer, (LAYER_PE, LAYER_SIMD))
+    return pe if pe is not None else ppe, simd if simd is not None else psimd
 _CORE = choice("auto", "fixed-point rows on DSPs (auto) or LUTs", ("auto", "dsp", "lut"))
 _SIZE = count(0, "input H=W (0: the zoo's)", 0)
 _WEIGHTS = choice("auto", "weight memories", ("auto", "rom", "lutram", "block"))
@@ -275,13 +286,14 @@ def register(app: typer.Typer) -> None:
         exclusive_with_from(from_, config=config is not None)
         return name
 
-    def _layout(model: str, from_: Path | None, layer: str, config: str | None, pe: int, simd: int, core: str,
-                size: int) -> Any:
-        return prepare(model, layer, config or DEFAULT_CONFIG, pe, simd, core, size or None, from_=from_)
+    def _layout(model: str, from_: Path | None, layer: str, config: str | None, pe: int | None, simd: int | None,
+                core: str, size: int) -> Any:
+        return prepare(model, layer, config or DEFAULT_CONFIG, *layer_folding(from_, layer, pe, simd), core,
+                       size or None, from_=from_)
 
     @rtl.command("generate")
     def generate_cmd(ctx: typer.Context, model: str | None = _MODEL, from_: Path | None = FROM, layer: str = _LAYER,
-                     config: str | None = _CONFIG, pe: int = _PE, simd: int = _SIMD, core: str = _CORE,
+                     config: str | None = _CONFIG, pe: int | None = _PE, simd: int | None = _SIMD, core: str = _CORE,
                      size: int = _SIZE, weights: str = _WEIGHTS,
                      out: Path | None = typer.Option(None, help="output folder (default runs/rtl-MODEL)")) -> None:
         """Write the layer engine's Verilog and memory files."""
@@ -298,7 +310,7 @@ def register(app: typer.Typer) -> None:
 
     @rtl.command("simulate")
     def simulate_cmd(ctx: typer.Context, model: str | None = _MODEL, from_: Path | None = FROM, layer: str = _LAYER,
-                     config: str | None = _CONFIG, pe: int = _PE, simd: int = _SIMD, core: str = _CORE,
+                     config: str | None = _CONFIG, pe: int | None = _PE, simd: int | None = _SIMD, core: str = _CORE,
                      size: int = _SIZE, pixels: int = count(8, "output pixels to simulate"),
                      out: Path | None = typer.Option(None, help="simulation folder (default runs/rtl-sim-MODEL)"),
                      ) -> None:
@@ -396,7 +408,7 @@ def register(app: typer.Typer) -> None:
 
     @rtl.command("synth")
     def synth_cmd(ctx: typer.Context, model: str | None = _MODEL, from_: Path | None = FROM, layer: str = _LAYER,
-                  config: str | None = _CONFIG, pe: int = _PE, simd: int = _SIMD, core: str = _CORE,
+                  config: str | None = _CONFIG, pe: int | None = _PE, simd: int | None = _SIMD, core: str = _CORE,
                   size: int = _SIZE, weights: str = _WEIGHTS) -> None:
         """Synthesize the layer engine with yosys synth_xilinx and compare with the hardware model."""
         from mixq.rtl.layer_synth import synth_layer
