@@ -266,11 +266,17 @@ _SIMD = count(None, "lanes per PE (inputs in parallel; default: the --from artif
 LAYER_PE, LAYER_SIMD = 4, 8
 
 
+def planned_folding(plan: Path | None, from_: Path | None) -> dict[str, tuple[int, int]] | None:
+    """The folding a ``--plan`` file carries, else the ``--from`` artifact's plan (a searched plan quantized
+    carries the search's), else None (:func:`plan_folding`)."""
+    path = plan if plan is not None else (from_ / "plan.json" if from_ is not None else None)
+    return plan_folding(path) if path is not None and path.is_file() else None
+
+
 def layer_folding(from_: Path | None, layer: str, pe: int | None, simd: int | None) -> tuple[int, int]:
     """``(pe, simd)`` of one layer engine: the options where given, else the folding the ``--from`` artifact's
     plan sets for ``layer`` (a searched plan quantized), else 4 x 8."""
-    planned = plan_folding(from_ / "plan.json") if from_ is not None and (from_ / "plan.json").is_file() else None
-    ppe, psimd = (planned or {}).get(layer, (LAYER_PE, LAYER_SIMD))
+    ppe, psimd = (planned_folding(None, from_) or {}).get(layer, (LAYER_PE, LAYER_SIMD))
     return pe if pe is not None else ppe, simd if simd is not None else psimd
 _CORE = choice("auto", "fixed-point rows on DSPs (auto) or LUTs", ("auto", "dsp", "lut"))
 _SIZE = count(0, "input H=W (0: the zoo's)", 0)
@@ -380,9 +386,7 @@ def register(app: typer.Typer) -> None:
                                           residual_bits)
         # the folding: --folding, else the plan's (a --plan file, or the --from artifact's: e.g. a searched plan
         # quantized; before, an artifact's was dropped and the PE / SIMD caps built a slower design), else the caps
-        plan_file = plan if plan is not None else (from_ / "plan.json" if from_ is not None else None)
-        planned = plan_folding(plan_file) if plan_file is not None and plan_file.is_file() else None
-        b = build_and_check(im, values, name, folder, images, fold or planned,
+        b = build_and_check(im, values, name, folder, images, fold or planned_folding(plan, from_),
                             pe, simd, core, part, SimOptions(simulator, seed, valid, ready),
                             meta={"config": None if from_ or plan else cfg, "plan": str(plan) if plan else None,
                                   "from": str(from_) if from_ else None, "size": size or None,

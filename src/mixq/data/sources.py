@@ -77,8 +77,9 @@ __all__ = [
 #: shipped test subset stays unseen).
 CALIB_PATH = Path(__file__).parent / "assets" / "fmnist_train_calib.npz"
 #: Source names that are not paths.
-#: The whole 28x28 gray datasets by name: their train split, or with ``-test`` their test split.
-DATASET_SPLITS: dict[str, tuple[Callable[[str], tuple[np.ndarray, np.ndarray]], tuple[str, ...] | None]] = {
+#: The whole 28x28 gray datasets by name (``load(split, root)``, their class names): a source keyword for their
+#: train split, or with ``-test`` their test split; `mixq qat --dataset` reads the same table.
+DATASET_SPLITS: dict[str, tuple[Callable[[str, Path | None], tuple[np.ndarray, np.ndarray]], tuple[str, ...]]] = {
     "fmnist": (load_fashion_mnist, FMNIST_CLASSES),
     "mnist": (load_mnist, tuple(str(d) for d in range(10))),
 }
@@ -393,7 +394,7 @@ def _from_dataset(key: str, pre: Preprocess, limit: int | None, seed: int | None
     name, _, split = key.partition("-")
     load, classes = DATASET_SPLITS[name]
     try:
-        arr, labels = load(split or "train")
+        arr, labels = load(split or "train", None)
     except DataError as e:
         raise DataError(f"{where}: {e}") from None
     return _from_arrays(arr, labels, pre, limit, seed, where, classes, f"{where} ({name} {split or 'train'})")

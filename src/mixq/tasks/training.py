@@ -12,8 +12,8 @@ from torch import nn
 from mixq import api
 from mixq.algorithms.msq import assign_rows
 from mixq.algorithms.qat import init_distributed, low_bit_plan
-from mixq.data import GRAY_MEAN, GRAY_STD, load_fashion_mnist, load_mnist, normalize_gray
-from mixq.data.sources import Preprocess
+from mixq.data import GRAY_MEAN, GRAY_STD, normalize_gray
+from mixq.data.sources import DATASET_SPLITS, Preprocess
 from mixq.errors import OptionError
 from mixq.graph.capture import capture
 from mixq.plan import QuantPlan
@@ -21,7 +21,8 @@ from mixq.tasks.data import load_source, preprocess, recorded
 from mixq.tasks.models import load_checked_plan, load_model
 from mixq.zoo.source import ModelSource
 
-DATASETS = {"fmnist": load_fashion_mnist, "mnist": load_mnist}
+#: `--dataset` names of the whole 28x28 gray datasets, and their loaders (the data sources' one table)
+DATASETS = {name: load for name, (load, _) in DATASET_SPLITS.items()}
 #: the normalised value of a black pixel: what random-crop padding fills with
 PAD_FILL = -GRAY_MEAN / GRAY_STD
 
